@@ -15,8 +15,12 @@ from ..errors import DiffkitError, read_json_object
 
 
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
-                "Lumina-Image 2.0, AuraFlow, HunyuanDiT")  # the kinds check_image_size lets through
+                "Lumina-Image 2.0, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF")  # the kinds check_image_size lets through
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image"  # of them, diffkit edit's
+def vae_factor(directory) -> tuple:
+    """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
+    vae = read_json_object(Path(directory) / "vae" / "config.json", "VAE config")
+    return vae, 2 ** (len(vae.get("block_out_channels", [0])) - 1)
 
 
 def size_multiple(directory) -> tuple:
@@ -28,8 +32,7 @@ def size_multiple(directory) -> tuple:
         return f, f"the UNet's {f}x downsampling"
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
-    vae = read_json_object(Path(directory) / "vae" / "config.json", "VAE config")
-    f = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    vae, f = vae_factor(directory)
     if is_sd3_folder(directory):
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
@@ -62,6 +65,9 @@ def size_multiple(directory) -> tuple:
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
         return math.lcm(16, 8 * patch), f"the pipeline's 16 and its VAE factor 8 x the patch size {patch}"
+    from ..interop.hidream import is_hidream_folder
+    if is_hidream_folder(directory):  # HiDreamImagePipeline's sides after its area rescaling (check_image_size)
+        return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
     from ..interop.auraflow import is_auraflow_folder
     if is_auraflow_folder(directory):  # AuraFlowPipeline.check_inputs' 2 f, and whole patches
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
@@ -138,6 +144,9 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
                                   or value % multiple):
             raise DiffkitError(f"{name} {value} is not allowed; give a positive multiple of {multiple} ({why})")
     check_size_limit(checkpoint, height, width)
+    from ..interop.hidream import drawn_size, is_hidream_folder
+    if is_hidream_folder(checkpoint):  # one area for every size: one line for a size it would change
+        drawn_size(vae_factor(checkpoint)[1], height, width)
 
 
 def add_edit_size_flags(parser) -> None:

@@ -40,6 +40,9 @@ def folder_default_sampler(checkpoint) -> str:
     if masked_text_folder(checkpoint) == "HunyuanDiT":  # its DDPMScheduler: ddpm (diffkit.interop.hunyuan_dit)
         from ..interop.hunyuan_dit import folder_sampler as hunyuan_folder_sampler
         return hunyuan_folder_sampler(config)[0]
+    if masked_text_folder(checkpoint) == "HiDream":  # FlowMatchEuler: ddim; flow UniPC: unipc (.interop.hidream)
+        from ..interop.hidream import folder_sampler as hidream_folder_sampler
+        return hidream_folder_sampler(config)[0]
     return folder_sampler(config, flow=masked_text_folder(checkpoint) in FLOW_KINDS)[0]
 
 
@@ -137,7 +140,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2,
     AuraFlow or CogView4 folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A HunyuanDiT folder
     (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
-    ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A Sana Sprint
+    ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A HiDream-I1
+    folder (:mod:`diffkit.interop.hidream`): its four text encoders, s = 5, 50 steps, ``ddim`` (FlowMatchEuler) or
+    ``unipc`` (flow UniPC) on its scheduler's sigmas, sizes at its one area. A Sana Sprint
     folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
     :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
@@ -191,6 +196,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         from ..interop.deepfloyd_if import IF_PIPELINE, load_deepfloyd_if
         from ..interop.pixart import text_to_image
         pixart = load_deepfloyd_if(directory, device, progress=progress, kind=IF_PIPELINE)
+    elif label == "HiDream":
+        from ..interop.hidream import load_hidream, text_to_image
+        pixart = load_hidream(directory, device, progress=progress)
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options as hunyuan_pag_options

@@ -45,10 +45,11 @@ def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = Fals
                        help="SD3 folders: the T5 encoder's negative prompt "
                             "(default: --negative-prompt)")
     group.add_argument("--max-sequence-length", type=int_in(1, 512), metavar="L",
-                       help="SD3 / FLUX / Chroma / PixArt / Sana / Z-Image / Qwen-Image folders: the T5 (Sana: "
-                            "Gemma, Z-Image: Qwen3, Qwen-Image: Qwen2.5-VL) tokens of every prompt (default the "
-                            "pipelines': SD3 256, FLUX.1 512, Chroma 512 (inpainting 256), PixArt-α 120, PixArt-Σ and "
-                            "Sana 300, Z-Image and Qwen-Image 512; at most 512)")
+                       help="SD3 / FLUX / Chroma / PixArt / Sana / Z-Image / Qwen-Image / HiDream folders: the T5 "
+                            "(Sana: Gemma, Z-Image: Qwen3, Qwen-Image: Qwen2.5-VL; HiDream: each encoder's, CLIP at "
+                            "most 218) tokens of every prompt (default the pipelines': SD3 256, FLUX.1 512, Chroma "
+                            "512 (inpainting 256), PixArt-α 120, PixArt-Σ and Sana 300, Z-Image and Qwen-Image 512, "
+                            "HiDream 128; at most 512)")
     if true_cfg:
         from ._common import positive_float
         group.add_argument("--true-cfg-scale", type=positive_float, metavar="S",

@@ -38,7 +38,7 @@ would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDSc
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, PixArt-α / Σ, Sana (Sprint),
-Lumina-Image 2.0, AuraFlow and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
+Lumina-Image 2.0, AuraFlow, HunyuanDiT and HiDream-I1 folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
 folders (``._flux2``, reference images: ``--reference-image``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
 depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
 

@@ -23,6 +23,8 @@
   ``consistency`` sampler), :mod:`.sana_lora` its LoRA files.
 * :mod:`.lumina2` - a Lumina-Image 2.0 folder (Gemma-2 after a system prompt, a unified next-DiT, CFG truncation and
   normalisation), through :mod:`.pixart`'s code.
+* :mod:`.hidream` - a HiDream-I1 folder (two CLIP projections pooled, T5 and every Llama layer, a sparse-MoE flow
+  transformer, FlowMatchEuler or flow UniPC), through :mod:`.pixart`'s code.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, img2img and inpainting as ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``.
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
@@ -81,6 +83,7 @@ _EXPORTS = {
     "ZImage": "z_image", "load_z_image": "z_image", "is_z_image_folder": "z_image",
     "CogView4": "cogview4", "load_cogview4": "cogview4", "is_cogview4_folder": "cogview4",
     "CogView3Plus": "cogview3plus", "load_cogview3plus": "cogview3plus", "is_cogview3plus_folder": "cogview3plus",
+    "HiDream": "hidream", "load_hidream": "hidream", "is_hidream_folder": "hidream",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -95,7 +98,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "z_image_text_to_image": ("z_image", "text_to_image"),
             "z_image_image_to_image": ("z_image", "image_to_image"),
             "cogview4_text_to_image": ("cogview4", "text_to_image"),
-            "cogview3plus_text_to_image": ("cogview3plus", "text_to_image")}
+            "cogview3plus_text_to_image": ("cogview3plus", "text_to_image"),
+            "hidream_text_to_image": ("hidream", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

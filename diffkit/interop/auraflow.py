@@ -74,12 +74,15 @@ def check_auraflow_folder(directory) -> tuple:
     return index, config, sched
 
 
-def check_unguided_negative(negative_prompt, guidance_scale: float, convention: str) -> None:
-    """One line for a negative prompt at a guidance scale without CFG (diffusers' s <= 1: the AuraFlow / CogView4
-    pipelines' ``do_classifier_free_guidance`` off, the negative prompt unused)."""
-    if negative_prompt is not None:
+def guided(guidance_scale: float, convention: str, negative_prompt=None) -> bool:
+    """True where the pipeline's ``do_classifier_free_guidance`` is on: diffusers' scale s > 1 (``convention``
+    "seed": w = s - 1 > 0); off, a ``negative_prompt`` (which feeds only CFG) is one line (AuraFlow's, HiDream's)."""
+    check_choice("convention", convention, ["diffusers", "seed"])
+    scale = float(guidance_scale) if convention == "diffusers" else 1 + float(guidance_scale)
+    if scale <= 1 and negative_prompt is not None:
         raise DiffkitError(f"a negative prompt with guidance_scale={guidance_scale:g} ({convention} convention) "
                            f"is not allowed: it feeds only CFG (diffusers' scale > 1); raise the scale or drop it")
+    return scale > 1
 
 
 class AuraFlowNet(torch.nn.Module):
@@ -168,12 +171,9 @@ class AuraFlow(Sana):
                         size: Optional[tuple] = None, denoiser=None, **encode) -> tuple:
         """:meth:`.pixart.PixArt.prompt_guidance` for a diffusers-convention scale s > 1; s <= 1 (the pipeline's
         ``do_classifier_free_guidance`` off): the unguided denoiser, and a negative prompt is refused."""
-        check_choice("convention", convention, ["diffusers", "seed"])
-        scale = float(guidance_scale) if convention == "diffusers" else 1 + float(guidance_scale)
-        if scale > 1:
+        if guided(guidance_scale, convention, negative_prompt):
             return super().prompt_guidance(prompts, negative_prompt, guidance_scale, convention,
                                            max_sequence_length, size, denoiser, **encode)
-        check_unguided_negative(negative_prompt, guidance_scale, convention)
         context, mask = self.encode_prompts(prompts, max_sequence_length, **encode)
         return denoiser or self.denoiser, {"context": context, "mask": mask}
 

@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, check_choice, read_json_object
+from ..errors import DiffkitError, read_json_object
 from . import require
 from .flow_latents import load_flow_parts
 from .pixart import PixArt, check_pipeline_folder
@@ -166,16 +166,13 @@ class CogView3Plus(PixArt):
         """(denoiser, cond) of the pipeline's guidance (module docstring): the null half zeros without a negative
         prompt; s <= 1: the unguided denoiser."""
         from ..guidance import ClassifierFreeGuidance
-        from .auraflow import check_unguided_negative
+        from .auraflow import guided
         from .stable_diffusion import negative_prompts
-        check_choice("convention", convention, ["diffusers", "seed"])
-        scale = float(guidance_scale) if convention == "diffusers" else 1 + float(guidance_scale)
         denoiser = denoiser or self.denoiser
         context, _ = self.encode_prompts(prompts, max_sequence_length)
         cond = {"context": context, **self.micro_conditions(context.shape[0], *size, original_size,
                                                              crops_coords_top_left)}
-        if scale <= 1:
-            check_unguided_negative(negative_prompt, guidance_scale, convention)
+        if not guided(guidance_scale, convention, negative_prompt):
             return denoiser, cond
         null = torch.zeros_like(context[:1]) if negative_prompt is None else \
             self.encode_prompts(negative_prompts(negative_prompt, context.shape[0]), max_sequence_length)[0]

@@ -56,7 +56,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import DiffkitError, check_choice, read_json_object
+from ..errors import DiffkitError, read_json_object
 from . import model_dtype, require
 from .flow_latents import flow_sigmas_grid, load_flow_parts
 from .pixart import PixArt, check_pipeline_folder, folder_sampler
@@ -319,10 +319,8 @@ class CogView4(PixArt):
         its own, for a diffusers-convention scale s > 1; s <= 1: the unguided ``denoiser`` (default this size's).
         ``extra``: more cond entries of both passes (a Control folder's control latents)."""
         from ..guidance import ClassifierFreeGuidance
-        from .auraflow import check_unguided_negative
+        from .auraflow import guided
         from .stable_diffusion import negative_prompts
-        check_choice("convention", convention, ["diffusers", "seed"])
-        scale = float(guidance_scale) if convention == "diffusers" else 1 + float(guidance_scale)
         sized = self if size is None else self.at_size(size[0] // self.vae_scale_factor,
                                                        size[1] // self.vae_scale_factor)
         denoiser = denoiser or sized.denoiser
@@ -330,8 +328,7 @@ class CogView4(PixArt):
         size = size or tuple(s * self.vae_scale_factor for s in sized.latents_hw)
         cond = {"context": context, **self.micro_conditions(context.shape[0], *size, original_size,
                                                              crops_coords_top_left), **(extra or {})}
-        if scale <= 1:
-            check_unguided_negative(negative_prompt, guidance_scale, convention)
+        if not guided(guidance_scale, convention, negative_prompt):
             return denoiser, cond
         negatives = negative_prompts(negative_prompt, context.shape[0])
         if len(set(negatives)) == 1:

@@ -118,10 +118,10 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "CogView4" for a CogView4 one, "CogView3Plus" for a
-    CogView3-Plus one, "DeepFloyd IF" for an IF one (stage I or II; :mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
-    :mod:`.hunyuan_dit`, :mod:`.cogview4`, :mod:`.cogview3plus`, :mod:`.deepfloyd_if`: the same command path), else
-    None."""
+    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "HiDream" for a HiDream-I1 one, "CogView4" for a
+    CogView4 one, "CogView3Plus" for a CogView3-Plus one, "DeepFloyd IF" for an IF one (stage I or II; :mod:`.sana`,
+    :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.hidream`, :mod:`.cogview4`, :mod:`.cogview3plus`,
+    :mod:`.deepfloyd_if`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .deepfloyd_if import is_deepfloyd_if_folder
@@ -135,6 +135,9 @@ def masked_text_folder(path) -> Optional[str]:
         return "Sana"
     if is_hunyuan_dit_folder(path):
         return "HunyuanDiT"
+    from .hidream import is_hidream_folder
+    if is_hidream_folder(path):
+        return "HiDream"
     if is_lumina2_folder(path):
         return "Lumina2"
     from .cogview3plus import is_cogview3plus_folder

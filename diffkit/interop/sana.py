@@ -66,6 +66,8 @@ from .pixart import PixArt, check_classes, folder_sampler
 SANA_PIPELINE = "SanaPipeline"
 SANA_SPRINT_PIPELINE = "SanaSprintPipeline"  # :mod:`.sana_sprint`
 SANA_MAX_SEQUENCE_LENGTH = 300  # the pipeline's default max_sequence_length
+# schedulers whose int64 timesteps floor s T for the network (their steps use the exact sigma)
+WHOLE_TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 SANA_CLASSES = {"transformer": ("SanaTransformer2DModel",), "vae": ("AutoencoderDC",),
                 "text_encoder": ("Gemma2Model",),
@@ -270,9 +272,9 @@ class Sana(PixArt):
         return self._denoiser
 
     def scheduler_denoiser(self):
-        """The denoiser on the scheduler's timesteps: a DPM-Solver folder's calls the network at floor(s T) (its
-        int64 timesteps), a FlowMatchEuler folder's at s T (:attr:`denoiser`)."""
-        if self.scheduler_config.get("_class_name") != "DPMSolverMultistepScheduler":
+        """The denoiser on the scheduler's timesteps: a DPM-Solver (or UniPC, :mod:`.hidream`) folder's calls the
+        network at floor(s T) (their int64 timesteps), a FlowMatchEuler folder's at s T (:attr:`denoiser`)."""
+        if self.scheduler_config.get("_class_name") not in WHOLE_TIMESTEP_SCHEDULERS:
             return self.denoiser
         if self._whole is None:
             self._whole = self._new_denoiser(True)
@@ -285,8 +287,12 @@ class Sana(PixArt):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
         scheduler = getattr(diffusers, self.scheduler_config["_class_name"]).from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(steps, **self.timestep_options())
         return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
+
+    def timestep_options(self) -> dict:
+        """More keyword arguments of the pipeline's ``set_timesteps`` (Sana's: none; HiDream's FlowMatchEuler mu)."""
+        return {}
 
 
 def load_sana(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
