@@ -12,8 +12,8 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --ip-adapter (XLabs), --lora, --textual-inversion (T5's width), --steps / --nfe, --sampler and its "
          "grid options (--flow-shift with another sampler than the pipeline's loop)")
 QWEN_IMAGE_TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-convention), "
-                    "--max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid options "
-                    "(--flow-shift with another sampler than the pipeline's loop)")
+                    "--max-sequence-length, --height / --width, --lora, --steps / --nfe, --sampler and its grid "
+                    "options (--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --strength, "
               "--max-sequence-length, --posterior, --height / --width, --ip-adapter (XLabs), --lora, "
               "--textual-inversion (T5's width), --steps, --sampler and its grid options, --eta")
@@ -24,8 +24,8 @@ EDIT_FLAGS = {  # diffkit edit's dests a Chroma folder takes (the rest must stay
     "ip_adapter", "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"}  # (._ip_adapter checks them)
 QWEN_IMAGE_EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guidance-scale "
                          "(--guidance-convention), --strength, --max-sequence-length, --posterior, --height / --width, "
-                         "--steps, --sampler and its grid options, --eta")
-QWEN_IMAGE_EDIT_FLAGS = EDIT_FLAGS - {"lora", "textual_inversion", "ip_adapter", "ip_adapter_image", "image_encoder",
+                         "--lora, --steps, --sampler and its grid options, --eta")
+QWEN_IMAGE_EDIT_FLAGS = EDIT_FLAGS - {"textual_inversion", "ip_adapter", "ip_adapter_image", "image_encoder",
                                       "negative_ip_adapter_image"}
 
 
@@ -53,7 +53,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     (:func:`~diffkit.interop.chroma.load_chroma`); ``textual_inversion``: embeddings of T5's width added to its
     tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family="Qwen-Image"``: a Qwen-Image folder
     the same way (:mod:`diffkit.interop.qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``;
-    no adapters: ``refused`` holds them)."""
+    ``lora`` as QwenImagePipeline's, :mod:`diffkit.interop.qwen_image_lora`; other adapters: ``refused`` holds
+    them)."""
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
@@ -62,7 +63,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
                                options, refused, keys=("refiner", "t2i_adapter", "redux", "thresholding"))
     if family == "Qwen-Image":
         from ..interop.qwen_image import QWEN_IMAGE_STEPS as CHROMA_STEPS, load_qwen_image, text_to_image
-        chroma, adapted = load_qwen_image(directory, device, progress=progress), {}
+        chroma, adapted = load_qwen_image(directory, device, progress=progress, lora=lora), {}
     else:
         from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
         chroma = load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
@@ -112,7 +113,7 @@ def edit_chroma(args, family: str = "Chroma") -> int:
     ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family="Qwen-Image"``: a
     Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
     (:func:`diffkit.interop.qwen_image.image_to_image`: strength 0.6 and 50 steps both, true CFG s = 4.0 only with
-    ``--negative-prompt``; no adapters)."""
+    ``--negative-prompt``; ``--lora`` as the pipelines' ``load_lora_weights`` + ``fuse_lora``, no other adapter)."""
     import torch
 
     from ..cli import build_parser
@@ -148,8 +149,9 @@ def edit_chroma(args, family: str = "Chroma") -> int:
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    chroma = load_qwen_image(directory, device, progress=args.progress) if family == "Qwen-Image" else \
-        load_chroma(directory, device, progress=args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
+    chroma = load_qwen_image(directory, device, progress=args.progress, lora=args.lora) if family == "Qwen-Image" \
+        else load_chroma(directory, device, progress=args.progress, lora=args.lora,
+                         textual_inversion=args.textual_inversion)
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
     chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     how_guided = _guidance(request)

@@ -738,14 +738,14 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.sd3 import is_sd3_folder
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
-    qwen = is_qwen_image_folder(checkpoint)  # Qwen-Image: Chroma's command path, no adapters (._chroma)
+    qwen = is_qwen_image_folder(checkpoint)  # Qwen-Image: Chroma's command path, LoRA files only (._chroma)
     if masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or qwen:  # PixArt-α / Σ, Sana, Chroma
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart
         pixart = not (is_chroma_folder(checkpoint) or qwen)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
-        refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
+        refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's, Chroma's, Qwen-Image's; PixArt: ._pixart)
                    "--textual-inversion": textual_inversion if pixart or qwen else None,
-                   "--lora": lora if qwen else None, "--controlnet": control,
+                   "--controlnet": control,
                    "--ip-adapter": ip_adapter if pixart or qwen else None, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
@@ -753,19 +753,19 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out, individual=individual,
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
-            **({"lora": lora} if pixart else {"family": "Qwen-Image"} if qwen else {
+            **({"lora": lora} if pixart else {"family": "Qwen-Image", "lora": lora} if qwen else {
                 "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(checkpoint):  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
         from ._flux2 import sample_flux2
-        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+        refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         return sample_flux2(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                             individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                             final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
-                            **options)
+                            lora=lora, **options)
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3
