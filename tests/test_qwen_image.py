@@ -221,10 +221,10 @@ def test_qwen_image_lora_is_load_lora_weights_and_fuse_lora(qwen_folder, qwen_lo
     _, path, qwen = qwen_folder
     lora, pipe = qwen_lora
     ours = load_qwen_image(path, progress=False, lora=[(lora, 0.3)])
-    assert check_transformer_lora(path, lora, 0.3, ours, qwen, pipe, text_to_image, tmp_path, capsys,
-                                  "text_encoder.model.layers.0.self_attn.q_proj.lora_A.weight",
-                                  "a Qwen-Image folder (QwenImageLoraLoaderMixin adapts the transformer only") < 1e-6
-    # 6e-8 measured
+    worst = check_transformer_lora(path, lora, 0.3, ours, qwen, pipe, text_to_image, tmp_path, capsys,
+                                   "text_encoder.model.layers.0.self_attn.q_proj.lora_A.weight",
+                                   "a Qwen-Image folder (QwenImageLoraLoaderMixin adapts the transformer only")
+    assert worst < 1e-6  # measured: see docs/interop.md
     noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         theirs = unpack_latents(pipe(PROMPTS, negative_prompt="ugly", true_cfg_scale=3.0, num_inference_steps=3,
@@ -232,7 +232,8 @@ def test_qwen_image_lora_is_load_lora_weights_and_fuse_lora(qwen_folder, qwen_lo
                                 4, 4)
     z0 = text_to_image(ours, PROMPTS, steps=3, latents=noise, negative_prompt="ugly", guidance_scale=3.0,
                        return_latents=True)
-    assert relative_error(z0, theirs) < 1e-5  # 2e-7 measured
+    print("Qwen-Image LoRA weights", worst, "z_0", relative_error(z0, theirs))
+    assert relative_error(z0, theirs) < 1e-5  # measured: see docs/interop.md
     from diffkit.commands.edit import read_pngs
     from diffkit.images import save_images
     images = tmp_path / "in"
@@ -292,7 +293,9 @@ def test_qwen_image_converted_lora_files_are_diffusers_conversions(qwen_folder, 
     merge_sd_loras(ours, transformer_loras(read_qwen_image_loras([(file, 0.7)]), ours.transformer))
     theirs, base = theirs.transformer.state_dict(), qwen.transformer.state_dict()
     assert max(float((v - base[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
-    assert max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) < 1e-6
+    worst = max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
+    print("Qwen-Image LoRA", kind, worst)
+    assert worst < 1e-6  # measured: see docs/interop.md
 
 
 @pytest.mark.parametrize("tensors,expected", [

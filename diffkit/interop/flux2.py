@@ -51,8 +51,6 @@ from .flow_latents import finish_images, load_flow_parts, pipeline_grid, start_l
 from .flux import Flux, check_flux_scheduler
 
 FLUX2_PIPELINE, FLUX2_KLEIN_PIPELINE = "Flux2Pipeline", "Flux2KleinPipeline"
-LORA_CONVERTED = ("lora_unet_", "diffusion_model.", "base_model.model.", "lycoris_", ".lora_down.", ".lokr_")
-# ^ what Flux2LoraLoaderMixin.lora_state_dict converts (kohya, ai-toolkit / BFL names, PEFT's, LyCORIS LoKr)
 FLUX2_TEXT_ENCODERS = {FLUX2_PIPELINE: "Mistral3ForConditionalGeneration", FLUX2_KLEIN_PIPELINE: "Qwen3ForCausalLM"}
 FLUX2_TEXT_LAYERS = {FLUX2_PIPELINE: (10, 20, 30), FLUX2_KLEIN_PIPELINE: (9, 18, 27)}  # text_encoder_out_layers
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -301,18 +299,17 @@ def load_flux2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     """Load a FLUX.2 diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_flux2_folder`). The tokenizer is read with
     ``AutoTokenizer`` (a ``PixtralProcessor`` folder's text tokenizer and chat template). ``lora``: LoRA files
-    (paths or (path, scale) pairs) with diffusers-format ``transformer.`` keys, as ``Flux2LoraLoaderMixin`` loads
-    them (its kohya / ai-toolkit / LyCORIS LoKr conversions, :data:`LORA_CONVERTED`, are refused in one line), read
-    and checked first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
-    (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`)."""
-    from .sana_lora import read_transformer_loras
+    (paths or (path, scale) pairs) in the formats ``Flux2LoraLoaderMixin`` loads (diffusers / PEFT, ai-toolkit,
+    kohya: :mod:`.flux2_lora`), read and checked first, fused as ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
+    from .flux2_lora import read_flux2_loras
+    from .qwen_image_lora import transformer_loras
     from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_flux2_folder(directory)
     kind = index["_class_name"]
-    loras = read_transformer_loras(lora, "FLUX.2", "a FLUX.2 folder", kind, LORA_CONVERTED,
-                                   flux_check=False) if lora else []
+    loras = read_flux2_loras(lora, kind) if lora else []
     parts = load_flow_parts(directory, {**index, "tokenizer": ["transformers", "AutoTokenizer"]},  # its text part
                             diffusers.Flux2Transformer2DModel, {"": FLUX2_TEXT_ENCODERS[kind]}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLFlux2)
@@ -328,7 +325,7 @@ def load_flux2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
         raise DiffkitError(f"{directory}: the text encoder has {text.num_hidden_layers} layers of width "
                            f"{text.hidden_size}; {kind} stacks its hidden states {layers} into the transformer's "
                            f"joint_attention_dim={joint}")
-    merge_sd_loras(model, loras)
+    merge_sd_loras(model, transformer_loras(loras, model.transformer, "FLUX.2"))
     return model
 
 

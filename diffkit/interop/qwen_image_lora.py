@@ -96,10 +96,11 @@ def read_qwen_image_loras(adapters) -> list:
     return read_sd_loras(adapters, read_qwen_image_lora)
 
 
-def transformer_adapters(path, read: dict, transformer) -> dict:
-    """``read`` (:func:`read_qwen_image_lora`) with a converted file's adapters moved to ``transformer``'s Linear
-    layers, each alpha (alpha_file / r) alpha_meta as diffusers' conversion and loader (module docstring); a module
-    the transformer lacks: one line naming the file's key. A diffusers-format ``read``: as it is."""
+def transformer_adapters(path, read: dict, transformer, kind: str = "Qwen-Image") -> dict:
+    """``read`` (:func:`read_qwen_image_lora`; FLUX.2's :func:`.flux2_lora.read_flux2_lora`) with a converted file's
+    adapters moved to ``transformer``'s Linear layers, each alpha (alpha_file / r) alpha_meta as diffusers'
+    conversion and loader (module docstring); a module the ``kind`` transformer lacks: one line naming the file's
+    key. A diffusers-format ``read``: as it is."""
     if "origin" not in read:
         return read
     layers = {n.replace(".", "_"): n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -108,8 +109,7 @@ def transformer_adapters(path, read: dict, transformer) -> dict:
         key = f"{prefix}{name}.lora_down.weight"
         if name not in layers:
             raise DiffkitError(f"--lora {path}: key {read['origin'].get(key, key)!r} names no Linear layer of the "
-                               f"Qwen-Image transformer (QwenImageTransformer2DModel's modules, dots written _ in "
-                               f"lora_unet_ keys)")
+                               f"{kind} transformer ({type(transformer).__name__} has no {name}, dots written _)")
         rank = down.shape[0] if down is not None and down.ndim == 2 else 0
         if rank:  # (any other shape: .sd_lora's one line)
             alpha = (rank if alpha is None else float(alpha)) / rank * read["alpha_of"]["transformer"](layers[name],
@@ -118,10 +118,10 @@ def transformer_adapters(path, read: dict, transformer) -> dict:
     return {**read, "unet": {}, "transformer": out}
 
 
-def transformer_loras(loras: list, transformer) -> list:
-    """:func:`read_qwen_image_loras`' list with every file's adapters placed on ``transformer``
+def transformer_loras(loras: list, transformer, kind: str = "Qwen-Image") -> list:
+    """:func:`read_qwen_image_loras`' (or FLUX.2's) list with every file's adapters placed on ``transformer``
     (:func:`transformer_adapters`), for :func:`.sd_lora.merge_sd_loras`."""
-    return [(path, scale, transformer_adapters(path, read, transformer)) for path, scale, read in loras]
+    return [(path, scale, transformer_adapters(path, read, transformer, kind)) for path, scale, read in loras]
 
 
 __all__ = ["converted_keys", "read_qwen_image_lora", "read_qwen_image_loras", "transformer_adapters",

@@ -18,22 +18,17 @@ def read_transformer_lora(path, kind: str = "Sana", folder: str = "a Sana folder
                           pipeline: str = "SanaPipeline", unconverted: str = "",
                           flux_check: bool = True) -> dict:
     """:func:`.sd_lora.parse_sd_lora` of a LoRA file of a folder whose diffusers loader adapts the transformer only
-    (Sana's; Lumina2's, AuraFlow's and FLUX.2's, :func:`read_transformer_loras`), keys checked first.
-    ``unconverted``: a key prefix the loader converts but diffkit does not (Lumina2's ``diffusion_model.``), or a
-    tuple of them (one beginning ``.``: a part found anywhere in a key, FLUX.2's ``.lora_down.``), refused in its
-    own line; ``flux_check``: :func:`.sd_lora.read_lora_tensors`' (False for AuraFlow and FLUX.2, whose blocks are
-    named as FLUX.1's)."""
+    (Sana's; Lumina2's and AuraFlow's, :func:`read_transformer_loras`), keys checked first. ``unconverted``: a key
+    prefix the loader converts but diffkit does not (Lumina2's ``diffusion_model.``), refused in its own line;
+    ``flux_check``: :func:`.sd_lora.read_lora_tensors`' (False for AuraFlow, whose blocks are named as FLUX's)."""
     from ..errors import DiffkitError
     from .sd3_lora import check_peft_keys
     from .sd_lora import parse_sd_lora, read_lora_tensors
     tensors, meta = read_lora_tensors(path, flux_check)
-    marks = (unconverted,) if isinstance(unconverted, str) else unconverted
-    key = next((k for k in sorted(tensors) for m in marks if m and (k.startswith(m) or m[0] == "." and m in k)),
-               None)
+    key = next((k for k in sorted(tensors) if unconverted and k.startswith(unconverted)), None)
     if key is not None:
-        marks = " / ".join(map(repr, marks))
-        raise DiffkitError(f"--lora {path}: key {key!r} is not supported on {folder} ({pipeline} converts {marks} "
-                           f"files, diffkit does not yet); allowed: transformer. keys in "
+        raise DiffkitError(f"--lora {path}: key {key!r} is not supported on {folder} ({pipeline} converts "
+                           f"{unconverted!r} files, diffkit does not yet); allowed: transformer. keys in "
                            f"diffusers / PEFT format, as {pipeline}.save_lora_weights writes them")
     check_peft_keys(path, tensors, PREFIXES, kind, folder, pipeline)
     return parse_sd_lora(path, tensors, meta)
