@@ -212,10 +212,10 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
                         help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / "
                              "SD-XL / SD3 / FLUX.1 / Sana / Lumina-Image 2.0 / AuraFlow / Chroma / Kolors / "
                              "Qwen-Image / FLUX.2, a diffusers, PEFT or kohya LoRA .safetensors; SD3, Sana, "
-                             "Lumina-Image 2.0, AuraFlow, FLUX.2: diffusers / PEFT only; Chroma: its transformer only; "
-                             "Kolors: its UNet, diffusers / PEFT keys; Qwen-Image: its transformer, diffusers / PEFT, "
-                             "ComfyUI diffusion_model. or kohya lora_unet_ keys) merged into --checkpoint's weights at "
-                             "load, "
+                             "Lumina-Image 2.0, AuraFlow: diffusers / PEFT only; Chroma: its transformer only; "
+                             "Kolors: its UNet, diffusers / PEFT keys; Qwen-Image, FLUX.2: the transformer, diffusers "
+                             "/ PEFT, diffusion_model. (ComfyUI, ai-toolkit) or kohya lora_unet_ keys) merged into "
+                             "--checkpoint's weights at load, "
                              "W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "

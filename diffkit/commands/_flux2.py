@@ -9,8 +9,8 @@ from ..errors import DiffkitError
 
 TAKES = ("--prompt, --negative-prompt (a Flux2KleinPipeline folder's CFG), --reference-image, --guidance-scale "
          "(Flux2Pipeline: the embedded guidance; Klein: CFG, --guidance-convention), --max-sequence-length, --height / "
-         "--width, --lora (diffusers / PEFT keys), --steps / --nfe, --sampler and its grid options (--flow-shift with "
-         "another sampler than the pipeline's loop)")
+         "--width, --lora, --steps / --nfe, --sampler and its grid options (--flow-shift with another sampler than the "
+         "pipeline's loop)")
 
 
 def add_reference_flags(parser) -> None:
