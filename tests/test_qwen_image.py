@@ -3,7 +3,6 @@ on a tiny random folder (tests/_qwen_image_helpers.py: a Qwen2.5-VL of one text 
 byte-level BPE tokenizer, a one-block transformer, a two-level AutoencoderKLQwenImage; nothing downloaded), and
 ``diffkit sample`` on it (the library's grid byte for byte; flags that do not apply: one line)."""
 import json
-import re
 import shutil
 
 import pytest
@@ -273,27 +272,17 @@ def test_qwen_image_converted_lora_files_are_diffusers_conversions(qwen_folder, 
                                                                    metadata):
     """ComfyUI / musubi (diffusion_model.), kohya (lora_unet_, with the diffusers file's metadata: its alphas on top
     of the file's) and PEFT default. files: the weights of QwenImagePipeline.load_lora_weights + fuse_lora."""
-    import copy
-    import types
     from safetensors import safe_open
     from safetensors.torch import save_file
-    from diffkit.interop.qwen_image_lora import read_qwen_image_loras, transformer_loras
-    from diffkit.interop.sd_lora import merge_sd_loras
+    from diffkit.interop.qwen_image_lora import read_qwen_image_loras
+    from test_sd_lora import converted_lora_difference
     pipe, _, qwen = qwen_folder
     with safe_open(qwen_lora[0], "pt") as f:
         meta = f.metadata()
     file = tmp_path / f"{kind}.safetensors"
     save_file(_converted(qwen_lora[0], kind), file, metadata=meta if metadata else None)
-    theirs = diffusers.QwenImagePipeline(transformer=copy.deepcopy(pipe.transformer), scheduler=pipe.scheduler,
-                                         vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
-    theirs.load_lora_weights(str(file))
-    theirs.fuse_lora(lora_scale=0.7)
-    theirs.unload_lora_weights()
-    ours = types.SimpleNamespace(transformer=copy.deepcopy(qwen.transformer))
-    merge_sd_loras(ours, transformer_loras(read_qwen_image_loras([(file, 0.7)]), ours.transformer))
-    theirs, base = theirs.transformer.state_dict(), qwen.transformer.state_dict()
-    assert max(float((v - base[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
-    worst = max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
+    worst, changes = converted_lora_difference(pipe, qwen, file, read_qwen_image_loras, "Qwen-Image")
+    assert max(changes.values()) > 1e-2
     print("Qwen-Image LoRA", kind, worst)
     assert worst < 1e-6  # measured: see docs/interop.md
 
@@ -316,8 +305,5 @@ def test_qwen_image_converted_lora_files_are_diffusers_conversions(qwen_folder, 
      "transformer")])
 def test_qwen_image_lora_refusals(qwen_folder, tmp_path, tensors, expected):
     """What diffusers does not load as the file says, or diffkit does not map: one line naming the key."""
-    from safetensors.torch import save_file
-    save_file(tensors, tmp_path / "bad.safetensors")
-    with pytest.raises(DiffkitError, match=re.escape(expected)) as info:
-        load_qwen_image(qwen_folder[1], progress=False, lora=[tmp_path / "bad.safetensors"])
-    assert "\n" not in str(info.value)
+    from test_sd_lora import assert_lora_refused
+    assert_lora_refused(load_qwen_image, qwen_folder[1], tmp_path, tensors, expected)

@@ -92,6 +92,36 @@ def check_transformer_lora(path, lora, scale, ours, base, pipe, text_to_image, t
     return worst
 
 
+def converted_lora_difference(pipe, model, file, read_loras, kind: str, scale: float = 0.7) -> tuple:
+    """(worst abs difference, {parameter: max abs change}) of ``model``'s transformer with the LoRA ``file`` merged
+    (``read_loras``: the family's reader, placed by :func:`diffkit.interop.qwen_image_lora.transformer_loras` for the
+    ``kind`` transformer) from a copy of ``pipe``'s transformer after ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)``: Qwen-Image's and FLUX.2's converted files."""
+    import copy
+    import types
+    from diffkit.interop.qwen_image_lora import transformer_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    theirs.load_lora_weights(str(file))
+    theirs.fuse_lora(lora_scale=scale)
+    theirs.unload_lora_weights()
+    ours = types.SimpleNamespace(transformer=copy.deepcopy(model.transformer))
+    merge_sd_loras(ours, transformer_loras(read_loras([(file, scale)]), ours.transformer, kind))
+    theirs, base = theirs.transformer.state_dict(), model.transformer.state_dict()
+    ours = ours.transformer.state_dict()
+    return (max(float((v - theirs[k]).abs().max()) for k, v in ours.items()),
+            {k: float((v - base[k]).abs().max()) for k, v in ours.items()})
+
+
+def assert_lora_refused(load, folder, tmp_path, tensors: dict, expected: str) -> None:
+    """``load(folder, lora=[file])`` of a file of ``tensors``: one line holding ``expected``."""
+    import re
+    save_file(tensors, tmp_path / "bad.safetensors")
+    with pytest.raises(DiffkitError, match=re.escape(expected)) as info:
+        load(folder, progress=False, lora=[tmp_path / "bad.safetensors"])
+    assert "\n" not in str(info.value)
+
+
 def _kohya(diffusers_file, out, prefixes=None, rename=None):
     """The diffusers-format file renamed to kohya's keys (``prefixes``: component -> key prefix; ``rename``:
     (component, module) -> the module's name in the key), with each module's alpha as ``.alpha``."""
