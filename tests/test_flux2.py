@@ -256,7 +256,8 @@ def test_flux2_lora_is_load_lora_weights_and_fuse_lora(flux2_folder, tmp_path, c
     from diffkit.interop.sd_lora import merge_sd_loras
     from test_sd_lora import check_transformer_lora, fused_transformer_lora
     _, path, flux2 = flux2_folder
-    lora, pipe = fused_transformer_lora(diffusers.Flux2Pipeline, path, tmp_path, FLUX2_LORA, scale=0.3)
+    lora, pipe = fused_transformer_lora(diffusers.Flux2Pipeline, path, tmp_path, FLUX2_LORA, scale=0.3,
+                                        loaded=flux2_folder[0])
     ours = copy.deepcopy(flux2)  # load_flux2(path, lora=...)'s merge (the command loads the folder so)
     merge_sd_loras(ours, transformer_loras(read_flux2_loras([(lora, 0.3)]), ours.transformer, "FLUX.2"))
     worst = check_transformer_lora(path, lora, 0.3, ours, flux2, pipe, text_to_image, tmp_path, capsys,

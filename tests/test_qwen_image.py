@@ -210,7 +210,7 @@ def qwen_lora(qwen_folder, tmp_path_factory):
     (QwenImagePipeline.save_lora_weights) on the tiny folder's transformer."""
     from test_sd_lora import fused_transformer_lora
     return fused_transformer_lora(diffusers.QwenImagePipeline, qwen_folder[1], tmp_path_factory.mktemp("qwen_lora"),
-                                  QWEN_LORA, scale=0.3)
+                                  QWEN_LORA, scale=0.3, loaded=qwen_folder[0])
 
 
 def test_qwen_image_lora_is_load_lora_weights_and_fuse_lora(qwen_folder, qwen_lora, tmp_path, capsys):

@@ -39,11 +39,12 @@ def _add_lora(module, seed, **config):
 
 
 def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dict, text_encoder=None,
-                           scale: float = 0.7):
+                           scale: float = 0.7, loaded=None):
     """(a diffusers-format LoRA file on ``folder``'s transformer and CLIP ``text_encoder`` (rank / alpha patterns of
     ``transformer_config``, :data:`TEXT_LORA`; None: the transformer only, Lumina2's and AuraFlow's), written by
     ``pipeline_class.save_lora_weights`` into ``root``; the folder's pipeline after its ``load_lora_weights`` +
-    ``fuse_lora(lora_scale=scale)``): SD3's and FLUX's."""
+    ``fuse_lora(lora_scale=scale)``): SD3's and FLUX's. ``loaded``: the folder's pipeline already loaded, whose
+    components (a copy of its transformer) make the fused one instead of reading the folder again."""
     index = json.loads((folder / "model_index.json").read_text())
     transformer = getattr(diffusers, index["transformer"][1]).from_pretrained(folder / "transformer",
                                                                               local_files_only=True)
@@ -60,7 +61,11 @@ def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dic
     pipeline_class.save_lora_weights(
         root, weight_name="lora.safetensors", transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
         **text)
-    pipe = pipeline_class.from_pretrained(folder, local_files_only=True)
+    if loaded is None:
+        pipe = pipeline_class.from_pretrained(folder, local_files_only=True)
+    else:
+        import copy
+        pipe = pipeline_class(**{**loaded.components, "transformer": copy.deepcopy(loaded.transformer)})
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(root / "lora.safetensors"))
     pipe.fuse_lora(lora_scale=scale, components=["transformer"] + ([text_encoder] if text_encoder else []))
