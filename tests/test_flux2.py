@@ -149,7 +149,7 @@ def test_sample_command_writes_the_library_grid(flux2_folder, klein_folder, tmp_
     size = ["--height", str(SIZE), "--width", str(SIZE)]
     assert_sample_refusals(main, flux2_folder[1], tmp_path, capsys, [
         (["--negative-prompt", "ugly"] + size, "not allowed for a Flux2Pipeline folder"),
-        (["--lora", "x.safetensors"], "--lora does not apply to a FLUX.2 folder"),
+        (["--lora", "x.safetensors"], "--lora x.safetensors does not exist"),
         (["--true-cfg-scale", "2"], "--true-cfg-scale does not apply to a FLUX.2 folder"),
         (["--pag-scale", "2"], "--pag-scale does not apply to a FLUX.2 folder"),
         (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 4")], label="a FLUX.2")
@@ -239,3 +239,101 @@ def test_sample_command_takes_reference_images(flux2_folder, tmp_path, capsys):
         (["--reference-image", str(tmp_path / "text.png")], "cannot be read as an image")])
     assert_sample_refusals(main, tmp_path, tmp_path, capsys, [
         (["--reference-image", str(paths[0])], "--reference-image applies to a FLUX.2 folder")])
+
+
+FLUX2_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "add_k_proj", "to_qkv_mlp_proj", "to_out.0", "linear_in",
+                                                       "x_embedder", "double_stream_modulation_img.linear"],
+                  rank_pattern={"to_q": 2}, alpha_pattern={"linear_in": 3.0})
+
+
+def test_flux2_lora_is_load_lora_weights_and_fuse_lora(flux2_folder, tmp_path, capsys):
+    """A diffusers-format file (Flux2Pipeline.save_lora_weights; rank / alpha patterns) at 0.3: load_lora_weights +
+    fuse_lora's weights and z_0; ``diffkit sample --lora`` is the library; a kohya key diffusers leaves out: one
+    line."""
+    import copy
+    from diffkit.interop.flux2_lora import read_flux2_loras
+    from diffkit.interop.qwen_image_lora import transformer_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    from test_sd_lora import check_transformer_lora, fused_transformer_lora
+    _, path, flux2 = flux2_folder
+    lora, pipe = fused_transformer_lora(diffusers.Flux2Pipeline, path, tmp_path, FLUX2_LORA, scale=0.3,
+                                        loaded=flux2_folder[0])
+    ours = copy.deepcopy(flux2)  # load_flux2(path, lora=...)'s merge (the command loads the folder so)
+    merge_sd_loras(ours, transformer_loras(read_flux2_loras([(lora, 0.3)]), ours.transformer, "FLUX.2"))
+    worst = check_transformer_lora(path, lora, 0.3, ours, flux2, pipe, text_to_image, tmp_path, capsys,
+                                   "lora_unet_double_blocks_0_img_mod_lin.lora_down.weight",
+                                   "a FLUX.2 folder (diffusers logs it as unsupported")
+    noise = _noise()
+    error = relative_error(_ours(ours, noise).flatten(2).transpose(1, 2), _theirs(pipe, noise))
+    print("FLUX.2 LoRA weights", worst, "z_0", error)
+    assert worst < 1e-6 and error < 1e-5  # measured: see docs/interop.md
+
+
+BFL_MODULES = ["double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.txt_attn.proj",
+               "double_blocks.0.img_mlp.0", "double_blocks.0.txt_mlp.2", "single_blocks.0.linear1",
+               "single_blocks.0.linear2", "img_in", "time_in.out_layer", "final_layer.linear"]
+AI_TOOLKIT_ONLY = ["guidance_in.in_layer", "double_stream_modulation_img.lin", "single_stream_modulation.lin"]
+
+
+def _bfl_file(transformer, kind: str) -> dict:
+    """A random rank-4 LoRA on :data:`BFL_MODULES` under BFL's names as ``kind`` writes them (``ai-toolkit``:
+    diffusion_model. lora_A / lora_B, also its modulation / guidance modules; ``peft``: the same under
+    base_model.model.; ``expanded``: diffusion_model. on diffusers' own block names; ``kohya``: lora_unet_ with
+    .alpha 2 on the qkv modules)."""
+    from diffkit.interop.flux2_lora import bfl_targets
+    layers = dict(transformer.named_modules())
+    gen, out = torch.Generator().manual_seed(3), {}
+    for module in BFL_MODULES + (AI_TOOLKIT_ONLY if kind != "kohya" else []):
+        targets = bfl_targets(module, False)
+        if kind == "expanded":
+            if "blocks" not in module:
+                continue
+            targets, module = targets[:1], targets[0]
+        a = torch.randn(4, layers[targets[0]].in_features, generator=gen) * 0.3
+        b = torch.randn(sum(layers[t].out_features for t in targets), 4, generator=gen) * 0.3
+        if kind == "kohya":
+            name = "lora_unet_" + module.replace(".", "_")
+            out.update({f"{name}.lora_down.weight": a, f"{name}.lora_up.weight": b})
+            if "qkv" in module:
+                out[f"{name}.alpha"] = torch.tensor(2.0)
+        else:
+            name = ("base_model.model." if kind == "peft" else "diffusion_model.") + module
+            out.update({f"{name}.lora_A.weight": a, f"{name}.lora_B.weight": b})
+    return out
+
+
+@pytest.mark.parametrize("kind", ["ai-toolkit", "peft", "expanded", "kohya"])
+def test_flux2_converted_lora_files_are_diffusers_conversions(flux2_folder, tmp_path, kind):
+    """ai-toolkit (BFL names: fused qkv split in three, the fused single-block linear1 kept), PEFT, diffusers-named
+    and kohya (.alpha) files: the weights of Flux2Pipeline.load_lora_weights + fuse_lora(lora_scale=0.7)."""
+    from safetensors.torch import save_file
+    from diffkit.interop.flux2_lora import read_flux2_loras
+    from test_sd_lora import converted_lora_difference
+    pipe, _, flux2 = flux2_folder
+    file = tmp_path / f"{kind}.safetensors"
+    save_file(_bfl_file(flux2.transformer, kind), file)
+    worst, changes = converted_lora_difference(pipe, flux2, file, read_flux2_loras, "FLUX.2")
+    assert sum(change > 0 for change in changes.values()) >= (7 if kind == "expanded" else 14)
+    print("FLUX.2 LoRA", kind, worst)
+    assert worst < 1e-6  # measured: see docs/interop.md
+
+
+@pytest.mark.parametrize("tensors,expected", [
+    ({"diffusion_model.final_layer.adaLN_modulation.1.lora_A.weight": torch.ones(2, 8)},
+     "key 'diffusion_model.final_layer.adaLN_modulation.1.lora_A.weight' is not supported on a FLUX.2 folder "
+     "(final_layer.adaLN_modulation.1: diffusers' LoRA conversion keeps BFL's (shift, scale) order"),
+    ({"diffusion_model.img_in.lora_A.weight": torch.ones(2, 8), "diffusion_model.img_in.alpha": torch.tensor(2.0)},
+     "key 'diffusion_model.img_in.alpha' is not supported on a FLUX.2 folder (an ai-toolkit file"),
+    ({"lora_unet_img_in.lora_down.weight": torch.ones(2, 8), "lora_te1_x.lora_up.weight": torch.ones(8, 2)},
+     "key 'lora_te1_x.lora_up.weight' is not supported on a FLUX.2 folder (a kohya file"),
+    ({"diffusion_model.img_in.lokr_w1": torch.ones(2, 2)}, "(a LyCORIS LoKr file: Flux2LoraLoaderMixin converts"),
+    ({"text_encoder.x.lora_A.weight": torch.ones(2, 8)}, "(Flux2Pipeline's loader adapts the transformer only"),
+    ({"diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.ones(32, 2)},
+     "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight is (32, 2); allowed: (3 n, r)"),
+    ({"diffusion_model.single_blocks.7.linear2.lora_A.weight": torch.ones(2, 8),
+      "diffusion_model.single_blocks.7.linear2.lora_B.weight": torch.ones(8, 2)},
+     "key 'diffusion_model.single_blocks.7.linear2.lora_A.weight' names no Linear layer of the FLUX.2 transformer")])
+def test_flux2_lora_refusals(flux2_folder, tmp_path, tensors, expected):
+    """What diffusers does not load as the file says, or diffkit does not map: one line naming the key."""
+    from test_sd_lora import assert_lora_refused
+    assert_lora_refused(load_flux2, flux2_folder[1], tmp_path, tensors, expected)

@@ -103,7 +103,6 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(qwen_fold
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     assert_sample_refusals(main, path, tmp_path, capsys, [
-        (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Qwen-Image folder"),
         (["--ip-adapter", str(tmp_path / "x.bin"), "--ip-adapter-image", str(out)],
          "--ip-adapter applies to a Stable Diffusion folder or an SD3 / FLUX.1 / Chroma folder"),
         (["--controlnet", str(tmp_path), "--control-image", str(out)],
@@ -189,7 +188,6 @@ def test_edit_command_is_the_library_and_refuses_what_does_not_apply(qwen_folder
             name = f"edit_0000{i}.png"
             assert (out / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
     for extra, expected in [
-        (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Qwen-Image folder"),
         (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion does not apply to a Qwen-Image"),
         (["--mask", str(tmp_path / "mask.png"), "--padding-mask-crop", "2"],
          "--padding-mask-crop 2 applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1;"),
@@ -199,3 +197,113 @@ def test_edit_command_is_the_library_and_refuses_what_does_not_apply(qwen_folder
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (extra, err)
     assert not (tmp_path / "never").exists()
+
+
+QWEN_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "add_v_proj", "to_out.0", "img_mod.1", "net.2",
+                                                      "img_in", "norm_out.linear", "linear_1"],
+                 rank_pattern={"to_k": 2}, alpha_pattern={"add_v_proj": 3.0})
+
+
+@pytest.fixture(scope="module")
+def qwen_lora(qwen_folder, tmp_path_factory):
+    """(file, QwenImagePipeline after load_lora_weights + fuse_lora(lora_scale=0.3)) of a diffusers-format LoRA
+    (QwenImagePipeline.save_lora_weights) on the tiny folder's transformer."""
+    from test_sd_lora import fused_transformer_lora
+    return fused_transformer_lora(diffusers.QwenImagePipeline, qwen_folder[1], tmp_path_factory.mktemp("qwen_lora"),
+                                  QWEN_LORA, scale=0.3, loaded=qwen_folder[0])
+
+
+def test_qwen_image_lora_is_load_lora_weights_and_fuse_lora(qwen_folder, qwen_lora, tmp_path, capsys):
+    """A diffusers-format file (rank / alpha patterns) at 0.3: load_lora_weights + fuse_lora's weights and z_0;
+    ``diffkit sample --lora`` and ``diffkit edit --lora`` are the library; a text-encoder key: one line."""
+    from test_sd_lora import check_transformer_lora
+    _, path, qwen = qwen_folder
+    lora, pipe = qwen_lora
+    ours = load_qwen_image(path, progress=False, lora=[(lora, 0.3)])
+    worst = check_transformer_lora(path, lora, 0.3, ours, qwen, pipe, text_to_image, tmp_path, capsys,
+                                   "text_encoder.model.layers.0.self_attn.q_proj.lora_A.weight",
+                                   "a Qwen-Image folder (QwenImageLoraLoaderMixin adapts the transformer only")
+    assert worst < 1e-6  # measured: see docs/interop.md
+    noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = unpack_latents(pipe(PROMPTS, negative_prompt="ugly", true_cfg_scale=3.0, num_inference_steps=3,
+                                     latents=pack_latents(noise), height=16, width=16, output_type="latent").images,
+                                4, 4)
+    z0 = text_to_image(ours, PROMPTS, steps=3, latents=noise, negative_prompt="ugly", guidance_scale=3.0,
+                       return_latents=True)
+    print("Qwen-Image LoRA weights", worst, "z_0", relative_error(z0, theirs))
+    assert relative_error(z0, theirs) < 1e-5  # measured: see docs/interop.md
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    images = tmp_path / "in"
+    save_images(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1, images, prefix="in")
+    assert main(["edit", "--checkpoint", str(path), "--images", str(images), "--prompt", "hot", "--steps", "2",
+                 "--lora", f"{lora}:0.3", "--out", str(tmp_path / "edited"), "--no-progress"]) == 0
+    save_images(image_to_image(ours, read_pngs(images, "RGB")[0], "hot", steps=2, seed=0, output_range="-1,1"),
+                tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "edited" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+
+
+def _converted(lora, kind: str) -> dict:
+    """The diffusers-format file ``lora``'s tensors as another trainer writes them (``kind``: ComfyUI / musubi
+    ``diffusion_model.`` lora_down / lora_up with .alpha on some modules, the same as lora_A / lora_B without alpha,
+    kohya ``lora_unet_``, PEFT's bare ``default.`` names with .alpha)."""
+    from safetensors.torch import load_file
+    out = {}
+    for key, value in load_file(lora).items():
+        module, part = key[len("transformer."):].rsplit(".lora_", 1)
+        down = part == "A.weight"
+        alpha = "to_q" in module or "img_in" in module  # an .alpha on some modules (2.0: scale 2 / r)
+        name, tail = {"comfy": (f"diffusion_model.{module}", "lora_down.weight" if down else "lora_up.weight"),
+                      "comfy_ab": (f"diffusion_model.{module}", "lora_" + part),
+                      "kohya": ("lora_unet_" + module.replace(".", "_"), "lora_down.weight" if down else
+                                "lora_up.weight"),
+                      "default": (module, f"lora_{part[0]}.default.weight")}[kind]
+        out[f"{name}.{tail}"] = value
+        if down and alpha and kind != "comfy_ab":
+            out[f"{name}.alpha"] = torch.tensor(2.0)
+    return out
+
+
+@pytest.mark.parametrize("kind,metadata", [("comfy", False), ("comfy_ab", False), ("kohya", True),
+                                          ("default", False)])
+def test_qwen_image_converted_lora_files_are_diffusers_conversions(qwen_folder, qwen_lora, tmp_path, kind,
+                                                                   metadata):
+    """ComfyUI / musubi (diffusion_model.), kohya (lora_unet_, with the diffusers file's metadata: its alphas on top
+    of the file's) and PEFT default. files: the weights of QwenImagePipeline.load_lora_weights + fuse_lora."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from diffkit.interop.qwen_image_lora import read_qwen_image_loras
+    from test_sd_lora import converted_lora_difference
+    pipe, _, qwen = qwen_folder
+    with safe_open(qwen_lora[0], "pt") as f:
+        meta = f.metadata()
+    file = tmp_path / f"{kind}.safetensors"
+    save_file(_converted(qwen_lora[0], kind), file, metadata=meta if metadata else None)
+    worst, changes = converted_lora_difference(pipe, qwen, file, read_qwen_image_loras, "Qwen-Image")
+    assert max(changes.values()) > 1e-2
+    print("Qwen-Image LoRA", kind, worst)
+    assert worst < 1e-6  # measured: see docs/interop.md
+
+
+@pytest.mark.parametrize("tensors,expected", [
+    ({"diffusion_model.img_in.lora_down.weight": torch.ones(2, 16),
+      "diffusion_model.img_in.dora_scale": torch.ones(1, 32)}, "key 'diffusion_model.img_in.dora_scale' is not "
+                                                               "supported on a Qwen-Image folder (diffusers drops"),
+    ({"lora_unet_img_in.lora_down.weight": torch.ones(2, 16), "img_in.lora_up.weight": torch.ones(32, 2)},
+     "key 'img_in.lora_up.weight' is not supported on a Qwen-Image folder (a kohya file's keys all begin"),
+    ({"diffusion_model.img_in.lora_down.weight": torch.ones(2, 16),
+      "diffusion_model.txt_in.lora_A.weight": torch.ones(2, 32)},
+     "key 'diffusion_model.txt_in.lora_A.weight' is not supported on a Qwen-Image folder (a converted file's keys "
+     "end in .lora_down.weight / .lora_up.weight / .alpha)"),
+    ({"transformer.img_in.lora_A.weight": torch.ones(2, 16), "transformer.img_in.hada_w1_a": torch.ones(2, 16)},
+     "key 'transformer.img_in.hada_w1_a' is not supported on a Qwen-Image folder (QwenImageLoraLoaderMixin"),
+    ({"lora_unet_transformer_blocks_3_attn_to_q.lora_down.weight": torch.ones(2, 32),
+      "lora_unet_transformer_blocks_3_attn_to_q.lora_up.weight": torch.ones(32, 2)},
+     "key 'lora_unet_transformer_blocks_3_attn_to_q.lora_down.weight' names no Linear layer of the Qwen-Image "
+     "transformer")])
+def test_qwen_image_lora_refusals(qwen_folder, tmp_path, tensors, expected):
+    """What diffusers does not load as the file says, or diffkit does not map: one line naming the key."""
+    from test_sd_lora import assert_lora_refused
+    assert_lora_refused(load_qwen_image, qwen_folder[1], tmp_path, tensors, expected)

@@ -39,11 +39,12 @@ def _add_lora(module, seed, **config):
 
 
 def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dict, text_encoder=None,
-                           scale: float = 0.7):
+                           scale: float = 0.7, loaded=None):
     """(a diffusers-format LoRA file on ``folder``'s transformer and CLIP ``text_encoder`` (rank / alpha patterns of
     ``transformer_config``, :data:`TEXT_LORA`; None: the transformer only, Lumina2's and AuraFlow's), written by
     ``pipeline_class.save_lora_weights`` into ``root``; the folder's pipeline after its ``load_lora_weights`` +
-    ``fuse_lora(lora_scale=scale)``): SD3's and FLUX's."""
+    ``fuse_lora(lora_scale=scale)``): SD3's and FLUX's. ``loaded``: the folder's pipeline already loaded, whose
+    components (a copy of its transformer) make the fused one instead of reading the folder again."""
     index = json.loads((folder / "model_index.json").read_text())
     transformer = getattr(diffusers, index["transformer"][1]).from_pretrained(folder / "transformer",
                                                                               local_files_only=True)
@@ -60,7 +61,11 @@ def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dic
     pipeline_class.save_lora_weights(
         root, weight_name="lora.safetensors", transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
         **text)
-    pipe = pipeline_class.from_pretrained(folder, local_files_only=True)
+    if loaded is None:
+        pipe = pipeline_class.from_pretrained(folder, local_files_only=True)
+    else:
+        import copy
+        pipe = pipeline_class(**{**loaded.components, "transformer": copy.deepcopy(loaded.transformer)})
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(root / "lora.safetensors"))
     pipe.fuse_lora(lora_scale=scale, components=["transformer"] + ([text_encoder] if text_encoder else []))
@@ -90,6 +95,36 @@ def check_transformer_lora(path, lora, scale, ours, base, pipe, text_to_image, t
     assert len(err) == 1 and f"key {bad_key!r} is not supported on {message}" in err[0], err
     assert not (tmp_path / "never.png").exists()
     return worst
+
+
+def converted_lora_difference(pipe, model, file, read_loras, kind: str, scale: float = 0.7) -> tuple:
+    """(worst abs difference, {parameter: max abs change}) of ``model``'s transformer with the LoRA ``file`` merged
+    (``read_loras``: the family's reader, placed by :func:`diffkit.interop.qwen_image_lora.transformer_loras` for the
+    ``kind`` transformer) from a copy of ``pipe``'s transformer after ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)``: Qwen-Image's and FLUX.2's converted files."""
+    import copy
+    import types
+    from diffkit.interop.qwen_image_lora import transformer_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    theirs.load_lora_weights(str(file))
+    theirs.fuse_lora(lora_scale=scale)
+    theirs.unload_lora_weights()
+    ours = types.SimpleNamespace(transformer=copy.deepcopy(model.transformer))
+    merge_sd_loras(ours, transformer_loras(read_loras([(file, scale)]), ours.transformer, kind))
+    theirs, base = theirs.transformer.state_dict(), model.transformer.state_dict()
+    ours = ours.transformer.state_dict()
+    return (max(float((v - theirs[k]).abs().max()) for k, v in ours.items()),
+            {k: float((v - base[k]).abs().max()) for k, v in ours.items()})
+
+
+def assert_lora_refused(load, folder, tmp_path, tensors: dict, expected: str) -> None:
+    """``load(folder, lora=[file])`` of a file of ``tensors``: one line holding ``expected``."""
+    import re
+    save_file(tensors, tmp_path / "bad.safetensors")
+    with pytest.raises(DiffkitError, match=re.escape(expected)) as info:
+        load(folder, progress=False, lora=[tmp_path / "bad.safetensors"])
+    assert "\n" not in str(info.value)
 
 
 def _kohya(diffusers_file, out, prefixes=None, rename=None):

@@ -9,7 +9,7 @@ from ..errors import DiffkitError
 
 TAKES = ("--prompt, --negative-prompt (a Flux2KleinPipeline folder's CFG), --reference-image, --guidance-scale "
          "(Flux2Pipeline: the embedded guidance; Klein: CFG, --guidance-convention), --max-sequence-length, --height / "
-         "--width, --steps / --nfe, --sampler and its grid options (--flow-shift with another sampler than the "
+         "--width, --lora, --steps / --nfe, --sampler and its grid options (--flow-shift with another sampler than the "
          "pipeline's loop)")
 
 
@@ -43,7 +43,7 @@ def reference_request(args, checkpoint) -> Optional[list]:
 
 def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                  seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                 guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
+                 guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, **options):
     """Sample a FLUX.2 folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size and the step count): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1 in the pipelines' patchified layout), 50 steps; ``--guidance-scale``: Flux2Pipeline's
@@ -52,7 +52,9 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
     pipeline's sigmas (its loop), any other sampler on its diffkit grid of the size's flow schedule. ``refused``:
     {flag: value} of flags a FLUX.2 folder does not take (one line for the first given). ``reference_images`` (in
     ``options``): ``--reference-image`` files, in context for every sample as the pipelines' ``image=`` list
-    (:mod:`diffkit.interop.flux2_reference`; the size defaults to the first one's processed size)."""
+    (:mod:`diffkit.interop.flux2_reference`; the size defaults to the first one's processed size). ``lora``: LoRA
+    files ((path, scale) pairs) fused into the transformer as the pipelines' ``load_lora_weights`` + ``fuse_lora``
+    (:func:`diffkit.interop.flux2.load_flux2`)."""
     from ..interop.flux2 import FLUX2_STEPS, load_flux2, text_to_image
     from ._chroma import _guidance
     from ._pixart import checked_request
@@ -62,7 +64,7 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
     references = options.pop("reference_images", None)
     guidance = checked_request(directory, "FLUX.2", TAKES, guidance, options, refused,
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
-    flux2 = load_flux2(directory, device, progress=progress)
+    flux2 = load_flux2(directory, device, progress=progress, lora=lora)
     if references is not None:  # processed (and refused) before sampling; their size is the default
         from ..interop.flux2_reference import reference_images
         size = reference_images(flux2, references)[1]

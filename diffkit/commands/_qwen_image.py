@@ -8,23 +8,25 @@ from __future__ import annotations
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-convention), "
-         "--max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid options "
+         "--max-sequence-length, --height / --width, --lora, --steps / --nfe, --sampler and its grid options "
          "(--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guidance-scale "
               "(--guidance-convention), --strength, --max-sequence-length, --posterior, --height / --width, "
-              "--steps, --sampler and its grid options, --eta")
+              "--lora, --steps, --sampler and its grid options, --eta")
 
 
 class QwenImageFamily(Family):
-    """A Qwen-Image folder's: no LoRA, textual inversion or IP-Adapter (refused in one line); true CFG only with
-    ``--negative-prompt`` (:meth:`diffkit.interop.qwen_image.QwenImage.prompt_guidance`)."""
+    """A Qwen-Image folder's: LoRA files (:mod:`diffkit.interop.qwen_image_lora`), no textual inversion or
+    IP-Adapter (refused in one line); true CFG only with ``--negative-prompt``
+    (:meth:`diffkit.interop.qwen_image.QwenImage.prompt_guidance`)."""
 
-    kind, takes, edit_takes, edit_flags, adapters = "Qwen-Image", TAKES, EDIT_TAKES, NO_ADAPTER_EDIT_FLAGS, False
+    kind, takes, edit_takes, adapters, lora = "Qwen-Image", TAKES, EDIT_TAKES, False, True
+    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"lora"}
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
         from ..interop.qwen_image import load_qwen_image
-        return load_qwen_image(directory, device, progress=progress)
+        return load_qwen_image(directory, device, progress=progress, lora=lora)
 
     @staticmethod
     def functions() -> tuple:

@@ -19,7 +19,7 @@ class ZImageFamily(Family):
     """A Z-Image folder's: no LoRA, textual inversion or IP-Adapter (refused in one line), the pipelines'
     ``cfg_truncation`` (``--cfg-trunc-ratio``) and ``cfg_normalization`` (``--cfg-normalization K``)."""
 
-    kind, takes, edit_takes, adapters = "Z-Image", TAKES, EDIT_TAKES, False
+    kind, takes, edit_takes, adapters, lora = "Z-Image", TAKES, EDIT_TAKES, False, False
     edit_flags = NO_ADAPTER_EDIT_FLAGS | {"cfg_trunc_ratio", "cfg_norm_cap"}
 
     @staticmethod

@@ -752,7 +752,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         adapters = family is not None and family.adapters  # Chroma: FLUX.1's IP-Adapters, LoRA, T5 embeddings
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
                    "--textual-inversion": None if adapters else textual_inversion,
-                   "--lora": lora if family is not None and not adapters else None,
+                   "--lora": lora if family is not None and not family.lora else None,
                    "--controlnet": None if family is None else control,  # Sana's: ._pixart (PixArt's refusal there)
                    "--ip-adapter": None if adapters else ip_adapter, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
@@ -766,14 +766,14 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(checkpoint):  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
         from ._flux2 import sample_flux2
-        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+        refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         return sample_flux2(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                             individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                             final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
-                            **options)
+                            lora=lora, **options)
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3

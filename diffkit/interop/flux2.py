@@ -295,14 +295,21 @@ def check_flux2_folder(directory) -> tuple:
 
 
 def load_flux2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-               progress: bool = True) -> Flux2:
+               progress: bool = True, lora=None) -> Flux2:
     """Load a FLUX.2 diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_flux2_folder`). The tokenizer is read with
-    ``AutoTokenizer`` (a ``PixtralProcessor`` folder's text tokenizer and chat template)."""
+    ``AutoTokenizer`` (a ``PixtralProcessor`` folder's text tokenizer and chat template). ``lora``: LoRA files
+    (paths or (path, scale) pairs) in the formats ``Flux2LoraLoaderMixin`` loads (diffusers / PEFT, ai-toolkit,
+    kohya: :mod:`.flux2_lora`), read and checked first, fused as ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
+    from .flux2_lora import read_flux2_loras
+    from .qwen_image_lora import transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_flux2_folder(directory)
     kind = index["_class_name"]
+    loras = read_flux2_loras(lora, kind) if lora else []
     parts = load_flow_parts(directory, {**index, "tokenizer": ["transformers", "AutoTokenizer"]},  # its text part
                             diffusers.Flux2Transformer2DModel, {"": FLUX2_TEXT_ENCODERS[kind]}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLFlux2)
@@ -318,6 +325,7 @@ def load_flux2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
         raise DiffkitError(f"{directory}: the text encoder has {text.num_hidden_layers} layers of width "
                            f"{text.hidden_size}; {kind} stacks its hidden states {layers} into the transformer's "
                            f"joint_attention_dim={joint}")
+    merge_sd_loras(model, transformer_loras(loras, model.transformer, "FLUX.2"))
     return model
 
 

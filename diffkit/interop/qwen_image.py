@@ -242,12 +242,17 @@ def check_qwen_image_folder(directory) -> tuple:
 
 
 def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                    progress: bool = True) -> QwenImage:
+                    progress: bool = True, lora=None) -> QwenImage:
     """Load a Qwen-Image diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
-    in one line before any weight is read (:func:`check_qwen_image_folder`)."""
+    in one line before any weight is read (:func:`check_qwen_image_folder`). ``lora``: LoRA files (paths or (path,
+    scale) pairs) in the formats ``QwenImageLoraLoaderMixin`` loads (:mod:`.qwen_image_lora`), read and checked
+    first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
+    from .qwen_image_lora import read_qwen_image_loras, transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_qwen_image_folder(directory)
+    loras = read_qwen_image_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.QwenImageTransformer2DModel,
                             {"": "Qwen2_5_VLForConditionalGeneration"}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLQwenImage)
@@ -260,6 +265,7 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     if width != text:
         raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the text "
                            f"encoder's width {text}")
+    merge_sd_loras(model, transformer_loras(loras, model.transformer))
     return model
 
 
