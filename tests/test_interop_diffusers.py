@@ -337,11 +337,9 @@ def _bytes_to_unicode():
     return [chr(c) for c in cs]
 
 
-def tiny_sd_components(root, **unet_options):
-    """(unet, vae, text_encoder, tokenizer) of a tiny random Stable Diffusion (seeded, so equal
-    calls give equal weights); ``unet_options`` go to UNet2DConditionModel (e.g.
-    ``time_cond_proj_dim`` for an LCM, ``in_channels=9`` for an inpainting UNet). The tokenizer's files
-    are written into ``root``."""
+def tiny_clip_tokenizer(root):
+    """A CLIPTokenizer of the 256 byte characters (and a few merges), model_max_length 16, its files written into
+    ``root`` (the tiny SD folders' and Stable Cascade's)."""
     transformers = pytest.importorskip("transformers")
     chars = _bytes_to_unicode()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -353,7 +351,17 @@ def tiny_sd_components(root, **unet_options):
         vocab.setdefault(m, len(vocab))
     (root / "vocab.json").write_text(json.dumps(vocab))
     (root / "merges.txt").write_text("\n".join(merges) + "\n")
-    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16)
+    return transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16)
+
+
+def tiny_sd_components(root, **unet_options):
+    """(unet, vae, text_encoder, tokenizer) of a tiny random Stable Diffusion (seeded, so equal
+    calls give equal weights); ``unet_options`` go to UNet2DConditionModel (e.g.
+    ``time_cond_proj_dim`` for an LCM, ``in_channels=9`` for an inpainting UNet). The tokenizer's files
+    are written into ``root``."""
+    transformers = pytest.importorskip("transformers")
+    tokenizer = tiny_clip_tokenizer(root)
+    vocab = tokenizer.get_vocab()
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=8, out_channels=4,

@@ -101,6 +101,9 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.flux2 import is_flux2_folder
     flag = "--height" if height is not None else "--width"
+    from ..interop.stable_cascade import is_stable_cascade_folder
+    if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
+        return
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
             or is_flux2_folder(checkpoint)):
