@@ -143,22 +143,30 @@ def test_refusals(cascade, tmp_path, capsys):
     assert_sample_refusals(main, prior, tmp_path, capsys, [
         (with_decoder + ["--sampler", "ddim"], "--sampler ddim does not apply to a Stable Cascade folder"),  # RSC1
         (with_decoder + ["--spacing", "quadratic"], "--spacing does not apply to a Stable Cascade prior"),  # RSC2
-        (with_decoder + ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply"),  # RSC3
-        ([], "give --decoder FOLDER"),  # RSC4
-        (with_decoder + ["--decoder-steps", "0"], "--decoder-steps 0 is not allowed"),  # RSC5
+        (with_decoder + ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply"),  # RSC2
+        (with_decoder + ["--decoder-steps", "0"], "--decoder-steps 0 is not allowed"),  # (its own line)
+        ([], "give --decoder FOLDER"),  # RSC3
     ])
+    from argparse import Namespace
+    from diffkit.commands._stable_cascade import CascadeRequest
+    with pytest.raises(DiffkitError, match="--decoder applies to a Stable Cascade prior folder"):  # RSC9
+        CascadeRequest.from_args(Namespace(decoder=str(decoder), decoder_steps=None, decoder_guidance_scale=None),
+                                 tmp_path)
     capsys.readouterr()
+    assert main(["edit", "--checkpoint", str(prior), "--images", str(tmp_path), "--prompt", "a",
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "is a Stable Cascade folder, which diffkit edit does not take" in capsys.readouterr().err  # RSC8
     assert main(["sample", "--checkpoint", str(decoder), "--prompt", "a", "--out", str(tmp_path / "n.png")]) == 2
-    assert "give the StableCascadePriorPipeline folder as --checkpoint" in capsys.readouterr().err  # RSC6
+    assert "give the StableCascadePriorPipeline folder as --checkpoint" in capsys.readouterr().err  # RSC4
     combined = edited_copy(prior, tmp_path / "combined", "model_index.json",
                            {"_class_name": "StableCascadeCombinedPipeline"})
     with pytest.raises(DiffkitError, match="StableCascadeCombinedPipeline folder, which diffkit does not read"):
-        sc.check_prior_folder(combined)  # RSC7
+        sc.check_prior_folder(combined)  # RSC5
     wrong = edited_copy(decoder, tmp_path / "wrong", "decoder/config.json", {"effnet_in_channels": 8})
     with pytest.raises(DiffkitError, match="effnet_in_channels=8; allowed: 16"):
-        sc.load_stable_cascade(prior, wrong, progress=False)  # RSC8
+        sc.load_stable_cascade(prior, wrong, progress=False)  # RSC6
     with pytest.raises(DiffkitError, match="a negative prompt with guidance scales 1 .prior. and 0"):
-        sc.text_to_image(cascade[4], "a", negative_prompt="b", guidance_scale=1.0)  # RSC9
+        sc.text_to_image(cascade[4], "a", negative_prompt="b", guidance_scale=1.0)  # RSC7
     assert main(["sample", "--checkpoint", str(tmp_path / "combined"), "--decoder", str(decoder), "--prompt", "a",
                  "--out", str(tmp_path / "n.png")]) == 2
     assert not (tmp_path / "n.png").exists()

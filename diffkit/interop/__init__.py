@@ -74,6 +74,8 @@ _EXPORTS = {
     "HunyuanDiT": "hunyuan_dit", "load_hunyuan_dit": "hunyuan_dit", "is_hunyuan_dit_folder": "hunyuan_dit",
     "QwenImage": "qwen_image", "load_qwen_image": "qwen_image", "is_qwen_image_folder": "qwen_image",
     "Flux2": "flux2", "load_flux2": "flux2", "is_flux2_folder": "flux2",
+    "StableCascade": "stable_cascade", "load_stable_cascade": "stable_cascade",
+    "is_stable_cascade_folder": "stable_cascade",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -84,7 +86,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image"),
             "qwen_image_text_to_image": ("qwen_image", "text_to_image"),
             "qwen_image_image_to_image": ("qwen_image", "image_to_image"),
-            "flux2_text_to_image": ("flux2", "text_to_image")}
+            "flux2_text_to_image": ("flux2", "text_to_image"),
+            "stable_cascade_text_to_image": ("stable_cascade", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]
