@@ -10,6 +10,7 @@ from typing import Optional
 from ..errors import DiffkitError
 from ._common import path_arg
 
+AUTO_BATCH = 4  # --batch-size auto: samples per pass through both stages (the results do not depend on it)
 TAKES = ("--decoder, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --steps, "
          "--decoder-steps, --decoder-guidance-scale, --height / --width, --sampler ddpm")
 
@@ -74,7 +75,8 @@ def sample_stable_cascade(directory, request: CascadeRequest, *, sampler=None, s
     :func:`~.sample.condition_rows`; sample i draws every noise (prior z_T and steps, decoder z_T and steps) from
     the generator seeded ``seed + i``, as the two pipelines called with one ``generator`` in turn. The only sampler
     is ``ddpm``, DDPMWuerstchenScheduler's step on its own grid; a grid option, another sampler or a flag of
-    another folder kind is refused in one line."""
+    another folder kind is refused in one line. ``batch_size``: samples per pass (``"auto"``: up to
+    :data:`AUTO_BATCH`)."""
     import torch
 
     from ..images import save_grid, save_images
@@ -99,7 +101,7 @@ def sample_stable_cascade(directory, request: CascadeRequest, *, sampler=None, s
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     rows = [prompts[i] for i in index.tolist()]
-    chunk = num if batch_size == "auto" else batch_size
+    chunk = min(num, AUTO_BATCH) if batch_size == "auto" else batch_size  # sample i's draws: its own generator
     images = []
     for start in range(0, num, chunk):
         batch = rows[start:start + chunk]

@@ -248,13 +248,14 @@ def _guided(net, scale: float, cond: dict, null: Optional[dict]):
     return eps_fn
 
 
-def _start(shape: tuple, latents, generator, model: StableCascade, what: str) -> torch.Tensor:
+def _start(shape: tuple, latents, generator, net, device, what: str) -> torch.Tensor:
+    """z_T of ``shape`` for ``net`` (its dtype): ``latents`` as given (the pipelines' ``latents=``), else drawn."""
     from ..noise import randn
     if latents is None:
-        return randn(shape, generator, device=model.device, dtype=model_dtype(model.prior))
+        return randn(shape, generator, device=device, dtype=model_dtype(net))
     if tuple(latents.shape) != tuple(shape):
         raise DiffkitError(f"{what} of shape {tuple(latents.shape)} are not allowed; give {tuple(shape)}")
-    return latents.to(model.device, model_dtype(model.prior))
+    return latents.to(device, model_dtype(net))
 
 
 def _checked_scale(scale, what: str) -> float:
@@ -281,7 +282,7 @@ def prior_embeddings(model: StableCascade, prompts: Sequence[str], *, negative_p
     if scale > 1:
         n_states, n_pooled = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
         null = {"clip_text": n_states, "clip_text_pooled": n_pooled, "clip_img": torch.zeros_like(image)}
-    x = _start(shape, latents, generator, model, "prior latents")
+    x = _start(shape, latents, generator, model.prior, model.device, "prior latents")
     return wuerstchen_ddpm(_guided(model.prior, scale, cond, null), x, grid, generator=generator, progress=progress,
                            **_scheduler_options(model.prior_scheduler))
 
@@ -301,7 +302,7 @@ def decoder_latents(model: StableCascade, embeddings: torch.Tensor, prompts: Seq
     if scale > 1:
         _, n_pooled = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)), decoder=True)
         null = {"clip_text_pooled": n_pooled, "effnet": torch.zeros_like(effnet)}
-    x = _start(model.decoder_shape(embeddings), latents, generator, model, "decoder latents")
+    x = _start(model.decoder_shape(embeddings), latents, generator, model.decoder, model.device, "decoder latents")
     return wuerstchen_ddpm(_guided(model.decoder, scale, cond, null), x, grid, generator=generator,
                            progress=progress, **_scheduler_options(model.scheduler))
 
