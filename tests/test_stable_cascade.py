@@ -38,7 +38,8 @@ def _unet(seed: int, **config):
 @pytest.fixture(scope="session")
 def cascade(tmp_path_factory):
     """(prior pipeline, decoder pipeline, prior folder, decoder folder, loaded StableCascade) of tiny random
-    Stable Cascade folders (resolution_multiple 8, latent_dim_scale 2: 64 px -> 8 x 8 -> 16 x 16 -> 64 px). The
+    Stable Cascade folders (resolution_multiple 8, latent_dim_scale 2: 64 px -> 8 x 8 -> 16 x 16 -> 64 px; the
+    prior folder with a CLIP image encoder and its processor, as the Hub's). The
     reference pipelines are the saved objects: diffusers 0.42.1 cannot reload its own decoder folder (its
     model_index.json names ["diffusers", "PaellaVQModel"], a class diffusers no longer exports)."""
     from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
@@ -53,9 +54,14 @@ def cascade(tmp_path_factory):
     torch.manual_seed(3)
     vqgan = PaellaVQModel(up_down_scale_factor=2, levels=2, bottleneck_blocks=1, embed_dim=16, latent_channels=4,
                           num_vq_embeddings=32).eval()
+    torch.manual_seed(5)  # the Hub's prior folder holds an image encoder (image variation: not driven, not read)
+    image_encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1, image_size=16,
+        patch_size=8, projection_dim=32)).eval()
     prior_pipe = diffusers.StableCascadePriorPipeline(
         prior=prior, text_encoder=_text_encoder(len(tokenizer), 0), tokenizer=tokenizer,
-        scheduler=diffusers.DDPMWuerstchenScheduler(), resolution_multiple=8.0)
+        scheduler=diffusers.DDPMWuerstchenScheduler(), resolution_multiple=8.0, image_encoder=image_encoder,
+        feature_extractor=transformers.CLIPImageProcessor(crop_size=16, size=16))
     decoder_pipe = diffusers.StableCascadeDecoderPipeline(
         decoder=decoder, text_encoder=_text_encoder(len(tokenizer), 4), tokenizer=tokenizer,
         scheduler=diffusers.DDPMWuerstchenScheduler(), vqgan=vqgan, latent_dim_scale=2.0)
