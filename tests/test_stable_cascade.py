@@ -104,6 +104,30 @@ def test_prior_and_decoder_match_the_pipelines(cascade, prior_scale, decoder_sca
     assert relative_error(ours[1], latents) < 1e-5  # measured 0
 
 
+def test_bfloat16_folders_match_the_pipelines(cascade):
+    """Both folders read in bfloat16 (the released weights' dtype), diffusers' pipelines loaded the same way; 3 steps,
+    so that t = 1/3, 2/3 are not bfloat16 numbers: the step sees t in the network's dtype, as the pipelines pass it."""
+    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
+    bf16, decoder = torch.bfloat16, cascade[3]
+    prior_pipe = diffusers.StableCascadePriorPipeline.from_pretrained(cascade[2], torch_dtype=bf16)
+    decoder_pipe = diffusers.StableCascadeDecoderPipeline(  # (diffusers cannot reload this folder whole)
+        decoder=diffusers.StableCascadeUNet.from_pretrained(decoder / "decoder", torch_dtype=bf16),
+        text_encoder=transformers.CLIPTextModelWithProjection.from_pretrained(decoder / "text_encoder",
+                                                                             torch_dtype=bf16),
+        tokenizer=cascade[1].tokenizer, scheduler=cascade[1].scheduler,
+        vqgan=PaellaVQModel.from_pretrained(decoder / "vqgan", torch_dtype=bf16), latent_dim_scale=2.0)
+    for pipe in (prior_pipe, decoder_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    embeddings, latents = _chained((prior_pipe, decoder_pipe), PROMPTS[:1], (3,), 4.0, 2.0, steps=(3, 3))
+    model = sc.load_stable_cascade(cascade[2], decoder, dtype=bf16, progress=False)
+    ours = sc.text_to_image(model, PROMPTS[:1], guidance_scale=4.0, steps=3, decoder_guidance_scale=2.0,
+                            decoder_steps=3, height=64, width=56, generator=torch.Generator().manual_seed(3),
+                            return_latents=True)
+    assert ours[0].dtype == ours[1].dtype == bf16
+    assert relative_error(ours[0].float(), embeddings.float()) < 1e-5  # measured 0
+    assert relative_error(ours[1].float(), latents.float()) < 1e-5  # measured 0
+
+
 def test_alpha_bar_and_step_are_the_schedulers():
     """wuerstchen_alpha_bar / wuerstchen_step against DDPMWuerstchenScheduler with other ``s`` and both ``scaler``
     warps: alpha_bar at the grid, and one step (the noise drawn as the scheduler) at a middle and at the last time."""

@@ -170,8 +170,9 @@ def wuerstchen_ddpm(eps_fn, x: torch.Tensor, grid: torch.Tensor, *, s: float = 0
         t, prev = grid[i], grid[i + 1]
         eps = eps_fn(x, t)
         noise = randn_like(eps, generator)
-        abar_t, abar_prev = (wuerstchen_alpha_bar(v.reshape(1).to(x.device), s, scaler).reshape(1, 1, 1, 1)
-                             for v in (t, prev))
+        # t as the pipelines pass it to step(): the timestep_ratio in the network's dtype; prev_t from the float32 grid
+        abar_t, abar_prev = (wuerstchen_alpha_bar(v.reshape(1).to(x.device, dtype), s, scaler).reshape(1, 1, 1, 1)
+                             for v, dtype in ((t, eps.dtype), (prev, torch.float32)))
         x = wuerstchen_step(eps, x, abar_t, abar_prev, None if float(prev) == 0 else noise).to(eps.dtype)
         report(callback, i, t, prev, x, None)
     return x
