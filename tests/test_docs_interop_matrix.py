@@ -181,6 +181,7 @@ Z_IMAGE = "## Z-Image folders (`diffkit.interop.z_image`)"
 COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
 DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
 HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
+STABLE_CASCADE = "## Stable Cascade folders (`diffkit.interop.stable_cascade`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -195,7 +196,9 @@ HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
                                                     (Z_IMAGE, ["ZImagePipeline / Img2Img / Inpaint"], "ZI"),
                                                     (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV"),
                                                     (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF"),
-                                                    (HIDREAM, ["HiDreamImagePipeline"], "HI")])
+                                                    (HIDREAM, ["HiDreamImagePipeline"], "HI"),
+                                                    (STABLE_CASCADE, ["StableCascadePriorPipeline",
+                                                                      "StableCascadeDecoderPipeline"], "SC")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -338,7 +338,8 @@ def _bytes_to_unicode():
 
 
 def tiny_clip_tokenizer(root):
-    """A byte-level CLIPTokenizer (model_max_length 16) whose vocab.json and merges.txt are written into ``root``."""
+    """A CLIPTokenizer of the 256 byte characters (and a few merges), model_max_length 16, its files written into
+    ``root`` (the tiny SD folders' and Stable Cascade's)."""
     transformers = pytest.importorskip("transformers")
     chars = _bytes_to_unicode()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}

@@ -561,6 +561,9 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
         if masked_text_folder(checkpoint) or is_kolors_folder(checkpoint):  # its scheduler's step (._pixart)
             from ._pixart import folder_default_sampler
             sampler = folder_default_sampler(checkpoint)
+        from ..interop.stable_cascade import SAMPLER, is_stable_cascade_folder
+        if is_stable_cascade_folder(checkpoint):  # DDPMWuerstchenScheduler's step (._stable_cascade)
+            sampler = SAMPLER
     if sampler is None:
         from ..interop.sd_scheduler import default_sampler
         sampler = default_sampler(scheduler if lcm_folder else None, consistency)

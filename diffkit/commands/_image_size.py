@@ -130,6 +130,9 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.flux2 import is_flux2_folder
     from ..interop.z_image import is_z_image_folder
     flag = "--height" if height is not None else "--width"
+    from ..interop.stable_cascade import is_stable_cascade_folder
+    if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
+        return
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
             or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint)):

@@ -331,6 +331,11 @@ def _run(args) -> int:
         raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "
                            f"reference images and Flux2KleinInpaintPipeline are not driven); sample it with diffkit "
                            f"sample")
+    from ..interop.stable_cascade import is_stable_cascade_folder
+    if is_stable_cascade_folder(args.checkpoint):
+        raise DiffkitError(f"{args.checkpoint} is a Stable Cascade folder, which diffkit edit does not take (diffusers "
+                           f"0.42 has no img2img or inpainting pipeline for it); sample it with diffkit sample "
+                           f"--checkpoint PRIOR --decoder DECODER")
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width, edit=True)  # a diffusers folder's multiple, first
     from ._chroma import folder_family

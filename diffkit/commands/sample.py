@@ -195,6 +195,8 @@ def register(sub) -> None:
     add_reference_flags(p)  # FLUX.2's --reference-image
     add_t2i_adapter_flags(p)
     add_refiner_flags(p)
+    from ._stable_cascade import add_stable_cascade_flags
+    add_stable_cascade_flags(p)  # --decoder of a Stable Cascade prior folder
     add_freeu_flag(p)
     from ._sd_sag_panorama import add_sag_panorama_flags
     add_sag_panorama_flags(p)
@@ -281,6 +283,8 @@ def _run(args) -> int:
     from ._flux2 import reference_request
     references = reference_request(args, checkpoint)  # FLUX.2's --reference-image (._flux2)
     refiner = RefinerRequest.from_args(args, checkpoint)
+    from ._stable_cascade import CascadeRequest
+    cascade = CascadeRequest.from_args(args, checkpoint)  # a Stable Cascade prior's --decoder (JSON only)
     from ._image_size import check_image_size
     check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
     size = {} if args.height is None and args.width is None else {"height": args.height, "width": args.width}
@@ -321,6 +325,7 @@ def _run(args) -> int:
                         scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
                         **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
                         **({} if redux is None else {"redux": redux}),
+                        **({} if cascade is None else {"stable_cascade": cascade}),
                         **({} if references is None else {"reference_images": references}), **size, **options)
     return 0
 
@@ -744,6 +749,21 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.flux import is_flux_folder
     from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder
+    from ..interop.stable_cascade import is_stable_cascade_folder
+    cascade = options.pop("stable_cascade", None)
+    if is_stable_cascade_folder(checkpoint) or cascade is not None:  # prior + decoder (._stable_cascade)
+        from ._stable_cascade import CascadeRequest, sample_stable_cascade
+        if not isinstance(cascade, CascadeRequest):
+            raise DiffkitError(f"{checkpoint} is a Stable Cascade folder: give its prior folder as --checkpoint "
+                               f"and its decoder folder as --decoder FOLDER")
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
+        return sample_stable_cascade(checkpoint, cascade, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow,
+                                     out=out, individual=individual, seed=seed, device=device,
+                                     batch_size=batch_size, spacing=spacing, final=final, scale=scale,
+                                     progress=progress, guidance=guidance, refused=refused, **size, **options)
     from ._chroma import folder_family
     family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image: Chroma's command code (._chroma)
     if masked_text_folder(checkpoint) or family:  # PixArt-α / Σ, Sana (._pixart), Chroma-like folders

@@ -84,6 +84,8 @@ _EXPORTS = {
     "CogView4": "cogview4", "load_cogview4": "cogview4", "is_cogview4_folder": "cogview4",
     "CogView3Plus": "cogview3plus", "load_cogview3plus": "cogview3plus", "is_cogview3plus_folder": "cogview3plus",
     "HiDream": "hidream", "load_hidream": "hidream", "is_hidream_folder": "hidream",
+    "StableCascade": "stable_cascade", "load_stable_cascade": "stable_cascade",
+    "is_stable_cascade_folder": "stable_cascade",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -99,7 +101,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "z_image_image_to_image": ("z_image", "image_to_image"),
             "cogview4_text_to_image": ("cogview4", "text_to_image"),
             "cogview3plus_text_to_image": ("cogview3plus", "text_to_image"),
-            "hidream_text_to_image": ("hidream", "text_to_image")}
+            "hidream_text_to_image": ("hidream", "text_to_image"),
+            "stable_cascade_text_to_image": ("stable_cascade", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]
