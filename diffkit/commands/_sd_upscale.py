@@ -28,20 +28,11 @@ def refuse_prompt_flags(args) -> None:
 def upscale_folder(args) -> int:
     """The command on an upscaler folder: every check before any weight is read or any output made."""
     from ..config import resolve_device
-    from ..errors import read_json_object
-    from ..images import check_image_folder, save_grid, save_images
     from ..interop.sd_upscale import (DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, check_guidance,
-                                      check_low_res_size, check_noise_level, is_upscale_folder, upscale_sd,
-                                      upscale_settings)
+                                      check_noise_level, is_upscale_folder, upscale_sd, upscale_settings)
     from ..interop.stable_diffusion import load_stable_diffusion
-    from ..memory import batches_with_oom_retry
     from ..sampling import check_eta, plan, resolve_sampler
-    from ..super_res import upsample
-    from ._common import (check_output_file, check_writable_dir, missing_dirs, removed_if_empty_on_failure,
-                          tolerance_options)
-    from .edit import read_pngs
-    from .upscale import GRID_NAME, comparison_grid
-    import torch
+    from ._common import tolerance_options
 
     folder = args.checkpoint
     if not is_upscale_folder(folder):
@@ -65,26 +56,11 @@ def upscale_folder(args) -> int:
                               "--noise-level")
     guidance = check_guidance(DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale,
                               args.negative_prompt, ("--guidance-scale", "--negative-prompt"))
-    out, images_path = Path(args.out), Path(args.images)
-    if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
-        raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
-    images, files = read_pngs(images_path, "RGB")
-    vae = read_json_object(Path(folder) / "vae" / "config.json", "vae config")
-    factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
-    check_low_res_size(images.shape[2], images.shape[3], factor)
-    prompts = list(args.prompts)
-    if len(prompts) not in (1, len(files)):
-        raise DiffkitError(f"--prompt is given {len(prompts)} times for {len(files)} images; give it once (every "
-                           f"image) or once per image ({len(files)}, in the files' order)")
-    prompts = prompts * len(files) if len(prompts) == 1 else prompts
+    images, files, prompts = read_low_res(args, folder)
     steps = args.steps if args.steps is not None or args.nfe is not None or info.adaptive else DEFAULT_STEPS
     device = resolve_device(args.device)
     sd = load_stable_diffusion(folder, device, progress=args.progress, lora=args.lora, upscale=True)
     plan(sd.denoiser, args.sampler, steps, args.nfe, spacing, final, options=dict(options))  # checked now
-    new_dirs = missing_dirs(out)
-    check_writable_dir(out)
-    check_image_folder(out, len(files), prefix="upscaled")
-    grid_file = check_output_file(out / GRID_NAME, "upscale grid", ".png")
 
     def draw(start: int, n: int):
         return (upscale_sd(sd, images[start:start + n], prompts[start:start + n], low_res_schedule=schedule,
@@ -92,14 +68,51 @@ def upscale_folder(args) -> int:
                            max_noise_level=top, sampler=info.name, steps=steps, nfe=args.nfe, seed=args.seed + start,
                            progress=args.progress, spacing=spacing, final=final, **options).cpu(),)
 
+    how = [] if info.adaptive else [f"{args.nfe} NFE" if args.nfe else f"{steps} steps"]
+    return write_upscales(args, images, files, draw, how + [f"guidance {guidance:g}", f"noise level {level}"])
+
+
+def read_low_res(args, folder) -> tuple:
+    """(images in [-1, 1], their files, one prompt per image or None) of ``--images`` for a diffusers upscaler folder:
+    sides that are multiples of its VAE factor, ``--prompt`` once or once per image, ``--out`` not the input folder."""
+    from ..errors import read_json_object
+    from ..interop.sd_upscale import check_low_res_size
+    from .edit import read_pngs
+    out, images_path = Path(args.out), Path(args.images)
+    if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
+        raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
+    images, files = read_pngs(images_path, "RGB")
+    vae = read_json_object(Path(folder) / "vae" / "config.json", "vae config")
+    factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
+    check_low_res_size(images.shape[2], images.shape[3], factor)
+    prompts = None if args.prompts is None else list(args.prompts)
+    if prompts is not None and len(prompts) not in (1, len(files)):
+        raise DiffkitError(f"--prompt is given {len(prompts)} times for {len(files)} images; give it once (every "
+                           f"image) or once per image ({len(files)}, in the files' order)")
+    return images, files, prompts if prompts is None or len(prompts) > 1 else prompts * len(files)
+
+
+def write_upscales(args, images, files, draw, how: list) -> int:
+    """Check ``--out`` (no partial files), run ``draw(start, n)`` over the images in batches (halved when out of
+    accelerator memory), write ``upscaled_*.png`` and the grid, and print what was done (``how``)."""
+    import torch
+
+    from ..images import check_image_folder, save_grid, save_images
+    from ..memory import batches_with_oom_retry
+    from ..super_res import upsample
+    from ._common import check_output_file, check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from .upscale import GRID_NAME, comparison_grid
+    out = Path(args.out)
+    new_dirs = missing_dirs(out)
+    check_writable_dir(out)
+    check_image_folder(out, len(files), prefix="upscaled")
+    grid_file = check_output_file(out / GRID_NAME, "upscale grid", ".png")
     with removed_if_empty_on_failure(new_dirs):
         upscaled = torch.cat([x for _, x in batches_with_oom_retry(draw, len(files), args.batch_size)])
         save_images(upscaled, out, prefix="upscaled")
         size = tuple(upscaled.shape[2:])
         save_grid(comparison_grid([upsample(images, size).clamp(-1, 1), upscaled], args.nrow), grid_file,
                   nrow=min(args.nrow, len(files)))
-    how = [] if info.adaptive else [f"{args.nfe} NFE" if args.nfe else f"{steps} steps"]
     print(f"wrote {len(files)} upscaled images ({images.shape[3]}x{images.shape[2]} -> {size[1]}x{size[0]}) to {out} "
-          f"(upscaled_00000.png ...; {GRID_NAME}); " + ", ".join(
-              [args.sampler] + how + [f"guidance {guidance:g}", f"noise level {level}"]))
+          f"(upscaled_00000.png ...; {GRID_NAME}); " + ", ".join([args.sampler] + how))
     return 0
