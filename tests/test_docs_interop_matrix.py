@@ -177,6 +177,7 @@ HUNYUAN_DIT = "## HunyuanDiT folders (`diffkit.interop.hunyuan_dit`)"
 KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
 QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
 FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
+LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.interop.sd_latent_upscale`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -187,7 +188,8 @@ FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
                                                     (KOLORS, ["KolorsPipeline", "KolorsImg2ImgPipeline",
                                                               "KolorsPAGPipeline"], "KO"),
                                                     (QWEN_IMAGE, ["QwenImagePipeline"], "QI"),
-                                                    (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX")])
+                                                    (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
+                                                    (LATENT_UPSCALE, ["StableDiffusionLatentUpscalePipeline"], "LU")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

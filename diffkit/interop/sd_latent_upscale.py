@@ -15,7 +15,8 @@ low-resolution latents (nearest-upsampled 2x) concatenated after the noisy ones.
   D = c_skip x + c_out F by hand with c_skip = 1/(sigma^2 + 1), c_out = sigma/sqrt(sigma^2 + 1),
   c_in = 1/sqrt(sigma^2 + 1), c_noise = ln(sigma)/4: EDM's preconditioning (Karras et al. 2022, "Elucidating the Design
   Space of Diffusion-Based Generative Models", Table 1 and eq. 7) at sigma_data = 1. That is a diffkit
-  :class:`~diffkit.denoiser.Denoiser` with ``prediction_type="edm"``, ``sigma_data=1`` (:func:`latent_upscale_denoiser`),
+  :class:`~diffkit.denoiser.Denoiser` with ``prediction_type="edm"``, ``sigma_data=1``
+  (:func:`latent_upscale_denoiser`),
   sigma = the VE sigma~ = sigma_t/alpha_t at diffkit's time t, and the folder's ``EulerDiscreteScheduler``
   (``prediction_type="sample"``) steps with D as the predicted x_0;
 * the loop: :meth:`LatentUpscaler.scheduler_grid` places the scheduler's sigmas (after ``set_timesteps``, Karras /
@@ -165,7 +166,7 @@ class LatentUpscaler(StableDiffusion):
         return grid, float(scheduler.init_noise_sigma)
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
-        """diffkit's grid of the folder's scheduler (:meth:`scheduler_start`); ``euler`` on it is the pipeline's loop."""
+        """diffkit's grid of the folder's scheduler (:meth:`scheduler_start`); ``euler`` there: the pipeline's loop."""
         return self.scheduler_start(steps)[0]
 
 
