@@ -41,6 +41,10 @@ def latent_upscaler(tmp_path_factory):
     """(the folder's StableDiffusionLatentUpscalePipeline.from_pretrained, folder, two 16 x 16 RGB PNGs)."""
     root = tmp_path_factory.mktemp("sd_latent_upscale")
     _, vae, text_encoder, tokenizer = tiny_sd_components(root)
+    norm = getattr(getattr(text_encoder, "text_model", text_encoder), "final_layer_norm")
+    with torch.no_grad():  # a trained final norm: the UNet's own norm of the context (norm_cross) does not undo it
+        norm.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
+        norm.bias.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(3))
     scheduler = diffusers.EulerDiscreteScheduler(**SCHEDULER)
     diffusers.StableDiffusionLatentUpscalePipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=_unet(text_encoder.config.hidden_size),

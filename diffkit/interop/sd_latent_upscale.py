@@ -227,7 +227,7 @@ def latent_upscale(up: LatentUpscaler, low_res: torch.Tensor, prompts: Union[Non
     from ..guidance import ClassifierFreeGuidance
     from ..noise import randn
     from ..sampling import resolve_sampler, sample
-    from .sd_upscale import check_low_res_size
+    from .sd_upscale import check_low_res_size, per_image
     from .stable_diffusion import negative_prompts, prompt_list
     channels = (up.image_channels, up.vae.config.latent_channels)
     if low_res.ndim != 4 or low_res.shape[1] not in channels or not low_res.is_floating_point():
@@ -238,12 +238,7 @@ def latent_upscale(up: LatentUpscaler, low_res: torch.Tensor, prompts: Union[Non
         check_low_res_size(low_res.shape[2], low_res.shape[3], up.vae_scale_factor)
     guidance_scale = check_latent_guidance(guidance_scale, prompts, negative_prompt)
     batch = low_res.shape[0]
-    prompts = [""] if guidance_scale == 0 else prompt_list(prompts)
-    if len(prompts) not in (1, batch):
-        raise DiffkitError(f"{len(prompts)} prompts for {batch} images; give one (every image) or one per image")
-    prompts = prompts * batch if len(prompts) == 1 else prompts
-    if generator is None:
-        generator = [torch.Generator().manual_seed((seed or 0) + i) for i in range(batch)]
+    prompts, generator = per_image([""] if guidance_scale == 0 else prompt_list(prompts), batch, generator, seed)
     low_res = low_res.to(device=up.device, dtype=torch.float32)
     latents = up.encode(low_res, generator, sample=True) if images else low_res  # the pipeline's first draw
     context, timestep_cond = up.encode_text(prompts)
