@@ -165,3 +165,40 @@ def test_other_refusals(latent_upscaler, loaded, tmp_path, capsys):
     (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "epsilon"}))
     with pytest.raises(DiffkitError, match="prediction_type='epsilon'; allowed: 'sample'"):
         load_latent_upscaler(copy)
+
+
+def test_sample_hands_sd_latents_to_the_upscaler(latent_upscaler, tmp_path, capsys):
+    """``diffkit sample --latent-upscaler``: SD's pipeline with ``output_type="latent"``, then the upscaler's on those
+    latents with the same per-sample generators (diffusers' example), decoded by the upscaler's VAE."""
+    import numpy as np
+    from PIL import Image
+    from test_interop_diffusers import tiny_sd_pipeline
+    pipe, folder, _ = latent_upscaler
+    base = tiny_sd_pipeline(tmp_path)  # trailing DDIM, whose 4 steps are `ddim@trailing:sigma_min` (no offset flag)
+    base.scheduler = diffusers.DDIMScheduler.from_config(base.scheduler.config, timestep_spacing="trailing")
+    base.save_pretrained(tmp_path / "sd")
+    sd_pipe = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "sd", local_files_only=True)
+    sd_pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    with torch.no_grad():
+        low = sd_pipe(["hot"] * 2, num_inference_steps=4, guidance_scale=5.0, output_type="latent",
+                      generator=generators).images
+        theirs = pipe(["hot"] * 2, image=low, num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="np",
+                      generator=generators).images
+    assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "hot", "--num", "2", "--steps", "4",
+                 "--sampler", "ddim@trailing:sigma_min", "--guidance-convention", "diffusers", "--guidance-scale", "5",
+                 "--latent-upscaler", str(folder),
+                 "--upscaler-steps", str(STEPS), "--upscaler-guidance-scale", str(GUIDANCE), "--batch-size", "2",
+                 "--individual", str(tmp_path / "ind"), "--out", str(tmp_path / "grid.png"), "--no-progress"]) == 0
+    ours = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "ind").glob("*.png"))])
+    assert ours.shape == (2, 32, 32, 3)
+    assert np.abs(ours.astype(float) - np.round(theirs * 255)).max() <= 1
+    with capsys.disabled():
+        print(f"sample --latent-upscaler: {np.abs(ours.astype(float) - np.round(theirs * 255)).max():g} levels")
+    capsys.readouterr()
+    for flags, says in ((["--latent-upscaler", str(tmp_path / "sd")], "is not a Stable Diffusion x2 latent upscaler"),
+                        (["--upscaler-steps", "3"], "--upscaler-steps needs --latent-upscaler FOLDER"),
+                        (["--latent-upscaler", str(folder), "--steps", "1"], "--steps 1 does not go with")):
+        line = one_line_error(capsys, "sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "hot", "--out",
+                              str(tmp_path / "x.png"), *flags)
+        assert says in line and not (tmp_path / "x.png").exists()
