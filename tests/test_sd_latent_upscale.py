@@ -138,6 +138,7 @@ def test_the_command_writes_the_pipelines_images(latent_upscaler, tmp_path, caps
     (["--noise-level", "3"], "--noise-level does not apply to a Stable Diffusion x2 latent upscaler"),
     (["--guidance-scale", "0.5"], "--guidance-scale=0.5 is not allowed; allowed: 0"),
     (["--guidance-scale", "0"], "--guidance-scale=0 upscales with the empty prompt"),
+    (["--guidance-scale", "1", "--negative-prompt", "x"], "--negative-prompt needs --guidance-scale above 1"),
     (["--sampler", "nope"], "nope"),
 ])
 def test_command_refusals(latent_upscaler, tmp_path, capsys, flags, says):

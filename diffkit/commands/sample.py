@@ -1048,8 +1048,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     (:mod:`diffkit.interop.t2i_adapter`; the images take the control image's size). ``height`` / ``width``: the
     images' size (default the folder's: UNet sample_size x VAE factor), the pipeline's ``height`` / ``width``; the
     drawn latents set SD-XL's size conditions and the refiner's; ControlNets' images are resized to it as the
-    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). Writes the grid (and single PNGs);
-    latents have no noise grid."""
+    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). ``options["latent_upscaler"]``: a
+    :class:`._sd_latent_upscale.LatentUpscalerRequest` that upscales each batch's latents 2x before decoding (its VAE).
+    Writes the grid (and single PNGs); latents have no noise grid."""
     from ..interop.lcm import is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image

@@ -193,22 +193,22 @@ def load_latent_upscaler(directory: Union[str, Path], device="cpu", progress: bo
 def check_latent_guidance(guidance_scale, prompts, negative_prompt,
                           names: tuple = ("guidance_scale", "negative_prompt", "prompts")) -> float:
     """The pipeline's s: 0 (the empty prompt, unguided: then no ``prompts`` and no ``negative_prompt``) or a number
-    >= 1 (:func:`.sd_upscale.check_guidance`); else one line naming ``names``."""
+    >= 1 with ``prompts`` (a ``negative_prompt`` only above 1: :func:`.sd_upscale.check_guidance`); else one line
+    naming ``names``."""
     from .sd_upscale import check_guidance
-    if isinstance(guidance_scale, (int, float)) and not isinstance(guidance_scale, bool) and guidance_scale == 0:
+    number = isinstance(guidance_scale, (int, float)) and not isinstance(guidance_scale, bool)
+    if number and guidance_scale == 0:
         given = names[2] if prompts is not None else names[1] if negative_prompt is not None else None
         if given:
             raise DiffkitError(f"{names[0]}=0 upscales with the empty prompt, unguided (as the pipeline); give no "
                                f"{given}")
         return 0.0
+    if not number or not guidance_scale >= 1:
+        raise DiffkitError(f"{names[0]}={guidance_scale!r} is not allowed; allowed: 0 (the empty prompt, unguided) or "
+                           f"a number >= 1 (diffusers' s; 1 = unguided)")
     if prompts is None:
         raise DiffkitError(f"give {names[2]} (or {names[0]}=0: the empty prompt, unguided)")
-    try:
-        return check_guidance(guidance_scale, negative_prompt, names[:2])
-    except DiffkitError:
-        raise DiffkitError(f"{names[0]}={guidance_scale!r} is not allowed; allowed: 0 (the empty prompt, unguided) or "
-                           f"a number >= 1 (diffusers' s; 1 = unguided)" + (
-                               f", and {names[1]} only above 1" if negative_prompt is not None else "")) from None
+    return check_guidance(guidance_scale, negative_prompt, names[:2])
 
 
 def latent_upscale(up: LatentUpscaler, low_res: torch.Tensor, prompts: Union[None, str, Sequence[str]] = None, *,
