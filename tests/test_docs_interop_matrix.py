@@ -182,6 +182,7 @@ COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
 DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
 HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
 STABLE_CASCADE = "## Stable Cascade folders (`diffkit.interop.stable_cascade`)"
+LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.interop.sd_latent_upscale`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -198,7 +199,8 @@ STABLE_CASCADE = "## Stable Cascade folders (`diffkit.interop.stable_cascade`)"
                                                     (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF"),
                                                     (HIDREAM, ["HiDreamImagePipeline"], "HI"),
                                                     (STABLE_CASCADE, ["StableCascadePriorPipeline",
-                                                                      "StableCascadeDecoderPipeline"], "SC")])
+                                                                      "StableCascadeDecoderPipeline"], "SC"),
+                                                    (LATENT_UPSCALE, ["StableDiffusionLatentUpscalePipeline"], "LU")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

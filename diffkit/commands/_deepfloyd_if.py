@@ -22,7 +22,6 @@ def upscale_if(args) -> int:
                                         check_deepfloyd_if_folder, load_deepfloyd_if, super_resolve)
     from ..interop.sd_upscale import check_guidance, check_noise_level
     from ..sampling import check_eta, resolve_sampler
-    from .upscale import GRID_NAME
 
     folder = args.checkpoint
     check_deepfloyd_if_folder(folder, IF_SR_PIPELINE)
@@ -54,10 +53,6 @@ def upscale_if(args) -> int:
                               negative_prompt=args.negative_prompt, noise_level=level, steps=steps,
                               seed=args.seed + start, progress=args.progress, output_range="-1,1", **how).cpu(),)
 
-    size = write_upscales(args, draw, images)
     loop = "ddpm on the scheduler's timesteps (IFSuperResolutionPipeline's loop)" if own_loop else info.name
-    print(f"wrote {len(files)} upscaled images ({images.shape[3]}x{images.shape[2]} -> {size[1]}x{size[0]}) to "
-          f"{args.out} (upscaled_00000.png ...; {GRID_NAME}); " + ", ".join(
-              [loop, f"{args.nfe} NFE" if args.nfe else f"{steps} steps", f"guidance {guidance:g}",
-               f"noise level {level}", NOT_RUN]))
-    return 0
+    return write_upscales(args, draw, images, [loop, f"{args.nfe} NFE" if args.nfe else f"{steps} steps",
+                                               f"guidance {guidance:g}", f"noise level {level}", NOT_RUN])

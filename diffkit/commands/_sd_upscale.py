@@ -35,25 +35,29 @@ def checked_folder_flags(args, refusal: str, missing_prompt: str, refused=REFUSE
         raise DiffkitError(missing_prompt)
 
 
-def read_low_res(args) -> tuple:
-    """(images (B, 3, h, w) in [-1, 1], files, one prompt per file) of ``--images`` / ``--prompt``; one line for
-    ``--out`` being the images' folder or a prompt count that is neither 1 nor the files'."""
+def read_low_res(args, factor: int = 1) -> tuple:
+    """(images (B, 3, h, w) in [-1, 1], files, one prompt per file or None without ``--prompt``) of ``--images`` /
+    ``--prompt``: sides multiples of ``factor`` (a diffusers upscaler folder's VAE factor; 1: a pixel-space one's);
+    one line for ``--out`` being the images' folder or a prompt count that is neither 1 nor the files'."""
+    from ..interop.sd_upscale import check_low_res_size
     from .edit import read_pngs
     out, images_path = Path(args.out), Path(args.images)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     images, files = read_pngs(images_path, "RGB")
-    prompts = list(args.prompts)
-    if len(prompts) not in (1, len(files)):
+    if factor > 1:
+        check_low_res_size(images.shape[2], images.shape[3], factor)
+    prompts = None if args.prompts is None else list(args.prompts)
+    if prompts is not None and len(prompts) not in (1, len(files)):
         raise DiffkitError(f"--prompt is given {len(prompts)} times for {len(files)} images; give it once (every "
                            f"image) or once per image ({len(files)}, in the files' order)")
-    return images, files, prompts * len(files) if len(prompts) == 1 else prompts
+    return images, files, prompts if prompts is None or len(prompts) > 1 else prompts * len(files)
 
 
-def write_upscales(args, draw, images) -> tuple:
+def write_upscales(args, draw, images, how: list) -> int:
     """The outputs checked (``--out`` writable, no ``upscaled_*.png`` / grid in the way), then ``draw(start, n)``'s
     upscales in batches (halved when out of memory) written as ``upscaled_00000.png`` ... and the grid, the folders
-    made removed again if the drawing fails; returns the upscales' (height, width)."""
+    made removed again if the drawing fails; prints what was done (``how``: the sampler, steps, ...)."""
     import torch
 
     from ..images import check_image_folder, save_grid, save_images
@@ -72,20 +76,20 @@ def write_upscales(args, draw, images) -> tuple:
         size = tuple(upscaled.shape[2:])
         save_grid(comparison_grid([upsample(images, size).clamp(-1, 1), upscaled], args.nrow), grid_file,
                   nrow=min(args.nrow, count))
-    return size
+    print(f"wrote {count} upscaled images ({images.shape[3]}x{images.shape[2]} -> {size[1]}x{size[0]}) to {out} "
+          f"(upscaled_00000.png ...; {GRID_NAME}); " + ", ".join(how))
+    return 0
 
 
 def upscale_folder(args) -> int:
     """The command on an upscaler folder: every check before any weight is read or any output made."""
     from ..config import resolve_device
-    from ..errors import read_json_object
     from ..interop.sd_upscale import (DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, check_guidance,
-                                      check_low_res_size, check_noise_level, is_upscale_folder, upscale_sd,
-                                      upscale_settings)
+                                      check_noise_level, is_upscale_folder, upscale_sd, upscale_settings)
     from ..interop.stable_diffusion import load_stable_diffusion
     from ..sampling import check_eta, plan, resolve_sampler
     from ._common import tolerance_options
-    from .upscale import GRID_NAME
+    from ._image_size import vae_factor
 
     folder = args.checkpoint
     if not is_upscale_folder(folder):
@@ -106,10 +110,7 @@ def upscale_folder(args) -> int:
                               "--noise-level")
     guidance = check_guidance(DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale,
                               args.negative_prompt, ("--guidance-scale", "--negative-prompt"))
-    images, files, prompts = read_low_res(args)
-    vae = read_json_object(Path(folder) / "vae" / "config.json", "vae config")
-    factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
-    check_low_res_size(images.shape[2], images.shape[3], factor)
+    images, files, prompts = read_low_res(args, vae_factor(folder)[1])
     steps = args.steps if args.steps is not None or args.nfe is not None or info.adaptive else DEFAULT_STEPS
     device = resolve_device(args.device)
     sd = load_stable_diffusion(folder, device, progress=args.progress, lora=args.lora, upscale=True)
@@ -121,9 +122,5 @@ def upscale_folder(args) -> int:
                            max_noise_level=top, sampler=info.name, steps=steps, nfe=args.nfe, seed=args.seed + start,
                            progress=args.progress, spacing=spacing, final=final, **options).cpu(),)
 
-    size = write_upscales(args, draw, images)
     how = [] if info.adaptive else [f"{args.nfe} NFE" if args.nfe else f"{steps} steps"]
-    print(f"wrote {len(files)} upscaled images ({images.shape[3]}x{images.shape[2]} -> {size[1]}x{size[0]}) to "
-          f"{args.out} (upscaled_00000.png ...; {GRID_NAME}); " + ", ".join(
-              [args.sampler] + how + [f"guidance {guidance:g}", f"noise level {level}"]))
-    return 0
+    return write_upscales(args, draw, images, [args.sampler] + how + [f"guidance {guidance:g}", f"noise level {level}"])

@@ -200,6 +200,8 @@ def register(sub) -> None:
     add_freeu_flag(p)
     from ._sd_sag_panorama import add_sag_panorama_flags
     add_sag_panorama_flags(p)
+    from ._sd_latent_upscale import add_latent_upscaler_flags
+    add_latent_upscaler_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -290,6 +292,8 @@ def _run(args) -> int:
     size = {} if args.height is None and args.width is None else {"height": args.height, "width": args.width}
     from ._sd_sag_panorama import sag_panorama_options
     options.update(sag_panorama_options(args, checkpoint))  # --sag-scale, --panorama: SD folders (text_to_image's)
+    from ._sd_latent_upscale import latent_upscaler_options
+    options.update(latent_upscaler_options(args, checkpoint))  # --latent-upscaler: SD 1.x / 2.x folders
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -1072,8 +1076,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     (:mod:`diffkit.interop.t2i_adapter`; the images take the control image's size). ``height`` / ``width``: the
     images' size (default the folder's: UNet sample_size x VAE factor), the pipeline's ``height`` / ``width``; the
     drawn latents set SD-XL's size conditions and the refiner's; ControlNets' images are resized to it as the
-    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). Writes the grid (and single PNGs);
-    latents have no noise grid."""
+    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). ``options["latent_upscaler"]``: a
+    :class:`._sd_latent_upscale.LatentUpscalerRequest` that upscales each batch's latents 2x before decoding (its VAE).
+    Writes the grid (and single PNGs); latents have no noise grid."""
     from ..interop.lcm import is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
@@ -1087,6 +1092,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     from ..interop.sd_panorama import PANORAMA_SIZE
     extras = {key: options.pop(key) for key in ("sag_scale", "panorama", "view_batch_size", "circular_padding",
                                                 "view_window", "view_stride") if key in options}
+    upscaler = options.pop("latent_upscaler", None)  # a LatentUpscalerRequest (._sd_latent_upscale)
     if extras and refiner is not None:
         raise DiffkitError(f"--{next(iter(extras)).replace('_', '-')} with --refiner is not supported (diffusers' SAG "
                            f"and panorama pipelines have no refiner hand-over); drop one of them")
@@ -1133,6 +1139,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
     refined = None if refiner is None else refiner.load(device, progress)
+    upscaling = None if upscaler is None else upscaler.load(device, progress)
     if refiner is not None:  # both halves get a step of the grid: one line before any sampling
         refiner.check_steps(sd, refined, sampler, steps or 50, {"spacing": spacing, "final": final, **options})
     size = (height, width) if controlnet is None else controlnet.size(sd.vae_scale_factor, height, width)
@@ -1163,6 +1170,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
                           **pag, **handover, **guidance.apg_options(), **own_grid, **extras, **how)
+        if upscaling is not None and steps != 1:  # (one step: the batch-size probe's; the request refuses --steps 1)
+            return upscaler.upscaled(upscaling, cond["prompts"], z, guidance.negative_prompt, how["generator"])
         if alone:
             return z
         guiding = dict(guidance_scale=scale_w, convention=convention, guidance_rescale=guidance.rescale,
@@ -1170,6 +1179,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         return refiner.refined(refined, cond["prompts"], z, sampler, steps or 50, guiding, how)
 
     decode = sd.decode if refined is None else refined.decode
+    decode = decode if upscaling is None else upscaling.decode  # its VAE: SD's, at 2x the size
     if extras.get("circular_padding"):  # the seam decoded as the inside (.interop.sd_panorama)
         from ..interop.sd_panorama import decode_circular
         decode = functools.partial(decode_circular, sd)
@@ -1183,6 +1193,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         device=device, dtype=sd.dtype, progress=progress, **options)
     what = guidance.pag_label() + ("" if freeu is None else ", " + parse_freeu(freeu).label())
     what += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
+    what += "" if upscaler is None else f", x2 latent upscaler {upscaler.folder} ({upscaler.steps} steps)"
     what += ", on the scheduler's timesteps" if own_grid else ""
     what += f", self-attention guidance s={extras['sag_scale']:g}" if extras.get("sag_scale") else ""
     what += f", MultiDiffusion panorama {height}x{width}" if extras.get("panorama") else ""

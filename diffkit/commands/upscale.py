@@ -18,6 +18,9 @@ only on ``--seed`` + i, never on ``--batch-size``.
 (default 20) are the pipeline's (:mod:`._sd_upscale`, :mod:`diffkit.interop.sd_upscale`; docs/super_resolution.md).
 A DeepFloyd IF stage-II folder (``IFSuperResolutionPipeline``) likewise, with its defaults (s = 4, noise level 250, 50
 steps of its scheduler's ``ddpm`` loop; :mod:`._deepfloyd_if`, :mod:`diffkit.interop.deepfloyd_if`; docs/interop.md).
+A Stable Diffusion x2 latent upscaler folder (``StableDiffusionLatentUpscalePipeline``) takes the same prompt flags
+(``--guidance-scale 0``: the empty prompt, unguided) and no ``--noise-level`` (:mod:`._sd_latent_upscale`,
+:mod:`diffkit.interop.sd_latent_upscale`; docs/interop.md).
 """
 from __future__ import annotations
 
@@ -36,13 +39,15 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a super-resolution .safetensors checkpoint or its run's "
                    "checkpoint folder (trained with --set super_res_from=S), or a Stable Diffusion x4 upscaler folder "
-                   "(diffusers format), or a DeepFloyd IF stage-II folder (IFSuperResolutionPipeline)")
+                   "or x2 latent upscaler folder (diffusers format), or a DeepFloyd IF stage-II folder "
+                   "(IFSuperResolutionPipeline)")
     p.add_argument("--images", type=path_arg,
                    required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
     p.add_argument("--out", type=path_arg,
                    required=True, metavar="DIR", help=f"folder for upscaled_00000.png, ... and {GRID_NAME}")
     p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; a DeepFloyd IF folder: its scheduler's "
-                   "ddpm loop); NAME@SPACING:FINAL also sets the grid")
+                   "ddpm loop; a latent upscaler folder: euler on its scheduler's sigmas); NAME@SPACING:FINAL "
+                   "also sets the grid")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; an SD upscaler folder: 75)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
@@ -161,9 +166,13 @@ def run(args) -> int:
     if is_deepfloyd_if_folder(args.checkpoint):  # a DeepFloyd IF stage-II folder (._deepfloyd_if)
         from ._deepfloyd_if import upscale_if
         return upscale_if(args)
-    args.sampler = args.sampler or "ddim"
     from ..interop.stable_diffusion import is_stable_diffusion_folder
+    from ..interop.sd_latent_upscale import is_latent_upscale_folder
     from ._sd_upscale import refuse_prompt_flags, upscale_folder
+    if is_latent_upscale_folder(args.checkpoint):  # a Stable Diffusion x2 latent upscaler (._sd_latent_upscale)
+        from ._sd_latent_upscale import latent_upscale_folder
+        return latent_upscale_folder(args)
+    args.sampler = args.sampler or "ddim"
     if is_stable_diffusion_folder(args.checkpoint):  # a Stable Diffusion x4 upscaler (._sd_upscale)
         return upscale_folder(args)
     refuse_prompt_flags(args)

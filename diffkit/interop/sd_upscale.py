@@ -154,6 +154,16 @@ def noised_low_res(low_res: torch.Tensor, level: int, schedule, generator=None) 
     return augment(low_res, level + 1, schedule, noise)
 
 
+def per_image(prompts: list, batch: int, generator, seed: Optional[int]) -> tuple:
+    """(one prompt per image: ``prompts`` of one or ``batch``, else one line; the generators: ``generator``, or image
+    i's ``torch.Generator().manual_seed(seed + i)``)."""
+    if len(prompts) not in (1, batch):
+        raise DiffkitError(f"{len(prompts)} prompts for {batch} images; give one (every image) or one per image")
+    if generator is None:
+        generator = [torch.Generator().manual_seed((seed or 0) + i) for i in range(batch)]
+    return (prompts * batch if len(prompts) == 1 else prompts), generator
+
+
 def upscale_sd(sd, low_res: torch.Tensor, prompts: Union[str, Sequence[str]], *, low_res_schedule,
                negative_prompt: Union[None, str, Sequence[str]] = None, guidance_scale: float = DEFAULT_GUIDANCE,
                noise_level: int = DEFAULT_NOISE_LEVEL, max_noise_level: int = DEFAULT_MAX_NOISE_LEVEL,
@@ -177,12 +187,7 @@ def upscale_sd(sd, low_res: torch.Tensor, prompts: Union[str, Sequence[str]], *,
     level = check_noise_level(noise_level, max_noise_level)
     guidance_scale = check_guidance(guidance_scale, negative_prompt)
     batch = low_res.shape[0]
-    prompts = prompt_list(prompts)
-    if len(prompts) not in (1, batch):
-        raise DiffkitError(f"{len(prompts)} prompts for {batch} images; give one (every image) or one per image")
-    prompts = prompts * batch if len(prompts) == 1 else prompts
-    if generator is None:
-        generator = [torch.Generator().manual_seed((seed or 0) + i) for i in range(batch)]
+    prompts, generator = per_image(prompt_list(prompts), batch, generator, seed)
     low_res = low_res.to(device=sd.device, dtype=torch.float32)
     context = sd.encode_prompts(prompts)
     if guidance_scale > 1:
@@ -204,4 +209,4 @@ __all__ = ["UPSCALE_PIPELINE", "LOW_RES_KEY", "LEVEL_KEY", "DEFAULT_NOISE_LEVEL"
            "DEFAULT_MAX_NOISE_LEVEL", "SCALING_FACTOR", "is_upscale_config", "is_upscale_folder", "check_upscale_unet",
            "UpscaleUNetNet", "upscale_denoiser", "upscale_settings", "check_noise_level", "check_guidance",
            "check_low_res_size",
-           "noised_low_res", "upscale_sd"]
+           "noised_low_res", "per_image", "upscale_sd"]
