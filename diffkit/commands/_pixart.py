@@ -11,6 +11,7 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --steps / --nfe, --sampler and its grid options")
 
 LORA_KINDS = ("Sana", "Lumina2", "AuraFlow")  # folders whose diffusers pipeline has a LoRA loader (--lora)
+FLOW_KINDS = (*LORA_KINDS, "Lumina-Next")  # flow-matching folders (their scheduler's step: folder_sampler(flow=True))
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
                               "--pag-adaptive-scale)")
 
@@ -34,7 +35,7 @@ def folder_default_sampler(checkpoint) -> str:
     if masked_text_folder(checkpoint) == "HunyuanDiT":  # its DDPMScheduler: ddpm (diffkit.interop.hunyuan_dit)
         from ..interop.hunyuan_dit import folder_sampler as hunyuan_folder_sampler
         return hunyuan_folder_sampler(config)[0]
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2", "AuraFlow"))[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) in FLOW_KINDS)[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
@@ -129,14 +130,17 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
-    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else TAKES) + \
+    lumina_next = label == "Lumina-Next"  # LuminaPipeline: no --max-sequence-length (its batch's longest prompt)
+    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else
+             TAKES.replace(", --max-sequence-length", "") if lumina_next else TAKES) + \
         (", --lora" if label in LORA_KINDS else "") + \
         (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
+    if hunyuan or lumina_next:
+        more["--max-sequence-length"] = getattr(guidance, "max_sequence_length", None)
     if hunyuan:
-        more.update({"--max-sequence-length": getattr(guidance, "max_sequence_length", None),
-                     "--pag-interval": getattr(guidance, "pag_interval", None)})
+        more["--pag-interval"] = getattr(guidance, "pag_interval", None)
     # --pag-scale: PixArt-Σ / Sana (diffkit.interop.pixart_pag); HunyuanDiT's below (._sd3.pag_options)
     guidance, pag = (guidance, {}) if hunyuan else pag_options(directory, guidance)
     if pag:
@@ -160,6 +164,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
+    elif lumina_next:
+        from ..interop.lumina_next import load_lumina_next, text_to_image
+        pixart = load_lumina_next(directory, device, progress=progress)
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options as hunyuan_pag_options

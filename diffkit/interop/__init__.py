@@ -69,6 +69,7 @@ _EXPORTS = {
     "PixArt": "pixart", "load_pixart": "pixart", "is_pixart_folder": "pixart",
     "Sana": "sana", "load_sana": "sana", "is_sana_folder": "sana",
     "Lumina2": "lumina2", "load_lumina2": "lumina2", "is_lumina2_folder": "lumina2",
+    "LuminaNext": "lumina_next", "load_lumina_next": "lumina_next", "is_lumina_next_folder": "lumina_next",
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "HunyuanDiT": "hunyuan_dit", "load_hunyuan_dit": "hunyuan_dit", "is_hunyuan_dit_folder": "hunyuan_dit",

@@ -108,8 +108,8 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
-    :mod:`.hunyuan_dit`: the same command path), else None."""
+    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "Lumina-Next" for a Lumina-Next one (:mod:`.sana`,
+    :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.lumina_next`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .auraflow import is_auraflow_folder
@@ -120,6 +120,9 @@ def masked_text_folder(path) -> Optional[str]:
         return "Sana"
     if is_hunyuan_dit_folder(path):
         return "HunyuanDiT"
+    from .lumina_next import is_lumina_next_folder
+    if is_lumina_next_folder(path):
+        return "Lumina-Next"
     return "Lumina2" if is_lumina2_folder(path) else "AuraFlow" if is_auraflow_folder(path) else None
 
 
