@@ -139,6 +139,7 @@ def test_the_readme_links_to_the_matrix():
 PIXART = "## PixArt-α and PixArt-Σ folders (`diffkit.interop.pixart`)"
 SANA = "## Sana folders (`diffkit.interop.sana`)"
 LUMINA2 = "## Lumina-Image 2.0 folders (`diffkit.interop.lumina2`)"
+LUMINA_NEXT = "## Lumina-Next folders (`diffkit.interop.lumina_next`)"
 
 
 def check_own_table(heading: str, columns: list, letter: str) -> None:
@@ -187,7 +188,8 @@ FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
                                                     (KOLORS, ["KolorsPipeline", "KolorsImg2ImgPipeline",
                                                               "KolorsPAGPipeline"], "KO"),
                                                     (QWEN_IMAGE, ["QwenImagePipeline"], "QI"),
-                                                    (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX")])
+                                                    (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
+                                                    (LUMINA_NEXT, ["LuminaPipeline"], "LN")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -80,6 +80,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
             "flux_image_to_image": ("flux", "image_to_image"), "pixart_text_to_image": ("pixart", "text_to_image"),
             "sana_text_to_image": ("sana", "text_to_image"), "lumina2_text_to_image": ("lumina2", "text_to_image"),
+            "lumina_next_text_to_image": ("lumina_next", "text_to_image"),
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
             "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image"),
