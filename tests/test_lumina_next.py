@@ -51,14 +51,9 @@ def lumina_next_folder(tmp_path_factory):
 
 
 def _both(pipe, lumina, steps=3, size=32, **call):
-    """(diffkit's z_0, the pipeline's) from the same latents (2, 4, size / 8, size / 8)."""
-    noise = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        theirs = pipe(PROMPTS, num_inference_steps=steps, latents=noise.clone(), output_type="latent", height=size,
-                      width=size, clean_caption=False, **call).images
-    ours = text_to_image(lumina, PROMPTS, steps=steps, latents=noise, return_latents=True, height=size, width=size,
-                         **call)
-    return ours, theirs
+    """(diffkit's z_0, the pipeline's (``clean_caption=False``)) from the same latents (2, 4, size / 8, size / 8)."""
+    from _pixart_helpers import pipeline_and_library
+    return pipeline_and_library(pipe, lumina, text_to_image, PROMPTS, 4, steps, size, {"clean_caption": False}, **call)
 
 
 def test_lumina_next_encodes_and_samples_as_the_pipeline(lumina_next_folder):
@@ -98,7 +93,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(lumina_ne
     ("model_index.json", {"_class_name": "Lumina2Pipeline"}, "is not a Lumina-Next folder"),
     ("model_index.json", {"text_encoder": ["transformers", "Gemma2Model"]}, "allowed: GemmaModel"),
     ("transformer/config.json", {"learn_sigma": False}, "learn_sigma=False; allowed: True"),
-    ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "use_dynamic_shifting=True, which"),
+    ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "use_dynamic_shifting=True, for which"),
     ("scheduler/scheduler_config.json", {"stochastic_sampling": True}, "stochastic_sampling=True")])
 def test_what_lumina_next_does_not_support_is_refused_in_one_line(lumina_next_folder, tmp_path, file, change,
                                                                    expected):

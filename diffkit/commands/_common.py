@@ -212,7 +212,8 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
                         help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / "
                              "SD-XL / SD3 / FLUX.1 / Sana / Lumina-Image 2.0 / AuraFlow / Chroma / Kolors, a "
                              "diffusers, PEFT or kohya LoRA .safetensors; SD3, Sana, Lumina-Image 2.0, AuraFlow: "
-                             "diffusers / PEFT only; Chroma: its transformer only; Kolors: its UNet, diffusers / PEFT "
+                             "diffusers / PEFT only (Lumina-Image 2.0: also its original diffusion_model. keys); "
+                             "Chroma: its transformer only; Kolors: its UNet, diffusers / PEFT "
                              "keys) merged into --checkpoint's weights at load, "
                              "W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",

@@ -46,7 +46,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, read_json_object
+from ..errors import DiffkitError
 from . import model_dtype, require
 from .lumina2 import Lumina2
 from .pixart import folder_sampler
@@ -69,17 +69,14 @@ def is_lumina_next_folder(path) -> bool:
 def check_lumina_next_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``LuminaPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from .pixart import checked_folder
+    from .pixart import checked_folder, fixed_shift_scheduler
     directory = Path(directory)
     index, transformer, _ = checked_folder(directory, LUMINA_NEXT_PIPELINE, REQUIRED, "Lumina-Next",
                                            LUMINA_NEXT_CLASSES)
     if not transformer.get("learn_sigma", True):
         raise DiffkitError(f"{directory}'s transformer has learn_sigma=False; allowed: True (LuminaPipeline keeps the "
                            f"first half of its output channels, the prediction before the learned variance)")
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    if sched.get("use_dynamic_shifting", False):
-        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=True, which LuminaPipeline cannot run "
-                           f"(it passes no mu); allowed: False (a fixed shift)")
+    sched = fixed_shift_scheduler(directory, LUMINA_NEXT_PIPELINE)
     folder_sampler(sched, flow=True)  # one line for stochastic_sampling
     return index, sched
 
@@ -138,6 +135,8 @@ class LuminaNext(Lumina2):
     (fixed VAE factor 8, sizes multiples of 16, flow Euler on its scheduler's sigmas) whose prompts, network,
     guidance and scheduler call are Lumina-Next's."""
 
+    net_class = LuminaNextNet
+
     @property
     def shift_factor(self) -> float:
         """0: the pipeline decodes z / scaling_factor with no shift."""
@@ -178,13 +177,7 @@ class LuminaNext(Lumina2):
     def guided_denoiser(self, scale: float = 1.0, proportional_attn: bool = True, scaling_watershed: float = 1.0):
         """The flow-prediction :class:`~diffkit.denoiser.Denoiser` of :class:`LuminaNextNet` (cond ``context``,
         ``mask``, and ``null_context`` / ``null_mask`` to guide) on ``NoiseSchedule.flow(T, shift)``."""
-        key = (float(scale), bool(proportional_attn), float(scaling_watershed))
-        if key not in self._guided:
-            from ..denoiser import Denoiser
-            T = int(self.scheduler_config.get("num_train_timesteps", 1000))
-            self._guided[key] = Denoiser(LuminaNextNet(self.transformer, T, *key), self.schedule, "flow_prediction")
-            self._guided[key].model = self.transformer
-        return self._guided[key]
+        return self.cached_denoiser((float(scale), bool(proportional_attn), float(scaling_watershed)))
 
     def scheduler_sigmas(self, steps: int) -> torch.Tensor:
         """The scheduler's sigmas (final 0 included) after the pipeline's ``set_timesteps(steps)``."""

@@ -99,6 +99,16 @@ def checked_folder(directory: Path, pipeline: str, required, kind: str, classes:
             read_json_object(directory / "vae" / "config.json", "vae config"))
 
 
+def fixed_shift_scheduler(directory: Path, pipeline: str) -> dict:
+    """The scheduler config of ``directory``, one line where it has ``use_dynamic_shifting``: ``pipeline``
+    (AuraFlow's, Lumina-Next's) calls ``set_timesteps`` with no mu."""
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    if sched.get("use_dynamic_shifting", False):
+        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=True, for which {pipeline} passes no mu "
+                           f"(its set_timesteps fails); allowed: a fixed shift")
+    return sched
+
+
 def pixart_kind(path) -> Optional[str]:
     """``model_index.json``'s ``_class_name`` where it is a PixArt pipeline (α or Σ), else None."""
     from .sd_xl import pipeline_class
