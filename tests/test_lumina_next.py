@@ -104,6 +104,15 @@ def test_what_lumina_next_does_not_support_is_refused_in_one_line(lumina_next_fo
     assert "\n" not in str(info.value)
 
 
+def test_a_folder_of_the_pipelines_old_name_loads(lumina_next_folder, tmp_path):
+    """model_index.json naming LuminaText2ImgPipeline (diffusers' name before LuminaPipeline): the same folder."""
+    from _pixart_helpers import edited_copy
+    from diffkit.interop.pixart import masked_text_folder
+    copy = edited_copy(lumina_next_folder[1], tmp_path / "old", "model_index.json",
+                       {"_class_name": "LuminaText2ImgPipeline"})
+    assert masked_text_folder(copy) == "Lumina-Next" and load_lumina_next(copy, progress=False).latent_shape(1)
+
+
 def test_bad_lumina_next_options_are_one_line_errors(lumina_next_folder):
     lumina = lumina_next_folder[2]
     for kw, expected in [({"scaling_watershed": float("nan")}, "scaling_watershed=nan is not allowed"),

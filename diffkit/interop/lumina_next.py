@@ -32,10 +32,11 @@ learned variance) on an SD-style 4-channel ``AutoencoderKL``, trained with flow 
 * latents (B, C, H / 8, W / 8), H and W multiples of 16 (and whole patches); decoding x = D(z / scaling_factor) (no
   shift), images (x / 2 + 0.5).clamp(0, 1).
 
-Refused in one line before any weight is read (:func:`check_lumina_next_folder`): another pipeline class, a missing
-component, a transformer / VAE / text encoder / scheduler of another class, a transformer without ``learn_sigma``
-(the pipeline would halve its C channels), a scheduler with ``use_dynamic_shifting`` (the pipeline passes no mu)
-or ``stochastic_sampling``.
+A folder whose ``model_index.json`` names ``LuminaText2ImgPipeline`` (the pipeline's name before diffusers renamed
+it) is the same pipeline. Refused in one line before any weight is read (:func:`check_lumina_next_folder`): another
+pipeline class, a missing component, a transformer / VAE / text encoder / scheduler of another class, a transformer
+without ``learn_sigma`` (the pipeline would halve its C channels), a scheduler with ``use_dynamic_shifting`` (the
+pipeline passes no mu) or ``stochastic_sampling``.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from .lumina2 import Lumina2
 from .pixart import folder_sampler
 
 LUMINA_NEXT_PIPELINE = "LuminaPipeline"
+OLD_NAME = "LuminaText2ImgPipeline"  # the same pipeline's diffusers name before its rename (older folders' index)
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 LUMINA_NEXT_CLASSES = {"transformer": ("LuminaNextDiT2DModel",), "vae": ("AutoencoderKL",),
                        "text_encoder": ("GemmaModel",), "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
@@ -63,15 +65,17 @@ ROPE_SIDE = 384  # the pipeline's get_2d_rotary_pos_embed_lumina(head_dim, 384, 
 def is_lumina_next_folder(path) -> bool:
     """True for a folder whose ``model_index.json`` names ``LuminaPipeline`` (so ``diffkit sample`` dispatches)."""
     from .sd_xl import pipeline_class
-    return pipeline_class(path) == LUMINA_NEXT_PIPELINE
+    return pipeline_class(path) in (LUMINA_NEXT_PIPELINE, OLD_NAME)
 
 
 def check_lumina_next_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``LuminaPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .pixart import checked_folder, fixed_shift_scheduler
+    from .sd_xl import pipeline_class
     directory = Path(directory)
-    index, transformer, _ = checked_folder(directory, LUMINA_NEXT_PIPELINE, REQUIRED, "Lumina-Next",
+    name = OLD_NAME if pipeline_class(directory) == OLD_NAME else LUMINA_NEXT_PIPELINE
+    index, transformer, _ = checked_folder(directory, name, REQUIRED, "Lumina-Next",
                                            LUMINA_NEXT_CLASSES)
     if not transformer.get("learn_sigma", True):
         raise DiffkitError(f"{directory}'s transformer has learn_sigma=False; allowed: True (LuminaPipeline keeps the "
@@ -94,13 +98,17 @@ class LuminaNextNet(torch.nn.Module):
         self.proportional_attn, self.scaling_watershed = proportional_attn, scaling_watershed
         self._rope = {}
 
-    def rotary(self, linear: float, ntk: float) -> torch.Tensor:
-        """The pipeline's 384 x 384 table ``get_2d_rotary_pos_embed_lumina(head_dim, ...)`` (cached per factors)."""
-        if (linear, ntk) not in self._rope:
+    def rotary(self, linear: float, ntk: float, device) -> torch.Tensor:
+        """The pipeline's 384 x 384 table ``get_2d_rotary_pos_embed_lumina(head_dim, ...)`` on ``device``, kept for
+        one image size (its interpolated and NTK-scaled tables: 56 MB each at head_dim 96), not rebuilt each step."""
+        key = (linear, ntk, str(device))
+        if key not in self._rope:
             from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
-            self._rope[(linear, ntk)] = get_2d_rotary_pos_embed_lumina(
-                self.model.head_dim, ROPE_SIDE, ROPE_SIDE, linear_factor=linear, ntk_factor=ntk)
-        return self._rope[(linear, ntk)]
+            if len(self._rope) >= 2:
+                self._rope.clear()
+            self._rope[key] = get_2d_rotary_pos_embed_lumina(
+                self.model.head_dim, ROPE_SIDE, ROPE_SIDE, linear_factor=linear, ntk_factor=ntk).to(device)
+        return self._rope[key]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
                 null_context: torch.Tensor = None, null_mask: torch.Tensor = None):
@@ -119,7 +127,7 @@ class LuminaNextNet(torch.nn.Module):
         attention = {"base_sequence_length": (default // 16) ** 2} if self.proportional_attn else {}
         dtype = model_dtype(self.model)
         out = self.model(x.to(dtype), timestep=time, encoder_hidden_states=context.to(dtype), encoder_mask=mask,
-                         image_rotary_emb=self.rotary(linear, ntk), cross_attention_kwargs=attention,
+                         image_rotary_emb=self.rotary(linear, ntk, x.device), cross_attention_kwargs=attention,
                          return_dict=False)[0]
         out = out.chunk(2, dim=1)[0].to(x.dtype)  # the prediction; the learned variance dropped
         if guided:
