@@ -164,9 +164,11 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
-    elif lumina_next:
+    elif lumina_next:  # LuminaPipeline's RoPE / attention options (--scaling-watershed, --no-proportional-attn)
         from ..interop.lumina_next import load_lumina_next, text_to_image
         pixart = load_lumina_next(directory, device, progress=progress)
+        lumina = {key: getattr(guidance, key) for key in ("scaling_watershed", "proportional_attn")
+                  if getattr(guidance, key, None) is not None}
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options as hunyuan_pag_options
