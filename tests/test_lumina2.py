@@ -14,7 +14,6 @@ transformers = pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.lumina2 import SYSTEM_PROMPT, is_lumina2_folder, load_lumina2, text_to_image  # noqa: E402
 
 from _sana_helpers import check_sample_command, tiny_gemma, tiny_gemma_tokenizer  # noqa: E402
@@ -100,14 +99,9 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Lumina2"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a Lumina2 folder"),
         (["--height", "24"], "--height 24 is not allowed; give a positive multiple of 16")])
-    out = tmp_path / "trunc.png"  # Lumina2Pipeline's cfg_trunc_ratio and cfg_normalization=False
-    assert main(["sample", "--checkpoint", str(path), "--prompt", "hot dog", "--num", "1", "--steps", "4", "--height",
-                 "16", "--width", "16", "--cfg-trunc-ratio", "0.5", "--no-cfg-normalization", "--out", str(out),
-                 "--no-progress"]) == 0
-    images = text_to_image(lumina, ["hot dog"], steps=4, seed=0, height=16, width=16, cfg_trunc_ratio=0.5,
-                           cfg_normalization=False, output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 1)
-    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    from _sana_helpers import check_option_flags  # Lumina2Pipeline's cfg_trunc_ratio and cfg_normalization=False
+    check_option_flags(path, lumina, text_to_image, tmp_path, 4, 16, ["--cfg-trunc-ratio", "0.5",
+                       "--no-cfg-normalization"], {"cfg_trunc_ratio": 0.5, "cfg_normalization": False})
     other = tmp_path / "other"
     shutil.copytree(path, other)
     (other / "model_index.json").write_text(json.dumps({**json.loads((path / "model_index.json").read_text()),

@@ -86,16 +86,10 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(lumina_ne
         (["--height", "24"], "--height 24 is not allowed; give a positive multiple of 16")])
     from _pixart_helpers import assert_sample_refusals, edited_copy
     from diffkit.cli import main
-    from diffkit.images import save_grid
     assert_sample_refusals(main, path, tmp_path, capsys, [], "a Lumina-Next")
-    out = tmp_path / "watershed.png"  # LuminaPipeline's scaling_watershed and proportional_attn=False
-    assert main(["sample", "--checkpoint", str(path), "--prompt", "hot dog", "--num", "1", "--steps", "3", "--height",
-                 "48", "--width", "48", "--scaling-watershed", "0.5", "--no-proportional-attn", "--out", str(out),
-                 "--no-progress"]) == 0
-    images = text_to_image(lumina, ["hot dog"], steps=3, seed=0, height=48, width=48, scaling_watershed=0.5,
-                           proportional_attn=False, output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 1)
-    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    from _sana_helpers import check_option_flags  # LuminaPipeline's scaling_watershed and proportional_attn=False
+    check_option_flags(path, lumina, text_to_image, tmp_path, 3, 48, ["--scaling-watershed", "0.5",
+                       "--no-proportional-attn"], {"scaling_watershed": 0.5, "proportional_attn": False})
     other = edited_copy(path, tmp_path / "other", "model_index.json", {"_class_name": "Lumina2Pipeline"})
     assert_sample_refusals(main, other, tmp_path, capsys, [
         (["--no-proportional-attn"], "--no-proportional-attn applies to a Lumina-Next folder (LuminaPipeline's RoPE"),
