@@ -68,3 +68,16 @@ def cfg_sample_argv(path, prompts, out, *extra):
     return ["sample", "--checkpoint", str(path), "--prompt", prompts[0], "--prompt", prompts[1], "--num", "2",
             "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--negative-prompt", "ugly",
             "--guidance-scale", "3", "--guidance-convention", "diffusers", "--out", str(out), "--no-progress", *extra]
+
+
+def pipeline_and_library(pipe, model, text_to_image, prompts, channels, steps, size, pipe_only=None, **call):
+    """(diffkit's z_0, the pipeline's) of ``prompts`` from the same latents (B, ``channels``, size / 8, size / 8)
+    drawn from seed 1, ``steps`` steps at ``size`` px, ``output_type="latent"`` (Lumina-Image 2.0's and Lumina-Next's
+    fixed VAE factor 8); ``call``: options of both, ``pipe_only``: the pipeline's alone."""
+    noise = torch.randn(len(prompts), channels, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = pipe(prompts, num_inference_steps=steps, latents=noise.clone(), output_type="latent", height=size,
+                      width=size, **(pipe_only or {}), **call).images
+    ours = text_to_image(model, prompts, steps=steps, latents=noise, return_latents=True, height=size, width=size,
+                         **call)
+    return ours, theirs

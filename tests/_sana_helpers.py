@@ -54,6 +54,20 @@ def check_sample_command(path, model, text_to_image, tmp_path, capsys, prompts, 
     assert_sample_refusals(main, path, tmp_path, capsys, refusals)
 
 
+def check_option_flags(path, model, text_to_image, tmp_path, steps, size, flags, options):
+    """``diffkit sample`` on ``path`` with one prompt ("hot dog"), ``steps`` steps at ``size`` x ``size`` and the
+    folder kind's own ``flags`` writes ``text_to_image(model, ..., **options)``'s image byte for byte (seed 0)."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    out = tmp_path / "options.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "hot dog", "--num", "1", "--steps", str(steps),
+                 "--height", str(size), "--width", str(size), *flags, "--out", str(out), "--no-progress"]) == 0
+    images = text_to_image(model, ["hot dog"], steps=steps, seed=0, height=size, width=size, output_range="-1,1",
+                           **options)
+    save_grid(images, tmp_path / "options_expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "options_expected.png").read_bytes()
+
+
 def tiny_sana_pipeline(scheduler=None, sample_size=16, sprint=False, layers=1):
     """A SanaPipeline of random weights: Gemma-2 of 1 layer (hidden 32), transformer of 1 layer (2 heads of 8,
     cross-attention 16, caption 32), latents 4 x s x s, DC-AE of 2 levels (factor 2). ``sprint``: a

@@ -139,6 +139,7 @@ def test_the_readme_links_to_the_matrix():
 PIXART = "## PixArt-α and PixArt-Σ folders (`diffkit.interop.pixart`)"
 SANA = "## Sana folders (`diffkit.interop.sana`)"
 LUMINA2 = "## Lumina-Image 2.0 folders (`diffkit.interop.lumina2`)"
+LUMINA_NEXT = "## Lumina-Next folders (`diffkit.interop.lumina_next`)"
 
 
 def check_own_table(heading: str, columns: list, letter: str) -> None:
@@ -200,7 +201,8 @@ LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.inter
                                                     (HIDREAM, ["HiDreamImagePipeline"], "HI"),
                                                     (STABLE_CASCADE, ["StableCascadePriorPipeline",
                                                                       "StableCascadeDecoderPipeline"], "SC"),
-                                                    (LATENT_UPSCALE, ["StableDiffusionLatentUpscalePipeline"], "LU")])
+                                                    (LATENT_UPSCALE, ["StableDiffusionLatentUpscalePipeline"], "LU"),
+                                                    (LUMINA_NEXT, ["LuminaPipeline"], "LN")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

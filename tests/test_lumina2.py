@@ -3,6 +3,7 @@ a tiny random folder (the tiny Gemma-2 and tokenizer of tests/_sana_helpers.py, 
 downloaded), and ``diffkit sample`` on it (the library's grid byte for byte; what does not apply refused in one
 line)."""
 import json
+import re
 import shutil
 
 import pytest
@@ -13,7 +14,6 @@ transformers = pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.lumina2 import SYSTEM_PROMPT, is_lumina2_folder, load_lumina2, text_to_image  # noqa: E402
 
 from _sana_helpers import check_sample_command, tiny_gemma, tiny_gemma_tokenizer  # noqa: E402
@@ -51,13 +51,8 @@ def folder(tmp_path_factory):
 
 def _both(pipe, lumina, steps=3, size=16, **call):
     """(diffkit's z_0, the pipeline's) from the same latents (2, 16, size / 8, size / 8)."""
-    noise = torch.randn(2, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        theirs = pipe(PROMPTS, num_inference_steps=steps, latents=noise.clone(), output_type="latent", height=size,
-                      width=size, **call).images
-    ours = text_to_image(lumina, PROMPTS, steps=steps, latents=noise, return_latents=True, height=size, width=size,
-                         **call)
-    return ours, theirs
+    from _pixart_helpers import pipeline_and_library
+    return pipeline_and_library(pipe, lumina, text_to_image, PROMPTS, 16, steps, size, **call)
 
 
 def test_lumina2_encodes_and_samples_as_the_pipeline(folder):
@@ -104,14 +99,9 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Lumina2"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a Lumina2 folder"),
         (["--height", "24"], "--height 24 is not allowed; give a positive multiple of 16")])
-    out = tmp_path / "trunc.png"  # Lumina2Pipeline's cfg_trunc_ratio and cfg_normalization=False
-    assert main(["sample", "--checkpoint", str(path), "--prompt", "hot dog", "--num", "1", "--steps", "4", "--height",
-                 "16", "--width", "16", "--cfg-trunc-ratio", "0.5", "--no-cfg-normalization", "--out", str(out),
-                 "--no-progress"]) == 0
-    images = text_to_image(lumina, ["hot dog"], steps=4, seed=0, height=16, width=16, cfg_trunc_ratio=0.5,
-                           cfg_normalization=False, output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 1)
-    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    from _sana_helpers import check_option_flags  # Lumina2Pipeline's cfg_trunc_ratio and cfg_normalization=False
+    check_option_flags(path, lumina, text_to_image, tmp_path, 4, 16, ["--cfg-trunc-ratio", "0.5",
+                       "--no-cfg-normalization"], {"cfg_trunc_ratio": 0.5, "cfg_normalization": False})
     other = tmp_path / "other"
     shutil.copytree(path, other)
     (other / "model_index.json").write_text(json.dumps({**json.loads((path / "model_index.json").read_text()),
@@ -159,7 +149,7 @@ LUMINA2_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v",
 
 def test_lumina2_lora_is_load_lora_weights_and_fuse_lora(folder, tmp_path, capsys):
     """A diffusers-format file (Lumina2Pipeline.save_lora_weights) at 0.3: load_lora_weights + fuse_lora's weights
-    and z_0; ``diffkit sample --lora`` is the library; a converted-trainer (diffusion_model.) key: one line."""
+    and z_0; ``diffkit sample --lora`` is the library; a kohya key: one line."""
     from test_sd_lora import check_transformer_lora, fused_transformer_lora
     _, path, lumina = folder
     lora, pipe = fused_transformer_lora(diffusers.Lumina2Pipeline, path, tmp_path, LUMINA2_LORA, scale=0.3)
@@ -167,6 +157,46 @@ def test_lumina2_lora_is_load_lora_weights_and_fuse_lora(folder, tmp_path, capsy
     z0, expected = _both(pipe, ours, negative_prompt="ugly")
     assert relative_error(z0, expected) < 1e-5  # 1.0e-6 measured
     assert check_transformer_lora(path, lora, 0.3, ours, lumina, pipe, text_to_image, tmp_path, capsys,
-                                  "diffusion_model.layers.0.attention.qkv.lora_A.weight",
-                                  "a Lumina-Image 2.0 folder (Lumina2Pipeline converts 'diffusion_model.'") < 1e-6
+                                  "lora_unet_layers_0_attn_to_q.lora_down.weight",
+                                  "a Lumina-Image 2.0 folder (diffusers 0.42.1's Lumina2 loader converts no") < 1e-6
     # 6.0e-8 measured
+
+
+def original_lumina2_lora(rank=2, ff=64):
+    """{diffusion_model. key: tensor} of a random LoRA in the Lumina-Image 2.0 code's names, at its attention sizes
+    (2304 / 768 / 768: the rows diffusers' converter splits qkv into) for one block of each kind (``ff``: the
+    feed-forward width; adaLN's 1024 -> 4 x 2304)."""
+    torch.manual_seed(3)
+    shapes = {"attention.qkv": (2304, 3840), "attention.out": (2304, 2304), "feed_forward.w1": (2304, ff),
+              "feed_forward.w2": (ff, 2304), "feed_forward.w3": (2304, ff), "adaLN_modulation.1": (1024, 9216)}
+    tensors = {}
+    for block in ("layers.0", "noise_refiner.0", "context_refiner.0"):
+        for module, (fan_in, fan_out) in shapes.items():
+            if module.startswith("adaLN") and block.startswith("context"):
+                continue
+            tensors[f"diffusion_model.{block}.{module}.lora_A.weight"] = torch.randn(rank, fan_in)
+            tensors[f"diffusion_model.{block}.{module}.lora_B.weight"] = torch.randn(fan_out, rank)
+    return tensors
+
+
+def test_original_format_lumina2_lora_is_mapped_as_diffusers_and_odd_files_are_refused(tmp_path):
+    """A diffusion_model. file: diffkit's keys and tensors are Lumina2Pipeline.lora_state_dict's (its converter),
+    exactly; what that converter would fail on (or drop) is one line."""
+    from safetensors.torch import save_file
+    from diffkit.interop.lumina2_lora import convert_lumina2_lora
+    tensors = original_lumina2_lora()
+    save_file(tensors, tmp_path / "original.safetensors")
+    theirs = diffusers.Lumina2Pipeline.lora_state_dict(str(tmp_path / "original.safetensors"))
+    ours = convert_lumina2_lora("x", tensors)
+    assert sorted(ours) == sorted(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert convert_lumina2_lora("x", {"transformer.a.lora_A.weight": 1}) == {"transformer.a.lora_A.weight": 1}
+    qkv = "diffusion_model.layers.0.attention.qkv.lora_B.weight"
+    for change, expected in [({"diffusion_model.layers.0.dora_scale": torch.ones(1)}, "drops DoRA scales"),
+                             ({"diffusion_model.layers.0.attention.qkv.alpha": torch.ones(())}, "is not one"),
+                             ({qkv: torch.zeros(96, 2)}, "has shape (96, 2); allowed: 3840 rows"),
+                             ({"transformer.x.lora_A.weight": torch.ones(1)}, "beside 'diffusion_model.' keys"),
+                             ({"diffusion_model.layers.1.attention.out.lora_A.weight": torch.ones(1)},
+                              "'diffusion_model.layers.1.attention.qkv.lora_A.weight' is missing")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)) as info:
+            convert_lumina2_lora("x", {**tensors, **change})
+        assert "\n" not in str(info.value)

@@ -56,7 +56,8 @@ def size_multiple(directory) -> tuple:
                                      "transformer config").get("patch_size", 1))
         return math.lcm(32, f * patch), f"the pipeline's 32 and the DC-AE factor {f} x the patch size {patch}"
     from ..interop.lumina2 import is_lumina2_folder
-    if is_lumina2_folder(directory):  # Lumina2Pipeline's fixed factor 8 and check_inputs' 16
+    from ..interop.lumina_next import is_lumina_next_folder
+    if is_lumina2_folder(directory) or is_lumina_next_folder(directory):  # their fixed factor 8, check_inputs' 16
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
         return math.lcm(16, 8 * patch), f"the pipeline's 16 and its VAE factor 8 x the patch size {patch}"

@@ -11,7 +11,7 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --steps / --nfe, --sampler and its grid options")
 
 LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # folders whose diffusers pipeline has a LoRA loader
-FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # flow-matching folders (their schedulers' flow steps)
+FLOW_KINDS = (*LORA_KINDS, "Lumina-Next")  # flow-matching folders (their scheduler's step: folder_sampler(flow=True))
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
                               "--pag-adaptive-scale)")
 
@@ -159,15 +159,18 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
-    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else TAKES) + \
+    lumina_next = label == "Lumina-Next"  # LuminaPipeline: no --max-sequence-length (its batch's longest prompt)
+    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else
+             TAKES.replace(", --max-sequence-length", "") if lumina_next else TAKES) + \
         (", --lora" if label in LORA_KINDS else "") + \
         (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "") + \
         (", --control-image" if image is not None else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
+    if hunyuan or lumina_next:
+        more["--max-sequence-length"] = getattr(guidance, "max_sequence_length", None)
     if hunyuan:
-        more.update({"--max-sequence-length": getattr(guidance, "max_sequence_length", None),
-                     "--pag-interval": getattr(guidance, "pag_interval", None)})
+        more["--pag-interval"] = getattr(guidance, "pag_interval", None)
     # --pag-scale: PixArt-Σ / Sana (diffkit.interop.pixart_pag); HunyuanDiT's below (._sd3.pag_options)
     guidance, pag = (guidance, {}) if hunyuan else pag_options(directory, guidance)
     if pag:
@@ -199,6 +202,11 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "HiDream":
         from ..interop.hidream import load_hidream, text_to_image
         pixart = load_hidream(directory, device, progress=progress)
+    elif lumina_next:  # LuminaPipeline's RoPE / attention options (--scaling-watershed, --no-proportional-attn)
+        from ..interop.lumina_next import load_lumina_next, text_to_image
+        pixart = load_lumina_next(directory, device, progress=progress)
+        extra = {key: getattr(guidance, key) for key in ("scaling_watershed", "proportional_attn")
+                  if getattr(guidance, key, None) is not None}
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options as hunyuan_pag_options

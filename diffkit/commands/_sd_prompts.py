@@ -10,7 +10,8 @@ from ..errors import DiffkitError
 
 def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = False, z_image: bool = False) -> None:
     """The flags, into ``group`` (a parser or an argument group); ``true_cfg``: with ``--true-cfg-scale``;
-    ``lumina``: with a Lumina-Image 2.0 folder's :data:`LUMINA2_FLAGS`; ``z_image``: with a Z-Image folder's
+    ``lumina``: with a Lumina-Image 2.0 folder's :data:`LUMINA2_FLAGS` and a Lumina-Next one's
+    :data:`LUMINA_NEXT_FLAGS`; ``z_image``: with a Z-Image folder's
     :data:`Z_IMAGE_FLAGS`."""
     from ._common import int_in, non_negative_float, positive_float
     if lumina or z_image:
@@ -27,6 +28,12 @@ def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = Fals
         group.add_argument("--no-cfg-normalization", dest="cfg_normalization", action="store_false", default=None,
                            help="Lumina-Image 2.0 folders: no renormalisation of the guided prediction "
                                 "(Lumina2Pipeline's cfg_normalization=False)")
+        group.add_argument("--scaling-watershed", type=non_negative_float, metavar="W",
+                           help="Lumina-Next folders: the RoPE is interpolated while the transformer's time 1 - sigma "
+                                "< W, NTK-scaled from there on (LuminaPipeline's scaling_watershed; default 1.0)")
+        group.add_argument("--no-proportional-attn", dest="proportional_attn", action="store_false", default=None,
+                           help="Lumina-Next folders: no proportional attention (LuminaPipeline's "
+                                "proportional_attn=False)")
     group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
                        help="Stable Diffusion / SD-XL / SD3 folders: the prompts' embeddings N layers below the "
                             "default "
@@ -63,6 +70,7 @@ FLUX_FLAGS = ("--prompt-2", "--negative-prompt-2", "--max-sequence-length", "--t
 SD3_ONLY = ("--prompt-3", "--negative-prompt-3", "--max-sequence-length")
 LUMINA2_FLAGS = ("--cfg-trunc-ratio", "--no-cfg-normalization")  # a Lumina-Image 2.0 folder's (diffkit sample)
 Z_IMAGE_FLAGS = ("--cfg-trunc-ratio", "--cfg-normalization")  # a Z-Image folder's (diffkit sample and edit)
+LUMINA_NEXT_FLAGS = ("--scaling-watershed", "--no-proportional-attn")  # a Lumina-Next folder's (diffkit sample)
 
 
 def given_flags(request) -> list:
@@ -75,7 +83,9 @@ def given_flags(request) -> list:
         ("--true-cfg-scale", getattr(request, "true_cfg_scale", None)),
         ("--cfg-trunc-ratio", getattr(request, "cfg_trunc_ratio", None)),
         ("--no-cfg-normalization", getattr(request, "cfg_normalization", None)),
-        ("--cfg-normalization", getattr(request, "cfg_norm_cap", None))) if value is not None]
+        ("--cfg-normalization", getattr(request, "cfg_norm_cap", None)),
+        ("--scaling-watershed", getattr(request, "scaling_watershed", None)),
+        ("--no-proportional-attn", getattr(request, "proportional_attn", None))) if value is not None]
 
 
 def check_prompt_encoding(request, checkpoint) -> None:
@@ -89,6 +99,7 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.sd_xl import is_sd_xl_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..interop.lumina2 import is_lumina2_folder
+    from ..interop.lumina_next import is_lumina_next_folder
     from ..interop.z_image import is_z_image_folder
     given = given_flags(request)
     z_image = checkpoint is not None and is_z_image_folder(checkpoint)
@@ -105,6 +116,10 @@ def check_prompt_encoding(request, checkpoint) -> None:
     if z_image and "--no-cfg-normalization" in lumina:
         raise DiffkitError(f"--no-cfg-normalization does not apply to a Z-Image folder ({where}): its "
                            f"cfg_normalization is off by default (--cfg-normalization K turns it on)")
+    next_flags = [flag for flag, _ in given if flag in LUMINA_NEXT_FLAGS]
+    if next_flags and not (checkpoint is not None and is_lumina_next_folder(checkpoint)):
+        raise DiffkitError(f"{next_flags[0]} applies to a Lumina-Next folder "
+                           "(LuminaPipeline's RoPE scaling and attention)" f"; {where} is not one")
     if checkpoint is None or not given and request.negative_prompt is None:
         return
     from ..interop.chroma import is_chroma_folder
@@ -115,8 +130,8 @@ def check_prompt_encoding(request, checkpoint) -> None:
                                                "Qwen-Image" if is_qwen_image_folder(checkpoint) else
                                                "FLUX.2" if is_flux2_folder(checkpoint) else
                                                "Z-Image" if z_image else None)
-    lumina = [flag for flag in lumina if flag in cfg]
-    if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina2: its CFG flags too)
+    lumina = [flag for flag in lumina if flag in cfg] + next_flags
+    if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina: its own flags too)
         other = [flag for flag, _ in given if flag != "--max-sequence-length" and flag not in lumina]
         if other:
             from ._pixart import articled

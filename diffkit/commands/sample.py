@@ -387,6 +387,8 @@ class GuidanceRequest:
     cfg_trunc_ratio: Optional[float] = None  # Lumina-Image 2.0 folders (._pixart)
     cfg_normalization: Optional[bool] = None  # False: --no-cfg-normalization (Lumina-Image 2.0)
     cfg_norm_cap: Optional[float] = None  # --cfg-normalization K (Z-Image folders, ._z_image)
+    scaling_watershed: Optional[float] = None  # Lumina-Next folders (._pixart)
+    proportional_attn: Optional[bool] = None  # False: --no-proportional-attn (Lumina-Next)
     slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
@@ -427,7 +429,9 @@ class GuidanceRequest:
                   true_cfg_scale=getattr(args, "true_cfg_scale", None),
                   cfg_trunc_ratio=getattr(args, "cfg_trunc_ratio", None),
                   cfg_normalization=getattr(args, "cfg_normalization", None),
-                  cfg_norm_cap=getattr(args, "cfg_norm_cap", None))
+                  cfg_norm_cap=getattr(args, "cfg_norm_cap", None),
+                  scaling_watershed=getattr(args, "scaling_watershed", None),
+                  proportional_attn=getattr(args, "proportional_attn", None))
         from ._sd3_slg import slg_request
         req.slg = slg_request(args, checkpoint)
         req.check_model_kind(checkpoint)

@@ -33,10 +33,10 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, check_choice, read_json_object
+from ..errors import DiffkitError, check_choice
 from . import model_dtype, require
 from .flow_latents import FlowLatentVAE, load_flow_parts
-from .pixart import checked_folder
+from .pixart import checked_folder, fixed_shift_scheduler
 from .sana import Sana
 
 AURAFLOW_PIPELINE = "AuraFlowPipeline"
@@ -66,10 +66,7 @@ def check_auraflow_folder(directory) -> tuple:
     if channels[0] != latents or channels[1] not in (None, latents):
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
                            f"{channels[1]!r}; allowed: the VAE's latent channels {latents} (out_channels or null)")
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    if sched.get("use_dynamic_shifting", False):
-        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=True, for which AuraFlowPipeline passes "
-                           f"no mu (its set_timesteps fails); allowed: a fixed shift")
+    sched = fixed_shift_scheduler(directory, AURAFLOW_PIPELINE)
     flow_shift_from_diffusers(sched)  # its other keys: one line
     return index, config, sched
 

@@ -143,6 +143,7 @@ class Lumina2(PixArt):
     default_steps = 30
     max_length_limit = 512  # its check_inputs
     size_multiple = 16  # its check_inputs: multiples of vae_scale_factor * 2
+    net_class = Lumina2Net  # the network guided_denoiser wraps (Lumina-Next's: .lumina_next.LuminaNextNet)
 
     @property
     def max_sequence_length(self) -> int:
@@ -197,12 +198,14 @@ class Lumina2(PixArt):
     def guided_denoiser(self, scale: float = 1.0, normalize: bool = True, trunc_sigma: Optional[float] = None):
         """The flow-prediction :class:`~diffkit.denoiser.Denoiser` of :class:`Lumina2Net` (cond ``context``,
         ``mask``, and ``null_context`` / ``null_mask`` to guide) on ``NoiseSchedule.flow(T, shift)``."""
-        key = (float(scale), bool(normalize), trunc_sigma)
+        return self.cached_denoiser((float(scale), bool(normalize), trunc_sigma))
+
+    def cached_denoiser(self, key: tuple):
+        """The flow-prediction Denoiser of ``net_class(transformer, T, *key)`` (built once per ``key``)."""
         if key not in self._guided:
             from ..denoiser import Denoiser
             T = int(self.scheduler_config.get("num_train_timesteps", 1000))
-            net = Lumina2Net(self.transformer, T, *key)
-            self._guided[key] = Denoiser(net, self.schedule, "flow_prediction")
+            self._guided[key] = Denoiser(self.net_class(self.transformer, T, *key), self.schedule, "flow_prediction")
             self._guided[key].model = self.transformer
         return self._guided[key]
 
@@ -257,18 +260,20 @@ def load_lumina2(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
                  progress: bool = True, lora=None) -> Lumina2:
     """Load a ``Lumina2Pipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive is
     refused in one line before any weight is read (:func:`check_lumina2_folder`). ``lora``: LoRA files (paths or
-    (path, scale) pairs) with diffusers-format ``transformer.`` keys (``Lumina2LoraLoaderMixin``; its converted
-    ``diffusion_model.`` files are refused), read and checked first, fused as ``load_lora_weights`` +
-    ``fuse_lora(lora_scale=scale)`` (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`)."""
+    (path, scale) pairs) with diffusers-format ``transformer.`` keys (``Lumina2LoraLoaderMixin``; its
+    original-format ``diffusion_model.`` files mapped as it maps them, :mod:`.lumina2_lora`), read and checked first,
+    fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sana_lora.read_transformer_loras`,
+    :func:`.sd_lora.merge_sd_loras`)."""
     from ..schedule import NoiseSchedule
     from .flux import scheduler_shift
+    from .lumina2_lora import convert_lumina2_lora
     from .sana_lora import read_transformer_loras
     from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_lumina2_folder(directory)
     loras = read_transformer_loras(lora, "Lumina2", "a Lumina-Image 2.0 folder", "Lumina2Pipeline",
-                                   "diffusion_model.") if lora else []
+                                   convert_lumina2_lora) if lora else []
     T = sched.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")

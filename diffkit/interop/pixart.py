@@ -109,6 +109,16 @@ def check_pipeline_folder(directory: Path, pipeline: str, kind: str, required, c
     return index
 
 
+def fixed_shift_scheduler(directory: Path, pipeline: str) -> dict:
+    """The scheduler config of ``directory``, one line where it has ``use_dynamic_shifting``: ``pipeline``
+    (AuraFlow's, Lumina-Next's) calls ``set_timesteps`` with no mu."""
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    if sched.get("use_dynamic_shifting", False):
+        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=True, for which {pipeline} passes no mu "
+                           f"(its set_timesteps fails); allowed: a fixed shift")
+    return sched
+
+
 def pixart_kind(path) -> Optional[str]:
     """``model_index.json``'s ``_class_name`` where it is a PixArt pipeline (α or Σ), else None."""
     from .sd_xl import pipeline_class
@@ -118,10 +128,11 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "HiDream" for a HiDream-I1 one, "CogView4" for a
-    CogView4 one, "CogView3Plus" for a CogView3-Plus one, "DeepFloyd IF" for an IF one (stage I or II; :mod:`.sana`,
-    :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.hidream`, :mod:`.cogview4`, :mod:`.cogview3plus`,
-    :mod:`.deepfloyd_if`: the same command path), else None."""
+    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "HiDream" for a HiDream-I1 one, "Lumina-Next" for a
+    Lumina-Next one, "CogView4" for a CogView4 one, "CogView3Plus" for a CogView3-Plus one, "DeepFloyd IF" for an IF
+    one (stage I or II; :mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.hidream`,
+    :mod:`.lumina_next`, :mod:`.cogview4`, :mod:`.cogview3plus`, :mod:`.deepfloyd_if`: the same command path), else
+    None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .deepfloyd_if import is_deepfloyd_if_folder
@@ -135,6 +146,9 @@ def masked_text_folder(path) -> Optional[str]:
         return "Sana"
     if is_hunyuan_dit_folder(path):
         return "HunyuanDiT"
+    from .lumina_next import is_lumina_next_folder
+    if is_lumina_next_folder(path):
+        return "Lumina-Next"
     from .hidream import is_hidream_folder
     if is_hidream_folder(path):
         return "HiDream"

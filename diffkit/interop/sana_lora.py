@@ -15,21 +15,17 @@ PREFIXES = ("transformer.",)  # SanaLoraLoaderMixin._lora_loadable_modules
 
 
 def read_transformer_lora(path, kind: str = "Sana", folder: str = "a Sana folder",
-                          pipeline: str = "SanaPipeline", unconverted: str = "",
-                          flux_check: bool = True) -> dict:
+                          pipeline: str = "SanaPipeline", convert=None, flux_check: bool = True) -> dict:
     """:func:`.sd_lora.parse_sd_lora` of a LoRA file of a folder whose diffusers loader adapts the transformer only
-    (Sana's; Lumina2's and AuraFlow's, :func:`read_transformer_loras`), keys checked first. ``unconverted``: a key
-    prefix the loader converts but diffkit does not (Lumina2's ``diffusion_model.``), refused in its own line;
-    ``flux_check``: :func:`.sd_lora.read_lora_tensors`' (False for AuraFlow, whose blocks are named as FLUX's)."""
-    from ..errors import DiffkitError
+    (Sana's; Lumina2's and AuraFlow's, :func:`read_transformer_loras`), keys checked first. ``convert``: the
+    loader's conversion of other key formats, ``convert(path, tensors)`` -> diffusers-format tensors (Lumina2's
+    ``diffusion_model.`` files, :func:`.lumina2_lora.convert_lumina2_lora`); ``flux_check``:
+    :func:`.sd_lora.read_lora_tensors`' (False for AuraFlow, whose blocks are named as FLUX's)."""
     from .sd3_lora import check_peft_keys
     from .sd_lora import parse_sd_lora, read_lora_tensors
     tensors, meta = read_lora_tensors(path, flux_check)
-    key = next((k for k in sorted(tensors) if unconverted and k.startswith(unconverted)), None)
-    if key is not None:
-        raise DiffkitError(f"--lora {path}: key {key!r} is not supported on {folder} ({pipeline} converts "
-                           f"{unconverted!r} files, diffkit does not yet); allowed: transformer. keys in "
-                           f"diffusers / PEFT format, as {pipeline}.save_lora_weights writes them")
+    if convert is not None:
+        tensors = convert(path, tensors)
     check_peft_keys(path, tensors, PREFIXES, kind, folder, pipeline)
     return parse_sd_lora(path, tensors, meta)
 
@@ -40,15 +36,14 @@ def read_sana_lora(path) -> dict:
 
 
 def read_transformer_loras(adapters, kind: str = "Sana", folder: str = "a Sana folder",
-                           pipeline: str = "SanaPipeline", unconverted: str = "",
-                           flux_check: bool = True) -> list:
+                           pipeline: str = "SanaPipeline", convert=None, flux_check: bool = True) -> list:
     """:func:`.sd_lora.read_sd_loras` of transformer-only LoRA files (paths or (path, scale) pairs), each read and
     checked with :func:`read_transformer_lora` before the folder loads; :func:`.sd_lora.merge_sd_loras` fuses them
     (as the pipeline's ``load_lora_weights`` + ``fuse_lora``)."""
     from functools import partial
     from .sd_lora import read_sd_loras
     return read_sd_loras(adapters, partial(read_transformer_lora, kind=kind, folder=folder, pipeline=pipeline,
-                                           unconverted=unconverted, flux_check=flux_check))
+                                           convert=convert, flux_check=flux_check))
 
 
 def read_sana_loras(adapters) -> list:
