@@ -211,9 +211,10 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                         help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / "
                              "SD-XL / SD3 / FLUX.1 / Sana / Lumina-Image 2.0 / AuraFlow / CogView4 / Chroma / "
-                             "Kolors, a diffusers, PEFT or kohya LoRA .safetensors; SD3, Sana, Lumina-Image 2.0, "
-                             "AuraFlow, CogView4: diffusers / PEFT only; Chroma: its transformer only; Kolors: its "
-                             "UNet, diffusers / PEFT keys) merged into --checkpoint's weights at load, "
+                             "Kolors / Z-Image, a diffusers, PEFT or kohya LoRA .safetensors; SD3, Sana, Lumina-Image "
+                             "2.0, AuraFlow, CogView4: diffusers / PEFT only; Chroma: its transformer only; Kolors: "
+                             "its UNet, diffusers / PEFT keys; Z-Image: its transformer, diffusion_model. files too) "
+                             "merged into --checkpoint's weights at load, "
                              "W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "

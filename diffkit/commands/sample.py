@@ -752,7 +752,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         adapters = family is not None and family.adapters  # Chroma: FLUX.1's IP-Adapters, LoRA, T5 embeddings
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
                    "--textual-inversion": None if adapters else textual_inversion,
-                   "--lora": lora if family is not None and not adapters else None,
+                   "--lora": lora if family is not None and not (adapters or family.lora) else None,
                    "--controlnet": None if family is None else control,  # Sana's: ._pixart (PixArt's refusal there)
                    "--ip-adapter": None if adapters else ip_adapter, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
