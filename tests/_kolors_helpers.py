@@ -1,13 +1,18 @@
 """A tiny random KolorsPipeline folder for the tests (diffkit.interop.kolors), nothing downloaded.
 
 ChatGLMTokenizer (diffusers.pipelines.kolors.tokenizer) reads a sentencepiece model through the ``sentencepiece``
-package, which this environment does not have (and nothing may be installed). :func:`stub_sentencepiece` puts a
-stand-in ``sentencepiece`` module in ``sys.modules`` while tokenizers are built or loaded: a whole-word processor over
-a tiny JSON vocabulary (ids 0-2 <unk> <s> </s>, then "▁word" pieces), with the SentencePieceProcessor methods that
-SPTokenizer calls. Only the sub-word split is the stand-in's; ChatGLMTokenizer's own code (the [gMASK] sop prefix,
-left padding to 256 tokens, attention mask and position ids) runs as it is, for the pipeline and for diffkit alike.
+package (the ``diffusers`` extra's). Where it is installed, :func:`tiny_chatglm` trains a real tiny sentencepiece model
+(``SentencePieceTrainer.train``: unigram, about 50 pieces, on a few lines of :data:`WORDS`, in memory) and the folder's
+``tokenizer/tokenizer.model`` is that model. Where it is not, :func:`stub_sentencepiece` puts a stand-in
+``sentencepiece`` module in ``sys.modules`` while tokenizers are built or loaded: a whole-word processor over a tiny
+JSON vocabulary (ids 0-2 <unk> <s> </s>, then "▁word" pieces), with the SentencePieceProcessor methods that
+SPTokenizer calls; only the sub-word split is then the stand-in's. Either way ChatGLMTokenizer's own code (the [gMASK]
+sop prefix, left padding to 256 tokens, attention mask and position ids) runs as it is, for the pipeline and for
+diffkit alike, and the suite passes with or without the package.
 """
 import contextlib
+import importlib.util
+import io
 import json
 import sys
 import types
@@ -18,6 +23,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 WORDS = ("a", "photo", "of", "cat", "dog", "hot", "ugly", "red", "blue", "sky")
+CORPUS_WORDS = WORDS + ("blurry", "watercolour", "green", "house", "tree", "river", "mountain", "night", "light",
+                        "painting", "portrait", "zebra", "snow", "fox")  # a real model's training text: ~50 pieces
+SENTENCEPIECE = importlib.util.find_spec("sentencepiece") is not None  # the real package (else the stand-in)
 
 
 class _Processor:
@@ -63,7 +71,11 @@ class _Processor:
 
 @contextlib.contextmanager
 def stub_sentencepiece():
-    """The stand-in ``sentencepiece`` (module docstring) while building or loading a ChatGLMTokenizer."""
+    """The stand-in ``sentencepiece`` (module docstring) while building or loading a ChatGLMTokenizer; nothing where
+    the real package is installed (:data:`SENTENCEPIECE`)."""
+    if SENTENCEPIECE:
+        yield
+        return
     from diffusers.pipelines.kolors import tokenizer as module
     stub = types.ModuleType("sentencepiece")
     stub.SentencePieceProcessor = _Processor
@@ -79,14 +91,30 @@ def stub_sentencepiece():
             sys.modules["sentencepiece"] = saved
 
 
+def tiny_sentencepiece_model() -> bytes:
+    """A real unigram sentencepiece model (ids 0-2 <unk> <s> </s>, about 50 pieces) trained in memory on the
+    rotations of :data:`CORPUS_WORDS` (one thread: the same bytes every time)."""
+    import sentencepiece
+    words = list(CORPUS_WORDS)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(" ".join(words[i:] + words[:i]) for i in range(len(words))), model_writer=model,
+        vocab_size=64, hard_vocab_limit=False, model_type="unigram", num_threads=1, minloglevel=2)
+    return model.getvalue()
+
+
 def tiny_chatglm(root, hidden_size=32):
     """(ChatGLMModel, ChatGLMTokenizer): 2 layers of width ``hidden_size``, multi-query attention (2 groups), rotary
-    positions for 256 tokens; the tokenizer's vocabulary of :data:`WORDS` written into ``root`` (inside
-    :func:`stub_sentencepiece`)."""
+    positions for 256 tokens; the tokenizer's model written into ``root``: a real sentencepiece model
+    (:func:`tiny_sentencepiece_model`) where the package is installed, else the stand-in's vocabulary of
+    :data:`WORDS` (inside :func:`stub_sentencepiece`)."""
     from diffusers.pipelines.kolors import ChatGLMModel, ChatGLMTokenizer
     from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig
     vocab = root / "tiny_chatglm.model"
-    vocab.write_text(json.dumps({"pieces": ["<unk>", "<s>", "</s>"] + ["\u2581" + w for w in WORDS]}))
+    if SENTENCEPIECE:
+        vocab.write_bytes(tiny_sentencepiece_model())
+    else:
+        vocab.write_text(json.dumps({"pieces": ["<unk>", "<s>", "</s>"] + ["\u2581" + w for w in WORDS]}))
     with stub_sentencepiece():
         tokenizer = ChatGLMTokenizer(str(vocab))
     torch.manual_seed(2)

@@ -1,8 +1,8 @@
 """Kolors folders (diffkit.interop.kolors): diffkit's text_to_image, img2img and PAG against diffusers' own
 KolorsPipeline, KolorsImg2ImgPipeline and KolorsPAGPipeline on a tiny random folder written by save_pretrained
-(nothing downloaded; the tokenizer's sentencepiece stand-in: tests/_kolors_helpers.py)."""
+(nothing downloaded; the tokenizer: a real tiny sentencepiece model where the package is installed, else a stand-in,
+tests/_kolors_helpers.py)."""
 import dataclasses
-import importlib.util
 import json
 import shutil
 
@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
 
-from _kolors_helpers import stub_sentencepiece, tiny_kolors_pipeline  # noqa: E402
+from _kolors_helpers import SENTENCEPIECE, stub_sentencepiece, tiny_kolors_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot"]
@@ -53,6 +53,22 @@ def test_kolors_folder_loads_and_encodes_as_the_pipeline(tiny_kolors):
     torch.testing.assert_close(guided.null_context.expand_as(null), null, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(guided.null_cond["text_embeds"].expand_as(null_pooled), null_pooled, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_kolors_tokenizer_splits_as_the_pipeline(tiny_kolors):
+    """Words the tokenizer's model never saw whole (sub-word pieces with the real sentencepiece model, <unk> with the
+    stand-in) give the pipeline's states; with the package installed the folder's tokenizer/tokenizer.model is a
+    real sentencepiece model of about 50 pieces."""
+    pipe, folder, kolors = tiny_kolors
+    prompts = ["snowy rivers of zebras", "a foxy photo"]
+    if SENTENCEPIECE:
+        import sentencepiece
+        model = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer" / "tokenizer.model"))
+        assert 40 <= model.vocab_size() <= 100 and len(model.encode("snowy rivers", out_type=str)) > 2
+    context, pooled = kolors.encode_prompts_xl(prompts)
+    theirs, _, theirs_pooled, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
+    torch.testing.assert_close(context, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pooled, theirs_pooled, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw, theirs_kw", [
@@ -148,7 +164,9 @@ def test_kolors_folder_refusals_from_its_json(tiny_kolors, tmp_path):
     (copy / "unet" / "config.json").write_text(json.dumps({**unet, "encoder_hid_dim_type": None}))
     with stub_sentencepiece(), pytest.raises(DiffkitError, match="encoder_hid_dim_type=None; allowed: 'text_proj'"):
         load_kolors(copy, progress=False)
-    if importlib.util.find_spec("sentencepiece") is None:  # (the stand-in is not installed here)
+    from diffusers.pipelines.kolors import tokenizer as glm_tokenizer  # the package missing (installed or not)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(glm_tokenizer, "is_sentencepiece_available", lambda: False)
         with pytest.raises(DiffkitError, match="reads tokenizer/tokenizer.model with the sentencepiece package"):
             load_kolors(folder, progress=False)
     from diffkit.interop.pixart import folder_sampler

@@ -207,7 +207,7 @@ def test_what_z_image_does_not_take_is_refused_in_one_line(tiny_z_image, tmp_pat
             text_to_image(model, "hot dog", steps=1, **{"height": SIZE, "width": SIZE, **options})
         assert expected in str(caught.value), (options, str(caught.value))
     assert_sample_refusals(main, path, tmp_path, capsys, [
-        (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Z-Image folder"),
+        (["--textual-inversion", str(tmp_path / "x.safetensors")], "--textual-inversion does not apply to a Z-Image"),
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Z-Image"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a Z-Image folder"),
         (["--no-cfg-normalization"], "--no-cfg-normalization does not apply to a Z-Image folder"),
@@ -217,3 +217,92 @@ def test_what_z_image_does_not_take_is_refused_in_one_line(tiny_z_image, tmp_pat
                  str(tmp_path / "x.bin"), "--out", str(tmp_path / "never")]) == 2
     assert "--ip-adapter does not apply to a Z-Image folder" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+Z_IMAGE_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "w1", "w3",
+                                                        "layers.0.adaLN_modulation.0"],
+                    rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_z_image_lora_is_load_lora_weights_and_fuse_lora(tiny_z_image, tmp_path, capsys):
+    """A diffusers-format file (ZImagePipeline.save_lora_weights) at 0.3: load_lora_weights + fuse_lora's weights
+    and z_0; ``diffkit sample --lora`` is the library; a kohya text-encoder key: one line."""
+    from test_sd_lora import check_transformer_lora, fused_transformer_lora
+    pipe, path, model = tiny_z_image
+    lora, fused = fused_transformer_lora(diffusers.ZImagePipeline, path, tmp_path, Z_IMAGE_LORA, scale=0.3)
+    ours = load_z_image(path, progress=False, lora=[(lora, 0.3)])
+    z0, expected = _both(fused, ours, steps=2, negative_prompt=NEGATIVES)
+    print("z-image lora", float((z0 - expected).abs().max()), relative_error(z0, expected))
+    assert relative_error(z0, expected) < 1e-5  # measured: see docs/interop.md
+    worst = check_transformer_lora(path, lora, 0.3, ours, model, fused, text_to_image, tmp_path, capsys,
+                                   "lora_te_layers_0_self_attn_q_proj.lora_down.weight", "a Z-Image folder")
+    print("z-image lora weights", worst)
+    assert worst < 1e-6
+
+
+def _converted_files(lora, root):
+    """The diffusers file's tensors as a kohya file (``lora_unet_`` + the name with ``_``, ``lora_down`` /
+    ``lora_up``, ``.alpha`` 1 (alpha / r < 1/2: the converter's split), the first block's ``to_out.0`` as a bare
+    ``out``), a kohya fused ``qkv`` and a ``diffusion_model.`` file (``lora_A`` / ``lora_B``, ``.alpha`` 6)."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(lora)
+    modules = sorted({k[len("transformer."):-len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight")})
+    kohya, comfy = {}, {}
+    for module in modules:
+        a, b = tensors[f"transformer.{module}.lora_A.weight"], tensors[f"transformer.{module}.lora_B.weight"]
+        name = "lora_unet_" + module.replace("layers.0.attention.to_out.0", "layers.0.attention.out").replace(".", "_")
+        kohya.update({f"{name}.lora_down.weight": a, f"{name}.lora_up.weight": b, f"{name}.alpha": torch.tensor(1.0)})
+        comfy.update({f"diffusion_model.{module}.lora_A.weight": a, f"diffusion_model.{module}.lora_B.weight": b,
+                      f"diffusion_model.{module}.alpha": torch.tensor(6.0)})
+    assert "lora_unet_layers_0_attention_out.lora_down.weight" in kohya
+    gen = torch.Generator().manual_seed(7)  # a fused qkv (sd-scripts on Z-Image's own modules): B's thirds
+    save_file({"lora_unet_noise_refiner_0_attention_qkv.lora_down.weight": torch.randn(2, 32, generator=gen),
+               "lora_unet_noise_refiner_0_attention_qkv.lora_up.weight": torch.randn(96, 2, generator=gen),
+               "lora_unet_noise_refiner_0_attention_qkv.alpha": torch.tensor(3.0)}, root / "qkv.safetensors")
+    save_file(kohya, root / "kohya.safetensors")
+    save_file(comfy, root / "comfy.safetensors")
+    return root / "kohya.safetensors", root / "qkv.safetensors", root / "comfy.safetensors"
+
+
+def test_z_image_converted_lora_files_are_diffusers(tiny_z_image, tmp_path, capsys):
+    """kohya (``lora_unet_``, ``.alpha``) and ``diffusion_model.`` files: the weights of ZImagePipeline's
+    load_lora_weights (its converter) + fuse_lora; ``diffkit edit --lora`` is the library; keys the converter
+    leaves over, or diffkit does not map: one line."""
+    from safetensors.torch import save_file
+
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    from test_sd_lora import fused_transformer_lora
+    _, path, _ = tiny_z_image
+    lora, _ = fused_transformer_lora(diffusers.ZImagePipeline, path, tmp_path, Z_IMAGE_LORA, scale=1.0)
+    for file, scale in zip(_converted_files(lora, tmp_path), (0.7, 1.0, 1.3)):
+        pipe = diffusers.ZImagePipeline.from_pretrained(path, local_files_only=True)
+        pipe.load_lora_weights(str(file))
+        pipe.fuse_lora(lora_scale=scale)
+        pipe.unload_lora_weights()
+        theirs = pipe.transformer.state_dict()
+        ours = load_z_image(path, progress=False, lora=[(file, scale)])
+        worst = max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
+        print("z-image converted lora", file.name, worst)
+        assert worst < 1e-6
+    save_images(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1, tmp_path / "in",
+                prefix="in")
+    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", "hot", "--steps",
+                 "2", "--lora", f"{file}:{scale}", "--out", str(tmp_path / "edited"), "--no-progress"]) == 0
+    pixels, _ = read_pngs(tmp_path / "in", "RGB")
+    save_images(image_to_image(ours, pixels, "hot", steps=2, seed=0, output_range="-1,1"), tmp_path / "expected",
+                prefix="edit")
+    name = "edit_00000.png"
+    assert (tmp_path / "edited" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    for i, (tensors, expected) in enumerate([
+            ({"diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.zeros(2, 32)}, "no lora_B matrix beside"),
+            ({"lora_unet_layers_0_attention_to_q.lora_down.weight": torch.zeros(2, 32),
+              "lora_unet_layers_0_attention_to_q.lora_up.weight": torch.zeros(32, 2),
+              "lora_unet_layers_0_attention_to_q.lora_A.weight": torch.zeros(2, 32)}, "leaves it over and fails"),
+            ({"diffusion_model.layers.0.attention.qkv.lora.down.weight": torch.zeros(2, 32)}, "loads nothing once"),
+            ({"lora_unet_layers_0_attention_to_q.lokr_w1": torch.zeros(2, 2)}, "converts LoKr files"),
+            ({"transformer.layers.0.attention.to_q.dora_scale": torch.zeros(1, 32)}, "drops dora_scale keys")]):
+        save_file(tensors, tmp_path / f"bad{i}.safetensors")
+        with pytest.raises(DiffkitError) as caught:
+            load_z_image(path, progress=False, lora=[tmp_path / f"bad{i}.safetensors"])
+        assert expected in str(caught.value) and "\n" not in str(caught.value), str(caught.value)

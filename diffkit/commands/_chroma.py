@@ -34,7 +34,8 @@ def _guidance(guidance) -> dict:
 class Family:
     """What ``diffkit sample`` / ``diffkit edit`` need of a Chroma-like folder kind (Chroma here; Qwen-Image:
     :mod:`._qwen_image`, Z-Image: :mod:`._z_image`): its label, the flags it takes (``lora``: --lora;
-    ``adapters``: --textual-inversion and --ip-adapter too), its loader and library functions, its own guidance options."""
+    ``adapters``: --textual-inversion and --ip-adapter too), its loader and library functions, its own guidance
+    options."""
 
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
 
@@ -87,7 +88,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     (:func:`~diffkit.interop.chroma.load_chroma`); ``textual_inversion``: embeddings of T5's width added to its
     tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family``: the folder kind (:class:`Family`;
     a Qwen-Image folder's, :mod:`._qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``, LoRA
-    files; a Z-Image folder's, :mod:`._z_image`; neither takes the other adapters: ``refused`` holds them)."""
+    files; a Z-Image folder's, :mod:`._z_image`, LoRA files; neither takes the other adapters: ``refused`` holds
+    them)."""
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
@@ -140,7 +142,7 @@ def edit_chroma(args, family=Family) -> int:
     ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family``: the folder kind
     (:class:`Family`; a Qwen-Image folder's, :mod:`._qwen_image`: QwenImageImg2ImgPipeline /
     QwenImageInpaintPipeline, strength 0.6 and 50 steps both, true CFG s = 4.0 only with ``--negative-prompt``; a
-    Z-Image folder's, :mod:`._z_image`; neither takes adapters)."""
+    Z-Image folder's, :mod:`._z_image`, ``--lora`` alone; Qwen-Image takes no adapters)."""
     import torch
 
     from ..cli import build_parser

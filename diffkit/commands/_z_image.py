@@ -8,24 +8,25 @@ from __future__ import annotations
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (W, --guidance-convention), --cfg-trunc-ratio, "
-         "--cfg-normalization, --max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid "
-         "options (--flow-shift with another sampler than the pipeline's loop)")
+         "--cfg-normalization, --max-sequence-length, --height / --width, --lora, --steps / --nfe, --sampler and its "
+         "grid options (--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt, --guidance-scale (W, --guidance-convention), "
               "--cfg-trunc-ratio, --cfg-normalization, --strength, --max-sequence-length, --posterior, --height / "
-              "--width, --steps, --sampler and its grid options, --eta")
+              "--width, --lora, --steps, --sampler and its grid options, --eta")
 
 
 class ZImageFamily(Family):
-    """A Z-Image folder's: no LoRA, textual inversion or IP-Adapter (refused in one line), the pipelines'
-    ``cfg_truncation`` (``--cfg-trunc-ratio``) and ``cfg_normalization`` (``--cfg-normalization K``)."""
+    """A Z-Image folder's: LoRA files (``ZImagePipeline.load_lora_weights``, :mod:`diffkit.interop.z_image_lora`),
+    no textual inversion or IP-Adapter (refused in one line), the pipelines' ``cfg_truncation``
+    (``--cfg-trunc-ratio``) and ``cfg_normalization`` (``--cfg-normalization K``)."""
 
-    kind, takes, edit_takes, adapters, lora = "Z-Image", TAKES, EDIT_TAKES, False, False
-    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"cfg_trunc_ratio", "cfg_norm_cap"}
+    kind, takes, edit_takes, adapters, lora = "Z-Image", TAKES, EDIT_TAKES, False, True
+    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"cfg_trunc_ratio", "cfg_norm_cap", "lora"}
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
         from ..interop.z_image import load_z_image
-        return load_z_image(directory, device, progress=progress)
+        return load_z_image(directory, device, progress=progress, lora=lora)
 
     @staticmethod
     def functions() -> tuple:

@@ -38,9 +38,11 @@ would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDSc
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, PixArt-α / Σ, Sana (Sprint),
-Lumina-Image 2.0, AuraFlow, HunyuanDiT and HiDream-I1 folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
-folders (``._flux2``, reference images: ``--reference-image``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
-depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
+Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4 and DeepFloyd IF folders as their pipelines
+too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``, reference images: ``--reference-image``), Stable
+Cascade prior + decoder folders (``._stable_cascade``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
+depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or DeepFloyd IF stage-II folder upscales:
+``diffkit upscale``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict

@@ -240,13 +240,19 @@ class ZImage(Chroma):
 
 
 def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                 progress: bool = True) -> ZImage:
+                 progress: bool = True, lora=None) -> ZImage:
     """Load a Z-Image diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused in
-    one line before any weight is read (:func:`check_z_image_folder`)."""
+    one line before any weight is read (:func:`check_z_image_folder`). ``lora``: LoRA files (paths or (path, scale)
+    pairs) of the transformer, read, converted and checked first (:func:`.z_image_lora.read_z_image_loras`: diffusers
+    / PEFT, kohya, ``diffusion_model.`` keys), fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
+    (:func:`.sd_lora.merge_sd_loras`)."""
     from .flow_latents import load_flow_parts
+    from .sd_lora import merge_sd_loras
+    from .z_image_lora import read_z_image_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_z_image_folder(directory)
+    loras = read_z_image_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.ZImageTransformer2DModel, {"": "Qwen3Model"}, dtype,
                             progress)
     device = torch.device(device)
@@ -257,6 +263,7 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     if width != states:
         raise DiffkitError(f"{directory}: the transformer's cap_feat_dim={width} does not fit the text encoder's "
                            f"hidden size {states}")
+    merge_sd_loras(model, loras)
     return model
 
 
