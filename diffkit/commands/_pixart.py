@@ -21,29 +21,29 @@ def articled(message: str) -> str:
     return message.replace(" a AuraFlow ", " an AuraFlow ")
 
 
+# kinds whose scheduler's step is their own module's folder_sampler (DDPMScheduler: ddpm; HiDream's flow UniPC: unipc)
+OWN_FOLDER_SAMPLER = {"DeepFloyd IF": "deepfloyd_if", "HunyuanDiT": "hunyuan_dit", "HiDream": "hidream"}
+
+
 def folder_default_sampler(checkpoint) -> str:
-    """The sampler ``diffkit sample`` defaults to on a PixArt folder: the one computing its scheduler's step
-    (:func:`~diffkit.interop.pixart.folder_sampler`, from the JSON; one line where there is none)."""
-    from ..errors import read_json_object
-    from ..interop.pixart import folder_sampler
+    """The sampler ``diffkit sample`` defaults to on a PixArt-family folder: the one computing its scheduler's step
+    (:func:`~diffkit.interop.pixart.folder_sampler`, or the kind's own in :data:`OWN_FOLDER_SAMPLER`, from the JSON;
+    one line where there is none)."""
+    import importlib
     from pathlib import Path
-    from ..interop.pixart import masked_text_folder
+
+    from ..errors import read_json_object
+    from ..interop.pixart import folder_sampler, masked_text_folder
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
-    if masked_text_folder(checkpoint) == "CogView3Plus":
+    kind = masked_text_folder(checkpoint)
+    if kind == "CogView3Plus":
         return "ddim"  # CogVideoXDDIMScheduler's step (diffkit.interop.cogview3plus)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
-    if masked_text_folder(checkpoint) == "DeepFloyd IF":  # its DDPMScheduler: ddpm (diffkit.interop.deepfloyd_if)
-        from ..interop.deepfloyd_if import folder_sampler as if_folder_sampler
-        return if_folder_sampler(config)[0]
-    if masked_text_folder(checkpoint) == "HunyuanDiT":  # its DDPMScheduler: ddpm (diffkit.interop.hunyuan_dit)
-        from ..interop.hunyuan_dit import folder_sampler as hunyuan_folder_sampler
-        return hunyuan_folder_sampler(config)[0]
-    if masked_text_folder(checkpoint) == "HiDream":  # FlowMatchEuler: ddim; flow UniPC: unipc (.interop.hidream)
-        from ..interop.hidream import folder_sampler as hidream_folder_sampler
-        return hidream_folder_sampler(config)[0]
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) in FLOW_KINDS)[0]
+    if kind in OWN_FOLDER_SAMPLER:
+        return importlib.import_module(f"diffkit.interop.{OWN_FOLDER_SAMPLER[kind]}").folder_sampler(config)[0]
+    return folder_sampler(config, flow=kind in FLOW_KINDS)[0]
 
 
 def control_image_of(directory, label: str, control):
