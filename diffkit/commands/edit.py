@@ -324,8 +324,9 @@ def _run(args) -> int:
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "
-                                    f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder "
-                                    f"but a Sana Sprint one); sample it with diffkit sample"))
+                                    f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder"
+                                    f"{'; a Sana Sprint one edits' if label == 'Sana' else ''}); sample it with "
+                                    f"diffkit sample"))
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "
