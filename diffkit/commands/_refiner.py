@@ -144,8 +144,9 @@ class RefinerRequest:
     def from_args(cls, args, checkpoint) -> Optional["RefinerRequest"]:
         """None without ``--refiner``; one line, before anything is loaded, for a refiner flag without it, a
         base that is not an SD-XL base folder, a refiner that is not an SD-XL folder, F outside (0, 1), and the
-        flags the hand-over does not take (:func:`_handover_scheduler`). --controlnet / --ip-adapter / --lora act on the base
-        only (StableDiffusionXL(ControlNet)Pipeline with them, then the refiner's img2img pipeline without)."""
+        flags the hand-over does not take (:func:`_handover_scheduler`). --controlnet / --ip-adapter / --lora act on
+        the base only (StableDiffusionXL(ControlNet)Pipeline with them, then the refiner's img2img pipeline
+        without)."""
         from ..handover import check_fraction
         from ..interop.sd_xl import _index, is_sd_xl_folder
         scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
