@@ -80,9 +80,18 @@ def test_sample_command_with_a_refiner_and_lcm_is_the_ensemble(lcm_pair, tmp_pat
 
 def test_what_the_lcm_hand_over_refuses_in_one_line(lcm_pair, tmp_path, capsys):
     """--nfe (no NFE budget in diffusers' hand-over), --scheduler tcd (its intermediate times count from the full
-    grid's end) and an LCMScheduler base folder: one line each with --refiner, before any output."""
+    grid's end) and an LCMScheduler base folder: one line each with --refiner, before any output; the library:
+    denoising_end with the tcd sampler, and in an edit with a consistency sampler (not compared)."""
     import shutil
-    root = lcm_pair[-1]
+
+    from diffkit.editing import img2img
+    from diffkit.errors import DiffkitError
+    xl, root = lcm_pair[2], lcm_pair[-1]
+    with pytest.raises(DiffkitError, match="is not offered with sampler 'tcd'"):
+        text_to_image(xl, PROMPTS, sampler="tcd", steps=4, return_latents=True, denoising_end=0.7)
+    for sampler in ("consistency", "tcd"):
+        with pytest.raises(DiffkitError, match=f"is not offered in an edit with sampler '{sampler}'"):
+            img2img(xl.denoiser, torch.zeros(1, 4, 8, 8), 0.8, sampler, 4, denoising_end=0.5, value_range=None)
     lcm_folder = tmp_path / "lcm_base"  # the base's JSON files only: the check reads no weights
     shutil.copytree(root / "base", lcm_folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     (lcm_folder / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "LCMScheduler"}')
