@@ -229,3 +229,32 @@ def test_controlnet_union_with_lcm_matches_the_pipelines(union_ip, edit, scale):
         ours = _union_edit(xl, nets[:1], pngs[:1], ["depth"], image, mask if edit == "inpaint" else None, 0.75,
                            "consistency", 4, scale)
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+
+
+def test_edit_command_with_a_controlnet_union_and_an_ip_adapter_is_the_img2img_pipeline(union_ip, tmp_path, capsys):
+    """``diffkit edit --controlnet UNION --control-image A --control-mode depth --ip-adapter FILE:0.7
+    --ip-adapter-image PNG``: StableDiffusionXLControlNetUnionImg2ImgPipeline with the adapter loaded (DDIM on the
+    grid of ``--spacing leading --final zero``, ``controlnet_conditioning_scale=1.0``), to one 8-bit level."""
+    from PIL import Image
+    (pipe, nets, xl, root, pngs), png = union_ip
+    (tmp_path / "in").mkdir()
+    inputs = image_png(tmp_path / "in" / "in_0.png", 12, seed=5, width=20).parent  # the control images' size
+    assert main([str(a) for a in (
+        "edit", "--no-progress", "--checkpoint", root / "xl", "--images", inputs, "--prompt", "hot", "--strength", "0.5",
+        "--steps", "4", "--spacing", "leading", "--final", "zero", "--seed", "10", "--controlnet", root / "un0",
+        "--control-image", pngs[0], "--control-mode", "depth", "--ip-adapter", f"{root / 'ip.safetensors'}:0.7",
+        "--ip-adapter-image", png, "--out", tmp_path / "out")]) == 0
+    capsys.readouterr()
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    other = _union_edit_pipeline(pipe, nets[0], False, scheduler)
+    other.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
+    other.set_ip_adapter_scale(0.7)
+    image = torch.from_numpy(np.array(Image.open(inputs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        theirs = other(["hot"], image=image, control_image=[Image.open(pngs[0]).convert("RGB")], control_mode=[1],
+                       controlnet_conditioning_scale=1.0, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                       ip_adapter_image=Image.open(png).convert("RGB"), output_type="np",
+                       generator=[torch.Generator().manual_seed(10)]).images
+    other.unload_ip_adapter()
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
+    assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1, np.abs(ours - np.round(theirs * 255)).max()
