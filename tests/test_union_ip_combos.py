@@ -240,8 +240,8 @@ def test_edit_command_with_a_controlnet_union_and_an_ip_adapter_is_the_img2img_p
     (tmp_path / "in").mkdir()
     inputs = image_png(tmp_path / "in" / "in_0.png", 12, seed=5, width=20).parent  # the control images' size
     assert main([str(a) for a in (
-        "edit", "--no-progress", "--checkpoint", root / "xl", "--images", inputs, "--prompt", "hot", "--strength", "0.5",
-        "--steps", "4", "--spacing", "leading", "--final", "zero", "--seed", "10", "--controlnet", root / "un0",
+        "edit", "--no-progress", "--checkpoint", root / "xl", "--images", inputs, "--prompt", "hot", "--strength",
+        "0.5", "--steps", "4", "--spacing", "leading", "--final", "zero", "--seed", "10", "--controlnet", root / "un0",
         "--control-image", pngs[0], "--control-mode", "depth", "--ip-adapter", f"{root / 'ip.safetensors'}:0.7",
         "--ip-adapter-image", png, "--out", tmp_path / "out")]) == 0
     capsys.readouterr()
