@@ -146,10 +146,18 @@ def _check_handover(denoising_start: Optional[float], denoising_end: Optional[fl
     return denoising_end
 
 
-def _cut(grid: torch.Tensor, denoising_start: Optional[float], denoising_end: Optional[float], num_timesteps: int):
+def _cut(grid: torch.Tensor, denoising_start: Optional[float], denoising_end: Optional[float], num_timesteps: int,
+         sampler: str = ""):
     """The part of the (strength's) ``grid`` a hand-over runs: from ``denoising_start``, then until ``denoising_end``
-    (after strength / denoising_start, as the pipelines' step 9.1; :mod:`diffkit.handover`)."""
+    (after strength / denoising_start, as the pipelines' step 9.1; :mod:`diffkit.handover`). ``denoising_end`` with a
+    consistency sampler (``sampler``): one line (an edit's cut state with LCMScheduler / TCD is not compared with a
+    pipeline; :func:`diffkit.sample` hands over LCM's in text to image)."""
     from .handover import grid_from, grid_until
+    from .samplers.registry import CONSISTENCY_SAMPLERS
+    if denoising_end is not None and sampler in CONSISTENCY_SAMPLERS:
+        raise DiffkitError(f"denoising_end={denoising_end!r} is not offered in an edit with sampler {sampler!r} "
+                           f"(its hand-over state is not compared with a pipeline); allowed: a deterministic sampler, "
+                           f"or text to image")
     grid = grid if denoising_start is None else grid_from(grid, denoising_start, num_timesteps)
     return grid if denoising_end is None else grid_until(grid, denoising_end, num_timesteps)
 
@@ -189,7 +197,7 @@ def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", step
         x = diffusion.q_sample(denoiser.schedule, images, grid[0], noise)
     else:  # the hand-over: the images are the state already (the pipeline's add_noise=False), no noise drawn
         x = images
-    grid = _cut(grid, denoising_start, denoising_end, denoiser.schedule.num_timesteps)
+    grid = _cut(grid, denoising_start, denoising_end, denoiser.schedule.num_timesteps, name)
     return sample(denoiser, x, name, grid=grid, generator=generator, cond=cond, progress=progress,
                   callback=callback, **options)
 
@@ -393,7 +401,7 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
                            f"{sampler!r}")
     name, options, fixed_large = kept_noise_options(name, options, denoiser)
     generator = _generators(seed, generator, images.shape[0])
-    grid = _cut(grid, denoising_start, denoising_end, denoiser.schedule.num_timesteps)
+    grid = _cut(grid, denoising_start, denoising_end, denoiser.schedule.num_timesteps, name)
     x_start = (1 - mask) * images if strength == 1 else images
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
     if denoising_start is not None:  # the refiner's half: the state given, seen as is first, n for the kept region

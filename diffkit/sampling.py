@@ -59,6 +59,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     noise: the solver state is float32).
     """
     check_denoiser(denoiser)
+    handover = options.get("denoising_end") is not None  # plan() cuts the grid there: the last state is handed on
     info, grid, thresholding, threshold_options = plan(denoiser, sampler, steps, nfe, spacing, final, grid,
                                                        thresholding, options)
     check_zero_terminal_snr(denoiser, info, float(grid[0]))
@@ -92,7 +93,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         cond = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}  # beside x
     denoiser = thresholded(denoiser, thresholding, threshold_options)
     reset_states(denoiser)  # a new run: APG's momentum starts from zero
-    kwargs = {**info.options, **options}
+    kwargs = {**info.options, **options, **({"handover": True} if handover and info.name == "consistency" else {})}
     with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
                        progress=progress, **kwargs)
@@ -158,6 +159,10 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
         if info.adaptive:
             raise DiffkitError(f"denoising_end={denoising_end!r} cuts a fixed time grid; sampler {info.name!r} "
                                f"picks its own steps: use a fixed-step sampler")
+        if info.name == "tcd":  # its intermediate times count from the grid's target, which a cut grid lacks
+            raise DiffkitError(f"denoising_end={denoising_end!r} is not offered with sampler 'tcd' (its "
+                               f"intermediate times s = (1 - gamma) t' count from the full grid's target); allowed: "
+                               f"'consistency' (LCMScheduler's hand-over) or a deterministic sampler")
         grid = grid_until(grid, denoising_end, denoiser.schedule.num_timesteps)
     return info, grid, thresholding, threshold_options
 

@@ -218,7 +218,7 @@ def test_sample_command_with_a_refiner_and_a_controlnet_ip_adapter_and_lora_is_t
                       ip_adapter=load_ip_adapter(root / "ip.safetensors", combo["image"], 0.6, progress=False))
     save_grid(refine(combo["rx"], PROMPTS, z, F, steps=STEPS, output_range="-1,1"), tmp_path / "expected.png", 1)
     assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
-    for extra, match in ((["--scheduler", "lcm"], "--scheduler is not offered with --refiner"),):
+    for extra, match in ((["--scheduler", "tcd"], "--scheduler tcd is not offered with --refiner"),):
         assert main(argv + extra + ["--out", str(tmp_path / "out" / "o.png")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0] and not (tmp_path / "out").exists()

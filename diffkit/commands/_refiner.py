@@ -138,13 +138,15 @@ class RefinerRequest:
     folder: str
     handover: float
     conditioning: dict
+    scheduler: Optional[str] = None  # --scheduler lcm: both folders on LCMScheduler (_handover_scheduler)
 
     @classmethod
     def from_args(cls, args, checkpoint) -> Optional["RefinerRequest"]:
         """None without ``--refiner``; one line, before anything is loaded, for a refiner flag without it, a
         base that is not an SD-XL base folder, a refiner that is not an SD-XL folder, F outside (0, 1), and the
-        flags the hand-over does not take (--nfe, --scheduler). --controlnet / --ip-adapter / --lora act on the base
-        only (StableDiffusionXL(ControlNet)Pipeline with them, then the refiner's img2img pipeline without)."""
+        flags the hand-over does not take (:func:`_handover_scheduler`). --controlnet / --ip-adapter / --lora act on
+        the base only (StableDiffusionXL(ControlNet)Pipeline with them, then the refiner's img2img pipeline
+        without)."""
         from ..handover import check_fraction
         from ..interop.sd_xl import _index, is_sd_xl_folder
         scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
@@ -171,16 +173,15 @@ class RefinerRequest:
             if given:
                 raise DiffkitError(f"{given[0]} applies to a refiner whose model_index.json has "
                                    f"requires_aesthetics_score true; {args.refiner} has not")
-        for flag, value in (("--nfe", args.nfe), ("--scheduler", args.scheduler)):
-            if value:
-                raise DiffkitError(f"{flag} is not offered with --refiner (the base and refiner share --steps on "
-                                   f"the folders' own diffusion schedulers)")
+        scheduler = _handover_scheduler(args, checkpoint)
         handover = check_fraction("--denoising-end", 0.8 if args.denoising_end is None else args.denoising_end)
-        return cls(str(args.refiner), handover, {key: value for key, value in scores.items() if value is not None})
+        return cls(str(args.refiner), handover, {key: value for key, value in scores.items() if value is not None},
+                   scheduler)
 
     def load(self, device="cpu", progress: bool = True):
+        """The refiner folder, on the base's ``--scheduler`` (``lcm``: LCMScheduler.from_config of its own config)."""
         from ..interop.sd_xl import load_sd_xl
-        return load_sd_xl(self.folder, device, progress=progress)
+        return load_sd_xl(self.folder, device, progress=progress, scheduler=self.scheduler)
 
     def check_steps(self, base, refiner, sampler: str, steps: int, options: dict) -> None:
         """Both halves run at least one step of the grid of ``sampler`` / ``steps`` / ``options``, so at least
@@ -211,3 +212,30 @@ class RefinerRequest:
         how = {key: value for key, value in how.items() if key != "nfe"}
         return refine(refiner, prompts, latents, self.handover, sampler=sampler, steps=steps,
                       micro_conditioning=self.conditioning, return_latents=True, **guidance, **how)
+
+
+def _handover_scheduler(args, checkpoint) -> Optional[str]:
+    """``diffkit sample --refiner``'s ``--scheduler``: None, or ``lcm``, both folders then sampled on
+    ``LCMScheduler.from_config`` of their own configs with the ``consistency`` sampler, whose last base step renoises
+    to the refiner's first time as ``LCMScheduler.step`` does (``StableDiffusionXLPipeline(denoising_end=f)`` then
+    ``StableDiffusionXLImg2ImgPipeline(denoising_start=f)``, both with the LCMScheduler). One line for ``--nfe``
+    (diffusers' hand-over cuts the ``num_inference_steps`` grid both pipelines share: no NFE budget), ``--scheduler
+    tcd`` (TCDScheduler's intermediate times s = (1 - gamma) t' count from the full grid's end, which the base's cut
+    grid lacks; not compared) and LCMScheduler folders (their refiner would need LCM's boundary scalings too)."""
+    from ..interop.lcm import is_lcm_folder
+    from ..interop.sd_scheduler import check_scheduler_override
+    if args.nfe:
+        raise DiffkitError(f"--nfe is not offered with --refiner (diffusers' hand-over cuts the num_inference_steps "
+                           f"grid the base and refiner share; it has no NFE budget); give --steps instead of --nfe "
+                           f"{args.nfe}")
+    for folder in (checkpoint, args.refiner):
+        if is_lcm_folder(folder):
+            raise DiffkitError(f"--refiner is not offered with an LCMScheduler folder ({folder}); give the plain "
+                               f"SD-XL base and refiner folders with --scheduler lcm (both on LCMScheduler)")
+    if args.scheduler not in (None, "lcm"):
+        raise DiffkitError(f"--scheduler {args.scheduler} is not offered with --refiner (TCDScheduler's "
+                           f"intermediate times count from the full grid's end, which the base's half does not "
+                           f"reach); allowed: lcm")
+    if args.scheduler is not None:
+        check_scheduler_override(args.refiner, args.scheduler)
+    return args.scheduler
