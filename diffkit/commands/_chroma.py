@@ -142,30 +142,20 @@ def edit_chroma(args, family=Family) -> int:
     ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family``: the folder kind
     (:class:`Family`; a Qwen-Image folder's, :mod:`._qwen_image`: QwenImageImg2ImgPipeline /
     QwenImageInpaintPipeline, strength 0.6 and 50 steps both, true CFG s = 4.0 only with ``--negative-prompt``; a
-    Z-Image folder's, :mod:`._z_image`, ``--lora`` alone; Qwen-Image takes no adapters)."""
+    Z-Image folder's, :mod:`._z_image`; both take ``--lora`` alone)."""
     import torch
 
-    from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._ip_adapter import IPAdapterRequest
-    from ._sd3 import _FLAG_NAMES, edit_sampling
+    from ._pixart import check_folder_edit_args
+    from ._sd3 import edit_sampling
     from .edit import read_edit_inputs
 
     directory = args.checkpoint
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
-             if dest not in family.edit_flags and dest in defaults and value != defaults[dest]]
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to a {family.kind} folder ({directory}); it takes "
-                           f"{family.edit_takes}")
-    if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a {family.kind} folder: give --images PNG|DIR and --prompt TEXT (once for "
-                           f"every image, or once per image)")
-    if args.batch_size == "auto":
-        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    check_folder_edit_args(args, family.edit_flags, family.kind, family.edit_takes)
     info, own, options, request = edit_sampling(args, directory)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)

@@ -256,6 +256,25 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     return images
 
 
+def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "") -> None:
+    """One line, before any weight is read or any folder made, for the first ``diffkit edit`` flag ``args`` sets away
+    from its default that is not in ``flags`` (the dests a folder kind takes; ``runs``: what the command runs there),
+    for no ``--images`` / ``--prompt``, and for ``--batch-size auto`` (Sana Sprint's, :mod:`._chroma`'s kinds)."""
+    from ..cli import build_parser
+    from ._sd3 import _FLAG_NAMES
+    directory = args.checkpoint
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
+             if dest not in flags and dest in defaults and value != defaults[dest]]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}){runs}; it takes {takes}")
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a {kind} folder: give --images PNG|DIR and --prompt TEXT (once for every "
+                           f"image, or once per image)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+
+
 SPRINT_EDIT_TAKES = ("--images, --prompt, --strength, --guidance-scale (--guidance-convention), --max-sequence-length, "
                      "--height / --width, --steps, --lora")
 SPRINT_EDIT_FLAGS = {  # diffkit edit's dests a Sana Sprint folder takes (the rest must stay at their defaults)
@@ -273,28 +292,17 @@ def edit_sana_sprint(args) -> int:
     or any folder is made."""
     import torch
 
-    from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
     from ..interop.sana import load_sana
     from ..interop.sana_sprint import SPRINT_IMG2IMG_STRENGTH, image_to_image
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._sd3 import _FLAG_NAMES
     from .edit import read_edit_inputs
 
     directory = args.checkpoint
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
-             if dest not in SPRINT_EDIT_FLAGS and dest in defaults and value != defaults[dest]]
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to a Sana Sprint folder ({directory}) in diffkit edit, which "
-                           f"runs SanaSprintImg2ImgPipeline; it takes {SPRINT_EDIT_TAKES}")
-    if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a Sana Sprint folder: give --images PNG|DIR and --prompt TEXT (once for "
-                           f"every image, or once per image)")
-    if args.batch_size == "auto":
-        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    check_folder_edit_args(args, SPRINT_EDIT_FLAGS, "Sana Sprint", SPRINT_EDIT_TAKES,
+                           " in diffkit edit, which runs SanaSprintImg2ImgPipeline")
     images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     if len(args.prompts) not in (1, count):
