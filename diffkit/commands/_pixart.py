@@ -10,7 +10,7 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --steps / --nfe, --sampler and its grid options")
 
-LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # folders whose diffusers pipeline has a LoRA loader
+LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "HiDream")  # folders whose diffusers pipeline has a LoRA loader
 FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # flow-matching folders (their schedulers' flow steps)
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
                               "--pag-adaptive-scale)")
@@ -138,7 +138,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2,
-    AuraFlow or CogView4 folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A HunyuanDiT folder
+    AuraFlow, CogView4 (:mod:`diffkit.interop.sana_lora`) or HiDream (:mod:`diffkit.interop.hidream_lora`) folder
+    (PixArt: refused). A HunyuanDiT folder
     (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A HiDream-I1
     folder (:mod:`diffkit.interop.hidream`): its four text encoders, s = 5, 50 steps, ``ddim`` (FlowMatchEuler) or
@@ -198,7 +199,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_deepfloyd_if(directory, device, progress=progress, kind=IF_PIPELINE)
     elif label == "HiDream":
         from ..interop.hidream import load_hidream, text_to_image
-        pixart = load_hidream(directory, device, progress=progress)
+        pixart = load_hidream(directory, device, progress=progress, lora=lora)
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options as hunyuan_pag_options
