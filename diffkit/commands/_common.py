@@ -211,7 +211,8 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                         help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / "
                              "SD-XL / SD3 / FLUX.1 / Sana / Lumina-Image 2.0 / AuraFlow / CogView4 / Chroma / "
-                             "Kolors / Qwen-Image / FLUX.2 / HiDream-I1, a diffusers, PEFT or kohya LoRA .safetensors; SD3, Sana, "
+                             "Kolors / Qwen-Image / FLUX.2 / HiDream-I1, a diffusers, PEFT or kohya LoRA "
+                             ".safetensors; SD3, Sana, "
                              "Lumina-Image 2.0, AuraFlow, CogView4: diffusers / PEFT only; Chroma: its transformer "
                              "only; Kolors: its UNet, diffusers / PEFT keys; Qwen-Image, FLUX.2: the transformer, "
                              "diffusers / PEFT, diffusion_model. (ComfyUI, ai-toolkit) or kohya lora_unet_ keys; "

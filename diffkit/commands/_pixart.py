@@ -10,7 +10,8 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --steps / --nfe, --sampler and its grid options")
 
-LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "HiDream")  # folders whose diffusers pipeline has a LoRA loader
+# folders whose diffusers pipeline has a LoRA loader
+LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "HiDream")
 FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # flow-matching folders (their schedulers' flow steps)
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
                               "--pag-adaptive-scale)")
