@@ -148,7 +148,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
     :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
-    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt); a CogView4 Control
+    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt), a HunyuanDiT folder's
+    (one ``HunyuanDiT2DControlNetModel``, :mod:`diffkit.interop.hunyuan_dit_controlnet`: sample i's control
+    posterior from ``seed + i``); a CogView4 Control
     folder's --control-image (no ControlNet folder: the transformer's own channels)."""
     from ..interop.pixart import masked_text_folder
     from ._sd3 import prompted_rows
@@ -163,7 +165,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else TAKES) + \
         (", --lora" if label in LORA_KINDS else "") + \
-        (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "") + \
+        (", --controlnet (--control-image, --controlnet-scale)" if (label == "Sana" and not sprint) or hunyuan
+         else "") + \
         (", --control-image" if image is not None else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
@@ -174,7 +177,12 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     guidance, pag = (guidance, {}) if hunyuan else pag_options(directory, guidance)
     if pag:
         takes += ", --pag-scale (--pag-layers, --pag-adaptive-scale)"
-    if control is not None:  # SanaControlNetPipeline's one ControlNet, no window (before any weight is read)
+    if control is not None and hunyuan:  # HunyuanDiTControlNetPipeline's one ControlNet, no window, no PAG
+        from ..interop.hunyuan_dit_controlnet import check_hunyuan_control_options
+        from ..interop.sana_controlnet import check_no_pag
+        check_hunyuan_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
+        check_no_pag(control, getattr(guidance, "pag_scale", None), "HunyuanDiT")
+    elif control is not None:  # SanaControlNetPipeline's one ControlNet, no window (before any weight is read)
         from ..interop.sana_controlnet import check_no_pag, check_sana_control_options
         check_sana_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
         check_no_pag(control, (pag or {}).get("pag_scale"))
@@ -237,7 +245,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
                              **grid, **extra, **pag, **how,
                              **({} if controlnet is None else {"controlnets": controlnet,
-                                                               "control_rows": cond.get("control_rows")}))
+                                                               "control_rows": cond.get("control_rows")}),
+                             **({"control_seed": cond["control_seeds"][0]} if hunyuan and controlnet else {}))
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,
