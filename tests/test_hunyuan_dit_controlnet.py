@@ -2,7 +2,6 @@
 the tiny random HunyuanDiT folder of tests/test_hunyuan_dit.py with 4 transformer blocks (one long skip) and a 1-block
 HunyuanDiT2DControlNetModel whose zero-initialised layers are made random (else its residuals would be 0), the
 DDPM step noise from the same per-sample generators; ``diffkit sample --controlnet`` on them."""
-import numpy as np
 import pytest
 import torch
 
@@ -17,12 +16,12 @@ from diffkit.noise import generators_from_seed  # noqa: E402
 
 from test_hunyuan_dit import PROMPTS, SIZE, tiny_hunyuan_dit_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from test_sana_controlnet import assert_control_refusals, controlled_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def controlled(tmp_path_factory):
     """(HunyuanDiTControlNetPipeline, folder, ControlNet folder, HunyuanDiT, ControlNet, control PNG)."""
-    from PIL import Image
     root = tmp_path_factory.mktemp("hunyuan_controlnet")
     pipe = tiny_hunyuan_dit_pipeline(root, layers=4)
     pipe.save_pretrained(root / "hunyuan")
@@ -30,16 +29,7 @@ def controlled(tmp_path_factory):
     controlnet = diffusers.HunyuanDiT2DControlNetModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8, hidden_size=16,
         transformer_num_layers=4, cross_attention_dim=16, cross_attention_dim_t5=32, pooled_projection_dim=16)
-    with torch.no_grad():
-        for module in [controlnet.input_block, *controlnet.controlnet_blocks]:
-            for weight in module.parameters():
-                weight.normal_(0, 0.3)
-    controlnet.save_pretrained(root / "controlnet")
-    pixels = torch.rand(64, 96, 3, generator=torch.Generator().manual_seed(4)).numpy()
-    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / "control.png")
-    Image.fromarray((pixels[::2, 1::2] * 255).round().astype(np.uint8)).save(root / "small.png")  # 32 x 48
-    theirs = diffusers.HunyuanDiTControlNetPipeline(controlnet=controlnet, **pipe.components)
-    theirs.set_progress_bar_config(disable=True)
+    theirs = controlled_pipeline(diffusers.HunyuanDiTControlNetPipeline, pipe, controlnet, root, 64, 96)
     return theirs, root / "hunyuan", root / "controlnet", load_hunyuan_dit(root / "hunyuan", progress=False), \
         controlnet, root / "control.png"
 
@@ -96,23 +86,8 @@ def test_sample_command_with_a_hunyuan_dit_controlnet_is_the_library_and_refuses
                            controlnets=ControlNets([controlnet], [str(png)], 0.7))
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    for extra, expected in (
-            (["--controlnet", str(net_folder), "--control-image", str(png)],
-             "2 --controlnet on a HunyuanDiT folder; HunyuanDiTControlNetPipeline takes one "
-             "HunyuanDiT2DControlNetModel"),
-            (["--control-guidance-end", "0.5"], "or guess mode does not apply to a HunyuanDiT ControlNet"),
-            (["--pag-scale", "2"], "perturbed-attention guidance with a ControlNet is not supported on a HunyuanDiT"),
-            (["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets; the HunyuanDiT ControlNet")):
-        capsys.readouterr()
-        assert main(flags + extra + ["--out", str(tmp_path / "no.png")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and expected in err[0], (extra, err)
-    assert not (tmp_path / "no.png").exists()
-    capsys.readouterr()
-    assert main(flags[:-4] + ["--controlnet", str(folder / "transformer"), "--control-image", str(png), "--out",
-                              str(tmp_path / "no.png")]) == 2
-    assert "holds a 'HunyuanDiT2DModel'; allowed: a diffusers HunyuanDiT2DControlNetModel folder" in \
-        capsys.readouterr().err
+    assert_control_refusals(flags, net_folder, folder / "transformer", png, tmp_path, capsys, "HunyuanDiT",
+                            "HunyuanDiTControlNetPipeline", "HunyuanDiT2DControlNetModel", "HunyuanDiT2DModel")
 
 
 def test_controlnets_that_do_not_fit_are_refused(controlled):

@@ -28,10 +28,9 @@ ControlNet (no pipeline has both).
 """
 from __future__ import annotations
 
-import torch
-
 from ..errors import DiffkitError
 from .controlnet import ControlNets, model_folder_config
+from .sana_controlnet import SanaControlledNet, check_sana_control_options
 
 HUNYUAN_CONTROLNET = "HunyuanDiT2DControlNetModel"
 CONTROL_PIPELINE = "HunyuanDiTControlNetPipeline"
@@ -48,7 +47,6 @@ def check_hunyuan_controlnet_folder(directory) -> None:
 def check_hunyuan_control_options(count: int, starts, ends, guess_mode: bool) -> None:
     """One ControlNet, no window, no guess mode (:func:`.sana_controlnet.check_sana_control_options` for
     HunyuanDiTControlNetPipeline)."""
-    from .sana_controlnet import check_sana_control_options
     check_sana_control_options(count, starts, ends, guess_mode, "HunyuanDiT", CONTROL_PIPELINE, HUNYUAN_CONTROLNET)
 
 
@@ -74,17 +72,10 @@ def check_hunyuan_controlnets(controlnets: ControlNets, transformer) -> None:
                            f"transformer it was made for")
 
 
-class HunyuanControlledNet(torch.nn.Module):
+class HunyuanControlledNet(SanaControlledNet):
     """``net(x, t, ..., control)``: a :class:`.hunyuan_dit.HunyuanDiTNet` with a ControlNet's scaled block
-    residuals (module docstring). ``control``: (B, C, h, w) control latents of each row."""
-
-    def __init__(self, net, controlnet, scale: float):
-        super().__init__()
-        self.net, self.controlnet, self.scale = net, controlnet, float(scale)
-
-    @property
-    def model(self):
-        return self.net.model
+    residuals (module docstring; ``net``, ``controlnet``, ``scale`` as :class:`.sana_controlnet.SanaControlledNet`).
+    ``control``: (B, C, h, w) control latents of each row."""
 
     def forward(self, x, t, context=None, mask=None, context_t5=None, mask_t5=None, image_meta_size=None, style=None,
                 control=None):
