@@ -221,13 +221,19 @@ def test_hidream_lora_is_load_lora_weights_and_fuse_lora(folders, tmp_path, caps
      "key 'transformer.double_stream_blocks.0.block.ff_i.gate.lora_A.weight' names no Linear")])
 def test_hidream_lora_keys_diffusers_would_not_load_are_refused(folders, tmp_path, keys, expected):
     """A file with a key HiDreamImageLoraLoaderMixin would not load (or, the MoE router, a module no Linear): one
-    line, the transformer unchanged."""
+    line, the transformer unchanged; diffusers' load_lora_weights raises on the same file (but the text-encoder
+    key's, which it skips, and dora_scale's, which it drops)."""
+    import copy
     import re
     from safetensors.torch import save_file
     from diffkit.interop.hidream_lora import read_hidream_loras
     from diffkit.interop.sd_lora import merge_sd_loras
-    _, _, model = folders["euler"]
+    pipe, _, model = folders["euler"]
     save_file({k: torch.ones(2, 16) for k in keys}, tmp_path / "bad.safetensors")
+    if not keys[0].startswith("text_encoder.") and "dora_scale" not in keys[0]:
+        theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+        with pytest.raises((ValueError, IndexError)):
+            theirs.load_lora_weights(str(tmp_path / "bad.safetensors"))
     before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
     with pytest.raises(DiffkitError, match=re.escape(expected)) as info:
         merge_sd_loras(model, read_hidream_loras([tmp_path / "bad.safetensors"]))

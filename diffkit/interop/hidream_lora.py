@@ -16,9 +16,9 @@ expert (``ff_i.shared_experts.w1``, ``ff_i.experts.<k>.w1`` ...) included; the r
 weight, no Linear) is not a layer a LoRA adapts (PEFT refuses it too). Refused in one line before any weight is
 read (or, for a module the transformer lacks, before any is merged): a ``diffusion_model`` file with another key
 (diffusers raises), ``.alpha`` / ``lora_down`` / ``lora_up`` keys (the loader has no converter for them: an
-``.alpha`` fails its ``'lora'`` check, ``lora_down`` / ``lora_up`` load nothing), any other key (a text-encoder
-one included: the loader has none) and ``dora_scale`` (diffusers drops it with a warning and merges the rest: not
-the file's DoRA).
+``.alpha`` fails its ``'lora'`` check, ``lora_down`` / ``lora_up`` an IndexError in it), any other key (a
+text-encoder one: the loader has none and merges nothing) and ``dora_scale`` (diffusers drops it with a warning
+and merges the rest: not the file's DoRA).
 """
 from __future__ import annotations
 
