@@ -122,7 +122,6 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, 
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     assert_sample_refusals(main, path, tmp_path, capsys, [
-        (["--lora", str(out)], "--lora does not apply to a HiDream folder"),
         (["--flow-shift", "2"], "--flow-shift does not apply to a HiDream folder"),
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a HiDream"),
         (["--height", "63"], "--height 63 is not allowed; give a positive multiple of 2"),
@@ -151,3 +150,92 @@ def test_unipc_options_diffkit_does_not_compute_are_refused(change, expected):
         folder_sampler(config)
     assert folder_sampler({**SCHEDULERS["unipc"], "solver_order": 3, "disable_corrector": [1]}) == (
         "unipc", {"solver_order": 3, "solver_type": "bh2", "lower_order_final": True, "disable_corrector": [1]})
+
+
+# attention (both streams), the MoE feed-forwards' shared and routed experts (w1 / w2 / w3), the final layer
+HIDREAM_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out", "to_q_t", "w1", "w2", "w3",
+                                                         "final_layer.linear"],
+                    rank_pattern={"w2": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def _fused(pipe, file, scale):
+    """A copy of ``pipe`` after ``load_lora_weights(file)`` + ``fuse_lora(lora_scale=scale)``."""
+    import copy
+    theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    theirs.set_progress_bar_config(disable=True)
+    theirs.load_lora_weights(str(file))
+    theirs.fuse_lora(lora_scale=scale, components=["transformer"])
+    theirs.unload_lora_weights()
+    return theirs
+
+
+def _worst(ours, theirs) -> float:
+    theirs = theirs.state_dict()
+    return max(float((v - theirs[k]).abs().max()) for k, v in ours.state_dict().items())
+
+
+def test_hidream_lora_is_load_lora_weights_and_fuse_lora(folders, tmp_path, capsys):
+    """A diffusers-format file (HiDreamImagePipeline.save_lora_weights: attention, the MoE experts, rank / alpha
+    patterns) at 0.3 and the same tensors as a diffusion_model. file (ComfyUI / ai-toolkit: alpha = r) at 0.7:
+    load_lora_weights + fuse_lora's weights and z_0; ``diffkit sample --lora`` is the library."""
+    import copy
+    import types
+    from safetensors.torch import load_file, save_file
+    from diffkit.images import save_grid
+    from diffkit.interop.hidream_lora import read_hidream_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    from test_sd_lora import fused_transformer_lora
+    pipe, path, model = folders["euler"]
+    lora, theirs = fused_transformer_lora(diffusers.HiDreamImagePipeline, path, tmp_path, HIDREAM_LORA, scale=0.3,
+                                          loaded=pipe)
+    ours = load_hidream(path, progress=False, lora=[(lora, 0.3)])
+    assert _worst(ours.transformer, theirs.transformer) < 1e-6  # measured 1.2e-7
+    assert _worst(ours.transformer, model.transformer) > 1e-2
+    assert ours.transformer.double_stream_blocks[0].block.ff_i.experts[3].w2.weight.ne(
+        model.transformer.double_stream_blocks[0].block.ff_i.experts[3].w2.weight).any()
+    z0, expected = _both(theirs, ours, 2, 4.0, "ugly")
+    assert relative_error(z0, expected) < 1e-5  # measured 9.1e-7
+    comfy = tmp_path / "comfy.safetensors"
+    save_file({"diffusion_model." + k.removeprefix("transformer."): v for k, v in load_file(lora).items()}, comfy)
+    merged = types.SimpleNamespace(transformer=copy.deepcopy(model.transformer))
+    merge_sd_loras(merged, read_hidream_loras([(comfy, 0.7)]))
+    assert _worst(merged.transformer, _fused(pipe, comfy, 0.7).transformer) < 1e-6  # measured 6.0e-8
+    out = tmp_path / "grid.png"
+    assert main(cfg_sample_argv(path, PROMPTS, out, "--max-sequence-length", "10", "--height", "64", "--width", "256",
+                                "--lora", f"{lora}:0.3")) == 0
+    save_grid(text_to_image(ours, PROMPTS, steps=2, seed=5, negative_prompt="ugly", guidance_scale=3.0, height=64,
+                            width=256, max_sequence_length=10, output_range="-1,1"), tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+
+
+@pytest.mark.parametrize("keys,expected", [
+    (["diffusion_model.final_layer.linear.lora_A.weight", "transformer.final_layer.linear.lora_B.weight"],
+     "key 'transformer.final_layer.linear.lora_B.weight' is not supported on a HiDream folder (a diffusion_model "
+     "file's keys all begin"),
+    (["diffusion_model.final_layer.linear.alpha"], "key 'diffusion_model.final_layer.linear.alpha' is not supported"),
+    (["transformer.final_layer.linear.lora_down.weight"], "converts no .alpha / lora_down / lora_up"),
+    (["text_encoder.text_model.fc1.lora_A.weight"], "adapts the transformer only"),
+    (["diffusion_model.x.dora_scale"], "diffusers drops dora_scale"),
+    (["diffusion_model.double_stream_blocks.0.block.ff_i.gate.lora_A.weight",
+      "diffusion_model.double_stream_blocks.0.block.ff_i.gate.lora_B.weight"],
+     "key 'transformer.double_stream_blocks.0.block.ff_i.gate.lora_A.weight' names no Linear")])
+def test_hidream_lora_keys_diffusers_would_not_load_are_refused(folders, tmp_path, keys, expected):
+    """A file with a key HiDreamImageLoraLoaderMixin would not load (or, the MoE router, a module no Linear): one
+    line, the transformer unchanged; diffusers' load_lora_weights raises on the same file (but the text-encoder
+    key's, which it skips, and dora_scale's, which it drops)."""
+    import copy
+    import re
+    from safetensors.torch import save_file
+    from diffkit.interop.hidream_lora import read_hidream_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    pipe, _, model = folders["euler"]
+    save_file({k: torch.ones(2, 16) for k in keys}, tmp_path / "bad.safetensors")
+    if not keys[0].startswith("text_encoder.") and "dora_scale" not in keys[0]:
+        theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+        with pytest.raises((ValueError, IndexError)):
+            theirs.load_lora_weights(str(tmp_path / "bad.safetensors"))
+    before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    with pytest.raises(DiffkitError, match=re.escape(expected)) as info:
+        merge_sd_loras(model, read_hidream_loras([tmp_path / "bad.safetensors"]))
+    assert "\n" not in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.transformer.state_dict().items())

@@ -24,9 +24,9 @@ PROMPTS = ["a photo of a cat", "hot dog"]
 SIZE = dict(height=64, width=96)  # latents 8 x 12: a non-square rotary grid
 
 
-def tiny_hunyuan_dit_pipeline(root, prediction_type="v_prediction"):
+def tiny_hunyuan_dit_pipeline(root, prediction_type="v_prediction", layers=2):
     """A HunyuanDiTPipeline of random weights: BERT hidden 16 (77 tokens), T5 d_model 32 (256 tokens), transformer
-    hidden 16 of 2 blocks, 2 heads of 8, patch 2, latents 4 x 8 x 8, a 4-level VAE (factor 8), DDPMScheduler as
+    hidden 16 of ``layers`` blocks (2; 4: one long skip, which a ControlNet feeds), 2 heads of 8, patch 2, latents 4 x 8 x 8, a 4-level VAE (factor 8), DDPMScheduler as
     HunyuanDiT's (scaled-linear, leading spacing, steps_offset 1, no clipping)."""
     vocab = root / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + T5_WORDS) + "\n")
@@ -39,7 +39,7 @@ def tiny_hunyuan_dit_pipeline(root, prediction_type="v_prediction"):
         relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
     transformer = diffusers.HunyuanDiT2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8, hidden_size=16,
-        num_layers=2, cross_attention_dim=16, cross_attention_dim_t5=32, pooled_projection_dim=16)
+        num_layers=layers, cross_attention_dim=16, cross_attention_dim_t5=32, pooled_projection_dim=16)
     vae = diffusers.AutoencoderKL(block_out_channels=[8] * 4, in_channels=3, out_channels=3, latent_channels=4,
                                   down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                                   norm_num_groups=8, layers_per_block=1, sample_size=32, scaling_factor=0.13025)

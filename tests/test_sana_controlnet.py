@@ -22,7 +22,6 @@ PROMPTS = ["a photo of a Cat ", "hot dog"]
 @pytest.fixture(scope="module")
 def controlled(tmp_path_factory):
     """(SanaControlNetPipeline, Sana folder, ControlNet folder, Sana, ControlNet, control PNG)."""
-    from PIL import Image
     root = tmp_path_factory.mktemp("sana_controlnet")
     pipe = tiny_sana_pipeline(layers=2)
     pipe.save_pretrained(root / "sana")
@@ -31,18 +30,28 @@ def controlled(tmp_path_factory):
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
         num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
         sample_size=16, patch_size=1)
+    theirs = controlled_pipeline(diffusers.SanaControlNetPipeline, pipe, controlnet, root, 32, 32)
+    return theirs, root / "sana", root / "controlnet", load_sana(root / "sana", progress=False), controlnet, \
+        root / "control.png"
+
+
+def controlled_pipeline(pipeline_class, pipe, controlnet, root, height: int, width: int):
+    """``pipeline_class`` (SanaControlNetPipeline, HunyuanDiTControlNetPipeline) of ``pipe``'s components and
+    ``controlnet``, whose zero-initialised ``input_block`` and ``controlnet_blocks`` are made random (else its
+    residuals would be 0) and which is saved to ``root / "controlnet"``; random control images ``root /
+    "control.png"`` (height x width) and ``"small.png"`` (half of each side) written."""
+    from PIL import Image
     with torch.no_grad():
         for module in [controlnet.input_block, *controlnet.controlnet_blocks]:
             for weight in module.parameters():
                 weight.normal_(0, 0.3)
     controlnet.save_pretrained(root / "controlnet")
-    pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(4)).numpy()
+    pixels = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(4)).numpy()
     Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / "control.png")
-    Image.fromarray((pixels[::2, 1::2] * 255).round().astype(np.uint8)).save(root / "small.png")  # 16 x 16
-    theirs = diffusers.SanaControlNetPipeline(controlnet=controlnet, **pipe.components)
+    Image.fromarray((pixels[::2, 1::2] * 255).round().astype(np.uint8)).save(root / "small.png")
+    theirs = pipeline_class(controlnet=controlnet, **pipe.components)
     theirs.set_progress_bar_config(disable=True)
-    return theirs, root / "sana", root / "controlnet", load_sana(root / "sana", progress=False), controlnet, \
-        root / "control.png"
+    return theirs
 
 
 @pytest.mark.parametrize("call", [{}, {"controlnet_conditioning_scale": 0.6, "negative_prompt": "ugly"},
@@ -84,22 +93,30 @@ def test_sample_command_with_a_sana_controlnet_is_the_library_and_refuses_what_d
                            controlnets=ControlNets([controlnet], [str(png)], 0.7))
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert_control_refusals(flags, net_folder, folder / "transformer", png, tmp_path, capsys, "Sana",
+                            "SanaControlNetPipeline", "SanaControlNetModel", "SanaTransformer2DModel")
+    with pytest.raises(DiffkitError, match="2 --controlnet on a Sana folder"):
+        text_to_image(sana, PROMPTS, steps=1, controlnets=ControlNets([controlnet] * 2, [str(png)] * 2))
+
+
+def assert_control_refusals(flags, net_folder, transformer, png, tmp_path, capsys, kind, pipeline, model, other):
+    """``diffkit sample`` ``flags`` (ending --controlnet DIR --control-image PNG) on a ``kind`` folder (Sana,
+    HunyuanDiT) with two ControlNets, a window, PAG, guess mode, and its ``transformer`` folder (class ``other``) as
+    the ControlNet: one line each, exit 2, no file."""
     for extra, expected in (
             (["--controlnet", str(net_folder), "--control-image", str(png)],
-             "2 --controlnet on a Sana folder; SanaControlNetPipeline takes one SanaControlNetModel"),
+             f"2 --controlnet on a {kind} folder; {pipeline} takes one {model}"),
             (["--control-guidance-end", "0.5"], "a control guidance window (--control-guidance-start / --control-"
-             "guidance-end) or guess mode does not apply to a Sana ControlNet"),
-            (["--pag-scale", "2"], "perturbed-attention guidance with a ControlNet is not supported on a Sana"),
-            (["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets; the Sana ControlNet pipeline")):
+             f"guidance-end) or guess mode does not apply to a {kind} ControlNet"),
+            (["--pag-scale", "2"], f"perturbed-attention guidance with a ControlNet is not supported on a {kind}"),
+            (["--guess-mode"], f"--guess-mode applies to Stable Diffusion ControlNets; the {kind} ControlNet "
+             "pipeline")):
         capsys.readouterr()
         assert main(flags + extra + ["--out", str(tmp_path / "no.png")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (extra, err)
     assert not (tmp_path / "no.png").exists()
     capsys.readouterr()
-    assert main(flags[:-4] + ["--controlnet", str(folder / "transformer"), "--control-image", str(png), "--out",
+    assert main(flags[:-4] + ["--controlnet", str(transformer), "--control-image", str(png), "--out",
                               str(tmp_path / "no.png")]) == 2
-    assert "holds a 'SanaTransformer2DModel'; allowed: a diffusers SanaControlNetModel folder" in \
-        capsys.readouterr().err
-    with pytest.raises(DiffkitError, match="2 --controlnet on a Sana folder"):
-        text_to_image(sana, PROMPTS, steps=1, controlnets=ControlNets([controlnet] * 2, [str(png)] * 2))
+    assert f"holds a '{other}'; allowed: a diffusers {model} folder" in capsys.readouterr().err

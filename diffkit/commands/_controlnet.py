@@ -21,12 +21,13 @@ CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-gu
 
 
 def add_controlnet_flags(parser) -> None:
-    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3, FLUX.1 and Sana folders; "
+    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3, FLUX.1, Sana and HunyuanDiT folders; "
                                   "docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
                    help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
                         "ControlNetUnionModel, see --control-mode), SD3ControlNetModel, FluxControlNetModel, "
-                        "SanaControlNetModel (one); repeat for Multi-ControlNet (their residuals add up)")
+                        "SanaControlNetModel (one), HunyuanDiT2DControlNetModel (one); repeat for Multi-ControlNet "
+                        "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md) or an SD 2 "
@@ -98,16 +99,20 @@ class ControlRequest:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
                                   f"{' (or --t2i-adapter DIR)' if images and hasattr(args, 't2i_adapters') else ''}")
             return None
+        from ..interop.hunyuan_dit import is_hunyuan_dit_folder
+        from ..interop.hunyuan_dit_controlnet import HUNYUAN_CONTROLNET, check_hunyuan_controlnet_folder
         from ..interop.sana import sana_kind
         from ..interop.sana_controlnet import SANA_CONTROLNET, check_sana_controlnet_folder
         kind = None if checkpoint is None else "SD3" if is_sd3_folder(checkpoint) else \
             "FLUX" if is_flux_folder(checkpoint) else \
-            "Sana" if sana_kind(checkpoint) == "SanaPipeline" else None  # a transformer folder's ControlNets
+            "Sana" if sana_kind(checkpoint) == "SanaPipeline" else \
+            "HunyuanDiT" if is_hunyuan_dit_folder(checkpoint) else None  # a transformer folder's ControlNets
         if checkpoint is None or not (kind or is_stable_diffusion_folder(checkpoint)):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format; also SD3, "
-                               f"FLUX.1 and Sana folders); {checkpoint} is not one")
+                               f"FLUX.1, Sana and HunyuanDiT folders); {checkpoint} is not one")
         check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder,
-                 "Sana": check_sana_controlnet_folder}.get(kind, check_controlnet_folder)
+                 "Sana": check_sana_controlnet_folder, "HunyuanDiT": check_hunyuan_controlnet_folder}.get(
+                     kind, check_controlnet_folder)
         for folder in folders:  # a folder of another kind first: more --control-image would not help
             check(folder)
         modes = union_modes(args, checkpoint, kind, folders, images)  # ControlNet-Unions (._controlnet_union)
@@ -126,7 +131,8 @@ class ControlRequest:
         request = cls(folders, images, *(cls._values(flag, values, count, default, what) for flag, values, default in (
             ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
             ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
-                      {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel", "Sana": SANA_CONTROLNET}.get(
+                      {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel", "Sana": SANA_CONTROLNET,
+                       "HunyuanDiT": HUNYUAN_CONTROLNET}.get(
                           kind, "ControlNetModel" if modes is None else "ControlNetUnionModel"), modes)
         check_control_options(request.scales, request.starts, request.ends, count)
         return request

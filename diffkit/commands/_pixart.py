@@ -10,8 +10,10 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --steps / --nfe, --sampler and its grid options")
 
-LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # folders whose diffusers pipeline has a LoRA loader
-FLOW_KINDS = (*LORA_KINDS, "Lumina-Next")  # flow-matching folders (their scheduler's step: folder_sampler(flow=True))
+# folders whose diffusers pipeline has a LoRA loader
+LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "HiDream")
+# flow-matching folders whose scheduler's step is folder_sampler(flow=True)'s
+FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "Lumina-Next")
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
                               "--pag-adaptive-scale)")
 
@@ -138,7 +140,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2,
-    AuraFlow or CogView4 folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A HunyuanDiT folder
+    AuraFlow, CogView4 (:mod:`diffkit.interop.sana_lora`) or HiDream (:mod:`diffkit.interop.hidream_lora`) folder
+    (PixArt: refused). A HunyuanDiT folder
     (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A HiDream-I1
     folder (:mod:`diffkit.interop.hidream`): its four text encoders, s = 5, 50 steps, ``ddim`` (FlowMatchEuler) or
@@ -146,7 +149,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
     :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
-    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt); a CogView4 Control
+    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt), a HunyuanDiT folder's
+    (one ``HunyuanDiT2DControlNetModel``, :mod:`diffkit.interop.hunyuan_dit_controlnet`: sample i's control
+    posterior from ``seed + i``); a CogView4 Control
     folder's --control-image (no ControlNet folder: the transformer's own channels)."""
     from ..interop.pixart import masked_text_folder
     from ._sd3 import prompted_rows
@@ -163,7 +168,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else
              TAKES.replace(", --max-sequence-length", "") if lumina_next else TAKES) + \
         (", --lora" if label in LORA_KINDS else "") + \
-        (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "") + \
+        (", --controlnet (--control-image, --controlnet-scale)" if (label == "Sana" and not sprint) or hunyuan
+         else "") + \
         (", --control-image" if image is not None else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
@@ -175,7 +181,12 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     guidance, pag = (guidance, {}) if hunyuan else pag_options(directory, guidance)
     if pag:
         takes += ", --pag-scale (--pag-layers, --pag-adaptive-scale)"
-    if control is not None:  # SanaControlNetPipeline's one ControlNet, no window (before any weight is read)
+    if control is not None and hunyuan:  # HunyuanDiTControlNetPipeline's one ControlNet, no window, no PAG
+        from ..interop.hunyuan_dit_controlnet import check_hunyuan_control_options
+        from ..interop.sana_controlnet import check_no_pag
+        check_hunyuan_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
+        check_no_pag(control, getattr(guidance, "pag_scale", None), "HunyuanDiT")
+    elif control is not None:  # SanaControlNetPipeline's one ControlNet, no window (before any weight is read)
         from ..interop.sana_controlnet import check_no_pag, check_sana_control_options
         check_sana_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
         check_no_pag(control, (pag or {}).get("pag_scale"))
@@ -201,7 +212,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_deepfloyd_if(directory, device, progress=progress, kind=IF_PIPELINE)
     elif label == "HiDream":
         from ..interop.hidream import load_hidream, text_to_image
-        pixart = load_hidream(directory, device, progress=progress)
+        pixart = load_hidream(directory, device, progress=progress, lora=lora)
     elif lumina_next:  # LuminaPipeline's RoPE / attention options (--scaling-watershed, --no-proportional-attn)
         from ..interop.lumina_next import load_lumina_next, text_to_image
         pixart = load_lumina_next(directory, device, progress=progress)
@@ -243,7 +254,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
                              **grid, **extra, **pag, **how,
                              **({} if controlnet is None else {"controlnets": controlnet,
-                                                               "control_rows": cond.get("control_rows")}))
+                                                               "control_rows": cond.get("control_rows")}),
+                             **({"control_seed": cond["control_seeds"][0]} if hunyuan and controlnet else {}))
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,

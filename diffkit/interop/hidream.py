@@ -274,15 +274,20 @@ class HiDream(Sana):
 
 
 def load_hidream(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                 progress: bool = True) -> HiDream:
+                 progress: bool = True, lora=None) -> HiDream:
     """Load a ``HiDreamImagePipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not
-    drive is refused in one line before any weight is read (:func:`check_hidream_folder`)."""
+    drive is refused in one line before any weight is read (:func:`check_hidream_folder`). ``lora``: LoRA files
+    (paths or (path, scale) pairs; ``transformer.`` or ``diffusion_model.`` keys, :mod:`.hidream_lora`), read and
+    checked first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
     from ..schedule import NoiseSchedule
     from .flux import scheduler_shift
+    from .hidream_lora import read_hidream_loras
     from .sana import flow_shift_of
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, _, sched = check_hidream_folder(directory)
+    loras = read_hidream_loras(lora) if lora else []
     T = sched.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
@@ -295,6 +300,7 @@ def load_hidream(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
                     scheduler_config=sched, device=device, dtype=dtype)
     model.schedule = NoiseSchedule.flow(T, flow_shift_of(sched) if sched.get("_class_name") == UNIPC_SCHEDULER
                                         else scheduler_shift(sched, model.mu, 0, 0))
+    merge_sd_loras(model, loras)
     return model
 
 

@@ -164,19 +164,31 @@ class HunyuanDiTNet(torch.nn.Module):
                                                         device=device, output_type="pt")
         return self._rotary[key]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
-                context_t5: torch.Tensor = None, mask_t5: torch.Tensor = None,
-                image_meta_size: Optional[torch.Tensor] = None, style: Optional[torch.Tensor] = None):
+    def inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+               context_t5: torch.Tensor = None, mask_t5: torch.Tensor = None,
+               image_meta_size: Optional[torch.Tensor] = None, style: Optional[torch.Tensor] = None) -> tuple:
+        """(args, kwargs) of the transformer's call, which a HunyuanDiT ControlNet takes too
+        (:mod:`.hunyuan_dit_controlnet`)."""
         if context is None or context_t5 is None or mask is None or mask_t5 is None:
             raise DiffkitError("a HunyuanDiT transformer needs cond {'context', 'mask', 'context_t5', 'mask_t5'} "
                                "(HunyuanDiT.text_cond)")
         dtype = model_dtype(self.model)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-        out = self.model(x.to(dtype), t.to(dtype), encoder_hidden_states=context.to(dtype), text_embedding_mask=mask,
-                         encoder_hidden_states_t5=context_t5.to(dtype), text_embedding_mask_t5=mask_t5,
-                         image_meta_size=image_meta_size, style=style,
-                         image_rotary_emb=self.rotary(x.shape[2], x.shape[3], x.device), return_dict=False)[0]
-        return out.to(x.dtype)
+        return (x.to(dtype), t.to(dtype)), dict(
+            encoder_hidden_states=context.to(dtype), text_embedding_mask=mask,
+            encoder_hidden_states_t5=context_t5.to(dtype), text_embedding_mask_t5=mask_t5,
+            image_meta_size=image_meta_size, style=style, image_rotary_emb=self.rotary(x.shape[2], x.shape[3],
+                                                                                       x.device))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                context_t5: torch.Tensor = None, mask_t5: torch.Tensor = None,
+                image_meta_size: Optional[torch.Tensor] = None, style: Optional[torch.Tensor] = None, controls=None):
+        """``controls``: a ControlNet's block residuals (``controlnet_block_samples``, a fresh list: the
+        transformer pops it)."""
+        args, kwargs = self.inputs(x, t, context, mask, context_t5, mask_t5, image_meta_size, style)
+        if controls is not None:
+            kwargs["controlnet_block_samples"] = list(controls)
+        return self.model(*args, **kwargs, return_dict=False)[0].to(x.dtype)
 
 
 @dataclass
@@ -255,6 +267,17 @@ class HunyuanDiT(PixArt):
 
     def aspect_ratio_bins(self) -> dict:
         return {}  # not used: resolution binning is refused (module docstring)
+
+    def check_controlnets(self, controlnets, pag_scale) -> None:
+        """One line for ControlNets ``HunyuanDiTControlNetPipeline`` does not take (:mod:`.hunyuan_dit_controlnet`)."""
+        from .hunyuan_dit_controlnet import check_hunyuan_controlnets
+        check_hunyuan_controlnets(controlnets, self.transformer)
+
+    def controlnet_guidance(self, controlnets, guide, shape: tuple, unguided=None, control_rows=None,
+                            seed: int = 0, posterior: str = "sample") -> tuple:
+        """:func:`.hunyuan_dit_controlnet.controlnet_guidance` (sample i's control posterior from ``seed + i``)."""
+        from .hunyuan_dit_controlnet import controlnet_guidance
+        return controlnet_guidance(self, controlnets, guide, shape, unguided, control_rows, seed, posterior)
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = HUNYUAN_DIT_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,
@@ -352,15 +375,23 @@ def load_hunyuan_dit(directory: Union[str, Path], device="cpu", dtype: torch.dty
 def text_to_image(hunyuan: HunyuanDiT, prompts: Union[str, Sequence[str]], *, guidance_rescale: float = 0.0,
                   original_size=ORIGINAL_SIZE, target_size=None, crops_coords_top_left=(0, 0),
                   pag_scale: Optional[float] = None, pag_layers=None, pag_adaptive_scale: Optional[float] = None,
+                  controlnets=None, control_seed: int = 0, control_posterior: str = "sample",
                   **options) -> torch.Tensor:
     """Images of a HunyuanDiT folder for ``prompts``: :func:`.pixart.text_to_image` (sampler / grid, default the
     scheduler's loop, ``ddpm`` on its timesteps; steps (default 50); guidance (default s = 5); negative prompt;
     latents; height / width (default sample_size x 8); seed or ``generator``; output options) with the size
     conditions ``original_size`` / ``target_size`` / ``crops_coords_top_left`` (pixels; ``target_size`` default
     the drawn size), ``guidance_rescale`` phi and PAG (``pag_scale``, ``pag_layers``, ``pag_adaptive_scale``), as
-    ``HunyuanDiTPipeline`` / ``HunyuanDiTPAGPipeline`` take them. ``max_sequence_length`` and
+    ``HunyuanDiTPipeline`` / ``HunyuanDiTPAGPipeline`` take them; ``controlnets``: a ``HunyuanDiT2DControlNetModel``
+    (:class:`~.controlnet.ControlNets`; ``control_rows``: each sample's control image where there is one per
+    prompt) as ``HunyuanDiTControlNetPipeline``, sample i's control posterior from ``control_seed + i``
+    (``control_posterior="mean"``: its mean; :mod:`.hunyuan_dit_controlnet`). ``max_sequence_length`` and
     ``resolution_binning``: refused."""
     from .pixart import text_to_image as pixart_text_to_image
+    from .sana_controlnet import check_no_pag
+    from .flow_controlnet import POSTERIORS
+    check_no_pag(controlnets, pag_scale, "HunyuanDiT")
+    check_choice("control_posterior", control_posterior, POSTERIORS)
     if options.get("resolution_binning"):
         raise DiffkitError("resolution_binning is not allowed for a HunyuanDiT folder (diffkit draws the size asked "
                            "for, as use_resolution_binning=False)")
@@ -368,7 +399,9 @@ def text_to_image(hunyuan: HunyuanDiT, prompts: Union[str, Sequence[str]], *, gu
     encode = {"guidance_rescale": guidance_rescale, "original_size": original_size, "target_size": target_size,
               "crops_coords_top_left": crops_coords_top_left, "pag_scale": pag_scale, "pag_layers": pag_layers,
               "pag_adaptive_scale": pag_adaptive_scale}
-    return pixart_text_to_image(hunyuan, prompts, encode=encode, **options)
+    control = {} if controlnets is None else {"controlnets": controlnets, "control_options": {
+        "seed": control_seed, "posterior": control_posterior}}
+    return pixart_text_to_image(hunyuan, prompts, encode=encode, **control, **options)
 
 
 __all__ = ["HunyuanDiT", "HunyuanDiTNet", "load_hunyuan_dit", "is_hunyuan_dit_folder", "check_hunyuan_dit_folder",

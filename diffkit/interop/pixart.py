@@ -360,6 +360,22 @@ class PixArt(FlowLatentVAE):
         """The unguided denoiser on the scheduler's own timesteps: :attr:`denoiser` (PixArt's)."""
         return self.denoiser
 
+    def check_controlnets(self, controlnets, pag_scale) -> None:
+        """One line for ControlNets this folder's ControlNet pipeline does not take: a Sana folder's
+        (:mod:`.sana_controlnet`); PixArt has none."""
+        from .sana_controlnet import check_no_pag, check_sana_controlnets
+        if self.pipeline != "SanaPipeline":
+            raise DiffkitError(f"a ControlNet is not supported on a {self.pipeline} folder (diffusers 0.42.1 has a "
+                               f"ControlNet pipeline for SanaPipeline and HunyuanDiTPipeline folders only)")
+        check_no_pag(controlnets, pag_scale)
+        check_sana_controlnets(controlnets, self.transformer)
+
+    def controlnet_guidance(self, controlnets, guide, shape: tuple, unguided=None, control_rows=None) -> tuple:
+        """(denoiser, cond) of the prompts' guidance ``guide`` with ``controlnets``: a Sana folder's
+        (:func:`.sana_controlnet.controlnet_guidance`)."""
+        from .sana_controlnet import controlnet_guidance
+        return controlnet_guidance(self, controlnets, guide, shape, unguided, control_rows)
+
     def aspect_ratio_bins(self) -> dict:
         """{transformer sample_size: diffusers' aspect-ratio table} of ``use_resolution_binning`` (α: 32, 64, 128;
         Σ also 256)."""
@@ -479,7 +495,7 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   encode: Optional[dict] = None, pag_scale: Optional[float] = None, pag_layers=None,
                   pag_adaptive_scale: Optional[float] = None, controlnets=None, control_rows=None,
-                  **options) -> torch.Tensor:
+                  control_options: Optional[dict] = None, **options) -> torch.Tensor:
     """Images of a PixArt folder for ``prompts`` (module docstring); also a Sana folder's (:mod:`.sana`, whose
     ``encode`` holds its ``complex_human_instruction``).
 
@@ -497,8 +513,9 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
     pag_scale, pag_layers, pag_adaptive_scale: perturbed-attention guidance on a PixArt-Σ or Sana folder, as
         ``PixArtSigmaPAGPipeline`` / ``SanaPAGPipeline`` (:mod:`.pixart_pag`; None or 0: off, bit for bit).
     controlnets: a Sana folder's ControlNet (a :class:`~.controlnet.ControlNets` of one ``SanaControlNetModel``), as
-        ``SanaControlNetPipeline`` (:mod:`.sana_controlnet`); ``control_rows``: each sample's control image where
-        there is one per prompt.
+        ``SanaControlNetPipeline`` (:mod:`.sana_controlnet`); a HunyuanDiT folder's (:mod:`.hunyuan_dit_controlnet`);
+        ``control_rows``: each sample's control image where there is one per prompt; ``control_options``: the
+        kind's own (HunyuanDiT's posterior ``seed`` and ``posterior``).
     """
     from ..sampling import sample
     from .pixart_pag import check_pixart_pag, pixart_pag
@@ -506,12 +523,7 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
     check_choice("output_range", output_range, OUTPUT_RANGES)
     check_pixart_pag(pixart.pipeline, pag_scale, pag_layers, pag_adaptive_scale)  # before any work
     if controlnets is not None:
-        from .sana_controlnet import check_no_pag, check_sana_controlnets
-        if pixart.pipeline != "SanaPipeline":
-            raise DiffkitError(f"a ControlNet is not supported on a {pixart.pipeline} folder (diffusers 0.42.1 has a "
-                               f"ControlNet pipeline for SanaPipeline folders only)")
-        check_no_pag(controlnets, pag_scale)
-        check_sana_controlnets(controlnets, pixart.transformer)
+        pixart.check_controlnets(controlnets, pag_scale)
     prompts = prompt_list(prompts)
     asked = None
     if resolution_binning:  # any size asked: the binned one is drawn (latents: at that size)
@@ -547,9 +559,9 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
                                       size=(shape[2] * f, shape[3] * f), denoiser=plain, **(encode or {}))
     if controlnets is None:
         denoiser, cond = guide(unguided)
-    else:  # SanaControlNetPipeline (.sana_controlnet)
-        from .sana_controlnet import controlnet_guidance
-        denoiser, cond = controlnet_guidance(pixart, controlnets, guide, shape, unguided, control_rows)
+    else:  # SanaControlNetPipeline (.sana_controlnet), HunyuanDiTControlNetPipeline (.hunyuan_dit_controlnet)
+        denoiser, cond = pixart.controlnet_guidance(controlnets, guide, shape, unguided, control_rows,
+                                                    **(control_options or {}))
     denoiser = pixart_pag(pixart, denoiser, pag_scale, pag_layers, pag_adaptive_scale,
                           whole_timesteps=unguided is not None and unguided is not pixart.denoiser)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,

@@ -40,15 +40,18 @@ def check_sana_controlnet_folder(directory) -> None:
     model_folder_config(directory, "--controlnet", SANA_CONTROLNET, " (a Sana folder takes Sana ControlNets)")
 
 
-def check_sana_control_options(count: int, starts, ends, guess_mode: bool) -> None:
+def check_sana_control_options(count: int, starts, ends, guess_mode: bool, kind: str = "Sana",
+                               pipeline: str = "SanaControlNetPipeline", model: str = SANA_CONTROLNET) -> None:
     """One ControlNet (``count``), no window (``starts`` all 0, ``ends`` all 1), no guess mode: a one-line
-    DiffkitError otherwise (before any weight is read, from the flags; again on the loaded ControlNets)."""
+    DiffkitError otherwise (before any weight is read, from the flags; again on the loaded ControlNets). ``kind``,
+    ``pipeline``, ``model``: the folder kind, its ControlNet pipeline and model class (HunyuanDiT's,
+    :mod:`.hunyuan_dit_controlnet`)."""
     if count != 1:
-        raise DiffkitError(f"{count} --controlnet on a Sana folder; SanaControlNetPipeline takes one {SANA_CONTROLNET}")
+        raise DiffkitError(f"{count} --controlnet on a {kind} folder; {pipeline} takes one {model}")
     if any(float(s) != 0 for s in starts) or any(float(e) != 1 for e in ends) or guess_mode:
-        raise DiffkitError("a control guidance window (--control-guidance-start / --control-guidance-end) or guess "
-                           "mode does not apply to a Sana ControlNet (SanaControlNetPipeline has none); give "
-                           "--controlnet, --control-image, --controlnet-scale")
+        raise DiffkitError(f"a control guidance window (--control-guidance-start / --control-guidance-end) or guess "
+                           f"mode does not apply to a {kind} ControlNet ({pipeline} has none); give "
+                           f"--controlnet, --control-image, --controlnet-scale")
 
 
 def check_sana_controlnets(controlnets: ControlNets, transformer) -> None:
@@ -122,11 +125,12 @@ def controlnet_guidance(sana, controlnets: ControlNets, guide, shape: tuple, ung
     return guided, cond
 
 
-def check_no_pag(controlnets: Optional[ControlNets], pag_scale) -> None:
-    """One line for PAG with a Sana ControlNet (diffusers 0.42.1 has no pipeline with both)."""
+def check_no_pag(controlnets: Optional[ControlNets], pag_scale, kind: str = "Sana") -> None:
+    """One line for PAG with a ``kind`` (Sana, HunyuanDiT) ControlNet (diffusers 0.42.1 has no pipeline with
+    both)."""
     if controlnets is not None and pag_scale:
-        raise DiffkitError("perturbed-attention guidance with a ControlNet is not supported on a Sana folder "
-                           "(SanaPAGPipeline has no ControlNet, SanaControlNetPipeline no PAG); give one of them")
+        raise DiffkitError(f"perturbed-attention guidance with a ControlNet is not supported on a {kind} folder "
+                           f"({kind}PAGPipeline has no ControlNet, {kind}ControlNetPipeline no PAG); give one of them")
 
 
 __all__ = ["SANA_CONTROLNET", "SanaControlledNet", "check_no_pag", "check_sana_control_options",

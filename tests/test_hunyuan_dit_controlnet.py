@@ -1,0 +1,105 @@
+"""HunyuanDiT ControlNets (diffkit.interop.hunyuan_dit_controlnet) against diffusers' HunyuanDiTControlNetPipeline on
+the tiny random HunyuanDiT folder of tests/test_hunyuan_dit.py with 4 transformer blocks (one long skip) and a 1-block
+HunyuanDiT2DControlNetModel whose zero-initialised layers are made random (else its residuals would be 0), the
+DDPM step noise from the same per-sample generators; ``diffkit sample --controlnet`` on them."""
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.controlnet import ControlNets  # noqa: E402
+from diffkit.interop.hunyuan_dit import load_hunyuan_dit, text_to_image  # noqa: E402
+from diffkit.noise import generators_from_seed  # noqa: E402
+
+from test_hunyuan_dit import PROMPTS, SIZE, tiny_hunyuan_dit_pipeline  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_sana_controlnet import assert_control_refusals, controlled_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    """(HunyuanDiTControlNetPipeline, folder, ControlNet folder, HunyuanDiT, ControlNet, control PNG)."""
+    root = tmp_path_factory.mktemp("hunyuan_controlnet")
+    pipe = tiny_hunyuan_dit_pipeline(root, layers=4)
+    pipe.save_pretrained(root / "hunyuan")
+    torch.manual_seed(3)
+    controlnet = diffusers.HunyuanDiT2DControlNetModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8, hidden_size=16,
+        transformer_num_layers=4, cross_attention_dim=16, cross_attention_dim_t5=32, pooled_projection_dim=16)
+    theirs = controlled_pipeline(diffusers.HunyuanDiTControlNetPipeline, pipe, controlnet, root, 64, 96)
+    return theirs, root / "hunyuan", root / "controlnet", load_hunyuan_dit(root / "hunyuan", progress=False), \
+        controlnet, root / "control.png"
+
+
+@pytest.mark.parametrize("call", [
+    dict(guidance_scale=4.0, negative_prompt="ugly", guidance_rescale=0.7, controlnet_conditioning_scale=0.6),
+    dict(guidance_scale=1.0), dict(guidance_scale=3.0, prompts=1)])
+def test_hunyuan_dit_controlnet_matches_the_pipeline(controlled, monkeypatch, call):
+    """HunyuanDiTControlNetPipeline (2 DDPM steps): the control PNG encoded by the VAE, the ControlNet's residual on
+    the long skip, CFG with a negative prompt, rescale and conditioning scale 0.6 / unguided (s = 1) with one control
+    image per prompt (the second 32 x 48, resized by both) — the posterior's mean (the pipeline's sample() made its
+    mode); one prompt: the pipeline's posterior draws after torch.manual_seed(11), diffkit's from control_seed 11."""
+    from PIL import Image
+    pipe, _, _, hunyuan, controlnet, png = controlled
+    prompts = PROMPTS[:call.pop("prompts", 2)]
+    images = [png, png.parent / "small.png"] if call["guidance_scale"] == 1.0 else [png]
+    posterior = "sample" if len(prompts) == 1 else "mean"
+    if posterior == "mean":
+        monkeypatch.setattr(diffusers.models.autoencoders.vae.DiagonalGaussianDistribution, "sample",
+                            lambda self, generator=None: self.mode())
+    noise = torch.randn(len(prompts), 4, 8, 12, generator=torch.Generator().manual_seed(1))
+    negative = call.pop("negative_prompt", None)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        theirs = pipe(prompts, control_image=[Image.open(p) for p in images], num_inference_steps=2,
+                      latents=noise.clone(), output_type="latent", use_resolution_binning=False,
+                      generator=generators_from_seed(7, len(prompts)), **SIZE,
+                      negative_prompt=None if negative is None else [negative] * len(prompts), **call).images
+    scale = call.pop("controlnet_conditioning_scale", 1.0)
+    nets = ControlNets([controlnet], [[str(p) for p in images] if len(images) > 1 else str(png)], scale)
+    ours = text_to_image(hunyuan, prompts, steps=2, latents=noise.clone(), seed=7, return_latents=True,
+                         negative_prompt=negative, controlnets=nets, control_seed=11, control_posterior=posterior,
+                         control_rows=[0, 1] if len(images) > 1 else None, **SIZE, **call)
+    assert relative_error(ours, theirs) < 1e-5  # measured 1.2e-6 (CFG), 1.1e-6 (s = 1), 1.0e-6 (drawn posterior)
+    plain = text_to_image(hunyuan, prompts, steps=2, latents=noise.clone(), seed=7, return_latents=True,
+                          negative_prompt=negative, **SIZE, **call)
+    assert relative_error(ours, plain) > 1e-3  # the ControlNet acts
+
+
+def test_sample_command_with_a_hunyuan_dit_controlnet_is_the_library_and_refuses_what_does_not_apply(
+        controlled, tmp_path, capsys):
+    """`diffkit sample --controlnet DIR --control-image PNG --controlnet-scale` on a HunyuanDiT folder writes
+    text_to_image(controlnets=, control_seed=seed)'s grid byte for byte; two ControlNets, a window, PAG with it,
+    guess mode, a ControlNet of another class or one that does not fit: one line, exit 2, no file."""
+    from diffkit.images import save_grid
+    _, folder, net_folder, hunyuan, controlnet, png = controlled
+    out = tmp_path / "grid.png"
+    flags = ["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "2", "--nrow", "1", "--steps",
+             "2", "--seed", "5", "--height", "64", "--width", "96", "--guidance-scale", "3", "--guidance-convention",
+             "diffusers", "--no-progress", "--controlnet", str(net_folder), "--control-image", str(png)]
+    assert main(flags + ["--controlnet-scale", "0.7", "--guidance-rescale", "0.5", "--out", str(out)]) == 0
+    images = text_to_image(hunyuan, [PROMPTS[0]] * 2, steps=2, seed=5, height=64, width=96, guidance_scale=3.0,
+                           guidance_rescale=0.5, output_range="-1,1", control_seed=5,
+                           controlnets=ControlNets([controlnet], [str(png)], 0.7))
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert_control_refusals(flags, net_folder, folder / "transformer", png, tmp_path, capsys, "HunyuanDiT",
+                            "HunyuanDiTControlNetPipeline", "HunyuanDiT2DControlNetModel", "HunyuanDiT2DModel")
+
+
+def test_controlnets_that_do_not_fit_are_refused(controlled):
+    """A ControlNet whose blocks are not the transformer's long skips, or of another text width: one line."""
+    _, _, _, hunyuan, controlnet, png = controlled
+    torch.manual_seed(0)
+    for change, expected in (({"transformer_num_layers": 6}, "2 blocks but this HunyuanDiT folder's transformer a "
+                                                              "width of 16 and 1 long skips"),
+                             ({"pooled_projection_dim": 8}, "pooled_projection_dim=8 but this HunyuanDiT")):
+        other = diffusers.HunyuanDiT2DControlNetModel.from_config({**controlnet.config, **change})
+        with pytest.raises(DiffkitError, match=expected):
+            text_to_image(hunyuan, "hot", steps=1, controlnets=ControlNets([other], [str(png)]), **SIZE)
+    with pytest.raises(DiffkitError, match="control_posterior='x' is not allowed"):
+        text_to_image(hunyuan, "hot", steps=1, controlnets=ControlNets([controlnet], [str(png)]),
+                      control_posterior="x")
