@@ -32,3 +32,28 @@ class QwenImageFamily(Family):
     def functions() -> tuple:
         from ..interop.qwen_image import image_to_image, text_to_image
         return text_to_image, image_to_image
+
+
+def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
+               ip_adapter=None, **options):
+    """:func:`._chroma.edit_chroma`'s image_to_image call on :func:`diffkit.interop.qwen_image_edit.edit_image`; the
+    arguments an Edit folder does not take come from flags it refuses first (``edit_flags``), at their defaults."""
+    from ..interop.qwen_image_edit import edit_image
+    return edit_image(model, images, prompts, **options)
+
+
+class QwenImageEditFamily(QwenImageFamily):
+    """A Qwen-Image-Edit folder's (QwenImageEditPipeline): ``diffkit edit`` only, each image resized to its aspect
+    ratio at 1024^2 pixels (``--max-area``: another area; :func:`diffkit.interop.qwen_image_edit.edit_image`); no mask, strength, posterior, size
+    or text length (the pipeline has none)."""
+
+    kind, samples, resizes = "Qwen-Image-Edit", False, True
+    edit_takes = ("--images, --prompt (the instruction), --negative-prompt (true CFG), --guidance-scale "
+                  "(--guidance-convention), --max-area, --lora, --steps, --sampler and its grid options, --eta")
+    edit_flags = QwenImageFamily.edit_flags - {"mask", "strength", "posterior", "max_sequence_length", "height",
+                                               "width"} | {"max_area"}
+
+    @staticmethod
+    def functions() -> tuple:
+        from ..interop.qwen_image import text_to_image
+        return text_to_image, _edit_call
