@@ -44,8 +44,8 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
 
 class QwenImageEditFamily(QwenImageFamily):
     """A Qwen-Image-Edit folder's (QwenImageEditPipeline): ``diffkit edit`` only, each image resized to its aspect
-    ratio at 1024^2 pixels (``--max-area``: another area; :func:`diffkit.interop.qwen_image_edit.edit_image`); no mask, strength, posterior, size
-    or text length (the pipeline has none)."""
+    ratio at 1024^2 pixels (``--max-area``: another area; :func:`diffkit.interop.qwen_image_edit.edit_image`); no
+    mask, strength, posterior, size or text length (the pipeline has none)."""
 
     kind, samples, resizes = "Qwen-Image-Edit", False, True
     edit_takes = ("--images, --prompt (the instruction), --negative-prompt (true CFG), --guidance-scale "
