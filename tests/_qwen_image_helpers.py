@@ -33,10 +33,11 @@ def tiny_qwen_tokenizer(vision: bool = False):
     return tokenizer
 
 
-def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False):
+def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False, plus: bool = False):
     """A QwenImagePipeline of random weights (module docstring); z_dim 4, transformer in_channels 16. ``edit``: a
     QwenImageEditPipeline, its tokenizer with the vision tokens (the config's ids) and a ``Qwen2VLProcessor`` of
-    the PIL image processor (no torchvision) with the vision tower's patches (2 x 2, no merge, one frame)."""
+    the PIL image processor (no torchvision) with the vision tower's patches (2 x 2, no merge, one frame); ``plus``:
+    a QwenImageEditPlusPipeline of the same parts."""
     torch.manual_seed(0)
     tokenizer = tiny_qwen_tokenizer(edit)
     names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -69,7 +70,9 @@ def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False):
         with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class", lambda *_: None):
             # (its video_processor class check imports torchvision, not installed here; no video is processed)
             parts["processor"] = transformers.Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer)
-    pipe = (diffusers.QwenImageEditPipeline if edit else diffusers.QwenImagePipeline)(**parts)
+    kind = diffusers.QwenImageEditPlusPipeline if plus else diffusers.QwenImageEditPipeline if edit else \
+        diffusers.QwenImagePipeline
+    pipe = kind(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -28,6 +28,8 @@ from test_interop_diffusers import relative_error  # noqa: E402
 AREA = 2048  # 40 x 24 inputs -> 64 x 32 (ratio 5 / 3), latents 8 x 16 (f = 4), 32 packed tokens
 PROMPTS = ["make it a cat", "hot dog"]  # of unequal lengths: a padded batch, the mask passed
 edit_module = pytest.importorskip("diffusers.pipelines.qwenimage.pipeline_qwenimage_edit")
+plus_module = pytest.importorskip("diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus")
+PLUS_AREAS = {1024 * 1024: AREA, 384 * 384: 1024}  # the Plus pipeline's VAE / condition areas in the tests
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +47,56 @@ def small_area(monkeypatch):
     """The pipeline's calculate_dimensions at AREA pixels instead of 1024^2."""
     original = edit_module.calculate_dimensions
     monkeypatch.setattr(edit_module, "calculate_dimensions", lambda area, ratio: original(AREA, ratio))
+
+
+@pytest.fixture(scope="session")
+def plus_folder(tmp_path_factory):
+    """(in-memory QwenImageEditPlusPipeline, diffkit's QwenImageEdit of its saved folder, the folder): the edit
+    folder's parts."""
+    path = tmp_path_factory.mktemp("qwen_image_edit_plus") / "plus"
+    pipe = tiny_qwen_image_pipeline(edit=True, plus=True)
+    save_qwen_image_edit(pipe, path)
+    return pipe, load_qwen_image(path, progress=False), path
+
+
+def test_edit_plus_matches_the_pipeline(plus_folder, edit_folder, monkeypatch):
+    """QwenImageEditPlusPipeline (2509) with two images of other ratios: "Picture i: " and each image's vision tokens
+    before the prompt (each at its ratio on the condition area), both images' latents after z_t's (each at its ratio
+    on the VAE area, its own img_shapes entry), the last image's size; true CFG against a negative prompt."""
+    pipe, model, _ = plus_folder
+    original = plus_module.calculate_dimensions
+    monkeypatch.setattr(plus_module, "calculate_dimensions", lambda area, ratio: original(PLUS_AREAS[area], ratio))
+    images = [edit_folder[3][0], edit_folder[3][1].resize((24, 40))]  # W x H 40 x 24, 24 x 40: output H x W 64 x 32
+    noise = torch.randn(1, 4, 16, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = pipe(images, PROMPTS[0], negative_prompt="blurry", true_cfg_scale=3.0, num_inference_steps=3,
+                      latents=pack_latents(noise), output_type="latent").images
+    theirs = unpack_latents(theirs, 16, 8)
+    ours = edit_image(model, images, PROMPTS[0], area=AREA, condition_area=1024, steps=3, latents=noise.clone(),
+                      negative_prompt="blurry", guidance_scale=3.0, return_latents=True)
+    assert theirs.abs().max() > 0.5 and relative_error(ours, theirs) < 1e-5
+    with pytest.raises(DiffkitError, match="one prompt seeing its images .the pipeline's batch 1.: 2 prompts"):
+        edit_image(model, images, PROMPTS, area=AREA, condition_area=1024)
+
+
+def test_edit_command_on_a_plus_folder_edits_each_image_alone(plus_folder, edit_folder, tmp_path, monkeypatch):
+    """``diffkit edit`` on a Plus folder: image i alone (the pipeline's batch 1) from seed + i, byte for byte."""
+    import diffkit.interop.qwen_image_edit as module
+    monkeypatch.setitem(module.edit_image.__kwdefaults__, "condition_area", 1024)  # (384^2: too large here)
+    _, model, path = plus_folder
+    images = edit_folder[3]
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for i, image in enumerate(images):
+        image.save(inputs / f"{i}.png")
+    assert main(["edit", "--checkpoint", str(path), "--images", str(inputs), "--prompt", "x", "--steps", "2",
+                 "--seed", "4", "--max-area", str(AREA),
+                 "--out", str(out), "--no-progress"]) == 0
+    expected = torch.cat([edit_image(model, image, "x", area=AREA, steps=2, seed=4 + i, output_range="-1,1")
+                          for i, image in enumerate(images)])
+    save_images(expected, tmp_path / "expected", prefix="edit")
+    assert [p.read_bytes() for p in sorted(out.iterdir())] == \
+        [p.read_bytes() for p in sorted((tmp_path / "expected").iterdir())]
 
 
 def pipeline_edit(pipe, image, prompt, noise, **call):
@@ -128,7 +180,7 @@ def test_edit_command_is_the_library_and_refuses_what_does_not_apply(edit_folder
 @pytest.mark.parametrize("change,expected", [
     ({"processor": None}, "lacks the Qwen-Image component(s) processor"),
     ({"processor": ["transformers", "AutoProcessor"]}, "processor is a 'AutoProcessor'; allowed: Qwen2VLProcessor"),
-    ({"_class_name": "QwenImageEditPlusPipeline"}, "is not a Qwen-Image folder")])
+    ({"_class_name": "QwenImageEditInpaintPipeline"}, "is not a Qwen-Image folder")])
 def test_edit_folders_diffkit_does_not_drive_are_refused(edit_folder, tmp_path, change, expected):
     copy = tmp_path / "copy"
     shutil.copytree(edit_folder[1], copy)

@@ -66,7 +66,8 @@ def folder_family(directory) -> Optional[type]:
     if is_qwen_image_folder(directory):
         from ..interop.sd_xl import pipeline_class
         from ._qwen_image import QwenImageEditFamily, QwenImageFamily
-        return QwenImageEditFamily if pipeline_class(directory) == "QwenImageEditPipeline" else QwenImageFamily
+        from ..interop.qwen_image import EDIT_PIPELINES
+        return QwenImageEditFamily if pipeline_class(directory) in EDIT_PIPELINES else QwenImageFamily
     if is_z_image_folder(directory):
         from ._z_image import ZImageFamily
         return ZImageFamily

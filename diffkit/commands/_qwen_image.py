@@ -37,9 +37,16 @@ class QwenImageFamily(Family):
 def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
                ip_adapter=None, **options):
     """:func:`._chroma.edit_chroma`'s image_to_image call on :func:`diffkit.interop.qwen_image_edit.edit_image`; the
-    arguments an Edit folder does not take come from flags it refuses first (``edit_flags``), at their defaults."""
+    arguments an Edit folder does not take come from flags it refuses first (``edit_flags``), at their defaults. A
+    Plus folder's edits one image each (the pipeline's batch 1; image i from seed + i, as a batch draws it)."""
+    import torch
+
     from ..interop.qwen_image_edit import edit_image
-    return edit_image(model, images, prompts, **options)
+    if not model.plus:
+        return edit_image(model, images, prompts, **options)
+    seed = options.pop("seed")
+    return torch.cat([edit_image(model, images[i:i + 1], prompts[i], seed=seed + i, **options)
+                      for i in range(images.shape[0])])
 
 
 class QwenImageEditFamily(QwenImageFamily):

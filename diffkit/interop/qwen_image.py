@@ -46,8 +46,8 @@ from .chroma import Chroma
 from .flow_latents import load_flow_parts
 from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
-QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline",
-                        "QwenImageEditPipeline")  # the last: .qwen_image_edit's (a processor/ component too)
+EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # .qwen_image_edit's (a processor/ too)
+QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES
 QWEN_IMAGE_CLASSES = {"transformer": ("QwenImageTransformer2DModel",), "vae": ("AutoencoderKLQwenImage",),
                       "text_encoder": ("Qwen2_5_VLForConditionalGeneration",),
                       "tokenizer": ("Qwen2Tokenizer", "Qwen2TokenizerFast"),
@@ -70,8 +70,9 @@ class QwenImageNet(torch.nn.Module):
     unpacked latents z (B, C, h, w): packed, ``timestep`` t / 1000, the text states and mask, ``img_shapes``; with
     ``scale`` s > 1 and the negative prompt's ``null_context`` the pipeline's true CFG on the packed predictions
     (:func:`diffkit.guidance.norm_matched_cfg`: its norms run over the packed channels, one per 2 x 2 patch); the
-    velocity unpacked, in z's dtype. ``reference`` (B or 1, C, h', w'): an edit's image latents, packed after z's
-    tokens with their own ``img_shapes`` entry, the prediction kept on z's tokens (QwenImageEditPipeline's)."""
+    velocity unpacked, in z's dtype. ``reference`` (B or 1, C, h', w'), or a list of them: an edit's image latents,
+    packed after z's tokens in order, each with its own ``img_shapes`` entry, the prediction kept on z's tokens
+    (QwenImageEditPipeline's; QwenImageEditPlusPipeline's several images)."""
 
     def __init__(self, transformer, scale: float = 1.0):
         super().__init__()
@@ -94,9 +95,10 @@ class QwenImageNet(torch.nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         packed, timestep, shapes = pack_latents(x.to(dtype)), t.to(dtype) / 1000, [[(1, h // 2, w // 2)]] * b
         tokens = packed.shape[1]
-        if reference is not None:  # Qwen-Image-Edit's: the input image's tokens after the noisy ones (.qwen_image_edit)
-            packed = torch.cat([packed, pack_latents(reference.to(packed)).expand(b, -1, -1)], dim=1)
-            shapes = [[shapes[0][0], (1, reference.shape[2] // 2, reference.shape[3] // 2)]] * b
+        if reference is not None:  # Qwen-Image-Edit's: the input images' tokens after the noisy ones (.qwen_image_edit)
+            refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+            packed = torch.cat([packed] + [pack_latents(r.to(packed)).expand(b, -1, -1) for r in refs], dim=1)
+            shapes = [shapes[0] + [(1, r.shape[2] // 2, r.shape[3] // 2) for r in refs]] * b
         out = self._call(packed, timestep, context, mask, shapes)[:, :tokens]
         if self.scale > 1 and null_context is not None:
             out = norm_matched_cfg(out, self._call(packed, timestep, null_context, null_mask, shapes)[:, :tokens],
@@ -244,7 +246,7 @@ def check_qwen_image_folder(directory) -> tuple:
     if index is None or index.get("_class_name") not in QWEN_IMAGE_PIPELINES:
         raise DiffkitError(f"{directory} is not a Qwen-Image folder (model_index.json naming one of "
                            f"{', '.join(QWEN_IMAGE_PIPELINES)})")
-    edit = index.get("_class_name") == "QwenImageEditPipeline"
+    edit = index.get("_class_name") in EDIT_PIPELINES
     check_classes(directory, index, REQUIRED + ("processor",) * edit, "Qwen-Image",
                   {**QWEN_IMAGE_CLASSES, **({"processor": ("Qwen2VLProcessor",)} if edit else {})})
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
@@ -280,9 +282,10 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     for name in ("transformer", "vae", "text_encoder"):
         parts[name].to(device).eval().requires_grad_(False)
     kind, more = QwenImage, {}
-    if index.get("_class_name") == "QwenImageEditPipeline":
+    if index.get("_class_name") in EDIT_PIPELINES:
         from .qwen_image_edit import QwenImageEdit, load_image_processor
-        kind, more = QwenImageEdit, {"image_processor": load_image_processor(directory)}
+        kind, more = QwenImageEdit, {"image_processor": load_image_processor(directory),
+                                     "plus": index["_class_name"] == "QwenImageEditPlusPipeline"}
     model = kind(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
                  dtype=dtype, **more)
     width, text = model.transformer.config.joint_attention_dim, model.text_encoder.config.text_config.hidden_size

@@ -41,9 +41,12 @@ EDIT_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input ima
                  "image. Generate a new image that meets the user's requirements while maintaining consistency with "
                  "the original input where appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>"
                  "<|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n")  # QwenImageEditPipeline's
-EDIT_DROP = 64  # its prompt_template_encode_start_idx
+PLUS_TEMPLATE = EDIT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "")  # ...EditPlusPipeline's
+PICTURE = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"  # its img_prompt_template, before the prompt
+EDIT_DROP = 64  # their prompt_template_encode_start_idx
 IMAGE_TOKEN = "<|image_pad|>"
-EDIT_AREA = 1024 * 1024  # calculate_dimensions' target area
+EDIT_AREA = 1024 * 1024  # calculate_dimensions' target area (the Plus pipeline's VAE_IMAGE_SIZE)
+CONDITION_AREA = 384 * 384  # the Plus pipeline's CONDITION_IMAGE_SIZE: the prompt's images
 
 
 def calculated_size(width: int, height: int, area: int = EDIT_AREA) -> tuple:
@@ -73,24 +76,38 @@ class QwenImageEdit(QwenImage):
     encoded with the image they edit (:meth:`encode_prompts`)."""
 
     image_processor: object = None
+    plus: bool = False  # QwenImageEditPlusPipeline's folder: one prompt seeing several images
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length=None, images=None) -> tuple:
-        """(context, mask or None) of ``prompts`` each seeing its image of ``images`` (PIL, one per prompt) as the
-        pipeline's ``_get_qwen_prompt_embeds``: the edit template, the image's patches, ``<|image_pad|>`` repeated
-        t h w / m^2 times for image i as ``Qwen2VLProcessor`` does, the first 64 states dropped; never cut."""
+        """(context, mask or None) of ``prompts`` each seeing its image of ``images`` (PIL, one per prompt; ``plus``:
+        one prompt seeing all, each as "Picture i: " and its vision tokens before the prompt) as the pipeline's
+        ``_get_qwen_prompt_embeds``: the edit template, the images' patches, the k-th ``<|image_pad|>`` repeated
+        t h w / m^2 times of image k as ``Qwen2VLProcessor`` does, the first 64 states dropped; never cut."""
         from .stable_diffusion import prompt_list
         prompts = prompt_list(prompts)
-        if images is None or len(images) != len(prompts):
+        if self.plus and (len(prompts) != 1 or not images):
+            raise DiffkitError(f"a Qwen-Image-Edit-Plus edit is one prompt seeing its images (the pipeline's batch "
+                               f"1): {len(prompts)} prompts, {len(images or ())} images are not allowed")
+        if not self.plus and (images is None or len(images) != len(prompts)):
             raise DiffkitError(f"a Qwen-Image-Edit prompt sees its image: give one image per prompt ({len(prompts)}), "
                                f"not {0 if images is None else len(images)}")
         pixels = self.image_processor(images=list(images), return_tensors="pt")
         merge = int(self.image_processor.merge_size) ** 2
-        texts = [EDIT_TEMPLATE.format(p).replace(IMAGE_TOKEN, IMAGE_TOKEN * (int(g.prod()) // merge))
-                 for p, g in zip(prompts, pixels["image_grid_thw"])]
+        counts = iter(int(g.prod()) // merge for g in pixels["image_grid_thw"])
+        pictures = "".join(PICTURE.format(i + 1) for i in range(len(images)))
+        texts = [PLUS_TEMPLATE.format(pictures + p) if self.plus else EDIT_TEMPLATE.format(p) for p in prompts]
+        texts = [_expanded(text, counts) for text in texts]
         tokens = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         dtype = self.text_encoder.dtype
         return self.kept_states(tokens, EDIT_DROP, None, pixel_values=pixels["pixel_values"].to(self.device, dtype),
                                 image_grid_thw=pixels["image_grid_thw"].to(self.device))
+
+
+def _expanded(text: str, counts) -> str:
+    """``text`` with its k-th ``<|image_pad|>`` repeated by the k-th of ``counts`` (an iterator over all texts' pads in
+    order), as ``Qwen2VLProcessor`` expands the image tokens."""
+    first, *rest = text.split(IMAGE_TOKEN)
+    return first + "".join(IMAGE_TOKEN * next(counts) + part for part in rest)
 
 
 def _pil_images(images) -> list:
@@ -104,16 +121,26 @@ def _pil_images(images) -> list:
     return [image.convert("RGB") for image in ([images] if isinstance(images, Image.Image) else images)]
 
 
+def _pixels(images) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] of PIL images of one size, as ``VaeImageProcessor.preprocess``: x / 255 * 2 - 1."""
+    import numpy as np
+    pixels = torch.stack([torch.from_numpy(np.array(image).astype(np.float32) / 255.0) for image in images])
+    return 2.0 * pixels.permute(0, 3, 1, 2) - 1.0
+
+
 def edit_image(model: QwenImageEdit, images, prompts: Union[str, Sequence[str]], *, area: int = EDIT_AREA,
-               height: Optional[int] = None, width: Optional[int] = None, **options) -> torch.Tensor:
+               condition_area: int = CONDITION_AREA, height: Optional[int] = None, width: Optional[int] = None,
+               **options) -> torch.Tensor:
     """``images`` (PIL images or (B, 3, H, W) in [-1, 1]; all resized to the first one's calculated size) edited by
     ``prompts`` (one, or one per image) as ``QwenImageEditPipeline`` (module docstring) with any diffkit sampler.
+    A Plus folder (``QwenImageEditPlusPipeline``): one edit of one prompt seeing all ``images``, each resized at its
+    own ratio to ``condition_area`` (384^2) for the prompt and to ``area`` for its latents (in order after z_t's), the
+    output of the last image's calculated size.
 
     area: the calculated size's target (default 1024^2); height / width: the output's, default the calculated
     size, floored to multiples of 2 f. options: :func:`.qwen_image.text_to_image`'s (sampler, steps, guidance_scale,
     convention, negative_prompt, seed, latents (unpacked z at s = 1), output_range, return_latents, ...), its
     ``max_sequence_length`` excepted (the pipeline applies none)."""
-    import numpy as np
     from PIL import Image
 
     from .flow_latents import edit_prompts
@@ -123,19 +150,24 @@ def edit_image(model: QwenImageEdit, images, prompts: Union[str, Sequence[str]],
     if "max_sequence_length" in options:
         raise DiffkitError("max_sequence_length is not allowed for a Qwen-Image-Edit folder "
                            "(QwenImageEditPipeline applies none)")
-    if isinstance(area, bool) or not isinstance(area, int) or area < 32 * 32:
-        raise DiffkitError(f"area={area!r} is not allowed; give an integer of at least 1024 pixels (default 1024^2)")
+    for name, value in (("area", area), ("condition_area", condition_area)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 32 * 32:
+            raise DiffkitError(f"{name}={value!r} is not allowed; give an integer of at least 1024 pixels")
     pil = _pil_images(images)
-    width0, height0 = calculated_size(*pil[0].size, area)
-    prompts = edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts)
+    width0, height0 = calculated_size(*pil[-1 if model.plus else 0].size, area)
     multiple = 2 * model.vae_scale_factor
     height, width = (height or height0) // multiple * multiple, (width or width0) // multiple * multiple
-    resized = [image.resize((width0, height0), resample=Image.LANCZOS) for image in pil]  # VaeImageProcessor.resize
-    pixels = torch.stack([torch.from_numpy(np.array(image).astype(np.float32) / 255.0) for image in resized])
-    reference = model.encode(2.0 * pixels.permute(0, 3, 1, 2) - 1.0)  # the posterior's mode
-    return text_to_image(model, prompts, height=height, width=width,
-                         guide={"images": resized, "reference": reference}, **options)
+    if model.plus:  # each image at its own ratio: the prompt's at condition_area, the latents' at area
+        seen = [im.resize(calculated_size(*im.size, condition_area), resample=Image.LANCZOS) for im in pil]
+        reference = [model.encode(_pixels([im.resize(calculated_size(*im.size, area), resample=Image.LANCZOS)]))
+                     for im in pil]
+    else:  # VaeImageProcessor.resize: every image at the first one's size, the posterior's mode
+        prompts = edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts)
+        seen = [image.resize((width0, height0), resample=Image.LANCZOS) for image in pil]
+        reference = model.encode(_pixels(seen))
+    return text_to_image(model, prompts, height=height, width=width, guide={"images": seen, "reference": reference},
+                         **options)
 
 
-__all__ = ["QwenImageEdit", "edit_image", "calculated_size", "load_image_processor", "EDIT_TEMPLATE", "EDIT_DROP",
-           "EDIT_AREA"]
+__all__ = ["QwenImageEdit", "edit_image", "calculated_size", "load_image_processor", "EDIT_TEMPLATE", "PLUS_TEMPLATE",
+           "EDIT_DROP", "EDIT_AREA", "CONDITION_AREA"]
