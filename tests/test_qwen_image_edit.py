@@ -135,6 +135,9 @@ def test_prompt_states_reference_size_and_refusals(edit_folder):
         theirs, their_mask = pipe.encode_prompt(PROMPTS, image=resized)
     context, mask = model.encode_prompts(PROMPTS, images=resized)
     assert context.shape[1] > 512 and torch.equal(mask, their_mask) and relative_error(context, theirs) < 1e-6
+    pixels = torch.stack([torch.from_numpy(np.array(image)) for image in resized]).permute(0, 3, 1, 2) / 255 * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model.encode(pixels), pipe._encode_vae_image(pixels[:, :, None], None)[:, :, 0])
     for width, height in [(40, 24), (1024, 1024), (1920, 1080), (333, 1000)]:
         assert calculated_size(width, height) == edit_module.calculate_dimensions(1024 * 1024, width / height)[:2]
     for call, expected in [

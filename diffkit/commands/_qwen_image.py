@@ -1,7 +1,8 @@
 """``diffkit sample --checkpoint QWEN_IMAGE_FOLDER --prompt TEXT`` and ``diffkit edit --checkpoint QWEN_IMAGE_FOLDER
 --images PNG|DIR --prompt TEXT``: a Qwen-Image diffusers folder (:mod:`diffkit.interop.qwen_image`) as
 ``QwenImagePipeline`` / ``QwenImageImg2ImgPipeline`` / ``QwenImageInpaintPipeline`` with any diffkit sampler:
-Chroma's command code (:mod:`._chroma`) with Qwen-Image's :class:`QwenImageFamily`, dispatched from
+Chroma's command code (:mod:`._chroma`) with Qwen-Image's :class:`QwenImageFamily` (a Qwen-Image-Edit folder's
+instruction edits: :class:`QwenImageEditFamily`), dispatched from
 :func:`diffkit.commands.sample.sample_to_files` and :func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
 
 
 class QwenImageEditFamily(QwenImageFamily):
-    """A Qwen-Image-Edit folder's (QwenImageEditPipeline): ``diffkit edit`` only, each image resized to its aspect
-    ratio at 1024^2 pixels (``--max-area``: another area; :func:`diffkit.interop.qwen_image_edit.edit_image`); no
-    mask, strength, posterior, size or text length (the pipeline has none)."""
+    """A Qwen-Image-Edit folder's (QwenImageEditPipeline / QwenImageEditPlusPipeline): ``diffkit edit`` only, each
+    image resized to its aspect ratio at 1024^2 pixels (``--max-area``: another area;
+    :func:`diffkit.interop.qwen_image_edit.edit_image`); no mask, strength, posterior, size or text length (the
+    pipeline has none)."""
 
     kind, samples, resizes = "Qwen-Image-Edit", False, True
     edit_takes = ("--images, --prompt (the instruction), --negative-prompt (true CFG), --guidance-scale "

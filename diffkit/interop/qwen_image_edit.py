@@ -1,5 +1,6 @@
-"""A Qwen-Image-Edit diffusers folder (``QwenImageEditPipeline``, diffusers 0.42.1): an image edited by an instruction
-with any diffkit sampler, on :mod:`.qwen_image`'s loading, network, true CFG and flow grid.
+"""A Qwen-Image-Edit diffusers folder (``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline``, diffusers 0.42.1):
+an image edited by an instruction with any diffkit sampler, on :mod:`.qwen_image`'s loading, network, true CFG and
+flow grid.
 
 Qwen-Image-Edit (Wu et al. 2025, "Qwen-Image Technical Report", sec. 5 "image editing") conditions the Qwen-Image
 MMDiT twice on the input image: its Qwen2.5-VL prompt *sees* the image (semantics), and the image's VAE latents are
@@ -19,10 +20,13 @@ fed as extra tokens beside the noisy ones (appearance). As the pipeline's ``__ca
   velocity kept on z_t's tokens (:class:`.qwen_image.QwenImageNet`'s ``reference``); true CFG with its norm
   rescaling and the flow grid (mu of z_t's length) as Qwen-Image's text-to-image; 50 steps, s = 4.0.
 
+Plus (``QwenImageEditPlusPipeline``, 2509): one prompt (batch 1) sees several images, "Picture i: " and image i's
+vision tokens before the prompt (its template has none), each image at its own ratio on 384^2 pixels for the prompt
+and 1024^2 for its latents, all latents after z_t's with their own ``img_shapes`` entries; the last image's size.
+
 diffkit reads ``processor/`` with transformers' PIL image processor (``Qwen2VLImageProcessorPil``; it needs no
-torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer.
-``QwenImageEditPlusPipeline`` (2509, several images) and the 2511 transformer are refused
-(:func:`.qwen_image.check_qwen_image_folder`).
+torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer. The 2511
+transformer (``zero_cond_t``) is refused (:func:`.qwen_image.check_qwen_image_folder`).
 """
 from __future__ import annotations
 
