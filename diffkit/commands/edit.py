@@ -46,7 +46,8 @@ ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (
 ``--max-area``; a Plus folder edits each image alone; ``diffkit.interop.qwen_image_edit``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
 ``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). With ``--mask``, ``--padding-mask-crop N`` inpaints
-the mask's box and pastes it back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop`` (``diffkit.interop.mask_crop``).
+the mask's box and pastes it back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop``
+(``diffkit.interop.mask_crop``).
 A Stable Diffusion / SD-XL folder whose UNet takes 8 channels (InstructPix2Pix) is edited as
 StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the images' latents in every UNet call,
 ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no ``--strength`` or ``--mask``;
