@@ -193,7 +193,7 @@ LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.inter
                                                     (HUNYUAN_DIT, ["HunyuanDiTPipeline"], "HD"),
                                                     (KOLORS, ["KolorsPipeline", "KolorsImg2ImgPipeline",
                                                               "KolorsPAGPipeline"], "KO"),
-                                                    (QWEN_IMAGE, ["QwenImagePipeline"], "QI"),
+                                                    (QWEN_IMAGE, ["QwenImagePipeline", "QwenImageEditPipeline / Plus"], "QI"),
                                                     (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
                                                     (Z_IMAGE, ["ZImagePipeline / Img2Img / Inpaint"], "ZI"),
                                                     (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV"),

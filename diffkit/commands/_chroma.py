@@ -38,6 +38,7 @@ class Family:
     options."""
 
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
+    samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -64,8 +65,10 @@ def folder_family(directory) -> Optional[type]:
     if is_chroma_folder(directory):
         return Family
     if is_qwen_image_folder(directory):
-        from ._qwen_image import QwenImageFamily
-        return QwenImageFamily
+        from ..interop.sd_xl import pipeline_class
+        from ._qwen_image import QwenImageEditFamily, QwenImageFamily
+        from ..interop.qwen_image import EDIT_PIPELINES
+        return QwenImageEditFamily if pipeline_class(directory) in EDIT_PIPELINES else QwenImageFamily
     if is_z_image_folder(directory):
         from ._z_image import ZImageFamily
         return ZImageFamily
@@ -168,11 +171,14 @@ def edit_chroma(args, family=Family) -> int:
     chroma = family.load(directory, device, args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
     image_to_image = family.functions()[1]
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
-    chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
+    if not family.resizes:
+        chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     how_guided = {**_guidance(request), **family.guide(request)}
     chroma.check_guidance_scale(how_guided["guidance_scale"])
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
+
+    area = {"area": args.max_area} if family.resizes and args.max_area else {}  # Qwen-Image-Edit's target area
 
     def edit(start: int, n: int):
         prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
@@ -181,13 +187,14 @@ def edit_chroma(args, family=Family) -> int:
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
                                seed=args.seed + start, max_sequence_length=args.max_sequence_length,
                                output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how_guided,
-                               **({} if own else options)).cpu(),)
+                               **area, **({} if own else options)).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    strength = args.strength or (chroma.img2img_defaults if mask is None else chroma.inpaint_defaults)[1]
+    strength = "" if family.resizes else \
+        f", strength {args.strength or (chroma.img2img_defaults if mask is None else chroma.inpaint_defaults)[1]}"
     print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; "
-          f"{family.kind} folder {directory}, strength {strength}, {how}, prompts {list(args.prompts)})")
+          f"{family.kind} folder {directory}{strength}, {how}, prompts {list(args.prompts)})")
     return 0

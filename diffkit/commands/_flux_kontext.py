@@ -16,7 +16,9 @@ def add_kontext_flags(parser) -> None:
     parser.add_argument("--max-area", type=positive_int, metavar="PIXELS",
                         help="FLUX.1 Kontext folders: the edit's area in pixels (FluxKontextPipeline's max_area, "
                              "default 1024^2); --height / --width (default 1024 each) then only give its aspect "
-                             "ratio, as the pipeline's")
+                             "ratio, as the pipeline's; Qwen-Image-Edit folders: the area each input is resized to "
+                             "at its aspect ratio (QwenImageEditPipeline's calculate_dimensions target, fixed there "
+                             "at 1024^2, the default)")
     parser.add_argument("--no-auto-resize", action="store_true",
                         help="FLUX.1 Kontext folders: keep the image's own size (floored to a multiple of 16) instead "
                              "of the preferred Kontext resolution of its aspect ratio (the pipeline's "

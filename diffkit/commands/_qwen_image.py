@@ -1,7 +1,8 @@
 """``diffkit sample --checkpoint QWEN_IMAGE_FOLDER --prompt TEXT`` and ``diffkit edit --checkpoint QWEN_IMAGE_FOLDER
 --images PNG|DIR --prompt TEXT``: a Qwen-Image diffusers folder (:mod:`diffkit.interop.qwen_image`) as
 ``QwenImagePipeline`` / ``QwenImageImg2ImgPipeline`` / ``QwenImageInpaintPipeline`` with any diffkit sampler:
-Chroma's command code (:mod:`._chroma`) with Qwen-Image's :class:`QwenImageFamily`, dispatched from
+Chroma's command code (:mod:`._chroma`) with Qwen-Image's :class:`QwenImageFamily` (a Qwen-Image-Edit folder's
+instruction edits: :class:`QwenImageEditFamily`), dispatched from
 :func:`diffkit.commands.sample.sample_to_files` and :func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
@@ -32,3 +33,36 @@ class QwenImageFamily(Family):
     def functions() -> tuple:
         from ..interop.qwen_image import image_to_image, text_to_image
         return text_to_image, image_to_image
+
+
+def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
+               ip_adapter=None, **options):
+    """:func:`._chroma.edit_chroma`'s image_to_image call on :func:`diffkit.interop.qwen_image_edit.edit_image`; the
+    arguments an Edit folder does not take come from flags it refuses first (``edit_flags``), at their defaults. A
+    Plus folder's edits one image each (the pipeline's batch 1; image i from seed + i, as a batch draws it)."""
+    import torch
+
+    from ..interop.qwen_image_edit import edit_image
+    if not model.plus:
+        return edit_image(model, images, prompts, **options)
+    seed = options.pop("seed")
+    return torch.cat([edit_image(model, images[i:i + 1], prompts[i], seed=seed + i, **options)
+                      for i in range(images.shape[0])])
+
+
+class QwenImageEditFamily(QwenImageFamily):
+    """A Qwen-Image-Edit folder's (QwenImageEditPipeline / QwenImageEditPlusPipeline): ``diffkit edit`` only, each
+    image resized to its aspect ratio at 1024^2 pixels (``--max-area``: another area;
+    :func:`diffkit.interop.qwen_image_edit.edit_image`); no mask, strength, posterior, size or text length (the
+    pipeline has none)."""
+
+    kind, samples, resizes = "Qwen-Image-Edit", False, True
+    edit_takes = ("--images, --prompt (the instruction), --negative-prompt (true CFG), --guidance-scale "
+                  "(--guidance-convention), --max-area, --lora, --steps, --sampler and its grid options, --eta")
+    edit_flags = QwenImageFamily.edit_flags - {"mask", "strength", "posterior", "max_sequence_length", "height",
+                                               "width"} | {"max_area"}
+
+    @staticmethod
+    def functions() -> tuple:
+        from ..interop.qwen_image import text_to_image
+        return text_to_image, _edit_call

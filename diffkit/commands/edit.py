@@ -41,10 +41,13 @@ FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 f
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
 ``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
-(strength 0.6; ``diffkit.interop.qwen_image``, the same path). A Sana Sprint folder is edited as
-SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas; ``diffkit.interop.sana_sprint``,
-``._pixart.edit_sana_sprint``). With ``--mask``, ``--padding-mask-crop N`` inpaints the mask's box and pastes it
-back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop`` (``diffkit.interop.mask_crop``).
+(strength 0.6; ``diffkit.interop.qwen_image``, the same path); a Qwen-Image-Edit folder as QwenImageEditPipeline
+(the instruction's prompt sees the image, its latents beside the noisy ones, the size of its aspect ratio at 1024^2 or
+``--max-area``; a Plus folder edits each image alone; ``diffkit.interop.qwen_image_edit``). A Sana Sprint folder is
+edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
+``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). With ``--mask``, ``--padding-mask-crop N`` inpaints
+the mask's box and pastes it back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop``
+(``diffkit.interop.mask_crop``).
 A Stable Diffusion / SD-XL folder whose UNet takes 8 channels (InstructPix2Pix) is edited as
 StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the images' latents in every UNet call,
 ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no ``--strength`` or ``--mask``;
@@ -97,8 +100,8 @@ def register(sub) -> None:
                                     "a series (--series)", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers "
-                                       "folder (SD, SD-XL, SD3, FLUX.1, Chroma, Qwen-Image; docs/interop.md), or an "
-                                       "original-format SD 1.x / 2.x, SD-XL, SD3 or FLUX.1 single file "
+                                       "folder (SD, SD-XL, SD3, FLUX.1, Chroma, Qwen-Image(-Edit); docs/interop.md), "
+                                       "or an original-format SD 1.x / 2.x, SD-XL, SD3 or FLUX.1 single file "
                                        "(.safetensors) with --config FOLDER")
     p.add_argument("--config", type=path_arg, metavar="FOLDER",
                    help="with --checkpoint MODEL.safetensors (an SD / SD-XL / SD3 / FLUX.1 single file): the local "
@@ -184,8 +187,8 @@ def register(sub) -> None:
                         "window its rows' label), else the null class, if trained: p_uncond > 0)")
     g.add_argument("--prompt", dest="prompts", action="append", type=str, metavar="TEXT",
                    help="text-conditional checkpoints and diffusers folders (SD, SD-XL, SD3, FLUX.1, Kontext, Chroma): "
-                        "the prompt every image is edited towards; repeat it once per image (in the files' order) for "
-                        "one each")
+                        "the prompt every image is edited towards (Kontext, Qwen-Image-Edit: the instruction); repeat "
+                        "it once per image (in the files' order) for one each")
     g.add_argument("--negative-prompt", metavar="TEXT",
                    help="Stable Diffusion / SD-XL / SD3 / Chroma / Z-Image / Qwen-Image folders with --prompt: the "
                         "null condition of classifier-free guidance, for every image (default: the empty prompt; "

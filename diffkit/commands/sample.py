@@ -776,6 +776,10 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                      progress=progress, guidance=guidance, refused=refused, **size, **options)
     from ._chroma import folder_family
     family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image: Chroma's command code (._chroma)
+    if family is not None and not family.samples:
+        raise DiffkitError(f"{checkpoint} is a {family.kind} folder, which diffkit sample does not take (its pipeline "
+                           f"edits an image); edit with diffkit edit --checkpoint {checkpoint} --images PNG|DIR "
+                           f"--prompt TEXT")
     if masked_text_folder(checkpoint) or family:  # PixArt-α / Σ, Sana (._pixart), Chroma-like folders
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart

@@ -28,7 +28,8 @@
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, img2img and inpainting as ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``.
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
-  rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting.
+  rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
+  a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``).
 * :mod:`.flux2` - a FLUX.2 folder (``Flux2Pipeline``: Mistral-3; ``Flux2KleinPipeline``: Qwen3, real CFG) on FLUX.1's
   flow Denoiser and grid; :mod:`.flux2_reference` its reference images in context.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
@@ -98,6 +99,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image"),
             "qwen_image_text_to_image": ("qwen_image", "text_to_image"),
             "qwen_image_image_to_image": ("qwen_image", "image_to_image"),
+            "qwen_image_edit_image": ("qwen_image_edit", "edit_image"),
             "flux2_text_to_image": ("flux2", "text_to_image"),
             "z_image_text_to_image": ("z_image", "text_to_image"),
             "z_image_image_to_image": ("z_image", "image_to_image"),

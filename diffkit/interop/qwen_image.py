@@ -46,7 +46,8 @@ from .chroma import Chroma
 from .flow_latents import load_flow_parts
 from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
-QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
+EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # .qwen_image_edit's (a processor/ too)
+QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES
 QWEN_IMAGE_CLASSES = {"transformer": ("QwenImageTransformer2DModel",), "vae": ("AutoencoderKLQwenImage",),
                       "text_encoder": ("Qwen2_5_VLForConditionalGeneration",),
                       "tokenizer": ("Qwen2Tokenizer", "Qwen2TokenizerFast"),
@@ -69,7 +70,9 @@ class QwenImageNet(torch.nn.Module):
     unpacked latents z (B, C, h, w): packed, ``timestep`` t / 1000, the text states and mask, ``img_shapes``; with
     ``scale`` s > 1 and the negative prompt's ``null_context`` the pipeline's true CFG on the packed predictions
     (:func:`diffkit.guidance.norm_matched_cfg`: its norms run over the packed channels, one per 2 x 2 patch); the
-    velocity unpacked, in z's dtype."""
+    velocity unpacked, in z's dtype. ``reference`` (B or 1, C, h', w'), or a list of them: an edit's image latents,
+    packed after z's tokens in order, each with its own ``img_shapes`` entry, the prediction kept on z's tokens
+    (QwenImageEditPipeline's; QwenImageEditPlusPipeline's several images)."""
 
     def __init__(self, transformer, scale: float = 1.0):
         super().__init__()
@@ -83,16 +86,23 @@ class QwenImageNet(torch.nn.Module):
             packed.shape[0], -1, -1), encoder_hidden_states_mask=mask, img_shapes=shapes, return_dict=False)[0]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
-                null_context: torch.Tensor = None, null_mask: torch.Tensor = None) -> torch.Tensor:
+                null_context: torch.Tensor = None, null_mask: torch.Tensor = None,
+                reference: torch.Tensor = None) -> torch.Tensor:
         from ..guidance import norm_matched_cfg
         if context is None:
             raise DiffkitError("a Qwen-Image transformer needs cond {'context'} (QwenImage.prompt_guidance)")
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         packed, timestep, shapes = pack_latents(x.to(dtype)), t.to(dtype) / 1000, [[(1, h // 2, w // 2)]] * b
-        out = self._call(packed, timestep, context, mask, shapes)
+        tokens = packed.shape[1]
+        if reference is not None:  # Qwen-Image-Edit's: the input images' tokens after the noisy ones (.qwen_image_edit)
+            refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+            packed = torch.cat([packed] + [pack_latents(r.to(packed)).expand(b, -1, -1) for r in refs], dim=1)
+            shapes = [shapes[0] + [(1, r.shape[2] // 2, r.shape[3] // 2) for r in refs]] * b
+        out = self._call(packed, timestep, context, mask, shapes)[:, :tokens]
         if self.scale > 1 and null_context is not None:
-            out = norm_matched_cfg(out, self._call(packed, timestep, null_context, null_mask, shapes), self.scale)
+            out = norm_matched_cfg(out, self._call(packed, timestep, null_context, null_mask, shapes)[:, :tokens],
+                                   self.scale)
         return unpack_latents(out, h, w).to(x.dtype)
 
 
@@ -161,10 +171,16 @@ class QwenImage(Chroma):
         texts = [PROMPT_TEMPLATE.format(p) for p in prompt_list(prompts)]
         tokens = self.tokenizer(texts, max_length=TOKENIZER_MAX_LENGTH + TEMPLATE_DROP, padding=True,
                                 truncation=True, return_tensors="pt").to(self.device)
+        return self.kept_states(tokens, TEMPLATE_DROP, max_sequence_length)
+
+    def kept_states(self, tokens, drop: int, max_sequence_length: Optional[int], **inputs) -> tuple:
+        """(context, mask or None) of the language model's last hidden states on ``tokens`` (and ``inputs``: an
+        edit's image) as ``_get_qwen_prompt_embeds``: each prompt's real tokens less the first ``drop``, zero-padded
+        to the longest, cut to ``max_sequence_length`` (None: not cut, QwenImageEditPipeline's)."""
         with torch.no_grad():
             states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                                       output_hidden_states=True).hidden_states[-1]
-        kept = [s[m.bool()][TEMPLATE_DROP:] for s, m in zip(states, tokens.attention_mask)]
+                                       output_hidden_states=True, **inputs).hidden_states[-1]
+        kept = [s[m.bool()][drop:] for s, m in zip(states, tokens.attention_mask)]
         length = max(k.shape[0] for k in kept)
         context = torch.stack([torch.cat([k, k.new_zeros(length - k.shape[0], k.shape[1])]) for k in kept])
         mask = torch.stack([(torch.arange(length, device=self.device) < k.shape[0]).long() for k in kept])
@@ -173,12 +189,13 @@ class QwenImage(Chroma):
 
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                        convention: str = "diffusers", ip_adapter=None) -> tuple:
+                        convention: str = "diffusers", ip_adapter=None, images=None, reference=None) -> tuple:
         """(denoiser, cond) at latents h x w: the prompts' states (and mask), with a negative prompt (one, or one per
         prompt) and a diffusers-convention scale s > 1 (``guidance_scale``, default 4.0; ``convention="seed"`` reads
         W, s = 1 + W) the pipeline's true CFG (:class:`QwenImageNet`); without a negative prompt one unguided call
         (the pipeline's default), and a scale given > 1 there, or a negative prompt with s <= 1, is refused in one
-        line (the pipeline would ignore it). ``ip_adapter``: refused (QwenImagePipeline has no IP-Adapter loader)."""
+        line (the pipeline would ignore it). ``ip_adapter``: refused (QwenImagePipeline has no IP-Adapter loader).
+        ``images`` / ``reference``: an edit's prompt images and image latents (:mod:`.qwen_image_edit`)."""
         from ..denoiser import Denoiser
         from .stable_diffusion import negative_prompts
         if ip_adapter is not None:
@@ -194,14 +211,17 @@ class QwenImage(Chroma):
         if negative_prompt is not None and diffusers_scale <= 1:
             raise DiffkitError(f"a negative prompt with guidance_scale={scale:g} ({convention} convention) is not "
                                f"allowed: it feeds only true CFG (diffusers' scale > 1); raise the scale or drop it")
-        context, mask = self.encode_prompts(prompts, max_sequence_length)
+        seen = {} if images is None else {"images": images}
+        context, mask = self.encode_prompts(prompts, max_sequence_length, **seen)
         cond, denoiser = {"context": context}, self.denoiser_for(h, w)
+        if reference is not None:
+            cond["reference"] = reference
         if mask is not None:
             cond["mask"] = mask
         if negative_prompt is None:
             return denoiser, cond
         null_context, null_mask = self.encode_prompts(negative_prompts(negative_prompt, context.shape[0]),
-                                                      max_sequence_length)
+                                                      max_sequence_length, **seen)
         cond["null_context"] = null_context
         if null_mask is not None:
             cond["null_mask"] = null_mask
@@ -226,12 +246,14 @@ def check_qwen_image_folder(directory) -> tuple:
     if index is None or index.get("_class_name") not in QWEN_IMAGE_PIPELINES:
         raise DiffkitError(f"{directory} is not a Qwen-Image folder (model_index.json naming one of "
                            f"{', '.join(QWEN_IMAGE_PIPELINES)})")
-    check_classes(directory, index, REQUIRED, "Qwen-Image", QWEN_IMAGE_CLASSES)
+    edit = index.get("_class_name") in EDIT_PIPELINES
+    check_classes(directory, index, REQUIRED + ("processor",) * edit, "Qwen-Image",
+                  {**QWEN_IMAGE_CLASSES, **({"processor": ("Qwen2VLProcessor",)} if edit else {})})
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     for key in UNDRIVEN:
         if config.get(key, False):
             raise DiffkitError(f"{directory}'s transformer has {key}={config[key]!r}, which QwenImagePipeline does "
-                               f"not drive (a Qwen-Image-Edit / Layered model); allowed: {key}=false")
+                               f"not drive (a Qwen-Image-Edit-2511 / Layered model); allowed: {key}=false")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     latents = int(vae.get("z_dim", 16))
     channels = (config.get("in_channels", 64), config.get("out_channels", 16))
@@ -259,8 +281,13 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder"):
         parts[name].to(device).eval().requires_grad_(False)
-    model = QwenImage(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                      dtype=dtype)
+    kind, more = QwenImage, {}
+    if index.get("_class_name") in EDIT_PIPELINES:
+        from .qwen_image_edit import QwenImageEdit, load_image_processor
+        kind, more = QwenImageEdit, {"image_processor": load_image_processor(directory),
+                                     "plus": index["_class_name"] == "QwenImageEditPlusPipeline"}
+    model = kind(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
+                 dtype=dtype, **more)
     width, text = model.transformer.config.joint_attention_dim, model.text_encoder.config.text_config.hidden_size
     if width != text:
         raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the text "
