@@ -36,8 +36,9 @@ def check_kontext_flags(args) -> None:
     for flag, value in (("--max-area", args.max_area), ("--no-auto-resize", args.no_auto_resize or None),
                         ("--image-reference", args.image_reference)):
         if value is not None:
-            raise DiffkitError(f"{flag} applies to a FLUX.1 Kontext folder (FluxKontextPipeline); {args.checkpoint} "
-                               f"is not one")
+            also = " or a Qwen-Image-Edit one (diffkit's area in place of its 1024^2)" if flag == "--max-area" else ""
+            raise DiffkitError(f"{flag} applies to a FLUX.1 Kontext folder (FluxKontextPipeline){also}; "
+                               f"{args.checkpoint} is not one")
 
 
 def edit_kontext(args) -> int:
