@@ -1,0 +1,74 @@
+"""Kandinsky 2.2 folders (diffkit.interop.kandinsky): the prior (``prior_embeddings`` on a KandinskyV22PriorPipeline
+folder) and the decoder (``decode_embeddings`` on a KandinskyV22Pipeline folder) against diffusers' own pipelines
+on tiny random folders (tests/_kandinsky_helpers.py; nothing downloaded), each step's noise drawn from the same
+per-row generators; ``diffkit sample --checkpoint DECODER --prior PRIOR`` on them (the library's output byte for
+byte; flags that do not apply: one line)."""
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.kandinsky import (decode_embeddings, decoder_sampler, load_decoder, load_prior,  # noqa: E402
+                                       prior_embeddings, prior_sampler)
+from diffkit.noise import generators_from_seed  # noqa: E402
+
+from _kandinsky_helpers import tiny_decoder_pipeline, tiny_prior_pipeline  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot dog"]
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory):
+    """(prior pipeline, prior folder, KandinskyPrior, decoder pipeline, decoder folder, KandinskyDecoder), each
+    pipeline loaded from its folder."""
+    root = tmp_path_factory.mktemp("kandinsky")
+    tiny_prior_pipeline(root).save_pretrained(root / "prior")
+    tiny_decoder_pipeline().save_pretrained(root / "decoder")
+    prior = diffusers.KandinskyV22PriorPipeline.from_pretrained(root / "prior", local_files_only=True)
+    decoder = diffusers.KandinskyV22Pipeline.from_pretrained(root / "decoder", local_files_only=True)
+    for pipe in (prior, decoder):
+        pipe.set_progress_bar_config(disable=True)
+    return (prior, root / "prior", load_prior(root / "prior", progress=False),
+            decoder, root / "decoder", load_decoder(root / "decoder", progress=False))
+
+
+def prior_pair(folders, steps=3, negative_prompt=None, **call):
+    """(diffusers', diffkit's) (image_embeds, negative_image_embeds), generators seed 7 + i."""
+    pipe, _, model = folders[:3]
+    rows = len(PROMPTS) * (1 if negative_prompt is None else 2)
+    gens = generators_from_seed(7, len(PROMPTS)) * (rows // len(PROMPTS))
+    with torch.no_grad():
+        out = pipe(PROMPTS, negative_prompt=negative_prompt, num_inference_steps=steps,
+                   generator=[torch.Generator().manual_seed(g.initial_seed()) for g in gens], **call)
+    ours = prior_embeddings(model, PROMPTS, negative_prompt=negative_prompt, steps=steps, seed=7,
+                            guidance_scale=call.get("guidance_scale"))
+    return (out.image_embeds, out.negative_image_embeds), ours
+
+
+@pytest.mark.parametrize("case", [{}, {"negative_prompt": ["blurry", "dark"], "guidance_scale": 3.0},
+                                  {"guidance_scale": 1.0}])
+def test_prior_matches_pipeline(folders, case):
+    theirs, ours = prior_pair(folders, **case)
+    for a, b in zip(theirs, ours):
+        assert a.shape == b.shape
+        assert relative_error(b, a) < 1e-5, relative_error(b, a)
+
+
+@pytest.mark.parametrize("scheduler", [{}, {"variance_type": "fixed_small"}])
+def test_decoder_matches_pipeline(folders, scheduler):
+    pipe, _, model = folders[3:]
+    (embeds, negative), _ = prior_pair(folders)
+    if scheduler:
+        pipe = diffusers.KandinskyV22Pipeline(unet=pipe.unet, movq=pipe.movq, scheduler=diffusers.DDPMScheduler.from_config(pipe.scheduler.config, **scheduler))
+        pipe.set_progress_bar_config(disable=True)
+        model = type(model)(**{**model.__dict__, "scheduler_config": dict(pipe.scheduler.config, _class_name="DDPMScheduler"), "_denoiser": None})
+    with torch.no_grad():
+        theirs = pipe(image_embeds=embeds, negative_image_embeds=negative, height=16, width=16, num_inference_steps=3,
+                      output_type="latent", generator=generators_from_seed(7, 2)).images
+    ours = decode_embeddings(model, embeds, negative, height=16, width=16, steps=3, seed=7, return_latents=True)
+    assert ours.shape == theirs.shape == (2, 4, 8, 8)
+    print(relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
