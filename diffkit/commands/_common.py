@@ -559,6 +559,10 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
         if masked_text_folder(checkpoint) or is_kolors_folder(checkpoint):  # its scheduler's step (._pixart)
             from ._pixart import folder_default_sampler
             sampler = folder_default_sampler(checkpoint)
+        from ..interop.kandinsky import is_kandinsky_folder
+        if is_kandinsky_folder(checkpoint):  # the decoder's scheduler's step (._kandinsky)
+            from ._kandinsky import folder_default_sampler as kandinsky_sampler
+            sampler = kandinsky_sampler(checkpoint)
     if sampler is None:
         from ..interop.sd_scheduler import default_sampler
         sampler = default_sampler(scheduler if lcm_folder else None, consistency)

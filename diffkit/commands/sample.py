@@ -195,6 +195,8 @@ def register(sub) -> None:
     add_reference_flags(p)  # FLUX.2's --reference-image
     add_t2i_adapter_flags(p)
     add_refiner_flags(p)
+    from ._kandinsky import add_prior_flags
+    add_prior_flags(p)  # Kandinsky 2.2's --prior (._kandinsky)
     add_freeu_flag(p)
     from ._sd_sag_panorama import add_sag_panorama_flags
     add_sag_panorama_flags(p)
@@ -281,6 +283,8 @@ def _run(args) -> int:
     from ._flux2 import reference_request
     references = reference_request(args, checkpoint)  # FLUX.2's --reference-image (._flux2)
     refiner = RefinerRequest.from_args(args, checkpoint)
+    from ._kandinsky import PriorRequest
+    prior = PriorRequest.from_args(args, checkpoint)  # Kandinsky 2.2's --prior (._kandinsky)
     from ._image_size import check_image_size
     check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
     size = {} if args.height is None and args.width is None else {"height": args.height, "width": args.width}
@@ -320,7 +324,7 @@ def _run(args) -> int:
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
                         scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
                         **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
-                        **({} if redux is None else {"redux": redux}),
+                        **({} if redux is None else {"redux": redux}), **({} if prior is None else {"prior": prior}),
                         **({} if references is None else {"reference_images": references}), **size, **options)
     return 0
 
@@ -741,6 +745,20 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ._image_size import check_image_size
     check_image_size(checkpoint, height, width, options.get("t2i_adapter") is not None)
     size = {} if height is None and width is None else {"height": height, "width": width}
+    from ..interop.kandinsky import is_kandinsky_folder
+    if is_kandinsky_folder(checkpoint):  # Kandinsky 2.2: decoder + --prior (._kandinsky)
+        from ._kandinsky import missing_prior, sample_kandinsky
+        prior = options.pop("prior", None)
+        if prior is None:
+            raise missing_prior(checkpoint)
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
+        return sample_kandinsky(checkpoint, prior=prior, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow,
+                                out=out, individual=individual, seed=seed, device=device, batch_size=batch_size,
+                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
+                                refused=refused, **size, **options)
     from ..interop.flux import is_flux_folder
     from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder

@@ -426,15 +426,16 @@ def decoder_guidance(model: KandinskyDecoder, image_embeds: torch.Tensor, negati
 def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negative_image_embeds: torch.Tensor, *,
                       guidance_scale: Optional[float] = None, height: Optional[int] = None,
                       width: Optional[int] = None, sampler: Optional[str] = None, steps: Optional[int] = None,
-                      nfe: Optional[int] = None, seed: Optional[int] = 0, generator=None,
-                      latents: Optional[torch.Tensor] = None, output_range: str = "0,1",
+                      nfe: Optional[int] = None, grid: Optional[str] = None, seed: Optional[int] = 0,
+                      generator=None, latents: Optional[torch.Tensor] = None, output_range: str = "0,1",
                       return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
     """The images of ``image_embeds`` (B, d) by a decoder folder (module docstring), as
     ``KandinskyV22Pipeline(image_embeds, negative_image_embeds, guidance_scale=s, height, width,
     num_inference_steps=steps)``: s diffusers' (default 4), height x width default 512. Row i draws from
     ``generator[i]`` (default ``torch.Generator().manual_seed(seed + i)``): z_T (or ``latents``), then the steps'
     noise. sampler None (and no ``nfe``): the pipeline's loop (:func:`decoder_sampler` on the scheduler's timesteps,
-    default 100 steps); a sampler: on its own grid (``options`` to :func:`diffkit.sample`). ``return_latents``: z_0
+    default 100 steps); a sampler: on its own grid (``options`` to :func:`diffkit.sample`), or with
+    ``grid="scheduler"`` on the scheduler's timesteps (the folder's sampler then with its options). ``return_latents``: z_0
     (``output_type="latent"``); else the MoVQ's images, ``output_range`` "0,1" ((x / 2 + 0.5).clamp(0, 1), the
     "np" / "pil" outputs) or "-1,1" (clamped)."""
     from ..errors import check_choice
@@ -447,13 +448,16 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
                            f"{model.unet.config.encoder_hid_dim}) (the prior's embedding width)")
     batch = image_embeds.shape[0]
     shape = model.latent_shape(batch, height, width)
-    grid = None
-    if sampler is None and nfe is None:
-        sampler, own = model.folder_sampler()
-        options = {**own, **options}
+    if grid is not None:
+        check_choice("grid", grid, ["scheduler"])
+    own_sampler, own = model.folder_sampler()
+    if grid is not None or (sampler is None and nfe is None):
+        if nfe is not None:
+            raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
+        options = {**own, **options} if sampler in (None, own_sampler) else options
+        sampler = sampler or own_sampler
         grid, steps = _own_grid(model.scheduler_config, model.default_steps if steps is None else steps), None
-    elif sampler is None:
-        sampler = model.folder_sampler()[0]
+    sampler = sampler or own_sampler
     generators = _generators(generator, seed, batch)
     denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
     z_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None else \
