@@ -3,18 +3,22 @@ folder) and the decoder (``decode_embeddings`` on a KandinskyV22Pipeline folder)
 on tiny random folders (tests/_kandinsky_helpers.py; nothing downloaded), each step's noise drawn from the same
 per-row generators; ``diffkit sample --checkpoint DECODER --prior PRIOR`` on them (the library's output byte for
 byte; flags that do not apply: one line)."""
+import json
+
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.kandinsky import (decode_embeddings, decoder_sampler, load_decoder, load_prior,  # noqa: E402
                                        prior_embeddings, prior_sampler)
 from diffkit.noise import generators_from_seed  # noqa: E402
 
 from _kandinsky_helpers import tiny_decoder_pipeline, tiny_prior_pipeline  # noqa: E402
+from _pixart_helpers import edited_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
@@ -57,22 +61,30 @@ def test_prior_matches_pipeline(folders, case):
         assert relative_error(b, a) < 1e-5, relative_error(b, a)
 
 
-@pytest.mark.parametrize("scheduler", [{}, {"variance_type": "fixed_small"}])
-def test_decoder_matches_pipeline(folders, scheduler):
-    pipe, _, model = folders[3:]
+@pytest.mark.parametrize("change", [{}, {"variance_type": "fixed_small"},
+                                    {"_class_name": "DDIMScheduler", "set_alpha_to_one": False,
+                                     "variance_type": None}])
+def test_decoder_matches_pipeline(folders, tmp_path, change):
+    """The decoder's latents (output_type="latent") from the prior's embeddings: its DDPMScheduler with the learned
+    variance (and the last step's noise, last_step_noise), with fixed_small, and a DDIMScheduler folder."""
     (embeds, negative), _ = prior_pair(folders)
-    if scheduler:
-        pipe = diffusers.KandinskyV22Pipeline(unet=pipe.unet, movq=pipe.movq, scheduler=diffusers.DDPMScheduler.from_config(pipe.scheduler.config, **scheduler))
-        pipe.set_progress_bar_config(disable=True)
-        model = type(model)(**{**model.__dict__, "scheduler_config": dict(pipe.scheduler.config, _class_name="DDPMScheduler"), "_denoiser": None})
+    folder = folders[4] if not change else edited_copy(folders[4], tmp_path / "decoder",
+                                                       "scheduler/scheduler_config.json", change)
+    if "_class_name" in change:  # the class diffusers loads: model_index.json's
+        index = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers",
+                                                                                    change["_class_name"]]}))
+    pipe = diffusers.KandinskyV22Pipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    model = load_decoder(folder, progress=False)
     with torch.no_grad():
         theirs = pipe(image_embeds=embeds, negative_image_embeds=negative, height=16, width=16, num_inference_steps=3,
                       output_type="latent", generator=generators_from_seed(7, 2)).images
+        images = pipe.movq.decode(theirs, force_not_quantize=True).sample
     ours = decode_embeddings(model, embeds, negative, height=16, width=16, steps=3, seed=7, return_latents=True)
     assert ours.shape == theirs.shape == (2, 4, 8, 8)
-    print(relative_error(ours, theirs))
-    assert relative_error(ours, theirs) < 1e-5
-
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    assert relative_error(model.decode(ours), images) < 1e-5
 
 def test_cli_sample_matches_library(folders, tmp_path, capsys):
     """diffkit sample --checkpoint DECODER --prior PRIOR: each image the library's (prior seed + i, decoder seed
@@ -80,7 +92,6 @@ def test_cli_sample_matches_library(folders, tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    from diffkit.cli import main
     from diffkit.interop.kandinsky import text_to_image
     _, prior_folder, prior, _, folder, decoder = folders
     out = tmp_path / "grid.png"
@@ -95,3 +106,36 @@ def test_cli_sample_matches_library(folders, tmp_path, capsys):
     for i in range(2):
         written = np.asarray(Image.open(sorted((tmp_path / "each").iterdir())[i])).astype(np.float32) / 255
         assert np.abs(written - ours[i].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_refusals(folders, tmp_path, capsys):
+    """What diffkit does not drive: one line, before any weight is read or any file written."""
+    from _pixart_helpers import assert_sample_refusals
+    prior_folder, folder = folders[1], folders[4]
+    p = ["--prior", str(prior_folder)]
+    assert_sample_refusals(main, folder, tmp_path, capsys, [
+        ([], "is a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline): give --prior FOLDER"),  # RKD1
+        (["--prior", str(folder)], "is not a KandinskyV22PriorPipeline folder (it is a KandinskyV22Pipeline folder: "
+                                   "give it as --checkpoint)"),  # RKD2
+        (p + ["--prior-steps", "1"], "--prior-steps 1 is not allowed; give at least 2"),  # RKD3
+        (p + ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Kandinsky 2.2 decoder folder"),
+        (p + ["--max-sequence-length", "8"], "--max-sequence-length applies to an SD3 folder"),
+        (p + ["--height", "18"], "--height 18 is not allowed"),  # RKD4: multiples of f^2
+    ], label="a Kandinsky 2.2")
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(prior_folder), "--prompt", "hot", "--out",
+                 str(tmp_path / "never.png")]) == 2
+    assert "is a Kandinsky 2.2 prior folder: give it as --prior" in capsys.readouterr().err  # RKD5
+    bad = edited_copy(prior_folder, tmp_path / "learned", "scheduler/scheduler_config.json",
+                      {"variance_type": "learned_range"})
+    with pytest.raises(DiffkitError, match="allowed: an UnCLIPScheduler with variance_type 'fixed_small_log'"):
+        load_prior(bad)  # RKD6
+    bad = edited_copy(folders[4], tmp_path / "text", "unet/config.json", {"addition_embed_type": "text"})
+    with pytest.raises(DiffkitError, match="addition_embed_type='text'; allowed: 'image'"):
+        load_decoder(bad)  # RKD7
+    with pytest.raises(DiffkitError, match="allowed: a DDPMScheduler with variance_type 'fixed_small' or"):
+        decoder_sampler({"_class_name": "EulerDiscreteScheduler"})  # RKD8
+    with pytest.raises(DiffkitError, match="steps=1 is not allowed; give an integer >= 2"):
+        prior_embeddings(folders[2], "hot", steps=1)
+    assert prior_sampler({"_class_name": "UnCLIPScheduler", "clip_sample_range": 10.0}) == (
+        "ddpm", {"variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 10.0})

@@ -104,9 +104,7 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
     from ._pixart import checked_request, own_loop
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
-    more = {"--max-sequence-length": getattr(guidance, "max_sequence_length", None)}
-    guidance = checked_request(directory, "Kandinsky 2.2 decoder", TAKES, guidance, options, {**(refused or {}),
-                                                                                            **more})
+    guidance = checked_request(directory, "Kandinsky 2.2 decoder", TAKES, guidance, options, refused)
     decoder = load_decoder(directory, device, progress=progress)
     shape = decoder.latent_shape(1, height, width)[1:]
     model = load_prior(prior.folder, device, progress=progress)

@@ -326,6 +326,11 @@ def _run(args) -> int:
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "
                                     f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder "
                                     f"but a Sana Sprint one); sample it with diffkit sample"))
+    from ..interop.kandinsky import kandinsky_kind
+    if kandinsky_kind(args.checkpoint):
+        raise DiffkitError(f"{args.checkpoint} is a Kandinsky 2.2 folder, which diffkit edit does not take "
+                           f"(KandinskyV22Img2ImgPipeline is not reproduced); sample the decoder with diffkit sample "
+                           f"--prior PRIOR_FOLDER")
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "
