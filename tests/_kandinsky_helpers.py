@@ -30,8 +30,9 @@ def tiny_prior_pipeline(root):
     with torch.no_grad():
         prior.clip_mean.copy_(torch.randn(1, WIDTH) * 0.5)
         prior.clip_std.copy_(torch.rand(1, WIDTH) + 0.5)
+    # Kandinsky's clip_sample_range is 10; 1 here, so that the tiny prior's x_0 is clipped (the clip tested)
     scheduler = diffusers.UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
-                                          clip_sample=True, clip_sample_range=10.0)
+                                          clip_sample=True, clip_sample_range=1.0)
     processor = transformers.CLIPImageProcessor(crop_size=8, size=8)
     return diffusers.KandinskyV22PriorPipeline(prior=prior, image_encoder=vision, text_encoder=text,
                                                tokenizer=tokenizer, scheduler=scheduler, image_processor=processor)
