@@ -2,8 +2,8 @@
 encoders with projections of width 16, the CLIP tokenizer of tests/test_interop_diffusers.py, a PriorTransformer of
 1 layer with random clip_mean / clip_std, Kandinsky's UnCLIPScheduler) and a KandinskyV22Pipeline (a
 UNet2DConditionModel with addition_embed_type "image", encoder_hid_dim_type "image_proj" and a learned variance, a
-VQModel of 2 levels (width 32: its SpatialNorm's 32 groups), a DDPMScheduler with variance_type "learned_range"), written by save_pretrained (nothing
-downloaded)."""
+VQModel of 2 levels (width 32: its SpatialNorm's 32 groups), a DDPMScheduler with variance_type "learned_range"),
+written by save_pretrained (nothing downloaded)."""
 import torch
 
 import diffusers

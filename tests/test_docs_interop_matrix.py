@@ -180,6 +180,7 @@ FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
 Z_IMAGE = "## Z-Image folders (`diffkit.interop.z_image`)"
 COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
 DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
+KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -193,7 +194,9 @@ DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
                                                     (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
                                                     (Z_IMAGE, ["ZImagePipeline / Img2Img / Inpaint"], "ZI"),
                                                     (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV"),
-                                                    (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF")])
+                                                    (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF"),
+                                                    (KANDINSKY, ["KandinskyV22PriorPipeline", "KandinskyV22Pipeline"],
+                                                     "KD")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -1,13 +1,13 @@
-"""``diffkit sample --checkpoint KANDINSKY_DECODER_FOLDER --prior KANDINSKY_PRIOR_FOLDER --prompt TEXT``: Kandinsky 2.2
-(:mod:`diffkit.interop.kandinsky`), as ``KandinskyV22CombinedPipeline``: the prior folder draws each sample's CLIP
+"""``diffkit sample --checkpoint KANDINSKY_DECODER_FOLDER --prior KANDINSKY_PRIOR_FOLDER --prompt TEXT``: Kandinsky
+2.2 (:mod:`diffkit.interop.kandinsky`), as ``KandinskyV22CombinedPipeline``: the prior folder draws each sample's CLIP
 image embedding (and the negative one: the zero image's, or the prior's sample for ``--negative-prompt``) with its
-own loop (``--prior-guidance-scale``, default diffusers' s = 4; ``--prior-steps``, default 25), the decoder folder (``--checkpoint``,
-as ``--refiner`` / ``--redux`` name the second folder of SD-XL's and FLUX.1 Redux's flows) draws the image from it
-(``--guidance-scale``, default s = 4, both scales in ``--guidance-convention``; ``--steps``, default 100; ``--sampler`` and its grid options; ``--height`` /
-``--width``, default 512, multiples of the MoVQ factor squared). Sample i draws from seed + i in both folders (the
-prior: x_T then its steps' noise, from a generator of its own; the decoder: z_T then its steps' noise), so a
-row equals the two pipelines chained with generators of those seeds. Dispatched from
-:func:`diffkit.commands.sample.sample_to_files`."""
+own loop (``--prior-guidance-scale``, default diffusers' s = 4; ``--prior-steps``, default 25), the decoder folder
+(``--checkpoint``, as ``--refiner`` / ``--redux`` name the second folder of SD-XL's and FLUX.1 Redux's flows) draws
+the image from it (``--guidance-scale``, default s = 4, both scales in ``--guidance-convention``; ``--steps``,
+default 100; ``--sampler`` and its grid options; ``--height`` / ``--width``, default 512, multiples of the MoVQ
+factor squared). Sample i draws from seed + i in both folders (the prior: x_T then its steps' noise, from a
+generator of its own; the decoder: z_T then its steps' noise), so a row equals the two pipelines chained with
+generators of those seeds. Dispatched from :func:`diffkit.commands.sample.sample_to_files`."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -745,20 +745,6 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ._image_size import check_image_size
     check_image_size(checkpoint, height, width, options.get("t2i_adapter") is not None)
     size = {} if height is None and width is None else {"height": height, "width": width}
-    from ..interop.kandinsky import is_kandinsky_folder
-    if is_kandinsky_folder(checkpoint):  # Kandinsky 2.2: decoder + --prior (._kandinsky)
-        from ._kandinsky import missing_prior, sample_kandinsky
-        prior = options.pop("prior", None)
-        if prior is None:
-            raise missing_prior(checkpoint)
-        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
-                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
-                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
-                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return sample_kandinsky(checkpoint, prior=prior, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow,
-                                out=out, individual=individual, seed=seed, device=device, batch_size=batch_size,
-                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                                refused=refused, **size, **options)
     from ..interop.flux import is_flux_folder
     from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder
@@ -782,16 +768,23 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             **({"lora": lora, "control": control} if family is None else {
                 "family": family, "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
     from ..interop.flux2 import is_flux2_folder
-    if is_flux2_folder(checkpoint):  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
+    from ..interop.kandinsky import is_kandinsky_folder
+    if is_flux2_folder(checkpoint) or is_kandinsky_folder(checkpoint):
         from ._flux2 import sample_flux2
         refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return sample_flux2(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
-                            individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
-                            final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
-                            **options)
+        draw = sample_flux2  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
+        if is_kandinsky_folder(checkpoint):  # Kandinsky 2.2: the decoder with its --prior (._kandinsky)
+            from ._kandinsky import missing_prior, sample_kandinsky
+            if options.get("prior") is None:
+                raise missing_prior(checkpoint)
+            draw = sample_kandinsky  # the same arguments, and prior=
+        return draw(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                    individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                    final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
+                    **options)
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3

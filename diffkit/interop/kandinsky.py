@@ -435,7 +435,8 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     ``generator[i]`` (default ``torch.Generator().manual_seed(seed + i)``): z_T (or ``latents``), then the steps'
     noise. sampler None (and no ``nfe``): the pipeline's loop (:func:`decoder_sampler` on the scheduler's timesteps,
     default 100 steps); a sampler: on its own grid (``options`` to :func:`diffkit.sample`), or with
-    ``grid="scheduler"`` on the scheduler's timesteps (the folder's sampler then with its options). ``return_latents``: z_0
+    ``grid="scheduler"`` on the scheduler's timesteps (the folder's sampler then with its options).
+    ``return_latents``: z_0
     (``output_type="latent"``); else the MoVQ's images, ``output_range`` "0,1" ((x / 2 + 0.5).clamp(0, 1), the
     "np" / "pil" outputs) or "-1,1" (clamped)."""
     from ..errors import check_choice
@@ -487,5 +488,6 @@ def text_to_image(prior: KandinskyPrior, decoder: KandinskyDecoder, prompts: Uni
 
 __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load_decoder", "prior_embeddings",
            "decode_embeddings", "decoder_guidance", "text_to_image", "prior_sampler", "decoder_sampler",
-           "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind", "is_kandinsky_folder",
+           "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
+           "is_kandinsky_folder",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]
