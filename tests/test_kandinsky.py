@@ -141,3 +141,23 @@ def test_refusals(folders, tmp_path, capsys):
         "ddpm", {"variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 10.0})
     with pytest.raises(DiffkitError, match="give 4 generators"):
         prior_embeddings(folders[2], PROMPTS, negative_prompt="dark", generator=generators_from_seed(0, 2))
+
+
+def test_img2img_matches_pipeline(folders):
+    """image_to_image: KandinskyV22Img2ImgPipeline's latents (strength 0.6 of 5 steps: 3 kept) from the same
+    per-row generators; the images given in [0, 1] to the pipeline (its preprocessing makes them 2x - 1)."""
+    from diffkit.interop.kandinsky import image_to_image
+    _, _, _, pipe, _, model = folders
+    (embeds, negative), _ = prior_pair(folders)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    img2img = diffusers.KandinskyV22Img2ImgPipeline(unet=pipe.unet, scheduler=pipe.scheduler, movq=pipe.movq)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(image=images, image_embeds=embeds, negative_image_embeds=negative, height=16, width=16,
+                         strength=0.6, num_inference_steps=5, output_type="latent",
+                         generator=generators_from_seed(7, 2)).images
+    ours = image_to_image(model, images * 2 - 1, embeds, negative, strength=0.6, steps=5, seed=7,
+                          return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    with pytest.raises(DiffkitError, match="strength=0 is not allowed"):
+        image_to_image(model, images, embeds, negative, strength=0)

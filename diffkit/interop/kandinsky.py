@@ -475,6 +475,58 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
 
 
+def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: torch.Tensor,
+                   negative_image_embeds: torch.Tensor, *, strength: float = 0.3,
+                   guidance_scale: Optional[float] = None, steps: Optional[int] = None, seed: Optional[int] = 0,
+                   generator=None, output_range: str = "0,1", return_latents: bool = False,
+                   progress: bool = False) -> torch.Tensor:
+    """``KandinskyV22Img2ImgPipeline(image=images, image_embeds, negative_image_embeds, strength, ...)``: ``images``
+    (B, 3, H, W) in [-1, 1] at the output size (H, W multiples of f^2; the pipeline's preprocessing resizes first)
+    encoded by the MoVQ's encoder (``movq.encode(x).latents``, not quantised, not scaled), noised to the first kept
+    timestep of the scheduler's grid (SDEdit, Meng et al. 2022: the last int(steps strength) timesteps of
+    ``set_timesteps(steps)``, default 100 steps, strength 0.3; z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, eps
+    from ``generator[i]``, default seed + i, which then draws the steps' noise), then the rest of the pipeline's loop
+    (:func:`decoder_sampler` on those timesteps, with the last step's noise of :func:`last_step_noise`)."""
+    from ..diffusion import q_sample
+    from ..errors import check_choice
+    from ..noise import randn
+    from ..sampling import sample
+    from .stable_diffusion import OUTPUT_RANGES
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise DiffkitError(f"strength={strength!r} is not allowed; give a number in (0, 1]")
+    batch = images.shape[0]
+    shape = model.latent_shape(batch, images.shape[2], images.shape[3])
+    if images.ndim != 4 or images.shape[1] != 3 or shape[2] * model.scale_factor != images.shape[2] \
+            or shape[3] * model.scale_factor != images.shape[3]:
+        raise DiffkitError(f"images of shape {tuple(images.shape)} are not allowed; give (B, 3, H, W) in [-1, 1] "
+                           f"with H, W multiples of {model.scale_factor ** 2}")
+    steps = model.default_steps if steps is None else steps
+    grid = _own_grid(model.scheduler_config, steps)
+    kept = min(int(steps * strength), steps)
+    if kept < 1:
+        raise DiffkitError(f"strength={strength!r} with steps={steps} keeps no timestep; give a larger strength or "
+                           f"more steps")
+    grid = grid[steps - kept:]
+    generators = _generators(generator, seed, batch)
+    with torch.no_grad():
+        z0 = model.movq.encode(images.to(model.device, model.dtype)).latents.float()
+    t = torch.full((batch,), float(grid[0]), dtype=torch.float64)
+    z_t = q_sample(model.schedule, z0, t, randn(z0.shape, generators, device=model.device, dtype=torch.float32))
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
+    sampler, options = model.folder_sampler()
+    noisy_last = sampler == "ddpm" and float(grid[-2]) > 0
+    denoiser = _Recording(denoiser) if noisy_last else denoiser
+    z = sample(denoiser, z_t, sampler, None, grid=grid, generator=generators, progress=progress, cond=cond,
+               **options)
+    if noisy_last:
+        z = z + last_step_noise(model.scheduler_config, int(grid[-2]), denoiser.last.var_values, generators, z)
+    if return_latents:
+        return z
+    out = model.decode(z)
+    return (out / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else out.clamp(-1, 1)
+
+
 def text_to_image(prior: KandinskyPrior, decoder: KandinskyDecoder, prompts: Union[str, Sequence[str]], *,
                   negative_prompt: Union[None, str, Sequence[str]] = None,
                   prior_guidance_scale: Optional[float] = None, prior_steps: Optional[int] = None,
@@ -487,7 +539,7 @@ def text_to_image(prior: KandinskyPrior, decoder: KandinskyDecoder, prompts: Uni
 
 
 __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load_decoder", "prior_embeddings",
-           "decode_embeddings", "decoder_guidance", "text_to_image", "prior_sampler", "decoder_sampler",
+           "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler", "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
            "is_kandinsky_folder",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]
