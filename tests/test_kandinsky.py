@@ -121,7 +121,7 @@ def test_refusals(folders, tmp_path, capsys):
         (p + ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Kandinsky 2.2 decoder folder"),
         (p + ["--max-sequence-length", "8"], "--max-sequence-length applies to an SD3 folder"),
         (p + ["--height", "18"], "--height 18 is not allowed"),  # RKD4: multiples of f^2
-    ], label="a Kandinsky 2.2")
+    ])
     capsys.readouterr()
     assert main(["sample", "--checkpoint", str(prior_folder), "--prompt", "hot", "--out",
                  str(tmp_path / "never.png")]) == 2
@@ -161,3 +161,43 @@ def test_img2img_matches_pipeline(folders):
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
     with pytest.raises(DiffkitError, match="strength=0 is not allowed"):
         image_to_image(model, images, embeds, negative, strength=0)
+
+
+def test_cli_edit_matches_library(folders, tmp_path, capsys):
+    """diffkit edit --checkpoint DECODER --prior PRIOR --images DIR: each PNG the library's image_to_image of the
+    prior's embeddings (both from seed + i); its refusals in one line, no folder made."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.interop.kandinsky import image_to_image
+    _, prior_folder, prior, _, folder, decoder = folders
+    pngs = tmp_path / "in"
+    pngs.mkdir()
+    pixels = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(4))
+    for i in range(2):
+        Image.fromarray((pixels[i].numpy() * 255).round().astype(np.uint8)).save(pngs / f"{i}.png")
+    base = ["edit", "--checkpoint", str(folder), "--images", str(pngs), "--prompt", PROMPTS[0], "--prompt",
+            PROMPTS[1], "--no-progress"]
+    for extra, expected in [([], "give --prior FOLDER"),  # RKD1
+                            (["--prior", str(prior_folder), "--mask", str(pngs / "0.png")],
+                             "--mask does not apply to a Kandinsky 2.2 decoder folder"),  # RKD9
+                            (["--prior", str(prior_folder), "--prior-steps", "1"], "--prior-steps 1 is not allowed")]:
+        capsys.readouterr()
+        assert main(base + extra + ["--out", str(tmp_path / "never")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never").exists()
+    out = tmp_path / "out"
+    assert main(base + ["--prior", str(prior_folder), "--prior-steps", "2", "--steps", "4", "--strength", "0.5",
+                        "--guidance-scale", "3", "--guidance-convention", "diffusers", "--seed", "5",
+                        "--out", str(out)]) == 0
+    read = torch.from_numpy(np.stack([np.asarray(Image.open(pngs / f"{i}.png")) for i in range(2)]))
+    images = read.permute(0, 3, 1, 2).float() / 127.5 - 1
+    ours = []
+    for i in range(2):
+        embeds, negative = prior_embeddings(prior, PROMPTS[i], steps=2, seed=5 + i)
+        ours.append(image_to_image(decoder, images[i:i + 1], embeds, negative, strength=0.5, steps=4,
+                                   guidance_scale=3.0, seed=5 + i))
+    for i, image in enumerate(torch.cat(ours)):
+        written = np.asarray(Image.open(out / f"edit_{i:05d}.png")).astype(np.float32) / 255
+        assert np.abs(written - image.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6

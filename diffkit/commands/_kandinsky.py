@@ -139,3 +139,77 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, Kandinsky 2.2 decoder {directory} with prior "
           f"{prior.folder} ({prior.steps} steps, guidance {prior.guidance_scale:g}), prompts {prompts})")
     return images
+
+
+EDIT_TAKES = ("--prior, --images, --prompt, --negative-prompt, --strength, --guidance-scale (--guidance-convention), "
+              "--prior-guidance-scale, --prior-steps, --steps, --height / --width, --seed, --batch-size")
+EDIT_FLAGS = {  # diffkit edit's dests a Kandinsky 2.2 decoder folder takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "strength", "steps",
+    "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "prior",
+    "prior_guidance_scale", "prior_steps"}
+IMG2IMG_STRENGTH = 0.3  # KandinskyV22Img2ImgPipeline's default strength
+
+
+def edit_kandinsky(args) -> int:
+    """``diffkit edit --checkpoint DECODER --prior PRIOR --images PNG|DIR --prompt TEXT``: each image edited as
+    ``KandinskyV22Img2ImgPipeline`` fed the prior's embeddings of its prompt
+    (:func:`diffkit.interop.kandinsky.image_to_image`: strength 0.3, 100 steps by default; image i from ``--seed``
+    + i in both folders). Every other edit flag: one line, before any weight is read or any folder is made."""
+    import torch
+
+    from ..cli import build_parser
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.kandinsky import DECODER_DEFAULTS, image_to_image, load_decoder, load_prior, prior_embeddings
+    from ..memory import batches_with_oom_retry
+    from ..noise import generators_from_seed
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._sd3 import _FLAG_NAMES
+    from .edit import read_edit_inputs
+
+    directory = args.checkpoint
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
+             if dest not in EDIT_FLAGS and dest in defaults and value != defaults[dest]]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a Kandinsky 2.2 decoder folder ({directory}) in diffkit "
+                           f"edit, which runs KandinskyV22Img2ImgPipeline; it takes {EDIT_TAKES}")
+    prior = PriorRequest.from_args(args, directory)
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a Kandinsky 2.2 decoder folder: give --images PNG|DIR and --prompt TEXT "
+                           f"(once for every image, or once per image)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    count = len(files)
+    if len(args.prompts) not in (1, count):
+        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
+                           f"image) or once per image ({count}, in the files' order)")
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    decoder = load_decoder(directory, device, progress=args.progress)
+    decoder.latent_shape(1, images.shape[2], images.shape[3])
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    model = load_prior(prior.folder, device, progress=args.progress)
+    scale = DECODER_DEFAULTS[0] if args.guidance_scale is None else \
+        args.guidance_scale + (1 if args.guidance_convention == "seed" else 0)
+    strength = IMG2IMG_STRENGTH if args.strength is None else args.strength
+    negatives = args.negative_prompt
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        copies = 1 if negatives is None else 2
+        gens = [g for _ in range(copies) for g in generators_from_seed(args.seed + start, n)]
+        embeds, negative = prior_embeddings(model, prompts, negative_prompt=negatives,
+                                            guidance_scale=prior.guidance_scale, steps=prior.steps, generator=gens)
+        return (image_to_image(decoder, images[start:start + n], embeds, negative, strength=strength,
+                               guidance_scale=scale, steps=args.steps, seed=args.seed + start, output_range="-1,1",
+                               progress=args.progress).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky 2.2 decoder {directory} with prior "
+          f"{prior.folder} as KandinskyV22Img2ImgPipeline, strength {strength}, prompts {list(args.prompts)})")
+    return 0
