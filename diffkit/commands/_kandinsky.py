@@ -157,34 +157,20 @@ def edit_kandinsky(args) -> int:
     + i in both folders). Every other edit flag: one line, before any weight is read or any folder is made."""
     import torch
 
-    from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
     from ..interop.kandinsky import DECODER_DEFAULTS, image_to_image, load_decoder, load_prior, prior_embeddings
     from ..memory import batches_with_oom_retry
     from ..noise import generators_from_seed
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._sd3 import _FLAG_NAMES
-    from .edit import read_edit_inputs
+    from ._pixart import prompted_edit_inputs
 
     directory = args.checkpoint
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
-             if dest not in EDIT_FLAGS and dest in defaults and value != defaults[dest]]
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to a Kandinsky 2.2 decoder folder ({directory}) in diffkit "
-                           f"edit, which runs KandinskyV22Img2ImgPipeline; it takes {EDIT_TAKES}")
-    prior = PriorRequest.from_args(args, directory)
-    if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a Kandinsky 2.2 decoder folder: give --images PNG|DIR and --prompt TEXT "
-                           f"(once for every image, or once per image)")
-    if args.batch_size == "auto":
-        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
-    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
-    count = len(files)
-    if len(args.prompts) not in (1, count):
-        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
-                           f"image) or once per image ({count}, in the files' order)")
+    found = []  # the --prior request, checked after the flags
+    images, count = prompted_edit_inputs(args, EDIT_FLAGS, "Kandinsky 2.2 decoder", "KandinskyV22Img2ImgPipeline",
+                                         EDIT_TAKES,
+                                         check=lambda: found.append(PriorRequest.from_args(args, directory)))
+    prior = found[0]
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     decoder = load_decoder(directory, device, progress=args.progress)

@@ -247,6 +247,36 @@ SPRINT_EDIT_FLAGS = {  # diffkit edit's dests a Sana Sprint folder takes (the re
     "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "lora"}
 
 
+def prompted_edit_inputs(args, flags, kind: str, pipeline: str, takes: str, check=None) -> tuple:
+    """(images, count) of ``diffkit edit`` on a ``kind`` folder edited as ``pipeline`` that takes only the dests
+    ``flags`` (``takes``: their names; ``check``: called after the flags' check, e.g. a second folder's): one line
+    for another flag given, no ``--images`` / ``--prompt``, ``--batch-size auto``, or a ``--prompt`` count other
+    than 1 or the images' (Sana Sprint, Kandinsky 2.2)."""
+    from ..cli import build_parser
+    from ._sd3 import _FLAG_NAMES
+    from .edit import read_edit_inputs
+    directory = args.checkpoint
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
+             if dest not in flags and dest in defaults and value != defaults[dest]]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}) in diffkit edit, which runs "
+                           f"{pipeline}; it takes {takes}")
+    if check is not None:
+        check()
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a {kind} folder: give --images PNG|DIR and --prompt TEXT (once for "
+                           f"every image, or once per image)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    count = len(files)
+    if len(args.prompts) not in (1, count):
+        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
+                           f"image) or once per image ({count}, in the files' order)")
+    return images, count
+
+
 def edit_sana_sprint(args) -> int:
     """``diffkit edit --checkpoint SPRINT_FOLDER --images PNG|DIR --prompt TEXT``: each image edited as
     ``SanaSprintImg2ImgPipeline`` (:func:`diffkit.interop.sana_sprint.image_to_image`: strength 0.6, 2 steps of
@@ -257,33 +287,16 @@ def edit_sana_sprint(args) -> int:
     or any folder is made."""
     import torch
 
-    from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
     from ..interop.sana import load_sana
     from ..interop.sana_sprint import SPRINT_IMG2IMG_STRENGTH, image_to_image
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._sd3 import _FLAG_NAMES
-    from .edit import read_edit_inputs
 
     directory = args.checkpoint
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
-             if dest not in SPRINT_EDIT_FLAGS and dest in defaults and value != defaults[dest]]
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to a Sana Sprint folder ({directory}) in diffkit edit, which "
-                           f"runs SanaSprintImg2ImgPipeline; it takes {SPRINT_EDIT_TAKES}")
-    if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a Sana Sprint folder: give --images PNG|DIR and --prompt TEXT (once for "
-                           f"every image, or once per image)")
-    if args.batch_size == "auto":
-        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
-    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
-    count = len(files)
-    if len(args.prompts) not in (1, count):
-        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
-                           f"image) or once per image ({count}, in the files' order)")
+    images, count = prompted_edit_inputs(args, SPRINT_EDIT_FLAGS, "Sana Sprint", "SanaSprintImg2ImgPipeline",
+                                         SPRINT_EDIT_TAKES)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     sprint = load_sana(directory, device, progress=args.progress, lora=args.lora)

@@ -539,7 +539,8 @@ def text_to_image(prior: KandinskyPrior, decoder: KandinskyDecoder, prompts: Uni
 
 
 __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load_decoder", "prior_embeddings",
-           "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler", "decoder_sampler",
+           "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler",
+           "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
            "is_kandinsky_folder",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]
