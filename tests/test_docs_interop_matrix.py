@@ -184,6 +184,7 @@ DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
 HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
 STABLE_CASCADE = "## Stable Cascade folders (`diffkit.interop.stable_cascade`)"
 LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.interop.sd_latent_upscale`)"
+KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -202,7 +203,9 @@ LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.inter
                                                     (STABLE_CASCADE, ["StableCascadePriorPipeline",
                                                                       "StableCascadeDecoderPipeline"], "SC"),
                                                     (LATENT_UPSCALE, ["StableDiffusionLatentUpscalePipeline"], "LU"),
-                                                    (LUMINA_NEXT, ["LuminaPipeline"], "LN")])
+                                                    (LUMINA_NEXT, ["LuminaPipeline"], "LN"),
+                                                    (KANDINSKY, ["KandinskyV22PriorPipeline", "KandinskyV22Pipeline"],
+                                                     "KD")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -566,6 +566,10 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
         from ..interop.stable_cascade import SAMPLER, is_stable_cascade_folder
         if is_stable_cascade_folder(checkpoint):  # DDPMWuerstchenScheduler's step (._stable_cascade)
             sampler = SAMPLER
+        from ..interop.kandinsky import is_kandinsky_folder
+        if is_kandinsky_folder(checkpoint):  # the decoder's scheduler's step (._kandinsky)
+            from ._kandinsky import folder_default_sampler as kandinsky_sampler
+            sampler = kandinsky_sampler(checkpoint)
     if sampler is None:
         from ..interop.sd_scheduler import default_sampler
         sampler = default_sampler(scheduler if lcm_folder else None, consistency)

@@ -16,7 +16,7 @@ from ..errors import DiffkitError, read_json_object
 
 # the kinds check_image_size lets through
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
-                "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF")
+                "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, Kandinsky 2.2")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image"  # of them, diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -31,6 +31,11 @@ def size_multiple(directory) -> tuple:
         unet = read_json_object(Path(directory) / "unet" / "config.json", "unet config")
         f = 2 ** (len(unet.get("block_out_channels", [0])) - 1)
         return f, f"the UNet's {f}x downsampling"
+    from ..interop.kandinsky import is_kandinsky_folder
+    if is_kandinsky_folder(directory):  # latents of side ceil(H / f^2) f, decoded to f times that (.kandinsky)
+        movq = read_json_object(Path(directory) / "movq" / "config.json", "movq config")
+        f = 2 ** (len(movq.get("block_out_channels", [0])) - 1)
+        return f * f, f"the MoVQ factor {f} squared; KandinskyV22Pipeline would round other sizes up"
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     vae, f = vae_factor(directory)
@@ -131,13 +136,14 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.flux2 import is_flux2_folder
     from ..interop.z_image import is_z_image_folder
+    from ..interop.kandinsky import is_kandinsky_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
         return
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
-            or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint)):
+            or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint) or is_kandinsky_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

@@ -268,10 +268,11 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     return images
 
 
-def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "") -> None:
+def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "", check=None) -> None:
     """One line, before any weight is read or any folder made, for the first ``diffkit edit`` flag ``args`` sets away
-    from its default that is not in ``flags`` (the dests a folder kind takes; ``runs``: what the command runs there),
-    for no ``--images`` / ``--prompt``, and for ``--batch-size auto`` (Sana Sprint's, :mod:`._chroma`'s kinds)."""
+    from its default that is not in ``flags`` (the dests a folder kind takes; ``runs``: what the command runs there;
+    ``check``: called next, e.g. a second folder's), for no ``--images`` / ``--prompt``, and for ``--batch-size auto``
+    (:func:`prompted_edit_inputs`'s, :mod:`._chroma`'s kinds)."""
     from ..cli import build_parser
     from ._sd3 import _FLAG_NAMES
     directory = args.checkpoint
@@ -280,6 +281,8 @@ def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "") -
              if dest not in flags and dest in defaults and value != defaults[dest]]
     if given:
         raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}){runs}; it takes {takes}")
+    if check is not None:
+        check()
     if args.images is None or not args.prompts:
         raise DiffkitError(f"{directory} is a {kind} folder: give --images PNG|DIR and --prompt TEXT (once for every "
                            f"image, or once per image)")
@@ -292,6 +295,21 @@ SPRINT_EDIT_TAKES = ("--images, --prompt, --strength, --guidance-scale (--guidan
 SPRINT_EDIT_FLAGS = {  # diffkit edit's dests a Sana Sprint folder takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "images", "out", "prompts", "max_sequence_length", "strength", "steps",
     "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "lora"}
+
+
+def prompted_edit_inputs(args, flags, kind: str, pipeline: str, takes: str, check=None) -> tuple:
+    """(images, count) of ``diffkit edit`` on a ``kind`` folder edited as ``pipeline`` that takes only the dests
+    ``flags`` (``takes``: their names; ``check``: called after the flags' check, e.g. a second folder's): one line
+    for another flag given, no ``--images`` / ``--prompt``, ``--batch-size auto``, or a ``--prompt`` count other
+    than 1 or the images' (Sana Sprint, Kandinsky 2.2)."""
+    from .edit import read_edit_inputs
+    check_folder_edit_args(args, flags, kind, takes, f" in diffkit edit, which runs {pipeline}", check)
+    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    count = len(files)
+    if len(args.prompts) not in (1, count):
+        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
+                           f"image) or once per image ({count}, in the files' order)")
+    return images, count
 
 
 def edit_sana_sprint(args) -> int:
@@ -310,16 +328,10 @@ def edit_sana_sprint(args) -> int:
     from ..interop.sana_sprint import SPRINT_IMG2IMG_STRENGTH, image_to_image
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from .edit import read_edit_inputs
 
     directory = args.checkpoint
-    check_folder_edit_args(args, SPRINT_EDIT_FLAGS, "Sana Sprint", SPRINT_EDIT_TAKES,
-                           " in diffkit edit, which runs SanaSprintImg2ImgPipeline")
-    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
-    count = len(files)
-    if len(args.prompts) not in (1, count):
-        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
-                           f"image) or once per image ({count}, in the files' order)")
+    images, count = prompted_edit_inputs(args, SPRINT_EDIT_FLAGS, "Sana Sprint", "SanaSprintImg2ImgPipeline",
+                                         SPRINT_EDIT_TAKES)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     sprint = load_sana(directory, device, progress=args.progress, lora=args.lora)

@@ -121,6 +121,8 @@ def register(sub) -> None:
     add_textual_inversion_flag(p)
     add_freeu_flag(p)
     add_progress_flag(p)
+    from ._kandinsky import add_prior_flags
+    add_prior_flags(p)  # a Kandinsky 2.2 decoder's --prior (._kandinsky)
     m = p.add_argument_group("img2img and inpainting (docs/editing.md)")
     m.add_argument("--mask", type=path_arg,
                    metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint (a FLUX.1 "
@@ -330,6 +332,16 @@ def _run(args) -> int:
                                     f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder"
                                     f"{'; a Sana Sprint one edits' if label == 'Sana' else ''}); sample it with "
                                     f"diffkit sample"))
+    from ..interop.kandinsky import is_kandinsky_folder, kandinsky_kind
+    if is_kandinsky_folder(args.checkpoint):  # the decoder with --prior, as KandinskyV22Img2ImgPipeline
+        from ._kandinsky import edit_kandinsky
+        return edit_kandinsky(args)
+    if kandinsky_kind(args.checkpoint):
+        raise DiffkitError(f"{args.checkpoint} is a Kandinsky 2.2 prior folder: give it as --prior, with the decoder "
+                           f"folder (KandinskyV22Pipeline) as --checkpoint")
+    if getattr(args, "prior", None) is not None:
+        raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline) as "
+                           f"--checkpoint; {args.checkpoint} is not one")
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "

@@ -199,6 +199,8 @@ def register(sub) -> None:
     add_refiner_flags(p)
     from ._stable_cascade import add_stable_cascade_flags
     add_stable_cascade_flags(p)  # --decoder of a Stable Cascade prior folder
+    from ._kandinsky import add_prior_flags
+    add_prior_flags(p)  # Kandinsky 2.2's --prior (._kandinsky)
     add_freeu_flag(p)
     from ._sd_sag_panorama import add_sag_panorama_flags
     add_sag_panorama_flags(p)
@@ -289,6 +291,8 @@ def _run(args) -> int:
     refiner = RefinerRequest.from_args(args, checkpoint)
     from ._stable_cascade import CascadeRequest
     cascade = CascadeRequest.from_args(args, checkpoint)  # a Stable Cascade prior's --decoder (JSON only)
+    from ._kandinsky import PriorRequest
+    prior = PriorRequest.from_args(args, checkpoint)  # Kandinsky 2.2's --prior (._kandinsky)
     from ._image_size import check_image_size
     check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
     size = {} if args.height is None and args.width is None else {"height": args.height, "width": args.width}
@@ -332,6 +336,7 @@ def _run(args) -> int:
                         **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
                         **({} if redux is None else {"redux": redux}),
                         **({} if cascade is None else {"stable_cascade": cascade}),
+                        **({} if prior is None else {"prior": prior}),
                         **({} if references is None else {"reference_images": references}), **size, **options)
     return 0
 
@@ -798,16 +803,25 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             **({"lora": lora, "control": control} if family is None else {
                 "family": family, "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
     from ..interop.flux2 import is_flux2_folder
-    if is_flux2_folder(checkpoint):  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
+    from ..interop.kandinsky import is_kandinsky_folder
+    kandinsky = is_kandinsky_folder(checkpoint)
+    if is_flux2_folder(checkpoint) or kandinsky:
         from ._flux2 import sample_flux2
         refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
+                   **({"--lora": lora} if kandinsky else {}),
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return sample_flux2(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
-                            individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
-                            final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
-                            lora=lora, **options)
+        draw = sample_flux2  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
+        if is_kandinsky_folder(checkpoint):  # Kandinsky 2.2: the decoder with its --prior (._kandinsky)
+            from ._kandinsky import missing_prior, sample_kandinsky
+            if options.get("prior") is None:
+                raise missing_prior(checkpoint)
+            draw = sample_kandinsky  # the same arguments, and prior=
+        return draw(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                    individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                    final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
+                    **({} if kandinsky else {"lora": lora}), **options)
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3

@@ -12,7 +12,8 @@ fractional times (DPM-Solver, Karras grids) are embedded by the same formula as 
 (a UNet2DConditionModel with ``time_cond_proj_dim``, LCM's guidance input, Luo et al. 2023
 Sec. 4.2) -> ``timestep_cond`` = :func:`~diffkit.models.layers.guidance_scale_embedding` of w (seed
 convention: diffusers' pipelines embed their guidance_scale - 1, which is w); ``text_embeds`` and
-``time_ids`` (SD-XL's pooled prompt embedding and size conditions, :mod:`.sd_xl`) -> ``added_cond_kwargs``,
+``time_ids`` (SD-XL's pooled prompt embedding and size conditions, :mod:`.sd_xl`) and ``image_embeds`` (Kandinsky
+2.2's CLIP image embedding, :mod:`.kandinsky`) -> ``added_cond_kwargs``,
 joined to one given as such (an IP-Adapter's ``image_embeds``, :mod:`.ip_adapter`); any other key is passed
 through unchanged.
 """
@@ -30,7 +31,8 @@ from . import model_dtype
 from .schedulers import learned_variance_of, schedule_from_diffusers
 
 
-ADDED_COND_KEYS = ("text_embeds", "time_ids")  # cond keys a diffusers UNet takes as added_cond_kwargs (SD-XL)
+# cond keys a diffusers UNet takes as added_cond_kwargs: SD-XL's, Kandinsky 2.2's image embedding (.kandinsky)
+ADDED_COND_KEYS = ("text_embeds", "time_ids", "image_embeds")
 
 
 class DiffusersNet(torch.nn.Module):
@@ -55,7 +57,7 @@ class DiffusersNet(torch.nn.Module):
         added = {key: kwargs.pop(key) for key in ADDED_COND_KEYS if key in kwargs}
         if added:  # SD-XL's addition_embed_type="text_time" (.sd_xl), beside an IP-Adapter's image_embeds
             kwargs["added_cond_kwargs"] = {**kwargs.get("added_cond_kwargs", {}), **added}
-        if context is not None:
+        if context is not None or "image_embeds" in added:  # Kandinsky 2.2: tokens of image_embeds ("image_proj")
             kwargs["encoder_hidden_states"] = context
         if y is not None and self.uses_labels:
             kwargs["class_labels"] = y

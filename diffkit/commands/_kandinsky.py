@@ -1,0 +1,201 @@
+"""``diffkit sample --checkpoint KANDINSKY_DECODER_FOLDER --prior KANDINSKY_PRIOR_FOLDER --prompt TEXT``: Kandinsky
+2.2 (:mod:`diffkit.interop.kandinsky`), as ``KandinskyV22CombinedPipeline``: the prior folder draws each sample's CLIP
+image embedding (and the negative one: the zero image's, or the prior's sample for ``--negative-prompt``) with its
+own loop (``--prior-guidance-scale``, default diffusers' s = 4; ``--prior-steps``, default 25), the decoder folder
+(``--checkpoint``, as ``--refiner`` / ``--redux`` name the second folder of SD-XL's and FLUX.1 Redux's flows) draws
+the image from it (``--guidance-scale``, default s = 4, both scales in ``--guidance-convention``; ``--steps``,
+default 100; ``--sampler`` and its grid options; ``--height`` / ``--width``, default 512, multiples of the MoVQ
+factor squared). Sample i draws from seed + i in both folders (the prior: x_T then its steps' noise, from a
+generator of its own; the decoder: z_T then its steps' noise), so a row equals the two pipelines chained with
+generators of those seeds. Dispatched from :func:`diffkit.commands.sample.sample_to_files`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DiffkitError
+from ._common import path_arg, positive_int
+
+TAKES = ("--prior, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --prior-guidance-scale, "
+         "--prior-steps, --height / --width, --steps / --nfe, --sampler and its grid options")
+
+
+def add_prior_flags(parser) -> None:
+    g = parser.add_argument_group("Kandinsky 2.2 prior + decoder (docs/interop.md)")
+    g.add_argument("--prior", type=path_arg, metavar="FOLDER",
+                   help="a Kandinsky 2.2 decoder --checkpoint (KandinskyV22Pipeline): its prior folder "
+                        "(KandinskyV22PriorPipeline), which draws the image embeddings the decoder is conditioned on")
+    g.add_argument("--prior-guidance-scale", type=float, metavar="S",
+                   help="with --prior: the prior's classifier-free guidance in --guidance-convention (default "
+                        "diffusers' s = 4)")
+    g.add_argument("--prior-steps", type=positive_int, metavar="N",
+                   help="with --prior: the prior's UnCLIPScheduler steps, at least 2 (default 25)")
+
+
+@dataclass
+class PriorRequest:
+    """``--prior FOLDER [--prior-guidance-scale S] [--prior-steps N]``, checked from the folders' JSON."""
+
+    folder: Path
+    guidance_scale: float
+    steps: int
+
+    @classmethod
+    def from_args(cls, args, checkpoint) -> Optional["PriorRequest"]:
+        """The request (None without ``--prior`` on another folder); one line for ``--prior`` on anything but a
+        Kandinsky 2.2 decoder folder, a decoder folder without it, or the prior flags without ``--prior``."""
+        from ..interop.kandinsky import (DECODER_PIPELINE, PRIOR_DEFAULTS, PRIOR_PIPELINE, check_decoder_folder,
+                                         check_prior_folder, is_kandinsky_folder, kandinsky_kind)
+        decoder = checkpoint is not None and is_kandinsky_folder(checkpoint)
+        if args.prior is None:
+            if decoder:
+                raise missing_prior(checkpoint)
+            if checkpoint is not None and kandinsky_kind(checkpoint) == PRIOR_PIPELINE:
+                raise DiffkitError(f"{checkpoint} is a Kandinsky 2.2 prior folder: give it as --prior, with the "
+                                   f"decoder folder ({DECODER_PIPELINE}) as --checkpoint")
+            for flag, value in (("--prior-guidance-scale", args.prior_guidance_scale),
+                                ("--prior-steps", args.prior_steps)):
+                if value is not None:
+                    raise DiffkitError(f"{flag} needs --prior FOLDER (a Kandinsky 2.2 prior) with a Kandinsky 2.2 "
+                                       f"decoder --checkpoint")
+            return None
+        if not decoder:
+            raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder ({DECODER_PIPELINE}) as "
+                               f"--checkpoint; {checkpoint} is not one")
+        check_decoder_folder(checkpoint)
+        check_prior_folder(args.prior)
+        steps = PRIOR_DEFAULTS[1] if args.prior_steps is None else args.prior_steps
+        if steps < 2:
+            raise DiffkitError(f"--prior-steps {steps} is not allowed; give at least 2 (UnCLIPScheduler's timesteps "
+                               f"divide by steps - 1)")
+        from ..guidance import guidance_weight
+        convention = getattr(args, "guidance_convention", "diffusers")
+        scale = args.prior_guidance_scale
+        scale = PRIOR_DEFAULTS[0] if scale is None else 1 + guidance_weight(scale, convention)  # diffusers' s
+        return cls(Path(args.prior), float(scale), int(steps))
+
+
+def missing_prior(checkpoint) -> DiffkitError:
+    """The one line for a Kandinsky 2.2 decoder folder sampled without ``--prior``."""
+    from ..interop.kandinsky import DECODER_PIPELINE, PRIOR_PIPELINE
+    return DiffkitError(f"{checkpoint} is a Kandinsky 2.2 decoder folder ({DECODER_PIPELINE}): give --prior FOLDER "
+                        f"(its {PRIOR_PIPELINE} folder) and --prompt TEXT")
+
+
+def folder_default_sampler(checkpoint) -> str:
+    """The decoder folder's scheduler's sampler (:func:`~diffkit.interop.kandinsky.decoder_sampler`)."""
+    from ..errors import read_json_object
+    from ..interop.kandinsky import decoder_sampler
+    return decoder_sampler(read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json",
+                                            "scheduler config"))[0]
+
+
+def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None, nfe=None, num=None, nrow=None,
+                     out=None, individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
+                     scale=1, progress=True, guidance=None, refused: Optional[dict] = None, height=None, width=None,
+                     **options):
+    """Sample a Kandinsky 2.2 decoder folder with its ``prior`` to a grid (and single PNGs): rows as
+    :func:`~.sample.condition_rows` (module docstring). ``refused``: {flag: value} of flags it does not take."""
+    import torch
+
+    from ..interop.kandinsky import load_decoder, load_prior, prior_embeddings, decode_embeddings
+    from ..noise import generators_from_seed
+    from ._pixart import checked_request, own_loop
+    from ._sd3 import prompted_rows
+    from .sample import draw_prompted_grid
+    guidance = checked_request(directory, "Kandinsky 2.2 decoder", TAKES, guidance, options, refused)
+    decoder = load_decoder(directory, device, progress=progress)
+    shape = decoder.latent_shape(1, height, width)[1:]
+    model = load_prior(prior.folder, device, progress=progress)
+    _, _, prompts, _, num, nrow, per_sample = prompted_rows(decoder, guidance, None, None, num, nrow, seed, device,
+                                                            progress)
+    per_sample["seeds"] = [seed + i for i in range(num)]
+    scale_s, convention = (decoder.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
+        (guidance.guidance_scale, guidance.convention)
+    if convention != "diffusers":
+        scale_s = scale_s + 1  # the seed convention's w: diffusers' s = 1 + w
+    own_grid, options = own_loop(decoder, sampler, spacing, final, nfe, options)
+    steps = decoder.default_steps if steps is None and nfe is None else steps
+    negatives = guidance.negative_prompt
+
+    def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, generator=None, **how):
+        seeds = cond["seeds"]
+        copies = 1 if negatives is None else 2  # the negative prompt's rows: again from seed + i
+        gens = [g for _ in range(copies) for s in seeds for g in generators_from_seed(s, 1)]
+        embeds, negative = prior_embeddings(model, cond["prompts"], negative_prompt=negatives,
+                                            guidance_scale=prior.guidance_scale, steps=prior.steps, generator=gens)
+        grid = {"grid": "scheduler"} if own_grid else {"spacing": spacing, "final": final, "nfe": nfe}
+        return decode_embeddings(decoder, embeds, negative, guidance_scale=scale_s, sampler=sampler, steps=steps,
+                                 latents=noise, generator=generator, return_latents=True, **grid, **how)
+
+    images, out = draw_prompted_grid(
+        decoder.denoiser, num, shape, prompted,
+        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()},
+        decoder.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe,
+        spacing=spacing, final=final, batch_size=batch_size, device=device, dtype=torch.float32, progress=progress,
+        **options)
+    grid = "the scheduler's timesteps" if own_grid else "its diffkit grid"
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, Kandinsky 2.2 decoder {directory} with prior "
+          f"{prior.folder} ({prior.steps} steps, guidance {prior.guidance_scale:g}), prompts {prompts})")
+    return images
+
+
+EDIT_TAKES = ("--prior, --images, --prompt, --negative-prompt, --strength, --guidance-scale (--guidance-convention), "
+              "--prior-guidance-scale, --prior-steps, --steps, --height / --width, --seed, --batch-size")
+EDIT_FLAGS = {  # diffkit edit's dests a Kandinsky 2.2 decoder folder takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "strength", "steps",
+    "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "prior",
+    "prior_guidance_scale", "prior_steps"}
+IMG2IMG_STRENGTH = 0.3  # KandinskyV22Img2ImgPipeline's default strength
+
+
+def edit_kandinsky(args) -> int:
+    """``diffkit edit --checkpoint DECODER --prior PRIOR --images PNG|DIR --prompt TEXT``: each image edited as
+    ``KandinskyV22Img2ImgPipeline`` fed the prior's embeddings of its prompt
+    (:func:`diffkit.interop.kandinsky.image_to_image`: strength 0.3, 100 steps by default; image i from ``--seed``
+    + i in both folders). Every other edit flag: one line, before any weight is read or any folder is made."""
+    import torch
+
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.kandinsky import DECODER_DEFAULTS, image_to_image, load_decoder, load_prior, prior_embeddings
+    from ..memory import batches_with_oom_retry
+    from ..noise import generators_from_seed
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._pixart import prompted_edit_inputs
+
+    directory = args.checkpoint
+    found = []  # the --prior request, checked after the flags
+    images, count = prompted_edit_inputs(args, EDIT_FLAGS, "Kandinsky 2.2 decoder", "KandinskyV22Img2ImgPipeline",
+                                         EDIT_TAKES,
+                                         check=lambda: found.append(PriorRequest.from_args(args, directory)))
+    prior = found[0]
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    decoder = load_decoder(directory, device, progress=args.progress)
+    decoder.latent_shape(1, images.shape[2], images.shape[3])
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    model = load_prior(prior.folder, device, progress=args.progress)
+    scale = DECODER_DEFAULTS[0] if args.guidance_scale is None else \
+        args.guidance_scale + (1 if args.guidance_convention == "seed" else 0)
+    strength = IMG2IMG_STRENGTH if args.strength is None else args.strength
+    negatives = args.negative_prompt
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        copies = 1 if negatives is None else 2
+        gens = [g for _ in range(copies) for g in generators_from_seed(args.seed + start, n)]
+        embeds, negative = prior_embeddings(model, prompts, negative_prompt=negatives,
+                                            guidance_scale=prior.guidance_scale, steps=prior.steps, generator=gens)
+        return (image_to_image(decoder, images[start:start + n], embeds, negative, strength=strength,
+                               guidance_scale=scale, steps=args.steps, seed=args.seed + start, output_range="-1,1",
+                               progress=args.progress).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky 2.2 decoder {directory} with prior "
+          f"{prior.folder} as KandinskyV22Img2ImgPipeline, strength {strength}, prompts {list(args.prompts)})")
+    return 0

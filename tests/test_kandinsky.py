@@ -1,0 +1,203 @@
+"""Kandinsky 2.2 folders (diffkit.interop.kandinsky): the prior (``prior_embeddings`` on a KandinskyV22PriorPipeline
+folder) and the decoder (``decode_embeddings`` on a KandinskyV22Pipeline folder) against diffusers' own pipelines
+on tiny random folders (tests/_kandinsky_helpers.py; nothing downloaded), each step's noise drawn from the same
+per-row generators; ``diffkit sample --checkpoint DECODER --prior PRIOR`` on them (the library's output byte for
+byte; flags that do not apply: one line)."""
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.kandinsky import (decode_embeddings, decoder_sampler, load_decoder, load_prior,  # noqa: E402
+                                       prior_embeddings, prior_sampler)
+from diffkit.noise import generators_from_seed  # noqa: E402
+
+from _kandinsky_helpers import tiny_decoder_pipeline, tiny_prior_pipeline  # noqa: E402
+from _pixart_helpers import edited_copy  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot dog"]
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory):
+    """(prior pipeline, prior folder, KandinskyPrior, decoder pipeline, decoder folder, KandinskyDecoder), each
+    pipeline loaded from its folder."""
+    root = tmp_path_factory.mktemp("kandinsky")
+    tiny_prior_pipeline(root).save_pretrained(root / "prior")
+    tiny_decoder_pipeline().save_pretrained(root / "decoder")
+    prior = diffusers.KandinskyV22PriorPipeline.from_pretrained(root / "prior", local_files_only=True)
+    decoder = diffusers.KandinskyV22Pipeline.from_pretrained(root / "decoder", local_files_only=True)
+    for pipe in (prior, decoder):
+        pipe.set_progress_bar_config(disable=True)
+    return (prior, root / "prior", load_prior(root / "prior", progress=False),
+            decoder, root / "decoder", load_decoder(root / "decoder", progress=False))
+
+
+def prior_pair(folders, steps=3, negative_prompt=None, **call):
+    """(diffusers', diffkit's) (image_embeds, negative_image_embeds), generators seed 7 + i."""
+    pipe, _, model = folders[:3]
+    rows = len(PROMPTS) * (1 if negative_prompt is None else 2)
+    gens = generators_from_seed(7, len(PROMPTS)) * (rows // len(PROMPTS))
+    with torch.no_grad():
+        out = pipe(PROMPTS, negative_prompt=negative_prompt, num_inference_steps=steps,
+                   generator=[torch.Generator().manual_seed(g.initial_seed()) for g in gens], **call)
+    ours = prior_embeddings(model, PROMPTS, negative_prompt=negative_prompt, steps=steps, seed=7,
+                            guidance_scale=call.get("guidance_scale"))
+    return (out.image_embeds, out.negative_image_embeds), ours
+
+
+@pytest.mark.parametrize("case", [{}, {"negative_prompt": ["blurry", "dark"], "guidance_scale": 3.0},
+                                  {"guidance_scale": 1.0}])
+def test_prior_matches_pipeline(folders, case):
+    theirs, ours = prior_pair(folders, **case)
+    for a, b in zip(theirs, ours):
+        assert a.shape == b.shape
+        assert relative_error(b, a) < 1e-5, relative_error(b, a)
+
+
+@pytest.mark.parametrize("change", [{}, {"variance_type": "fixed_small"},
+                                    {"_class_name": "DDIMScheduler", "set_alpha_to_one": False,
+                                     "variance_type": None}])
+def test_decoder_matches_pipeline(folders, tmp_path, change):
+    """The decoder's latents (output_type="latent") from the prior's embeddings: its DDPMScheduler with the learned
+    variance (and the last step's noise, last_step_noise), with fixed_small, and a DDIMScheduler folder."""
+    (embeds, negative), _ = prior_pair(folders)
+    folder = folders[4] if not change else edited_copy(folders[4], tmp_path / "decoder",
+                                                       "scheduler/scheduler_config.json", change)
+    if "_class_name" in change:  # the class diffusers loads: model_index.json's
+        index = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers",
+                                                                                    change["_class_name"]]}))
+    pipe = diffusers.KandinskyV22Pipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    model = load_decoder(folder, progress=False)
+    with torch.no_grad():
+        theirs = pipe(image_embeds=embeds, negative_image_embeds=negative, height=16, width=16, num_inference_steps=3,
+                      output_type="latent", generator=generators_from_seed(7, 2)).images
+        images = pipe.movq.decode(theirs, force_not_quantize=True).sample
+    ours = decode_embeddings(model, embeds, negative, height=16, width=16, steps=3, seed=7, return_latents=True)
+    assert ours.shape == theirs.shape == (2, 4, 8, 8)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    assert relative_error(model.decode(theirs), images) < 1e-6  # the MoVQ decode (the images' difference: docs)
+
+def test_cli_sample_matches_library(folders, tmp_path, capsys):
+    """diffkit sample --checkpoint DECODER --prior PRIOR: each image the library's (prior seed + i, decoder seed
+    + i), written byte for byte as the grid's PNG; the negative prompt's rows from the same seeds."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.interop.kandinsky import text_to_image
+    _, prior_folder, prior, _, folder, decoder = folders
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prior", str(prior_folder), "--prompt", PROMPTS[0],
+                 "--prompt", PROMPTS[1], "--negative-prompt", "dark", "--guidance-scale", "3",
+                 "--guidance-convention", "diffusers", "--prior-steps", "2", "--steps", "2", "--height", "16",
+                 "--width", "16", "--seed", "5", "--num", "2", "--nrow", "2", "--no-progress", "--out", str(out),
+                 "--individual", str(tmp_path / "each")]) == 0
+    assert "Kandinsky 2.2 decoder" in capsys.readouterr().out
+    ours = text_to_image(prior, decoder, PROMPTS, negative_prompt="dark", prior_steps=2, steps=2, height=16,
+                         width=16, guidance_scale=3.0, seed=5)
+    for i in range(2):
+        written = np.asarray(Image.open(sorted((tmp_path / "each").iterdir())[i])).astype(np.float32) / 255
+        assert np.abs(written - ours[i].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_refusals(folders, tmp_path, capsys):
+    """What diffkit does not drive: one line, before any weight is read or any file written."""
+    from _pixart_helpers import assert_sample_refusals
+    prior_folder, folder = folders[1], folders[4]
+    p = ["--prior", str(prior_folder)]
+    assert_sample_refusals(main, folder, tmp_path, capsys, [
+        ([], "is a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline): give --prior FOLDER"),  # RKD1
+        (["--prior", str(folder)], "is not a KandinskyV22PriorPipeline folder (it is a KandinskyV22Pipeline folder: "
+                                   "give it as --checkpoint)"),  # RKD2
+        (p + ["--prior-steps", "1"], "--prior-steps 1 is not allowed; give at least 2"),  # RKD3
+        (p + ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Kandinsky 2.2 decoder folder"),
+        (p + ["--max-sequence-length", "8"], "--max-sequence-length applies to an SD3 folder"),
+        (p + ["--height", "18"], "--height 18 is not allowed"),  # RKD4: multiples of f^2
+    ])
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(prior_folder), "--prompt", "hot", "--out",
+                 str(tmp_path / "never.png")]) == 2
+    assert "is a Kandinsky 2.2 prior folder: give it as --prior" in capsys.readouterr().err  # RKD5
+    bad = edited_copy(prior_folder, tmp_path / "learned", "scheduler/scheduler_config.json",
+                      {"variance_type": "learned_range"})
+    with pytest.raises(DiffkitError, match="allowed: an UnCLIPScheduler with variance_type 'fixed_small_log'"):
+        load_prior(bad)  # RKD6
+    bad = edited_copy(folders[4], tmp_path / "text", "unet/config.json", {"addition_embed_type": "text"})
+    with pytest.raises(DiffkitError, match="addition_embed_type='text'; allowed: 'image'"):
+        load_decoder(bad)  # RKD7
+    with pytest.raises(DiffkitError, match="allowed: a DDPMScheduler with variance_type 'fixed_small' or"):
+        decoder_sampler({"_class_name": "EulerDiscreteScheduler"})  # RKD8
+    with pytest.raises(DiffkitError, match="steps=1 is not allowed; give an integer >= 2"):
+        prior_embeddings(folders[2], "hot", steps=1)
+    assert prior_sampler({"_class_name": "UnCLIPScheduler", "clip_sample_range": 10.0}) == (
+        "ddpm", {"variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 10.0})
+    with pytest.raises(DiffkitError, match="give 4 generators"):
+        prior_embeddings(folders[2], PROMPTS, negative_prompt="dark", generator=generators_from_seed(0, 2))
+
+
+def test_img2img_matches_pipeline(folders):
+    """image_to_image: KandinskyV22Img2ImgPipeline's latents (strength 0.6 of 5 steps: 3 kept) from the same
+    per-row generators; the images given in [0, 1] to the pipeline (its preprocessing makes them 2x - 1)."""
+    from diffkit.interop.kandinsky import image_to_image
+    _, _, _, pipe, _, model = folders
+    (embeds, negative), _ = prior_pair(folders)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    img2img = diffusers.KandinskyV22Img2ImgPipeline(unet=pipe.unet, scheduler=pipe.scheduler, movq=pipe.movq)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(image=images, image_embeds=embeds, negative_image_embeds=negative, height=16, width=16,
+                         strength=0.6, num_inference_steps=5, output_type="latent",
+                         generator=generators_from_seed(7, 2)).images
+    ours = image_to_image(model, images * 2 - 1, embeds, negative, strength=0.6, steps=5, seed=7,
+                          return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    with pytest.raises(DiffkitError, match="strength=0 is not allowed"):
+        image_to_image(model, images, embeds, negative, strength=0)
+
+
+def test_cli_edit_matches_library(folders, tmp_path, capsys):
+    """diffkit edit --checkpoint DECODER --prior PRIOR --images DIR: each PNG the library's image_to_image of the
+    prior's embeddings (both from seed + i); its refusals in one line, no folder made."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.interop.kandinsky import image_to_image
+    _, prior_folder, prior, _, folder, decoder = folders
+    pngs = tmp_path / "in"
+    pngs.mkdir()
+    pixels = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(4))
+    for i in range(2):
+        Image.fromarray((pixels[i].numpy() * 255).round().astype(np.uint8)).save(pngs / f"{i}.png")
+    base = ["edit", "--checkpoint", str(folder), "--images", str(pngs), "--prompt", PROMPTS[0], "--prompt",
+            PROMPTS[1], "--no-progress"]
+    for extra, expected in [([], "give --prior FOLDER"),  # RKD1
+                            (["--prior", str(prior_folder), "--mask", str(pngs / "0.png")],
+                             "--mask does not apply to a Kandinsky 2.2 decoder folder"),  # RKD9
+                            (["--prior", str(prior_folder), "--prior-steps", "1"], "--prior-steps 1 is not allowed")]:
+        capsys.readouterr()
+        assert main(base + extra + ["--out", str(tmp_path / "never")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never").exists()
+    out = tmp_path / "out"
+    assert main(base + ["--prior", str(prior_folder), "--prior-steps", "2", "--steps", "4", "--strength", "0.5",
+                        "--guidance-scale", "3", "--guidance-convention", "diffusers", "--seed", "5",
+                        "--out", str(out)]) == 0
+    read = torch.from_numpy(np.stack([np.asarray(Image.open(pngs / f"{i}.png")) for i in range(2)]))
+    images = read.permute(0, 3, 1, 2).float() / 127.5 - 1
+    ours = []
+    for i in range(2):
+        embeds, negative = prior_embeddings(prior, PROMPTS[i], steps=2, seed=5 + i)
+        ours.append(image_to_image(decoder, images[i:i + 1], embeds, negative, strength=0.5, steps=4,
+                                   guidance_scale=3.0, seed=5 + i))
+    for i, image in enumerate(torch.cat(ours)):
+        written = np.asarray(Image.open(out / f"edit_{i:05d}.png")).astype(np.float32) / 255
+        assert np.abs(written - image.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
