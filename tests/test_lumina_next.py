@@ -30,7 +30,8 @@ def tiny_lumina_next_pipeline():
     transformer = diffusers.LuminaNextDiT2DModel(
         sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=1, num_attention_heads=2,
         num_kv_heads=1, multiple_of=16, cross_attention_dim=32)
-    with torch.no_grad():  # its gates start at zero (no cross-attention): give them weights
+    with torch.no_grad():  # its gates start at zero (no cross-attention): give them weights; its pad_token is
+        transformer.pad_token.normal_(0, 0.5)  # torch.empty (whatever the memory held, NaN at times): drawn too
         for p in transformer.parameters():
             if not p.abs().sum():
                 p.normal_(0, 0.5)
