@@ -180,7 +180,7 @@ def test_cli_edit_matches_library(folders, tmp_path, capsys):
             PROMPTS[1], "--no-progress"]
     for extra, expected in [([], "give --prior FOLDER"),  # RKD1
                             (["--prior", str(prior_folder), "--mask", str(pngs / "0.png")],
-                             "--mask does not apply to a Kandinsky 2.2 decoder folder"),  # RKD9
+                             "--mask does not apply to a Kandinsky 2.2 decoder folder whose UNet"),  # RKD9
                             (["--prior", str(prior_folder), "--prior-steps", "1"], "--prior-steps 1 is not allowed")]:
         capsys.readouterr()
         assert main(base + extra + ["--out", str(tmp_path / "never")]) == 2, extra
@@ -201,3 +201,97 @@ def test_cli_edit_matches_library(folders, tmp_path, capsys):
     for i, image in enumerate(torch.cat(ours)):
         written = np.asarray(Image.open(out / f"edit_{i:05d}.png")).astype(np.float32) / 255
         assert np.abs(written - image.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.fixture(scope="session")
+def inpaint_folder(tmp_path_factory):
+    """(KandinskyV22InpaintPipeline, its folder, KandinskyDecoder): a 9-channel UNet (latents, masked-image latents,
+    mask) with a learned variance."""
+    root = tmp_path_factory.mktemp("kandinsky_inpaint")
+    tiny_decoder_pipeline(inpaint=True).save_pretrained(root / "inpaint")
+    pipe = diffusers.KandinskyV22InpaintPipeline.from_pretrained(root / "inpaint", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, root / "inpaint", load_decoder(root / "inpaint", progress=False)
+
+
+def inpaint_inputs():
+    """(image embeddings, negative ones, an image in [-1, 1], its mask: 1 = repaint, a block)."""
+    g = torch.Generator().manual_seed(3)
+    embeds, negative = torch.randn(1, 16, generator=g), torch.randn(1, 16, generator=g)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 2:9, 4:12] = 1
+    return embeds, negative, torch.rand(1, 3, 16, 16, generator=g) * 2 - 1, mask
+
+
+@pytest.mark.parametrize("steps", [3, 4])
+def test_inpaint_matches_pipeline(inpaint_folder, steps):
+    """kandinsky_inpaint.inpaint: KandinskyV22InpaintPipeline's latents (the inverted, eroded mask; the masked-image
+    latents; the kept region blended back after every step and at the end) from the same generator."""
+    from diffkit.interop.kandinsky_inpaint import inpaint
+    pipe, _, model = inpaint_folder
+    embeds, negative, image, mask = inpaint_inputs()
+    with torch.no_grad():
+        theirs = pipe(image_embeds=embeds, image=image, mask_image=mask.clone(), negative_image_embeds=negative,
+                      height=16, width=16, num_inference_steps=steps, output_type="latent",
+                      generator=generators_from_seed(7, 1)).images
+    ours = inpaint(model, image, mask, embeds, negative, steps=steps, seed=7, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+
+
+def test_inpaint_refusals(folders, inpaint_folder, tmp_path):
+    """A 4-channel decoder does not inpaint (RKD11); a KandinskyV22InpaintPipeline folder whose UNet takes 4 channels
+    and a KandinskyV22Pipeline folder whose UNet takes 9 (RKD12); the 9-channel UNet without its mask."""
+    from diffkit.interop.kandinsky_inpaint import inpaint
+    embeds, negative, image, mask = inpaint_inputs()
+    with pytest.raises(DiffkitError, match="a KandinskyV22Pipeline decoder does not inpaint"):
+        inpaint(folders[5], image, mask, embeds, negative, steps=2)  # RKD11
+    bad = edited_copy(inpaint_folder[1], tmp_path / "four", "unet/config.json", {"in_channels": 4})
+    with pytest.raises(DiffkitError, match="KandinskyV22InpaintPipeline folder whose UNet has in_channels=4"):
+        load_decoder(bad)  # RKD12
+    bad = edited_copy(folders[4], tmp_path / "nine", "unet/config.json", {"in_channels": 9})
+    with pytest.raises(DiffkitError, match="KandinskyV22Pipeline folder whose UNet has in_channels=9"):
+        load_decoder(bad)
+    with pytest.raises(DiffkitError, match="mask of shape"):
+        inpaint(inpaint_folder[2], image, mask[..., :8], embeds, negative, steps=2)
+    with pytest.raises(DiffkitError, match="a Kandinsky 2.2 inpainting decoder"):
+        decode_embeddings(inpaint_folder[2], embeds, negative, height=16, width=16, steps=2)
+
+
+def test_cli_inpaint_matches_library(folders, inpaint_folder, tmp_path, capsys):
+    """diffkit edit --checkpoint INPAINT_DECODER --prior PRIOR --images DIR --mask PNG: each PNG the library's
+    inpaint of the prior's embeddings (both from seed + i); its refusals in one line, no folder made."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.interop.kandinsky_inpaint import inpaint
+    prior_folder, prior, folder = folders[1], folders[2], inpaint_folder[1]
+    pngs = tmp_path / "in"
+    pngs.mkdir()
+    pixels = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(4))
+    for i in range(2):
+        Image.fromarray((pixels[i].numpy() * 255).round().astype(np.uint8)).save(pngs / f"{i}.png")
+    mask = inpaint_inputs()[3]
+    Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    base = ["edit", "--checkpoint", str(folder), "--images", str(pngs), "--prompt", PROMPTS[0], "--no-progress",
+            "--prior", str(prior_folder)]
+    m = ["--mask", str(tmp_path / "mask.png")]
+    for args, expected in [(base, "is a KandinskyV22InpaintPipeline folder: it only inpaints; give --mask"),  # RKD13
+                           (base + m + ["--strength", "0.5"], "--strength does not apply to a Kandinsky 2.2"),
+                           (["sample", "--checkpoint", str(folder), "--prior", str(prior_folder), "--prompt", "a"],
+                            "it only inpaints; use diffkit edit")]:  # RKD14
+        capsys.readouterr()
+        assert main(args + ["--out", str(tmp_path / ("never" if args[0] == "edit" else "never.png"))]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (args, err)
+    assert not (tmp_path / "never").exists()
+    out = tmp_path / "out"
+    assert main(base + m + ["--prior-steps", "2", "--steps", "3", "--guidance-scale", "3", "--guidance-convention",
+                            "diffusers", "--seed", "5", "--out", str(out)]) == 0
+    assert "as KandinskyV22InpaintPipeline" in capsys.readouterr().out
+    read = torch.from_numpy(np.stack([np.asarray(Image.open(pngs / f"{i}.png")) for i in range(2)]))
+    images = read.permute(0, 3, 1, 2).float() / 127.5 - 1
+    embeds, negative = prior_embeddings(prior, [PROMPTS[0]] * 2, steps=2, seed=5)
+    ours = inpaint(inpaint_folder[2], images, mask, embeds, negative, steps=3, guidance_scale=3.0, seed=5)
+    for i in range(2):
+        written = np.asarray(Image.open(out / f"edit_{i:05d}.png")).astype(np.float32) / 255
+        assert np.abs(written - ours[i].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6

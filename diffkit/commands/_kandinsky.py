@@ -104,6 +104,10 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
     from ._pixart import checked_request, own_loop
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
+    from ..interop.kandinsky import INPAINT_PIPELINE, kandinsky_kind
+    if kandinsky_kind(directory) == INPAINT_PIPELINE:
+        raise DiffkitError(f"{directory} is a {INPAINT_PIPELINE} folder: it only inpaints; use diffkit edit --images "
+                           f"PNG|DIR --mask PNG --prior FOLDER --prompt TEXT")
     guidance = checked_request(directory, "Kandinsky 2.2 decoder", TAKES, guidance, options, refused)
     decoder = load_decoder(directory, device, progress=progress)
     shape = decoder.latent_shape(1, height, width)[1:]
@@ -148,6 +152,22 @@ EDIT_FLAGS = {  # diffkit edit's dests a Kandinsky 2.2 decoder folder takes (the
     "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "prior",
     "prior_guidance_scale", "prior_steps"}
 IMG2IMG_STRENGTH = 0.3  # KandinskyV22Img2ImgPipeline's default strength
+INPAINT_TAKES = EDIT_TAKES.replace("--strength", "--mask")  # KandinskyV22InpaintPipeline: no strength, a mask
+INPAINT_FLAGS = EDIT_FLAGS - {"strength"} | {"mask"}
+
+
+def check_inpaint_request(args) -> bool:
+    """True for a ``KandinskyV22InpaintPipeline`` decoder folder with ``--mask``; one line for one without it, and
+    for ``--mask`` on a ``KandinskyV22Pipeline`` folder (its UNet takes the latents alone)."""
+    from ..interop.kandinsky import INPAINT_PIPELINE, kandinsky_kind
+    inpainting = kandinsky_kind(args.checkpoint) == INPAINT_PIPELINE
+    if inpainting and args.mask is None:
+        raise DiffkitError(f"{args.checkpoint} is a {INPAINT_PIPELINE} folder: it only inpaints; give --mask PNG "
+                           f"(white = repaint)")
+    if args.mask is not None and not inpainting:
+        raise DiffkitError(f"--mask does not apply to a Kandinsky 2.2 decoder folder whose UNet takes the latents "
+                           f"alone ({args.checkpoint}); allowed: a {INPAINT_PIPELINE} folder as --checkpoint")
+    return inpainting
 
 
 def edit_kandinsky(args) -> int:
@@ -159,17 +179,21 @@ def edit_kandinsky(args) -> int:
 
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.kandinsky import DECODER_DEFAULTS, image_to_image, load_decoder, load_prior, prior_embeddings
+    from ..interop.kandinsky import (DECODER_DEFAULTS, INPAINT_PIPELINE, image_to_image, load_decoder, load_prior,
+                                     prior_embeddings)
+    from ..interop.kandinsky_inpaint import inpaint
     from ..memory import batches_with_oom_retry
     from ..noise import generators_from_seed
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._pixart import prompted_edit_inputs
 
     directory = args.checkpoint
+    inpainting = check_inpaint_request(args)
     found = []  # the --prior request, checked after the flags
-    images, count = prompted_edit_inputs(args, EDIT_FLAGS, "Kandinsky 2.2 decoder", "KandinskyV22Img2ImgPipeline",
-                                         EDIT_TAKES,
-                                         check=lambda: found.append(PriorRequest.from_args(args, directory)))
+    flags, takes, runs = (INPAINT_FLAGS, INPAINT_TAKES, INPAINT_PIPELINE) if inpainting else \
+        (EDIT_FLAGS, EDIT_TAKES, "KandinskyV22Img2ImgPipeline")
+    images, count, mask = prompted_edit_inputs(args, flags, "Kandinsky 2.2 decoder", runs, takes, with_mask=True,
+                                               check=lambda: found.append(PriorRequest.from_args(args, directory)))
     prior = found[0]
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
@@ -189,13 +213,18 @@ def edit_kandinsky(args) -> int:
         gens = [g for _ in range(copies) for g in generators_from_seed(args.seed + start, n)]
         embeds, negative = prior_embeddings(model, prompts, negative_prompt=negatives,
                                             guidance_scale=prior.guidance_scale, steps=prior.steps, generator=gens)
+        common = {"guidance_scale": scale, "steps": args.steps, "seed": args.seed + start, "output_range": "-1,1",
+                  "progress": args.progress}
+        if inpainting:
+            return (inpaint(decoder, images[start:start + n], mask, embeds, negative, **common).cpu(),)
         return (image_to_image(decoder, images[start:start + n], embeds, negative, strength=strength,
-                               guidance_scale=scale, steps=args.steps, seed=args.seed + start, output_range="-1,1",
-                               progress=args.progress).cpu(),)
+                               **common).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
+    how = f"as {INPAINT_PIPELINE}, mask {args.mask}" if inpainting else \
+        f"as KandinskyV22Img2ImgPipeline, strength {strength}"
     print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky 2.2 decoder {directory} with prior "
-          f"{prior.folder} as KandinskyV22Img2ImgPipeline, strength {strength}, prompts {list(args.prompts)})")
+          f"{prior.folder} {how}, prompts {list(args.prompts)})")
     return 0

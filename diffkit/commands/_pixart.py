@@ -297,19 +297,19 @@ SPRINT_EDIT_FLAGS = {  # diffkit edit's dests a Sana Sprint folder takes (the re
     "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "lora"}
 
 
-def prompted_edit_inputs(args, flags, kind: str, pipeline: str, takes: str, check=None) -> tuple:
+def prompted_edit_inputs(args, flags, kind: str, pipeline: str, takes: str, check=None, with_mask=False) -> tuple:
     """(images, count) of ``diffkit edit`` on a ``kind`` folder edited as ``pipeline`` that takes only the dests
     ``flags`` (``takes``: their names; ``check``: called after the flags' check, e.g. a second folder's): one line
     for another flag given, no ``--images`` / ``--prompt``, ``--batch-size auto``, or a ``--prompt`` count other
-    than 1 or the images' (Sana Sprint, Kandinsky 2.2)."""
+    than 1 or the images' (Sana Sprint, Kandinsky 2.2). ``with_mask``: (images, count, ``--mask`` or None)."""
     from .edit import read_edit_inputs
     check_folder_edit_args(args, flags, kind, takes, f" in diffkit edit, which runs {pipeline}", check)
-    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     if len(args.prompts) not in (1, count):
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
                            f"image) or once per image ({count}, in the files' order)")
-    return images, count
+    return (images, count, mask) if with_mask else (images, count)
 
 
 def edit_sana_sprint(args) -> int:

@@ -49,7 +49,8 @@ from ..errors import DiffkitError, read_json_object
 from . import from_pretrained, library_progress_bars, require
 
 PRIOR_PIPELINE, DECODER_PIPELINE = "KandinskyV22PriorPipeline", "KandinskyV22Pipeline"
-KANDINSKY_PIPELINES = (PRIOR_PIPELINE, DECODER_PIPELINE)
+INPAINT_PIPELINE = "KandinskyV22InpaintPipeline"  # a decoder folder whose UNet takes 9 channels (.kandinsky_inpaint)
+KANDINSKY_PIPELINES = (PRIOR_PIPELINE, DECODER_PIPELINE, INPAINT_PIPELINE)
 PRIOR_DEFAULTS = (4.0, 25)  # KandinskyV22PriorPipeline.__call__'s (guidance_scale, num_inference_steps)
 DECODER_DEFAULTS = (4.0, 100)  # KandinskyV22Pipeline.__call__'s
 DECODER_SIZE = 512  # KandinskyV22Pipeline's default height and width
@@ -66,8 +67,8 @@ def kandinsky_kind(path) -> Optional[str]:
 
 
 def is_kandinsky_folder(path) -> bool:
-    """True for a ``KandinskyV22Pipeline`` (decoder) folder (``diffkit sample --checkpoint``'s)."""
-    return kandinsky_kind(path) == DECODER_PIPELINE
+    """True for a ``KandinskyV22Pipeline`` or ``KandinskyV22InpaintPipeline`` (decoder) folder."""
+    return kandinsky_kind(path) in (DECODER_PIPELINE, INPAINT_PIPELINE)
 
 
 def prior_sampler(config: dict) -> tuple:
@@ -155,6 +156,7 @@ def _checked(directory, pipeline: str, required, classes: dict) -> dict:
     from .sd_xl import _index
     directory = Path(directory)
     found = kandinsky_kind(directory)
+    pipeline = INPAINT_PIPELINE if found == INPAINT_PIPELINE and pipeline == DECODER_PIPELINE else pipeline
     if found != pipeline:
         flag = "--prior" if pipeline == PRIOR_PIPELINE else "--checkpoint"
         other = f" (it is a {found} folder: give it as {'--checkpoint' if flag == '--prior' else '--prior'})" \
@@ -186,6 +188,8 @@ def check_decoder_folder(directory) -> tuple:
     if unet.get("addition_embed_type") != "image":
         raise DiffkitError(f"{directory}'s UNet has addition_embed_type={unet.get('addition_embed_type')!r}; "
                            f"allowed: 'image' (Kandinsky 2.2's image-embedding condition)")
+    from .kandinsky_inpaint import check_inpaint_channels
+    check_inpaint_channels(directory, index["_class_name"], unet)
     scheduler = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     decoder_sampler(scheduler)
     return index, unet, scheduler
@@ -365,11 +369,14 @@ class KandinskyDecoder:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive integers "
                                    f"(multiples of {f * f} are drawn as asked, others rounded up)")
-        return (batch, int(self.unet.config.in_channels), -(-height // (f * f)) * f, -(-width // (f * f)) * f)
+        return (batch, int(self.movq.config.latent_channels), -(-height // (f * f)) * f, -(-width // (f * f)) * f)
 
     @property
     def denoiser(self):
         """The unguided :class:`~diffkit.denoiser.Denoiser` with the learned variance (cond: ``image_embeds``)."""
+        if self._denoiser is None and self.pipeline == INPAINT_PIPELINE:
+            from .kandinsky_inpaint import inpaint_denoiser
+            self._denoiser = inpaint_denoiser(self)
         if self._denoiser is None:
             from .denoiser import diffusers_denoiser
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule,
@@ -475,6 +482,16 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
 
 
+def check_images(model: KandinskyDecoder, images: torch.Tensor) -> tuple:
+    """z_T's shape for ``images`` (B, 3, H, W), H and W multiples of f^2; else one line."""
+    shape = model.latent_shape(images.shape[0], images.shape[2], images.shape[3]) if images.ndim == 4 else None
+    if shape is None or images.shape[1] != 3 or shape[2] * model.scale_factor != images.shape[2] \
+            or shape[3] * model.scale_factor != images.shape[3]:
+        raise DiffkitError(f"images of shape {tuple(images.shape)} are not allowed; give (B, 3, H, W) in [-1, 1] "
+                           f"with H, W multiples of {model.scale_factor ** 2}")
+    return shape
+
+
 def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: torch.Tensor,
                    negative_image_embeds: torch.Tensor, *, strength: float = 0.3,
                    guidance_scale: Optional[float] = None, steps: Optional[int] = None, seed: Optional[int] = 0,
@@ -496,11 +513,7 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise DiffkitError(f"strength={strength!r} is not allowed; give a number in (0, 1]")
     batch = images.shape[0]
-    shape = model.latent_shape(batch, images.shape[2], images.shape[3])
-    if images.ndim != 4 or images.shape[1] != 3 or shape[2] * model.scale_factor != images.shape[2] \
-            or shape[3] * model.scale_factor != images.shape[3]:
-        raise DiffkitError(f"images of shape {tuple(images.shape)} are not allowed; give (B, 3, H, W) in [-1, 1] "
-                           f"with H, W multiples of {model.scale_factor ** 2}")
+    check_images(model, images)
     steps = model.default_steps if steps is None else steps
     grid = _own_grid(model.scheduler_config, steps)
     kept = min(int(steps * strength), steps)
@@ -542,5 +555,5 @@ __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load
            "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler",
            "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
-           "is_kandinsky_folder",
+           "is_kandinsky_folder", "check_images", "INPAINT_PIPELINE",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]
