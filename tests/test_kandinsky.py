@@ -227,7 +227,7 @@ def inpaint_inputs():
 def test_inpaint_matches_pipeline(inpaint_folder, steps):
     """kandinsky_inpaint.inpaint: KandinskyV22InpaintPipeline's latents (the inverted, eroded mask; the masked-image
     latents; the kept region blended back after every step and at the end) from the same generator."""
-    from diffkit.interop.kandinsky_inpaint import inpaint
+    from diffkit.interop.kandinsky_inpaint import erode_keep, inpaint
     pipe, _, model = inpaint_folder
     embeds, negative, image, mask = inpaint_inputs()
     with torch.no_grad():
@@ -236,6 +236,8 @@ def test_inpaint_matches_pipeline(inpaint_folder, steps):
                       generator=generators_from_seed(7, 1)).images
     ours = inpaint(model, image, mask, embeds, negative, steps=steps, seed=7, return_latents=True)
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    keep = erode_keep(1 - torch.nn.functional.interpolate(mask, (8, 8)))  # the kept cells: the image's latents
+    assert torch.equal(ours * keep, model.movq.encode(image).latents * keep)
 
 
 def test_inpaint_refusals(folders, inpaint_folder, tmp_path):
