@@ -180,7 +180,7 @@ def test_cli_edit_matches_library(folders, tmp_path, capsys):
             PROMPTS[1], "--no-progress"]
     for extra, expected in [([], "give --prior FOLDER"),  # RKD1
                             (["--prior", str(prior_folder), "--mask", str(pngs / "0.png")],
-                             "--mask does not apply to a Kandinsky 2.2 decoder folder whose UNet"),  # RKD9
+                             "--mask does not apply to a Kandinsky 2.2 decoder folder whose UNet"),  # RKD10
                             (["--prior", str(prior_folder), "--prior-steps", "1"], "--prior-steps 1 is not allowed")]:
         capsys.readouterr()
         assert main(base + extra + ["--out", str(tmp_path / "never")]) == 2, extra

@@ -38,8 +38,8 @@ def check_inpaint_channels(directory, pipeline: str, unet: dict) -> None:
     inpaint = latent % 2 == 1 and out in ((latent - 1) // 2, latent - 1)  # C + C + 1 in, C or 2C (variance) out
     if inpaint != (pipeline == INPAINT_PIPELINE):
         allowed = "2C + 1 (latents, masked-image latents, mask)" if pipeline == INPAINT_PIPELINE else "C"
-        raise DiffkitError(f"{directory} is a {pipeline} folder whose UNet has in_channels={latent} (out_channels={out}); "
-                           f"allowed: {allowed} for C latent channels")
+        raise DiffkitError(f"{directory} is a {pipeline} folder whose UNet has in_channels={latent} "
+                           f"(out_channels={out}); allowed: {allowed} for C latent channels")
 
 
 class KandinskyInpaintNet(ChannelConcatNet):
