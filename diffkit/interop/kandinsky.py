@@ -35,7 +35,9 @@ conditioned on that embedding alone) draws the image. Two folders, chained as ``
 Both schedules are the folders' own float32 alphas_cumprod (:func:`.deepfloyd_if.pipeline_schedule`: the last step's
 beta-tilde divides by 1 - abar_0). Refused in one line before any weight is read (:func:`check_prior_folder`,
 :func:`check_decoder_folder`): another pipeline class, a missing component, a prior scheduler with a learned variance,
-a decoder UNet without ``addition_embed_type="image"``, a decoder scheduler other than DDPM / DDIM.
+a decoder UNet without ``addition_embed_type="image"``, a decoder scheduler other than DDPM / DDIM. A
+``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 channels) is loaded here too and inpaints
+(:mod:`.kandinsky_inpaint`).
 """
 from __future__ import annotations
 
@@ -482,6 +484,21 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
 
 
+def folder_loop(model: KandinskyDecoder, denoiser, z_t: torch.Tensor, grid, generators, cond: dict,
+                progress: bool = False) -> torch.Tensor:
+    """The decoder's scheduler loop from z_t over ``grid`` (its own timesteps): :func:`decoder_sampler`'s step, and
+    a DDPMScheduler's last-step noise where the grid's last step starts at t > 0 (:func:`last_step_noise`)."""
+    from ..sampling import sample
+    sampler, options = model.folder_sampler()
+    noisy_last = sampler == "ddpm" and float(grid[-2]) > 0
+    denoiser = _Recording(denoiser) if noisy_last else denoiser
+    z = sample(denoiser, z_t, sampler, None, grid=grid, generator=generators, progress=progress, cond=cond,
+               **options)
+    if noisy_last:
+        z = z + last_step_noise(model.scheduler_config, int(grid[-2]), denoiser.last.var_values, generators, z)
+    return z
+
+
 def check_images(model: KandinskyDecoder, images: torch.Tensor) -> tuple:
     """z_T's shape for ``images`` (B, 3, H, W), H and W multiples of f^2; else one line."""
     shape = model.latent_shape(images.shape[0], images.shape[2], images.shape[3]) if images.ndim == 4 else None
@@ -507,7 +524,6 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
     from ..diffusion import q_sample
     from ..errors import check_choice
     from ..noise import randn
-    from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
@@ -527,13 +543,7 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
     t = torch.full((batch,), float(grid[0]), dtype=torch.float64)
     z_t = q_sample(model.schedule, z0, t, randn(z0.shape, generators, device=model.device, dtype=torch.float32))
     denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
-    sampler, options = model.folder_sampler()
-    noisy_last = sampler == "ddpm" and float(grid[-2]) > 0
-    denoiser = _Recording(denoiser) if noisy_last else denoiser
-    z = sample(denoiser, z_t, sampler, None, grid=grid, generator=generators, progress=progress, cond=cond,
-               **options)
-    if noisy_last:
-        z = z + last_step_noise(model.scheduler_config, int(grid[-2]), denoiser.last.var_values, generators, z)
+    z = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
     if return_latents:
         return z
     out = model.decode(z)
@@ -555,5 +565,5 @@ __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load
            "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler",
            "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
-           "is_kandinsky_folder", "check_images", "INPAINT_PIPELINE",
+           "is_kandinsky_folder", "check_images", "folder_loop", "INPAINT_PIPELINE",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]

@@ -82,9 +82,7 @@ def inpaint(model, images: torch.Tensor, mask: torch.Tensor, image_embeds: torch
     from ..editing import InpaintingDenoiser
     from ..errors import check_choice
     from ..noise import randn
-    from ..sampling import sample
-    from .kandinsky import (INPAINT_PIPELINE, _generators, _own_grid, _Recording, check_images, decoder_guidance,
-                            last_step_noise)
+    from .kandinsky import INPAINT_PIPELINE, _generators, _own_grid, check_images, decoder_guidance, folder_loop
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     if model.pipeline != INPAINT_PIPELINE:
@@ -105,13 +103,7 @@ def inpaint(model, images: torch.Tensor, mask: torch.Tensor, image_embeds: torch
     denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
     cond = {**cond, MASKED_KEY: z * keep, MASK_KEY: keep}
     denoiser = InpaintingDenoiser(denoiser, z, 1 - keep, first_input=z_t, blend=z_t)
-    sampler, options = model.folder_sampler()
-    noisy_last = sampler == "ddpm" and float(grid[-2]) > 0
-    denoiser = _Recording(denoiser) if noisy_last else denoiser
-    out = sample(denoiser, z_t, sampler, None, grid=grid, generator=generators, progress=progress, cond=cond,
-                 **options)
-    if noisy_last:
-        out = out + last_step_noise(model.scheduler_config, int(grid[-2]), denoiser.last.var_values, generators, out)
+    out = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
     out = keep * z + (1 - keep) * out
     if return_latents:
         return out
