@@ -191,3 +191,35 @@ def test_edit_folders_diffkit_does_not_drive_are_refused(edit_folder, tmp_path, 
     (copy / "model_index.json").write_text(json.dumps({**index, **change}))
     with pytest.raises(DiffkitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_qwen_image(copy, progress=False)
+
+
+@pytest.fixture(scope="session")
+def edit_inpaint(edit_folder):
+    """A QwenImageEditInpaintPipeline of the edit folder's parts and a 24 x 40 mask (1 = repaint)."""
+    pipe = diffusers.QwenImageEditInpaintPipeline(**edit_folder[0].components)
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.zeros(1, 1, 24, 40)
+    mask[..., 6:18, 4:26] = 1
+    return pipe, mask
+
+
+def test_edit_inpainting_matches_the_pipeline(edit_folder, edit_inpaint, monkeypatch):
+    """QwenImageEditInpaintPipeline (its latents= path returns early, so each image alone from its generator 5 + i):
+    the image's posterior draw, then its noise, at the strength's cut; the prompt sees the image, the same latents
+    beside z_t's; true CFG; the kept region put back at the next sigma after every step. Strength 0.6 of 3 steps."""
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_inpaint as inpaint_module
+    original = inpaint_module.calculate_dimensions
+    monkeypatch.setattr(inpaint_module, "calculate_dimensions", lambda area, ratio: original(AREA, ratio))
+    pipe, mask = edit_inpaint
+    _, _, model, images = edit_folder
+    with torch.no_grad():
+        theirs = torch.cat([unpack_latents(pipe(images[i], PROMPTS[i], mask_image=mask, negative_prompt="blurry",
+                                                true_cfg_scale=3.0, num_inference_steps=3, output_type="latent",
+                                                generator=torch.Generator().manual_seed(5 + i)).images, 8, 16)
+                            for i in range(2)])
+    ours = edit_image(model, images, PROMPTS, area=AREA, mask=mask, steps=3, seed=5, negative_prompt="blurry",
+                      guidance_scale=3.0, return_latents=True)
+    assert theirs.abs().max() > 0.5 and relative_error(ours, theirs) < 1e-5
+    plain = edit_image(model, images, PROMPTS, area=AREA, steps=3, seed=5, negative_prompt="blurry",
+                       guidance_scale=3.0, return_latents=True)
+    assert relative_error(plain, theirs) > 1e-2
