@@ -43,8 +43,9 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
     import torch
 
     from ..interop.qwen_image_edit import edit_image
-    if not model.plus:  # with a mask: QwenImageEditInpaintPipeline
-        return edit_image(model, images, prompts, mask=mask, strength=strength, **options)
+    options.update(mask=mask, strength=strength)  # a mask: QwenImageEditInpaintPipeline (a Plus folder: refused)
+    if not model.plus:
+        return edit_image(model, images, prompts, **options)
     seed = options.pop("seed")
     return torch.cat([edit_image(model, images[i:i + 1], prompts[i], seed=seed + i, **options)
                       for i in range(images.shape[0])])
