@@ -1,4 +1,5 @@
-"""A Qwen-Image-Edit diffusers folder (``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline``, diffusers 0.42.1):
+"""A Qwen-Image-Edit diffusers folder (``QwenImageEditPipeline`` / ``...EditPlusPipeline`` / ``...EditInpaintPipeline``,
+diffusers 0.42.1):
 an image edited by an instruction with any diffkit sampler, on :mod:`.qwen_image`'s loading, network, true CFG and
 flow grid.
 
@@ -23,6 +24,9 @@ fed as extra tokens beside the noisy ones (appearance). As the pipeline's ``__ca
 Plus (``QwenImageEditPlusPipeline``, 2509): one prompt (batch 1) sees several images, "Picture i: " and image i's
 vision tokens before the prompt (its template has none), each image at its own ratio on 384^2 pixels for the prompt
 and 1024^2 for its latents, all latents after z_t's with their own ``img_shapes`` entries; the last image's size.
+
+Inpainting (``QwenImageEditInpaintPipeline``, ``mask=``): this conditioning on Qwen-Image's inpainting loop
+(:func:`_inpaint`).
 
 diffkit reads ``processor/`` with transformers' PIL image processor (``Qwen2VLImageProcessorPil``; it needs no
 torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer. The 2511
