@@ -169,8 +169,8 @@ def test_edit_command_is_the_library_and_refuses_what_does_not_apply(edit_folder
     assert [p.read_bytes() for p in sorted(out.iterdir())] == \
         [p.read_bytes() for p in sorted((tmp_path / "expected").iterdir())]
     base = ["edit", "--checkpoint", str(path), "--images", str(inputs), "--prompt", "x", "--out", str(tmp_path / "o")]
-    for flags, message in [(["--strength", "0.5"], "--strength does not apply to a Qwen-Image-Edit folder"),
-                           (["--mask", str(inputs / "0.png")], "--mask does not apply to a Qwen-Image-Edit folder"),
+    for flags, message in [(["--strength", "0.5"], "strength=0.5 is not allowed without a mask"),
+                           (["--posterior", "mean"], "--posterior does not apply to a Qwen-Image-Edit folder"),
                            (["--max-sequence-length", "9"], "--max-sequence-length does not apply"),
                            (["--width", "64"], "--width does not apply to a Qwen-Image-Edit folder")]:
         assert main(base + flags) == 2
@@ -183,7 +183,7 @@ def test_edit_command_is_the_library_and_refuses_what_does_not_apply(edit_folder
 @pytest.mark.parametrize("change,expected", [
     ({"processor": None}, "lacks the Qwen-Image component(s) processor"),
     ({"processor": ["transformers", "AutoProcessor"]}, "processor is a 'AutoProcessor'; allowed: Qwen2VLProcessor"),
-    ({"_class_name": "QwenImageEditInpaintPipeline"}, "is not a Qwen-Image folder")])
+    ({"_class_name": "QwenImageControlNetInpaintPipeline"}, "is not a Qwen-Image folder")])
 def test_edit_folders_diffkit_does_not_drive_are_refused(edit_folder, tmp_path, change, expected):
     copy = tmp_path / "copy"
     shutil.copytree(edit_folder[1], copy)
@@ -191,3 +191,96 @@ def test_edit_folders_diffkit_does_not_drive_are_refused(edit_folder, tmp_path, 
     (copy / "model_index.json").write_text(json.dumps({**index, **change}))
     with pytest.raises(DiffkitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_qwen_image(copy, progress=False)
+
+
+@pytest.fixture(scope="session")
+def edit_inpaint(edit_folder):
+    """A QwenImageEditInpaintPipeline of the edit folder's parts and a 24 x 40 mask (1 = repaint)."""
+    pipe = diffusers.QwenImageEditInpaintPipeline(**edit_folder[0].components)
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.zeros(1, 1, 24, 40)
+    mask[..., 6:18, 4:26] = 1
+    return pipe, mask
+
+
+@pytest.fixture
+def small_inpaint_area(monkeypatch):
+    """QwenImageEditInpaintPipeline's calculate_dimensions at AREA pixels."""
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_inpaint as inpaint_module
+    original = inpaint_module.calculate_dimensions
+    monkeypatch.setattr(inpaint_module, "calculate_dimensions", lambda area, ratio: original(AREA, ratio))
+
+
+def inpaint_call(pipe, image, prompt, mask, seed, **call):
+    """z_0 (unpacked) of QwenImageEditInpaintPipeline, 3 steps, from generator ``seed``."""
+    with torch.no_grad():
+        return unpack_latents(pipe(image, prompt, mask_image=mask, num_inference_steps=3, output_type="latent",
+                                   generator=torch.Generator().manual_seed(seed), **call).images, 8, 16)
+
+
+def test_edit_inpainting_matches_the_pipeline(edit_folder, edit_inpaint, small_inpaint_area):
+    """QwenImageEditInpaintPipeline (its latents= path returns early, so each image alone from its generator 5 + i):
+    the image's posterior draw, then its noise, at the strength's cut; the prompt sees the image, the same latents
+    beside z_t's; true CFG; the kept region put back at the next sigma after every step. Strength 0.6 of 3 steps."""
+    pipe, mask = edit_inpaint
+    _, _, model, images = edit_folder
+    theirs = torch.cat([inpaint_call(pipe, images[i], PROMPTS[i], mask, 5 + i, negative_prompt="blurry",
+                                     true_cfg_scale=3.0) for i in range(2)])
+    ours = edit_image(model, images, PROMPTS, area=AREA, mask=mask, steps=3, seed=5, negative_prompt="blurry",
+                      guidance_scale=3.0, return_latents=True)
+    assert theirs.abs().max() > 0.5 and relative_error(ours, theirs) < 1e-5
+    plain = edit_image(model, images, PROMPTS, area=AREA, steps=3, seed=5, negative_prompt="blurry",
+                       guidance_scale=3.0, return_latents=True)
+    assert relative_error(plain, theirs) > 1e-2
+    for call, expected in [
+        (lambda: edit_image(model, images, PROMPTS, area=AREA, strength=0.5), "strength=0.5 is not allowed without"),
+        (lambda: edit_image(model, images, PROMPTS, area=AREA, mask=mask, height=32), "height=32 / width=None are"),
+        (lambda: edit_image(model, images, PROMPTS, area=AREA, mask=mask[0]), "mask (1, 24, 40) is not allowed"),
+        (lambda: edit_image(model, images, PROMPTS, area=AREA, mask=mask, steps=3, strength=1.5), "strength"),
+        (lambda: edit_image(model, images, PROMPTS, area=AREA, mask=mask, posterior="mode"), "posterior")]:
+        with pytest.raises(DiffkitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+            call()
+
+
+def test_edit_inpaint_folder_command_and_lora(edit_folder, edit_inpaint, plus_folder, tmp_path, capsys,
+                                             small_inpaint_area):
+    """A folder naming QwenImageEditInpaintPipeline loads as an Edit folder; ``diffkit edit --mask --lora`` on it is
+    edit_image byte for byte; a LoRA file (QwenImage's QWEN_LORA, s = 0.3) is load_lora_weights + fuse_lora's
+    weights; a Plus folder refuses a mask in one line."""
+    from diffkit.commands.edit import read_mask
+    from test_qwen_image import QWEN_LORA
+    from test_sd_lora import fused_transformer_lora
+    _, path, _, images = edit_folder
+    pipe, mask = edit_inpaint
+    lora, fused = fused_transformer_lora(diffusers.QwenImageEditInpaintPipeline, path, tmp_path / "lora", QWEN_LORA,
+                                         scale=0.3, loaded=pipe)
+    copy = tmp_path / "inpaint"
+    shutil.copytree(path, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    (copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImageEditInpaintPipeline"}))
+    model = load_qwen_image(copy, progress=False, lora=[(lora, 0.3)])
+    theirs = fused.transformer.state_dict()
+    worst = max(float((v - theirs[k]).abs().max()) for k, v in model.transformer.state_dict().items())
+    changed = max(float((v - pipe.transformer.state_dict()[k]).abs().max())
+                  for k, v in model.transformer.state_dict().items())
+    assert worst < 1e-6 and changed > 1e-2
+    theirs = inpaint_call(fused, images[0], "hot dog", mask, 2, strength=0.9)
+    ours = edit_image(model, images[0], "hot dog", area=AREA, mask=mask, strength=0.9, steps=3, seed=2,
+                      return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+    (tmp_path / "in").mkdir()
+    images[0].save(tmp_path / "in" / "0.png")
+    Image.fromarray((mask[0, 0].numpy() * 255).astype("uint8")).save(tmp_path / "mask.png")
+    base = ["edit", "--checkpoint", str(copy), "--images", str(tmp_path / "in"), "--prompt", "x", "--steps", "2",
+            "--seed", "3", "--max-area", str(AREA), "--mask", str(tmp_path / "mask.png"), "--no-progress"]
+    assert main(base + ["--strength", "0.9", "--lora", f"{lora}:0.3", "--out", str(tmp_path / "out")]) == 0
+    read = read_mask(tmp_path / "mask.png", torch.zeros(1, 3, 24, 40))
+    save_images(edit_image(model, images[0], "x", area=AREA, mask=read, strength=0.9, steps=2, seed=3,
+                           output_range="-1,1"), tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    capsys.readouterr()
+    assert main(base[:2] + [str(plus_folder[2])] + base[3:] + ["--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a mask is not allowed for a Qwen-Image-Edit-Plus folder" in err[0]
+    assert not (tmp_path / "never").exists()

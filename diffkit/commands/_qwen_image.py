@@ -43,6 +43,7 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
     import torch
 
     from ..interop.qwen_image_edit import edit_image
+    options.update(mask=mask, strength=strength)  # a mask: QwenImageEditInpaintPipeline (a Plus folder: refused)
     if not model.plus:
         return edit_image(model, images, prompts, **options)
     seed = options.pop("seed")
@@ -53,14 +54,14 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
 class QwenImageEditFamily(QwenImageFamily):
     """A Qwen-Image-Edit folder's (QwenImageEditPipeline / QwenImageEditPlusPipeline): ``diffkit edit`` only, each
     image resized to its aspect ratio at 1024^2 pixels (``--max-area``: another area;
-    :func:`diffkit.interop.qwen_image_edit.edit_image`); no mask, strength, posterior, size or text length (the
-    pipeline has none)."""
+    :func:`diffkit.interop.qwen_image_edit.edit_image`); ``--mask`` (and ``--strength``): QwenImageEditInpaintPipeline
+    (not a Plus folder); no posterior, size or text length (the pipelines have none)."""
 
     kind, samples, resizes = "Qwen-Image-Edit", False, True
-    edit_takes = ("--images, --prompt (the instruction), --negative-prompt (true CFG), --guidance-scale "
+    edit_takes = ("--images, --prompt (the instruction), --mask and --strength (inpainting), --negative-prompt "
+                  "(true CFG), --guidance-scale "
                   "(--guidance-convention), --max-area, --lora, --steps, --sampler and its grid options, --eta")
-    edit_flags = QwenImageFamily.edit_flags - {"mask", "strength", "posterior", "max_sequence_length", "height",
-                                               "width"} | {"max_area"}
+    edit_flags = QwenImageFamily.edit_flags - {"posterior", "max_sequence_length", "height", "width"} | {"max_area"}
 
     @staticmethod
     def functions() -> tuple:

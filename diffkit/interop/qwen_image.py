@@ -46,7 +46,7 @@ from .chroma import Chroma
 from .flow_latents import load_flow_parts
 from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
-EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # .qwen_image_edit's (a processor/ too)
+EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImageEditInpaintPipeline")  # .qwen_image_edit's (a processor/ too)
 QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES
 QWEN_IMAGE_CLASSES = {"transformer": ("QwenImageTransformer2DModel",), "vae": ("AutoencoderKLQwenImage",),
                       "text_encoder": ("Qwen2_5_VLForConditionalGeneration",),

@@ -1,4 +1,5 @@
-"""A Qwen-Image-Edit diffusers folder (``QwenImageEditPipeline`` / ``QwenImageEditPlusPipeline``, diffusers 0.42.1):
+"""A Qwen-Image-Edit diffusers folder (``QwenImageEditPipeline`` / ``...EditPlusPipeline`` / ``...EditInpaintPipeline``,
+diffusers 0.42.1):
 an image edited by an instruction with any diffkit sampler, on :mod:`.qwen_image`'s loading, network, true CFG and
 flow grid.
 
@@ -23,6 +24,9 @@ fed as extra tokens beside the noisy ones (appearance). As the pipeline's ``__ca
 Plus (``QwenImageEditPlusPipeline``, 2509): one prompt (batch 1) sees several images, "Picture i: " and image i's
 vision tokens before the prompt (its template has none), each image at its own ratio on 384^2 pixels for the prompt
 and 1024^2 for its latents, all latents after z_t's with their own ``img_shapes`` entries; the last image's size.
+
+Inpainting (``QwenImageEditInpaintPipeline``, ``mask=``): this conditioning on Qwen-Image's inpainting loop
+(:func:`_inpaint`).
 
 diffkit reads ``processor/`` with transformers' PIL image processor (``Qwen2VLImageProcessorPil``; it needs no
 torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer. The 2511
@@ -134,7 +138,7 @@ def _pixels(images) -> torch.Tensor:
 
 def edit_image(model: QwenImageEdit, images, prompts: Union[str, Sequence[str]], *, area: int = EDIT_AREA,
                condition_area: int = CONDITION_AREA, height: Optional[int] = None, width: Optional[int] = None,
-               **options) -> torch.Tensor:
+               mask: Optional[torch.Tensor] = None, strength: Optional[float] = None, **options) -> torch.Tensor:
     """``images`` (PIL images or (B, 3, H, W) in [-1, 1]; all resized to the first one's calculated size) edited by
     ``prompts`` (one, or one per image) as ``QwenImageEditPipeline`` (module docstring) with any diffkit sampler.
     A Plus folder (``QwenImageEditPlusPipeline``): one edit of one prompt seeing all ``images``, each resized at its
@@ -144,7 +148,10 @@ def edit_image(model: QwenImageEdit, images, prompts: Union[str, Sequence[str]],
     area: the calculated size's target (default 1024^2); height / width: the output's, default the calculated
     size, floored to multiples of 2 f. options: :func:`.qwen_image.text_to_image`'s (sampler, steps, guidance_scale,
     convention, negative_prompt, seed, latents (unpacked z at s = 1), output_range, return_latents, ...), its
-    ``max_sequence_length`` excepted (the pipeline applies none)."""
+    ``max_sequence_length`` excepted (the pipeline applies none).
+
+    mask (B or 1, 1, H, W) at the images' size, 1 = repaint (not for a Plus folder): inpainting as
+    ``QwenImageEditInpaintPipeline`` (:func:`_inpaint`); strength (default 0.6) only with it."""
     from PIL import Image
 
     from .flow_latents import edit_prompts
@@ -157,10 +164,19 @@ def edit_image(model: QwenImageEdit, images, prompts: Union[str, Sequence[str]],
     for name, value in (("area", area), ("condition_area", condition_area)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 32 * 32:
             raise DiffkitError(f"{name}={value!r} is not allowed; give an integer of at least 1024 pixels")
+    if mask is not None and (height, width) != (None, None):
+        raise DiffkitError(f"height={height} / width={width} are not allowed with a mask: "
+                           f"QwenImageEditInpaintPipeline inpaints at the images' calculated size")
     pil = _pil_images(images)
     width0, height0 = calculated_size(*pil[-1 if model.plus else 0].size, area)
     multiple = 2 * model.vae_scale_factor
     height, width = (height or height0) // multiple * multiple, (width or width0) // multiple * multiple
+    if model.plus and mask is not None:
+        raise DiffkitError("a mask is not allowed for a Qwen-Image-Edit-Plus folder (QwenImageEditPlusPipeline "
+                           "does not inpaint; QwenImageEditInpaintPipeline is a Qwen-Image-Edit folder's)")
+    if mask is None and strength is not None:
+        raise DiffkitError(f"strength={strength!r} is not allowed without a mask for a Qwen-Image-Edit folder "
+                           f"(QwenImageEditPipeline starts from noise; only its inpainting takes a strength)")
     if model.plus:  # each image at its own ratio: the prompt's at condition_area, the latents' at area
         seen = [im.resize(calculated_size(*im.size, condition_area), resample=Image.LANCZOS) for im in pil]
         reference = [model.encode(_pixels([im.resize(calculated_size(*im.size, area), resample=Image.LANCZOS)]))
@@ -168,9 +184,39 @@ def edit_image(model: QwenImageEdit, images, prompts: Union[str, Sequence[str]],
     else:  # VaeImageProcessor.resize: every image at the first one's size, the posterior's mode
         prompts = edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts)
         seen = [image.resize((width0, height0), resample=Image.LANCZOS) for image in pil]
+        if mask is not None:
+            return _inpaint(model, seen, prompts, mask, strength, **options)
         reference = model.encode(_pixels(seen))
     return text_to_image(model, prompts, height=height, width=width, guide={"images": seen, "reference": reference},
                          **options)
+
+
+def _inpaint(model: QwenImageEdit, seen: list, prompts: list, mask: torch.Tensor, strength: Optional[float],
+             posterior: str = "sample", seed: Optional[int] = 0, generator=None, **options) -> torch.Tensor:
+    """``QwenImageEditInpaintPipeline``: the Edit pipeline's conditioning (the prompt sees the resized image ``seen``,
+    its latents beside z_t's) on :func:`.qwen_image.image_to_image`'s inpainting (QwenImageInpaintPipeline's loop:
+    strength's ``get_timesteps`` cut, the kept region put back at ``scale_noise(z, next sigma, noise)`` after every
+    step, :func:`diffkit.latent_editing.latent_inpaint`, replacement inpainting, Meng et al. 2022 / Lugmayr et al.
+    2022). As there, image i's latents are the posterior's draw from its generator (``seed + i``) before its noise,
+    and the same latents are the transformer's reference tokens; the mask (at the input's size) nearest-resized to
+    the calculated size and binarised at 0.5 (its mask processor on a tensor)."""
+    from ..editing import _generators
+    from ..latent_editing import encode_images
+    from .qwen_image import image_to_image
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1 or \
+            mask.shape[0] not in (1, len(seen)):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise DiffkitError(f"mask {shape} is not allowed; give (1 or {len(seen)}, 1, H, W), 1 = repaint")
+    pixels = _pixels(seen)
+    mask = torch.nn.functional.interpolate(mask.float(), size=pixels.shape[2:])
+    mask = (mask >= 0.5).float()
+    generators = _generators(seed, generator, len(seen))
+    states = [g.get_state() for g in generators]  # the reference is the loop's own draw: replayed there
+    reference = encode_images(model, pixels, posterior, generators)
+    for g, state in zip(generators, states):
+        g.set_state(state)
+    return image_to_image(model, pixels, prompts, strength, mask=mask, posterior=posterior, seed=None,
+                          generator=generators, guide={"images": seen, "reference": reference}, **options)
 
 
 __all__ = ["QwenImageEdit", "edit_image", "calculated_size", "load_image_processor", "EDIT_TEMPLATE", "PLUS_TEMPLATE",
