@@ -26,8 +26,9 @@ SIZE = dict(height=64, width=96)  # latents 8 x 12: a non-square rotary grid
 
 def tiny_hunyuan_dit_pipeline(root, prediction_type="v_prediction", layers=2):
     """A HunyuanDiTPipeline of random weights: BERT hidden 16 (77 tokens), T5 d_model 32 (256 tokens), transformer
-    hidden 16 of ``layers`` blocks (2; 4: one long skip, which a ControlNet feeds), 2 heads of 8, patch 2, latents 4 x 8 x 8, a 4-level VAE (factor 8), DDPMScheduler as
-    HunyuanDiT's (scaled-linear, leading spacing, steps_offset 1, no clipping)."""
+    hidden 16 of ``layers`` blocks (2; 4: one long skip, which a ControlNet feeds), 2 heads of 8, patch 2, latents
+    4 x 8 x 8, a 4-level VAE (factor 8), DDPMScheduler as HunyuanDiT's (scaled-linear, leading spacing,
+    steps_offset 1, no clipping)."""
     vocab = root / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + T5_WORDS) + "\n")
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice
 from . import model_dtype, require
-from .flow_latents import FlowLatentVAE, load_flow_parts
+from .flow_latents import FlowLatentVAE, frozen_on, load_flow_parts
 from .pixart import checked_folder, fixed_shift_scheduler
 from .sana import Sana
 
@@ -194,9 +194,7 @@ def load_auraflow(directory: Union[str, Path], device="cpu", dtype: torch.dtype 
     schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
     parts = load_flow_parts(directory, index, diffusers.AuraFlowTransformer2DModel, {"": "UMT5EncoderModel"}, dtype,
                             progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     model = AuraFlow(pipeline=AURAFLOW_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
                      scheduler_config=sched, device=device, dtype=dtype)
     merge_sd_loras(model, loras)

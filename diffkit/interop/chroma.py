@@ -43,7 +43,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, check_float32
 from . import require
-from .flow_latents import (check_flow_configs, finish_images, load_flow_parts, names_pipeline,
+from .flow_latents import (check_flow_configs, finish_images, frozen_on, load_flow_parts, names_pipeline,
                            pipeline_grid, start_latents)
 from .flux import Flux, FluxNet, check_flux_scheduler
 from .sd_xl import _index
@@ -219,9 +219,7 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
                             progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     chroma = Chroma(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
                     dtype=dtype)
     width, t5 = chroma.transformer.config.joint_attention_dim, chroma.text_encoder.config.d_model

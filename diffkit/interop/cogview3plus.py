@@ -34,7 +34,7 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import require
-from .flow_latents import load_flow_parts
+from .flow_latents import frozen_on, load_flow_parts
 from .pixart import PixArt, check_pipeline_folder
 
 COGVIEW3PLUS_PIPELINE = "CogView3PlusPipeline"
@@ -189,9 +189,7 @@ def load_cogview3plus(directory: Union[str, Path], device="cpu", dtype: torch.dt
     schedule, prediction_type = cogvideox_schedule(sched)
     parts = load_flow_parts(directory, index, diffusers.CogView3PlusTransformer2DModel, {"": "T5EncoderModel"}, dtype,
                             progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     return CogView3Plus(pipeline=COGVIEW3PLUS_PIPELINE, **parts, schedule=schedule, prediction_type=prediction_type,
                         scheduler_config=sched, device=device, dtype=dtype)
 

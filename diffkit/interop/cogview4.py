@@ -58,7 +58,7 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import model_dtype, require
-from .flow_latents import flow_sigmas_grid, load_flow_parts
+from .flow_latents import flow_sigmas_grid, frozen_on, load_flow_parts
 from .pixart import PixArt, check_pipeline_folder, folder_sampler
 
 COGVIEW4_PIPELINE = "CogView4Pipeline"
@@ -355,13 +355,10 @@ def load_cogview4(directory: Union[str, Path], device="cpu", dtype: torch.dtype 
                            f"(diffusers 0.42.1); allowed on a {COGVIEW4_PIPELINE} folder")
     loras = read_transformer_loras(lora, "CogView4", "a CogView4 folder", COGVIEW4_PIPELINE,
                                    flux_check=False) if lora else []
-    T = sched.get("num_train_timesteps", 1000)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    from .schedulers import train_timesteps
+    train_timesteps(sched)  # checked (CogView4's own grid is set below)
     parts = load_flow_parts(directory, index, diffusers.CogView4Transformer2DModel, {"": "GlmModel"}, dtype, progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     model = CogView4(pipeline=index["_class_name"], **parts, schedule=None, prediction_type="flow_prediction",
                      scheduler_config=sched, device=device, dtype=dtype)
     model.schedule = model._sized_self().schedule  # the default size's (a shift past the flow schedule: one line)

@@ -169,6 +169,15 @@ def check_flow_configs(directory, index: dict, required, kind: str, transformer:
     return vae, read_json_object(directory / "transformer" / "config.json", "transformer config")
 
 
+def frozen_on(parts: dict, device) -> "torch.device":
+    """``parts``' transformer, VAE and text encoder (of :func:`load_flow_parts`) moved to ``device``, in eval mode
+    and without gradients; returns the ``torch.device``."""
+    device = torch.device(device)
+    for name in ("transformer", "vae", "text_encoder"):
+        parts[name].to(device).eval().requires_grad_(False)
+    return device
+
+
 def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict, dtype, progress: bool,
                     vae_cls=None) -> dict:
     """{name: module} of a checked folder, never downloading nor unpickling: ``transformer`` (``transformer_cls``),

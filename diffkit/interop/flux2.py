@@ -47,7 +47,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, check_float32, read_json_object
 from . import model_dtype, require
-from .flow_latents import finish_images, load_flow_parts, pipeline_grid, start_latents
+from .flow_latents import finish_images, frozen_on, load_flow_parts, pipeline_grid, start_latents
 from .flux import Flux, check_flux_scheduler
 
 FLUX2_PIPELINE, FLUX2_KLEIN_PIPELINE = "Flux2Pipeline", "Flux2KleinPipeline"
@@ -313,9 +313,7 @@ def load_flux2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     parts = load_flow_parts(directory, {**index, "tokenizer": ["transformers", "AutoTokenizer"]},  # its text part
                             diffusers.Flux2Transformer2DModel, {"": FLUX2_TEXT_ENCODERS[kind]}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLFlux2)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     model = Flux2(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype,
                   pipeline=kind, distilled=bool(index.get("is_distilled", False)))
     text = parts["text_encoder"].config

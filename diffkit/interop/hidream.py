@@ -288,9 +288,8 @@ def load_hidream(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     directory = Path(directory)
     index, _, sched = check_hidream_folder(directory)
     loras = read_hidream_loras(lora) if lora else []
-    T = sched.get("num_train_timesteps", 1000)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    from .schedulers import train_timesteps
+    T = train_timesteps(sched)
     parts = load_flow_parts(directory, index, diffusers.HiDreamImageTransformer2DModel, ENCODERS, dtype, progress)
     device = torch.device(device)
     for name in ("transformer", "vae") + tuple("text_encoder" + suffix for suffix in ENCODERS):

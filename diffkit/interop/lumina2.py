@@ -46,7 +46,7 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import model_dtype, require
-from .flow_latents import FlowLatentVAE, flow_sigmas_grid, load_flow_parts
+from .flow_latents import FlowLatentVAE, flow_sigmas_grid, frozen_on, load_flow_parts
 from .pixart import PixArt, folder_sampler
 
 LUMINA2_PIPELINE = "Lumina2Pipeline"
@@ -274,14 +274,11 @@ def load_lumina2(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     index, sched = check_lumina2_folder(directory)
     loras = read_transformer_loras(lora, "Lumina2", "a Lumina-Image 2.0 folder", "Lumina2Pipeline",
                                    convert_lumina2_lora) if lora else []
-    T = sched.get("num_train_timesteps", 1000)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    from .schedulers import train_timesteps
+    T = train_timesteps(sched)
     parts = load_flow_parts(directory, index, diffusers.Lumina2Transformer2DModel, {"": "Gemma2Model"}, dtype,
                             progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     model = Lumina2(pipeline=LUMINA2_PIPELINE, **parts, schedule=None, prediction_type="flow_prediction",
                     scheduler_config=sched, device=device, dtype=dtype)
     model.schedule = NoiseSchedule.flow(T, scheduler_shift(sched, model.mu, 0, 0))

@@ -218,17 +218,14 @@ def load_lumina_next(directory: Union[str, Path], device="cpu", dtype: torch.dty
     """Load a ``LuminaPipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive is
     refused in one line before any weight is read (:func:`check_lumina_next_folder`)."""
     from ..schedule import NoiseSchedule
-    from .flow_latents import load_flow_parts
+    from .flow_latents import frozen_on, load_flow_parts
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_lumina_next_folder(directory)
-    T = sched.get("num_train_timesteps", 1000)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    from .schedulers import train_timesteps
+    T = train_timesteps(sched)
     parts = load_flow_parts(directory, index, diffusers.LuminaNextDiT2DModel, {"": "GemmaModel"}, dtype, progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     return LuminaNext(pipeline=LUMINA_NEXT_PIPELINE, **parts, schedule=NoiseSchedule.flow(T, float(sched.get(
         "shift", 1.0))), prediction_type="flow_prediction", scheduler_config=sched, device=device, dtype=dtype)
 

@@ -54,7 +54,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
-from .flow_latents import FlowLatentVAE, finish_images, load_flow_parts, start_latents
+from .flow_latents import FlowLatentVAE, finish_images, frozen_on, load_flow_parts, start_latents
 
 PIXART_PIPELINES = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}  # class: its max_sequence_length
 PIXART_TRANSFORMERS = ("PixArtTransformer2DModel", "Transformer2DModel")  # the second: PixArt-α's released folders
@@ -446,9 +446,7 @@ def load_pixart(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
                            f"steps are for a DDPM schedule")
     parts = load_flow_parts(directory, index, diffusers.PixArtTransformer2DModel, {"": "T5EncoderModel"}, dtype,
                             progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     return PixArt(pipeline=index["_class_name"], **parts, schedule=schedule, prediction_type=prediction_type,
                   scheduler_config=sched, device=device, dtype=dtype)
 

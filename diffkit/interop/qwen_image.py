@@ -43,10 +43,11 @@ import torch
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
 from .chroma import Chroma
-from .flow_latents import load_flow_parts
+from .flow_latents import frozen_on, load_flow_parts
 from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
-EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImageEditInpaintPipeline")  # .qwen_image_edit's (a processor/ too)
+# .qwen_image_edit's (a processor/ too)
+EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImageEditInpaintPipeline")
 QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES
 QWEN_IMAGE_CLASSES = {"transformer": ("QwenImageTransformer2DModel",), "vae": ("AutoencoderKLQwenImage",),
                       "text_encoder": ("Qwen2_5_VLForConditionalGeneration",),
@@ -278,9 +279,7 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     parts = load_flow_parts(directory, index, diffusers.QwenImageTransformer2DModel,
                             {"": "Qwen2_5_VLForConditionalGeneration"}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLQwenImage)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     kind, more = QwenImage, {}
     if index.get("_class_name") in EDIT_PIPELINES:
         from .qwen_image_edit import QwenImageEdit, load_image_processor

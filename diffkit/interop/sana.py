@@ -60,7 +60,7 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import model_dtype, require
-from .flow_latents import flow_sigmas_grid, load_flow_parts
+from .flow_latents import flow_sigmas_grid, frozen_on, load_flow_parts
 from .pixart import PixArt, check_classes, folder_sampler
 
 SANA_PIPELINE = "SanaPipeline"
@@ -308,16 +308,13 @@ def load_sana(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
     directory = Path(directory)
     index, _, sched = check_sana_folder(directory)
     loras = read_sana_loras(lora) if lora else []
-    T = sched.get("num_train_timesteps", 1000)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    from .schedulers import train_timesteps
+    T = train_timesteps(sched)
     sprint = index["_class_name"] == SANA_SPRINT_PIPELINE  # TrigFlow's path is the unshifted flow's (.sana_sprint)
     schedule = NoiseSchedule.flow(T, 1.0 if sprint else flow_shift_of(sched))
     parts = load_flow_parts(directory, index, diffusers.SanaTransformer2DModel, {"": "Gemma2Model"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderDC)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     cls = Sana
     if sprint:
         from .sana_sprint import SanaSprint as cls

@@ -57,6 +57,14 @@ def _config_of(scheduler_or_config) -> Mapping[str, Any]:
     raise DiffkitError(f"expected a diffusers scheduler or its config dict; got {type(scheduler_or_config).__name__}")
 
 
+def train_timesteps(config: dict) -> int:
+    """A scheduler config's ``num_train_timesteps`` (default 1000); one line where it is not a positive integer."""
+    T = config.get("num_train_timesteps", 1000)
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    return T
+
+
 def schedule_from_diffusers(scheduler_or_config) -> tuple[NoiseSchedule, str]:
     """(NoiseSchedule, prediction_type) of a diffusers scheduler or its config (dict or object)."""
     cfg = _config_of(scheduler_or_config)
@@ -67,9 +75,7 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[NoiseSchedule, str]:
         raise DiffkitError(f"{name} has no beta schedule (beta_schedule or trained_betas): it is not a DDPM-family "
                            f"scheduler (EDM schedulers are not diffusion schedules diffkit can sample); allowed: "
                            f"schedulers such as DDPMScheduler, DDIMScheduler, PNDMScheduler, {FLOW_SCHEDULER}")
-    T = cfg.get("num_train_timesteps", 1000)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    T = train_timesteps(cfg)
     if is_flow:
         return NoiseSchedule.flow(T, flow_shift_from_diffusers(cfg)), "flow_prediction"
     prediction_type = cfg.get("prediction_type", "epsilon")

@@ -246,7 +246,7 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     pairs) of the transformer, read, converted and checked first (:func:`.z_image_lora.read_z_image_loras`: diffusers
     / PEFT, kohya, ``diffusion_model.`` keys), fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
     (:func:`.sd_lora.merge_sd_loras`)."""
-    from .flow_latents import load_flow_parts
+    from .flow_latents import frozen_on, load_flow_parts
     from .sd_lora import merge_sd_loras
     from .z_image_lora import read_z_image_loras
     diffusers = require("diffusers")
@@ -255,9 +255,7 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     loras = read_z_image_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.ZImageTransformer2DModel, {"": "Qwen3Model"}, dtype,
                             progress)
-    device = torch.device(device)
-    for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+    device = frozen_on(parts, device)
     model = ZImage(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
     width, states = model.transformer.config.cap_feat_dim, model.text_encoder.config.hidden_size
     if width != states:
