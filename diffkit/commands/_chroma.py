@@ -125,7 +125,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
 
     images, out = draw_prompted_grid(
         chroma.denoiser, num, chroma.latent_shape(1, height, width)[1:], prompted,
-        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()}, chroma.decode, out,
+        per_sample, chroma.decode, out,
         individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final,
         batch_size=batch_size, device=device, dtype=chroma.dtype, progress=progress, **options)
     grid = "the pipeline's sigmas" if own else "its diffkit grid"

@@ -106,7 +106,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
 
     images, out = draw_prompted_grid(
         flux.denoiser, num, flux.latent_shape(1, height, width)[1:], prompted,
-        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()}, flux.decode, out,
+        per_sample, flux.decode, out,
         individual, nrow, scale,
         seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final, batch_size=batch_size,
         device=device, dtype=flux.dtype, progress=progress, **options)

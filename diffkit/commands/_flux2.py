@@ -90,7 +90,7 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
 
     images, out = draw_prompted_grid(
         denoiser, num, flux2.latent_shape(1, height, width)[1:], prompted,
-        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()}, flux2.decode, out,
+        per_sample, flux2.decode, out,
         individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final,
         batch_size=batch_size, device=device, dtype=flux2.dtype, progress=progress, **options)
     grid = "the pipeline's sigmas" if own else "its diffkit grid"

@@ -135,7 +135,7 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
 
     images, out = draw_prompted_grid(
         decoder.denoiser, num, shape, prompted,
-        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()},
+        per_sample,
         decoder.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe,
         spacing=spacing, final=final, batch_size=batch_size, device=device, dtype=torch.float32, progress=progress,
         **options)

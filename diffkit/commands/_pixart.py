@@ -259,7 +259,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,
-        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()},
+        per_sample,
         pixart.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe,
         spacing=spacing, final=final, batch_size=batch_size, device=device, dtype=pixart.dtype, progress=progress,
         **options)

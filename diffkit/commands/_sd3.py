@@ -150,7 +150,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
 
     images, out = draw_prompted_grid(
         sd3.denoiser, num, sd3.latent_shape(1, height, width)[1:], prompted,
-        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()},
+        per_sample,
         sd3.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
         final=final, batch_size=batch_size, device=device, dtype=sd3.dtype, progress=progress, **options)
     grid = "the scheduler's sigmas" if own else "its diffkit grid"

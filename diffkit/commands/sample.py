@@ -1228,12 +1228,18 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
 def draw_prompted_grid(denoiser, num: int, shape, sample_fn, cond, decode, out, individual, nrow: int, scale: int,
                        **draw) -> tuple:
     """(images, grid path) of a prompted folder (Stable Diffusion, SD3): ``draw_samples`` with ``sample_fn`` (the
-    folder's text to image from the drawn z_T) and ``cond`` (each batch's prompts), the grid saved to ``out``
-    (default samples.png) and, with ``individual``, every image."""
+    folder's text to image from the drawn z_T) and ``cond`` (each batch's prompts: ``cond(start, n)``, or a dict of
+    per-sample rows sliced to the batch), the grid saved to ``out`` (default samples.png) and, with ``individual``,
+    every image."""
     import torch
 
     from ..drawing import draw_samples
     from ..images import save_grid, save_images
+    if isinstance(cond, dict):
+        rows = cond
+
+        def cond(start: int, n: int) -> dict:
+            return {key: row[start:start + n] for key, row in rows.items()}
     results = []
     draw_samples(denoiser, num, shape, cond=cond, decode=decode, sample_fn=sample_fn, separate_step_seeds=False,
                  sink=lambda batch: results.append(batch.images.cpu()), **draw)
