@@ -1,4 +1,4 @@
-"""Every ``diffkit ...`` example command in README.md and docs/*.md parses with the current parser.
+"""Every ``diffkit ...`` example command in README.md, docs/*.md and docs/interop/*.md parses with the current parser.
 
 The commands are taken from the fenced code blocks tagged bash / sh / shell / console or untagged (``python`` and
 other languages are skipped): a line starting with ``diffkit `` (after ``\\`` continuations are joined and leading
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+DOCS = ([ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+        + sorted((ROOT / "docs" / "interop").glob("*.md")))  # the pages split out of docs/interop.md
 SHELL_LANGS = ("", "bash", "sh", "shell", "console")
 
 # Example lines that are not one diffkit command line (the start of the line is enough to name them).

@@ -1,6 +1,8 @@
-"""docs/interop.md's contents and capability matrix cannot rot silently: every link to a heading of the file (the
-contents' and the matrix's) resolves, every matrix cell is one of the kinds the legend allows and cites what backs
-it, every cited test exists (file and function), and every cited refusal is still in the code. Fast: text only."""
+"""docs/interop.md's contents and capability matrix cannot rot silently: every link to a heading of the file or of
+its pages docs/interop/*.md (the contents' and the matrix's) resolves, every matrix cell is one of the kinds the
+legend allows and cites what backs it, every cited test exists (file and function), and every cited refusal is still
+in the code. A section is found wherever it is (:func:`find_section`): still in docs/interop.md, or split out to its
+own page docs/interop/NAME.md whose ``# `` title is the section's ``## `` heading. Fast: text only."""
 import re
 from pathlib import Path
 
@@ -8,6 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "interop.md"
+PAGES = ROOT / "docs" / "interop"  # one page per family / feature, split out of DOC
+
+
+def pages() -> list:
+    return sorted(PAGES.glob("*.md"))
 KINDS = ("yes", "refused", "runs", "untested", "—")
 
 
@@ -38,6 +45,30 @@ def section(text: str, heading: str) -> str:
     return text[start:start + len(heading) + (rest.start() if rest else len(text))]
 
 
+def find_section(heading: str) -> str:
+    """The ``## `` section ``heading`` of docs/interop.md wherever it is now: in the file, or as the whole of the
+    page docs/interop/*.md whose first line is the same heading as ``# `` (the split's pages)."""
+    text = DOC.read_text()
+    if "\n" + heading + "\n" in text:
+        return section(text, heading)
+    title = "# " + heading.lstrip("#").strip()
+    found = [page.read_text() for page in pages() if page.read_text().startswith(title + "\n")]
+    assert len(found) == 1, f"{heading!r} is in docs/interop.md or one docs/interop/*.md page: found {len(found)}"
+    return found[0]
+
+
+def interop_links(text: str, doc: Path) -> list:
+    """(file, anchor) of the links of ``doc``'s ``text`` into docs/interop.md or docs/interop/*.md (anchor "" for a
+    whole page)."""
+    out = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path).resolve() if path else doc
+        if file == DOC or file.parent == PAGES:
+            out.append((file, anchor))
+    return out
+
+
 def cells_of(line: str) -> list:
     """A table row's cells; an escaped pipe (``\\|``, as in ``|x0|``) stays in its cell."""
     return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
@@ -61,12 +92,12 @@ def footnotes(text: str, letter: str) -> dict:
 
 
 def test_every_link_to_a_heading_of_the_file_resolves():
-    text = DOC.read_text()
-    known = anchors(text)
-    links = re.findall(r"\]\(#([^)\s]+)\)", text)
+    links = interop_links(DOC.read_text(), DOC)
     assert len(links) > 60  # the contents alone link every section
-    missing = sorted({link for link in links if link not in known})
-    assert not missing, f"links to no heading of docs/interop.md: {missing}"
+    known = {file: anchors(file.read_text()) for file, _ in links if file.is_file()}
+    missing = sorted({f"{file.relative_to(ROOT)}#{anchor}" for file, anchor in links
+                      if file not in known or (anchor and anchor not in known[file])})
+    assert not missing, f"links of docs/interop.md to no heading of it or its pages: {missing}"
 
 
 def test_links_to_other_docs_pages_resolve():
@@ -79,10 +110,14 @@ def test_links_to_other_docs_pages_resolve():
 
 def test_the_contents_list_every_section():
     text = DOC.read_text()
-    contents = section(text, "## Contents")
-    listed = set(re.findall(r"\]\(#([^)\s]+)\)", contents))
+    listed = set(interop_links(section(text, "## Contents"), DOC))
     body = text[text.index("\n## Capability matrix"):]
-    assert anchors(body) - {"capability-matrix"} <= listed, sorted(anchors(body) - listed)
+    headings = {(DOC, anchor) for anchor in anchors(body) - {"capability-matrix"}}
+    for page in pages():  # a page is listed by a link to it, its headings by their anchors
+        title = anchors(page.read_text().splitlines()[0])
+        headings |= {(page, "" if anchor in title else anchor) for anchor in anchors(page.read_text())}
+    missing = sorted(f"{file.relative_to(ROOT)}#{anchor}" for file, anchor in headings - listed)
+    assert not missing, f"headings the contents do not list: {missing}"
 
 
 def test_every_matrix_cell_cites_what_backs_it():
@@ -146,7 +181,7 @@ def check_own_table(heading: str, columns: list, letter: str) -> None:
     """A folder kind's own small table (its section, not a matrix column) is held to the matrix's rules: every cell
     one of the kinds citing a test (yes / runs) or a refusal (ids ``T<letter>n`` / ``R<letter>n``), and every cited
     test and refusal text still there."""
-    body = section(DOC.read_text(), heading)
+    body = find_section(heading)
     table = [line for line in body.splitlines() if line.startswith("|")]
     assert cells_of(table[0])[1:] == columns
     notes = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*([TR]%s\d+)\*\* (.+)$" % letter, body, re.M)}

@@ -1,15 +1,17 @@
-"""In-repo links of README.md and docs/*.md resolve: a relative file link names an existing file or folder, and an
-``#anchor`` (in the same file or after a linked .md file) names one of that file's headings, by GitHub's anchor
-rules (:func:`test_docs_interop_matrix.anchors`: lower case, punctuation but ``-`` and ``_`` dropped, spaces to
-``-``, repeats numbered ``-1``, ``-2``). Links inside code (fenced blocks and ``inline code``) are not links; web
-links (``http(s)://``, ``mailto:``) are not checked. Text only, fast."""
+"""In-repo links of README.md, docs/*.md and docs/interop/*.md (the pages split out of docs/interop.md) resolve: a
+relative file link names an existing file or folder, and an ``#anchor`` (in the same file or after a linked .md file)
+names one of that file's headings, by GitHub's anchor rules (:func:`test_docs_interop_matrix.anchors`: lower case,
+punctuation but ``-`` and ``_`` dropped, spaces to ``-``, repeats numbered ``-1``, ``-2``). Links inside code
+(fenced blocks and ``inline code``) are not links; web links (``http(s)://``, ``mailto:``) are not checked. Text
+only, fast."""
 import re
 from pathlib import Path
 
 from test_docs_interop_matrix import anchors
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+DOCS = ([ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+        + sorted((ROOT / "docs" / "interop").glob("*.md")))  # the pages split out of docs/interop.md
 LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")  # [text](target "title")
 
 
@@ -43,9 +45,12 @@ def broken_links(doc: Path) -> list:
 
 
 def test_links_are_found():
-    counts = {doc.name: len(links(doc)) for doc in DOCS}
-    for name in ("interop.md", "samplers.md", "editing.md"):
+    counts = {doc.relative_to(ROOT).as_posix(): len(links(doc)) for doc in DOCS}
+    for name in ("docs/interop.md", "docs/samplers.md", "docs/editing.md"):
         assert counts[name] > 0, counts  # the docs the contents' links live in still have links
+    for page in DOCS:  # and each page split out of docs/interop.md is checked: it links back to it
+        if page.parent.name == "interop":
+            assert any(target.partition("#")[0] == "../interop.md" for target in links(page)), page
 
 
 def test_in_repo_links_resolve():
