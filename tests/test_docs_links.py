@@ -18,7 +18,7 @@ LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")  # [t
 def prose(text: str) -> str:
     """``text`` without its fenced code blocks and inline code spans (their brackets are no links)."""
     text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`(?:[^`\n]|\n(?![ \t]*\n))*`", "", text)  # a code span may go over a line break
 
 
 def links(doc: Path):
