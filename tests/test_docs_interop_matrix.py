@@ -53,7 +53,7 @@ def find_section(heading: str) -> str:
         return section(text, heading)
     title = "# " + heading.lstrip("#").strip()
     found = [page.read_text() for page in pages() if page.read_text().startswith(title + "\n")]
-    assert len(found) == 1, f"{heading!r} is in docs/interop.md or one docs/interop/*.md page: found {len(found)}"
+    assert len(found) == 1, f"{heading!r}: not in docs/interop.md, and the title of {len(found)} docs/interop/*.md"
     return found[0]
 
 
