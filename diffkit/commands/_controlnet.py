@@ -7,7 +7,9 @@ FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controln
 :mod:`~diffkit.interop.flux_controlnet`). A FLUX.1 Depth / Canny folder (FluxControlPipeline) takes ``--control-image``
 without ``--controlnet``: its transformer's own (:meth:`ControlRequest.transformer_image`). An SD-XL
 ControlNet-Union folder takes ``--control-mode`` per control image (:mod:`._controlnet_union`,
-StableDiffusionXLControlNetUnionPipeline)."""
+StableDiffusionXLControlNetUnionPipeline). A ControlNet-XS adapter folder (``ControlNetXSAdapter``, SD / SD-XL) is
+fused with the UNet (:mod:`diffkit.interop.controlnet_xs`, StableDiffusion(XL)ControlNetXSPipeline), in
+``diffkit sample`` only and alone (:func:`refuse_xs_flags`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ def add_controlnet_flags(parser) -> None:
                                   "docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
                    help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
-                        "ControlNetUnionModel, see --control-mode), SD3ControlNetModel, FluxControlNetModel, "
+                        "ControlNetUnionModel, see --control-mode; SD / SD-XL: also one ControlNetXSAdapter, "
+                        "ControlNet-XS, fused with the UNet), SD3ControlNetModel, FluxControlNetModel, "
                         "SanaControlNetModel (one), HunyuanDiT2DControlNetModel (one); repeat for Multi-ControlNet "
                         "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
@@ -75,7 +78,8 @@ def refuse_xs_flags(args, checkpoint, count: int, edited: Optional[int]) -> None
 
 @dataclass
 class ControlRequest:
-    """The checked ControlNet flags; :meth:`load` gives the :class:`~diffkit.interop.controlnet.ControlNets`."""
+    """The checked ControlNet flags; :meth:`load` gives the :class:`~diffkit.interop.controlnet.ControlNets` (a
+    :class:`~diffkit.interop.controlnet_xs.ControlNetXS` for a ControlNet-XS adapter folder)."""
 
     folders: list
     images: list
