@@ -357,16 +357,18 @@ def tiny_clip_tokenizer(root):
 def tiny_sd_components(root, **unet_options):
     """(unet, vae, text_encoder, tokenizer) of a tiny random Stable Diffusion (seeded, so equal
     calls give equal weights); ``unet_options`` go to UNet2DConditionModel (e.g.
-    ``time_cond_proj_dim`` for an LCM, ``in_channels=9`` for an inpainting UNet). The tokenizer's files
+    ``time_cond_proj_dim`` for an LCM, ``in_channels=9`` for an inpainting UNet, ``layers_per_block=2`` for
+    ControlNet-XS). The tokenizer's files
     are written into ``root``."""
     transformers = pytest.importorskip("transformers")
     tokenizer = tiny_clip_tokenizer(root)
     vocab = tokenizer.get_vocab()
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, out_channels=4,
+        block_out_channels=(32, 64), sample_size=8, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, **{"in_channels": 4, **unet_options})
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+        **{"in_channels": 4, "layers_per_block": 1, **unet_options})
     vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                                   norm_num_groups=8, sample_size=16)

@@ -18,12 +18,13 @@ from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_co
 PROMPTS = ["a photo of a cat", "hot"]
 
 
-def tiny_sd_xl_unet(cross_attention_dim: int, added_inputs: int, in_channels: int = 4):
+def tiny_sd_xl_unet(cross_attention_dim: int, added_inputs: int, in_channels: int = 4, layers_per_block: int = 1):
     """A tiny random SD-XL UNet (addition_embed_type="text_time", addition_time_embed_dim 8) of that context
     width and added-embedding input width (time ids x 8 + the pooled projection's width); ``in_channels=9``: an
-    inpainting UNet (latents, mask, masked-image latents)."""
+    inpainting UNet (latents, mask, masked-image latents); ``layers_per_block=2``: ControlNet-XS's fused UNet."""
     return diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=layers_per_block, sample_size=8, in_channels=in_channels,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),

@@ -7,7 +7,9 @@ FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controln
 :mod:`~diffkit.interop.flux_controlnet`). A FLUX.1 Depth / Canny folder (FluxControlPipeline) takes ``--control-image``
 without ``--controlnet``: its transformer's own (:meth:`ControlRequest.transformer_image`). An SD-XL
 ControlNet-Union folder takes ``--control-mode`` per control image (:mod:`._controlnet_union`,
-StableDiffusionXLControlNetUnionPipeline)."""
+StableDiffusionXLControlNetUnionPipeline). A ControlNet-XS adapter folder (``ControlNetXSAdapter``, SD / SD-XL) is
+fused with the UNet (:mod:`diffkit.interop.controlnet_xs`, StableDiffusion(XL)ControlNetXSPipeline), in
+``diffkit sample`` only and alone (:func:`refuse_xs_flags`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ def add_controlnet_flags(parser) -> None:
                                   "docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
                    help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
-                        "ControlNetUnionModel, see --control-mode), SD3ControlNetModel, FluxControlNetModel, "
+                        "ControlNetUnionModel, see --control-mode; SD / SD-XL: also one ControlNetXSAdapter, "
+                        "ControlNet-XS, fused with the UNet), SD3ControlNetModel, FluxControlNetModel, "
                         "SanaControlNetModel (one), HunyuanDiT2DControlNetModel (one); repeat for Multi-ControlNet "
                         "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
@@ -50,9 +53,33 @@ def add_controlnet_flags(parser) -> None:
     add_control_mode_flag(g)
 
 
+XS_REFUSED = (("--guess-mode", "guess_mode"), ("--control-mode", "control_modes"), ("--ip-adapter", "ip_adapter"),
+              ("--t2i-adapter", "t2i_adapters"), ("--pag-scale", "pag_scale"), ("--sag-scale", "sag_scale"),
+              ("--panorama", "panorama"), ("--freeu", "freeu"), ("--refiner", "refiner"),
+              ("--guidance-rescale", "guidance_rescale"), ("--apg-eta", "apg_eta"),
+              ("--apg-norm-threshold", "apg_norm_threshold"), ("--apg-momentum", "apg_momentum"),
+              ("--scheduler", "scheduler"))
+
+
+def refuse_xs_flags(args, checkpoint, count: int, edited: Optional[int]) -> None:
+    """One line for what a ControlNet-XS adapter folder does not go with, before anything loads: diffusers 0.42.1
+    has only the text-to-image StableDiffusion(XL)ControlNetXSPipeline, with one adapter and none of
+    :data:`XS_REFUSED` (the library's refusals: :mod:`diffkit.interop.controlnet_xs`)."""
+    from ..interop.controlnet_xs import XS_PIPELINES
+    from ..interop.lcm import is_lcm_folder
+    given = [flag for flag, dest in XS_REFUSED if getattr(args, dest, None) not in (None, False, 0, [])]
+    why = ("diffkit edit (img2img / inpainting)" if edited is not None else f"{count} --controlnet" if count > 1
+           else given[0] if given else "an LCMScheduler folder" if is_lcm_folder(checkpoint) else None)
+    if why is not None:
+        raise DiffkitError(f"{why} with a ControlNet-XS adapter (ControlNetXSAdapter) is not supported: diffusers' "
+                           f"{XS_PIPELINES} take one adapter, in diffkit sample, with none of "
+                           f"{', '.join(flag for flag, _ in XS_REFUSED)}")
+
+
 @dataclass
 class ControlRequest:
-    """The checked ControlNet flags; :meth:`load` gives the :class:`~diffkit.interop.controlnet.ControlNets`."""
+    """The checked ControlNet flags; :meth:`load` gives the :class:`~diffkit.interop.controlnet.ControlNets` (a
+    :class:`~diffkit.interop.controlnet_xs.ControlNetXS` for a ControlNet-XS adapter folder)."""
 
     folders: list
     images: list
@@ -113,8 +140,9 @@ class ControlRequest:
         check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder,
                  "Sana": check_sana_controlnet_folder, "HunyuanDiT": check_hunyuan_controlnet_folder}.get(
                      kind, check_controlnet_folder)
-        for folder in folders:  # a folder of another kind first: more --control-image would not help
-            check(folder)
+        classes = [(check(folder) or {}).get("_class_name") for folder in folders]  # another kind first: one line
+        if "ControlNetXSAdapter" in classes:  # a ControlNet-XS adapter (diffkit.interop.controlnet_xs)
+            refuse_xs_flags(args, checkpoint, len(folders), edited)
         modes = union_modes(args, checkpoint, kind, folders, images)  # ControlNet-Unions (._controlnet_union)
         if modes is None and len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
@@ -134,6 +162,8 @@ class ControlRequest:
                       {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel", "Sana": SANA_CONTROLNET,
                        "HunyuanDiT": HUNYUAN_CONTROLNET}.get(
                           kind, "ControlNetModel" if modes is None else "ControlNetUnionModel"), modes)
+        if "ControlNetXSAdapter" in classes:
+            request.model_class = "ControlNetXSAdapter"
         check_control_options(request.scales, request.starts, request.ends, count)
         return request
 
@@ -187,8 +217,9 @@ class ControlRequest:
     def load(self, device="cpu", dtype=None, progress: bool = True):
         import torch
 
-        from ..interop.controlnet import ControlNets, load_model_folder
+        from ..interop.controlnet import load_model_folder
+        from ..interop.controlnet_xs import xs_controlnets
         models = [load_model_folder(self.model_class, folder, device, dtype or torch.float32, progress)
                   for folder in self.folders]
-        return ControlNets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode, self.modes)
+        return xs_controlnets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode, self.modes)
 

@@ -69,8 +69,9 @@ def load_model_folder(class_name: str, directory: Union[str, Path], device="cpu"
 
 def check_controlnet_folder(directory: Union[str, Path]) -> dict:
     """The ``config.json`` of a diffusers ``ControlNetModel`` folder, or ``ControlNetUnionModel``
-    (:mod:`.controlnet_union`; one line otherwise)."""
-    return model_folder_config(directory, "--controlnet", ("ControlNetModel", "ControlNetUnionModel"))
+    (:mod:`.controlnet_union`) or ``ControlNetXSAdapter`` (:mod:`.controlnet_xs`; one line otherwise)."""
+    return model_folder_config(directory, "--controlnet", ("ControlNetModel", "ControlNetUnionModel",
+                                                           "ControlNetXSAdapter"))
 
 
 def load_controlnet(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
@@ -368,6 +369,9 @@ class ControlNets(PerPromptImages):
     def __post_init__(self):
         if len(self.models) == 0:
             raise DiffkitError("give at least one ControlNet")
+        if type(self) is ControlNets and any(type(m).__name__ == "ControlNetXSAdapter" for m in self.models):
+            raise DiffkitError("a ControlNetXSAdapter is fused with the UNet, not added to it: give it to "
+                               "diffkit.interop.controlnet_xs.ControlNetXS")
         from .controlnet_union import is_union, union_entries
         if self.modes is not None or any(is_union(m) for m in self.models):
             self.models, self.modes, self.joint = union_entries(self.models, self.images, self.modes)

@@ -523,7 +523,10 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     output_range: ``"0,1"`` (diffusers' ``output_type="pt"``: (x + 1)/2 clamped) or ``"-1,1"``
         (clamped decoder output). ``return_latents``: return z_0 instead of images.
     controlnet: a :class:`~diffkit.interop.controlnet.ControlNets`: the UNet gets their residuals
-        (StableDiffusionControlNetPipeline); height x width default to the control image's size. With a list of
+        (StableDiffusionControlNetPipeline), or a :class:`~diffkit.interop.controlnet_xs.ControlNetXS`: the UNet
+        fused with a ControlNet-XS adapter (StableDiffusion(XL)ControlNetXSPipeline; not with an IP-Adapter, PAG,
+        SAG, a T2I-Adapter, a panorama, FreeU, denoising_end, guidance rescale or APG); height x width default to
+        the control image's size. With a list of
         control images per ControlNet (one per prompt, as the pipeline's ``image=[...]``), prompt i takes image i,
         or image ``control_rows[i]`` where given (:meth:`~diffkit.interop.controlnet.ControlNets.rows`).
     ip_adapter: a :class:`~diffkit.interop.ip_adapter.IPAdapter`: the image prompt for every prompt (diffusers'
@@ -557,6 +560,11 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         from .sd_xl_refiner import check_text_to_image
         options["denoising_end"] = check_text_to_image(sd, denoising_end, return_latents)
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    from .controlnet_xs import refuse_with_xs  # a ControlNet-XS adapter: its pipelines' options only
+    refuse_with_xs(controlnet, {"an IP-Adapter": ip_adapter, "PAG (pag_scale)": pag_scale, "a T2I-Adapter": t2i_adapter,
+                                "SAG (sag_scale)": sag_scale, "a panorama": panorama, "FreeU": freeu,
+                                "a refiner hand-over (denoising_end)": denoising_end,
+                                "guidance rescale": guidance_rescale, "APG (apg_eta ...)": apg or None})
     from .sd_pag import pag_request
     perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet)
     from .sd_panorama import PANORAMA_SIZE, panorama_request
