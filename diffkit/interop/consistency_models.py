@@ -47,7 +47,8 @@ _DEFAULTS = {"num_train_timesteps": 40, "sigma_min": 0.002, "sigma_max": 80.0, "
 
 
 def is_consistency_models_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``ConsistencyModelPipeline`` (``diffkit sample`` dispatches)."""
+    """True for a folder whose ``model_index.json`` names ``ConsistencyModelPipeline`` (``diffkit sample``
+    dispatches on it)."""
     from .sd_xl import pipeline_class
     return pipeline_class(path) == CM_PIPELINE
 
@@ -67,6 +68,15 @@ def check_consistency_models_folder(directory) -> dict:
         raise DiffkitError(f"{directory}'s scheduler has num_train_timesteps={config['num_train_timesteps']!r}; "
                            f"allowed: an integer >= 2")
     return config
+
+
+def refuse_import(path) -> None:
+    """One line where ``path`` is a consistency-model folder (``diffkit convert --from-diffusers``): its network is
+    CM's preconditioned VE model on Karras sigmas, which no diffkit checkpoint describes; it is sampled in place."""
+    if isinstance(path, (str, Path)) and is_consistency_models_folder(path):
+        raise DiffkitError(f"{path} is a ConsistencyModelPipeline folder, which diffkit does not import into a "
+                           f"checkpoint; sample it in place: diffkit sample --checkpoint {path} [--class N] "
+                           f"[--steps K | --timesteps 22,0]")
 
 
 def boundary_scalings(sigma, sigma_min: float, sigma_data: float) -> tuple:
@@ -106,8 +116,8 @@ class CMFolderNetwork(torch.nn.Module):
 
 def load_consistency_models_folder(directory, device="cpu"):
     """The :class:`~diffkit.denoiser.Denoiser` of a ``ConsistencyModelPipeline`` folder (module docstring), with
-    ``.unet``, ``.scheduler_config``, ``.num_classes`` (``num_class_embeds`` or None), ``.sample_shape`` (C, H, W)
-    and ``consistency_boundary_sigma`` = sigma_min."""
+    ``.unet``, ``.scheduler_config``, ``.num_classes`` (``num_class_embeds`` or None), ``.sample_shape`` (C, H,
+    W) and ``consistency_boundary_sigma`` = sigma_min."""
     from ..denoiser import Denoiser
     from ..schedule import NoiseSchedule
     diffusers = require("diffusers")
@@ -188,5 +198,6 @@ def generate(denoiser, z: torch.Tensor, *, steps: Optional[int] = None, timestep
                   generator=generator, progress=progress)
 
 
-__all__ = ["CM_PIPELINE", "is_consistency_models_folder", "check_consistency_models_folder", "boundary_scalings",
-           "CMFolderNetwork", "load_consistency_models_folder", "cm_grid", "start_noise", "generate"]
+__all__ = ["CM_PIPELINE", "is_consistency_models_folder", "check_consistency_models_folder", "refuse_import",
+           "boundary_scalings", "CMFolderNetwork", "load_consistency_models_folder", "cm_grid", "start_noise",
+           "generate"]
