@@ -68,6 +68,8 @@ def test_cm_folder_matches_the_pipeline(cm_folders, kind, call):
     assert theirs.abs().max() > 0.5 and theirs.std() > 0.1
     assert relative_error(ours, theirs) < 1e-5  # measured 1.4e-7 .. 1.5e-6
     assert relative_error((ours / 2 + 0.5).clamp(0, 1), images) < 1e-5
+    from diffkit.denoiser import ThresholdedDenoiser
+    assert ThresholdedDenoiser(denoiser, "clip").consistency_boundary_sigma == 0.002  # wrappers pass it on
 
 
 def test_cm_grid_is_set_timesteps():
