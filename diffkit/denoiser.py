@@ -274,6 +274,7 @@ class Wrapper:
     learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
     data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
     consistency_times = property(lambda self: getattr(self.inner, "consistency_times", None))  # the lcm spacing's
+    consistency_boundary_sigma = property(lambda self: getattr(self.inner, "consistency_boundary_sigma", None))
     guidance_range = property(lambda self: getattr(self.inner, "guidance_range", None))  # a w input's range
 
     def reset_nfe(self) -> None:

@@ -566,6 +566,9 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
         from ..interop.stable_cascade import SAMPLER, is_stable_cascade_folder
         if is_stable_cascade_folder(checkpoint):  # DDPMWuerstchenScheduler's step (._stable_cascade)
             sampler = SAMPLER
+        from ..interop.consistency_models import is_consistency_models_folder
+        if is_consistency_models_folder(checkpoint):  # CMStochasticIterativeScheduler's step (._consistency_models)
+            sampler = "consistency"
         from ..interop.kandinsky import is_kandinsky_folder
         if is_kandinsky_folder(checkpoint):  # the decoder's scheduler's step (._kandinsky)
             from ._kandinsky import folder_default_sampler as kandinsky_sampler

@@ -70,7 +70,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
                       non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
                       tolerance_options)
-from ._common import add_freeu_flag, add_stochasticity_flags, check_freeu_checkpoint
+from ._common import add_freeu_flag, add_stochasticity_flags, check_freeu_checkpoint, int_list
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd3_slg import add_slg_flags
 
@@ -83,7 +83,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT; docs/interop.md); default with "
+                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT, OpenAI consistency models; "
+                        "docs/interop.md); default with "
                         "--config: its "
                         "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
@@ -101,6 +102,9 @@ def register(sub) -> None:
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
                    "with the consistency sampler)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
+    g.add_argument("--timesteps", type=int_list, metavar="K,...",
+                   help="consistency-model folders (ConsistencyModelPipeline): the pipeline's explicit timesteps, "
+                        "decreasing indices into the scheduler's Karras sigmas, e.g. 22,0 (instead of --steps)")
     s.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     add_stochasticity_flags(s)  # --gamma (tcd), --tau (sa-solver)
     add_solver_flags(s)
@@ -263,6 +267,8 @@ def _run(args) -> int:
             output_config, config = config.to_dict(), None  # and says where the images go
     from ..interop.sd_scheduler import check_scheduler_override
     check_scheduler_override(checkpoint, args.scheduler)  # JSON only: before anything is loaded or written
+    from ._consistency_models import check_timesteps_flag
+    check_timesteps_flag(checkpoint, args.timesteps)  # JSON only
     sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing,
                                            args.scheduler)  # its header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
@@ -337,7 +343,8 @@ def _run(args) -> int:
                         **({} if redux is None else {"redux": redux}),
                         **({} if cascade is None else {"stable_cascade": cascade}),
                         **({} if prior is None else {"prior": prior}),
-                        **({} if references is None else {"reference_images": references}), **size, **options)
+                        **({} if references is None else {"reference_images": references}),
+                        **({} if args.timesteps is None else {"timesteps": args.timesteps}), **size, **options)
     return 0
 
 
@@ -779,6 +786,18 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                      out=out, individual=individual, seed=seed, device=device,
                                      batch_size=batch_size, spacing=spacing, final=final, scale=scale,
                                      progress=progress, guidance=guidance, refused=refused, **size, **options)
+    from ..interop.consistency_models import is_consistency_models_folder
+    if is_consistency_models_folder(checkpoint):  # OpenAI's consistency models (._consistency_models)
+        from ._consistency_models import sample_consistency_models
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--progressive": progressive, "--config": config, "--height": height, "--width": width,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no", "--no-ema": not use_ema}
+        return sample_consistency_models(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow,
+                                         out=out, noise_out=noise_out, individual=individual, seed=seed,
+                                         device=device, batch_size=batch_size, spacing=spacing, final=final,
+                                         scale=scale, progress=progress, guidance=guidance, refused=refused,
+                                         **options)
     from ._chroma import folder_family
     family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image: Chroma's command code (._chroma)
     if family is not None and not family.samples:

@@ -589,6 +589,8 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
             raise DiffkitError("a DiT folder carries its scheduler and its learned variance (out_channels); drop "
                                "scheduler= and learned_variance=")
         return import_dit_folder(dir_or_model, out)
+    from .consistency_models import refuse_import
+    refuse_import(dir_or_model)  # a ConsistencyModelPipeline folder: sampled in place only
     if isinstance(dir_or_model, (str, Path)):
         model, sched = _read_folder(Path(dir_or_model))
         if scheduler is not None:
