@@ -13,9 +13,12 @@ DOC = ROOT / "docs" / "interop.md"
 PAGES = ROOT / "docs" / "interop"  # one page per family / feature, split out of DOC
 
 
-def pages() -> list:
-    return sorted(PAGES.glob("*.md"))
 KINDS = ("yes", "refused", "runs", "untested", "—")
+
+
+def pages() -> list:
+    """The split-out pages docs/interop/*.md, by name."""
+    return sorted(PAGES.glob("*.md"))
 
 
 def slug(heading: str) -> str:
@@ -38,11 +41,17 @@ def anchors(text: str) -> set:
 
 
 def section(text: str, heading: str) -> str:
-    """The text from ``heading`` (a whole heading line) to the next heading of the same or a higher level."""
+    """The text from ``heading`` (a whole heading line) to the next heading of the same or a higher level (outside
+    code blocks)."""
     level = len(heading) - len(heading.lstrip("#"))
     start = text.index("\n" + heading + "\n") + 1
-    rest = re.search(r"^#{1,%d} " % level, text[start + len(heading):], re.M)
-    return text[start:start + len(heading) + (rest.start() if rest else len(text))]
+    end, fenced = start + len(heading) + 1, False
+    for line in text[end:].splitlines(keepends=True):  # a "# comment" inside a code block is no heading
+        fenced = fenced != line.startswith("```")
+        if not fenced and re.match(r"#{1,%d} " % level, line):
+            break
+        end += len(line)
+    return text[start:end]
 
 
 def find_section(heading: str) -> str:
