@@ -133,13 +133,14 @@ def converted_keys(path, tensors: dict):
 
 def lokr_keys(path, tensors: dict):
     """:func:`converted_keys` of a LoKr file (``.lokr_`` keys, no ``.lora_down.weight``), as ``Flux2LoraLoaderMixin``
-    reads it: LyCORIS' ``lycoris_<diffusers block module, dots as _>`` keys (``_convert_lycoris_flux2_lokr_to_diffusers``:
-    the block modules of :data:`DOUBLE` / :data:`SINGLE`), BFL names under ``diffusion_model.`` / ``base_model.model.``
-    (``_convert_non_diffusers_flux2_lokr_to_diffusers``: :data:`TOP`'s modules and the blocks', a double block's
-    ``img_attn.qkv`` / ``txt_attn.qkv`` on the fused ``attn.to_qkv`` / ``attn.to_added_qkv``), diffusers' module
-    names bare (with or without ``.alpha``: ``_convert_non_diffusers_lokr_to_diffusers``) or under ``transformer.``
-    (peft's, no ``.alpha``); plus {fused name: the Linear layers it stacks} (:class:`.lycoris.Stacked`: diffusers
-    fuses the model's projections for such a module, ``_maybe_fuse_qkv_projections_for_lokr``)."""
+    reads it: LyCORIS' ``lycoris_<diffusers block module, dots as _>`` keys
+    (``_convert_lycoris_flux2_lokr_to_diffusers``: the block modules of :data:`DOUBLE` / :data:`SINGLE`), BFL names
+    under ``diffusion_model.`` / ``base_model.model.`` (``_convert_non_diffusers_flux2_lokr_to_diffusers``:
+    :data:`TOP`'s modules and the blocks', a double block's ``img_attn.qkv`` / ``txt_attn.qkv`` on the fused
+    ``attn.to_qkv`` / ``attn.to_added_qkv``), diffusers' module names bare (with or without ``.alpha``:
+    ``_convert_non_diffusers_lokr_to_diffusers``) or under ``transformer.`` (peft's, no ``.alpha``); plus {fused
+    name: the Linear layers it stacks} (:class:`.lycoris.Stacked`: diffusers fuses the model's projections for such a
+    module, ``_maybe_fuse_qkv_projections_for_lokr``)."""
     from .lycoris_flow import kohya_lokr
     keys = [k.replace("base_model.model.", "diffusion_model.", 1) for k in sorted(tensors)]
     origin = dict(zip(keys, sorted(tensors)))
@@ -162,7 +163,7 @@ def lokr_keys(path, tensors: dict):
                 ".add_q_proj", ".to_added_qkv"))
             why = "final_layer.adaLN_modulation.1: diffusers' LoKr conversion keeps BFL's (shift, scale) order, its " \
                   "single-file conversion swaps it" if name.endswith("final_layer.adaLN_modulation.1") else \
-                  "a BFL-named LoKr file (a diffusion_model. key): diffusers maps BFL module names and raises on the rest"
+                  "a BFL-named LoKr file (a diffusion_model. key): diffusers maps BFL module names, raises on the rest"
         else:  # diffusers' names: bare (converted, .alpha folded in) or peft's transformer. keys (loaded as they are)
             module = name if not peft else name[len("transformer."):] if name.startswith("transformer.") and \
                 tail != "alpha" else None

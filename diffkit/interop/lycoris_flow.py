@@ -36,8 +36,8 @@ def refuse_lycoris(path, tensors, loader: str) -> None:
     if key is not None:
         kind = "LoHa" if key.rpartition(".")[2] in LOHA else "LoKr"
         raise DiffkitError(f"--lora {path}: key {key!r} is a LyCORIS {kind} tensor; diffusers 0.42.1's {loader} loads "
-                           f"LoRA files only (diffusers converts LoKr files for Z-Image and FLUX.2 folders alone, LoHa files "
-                           f"for none); allowed: a LoRA file")
+                           f"LoRA files only (diffusers converts LoKr files for Z-Image and FLUX.2 folders alone, "
+                           f"LoHa files for none); allowed: a LoRA file")
 
 
 def loha_why(loader: str) -> str:
