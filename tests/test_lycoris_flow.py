@@ -43,3 +43,15 @@ def test_lycoris_files_are_refused_where_diffusers_loads_lora_only(tmp_path, pip
                f"0.42.1's {pipeline}.load_lora_weights loads LoRA files only (diffusers converts LoKr files for " \
                f"Z-Image and FLUX.2 folders alone, LoHa files for none)" in message, message
         assert "\n" not in message
+
+
+def test_lokr_files_with_peft_metadata_are_refused_on_flux2_and_z_image(tmp_path):
+    """A LoKr file carrying lora_adapter_metadata (diffusers' LoKrConfig source): one line, on both readers."""
+    import json
+    from diffkit.interop.flux2_lora import read_flux2_loras
+    from diffkit.interop.z_image_lora import read_z_image_loras
+    tensors = {"transformer.x_embedder.lokr_w1": torch.ones(4, 4), "transformer.x_embedder.lokr_w2": torch.ones(8, 4)}
+    save_file(tensors, tmp_path / "meta.safetensors", metadata={"lora_adapter_metadata": json.dumps({"r": 2})})
+    for read in (read_flux2_loras, read_z_image_loras):
+        with pytest.raises(DiffkitError, match="is a LoKr file with lora_adapter_metadata, from which diffusers"):
+            read([tmp_path / "meta.safetensors"])

@@ -33,7 +33,7 @@ import re
 
 from ..errors import DiffkitError
 from .lycoris import LOHA
-from .lycoris_flow import loha_why
+from .lycoris_flow import check_lokr_metadata, loha_why
 
 DOUBLE = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn.proj": ("attn.to_out.0",),
           "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
@@ -193,6 +193,8 @@ def read_flux2_lora(path, pipeline: str = "Flux2Pipeline") -> dict:
             _refuse(path, key, f"{pipeline}'s loader adapts the transformer only and loads no such key")
         return parse_sd_lora(path, tensors, meta)
     stacked = {"transformer": converted[2]} if len(converted) > 2 else {}
+    if stacked:  # a LoKr file
+        check_lokr_metadata(path, meta)
     return {**parse_sd_lora(path, converted[0], meta), "origin": converted[1], "stacked": stacked}
 
 

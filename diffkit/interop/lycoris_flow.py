@@ -45,6 +45,15 @@ def loha_why(loader: str) -> str:
     return f"a LyCORIS LoHa tensor: diffusers 0.42.1's {loader} converts LoRA and LoKr files, no LoHa"
 
 
+def check_lokr_metadata(path, meta: dict) -> None:
+    """One line for a LoKr file with ``lora_adapter_metadata``: diffusers builds peft's ``LoKrConfig`` from it
+    (``_create_lokr_config``: alpha, rank and factor patterns of their own), which diffkit does not read."""
+    if meta.get("lora_adapter_metadata"):
+        raise DiffkitError(f"--lora {path} is a LoKr file with lora_adapter_metadata, from which diffusers builds "
+                           f"peft's LoKrConfig (its alpha / rank patterns); diffkit reads LoKr files without it; "
+                           f"allowed: the file's tensors without that metadata")
+
+
 def kohya_lokr(path, tensors: dict, modules: dict, refuse) -> tuple[dict, dict]:
     """(tensors under kohya keys ``lora_unet_<module, dots written _>.<part>``, {kohya key: the file's key}) of a
     LoKr file's ``tensors`` grouped as ``modules`` ({diffusers module name: {key tail: the file's key}});
@@ -67,4 +76,4 @@ def kohya_lokr(path, tensors: dict, modules: dict, refuse) -> tuple[dict, dict]:
     return out, origin
 
 
-__all__ = ["LOKR_PARTS", "kohya_lokr", "loha_why", "lycoris_key", "refuse_lycoris"]
+__all__ = ["LOKR_PARTS", "check_lokr_metadata", "kohya_lokr", "loha_why", "lycoris_key", "refuse_lycoris"]

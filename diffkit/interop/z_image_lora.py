@@ -25,7 +25,7 @@ import re
 
 from ..errors import DiffkitError
 from .lycoris import LOHA
-from .lycoris_flow import loha_why
+from .lycoris_flow import check_lokr_metadata, loha_why
 
 PIPELINE = "ZImagePipeline"
 PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")  # peft's LoRA / DoRA tensors
@@ -168,6 +168,7 @@ def read_z_image_lora(path) -> dict:
     tensors, meta = read_lora_tensors(path, flux_check=False)
     converted = z_image_keys(path, tensors)
     if isinstance(converted, tuple):
+        check_lokr_metadata(path, meta)
         return {**parse_sd_lora(path, converted[0], meta), "origin": converted[1]}
     return parse_sd_lora(path, converted, meta)
 
