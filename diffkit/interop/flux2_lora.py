@@ -24,8 +24,13 @@ diffusers drops or cannot convert (kohya's modulation / guidance / final adaLN m
 logged "Unsupported keys" and left out; a ``diffusion_model.`` ``.lora_down`` file, which goes the kohya way and
 loads nothing; ai-toolkit ``.alpha``), ``final_layer.adaLN_modulation.1`` in an ai-toolkit file (diffusers maps it
 to ``norm_out.linear`` without swapping BFL's (shift, scale) halves, which its single-file converter swaps: neither
-reading is taken), LyCORIS LoKr files (``.lokr_``, ``lycoris_``: diffusers converts them, diffkit does not yet),
-``dora_scale`` (diffusers drops it), mixed formats.
+reading is taken), LyCORIS LoHa keys (diffusers converts none), ``dora_scale`` (diffusers drops it), mixed formats.
+
+LyCORIS LoKr files (``.lokr_`` keys, without ``.lora_down.weight`` ones) are read as the loader reads them
+(:func:`lokr_keys`, merged by :mod:`.lycoris`: W0 + s (alpha / r) W1 (x) W2, :mod:`.lycoris_flow`); a LoKr on a
+double block's fused qkv merges into the stacked to_q / to_k / to_v (:class:`.lycoris.Stacked`), and an adapter on an
+unfused q / k / v projection beside it, in any of the files, is refused (diffusers fuses the model's projections and
+leaves it unused).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import re
 
 from ..errors import DiffkitError
 from .lycoris import LOHA
-from .lycoris_flow import check_lokr_metadata, loha_why
+from .lycoris_flow import check_lokr_metadata, kohya_lokr, loha_why
 
 DOUBLE = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn.proj": ("attn.to_out.0",),
           "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
@@ -141,7 +146,6 @@ def lokr_keys(path, tensors: dict):
     ``_convert_non_diffusers_lokr_to_diffusers``) or under ``transformer.`` (peft's, no ``.alpha``); plus {fused
     name: the Linear layers it stacks} (:class:`.lycoris.Stacked`: diffusers fuses the model's projections for such a
     module, ``_maybe_fuse_qkv_projections_for_lokr``)."""
-    from .lycoris_flow import kohya_lokr
     keys = [k.replace("base_model.model.", "diffusion_model.", 1) for k in sorted(tensors)]
     origin = dict(zip(keys, sorted(tensors)))
     lycoris = any(k.startswith("lycoris_") for k in keys)

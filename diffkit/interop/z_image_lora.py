@@ -15,9 +15,10 @@ module's alpha / r folded into A and B as the converter splits it (then alpha = 
 
 Refused in one line before any weight is read: a key the loader drops or fails on (any other prefix: it loads
 ``transformer.`` keys only, e.g. a text encoder's; a key the converter leaves over, which makes it raise; an A
-without its B), the converted files diffkit does not map (LoKr ``.lokr_`` keys, the dotted ``.lora.down.weight``
-form with its fused ``qkv``), and ``dora_scale`` keys (the loader drops them with a warning and merges the rest as a
-plain LoRA).
+without its B), the converted files diffkit does not map (the dotted ``.lora.down.weight`` form with its fused
+``qkv``), LyCORIS LoHa keys (diffusers converts none), and ``dora_scale`` keys (the loader drops them with a warning
+and merges the rest as a plain LoRA). LyCORIS LoKr files (``.lokr_`` keys) are read as the loader reads them:
+:func:`lokr_keys`, :mod:`.lycoris_flow`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import re
 
 from ..errors import DiffkitError
 from .lycoris import LOHA
-from .lycoris_flow import check_lokr_metadata, loha_why
+from .lycoris_flow import check_lokr_metadata, kohya_lokr, loha_why
 
 PIPELINE = "ZImagePipeline"
 PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")  # peft's LoRA / DoRA tensors
@@ -143,7 +144,6 @@ def lokr_keys(path, tensors: dict) -> tuple[dict, dict]:
     ``ZImageLoraLoaderMixin`` reads it (:mod:`.lycoris_flow`): with a ``diffusion_model.`` or an ``.alpha`` key,
     ``_convert_non_diffusers_lokr_to_diffusers`` (the ``diffusion_model.`` prefix dropped, diffusers' module names
     left, each ``.alpha`` folded in); without, peft's ``transformer.<module>`` keys as they are."""
-    from .lycoris_flow import kohya_lokr
     converted = any(k.startswith("diffusion_model.") or k.endswith(".alpha") for k in tensors)
     modules = {}
     for key in sorted(tensors):
