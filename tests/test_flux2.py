@@ -326,7 +326,22 @@ def test_flux2_converted_lora_files_are_diffusers_conversions(flux2_folder, tmp_
      "key 'diffusion_model.img_in.alpha' is not supported on a FLUX.2 folder (an ai-toolkit file"),
     ({"lora_unet_img_in.lora_down.weight": torch.ones(2, 8), "lora_te1_x.lora_up.weight": torch.ones(8, 2)},
      "key 'lora_te1_x.lora_up.weight' is not supported on a FLUX.2 folder (a kohya file"),
-    ({"diffusion_model.img_in.lokr_w1": torch.ones(2, 2)}, "(a LyCORIS LoKr file: Flux2LoraLoaderMixin converts"),
+    ({"diffusion_model.final_layer.adaLN_modulation.1.lokr_w1": torch.ones(8, 4)},
+     "(final_layer.adaLN_modulation.1: diffusers' LoKr conversion keeps BFL's (shift, scale) order"),
+    ({"lycoris_x_embedder.lokr_w1": torch.ones(4, 4)}, "(a LyCORIS file: diffusers maps lycoris_{single_,}"),
+    ({"transformer.x_embedder.lokr_w1": torch.ones(4, 4), "transformer.x_embedder.alpha": torch.tensor(2.0)},
+     "key 'transformer.x_embedder.alpha' is not supported on a FLUX.2 folder (an .alpha in a transformer. LoKr"),
+    ({"x_embedder.lokr_w1": torch.ones(4, 4), "x_embedder.lokr_w2": torch.ones(8, 4),
+      "x_embedder.lora_A.weight": torch.ones(2, 16)}, "key 'x_embedder.lora_A.weight' is not supported on a FLUX.2 "
+                                                      "folder (a LoKr file's keys end in .lokr_w1 /"),
+    ({"x_embedder.lokr_w1": torch.ones(4, 4), "x_embedder.lokr_t2": torch.ones(2, 2, 1, 1)},
+     "(a LoKr Tucker core, which diffusers' conversion does not carry"),
+    ({"transformer_blocks.0.attn.to_qkv.lokr_w1": torch.ones(8, 4), "transformer_blocks.0.attn.to_qkv.lokr_w2":
+      torch.ones(12, 8), "transformer_blocks.0.attn.add_k_proj.lokr_w1": torch.ones(4, 4),
+      "transformer_blocks.0.attn.add_k_proj.lokr_w2": torch.ones(8, 8)},
+     "module transformer_blocks_0_attn_add_k_proj is an unfused q / k / v projection, and "),
+    ({"diffusion_model.img_in.hada_w1_a": torch.ones(32, 2)},
+     "(a LyCORIS LoHa tensor: diffusers 0.42.1's Flux2LoraLoaderMixin converts LoRA and LoKr files, no LoHa)"),
     ({"text_encoder.x.lora_A.weight": torch.ones(2, 8)}, "(Flux2Pipeline's loader adapts the transformer only"),
     ({"diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.ones(32, 2)},
      "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight is (32, 2); allowed: (3 n, r)"),
@@ -337,3 +352,72 @@ def test_flux2_lora_refusals(flux2_folder, tmp_path, tensors, expected):
     """What diffusers does not load as the file says, or diffkit does not map: one line naming the key."""
     from test_sd_lora import assert_lora_refused
     assert_lora_refused(load_flux2, flux2_folder[1], tmp_path, tensors, expected)
+
+
+LOKR_BFL = {"double_blocks.0.img_attn.qkv": 2, "double_blocks.0.txt_attn.qkv": None, "double_blocks.0.img_mlp.0": 2,
+            "double_blocks.0.txt_attn.proj": 3, "single_blocks.0.linear1": 3, "img_in": None,
+            "guidance_in.in_layer": 2}  # BFL module: LoKr rank (None: W1 and W2 full)
+LOKR_DIFFUSERS = {"transformer_blocks.0.attn.to_qkv": 2, "transformer_blocks.0.attn.to_add_out": None,
+                  "transformer_blocks.0.ff_context.linear_out": 3, "single_transformer_blocks.0.attn.to_out": 2,
+                  "x_embedder": 2, "proj_out": None}  # diffusers' names (to_qkv: the fused projection)
+
+
+def _lokr_file(transformer, kind: str) -> dict:
+    """A LoKr file as ``kind`` writes it (module doc of diffkit.interop.flux2_lora): ``ai-toolkit`` BFL names under
+    diffusion_model. with .alpha 3, ``peft`` the same under base_model.model. (W1 factorised too), ``lycoris``
+    lycoris_ block keys with .alpha, ``bare`` diffusers' names with .alpha 4, ``transformer.`` peft's keys."""
+    from diffkit.interop.flux2_lora import bfl_targets
+    from _lokr_helpers import lokr_file
+    layers = dict(transformer.named_modules())
+
+    def shape(names):
+        return sum(layers[n].out_features for n in names), layers[names[0]].in_features
+    if kind in ("ai-toolkit", "peft"):
+        prefix = "diffusion_model." if kind == "ai-toolkit" else "base_model.model."
+        modules = {prefix + m: (*shape(bfl_targets(m, False)), r) for m, r in LOKR_BFL.items()}
+        return lokr_file(modules, 4, both=kind == "peft", alpha=3.0 if kind == "ai-toolkit" else None)
+    fused = {"transformer_blocks.0.attn.to_qkv": [f"transformer_blocks.0.attn.to_{p}" for p in "qkv"]}
+    modules = {m: (*shape(fused.get(m, [m])), r) for m, r in LOKR_DIFFUSERS.items()}
+    if kind == "lycoris":
+        modules = {"lycoris_" + m.replace(".", "_"): v for m, v in modules.items() if "blocks" in m and m not in fused}
+    return lokr_file({("transformer." if kind == "transformer." else "") + m: v for m, v in modules.items()}, 5,
+                     alpha=None if kind == "transformer." else 4.0 if kind == "bare" else 1.0)
+
+
+@pytest.mark.parametrize("kind", ["ai-toolkit", "peft", "lycoris", "bare", "transformer."])
+def test_flux2_lokr_files_are_diffusers_conversions(flux2_folder, tmp_path, kind):
+    """LyCORIS LoKr files in the five layouts Flux2LoraLoaderMixin converts (a fused qkv on the stacked to_q / to_k /
+    to_v, as diffusers fuses the model's projections): the weights of load_lora_weights + fuse_lora(lora_scale=0.7)."""
+    from safetensors.torch import save_file
+    from diffkit.interop.flux2_lora import read_flux2_loras
+    from test_sd_lora import converted_lora_difference
+    pipe, _, flux2 = flux2_folder
+    file = tmp_path / f"{kind}.safetensors"
+    save_file(_lokr_file(flux2.transformer, kind), file)
+    worst, changes = converted_lora_difference(pipe, flux2, file, read_flux2_loras, "FLUX.2")
+    assert sum(change > 1e-3 for change in changes.values()) == {"ai-toolkit": 11, "peft": 11, "lycoris": 3}.get(
+        kind, 8)
+    print("FLUX.2 LoKr", kind, worst)
+    assert worst < 1e-6  # measured: see docs/interop.md
+
+
+def test_flux2_lokr_file_samples_as_the_pipeline(flux2_folder, tmp_path):
+    """An ai-toolkit LoKr file (fused qkv) at scale 1: z_0 of Flux2Pipeline with the file loaded (peft's LoKr layers,
+    unmerged, on the fused projections) against diffkit's merged transformer."""
+    import copy
+    from safetensors.torch import save_file
+    from diffkit.interop.flux2_lora import read_flux2_loras
+    from diffkit.interop.qwen_image_lora import transformer_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    pipe, _, flux2 = flux2_folder
+    file = tmp_path / "lokr.safetensors"
+    save_file(_lokr_file(flux2.transformer, "ai-toolkit"), file)
+    theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    theirs.load_lora_weights(str(file))
+    ours = copy.deepcopy(flux2)
+    merge_sd_loras(ours, transformer_loras(read_flux2_loras([file]), ours.transformer, "FLUX.2"))
+    noise = _noise()
+    expected = _theirs(theirs, noise)
+    error = relative_error(_ours(ours, noise).flatten(2).transpose(1, 2), expected)
+    print("FLUX.2 LoKr z_0", error, float((expected - _theirs(pipe, noise)).abs().max()))
+    assert error < 1e-5  # measured: see docs/interop.md

@@ -300,7 +300,7 @@ def test_qwen_image_converted_lora_files_are_diffusers_conversions(qwen_folder, 
      "key 'diffusion_model.txt_in.lora_A.weight' is not supported on a Qwen-Image folder (a converted file's keys "
      "end in .lora_down.weight / .lora_up.weight / .alpha)"),
     ({"transformer.img_in.lora_A.weight": torch.ones(2, 16), "transformer.img_in.hada_w1_a": torch.ones(2, 16)},
-     "key 'transformer.img_in.hada_w1_a' is not supported on a Qwen-Image folder (QwenImageLoraLoaderMixin"),
+     "key 'transformer.img_in.hada_w1_a' is a LyCORIS LoHa tensor; diffusers 0.42.1's QwenImagePipeline"),
     ({"lora_unet_transformer_blocks_3_attn_to_q.lora_down.weight": torch.ones(2, 32),
       "lora_unet_transformer_blocks_3_attn_to_q.lora_up.weight": torch.ones(32, 2)},
      "key 'lora_unet_transformer_blocks_3_attn_to_q.lora_down.weight' names no Linear layer of the Qwen-Image "

@@ -101,7 +101,8 @@ def converted_lora_difference(pipe, model, file, read_loras, kind: str, scale: f
     """(worst abs difference, {parameter: max abs change}) of ``model``'s transformer with the LoRA ``file`` merged
     (``read_loras``: the family's reader, placed by :func:`diffkit.interop.qwen_image_lora.transformer_loras` for the
     ``kind`` transformer) from a copy of ``pipe``'s transformer after ``load_lora_weights`` +
-    ``fuse_lora(lora_scale=scale)``: Qwen-Image's and FLUX.2's converted files."""
+    ``fuse_lora(lora_scale=scale)``: Qwen-Image's and FLUX.2's converted files (a projection diffusers fused for a
+    FLUX.2 LoKr, ``to_qkv`` / ``to_added_qkv``, stands for its parts' rows)."""
     import copy
     import types
     from diffkit.interop.qwen_image_lora import transformer_loras
@@ -113,6 +114,9 @@ def converted_lora_difference(pipe, model, file, read_loras, kind: str, scale: f
     ours = types.SimpleNamespace(transformer=copy.deepcopy(model.transformer))
     merge_sd_loras(ours, transformer_loras(read_loras([(file, scale)]), ours.transformer, kind))
     theirs, base = theirs.transformer.state_dict(), model.transformer.state_dict()
+    for key in [k for k in theirs if k.endswith((".to_qkv.weight", ".to_added_qkv.weight"))]:  # fused for a LoKr
+        parts = ("to_q", "to_k", "to_v") if ".to_qkv." in key else ("add_q_proj", "add_k_proj", "add_v_proj")
+        theirs.update({key.rsplit(".", 2)[0] + f".{p}.weight": rows for p, rows in zip(parts, theirs[key].chunk(3))})
     ours = ours.transformer.state_dict()
     return (max(float((v - theirs[k]).abs().max()) for k, v in ours.items()),
             {k: float((v - base[k]).abs().max()) for k, v in ours.items()})

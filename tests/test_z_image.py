@@ -300,9 +300,63 @@ def test_z_image_converted_lora_files_are_diffusers(tiny_z_image, tmp_path, caps
               "lora_unet_layers_0_attention_to_q.lora_up.weight": torch.zeros(32, 2),
               "lora_unet_layers_0_attention_to_q.lora_A.weight": torch.zeros(2, 32)}, "leaves it over and fails"),
             ({"diffusion_model.layers.0.attention.qkv.lora.down.weight": torch.zeros(2, 32)}, "loads nothing once"),
-            ({"lora_unet_layers_0_attention_to_q.lokr_w1": torch.zeros(2, 2)}, "converts LoKr files"),
+            ({"lora_unet_layers_0_attention_to_q.lokr_w1": torch.zeros(2, 2)},
+             "a LoKr file without diffusion_model. or .alpha keys is loaded as it is"),
+            ({"diffusion_model.layers.0.attention.to_q.lokr_w1": torch.zeros(4, 4),
+              "diffusion_model.layers.0.attention.to_k.lora_A.weight": torch.zeros(2, 32)},
+             "key 'diffusion_model.layers.0.attention.to_k.lora_A.weight' is not supported on a Z-Image folder (a LoKr "
+             "file's keys end in"),
+            ({"transformer.layers.0.attention.to_q.hada_w1_a": torch.zeros(32, 2)},
+             "(a LyCORIS LoHa tensor: diffusers 0.42.1's ZImageLoraLoaderMixin converts LoRA and LoKr files, no LoHa)"),
             ({"transformer.layers.0.attention.to_q.dora_scale": torch.zeros(1, 32)}, "drops dora_scale keys")]):
         save_file(tensors, tmp_path / f"bad{i}.safetensors")
         with pytest.raises(DiffkitError) as caught:
             load_z_image(path, progress=False, lora=[tmp_path / f"bad{i}.safetensors"])
         assert expected in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+LOKR = {"layers.0.attention.to_q": 2, "layers.0.attention.to_out.0": None, "noise_refiner.0.feed_forward.w1": 2,
+        "context_refiner.0.attention.to_v": 3, "all_x_embedder.2-1": 3}  # module: LoKr rank (None: W1, W2 full)
+
+
+def _lokr_file(transformer, layout: str) -> dict:
+    """A LoKr file in a ``layout`` ZImageLoraLoaderMixin converts: ``diffusion_model.`` (.alpha 3, W1 factorised
+    too), ``bare`` diffusers names with .alpha 1, ``transformer.`` peft's keys (no alpha)."""
+    from _lokr_helpers import lokr_file
+    layers = dict(transformer.named_modules())
+    prefix = {"diffusion_model.": "diffusion_model.", "bare": "", "transformer.": "transformer."}[layout]
+    return lokr_file({prefix + m: (layers[m].out_features, layers[m].in_features, r) for m, r in LOKR.items()}, 6,
+                     both=layout == "diffusion_model.", alpha={"diffusion_model.": 3.0, "bare": 1.0}.get(layout))
+
+
+@pytest.mark.parametrize("layout", ["diffusion_model.", "bare", "transformer."])
+def test_z_image_lokr_files_are_diffusers_conversions(tiny_z_image, tmp_path, layout):
+    """LyCORIS LoKr files in the layouts ZImageLoraLoaderMixin converts: the weights of load_lora_weights +
+    fuse_lora(lora_scale=0.7)."""
+    from safetensors.torch import save_file
+    from diffkit.interop.z_image_lora import read_z_image_loras
+    from test_sd_lora import converted_lora_difference
+    pipe, _, model = tiny_z_image
+    file = tmp_path / "lokr.safetensors"
+    save_file(_lokr_file(model.transformer, layout), file)
+    worst, changes = converted_lora_difference(pipe, model, file, read_z_image_loras, "Z-Image")
+    assert sum(change > 1e-3 for change in changes.values()) == len(LOKR)
+    print("Z-Image LoKr", layout, worst)
+    assert worst < 1e-6  # measured: see docs/interop.md
+
+
+def test_z_image_lokr_file_samples_as_the_pipeline(tiny_z_image, tmp_path):
+    """A diffusion_model. LoKr file at 0.6: z_0 of ZImagePipeline with the file loaded (peft's LoKr layers, unmerged,
+    ``set_adapters`` weight 0.6) against ``load_z_image(lora=[(file, 0.6)])``, CFG against negative prompts."""
+    import copy
+    from safetensors.torch import save_file
+    pipe, path, model = tiny_z_image
+    file = tmp_path / "lokr.safetensors"
+    save_file(_lokr_file(model.transformer, "diffusion_model."), file)
+    theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    theirs.load_lora_weights(str(file), adapter_name="lokr")
+    theirs.set_adapters(["lokr"], [0.6])
+    z0, expected = _both(theirs, load_z_image(path, progress=False, lora=[(file, 0.6)]), steps=2,
+                         negative_prompt=NEGATIVES)
+    print("Z-Image LoKr z_0", relative_error(z0, expected))
+    assert relative_error(z0, expected) < 1e-5  # measured: see docs/interop.md

@@ -216,7 +216,8 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
                              "(Lumina-Image 2.0: also its original diffusion_model. keys); Chroma: its transformer "
                              "only; Kolors: its UNet, diffusers / PEFT keys; Qwen-Image, FLUX.2, Z-Image: the "
                              "transformer, diffusers / PEFT, diffusion_model. (ComfyUI, ai-toolkit) or kohya "
-                             "lora_unet_ keys; HiDream-I1: the transformer, diffusers / PEFT or diffusion_model. keys) "
+                             "lora_unet_ keys; FLUX.2, Z-Image: also LyCORIS LoKr files as diffusers converts "
+                             "them; HiDream-I1: the transformer, diffusers / PEFT or diffusion_model. keys) "
                              "merged into --checkpoint's weights at load, "
                              "W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",

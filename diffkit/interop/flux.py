@@ -505,10 +505,12 @@ def read_flux_loras(lora, kind: str = "FLUX") -> list:
     cannot load a LoRA into its T5 encoder): text-encoder keys refused too."""
     from ..lora_files import adapter_list
     from .flux_lora import is_bfl_lora, kohya_keys
+    from .lycoris_flow import refuse_lycoris
     from .sd_lora import _read, parse_sd_lora
     loras = []
     for path, scale in adapter_list(lora) if lora else []:
         tensors, meta = _read(path)
+        refuse_lycoris(path, tensors, f"{'Chroma' if kind == 'Chroma' else 'Flux'}Pipeline.load_lora_weights")
         bfl = is_bfl_lora(tensors)
         origin = {}  # {kohya key: the file's own}, for the messages of .flux_lora.transformer_adapters
         read = parse_sd_lora(path, kohya_keys(path, tensors, origin) if bfl else tensors, meta)

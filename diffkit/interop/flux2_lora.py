@@ -24,20 +24,29 @@ diffusers drops or cannot convert (kohya's modulation / guidance / final adaLN m
 logged "Unsupported keys" and left out; a ``diffusion_model.`` ``.lora_down`` file, which goes the kohya way and
 loads nothing; ai-toolkit ``.alpha``), ``final_layer.adaLN_modulation.1`` in an ai-toolkit file (diffusers maps it
 to ``norm_out.linear`` without swapping BFL's (shift, scale) halves, which its single-file converter swaps: neither
-reading is taken), LyCORIS LoKr files (``.lokr_``, ``lycoris_``: diffusers converts them, diffkit does not yet),
-``dora_scale`` (diffusers drops it), mixed formats.
+reading is taken), LyCORIS LoHa keys (diffusers converts none), ``dora_scale`` (diffusers drops it), mixed formats.
+
+LyCORIS LoKr files (``.lokr_`` keys, without ``.lora_down.weight`` ones) are read as the loader reads them
+(:func:`lokr_keys`, merged by :mod:`.lycoris`: W0 + s (alpha / r) W1 (x) W2, :mod:`.lycoris_flow`); a LoKr on a
+double block's fused qkv merges into the stacked to_q / to_k / to_v (:class:`.lycoris.Stacked`), and an adapter on an
+unfused q / k / v projection beside it, in any of the files, is refused (diffusers fuses the model's projections and
+leaves it unused).
 """
 from __future__ import annotations
 
 import re
 
 from ..errors import DiffkitError
+from .lycoris import LOHA
+from .lycoris_flow import check_lokr_metadata, kohya_lokr, loha_why
 
 DOUBLE = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn.proj": ("attn.to_out.0",),
           "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
           "txt_attn.proj": ("attn.to_add_out",), "img_mlp.0": ("ff.linear_in",), "img_mlp.2": ("ff.linear_out",),
           "txt_mlp.0": ("ff_context.linear_in",), "txt_mlp.2": ("ff_context.linear_out",)}
 SINGLE = {"linear1": ("attn.to_qkv_mlp_proj",), "linear2": ("attn.to_out",)}
+FUSED = {"attn.to_qkv": "img_attn.qkv", "attn.to_added_qkv": "txt_attn.qkv"}  # fuse_qkv_projections' names
+UNFUSED = re.compile(r"transformer_blocks[._]\d+[._]attn[._](to_[qkv]|add_[qkv]_proj)$")  # what it leaves unused
 KOHYA_TOP = {"img_in": "x_embedder", "txt_in": "context_embedder",
              "time_in.in_layer": "time_guidance_embed.timestep_embedder.linear_1",
              "time_in.out_layer": "time_guidance_embed.timestep_embedder.linear_2", "final_layer.linear": "proj_out"}
@@ -80,11 +89,13 @@ def converted_keys(path, tensors: dict):
     qkv's B split in three; None for a diffusers-format file (``transformer.`` keys)."""
     import torch
     keys = sorted(tensors)
-    bad = next((k for k in keys if "dora_scale" in k or ".lokr_" in k or k.startswith("lycoris_")), None)
+    bad = next((k for k in keys if "dora_scale" in k or k.rpartition(".")[2] in LOHA), None)
     if bad is not None:
         _refuse(path, bad, "diffusers drops dora_scale and merges the rest" if "dora_scale" in bad else
-                "a LyCORIS LoKr file: Flux2LoraLoaderMixin converts it, diffkit does not yet")
+                loha_why("Flux2LoraLoaderMixin"))
     kohya = any(".lora_down.weight" in k for k in keys)
+    if not kohya and any(".lokr_" in k for k in keys):
+        return lokr_keys(path, tensors)
     if not kohya and not any(k.startswith(("diffusion_model.", "base_model.model.")) for k in keys):
         return None
     out, origin = {}, {}
@@ -125,6 +136,53 @@ def converted_keys(path, tensors: dict):
     return out, origin
 
 
+def lokr_keys(path, tensors: dict):
+    """:func:`converted_keys` of a LoKr file (``.lokr_`` keys, no ``.lora_down.weight``), as ``Flux2LoraLoaderMixin``
+    reads it: LyCORIS' ``lycoris_<diffusers block module, dots as _>`` keys
+    (``_convert_lycoris_flux2_lokr_to_diffusers``: the block modules of :data:`DOUBLE` / :data:`SINGLE`), BFL names
+    under ``diffusion_model.`` / ``base_model.model.`` (``_convert_non_diffusers_flux2_lokr_to_diffusers``:
+    :data:`TOP`'s modules and the blocks', a double block's ``img_attn.qkv`` / ``txt_attn.qkv`` on the fused
+    ``attn.to_qkv`` / ``attn.to_added_qkv``), diffusers' module names bare (with or without ``.alpha``:
+    ``_convert_non_diffusers_lokr_to_diffusers``) or under ``transformer.`` (peft's, no ``.alpha``); plus {fused
+    name: the Linear layers it stacks} (:class:`.lycoris.Stacked`: diffusers fuses the model's projections for such a
+    module, ``_maybe_fuse_qkv_projections_for_lokr``)."""
+    keys = [k.replace("base_model.model.", "diffusion_model.", 1) for k in sorted(tensors)]
+    origin = dict(zip(keys, sorted(tensors)))
+    lycoris = any(k.startswith("lycoris_") for k in keys)
+    bfl = not lycoris and any(k.startswith("diffusion_model.") for k in keys)
+    peft = not lycoris and not bfl and any(k.startswith("transformer.") for k in keys)
+    leaves = {leaf.replace(".", "_"): leaf for table in (DOUBLE, SINGLE) for targets in table.values()
+              for leaf in targets}
+    modules = {}
+    for key in keys:
+        name, _, tail = key.rpartition(".")
+        if lycoris:
+            match = re.fullmatch(r"lycoris_((?:single_)?transformer_blocks)_(\d+)_(.+)", name)
+            module = match and match[3] in leaves and f"{match[1]}.{match[2]}.{leaves[match[3]]}"
+            why = "a LyCORIS file: diffusers maps lycoris_{single_,}transformer_blocks_N_<module> keys and raises on " \
+                  "the rest"
+        elif bfl:
+            targets = name.startswith("diffusion_model.") and bfl_targets(name[len("diffusion_model."):], False)
+            module = targets and (targets[0] if len(targets) == 1 else targets[0].replace(".to_q", ".to_qkv").replace(
+                ".add_q_proj", ".to_added_qkv"))
+            why = "final_layer.adaLN_modulation.1: diffusers' LoKr conversion keeps BFL's (shift, scale) order, its " \
+                  "single-file conversion swaps it" if name.endswith("final_layer.adaLN_modulation.1") else \
+                  "a BFL-named LoKr file (a diffusion_model. key): diffusers maps BFL module names, raises on the rest"
+        else:  # diffusers' names: bare (converted, .alpha folded in) or peft's transformer. keys (loaded as they are)
+            module = name if not peft else name[len("transformer."):] if name.startswith("transformer.") and \
+                tail != "alpha" else None
+            why = "an .alpha in a transformer. LoKr file: diffusers raises 'Invalid adapter checkpoint'" if \
+                tail == "alpha" else "the loader adapts the transformer only and loads no such key"
+        if not module:
+            _refuse(path, origin[key], why)
+        modules.setdefault(module, {})[tail] = origin[key]
+    stacked = {fused: tuple(fused.rsplit(".", 1)[0] + "." + leaf.rsplit(".", 1)[1] for leaf in DOUBLE[bfl_key])
+               for fused in modules for suffix, bfl_key in FUSED.items()
+               if re.fullmatch(rf"transformer_blocks\.\d+\.{re.escape(suffix)}", fused)}
+    out, origin = kohya_lokr(path, tensors, modules, lambda key, why: _refuse(path, key, why))
+    return out, origin, stacked
+
+
 def read_flux2_lora(path, pipeline: str = "Flux2Pipeline") -> dict:
     """:func:`.sd_lora.parse_sd_lora` of a FLUX.2 LoRA file, its keys checked first (module docstring); a converted
     file's adapters under ``unet`` with kohya names (``origin``: the file's keys) until
@@ -138,7 +196,10 @@ def read_flux2_lora(path, pipeline: str = "Flux2Pipeline") -> dict:
         if key is not None:
             _refuse(path, key, f"{pipeline}'s loader adapts the transformer only and loads no such key")
         return parse_sd_lora(path, tensors, meta)
-    return {**parse_sd_lora(path, converted[0], meta), "origin": converted[1]}
+    stacked = {"transformer": converted[2]} if len(converted) > 2 else {}
+    if stacked:  # a LoKr file
+        check_lokr_metadata(path, meta)
+    return {**parse_sd_lora(path, converted[0], meta), "origin": converted[1], "stacked": stacked}
 
 
 def read_flux2_loras(adapters, pipeline: str = "Flux2Pipeline") -> list:
@@ -146,7 +207,15 @@ def read_flux2_loras(adapters, pipeline: str = "Flux2Pipeline") -> list:
     with :func:`read_flux2_lora` before the folder loads."""
     from functools import partial
     from .sd_lora import read_sd_loras
-    return read_sd_loras(adapters, partial(read_flux2_lora, pipeline=pipeline))
+    loras = read_sd_loras(adapters, partial(read_flux2_lora, pipeline=pipeline))
+    fused = next((path for path, _, read in loras if read.get("stacked", {}).get("transformer")), None)
+    for path, _, read in loras if fused is not None else ():
+        name = next((n for c in ("unet", "transformer") for n in read[c] if UNFUSED.search(n)), None)
+        if name is not None:
+            raise DiffkitError(f"--lora {path}: module {name} is an unfused q / k / v projection, and {fused} has a "
+                               f"LoKr on a fused one, for which diffusers fuses the model's projections and leaves "
+                               f"this adapter unused (or raises, this one loaded first); allowed: either file alone")
+    return loras
 
 
 __all__ = ["bfl_targets", "converted_keys", "read_flux2_lora", "read_flux2_loras", "DOUBLE", "SINGLE", "TOP"]

@@ -33,7 +33,9 @@ ALLOWED = ("transformer.<module> keys ending in .lora_A.weight / .lora_B.weight 
 def hidream_tensors(path, tensors: dict) -> dict:
     """``tensors`` of a HiDream LoRA file under the keys ``HiDreamImageLoraLoaderMixin`` loads (a ``diffusion_model.``
     file's prefix made ``transformer.``, module docstring); a key it would not load: one line naming it."""
+    from .lycoris_flow import refuse_lycoris
     from .sd3_lora import PARTS
+    refuse_lycoris(path, tensors, "HiDreamImagePipeline.load_lora_weights")
     keys = sorted(tensors)
     origin = {k: k for k in keys}  # the loaded key: the file's
     key = next((k for k in keys if "dora_scale" in k), None)

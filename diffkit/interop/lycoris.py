@@ -233,7 +233,38 @@ def decompose(weight: torch.Tensor, magnitude: torch.Tensor, axis: int, eps: flo
     return weight * (magnitude / (norm + eps))
 
 
+class Stacked:
+    """Linear ``layers`` seen as one whose weight stacks theirs by rows: diffusers' ``fuse_qkv_projections``
+    (``to_qkv`` = [``to_q``; ``to_k``; ``to_v``]), which ``Flux2LoraLoaderMixin`` makes for a LoKr on the fused
+    projection. A Kronecker product over the stack does not split into per-layer factors, so :func:`prepare` merges
+    into the stacked weight and writes each layer's rows back (the fused layer's merge, row for row)."""
+
+    def __init__(self, layers):
+        self.layers = tuple(layers)
+        first = self.layers[0].weight
+        self.weight = torch.empty((sum(m.weight.shape[0] for m in self.layers), *first.shape[1:]), dtype=first.dtype,
+                                  device="meta")  # its shape for prepare's checks; the layers' rows at merge time
+
+    def wrap(self, merge):
+        """``merge(scale)`` of the stacked weight, run on the layers' current rows and written back to them."""
+        @torch.no_grad()
+        def run(scale: float) -> None:
+            shape, self.weight = self.weight, torch.cat([m.weight for m in self.layers])
+            merge(scale)
+            for layer, rows in zip(self.layers, self.weight.split([m.weight.shape[0] for m in self.layers])):
+                layer.weight.copy_(rows)
+            self.weight = shape
+        return run
+
+
 def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
+    """:func:`prepare_layer`, for a :class:`Stacked` ``layer`` too (its merge writes the stacked layers' rows)."""
+    if isinstance(layer, Stacked):
+        return layer.wrap(prepare_layer(layer, parts, alpha, what, kohya))
+    return prepare_layer(layer, parts, alpha, what, kohya)
+
+
+def prepare_layer(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     """``merge(scale)`` folding one module's adapter (``parts``: key tail -> tensor, LoRA ones as ``lora_down`` /
     ``lora_up``, alpha as read or None) into ``layer`` in place: W = W0 + s (alpha / r) Delta W, then DoRA's
     decomposition if the adapter has a magnitude. Every shape is checked here (on meta tensors, nothing
@@ -273,4 +304,5 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     return merge
 
 
-__all__ = ["IA3", "KOHYA_PARTS", "LOCON_MID", "MAGNITUDE", "check_parts", "delta_weight", "decompose", "prepare"]
+__all__ = ["IA3", "KOHYA_PARTS", "LOCON_MID", "MAGNITUDE", "Stacked", "check_parts", "delta_weight", "decompose",
+           "prepare", "prepare_layer"]

@@ -44,6 +44,8 @@ def converted_keys(path, tensors: dict) -> tuple:
     """(tensors under kohya keys ``lora_unet_<module with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``,
     {kohya key: the file's key}) of a file ``QwenImageLoraLoaderMixin`` converts (module docstring); None for a
     diffusers-format file (no ``diffusion_model.`` / ``lora_unet_`` / ``.alpha`` / ``default.`` key)."""
+    from .lycoris_flow import refuse_lycoris
+    refuse_lycoris(path, tensors, "QwenImagePipeline.load_lora_weights")
     keys = sorted(tensors)
     dora = next((k for k in keys if "dora_scale" in k), None)
     if dora is not None:
@@ -104,6 +106,8 @@ def transformer_adapters(path, read: dict, transformer, kind: str = "Qwen-Image"
     if "origin" not in read:
         return read
     layers = {n.replace(".", "_"): n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    layers.update({n.replace(".", "_"): n for n, members in read.get("stacked", {}).get("transformer", {}).items()
+                   if all(m.replace(".", "_") in layers for m in members)})  # FLUX.2's fused qkv (.lycoris.Stacked)
     out = {}
     for name, (down, up, alpha, prefix, parts) in read["unet"].items():
         key = f"{prefix}{name}.lora_down.weight"

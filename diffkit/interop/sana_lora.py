@@ -21,9 +21,11 @@ def read_transformer_lora(path, kind: str = "Sana", folder: str = "a Sana folder
     loader's conversion of other key formats, ``convert(path, tensors)`` -> diffusers-format tensors (Lumina2's
     ``diffusion_model.`` files, :func:`.lumina2_lora.convert_lumina2_lora`); ``flux_check``:
     :func:`.sd_lora.read_lora_tensors`' (False for AuraFlow, whose blocks are named as FLUX's)."""
+    from .lycoris_flow import refuse_lycoris
     from .sd3_lora import check_peft_keys
     from .sd_lora import parse_sd_lora, read_lora_tensors
     tensors, meta = read_lora_tensors(path, flux_check)
+    refuse_lycoris(path, tensors, f"{pipeline}.load_lora_weights")
     if convert is not None:
         tensors = convert(path, tensors)
     check_peft_keys(path, tensors, PREFIXES, kind, folder, pipeline)

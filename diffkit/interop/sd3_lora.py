@@ -52,8 +52,10 @@ def check_peft_keys(path, tensors: dict, prefixes: tuple, kind: str, folder: str
 
 def read_sd3_lora(path) -> dict:
     """:func:`.sd_lora.read_sd_lora` of an SD3 LoRA file, its keys checked first (:func:`check_sd3_keys`)."""
+    from .lycoris_flow import refuse_lycoris
     from .sd_lora import parse_sd_lora, read_lora_tensors
     tensors, meta = read_lora_tensors(path)
+    refuse_lycoris(path, tensors, "StableDiffusion3Pipeline.load_lora_weights")
     check_sd3_keys(path, tensors)
     return parse_sd_lora(path, tensors, meta)
 

@@ -212,6 +212,8 @@ def _resolve(path, read: dict, component: str, network) -> dict:
     DoRA tensors, :mod:`.lycoris`; A and B None for LoHa / LoKr); a one-line error for a name the network has
     no Linear / Conv2d of."""
     layers = _layers(network)
+    layers.update({fused: lycoris.Stacked([layers[m] for m in members])  # FLUX.2's fused qkv (.flux2_lora)
+                   for fused, members in read.get("stacked", {}).get(component, {}).items()})
     names = {n: n for n in layers}
     if component == "text_encoder" and not hasattr(network, "text_model"):  # transformers 5 flattened CLIPTextModel:
         names.update({f"text_model.{n}": n for n in layers})  # files name its modules text_model.encoder...
@@ -272,7 +274,7 @@ def merge_sd_loras(sd, loras: list) -> None:
                                         alpha, f"--lora {path}: {component} module {m}", read["kohya"])
                      for m, (layer, a, b, alpha, parts) in found.items() if parts}  # LoHa, LoKr, DoRA
             if other:
-                merges.append(([found[m][0] for m in other],
+                merges.append(([m for n in other for m in getattr(found[n][0], "layers", (found[n][0],))],
                                lambda o=other, s=scale: [merge(s) for merge in o.values()]))
             found = {m: f for m, f in found.items() if not f[4]}
             if not found:

@@ -247,6 +247,7 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     / PEFT, kohya, ``diffusion_model.`` keys), fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
     (:func:`.sd_lora.merge_sd_loras`)."""
     from .flow_latents import frozen_on, load_flow_parts
+    from .qwen_image_lora import transformer_loras
     from .sd_lora import merge_sd_loras
     from .z_image_lora import read_z_image_loras
     diffusers = require("diffusers")
@@ -261,7 +262,7 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     if width != states:
         raise DiffkitError(f"{directory}: the transformer's cap_feat_dim={width} does not fit the text encoder's "
                            f"hidden size {states}")
-    merge_sd_loras(model, loras)
+    merge_sd_loras(model, transformer_loras(loras, model.transformer, "Z-Image"))  # a LoKr file: kohya names placed
     return model
 
 

@@ -15,15 +15,18 @@ module's alpha / r folded into A and B as the converter splits it (then alpha = 
 
 Refused in one line before any weight is read: a key the loader drops or fails on (any other prefix: it loads
 ``transformer.`` keys only, e.g. a text encoder's; a key the converter leaves over, which makes it raise; an A
-without its B), the converted files diffkit does not map (LoKr ``.lokr_`` keys, the dotted ``.lora.down.weight``
-form with its fused ``qkv``), and ``dora_scale`` keys (the loader drops them with a warning and merges the rest as a
-plain LoRA).
+without its B), the converted files diffkit does not map (the dotted ``.lora.down.weight`` form with its fused
+``qkv``), LyCORIS LoHa keys (diffusers converts none), and ``dora_scale`` keys (the loader drops them with a warning
+and merges the rest as a plain LoRA). LyCORIS LoKr files (``.lokr_`` keys) are read as the loader reads them:
+:func:`lokr_keys`, :mod:`.lycoris_flow`.
 """
 from __future__ import annotations
 
 import re
 
 from ..errors import DiffkitError
+from .lycoris import LOHA
+from .lycoris_flow import check_lokr_metadata, kohya_lokr, loha_why
 
 PIPELINE = "ZImagePipeline"
 PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")  # peft's LoRA / DoRA tensors
@@ -37,8 +40,9 @@ _BARE_OUT = re.compile(r"\.out(?=\.(?:lora_down|lora_up)\.weight$|\.alpha$)")
 def _refused(path, key: str, why: str) -> DiffkitError:
     return DiffkitError(f"--lora {path}: key {key!r} is not supported on a Z-Image folder ({why}); allowed: "
                         f"transformer. keys ending in {' / '.join(PARTS)} (diffusers / PEFT, as "
-                        f"{PIPELINE}.save_lora_weights writes them), or the lora_unet_ / diffusion_model. / .alpha "
-                        f"files its loader converts")
+                        f"{PIPELINE}.save_lora_weights writes them), the lora_unet_ / diffusion_model. / .alpha "
+                        f"files its loader converts, or LoKr files (.lokr_w1 / .lokr_w1_a / .lokr_w1_b / .lokr_w2 / "
+                        f".lokr_w2_a / .lokr_w2_b, .alpha) under diffusion_model. or transformer. names")
 
 
 def _kohya_name(key: str) -> str:
@@ -56,15 +60,17 @@ def _kohya_name(key: str) -> str:
     return ".".join(merged) + dot + suffix
 
 
-def z_image_keys(path, tensors: dict) -> dict:
+def z_image_keys(path, tensors: dict):
     """``tensors`` of a Z-Image LoRA file in diffusers / PEFT form (``transformer.`` keys, alphas folded in), as
-    ``ZImageLoraLoaderMixin.lora_state_dict`` converts them (module docstring); a one-line error for a key it would
-    not load or diffkit does not map."""
+    ``ZImageLoraLoaderMixin.lora_state_dict`` converts them (module docstring); a LoKr file's :func:`lokr_keys`; a
+    one-line error for a key it would not load or diffkit does not map."""
     for key in sorted(tensors):
-        if "dora_scale" in key or ".lokr_" in key:
+        if "dora_scale" in key or key.rpartition(".")[2] in LOHA:
             why = ("diffusers drops dora_scale keys and merges the rest as a plain LoRA" if "dora_scale" in key else
-                   f"{PIPELINE} converts LoKr files, diffkit does not yet")
+                   loha_why("ZImageLoraLoaderMixin"))
             raise _refused(path, key, why)
+    if any(".lokr_" in k for k in tensors):
+        return lokr_keys(path, tensors)
     if not any(k.endswith(".alpha") or k.startswith(("lora_unet_", "diffusion_model.")) or "default." in k
                for k in tensors):  # a diffusers / PEFT file: loaded as it is, transformer. keys only
         key = next((k for k in sorted(tensors) if not (k.startswith("transformer.") and k.endswith(PARTS))), None)
@@ -133,11 +139,38 @@ def z_image_keys(path, tensors: dict) -> dict:
     return out
 
 
+def lokr_keys(path, tensors: dict) -> tuple[dict, dict]:
+    """(kohya-named tensors, {kohya key: the file's key}) of a LoKr file (``.lokr_`` keys) as
+    ``ZImageLoraLoaderMixin`` reads it (:mod:`.lycoris_flow`): with a ``diffusion_model.`` or an ``.alpha`` key,
+    ``_convert_non_diffusers_lokr_to_diffusers`` (the ``diffusion_model.`` prefix dropped, diffusers' module names
+    left, each ``.alpha`` folded in); without, peft's ``transformer.<module>`` keys as they are."""
+    converted = any(k.startswith("diffusion_model.") or k.endswith(".alpha") for k in tensors)
+    modules = {}
+    for key in sorted(tensors):
+        name = key.removeprefix("diffusion_model.") if converted else key[len("transformer."):] \
+            if key.startswith("transformer.") else None
+        if name is None:
+            raise _refused(path, key, f"a LoKr file without diffusion_model. or .alpha keys is loaded as it is, and "
+                                      f"{PIPELINE}'s loader takes transformer. keys only")
+        module, _, tail = name.rpartition(".")
+        modules.setdefault(module, {})[tail] = key
+
+    def refuse(key, why):
+        raise _refused(path, key, why)
+    return kohya_lokr(path, tensors, modules, refuse)
+
+
 def read_z_image_lora(path) -> dict:
-    """:func:`.sd_lora.parse_sd_lora` of a Z-Image LoRA file, converted and checked first (:func:`z_image_keys`)."""
+    """:func:`.sd_lora.parse_sd_lora` of a Z-Image LoRA file, converted and checked first (:func:`z_image_keys`); a
+    LoKr file's adapters under ``unet`` with kohya names (``origin``: the file's keys) until
+    :func:`.qwen_image_lora.transformer_adapters` places them."""
     from .sd_lora import parse_sd_lora, read_lora_tensors
     tensors, meta = read_lora_tensors(path, flux_check=False)
-    return parse_sd_lora(path, z_image_keys(path, tensors), meta)
+    converted = z_image_keys(path, tensors)
+    if isinstance(converted, tuple):
+        check_lokr_metadata(path, meta)
+        return {**parse_sd_lora(path, converted[0], meta), "origin": converted[1]}
+    return parse_sd_lora(path, converted, meta)
 
 
 def read_z_image_loras(adapters) -> list:
