@@ -37,7 +37,8 @@ beta-tilde divides by 1 - abar_0). Refused in one line before any weight is read
 :func:`check_decoder_folder`): another pipeline class, a missing component, a prior scheduler with a learned variance,
 a decoder UNet without ``addition_embed_type="image"``, a decoder scheduler other than DDPM / DDIM. A
 ``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 channels) is loaded here too and inpaints
-(:mod:`.kandinsky_inpaint`).
+(:mod:`.kandinsky_inpaint`). Kandinsky 3 folders (:mod:`.kandinsky3`) are this decoder with a T5 encoder
+(:class:`KandinskyDecoder`, :func:`decoder_fields`, the img2img start :func:`strength_grid` / :func:`noised_images`).
 """
 from __future__ import annotations
 
@@ -402,19 +403,27 @@ def load_decoder(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
                  progress: bool = True) -> KandinskyDecoder:
     """Load a ``KandinskyV22Pipeline`` folder (never downloading nor unpickling), checked first
     (:func:`check_decoder_folder`)."""
-    diffusers = require("diffusers")
     directory = Path(directory)
     index, _, scheduler = check_decoder_folder(directory)
+    return KandinskyDecoder(**decoder_fields(directory, index, scheduler, require("diffusers").UNet2DConditionModel,
+                                             device, dtype, progress))
+
+
+def decoder_fields(directory: Path, index: dict, scheduler: dict, unet_class, device, dtype: torch.dtype,
+                   progress: bool, **more) -> dict:
+    """The :class:`KandinskyDecoder` fields of a checked folder: its ``unet`` (of ``unet_class``) and ``movq``
+    loaded frozen on ``device``, with ``more`` ({field: (class, subfolder)}, e.g. Kandinsky 3's T5 encoder), its
+    schedule and scheduler config."""
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
+    parts = {"unet": (unet_class, "unet"), "movq": (require("diffusers").VQModel, "movq"), **more}
     with library_progress_bars(progress):
-        unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", **common)
-        movq = from_pretrained(diffusers.VQModel, directory / "movq", **common)
+        modules = {name: from_pretrained(cls, directory / sub, **common) for name, (cls, sub) in parts.items()}
     device = torch.device(device)
-    for module in (unet, movq):
+    for module in modules.values():
         module.to(device).eval().requires_grad_(False)
-    return KandinskyDecoder(pipeline=index["_class_name"], unet=unet, movq=movq, schedule=_schedule(scheduler),
-                            prediction_type=scheduler.get("prediction_type", "epsilon"), scheduler_config=scheduler,
-                            device=device, dtype=dtype)
+    return {"pipeline": index["_class_name"], **modules, "schedule": _schedule(scheduler),
+            "prediction_type": scheduler.get("prediction_type", "epsilon"), "scheduler_config": scheduler,
+            "device": device, "dtype": dtype}
 
 
 def decoder_guidance(model: KandinskyDecoder, image_embeds: torch.Tensor, negative_image_embeds: torch.Tensor,
@@ -575,5 +584,6 @@ __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load
            "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler",
            "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
-           "is_kandinsky_folder", "check_images", "folder_loop", "strength_grid", "noised_images", "INPAINT_PIPELINE",
+           "is_kandinsky_folder", "check_images", "folder_loop", "strength_grid", "noised_images", "decoder_fields",
+           "INPAINT_PIPELINE",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]

@@ -194,24 +194,17 @@ def load_kandinsky3(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                     progress: bool = True) -> Kandinsky3:
     """Load a Kandinsky 3 folder (never downloading nor unpickling), checked first
     (:func:`check_kandinsky3_folder`)."""
-    from .kandinsky import _schedule
+    from .kandinsky import decoder_fields
     from .sd3 import _entry
     diffusers, transformers = require("diffusers"), require("transformers")
     directory = Path(directory)
     index, _, scheduler = check_kandinsky3_folder(directory)
-    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
+    fields = decoder_fields(directory, index, scheduler, diffusers.Kandinsky3UNet, device, dtype, progress,
+                            text_encoder=(transformers.T5EncoderModel, "text_encoder"))
+    tok_cls = getattr(transformers, _entry(index, "tokenizer") or "", None) or transformers.AutoTokenizer
     with library_progress_bars(progress):
-        unet = from_pretrained(diffusers.Kandinsky3UNet, directory / "unet", **common)
-        movq = from_pretrained(diffusers.VQModel, directory / "movq", **common)
-        text_encoder = from_pretrained(transformers.T5EncoderModel, directory / "text_encoder", **common)
-        tok_cls = getattr(transformers, _entry(index, "tokenizer") or "", None) or transformers.AutoTokenizer
         tokenizer = from_pretrained(tok_cls, directory / "tokenizer", local_files_only=True)
-    device = torch.device(device)
-    for module in (unet, movq, text_encoder):
-        module.to(device).eval().requires_grad_(False)
-    return Kandinsky3(pipeline=index["_class_name"], unet=unet, movq=movq, schedule=_schedule(scheduler),
-                      prediction_type=scheduler.get("prediction_type", "epsilon"), scheduler_config=scheduler,
-                      device=device, dtype=dtype, text_encoder=text_encoder, tokenizer=tokenizer)
+    return Kandinsky3(**fields, tokenizer=tokenizer)
 
 
 def text_to_image(model: Kandinsky3, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
