@@ -151,10 +151,15 @@ def test_refusals(folders, tmp_path, capsys):
         (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Kandinsky 3 folder"),  # RKT3
         (["--max-sequence-length", "64"], "max_sequence_length=64 is not allowed on a Kandinsky 3 folder"),  # RKT4
     ])
+    from PIL import Image
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "in" / "a.png")
     for extra, expected in [(["--mask", str(tmp_path / "m.png")], "--mask does not apply to a Kandinsky 3 folder"),
-                            (["--sampler", "ddim"], "--sampler does not apply to a Kandinsky 3 folder")]:  # RKT3
+                            (["--sampler", "ddim"], "--sampler does not apply to a Kandinsky 3 folder"),  # RKT3
+                            (["--guidance-scale", "-0.5"], "guidance scale -0.5 (seed convention, w = -0.5) is not "
+                                                           "allowed on a Kandinsky 3 folder")]:  # RKT1
         capsys.readouterr()
-        assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path), "--prompt", "cat",
+        assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", "cat",
                      "--out", str(tmp_path / "never"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err

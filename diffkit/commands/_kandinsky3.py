@@ -20,14 +20,16 @@ def edit_kandinsky3(args) -> int:
 
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.kandinsky3 import K3_IMG2IMG_PIPELINE, K3_STRENGTH, check_edit_images, image_to_image, \
-        load_kandinsky3
+    from ..interop.kandinsky3 import K3_IMG2IMG_PIPELINE, K3_STRENGTH, check_edit_images, guidance_w, \
+        image_to_image, load_kandinsky3
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._pixart import prompted_edit_inputs
 
     directory = args.checkpoint
     images, count = prompted_edit_inputs(args, EDIT_FLAGS, "Kandinsky 3", K3_IMG2IMG_PIPELINE, EDIT_TAKES)
+    if args.guidance_scale is not None:  # before any weight is read
+        guidance_w(args.guidance_scale, args.guidance_convention, args.negative_prompt)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     model = load_kandinsky3(directory, device, progress=args.progress)

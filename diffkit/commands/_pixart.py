@@ -212,7 +212,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         from ..interop.pixart import text_to_image
         pixart = load_deepfloyd_if(directory, device, progress=progress, kind=IF_PIPELINE)
     elif label == "Kandinsky 3":  # Kandinsky3Pipeline (diffkit edit: Kandinsky3Img2ImgPipeline, ._kandinsky3)
-        from ..interop.kandinsky3 import load_kandinsky3, text_to_image
+        from ..interop.kandinsky3 import guidance_w, load_kandinsky3, text_to_image
+        if guidance.guidance_scale is not None:  # before any weight is read
+            guidance_w(guidance.guidance_scale, guidance.convention, guidance.negative_prompt)
         pixart = load_kandinsky3(directory, device, progress=progress)
     elif label == "HiDream":
         from ..interop.hidream import load_hidream, text_to_image

@@ -108,6 +108,20 @@ def check_kandinsky3_folder(directory) -> tuple:
     return index, unet, scheduler
 
 
+def guidance_w(scale: float, convention: str, negative_prompt=None) -> float:
+    """The pipelines' g of ``scale`` in ``convention``: diffkit's seed-convention w (module docstring); one line for
+    0 < w <= 1 or w < 0 (the pipelines draw no such guidance), and for a negative prompt at w = 0."""
+    from ..guidance import guidance_weight
+    w = guidance_weight(scale, convention)
+    if w != 0 and w <= 1:
+        raise DiffkitError(f"guidance scale {scale:g} ({convention} convention, w = {w:g}) is not allowed on a "
+                           f"Kandinsky 3 folder; allowed: w = 0 (none) or w > 1 (its pipelines' guidance_scale "
+                           f"is w and guides only above 1)")
+    if w == 0 and negative_prompt is not None:
+        raise DiffkitError("negative_prompt needs guidance (w > 1; the Kandinsky 3 pipelines ignore it without)")
+    return w
+
+
 @dataclass
 class Kandinsky3(KandinskyDecoder):
     """The loaded components of a Kandinsky 3 folder (:func:`load_kandinsky3`): Kandinsky 2.2's decoder (the MoVQ,
@@ -167,16 +181,10 @@ class Kandinsky3(KandinskyDecoder):
         """(denoiser, cond): the prompts' states and mask, guided (seed convention w > 1) against the negative
         prompt's, or the zero states under a zero mask (module docstring); w = 0: one unguided call. ``size``:
         unused (no size conditions)."""
-        from ..guidance import ClassifierFreeGuidance, guidance_weight
+        from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        w = guidance_weight(scale, convention)
-        if w != 0 and w <= 1:
-            raise DiffkitError(f"guidance scale {scale:g} ({convention} convention, w = {w:g}) is not allowed on a "
-                               f"Kandinsky 3 folder; allowed: w = 0 (none) or w > 1 (its pipelines' guidance_scale "
-                               f"is w and guides only above 1)")
-        if w == 0 and negative_prompt is not None:
-            raise DiffkitError("negative_prompt needs guidance (w > 1; the Kandinsky 3 pipelines ignore it without)")
+        w = guidance_w(scale, convention, negative_prompt)
         context, mask = self.encode_prompts(prompts, max_sequence_length)
         denoiser, cond = denoiser or self.denoiser, {"context": context, MASK: mask}
         if w == 0:
@@ -251,5 +259,5 @@ def image_to_image(model: Kandinsky3, images: torch.Tensor, prompts: Union[str, 
 
 
 __all__ = ["Kandinsky3", "load_kandinsky3", "text_to_image", "image_to_image", "check_kandinsky3_folder",
-           "folder_sampler", "kandinsky3_kind", "check_edit_images", "is_kandinsky3_folder", "K3_PIPELINE",
-           "K3_IMG2IMG_PIPELINE", "K3_DEFAULTS", "K3_STRENGTH"]
+           "folder_sampler", "guidance_w", "kandinsky3_kind", "check_edit_images", "is_kandinsky3_folder",
+           "K3_PIPELINE", "K3_IMG2IMG_PIPELINE", "K3_DEFAULTS", "K3_STRENGTH"]
