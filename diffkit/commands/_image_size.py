@@ -17,7 +17,7 @@ from ..errors import DiffkitError, read_json_object
 # the kinds check_image_size lets through
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
-                "Kandinsky 2.2")
+                "Kandinsky 2.2, Kandinsky 3")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image"  # of them, diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -37,6 +37,9 @@ def size_multiple(directory) -> tuple:
         movq = read_json_object(Path(directory) / "movq" / "config.json", "movq config")
         f = 2 ** (len(movq.get("block_out_channels", [0])) - 1)
         return f * f, f"the MoVQ factor {f} squared; KandinskyV22Pipeline would round other sizes up"
+    from ..interop.kandinsky3 import is_kandinsky3_folder
+    if is_kandinsky3_folder(directory):  # latents of side ceil(H / 64) 8, whatever the MoVQ (.kandinsky3)
+        return 64, "the pipeline's latent side ceil(H / 64) x 8; Kandinsky3Pipeline would round other sizes up"
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     vae, f = vae_factor(directory)

@@ -24,7 +24,8 @@ def articled(message: str) -> str:
 
 
 # kinds whose scheduler's step is their own module's folder_sampler (DDPMScheduler: ddpm; HiDream's flow UniPC: unipc)
-OWN_FOLDER_SAMPLER = {"DeepFloyd IF": "deepfloyd_if", "HunyuanDiT": "hunyuan_dit", "HiDream": "hidream"}
+OWN_FOLDER_SAMPLER = {"DeepFloyd IF": "deepfloyd_if", "HunyuanDiT": "hunyuan_dit", "HiDream": "hidream",
+                      "Kandinsky 3": "kandinsky3"}
 
 
 def folder_default_sampler(checkpoint) -> str:
@@ -210,6 +211,11 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         from ..interop.deepfloyd_if import IF_PIPELINE, load_deepfloyd_if
         from ..interop.pixart import text_to_image
         pixart = load_deepfloyd_if(directory, device, progress=progress, kind=IF_PIPELINE)
+    elif label == "Kandinsky 3":  # Kandinsky3Pipeline (diffkit edit: Kandinsky3Img2ImgPipeline, ._kandinsky3)
+        from ..interop.kandinsky3 import guidance_w, load_kandinsky3, text_to_image
+        if guidance.guidance_scale is not None:  # before any weight is read
+            guidance_w(guidance.guidance_scale, guidance.convention, guidance.negative_prompt)
+        pixart = load_kandinsky3(directory, device, progress=progress)
     elif label == "HiDream":
         from ..interop.hidream import load_hidream, text_to_image
         pixart = load_hidream(directory, device, progress=progress, lora=lora)

@@ -322,6 +322,9 @@ def _run(args) -> int:
     if label == "Sana" and sana_kind(args.checkpoint) == SANA_SPRINT_PIPELINE:  # as SanaSprintImg2ImgPipeline
         from ._pixart import edit_sana_sprint
         return edit_sana_sprint(args)
+    if label == "Kandinsky 3":  # as Kandinsky3Img2ImgPipeline (._kandinsky3)
+        from ._kandinsky3 import edit_kandinsky3
+        return edit_kandinsky3(args)
     if label == "DeepFloyd IF":
         raise DiffkitError(f"{args.checkpoint} is a DeepFloyd IF folder, which diffkit edit does not take (IFImg2Img"
                            f"Pipeline / IFInpaintingPipeline are not reproduced); sample stage I with diffkit sample, "

@@ -37,7 +37,8 @@ beta-tilde divides by 1 - abar_0). Refused in one line before any weight is read
 :func:`check_decoder_folder`): another pipeline class, a missing component, a prior scheduler with a learned variance,
 a decoder UNet without ``addition_embed_type="image"``, a decoder scheduler other than DDPM / DDIM. A
 ``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 channels) is loaded here too and inpaints
-(:mod:`.kandinsky_inpaint`).
+(:mod:`.kandinsky_inpaint`). Kandinsky 3 folders (:mod:`.kandinsky3`) are this decoder with a T5 encoder
+(:class:`KandinskyDecoder`, :func:`decoder_fields`, the img2img start :func:`strength_grid` / :func:`noised_images`).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import from_pretrained, library_progress_bars, require
+from .flow_latents import finish_images
 
 PRIOR_PIPELINE, DECODER_PIPELINE = "KandinskyV22PriorPipeline", "KandinskyV22Pipeline"
 INPAINT_PIPELINE = "KandinskyV22InpaintPipeline"  # a decoder folder whose UNet takes 9 channels (.kandinsky_inpaint)
@@ -356,6 +358,8 @@ class KandinskyDecoder:
     _denoiser: object = field(default=None, repr=False)
 
     default_guidance_scale, default_steps = DECODER_DEFAULTS
+    default_size = DECODER_SIZE  # the pipeline's default height and width
+    downscale = None  # f of the latent size rule h = ceil(height / f^2) f; None: the MoVQ's (Kandinsky 3: 8)
 
     @property
     def scale_factor(self) -> int:
@@ -363,10 +367,11 @@ class KandinskyDecoder:
         return 2 ** (len(self.movq.config.block_out_channels) - 1)
 
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
-        """(batch, C, h, w) of z_T for height x width pixels (default 512): h = ceil(height / f^2) f
-        (``downscale_height_and_width``)."""
-        height, width = (DECODER_SIZE if height is None else height), (DECODER_SIZE if width is None else width)
-        f = self.scale_factor
+        """(batch, C, h, w) of z_T for height x width pixels (default :attr:`default_size`): h = ceil(height / f^2) f
+        (``downscale_height_and_width``, f :attr:`downscale` or the MoVQ's)."""
+        size = self.default_size
+        height, width = (size if height is None else height), (size if width is None else width)
+        f = self.downscale or self.scale_factor
         for value in (height, width):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive integers "
@@ -398,19 +403,27 @@ def load_decoder(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
                  progress: bool = True) -> KandinskyDecoder:
     """Load a ``KandinskyV22Pipeline`` folder (never downloading nor unpickling), checked first
     (:func:`check_decoder_folder`)."""
-    diffusers = require("diffusers")
     directory = Path(directory)
     index, _, scheduler = check_decoder_folder(directory)
+    return KandinskyDecoder(**decoder_fields(directory, index, scheduler, require("diffusers").UNet2DConditionModel,
+                                             device, dtype, progress))
+
+
+def decoder_fields(directory: Path, index: dict, scheduler: dict, unet_class, device, dtype: torch.dtype,
+                   progress: bool, **more) -> dict:
+    """The :class:`KandinskyDecoder` fields of a checked folder: its ``unet`` (of ``unet_class``) and ``movq``
+    loaded frozen on ``device``, with ``more`` ({field: (class, subfolder)}, e.g. Kandinsky 3's T5 encoder), its
+    schedule and scheduler config."""
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
+    parts = {"unet": (unet_class, "unet"), "movq": (require("diffusers").VQModel, "movq"), **more}
     with library_progress_bars(progress):
-        unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", **common)
-        movq = from_pretrained(diffusers.VQModel, directory / "movq", **common)
+        modules = {name: from_pretrained(cls, directory / sub, **common) for name, (cls, sub) in parts.items()}
     device = torch.device(device)
-    for module in (unet, movq):
+    for module in modules.values():
         module.to(device).eval().requires_grad_(False)
-    return KandinskyDecoder(pipeline=index["_class_name"], unet=unet, movq=movq, schedule=_schedule(scheduler),
-                            prediction_type=scheduler.get("prediction_type", "epsilon"), scheduler_config=scheduler,
-                            device=device, dtype=dtype)
+    return {"pipeline": index["_class_name"], **modules, "schedule": _schedule(scheduler),
+            "prediction_type": scheduler.get("prediction_type", "epsilon"), "scheduler_config": scheduler,
+            "device": device, "dtype": dtype}
 
 
 def decoder_guidance(model: KandinskyDecoder, image_embeds: torch.Tensor, negative_image_embeds: torch.Tensor,
@@ -456,8 +469,7 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     if image_embeds.ndim != 2 or image_embeds.shape[1] != model.unet.config.encoder_hid_dim:
         raise DiffkitError(f"image_embeds of shape {tuple(image_embeds.shape)} are not allowed; give (B, "
                            f"{model.unet.config.encoder_hid_dim}) (the prior's embedding width)")
-    batch = image_embeds.shape[0]
-    shape = model.latent_shape(batch, height, width)
+    shape = model.latent_shape(image_embeds.shape[0], height, width)
     if grid is not None:
         check_choice("grid", grid, ["scheduler"])
     own_sampler, own = model.folder_sampler()
@@ -468,7 +480,7 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
         sampler = sampler or own_sampler
         grid, steps = _own_grid(model.scheduler_config, model.default_steps if steps is None else steps), None
     sampler = sampler or own_sampler
-    generators = _generators(generator, seed, batch)
+    generators = _generators(generator, seed, shape[0])
     denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
     z_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None else \
         latents.to(model.device, torch.float32)
@@ -478,10 +490,7 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
                 cond=cond, **options)
     if noisy_last:  # DDPMScheduler's noise on its last step from t > 0 (last_step_noise)
         z0 = z0 + last_step_noise(model.scheduler_config, int(grid[-2]), denoiser.last.var_values, generators, z0)
-    if return_latents:
-        return z0
-    images = model.decode(z0)
-    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
+    return finish_images(model, z0, return_latents, output_range)
 
 
 def folder_loop(model: KandinskyDecoder, denoiser, z_t: torch.Tensor, grid, generators, cond: dict,
@@ -521,33 +530,43 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
     ``set_timesteps(steps)``, default 100 steps, strength 0.3; z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, eps
     from ``generator[i]``, default seed + i, which then draws the steps' noise), then the rest of the pipeline's loop
     (:func:`decoder_sampler` on those timesteps, with the last step's noise of :func:`last_step_noise`)."""
-    from ..diffusion import q_sample
     from ..errors import check_choice
-    from ..noise import randn
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    grid = strength_grid(model, strength, steps)
+    check_images(model, images)
+    generators = _generators(generator, seed, images.shape[0])
+    z_t = noised_images(model, images, grid, generators)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
+    z = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
+    return finish_images(model, z, return_latents, output_range)
+
+
+def strength_grid(model: KandinskyDecoder, strength: float, steps: Optional[int] = None) -> torch.Tensor:
+    """The timesteps an img2img pipeline keeps (``get_timesteps``): the last int(steps strength) of the folder's
+    scheduler after ``set_timesteps(steps)`` (default :attr:`~KandinskyDecoder.default_steps`); one line for a
+    strength outside (0, 1] or one that keeps none."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise DiffkitError(f"strength={strength!r} is not allowed; give a number in (0, 1]")
-    batch = images.shape[0]
-    check_images(model, images)
     steps = model.default_steps if steps is None else steps
     grid = _own_grid(model.scheduler_config, steps)
     kept = min(int(steps * strength), steps)
     if kept < 1:
         raise DiffkitError(f"strength={strength!r} with steps={steps} keeps no timestep; give a larger strength or "
                            f"more steps")
-    grid = grid[steps - kept:]
-    generators = _generators(generator, seed, batch)
+    return grid[steps - kept:]
+
+
+def noised_images(model: KandinskyDecoder, images: torch.Tensor, grid: torch.Tensor, generators) -> torch.Tensor:
+    """SDEdit's start (Meng et al. 2022): ``images`` (B, 3, H, W) in [-1, 1] encoded by the MoVQ's encoder
+    (``movq.encode(x).latents``, not quantised, not scaled) and noised to the grid's first timestep t,
+    z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (``scheduler.add_noise``), eps row i from ``generators[i]``."""
+    from ..diffusion import q_sample
+    from ..noise import randn
     with torch.no_grad():
         z0 = model.movq.encode(images.to(model.device, model.dtype)).latents.float()
-    t = torch.full((batch,), float(grid[0]), dtype=torch.float64)
-    z_t = q_sample(model.schedule, z0, t, randn(z0.shape, generators, device=model.device, dtype=torch.float32))
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
-    z = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
-    if return_latents:
-        return z
-    out = model.decode(z)
-    return (out / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else out.clamp(-1, 1)
+    t = torch.full((images.shape[0],), float(grid[0]), dtype=torch.float64)
+    return q_sample(model.schedule, z0, t, randn(z0.shape, generators, device=model.device, dtype=torch.float32))
 
 
 def text_to_image(prior: KandinskyPrior, decoder: KandinskyDecoder, prompts: Union[str, Sequence[str]], *,
@@ -565,5 +584,6 @@ __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load
            "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler",
            "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
-           "is_kandinsky_folder", "check_images", "folder_loop", "INPAINT_PIPELINE",
+           "is_kandinsky_folder", "check_images", "folder_loop", "strength_grid", "noised_images", "decoder_fields",
+           "INPAINT_PIPELINE",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]

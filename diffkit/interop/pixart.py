@@ -130,14 +130,17 @@ def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
     for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "HiDream" for a HiDream-I1 one, "Lumina-Next" for a
     Lumina-Next one, "CogView4" for a CogView4 one, "CogView3Plus" for a CogView3-Plus one, "DeepFloyd IF" for an IF
-    one (stage I or II; :mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.hidream`,
-    :mod:`.lumina_next`, :mod:`.cogview4`, :mod:`.cogview3plus`, :mod:`.deepfloyd_if`: the same command path), else
-    None."""
+    one (stage I or II), "Kandinsky 3" for a Kandinsky 3 one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
+    :mod:`.hunyuan_dit`, :mod:`.hidream`, :mod:`.lumina_next`, :mod:`.cogview4`, :mod:`.cogview3plus`,
+    :mod:`.deepfloyd_if`, :mod:`.kandinsky3`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .deepfloyd_if import is_deepfloyd_if_folder
     if is_deepfloyd_if_folder(path):
         return "DeepFloyd IF"
+    from .kandinsky3 import is_kandinsky3_folder
+    if is_kandinsky3_folder(path):
+        return "Kandinsky 3"
     from .auraflow import is_auraflow_folder
     from .hunyuan_dit import is_hunyuan_dit_folder
     from .lumina2 import is_lumina2_folder
