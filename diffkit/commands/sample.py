@@ -839,6 +839,17 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,
                           control=control, ip_adapter=ip_adapter, **size, **options)
+    from ..interop.ldm import ldm_kind
+    if ldm_kind(checkpoint):  # LDMTextToImagePipeline, LDMPipeline (._ldm)
+        from ._ldm import sample_ldm
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
+        return sample_ldm(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                          individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                          final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
+                          **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

@@ -166,6 +166,10 @@ def run(args) -> int:
     if is_deepfloyd_if_folder(args.checkpoint):  # a DeepFloyd IF stage-II folder (._deepfloyd_if)
         from ._deepfloyd_if import upscale_if
         return upscale_if(args)
+    from ..interop.ldm import ldm_kind
+    if ldm_kind(args.checkpoint):  # a latent-diffusion folder: LDMSuperResolutionPipeline's (._ldm)
+        from ._ldm import upscale_ldm
+        return upscale_ldm(args)
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..interop.sd_latent_upscale import is_latent_upscale_folder
     from ._sd_upscale import refuse_prompt_flags, upscale_folder

@@ -24,7 +24,7 @@ either way). Three pipelines, each reproduced step for step:
   (:func:`check_low_res`).
 
 The folder's loop (``sampler=None``): its scheduler's timesteps after ``set_timesteps(steps)`` as diffkit's grid
-(:func:`.pixart.own_scheduler_grid`) with the sampler computing its step (:func:`folder_sampler`): ``DDIMScheduler``
+(:meth:`LatentDiffusion.scheduler_grid`) with the sampler computing its step (:func:`folder_sampler`): ``DDIMScheduler``
 -> ``ddim`` (``eta`` as the pipelines pass it), ``PNDMScheduler`` -> ``pndm-skip-prk`` (``skip_prk_steps``) or
 ``pndm`` (F-PNDM, its Runge-Kutta warm-up). The
 pipelines draw DDIM's eta > 0 noise from torch's global generator (they pass no generator to ``step``); diffkit
@@ -78,7 +78,7 @@ def check_ldm_folder(directory, pipeline: Optional[str] = None) -> tuple:
     kind = ldm_kind(directory)
     if kind is None or (pipeline is not None and kind != pipeline):
         allowed = pipeline or " / ".join(LDM_CLASSES)
-        raise DiffkitError(f"{directory} is not a {allowed} folder (model_index.json naming it)")
+        raise DiffkitError(f"{directory} is not an {allowed} folder (model_index.json naming it)")
     classes = LDM_CLASSES[kind]
     check_classes(directory, read_json_object(directory / "model_index.json", "diffusers index"), tuple(classes),
                   "latent diffusion", classes)
@@ -178,7 +178,7 @@ class LatentDiffusion:
             return self.bert(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
-        """diffkit's grid of the folder's scheduler after ``set_timesteps(steps)`` (:func:`.schedulers.grid_from_diffusers`).
+        """diffkit's grid of the folder's scheduler after ``set_timesteps(steps)`` (:func:`.grid_from_diffusers`).
         A DDIM / PNDM scheduler with ``set_alpha_to_one=False`` whose last timestep is 0 (``steps_offset`` 0, the
         "leading" spacing) steps from alphas_cumprod[0] to ``final_alpha_cumprod`` = alphas_cumprod[0], the identity:
         the grid ends at t = 0 instead (one network call fewer, the same samples to float rounding)."""
@@ -198,9 +198,6 @@ class LatentDiffusion:
                                f"identity (from alphas_cumprod[0] to itself); give 2 or more")
         return grid
 
-    def folder_sampler(self) -> tuple:
-        """(sampler, options) of the folder's scheduler's step (:func:`folder_sampler`)."""
-        return folder_sampler(self.scheduler_config), {}
 
 
 def load_ldm(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
@@ -236,7 +233,7 @@ def _run(ldm: LatentDiffusion, denoiser, noise, cond: Optional[dict], sampler, s
     ``steps``, default the pipeline's), else ``sampler`` on its own grid or the scheduler's (``grid="scheduler"``)."""
     from ..sampling import sample
     if sampler is None:
-        sampler, grid = ldm.folder_sampler()[0], "scheduler" if grid is None else grid
+        sampler, grid = folder_sampler(ldm.scheduler_config), "scheduler" if grid is None else grid
     if isinstance(grid, str):
         if grid != "scheduler" or nfe is not None:
             raise DiffkitError(f"grid={grid!r} with nfe={nfe!r} is not allowed; allowed: grid='scheduler' (the "
