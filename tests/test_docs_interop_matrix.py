@@ -185,6 +185,7 @@ HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
 STABLE_CASCADE = "## Stable Cascade folders (`diffkit.interop.stable_cascade`)"
 LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.interop.sd_latent_upscale`)"
 KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
+LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -206,7 +207,9 @@ KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
                                                     (LATENT_UPSCALE, ["StableDiffusionLatentUpscalePipeline"], "LU"),
                                                     (LUMINA_NEXT, ["LuminaPipeline"], "LN"),
                                                     (KANDINSKY, ["KandinskyV22PriorPipeline", "KandinskyV22Pipeline"],
-                                                     "KD")])
+                                                     "KD"),
+                                                    (LDM, ["LDMTextToImagePipeline", "LDMPipeline",
+                                                           "LDMSuperResolutionPipeline"], "LD")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
