@@ -25,6 +25,7 @@ def sample_ldm(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=
     An ``LDMSuperResolutionPipeline`` folder: one line (``diffkit upscale``)."""
     from ..interop.ldm import LDM_SUPER_RES, LDM_TEXT2IM, check_ldm_folder, load_ldm, text_to_image, unconditional
     from ._pixart import checked_request, given_flags, uses_own_grid
+    from ..sampling import resolve_sampler
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
     kind, _ = check_ldm_folder(directory)
     if kind == LDM_SUPER_RES:
@@ -43,8 +44,10 @@ def sample_ldm(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=
             raise DiffkitError(f"{given[0]} does not apply to an unconditional latent-diffusion folder ({directory}, "
                                f"{kind}); it takes {UNCOND_TAKES}")
     model = load_ldm(directory, device, progress=progress, pipeline=kind)
-    steps = model.default_steps if steps is None and nfe is None else steps
-    grid = model.scheduler_grid(steps) if uses_own_grid(sampler, spacing, final, nfe) else None  # checked now
+    adaptive = resolve_sampler(sampler, spacing, final)[0].adaptive  # ode / dpm-adaptive: their own steps
+    steps = model.default_steps if steps is None and nfe is None and not adaptive else steps
+    own = not adaptive and uses_own_grid(sampler, spacing, final, nfe)
+    grid = model.scheduler_grid(steps) if own else None  # checked now
     prompts = list(guidance.prompts) if text else [None]
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     scale_s, convention = ((1.0, "diffusers") if not text or guidance.guidance_scale is None else
@@ -111,7 +114,7 @@ def upscale_ldm(args) -> int:
     images, _, _ = read_low_res(args)
     check_low_res(images)
     model = load_ldm(folder, resolve_device(args.device), progress=args.progress, pipeline=LDM_SUPER_RES)
-    steps = LDM_STEPS[LDM_SUPER_RES] if args.steps is None and args.nfe is None else args.steps
+    steps = LDM_STEPS[LDM_SUPER_RES] if args.steps is None and args.nfe is None and not info.adaptive else args.steps
     own = not info.adaptive and uses_own_grid(sampler, args.spacing, args.final, args.nfe)
     where = {"grid": model.scheduler_grid(steps)} if own else {"steps": steps, "nfe": args.nfe, "spacing": spacing,
                                                                 "final": final}

@@ -231,7 +231,7 @@ def _run(ldm: LatentDiffusion, denoiser, noise, cond: Optional[dict], sampler, s
          progress, options) -> torch.Tensor:
     """z_0 of :func:`diffkit.sample` from ``noise``: the folder's loop for ``sampler=None`` (its scheduler's grid of
     ``steps``, default the pipeline's), else ``sampler`` on its own grid or the scheduler's (``grid="scheduler"``)."""
-    from ..sampling import sample
+    from ..sampling import resolve_sampler, sample
     if sampler is None:
         sampler, grid = folder_sampler(ldm.scheduler_config), "scheduler" if grid is None else grid
     if isinstance(grid, str):
@@ -241,7 +241,7 @@ def _run(ldm: LatentDiffusion, denoiser, noise, cond: Optional[dict], sampler, s
         grid = ldm.scheduler_grid(ldm.default_steps if steps is None else steps)
     if grid is not None:
         steps = None
-    elif steps is None and nfe is None:
+    elif steps is None and nfe is None and not resolve_sampler(sampler, None, None)[0].adaptive:
         steps = ldm.default_steps
     return sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, generator=generator, cond=cond,
                   progress=progress, device=ldm.device, dtype=ldm.dtype, **options)
