@@ -208,6 +208,8 @@ def test_refusals_are_one_line(text_folder, uncond_folder, sr_folder, tmp_path, 
     cases = [(["sample", "--checkpoint", str(text), "--prompt", "a", "--negative-prompt", "b"] + out,
               "--negative-prompt does not apply to a latent-diffusion"),
              (["sample", "--checkpoint", str(text)] + out, "give --prompt"),
+             (["sample", "--checkpoint", str(text), "--prompt", "a", "--sag-scale", "0.5"] + out,
+              "applies to a Stable Diffusion 1.x / 2.x folder"),  # LDMBert's folder is not taken for SD's
              (["sample", "--checkpoint", str(text), "--prompt", "a", "--height", "60"] + out, "multiple of 8"),
              (["sample", "--checkpoint", str(uncond), "--prompt", "a"] + out,
               "--prompt does not apply to an unconditional latent-diffusion folder"),
