@@ -155,6 +155,11 @@ def test_unconditional_matches_the_pipeline(uncond_folder):
     ours = ldm.unconditional(model, 2, steps=4, seed=5)
     assert relative_error(z0 / model.vqvae.config.scaling_factor, z_theirs) < 1e-5  # measured 2.5e-7
     assert relative_error(ours.permute(0, 2, 3, 1), torch.from_numpy(theirs)) < 1e-5  # measured 1.5e-6
+    noisy = ldm.unconditional(model, 2, steps=4, seed=5, eta=1.0, return_latents=True)  # eta: sample i's own draws
+    assert torch.equal(noisy, ldm.unconditional(model, 2, steps=4, seed=5, eta=1.0, return_latents=True))
+    alone = ldm.unconditional(model, 1, steps=4, seed=6, eta=1.0, return_latents=True)  # sample 1 without sample 0
+    assert relative_error(noisy[1:], alone) < 1e-5
+    assert not torch.allclose(noisy, z0)
 
 
 def test_super_resolution_matches_the_pipeline(sr_folder):
