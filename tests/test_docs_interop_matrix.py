@@ -231,6 +231,7 @@ LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.inter
 KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
 CONSISTENCY_MODELS = "## Consistency-model folders (`diffkit.interop.consistency_models`)"
 KANDINSKY3 = "## Kandinsky 3 folders (`diffkit.interop.kandinsky3`)"
+LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -255,7 +256,9 @@ KANDINSKY3 = "## Kandinsky 3 folders (`diffkit.interop.kandinsky3`)"
                                                      "KD"),
                                                     (CONSISTENCY_MODELS, ["ConsistencyModelPipeline"], "CM"),
                                                     (KANDINSKY3, ["Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline"],
-                                                     "KT")])
+                                                     "KT"),
+                                                    (LDM, ["LDMTextToImagePipeline", "LDMPipeline",
+                                                           "LDMSuperResolutionPipeline"], "LD")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

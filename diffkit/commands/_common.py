@@ -570,6 +570,11 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
         from ..interop.consistency_models import is_consistency_models_folder
         if is_consistency_models_folder(checkpoint):  # CMStochasticIterativeScheduler's step (._consistency_models)
             sampler = "consistency"
+        from ..interop.ldm import folder_sampler as ldm_sampler, ldm_kind
+        if ldm_kind(checkpoint):  # a latent-diffusion folder: its DDIM / PNDM scheduler's step (.interop.ldm)
+            from ..errors import read_json_object
+            sampler = ldm_sampler(read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json",
+                                                   "scheduler config"))
         from ..interop.kandinsky import is_kandinsky_folder
         if is_kandinsky_folder(checkpoint):  # the decoder's scheduler's step (._kandinsky)
             from ._kandinsky import folder_default_sampler as kandinsky_sampler

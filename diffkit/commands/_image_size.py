@@ -17,7 +17,7 @@ from ..errors import DiffkitError, read_json_object
 # the kinds check_image_size lets through
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
-                "Kandinsky 2.2, Kandinsky 3")
+                "Kandinsky 2.2, Kandinsky 3, latent-diffusion text-to-image")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image"  # of them, diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -32,6 +32,9 @@ def size_multiple(directory) -> tuple:
         unet = read_json_object(Path(directory) / "unet" / "config.json", "unet config")
         f = 2 ** (len(unet.get("block_out_channels", [0])) - 1)
         return f, f"the UNet's {f}x downsampling"
+    from ..interop.ldm import LDM_TEXT2IM, ldm_kind
+    if ldm_kind(directory) == LDM_TEXT2IM:  # its latents of height // 8, width // 8 (.interop.ldm)
+        return 8, "LDMTextToImagePipeline's latents of height // 8 x width // 8"
     from ..interop.kandinsky import is_kandinsky_folder
     if is_kandinsky_folder(directory):  # latents of side ceil(H / f^2) f, decoded to f times that (.kandinsky)
         movq = read_json_object(Path(directory) / "movq" / "config.json", "movq config")
@@ -141,13 +144,15 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.flux2 import is_flux2_folder
     from ..interop.z_image import is_z_image_folder
     from ..interop.kandinsky import is_kandinsky_folder
+    from ..interop.ldm import LDM_TEXT2IM, ldm_kind
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
         return
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
-            or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint) or is_kandinsky_folder(checkpoint)):
+            or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint) or is_kandinsky_folder(checkpoint)
+            or ldm_kind(checkpoint) == LDM_TEXT2IM):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

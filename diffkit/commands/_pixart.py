@@ -124,10 +124,16 @@ def own_loop(folder, sampler: str, spacing, final, nfe, options: dict) -> tuple:
     runs on the folder's scheduler's timesteps, and where ``sampler`` is ``folder.folder_sampler()``'s the pipeline's
     loop takes that scheduler's options too (solver_type, lower_order_final)."""
     from ..samplers.registry import split_sampler_spec
-    name, spec_spacing, _ = split_sampler_spec(sampler)
-    own_grid = spacing is None and spec_spacing is None and final is None and nfe is None
+    own_grid = uses_own_grid(sampler, spacing, final, nfe)
     own_sampler, own_options = folder.folder_sampler() if own_grid else (None, {})
-    return own_grid, ({**own_options, **options} if name == own_sampler else options)
+    return own_grid, ({**own_options, **options} if split_sampler_spec(sampler)[0] == own_sampler else options)
+
+
+def uses_own_grid(sampler: str, spacing, final, nfe) -> bool:
+    """True where no grid option is given (``--spacing``, ``@SPACING`` in ``sampler``, ``--final``, ``--nfe``): a
+    diffusers folder's sampler then runs on its scheduler's timesteps."""
+    from ..samplers.registry import split_sampler_spec
+    return spacing is None and split_sampler_spec(sampler)[1] is None and final is None and nfe is None
 
 
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,

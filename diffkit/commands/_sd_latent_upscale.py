@@ -21,14 +21,12 @@ def latent_upscale_folder(args) -> int:
     from ..sampling import check_eta, plan, resolve_sampler
     from ._common import tolerance_options
     from ._image_size import vae_factor
-    from ._sd_upscale import read_low_res, write_upscales
+    from ._sd_upscale import read_low_res, refuse_flags, write_upscales
 
     folder = args.checkpoint
     extra = (("noise_level", "--noise-level", None), ("lora", "--lora", None))
-    for dest, flag, off in REFUSED + extra:
-        if getattr(args, dest) not in (off, []):
-            raise DiffkitError(f"{flag} does not apply to a Stable Diffusion x2 latent upscaler folder ({folder}); it "
-                               f"takes {TAKES}")
+    refuse_flags(args, REFUSED + extra, f"does not apply to a Stable Diffusion x2 latent upscaler folder ({folder}); "
+                                        f"it takes {TAKES}")
     args.sampler = args.sampler or "euler"
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)
     check_eta(info.name, args.eta)

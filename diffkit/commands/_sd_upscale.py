@@ -25,6 +25,14 @@ def refuse_prompt_flags(args) -> None:
                            f"Pipeline); {args.checkpoint} is not one")
 
 
+def refuse_flags(args, refused, refusal: str) -> None:
+    """One line, "{flag} {refusal}", for the first of ``refused`` ((dest, flag, the value that means "not given"; an
+    empty list means it too)) that ``args`` gives (a latent upscaler folder's, a latent-diffusion one's)."""
+    for dest, flag, off in refused:
+        if getattr(args, dest) not in (off, []):
+            raise DiffkitError(f"{flag} {refusal}")
+
+
 def checked_folder_flags(args, refusal: str, missing_prompt: str, refused=REFUSED) -> None:
     """One line, "{flag} {refusal}", for the first of ``refused`` ((dest, flag, the value that means "not given"))
     given, or ``missing_prompt`` for no ``--prompt`` (an upscaler folder's and a DeepFloyd IF stage-II one's)."""

@@ -40,9 +40,10 @@ FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Cann
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, PixArt-α / Σ, Sana (Sprint),
 Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4 and DeepFloyd IF folders as their pipelines
 too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``, reference images: ``--reference-image``), Stable
-Cascade prior + decoder folders (``._stable_cascade``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
+Cascade prior + decoder folders (``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders
+(``._ldm``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or DeepFloyd IF stage-II folder upscales:
-``diffkit upscale``.
+``diffkit upscale`` (an LDM super-resolution folder too).
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -858,6 +859,17 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,
                           control=control, ip_adapter=ip_adapter, **size, **options)
+    from ..interop.ldm import ldm_kind
+    if ldm_kind(checkpoint):  # LDMTextToImagePipeline, LDMPipeline (._ldm)
+        from ._ldm import sample_ldm
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
+        return sample_ldm(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                          individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                          final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
+                          **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

@@ -20,7 +20,9 @@ A DeepFloyd IF stage-II folder (``IFSuperResolutionPipeline``) likewise, with it
 steps of its scheduler's ``ddpm`` loop; :mod:`._deepfloyd_if`, :mod:`diffkit.interop.deepfloyd_if`; docs/interop.md).
 A Stable Diffusion x2 latent upscaler folder (``StableDiffusionLatentUpscalePipeline``) takes the same prompt flags
 (``--guidance-scale 0``: the empty prompt, unguided) and no ``--noise-level`` (:mod:`._sd_latent_upscale`,
-:mod:`diffkit.interop.sd_latent_upscale`; docs/interop.md).
+:mod:`diffkit.interop.sd_latent_upscale`; docs/interop.md). A latent-diffusion super-resolution folder
+(``LDMSuperResolutionPipeline``, Rombach et al. 2022) takes no prompt flags: 4x on its scheduler's DDIM loop (100
+steps), low-resolution sides multiples of 32 (:mod:`._ldm`, :mod:`diffkit.interop.ldm`; docs/interop.md).
 """
 from __future__ import annotations
 
@@ -39,15 +41,15 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a super-resolution .safetensors checkpoint or its run's "
                    "checkpoint folder (trained with --set super_res_from=S), or a Stable Diffusion x4 upscaler folder "
-                   "or x2 latent upscaler folder (diffusers format), or a DeepFloyd IF stage-II folder "
-                   "(IFSuperResolutionPipeline)")
+                   "or x2 latent upscaler folder (diffusers format), a DeepFloyd IF stage-II folder "
+                   "(IFSuperResolutionPipeline), or a latent-diffusion LDMSuperResolutionPipeline folder")
     p.add_argument("--images", type=path_arg,
                    required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
     p.add_argument("--out", type=path_arg,
                    required=True, metavar="DIR", help=f"folder for upscaled_00000.png, ... and {GRID_NAME}")
     p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; a DeepFloyd IF folder: its scheduler's "
-                   "ddpm loop; a latent upscaler folder: euler on its scheduler's sigmas); NAME@SPACING:FINAL "
-                   "also sets the grid")
+                   "ddpm loop; a latent upscaler folder: euler on its scheduler's sigmas; an LDM folder: its "
+                   "scheduler's DDIM / PNDM loop); NAME@SPACING:FINAL also sets the grid")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; an SD upscaler folder: 75)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
@@ -166,6 +168,10 @@ def run(args) -> int:
     if is_deepfloyd_if_folder(args.checkpoint):  # a DeepFloyd IF stage-II folder (._deepfloyd_if)
         from ._deepfloyd_if import upscale_if
         return upscale_if(args)
+    from ..interop.ldm import ldm_kind
+    if ldm_kind(args.checkpoint):  # a latent-diffusion folder: LDMSuperResolutionPipeline's (._ldm)
+        from ._ldm import upscale_ldm
+        return upscale_ldm(args)
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..interop.sd_latent_upscale import is_latent_upscale_folder
     from ._sd_upscale import refuse_prompt_flags, upscale_folder

@@ -659,7 +659,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
 
 def is_stable_diffusion_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder whose ``model_index.json`` names a UNet2DConditionModel (so a
-    caller such as ``diffkit sample --checkpoint`` can dispatch on the path)."""
+    caller such as ``diffkit sample --checkpoint`` can dispatch on the path), but for an LDMTextToImagePipeline folder
+    (LDMBert's, :mod:`.ldm`)."""
     index_file = Path(path) / "model_index.json"
     if not index_file.is_file():
         return False
@@ -668,7 +669,9 @@ def is_stable_diffusion_folder(path: Union[str, Path]) -> bool:
     except DiffkitError:
         return False
     unet = index.get("unet") or [None, None]
-    return isinstance(unet, list) and len(unet) == 2 and unet[1] == "UNet2DConditionModel"
+    from .ldm import LDM_TEXT2IM
+    return isinstance(unet, list) and len(unet) == 2 and unet[1] == "UNet2DConditionModel" and \
+        index.get("_class_name") != LDM_TEXT2IM
 
 
 __all__ = ["StableDiffusion", "load_stable_diffusion", "text_to_image", "is_stable_diffusion_folder", "COMPONENTS"]
