@@ -322,10 +322,9 @@ def _run(args) -> int:
     if label == "Sana" and sana_kind(args.checkpoint) == SANA_SPRINT_PIPELINE:  # as SanaSprintImg2ImgPipeline
         from ._pixart import edit_sana_sprint
         return edit_sana_sprint(args)
-    if label == "DeepFloyd IF":
-        raise DiffkitError(f"{args.checkpoint} is a DeepFloyd IF folder, which diffkit edit does not take (IFImg2Img"
-                           f"Pipeline / IFInpaintingPipeline are not reproduced); sample stage I with diffkit sample, "
-                           f"upscale with stage II and diffkit upscale")
+    if label == "DeepFloyd IF":  # IFImg2Img / IFInpainting(SuperResolution)Pipeline (._deepfloyd_if)
+        from ._deepfloyd_if import edit_if
+        return edit_if(args)
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "
