@@ -328,3 +328,19 @@ def test_cli_edit(folders, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (argv, err)
     assert not (tmp_path / "never").exists()
+
+
+def test_edit_images_refusals(folders):
+    """One line each: low_res on a stage-I folder, none on a stage-II one, noise_level on stage I, a mask of another
+    size, a strength that keeps no step."""
+    _, _, model1 = folders[1]
+    _, _, model2 = folders[2]
+    images, mask = edit_inputs(8, 1)
+    for model, call, expected in (
+            (model1, dict(low_res=images), "low_res goes with a stage-II folder"),
+            (model2, {}, "an IFSuperResolutionPipeline folder edits with low_res"),
+            (model1, dict(noise_level=10), "noise_level goes with a stage-II folder"),
+            (model1, dict(mask=mask[..., :4]), r"mask of shape \(1, 1, 8, 4\) is not allowed"),
+            (model1, dict(strength=0.1, steps=4), r"strength=0.1 keeps int\(4 \* 0.1\) = 0 of 4 steps")):
+        with pytest.raises(DiffkitError, match=expected):
+            edit_images(model, images, "hot", **call)
