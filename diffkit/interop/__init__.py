@@ -13,7 +13,8 @@
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
 * :mod:`.kolors` - a Kolors folder (SD-XL's UNet conditioned by ChatGLM3), the same way.
 * :mod:`.deepfloyd_if` - DeepFloyd IF folders (a pixel-space cascade: stage I from T5 states through :mod:`.pixart`'s
-  code, stage II super-resolution with noise augmentation), their DDPMScheduler as ``ddpm`` with dynamic thresholding.
+  code, stage II super-resolution with noise augmentation), their DDPMScheduler as ``ddpm`` with dynamic thresholding;
+  their img2img and inpainting pipelines: :mod:`.deepfloyd_if_edit`.
 * :mod:`.sd3` - a Stable Diffusion 3 folder (two CLIPs + T5, a flow-matching MM-DiT), the same way.
 * :mod:`.flux` - a FLUX.1 folder (CLIP pooled + T5, a flow-matching transformer on packed latents), the same way.
 * :mod:`.pixart` - a PixArt-α / PixArt-Σ folder (T5 with attention masks, a DiT with adaLN-single and a learned

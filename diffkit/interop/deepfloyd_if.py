@@ -38,7 +38,8 @@ Diffusion Models", Sec. 4.1), and concatenated after x_t at every call (``in_cha
 
 Not run: the safety checker and the watermarker (the folders' ``safety_checker`` / ``watermarker`` components are
 never loaded; diffkit writes the images as drawn). Refused in one line (:func:`check_deepfloyd_if_folder`, before
-any weight is read): another pipeline class (IFImg2ImgPipeline, IFInpaintingPipeline, ...), a missing component, a
+any weight is read): a folder saved as another pipeline class (IFImg2ImgPipeline, ...; the editing pipelines run on
+these folders: :mod:`.deepfloyd_if_edit`), a missing component, a
 UNet without the learned variance or of other channels, a scheduler that is not a ``DDPMScheduler`` with
 ``variance_type="learned_range"``; ``max_sequence_length`` other than 77 (the pipelines' fixed length).
 """
