@@ -293,7 +293,7 @@ def test_cli_edit(folders, tmp_path, capsys):
             ["hot dog"] * 2, image=[pil_image(f, "RGB") for f in files], mask_image=pil_image(mask_png, "L"),
             strength=0.75, num_inference_steps=4, guidance_scale=3.0, output_type="pt", clean_caption=False,
             generator=generators_from_seed(2, 2)).images
-    assert relative_error(mine, theirs) < 1e-5
+    assert relative_error(mine, theirs) < 1e-5  # measured 4.4e-6
     save_images(mine.clamp(-1, 1), tmp_path / "lib1", prefix="edit")
     for i in range(2):
         name = f"edit_{i:05d}.png"
