@@ -322,7 +322,9 @@ def test_cli_edit(folders, tmp_path, capsys):
             (["--checkpoint", str(path1), "--images", str(src), "--prompt", "hot", "--strength", "0.1", "--steps",
               "4"], "strength=0.1 keeps int(4 * 0.1) = 0 of 4 steps"),
             (["--checkpoint", str(path1), "--images", str(src), "--prompt", "a", "--prompt", "b", "--prompt", "c"],
-             "--prompt is given 3 times for 2 images")):
+             "--prompt is given 3 times for 2 images"),
+            (["--checkpoint", str(path1), "--images", str(src), "--prompt", "a", "--negative-prompt", "b",
+              "--guidance-scale", "0"], "--negative-prompt needs --guidance-scale above 1")):
         capsys.readouterr()
         code = main(["edit", *argv, "--out", str(tmp_path / "never")])
         err = capsys.readouterr().err.strip().splitlines()

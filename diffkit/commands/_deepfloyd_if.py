@@ -103,6 +103,7 @@ def edit_if(args) -> int:
     from ..interop.deepfloyd_if import IF_SR_PIPELINE, NOT_RUN, check_deepfloyd_if_folder, load_deepfloyd_if
     from ..interop.deepfloyd_if_edit import EDIT_DEFAULTS, edit_images, edit_pipeline
     from ..editing import strength_grid
+    from ..interop.sd_upscale import check_guidance
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._controlnet import ControlRequest
@@ -131,6 +132,7 @@ def edit_if(args) -> int:
     scale, _, strength, level = EDIT_DEFAULTS[pipeline]
     if args.guidance_scale is not None:  # diffkit's w (--guidance-convention seed, the default) or diffusers' s
         scale = args.guidance_scale + (1 if args.guidance_convention == "seed" else 0)
+    scale = check_guidance(scale, args.negative_prompt, ("--guidance-scale", "--negative-prompt"))  # s >= 1
     strength = strength if args.strength is None else args.strength
     steps = EDIT_DEFAULTS[pipeline][1] if args.steps is None else args.steps
     strength_grid(torch.arange(steps + 1.0), strength)  # one line for a strength that keeps no step, before loading
