@@ -17,6 +17,7 @@ from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.deepfloyd_if import (folder_sampler, is_deepfloyd_if_folder, load_deepfloyd_if,  # noqa: E402
                                           super_resolve)
+from diffkit.interop.deepfloyd_if_edit import edit_images  # noqa: E402
 from diffkit.interop.pixart import text_to_image  # noqa: E402
 from diffkit.noise import generators_from_seed  # noqa: E402
 
@@ -195,11 +196,153 @@ def test_cli_sample_and_upscale(folders, tmp_path, capsys):
               "1000"], "--noise-level=1000 is not allowed; allowed: an integer in 0..999"),
             (["upscale", "--checkpoint", str(path2), "--images", str(low), "--prompt", "hot", "--lora",
               str(low / "sample_00000.png")], "--lora does not apply to a DeepFloyd IF folder"),
-            (["edit", "--checkpoint", str(path1), "--images", str(low), "--prompt", "hot", "--out",
-              str(tmp_path / "e")], "IFImg2ImgPipeline / IFInpaintingPipeline are not reproduced")):
+            (["edit", "--checkpoint", str(path1), "--images", str(low), "--prompt", "hot", "--sampler", "ddim",
+              "--out", str(tmp_path / "never")], "--sampler does not apply to a DeepFloyd IF folder")):
         capsys.readouterr()
         code = main([*argv, "--out", str(tmp_path / "never.png")] if argv[0] == "sample" else
                     [*argv, "--out", str(tmp_path / "never")] if "--out" not in argv else argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (argv, err)
     assert not (tmp_path / "never.png").exists() and not (tmp_path / "never").exists()
+
+
+def edit_pipeline(folders, stage: int, cls):
+    """diffusers' editing pipeline ``cls`` on the stage's folder components."""
+    pipe = cls(**folders[stage][0].components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def edit_inputs(size: int, seed: int) -> tuple:
+    """(two images in [-1, 1], one mask of 0 / 1 with a left half kept) of side ``size``."""
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., size // 2:] = 1.0
+    return images, mask
+
+
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_stage_one_edits_match_if_img2img_and_inpainting(folders, inpaint):
+    """``edit_images`` on the stage-I folder equals IFImg2ImgPipeline / IFInpaintingPipeline (3 of 4 DDPM steps
+    with learned variance and dynamic thresholding, CFG with a negative prompt; inpainting: the kept half stays the
+    clean image, the output's kept half is it)."""
+    _, _, model = folders[1]
+    images, mask = edit_inputs(8, 11)
+    cls = diffusers.IFInpaintingPipeline if inpaint else diffusers.IFImg2ImgPipeline
+    extra = {"mask_image": mask.clone()} if inpaint else {}
+    with torch.no_grad():
+        theirs = edit_pipeline(folders, 1, cls)(PROMPTS, image=images, strength=0.75, num_inference_steps=4,
+                                                guidance_scale=3.0, negative_prompt=["ugly"] * 2, output_type="pt",
+                                                clean_caption=False, generator=generators_from_seed(5, 2),
+                                                **extra).images
+    ours = edit_images(model, images, PROMPTS, mask=mask if inpaint else None, strength=0.75, steps=4,
+                       guidance_scale=3.0, negative_prompt="ugly", seed=5, return_latents=True)
+    assert theirs.abs().max() > 0.5
+    assert relative_error(ours, theirs) < 1e-5  # measured 1.2e-6 (img2img), 1.7e-6 (inpainting)
+    if inpaint:
+        assert torch.equal(ours[..., :4], images[..., :4])
+
+
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_stage_two_edits_match_if_superresolution_edits(folders, inpaint):
+    """``edit_images`` on the stage-II folder equals IFImg2ImgSuperResolutionPipeline /
+    IFInpaintingSuperResolutionPipeline: the 16 x 16 originals noised to the strength's timestep, the 8 x 8 stage-I
+    images resized, noised to level 100 (drawn after) and concatenated; 3 of 4 steps, CFG."""
+    _, _, model = folders[2]
+    images, mask = edit_inputs(16, 12)
+    low = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    cls = diffusers.IFInpaintingSuperResolutionPipeline if inpaint else diffusers.IFImg2ImgSuperResolutionPipeline
+    extra = {"mask_image": mask.clone()} if inpaint else {}
+    with torch.no_grad():
+        theirs = edit_pipeline(folders, 2, cls)(image=low, original_image=images, prompt=PROMPTS, strength=0.75,
+                                                num_inference_steps=4, guidance_scale=3.0, noise_level=100,
+                                                negative_prompt=["ugly"] * 2, output_type="pt", clean_caption=False,
+                                                generator=generators_from_seed(6, 2), **extra).images
+    ours = edit_images(model, images, PROMPTS, low_res=low, mask=mask if inpaint else None, strength=0.75, steps=4,
+                       guidance_scale=3.0, noise_level=100, negative_prompt="ugly", seed=6, return_latents=True)
+    assert theirs.shape == (2, 3, 16, 16) and theirs.abs().max() > 0.5
+    assert relative_error(ours, theirs) < 1e-5  # measured 3.8e-6 (img2img), 3.8e-6 (inpainting)
+
+
+def test_cli_edit(folders, tmp_path, capsys):
+    """``diffkit edit`` on the stage-I folder with ``--mask`` writes ``edit_images``' inpainting of the pipeline's
+    preprocessed PNGs (12 x 8 resized to 16 x 8, as IFInpaintingPipeline given the PIL images, which it matches),
+    on the stage-II folder with ``--control-image`` (the stage-I edits) its img2img; refusals in one line."""
+    from PIL import Image
+    from diffkit.commands._deepfloyd_if import pipeline_inputs
+    from diffkit.commands._image_size import pil_image
+    from diffkit.commands.edit import image_files, read_pngs
+    from diffkit.images import save_images
+    _, path1, model1 = folders[1]
+    _, path2, model2 = folders[2]
+    src, mask_png = tmp_path / "src", tmp_path / "mask.png"
+    save_images(torch.rand(2, 3, 8, 12, generator=torch.Generator().manual_seed(4)) * 2 - 1, src)
+    Image.fromarray((torch.arange(12) >= 5).to(torch.uint8).mul(255).expand(8, 12).numpy(), "L").save(mask_png)
+    one = ["--prompt", "hot dog", "--strength", "0.75", "--steps", "4", "--guidance-scale", "3", "--seed", "2",
+           "--guidance-convention", "diffusers", "--no-progress"]
+    assert main(["edit", "--checkpoint", str(path1), "--images", str(src), "--mask", str(mask_png), *one,
+                 "--out", str(tmp_path / "e1")]) == 0
+    assert "as IFInpaintingPipeline, strength 0.75, guidance 3" in capsys.readouterr().out
+    files = image_files(src)
+    images, mask = pipeline_inputs(files, mask_png, 8)
+    assert images.shape == (2, 3, 8, 16) and mask.shape == (1, 1, 8, 16) and set(mask.unique().tolist()) == {0, 1}
+    mine = edit_images(model1, images, "hot dog", mask=mask, strength=0.75, steps=4, guidance_scale=3.0, seed=2,
+                       return_latents=True)
+    with torch.no_grad():
+        theirs = edit_pipeline(folders, 1, diffusers.IFInpaintingPipeline)(
+            ["hot dog"] * 2, image=[pil_image(f, "RGB") for f in files], mask_image=pil_image(mask_png, "L"),
+            strength=0.75, num_inference_steps=4, guidance_scale=3.0, output_type="pt", clean_caption=False,
+            generator=generators_from_seed(2, 2)).images
+    assert relative_error(mine, theirs) < 1e-5  # measured 4.4e-6
+    save_images(mine.clamp(-1, 1), tmp_path / "lib1", prefix="edit")
+    for i in range(2):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "e1" / name).read_bytes() == (tmp_path / "lib1" / name).read_bytes(), name
+    two = ["--images", str(src), "--control-image", str(tmp_path / "e1"), *one[:-3], "--no-progress"]
+    assert main(["edit", "--checkpoint", str(path2), *two, "--out", str(tmp_path / "e2")]) == 0
+    assert "as IFImg2ImgSuperResolutionPipeline, strength 0.75, guidance 4, noise level 250" in \
+        capsys.readouterr().out  # --guidance-scale 3 read as the seed convention's w
+    images2, _ = pipeline_inputs(files, None, 16)
+    low, _ = read_pngs(tmp_path / "e1", "RGB")
+    mine = edit_images(model2, images2, "hot dog", low_res=low, strength=0.75, steps=4, guidance_scale=4.0, seed=2,
+                       output_range="-1,1")
+    assert mine.shape == (2, 3, 16, 24)
+    save_images(mine, tmp_path / "lib2", prefix="edit")
+    for i in range(2):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "e2" / name).read_bytes() == (tmp_path / "lib2" / name).read_bytes(), name
+    for argv, expected in (
+            (["--checkpoint", str(path1), "--images", str(src), "--control-image", str(src), "--prompt", "hot"],
+             "--control-image does not apply to a DeepFloyd IF folder"),
+            (["--checkpoint", str(path2), "--images", str(src), "--prompt", "hot"], "give --control-image PNG|DIR"),
+            (["--checkpoint", str(path2), "--images", str(src), "--prompt", "hot", "--control-image",
+              str(tmp_path / "lib1" / "edit_00000.png"), "--control-image", str(src)], "give --control-image"),
+            (["--checkpoint", str(path1), "--images", str(src), "--prompt", "hot", "--height", "16"],
+             "--height does not apply to a DeepFloyd IF folder"),
+            (["--checkpoint", str(path1), "--images", str(src), "--prompt", "hot", "--strength", "0.1", "--steps",
+              "4"], "strength=0.1 keeps int(4 * 0.1) = 0 of 4 steps"),
+            (["--checkpoint", str(path1), "--images", str(src), "--prompt", "a", "--prompt", "b", "--prompt", "c"],
+             "--prompt is given 3 times for 2 images"),
+            (["--checkpoint", str(path1), "--images", str(src), "--prompt", "a", "--negative-prompt", "b",
+              "--guidance-scale", "0"], "--negative-prompt needs --guidance-scale above 1")):
+        capsys.readouterr()
+        code = main(["edit", *argv, "--out", str(tmp_path / "never")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0], (argv, err)
+    assert not (tmp_path / "never").exists()
+
+
+def test_edit_images_refusals(folders):
+    """One line each: low_res on a stage-I folder, none on a stage-II one, noise_level on stage I, a mask of another
+    size, a strength that keeps no step."""
+    _, _, model1 = folders[1]
+    _, _, model2 = folders[2]
+    images, mask = edit_inputs(8, 1)
+    for model, call, expected in (
+            (model1, dict(low_res=images), "low_res goes with a stage-II folder"),
+            (model2, {}, "an IFSuperResolutionPipeline folder edits with low_res"),
+            (model1, dict(noise_level=10), "noise_level goes with a stage-II folder"),
+            (model1, dict(mask=mask[..., :4]), r"mask of shape \(1, 1, 8, 4\) is not allowed"),
+            (model1, dict(strength=0.1, steps=4), r"strength=0.1 keeps int\(4 \* 0.1\) = 0 of 4 steps")):
+        with pytest.raises(DiffkitError, match=expected):
+            edit_images(model, images, "hot", **call)

@@ -34,7 +34,8 @@ def add_controlnet_flags(parser) -> None:
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md) or an SD 2 "
-                        "depth-to-image folder's depth map (grey PNG, any size; docs/editing.md); sample: "
+                        "depth-to-image folder's depth map (grey PNG, any size; docs/editing.md), or a DeepFloyd "
+                        "IF stage-II folder's stage-I images (diffkit edit); sample: "
                         "the output takes its size, rounded down to multiples of the VAE factor (SD3 / FLUX.1: it is "
                         "resized to the output's size, as their pipelines), and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "

@@ -45,7 +45,10 @@ ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (
 (the instruction's prompt sees the image, its latents beside the noisy ones, the size of its aspect ratio at 1024^2 or
 ``--max-area``; a Plus folder edits each image alone; ``diffkit.interop.qwen_image_edit``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
-``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). With ``--mask``, ``--padding-mask-crop N`` inpaints
+``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). A DeepFloyd IF stage-I folder is edited as
+IFImg2ImgPipeline / IFInpaintingPipeline, a stage-II one with ``--control-image`` (the stage-I images) as
+IFImg2ImgSuperResolutionPipeline / IFInpaintingSuperResolutionPipeline (pixels; ``diffkit.interop.deepfloyd_if_edit``,
+``._deepfloyd_if``). With ``--mask``, ``--padding-mask-crop N`` inpaints
 the mask's box and pastes it back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop``
 (``diffkit.interop.mask_crop``).
 A Stable Diffusion / SD-XL folder whose UNet takes 8 channels (InstructPix2Pix) is edited as
@@ -134,7 +137,7 @@ def register(sub) -> None:
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only; "
-                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6)")
+                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; DeepFloyd IF: its pipelines')")
     m.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")
@@ -325,10 +328,9 @@ def _run(args) -> int:
     if label == "Kandinsky 3":  # as Kandinsky3Img2ImgPipeline (._kandinsky3)
         from ._kandinsky3 import edit_kandinsky3
         return edit_kandinsky3(args)
-    if label == "DeepFloyd IF":
-        raise DiffkitError(f"{args.checkpoint} is a DeepFloyd IF folder, which diffkit edit does not take (IFImg2Img"
-                           f"Pipeline / IFInpaintingPipeline are not reproduced); sample stage I with diffkit sample, "
-                           f"upscale with stage II and diffkit upscale")
+    if label == "DeepFloyd IF":  # IFImg2Img / IFInpainting(SuperResolution)Pipeline (._deepfloyd_if)
+        from ._deepfloyd_if import edit_if
+        return edit_if(args)
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "

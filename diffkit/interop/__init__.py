@@ -13,7 +13,8 @@
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
 * :mod:`.kolors` - a Kolors folder (SD-XL's UNet conditioned by ChatGLM3), the same way.
 * :mod:`.deepfloyd_if` - DeepFloyd IF folders (a pixel-space cascade: stage I from T5 states through :mod:`.pixart`'s
-  code, stage II super-resolution with noise augmentation), their DDPMScheduler as ``ddpm`` with dynamic thresholding.
+  code, stage II super-resolution with noise augmentation), their DDPMScheduler as ``ddpm`` with dynamic thresholding;
+  their img2img and inpainting pipelines: :mod:`.deepfloyd_if_edit`.
 * :mod:`.kandinsky3` - a Kandinsky 3 folder (T5 states cut to the batch's longest mask, ``Kandinsky3UNet``, Kandinsky
   2.2's MoVQ decoder class), through :mod:`.pixart`'s code; img2img with Kandinsky 2.2's start.
 * :mod:`.sd3` - a Stable Diffusion 3 folder (two CLIPs + T5, a flow-matching MM-DiT), the same way.

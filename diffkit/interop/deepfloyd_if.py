@@ -38,7 +38,8 @@ Diffusion Models", Sec. 4.1), and concatenated after x_t at every call (``in_cha
 
 Not run: the safety checker and the watermarker (the folders' ``safety_checker`` / ``watermarker`` components are
 never loaded; diffkit writes the images as drawn). Refused in one line (:func:`check_deepfloyd_if_folder`, before
-any weight is read): another pipeline class (IFImg2ImgPipeline, IFInpaintingPipeline, ...), a missing component, a
+any weight is read): a folder saved as another pipeline class (IFImg2ImgPipeline, ...; the editing pipelines run on
+these folders: :mod:`.deepfloyd_if_edit`), a missing component, a
 UNet without the learned variance or of other channels, a scheduler that is not a ``DDPMScheduler`` with
 ``variance_type="learned_range"``; ``max_sequence_length`` other than 77 (the pipelines' fixed length).
 """
@@ -290,6 +291,29 @@ def load_deepfloyd_if(directory: Union[str, Path], device="cpu", dtype: torch.dt
                        dtype=dtype, noising_schedule=noising)
 
 
+def check_low_res(model: DeepFloydIF, low_res: torch.Tensor, noise_level: int) -> int:
+    """The noise level k of a stage-II call (0..T-1 of the ``image_noising_scheduler``) after ``low_res``'s shape
+    (B, 3, h, w) floats; else one line."""
+    from .sd_upscale import check_noise_level
+    if low_res.ndim != 4 or low_res.shape[1] != IF_CHANNELS or not low_res.is_floating_point():
+        raise DiffkitError(f"low_res of shape {tuple(low_res.shape)} is not allowed; give (B, 3, h, w) floats in "
+                           f"[-1, 1]")
+    return check_noise_level(noise_level, model.noising_schedule.num_timesteps - 1)
+
+
+def low_res_condition(model: DeepFloydIF, low_res: torch.Tensor, size, level: int, generator) -> dict:
+    """Stage II's UNet condition (module docstring): ``low_res`` resized to ``size`` (bilinear, ``align_corners``),
+    noised to level k by the ``image_noising_scheduler`` with noise from ``generator`` (one per image), and k."""
+    import torch.nn.functional as F
+
+    from .sd_upscale import LEVEL_KEY, LOW_RES_KEY, noised_low_res
+    upscaled = F.interpolate(low_res.to(model.device, torch.float32), tuple(size), mode="bilinear",
+                             align_corners=True)
+    noised = noised_low_res(upscaled, level, model.noising_schedule, generator)
+    return {LOW_RES_KEY: noised, LEVEL_KEY: torch.full((low_res.shape[0],), level, dtype=torch.long,
+                                                       device=model.device)}
+
+
 def super_resolve(model: DeepFloydIF, low_res: torch.Tensor, prompts: Union[str, Sequence[str]], *,
                   negative_prompt: Union[None, str, Sequence[str]] = None, guidance_scale: Optional[float] = None,
                   noise_level: int = IF_NOISE_LEVEL, height: Optional[int] = None, width: Optional[int] = None,
@@ -304,21 +328,16 @@ def super_resolve(model: DeepFloydIF, low_res: torch.Tensor, prompts: Union[str,
     sampler None (and no ``nfe``): the pipeline's loop (:func:`folder_sampler` on the scheduler's timesteps, default
     50 steps); a sampler: on its own grid (``options`` to :func:`diffkit.sample`). ``return_latents`` /
     ``output_range="-1,1"``: x_0 unclamped (the pipeline's ``output_type="pt"``) / clamped to [-1, 1]."""
-    import torch.nn.functional as F
-
     from ..errors import check_choice
     from ..noise import randn
     from ..sampling import sample
-    from .sd_upscale import LEVEL_KEY, LOW_RES_KEY, check_guidance, check_noise_level, noised_low_res
+    from .sd_upscale import check_guidance
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     if model.pipeline != IF_SR_PIPELINE:
         raise DiffkitError(f"super_resolve needs an {IF_SR_PIPELINE} folder; this is an {model.pipeline} one "
                            f"(sample it with pixart.text_to_image / diffkit sample)")
     check_choice("output_range", output_range, OUTPUT_RANGES)
-    if low_res.ndim != 4 or low_res.shape[1] != IF_CHANNELS or not low_res.is_floating_point():
-        raise DiffkitError(f"low_res of shape {tuple(low_res.shape)} is not allowed; give (B, 3, h, w) floats in "
-                           f"[-1, 1]")
-    level = check_noise_level(noise_level, model.noising_schedule.num_timesteps - 1)
+    level = check_low_res(model, low_res, noise_level)
     scale = check_guidance(model.default_guidance_scale if guidance_scale is None else guidance_scale,
                            negative_prompt)
     batch = low_res.shape[0]
@@ -338,11 +357,9 @@ def super_resolve(model: DeepFloydIF, low_res: torch.Tensor, prompts: Union[str,
         sampler = model.folder_sampler()[0]
     denoiser, cond = model.prompt_guidance(prompts, negative_prompt, scale)
     x_t = randn(shape, generator, device=model.device, dtype=torch.float32)  # prepare_intermediate_images
-    upscaled = F.interpolate(low_res.to(model.device, torch.float32), shape[2:], mode="bilinear", align_corners=True)
-    noised = noised_low_res(upscaled, level, model.noising_schedule, generator)  # then the image's noise
-    levels = torch.full((batch,), level, dtype=torch.long, device=model.device)
+    low = low_res_condition(model, low_res, shape[2:], level, generator)  # then the image's noise
     x0 = sample(denoiser, x_t, sampler, steps, nfe=nfe, grid=grid, generator=generator, progress=progress,
-                cond={**cond, LOW_RES_KEY: noised, LEVEL_KEY: levels}, **options)
+                cond={**cond, **low}, **options)
     if return_latents:
         return x0
     return (x0 / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else x0.clamp(-1, 1)
