@@ -165,3 +165,41 @@ def test_grounding_refusals(tiny_gligen, tmp_path):
     plain.save_pretrained(tmp_path / "sd")
     with pytest.raises(DiffkitError, match="needs a GLIGEN UNet"):
         text_to_image(load_stable_diffusion(tmp_path / "sd", progress=False), PROMPTS, steps=2, gligen=grounding)
+
+
+def test_sample_command_with_gligen_is_text_to_image(tiny_gligen, tmp_path):
+    """``diffkit sample --gligen-phrases ... --gligen-boxes ... --gligen-beta 0.5``: the PNGs of text_to_image with
+    the same grounding, byte for byte (sample i from seed + i)."""
+    from diffkit.images import save_images
+    from test_t2i_adapter import _pngs_of
+    pipe, sd, folder = tiny_gligen
+    individual = tmp_path / "each"
+    assert main([str(a) for a in (
+        "sample", "--checkpoint", folder, "--prompt", "hot", "--num", "1", "--steps", "2", "--seed", "5",
+        "--gligen-phrases", *PHRASES, "--gligen-boxes", "0.1,0.1,0.5,0.5", "0.5,0.4,0.9,0.9", "--gligen-beta", "0.5",
+        "--out", tmp_path / "grid.png", "--individual", individual, "--no-progress")]) == 0
+    images = text_to_image(sd, ["hot"], steps=2, seed=5, output_range="-1,1",
+                           gligen=Grounding(PHRASES, BOXES, 0.5))
+    save_images(images, tmp_path / "lib")
+    assert torch.equal(_pngs_of(individual), _pngs_of(tmp_path / "lib"))
+
+
+def test_bad_gligen_flags_are_one_line_before_any_output(tiny_gligen, tmp_path, capsys):
+    from test_cli_errors import one_line_error
+    pipe, sd, folder = tiny_gligen
+    out = tmp_path / "new" / "grid.png"
+    base = ["sample", "--checkpoint", folder, "--prompt", "hot", "--num", "1", "--steps", "2", "--out", out]
+    ground = ["--gligen-phrases", "a cat", "--gligen-boxes", "0.1,0.1,0.5,0.5"]
+    for extra, match in (
+            ([], "is a GLIGEN folder (StableDiffusionGLIGENPipeline): give --gligen-phrases"),
+            (["--gligen-phrases", "a cat", "--gligen-boxes", "0.1,0.1,0.5"], "--gligen-boxes '0.1,0.1,0.5'"),
+            (["--gligen-phrases", "a cat", "--gligen-boxes", "0.6,0.1,0.5,0.5"], "x0 < x1"),
+            (["--gligen-phrases", "a cat", "a dog", "--gligen-boxes", "0.1,0.1,0.5,0.5"], "2 gligen phrases for 1"),
+            ([*ground, "--gligen-beta", "2"], "gligen beta"),
+            ([*ground, "--pag-scale", "2"], "gligen grounding with --pag-scale is not supported"),
+            ([*ground, "--scheduler", "lcm"], "gligen grounding with --scheduler")):
+        line = one_line_error(capsys, *base, *extra)
+        assert match in line, (extra, line)
+        assert not out.parent.exists()
+    line = one_line_error(capsys, *base[:2], tmp_path, *base[3:], *ground)
+    assert "--gligen-phrases applies to a GLIGEN folder" in line

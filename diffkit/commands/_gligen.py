@@ -51,10 +51,11 @@ def gligen_options(args, checkpoint) -> dict:
                            f"--gligen-boxes X0,Y0,X1,Y1 ... (one box per phrase)")
     beta = given.get("--gligen-beta", DEFAULT_BETA)
     grounding = Grounding(given["--gligen-phrases"], [parse_box(box) for box in given["--gligen-boxes"]], beta)
-    refuse_with_gligen(grounding, {flag: getattr(args, key, None) for flag, key in (
+    refused = {flag: getattr(args, key, None) for flag, key in (
         ("--controlnet", "controlnets"), ("--t2i-adapter", "t2i_adapters"), ("--ip-adapter", "ip_adapter"),
         ("--pag-scale", "pag_scale"), ("--sag-scale", "sag_scale"), ("--panorama", "panorama"),
-        ("--scheduler", "scheduler"), ("--refiner", "refiner"))} | {"an LCMScheduler folder": is_lcm_folder(checkpoint)})
+        ("--scheduler", "scheduler"), ("--refiner", "refiner"))}
+    refuse_with_gligen(grounding, {**refused, "an LCMScheduler folder": is_lcm_folder(checkpoint)})
     return {"gligen": grounding}
 
 
