@@ -230,6 +230,7 @@ STABLE_CASCADE = "## Stable Cascade folders (`diffkit.interop.stable_cascade`)"
 LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.interop.sd_latent_upscale`)"
 KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
 CONSISTENCY_MODELS = "## Consistency-model folders (`diffkit.interop.consistency_models`)"
+GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -252,7 +253,8 @@ CONSISTENCY_MODELS = "## Consistency-model folders (`diffkit.interop.consistency
                                                     (LUMINA_NEXT, ["LuminaPipeline"], "LN"),
                                                     (KANDINSKY, ["KandinskyV22PriorPipeline", "KandinskyV22Pipeline"],
                                                      "KD"),
-                                                    (CONSISTENCY_MODELS, ["ConsistencyModelPipeline"], "CM")])
+                                                    (CONSISTENCY_MODELS, ["ConsistencyModelPipeline"], "CM"),
+                                                    (GLIGEN, ["StableDiffusionGLIGENPipeline"], "GL")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -83,8 +83,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT, OpenAI consistency models; "
-                        "docs/interop.md); default with "
+                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT, OpenAI consistency models, "
+                        "GLIGEN; docs/interop.md); default with "
                         "--config: its "
                         "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
