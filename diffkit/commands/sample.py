@@ -1185,6 +1185,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         if value is not None and refiner is not None:
             raise DiffkitError(f"{flag} with --refiner is not supported (the refiner's half would run without it); "
                                f"drop one of them")
+    if gligen is not None and gligen.images is not None:  # a text-image GLIGEN folder's image branch (._gligen)
+        from dataclasses import replace
+        from ..interop.gligen import load_gligen_image_encoder
+        gligen = replace(gligen, image_encoder=load_gligen_image_encoder(directory, device, sd.dtype, progress))
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
     refined = None if refiner is None else refiner.load(device, progress)
@@ -1246,7 +1250,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     what += ", on the scheduler's timesteps" if own_grid else ""
     what += f", self-attention guidance s={extras['sag_scale']:g}" if extras.get("sag_scale") else ""
     what += f", MultiDiffusion panorama {height}x{width}" if extras.get("panorama") else ""
-    what += "" if gligen is None else f", GLIGEN {len(gligen.boxes)} boxes, beta {gligen.beta:g}"
+    what += "" if gligen is None else f", GLIGEN {len(gligen.boxes)} boxes, beta {gligen.beta_for(sd):g}"
     print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 

@@ -631,7 +631,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         sd = t2i_adapter.adapting(sd, height, width, factor_grid)
     if gligen is not None:  # the gated UNet given the grounding tokens in the first beta N steps (.gligen)
         from .controlnet import sampler_grid
-        beta_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if 0 < gligen.beta < 1 else None
+        beta_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if gligen.needs_grid(sd) else None
         sd = gligen.grounding(sd, beta_grid)
     denoiser, cond = sd.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                         image_size=_image_size(sd, latents, height, width),
