@@ -254,7 +254,8 @@ GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
                                                     (KANDINSKY, ["KandinskyV22PriorPipeline", "KandinskyV22Pipeline"],
                                                      "KD"),
                                                     (CONSISTENCY_MODELS, ["ConsistencyModelPipeline"], "CM"),
-                                                    (GLIGEN, ["StableDiffusionGLIGENPipeline"], "GL")])
+                                                    (GLIGEN, ["StableDiffusionGLIGENPipeline",
+                                                              "StableDiffusionGLIGENTextImagePipeline"], "GL")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
