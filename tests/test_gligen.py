@@ -25,20 +25,30 @@ PHRASES = ["a cat", "a dog"]
 BOXES = [[0.1, 0.1, 0.5, 0.5], [0.5, 0.4, 0.9, 0.9]]
 
 
-def tiny_gligen_pipeline(root):
-    """A StableDiffusionGLIGENPipeline of :func:`tiny_sd_components` with a gated UNet, its gates and null
-    features drawn (seeded), DDIM scheduler, no progress bar."""
-    unet, vae, text_encoder, tokenizer = tiny_sd_components(root, attention_type="gated")
+def gated_components(root, attention_type: str):
+    """:func:`tiny_sd_components` with a UNet of ``attention_type``, its gates and null features drawn (seeded)."""
+    unet, vae, text_encoder, tokenizer = tiny_sd_components(root, attention_type=attention_type)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in unet.named_parameters():
             if name.endswith(("alpha_attn", "alpha_dense")) or ".null_" in name:
                 p.copy_(torch.randn(p.shape, generator=generator))
+    return unet, vae, text_encoder, tokenizer
+
+
+def tiny_gligen_pipeline(root):
+    """A StableDiffusionGLIGENPipeline of :func:`gated_components` (``gated``), DDIM scheduler, no progress bar."""
+    unet, vae, text_encoder, tokenizer = gated_components(root, "gated")
+    return _pipeline(diffusers.StableDiffusionGLIGENPipeline, vae=vae, text_encoder=text_encoder,
+                     tokenizer=tokenizer, unet=unet)
+
+
+def _pipeline(cls, **components):
+    """``cls`` (a deprecated GLIGEN pipeline: its notice silenced) with DDIM, no safety checker, no bar."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecated pipeline's notice
-        pipe = diffusers.StableDiffusionGLIGENPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                                       unet=unet, scheduler=sd_ddim_scheduler(), safety_checker=None,
-                                                       feature_extractor=None, requires_safety_checker=False)
+        warnings.simplefilter("ignore")
+        pipe = cls(**components, scheduler=sd_ddim_scheduler(), safety_checker=None, feature_extractor=None,
+                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -210,26 +220,16 @@ def tiny_gligen_text_image_pipeline(root):
     """A StableDiffusionGLIGENTextImagePipeline: a ``gated-text-image`` UNet (gates and null features drawn) with a
     tiny CLIP vision encoder (32 x 32, projection 32), its CLIPProcessor and a CLIPImageProjection."""
     transformers = pytest.importorskip("transformers")
-    unet, vae, text_encoder, tokenizer = tiny_sd_components(root, attention_type="gated-text-image")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if name.endswith(("alpha_attn", "alpha_dense")) or ".null_" in name:
-                p.copy_(torch.randn(p.shape, generator=generator))
+    unet, vae, text_encoder, tokenizer = gated_components(root, "gated-text-image")
     torch.manual_seed(2)
     encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2, num_attention_heads=4,
         image_size=32, patch_size=8))
     processor = transformers.CLIPProcessor(image_processor=transformers.CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tokenizer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecated pipeline's notice
-        pipe = diffusers.StableDiffusionGLIGENTextImagePipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, processor=processor, image_encoder=encoder,
-            image_project=diffusers.CLIPImageProjection(hidden_size=32), unet=unet, scheduler=sd_ddim_scheduler(),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _pipeline(diffusers.StableDiffusionGLIGENTextImagePipeline, vae=vae, text_encoder=text_encoder,
+                     tokenizer=tokenizer, processor=processor, image_encoder=encoder,
+                     image_project=diffusers.CLIPImageProjection(hidden_size=32), unet=unet)
 
 
 @pytest.fixture(scope="module")
