@@ -89,7 +89,7 @@ def _string_options():
 
 # string options where '' is text or a name checked by the command, not a path
 NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--prompt-2", "--negative-prompt-2",
-             "--prompt-3", "--negative-prompt-3", "--control-mode",
+             "--prompt-3", "--negative-prompt-3", "--control-mode", "--gligen-phrases", "--gligen-boxes",
              "--clip-guidance", "--set", "--eta", "--etas",
              "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--slg-layers", "--recon-loss",
              "--regularizer", "--sampler", "--samplers", "--spacing", "--steps"}

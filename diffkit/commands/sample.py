@@ -84,8 +84,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT, OpenAI consistency models; "
-                        "docs/interop.md); default with "
+                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT, OpenAI consistency models, "
+                        "GLIGEN; docs/interop.md); default with "
                         "--config: its "
                         "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
@@ -211,6 +211,8 @@ def register(sub) -> None:
     add_sag_panorama_flags(p)
     from ._sd_latent_upscale import add_latent_upscaler_flags
     add_latent_upscaler_flags(p)
+    from ._gligen import add_gligen_flags
+    add_gligen_flags(p)  # --gligen-phrases, --gligen-boxes, --gligen-beta (GLIGEN folders)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -307,6 +309,8 @@ def _run(args) -> int:
     options.update(sag_panorama_options(args, checkpoint))  # --sag-scale, --panorama: SD folders (text_to_image's)
     from ._sd_latent_upscale import latent_upscaler_options
     options.update(latent_upscaler_options(args, checkpoint))  # --latent-upscaler: SD 1.x / 2.x folders
+    from ._gligen import gligen_options
+    options.update(gligen_options(args, checkpoint))  # --gligen-*: GLIGEN folders (text_to_image's gligen)
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -1133,6 +1137,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     drawn latents set SD-XL's size conditions and the refiner's; ControlNets' images are resized to it as the
     ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). ``options["latent_upscaler"]``: a
     :class:`._sd_latent_upscale.LatentUpscalerRequest` that upscales each batch's latents 2x before decoding (its VAE).
+    ``options["gligen"]``: a GLIGEN folder's :class:`~diffkit.interop.gligen.Grounding` (:mod:`._gligen`).
     Writes the grid (and single PNGs); latents have no noise grid."""
     from ..interop.lcm import is_lcm_folder
     from ._common import default_sampling
@@ -1148,6 +1153,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     extras = {key: options.pop(key) for key in ("sag_scale", "panorama", "view_batch_size", "circular_padding",
                                                 "view_window", "view_stride") if key in options}
     upscaler = options.pop("latent_upscaler", None)  # a LatentUpscalerRequest (._sd_latent_upscale)
+    gligen = options.pop("gligen", None)  # a GLIGEN folder's Grounding (._gligen)
     if extras and refiner is not None:
         raise DiffkitError(f"--{next(iter(extras)).replace('_', '-')} with --refiner is not supported (diffusers' SAG "
                            f"and panorama pipelines have no refiner hand-over); drop one of them")
@@ -1191,6 +1197,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         if value is not None and refiner is not None:
             raise DiffkitError(f"{flag} with --refiner is not supported (the refiner's half would run without it); "
                                f"drop one of them")
+    if gligen is not None and gligen.images is not None:  # a text-image GLIGEN folder's image branch (._gligen)
+        from dataclasses import replace
+        from ..interop.gligen import load_gligen_image_encoder
+        gligen = replace(gligen, image_encoder=load_gligen_image_encoder(directory, device, sd.dtype, progress))
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
     refined = None if refiner is None else refiner.load(device, progress)
@@ -1224,7 +1234,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
                           ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
-                          **pag, **handover, **guidance.apg_options(), **own_grid, **extras, **how)
+                          **pag, **handover, **guidance.apg_options(), **own_grid, **extras, gligen=gligen, **how)
         if upscaling is not None and steps != 1:  # (one step: the batch-size probe's; the request refuses --steps 1)
             return upscaler.upscaled(upscaling, cond["prompts"], z, guidance.negative_prompt, how["generator"])
         if alone:
@@ -1252,6 +1262,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     what += ", on the scheduler's timesteps" if own_grid else ""
     what += f", self-attention guidance s={extras['sag_scale']:g}" if extras.get("sag_scale") else ""
     what += f", MultiDiffusion panorama {height}x{width}" if extras.get("panorama") else ""
+    what += "" if gligen is None else f", GLIGEN {len(gligen.boxes)} boxes, beta {gligen.beta_for(sd):g}"
     print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 

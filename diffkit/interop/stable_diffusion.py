@@ -22,6 +22,7 @@ A folder whose scheduler is an ``LCMScheduler`` is a latent consistency model (:
 denoiser is a :class:`~diffkit.consistency.ConsistencyDenoiser`, and a UNet with
 ``time_cond_proj_dim`` takes the guidance weight w as its input instead of classifier-free guidance.
 Perturbed-attention guidance (``text_to_image(pag_scale=...)``, StableDiffusionPAGPipeline): :mod:`.sd_pag`.
+GLIGEN's grounded generation (``text_to_image(gligen=...)``, StableDiffusionGLIGENPipeline): :mod:`.gligen`.
 """
 from __future__ import annotations
 
@@ -350,6 +351,8 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpa
     inpainting UNet (:mod:`.sd_inpaint`) needs ``inpainting``, an 8-channel InstructPix2Pix UNet
     (:mod:`.sd_instruct_pix2pix`) ``instruct_pix2pix``, a 5-channel depth UNet (:mod:`.sd_depth`) ``depth``, a
     7-channel x4 upscaler UNet (:mod:`.sd_upscale`: its class label is the noise level) ``upscale``."""
+    from .gligen import check_gligen_unet
+    check_gligen_unet(config, directory)  # a GLIGEN text-image or inpainting UNet (.gligen)
     from .sd_upscale import check_upscale_unet
     if check_upscale_unet(config, directory, upscale, lcm):
         return
@@ -497,7 +500,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   t2i_adapter=None, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
                   apg_momentum: float = 0.0, sag_scale: Optional[float] = None, panorama: bool = False,
                   view_batch_size: Optional[int] = None, circular_padding: bool = False,
-                  view_window: Optional[int] = None, view_stride: Optional[int] = None, **options) -> torch.Tensor:
+                  view_window: Optional[int] = None, view_stride: Optional[int] = None, gligen=None,
+                  **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -548,6 +552,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
         predicted x_0, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the defaults: plain
         classifier-free guidance; with PAG over it as there; not for an LCM UNet with a guidance input).
+    gligen: a :class:`~diffkit.interop.gligen.Grounding` (phrases, boxes, beta) for a GLIGEN folder's gated UNet, as
+        StableDiffusionGLIGENPipeline's ``gligen_phrases``, ``gligen_boxes``, ``gligen_scheduled_sampling_beta`` (not
+        with ControlNets, adapters, PAG, SAG, a panorama, LCM / TCD or denoising_end; :mod:`.gligen`).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..models.freeu import freeu_enabled, parse_freeu
@@ -565,6 +572,11 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                                 "SAG (sag_scale)": sag_scale, "a panorama": panorama, "FreeU": freeu,
                                 "a refiner hand-over (denoising_end)": denoising_end,
                                 "guidance rescale": guidance_rescale, "APG (apg_eta ...)": apg or None})
+    from .gligen import refuse_with_gligen  # GLIGEN: its pipeline's options only
+    refuse_with_gligen(gligen, {"a ControlNet": controlnet, "an IP-Adapter": ip_adapter, "a T2I-Adapter": t2i_adapter,
+                                "PAG (pag_scale)": pag_scale, "SAG (sag_scale)": sag_scale, "a panorama": panorama,
+                                "a refiner hand-over (denoising_end)": denoising_end,
+                                "an LCM / TCD scheduler": sd.consistency is not None or sd.scheduler_override})
     from .sd_pag import pag_request
     perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet)
     from .sd_panorama import PANORAMA_SIZE, panorama_request
@@ -617,6 +629,10 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         height, width = t2i_adapter.size(sd.vae_scale_factor, height, width)
         factor_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if t2i_adapter.factor < 1 else None
         sd = t2i_adapter.adapting(sd, height, width, factor_grid)
+    if gligen is not None:  # the gated UNet given the grounding tokens in the first beta N steps (.gligen)
+        from .controlnet import sampler_grid
+        beta_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if gligen.needs_grid(sd) else None
+        sd = gligen.grounding(sd, beta_grid)
     denoiser, cond = sd.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                         image_size=_image_size(sd, latents, height, width),
                                         micro_conditioning=micro_conditioning, clip_skip=clip_skip,
