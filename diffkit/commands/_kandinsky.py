@@ -83,6 +83,29 @@ def missing_prior(checkpoint) -> DiffkitError:
                         f"(its {PRIOR_PIPELINE} folder) and --prompt TEXT")
 
 
+def check_hint_flag(checkpoint, given: bool) -> None:
+    """One line for ``--control-image`` on a Kandinsky 2.2 decoder folder whose UNet takes no hint (its
+    ``addition_embed_type``, read from the folder's JSON), and for none on one whose UNet does
+    (``"image_hint"``: a ``KandinskyV22ControlnetPipeline`` decoder, :mod:`diffkit.interop.kandinsky_controlnet`)."""
+    from ..errors import read_json_object
+    from ..interop.kandinsky_controlnet import CONTROLNET_PIPELINE, takes_hint
+    unet = read_json_object(Path(checkpoint) / "unet" / "config.json", "unet config")
+    if given and not takes_hint(unet):
+        raise DiffkitError(f"--control-image does not apply to {checkpoint}: its UNet has addition_embed_type="
+                           f"{unet.get('addition_embed_type')!r}; allowed: a Kandinsky 2.2 ControlNet decoder "
+                           f"({CONTROLNET_PIPELINE}, addition_embed_type 'image_hint') as --checkpoint")
+    if takes_hint(unet) and not given:
+        raise DiffkitError(f"{checkpoint} is a Kandinsky 2.2 ControlNet decoder (addition_embed_type 'image_hint'): "
+                           f"give --control-image PNG (its hint, e.g. a depth map)")
+
+
+def hints(files, shape) -> list:
+    """The (1, 3, 8h, 8w) hints in [0, 1] of the ``--control-image`` file(s) ``files`` (one, or a list: one per row)
+    for latents of ``shape`` (:func:`diffkit.interop.kandinsky_controlnet.prepare_hint`)."""
+    from ..interop.kandinsky_controlnet import prepare_hint
+    return [prepare_hint(one, shape) for one in (files if isinstance(files, list) else [files])]
+
+
 def folder_default_sampler(checkpoint) -> str:
     """The decoder folder's scheduler's sampler (:func:`~diffkit.interop.kandinsky.decoder_sampler`)."""
     from ..errors import read_json_object
@@ -94,9 +117,11 @@ def folder_default_sampler(checkpoint) -> str:
 def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None, nfe=None, num=None, nrow=None,
                      out=None, individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                      scale=1, progress=True, guidance=None, refused: Optional[dict] = None, height=None, width=None,
-                     **options):
+                     control=None, **options):
     """Sample a Kandinsky 2.2 decoder folder with its ``prior`` to a grid (and single PNGs): rows as
-    :func:`~.sample.condition_rows` (module docstring). ``refused``: {flag: value} of flags it does not take."""
+    :func:`~.sample.condition_rows` (module docstring). ``refused``: {flag: value} of flags it does not take.
+    ``control``: a ControlNet decoder's ``--control-image`` (a :class:`~._controlnet.ControlRequest` without folders:
+    one file, or one per ``--prompt``), as ``KandinskyV22ControlnetPipeline(hint=...)``."""
     import torch
 
     from ..interop.kandinsky import load_decoder, load_prior, prior_embeddings, decode_embeddings
@@ -108,13 +133,18 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
     if kandinsky_kind(directory) == INPAINT_PIPELINE:
         raise DiffkitError(f"{directory} is a {INPAINT_PIPELINE} folder: it only inpaints; use diffkit edit --images "
                            f"PNG|DIR --mask PNG --prior FOLDER --prompt TEXT")
-    guidance = checked_request(directory, "Kandinsky 2.2 decoder", TAKES, guidance, options, refused)
+    check_hint_flag(directory, control is not None)
+    takes = TAKES + (", --control-image" if control is not None else "")
+    guidance = checked_request(directory, "Kandinsky 2.2 decoder", takes, guidance, options, refused)
     decoder = load_decoder(directory, device, progress=progress)
     shape = decoder.latent_shape(1, height, width)[1:]
+    controls = None if control is None else hints(control.images[0], (1,) + shape)
     model = load_prior(prior.folder, device, progress=progress)
-    _, _, prompts, _, num, nrow, per_sample = prompted_rows(decoder, guidance, None, None, num, nrow, seed, device,
+    _, _, prompts, index, num, nrow, per_sample = prompted_rows(decoder, guidance, None, None, num, nrow, seed, device,
                                                             progress)
     per_sample["seeds"] = [seed + i for i in range(num)]
+    if controls is not None and len(controls) > 1:  # one --control-image per --prompt
+        per_sample["control_rows"] = index.tolist()
     scale_s, convention = (decoder.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     if convention != "diffusers":
@@ -130,6 +160,9 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
         embeds, negative = prior_embeddings(model, cond["prompts"], negative_prompt=negatives,
                                             guidance_scale=prior.guidance_scale, steps=prior.steps, generator=gens)
         grid = {"grid": "scheduler"} if own_grid else {"spacing": spacing, "final": final, "nfe": nfe}
+        if controls is not None:
+            how["hint"] = torch.cat([controls[r] for r in cond["control_rows"]]) if "control_rows" in cond else \
+                controls[0]
         return decode_embeddings(decoder, embeds, negative, guidance_scale=scale_s, sampler=sampler, steps=steps,
                                  latents=noise, generator=generator, return_latents=True, **grid, **how)
 
@@ -140,8 +173,9 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
         spacing=spacing, final=final, batch_size=batch_size, device=device, dtype=torch.float32, progress=progress,
         **options)
     grid = "the scheduler's timesteps" if own_grid else "its diffkit grid"
+    hinted = "" if control is None else f", hint {control.images[0]}"
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, Kandinsky 2.2 decoder {directory} with prior "
-          f"{prior.folder} ({prior.steps} steps, guidance {prior.guidance_scale:g}), prompts {prompts})")
+          f"{prior.folder} ({prior.steps} steps, guidance {prior.guidance_scale:g}){hinted}, prompts {prompts})")
     return images
 
 
@@ -154,6 +188,8 @@ EDIT_FLAGS = {  # diffkit edit's dests a Kandinsky 2.2 decoder folder takes (the
 IMG2IMG_STRENGTH = 0.3  # KandinskyV22Img2ImgPipeline's default strength
 INPAINT_TAKES = EDIT_TAKES.replace("--strength", "--mask")  # KandinskyV22InpaintPipeline: no strength, a mask
 INPAINT_FLAGS = EDIT_FLAGS - {"strength"} | {"mask"}
+HINT_TAKES = EDIT_TAKES + ", --control-image"  # KandinskyV22ControlnetImg2ImgPipeline: img2img with a hint
+HINT_FLAGS = EDIT_FLAGS | {"control_images"}
 
 
 def check_inpaint_request(args) -> bool:
@@ -181,6 +217,7 @@ def edit_kandinsky(args) -> int:
     from ..images import check_image_folder, save_images
     from ..interop.kandinsky import (DECODER_DEFAULTS, INPAINT_PIPELINE, image_to_image, load_decoder, load_prior,
                                      prior_embeddings)
+    from ..interop.kandinsky_controlnet import CONTROLNET_IMG2IMG_PIPELINE, CONTROLNET_PIPELINE
     from ..interop.kandinsky_inpaint import inpaint
     from ..memory import batches_with_oom_retry
     from ..noise import generators_from_seed
@@ -190,15 +227,21 @@ def edit_kandinsky(args) -> int:
     directory = args.checkpoint
     inpainting = check_inpaint_request(args)
     found = []  # the --prior request, checked after the flags
+    control = getattr(args, "control_images", None)
     flags, takes, runs = (INPAINT_FLAGS, INPAINT_TAKES, INPAINT_PIPELINE) if inpainting else \
+        (HINT_FLAGS, HINT_TAKES, CONTROLNET_IMG2IMG_PIPELINE) if control else \
         (EDIT_FLAGS, EDIT_TAKES, "KandinskyV22Img2ImgPipeline")
+    check_hint_flag(directory, bool(control))
     images, count, mask = prompted_edit_inputs(args, flags, "Kandinsky 2.2 decoder", runs, takes, with_mask=True,
                                                check=lambda: found.append(PriorRequest.from_args(args, directory)))
     prior = found[0]
+    if control:  # one file, or a folder of one per --images file (as FLUX.1 Depth's)
+        from ._controlnet import ControlRequest
+        control = ControlRequest.transformer_image(control, None, count, CONTROLNET_PIPELINE).images[0]
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     decoder = load_decoder(directory, device, progress=args.progress)
-    decoder.latent_shape(1, images.shape[2], images.shape[3])
+    controls = hints(control, decoder.latent_shape(1, images.shape[2], images.shape[3])) if control else None
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     model = load_prior(prior.folder, device, progress=args.progress)
@@ -217,14 +260,16 @@ def edit_kandinsky(args) -> int:
                   "progress": args.progress}
         if inpainting:
             return (inpaint(decoder, images[start:start + n], mask, embeds, negative, **common).cpu(),)
+        if controls is not None:  # KandinskyV22ControlnetImg2ImgPipeline: each image's hint (or the one)
+            common["hint"] = controls[0] if len(controls) == 1 else torch.cat(controls[start:start + n])
         return (image_to_image(decoder, images[start:start + n], embeds, negative, strength=strength,
                                **common).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
-    how = f"as {INPAINT_PIPELINE}, mask {args.mask}" if inpainting else \
-        f"as KandinskyV22Img2ImgPipeline, strength {strength}"
+    how = f"as {INPAINT_PIPELINE}, mask {args.mask}" if inpainting else f"as {runs}, strength {strength}" + \
+        (f", hint {args.control_images[0]}" if control else "")
     print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky 2.2 decoder {directory} with prior "
           f"{prior.folder} {how}, prompts {list(args.prompts)})")
     return 0

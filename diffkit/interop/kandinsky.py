@@ -35,9 +35,10 @@ conditioned on that embedding alone) draws the image. Two folders, chained as ``
 Both schedules are the folders' own float32 alphas_cumprod (:func:`.deepfloyd_if.pipeline_schedule`: the last step's
 beta-tilde divides by 1 - abar_0). Refused in one line before any weight is read (:func:`check_prior_folder`,
 :func:`check_decoder_folder`): another pipeline class, a missing component, a prior scheduler with a learned variance,
-a decoder UNet without ``addition_embed_type="image"``, a decoder scheduler other than DDPM / DDIM. A
-``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 channels) is loaded here too and inpaints
-(:mod:`.kandinsky_inpaint`).
+a decoder UNet without ``addition_embed_type="image"`` (or ``"image_hint"``), a decoder scheduler other than DDPM /
+DDIM. A ``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 channels) is loaded here too and inpaints
+(:mod:`.kandinsky_inpaint`), and a ``KandinskyV22ControlnetPipeline`` folder (an ``"image_hint"`` UNet) samples and
+edits with a ``hint`` (:mod:`.kandinsky_controlnet`).
 """
 from __future__ import annotations
 
@@ -49,10 +50,12 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import from_pretrained, library_progress_bars, require
+from .kandinsky_controlnet import CONTROLNET_PIPELINES, check_hint_unet, hint_cond
 
 PRIOR_PIPELINE, DECODER_PIPELINE = "KandinskyV22PriorPipeline", "KandinskyV22Pipeline"
 INPAINT_PIPELINE = "KandinskyV22InpaintPipeline"  # a decoder folder whose UNet takes 9 channels (.kandinsky_inpaint)
-KANDINSKY_PIPELINES = (PRIOR_PIPELINE, DECODER_PIPELINE, INPAINT_PIPELINE)
+DECODER_PIPELINES = (DECODER_PIPELINE, INPAINT_PIPELINE) + CONTROLNET_PIPELINES  # (.kandinsky_controlnet: a hint)
+KANDINSKY_PIPELINES = (PRIOR_PIPELINE,) + DECODER_PIPELINES
 PRIOR_DEFAULTS = (4.0, 25)  # KandinskyV22PriorPipeline.__call__'s (guidance_scale, num_inference_steps)
 DECODER_DEFAULTS = (4.0, 100)  # KandinskyV22Pipeline.__call__'s
 DECODER_SIZE = 512  # KandinskyV22Pipeline's default height and width
@@ -69,8 +72,9 @@ def kandinsky_kind(path) -> Optional[str]:
 
 
 def is_kandinsky_folder(path) -> bool:
-    """True for a ``KandinskyV22Pipeline`` or ``KandinskyV22InpaintPipeline`` (decoder) folder."""
-    return kandinsky_kind(path) in (DECODER_PIPELINE, INPAINT_PIPELINE)
+    """True for a ``KandinskyV22Pipeline``, ``KandinskyV22InpaintPipeline`` or ``KandinskyV22Controlnet*``
+    (decoder) folder."""
+    return kandinsky_kind(path) in DECODER_PIPELINES
 
 
 def prior_sampler(config: dict) -> tuple:
@@ -158,7 +162,7 @@ def _checked(directory, pipeline: str, required, classes: dict) -> dict:
     from .sd_xl import _index
     directory = Path(directory)
     found = kandinsky_kind(directory)
-    pipeline = INPAINT_PIPELINE if found == INPAINT_PIPELINE and pipeline == DECODER_PIPELINE else pipeline
+    pipeline = found if found in DECODER_PIPELINES and pipeline == DECODER_PIPELINE else pipeline
     if found != pipeline:
         flag = "--prior" if pipeline == PRIOR_PIPELINE else "--checkpoint"
         other = f" (it is a {found} folder: give it as {'--checkpoint' if flag == '--prior' else '--prior'})" \
@@ -187,9 +191,7 @@ def check_decoder_folder(directory) -> tuple:
     index = _checked(directory, DECODER_PIPELINE, DECODER_REQUIRED,
                      {"unet": ("UNet2DConditionModel",), "movq": ("VQModel",)})
     unet = read_json_object(directory / "unet" / "config.json", "unet config")
-    if unet.get("addition_embed_type") != "image":
-        raise DiffkitError(f"{directory}'s UNet has addition_embed_type={unet.get('addition_embed_type')!r}; "
-                           f"allowed: 'image' (Kandinsky 2.2's image-embedding condition)")
+    check_hint_unet(directory, index["_class_name"], unet)  # 'image', or 'image_hint' (.kandinsky_controlnet)
     from .kandinsky_inpaint import check_inpaint_channels
     check_inpaint_channels(directory, index["_class_name"], unet)
     scheduler = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
@@ -358,6 +360,10 @@ class KandinskyDecoder:
     default_guidance_scale, default_steps = DECODER_DEFAULTS
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.movq.config.latent_channels)
+
+    @property
     def scale_factor(self) -> int:
         """The MoVQ's factor f = 2^(levels - 1) (``movq_scale_factor``)."""
         return 2 ** (len(self.movq.config.block_out_channels) - 1)
@@ -381,8 +387,10 @@ class KandinskyDecoder:
             self._denoiser = inpaint_denoiser(self)
         if self._denoiser is None:
             from .denoiser import diffusers_denoiser
+            config = self.unet.config  # learned variance: 2C out (an image-hint UNet takes C + 4 in)
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule,
-                                                prediction_type=self.prediction_type, uses_labels=False)
+                                                prediction_type=self.prediction_type, uses_labels=False,
+                                                learned_variance=config.out_channels == 2 * self.latent_channels)
         return self._denoiser
 
     def folder_sampler(self) -> tuple:
@@ -414,13 +422,14 @@ def load_decoder(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
 
 
 def decoder_guidance(model: KandinskyDecoder, image_embeds: torch.Tensor, negative_image_embeds: torch.Tensor,
-                     guidance_scale: Optional[float] = None, denoiser=None) -> tuple:
-    """(denoiser, cond): the decoder's, guided against ``negative_image_embeds`` where diffusers' s > 1."""
+                     guidance_scale: Optional[float] = None, denoiser=None, hint: Optional[dict] = None) -> tuple:
+    """(denoiser, cond): the decoder's, guided against ``negative_image_embeds`` where diffusers' s > 1; ``hint``:
+    an image-hint UNet's {``hint``: ...} (:func:`.kandinsky_controlnet.hint_cond`), the same in both halves."""
     from ..guidance import ClassifierFreeGuidance, guidance_weight
     from .stable_diffusion import NULL_LABEL
     scale = model.default_guidance_scale if guidance_scale is None else guidance_scale
     denoiser = denoiser or model.denoiser
-    cond = {IMAGE_EMBEDS: image_embeds.to(model.device, model.dtype)}
+    cond = {IMAGE_EMBEDS: image_embeds.to(model.device, model.dtype), **(hint or {})}
     if guidance_weight(scale, "diffusers") <= 0:
         return denoiser, cond
     if negative_image_embeds.shape[0] not in (1, image_embeds.shape[0]):
@@ -437,7 +446,8 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
                       width: Optional[int] = None, sampler: Optional[str] = None, steps: Optional[int] = None,
                       nfe: Optional[int] = None, grid: Optional[str] = None, seed: Optional[int] = 0,
                       generator=None, latents: Optional[torch.Tensor] = None, output_range: str = "0,1",
-                      return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
+                      return_latents: bool = False, progress: bool = False, hint: Optional[torch.Tensor] = None,
+                      **options) -> torch.Tensor:
     """The images of ``image_embeds`` (B, d) by a decoder folder (module docstring), as
     ``KandinskyV22Pipeline(image_embeds, negative_image_embeds, guidance_scale=s, height, width,
     num_inference_steps=steps)``: s diffusers' (default 4), height x width default 512. Row i draws from
@@ -447,7 +457,8 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     ``grid="scheduler"`` on the scheduler's timesteps (the folder's sampler then with its options).
     ``return_latents``: z_0
     (``output_type="latent"``); else the MoVQ's images, ``output_range`` "0,1" ((x / 2 + 0.5).clamp(0, 1), the
-    "np" / "pil" outputs) or "-1,1" (clamped)."""
+    "np" / "pil" outputs) or "-1,1" (clamped). ``hint``: an image-hint decoder's control image, as
+    ``KandinskyV22ControlnetPipeline(hint=...)`` (:mod:`.kandinsky_controlnet`; required there, refused elsewhere)."""
     from ..errors import check_choice
     from ..noise import randn
     from ..sampling import sample
@@ -458,6 +469,7 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
                            f"{model.unet.config.encoder_hid_dim}) (the prior's embedding width)")
     batch = image_embeds.shape[0]
     shape = model.latent_shape(batch, height, width)
+    hint = hint_cond(model, hint, shape if latents is None else latents.shape)
     if grid is not None:
         check_choice("grid", grid, ["scheduler"])
     own_sampler, own = model.folder_sampler()
@@ -469,7 +481,7 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
         grid, steps = _own_grid(model.scheduler_config, model.default_steps if steps is None else steps), None
     sampler = sampler or own_sampler
     generators = _generators(generator, seed, batch)
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint)
     z_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None else \
         latents.to(model.device, torch.float32)
     noisy_last = grid is not None and sampler == "ddpm" and float(grid[-2]) > 0 and float(grid[-1]) < 0
@@ -513,14 +525,16 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
                    negative_image_embeds: torch.Tensor, *, strength: float = 0.3,
                    guidance_scale: Optional[float] = None, steps: Optional[int] = None, seed: Optional[int] = 0,
                    generator=None, output_range: str = "0,1", return_latents: bool = False,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, hint: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``KandinskyV22Img2ImgPipeline(image=images, image_embeds, negative_image_embeds, strength, ...)``: ``images``
     (B, 3, H, W) in [-1, 1] at the output size (H, W multiples of f^2; the pipeline's preprocessing resizes first)
     encoded by the MoVQ's encoder (``movq.encode(x).latents``, not quantised, not scaled), noised to the first kept
     timestep of the scheduler's grid (SDEdit, Meng et al. 2022: the last int(steps strength) timesteps of
     ``set_timesteps(steps)``, default 100 steps, strength 0.3; z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, eps
     from ``generator[i]``, default seed + i, which then draws the steps' noise), then the rest of the pipeline's loop
-    (:func:`decoder_sampler` on those timesteps, with the last step's noise of :func:`last_step_noise`)."""
+    (:func:`decoder_sampler` on those timesteps, with the last step's noise of :func:`last_step_noise`). ``hint``:
+    an image-hint decoder's control image, as ``KandinskyV22ControlnetImg2ImgPipeline`` (:mod:`.kandinsky_controlnet`,
+    whose loop is this one)."""
     from ..diffusion import q_sample
     from ..errors import check_choice
     from ..noise import randn
@@ -529,7 +543,7 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise DiffkitError(f"strength={strength!r} is not allowed; give a number in (0, 1]")
     batch = images.shape[0]
-    check_images(model, images)
+    hint = hint_cond(model, hint, check_images(model, images))
     steps = model.default_steps if steps is None else steps
     grid = _own_grid(model.scheduler_config, steps)
     kept = min(int(steps * strength), steps)
@@ -542,7 +556,7 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
         z0 = model.movq.encode(images.to(model.device, model.dtype)).latents.float()
     t = torch.full((batch,), float(grid[0]), dtype=torch.float64)
     z_t = q_sample(model.schedule, z0, t, randn(z0.shape, generators, device=model.device, dtype=torch.float32))
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint)
     z = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
     if return_latents:
         return z
@@ -565,5 +579,5 @@ __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load
            "decode_embeddings", "decoder_guidance", "text_to_image", "image_to_image", "prior_sampler",
            "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
-           "is_kandinsky_folder", "check_images", "folder_loop", "INPAINT_PIPELINE",
+           "is_kandinsky_folder", "check_images", "folder_loop", "INPAINT_PIPELINE", "DECODER_PIPELINES",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]
