@@ -409,3 +409,39 @@ def test_cli_controlnet_matches_library(folders, hint_folder, tmp_path, capsys):
     for written, image in zip([sorted((tmp_path / "each").iterdir())[0], tmp_path / "edited" / "edit_00000.png"], ours):
         written = np.asarray(Image.open(written)).astype(np.float32) / 255
         assert np.abs(written - image[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("case", [{"strength": 0.5, "steps": 4}, {"strength": 1.0, "steps": 3, "one": True},
+                                  {"strength": 0.6, "steps": 5, "negative_prompt": ["blurry", "dark"],
+                                   "guidance_scale": 3.0}])
+def test_prior_emb2emb_matches_pipeline(folders, case):
+    """kandinsky_emb2emb.prior_emb2emb: KandinskyV22PriorEmb2EmbPipeline's embeddings (the images' CLIP embeddings,
+    tiled to the rows, noised to the strength's first timestep, the prior's loop from there) from the same per-row
+    generators; one image for two prompts; a negative prompt (its rows tiled the images too)."""
+    from diffkit.interop.kandinsky_emb2emb import prior_emb2emb
+    _, folder, model = folders[:3]
+    case = dict(case)
+    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))[:1 if case.pop("one", False) else 2]
+    pipe = diffusers.KandinskyV22PriorEmb2EmbPipeline(**folders[0].components)
+    pipe.set_progress_bar_config(disable=True)
+    gens = generators_from_seed(7, 2) * (2 if "negative_prompt" in case else 1)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=pixels, num_inference_steps=case["steps"], strength=case["strength"],
+                      negative_prompt=case.get("negative_prompt"), guidance_scale=case.get("guidance_scale", 4.0),
+                      generator=[torch.Generator().manual_seed(g.initial_seed()) for g in gens])
+    ours = prior_emb2emb(model, PROMPTS, pixels, seed=7, **case)
+    for a, b in zip((theirs.image_embeds, theirs.negative_image_embeds), ours):
+        assert relative_error(b, a) < 1e-5, relative_error(b, a)
+
+
+def test_prior_emb2emb_refusals(folders):
+    from diffkit.interop.kandinsky_emb2emb import prior_emb2emb
+    model = folders[2]
+    for call, expected in [({"strength": 0}, "strength=0 is not allowed; give a number in \\(0, 1\\]"),
+                           ({"strength": 0.1, "steps": 3}, "strength=0.1 with steps=3 keeps no timestep"),
+                           ({"images": torch.rand(3, 3, 8, 8)}, "3 images for 2 rows"),
+                           ({"images": torch.rand(1, 3, 16, 16)}, "images of shape \\(1, 3, 16, 16\\) are not "
+                                                                   "allowed; give \\(N, 3, 8, 8\\)"),
+                           ({"images": None}, "give images \\(CLIP pixel values\\) or image_embeds")]:
+        with pytest.raises(DiffkitError, match=expected):
+            prior_emb2emb(model, PROMPTS, **{"images": torch.rand(1, 3, 8, 8), **call})

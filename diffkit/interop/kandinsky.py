@@ -302,14 +302,15 @@ def load_prior(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
 def prior_embeddings(model: KandinskyPrior, prompts: Union[str, Sequence[str]], *,
                      negative_prompt: Union[None, str, Sequence[str]] = None, guidance_scale: Optional[float] = None,
                      steps: Optional[int] = None, seed: Optional[int] = 0, generator=None,
-                     latents: Optional[torch.Tensor] = None, progress: bool = False) -> tuple:
+                     latents: Optional[torch.Tensor] = None, progress: bool = False, start=None) -> tuple:
     """(image_embeds, negative_image_embeds), each (B, d), of ``prompts`` by a prior folder (module docstring), as
     ``KandinskyV22PriorPipeline(prompts, negative_prompt, guidance_scale=s, num_inference_steps=steps)``: s
     (diffusers' convention, default 4; <= 1: unguided), ``steps`` >= 2 (default 25). ``negative_prompt`` (one, or
     one per prompt): the negative embeddings are the prior's samples for it, rows B..2B-1 of the batch; None: the
     zero image's embedding. Row i draws from ``generator[i]`` (default ``torch.Generator().manual_seed(seed + i)``,
     with a negative prompt 2B generators, the negative rows again from seed + i): x_T (or ``latents``), then the
-    steps' noise."""
+    steps' noise. ``start(grid, generators, shape)`` -> (x_t, the grid from it): another start than x_T on the
+    whole grid (:func:`.kandinsky_emb2emb.prior_emb2emb`'s noised image embeddings)."""
     from ..guidance import ClassifierFreeGuidance, guidance_weight
     from ..noise import randn
     from ..sampling import sample
@@ -329,8 +330,10 @@ def prior_embeddings(model: KandinskyPrior, prompts: Union[str, Sequence[str]], 
         denoiser = ClassifierFreeGuidance(denoiser, scale, "diffusers", null_context=null.pop("context"),
                                           null_cond=null)
     shape = (len(rows), int(model.prior.config.embedding_dim))
-    x_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None else \
-        latents.to(model.device, torch.float32)
+    x_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None and start is None \
+        else latents.to(model.device, torch.float32) if start is None else None
+    if start is not None:
+        x_t, grid = start(grid, generators, shape)
     if tuple(x_t.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(x_t.shape)} are not allowed; give {shape}")
     sampler, options = prior_sampler(model.scheduler_config)
