@@ -445,3 +445,37 @@ def test_prior_emb2emb_refusals(folders):
                            ({"images": None}, "give images \\(CLIP pixel values\\) or image_embeds")]:
         with pytest.raises(DiffkitError, match=expected):
             prior_emb2emb(model, PROMPTS, **{"images": torch.rand(1, 3, 8, 8), **call})
+
+
+def test_cli_prior_image_matches_library(folders, tmp_path, capsys):
+    """diffkit sample --checkpoint DECODER --prior PRIOR --prior-image PNG --prior-strength S: the PNG the library's
+    prior_emb2emb (the prior folder's image processor's pixel values) decoded by decode_embeddings, both from seed;
+    its refusals in one line, no file."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.interop.kandinsky_emb2emb import prior_emb2emb, prior_pixels
+    _, prior_folder, prior, _, folder, decoder = folders
+    pixels = torch.rand(12, 12, 3, generator=torch.Generator().manual_seed(4))
+    Image.fromarray((pixels.numpy() * 255).round().astype(np.uint8)).save(tmp_path / "photo.png")
+    base = ["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--no-progress", "--prior-steps", "4",
+            "--steps", "2", "--height", "16", "--width", "16", "--num", "1", "--batch-size", "1", "--seed", "5"]
+    p, image = ["--prior", str(prior_folder)], ["--prior-image", str(tmp_path / "photo.png")]
+    for extra, expected in [(image, "give --prior FOLDER"),
+                            (p + ["--prior-strength", "0.5"], "--prior-strength needs --prior-image PNG"),  # RKD20
+                            (p + image + ["--prior-strength", "0.2"], "--prior-strength 0.2 is not allowed with "
+                                                                      "--prior-steps 4"),  # RKD21
+                            (p + ["--prior-image", str(folder / "model_index.json")], "cannot be read as an image")]:
+        capsys.readouterr()
+        assert main(base + extra + ["--out", str(tmp_path / "never.png")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never.png").exists()
+    assert main(base + p + image + ["--prior-strength", "0.5", "--out", str(tmp_path / "grid.png"), "--individual",
+                                    str(tmp_path / "each")]) == 0
+    assert "at strength 0.5" in capsys.readouterr().out
+    embeds, negative = prior_emb2emb(prior, PROMPTS[0], prior_pixels(prior_folder, tmp_path / "photo.png"),
+                                     strength=0.5, steps=4, seed=5)
+    ours = decode_embeddings(decoder, embeds, negative, height=16, width=16, steps=2, seed=5)
+    written = np.asarray(Image.open(sorted((tmp_path / "each").iterdir())[0])).astype(np.float32) / 255
+    assert np.abs(written - ours[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6

@@ -48,6 +48,19 @@ def image_embeddings(model, images: Optional[torch.Tensor] = None,
     return out.float()
 
 
+def prior_pixels(directory, image) -> torch.Tensor:
+    """(1, 3, S, S): the CLIP pixel values of ``image`` (a path or PIL image) by the prior folder's own
+    ``image_processor`` (``CLIPImageProcessor``), as the pipeline's ``_encode_image`` makes them from a PIL image."""
+    from pathlib import Path
+
+    from . import from_pretrained, require
+    from .controlnet import open_control_image
+    image = open_control_image(image) if isinstance(image, (str, Path)) else image
+    processor = from_pretrained(require("transformers").CLIPImageProcessor, Path(directory) / "image_processor",
+                                "--prior", local_files_only=True)
+    return processor(image, return_tensors="pt").pixel_values.float()
+
+
 def prior_emb2emb(model, prompts: Union[str, Sequence[str]], images: Optional[torch.Tensor] = None, *,
                   image_embeds: Optional[torch.Tensor] = None, strength: float = EMB2EMB_STRENGTH,
                   negative_prompt: Union[None, str, Sequence[str]] = None, guidance_scale: Optional[float] = None,
@@ -83,4 +96,4 @@ def prior_emb2emb(model, prompts: Union[str, Sequence[str]], images: Optional[to
                             steps=steps, seed=seed, generator=generator, progress=progress, start=start)
 
 
-__all__ = ["EMB2EMB_PIPELINE", "EMB2EMB_STRENGTH", "image_embeddings", "prior_emb2emb"]
+__all__ = ["EMB2EMB_PIPELINE", "EMB2EMB_STRENGTH", "image_embeddings", "prior_emb2emb", "prior_pixels"]
