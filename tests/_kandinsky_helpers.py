@@ -38,16 +38,19 @@ def tiny_prior_pipeline(root):
                                                tokenizer=tokenizer, scheduler=scheduler, image_processor=processor)
 
 
-def tiny_decoder_pipeline(inpaint=False, **scheduler_options):
+def tiny_decoder_pipeline(inpaint=False, hint=False, **scheduler_options):
     """A KandinskyV22Pipeline of random weights: UNet widths 16 / 32 on 4 x 8 x 8 latents (images 16 x 16: the
     pipelines' latent side is height / 2 for a 2-level MoVQ), learned variance. ``inpaint``: a
-    KandinskyV22InpaintPipeline, its UNet taking 9 channels (latents, masked-image latents, mask)."""
+    KandinskyV22InpaintPipeline, its UNet taking 9 channels (latents, masked-image latents, mask). ``hint``: a
+    KandinskyV22ControlnetPipeline, its UNet with addition_embed_type "image_hint" (4 + 4 channels in: the latents and
+    the hint block's output; the hint 8x the latent side, 64 x 64)."""
     torch.manual_seed(1)
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=9 if inpaint else 4, out_channels=8, layers_per_block=1, block_out_channels=[16, 32],
-        down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+        sample_size=8, in_channels=9 if inpaint else 8 if hint else 4, out_channels=8, layers_per_block=1,
+        block_out_channels=[16, 32], down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"], addition_embed_type="image",
+        up_block_types=["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+        addition_embed_type="image_hint" if hint else "image",
         encoder_hid_dim=WIDTH, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=8,
         resnet_time_scale_shift="scale_shift", norm_num_groups=8)
     movq = diffusers.VQModel(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D",
@@ -58,5 +61,6 @@ def tiny_decoder_pipeline(inpaint=False, **scheduler_options):
     scheduler = diffusers.DDPMScheduler(**{"beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012,
                                            "clip_sample": False, "steps_offset": 1, "variance_type": "learned_range",
                                            **scheduler_options})
-    pipeline = diffusers.KandinskyV22InpaintPipeline if inpaint else diffusers.KandinskyV22Pipeline
+    pipeline = diffusers.KandinskyV22InpaintPipeline if inpaint else diffusers.KandinskyV22ControlnetPipeline if hint \
+        else diffusers.KandinskyV22Pipeline
     return pipeline(unet=unet, scheduler=scheduler, movq=movq)

@@ -297,3 +297,185 @@ def test_cli_inpaint_matches_library(folders, inpaint_folder, tmp_path, capsys):
     for i in range(2):
         written = np.asarray(Image.open(out / f"edit_{i:05d}.png")).astype(np.float32) / 255
         assert np.abs(written - ours[i].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.fixture(scope="session")
+def hint_folder(tmp_path_factory):
+    """(KandinskyV22ControlnetPipeline, its folder, KandinskyDecoder): a UNet with addition_embed_type "image_hint"
+    (4 + 4 channels in, learned variance), hints of 64 x 64 (8x the 8 x 8 latents)."""
+    root = tmp_path_factory.mktemp("kandinsky_controlnet")
+    tiny_decoder_pipeline(hint=True).save_pretrained(root / "controlnet")
+    pipe = diffusers.KandinskyV22ControlnetPipeline.from_pretrained(root / "controlnet", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, root / "controlnet", load_decoder(root / "controlnet", progress=False)
+
+
+def hint_inputs(rows=2):
+    """(image embeddings, negative ones, hints in [0, 1] (rows, 3, 64, 64), images in [0, 1] (rows, 3, 16, 16))."""
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(rows, 16, generator=g), torch.randn(rows, 16, generator=g),
+            torch.rand(rows, 3, 64, 64, generator=g), torch.rand(rows, 3, 16, 16, generator=g))
+
+
+@pytest.mark.parametrize("img2img", [False, True])
+def test_controlnet_matches_pipeline(hint_folder, img2img):
+    """decode_embeddings / image_to_image with hint=: KandinskyV22ControlnetPipeline's and
+    KandinskyV22ControlnetImg2ImgPipeline's final latents (their callback's: no "latent" output; 3 steps; strength
+    0.5 of 4) and "pt" images, from the same per-row generators."""
+    from diffkit.interop.kandinsky import image_to_image
+    pipe, _, model = hint_folder
+    embeds, negative, hint, images = hint_inputs()
+    last = {}
+    call = {"image_embeds": embeds, "negative_image_embeds": negative, "hint": hint, "height": 16, "width": 16,
+            "output_type": "pt", "generator": generators_from_seed(7, 2), "callback": lambda i, t, z: last.update(z=z)}
+    with torch.no_grad():
+        if img2img:
+            pipe = diffusers.KandinskyV22ControlnetImg2ImgPipeline(unet=pipe.unet, scheduler=pipe.scheduler,
+                                                                   movq=pipe.movq)
+            pipe.set_progress_bar_config(disable=True)
+            theirs = pipe(image=images, strength=0.5, num_inference_steps=4, **call).images
+        else:
+            theirs = pipe(num_inference_steps=3, **call).images
+    ours = image_to_image(model, images * 2 - 1, embeds, negative, hint=hint, strength=0.5, steps=4, seed=7,
+                          return_latents=True) if img2img else \
+        decode_embeddings(model, embeds, negative, hint=hint, height=16, width=16, steps=3, seed=7, return_latents=True)
+    assert ours.shape == last["z"].shape == (2, 4, 8, 8)
+    assert relative_error(ours, last["z"]) < 1e-5, relative_error(ours, last["z"])
+    decoded = model.decode(ours)  # the img2img pipeline's "pt" is postprocessed to [0, 1], the other's is not
+    decoded = (decoded / 2 + 0.5).clamp(0, 1) if img2img else decoded
+    assert relative_error(decoded, theirs) < 1e-5, relative_error(decoded, theirs)
+
+
+def test_controlnet_refusals(folders, hint_folder, tmp_path):
+    """A hint for a plain decoder, none for an image-hint one, a hint of another size; a KandinskyV22ControlnetPipeline
+    folder whose UNet takes no hint; a UNet of another addition_embed_type."""
+    embeds, negative, hint, _ = hint_inputs(1)
+    with pytest.raises(DiffkitError, match="a hint \\(control image\\) does not apply to a KandinskyV22Pipeline"):
+        decode_embeddings(folders[5], embeds, negative, hint=hint, height=16, width=16, steps=2)  # RKD15
+    with pytest.raises(DiffkitError, match="addition_embed_type='image_hint' \\(KandinskyV22ControlnetPipeline\\): "
+                                           "give a hint"):
+        decode_embeddings(hint_folder[2], embeds, negative, height=16, width=16, steps=2)  # RKD16
+    with pytest.raises(DiffkitError, match="hint of shape \\(1, 3, 16, 16\\) is not allowed; give \\(1, 3, 64, 64\\)"):
+        decode_embeddings(hint_folder[2], embeds, negative, hint=hint[..., :16, :16], height=16, width=16, steps=2)
+    bad = edited_copy(hint_folder[1], tmp_path / "image", "unet/config.json", {"addition_embed_type": "image"})
+    with pytest.raises(DiffkitError, match="is a KandinskyV22ControlnetPipeline folder whose UNet has "
+                                           "addition_embed_type='image'; allowed: 'image_hint'"):
+        load_decoder(bad)  # RKD17
+    bad = edited_copy(hint_folder[1], tmp_path / "text", "unet/config.json", {"addition_embed_type": "text"})
+    with pytest.raises(DiffkitError, match="allowed: 'image' .* or 'image_hint'"):
+        load_decoder(bad)  # RKD7
+
+
+def test_cli_controlnet_matches_library(folders, hint_folder, tmp_path, capsys):
+    """diffkit sample / edit --checkpoint CONTROLNET_DECODER --prior PRIOR --control-image PNG: the PNGs the library's
+    (decode_embeddings / image_to_image with the hint, prior and decoder from seed + i); --control-image on a plain
+    decoder and none on a ControlNet one: one line, no file."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.interop.kandinsky import image_to_image
+    prior_folder, prior, folder = folders[1], folders[2], hint_folder[1]
+    hint = hint_inputs(1)[2]
+    Image.fromarray((hint[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "depth.png")
+    hint = torch.from_numpy(np.array(Image.open(tmp_path / "depth.png"))).permute(2, 0, 1)[None].float() / 255
+    pngs = tmp_path / "in"
+    pngs.mkdir()
+    Image.fromarray((hint_inputs(1)[3][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(pngs / "0.png")
+    c, p = ["--control-image", str(tmp_path / "depth.png")], ["--prior", str(prior_folder)]
+    common = ["--prompt", PROMPTS[0], "--no-progress", "--prior-steps", "2", "--steps", "2", "--guidance-scale", "3",
+              "--guidance-convention", "diffusers", "--seed", "5", "--batch-size", "1"]
+    for args, expected in [(["sample", "--checkpoint", str(folders[4])] + p + c, "--control-image does not apply"),
+                           (["edit", "--checkpoint", str(folders[4]), "--images", str(pngs)] + p + c,
+                            "--control-image does not apply"),  # RKD18
+                           (["sample", "--checkpoint", str(folder)] + p, "give --control-image PNG"),
+                           (["edit", "--checkpoint", str(folder), "--images", str(pngs)] + p,
+                            "give --control-image PNG")]:  # RKD19
+        capsys.readouterr()
+        assert main(args + ["--prompt", "a", "--out", str(tmp_path / ("never" if args[0] == "edit" else "n.png"))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (args, err)
+    assert not (tmp_path / "never").exists() and not (tmp_path / "n.png").exists()
+    assert main(["sample", "--checkpoint", str(folder), "--height", "16", "--width", "16", "--num", "1", "--individual",
+                 str(tmp_path / "each"), "--out", str(tmp_path / "grid.png")] + p + c + common) == 0
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(pngs), "--strength", "0.5",
+                 "--out", str(tmp_path / "edited")] + p + c + common) == 0
+    assert "as KandinskyV22ControlnetImg2ImgPipeline" in capsys.readouterr().out
+    embeds, negative = prior_embeddings(prior, PROMPTS[0], steps=2, seed=5)
+    image = torch.from_numpy(np.array(Image.open(pngs / "0.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    ours = [decode_embeddings(hint_folder[2], embeds, negative, hint=hint, height=16, width=16, steps=2,
+                              guidance_scale=3.0, seed=5),
+            image_to_image(hint_folder[2], image, embeds, negative, hint=hint, strength=0.5, steps=2,
+                           guidance_scale=3.0, seed=5)]
+    for written, image in zip([sorted((tmp_path / "each").iterdir())[0], tmp_path / "edited" / "edit_00000.png"], ours):
+        written = np.asarray(Image.open(written)).astype(np.float32) / 255
+        assert np.abs(written - image[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("case", [{"strength": 0.5, "steps": 4}, {"strength": 1.0, "steps": 3, "one": True},
+                                  {"strength": 0.6, "steps": 5, "negative_prompt": ["blurry", "dark"],
+                                   "guidance_scale": 3.0}])
+def test_prior_emb2emb_matches_pipeline(folders, case):
+    """kandinsky_emb2emb.prior_emb2emb: KandinskyV22PriorEmb2EmbPipeline's embeddings (the images' CLIP embeddings,
+    tiled to the rows, noised to the strength's first timestep, the prior's loop from there) from the same per-row
+    generators; one image for two prompts; a negative prompt (its rows tiled the images too)."""
+    from diffkit.interop.kandinsky_emb2emb import prior_emb2emb
+    _, folder, model = folders[:3]
+    case = dict(case)
+    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))[:1 if case.pop("one", False) else 2]
+    pipe = diffusers.KandinskyV22PriorEmb2EmbPipeline(**folders[0].components)
+    pipe.set_progress_bar_config(disable=True)
+    gens = generators_from_seed(7, 2) * (2 if "negative_prompt" in case else 1)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=pixels, num_inference_steps=case["steps"], strength=case["strength"],
+                      negative_prompt=case.get("negative_prompt"), guidance_scale=case.get("guidance_scale", 4.0),
+                      generator=[torch.Generator().manual_seed(g.initial_seed()) for g in gens])
+    ours = prior_emb2emb(model, PROMPTS, pixels, seed=7, **case)
+    for a, b in zip((theirs.image_embeds, theirs.negative_image_embeds), ours):
+        assert relative_error(b, a) < 1e-5, relative_error(b, a)
+
+
+def test_prior_emb2emb_refusals(folders):
+    from diffkit.interop.kandinsky_emb2emb import prior_emb2emb
+    model = folders[2]
+    for call, expected in [({"strength": 0}, "strength=0 is not allowed; give a number in \\(0, 1\\]"),
+                           ({"strength": 0.1, "steps": 3}, "strength=0.1 with steps=3 keeps no timestep"),
+                           ({"images": torch.rand(3, 3, 8, 8)}, "3 images for 2 rows"),
+                           ({"images": torch.rand(1, 3, 16, 16)}, "images of shape \\(1, 3, 16, 16\\) are not "
+                                                                   "allowed; give \\(N, 3, 8, 8\\)"),
+                           ({"images": None}, "give images \\(CLIP pixel values\\) or image_embeds")]:
+        with pytest.raises(DiffkitError, match=expected):
+            prior_emb2emb(model, PROMPTS, **{"images": torch.rand(1, 3, 8, 8), **call})
+
+
+def test_cli_prior_image_matches_library(folders, tmp_path, capsys):
+    """diffkit sample --checkpoint DECODER --prior PRIOR --prior-image PNG --prior-strength S: the PNG the library's
+    prior_emb2emb (the prior folder's image processor's pixel values) decoded by decode_embeddings, both from seed;
+    its refusals in one line, no file."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.interop.kandinsky_emb2emb import prior_emb2emb, prior_pixels
+    _, prior_folder, prior, _, folder, decoder = folders
+    pixels = torch.rand(12, 12, 3, generator=torch.Generator().manual_seed(4))
+    Image.fromarray((pixels.numpy() * 255).round().astype(np.uint8)).save(tmp_path / "photo.png")
+    base = ["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--no-progress", "--prior-steps", "4",
+            "--steps", "2", "--height", "16", "--width", "16", "--num", "1", "--batch-size", "1", "--seed", "5"]
+    p, image = ["--prior", str(prior_folder)], ["--prior-image", str(tmp_path / "photo.png")]
+    for extra, expected in [(image, "give --prior FOLDER"),
+                            (p + ["--prior-strength", "0.5"], "--prior-strength needs --prior-image PNG"),  # RKD20
+                            (p + image + ["--prior-strength", "0.2"], "--prior-strength 0.2 is not allowed with "
+                                                                      "--prior-steps 4"),  # RKD21
+                            (p + ["--prior-image", str(folder / "model_index.json")], "cannot be read as an image")]:
+        capsys.readouterr()
+        assert main(base + extra + ["--out", str(tmp_path / "never.png")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never.png").exists()
+    assert main(base + p + image + ["--prior-strength", "0.5", "--out", str(tmp_path / "grid.png"), "--individual",
+                                    str(tmp_path / "each")]) == 0
+    assert "at strength 0.5" in capsys.readouterr().out
+    embeds, negative = prior_emb2emb(prior, PROMPTS[0], prior_pixels(prior_folder, tmp_path / "photo.png"),
+                                     strength=0.5, steps=4, seed=5)
+    ours = decode_embeddings(decoder, embeds, negative, height=16, width=16, steps=2, seed=5)
+    written = np.asarray(Image.open(sorted((tmp_path / "each").iterdir())[0])).astype(np.float32) / 255
+    assert np.abs(written - ours[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6

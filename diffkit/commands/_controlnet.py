@@ -119,6 +119,12 @@ class ControlRequest:
                 if folder_variant(checkpoint) == FLUX_CONTROL:  # FLUX.1 Depth / Canny: its transformer takes it
                     return cls.transformer_image(images, prompts, edited)
             if images and not given and prompts is not None and checkpoint is not None:
+                from ..interop.kandinsky import is_kandinsky_folder
+                if is_kandinsky_folder(checkpoint):  # a Kandinsky 2.2 ControlNet decoder's hint (._kandinsky)
+                    from ..interop.kandinsky_controlnet import CONTROLNET_PIPELINE
+                    from ._kandinsky import check_hint_flag
+                    check_hint_flag(checkpoint, True)
+                    return cls.transformer_image(images, prompts, None, CONTROLNET_PIPELINE)
                 from ..interop.cogview4 import COGVIEW4_CONTROL_PIPELINE
                 from ..interop.sd_xl import pipeline_class
                 if pipeline_class(checkpoint) == COGVIEW4_CONTROL_PIPELINE:  # CogView4 Control: the same
@@ -172,14 +178,17 @@ class ControlRequest:
     def transformer_image(cls, images: list, prompts: Optional[int], edited: Optional[int] = None,
                           model_class: str = "FluxControlPipeline") -> "ControlRequest":
         """A FLUX.1 Depth / Canny folder's ``--control-image`` (no ``--controlnet``: its transformer takes the
-        image, :mod:`diffkit.interop.flux_channels`), or a CogView4 Control folder's (``model_class``
-        ``CogView4ControlPipeline``, :mod:`diffkit.interop.cogview4`): one file, or a folder of one PNG per
+        image, :mod:`diffkit.interop.flux_channels`), a CogView4 Control folder's (``model_class``
+        ``CogView4ControlPipeline``, :mod:`diffkit.interop.cogview4`) or a Kandinsky 2.2 ControlNet decoder's
+        (``KandinskyV22ControlnetPipeline``, its UNet's hint, :mod:`diffkit.interop.kandinsky_controlnet`): one file,
+        or a folder of one PNG per
         ``--prompt`` (``diffkit sample``) or per ``--images`` file (``edited``: ``diffkit edit``); ``folders``
         empty."""
         from ..interop.controlnet import open_control_image
         row = ("--prompt", "prompt") if edited is None else ("--images file", "image")
         if len(images) != 1:
-            what = "FLUX.1 Depth / Canny" if model_class == "FluxControlPipeline" else "CogView4 Control"
+            what = {"FluxControlPipeline": "FLUX.1 Depth / Canny", "KandinskyV22ControlnetPipeline":
+                    "Kandinsky 2.2 ControlNet decoder"}.get(model_class, "CogView4 Control")
             raise DiffkitError(f"{len(images)} --control-image for a {what} folder; give one (a file, "
                                f"or a folder of one PNG per {row[0]})")
         image = cls.per_row(images[0], prompts if edited is None else edited, row[0] + "(s)" * (edited is not None),

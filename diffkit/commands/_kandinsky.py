@@ -7,10 +7,13 @@ the image from it (``--guidance-scale``, default s = 4, both scales in ``--guida
 default 100; ``--sampler`` and its grid options; ``--height`` / ``--width``, default 512, multiples of the MoVQ
 factor squared). Sample i draws from seed + i in both folders (the prior: x_T then its steps' noise, from a
 generator of its own; the decoder: z_T then its steps' noise), so a row equals the two pipelines chained with
-generators of those seeds. Dispatched from :func:`diffkit.commands.sample.sample_to_files`."""
+generators of those seeds. A ControlNet decoder (``addition_embed_type="image_hint"``) takes its hint as
+``--control-image`` (:mod:`diffkit.interop.kandinsky_controlnet`); ``--prior-image`` starts the prior from an image's
+embedding (:mod:`diffkit.interop.kandinsky_emb2emb`). Dispatched from
+:func:`diffkit.commands.sample.sample_to_files`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +21,8 @@ from ..errors import DiffkitError
 from ._common import path_arg, positive_int
 
 TAKES = ("--prior, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --prior-guidance-scale, "
-         "--prior-steps, --height / --width, --steps / --nfe, --sampler and its grid options")
+         "--prior-steps, --prior-image (--prior-strength), --height / --width, --steps / --nfe, --sampler and its grid "
+         "options")
 
 
 def add_prior_flags(parser) -> None:
@@ -31,15 +35,25 @@ def add_prior_flags(parser) -> None:
                         "diffusers' s = 4)")
     g.add_argument("--prior-steps", type=positive_int, metavar="N",
                    help="with --prior: the prior's UnCLIPScheduler steps, at least 2 (default 25)")
+    g.add_argument("--prior-image", type=path_arg, metavar="PNG",
+                   help="with --prior: start the prior from this image's CLIP embedding noised to --prior-strength "
+                        "(KandinskyV22PriorEmb2EmbPipeline: a variation of the image, guided by the prompt)")
+    g.add_argument("--prior-strength", type=float, metavar="S",
+                   help="with --prior-image: the share of the prior's steps run from the noised embedding, in (0, 1] "
+                        "(default 0.3)")
 
 
 @dataclass
 class PriorRequest:
-    """``--prior FOLDER [--prior-guidance-scale S] [--prior-steps N]``, checked from the folders' JSON."""
+    """``--prior FOLDER [--prior-guidance-scale S] [--prior-steps N] [--prior-image PNG [--prior-strength S]]``,
+    checked from the folders' JSON."""
 
     folder: Path
     guidance_scale: float
     steps: int
+    image: Optional[Path] = None  # --prior-image: KandinskyV22PriorEmb2EmbPipeline (.interop.kandinsky_emb2emb)
+    strength: float = 0.3
+    _pixels: object = field(default=None, repr=False)  # the image's CLIP pixel values, made once
 
     @classmethod
     def from_args(cls, args, checkpoint) -> Optional["PriorRequest"]:
@@ -47,6 +61,7 @@ class PriorRequest:
         Kandinsky 2.2 decoder folder, a decoder folder without it, or the prior flags without ``--prior``."""
         from ..interop.kandinsky import (DECODER_PIPELINE, PRIOR_DEFAULTS, PRIOR_PIPELINE, check_decoder_folder,
                                          check_prior_folder, is_kandinsky_folder, kandinsky_kind)
+        from ..interop.kandinsky_emb2emb import EMB2EMB_STRENGTH
         decoder = checkpoint is not None and is_kandinsky_folder(checkpoint)
         if args.prior is None:
             if decoder:
@@ -55,7 +70,8 @@ class PriorRequest:
                 raise DiffkitError(f"{checkpoint} is a Kandinsky 2.2 prior folder: give it as --prior, with the "
                                    f"decoder folder ({DECODER_PIPELINE}) as --checkpoint")
             for flag, value in (("--prior-guidance-scale", args.prior_guidance_scale),
-                                ("--prior-steps", args.prior_steps)):
+                                ("--prior-steps", args.prior_steps), ("--prior-image", args.prior_image),
+                                ("--prior-strength", args.prior_strength)):
                 if value is not None:
                     raise DiffkitError(f"{flag} needs --prior FOLDER (a Kandinsky 2.2 prior) with a Kandinsky 2.2 "
                                        f"decoder --checkpoint")
@@ -73,7 +89,38 @@ class PriorRequest:
         convention = getattr(args, "guidance_convention", "diffusers")
         scale = args.prior_guidance_scale
         scale = PRIOR_DEFAULTS[0] if scale is None else 1 + guidance_weight(scale, convention)  # diffusers' s
-        return cls(Path(args.prior), float(scale), int(steps))
+        image, strength = args.prior_image, args.prior_strength
+        if image is None and strength is not None:
+            raise DiffkitError("--prior-strength needs --prior-image PNG (the image whose embedding the prior starts "
+                               "from)")
+        strength = EMB2EMB_STRENGTH if strength is None else strength
+        if image is not None:
+            from ..interop.controlnet import open_control_image
+            if not 0 < strength <= 1 or int(steps * strength) < 1:
+                raise DiffkitError(f"--prior-strength {strength:g} is not allowed with --prior-steps {steps}; give "
+                                   f"a number in (0, 1] that keeps at least one of the steps (int(steps * strength))")
+            open_control_image(image)  # one line for a file that is not an image
+        return cls(Path(args.prior), float(scale), int(steps), None if image is None else Path(image),
+                   float(strength))
+
+    def embeddings(self, model, prompts, negative_prompt, generators) -> tuple:
+        """(image_embeds, negative_image_embeds) of ``prompts`` by the loaded prior ``model``: its loop
+        (:func:`~diffkit.interop.kandinsky.prior_embeddings`) or, with ``--prior-image``, from the image's
+        embedding (:func:`~diffkit.interop.kandinsky_emb2emb.prior_emb2emb`); row i from ``generators[i]``."""
+        from ..interop.kandinsky import prior_embeddings
+        from ..interop.kandinsky_emb2emb import prior_emb2emb, prior_pixels
+        common = {"negative_prompt": negative_prompt, "guidance_scale": self.guidance_scale, "steps": self.steps,
+                  "generator": generators}
+        if self.image is None:
+            return prior_embeddings(model, prompts, **common)
+        if self._pixels is None:
+            self._pixels = prior_pixels(self.folder, self.image)
+        return prior_emb2emb(model, prompts, self._pixels, strength=self.strength, **common)
+
+    def describe(self) -> str:
+        """The prior's part of the commands' last line."""
+        image = "" if self.image is None else f", from {self.image} at strength {self.strength:g}"
+        return f"{self.folder} ({self.steps} steps, guidance {self.guidance_scale:g}{image})"
 
 
 def missing_prior(checkpoint) -> DiffkitError:
@@ -81,6 +128,29 @@ def missing_prior(checkpoint) -> DiffkitError:
     from ..interop.kandinsky import DECODER_PIPELINE, PRIOR_PIPELINE
     return DiffkitError(f"{checkpoint} is a Kandinsky 2.2 decoder folder ({DECODER_PIPELINE}): give --prior FOLDER "
                         f"(its {PRIOR_PIPELINE} folder) and --prompt TEXT")
+
+
+def check_hint_flag(checkpoint, given: bool) -> None:
+    """One line for ``--control-image`` on a Kandinsky 2.2 decoder folder whose UNet takes no hint (its
+    ``addition_embed_type``, read from the folder's JSON), and for none on one whose UNet does
+    (``"image_hint"``: a ``KandinskyV22ControlnetPipeline`` decoder, :mod:`diffkit.interop.kandinsky_controlnet`)."""
+    from ..errors import read_json_object
+    from ..interop.kandinsky_controlnet import CONTROLNET_PIPELINE, takes_hint
+    unet = read_json_object(Path(checkpoint) / "unet" / "config.json", "unet config")
+    if given and not takes_hint(unet):
+        raise DiffkitError(f"--control-image does not apply to {checkpoint}: its UNet has addition_embed_type="
+                           f"{unet.get('addition_embed_type')!r}; allowed: a Kandinsky 2.2 ControlNet decoder "
+                           f"({CONTROLNET_PIPELINE}, addition_embed_type 'image_hint') as --checkpoint")
+    if takes_hint(unet) and not given:
+        raise DiffkitError(f"{checkpoint} is a Kandinsky 2.2 ControlNet decoder (addition_embed_type 'image_hint'): "
+                           f"give --control-image PNG (its hint, e.g. a depth map)")
+
+
+def hints(files, shape) -> list:
+    """The (1, 3, 8h, 8w) hints in [0, 1] of the ``--control-image`` file(s) ``files`` (one, or a list: one per row)
+    for latents of ``shape`` (:func:`diffkit.interop.kandinsky_controlnet.prepare_hint`)."""
+    from ..interop.kandinsky_controlnet import prepare_hint
+    return [prepare_hint(one, shape) for one in (files if isinstance(files, list) else [files])]
 
 
 def folder_default_sampler(checkpoint) -> str:
@@ -94,12 +164,14 @@ def folder_default_sampler(checkpoint) -> str:
 def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None, nfe=None, num=None, nrow=None,
                      out=None, individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                      scale=1, progress=True, guidance=None, refused: Optional[dict] = None, height=None, width=None,
-                     **options):
+                     control=None, **options):
     """Sample a Kandinsky 2.2 decoder folder with its ``prior`` to a grid (and single PNGs): rows as
-    :func:`~.sample.condition_rows` (module docstring). ``refused``: {flag: value} of flags it does not take."""
+    :func:`~.sample.condition_rows` (module docstring). ``refused``: {flag: value} of flags it does not take.
+    ``control``: a ControlNet decoder's ``--control-image`` (a :class:`~._controlnet.ControlRequest` without folders:
+    one file, or one per ``--prompt``), as ``KandinskyV22ControlnetPipeline(hint=...)``."""
     import torch
 
-    from ..interop.kandinsky import load_decoder, load_prior, prior_embeddings, decode_embeddings
+    from ..interop.kandinsky import load_decoder, load_prior, decode_embeddings
     from ..noise import generators_from_seed
     from ._pixart import checked_request, own_loop
     from ._sd3 import prompted_rows
@@ -108,13 +180,18 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
     if kandinsky_kind(directory) == INPAINT_PIPELINE:
         raise DiffkitError(f"{directory} is a {INPAINT_PIPELINE} folder: it only inpaints; use diffkit edit --images "
                            f"PNG|DIR --mask PNG --prior FOLDER --prompt TEXT")
-    guidance = checked_request(directory, "Kandinsky 2.2 decoder", TAKES, guidance, options, refused)
+    check_hint_flag(directory, control is not None)
+    takes = TAKES + (", --control-image" if control is not None else "")
+    guidance = checked_request(directory, "Kandinsky 2.2 decoder", takes, guidance, options, refused)
     decoder = load_decoder(directory, device, progress=progress)
     shape = decoder.latent_shape(1, height, width)[1:]
+    controls = None if control is None else hints(control.images[0], (1,) + shape)
     model = load_prior(prior.folder, device, progress=progress)
-    _, _, prompts, _, num, nrow, per_sample = prompted_rows(decoder, guidance, None, None, num, nrow, seed, device,
+    _, _, prompts, index, num, nrow, per_sample = prompted_rows(decoder, guidance, None, None, num, nrow, seed, device,
                                                             progress)
     per_sample["seeds"] = [seed + i for i in range(num)]
+    if controls is not None and len(controls) > 1:  # one --control-image per --prompt
+        per_sample["control_rows"] = index.tolist()
     scale_s, convention = (decoder.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     if convention != "diffusers":
@@ -127,9 +204,11 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
         seeds = cond["seeds"]
         copies = 1 if negatives is None else 2  # the negative prompt's rows: again from seed + i
         gens = [g for _ in range(copies) for s in seeds for g in generators_from_seed(s, 1)]
-        embeds, negative = prior_embeddings(model, cond["prompts"], negative_prompt=negatives,
-                                            guidance_scale=prior.guidance_scale, steps=prior.steps, generator=gens)
+        embeds, negative = prior.embeddings(model, cond["prompts"], negatives, gens)
         grid = {"grid": "scheduler"} if own_grid else {"spacing": spacing, "final": final, "nfe": nfe}
+        if controls is not None:
+            how["hint"] = torch.cat([controls[r] for r in cond["control_rows"]]) if "control_rows" in cond else \
+                controls[0]
         return decode_embeddings(decoder, embeds, negative, guidance_scale=scale_s, sampler=sampler, steps=steps,
                                  latents=noise, generator=generator, return_latents=True, **grid, **how)
 
@@ -140,20 +219,24 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
         spacing=spacing, final=final, batch_size=batch_size, device=device, dtype=torch.float32, progress=progress,
         **options)
     grid = "the scheduler's timesteps" if own_grid else "its diffkit grid"
+    hinted = "" if control is None else f", hint {control.images[0]}"
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, Kandinsky 2.2 decoder {directory} with prior "
-          f"{prior.folder} ({prior.steps} steps, guidance {prior.guidance_scale:g}), prompts {prompts})")
+          f"{prior.describe()}{hinted}, prompts {prompts})")
     return images
 
 
 EDIT_TAKES = ("--prior, --images, --prompt, --negative-prompt, --strength, --guidance-scale (--guidance-convention), "
-              "--prior-guidance-scale, --prior-steps, --steps, --height / --width, --seed, --batch-size")
+              "--prior-guidance-scale, --prior-steps, --prior-image (--prior-strength), --steps, --height / --width, "
+              "--seed, --batch-size")
 EDIT_FLAGS = {  # diffkit edit's dests a Kandinsky 2.2 decoder folder takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "strength", "steps",
     "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "prior",
-    "prior_guidance_scale", "prior_steps"}
+    "prior_guidance_scale", "prior_steps", "prior_image", "prior_strength"}
 IMG2IMG_STRENGTH = 0.3  # KandinskyV22Img2ImgPipeline's default strength
 INPAINT_TAKES = EDIT_TAKES.replace("--strength", "--mask")  # KandinskyV22InpaintPipeline: no strength, a mask
 INPAINT_FLAGS = EDIT_FLAGS - {"strength"} | {"mask"}
+HINT_TAKES = EDIT_TAKES + ", --control-image"  # KandinskyV22ControlnetImg2ImgPipeline: img2img with a hint
+HINT_FLAGS = EDIT_FLAGS | {"control_images"}
 
 
 def check_inpaint_request(args) -> bool:
@@ -179,8 +262,8 @@ def edit_kandinsky(args) -> int:
 
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.kandinsky import (DECODER_DEFAULTS, INPAINT_PIPELINE, image_to_image, load_decoder, load_prior,
-                                     prior_embeddings)
+    from ..interop.kandinsky import DECODER_DEFAULTS, INPAINT_PIPELINE, image_to_image, load_decoder, load_prior
+    from ..interop.kandinsky_controlnet import CONTROLNET_IMG2IMG_PIPELINE, CONTROLNET_PIPELINE
     from ..interop.kandinsky_inpaint import inpaint
     from ..memory import batches_with_oom_retry
     from ..noise import generators_from_seed
@@ -190,15 +273,21 @@ def edit_kandinsky(args) -> int:
     directory = args.checkpoint
     inpainting = check_inpaint_request(args)
     found = []  # the --prior request, checked after the flags
+    control = getattr(args, "control_images", None)
     flags, takes, runs = (INPAINT_FLAGS, INPAINT_TAKES, INPAINT_PIPELINE) if inpainting else \
+        (HINT_FLAGS, HINT_TAKES, CONTROLNET_IMG2IMG_PIPELINE) if control else \
         (EDIT_FLAGS, EDIT_TAKES, "KandinskyV22Img2ImgPipeline")
+    check_hint_flag(directory, bool(control))
     images, count, mask = prompted_edit_inputs(args, flags, "Kandinsky 2.2 decoder", runs, takes, with_mask=True,
                                                check=lambda: found.append(PriorRequest.from_args(args, directory)))
     prior = found[0]
+    if control:  # one file, or a folder of one per --images file (as FLUX.1 Depth's)
+        from ._controlnet import ControlRequest
+        control = ControlRequest.transformer_image(control, None, count, CONTROLNET_PIPELINE).images[0]
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     decoder = load_decoder(directory, device, progress=args.progress)
-    decoder.latent_shape(1, images.shape[2], images.shape[3])
+    controls = hints(control, decoder.latent_shape(1, images.shape[2], images.shape[3])) if control else None
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     model = load_prior(prior.folder, device, progress=args.progress)
@@ -211,20 +300,21 @@ def edit_kandinsky(args) -> int:
         prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
         copies = 1 if negatives is None else 2
         gens = [g for _ in range(copies) for g in generators_from_seed(args.seed + start, n)]
-        embeds, negative = prior_embeddings(model, prompts, negative_prompt=negatives,
-                                            guidance_scale=prior.guidance_scale, steps=prior.steps, generator=gens)
+        embeds, negative = prior.embeddings(model, prompts, negatives, gens)
         common = {"guidance_scale": scale, "steps": args.steps, "seed": args.seed + start, "output_range": "-1,1",
                   "progress": args.progress}
         if inpainting:
             return (inpaint(decoder, images[start:start + n], mask, embeds, negative, **common).cpu(),)
+        if controls is not None:  # KandinskyV22ControlnetImg2ImgPipeline: each image's hint (or the one)
+            common["hint"] = controls[0] if len(controls) == 1 else torch.cat(controls[start:start + n])
         return (image_to_image(decoder, images[start:start + n], embeds, negative, strength=strength,
                                **common).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
-    how = f"as {INPAINT_PIPELINE}, mask {args.mask}" if inpainting else \
-        f"as KandinskyV22Img2ImgPipeline, strength {strength}"
+    how = f"as {INPAINT_PIPELINE}, mask {args.mask}" if inpainting else f"as {runs}, strength {strength}" + \
+        (f", hint {args.control_images[0]}" if control else "")
     print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky 2.2 decoder {directory} with prior "
-          f"{prior.folder} {how}, prompts {list(args.prompts)})")
+          f"{prior.describe()} {how}, prompts {list(args.prompts)})")
     return 0

@@ -833,7 +833,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         from ._flux2 import sample_flux2
         refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
                    **({"--lora": lora} if kandinsky else {}),
-                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--controlnet": None if kandinsky else control, "--ip-adapter": ip_adapter,
+                   "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         draw = sample_flux2  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
@@ -845,7 +846,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         return draw(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                     individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                     final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
-                    **({} if kandinsky else {"lora": lora}), **options)
+                    **({"control": control} if kandinsky else {"lora": lora}), **options)
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3

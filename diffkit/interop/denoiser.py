@@ -12,8 +12,9 @@ fractional times (DPM-Solver, Karras grids) are embedded by the same formula as 
 (a UNet2DConditionModel with ``time_cond_proj_dim``, LCM's guidance input, Luo et al. 2023
 Sec. 4.2) -> ``timestep_cond`` = :func:`~diffkit.models.layers.guidance_scale_embedding` of w (seed
 convention: diffusers' pipelines embed their guidance_scale - 1, which is w); ``text_embeds`` and
-``time_ids`` (SD-XL's pooled prompt embedding and size conditions, :mod:`.sd_xl`) and ``image_embeds`` (Kandinsky
-2.2's CLIP image embedding, :mod:`.kandinsky`) -> ``added_cond_kwargs``,
+``time_ids`` (SD-XL's pooled prompt embedding and size conditions, :mod:`.sd_xl`), ``image_embeds`` (Kandinsky
+2.2's CLIP image embedding, :mod:`.kandinsky`) and ``hint`` (its ControlNet decoder's depth image,
+:mod:`.kandinsky_controlnet`) -> ``added_cond_kwargs``,
 joined to one given as such (an IP-Adapter's ``image_embeds``, :mod:`.ip_adapter`); any other key is passed
 through unchanged.
 """
@@ -31,8 +32,9 @@ from . import model_dtype
 from .schedulers import learned_variance_of, schedule_from_diffusers
 
 
-# cond keys a diffusers UNet takes as added_cond_kwargs: SD-XL's, Kandinsky 2.2's image embedding (.kandinsky)
-ADDED_COND_KEYS = ("text_embeds", "time_ids", "image_embeds")
+# cond keys a diffusers UNet takes as added_cond_kwargs: SD-XL's, Kandinsky 2.2's image embedding (.kandinsky) and
+# hint (addition_embed_type="image_hint", .kandinsky_controlnet)
+ADDED_COND_KEYS = ("text_embeds", "time_ids", "image_embeds", "hint")
 
 
 class DiffusersNet(torch.nn.Module):

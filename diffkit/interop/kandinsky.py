@@ -35,10 +35,12 @@ conditioned on that embedding alone) draws the image. Two folders, chained as ``
 Both schedules are the folders' own float32 alphas_cumprod (:func:`.deepfloyd_if.pipeline_schedule`: the last step's
 beta-tilde divides by 1 - abar_0). Refused in one line before any weight is read (:func:`check_prior_folder`,
 :func:`check_decoder_folder`): another pipeline class, a missing component, a prior scheduler with a learned variance,
-a decoder UNet without ``addition_embed_type="image"``, a decoder scheduler other than DDPM / DDIM. A
-``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 channels) is loaded here too and inpaints
-(:mod:`.kandinsky_inpaint`). Kandinsky 3 folders (:mod:`.kandinsky3`) are this decoder with a T5 encoder
-(:class:`KandinskyDecoder`, :func:`decoder_fields`, the img2img start :func:`strength_grid` / :func:`noised_images`).
+a decoder UNet without ``addition_embed_type="image"`` (or ``"image_hint"``), a decoder scheduler other than DDPM /
+DDIM. A ``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 channels) is loaded here too and inpaints
+(:mod:`.kandinsky_inpaint`), and a ``KandinskyV22ControlnetPipeline`` folder (an ``"image_hint"`` UNet) samples and
+edits with a ``hint`` (:mod:`.kandinsky_controlnet`). Kandinsky 3 folders (:mod:`.kandinsky3`) are this decoder with
+a T5 encoder (:class:`KandinskyDecoder`, :func:`decoder_fields`, the img2img start :func:`strength_grid` /
+:func:`noised_images`).
 """
 from __future__ import annotations
 
@@ -51,10 +53,12 @@ import torch
 from ..errors import DiffkitError, read_json_object
 from . import from_pretrained, library_progress_bars, require
 from .flow_latents import finish_images
+from .kandinsky_controlnet import CONTROLNET_PIPELINES, check_hint_unet, hint_cond
 
 PRIOR_PIPELINE, DECODER_PIPELINE = "KandinskyV22PriorPipeline", "KandinskyV22Pipeline"
 INPAINT_PIPELINE = "KandinskyV22InpaintPipeline"  # a decoder folder whose UNet takes 9 channels (.kandinsky_inpaint)
-KANDINSKY_PIPELINES = (PRIOR_PIPELINE, DECODER_PIPELINE, INPAINT_PIPELINE)
+DECODER_PIPELINES = (DECODER_PIPELINE, INPAINT_PIPELINE) + CONTROLNET_PIPELINES  # (.kandinsky_controlnet: a hint)
+KANDINSKY_PIPELINES = (PRIOR_PIPELINE,) + DECODER_PIPELINES
 PRIOR_DEFAULTS = (4.0, 25)  # KandinskyV22PriorPipeline.__call__'s (guidance_scale, num_inference_steps)
 DECODER_DEFAULTS = (4.0, 100)  # KandinskyV22Pipeline.__call__'s
 DECODER_SIZE = 512  # KandinskyV22Pipeline's default height and width
@@ -71,8 +75,9 @@ def kandinsky_kind(path) -> Optional[str]:
 
 
 def is_kandinsky_folder(path) -> bool:
-    """True for a ``KandinskyV22Pipeline`` or ``KandinskyV22InpaintPipeline`` (decoder) folder."""
-    return kandinsky_kind(path) in (DECODER_PIPELINE, INPAINT_PIPELINE)
+    """True for a ``KandinskyV22Pipeline``, ``KandinskyV22InpaintPipeline`` or ``KandinskyV22Controlnet*``
+    (decoder) folder."""
+    return kandinsky_kind(path) in DECODER_PIPELINES
 
 
 def prior_sampler(config: dict) -> tuple:
@@ -160,7 +165,7 @@ def _checked(directory, pipeline: str, required, classes: dict) -> dict:
     from .sd_xl import _index
     directory = Path(directory)
     found = kandinsky_kind(directory)
-    pipeline = INPAINT_PIPELINE if found == INPAINT_PIPELINE and pipeline == DECODER_PIPELINE else pipeline
+    pipeline = found if found in DECODER_PIPELINES and pipeline == DECODER_PIPELINE else pipeline
     if found != pipeline:
         flag = "--prior" if pipeline == PRIOR_PIPELINE else "--checkpoint"
         other = f" (it is a {found} folder: give it as {'--checkpoint' if flag == '--prior' else '--prior'})" \
@@ -189,9 +194,7 @@ def check_decoder_folder(directory) -> tuple:
     index = _checked(directory, DECODER_PIPELINE, DECODER_REQUIRED,
                      {"unet": ("UNet2DConditionModel",), "movq": ("VQModel",)})
     unet = read_json_object(directory / "unet" / "config.json", "unet config")
-    if unet.get("addition_embed_type") != "image":
-        raise DiffkitError(f"{directory}'s UNet has addition_embed_type={unet.get('addition_embed_type')!r}; "
-                           f"allowed: 'image' (Kandinsky 2.2's image-embedding condition)")
+    check_hint_unet(directory, index["_class_name"], unet)  # 'image', or 'image_hint' (.kandinsky_controlnet)
     from .kandinsky_inpaint import check_inpaint_channels
     check_inpaint_channels(directory, index["_class_name"], unet)
     scheduler = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
@@ -302,14 +305,15 @@ def load_prior(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
 def prior_embeddings(model: KandinskyPrior, prompts: Union[str, Sequence[str]], *,
                      negative_prompt: Union[None, str, Sequence[str]] = None, guidance_scale: Optional[float] = None,
                      steps: Optional[int] = None, seed: Optional[int] = 0, generator=None,
-                     latents: Optional[torch.Tensor] = None, progress: bool = False) -> tuple:
+                     latents: Optional[torch.Tensor] = None, progress: bool = False, start=None) -> tuple:
     """(image_embeds, negative_image_embeds), each (B, d), of ``prompts`` by a prior folder (module docstring), as
     ``KandinskyV22PriorPipeline(prompts, negative_prompt, guidance_scale=s, num_inference_steps=steps)``: s
     (diffusers' convention, default 4; <= 1: unguided), ``steps`` >= 2 (default 25). ``negative_prompt`` (one, or
     one per prompt): the negative embeddings are the prior's samples for it, rows B..2B-1 of the batch; None: the
     zero image's embedding. Row i draws from ``generator[i]`` (default ``torch.Generator().manual_seed(seed + i)``,
     with a negative prompt 2B generators, the negative rows again from seed + i): x_T (or ``latents``), then the
-    steps' noise."""
+    steps' noise. ``start(grid, generators, shape)`` -> (x_t, the grid from it): another start than x_T on the
+    whole grid (:func:`.kandinsky_emb2emb.prior_emb2emb`'s noised image embeddings)."""
     from ..guidance import ClassifierFreeGuidance, guidance_weight
     from ..noise import randn
     from ..sampling import sample
@@ -329,8 +333,10 @@ def prior_embeddings(model: KandinskyPrior, prompts: Union[str, Sequence[str]], 
         denoiser = ClassifierFreeGuidance(denoiser, scale, "diffusers", null_context=null.pop("context"),
                                           null_cond=null)
     shape = (len(rows), int(model.prior.config.embedding_dim))
-    x_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None else \
-        latents.to(model.device, torch.float32)
+    x_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None and start is None \
+        else latents.to(model.device, torch.float32) if start is None else None
+    if start is not None:
+        x_t, grid = start(grid, generators, shape)
     if tuple(x_t.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(x_t.shape)} are not allowed; give {shape}")
     sampler, options = prior_sampler(model.scheduler_config)
@@ -362,6 +368,10 @@ class KandinskyDecoder:
     downscale = None  # f of the latent size rule h = ceil(height / f^2) f; None: the MoVQ's (Kandinsky 3: 8)
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.movq.config.latent_channels)
+
+    @property
     def scale_factor(self) -> int:
         """The MoVQ's factor f = 2^(levels - 1) (``movq_scale_factor``)."""
         return 2 ** (len(self.movq.config.block_out_channels) - 1)
@@ -386,8 +396,10 @@ class KandinskyDecoder:
             self._denoiser = inpaint_denoiser(self)
         if self._denoiser is None:
             from .denoiser import diffusers_denoiser
+            config = self.unet.config  # learned variance: 2C out (an image-hint UNet takes C + 4 in)
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule,
-                                                prediction_type=self.prediction_type, uses_labels=False)
+                                                prediction_type=self.prediction_type, uses_labels=False,
+                                                learned_variance=config.out_channels == 2 * self.latent_channels)
         return self._denoiser
 
     def folder_sampler(self) -> tuple:
@@ -427,13 +439,14 @@ def decoder_fields(directory: Path, index: dict, scheduler: dict, unet_class, de
 
 
 def decoder_guidance(model: KandinskyDecoder, image_embeds: torch.Tensor, negative_image_embeds: torch.Tensor,
-                     guidance_scale: Optional[float] = None, denoiser=None) -> tuple:
-    """(denoiser, cond): the decoder's, guided against ``negative_image_embeds`` where diffusers' s > 1."""
+                     guidance_scale: Optional[float] = None, denoiser=None, hint: Optional[dict] = None) -> tuple:
+    """(denoiser, cond): the decoder's, guided against ``negative_image_embeds`` where diffusers' s > 1; ``hint``:
+    an image-hint UNet's {``hint``: ...} (:func:`.kandinsky_controlnet.hint_cond`), the same in both halves."""
     from ..guidance import ClassifierFreeGuidance, guidance_weight
     from .stable_diffusion import NULL_LABEL
     scale = model.default_guidance_scale if guidance_scale is None else guidance_scale
     denoiser = denoiser or model.denoiser
-    cond = {IMAGE_EMBEDS: image_embeds.to(model.device, model.dtype)}
+    cond = {IMAGE_EMBEDS: image_embeds.to(model.device, model.dtype), **(hint or {})}
     if guidance_weight(scale, "diffusers") <= 0:
         return denoiser, cond
     if negative_image_embeds.shape[0] not in (1, image_embeds.shape[0]):
@@ -450,7 +463,8 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
                       width: Optional[int] = None, sampler: Optional[str] = None, steps: Optional[int] = None,
                       nfe: Optional[int] = None, grid: Optional[str] = None, seed: Optional[int] = 0,
                       generator=None, latents: Optional[torch.Tensor] = None, output_range: str = "0,1",
-                      return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
+                      return_latents: bool = False, progress: bool = False, hint: Optional[torch.Tensor] = None,
+                      **options) -> torch.Tensor:
     """The images of ``image_embeds`` (B, d) by a decoder folder (module docstring), as
     ``KandinskyV22Pipeline(image_embeds, negative_image_embeds, guidance_scale=s, height, width,
     num_inference_steps=steps)``: s diffusers' (default 4), height x width default 512. Row i draws from
@@ -460,7 +474,8 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     ``grid="scheduler"`` on the scheduler's timesteps (the folder's sampler then with its options).
     ``return_latents``: z_0
     (``output_type="latent"``); else the MoVQ's images, ``output_range`` "0,1" ((x / 2 + 0.5).clamp(0, 1), the
-    "np" / "pil" outputs) or "-1,1" (clamped)."""
+    "np" / "pil" outputs) or "-1,1" (clamped). ``hint``: an image-hint decoder's control image, as
+    ``KandinskyV22ControlnetPipeline(hint=...)`` (:mod:`.kandinsky_controlnet`; required there, refused elsewhere)."""
     from ..errors import check_choice
     from ..noise import randn
     from ..sampling import sample
@@ -469,7 +484,9 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     if image_embeds.ndim != 2 or image_embeds.shape[1] != model.unet.config.encoder_hid_dim:
         raise DiffkitError(f"image_embeds of shape {tuple(image_embeds.shape)} are not allowed; give (B, "
                            f"{model.unet.config.encoder_hid_dim}) (the prior's embedding width)")
-    shape = model.latent_shape(image_embeds.shape[0], height, width)
+    batch = image_embeds.shape[0]
+    shape = model.latent_shape(batch, height, width)
+    hint = hint_cond(model, hint, shape if latents is None else latents.shape)
     if grid is not None:
         check_choice("grid", grid, ["scheduler"])
     own_sampler, own = model.folder_sampler()
@@ -480,8 +497,8 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
         sampler = sampler or own_sampler
         grid, steps = _own_grid(model.scheduler_config, model.default_steps if steps is None else steps), None
     sampler = sampler or own_sampler
-    generators = _generators(generator, seed, shape[0])
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
+    generators = _generators(generator, seed, batch)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint)
     z_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None else \
         latents.to(model.device, torch.float32)
     noisy_last = grid is not None and sampler == "ddpm" and float(grid[-2]) > 0 and float(grid[-1]) < 0
@@ -522,22 +539,24 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
                    negative_image_embeds: torch.Tensor, *, strength: float = 0.3,
                    guidance_scale: Optional[float] = None, steps: Optional[int] = None, seed: Optional[int] = 0,
                    generator=None, output_range: str = "0,1", return_latents: bool = False,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, hint: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``KandinskyV22Img2ImgPipeline(image=images, image_embeds, negative_image_embeds, strength, ...)``: ``images``
     (B, 3, H, W) in [-1, 1] at the output size (H, W multiples of f^2; the pipeline's preprocessing resizes first)
     encoded by the MoVQ's encoder (``movq.encode(x).latents``, not quantised, not scaled), noised to the first kept
     timestep of the scheduler's grid (SDEdit, Meng et al. 2022: the last int(steps strength) timesteps of
     ``set_timesteps(steps)``, default 100 steps, strength 0.3; z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, eps
     from ``generator[i]``, default seed + i, which then draws the steps' noise), then the rest of the pipeline's loop
-    (:func:`decoder_sampler` on those timesteps, with the last step's noise of :func:`last_step_noise`)."""
+    (:func:`decoder_sampler` on those timesteps, with the last step's noise of :func:`last_step_noise`). ``hint``:
+    an image-hint decoder's control image, as ``KandinskyV22ControlnetImg2ImgPipeline`` (:mod:`.kandinsky_controlnet`,
+    whose loop is this one)."""
     from ..errors import check_choice
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     grid = strength_grid(model, strength, steps)
-    check_images(model, images)
+    hint = hint_cond(model, hint, check_images(model, images))
     generators = _generators(generator, seed, images.shape[0])
     z_t = noised_images(model, images, grid, generators)
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint)
     z = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
     return finish_images(model, z, return_latents, output_range)
 
@@ -585,5 +604,5 @@ __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load
            "decoder_sampler",
            "check_prior_folder", "check_decoder_folder", "last_step_factor", "last_step_noise", "kandinsky_kind",
            "is_kandinsky_folder", "check_images", "folder_loop", "strength_grid", "noised_images", "decoder_fields",
-           "INPAINT_PIPELINE",
+           "INPAINT_PIPELINE", "DECODER_PIPELINES",
            "PRIOR_PIPELINE", "DECODER_PIPELINE", "PRIOR_DEFAULTS", "DECODER_DEFAULTS"]
