@@ -396,10 +396,11 @@ class KandinskyDecoder:
             self._denoiser = inpaint_denoiser(self)
         if self._denoiser is None:
             from .denoiser import diffusers_denoiser
-            config = self.unet.config  # learned variance: 2C out (an image-hint UNet takes C + 4 in)
+            # learned variance: 2C out (an image-hint UNet takes C + 4 in; Kandinsky 3's has no out_channels: in)
+            out = self.unet.config.get("out_channels", self.unet.config.get("in_channels"))
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule,
                                                 prediction_type=self.prediction_type, uses_labels=False,
-                                                learned_variance=config.out_channels == 2 * self.latent_channels)
+                                                learned_variance=out == 2 * self.latent_channels)
         return self._denoiser
 
     def folder_sampler(self) -> tuple:
