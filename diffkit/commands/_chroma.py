@@ -120,7 +120,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         steps = 2 if one_step and steps == 1 and grid.get("grid") else steps  # the probe: the same peak memory
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
-                             max_sequence_length=guidance.max_sequence_length or 512, ip_adapter=adapter,
+                             max_sequence_length=guidance.max_sequence_length, ip_adapter=adapter,
                              **how_guided, **grid, **how)
 
     images, out = draw_prompted_grid(
