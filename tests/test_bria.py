@@ -89,3 +89,125 @@ def test_bria_matches_the_pipeline(tiny_bria, dynamic, kw):
     error = relative_error(ours, theirs)
     print("bria", dynamic, kw, float((ours - theirs).abs().max()), error)
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+
+
+def test_bria_draws_as_the_pipeline_and_decodes(tiny_bria, tmp_path):
+    """From seeds: sample i's z from generator seed + i as the pipeline's randn_tensor (unpacked shape); images
+    decoded as its VAE step, also for a VAE with shift_factor null (the pipeline's 0)."""
+    pipe, folder, bria = tiny_bria[True]
+    null = tmp_path / "null_shift"
+    for sub in ("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer",
+                "vae/diffusion_pytorch_model.safetensors"):
+        (null / sub).parent.mkdir(parents=True, exist_ok=True)
+        (null / sub).symlink_to(folder / sub)
+    (null / "vae" / "config.json").write_text(json.dumps({**json.loads((folder / "vae" / "config.json").read_text()),
+                                                          "shift_factor": None}))
+    for directory in (folder, null):
+        theirs_pipe = diffusers.BriaPipeline.from_pretrained(directory, local_files_only=True) \
+            if directory == null else pipe
+        theirs_pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            theirs = theirs_pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=2, output_type="pt",
+                                 max_sequence_length=LENGTH, negative_prompt="ugly",
+                                 generator=[torch.Generator().manual_seed(3 + i) for i in range(2)]).images
+        model = bria if directory == folder else load_bria(directory, progress=False)
+        ours = text_to_image(model, PROMPTS, steps=2, seed=3, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                             negative_prompt="ugly")
+        assert ours.shape == theirs.shape == (2, 3, SIZE, SIZE)
+        print("bria images from seeds", directory.name, float((ours - theirs).abs().max()))
+        assert float((ours - theirs).abs().max()) < 1e-5
+    assert model.shift_factor == 0.0 and bria.shift_factor != 0.0
+
+
+def test_other_samplers_run_a_bria_folder(tiny_bria):
+    """Any diffkit sampler runs the folder on its own grid of the size's flow schedule, close to the pipeline's
+    28-step flow Euler run with CFG."""
+    pipe, _, bria = tiny_bria[False]
+    latents = _latents()
+    kw = {"negative_prompt": "ugly", "max_sequence_length": LENGTH}
+    with torch.no_grad():
+        theirs = unpack_latents(pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=28, output_type="latent",
+                                     latents=pack_latents(latents), **kw).images, 8, 8)
+    ours = text_to_image(bria, PROMPTS, sampler="unipc", steps=10, latents=latents, return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print("bria unipc", error)
+    assert torch.isfinite(ours).all() and error < 0.05, error
+
+
+def test_sample_command_runs_a_bria_folder(tiny_bria, tmp_path, capsys):
+    """`diffkit sample` on a Bria folder writes text_to_image's images byte for byte (--negative-prompt,
+    --guidance-scale, the pipeline's sigmas and default T5 length 128), within one PNG level of BriaPipeline's."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    pipe, folder, bria = tiny_bria[True]
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--nrow", "1", "--height", str(SIZE), "--width", str(SIZE), "--out", str(out), "--negative-prompt",
+                 "ugly", "--guidance-scale", "4", "--guidance-convention", "diffusers", "--steps", "2", "--seed", "5",
+                 "--no-progress"]) == 0
+    kw = {"negative_prompt": "ugly", "guidance_scale": 4.0}
+    save_grid(text_to_image(bria, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, output_range="-1,1", **kw),
+              tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=2, output_type="np",
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **kw).images
+    save_grid(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1, tmp_path / "theirs.png", 1)
+    ours, ref = (np.asarray(Image.open(p), dtype=np.float64) for p in (out, tmp_path / "theirs.png"))
+    print("bria sample command vs pipeline PNG levels", np.abs(ours - ref).max())
+    assert np.abs(ours - ref).max() <= 1
+    capsys.readouterr()
+
+
+def test_what_bria_does_not_take_is_refused_in_one_line(tiny_bria, tmp_path, capsys):
+    """The loaders BriaPipeline lacks (--lora, --textual-inversion, --ip-adapter), diffkit edit, FLUX's flags, and
+    folders with an image encoder, a patched transformer, another scheduler or Bria FIBO's pipeline: one line each,
+    before any output."""
+    from diffkit.cli import main
+    _, folder, bria = tiny_bria[True]
+    base = ["--checkpoint", str(folder), "--prompt", "a cat", "--no-progress"]
+    (tmp_path / "in.png").write_bytes(b"")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    for command, extra, match in (
+            ("sample", ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Bria folder"),
+            ("sample", ["--textual-inversion", str(tmp_path / "x.safetensors")],
+             "--textual-inversion does not apply to a Bria folder"),
+            ("sample", ["--ip-adapter", str(tmp_path / "x.safetensors"), "--ip-adapter-image",
+                        str(tmp_path / "in.png")], "--ip-adapter applies to .* is not one"),
+            ("sample", ["--prompt-2", "x"], "--prompt-2 does not apply to a Bria folder"),
+            ("sample", ["--true-cfg-scale", "2"], "--true-cfg-scale does not apply to a Bria folder"),
+            ("sample", ["--guidance-scale", "0", "--guidance-convention", "diffusers", "--negative-prompt", "x",
+                        "--height", "16", "--width", "16"], "the negative prompt feeds only CFG"),
+            ("sample", ["--height", "10"], "--height 10 is not allowed"),
+            ("edit", ["--images", str(tmp_path / "in.png")], "a Bria folder, which diffkit edit does not take")):
+        out = tmp_path / ("out.png" if command == "sample" else "out")
+        assert main([command] + base + extra + ["--out", str(out)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not out.exists()
+    for kw, match in (({"max_sequence_length": 513}, "max_sequence_length=513 is not allowed"),
+                      ({"ip_adapter": object()}, "BriaPipeline .* has no load_ip_adapter"),
+                      ({"guidance_scale": float("inf")}, "guidance_scale=inf is not allowed")):
+        with pytest.raises(DiffkitError, match=match) as err:
+            text_to_image(bria, PROMPTS, steps=1, height=SIZE, width=SIZE, **kw)
+        assert "\n" not in str(err.value)
+    for name, part, change, match in (
+            ("ip", "model_index.json", {"image_encoder": ["transformers", "CLIPVisionModelWithProjection"]},
+             "has image_encoder="),
+            ("patch", "transformer/config.json", {"patch_size": 2}, "has patch_size=2"),
+            ("channels", "transformer/config.json", {"in_channels": 32}, "has in_channels=32"),
+            ("ddim", "model_index.json", {"scheduler": ["diffusers", "DDIMScheduler"]}, "scheduler is a 'DDIMScheduler'"),
+            ("other", "model_index.json", {"_class_name": "BriaControlPipeline"}, "which diffkit does not drive")):
+        bad = tmp_path / name
+        for sub in ("model_index.json", "vae/config.json", "scheduler/scheduler_config.json",
+                    "transformer/config.json"):
+            (bad / sub).parent.mkdir(parents=True, exist_ok=True)
+            config = json.loads((folder / sub).read_text())
+            (bad / sub).write_text(json.dumps({**config, **(change if sub == part else {})}))
+        for sub in ("text_encoder", "tokenizer"):
+            (bad / sub).symlink_to(folder / sub)
+        with pytest.raises(DiffkitError, match=match) as err:
+            load_bria(bad, progress=False)
+        assert "\n" not in str(err.value)

@@ -175,7 +175,7 @@ def load_bria(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
     index, sched = check_bria_folder(directory)
     parts = load_flow_parts(directory, index, diffusers.BriaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
                             progress)
-    if parts["vae"].config.shift_factor is None:
+    if parts["vae"].config.shift_factor is None and parts["vae"].dtype != torch.float32:
         parts["vae"].to(torch.float32)
     device = frozen_on(parts, device)
     bria = Bria(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
