@@ -199,7 +199,9 @@ def test_what_bria_does_not_take_is_refused_in_one_line(tiny_bria, tmp_path, cap
             ("patch", "transformer/config.json", {"patch_size": 2}, "has patch_size=2"),
             ("channels", "transformer/config.json", {"in_channels": 32}, "has in_channels=32"),
             ("ddim", "model_index.json", {"scheduler": ["diffusers", "DDIMScheduler"]}, "scheduler is a 'DDIMScheduler'"),
-            ("other", "model_index.json", {"_class_name": "BriaControlPipeline"}, "which diffkit does not drive")):
+            ("fibo", "model_index.json", {"_class_name": "BriaFiboPipeline",
+                                          "transformer": ["diffusers", "BriaFiboTransformer2DModel"]},
+             "'BriaFiboPipeline' folder, which diffkit does not drive")):
         bad = tmp_path / name
         for sub in ("model_index.json", "vae/config.json", "scheduler/scheduler_config.json",
                     "transformer/config.json"):
@@ -208,6 +210,7 @@ def test_what_bria_does_not_take_is_refused_in_one_line(tiny_bria, tmp_path, cap
             (bad / sub).write_text(json.dumps({**config, **(change if sub == part else {})}))
         for sub in ("text_encoder", "tokenizer"):
             (bad / sub).symlink_to(folder / sub)
+        assert is_bria_folder(bad)
         with pytest.raises(DiffkitError, match=match) as err:
             load_bria(bad, progress=False)
         assert "\n" not in str(err.value)

@@ -139,10 +139,10 @@ class Bria(Chroma):
 
 
 def is_bria_folder(path: Union[str, Path]) -> bool:
-    """True for a diffusers folder whose ``model_index.json`` names ``BriaPipeline`` or a ``BriaTransformer2DModel``
-    transformer (not Bria FIBO's ``BriaFiboPipeline`` / ``BriaFiboTransformer2DModel``, which diffkit does not
-    drive)."""
-    return names_pipeline(path, BRIA_PIPELINE, BRIA_TRANSFORMER)
+    """True for a diffusers folder whose ``model_index.json`` names a ``Bria...`` pipeline or a
+    ``BriaTransformer2DModel`` transformer (Bria FIBO's ``BriaFiboPipeline`` ... too: :func:`check_bria_folder`
+    refuses it in one line)."""
+    return names_pipeline(path, "Bria", BRIA_TRANSFORMER)
 
 
 def check_bria_folder(directory: Path) -> tuple:
@@ -153,8 +153,9 @@ def check_bria_folder(directory: Path) -> tuple:
         raise DiffkitError(f"{directory} is not a Bria folder (model_index.json naming a {BRIA_PIPELINE} with a "
                            f"{BRIA_TRANSFORMER} transformer)")
     if index.get("_class_name") != BRIA_PIPELINE:
-        raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive; "
-                           f"allowed: {BRIA_PIPELINE}")
+        raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive "
+                           f"(Bria FIBO's SmolLM3 / Qwen3-VL prompts and Wan VAE are another family); allowed: "
+                           f"{BRIA_PIPELINE}")
     vae, transformer = check_flow_configs(directory, index, REQUIRED, "Bria", BRIA_TRANSFORMER, null_shift=True)
     latents = int(vae.get("latent_channels", 4))
     for key, default, allowed, why in (("patch_size", 1, 1, "BriaPipeline unpacks the 2 x 2 packed tokens"),
