@@ -138,8 +138,8 @@ def register(sub) -> None:
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
                    help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Bria 3.2, Z-Image, "
-                        "Qwen-Image, PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT): the images' height, the pipeline's "
-                        "height "
+                        "Qwen-Image, PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT): the images' height, the "
+                        "pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")

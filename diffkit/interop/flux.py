@@ -148,8 +148,8 @@ class FluxNet(torch.nn.Module):
 
     def packed_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> dict:
         """The keyword arguments every FLUX-style transformer call takes (FLUX.1's, Chroma's :mod:`.chroma`): the
-        packed latents, ``timestep`` t / :attr:`time_divisor` (1000), the text states with zero ``txt_ids``, the patch grid's
-        ``img_ids``."""
+        packed latents, ``timestep`` t / :attr:`time_divisor` (1000), the text states with zero ``txt_ids``, the
+        patch grid's ``img_ids``."""
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / self.time_divisor,
