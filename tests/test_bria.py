@@ -16,8 +16,8 @@ from diffkit.interop.chroma import is_chroma_folder  # noqa: E402
 from diffkit.interop.flux import is_flux_folder, pack_latents, unpack_latents  # noqa: E402
 
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_interop_flux import tiny_flux_vae  # noqa: E402
-from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
+from test_interop_flux import tiny_flux_vae, tiny_t5_encoder  # noqa: E402
+from test_interop_sd3 import tiny_t5_tokenizer  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 SIZE = 16  # images 16 x 16: latents 16 x 8 x 8, 16 packed tokens (the pipeline's vae_scale_factor 4 = 2 f)
@@ -30,9 +30,7 @@ def tiny_bria(tmp_path_factory):
     FLUX.1-dev's dynamic-shift scheduler, one with a fixed shift 3 (get_original_sigmas' branch)."""
     root = tmp_path_factory.mktemp("bria")
     torch.manual_seed(1)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    t5 = tiny_t5_encoder()
     transformer = diffusers.BriaTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=32, axes_dims_rope=[2, 2, 4])

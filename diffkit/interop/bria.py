@@ -39,8 +39,8 @@ import torch
 
 from ..errors import DiffkitError
 from . import require
-from .chroma import Chroma
-from .flow_latents import check_flow_configs, frozen_on, load_flow_parts, names_pipeline
+from .chroma import Chroma, load_t5_folder
+from .flow_latents import check_flow_configs, names_pipeline
 from .flux import FluxNet, check_flux_scheduler
 from .sd_xl import _index
 
@@ -174,16 +174,9 @@ def load_bria(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_bria_folder(directory)
-    parts = load_flow_parts(directory, index, diffusers.BriaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
-                            progress)
-    if parts["vae"].config.shift_factor is None and parts["vae"].dtype != torch.float32:
-        parts["vae"].to(torch.float32)
-    device = frozen_on(parts, device)
-    bria = Bria(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
-    width, t5 = bria.transformer.config.joint_attention_dim, bria.text_encoder.config.d_model
-    if width != t5:
-        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
-                           f"encoder's width {t5}")
+    bria = load_t5_folder(Bria, directory, index, sched, diffusers.BriaTransformer2DModel, device, dtype, progress)
+    if bria.vae.config.shift_factor is None and bria.vae.dtype != torch.float32:
+        bria.vae.to(torch.float32)
     return bria
 
 

@@ -205,6 +205,21 @@ def check_chroma_folder(directory: Path) -> tuple:
     return index, check_flux_scheduler(directory, "ChromaPipeline")
 
 
+def load_t5_folder(cls, directory: Path, index: dict, sched: dict, transformer_cls, device, dtype,
+                   progress: bool) -> Chroma:
+    """A checked one-T5 flow folder (Chroma's, Bria's :mod:`.bria`) as ``cls``: its transformer (``transformer_cls``),
+    VAE, T5 encoder and tokenizer (:func:`.flow_latents.load_flow_parts`), frozen on ``device``; one line where the
+    transformer's ``joint_attention_dim`` is not T5's width."""
+    parts = load_flow_parts(directory, index, transformer_cls, {"": "T5EncoderModel"}, dtype, progress)
+    device = frozen_on(parts, device)
+    model = cls(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
+    width, t5 = model.transformer.config.joint_attention_dim, model.text_encoder.config.d_model
+    if width != t5:
+        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
+                           f"encoder's width {t5}")
+    return model
+
+
 def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                 progress: bool = True, lora=None, textual_inversion=None) -> Chroma:
     """Load a Chroma diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
@@ -227,15 +242,8 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     index, sched = check_chroma_folder(directory)
     loras = read_flux_loras(lora, "Chroma")
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
-    parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
+    chroma = load_t5_folder(Chroma, directory, index, sched, diffusers.ChromaTransformer2DModel, device, dtype,
                             progress)
-    device = frozen_on(parts, device)
-    chroma = Chroma(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                    dtype=dtype)
-    width, t5 = chroma.transformer.config.joint_attention_dim, chroma.text_encoder.config.d_model
-    if width != t5:
-        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
-                           f"encoder's width {t5}")
     merge_sd_loras(chroma, [(path, scale, transformer_adapters(path, read, chroma.transformer) if read["kohya"]
                              else read) for path, scale, read in loras])
     add_textual_inversions(chroma, embeddings, xl=False)  # T5's tokenizer and token embeddings
