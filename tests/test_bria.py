@@ -89,6 +89,26 @@ def test_bria_matches_the_pipeline(tiny_bria, dynamic, kw):
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
 
 
+@pytest.mark.parametrize("kw", [{"normalize": True, "clip_value": 0.6, "negative_prompt": "ugly"},
+                                {"normalize": True},  # against zeros, the default s = 5
+                                {"clip_value": 0.5, "guidance_scale": 1.0}])  # unguided
+def test_bria_normalize_and_clip_value_match_the_pipeline(tiny_bria, kw):
+    """BriaPipeline's normalize (the guided velocity rescaled to the conditional one's batch std, 0.7 / 0.3) and
+    clip_value (the velocity clamped), CFG inside BriaGuidedNet."""
+    pipe, _, bria = tiny_bria[True]
+    latents = _latents()
+    with torch.no_grad():
+        theirs = unpack_latents(pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=3, output_type="latent",
+                                     latents=pack_latents(latents), max_sequence_length=LENGTH, **kw).images, 8, 8)
+    ours = text_to_image(bria, PROMPTS, steps=3, latents=latents, max_sequence_length=LENGTH, return_latents=True,
+                         **kw)
+    plain = text_to_image(bria, PROMPTS, steps=3, latents=latents, max_sequence_length=LENGTH, return_latents=True,
+                          **{k: v for k, v in kw.items() if k not in ("normalize", "clip_value")})
+    error = relative_error(ours, theirs)
+    print("bria", kw, float((ours - theirs).abs().max()), error, "vs plain", relative_error(plain, theirs))
+    assert error < 1e-5 and relative_error(plain, theirs) > 1e-3, (error, relative_error(plain, theirs))
+
+
 def test_bria_draws_as_the_pipeline_and_decodes(tiny_bria, tmp_path):
     """From seeds: sample i's z from generator seed + i as the pipeline's randn_tensor (unpacked shape); images
     decoded as its VAE step, also for a VAE with shift_factor null (the pipeline's 0)."""
@@ -188,7 +208,9 @@ def test_what_bria_does_not_take_is_refused_in_one_line(tiny_bria, tmp_path, cap
         assert not out.exists()
     for kw, match in (({"max_sequence_length": 513}, "max_sequence_length=513 is not allowed"),
                       ({"ip_adapter": object()}, "BriaPipeline .* has no load_ip_adapter"),
-                      ({"guidance_scale": float("inf")}, "guidance_scale=inf is not allowed")):
+                      ({"guidance_scale": float("inf")}, "guidance_scale=inf is not allowed"),
+                      ({"normalize": True, "guidance_scale": 1.0}, "normalize=True needs CFG"),
+                      ({"clip_value": 0}, "clip_value=0 is not allowed")):
         with pytest.raises(DiffkitError, match=match) as err:
             text_to_image(bria, PROMPTS, steps=1, height=SIZE, width=SIZE, **kw)
         assert "\n" not in str(err.value)

@@ -22,10 +22,12 @@ from :mod:`.flux`: the 2 x 2 latent packing and image ids (0, row, column) with 
   ``get_original_sigmas``: the training sigmas i / T (i = T .. 1) at indices int(linspace(0, T - 1, N)), then
   ``set_timesteps(sigmas=...)`` shifts them by the scheduler's fixed ``shift``.
 * defaults: 30 steps; a VAE with ``shift_factor`` null decodes with 0, in float32 (the pipeline's ``__init__``).
+* the pipeline's ``normalize`` / ``clip_value`` options (off by default; :func:`text_to_image`): CFG inside
+  :class:`BriaGuidedNet`.
 
 Not driven (diffusers 0.42.1 has no img2img, inpainting, LoRA, textual-inversion, IP-Adapter or ControlNet
-pipeline for Bria 3.2; ``diffkit edit`` and those flags: one line): the pipeline's ``normalize`` / ``clip_value``
-options (off by default) and its DDIM / Euler-ancestral scheduler branch. Refused in one line before any weight is
+pipeline for Bria 3.2; ``diffkit edit`` and those flags: one line): the pipeline's DDIM / Euler-ancestral scheduler
+branch. Refused in one line before any weight is
 read: a transformer / VAE / scheduler of another class (the scheduler must be FlowMatchEulerDiscreteScheduler), an
 ``image_encoder``, a transformer of ``patch_size`` != 1 or whose input is not 4 x the VAE's latent channels.
 """
@@ -65,6 +67,28 @@ class BriaNet(FluxNet):
             raise DiffkitError("a Bria transformer needs cond {'context'} (Bria.encode_prompts)")
         out = self.model(**self.packed_inputs(x, t, context), return_dict=False)[0]
         return unpack_latents(out, *x.shape[2:]).to(x.dtype)
+
+
+class BriaGuidedNet(BriaNet):
+    """``net(z, t, context, null_context=None)``: :class:`BriaNet` with BriaPipeline's CFG inside, for its
+    ``normalize`` / ``clip_value`` options: u = u_neg + s (u_c - u_neg) (``scale`` s > 1 with ``null_context``);
+    ``normalize``: u <- 0.7 (std(u_c) / std(u)) u + 0.3 u, both standard deviations (unbiased) over the whole batch
+    as the pipeline takes them; ``clip_value`` c: u clamped to [-c, c]."""
+
+    def __init__(self, transformer, scale: float = 1.0, normalize: bool = False, clip_value: Optional[float] = None):
+        super().__init__(transformer)
+        self.scale, self.normalize, self.clip_value = scale, normalize, clip_value
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
+                null_context: torch.Tensor = None) -> torch.Tensor:
+        out = super().forward(x, t, context)
+        if null_context is not None and self.scale > 1:
+            uncond = super().forward(x, t, null_context.expand(x.shape[0], -1, -1))
+            text_std = out.std()
+            out = uncond + self.scale * (out - uncond)
+            if self.normalize:
+                out = out * (0.7 * (text_std / out.std())) + 0.3 * out
+        return out if self.clip_value is None else out.clip(-self.clip_value, self.clip_value)
 
 
 def original_sigmas(num_train_timesteps: int, steps: int):
@@ -127,15 +151,37 @@ class Bria(Chroma):
 
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                        convention: str = "diffusers", ip_adapter=None) -> tuple:
+                        convention: str = "diffusers", ip_adapter=None, normalize: bool = False,
+                        clip_value: Optional[float] = None) -> tuple:
         """(denoiser, cond) at latents h x w as :meth:`.chroma.Chroma.prompt_guidance` (CFG for a diffusers-convention
         scale s > 1, default 5.0, against ``negative_prompt``, default "": zeros) with Bria's prompts
-        (:meth:`encode_prompts`, :meth:`negative_prompts`); no IP-Adapter (the pipeline takes none)."""
+        (:meth:`encode_prompts`, :meth:`negative_prompts`); no IP-Adapter (the pipeline takes none). ``normalize`` /
+        ``clip_value``: the pipeline's options (off by default), CFG inside :class:`BriaGuidedNet`."""
+        import math
+        from ..guidance import ClassifierFreeGuidance
         if ip_adapter is not None:
             raise DiffkitError("an IP-Adapter is not supported for a Bria folder: BriaPipeline (diffusers 0.42.1) "
                                "has no load_ip_adapter; drop it")
-        return super().prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
-                                       convention)
+        if not isinstance(normalize, bool):
+            raise DiffkitError(f"normalize={normalize!r} is not allowed; give True or False")
+        if clip_value is not None and (isinstance(clip_value, bool) or not isinstance(clip_value, (int, float))
+                                       or not math.isfinite(clip_value) or clip_value <= 0):
+            raise DiffkitError(f"clip_value={clip_value!r} is not allowed; give None (off) or a positive number "
+                               f"(the velocity clamped to [-clip_value, clip_value])")
+        denoiser, cond = super().prompt_guidance(prompts, h, w, guidance_scale, negative_prompt,
+                                                 max_sequence_length, convention)
+        if not normalize and clip_value is None:
+            return denoiser, cond
+        guided = isinstance(denoiser, ClassifierFreeGuidance)
+        if normalize and not guided:
+            raise DiffkitError("normalize=True needs CFG (a diffusers-convention scale > 1): BriaPipeline rescales "
+                               "the guided velocity to the conditional one's spread (unguided it fails)")
+        from ..denoiser import Denoiser
+        net = BriaGuidedNet(self.transformer, 1 + denoiser.w if guided else 1.0, normalize,
+                            None if clip_value is None else float(clip_value))
+        inner = Denoiser(net, self.denoiser_for(h, w).schedule, "flow_prediction")
+        inner.model = self.transformer
+        return inner, {**cond, **({"null_context": denoiser.null_context} if guided else {})}
 
 
 def is_bria_folder(path: Union[str, Path]) -> bool:
@@ -180,7 +226,8 @@ def load_bria(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
     return bria
 
 
-def text_to_image(bria: Bria, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+def text_to_image(bria: Bria, prompts: Union[str, Sequence[str]], *, normalize: bool = False,
+                  clip_value: Optional[float] = None, **options) -> torch.Tensor:
     """Images of a Bria 3.2 folder for ``prompts`` as ``BriaPipeline`` (module docstring) with any diffkit sampler:
     :func:`.chroma.text_to_image`'s loop with Bria's prompts, network and sigmas.
 
@@ -189,10 +236,11 @@ def text_to_image(bria: Bria, prompts: Union[str, Sequence[str]], **options) -> 
     ``convention="seed"``) / negative_prompt: :meth:`Bria.prompt_guidance`. latents: unpacked z at s = 1
     (B, C, h, w) (the pipeline's ``latents=`` is :func:`.flux.pack_latents` of it), default N(0, I) from per-sample
     ``seed + i``; height / width: default 128 f (1024), multiples of 2 f; max_sequence_length (default 128);
+    normalize / clip_value: the pipeline's options (off by default; :class:`BriaGuidedNet`; normalize needs CFG).
     output_range, return_latents; the rest: passed to :func:`diffkit.sample`."""
     from .chroma import text_to_image as flow_text_to_image
-    return flow_text_to_image(bria, prompts, **options)
+    return flow_text_to_image(bria, prompts, guide={"normalize": normalize, "clip_value": clip_value}, **options)
 
 
-__all__ = ["Bria", "BriaNet", "load_bria", "is_bria_folder", "check_bria_folder", "original_sigmas",
+__all__ = ["Bria", "BriaNet", "BriaGuidedNet", "load_bria", "is_bria_folder", "check_bria_folder", "original_sigmas",
            "text_to_image", "BRIA_GUIDANCE", "BRIA_STEPS"]
