@@ -72,7 +72,8 @@ def test_bria_encodes_prompts_as_the_pipeline(tiny_bria):
     (True, {"negative_prompt": "ugly blurry", "guidance_scale": 4.0}),
     (True, {}),  # the default 5.0 against zeros (no negative prompt)
     (False, {"negative_prompt": ["ugly", "blurry the"]}),
-    (False, {"guidance_scale": 1.0})])  # no CFG
+    (False, {"guidance_scale": 1.0}),  # no CFG
+    (False, {"negative_prompt": ["", "ugly"], "guidance_scale": 3.0})])  # is_ng_none: a first "" zeros every row
 def test_bria_matches_the_pipeline(tiny_bria, dynamic, kw):
     """Same z_0 as BriaPipeline from the same latents: flow Euler on its sigmas (linspace shifted with mu of 16
     tokens, or get_original_sigmas shifted by 3), the flow time s T as the timestep, CFG."""
