@@ -217,6 +217,7 @@ def check_own_table(heading: str, columns: list, letter: str) -> None:
 
 
 CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
+BRIA = "## Bria 3.2 folders (`diffkit.interop.bria`)"
 AURAFLOW = "## AuraFlow folders (`diffkit.interop.auraflow`)"
 HUNYUAN_DIT = "## HunyuanDiT folders (`diffkit.interop.hunyuan_dit`)"
 KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
@@ -261,7 +262,8 @@ GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
                                                     (LDM, ["LDMTextToImagePipeline", "LDMPipeline",
                                                            "LDMSuperResolutionPipeline"], "LD"),
                                                     (GLIGEN, ["StableDiffusionGLIGENPipeline",
-                                                              "StableDiffusionGLIGENTextImagePipeline"], "GL")])
+                                                              "StableDiffusionGLIGENTextImagePipeline"], "GL"),
+                                                    (BRIA, ["BriaPipeline"], "BR")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -29,6 +29,13 @@ def tiny_flux_vae():
                                    use_quant_conv=False, use_post_quant_conv=False)
 
 
+def tiny_t5_encoder():
+    """A random T5EncoderModel (d_model 32, two layers) on :func:`test_interop_sd3.tiny_t5_tokenizer`'s words."""
+    return transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+
+
 def tiny_flux_pipeline(root, dev=True):
     """A tiny random FluxPipeline: the CLIPTextModel and CLIP tokenizer of :func:`tiny_sd_components` (hidden 32), a
     T5EncoderModel (d_model 32), a FluxTransformer2DModel (in_channels 64, one double and one single block, guidance
@@ -36,9 +43,7 @@ def tiny_flux_pipeline(root, dev=True):
     scheduler config (dynamic shifting) or FLUX.1-schnell's (fixed shift 1)."""
     _, _, clip, tokenizer = tiny_sd_components(root)
     torch.manual_seed(1)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    t5 = tiny_t5_encoder()
     transformer = diffusers.FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=dev, axes_dims_rope=(2, 2, 4))

@@ -84,8 +84,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT, OpenAI consistency models, "
-                        "GLIGEN; docs/interop.md); default with "
+                        "SD3, FLUX.1, Chroma, Bria 3.2, Qwen-Image, Z-Image, PixArt, Sana, DiT, OpenAI consistency "
+                        "models, GLIGEN; docs/interop.md); default with "
                         "--config: its "
                         "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
@@ -137,9 +137,9 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
-                   help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, "
-                        "PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT): the images' height, the pipeline's "
-                        "height "
+                   help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Bria 3.2, Z-Image, "
+                        "Qwen-Image, PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT): the images' height, the "
+                        "pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
@@ -804,7 +804,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                          scale=scale, progress=progress, guidance=guidance, refused=refused,
                                          **options)
     from ._chroma import folder_family
-    family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image: Chroma's command code (._chroma)
+    family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image, Bria: Chroma's command code (._chroma)
     if family is not None and not family.samples:
         raise DiffkitError(f"{checkpoint} is a {family.kind} folder, which diffkit sample does not take (its pipeline "
                            f"edits an image); edit with diffkit edit --checkpoint {checkpoint} --images PNG|DIR "

@@ -30,6 +30,8 @@
   transformer, FlowMatchEuler or flow UniPC), through :mod:`.pixart`'s code.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, img2img and inpainting as ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``.
+* :mod:`.bria` - a Bria 3.2 folder (FLUX.1's packing, unpadded T5 states zero-filled, zero negative states, real
+  CFG), through :mod:`.chroma`'s code.
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``).
@@ -81,6 +83,7 @@ _EXPORTS = {
     "Lumina2": "lumina2", "load_lumina2": "lumina2", "is_lumina2_folder": "lumina2",
     "LuminaNext": "lumina_next", "load_lumina_next": "lumina_next", "is_lumina_next_folder": "lumina_next",
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
+    "Bria": "bria", "load_bria": "bria", "is_bria_folder": "bria",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "HunyuanDiT": "hunyuan_dit", "load_hunyuan_dit": "hunyuan_dit", "is_hunyuan_dit_folder": "hunyuan_dit",
     "QwenImage": "qwen_image", "load_qwen_image": "qwen_image", "is_qwen_image_folder": "qwen_image",
@@ -99,6 +102,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "sana_text_to_image": ("sana", "text_to_image"), "lumina2_text_to_image": ("lumina2", "text_to_image"),
             "lumina_next_text_to_image": ("lumina_next", "text_to_image"),
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image"),
+            "bria_text_to_image": ("bria", "text_to_image"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
             "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image"),
             "qwen_image_text_to_image": ("qwen_image", "text_to_image"),

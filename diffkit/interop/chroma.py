@@ -98,6 +98,8 @@ class Chroma(Flux):
     img2img_defaults = (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
     inpaint_defaults = CHROMA_INPAINT  # steps, strength, CFG (None: prompt_guidance's), max_sequence_length
     guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (check_guidance_scale's message)
+    default_guidance = CHROMA_GUIDANCE  # prompt_guidance's default scale (diffusers' convention; Bria's: its own)
+    max_sequence_length = MAX_SEQUENCE_LENGTH  # text_to_image's default T5 length (Bria's: 128)
 
     def network(self) -> torch.nn.Module:
         return ChromaNet(self.transformer)
@@ -146,7 +148,7 @@ class Chroma(Flux):
         from .stable_diffusion import negative_prompts
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
-        scale = CHROMA_GUIDANCE if guidance_scale is None else float(guidance_scale)
+        scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
         diffusers_scale = scale if convention == "diffusers" else 1 + scale
         negative_image = getattr(ip_adapter, "negative_image", None)
         if diffusers_scale <= 1 and (negative_prompt is not None or negative_image is not None):
@@ -155,6 +157,8 @@ class Chroma(Flux):
                                f"the {what} feeds only CFG (diffusers' scale > 1); raise the scale or drop it")
         context, mask = self.encode_prompts(prompts, max_sequence_length)
         cond, denoiser, null_ip = {"context": context, "mask": mask}, self.denoiser_for(h, w), {}
+        if mask is None:  # a transformer without a text mask (Bria's, .bria)
+            del cond["mask"]
         if ip_adapter is not None:  # FLUX.1's adapter code: the transformer's encoder_hid_proj and processors
             denoiser, positive, negative = ip_adapter.flux_parts(self, h, w)
             cond["ip_image_embeds"] = positive.expand(context.shape[0], *positive.shape[1:])
@@ -164,9 +168,15 @@ class Chroma(Flux):
         negatives = negative_prompts(negative_prompt, context.shape[0])
         if len(set(negatives)) == 1:
             negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
-        null_context, null_mask = self.encode_prompts(negatives, max_sequence_length)
+        null_context, null_mask = self.negative_prompts(negatives, max_sequence_length, context)
+        null_mask = {} if null_mask is None else {"mask": null_mask}
         return ClassifierFreeGuidance(denoiser, diffusers_scale, "diffusers", null_context=null_context,
-                                      null_cond={"mask": null_mask, **null_ip}), cond
+                                      null_cond={**null_mask, **null_ip}), cond
+
+    def negative_prompts(self, negatives: Sequence[str], max_sequence_length: int, context: torch.Tensor) -> tuple:
+        """(null context, null mask) of CFG's negative pass: the ``negatives`` encoded as the prompts (Bria's: zeros
+        for an empty negative prompt, :meth:`.bria.Bria.negative_prompts`); ``context``: the prompts'."""
+        return self.encode_prompts(negatives, max_sequence_length)
 
 
 def is_chroma_folder(path: Union[str, Path]) -> bool:
@@ -195,6 +205,21 @@ def check_chroma_folder(directory: Path) -> tuple:
     return index, check_flux_scheduler(directory, "ChromaPipeline")
 
 
+def load_t5_folder(cls, directory: Path, index: dict, sched: dict, transformer_cls, device, dtype,
+                   progress: bool) -> Chroma:
+    """A checked one-T5 flow folder (Chroma's, Bria's :mod:`.bria`) as ``cls``: its transformer (``transformer_cls``),
+    VAE, T5 encoder and tokenizer (:func:`.flow_latents.load_flow_parts`), frozen on ``device``; one line where the
+    transformer's ``joint_attention_dim`` is not T5's width."""
+    parts = load_flow_parts(directory, index, transformer_cls, {"": "T5EncoderModel"}, dtype, progress)
+    device = frozen_on(parts, device)
+    model = cls(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
+    width, t5 = model.transformer.config.joint_attention_dim, model.text_encoder.config.d_model
+    if width != t5:
+        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
+                           f"encoder's width {t5}")
+    return model
+
+
 def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                 progress: bool = True, lora=None, textual_inversion=None) -> Chroma:
     """Load a Chroma diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
@@ -217,15 +242,8 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     index, sched = check_chroma_folder(directory)
     loras = read_flux_loras(lora, "Chroma")
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
-    parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
+    chroma = load_t5_folder(Chroma, directory, index, sched, diffusers.ChromaTransformer2DModel, device, dtype,
                             progress)
-    device = frozen_on(parts, device)
-    chroma = Chroma(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                    dtype=dtype)
-    width, t5 = chroma.transformer.config.joint_attention_dim, chroma.text_encoder.config.d_model
-    if width != t5:
-        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
-                           f"encoder's width {t5}")
     merge_sd_loras(chroma, [(path, scale, transformer_adapters(path, read, chroma.transformer) if read["kohya"]
                              else read) for path, scale, read in loras])
     add_textual_inversions(chroma, embeddings, xl=False)  # T5's tokenizer and token embeddings
@@ -237,7 +255,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
                   convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
-                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, output_range: str = "0,1",
+                  max_sequence_length: Optional[int] = None, output_range: str = "0,1",
                   return_latents: bool = False, progress: bool = False, ip_adapter=None, guide: Optional[dict] = None,
                   **options) -> torch.Tensor:
     """Images of a Chroma folder for ``prompts`` as ``ChromaPipeline`` (module docstring) with any diffkit sampler
@@ -248,6 +266,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
     ``convention="seed"``) / negative_prompt: :meth:`Chroma.prompt_guidance`. latents: unpacked z at s = 1
     (B, C, h, w), default N(0, I) from per-sample ``seed + i``; height / width: default 128 f, multiples of 2 f.
     ip_adapter: an XLabs-format IP-Adapter with its image prompt (:meth:`Chroma.prompt_guidance`).
+    max_sequence_length: default the folder kind's (:attr:`Chroma.max_sequence_length`: 512; Bria's 128).
     options: passed to :func:`diffkit.sample`."""
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
@@ -255,6 +274,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
     prompts = prompt_list(prompts)
     noise, expected = start_latents(chroma, latents, len(prompts), height, width, " (unpacked)")
     h, w = expected[2:]
+    max_sequence_length = chroma.max_sequence_length if max_sequence_length is None else max_sequence_length
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, chroma.default_steps,
                                          lambda n: chroma.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,

@@ -148,24 +148,27 @@ def check_flow_folder(directory, index: dict, required, kind: str, transformer: 
                                f"drive for {kind}; allowed: a text-to-image folder ({name} null)")
 
 
-def check_flow_vae(directory, kind: str) -> dict:
+def check_flow_vae(directory, kind: str, null_shift: bool = False) -> dict:
     """The folder's VAE config, whose ``scaling_factor`` and ``shift_factor`` are numbers (a one-line DiffkitError
-    naming ``kind`` otherwise)."""
+    naming ``kind`` otherwise; ``null_shift``: a null ``shift_factor`` too, which BriaPipeline reads as 0)."""
     from ..errors import read_json_object
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     for key in ("scaling_factor", "shift_factor"):
+        if key == "shift_factor" and null_shift and vae.get(key) is None:
+            continue
         if isinstance(vae.get(key), bool) or not isinstance(vae.get(key), (int, float)):
             raise DiffkitError(f"{directory}'s vae has {key}={vae.get(key)!r}; allowed: a number ({kind} decodes "
                                f"z / scaling_factor + shift_factor)")
     return vae
 
 
-def check_flow_configs(directory, index: dict, required, kind: str, transformer: str) -> tuple:
+def check_flow_configs(directory, index: dict, required, kind: str, transformer: str,
+                       null_shift: bool = False) -> tuple:
     """(VAE config, transformer config) of a flow transformer folder after :func:`check_flow_folder` and
-    :func:`check_flow_vae` (FLUX.1, Chroma, Z-Image: each then checks its transformer's channels)."""
+    :func:`check_flow_vae` (FLUX.1, Chroma, Z-Image, Bria: each then checks its transformer's channels)."""
     from ..errors import read_json_object
     check_flow_folder(directory, index, required, kind, transformer)
-    vae = check_flow_vae(directory, kind)
+    vae = check_flow_vae(directory, kind, null_shift)
     return vae, read_json_object(directory / "transformer" / "config.json", "transformer config")
 
 

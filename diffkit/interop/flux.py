@@ -140,17 +140,19 @@ class FluxNet(torch.nn.Module):
     (B, C, h, w): packed with their image ids, ``t`` (float32 flow times s T) -> ``timestep`` t / 1000,
     ``guidance`` (a number or None) -> the embedded guidance; the velocity unpacked, in z's dtype."""
 
+    time_divisor = 1000  # timestep = t / this (Bria's transformer takes the flow time s T itself: 1, .bria)
+
     def __init__(self, transformer):
         super().__init__()
         self.model = transformer
 
     def packed_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> dict:
         """The keyword arguments every FLUX-style transformer call takes (FLUX.1's, Chroma's :mod:`.chroma`): the
-        packed latents, ``timestep`` t / 1000, the text states with zero ``txt_ids``, the patch grid's
-        ``img_ids``."""
+        packed latents, ``timestep`` t / :attr:`time_divisor` (1000), the text states with zero ``txt_ids``, the
+        patch grid's ``img_ids``."""
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000,
+        return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / self.time_divisor,
                     encoder_hidden_states=context.to(dtype),
                     txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
                     img_ids=latent_image_ids(h, w, x.device, context.dtype))
@@ -248,7 +250,7 @@ class Flux(FlowLatentVAE):
     def latent_channels(self) -> int:
         """The latents' C: the transformer's out_channels / 4 (its 2 x 2 packed tokens)."""
         config = self.transformer.config
-        return int(config.out_channels or config.in_channels) // 4
+        return int(config.get("out_channels") or config.in_channels) // 4  # (Bria's config has none)
 
     def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
         """The pipeline's mu for latents h x w (packed sequence length h w / 4; FLUX.1's does not depend on the
@@ -292,12 +294,17 @@ class Flux(FlowLatentVAE):
     def scheduler_sigmas(self, steps: int, h: int, w: int) -> torch.Tensor:
         """The folder's scheduler's sigmas (final 0 included) after the pipeline's ``set_timesteps(sigmas=
         linspace(1, 1/steps, steps), mu=mu)`` at latents h x w (mu: :meth:`mu` of the ``steps``)."""
-        import numpy as np
         diffusers = require("diffusers")
         self.check_scheduler_steps(steps)
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w, steps))
+        scheduler.set_timesteps(sigmas=self.input_sigmas(steps), mu=self.mu(h, w, steps))
         return scheduler.sigmas
+
+    def input_sigmas(self, steps: int):
+        """The sigmas the pipeline gives ``set_timesteps``: linspace(1, 1/steps, steps) (Bria's other branch:
+        :meth:`.bria.Bria.input_sigmas`)."""
+        import numpy as np
+        return np.linspace(1.0, 1 / steps, steps)
 
     def check_scheduler_steps(self, steps) -> None:
         """One line for a step count the scheduler does not take: no positive integer, or 1 with a
