@@ -141,7 +141,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(longcat_f
     assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a LongCat-Image folder"),
         (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion does not apply to a LongCat-Image"),
-        (["--max-sequence-length", "100"], "max_sequence_length=100 is not allowed; LongCat-Image pads"),
+        (["--max-sequence-length", "100"], "--max-sequence-length does not apply to a LongCat-Image folder"),
         (["--flow-shift", "2"], "--flow-shift 2 moves a sampler's own grid")])
 
 
@@ -158,3 +158,60 @@ def test_folders_diffkit_does_not_drive_are_refused(longcat_folder, tmp_path, fi
     (copy / file).write_text(json.dumps({**data, **change}))
     with pytest.raises(DiffkitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_longcat_image(copy, progress=False)
+
+
+def test_edit_matches_the_pipeline(edit_folder, small_area):
+    """LongCatImageEditPipeline: the image at its 16-multiple calculated size, the prompt seeing it at half size
+    (vision tokens; states from <|vision_start|> on), its latents (the posterior's mode) after z_t's tokens with
+    modality-2 ids; CFG without renormalisation against "" and against a negative prompt; and the images."""
+    pipe, _, model, image = edit_folder
+    assert calculated_size(24, 16, AREA) == edit_module.calculate_dimensions(AREA, 24 / 16) == (48, 32)
+    noise = torch.randn(1, 16, 16, 24, generator=torch.Generator().manual_seed(2))
+    for negative, scale in ((None, 4.5), ("blurry", 2.0)):
+        with torch.no_grad():
+            theirs = pipe(image, "make it a 'cat'", negative_prompt=negative, guidance_scale=scale,
+                          num_inference_steps=3, latents=pack_latents(noise), output_type="latent").images
+        theirs = unpack_latents(theirs, 16, 24)
+        ours = edit_image(model, image, "make it a 'cat'", area=AREA, steps=3, latents=noise.clone(),
+                          negative_prompt=negative, guidance_scale=scale, return_latents=True)
+        assert theirs.abs().max() > 0.5 and relative_error(ours, theirs) < 1e-5
+    with torch.no_grad():
+        images = pipe(image, "hot dog", num_inference_steps=2, latents=pack_latents(noise), output_type="pt").images
+    mine = edit_image(model, image, "hot dog", area=AREA, steps=2, latents=noise.clone())
+    assert relative_error(mine, images) < 1e-5
+    for call, expected in [(dict(height=16), "height is not allowed for a LongCat-Image-Edit folder"),
+                           (dict(area=10), "area=10 is not allowed")]:
+        with pytest.raises(DiffkitError, match=expected):
+            edit_image(model, image, "x", **call)
+    with pytest.raises(DiffkitError, match="a LongCat-Image-Edit folder edits an image"):
+        text_to_image(model, "x", steps=2, height=16, width=16)
+
+
+def test_edit_command_is_the_library_and_refusals(edit_folder, longcat_folder, tmp_path, capsys):
+    """``diffkit edit`` on an edit folder: image i edited alone from seed + i (the library's PNGs byte for byte); a
+    text-to-image folder or flags an edit folder does not take: one line."""
+    _, path, model, image = edit_folder
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image.save(inputs / "a.png")
+    image.transpose(Image.FLIP_LEFT_RIGHT).save(inputs / "b.png")
+    out = tmp_path / "out"
+    args = ["edit", "--checkpoint", str(path), "--images", str(inputs), "--prompt", "hot", "--prompt", "dog",
+            "--max-area", str(AREA), "--steps", "2", "--seed", "3", "--no-progress"]
+    assert main(args + ["--out", str(out)]) == 0
+    pixels = torch.from_numpy(np.stack([np.array(Image.open(inputs / n)) for n in ("a.png", "b.png")]))
+    pixels = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1
+    expected = torch.cat([edit_image(model, pixels[i:i + 1], p, area=AREA, steps=2, seed=3 + i, output_range="-1,1")
+                          for i, p in enumerate(("hot", "dog"))])
+    save_images(expected, tmp_path / "expected", prefix="edit")
+    for name in ("edit_00000.png", "edit_00001.png"):
+        assert (out / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    for extra, expected in [(["--strength", "0.5"], "--strength does not apply to a LongCat-Image-Edit folder"),
+                            (["--height", "32"], "--height does not apply to a LongCat-Image-Edit folder")]:
+        assert main(args + extra + ["--out", str(tmp_path / "x")]) == 2
+        assert expected in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "x", "--out", str(tmp_path / "s.png")]) == 2
+    assert "is a LongCat-Image-Edit folder, which diffkit sample does not take" in capsys.readouterr().err
+    assert main(["edit", "--checkpoint", str(longcat_folder[1]), "--images", str(inputs), "--prompt", "x",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "is a LongCat-Image folder, which diffkit edit does not take" in capsys.readouterr().err

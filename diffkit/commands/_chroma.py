@@ -39,6 +39,7 @@ class Family:
 
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
+    edits = True  # diffkit edit takes it (not a LongCat-Image text-to-image folder, ._longcat_image)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -58,7 +59,7 @@ class Family:
 
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image or Z-Image folder; None for any other checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image or LongCat-Image folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -72,6 +73,11 @@ def folder_family(directory) -> Optional[type]:
     if is_z_image_folder(directory):
         from ._z_image import ZImageFamily
         return ZImageFamily
+    from ..interop.longcat_image import EDIT_PIPELINE, is_longcat_folder
+    if is_longcat_folder(directory):
+        from ..interop.sd_xl import pipeline_class
+        from ._longcat_image import LongCatImageEditFamily, LongCatImageFamily
+        return LongCatImageEditFamily if pipeline_class(directory) == EDIT_PIPELINE else LongCatImageFamily
     return None
 
 

@@ -359,6 +359,10 @@ def _run(args) -> int:
     check_image_size(args.checkpoint, args.height, args.width, edit=True)  # a diffusers folder's multiple, first
     from ._chroma import folder_family
     family = folder_family(args.checkpoint)  # Chroma, Qwen-Image, Z-Image: img2img / inpainting as their pipelines
+    if family is not None and not family.edits:
+        raise DiffkitError(f"{args.checkpoint} is a {family.kind} folder, which diffkit edit does not take (diffusers "
+                           f"0.42 has no img2img pipeline for it); sample it with diffkit sample --checkpoint "
+                           f"{args.checkpoint} --prompt TEXT")
     if family is not None:
         from ._chroma import edit_chroma
         return edit_chroma(args, family)
