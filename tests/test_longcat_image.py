@@ -29,7 +29,7 @@ from _qwen_image_helpers import save_qwen_image_edit, tiny_qwen_vl  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_flux_vae  # noqa: E402
 
-PROMPTS = ["a photo of a 'cat'", "hot dog"]  # a quoted part: tokenised character by character
+PROMPTS = ["a photo of a 'hot' cat", "hot dog"]  # a quoted part: tokenised character by character
 AREA = 1024  # 24 x 16 inputs -> 48 x 32 (16-multiples rounded up), latents 24 x 16, 96 packed tokens
 
 
