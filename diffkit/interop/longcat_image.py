@@ -240,13 +240,9 @@ def check_longcat_folder(directory) -> tuple:
     """(index, scheduler config) of a LongCat-Image folder that :func:`load_longcat_image` drives; anything else is a
     one-line DiffkitError (module docstring), from the JSON files alone."""
     from ..errors import read_json_object
-    from .pixart import check_classes
-    from .sd_xl import _index
+    from .pixart import check_classes, named_index
     directory = Path(directory)
-    index = _index(directory)
-    if index is None or index.get("_class_name") not in LONGCAT_PIPELINES:
-        raise DiffkitError(f"{directory} is not a LongCat-Image folder (model_index.json naming one of "
-                           f"{', '.join(LONGCAT_PIPELINES)})")
+    index = named_index(directory, LONGCAT_PIPELINES, "LongCat-Image")
     check_classes(directory, index, REQUIRED, "LongCat-Image", LONGCAT_CLASSES)
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
