@@ -117,17 +117,22 @@ def _repeated(cond: dict, batch: int, copies: int) -> dict:
             for k, v in cond.items()}
 
 
-def norm_matched_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, normalize: bool = True) -> torch.Tensor:
+def norm_matched_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, normalize: bool = True,
+                     bounds: Optional[tuple] = None, eps: float = 0.0) -> torch.Tensor:
     """The network-output CFG of the diffusers pipelines that guide their transformer's prediction directly:
     v = v_u + s (v_c - v_u) (Ho & Salimans 2022, eq. 6 in diffusers' convention), with ``normalize`` rescaled to
     v ||v_c|| / ||v||, the norms over the **last axis** (``torch.norm(dim=-1, keepdim=True)``): per packed token of
     4C channels in ``QwenImagePipeline`` ("true CFG", :mod:`diffkit.interop.qwen_image`), per image row of
     ``Lumina2Pipeline`` with ``cfg_normalization`` (:mod:`diffkit.interop.lumina2`). Nonlinear in v, so it runs on
-    the network's output, not in :class:`ClassifierFreeGuidance`'s eps / x0 mix."""
+    the network's output, not in :class:`ClassifierFreeGuidance`'s eps / x0 mix. ``bounds`` (lo, hi) / ``eps``:
+    ``LongCatImagePipeline``'s ``enable_cfg_renorm``, the factor clamp(||v_c|| / (||v|| + eps), lo, hi)
+    (:mod:`diffkit.interop.longcat_image`)."""
     guided = uncond + scale * (cond - uncond)
     if not normalize:
         return guided
-    return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+    norm = guided.norm(dim=-1, keepdim=True)
+    factor = cond.norm(dim=-1, keepdim=True) / (norm + eps if eps else norm)
+    return guided * (factor if bounds is None else factor.clamp(*bounds))
 
 
 class ClassifierFreeGuidance(Wrapper):

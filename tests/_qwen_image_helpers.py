@@ -33,15 +33,14 @@ def tiny_qwen_tokenizer(vision: bool = False):
     return tokenizer
 
 
-def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False, plus: bool = False):
-    """A QwenImagePipeline of random weights (module docstring); z_dim 4, transformer in_channels 16. ``edit``: a
-    QwenImageEditPipeline, its tokenizer with the vision tokens (the config's ids) and a ``Qwen2VLProcessor`` of
-    the PIL image processor (no torchvision) with the vision tower's patches (2 x 2, no merge, one frame); ``plus``:
-    a QwenImageEditPlusPipeline of the same parts."""
-    torch.manual_seed(0)
-    tokenizer = tiny_qwen_tokenizer(edit)
+def tiny_qwen_vl(width: int = 32, vision: bool = False) -> dict:
+    """{tokenizer, text_encoder (, processor)} of a tiny random Qwen2.5-VL (module docstring); ``vision``: the
+    tokenizer with the vision tokens (the config's ids) and a ``Qwen2VLProcessor`` of the PIL image processor (no
+    torchvision) with the vision tower's patches (2 x 2, no merge, one frame). Qwen-Image's and LongCat-Image's
+    (tests/test_longcat_image.py)."""
+    tokenizer = tiny_qwen_tokenizer(vision)
     names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in names] if edit else [len(tokenizer) + i for i in (1, 2, 3, 4)]
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in names] if vision else [len(tokenizer) + i for i in (1, 2, 3, 4)]
     config = transformers.Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=48, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
@@ -52,7 +51,23 @@ def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False, plus: bool = F
                            patch_size=2, spatial_merge_size=1, temporal_patch_size=1, window_size=4,
                            fullatt_block_indexes=[0]),
         image_token_id=ids[0], video_token_id=ids[1], vision_start_token_id=ids[2], vision_end_token_id=ids[3])
-    text_encoder = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
+    parts = dict(text_encoder=transformers.Qwen2_5_VLForConditionalGeneration(config).eval(), tokenizer=tokenizer)
+    if vision:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        images = Qwen2VLImageProcessorPil(patch_size=2, merge_size=1, temporal_patch_size=1,
+                                          size={"shortest_edge": 16, "longest_edge": 64 * 64})
+        with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class", lambda *_: None):
+            # (its video_processor class check imports torchvision, not installed here; no video is processed)
+            parts["processor"] = transformers.Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer)
+    return parts
+
+
+def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False, plus: bool = False):
+    """A QwenImagePipeline of random weights (module docstring); z_dim 4, transformer in_channels 16. ``edit``: a
+    QwenImageEditPipeline, its Qwen2.5-VL with the vision tokens and processor (:func:`tiny_qwen_vl`); ``plus``:
+    a QwenImageEditPlusPipeline of the same parts."""
+    torch.manual_seed(0)
+    parts = tiny_qwen_vl(width, edit)
     transformer = diffusers.QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=width, axes_dims_rope=(4, 6, 6))
@@ -62,14 +77,7 @@ def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False, plus: bool = F
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
         base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift_terminal=0.02,
         use_dynamic_shifting=True, time_shift_type="exponential")
-    parts = dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
-    if edit:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-        images = Qwen2VLImageProcessorPil(patch_size=2, merge_size=1, temporal_patch_size=1,
-                                          size={"shortest_edge": 16, "longest_edge": 64 * 64})
-        with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class", lambda *_: None):
-            # (its video_processor class check imports torchvision, not installed here; no video is processed)
-            parts["processor"] = transformers.Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer)
+    parts.update(scheduler=scheduler, vae=vae, transformer=transformer)
     kind = diffusers.QwenImageEditPlusPipeline if plus else diffusers.QwenImageEditPipeline if edit else \
         diffusers.QwenImagePipeline
     pipe = kind(**parts)

@@ -234,6 +234,7 @@ CONSISTENCY_MODELS = "## Consistency-model folders (`diffkit.interop.consistency
 KANDINSKY3 = "## Kandinsky 3 folders (`diffkit.interop.kandinsky3`)"
 LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
 GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
+LONGCAT = "## LongCat-Image folders (`diffkit.interop.longcat_image`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -263,7 +264,9 @@ GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
                                                            "LDMSuperResolutionPipeline"], "LD"),
                                                     (GLIGEN, ["StableDiffusionGLIGENPipeline",
                                                               "StableDiffusionGLIGENTextImagePipeline"], "GL"),
-                                                    (BRIA, ["BriaPipeline"], "BR")])
+                                                    (BRIA, ["BriaPipeline"], "BR"),
+                                                    (LONGCAT, ["LongCatImagePipeline", "LongCatImageEditPipeline"],
+                                                     "LC")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -142,6 +142,10 @@ def check_prompt_encoding(request, checkpoint) -> None:
                 f"{other[0]} does not apply to a {label} folder ({checkpoint}); its prompt flags are "
                 f"--prompt, --negative-prompt and --max-sequence-length (one text encoder)"))
         return
+    from ..interop.longcat_image import is_longcat_folder
+    if given and is_longcat_folder(checkpoint):
+        raise DiffkitError(f"{given[0][0]} does not apply to a LongCat-Image folder ({checkpoint}); its prompt flags "
+                           f"are --prompt and --negative-prompt (one text encoder, Qwen2.5-VL, 512 tokens)")
     from ..interop.kolors import is_kolors_folder
     if given and is_kolors_folder(checkpoint):
         raise DiffkitError(f"{given[0][0]} does not apply to a Kolors folder ({checkpoint}); its prompt flags are "

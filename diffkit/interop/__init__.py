@@ -17,6 +17,8 @@
   their img2img and inpainting pipelines: :mod:`.deepfloyd_if_edit`.
 * :mod:`.kandinsky3` - a Kandinsky 3 folder (T5 states cut to the batch's longest mask, ``Kandinsky3UNet``, Kandinsky
   2.2's MoVQ decoder class), through :mod:`.pixart`'s code; img2img with Kandinsky 2.2's start.
+* :mod:`.longcat_image` - a LongCat-Image / LongCat-Image-Edit folder (Qwen2.5-VL states padded to 512, 3-axis RoPE
+  ids, CFG with per-token renormalisation), through :mod:`.chroma`'s and :mod:`.flux`'s code.
 * :mod:`.sd3` - a Stable Diffusion 3 folder (two CLIPs + T5, a flow-matching MM-DiT), the same way.
 * :mod:`.flux` - a FLUX.1 folder (CLIP pooled + T5, a flow-matching transformer on packed latents), the same way.
 * :mod:`.pixart` - a PixArt-α / PixArt-Σ folder (T5 with attention masks, a DiT with adaLN-single and a learned
@@ -95,6 +97,7 @@ _EXPORTS = {
     "StableCascade": "stable_cascade", "load_stable_cascade": "stable_cascade",
     "is_stable_cascade_folder": "stable_cascade",
     "Kandinsky3": "kandinsky3", "load_kandinsky3": "kandinsky3", "is_kandinsky3_folder": "kandinsky3",
+    "LongCatImage": "longcat_image", "load_longcat_image": "longcat_image", "is_longcat_folder": "longcat_image",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -116,7 +119,9 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "hidream_text_to_image": ("hidream", "text_to_image"),
             "stable_cascade_text_to_image": ("stable_cascade", "text_to_image"),
             "kandinsky3_text_to_image": ("kandinsky3", "text_to_image"),
-            "kandinsky3_image_to_image": ("kandinsky3", "image_to_image")}
+            "kandinsky3_image_to_image": ("kandinsky3", "image_to_image"),
+            "longcat_text_to_image": ("longcat_image", "text_to_image"),
+            "longcat_edit_image": ("longcat_image", "edit_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

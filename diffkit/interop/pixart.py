@@ -85,6 +85,17 @@ def check_classes(directory, index: dict, required, kind: str, classes: dict) ->
             raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
 
 
+def named_index(directory: Path, pipelines, kind: str) -> dict:
+    """The ``model_index.json`` dict of ``directory`` where it names one of ``pipelines``, else one line ("is not a
+    {kind} folder"; Qwen-Image's and LongCat-Image's folders)."""
+    from .sd_xl import _index
+    index = _index(directory)
+    if index is None or index.get("_class_name") not in pipelines:
+        raise DiffkitError(f"{directory} is not a {kind} folder (model_index.json naming one of "
+                           f"{', '.join(pipelines)})")
+    return index
+
+
 def checked_folder(directory: Path, pipeline: str, required, kind: str, classes: dict) -> tuple:
     """(model_index.json, transformer config, VAE config) of ``directory`` where its index names ``pipeline`` and
     passes :func:`check_classes` (``required``, ``kind``, ``classes``), else one line ("is not a(n) {kind} folder";

@@ -240,13 +240,9 @@ def is_qwen_image_folder(path: Union[str, Path]) -> bool:
 def check_qwen_image_folder(directory) -> tuple:
     """(index, scheduler config) of a Qwen-Image folder that :func:`load_qwen_image` drives; anything else is a
     one-line DiffkitError (module docstring), from the JSON files alone."""
-    from .pixart import check_classes
-    from .sd_xl import _index
+    from .pixart import check_classes, named_index
     directory = Path(directory)
-    index = _index(directory)
-    if index is None or index.get("_class_name") not in QWEN_IMAGE_PIPELINES:
-        raise DiffkitError(f"{directory} is not a Qwen-Image folder (model_index.json naming one of "
-                           f"{', '.join(QWEN_IMAGE_PIPELINES)})")
+    index = named_index(directory, QWEN_IMAGE_PIPELINES, "Qwen-Image")
     edit = index.get("_class_name") in EDIT_PIPELINES
     check_classes(directory, index, REQUIRED + ("processor",) * edit, "Qwen-Image",
                   {**QWEN_IMAGE_CLASSES, **({"processor": ("Qwen2VLProcessor",)} if edit else {})})

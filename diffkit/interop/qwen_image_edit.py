@@ -65,11 +65,11 @@ def calculated_size(width: int, height: int, area: int = EDIT_AREA) -> tuple:
     return round(new_width / 32) * 32, round(new_width / ratio / 32) * 32
 
 
-def load_image_processor(directory: Union[str, Path]):
-    """The folder's ``processor/`` image processor as transformers' ``Qwen2VLImageProcessorPil`` (module docstring);
-    a missing or unreadable config is one line."""
+def load_image_processor(directory: Union[str, Path], component: str = "processor"):
+    """The folder's ``processor/`` (``component``: LongCat-Image-Edit's ``text_processor/``) image processor as
+    transformers' ``Qwen2VLImageProcessorPil`` (module docstring); a missing or unreadable config is one line."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    path = Path(directory) / "processor"
+    path = Path(directory) / component
     if not (path / "preprocessor_config.json").is_file():
         raise DiffkitError(f"{path} has no preprocessor_config.json (the Qwen2-VL image processor's config)")
     try:
