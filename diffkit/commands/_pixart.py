@@ -157,7 +157,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
     :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
     (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt), a HunyuanDiT folder's
-    (one ``HunyuanDiT2DControlNetModel``, :mod:`diffkit.interop.hunyuan_dit_controlnet`: sample i's control
+    (one or more ``HunyuanDiT2DControlNetModel``, :mod:`diffkit.interop.hunyuan_dit_controlnet`: sample i's control
     posterior from ``seed + i``); a CogView4 Control
     folder's --control-image (no ControlNet folder: the transformer's own channels). HunyuanDiT and CogView4
     folders: their pipelines' size conditions (``guidance.sizes``, :mod:`._size_conditions`)."""
@@ -193,7 +193,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     guidance, pag = (guidance, {}) if hunyuan else pag_options(directory, guidance)
     if pag:
         takes += ", --pag-scale (--pag-layers, --pag-adaptive-scale)"
-    if control is not None and hunyuan:  # HunyuanDiTControlNetPipeline's one ControlNet, no window, no PAG
+    if control is not None and hunyuan:  # HunyuanDiTControlNetPipeline's ControlNet(s), no window, no PAG
         from ..interop.hunyuan_dit_controlnet import check_hunyuan_control_options
         from ..interop.sana_controlnet import check_no_pag
         check_hunyuan_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
