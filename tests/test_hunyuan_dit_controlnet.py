@@ -34,6 +34,33 @@ def controlled(tmp_path_factory):
         controlnet, root / "control.png"
 
 
+def run_both(pipe, hunyuan, prompts, control_image, nets, monkeypatch, call, **ours_only):
+    """(diffkit's z_0 with ControlNets ``nets``, the pipeline's with its ``control_image``, ``draw(**options)``:
+    text_to_image with the same options) of ``prompts``, 2 DDPM steps from the same latents and generators
+    (seed 7 + i); the posteriors' means for several prompts (the pipeline's sample() made its mode), for one prompt
+    the pipeline's draws after torch.manual_seed(11), diffkit's from control_seed 11. ``call``: both's options
+    (``controlnet_conditioning_scale`` the pipeline's), ``ours_only``: diffkit's."""
+    posterior = "sample" if len(prompts) == 1 else "mean"
+    if posterior == "mean":
+        monkeypatch.setattr(diffusers.models.autoencoders.vae.DiagonalGaussianDistribution, "sample",
+                            lambda self, generator=None: self.mode())
+    noise = torch.randn(len(prompts), 4, 8, 12, generator=torch.Generator().manual_seed(1))
+    negative = call.pop("negative_prompt", None)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        theirs = pipe(prompts, control_image=control_image, num_inference_steps=2, latents=noise.clone(),
+                      output_type="latent", use_resolution_binning=False,
+                      generator=generators_from_seed(7, len(prompts)), **SIZE,
+                      negative_prompt=None if negative is None else [negative] * len(prompts), **call).images
+    call.pop("controlnet_conditioning_scale", None)
+    options = dict(steps=2, seed=7, return_latents=True, negative_prompt=negative, control_seed=11,
+                   control_posterior=posterior, **SIZE, **call)
+
+    def draw(**more):
+        return text_to_image(hunyuan, prompts, latents=noise.clone(), **options, **more)
+    return draw(controlnets=nets, **ours_only), theirs, draw
+
+
 @pytest.mark.parametrize("call", [
     dict(guidance_scale=4.0, negative_prompt="ugly", guidance_rescale=0.7, controlnet_conditioning_scale=0.6),
     dict(guidance_scale=1.0), dict(guidance_scale=3.0, prompts=1)])
@@ -46,27 +73,12 @@ def test_hunyuan_dit_controlnet_matches_the_pipeline(controlled, monkeypatch, ca
     pipe, _, _, hunyuan, controlnet, png = controlled
     prompts = PROMPTS[:call.pop("prompts", 2)]
     images = [png, png.parent / "small.png"] if call["guidance_scale"] == 1.0 else [png]
-    posterior = "sample" if len(prompts) == 1 else "mean"
-    if posterior == "mean":
-        monkeypatch.setattr(diffusers.models.autoencoders.vae.DiagonalGaussianDistribution, "sample",
-                            lambda self, generator=None: self.mode())
-    noise = torch.randn(len(prompts), 4, 8, 12, generator=torch.Generator().manual_seed(1))
-    negative = call.pop("negative_prompt", None)
-    torch.manual_seed(11)
-    with torch.no_grad():
-        theirs = pipe(prompts, control_image=[Image.open(p) for p in images], num_inference_steps=2,
-                      latents=noise.clone(), output_type="latent", use_resolution_binning=False,
-                      generator=generators_from_seed(7, len(prompts)), **SIZE,
-                      negative_prompt=None if negative is None else [negative] * len(prompts), **call).images
-    scale = call.pop("controlnet_conditioning_scale", 1.0)
-    nets = ControlNets([controlnet], [[str(p) for p in images] if len(images) > 1 else str(png)], scale)
-    ours = text_to_image(hunyuan, prompts, steps=2, latents=noise.clone(), seed=7, return_latents=True,
-                         negative_prompt=negative, controlnets=nets, control_seed=11, control_posterior=posterior,
-                         control_rows=[0, 1] if len(images) > 1 else None, **SIZE, **call)
+    nets = ControlNets([controlnet], [[str(p) for p in images] if len(images) > 1 else str(png)],
+                       call.get("controlnet_conditioning_scale", 1.0))
+    ours, theirs, draw = run_both(pipe, hunyuan, prompts, [Image.open(p) for p in images], nets, monkeypatch, call,
+                                  control_rows=[0, 1] if len(images) > 1 else None)
     assert relative_error(ours, theirs) < 1e-5  # measured 1.2e-6 (CFG), 1.1e-6 (s = 1), 1.0e-6 (drawn posterior)
-    plain = text_to_image(hunyuan, prompts, steps=2, latents=noise.clone(), seed=7, return_latents=True,
-                          negative_prompt=negative, **SIZE, **call)
-    assert relative_error(ours, plain) > 1e-3  # the ControlNet acts
+    assert relative_error(ours, draw()) > 1e-3  # the ControlNet acts
 
 
 def test_sample_command_with_a_hunyuan_dit_controlnet_is_the_library_and_refuses_what_does_not_apply(
@@ -132,29 +144,12 @@ def test_several_hunyuan_dit_controlnets_match_the_multi_controlnet_pipeline(con
     from PIL import Image
     _, _, _, hunyuan, first, png = controlled
     net, _, pipe = second
-    prompts = PROMPTS[:call.pop("prompts", 2)]
     images = [png, png.parent / "small.png"]
-    posterior = "sample" if len(prompts) == 1 else "mean"
-    if posterior == "mean":
-        monkeypatch.setattr(diffusers.models.autoencoders.vae.DiagonalGaussianDistribution, "sample",
-                            lambda self, generator=None: self.mode())
-    noise = torch.randn(len(prompts), 4, 8, 12, generator=torch.Generator().manual_seed(1))
-    negative = call.pop("negative_prompt", None)
-    torch.manual_seed(11)
-    with torch.no_grad():
-        theirs = pipe(prompts, control_image=[Image.open(p) for p in images], num_inference_steps=2,
-                      latents=noise.clone(), output_type="latent", use_resolution_binning=False,
-                      generator=generators_from_seed(7, len(prompts)), **SIZE,
-                      negative_prompt=None if negative is None else [negative] * len(prompts), **call).images
-    scales = call.pop("controlnet_conditioning_scale")
-    nets = ControlNets([first, net], [str(p) for p in images], scales)
-    ours = text_to_image(hunyuan, prompts, steps=2, latents=noise.clone(), seed=7, return_latents=True,
-                         negative_prompt=negative, controlnets=nets, control_seed=11, control_posterior=posterior,
-                         **SIZE, **call)
+    scales = call["controlnet_conditioning_scale"]
+    ours, theirs, draw = run_both(pipe, hunyuan, PROMPTS[:call.pop("prompts", 2)], [Image.open(p) for p in images],
+                                  ControlNets([first, net], [str(p) for p in images], scales), monkeypatch, call)
     assert relative_error(ours, theirs) < 1e-5  # measured 1.8e-6 (CFG + rescale), 1.3e-6 (drawn), 1.2e-6 (scale 0)
-    one = text_to_image(hunyuan, prompts, steps=2, latents=noise.clone(), seed=7, return_latents=True,
-                        negative_prompt=negative, controlnets=ControlNets([net], [str(images[1])], scales[1]),
-                        control_seed=11, control_posterior=posterior, **SIZE, **call)
+    one = draw(controlnets=ControlNets([net], [str(images[1])], scales[1]))
     assert (relative_error(ours, one) > 1e-3) == (scales[0] > 0)  # net a acts where its scale is not 0
 
 

@@ -159,8 +159,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt), a HunyuanDiT folder's
     (one or more ``HunyuanDiT2DControlNetModel``, :mod:`diffkit.interop.hunyuan_dit_controlnet`: sample i's control
     posterior from ``seed + i``); a CogView4 Control
-    folder's --control-image (no ControlNet folder: the transformer's own channels). HunyuanDiT and CogView4
-    folders: their pipelines' size conditions (``guidance.sizes``, :mod:`._size_conditions`)."""
+    folder's --control-image (no ControlNet folder: the transformer's own channels). HunyuanDiT and CogView4 /
+    CogView3-Plus folders: their pipelines' size conditions (``guidance.sizes``, :mod:`._size_conditions`)."""
     from ..interop.pixart import masked_text_folder
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
@@ -173,7 +173,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
     from ._size_conditions import FLAGS as SIZE_FLAGS, KINDS as SIZE_KINDS, check_size_conditions
-    sizes = getattr(guidance, "sizes", None) or {}  # HunyuanDiT / CogView4: --original-size, ... (their pipelines')
+    sizes = getattr(guidance, "sizes", None) or {}  # HunyuanDiT / CogView: --original-size, ... (their pipelines')
     check_size_conditions(sizes, directory, label)
     lumina_next = label == "Lumina-Next"  # LuminaPipeline: no --max-sequence-length (its batch's longest prompt)
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else

@@ -180,7 +180,7 @@ def register(sub) -> None:
                    help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at t is "
                         "max(S - A (1000 - 1000 t / T), 0) for a model of T training timesteps; 0 = constant S")
     add_slg_flags(g)  # --slg-layers, --slg-scale, --slg-start, --slg-stop (SD3 folders)
-    add_size_condition_flags(g)  # --original-size, --target-size, --crops-coords-top-left (HunyuanDiT, CogView4)
+    add_size_condition_flags(g)  # --original-size, --target-size, --crops-coords-top-left (HunyuanDiT, CogView)
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
