@@ -61,7 +61,8 @@ def test_cogview3plus_matches_the_pipeline(cogview3plus_folder, call):
 
 def test_schedule_prompts_and_command(cogview3plus_folder, tmp_path, capsys):
     """The SNR-shifted, rescaled alpha_bar (closed form against the scheduler's), T5's states with no mask, ``diffkit
-    sample`` (the library's grid byte for byte), and one-line refusals."""
+    sample`` (the library's grid byte for byte; with --original-size / --crops-coords-top-left too), and one-line
+    refusals."""
     pipe, path, cogview = cogview3plus_folder
     assert is_cogview3plus_folder(path) and cogview.latent_shape(1) == (1, 4, 8, 8)
     assert (cogview.schedule.alphas_cumprod - pipe.scheduler.alphas_cumprod.double()).abs().max() < 1e-12
@@ -85,6 +86,11 @@ def test_schedule_prompts_and_command(cogview3plus_folder, tmp_path, capsys):
         (["--lora", str(path / "model_index.json")], "--lora does not apply to a CogView3Plus folder"),
         (["--flow-shift", "2"], "--flow-shift does not apply to a CogView3Plus folder"),
         (["--height", "12"], "--height 12 is not allowed; give a positive multiple of 8")])
+    from _sana_helpers import check_option_flags  # CogView3PlusPipeline's original_size / crops_coords_top_left
+    check_option_flags(path, cogview, text_to_image, tmp_path, 4, 16, ["--original-size", "64,48",
+                       "--crops-coords-top-left", "8,4"], {"original_size": (64, 48), "crops_coords_top_left": (8, 4)})
+    assert_sample_refusals(main, path, tmp_path, capsys, [
+        (["--target-size", "16,16"], "--target-size does not apply to a CogView3Plus folder")])
     for call, expected in [(dict(steps=3), "not spaced by T // steps = 333"),
                            (dict(negative_prompt="x", guidance_scale=1.0), "a negative prompt with guidance_scale=1"),
                            (dict(resolution_binning=True), "CogView3PlusPipeline has no resolution binning")]:

@@ -260,3 +260,23 @@ def test_cogview4_lora_is_load_lora_weights_and_fuse_lora(cogview4_folder, cogvi
                                   "a CogView4 folder") < 1e-6
     with pytest.raises(DiffkitError, match="CogView4ControlPipeline has no LoRA loader"):
         load_cogview4(cogview4_control_folder[1], progress=False, lora=[lora])
+
+
+def test_size_condition_flags_are_the_pipelines(cogview4_folder, tmp_path, capsys):
+    """``--original-size`` / ``--crops-coords-top-left``: ``diffkit sample`` writes the library's image with
+    CogView4Pipeline's original_size / crops_coords_top_left (which match the pipeline,
+    :func:`test_cogview4_matches_the_pipeline`); ``--target-size`` (the pipeline's is the drawn size) and the flags on
+    another folder kind (PixArt): one line."""
+    from _pixart_helpers import assert_sample_refusals, edited_copy
+    from _sana_helpers import check_option_flags
+    from diffkit.cli import main
+    _, path, cogview = cogview4_folder
+    check_option_flags(path, cogview, text_to_image, tmp_path, 2, 16, ["--original-size", "64,48",
+                       "--crops-coords-top-left", "8,4"], {"original_size": (64, 48), "crops_coords_top_left": (8, 4)})
+    assert_sample_refusals(main, path, tmp_path, capsys, [
+        (["--target-size", "16,16"], "--target-size does not apply to a CogView4 folder"),
+        (["--original-size", "64,48", "--target-size", "16,16"], "target size is the drawn one")])
+    other = edited_copy(path, tmp_path / "copy", "model_index.json", {"_class_name": "PixArtSigmaPipeline"})
+    assert_sample_refusals(main, other, tmp_path, capsys, [(["--sampler", "ddim", "--crops-coords-top-left", "8,4"],
+                                                            "--crops-coords-top-left applies to a HunyuanDiT, "
+                                                            "CogView4 or CogView3-Plus folder")])

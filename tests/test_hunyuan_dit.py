@@ -80,7 +80,7 @@ def run_both(pipe, hunyuan, pag=None, steps=3, **call):
 
 @pytest.mark.parametrize("call", [
     dict(guidance_scale=4.0, negative_prompt="ugly blurry", guidance_rescale=0.7, original_size=(512, 768),
-         crops_coords_top_left=(8, 16)),
+         target_size=(32, 48), crops_coords_top_left=(8, 16)),
     dict(guidance_scale=1.0, target_size=(32, 48))])
 def test_hunyuan_dit_matches_the_pipeline(folder, call):
     """z_0 equals HunyuanDiTPipeline's (DDPM steps with their noise; CFG with a negative prompt, guidance rescale
@@ -184,3 +184,24 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
 def test_folders_diffkit_does_not_drive_are_refused(folder, tmp_path, file, change, expected):
     with pytest.raises(DiffkitError, match=expected):
         load_hunyuan_dit(edited_copy(folder[1], tmp_path / "copy", file, change), progress=False)
+
+
+def test_size_condition_flags_are_the_pipelines(folder, tmp_path, capsys):
+    """``--original-size``, ``--target-size``, ``--crops-coords-top-left``: ``diffkit sample`` writes the library's
+    image with HunyuanDiTPipeline's original_size / target_size / crops_coords_top_left (which match the pipeline,
+    :func:`test_hunyuan_dit_matches_the_pipeline`); without them the default conditions; a transformer that ignores
+    them (use_style_cond_and_image_meta_size false): one line."""
+    from _sana_helpers import check_option_flags
+    _, path, hunyuan = folder
+    sizes = {"original_size": (512, 768), "target_size": (32, 48), "crops_coords_top_left": (8, 16)}
+    check_option_flags(path, hunyuan, text_to_image, tmp_path, 2, 32, ["--original-size", "512,768", "--target-size",
+                       "32,48", "--crops-coords-top-left", "8,16"], sizes)
+    copy = edited_copy(path, tmp_path / "copy", "transformer/config.json",
+                       {"use_style_cond_and_image_meta_size": False})
+    assert_sample_refusals(main, copy, tmp_path, capsys, [
+        (["--target-size", "32,48"], "--target-size does not apply to " + str(copy) + ": its transformer has "
+                                     "use_style_cond_and_image_meta_size=false")])
+    for flag, value in (("--original-size", "512"), ("--crops-coords-top-left", "8,-1")):
+        with pytest.raises(SystemExit):
+            main(["sample", "--checkpoint", str(path), "--prompt", "hot", flag, value])
+        assert f"argument {flag}: '{value}' is not two integers >= 0" in capsys.readouterr().err

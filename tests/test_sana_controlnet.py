@@ -35,17 +35,23 @@ def controlled(tmp_path_factory):
         root / "control.png"
 
 
+def randomized(controlnet):
+    """``controlnet`` with its zero-initialised ``input_block`` and ``controlnet_blocks`` made random (else its
+    residuals would be 0)."""
+    with torch.no_grad():
+        for module in [controlnet.input_block, *controlnet.controlnet_blocks]:
+            for weight in module.parameters():
+                weight.normal_(0, 0.3)
+    return controlnet
+
+
 def controlled_pipeline(pipeline_class, pipe, controlnet, root, height: int, width: int):
     """``pipeline_class`` (SanaControlNetPipeline, HunyuanDiTControlNetPipeline) of ``pipe``'s components and
     ``controlnet``, whose zero-initialised ``input_block`` and ``controlnet_blocks`` are made random (else its
     residuals would be 0) and which is saved to ``root / "controlnet"``; random control images ``root /
     "control.png"`` (height x width) and ``"small.png"`` (half of each side) written."""
     from PIL import Image
-    with torch.no_grad():
-        for module in [controlnet.input_block, *controlnet.controlnet_blocks]:
-            for weight in module.parameters():
-                weight.normal_(0, 0.3)
-    controlnet.save_pretrained(root / "controlnet")
+    randomized(controlnet).save_pretrained(root / "controlnet")
     pixels = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(4)).numpy()
     Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / "control.png")
     Image.fromarray((pixels[::2, 1::2] * 255).round().astype(np.uint8)).save(root / "small.png")
@@ -99,13 +105,14 @@ def test_sample_command_with_a_sana_controlnet_is_the_library_and_refuses_what_d
         text_to_image(sana, PROMPTS, steps=1, controlnets=ControlNets([controlnet] * 2, [str(png)] * 2))
 
 
-def assert_control_refusals(flags, net_folder, transformer, png, tmp_path, capsys, kind, pipeline, model, other):
+def assert_control_refusals(flags, net_folder, transformer, png, tmp_path, capsys, kind, pipeline, model, other,
+                            several=False):
     """``diffkit sample`` ``flags`` (ending --controlnet DIR --control-image PNG) on a ``kind`` folder (Sana,
-    HunyuanDiT) with two ControlNets, a window, PAG, guess mode, and its ``transformer`` folder (class ``other``) as
-    the ControlNet: one line each, exit 2, no file."""
+    HunyuanDiT) with two ControlNets (but where the pipeline takes ``several``), a window, PAG, guess mode, and its
+    ``transformer`` folder (class ``other``) as the ControlNet: one line each, exit 2, no file."""
     for extra, expected in (
-            (["--controlnet", str(net_folder), "--control-image", str(png)],
-             f"2 --controlnet on a {kind} folder; {pipeline} takes one {model}"),
+            *(() if several else ((["--controlnet", str(net_folder), "--control-image", str(png)],
+                                   f"2 --controlnet on a {kind} folder; {pipeline} takes one {model}"),)),
             (["--control-guidance-end", "0.5"], "a control guidance window (--control-guidance-start / --control-"
              f"guidance-end) or guess mode does not apply to a {kind} ControlNet"),
             (["--pag-scale", "2"], f"perturbed-attention guidance with a ControlNet is not supported on a {kind}"),

@@ -29,7 +29,7 @@ def add_controlnet_flags(parser) -> None:
                    help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
                         "ControlNetUnionModel, see --control-mode; SD / SD-XL: also one ControlNetXSAdapter, "
                         "ControlNet-XS, fused with the UNet), SD3ControlNetModel, FluxControlNetModel, "
-                        "SanaControlNetModel (one), HunyuanDiT2DControlNetModel (one); repeat for Multi-ControlNet "
+                        "SanaControlNetModel (one), HunyuanDiT2DControlNetModel; repeat for Multi-ControlNet "
                         "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "

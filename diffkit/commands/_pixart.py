@@ -157,9 +157,10 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
     :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
     (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt), a HunyuanDiT folder's
-    (one ``HunyuanDiT2DControlNetModel``, :mod:`diffkit.interop.hunyuan_dit_controlnet`: sample i's control
+    (one or more ``HunyuanDiT2DControlNetModel``, :mod:`diffkit.interop.hunyuan_dit_controlnet`: sample i's control
     posterior from ``seed + i``); a CogView4 Control
-    folder's --control-image (no ControlNet folder: the transformer's own channels)."""
+    folder's --control-image (no ControlNet folder: the transformer's own channels). HunyuanDiT and CogView4 /
+    CogView3-Plus folders: their pipelines' size conditions (``guidance.sizes``, :mod:`._size_conditions`)."""
     from ..interop.pixart import masked_text_folder
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
@@ -171,13 +172,17 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
+    from ._size_conditions import FLAGS as SIZE_FLAGS, KINDS as SIZE_KINDS, check_size_conditions
+    sizes = getattr(guidance, "sizes", None) or {}  # HunyuanDiT / CogView: --original-size, ... (their pipelines')
+    check_size_conditions(sizes, directory, label)
     lumina_next = label == "Lumina-Next"  # LuminaPipeline: no --max-sequence-length (its batch's longest prompt)
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else
              TAKES.replace(", --max-sequence-length", "") if lumina_next else TAKES) + \
         (", --lora" if label in LORA_KINDS else "") + \
         (", --controlnet (--control-image, --controlnet-scale)" if (label == "Sana" and not sprint) or hunyuan
          else "") + \
-        (", --control-image" if image is not None else "")
+        (", --control-image" if image is not None else "") + \
+        "".join(f", {SIZE_FLAGS[name]}" for name in SIZE_KINDS.get(label, ()))
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
     if hunyuan or lumina_next:
@@ -188,7 +193,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     guidance, pag = (guidance, {}) if hunyuan else pag_options(directory, guidance)
     if pag:
         takes += ", --pag-scale (--pag-layers, --pag-adaptive-scale)"
-    if control is not None and hunyuan:  # HunyuanDiTControlNetPipeline's one ControlNet, no window, no PAG
+    if control is not None and hunyuan:  # HunyuanDiTControlNetPipeline's ControlNet(s), no window, no PAG
         from ..interop.hunyuan_dit_controlnet import check_hunyuan_control_options
         from ..interop.sana_controlnet import check_no_pag
         check_hunyuan_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
@@ -264,7 +269,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **extra, **pag, **how,
+                             **grid, **extra, **pag, **sizes, **how,
                              **({} if controlnet is None else {"controlnets": controlnet,
                                                                "control_rows": cond.get("control_rows")}),
                              **({"control_seed": cond["control_seeds"][0]} if hunyuan and controlnet else {}))

@@ -74,6 +74,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
 from ._common import add_freeu_flag, add_stochasticity_flags, check_freeu_checkpoint, int_list
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd3_slg import add_slg_flags
+from ._size_conditions import add_size_condition_flags
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -179,6 +180,7 @@ def register(sub) -> None:
                    help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at t is "
                         "max(S - A (1000 - 1000 t / T), 0) for a model of T training timesteps; 0 = constant S")
     add_slg_flags(g)  # --slg-layers, --slg-scale, --slg-start, --slg-stop (SD3 folders)
+    add_size_condition_flags(g)  # --original-size, --target-size, --crops-coords-top-left (HunyuanDiT, CogView)
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
@@ -409,6 +411,7 @@ class GuidanceRequest:
     scaling_watershed: Optional[float] = None  # Lumina-Next folders (._pixart)
     proportional_attn: Optional[bool] = None  # False: --no-proportional-attn (Lumina-Next)
     slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
+    sizes: Optional[dict] = None  # HunyuanDiT / CogView4 folders' size conditions (._size_conditions)
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -453,6 +456,8 @@ class GuidanceRequest:
                   proportional_attn=getattr(args, "proportional_attn", None))
         from ._sd3_slg import slg_request
         req.slg = slg_request(args, checkpoint)
+        from ._size_conditions import size_condition_request
+        req.sizes = size_condition_request(args, checkpoint)
         req.check_model_kind(checkpoint)
         from ._sd_prompts import check_prompt_encoding
         check_prompt_encoding(req, checkpoint)

@@ -382,10 +382,11 @@ def text_to_image(hunyuan: HunyuanDiT, prompts: Union[str, Sequence[str]], *, gu
     latents; height / width (default sample_size x 8); seed or ``generator``; output options) with the size
     conditions ``original_size`` / ``target_size`` / ``crops_coords_top_left`` (pixels; ``target_size`` default
     the drawn size), ``guidance_rescale`` phi and PAG (``pag_scale``, ``pag_layers``, ``pag_adaptive_scale``), as
-    ``HunyuanDiTPipeline`` / ``HunyuanDiTPAGPipeline`` take them; ``controlnets``: a ``HunyuanDiT2DControlNetModel``
-    (:class:`~.controlnet.ControlNets`; ``control_rows``: each sample's control image where there is one per
-    prompt) as ``HunyuanDiTControlNetPipeline``, sample i's control posterior from ``control_seed + i``
-    (``control_posterior="mean"``: its mean; :mod:`.hunyuan_dit_controlnet`). ``max_sequence_length`` and
+    ``HunyuanDiTPipeline`` / ``HunyuanDiTPAGPipeline`` take them; ``controlnets``: ``HunyuanDiT2DControlNetModel``
+    (:class:`~.controlnet.ControlNets`: one, or several as ``HunyuanDiT2DMultiControlNetModel``; ``control_rows``:
+    each sample's control image where there is one per prompt) as ``HunyuanDiTControlNetPipeline``, sample i's
+    control posterior from ``control_seed + i`` (``control_posterior="mean"``: its mean;
+    :mod:`.hunyuan_dit_controlnet`). ``max_sequence_length`` and
     ``resolution_binning``: refused."""
     from .pixart import text_to_image as pixart_text_to_image
     from .sana_controlnet import check_no_pag

@@ -19,14 +19,20 @@ own loop, the classifier-free guidance batch and guidance rescale see it:
   pipeline's draw after ``torch.manual_seed(control_seed)`` for one prompt. One image for every prompt, or one per
   prompt (``control_rows``).
 * the conditioning scale (default 1.0); 0 adds nothing (the pipeline adds 0 times the residuals).
+* several ControlNets (the pipeline's ``controlnet=[...]``, a ``HunyuanDiT2DMultiControlNetModel``, with one control
+  image and one conditioning scale each): every ControlNet's scaled residuals, summed in their order (its
+  ``forward``), feed the same long skips; the control images are encoded ControlNet after ControlNet (sample i's
+  generator draws net 1's [null, conditional] rows, then net 2's, ..., as the pipeline's global generator for one
+  prompt).
 
-Refused in one line (:func:`check_hunyuan_controlnets`): more than one ControlNet (diffkit follows the
-pipeline's single ``HunyuanDiT2DControlNetModel``), a control guidance window and guess mode (the pipeline has
+Refused in one line (:func:`check_hunyuan_controlnets`): a control guidance window and guess mode (the pipeline has
 neither), a ControlNet that does not fit the transformer (its channels, patch, width, text widths and lengths, size
 conditions, or a number of blocks other than the transformer's skips: the transformer raises), PAG with a
 ControlNet (no pipeline has both).
 """
 from __future__ import annotations
+
+import torch
 
 from ..errors import DiffkitError
 from .controlnet import ControlNets, model_folder_config
@@ -45,17 +51,24 @@ def check_hunyuan_controlnet_folder(directory) -> None:
 
 
 def check_hunyuan_control_options(count: int, starts, ends, guess_mode: bool) -> None:
-    """One ControlNet, no window, no guess mode (:func:`.sana_controlnet.check_sana_control_options` for
+    """One or more ControlNets, no window, no guess mode (:func:`.sana_controlnet.check_sana_control_options` for
     HunyuanDiTControlNetPipeline)."""
-    check_sana_control_options(count, starts, ends, guess_mode, "HunyuanDiT", CONTROL_PIPELINE, HUNYUAN_CONTROLNET)
+    check_sana_control_options(count, starts, ends, guess_mode, "HunyuanDiT", CONTROL_PIPELINE, HUNYUAN_CONTROLNET,
+                               several=True)
 
 
 def check_hunyuan_controlnets(controlnets: ControlNets, transformer) -> None:
-    """One ``HunyuanDiT2DControlNetModel`` without a window or guess mode fitting ``transformer`` (module
+    """``HunyuanDiT2DControlNetModel`` s without a window or guess mode, each fitting ``transformer`` (module
     docstring); a one-line DiffkitError naming what does not."""
     check_hunyuan_control_options(len(controlnets.models), controlnets.start, controlnets.end,
                                   controlnets.guess_mode)
-    model, config = controlnets.models[0], transformer.config
+    for model in controlnets.models:
+        check_hunyuan_controlnet(model, transformer.config)
+
+
+def check_hunyuan_controlnet(model, config) -> None:
+    """One line for a ControlNet ``model`` that is not a ``HunyuanDiT2DControlNetModel`` fitting the transformer of
+    ``config``."""
     if type(model).__name__ != HUNYUAN_CONTROLNET:
         raise DiffkitError(f"--controlnet is a {type(model).__name__}; allowed: a {HUNYUAN_CONTROLNET} for a "
                            f"HunyuanDiT folder")
@@ -73,9 +86,14 @@ def check_hunyuan_controlnets(controlnets: ControlNets, transformer) -> None:
 
 
 class HunyuanControlledNet(SanaControlledNet):
-    """``net(x, t, ..., control)``: a :class:`.hunyuan_dit.HunyuanDiTNet` with a ControlNet's scaled block
-    residuals (module docstring; ``net``, ``controlnet``, ``scale`` as :class:`.sana_controlnet.SanaControlledNet`).
-    ``control``: (B, C, h, w) control latents of each row."""
+    """``net(x, t, ..., control)``: a :class:`.hunyuan_dit.HunyuanDiTNet` with ControlNets' scaled block residuals,
+    summed in order (module docstring; ``net`` as :class:`.sana_controlnet.SanaControlledNet`; ``controlnets``,
+    ``scales``: the ControlNets and their conditioning scales). ``control``: (B, K, C, h, w) control latents of each
+    row, K the ControlNets."""
+
+    def __init__(self, net, controlnets, scales):
+        super().__init__(net, controlnets[0], scales[0])
+        self.controlnets, self.scales = torch.nn.ModuleList(controlnets), [float(s) for s in scales]
 
     def forward(self, x, t, context=None, mask=None, context_t5=None, mask_t5=None, image_meta_size=None, style=None,
                 control=None):
@@ -83,12 +101,16 @@ class HunyuanControlledNet(SanaControlledNet):
             raise DiffkitError("a HunyuanDiT ControlNet needs cond['control'] (hunyuan_dit_controlnet."
                                "controlnet_guidance)")
         cond = (context, mask, context_t5, mask_t5, image_meta_size, style)
-        if self.scale == 0:  # the pipeline adds 0 x the residuals
+        acting = [(k, net, s) for k, (net, s) in enumerate(zip(self.controlnets, self.scales)) if s != 0]
+        if not acting:  # the pipeline adds 0 x the residuals
             return self.net(x, t, *cond)
         from . import model_dtype
         args, kwargs = self.net.inputs(x, t, *cond)
-        blocks = self.controlnet(*args, **kwargs, controlnet_cond=control.to(model_dtype(self.controlnet)),
-                                 conditioning_scale=self.scale, return_dict=False)[0]
+        blocks = None
+        for k, net, scale in acting:  # HunyuanDiT2DMultiControlNetModel.forward: the residuals summed in order
+            out = net(*args, **kwargs, controlnet_cond=control[:, k].to(model_dtype(net)), conditioning_scale=scale,
+                      return_dict=False)[0]
+            blocks = out if blocks is None else [a + b for a, b in zip(blocks, out)]
         return self.net(x, t, *cond, controls=blocks)
 
 
@@ -104,19 +126,19 @@ def controlnet_guidance(hunyuan, controlnets: ControlNets, guide, shape: tuple, 
     from .flow_controlnet import control_latents
     check_hunyuan_controlnets(controlnets, hunyuan.transformer)
     plain = unguided or hunyuan.denoiser
-    denoiser = Denoiser(HunyuanControlledNet(plain.net, controlnets.models[0], controlnets.scales[0]),
+    denoiser = Denoiser(HunyuanControlledNet(plain.net, controlnets.models, controlnets.scales),
                         plain.schedule, plain.prediction_type, learned_variance=hunyuan.learned_variance)
     denoiser.model = hunyuan.transformer
     guided, cond = guide(denoiser)
     nulls = getattr(guided, "null_cond", None)
     f = hunyuan.vae_scale_factor
     latents = control_latents(hunyuan, controlnets, shape[2] * f, shape[3] * f, shape[0], 1 + (nulls is not None),
-                              seed, posterior, 0.0, control_rows)[:, :, 0]  # (copies, B, C, h, w)
+                              seed, posterior, 0.0, control_rows)  # (copies, B, K, C, h, w)
     cond["control"] = latents[-1]
     if nulls is not None:
         nulls["control"] = latents[0]
     return guided, cond
 
 
-__all__ = ["HUNYUAN_CONTROLNET", "HunyuanControlledNet", "check_hunyuan_control_options",
+__all__ = ["HUNYUAN_CONTROLNET", "HunyuanControlledNet", "check_hunyuan_control_options", "check_hunyuan_controlnet",
            "check_hunyuan_controlnet_folder", "check_hunyuan_controlnets", "controlnet_guidance"]

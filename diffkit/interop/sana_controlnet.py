@@ -41,12 +41,13 @@ def check_sana_controlnet_folder(directory) -> None:
 
 
 def check_sana_control_options(count: int, starts, ends, guess_mode: bool, kind: str = "Sana",
-                               pipeline: str = "SanaControlNetPipeline", model: str = SANA_CONTROLNET) -> None:
-    """One ControlNet (``count``), no window (``starts`` all 0, ``ends`` all 1), no guess mode: a one-line
-    DiffkitError otherwise (before any weight is read, from the flags; again on the loaded ControlNets). ``kind``,
-    ``pipeline``, ``model``: the folder kind, its ControlNet pipeline and model class (HunyuanDiT's,
-    :mod:`.hunyuan_dit_controlnet`)."""
-    if count != 1:
+                               pipeline: str = "SanaControlNetPipeline", model: str = SANA_CONTROLNET,
+                               several: bool = False) -> None:
+    """One ControlNet (``count``; ``several``: one or more), no window (``starts`` all 0, ``ends`` all 1), no guess
+    mode: a one-line DiffkitError otherwise (before any weight is read, from the flags; again on the loaded
+    ControlNets). ``kind``, ``pipeline``, ``model``: the folder kind, its ControlNet pipeline and model class
+    (HunyuanDiT's, :mod:`.hunyuan_dit_controlnet`, whose pipeline takes several)."""
+    if count != 1 and not (several and count > 1):
         raise DiffkitError(f"{count} --controlnet on a {kind} folder; {pipeline} takes one {model}")
     if any(float(s) != 0 for s in starts) or any(float(e) != 1 for e in ends) or guess_mode:
         raise DiffkitError(f"a control guidance window (--control-guidance-start / --control-guidance-end) or guess "
