@@ -39,6 +39,7 @@ class Family:
 
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
+    edits = True  # diffkit edit takes it (Ovis-Image's: no img2img pipeline)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -58,7 +59,7 @@ class Family:
 
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image or Z-Image folder; None for any other checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image or Ovis-Image folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -72,6 +73,10 @@ def folder_family(directory) -> Optional[type]:
     if is_z_image_folder(directory):
         from ._z_image import ZImageFamily
         return ZImageFamily
+    from ..interop.ovis_image import is_ovis_image_folder
+    if is_ovis_image_folder(directory):
+        from ._ovis_image import OvisImageFamily
+        return OvisImageFamily
     return None
 
 
@@ -120,7 +125,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         steps = 2 if one_step and steps == 1 and grid.get("grid") else steps  # the probe: the same peak memory
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
-                             max_sequence_length=guidance.max_sequence_length or 512, ip_adapter=adapter,
+                             max_sequence_length=guidance.max_sequence_length or chroma.max_sequence_length, ip_adapter=adapter,
                              **how_guided, **grid, **how)
 
     images, out = draw_prompted_grid(

@@ -357,10 +357,15 @@ def _run(args) -> int:
         raise DiffkitError(f"{args.checkpoint} is a Stable Cascade folder, which diffkit edit does not take (diffusers "
                            f"0.42 has no img2img or inpainting pipeline for it); sample it with diffkit sample "
                            f"--checkpoint PRIOR --decoder DECODER")
-    from ._image_size import check_image_size
-    check_image_size(args.checkpoint, args.height, args.width, edit=True)  # a diffusers folder's multiple, first
     from ._chroma import folder_family
     family = folder_family(args.checkpoint)  # Chroma, Qwen-Image, Z-Image: img2img / inpainting as their pipelines
+    if family is not None and not family.edits:
+        from ._pixart import articled
+        raise DiffkitError(articled(f"{args.checkpoint} is a {family.kind} folder, which diffkit edit does not take "
+                                    f"(diffusers 0.42.1 has no img2img or inpainting pipeline for it); sample it with "
+                                    f"diffkit sample"))
+    from ._image_size import check_image_size
+    check_image_size(args.checkpoint, args.height, args.width, edit=True)  # a diffusers folder's multiple, first
     if family is not None:
         from ._chroma import edit_chroma
         return edit_chroma(args, family)

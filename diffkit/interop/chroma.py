@@ -95,6 +95,7 @@ class Chroma(Flux):
     guidance_embeds = False  # no embedded guidance: real CFG (prompt_guidance)
     variant = None  # no Fill / Depth / Canny channels
     default_steps = CHROMA_STEPS  # the pipelines' defaults (text_to_image, image_to_image; Qwen-Image's: its own)
+    max_sequence_length = MAX_SEQUENCE_LENGTH  # diffkit sample's default text length (Ovis-Image's: 256)
     img2img_defaults = (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
     inpaint_defaults = CHROMA_INPAINT  # steps, strength, CFG (None: prompt_guidance's), max_sequence_length
     guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (check_guidance_scale's message)
