@@ -124,8 +124,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
             {"spacing": spacing, "final": final, "nfe": nfe}
         steps = 2 if one_step and steps == 1 and grid.get("grid") else steps  # the probe: the same peak memory
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
-                             negative_prompt=guidance.negative_prompt, return_latents=True,
-                             max_sequence_length=guidance.max_sequence_length or chroma.max_sequence_length, ip_adapter=adapter,
+                             negative_prompt=guidance.negative_prompt, return_latents=True, ip_adapter=adapter,
+                             max_sequence_length=guidance.max_sequence_length or chroma.max_sequence_length,
                              **how_guided, **grid, **how)
 
     images, out = draw_prompted_grid(
