@@ -43,7 +43,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, check_float32
 from . import require
-from .flow_latents import (check_flow_configs, finish_images, frozen_on, load_flow_parts, names_pipeline,
+from .flow_latents import (check_flow_configs, finish_images, load_one_text_folder, names_pipeline,
                            pipeline_grid, start_latents)
 from .flux import Flux, FluxNet, check_flux_scheduler
 from .sd_xl import _index
@@ -218,15 +218,9 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     index, sched = check_chroma_folder(directory)
     loras = read_flux_loras(lora, "Chroma")
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
-    parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
-                            progress)
-    device = frozen_on(parts, device)
-    chroma = Chroma(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                    dtype=dtype)
-    width, t5 = chroma.transformer.config.joint_attention_dim, chroma.text_encoder.config.d_model
-    if width != t5:
-        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
-                           f"encoder's width {t5}")
+    chroma = load_one_text_folder(Chroma, directory, index, sched, diffusers.ChromaTransformer2DModel,
+                                  "T5EncoderModel", device, dtype, progress, "joint_attention_dim", "d_model",
+                                  "the T5 encoder's width")
     merge_sd_loras(chroma, [(path, scale, transformer_adapters(path, read, chroma.transformer) if read["kohya"]
                              else read) for path, scale, read in loras])
     add_textual_inversions(chroma, embeddings, xl=False)  # T5's tokenizer and token embeddings

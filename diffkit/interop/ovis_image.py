@@ -148,20 +148,12 @@ def load_ovis_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                     progress: bool = True) -> OvisImage:
     """Load an Ovis-Image diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_ovis_image_folder`)."""
-    from .flow_latents import frozen_on, load_flow_parts
+    from .flow_latents import load_one_text_folder
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_ovis_image_folder(directory)
-    parts = load_flow_parts(directory, index, diffusers.OvisImageTransformer2DModel, {"": "Qwen3Model"}, dtype,
-                            progress)
-    device = frozen_on(parts, device)
-    model = OvisImage(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                      dtype=dtype)
-    width, states = model.transformer.config.joint_attention_dim, model.text_encoder.config.hidden_size
-    if width != states:
-        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the text "
-                           f"encoder's hidden size {states}")
-    return model
+    return load_one_text_folder(OvisImage, directory, index, sched, diffusers.OvisImageTransformer2DModel,
+                                "Qwen3Model", device, dtype, progress, "joint_attention_dim")
 
 
 def text_to_image(model: OvisImage, prompts: Union[str, Sequence[str]], *,
