@@ -224,6 +224,7 @@ KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
 QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
 FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
 Z_IMAGE = "## Z-Image folders (`diffkit.interop.z_image`)"
+OVIS_IMAGE = "## Ovis-Image folders (`diffkit.interop.ovis_image`)"
 COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
 DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
 HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
@@ -248,6 +249,7 @@ LONGCAT = "## LongCat-Image folders (`diffkit.interop.longcat_image`)"
                                                                   "QwenImageEditPipeline / Plus"], "QI"),
                                                     (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
                                                     (Z_IMAGE, ["ZImagePipeline / Img2Img / Inpaint"], "ZI"),
+                                                    (OVIS_IMAGE, ["OvisImagePipeline"], "OV"),
                                                     (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV"),
                                                     (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF"),
                                                     (HIDREAM, ["HiDreamImagePipeline"], "HI"),

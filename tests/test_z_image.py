@@ -31,13 +31,13 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
 
 
-def tiny_qwen_tokenizer():
-    """transformers' Qwen2Tokenizer (byte-level BPE: the 256 byte symbols, merges spelling a few words) with Qwen's
-    <|endoftext|> / <|im_start|> / <|im_end|> and :data:`CHAT_TEMPLATE`."""
+def tiny_qwen_tokenizer(words: str = ""):
+    """transformers' Qwen2Tokenizer (byte-level BPE: the 256 byte symbols, merges spelling a few words and ``words``)
+    with Qwen's <|endoftext|> / <|im_start|> / <|im_end|> and :data:`CHAT_TEMPLATE`."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     merges = []
-    for word in "a photo of cat hot dog ugly blurry user assistant".split():
+    for word in ("a photo of cat hot dog ugly blurry user assistant " + words).split():
         for spelled in (word, "\u0120" + word):
             for i in range(2, len(spelled) + 1):
                 if spelled[:i] not in vocab:

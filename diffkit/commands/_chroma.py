@@ -39,7 +39,7 @@ class Family:
 
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
-    edits = True  # diffkit edit takes it (not Bria 3.2 nor a LongCat-Image text-to-image folder)
+    edits = True  # diffkit edit takes it (not Bria 3.2, Ovis-Image nor a LongCat-Image text-to-image folder)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -59,8 +59,8 @@ class Family:
 
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 or LongCat-Image folder; None for any other
-    checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image or Ovis-Image folder; None for
+    any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -83,6 +83,10 @@ def folder_family(directory) -> Optional[type]:
         from ..interop.sd_xl import pipeline_class
         from ._longcat_image import LongCatImageEditFamily, LongCatImageFamily
         return LongCatImageEditFamily if pipeline_class(directory) == EDIT_PIPELINE else LongCatImageFamily
+    from ..interop.ovis_image import is_ovis_image_folder
+    if is_ovis_image_folder(directory):
+        from ._ovis_image import OvisImageFamily
+        return OvisImageFamily
     return None
 
 

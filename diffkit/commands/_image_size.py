@@ -17,7 +17,7 @@ from ..errors import DiffkitError, read_json_object
 # the kinds check_image_size lets through
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
-                "Kandinsky 2.2, Kandinsky 3, latent-diffusion text-to-image, Bria 3.2, LongCat-Image")
+                "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image"  # of them, diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -57,8 +57,9 @@ def size_multiple(directory) -> tuple:
     from ..interop.bria import is_bria_folder
     from ..interop.chroma import is_chroma_folder
     from ..interop.flux2 import is_flux2_folder
+    from ..interop.ovis_image import is_ovis_image_folder
     if is_flux_folder(directory) or is_chroma_folder(directory) or is_flux2_folder(directory) \
-            or is_bria_folder(directory):  # (BriaPipeline's vae_scale_factor is 2 f: the same multiple)
+            or is_ovis_image_folder(directory) or is_bria_folder(directory):  # (BriaPipeline's vae_scale_factor is 2 f)
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; FluxPipeline would floor other sizes"
     from ..interop.longcat_image import is_longcat_folder
     if is_longcat_folder(directory):  # FLUX.1's packing on FLUX.1's VAE
@@ -149,6 +150,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.flux2 import is_flux2_folder
     from ..interop.z_image import is_z_image_folder
     from ..interop.kandinsky import is_kandinsky_folder
+    from ..interop.ovis_image import is_ovis_image_folder
     from ..interop.ldm import LDM_TEXT2IM, ldm_kind
     from ..interop.bria import is_bria_folder
     from ..interop.longcat_image import is_longcat_folder
@@ -159,6 +161,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
             or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint) or is_kandinsky_folder(checkpoint)
+            or is_ovis_image_folder(checkpoint)
             or ldm_kind(checkpoint) == LDM_TEXT2IM or is_bria_folder(checkpoint) or is_longcat_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")

@@ -19,8 +19,9 @@ HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pa
 
 
 def articled(message: str) -> str:
-    """``message`` with "a AuraFlow" made "an AuraFlow" (the folder kinds' messages read "a {kind} folder")."""
-    return message.replace(" a AuraFlow ", " an AuraFlow ")
+    """``message`` with "a AuraFlow" / "a Ovis-Image" made "an ..." (the folder kinds' messages read "a {kind}
+    folder")."""
+    return message.replace(" a AuraFlow ", " an AuraFlow ").replace(" a Ovis-Image ", " an Ovis-Image ")
 
 
 # kinds whose scheduler's step is their own module's folder_sampler (DDPMScheduler: ddpm; HiDream's flow UniPC: unipc)

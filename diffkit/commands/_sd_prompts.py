@@ -52,12 +52,12 @@ def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = Fals
                        help="SD3 folders: the T5 encoder's negative prompt "
                             "(default: --negative-prompt)")
     group.add_argument("--max-sequence-length", type=int_in(1, 512), metavar="L",
-                       help="SD3 / FLUX / Chroma / Bria / PixArt / Sana / Z-Image / Qwen-Image / HiDream folders: "
-                            "the T5 "
-                            "(Sana: Gemma, Z-Image: Qwen3, Qwen-Image: Qwen2.5-VL; HiDream: each encoder's, CLIP at "
-                            "most 218) tokens of every prompt (default the pipelines': SD3 256, FLUX.1 512, Chroma "
-                            "512 (inpainting 256), PixArt-α 120, PixArt-Σ and Sana 300, Z-Image and Qwen-Image 512, "
-                            "HiDream 128, Bria 128; at most 512)")
+                       help="SD3 / FLUX / Chroma / Bria / PixArt / Sana / Z-Image / Qwen-Image / HiDream / Ovis-Image "
+                            "folders: the T5 (Sana: Gemma, Z-Image and Ovis-Image: Qwen3, Qwen-Image: Qwen2.5-VL; "
+                            "HiDream: each encoder's, CLIP at most 218) tokens of every prompt (default the "
+                            "pipelines': SD3 256, FLUX.1 512, Chroma 512 (inpainting 256), PixArt-α 120, PixArt-Σ and "
+                            "Sana 300, Z-Image and Qwen-Image 512, HiDream 128, Bria 128, Ovis-Image 256 (its most); "
+                            "at most 512)")
     if true_cfg:
         from ._common import positive_float
         group.add_argument("--true-cfg-scale", type=positive_float, metavar="S",
@@ -128,8 +128,10 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.flux2 import is_flux2_folder
     from ..interop.bria import is_bria_folder
+    from ..interop.ovis_image import is_ovis_image_folder
     label = masked_text_folder(checkpoint) or ("Chroma" if is_chroma_folder(checkpoint) else
                                                "Bria" if is_bria_folder(checkpoint) else
+                                               "Ovis-Image" if is_ovis_image_folder(checkpoint) else
                                                "Qwen-Image" if is_qwen_image_folder(checkpoint) else
                                                "FLUX.2" if is_flux2_folder(checkpoint) else
                                                "Z-Image" if z_image else None)

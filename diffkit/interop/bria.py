@@ -41,8 +41,8 @@ import torch
 
 from ..errors import DiffkitError
 from . import require
-from .chroma import Chroma, load_t5_folder
-from .flow_latents import check_flow_configs, names_pipeline
+from .chroma import Chroma
+from .flow_latents import check_flow_configs, load_one_text_folder, names_pipeline
 from .flux import FluxNet, check_flux_scheduler
 from .sd_xl import _index
 
@@ -220,7 +220,8 @@ def load_bria(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_bria_folder(directory)
-    bria = load_t5_folder(Bria, directory, index, sched, diffusers.BriaTransformer2DModel, device, dtype, progress)
+    bria = load_one_text_folder(Bria, directory, index, sched, diffusers.BriaTransformer2DModel, "T5EncoderModel",
+                                device, dtype, progress, "joint_attention_dim", "d_model", "the T5 encoder's width")
     if bria.vae.config.shift_factor is None and bria.vae.dtype != torch.float32:
         bria.vae.to(torch.float32)
     return bria

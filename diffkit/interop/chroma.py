@@ -43,7 +43,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, check_float32
 from . import require
-from .flow_latents import (check_flow_configs, finish_images, frozen_on, load_flow_parts, names_pipeline,
+from .flow_latents import (check_flow_configs, finish_images, load_one_text_folder, names_pipeline,
                            pipeline_grid, start_latents)
 from .flux import Flux, FluxNet, check_flux_scheduler
 from .sd_xl import _index
@@ -99,7 +99,7 @@ class Chroma(Flux):
     inpaint_defaults = CHROMA_INPAINT  # steps, strength, CFG (None: prompt_guidance's), max_sequence_length
     guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (check_guidance_scale's message)
     default_guidance = CHROMA_GUIDANCE  # prompt_guidance's default scale (diffusers' convention; Bria's: its own)
-    max_sequence_length = MAX_SEQUENCE_LENGTH  # text_to_image's default T5 length (Bria's: 128)
+    max_sequence_length = MAX_SEQUENCE_LENGTH  # text_to_image's default text length (Bria's 128, Ovis-Image's 256)
 
     def network(self) -> torch.nn.Module:
         return ChromaNet(self.transformer)
@@ -205,21 +205,6 @@ def check_chroma_folder(directory: Path) -> tuple:
     return index, check_flux_scheduler(directory, "ChromaPipeline")
 
 
-def load_t5_folder(cls, directory: Path, index: dict, sched: dict, transformer_cls, device, dtype,
-                   progress: bool) -> Chroma:
-    """A checked one-T5 flow folder (Chroma's, Bria's :mod:`.bria`) as ``cls``: its transformer (``transformer_cls``),
-    VAE, T5 encoder and tokenizer (:func:`.flow_latents.load_flow_parts`), frozen on ``device``; one line where the
-    transformer's ``joint_attention_dim`` is not T5's width."""
-    parts = load_flow_parts(directory, index, transformer_cls, {"": "T5EncoderModel"}, dtype, progress)
-    device = frozen_on(parts, device)
-    model = cls(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
-    width, t5 = model.transformer.config.joint_attention_dim, model.text_encoder.config.d_model
-    if width != t5:
-        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
-                           f"encoder's width {t5}")
-    return model
-
-
 def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                 progress: bool = True, lora=None, textual_inversion=None) -> Chroma:
     """Load a Chroma diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
@@ -242,8 +227,9 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     index, sched = check_chroma_folder(directory)
     loras = read_flux_loras(lora, "Chroma")
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
-    chroma = load_t5_folder(Chroma, directory, index, sched, diffusers.ChromaTransformer2DModel, device, dtype,
-                            progress)
+    chroma = load_one_text_folder(Chroma, directory, index, sched, diffusers.ChromaTransformer2DModel,
+                                  "T5EncoderModel", device, dtype, progress, "joint_attention_dim", "d_model",
+                                  "the T5 encoder's width")
     merge_sd_loras(chroma, [(path, scale, transformer_adapters(path, read, chroma.transformer) if read["kohya"]
                              else read) for path, scale, read in loras])
     add_textual_inversions(chroma, embeddings, xl=False)  # T5's tokenizer and token embeddings

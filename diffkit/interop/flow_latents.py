@@ -210,6 +210,21 @@ def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict
     return parts
 
 
+def load_one_text_folder(cls, directory, index: dict, sched: dict, transformer_cls, text_class: str, device, dtype,
+                         progress: bool, width: str, states: str = "hidden_size",
+                         encoder: str = "the text encoder's hidden size"):
+    """``cls`` (a :class:`.chroma.Chroma`-like dataclass: one text encoder) of a checked folder's parts
+    (:func:`load_flow_parts` with ``text_class`` as the default encoder class, :func:`frozen_on` ``device``); a
+    one-line DiffkitError where the transformer's config ``width`` is not the encoder config's ``states``."""
+    parts = load_flow_parts(directory, index, transformer_cls, {"": text_class}, dtype, progress)
+    device = frozen_on(parts, device)
+    model = cls(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
+    have, need = getattr(model.transformer.config, width), getattr(model.text_encoder.config, states)
+    if have != need:
+        raise DiffkitError(f"{directory}: the transformer's {width}={have} does not fit {encoder} {need}")
+    return model
+
+
 def names_pipeline(path, prefix: str, transformer: str) -> bool:
     """True for a diffusers folder whose ``model_index.json`` names a ``prefix...`` pipeline class or a
     ``transformer`` transformer (so that ``diffkit sample --checkpoint`` dispatches on it)."""

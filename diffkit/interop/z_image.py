@@ -246,7 +246,7 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     pairs) of the transformer, read, converted and checked first (:func:`.z_image_lora.read_z_image_loras`: diffusers
     / PEFT, kohya, ``diffusion_model.`` keys), fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
     (:func:`.sd_lora.merge_sd_loras`)."""
-    from .flow_latents import frozen_on, load_flow_parts
+    from .flow_latents import load_one_text_folder
     from .qwen_image_lora import transformer_loras
     from .sd_lora import merge_sd_loras
     from .z_image_lora import read_z_image_loras
@@ -254,14 +254,8 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     directory = Path(directory)
     index, sched = check_z_image_folder(directory)
     loras = read_z_image_loras(lora) if lora else []
-    parts = load_flow_parts(directory, index, diffusers.ZImageTransformer2DModel, {"": "Qwen3Model"}, dtype,
-                            progress)
-    device = frozen_on(parts, device)
-    model = ZImage(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
-    width, states = model.transformer.config.cap_feat_dim, model.text_encoder.config.hidden_size
-    if width != states:
-        raise DiffkitError(f"{directory}: the transformer's cap_feat_dim={width} does not fit the text encoder's "
-                           f"hidden size {states}")
+    model = load_one_text_folder(ZImage, directory, index, sched, diffusers.ZImageTransformer2DModel, "Qwen3Model",
+                                 device, dtype, progress, "cap_feat_dim")
     merge_sd_loras(model, transformer_loras(loras, model.transformer, "Z-Image"))  # a LoKr file: kohya names placed
     return model
 
