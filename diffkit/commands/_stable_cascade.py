@@ -97,7 +97,7 @@ def sample_stable_cascade(directory, request: CascadeRequest, *, sampler=None, s
 
     from ..images import save_grid, save_images
     from ..interop.stable_cascade import (DECODER_GUIDANCE, DECODER_STEPS, PRIOR_GUIDANCE, PRIOR_STEPS, SAMPLER,
-                                          load_stable_cascade, text_to_image)
+                                          check_combined_scales, load_stable_cascade, text_to_image)
     from ..noise import generators_from_seed
     from ._pixart import checked_request
     from .sample import GRID_LIMIT, condition_rows
@@ -113,6 +113,8 @@ def sample_stable_cascade(directory, request: CascadeRequest, *, sampler=None, s
         raise DiffkitError(f"--batch-size {batch_size!r} is not allowed; give a positive integer or auto")
     prior_scale = PRIOR_GUIDANCE if guidance.guidance_scale is None else \
         float(guidance.guidance_scale) if guidance.convention == "diffusers" else 1 + float(guidance.guidance_scale)
+    decoder_scale = DECODER_GUIDANCE if request.guidance_scale is None else request.guidance_scale
+    check_combined_scales(request.decoder is None, prior_scale, decoder_scale)  # before any weight is read
     model = load_stable_cascade(directory, request.decoder, device, progress=progress, images=bool(request.images))
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
@@ -124,7 +126,7 @@ def sample_stable_cascade(directory, request: CascadeRequest, *, sampler=None, s
         images.append(text_to_image(
             model, batch, negative_prompt=guidance.negative_prompt, guidance_scale=prior_scale,
             steps=PRIOR_STEPS if steps is None else steps, height=height, width=width,
-            decoder_guidance_scale=DECODER_GUIDANCE if request.guidance_scale is None else request.guidance_scale,
+            decoder_guidance_scale=decoder_scale,
             decoder_steps=DECODER_STEPS if request.steps is None else request.steps,
             generator=generators_from_seed(seed + start, len(batch)), progress=progress,
             images=list(request.images) or None).cpu())

@@ -353,6 +353,16 @@ def _scheduler_options(config: dict) -> dict:
     return {"s": float(config.get("s", 0.008)), "scaler": float(config.get("scaler", 1.0))}
 
 
+def check_combined_scales(combined: bool, prior_scale: float, decoder_scale: float) -> None:
+    """One line for a combined folder's decoder CFG (s > 1) without the prior's: ``StableCascadeCombinedPipeline``
+    hands the decoder the prior's negative embeddings, which exist only under the prior's CFG (diffusers fails)."""
+    if combined and prior_scale <= 1 < decoder_scale:
+        raise DiffkitError(f"guidance scales {prior_scale:g} (prior) and {decoder_scale:g} (decoder) are not allowed "
+                           f"on a {COMBINED_PIPELINE} folder: its decoder's CFG takes the prior's negative embeddings, "
+                           f"made only under the prior's CFG; raise the prior's scale above 1 or the decoder's to at "
+                           f"most 1")
+
+
 def text_to_image(model: StableCascade, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
                   guidance_scale: float = PRIOR_GUIDANCE, steps: int = PRIOR_STEPS,
                   decoder_guidance_scale: float = DECODER_GUIDANCE, decoder_steps: int = DECODER_STEPS,
@@ -368,10 +378,7 @@ def text_to_image(model: StableCascade, prompts: Union[str, Sequence[str]], *, n
     if negative_prompt is not None and max(scales) <= 1:
         raise DiffkitError(f"a negative prompt with guidance scales {scales[0]:g} (prior) and {scales[1]:g} "
                            f"(decoder) is not allowed: it feeds only CFG (a scale > 1); raise one or drop it")
-    if model.combined and scales[0] <= 1 < scales[1]:
-        raise DiffkitError(f"guidance scales {scales[0]:g} (prior) and {scales[1]:g} (decoder) are not allowed on a "
-                           f"{COMBINED_PIPELINE} folder: its decoder's CFG takes the prior's negative embeddings, made "
-                           f"only under the prior's CFG; raise the prior's scale above 1 or the decoder's to at most 1")
+    check_combined_scales(model.combined, *scales)
     embeddings = prior_embeddings(model, prompts, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                                   steps=steps, height=height, width=width, generator=generator, progress=progress,
                                   images=images)
