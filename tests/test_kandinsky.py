@@ -465,7 +465,8 @@ def test_cli_prior_image_matches_library(folders, tmp_path, capsys):
                             (p + ["--prior-strength", "0.5"], "--prior-strength needs --prior-image PNG"),  # RKD20
                             (p + image + ["--prior-strength", "0.2"], "--prior-strength 0.2 is not allowed with "
                                                                       "--prior-steps 4"),  # RKD21
-                            (p + ["--prior-image", str(folder / "model_index.json")], "cannot be read as an image")]:
+                            (p + ["--prior-image", str(folder / "model_index.json")], "cannot be read as an image"),
+                            (p + image + image, "--prior-image given 2 times; a Kandinsky 2.2 prior takes one")]:
         capsys.readouterr()
         assert main(base + extra + ["--out", str(tmp_path / "never.png")]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()

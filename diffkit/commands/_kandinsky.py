@@ -35,9 +35,10 @@ def add_prior_flags(parser) -> None:
                         "diffusers' s = 4)")
     g.add_argument("--prior-steps", type=positive_int, metavar="N",
                    help="with --prior: the prior's UnCLIPScheduler steps, at least 2 (default 25)")
-    g.add_argument("--prior-image", type=path_arg, metavar="PNG",
-                   help="with --prior: start the prior from this image's CLIP embedding noised to --prior-strength "
-                        "(KandinskyV22PriorEmb2EmbPipeline: a variation of the image, guided by the prompt)")
+    g.add_argument("--prior-image", type=path_arg, metavar="PNG", action="append",
+                   help="an image the prior is conditioned on (Kandinsky 2.2 with --prior: emb2emb, the prior starts "
+                        "from its CLIP embedding noised to --prior-strength, one image; Stable Cascade prior "
+                        "--checkpoint: image prompts, repeat for several)")
     g.add_argument("--prior-strength", type=float, metavar="S",
                    help="with --prior-image: the share of the prior's steps run from the noised embedding, in (0, 1] "
                         "(default 0.3)")
@@ -69,8 +70,11 @@ class PriorRequest:
             if checkpoint is not None and kandinsky_kind(checkpoint) == PRIOR_PIPELINE:
                 raise DiffkitError(f"{checkpoint} is a Kandinsky 2.2 prior folder: give it as --prior, with the "
                                    f"decoder folder ({DECODER_PIPELINE}) as --checkpoint")
+            from ..interop.stable_cascade import is_stable_cascade_folder
+            cascade = checkpoint is not None and is_stable_cascade_folder(checkpoint)  # its image prompts
             for flag, value in (("--prior-guidance-scale", args.prior_guidance_scale),
-                                ("--prior-steps", args.prior_steps), ("--prior-image", args.prior_image),
+                                ("--prior-steps", args.prior_steps),
+                                ("--prior-image", None if cascade else args.prior_image),
                                 ("--prior-strength", args.prior_strength)):
                 if value is not None:
                     raise DiffkitError(f"{flag} needs --prior FOLDER (a Kandinsky 2.2 prior) with a Kandinsky 2.2 "
@@ -90,6 +94,11 @@ class PriorRequest:
         scale = args.prior_guidance_scale
         scale = PRIOR_DEFAULTS[0] if scale is None else 1 + guidance_weight(scale, convention)  # diffusers' s
         image, strength = args.prior_image, args.prior_strength
+        if isinstance(image, list):  # (--prior-image appends: Stable Cascade takes several)
+            if len(image) > 1:
+                raise DiffkitError(f"--prior-image given {len(image)} times; a Kandinsky 2.2 prior takes one "
+                                   f"(KandinskyV22PriorEmb2EmbPipeline's image)")
+            image = image[0]
         if image is None and strength is not None:
             raise DiffkitError("--prior-strength needs --prior-image PNG (the image whose embedding the prior starts "
                                "from)")
@@ -99,7 +108,7 @@ class PriorRequest:
             if not 0 < strength <= 1 or int(steps * strength) < 1:
                 raise DiffkitError(f"--prior-strength {strength:g} is not allowed with --prior-steps {steps}; give "
                                    f"a number in (0, 1] that keeps at least one of the steps (int(steps * strength))")
-            open_control_image(image)  # one line for a file that is not an image
+            open_control_image(image, "--prior-image")  # one line for a file that is not an image
         return cls(Path(args.prior), float(scale), int(steps), None if image is None else Path(image),
                    float(strength))
 

@@ -122,8 +122,9 @@ def control_size(image, factor: int, height: Optional[int] = None, width: Option
     return height, width
 
 
-def open_control_image(image):
-    """A path is opened with PIL (one line for a file that is not an image); a PIL image or tensor as it is."""
+def open_control_image(image, flag: str = "--control-image"):
+    """A path is opened with PIL (one line, naming ``flag``, for a file that is not an image); a PIL image or tensor
+    as it is."""
     if isinstance(image, (str, Path)):
         from PIL import Image, UnidentifiedImageError
         try:
@@ -131,7 +132,7 @@ def open_control_image(image):
                 opened.load()
                 return opened.copy()
         except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise DiffkitError(f"--control-image {image}: cannot be read as an image ({type(err).__name__}); give a "
+            raise DiffkitError(f"{flag} {image}: cannot be read as an image ({type(err).__name__}); give a "
                                f"PNG or JPEG") from None
     if isinstance(image, torch.Tensor):
         if image.ndim == 3:

@@ -48,16 +48,17 @@ def image_embeddings(model, images: Optional[torch.Tensor] = None,
     return out.float()
 
 
-def prior_pixels(directory, image) -> torch.Tensor:
+def prior_pixels(directory, image, subfolder: str = "image_processor", flag: str = "--prior") -> torch.Tensor:
     """(1, 3, S, S): the CLIP pixel values of ``image`` (a path or PIL image) by the prior folder's own
-    ``image_processor`` (``CLIPImageProcessor``), as the pipeline's ``_encode_image`` makes them from a PIL image."""
+    ``image_processor`` (``CLIPImageProcessor``), as the pipeline's ``_encode_image`` makes them from a PIL image
+    (``subfolder``, ``flag``: another folder's processor, e.g. a Stable Cascade prior's ``feature_extractor``)."""
     from pathlib import Path
 
     from . import from_pretrained, require
     from .controlnet import open_control_image
-    image = open_control_image(image) if isinstance(image, (str, Path)) else image
-    processor = from_pretrained(require("transformers").CLIPImageProcessor, Path(directory) / "image_processor",
-                                "--prior", local_files_only=True)
+    image = open_control_image(image, "--prior-image") if isinstance(image, (str, Path)) else image
+    processor = from_pretrained(require("transformers").CLIPImageProcessor, Path(directory) / subfolder,
+                                flag, local_files_only=True)
     return processor(image, return_tensors="pt").pixel_values.float()
 
 

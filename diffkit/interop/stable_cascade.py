@@ -35,9 +35,14 @@ it at t = 0), then the decoder's z_T and step noise, all from one generator, as 
 
 Refused in one line before any weight is read (:func:`check_prior_folder`, :func:`check_decoder_folder`): another
 pipeline class, a missing component or one of another class, a prior without text / image conditioning channels, a
-decoder whose ``effnet_in_channels`` are not the prior's output channels. Not driven (refused): image variation
-(the prior's ``images``), other samplers or grids, a ``StableCascadeCombinedPipeline`` folder (give its prior and
-decoder folders).
+decoder whose ``effnet_in_channels`` are not the prior's output channels. Not driven (refused): other samplers or
+grids.
+
+Image prompts (the prior's ``images``: image variation, image + text) are :mod:`.stable_cascade_image`'s
+(``load_stable_cascade(..., images=True)``, ``text_to_image(..., images=[...])``). A ``StableCascadeCombinedPipeline``
+folder holds both halves (the prior's components prefixed ``prior_``): ``load_stable_cascade(folder)`` reads it, and
+the decoder is then conditioned as that pipeline does, on the prior's pooled text embeddings (prompt and, for CFG,
+negative prompt: :func:`decoder_latents`), where the two chained pipelines let the decoder encode the prompt itself.
 """
 from __future__ import annotations
 
@@ -66,6 +71,7 @@ DEFAULT_SIZE = 1024  # the prior's default height and width
 RESOLUTION_MULTIPLE, LATENT_DIM_SCALE = 42.67, 10.67  # the pipelines' register_to_config defaults
 ALPHA_BAR_RANGE = (0.0001, 0.9999)  # DDPMWuerstchenScheduler._alpha_cumprod's clamp
 SAMPLER = "ddpm"  # the only sampler: DDPMWuerstchenScheduler's step (module docstring)
+COMBINED_PREFIX = "prior_"  # a combined folder's prior components: prior_prior, prior_text_encoder, ...
 
 
 def stable_cascade_kind(path) -> Optional[str]:
@@ -81,23 +87,25 @@ def is_stable_cascade_folder(path) -> bool:
     return stable_cascade_kind(path) is not None
 
 
-def _checked(directory, pipeline: str, classes: dict, unet: str) -> tuple:
-    """(model_index.json, the UNet's config, the scheduler's config) of a folder naming ``pipeline``; one line
-    otherwise (a combined folder: give its two halves)."""
+def _checked(directory, pipeline: str, classes: dict, unet: str, prefix: str = "", index=None) -> tuple:
+    """(model_index.json, the UNet's config, the scheduler's config) of a folder naming ``pipeline`` (``index``:
+    already read and checked), its components named ``prefix`` + name; one line otherwise (a combined folder where
+    its halves are asked for: load it alone)."""
     from .pixart import check_classes
     from .sd_xl import _index
     directory = Path(directory)
-    index = _index(directory)
-    name = None if index is None else index.get("_class_name")
-    if name == COMBINED_PIPELINE:
-        raise DiffkitError(f"{directory} is a {COMBINED_PIPELINE} folder, which diffkit does not read; give the "
-                           f"{PRIOR_PIPELINE} folder as --checkpoint and the {DECODER_PIPELINE} folder as --decoder "
-                           f"(as the Hub's stable-cascade-prior and stable-cascade)")
-    if name != pipeline:
-        raise DiffkitError(f"{directory} is not a {pipeline} folder (model_index.json names {name!r})")
-    check_classes(directory, index, tuple(classes) + ("tokenizer",), pipeline, classes)
-    config = read_json_object(directory / unet / "config.json", f"{unet} config")
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    if index is None:
+        index = _index(directory)
+        name = None if index is None else index.get("_class_name")
+        if name == COMBINED_PIPELINE:
+            raise DiffkitError(f"{directory} is a {COMBINED_PIPELINE} folder, which holds both halves: give it alone "
+                               f"as --checkpoint (no --decoder)")
+        if name != pipeline:
+            raise DiffkitError(f"{directory} is not a {pipeline} folder (model_index.json names {name!r})")
+    classes = {prefix + part: allowed for part, allowed in classes.items()}
+    check_classes(directory, index, tuple(classes) + (prefix + "tokenizer",), pipeline, classes)
+    config = read_json_object(directory / (prefix + unet) / "config.json", f"{unet} config")
+    sched = read_json_object(directory / (prefix + "scheduler") / "scheduler_config.json", "scheduler config")
     for key, default in (("scaler", 1.0), ("s", 0.008)):
         value = sched.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -105,9 +113,15 @@ def _checked(directory, pipeline: str, classes: dict, unet: str) -> tuple:
     return index, config, sched
 
 
-def check_prior_folder(directory) -> tuple:
-    """(model_index, prior config, scheduler config) of a ``StableCascadePriorPipeline`` folder, from its JSON."""
-    index, config, sched = _checked(directory, PRIOR_PIPELINE, PRIOR_CLASSES, "prior")
+def check_prior_folder(directory, images: bool = False, *, prefix: str = "", index=None) -> tuple:
+    """(model_index, prior config, scheduler config) of a ``StableCascadePriorPipeline`` folder, from its JSON
+    (``prefix`` / ``index``: the prior half of a combined folder); ``images``: it must hold an image encoder
+    (:func:`~.stable_cascade_image.check_image_encoder`)."""
+    pipeline = PRIOR_PIPELINE if index is None else COMBINED_PIPELINE
+    index, config, sched = _checked(directory, pipeline, PRIOR_CLASSES, "prior", prefix, index)
+    if images:
+        from .stable_cascade_image import check_image_encoder
+        check_image_encoder(directory, index, prefix)
     for key in ("clip_text_in_channels", "clip_image_in_channels"):
         if not isinstance(config.get(key), int):
             raise DiffkitError(f"{directory}'s prior has {key}={config.get(key)!r}; allowed: an integer (a stage-C "
@@ -115,15 +129,31 @@ def check_prior_folder(directory) -> tuple:
     return index, config, sched
 
 
-def check_decoder_folder(directory, prior_channels: Optional[int] = None) -> tuple:
-    """(model_index, decoder config, scheduler config) of a ``StableCascadeDecoderPipeline`` folder, from its JSON;
-    its ``effnet_in_channels`` must be ``prior_channels`` (the prior's out_channels) where given."""
-    index, config, sched = _checked(directory, DECODER_PIPELINE, DECODER_CLASSES, "decoder")
+def check_decoder_folder(directory, prior_channels: Optional[int] = None, *, index=None) -> tuple:
+    """(model_index, decoder config, scheduler config) of a ``StableCascadeDecoderPipeline`` folder, from its JSON
+    (``index``: the decoder half of a combined folder); its ``effnet_in_channels`` must be ``prior_channels`` (the
+    prior's out_channels) where given."""
+    pipeline = DECODER_PIPELINE if index is None else COMBINED_PIPELINE
+    index, config, sched = _checked(directory, pipeline, DECODER_CLASSES, "decoder", index=index)
     effnet = config.get("effnet_in_channels")
     if prior_channels is not None and effnet != prior_channels:
         raise DiffkitError(f"{directory}'s decoder has effnet_in_channels={effnet!r}; allowed: {prior_channels}, "
                            f"the prior's out_channels (its image embeddings)")
     return index, config, sched
+
+
+def check_combined_folder(directory, images: bool = False) -> tuple:
+    """(model_index, prior config, prior scheduler config, decoder scheduler config) of a
+    ``StableCascadeCombinedPipeline`` folder: its ``prior_``-prefixed half checked as a prior folder, the rest as a
+    decoder folder (:func:`check_prior_folder`, :func:`check_decoder_folder`), from its JSON."""
+    from .sd_xl import _index
+    index = _index(directory)
+    name = None if index is None else index.get("_class_name")
+    if name != COMBINED_PIPELINE:
+        raise DiffkitError(f"{directory} is not a {COMBINED_PIPELINE} folder (model_index.json names {name!r})")
+    _, prior, prior_sched = check_prior_folder(directory, images, prefix=COMBINED_PREFIX, index=index)
+    _, _, sched = check_decoder_folder(directory, prior.get("out_channels", 16), index=index)
+    return index, prior, prior_sched, sched
 
 
 def wuerstchen_alpha_bar(t: torch.Tensor, s: float = 0.008, scaler: float = 1.0) -> torch.Tensor:
@@ -195,6 +225,9 @@ class StableCascade:
     latent_dim_scale: float
     device: torch.device
     dtype: torch.dtype
+    image_encoder: Optional[torch.nn.Module] = None  # loaded with images=True (.stable_cascade_image)
+    feature_extractor: Optional[tuple] = None  # (folder, sub-folder, flag) of its CLIPImageProcessor
+    combined: bool = False  # a StableCascadeCombinedPipeline folder: the decoder takes the prior's text embeddings
 
     def encode_prompts(self, prompts: Sequence[str], decoder: bool = False) -> tuple:
         """(last hidden states (B, L, d), pooled projection (B, 1, d)) of ``prompts`` as the pipelines'
@@ -267,17 +300,23 @@ def _checked_scale(scale, what: str) -> float:
 
 def prior_embeddings(model: StableCascade, prompts: Sequence[str], *, negative_prompt=None,
                      guidance_scale: float = PRIOR_GUIDANCE, steps: int = PRIOR_STEPS, height=None, width=None,
-                     latents=None, generator=None, progress: bool = False) -> torch.Tensor:
-    """Stage C: the image embeddings ``StableCascadePriorPipeline(prompt, ...).image_embeddings`` returns (a
-    negative prompt is read only for a scale > 1, as there)."""
+                     latents=None, generator=None, progress: bool = False, images=None) -> torch.Tensor:
+    """Stage C: the image embeddings ``StableCascadePriorPipeline(prompt, ..., images=images).image_embeddings``
+    returns (a negative prompt is read only for a scale > 1, as there); ``images`` (paths or PIL images): image
+    prompts, every prompt conditioned on all of them (:func:`~.stable_cascade_image.image_prompt_embeddings`; the
+    null half on zeros), None: one zero image token (text only)."""
     from .stable_diffusion import negative_prompts
     scale = _checked_scale(guidance_scale, "guidance_scale")
     grid = wuerstchen_grid(steps)
     states, pooled = model.encode_prompts(prompts)
     shape = model.prior_shape(len(prompts), height, width)
     dtype = model_dtype(model.prior)
-    image = torch.zeros(len(prompts), 1, int(model.prior.config.clip_image_in_channels), device=model.device,
-                        dtype=dtype)
+    if images is None:
+        image = torch.zeros(len(prompts), 1, int(model.prior.config.clip_image_in_channels), device=model.device,
+                            dtype=dtype)
+    else:
+        from .stable_cascade_image import image_prompt_embeddings
+        image = image_prompt_embeddings(model, images, dtype).repeat(len(prompts), 1, 1)
     cond = {"clip_text": states, "clip_text_pooled": pooled, "clip_img": image}
     null = None
     if scale > 1:
@@ -292,16 +331,18 @@ def decoder_latents(model: StableCascade, embeddings: torch.Tensor, prompts: Seq
                     guidance_scale: float = DECODER_GUIDANCE, steps: int = DECODER_STEPS, latents=None,
                     generator=None, progress: bool = False) -> torch.Tensor:
     """Stage B: ``StableCascadeDecoderPipeline(image_embeddings, prompt, output_type="latent")``'s latents (one
-    embedding per prompt)."""
+    embedding per prompt). A combined folder (``model.combined``) conditions it as
+    ``StableCascadeCombinedPipeline``: on the prior's pooled text embeddings (prompt, and negative prompt for CFG,
+    which that pipeline has only when the prior ran CFG too: :func:`text_to_image` refuses the rest)."""
     from .stable_diffusion import negative_prompts
     scale = _checked_scale(guidance_scale, "decoder guidance_scale")
     grid = wuerstchen_grid(steps)
-    _, pooled = model.encode_prompts(prompts, decoder=True)
+    _, pooled = model.encode_prompts(prompts, decoder=not model.combined)
     effnet = embeddings.to(model.device, model_dtype(model.decoder))
     cond = {"clip_text_pooled": pooled, "effnet": effnet}
     null = None
     if scale > 1:
-        _, n_pooled = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)), decoder=True)
+        _, n_pooled = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)), decoder=not model.combined)
         null = {"clip_text_pooled": n_pooled, "effnet": torch.zeros_like(effnet)}
     x = _start(model.decoder_shape(embeddings), latents, generator, model.decoder, model.device, "decoder latents")
     return wuerstchen_ddpm(_guided(model.decoder, scale, cond, null), x, grid, generator=generator,
@@ -312,12 +353,24 @@ def _scheduler_options(config: dict) -> dict:
     return {"s": float(config.get("s", 0.008)), "scaler": float(config.get("scaler", 1.0))}
 
 
+def check_combined_scales(combined: bool, prior_scale: float, decoder_scale: float) -> None:
+    """One line for a combined folder's decoder CFG (s > 1) without the prior's: ``StableCascadeCombinedPipeline``
+    hands the decoder the prior's negative embeddings, which exist only under the prior's CFG (diffusers fails)."""
+    if combined and prior_scale <= 1 < decoder_scale:
+        raise DiffkitError(f"guidance scales {prior_scale:g} (prior) and {decoder_scale:g} (decoder) are not allowed "
+                           f"on a {COMBINED_PIPELINE} folder: its decoder's CFG takes the prior's negative embeddings, "
+                           f"made only under the prior's CFG; raise the prior's scale above 1 or the decoder's to at "
+                           f"most 1")
+
+
 def text_to_image(model: StableCascade, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
                   guidance_scale: float = PRIOR_GUIDANCE, steps: int = PRIOR_STEPS,
                   decoder_guidance_scale: float = DECODER_GUIDANCE, decoder_steps: int = DECODER_STEPS,
-                  height=None, width=None, generator=None, progress: bool = False, return_latents: bool = False):
+                  height=None, width=None, generator=None, progress: bool = False, return_latents: bool = False,
+                  images=None):
     """Images in [0, 1] of the prior then the decoder then the VQGAN (module docstring), every draw from
-    ``generator`` (one, or one per prompt); ``return_latents``: (prior embeddings, decoder latents) instead."""
+    ``generator`` (one, or one per prompt); ``return_latents``: (prior embeddings, decoder latents) instead;
+    ``images``: the prior's image prompts (:func:`prior_embeddings`)."""
     from .stable_diffusion import prompt_list
     prompts = prompt_list(prompts)
     scales = (_checked_scale(guidance_scale, "guidance_scale"),
@@ -325,45 +378,62 @@ def text_to_image(model: StableCascade, prompts: Union[str, Sequence[str]], *, n
     if negative_prompt is not None and max(scales) <= 1:
         raise DiffkitError(f"a negative prompt with guidance scales {scales[0]:g} (prior) and {scales[1]:g} "
                            f"(decoder) is not allowed: it feeds only CFG (a scale > 1); raise one or drop it")
+    check_combined_scales(model.combined, *scales)
     embeddings = prior_embeddings(model, prompts, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
-                                  steps=steps, height=height, width=width, generator=generator, progress=progress)
+                                  steps=steps, height=height, width=width, generator=generator, progress=progress,
+                                  images=images)
     latents = decoder_latents(model, embeddings, prompts, negative_prompt=negative_prompt,
                               guidance_scale=decoder_guidance_scale, steps=decoder_steps, generator=generator,
                               progress=progress)
     return (embeddings, latents) if return_latents else model.decode(latents)
 
 
-def load_stable_cascade(prior_dir: Union[str, Path], decoder_dir: Union[str, Path], device="cpu",
-                        dtype: torch.dtype = torch.float32, progress: bool = True) -> StableCascade:
-    """Load a prior folder and a decoder folder (never downloads, never unpickles); what diffkit does not drive is
-    refused in one line before any weight is read (:func:`check_prior_folder`, :func:`check_decoder_folder`)."""
+def load_stable_cascade(prior_dir: Union[str, Path], decoder_dir: Union[str, Path, None] = None, device="cpu",
+                        dtype: torch.dtype = torch.float32, progress: bool = True,
+                        images: bool = False) -> StableCascade:
+    """Load a prior folder and a decoder folder, or (``decoder_dir`` None) a ``StableCascadeCombinedPipeline``
+    folder holding both (never downloads, never unpickles); ``images``: the prior's image encoder too (image prompts,
+    :mod:`.stable_cascade_image`). What diffkit does not drive is refused in one line before any weight is read
+    (:func:`check_prior_folder`, :func:`check_decoder_folder`, :func:`check_combined_folder`)."""
     from . import from_pretrained, library_progress_bars
     from .sd3 import _entry
     diffusers, transformers = require("diffusers"), require("transformers")
-    prior_dir, decoder_dir = Path(prior_dir), Path(decoder_dir)
-    prior_index, prior_config, prior_sched = check_prior_folder(prior_dir)
-    decoder_index, _, sched = check_decoder_folder(decoder_dir, prior_config.get("out_channels", 16))
+    prior_dir = Path(prior_dir)
+    combined = decoder_dir is None
+    if combined:
+        prior_index, prior_config, prior_sched, sched = check_combined_folder(prior_dir, images)
+        decoder_dir, decoder_index, prefix, decoder_flag = prior_dir, prior_index, COMBINED_PREFIX, "--checkpoint"
+    else:
+        prior_index, prior_config, prior_sched = check_prior_folder(prior_dir, images)
+        decoder_dir, prefix, decoder_flag = Path(decoder_dir), "", "--decoder"
+        decoder_index, _, sched = check_decoder_folder(decoder_dir, prior_config.get("out_channels", 16))
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
     from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
     device = torch.device(device)
     parts = {}
     with library_progress_bars(progress):
-        for folder, index, unet, prefix, flag in ((prior_dir, prior_index, "prior", "prior_", "--checkpoint"),
-                                                   (decoder_dir, decoder_index, "decoder", "", "--decoder")):
-            parts[unet] = from_pretrained(diffusers.StableCascadeUNet, folder / unet, flag, **common)
-            parts[prefix + "text_encoder"] = from_pretrained(transformers.CLIPTextModelWithProjection,
-                                                             folder / "text_encoder", flag, **common)
-            tok_cls = getattr(transformers, _entry(index, "tokenizer") or "", None) or transformers.AutoTokenizer
-            parts[prefix + "tokenizer"] = from_pretrained(tok_cls, folder / "tokenizer", local_files_only=True)
-        parts["vqgan"] = from_pretrained(PaellaVQModel, decoder_dir / "vqgan", "--decoder", **common)
+        for folder, index, unet, key, sub, flag in (
+                (prior_dir, prior_index, "prior", "prior_", prefix, "--checkpoint"),
+                (decoder_dir, decoder_index, "decoder", "", "", decoder_flag)):
+            parts[unet] = from_pretrained(diffusers.StableCascadeUNet, folder / (sub + unet), flag, **common)
+            parts[key + "text_encoder"] = from_pretrained(transformers.CLIPTextModelWithProjection,
+                                                          folder / (sub + "text_encoder"), flag, **common)
+            tok_cls = getattr(transformers, _entry(index, sub + "tokenizer") or "", None) or transformers.AutoTokenizer
+            parts[key + "tokenizer"] = from_pretrained(tok_cls, folder / (sub + "tokenizer"), local_files_only=True)
+        parts["vqgan"] = from_pretrained(PaellaVQModel, decoder_dir / "vqgan", decoder_flag, **common)
+        if images:
+            from .stable_cascade_image import load_image_encoder
+            parts["image_encoder"] = load_image_encoder(prior_dir, prefix, "--checkpoint", dtype, device)
+            parts["feature_extractor"] = (prior_dir, prefix + "feature_extractor", "--checkpoint")
     for name in ("prior", "prior_text_encoder", "decoder", "text_encoder", "vqgan"):
         parts[name].to(device).eval().requires_grad_(False)
     return StableCascade(**parts, prior_scheduler=prior_sched, scheduler=sched,
                          resolution_multiple=float(prior_index.get("resolution_multiple", RESOLUTION_MULTIPLE)),
                          latent_dim_scale=float(decoder_index.get("latent_dim_scale", LATENT_DIM_SCALE)),
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, combined=combined)
 
 
 __all__ = ["StableCascade", "load_stable_cascade", "text_to_image", "prior_embeddings", "decoder_latents",
            "wuerstchen_alpha_bar", "wuerstchen_step", "wuerstchen_grid", "wuerstchen_ddpm", "is_stable_cascade_folder",
-           "stable_cascade_kind", "check_prior_folder", "check_decoder_folder", "PRIOR_PIPELINE", "DECODER_PIPELINE"]
+           "stable_cascade_kind", "check_prior_folder", "check_decoder_folder", "check_combined_folder",
+           "PRIOR_PIPELINE", "DECODER_PIPELINE", "COMBINED_PIPELINE"]
