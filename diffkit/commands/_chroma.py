@@ -56,9 +56,14 @@ class Family:
         """More keyword arguments of the library functions, from the prompt request (none for Chroma)."""
         return {}
 
+    @classmethod
+    def check_request(cls, directory, request) -> None:
+        """One line, before loading, for a ``diffkit sample`` prompt flag the kind does not take (none for Chroma;
+        OmniGen's: :mod:`._omnigen`)."""
+
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image or Z-Image folder; None for any other checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image or OmniGen folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -72,6 +77,10 @@ def folder_family(directory) -> Optional[type]:
     if is_z_image_folder(directory):
         from ._z_image import ZImageFamily
         return ZImageFamily
+    from ..interop.omnigen import is_omnigen_folder
+    if is_omnigen_folder(directory):
+        from ._omnigen import OmniGenFamily
+        return OmniGenFamily
     return None
 
 
@@ -99,6 +108,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
 
     guidance = checked_request(directory, family.kind, family.takes, guidance, options, refused,
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
+    family.check_request(directory, guidance)
     text_to_image = family.functions()[0]
     chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
     _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
