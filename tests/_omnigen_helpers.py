@@ -1,8 +1,8 @@
 """A tiny random OmniGenPipeline folder for tests/test_omnigen.py (nothing downloaded): a LlamaTokenizer over single
-characters (bos <s> = 1, pad </s> = 2 as OmniGen's collator pads), a 1-layer OmniGenTransformer2DModel (hidden 16, 2
-heads of 8), a 4-channel VAE of 4 levels (f = 8: the processor counts 16 x 16 pixels a token), and diffusers' own OmniGenPipeline run without torchvision: its
-processor's four torchvision transforms are given here (crop_image, then x / 255 normalised to [-1, 1]), the only
-stand-in; everything else is diffusers' code."""
+characters (bos <s> = 1, pad </s> = 2 as OmniGen's collator pads), a 2-layer OmniGenTransformer2DModel (hidden 16, 2
+heads of 8), a 4-channel VAE of 4 levels (f = 8: the processor counts a token per 16 x 16 pixels), and diffusers'
+own OmniGenPipeline run without torchvision: its processor's four torchvision transforms are given here (crop_image,
+then x / 255 normalised to [-1, 1]), the only stand-in; everything else is diffusers' code."""
 import numpy as np
 import torch
 
@@ -56,7 +56,7 @@ def tiny_omnigen_pipeline():
     tokenizer = tiny_tokenizer()
     transformer = diffusers.OmniGenTransformer2DModel(
         in_channels=4, patch_size=2, hidden_size=16, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=32, num_layers=1, pad_token_id=2, vocab_size=len(tokenizer), max_position_embeddings=4096,
+        intermediate_size=32, num_layers=2, pad_token_id=2, vocab_size=len(tokenizer), max_position_embeddings=4096,
         original_max_position_embeddings=2048, rope_scaling={"short_factor": [1.0] * 4, "long_factor": [1.0] * 4},
         pos_embed_max_size=16, time_step_dim=8)
     vae = diffusers.AutoencoderKL(block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,

@@ -1,5 +1,5 @@
 """OmniGen folders (diffkit.interop.omnigen): text_to_image / edit_image against diffusers' own OmniGenPipeline on a
-tiny random folder (tests/_omnigen_helpers.py: a 1-layer transformer, a character-level LlamaTokenizer; diffusers'
+tiny random folder (tests/_omnigen_helpers.py: a 2-layer transformer, a character-level LlamaTokenizer; diffusers'
 processor run with four torchvision transforms given there), and ``diffkit sample`` / ``diffkit edit`` on it (the
 library's PNGs byte for byte; what does not apply refused in one line)."""
 import json
@@ -28,12 +28,12 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def omnigen(tmp_path_factory):
-    """(pipeline, folder, loaded model, input PNG of 40 x 56 pixels, the PNG as a (1, 3, H, W) tensor in [-1, 1])."""
+    """(pipeline, folder, loaded model, input PNG of 41 x 57 pixels, the PNG as a (1, 3, H, W) tensor in [-1, 1])."""
     from PIL import Image
     pipe = tiny_omnigen_pipeline()
     root = tmp_path_factory.mktemp("omnigen")
     pipe.save_pretrained(root / "folder")
-    pixels = (np.random.RandomState(0).rand(40, 56, 3) * 255).astype(np.uint8)
+    pixels = (np.random.RandomState(0).rand(41, 57, 3) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(root / "in.png")
     image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
     return pipe, root / "folder", load_omnigen(root / "folder", progress=False), root / "in.png", image
@@ -64,9 +64,10 @@ def test_text_to_image_matches_pipeline(omnigen):
 
 
 def test_edit_matches_pipeline(omnigen):
-    """TOG2: an input image of 40 x 56 pixels (cropped to 32 x 48 as the processor's crop_image), three-way
-    guidance with img_guidance_scale 1.9; its size as the output (use_input_image_size_as_output) and 32 x 32
-    (height / width); the posterior drawn twice; final latents within 1e-5."""
+    """TOG2: an input image of 41 x 57 pixels (cropped to 32 x 48 as the processor's crop_image: 4 rows / columns
+    off the top / left, 5 off the bottom / right), three-way guidance with img_guidance_scale 1.9; its size as the
+    output (use_input_image_size_as_output) and 32 x 32 (height / width); the posterior drawn twice; final latents
+    within 1e-5."""
     from PIL import Image
     pipe, _, model, png, image = omnigen
     for size, options in (((4, 6), {"use_input_image_size_as_output": True}), ((4, 4), {"height": 32, "width": 32})):
