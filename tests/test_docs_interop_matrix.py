@@ -232,6 +232,7 @@ KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
 CONSISTENCY_MODELS = "## Consistency-model folders (`diffkit.interop.consistency_models`)"
 KANDINSKY3 = "## Kandinsky 3 folders (`diffkit.interop.kandinsky3`)"
 LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
+OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -258,7 +259,8 @@ LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
                                                     (KANDINSKY3, ["Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline"],
                                                      "KT"),
                                                     (LDM, ["LDMTextToImagePipeline", "LDMPipeline",
-                                                           "LDMSuperResolutionPipeline"], "LD")])
+                                                           "LDMSuperResolutionPipeline"], "LD"),
+                                                    (OMNIGEN, ["OmniGenPipeline"], "OG")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
