@@ -138,10 +138,12 @@ def test_commands(omnigen, tmp_path, capsys):
         (["--negative-prompt", "ugly"], "--negative-prompt does not apply to an OmniGen folder"),
         (["--max-sequence-length", "64"], "--max-sequence-length applies to a Stable Diffusion"),
         (["--lora", str(png)], "--lora does not apply to an OmniGen folder"),
-        (["--pag-scale", "2"], "--pag-scale does not apply to an OmniGen folder")])
+        (["--pag-scale", "2"], "--pag-scale does not apply to an OmniGen folder"),
+        (["--prompt", EDIT_PROMPT], "names an input image")])
     for extra, text in ((["--strength", "0.5"], "--strength does not apply to an OmniGen folder"),
                         (["--mask", str(png)], "--mask does not apply to an OmniGen folder"),
-                        (["--negative-prompt", "x"], "--negative-prompt does not apply to an OmniGen folder")):
+                        (["--negative-prompt", "x"], "--negative-prompt does not apply to an OmniGen folder"),
+                        (["--prompt", "a cat"], "is not allowed with one input image")):
         capsys.readouterr()
         assert main(["edit", "--checkpoint", str(path), "--images", str(png), "--prompt", EDIT_PROMPT,
                      "--out", str(tmp_path / "never"), *extra]) == 2

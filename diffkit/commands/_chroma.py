@@ -57,9 +57,9 @@ class Family:
         return {}
 
     @classmethod
-    def check_request(cls, directory, request) -> None:
-        """One line, before loading, for a ``diffkit sample`` prompt flag the kind does not take (none for Chroma;
-        OmniGen's: :mod:`._omnigen`)."""
+    def check_request(cls, directory, request, edit: bool = False) -> None:
+        """One line, before loading, for a prompt request (of ``diffkit sample``, or with ``edit`` of ``diffkit
+        edit``) the kind does not take (none for Chroma; OmniGen's: :mod:`._omnigen`)."""
 
 
 def folder_family(directory) -> Optional[type]:
@@ -170,6 +170,7 @@ def edit_chroma(args, family=Family) -> int:
     directory = args.checkpoint
     check_folder_edit_args(args, family.edit_flags, family.kind, family.edit_takes)
     info, own, options, request = edit_sampling(args, directory)
+    family.check_request(directory, request, edit=True)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     if len(args.prompts) not in (1, count):

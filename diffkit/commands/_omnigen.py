@@ -55,9 +55,13 @@ class OmniGenFamily(Family):
         return {} if scale is None else {"image_guidance_scale": scale}
 
     @classmethod
-    def check_request(cls, directory, request) -> None:
-        """One line for ``--negative-prompt`` (diffkit sample), before loading (``--max-sequence-length`` is refused
-        before, as on every folder kind without a T5 length)."""
+    def check_request(cls, directory, request, edit: bool = False) -> None:
+        """One line, before loading, for ``--negative-prompt`` (``--max-sequence-length`` is refused before, as on
+        every folder kind without a T5 length) and for prompts whose image tags do not fit: ``diffkit sample`` takes
+        none, ``diffkit edit`` one ``<img><|image_1|></img>`` each (:func:`~diffkit.interop.omnigen.check_image_tags`).
+        """
+        from ..interop.omnigen import check_image_tags
         if request.negative_prompt is not None:
             raise DiffkitError(f"--negative-prompt does not apply to an OmniGen folder ({directory}; OmniGenPipeline "
                                f"has none: its negative branch is its processor's fixed prompt); it takes {cls.takes}")
+        check_image_tags(request.prompts, edit)
