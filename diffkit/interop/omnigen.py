@@ -132,7 +132,8 @@ class OmniGenNet(torch.nn.Module):
     ``OmniGenTransformer2DModel``: ``context`` (B, L) the left-padded token ids, ``token_mask`` (B, L) their real
     tokens; ``image_latents`` (B, C, h', w') the scaled input-image latents placed at token ``image_start`` (B,) of
     each row (-1: none). The collator's position ids and mask (diffusers' ``OmniGenCollator``) for this batch, the
-    timestep t as given (the scheduler's s T); the velocity in z's dtype."""
+    timestep t as given (the scheduler's s T) in float32, as the pipeline passes it whatever the transformer's dtype
+    (its sinusoidal embedding is then cast); the velocity in z's dtype."""
 
     def __init__(self, transformer):
         super().__init__()
@@ -157,7 +158,7 @@ class OmniGenNet(torch.nn.Module):
                     latents.append(image_latents[row:row + 1].to(dtype))
         attention = collator.adjust_attention_for_input_images(attention, sizes)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        out = self.model(hidden_states=x.to(dtype), timestep=t.to(dtype), input_ids=context.to(x.device),
+        out = self.model(hidden_states=x.to(dtype), timestep=t, input_ids=context.to(x.device),
                          input_img_latents=latents, input_image_sizes=sizes, attention_mask=attention.to(x.device),
                          position_ids=positions.to(x.device), return_dict=False)[0]
         return out.to(x.dtype)
