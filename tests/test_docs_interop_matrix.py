@@ -236,6 +236,7 @@ KANDINSKY3 = "## Kandinsky 3 folders (`diffkit.interop.kandinsky3`)"
 LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
 GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
 LONGCAT = "## LongCat-Image folders (`diffkit.interop.longcat_image`)"
+OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -268,7 +269,8 @@ LONGCAT = "## LongCat-Image folders (`diffkit.interop.longcat_image`)"
                                                               "StableDiffusionGLIGENTextImagePipeline"], "GL"),
                                                     (BRIA, ["BriaPipeline"], "BR"),
                                                     (LONGCAT, ["LongCatImagePipeline", "LongCatImageEditPipeline"],
-                                                     "LC")])
+                                                     "LC"),
+                                                    (OMNIGEN, ["OmniGenPipeline"], "OG")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -57,10 +57,15 @@ class Family:
         """More keyword arguments of the library functions, from the prompt request (none for Chroma)."""
         return {}
 
+    @classmethod
+    def check_request(cls, directory, request, edit: bool = False) -> None:
+        """One line, before loading, for a prompt request (of ``diffkit sample``, or with ``edit`` of ``diffkit
+        edit``) the kind does not take (none for Chroma; OmniGen's: :mod:`._omnigen`)."""
+
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image or Ovis-Image folder; None for
-    any other checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image or OmniGen folder;
+    None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -87,6 +92,10 @@ def folder_family(directory) -> Optional[type]:
     if is_ovis_image_folder(directory):
         from ._ovis_image import OvisImageFamily
         return OvisImageFamily
+    from ..interop.omnigen import is_omnigen_folder
+    if is_omnigen_folder(directory):
+        from ._omnigen import OmniGenFamily
+        return OmniGenFamily
     return None
 
 
@@ -114,6 +123,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
 
     guidance = checked_request(directory, family.kind, family.takes, guidance, options, refused,
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
+    family.check_request(directory, guidance)
     text_to_image = family.functions()[0]
     chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
     _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
@@ -175,6 +185,7 @@ def edit_chroma(args, family=Family) -> int:
     directory = args.checkpoint
     check_folder_edit_args(args, family.edit_flags, family.kind, family.edit_takes)
     info, own, options, request = edit_sampling(args, directory)
+    family.check_request(directory, request, edit=True)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     if len(args.prompts) not in (1, count):

@@ -19,9 +19,11 @@ HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pa
 
 
 def articled(message: str) -> str:
-    """``message`` with "a AuraFlow" / "a Ovis-Image" made "an ..." (the folder kinds' messages read "a {kind}
-    folder")."""
-    return message.replace(" a AuraFlow ", " an AuraFlow ").replace(" a Ovis-Image ", " an Ovis-Image ")
+    """``message`` with "a AuraFlow" / "a Ovis-Image" / "a OmniGen" made "an ..." (the folder kinds' messages read
+    "a {kind} folder")."""
+    for kind in ("AuraFlow", "Ovis-Image", "OmniGen"):
+        message = message.replace(f" a {kind} ", f" an {kind} ")
+    return message
 
 
 # kinds whose scheduler's step is their own module's folder_sampler (DDPMScheduler: ddpm; HiDream's flow UniPC: unipc)
@@ -298,12 +300,13 @@ def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "", c
     given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
              if dest not in flags and dest in defaults and value != defaults[dest]]
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}){runs}; it takes {takes}")
+        raise DiffkitError(articled(f"{given[0]} does not apply to a {kind} folder ({directory}){runs}; it takes "
+                                    f"{takes}"))
     if check is not None:
         check()
     if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a {kind} folder: give --images PNG|DIR and --prompt TEXT (once for every "
-                           f"image, or once per image)")
+        raise DiffkitError(articled(f"{directory} is a {kind} folder: give --images PNG|DIR and --prompt TEXT (once "
+                                    f"for every image, or once per image)"))
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
 

@@ -605,6 +605,7 @@ def _prompt_request(args, sampler: str):
                                negative_prompt_2=args.negative_prompt_2, prompts_3=args.prompts_3,
                                negative_prompt_3=args.negative_prompt_3,
                                max_sequence_length=args.max_sequence_length, true_cfg_scale=args.true_cfg_scale,
+                               image_guidance_scale=args.image_guidance_scale,
                                pag_scale=args.pag_scale,
                                pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
                                pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True,

@@ -92,6 +92,14 @@ def instruct_pix2pix_denoiser(unet, schedule, prediction_type: str) -> Denoiser:
     return concat_denoiser(ImageConditionedNet, unet, schedule, prediction_type)
 
 
+def dual_guidance(text: torch.Tensor, image_only: torch.Tensor, uncond: torch.Tensor, s_text: float,
+                  s_image: float) -> torch.Tensor:
+    """Brooks et al. 2023, eq. 3: uncond + s_I (image_only - uncond) + s_T (text - image_only), of predictions with
+    both conditions (``text``), the image alone (``image_only``) and neither (``uncond``); OmniGen's three-way
+    guidance too (:class:`.omnigen.OmniGenGuidance`)."""
+    return uncond + s_image * (image_only - uncond) + s_text * (text - image_only)
+
+
 class InstructPix2PixGuidance(Wrapper):
     """Classifier-free guidance over the image and the text condition (Brooks et al. 2023, eq. 3; module doc):
     eps~ = eps_u + s_I (eps_i - eps_u) + s_T (eps_t - eps_i), x_0 with the same weights (they sum to 1, so the pair
@@ -136,7 +144,7 @@ class InstructPix2PixGuidance(Wrapper):
 
         def mixed(out: torch.Tensor) -> torch.Tensor:  # eq. 3 (the pipelines' text, image, uncond thirds)
             text, image_only, uncond = out.chunk(3)
-            return uncond + s_image * (image_only - uncond) + s_text * (text - image_only)
+            return dual_guidance(text, image_only, uncond, s_text, s_image)
         eps, x0 = mixed(pred.eps), mixed(pred.x0)
         if self.rescale > 0:  # towards the text + image third (diffusers' noise_pred_text)
             eps, x0 = self._rescaled(x, _times64(t, batch), eps, x0, pred.eps.chunk(3)[0], pred.x0.chunk(3)[0])
