@@ -14,6 +14,7 @@ import test_interop_sd_xl
 import test_latent_editing
 import test_sd_xl_inpaint
 from test_cli_errors import one_line_error
+from diffkit.commands._image_size import EDIT_SIZED
 from test_latent_editing import PROMPTS, _generators, cli, write_pngs
 
 diffusers = pytest.importorskip("diffusers")
@@ -136,8 +137,7 @@ def test_edit_size_refusals_are_one_line_before_any_output(tiny_sd, tiny_checkpo
     base = ["edit", "--no-progress", "--prompt", "a", "--out", tmp_path / "never"]
     for extra, expected in [
         (["--checkpoint", tiny_checkpoint, "--images", pngs, "--height", 16],
-         "--height applies to diffusers folders (Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, "
-         "Qwen-Image);"),
+         f"--height applies to diffusers folders ({EDIT_SIZED});"),
         (["--checkpoint", folder, "--images", pngs, "--width", 20],
          "--width 20 is not allowed; give a positive multiple of 8 (the pipeline's 8 and the VAE factor 2)"),
         (["--checkpoint", folder, "--images", odd, "--height", 16],

@@ -207,6 +207,7 @@ class OmniGen(Chroma):
 
     default_steps = OMNIGEN_STEPS
     guidance_hint = f"the pipeline's default {OMNIGEN_GUIDANCE}, always guided"
+    max_sequence_length = None  # no text length: the transformer reads the whole tokenised prompt
 
     @property
     def shift_factor(self) -> float:
