@@ -15,7 +15,10 @@ from diffkit.interop.z_image import text_to_image  # noqa: E402
 
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_z_image import LENGTH, NEGATIVES, PROMPTS, SIZE, tiny_z_image  # noqa: E402,F401
+import test_z_image  # noqa: E402
+from test_z_image import LENGTH, NEGATIVES, PROMPTS, SIZE  # noqa: E402
+
+tiny_z_image = test_z_image.tiny_z_image  # the folder fixture, shared
 
 VARIANTS = {  # ZImageControlNetModel configs: Union 1.0 (16 channels), 2.1 (33, control_noise_refiner blocks)
     "union": dict(control_in_dim=16),
@@ -89,7 +92,8 @@ def test_z_image_controlnet_samples_as_the_pipeline(tiny_z_image, controlnet_fol
 def test_sample_command_with_a_z_image_controlnet_is_the_library(tiny_z_image, controlnet_folders, tmp_path,
                                                                   capsys):
     """``diffkit sample --controlnet DIR --control-image PNG`` on a Z-Image folder writes the library's grid (the
-    pipeline's scale 0.75 by default); what ZImageControlNetPipeline does not take: one line, no file."""
+    pipeline's scale 0.75 by default), ``diffkit edit --mask --controlnet`` the library's inpainting
+    (ZImageControlNetInpaintPipeline); what the pipelines do not take: one line, no file."""
     from diffkit.images import save_grid
     _, path, model = tiny_z_image
     image = _control_images(1)[0]
@@ -111,9 +115,33 @@ def test_sample_command_with_a_z_image_controlnet_is_the_library(tiny_z_image, c
         ([*control, "--control-guidance-end", "0.5"], "does not apply to a Z-Image ControlNet"),
         (["--controlnet", str(path / "transformer"), "--control-image", str(tmp_path / "control.png")],
          "allowed: a diffusers ZImageControlNetModel folder (a Z-Image folder takes Z-Image ControlNets)")])
-    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot", *control,
-                 "--out", str(tmp_path / "never")]) == 2
-    assert "--controlnet does not apply to a Z-Image folder" in capsys.readouterr().err
+    from diffkit.commands.edit import read_mask, read_pngs
+    from diffkit.images import save_images
+    from diffkit.interop.z_image import image_to_image
+    save_images(torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1, tmp_path / "in",
+                prefix="in")
+    save_images((torch.rand(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) > 0.5).float().expand(
+        1, 3, SIZE, SIZE) * 2 - 1, tmp_path / "mask", prefix="mask")
+    mask_png = tmp_path / "mask" / "mask_00000.png"
+    edit = ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", "hot", "--steps", "2",
+            "--max-sequence-length", str(LENGTH), "--controlnet", str(folder), "--control-image",
+            str(tmp_path / "control.png"), "--controlnet-scale", "0.9"]
+    assert main([*edit, "--mask", str(mask_png), "--out", str(tmp_path / "edited"), "--no-progress"]) == 0
+    pixels, _ = read_pngs(tmp_path / "in", "RGB")
+    nets = ControlNets([load_model_folder("ZImageControlNetModel", folder, progress=False)],
+                       [tmp_path / "control.png"], 0.9)
+    save_images(image_to_image(model, pixels, "hot", steps=2, seed=0, mask=read_mask(mask_png, pixels),
+                               controlnets=nets, max_sequence_length=LENGTH, output_range="-1,1"),
+                tmp_path / "expected", prefix="edit")
+    for name in ("edit_00000.png", "edit_00001.png"):
+        assert (tmp_path / "edited" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    for extra, expected in [([], "--controlnet in diffkit edit on a Z-Image folder needs --mask"),
+                            (["--mask", str(mask_png), "--strength", "0.5"], "--strength does not apply to Z-Image "
+                                                                             "ControlNet inpainting")]:
+        capsys.readouterr()
+        assert main([*edit, *extra, "--out", str(tmp_path / "never")]) == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_z_image_controlnets_that_do_not_fit_are_refused(tiny_z_image, controlnet_folders):
@@ -131,5 +159,43 @@ def test_z_image_controlnets_that_do_not_fit_are_refused(tiny_z_image, controlne
     from diffkit.interop.z_image import image_to_image
     nets = ControlNets([load_model_folder("ZImageControlNetModel", controlnet_folders["union"], progress=False)],
                        [image])
-    with pytest.raises(DiffkitError, match="a ControlNet with Z-Image img2img / inpainting is not supported"):
+    with pytest.raises(DiffkitError, match="a ControlNet with Z-Image img2img is not supported"):
         image_to_image(model, torch.zeros(1, 3, SIZE, SIZE), "hot", steps=1, controlnets=nets)
+    mask = torch.ones(1, 1, SIZE, SIZE)
+    for strength, expected in [(None, "control_in_dim=16; allowed for inpainting (ZImageControlNetInpaintPipeline): "
+                                      "33"), (0.5, "strength=0.5 does not apply to Z-Image ControlNet inpainting")]:
+        with pytest.raises(DiffkitError) as caught:
+            image_to_image(model, torch.zeros(1, 3, SIZE, SIZE), "hot", strength, steps=1, mask=mask,
+                           controlnets=nets)
+        assert expected in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("call", [{"negative_prompt": NEGATIVES}, {"guidance_scale": 0.0, "scale": 1.2}])
+def test_z_image_controlnet_inpaints_as_the_pipeline(tiny_z_image, controlnet_folders, call):
+    """Same z_0 as ZImageControlNetInpaintPipeline from the same latents: a Union 2.1 ControlNet reading the control
+    latents, the kept-region mask and the masked image's latents (mode), one mask per image."""
+    from diffkit.interop.z_image import image_to_image
+    tiny, folder = tiny_z_image, controlnet_folders["union-2.1"]
+    pipe = diffusers.ZImageControlNetInpaintPipeline(
+        **tiny[0].components, controlnet=load_model_folder("ZImageControlNetModel", folder, progress=False))
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(call)
+    scale = call.pop("scale", 0.75)
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    mask = (torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(4)) > 0.5).float()
+    control = _control_images(1)[0]
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = pipe(list(PROMPTS), image=images, mask_image=mask, control_image=control, num_inference_steps=3,
+                      latents=noise.clone(), height=SIZE, width=SIZE, output_type="latent",
+                      max_sequence_length=LENGTH, controlnet_conditioning_scale=scale,
+                      **{k: list(v) if isinstance(v, list) else v for k, v in call.items()}).images
+    nets = ControlNets([load_model_folder("ZImageControlNetModel", folder, progress=False)], [control], scale)
+    ours = image_to_image(tiny[2], images, PROMPTS, steps=3, mask=mask, controlnets=nets, latents=noise,
+                          return_latents=True, max_sequence_length=LENGTH, **call)
+    unmasked = image_to_image(tiny[2], images, PROMPTS, steps=3, mask=1 - mask, controlnets=nets, latents=noise,
+                              return_latents=True, max_sequence_length=LENGTH, **call)
+    print("z-image controlnet inpaint", call, float((ours - theirs).abs().max()), relative_error(ours, theirs),
+          "other mask", relative_error(unmasked, theirs))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)  # measured: see docs/interop.md
+    assert relative_error(unmasked, theirs) > 1e-3  # the mask and masked image matter
