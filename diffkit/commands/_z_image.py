@@ -5,7 +5,6 @@ PNG|DIR --prompt TEXT``: a Z-Image diffusers folder (:mod:`diffkit.interop.z_ima
 and :func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
-from ..errors import DiffkitError
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (W, --guidance-convention), --cfg-trunc-ratio, "
@@ -37,14 +36,10 @@ class ZImageFamily(Family):
     def check_control(control, mask=False, strength=None) -> None:
         """One line, before any weight is read, for ControlNet flags ZImageControlNetPipeline (``diffkit edit``:
         ZImageControlNetInpaintPipeline, which needs ``--mask``) does not take."""
-        from ..interop.z_image_controlnet import INPAINT_PIPELINE, check_z_image_control_options
+        from ..interop.z_image_controlnet import check_inpaint_options, check_z_image_control_options
         check_z_image_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
-        if mask is None:
-            raise DiffkitError(f"--controlnet in diffkit edit on a Z-Image folder needs --mask ({INPAINT_PIPELINE}; "
-                               f"diffusers 0.42.1 has no Z-Image img2img pipeline with a ControlNet)")
-        if strength is not None:
-            raise DiffkitError(f"--strength does not apply to Z-Image ControlNet inpainting ({INPAINT_PIPELINE} draws "
-                               f"from pure noise); drop it")
+        if mask is not False:  # diffkit edit's
+            check_inpaint_options(mask is not None, strength, "--mask", "--strength")
 
     @staticmethod
     def functions() -> tuple:

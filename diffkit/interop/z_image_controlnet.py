@@ -155,6 +155,18 @@ def controlled(zimage, denoiser, cond: dict, controlnets: ControlNets, h: int, w
                                                  inpaint)}
 
 
+def check_inpaint_options(masked: bool, strength=None, mask: str = "a mask", flag: Optional[str] = None) -> None:
+    """One line for a ControlNet edit without a mask (``masked`` False; no img2img pipeline takes a Z-Image ControlNet)
+    or with a ``strength`` (``ZImageControlNetInpaintPipeline`` has none); ``mask`` / ``flag``: the command's names
+    of the mask and the strength."""
+    if not masked:
+        raise DiffkitError(f"a ControlNet with Z-Image img2img is not supported (diffusers 0.42.1 has no such "
+                           f"pipeline); give {mask} ({INPAINT_PIPELINE}) or sample with the ControlNet")
+    if strength is not None:
+        raise DiffkitError(f"{flag or f'strength={strength!r}'} does not apply to Z-Image ControlNet inpainting "
+                           f"({INPAINT_PIPELINE} draws from pure noise); drop it")
+
+
 def controlnet_inpaint(zimage, images: torch.Tensor, prompts, mask: Optional[torch.Tensor], controlnets: ControlNets,
                        strength: Optional[float] = None, control_rows=None, posterior: str = "mean", **options):
     """Inpainting of ``images`` (B, 3, H, W) in [-1, 1] under ``mask`` (B or 1, 1, H, W), 1 = repaint, with a Union
@@ -165,12 +177,7 @@ def controlnet_inpaint(zimage, images: torch.Tensor, prompts, mask: Optional[tor
     no img2img (``mask`` None): one line each; ``posterior``: ignored (the pipeline encodes at the mode)."""
     from .flow_latents import edit_prompts
     from .z_image import text_to_image
-    if mask is None:
-        raise DiffkitError(f"a ControlNet with Z-Image img2img is not supported (diffusers 0.42.1 has no such "
-                           f"pipeline); give a mask ({INPAINT_PIPELINE}) or sample with the ControlNet")
-    if strength is not None:
-        raise DiffkitError(f"strength={strength!r} does not apply to Z-Image ControlNet inpainting ({INPAINT_PIPELINE} "
-                           f"draws from pure noise); drop it")
+    check_inpaint_options(mask is not None, strength)
     prompts = edit_prompts(images, prompts)
     return text_to_image(zimage, prompts, height=images.shape[2], width=images.shape[3], controlnets=controlnets,
                          control_rows=control_rows, control_inpaint=(images, mask), **options)
@@ -178,4 +185,4 @@ def controlnet_inpaint(zimage, images: torch.Tensor, prompts, mask: Optional[tor
 
 __all__ = ["Z_IMAGE_CONTROLNET", "CONTROLNET_PIPELINE", "INPAINT_PIPELINE", "Z_IMAGE_CONTROL_SCALE",
            "ZImageControlledNet", "check_z_image_controlnet_folder", "check_z_image_control_options",
-           "check_z_image_controlnets", "control_cond", "controlled", "controlnet_inpaint"]
+           "check_z_image_controlnets", "check_inpaint_options", "control_cond", "controlled", "controlnet_inpaint"]
