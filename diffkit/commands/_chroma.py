@@ -40,6 +40,7 @@ class Family:
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
     edits = True  # diffkit edit takes it (not Bria 3.2, Ovis-Image nor a LongCat-Image text-to-image folder)
+    controlnet = False  # diffkit sample takes --controlnet (Z-Image's ZImageControlNetPipeline, ._z_image)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -102,7 +103,7 @@ def folder_family(directory) -> Optional[type]:
 def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, ip_adapter=None,
-                  lora=None, textual_inversion=None, family=Family, **options):
+                  lora=None, textual_inversion=None, family=Family, control=None, **options):
     """Sample a Chroma folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size): rows as :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at
     s = 1, drawn unpacked as the pipeline), 35 steps, CFG against ``--negative-prompt`` (default "") with s = 5.0
@@ -116,7 +117,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family``: the folder kind (:class:`Family`;
     a Qwen-Image folder's, :mod:`._qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``, LoRA
     files; a Z-Image folder's, :mod:`._z_image`, LoRA files; neither takes the other adapters: ``refused`` holds
-    them)."""
+    them). ``control``: the family's ControlNet (:attr:`Family.controlnet`; a :class:`~._controlnet.ControlRequest`,
+    checked by ``family.check_control`` before any weight is read; a --control-image folder: one per --prompt)."""
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
@@ -124,10 +126,13 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     guidance = checked_request(directory, family.kind, family.takes, guidance, options, refused,
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
     family.check_request(directory, guidance)
+    if control is not None:
+        family.check_control(control)
     text_to_image = family.functions()[0]
     chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
-    _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
-                                                                  seed, device, progress)
+    controlnet, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, control, ip_adapter, num,
+                                                                           nrow, seed, device, progress)
+    controls = {} if controlnet is None else {"controlnets": controlnet}
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = chroma.default_steps if steps is None and nfe is None else steps
     how_guided = {**_guidance(guidance), **family.guide(guidance)}
@@ -146,7 +151,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
                              max_sequence_length=guidance.max_sequence_length, ip_adapter=adapter,
-                             **how_guided, **grid, **how)
+                             **how_guided, **grid, **how, **controls,
+                             **({"control_rows": cond["control_rows"]} if "control_rows" in cond else {}))
 
     images, out = draw_prompted_grid(
         chroma.denoiser, num, chroma.latent_shape(1, height, width)[1:], prompted,
@@ -170,13 +176,15 @@ def edit_chroma(args, family=Family) -> int:
     ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family``: the folder kind
     (:class:`Family`; a Qwen-Image folder's, :mod:`._qwen_image`: QwenImageImg2ImgPipeline /
     QwenImageInpaintPipeline, strength 0.6 and 50 steps both, true CFG s = 4.0 only with ``--negative-prompt``; a
-    Z-Image folder's, :mod:`._z_image`; both take ``--lora`` alone)."""
+    Z-Image folder's, :mod:`._z_image`; both take ``--lora`` alone; a Z-Image folder's ``--mask`` with ``--controlnet``:
+    ZImageControlNetInpaintPipeline, :mod:`diffkit.interop.z_image_controlnet`)."""
     import torch
 
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._controlnet import ControlRequest
     from ._ip_adapter import IPAdapterRequest
     from ._pixart import check_folder_edit_args
     from ._sd3 import edit_sampling
@@ -192,9 +200,13 @@ def edit_chroma(args, family=Family) -> int:
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
                            f"image) or once per image ({count}, in the files' order)")
     ip_adapter = IPAdapterRequest.from_args(args, directory)
+    control = ControlRequest.from_args(args, directory, edited=count) if family.controlnet else None
+    if control is not None:
+        family.check_control(control, mask, args.strength)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     chroma = family.load(directory, device, args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
+    controlnet = None if control is None else control.load(device, chroma.dtype, args.progress)
     image_to_image = family.functions()[1]
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
     if not family.resizes:
@@ -208,18 +220,20 @@ def edit_chroma(args, family=Family) -> int:
 
     def edit(start: int, n: int):
         prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        controls = {} if controlnet is None else {"controlnets": controlnet, "control_rows": list(
+            range(start, start + n)) if controlnet.per_prompt > 1 else None}  # ZImageControlNetInpaintPipeline's
         return (image_to_image(chroma, images[start:start + n], prompts, args.strength, mask=mask,
                                sampler=None if own else info.name, steps=args.steps,
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
                                seed=args.seed + start, max_sequence_length=args.max_sequence_length,
                                output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how_guided,
-                               **area, **({} if own else options)).cpu(),)
+                               **area, **controls, **({} if own else options)).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    strength = "" if family.resizes else \
+    strength = f", ControlNet {control.folders[0]}" if control is not None else "" if family.resizes else \
         f", strength {args.strength or (chroma.img2img_defaults if mask is None else chroma.inpaint_defaults)[1]}"
     print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; "
           f"{family.kind} folder {directory}{strength}, {how}, prompts {list(args.prompts)})")

@@ -23,14 +23,14 @@ CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-gu
 
 
 def add_controlnet_flags(parser) -> None:
-    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3, FLUX.1, Sana and HunyuanDiT folders; "
-                                  "docs/interop.md)")
+    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3, FLUX.1, Sana, HunyuanDiT and Z-Image "
+                                  "folders; docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
                    help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
                         "ControlNetUnionModel, see --control-mode; SD / SD-XL: also one ControlNetXSAdapter, "
                         "ControlNet-XS, fused with the UNet), SD3ControlNetModel, FluxControlNetModel, "
-                        "SanaControlNetModel (one), HunyuanDiT2DControlNetModel; repeat for Multi-ControlNet "
-                        "(their residuals add up)")
+                        "SanaControlNetModel (one), HunyuanDiT2DControlNetModel (one), ZImageControlNetModel "
+                        "(one); repeat for Multi-ControlNet (their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md) or an SD 2 "
@@ -41,8 +41,8 @@ def add_controlnet_flags(parser) -> None:
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
                         "to the images' size, and a folder gives one per --images file (both in file-name order)")
     g.add_argument("--controlnet-scale", dest="controlnet_scales", action="append", type=non_negative_float,
-                   metavar="S", help="controlnet_conditioning_scale: the residuals' weight (default 1; one, or one "
-                                     "per --controlnet)")
+                   metavar="S", help="controlnet_conditioning_scale: the residuals' weight (default 1, a Z-Image "
+                                     "folder's 0.75; one, or one per --controlnet)")
     g.add_argument("--control-guidance-start", dest="control_starts", action="append", type=float, metavar="F",
                    help="the fraction of the steps before which the ControlNet is off (default 0)")
     g.add_argument("--control-guidance-end", dest="control_ends", action="append", type=float, metavar="F",
@@ -137,15 +137,20 @@ class ControlRequest:
         from ..interop.hunyuan_dit_controlnet import HUNYUAN_CONTROLNET, check_hunyuan_controlnet_folder
         from ..interop.sana import sana_kind
         from ..interop.sana_controlnet import SANA_CONTROLNET, check_sana_controlnet_folder
+        from ..interop.z_image import is_z_image_folder
+        from ..interop.z_image_controlnet import Z_IMAGE_CONTROL_SCALE, Z_IMAGE_CONTROLNET, \
+            check_z_image_controlnet_folder
         kind = None if checkpoint is None else "SD3" if is_sd3_folder(checkpoint) else \
             "FLUX" if is_flux_folder(checkpoint) else \
             "Sana" if sana_kind(checkpoint) == "SanaPipeline" else \
-            "HunyuanDiT" if is_hunyuan_dit_folder(checkpoint) else None  # a transformer folder's ControlNets
+            "HunyuanDiT" if is_hunyuan_dit_folder(checkpoint) else \
+            "Z-Image" if is_z_image_folder(checkpoint) else None  # a transformer folder's ControlNets
         if checkpoint is None or not (kind or is_stable_diffusion_folder(checkpoint)):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format; also SD3, "
-                               f"FLUX.1, Sana and HunyuanDiT folders); {checkpoint} is not one")
+                               f"FLUX.1, Sana, HunyuanDiT and Z-Image folders); {checkpoint} is not one")
         check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder,
-                 "Sana": check_sana_controlnet_folder, "HunyuanDiT": check_hunyuan_controlnet_folder}.get(
+                 "Sana": check_sana_controlnet_folder, "HunyuanDiT": check_hunyuan_controlnet_folder,
+                 "Z-Image": check_z_image_controlnet_folder}.get(
                      kind, check_controlnet_folder)
         classes = [(check(folder) or {}).get("_class_name") for folder in folders]  # another kind first: one line
         if "ControlNetXSAdapter" in classes:  # a ControlNet-XS adapter (diffkit.interop.controlnet_xs)
@@ -164,10 +169,11 @@ class ControlRequest:
                 open_control_image(one)  # one line for a file that is not an image
         count, what = (len(folders), "--controlnet") if modes is None else (len(images), "--control-image")
         request = cls(folders, images, *(cls._values(flag, values, count, default, what) for flag, values, default in (
-            ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
+            ("--controlnet-scale", args.controlnet_scales, Z_IMAGE_CONTROL_SCALE if kind == "Z-Image" else 1.0),
+            ("--control-guidance-start", args.control_starts, 0.0),
             ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
                       {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel", "Sana": SANA_CONTROLNET,
-                       "HunyuanDiT": HUNYUAN_CONTROLNET}.get(
+                       "HunyuanDiT": HUNYUAN_CONTROLNET, "Z-Image": Z_IMAGE_CONTROLNET}.get(
                           kind, "ControlNetModel" if modes is None else "ControlNetUnionModel"), modes)
         if "ControlNetXSAdapter" in classes:
             request.model_class = "ControlNetXSAdapter"

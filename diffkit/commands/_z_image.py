@@ -8,25 +8,38 @@ from __future__ import annotations
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (W, --guidance-convention), --cfg-trunc-ratio, "
-         "--cfg-normalization, --max-sequence-length, --height / --width, --lora, --steps / --nfe, --sampler and its "
-         "grid options (--flow-shift with another sampler than the pipeline's loop)")
+         "--cfg-normalization, --max-sequence-length, --height / --width, --lora, --controlnet (--control-image, "
+         "--controlnet-scale), --steps / --nfe, --sampler and its grid options (--flow-shift with another sampler "
+         "than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt, --guidance-scale (W, --guidance-convention), "
               "--cfg-trunc-ratio, --cfg-normalization, --strength, --max-sequence-length, --posterior, --height / "
-              "--width, --lora, --steps, --sampler and its grid options, --eta")
+              "--width, --lora, --controlnet with --mask (--control-image, --controlnet-scale), --steps, --sampler and "
+              "its grid options, --eta")
 
 
 class ZImageFamily(Family):
     """A Z-Image folder's: LoRA files (``ZImagePipeline.load_lora_weights``, :mod:`diffkit.interop.z_image_lora`),
     no textual inversion or IP-Adapter (refused in one line), the pipelines' ``cfg_truncation``
-    (``--cfg-trunc-ratio``) and ``cfg_normalization`` (``--cfg-normalization K``)."""
+    (``--cfg-trunc-ratio``) and ``cfg_normalization`` (``--cfg-normalization K``); ``diffkit sample --controlnet``:
+    one ``ZImageControlNetModel`` as ``ZImageControlNetPipeline`` (:mod:`diffkit.interop.z_image_controlnet`)."""
 
-    kind, takes, edit_takes, adapters, lora = "Z-Image", TAKES, EDIT_TAKES, False, True
-    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"cfg_trunc_ratio", "cfg_norm_cap", "lora"}
+    kind, takes, edit_takes, adapters, lora, controlnet = "Z-Image", TAKES, EDIT_TAKES, False, True, True
+    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"cfg_trunc_ratio", "cfg_norm_cap", "lora", "controlnets", "control_images",
+                                          "controlnet_scales", "control_starts", "control_ends", "guess_mode"}
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
         from ..interop.z_image import load_z_image
         return load_z_image(directory, device, progress=progress, lora=lora)
+
+    @staticmethod
+    def check_control(control, mask=False, strength=None) -> None:
+        """One line, before any weight is read, for ControlNet flags ZImageControlNetPipeline (``diffkit edit``:
+        ZImageControlNetInpaintPipeline, which needs ``--mask``) does not take."""
+        from ..interop.z_image_controlnet import check_inpaint_options, check_z_image_control_options
+        check_z_image_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
+        if mask is not False:  # diffkit edit's
+            check_inpaint_options(mask is not None, strength, "--mask", "--strength")
 
     @staticmethod
     def functions() -> tuple:

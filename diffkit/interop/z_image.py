@@ -106,8 +106,14 @@ class ZImageNet(Lumina2Net):
         dtype = model_dtype(self.model)
         states = [row[keep.bool()].to(dtype) for row, keep in zip(context.expand(x.shape[0], -1, -1),
                                                                   mask.expand(x.shape[0], -1))]
-        out = self.model(list(x.to(dtype).unsqueeze(2).unbind(0)), time, states, return_dict=False)[0]
+        latents = list(x.to(dtype).unsqueeze(2).unbind(0))
+        out = self.model(latents, time, states, controlnet_block_samples=self.hints(latents, time, states),
+                         return_dict=False)[0]
         return torch.stack([o.float() for o in out]).squeeze(2).to(x.dtype)
+
+    def hints(self, latents: list, time, states: list) -> Optional[dict]:
+        """A ControlNet's ``controlnet_block_samples`` of this call: none here (:mod:`.z_image_controlnet`)."""
+        return None
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """The pipelines' ``(1000 - t) / 1000`` in float32 (T = 1000), rounded as theirs."""
@@ -207,12 +213,16 @@ class ZImage(Chroma):
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                         convention: str = "seed", ip_adapter=None, cfg_normalization: Union[bool, float] = False,
-                        cfg_truncation: float = 1.0, steps: int = Z_IMAGE_STEPS) -> tuple:
+                        cfg_truncation: float = 1.0, steps: int = Z_IMAGE_STEPS, controlnets=None,
+                        control_rows=None, control_inpaint: Optional[tuple] = None) -> tuple:
         """(denoiser, cond) at latents h x w of the pipelines' guidance (module docstring): ``guidance_scale`` W
         (default 5.0 whatever ``convention``; ``convention="diffusers"`` reads s = 1 + W) against
         ``negative_prompt`` (None: ""; one, or one per prompt), ``cfg_normalization``, ``cfg_truncation`` of the
         pipeline's ``steps``-step schedule. W <= 0: unguided (a negative prompt is then refused, the pipeline
-        ignores it). ``ip_adapter``: refused (the pipelines take none)."""
+        ignores it). ``ip_adapter``: refused (the pipelines take none). ``controlnets``: a ``ZImageControlNetModel``
+        (:class:`~.controlnet.ControlNets`; ``control_rows``: each sample's control image where there is one per
+        prompt) as ``ZImageControlNetPipeline`` (:func:`.z_image_controlnet.controlled`; ``control_inpaint``: (images,
+        mask) as ``ZImageControlNetInpaintPipeline``)."""
         import math
         from ..guidance import guidance_weight
         from .stable_diffusion import negative_prompts
@@ -226,6 +236,9 @@ class ZImage(Chroma):
             raise DiffkitError(f"cfg_normalization={cfg_normalization!r} is not allowed; give False (off), True or "
                                f"a number k > 0 (the guided prediction's norm capped at k times the conditional's)")
         self.check_patches(h, w)
+        if controlnets is not None:  # one line before the prompts are encoded
+            from .z_image_controlnet import check_z_image_controlnets
+            check_z_image_controlnets(controlnets, self.transformer, control_inpaint is not None)
         trunc = self.trunc_sigma(cfg_truncation, steps, h, w)
         if weight <= 0 and negative_prompt is not None:
             raise DiffkitError(f"a negative prompt with guidance weight W={weight:g} is not allowed: it feeds only "
@@ -233,10 +246,15 @@ class ZImage(Chroma):
         context, mask = self.encode_prompts(prompts, max_sequence_length)
         cond = {"context": context, "mask": mask}
         if weight <= 0:
-            return self.guided_denoiser(h, w), cond
-        cond["null_context"], cond["null_mask"] = self.encode_prompts(
-            negative_prompts(negative_prompt, context.shape[0]), max_sequence_length)
-        return self.guided_denoiser(h, w, 1 + weight, cfg_normalization, trunc), cond
+            denoiser = self.guided_denoiser(h, w)
+        else:
+            cond["null_context"], cond["null_mask"] = self.encode_prompts(
+                negative_prompts(negative_prompt, context.shape[0]), max_sequence_length)
+            denoiser = self.guided_denoiser(h, w, 1 + weight, cfg_normalization, trunc)
+        if controlnets is None:
+            return denoiser, cond
+        from .z_image_controlnet import controlled
+        return controlled(self, denoiser, cond, controlnets, h, w, control_rows, control_inpaint)
 
 
 def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
@@ -260,21 +278,27 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     return model
 
 
-def _guide(steps, defaults: int, cfg_normalization, cfg_truncation) -> dict:
-    """:meth:`ZImage.prompt_guidance`'s own options, with the steps of the pipeline's schedule."""
+def _guide(steps, defaults: int, cfg_normalization, cfg_truncation, controlnets=None, control_rows=None,
+           control_inpaint=None) -> dict:
+    """:meth:`ZImage.prompt_guidance`'s own options, with the steps of the pipeline's schedule (and a ControlNet)."""
     return {"cfg_normalization": cfg_normalization, "cfg_truncation": cfg_truncation,
-            "steps": defaults if steps is None else steps}
+            "steps": defaults if steps is None else steps, **({} if controlnets is None else {
+                "controlnets": controlnets, "control_rows": control_rows, "control_inpaint": control_inpaint})}
 
 
 def text_to_image(zimage: ZImage, prompts: Union[str, Sequence[str]], *, steps: Optional[int] = None,
                   convention: str = "seed", max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                  cfg_normalization: Union[bool, float] = False, cfg_truncation: float = 1.0, **options):
+                  cfg_normalization: Union[bool, float] = False, cfg_truncation: float = 1.0, controlnets=None,
+                  control_rows=None, control_inpaint: Optional[tuple] = None, **options):
     """Images of a Z-Image folder for ``prompts`` as ``ZImagePipeline``: :func:`.chroma.text_to_image` (sampler /
     grid, steps (default 50), ``guidance_scale`` (W, default 5.0, in ``convention``), negative prompt, latents,
     height / width (default 1024), output options) with the pipeline's ``cfg_normalization`` and ``cfg_truncation``
-    (of its ``steps``-step schedule; :meth:`ZImage.prompt_guidance`)."""
+    (of its ``steps``-step schedule; :meth:`ZImage.prompt_guidance`); ``controlnets``: a ``ZImageControlNetModel``
+    with its control image as ``ZImageControlNetPipeline`` (:mod:`.z_image_controlnet`; the pipeline's scale 0.75
+    is given as the :class:`~.controlnet.ControlNets`' ``scales``; ``control_inpaint``: :func:`image_to_image`'s)."""
     from .chroma import text_to_image as chroma_text_to_image
-    guide = _guide(steps, zimage.default_steps, cfg_normalization, cfg_truncation)
+    guide = _guide(steps, zimage.default_steps, cfg_normalization, cfg_truncation, controlnets, control_rows,
+                   control_inpaint)
     return chroma_text_to_image(zimage, prompts, steps=steps, convention=convention,
                                 max_sequence_length=max_sequence_length, guide=guide, **options)
 
@@ -282,12 +306,20 @@ def text_to_image(zimage: ZImage, prompts: Union[str, Sequence[str]], *, steps: 
 def image_to_image(zimage: ZImage, images: torch.Tensor, prompts: Union[str, Sequence[str]],
                    strength: Optional[float] = None, *, steps: Optional[int] = None, convention: str = "seed",
                    mask: Optional[torch.Tensor] = None, cfg_normalization: Union[bool, float] = False,
-                   cfg_truncation: float = 1.0, **options):
+                   cfg_truncation: float = 1.0, controlnets=None, control_rows=None, **options):
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] as ``ZImageImg2ImgPipeline`` (strength 0.6, 50 steps), or with
     ``mask`` (1 = repaint) inpainting as ``ZImageInpaintPipeline`` (strength 1.0): :func:`.chroma.image_to_image`
     (FLUX.1's img2img / replacement inpainting, :func:`.flow_latents.edit_latents`) with Z-Image's prompts and
-    guidance (:meth:`ZImage.prompt_guidance`; ``guidance_scale`` W in ``convention``, default "seed")."""
+    guidance (:meth:`ZImage.prompt_guidance`; ``guidance_scale`` W in ``convention``, default "seed"). With
+    ``controlnets`` (a Union 2.0 / 2.1 ``ZImageControlNetModel``; ``control_rows``: each image's control image where
+    there is one per image) and ``mask``: ``ZImageControlNetInpaintPipeline``
+    (:func:`.z_image_controlnet.controlnet_inpaint`: from noise, no strength)."""
     from .chroma import image_to_image as chroma_image_to_image
+    if controlnets is not None:
+        from .z_image_controlnet import controlnet_inpaint
+        return controlnet_inpaint(zimage, images, prompts, mask, controlnets, strength, control_rows, steps=steps,
+                                  convention=convention, cfg_normalization=cfg_normalization,
+                                  cfg_truncation=cfg_truncation, **options)
     guide = _guide(steps, zimage.default_steps, cfg_normalization, cfg_truncation)
     return chroma_image_to_image(zimage, images, prompts, strength, steps=steps, convention=convention, mask=mask,
                                  guide=guide, **options)
