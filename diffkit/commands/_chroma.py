@@ -40,6 +40,7 @@ class Family:
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
     edits = True  # diffkit edit takes it (not Bria 3.2 nor a LongCat-Image text-to-image folder)
+    controlnets = False  # diffkit sample takes --controlnet (Qwen-Image's: diffkit.interop.qwen_image_controlnet)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -89,7 +90,7 @@ def folder_family(directory) -> Optional[type]:
 def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, ip_adapter=None,
-                  lora=None, textual_inversion=None, family=Family, **options):
+                  lora=None, textual_inversion=None, family=Family, control=None, **options):
     """Sample a Chroma folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size): rows as :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at
     s = 1, drawn unpacked as the pipeline), 35 steps, CFG against ``--negative-prompt`` (default "") with s = 5.0
@@ -103,7 +104,9 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family``: the folder kind (:class:`Family`;
     a Qwen-Image folder's, :mod:`._qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``, LoRA
     files; a Z-Image folder's, :mod:`._z_image`, LoRA files; neither takes the other adapters: ``refused`` holds
-    them)."""
+    them). ``control``: a Qwen-Image folder's ControlNet (a :class:`~._controlnet.ControlRequest`), as
+    QwenImageControlNetPipeline (:mod:`diffkit.interop.qwen_image_controlnet`: sample i's control latents drawn from
+    ``seed + i``)."""
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
@@ -112,8 +115,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
     text_to_image = family.functions()[0]
     chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
-    _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
-                                                                  seed, device, progress)
+    controlnet, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, control, ip_adapter,
+                                                                           num, nrow, seed, device, progress)
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = chroma.default_steps if steps is None and nfe is None else steps
     how_guided = {**_guidance(guidance), **family.guide(guidance)}
@@ -129,10 +132,12 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
         steps = 2 if one_step and steps == 1 and grid.get("grid") else steps  # the probe: the same peak memory
+        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0],
+                                                 "control_rows": cond.get("control_rows")}
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
                              max_sequence_length=guidance.max_sequence_length, ip_adapter=adapter,
-                             **how_guided, **grid, **how)
+                             **how_guided, **grid, **how, **control)
 
     images, out = draw_prompted_grid(
         chroma.denoiser, num, chroma.latent_shape(1, height, width)[1:], prompted,

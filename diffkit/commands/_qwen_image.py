@@ -9,7 +9,8 @@ from __future__ import annotations
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-convention), "
-         "--max-sequence-length, --height / --width, --lora, --steps / --nfe, --sampler and its grid options "
+         "--max-sequence-length, --height / --width, --lora, --controlnet with --control-image(s), "
+         "--controlnet-scale, --control-guidance-start / -end, --steps / --nfe, --sampler and its grid options "
          "(--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guidance-scale "
               "(--guidance-convention), --strength, --max-sequence-length, --posterior, --height / --width, "
@@ -17,11 +18,13 @@ EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guida
 
 
 class QwenImageFamily(Family):
-    """A Qwen-Image folder's: LoRA files (:mod:`diffkit.interop.qwen_image_lora`), no textual inversion or
-    IP-Adapter (refused in one line); true CFG only with ``--negative-prompt``
+    """A Qwen-Image folder's: LoRA files (:mod:`diffkit.interop.qwen_image_lora`), ControlNets in diffkit sample
+    (:mod:`diffkit.interop.qwen_image_controlnet`), no textual inversion or IP-Adapter (refused in one line); true
+    CFG only with ``--negative-prompt``
     (:meth:`diffkit.interop.qwen_image.QwenImage.prompt_guidance`)."""
 
     kind, takes, edit_takes, adapters, lora = "Qwen-Image", TAKES, EDIT_TAKES, False, True
+    controlnets = True  # QwenImageControlNetPipeline (diffkit.interop.qwen_image_controlnet), diffkit sample only
     edit_flags = NO_ADAPTER_EDIT_FLAGS | {"lora"}
 
     @staticmethod
@@ -57,7 +60,7 @@ class QwenImageEditFamily(QwenImageFamily):
     :func:`diffkit.interop.qwen_image_edit.edit_image`); ``--mask`` (and ``--strength``): QwenImageEditInpaintPipeline
     (not a Plus folder); no posterior, size or text length (the pipelines have none)."""
 
-    kind, samples, resizes = "Qwen-Image-Edit", False, True
+    kind, samples, resizes, controlnets = "Qwen-Image-Edit", False, True, False
     edit_takes = ("--images, --prompt (the instruction), --mask and --strength (inpainting), --negative-prompt "
                   "(true CFG), --guidance-scale "
                   "(--guidance-convention), --max-area, --lora, --steps, --sampler and its grid options, --eta")

@@ -816,7 +816,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
                    "--textual-inversion": None if adapters else textual_inversion,
                    "--lora": lora if family is not None and not family.lora else None,
-                   "--controlnet": None if family is None else control,  # Sana's: ._pixart (PixArt's refusal there)
+                   # Sana's: ._pixart (PixArt's refusal there); Qwen-Image's: ._chroma
+                   "--controlnet": None if family is None or family.controlnets else control,
                    "--ip-adapter": None if adapters else ip_adapter, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
@@ -825,7 +826,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
             **({"lora": lora, "control": control} if family is None else {
-                "family": family, "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
+                "family": family, "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion,
+                "control": control}))
     from ..interop.flux2 import is_flux2_folder
     from ..interop.kandinsky import is_kandinsky_folder
     kandinsky = is_kandinsky_folder(checkpoint)

@@ -121,4 +121,5 @@ def kept_rows(blocks: Optional[list], kept: torch.Tensor) -> Optional[list]:
     return [block * kept.to(block.dtype).reshape(-1, 1, 1) for block in blocks]
 
 
-__all__ = ["acting", "added", "kept_rows", "control_pixels", "control_latents", "network_grid", "control_windows", "POSTERIORS"]
+__all__ = ["acting", "added", "kept_rows", "control_pixels", "control_latents", "network_grid", "control_windows",
+           "POSTERIORS"]
