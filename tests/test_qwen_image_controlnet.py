@@ -1,8 +1,9 @@
 """Qwen-Image ControlNets (diffkit.interop.qwen_image_controlnet) against diffusers' QwenImageControlNetPipeline on
 the tiny random Qwen-Image folder (tests/_qwen_image_helpers.py) with a one-block
-``QwenImageControlNetModel.from_transformer`` whose zero-initialised layers (``controlnet_blocks``, ``controlnet_x_embedder``) are made random (else its residuals
-would be 0), alone and as ``QwenImageMultiControlNetModel([controlnet])`` on two control images, and ``diffkit sample
---controlnet`` on them."""
+``QwenImageControlNetModel.from_transformer`` whose zero-initialised layers (``controlnet_blocks``,
+``controlnet_x_embedder``) are made random (else its residuals would be 0), alone and as
+``QwenImageMultiControlNetModel([controlnet])`` on two control images, and ``diffkit sample --controlnet`` on
+them."""
 import json
 import shutil
 
@@ -107,8 +108,8 @@ def test_qwen_controlnet_refusals(qwen_controlnet):
 def test_sample_command_with_a_qwen_controlnet_is_the_library_and_refuses_what_does_not_apply(qwen_controlnet,
                                                                                               tmp_path, capsys):
     """``diffkit sample --controlnet DIR --control-image A --control-image B`` (one ControlNet on two images, own
-    scales, a window) writes text_to_image's grid byte for byte (sample i's control posterior from seed + i); what diffusers
-    has no pipeline for, or that does not fit: one line, no file."""
+    scales, a window) writes text_to_image's grid byte for byte (sample i's control posterior from seed + i); what
+    diffusers has no pipeline for, or that does not fit: one line, no file."""
     _, path, folder, qwen, controlnet, files = qwen_controlnet
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "2", "--nrow", "1",
