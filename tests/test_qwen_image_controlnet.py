@@ -3,7 +3,8 @@ the tiny random Qwen-Image folder (tests/_qwen_image_helpers.py) with a one-bloc
 ``QwenImageControlNetModel.from_transformer`` whose zero-initialised layers (``controlnet_blocks``,
 ``controlnet_x_embedder``) are made random (else its residuals would be 0), alone and as
 ``QwenImageMultiControlNetModel([controlnet])`` on two control images, and ``diffkit sample --controlnet`` on
-them."""
+them; an inpainting ControlNet (``extra_condition_channels=4``) against QwenImageControlNetInpaintPipeline and
+``diffkit edit --controlnet --mask``."""
 import json
 import shutil
 
@@ -28,20 +29,33 @@ from test_interop_diffusers import relative_error  # noqa: E402
 PROMPTS = ["a photo of a cat", "hot dog"]
 
 
+def random_controlnet(pipe, extra: int = 0):
+    """A one-block ``QwenImageControlNetModel.from_transformer`` (``extra``: its extra_condition_channels) whose
+    zero-initialised layers are made random."""
+    controlnet = diffusers.QwenImageControlNetModel.from_transformer(
+        pipe.transformer, num_layers=1, attention_head_dim=16, num_attention_heads=2, extra_condition_channels=extra)
+    with torch.no_grad():
+        for weight in [*controlnet.controlnet_blocks.parameters(), *controlnet.controlnet_x_embedder.parameters()]:
+            weight.normal_(0, 0.3)
+    return controlnet
+
+
 @pytest.fixture(scope="module")
 def qwen_controlnet(tmp_path_factory):
-    """(QwenImagePipeline, Qwen-Image folder, ControlNet folder, QwenImage, ControlNet, [two control PNGs])."""
+    """(QwenImagePipeline, Qwen-Image folder, ControlNet folder, QwenImage, ControlNet, [two control PNGs]); an
+    inpainting ControlNet in ``root / "inpainting"`` (``.inpainting``) and a 16 x 24 mask ``root / "mask.png"``."""
     from PIL import Image
     root = tmp_path_factory.mktemp("qwen_controlnet")
     pipe = tiny_qwen_image_pipeline()
     pipe.save_pretrained(root / "qwen")
     torch.manual_seed(3)
-    controlnet = diffusers.QwenImageControlNetModel.from_transformer(pipe.transformer, num_layers=1,
-                                                                     attention_head_dim=16, num_attention_heads=2)
-    with torch.no_grad():
-        for weight in [*controlnet.controlnet_blocks.parameters(), *controlnet.controlnet_x_embedder.parameters()]:
-            weight.normal_(0, 0.3)
+    controlnet = random_controlnet(pipe)
     controlnet.save_pretrained(root / "controlnet")
+    controlnet.inpainting = random_controlnet(pipe, 4)
+    controlnet.inpainting.save_pretrained(root / "inpainting")
+    mask = np.zeros((16, 24), np.uint8)
+    mask[3:11, 5:17] = 255
+    Image.fromarray(mask).save(root / "mask.png")
     files = []
     for i, (h, w) in enumerate([(20, 28), (16, 16)]):  # resized to the output's 16 x 24 (Lanczos)
         pixels = torch.rand(h, w, 3, generator=torch.Generator().manual_seed(4 + i)).numpy()
@@ -122,10 +136,7 @@ def test_sample_command_with_a_qwen_controlnet_is_the_library_and_refuses_what_d
                            controlnet=controlnets, control_seed=5)
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    inpainting = tmp_path / "inpainting"
-    shutil.copytree(folder, inpainting)
-    config = json.loads((inpainting / "config.json").read_text())
-    (inpainting / "config.json").write_text(json.dumps({**config, "extra_condition_channels": 4}))
+    inpainting = folder.parent / "inpainting"
     edit_folder = tmp_path / "edit"
     shutil.copytree(path, edit_folder, ignore=shutil.ignore_patterns("*.safetensors"))
     index = json.loads((edit_folder / "model_index.json").read_text())
@@ -134,7 +145,7 @@ def test_sample_command_with_a_qwen_controlnet_is_the_library_and_refuses_what_d
     assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--controlnet", str(folder), "--controlnet", str(inpainting)] + control * 2,
          "2 different --controlnet folders on a Qwen-Image folder; QwenImageMultiControlNetModel takes one"),
-        (["--controlnet", str(inpainting)] + control, "has extra_condition_channels=4 (an inpainting ControlNet"),
+        (["--controlnet", str(inpainting)] + control, "has extra_condition_channels=4; allowed: 0 without a mask"),
         (["--controlnet", str(path / "transformer")] + control,
          "(a Qwen-Image folder takes Qwen-Image ControlNets)"),
         (["--controlnet", str(folder), "--control-mode", "canny"] + control,
@@ -145,8 +156,72 @@ def test_sample_command_with_a_qwen_controlnet_is_the_library_and_refuses_what_d
          "--controlnet-scale was given 3 times for 2 --controlnet")])
     assert_sample_refusals(main, edit_folder, tmp_path, capsys, [
         (["--controlnet", str(folder)] + control, "a ControlNet in a Qwen-Image-Edit folder is not supported")])
-    capsys.readouterr()
-    assert main(["edit", "--checkpoint", str(path), "--images", str(files[0]), "--prompt", "hot", "--controlnet",
-                 str(folder)] + control + ["--out", str(tmp_path / "never")]) == 2
-    assert "--controlnet does not apply to a Qwen-Image folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale,start,end,negative", [(0.9, 0.0, 1.0, None), (1.0, 0.25, 0.75, "ugly")])
+def test_qwen_inpainting_controlnet_matches_the_pipeline(qwen_controlnet, scale, start, end, negative):
+    """QwenImageControlNetInpaintPipeline (4 steps, one prompt): the control image set to -1 under the mask, its
+    posterior's draw (the pipeline's global generator after torch.manual_seed(5); here seed 5) normalised, the kept
+    region 1 - m appended; from the same z."""
+    from PIL import Image
+    pipe, _, _, qwen, controlnet, files = qwen_controlnet
+    root = files[0].parent
+    theirs_pipe = diffusers.QwenImageControlNetInpaintPipeline(controlnet=controlnet.inpainting, **pipe.components)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 4, 4, 6, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        theirs = theirs_pipe(
+            PROMPTS[0], negative_prompt=negative, true_cfg_scale=4.0 if negative else 1.0, num_inference_steps=4,
+            latents=pack_latents(noise), height=16, width=24, output_type="latent", control_image=Image.open(files[0]),
+            control_mask=Image.open(root / "mask.png"), controlnet_conditioning_scale=scale,
+            control_guidance_start=start, control_guidance_end=end).images
+    theirs = unpack_latents(theirs, 4, 6)
+    mask = torch.from_numpy(np.array(Image.open(root / "mask.png"))).float()[None, None] / 255
+    ours = text_to_image(qwen, PROMPTS[0], steps=4, latents=noise.clone(), height=16, width=24, return_latents=True,
+                         guidance_scale=4.0 if negative else None, negative_prompt=negative, control_seed=5,
+                         controlnet=ControlNets([controlnet.inpainting], files[:1], scale, start, end),
+                         control_mask=mask)
+    assert relative_error(ours, theirs) < 1e-5
+    with pytest.raises(DiffkitError, match="2 control images with a mask; QwenImageControlNetInpaintPipeline"):
+        text_to_image(qwen, "hot", steps=2, height=16, width=24, control_mask=mask,
+                      controlnet=ControlNets([controlnet.inpainting] * 2, files))
+    with pytest.raises(DiffkitError, match="has extra_condition_channels=0; allowed: 4 with a mask"):
+        text_to_image(qwen, "hot", steps=2, height=16, width=24, control_mask=mask,
+                      controlnet=ControlNets([controlnet], files[:1]))
+
+
+def test_edit_command_with_a_qwen_inpainting_controlnet_is_the_library(qwen_controlnet, tmp_path, capsys):
+    """``diffkit edit --controlnet INPAINTING --mask PNG`` on a folder of two images (each its own control image)
+    writes text_to_image's PNGs byte for byte (image i's noise and control posterior from seed + i); without a mask,
+    with --control-image or --strength: one line, no file."""
+    from PIL import Image
+    from diffkit.commands.edit import read_mask, read_pngs
+    from diffkit.images import save_images
+    _, path, folder, qwen, controlnet, files = qwen_controlnet
+    root = files[0].parent
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        Image.open(files[i]).convert("RGB").resize((24, 16)).save(tmp_path / "in" / f"{i}.png")
+    base = ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0], "--steps",
+            "2", "--seed", "5", "--no-progress", "--controlnet", str(root / "inpainting")]
+    out = tmp_path / "edited"
+    assert main(base + ["--mask", str(root / "mask.png"), "--controlnet-scale", "0.8", "--out", str(out)]) == 0
+    images, names = read_pngs(tmp_path / "in", "RGB")
+    expected = text_to_image(qwen, [PROMPTS[0]] * 2, steps=2, seed=5, height=16, width=24, output_range="-1,1",
+                             controlnet=ControlNets([controlnet.inpainting], [[str(f) for f in names]], 0.8),
+                             control_seed=5, control_rows=[0, 1], control_mask=read_mask(root / "mask.png", images))
+    save_images(expected, tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        name = f"edit_0000{i}.png"
+        assert (out / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    for extra, expected in [([], "--controlnet with no --mask on a Qwen-Image folder in diffkit edit"),
+                            (["--mask", str(root / "mask.png"), "--strength", "0.5"],
+                             "--controlnet with --strength 0.5"),
+                            (["--controlnet", str(folder), "--mask", str(root / "mask.png")],
+                             "2 different --controlnet folders on a Qwen-Image folder")]:
+        capsys.readouterr()
+        assert main(base + extra + ["--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
     assert not (tmp_path / "never").exists()

@@ -182,11 +182,13 @@ def edit_chroma(args, family=Family) -> int:
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
                            f"image) or once per image ({count}, in the files' order)")
     ip_adapter = IPAdapterRequest.from_args(args, directory)
+    control = family.edit_control(args, count) if getattr(args, "controlnets", None) else None  # Qwen-Image's
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     chroma = family.load(directory, device, args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
     image_to_image = family.functions()[1]
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
+    controlnet = None if control is None else control.load(device, chroma.dtype, args.progress)
     if not family.resizes:
         chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     how_guided = {**_guidance(request), **family.guide(request)}
@@ -198,6 +200,15 @@ def edit_chroma(args, family=Family) -> int:
 
     def edit(start: int, n: int):
         prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        if controlnet is not None:  # an inpainting ControlNet from noise, the images its control images
+            return (family.functions()[0](
+                chroma, prompts, sampler=None if own else info.name, steps=args.steps, seed=args.seed + start,
+                height=images.shape[2], width=images.shape[3], negative_prompt=args.negative_prompt,
+                max_sequence_length=args.max_sequence_length, output_range="-1,1", progress=args.progress,
+                controlnet=controlnet, control_seed=args.seed + start, control_mask=mask,
+                control_posterior=args.posterior or "sample",
+                control_rows=list(range(start, start + n)) if controlnet.per_prompt > 1 else None, **how_guided,
+                **({} if own else options)).cpu(),)
         return (image_to_image(chroma, images[start:start + n], prompts, args.strength, mask=mask,
                                sampler=None if own else info.name, steps=args.steps,
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
@@ -209,7 +220,7 @@ def edit_chroma(args, family=Family) -> int:
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    strength = "" if family.resizes else \
+    strength = "" if family.resizes else ", an inpainting ControlNet, from noise" if controlnet is not None else \
         f", strength {args.strength or (chroma.img2img_defaults if mask is None else chroma.inpaint_defaults)[1]}"
     print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; "
           f"{family.kind} folder {directory}{strength}, {how}, prompts {list(args.prompts)})")

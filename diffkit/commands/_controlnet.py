@@ -167,7 +167,8 @@ class ControlRequest:
             folders = qwen_folders(checkpoint, folders, images)
         check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder,
                  "Sana": check_sana_controlnet_folder, "HunyuanDiT": check_hunyuan_controlnet_folder,
-                 "Qwen-Image": check_qwen_controlnet_folder}.get(kind, check_controlnet_folder)
+                 "Qwen-Image": lambda folder: check_qwen_controlnet_folder(folder, edited is not None)}.get(
+                     kind, check_controlnet_folder)  # (Qwen-Image's edits: inpainting ControlNets, ._qwen_image)
         classes = [(check(folder) or {}).get("_class_name") for folder in folders]  # another kind first: one line
         if "ControlNetXSAdapter" in classes:  # a ControlNet-XS adapter (diffkit.interop.controlnet_xs)
             refuse_xs_flags(args, checkpoint, len(folders), edited)

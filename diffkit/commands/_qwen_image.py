@@ -6,6 +6,7 @@ instruction edits: :class:`QwenImageEditFamily`), dispatched from
 :func:`diffkit.commands.sample.sample_to_files` and :func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
+from ..errors import DiffkitError
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-convention), "
@@ -14,7 +15,9 @@ TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-c
          "(--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guidance-scale "
               "(--guidance-convention), --strength, --max-sequence-length, --posterior, --height / --width, "
-              "--lora, --steps, --sampler and its grid options, --eta")
+              "--lora, --controlnet (an inpainting ControlNet, with --mask) with --controlnet-scale and "
+              "--control-guidance-start / -end, --steps, --sampler and its grid options, --eta")
+CONTROL_FLAGS = {"controlnets", "controlnet_scales", "control_starts", "control_ends"}  # diffkit edit's dests
 
 
 class QwenImageFamily(Family):
@@ -24,8 +27,8 @@ class QwenImageFamily(Family):
     (:meth:`diffkit.interop.qwen_image.QwenImage.prompt_guidance`)."""
 
     kind, takes, edit_takes, adapters, lora = "Qwen-Image", TAKES, EDIT_TAKES, False, True
-    controlnets = True  # QwenImageControlNetPipeline (diffkit.interop.qwen_image_controlnet), diffkit sample only
-    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"lora"}
+    controlnets = True  # QwenImageControlNetPipeline (diffkit.interop.qwen_image_controlnet)
+    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"lora"} | CONTROL_FLAGS
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -36,6 +39,22 @@ class QwenImageFamily(Family):
     def functions() -> tuple:
         from ..interop.qwen_image import image_to_image, text_to_image
         return text_to_image, image_to_image
+
+    @staticmethod
+    def edit_control(args, count: int):
+        """``diffkit edit --controlnet DIR --mask PNG``: an inpainting ControlNet whose control images are the
+        ``--images`` (QwenImageControlNetInpaintPipeline, from noise); a
+        :class:`~._controlnet.ControlRequest`, or one line for no mask, ``--control-image`` or ``--strength``."""
+        from ._controlnet import ControlRequest
+        why = "no --mask" if args.mask is None else "--control-image" if args.control_images else \
+            f"--strength {args.strength}" if args.strength is not None else None
+        if why is not None:
+            raise DiffkitError(f"--controlnet with {why} on a Qwen-Image folder in diffkit edit: it runs "
+                               f"QwenImageControlNetInpaintPipeline (an inpainting ControlNet, from noise; the "
+                               f"--images are its control images), which takes --mask and no --control-image or "
+                               f"--strength")
+        args.control_images = [args.images]
+        return ControlRequest.from_args(args, args.checkpoint, edited=count)
 
 
 def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
@@ -64,7 +83,8 @@ class QwenImageEditFamily(QwenImageFamily):
     edit_takes = ("--images, --prompt (the instruction), --mask and --strength (inpainting), --negative-prompt "
                   "(true CFG), --guidance-scale "
                   "(--guidance-convention), --max-area, --lora, --steps, --sampler and its grid options, --eta")
-    edit_flags = QwenImageFamily.edit_flags - {"posterior", "max_sequence_length", "height", "width"} | {"max_area"}
+    edit_flags = QwenImageFamily.edit_flags - {"posterior", "max_sequence_length", "height", "width"} - \
+        CONTROL_FLAGS | {"max_area"}
 
     @staticmethod
     def functions() -> tuple:

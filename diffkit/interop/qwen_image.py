@@ -314,7 +314,7 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
 
 
 def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], *, controlnet=None, control_seed: int = 0,
-                  control_posterior: str = "sample", control_rows=None, **options) -> torch.Tensor:
+                  control_posterior: str = "sample", control_rows=None, control_mask=None, **options) -> torch.Tensor:
     """Images of a Qwen-Image folder for ``prompts`` as ``QwenImagePipeline`` (module docstring) with any diffkit
     sampler: :func:`.chroma.text_to_image`'s loop with Qwen-Image's prompts, network and true CFG.
 
@@ -329,15 +329,19 @@ def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], *, contr
     :class:`~diffkit.interop.controlnet.ControlNets` of one ``QwenImageControlNetModel``, given once per control
     image), as QwenImageControlNetPipeline (:mod:`.qwen_image_controlnet`); ``control_posterior``: the control
     image's VAE latents, ``"sample"`` (sample i's from the generator ``control_seed + i``) or ``"mean"``;
-    ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i)."""
+    ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
+    ``control_mask`` (1 or B, 1, H, W) at the output size, 1 = repaint: an inpainting ControlNet's, as
+    QwenImageControlNetInpaintPipeline's ``control_mask`` (the control image is the image to inpaint)."""
     from .chroma import text_to_image as flow_text_to_image
+    if control_mask is not None and controlnet is None:
+        raise DiffkitError("control_mask goes with an inpainting ControlNet (controlnet=); give both or neither")
     if controlnet is not None:
         from functools import partial
 
         from .qwen_image_controlnet import check_qwen_control_use, controlled
         check_qwen_control_use(kind=None if type(model) is QwenImage else "Qwen-Image-Edit")
         options["control"] = partial(controlled, model, controlnet, seed=control_seed, posterior=control_posterior,
-                                     control_rows=control_rows)
+                                     control_rows=control_rows, mask=control_mask)
     return flow_text_to_image(model, prompts, **options)
 
 

@@ -23,8 +23,17 @@ and ``img_shapes``; each block's image stream gives, through a zero-initialised 
 * ``control_guidance_start`` / ``_end`` (:func:`.controlnet.step_windows`, the pipeline's ``controlnet_keep``); a
   ControlNet off at a step (or of scale 0) adds nothing (the pipeline adds 0 times its residuals).
 
-Refused in one line (:func:`check_qwen_controlnets`): another class, an inpainting ControlNet
-(``extra_condition_channels``: ``QwenImageControlNetInpaintPipeline``, not driven here), several distinct
+An inpainting ControlNet (``extra_condition_channels`` = p^2 = 4: one more latent channel, packed; e.g. InstantX's
+Qwen-Image-ControlNet-Inpainting) takes a mask with its one control image (``control_mask``, 1 = repaint), as
+``QwenImageControlNetInpaintPipeline`` (``prepare_image_with_mask``, SD3's: :func:`.sd3_controlnet.inpainting_control`):
+the control image's pixels where the binarised mask is 1 set to -1, encoded and normalised as above, the kept region
+1 - m nearest-resized to the latents appended as a channel, packed; the image is sampled from noise (no strength, no
+replacement: the ControlNet does the inpainting). That pipeline draws the masked image's posterior from the global
+generator (``latent_dist.sample()``, no generator): sample i's here from ``seed + i``, which is its draw after
+``torch.manual_seed(seed)`` for one prompt.
+
+Refused in one line (:func:`check_qwen_controlnets`): another class, an inpainting ControlNet without a mask or a
+plain one with a mask, an inpainting ControlNet on several images (its pipeline takes one), several distinct
 ControlNets (the multi model raises), a ControlNet that does not fit the transformer, control modes and guess mode
 (the pipeline has neither), and (:func:`check_qwen_control_use`) img2img / inpainting and Qwen-Image-Edit folders
 (no diffusers pipeline has them with a ControlNet).
@@ -44,20 +53,22 @@ QWEN_CONTROLNET = "QwenImageControlNetModel"
 PIPELINE = "QwenImageControlNetPipeline"
 
 
-def check_qwen_controlnet_folder(directory) -> dict:
-    """The ``config.json`` of a diffusers ``QwenImageControlNetModel`` folder without inpainting channels (one line
-    otherwise, from the JSON alone)."""
+def check_qwen_controlnet_folder(directory, mask: bool = False) -> dict:
+    """The ``config.json`` of a diffusers ``QwenImageControlNetModel`` folder, an inpainting one where ``mask`` (one
+    line otherwise, from the JSON alone)."""
     config = model_folder_config(directory, "--controlnet", QWEN_CONTROLNET,
                                  " (a Qwen-Image folder takes Qwen-Image ControlNets)")
-    _check_inpainting(config, f"--controlnet {directory}")
+    _check_inpainting(config, f"--controlnet {directory}", mask)
     return config
 
 
-def _check_inpainting(config, name: str) -> None:
-    extra = config.get("extra_condition_channels") or 0
-    if extra:
-        raise DiffkitError(f"{name} has extra_condition_channels={extra} (an inpainting ControlNet, "
-                           f"QwenImageControlNetInpaintPipeline's), which diffkit does not drive; allowed: 0")
+def _check_inpainting(config, name: str, mask: bool) -> None:
+    extra, wanted = config.get("extra_condition_channels") or 0, int(config.get("patch_size", 2)) ** 2 if mask else 0
+    if extra != wanted:
+        raise DiffkitError(
+            f"{name} has extra_condition_channels={extra}; allowed: {wanted} "
+            + ("with a mask (an inpainting ControlNet, QwenImageControlNetInpaintPipeline's)" if mask else
+               "without a mask (an inpainting ControlNet goes with diffkit edit --mask, control_mask=)"))
 
 
 def check_qwen_control_use(edit: bool = False, kind: Optional[str] = None) -> None:
@@ -70,10 +81,10 @@ def check_qwen_control_use(edit: bool = False, kind: Optional[str] = None) -> No
                            f"{PIPELINE} (text to image, diffkit sample on a QwenImagePipeline folder)")
 
 
-def check_qwen_controlnets(controlnets: ControlNets, transformer) -> None:
-    """One ``QwenImageControlNetModel`` (given once per control image), no control modes or guess mode, fitting
-    ``transformer`` (its packed channels, patch size, width, text width, RoPE axes); one line naming what does
-    not."""
+def check_qwen_controlnets(controlnets: ControlNets, transformer, mask: bool = False) -> None:
+    """One ``QwenImageControlNetModel`` (given once per control image; with a ``mask`` an inpainting one on one
+    image), no control modes or guess mode, fitting ``transformer`` (its packed channels, patch size, width, text
+    width, RoPE axes); one line naming what does not."""
     if controlnets.guess_mode or controlnets.modes is not None:
         raise DiffkitError(f"{'guess mode' if controlnets.guess_mode else 'a control mode'} does not apply to a "
                            f"Qwen-Image ControlNet ({PIPELINE} has none; a union ControlNet reads the image's kind)")
@@ -86,7 +97,10 @@ def check_qwen_controlnets(controlnets: ControlNets, transformer) -> None:
     if type(model).__name__ != QWEN_CONTROLNET:
         raise DiffkitError(f"--controlnet is a {type(model).__name__}; allowed: a {QWEN_CONTROLNET} for a Qwen-Image "
                            f"folder")
-    _check_inpainting(model.config, "--controlnet")
+    _check_inpainting(model.config, "--controlnet", mask)
+    if mask and len(models) > 1:
+        raise DiffkitError(f"{len(models)} control images with a mask; QwenImageControlNetInpaintPipeline takes one "
+                           f"control image (the image to inpaint)")
     theirs = model.config
     width, wanted = (int(c.num_attention_heads) * int(c.attention_head_dim) for c in (theirs, config))
     for key, ours, value in [(key, theirs.get(key), config.get(key)) for key in (
@@ -122,14 +136,15 @@ class QwenImageControlledNet(QwenImageNet):
 
 
 def controlled(qwen, controlnets: ControlNets, denoiser, cond: dict, sampler: str, steps, nfe, grid, options: dict,
-               shape: tuple, seed: int = 0, posterior: str = "sample", control_rows=None) -> tuple:
+               shape: tuple, seed: int = 0, posterior: str = "sample", control_rows=None, mask=None) -> tuple:
     """(denoiser, cond) of a Qwen-Image folder's prompt guidance (``denoiser``, ``cond``: its
     :meth:`.qwen_image.QwenImage.prompt_guidance`) with ``controlnets`` (checked), ``cond["control"]`` each row's
     control latents at latents ``shape`` (B, C, h, w) (module docstring); ``sampler`` / ``steps`` / ``nfe`` / ``grid``
     / ``options``: the loop's, for the windows; ``seed``: sample i's control posterior from ``seed + i``;
-    ``control_rows``: with one control image per prompt, each sample's (default sample i, image i)."""
+    ``control_rows``: with one control image per prompt, each sample's (default sample i, image i); ``mask`` (1 or B,
+    1, H, W) at the output size, 1 = repaint: an inpainting ControlNet's (module docstring)."""
     from ..denoiser import Denoiser
-    check_qwen_controlnets(controlnets, qwen.transformer)
+    check_qwen_controlnets(controlnets, qwen.transformer, mask is not None)
     h, w = shape[2:]
     net_grid, keeps = control_windows(controlnets, qwen.denoiser_for(h, w), sampler, steps, nfe, grid, options)
     net = QwenImageControlledNet(qwen.transformer, getattr(denoiser.net, "scale", 1.0), controlnets.models,
@@ -138,9 +153,13 @@ def controlled(qwen, controlnets: ControlNets, denoiser, cond: dict, sampler: st
     wrapped.model = qwen.transformer
     f = qwen.vae_scale_factor
     mean, std = qwen._stats(torch.zeros((), device=qwen.device))
-    cond = dict(cond, control=control_latents(qwen, controlnets, h * f, w * f, shape[0], 1, seed, posterior, mean,
-                                              control_rows, scale=1 / std, moments=qwen.posterior)[0])
-    return wrapped, cond
+    normalised = {"shift": mean, "scale": 1 / std, "moments": qwen.posterior}
+    if mask is not None:  # QwenImageControlNetInpaintPipeline's prepare_image_with_mask (SD3's)
+        from .sd3_controlnet import inpainting_control
+        return wrapped, dict(cond, control=inpainting_control(qwen, controlnets, mask, shape, seed, posterior,
+                                                              control_rows, **normalised))
+    return wrapped, dict(cond, control=control_latents(qwen, controlnets, h * f, w * f, shape[0], 1, seed, posterior,
+                                                       control_rows=control_rows, **normalised)[0])
 
 
 __all__ = ["QWEN_CONTROLNET", "QwenImageControlledNet", "check_qwen_controlnet_folder", "check_qwen_controlnets",
