@@ -5,8 +5,8 @@ A Qwen-Image ControlNet (ControlNet, Zhang et al. 2023, eq. 1-2, on the MMDiT) c
 transformer; it reads the packed noisy latents, plus, through a zero-initialised linear layer
 (``controlnet_x_embedder``), the control image's packed VAE latents, the prompt's states and mask, the time t / 1000
 and ``img_shapes``; each block's image stream gives, through a zero-initialised linear layer, a residual (times
-``controlnet_conditioning_scale``) that ``QwenImageTransformer2DModel`` adds after its block i to block i //
-(blocks / N)'s (``controlnet_block_samples``). :class:`QwenImageControlledNet` does this at every network call:
+``controlnet_conditioning_scale``) that ``QwenImageTransformer2DModel`` adds after its block i as residual
+i // (blocks / N) (``controlnet_block_samples``). :class:`QwenImageControlledNet` does this at every network call:
 
 * the control image is resized to the output size (Lanczos) and mapped to [-1, 1] (the pipeline's
   ``prepare_image``, :func:`.flow_controlnet.control_pixels`), encoded as one frame by the folder's VAE and
@@ -35,8 +35,8 @@ generator (``latent_dist.sample()``, no generator): sample i's here from ``seed 
 Refused in one line (:func:`check_qwen_controlnets`): another class, an inpainting ControlNet without a mask or a
 plain one with a mask, an inpainting ControlNet on several images (its pipeline takes one), several distinct
 ControlNets (the multi model raises), a ControlNet that does not fit the transformer, control modes and guess mode
-(the pipeline has neither), and (:func:`check_qwen_control_use`) img2img / inpainting and Qwen-Image-Edit folders
-(no diffusers pipeline has them with a ControlNet).
+(the pipeline has neither), and (:func:`check_qwen_control_use`) Qwen-Image-Edit folders (no diffusers pipeline
+has them with a ControlNet).
 """
 from __future__ import annotations
 
@@ -71,14 +71,13 @@ def _check_inpainting(config, name: str, mask: bool) -> None:
                "without a mask (an inpainting ControlNet goes with diffkit edit --mask, control_mask=)"))
 
 
-def check_qwen_control_use(edit: bool = False, kind: Optional[str] = None) -> None:
-    """One line for a ControlNet in an img2img / inpainting edit (``edit``) or on a folder ``kind`` other than
-    Qwen-Image's text-to-image one (e.g. ``"Qwen-Image-Edit"``): diffusers 0.42.1 has only QwenImageControlNetPipeline
-    (its inpainting ControlNet pipeline is not driven here)."""
-    if edit or kind not in (None, "Qwen-Image"):
-        what = "an img2img / inpainting edit" if edit else f"a {kind} folder"
-        raise DiffkitError(f"a ControlNet in {what} is not supported: diffkit drives Qwen-Image ControlNets as "
-                           f"{PIPELINE} (text to image, diffkit sample on a QwenImagePipeline folder)")
+def check_qwen_control_use(kind: Optional[str] = None) -> None:
+    """One line for a ControlNet on a folder ``kind`` other than Qwen-Image's (e.g. ``"Qwen-Image-Edit"``): diffusers
+    0.42.1 has only QwenImageControlNetPipeline and QwenImageControlNetInpaintPipeline (no img2img either: an
+    inpainting ControlNet samples from noise)."""
+    if kind not in (None, "Qwen-Image"):
+        raise DiffkitError(f"a ControlNet in a {kind} folder is not supported: diffkit drives Qwen-Image ControlNets "
+                           f"as {PIPELINE} / QwenImageControlNetInpaintPipeline (on a QwenImagePipeline folder)")
 
 
 def check_qwen_controlnets(controlnets: ControlNets, transformer, mask: bool = False) -> None:
