@@ -106,8 +106,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(qwen_fold
         (["--ip-adapter", str(tmp_path / "x.bin"), "--ip-adapter-image", str(out)],
          "--ip-adapter applies to a Stable Diffusion folder or an SD3 / FLUX.1 / Chroma folder"),
         (["--controlnet", str(tmp_path), "--control-image", str(out)],
-         "--controlnet applies to a Stable Diffusion folder (diffusers format; also SD3, FLUX.1, Sana, HunyuanDiT "
-         "and Z-Image folders)"),
+         "no config.json there; give a diffusers QwenImageControlNetModel folder"),
         (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion does not apply to a Qwen-Image"),
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Qwen-Image"),
         (["--flow-shift", "2"], "--flow-shift 2 moves a sampler's own grid"),

@@ -40,7 +40,7 @@ class Family:
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
     edits = True  # diffkit edit takes it (not Bria 3.2, Ovis-Image nor a LongCat-Image text-to-image folder)
-    controlnet = False  # diffkit sample takes --controlnet (Z-Image's ZImageControlNetPipeline, ._z_image)
+    controlnet = False  # diffkit sample / edit take --controlnet (Z-Image's, ._z_image; Qwen-Image's, ._qwen_image)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -62,6 +62,32 @@ class Family:
     def check_request(cls, directory, request, edit: bool = False) -> None:
         """One line, before loading, for a prompt request (of ``diffkit sample``, or with ``edit`` of ``diffkit
         edit``) the kind does not take (none for Chroma; OmniGen's: :mod:`._omnigen`)."""
+
+    control_from_noise = False  # diffkit edit --controlnet samples from noise, its images the control images (Qwen)
+
+    @staticmethod
+    def check_control(control, mask=False, strength=None) -> None:
+        """One line, before any weight is read, for ControlNet flags the kind's pipeline does not take (``mask`` /
+        ``strength``: diffkit edit's; none here)."""
+
+    @classmethod
+    def edit_control(cls, args, count: int, mask):
+        """``diffkit edit``'s ControlNet request (a :class:`~._controlnet.ControlRequest` or None), checked."""
+        from ._controlnet import ControlRequest
+        control = ControlRequest.from_args(args, args.checkpoint, edited=count)
+        if control is not None:
+            cls.check_control(control, mask, args.strength)
+        return control
+
+    @staticmethod
+    def control_options(controlnet, cond: dict) -> dict:
+        """The library function's ControlNet keywords for a batch of ``diffkit sample`` (``cond``: its rows)."""
+        return {}
+
+    @staticmethod
+    def edit_control_options(controlnet, start: int, n: int) -> dict:
+        """The image_to_image ControlNet keywords for ``diffkit edit``'s images start .. start + n - 1."""
+        return {}
 
 
 def folder_family(directory) -> Optional[type]:
@@ -118,7 +144,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     a Qwen-Image folder's, :mod:`._qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``, LoRA
     files; a Z-Image folder's, :mod:`._z_image`, LoRA files; neither takes the other adapters: ``refused`` holds
     them). ``control``: the family's ControlNet (:attr:`Family.controlnet`; a :class:`~._controlnet.ControlRequest`,
-    checked by ``family.check_control`` before any weight is read; a --control-image folder: one per --prompt)."""
+    checked by ``family.check_control`` before any weight is read; :meth:`Family.control_options` passes it on).
+    """
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
@@ -130,9 +157,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         family.check_control(control)
     text_to_image = family.functions()[0]
     chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
-    controlnet, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, control, ip_adapter, num,
-                                                                           nrow, seed, device, progress)
-    controls = {} if controlnet is None else {"controlnets": controlnet}
+    controlnet, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, control, ip_adapter,
+                                                                           num, nrow, seed, device, progress)
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = chroma.default_steps if steps is None and nfe is None else steps
     how_guided = {**_guidance(guidance), **family.guide(guidance)}
@@ -151,8 +177,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
                              max_sequence_length=guidance.max_sequence_length, ip_adapter=adapter,
-                             **how_guided, **grid, **how, **controls,
-                             **({"control_rows": cond["control_rows"]} if "control_rows" in cond else {}))
+                             **how_guided, **grid, **how, **family.control_options(controlnet, cond))
 
     images, out = draw_prompted_grid(
         chroma.denoiser, num, chroma.latent_shape(1, height, width)[1:], prompted,
@@ -200,15 +225,13 @@ def edit_chroma(args, family=Family) -> int:
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
                            f"image) or once per image ({count}, in the files' order)")
     ip_adapter = IPAdapterRequest.from_args(args, directory)
-    control = ControlRequest.from_args(args, directory, edited=count) if family.controlnet else None
-    if control is not None:
-        family.check_control(control, mask, args.strength)
+    control = family.edit_control(args, count, mask) if family.controlnet else None
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     chroma = family.load(directory, device, args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
-    controlnet = None if control is None else control.load(device, chroma.dtype, args.progress)
     image_to_image = family.functions()[1]
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
+    controlnet = None if control is None else control.load(device, chroma.dtype, args.progress)
     if not family.resizes:
         chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     how_guided = {**_guidance(request), **family.guide(request)}
@@ -220,8 +243,17 @@ def edit_chroma(args, family=Family) -> int:
 
     def edit(start: int, n: int):
         prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
-        controls = {} if controlnet is None else {"controlnets": controlnet, "control_rows": list(
-            range(start, start + n)) if controlnet.per_prompt > 1 else None}  # ZImageControlNetInpaintPipeline's
+        if controlnet is not None and family.control_from_noise:  # Qwen-Image's inpainting ControlNet: the
+            # images are its control images, sampled from noise (QwenImageControlNetInpaintPipeline)
+            return (family.functions()[0](
+                chroma, prompts, sampler=None if own else info.name, steps=args.steps, seed=args.seed + start,
+                height=images.shape[2], width=images.shape[3], negative_prompt=args.negative_prompt,
+                max_sequence_length=args.max_sequence_length, output_range="-1,1", progress=args.progress,
+                controlnet=controlnet, control_seed=args.seed + start, control_mask=mask,
+                control_posterior=args.posterior or "sample",
+                control_rows=list(range(start, start + n)) if controlnet.per_prompt > 1 else None, **how_guided,
+                **({} if own else options)).cpu(),)
+        controls = {} if controlnet is None else family.edit_control_options(controlnet, start, n)
         return (image_to_image(chroma, images[start:start + n], prompts, args.strength, mask=mask,
                                sampler=None if own else info.name, steps=args.steps,
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
@@ -233,7 +265,8 @@ def edit_chroma(args, family=Family) -> int:
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    strength = f", ControlNet {control.folders[0]}" if control is not None else "" if family.resizes else \
+    strength = "" if family.resizes else (", an inpainting ControlNet, from noise" if family.control_from_noise else
+                                          f", ControlNet {control.folders[0]}") if control is not None else \
         f", strength {args.strength or (chroma.img2img_defaults if mask is None else chroma.inpaint_defaults)[1]}"
     print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; "
           f"{family.kind} folder {directory}{strength}, {how}, prompts {list(args.prompts)})")

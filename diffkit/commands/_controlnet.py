@@ -23,14 +23,15 @@ CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-gu
 
 
 def add_controlnet_flags(parser) -> None:
-    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3, FLUX.1, Sana, HunyuanDiT and Z-Image "
-                                  "folders; docs/interop.md)")
+    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3, FLUX.1, Sana, HunyuanDiT, Z-Image and "
+                                  "Qwen-Image folders; docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
                    help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
                         "ControlNetUnionModel, see --control-mode; SD / SD-XL: also one ControlNetXSAdapter, "
                         "ControlNet-XS, fused with the UNet), SD3ControlNetModel, FluxControlNetModel, "
                         "SanaControlNetModel (one), HunyuanDiT2DControlNetModel (one), ZImageControlNetModel "
-                        "(one); repeat for Multi-ControlNet (their residuals add up)")
+                        "(one), QwenImageControlNetModel (one, on one or more --control-image); repeat for "
+                        "Multi-ControlNet (their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md) or an SD 2 "
@@ -52,6 +53,21 @@ def add_controlnet_flags(parser) -> None:
                         "(shallowest block) to 1 (middle block), as diffusers' guess_mode (SD / SD-XL "
                         "ControlNetModel only)")
     add_control_mode_flag(g)
+
+
+def qwen_folders(checkpoint, folders: list, images: list) -> list:
+    """A Qwen-Image folder's --controlnet folders, one per --control-image: its one ControlNet (a union) on each
+    image, as QwenImageMultiControlNetModel([controlnet]); one line for a Qwen-Image-Edit folder (no ControlNet
+    pipeline) or several different folders (the multi model takes one)."""
+    from ..interop.qwen_image import EDIT_PIPELINES
+    from ..interop.qwen_image_controlnet import check_qwen_control_use
+    from ..interop.sd_xl import pipeline_class
+    check_qwen_control_use(kind="Qwen-Image-Edit" if pipeline_class(checkpoint) in EDIT_PIPELINES else None)
+    if len(set(map(str, folders))) > 1:
+        raise DiffkitError(f"{len(set(map(str, folders)))} different --controlnet folders on a Qwen-Image folder; "
+                           f"QwenImageMultiControlNetModel takes one ControlNet (a union): give --controlnet once "
+                           f"and a --control-image per condition")
+    return folders[:1] * max(len(images), 1)
 
 
 XS_REFUSED = (("--guess-mode", "guess_mode"), ("--control-mode", "control_modes"), ("--ip-adapter", "ip_adapter"),
@@ -140,18 +156,24 @@ class ControlRequest:
         from ..interop.z_image import is_z_image_folder
         from ..interop.z_image_controlnet import Z_IMAGE_CONTROL_SCALE, Z_IMAGE_CONTROLNET, \
             check_z_image_controlnet_folder
+        from ..interop.qwen_image import is_qwen_image_folder
+        from ..interop.qwen_image_controlnet import QWEN_CONTROLNET, check_qwen_controlnet_folder
         kind = None if checkpoint is None else "SD3" if is_sd3_folder(checkpoint) else \
             "FLUX" if is_flux_folder(checkpoint) else \
             "Sana" if sana_kind(checkpoint) == "SanaPipeline" else \
             "HunyuanDiT" if is_hunyuan_dit_folder(checkpoint) else \
-            "Z-Image" if is_z_image_folder(checkpoint) else None  # a transformer folder's ControlNets
+            "Z-Image" if is_z_image_folder(checkpoint) else \
+            "Qwen-Image" if is_qwen_image_folder(checkpoint) else None  # a transformer folder's ControlNets
         if checkpoint is None or not (kind or is_stable_diffusion_folder(checkpoint)):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format; also SD3, "
-                               f"FLUX.1, Sana, HunyuanDiT and Z-Image folders); {checkpoint} is not one")
+                               f"FLUX.1, Sana, HunyuanDiT, Z-Image and Qwen-Image folders); {checkpoint} is not one")
+        if kind == "Qwen-Image":  # one ControlNet on each control image (QwenImageMultiControlNetModel)
+            folders = qwen_folders(checkpoint, folders, images)
         check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder,
                  "Sana": check_sana_controlnet_folder, "HunyuanDiT": check_hunyuan_controlnet_folder,
-                 "Z-Image": check_z_image_controlnet_folder}.get(
-                     kind, check_controlnet_folder)
+                 "Z-Image": check_z_image_controlnet_folder,
+                 "Qwen-Image": lambda folder: check_qwen_controlnet_folder(folder, edited is not None)}.get(
+                     kind, check_controlnet_folder)  # (Qwen-Image's edits: inpainting ControlNets, ._qwen_image)
         classes = [(check(folder) or {}).get("_class_name") for folder in folders]  # another kind first: one line
         if "ControlNetXSAdapter" in classes:  # a ControlNet-XS adapter (diffkit.interop.controlnet_xs)
             refuse_xs_flags(args, checkpoint, len(folders), edited)
@@ -173,7 +195,7 @@ class ControlRequest:
             ("--control-guidance-start", args.control_starts, 0.0),
             ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
                       {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel", "Sana": SANA_CONTROLNET,
-                       "HunyuanDiT": HUNYUAN_CONTROLNET, "Z-Image": Z_IMAGE_CONTROLNET}.get(
+                       "HunyuanDiT": HUNYUAN_CONTROLNET, "Z-Image": Z_IMAGE_CONTROLNET, "Qwen-Image": QWEN_CONTROLNET}.get(
                           kind, "ControlNetModel" if modes is None else "ControlNetUnionModel"), modes)
         if "ControlNetXSAdapter" in classes:
             request.model_class = "ControlNetXSAdapter"
@@ -231,11 +253,15 @@ class ControlRequest:
         return values
 
     def load(self, device="cpu", dtype=None, progress: bool = True):
+        """The :class:`~diffkit.interop.controlnet.ControlNets` of the folders, each folder loaded once."""
         import torch
 
         from ..interop.controlnet import load_model_folder
         from ..interop.controlnet_xs import xs_controlnets
-        models = [load_model_folder(self.model_class, folder, device, dtype or torch.float32, progress)
-                  for folder in self.folders]
+        loaded = {}
+        for folder in self.folders:
+            if folder not in loaded:
+                loaded[folder] = load_model_folder(self.model_class, folder, device, dtype or torch.float32, progress)
+        models = [loaded[folder] for folder in self.folders]
         return xs_controlnets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode, self.modes)
 

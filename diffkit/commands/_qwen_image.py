@@ -6,23 +6,29 @@ instruction edits: :class:`QwenImageEditFamily`), dispatched from
 :func:`diffkit.commands.sample.sample_to_files` and :func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
+from ..errors import DiffkitError
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-convention), "
-         "--max-sequence-length, --height / --width, --lora, --steps / --nfe, --sampler and its grid options "
+         "--max-sequence-length, --height / --width, --lora, --controlnet with --control-image(s), "
+         "--controlnet-scale, --control-guidance-start / -end, --steps / --nfe, --sampler and its grid options "
          "(--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guidance-scale "
               "(--guidance-convention), --strength, --max-sequence-length, --posterior, --height / --width, "
-              "--lora, --steps, --sampler and its grid options, --eta")
+              "--lora, --controlnet (an inpainting ControlNet, with --mask) with --controlnet-scale and "
+              "--control-guidance-start / -end, --steps, --sampler and its grid options, --eta")
+CONTROL_FLAGS = {"controlnets", "controlnet_scales", "control_starts", "control_ends"}  # diffkit edit's dests
 
 
 class QwenImageFamily(Family):
-    """A Qwen-Image folder's: LoRA files (:mod:`diffkit.interop.qwen_image_lora`), no textual inversion or
-    IP-Adapter (refused in one line); true CFG only with ``--negative-prompt``
+    """A Qwen-Image folder's: LoRA files (:mod:`diffkit.interop.qwen_image_lora`), ControlNets in diffkit sample
+    (:mod:`diffkit.interop.qwen_image_controlnet`), no textual inversion or IP-Adapter (refused in one line); true
+    CFG only with ``--negative-prompt``
     (:meth:`diffkit.interop.qwen_image.QwenImage.prompt_guidance`)."""
 
     kind, takes, edit_takes, adapters, lora = "Qwen-Image", TAKES, EDIT_TAKES, False, True
-    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"lora"}
+    controlnet = control_from_noise = True  # QwenImageControlNetPipeline, its inpainting one from noise
+    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"lora"} | CONTROL_FLAGS
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -33,6 +39,31 @@ class QwenImageFamily(Family):
     def functions() -> tuple:
         from ..interop.qwen_image import image_to_image, text_to_image
         return text_to_image, image_to_image
+
+    @staticmethod
+    def control_options(controlnet, cond: dict) -> dict:
+        if controlnet is None:
+            return {}
+        return {"controlnet": controlnet, "control_seed": cond["control_seeds"][0],
+                "control_rows": cond.get("control_rows")}
+
+    @staticmethod
+    def edit_control(args, count: int, mask=None):
+        """``diffkit edit --controlnet DIR --mask PNG``: an inpainting ControlNet whose control images are the
+        ``--images`` (QwenImageControlNetInpaintPipeline, from noise); a
+        :class:`~._controlnet.ControlRequest`, or one line for no mask, ``--control-image`` or ``--strength``."""
+        from ._controlnet import ControlRequest
+        if not getattr(args, "controlnets", None):
+            return None
+        why = "no --mask" if args.mask is None else "--control-image" if args.control_images else \
+            f"--strength {args.strength}" if args.strength is not None else None
+        if why is not None:
+            raise DiffkitError(f"--controlnet with {why} on a Qwen-Image folder in diffkit edit: it runs "
+                               f"QwenImageControlNetInpaintPipeline (an inpainting ControlNet, from noise; the "
+                               f"--images are its control images), which takes --mask and no --control-image or "
+                               f"--strength")
+        args.control_images = [args.images]
+        return ControlRequest.from_args(args, args.checkpoint, edited=count)
 
 
 def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
@@ -57,11 +88,12 @@ class QwenImageEditFamily(QwenImageFamily):
     :func:`diffkit.interop.qwen_image_edit.edit_image`); ``--mask`` (and ``--strength``): QwenImageEditInpaintPipeline
     (not a Plus folder); no posterior, size or text length (the pipelines have none)."""
 
-    kind, samples, resizes = "Qwen-Image-Edit", False, True
+    kind, samples, resizes, controlnet = "Qwen-Image-Edit", False, True, False
     edit_takes = ("--images, --prompt (the instruction), --mask and --strength (inpainting), --negative-prompt "
                   "(true CFG), --guidance-scale "
                   "(--guidance-convention), --max-area, --lora, --steps, --sampler and its grid options, --eta")
-    edit_flags = QwenImageFamily.edit_flags - {"posterior", "max_sequence_length", "height", "width"} | {"max_area"}
+    edit_flags = QwenImageFamily.edit_flags - {"posterior", "max_sequence_length", "height", "width"} - \
+        CONTROL_FLAGS | {"max_area"}
 
     @staticmethod
     def functions() -> tuple:

@@ -42,6 +42,17 @@ class ZImageFamily(Family):
             check_inpaint_options(mask is not None, strength, "--mask", "--strength")
 
     @staticmethod
+    def control_options(controlnet, cond: dict) -> dict:
+        if controlnet is None:
+            return {}
+        return {"controlnets": controlnet, **({"control_rows": cond["control_rows"]} if "control_rows" in cond else {})}
+
+    @staticmethod
+    def edit_control_options(controlnet, start: int, n: int) -> dict:  # ZImageControlNetInpaintPipeline's
+        return {"controlnets": controlnet,
+                "control_rows": list(range(start, start + n)) if controlnet.per_prompt > 1 else None}
+
+    @staticmethod
     def functions() -> tuple:
         from ..interop.z_image import image_to_image, text_to_image
         return text_to_image, image_to_image

@@ -823,7 +823,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
                    "--textual-inversion": None if adapters else textual_inversion,
                    "--lora": lora if family is not None and not family.lora else None,
-                   "--controlnet": None if family is None or family.controlnet else control,  # Sana's: ._pixart
+                   # Sana's: ._pixart (PixArt's refusal there); Z-Image's and Qwen-Image's: ._chroma
+                   "--controlnet": None if family is None or family.controlnet else control,
                    "--ip-adapter": None if adapters else ip_adapter, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}

@@ -243,7 +243,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: Optional[int] = None, output_range: str = "0,1",
                   return_latents: bool = False, progress: bool = False, ip_adapter=None, guide: Optional[dict] = None,
-                  **options) -> torch.Tensor:
+                  control=None, **options) -> torch.Tensor:
     """Images of a Chroma folder for ``prompts`` as ``ChromaPipeline`` (module docstring) with any diffkit sampler
     (and of a Z-Image folder, :mod:`.z_image`: ``guide``, more keyword arguments of its ``prompt_guidance``).
 
@@ -253,6 +253,8 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
     (B, C, h, w), default N(0, I) from per-sample ``seed + i``; height / width: default 128 f, multiples of 2 f.
     ip_adapter: an XLabs-format IP-Adapter with its image prompt (:meth:`Chroma.prompt_guidance`).
     max_sequence_length: default the folder kind's (:attr:`Chroma.max_sequence_length`: 512; Bria's 128).
+    control: ``control(denoiser, cond, sampler, steps, nfe, grid, options, shape)`` giving the (denoiser, cond) that
+    sample, once the loop's grid is known (a Qwen-Image ControlNet's, :func:`.qwen_image_controlnet.controlled`).
     options: passed to :func:`diffkit.sample`."""
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
@@ -265,6 +267,8 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
                                          lambda n: chroma.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
                                             convention, ip_adapter, **(guide or {}))
+    if control is not None:
+        denoiser, cond = control(denoiser, cond, sampler, steps, nfe, grid, options, expected)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=chroma.device, dtype=chroma.dtype, **options)
     return finish_images(chroma, z0, return_latents, output_range)

@@ -25,7 +25,7 @@ def control_pixels(model, controlnets: ControlNets, height: int, width: int) -> 
 
 def control_latents(model, controlnets: ControlNets, height: int, width: int, batch: int, copies: int, seed: int = 0,
                     posterior: str = "sample", shift: Optional[float] = None, control_rows=None,
-                    generators=None, pixels=None) -> torch.Tensor:
+                    generators=None, pixels=None, scale=None, moments=None) -> torch.Tensor:
     """(copies, batch, K, C, h, w): ControlNet k's control latents of each row, (E(x) - shift) * scaling_factor of
     :func:`control_pixels` (``shift`` default the VAE's; with one control image per prompt, sample i's is image
     ``control_rows[i]``, :meth:`.controlnet.ControlNets.rows`), copy 0 the guidance's null half and copy 1 its
@@ -33,13 +33,21 @@ def control_latents(model, controlnets: ControlNets, height: int, width: int, ba
     ``seed + i`` (null then conditional, ControlNet after ControlNet), or the posterior mean; ``generators``: one
     per sample instead (the caller's, which draw on after this: the edit pipelines' image posterior and noise);
     ``pixels``: per ControlNet, sample i's image in row i (B, 3, H, W) in [-1, 1], encoded instead of
-    :func:`control_pixels` (the SD3 inpainting ControlNet's masked images)."""
+    :func:`control_pixels` (the SD3 inpainting ControlNet's masked images). ``scale``: default the VAE's
+    ``scaling_factor`` (``shift`` and ``scale`` may be per-channel (1, C, 1, 1) tensors: Qwen-Image's mean and
+    1 / std); ``moments``: a function of the (n, 3, H, W) pixels giving the posterior's (mean, std), each
+    (n, C, h, w) (default ``model.vae.encode``'s; Qwen-Image's one-frame video VAE,
+    :meth:`.qwen_image.QwenImage.posterior`)."""
     from ..noise import randn
     check_choice("control posterior", posterior, POSTERIORS)
     shift = model.shift_factor if shift is None else shift
+    scale = model.scaling_factor if scale is None else scale
     picked = controlnets.rows(batch, control_rows) if pixels is None else torch.arange(batch)  # None: one per net
     per_net = []
     for images in control_pixels(model, controlnets, height, width) if pixels is None else pixels:
+        if moments is not None:
+            per_net.append(moments(images))
+            continue
         with torch.no_grad():
             dist = model.vae.encode(images.to(model.device, model.vae.dtype), return_dict=False)[0]
         per_net.append((dist.mean, dist.std))
@@ -53,7 +61,7 @@ def control_latents(model, controlnets: ControlNets, height: int, width: int, ba
             z = mean.expand(copies, *mean.shape[1:])
             if posterior == "sample":
                 z = z + std * randn(z.shape, generator, device=z.device, dtype=z.dtype)
-            nets.append((z - shift) * model.scaling_factor)
+            nets.append((z - shift) * scale)
         rows.append(torch.stack(nets, dim=1))  # (copies, K, C, h, w)
     return torch.stack(rows, dim=1).float()
 
@@ -97,6 +105,14 @@ def acting(scales, keeps, net_grid, t: torch.Tensor):
             yield index, scale, kept
 
 
+def added(total: Optional[list], blocks: Optional[list]) -> Optional[list]:
+    """The running sum of residual lists (None: a ControlNet without such blocks), ControlNet after ControlNet as
+    diffusers' multi-ControlNet models sum them."""
+    if blocks is None:
+        return total
+    return list(blocks) if total is None else [a + b for a, b in zip(total, blocks)]
+
+
 def kept_rows(blocks: Optional[list], kept: torch.Tensor) -> Optional[list]:
     """``blocks`` (a list of (B, L, D) residuals, or None) times ``kept`` per row, where some row is outside the
     window (calls at different times)."""
@@ -105,4 +121,5 @@ def kept_rows(blocks: Optional[list], kept: torch.Tensor) -> Optional[list]:
     return [block * kept.to(block.dtype).reshape(-1, 1, 1) for block in blocks]
 
 
-__all__ = ["acting", "kept_rows", "control_pixels", "control_latents", "network_grid", "control_windows", "POSTERIORS"]
+__all__ = ["acting", "added", "kept_rows", "control_pixels", "control_latents", "network_grid", "control_windows",
+           "POSTERIORS"]

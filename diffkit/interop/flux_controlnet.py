@@ -42,7 +42,7 @@ import torch
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_choice
 from .controlnet import ControlNets, model_folder_config
-from .flow_controlnet import POSTERIORS, acting, control_latents, control_windows, kept_rows
+from .flow_controlnet import POSTERIORS, acting, added, control_latents, control_windows, kept_rows
 
 FLUX_CONTROLNET = "FluxControlNetModel"
 FLUX_CONTROLNET_GUIDANCE = 7.0  # FluxControlNetPipeline's default guidance_scale
@@ -93,13 +93,6 @@ def check_flux_controlnets(models: list, transformer) -> None:
                                    f"FluxControlNetPipeline takes the first one's for all: give ControlNets that agree")
 
 
-def _added(total, blocks):
-    """The running sum of residual lists (None: a ControlNet without such blocks)."""
-    if blocks is None:
-        return total
-    return list(blocks) if total is None else [a + b for a, b in zip(total, blocks)]
-
-
 class FluxControlledNet(torch.nn.Module):
     """``net(z, t, context, pooled, guidance, control)``: the FLUX transformer (a :class:`.flux.FluxNet`) with the
     summed, scaled residuals of its ControlNets (module docstring). ``control``: (B, K, C, h, w) unpacked control
@@ -136,7 +129,7 @@ class FluxControlledNet(torch.nn.Module):
                 conditioning_scale=scale, timestep=inputs["timestep"], guidance=guidance,
                 pooled_projections=inputs["pooled_projections"], encoder_hidden_states=inputs["encoder_hidden_states"],
                 txt_ids=inputs["txt_ids"], img_ids=inputs["img_ids"], return_dict=False)
-            blocks, singles = _added(blocks, kept_rows(out[0], kept)), _added(singles, kept_rows(out[1], kept))
+            blocks, singles = added(blocks, kept_rows(out[0], kept)), added(singles, kept_rows(out[1], kept))
             acted = True
         if not acted:
             return None

@@ -79,31 +79,46 @@ class QwenImageNet(torch.nn.Module):
         super().__init__()
         self.model, self.scale = transformer, float(scale)
 
-    def _call(self, packed, timestep, context, mask, shapes):
-        dtype = model_dtype(self.model)
+    def text(self, packed, context, mask) -> tuple:
+        """(context, mask) in the model's dtype, expanded to ``packed``'s batch."""
         if mask is not None:
             mask = mask.to(packed.device).expand(packed.shape[0], -1)
-        return self.model(hidden_states=packed, timestep=timestep, encoder_hidden_states=context.to(dtype).expand(
-            packed.shape[0], -1, -1), encoder_hidden_states_mask=mask, img_shapes=shapes, return_dict=False)[0]
+        return context.to(model_dtype(self.model)).expand(packed.shape[0], -1, -1), mask
+
+    def _call(self, packed, timestep, context, mask, shapes, controls=None):
+        context, mask = self.text(packed, context, mask)
+        return self.model(hidden_states=packed, timestep=timestep, encoder_hidden_states=context,
+                          encoder_hidden_states_mask=mask, img_shapes=shapes, controlnet_block_samples=controls,
+                          return_dict=False)[0]
+
+    def residuals(self, packed, timestep, context, mask, shapes, t, control) -> Optional[list]:
+        """A ControlNet's ``controlnet_block_samples`` (:class:`.qwen_image_controlnet.QwenImageControlledNet`)."""
+        raise DiffkitError("cond['control'] needs a Qwen-Image ControlNet (qwen_image_controlnet.controlled)")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
                 null_context: torch.Tensor = None, null_mask: torch.Tensor = None,
-                reference: torch.Tensor = None) -> torch.Tensor:
+                reference: torch.Tensor = None, control: torch.Tensor = None) -> torch.Tensor:
+        """``control``: a ControlNet's control latents (:mod:`.qwen_image_controlnet`), its residuals computed once
+        on the prompt's states and given to both true-CFG passes (QwenImageControlNetPipeline's)."""
         from ..guidance import norm_matched_cfg
         if context is None:
             raise DiffkitError("a Qwen-Image transformer needs cond {'context'} (QwenImage.prompt_guidance)")
+        if control is not None and reference is not None:
+            raise DiffkitError("a ControlNet with a Qwen-Image-Edit reference image is not supported (diffusers has "
+                               "no Qwen-Image-Edit ControlNet pipeline)")
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         packed, timestep, shapes = pack_latents(x.to(dtype)), t.to(dtype) / 1000, [[(1, h // 2, w // 2)]] * b
         tokens = packed.shape[1]
+        controls = None if control is None else self.residuals(packed, timestep, context, mask, shapes, t, control)
         if reference is not None:  # Qwen-Image-Edit's: the input images' tokens after the noisy ones (.qwen_image_edit)
             refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
             packed = torch.cat([packed] + [pack_latents(r.to(packed)).expand(b, -1, -1) for r in refs], dim=1)
             shapes = [shapes[0] + [(1, r.shape[2] // 2, r.shape[3] // 2) for r in refs]] * b
-        out = self._call(packed, timestep, context, mask, shapes)[:, :tokens]
+        out = self._call(packed, timestep, context, mask, shapes, controls)[:, :tokens]
         if self.scale > 1 and null_context is not None:
-            out = norm_matched_cfg(out, self._call(packed, timestep, null_context, null_mask, shapes)[:, :tokens],
-                                   self.scale)
+            out = norm_matched_cfg(out, self._call(packed, timestep, null_context, null_mask, shapes,
+                                                   controls)[:, :tokens], self.scale)
         return unpack_latents(out, h, w).to(x.dtype)
 
 
@@ -143,6 +158,13 @@ class QwenImage(Chroma):
         z = vae_latents(self.vae, images[:, :, None], self.device, generator, sample)[:, :, 0]
         mean, std = self._stats(z)
         return ((z - mean) / std).float()
+
+    def posterior(self, images: torch.Tensor) -> tuple:
+        """(mean, std) of the VAE's posterior of images (B, 3, H, W) in [-1, 1] encoded as one frame, each (B, C,
+        h, w), unnormalised (a ControlNet's control image: :func:`.flow_controlnet.control_latents`)."""
+        with torch.no_grad():
+            dist = self.vae.encode(images[:, :, None].to(self.device, self.vae.dtype), return_dict=False)[0]
+        return dist.mean[:, :, 0], dist.std[:, :, 0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z std + mean) in [-1, 1] (not clamped) of the one-frame video, as the pipelines decode."""
@@ -291,7 +313,8 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     return model
 
 
-def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], *, controlnet=None, control_seed: int = 0,
+                  control_posterior: str = "sample", control_rows=None, control_mask=None, **options) -> torch.Tensor:
     """Images of a Qwen-Image folder for ``prompts`` as ``QwenImagePipeline`` (module docstring) with any diffkit
     sampler: :func:`.chroma.text_to_image`'s loop with Qwen-Image's prompts, network and true CFG.
 
@@ -300,8 +323,25 @@ def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], **option
     unless ``convention="seed"``) / negative_prompt: :meth:`QwenImage.prompt_guidance`. latents: unpacked z at
     s = 1 (B, C, h, w) (the pipeline's ``latents=`` is :func:`.flux.pack_latents` of it), default N(0, I) from
     per-sample ``seed + i``; height / width: default 128 f, multiples of 2 f; max_sequence_length (default 512);
-    output_range, return_latents; the rest: passed to :func:`diffkit.sample`."""
+    output_range, return_latents; the rest: passed to :func:`diffkit.sample`.
+
+    controlnet: a Qwen-Image ControlNet with its control images and options (a
+    :class:`~diffkit.interop.controlnet.ControlNets` of one ``QwenImageControlNetModel``, given once per control
+    image), as QwenImageControlNetPipeline (:mod:`.qwen_image_controlnet`); ``control_posterior``: the control
+    image's VAE latents, ``"sample"`` (sample i's from the generator ``control_seed + i``) or ``"mean"``;
+    ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
+    ``control_mask`` (1 or B, 1, H, W) at the output size, 1 = repaint: an inpainting ControlNet's, as
+    QwenImageControlNetInpaintPipeline's ``control_mask`` (the control image is the image to inpaint)."""
     from .chroma import text_to_image as flow_text_to_image
+    if control_mask is not None and controlnet is None:
+        raise DiffkitError("control_mask goes with an inpainting ControlNet (controlnet=); give both or neither")
+    if controlnet is not None:
+        from functools import partial
+
+        from .qwen_image_controlnet import check_qwen_control_use, controlled
+        check_qwen_control_use(kind=None if type(model) is QwenImage else "Qwen-Image-Edit")
+        options["control"] = partial(controlled, model, controlnet, seed=control_seed, posterior=control_posterior,
+                                     control_rows=control_rows, mask=control_mask)
     return flow_text_to_image(model, prompts, **options)
 
 

@@ -205,11 +205,13 @@ def controlnet_guidance(sd3, controlnets: ControlNets, guide, shape: tuple, samp
 
 
 def inpainting_control(sd3, controlnets: ControlNets, mask: torch.Tensor, shape: tuple, seed: int = 0,
-                       posterior: str = "sample", control_rows=None) -> torch.Tensor:
+                       posterior: str = "sample", control_rows=None, **normalised) -> torch.Tensor:
     """(B, K, C + 1, h, w): StableDiffusion3ControlNetInpaintingPipeline's ``prepare_image_with_mask`` per sample
     and ControlNet: its control image (prepared as :func:`.flow_controlnet.control_pixels`) set to -1 where the
     binarised ``mask`` (1 or B, 1, H, W; 1 = repaint) is 1, encoded (:func:`.flow_controlnet.control_latents`, sample
-    i's draw from ``seed + i``, shifted), then the kept region 1 - m at the latents' size as one more channel."""
+    i's draw from ``seed + i``, shifted), then the kept region 1 - m at the latents' size as one more channel.
+    ``normalised``: ``shift`` / ``scale`` / ``moments`` of :func:`.flow_controlnet.control_latents` (Qwen-Image's
+    ``QwenImageControlNetInpaintPipeline``, the same preparation: :mod:`.qwen_image_controlnet`)."""
     from ..latent_editing import latent_mask
     from .flow_controlnet import control_pixels
     batch, (h, w), f = shape[0], shape[2:], sd3.vae_scale_factor
@@ -223,7 +225,8 @@ def inpainting_control(sd3, controlnets: ControlNets, mask: torch.Tensor, shape:
     pixels = [(images[picked] if picked is not None and images.shape[0] > 1 else
                images[:1].expand(batch, -1, -1, -1)).to(sd3.device).masked_fill(repaint, -1.0)
               for images in control_pixels(sd3, controlnets, h * f, w * f)]
-    latents = control_latents(sd3, controlnets, h * f, w * f, batch, 1, seed, posterior, None, pixels=pixels)[0]
+    latents = control_latents(sd3, controlnets, h * f, w * f, batch, 1, seed, posterior, normalised.pop("shift", None),
+                              pixels=pixels, **normalised)[0]
     kept = (1 - latent_mask(mask, (h, w))).to(latents)[:, None].expand(batch, latents.shape[1], 1, h, w)
     return torch.cat([latents, kept], dim=2)
 
