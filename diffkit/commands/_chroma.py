@@ -209,7 +209,6 @@ def edit_chroma(args, family=Family) -> int:
     from ..images import check_image_folder, save_images
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._controlnet import ControlRequest
     from ._ip_adapter import IPAdapterRequest
     from ._pixart import check_folder_edit_args
     from ._sd3 import edit_sampling

@@ -195,7 +195,8 @@ class ControlRequest:
             ("--control-guidance-start", args.control_starts, 0.0),
             ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
                       {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel", "Sana": SANA_CONTROLNET,
-                       "HunyuanDiT": HUNYUAN_CONTROLNET, "Z-Image": Z_IMAGE_CONTROLNET, "Qwen-Image": QWEN_CONTROLNET}.get(
+                       "HunyuanDiT": HUNYUAN_CONTROLNET, "Z-Image": Z_IMAGE_CONTROLNET,
+                       "Qwen-Image": QWEN_CONTROLNET}.get(
                           kind, "ControlNetModel" if modes is None else "ControlNetUnionModel"), modes)
         if "ControlNetXSAdapter" in classes:
             request.model_class = "ControlNetXSAdapter"
