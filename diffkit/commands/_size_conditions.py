@@ -176,7 +176,8 @@ def check_size_conditions(given: dict, checkpoint, label: Optional[str] = None) 
                            f"pipelines' SD-XL size conditions); {what}")
     other = [FLAGS[name] for name in given if name not in KINDS[label]]
     if other:
-        raise DiffkitError(f"{other[0]} does not apply to a {label} folder ({checkpoint}): {WHY[label]}; it takes "
+        raise DiffkitError(f"{other[0]} does not apply to {'an' if label.startswith('SD') else 'a'} {label} folder "
+                           f"({checkpoint}): {WHY[label]}; it takes "
                            f"{', '.join(FLAGS[name] for name in KINDS[label])}")
     if label == "HunyuanDiT" and not read_json_object(Path(checkpoint) / "transformer" / "config.json",
                                                       "transformer config").get(
