@@ -515,7 +515,7 @@ def test_sample_size_flags_are_the_library_and_the_pipeline(tiny_xl, tmp_path, c
     --negative-target-size --negative-crops-coords-top-left`` on an SD-XL folder: the grid byte for byte
     text_to_image's with that micro_conditioning (one prompt: the pipeline's negative time ids pair with its rows
     only for B = 1), whose latents are StableDiffusionXLPipeline's with those arguments (1e-5 relative); one
-    negative alone in one line."""
+    negative alone, and the flags on a Stable Diffusion 1.x-style folder (sample and edit), in one line."""
     from diffkit.cli import main
     from diffkit.images import save_grid
     from diffkit.noise import generators_from_seed, randn
@@ -543,6 +543,17 @@ def test_sample_size_flags_are_the_library_and_the_pipeline(tiny_xl, tmp_path, c
     assert_sample_refusals(main, root / "xl", tmp_path, capsys, [
         (["--negative-original-size", "8,8"], "--negative-original-size needs --negative-original-size and "
                                               "--negative-target-size together in diffkit sample")])
+    sd = tmp_path / "sd"  # a Stable Diffusion 1.x-style index (no text_encoder_2): refused from its JSON
+    shutil.copytree(root / "xl", sd, ignore=shutil.ignore_patterns("*.safetensors"))
+    index = json.loads((sd / "model_index.json").read_text())
+    index = {key: value for key, value in index.items() if not key.endswith("_2")}
+    (sd / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
+    refused = "--original-size applies to a HunyuanDiT, CogView4, CogView3-Plus, SD-XL or Kolors folder"
+    assert_sample_refusals(main, sd, tmp_path, capsys, [(["--original-size", "8,8"], refused)])
+    from test_latent_editing import cli
+    code, _, err = cli(capsys, "--checkpoint", sd, "--images", tmp_path, "--prompt", "hot", "--target-size", "8,8",
+                       "--out", tmp_path / "never")
+    assert code == 2 and "--target-size in diffkit edit applies to an SD-XL or Kolors folder" in err, err
 
 
 def _img2img(pipe):

@@ -351,7 +351,8 @@ def test_size_flags_with_a_refiner_are_the_pipelines(tiny_pair, tmp_path, capsys
     from diffkit.interop.sd_xl_refiner import ensemble
     from diffkit.noise import generators_from_seed, randn
     base, refiner, root, xl, rx = tiny_pair
-    base.scheduler, refiner.scheduler = _ddim(base), _ddim(refiner)
+    base.scheduler, refiner.scheduler = (diffusers.DDIMScheduler.from_pretrained(root / name / "scheduler")
+                                         for name in ("base", "refiner"))  # the folders' (not an earlier test's)
     sizes = dict(original_size=(32, 24), crops_coords_top_left=(2, 3))
     latents = _base_latents(xl)
     with torch.no_grad():
