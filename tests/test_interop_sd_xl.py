@@ -569,8 +569,8 @@ def test_edit_size_flags_are_the_img2img_pipeline(tiny_xl, tmp_path, capsys):
     folder: StableDiffusionXLImg2ImgPipeline's image with those arguments (its null half: negative_original_size,
     the prompt's crop, negative_target_size defaulting to target_size; to the PNG's 1/255), and the library's
     prompt_guidance(img2img=True) its latents (1e-5 relative; with both negatives too, where the text-to-image rule
-    would take negative_crops_coords_top_left (0, 0)); --negative-crops-coords-top-left (ignored by that pipeline)
-    refused in one line."""
+    would take negative_crops_coords_top_left (0, 0)); --negative-crops-coords-top-left (ignored by that pipeline),
+    and negative sizes with --controlnet --mask or an InstructPix2Pix folder (pipelines without them), in one line."""
     import numpy as np
     from PIL import Image
     from diffkit.latent_editing import latent_img2img
@@ -601,9 +601,19 @@ def test_edit_size_flags_are_the_img2img_pipeline(tiny_xl, tmp_path, capsys):
         latents = latent_img2img(guided, xl, image * 2 - 1, 0.5, "ddim", 4, cond=cond, **grid)
         print("edit sizes", negative, relative_error(latents, theirs))
         assert relative_error(latents, theirs) < 1e-5
-    for extra, expected in ((["--negative-crops-coords-top-left", "1,2"], "--negative-crops-coords-top-left does not "
-                                                                          "apply to " + str(root / "xl")),):
-        code, _, err = cli(capsys, *args, *extra, "--out", tmp_path / "never")
+    pix2pix = tmp_path / "pix2pix"  # an 8-channel (InstructPix2Pix) UNet config: refused from the JSON alone
+    shutil.copytree(root / "xl", pix2pix, ignore=shutil.ignore_patterns("*.safetensors"))
+    unet = json.loads((pix2pix / "unet" / "config.json").read_text())
+    (pix2pix / "unet" / "config.json").write_text(json.dumps({**unet, "in_channels": 8}))
+    for extra, expected in (
+            (["--negative-crops-coords-top-left", "1,2"], "--negative-crops-coords-top-left does not apply to "
+                                                          + str(root / "xl")),
+            (["--controlnet", root / "xl", "--mask", pngs / "in_0.png", "--negative-target-size", "8,8"],
+             "--negative-target-size does not apply to --controlnet with --mask"),
+            (["--checkpoint", pix2pix, "--negative-original-size", "8,8"],
+             "--negative-original-size does not apply to an InstructPix2Pix folder")):
+        code, _, err = cli(capsys, *(a for a in args if a not in ("--strength", 0.5)), *extra, "--out",
+                           tmp_path / "never")
         assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     with pytest.raises(DiffkitError, match="negative_crops_coords_top_left=\\(1, 2\\) is not allowed in img2img"):
         xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, (16, 16), {"negative_crops_coords_top_left": (1, 2)},
