@@ -279,4 +279,4 @@ def test_size_condition_flags_are_the_pipelines(cogview4_folder, tmp_path, capsy
     other = edited_copy(path, tmp_path / "copy", "model_index.json", {"_class_name": "PixArtSigmaPipeline"})
     assert_sample_refusals(main, other, tmp_path, capsys, [(["--sampler", "ddim", "--crops-coords-top-left", "8,4"],
                                                             "--crops-coords-top-left applies to a HunyuanDiT, "
-                                                            "CogView4 or CogView3-Plus folder")])
+                                                            "CogView4, CogView3-Plus, SD-XL or Kolors folder")])

@@ -504,3 +504,118 @@ def test_sd_xl_folder_through_diffkit_edit_mask_is_the_library(tiny_xl, tmp_path
         pasted = np.asarray(Image.open(tmp_path / "pasted" / f"edit_{i:05d}.png"))
         original = np.asarray(Image.open(pngs / f"in_{i}.png"))
         assert np.array_equal(pasted[keep], original[keep]) and not np.array_equal(pasted, original)
+
+
+SIZES = ("--original-size", "64,48", "--crops-coords-top-left", "3,5", "--target-size", "16,12")
+MICRO = dict(original_size=(64, 48), crops_coords_top_left=(3, 5), target_size=(16, 12))
+
+
+def test_sample_size_flags_are_the_library_and_the_pipeline(tiny_xl, tmp_path, capsys):
+    """``diffkit sample --original-size --crops-coords-top-left --target-size --negative-original-size
+    --negative-target-size --negative-crops-coords-top-left`` on an SD-XL folder: the grid byte for byte
+    text_to_image's with that micro_conditioning (one prompt: the pipeline's negative time ids pair with its rows
+    only for B = 1), whose latents are StableDiffusionXLPipeline's with those arguments (1e-5 relative); one
+    negative alone, and the flags on a Stable Diffusion 1.x-style folder (sample and edit), in one line."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.noise import generators_from_seed, randn
+    from _pixart_helpers import assert_sample_refusals
+    pipe, root, xl = tiny_xl
+    negative = dict(negative_original_size=(8, 8), negative_target_size=(32, 16), negative_crops_coords_top_left=(1, 2))
+    argv = ["sample", "--checkpoint", str(root / "xl"), "--prompt", PROMPTS[0], "--num", "1", "--steps", "4", "--seed",
+            "5", "--batch-size", "1", "--no-progress", *SIZES, "--negative-original-size", "8,8",
+            "--negative-target-size", "32,16", "--negative-crops-coords-top-left", "1,2"]
+    assert main(argv + ["--out", str(tmp_path / "grid.png")]) == 0
+    micro = {**MICRO, **negative}
+    images = text_to_image(xl, PROMPTS[:1], steps=4, seed=5, micro_conditioning=micro, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 8)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    latents = randn(xl.latent_shape(1), generators_from_seed(5, 1))
+    sched = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    theirs = _theirs(pipe, sched, latents, prompts=PROMPTS[:1], **micro)
+    ours = text_to_image(xl, PROMPTS[:1], steps=4, grid="scheduler", latents=latents, return_latents=True,
+                         micro_conditioning=micro)
+    plain = text_to_image(xl, PROMPTS[:1], steps=4, grid="scheduler", latents=latents, return_latents=True,
+                          micro_conditioning=MICRO)
+    print("sample sizes", relative_error(ours, theirs), relative_error(plain, theirs))
+    assert relative_error(ours, theirs) < 1e-5 and relative_error(plain, theirs) > 1e-3
+    capsys.readouterr()
+    assert_sample_refusals(main, root / "xl", tmp_path, capsys, [
+        (["--negative-original-size", "8,8"], "--negative-original-size needs --negative-original-size and "
+                                              "--negative-target-size together in diffkit sample")])
+    sd = tmp_path / "sd"  # a Stable Diffusion 1.x-style index (no text_encoder_2): refused from its JSON
+    shutil.copytree(root / "xl", sd, ignore=shutil.ignore_patterns("*.safetensors"))
+    index = json.loads((sd / "model_index.json").read_text())
+    index = {key: value for key, value in index.items() if not key.endswith("_2")}
+    (sd / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
+    refused = "--original-size applies to a HunyuanDiT, CogView4, CogView3-Plus, SD-XL or Kolors folder"
+    assert_sample_refusals(main, sd, tmp_path, capsys, [(["--original-size", "8,8"], refused)])
+    from test_latent_editing import cli
+    code, _, err = cli(capsys, "--checkpoint", sd, "--images", tmp_path, "--prompt", "hot", "--target-size", "8,8",
+                       "--out", tmp_path / "never")
+    assert code == 2 and "--target-size in diffkit edit applies to an SD-XL or Kolors folder" in err, err
+
+
+def _img2img(pipe):
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler},
+                                                         requires_aesthetics_score=False, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    return img2img
+
+
+def test_edit_size_flags_are_the_img2img_pipeline(tiny_xl, tmp_path, capsys):
+    """``diffkit edit --original-size --crops-coords-top-left --target-size --negative-original-size`` on an SD-XL
+    folder: StableDiffusionXLImg2ImgPipeline's image with those arguments (its null half: negative_original_size,
+    the prompt's crop, negative_target_size defaulting to target_size; to the PNG's 1/255), and the library's
+    prompt_guidance(img2img=True) its latents (1e-5 relative; with both negatives too, where the text-to-image rule
+    would take negative_crops_coords_top_left (0, 0)); --negative-crops-coords-top-left (ignored by that pipeline),
+    and negative sizes with --controlnet --mask or an InstructPix2Pix folder (pipelines without them), in one line."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.latent_editing import latent_img2img
+    from test_latent_editing import cli, write_pngs
+    pipe, root, xl = tiny_xl
+    pngs = write_pngs(tmp_path / "in", 1, 16, "RGB")
+    args = ("--checkpoint", root / "xl", "--images", pngs, "--prompt", PROMPTS[0], "--strength", 0.5, "--steps", 4,
+            "--spacing", "leading", "--final", "zero", "--seed", 10)
+    code, _, err = cli(capsys, *args, *SIZES, "--negative-original-size", "8,8", "--out", tmp_path / "out")
+    assert code == 0, err
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    img2img = _img2img(pipe)
+    run = dict(image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS[:1], **run, output_type="np", generator=[torch.Generator().manual_seed(10)],
+                         negative_original_size=(8, 8), **MICRO).images
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(int)
+    assert np.abs(ours - np.round(theirs[0] * 255).astype(int)).max() <= 1
+    grid = dict(posterior="sample", seed=10, progress=False, return_latents=True, spacing="leading", final="zero",
+                steps_offset=0, eta=0.0)
+    for negative in ({"negative_original_size": (8, 8)},
+                     {"negative_original_size": (8, 8), "negative_target_size": (32, 16)}):
+        with torch.no_grad():
+            theirs = img2img(PROMPTS[:1], **run, output_type="latent", generator=[torch.Generator().manual_seed(10)],
+                             **negative, **MICRO).images
+        guided, cond = xl.prompt_guidance(PROMPTS[:1], None, 5.0, "diffusers", 0.0, image_size=(16, 16),
+                                          micro_conditioning={**MICRO, **negative}, img2img=True)
+        latents = latent_img2img(guided, xl, image * 2 - 1, 0.5, "ddim", 4, cond=cond, **grid)
+        print("edit sizes", negative, relative_error(latents, theirs))
+        assert relative_error(latents, theirs) < 1e-5
+    pix2pix = tmp_path / "pix2pix"  # an 8-channel (InstructPix2Pix) UNet config: refused from the JSON alone
+    shutil.copytree(root / "xl", pix2pix, ignore=shutil.ignore_patterns("*.safetensors"))
+    unet = json.loads((pix2pix / "unet" / "config.json").read_text())
+    (pix2pix / "unet" / "config.json").write_text(json.dumps({**unet, "in_channels": 8}))
+    for extra, expected in (
+            (["--negative-crops-coords-top-left", "1,2"], "--negative-crops-coords-top-left does not apply to "
+                                                          + str(root / "xl")),
+            (["--controlnet", root / "xl", "--mask", pngs / "in_0.png", "--negative-target-size", "8,8"],
+             "--negative-target-size does not apply to --controlnet with --mask"),
+            (["--checkpoint", pix2pix, "--negative-original-size", "8,8"],
+             "--negative-original-size does not apply to an InstructPix2Pix folder")):
+        code, _, err = cli(capsys, *(a for a in args if a not in ("--strength", 0.5)), *extra, "--out",
+                           tmp_path / "never")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    with pytest.raises(DiffkitError, match="negative_crops_coords_top_left=\\(1, 2\\) is not allowed in img2img"):
+        xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, (16, 16), {"negative_crops_coords_top_left": (1, 2)},
+                           img2img=True)
+    assert not (tmp_path / "never").exists()

@@ -270,3 +270,76 @@ def test_kolors_lora_is_load_lora_weights_and_fuse_lora(tiny_kolors, tmp_path, c
               tmp_path / "te.safetensors")
     with pytest.raises(DiffkitError, match=r"te.safetensors adapts a text encoder \(text_encoder. keys\); allowed"):
         load_kolors(folder, progress=False, lora=[tmp_path / "te.safetensors"])
+
+
+def test_size_flags_are_the_pipelines(tiny_kolors, tmp_path, capsys):
+    """``--original-size`` / ``--crops-coords-top-left`` / ``--target-size`` and the ``--negative-`` pair on a Kolors
+    folder: text_to_image with that micro_conditioning is KolorsPipeline with those arguments, and latent_img2img
+    with prompt_guidance's KolorsImg2ImgPipeline (its null time ids: KolorsPipeline's rule; one prompt, the
+    pipelines' negative time ids pair with their rows only for B = 1), 1e-5 relative."""
+    from diffkit.latent_editing import latent_img2img
+    from diffusers.pipelines.kolors import KolorsImg2ImgPipeline
+    pipe, folder, kolors = tiny_kolors
+    micro = dict(original_size=(64, 48), crops_coords_top_left=(3, 5), target_size=(16, 12),
+                 negative_original_size=(8, 8), negative_target_size=(32, 16), negative_crops_coords_top_left=(1, 2))
+    latents = _latents()[:1]
+    with torch.no_grad():
+        theirs = pipe(PROMPTS[:1], num_inference_steps=STEPS, latents=latents.clone(), output_type="latent",
+                      **micro).images
+    run = dict(sampler="euler", steps=STEPS, grid="scheduler", return_latents=True)
+    ours = text_to_image(kolors, PROMPTS[:1], latents=latents, micro_conditioning=micro, **run)
+    plain = text_to_image(kolors, PROMPTS[:1], latents=latents, **run)
+    print("kolors sizes", relative_error(ours, theirs), relative_error(plain, theirs))
+    assert relative_error(ours, theirs) < 1e-5 and relative_error(plain, theirs) > 1e-3
+    img2img = KolorsImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = img2img(PROMPTS[:1], image=image, strength=0.5, num_inference_steps=STEPS, output_type="latent",
+                         generator=[torch.Generator().manual_seed(10)], **micro).images
+    guided, cond = kolors.prompt_guidance(PROMPTS[:1], None, 5.0, "diffusers", 0.0, image_size=(16, 16),
+                                          micro_conditioning=micro, img2img=True)
+    ours = latent_img2img(guided, kolors, image * 2 - 1, 0.5, "euler", STEPS, posterior="sample", seed=10, cond=cond,
+                          progress=False, return_latents=True, spacing="leading", final="zero", steps_offset=1)
+    print("kolors img2img sizes", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_size_flags_on_the_commands(tiny_kolors, tmp_path, capsys):
+    """The flags of :func:`test_size_flags_are_the_pipelines`: ``diffkit sample``'s grid byte for byte the library's;
+    ``diffkit edit``'s PNG KolorsImg2ImgPipeline's with them (to 1/255)."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffusers.pipelines.kolors import KolorsImg2ImgPipeline
+    from test_latent_editing import cli, write_pngs
+    pipe, folder, kolors = tiny_kolors
+    micro = dict(original_size=(64, 48), crops_coords_top_left=(3, 5), target_size=(16, 12),
+                 negative_original_size=(8, 8), negative_target_size=(32, 16), negative_crops_coords_top_left=(1, 2))
+    flags = ["--original-size", "64,48", "--crops-coords-top-left", "3,5", "--target-size", "16,12",
+             "--negative-original-size", "8,8", "--negative-target-size", "32,16", "--negative-crops-coords-top-left",
+             "1,2"]
+    with stub_sentencepiece():
+        assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
+                     "--seed", "5", "--batch-size", "1", "--no-progress", "--out", str(tmp_path / "grid.png"),
+                     *flags]) == 0
+    images = text_to_image(kolors, PROMPTS[:1], sampler="euler", grid="scheduler", steps=2, seed=5,
+                           micro_conditioning=micro, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 8)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    pngs = write_pngs(tmp_path / "in", 1, 16, "RGB")
+    with stub_sentencepiece():
+        code, _, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", PROMPTS[0], "--strength",
+                           0.5, "--steps", 4, "--sampler", "euler", "--spacing", "leading", "--final", "zero",
+                           "--seed", 10, "--out", tmp_path / "out", *flags)
+    assert code == 0, err
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, steps_offset=0)
+    img2img = KolorsImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler})
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS[:1], image=image, strength=0.5, num_inference_steps=4, output_type="np",
+                         generator=[torch.Generator().manual_seed(10)], **micro).images
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(int)
+    assert np.abs(ours - np.round(theirs[0] * 255).astype(int)).max() <= 1

@@ -338,3 +338,71 @@ def test_refiner_clip_skip_is_the_pipelines_and_prompt_2_is_refused(tiny_pair):
     for keyword in ("prompt_2", "negative_prompt_2"):
         with pytest.raises(DiffkitError, match=f"{keyword}='x' is not allowed: .* has one text encoder"):
             xl.prompt_guidance(PROMPTS, "neg", 5.0, "diffusers", 0.0, image_size=(16, 24), **{keyword: "x"})
+
+
+def test_size_flags_with_a_refiner_are_the_pipelines(tiny_pair, tmp_path, capsys):
+    """``diffkit sample --refiner --original-size --crops-coords-top-left --target-size``: the base takes all three,
+    the refiner (requires_aesthetics_score: no target size) the first two, as one passes them to both pipelines of
+    the hand-over; ensemble() with them is StableDiffusionXLPipeline(denoising_end) then the refiner's
+    StableDiffusionXLImg2ImgPipeline(denoising_start) (1e-5 relative), the command's grid byte for byte
+    ensemble()'s."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop.sd_xl_refiner import ensemble
+    from diffkit.noise import generators_from_seed, randn
+    base, refiner, root, xl, rx = tiny_pair
+    base.scheduler, refiner.scheduler = (diffusers.DDIMScheduler.from_pretrained(root / name / "scheduler")
+                                         for name in ("base", "refiner"))  # the folders' (not an earlier test's)
+    sizes = dict(original_size=(32, 24), crops_coords_top_left=(2, 3))
+    latents = _base_latents(xl)
+    with torch.no_grad():
+        handed = base(PROMPTS, num_inference_steps=5, guidance_scale=5.0, latents=latents.clone(),
+                      output_type="latent", denoising_end=0.7, target_size=(8, 12), **sizes).images
+        theirs = refiner(PROMPTS, image=handed, num_inference_steps=5, guidance_scale=5.0, output_type="latent",
+                         denoising_start=0.7, **sizes).images
+    grid = dict(spacing="leading", final="sigma_min", steps_offset=1)
+    both = ensemble(xl, rx, PROMPTS, handover=0.7, sampler="ddim", steps=5, guidance_scale=5.0, latents=latents,
+                    return_latents=True, micro_conditioning={**sizes, "target_size": (8, 12)},
+                    refiner_conditioning=sizes, **grid)
+    plain = ensemble(xl, rx, PROMPTS, handover=0.7, sampler="ddim", steps=5, guidance_scale=5.0, latents=latents,
+                     return_latents=True, micro_conditioning={**sizes, "target_size": (8, 12)}, **grid)
+    print("hand-over sizes", relative_error(both, theirs), relative_error(plain, theirs))
+    assert relative_error(both, theirs) < 1e-5 and relative_error(plain, theirs) > 1e-3
+    argv = ["sample", "--checkpoint", str(root / "base"), "--refiner", str(root / "refiner"), "--prompt", PROMPTS[0],
+            "--prompt", PROMPTS[1], "--num", "2", "--nrow", "1", "--steps", "5", "--seed", "5", "--denoising-end",
+            "0.6", "--original-size", "32,24", "--crops-coords-top-left", "2,3", "--target-size", "8,12",
+            "--batch-size", "2", "--no-progress", "--out", str(tmp_path / "grid.png")]
+    assert main(argv) == 0
+    z = randn(xl.latent_shape(2), generators_from_seed(5, 2))
+    images = ensemble(xl, rx, PROMPTS, handover=0.6, steps=5, latents=z, output_range="-1,1",
+                      micro_conditioning={**sizes, "target_size": (8, 12)}, refiner_conditioning=sizes)
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+
+
+def test_size_flags_on_a_refiner_folder_are_its_pipelines(tiny_pair, tmp_path, capsys):
+    """``diffkit edit`` on a refiner (requires_aesthetics_score): --target-size refused in one line (its UNet takes
+    aesthetic scores instead), --original-size with --negative-original-size and --negative-crops-coords-top-left
+    (the null half's crop, which this pipeline takes) its StableDiffusionXLImg2ImgPipeline's image (to 1/255)."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    _, refiner, root, _, _ = tiny_pair
+    pngs = write_pngs(tmp_path / "in", 1, 16, "RGB")
+    edit = ("--checkpoint", root / "refiner", "--images", pngs, "--prompt", "hot", "--denoising-start", 0.5,
+            "--steps", 4, "--spacing", "leading", "--final", "zero", "--seed", 10)
+    code, _, err = cli(capsys, *edit, "--target-size", "8,8", "--out", tmp_path / "never")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--target-size does not apply to an SD-XL refiner folder" in err and "--aesthetic-score" in err
+    assert not (tmp_path / "never").exists()
+    run = dict(original_size=(32, 24), negative_original_size=(8, 8), negative_crops_coords_top_left=(1, 2))
+    code, _, err = cli(capsys, *edit, "--original-size", "32,24", "--negative-original-size", "8,8",
+                       "--negative-crops-coords-top-left", "1,2", "--out", tmp_path / "out")
+    assert code == 0, err
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    refiner.scheduler = _ddim(refiner, steps_offset=0, set_alpha_to_one=True)
+    with torch.no_grad():
+        theirs = refiner(["hot"], image=image, denoising_start=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         output_type="np", generator=_gens((10,)), **run).images
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(int)
+    assert np.abs(ours - np.round(theirs[0] * 255).astype(int)).max() <= 1

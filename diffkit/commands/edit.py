@@ -210,6 +210,8 @@ def register(sub) -> None:
     add_edit_pag_flags(g)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
     z = p.add_argument_group("image size (diffusers folders; docs/interop.md)")
     add_edit_size_flags(z)  # --height, --width (diffusers folders: the images resized first)
+    from ._size_conditions import add_size_condition_flags
+    add_size_condition_flags(z, edit=True)  # --original-size, ..., --negative-...: SD-XL / Kolors folders
     add_kontext_flags(z)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
@@ -315,6 +317,8 @@ def _run(args) -> int:
     check_lora_flags(args)
     instruct = instruct_pix2pix_edit(args)  # an InstructPix2Pix folder: its flags checked (._instruct_pix2pix)
     check_mask_crop(args)  # --padding-mask-crop: SD / SD-XL / SD3 / FLUX.1 inpainting only (.interop.mask_crop)
+    from ._size_conditions import edit_size_conditions
+    sizes = edit_size_conditions(args)  # --original-size, ...: SD-XL / Kolors folders, from their JSON
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext
@@ -436,6 +440,12 @@ def _run(args) -> int:
     request = _prompt_request(args, info.name)
     refiner = edit_refiner_request(args)  # --refiner: the base's latents at its cut to an SD-XL refiner
     micro, begin = edit_refiner_options(args)  # an SD-XL refiner's flags, from model_index.json
+    micro = {**sizes, **micro}  # the size conditions (._size_conditions), the base's with --refiner
+    if sizes and refiner is not None:  # the refiner's half: what applies to it
+        from dataclasses import replace
+        from ._size_conditions import refiner_size_conditions
+        refiner = replace(refiner, conditioning={**refiner_size_conditions(sizes, refiner.folder),
+                                                 **refiner.conditioning})
     out = Path(args.out)
     images_path = Path(args.images)
     from ._sd_depth import DepthRequest  # an SD 2 depth folder: its --control-image is the depth map, taken here
@@ -686,7 +696,8 @@ def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
                              else (request.guidance_scale, request.convention))
         if hasattr(sd, "encode_prompts_xl"):  # SD-XL (StableDiffusionXLImg2ImgPipeline): pooled text, time ids
             guided, cond = sd.prompt_guidance(prompts, request.negative_prompt, scale, convention, request.rescale,
-                                              image_size=size, **micro, **prompt_options(request), apg=apg)
+                                              image_size=size, **micro, **prompt_options(request), apg=apg,
+                                              img2img=True)  # the img2img / inpainting pipelines' null time ids
             return guided, lambda start, n: {key: value[index[start:start + n].to(value.device)]
                                              for key, value in cond.items()}
         context = sd.encode_prompts(prompts, request.clip_skip)  # the null half is not skipped, as the pipelines'

@@ -181,7 +181,7 @@ def register(sub) -> None:
                    help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at t is "
                         "max(S - A (1000 - 1000 t / T), 0) for a model of T training timesteps; 0 = constant S")
     add_slg_flags(g)  # --slg-layers, --slg-scale, --slg-start, --slg-stop (SD3 folders)
-    add_size_condition_flags(g)  # --original-size, --target-size, --crops-coords-top-left (HunyuanDiT, CogView)
+    add_size_condition_flags(g)  # --original-size, ... (HunyuanDiT, CogView, SD-XL, Kolors: ._size_conditions)
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
@@ -413,7 +413,7 @@ class GuidanceRequest:
     scaling_watershed: Optional[float] = None  # Lumina-Next folders (._pixart)
     proportional_attn: Optional[bool] = None  # False: --no-proportional-attn (Lumina-Next)
     slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
-    sizes: Optional[dict] = None  # HunyuanDiT / CogView4 folders' size conditions (._size_conditions)
+    sizes: Optional[dict] = None  # HunyuanDiT / CogView4 / SD-XL / Kolors folders' size conditions (._size_conditions)
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -1213,6 +1213,12 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         gligen = replace(gligen, image_encoder=load_gligen_image_encoder(directory, device, sd.dtype, progress))
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
+    sizes = dict(micro_conditioning=guidance.sizes) if guidance.sizes else {}  # SD-XL / Kolors: ._size_conditions
+    if sizes and refiner is not None:  # the refiner's half takes what applies to it (its img2img pipeline's)
+        from dataclasses import replace
+        from ._size_conditions import refiner_size_conditions
+        refiner = replace(refiner, conditioning={**refiner_size_conditions(guidance.sizes, refiner.folder),
+                                                 **refiner.conditioning})
     refined = None if refiner is None else refiner.load(device, progress)
     upscaling = None if upscaler is None else upscaler.load(device, progress)
     if refiner is not None:  # both halves get a step of the grid: one line before any sampling
@@ -1244,7 +1250,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
                           ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
-                          **pag, **handover, **guidance.apg_options(), **own_grid, **extras, gligen=gligen, **how)
+                          **pag, **handover, **guidance.apg_options(), **own_grid, **extras, gligen=gligen, **sizes,
+                          **how)
         if upscaling is not None and steps != 1:  # (one step: the batch-size probe's; the request refuses --steps 1)
             return upscaler.upscaled(upscaling, cond["prompts"], z, guidance.negative_prompt, how["generator"])
         if alone:

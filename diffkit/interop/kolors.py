@@ -79,10 +79,11 @@ class Kolors(StableDiffusionXL):
     def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
                         guidance_rescale: float, image_size: tuple = None, micro_conditioning=None,
                         clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None,
-                        apg: Optional[dict] = None) -> tuple:
+                        apg: Optional[dict] = None, img2img: bool = False) -> tuple:
         """SD-XL's (:meth:`~.sd_xl.StableDiffusionXL.prompt_guidance`) with :meth:`encode_prompts_xl`; ``prompt_2``,
         ``negative_prompt_2`` and ``clip_skip`` refused in one line, and no negative prompt where the folder sets
-        ``force_zeros_for_empty_prompt`` (KolorsPipeline has no zero pooled embedding then and fails)."""
+        ``force_zeros_for_empty_prompt`` (KolorsPipeline has no zero pooled embedding then and fails). ``img2img``:
+        no change (KolorsImg2ImgPipeline's null time ids are KolorsPipeline's: both negative sizes, or none)."""
         refuse_kolors_option("prompt_2", prompt_2, _ONE_ENCODER)
         refuse_kolors_option("negative_prompt_2", negative_prompt_2, _ONE_ENCODER)
         refuse_kolors_option("clip_skip", clip_skip, "KolorsPipeline takes ChatGLM's penultimate layer, with no "

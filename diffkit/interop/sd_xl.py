@@ -19,7 +19,8 @@ names there. Classifier-free guidance is diffkit's :class:`~diffkit.guidance.Cla
 with the null half's context and pooled embedding (``null_context`` and ``null_cond``); with no
 negative prompt and ``force_zeros_for_empty_prompt`` (model_index.json, True by default) both are
 zeros, otherwise the negative (or empty) prompt's embeddings; the null half's ``time_ids`` are the
-prompt's unless ``negative_original_size`` and ``negative_target_size`` are given. The default
+prompt's unless ``negative_original_size`` and ``negative_target_size`` are given (``prompt_guidance(img2img=True)``:
+the img2img / inpainting pipelines' rule, either negative alone, with the prompt's crop). The default
 guidance scale is the pipeline's s = 5. Editing (:mod:`diffkit.latent_editing` with :meth:`prompt_guidance`'s
 denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``StableDiffusionXLImg2ImgPipeline`` and
 ``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
@@ -155,8 +156,9 @@ class StableDiffusionXL(StableDiffusion):
         size = self.time_ids(original_size, crops_coords_top_left, (0, 0))[:4]
         return torch.cat([size, torch.tensor([float(aesthetic_score)], dtype=self.dtype, device=self.device)])
 
-    def _time_id_pair(self, micro: dict, size: tuple) -> tuple:
-        """(time ids, the null half's) of :meth:`prompt_guidance` (``micro``: the given conditions)."""
+    def _time_id_pair(self, micro: dict, size: tuple, img2img: bool = False) -> tuple:
+        """(time ids, the null half's) of :meth:`prompt_guidance` (``micro``: the given conditions; ``img2img``:
+        the img2img / inpainting pipelines' null half, :meth:`_img2img_null_ids`)."""
         if self.requires_aesthetics_score:  # the img2img pipeline's refiner branch: no target size
             given = [key for key in ("target_size", "negative_target_size") if key in micro]
             if given:
@@ -177,6 +179,8 @@ class StableDiffusionXL(StableDiffusion):
                                f"takes target_size instead")
         ids = self.time_ids(micro.get("original_size", size), micro.get("crops_coords_top_left", (0, 0)),
                             micro.get("target_size", size))
+        if img2img:
+            return ids, self._img2img_null_ids(micro, size)
         null_ids = ids
         if micro.get("negative_original_size") is not None and micro.get("negative_target_size") is not None:
             null_ids = self.time_ids(micro["negative_original_size"],
@@ -187,10 +191,24 @@ class StableDiffusionXL(StableDiffusion):
                                f"negative_original_size and negative_target_size (the pipeline ignores them otherwise)")
         return ids, null_ids
 
+    def _img2img_null_ids(self, micro: dict, size: tuple) -> torch.Tensor:
+        """The null half's time ids of StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline on a UNet
+        without aesthetic scores (their ``_get_add_time_ids``): negative_original_size (default original_size) +
+        the prompt's crops_coords_top_left + negative_target_size (default target_size), each negative alone too;
+        ``negative_crops_coords_top_left``, which they ignore there, in one line."""
+        if micro.get("negative_crops_coords_top_left") is not None:
+            raise DiffkitError(f"negative_crops_coords_top_left={micro['negative_crops_coords_top_left']!r} is not "
+                               f"allowed in img2img / inpainting on this folder: StableDiffusionXLImg2ImgPipeline and "
+                               f"StableDiffusionXLInpaintPipeline ignore it on a UNet without aesthetic scores (the "
+                               f"null half takes crops_coords_top_left)")
+        original, target = micro.get("original_size", size), micro.get("target_size", size)
+        return self.time_ids(micro.get("negative_original_size", original), micro.get("crops_coords_top_left", (0, 0)),
+                             micro.get("negative_target_size", target))
+
     def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
                         guidance_rescale: float, image_size: tuple = None, micro_conditioning=None,
                         clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None,
-                        apg: Optional[dict] = None) -> tuple:
+                        apg: Optional[dict] = None, img2img: bool = False) -> tuple:
         """(denoiser, cond) of :func:`~.stable_diffusion.text_to_image` for SD-XL: cond holds
         ``context``, ``text_embeds`` and ``time_ids`` (and the labels marking the conditional half);
         the guided denoiser holds the null half's (see the module docstring). ``micro_conditioning``:
@@ -200,7 +218,9 @@ class StableDiffusionXL(StableDiffusion):
         instead of the target sizes (:meth:`aesthetic_time_ids`; the null half: ``negative_original_size``,
         default original_size, and ``negative_crops_coords_top_left``, default (0, 0), as the img2img pipeline).
         ``clip_skip`` (the prompts only), ``prompt_2``, ``negative_prompt_2`` (not on a refiner: its one encoder
-        gets the prompts): :mod:`.sd_prompts`. ``apg``: as the base class's."""
+        gets the prompts): :mod:`.sd_prompts`. ``apg``: as the base class's. ``img2img``: the null half's time ids
+        of the img2img / inpainting pipelines (:meth:`_img2img_null_ids`; a refiner's are the same either way)
+        instead of the text-to-image pipeline's (both negatives, or none, with their own crops)."""
         from .sd_prompts import refuse_second_prompts, second_prompts
         if self.text_encoder is None:
             refuse_second_prompts(prompt_2, negative_prompt_2)
@@ -210,7 +230,7 @@ class StableDiffusionXL(StableDiffusion):
             raise DiffkitError(f"micro_conditioning keys {unknown} are not allowed; allowed: "
                                f"{', '.join(MICRO_CONDITIONS + AESTHETIC_CONDITIONS)}")
         micro = {key: value for key, value in micro.items() if value is not None}  # None: the default, as the pipeline
-        ids, null_ids = self._time_id_pair(micro, tuple(image_size))
+        ids, null_ids = self._time_id_pair(micro, tuple(image_size), img2img)
         weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale,
                                               negative_prompt_2, apg)
         context, pooled = self.encode_prompts_xl(prompts, prompt_2, clip_skip)

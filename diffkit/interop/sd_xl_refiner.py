@@ -88,7 +88,7 @@ def refine(refiner, prompts: Union[str, Sequence[str]], latents: torch.Tensor, d
     f = refiner.vae_scale_factor
     guided, cond = refiner.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                            image_size=(latents.shape[2] * f, latents.shape[3] * f),
-                                           micro_conditioning=micro_conditioning)
+                                           micro_conditioning=micro_conditioning, img2img=True)
     latents = latents.to(device=refiner.device, dtype=refiner.dtype)
     run = dict(denoising_start=denoising_start, seed=seed, generator=generator, cond=cond, progress=progress,
                value_range=None, **options)
