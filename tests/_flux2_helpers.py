@@ -66,7 +66,8 @@ def scheduler():
                                                      time_shift_type="exponential")
 
 
-def tiny_flux2_pipeline():
+def mistral_tokenizer():
+    """A byte-level BPE PreTrainedTokenizerFast (BOS "<s>") with the Mistral-style chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     vocab, merges = bpe(["<unk>", "<s>", "</s>", "<pad>"] + SPECIAL[:5])
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
@@ -75,14 +76,24 @@ def tiny_flux2_pipeline():
                                                      unk_token="<unk>", pad_token="<pad>",
                                                      additional_special_tokens=SPECIAL[:5])
     tokenizer.chat_template = MISTRAL_TEMPLATE
-    torch.manual_seed(0)
-    mistral = transformers.Mistral3ForConditionalGeneration(transformers.Mistral3Config(
+    return tokenizer, vocab
+
+
+def mistral3_config(vocab, layers=30):
+    """A Mistral3Config of a ``layers``-layer Mistral of width 16 and a 1-layer Pixtral vision tower."""
+    return transformers.Mistral3Config(
         vision_config=transformers.PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                        num_attention_heads=2, head_dim=8, patch_size=4, image_size=16),
         text_config=transformers.MistralConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
-                                               num_hidden_layers=30, num_attention_heads=2, num_key_value_heads=1,
+                                               num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
                                                head_dim=8, max_position_embeddings=1024),
-        image_token_index=vocab["[IMG]"], spatial_merge_size=2)).eval()
+        image_token_index=vocab["[IMG]"], spatial_merge_size=2)
+
+
+def tiny_flux2_pipeline():
+    tokenizer, vocab = mistral_tokenizer()
+    torch.manual_seed(0)
+    mistral = transformers.Mistral3ForConditionalGeneration(mistral3_config(vocab)).eval()
     pipe = diffusers.Flux2Pipeline(scheduler=scheduler(), vae=tiny_vae(), text_encoder=mistral, tokenizer=tokenizer,
                                    transformer=tiny_transformer(48, True))
     pipe.set_progress_bar_config(disable=True)

@@ -91,8 +91,8 @@ class Family:
 
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image or OmniGen folder;
-    None for any other checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen or
+    ERNIE-Image folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -123,6 +123,10 @@ def folder_family(directory) -> Optional[type]:
     if is_omnigen_folder(directory):
         from ._omnigen import OmniGenFamily
         return OmniGenFamily
+    from ..interop.ernie_image import is_ernie_image_folder
+    if is_ernie_image_folder(directory):
+        from ._ernie_image import ErnieImageFamily
+        return ErnieImageFamily
     return None
 
 

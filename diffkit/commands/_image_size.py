@@ -18,7 +18,7 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen")
+                "OmniGen, ERNIE-Image")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen"  # diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -71,6 +71,9 @@ def size_multiple(directory) -> tuple:
     from ..interop.omnigen import is_omnigen_folder
     if is_omnigen_folder(directory):  # its processor's one token per 16 x 16 pixels (f = 8, patch 2)
         return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
+    from ..interop.ernie_image import is_ernie_image_folder
+    if is_ernie_image_folder(directory):  # ErnieImagePipeline's check: 2^levels = 2 f (FLUX.2's patchified latents)
+        return 2 * f, f"the VAE factor {f} x the 2 x 2 patches; ErnieImagePipeline refuses other sizes"
     from ..interop.pixart import is_pixart_folder
     from ..interop.sana import is_sana_folder
     if is_sana_folder(directory):  # DC-AE's factor; SanaPipeline.check_inputs' 32
@@ -159,6 +162,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.bria import is_bria_folder
     from ..interop.longcat_image import is_longcat_folder
     from ..interop.omnigen import is_omnigen_folder
+    from ..interop.ernie_image import is_ernie_image_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
@@ -168,7 +172,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
             or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint) or is_kandinsky_folder(checkpoint)
             or is_ovis_image_folder(checkpoint)
             or ldm_kind(checkpoint) == LDM_TEXT2IM or is_bria_folder(checkpoint) or is_longcat_folder(checkpoint)
-            or is_omnigen_folder(checkpoint)):
+            or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

@@ -148,6 +148,11 @@ def check_prompt_encoding(request, checkpoint) -> None:
     if given and is_longcat_folder(checkpoint):
         raise DiffkitError(f"{given[0][0]} does not apply to a LongCat-Image folder ({checkpoint}); its prompt flags "
                            f"are --prompt and --negative-prompt (one text encoder, Qwen2.5-VL, 512 tokens)")
+    from ..interop.ernie_image import is_ernie_image_folder
+    if given and is_ernie_image_folder(checkpoint):
+        raise DiffkitError(f"{given[0][0]} does not apply to an ERNIE-Image folder ({checkpoint}); its prompt flags "
+                           f"are --prompt and --negative-prompt (one text encoder, Mistral-3, each prompt's own "
+                           f"tokens)")
     from ..interop.kolors import is_kolors_folder
     if given and is_kolors_folder(checkpoint):
         raise DiffkitError(f"{given[0][0]} does not apply to a Kolors folder ({checkpoint}); its prompt flags are "

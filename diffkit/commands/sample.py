@@ -37,11 +37,11 @@ a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as dif
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
-FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, Ovis-Image, PixArt-α / Σ, Sana (Sprint),
-Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4 and DeepFloyd IF folders as their pipelines
-too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``, reference images: ``--reference-image``), Stable
-Cascade prior + decoder folders (``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders
-(``._ldm``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
+FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, Ovis-Image, ERNIE-Image, PixArt-α / Σ,
+Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4 and DeepFloyd IF folders as
+their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``, reference images:
+``--reference-image``), Stable Cascade prior + decoder folders (``._stable_cascade``), latent-diffusion (LDM)
+text-to-image and unconditional folders (``._ldm``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or DeepFloyd IF stage-II folder upscales:
 ``diffkit upscale`` (an LDM super-resolution folder too).
 
@@ -139,8 +139,8 @@ def register(sub) -> None:
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
                    help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Bria 3.2, Z-Image, "
-                        "Qwen-Image, Ovis-Image, PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT): the images' "
-                        "height, the pipeline's height "
+                        "Qwen-Image, Ovis-Image, ERNIE-Image, PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT): "
+                        "the images' height, the pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
@@ -149,8 +149,8 @@ def register(sub) -> None:
                    help="text-conditional checkpoints and diffusers folders: the prompt; repeat for one row per "
                         "prompt (default: every class's caption)")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Z-Image / Ovis-Image / PixArt / Sana (not Sprint) "
-                        "folders: "
+                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Z-Image / Ovis-Image / ERNIE-Image / PixArt / "
+                        "Sana (not Sprint) folders: "
                         "the null condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
                         "FLUX folders: with --true-cfg-scale; Qwen-Image folders: turns on their true CFG (no "
@@ -811,7 +811,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                          scale=scale, progress=progress, guidance=guidance, refused=refused,
                                          **options)
     from ._chroma import folder_family
-    family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image, Bria, LongCat, Ovis: Chroma's command code
+    family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image, Bria, LongCat, Ovis, ERNIE: Chroma's code
     if family is not None and not family.samples:
         raise DiffkitError(f"{checkpoint} is a {family.kind} folder, which diffkit sample does not take (its pipeline "
                            f"edits an image); edit with diffkit edit --checkpoint {checkpoint} --images PNG|DIR "

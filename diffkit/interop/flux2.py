@@ -144,6 +144,7 @@ class Flux2(Flux):
     pipeline: str = FLUX2_PIPELINE
     distilled: bool = False
     variant = None  # no Fill / Depth / Canny channels
+    bn_eps = None  # the batch norm's eps of vae_latents: None, the VAE's batch_norm_eps (ERNIE-Image's: 1e-5)
 
     @property
     def klein(self) -> bool:
@@ -170,7 +171,7 @@ class Flux2(Flux):
     def vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE's latents (B, C, 2h, 2w) of z: z sigma_bn + mu_bn of the VAE's batch norm, unpatchified (the
         pipelines' last step before ``vae.decode``; Flux2KleinPipeline's ``output_type="latent"``)."""
-        bn, eps = self.vae.bn, float(self.vae.config.batch_norm_eps)
+        bn, eps = self.vae.bn, float(self.bn_eps or self.vae.config.batch_norm_eps)
         z = latents.to(device=self.device, dtype=self.vae.dtype)
         std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + eps).to(z.dtype)
         return unpatchify(z * std + bn.running_mean.view(1, -1, 1, 1).to(z.dtype))
@@ -245,14 +246,20 @@ class Flux2(Flux):
         if not guided and negative_prompt is not None:
             raise DiffkitError(f"a negative prompt with guidance_scale={scale:g} ({convention} convention) is not "
                                f"allowed: it feeds only CFG (diffusers' scale > 1, a folder not distilled); drop it")
-        context = self.encode_prompts(prompts, max_sequence_length)
+        cond = self.text_cond(prompts, max_sequence_length)
         if not guided:
-            return denoiser, {"context": context}
-        negatives = negative_prompts(negative_prompt, context.shape[0])
+            return denoiser, cond
+        negatives = negative_prompts(negative_prompt, cond["context"].shape[0])
         if len(set(negatives)) == 1:
             negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
-        null = self.encode_prompts(negatives, max_sequence_length)
-        return ClassifierFreeGuidance(denoiser, diffusers_scale, "diffusers", null_context=null), {"context": context}
+        null = self.text_cond(negatives, max_sequence_length)
+        return ClassifierFreeGuidance(denoiser, diffusers_scale, "diffusers", null_context=null.pop("context"),
+                                      null_cond=null), cond
+
+    def text_cond(self, prompts: Sequence[str], max_sequence_length) -> dict:
+        """The network's text cond of ``prompts``: {"context": :meth:`encode_prompts`} (ERNIE-Image's: with the
+        text lengths, :mod:`.ernie_image`)."""
+        return {"context": self.encode_prompts(prompts, max_sequence_length)}
 
 
 def flux2_kind(path) -> Optional[str]:
@@ -283,6 +290,14 @@ def check_flux2_folder(directory) -> tuple:
     check_classes(directory, index, REQUIRED, "FLUX.2", {
         "transformer": ("Flux2Transformer2DModel",), "vae": ("AutoencoderKLFlux2",),
         "text_encoder": (FLUX2_TEXT_ENCODERS[kind],), "scheduler": ("FlowMatchEulerDiscreteScheduler",)})
+    check_patched_channels(directory)
+    return index, check_flux_scheduler(directory, kind)
+
+
+def check_patched_channels(directory: Path) -> None:
+    """One line unless the transformer takes the 2 x 2-patchified latents of the AutoencoderKLFlux2 as they are:
+    in_channels 4 x the VAE's latent channels, out_channels the same (or null), patch_size 1 (FLUX.2's and
+    ERNIE-Image's folders)."""
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     channels = 4 * int(vae.get("latent_channels", 32))
@@ -291,7 +306,6 @@ def check_flux2_folder(directory) -> tuple:
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels, patch_size = {got[0]!r}, "
                            f"{got[1]!r}, {got[2]!r}; allowed: {channels} (4 x the VAE's latent channels), "
                            f"{channels} or null, 1")
-    return index, check_flux_scheduler(directory, kind)
 
 
 def load_flux2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
