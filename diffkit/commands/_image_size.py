@@ -18,7 +18,7 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen")
+                "OmniGen, PRX")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen"  # diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -72,7 +72,14 @@ def size_multiple(directory) -> tuple:
     if is_omnigen_folder(directory):  # its processor's one token per 16 x 16 pixels (f = 8, patch 2)
         return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
     from ..interop.pixart import is_pixart_folder
+    from ..interop.prx import is_prx_folder
     from ..interop.sana import is_sana_folder
+    if is_prx_folder(directory):  # PRXPipeline.check_inputs: whole patches of its VAE's factor (DC-AE's or KL's)
+        if "encoder_block_out_channels" in vae:
+            f = 2 ** (len(vae["encoder_block_out_channels"]) - 1)
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 2))
+        return f * patch, f"the VAE factor {f} x the transformer's patch size {patch}"
     if is_sana_folder(directory):  # DC-AE's factor; SanaPipeline.check_inputs' 32
         f = 2 ** (len(vae.get("encoder_block_out_channels", [0])) - 1)
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
