@@ -237,6 +237,7 @@ LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
 GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
 LONGCAT = "## LongCat-Image folders (`diffkit.interop.longcat_image`)"
 OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
+PRX = "## PRX folders (`diffkit.interop.prx`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -270,7 +271,8 @@ OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
                                                     (BRIA, ["BriaPipeline"], "BR"),
                                                     (LONGCAT, ["LongCatImagePipeline", "LongCatImageEditPipeline"],
                                                      "LC"),
-                                                    (OMNIGEN, ["OmniGenPipeline"], "OG")])
+                                                    (OMNIGEN, ["OmniGenPipeline"], "OG"),
+                                                    (PRX, ["PRXPipeline"], "PX")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
