@@ -14,11 +14,10 @@ transformers = pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.prx import is_prx_folder, load_prx, text_to_image  # noqa: E402
 
-from _pixart_helpers import assert_sample_refusals, cfg_sample_argv, edited_copy, tiny_pixart_pipeline  # noqa: E402
-from _sana_helpers import tiny_gemma_tokenizer, tiny_sana_pipeline  # noqa: E402
+from _pixart_helpers import assert_sample_refusals, edited_copy, tiny_pixart_pipeline  # noqa: E402
+from _sana_helpers import check_sample_command, tiny_gemma_tokenizer, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["A Photo of a cat, www.hot.com", "hot dog"]  # cleaned: lower-cased, the URL dropped
@@ -127,18 +126,14 @@ def test_bad_input_is_refused(folders):
 
 
 def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, tmp_path, capsys):
+    """The grid (two prompts, CFG s = 3 against "ugly", 3 steps, 16 x 32) byte for byte; the refusals in one line
+    (tests/_sana_helpers.py), and ``diffkit edit``'s."""
     _, path, prx = folders["dc"]
-    out = tmp_path / "grid.png"
-    assert main(cfg_sample_argv(path, PROMPTS, out, "--height", "16", "--width", "32", "--max-sequence-length",
-                                "10")) == 0
-    images = text_to_image(prx, PROMPTS, steps=2, seed=5, height=16, width=32, negative_prompt="ugly",
-                           guidance_scale=3.0, max_sequence_length=10, output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 1)
-    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    assert_sample_refusals(main, path, tmp_path, capsys, [
+    check_sample_command(path, prx, text_to_image, tmp_path, capsys, PROMPTS, (16, 32), [
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a PRX folder"),
-        (["--lora", str(out)], "--lora does not apply to a PRX folder"),
-        (["--height", "18"], "--height 18 is not allowed; give a positive multiple of 4")], "a PRX")
+        (["--lora", str(path / "model_index.json")], "--lora does not apply to a PRX folder"),
+        (["--height", "18"], "--height 18 is not allowed; give a positive multiple of 4")])
+    assert_sample_refusals(main, path, tmp_path, capsys, [], "a PRX")
 
 
 @pytest.mark.parametrize("file,change,expected", [
