@@ -238,6 +238,7 @@ GLIGEN = "## GLIGEN folders (`diffkit.interop.gligen`)"
 LONGCAT = "## LongCat-Image folders (`diffkit.interop.longcat_image`)"
 OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
 ERNIE_IMAGE = "## ERNIE-Image folders (`diffkit.interop.ernie_image`)"
+PRX = "## PRX folders (`diffkit.interop.prx`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -272,7 +273,8 @@ ERNIE_IMAGE = "## ERNIE-Image folders (`diffkit.interop.ernie_image`)"
                                                     (LONGCAT, ["LongCatImagePipeline", "LongCatImageEditPipeline"],
                                                      "LC"),
                                                     (OMNIGEN, ["OmniGenPipeline"], "OG"),
-                                                    (ERNIE_IMAGE, ["ErnieImagePipeline"], "EI")])
+                                                    (ERNIE_IMAGE, ["ErnieImagePipeline"], "EI"),
+                                                    (PRX, ["PRXPipeline"], "PX")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -18,7 +18,7 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen, ERNIE-Image")
+                "OmniGen, ERNIE-Image, PRX")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen"  # diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -75,7 +75,14 @@ def size_multiple(directory) -> tuple:
     if is_ernie_image_folder(directory):  # ErnieImagePipeline's check: 2^levels = 2 f (FLUX.2's patchified latents)
         return 2 * f, f"the VAE factor {f} x the 2 x 2 patches; ErnieImagePipeline refuses other sizes"
     from ..interop.pixart import is_pixart_folder
+    from ..interop.prx import is_prx_folder
     from ..interop.sana import is_sana_folder
+    if is_prx_folder(directory):  # PRXPipeline.check_inputs: whole patches of its VAE's factor (DC-AE's or KL's)
+        if "encoder_block_out_channels" in vae:
+            f = 2 ** (len(vae["encoder_block_out_channels"]) - 1)
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 2))
+        return f * patch, f"the VAE factor {f} x the transformer's patch size {patch}"
     if is_sana_folder(directory):  # DC-AE's factor; SanaPipeline.check_inputs' 32
         f = 2 ** (len(vae.get("encoder_block_out_channels", [0])) - 1)
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",

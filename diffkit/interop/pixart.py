@@ -141,9 +141,9 @@ def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
     for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "HiDream" for a HiDream-I1 one, "Lumina-Next" for a
     Lumina-Next one, "CogView4" for a CogView4 one, "CogView3Plus" for a CogView3-Plus one, "DeepFloyd IF" for an IF
-    one (stage I or II), "Kandinsky 3" for a Kandinsky 3 one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
-    :mod:`.hunyuan_dit`, :mod:`.hidream`, :mod:`.lumina_next`, :mod:`.cogview4`, :mod:`.cogview3plus`,
-    :mod:`.deepfloyd_if`, :mod:`.kandinsky3`: the same command path), else None."""
+    one (stage I or II), "Kandinsky 3" for a Kandinsky 3 one, "PRX" for a PRX one (:mod:`.sana`, :mod:`.lumina2`,
+    :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.hidream`, :mod:`.lumina_next`, :mod:`.cogview4`,
+    :mod:`.cogview3plus`, :mod:`.deepfloyd_if`, :mod:`.kandinsky3`, :mod:`.prx`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .deepfloyd_if import is_deepfloyd_if_folder
@@ -172,6 +172,9 @@ def masked_text_folder(path) -> Optional[str]:
     from .cogview4 import is_cogview4_folder
     if is_auraflow_folder(path):
         return "AuraFlow"
+    from .prx import is_prx_folder
+    if is_prx_folder(path):
+        return "PRX"
     return "CogView4" if is_cogview4_folder(path) else "CogView3Plus" if is_cogview3plus_folder(path) else None
 
 
@@ -326,11 +329,23 @@ class PixArt(FlowLatentVAE):
         c = self.transformer.config
         return int(c.out_channels) == 2 * int(c.in_channels)
 
+    @property
+    def default_side(self) -> int:
+        """The pipelines' default height and width in pixels: the transformer's ``sample_size`` x f."""
+        return int(self.transformer.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def bins_key(self) -> int:
+        """The key of this folder's table in :meth:`aspect_ratio_bins`: the transformer's ``sample_size``."""
+        return int(self.transformer.config.sample_size)
+
+    bins_key_name = "a transformer sample_size"  # what :attr:`bins_key` is, in binned_size's refusal
+
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
-        """(batch, in_channels, height / f, width / f); default size sample_size * f (the pipelines'); sides
+        """(batch, in_channels, height / f, width / f); default size :attr:`default_side` (the pipelines'); sides
         multiples of lcm(8, f * patch_size) (their ``check_inputs``' 8, :attr:`size_multiple`, and whole patches)."""
         f, patch = self.vae_scale_factor, int(self.transformer.config.patch_size)
-        size = int(self.transformer.config.sample_size) * f
+        size = self.default_side
         height = size if height is None else height
         width = size if width is None else width
         multiple = math.lcm(self.size_multiple, f * patch)
@@ -472,11 +487,11 @@ def binned_size(pixart: PixArt, height: Optional[int], width: Optional[int]) -> 
     require("diffusers")
     from diffusers.image_processor import PixArtImageProcessor
     bins = pixart.aspect_ratio_bins()
-    sample = int(pixart.transformer.config.sample_size)
+    sample = pixart.bins_key
     if sample not in bins:
-        raise DiffkitError(f"resolution binning needs a transformer sample_size of {', '.join(map(str, bins))} (the "
+        raise DiffkitError(f"resolution binning needs {pixart.bins_key_name} of {', '.join(map(str, bins))} (the "
                            f"pipeline's aspect-ratio tables); this one has {sample}: draw without it")
-    size = sample * pixart.vae_scale_factor
+    size = pixart.default_side
     return PixArtImageProcessor.classify_height_width_bin(size if height is None else height,
                                                           size if width is None else width, ratios=bins[sample])
 
@@ -542,7 +557,7 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
         for name, value in (("height", height), ("width", width)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise DiffkitError(f"{name}={value!r} is not allowed; give a positive integer")
-        size = int(pixart.transformer.config.sample_size) * pixart.vae_scale_factor
+        size = pixart.default_side
         asked = (size if height is None else height, size if width is None else width)
         height, width = binned_size(pixart, *asked)
     noise, shape = start_latents(pixart, latents, len(prompts), height, width)
