@@ -348,10 +348,9 @@ def _run(args) -> int:
         raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline) as "
                            f"--checkpoint; {args.checkpoint} is not one")
     from ..interop.flux2 import is_flux2_folder
-    if is_flux2_folder(args.checkpoint):
-        raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "
-                           f"reference images and Flux2KleinInpaintPipeline are not driven); sample it with diffkit "
-                           f"sample")
+    if is_flux2_folder(args.checkpoint):  # a Klein folder with --mask, as Flux2KleinInpaintPipeline (._flux2)
+        from ._flux2 import edit_flux2
+        return edit_flux2(args)
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a Stable Cascade folder, which diffkit edit does not take (diffusers "
