@@ -99,8 +99,8 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
 
 
 EDIT_TAKES = ("--images, --mask (required), --prompt, --negative-prompt, --guidance-scale (--guidance-convention), "
-              "--strength, --padding-mask-crop, --image-reference (one PNG), --max-sequence-length, --lora, --steps, --sampler and its grid "
-              "options, --eta")
+              "--strength, --padding-mask-crop, --image-reference (one PNG), --max-sequence-length, --lora, --steps, "
+              "--sampler and its grid options, --eta")
 EDIT_FLAGS = {  # diffkit edit's dests a Flux2KleinPipeline folder takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "images", "mask", "out", "prompts", "negative_prompt", "max_sequence_length",
     "strength", "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "guidance_convention", "seed",
@@ -110,14 +110,15 @@ KLEIN_INPAINT = "Flux2KleinInpaintPipeline"
 
 def check_klein_edit(args) -> None:
     """One line, from the JSON alone, for ``diffkit edit`` on a FLUX.2 folder it does not run: a Flux2Pipeline
-    folder, no ``--mask`` (diffusers 0.42.1 has no FLUX.2 img2img), an ``--image-reference`` folder or a file that is no image."""
+    folder, no ``--mask`` (diffusers 0.42.1 has no FLUX.2 img2img), an ``--image-reference`` folder or a file that
+    is no image."""
     from ..interop.flux2 import FLUX2_KLEIN_PIPELINE, flux2_kind
     from ..interop.ip_adapter import open_image
     directory = args.checkpoint
     if flux2_kind(directory) != FLUX2_KLEIN_PIPELINE:
-        raise DiffkitError(f"{directory} is a FLUX.2 folder that diffkit edit does not take: diffusers 0.42.1 edits "
-                           f"FLUX.2 only as {KLEIN_INPAINT} (a {FLUX2_KLEIN_PIPELINE} folder, with --mask); give its "
-                           f"reference images to diffkit sample --reference-image")
+        raise DiffkitError(f"{directory} is a FLUX.2 folder, which diffkit edit does not take as a Flux2Pipeline one: "
+                           f"diffusers 0.42.1 edits FLUX.2 only as {KLEIN_INPAINT} (a {FLUX2_KLEIN_PIPELINE} folder, "
+                           f"with --mask); give its reference images to diffkit sample --reference-image")
     if args.mask is None:
         raise DiffkitError(f"{directory} is a {FLUX2_KLEIN_PIPELINE} folder: diffkit edit inpaints it as "
                            f"{KLEIN_INPAINT} and needs --mask PNG (white = repaint); diffusers 0.42.1 has no FLUX.2 "
