@@ -465,10 +465,12 @@ def test_klein_inpainting_is_flux2_klein_inpaint_pipeline(klein_folder, tmp_path
         error = relative_error(klein.vae_latents(ours), theirs)
         print("Flux2KleinInpaintPipeline latents", sorted(call), error)
         assert error < 1e-5  # measured: see docs/interop.md
-    for bad, expected in ((dict(mask=None), "no FLUX.2 img2img pipeline"),
-                          (dict(mask=mask, strength=1.5), "strength")):
+    big = torch.zeros(1, 3, 1024, 1028)
+    for pixels, bad, expected in ((images, dict(mask=None), "no FLUX.2 img2img pipeline"),
+                                  (images, dict(mask=mask, strength=1.5), "strength"),
+                                  (big, dict(mask=big[:, :1]), "shrinks an image above 1048576 pixels")):
         with pytest.raises(DiffkitError, match=expected):
-            image_to_image(klein, images, PROMPTS, steps=2, **bad)
+            image_to_image(klein, pixels, PROMPTS[:1], steps=2, **bad)
 
 
 def test_edit_command_inpaints_klein_folders(klein_folder, flux2_folder, tmp_path, capsys):

@@ -41,7 +41,9 @@ FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 f
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
 ``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
-(strength 0.6; ``diffkit.interop.qwen_image``, the same path); a Qwen-Image-Edit folder as QwenImageEditPipeline
+(strength 0.6; ``diffkit.interop.qwen_image``, the same path); a FLUX.2 Klein folder takes ``--mask`` only, as
+Flux2KleinInpaintPipeline (strength 0.8, CFG 8.0, ``--image-reference PNG`` in context;
+``diffkit.interop.flux2_inpaint``, ``._flux2``); a Qwen-Image-Edit folder as QwenImageEditPipeline
 (the instruction's prompt sees the image, its latents beside the noisy ones, the size of its aspect ratio at 1024^2 or
 ``--max-area``; a Plus folder edits each image alone; ``diffkit.interop.qwen_image_edit``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
