@@ -131,15 +131,15 @@ def register(sub) -> None:
     m = p.add_argument_group("img2img and inpainting (docs/editing.md)")
     m.add_argument("--mask", type=path_arg,
                    metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint (a FLUX.1 "
-                                       "Fill folder: required)")
+                                       "Fill or FLUX.2 Klein folder: required)")
     m.add_argument("--padding-mask-crop", type=int_in(0, MAX_COUNT), metavar="N",
-                   help="with --mask on SD / SD-XL / SD3 / FLUX.1 folders: inpaint only the mask's bounding box plus "
-                        "N pixels, grown to the edit's aspect ratio and resized to its size, then paste it back into "
+                   help="with --mask on SD / SD-XL / SD3 / FLUX.1 / FLUX.2 Klein folders: inpaint only the mask's "
+                        "bounding box plus N pixels, grown to the edit's aspect ratio and resized to its size, then paste it back into "
                         "the original image under the mask (diffusers' padding_mask_crop; docs/editing.md)")
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only; "
-                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; DeepFloyd IF: its pipelines')")
+                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; FLUX.2 Klein 0.8; DeepFloyd IF: its pipelines')")
     m.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")
