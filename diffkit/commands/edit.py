@@ -134,8 +134,9 @@ def register(sub) -> None:
                                        "Fill or FLUX.2 Klein folder: required)")
     m.add_argument("--padding-mask-crop", type=int_in(0, MAX_COUNT), metavar="N",
                    help="with --mask on SD / SD-XL / SD3 / FLUX.1 / FLUX.2 Klein folders: inpaint only the mask's "
-                        "bounding box plus N pixels, grown to the edit's aspect ratio and resized to its size, then paste it back into "
-                        "the original image under the mask (diffusers' padding_mask_crop; docs/editing.md)")
+                        "bounding box plus N pixels, grown to the edit's aspect ratio and resized to its size, then "
+                        "paste it back into the original image under the mask (diffusers' padding_mask_crop; "
+                        "docs/editing.md)")
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only; "
