@@ -1,11 +1,14 @@
 """``diffkit sample --checkpoint FLUX2_FOLDER --prompt TEXT``: a FLUX.2 diffusers folder (``Flux2Pipeline`` or
 ``Flux2KleinPipeline``, :mod:`diffkit.interop.flux2`) with any diffkit sampler, dispatched from
-:func:`diffkit.commands.sample.sample_to_files`."""
+:func:`diffkit.commands.sample.sample_to_files`; ``diffkit edit --checkpoint KLEIN_FOLDER --mask ...``: inpainting
+as ``Flux2KleinInpaintPipeline`` (:func:`edit_flux2`, :mod:`diffkit.interop.flux2_inpaint`), dispatched from
+:func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
 from typing import Optional
 
 from ..errors import DiffkitError
+from ._chroma import NO_ADAPTER_EDIT_FLAGS
 
 TAKES = ("--prompt, --negative-prompt (a Flux2KleinPipeline folder's CFG), --reference-image, --guidance-scale "
          "(Flux2Pipeline: the embedded guidance; Klein: CFG, --guidance-convention), --max-sequence-length, --height / "
@@ -101,10 +104,8 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
 EDIT_TAKES = ("--images, --mask (required), --prompt, --negative-prompt, --guidance-scale (--guidance-convention), "
               "--strength, --padding-mask-crop, --image-reference (one PNG), --max-sequence-length, --lora, --steps, "
               "--sampler and its grid options, --eta")
-EDIT_FLAGS = {  # diffkit edit's dests a Flux2KleinPipeline folder takes (the rest must stay at their defaults)
-    "command", "func", "checkpoint", "images", "mask", "out", "prompts", "negative_prompt", "max_sequence_length",
-    "strength", "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "guidance_convention", "seed",
-    "batch_size", "device", "progress", "lora", "image_reference", "padding_mask_crop"}
+EDIT_FLAGS = (NO_ADAPTER_EDIT_FLAGS - {"posterior", "height", "width"}) | {  # a Klein folder's (the image's size,
+    "lora", "image_reference", "padding_mask_crop"}                            # the posterior's mode: the pipeline's)
 KLEIN_INPAINT = "Flux2KleinInpaintPipeline"
 
 
