@@ -465,6 +465,23 @@ def test_klein_inpainting_is_flux2_klein_inpaint_pipeline(klein_folder, tmp_path
         error = relative_error(klein.vae_latents(ours), theirs)
         print("Flux2KleinInpaintPipeline latents", sorted(call), error)
         assert error < 1e-5  # measured: see docs/interop.md
+    pipe.register_to_config(is_distilled=True)
+    klein.distilled = True
+    try:  # a distilled folder: unguided (the pipeline ignores its default 8.0)
+        with torch.no_grad():
+            theirs = pipe(prompt=PROMPTS[:1], image=pils[:1], mask_image=Image.open(mask_path), num_inference_steps=2,
+                          max_sequence_length=LENGTH, generator=torch.Generator().manual_seed(5),
+                          output_type="latent").images
+        ours = image_to_image(klein, images[:1], PROMPTS[:1], steps=2, mask=mask, seed=5, max_sequence_length=LENGTH,
+                              return_latents=True)
+        print("Flux2KleinInpaintPipeline distilled", relative_error(klein.vae_latents(ours), theirs))
+        assert relative_error(klein.vae_latents(ours), theirs) < 1e-5
+    finally:
+        pipe.register_to_config(is_distilled=False)
+        klein.distilled = False
+    ours = image_to_image(klein, images[:1], PROMPTS[:1], 0.7, mask=mask, sampler="unipc", steps=3,
+                          guidance_scale=1.0, max_sequence_length=LENGTH, return_latents=True)
+    assert ours.shape == (1, 16, 8, 12) and bool(torch.isfinite(ours).all())
     big = torch.zeros(1, 3, 1024, 1028)
     for pixels, bad, expected in ((images, dict(mask=None), "no FLUX.2 img2img pipeline"),
                                   (images, dict(mask=mask, strength=1.5), "strength"),
