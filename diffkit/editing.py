@@ -221,12 +221,15 @@ class InpaintingDenoiser(Wrapper):
     ``first_input``: what the network sees at its first evaluation instead of the state (then
     dropped): :func:`inpaint`'s ``start="noise"``, pure noise where the state's kept region is
     already q(x_T | x_known). ``blend``: a noise n; the kept region of every state is set to
-    alpha_t x_known + sigma_t n before the call (:func:`inpaint`'s ``blend_noise``)."""
+    alpha_t x_known + sigma_t n before the call (:func:`inpaint`'s ``blend_noise``). ``replace=False`` (with
+    ``blend``): x_0 is the network's everywhere, the kept region enters by the blend alone (diffusers' own
+    inpainting loops: where a fractional mask value m blends, the replacement would weigh the step by m twice)."""
 
     def __init__(self, inner, known: torch.Tensor, mask: torch.Tensor, fixed_large: bool = False,
-                 first_input: Optional[torch.Tensor] = None, blend: Optional[torch.Tensor] = None):
+                 first_input: Optional[torch.Tensor] = None, blend: Optional[torch.Tensor] = None,
+                 replace: bool = True):
         self.inner, self.known, self.mask, self.fixed_large = inner, known, mask, fixed_large
-        self.first_input, self.blend = first_input, blend
+        self.first_input, self.blend, self.replace = first_input, blend, replace
 
     learned_variance = property(lambda self: self.fixed_large or getattr(self.inner, "learned_variance", False))
 
@@ -236,7 +239,7 @@ class InpaintingDenoiser(Wrapper):
             x = mask * x + (1 - mask) * diffusion.q_sample(self.schedule, known, t, self.blend.to(x)).to(x.dtype)
         seen, self.first_input = (x if self.first_input is None else self.first_input.to(x)), None
         pred = self.inner(seen, t, **cond)
-        out = with_x0(self.schedule, x, t, mask * pred.x0 + (1 - mask) * known, pred)
+        out = with_x0(self.schedule, x, t, mask * pred.x0 + (1 - mask) * known if self.replace else pred.x0, pred)
         if self.fixed_large:
             out.var_values = torch.ones_like(x)
         if out.var_values is not None:
@@ -329,7 +332,7 @@ STARTS = ("image", "noise")
 
 def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, strength: float = 1.0,
             start: str = "image", jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0,
-            blend_noise: bool = False,
+            blend_noise: bool = False, replace: bool = True,
             spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None, generator=None,
             cond: Optional[dict] = None,
             thresholding: Optional[str] = None, progress: bool = True, callback=None, value_range=DATA_RANGE,
@@ -362,6 +365,10 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     with a stochastic step, e.g. LCM's or TCD's, the kept region then holds n, not that step's fresh draw), and
     each generator skips one draw of the image's shape after n (the pipeline's posterior sample of the masked
     image's latents, which a 4-channel UNet does not use), so that the steps' noise is the pipeline's.
+    ``replace=False`` (needs ``blend_noise``): the kept region's x_0 is not replaced, the blend alone keeps it, as
+    diffusers' loops blend ``(1 - m) scale_noise(z, next t, n) + m x`` after each step; the same where the mask is
+    0 or 1, and that loop exactly where a resized mask holds values between (FLUX.2 Klein's bilinear one,
+    :mod:`diffkit.interop.flux2_inpaint`).
 
     The hand-over to a refiner (diffusers' "inpainting with the refiner", :mod:`diffkit.handover`):
     ``denoising_end`` (an option) cuts the strength's grid at int(round(T - f T)) (:func:`~diffkit.handover
@@ -393,6 +400,8 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     if start == "noise" and strength != 1:
         raise DiffkitError(f"start='noise' (pure noise, diffusers' inpainting at strength 1) needs strength 1; got "
                            f"strength={strength}")
+    if not replace and not blend_noise:
+        raise DiffkitError("replace=False (the kept region kept by the blend alone) needs blend_noise=True")
     if jump_n_sample > 1 and blend_noise:
         raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) does not go with blend_noise=True "
                            f"(the kept region fixed to the first noise); allowed: jump_n_sample=1")
@@ -413,7 +422,7 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
         if start == "noise":  # the repainted region n itself, the kept one q(x_T | x_known) as before
             x = mask * noise + (1 - mask) * x
         wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large, noise if start == "noise" else None,
-                                     noise if blend_noise else None)
+                                     noise if blend_noise else None, replace)
     if jump_n_sample > 1:
         walk = repaint_walk(len(grid) - 1, jump_length, jump_n_sample)
         out = _resampled(wrapped, x, grid, walk, generator, cond, callback, progress, options)

@@ -39,12 +39,15 @@ def check_pixels(denoiser, autoencoder, images: torch.Tensor) -> None:
                            f"(batch, {channels}, H, W) images of {wanted} (its latents are 1/{f} of that)")
 
 
-def latent_mask(mask: torch.Tensor, size) -> torch.Tensor:
+def latent_mask(mask: torch.Tensor, size, mode: str = "nearest") -> torch.Tensor:
     """A pixel mask (B, 1, H, W), 1 = repaint, at the latent size (h, w) as diffusers'
     ``StableDiffusionInpaintPipeline`` makes it: binarised at 0.5 (its ``mask_processor``,
     ``do_binarize=True``: < 0.5 -> 0, >= 0.5 -> 1), then ``F.interpolate`` to (h, w) with its default
-    mode, nearest (``prepare_mask_latents``): latent cell (i, j) takes pixel (floor(i H / h), floor(j W / w))."""
-    return F.interpolate((mask >= 0.5).to(mask.dtype), size=tuple(size))
+    mode, nearest (``prepare_mask_latents``): latent cell (i, j) takes pixel (floor(i H / h), floor(j W / w)).
+    ``mode="bilinear"``: ``Flux2KleinInpaintPipeline``'s (values between 0 and 1 where the binary mask's edge
+    crosses a cell's two middle pixels)."""
+    check_choice("mode", mode, ("nearest", "bilinear"))
+    return F.interpolate((mask >= 0.5).to(mask.dtype), size=tuple(size), mode=mode)
 
 
 def encode_images(autoencoder, images: torch.Tensor, posterior: str, generator) -> torch.Tensor:
@@ -75,7 +78,8 @@ def latent_img2img(denoiser, autoencoder, images, strength: float = 0.8, sampler
 
 def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", steps: int = 50, *,
                    strength: float = 1.0, posterior: str = "mean", paste: bool = False, seed: Optional[int] = None,
-                   generator=None, return_latents: bool = False, **options) -> torch.Tensor:
+                   generator=None, return_latents: bool = False, mask_mode: str = "nearest",
+                   **options) -> torch.Tensor:
     """Inpainting in latent space with a plain (4-channel) network: the mask (B or 1, 1, H, W),
     1 = repaint, goes to the latent size by :func:`latent_mask`, and :func:`diffkit.inpaint` runs on
     the latents (replacement: the kept region's x_0 is the known latent at every step,
@@ -93,7 +97,8 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
     with it instead: the mask and the masked image's latents are the UNet's input, nothing is replaced
     (:func:`~diffkit.interop.sd_inpaint.unet_inpaint`; RePaint and reconstruction guidance refused). With a
     stochastic step (LCM's, TCD's) diffusers' states need :func:`diffkit.inpaint`'s ``blend_noise`` in ``options``
-    (:mod:`diffkit.interop.lcm_edit`)."""
+    (:mod:`diffkit.interop.lcm_edit`). ``mask_mode``: :func:`latent_mask`'s resize (FLUX.2 Klein's bilinear one,
+    :mod:`diffkit.interop.flux2_inpaint`)."""
     images = check_images(images, "images", DATA_RANGE, skippable=False)
     check_pixels(denoiser, autoencoder, images)
     if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[1] != 1:
@@ -107,7 +112,7 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
                          posterior=posterior, generator=generator, **options)
     else:
         z = encode_images(autoencoder, images, posterior, generator)
-        z = inpaint(denoiser, z, latent_mask(pixel_mask, z.shape[2:]).expand_as(z), sampler, steps,
+        z = inpaint(denoiser, z, latent_mask(pixel_mask, z.shape[2:], mask_mode).expand_as(z), sampler, steps,
                     strength=strength, start="noise" if strength == 1 else "image", generator=generator,
                     value_range=None, **options)
     if return_latents:

@@ -421,3 +421,116 @@ def test_flux2_lokr_file_samples_as_the_pipeline(flux2_folder, tmp_path):
     error = relative_error(_ours(ours, noise).flatten(2).transpose(1, 2), expected)
     print("FLUX.2 LoKr z_0", error, float((expected - _theirs(pipe, noise)).abs().max()))
     assert error < 1e-5  # measured: see docs/interop.md
+
+
+def _inpaint_inputs(root):
+    """Two random 32 x 48 RGB PNGs (a folder), a mask whose edges cross latent cells (bilinear: 1/2 there) and a
+    40 x 24 reference PNG; (folder, mask path, reference path, images in [-1, 1], mask in [0, 1])."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+    mask = np.zeros((32, 48), np.uint8)
+    mask[5:22, 9:30] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.fromarray(rng.integers(0, 255, (40, 24, 3), dtype=np.uint8)).save(root / "ref.png")
+    from diffkit.commands.edit import read_mask, read_pngs
+    images = read_pngs(root / "images", "RGB")[0]
+    return root / "images", root / "mask.png", root / "ref.png", images, read_mask(root / "mask.png", images)
+
+
+def test_klein_inpainting_is_flux2_klein_inpaint_pipeline(klein_folder, tmp_path):
+    """Flux2KleinInpaintPipeline's z_0 (output_type="latent") from the same seeds: strength 0.8 (all 4 steps) with CFG
+    s = 8.0 (its defaults), 0.6 unguided (s = 1: 3 of 4 steps), and with an image_reference; the bilinear mask holds
+    1/2 at the edges, where the blend alone (not a replaced x_0) is the pipeline's."""
+    from PIL import Image
+    from diffkit.interop.flux2_inpaint import image_to_image
+    from diffkit.latent_editing import latent_mask
+    _, path, klein = klein_folder
+    pipe = diffusers.Flux2KleinInpaintPipeline.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    folder, mask_path, ref, images, mask = _inpaint_inputs(tmp_path)
+    cells = latent_mask(mask, (8, 12), "bilinear")
+    assert bool(((cells > 0) & (cells < 1)).any())
+    pils = [Image.open(folder / f"{i}.png").convert("RGB") for i in range(2)]
+    for call in ({}, {"strength": 0.6, "guidance_scale": 1.0}, {"strength": 0.6, "image_reference": Image.open(ref)}):
+        seeds = [torch.Generator().manual_seed(5 + i) for i in range(2)]
+        with torch.no_grad():
+            theirs = pipe(prompt=PROMPTS, image=pils, mask_image=Image.open(mask_path), num_inference_steps=4,
+                          max_sequence_length=LENGTH, generator=seeds, output_type="latent", **call).images
+        ours = image_to_image(klein, images, PROMPTS, steps=4, mask=mask, seed=5, max_sequence_length=LENGTH,
+                              return_latents=True, **call)
+        error = relative_error(klein.vae_latents(ours), theirs)
+        print("Flux2KleinInpaintPipeline latents", sorted(call), error)
+        assert error < 1e-5  # measured: see docs/interop.md
+    pipe.register_to_config(is_distilled=True)
+    klein.distilled = True
+    try:  # a distilled folder: unguided (the pipeline ignores its default 8.0)
+        with torch.no_grad():
+            theirs = pipe(prompt=PROMPTS[:1], image=pils[:1], mask_image=Image.open(mask_path), num_inference_steps=2,
+                          max_sequence_length=LENGTH, generator=torch.Generator().manual_seed(5),
+                          output_type="latent").images
+        ours = image_to_image(klein, images[:1], PROMPTS[:1], steps=2, mask=mask, seed=5, max_sequence_length=LENGTH,
+                              return_latents=True)
+        print("Flux2KleinInpaintPipeline distilled", relative_error(klein.vae_latents(ours), theirs))
+        assert relative_error(klein.vae_latents(ours), theirs) < 1e-5
+    finally:
+        pipe.register_to_config(is_distilled=False)
+        klein.distilled = False
+    ours = image_to_image(klein, images[:1], PROMPTS[:1], 0.7, mask=mask, sampler="unipc", steps=3,
+                          guidance_scale=1.0, max_sequence_length=LENGTH, return_latents=True)
+    assert ours.shape == (1, 16, 8, 12) and bool(torch.isfinite(ours).all())
+    big = torch.zeros(1, 3, 1024, 1028)
+    for pixels, bad, expected in ((images, dict(mask=None), "no FLUX.2 img2img pipeline"),
+                                  (images, dict(mask=mask, strength=1.5), "strength"),
+                                  (big, dict(mask=big[:, :1]), "shrinks an image above 1048576 pixels")):
+        with pytest.raises(DiffkitError, match=expected):
+            image_to_image(klein, pixels, PROMPTS[:1], steps=2, **bad)
+
+
+def test_edit_command_inpaints_klein_folders(klein_folder, flux2_folder, tmp_path, capsys):
+    """``diffkit edit --mask`` on a Klein folder: the library's images byte for byte (--strength, --image-reference,
+    both in one batch); --padding-mask-crop: the pipeline's PIL output with padding_mask_crop (Flux2ImageProcessor's
+    centre-cropping overlay) to the byte; no --mask, a Flux2Pipeline folder, --height, an --image-reference folder:
+    one line, no folder."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.images import save_images
+    from diffkit.interop.flux2_inpaint import image_to_image
+    pipe, path, klein = klein_folder
+    folder, mask_path, ref, images, mask = _inpaint_inputs(tmp_path)
+    argv = ["edit", "--checkpoint", str(path), "--images", str(folder), "--mask", str(mask_path), "--prompt",
+            PROMPTS[0], "--steps", "3", "--seed", "5", "--max-sequence-length", str(LENGTH), "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "out"), "--strength", "0.7", "--image-reference", str(ref),
+                        "--batch-size", "2"]) == 0
+    save_images(image_to_image(klein, images, PROMPTS[0], 0.7, mask=mask, image_reference=ref, steps=3, seed=5,
+                               max_sequence_length=LENGTH, output_range="-1,1"), tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        name = f"edit_0000{i}.png"
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    assert main(argv + ["--out", str(tmp_path / "crop"), "--padding-mask-crop", "2"]) == 0
+    inpaint = diffusers.Flux2KleinInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    for i in range(2):
+        with torch.no_grad():
+            theirs = inpaint(prompt=PROMPTS[0], image=Image.open(folder / f"{i}.png").convert("RGB"),
+                             mask_image=Image.open(mask_path), num_inference_steps=3, max_sequence_length=LENGTH,
+                             generator=torch.Generator().manual_seed(5 + i), padding_mask_crop=2).images[0]
+        ours = Image.open(tmp_path / "crop" / f"edit_0000{i}.png").convert("RGB")
+        assert np.abs(np.asarray(ours, dtype=int) - np.asarray(theirs, dtype=int)).max() <= 1
+    (tmp_path / "refs").mkdir()
+    for checkpoint, extra, expected in (
+            (path, ["--mask", None], "needs --mask PNG (white = repaint); diffusers 0.42.1 has no FLUX.2 img2img"),
+            (flux2_folder[1], [], "which diffkit edit does not take as a Flux2Pipeline one"),
+            (path, ["--height", "32"], "--height does not apply to a FLUX.2 Klein folder"),
+            (path, ["--image-reference", str(tmp_path / "refs")], "a FLUX.2 Klein folder takes one PNG")):
+        call = [str(checkpoint) if a == str(path) else a for a in argv]
+        if extra[:2] == ["--mask", None]:
+            call, extra = call[:call.index("--mask")] + call[call.index("--mask") + 2:], []
+        capsys.readouterr()
+        assert main(call + extra + ["--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "never").exists()

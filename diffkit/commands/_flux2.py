@@ -1,11 +1,14 @@
 """``diffkit sample --checkpoint FLUX2_FOLDER --prompt TEXT``: a FLUX.2 diffusers folder (``Flux2Pipeline`` or
 ``Flux2KleinPipeline``, :mod:`diffkit.interop.flux2`) with any diffkit sampler, dispatched from
-:func:`diffkit.commands.sample.sample_to_files`."""
+:func:`diffkit.commands.sample.sample_to_files`; ``diffkit edit --checkpoint KLEIN_FOLDER --mask ...``: inpainting
+as ``Flux2KleinInpaintPipeline`` (:func:`edit_flux2`, :mod:`diffkit.interop.flux2_inpaint`), dispatched from
+:func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
 from typing import Optional
 
 from ..errors import DiffkitError
+from ._chroma import NO_ADAPTER_EDIT_FLAGS
 
 TAKES = ("--prompt, --negative-prompt (a Flux2KleinPipeline folder's CFG), --reference-image, --guidance-scale "
          "(Flux2Pipeline: the embedded guidance; Klein: CFG, --guidance-convention), --max-sequence-length, --height / "
@@ -96,3 +99,96 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
     grid = "the pipeline's sigmas" if own else "its diffkit grid"
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, {flux2.pipeline} folder {directory}, prompts {prompts})")
     return images
+
+
+EDIT_TAKES = ("--images, --mask (required), --prompt, --negative-prompt, --guidance-scale (--guidance-convention), "
+              "--strength, --padding-mask-crop, --image-reference (one PNG), --max-sequence-length, --lora, --steps, "
+              "--sampler and its grid options, --eta")
+EDIT_FLAGS = (NO_ADAPTER_EDIT_FLAGS - {"posterior", "height", "width"}) | {  # a Klein folder's (the image's size,
+    "lora", "image_reference", "padding_mask_crop"}                            # the posterior's mode: the pipeline's)
+KLEIN_INPAINT = "Flux2KleinInpaintPipeline"
+
+
+def check_klein_edit(args) -> None:
+    """One line, from the JSON alone, for ``diffkit edit`` on a FLUX.2 folder it does not run: a Flux2Pipeline
+    folder, no ``--mask`` (diffusers 0.42.1 has no FLUX.2 img2img), an ``--image-reference`` folder or a file that
+    is no image."""
+    from ..interop.flux2 import FLUX2_KLEIN_PIPELINE, flux2_kind
+    from ..interop.ip_adapter import open_image
+    directory = args.checkpoint
+    if flux2_kind(directory) != FLUX2_KLEIN_PIPELINE:
+        raise DiffkitError(f"{directory} is a FLUX.2 folder, which diffkit edit does not take as a Flux2Pipeline one: "
+                           f"diffusers 0.42.1 edits FLUX.2 only as {KLEIN_INPAINT} (a {FLUX2_KLEIN_PIPELINE} folder, "
+                           f"with --mask); give its reference images to diffkit sample --reference-image")
+    if args.mask is None:
+        raise DiffkitError(f"{directory} is a {FLUX2_KLEIN_PIPELINE} folder: diffkit edit inpaints it as "
+                           f"{KLEIN_INPAINT} and needs --mask PNG (white = repaint); diffusers 0.42.1 has no FLUX.2 "
+                           f"img2img pipeline")
+    reference = args.image_reference
+    if reference is not None:
+        from pathlib import Path
+        if Path(reference).is_dir():
+            raise DiffkitError(f"--image-reference {reference} is a folder; a FLUX.2 Klein folder takes one PNG, in "
+                               f"context for every image ({KLEIN_INPAINT}'s image_reference)")
+        try:
+            open_image(reference)
+        except DiffkitError:
+            raise DiffkitError(f"--image-reference {reference}: cannot be read as an image; give a PNG") from None
+
+
+def edit_flux2(args) -> int:
+    """``diffkit edit --checkpoint KLEIN_FOLDER --images PNG|DIR --mask PNG --prompt TEXT``: each image inpainted as
+    Flux2KleinInpaintPipeline (:func:`diffkit.interop.flux2_inpaint.image_to_image`: strength 0.8, 50 steps, CFG
+    s = 8.0 against ``--negative-prompt`` (default "") by default; image i's noise from ``--seed`` + i; ``ddim``
+    without a grid option on the pipeline's sigmas cut by get_timesteps, another sampler on its own grid) at the
+    images' size, ``--image-reference PNG`` in context for every image, ``--lora`` as in sampling; with
+    ``--padding-mask-crop N`` the mask's box inpainted and pasted back as the pipeline's ``padding_mask_crop``
+    (:mod:`diffkit.interop.mask_crop`; the box at the image's own size, and, as the pipeline's Flux2ImageProcessor
+    does, the output centre-cropped to the box's size, not resized, where it is pasted back). Every other edit
+    flag, a Flux2Pipeline folder and no ``--mask`` (:func:`check_klein_edit`): one line, before any weight is read
+    or any folder is made."""
+    import torch
+
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.flux2 import load_flux2
+    from ..interop.flux2_inpaint import KLEIN_INPAINT_STRENGTH, image_to_image
+    from ..interop.mask_crop import overlaid_edits
+    from ..memory import batches_with_oom_retry
+    from ._chroma import _guidance
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._pixart import prompted_edit_inputs
+    from ._sd3 import edit_sampling
+    from .edit import image_files
+
+    directory = args.checkpoint
+    check_klein_edit(args)
+    images, count, mask = prompted_edit_inputs(args, EDIT_FLAGS, "FLUX.2 Klein", KLEIN_INPAINT, EDIT_TAKES,
+                                               with_mask=True)
+    info, own, options, request = edit_sampling(args, directory)
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    klein = load_flux2(directory, device, progress=args.progress, lora=args.lora)
+    klein.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
+    how_guided = _guidance(request)
+    klein.check_guidance_scale(how_guided["guidance_scale"])
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        return (image_to_image(klein, images[start:start + n], prompts, args.strength, mask=mask,
+                               image_reference=args.image_reference, sampler=None if own else info.name,
+                               steps=args.steps, negative_prompt=args.negative_prompt, seed=args.seed + start,
+                               max_sequence_length=args.max_sequence_length or 512, output_range="-1,1",
+                               progress=args.progress, **how_guided, **({} if own else options)).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor  # its overlay: a centre crop
+        save_images(overlaid_edits(args, image_files(args.images), torch.cat(results), Flux2ImageProcessor()), out,
+                    prefix="edit")
+    how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
+    print(f"wrote {count} inpainted images to {out} (edit_00000.png ...; {KLEIN_INPAINT}, folder {directory}, "
+          f"strength {args.strength or KLEIN_INPAINT_STRENGTH}, {how}, prompts {list(args.prompts)})")
+    return 0

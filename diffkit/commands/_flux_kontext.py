@@ -27,7 +27,9 @@ def add_kontext_flags(parser) -> None:
                         help="FLUX.1 Kontext folders with --mask: the image in context instead of the image being "
                              "inpainted (FluxKontextInpaintPipeline's image_reference), resized to its own "
                              "preferred Kontext resolution (or floored, --no-auto-resize); a folder: one PNG per "
-                             "--images file (file-name order). Default: the image itself")
+                             "--images file (file-name order). Default: the image itself. FLUX.2 Klein folders with "
+                             "--mask: one PNG in context beside the image (Flux2KleinInpaintPipeline's "
+                             "image_reference)")
 
 
 def check_kontext_flags(args) -> None:
@@ -36,7 +38,8 @@ def check_kontext_flags(args) -> None:
     for flag, value in (("--max-area", args.max_area), ("--no-auto-resize", args.no_auto_resize or None),
                         ("--image-reference", args.image_reference)):
         if value is not None:
-            also = " or a Qwen-Image-Edit one (diffkit's area in place of its 1024^2)" if flag == "--max-area" else ""
+            also = {"--max-area": " or a Qwen-Image-Edit one (diffkit's area in place of its 1024^2)",
+                    "--image-reference": " or a FLUX.2 Klein one with --mask (Flux2KleinInpaintPipeline)"}.get(flag, "")
             raise DiffkitError(f"{flag} applies to a FLUX.1 Kontext folder (FluxKontextPipeline){also}; "
                                f"{args.checkpoint} is not one")
 

@@ -41,7 +41,9 @@ FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 f
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
 ``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
-(strength 0.6; ``diffkit.interop.qwen_image``, the same path); a Qwen-Image-Edit folder as QwenImageEditPipeline
+(strength 0.6; ``diffkit.interop.qwen_image``, the same path); a FLUX.2 Klein folder takes ``--mask`` only, as
+Flux2KleinInpaintPipeline (strength 0.8, CFG 8.0, ``--image-reference PNG`` in context;
+``diffkit.interop.flux2_inpaint``, ``._flux2``); a Qwen-Image-Edit folder as QwenImageEditPipeline
 (the instruction's prompt sees the image, its latents beside the noisy ones, the size of its aspect ratio at 1024^2 or
 ``--max-area``; a Plus folder edits each image alone; ``diffkit.interop.qwen_image_edit``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
@@ -129,15 +131,16 @@ def register(sub) -> None:
     m = p.add_argument_group("img2img and inpainting (docs/editing.md)")
     m.add_argument("--mask", type=path_arg,
                    metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint (a FLUX.1 "
-                                       "Fill folder: required)")
+                                       "Fill or FLUX.2 Klein folder: required)")
     m.add_argument("--padding-mask-crop", type=int_in(0, MAX_COUNT), metavar="N",
-                   help="with --mask on SD / SD-XL / SD3 / FLUX.1 folders: inpaint only the mask's bounding box plus "
-                        "N pixels, grown to the edit's aspect ratio and resized to its size, then paste it back into "
-                        "the original image under the mask (diffusers' padding_mask_crop; docs/editing.md)")
+                   help="with --mask on SD / SD-XL / SD3 / FLUX.1 / FLUX.2 Klein folders: inpaint only the mask's "
+                        "bounding box plus N pixels, grown to the edit's aspect ratio and resized to its size, then "
+                        "paste it back into the original image under the mask (diffusers' padding_mask_crop; "
+                        "docs/editing.md)")
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only; "
-                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; DeepFloyd IF: its pipelines')")
+                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; FLUX.2 Klein 0.8; DeepFloyd IF: its pipelines')")
     m.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")
@@ -352,10 +355,9 @@ def _run(args) -> int:
         raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline) as "
                            f"--checkpoint; {args.checkpoint} is not one")
     from ..interop.flux2 import is_flux2_folder
-    if is_flux2_folder(args.checkpoint):
-        raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "
-                           f"reference images and Flux2KleinInpaintPipeline are not driven); sample it with diffkit "
-                           f"sample")
+    if is_flux2_folder(args.checkpoint):  # a Klein folder with --mask, as Flux2KleinInpaintPipeline (._flux2)
+        from ._flux2 import edit_flux2
+        return edit_flux2(args)
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a Stable Cascade folder, which diffkit edit does not take (diffusers "

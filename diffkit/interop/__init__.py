@@ -38,7 +38,8 @@
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``).
 * :mod:`.flux2` - a FLUX.2 folder (``Flux2Pipeline``: Mistral-3; ``Flux2KleinPipeline``: Qwen3, real CFG) on FLUX.1's
-  flow Denoiser and grid; :mod:`.flux2_reference` its reference images in context.
+  flow Denoiser and grid; :mod:`.flux2_reference` its reference images in context; :mod:`.flux2_inpaint` a Klein
+  folder's inpainting (``Flux2KleinInpaintPipeline``).
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
   ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
@@ -115,7 +116,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "qwen_image_text_to_image": ("qwen_image", "text_to_image"),
             "qwen_image_image_to_image": ("qwen_image", "image_to_image"),
             "qwen_image_edit_image": ("qwen_image_edit", "edit_image"),
-            "flux2_text_to_image": ("flux2", "text_to_image"),
+            "flux2_text_to_image": ("flux2", "text_to_image"), "flux2_image_to_image": ("flux2_inpaint", "image_to_image"),
             "z_image_text_to_image": ("z_image", "text_to_image"),
             "z_image_image_to_image": ("z_image", "image_to_image"),
             "ovis_image_text_to_image": ("ovis_image", "text_to_image"),

@@ -161,6 +161,19 @@ class Flux2(Flux):
         shape = super().latent_shape(batch, height, width)
         return (batch, int(self.transformer.config.in_channels), shape[2] // 2, shape[3] // 2)
 
+    @property
+    def downsampling_factor(self) -> int:  # pixels per latent, as diffkit's latent editing reads it
+        return self.latent_scale_factor
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z of images in [-1, 1] (B, 3, H, W), the inverse of :meth:`vae_latents`, as the pipelines'
+        ``_encode_vae_image``: the VAE posterior's mode (the mean; ``sample``: a draw from ``generator``, which no
+        FLUX.2 pipeline makes), 2 x 2-patchified, (z - mu_bn) / sigma_bn."""
+        from .stable_diffusion import vae_latents
+        z = patchify(vae_latents(self.vae, images, self.device, generator, sample))
+        bn, eps = self.vae.bn, float(self.vae.config.batch_norm_eps)
+        return (z - bn.running_mean.view(1, -1, 1, 1).to(z.dtype)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + eps)
+
     def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
         """The pipelines' mu at latents h x w (h w tokens) and ``steps`` (default 50): :func:`empirical_mu`."""
         return empirical_mu(h * w, FLUX2_STEPS if steps is None else steps)

@@ -21,9 +21,10 @@ from ..errors import DiffkitError
 FLUX2_REFERENCE_AREA = 1024 * 1024  # the pipelines' largest reference area (pixels)
 
 
-def reference_images(flux2, images: Sequence) -> tuple:
+def reference_images(flux2, images: Sequence, check: bool = True) -> tuple:
     """([(1, 3, H_i, W_i) in [-1, 1]], (H_0, W_0)) of ``images`` (PIL images or paths), processed as the pipelines
-    (module docstring); a one-line DiffkitError for an image the processor refuses."""
+    (module docstring); a one-line DiffkitError for an image the processor refuses. ``check=False``: no
+    ``check_image_input`` (``Flux2KleinInpaintPipeline``'s ``image_reference``, :mod:`.flux2_inpaint`)."""
     from PIL import Image
     from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
     if isinstance(images, (str, Image.Image)) or not hasattr(images, "__len__") or not len(images):
@@ -37,7 +38,8 @@ def reference_images(flux2, images: Sequence) -> tuple:
             except (OSError, TypeError, AttributeError) as error:
                 raise DiffkitError(f"reference image {i} ({image!r}) is not allowed: {error}") from None
         try:
-            processor.check_image_input(image)
+            if check:
+                processor.check_image_input(image)
         except ValueError as error:
             raise DiffkitError(f"reference image {i} is not allowed: {error}") from None
         if image.size[0] * image.size[1] > FLUX2_REFERENCE_AREA:
@@ -48,21 +50,19 @@ def reference_images(flux2, images: Sequence) -> tuple:
 
 
 def reference_tokens(flux2, images: Sequence[torch.Tensor]) -> tuple:
-    """(tokens (1, N, 4 C), ids (1, N, 4)) of processed reference images (:func:`reference_images`): the VAE
-    posterior's mode, patchified and batch-norm normalised (``_encode_vae_image``), image i's ids at T = 10 + 10 i
-    (``_prepare_image_ids``)."""
-    from .flux2 import patchify, position_ids
-    bn, eps = flux2.vae.bn, float(flux2.vae.config.batch_norm_eps)
+    """(tokens (B, N, 4 C), ids (1, N, 4)) of processed reference images (:func:`reference_images`; each (1 or B,
+    3, H_i, W_i), one row given to every sample): the VAE posterior's mode, patchified and batch-norm normalised
+    (``_encode_vae_image``, :meth:`.flux2.Flux2.encode`), image i's ids at T = 10 + 10 i (``_prepare_image_ids``)."""
+    from .flux2 import position_ids
     tokens, ids = [], []
     for i, image in enumerate(images):
-        with torch.no_grad():
-            z = patchify(flux2.vae.encode(image.to(flux2.device, flux2.vae.dtype)).latent_dist.mode())
-        z = (z - bn.running_mean.view(1, -1, 1, 1).to(z.dtype)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + eps)
+        z = flux2.encode(image)
         tokens.append(z.flatten(2).transpose(1, 2))
         grid = position_ids(z.shape[2], z.shape[3], flux2.device)
         grid[:, 0] = 10 + 10 * i
         ids.append(grid)
-    return torch.cat(tokens, dim=1), torch.cat(ids)[None]
+    batch = max(t.shape[0] for t in tokens)
+    return torch.cat([t.expand(batch, -1, -1) for t in tokens], dim=1), torch.cat(ids)[None]
 
 
 __all__ = ["reference_images", "reference_tokens", "FLUX2_REFERENCE_AREA"]

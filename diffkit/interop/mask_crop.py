@@ -1,8 +1,8 @@
 """diffusers' ``padding_mask_crop`` for inpainting (``diffkit edit --mask M --padding-mask-crop N``), one module for
 every inpainting pipeline that offers it (StableDiffusion(XL)InpaintPipeline with 4- or 9-channel UNets,
-StableDiffusion3InpaintPipeline, FluxInpaintPipeline, and StableDiffusion(XL)ControlNetInpaintPipeline, whose
-control images are cropped with the same box and resized with the same mode:
-:func:`.controlnet.prepare_control_image`; diffusers 0.42.1):
+StableDiffusion3InpaintPipeline, FluxInpaintPipeline, Flux2KleinInpaintPipeline (the box at the image's own size)
+and StableDiffusion(XL)ControlNetInpaintPipeline, whose control images are cropped with the same box and resized
+with the same mode: :func:`.controlnet.prepare_control_image`; diffusers 0.42.1):
 
 1. :func:`crop_region` is ``VaeImageProcessor.get_crop_region(mask, width, height, pad=N)``: the bounding box of the
    mask's non-zero pixels, N pixels of margin on each side (clipped to the image), then grown about its centre
@@ -85,17 +85,19 @@ class MaskCrop:
         return (resized_pngs(files, *size, box=self.box),
                 resized_pngs([self.mask_file], *size, mask=True, box=self.box))
 
-    def overlaid(self, edited, files):
+    def overlaid(self, edited, files, processor=None):
         """``edited`` (B, 3, height, width) in [-1, 1], the inpainted crops of ``files``, at 8 bits (as the
         pipelines' ``output_type="pil"``) pasted into the original images by ``apply_overlay``: (B, 3, H0, W0)
-        in [-1, 1] of the originals' size."""
+        in [-1, 1] of the originals' size. ``processor``: the pipeline's image processor where it is not a
+        ``VaeImageProcessor()`` (Flux2KleinInpaintPipeline's ``Flux2ImageProcessor``, whose ``resize_mode="crop"``
+        centre-crops the output to the box's size without resizing it)."""
         import torch
         from PIL import Image
 
         from ..commands._image_size import pil_image
         from ..images import to_uint8
         from . import require
-        processor = require("diffusers").image_processor.VaeImageProcessor()  # Lanczos, as the pipelines'
+        processor = processor or require("diffusers").image_processor.VaeImageProcessor()  # Lanczos, as theirs
         out = []
         for crop, path in zip(to_uint8(edited), files):
             pasted = processor.apply_overlay(self.mask, pil_image(path, "RGB"), Image.fromarray(crop), self.box)
@@ -118,10 +120,11 @@ def mask_crop(args) -> Optional[MaskCrop]:
     return MaskCrop.of(mask_file(args.mask), *size, args.padding_mask_crop)
 
 
-def overlaid_edits(args, files, edited):
-    """``edited`` as :meth:`MaskCrop.overlaid` pastes it back with ``--padding-mask-crop``; else unchanged."""
+def overlaid_edits(args, files, edited, processor=None):
+    """``edited`` as :meth:`MaskCrop.overlaid` pastes it back with ``--padding-mask-crop`` (with ``processor``);
+    else unchanged."""
     crop = mask_crop(args)
-    return edited if crop is None else crop.overlaid(edited, files)
+    return edited if crop is None else crop.overlaid(edited, files, processor)
 
 
 def check_mask_crop(args) -> None:
@@ -157,9 +160,11 @@ def check_mask_crop(args) -> None:
         raise DiffkitError(f"{flag} does not apply to {folder} ({folder_variant(folder)}: "
                            f"FluxFillPipeline / FluxControlInpaintPipeline have no padding_mask_crop); it goes with "
                            f"FLUX.1 dev / schnell folders")
-    if not (is_stable_diffusion_folder(folder) or is_sd3_folder(folder) or is_flux_folder(folder)):
+    from .flux2 import is_flux2_folder  # FLUX.2 Klein (Flux2KleinInpaintPipeline): its folder kind checked there
+    if not (is_stable_diffusion_folder(folder) or is_sd3_folder(folder) or is_flux_folder(folder)
+            or is_flux2_folder(folder)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1; their "
-                           f"inpainting pipelines' padding_mask_crop); {folder} is not one")
+                           f"inpainting pipelines' padding_mask_crop, and FLUX.2 Klein's); {folder} is not one")
     if args.controlnets and not is_stable_diffusion_folder(folder):
         raise DiffkitError(f"{flag} does not go with --controlnet on an SD3 / FLUX.1 folder (diffusers 0.42.1: "
                            f"StableDiffusion3ControlNetInpaintingPipeline has no padding_mask_crop, "
