@@ -18,8 +18,8 @@ the file's ``lora_adapter_metadata`` (without it alpha = r). :func:`.sana_lora.r
 ``ErnieImageTransformer2DModel``. Refused in one line naming the file's key, before any weight is read: LyCORIS
 tensors (:func:`.lycoris_flow.refuse_lycoris`: the loader converts none), ``dora_scale`` (diffusers drops it with a
 warning and merges the rest: not the file's DoRA), ``.alpha`` / ``lora_down`` / ``lora_up`` keys (kohya's: the
-loader fails on them, "Invalid LoRA checkpoint" / an IndexError), any key outside the transformer after the renames (a text-encoder one: the loader drops it)
-and two keys the renames make one (diffusers keeps either).
+loader fails on them, "Invalid LoRA checkpoint" / an IndexError), any key outside the transformer after the renames
+(a text-encoder one: the loader drops it) and two keys the renames make one (diffusers keeps either).
 """
 from __future__ import annotations
 
