@@ -24,8 +24,10 @@ own, as ``ErnieImagePipeline`` does it:
 
 Not done: the pipeline's prompt enhancement (``use_pe``, on by default there when the folder has its ``pe``
 ``Ministral3ForCausalLM``: it *generates* a rewritten prompt by sampling); diffkit encodes the prompt as given, i.e.
-``use_pe=False`` (a folder's ``pe`` / ``pe_tokenizer`` are not loaded). LoRA files (the pipeline's
-``ErnieImageLoraLoaderMixin``) are refused in one line: not yet read by diffkit.
+``use_pe=False`` (a folder's ``pe`` / ``pe_tokenizer`` are not loaded).
+
+LoRA files: those the pipeline's ``ErnieImageLoraLoaderMixin`` loads (:mod:`.ernie_image_lora`), fused into the
+transformer as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``.
 
 Refused in one line before any weight is read (:func:`check_ernie_image_folder`): another pipeline class, a
 missing component, a transformer / VAE / text encoder / scheduler of another class, a transformer whose channels
@@ -148,13 +150,19 @@ def check_ernie_image_folder(directory) -> tuple:
 
 
 def load_ernie_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                     progress: bool = True) -> ErnieImage:
+                     progress: bool = True, lora=None) -> ErnieImage:
     """Load an ERNIE-Image diffusers folder (never downloads, never unpickles; its ``pe`` prompt enhancer is not
-    loaded); what diffkit does not drive is refused in one line before any weight is read."""
+    loaded); what diffkit does not drive is refused in one line before any weight is read. ``lora``: LoRA files
+    (paths or (path, scale) pairs) in the layouts ``ErnieImageLoraLoaderMixin`` loads, read and checked first
+    (:func:`.ernie_image_lora.read_ernie_image_loras`), fused as ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
+    from .ernie_image_lora import read_ernie_image_loras
     from .flow_latents import frozen_on, load_flow_parts
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_ernie_image_folder(directory)
+    loras = read_ernie_image_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.ErnieImageTransformer2DModel, {"": "Mistral3Model"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLFlux2)
     device = frozen_on(parts, device)
@@ -165,6 +173,7 @@ def load_ernie_image(directory: Union[str, Path], device="cpu", dtype: torch.dty
     if width != need:
         raise DiffkitError(f"{directory}: the transformer's text_in_dim={need} does not fit the text encoder's "
                            f"hidden size {width}")
+    merge_sd_loras(model, loras)
     return model
 
 

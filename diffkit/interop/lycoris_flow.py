@@ -13,8 +13,8 @@ both full matrices; ``peft_utils._create_lokr_config`` then builds peft's ``LoKr
 which is :mod:`.lycoris`' LoKr merge with LyCORIS' scale rule; :func:`kohya_lokr` hands the modules to it under
 kohya names. Their LoKr keys are diffusers' ``_LOKR_SUFFIXES`` (no ``lokr_t2``: a Tucker core is a convolution's,
 and these transformers adapt Linear layers). diffusers converts no LoHa (``.hada_``) file, and the other flow
-folders' loaders (FLUX.1, Chroma, HiDream, Qwen-Image, Sana, SD3, Lumina-Image 2.0, AuraFlow, CogView4) no LyCORIS
-file at all: :func:`refuse_lycoris`.
+folders' loaders (FLUX.1, Chroma, HiDream, Qwen-Image, Sana, SD3, Lumina-Image 2.0, AuraFlow, CogView4, ERNIE-Image)
+no LyCORIS file at all: :func:`refuse_lycoris`.
 """
 from __future__ import annotations
 
