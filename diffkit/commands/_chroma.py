@@ -91,8 +91,8 @@ class Family:
 
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen or
-    ERNIE-Image folder; None for any other checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
+    ERNIE-Image or Krea 2 folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -127,6 +127,10 @@ def folder_family(directory) -> Optional[type]:
     if is_ernie_image_folder(directory):
         from ._ernie_image import ErnieImageFamily
         return ErnieImageFamily
+    from ..interop.krea2 import is_krea2_folder
+    if is_krea2_folder(directory):
+        from ._krea2 import Krea2Family
+        return Krea2Family
     return None
 
 

@@ -1,0 +1,133 @@
+"""Krea 2 folders (diffkit.interop.krea2): text_to_image against diffusers' own Krea2Pipeline on a tiny random folder
+(tests/_krea2_helpers.py; nothing downloaded), ``diffkit sample`` on it (the library's PNG byte for byte) and the
+one-line refusals."""
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.flux import pack_latents, unpack_latents  # noqa: E402
+from diffkit.interop.krea2 import check_krea2_folder, is_krea2_folder, load_krea2, text_to_image  # noqa: E402
+from diffkit.interop.qwen_image import is_qwen_image_folder  # noqa: E402
+
+from _krea2_helpers import tiny_krea2_pipeline  # noqa: E402
+from _pixart_helpers import assert_sample_refusals  # noqa: E402
+from _sana_helpers import changed_copy  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+
+PROMPTS = ["a photo of cat", "hot dog the"]  # rows of two lengths, padded in the middle of the template
+SIZE, LENGTH = 32, 16  # pixels (latents 4 x 8 x 8: VAE factor 4, 2 x 2 patches); max_sequence_length
+
+
+@pytest.fixture(scope="session")
+def tiny_krea2(tmp_path_factory):
+    """(Krea2Pipeline.from_pretrained of the saved folder, the folder, load_krea2 of it)."""
+    path = tmp_path_factory.mktemp("krea2") / "krea2"
+    tiny_krea2_pipeline().save_pretrained(path)
+    pipe = diffusers.Krea2Pipeline.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, path, load_krea2(path, progress=False)
+
+
+def _noise():
+    return torch.randn(2, 4, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(1))
+
+
+def _theirs(pipe, noise, steps=3, **call):
+    with torch.no_grad():
+        out = pipe(prompt=PROMPTS, num_inference_steps=steps, latents=pack_latents(noise), height=SIZE, width=SIZE,
+                   max_sequence_length=LENGTH, **{"output_type": "latent", **call}).images
+    return unpack_latents(out, SIZE // 4, SIZE // 4) if call.get("output_type", "latent") == "latent" else out
+
+
+def test_krea2_samples_as_the_pipeline(tiny_krea2, tmp_path):
+    """The stacked Qwen3-VL states of the template padded in the middle (real-token positions) and their mask; CFG
+    u_c + g (u_c - u_neg) against "" (default g = 4.5), against a negative prompt, unguided at g = 0 (diffkit's seed
+    convention W = g); the resolution's mu, and a distilled folder's fixed 1.15; the final latents and the decoded
+    images, per-sample seeds."""
+    pipe, path, model = tiny_krea2
+    assert is_krea2_folder(path) and not is_qwen_image_folder(path) and model.latent_shape(1) == (1, 4, 256, 256)
+    (ours, mask), (theirs, their_mask) = model.encode_prompts(PROMPTS, LENGTH), pipe.encode_prompt(
+        PROMPTS, "cpu", max_sequence_length=LENGTH)
+    assert ours.shape == (2, LENGTH, 3, 32) and torch.equal(ours, theirs) and torch.equal(mask, their_mask)
+    assert mask.sum(1).tolist() == [7 + 5, 3 + 5] and bool(mask[:, -5:].all())  # prompt, padding, the suffix
+    noise, results = _noise(), []
+    for call in ({}, {"negative_prompt": "ugly", "guidance_scale": 2.0}, {"guidance_scale": 0.0}):
+        seed = {"convention": "seed"} if call else {}  # (a scale left out: diffusers' 5.5, the pipeline's 4.5)
+        results.append(text_to_image(model, PROMPTS, steps=3, latents=noise, return_latents=True,
+                                     max_sequence_length=LENGTH, **seed, **call))
+        error = relative_error(results[-1], _theirs(pipe, noise, **call))
+        print("Krea2Pipeline latents", call, error)
+        assert error < 1e-5  # measured: see docs/interop.md
+    assert relative_error(results[0], results[2]) > 1e-3 and relative_error(results[0], results[1]) > 1e-3
+    assert relative_error(results[0], text_to_image(model, PROMPTS, steps=3, latents=noise, return_latents=True,
+                                                    guidance_scale=5.5, max_sequence_length=LENGTH)) < 1e-6
+    ours = text_to_image(model, PROMPTS, steps=2, latents=noise, max_sequence_length=LENGTH)
+    theirs = _theirs(pipe, noise, steps=2, output_type="pt")
+    print("Krea2Pipeline images", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    seeded = text_to_image(model, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, return_latents=True,
+                           max_sequence_length=LENGTH)
+    with torch.no_grad():
+        theirs = pipe(prompt=PROMPTS, num_inference_steps=2, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], output_type="latent").images
+    assert relative_error(seeded, unpack_latents(theirs, SIZE // 4, SIZE // 4)) < 1e-5
+    distilled = changed_copy(path, tmp_path, "model_index.json", {"is_distilled": True})
+    fast = diffusers.Krea2Pipeline.from_pretrained(distilled, local_files_only=True)
+    fast.set_progress_bar_config(disable=True)
+    ours = text_to_image(load_krea2(distilled, progress=False), PROMPTS, steps=2, latents=noise, guidance_scale=0.0,
+                         return_latents=True, max_sequence_length=LENGTH)
+    assert relative_error(ours, _theirs(fast, noise, steps=2, guidance_scale=0.0)) < 1e-5
+    assert relative_error(ours, text_to_image(model, PROMPTS, steps=2, latents=noise, guidance_scale=0.0,
+                                              return_latents=True, max_sequence_length=LENGTH)) > 1e-3  # mu shows
+    out = text_to_image(model, PROMPTS, steps=3, latents=noise, sampler="unipc", return_latents=True,
+                        max_sequence_length=LENGTH)
+    assert out.shape == noise.shape and bool(torch.isfinite(out).all())
+
+
+def test_krea2_sample_command_is_the_library(tiny_krea2, tmp_path, capsys):
+    """``diffkit sample`` on a Krea 2 folder writes the library's PNG byte for byte (CFG against --negative-prompt
+    in the seed convention, the pipeline's sigmas)."""
+    from diffkit.images import save_grid
+    _, path, model = tiny_krea2
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--height", str(SIZE), "--width",
+                 str(SIZE), "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "seed",
+                 "--max-sequence-length", str(LENGTH), "--out", str(out), "--no-progress"]) == 0
+    images = text_to_image(model, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, negative_prompt="ugly",
+                           guidance_scale=3.0, convention="seed", max_sequence_length=LENGTH, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert "Krea 2 folder" in capsys.readouterr().out
+
+
+def test_what_krea2_does_not_take_is_refused_in_one_line(tiny_krea2, tmp_path, capsys):
+    """Folders diffkit does not drive (from the JSON alone), bad library arguments and what the command does not
+    take for Krea 2 (img2img, LoRA, textual inversion, IP-Adapter, sizes): one line each, no file written."""
+    _, path, model = tiny_krea2
+    for i, (file, change, expected) in enumerate([
+            ("model_index.json", {"_class_name": "QwenImagePipeline"}, "is not a Krea 2 folder"),
+            ("model_index.json", {"text_encoder": ["transformers", "Qwen3Model"]}, "allowed: Qwen3VLModel"),
+            ("model_index.json", {"patch_size": 1}, "patch_size=1; allowed: 2"),
+            ("model_index.json", {"text_encoder_select_layers": [0, 1]}, "give 3 (the transformer's num_text_layers)"),
+            ("model_index.json", {"text_encoder_select_layers": [0, 1, 3]}, "indices in 0..2"),
+            ("transformer/config.json", {"in_channels": 64}, "allowed: 16 (4 x the VAE's z_dim)"),
+            ("transformer/config.json", {"text_hidden_dim": 64}, "text_hidden_dim=64 does not fit"),
+            ("scheduler/scheduler_config.json", {"invert_sigmas": True}, "allowed: invert_sigmas=false")]):
+        with pytest.raises(DiffkitError) as caught:
+            check_krea2_folder(changed_copy(path, tmp_path / str(i), file, change))
+        assert expected in str(caught.value) and "\n" not in str(caught.value)
+    for call, expected in [({"max_sequence_length": 0}, "max_sequence_length=0 is not allowed; give a positive"),
+                           ({"guidance_scale": 1.0, "negative_prompt": "x"}, "a negative prompt with guidance_scale=1"),
+                           ({"height": 30}, "multiples of 8"), ({"ip_adapter": object()}, "IP-Adapter is not allowed"),
+                           ({"guidance_scale": float("nan")}, "give a finite number")]:
+        with pytest.raises(DiffkitError, match=expected):
+            text_to_image(model, "hot", steps=1, **{"height": SIZE, "width": SIZE, **call})
+    assert_sample_refusals(main, path, tmp_path, capsys, [
+        (["--lora", str(tmp_path / "x.safetensors")], "--lora"),
+        (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion"),
+        (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 8")], label="a Krea 2")
