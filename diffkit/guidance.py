@@ -62,6 +62,15 @@ def _std_per_sample(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).std(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def pipeline_scale(guidance_scale: Optional[float], default: float, convention: str = "diffusers") -> float:
+    """diffusers' CFG scale s of a pipeline call (eps_u + s (eps_c - eps_u)): the pipeline's ``default`` (already s)
+    when ``guidance_scale`` is None, else ``guidance_scale`` read in ``convention`` ("diffusers": s itself; "seed":
+    the weight W of Ho & Salimans 2022 eq. 6, s = 1 + W)."""
+    if guidance_scale is None:
+        return float(default)
+    return float(guidance_scale) if convention == "diffusers" else 1 + float(guidance_scale)
+
+
 def guidance_weight(scale: float, convention: str = "seed") -> float:
     """The seed-002 weight w of eps-bar = (1 + w) eps_c - w eps_u.
 

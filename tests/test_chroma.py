@@ -564,3 +564,16 @@ def test_chroma_textual_inversion_matches_load_textual_inversion(tiny_chroma, tm
     assert len(err) == 1 and "embedding of <clip> has width 768; this text encoder's token embeddings have width 32" \
         in err[0], err
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_the_default_guidance_scale_is_the_pipelines_in_either_convention(tiny_chroma):
+    """With no guidance_scale, prompt_guidance takes the pipeline's default s (5.0) whichever convention is named:
+    "seed" reads a *given* scale as W (s = 1 + W), not the default (which gave s = 6.0 before)."""
+    from diffkit.guidance import pipeline_scale
+    _, _, chroma = tiny_chroma
+    assert pipeline_scale(None, 5.0, "seed") == 5.0 and pipeline_scale(3.0, 5.0, "seed") == 4.0
+    assert pipeline_scale(3.0, 5.0, "diffusers") == 3.0
+    scales = {convention: 1 + chroma.prompt_guidance(PROMPTS, 2, 2, convention=convention)[0].w
+              for convention in ("diffusers", "seed")}
+    assert scales == {"diffusers": 5.0, "seed": 5.0}
+    assert chroma.prompt_guidance(PROMPTS, 2, 2, guidance_scale=4.0, convention="seed")[0].w == 4.0  # s = 5

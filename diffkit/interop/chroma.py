@@ -42,6 +42,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, check_float32
+from ..guidance import pipeline_scale
 from . import require
 from .flow_latents import (check_flow_configs, finish_images, load_one_text_folder, names_pipeline,
                            pipeline_grid, start_latents)
@@ -149,7 +150,7 @@ class Chroma(Flux):
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
         scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
-        diffusers_scale = scale if convention == "diffusers" else 1 + scale
+        diffusers_scale = pipeline_scale(guidance_scale, self.default_guidance, convention)
         negative_image = getattr(ip_adapter, "negative_image", None)
         if diffusers_scale <= 1 and (negative_prompt is not None or negative_image is not None):
             what = "negative prompt" if negative_prompt is not None else "negative IP-Adapter image"

@@ -46,6 +46,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, check_float32, read_json_object
+from ..guidance import pipeline_scale
 from . import model_dtype, require
 from .flow_latents import finish_images, frozen_on, load_flow_parts, pipeline_grid, start_latents
 from .flux import Flux, check_flux_scheduler
@@ -254,7 +255,7 @@ class Flux2(Flux):
                 raise DiffkitError("a negative prompt is not allowed for a Flux2Pipeline folder (its guidance is "
                                    "embedded, one pass; Flux2Pipeline takes no negative prompt); drop it")
             return denoiser, {"context": self.encode_prompts(prompts, max_sequence_length), "guidance": scale}
-        diffusers_scale = scale if convention == "diffusers" else 1 + scale
+        diffusers_scale = pipeline_scale(guidance_scale, FLUX2_GUIDANCE, convention)
         guided = diffusers_scale > 1 and not self.distilled
         if not guided and negative_prompt is not None:
             raise DiffkitError(f"a negative prompt with guidance_scale={scale:g} ({convention} convention) is not "

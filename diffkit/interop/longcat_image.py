@@ -48,6 +48,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice
+from ..guidance import pipeline_scale
 from . import model_dtype, require
 from .chroma import Chroma
 from .flow_latents import frozen_on, load_flow_parts
@@ -210,7 +211,7 @@ class LongCatImage(Chroma):
             raise DiffkitError(f"cfg_renorm_min={cfg_renorm_min!r} is not allowed; give a number in [0, 1] or None "
                                f"(no renormalisation)")
         scale = LONGCAT_GUIDANCE if guidance_scale is None else float(guidance_scale)
-        diffusers_scale = scale if convention == "diffusers" else 1 + scale
+        diffusers_scale = pipeline_scale(guidance_scale, LONGCAT_GUIDANCE, convention)
         if diffusers_scale <= 1 and negative_prompt is not None:
             raise DiffkitError(f"a negative prompt with guidance_scale={scale:g} ({convention} convention) is not "
                                f"allowed: it feeds only CFG (diffusers' scale > 1); raise the scale or drop it")

@@ -50,6 +50,7 @@ import torch
 
 from ..denoiser import Prediction, Wrapper
 from ..errors import DiffkitError, check_float32
+from ..guidance import pipeline_scale
 from . import model_dtype, require
 from .chroma import Chroma
 from .chroma import text_to_image as chroma_text_to_image
@@ -272,8 +273,7 @@ class OmniGen(Chroma):
                 raise DiffkitError(f"{name} does not apply to an OmniGen folder (OmniGenPipeline has none; its "
                                    f"negative branch is the processor's fixed negative prompt)")
         check_choice("convention", convention, ["diffusers", "seed"])
-        scale = _scale("guidance_scale", guidance_scale, OMNIGEN_GUIDANCE)
-        scale = scale if guidance_scale is None or convention == "diffusers" else 1 + scale
+        scale = pipeline_scale(guidance_scale, _scale("guidance_scale", guidance_scale, OMNIGEN_GUIDANCE), convention)
         if image_latents is None and image_guidance_scale is not None:
             raise DiffkitError("image_guidance_scale applies with an input image (edit_image); drop it")
         branches = self.encode_prompts(prompts, image_size if image_latents is not None else None)

@@ -41,6 +41,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
+from ..guidance import pipeline_scale
 from . import model_dtype, require
 from .chroma import Chroma
 from .flow_latents import frozen_on, load_flow_parts
@@ -226,7 +227,7 @@ class QwenImage(Chroma):
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
         scale = QWEN_IMAGE_TRUE_CFG if guidance_scale is None else float(guidance_scale)
-        diffusers_scale = scale if convention == "diffusers" else 1 + scale
+        diffusers_scale = pipeline_scale(guidance_scale, QWEN_IMAGE_TRUE_CFG, convention)
         if negative_prompt is None and guidance_scale is not None and diffusers_scale > 1:
             raise DiffkitError(f"guidance_scale={scale:g} ({convention} convention) without a negative prompt is not "
                                f"allowed: QwenImagePipeline's true CFG runs only with one (even \" \"); give a "
