@@ -239,6 +239,7 @@ LONGCAT = "## LongCat-Image folders (`diffkit.interop.longcat_image`)"
 OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
 ERNIE_IMAGE = "## ERNIE-Image folders (`diffkit.interop.ernie_image`)"
 PRX = "## PRX folders (`diffkit.interop.prx`)"
+KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -274,7 +275,8 @@ PRX = "## PRX folders (`diffkit.interop.prx`)"
                                                      "LC"),
                                                     (OMNIGEN, ["OmniGenPipeline"], "OG"),
                                                     (ERNIE_IMAGE, ["ErnieImagePipeline"], "EI"),
-                                                    (PRX, ["PRXPipeline"], "PX")])
+                                                    (PRX, ["PRXPipeline"], "PX"),
+                                                    (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

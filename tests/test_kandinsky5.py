@@ -15,7 +15,7 @@ from diffkit.interop.kandinsky5 import PROMPT_TEMPLATE, is_kandinsky5_folder, lo
     pipeline_resolution, text_to_image  # noqa: E402
 
 from _kandinsky5_helpers import save_kandinsky5, tiny_kandinsky5_pipeline  # noqa: E402
-from _pixart_helpers import edited_copy  # noqa: E402
+from _pixart_helpers import assert_sample_refusals, edited_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot  dog &amp; more"]  # the second one cleaned (html, whitespace) by the pipeline
@@ -67,11 +67,15 @@ def test_kandinsky5_images_are_the_pipelines_and_sample_is_the_library(kandinsky
     pipeline's 1024 x 1024, byte for byte the library's grid."""
     pipe, path, model = kandinsky5
     theirs_z, ours_z = _noise(1, seed=3)
+    seen = {}
+
+    def keep(_, i, t, kwargs):
+        seen["latents"] = kwargs["latents"].clone()
+        return {}
     with torch.no_grad():
-        theirs = pipe(PROMPTS[:1], num_inference_steps=1, latents=theirs_z.clone(), output_type="pt", height=1024,
-                      width=1024).image
-        latents = pipe(PROMPTS[:1], num_inference_steps=1, latents=theirs_z.clone(), output_type="latent",
-                       height=1024, width=1024).image[:, 0].permute(0, 3, 1, 2)
+        theirs = pipe(PROMPTS[:1], num_inference_steps=1, latents=theirs_z, output_type="pt", height=1024,
+                      width=1024, callback_on_step_end=keep).image
+    latents = seen["latents"][:, 0].permute(0, 3, 1, 2)
     ours = text_to_image(model, PROMPTS[:1], steps=1, latents=ours_z, return_latents=True)
     assert relative_error(ours, latents) < 1e-5  # measured 5.8e-6 (one step)
     images = (model.decode(latents) / 2 + 0.5).clamp(0, 1)  # D(z / scaling_factor), channels-last, no shift
@@ -79,13 +83,16 @@ def test_kandinsky5_images_are_the_pipelines_and_sample_is_the_library(kandinsky
     out = tmp_path / "grid.png"
     argv = ["sample", "--checkpoint", str(path), "--prompt", "hot dog", "--num", "1", "--steps", "1", "--seed", "5",
             "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
-            "--height", "512", "--width", "512", "--out", str(out), "--no-progress"]
+            "--height", "512", "--width", "512", "--batch-size", "1", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     images = text_to_image(model, ["hot dog"], steps=1, seed=5, height=512, width=512, negative_prompt="ugly",
                            guidance_scale=3.0, output_range="-1,1")
     assert images.shape[2:] == (1024, 1024)
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert_sample_refusals(main, path, tmp_path, capsys, [  # RKF3
+        (["--flow-shift", "2"], "--flow-shift does not apply to a Kandinsky 5 folder"),
+        (["--lora", str(out)], "--lora does not apply to a Kandinsky 5 folder")])
     capsys.readouterr()
     assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot", "--no-progress",
                  "--out", str(tmp_path / "never")]) == 2
