@@ -240,6 +240,7 @@ OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
 ERNIE_IMAGE = "## ERNIE-Image folders (`diffkit.interop.ernie_image`)"
 PRX = "## PRX folders (`diffkit.interop.prx`)"
 KREA2 = "## Krea 2 folders (`diffkit.interop.krea2`)"
+KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -276,7 +277,8 @@ KREA2 = "## Krea 2 folders (`diffkit.interop.krea2`)"
                                                     (OMNIGEN, ["OmniGenPipeline"], "OG"),
                                                     (ERNIE_IMAGE, ["ErnieImagePipeline"], "EI"),
                                                     (PRX, ["PRXPipeline"], "PX"),
-                                                    (KREA2, ["Krea2Pipeline"], "KR")])
+                                                    (KREA2, ["Krea2Pipeline"], "KR"),
+                                                    (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

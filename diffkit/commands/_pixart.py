@@ -13,7 +13,7 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
 # folders whose diffusers pipeline has a LoRA loader
 LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "HiDream")
 # flow-matching folders whose scheduler's step is folder_sampler(flow=True)'s
-FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "Lumina-Next", "PRX")
+FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "Lumina-Next", "PRX", "Kandinsky 5")
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
                               "--pag-adaptive-scale)")
 
@@ -221,6 +221,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
+    elif label == "Kandinsky 5":  # Kandinsky5T2IPipeline (diffkit.interop.kandinsky5)
+        from ..interop.kandinsky5 import load_kandinsky5, text_to_image
+        pixart = load_kandinsky5(directory, device, progress=progress)
     elif label == "PRX":  # PRXPipeline (diffkit.interop.prx)
         from ..interop.prx import load_prx, text_to_image
         pixart = load_prx(directory, device, progress=progress)

@@ -338,6 +338,10 @@ def _run(args) -> int:
     if label == "DeepFloyd IF":  # IFImg2Img / IFInpainting(SuperResolution)Pipeline (._deepfloyd_if)
         from ._deepfloyd_if import edit_if
         return edit_if(args)
+    if label == "Kandinsky 5":  # Kandinsky5I2IPipeline: not driven (yet); its video pipelines: out of scope
+        raise DiffkitError(f"{args.checkpoint} is a Kandinsky 5 folder, which diffkit edit does not take (diffkit "
+                           f"does not drive Kandinsky5I2IPipeline); sample a Kandinsky5T2IPipeline folder with "
+                           f"diffkit sample")
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "

@@ -38,8 +38,8 @@ would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDSc
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, Ovis-Image, ERNIE-Image, PixArt-α / Σ,
-Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, PRX and DeepFloyd IF folders
-as their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``, reference images:
+Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, PRX, Kandinsky 5 and
+DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``, reference images:
 ``--reference-image``), Stable Cascade prior + decoder folders (``._stable_cascade``), latent-diffusion (LDM)
 text-to-image and unconditional folders (``._ldm``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or DeepFloyd IF stage-II folder upscales:
@@ -140,7 +140,7 @@ def register(sub) -> None:
     p.add_argument("--height", type=positive_int, metavar="H",
                    help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Bria 3.2, Z-Image, "
                         "Qwen-Image, Ovis-Image, ERNIE-Image, PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT, "
-                        "PRX): the images' height, the pipeline's height "
+                        "PRX, Kandinsky 5: the nearest of its resolutions): the images' height, the pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")

@@ -193,9 +193,9 @@ def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle
     parts = {}
     with library_progress_bars(progress):
-        fp32 = bool(getattr(transformer_cls, "_keep_in_fp32_modules", None))  # (Krea 2's norms: diffusers needs
-        parts["transformer"] = from_pretrained(transformer_cls, directory / "transformer", low_cpu_mem_usage=fp32,
-                                               **common)  # low_cpu_mem_usage for them)
+        fp32 = bool(getattr(transformer_cls, "_keep_in_fp32_modules", None))  # (Krea 2's norms, Kandinsky 5's:
+        parts["transformer"] = from_pretrained(transformer_cls, directory / "transformer",  # diffusers then refuses
+                                               low_cpu_mem_usage=fp32, **common)  # low_cpu_mem_usage=False)
         parts["vae"] = from_pretrained(vae_cls or diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False,
                                        **common)
         for suffix, default in text_defaults.items():

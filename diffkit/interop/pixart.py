@@ -141,7 +141,8 @@ def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
     for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "HiDream" for a HiDream-I1 one, "Lumina-Next" for a
     Lumina-Next one, "CogView4" for a CogView4 one, "CogView3Plus" for a CogView3-Plus one, "DeepFloyd IF" for an IF
-    one (stage I or II), "Kandinsky 3" for a Kandinsky 3 one, "PRX" for a PRX one (:mod:`.sana`, :mod:`.lumina2`,
+    one (stage I or II), "Kandinsky 3" for a Kandinsky 3 one, "PRX" for a PRX one, "Kandinsky 5" for a Kandinsky 5
+    one (:mod:`.kandinsky5`; :mod:`.sana`, :mod:`.lumina2`,
     :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.hidream`, :mod:`.lumina_next`, :mod:`.cogview4`,
     :mod:`.cogview3plus`, :mod:`.deepfloyd_if`, :mod:`.kandinsky3`, :mod:`.prx`: the same command path), else None."""
     if pixart_kind(path) is not None:
@@ -175,6 +176,9 @@ def masked_text_folder(path) -> Optional[str]:
     from .prx import is_prx_folder
     if is_prx_folder(path):
         return "PRX"
+    from .kandinsky5 import is_kandinsky5_folder
+    if is_kandinsky5_folder(path):
+        return "Kandinsky 5"
     return "CogView4" if is_cogview4_folder(path) else "CogView3Plus" if is_cogview3plus_folder(path) else None
 
 
