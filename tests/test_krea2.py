@@ -1,6 +1,6 @@
 """Krea 2 folders (diffkit.interop.krea2): text_to_image against diffusers' own Krea2Pipeline on a tiny random folder
 (tests/_krea2_helpers.py; nothing downloaded), ``diffkit sample`` on it (the library's PNG byte for byte) and the
-one-line refusals."""
+one-line refusals; LoRA files (diffkit.interop.krea2_lora) against its ``load_lora_weights`` + ``fuse_lora``."""
 import pytest
 import torch
 
@@ -111,7 +111,7 @@ def test_krea2_sample_command_is_the_library(tiny_krea2, tmp_path, capsys):
 
 def test_what_krea2_does_not_take_is_refused_in_one_line(tiny_krea2, tmp_path, capsys):
     """Folders diffkit does not drive (from the JSON alone), bad library arguments and what the command does not
-    take for Krea 2 (img2img, LoRA, textual inversion, IP-Adapter, sizes): one line each, no file written."""
+    take for Krea 2 (img2img, textual inversion, IP-Adapter, sizes): one line each, no file written."""
     _, path, model = tiny_krea2
     for i, (file, change, expected) in enumerate([
             ("model_index.json", {"_class_name": "QwenImagePipeline"}, "is not a Krea 2 folder"),
@@ -132,7 +132,84 @@ def test_what_krea2_does_not_take_is_refused_in_one_line(tiny_krea2, tmp_path, c
         with pytest.raises(DiffkitError, match=expected):
             text_to_image(model, "hot", steps=1, **{"height": SIZE, "width": SIZE, **call})
     assert_sample_refusals(main, path, tmp_path, capsys, [
-        (["--lora", str(tmp_path / "x.safetensors")], "--lora"),
         (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion"),
         (["--prompt-2", "x"], "--prompt-2 does not apply to a Krea 2 folder"),
         (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 8")], label="a Krea 2")
+
+
+KREA2_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "to_gate", "gate", "up", "down",
+                                                       "img_in", "projector", "time_mod_proj", "linear_1", "linear_2", "linear"],
+                  rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+ORIGINAL = ["first", "last.linear", "tmlp.0", "tmlp.2", "tproj.1", "txtmlp.1", "txtmlp.3", "txtfusion.projector"] + [
+    f"{block}.0.{kind}.{sub}" for block in ("blocks", "txtfusion.layerwise_blocks", "txtfusion.refiner_blocks")
+    for kind, subs in (("attn", ("wq", "wk", "wv", "wo", "gate")), ("mlp", ("gate", "up", "down"))) for sub in subs]
+
+
+def test_krea2_lora_is_load_lora_weights_and_fuse_lora(tiny_krea2, tmp_path, capsys):
+    """A diffusers-format file (Krea2Pipeline.save_lora_weights, rank / alpha patterns, every Linear) at 0.6:
+    load_lora_weights + fuse_lora's weights and z_0; ``diffkit sample --lora`` is the library; a kohya key: one line.
+    The same tensors under the original krea-2 module names (diffusers' own converter names them), under
+    ``diffusion_model.`` and (half of them) ai-toolkit's ``base_model.model.``: Krea2Pipeline.lora_state_dict's keys
+    and tensors, merged as its load_lora_weights + fuse_lora."""
+    import copy
+    import types
+    from safetensors.torch import load_file, save_file
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_krea2_lora_to_diffusers as convert
+    from test_sd_lora import check_transformer_lora, fused_transformer_lora
+    from diffkit.interop.krea2_lora import krea2_tensors, read_krea2_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    pipe, path, model = tiny_krea2
+    lora, fused = fused_transformer_lora(diffusers.Krea2Pipeline, path, tmp_path, KREA2_LORA, scale=0.6)
+    ours = load_krea2(path, progress=False, lora=[(lora, 0.6)])
+    noise, call = _noise(), dict(steps=3, return_latents=True, negative_prompt="ugly", max_sequence_length=LENGTH)
+    z0 = text_to_image(ours, PROMPTS, latents=noise, **call)
+    error = relative_error(z0, _theirs(fused, noise, negative_prompt="ugly"))
+    assert error < 1e-5 and relative_error(z0, text_to_image(model, PROMPTS, latents=noise, **call)) > 1e-3
+    worst = check_transformer_lora(path, lora, 0.6, ours, model, fused, text_to_image, tmp_path, capsys,
+                                   "lora_unet_blocks_0_attn_wq.lora_down.weight", "a Krea 2 folder (")
+    print("Krea2Pipeline LoRA latents", error, "weights", worst)  # (after capsys' reads)
+    assert worst < 1e-6
+    original = {next(iter(convert({f"{o}.lora_A.weight": None}))).removesuffix(".lora_A.weight"): o for o in ORIGINAL}
+    tensors, file = load_file(lora), tmp_path / "original.safetensors"
+    assert {k.rsplit(".lora_", 1)[0] for k in tensors} == set(original)  # every module, every original name
+    renamed = {("base_model.model." if j % 2 else "diffusion_model.") + original[k.rsplit(".lora_", 1)[0]] + ".lora_"
+               + k.rsplit(".lora_", 1)[1]: v for j, (k, v) in enumerate(sorted(tensors.items()))}
+    save_file(renamed, file)  # no lora_adapter_metadata: alpha = r on both sides
+    theirs, mine = diffusers.Krea2Pipeline.lora_state_dict(str(file)), krea2_tensors(file, renamed)
+    assert sorted(mine) == sorted(theirs) == sorted(tensors) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    theirs = diffusers.Krea2Pipeline(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    theirs.load_lora_weights(str(file))
+    theirs.fuse_lora(lora_scale=0.4)
+    theirs.unload_lora_weights()
+    mine = types.SimpleNamespace(transformer=copy.deepcopy(model.transformer))
+    merge_sd_loras(mine, read_krea2_loras([(file, 0.4)]))
+    theirs, base = theirs.transformer.state_dict(), model.transformer.state_dict()
+    worst = max(float((v - theirs[k]).abs().max()) for k, v in mine.transformer.state_dict().items())
+    print("original-name file", worst)
+    assert worst < 1e-6 and max(float((v - base[k]).abs().max()) for k, v in theirs.items()) > 1e-2
+
+
+def test_krea2_lora_files_the_loader_would_not_load_are_refused(tmp_path):
+    """What Krea2LoraLoaderMixin does not load as the file says (drops silently, or fails on): one line naming the
+    file's key."""
+    from safetensors.torch import save_file
+    from diffkit.interop.krea2_lora import read_krea2_loras
+    a, b = "transformer_blocks.0.attn.to_q.lora_A.weight", "transformer_blocks.0.attn.to_q.lora_B.weight"
+    good = {"transformer." + a: torch.ones(2, 32), "transformer." + b: torch.ones(32, 2)}
+    original = {"diffusion_model.blocks.0.attn.wq.lora_A.weight": torch.ones(2, 32),
+                "diffusion_model.blocks.0.attn.wq.lora_B.weight": torch.ones(32, 2)}
+    for i, (base, change, expected) in enumerate([
+            (good, {"transformer.transformer_blocks.0.attn.to_q.alpha": torch.tensor(1.0)}, "to_q.alpha' is not"),
+            (good, {"text_encoder.q_proj.lora_A.weight": torch.ones(2, 4)}, "adapts the transformer only"),
+            (good, {"transformer.transformer_blocks.0.attn.dora_scale": torch.ones(1, 32)}, "drops dora_scale"),
+            (original, {"diffusion_model.blocks.0.attn.dora_scale": torch.ones(1, 32)}, "drops dora_scale"),
+            (original, {"diffusion_model.blocks.0.attn.qkv.lora_A.weight": torch.ones(2, 32)}, "attn.qkv.lora_A"),
+            (original, {"diffusion_model.blocks.0.norm.lora_A.weight": torch.ones(2, 32)}, "original krea-2 modules"),
+            (original, {"diffusion_model.blocks.0.attn.wq.alpha": torch.tensor(1.0)}, "wq.alpha' is not supported"),
+            (original, good, "'transformer.transformer_blocks.0.attn.to_q.lora_A.weight' is not supported"),
+            (original, {"base_model.model.blocks.0.attn.wq.lora_A.weight": torch.ones(2, 32)}, "are one key once"),
+            (good, {"transformer.transformer_blocks.0.ff.up.lokr_w1": torch.ones(2, 2)}, "is a LyCORIS LoKr tensor")]):
+        save_file({**base, **change}, tmp_path / f"{i}.safetensors")
+        with pytest.raises(DiffkitError, match=expected) as caught:
+            read_krea2_loras([tmp_path / f"{i}.safetensors"])
+        assert "\n" not in str(caught.value)

@@ -29,7 +29,8 @@ Refused in one line before any weight is read (:func:`check_krea2_folder`): anot
 component or one of another class, a ``patch_size`` other than 2, a transformer whose ``in_channels`` is not 4 x
 the VAE's ``z_dim``, select layers that are not ``num_text_layers`` indices into the text encoder's hidden states,
 a text width other than the transformer's ``text_hidden_dim``, a scheduler option the flow Euler loop does not take.
-LoRA files are refused (diffkit sample's --lora: ``Krea2LoraLoaderMixin`` is not driven).
+LoRA files: those the pipeline's ``Krea2LoraLoaderMixin`` loads (:mod:`.krea2_lora`: diffusers / PEFT keys and the
+original krea-2 / ai-toolkit names it converts), fused into the transformer as ``load_lora_weights`` + ``fuse_lora``.
 """
 from __future__ import annotations
 
@@ -166,18 +167,26 @@ def check_krea2_folder(directory) -> tuple:
 
 
 def load_krea2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-               progress: bool = True) -> Krea2:
+               progress: bool = True, lora=None) -> Krea2:
     """Load a Krea 2 diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused in
-    one line before any weight is read (:func:`check_krea2_folder`)."""
+    one line before any weight is read (:func:`check_krea2_folder`). ``lora``: LoRA files (paths or (path, scale)
+    pairs) in the layouts ``Krea2LoraLoaderMixin`` loads, read and checked first
+    (:func:`.krea2_lora.read_krea2_loras`), fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
+    (:func:`.sd_lora.merge_sd_loras`)."""
     from .flow_latents import frozen_on, load_flow_parts
+    from .krea2_lora import read_krea2_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched, layers = check_krea2_folder(directory)
+    loras = read_krea2_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.Krea2Transformer2DModel, {"": "Qwen3VLModel"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLQwenImage)
     device = frozen_on(parts, device)
-    return Krea2(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype,
-                 layers=layers, distilled=bool(index.get("is_distilled", False)))
+    model = Krea2(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype,
+                  layers=layers, distilled=bool(index.get("is_distilled", False)))
+    merge_sd_loras(model, loras)
+    return model
 
 
 def text_to_image(model: Krea2, prompts: Union[str, Sequence[str]], *, ip_adapter=None, **options) -> torch.Tensor:
