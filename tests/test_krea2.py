@@ -137,8 +137,9 @@ def test_what_krea2_does_not_take_is_refused_in_one_line(tiny_krea2, tmp_path, c
         (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 8")], label="a Krea 2")
 
 
-KREA2_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "to_gate", "gate", "up", "down",
-                                                       "img_in", "projector", "time_mod_proj", "linear_1", "linear_2", "linear"],
+KREA2_LORA = dict(r=4, lora_alpha=8.0, target_modules=[
+    "to_q", "to_k", "to_v", "to_out.0", "to_gate", "gate", "up", "down", "img_in", "projector", "time_mod_proj",
+    "linear_1", "linear_2", "linear"],
                   rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
 ORIGINAL = ["first", "last.linear", "tmlp.0", "tmlp.2", "tproj.1", "txtmlp.1", "txtmlp.3", "txtfusion.projector"] + [
     f"{block}.0.{kind}.{sub}" for block in ("blocks", "txtfusion.layerwise_blocks", "txtfusion.refiner_blocks")
