@@ -18,7 +18,7 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen, ERNIE-Image, PRX, Krea 2")
+                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen"  # diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
