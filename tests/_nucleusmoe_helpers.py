@@ -3,8 +3,9 @@
 state -8), Qwen-Image's test tokenizer with a Qwen-style chat template standing in for the ``Qwen3VLProcessor``
 (transformers' needs torchvision's video processor; the pipeline only calls ``apply_chat_template`` and the
 text tokenisation), a ``NucleusMoEImageTransformer2DModel`` of two blocks (a dense one, then a 4-expert MoE with
-expert-choice capacity 8 of 16 tokens; its zero-initialised layers and uninitialised expert tables randomised), Qwen-Image's ``AutoencoderKLQwenImage`` (f = 4) and a dynamic-shift scheduler, written by
-save_pretrained (nothing downloaded)."""
+expert-choice capacity 8 of 16 tokens; its zero-initialised layers and uninitialised expert tables randomised),
+Qwen-Image's ``AutoencoderKLQwenImage`` (f = 4) and a dynamic-shift scheduler, written by save_pretrained
+(nothing downloaded)."""
 import torch
 
 import diffusers
@@ -31,8 +32,9 @@ def tiny_nucleusmoe_pipeline(width: int = 32):
     config.text_config.num_hidden_layers = 8
     encoder = transformers.Qwen3VLForConditionalGeneration(config).eval()
     transformer = diffusers.NucleusMoEImageTransformer2DModel(
-        in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2, num_key_value_heads=1,
-        joint_attention_dim=width, axes_dims_rope=(4, 6, 6), mlp_ratio=6.0, num_experts=4, moe_intermediate_dim=16,
+        in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        num_key_value_heads=1, joint_attention_dim=width, axes_dims_rope=(4, 6, 6), mlp_ratio=6.0,
+        num_experts=4, moe_intermediate_dim=16,
         dense_moe_strategy="leave_first_block_dense", capacity_factors=2.0)
     with torch.no_grad():  # the zero-initialised layers and the experts' uninitialised (torch.empty) tables
         for name, p in transformer.named_parameters():

@@ -133,7 +133,8 @@ def check_nucleusmoe_folder(directory) -> tuple:
     text = read_json_object(directory / "text_encoder" / "config.json", "text encoder config").get("text_config", {})
     if text.get("hidden_size", 4096) != config.get("joint_attention_dim", 3584):
         raise DiffkitError(f"{directory}: the transformer's joint_attention_dim="
-                           f"{config.get('joint_attention_dim', 3584)} does not fit the text encoder's hidden size {text.get('hidden_size', 4096)}")
+                           f"{config.get('joint_attention_dim', 3584)} does not fit the text encoder's hidden size "
+                           f"{text.get('hidden_size', 4096)}")
     if int(text.get("num_hidden_layers", 36)) < -RETURN_INDEX - 1:
         raise DiffkitError(f"{directory}'s text encoder has num_hidden_layers={text['num_hidden_layers']!r}; allowed: "
                            f">= {-RETURN_INDEX - 1} (the pipeline reads hidden state {RETURN_INDEX})")
