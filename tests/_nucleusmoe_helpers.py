@@ -22,7 +22,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['c
 
 def tiny_nucleusmoe_pipeline(width: int = 32):
     """A NucleusMoEImagePipeline of random weights (module docstring); z_dim 4, transformer in_channels 16."""
-    from _krea2_helpers import tiny_qwen3_vl
+    from _krea2_helpers import tiny_qwen3_vl, tiny_vae_and_scheduler
     torch.manual_seed(0)
     tokenizer = tiny_qwen_tokenizer()
     tokenizer.add_tokens([AddedToken(w, normalized=False) for w in WORDS + ["You", " are", " an"]])
@@ -40,12 +40,7 @@ def tiny_nucleusmoe_pipeline(width: int = 32):
         for name, p in transformer.named_parameters():
             if not p.any() or ".experts." in name:
                 p.normal_(0.0, 0.3)
-    vae = diffusers.AutoencoderKLQwenImage(
-        base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True],
-        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 2.0, 1.2])
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=4, base_shift=0.5, max_image_seq_len=6400, max_shift=1.15, use_dynamic_shifting=True,
-        time_shift_type="exponential")
+    vae, scheduler = tiny_vae_and_scheduler()
     pipe = diffusers.NucleusMoEImagePipeline(transformer=transformer, scheduler=scheduler, vae=vae,
                                              text_encoder=encoder, processor=tokenizer)
     pipe.set_progress_bar_config(disable=True)
