@@ -33,6 +33,17 @@ def tiny_qwen3_vl(tokenizer, width: int = 32):
     return transformers.Qwen3VLModel(config).eval()
 
 
+def tiny_vae_and_scheduler():
+    """Qwen-Image's AutoencoderKLQwenImage of two levels (f = 4, z_dim 4) and a dynamic-shift flow scheduler."""
+    vae = diffusers.AutoencoderKLQwenImage(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 2.0, 1.2])
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=4, base_shift=0.5, max_image_seq_len=6400, max_shift=1.15, use_dynamic_shifting=True,
+        time_shift_type="exponential")
+    return vae, scheduler
+
+
 def tiny_krea2_pipeline(width: int = 32, distilled: bool = False):
     """A Krea2Pipeline of random weights (module docstring); z_dim 4, transformer in_channels 16."""
     torch.manual_seed(0)
@@ -47,12 +58,7 @@ def tiny_krea2_pipeline(width: int = 32, distilled: bool = False):
         for name, p in transformer.named_parameters():
             if not p.any():
                 p.normal_(0.0, 0.3)
-    vae = diffusers.AutoencoderKLQwenImage(
-        base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True],
-        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 2.0, 1.2])
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=4, base_shift=0.5, max_image_seq_len=6400, max_shift=1.15, use_dynamic_shifting=True,
-        time_shift_type="exponential")
+    vae, scheduler = tiny_vae_and_scheduler()
     pipe = diffusers.Krea2Pipeline(scheduler=scheduler, vae=vae, text_encoder=tiny_qwen3_vl(tokenizer, width),
                                    tokenizer=tokenizer, transformer=transformer, text_encoder_select_layers=LAYERS,
                                    is_distilled=distilled)

@@ -92,7 +92,7 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image or Krea 2 folder; None for any other checkpoint."""
+    ERNIE-Image, Krea 2 or NucleusMoE-Image folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -131,6 +131,10 @@ def folder_family(directory) -> Optional[type]:
     if is_krea2_folder(directory):
         from ._krea2 import Krea2Family
         return Krea2Family
+    from ..interop.nucleusmoe import is_nucleusmoe_folder
+    if is_nucleusmoe_folder(directory):
+        from ._nucleusmoe import NucleusMoEFamily
+        return NucleusMoEFamily
     return None
 
 

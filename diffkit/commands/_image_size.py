@@ -18,7 +18,7 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen, ERNIE-Image, PRX, Krea 2")
+                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen"  # diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -53,9 +53,12 @@ def size_multiple(directory) -> tuple:
         return f * patch, f"the VAE factor {f} x the transformer's patch size {patch}"
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.krea2 import is_krea2_folder
-    if is_qwen_image_folder(directory) or is_krea2_folder(directory):  # AutoencoderKLQwenImage: 2^len(temperal_..)
+    from ..interop.nucleusmoe import is_nucleusmoe_folder
+    # AutoencoderKLQwenImage: 2^len(temperal_..)
+    if is_qwen_image_folder(directory) or is_krea2_folder(directory) or is_nucleusmoe_folder(directory):
         f = 2 ** len(vae.get("temperal_downsample", [False, True, True]))
         how = "Krea2Pipeline would round other sizes up" if is_krea2_folder(directory) else \
+            "NucleusMoEImagePipeline would floor other sizes" if is_nucleusmoe_folder(directory) else \
             "QwenImagePipeline would floor other sizes"
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; {how}"
     from ..interop.bria import is_bria_folder
@@ -174,6 +177,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.omnigen import is_omnigen_folder
     from ..interop.ernie_image import is_ernie_image_folder
     from ..interop.krea2 import is_krea2_folder
+    from ..interop.nucleusmoe import is_nucleusmoe_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
@@ -183,7 +187,8 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
             or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint) or is_kandinsky_folder(checkpoint)
             or is_ovis_image_folder(checkpoint)
             or ldm_kind(checkpoint) == LDM_TEXT2IM or is_bria_folder(checkpoint) or is_longcat_folder(checkpoint)
-            or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint) or is_krea2_folder(checkpoint)):
+            or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint) or is_krea2_folder(checkpoint)
+            or is_nucleusmoe_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

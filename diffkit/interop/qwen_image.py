@@ -132,6 +132,7 @@ class QwenImage(Chroma):
 
     guidance_hint = f"true CFG for > 1 with a negative prompt, the pipeline's default {QWEN_IMAGE_TRUE_CFG}"
     default_steps = QWEN_IMAGE_STEPS
+    net_class = QwenImageNet  # the network over the transformer (.nucleusmoe's subclass negates its output)
     # (steps, strength, true-CFG scale (None: 4.0), max_sequence_length) of QwenImageImg2ImgPipeline and
     # QwenImageInpaintPipeline (the same), for .chroma.image_to_image
     img2img_defaults = inpaint_defaults = (QWEN_IMAGE_STEPS, QWEN_IMAGE_STRENGTH, None, MAX_SEQUENCE_LENGTH)
@@ -181,7 +182,7 @@ class QwenImage(Chroma):
         return (batch, int(self.transformer.config.in_channels) // 4, *shape[2:])
 
     def network(self) -> torch.nn.Module:
-        return QwenImageNet(self.transformer)
+        return self.net_class(self.transformer)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(context (B, L, d), mask (B, L) or None) as the pipeline's ``encode_prompt`` (module docstring): the
@@ -249,7 +250,7 @@ class QwenImage(Chroma):
         cond["null_context"] = null_context
         if null_mask is not None:
             cond["null_mask"] = null_mask
-        guided = Denoiser(QwenImageNet(self.transformer, diffusers_scale), denoiser.schedule, "flow_prediction")
+        guided = Denoiser(self.net_class(self.transformer, diffusers_scale), denoiser.schedule, "flow_prediction")
         guided.model = self.transformer
         return guided, cond
 
