@@ -13,7 +13,7 @@ only, or SD3's whole checkpoint) go through :mod:`diffkit.interop.single_file_di
 
 ``diffkit convert --single-file FILE --config FOLDER --out NEW`` writes the folder once;
 ``diffkit sample`` / ``diffkit edit --checkpoint FILE --config FOLDER`` convert into a temporary folder that is
-removed when the command ends (:func:`single_file_folder`). See docs/interop.md, "Single-file checkpoints".
+removed when the command ends (:func:`single_file_folder`). See docs/interop/single_file.md, "Single-file checkpoints".
 """
 from __future__ import annotations
 
