@@ -16,6 +16,7 @@ from diffkit.interop.auraflow import is_auraflow_folder, load_auraflow, text_to_
 from _pixart_helpers import assert_sample_refusals, cfg_sample_argv, edited_copy, tiny_pixart_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a Cat", "hot dog"]  # mixed case: AuraFlow does not lower-case
 
@@ -39,9 +40,7 @@ def folder(tmp_path_factory):
                                       scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.73))
     path = tmp_path_factory.mktemp("auraflow") / "aura"
     pipe.save_pretrained(path)
-    pipe = diffusers.AuraFlowPipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_auraflow(path, progress=False)
+    return reloaded(path, diffusers.AuraFlowPipeline, load_auraflow)
 
 
 @pytest.mark.parametrize("scale,negative,length", [(4.0, "ugly blurry", 12), (1.0, None, None)])

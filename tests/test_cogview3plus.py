@@ -12,6 +12,7 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.cogview3plus import is_cogview3plus_folder, load_cogview3plus, text_to_image  # noqa: E402
 
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a Cat", "hot dog"]
 # CogView3-Plus-3B's scheduler/scheduler_config.json (v-prediction, SNR shift 4, zero terminal SNR, trailing)
@@ -35,9 +36,7 @@ def cogview3plus_folder(tmp_path_factory):
                                           scheduler=diffusers.CogVideoXDDIMScheduler(**SCHEDULER))
     path = tmp_path_factory.mktemp("cogview3plus") / "cogview3plus"
     pipe.save_pretrained(path)
-    pipe = diffusers.CogView3PlusPipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_cogview3plus(path, progress=False)
+    return reloaded(path, diffusers.CogView3PlusPipeline, load_cogview3plus)
 
 
 @pytest.mark.parametrize("call", [

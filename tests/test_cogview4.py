@@ -17,6 +17,7 @@ from diffkit.interop.cogview4 import (cogview4_mu, cogview4_timestep, is_cogview
                                       text_to_image)
 
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 LONG = "a photo of cat hot dog ugly blurry the user prompt"  # 20 tokens: left-padded to 32
@@ -44,9 +45,7 @@ def tiny_cogview4_folder(tmp_path_factory, cls, in_channels=4):
                scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**SCHEDULER))
     path = tmp_path_factory.mktemp("cogview4") / cls.__name__
     pipe.save_pretrained(path)
-    pipe = cls.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_cogview4(path, progress=False)
+    return reloaded(path, cls, load_cogview4)
 
 
 @pytest.fixture(scope="session")

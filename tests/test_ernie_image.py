@@ -18,6 +18,7 @@ from _ernie_image_helpers import tiny_ernie_image_pipeline  # noqa: E402
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _sana_helpers import changed_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of cat", "hot dog the"]  # 7 and 4 tokens: rows of two lengths, zero-padded
 SIZE = 32  # pixels: latents 16 x 8 x 8 (VAE factor 2, 2 x 2 patches)
@@ -28,9 +29,7 @@ def tiny_ernie_image(tmp_path_factory):
     """(ErnieImagePipeline.from_pretrained of the saved folder, the folder, load_ernie_image of it)."""
     path = tmp_path_factory.mktemp("ernie_image") / "ernie_image"
     tiny_ernie_image_pipeline().save_pretrained(path)
-    pipe = diffusers.ErnieImagePipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_ernie_image(path, progress=False)
+    return reloaded(path, diffusers.ErnieImagePipeline, load_ernie_image)
 
 
 def _noise():

@@ -21,6 +21,7 @@ from diffkit.interop.flux2 import (check_flux2_folder, empirical_mu, is_flux2_fo
 from _flux2_helpers import tiny_flux2_pipeline, tiny_klein_pipeline  # noqa: E402
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of cat", "hot dog"]
 LENGTH, SIZE = 80, 32  # max_sequence_length (the prompts after the system message fit); pixels (latents 8 x 8)
@@ -29,9 +30,7 @@ LENGTH, SIZE = 80, 32  # max_sequence_length (the prompts after the system messa
 def _folder(tmp_path_factory, name, build, cls):
     path = tmp_path_factory.mktemp(name) / name
     build().save_pretrained(path)
-    pipe = cls.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_flux2(path, progress=False)
+    return reloaded(path, cls, load_flux2)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from diffkit.noise import generators_from_seed  # noqa: E402
 from _pixart_helpers import assert_sample_refusals, cfg_sample_argv, edited_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 SIZE = dict(height=64, width=96)  # latents 8 x 12: a non-square rotary grid
@@ -59,9 +60,7 @@ def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("hunyuan_dit")
     path = root / "hunyuan"
     tiny_hunyuan_dit_pipeline(root).save_pretrained(path)
-    pipe = diffusers.HunyuanDiTPipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_hunyuan_dit(path, progress=False)
+    return reloaded(path, diffusers.HunyuanDiTPipeline, load_hunyuan_dit)
 
 
 def run_both(pipe, hunyuan, pag=None, steps=3, **call):

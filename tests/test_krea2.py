@@ -17,6 +17,7 @@ from _krea2_helpers import tiny_krea2_pipeline  # noqa: E402
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _sana_helpers import changed_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of cat", "hot dog the"]  # rows of two lengths, padded in the middle of the template
 SIZE, LENGTH = 32, 16  # pixels (latents 4 x 8 x 8: VAE factor 4, 2 x 2 patches); max_sequence_length
@@ -27,9 +28,7 @@ def tiny_krea2(tmp_path_factory):
     """(Krea2Pipeline.from_pretrained of the saved folder, the folder, load_krea2 of it)."""
     path = tmp_path_factory.mktemp("krea2") / "krea2"
     tiny_krea2_pipeline().save_pretrained(path)
-    pipe = diffusers.Krea2Pipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_krea2(path, progress=False)
+    return reloaded(path, diffusers.Krea2Pipeline, load_krea2)
 
 
 def _noise():

@@ -19,6 +19,7 @@ from diffkit.interop.lumina2 import SYSTEM_PROMPT, is_lumina2_folder, load_lumin
 from _sana_helpers import check_sample_command, tiny_gemma, tiny_gemma_tokenizer  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_flux_vae  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 
@@ -44,9 +45,7 @@ def folder(tmp_path_factory):
     """(pipeline, folder, Lumina2) of one tiny folder with the released fixed shift 6, the pipeline loaded back."""
     path = tmp_path_factory.mktemp("lumina2") / "lumina2"
     tiny_lumina2_pipeline(diffusers.FlowMatchEulerDiscreteScheduler(shift=6.0)).save_pretrained(path)
-    pipe = diffusers.Lumina2Pipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_lumina2(path, progress=False)
+    return reloaded(path, diffusers.Lumina2Pipeline, load_lumina2)
 
 
 def _both(pipe, lumina, steps=3, size=16, **call):

@@ -13,6 +13,7 @@ from diffkit.interop.lumina_next import is_lumina_next_folder, load_lumina_next,
 
 from _sana_helpers import check_sample_command, tiny_gemma_tokenizer  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a Cat ", "hot dog"]
 
@@ -46,9 +47,7 @@ def lumina_next_folder(tmp_path_factory):
     """(pipeline, folder, LuminaNext) of one tiny folder, the pipeline loaded back."""
     path = tmp_path_factory.mktemp("lumina_next") / "lumina_next"
     tiny_lumina_next_pipeline().save_pretrained(path)
-    pipe = diffusers.LuminaPipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_lumina_next(path, progress=False)
+    return reloaded(path, diffusers.LuminaPipeline, load_lumina_next)
 
 
 def _both(pipe, lumina, steps=3, size=32, **call):

@@ -18,6 +18,7 @@ from _nucleusmoe_helpers import tiny_nucleusmoe_pipeline  # noqa: E402
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _sana_helpers import changed_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of cat", "hot dog the"]
 SIZE, LENGTH = 32, 1024  # pixels (latents 4 x 8 x 8: VAE factor 4, 2 x 2 patches); max_sequence_length
@@ -28,9 +29,7 @@ def tiny_nucleusmoe(tmp_path_factory):
     """(NucleusMoEImagePipeline.from_pretrained of the saved folder, the folder, load_nucleusmoe of it)."""
     path = tmp_path_factory.mktemp("nucleusmoe") / "nucleusmoe"
     tiny_nucleusmoe_pipeline().save_pretrained(path)
-    pipe = diffusers.NucleusMoEImagePipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_nucleusmoe(path, progress=False)
+    return reloaded(path, diffusers.NucleusMoEImagePipeline, load_nucleusmoe)
 
 
 def _noise():

@@ -18,6 +18,7 @@ from _sana_helpers import changed_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_flux_vae  # noqa: E402
 from test_z_image import tiny_qwen_tokenizer  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 NEGATIVES = ["ugly", "blurry dog"]
@@ -42,9 +43,7 @@ def tiny_ovis_image(tmp_path_factory):
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     diffusers.OvisImagePipeline(scheduler=scheduler, vae=tiny_flux_vae(), text_encoder=qwen, tokenizer=tokenizer,
                                 transformer=transformer).save_pretrained(path)
-    pipe = diffusers.OvisImagePipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_ovis_image(path, progress=False)
+    return reloaded(path, diffusers.OvisImagePipeline, load_ovis_image)
 
 
 @pytest.mark.parametrize("call", [

@@ -21,6 +21,7 @@ from diffkit.interop.qwen_image import (image_to_image, is_qwen_image_folder, lo
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _qwen_image_helpers import tiny_qwen_image_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]  # of unequal lengths: a padded batch, the mask passed
 
@@ -33,9 +34,7 @@ def qwen_folder(tmp_path_factory):
     """(pipeline loaded from the folder, folder, QwenImage) of a tiny random QwenImagePipeline."""
     path = tmp_path_factory.mktemp("qwen_image") / "qwen"
     tiny_qwen_image_pipeline().save_pretrained(path)
-    pipe = diffusers.QwenImagePipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_qwen_image(path, progress=False)
+    return reloaded(path, diffusers.QwenImagePipeline, load_qwen_image)
 
 
 @pytest.mark.parametrize("scale,negative,length", [(4.0, ["ugly blurry", " "], None), (2.5, ["bad", "bad"], 6),

@@ -15,6 +15,7 @@ from diffkit.interop.sana import COMPLEX_HUMAN_INSTRUCTION, is_sana_folder, load
 
 from _sana_helpers import changed_copy, check_sample_command, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a Cat ", "hot dog"]  # upper case and spaces: the pipeline's lower().strip()
 
@@ -24,9 +25,7 @@ def folder(tmp_path_factory):
     """(pipeline, folder, Sana) of one tiny folder, the pipeline loaded back from the folder."""
     path = tmp_path_factory.mktemp("sana") / "sana"
     tiny_sana_pipeline().save_pretrained(path)
-    pipe = diffusers.SanaPipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_sana(path, progress=False)
+    return reloaded(path, diffusers.SanaPipeline, load_sana)
 
 
 def _both(pipe, sana, steps=3, **call):

@@ -20,6 +20,7 @@ from diffkit.interop.sana_sprint import image_to_image as sprint_image_to_image 
 from _sana_helpers import changed_copy, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_sd_lora import _add_lora  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a Cat ", "hot dog"]
 SANA_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv_inverted",
@@ -32,9 +33,7 @@ def sprint(tmp_path_factory):
     """(pipeline, folder, SanaSprint) of a tiny SanaSprintPipeline folder."""
     path = tmp_path_factory.mktemp("sprint") / "sprint"
     tiny_sana_pipeline(sprint=True).save_pretrained(path)
-    pipe = diffusers.SanaSprintPipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_sana(path, progress=False)
+    return reloaded(path, diffusers.SanaSprintPipeline, load_sana)
 
 
 def _sprint_both(pipe, sprint, steps, seed=7, **call):

@@ -20,6 +20,7 @@ from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _sana_helpers import changed_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_flux_vae  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 NEGATIVES = ["ugly", "blurry dog"]
@@ -72,9 +73,7 @@ def tiny_z_image(tmp_path_factory):
     fixed-shift scheduler (shift 3), built on first use."""
     path = tmp_path_factory.mktemp("z_image") / "z_image"
     tiny_z_image_pipeline(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(path)
-    pipe = diffusers.ZImagePipeline.from_pretrained(path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, path, load_z_image(path, progress=False)
+    return reloaded(path, diffusers.ZImagePipeline, load_z_image)
 
 
 def _call(pipe, **call):
