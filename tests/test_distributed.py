@@ -182,6 +182,7 @@ def _distill(out, teacher, nproc, batch):
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow  # 25 s (two torchrun launches); the core data-parallel equality stays in the default suite
 @pytest.mark.real_plots  # the in-process run's files are compared with the torchrun run's
 def test_two_process_distillation_matches_one_process_with_the_same_global_batch(tmp_path, one_process_run):
     """diffkit distill --nproc 2 (torchrun, gloo): the consistency loss's grid pairs, noise and the
@@ -209,6 +210,7 @@ def test_distills_command_line_for_the_ranks_spells_out_its_own_abbreviations():
         == ["distill", "--teacher", "t.safetensors", "--steps", "3", "--out", "r"]
 
 
+@pytest.mark.slow  # 22 s; as the distillation run above
 def test_two_process_consistency_training_with_cms_curriculum_and_ema_target_matches_one_process(tmp_path):
     """CM's curriculum (N(k), mu(k) from the step) and EMA target under torchrun: the target network is
     updated identically on every rank (from the all-reduced weights), so 2 x 4 equals 1 x 8, target too."""
