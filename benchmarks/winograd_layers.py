@@ -1,4 +1,4 @@
-"""Where Winograd F(4x4, 3x3) pays: diffkit's ``WinogradConv2d`` against ``F.conv2d`` per layer shape.
+"""Where Winograd pays: diffkit's fp32 F(4x4, 3x3) (or, ``--variant f2``, F(2x2, 3x3)) against ``F.conv2d`` per layer.
 
 Forward + backward of one 3x3 convolution (C -> C channels, batch 16, fp32, channels_last, the
 layout diffkit trains in on the CPU), Winograd on and off in the same process, interleaved,
@@ -7,6 +7,11 @@ read off this table; shapes outside the rule are timed too (the path is forced o
 Prints a table and writes ``benchmarks/out/winograd_layers.json``.
 
     PYTHONPATH=. python benchmarks/winograd_layers.py [--threads 2] [--repeats 5]
+    PYTHONPATH=. python benchmarks/winograd_layers.py --variant f2 --sizes 6,10,14,18 --threads 1 --clock cpu
+
+F(2x2, 3x3) is timed on even sides that F(4x4, 3x3) cannot tile (``--sizes`` that are multiples of 4 are
+skipped for it, as odd ones are); ``--clock cpu`` times process CPU time (with ``--threads 1``: the
+steadier figure on a shared machine).
 """
 from __future__ import annotations
 
@@ -14,12 +19,12 @@ import argparse
 import json
 import platform
 import statistics
+import time
 from pathlib import Path
 
 import torch
 
 from diffkit.models import winograd
-from laps import median_seconds  # benchmarks/laps.py, beside this script
 
 
 def bf16_errors():
@@ -52,20 +57,32 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--sizes", default="8,12,16,28,32")
     parser.add_argument("--channels", default="32,64,96,128,256,384,512")
+    parser.add_argument("--variant", choices=("f4", "f2"), default="f4")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--out", default="benchmarks/out/winograd_layers.json")
     args = parser.parse_args(argv)
     if not winograd.winograd_available():
         raise SystemExit("the Winograd kernels could not be built here (see the warning above)")
-    bf16_errors()
+    if args.variant == "f4":
+        bf16_errors()
     torch.set_num_threads(args.threads)
+    tile = 4 if args.variant == "f4" else 2
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+
+    def seconds(fn):
+        fn()
+        start = clock()
+        fn()
+        return clock() - start
+
     rows = []
-    print(f"3x3 convolution C -> C, batch {args.batch}, fp32 channels_last, {args.threads} threads, "
-          f"forward + backward, median of {args.repeats} (ms)")
+    print(f"3x3 convolution C -> C, batch {args.batch}, fp32 channels_last, F({tile}x{tile}, 3x3), "
+          f"{args.threads} threads, forward + backward, {args.clock} time, median of {args.repeats} (ms)")
     print("| C | size | F.conv2d | Winograd | speed-up | used by default |")
     print("|---:|---:|---:|---:|---:|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         for channels in (int(c) for c in args.channels.split(",")):
-            if size % 4 or channels * size * size > 256 * 32 * 32:
+            if size % tile or (tile == 2 and size % 4 == 0) or channels * size * size > 256 * 32 * 32:
                 continue
             cl = torch.channels_last
             conv = winograd.WinogradConv2d(channels, channels, 3, padding=1).to(memory_format=cl)
@@ -77,12 +94,15 @@ def main(argv=None):
                 conv._conv_forward(x, conv.weight, conv.bias).backward(dy)
 
             def fast():
-                winograd.winograd_conv3x3(x, conv.weight, conv.bias).backward(dy)
+                if tile == 4:
+                    winograd.winograd_conv3x3(x, conv.weight, conv.bias).backward(dy)
+                else:
+                    winograd._WinogradConv3x3.apply(x, conv.weight, conv.bias, winograd.F2_FP32).backward(dy)
 
             t_direct, t_fast = [], []
             for _ in range(args.repeats):
-                t_direct.append(median_seconds(direct, 1, warmup=True))
-                t_fast.append(median_seconds(fast, 1, warmup=True))
+                t_direct.append(seconds(direct))
+                t_fast.append(seconds(fast))
             d, w = statistics.median(t_direct), statistics.median(t_fast)
             rows.append({"channels": channels, "size": size, "direct_s": d, "winograd_s": w, "speedup": d / w,
                          "default": default})
@@ -92,7 +112,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                               "threads": args.threads, "batch": args.batch, "rows": rows}, indent=1))
+                               "threads": args.threads, "batch": args.batch, "variant": args.variant,
+                               "clock": args.clock, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

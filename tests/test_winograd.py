@@ -1,4 +1,5 @@
-"""Winograd F(4x4, 3x3) convolutions (diffkit.models.winograd) against the paper's transforms and F.conv2d."""
+"""Winograd F(4x4, 3x3) and fp32 F(2x2, 3x3) convolutions (diffkit.models.winograd) against the paper's
+transforms and F.conv2d."""
 import warnings
 
 import pytest
@@ -97,6 +98,33 @@ def test_forward_and_gradients_equal_conv2d(monkeypatch, channels_last, bias):
 
 
 @needs_kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_f2x2_forward_and_gradients_equal_conv2d(monkeypatch, channels_last):
+    """fp32 F(2x2, 3x3) on 10x14 maps (sides F(4x4, 3x3) cannot tile), in several chunks of tiles, against
+    float64 F.conv2d: within 2e-6 relative, closer than the direct fp32 convolution (its transforms hold only
+    0, +-1 and +-1/2)."""
+    monkeypatch.setattr(winograd, "_WORKSPACE_FLOATS", 16 * 194 * 11)  # 11 tiles per chunk
+    monkeypatch.setattr(winograd, "_MIN_TILES", 1)
+    torch.manual_seed(3)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv = winograd.WinogradConv2d(194, 192, 3, padding=1).to(memory_format=layout)
+    x = torch.randn(2, 194, 10, 14).contiguous(memory_format=layout).requires_grad_()
+    assert winograd.winograd_variant(conv, x) is winograd.F2_FP32
+    y = conv(x)
+    assert y.is_contiguous(memory_format=layout)
+    params = [x, conv.weight, conv.bias]
+    exact = [p.detach().double().requires_grad_() for p in params]
+    y_exact = F.conv2d(*exact, padding=1)
+    dy = torch.randn_like(y_exact)
+    grads = torch.autograd.grad(y, params, dy.float())
+    grads_exact = torch.autograd.grad(y_exact, exact, dy)
+    assert _relative_error(y, y_exact) < 2e-6
+    for got, want, p in zip(grads, grads_exact, params):
+        assert got.shape == p.shape and got.is_contiguous(memory_format=layout) == p.is_contiguous(memory_format=layout)
+        assert _relative_error(got, want) < 2e-6
+
+
+@needs_kernels
 def test_an_input_without_gradient_gets_none():
     conv = winograd.WinogradConv2d(128, 64, 3, padding=1)
     x = torch.randn(1, 128, 12, 12)
@@ -115,7 +143,14 @@ def test_where_winograd_applies():
     with torch.no_grad():  # sampling: one weight transform per call, 64 tiles pay
         assert winograd.winograd_applies(conv, x[:4]) and not winograd.winograd_applies(conv, x[:3])
     assert not winograd.winograd_applies(conv, x.double())
-    assert not winograd.winograd_applies(conv, torch.randn(8, 128, 14, 14))  # sides not multiples of 4
+    # sides not multiples of 4: F(2x2, 3x3) from 192 channels and the same pixel counts as F(4x4, 3x3)
+    assert winograd.winograd_variant(conv, x) is winograd.F4
+    wide = winograd.WinogradConv2d(192, 256, 3, padding=1)
+    assert winograd.winograd_variant(wide, torch.randn(11, 192, 14, 14)) is winograd.F2_FP32  # 2156 >= 16 x 128
+    assert winograd.winograd_variant(wide, torch.randn(10, 192, 14, 14)) is None  # 1960 pixels
+    assert winograd.winograd_variant(conv, torch.randn(16, 128, 14, 14)) is None  # 128 channels
+    assert winograd.winograd_variant(wide, torch.randn(64, 192, 6, 6)) is None  # sides below 8
+    assert winograd.winograd_variant(wide, torch.randn(16, 192, 14, 15)) is None  # an odd side
     assert not winograd.winograd_applies(conv, torch.randn(128, 128, 4, 4))  # 4x4 maps
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not winograd.winograd_applies(conv, x)

@@ -1,5 +1,6 @@
 """Winograd F(2x2, 3x3) for bf16 (diffkit.models.winograd, opt-in: DIFFKIT_BF16_WINOGRAD=1) against
-Lavin & Gray (2016) eq. 8 tile by tile and float64 F.conv2d, and in a U-Net under bf16 autocast."""
+Lavin & Gray (2016) eq. 8 tile by tile and float64 F.conv2d, and in a U-Net under bf16 autocast; its
+transform kernels also in float32 (fp32 F(2x2, 3x3), whose convolutions tests/test_winograd.py checks)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,33 +41,47 @@ def test_the_papers_matrices_compute_a_2_output_correlation():
 
 
 @needs_kernels
-def test_each_transform_kernel_is_its_matrix_formula():
-    """B^T d B, A^T M A (+ bias) and A dY A^T per tile, against float64 einsums rounded to bf16 once,
-    on a chunk of tiles that starts inside the map (p0 > 0)."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_each_transform_kernel_is_its_matrix_formula(dtype):
+    """B^T d B, A^T M A (+ bias) and A dY A^T per tile, against float64 einsums rounded to the map's
+    dtype once (bf16; float32, whose kernels serve fp32 F(2x2, 3x3)), on a chunk of tiles that starts
+    inside the map (p0 > 0); 70 channels: a full and a partial 64-channel block."""
     ext = winograd._extension()
     torch.manual_seed(1)
-    n, c, h, w = 2, 24, 6, 8
-    x = torch.randn(n, h, w, c).bfloat16()
+    n, c, h, w = 2, 70, 6, 8
+    # bf16: the input transform's sums are exact in float and rounded once; the others within bf16's rounding
+    exact, rounded = ({"rtol": 0, "atol": 0}, {"rtol": 8e-3, "atol": 0}) if dtype == torch.bfloat16 else (
+        {"rtol": 1e-6, "atol": 1e-6},) * 2
+    x = torch.randn(n, h, w, c).to(dtype)
     tiles = n * (h // 2) * (w // 2)
     p0, q = 5, tiles - 7
-    v = torch.empty(16, q, c, dtype=torch.bfloat16)
+    v = torch.empty(16, q, c, dtype=dtype)
     ext.input_transform_2x2(x, v, p0)
     d = F.pad(x.double().permute(0, 3, 1, 2), (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)  # (n, c, i, j, 4, 4)
     want_v = torch.einsum("ar,ncijrs,bs->abnijc", BT, d, BT).reshape(16, tiles, c)[:, p0:p0 + q]
-    torch.testing.assert_close(v.double(), want_v.bfloat16().double(), rtol=0, atol=0)
-    m = torch.randn(16, tiles, c).bfloat16()
+    torch.testing.assert_close(v.double(), want_v.to(dtype).double(), **exact)
+    m = torch.randn(16, tiles, c).to(dtype)
     bias = torch.randn(c)
-    y = torch.zeros(n, h, w, c, dtype=torch.bfloat16)
+    y = torch.zeros(n, h, w, c, dtype=dtype)
     ext.output_transform_2x2(m, y, 0, bias)
     mt = m.double().view(4, 4, n, h // 2, w // 2, c)
     want_y = torch.einsum("ra,abnijc,sb->nirjsc", AT, mt, AT).reshape(n, h, w, c) + bias.double()
-    torch.testing.assert_close(y.double(), want_y.bfloat16().double(), rtol=8e-3, atol=0)
-    dy = torch.randn(n, h, w, c).bfloat16()
-    dm = torch.empty(16, tiles, c, dtype=torch.bfloat16)
+    torch.testing.assert_close(y.double(), want_y.to(dtype).double(), **rounded)
+    dy = torch.randn(n, h, w, c).to(dtype)
+    dm = torch.empty(16, tiles, c, dtype=dtype)
     ext.output_gradient_transform_2x2(dy, dm, 0)
     dyt = dy.double().permute(0, 3, 1, 2).unfold(2, 2, 2).unfold(3, 2, 2)  # (n, c, i, j, 2, 2)
     want_dm = torch.einsum("ra,ncijrs,sb->abnijc", AT, dyt, AT).reshape(16, tiles, c)
-    torch.testing.assert_close(dm.double(), want_dm.bfloat16().double(), rtol=8e-3, atol=0)
+    torch.testing.assert_close(dm.double(), want_dm.to(dtype).double(), **rounded)
+
+
+@needs_kernels
+def test_the_transform_kernels_refuse_other_dtypes():
+    ext = winograd._extension()
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ext.input_transform_2x2(torch.zeros(1, 4, 4, 8, dtype=torch.float64), torch.zeros(16, 4, 8), 0)
+    with pytest.raises(RuntimeError, match="v must be a contiguous float32"):  # v of another dtype than x
+        ext.input_transform_2x2(torch.zeros(1, 4, 4, 8), torch.zeros(16, 4, 8, dtype=torch.bfloat16), 0)
 
 
 @needs_kernels

@@ -1,6 +1,6 @@
 // Python bindings of diffkit's CPU kernels (one extension, built once per machine and torch
 // version by diffkit.models.cpu_kernels): the Winograd tile transforms (F(4x4, 3x3) fp32 in
-// _winograd_kernels.cpp, F(2x2, 3x3) bf16 in _winograd_2x2_kernels.cpp)
+// _winograd_kernels.cpp, F(2x2, 3x3) fp32 / bf16 in _winograd_2x2_kernels.cpp)
 // and GroupNorm [+ SiLU] for channels_last fp32 and contiguous fp32 / bf16 maps
 // (_group_norm_kernels.cpp), and dropout with a recomputable mask (_dropout_kernels.cpp).
 #include <torch/extension.h>
@@ -33,11 +33,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("output_transform", &diffkit::output_transform, "y's tiles p0 + q = A^T m[:, q] A");
   m.def("output_gradient_transform", &diffkit::output_gradient_transform, "dm[:, q] = A dY A^T for the tiles p0 + q");
   m.def("input_transform_2x2", &diffkit::input_transform_2x2,
-        "F(2x2, 3x3), bf16: v[:, q] = B^T d B for the tiles p0 + q of x");
+        "F(2x2, 3x3), float32 or bf16: v[:, q] = B^T d B for the tiles p0 + q of x");
   m.def("output_transform_2x2", &diffkit::output_transform_2x2,
-        "F(2x2, 3x3), bf16: y's tiles p0 + q = A^T m[:, q] A (+ bias)");
+        "F(2x2, 3x3), float32 or bf16: y's tiles p0 + q = A^T m[:, q] A (+ bias)");
   m.def("output_gradient_transform_2x2", &diffkit::output_gradient_transform_2x2,
-        "F(2x2, 3x3), bf16: dm[:, q] = A dY A^T for the tiles p0 + q");
+        "F(2x2, 3x3), float32 or bf16: dm[:, q] = A dY A^T for the tiles p0 + q");
   m.def("weight_transform_2x2", &diffkit::weight_transform_2x2,
         "F(2x2, 3x3): G g G^T in bf16 as (16, Co, Ci); flipped: of the flipped kernel, Ci and Co swapped");
   m.def("group_norm_forward", &diffkit::group_norm_forward,

@@ -1,5 +1,5 @@
 // What the two Winograd kernel files share (F(4x4, 3x3) fp32 in _winograd_kernels.cpp, F(2x2, 3x3)
-// bf16 in _winograd_2x2_kernels.cpp): channels_last maps (N, H, W, C) with H and W multiples of the
+// fp32 and bf16 in _winograd_2x2_kernels.cpp): channels_last maps (N, H, W, C) with H and W multiples of the
 // output tile, transformed tiles (P, Q, C) for P = (tile + 2)^2 values per tile, tile
 // p = (n * h + i) * w + j, and a parallel loop over the tiles [p0, p0 + Q) of one chunk.
 #pragma once

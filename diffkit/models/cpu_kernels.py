@@ -1,7 +1,7 @@
 """diffkit's C++ CPU kernels: built once per machine and torch version, loaded on first use.
 
 One ``torch.utils.cpp_extension`` build of five sources: the Winograd tile transforms
-(``_winograd_kernels.cpp`` for fp32, ``_winograd_2x2_kernels.cpp`` for bf16, used by
+(``_winograd_kernels.cpp`` for fp32, ``_winograd_2x2_kernels.cpp`` for fp32 and bf16, used by
 :mod:`diffkit.models.winograd`), GroupNorm [+ SiLU] for
 channels_last and contiguous fp32 / bf16 maps (``_group_norm_kernels.cpp``, used by
 :mod:`diffkit.models.group_norm`), dropout with a recomputed mask (``_dropout_kernels.cpp``, used

@@ -23,6 +23,14 @@ fp32 result differs from the direct convolution's by about 2e-6 relative (the di
 rounding error is about 2e-7). Set ``DIFFKIT_WINOGRAD=0`` to turn it off (``DIFFKIT_CPU_KERNELS=0``
 turns off every C++ kernel); without a C++ compiler it turns itself off with one warning.
 
+**fp32 F(2x2, 3x3)** (``F2_FP32``) takes the even sides F(4x4, 3x3) cannot tile (10x10, 14x14,
+18x18, ...: a 28x28 or 56x56 image's lower levels) from 192 input and output channels, with the same
+pixel counts: 1.19-1.36x forward + backward there, 1.00-1.09x at 128 channels and 0.86-1.04x at
+64-96, where its batched products run at about 2/3 of the direct kernel's rate
+(``benchmarks/winograd_layers.py --variant f2``). Its transforms (the bf16 path's kernels, in
+float32) hold only 0, +-1 and +-1/2: about 3e-7 relative error, closer to float64 than the direct
+fp32 convolution.
+
 **bf16, opt-in** (``DIFFKIT_BF16_WINOGRAD=1`` or :func:`set_bf16_winograd_enabled`; off by
 default): under bf16 autocast (or for a bf16 network) on channels_last maps, F(2x2, 3x3)
 (Lavin & Gray 2016, section 4.1; 16 products per 4 outputs instead of 36: 2.25x fewer), whose
@@ -66,6 +74,10 @@ _MIN_SIDE = 8
 _MIN_CHANNELS = 64
 _MIN_TILES = 128
 _MIN_TILES_NO_GRAD = 64
+# fp32 F(2x2, 3x3) on the even sides F(4x4, 3x3) cannot tile (10x10, 14x14, 18x18; forward + backward, batch 16,
+# one thread, against channels_last F.conv2d; benchmarks/winograd_layers.py --variant f2): 1.19-1.36x from 192
+# channels, 1.00-1.09x at 128, 0.86-1.04x at 64-96 (its batched products run at 2/3 of the direct kernel's speed)
+_F2_MIN_CHANNELS = 192
 # bf16 F(2x2, 3x3) (channels_last maps; benchmarks/winograd_bf16_prototype.py, batch 16, forward +
 # backward): 1.37x at 128 channels on 32x32, 1.44x at 256 on 16x16, 1.16-1.22x at 256-384 on 8x8,
 # 0.97x at 64 channels
@@ -89,8 +101,9 @@ class Variant:
 
 F4 = Variant(4, tuple(map(tuple, _G)), torch.float32, "input_transform", "output_gradient_transform")
 # Lavin & Gray (2016), section 4.1
-F2 = Variant(2, ((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)), torch.bfloat16,
-             "input_transform_2x2", "output_gradient_transform_2x2")
+_G2 = ((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1))
+F2 = Variant(2, _G2, torch.bfloat16, "input_transform_2x2", "output_gradient_transform_2x2")
+F2_FP32 = Variant(2, _G2, torch.float32, "input_transform_2x2", "output_gradient_transform_2x2")
 
 
 def _enabled_by_environment() -> bool:
@@ -140,8 +153,8 @@ def _bf16_autocast() -> bool:
 
 
 def winograd_variant(conv: torch.nn.Conv2d, x: torch.Tensor):
-    """The Winograd variant ``conv(x)`` runs through (``F4`` for fp32, ``F2`` for bf16), or None
-    for ``F.conv2d`` (see the module docstring for the rules)."""
+    """The Winograd variant ``conv(x)`` runs through (``F4`` or ``F2_FP32`` for fp32, ``F2`` for bf16),
+    or None for ``F.conv2d`` (see the module docstring for the rules)."""
     if x.device.type != "cpu" or x.dim() != 4 or not _plain_3x3(conv):
         return None
     if compiling() or torch.jit.is_scripting():
@@ -149,13 +162,14 @@ def winograd_variant(conv: torch.nn.Conv2d, x: torch.Tensor):
     height, width = x.shape[-2:]
     channels = min(conv.in_channels, conv.out_channels)
     if x.dtype == torch.float32 and conv.weight.dtype == torch.float32 and not cpu_autocast():
-        if not _state["enabled"] or height % 4 or width % 4 or min(height, width) < _MIN_SIDE:
+        if not _state["enabled"] or height % 2 or width % 2 or min(height, width) < _MIN_SIDE:
             return None
         training = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
         min_tiles = _MIN_TILES if training else _MIN_TILES_NO_GRAD
-        if channels < _MIN_CHANNELS or x.shape[0] * height * width < 16 * min_tiles:
+        fits_f4 = height % 4 == 0 and width % 4 == 0
+        if channels < (_MIN_CHANNELS if fits_f4 else _F2_MIN_CHANNELS) or x.shape[0] * height * width < 16 * min_tiles:
             return None
-        variant = F4
+        variant = F4 if fits_f4 else F2_FP32
     else:
         bf16 = (_bf16_autocast() and x.dtype in (torch.float32, torch.bfloat16)) or (
             not cpu_autocast() and x.dtype == conv.weight.dtype == torch.bfloat16)
@@ -224,7 +238,7 @@ def _convolve(ext, variant: "Variant", xh: torch.Tensor, u: torch.Tensor, bias: 
         v, m = _buffer(0, (positions, q, ci), variant.dtype), _buffer(1, (positions, q, co), variant.dtype)
         getattr(ext, variant.input)(xh, v, p0)
         torch.bmm(v, u, out=m)
-        if variant.dtype == torch.float32:
+        if variant is F4:
             if bias is not None:
                 m[_BIAS_POSITION].add_(bias)
             ext.output_transform(m, y, p0)
@@ -310,14 +324,14 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 class WinogradConv2d(torch.nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state dict) that runs through Winograd F(4x4, 3x3) in
-    fp32 or F(2x2, 3x3) in bf16 where :func:`winograd_variant` gives one, and as ``nn.Conv2d``
-    everywhere else."""
+    """``nn.Conv2d`` (same parameters and state dict) that runs through Winograd F(4x4, 3x3) or
+    F(2x2, 3x3) in fp32, or F(2x2, 3x3) in bf16, where :func:`winograd_variant` gives one, and as
+    ``nn.Conv2d`` everywhere else."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         variant = winograd_variant(self, x)
         if variant is F4:
             return winograd_conv3x3(x, self.weight, self.bias)
-        if variant is F2:
-            return _WinogradConv3x3.apply(x, self.weight, self.bias, F2)
+        if variant is not None:
+            return _WinogradConv3x3.apply(x, self.weight, self.bias, variant)
         return self._conv_forward(x, self.weight, self.bias)
