@@ -131,6 +131,8 @@ class QwenImage(Chroma):
     network, guidance and the VAE's scale and normalisation Qwen-Image's."""
 
     guidance_hint = f"true CFG for > 1 with a negative prompt, the pipeline's default {QWEN_IMAGE_TRUE_CFG}"
+    default_guidance = QWEN_IMAGE_TRUE_CFG  # prompt_guidance's default scale (Qwen-Image 2.1's: 1.0, .qwen_image21)
+    pipeline = "QwenImagePipeline"  # (named in prompt_guidance's refusals)
     default_steps = QWEN_IMAGE_STEPS
     net_class = QwenImageNet  # the network over the transformer (.nucleusmoe's subclass negates its output)
     # (steps, strength, true-CFG scale (None: 4.0), max_sequence_length) of QwenImageImg2ImgPipeline and
@@ -227,11 +229,11 @@ class QwenImage(Chroma):
             raise DiffkitError("an IP-Adapter is not allowed for a Qwen-Image folder (QwenImagePipeline loads none)")
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
-        scale = QWEN_IMAGE_TRUE_CFG if guidance_scale is None else float(guidance_scale)
-        diffusers_scale = pipeline_scale(guidance_scale, QWEN_IMAGE_TRUE_CFG, convention)
+        scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        diffusers_scale = pipeline_scale(guidance_scale, self.default_guidance, convention)
         if negative_prompt is None and guidance_scale is not None and diffusers_scale > 1:
             raise DiffkitError(f"guidance_scale={scale:g} ({convention} convention) without a negative prompt is not "
-                               f"allowed: QwenImagePipeline's true CFG runs only with one (even \" \"); give a "
+                               f"allowed: {self.pipeline}'s true CFG runs only with one (even \" \"); give a "
                                f"negative prompt or drop the scale")
         if negative_prompt is not None and diffusers_scale <= 1:
             raise DiffkitError(f"a negative prompt with guidance_scale={scale:g} ({convention} convention) is not "
