@@ -54,7 +54,8 @@ def size_multiple(directory) -> tuple:
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.qwen_image21 import VAE_FACTOR, is_qwen_image21_folder
     if is_qwen_image21_folder(directory):  # its fixed vae_scale_factor 16, latents in 2 x 2 image slots
-        return 2 * VAE_FACTOR, f"the pipeline's VAE factor {VAE_FACTOR} x 2; QwenImage21Pipeline would floor other sizes"
+        return 2 * VAE_FACTOR, (f"the pipeline's VAE factor {VAE_FACTOR} x 2; QwenImage21Pipeline would floor other "
+                                f"sizes")
     from ..interop.krea2 import is_krea2_folder
     from ..interop.nucleusmoe import is_nucleusmoe_folder
     # AutoencoderKLQwenImage: 2^len(temperal_..)

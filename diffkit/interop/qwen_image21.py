@@ -47,16 +47,13 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, read_json_object
-from . import model_dtype, require
+from . import require
+from .nucleusmoe import CLASSES as NUCLEUS_CLASSES, REQUIRED
 from .qwen_image import QwenImage, QwenImageNet
 
 PIPELINE = "QwenImage21Pipeline"
 TRANSFORMER = "QwenImage21Transformer2DModel"
-REQUIRED = ("transformer", "vae", "text_encoder", "processor", "scheduler")
-CLASSES = {"transformer": (TRANSFORMER,), "vae": ("AutoencoderKLQwenImage21",),
-           "text_encoder": ("Qwen3VLForConditionalGeneration",),
-           "processor": ("Qwen3VLProcessor", "Qwen2Tokenizer", "Qwen2TokenizerFast"),
-           "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
+CLASSES = {**NUCLEUS_CLASSES, "transformer": (TRANSFORMER,), "vae": ("AutoencoderKLQwenImage21",)}  # its Qwen3-VL
 SYSTEM_PROMPT = "Comprehend and analyze the provided prompt."  # QwenImage21Pipeline.sys_prompt
 PROMPT_TEMPLATE = (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{{}}<|im_end|>\n"
                    f"<|im_start|>assistant\n")  # its prompt_template_t2i
@@ -84,22 +81,28 @@ class QwenImage21Net(QwenImageNet):
                          encoder_hidden_states_mask=mask, img_shapes=shapes, img_mask=img_mask, return_dict=False)[0]
         return out[:, -tokens.shape[1]:]
 
+    def pack(self, z: torch.Tensor) -> torch.Tensor:
+        return flatten_latents(z)
+
+    def unpack(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+    def image_shape(self, h: int, w: int) -> tuple:
+        return (1, h, w)
+
+    def guide(self, cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+        """u_n + s (u_c - u_n) (Ho & Salimans 2022, eq. 6 in diffusers' convention; no norm rescaling)."""
+        return null + self.scale * (cond - null)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
                 null_context: torch.Tensor = None, null_mask: torch.Tensor = None, reference=None,
                 control=None) -> torch.Tensor:
-        if context is None:
-            raise DiffkitError("a Qwen-Image 2.1 transformer needs cond {'context'} (QwenImage21.prompt_guidance)")
+        """:meth:`.qwen_image.QwenImageNet.forward` with 2.1's tokens and CFG; ``reference`` / ``control``: one
+        line (not driven)."""
         if reference is not None or control is not None:
             raise DiffkitError("condition images and ControlNets are not supported for a Qwen-Image 2.1 folder "
                                "(diffkit drives QwenImage21Pipeline's text-to-image only)")
-        dtype, (b, c, h, w) = model_dtype(self.model), x.shape
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        tokens, timestep, shapes = flatten_latents(x.to(dtype)), t.to(dtype) / 1000, [[(1, h, w)]] * b
-        out = self._call(tokens, timestep, context, mask, shapes)
-        if self.scale > 1 and null_context is not None:  # Ho & Salimans 2022, eq. 6 (diffusers' convention)
-            null = self._call(tokens, timestep, null_context, null_mask, shapes)
-            out = null + self.scale * (out - null)
-        return out.transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
+        return super().forward(x, t, context, mask, null_context, null_mask)
 
 
 @dataclass
