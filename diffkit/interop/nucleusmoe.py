@@ -141,41 +141,42 @@ def check_nucleusmoe_folder(directory) -> tuple:
     return index, check_flux_scheduler(directory, PIPELINE)
 
 
-def load_qwen3_vl_text(directory: Path, parts: dict, dtype, progress: bool) -> Optional[str]:
-    """Into ``parts``: the folder's ``Qwen3VLForConditionalGeneration`` (``text_encoder/``) and the processor's
-    tokenizer (``processor/``, read by ``AutoTokenizer``: transformers' ``Qwen3VLProcessor`` imports torchvision for
-    its video processor; the text pipelines call only its tokenizer and chat template); returns the chat template
-    (``processor/chat_template.jinja`` or ``.json``, None without one). NucleusMoE-Image's and Qwen-Image 2.1's
-    (:mod:`.qwen_image21`)."""
+def load_qwen3_vl_folder(cls, directory: Path, index: dict, sched: dict, transformer_cls, vae_cls, device, dtype,
+                         progress: bool, **fields):
+    """``cls`` (a :class:`.qwen_image.QwenImage` with a ``chat_template`` field) of a checked folder, never
+    downloading nor unpickling: the transformer (``transformer_cls``) and VAE (``vae_cls``) by
+    :func:`.flow_latents.load_flow_parts`, the ``Qwen3VLForConditionalGeneration`` (``text_encoder/``) and the
+    processor's tokenizer (``processor/``, read by ``AutoTokenizer``: transformers' ``Qwen3VLProcessor`` imports
+    torchvision for its video processor; the text pipelines call only its tokenizer and chat template) and chat
+    template (``processor/chat_template.jinja`` or ``.json``, None without one); ``fields``: more of ``cls``'s.
+    NucleusMoE-Image's and Qwen-Image 2.1's (:mod:`.qwen_image21`)."""
     from . import from_pretrained, library_progress_bars
+    from .flow_latents import frozen_on, load_flow_parts
     transformers = require("transformers")
+    parts = load_flow_parts(directory, index, transformer_cls, {}, dtype, progress, vae_cls=vae_cls)
     with library_progress_bars(progress):
         parts["text_encoder"] = from_pretrained(transformers.Qwen3VLForConditionalGeneration,
                                                 directory / "text_encoder", local_files_only=True, torch_dtype=dtype,
                                                 use_safetensors=True)
         parts["tokenizer"] = from_pretrained(transformers.AutoTokenizer, directory / "processor", local_files_only=True)
     template = directory / "processor" / "chat_template.jinja"
-    return template.read_text() if template.is_file() else \
+    chat = template.read_text() if template.is_file() else \
         read_json_object(directory / "processor" / "chat_template.json", "chat template").get("chat_template") \
         if (directory / "processor" / "chat_template.json").is_file() else None
+    device = frozen_on(parts, device)
+    return cls(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype,
+               chat_template=chat, **fields)
 
 
 def load_nucleusmoe(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                     progress: bool = True) -> NucleusMoEImage:
-    """Load a NucleusMoE-Image diffusers folder (never downloads, never unpickles): the transformer and VAE by
-    :func:`.flow_latents.load_flow_parts`, the Qwen3-VL model, and the processor's tokenizer and chat template from
-    ``processor/`` (:func:`load_qwen3_vl_text`); what diffkit does not drive is refused in one line before any weight
-    is read."""
-    from .flow_latents import frozen_on, load_flow_parts
+    """Load a NucleusMoE-Image diffusers folder (never downloads, never unpickles; :func:`load_qwen3_vl_folder`);
+    what diffkit does not drive is refused in one line before any weight is read."""
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_nucleusmoe_folder(directory)
-    parts = load_flow_parts(directory, index, diffusers.NucleusMoEImageTransformer2DModel, {}, dtype, progress,
-                            vae_cls=diffusers.AutoencoderKLQwenImage)
-    chat = load_qwen3_vl_text(directory, parts, dtype, progress)
-    device = frozen_on(parts, device)
-    return NucleusMoEImage(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                           dtype=dtype, chat_template=chat)
+    return load_qwen3_vl_folder(NucleusMoEImage, directory, index, sched, diffusers.NucleusMoEImageTransformer2DModel,
+                                diffusers.AutoencoderKLQwenImage, device, dtype, progress)
 
 
 def text_to_image(model: NucleusMoEImage, prompts: Union[str, Sequence[str]], *, ip_adapter=None,

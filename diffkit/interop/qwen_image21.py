@@ -236,21 +236,16 @@ def check_qwen_image21_folder(directory) -> tuple:
 
 def load_qwen_image21(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                       progress: bool = True) -> QwenImage21:
-    """Load a Qwen-Image 2.1 diffusers folder (never downloads, never unpickles): the transformer and VAE by
-    :func:`.flow_latents.load_flow_parts`, the Qwen3-VL model and the processor's tokenizer and chat template by
-    :func:`.nucleusmoe.load_qwen3_vl_text`; what diffkit does not drive is refused in one line before any weight is
-    read (:func:`check_qwen_image21_folder`)."""
-    from .flow_latents import frozen_on, load_flow_parts
-    from .nucleusmoe import load_qwen3_vl_text
+    """Load a Qwen-Image 2.1 diffusers folder (never downloads, never unpickles): the transformer, VAE, Qwen3-VL
+    model and the processor's tokenizer and chat template by :func:`.nucleusmoe.load_qwen3_vl_folder`; what diffkit
+    does not drive is refused in one line before any weight is read (:func:`check_qwen_image21_folder`)."""
+    from .nucleusmoe import load_qwen3_vl_folder
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_qwen_image21_folder(directory)
-    parts = load_flow_parts(directory, index, diffusers.QwenImage21Transformer2DModel, {}, dtype, progress,
-                            vae_cls=diffusers.AutoencoderKLQwenImage21)
-    chat = load_qwen3_vl_text(directory, parts, dtype, progress)
-    device = frozen_on(parts, device)
-    return QwenImage21(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                       dtype=dtype, chat_template=chat, sample_sigmas=read_sample_sigmas(directory, index))
+    return load_qwen3_vl_folder(QwenImage21, directory, index, sched, diffusers.QwenImage21Transformer2DModel,
+                                diffusers.AutoencoderKLQwenImage21, device, dtype, progress,
+                                sample_sigmas=read_sample_sigmas(directory, index))
 
 
 def text_to_image(model: QwenImage21, prompts: Union[str, Sequence[str]], *, ip_adapter=None, controlnet=None,
