@@ -121,6 +121,7 @@ def test_qwen_image21_sample_command_is_the_library_and_refusals(tiny_qwen21, tm
             text_to_image(model, "hot", steps=1, **{"height": H, "width": W, **call})
     assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Qwen-Image 2.1 folder"),
-        (["--max-sequence-length", "64"], "max_sequence_length=64 is not allowed"),
+        (["--max-sequence-length", "64"], "--max-sequence-length does not apply to a Qwen-Image 2.1 folder"),
+        (["--clip-skip", "1"], "its prompt flags are --prompt and --negative-prompt (one text encoder)"),
         (["--prompt-2", "x"], "--prompt-2 does not apply to a Qwen-Image 2.1 folder"),
         (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")], label="a Qwen-Image 2.1")

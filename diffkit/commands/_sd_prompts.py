@@ -143,12 +143,14 @@ def check_prompt_encoding(request, checkpoint) -> None:
                                                "Z-Image" if z_image else None)
     lumina = [flag for flag in lumina if flag in cfg] + next_flags
     if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina: its own flags too)
-        other = [flag for flag, _ in given if flag != "--max-sequence-length" and flag not in lumina]
+        length = label != "Qwen-Image 2.1"  # (QwenImage21Pipeline keeps every prompt token: no length)
+        other = [flag for flag, _ in given if (flag != "--max-sequence-length" or not length) and flag not in lumina]
         if other:
             from ._pixart import articled
             raise DiffkitError(articled(
                 f"{other[0]} does not apply to a {label} folder ({checkpoint}); its prompt flags are "
-                f"--prompt, --negative-prompt and --max-sequence-length (one text encoder)"))
+                + ("--prompt, --negative-prompt and --max-sequence-length" if length else "--prompt and "
+                   "--negative-prompt") + " (one text encoder)"))
         return
     from ..interop.longcat_image import is_longcat_folder
     if given and is_longcat_folder(checkpoint):
