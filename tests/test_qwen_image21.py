@@ -112,6 +112,9 @@ def test_qwen_image21_sample_command_is_the_library_and_refusals(tiny_qwen21, tm
         with pytest.raises(DiffkitError) as caught:
             check_qwen_image21_folder(changed_copy(path, tmp_path / str(i), file, change))
         assert expected in str(caught.value) and "\n" not in str(caught.value)
+    (changed_copy(path, tmp_path / "chat", "model_index.json", {}) / "processor" / "chat_template.jinja").unlink()
+    with pytest.raises(DiffkitError, match="processor has no chat template"):
+        load_qwen_image21(tmp_path / "chat" / "odd", progress=False)
     for call, expected in [({"max_sequence_length": 64}, "max_sequence_length=64 is not allowed for a Qwen-Image 2.1"),
                            ({"negative_prompt": "x"}, "a negative prompt with guidance_scale=1"),
                            ({"guidance_scale": 3.0}, "without a negative prompt is not allowed: QwenImage21Pipeline"),
