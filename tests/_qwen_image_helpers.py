@@ -85,11 +85,12 @@ def tiny_qwen_image_pipeline(width: int = 32, edit: bool = False, plus: bool = F
     return pipe
 
 
-def save_qwen_image_edit(pipe, path) -> None:
-    """save_pretrained of a tiny QwenImageEditPipeline; its processor/ as the image processor's and tokenizer's
-    files (Qwen2VLProcessor.save_pretrained walks its absent video processor)."""
+def save_qwen_image_edit(pipe, path, processor_class=None) -> None:
+    """save_pretrained of a tiny QwenImageEditPipeline (or another pipeline with a ``processor_class`` processor,
+    default Qwen2VLProcessor: Qwen-Image 2.1's Qwen3VLProcessor); its processor/ as the image processor's and
+    tokenizer's files (the processor's save_pretrained walks its absent video processor)."""
     def save(processor, directory, **_):
         processor.image_processor.save_pretrained(directory)
         processor.tokenizer.save_pretrained(directory)
-    with mock.patch.object(transformers.Qwen2VLProcessor, "save_pretrained", save):
+    with mock.patch.object(processor_class or transformers.Qwen2VLProcessor, "save_pretrained", save):
         pipe.save_pretrained(path)

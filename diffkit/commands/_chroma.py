@@ -40,6 +40,7 @@ class Family:
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
     edits = True  # diffkit edit takes it (not Bria 3.2, Ovis-Image nor a LongCat-Image text-to-image folder)
+    no_edit = "diffusers 0.42.1 has no img2img or inpainting pipeline for it"  # (edits False: diffkit edit's refusal)
     controlnet = False  # diffkit sample / edit take --controlnet (Z-Image's, ._z_image; Qwen-Image's, ._qwen_image)
 
     @staticmethod
@@ -92,7 +93,7 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2 or NucleusMoE-Image folder; None for any other checkpoint."""
+    ERNIE-Image, Krea 2, NucleusMoE-Image or Qwen-Image 2.1 folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -135,6 +136,10 @@ def folder_family(directory) -> Optional[type]:
     if is_nucleusmoe_folder(directory):
         from ._nucleusmoe import NucleusMoEFamily
         return NucleusMoEFamily
+    from ..interop.qwen_image21 import is_qwen_image21_folder
+    if is_qwen_image21_folder(directory):
+        from ._qwen_image21 import QwenImage21Family
+        return QwenImage21Family
     return None
 
 

@@ -18,7 +18,7 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image")
+                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1")
 EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen"  # diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
@@ -52,6 +52,10 @@ def size_multiple(directory) -> tuple:
                                      "transformer config").get("patch_size", 2))
         return f * patch, f"the VAE factor {f} x the transformer's patch size {patch}"
     from ..interop.qwen_image import is_qwen_image_folder
+    from ..interop.qwen_image21 import VAE_FACTOR, is_qwen_image21_folder
+    if is_qwen_image21_folder(directory):  # its fixed vae_scale_factor 16, latents in 2 x 2 image slots
+        return 2 * VAE_FACTOR, (f"the pipeline's VAE factor {VAE_FACTOR} x 2; QwenImage21Pipeline would floor other "
+                                f"sizes")
     from ..interop.krea2 import is_krea2_folder
     from ..interop.nucleusmoe import is_nucleusmoe_folder
     # AutoencoderKLQwenImage: 2^len(temperal_..)
@@ -178,6 +182,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.ernie_image import is_ernie_image_folder
     from ..interop.krea2 import is_krea2_folder
     from ..interop.nucleusmoe import is_nucleusmoe_folder
+    from ..interop.qwen_image21 import is_qwen_image21_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
@@ -188,7 +193,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
             or is_ovis_image_folder(checkpoint)
             or ldm_kind(checkpoint) == LDM_TEXT2IM or is_bria_folder(checkpoint) or is_longcat_folder(checkpoint)
             or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint) or is_krea2_folder(checkpoint)
-            or is_nucleusmoe_folder(checkpoint)):
+            or is_nucleusmoe_folder(checkpoint) or is_qwen_image21_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

@@ -372,8 +372,7 @@ def _run(args) -> int:
     if family is not None and not family.edits:  # Bria 3.2, Ovis-Image, a LongCat-Image text-to-image folder
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {family.kind} folder, which diffkit edit does not take "
-                                    f"(diffusers 0.42.1 has no img2img or inpainting pipeline for it); sample it with "
-                                    f"diffkit sample"))
+                                    f"({family.no_edit}); sample it with diffkit sample"))
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width, edit=True)  # a diffusers folder's multiple, first
     if family is not None:

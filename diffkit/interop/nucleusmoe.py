@@ -141,30 +141,47 @@ def check_nucleusmoe_folder(directory) -> tuple:
     return index, check_flux_scheduler(directory, PIPELINE)
 
 
-def load_nucleusmoe(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                    progress: bool = True) -> NucleusMoEImage:
-    """Load a NucleusMoE-Image diffusers folder (never downloads, never unpickles): the transformer and VAE by
-    :func:`.flow_latents.load_flow_parts`, the Qwen3-VL model, and the processor's tokenizer and chat template from
-    ``processor/``; what diffkit does not drive is refused in one line before any weight is read."""
+def load_qwen3_vl_folder(cls, directory: Path, index: dict, sched: dict, transformer_cls, vae_cls, device, dtype,
+                         progress: bool, **fields):
+    """``cls`` (a :class:`.qwen_image.QwenImage` with a ``chat_template`` field) of a checked folder, never
+    downloading nor unpickling: the transformer (``transformer_cls``) and VAE (``vae_cls``) by
+    :func:`.flow_latents.load_flow_parts`, the ``Qwen3VLForConditionalGeneration`` (``text_encoder/``) and the
+    processor's tokenizer (``processor/``, read by ``AutoTokenizer``: transformers' ``Qwen3VLProcessor`` imports
+    torchvision for its video processor; the text pipelines call only its tokenizer and chat template) and chat
+    template (``processor/chat_template.jinja`` or ``.json``; None: the tokenizer's; with neither, one line before any
+    weight is read); ``fields``: more of ``cls``'s.
+    NucleusMoE-Image's and Qwen-Image 2.1's (:mod:`.qwen_image21`)."""
     from . import from_pretrained, library_progress_bars
     from .flow_latents import frozen_on, load_flow_parts
-    diffusers, transformers = require("diffusers"), require("transformers")
-    directory = Path(directory)
-    index, sched = check_nucleusmoe_folder(directory)
-    parts = load_flow_parts(directory, index, diffusers.NucleusMoEImageTransformer2DModel, {}, dtype, progress,
-                            vae_cls=diffusers.AutoencoderKLQwenImage)
+    transformers = require("transformers")
+    template, processor = directory / "processor" / "chat_template.jinja", directory / "processor"
+    chat = template.read_text() if template.is_file() else \
+        read_json_object(processor / "chat_template.json", "chat template").get("chat_template") \
+        if (processor / "chat_template.json").is_file() else None
+    config = processor / "tokenizer_config.json"
+    if chat is None and not (config.is_file() and read_json_object(config, "tokenizer config").get("chat_template")):
+        raise DiffkitError(f"{processor} has no chat template (chat_template.jinja, chat_template.json or the "
+                           f"tokenizer config's); the pipeline's prompts are built with it")
+    parts = load_flow_parts(directory, index, transformer_cls, {}, dtype, progress, vae_cls=vae_cls)
     with library_progress_bars(progress):
         parts["text_encoder"] = from_pretrained(transformers.Qwen3VLForConditionalGeneration,
                                                 directory / "text_encoder", local_files_only=True, torch_dtype=dtype,
                                                 use_safetensors=True)
-        parts["tokenizer"] = from_pretrained(transformers.AutoTokenizer, directory / "processor", local_files_only=True)
-    template = directory / "processor" / "chat_template.jinja"
-    chat = template.read_text() if template.is_file() else \
-        read_json_object(directory / "processor" / "chat_template.json", "chat template").get("chat_template") \
-        if (directory / "processor" / "chat_template.json").is_file() else None
+        parts["tokenizer"] = from_pretrained(transformers.AutoTokenizer, processor, local_files_only=True)
     device = frozen_on(parts, device)
-    return NucleusMoEImage(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                           dtype=dtype, chat_template=chat)
+    return cls(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype,
+               chat_template=chat, **fields)
+
+
+def load_nucleusmoe(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+                    progress: bool = True) -> NucleusMoEImage:
+    """Load a NucleusMoE-Image diffusers folder (never downloads, never unpickles; :func:`load_qwen3_vl_folder`);
+    what diffkit does not drive is refused in one line before any weight is read."""
+    diffusers = require("diffusers")
+    directory = Path(directory)
+    index, sched = check_nucleusmoe_folder(directory)
+    return load_qwen3_vl_folder(NucleusMoEImage, directory, index, sched, diffusers.NucleusMoEImageTransformer2DModel,
+                                diffusers.AutoencoderKLQwenImage, device, dtype, progress)
 
 
 def text_to_image(model: NucleusMoEImage, prompts: Union[str, Sequence[str]], *, ip_adapter=None,

@@ -92,6 +92,25 @@ class QwenImageNet(torch.nn.Module):
                           encoder_hidden_states_mask=mask, img_shapes=shapes, controlnet_block_samples=controls,
                           return_dict=False)[0]
 
+    def pack(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents -> the transformer's tokens: 2 x 2 patches (:func:`.flux.pack_latents`; Qwen-Image
+        2.1's: a flatten, :class:`.qwen_image21.QwenImage21Net`)."""
+        return pack_latents(z)
+
+    def unpack(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The inverse of :meth:`pack` for latents h x w."""
+        return unpack_latents(tokens, h, w)
+
+    def image_shape(self, h: int, w: int) -> tuple:
+        """The ``img_shapes`` entry (frames, rows, columns of tokens) of latents h x w."""
+        return (1, h // 2, w // 2)
+
+    def guide(self, cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+        """The guided prediction of the two passes: true CFG rescaled to the conditional norm per token
+        (:func:`diffkit.guidance.norm_matched_cfg`)."""
+        from ..guidance import norm_matched_cfg
+        return norm_matched_cfg(cond, null, self.scale)
+
     def residuals(self, packed, timestep, context, mask, shapes, t, control) -> Optional[list]:
         """A ControlNet's ``controlnet_block_samples`` (:class:`.qwen_image_controlnet.QwenImageControlledNet`)."""
         raise DiffkitError("cond['control'] needs a Qwen-Image ControlNet (qwen_image_controlnet.controlled)")
@@ -101,7 +120,6 @@ class QwenImageNet(torch.nn.Module):
                 reference: torch.Tensor = None, control: torch.Tensor = None) -> torch.Tensor:
         """``control``: a ControlNet's control latents (:mod:`.qwen_image_controlnet`), its residuals computed once
         on the prompt's states and given to both true-CFG passes (QwenImageControlNetPipeline's)."""
-        from ..guidance import norm_matched_cfg
         if context is None:
             raise DiffkitError("a Qwen-Image transformer needs cond {'context'} (QwenImage.prompt_guidance)")
         if control is not None and reference is not None:
@@ -109,18 +127,17 @@ class QwenImageNet(torch.nn.Module):
                                "no Qwen-Image-Edit ControlNet pipeline)")
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        packed, timestep, shapes = pack_latents(x.to(dtype)), t.to(dtype) / 1000, [[(1, h // 2, w // 2)]] * b
+        packed, timestep, shapes = self.pack(x.to(dtype)), t.to(dtype) / 1000, [[self.image_shape(h, w)]] * b
         tokens = packed.shape[1]
         controls = None if control is None else self.residuals(packed, timestep, context, mask, shapes, t, control)
         if reference is not None:  # Qwen-Image-Edit's: the input images' tokens after the noisy ones (.qwen_image_edit)
             refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
-            packed = torch.cat([packed] + [pack_latents(r.to(packed)).expand(b, -1, -1) for r in refs], dim=1)
-            shapes = [shapes[0] + [(1, r.shape[2] // 2, r.shape[3] // 2) for r in refs]] * b
+            packed = torch.cat([packed] + [self.pack(r.to(packed)).expand(b, -1, -1) for r in refs], dim=1)
+            shapes = [shapes[0] + [self.image_shape(r.shape[2], r.shape[3]) for r in refs]] * b
         out = self._call(packed, timestep, context, mask, shapes, controls)[:, :tokens]
         if self.scale > 1 and null_context is not None:
-            out = norm_matched_cfg(out, self._call(packed, timestep, null_context, null_mask, shapes,
-                                                   controls)[:, :tokens], self.scale)
-        return unpack_latents(out, h, w).to(x.dtype)
+            out = self.guide(out, self._call(packed, timestep, null_context, null_mask, shapes, controls)[:, :tokens])
+        return self.unpack(out, h, w).to(x.dtype)
 
 
 @dataclass
@@ -131,6 +148,8 @@ class QwenImage(Chroma):
     network, guidance and the VAE's scale and normalisation Qwen-Image's."""
 
     guidance_hint = f"true CFG for > 1 with a negative prompt, the pipeline's default {QWEN_IMAGE_TRUE_CFG}"
+    default_guidance = QWEN_IMAGE_TRUE_CFG  # prompt_guidance's default scale (Qwen-Image 2.1's: 1.0, .qwen_image21)
+    pipeline = "QwenImagePipeline"  # (named in prompt_guidance's refusals)
     default_steps = QWEN_IMAGE_STEPS
     net_class = QwenImageNet  # the network over the transformer (.nucleusmoe's subclass negates its output)
     # (steps, strength, true-CFG scale (None: 4.0), max_sequence_length) of QwenImageImg2ImgPipeline and
@@ -227,11 +246,11 @@ class QwenImage(Chroma):
             raise DiffkitError("an IP-Adapter is not allowed for a Qwen-Image folder (QwenImagePipeline loads none)")
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
-        scale = QWEN_IMAGE_TRUE_CFG if guidance_scale is None else float(guidance_scale)
-        diffusers_scale = pipeline_scale(guidance_scale, QWEN_IMAGE_TRUE_CFG, convention)
+        scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        diffusers_scale = pipeline_scale(guidance_scale, self.default_guidance, convention)
         if negative_prompt is None and guidance_scale is not None and diffusers_scale > 1:
             raise DiffkitError(f"guidance_scale={scale:g} ({convention} convention) without a negative prompt is not "
-                               f"allowed: QwenImagePipeline's true CFG runs only with one (even \" \"); give a "
+                               f"allowed: {self.pipeline}'s true CFG runs only with one (even \" \"); give a "
                                f"negative prompt or drop the scale")
         if negative_prompt is not None and diffusers_scale <= 1:
             raise DiffkitError(f"a negative prompt with guidance_scale={scale:g} ({convention} convention) is not "

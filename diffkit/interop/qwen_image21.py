@@ -1,0 +1,267 @@
+"""A Qwen-Image 2.1 diffusers folder (``QwenImage21Pipeline``, diffusers 0.42.1), sampled with any diffkit sampler.
+
+Qwen-Image 2.1 (Qwen team 2026) keeps Qwen-Image's rectified flow (x_s = (1 - s) x_0 + s eps, velocity u = eps - x_0,
+Esser et al. 2024, eq. 1), its per-channel latent normalisation z = (E(x) - mean) / std with one-frame decoding and
+its flow Euler loop on ``set_timesteps(sigmas, mu)`` (``calculate_shift``, the scheduler's dynamic shift); diffkit
+runs it as a :class:`.qwen_image.QwenImage` (prompts' kept states :meth:`~.qwen_image.QwenImage.kept_states`, the
+guidance checks of :meth:`~.qwen_image.QwenImage.prompt_guidance`, the VAE code, :func:`.chroma.text_to_image`'s
+loop). What 2.1 changes, as the pipeline does it:
+
+* the text encoder is a Qwen3-VL model (``Qwen3VLForConditionalGeneration``, its ``Qwen3VLProcessor`` in
+  ``processor/``; diffkit reads the processor's tokenizer and chat template). Each prompt ("" read as " ") is put in
+  the pipeline's template (:data:`PROMPT_TEMPLATE`, system message :data:`SYSTEM_PROMPT`), tokenised padded on the
+  **left** to the batch's longest (no length limit: no ``max_sequence_length``); the language model's last decoder
+  layer's output **before** its final RMSNorm (the pipeline's forward hook on the norm) under the attention mask;
+  each prompt keeps its real tokens less the first ``len(apply_chat_template(system message))`` (the system part),
+  re-padded with zeros on the right, mask None where all are real.
+* the transformer (``QwenImage21Transformer2DModel``: one stream of text then image tokens, block-causal attention,
+  text modulated from t = 0 under ``causal_condition``) takes the latents **unpatched**, one token per latent pixel
+  (``patch_size`` 1, ``_pack_latents`` a flatten: (B, C, h, w) -> (B, h w, C)), ``timestep`` t / 1000,
+  ``img_shapes`` [(1, h, w)] and ``img_mask``: False on every text position, then h w / 4 True slots (one per
+  2 x 2 group of latent tokens) for the image; its output's last h w tokens are the velocity. Its 3-D RoPE and
+  masks are the transformer's own.
+* the VAE (``AutoencoderKLQwenImage21``, 64 latent channels at 16x, four image channels: RGBA) at the pipeline's
+  fixed f = 16; sizes multiples of 2 f = 32 (the pipeline floors others), default 1024 x 1024 (``output_resolution``).
+* the grid: the folder's ``sample_sigmas`` (model_index.json; its length is the step count; ``steps`` of another
+  length: linspace(1, 1/N, N), the pipeline's grid without them, as its ``sigmas=``), else linspace(1, 1/N, N) with
+  N = 40 by default; mu = ``calculate_shift`` of the **unpacked** length h w.
+* guidance: plain CFG u = u_n + s (u_c - u_n) (Ho & Salimans 2022, eq. 6 in diffusers' convention; no norm
+  rescaling), only with a negative prompt and s = ``true_cfg_scale`` > 1 (default 1.0: unguided, as 2.1 is meant to
+  be sampled); a scale > 1 without a negative prompt, or a negative prompt at s <= 1, is refused in one line.
+
+The pipeline caches the text tokens' keys and values after its first step (``use_kv_cache``, valid as they are
+modulated at t = 0); diffkit recomputes them at every call (its samplers evaluate the net at any time, in any order),
+which agrees with the cached loop to float rounding. Not driven, one line each: condition images (the pipeline's
+``image=``: ``diffkit edit`` refuses the folder), ``max_sequence_length``, IP-Adapters, ControlNets, LoRA files.
+Refused before any weight is read (:func:`check_qwen_image21_folder`): another pipeline class, a missing component
+or one of another class, a transformer ``patch_size`` other than 1 or channels other than the VAE's ``z_dim``, a
+``context_in_dim`` other than the text encoder's width, a VAE whose ``scale_factor_spatial`` is not 16, malformed
+``sample_sigmas``, a scheduler option the flow Euler loop does not take.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError, read_json_object
+from . import require
+from .nucleusmoe import CLASSES as NUCLEUS_CLASSES, REQUIRED
+from .qwen_image import QwenImage, QwenImageNet
+
+PIPELINE = "QwenImage21Pipeline"
+TRANSFORMER = "QwenImage21Transformer2DModel"
+CLASSES = {**NUCLEUS_CLASSES, "transformer": (TRANSFORMER,), "vae": ("AutoencoderKLQwenImage21",)}  # its Qwen3-VL
+SYSTEM_PROMPT = "Comprehend and analyze the provided prompt."  # QwenImage21Pipeline.sys_prompt
+PROMPT_TEMPLATE = (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{{}}<|im_end|>\n"
+                   f"<|im_start|>assistant\n")  # its prompt_template_t2i
+STEPS, TRUE_CFG, RESOLUTION, VAE_FACTOR = 40, 1.0, 1024, 16  # __call__'s defaults; the pipeline's vae_scale_factor
+SLOT = 4  # latent tokens per image slot of img_mask (a 2 x 2 group)
+
+
+def flatten_latents(z: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h w, C), row-major tokens (``QwenImage21Pipeline._pack_latents``: 2.1 takes latents
+    unpatched)."""
+    return z.flatten(2).transpose(1, 2)
+
+
+class QwenImage21Net(QwenImageNet):
+    """``net(z, t, context, mask=None, null_context=None, null_mask=None)`` over a ``QwenImage21Transformer2DModel``
+    on latents z (B, C, h, w): flattened (:func:`flatten_latents`), ``timestep`` t / 1000, the text states and mask,
+    ``img_shapes`` [(1, h, w)], ``img_mask`` (text positions False, then h w / 4 image slots True); the velocity is the
+    output's last h w tokens. With ``scale`` s > 1 and ``null_context``: the pipeline's CFG u_n + s (u_c - u_n)."""
+
+    def _call(self, tokens, timestep, context, mask, shapes, controls=None):
+        context, mask = self.text(tokens, context, mask)
+        slots = torch.ones(tokens.shape[0], tokens.shape[1] // SLOT, dtype=torch.bool, device=tokens.device)
+        img_mask = torch.cat([torch.zeros(context.shape[:2], dtype=torch.bool, device=tokens.device), slots], dim=1)
+        out = self.model(hidden_states=tokens, timestep=timestep, encoder_hidden_states=context,
+                         encoder_hidden_states_mask=mask, img_shapes=shapes, img_mask=img_mask, return_dict=False)[0]
+        return out[:, -tokens.shape[1]:]
+
+    def pack(self, z: torch.Tensor) -> torch.Tensor:
+        return flatten_latents(z)
+
+    def unpack(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+    def image_shape(self, h: int, w: int) -> tuple:
+        return (1, h, w)
+
+    def guide(self, cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+        """u_n + s (u_c - u_n) (Ho & Salimans 2022, eq. 6 in diffusers' convention; no norm rescaling)."""
+        return null + self.scale * (cond - null)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                null_context: torch.Tensor = None, null_mask: torch.Tensor = None, reference=None,
+                control=None) -> torch.Tensor:
+        """:meth:`.qwen_image.QwenImageNet.forward` with 2.1's tokens and CFG; ``reference`` / ``control``: one
+        line (not driven)."""
+        if reference is not None or control is not None:
+            raise DiffkitError("condition images and ControlNets are not supported for a Qwen-Image 2.1 folder "
+                               "(diffkit drives QwenImage21Pipeline's text-to-image only)")
+        return super().forward(x, t, context, mask, null_context, null_mask)
+
+
+@dataclass
+class QwenImage21(QwenImage):
+    """The loaded components of a Qwen-Image 2.1 folder (:func:`load_qwen_image21`): Qwen-Image's fields (the
+    Qwen3-VL model as ``text_encoder``, the processor's tokenizer as ``tokenizer``), ``chat_template`` the processor's,
+    ``sample_sigmas`` the folder's (model_index.json; None: linspace); what 2.1 changes: module docstring."""
+
+    chat_template: Optional[str] = None
+    sample_sigmas: Optional[tuple] = None
+    guidance_hint = f"CFG for > 1 with a negative prompt, the pipeline's default {TRUE_CFG}"
+    default_guidance = TRUE_CFG
+    pipeline = PIPELINE
+    net_class = QwenImage21Net
+    default_image_size = RESOLUTION
+    max_sequence_length = None  # (the pipeline takes none: encode_prompts refuses one)
+
+    @property
+    def default_steps(self) -> int:
+        """len(sample_sigmas) where the folder has them (the pipeline then ignores ``num_inference_steps``), else 40."""
+        return len(self.sample_sigmas) if self.sample_sigmas else STEPS
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """16: the pipeline's fixed factor (checked against the VAE's ``scale_factor_spatial`` at load)."""
+        return VAE_FACTOR
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.vae.config.out_channels)
+
+    def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """(batch, in_channels, height / 16, width / 16); default 1024 x 1024, multiples of 32 (:meth:`.flux.Flux.
+        latent_shape`'s checks, the latents unpatched)."""
+        shape = super().latent_shape(batch, height, width)
+        return (batch, int(self.transformer.config.in_channels), *shape[2:])
+
+    def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
+        """The pipeline's mu: ``calculate_shift`` of the unpacked sequence length h w."""
+        from .flux import calculate_shift
+        return calculate_shift(h * w, self.scheduler_config)
+
+    def input_sigmas(self, steps: int):
+        """The sigmas the pipeline gives ``set_timesteps``: the folder's ``sample_sigmas`` for their own step count,
+        else linspace(1, 1/steps, steps)."""
+        if self.sample_sigmas and steps == len(self.sample_sigmas):
+            return list(self.sample_sigmas)
+        return super().input_sigmas(steps)
+
+    def system_tokens(self) -> int:
+        """The count of leading tokens the pipeline drops (its ``_drop_idx``): the tokenised chat template of the
+        system message alone."""
+        message = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]}]
+        ids = self.tokenizer.apply_chat_template(message, chat_template=self.chat_template, tokenize=True,
+                                                 return_dict=False)
+        return len(ids[0] if ids and isinstance(ids[0], list) else ids)
+
+    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
+        """(context (B, L, d), mask (B, L) or None) as the pipeline's ``encode_prompt`` (module docstring);
+        ``max_sequence_length``: refused (the pipeline takes none)."""
+        from .stable_diffusion import prompt_list
+        if max_sequence_length is not None:
+            raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed for a Qwen-Image 2.1 "
+                               f"folder ({PIPELINE} takes none: every prompt token is kept)")
+        texts = [PROMPT_TEMPLATE.format(p or " ") for p in prompt_list(prompts)]
+        tokens = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt").to(self.device)
+        norm = getattr(self.text_encoder.model, "language_model", self.text_encoder.model).norm
+        handle = norm.register_forward_hook(lambda module, args, output: args[0])  # the states before the last norm
+        try:
+            return self.kept_states(tokens, self.system_tokens(), None)
+        finally:
+            handle.remove()
+
+    def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
+                        negative_prompt=None, max_sequence_length: Optional[int] = None,
+                        convention: str = "diffusers", ip_adapter=None) -> tuple:
+        """:meth:`.qwen_image.QwenImage.prompt_guidance` with 2.1's default scale 1.0 and plain CFG
+        (:class:`QwenImage21Net`); ``ip_adapter``: refused (the pipeline loads none)."""
+        if ip_adapter is not None:
+            raise DiffkitError("an IP-Adapter is not allowed for a Qwen-Image 2.1 folder (QwenImage21Pipeline loads "
+                               "none)")
+        return super().prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
+                                       convention)
+
+
+def is_qwen_image21_folder(path: Union[str, Path]) -> bool:
+    """True for a folder whose ``model_index.json`` names ``QwenImage21Pipeline`` or its transformer."""
+    from .flow_latents import names_pipeline
+    return names_pipeline(path, "QwenImage21", TRANSFORMER)
+
+
+def read_sample_sigmas(directory: Path, index: dict) -> Optional[tuple]:
+    """model_index.json's ``sample_sigmas``: None, or a non-empty list of numbers in (0, 1] (one line otherwise)."""
+    sigmas = index.get("sample_sigmas")
+    if sigmas is None:
+        return None
+    if not isinstance(sigmas, list) or not sigmas or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in sigmas):
+        raise DiffkitError(f"{directory}'s model_index.json has sample_sigmas={sigmas!r}; allowed: null or a "
+                           f"non-empty list of numbers in (0, 1] (the sigmas before the final 0)")
+    return tuple(float(s) for s in sigmas)
+
+
+def check_qwen_image21_folder(directory) -> tuple:
+    """(index, scheduler config) of a Qwen-Image 2.1 folder, checked from its JSON alone (module docstring)."""
+    from .flux import check_flux_scheduler
+    from .pixart import check_classes, named_index
+    directory = Path(directory)
+    index = named_index(directory, (PIPELINE,), "Qwen-Image 2.1")
+    check_classes(directory, index, REQUIRED, "Qwen-Image 2.1", CLASSES)
+    read_sample_sigmas(directory, index)
+    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    if config.get("patch_size", 1) != 1:
+        raise DiffkitError(f"{directory}'s transformer has patch_size={config['patch_size']!r}; allowed: 1 "
+                           f"({PIPELINE} feeds the latents unpatched)")
+    vae = read_json_object(directory / "vae" / "config.json", "vae config")
+    z_dim = int(vae.get("z_dim", 64))
+    channels = (config.get("in_channels", 64), config.get("out_channels", 64))
+    if channels[0] != z_dim or (channels[1] or channels[0]) != z_dim:
+        raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
+                           f"{channels[1]!r}; allowed: {z_dim}, {z_dim} (the VAE's z_dim)")
+    if vae.get("scale_factor_spatial", VAE_FACTOR) != VAE_FACTOR:
+        raise DiffkitError(f"{directory}'s VAE has scale_factor_spatial={vae['scale_factor_spatial']!r}; allowed: "
+                           f"{VAE_FACTOR} ({PIPELINE}'s fixed vae_scale_factor)")
+    text = read_json_object(directory / "text_encoder" / "config.json", "text encoder config").get("text_config", {})
+    if text.get("hidden_size", 4096) != config.get("context_in_dim", 4096):
+        raise DiffkitError(f"{directory}: the transformer's context_in_dim={config.get('context_in_dim', 4096)} "
+                           f"does not fit the text encoder's hidden size {text.get('hidden_size', 4096)}")
+    return index, check_flux_scheduler(directory, PIPELINE)
+
+
+def load_qwen_image21(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+                      progress: bool = True) -> QwenImage21:
+    """Load a Qwen-Image 2.1 diffusers folder (never downloads, never unpickles): the transformer, VAE, Qwen3-VL
+    model and the processor's tokenizer and chat template by :func:`.nucleusmoe.load_qwen3_vl_folder`; what diffkit
+    does not drive is refused in one line before any weight is read (:func:`check_qwen_image21_folder`)."""
+    from .nucleusmoe import load_qwen3_vl_folder
+    diffusers = require("diffusers")
+    directory = Path(directory)
+    index, sched = check_qwen_image21_folder(directory)
+    return load_qwen3_vl_folder(QwenImage21, directory, index, sched, diffusers.QwenImage21Transformer2DModel,
+                                diffusers.AutoencoderKLQwenImage21, device, dtype, progress,
+                                sample_sigmas=read_sample_sigmas(directory, index))
+
+
+def text_to_image(model: QwenImage21, prompts: Union[str, Sequence[str]], *, ip_adapter=None, controlnet=None,
+                  **options) -> torch.Tensor:
+    """Images of a Qwen-Image 2.1 folder for ``prompts`` as ``QwenImage21Pipeline`` (module docstring) with any
+    diffkit sampler: :func:`.chroma.text_to_image` (sampler / grid both None: flow Euler on the pipeline's sigmas,
+    the folder's ``sample_sigmas`` or 40 steps; guidance_scale (``true_cfg_scale``, default 1.0) with a
+    negative_prompt; latents: z (B, C, h, w), the pipeline's ``latents=`` is :func:`flatten_latents` of it; height /
+    width: default 1024, multiples of 32; output_range, return_latents; images of the VAE's four channels, RGBA).
+    ``ip_adapter`` / ``controlnet``: refused in one line."""
+    from .chroma import text_to_image as flow_text_to_image
+    if ip_adapter is not None or controlnet is not None:
+        raise DiffkitError(f"{'an IP-Adapter' if ip_adapter is not None else 'a ControlNet'} is not allowed for a "
+                           f"Qwen-Image 2.1 folder ({PIPELINE} loads none)")
+    return flow_text_to_image(model, prompts, **options)
+
+
+__all__ = ["QwenImage21", "QwenImage21Net", "load_qwen_image21", "is_qwen_image21_folder",
+           "check_qwen_image21_folder", "text_to_image", "flatten_latents", "PROMPT_TEMPLATE", "SYSTEM_PROMPT"]
