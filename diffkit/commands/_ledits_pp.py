@@ -90,7 +90,8 @@ def ledits_concepts(args) -> list:
     scales = _each("--ledits-scale", args.ledits_scale, count, Concept.scale)
     thresholds = _each("--ledits-threshold", args.ledits_threshold, count, Concept.threshold)
     warmup = 0 if args.ledits_warmup is None else args.ledits_warmup
-    for flag, values, low, high in (("--ledits-scale", scales, 0.0, None), ("--ledits-threshold", thresholds, 0.0, 1.0)):
+    for flag, values, low, high in (("--ledits-scale", scales, 0.0, None),
+                                    ("--ledits-threshold", thresholds, 0.0, 1.0)):
         for value in values:
             check_float32(flag, check_range(flag, value, low, high))
     check_range("--ledits-warmup", warmup, 0, None, integer=True)

@@ -142,7 +142,8 @@ def ledits_scheduler(sd):
             scheduler, sampler = diffusers.DDIMScheduler.from_config(config), DDIM_SAMPLER
         else:
             dpm = diffusers.DPMSolverMultistepScheduler
-            own = {} if name == "DPMSolverMultistepScheduler" else dict(algorithm_type="sde-dpmsolver++", solver_order=2)
+            own = {} if name == "DPMSolverMultistepScheduler" else \
+                dict(algorithm_type="sde-dpmsolver++", solver_order=2)
             scheduler, sampler = dpm.from_config(config, **own), DPM_SAMPLER
     finally:
         logs.set_verbosity(level)
