@@ -140,6 +140,9 @@ def test_command_line_is_the_library_and_refuses_in_one_line(tiny_ledits, tmp_pa
         assert main([*common, *extra, "--out", str(never)]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (extra, err)
+    capsys.readouterr()
+    assert main([*common[:2], str(tmp_path / "in"), *common[3:], "--ledits", "x", "--out", str(never)]) == 2
+    assert "--ledits applies to a Stable Diffusion 1.x / 2.x folder" in capsys.readouterr().err
     assert not never.exists()
 
 
@@ -155,6 +158,11 @@ def test_bad_library_input_is_refused_in_one_line(tiny_ledits):
     with pytest.raises(DiffkitError, match=r"use_karras_sigmas=True"):
         lp.ledits_scheduler(dataclasses.replace(sd, scheduler_config={**dpm, "algorithm_type": "sde-dpmsolver++",
                                                                       "use_karras_sigmas": True}))
+    from diffkit.interop.sd_xl import StableDiffusionXL
+    xl = StableDiffusionXL.__new__(StableDiffusionXL)
+    xl.__dict__.update(vars(sd))  # only its class matters here
+    with pytest.raises(DiffkitError, match=r"LEDITS\+\+ is offered for Stable Diffusion 1.x / 2.x folders"):
+        lp.invert(xl, image, STEPS, SKIP)
     with pytest.raises(DiffkitError, match=r"edit threshold"):
         lp.Concept("a hat", threshold=1.5)
     with pytest.raises(DiffkitError, match=r"edit scale has 3 entries for 2 editing prompts"):
