@@ -3,14 +3,15 @@
 
 Two stages, :func:`invert` then :func:`edit` (the pipeline's ``invert(...)`` then ``__call__(editing_prompt=...)``):
 
-1. **Inversion with recorded noise** (paper Sec. 3.1, eq. 3-6; the edit-friendly DDPM inversion of
-   Huberman-Spiegelglas et al. 2024 carried over to DPM-Solver++). The image latents z_0 = s E(x) (the posterior's
-   mean) are noised *independently* to every time of the last N = ``steps`` of ceil-free ``int(N (1 + skip))`` leading
-   timesteps, x_{t_i} = alpha_i z_0 + sigma_i n_i (the n_i drawn from the smallest time up, as the pipeline). Then the
-   sampler's step t_i -> t_{i+1} is run from x_{t_i} on the unconditional (or the ``source_prompt``'s guided)
-   prediction, and its noise z_i is solved from where the step must land:
+1. **Inversion with recorded noise** (paper Sec. 3.1; the edit-friendly DDPM inversion of Huberman-Spiegelglas et al.
+   2024 carried over to DPM-Solver++). The image latents z_0 = s E(x) (the posterior's mean) are noised
+   *independently* to each of the last N = ``steps`` of the ``int(N (1 + skip))`` leading timesteps,
+   x_{t_i} = alpha_i z_0 + sigma_i n_i (the n_i drawn from the smallest time up, as the pipeline). Then the sampler's
+   step t_i -> t_{i+1} is run from x_{t_i} on the null prompt's prediction (with a ``source_prompt``, the pipeline's
+   eps_src + s (eps_null - eps_src): its ``encode_prompt`` outputs are unpacked swapped), and its noise z_i is
+   solved from where the step must land:
 
-       x_{t_{i+1}} = mu_i(x_{t_i}, ...) + c_i z_i   =>   z_i = (x_{t_{i+1}} - mu_i) / c_i          (eq. 5-6)
+       x_{t_{i+1}} = mu_i(x_{t_i}, ...) + c_i z_i   =>   z_i = (x_{t_{i+1}} - mu_i) / c_i
 
    with mu_i, c_i the step's mean and noise scale: SDE-DPM-Solver++(2M) (DPM-Solver++ Sec. 5, diffusers
    ``sde-dpmsolver++``, order 2; mu_i = (sigma_s/sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) (D0 + D1/2),
@@ -18,15 +19,17 @@ Two stages, :func:`invert` then :func:`edit` (the pipeline's ``invert(...)`` the
    (DDPM; mu = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - c^2) eps_hat, c^2 = beta-tilde), as the pipeline does. Both
    are diffkit's samplers (:func:`~diffkit.samplers.dpm_solver.dpm_solver_multistep`,
    :func:`~diffkit.samplers.ddim.ddim`) with their ``noise`` hook; the chain x_{t_{i+1}} = mu_i + c_i z_i is the
-   pipeline's "corrected" x_{t-1}. The step into clean data has no noise (z = 0).
-2. **Editing with semantic guidance** (Sec. 3.2, eq. 7-12). The same sampler runs from x_{t_0} replaying the
-   z_i; without concepts it reconstructs z_0 (up to the last step's decoding). With concepts e_1..e_E the UNet sees
-   the unconditional prompt and each concept (one call of batch (1 + E) B), and the guided noise is
+   pipeline's "corrected" x_{t-1}. A step into clean data (the DPM grid's last) has no noise: z = 0.
+2. **Editing with semantic guidance** (Sec. 3.2-3.3; eq. 12's s_e, lambda, M^1 and M^2 as diffusers' docstrings
+   name them). The same sampler runs from x_{t_0} replaying the z_i; without concepts it retraces the inversion's
+   chain (ending on z_0 where the last step has noise, DDIM's to t = 0; on the last x0 prediction where it has none).
+   With concepts e_1..e_E the UNet sees the null prompt and each concept (one call of batch (1 + E) B), and the guided
+   noise is
 
-       eps = eps_u + sum_c M_c * (+-) s_c (eps_c - eps_u)                                           (eq. 8, 12)
+       eps = eps_u + sum_c M_c * (+-) s_c (eps_c - eps_u)
 
    (minus for a concept to remove, ``reverse``; s_c the ``scale``, diffusers' ``edit_guidance_scale``; a concept
-   counts from step ``warmup`` until step ``cooldown``). M_c is the implicit mask (eq. 9-11):
+   counts from step ``warmup`` until step ``cooldown``). M_c is the implicit mask:
    M^1 from the cross-attention maps: the attention probabilities of every cross-attention layer of the down and up
    blocks at 1/4 of the latent's size (the pipeline's only stored resolution), concept c's rows, averaged over
    layers and heads, summed over the tokens 1 .. L - 2 (diffusers' ``num_edit_tokens`` is the padded length minus
@@ -51,8 +54,8 @@ inpainting or other non-plain UNet folder.
 Where diffkit differs from the pipeline: with several images in one call the pipeline's attention store splits the
 (images x heads) rows by the image count, mixing images and heads for B > 1 and heads > 1; diffkit takes each
 image's own rows (B = 1 is the same). ``guidance_rescale`` is not offered (the pipeline's call of it on a tuple
-fails). The pipeline's ``invert`` with a ``source_prompt`` and ``source_guidance_scale <= 1`` fails; diffkit then
-guides with that scale (1: the prompt's prediction alone).
+fails). The pipeline's ``invert`` with ``source_guidance_scale <= 1`` fails; diffkit takes any s >= 0 in its formula
+(0: the source prompt's prediction, 1: the null prompt's).
 """
 from __future__ import annotations
 
@@ -220,13 +223,13 @@ def invert(sd, images: torch.Tensor, steps: int = 30, skip: float = 0.15, *, sou
         cond = sd.cond(null)
     else:
         denoiser, cond = sd.network_denoiser, {"context": null}
-    # x_{t_i} = alpha_i z_0 + sigma_i n_i, each time its own noise, drawn from the smallest time up (eq. 4)
+    # x_{t_i} = alpha_i z_0 + sigma_i n_i, each time its own noise, drawn from the smallest time up (Sec. 3.1)
     times = grid[:-1]
     drawn = [randn(z0.shape, generator, device=z0.device, dtype=z0.dtype) for _ in range(len(times))][::-1]
     targets = [diffusion.q_sample(sd.schedule, z0, float(t), n) for t, n in zip(times.tolist(), drawn)] + [z0]
     noises = torch.zeros((len(times), *z0.shape), device=z0.device, dtype=z0.dtype)
 
-    def solved(i: int, mean: torch.Tensor, std: float) -> torch.Tensor:  # eq. 5-6: z_i from where step i lands
+    def solved(i: int, mean: torch.Tensor, std: float) -> torch.Tensor:  # z_i from where step i lands
         noises[i] = (targets[i + 1] - mean) / std if std > 0 else 0.0
         return noises[i]
     with torch.no_grad():
@@ -259,14 +262,14 @@ class _Maps:
 
 
 def _quantile_mask(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """1 where ``values`` (B, ..., n flattened from dim ``start``) are >= their ``threshold`` quantile over the
-    last dimension, else 0 (torch.quantile's linear interpolation, float32)."""
+    """1 where ``values`` (..., n) are >= their ``threshold`` quantile over the last dimension, else 0
+    (torch.quantile's linear interpolation, in float32 as the pipeline)."""
     q = torch.quantile(values.float(), threshold, dim=-1, keepdim=True).to(values.dtype)
     return (values >= q).to(values.dtype)
 
 
 def attention_mask(mean_map: torch.Tensor, threshold: float, latent_shape) -> torch.Tensor:
-    """M^1 (eq. 9-10): the map (B, h, w) smoothed (3 x 3 Gaussian), 1 at or above its ``threshold`` quantile,
+    """M^1 (eq. 12): the map (B, h, w) smoothed (3 x 3 Gaussian), 1 at or above its ``threshold`` quantile,
     nearest-upsampled to the latent (B, C, H, W)."""
     from .sd_sag import gaussian_blur
     smooth = gaussian_blur(mean_map[:, None], *SMOOTHING)[:, 0]
@@ -275,14 +278,14 @@ def attention_mask(mean_map: torch.Tensor, threshold: float, latent_shape) -> to
 
 
 def noise_mask(guidance: torch.Tensor, threshold: float) -> torch.Tensor:
-    """M^2 (eq. 11): 1 where the channel sum of |guidance| is at or above its ``threshold`` quantile (B, C, H, W)."""
+    """M^2 (eq. 12): 1 where the channel sum of |guidance| is at or above its ``threshold`` quantile (B, C, H, W)."""
     magnitude = guidance.abs().sum(1, keepdim=True)
     mask = _quantile_mask(magnitude.flatten(2), threshold).reshape(magnitude.shape)
     return mask.expand_as(guidance)
 
 
 class SemanticEditGuidance(Wrapper):
-    """LEDITS++'s guided noise (module docstring, stage 2; eq. 8-12) over the folder's network denoiser: each call
+    """LEDITS++'s guided noise (module docstring, stage 2; eq. 12) over the folder's network denoiser: each call
     one UNet pass of the null prompt and the E concepts (``contexts``: (E B, L, D), concept-major), the masks from
     that pass's cross-attention maps (``mask="attention"`` / ``"intersect"``) and from the guidance itself. The
     i-th call is step i (one call per step: ddim, the 2M solver)."""
