@@ -170,3 +170,15 @@ def test_bad_library_input_is_refused_in_one_line(tiny_ledits):
     inversion = lp.invert(sd, image, 2, 0.0, seed=0)
     with pytest.raises(DiffkitError, match=r"mask='box' is not allowed"):
         lp.edit(sd, inversion, lp.concepts_from("a hat"), mask="box")
+
+
+def test_a_batch_edits_each_image_as_alone(tiny_ledits):
+    """Image i's forward noises from seed + i and its own attention rows (the pipeline's store mixes images and heads
+    for B > 1): a batch of two gives each image's result alone."""
+    _, _, sd = tiny_ledits
+    images = torch.cat([_image(6), _image(7)]) * 2 - 1
+    concepts = lp.concepts_from(["a hat", "photo"], [5.0, 3.0], 0.8, [False, True])
+    both = lp.edit(sd, lp.invert(sd, images, 2, 0.5, seed=3), concepts, return_latents=True)
+    for i in range(2):
+        alone = lp.edit(sd, lp.invert(sd, images[i:i + 1], 2, 0.5, seed=3 + i), concepts, return_latents=True)
+        assert relative_error(both[i:i + 1], alone) < 1e-5
