@@ -92,7 +92,8 @@ NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--promp
              "--prompt-3", "--negative-prompt-3", "--control-mode", "--gligen-phrases", "--gligen-boxes",
              "--clip-guidance", "--set", "--eta", "--etas",
              "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--slg-layers", "--recon-loss",
-             "--regularizer", "--sampler", "--samplers", "--spacing", "--steps"}
+             "--regularizer", "--sampler", "--samplers", "--spacing", "--steps", "--ledits", "--ledits-remove",
+             "--ledits-source-prompt"}
 
 
 def test_every_string_option_is_a_path_a_data_set_or_known_text():

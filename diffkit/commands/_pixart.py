@@ -294,11 +294,13 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     return images
 
 
-def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "", check=None) -> None:
+def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "", check=None,
+                           prompted: bool = True) -> None:
     """One line, before any weight is read or any folder made, for the first ``diffkit edit`` flag ``args`` sets away
     from its default that is not in ``flags`` (the dests a folder kind takes; ``runs``: what the command runs there;
-    ``check``: called next, e.g. a second folder's), for no ``--images`` / ``--prompt``, and for ``--batch-size auto``
-    (:func:`prompted_edit_inputs`'s, :mod:`._chroma`'s kinds)."""
+    ``check``: called next, e.g. a second folder's), for no ``--images`` / ``--prompt`` (``prompted=False``: no
+    ``--images``; LEDITS++'s concepts are its own flags), and for ``--batch-size auto`` (:func:`prompted_edit_inputs`'s,
+    :mod:`._chroma`'s kinds, :mod:`._ledits_pp`)."""
     from ..cli import build_parser
     from ._sd3 import _FLAG_NAMES
     directory = args.checkpoint
@@ -310,9 +312,11 @@ def check_folder_edit_args(args, flags, kind: str, takes: str, runs: str = "", c
                                     f"{takes}"))
     if check is not None:
         check()
-    if args.images is None or not args.prompts:
+    if prompted and (args.images is None or not args.prompts):
         raise DiffkitError(articled(f"{directory} is a {kind} folder: give --images PNG|DIR and --prompt TEXT (once "
                                     f"for every image, or once per image)"))
+    if args.images is None:
+        raise DiffkitError(articled(f"{directory} is a {kind} folder{runs}: give --images PNG|DIR"))
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
 

@@ -220,6 +220,8 @@ def register(sub) -> None:
     add_ip_adapter_flags(p)
     add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)
     add_edit_refiner_flags(p)
+    from ._ledits_pp import add_ledits_flags
+    add_ledits_flags(p)  # --ledits, --ledits-remove, ...: LEDITS++ on SD 1.x / 2.x folders
     p.set_defaults(func=run)
 
 
@@ -318,6 +320,10 @@ def _run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ._ledits_pp import check_no_ledits_options, edit_ledits
+    if args.ledits:  # LEDITS++ on an SD 1.x / 2.x folder, as LEditsPPPipelineStableDiffusion (._ledits_pp)
+        return edit_ledits(args)
+    check_no_ledits_options(args)
     instruct = instruct_pix2pix_edit(args)  # an InstructPix2Pix folder: its flags checked (._instruct_pix2pix)
     check_mask_crop(args)  # --padding-mask-crop: SD / SD-XL / SD3 / FLUX.1 inpainting only (.interop.mask_crop)
     from ._size_conditions import edit_size_conditions

@@ -35,7 +35,8 @@ def parse_eta(text) -> Union[float, str]:
 
 
 def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str] = 0.0,
-         cond: Optional[dict] = None, generator=None, callback=None, progress: bool = False) -> torch.Tensor:
+         cond: Optional[dict] = None, generator=None, callback=None, progress: bool = False,
+         noise=None) -> torch.Tensor:
     """DDIM eq. 12 for each grid step t -> s:
 
         x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z.
@@ -43,11 +44,15 @@ def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str
     eta = 0 is deterministic (the probability-flow ODE discretised to first order); eta = 1 on the
     full schedule is DDPM with beta-tilde. ``eta="sigma_hat"`` is DDIM Table 1's sigma-hat
     process: DDPM ancestral steps with the larger variance sigma-hat^2 = 1 - abar_t/abar_s.
+    ``noise``: ``noise(i, mean, sigma) -> z`` gives step i's z (mean: x_s without it) instead of a draw from
+    ``generator`` (edit-friendly DDPM inversion's recorded noise maps, :mod:`diffkit.interop.ledits_pp`).
     """
     if isinstance(eta, bool):
         raise DiffkitError(f"eta={eta!r} is not allowed; use a finite number >= 0 or 'sigma_hat'")
     eta = parse_eta(eta)
     if eta == "sigma_hat":
+        if noise is not None:
+            raise DiffkitError("eta='sigma_hat' draws its own noise (DDPM's steps); give a number with noise=")
         return ddpm(denoiser, x, grid, variance_type="fixed_large", cond=cond, generator=generator,
                     callback=callback, progress=progress)
     cond = cond or {}
@@ -67,7 +72,8 @@ def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str
         pred = denoiser(x, times[i], **cond)
         x = torch.add(pred.x0 * sqrt_abar_s[i], pred.eps, alpha=direction[i])
         if eta > 0 and times[i + 1] >= 0:
-            x = torch.add(x, randn_like(x, generator), alpha=sigmas[i])
+            z = randn_like(x, generator) if noise is None else noise(i, x, sigmas[i])
+            x = torch.add(x, z, alpha=sigmas[i])
         report(callback, i, times[i], times[i + 1], x, pred.x0)
     return x
 

@@ -39,7 +39,7 @@ SOLVER_TYPES = ("midpoint", "heun")
 def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 2,
                          algorithm_type: str = "dpmsolver++", solver_type: str = "midpoint",
                          lower_order_final: bool = True, cond: Optional[dict] = None, generator=None,
-                         callback=None, progress: bool = False) -> torch.Tensor:
+                         callback=None, progress: bool = False, noise=None) -> torch.Tensor:
     """Multistep DPM-Solver / DPM-Solver++ of order 1-3 (one model call per step).
 
     Data prediction, ``dpmsolver++`` (DPM-Solver++ Algorithm 2, eq. 8-10), with r_0 = h_0/h,
@@ -60,6 +60,8 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
     The first steps use lower orders (warm-up); with ``lower_order_final`` the step order never
     exceeds the number of remaining steps, at every step count (diffusers' DPMSolverMultistep does
     so only below 15 steps; docs/samplers.md).
+    ``noise``: ``noise(i, mean, std) -> z`` gives step i's z of the SDE variant (mean: x_s without it) instead
+    of a draw from ``generator`` (LEDITS++'s recorded noise maps, :mod:`diffkit.interop.ledits_pp`).
     """
     check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
     check_choice("solver_type", solver_type, SOLVER_TYPES)
@@ -99,7 +101,8 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
             if d2 is not None:
                 x = x - (a_s * (phi_2 / (2.0 * h) - 0.5)) * d2
             if s_s > 0:
-                x = x + (s_s * math.sqrt(one_m)) * randn_like(x, generator)
+                std = s_s * math.sqrt(one_m)
+                x = x + std * (randn_like(x, generator) if noise is None else noise(i, x, std))
         elif data:
             phi = math.expm1(-h)
             x = torch.add(x * (s_s / s_t), d0, alpha=-(a_s * phi))

@@ -1,0 +1,161 @@
+"""``diffkit edit --checkpoint SD_FOLDER --images PNG|DIR --ledits TEXT [--ledits-remove TEXT] ...``: LEDITS++ as
+diffusers' ``LEditsPPPipelineStableDiffusion`` (``pipe.invert(image)`` then ``pipe(editing_prompt=[...])``;
+:mod:`diffkit.interop.ledits_pp`): the flags, their checks before anything loads, and the run."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import DiffkitError, check_float32, check_range
+from ._common import non_negative_float
+
+PIPELINE = "LEditsPPPipelineStableDiffusion"
+DEFAULT_STEPS = 30  # the pipeline's num_inversion_steps
+TAKES = ("--images, --ledits / --ledits-remove and the other --ledits-* flags, --steps, --negative-prompt, "
+         "--clip-skip, --height / --width, --lora, --textual-inversion, --seed, --batch-size")
+FLAGS = {  # diffkit edit's dests LEDITS++ takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "config", "images", "out", "seed", "batch_size", "device", "progress", "steps",
+    "negative_prompt", "clip_skip", "height", "width", "lora", "textual_inversion", "ledits", "ledits_scale",
+    "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_source_prompt", "ledits_source_scale"}
+OPTIONS = (("--ledits-scale", "ledits_scale"), ("--ledits-threshold", "ledits_threshold"),
+           ("--ledits-skip", "ledits_skip"), ("--ledits-mask", "ledits_mask"), ("--ledits-warmup", "ledits_warmup"),
+           ("--ledits-source-prompt", "ledits_source_prompt"), ("--ledits-source-scale", "ledits_source_scale"))
+
+
+class _Concept(argparse.Action):
+    """--ledits / --ledits-remove: (text, remove) appended to one list, in the command line's order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        concepts = list(getattr(namespace, self.dest) or [])
+        concepts.append((values, option_string == "--ledits-remove"))
+        setattr(namespace, self.dest, concepts)
+
+
+def _floats(text: str) -> list:
+    """S or S1,S2,...: one number for every concept or one per concept."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a comma-separated list of numbers") from None
+
+
+def add_ledits_flags(parser) -> None:
+    g = parser.add_argument_group("LEDITS++ (Stable Diffusion 1.x / 2.x folders; docs/interop/ledits_pp.md)")
+    g.add_argument("--ledits", dest="ledits", action=_Concept, metavar="TEXT",
+                   help="edit each image with LEDITS++ (Brack et al. 2024) as LEditsPPPipelineStableDiffusion: "
+                        "invert it (DPM-Solver++ 2M SDE with recorded noise; DDIM on a DDIMScheduler folder), then "
+                        "guide towards this concept within its implicit mask; repeat for more concepts")
+    g.add_argument("--ledits-remove", dest="ledits", action=_Concept, metavar="TEXT",
+                   help="a concept to remove (the pipeline's reverse_editing_direction); repeatable, with or "
+                        "without --ledits")
+    g.add_argument("--ledits-scale", type=_floats, metavar="S[,S...]",
+                   help="edit guidance scale s_e (edit_guidance_scale, >= 0; default 5): one for all concepts or one "
+                        "per concept in the command line's order")
+    g.add_argument("--ledits-threshold", type=_floats, metavar="T[,T...]",
+                   help="mask threshold lambda in [0, 1], the quantile above which the masks are 1 (edit_threshold; "
+                        "default 0.9): one for all or one per concept")
+    g.add_argument("--ledits-skip", type=non_negative_float, metavar="F",
+                   help="the part of the int(steps (1 + F)) timesteps left out at the noisy end (invert's skip, in "
+                        "[0, 1]; default 0.15); lower changes the image more. --steps: the steps run (default 30)")
+    g.add_argument("--ledits-mask", choices=("intersect", "attention", "noise"),
+                   help="the implicit mask: intersect (cross-attention and noise masks, the pipeline's default), "
+                        "attention (use_intersect_mask=False) or noise (SEGA's; use_cross_attn_mask=False)")
+    g.add_argument("--ledits-warmup", type=int, metavar="N",
+                   help="the concepts count from step N on (edit_warmup_steps; default 0)")
+    g.add_argument("--ledits-source-prompt", metavar="TEXT",
+                   help="invert's source_prompt: guides the inversion (default none)")
+    g.add_argument("--ledits-source-scale", type=non_negative_float, metavar="S",
+                   help="invert's source_guidance_scale with --ledits-source-prompt (default 3.5)")
+
+
+def check_no_ledits_options(args) -> None:
+    """One line for a --ledits-* option without --ledits / --ledits-remove."""
+    for flag, dest in OPTIONS:
+        if getattr(args, dest, None) is not None:
+            raise DiffkitError(f"{flag} goes with --ledits TEXT / --ledits-remove TEXT (LEDITS++)")
+
+
+def _each(flag: str, values, count: int, default) -> list:
+    if values is None:
+        return [default] * count
+    if len(values) not in (1, count):
+        raise DiffkitError(f"{flag} has {len(values)} values for {count} concepts; give one, or one per concept "
+                           f"(--ledits / --ledits-remove in the command line's order)")
+    return list(values) * (count if len(values) == 1 else 1)
+
+
+def ledits_concepts(args) -> list:
+    """The :class:`~diffkit.interop.ledits_pp.Concept` s of the flags (checked: one line for a bad value)."""
+    from ..interop.ledits_pp import Concept
+    count = len(args.ledits)
+    scales = _each("--ledits-scale", args.ledits_scale, count, Concept.scale)
+    thresholds = _each("--ledits-threshold", args.ledits_threshold, count, Concept.threshold)
+    warmup = 0 if args.ledits_warmup is None else args.ledits_warmup
+    for flag, values, low, high in (("--ledits-scale", scales, 0.0, None),
+                                    ("--ledits-threshold", thresholds, 0.0, 1.0)):
+        for value in values:
+            check_float32(flag, check_range(flag, value, low, high))
+    check_range("--ledits-warmup", warmup, 0, None, integer=True)
+    return [Concept(text, scale, threshold, remove, warmup)
+            for (text, remove), scale, threshold in zip(args.ledits, scales, thresholds)]
+
+
+def edit_ledits(args) -> int:
+    """Edit ``--images`` with LEDITS++ on a Stable Diffusion 1.x / 2.x folder: each batch inverted
+    (:func:`~diffkit.interop.ledits_pp.invert`, image i's forward noises from ``--seed`` + i) and edited
+    (:func:`~diffkit.interop.ledits_pp.edit`) with the concepts of ``--ledits`` / ``--ledits-remove``. Every other
+    edit flag (``--prompt``, ``--mask``, ``--sampler``, ...): one line, before any weight is read or any folder is
+    made."""
+    import torch
+
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.ledits_pp import MASKS, edit, invert
+    from ..interop.sd_xl import is_sd_xl_folder
+    from ..interop.stable_diffusion import is_stable_diffusion_folder, load_stable_diffusion
+    from ..memory import batches_with_oom_retry
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._pixart import check_folder_edit_args
+    from .edit import read_edit_inputs
+
+    directory = args.checkpoint
+    if not is_stable_diffusion_folder(directory) or is_sd_xl_folder(directory):
+        raise DiffkitError(f"--ledits applies to a Stable Diffusion 1.x / 2.x folder (diffusers' {PIPELINE}); "
+                           f"{directory} is not one")
+    check_folder_edit_args(args, FLAGS, "Stable Diffusion", TAKES, f" with --ledits, which runs {PIPELINE}",
+                           prompted=False)
+    concepts = ledits_concepts(args)
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    skip = 0.15 if args.ledits_skip is None else check_range("--ledits-skip", args.ledits_skip, 0.0, 1.0)
+    source_scale = 3.5 if args.ledits_source_scale is None else args.ledits_source_scale
+    if args.ledits_source_scale is not None and args.ledits_source_prompt is None:
+        raise DiffkitError("--ledits-source-scale goes with --ledits-source-prompt TEXT")
+    check_float32("--ledits-source-scale", source_scale)
+    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    count = len(files)
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    sd = load_stable_diffusion(directory, device, progress=args.progress, lora=args.lora,
+                               textual_inversion=args.textual_inversion)
+    from ..interop.ledits_pp import ledits_grid, ledits_scheduler
+    ledits_grid(ledits_scheduler(sd)[1], steps, skip)  # the folder's scheduler and the step count: one line, first
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    mask = args.ledits_mask or MASKS[0]
+
+    def run(start: int, n: int):
+        inversion = invert(sd, images[start:start + n], steps, skip, source_prompt=args.ledits_source_prompt or "",
+                           source_guidance_scale=source_scale, seed=args.seed + start, clip_skip=args.clip_skip,
+                           progress=args.progress)
+        return (edit(sd, inversion, concepts, negative_prompt=args.negative_prompt, mask=mask,
+                     clip_skip=args.clip_skip, progress=args.progress).clamp(-1, 1).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(run, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    named = ", ".join(("-" if remove else "+") + repr(text) for text, remove in args.ledits)
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; LEDITS++ as {PIPELINE} on {directory}: "
+          f"{steps} steps, skip {skip:g}, {mask} masks, concepts {named})")
+    return 0
+
+
+__all__ = ["add_ledits_flags", "check_no_ledits_options", "edit_ledits", "ledits_concepts"]
