@@ -175,6 +175,17 @@ def test_predict_command_writes_the_pipelines_prediction_and_picture(folder, tmp
     assert np.abs(picture.astype(int) - reference.astype(int)).max() <= 1
 
 
+def test_other_samplers_run_on_its_own_grid(folder):
+    """A diffkit sampler on its own grid (NAME@SPACING) runs on the depth folder; on the folder's trailing grid, which
+    starts where this zero-terminal-SNR schedule has infinite noise, a multistep solver is refused in one line."""
+    _, _, marigold = folder("depth")
+    other = _ours(marigold, sampler="dpm-solver++-2m@leading").prediction
+    assert torch.isfinite(other).all() and 0 <= other.min() and other.max() <= 1
+    assert not torch.allclose(other, _ours(marigold).prediction)
+    with pytest.raises(DiffkitError, match="cannot start at t=999"):
+        _ours(marigold, sampler="unipc")
+
+
 def test_bad_requests_are_one_line(folder, tmp_path, capsys):
     """Options the folder or the pipeline does not take, in the library and on the command line (no files
     written); sample / edit / upscale on a Marigold folder point to diffkit predict."""
