@@ -17,7 +17,8 @@ diffusers = pytest.importorskip("diffusers")
 IMAGE = torch.rand(1, 3, 14, 20, generator=torch.Generator().manual_seed(5))  # [0, 1]: resized to 11x16, padded
 TARGETS = {"target_names": ["albedo", "material"], "albedo": {"prediction_space": "srgb"},
            "material": {"prediction_space": "stack", "sub_target_names": ["roughness", "metallicity", None]},
-           "roughness": {"prediction_space": "linear"}, "metallicity": {"prediction_space": "linear", "up_to_scale": True}}
+           "roughness": {"prediction_space": "linear"},
+           "metallicity": {"prediction_space": "linear", "up_to_scale": True}}
 
 
 def _scheduler(kind):
@@ -207,6 +208,12 @@ def test_bad_requests_are_one_line(folder, tmp_path, capsys):
         predict(marigold, IMAGE * 4 - 1)
     with pytest.raises(DiffkitError, match="is not a Marigold folder"):
         load_marigold(tmp_path)
+    index = json.loads((path / "model_index.json").read_text())
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers",
+                                                                                  "EulerDiscreteScheduler"]}))
+    with pytest.raises(DiffkitError, match="scheduler 'EulerDiscreteScheduler' is not allowed"):
+        load_marigold(tmp_path)
+    (tmp_path / "model_index.json").unlink()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     out = tmp_path / "never"
     for argv, message in ((["predict", "--checkpoint", str(path), "--reduction", "closest"], "median, mean"),
@@ -222,5 +229,3 @@ def test_bad_requests_are_one_line(folder, tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not out.exists()
-    index = json.loads((path / "model_index.json").read_text())
-    assert index["_class_name"] == "MarigoldDepthPipeline"

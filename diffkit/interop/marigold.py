@@ -43,6 +43,7 @@ from .sd_inpaint import ChannelConcatNet, concat_denoiser
 
 PIPELINES = {"MarigoldDepthPipeline": "depth", "MarigoldNormalsPipeline": "normals",
              "MarigoldIntrinsicsPipeline": "intrinsics"}
+SCHEDULERS = ("DDIMScheduler", "LCMScheduler")  # the pipelines' schedulers (diffkit's ddim and consistency)
 IMAGE_KEY = "marigold_image_latents"  # the cond entry MarigoldNet reads
 DEPTH_ENSEMBLING = ("reduction", "regularizer_strength", "max_iter", "tol", "max_res")  # ensemble_depth's options
 
@@ -167,6 +168,10 @@ def load_marigold(directory: Union[str, Path], device="cpu", dtype: torch.dtype 
         raise DiffkitError(f"{directory} is not a Marigold folder; allowed: a folder whose model_index.json names "
                            f"{', '.join(PIPELINES)}")
     settings = read_json_object(Path(directory) / "model_index.json", "diffusers index")
+    scheduler = settings.get("scheduler") if isinstance(settings.get("scheduler"), list) else [None, None]
+    if scheduler[-1] not in SCHEDULERS:
+        raise DiffkitError(f"{directory}: a Marigold folder with scheduler {scheduler[-1]!r} is not allowed; allowed: "
+                           f"{' or '.join(SCHEDULERS)} (the pipelines' own)")
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(Path(directory), device, dtype, check_unet=check_marigold_unet(task))
     if task == "intrinsics" and len((settings.get("target_properties") or {}).get("target_names") or []) != \
