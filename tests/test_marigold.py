@@ -216,6 +216,7 @@ def test_bad_requests_are_one_line(folder, tmp_path, capsys):
     (tmp_path / "model_index.json").unlink()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     out = tmp_path / "never"
+    capsys.readouterr()  # the folder's saving bars, where this test built it
     for argv, message in ((["predict", "--checkpoint", str(path), "--reduction", "closest"], "median, mean"),
                           (["predict", "--checkpoint", str(path), "--uncertainty"], "--ensemble-size > 1"),
                           (["predict", "--checkpoint", str(path), "--color-map", "nope"], "'nope' is not allowed"),
@@ -223,7 +224,9 @@ def test_bad_requests_are_one_line(folder, tmp_path, capsys):
                           (["sample", "--checkpoint", str(path), "--prompt", "a", "--out", str(out / "s.png")],
                            "use diffkit predict"),
                           (["edit", "--checkpoint", str(path), "--prompt", "a", "--images", str(tmp_path / "x.png"),
-                            "--out", str(out)], "use diffkit predict")):
+                            "--out", str(out)], "use diffkit predict"),
+                          (["upscale", "--checkpoint", str(path), "--images", str(tmp_path / "x.png"), "--out",
+                            str(out)], "does no upscaling")):
         extra = [] if argv[0] != "predict" else ["--image", str(tmp_path / "x.png"), "--out", str(out)]
         assert main([*argv, *extra, "--device", "cpu", "--no-progress"]) == 2
         err = capsys.readouterr().err

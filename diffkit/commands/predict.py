@@ -9,7 +9,8 @@ for that image (``NAME_depth.npy``: (H, W, 1) in [0, 1]; ``NAME_normals.npy``: (
 ``NAME_intrinsics.npy``: (T, H, W, 3), one map per target) and its picture as diffusers' ``visualize_depth`` /
 ``visualize_normals`` / ``visualize_intrinsics`` draw it (``NAME_depth.png``, ``NAME_normals.png``, one
 ``NAME_TARGET.png`` per target); with ``--uncertainty`` also ``NAME_TASK_uncertainty.npy`` and its picture
-``NAME_TASK_uncertainty.png`` (intrinsics: ``NAME_TARGET_uncertainty.png`` per target; ``visualize_uncertainty``). Image i is predicted as ``pipe(image_i, generator=torch.Generator().manual_seed(seed +
+``NAME_TASK_uncertainty.png`` (intrinsics: ``NAME_TARGET_uncertainty.png`` per target;
+``visualize_uncertainty``). Image i is predicted as ``pipe(image_i, generator=torch.Generator().manual_seed(seed +
 i))``.
 """
 from __future__ import annotations

@@ -282,7 +282,7 @@ def predict(marigold: Marigold, images: torch.Tensor, *, steps: Optional[int] = 
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 1:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise DiffkitError(f"images must be (N >= 1, 3, H, W) in [-1, 1]; got {shape}")
-    if not images.is_floating_point() or images.min() < -1 or images.max() > 1:
+    if not images.is_floating_point() or not torch.isfinite(images).all() or images.min() < -1 or images.max() > 1:
         raise DiffkitError("images must be float images in [-1, 1] (the pipelines' [0, 1] range times 2 minus 1)")
     generator = torch.Generator().manual_seed(int(seed)) if seed is not None else generator
     count, original = images.shape[0], tuple(images.shape[2:])
