@@ -244,6 +244,7 @@ KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
 QWEN_IMAGE21 = "## Qwen-Image 2.1 folders (`diffkit.interop.qwen_image21`)"
 LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp`)"
+MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -284,7 +285,9 @@ LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),
                                                     (QWEN_IMAGE21, ["QwenImage21Pipeline"], "QT"),
-                                                    (LEDITS_PP, ["LEditsPPPipelineStableDiffusion"], "LP")])
+                                                    (LEDITS_PP, ["LEditsPPPipelineStableDiffusion"], "LP"),
+                                                    (MARIGOLD, ["MarigoldDepthPipeline", "MarigoldNormalsPipeline",
+                                                                "MarigoldIntrinsicsPipeline"], "MG")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -365,10 +365,10 @@ def tiny_sd_components(root, **unet_options):
     vocab = tokenizer.get_vocab()
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), sample_size=8, out_channels=4,
+        block_out_channels=(32, 64), sample_size=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-        **{"in_channels": 4, "layers_per_block": 1, **unet_options})
+        **{"in_channels": 4, "out_channels": 4, "layers_per_block": 1, **unet_options})
     vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                                   norm_num_groups=8, sample_size=16)

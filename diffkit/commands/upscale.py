@@ -179,6 +179,8 @@ def run(args) -> int:
         from ._sd_latent_upscale import latent_upscale_folder
         return latent_upscale_folder(args)
     args.sampler = args.sampler or "ddim"
+    from ..interop.marigold import refuse_marigold_folder
+    refuse_marigold_folder(args.checkpoint, "upscaling")  # it predicts depth / normals / intrinsics (diffkit predict)
     if is_stable_diffusion_folder(args.checkpoint):  # a Stable Diffusion x4 upscaler (._sd_upscale)
         return upscale_folder(args)
     refuse_prompt_flags(args)

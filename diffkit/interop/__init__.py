@@ -42,6 +42,8 @@
   folder's inpainting (``Flux2KleinInpaintPipeline``).
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
   ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
+* :mod:`.marigold` - a Marigold folder (MarigoldDepthPipeline / Normals / Intrinsics: an 8-channel SD 2 UNet's dense
+  prediction, the test-time ensemble, ``diffkit predict``); :mod:`.marigold_outputs` its maps, ensembles and pictures.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
   without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
 * :mod:`.single_file` - original-format SD 1.x / 2.x and SD-XL single files (LDM / SGM keys) as diffusers folders,
@@ -106,6 +108,7 @@ _EXPORTS = {
     "is_stable_cascade_folder": "stable_cascade",
     "Kandinsky3": "kandinsky3", "load_kandinsky3": "kandinsky3", "is_kandinsky3_folder": "kandinsky3",
     "LongCatImage": "longcat_image", "load_longcat_image": "longcat_image", "is_longcat_folder": "longcat_image",
+    "Marigold": "marigold", "load_marigold": "marigold", "is_marigold_folder": "marigold",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -137,7 +140,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "kandinsky3_text_to_image": ("kandinsky3", "text_to_image"),
             "kandinsky3_image_to_image": ("kandinsky3", "image_to_image"),
             "longcat_text_to_image": ("longcat_image", "text_to_image"),
-            "longcat_edit_image": ("longcat_image", "edit_image")}
+            "longcat_edit_image": ("longcat_image", "edit_image"),
+            "marigold_predict": ("marigold", "predict")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

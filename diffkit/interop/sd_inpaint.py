@@ -96,9 +96,12 @@ class ChannelConcatNet(torch.nn.Module):
     extra tensors are passed as they are (per-sample tensors in ``cond``, so classifier-free guidance repeats them
     for its null half, as the pipelines' ``torch.cat([mask] * 2)``). Subclasses name ``KEYS``, ``WHAT`` (the model)
     and ``USE`` (what to call instead when a key is missing): :class:`InpaintingUNetNet`,
-    :class:`~.sd_instruct_pix2pix.ImageConditionedNet`, :class:`~.sd_depth.DepthUNetNet`."""
+    :class:`~.sd_instruct_pix2pix.ImageConditionedNet`, :class:`~.sd_depth.DepthUNetNet`. ``EXTRA_FIRST``: the
+    extra tensors before the latents instead (Marigold's ``cat([image_latent, pred_latent])``,
+    :class:`~.marigold.MarigoldNet`)."""
     KEYS: tuple = ()
     WHAT = USE = ""
+    EXTRA_FIRST = False
 
     def __init__(self, inner):
         super().__init__()
@@ -113,7 +116,7 @@ class ChannelConcatNet(torch.nn.Module):
             shapes = " / ".join(f"{key} {tuple(e.shape)}" for key, e in zip(self.KEYS, extra))
             raise DiffkitError(f"{shapes} do not fit the latents {tuple(x.shape)}; allowed: "
                                f"({x.shape[0]}, C, {x.shape[2]}, {x.shape[3]})")
-        return self.inner(torch.cat([x, *extra], dim=1), t, **cond)
+        return self.inner(torch.cat([*extra, x] if self.EXTRA_FIRST else [x, *extra], dim=1), t, **cond)
 
 
 class InpaintingUNetNet(ChannelConcatNet):

@@ -57,7 +57,11 @@ def is_instruct_pix2pix_config(config: dict) -> bool:
 
 
 def is_instruct_pix2pix_folder(path) -> bool:
-    """True for a diffusers folder whose ``unet/config.json`` is an InstructPix2Pix UNet's (read, not loaded)."""
+    """True for a diffusers folder whose ``unet/config.json`` is an InstructPix2Pix UNet's (read, not loaded); not for a
+    Marigold folder (the same 8 channels: image latents + prediction latents, :mod:`.marigold`)."""
+    from .marigold import is_marigold_folder
+    if is_marigold_folder(path):
+        return False
     try:
         config = json.loads((Path(path) / "unet" / "config.json").read_text())
     except (OSError, ValueError):

@@ -414,6 +414,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     from .sd_xl import is_sd_xl_folder, load_sd_xl
     from .sd_latent_upscale import refuse_latent_upscale_folder
     refuse_latent_upscale_folder(directory)  # its UNet takes low-resolution latents (.sd_latent_upscale)
+    from .marigold import refuse_marigold_folder
+    refuse_marigold_folder(directory, "sampling or editing")  # it predicts depth / normals / intrinsics (.marigold)
     if is_sd3_folder(directory):
         raise DiffkitError(f"{directory} is a Stable Diffusion 3 folder (an SD3Transformer2DModel, no UNet); load it "
                            f"with diffkit.interop.load_sd3 (diffkit sample takes it; edit, LoRA files and the other "
