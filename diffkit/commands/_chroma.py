@@ -92,7 +92,7 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2 or NucleusMoE-Image folder; None for any other checkpoint."""
+    ERNIE-Image, Krea 2, NucleusMoE-Image or HunyuanImage folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -135,6 +135,10 @@ def folder_family(directory) -> Optional[type]:
     if is_nucleusmoe_folder(directory):
         from ._nucleusmoe import NucleusMoEFamily
         return NucleusMoEFamily
+    from ..interop.hunyuan_image import is_hunyuan_image_folder
+    if is_hunyuan_image_folder(directory):
+        from ._hunyuan_image import HunyuanImageFamily
+        return HunyuanImageFamily
     return None
 
 
