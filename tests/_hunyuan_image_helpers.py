@@ -1,10 +1,11 @@
-"""A tiny random HunyuanImage 2.1 folder (tests/test_hunyuan_image.py): Qwen-Image's tiny Qwen2.5-VL
+"""Tiny random HunyuanImage 2.1 folders (tests/test_hunyuan_image.py): Qwen-Image's tiny Qwen2.5-VL
 (tests/_qwen_image_helpers.py) with three text layers (the pipeline reads hidden state -3), a ByT5 tokenizer (no
-files) with a one-layer ``T5EncoderModel`` (width 16), a ``HunyuanImageTransformer2DModel`` of one double- and one
-single-stream block (its zero-initialised biases randomised), an ``AutoencoderKLHunyuanImage`` of two levels (f = 2,
-8 latent channels), a fixed-shift flow scheduler and two ``AdaptiveProjectedMixGuidance`` guiders (APG from call 2
-on; the OCR one with other scales), written by save_pretrained (nothing downloaded). ``distilled``: the transformer
-with ``guidance_embeds`` and ``use_meanflow`` and no guiders (the distilled release's layout)."""
+files) with a one-layer ``T5EncoderModel`` (width 16), a ``HunyuanImageTransformer2DModel`` of one double-stream
+block (no single-stream one: the time goes to the 1000-token text; its zero-initialised biases randomised), an
+``AutoencoderKLHunyuanImage`` of two levels (f = 2, 8 latent channels), a fixed-shift flow scheduler and two
+``AdaptiveProjectedMixGuidance`` guiders (the main one: APG from call 2 on; the OCR one: APG from call 1 on, with a
+smaller momentum, a norm cap that bites, eta 0.5), written by save_pretrained (nothing downloaded). ``distilled``: the
+transformer with ``guidance_embeds`` and ``use_meanflow`` and no guiders (the distilled release's layout)."""
 import torch
 
 import diffusers
@@ -21,7 +22,7 @@ def tiny_hunyuan_image_pipeline(width: int = 32, distilled: bool = False):
                                                            num_heads=2)).eval()
     transformer = diffusers.HunyuanImageTransformer2DModel(
         in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1,
-        num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=width, text_embed_2_dim=16,
+        num_single_layers=0, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=width, text_embed_2_dim=16,
         rope_axes_dim=(8, 8), guidance_embeds=distilled, use_meanflow=distilled)
     with torch.no_grad():  # the zero-initialised norm biases
         for p in transformer.parameters():
