@@ -4,8 +4,9 @@ files) with a one-layer ``T5EncoderModel`` (width 16), a ``HunyuanImageTransform
 block (no single-stream one: the time goes to the 1000-token text; its zero-initialised biases randomised), an
 ``AutoencoderKLHunyuanImage`` of two levels (f = 2, 8 latent channels), a fixed-shift flow scheduler and two
 ``AdaptiveProjectedMixGuidance`` guiders (the main one: APG from call 2 on; the OCR one: APG from call 1 on, with a
-smaller momentum, a norm cap 0.05 that bites on one sample of the tests, eta 0.5), written by save_pretrained (nothing downloaded). ``distilled``: the
-transformer with ``guidance_embeds`` and ``use_meanflow`` and no guiders (the distilled release's layout)."""
+smaller momentum, a norm cap 0.05 that bites on one sample of the tests, eta 0.5), written by save_pretrained
+(nothing downloaded). ``distilled``: the transformer with ``guidance_embeds`` and ``use_meanflow`` and no guiders
+(the distilled release's layout). :func:`tiny_hunyuan_image_refiner_pipeline`: the refiner's folder."""
 import torch
 
 import diffusers
@@ -39,5 +40,29 @@ def tiny_hunyuan_image_pipeline(width: int = 32, distilled: bool = False):
     pipe = diffusers.HunyuanImagePipeline(
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=4.0), vae=vae, transformer=transformer,
         text_encoder_2=t5, tokenizer_2=transformers.ByT5Tokenizer(), **parts, **guiders)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_hunyuan_image_refiner_pipeline(width: int = 32):
+    """A HunyuanImageRefinerPipeline of random weights: the same tiny Qwen2.5-VL, a one-block transformer on one
+    frame (3-D patches 1 x 1 x 1, input 4 x and output 2 x the VAE's 4 latent channels, a guidance embedding), an
+    ``AutoencoderKLHunyuanImageRefiner`` of two levels (f = 2) and the fixed-shift scheduler; no guider (the released
+    refiner's layout)."""
+    torch.manual_seed(0)
+    parts = tiny_qwen_vl(width, layers=3)
+    transformer = diffusers.HunyuanImageTransformer2DModel(
+        in_channels=16, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=0, num_refiner_layers=1, patch_size=(1, 1, 1), text_embed_dim=width,
+        rope_axes_dim=(4, 6, 6), guidance_embeds=True)
+    with torch.no_grad():  # the zero-initialised norm biases
+        for p in transformer.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.3)
+    vae = diffusers.AutoencoderKLHunyuanImageRefiner(
+        latent_channels=4, block_out_channels=(32, 64), layers_per_block=1, spatial_compression_ratio=2,
+        temporal_compression_ratio=2, scaling_factor=0.75)
+    pipe = diffusers.HunyuanImageRefinerPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=4.0), vae=vae, transformer=transformer, **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -14,7 +14,7 @@ from diffkit.interop.hunyuan_dit import is_hunyuan_dit_folder  # noqa: E402
 from diffkit.interop.hunyuan_image import check_hunyuan_image_folder, glyph_text, is_hunyuan_image_folder  # noqa
 from diffkit.interop.hunyuan_image import load_hunyuan_image, text_to_image  # noqa: E402
 
-from _hunyuan_image_helpers import tiny_hunyuan_image_pipeline  # noqa: E402
+from _hunyuan_image_helpers import tiny_hunyuan_image_pipeline, tiny_hunyuan_image_refiner_pipeline  # noqa: E402
 from _pipeline_folders import reloaded  # noqa: E402
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _sana_helpers import changed_copy  # noqa: E402
@@ -28,6 +28,15 @@ def _folder(tmp_path_factory, name, **kind):
     path = tmp_path_factory.mktemp(name) / name
     tiny_hunyuan_image_pipeline(**kind).save_pretrained(path)
     return reloaded(path, diffusers.HunyuanImagePipeline, load_hunyuan_image)
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuan_image_refiner(tmp_path_factory):
+    """The same of a tiny HunyuanImageRefinerPipeline folder."""
+    from diffkit.interop.hunyuan_image_refiner import load_hunyuan_image_refiner
+    path = tmp_path_factory.mktemp("hunyuan_image_refiner") / "refiner"
+    tiny_hunyuan_image_refiner_pipeline().save_pretrained(path)
+    return reloaded(path, diffusers.HunyuanImageRefinerPipeline, load_hunyuan_image_refiner)
 
 
 @pytest.fixture(scope="session")
@@ -107,12 +116,21 @@ def test_hunyuan_image_sample_command_is_the_library(tiny_hunyuan_image, tmp_pat
     assert "HunyuanImage folder" in capsys.readouterr().out
 
 
-def test_what_hunyuan_image_does_not_take_is_refused_in_one_line(tiny_hunyuan_image, tmp_path, capsys):
-    """Folders diffkit does not drive (from the JSON alone: the refiner among them), bad library arguments and what
-    the command does not take: one line each, no file written."""
+def test_what_hunyuan_image_does_not_take_is_refused_in_one_line(tiny_hunyuan_image, tiny_hunyuan_image_refiner,
+                                                                  tmp_path, capsys):
+    """Folders diffkit does not drive (from the JSON alone; a refiner folder as a base one), bad library arguments
+    and what the command does not take: one line each, no file written."""
+    from diffkit.interop.hunyuan_image_refiner import check_hunyuan_image_refiner_folder
     _, path, model = tiny_hunyuan_image
     for i, (file, change, expected) in enumerate([
-            ("model_index.json", {"_class_name": "HunyuanImageRefinerPipeline"}, "which diffkit does not drive (yet)"),
+            ("transformer/config.json", {"in_channels": 8}, "allowed: 16, 8 (4 x and 2 x the VAE's latent"),
+            ("transformer/config.json", {"patch_size": [1, 1]}, "allowed: [1, p, p] (one frame)")]):
+        with pytest.raises(DiffkitError, match=r"^[^\n]*$") as caught:
+            check_hunyuan_image_refiner_folder(changed_copy(tiny_hunyuan_image_refiner[1], tmp_path / f"r{i}", file,
+                                                            change))
+        assert expected in str(caught.value)
+    for i, (file, change, expected) in enumerate([
+            ("model_index.json", {"_class_name": "HunyuanImageRefinerPipeline"}, "which diffkit drives as an edit"),
             ("model_index.json", {"guider": ["diffusers", "ClassifierFreeGuidance"]},
              "allowed: AdaptiveProjectedMixGuidance or null"),
             ("guider/guider_config.json", {"guidance_rescale": 0.7}, "guidance_rescale=0.7"),
@@ -134,3 +152,40 @@ def test_what_hunyuan_image_does_not_take_is_refused_in_one_line(tiny_hunyuan_im
         (["--prompt-2", "x"], "--prompt-2 does not apply to a HunyuanImage folder"),
         (["--max-sequence-length", "300"], "--max-sequence-length does not apply to a HunyuanImage folder"),
         (["--height", "6"], "--height 6 is not allowed; give a positive multiple of 4")], label="a HunyuanImage")
+
+
+def test_refiner_refines_as_the_pipeline(tiny_hunyuan_image_refiner, tmp_path, capsys):
+    """HunyuanImageRefinerPipeline with one generator per image (the posterior sample, z, then the condition's
+    noise), its template, the embedded guidance, one-frame 3-D patches: final latents and decoded images; ``diffkit
+    edit`` on the folder writes the library's PNGs byte for byte; ``diffkit sample`` and a mask are refused."""
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    from diffkit.interop.hunyuan_image_refiner import refine
+    pipe, path, model = tiny_hunyuan_image_refiner
+    save_images(torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1, tmp_path / "in",
+                prefix="in")
+    pixels, _ = read_pngs(tmp_path / "in", "RGB")
+    ours = refine(model, pixels, PROMPTS, steps=2, seed=5, distilled_guidance_scale=2.0, return_latents=True)
+    with torch.no_grad():
+        theirs = pipe(prompt=PROMPTS, image=pixels / 2 + 0.5, height=SIZE, width=SIZE, num_inference_steps=2,
+                      distilled_guidance_scale=2.0, output_type="latent",
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(2)]).images
+        restored = pipe._restore_image_tokens_order(theirs / pipe.vae.config.scaling_factor)
+        images = pipe.image_processor.postprocess(pipe.vae.decode(restored)[0].squeeze(2), "pt")
+    error = relative_error(ours, theirs[:, :, 0])
+    print("HunyuanImageRefinerPipeline latents", error)
+    assert error < 1e-5
+    error = relative_error((model.decode(ours) / 2 + 0.5).clamp(0, 1), images)
+    print("HunyuanImageRefinerPipeline images", error)
+    assert error < 1e-5
+    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[1],
+                 "--steps", "1", "--seed", "2", "--out", str(tmp_path / "edited"), "--no-progress"]) == 0
+    save_images(refine(model, pixels, PROMPTS[1], steps=1, seed=2, output_range="-1,1"), tmp_path / "expected",
+                prefix="edit")
+    for name in ("edit_00000.png", "edit_00001.png"):
+        assert (tmp_path / "edited" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    with pytest.raises(DiffkitError, match="the refiner does not inpaint"):
+        refine(model, pixels, "x", mask=torch.ones(1, 1, SIZE, SIZE))
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "x", "--out", str(tmp_path / "never.png")]) == 2
+    assert "which diffkit sample does not take" in capsys.readouterr().err

@@ -92,7 +92,7 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2, NucleusMoE-Image or HunyuanImage folder; None for any other checkpoint."""
+    ERNIE-Image, Krea 2, NucleusMoE-Image or HunyuanImage (refiner) folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -137,8 +137,10 @@ def folder_family(directory) -> Optional[type]:
         return NucleusMoEFamily
     from ..interop.hunyuan_image import is_hunyuan_image_folder
     if is_hunyuan_image_folder(directory):
-        from ._hunyuan_image import HunyuanImageFamily
-        return HunyuanImageFamily
+        from ..interop.hunyuan_image import HUNYUAN_IMAGE_REFINER
+        from ..interop.sd_xl import pipeline_class
+        from ._hunyuan_image import HunyuanImageFamily, HunyuanImageRefinerFamily
+        return HunyuanImageRefinerFamily if pipeline_class(directory) == HUNYUAN_IMAGE_REFINER else HunyuanImageFamily
     return None
 
 

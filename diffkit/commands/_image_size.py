@@ -19,7 +19,8 @@ SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
                 "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, HunyuanImage")
-EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen"  # diffkit edit's
+EDIT_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen, "
+              "HunyuanImage refiner")  # diffkit edit's
 def vae_factor(directory) -> tuple:
     """(the folder's VAE config, its AutoencoderKL factor f = 2^(levels - 1))."""
     vae = read_json_object(Path(directory) / "vae" / "config.json", "VAE config")

@@ -32,11 +32,12 @@ a :class:`.chroma.Chroma` (the scheduler's sigmas as diffkit's grid, :meth:`.flu
   transformer takes the timestep s T itself. Size: default 64 f x 64 f (2048 x 2048), multiples of 2 f (the
   pipeline's ``check_inputs``); decoding x = D(z / scaling_factor) (no shift).
 
-Refused in one line before any weight is read: the refiner folder (``HunyuanImageRefinerPipeline``, not driven), a
-component of another class, a transformer whose channels are not the VAE's latent channels or whose patches are 3-D,
-a ``use_dynamic_shifting`` scheduler (the pipeline passes no mu), a guider of another class or with
-``guidance_rescale``, ``use_original_formulation`` or a ``start`` / ``stop`` other than 0 / 1. Also refused:
-``max_sequence_length`` (the pipeline's is fixed), IP-Adapters, LoRA files, img2img.
+Refused in one line before any weight is read: a refiner folder (``HunyuanImageRefinerPipeline``: driven by
+:mod:`.hunyuan_image_refiner`, ``diffkit edit``), a component of another class, a transformer whose channels are not
+the VAE's latent channels or whose patches are 3-D, a ``use_dynamic_shifting`` scheduler (the pipeline passes no
+mu), a guider of another class or with ``guidance_rescale``, ``use_original_formulation`` or a ``start`` / ``stop``
+other than 0 / 1. Also refused: ``max_sequence_length`` (the pipeline's is fixed), IP-Adapters, LoRA files,
+img2img.
 """
 from __future__ import annotations
 
@@ -154,7 +155,9 @@ class HunyuanImageNet(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
                 context_2: torch.Tensor = None, mask_2: torch.Tensor = None, null_context: torch.Tensor = None,
                 null_mask: torch.Tensor = None, null_context_2: torch.Tensor = None,
-                null_mask_2: torch.Tensor = None) -> torch.Tensor:
+                null_mask_2: torch.Tensor = None, image: torch.Tensor = None) -> torch.Tensor:
+        """``image``: the refiner's condition latents (:mod:`.hunyuan_image_refiner`), put beside z on the channels
+        and both run as one frame (B, C', 1, h, w)."""
         if context is None or mask is None:
             raise DiffkitError("a HunyuanImage transformer needs cond {'context', 'mask'} "
                                "(HunyuanImage.encode_prompts)")
@@ -170,13 +173,15 @@ class HunyuanImageNet(torch.nn.Module):
         if self.guidance is not None:
             guidance = torch.full((b,), self.guidance, dtype=dtype, device=x.device) * 1000.0
         x = x.to(dtype)
+        if image is not None:  # HunyuanImageRefinerPipeline's cat([latents, cond_latents], dim=1) of one frame
+            x = torch.cat([x, image.to(x).expand(b, -1, -1, -1)], dim=1).unsqueeze(2)
         out = self._call(x, timestep, r, guidance, context.to(dtype), mask, None if context_2 is None else
                          context_2.to(dtype), mask_2)
         if self.guider is not None and null_context is not None:
             uncond = self._call(x, timestep, r, guidance, null_context.to(dtype), null_mask,
                                 None if null_context_2 is None else null_context_2.to(dtype), null_mask_2)
             out, self.running = self.guider(step, out, uncond, self.running)
-        return out
+        return out if image is None else out[:, :, 0]
 
 
 class SteppedDenoiser(Denoiser):
@@ -345,7 +350,7 @@ class HunyuanImage(Chroma):
 
 def is_hunyuan_image_folder(path: Union[str, Path]) -> bool:
     """True for a folder whose ``model_index.json`` names a ``HunyuanImage...`` pipeline or its transformer (the
-    refiner's too, which :func:`check_hunyuan_image_folder` refuses in one line)."""
+    refiner's too: :mod:`.hunyuan_image_refiner`, which :func:`check_hunyuan_image_folder` refuses in one line)."""
     from .flow_latents import names_pipeline
     return names_pipeline(path, "HunyuanImage", HUNYUAN_IMAGE_TRANSFORMER)
 
@@ -375,8 +380,8 @@ def check_hunyuan_image_folder(directory) -> tuple:
     from .sd_xl import pipeline_class
     directory = Path(directory)
     if pipeline_class(directory) == HUNYUAN_IMAGE_REFINER:
-        raise DiffkitError(f"{directory} is a {HUNYUAN_IMAGE_REFINER} folder, which diffkit does not drive (yet); "
-                           f"allowed: {HUNYUAN_IMAGE_PIPELINE}")
+        raise DiffkitError(f"{directory} is a {HUNYUAN_IMAGE_REFINER} folder, which diffkit drives as an edit "
+                           f"(diffkit edit; hunyuan_image_refiner.refine); allowed here: {HUNYUAN_IMAGE_PIPELINE}")
     index, config, vae = checked_folder(directory, HUNYUAN_IMAGE_PIPELINE, REQUIRED, "HunyuanImage",
                                         HUNYUAN_IMAGE_CLASSES)
     latents = vae.get("latent_channels")
@@ -441,9 +446,10 @@ def text_to_image(model: HunyuanImage, prompts: Union[str, Sequence[str]], *, sa
 
 
 def image_to_image(model, *_, **__):
-    """Refused: diffkit does not drive HunyuanImage's refiner (``HunyuanImageRefinerPipeline``)."""
-    raise DiffkitError("diffkit does not drive HunyuanImage img2img (HunyuanImageRefinerPipeline folders are not "
-                       "driven yet); sample it with diffkit sample")
+    """Refused: HunyuanImagePipeline has no img2img (the refiner is a folder of its own:
+    :mod:`.hunyuan_image_refiner`)."""
+    raise DiffkitError("a HunyuanImagePipeline folder has no img2img in diffusers 0.42.1 (HunyuanImage's refiner is a "
+                       "HunyuanImageRefinerPipeline folder of its own); sample it with diffkit sample")
 
 
 __all__ = ["HunyuanImage", "HunyuanImageNet", "MixGuidance", "SteppedDenoiser", "load_hunyuan_image",
