@@ -282,7 +282,8 @@ HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
                                                     (KREA2, ["Krea2Pipeline"], "KR"),
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),
-                                                    (HUNYUAN_IMAGE, ["HunyuanImagePipeline"], "HY")])
+                                                    (HUNYUAN_IMAGE, ["HunyuanImagePipeline",
+                                                                     "HunyuanImageRefinerPipeline"], "HY")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -189,3 +189,9 @@ def test_refiner_refines_as_the_pipeline(tiny_hunyuan_image_refiner, tmp_path, c
     capsys.readouterr()
     assert main(["sample", "--checkpoint", str(path), "--prompt", "x", "--out", str(tmp_path / "never.png")]) == 2
     assert "which diffkit sample does not take" in capsys.readouterr().err
+    for flag in (["--mask", str(tmp_path / "in" / "in_00000.png")], ["--strength", "0.5"]):
+        assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", "x", *flag,
+                     "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag[0]} does not apply to a HunyuanImage refiner folder" in err[0]
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.png").exists()
