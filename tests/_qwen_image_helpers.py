@@ -33,16 +33,16 @@ def tiny_qwen_tokenizer(vision: bool = False):
     return tokenizer
 
 
-def tiny_qwen_vl(width: int = 32, vision: bool = False) -> dict:
+def tiny_qwen_vl(width: int = 32, vision: bool = False, layers: int = 1) -> dict:
     """{tokenizer, text_encoder (, processor)} of a tiny random Qwen2.5-VL (module docstring); ``vision``: the
     tokenizer with the vision tokens (the config's ids) and a ``Qwen2VLProcessor`` of the PIL image processor (no
     torchvision) with the vision tower's patches (2 x 2, no merge, one frame). Qwen-Image's and LongCat-Image's
-    (tests/test_longcat_image.py)."""
+    (tests/test_longcat_image.py); ``layers``: its text layers (HunyuanImage's reads hidden state -3)."""
     tokenizer = tiny_qwen_tokenizer(vision)
     names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     ids = [tokenizer.convert_tokens_to_ids(t) for t in names] if vision else [len(tokenizer) + i for i in (1, 2, 3, 4)]
     config = transformers.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=48, num_hidden_layers=1,
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=48, num_hidden_layers=layers,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                          bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
                          rope_parameters={"rope_theta": 10000.0, "rope_type": "default",

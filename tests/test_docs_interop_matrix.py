@@ -245,6 +245,7 @@ NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
 QWEN_IMAGE21 = "## Qwen-Image 2.1 folders (`diffkit.interop.qwen_image21`)"
 LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp`)"
 MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
+HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -287,7 +288,9 @@ MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
                                                     (QWEN_IMAGE21, ["QwenImage21Pipeline"], "QT"),
                                                     (LEDITS_PP, ["LEditsPPPipelineStableDiffusion"], "LP"),
                                                     (MARIGOLD, ["MarigoldDepthPipeline", "MarigoldNormalsPipeline",
-                                                                "MarigoldIntrinsicsPipeline"], "MG")])
+                                                                "MarigoldIntrinsicsPipeline"], "MG"),
+                                                    (HUNYUAN_IMAGE, ["HunyuanImagePipeline",
+                                                                     "HunyuanImageRefinerPipeline"], "HY")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -93,7 +93,8 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2, NucleusMoE-Image or Qwen-Image 2.1 folder; None for any other checkpoint."""
+    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1 or HunyuanImage (refiner) folder; None for any other
+    checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -140,6 +141,12 @@ def folder_family(directory) -> Optional[type]:
     if is_qwen_image21_folder(directory):
         from ._qwen_image21 import QwenImage21Family
         return QwenImage21Family
+    from ..interop.hunyuan_image import is_hunyuan_image_folder
+    if is_hunyuan_image_folder(directory):
+        from ..interop.hunyuan_image import HUNYUAN_IMAGE_REFINER
+        from ..interop.sd_xl import pipeline_class
+        from ._hunyuan_image import HunyuanImageFamily, HunyuanImageRefinerFamily
+        return HunyuanImageRefinerFamily if pipeline_class(directory) == HUNYUAN_IMAGE_REFINER else HunyuanImageFamily
     return None
 
 

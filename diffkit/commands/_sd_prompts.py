@@ -156,6 +156,11 @@ def check_prompt_encoding(request, checkpoint) -> None:
     if given and is_longcat_folder(checkpoint):
         raise DiffkitError(f"{given[0][0]} does not apply to a LongCat-Image folder ({checkpoint}); its prompt flags "
                            f"are --prompt and --negative-prompt (one text encoder, Qwen2.5-VL, 512 tokens)")
+    from ..interop.hunyuan_image import is_hunyuan_image_folder
+    if given and is_hunyuan_image_folder(checkpoint):
+        raise DiffkitError(f"{given[0][0]} does not apply to a HunyuanImage folder ({checkpoint}); its prompt flags "
+                           f"are --prompt and --negative-prompt (Qwen2.5-VL at a fixed 1000 tokens; the ByT5 glyph "
+                           f"encoder reads the prompt's quoted text)")
     from ..interop.ernie_image import is_ernie_image_folder
     if given and is_ernie_image_folder(checkpoint):
         raise DiffkitError(f"{given[0][0]} does not apply to an ERNIE-Image folder ({checkpoint}); its prompt flags "
