@@ -89,6 +89,12 @@ class Family:
         """The image_to_image ControlNet keywords for ``diffkit edit``'s images start .. start + n - 1."""
         return {}
 
+    @staticmethod
+    def edit_inputs(args) -> dict:
+        """More image_to_image keywords of ``diffkit edit``'s own flags of the kind, read and checked before any
+        weight (none here; a Qwen-Image-Edit-Plus folder's ``--image-reference`` pictures: :mod:`._qwen_image`)."""
+        return {}
+
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
@@ -228,6 +234,7 @@ def edit_chroma(args, family=Family) -> int:
 
     directory = args.checkpoint
     check_folder_edit_args(args, family.edit_flags, family.kind, family.edit_takes)
+    inputs = family.edit_inputs(args)  # the kind's own inputs (a Qwen-Image-Edit-Plus folder's --image-reference)
     info, own, options, request = edit_sampling(args, directory)
     family.check_request(directory, request, edit=True)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
@@ -270,7 +277,7 @@ def edit_chroma(args, family=Family) -> int:
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
                                seed=args.seed + start, max_sequence_length=args.max_sequence_length,
                                output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how_guided,
-                               **area, **controls, **({} if own else options)).cpu(),)
+                               **area, **controls, **inputs, **({} if own else options)).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]

@@ -28,9 +28,10 @@ random draws (z in (B, C, h, w) from sample i's generator, the pipeline's (B, 1,
   FLUX.1's replacement loop) through :func:`.flow_latents.edit_latents`, as Chroma's.
 
 Refused in one line before any weight is read (:func:`check_qwen_image_folder`): another pipeline class, a
-missing component or one of another class, a transformer with a guidance embedding, ``zero_cond_t``,
-``use_additional_t_cond`` or ``use_layer3d_rope`` (Qwen-Image-Edit-2511 / Layered's, whose pipelines diffkit does
-not drive) or whose input is not 4 x the VAE's ``z_dim``, a scheduler option the flow Euler loop does not take.
+missing component or one of another class, a transformer with a guidance embedding, ``zero_cond_t`` (Qwen-Image-Edit-
+2511's, driven on a ``QwenImageEditPlusPipeline`` folder alone: :mod:`.qwen_image_edit`), ``use_additional_t_cond`` or
+``use_layer3d_rope`` (Qwen-Image-Layered's, whose pipeline diffkit does not drive) or whose input is not 4 x the VAE's
+``z_dim``, a scheduler option the flow Euler loop does not take.
 """
 from __future__ import annotations
 
@@ -271,10 +272,12 @@ def check_qwen_image_folder(directory) -> tuple:
     check_classes(directory, index, REQUIRED + ("processor",) * edit, "Qwen-Image",
                   {**QWEN_IMAGE_CLASSES, **({"processor": ("Qwen2VLProcessor",)} if edit else {})})
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    plus = index.get("_class_name") == "QwenImageEditPlusPipeline"  # Qwen-Image-Edit-2511's: zero_cond_t driven
     for key in UNDRIVEN:
-        if config.get(key, False):
+        if config.get(key, False) and not (plus and key == "zero_cond_t"):
             raise DiffkitError(f"{directory}'s transformer has {key}={config[key]!r}, which QwenImagePipeline does "
-                               f"not drive (a Qwen-Image-Edit-2511 / Layered model); allowed: {key}=false")
+                               f"not drive (a Qwen-Image-Edit-2511 / Layered model); allowed: {key}=false"
+                               + (", or a QwenImageEditPlusPipeline folder (2511's)" if key == "zero_cond_t" else ""))
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     latents = int(vae.get("z_dim", 16))
     channels = (config.get("in_channels", 64), config.get("out_channels", 16))
