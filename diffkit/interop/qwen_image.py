@@ -50,7 +50,10 @@ from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
 # .qwen_image_edit's (a processor/ too)
 EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImageEditInpaintPipeline")
-QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES
+LAYERED_PIPELINE = "QwenImageLayeredPipeline"  # .qwen_image_layered's, its transformer's config keys (both true)
+LAYERED_TRANSFORMER = ("use_layer3d_rope", "use_additional_t_cond")
+QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES \
+    + (LAYERED_PIPELINE,)
 QWEN_IMAGE_CLASSES = {"transformer": ("QwenImageTransformer2DModel",), "vae": ("AutoencoderKLQwenImage",),
                       "text_encoder": ("Qwen2_5_VLForConditionalGeneration",),
                       "tokenizer": ("Qwen2Tokenizer", "Qwen2TokenizerFast"),
@@ -91,7 +94,25 @@ class QwenImageNet(torch.nn.Module):
         context, mask = self.text(packed, context, mask)
         return self.model(hidden_states=packed, timestep=timestep, encoder_hidden_states=context,
                           encoder_hidden_states_mask=mask, img_shapes=shapes, controlnet_block_samples=controls,
-                          return_dict=False)[0]
+                          return_dict=False, **self.call_inputs(packed))[0]
+
+    def call_inputs(self, packed) -> dict:
+        """More transformer keywords (none; Qwen-Image-Layered's ``additional_t_cond``: :mod:`.qwen_image_layered`)."""
+        return {}
+
+    def packed(self, x: torch.Tensor) -> tuple:
+        """(tokens, one sample's ``img_shapes``) of latents x (B, C, h, w): :func:`.flux.pack_latents`, [(1, h/2,
+        w/2)] (Qwen-Image-Layered's frames: :class:`.qwen_image_layered.QwenImageLayeredNet`)."""
+        return pack_latents(x), [(1, x.shape[2] // 2, x.shape[3] // 2)]
+
+    def unpacked(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The velocity of x's shape from its tokens ``out``: :func:`.flux.unpack_latents`."""
+        return unpack_latents(out, x.shape[2], x.shape[3])
+
+    def combine(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The pipeline's true CFG of the packed predictions: :func:`diffkit.guidance.norm_matched_cfg`."""
+        from ..guidance import norm_matched_cfg
+        return norm_matched_cfg(cond, uncond, self.scale)
 
     def residuals(self, packed, timestep, context, mask, shapes, t, control) -> Optional[list]:
         """A ControlNet's ``controlnet_block_samples`` (:class:`.qwen_image_controlnet.QwenImageControlledNet`)."""
@@ -102,16 +123,15 @@ class QwenImageNet(torch.nn.Module):
                 reference: torch.Tensor = None, control: torch.Tensor = None) -> torch.Tensor:
         """``control``: a ControlNet's control latents (:mod:`.qwen_image_controlnet`), its residuals computed once
         on the prompt's states and given to both true-CFG passes (QwenImageControlNetPipeline's)."""
-        from ..guidance import norm_matched_cfg
         if context is None:
             raise DiffkitError("a Qwen-Image transformer needs cond {'context'} (QwenImage.prompt_guidance)")
         if control is not None and reference is not None:
             raise DiffkitError("a ControlNet with a Qwen-Image-Edit reference image is not supported (diffusers has "
                                "no Qwen-Image-Edit ControlNet pipeline)")
-        dtype, (b, _, h, w) = model_dtype(self.model), x.shape
+        dtype, b = model_dtype(self.model), x.shape[0]
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        packed, timestep, shapes = pack_latents(x.to(dtype)), t.to(dtype) / 1000, [[(1, h // 2, w // 2)]] * b
-        tokens = packed.shape[1]
+        (packed, shape), timestep = self.packed(x.to(dtype)), t.to(dtype) / 1000
+        tokens, shapes = packed.shape[1], [shape] * b
         controls = None if control is None else self.residuals(packed, timestep, context, mask, shapes, t, control)
         if reference is not None:  # Qwen-Image-Edit's: the input images' tokens after the noisy ones (.qwen_image_edit)
             refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
@@ -119,9 +139,8 @@ class QwenImageNet(torch.nn.Module):
             shapes = [shapes[0] + [(1, r.shape[2] // 2, r.shape[3] // 2) for r in refs]] * b
         out = self._call(packed, timestep, context, mask, shapes, controls)[:, :tokens]
         if self.scale > 1 and null_context is not None:
-            out = norm_matched_cfg(out, self._call(packed, timestep, null_context, null_mask, shapes,
-                                                   controls)[:, :tokens], self.scale)
-        return unpack_latents(out, h, w).to(x.dtype)
+            out = self.combine(out, self._call(packed, timestep, null_context, null_mask, shapes, controls)[:, :tokens])
+        return self.unpacked(out, x).to(x.dtype)
 
 
 @dataclass
@@ -272,12 +291,17 @@ def check_qwen_image_folder(directory) -> tuple:
     check_classes(directory, index, REQUIRED + ("processor",) * edit, "Qwen-Image",
                   {**QWEN_IMAGE_CLASSES, **({"processor": ("Qwen2VLProcessor",)} if edit else {})})
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
-    plus = index.get("_class_name") == "QwenImageEditPlusPipeline"  # Qwen-Image-Edit-2511's: zero_cond_t driven
+    driven = {"QwenImageEditPlusPipeline": ("zero_cond_t",),  # Qwen-Image-Edit-2511's, Qwen-Image-Layered's
+              LAYERED_PIPELINE: LAYERED_TRANSFORMER}.get(index.get("_class_name"), ())
     for key in UNDRIVEN:
-        if config.get(key, False) and not (plus and key == "zero_cond_t"):
+        if config.get(key, False) and key not in driven:
             raise DiffkitError(f"{directory}'s transformer has {key}={config[key]!r}, which QwenImagePipeline does "
                                f"not drive (a Qwen-Image-Edit-2511 / Layered model); allowed: {key}=false"
-                               + (", or a QwenImageEditPlusPipeline folder (2511's)" if key == "zero_cond_t" else ""))
+                               + (", or a QwenImageEditPlusPipeline folder (2511's)" if key == "zero_cond_t" else
+                                  f", or a {LAYERED_PIPELINE} folder" if key in LAYERED_TRANSFORMER else ""))
+    if index.get("_class_name") == LAYERED_PIPELINE:
+        from .qwen_image_layered import check_layered_transformer
+        check_layered_transformer(directory, config)
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     latents = int(vae.get("z_dim", 16))
     channels = (config.get("in_channels", 64), config.get("out_channels", 16))
@@ -304,6 +328,9 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                             vae_cls=diffusers.AutoencoderKLQwenImage)
     device = frozen_on(parts, device)
     kind, more = QwenImage, {}
+    if index.get("_class_name") == LAYERED_PIPELINE:
+        from .qwen_image_layered import QwenImageLayered
+        kind = QwenImageLayered
     if index.get("_class_name") in EDIT_PIPELINES:
         from .qwen_image_edit import QwenImageEdit, load_image_processor
         kind, more = QwenImageEdit, {"image_processor": load_image_processor(directory),
