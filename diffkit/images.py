@@ -40,11 +40,12 @@ def as_float_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
 
 
 def _check_images(images) -> torch.Tensor:
-    """(B >= 1, C in {1, 3}, H, W) float images in [-1, 1] (uint8 ones are scaled); non-finite
-    pixels are drawn black, with a warning."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] < 1 or images.shape[1] not in (1, 3):
+    """(B >= 1, C in {1, 3, 4}, H, W) float images in [-1, 1] (uint8 ones are scaled; 4: RGBA, Qwen-Image-Layered's
+    layers); non-finite pixels are drawn black, with a warning."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] < 1 or \
+            images.shape[1] not in (1, 3, 4):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise DiffkitError(f"images must be (batch >= 1, 1 or 3 channels, height, width); got {shape}")
+        raise DiffkitError(f"images must be (batch >= 1, 1 or 3 channels (4: RGBA), height, width); got {shape}")
     images = as_float_images(images.detach())
     bad = ~torch.isfinite(images).flatten(1).all(1)
     if bool(bad.any()):
@@ -79,7 +80,7 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: 
 
 
 def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
-    """PNG bytes of an (H, W, C) uint8 array (C = 1 or 3), optionally upscaled (nearest)."""
+    """PNG bytes of an (H, W, C) uint8 array (C = 1, 3 or 4: RGBA), optionally upscaled (nearest)."""
     check_range("scale", scale, 1, None, integer=True)
     arr = array[..., 0] if array.shape[-1] == 1 else array
     img = Image.fromarray(arr)

@@ -85,10 +85,11 @@ def test_edit_2511_matches_the_pipeline(edit_2511, small_areas):
 
 
 def test_edit_command_image_reference_is_the_pipelines_image_list(edit_2511, small_areas, tmp_path, capsys):
-    """``diffkit edit --images DIR --image-reference B --image-reference C``: image i edited seeing [image i, B, C]
-    (Picture 1, 2, 3) from seed + i, byte for byte the library's; refusals in one line, no folder made."""
+    """``diffkit edit --images DIR --image-reference B --image-reference C``: each image edited seeing [image, B, C]
+    (Picture 1, 2, 3; image i from seed + i as before), byte for byte the library's; refusals in one line, no folder
+    made."""
     _, path, model = edit_2511
-    images, references = [picture(3, 40, 24), picture(4, 40, 24)], [picture(5, 24, 40), picture(6, 32, 32)]
+    images, references = [picture(3, 40, 24)], [picture(5, 24, 40), picture(6, 32, 32)]  # (one image: the time)
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     for i, image in enumerate(images):
@@ -100,7 +101,7 @@ def test_edit_command_image_reference_is_the_pipelines_image_list(edit_2511, sma
                  "--seed", "4", "--max-area", str(AREA), "--out", str(out), "--no-progress"] + refs) == 0
     expected = torch.cat([edit_image(model, [image] + references, "x", area=AREA, steps=2, seed=4 + i,
                                      output_range="-1,1") for i, image in enumerate(images)])
-    assert expected.shape == (2, 3, 32, 32)  # the last picture's (square) ratio, as the pipeline's
+    assert expected.shape == (1, 3, 32, 32)  # the last picture's (square) ratio, as the pipeline's
     save_images(expected, tmp_path / "expected", prefix="edit")
     assert [p.read_bytes() for p in sorted(out.iterdir())] == \
         [p.read_bytes() for p in sorted((tmp_path / "expected").iterdir())]

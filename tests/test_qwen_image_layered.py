@@ -96,3 +96,39 @@ def test_layered_matches_the_pipeline(layered, small_area):
                            (lambda: decompose(model, image, PROMPT, height=32), "height is not allowed")]:
         with pytest.raises(DiffkitError, match=expected):
             call()
+
+
+def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys):
+    """``diffkit edit --layers 2``: the image's layers as edit_00000_layer_{k}.png (RGBA), byte for byte the library's; flags that do not apply, an empty prompt, --layers elsewhere, diffkit sample: one line, no folder."""
+    import json
+
+    from diffkit.cli import main
+    from diffkit.images import save_images
+    _, path, model, image = layered
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    image.save(inputs / "0.png")  # (one image: the test's time; image i's seed + i is a loop index)
+    assert main(["edit", "--checkpoint", str(path), "--images", str(inputs), "--prompt", PROMPT, "--layers", "2",
+                 "--max-area", str(AREA), "--steps", "2", "--seed", "3", "--out", str(out), "--no-progress"]) == 0
+    save_images(decompose(model, image, PROMPT, layers=2, area=AREA, steps=2, seed=3, output_range="-1,1")[0],
+                tmp_path / "expected", prefix="edit_00000_layer")
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["edit_00000_layer_00000.png", "edit_00000_layer_00001.png"]
+    assert [(out / n).read_bytes() for n in written] == [(tmp_path / "expected" / n).read_bytes() for n in written]
+    assert Image.open(out / written[0]).mode == "RGBA"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    base = ["edit", "--images", str(inputs), "--out", str(tmp_path / "o")]
+    for flags, message in [
+            (["--checkpoint", str(path), "--prompt", "x", "--mask", str(inputs / "0.png")],
+             "--mask does not apply to a Qwen-Image-Layered folder"),
+            (["--checkpoint", str(path), "--prompt", " "], "captions an empty prompt"),
+            (["--checkpoint", str(path), "--prompt", "x", "--prompt", "y", "--prompt", "z"], "--prompt is given 3 times"),
+            (["--checkpoint", str(plain), "--prompt", "x", "--layers", "3"], "--layers applies to a Qwen-Image-Layered")]:
+        assert main(base + flags) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "x", "--out", str(tmp_path / "s.png")]) == 2
+    assert "is a Qwen-Image-Layered folder, which diffkit sample does not take" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s.png").exists()

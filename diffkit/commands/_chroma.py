@@ -107,7 +107,10 @@ def folder_family(directory) -> Optional[type]:
     if is_qwen_image_folder(directory):
         from ..interop.sd_xl import pipeline_class
         from ._qwen_image import QwenImageEditFamily, QwenImageFamily
-        from ..interop.qwen_image import EDIT_PIPELINES
+        from ..interop.qwen_image import EDIT_PIPELINES, LAYERED_PIPELINE
+        if pipeline_class(directory) == LAYERED_PIPELINE:
+            from ._qwen_image_layered import QwenImageLayeredFamily
+            return QwenImageLayeredFamily
         return QwenImageEditFamily if pipeline_class(directory) in EDIT_PIPELINES else QwenImageFamily
     if is_z_image_folder(directory):
         from ._z_image import ZImageFamily

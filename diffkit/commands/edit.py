@@ -216,6 +216,9 @@ def register(sub) -> None:
     from ._size_conditions import add_size_condition_flags
     add_size_condition_flags(z, edit=True)  # --original-size, ..., --negative-...: SD-XL / Kolors folders
     add_kontext_flags(z)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
+    z.add_argument("--layers", type=positive_int, metavar="N",
+                   help="Qwen-Image-Layered folders: the layers each image is decomposed into (QwenImageLayeredPipeline's "
+                        "layers, default 4), written as edit_{i}_layer_{k}.png (RGBA)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)
@@ -322,6 +325,10 @@ def _run(args) -> int:
     check_mask_crop(args)  # --padding-mask-crop: SD / SD-XL / SD3 / FLUX.1 inpainting only (.interop.mask_crop)
     from ._size_conditions import edit_size_conditions
     sizes = edit_size_conditions(args)  # --original-size, ...: SD-XL / Kolors folders, from their JSON
+    from ._qwen_image_layered import check_layers_flag, edit_layered, is_layered_folder
+    if is_layered_folder(args.checkpoint):  # Qwen-Image-Layered: N RGBA layers of each image
+        return edit_layered(args)
+    check_layers_flag(args)  # --layers: that folder's only
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext

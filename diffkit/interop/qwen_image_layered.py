@@ -18,8 +18,9 @@ pipeline's ``__call__``:
   same numbers from the same generator); packed frame after frame, z_ref's tokens after them, ``img_shapes`` [(1,
   h/2, w/2)] * (N + 1) + [(1, h/2, w/2)], ``additional_t_cond`` 0, the prediction kept on the N + 1 frames
   (:class:`QwenImageLayeredNet`).
-* the grid: ``set_timesteps(sigmas=linspace(1, 0, S + 1)[:-1], mu)`` with mu = sqrt(z_ref's tokens / 256) (its
-  ``base_seqlen``), 50 steps of flow Euler by default.
+* the grid: ``set_timesteps(sigmas=linspace(1, 0, S + 1)[:-1], mu)`` (the same sigmas as Qwen-Image's linspace(1,
+  1/S, S), :meth:`.flux.Flux.input_sigmas`) with mu = sqrt(z_ref's tokens / 256) (its ``base_seqlen``; not
+  ``calculate_shift``), 50 steps of flow Euler by default.
 * guidance: true CFG (``true_cfg_scale`` 4.0) only with a negative prompt, u = u_n + s (u_c - u_n) (Ho & Salimans
   2022, eq. 6, in the velocity), rescaled per token to u_c's norm only with ``cfg_normalize`` (default off).
 * output: frames 1..N decoded one by one, x = D(z std + mean): (B, N, channels, H, W).
@@ -90,11 +91,6 @@ class QwenImageLayered(QwenImage):
     def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
         """sqrt(tokens / 256) of the image's latents h x w (the pipeline's; not ``calculate_shift``)."""
         return math.sqrt((h // 2) * (w // 2) / BASE_TOKENS)
-
-    def input_sigmas(self, steps: int):
-        """linspace(1, 0, steps + 1) without its last 0 (the pipeline's sigmas)."""
-        import numpy as np
-        return np.linspace(1.0, 0, steps + 1)[:-1]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, N, channels, H, W) of z (B, (N + 1) C, h, w): frames 1..N each decoded (the composite frame 0 not)."""
