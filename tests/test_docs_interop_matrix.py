@@ -242,6 +242,7 @@ PRX = "## PRX folders (`diffkit.interop.prx`)"
 KREA2 = "## Krea 2 folders (`diffkit.interop.krea2`)"
 KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
+QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit.interop.qwen_image_layered`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -280,7 +281,9 @@ NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
                                                     (PRX, ["PRXPipeline"], "PX"),
                                                     (KREA2, ["Krea2Pipeline"], "KR"),
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),
-                                                    (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM")])
+                                                    (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),
+                                                    (QWEN_LAYERED, ["QwenImageEditPlusPipeline (2511)",
+                                                                    "QwenImageLayeredPipeline"], "QE")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -125,12 +125,19 @@ def test_edit_command_image_reference_is_the_pipelines_image_list(edit_2511, sma
     assert not (tmp_path / "o").exists()
 
 
-def test_2511_transformer_is_refused_on_other_qwen_image_folders(edit_2511, tmp_path):
-    """zero_cond_t is driven on a QwenImageEditPlusPipeline folder alone (its img_shapes' reference pictures)."""
+@pytest.mark.parametrize("pipeline,config,expected", [
+    ("QwenImageEditPipeline", {}, "zero_cond_t=True, which QwenImagePipeline does not drive"),
+    ("QwenImageEditPlusPipeline", {"use_layer3d_rope": True},
+     "use_layer3d_rope=True, which QwenImagePipeline does not drive (a Qwen-Image-Edit-2511 / Layered model); "
+     "allowed: use_layer3d_rope=false, or a QwenImageLayeredPipeline folder")])
+def test_2511_and_layered_transformers_are_refused_elsewhere(edit_2511, tmp_path, pipeline, config, expected):
+    """zero_cond_t is driven on a QwenImageEditPlusPipeline folder alone, the layer RoPE and extra time embedding on
+    a QwenImageLayeredPipeline folder alone (edited JSON files of the 2511 folder; a Layered folder without them:
+    tests/test_qwen_image.py's TQI6)."""
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(edit_2511[1], copy)
-    index = json.loads((copy / "model_index.json").read_text())
-    (copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImageEditPipeline"}))
-    with pytest.raises(DiffkitError, match="zero_cond_t=True, which QwenImagePipeline does not drive"):
+    for name, change in (("model_index.json", {"_class_name": pipeline}), ("transformer/config.json", config)):
+        (copy / name).write_text(json.dumps({**json.loads((copy / name).read_text()), **change}))
+    with pytest.raises(DiffkitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_qwen_image(copy, progress=False)

@@ -99,7 +99,8 @@ def test_layered_matches_the_pipeline(layered, small_area):
 
 
 def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys):
-    """``diffkit edit --layers 2``: the image's layers as edit_00000_layer_{k}.png (RGBA), byte for byte the library's; flags that do not apply, an empty prompt, --layers elsewhere, diffkit sample: one line, no folder."""
+    """``diffkit edit --layers 2``: the image's layers as edit_00000_layer_{k}.png (RGBA), byte for byte the
+    library's; flags that do not apply, an empty prompt, --layers elsewhere, diffkit sample: one line, no folder."""
     import json
 
     from diffkit.cli import main
@@ -124,8 +125,8 @@ def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys):
             (["--checkpoint", str(path), "--prompt", "x", "--mask", str(inputs / "0.png")],
              "--mask does not apply to a Qwen-Image-Layered folder"),
             (["--checkpoint", str(path), "--prompt", " "], "captions an empty prompt"),
-            (["--checkpoint", str(path), "--prompt", "x", "--prompt", "y", "--prompt", "z"], "--prompt is given 3 times"),
-            (["--checkpoint", str(plain), "--prompt", "x", "--layers", "3"], "--layers applies to a Qwen-Image-Layered")]:
+            (["--checkpoint", str(path)] + ["--prompt", "x"] * 3, "--prompt is given 3 times"),
+            (["--checkpoint", str(plain), "--prompt", "x", "--layers", "3"], "--layers applies to a Qwen-Image")]:
         assert main(base + flags) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1

@@ -45,7 +45,10 @@ ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (
 Flux2KleinInpaintPipeline (strength 0.8, CFG 8.0, ``--image-reference PNG`` in context;
 ``diffkit.interop.flux2_inpaint``, ``._flux2``); a Qwen-Image-Edit folder as QwenImageEditPipeline
 (the instruction's prompt sees the image, its latents beside the noisy ones, the size of its aspect ratio at 1024^2 or
-``--max-area``; a Plus folder edits each image alone; ``diffkit.interop.qwen_image_edit``). A Sana Sprint folder is
+``--max-area``; a Plus folder, 2511's too, edits each image alone, seeing the repeatable ``--image-reference`` PNGs
+after it as Pictures 2, 3, ...; ``diffkit.interop.qwen_image_edit``); a Qwen-Image-Layered folder decomposes each
+image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_layer_{k}.png``;
+``diffkit.interop.qwen_image_layered``, ``._qwen_image_layered``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
 ``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). A DeepFloyd IF stage-I folder is edited as
 IFImg2ImgPipeline / IFInpaintingPipeline, a stage-II one with ``--control-image`` (the stage-I images) as
@@ -217,8 +220,8 @@ def register(sub) -> None:
     add_size_condition_flags(z, edit=True)  # --original-size, ..., --negative-...: SD-XL / Kolors folders
     add_kontext_flags(z)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     z.add_argument("--layers", type=positive_int, metavar="N",
-                   help="Qwen-Image-Layered folders: the layers each image is decomposed into (QwenImageLayeredPipeline's "
-                        "layers, default 4), written as edit_{i}_layer_{k}.png (RGBA)")
+                   help="Qwen-Image-Layered folders: the layers each image is decomposed into "
+                        "(QwenImageLayeredPipeline's layers, default 4), written as edit_{i}_layer_{k}.png (RGBA)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)

@@ -58,7 +58,8 @@ class QwenImageLayeredNet(QwenImageNet):
 
     def packed(self, x: torch.Tensor) -> tuple:
         chunks = x.chunk(self.frames(x), dim=1)
-        return torch.cat([pack_latents(c) for c in chunks], dim=1), [(1, x.shape[2] // 2, x.shape[3] // 2)] * len(chunks)
+        shape = (1, x.shape[2] // 2, x.shape[3] // 2)
+        return torch.cat([pack_latents(c) for c in chunks], dim=1), [shape] * len(chunks)
 
     def unpacked(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([unpack_latents(o, x.shape[2], x.shape[3]) for o in out.chunk(self.frames(x), dim=1)], dim=1)
