@@ -2,6 +2,7 @@
 (``model_index.json`` naming ``QwenImageLayeredPipeline``) decomposes each image into N RGBA layers as that pipeline
 (:func:`diffkit.interop.qwen_image_layered.decompose`), dispatched from :func:`diffkit.commands.edit.run`; ``--layers``
 anywhere else is refused there in one line (:func:`check_layers_flag`)."""
+from __future__ import annotations
 
 from ..errors import DiffkitError
 from ._chroma import NO_ADAPTER_EDIT_FLAGS
