@@ -29,8 +29,9 @@ Inpainting (``QwenImageEditInpaintPipeline``, ``mask=``): this conditioning on Q
 (:func:`_inpaint`).
 
 diffkit reads ``processor/`` with transformers' PIL image processor (``Qwen2VLImageProcessorPil``; it needs no
-torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer. The 2511
-transformer (``zero_cond_t``) is refused (:func:`.qwen_image.check_qwen_image_folder`).
+torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer. A Plus
+folder's 2511 transformer (``zero_cond_t``: the pictures' tokens modulated at t = 0, all inside the transformer from
+``img_shapes``) is driven as it is; elsewhere it is refused (:func:`.qwen_image.check_qwen_image_folder`).
 """
 from __future__ import annotations
 
