@@ -13,7 +13,7 @@ from PIL import Image  # noqa: E402
 
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.qwen_image import load_qwen_image  # noqa: E402
-from diffkit.interop.qwen_image_layered import decompose  # noqa: E402
+from diffkit.interop.qwen_image_layered import caption, decompose  # noqa: E402
 
 from _qwen_image_helpers import save_qwen_image_edit, tiny_qwen_image_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
@@ -60,11 +60,20 @@ def frames_of(pipe, packed, layers: int) -> torch.Tensor:
     return z.permute(0, 2, 1, 3, 4).reshape(1, -1, 8, 16)
 
 
-def test_layered_matches_the_pipeline(layered, small_area):
+def test_layered_matches_the_pipeline(layered, small_area, monkeypatch):
     """z_0 of 2 layers (3 frames beside the image's latents, layer RoPE, additional_t_cond 0, sigmas to 0, mu of the
     image's tokens) with plain true CFG s = 3 equals QwenImageLayeredPipeline's from the same latents; with
-    cfg_normalize from generator 5, the decoded RGBA layers equal its too."""
+    cfg_normalize from generator 5 and an empty prompt (the image's caption), the decoded RGBA layers equal its too.
+    (Captions: 8 new tokens at most in both, not 512: the test's time.)"""
     pipe, _, model, image = layered
+    for encoder in (pipe.text_encoder, model.text_encoder):
+        monkeypatch.setattr(encoder, "generate", lambda generate=encoder.generate, **kw: generate(
+            **{**kw, "max_new_tokens": 8}))
+    resized = image.resize((64, 32), Image.LANCZOS)
+    for english in (True, False):
+        with torch.no_grad():
+            theirs = pipe.get_image_caption(resized, use_en_prompt=english, device="cpu")
+        assert len(theirs) > 3 and caption(model, resized, english) == theirs
     noise = torch.randn(1, 24, 8, 16, generator=torch.Generator().manual_seed(2))
     packed = pipe._pack_latents(noise.view(1, 3, 8, 8, 16), 1, 8, 8, 16, 3)
     call = dict(negative_prompt="blurry", true_cfg_scale=3.0, layers=2, num_inference_steps=3)
@@ -81,16 +90,16 @@ def test_layered_matches_the_pipeline(layered, small_area):
                      negative_prompt="blurry", guidance_scale=3.0, return_latents=True)
     assert theirs.abs().max() > 0.5 and relative_error(ours, theirs) < 1e-5
     with torch.no_grad():
-        decoded = pipe(image, PROMPT, output_type="pt", cfg_normalize=True,
+        decoded = pipe(image, "", output_type="pt", cfg_normalize=True,
                        generator=torch.Generator().manual_seed(5), **call).images[0]
-    mine = decompose(model, image, PROMPT, layers=2, area=AREA, steps=3, seed=5, cfg_normalize=True,
+    mine = decompose(model, image, "", layers=2, area=AREA, steps=3, seed=5, cfg_normalize=True,
                      negative_prompt="blurry", guidance_scale=3.0)
     assert decoded.shape == (2, 4, 32, 64) and mine.shape == (1, 2, 4, 32, 64)
     assert relative_error(mine[0], decoded) < 1e-5 and relative_error(mine[0], decoded) >= 0
-    plain = decompose(model, image, PROMPT, layers=2, area=AREA, steps=3, seed=5, negative_prompt="blurry",
+    plain = decompose(model, image, None, layers=2, area=AREA, steps=3, seed=5, negative_prompt="blurry",
                       guidance_scale=3.0)
     assert relative_error(plain[0], decoded) > 1e-3  # cfg_normalize matters here
-    for call, expected in [(lambda: decompose(model, image, " ", area=AREA), "captions an empty prompt"),
+    for call, expected in [(lambda: decompose(model, image, ["x"], area=AREA), "give one string"),
                            (lambda: decompose(model, image, PROMPT, resolution=512), "resolution=512 is not allowed"),
                            (lambda: decompose(model, image, PROMPT, layers=0), "layers=0 is not allowed"),
                            (lambda: decompose(model, image, PROMPT, height=32), "height is not allowed")]:
@@ -98,10 +107,14 @@ def test_layered_matches_the_pipeline(layered, small_area):
             call()
 
 
-def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys):
-    """``diffkit edit --layers 2``: the image's layers as edit_00000_layer_{k}.png (RGBA), byte for byte the
-    library's; flags that do not apply, an empty prompt, --layers elsewhere, diffkit sample: one line, no folder."""
+def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys, monkeypatch):
+    """``diffkit edit --layers 2`` without --prompt: the image's layers (its prompt the image's caption; 8 new tokens
+    at most, the test's time) as edit_00000_layer_{k}.png (RGBA), byte for byte the library's; flags that do not
+    apply, --layers elsewhere, diffkit sample: one line, no folder."""
     import json
+    generate = transformers.Qwen2_5_VLForConditionalGeneration.generate
+    monkeypatch.setattr(transformers.Qwen2_5_VLForConditionalGeneration, "generate",
+                        lambda self, **kw: generate(self, **{**kw, "max_new_tokens": 8}))
 
     from diffkit.cli import main
     from diffkit.images import save_images
@@ -109,9 +122,9 @@ def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys):
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     image.save(inputs / "0.png")  # (one image: the test's time; image i's seed + i is a loop index)
-    assert main(["edit", "--checkpoint", str(path), "--images", str(inputs), "--prompt", PROMPT, "--layers", "2",
-                 "--max-area", str(AREA), "--steps", "2", "--seed", "3", "--out", str(out), "--no-progress"]) == 0
-    save_images(decompose(model, image, PROMPT, layers=2, area=AREA, steps=2, seed=3, output_range="-1,1")[0],
+    assert main(["edit", "--checkpoint", str(path), "--images", str(inputs), "--layers", "2", "--max-area", str(AREA),
+                 "--steps", "2", "--seed", "3", "--out", str(out), "--no-progress"]) == 0
+    save_images(decompose(model, image, None, layers=2, area=AREA, steps=2, seed=3, output_range="-1,1")[0],
                 tmp_path / "expected", prefix="edit_00000_layer")
     written = sorted(p.name for p in out.iterdir())
     assert written == ["edit_00000_layer_00000.png", "edit_00000_layer_00001.png"]
@@ -124,7 +137,6 @@ def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys):
     for flags, message in [
             (["--checkpoint", str(path), "--prompt", "x", "--mask", str(inputs / "0.png")],
              "--mask does not apply to a Qwen-Image-Layered folder"),
-            (["--checkpoint", str(path), "--prompt", " "], "captions an empty prompt"),
             (["--checkpoint", str(path)] + ["--prompt", "x"] * 3, "--prompt is given 3 times"),
             (["--checkpoint", str(plain), "--prompt", "x", "--layers", "3"], "--layers applies to a Qwen-Image")]:
         assert main(base + flags) == 2

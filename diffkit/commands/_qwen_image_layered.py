@@ -9,7 +9,8 @@ from ._chroma import NO_ADAPTER_EDIT_FLAGS
 from ._qwen_image import QwenImageFamily
 
 KIND = "Qwen-Image-Layered"
-TAKES = ("--images, --prompt (the image's description; once, or once per image), --layers, --max-area, "
+TAKES = ("--images, --prompt (the image's description, once or once per image; none: the image's caption), --layers, "
+         "--max-area, "
          "--negative-prompt (true CFG), --guidance-scale (--guidance-convention), --max-sequence-length, --lora, "
          "--steps, --sampler and its grid options, --eta")
 FLAGS = NO_ADAPTER_EDIT_FLAGS - {"mask", "strength", "posterior", "height", "width", "batch_size"} | {
@@ -40,9 +41,10 @@ def edit_layered(args) -> int:
     """Each ``--images`` file (image i from ``--seed`` + i, read in the VAE's channels: RGBA for the folder's
     4-channel VAE) decomposed into ``--layers`` N (default 4) layers as QwenImageLayeredPipeline: the image's ratio at
     ``--max-area`` pixels (default 640^2, the pipeline's resolution=640; 1048576: its resolution=1024), 50 steps of
-    flow Euler on its sigmas, true CFG 4.0 with ``--negative-prompt``. Written to ``--out`` as
-    ``edit_{i:05d}_layer_{k:05d}.png`` (RGBA), all at the end (no partial set). Every other flag, an empty prompt
-    (the pipeline's captioning) and a prompt count other than 1 or one per image: one line, before any weight."""
+    flow Euler on its sigmas, true CFG 4.0 with ``--negative-prompt``; no ``--prompt`` (or "" / " "): each image's
+    caption by the folder's Qwen2.5-VL model, as the pipeline's (its default Chinese annotator prompt). Written to
+    ``--out`` as ``edit_{i:05d}_layer_{k:05d}.png`` (RGBA), all at the end (no partial set). Every other flag and a
+    prompt count other than 1 or one per image: one line, before any weight."""
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
     from ..interop.controlnet import open_control_image
@@ -55,15 +57,12 @@ def edit_layered(args) -> int:
     from .edit import image_files
 
     directory, layers = args.checkpoint, args.layers or LAYERS
+    args.prompts = args.prompts or [""]  # (no --prompt: the images' captions)
     check_folder_edit_args(args, FLAGS, KIND, TAKES)
     files = image_files(args.images)
     if len(args.prompts) not in (1, len(files)):
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {len(files)} images; give it once (every "
                            f"image) or once per image ({len(files)}, in the files' order)")
-    if not all(p.strip() for p in args.prompts):
-        raise DiffkitError("--prompt '' is not allowed on a Qwen-Image-Layered folder: QwenImageLayeredPipeline "
-                           "captions an empty prompt with its Qwen2.5-VL model, which diffkit does not; describe the "
-                           "image")
     pictures = [open_control_image(file, "--images") for file in files]
     info, own, options, request = edit_sampling(args, directory)
     out, device = args.out, resolve_device(args.device)

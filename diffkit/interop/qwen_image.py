@@ -328,9 +328,12 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                             vae_cls=diffusers.AutoencoderKLQwenImage)
     device = frozen_on(parts, device)
     kind, more = QwenImage, {}
-    if index.get("_class_name") == LAYERED_PIPELINE:
+    if index.get("_class_name") == LAYERED_PIPELINE:  # processor/: its captions' (optional)
+        from .qwen_image_edit import load_image_processor
         from .qwen_image_layered import QwenImageLayered
         kind = QwenImageLayered
+        if (directory / "processor" / "preprocessor_config.json").is_file():
+            more = {"image_processor": load_image_processor(directory)}
     if index.get("_class_name") in EDIT_PIPELINES:
         from .qwen_image_edit import QwenImageEdit, load_image_processor
         kind, more = QwenImageEdit, {"image_processor": load_image_processor(directory),
