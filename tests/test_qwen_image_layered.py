@@ -35,10 +35,13 @@ def layered(tmp_path_factory):
                                               "latents_mean": [0.1, -0.2, 0.3, 0.0, 0.2, -0.1, 0.0, 0.4],
                                               "latents_std": [1.5, 0.8, 2.0, 1.2, 0.9, 1.1, 1.3, 0.7]}).eval()
     # (z_dim 8, not the helpers' 4: the pipeline takes a 4-channel image as latents where z_dim is 4)
-    with torch.no_grad():  # the time embeddings large (as the 2511 test's): the t / additional_t terms must show
-        for name, weight in transformer.named_parameters():
-            if name.startswith("time_text_embed."):
+    with torch.no_grad():  # the time embeddings large (as the 2511 test's): the t / additional_t terms must show;
+        for name, weight in transformer.named_parameters():  # the vision tower's patches and merger too (N(0, 0.02^2)
+            if name.startswith("time_text_embed."):          # as built): the caption must see the image
                 weight.mul_(5.0)
+        for name, weight in parts["text_encoder"].named_parameters():
+            if name.startswith(("model.visual.patch_embed.", "model.visual.merger.mlp.")) and weight.ndim > 1:
+                weight.normal_(0, 0.5)
     pipe = diffusers.QwenImageLayeredPipeline(**{**parts, "transformer": transformer, "vae": vae})
     pipe.set_progress_bar_config(disable=True)
     path = tmp_path_factory.mktemp("qwen_image_layered") / "layered"
