@@ -210,9 +210,10 @@ def decompose(model: QwenImageLayered, image, prompt: Optional[str] = None, *, l
     prompt: None, "" or " ": the image's :func:`caption` (``use_en_prompt``: its English annotator prompt; the
     pipeline's default is the Chinese one). resolution: 640 or 1024 (the area resolution^2 the image is resized to at
     its ratio); area: another area in pixels (diffkit's own, e.g. a small test; the pipeline has none).
-    cfg_normalize: the pipeline's (true CFG rescaled per token). options: :func:`.qwen_image.text_to_image`'s (sampler, steps (50), guidance_scale (true CFG,
-    4.0 with a negative prompt), convention, negative_prompt, seed, latents (z at s = 1, (1, (layers + 1) C, h, w),
-    the pipeline's unpacked draw), max_sequence_length (512), output_range, return_latents, progress, ...)."""
+    cfg_normalize: the pipeline's (true CFG rescaled per token). options: :func:`.qwen_image.text_to_image`'s
+    (sampler, steps (50), guidance_scale (true CFG, 4.0 with a negative prompt), convention, negative_prompt, seed,
+    latents (z at s = 1, (1, (layers + 1) C, h, w), the pipeline's unpacked draw), max_sequence_length (512),
+    output_range, return_latents, progress, ...)."""
     from PIL import Image
 
     from .qwen_image import text_to_image
