@@ -30,8 +30,9 @@ random draws (z in (B, C, h, w) from sample i's generator, the pipeline's (B, 1,
 Refused in one line before any weight is read (:func:`check_qwen_image_folder`): another pipeline class, a
 missing component or one of another class, a transformer with a guidance embedding, ``zero_cond_t`` (Qwen-Image-Edit-
 2511's, driven on a ``QwenImageEditPlusPipeline`` folder alone: :mod:`.qwen_image_edit`), ``use_additional_t_cond`` or
-``use_layer3d_rope`` (Qwen-Image-Layered's, whose pipeline diffkit does not drive) or whose input is not 4 x the VAE's
-``z_dim``, a scheduler option the flow Euler loop does not take.
+``use_layer3d_rope`` (Qwen-Image-Layered's, driven on a ``QwenImageLayeredPipeline`` folder alone, which needs both:
+:mod:`.qwen_image_layered`) or whose input is not 4 x the VAE's ``z_dim``, a scheduler option the flow Euler loop does
+not take.
 """
 from __future__ import annotations
 
