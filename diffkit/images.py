@@ -41,7 +41,7 @@ def as_float_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
 
 def _check_images(images) -> torch.Tensor:
     """(B >= 1, C in {1, 3, 4}, H, W) float images in [-1, 1] (uint8 ones are scaled; C = 4: RGBA, as a Qwen-Image
-    2.1 VAE decodes); non-finite pixels are drawn black, with a warning."""
+    2.1 VAE decodes and Qwen-Image-Layered's layers are); non-finite pixels are drawn black, with a warning."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] < 1 \
             or images.shape[1] not in (1, 3, 4):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__

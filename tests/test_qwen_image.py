@@ -116,7 +116,8 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(qwen_fold
 
 @pytest.mark.parametrize("file,change,expected", [
     ("model_index.json", {"text_encoder": ["transformers", "T5EncoderModel"]}, "text_encoder is a 'T5EncoderModel'"),
-    ("model_index.json", {"_class_name": "QwenImageLayeredPipeline"}, "is not a Qwen-Image folder"),
+    ("model_index.json", {"_class_name": "QwenImageLayeredPipeline"},
+     "use_layer3d_rope=False; a QwenImageLayeredPipeline folder's needs use_layer3d_rope=true"),  # (its page)
     ("model_index.json", {"_class_name": "QwenImageEditPipeline"}, "lacks the Qwen-Image component(s) processor"),
     ("transformer/config.json", {"zero_cond_t": True}, "zero_cond_t=True, which QwenImagePipeline does not drive"),
     ("transformer/config.json", {"in_channels": 64}, "in_channels, out_channels = 64, 4; allowed: 16, 4"),

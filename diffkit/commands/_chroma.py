@@ -90,6 +90,12 @@ class Family:
         """The image_to_image ControlNet keywords for ``diffkit edit``'s images start .. start + n - 1."""
         return {}
 
+    @staticmethod
+    def edit_inputs(args) -> dict:
+        """More image_to_image keywords of ``diffkit edit``'s own flags of the kind, read and checked before any
+        weight (none here; a Qwen-Image-Edit-Plus folder's ``--image-reference`` pictures: :mod:`._qwen_image`)."""
+        return {}
+
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
@@ -103,7 +109,10 @@ def folder_family(directory) -> Optional[type]:
     if is_qwen_image_folder(directory):
         from ..interop.sd_xl import pipeline_class
         from ._qwen_image import QwenImageEditFamily, QwenImageFamily
-        from ..interop.qwen_image import EDIT_PIPELINES
+        from ..interop.qwen_image import EDIT_PIPELINES, LAYERED_PIPELINE
+        if pipeline_class(directory) == LAYERED_PIPELINE:
+            from ._qwen_image_layered import QwenImageLayeredFamily
+            return QwenImageLayeredFamily
         return QwenImageEditFamily if pipeline_class(directory) in EDIT_PIPELINES else QwenImageFamily
     if is_z_image_folder(directory):
         from ._z_image import ZImageFamily
@@ -240,6 +249,7 @@ def edit_chroma(args, family=Family) -> int:
 
     directory = args.checkpoint
     check_folder_edit_args(args, family.edit_flags, family.kind, family.edit_takes)
+    inputs = family.edit_inputs(args)  # the kind's own inputs (a Qwen-Image-Edit-Plus folder's --image-reference)
     info, own, options, request = edit_sampling(args, directory)
     family.check_request(directory, request, edit=True)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
@@ -282,7 +292,7 @@ def edit_chroma(args, family=Family) -> int:
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
                                seed=args.seed + start, max_sequence_length=args.max_sequence_length,
                                output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how_guided,
-                               **area, **controls, **({} if own else options)).cpu(),)
+                               **area, **controls, **inputs, **({} if own else options)).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]

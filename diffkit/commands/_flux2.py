@@ -124,6 +124,8 @@ def check_klein_edit(args) -> None:
         raise DiffkitError(f"{directory} is a {FLUX2_KLEIN_PIPELINE} folder: diffkit edit inpaints it as "
                            f"{KLEIN_INPAINT} and needs --mask PNG (white = repaint); diffusers 0.42.1 has no FLUX.2 "
                            f"img2img pipeline")
+    from ._flux_kontext import single_reference
+    single_reference(args, "FLUX.2 Klein")
     reference = args.image_reference
     if reference is not None:
         from pathlib import Path

@@ -18,18 +18,31 @@ def add_kontext_flags(parser) -> None:
                              "default 1024^2); --height / --width (default 1024 each) then only give its aspect "
                              "ratio, as the pipeline's; Qwen-Image-Edit folders: the area each input is resized to "
                              "at its aspect ratio (QwenImageEditPipeline's calculate_dimensions target, fixed there "
-                             "at 1024^2, the default)")
+                             "at 1024^2, the default); Qwen-Image-Layered folders: the layers' area (default 640^2, "
+                             "the pipeline's resolution=640; 1048576: its resolution=1024)")
     parser.add_argument("--no-auto-resize", action="store_true",
                         help="FLUX.1 Kontext folders: keep the image's own size (floored to a multiple of 16) instead "
                              "of the preferred Kontext resolution of its aspect ratio (the pipeline's "
                              "_auto_resize=False)")
-    parser.add_argument("--image-reference", type=path_arg, metavar="PNG|DIR",
+    parser.add_argument("--image-reference", type=path_arg, metavar="PNG|DIR", action="append",
                         help="FLUX.1 Kontext folders with --mask: the image in context instead of the image being "
                              "inpainted (FluxKontextInpaintPipeline's image_reference), resized to its own "
                              "preferred Kontext resolution (or floored, --no-auto-resize); a folder: one PNG per "
                              "--images file (file-name order). Default: the image itself. FLUX.2 Klein folders with "
                              "--mask: one PNG in context beside the image (Flux2KleinInpaintPipeline's "
-                             "image_reference)")
+                             "image_reference). Qwen-Image-Edit-Plus folders: repeatable, one PNG each, seen "
+                             "after every --images file as Picture 2, 3, ... (QwenImageEditPlusPipeline's image "
+                             "list; the output takes the last picture's aspect ratio, as there)")
+
+
+def single_reference(args, kind: str) -> None:
+    """``--image-reference`` (repeatable for a Qwen-Image-Edit-Plus folder) made the one path a ``kind`` folder takes
+    (FLUX.1 Kontext's, FLUX.2 Klein's); given more than once: one line."""
+    references = args.image_reference
+    if references is not None and len(references) > 1:
+        raise DiffkitError(f"--image-reference is given {len(references)} times; a {kind} folder takes it once "
+                           f"(several only on a Qwen-Image-Edit-Plus folder)")
+    args.image_reference = None if references is None else references[0]
 
 
 def check_kontext_flags(args) -> None:
@@ -39,7 +52,8 @@ def check_kontext_flags(args) -> None:
                         ("--image-reference", args.image_reference)):
         if value is not None:
             also = {"--max-area": " or a Qwen-Image-Edit one (diffkit's area in place of its 1024^2)",
-                    "--image-reference": " or a FLUX.2 Klein one with --mask (Flux2KleinInpaintPipeline)"}.get(flag, "")
+                    "--image-reference": " or a FLUX.2 Klein one with --mask (Flux2KleinInpaintPipeline) or a "
+                                         "Qwen-Image-Edit-Plus one (QwenImageEditPlusPipeline)"}.get(flag, "")
             raise DiffkitError(f"{flag} applies to a FLUX.1 Kontext folder (FluxKontextPipeline){also}; "
                                f"{args.checkpoint} is not one")
 
@@ -84,6 +98,7 @@ def edit_kontext(args) -> int:
     from .edit import image_files, mask_file
 
     directory = args.checkpoint
+    single_reference(args, "FLUX.1 Kontext")
     if args.strength is not None and args.mask is None:
         raise DiffkitError(f"--strength {args.strength} without --mask does not apply to a FLUX.1 Kontext folder "
                            f"({directory}): {NO_STRENGTH}; drop --strength or give --mask")

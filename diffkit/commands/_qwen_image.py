@@ -18,6 +18,7 @@ EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guida
               "--lora, --controlnet (an inpainting ControlNet, with --mask) with --controlnet-scale and "
               "--control-guidance-start / -end, --steps, --sampler and its grid options, --eta")
 CONTROL_FLAGS = {"controlnets", "controlnet_scales", "control_starts", "control_ends"}  # diffkit edit's dests
+PLUS_PIPELINE = "QwenImageEditPlusPipeline"
 
 
 class QwenImageFamily(Family):
@@ -67,19 +68,41 @@ class QwenImageFamily(Family):
 
 
 def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
-               ip_adapter=None, **options):
+               ip_adapter=None, references=(), **options):
     """:func:`._chroma.edit_chroma`'s image_to_image call on :func:`diffkit.interop.qwen_image_edit.edit_image`; the
     arguments an Edit folder does not take come from flags it refuses first (``edit_flags``), at their defaults. A
-    Plus folder's edits one image each (the pipeline's batch 1; image i from seed + i, as a batch draws it)."""
+    Plus folder's edits one image each (the pipeline's batch 1; image i from seed + i, as a batch draws it), seeing
+    ``references`` (``--image-reference``'s PIL images) after it: the pipeline's ``image=[image i, *references]``."""
     import torch
 
-    from ..interop.qwen_image_edit import edit_image
+    from ..interop.qwen_image_edit import _pil_images, edit_image
     options.update(mask=mask, strength=strength)  # a mask: QwenImageEditInpaintPipeline (a Plus folder: refused)
     if not model.plus:
         return edit_image(model, images, prompts, **options)
     seed = options.pop("seed")
-    return torch.cat([edit_image(model, images[i:i + 1], prompts[i], seed=seed + i, **options)
+    return torch.cat([edit_image(model, _pil_images(images[i:i + 1]) + list(references) if references else
+                                 images[i:i + 1], prompts[i], seed=seed + i, **options)
                       for i in range(images.shape[0])])
+
+
+def reference_pictures(args) -> list:
+    """``--image-reference``'s images (PIL RGB, in the flags' order) for a Qwen-Image-Edit-Plus folder; on another
+    Qwen-Image-Edit folder, a folder or a file that is no image: one line, before any weight is read."""
+    from pathlib import Path
+
+    from ..interop.controlnet import open_control_image
+    from ..interop.sd_xl import pipeline_class
+    kind = pipeline_class(args.checkpoint)
+    if kind != PLUS_PIPELINE:
+        raise DiffkitError(f"--image-reference does not apply to a {kind} folder ({args.checkpoint}): it adds "
+                           f"pictures to a {PLUS_PIPELINE} folder's (Qwen-Image-Edit-2509 / 2511) image list")
+    pictures = []
+    for path in args.image_reference:
+        if Path(path).is_dir():
+            raise DiffkitError(f"--image-reference {path} is a folder; a Qwen-Image-Edit-Plus folder takes one PNG "
+                               f"per --image-reference (repeat the flag for more pictures)")
+        pictures.append(open_control_image(path, "--image-reference").convert("RGB"))
+    return pictures
 
 
 class QwenImageEditFamily(QwenImageFamily):
@@ -89,11 +112,16 @@ class QwenImageEditFamily(QwenImageFamily):
     (not a Plus folder); no posterior, size or text length (the pipelines have none)."""
 
     kind, samples, resizes, controlnet = "Qwen-Image-Edit", False, True, False
-    edit_takes = ("--images, --prompt (the instruction), --mask and --strength (inpainting), --negative-prompt "
-                  "(true CFG), --guidance-scale "
+    edit_takes = ("--images, --prompt (the instruction), --mask and --strength (inpainting), --image-reference "
+                  "(Plus), --negative-prompt (true CFG), --guidance-scale "
                   "(--guidance-convention), --max-area, --lora, --steps, --sampler and its grid options, --eta")
     edit_flags = QwenImageFamily.edit_flags - {"posterior", "max_sequence_length", "height", "width"} - \
-        CONTROL_FLAGS | {"max_area"}
+        CONTROL_FLAGS | {"max_area", "image_reference"}
+
+    @staticmethod
+    def edit_inputs(args) -> dict:
+        """A Plus folder's ``--image-reference`` pictures (:func:`reference_pictures`), seen after each image."""
+        return {} if args.image_reference is None else {"references": reference_pictures(args)}
 
     @staticmethod
     def functions() -> tuple:

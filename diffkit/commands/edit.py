@@ -45,7 +45,10 @@ ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (
 Flux2KleinInpaintPipeline (strength 0.8, CFG 8.0, ``--image-reference PNG`` in context;
 ``diffkit.interop.flux2_inpaint``, ``._flux2``); a Qwen-Image-Edit folder as QwenImageEditPipeline
 (the instruction's prompt sees the image, its latents beside the noisy ones, the size of its aspect ratio at 1024^2 or
-``--max-area``; a Plus folder edits each image alone; ``diffkit.interop.qwen_image_edit``); a HunyuanImage refiner
+``--max-area``; a Plus folder, 2511's too, edits each image alone, seeing the repeatable ``--image-reference`` PNGs
+after it as Pictures 2, 3, ...; ``diffkit.interop.qwen_image_edit``); a Qwen-Image-Layered folder decomposes each
+image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_layer_{k}.png``;
+``diffkit.interop.qwen_image_layered``, ``._qwen_image_layered``); a HunyuanImage refiner
 folder as HunyuanImageRefinerPipeline (from noise, the image's folded latents beside the noisy ones, 4 steps, no
 strength or mask; ``diffkit.interop.hunyuan_image_refiner``, ``._hunyuan_image``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
@@ -218,6 +221,9 @@ def register(sub) -> None:
     from ._size_conditions import add_size_condition_flags
     add_size_condition_flags(z, edit=True)  # --original-size, ..., --negative-...: SD-XL / Kolors folders
     add_kontext_flags(z)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
+    z.add_argument("--layers", type=positive_int, metavar="N",
+                   help="Qwen-Image-Layered folders: the layers each image is decomposed into "
+                        "(QwenImageLayeredPipeline's layers, default 4), written as edit_{i}_layer_{k}.png (RGBA)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)
@@ -330,6 +336,10 @@ def _run(args) -> int:
     check_mask_crop(args)  # --padding-mask-crop: SD / SD-XL / SD3 / FLUX.1 inpainting only (.interop.mask_crop)
     from ._size_conditions import edit_size_conditions
     sizes = edit_size_conditions(args)  # --original-size, ...: SD-XL / Kolors folders, from their JSON
+    from ._qwen_image_layered import check_layers_flag, edit_layered, is_layered_folder
+    if is_layered_folder(args.checkpoint):  # Qwen-Image-Layered: N RGBA layers of each image
+        return edit_layered(args)
+    check_layers_flag(args)  # --layers: that folder's only
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext

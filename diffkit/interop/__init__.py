@@ -36,7 +36,9 @@
   CFG), through :mod:`.chroma`'s code.
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
-  a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``).
+  a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``; Plus: several pictures, 2511's
+  ``zero_cond_t``); :mod:`.qwen_image_layered` a Qwen-Image-Layered folder's decomposition into RGBA layers
+  (``qwen_image_decompose``).
 * :mod:`.flux2` - a FLUX.2 folder (``Flux2Pipeline``: Mistral-3; ``Flux2KleinPipeline``: Qwen3, real CFG) on FLUX.1's
   flow Denoiser and grid; :mod:`.flux2_reference` its reference images in context; :mod:`.flux2_inpaint` a Klein
   folder's inpainting (``Flux2KleinInpaintPipeline``).
@@ -126,6 +128,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "qwen_image_text_to_image": ("qwen_image", "text_to_image"),
             "qwen_image_image_to_image": ("qwen_image", "image_to_image"),
             "qwen_image_edit_image": ("qwen_image_edit", "edit_image"),
+            "qwen_image_decompose": ("qwen_image_layered", "decompose"),
             "flux2_text_to_image": ("flux2", "text_to_image"),
             "flux2_image_to_image": ("flux2_inpaint", "image_to_image"),
             "z_image_text_to_image": ("z_image", "text_to_image"),

@@ -28,9 +28,11 @@ random draws (z in (B, C, h, w) from sample i's generator, the pipeline's (B, 1,
   FLUX.1's replacement loop) through :func:`.flow_latents.edit_latents`, as Chroma's.
 
 Refused in one line before any weight is read (:func:`check_qwen_image_folder`): another pipeline class, a
-missing component or one of another class, a transformer with a guidance embedding, ``zero_cond_t``,
-``use_additional_t_cond`` or ``use_layer3d_rope`` (Qwen-Image-Edit-2511 / Layered's, whose pipelines diffkit does
-not drive) or whose input is not 4 x the VAE's ``z_dim``, a scheduler option the flow Euler loop does not take.
+missing component or one of another class, a transformer with a guidance embedding, ``zero_cond_t`` (Qwen-Image-Edit-
+2511's, driven on a ``QwenImageEditPlusPipeline`` folder alone: :mod:`.qwen_image_edit`), ``use_additional_t_cond`` or
+``use_layer3d_rope`` (Qwen-Image-Layered's, driven on a ``QwenImageLayeredPipeline`` folder alone, which needs both:
+:mod:`.qwen_image_layered`) or whose input is not 4 x the VAE's ``z_dim``, a scheduler option the flow Euler loop does
+not take.
 """
 from __future__ import annotations
 
@@ -49,7 +51,10 @@ from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
 # .qwen_image_edit's (a processor/ too)
 EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImageEditInpaintPipeline")
-QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES
+LAYERED_PIPELINE = "QwenImageLayeredPipeline"  # .qwen_image_layered's, its transformer's config keys (both true)
+LAYERED_TRANSFORMER = ("use_layer3d_rope", "use_additional_t_cond")
+QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline") + EDIT_PIPELINES \
+    + (LAYERED_PIPELINE,)
 QWEN_IMAGE_CLASSES = {"transformer": ("QwenImageTransformer2DModel",), "vae": ("AutoencoderKLQwenImage",),
                       "text_encoder": ("Qwen2_5_VLForConditionalGeneration",),
                       "tokenizer": ("Qwen2Tokenizer", "Qwen2TokenizerFast"),
@@ -90,11 +95,15 @@ class QwenImageNet(torch.nn.Module):
         context, mask = self.text(packed, context, mask)
         return self.model(hidden_states=packed, timestep=timestep, encoder_hidden_states=context,
                           encoder_hidden_states_mask=mask, img_shapes=shapes, controlnet_block_samples=controls,
-                          return_dict=False)[0]
+                          return_dict=False, **self.call_inputs(packed))[0]
+
+    def call_inputs(self, packed) -> dict:
+        """More transformer keywords (none; Qwen-Image-Layered's ``additional_t_cond``: :mod:`.qwen_image_layered`)."""
+        return {}
 
     def pack(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) latents -> the transformer's tokens: 2 x 2 patches (:func:`.flux.pack_latents`; Qwen-Image
-        2.1's: a flatten, :class:`.qwen_image21.QwenImage21Net`)."""
+        """(B, C, h, w) latents (the noisy ones, or an edit's reference) -> the transformer's tokens: 2 x 2 patches
+        (:func:`.flux.pack_latents`; Qwen-Image 2.1's: a flatten, :class:`.qwen_image21.QwenImage21Net`)."""
         return pack_latents(z)
 
     def unpack(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -105,11 +114,20 @@ class QwenImageNet(torch.nn.Module):
         """The ``img_shapes`` entry (frames, rows, columns of tokens) of latents h x w."""
         return (1, h // 2, w // 2)
 
-    def guide(self, cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
-        """The guided prediction of the two passes: true CFG rescaled to the conditional norm per token
-        (:func:`diffkit.guidance.norm_matched_cfg`)."""
+    def packed(self, x: torch.Tensor) -> tuple:
+        """(tokens, one sample's ``img_shapes``) of the noisy latents x (B, C, h, w): :meth:`pack`, [:meth:`image_shape`]
+        (Qwen-Image-Layered's frames: :class:`.qwen_image_layered.QwenImageLayeredNet`)."""
+        return self.pack(x), [self.image_shape(x.shape[2], x.shape[3])]
+
+    def unpacked(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The velocity of x's shape from its tokens ``out``: :meth:`unpack`."""
+        return self.unpack(out, x.shape[2], x.shape[3])
+
+    def combine(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The guided prediction of the two passes: the pipeline's true CFG rescaled to the conditional norm per token
+        (:func:`diffkit.guidance.norm_matched_cfg`; Qwen-Image 2.1's and Layered's: plain)."""
         from ..guidance import norm_matched_cfg
-        return norm_matched_cfg(cond, null, self.scale)
+        return norm_matched_cfg(cond, uncond, self.scale)
 
     def residuals(self, packed, timestep, context, mask, shapes, t, control) -> Optional[list]:
         """A ControlNet's ``controlnet_block_samples`` (:class:`.qwen_image_controlnet.QwenImageControlledNet`)."""
@@ -125,10 +143,10 @@ class QwenImageNet(torch.nn.Module):
         if control is not None and reference is not None:
             raise DiffkitError("a ControlNet with a Qwen-Image-Edit reference image is not supported (diffusers has "
                                "no Qwen-Image-Edit ControlNet pipeline)")
-        dtype, (b, _, h, w) = model_dtype(self.model), x.shape
+        dtype, b = model_dtype(self.model), x.shape[0]
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        packed, timestep, shapes = self.pack(x.to(dtype)), t.to(dtype) / 1000, [[self.image_shape(h, w)]] * b
-        tokens = packed.shape[1]
+        (packed, shape), timestep = self.packed(x.to(dtype)), t.to(dtype) / 1000
+        tokens, shapes = packed.shape[1], [shape] * b
         controls = None if control is None else self.residuals(packed, timestep, context, mask, shapes, t, control)
         if reference is not None:  # Qwen-Image-Edit's: the input images' tokens after the noisy ones (.qwen_image_edit)
             refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
@@ -136,8 +154,8 @@ class QwenImageNet(torch.nn.Module):
             shapes = [shapes[0] + [self.image_shape(r.shape[2], r.shape[3]) for r in refs]] * b
         out = self._call(packed, timestep, context, mask, shapes, controls)[:, :tokens]
         if self.scale > 1 and null_context is not None:
-            out = self.guide(out, self._call(packed, timestep, null_context, null_mask, shapes, controls)[:, :tokens])
-        return self.unpack(out, h, w).to(x.dtype)
+            out = self.combine(out, self._call(packed, timestep, null_context, null_mask, shapes, controls)[:, :tokens])
+        return self.unpacked(out, x).to(x.dtype)
 
 
 @dataclass
@@ -290,10 +308,17 @@ def check_qwen_image_folder(directory) -> tuple:
     check_classes(directory, index, REQUIRED + ("processor",) * edit, "Qwen-Image",
                   {**QWEN_IMAGE_CLASSES, **({"processor": ("Qwen2VLProcessor",)} if edit else {})})
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    driven = {"QwenImageEditPlusPipeline": ("zero_cond_t",),  # Qwen-Image-Edit-2511's, Qwen-Image-Layered's
+              LAYERED_PIPELINE: LAYERED_TRANSFORMER}.get(index.get("_class_name"), ())
     for key in UNDRIVEN:
-        if config.get(key, False):
+        if config.get(key, False) and key not in driven:
             raise DiffkitError(f"{directory}'s transformer has {key}={config[key]!r}, which QwenImagePipeline does "
-                               f"not drive (a Qwen-Image-Edit-2511 / Layered model); allowed: {key}=false")
+                               f"not drive (a Qwen-Image-Edit-2511 / Layered model); allowed: {key}=false"
+                               + (", or a QwenImageEditPlusPipeline folder (2511's)" if key == "zero_cond_t" else
+                                  f", or a {LAYERED_PIPELINE} folder" if key in LAYERED_TRANSFORMER else ""))
+    if index.get("_class_name") == LAYERED_PIPELINE:
+        from .qwen_image_layered import check_layered_transformer
+        check_layered_transformer(directory, config)
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     latents = int(vae.get("z_dim", 16))
     channels = (config.get("in_channels", 64), config.get("out_channels", 16))
@@ -320,6 +345,12 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                             vae_cls=diffusers.AutoencoderKLQwenImage)
     device = frozen_on(parts, device)
     kind, more = QwenImage, {}
+    if index.get("_class_name") == LAYERED_PIPELINE:  # processor/: its captions' (optional)
+        from .qwen_image_edit import load_image_processor
+        from .qwen_image_layered import QwenImageLayered
+        kind = QwenImageLayered
+        if (directory / "processor" / "preprocessor_config.json").is_file():
+            more = {"image_processor": load_image_processor(directory)}
     if index.get("_class_name") in EDIT_PIPELINES:
         from .qwen_image_edit import QwenImageEdit, load_image_processor
         kind, more = QwenImageEdit, {"image_processor": load_image_processor(directory),

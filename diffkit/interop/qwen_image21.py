@@ -90,7 +90,7 @@ class QwenImage21Net(QwenImageNet):
     def image_shape(self, h: int, w: int) -> tuple:
         return (1, h, w)
 
-    def guide(self, cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    def combine(self, cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
         """u_n + s (u_c - u_n) (Ho & Salimans 2022, eq. 6 in diffusers' convention; no norm rescaling)."""
         return null + self.scale * (cond - null)
 

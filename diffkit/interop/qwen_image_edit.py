@@ -29,8 +29,9 @@ Inpainting (``QwenImageEditInpaintPipeline``, ``mask=``): this conditioning on Q
 (:func:`_inpaint`).
 
 diffkit reads ``processor/`` with transformers' PIL image processor (``Qwen2VLImageProcessorPil``; it needs no
-torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer. The 2511
-transformer (``zero_cond_t``) is refused (:func:`.qwen_image.check_qwen_image_folder`).
+torchvision, which ``Qwen2VLProcessor`` itself imports for its video processor) and the folder's tokenizer. A Plus
+folder's 2511 transformer (``zero_cond_t``: the pictures' tokens modulated at t = 0, all inside the transformer from
+``img_shapes``) is driven as it is; elsewhere it is refused (:func:`.qwen_image.check_qwen_image_folder`).
 """
 from __future__ import annotations
 
@@ -99,16 +100,23 @@ class QwenImageEdit(QwenImage):
         if not self.plus and (images is None or len(images) != len(prompts)):
             raise DiffkitError(f"a Qwen-Image-Edit prompt sees its image: give one image per prompt ({len(prompts)}), "
                                f"not {0 if images is None else len(images)}")
-        pixels = self.image_processor(images=list(images), return_tensors="pt")
-        merge = int(self.image_processor.merge_size) ** 2
-        counts = iter(int(g.prod()) // merge for g in pixels["image_grid_thw"])
         pictures = "".join(PICTURE.format(i + 1) for i in range(len(images)))
         texts = [PLUS_TEMPLATE.format(pictures + p) if self.plus else EDIT_TEMPLATE.format(p) for p in prompts]
-        texts = [_expanded(text, counts) for text in texts]
-        tokens = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        dtype = self.text_encoder.dtype
-        return self.kept_states(tokens, EDIT_DROP, None, pixel_values=pixels["pixel_values"].to(self.device, dtype),
-                                image_grid_thw=pixels["image_grid_thw"].to(self.device))
+        tokens, pixels = vision_inputs(self, texts, images)
+        return self.kept_states(tokens, EDIT_DROP, None, **pixels)
+
+
+def vision_inputs(model, texts: Sequence[str], images) -> tuple:
+    """(tokens, {pixel_values, image_grid_thw}) of ``texts`` with ``<|image_pad|>`` tokens seeing ``images`` (PIL, in
+    order over all texts) as ``Qwen2VLProcessor(text=texts, images=images, padding=True)``: the image processor's
+    patches, the k-th pad repeated t h w / m^2 times of image k; on ``model``'s device (pixels in its encoder's dtype).
+    The Edit prompts' and Qwen-Image-Layered's captions (:func:`.qwen_image_layered.caption`)."""
+    pixels = model.image_processor(images=list(images), return_tensors="pt")
+    merge = int(model.image_processor.merge_size) ** 2
+    counts = iter(int(g.prod()) // merge for g in pixels["image_grid_thw"])
+    tokens = model.tokenizer([_expanded(text, counts) for text in texts], padding=True, return_tensors="pt")
+    return tokens.to(model.device), {"pixel_values": pixels["pixel_values"].to(model.device, model.text_encoder.dtype),
+                                     "image_grid_thw": pixels["image_grid_thw"].to(model.device)}
 
 
 def _expanded(text: str, counts) -> str:
