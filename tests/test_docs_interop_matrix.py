@@ -241,6 +241,7 @@ ERNIE_IMAGE = "## ERNIE-Image folders (`diffkit.interop.ernie_image`)"
 PRX = "## PRX folders (`diffkit.interop.prx`)"
 KREA2 = "## Krea 2 folders (`diffkit.interop.krea2`)"
 KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
+KANDINSKY5_EDIT = "## Kandinsky 5 image-to-image folders (`diffkit.interop.kandinsky5_edit`)"
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
 
 
@@ -280,6 +281,7 @@ NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
                                                     (PRX, ["PRXPipeline"], "PX"),
                                                     (KREA2, ["Krea2Pipeline"], "KR"),
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),
+                                                    (KANDINSKY5_EDIT, ["Kandinsky5I2IPipeline"], "KI"),
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
