@@ -224,6 +224,7 @@ KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
 QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
 FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
 Z_IMAGE = "## Z-Image folders (`diffkit.interop.z_image`)"
+Z_IMAGE_OMNI = "## Z-Image Omni folders (`diffkit.interop.z_image_omni`)"
 OVIS_IMAGE = "## Ovis-Image folders (`diffkit.interop.ovis_image`)"
 COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
 DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
@@ -256,6 +257,7 @@ NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
                                                                   "QwenImageEditPipeline / Plus"], "QI"),
                                                     (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
                                                     (Z_IMAGE, ["ZImagePipeline / Img2Img / Inpaint"], "ZI"),
+                                                    (Z_IMAGE_OMNI, ["ZImageOmniPipeline"], "ZO"),
                                                     (OVIS_IMAGE, ["OvisImagePipeline"], "OV"),
                                                     (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV"),
                                                     (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF"),
