@@ -24,8 +24,7 @@ def randomised(module, seed: int = 3):
 
 def tiny_kandinsky5_pipeline(root, shift: float = 3.0, edit: bool = False):
     """A Kandinsky5T2IPipeline of random weights (module docstring); its CLIP tokenizer's files under ``root``.
-    ``edit``: a Kandinsky5I2IPipeline (the transformer with ``visual_cond``: 2 C + 1 input channels; the VAE without
-    its mid-block attention)."""
+    ``edit``: a Kandinsky5I2IPipeline (the transformer with ``visual_cond``: 2 C + 1 input channels)."""
     torch.manual_seed(0)
     parts = tiny_qwen_vl(32, vision=True)
     tokenizer = parts.pop("processor")
@@ -38,8 +37,7 @@ def tiny_kandinsky5_pipeline(root, shift: float = 3.0, edit: bool = False):
     vae = diffusers.AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[4, 4, 4, 4], layers_per_block=1,
-        latent_channels=4, norm_num_groups=2, scaling_factor=0.3611, shift_factor=0.1159,
-        mid_block_add_attention=not edit)  # (edit: no attention over the 128^2 latents to encode, for time)
+        latent_channels=4, norm_num_groups=2, scaling_factor=0.3611, shift_factor=0.1159)
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, use_dynamic_shifting=False)
     kind = diffusers.Kandinsky5I2IPipeline if edit else diffusers.Kandinsky5T2IPipeline
     pipe = kind(transformer=transformer, vae=vae, text_encoder=parts["text_encoder"],
