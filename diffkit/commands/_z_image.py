@@ -68,8 +68,8 @@ class ZImageFamily(Family):
         return out
 
 
-OMNI_TAKES = ("--prompt, --negative-prompt, --reference-image (repeatable), --guidance-scale (W, --guidance-convention), "
-              "--cfg-trunc-ratio, --cfg-normalization, --max-sequence-length, --height / --width, --steps / --nfe, "
+OMNI_TAKES = ("--prompt, --negative-prompt, --reference-image (repeatable), --guidance-scale (W, "
+              "--guidance-convention), --cfg-trunc-ratio, --cfg-normalization, --max-sequence-length, --height / --width, --steps / --nfe, "
               "--sampler and its grid options (--flow-shift with another sampler than the pipeline's loop)")
 
 
