@@ -224,6 +224,7 @@ KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
 QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
 FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
 Z_IMAGE = "## Z-Image folders (`diffkit.interop.z_image`)"
+Z_IMAGE_OMNI = "## Z-Image Omni folders (`diffkit.interop.z_image_omni`)"
 OVIS_IMAGE = "## Ovis-Image folders (`diffkit.interop.ovis_image`)"
 COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
 DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
@@ -241,6 +242,7 @@ ERNIE_IMAGE = "## ERNIE-Image folders (`diffkit.interop.ernie_image`)"
 PRX = "## PRX folders (`diffkit.interop.prx`)"
 KREA2 = "## Krea 2 folders (`diffkit.interop.krea2`)"
 KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
+KANDINSKY5_EDIT = "## Kandinsky 5 image-to-image folders (`diffkit.interop.kandinsky5_edit`)"
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
 QWEN_IMAGE21 = "## Qwen-Image 2.1 folders (`diffkit.interop.qwen_image21`)"
 LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp`)"
@@ -260,6 +262,7 @@ QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit
                                                                   "QwenImageEditPipeline / Plus"], "QI"),
                                                     (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
                                                     (Z_IMAGE, ["ZImagePipeline / Img2Img / Inpaint"], "ZI"),
+                                                    (Z_IMAGE_OMNI, ["ZImageOmniPipeline"], "ZO"),
                                                     (OVIS_IMAGE, ["OvisImagePipeline"], "OV"),
                                                     (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV"),
                                                     (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF"),
@@ -285,6 +288,7 @@ QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit
                                                     (PRX, ["PRXPipeline"], "PX"),
                                                     (KREA2, ["Krea2Pipeline"], "KR"),
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),
+                                                    (KANDINSKY5_EDIT, ["Kandinsky5I2IPipeline"], "KI"),
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),
                                                     (QWEN_IMAGE21, ["QwenImage21Pipeline"], "QT"),
                                                     (LEDITS_PP, ["LEditsPPPipelineStableDiffusion"], "LP"),

@@ -97,7 +97,7 @@ def test_kandinsky5_images_are_the_pipelines_and_sample_is_the_library(kandinsky
     assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot", "--no-progress",
                  "--out", str(tmp_path / "never")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not drive Kandinsky5I2IPipeline" in err[0]  # RKF2
+    assert len(err) == 1 and "is a Kandinsky5T2IPipeline folder, which diffkit edit does not take" in err[0]  # RKF2
     assert not (tmp_path / "never").exists()
 
 
@@ -114,7 +114,7 @@ def test_bad_kandinsky5_arguments_are_one_line_errors(kandinsky5):
 
 @pytest.mark.parametrize("file,change,expected", [  # RKF1
     ("model_index.json", {"_class_name": "Kandinsky5T2VPipeline"}, "Kandinsky5T2VPipeline folder, a video pipeline"),
-    ("model_index.json", {"_class_name": "Kandinsky5I2IPipeline"}, "image-to-image pipeline is not driven"),
+    ("model_index.json", {"_class_name": "Kandinsky5I2IPipeline"}, "visual_cond = 4, 4, False; allowed: .* true"),
     ("model_index.json", {"text_encoder_2": ["transformers", "T5EncoderModel"]}, "text_encoder_2 is a 'T5Encoder"),
     ("transformer/config.json", {"visual_cond": True}, "visual_cond = 4, 4, True; allowed"),
     ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "use_dynamic_shifting=True, for which"),

@@ -189,7 +189,8 @@ def test_what_z_image_does_not_take_is_refused_in_one_line(tiny_z_image, tmp_pat
     _, path, model = tiny_z_image
     for i, (file, change, expected) in enumerate([
             ("model_index.json", {"_class_name": "ZImageOmniPipeline"}, "allowed: ZImagePipeline, ZImageImg2Img"),
-            ("transformer/config.json", {"siglip_feat_dim": 32}, "siglip_feat_dim=32 (Z-Image Omni's image inputs)"),
+            ("transformer/config.json", {"siglip_feat_dim": 32}, "siglip_feat_dim=32 (Z-Image Omni's image inputs, "
+                                                                 "which diffkit drives in ZImageOmniPipeline"),
             ("transformer/config.json", {"in_channels": 4}, "in_channels=4; allowed: 16 (the VAE's latent channels)"),
             ("scheduler/scheduler_config.json", {"num_train_timesteps": 500},
              "num_train_timesteps=500; allowed: 1000")]):

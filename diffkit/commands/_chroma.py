@@ -59,6 +59,12 @@ class Family:
         """More keyword arguments of the library functions, from the prompt request (none for Chroma)."""
         return {}
 
+    @staticmethod
+    def reference_options(model, files, height, width) -> tuple:
+        """({text_to_image keywords}, height, width) of ``--reference-image`` files (None here: only a Z-Image Omni
+        folder takes them, :mod:`._z_image`; ``diffkit sample`` refuses them on the others first)."""
+        return {}, height, width
+
     @classmethod
     def check_request(cls, directory, request, edit: bool = False) -> None:
         """One line, before loading, for a prompt request (of ``diffkit sample``, or with ``edit`` of ``diffkit
@@ -115,8 +121,10 @@ def folder_family(directory) -> Optional[type]:
             return QwenImageLayeredFamily
         return QwenImageEditFamily if pipeline_class(directory) in EDIT_PIPELINES else QwenImageFamily
     if is_z_image_folder(directory):
-        from ._z_image import ZImageFamily
-        return ZImageFamily
+        from ..interop.sd_xl import pipeline_class
+        from ..interop.z_image import Z_IMAGE_OMNI_PIPELINE
+        from ._z_image import ZImageFamily, ZImageOmniFamily
+        return ZImageOmniFamily if pipeline_class(directory) == Z_IMAGE_OMNI_PIPELINE else ZImageFamily
     from ..interop.bria import is_bria_folder
     if is_bria_folder(directory):
         from ._bria import BriaFamily
@@ -183,6 +191,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
 
+    files = options.pop("reference_images", None)  # --reference-image: a Z-Image Omni folder's (._z_image)
     guidance = checked_request(directory, family.kind, family.takes, guidance, options, refused,
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
     family.check_request(directory, guidance)
@@ -190,6 +199,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         family.check_control(control)
     text_to_image = family.functions()[0]
     chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
+    references, height, width = family.reference_options(chroma, files, height, width)
     controlnet, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, control, ip_adapter,
                                                                            num, nrow, seed, device, progress)
     own = pipeline_loop(sampler, spacing, final, nfe)
@@ -210,7 +220,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
                              max_sequence_length=guidance.max_sequence_length, ip_adapter=adapter,
-                             **how_guided, **grid, **how, **family.control_options(controlnet, cond))
+                             **how_guided, **grid, **how, **family.control_options(controlnet, cond), **references)
 
     images, out = draw_prompted_grid(
         chroma.denoiser, num, chroma.latent_shape(1, height, width)[1:], prompted,

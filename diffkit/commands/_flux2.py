@@ -22,20 +22,23 @@ def add_reference_flags(parser) -> None:
     parser.add_argument("--reference-image", action="append", dest="reference_images", type=path_arg, metavar="PNG",
                         help="FLUX.2 folders (Flux2Pipeline, Flux2KleinPipeline): an image in context for every sample "
                              "(the pipelines' image=; repeat for several, in order); the size defaults to the first "
-                             "one's (docs/interop.md)")
+                             "one's (docs/interop.md); a Z-Image Omni folder's condition images (the size: the "
+                             "last one's)")
 
 
 def reference_request(args, checkpoint) -> Optional[list]:
     """``--reference-image``'s files (None without it), before any weight is read: one line on a checkpoint that is
-    no FLUX.2 folder, or for a file that is no image."""
+    no FLUX.2 or Z-Image Omni folder, or for a file that is no image."""
     from ..interop.flux2 import is_flux2_folder
     from ..interop.ip_adapter import open_image
+    from ..interop.sd_xl import pipeline_class
+    from ..interop.z_image import Z_IMAGE_OMNI_PIPELINE
     files = getattr(args, "reference_images", None)
     if not files:
         return None
-    if checkpoint is None or not is_flux2_folder(checkpoint):
-        raise DiffkitError(f"--reference-image applies to a FLUX.2 folder (Flux2Pipeline, Flux2KleinPipeline); "
-                           f"{checkpoint} is not one")
+    if checkpoint is None or not (is_flux2_folder(checkpoint) or pipeline_class(checkpoint) == Z_IMAGE_OMNI_PIPELINE):
+        raise DiffkitError(f"--reference-image applies to a FLUX.2 folder (Flux2Pipeline, Flux2KleinPipeline) or a "
+                           f"Z-Image Omni folder (ZImageOmniPipeline); {checkpoint} is not one")
     for file in files:
         try:
             open_image(file)

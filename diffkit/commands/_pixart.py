@@ -169,6 +169,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from .sample import draw_prompted_grid
 
     label = masked_text_folder(directory) or "PixArt"
+    if label == "Kandinsky 5":  # a Kandinsky5I2IPipeline folder edits (diffkit edit, ._kandinsky5): one line
+        from ._kandinsky5 import refuse_sample
+        refuse_sample(directory)
     image = control_image_of(directory, label, control)  # a CogView4 Control folder's --control-image
     if image is not None:
         control = None  # the transformer's own channels, no ControlNet
@@ -221,7 +224,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
-    elif label == "Kandinsky 5":  # Kandinsky5T2IPipeline (diffkit.interop.kandinsky5)
+    elif label == "Kandinsky 5":  # Kandinsky5T2IPipeline (diffkit.interop.kandinsky5; I2I: refused above)
         from ..interop.kandinsky5 import load_kandinsky5, text_to_image
         pixart = load_kandinsky5(directory, device, progress=progress)
     elif label == "PRX":  # PRXPipeline (diffkit.interop.prx)

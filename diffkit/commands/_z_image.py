@@ -66,3 +66,27 @@ class ZImageFamily(Family):
         if getattr(request, "cfg_norm_cap", None) is not None:
             out["cfg_normalization"] = request.cfg_norm_cap
         return out
+
+
+OMNI_TAKES = ("--prompt, --negative-prompt, --reference-image (repeatable), --guidance-scale (W, "
+              "--guidance-convention), --cfg-trunc-ratio, --cfg-normalization, --max-sequence-length, --height / --width, --steps / --nfe, "
+              "--sampler and its grid options (--flow-shift with another sampler than the pipeline's loop)")
+
+
+class ZImageOmniFamily(ZImageFamily):
+    """A Z-Image Omni folder's (``ZImageOmniPipeline``, :mod:`diffkit.interop.z_image_omni`): Z-Image's guidance
+    options and ``--reference-image`` files as its condition images (the same for every sample; the size defaults
+    to the last one's processed size); no LoRA, ControlNet or ``diffkit edit`` (diffusers 0.42.1 has no Omni
+    img2img / inpainting pipeline)."""
+
+    kind, takes, lora, controlnet, edits = "Z-Image Omni", OMNI_TAKES, False, False, False
+
+    @staticmethod
+    def reference_options(model, files, height, width) -> tuple:
+        """({"references": ...}, height, width) of the condition images (:func:`.z_image_omni.omni_references`)."""
+        if not files:
+            return {}, height, width
+        from ..interop.z_image_omni import omni_references
+        references, size = omni_references(model, files, height, width)
+        height, width = size[0] if height is None else height, size[1] if width is None else width
+        return {"references": references}, height, width

@@ -52,7 +52,9 @@ image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_la
 folder as HunyuanImageRefinerPipeline (from noise, the image's folded latents beside the noisy ones, 4 steps, no
 strength or mask; ``diffkit.interop.hunyuan_image_refiner``, ``._hunyuan_image``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
-``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). A DeepFloyd IF stage-I folder is edited as
+``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). A Kandinsky 5 image-to-image folder is edited as
+Kandinsky5I2IPipeline (from pure noise: the prompt sees the image, its latents are the transformer's extra channels;
+``diffkit.interop.kandinsky5_edit``, ``._kandinsky5``). A DeepFloyd IF stage-I folder is edited as
 IFImg2ImgPipeline / IFInpaintingPipeline, a stage-II one with ``--control-image`` (the stage-I images) as
 IFImg2ImgSuperResolutionPipeline / IFInpaintingSuperResolutionPipeline (pixels; ``diffkit.interop.deepfloyd_if_edit``,
 ``._deepfloyd_if``). With ``--mask``, ``--padding-mask-crop N`` inpaints
@@ -356,10 +358,9 @@ def _run(args) -> int:
     if label == "DeepFloyd IF":  # IFImg2Img / IFInpainting(SuperResolution)Pipeline (._deepfloyd_if)
         from ._deepfloyd_if import edit_if
         return edit_if(args)
-    if label == "Kandinsky 5":  # Kandinsky5I2IPipeline: not driven (yet); its video pipelines: out of scope
-        raise DiffkitError(f"{args.checkpoint} is a Kandinsky 5 folder, which diffkit edit does not take (diffkit "
-                           f"does not drive Kandinsky5I2IPipeline); sample a Kandinsky5T2IPipeline folder with "
-                           f"diffkit sample")
+    if label == "Kandinsky 5":  # as Kandinsky5I2IPipeline (._kandinsky5); a T2I folder: one line there
+        from ._kandinsky5 import edit_kandinsky5
+        return edit_kandinsky5(args)
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "

@@ -21,15 +21,19 @@ from ..errors import DiffkitError
 FLUX2_REFERENCE_AREA = 1024 * 1024  # the pipelines' largest reference area (pixels)
 
 
-def reference_images(flux2, images: Sequence, check: bool = True) -> tuple:
+def reference_images(flux2, images: Sequence, check: bool = True, area: int = FLUX2_REFERENCE_AREA,
+                     multiple: int = None, resized: list = None) -> tuple:
     """([(1, 3, H_i, W_i) in [-1, 1]], (H_0, W_0)) of ``images`` (PIL images or paths), processed as the pipelines
     (module docstring); a one-line DiffkitError for an image the processor refuses. ``check=False``: no
-    ``check_image_input`` (``Flux2KleinInpaintPipeline``'s ``image_reference``, :mod:`.flux2_inpaint`)."""
+    ``check_image_input`` (``Flux2KleinInpaintPipeline``'s ``image_reference``, :mod:`.flux2_inpaint`). ``area``: the
+    largest area kept, ``multiple``: the sides' (default ``flux2.latent_scale_factor``), ``resized``: a list that
+    receives each image after the area's resize, before the crop (``ZImageOmniPipeline``'s, :mod:`.z_image_omni`)."""
     from PIL import Image
     from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
     if isinstance(images, (str, Image.Image)) or not hasattr(images, "__len__") or not len(images):
         raise DiffkitError(f"reference images {images!r} are not allowed; give a list of PIL images or paths")
-    processor, multiple = Flux2ImageProcessor(vae_scale_factor=flux2.latent_scale_factor), flux2.latent_scale_factor
+    multiple = multiple or flux2.latent_scale_factor
+    processor = Flux2ImageProcessor(vae_scale_factor=multiple)
     out = []
     for i, image in enumerate(images):
         if not isinstance(image, Image.Image):
@@ -42,8 +46,10 @@ def reference_images(flux2, images: Sequence, check: bool = True) -> tuple:
                 processor.check_image_input(image)
         except ValueError as error:
             raise DiffkitError(f"reference image {i} is not allowed: {error}") from None
-        if image.size[0] * image.size[1] > FLUX2_REFERENCE_AREA:
-            image = processor._resize_to_target_area(image, FLUX2_REFERENCE_AREA)
+        if image.size[0] * image.size[1] > area:
+            image = processor._resize_to_target_area(image, area)
+        if resized is not None:
+            resized.append(image)
         width, height = (side // multiple * multiple for side in image.size)
         out.append(processor.preprocess(image, height=height, width=width, resize_mode="crop"))
     return out, tuple(out[0].shape[2:])

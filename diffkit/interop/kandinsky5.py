@@ -29,10 +29,12 @@ conditioned on Qwen2.5-VL's last hidden states and CLIP's pooled embedding. diff
 * draws: diffkit's z (B, C, h, w) from ``seed + i``; the pipeline draws channel-last (B, 1, h, w, C) from one
   generator: give ``latents`` (permuted) to match it.
 
-Refused in one line before any weight is read (:func:`check_kandinsky5_folder`): the image-to-image
-(``Kandinsky5I2IPipeline``) and video (``Kandinsky5T2VPipeline`` / ``Kandinsky5I2VPipeline``) folders, a missing
-component or one of another class, a transformer with ``visual_cond``, whose channels are not the VAE's latent
-channels, or whose temporal patch is not 1, a VAE whose factor is not 8, a ``use_dynamic_shifting`` scheduler.
+An image-to-image folder (``Kandinsky5I2IPipeline``, its transformer with ``visual_cond``: the image's latents as
+channels) is driven by :mod:`.kandinsky5_edit`. Refused in one line before any weight is read
+(:func:`check_kandinsky5_folder`): the video folders (``Kandinsky5T2VPipeline`` / ``Kandinsky5I2VPipeline``), a missing
+component or one of another class, a transformer whose ``visual_cond`` is not its pipeline's, whose channels are not the
+VAE's latent channels, or whose temporal patch is not 1, a VAE whose factor is not 8, a ``use_dynamic_shifting``
+scheduler.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ from .flow_latents import frozen_on, load_flow_parts
 from .pixart import checked_folder, fixed_shift_scheduler
 
 KANDINSKY5_PIPELINE = "Kandinsky5T2IPipeline"
+KANDINSKY5_I2I_PIPELINE = "Kandinsky5I2IPipeline"  # driven by :mod:`.kandinsky5_edit`
 KANDINSKY5_CLASSES = {"transformer": ("Kandinsky5Transformer3DModel",), "vae": ("AutoencoderKL",),
                       "text_encoder": ("Qwen2_5_VLForConditionalGeneration",), "text_encoder_2": ("CLIPTextModel",),
                       "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
@@ -64,8 +67,7 @@ TEMPLATE_DROP = 40  # its prompt_template_encode_start_idx
 CLIP_LENGTH = 77  # _encode_prompt_clip's max_length
 VAE_FACTOR = 8  # its vae_scale_factor_spatial (fixed)
 RESOLUTIONS = ((1024, 1024), (640, 1408), (1408, 640), (768, 1280), (1280, 768), (896, 1152), (1152, 896))  # (w, h)
-NOT_DRIVEN = {"Kandinsky5I2IPipeline": "its image-to-image pipeline is not driven by diffkit yet",
-              "Kandinsky5T2VPipeline": "a video pipeline (out of diffkit's scope)",
+NOT_DRIVEN = {"Kandinsky5T2VPipeline": "a video pipeline (out of diffkit's scope)",
               "Kandinsky5I2VPipeline": "a video pipeline (out of diffkit's scope)"}
 
 
@@ -77,21 +79,24 @@ def is_kandinsky5_folder(path) -> bool:
 
 
 def check_kandinsky5_folder(directory) -> tuple:
-    """(model_index dict, transformer config, scheduler config) of a ``Kandinsky5T2IPipeline`` folder, checked from
-    its JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
+    """(model_index dict, transformer config, scheduler config) of a ``Kandinsky5T2IPipeline`` or (its transformer
+    with ``visual_cond``) ``Kandinsky5I2IPipeline`` folder, checked from its JSON alone (module docstring); a
+    one-line DiffkitError for what diffkit does not drive."""
     from .schedulers import flow_shift_from_diffusers
     from .sd_xl import pipeline_class
     directory = Path(directory)
     name = pipeline_class(directory)
     if name in NOT_DRIVEN:
-        raise DiffkitError(f"{directory} is a {name} folder, {NOT_DRIVEN[name]}; allowed: {KANDINSKY5_PIPELINE}")
-    index, config, vae = checked_folder(directory, KANDINSKY5_PIPELINE, REQUIRED, "Kandinsky 5", KANDINSKY5_CLASSES)
-    latents = int(vae.get("latent_channels", 4))
+        raise DiffkitError(f"{directory} is a {name} folder, {NOT_DRIVEN[name]}; allowed: {KANDINSKY5_PIPELINE}, "
+                           f"{KANDINSKY5_I2I_PIPELINE}")
+    pipeline = KANDINSKY5_I2I_PIPELINE if name == KANDINSKY5_I2I_PIPELINE else KANDINSKY5_PIPELINE
+    index, config, vae = checked_folder(directory, pipeline, REQUIRED, "Kandinsky 5", KANDINSKY5_CLASSES)
+    latents, edit = int(vae.get("latent_channels", 4)), pipeline == KANDINSKY5_I2I_PIPELINE
     channels = (config.get("in_visual_dim", 4), config.get("out_visual_dim", 4))
-    if config.get("visual_cond", False) or channels != (latents, latents):
+    if bool(config.get("visual_cond", False)) != edit or channels != (latents, latents):
         raise DiffkitError(f"{directory}'s transformer has in_visual_dim, out_visual_dim, visual_cond = {channels[0]!r}"
                            f", {channels[1]!r}, {config.get('visual_cond')!r}; allowed: the VAE's latent channels "
-                           f"{latents} and visual_cond false (the text-to-image transformer)")
+                           f"{latents} and visual_cond {str(edit).lower()} (the {pipeline}'s transformer)")
     patch = list(config.get("patch_size", (1, 2, 2)))
     if len(patch) != 3 or patch[0] != 1:
         raise DiffkitError(f"{directory}'s transformer has patch_size={patch!r}; allowed: [1, p, p] (one frame)")
@@ -99,7 +104,7 @@ def check_kandinsky5_folder(directory) -> tuple:
     if 2 ** (levels - 1) != VAE_FACTOR:
         raise DiffkitError(f"{directory}'s VAE has {levels} levels (factor {2 ** (levels - 1)}); allowed: factor "
                            f"{VAE_FACTOR} (the pipeline's fixed vae_scale_factor_spatial)")
-    sched = fixed_shift_scheduler(directory, KANDINSKY5_PIPELINE)
+    sched = fixed_shift_scheduler(directory, pipeline)
     flow_shift_from_diffusers(sched)  # its other keys: one line
     return index, config, sched
 
@@ -117,24 +122,30 @@ class Kandinsky5Net(torch.nn.Module):
     """``net(x, t, context, pooled)`` over a ``Kandinsky5Transformer3DModel``: x (B, C, h, w) as one channel-last
     frame (B, 1, h, w, C), ``context`` (Qwen2.5-VL states) -> ``encoder_hidden_states`` with RoPE positions
     0..L-1, ``pooled`` (CLIP) -> ``pooled_projections``, the flow time s T -> ``timestep`` (as the pipeline's
-    scheduler timesteps); the velocity back as (B, C, h, w) in x's dtype."""
+    scheduler timesteps); the velocity back as (B, C, h, w) in x's dtype. ``reference`` (1 or B, C, h, w): a
+    ``visual_cond`` transformer's image latents, its input [x, reference, 1] along the channels
+    (``Kandinsky5I2IPipeline.prepare_latents``; :mod:`.kandinsky5_edit`)."""
 
     def __init__(self, transformer):
         super().__init__()
         self.model = transformer
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
-                mask: torch.Tensor = None):
-        if context is None or pooled is None:
-            raise DiffkitError("a Kandinsky 5 transformer needs cond {'context', 'pooled'} "
-                               "(Kandinsky5.encode_prompts)")
+                mask: torch.Tensor = None, reference: torch.Tensor = None):
+        if context is None or pooled is None or (reference is None) == bool(self.model.config.visual_cond):
+            raise DiffkitError("a Kandinsky 5 transformer needs cond {'context', 'pooled'} (Kandinsky5.encode_prompts)"
+                               ", and 'reference' exactly where it has visual_cond (Kandinsky5I2IPipeline's)")
         dtype, device = model_dtype(self.model), x.device
         batch, (h, w) = x.shape[0], x.shape[2:]
+        frame = x.permute(0, 2, 3, 1)[:, None]  # (B, 1, h, w, C)
+        if reference is not None:  # the pipeline's contiguous channel-last [z_t, z_ref, 1]
+            ref = reference.to(x).expand(batch, -1, -1, -1).permute(0, 2, 3, 1)[:, None]
+            frame = torch.cat([frame, ref, torch.ones_like(frame[..., :1])], dim=-1)
         _, ph, pw = self.model.config.patch_size
         t = torch.as_tensor(t, device=device, dtype=torch.float32).reshape(-1).expand(batch)
         rope = [torch.arange(1, device=device), torch.arange(h // ph, device=device),
                 torch.arange(w // pw, device=device)]
-        out = self.model(hidden_states=x.permute(0, 2, 3, 1)[:, None].to(dtype),
+        out = self.model(hidden_states=frame.to(dtype),
                          encoder_hidden_states=context.to(dtype).expand(batch, -1, -1),
                          pooled_projections=pooled.to(dtype).expand(batch, -1), timestep=t.to(dtype),
                          visual_rope_pos=rope, text_rope_pos=torch.arange(context.shape[1], device=device),
@@ -177,15 +188,26 @@ class Kandinsky5(AuraFlow):
         height, width = pipeline_resolution(height, width)
         return (batch, int(self.transformer.config.in_visual_dim), height // VAE_FACTOR, width // VAE_FACTOR)
 
-    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
+    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None, **seen) -> tuple:
         """(Qwen2.5-VL states (B, L, d), CLIP pooled (B, d_2)) of ``prompts`` as ``encode_prompt`` (module
-        docstring)."""
+        docstring); ``seen``: what the Qwen2.5-VL prompt also sees (an edit's images, :meth:`qwen_states`)."""
         require("diffusers")
         from diffusers.pipelines.kandinsky5.pipeline_kandinsky_t2i import prompt_clean
         from .stable_diffusion import prompt_list
         length = self.max_sequence_length if max_sequence_length is None else max_sequence_length
         self.check_length(length)
         prompts = [prompt_clean(p) for p in prompt_list(prompts)]
+        clip = self.tokenizer_2(prompts, max_length=CLIP_LENGTH, truncation=True, add_special_tokens=True,
+                                padding="max_length", return_tensors="pt")
+        states = self.qwen_states(prompts, length, **seen)
+        with torch.no_grad():
+            pooled = self.text_encoder_2(**clip.to(self.device))["pooler_output"]
+        dtype = model_dtype(self.transformer)  # (the pipeline's dtype argument)
+        return states.to(dtype), pooled.to(dtype)
+
+    def qwen_states(self, prompts: list, length: int) -> torch.Tensor:
+        """Qwen2.5-VL's last hidden states of the cleaned ``prompts`` in the template, less its first 40 tokens, at
+        the batch's padded length (at most ``length``; longer prompts cut as the pipeline's text-level cut)."""
         texts, limit = [PROMPT_TEMPLATE.format(p) for p in prompts], TEMPLATE_DROP + length
         ids = self.tokenizer(texts, return_tensors="pt", padding="longest")["input_ids"]
         if ids.shape[-1] > limit:  # the pipeline's text-level cut of over-long prompts
@@ -194,14 +216,9 @@ class Kandinsky5(AuraFlow):
                 if removed:
                     texts[i] = text[:-len(removed)]
         tokens = self.tokenizer(texts, max_length=limit, truncation=True, return_tensors="pt", padding=True)
-        clip = self.tokenizer_2(prompts, max_length=CLIP_LENGTH, truncation=True, add_special_tokens=True,
-                                padding="max_length", return_tensors="pt")
         with torch.no_grad():
-            states = self.text_encoder(input_ids=tokens["input_ids"].to(self.device), return_dict=True,
-                                       output_hidden_states=True)["hidden_states"][-1][:, TEMPLATE_DROP:]
-            pooled = self.text_encoder_2(**clip.to(self.device))["pooler_output"]
-        dtype = model_dtype(self.transformer)  # (the pipeline's dtype argument)
-        return states.to(dtype), pooled.to(dtype)
+            return self.text_encoder(input_ids=tokens["input_ids"].to(self.device), return_dict=True,
+                                     output_hidden_states=True)["hidden_states"][-1][:, TEMPLATE_DROP:]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor) (no shift) of z (B, C, h, w) laid out in memory as the pipeline hands it to the
@@ -220,29 +237,32 @@ class Kandinsky5(AuraFlow):
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = KANDINSKY5_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,
-                        size: Optional[tuple] = None, denoiser=None) -> tuple:
+                        size: Optional[tuple] = None, denoiser=None, reference: Optional[torch.Tensor] = None,
+                        **seen) -> tuple:
         """(denoiser, cond {'context', 'pooled'}): CFG against ``negative_prompt`` (None: ""; one, or one per
         prompt), encoded as the prompts at its own length, for a diffusers-convention scale s > 1; else unguided
-        (a negative prompt refused, :func:`.auraflow.guided`)."""
+        (a negative prompt refused, :func:`.auraflow.guided`). An edit's ``reference`` (image latents, cond
+        'reference' of both passes) and ``seen`` (its prompt images: each negative prompt sees its row's too)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         plain = denoiser or self.denoiser
         on = guided(guidance_scale, convention, negative_prompt)
-        context, pooled = self.encode_prompts(prompts, max_sequence_length)
-        cond = {"context": context, "pooled": pooled}
+        context, pooled = self.encode_prompts(prompts, max_sequence_length, **seen)
+        cond = {"context": context, "pooled": pooled, **({} if reference is None else {"reference": reference})}
         if not on:
             return plain, cond
         negatives = negative_prompts(negative_prompt, context.shape[0])
-        if len(set(negatives)) == 1:
+        if len(set(negatives)) == 1 and not seen:
             negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
-        null_context, null_pooled = self.encode_prompts(negatives, max_sequence_length)
+        null_context, null_pooled = self.encode_prompts(negatives, max_sequence_length, **seen)
         return ClassifierFreeGuidance(plain, guidance_scale, convention, null_context=null_context,
                                       null_cond={"pooled": null_pooled}), cond
 
 
 def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                     progress: bool = True) -> Kandinsky5:
-    """Load a ``Kandinsky5T2IPipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not
+    """Load a ``Kandinsky5T2IPipeline`` (or ``Kandinsky5I2IPipeline``: a :class:`.kandinsky5_edit.Kandinsky5Edit`
+    with the processor's image processor) diffusers folder (never downloads, never unpickles); what diffkit does not
     drive is refused in one line before any weight is read (:func:`check_kandinsky5_folder`). The ``tokenizer``
     entry (a ``Qwen2VLProcessor``) is read as its tokenizer: the pipeline gives it text alone."""
     from ..schedule import NoiseSchedule
@@ -250,12 +270,21 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     diffusers = require("diffusers")
     directory = Path(directory)
     index, _, sched = check_kandinsky5_folder(directory)
+    edit = index["_class_name"] == KANDINSKY5_I2I_PIPELINE
+    if edit:  # the Qwen2VLProcessor's image processor too (.kandinsky5_edit), read before any weight
+        from .qwen_image_edit import load_image_processor
+        images = load_image_processor(directory, "tokenizer")
     schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
     text = {**index, "tokenizer": ["transformers", "AutoTokenizer"]}
     parts = load_flow_parts(directory, text, diffusers.Kandinsky5Transformer3DModel,
                             {"": "Qwen2_5_VLForConditionalGeneration", "_2": "CLIPTextModel"}, dtype, progress)
     device = frozen_on(parts, device)
     parts["text_encoder_2"].to(device).eval().requires_grad_(False)
+    if edit:
+        from .kandinsky5_edit import Kandinsky5Edit
+        return Kandinsky5Edit(pipeline=KANDINSKY5_I2I_PIPELINE, **parts, schedule=schedule, device=device,
+                              prediction_type="flow_prediction", scheduler_config=sched, dtype=dtype,
+                              image_processor=images)
     return Kandinsky5(pipeline=KANDINSKY5_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
                       scheduler_config=sched, device=device, dtype=dtype)
 
@@ -266,6 +295,9 @@ def text_to_image(model: Kandinsky5, prompts: Union[str, Sequence[str]], **optio
     width (default 1024; the pipeline's nearest resolution); ``max_sequence_length`` (default 512); output options).
     ``resolution_binning``: refused (the pipeline's own resolution list applies)."""
     from .pixart import text_to_image as pixart_text_to_image
+    if model.pipeline != KANDINSKY5_PIPELINE:
+        raise DiffkitError(f"text_to_image needs a {KANDINSKY5_PIPELINE} folder; this one is a {model.pipeline} "
+                           f"folder: edit an image with diffkit.interop.kandinsky5_edit.edit_image")
     if options.get("resolution_binning"):
         raise DiffkitError("resolution_binning is not allowed for a Kandinsky 5 folder (Kandinsky5T2IPipeline draws "
                            "one of its own seven resolutions)")

@@ -36,10 +36,11 @@ diffusers 0.42.1 pipeline step is reproduced:
   ``scale_noise(z, next sigma, noise)`` after each step; its masked-image latents feed nothing): FLUX.1's
   (:func:`.flow_latents.edit_latents`), image i's posterior from its generator, then its noise.
 
-Refused in one line before any weight is read (:func:`check_z_image_folder`): another pipeline class (the Omni /
-ControlNet ones), a missing component, a transformer / VAE / scheduler of another class, a transformer with SigLIP
-inputs (Omni's) or whose input channels are not the VAE's latent channels, a ``num_train_timesteps`` other than 1000
-(the pipeline's time is ``(1000 - t) / 1000``), the scheduler options FLUX.1's loop refuses.
+A ``ZImageOmniPipeline`` folder (SigLIP inputs, condition images) is :mod:`.z_image_omni`'s (:func:`load_z_image`
+dispatches there). Refused in one line before any weight is read (:func:`check_z_image_folder`): another pipeline
+class (the ControlNet ones), a missing component, a transformer / VAE / scheduler of another class, a transformer
+with SigLIP inputs (Omni's) or whose input channels are not the VAE's latent channels, a ``num_train_timesteps``
+other than 1000 (the pipeline's time is ``(1000 - t) / 1000``), the scheduler options FLUX.1's loop refuses.
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ from .lumina2 import Lumina2Net
 Z_IMAGE_TRANSFORMER = "ZImageTransformer2DModel"
 Z_IMAGE_PIPELINES = ("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline")  # one folder layout
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+Z_IMAGE_OMNI_PIPELINE = "ZImageOmniPipeline"  # :mod:`.z_image_omni`: and its SigLIP
+OMNI_REQUIRED = ("siglip", "siglip_processor")
 Z_IMAGE_GUIDANCE = 5.0  # the pipelines' default guidance_scale (the weight W)
 Z_IMAGE_STEPS = 50  # their default num_inference_steps
 MAX_SEQUENCE_LENGTH = 512  # their default max_sequence_length
@@ -64,27 +67,31 @@ MAX_SEQUENCE_LENGTH = 512  # their default max_sequence_length
 
 def is_z_image_folder(path) -> bool:
     """True for a folder whose ``model_index.json`` names a ``ZImage...`` pipeline (so that ``diffkit sample`` /
-    ``diffkit edit`` dispatch; the Omni / ControlNet ones are refused there in one line)."""
+    ``diffkit edit`` dispatch; Omni's: :mod:`.z_image_omni`; the ControlNet ones are refused there in one line)."""
     from .sd_xl import pipeline_class
     return str(pipeline_class(path) or "").startswith("ZImage")
 
 
-def check_z_image_folder(directory) -> tuple:
-    """(model_index dict, scheduler config) of a Z-Image folder that :func:`load_z_image` drives, checked from its
-    JSON alone; a one-line DiffkitError for what diffkit does not drive (module docstring)."""
+def check_z_image_folder(directory, omni: bool = False) -> tuple:
+    """(model_index dict, scheduler config) of a Z-Image folder that :func:`load_z_image` drives (``omni``: a
+    ``ZImageOmniPipeline`` folder, :mod:`.z_image_omni`: its SigLIP too), checked from its JSON alone; a one-line
+    DiffkitError for what diffkit does not drive (module docstring)."""
     from .flow_latents import check_flow_configs
     from .flux import check_flux_scheduler
     from .sd_xl import _index
     directory = Path(directory)
     index = _index(directory)
     name = None if index is None else index.get("_class_name")
-    if name not in Z_IMAGE_PIPELINES:
+    allowed = (Z_IMAGE_OMNI_PIPELINE,) if omni else Z_IMAGE_PIPELINES
+    if name not in allowed:
         raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive here; allowed: "
-                           f"{', '.join(Z_IMAGE_PIPELINES)}")
-    vae, transformer = check_flow_configs(directory, index, REQUIRED, "Z-Image", Z_IMAGE_TRANSFORMER)
-    if transformer.get("siglip_feat_dim") is not None:
-        raise DiffkitError(f"{directory}'s transformer has siglip_feat_dim={transformer['siglip_feat_dim']!r} "
-                           f"(Z-Image Omni's image inputs), which diffkit does not drive; allowed: null")
+                           f"{', '.join(allowed)}")
+    vae, transformer = check_flow_configs(directory, index, REQUIRED + (OMNI_REQUIRED if omni else ()), "Z-Image",
+                                          Z_IMAGE_TRANSFORMER)
+    if (transformer.get("siglip_feat_dim") is not None) != omni:
+        raise DiffkitError(f"{directory}'s transformer has siglip_feat_dim={transformer.get('siglip_feat_dim')!r} "
+                           f"(Z-Image Omni's image inputs, which diffkit drives in {Z_IMAGE_OMNI_PIPELINE} folders "
+                           f"only); allowed: {'a number' if omni else 'null'}")
     latents, channels = int(vae.get("latent_channels", 4)), transformer.get("in_channels", 16)
     if channels != latents:
         raise DiffkitError(f"{directory}'s transformer has in_channels={channels!r}; allowed: {latents} (the VAE's "
@@ -163,6 +170,14 @@ class ZImage(Chroma):
         """(states (B, L, d), mask (B, L) bool) as the pipelines' ``_encode_prompt``: the chat template, L =
         ``max_sequence_length`` tokens, Qwen3's second-to-last hidden states (module docstring)."""
         from .stable_diffusion import prompt_list
+        texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                    add_generation_prompt=True, enable_thinking=True)
+                 for text in prompt_list(prompts)]
+        return self.encoded_texts(texts, max_sequence_length)
+
+    def encoded_texts(self, texts: list, max_sequence_length: int) -> tuple:
+        """(Qwen3's second-to-last states (B, L, d), mask (B, L) bool) of templated ``texts`` padded / cut to L =
+        ``max_sequence_length`` tokens (positive, and within the transformer's caption positions)."""
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
                 or max_sequence_length < 1:
             raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; give a positive integer "
@@ -171,9 +186,6 @@ class ZImage(Chroma):
         if -(-max_sequence_length // 32) * 32 > most:
             raise DiffkitError(f"max_sequence_length={max_sequence_length} is not allowed; give at most "
                                f"{most // 32 * 32} (the transformer's axes_lens {most + 1} positions)")
-        texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                    add_generation_prompt=True, enable_thinking=True)
-                 for text in prompt_list(prompts)]
         tokens = self.tokenizer(texts, padding="max_length", max_length=max_sequence_length, truncation=True,
                                 return_tensors="pt")
         mask = tokens.attention_mask.to(self.device).bool()
@@ -214,7 +226,8 @@ class ZImage(Chroma):
                         negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                         convention: str = "seed", ip_adapter=None, cfg_normalization: Union[bool, float] = False,
                         cfg_truncation: float = 1.0, steps: int = Z_IMAGE_STEPS, controlnets=None,
-                        control_rows=None, control_inpaint: Optional[tuple] = None) -> tuple:
+                        control_rows=None, control_inpaint: Optional[tuple] = None,
+                        references: Optional[tuple] = None) -> tuple:
         """(denoiser, cond) at latents h x w of the pipelines' guidance (module docstring): ``guidance_scale`` W
         (default 5.0 whatever ``convention``; ``convention="diffusers"`` reads s = 1 + W) against
         ``negative_prompt`` (None: ""; one, or one per prompt), ``cfg_normalization``, ``cfg_truncation`` of the
@@ -222,7 +235,8 @@ class ZImage(Chroma):
         ignores it). ``ip_adapter``: refused (the pipelines take none). ``controlnets``: a ``ZImageControlNetModel``
         (:class:`~.controlnet.ControlNets`; ``control_rows``: each sample's control image where there is one per
         prompt) as ``ZImageControlNetPipeline`` (:func:`.z_image_controlnet.controlled`; ``control_inpaint``: (images,
-        mask) as ``ZImageControlNetInpaintPipeline``)."""
+        mask) as ``ZImageControlNetInpaintPipeline``). ``references``: a Z-Image Omni folder's condition images
+        (:func:`.z_image_omni.omni_references`), seen by its prompts and network."""
         import math
         from ..guidance import guidance_weight
         from .stable_diffusion import negative_prompts
@@ -243,14 +257,15 @@ class ZImage(Chroma):
         if weight <= 0 and negative_prompt is not None:
             raise DiffkitError(f"a negative prompt with guidance weight W={weight:g} is not allowed: it feeds only "
                                f"CFG (W > 0); raise the scale or drop it")
-        context, mask = self.encode_prompts(prompts, max_sequence_length)
+        seen = {} if references is None else {"references": references}  # (Z-Image Omni's, .z_image_omni)
+        context, mask = self.encode_prompts(prompts, max_sequence_length, **seen)
         cond = {"context": context, "mask": mask}
         if weight <= 0:
-            denoiser = self.guided_denoiser(h, w)
+            denoiser = self.guided_denoiser(h, w, **seen)
         else:
             cond["null_context"], cond["null_mask"] = self.encode_prompts(
-                negative_prompts(negative_prompt, context.shape[0]), max_sequence_length)
-            denoiser = self.guided_denoiser(h, w, 1 + weight, cfg_normalization, trunc)
+                negative_prompts(negative_prompt, context.shape[0]), max_sequence_length, **seen)
+            denoiser = self.guided_denoiser(h, w, 1 + weight, cfg_normalization, trunc, **seen)
         if controlnets is None:
             return denoiser, cond
         from .z_image_controlnet import controlled
@@ -268,8 +283,12 @@ def load_z_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     from .qwen_image_lora import transformer_loras
     from .sd_lora import merge_sd_loras
     from .z_image_lora import read_z_image_loras
+    from .sd_xl import pipeline_class
     diffusers = require("diffusers")
     directory = Path(directory)
+    if pipeline_class(directory) == Z_IMAGE_OMNI_PIPELINE:  # its SigLIP too (.z_image_omni)
+        from .z_image_omni import load_z_image_omni
+        return load_z_image_omni(directory, device, dtype, progress, lora)
     index, sched = check_z_image_folder(directory)
     loras = read_z_image_loras(lora) if lora else []
     model = load_one_text_folder(ZImage, directory, index, sched, diffusers.ZImageTransformer2DModel, "Qwen3Model",
@@ -289,16 +308,20 @@ def _guide(steps, defaults: int, cfg_normalization, cfg_truncation, controlnets=
 def text_to_image(zimage: ZImage, prompts: Union[str, Sequence[str]], *, steps: Optional[int] = None,
                   convention: str = "seed", max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                   cfg_normalization: Union[bool, float] = False, cfg_truncation: float = 1.0, controlnets=None,
-                  control_rows=None, control_inpaint: Optional[tuple] = None, **options):
+                  control_rows=None, control_inpaint: Optional[tuple] = None, references: Optional[tuple] = None,
+                  **options):
     """Images of a Z-Image folder for ``prompts`` as ``ZImagePipeline``: :func:`.chroma.text_to_image` (sampler /
     grid, steps (default 50), ``guidance_scale`` (W, default 5.0, in ``convention``), negative prompt, latents,
     height / width (default 1024), output options) with the pipeline's ``cfg_normalization`` and ``cfg_truncation``
     (of its ``steps``-step schedule; :meth:`ZImage.prompt_guidance`); ``controlnets``: a ``ZImageControlNetModel``
     with its control image as ``ZImageControlNetPipeline`` (:mod:`.z_image_controlnet`; the pipeline's scale 0.75
-    is given as the :class:`~.controlnet.ControlNets`' ``scales``; ``control_inpaint``: :func:`image_to_image`'s)."""
+    is given as the :class:`~.controlnet.ControlNets`' ``scales``; ``control_inpaint``: :func:`image_to_image`'s);
+    ``references``: a Z-Image Omni folder's condition images (:func:`.z_image_omni.text_to_image`)."""
     from .chroma import text_to_image as chroma_text_to_image
     guide = _guide(steps, zimage.default_steps, cfg_normalization, cfg_truncation, controlnets, control_rows,
                    control_inpaint)
+    if references is not None:
+        guide["references"] = references
     return chroma_text_to_image(zimage, prompts, steps=steps, convention=convention,
                                 max_sequence_length=max_sequence_length, guide=guide, **options)
 
