@@ -122,8 +122,8 @@ def test_glm_image_sample_command_draws_the_pipelines_prior_tokens(tiny_glm_imag
     pipe, path, model = tiny_glm_image
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
-                 "--seed", "3", "--height", "32", "--width", "32", "--guidance-scale", "2", "--guidance-convention", "diffusers", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--seed", "3", "--height", "32", "--width", "32", "--guidance-scale", "2", "--guidance-convention",
+                 "diffusers", "--out", str(out), "--no-progress"]) == 0
     assert "GLM-Image folder" in capsys.readouterr().out
     with torch.no_grad():
         prior = pipe.generate_prior_tokens(PROMPTS[0], 32, 32, generator=torch.Generator().manual_seed(0))[0]

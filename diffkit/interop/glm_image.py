@@ -41,7 +41,6 @@ the shifted t / T.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,8 +143,8 @@ class GlmImage(FlowLatentVAE):
 
     # ------------------------------------------------------------------ shapes and schedules
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
-        """(batch, C, height / f, width / f); default sample_size x f (128 f: 1024); sides multiples of 2 p f (the AR model's
-        token grid, upsampled 2 x 2 to the DiT's patches)."""
+        """(batch, C, height / f, width / f); default sample_size x f (128 f: 1024); sides multiples of 2 p f (the AR
+        model's token grid, upsampled 2 x 2 to the DiT's patches)."""
         f, multiple = self.vae_scale_factor, 2 * self.patch * self.vae_scale_factor
         default = int(self.transformer.config.get("sample_size", DEFAULT_SAMPLE_SIZE)) * f
         height = default if height is None else height
