@@ -51,7 +51,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import require
-from .cogview4 import _SIGMA_KEYS, CogView4Net, cogview4_mu
+from .cogview4 import CogView4Net, cogview4_mu, shifted_scheduler
 from .flow_latents import FlowLatentVAE, finish_images, flow_sigmas_grid, pipeline_grid, start_latents
 
 GLM_IMAGE_PIPELINE = "GlmImagePipeline"
@@ -325,7 +325,7 @@ def is_glm_image_folder(path: Union[str, Path]) -> bool:
 def check_glm_image_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``GlmImagePipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from .pixart import check_pipeline_folder, folder_sampler
+    from .pixart import check_pipeline_folder
     directory = Path(directory)
     index = check_pipeline_folder(directory, GLM_IMAGE_PIPELINE, "GLM-Image", REQUIRED, CLASSES)
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
@@ -339,13 +339,7 @@ def check_glm_image_folder(directory) -> tuple:
     if channels != (latents, latents):
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
                            f"{channels[1]!r}; allowed: {latents}, {latents} (the VAE's latent channels)")
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    for key, default in _SIGMA_KEYS.items():
-        if sched.get(key) not in (None, False):
-            raise DiffkitError(f"{directory}'s scheduler has {key}={sched[key]!r}, whose sigmas are not the shifted "
-                               f"t / T GLM-Image's transformer time is read from; allowed: {default!r}")
-    folder_sampler(sched, flow=True)  # one line for stochastic_sampling
-    return index, sched
+    return index, shifted_scheduler(directory, "GLM-Image")
 
 
 def load_glm_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
