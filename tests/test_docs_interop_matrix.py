@@ -246,6 +246,7 @@ QWEN_IMAGE21 = "## Qwen-Image 2.1 folders (`diffkit.interop.qwen_image21`)"
 LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp`)"
 MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
 HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
+GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -290,7 +291,8 @@ HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
                                                     (MARIGOLD, ["MarigoldDepthPipeline", "MarigoldNormalsPipeline",
                                                                 "MarigoldIntrinsicsPipeline"], "MG"),
                                                     (HUNYUAN_IMAGE, ["HunyuanImagePipeline",
-                                                                     "HunyuanImageRefinerPipeline"], "HY")])
+                                                                     "HunyuanImageRefinerPipeline"], "HY"),
+                                                    (GLM_IMAGE, ["GlmImagePipeline"], "GM")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -96,6 +96,7 @@ def test_glm_image_samples_as_the_pipeline(tiny_glm_image, call):
     with torch.no_grad():
         image = pipe.vae.decode(theirs * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1)
                                 + torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1), return_dict=False)[0]
+    print("glm-image images", relative_error(model.decode(ours), image))
     assert relative_error(model.decode(ours), image) < 1e-5
     other = text_to_image(model, PROMPTS[0], prior_token_ids=prior[:1], sampler="unipc", steps=3, latents=noise[:1],
                           return_latents=True)  # another sampler: its own grid of the size's shifted schedule
