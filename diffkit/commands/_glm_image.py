@@ -20,6 +20,14 @@ class GlmImageFamily(Family):
     kind, takes, adapters, lora, edits = "GLM-Image", TAKES, False, False, False
     no_edit = "GlmImagePipeline's image-to-image mode (condition images through the DiT's KV cache) is not driven"
 
+    @classmethod
+    def check_request(cls, directory, request, edit: bool = False) -> None:
+        """``--negative-prompt``: one line before any weight is read (the pipeline has no negative prompt)."""
+        from ..errors import DiffkitError
+        from ..interop.glm_image import NO_NEGATIVE
+        if request.negative_prompt is not None:
+            raise DiffkitError(NO_NEGATIVE)
+
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
         from ..interop.glm_image import load_glm_image
