@@ -393,7 +393,7 @@ def text_to_image(model: GlmImage, prompts: Union[str, Sequence[str]], *, prior_
     glyph_length(max_sequence_length)
     noise, expected = start_latents(model, latents, len(prompts), height, width)
     h, w = expected[2:]
-    own = sampler is None and grid is None or grid == "scheduler"
+    own = sampler is None and grid is None or isinstance(grid, str)  # the scheduler's grid: whole timesteps
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, GLM_IMAGE_STEPS,
                                          lambda n: model.scheduler_grid(n, h, w), options.get("flow_shift"))
     if prior_token_ids is None:
