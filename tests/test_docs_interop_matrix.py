@@ -249,6 +249,7 @@ LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp
 MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
 HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
 QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit.interop.qwen_image_layered`)"
+GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -297,7 +298,8 @@ QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit
                                                     (HUNYUAN_IMAGE, ["HunyuanImagePipeline",
                                                                      "HunyuanImageRefinerPipeline"], "HY"),
                                                     (QWEN_LAYERED, ["QwenImageEditPlusPipeline (2511)",
-                                                                    "QwenImageLayeredPipeline"], "QE")])
+                                                                    "QwenImageLayeredPipeline"], "QE"),
+                                                    (GLM_IMAGE, ["GlmImagePipeline"], "GM")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -105,8 +105,8 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1 or HunyuanImage (refiner) folder; None for any other
-    checkpoint."""
+    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner) or GLM-Image folder; None for any
+    other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -164,6 +164,10 @@ def folder_family(directory) -> Optional[type]:
         from ..interop.sd_xl import pipeline_class
         from ._hunyuan_image import HunyuanImageFamily, HunyuanImageRefinerFamily
         return HunyuanImageRefinerFamily if pipeline_class(directory) == HUNYUAN_IMAGE_REFINER else HunyuanImageFamily
+    from ..interop.glm_image import is_glm_image_folder
+    if is_glm_image_folder(directory):
+        from ._glm_image import GlmImageFamily
+        return GlmImageFamily
     return None
 
 

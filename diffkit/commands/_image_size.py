@@ -18,7 +18,7 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage")
+                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage, GLM-Image")
 EDIT_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen, "
               "HunyuanImage refiner")  # diffkit edit's
 
@@ -68,6 +68,11 @@ def size_multiple(directory) -> tuple:
             "NucleusMoEImagePipeline would floor other sizes" if is_nucleusmoe_folder(directory) else \
             "QwenImagePipeline would floor other sizes"
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; {how}"
+    from ..interop.glm_image import is_glm_image_folder
+    if is_glm_image_folder(directory):  # the AR model's d32 token grid, upsampled 2 x 2 to the DiT's patches
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 2))
+        return 2 * patch * f, f"GLM-Image's prior-token grid: 2 x the patch size {patch} x the VAE factor {f}"
     from ..interop.hunyuan_image import is_hunyuan_image_folder
     if is_hunyuan_image_folder(directory):  # its own VAE's spatial_compression_ratio f; check_inputs' 2 f
         f = int(vae.get("spatial_compression_ratio", 32))
@@ -191,6 +196,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.nucleusmoe import is_nucleusmoe_folder
     from ..interop.qwen_image21 import is_qwen_image21_folder
     from ..interop.hunyuan_image import is_hunyuan_image_folder
+    from ..interop.glm_image import is_glm_image_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
@@ -202,7 +208,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
             or ldm_kind(checkpoint) == LDM_TEXT2IM or is_bria_folder(checkpoint) or is_longcat_folder(checkpoint)
             or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint) or is_krea2_folder(checkpoint)
             or is_nucleusmoe_folder(checkpoint) or is_qwen_image21_folder(checkpoint)
-            or is_hunyuan_image_folder(checkpoint)):
+            or is_hunyuan_image_folder(checkpoint) or is_glm_image_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

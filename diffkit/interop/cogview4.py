@@ -99,13 +99,20 @@ def check_cogview4_folder(directory) -> tuple:
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
                            f"{channels[1]!r}; allowed: {(1 + control) * latents}, {latents} (the VAE's latent "
                            f"channels{', twice in: z and the control latents' if control else ''})")
+    return index, shifted_scheduler(directory, "CogView4")
+
+
+def shifted_scheduler(directory: Path, kind: str) -> dict:
+    """The folder's scheduler config where its sigmas are the shifted t / T that :class:`CogView4Net` inverts
+    (no ``use_karras_sigmas`` and the like, no ``stochastic_sampling``); one line naming ``kind`` otherwise
+    (CogView4's, GLM-Image's: :mod:`.glm_image`)."""
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     for key, default in _SIGMA_KEYS.items():
         if sched.get(key) not in (None, False):
             raise DiffkitError(f"{directory}'s scheduler has {key}={sched[key]!r}, whose sigmas are not the shifted "
-                               f"t / T CogView4's transformer time is read from; allowed: {default!r}")
+                               f"t / T {kind}'s transformer time is read from; allowed: {default!r}")
     folder_sampler(sched, flow=True)  # one line for stochastic_sampling
-    return index, sched
+    return sched
 
 
 def cogview4_mu(image_seq_len: int, config: dict) -> float:
