@@ -1,5 +1,6 @@
-"""LEDITS++ on a Stable Diffusion 1.x / 2.x folder, as diffusers 0.42.1's ``LEditsPPPipelineStableDiffusion``
-(Brack et al. 2024, "LEDITS++: Limitless Image Editing using Text-to-Image Models", CVPR, arXiv:2311.16711).
+"""LEDITS++ on a Stable Diffusion 1.x / 2.x folder, as diffusers 0.42.1's ``LEditsPPPipelineStableDiffusion``, and on
+an SD-XL folder, as its ``LEditsPPPipelineStableDiffusionXL`` (Brack et al. 2024, "LEDITS++: Limitless Image Editing
+using Text-to-Image Models", CVPR, arXiv:2311.16711).
 
 Two stages, :func:`invert` then :func:`edit` (the pipeline's ``invert(...)`` then ``__call__(editing_prompt=...)``):
 
@@ -48,8 +49,18 @@ DPMSolverMultistepScheduler with ``sde-dpmsolver++`` order 2, or any other class
 ``DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", solver_order=2)``), with
 ``timestep_spacing="leading"`` and ``steps_offset=1`` (what the pipeline sets), ``set_timesteps(int(N (1 + skip)))``,
 the last N times. Refused in one line: a DPMSolverMultistepScheduler folder of another algorithm or order (the
-pipeline raises NotImplementedError), sigma schedules (Karras, exponential, ...), thresholding, an SD-XL, LCM,
-inpainting or other non-plain UNet folder.
+pipeline raises NotImplementedError), sigma schedules (Karras, exponential, ...), thresholding, an SD-XL refiner,
+Kolors, LCM, inpainting or other non-plain UNet folder.
+
+On an SD-XL folder (``LEditsPPPipelineStableDiffusionXL``; :mod:`.sd_xl`'s two text encoders, pooled ``text_embeds``
+and ``time_ids`` in every UNet call) the pipeline's own rules, each read in its code: the null half is zeros (context
+and pooled) where ``negative_prompt`` is None and ``force_zeros_for_empty_prompt``; the time ids are
+(W, H, 0, 0, W, H) for an H x W image (its ``self.size`` takes the latent's height for the width); the source prompt
+guides as eps_null + s (eps_src - eps_null), only for s > 1 (refused at s <= 1, which the pipeline ignores); the last
+``num_zero_noise_steps`` = 3 noise maps are zeroed after the inversion (``zero_noise_steps``); the default mask is
+``"noise"`` and its intersect mask is M^1 M^2 at every step (no t <= 800 switch); ``num_edit_tokens`` is
+``tokenizer_2``'s; the folder's ``steps_offset`` stays, and a DDIM folder with ``clip_sample`` is refused. Its
+editing prompts are encoded once, not once per image (it edits one image per call); diffkit repeats them per image.
 
 Where diffkit differs from the pipeline: with several images in one call the pipeline's attention store splits the
 (images x heads) rows by the image count, mixing images and heads for B > 1 and heads > 1; diffkit takes each
