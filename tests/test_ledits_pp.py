@@ -1,7 +1,9 @@
 """LEDITS++ (diffkit.interop.ledits_pp, diffkit edit --ledits) against diffusers 0.42.1's
 LEditsPPPipelineStableDiffusion on a tiny random Stable Diffusion folder (nothing downloaded): its UNet has
 cross-attention at 1/4 of the latent's size (where the pipeline takes its attention masks), a PNDMScheduler (SD 1.5's,
-which the pipeline turns into SDE-DPM-Solver++(2M)) and the output layer scaled by 0.1 (module fixture's note)."""
+which the pipeline turns into SDE-DPM-Solver++(2M)) and the output layer scaled by 0.1 (module fixture's note); and
+against LEditsPPPipelineStableDiffusionXL on a tiny random SD-XL folder of the same UNet layout (EulerDiscreteScheduler,
+SD-XL's, which that pipeline turns into SDE-DPM-Solver++(2M) too)."""
 import dataclasses
 
 import pytest
@@ -23,7 +25,7 @@ CONCEPTS = dict(editing_prompt=["a hat", "photo"], edit_guidance_scale=[5.0, 4.0
 MASK_FLAGS = {"intersect": {}, "noise": dict(use_intersect_mask=False, use_cross_attn_mask=False)}
 
 
-def _unet():
+def _unet(**options):
     """Three levels, cross-attention on the two lower ones (16, 8 and 4 latent pixels at a 32 px image), the output
     layer scaled by 0.1: a random UNet's eps is far from the noise a trained one predicts, the solved noise maps
     then hold |z| ~ 10 and mu + c z cancels, so float32 round-off (diffusers' float32 sigmas, diffkit's float64
@@ -32,8 +34,8 @@ def _unet():
     unet = diffusers.UNet2DConditionModel(
         block_out_channels=(16, 16, 32), sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=4, norm_num_groups=8)
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        **{"cross_attention_dim": 32, "attention_head_dim": 4, "norm_num_groups": 8, **options})
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.1)
         unet.conv_out.bias.mul_(0.1)
@@ -142,7 +144,7 @@ def test_command_line_is_the_library_and_refuses_in_one_line(tiny_ledits, tmp_pa
         assert len(err) == 1 and expected in err[0], (extra, err)
     capsys.readouterr()
     assert main([*common[:2], str(tmp_path / "in"), *common[3:], "--ledits", "x", "--out", str(never)]) == 2
-    assert "--ledits applies to a Stable Diffusion 1.x / 2.x folder" in capsys.readouterr().err
+    assert "--ledits applies to a Stable Diffusion 1.x / 2.x or SD-XL folder" in capsys.readouterr().err
     assert not never.exists()
 
 
@@ -160,8 +162,9 @@ def test_bad_library_input_is_refused_in_one_line(tiny_ledits):
                                                                       "use_karras_sigmas": True}))
     from diffkit.interop.sd_xl import StableDiffusionXL
     xl = StableDiffusionXL.__new__(StableDiffusionXL)
-    xl.__dict__.update(vars(sd))  # only its class matters here
-    with pytest.raises(DiffkitError, match=r"LEDITS\+\+ is offered for Stable Diffusion 1.x / 2.x folders"):
+    xl.__dict__.update(vars(sd))  # only its class and requires_aesthetics_score matter here
+    xl.requires_aesthetics_score = True
+    with pytest.raises(DiffkitError, match=r"LEDITS\+\+ on SD-XL needs a base folder"):
         lp.invert(xl, image, STEPS, SKIP)
     with pytest.raises(DiffkitError, match=r"edit threshold"):
         lp.Concept("a hat", threshold=1.5)
@@ -182,3 +185,94 @@ def test_a_batch_edits_each_image_as_alone(tiny_ledits):
     for i in range(2):
         alone = lp.edit(sd, lp.invert(sd, images[i:i + 1], 2, 0.5, seed=3 + i), concepts, return_latents=True)
         assert relative_error(both[i:i + 1], alone) < 1e-5
+
+
+# ---------------------------------------------------------------- SD-XL (LEditsPPPipelineStableDiffusionXL)
+XL_SOURCE = dict(source_prompt="a cat", source_guidance_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_ledits_xl(tmp_path_factory):
+    """(LEditsPPPipelineStableDiffusionXL read back from the saved SD-XL folder, the folder, diffkit's
+    StableDiffusionXL): test_interop_sd_xl's two text encoders and VAE, :func:`_unet`'s layout with SD-XL's added
+    embedding (6 time ids x 8 + the pooled 20; its weights random, so the time ids matter), SD-XL's
+    EulerDiscreteScheduler."""
+    from test_interop_sd_xl import tiny_sd_xl_pipeline
+
+    from diffkit.interop.sd_xl import load_sd_xl
+    root = tmp_path_factory.mktemp("tiny_ledits_xl")
+    base = tiny_sd_xl_pipeline(root)
+    unet = _unet(cross_attention_dim=56, use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=68)
+    scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                 steps_offset=1)
+    diffusers.StableDiffusionXLPipeline(**{**base.components, "unet": unet, "scheduler": scheduler},
+                                        add_watermarker=False).save_pretrained(root / "xl")
+    return reloaded(root / "xl", diffusers.LEditsPPPipelineStableDiffusionXL, load_sd_xl, add_watermarker=False)
+
+
+def test_sd_xl_inversion_and_masks_match_the_pipeline(tiny_ledits_xl):
+    """A 32 x 64 image (the pipeline's time ids (W, H, 0, 0, W, H)), a source prompt at s = 3 (eps_null +
+    s (eps_src - eps_null): not swapped there), the zeroed null half, the last 3 noise maps zeroed
+    (num_zero_noise_steps); the edit with two concepts under the pipeline's default noise mask and the intersect mask
+    (M^1 M^2 at every step, 801 too), and the reconstruction: within 1e-5 relative (measured 7.4e-8 / 2.3e-7 for
+    x_T / z, 5.0e-7, 4.4e-7, 5.0e-7 for the latents)."""
+    pipe, _, xl = tiny_ledits_xl
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    image = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        pipe.invert(image, num_inversion_steps=STEPS, skip=SKIP, generator=torch.Generator().manual_seed(0),
+                    **XL_SOURCE)
+        theirs = {mask: pipe(output_type="latent", **CONCEPTS, **flags).images
+                  for mask, flags in (("noise", {}), ("intersect", dict(use_intersect_mask=True)))}
+        rebuilt = pipe(output_type="latent").images
+    inversion = lp.invert(xl, image * 2 - 1, STEPS, SKIP, generator=torch.Generator().manual_seed(0), **XL_SOURCE)
+    assert inversion.grid.tolist() == [801, 601, 401, 201, -1]
+    assert inversion.time_ids.tolist() == [64, 32, 0, 0, 64, 32]
+    assert relative_error(inversion.latents, pipe.init_latents) < 1e-6
+    assert relative_error(inversion.noises, pipe.zs) < 1e-5 and not inversion.noises[1:].any()
+    concepts = lp.concepts_from(CONCEPTS["editing_prompt"], CONCEPTS["edit_guidance_scale"],
+                                CONCEPTS["edit_threshold"], CONCEPTS["reverse_editing_direction"],
+                                CONCEPTS["edit_warmup_steps"])
+    for mask, reference in theirs.items():
+        ours = lp.edit(xl, inversion, concepts, mask=None if mask == "noise" else mask, return_latents=True)
+        assert relative_error(ours, reference) < 1e-5, mask
+        assert relative_error(rebuilt, reference) > 1e-2  # the edit mattered
+    assert relative_error(lp.edit(xl, inversion, return_latents=True), rebuilt) < 1e-5
+
+
+def test_sd_xl_command_line_and_refusals(tiny_ledits_xl, tmp_path, capsys):
+    """diffkit edit --ledits on the SD-XL folder writes what invert + edit give (the noise mask, 3 zero-noise steps
+    by default; --ledits-zero-noise-steps 1 here); a source scale <= 1, a DDIM folder with clip_sample and bad
+    values are refused in one line."""
+    from diffkit.cli import main
+    from diffkit.images import png_bytes, to_uint8
+    from diffkit.metrics.features import load_image_batch
+    _, folder, xl = tiny_ledits_xl
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png_bytes(to_uint8(_image(5) * 2 - 1)[0]))
+    common = ["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--no-progress", "--steps", "2",
+              "--ledits-skip", "0.5", "--seed", "7", "--ledits", "a hat"]
+    out = tmp_path / "out"
+    assert main([*common, "--ledits-zero-noise-steps", "1", "--out", str(out)]) == 0
+    assert "LEditsPPPipelineStableDiffusionXL" in capsys.readouterr().out
+    image = load_image_batch([tmp_path / "in" / "a.png"], "RGB")
+    ours = to_uint8(lp.edit(xl, lp.invert(xl, image, 2, 0.5, seed=7, zero_noise_steps=1),
+                            [lp.Concept("a hat")]).clamp(-1, 1))
+    written = to_uint8(load_image_batch([out / "edit_00000.png"], "RGB"))
+    assert abs(ours.astype(int) - written.astype(int)).max() <= 1
+    never = tmp_path / "never"
+    for extra, expected in ((["--ledits-source-prompt", "a", "--ledits-source-scale", "1"], "allowed: > 1"),
+                            (["--ledits-zero-noise-steps", "-1"], "--ledits-zero-noise-steps")):
+        capsys.readouterr()
+        assert main([*common, *extra, "--out", str(never)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not never.exists()
+    with pytest.raises(DiffkitError, match=r"source_guidance_scale=0.5 is not allowed on an SD-XL folder"):
+        lp.invert(xl, image, 2, 0.5, source_prompt="a", source_guidance_scale=0.5)
+    ddim = {**diffusers.DDIMScheduler(clip_sample=True).config, "_class_name": "DDIMScheduler"}  # as a folder's
+    with pytest.raises(DiffkitError, match=r"clip_sample=True"):
+        lp.ledits_scheduler(dataclasses.replace(xl, scheduler_config=ddim))
+    with pytest.raises(DiffkitError, match=r"this inversion has no SD-XL time ids"):
+        lp.edit(xl, dataclasses.replace(lp.invert(xl, image, 1, 0.0, seed=0), time_ids=None))

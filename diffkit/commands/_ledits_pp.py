@@ -1,6 +1,7 @@
 """``diffkit edit --checkpoint SD_FOLDER --images PNG|DIR --ledits TEXT [--ledits-remove TEXT] ...``: LEDITS++ as
-diffusers' ``LEditsPPPipelineStableDiffusion`` (``pipe.invert(image)`` then ``pipe(editing_prompt=[...])``;
-:mod:`diffkit.interop.ledits_pp`): the flags, their checks before anything loads, and the run."""
+diffusers' ``LEditsPPPipelineStableDiffusion`` on an SD 1.x / 2.x folder and ``LEditsPPPipelineStableDiffusionXL`` on
+an SD-XL one (``pipe.invert(image)`` then ``pipe(editing_prompt=[...])``; :mod:`diffkit.interop.ledits_pp`): the
+flags, their checks before anything loads, and the run."""
 from __future__ import annotations
 
 import argparse
@@ -9,16 +10,19 @@ from ..errors import DiffkitError, check_float32, check_range
 from ._common import non_negative_float
 
 PIPELINE = "LEditsPPPipelineStableDiffusion"
+XL_PIPELINE = "LEditsPPPipelineStableDiffusionXL"
 DEFAULT_STEPS = 30  # the pipeline's num_inversion_steps
 TAKES = ("--images, --ledits / --ledits-remove and the other --ledits-* flags, --steps, --negative-prompt, "
          "--clip-skip, --height / --width, --lora, --textual-inversion, --seed, --batch-size")
 FLAGS = {  # diffkit edit's dests LEDITS++ takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "config", "images", "out", "seed", "batch_size", "device", "progress", "steps",
     "negative_prompt", "clip_skip", "height", "width", "lora", "textual_inversion", "ledits", "ledits_scale",
-    "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_source_prompt", "ledits_source_scale"}
+    "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_source_prompt", "ledits_source_scale",
+    "ledits_zero_noise_steps"}
 OPTIONS = (("--ledits-scale", "ledits_scale"), ("--ledits-threshold", "ledits_threshold"),
            ("--ledits-skip", "ledits_skip"), ("--ledits-mask", "ledits_mask"), ("--ledits-warmup", "ledits_warmup"),
-           ("--ledits-source-prompt", "ledits_source_prompt"), ("--ledits-source-scale", "ledits_source_scale"))
+           ("--ledits-source-prompt", "ledits_source_prompt"), ("--ledits-source-scale", "ledits_source_scale"),
+           ("--ledits-zero-noise-steps", "ledits_zero_noise_steps"))
 
 
 class _Concept(argparse.Action):
@@ -39,9 +43,9 @@ def _floats(text: str) -> list:
 
 
 def add_ledits_flags(parser) -> None:
-    g = parser.add_argument_group("LEDITS++ (Stable Diffusion 1.x / 2.x folders; docs/interop/ledits_pp.md)")
+    g = parser.add_argument_group("LEDITS++ (Stable Diffusion 1.x / 2.x and SD-XL folders; docs/interop/ledits_pp.md)")
     g.add_argument("--ledits", dest="ledits", action=_Concept, metavar="TEXT",
-                   help="edit each image with LEDITS++ (Brack et al. 2024) as LEditsPPPipelineStableDiffusion: "
+                   help="edit each image with LEDITS++ (Brack et al. 2024) as LEditsPPPipelineStableDiffusion (XL): "
                         "invert it (DPM-Solver++ 2M SDE with recorded noise; DDIM on a DDIMScheduler folder), then "
                         "guide towards this concept within its implicit mask; repeat for more concepts")
     g.add_argument("--ledits-remove", dest="ledits", action=_Concept, metavar="TEXT",
@@ -57,14 +61,18 @@ def add_ledits_flags(parser) -> None:
                    help="the part of the int(steps (1 + F)) timesteps left out at the noisy end (invert's skip, in "
                         "[0, 1]; default 0.15); lower changes the image more. --steps: the steps run (default 30)")
     g.add_argument("--ledits-mask", choices=("intersect", "attention", "noise"),
-                   help="the implicit mask: intersect (cross-attention and noise masks, the pipeline's default), "
-                        "attention (use_intersect_mask=False) or noise (SEGA's; use_cross_attn_mask=False)")
+                   help="the implicit mask: intersect (cross-attention and noise masks, the SD pipeline's default), "
+                        "attention (use_intersect_mask=False) or noise (SEGA's; use_cross_attn_mask=False; the SD-XL "
+                        "pipeline's default)")
     g.add_argument("--ledits-warmup", type=int, metavar="N",
                    help="the concepts count from step N on (edit_warmup_steps; default 0)")
     g.add_argument("--ledits-source-prompt", metavar="TEXT",
                    help="invert's source_prompt: guides the inversion (default none)")
     g.add_argument("--ledits-source-scale", type=non_negative_float, metavar="S",
-                   help="invert's source_guidance_scale with --ledits-source-prompt (default 3.5)")
+                   help="invert's source_guidance_scale with --ledits-source-prompt (default 3.5; > 1 on SD-XL)")
+    g.add_argument("--ledits-zero-noise-steps", type=int, metavar="K",
+                   help="the edit's last K steps add no noise (invert's num_zero_noise_steps; default 3 on SD-XL as "
+                        "its pipeline, 0 on SD 1.x / 2.x)")
 
 
 def check_no_ledits_options(args) -> None:
@@ -100,7 +108,7 @@ def ledits_concepts(args) -> list:
 
 
 def edit_ledits(args) -> int:
-    """Edit ``--images`` with LEDITS++ on a Stable Diffusion 1.x / 2.x folder: each batch inverted
+    """Edit ``--images`` with LEDITS++ on a Stable Diffusion 1.x / 2.x or SD-XL folder: each batch inverted
     (:func:`~diffkit.interop.ledits_pp.invert`, image i's forward noises from ``--seed`` + i) and edited
     (:func:`~diffkit.interop.ledits_pp.edit`) with the concepts of ``--ledits`` / ``--ledits-remove``. Every other
     edit flag (``--prompt``, ``--mask``, ``--sampler``, ...): one line, before any weight is read or any folder is
@@ -109,7 +117,8 @@ def edit_ledits(args) -> int:
 
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.ledits_pp import MASKS, edit, invert
+    from ..interop.kolors import is_kolors_folder
+    from ..interop.ledits_pp import XL_MASK, MASKS, edit, invert
     from ..interop.sd_xl import is_sd_xl_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder, load_stable_diffusion
     from ..memory import batches_with_oom_retry
@@ -118,11 +127,13 @@ def edit_ledits(args) -> int:
     from .edit import read_edit_inputs
 
     directory = args.checkpoint
-    if not is_stable_diffusion_folder(directory) or is_sd_xl_folder(directory):
-        raise DiffkitError(f"--ledits applies to a Stable Diffusion 1.x / 2.x folder (diffusers' {PIPELINE}); "
-                           f"{directory} is not one")
-    check_folder_edit_args(args, FLAGS, "Stable Diffusion", TAKES, f" with --ledits, which runs {PIPELINE}",
-                           prompted=False)
+    if not is_stable_diffusion_folder(directory) or is_kolors_folder(directory):
+        raise DiffkitError(f"--ledits applies to a Stable Diffusion 1.x / 2.x or SD-XL folder (diffusers' {PIPELINE} "
+                           f"/ {XL_PIPELINE}); {directory} is not one")
+    xl = is_sd_xl_folder(directory)
+    pipeline = XL_PIPELINE if xl else PIPELINE
+    check_folder_edit_args(args, FLAGS, "SD-XL" if xl else "Stable Diffusion", TAKES,
+                           f" with --ledits, which runs {pipeline}", prompted=False)
     concepts = ledits_concepts(args)
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     skip = 0.15 if args.ledits_skip is None else check_range("--ledits-skip", args.ledits_skip, 0.0, 1.0)
@@ -130,6 +141,11 @@ def edit_ledits(args) -> int:
     if args.ledits_source_scale is not None and args.ledits_source_prompt is None:
         raise DiffkitError("--ledits-source-scale goes with --ledits-source-prompt TEXT")
     check_float32("--ledits-source-scale", source_scale)
+    if xl and args.ledits_source_prompt and not source_scale > 1:
+        raise DiffkitError(f"--ledits-source-scale {source_scale:g} is not allowed on an SD-XL folder; allowed: > 1 "
+                           f"({XL_PIPELINE} ignores the source prompt at s <= 1)")
+    zero_noise = None if args.ledits_zero_noise_steps is None else \
+        check_range("--ledits-zero-noise-steps", args.ledits_zero_noise_steps, 0, None, integer=True)
     images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     out, device = args.out, resolve_device(args.device)
@@ -140,12 +156,12 @@ def edit_ledits(args) -> int:
     ledits_grid(ledits_scheduler(sd)[1], steps, skip)  # the folder's scheduler and the step count: one line, first
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
-    mask = args.ledits_mask or MASKS[0]
+    mask = args.ledits_mask or (XL_MASK if xl else MASKS[0])
 
     def run(start: int, n: int):
         inversion = invert(sd, images[start:start + n], steps, skip, source_prompt=args.ledits_source_prompt or "",
                            source_guidance_scale=source_scale, seed=args.seed + start, clip_skip=args.clip_skip,
-                           progress=args.progress)
+                           zero_noise_steps=zero_noise, progress=args.progress)
         return (edit(sd, inversion, concepts, negative_prompt=args.negative_prompt, mask=mask,
                      clip_skip=args.clip_skip, progress=args.progress).clamp(-1, 1).cpu(),)
 
@@ -153,7 +169,7 @@ def edit_ledits(args) -> int:
         results = [edited for _, edited in batches_with_oom_retry(run, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     named = ", ".join(("-" if remove else "+") + repr(text) for text, remove in args.ledits)
-    print(f"wrote {count} edited images to {out} (edit_00000.png ...; LEDITS++ as {PIPELINE} on {directory}: "
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; LEDITS++ as {pipeline} on {directory}: "
           f"{steps} steps, skip {skip:g}, {mask} masks, concepts {named})")
     return 0
 

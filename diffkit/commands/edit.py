@@ -231,7 +231,7 @@ def register(sub) -> None:
     add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)
     add_edit_refiner_flags(p)
     from ._ledits_pp import add_ledits_flags
-    add_ledits_flags(p)  # --ledits, --ledits-remove, ...: LEDITS++ on SD 1.x / 2.x folders
+    add_ledits_flags(p)  # --ledits, --ledits-remove, ...: LEDITS++ on SD 1.x / 2.x and SD-XL folders
     p.set_defaults(func=run)
 
 
@@ -331,7 +331,7 @@ def _run(args) -> int:
 
     check_lora_flags(args)
     from ._ledits_pp import check_no_ledits_options, edit_ledits
-    if args.ledits:  # LEDITS++ on an SD 1.x / 2.x folder, as LEditsPPPipelineStableDiffusion (._ledits_pp)
+    if args.ledits:  # LEDITS++ on an SD 1.x / 2.x or SD-XL folder, as LEditsPPPipelineStableDiffusion(XL)
         return edit_ledits(args)
     check_no_ledits_options(args)
     instruct = instruct_pix2pix_edit(args)  # an InstructPix2Pix folder: its flags checked (._instruct_pix2pix)

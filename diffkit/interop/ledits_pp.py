@@ -1,5 +1,6 @@
-"""LEDITS++ on a Stable Diffusion 1.x / 2.x folder, as diffusers 0.42.1's ``LEditsPPPipelineStableDiffusion``
-(Brack et al. 2024, "LEDITS++: Limitless Image Editing using Text-to-Image Models", CVPR, arXiv:2311.16711).
+"""LEDITS++ on a Stable Diffusion 1.x / 2.x folder, as diffusers 0.42.1's ``LEditsPPPipelineStableDiffusion``, and on
+an SD-XL folder, as its ``LEditsPPPipelineStableDiffusionXL`` (Brack et al. 2024, "LEDITS++: Limitless Image Editing
+using Text-to-Image Models", CVPR, arXiv:2311.16711).
 
 Two stages, :func:`invert` then :func:`edit` (the pipeline's ``invert(...)`` then ``__call__(editing_prompt=...)``):
 
@@ -48,8 +49,18 @@ DPMSolverMultistepScheduler with ``sde-dpmsolver++`` order 2, or any other class
 ``DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", solver_order=2)``), with
 ``timestep_spacing="leading"`` and ``steps_offset=1`` (what the pipeline sets), ``set_timesteps(int(N (1 + skip)))``,
 the last N times. Refused in one line: a DPMSolverMultistepScheduler folder of another algorithm or order (the
-pipeline raises NotImplementedError), sigma schedules (Karras, exponential, ...), thresholding, an SD-XL, LCM,
-inpainting or other non-plain UNet folder.
+pipeline raises NotImplementedError), sigma schedules (Karras, exponential, ...), thresholding, an SD-XL refiner,
+Kolors, LCM, inpainting or other non-plain UNet folder.
+
+On an SD-XL folder (``LEditsPPPipelineStableDiffusionXL``; :mod:`.sd_xl`'s two text encoders, pooled ``text_embeds``
+and ``time_ids`` in every UNet call) the pipeline's own rules, each read in its code: the null half is zeros (context
+and pooled) where ``negative_prompt`` is None and ``force_zeros_for_empty_prompt``; the time ids are
+(W, H, 0, 0, W, H) for an H x W image (its ``self.size`` takes the latent's height for the width); the source prompt
+guides as eps_null + s (eps_src - eps_null), only for s > 1 (refused at s <= 1, which the pipeline ignores); the last
+``num_zero_noise_steps`` = 3 noise maps are zeroed after the inversion (``zero_noise_steps``); the default mask is
+``"noise"`` and its intersect mask is M^1 M^2 at every step (no t <= 800 switch); ``num_edit_tokens`` is
+``tokenizer_2``'s; the folder's ``steps_offset`` stays, and a DDIM folder with ``clip_sample`` is refused. Its
+editing prompts are encoded once, not once per image (it edits one image per call); diffkit repeats them per image.
 
 Where diffkit differs from the pipeline: with several images in one call the pipeline's attention store splits the
 (images x heads) rows by the image count, mixing images and heads for B > 1 and heads > 1; diffkit takes each
@@ -76,6 +87,8 @@ MASKS = ("intersect", "attention", "noise")
 INTERSECT_BELOW = 800  # the pipeline's `if t <= 800`: the noise mask joins the attention mask from there down
 SMOOTHING = (3, math.sqrt(0.5))  # LeditsGaussianSmoothing: 3 x 3, sigma 0.5 in exp(-(x / (2 sigma))^2)
 DDIM_SAMPLER, DPM_SAMPLER = "ddim", "sde-dpm-solver++-2m"
+ZERO_NOISE_STEPS = 3  # LEditsPPPipelineStableDiffusionXL.invert's num_zero_noise_steps
+XL_MASK = "noise"  # LEditsPPPipelineStableDiffusionXL's default: use_cross_attn_mask = use_intersect_mask = False
 _SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
                     "use_flow_sigmas")
 
@@ -107,13 +120,14 @@ class Concept:
 class Inversion:
     """What :func:`invert` keeps for :func:`edit` (the pipeline's ``init_latents``, ``zs``, ``inversion_steps``):
     x at the first time, the recorded noise z_i of each step (steps, B, C, h, w), the grid (N + 1 times, the
-    last the target), the sampler, and the images' latents z_0."""
+    last the target), the sampler, the images' latents z_0 and, on an SD-XL folder, the time ids."""
 
     latents: torch.Tensor
     noises: torch.Tensor
     grid: torch.Tensor
     sampler: str
     image_latents: torch.Tensor
+    time_ids: Optional[torch.Tensor] = None  # an SD-XL folder's size conditions (6,), the edit's too
 
 
 # ---------------------------------------------------------------- the scheduler and grid
@@ -122,10 +136,14 @@ def ledits_scheduler(sd):
     DPMSolverMultistepScheduler if ``sde-dpmsolver++`` of order 2, else DPMSolverMultistepScheduler.from_config(...,
     sde-dpmsolver++, order 2); ``timestep_spacing`` leading and ``steps_offset`` 1 as the pipeline sets them. The
     settings no diffkit grid or sampler follows are refused in one line."""
-    from .sd_xl import StableDiffusionXL
-    if isinstance(sd, StableDiffusionXL):
-        raise DiffkitError("LEDITS++ is offered for Stable Diffusion 1.x / 2.x folders (diffusers' "
-                           "LEditsPPPipelineStableDiffusion); this is an SD-XL folder")
+    from .kolors import Kolors
+    if isinstance(sd, Kolors):
+        raise DiffkitError("LEDITS++ is offered for Stable Diffusion 1.x / 2.x and SD-XL folders (diffusers' "
+                           "LEditsPPPipelineStableDiffusion / ...XL); this is a Kolors folder")
+    xl = is_xl(sd)
+    if xl and sd.is_refiner:
+        raise DiffkitError("LEDITS++ on SD-XL needs a base folder (text_encoder and text_encoder_2, no aesthetic "
+                           "scores: LEditsPPPipelineStableDiffusionXL's time ids); this is a refiner-style folder")
     if sd.consistency is not None or sd.scheduler_override or sd.guidance_embedding_dim:
         raise DiffkitError("LEDITS++ is not offered with LCMScheduler / TCD sampling or an LCM UNet; allowed: a "
                            "plain Stable Diffusion folder")
@@ -136,7 +154,9 @@ def ledits_scheduler(sd):
         raise DiffkitError(f"LEDITS++ needs an epsilon or v_prediction UNet; this folder's prediction_type is "
                            f"{sd.prediction_type!r}")
     diffusers = require("diffusers")
-    config = {**sd.scheduler_config, "timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False}
+    # the SD pipeline sets steps_offset 1 and clip_sample False; the SD-XL one keeps the folder's
+    fixed = {} if xl else {"steps_offset": 1, "clip_sample": False}
+    config = {**sd.scheduler_config, "timestep_spacing": "leading", **fixed}
     name = config.get("_class_name")
     logs, level = diffusers.utils.logging, diffusers.utils.logging.get_verbosity()
     logs.set_verbosity_error()  # the keys one class does not take: expected, not news
@@ -163,6 +183,9 @@ def ledits_scheduler(sd):
         if c.final_sigmas_type != "zero" or c.get("variance_type") or not math.isinf(c.lambda_min_clipped):
             raise DiffkitError("this folder's scheduler sets final_sigmas_type / variance_type / lambda_min_clipped, "
                                "which LEDITS++ here does not follow; allowed: their defaults")
+    if xl and sampler == DDIM_SAMPLER and c.clip_sample:
+        raise DiffkitError("this folder's DDIMScheduler sets clip_sample=True (the SD-XL pipeline clips x0_hat in "
+                           "its step, diffkit's DDIM does not); allowed: a config with clip_sample false")
     if c.get("thresholding"):
         raise DiffkitError("this folder's scheduler sets thresholding=True (it clamps x0_hat in diffusers' step, not "
                            "in diffkit's samplers); allowed: a config with thresholding false")
@@ -193,36 +216,87 @@ def _run(sampler: str, denoiser, x, grid, cond, noise, progress: bool) -> torch.
                                 noise=noise, progress=progress)
 
 
+# ---------------------------------------------------------------- the text conditions
+def is_xl(sd) -> bool:
+    """True for an SD-XL folder (LEditsPPPipelineStableDiffusionXL's conditions), False for SD 1.x / 2.x."""
+    from .sd_xl import StableDiffusionXL
+    return isinstance(sd, StableDiffusionXL)
+
+
+def _null_cond(sd, batch: int, negative_prompt: Optional[str], clip_skip, time_ids) -> dict:
+    """The null prompt's UNet inputs for ``batch`` rows: SD 1.x / 2.x the context of ``negative_prompt`` (default
+    ''); SD-XL (its ``encode_prompt``) zeros for the context and the pooled ``text_embeds`` where
+    ``negative_prompt`` is None and ``force_zeros_for_empty_prompt``, else that text's (never ``clip_skip``:
+    ``hidden_states[-2]``), and ``time_ids``."""
+    if not is_xl(sd):
+        return {"context": sd.encode_prompts([negative_prompt or ""] * batch, clip_skip)}
+    context, pooled = sd.encode_prompts_xl([negative_prompt or ""] * batch)
+    if negative_prompt is None and sd.force_zeros_for_empty_prompt:
+        context, pooled = torch.zeros_like(context), torch.zeros_like(pooled)
+    return {"context": context, "text_embeds": pooled, "time_ids": time_ids.expand(batch, -1)}
+
+
+def _prompt_cond(sd, prompts: Sequence[str], clip_skip, time_ids) -> dict:
+    """The UNet inputs of ``prompts`` (one row each): the context, and on SD-XL the pooled ``text_embeds`` of
+    text_encoder_2 and ``time_ids``."""
+    if not is_xl(sd):
+        return {"context": sd.encode_prompts(list(prompts), clip_skip)}
+    context, pooled = sd.encode_prompts_xl(list(prompts), clip_skip=clip_skip)
+    return {"context": context, "text_embeds": pooled, "time_ids": time_ids.expand(len(prompts), -1)}
+
+
 # ---------------------------------------------------------------- stage 1: inversion
 def invert(sd, images: torch.Tensor, steps: int = 30, skip: float = 0.15, *, source_prompt: str = "",
            source_guidance_scale: float = 3.5, generator=None, seed: Optional[int] = None,
-           clip_skip: Optional[int] = None, progress: bool = False) -> Inversion:
+           clip_skip: Optional[int] = None, negative_prompt: Optional[str] = None,
+           zero_noise_steps: Optional[int] = None, progress: bool = False) -> Inversion:
     """LEDITS++ inversion (module docstring, stage 1) of ``images`` in [-1, 1] (B, 3, H, W; H, W multiples of 32
     as the pipeline asks) on the Stable Diffusion folder ``sd``: ``steps`` (the pipeline's ``num_inversion_steps``)
     of ``int(steps (1 + skip))`` timesteps, the last ones; guided by ``source_prompt`` at ``source_guidance_scale``
     where it is not empty. The forward noises n_i come from ``generator`` (one, as the pipeline's, or one per image)
-    or ``seed`` (image i from seed + i)."""
+    or ``seed`` (image i from seed + i). ``negative_prompt``: the null prompt (default ''; on SD-XL None is the
+    zeroed null half). ``zero_noise_steps`` k: the last k noise maps set to 0 after the inversion, so the edit's last
+    k steps add no noise (the SD-XL pipeline's ``num_zero_noise_steps``, default 3 there; 0 on SD 1.x / 2.x).
+
+    On an SD-XL folder (LEditsPPPipelineStableDiffusionXL) the guidance is eps_null + s (eps_src - eps_null), with
+    s > 1 (the pipeline ignores the source prompt at s <= 1), and the time ids are (W, H, 0, 0, W, H) for H x W
+    images: the pipeline's ``self.size`` takes the latent's height for the width."""
     from ..editing import DATA_RANGE, _generators, check_images
     from ..latent_editing import check_pixels, encode_images
     from ..noise import randn
     sampler, scheduler = ledits_scheduler(sd)
     grid = ledits_grid(scheduler, steps, skip)
+    xl = is_xl(sd)
+    zero_noise_steps = (ZERO_NOISE_STEPS if xl else 0) if zero_noise_steps is None else \
+        check_range("zero_noise_steps", zero_noise_steps, 0, None, integer=True)
     images = check_images(images, "images", DATA_RANGE, skippable=False)
     check_pixels(sd.network_denoiser, sd, images)
     if images.ndim != 4 or images.shape[-2] % 32 or images.shape[-1] % 32:
         raise DiffkitError(f"images of shape {tuple(images.shape)} are not allowed; LEDITS++ takes (B, C, H, W) with "
                            f"H and W multiples of 32 (as the pipeline)")
-    if not isinstance(source_prompt, str):
-        raise DiffkitError(f"source_prompt={source_prompt!r} is not allowed; give one text ('' for none)")
+    for name, text in (("source_prompt", source_prompt), ("negative_prompt", negative_prompt)):
+        if not isinstance(text, str) and (text is not None or name == "source_prompt"):
+            raise DiffkitError(f"{name}={text!r} is not allowed; give one text")
+    if xl and source_prompt and not source_guidance_scale > 1:
+        raise DiffkitError(f"source_guidance_scale={source_guidance_scale!r} is not allowed on an SD-XL folder; "
+                           f"allowed: > 1 (LEditsPPPipelineStableDiffusionXL ignores the source prompt at s <= 1)")
     generator = _generators(seed, generator, images.shape[0])
     z0 = encode_images(sd, images, "mean", None)
     batch = z0.shape[0]
-    null = sd.encode_prompts([""] * batch, clip_skip)
-    if source_prompt:  # the pipeline's: eps_src + s (eps_null - eps_src) (its encode_prompt's outputs swapped)
-        denoiser = sd.guided(float(source_guidance_scale), sd.encode_prompts([source_prompt] * batch, clip_skip))
-        cond = sd.cond(null)
+    time_ids = None
+    if xl:  # the pipeline's self.size = (W, H) of an H x W image: its "height" is the latent's width x 8
+        height, width = images.shape[-2:]
+        time_ids = sd.time_ids((int(width), int(height)), (0, 0), (int(width), int(height)))
+    null = _null_cond(sd, batch, negative_prompt, clip_skip, time_ids)
+    if source_prompt and xl:  # eps_null + s (eps_src - eps_null)
+        source = _prompt_cond(sd, [source_prompt] * batch, clip_skip, time_ids)
+        denoiser = sd.guided(float(source_guidance_scale), null)
+        cond = {**sd.cond(source.pop("context")), **source}
+    elif source_prompt:  # the SD pipeline's: eps_src + s (eps_null - eps_src) (its encode_prompt's outputs swapped)
+        source = _prompt_cond(sd, [source_prompt] * batch, clip_skip, time_ids)
+        denoiser, cond = sd.guided(float(source_guidance_scale), source["context"]), sd.cond(null["context"])
     else:
-        denoiser, cond = sd.network_denoiser, {"context": null}
+        denoiser, cond = sd.network_denoiser, null
     # x_{t_i} = alpha_i z_0 + sigma_i n_i, each time its own noise, drawn from the smallest time up (Sec. 3.1)
     times = grid[:-1]
     drawn = [randn(z0.shape, generator, device=z0.device, dtype=z0.dtype) for _ in range(len(times))][::-1]
@@ -234,7 +308,10 @@ def invert(sd, images: torch.Tensor, steps: int = 30, skip: float = 0.15, *, sou
         return noises[i]
     with torch.no_grad():
         _run(sampler, denoiser, targets[0], grid, cond, solved, progress)
-    return Inversion(latents=targets[0], noises=noises, grid=grid, sampler=sampler, image_latents=z0)
+    if zero_noise_steps:  # after the chain: the inversion's x_{t_i} keep the solved noise
+        noises[-zero_noise_steps:] = 0.0
+    return Inversion(latents=targets[0], noises=noises, grid=grid, sampler=sampler, image_latents=z0,
+                     time_ids=time_ids)
 
 
 # ---------------------------------------------------------------- stage 2: semantic guidance
@@ -286,14 +363,18 @@ def noise_mask(guidance: torch.Tensor, threshold: float) -> torch.Tensor:
 
 class SemanticEditGuidance(Wrapper):
     """LEDITS++'s guided noise (module docstring, stage 2; eq. 12) over the folder's network denoiser: each call
-    one UNet pass of the null prompt and the E concepts (``contexts``: (E B, L, D), concept-major), the masks from
+    one UNet pass of the null prompt (``null``: its UNet inputs, a dict as :func:`_null_cond`'s, or the context
+    alone) and the E concepts (``contexts``: the same of E B rows, concept-major), the masks from
     that pass's cross-attention maps (``mask="attention"`` / ``"intersect"``) and from the guidance itself. The
-    i-th call is step i (one call per step: ddim, the 2M solver)."""
+    i-th call is step i (one call per step: ddim, the 2M solver). ``intersect_below``: the intersect mask is M^1 M^2
+    at t <= it and M^1 above (the SD pipeline's 800; None: M^1 M^2 at every step, the SD-XL pipeline's)."""
 
     def __init__(self, inner, unet, null: torch.Tensor, contexts: torch.Tensor, concepts: Sequence[Concept],
-                 tokens: Sequence[int], mask: str = "intersect"):
-        self.inner, self.unet, self.null, self.contexts = inner, unet, null, contexts
+                 tokens: Sequence[int], mask: str = "intersect", intersect_below: Optional[float] = INTERSECT_BELOW):
+        as_dict = (lambda c: c if isinstance(c, dict) or c is None else {"context": c})
+        self.inner, self.unet, self.null, self.contexts = inner, unet, as_dict(null), as_dict(contexts)
         self.concepts, self.tokens, self.mask = list(concepts), list(tokens), check_choice("mask", mask, MASKS)
+        self.intersect_below = math.inf if intersect_below is None else intersect_below  # SD-XL's: M^1 M^2 always
         self.step = 0
 
     @contextlib.contextmanager
@@ -317,12 +398,13 @@ class SemanticEditGuidance(Wrapper):
         step, self.step = self.step, self.step + 1
         batch, count = x.shape[0], 1 + len(self.concepts)
         if count == 1:
-            return self.inner(x, t, context=self.null)
+            return self.inner(x, t, **self.null)
         size = (x.shape[-2] // 4, x.shape[-1] // 4)
-        context = torch.cat([self.null, self.contexts]).to(device=x.device, dtype=self.null.dtype)
+        cond = {key: torch.cat([value, self.contexts[key]]).to(device=x.device, dtype=value.dtype)
+                for key, value in self.null.items()}
         masks = self.mask != "noise"
         with (self._recording(size[0] * size[1]) if masks else contextlib.nullcontext()) as store:
-            pred = self.inner(x.repeat(count, 1, 1, 1), t, context=context)
+            pred = self.inner(x.repeat(count, 1, 1, 1), t, **cond)
         eps = pred.eps.chunk(count)
         eps_u, guided = eps[0], torch.zeros_like(eps[0])
         time = float(torch.as_tensor(t, dtype=torch.float64).flatten()[0])
@@ -335,7 +417,7 @@ class SemanticEditGuidance(Wrapper):
                 m1 = attention_mask(store.concept_map(c, count, batch, size, self.tokens[c]), concept.threshold,
                                     term.shape)
                 term = term * (m1 * noise_mask(term, concept.threshold)
-                               if self.mask == "intersect" and time <= INTERSECT_BELOW else m1)
+                               if self.mask == "intersect" and time <= self.intersect_below else m1)
             else:
                 term = term * noise_mask(term, concept.threshold)
             guided = guided + term
@@ -347,9 +429,11 @@ class SemanticEditGuidance(Wrapper):
 
 def concept_token_counts(sd, prompts: Sequence[str]) -> list:
     """diffusers' ``num_edit_tokens``: the tokenizer's ``length`` of each prompt padded to ``model_max_length``,
-    minus 2 (so the padded length, L - 2, for a CLIP tokenizer)."""
-    tokens = sd.tokenizer(list(prompts), padding="max_length", max_length=sd.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt", return_length=True)
+    minus 2 (so the padded length, L - 2, for a CLIP tokenizer); on SD-XL ``tokenizer_2``'s (the pipeline's last
+    tokenizer), padded to the context's length."""
+    tokenizer = sd.tokenizer_2 if is_xl(sd) else sd.tokenizer
+    tokens = tokenizer(list(prompts), padding="max_length", max_length=sd.tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt", return_length=True)
     return [int(n) - 2 for n in tokens.length]
 
 
@@ -373,14 +457,18 @@ def concepts_from(editing_prompt: Union[str, Sequence[str]], scale=5.0, threshol
 
 
 def edit(sd, inversion: Inversion, concepts: Sequence[Concept] = (), *, negative_prompt: Optional[str] = None,
-         mask: str = "intersect", clip_skip: Optional[int] = None, progress: bool = False,
+         mask: Optional[str] = None, clip_skip: Optional[int] = None, progress: bool = False,
          return_latents: bool = False) -> torch.Tensor:
     """LEDITS++ editing (module docstring, stage 2) of the images :func:`invert` gave ``inversion``: the inversion's
     sampler replaying its noise from its first latents, guided by ``concepts`` (:class:`Concept`,
     :func:`concepts_from`; none: the reconstruction) against ``negative_prompt`` (default the empty prompt; the
-    pipeline's ``negative_prompt``). ``mask``: intersect (default), attention or noise. Returns images in [-1, 1]
+    pipeline's ``negative_prompt``; on SD-XL None is the zeroed null half). ``mask``: intersect (default),
+    attention or noise (default: the pipeline's, intersect on SD 1.x / 2.x, noise on SD-XL, whose
+    ``use_cross_attn_mask`` and ``use_intersect_mask`` default to False; its intersect mask is M^1 M^2 at every
+    step). Returns images in [-1, 1]
     (the decoder's scale, unclamped) or, with ``return_latents``, the edited latents."""
-    check_choice("mask", mask, MASKS)
+    xl = is_xl(sd)
+    mask = check_choice("mask", (XL_MASK if xl else MASKS[0]) if mask is None else mask, MASKS)
     if not isinstance(inversion, Inversion):
         raise DiffkitError(f"inversion of type {type(inversion).__name__} is not allowed; give what invert() returned")
     concepts = list(concepts)
@@ -390,11 +478,16 @@ def edit(sd, inversion: Inversion, concepts: Sequence[Concept] = (), *, negative
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise DiffkitError(f"negative_prompt={negative_prompt!r} is not allowed; give one text")
     batch = inversion.latents.shape[0]
-    null = sd.encode_prompts([negative_prompt or ""] * batch, clip_skip)
+    if xl and inversion.time_ids is None:
+        raise DiffkitError("this inversion has no SD-XL time ids; give what invert() returned on this folder")
+    null = _null_cond(sd, batch, negative_prompt, clip_skip, inversion.time_ids)
     prompts = [c.prompt for c in concepts]
-    contexts = sd.encode_prompts([p for p in prompts for _ in range(batch)], clip_skip) if concepts else None
+    # each concept once per image (the SD-XL pipeline encodes each once, which fits one image only)
+    contexts = _prompt_cond(sd, [p for p in prompts for _ in range(batch)], clip_skip, inversion.time_ids) \
+        if concepts else None
     guidance = SemanticEditGuidance(sd.network_denoiser, sd.unet, null, contexts, concepts,
-                                    concept_token_counts(sd, prompts) if concepts else [], mask)
+                                    concept_token_counts(sd, prompts) if concepts else [], mask,
+                                    None if xl else INTERSECT_BELOW)
 
     def replayed(i: int, mean: torch.Tensor, std: float) -> torch.Tensor:
         return inversion.noises[i]
@@ -404,4 +497,4 @@ def edit(sd, inversion: Inversion, concepts: Sequence[Concept] = (), *, negative
 
 
 __all__ = ["Concept", "Inversion", "MASKS", "SemanticEditGuidance", "attention_mask", "concept_token_counts",
-           "concepts_from", "edit", "invert", "ledits_grid", "ledits_scheduler", "noise_mask"]
+           "concepts_from", "edit", "invert", "is_xl", "ledits_grid", "ledits_scheduler", "noise_mask"]
