@@ -92,7 +92,7 @@ class Family:
 
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2, LongCat-Image, Ovis-Image, OmniGen,
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO, LongCat-Image, Ovis-Image, OmniGen,
     ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1 or HunyuanImage (refiner) folder; None for any other
     checkpoint."""
     from ..interop.chroma import is_chroma_folder
@@ -109,6 +109,10 @@ def folder_family(directory) -> Optional[type]:
         from ._z_image import ZImageFamily
         return ZImageFamily
     from ..interop.bria import is_bria_folder
+    from ..interop.bria_fibo import is_bria_fibo_folder
+    if is_bria_fibo_folder(directory):
+        from ._bria_fibo import BriaFiboFamily
+        return BriaFiboFamily
     if is_bria_folder(directory):
         from ._bria import BriaFamily
         return BriaFamily
