@@ -128,7 +128,7 @@ def test_sample_command_runs_a_bria_fibo_folder(tiny_fibo, tmp_path, capsys):
 
 
 def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path, capsys):
-    """diffkit edit, --lora, sizes off 16, an Edit folder, a patched transformer or one of other channels, a VAE of
+    """diffkit edit, --lora, --prompt-2, sizes off 16, an Edit folder, a patched transformer or one of other channels, a VAE of
     another factor, max_sequence_length past 3000, an IP-Adapter: one line each, before any weight is read."""
     from diffkit.cli import main
     _, folder, fibo = tiny_fibo
@@ -136,6 +136,7 @@ def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path
     for argv, message in (
             (["edit", "--images", str(tmp_path), *base], "not yet BriaFiboEditPipeline"),
             (["sample", *base, "--lora", "x.safetensors"], "--lora does not apply to a Bria FIBO folder"),
+            (["sample", *base, "--prompt-2", "dog"], "--prompt-2 does not apply to a Bria FIBO folder"),
             (["sample", *base, "--height", "24"], "multiple of 16 (BriaFiboPipeline's fixed vae_scale_factor 16)")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
