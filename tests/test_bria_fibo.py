@@ -74,8 +74,8 @@ def test_bria_fibo_encodes_prompts_as_the_pipeline(tiny_fibo):
 @pytest.mark.parametrize("kw", [
     {"negative_prompt": "blurry and dark, a dog"},  # the negative states longer: the prompts' padded
     {},  # the default s = 5 against "" (one <|begin_of_text|> token, padded)
-    {"guidance_scale": 1.0},  # no CFG
-    {"negative_prompt": ["", "hot"], "guidance_scale": 3.0}])  # one negative per prompt, an empty one
+    {"negative_prompt": ["", "hot"], "guidance_scale": 3.0}])  # one negative per prompt, an empty one (unguided:
+# the mask case of test_bria_fibo_edit_matches_the_pipeline)
 def test_bria_fibo_matches_the_pipeline(tiny_fibo, kw):
     """Same z_0 as BriaFiboPipeline from the same latents: flow Euler on linspace sigmas shifted with mu of 6
     tokens, s T as the timestep, unpacked tokens, the key mask, CFG."""
@@ -128,8 +128,9 @@ def test_sample_command_runs_a_bria_fibo_folder(tiny_fibo, tmp_path, capsys):
 
 
 def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path, capsys):
-    """diffkit edit, --lora, --prompt-2, sizes off 16, an Edit folder, a patched transformer or one of other channels, a VAE of
-    another factor, max_sequence_length past 3000, an IP-Adapter: one line each, before any weight is read."""
+    """diffkit edit, --lora, --prompt-2, sizes off 16, an Edit folder, a patched transformer or one of other
+    channels, a VAE of another factor, max_sequence_length past 3000, an IP-Adapter: one line each, before any weight
+    is read."""
     from diffkit.cli import main
     _, folder, fibo = tiny_fibo
     base = ["--checkpoint", str(folder), "--prompt", "cat", "--out", str(tmp_path / "x.png"), "--no-progress"]
@@ -165,3 +166,48 @@ def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path
                         ({"height": 40}, "multiples of 16")):
         with pytest.raises(DiffkitError, match=re.escape(message)):
             text_to_image(fibo, "cat", steps=1, return_latents=True, **kw)
+
+
+def test_bria_fibo_edit_matches_the_pipeline(tiny_fibo, monkeypatch):
+    """edit_image against BriaFiboEditPipeline on the folder's components (from the same generators): one reference
+    with a negative prompt (images decoded, 2 steps), two references (ids on planes 1 and 2), a grey-pasted mask
+    unguided (3 steps); the default size snapped to the preferred resolutions; edit JSON prompts checked."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.interop.bria_fibo_edit import edit_image
+    _, _, fibo = tiny_fibo
+    pipe = diffusers.BriaFiboEditPipeline(
+        transformer=fibo.transformer, vae=fibo.vae, text_encoder=fibo.text_encoder, tokenizer=fibo.tokenizer,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(fibo.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    second = Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
+    mask = (rng.random((40, 56)) > 0.5).astype(np.float32)
+    prompts = ['{"edit_instruction": "make it red"}', {"edit_instruction": "blue", "style": "photo"}]
+    with torch.no_grad():  # decoded images: one reference, a negative prompt, 2 steps
+        theirs = pipe(prompt=prompts, image=image, num_inference_steps=2, height=H, width=W, output_type="pt",
+                      negative_prompt="dog", generator=[torch.Generator().manual_seed(4 + i) for i in range(2)]).images
+    ours = edit_image(fibo, image, prompts, steps=2, seed=4, height=H, width=W, negative_prompt="dog")
+    print("bria fibo edit images", float((ours - theirs).abs().max()))
+    assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) < 1e-5
+    for references, kw in (([image, second], {}), (image, {"mask": mask, "guidance_scale": 1.0})):
+        generators = [torch.Generator().manual_seed(4 + i) for i in range(2)]
+        with torch.no_grad():
+            theirs = pipe(prompt=prompts, image=references, num_inference_steps=3, generator=generators, height=H,
+                          width=W, output_type="latent", **kw).images
+        ours = edit_image(fibo, references, prompts, steps=3, seed=4, height=H, width=W, return_latents=True, **kw)
+        theirs = theirs.view(2, *ours.shape[2:], 8).permute(0, 3, 1, 2)
+        print("bria fibo edit", sorted(kw), relative_error(ours, theirs))
+        assert relative_error(ours, theirs) < 1e-5
+    from diffkit.interop import chroma
+    seen = {}
+    monkeypatch.setattr(chroma, "text_to_image", lambda *_, **kw: seen.update(kw))
+    edit_image(fibo, image, prompts)  # the default size: the pipeline's 768 x 1360 latents 48 x 85 (measured)
+    assert (seen["height"], seen["width"]) == (768, 1360)
+    monkeypatch.undo()
+    for kw, message in (({"prompts": "make it red"}, "with an \"edit_instruction\" key"),
+                        ({"images": [image, second], "mask": mask}, "one mask in [0, 1] of the one reference"),
+                        ({"images": "x.png"}, "give a PIL image")):
+        with pytest.raises(DiffkitError, match=re.escape(message)):
+            edit_image(fibo, kw.pop("images", image), kw.pop("prompts", prompts), steps=1, **kw)

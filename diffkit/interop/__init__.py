@@ -35,7 +35,8 @@
 * :mod:`.bria` - a Bria 3.2 folder (FLUX.1's packing, unpadded T5 states zero-filled, zero negative states, real
   CFG), through :mod:`.chroma`'s code.
 * :mod:`.bria_fibo` - a Bria FIBO folder (JSON prompts read by SmolLM3, every hidden state fed to its own block,
-  unpacked latents, the Wan 2.2 VAE on one frame, real CFG), through :mod:`.chroma`'s code.
+  unpacked latents, the Wan 2.2 VAE on one frame, real CFG), through :mod:`.chroma`'s code; :mod:`.bria_fibo_edit`
+  ``BriaFiboEditPipeline``'s edits from reference tokens (``bria_fibo_edit_image``, the library).
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``).
@@ -123,6 +124,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image"),
             "bria_text_to_image": ("bria", "text_to_image"),
             "bria_fibo_text_to_image": ("bria_fibo", "text_to_image"),
+            "bria_fibo_edit_image": ("bria_fibo_edit", "edit_image"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
             "kandinsky5_text_to_image": ("kandinsky5", "text_to_image"),
             "prx_text_to_image": ("prx", "text_to_image"),

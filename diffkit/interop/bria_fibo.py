@@ -76,11 +76,13 @@ class BriaFiboNet(torch.nn.Module):
     """``net(z, t, context, mask)`` over a ``BriaFiboTransformer2DModel`` on unpacked latents z (B, C, h, w): one
     token per latent pixel with ids (0, row, column), ``timestep`` = the flow time s T, ``context`` split into the
     text states (``joint_attention_dim``) and the per-block ``text_encoder_layers``, zero ``txt_ids``, the key mask
-    [mask, 1 ... 1] where some text token is masked; the velocity back in (B, C, h, w), z's dtype."""
+    [mask, 1 ... 1] where some text token is masked; the velocity back in (B, C, h, w), z's dtype. ``references``:
+    (tokens (1, N, C), ids (N, 3)) of an edit's reference images (:mod:`.bria_fibo_edit`), appended after the
+    image tokens as BriaFiboEditPipeline appends them (their outputs dropped)."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, references: Optional[tuple] = None):
         super().__init__()
-        self.model = transformer
+        self.model, self.references = transformer, references
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
                 mask: torch.Tensor = None) -> torch.Tensor:
@@ -91,13 +93,18 @@ class BriaFiboNet(torch.nn.Module):
         context = context.to(dtype)
         states = context[..., :config.joint_attention_dim]
         layers = list(context[..., config.joint_attention_dim:].split(config.text_encoder_dim, dim=-1))
-        keys = torch.cat([mask.to(x.device).expand(b, -1), mask.new_ones(b, h * w)], dim=1).bool()
+        tokens = x.to(dtype).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        ids = latent_image_ids(2 * h, 2 * w, x.device, dtype)  # (0, row, column) of the h x w grid
+        if self.references is not None:
+            tokens = torch.cat([tokens, self.references[0].to(x.device, dtype).expand(b, -1, -1)], dim=1)
+            ids = torch.cat([ids, self.references[1].to(x.device, dtype)])
+        keys = torch.cat([mask.to(x.device).expand(b, -1), mask.new_ones(b, tokens.shape[1])], dim=1).bool()
         extra = {} if bool(keys.all()) else {"joint_attention_kwargs": {"attention_mask": keys[:, None, None, :]}}
-        out = self.model(hidden_states=x.to(dtype).permute(0, 2, 3, 1).reshape(b, h * w, c),
-                         timestep=t.to(dtype), encoder_hidden_states=states, text_encoder_layers=layers,
-                         txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=dtype),
-                         img_ids=latent_image_ids(2 * h, 2 * w, x.device, dtype), return_dict=False, **extra)[0]
-        return out.view(b, h, w, c).permute(0, 3, 1, 2).to(x.dtype)
+        out = self.model(hidden_states=tokens, timestep=t.to(dtype), encoder_hidden_states=states,
+                         text_encoder_layers=layers, txt_ids=torch.zeros(context.shape[1], 3, device=x.device,
+                                                                         dtype=dtype),
+                         img_ids=ids, return_dict=False, **extra)[0]
+        return out[:, :h * w].reshape(b, h, w, c).permute(0, 3, 1, 2).to(x.dtype)
 
 
 @dataclass
