@@ -278,7 +278,7 @@ HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
                                                     (GLIGEN, ["StableDiffusionGLIGENPipeline",
                                                               "StableDiffusionGLIGENTextImagePipeline"], "GL"),
                                                     (BRIA, ["BriaPipeline"], "BR"),
-                                                    (BRIA_FIBO, ["BriaFiboPipeline"], "BF"),
+                                                    (BRIA_FIBO, ["BriaFiboPipeline", "BriaFiboEditPipeline"], "BF"),
                                                     (LONGCAT, ["LongCatImagePipeline", "LongCatImageEditPipeline"],
                                                      "LC"),
                                                     (OMNIGEN, ["OmniGenPipeline"], "OG"),
