@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.bria import is_bria_folder  # noqa: E402
-from diffkit.interop.bria_fibo import is_bria_fibo_folder, load_bria_fibo, select_layers, text_to_image  # noqa: E402
+from diffkit.interop.bria_fibo import (check_bria_fibo_folder, is_bria_fibo_folder, load_bria_fibo,  # noqa: E402
+                                       select_layers, text_to_image)
 
 from _pipeline_folders import reloaded  # noqa: E402
 from _qwen_image_helpers import tiny_qwen_tokenizer  # noqa: E402
@@ -128,7 +129,7 @@ def test_sample_command_runs_a_bria_fibo_folder(tiny_fibo, tmp_path, capsys):
 
 
 def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path, capsys):
-    """diffkit edit, --lora, --prompt-2, sizes off 16, an Edit folder, a patched transformer or one of other
+    """diffkit edit, --lora, --prompt-2, sizes off 16, diffkit sample on an Edit folder, another pipeline, a patched transformer or one of other
     channels, a VAE of another factor, max_sequence_length past 3000, an IP-Adapter: one line each, before any weight
     is read."""
     from diffkit.cli import main
@@ -143,8 +144,18 @@ def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "x.png").exists()
+    edit_folder = tmp_path / "edit_folder"  # an Edit folder: the library loads it, diffkit sample does not take it
+    for sub in ("scheduler", "transformer", "text_encoder", "tokenizer", "vae"):
+        (edit_folder / sub).parent.mkdir(parents=True, exist_ok=True)
+        (edit_folder / sub).symlink_to(folder / sub)
+    (edit_folder / "model_index.json").write_text(json.dumps(
+        {**json.loads((folder / "model_index.json").read_text()), "_class_name": "BriaFiboEditPipeline"}))
+    assert check_bria_fibo_folder(edit_folder)[0]["_class_name"] == "BriaFiboEditPipeline"
+    assert main(["sample", *base[:1], str(edit_folder), *base[2:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "BriaFiboEditPipeline folder, which diffkit sample does not take" in err
     for part, change, message in (
-            ("model_index.json", {"_class_name": "BriaFiboEditPipeline"}, "which diffkit does not drive"),
+            ("model_index.json", {"_class_name": "BriaFiboImg2ImgPipeline"}, "which diffkit does not drive"),
             ("transformer/config.json", {"patch_size": 2}, "patch_size=2; allowed: 1"),
             ("transformer/config.json", {"in_channels": 32}, "in_channels=32; allowed: 8"),
             ("vae/config.json", {"scale_factor_spatial": 8}, "scale_factor_spatial=8; allowed: 16")):

@@ -4,6 +4,7 @@
 (``diffkit edit``: one line)."""
 from __future__ import annotations
 
+from ..errors import DiffkitError
 from ._bria import BriaFamily
 
 TAKES = ("--prompt (FIBO's JSON prompt string), --negative-prompt, --guidance-scale (--guidance-convention), "
@@ -18,6 +19,16 @@ class BriaFiboFamily(BriaFamily):
 
     kind, takes = "Bria FIBO", TAKES
     no_edit = "diffkit drives BriaFiboPipeline, not yet BriaFiboEditPipeline"
+
+    @classmethod
+    def check_request(cls, directory, request, edit: bool = False) -> None:
+        """One line for a BriaFiboEditPipeline folder (its edits: the library's
+        :func:`diffkit.interop.bria_fibo_edit.edit_image`)."""
+        from ..interop.bria_fibo import FIBO_EDIT_PIPELINE
+        from ..interop.sd_xl import pipeline_class
+        if pipeline_class(directory) == FIBO_EDIT_PIPELINE:
+            raise DiffkitError(f"{directory} is a {FIBO_EDIT_PIPELINE} folder, which diffkit sample does not take; "
+                               f"edit with the library's diffkit.interop.bria_fibo_edit.edit_image")
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):

@@ -24,9 +24,9 @@ which ``AutoencoderKLWan`` takes as ``AutoencoderKLQwenImage`` does). What is FI
 * time: the transformer takes the scheduler's timestep s T itself; sigmas: FLUX.1's linspace(1, 1/N, N) with mu =
   ``calculate_shift`` of h w tokens (:meth:`BriaFibo.mu`); 30 steps by default.
 
-``BriaFiboEditPipeline``'s edits on these components: :mod:`.bria_fibo_edit` (the library). Not driven (one line):
-``BriaFiboEditPipeline`` folders, the pipeline's ``do_patching=True``, LoRA files (``FluxLoraLoaderMixin``),
-``diffkit edit``. Refused in one line before any weight is read: another transformer /
+``BriaFiboEditPipeline``'s edits (on its folders, which :func:`load_bria_fibo` loads too, or on these
+components): :mod:`.bria_fibo_edit` (the library). Not driven (one line): the pipeline's ``do_patching=True``, LoRA
+files (``FluxLoraLoaderMixin``), ``diffkit edit``, ``diffkit sample`` on an Edit folder. Refused in one line before any weight is read: another transformer /
 VAE / text encoder / scheduler class, a transformer whose input is not the VAE's ``z_dim`` (or ``patch_size`` != 1),
 a VAE whose ``scale_factor_spatial`` is not the pipeline's 16.
 """
@@ -46,6 +46,7 @@ from .flux import calculate_shift, check_flux_scheduler, latent_image_ids
 
 FIBO_PIPELINE = "BriaFiboPipeline"
 FIBO_EDIT_PIPELINE = "BriaFiboEditPipeline"
+FIBO_PIPELINES = (FIBO_PIPELINE, FIBO_EDIT_PIPELINE)  # one folder layout (an Edit folder: .bria_fibo_edit)
 FIBO_TRANSFORMER = "BriaFiboTransformer2DModel"
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 FIBO_CLASSES = {"transformer": (FIBO_TRANSFORMER,), "vae": ("AutoencoderKLWan",),
@@ -206,9 +207,9 @@ def check_bria_fibo_folder(directory: Path) -> tuple:
     if index is None or not is_bria_fibo_folder(directory):
         raise DiffkitError(f"{directory} is not a Bria FIBO folder (model_index.json naming a {FIBO_PIPELINE} with "
                            f"a {FIBO_TRANSFORMER} transformer)")
-    if index.get("_class_name") != FIBO_PIPELINE:
+    if index.get("_class_name") not in FIBO_PIPELINES:
         raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive; "
-                           f"allowed: {FIBO_PIPELINE}")
+                           f"allowed: {', '.join(FIBO_PIPELINES)}")
     check_classes(directory, index, REQUIRED, "Bria FIBO", FIBO_CLASSES)
     from ..errors import read_json_object
     transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
