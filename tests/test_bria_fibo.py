@@ -46,6 +46,17 @@ def tiny_fibo(tmp_path_factory):
     return reloaded(root / "fibo", diffusers.BriaFiboPipeline, load_bria_fibo)
 
 
+def _edit_folder(folder, root):
+    """A BriaFiboEditPipeline folder of the tiny folder's parts (links; model_index.json naming the Edit pipeline)."""
+    edit_folder = root / "edit_folder"
+    for sub in ("scheduler", "transformer", "text_encoder", "tokenizer", "vae"):
+        (edit_folder / sub).parent.mkdir(parents=True, exist_ok=True)
+        (edit_folder / sub).symlink_to(folder / sub)
+    (edit_folder / "model_index.json").write_text(json.dumps(
+        {**json.loads((folder / "model_index.json").read_text()), "_class_name": "BriaFiboEditPipeline"}))
+    return edit_folder
+
+
 def _latents(seed=7):
     return torch.randn(2, 8, H // 16, W // 16, generator=torch.Generator().manual_seed(seed))
 
@@ -136,7 +147,7 @@ def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path
     _, folder, fibo = tiny_fibo
     base = ["--checkpoint", str(folder), "--prompt", "cat", "--out", str(tmp_path / "x.png"), "--no-progress"]
     for argv, message in (
-            (["edit", "--images", str(tmp_path), *base], "not yet BriaFiboEditPipeline"),
+            (["edit", "--images", str(tmp_path), *base], "diffkit edit takes a BriaFiboEditPipeline folder"),
             (["sample", *base, "--lora", "x.safetensors"], "--lora does not apply to a Bria FIBO folder"),
             (["sample", *base, "--prompt-2", "dog"], "--prompt-2 does not apply to a Bria FIBO folder"),
             (["sample", *base, "--height", "24"], "multiple of 16 (BriaFiboPipeline's fixed vae_scale_factor 16)")):
@@ -144,16 +155,15 @@ def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "x.png").exists()
-    edit_folder = tmp_path / "edit_folder"  # an Edit folder: the library loads it, diffkit sample does not take it
-    for sub in ("scheduler", "transformer", "text_encoder", "tokenizer", "vae"):
-        (edit_folder / sub).parent.mkdir(parents=True, exist_ok=True)
-        (edit_folder / sub).symlink_to(folder / sub)
-    (edit_folder / "model_index.json").write_text(json.dumps(
-        {**json.loads((folder / "model_index.json").read_text()), "_class_name": "BriaFiboEditPipeline"}))
+    edit_folder = _edit_folder(folder, tmp_path)  # the library loads it, diffkit sample does not take it
     assert check_bria_fibo_folder(edit_folder)[0]["_class_name"] == "BriaFiboEditPipeline"
-    assert main(["sample", *base[:1], str(edit_folder), *base[2:]]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "BriaFiboEditPipeline folder, which diffkit sample does not take" in err
+    for argv, message in ((["sample", *base[:1], str(edit_folder), *base[2:]],
+                           "Bria FIBO Edit folder, which diffkit sample does not take"),
+                          (["edit", "--images", str(tmp_path), "--strength", "0.5", *base[:1], str(edit_folder),
+                            *base[2:]], "--strength does not apply to a Bria FIBO Edit folder")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
     for part, change, message in (
             ("model_index.json", {"_class_name": "BriaFiboImg2ImgPipeline"}, "which diffkit does not drive"),
             ("transformer/config.json", {"patch_size": 2}, "patch_size=2; allowed: 1"),
@@ -222,3 +232,30 @@ def test_bria_fibo_edit_matches_the_pipeline(tiny_fibo, monkeypatch):
                         ({"images": "x.png"}, "give a PIL image")):
         with pytest.raises(DiffkitError, match=re.escape(message)):
             edit_image(fibo, kw.pop("images", image), kw.pop("prompts", prompts), steps=1, **kw)
+
+
+def test_edit_command_runs_a_bria_fibo_edit_folder(tiny_fibo, tmp_path, monkeypatch):
+    """`diffkit edit` on a BriaFiboEditPipeline folder: each image its own reference with --mask pasted as grey,
+    written as edit_image's images byte for byte (2 steps; the pipeline's preferred sizes cut to two small ones, so
+    that the snapped default size is 32 x 64: the snapping itself is test_bria_fibo_edit_matches_the_pipeline's)."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.images import save_images
+    from diffkit.interop.bria_fibo_edit import edit_image
+    from diffusers.pipelines.bria_fibo import pipeline_bria_fibo_edit
+    monkeypatch.setitem(pipeline_bria_fibo_edit.PREFERRED_RESOLUTION, 1024 * 1024, [(48, 48), (64, 32)])
+    _, folder, fibo = tiny_fibo
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    mask = (rng.random((40, 56)) > 0.5).astype(np.float32)
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    prompt = '{"edit_instruction": "make it red"}'
+    assert main(["edit", "--checkpoint", str(_edit_folder(folder, tmp_path)), "--images", str(tmp_path / "image.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--prompt", prompt, "--steps", "2", "--seed", "3",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    ours = edit_image(fibo, Image.open(tmp_path / "image.png"), [prompt], mask=mask, steps=2, seed=3,
+                      output_range="-1,1")
+    assert ours.shape == (1, 3, 32, 64)
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == (tmp_path / "expected" / "edit_00000.png").read_bytes()

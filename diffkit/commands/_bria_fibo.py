@@ -1,11 +1,13 @@
 """``diffkit sample --checkpoint FIBO_FOLDER --prompt JSON``: a Bria FIBO diffusers folder
 (:mod:`diffkit.interop.bria_fibo`) as ``BriaFiboPipeline`` with any diffkit sampler: Chroma's command code
 (:mod:`._chroma`) with :class:`BriaFiboFamily`, dispatched from :func:`diffkit.commands.sample.sample_to_files`
-(``diffkit edit``: one line)."""
+and ``diffkit edit --checkpoint FIBO_EDIT_FOLDER --images PNG|DIR --prompt JSON``: a ``BriaFiboEditPipeline``
+folder's edits (:func:`diffkit.interop.bria_fibo_edit.edit_image`, :class:`BriaFiboEditFamily`), dispatched from
+:func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
-from ..errors import DiffkitError
 from ._bria import BriaFamily
+from ._chroma import EDIT_FLAGS
 
 TAKES = ("--prompt (FIBO's JSON prompt string), --negative-prompt, --guidance-scale (--guidance-convention), "
          "--max-sequence-length, --height / --width (multiples of 16), --steps / --nfe, --sampler and its grid "
@@ -18,17 +20,7 @@ class BriaFiboFamily(BriaFamily):
     ``--negative-prompt`` (default "")."""
 
     kind, takes = "Bria FIBO", TAKES
-    no_edit = "diffkit drives BriaFiboPipeline, not yet BriaFiboEditPipeline"
-
-    @classmethod
-    def check_request(cls, directory, request, edit: bool = False) -> None:
-        """One line for a BriaFiboEditPipeline folder (its edits: the library's
-        :func:`diffkit.interop.bria_fibo_edit.edit_image`)."""
-        from ..interop.bria_fibo import FIBO_EDIT_PIPELINE
-        from ..interop.sd_xl import pipeline_class
-        if pipeline_class(directory) == FIBO_EDIT_PIPELINE:
-            raise DiffkitError(f"{directory} is a {FIBO_EDIT_PIPELINE} folder, which diffkit sample does not take; "
-                               f"edit with the library's diffkit.interop.bria_fibo_edit.edit_image")
+    no_edit = "BriaFiboPipeline generates; diffkit edit takes a BriaFiboEditPipeline folder"
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -39,3 +31,42 @@ class BriaFiboFamily(BriaFamily):
     def functions() -> tuple:
         from ..interop.bria_fibo import text_to_image
         return text_to_image, None
+
+
+def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
+               ip_adapter=None, seed=0, **options):
+    """:func:`._chroma.edit_chroma`'s image_to_image call on :func:`diffkit.interop.bria_fibo_edit.edit_image`:
+    image i (in [-1, 1], back to 8-bit PIL as read) its own reference with its own prompt and ``--mask`` (the
+    pipeline's one reference per call), from ``seed + i``; the arguments an Edit folder does not take come from flags
+    it refuses first (``edit_flags``), at their defaults."""
+    import torch
+    from PIL import Image
+
+    from ..interop.bria_fibo_edit import edit_image
+    if max_sequence_length is not None:
+        options["max_sequence_length"] = max_sequence_length
+    edited = []
+    for i in range(images.shape[0]):
+        pixels = ((images[i].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        masked = None if mask is None else mask[min(i, mask.shape[0] - 1), 0].float().cpu()
+        edited.append(edit_image(model, Image.fromarray(pixels), [prompts[i]], mask=masked, seed=seed + i,
+                                 **options))
+    return torch.cat(edited)
+
+
+class BriaFiboEditFamily(BriaFiboFamily):
+    """A BriaFiboEditPipeline folder's: ``diffkit edit`` only, each image its own reference (resized by the pipeline's
+    rules, the output at its snapped default size), ``--mask`` pasted on it as grey; no strength, posterior, size or
+    adapters (the pipeline has none)."""
+
+    kind, samples, edits, resizes = "Bria FIBO Edit", False, True, True
+    edit_takes = ("--images (each its own reference), --prompt (an edit JSON string with \"edit_instruction\"), --mask "
+                  "(pasted as grey), --negative-prompt, --guidance-scale (--guidance-convention), "
+                  "--max-sequence-length, --steps, --sampler and its grid options, --eta")
+    edit_flags = EDIT_FLAGS - {"strength", "posterior", "height", "width", "lora", "textual_inversion", "ip_adapter",
+                               "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"}
+
+    @staticmethod
+    def functions() -> tuple:
+        from ..interop.bria_fibo import text_to_image
+        return text_to_image, _edit_call

@@ -111,8 +111,10 @@ def folder_family(directory) -> Optional[type]:
     from ..interop.bria import is_bria_folder
     from ..interop.bria_fibo import is_bria_fibo_folder
     if is_bria_fibo_folder(directory):
-        from ._bria_fibo import BriaFiboFamily
-        return BriaFiboFamily
+        from ..interop.bria_fibo import FIBO_EDIT_PIPELINE
+        from ..interop.sd_xl import pipeline_class
+        from ._bria_fibo import BriaFiboEditFamily, BriaFiboFamily
+        return BriaFiboEditFamily if pipeline_class(directory) == FIBO_EDIT_PIPELINE else BriaFiboFamily
     if is_bria_folder(directory):
         from ._bria import BriaFamily
         return BriaFamily
