@@ -140,9 +140,9 @@ def test_sample_command_runs_a_bria_fibo_folder(tiny_fibo, tmp_path, capsys):
 
 
 def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path, capsys):
-    """diffkit edit, --lora, --prompt-2, sizes off 16, diffkit sample on an Edit folder, another pipeline, a patched transformer or one of other
-    channels, a VAE of another factor, max_sequence_length past 3000, an IP-Adapter: one line each, before any weight
-    is read."""
+    """diffkit edit on a BriaFiboPipeline folder, --lora, --prompt-2, sizes off 16, diffkit sample or --strength on
+    an Edit folder, another pipeline, a patched transformer or one of other channels, a VAE of another factor,
+    max_sequence_length past 3000, an IP-Adapter: one line each, before any weight is read."""
     from diffkit.cli import main
     _, folder, fibo = tiny_fibo
     base = ["--checkpoint", str(folder), "--prompt", "cat", "--out", str(tmp_path / "x.png"), "--no-progress"]

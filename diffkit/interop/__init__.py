@@ -36,7 +36,7 @@
   CFG), through :mod:`.chroma`'s code.
 * :mod:`.bria_fibo` - a Bria FIBO folder (JSON prompts read by SmolLM3, every hidden state fed to its own block,
   unpacked latents, the Wan 2.2 VAE on one frame, real CFG), through :mod:`.chroma`'s code; :mod:`.bria_fibo_edit`
-  ``BriaFiboEditPipeline``'s edits from reference tokens (``bria_fibo_edit_image``, the library).
+  ``BriaFiboEditPipeline``'s edits from reference tokens (``bria_fibo_edit_image``).
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``).

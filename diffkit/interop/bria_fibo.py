@@ -24,9 +24,9 @@ which ``AutoencoderKLWan`` takes as ``AutoencoderKLQwenImage`` does). What is FI
 * time: the transformer takes the scheduler's timestep s T itself; sigmas: FLUX.1's linspace(1, 1/N, N) with mu =
   ``calculate_shift`` of h w tokens (:meth:`BriaFibo.mu`); 30 steps by default.
 
-``BriaFiboEditPipeline``'s edits (on its folders, which :func:`load_bria_fibo` loads too, or on these
-components): :mod:`.bria_fibo_edit` (the library). Not driven (one line): the pipeline's ``do_patching=True``, LoRA
-files (``FluxLoraLoaderMixin``), ``diffkit edit``, ``diffkit sample`` on an Edit folder. Refused in one line before any weight is read: another transformer /
+``BriaFiboEditPipeline``'s edits (on its folders, which :func:`load_bria_fibo` loads too; ``diffkit edit``):
+:mod:`.bria_fibo_edit`. Not driven (one line): the pipeline's ``do_patching=True``, LoRA files
+(``FluxLoraLoaderMixin``), ``diffkit sample`` on an Edit folder, ``diffkit edit`` on a BriaFiboPipeline one. Refused in one line before any weight is read: another transformer /
 VAE / text encoder / scheduler class, a transformer whose input is not the VAE's ``z_dim`` (or ``patch_size`` != 1),
 a VAE whose ``scale_factor_spatial`` is not the pipeline's 16.
 """

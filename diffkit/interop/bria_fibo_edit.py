@@ -1,5 +1,5 @@
 """Bria FIBO Edit (``BriaFiboEditPipeline``, diffusers 0.42.1) on a Bria FIBO folder's components: an image edited
-from noise as an in-context reference, with any diffkit sampler (the library; ``diffkit edit`` does not take it yet).
+from noise as an in-context reference, with any diffkit sampler (``diffkit edit``: :mod:`diffkit.commands._bria_fibo`).
 
 The pipeline is :mod:`.bria_fibo`'s loop with reference images appended as tokens (as FLUX.1 Kontext appends its
 reference, Labs 2025): each reference k = 1, 2, ... is resized to its VAE-safe size (``_vae_safe_dims``: a multiple
