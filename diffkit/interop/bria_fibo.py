@@ -26,9 +26,10 @@ which ``AutoencoderKLWan`` takes as ``AutoencoderKLQwenImage`` does). What is FI
 
 ``BriaFiboEditPipeline``'s edits (on its folders, which :func:`load_bria_fibo` loads too; ``diffkit edit``):
 :mod:`.bria_fibo_edit`. Not driven (one line): the pipeline's ``do_patching=True``, LoRA files
-(``FluxLoraLoaderMixin``), ``diffkit sample`` on an Edit folder, ``diffkit edit`` on a BriaFiboPipeline one. Refused in one line before any weight is read: another transformer /
-VAE / text encoder / scheduler class, a transformer whose input is not the VAE's ``z_dim`` (or ``patch_size`` != 1),
-a VAE whose ``scale_factor_spatial`` is not the pipeline's 16.
+(``FluxLoraLoaderMixin``), ``diffkit sample`` on an Edit folder, ``diffkit edit`` on a BriaFiboPipeline one.
+Refused in one line before any weight is read: another transformer / VAE / text encoder / scheduler class, a
+transformer whose input is not the VAE's ``z_dim`` (or ``patch_size`` != 1), a VAE whose ``scale_factor_spatial`` is
+not the pipeline's 16.
 """
 from __future__ import annotations
 
