@@ -56,8 +56,8 @@ def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = Fals
                             "folders: the T5 (Sana: Gemma, Z-Image and Ovis-Image: Qwen3, Qwen-Image: Qwen2.5-VL; "
                             "HiDream: each encoder's, CLIP at most 218) tokens of every prompt (default the "
                             "pipelines': SD3 256, FLUX.1 512, Chroma 512 (inpainting 256), PixArt-α 120, PixArt-Σ and "
-                            "Sana 300, Z-Image and Qwen-Image 512, HiDream 128, Bria 128, Ovis-Image 256 (its most); "
-                            "at most 512)")
+                            "Sana 300, Z-Image and Qwen-Image 512, HiDream 128, Bria 128, Ovis-Image 256 (its most), "
+                            "Bria FIBO 3000 (SmolLM3; its library takes up to 3000); at most 512)")
     if true_cfg:
         from ._common import positive_float
         group.add_argument("--true-cfg-scale", type=positive_float, metavar="S",
@@ -128,6 +128,7 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.flux2 import is_flux2_folder
     from ..interop.bria import is_bria_folder
+    from ..interop.bria_fibo import is_bria_fibo_folder
     from ..interop.ovis_image import is_ovis_image_folder
     from ..interop.krea2 import is_krea2_folder
     from ..interop.nucleusmoe import is_nucleusmoe_folder
@@ -136,6 +137,7 @@ def check_prompt_encoding(request, checkpoint) -> None:
                                                "Krea 2" if is_krea2_folder(checkpoint) else
                                                "NucleusMoE-Image" if is_nucleusmoe_folder(checkpoint) else
                                                "Qwen-Image 2.1" if is_qwen_image21_folder(checkpoint) else
+                                               "Bria FIBO" if is_bria_fibo_folder(checkpoint) else
                                                "Bria" if is_bria_folder(checkpoint) else
                                                "Ovis-Image" if is_ovis_image_folder(checkpoint) else
                                                "Qwen-Image" if is_qwen_image_folder(checkpoint) else

@@ -200,7 +200,7 @@ def check_bria_folder(directory: Path) -> tuple:
                            f"{BRIA_TRANSFORMER} transformer)")
     if index.get("_class_name") != BRIA_PIPELINE:
         raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive "
-                           f"(Bria FIBO's SmolLM3 / Qwen3-VL prompts and Wan VAE are another family); allowed: "
+                           f"(a BriaFiboPipeline folder: load_bria_fibo, diffkit.interop.bria_fibo); allowed: "
                            f"{BRIA_PIPELINE}")
     vae, transformer = check_flow_configs(directory, index, REQUIRED, "Bria", BRIA_TRANSFORMER, null_shift=True)
     latents = int(vae.get("latent_channels", 4))

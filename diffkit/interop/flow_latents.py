@@ -61,6 +61,43 @@ class FlowLatentVAE:
             return self.vae.decode(z, return_dict=False)[0].float()
 
 
+class FrameVAE(FlowLatentVAE):
+    """Mixin of a folder dataclass whose VAE is a diffusers video VAE with per-channel ``latents_mean`` /
+    ``latents_std`` (``AutoencoderKLQwenImage``: Qwen-Image, :mod:`.qwen_image`; ``AutoencoderKLWan``: Bria FIBO,
+    :mod:`.bria_fibo`), run on one-frame videos (B, C, 1, H, W) as those pipelines do: z = (E(x) - mean) / std,
+    x = D(z std + mean)."""
+
+    def _stats(self, like: torch.Tensor) -> tuple:
+        """The VAE config's per-channel latents mean and std, (1, C, 1, 1) in ``like``'s device and dtype."""
+        config = self.vae.config
+        return tuple(torch.tensor(getattr(config, key), device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+                     for key in ("latents_mean", "latents_std"))
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = (E(x) - mean) / std of images (B, 3, H, W) in [-1, 1] encoded as one frame, as
+        ``QwenImageImg2ImgPipeline._encode_vae_image``: the posterior's mean, or with ``sample`` its draw from
+        ``generator`` (:func:`.stable_diffusion.vae_latents`)."""
+        from .stable_diffusion import vae_latents
+        z = vae_latents(self.vae, images[:, :, None], self.device, generator, sample)[:, :, 0]
+        mean, std = self._stats(z)
+        return ((z - mean) / std).float()
+
+    def posterior(self, images: torch.Tensor) -> tuple:
+        """(mean, std) of the VAE's posterior of images (B, 3, H, W) in [-1, 1] encoded as one frame, each (B, C,
+        h, w), unnormalised (a ControlNet's control image: :func:`.flow_controlnet.control_latents`)."""
+        with torch.no_grad():
+            dist = self.vae.encode(images[:, :, None].to(self.device, self.vae.dtype), return_dict=False)[0]
+        return dist.mean[:, :, 0], dist.std[:, :, 0]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """x = D(z std + mean) in [-1, 1] (not clamped) of the one-frame video, as the pipelines decode
+        (BriaFiboPipeline's z / (1 / std) + mean is the same)."""
+        with torch.no_grad():
+            z = latents.to(device=self.device, dtype=self.vae.dtype)
+            mean, std = self._stats(z)
+            return self.vae.decode((z * std + mean)[:, :, None], return_dict=False)[0][:, :, 0].float()
+
+
 def start_latents(model, latents, batch: int, height, width, hint: str = "") -> tuple:
     """(z at s = 1 or the shape to draw it in, the latent shape (B, C, h, w)) of a flow folder's ``text_to_image``:
     ``latents`` checked against ``model.latent_shape(batch, height, width)`` (its size given by the latents where
@@ -213,11 +250,12 @@ def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict
 
 def load_one_text_folder(cls, directory, index: dict, sched: dict, transformer_cls, text_class: str, device, dtype,
                          progress: bool, width: str, states: str = "hidden_size",
-                         encoder: str = "the text encoder's hidden size"):
+                         encoder: str = "the text encoder's hidden size", vae_cls=None):
     """``cls`` (a :class:`.chroma.Chroma`-like dataclass: one text encoder) of a checked folder's parts
     (:func:`load_flow_parts` with ``text_class`` as the default encoder class, :func:`frozen_on` ``device``); a
-    one-line DiffkitError where the transformer's config ``width`` is not the encoder config's ``states``."""
-    parts = load_flow_parts(directory, index, transformer_cls, {"": text_class}, dtype, progress)
+    one-line DiffkitError where the transformer's config ``width`` is not the encoder config's ``states``;
+    ``vae_cls``: :func:`load_flow_parts`'."""
+    parts = load_flow_parts(directory, index, transformer_cls, {"": text_class}, dtype, progress, vae_cls)
     device = frozen_on(parts, device)
     model = cls(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype)
     have, need = getattr(model.transformer.config, width), getattr(model.text_encoder.config, states)

@@ -46,7 +46,7 @@ from ..errors import DiffkitError, check_choice, read_json_object
 from ..guidance import pipeline_scale
 from . import model_dtype, require
 from .chroma import Chroma
-from .flow_latents import frozen_on, load_flow_parts
+from .flow_latents import FrameVAE, frozen_on, load_flow_parts
 from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
 # .qwen_image_edit's (a processor/ too)
@@ -159,7 +159,7 @@ class QwenImageNet(torch.nn.Module):
 
 
 @dataclass
-class QwenImage(Chroma):
+class QwenImage(FrameVAE, Chroma):
     """The loaded components of a Qwen-Image folder (:func:`load_qwen_image`): FLUX.1's fields with the Qwen2.5-VL
     model as ``text_encoder`` (``text_encoder_2`` / ``tokenizer_2`` None); the packing, the size's shift and the grid
     are :class:`.flux.Flux`'s, the real-CFG scale check and the edit loop :class:`.chroma.Chroma`'s, the prompts,
@@ -182,35 +182,6 @@ class QwenImage(Chroma):
     @property
     def image_channels(self) -> int:
         return int(self.vae.config.input_channels)
-
-    def _stats(self, like: torch.Tensor) -> tuple:
-        """The VAE config's per-channel latents mean and std, (1, C, 1, 1) in ``like``'s device and dtype."""
-        config = self.vae.config
-        return tuple(torch.tensor(getattr(config, key), device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
-                     for key in ("latents_mean", "latents_std"))
-
-    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
-        """z = (E(x) - mean) / std of images (B, 3, H, W) in [-1, 1] encoded as one frame, as
-        ``QwenImageImg2ImgPipeline._encode_vae_image``: the posterior's mean, or with ``sample`` its draw from
-        ``generator`` (:func:`.stable_diffusion.vae_latents`)."""
-        from .stable_diffusion import vae_latents
-        z = vae_latents(self.vae, images[:, :, None], self.device, generator, sample)[:, :, 0]
-        mean, std = self._stats(z)
-        return ((z - mean) / std).float()
-
-    def posterior(self, images: torch.Tensor) -> tuple:
-        """(mean, std) of the VAE's posterior of images (B, 3, H, W) in [-1, 1] encoded as one frame, each (B, C,
-        h, w), unnormalised (a ControlNet's control image: :func:`.flow_controlnet.control_latents`)."""
-        with torch.no_grad():
-            dist = self.vae.encode(images[:, :, None].to(self.device, self.vae.dtype), return_dict=False)[0]
-        return dist.mean[:, :, 0], dist.std[:, :, 0]
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """x = D(z std + mean) in [-1, 1] (not clamped) of the one-frame video, as the pipelines decode."""
-        with torch.no_grad():
-            z = latents.to(device=self.device, dtype=self.vae.dtype)
-            mean, std = self._stats(z)
-            return self.vae.decode((z * std + mean)[:, :, None], return_dict=False)[0][:, :, 0].float()
 
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
         """:meth:`.flux.Flux.latent_shape` (default 128 f, multiples of 2 f) with C = in_channels / 4 (the
