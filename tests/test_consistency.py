@@ -250,7 +250,7 @@ def test_distillation_from_the_exact_teacher_converges_to_its_ddim_consistency_f
     student = ConsistencyDenoiser(Denoiser(net, S, prediction_type="sample"))
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(0)
-    for step in range(600):
+    for step in range(400):  # rel reaches 5e-4 (600 steps: 1e-5; 300: 0.04, above the bound)
         x0 = g.sample(256, gen)[0]
         z = torch.randn(256, 2, generator=gen, dtype=F64)
         n = torch.randint(len(grid) - 1, (256,), generator=gen)

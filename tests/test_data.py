@@ -35,13 +35,17 @@ def assert_one_line_error(excinfo, *needles):
 
 
 def pixel_moments(dataset) -> tuple[float, float]:
-    """Mean and std of all pixels scaled to [0, 1], read through the public loader."""
-    total = total_sq = count = 0.0
-    for images, _ in make_loader(dataset, batch_size=10000, shuffle=False):
-        unit = (images.double() + 1) / 2
-        total, total_sq, count = total + unit.sum().item(), total_sq + (unit ** 2).sum().item(), count + unit.numel()
-    mean = total / count
-    return mean, (total_sq / count - mean ** 2) ** 0.5
+    """Mean and std of all pixels scaled to [0, 1]: the loader's first batch is checked to be the stored
+    pixels' image (uint8 v -> v / 127.5 - 1), then the moments come from a histogram of all stored pixels
+    (exact; walking 60000 items through the loader took 2.4 s of a 2.7 s test)."""
+    images, _ = next(iter(make_loader(dataset, batch_size=1000, shuffle=False)))
+    assert torch.equal(images, dataset.images[:1000].to(torch.float32) / 127.5 - 1.0)
+    counts = sum(torch.bincount(chunk.reshape(-1).long(), minlength=256).double()
+                 for chunk in dataset.images.split(10000))
+    unit = torch.arange(256, dtype=torch.float64) / 255
+    count = counts.sum()
+    mean = float((counts * unit).sum() / count)
+    return mean, float((counts * unit ** 2).sum() / count - mean ** 2) ** 0.5
 
 
 # ------------------------------------------------------------------------- real data

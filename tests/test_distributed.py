@@ -10,6 +10,24 @@ from diffkit import checkpoint as ckpt
 TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,2]", "--set", "attn=[1]",
         "--set", "num_res_blocks=1", "--set", "dropout=0.0", "--set", "num_heads=1", "--set", "device=cpu",
         "--steps", "3", "--no-sample", "--no-progress"]
+# The runs train on a folder of 40 random 8x8 PNGs (5 steps of 8 per epoch: steps 1-3 are mid-epoch, as on
+# digits), filled in by the module's _image_folder fixture: each rank of a torchrun launch is a fresh
+# interpreter, and the digits set's sklearn import cost each of them about 2.5 s of CPU (a launch's 17.8 s
+# -> 12.8 s); the data-parallel code (the sharded sampler of an in-memory data set) is the same for both.
+DATA = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _image_folder(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+    folder = tmp_path_factory.mktemp("distributed_data")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    DATA[:] = ["--dataset", "folder", "--data-dir", str(folder)]
+    yield
+    DATA.clear()
 
 
 def _in_process(argv):
@@ -22,7 +40,8 @@ def _in_process(argv):
 
 
 def _train(out, nproc, batch, *extra):
-    cmd = [sys.executable, "-m", "diffkit", "train", "--out", str(out), "--batch-size", str(batch), *TINY, *extra]
+    cmd = [sys.executable, "-m", "diffkit", "train", "--out", str(out), "--batch-size", str(batch), *TINY, *DATA,
+           *extra]
     if nproc == 1:
         return _in_process(cmd[3:])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -82,7 +101,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp
         pytest.skip("needs /proc to find rank 1")
     mark = uuid.uuid4().hex
     run = tmp_path / "run"
-    args = [a for a in TINY if a not in ("--steps", "3")]
+    args = [a for a in TINY if a not in ("--steps", "3")] + DATA
     proc = subprocess.Popen([sys.executable, "-m", "diffkit", "train", "--nproc", "2", "--out", str(run),
                              "--batch-size", "4", "--steps", "100000", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,

@@ -338,11 +338,19 @@ def test_sigint_to_train_classifier_exits_130_at_any_moment(tmp_path, moment):
     """Ctrl-C gives `diffkit: interrupted` and status 130 wherever it lands: it used to give a
     traceback and -2 (killed by the signal) while `import diffkit` imported torch, before the
     command line's handler was in place."""
+    # a labelled folder of two classes, not the digits default: the sklearn import of digits cost each of the
+    # two runs that get past the imports ~2.5 s of CPU; "loading data" is still the moment after the load
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        cls = tmp_path / "labelled" / "ab"[i % 2]
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(cls / f"{i}.png")
     out = open(tmp_path / "c.out", "w")
     # a terminal's Ctrl-C: the child starts with SIGINT's default disposition even when this test runs
     # as a shell's background job (which starts with SIGINT ignored, and Python then installs no handler)
     proc = subprocess.Popen([sys.executable, "-m", "diffkit", "train-classifier", "--steps", "100000", "--channel",
                              "8", "--channel-mult", "1", "--attn", "", "--batch-size", "8", "--img-size", "8",
+                             "--dataset", "folder", "--data-dir", str(tmp_path / "labelled"),
                              "--out", str(tmp_path / "c.safetensors"), "--no-progress", "--device", "cpu"],
                             cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
