@@ -9,14 +9,15 @@ import torch
 import diffusers
 import transformers
 
-from test_interop_diffusers import tiny_sd_components
+from test_interop_diffusers import tiny_clip_tokenizer
 
 WIDTH = 16  # the CLIP projection: the image embeddings' width
 
 
-def tiny_prior_pipeline(root):
-    """A KandinskyV22PriorPipeline of random weights (its tokenizer's files written into ``root``)."""
-    tokenizer = tiny_sd_components(root)[3]
+def tiny_prior_pipeline(root, pipeline=None):
+    """A KandinskyV22PriorPipeline of random weights (its tokenizer's files written into ``root``); ``pipeline``:
+    another class of the same components (Kandinsky 2.1's KandinskyPriorPipeline)."""
+    tokenizer = tiny_clip_tokenizer(root)
     torch.manual_seed(0)
     text = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
         hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=1, projection_dim=WIDTH,
@@ -34,8 +35,17 @@ def tiny_prior_pipeline(root):
     scheduler = diffusers.UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
                                           clip_sample=True, clip_sample_range=1.0)
     processor = transformers.CLIPImageProcessor(crop_size=8, size=8)
-    return diffusers.KandinskyV22PriorPipeline(prior=prior, image_encoder=vision, text_encoder=text,
+    return (pipeline or diffusers.KandinskyV22PriorPipeline)(prior=prior, image_encoder=vision, text_encoder=text,
                                                tokenizer=tokenizer, scheduler=scheduler, image_processor=processor)
+
+
+def tiny_movq():
+    """A VQModel (MoVQ) of 2 levels, width 32 (its SpatialNorm's 32 groups), 4 latent channels."""
+    return diffusers.VQModel(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D",
+                                                                           "AttnDownEncoderBlock2D"],
+                             up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], in_channels=3,
+                             out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                             norm_type="spatial", num_vq_embeddings=12, vq_embed_dim=4)
 
 
 def tiny_decoder_pipeline(inpaint=False, hint=False, **scheduler_options):
@@ -53,11 +63,7 @@ def tiny_decoder_pipeline(inpaint=False, hint=False, **scheduler_options):
         addition_embed_type="image_hint" if hint else "image",
         encoder_hid_dim=WIDTH, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=8,
         resnet_time_scale_shift="scale_shift", norm_num_groups=8)
-    movq = diffusers.VQModel(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D",
-                                                                           "AttnDownEncoderBlock2D"],
-                             up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], in_channels=3,
-                             out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-                             norm_type="spatial", num_vq_embeddings=12, vq_embed_dim=4)
+    movq = tiny_movq()
     scheduler = diffusers.DDPMScheduler(**{"beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012,
                                            "clip_sample": False, "steps_offset": 1, "variance_type": "learned_range",
                                            **scheduler_options})

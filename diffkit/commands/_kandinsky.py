@@ -26,10 +26,11 @@ TAKES = ("--prior, --prompt, --negative-prompt, --guidance-scale (--guidance-con
 
 
 def add_prior_flags(parser) -> None:
-    g = parser.add_argument_group("Kandinsky 2.2 prior + decoder (docs/interop.md)")
+    g = parser.add_argument_group("Kandinsky 2.2 / 2.1 prior + decoder (docs/interop.md)")
     g.add_argument("--prior", type=path_arg, metavar="FOLDER",
                    help="a Kandinsky 2.2 decoder --checkpoint (KandinskyV22Pipeline): its prior folder "
-                        "(KandinskyV22PriorPipeline), which draws the image embeddings the decoder is conditioned on")
+                        "(KandinskyV22PriorPipeline), which draws the image embeddings the decoder is conditioned on; "
+                        "a Kandinsky 2.1 decoder (KandinskyPipeline): its KandinskyPriorPipeline folder")
     g.add_argument("--prior-guidance-scale", type=float, metavar="S",
                    help="with --prior: the prior's classifier-free guidance in --guidance-convention (default "
                         "diffusers' s = 4)")
@@ -60,16 +61,18 @@ class PriorRequest:
     def from_args(cls, args, checkpoint) -> Optional["PriorRequest"]:
         """The request (None without ``--prior`` on another folder); one line for ``--prior`` on anything but a
         Kandinsky 2.2 decoder folder, a decoder folder without it, or the prior flags without ``--prior``."""
-        from ..interop.kandinsky import (DECODER_PIPELINE, PRIOR_DEFAULTS, PRIOR_PIPELINE, check_decoder_folder,
-                                         check_prior_folder, is_kandinsky_folder, kandinsky_kind)
+        from ..interop.kandinsky import (PRIOR_DEFAULTS, check_decoder_folder, check_prior_folder,
+                                         is_kandinsky_folder, kandinsky_kind)
+        from ..interop.kandinsky21 import kandinsky_names
         from ..interop.kandinsky_emb2emb import EMB2EMB_STRENGTH
         decoder = checkpoint is not None and is_kandinsky_folder(checkpoint)
+        version, prior_pipeline, decoder_pipeline, _ = kandinsky_names(checkpoint) if checkpoint else ("2.2",) * 4
         if args.prior is None:
             if decoder:
                 raise missing_prior(checkpoint)
-            if checkpoint is not None and kandinsky_kind(checkpoint) == PRIOR_PIPELINE:
-                raise DiffkitError(f"{checkpoint} is a Kandinsky 2.2 prior folder: give it as --prior, with the "
-                                   f"decoder folder ({DECODER_PIPELINE}) as --checkpoint")
+            if checkpoint is not None and kandinsky_kind(checkpoint) == prior_pipeline:
+                raise DiffkitError(f"{checkpoint} is a Kandinsky {version} prior folder: give it as --prior, with "
+                                   f"the decoder folder ({decoder_pipeline}) as --checkpoint")
             from ..interop.stable_cascade import is_stable_cascade_folder
             cascade = checkpoint is not None and is_stable_cascade_folder(checkpoint)  # its image prompts
             for flag, value in (("--prior-guidance-scale", args.prior_guidance_scale),
@@ -77,14 +80,17 @@ class PriorRequest:
                                 ("--prior-image", None if cascade else args.prior_image),
                                 ("--prior-strength", args.prior_strength)):
                 if value is not None:
-                    raise DiffkitError(f"{flag} needs --prior FOLDER (a Kandinsky 2.2 prior) with a Kandinsky 2.2 "
-                                       f"decoder --checkpoint")
+                    raise DiffkitError(f"{flag} needs --prior FOLDER (a Kandinsky 2.2 or 2.1 prior) with a "
+                                       f"Kandinsky decoder --checkpoint of the same version")
             return None
         if not decoder:
-            raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder ({DECODER_PIPELINE}) as "
-                               f"--checkpoint; {checkpoint} is not one")
+            raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline) or a "
+                               f"Kandinsky 2.1 one (KandinskyPipeline) as --checkpoint; {checkpoint} is not one")
         check_decoder_folder(checkpoint)
-        check_prior_folder(args.prior)
+        check_prior_folder(args.prior, prior_pipeline)  # the decoder's own generation's prior
+        if version == "2.1" and args.prior_image is not None:
+            raise DiffkitError("--prior-image applies to a Kandinsky 2.2 prior (KandinskyV22PriorEmb2EmbPipeline); "
+                               "diffusers has no Kandinsky 2.1 prior pipeline from an image")
         steps = PRIOR_DEFAULTS[1] if args.prior_steps is None else args.prior_steps
         if steps < 2:
             raise DiffkitError(f"--prior-steps {steps} is not allowed; give at least 2 (UnCLIPScheduler's timesteps "
@@ -133,10 +139,11 @@ class PriorRequest:
 
 
 def missing_prior(checkpoint) -> DiffkitError:
-    """The one line for a Kandinsky 2.2 decoder folder sampled without ``--prior``."""
-    from ..interop.kandinsky import DECODER_PIPELINE, PRIOR_PIPELINE
-    return DiffkitError(f"{checkpoint} is a Kandinsky 2.2 decoder folder ({DECODER_PIPELINE}): give --prior FOLDER "
-                        f"(its {PRIOR_PIPELINE} folder) and --prompt TEXT")
+    """The one line for a Kandinsky 2.2 (or 2.1) decoder folder sampled without ``--prior``."""
+    from ..interop.kandinsky21 import kandinsky_names
+    version, prior, decoder, _ = kandinsky_names(checkpoint)
+    return DiffkitError(f"{checkpoint} is a Kandinsky {version} decoder folder ({decoder}): give --prior FOLDER "
+                        f"(its {prior} folder) and --prompt TEXT")
 
 
 def check_hint_flag(checkpoint, given: bool) -> None:
@@ -185,13 +192,17 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
     from ._pixart import checked_request, own_loop
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
-    from ..interop.kandinsky import INPAINT_PIPELINE, kandinsky_kind
-    if kandinsky_kind(directory) == INPAINT_PIPELINE:
-        raise DiffkitError(f"{directory} is a {INPAINT_PIPELINE} folder: it only inpaints; use diffkit edit --images "
+    from ..interop.kandinsky import kandinsky_kind
+    from ..interop.kandinsky21 import kandinsky_names
+    version, _, _, inpaint_pipeline = kandinsky_names(directory)
+    if kandinsky_kind(directory) == inpaint_pipeline:
+        raise DiffkitError(f"{directory} is a {inpaint_pipeline} folder: it only inpaints; use diffkit edit --images "
                            f"PNG|DIR --mask PNG --prior FOLDER --prompt TEXT")
     check_hint_flag(directory, control is not None)
     takes = TAKES + (", --control-image" if control is not None else "")
-    guidance = checked_request(directory, "Kandinsky 2.2 decoder", takes, guidance, options, refused)
+    if version == "2.1":
+        takes = takes.replace("--prior-image (--prior-strength), ", "")
+    guidance = checked_request(directory, f"Kandinsky {version} decoder", takes, guidance, options, refused)
     decoder = load_decoder(directory, device, progress=progress)
     shape = decoder.latent_shape(1, height, width)[1:]
     controls = None if control is None else hints(control.images[0], (1,) + shape)
@@ -218,6 +229,8 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
         if controls is not None:
             how["hint"] = torch.cat([controls[r] for r in cond["control_rows"]]) if "control_rows" in cond else \
                 controls[0]
+        if decoder.takes_prompts:  # Kandinsky 2.1: as KandinskyCombinedPipeline, guided against the empty prompt
+            how["prompts"] = cond["prompts"]
         return decode_embeddings(decoder, embeds, negative, guidance_scale=scale_s, sampler=sampler, steps=steps,
                                  latents=noise, generator=generator, return_latents=True, **grid, **how)
 
@@ -229,7 +242,7 @@ def sample_kandinsky(directory, *, prior: PriorRequest, sampler=None, steps=None
         **options)
     grid = "the scheduler's timesteps" if own_grid else "its diffkit grid"
     hinted = "" if control is None else f", hint {control.images[0]}"
-    print(f"wrote {out} ({num} samples, {sampler} on {grid}, Kandinsky 2.2 decoder {directory} with prior "
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, Kandinsky {version} decoder {directory} with prior "
           f"{prior.describe()}{hinted}, prompts {prompts})")
     return images
 
@@ -251,14 +264,16 @@ HINT_FLAGS = EDIT_FLAGS | {"control_images"}
 def check_inpaint_request(args) -> bool:
     """True for a ``KandinskyV22InpaintPipeline`` decoder folder with ``--mask``; one line for one without it, and
     for ``--mask`` on a ``KandinskyV22Pipeline`` folder (its UNet takes the latents alone)."""
-    from ..interop.kandinsky import INPAINT_PIPELINE, kandinsky_kind
-    inpainting = kandinsky_kind(args.checkpoint) == INPAINT_PIPELINE
+    from ..interop.kandinsky import kandinsky_kind
+    from ..interop.kandinsky21 import kandinsky_names
+    version, _, _, inpaint_pipeline = kandinsky_names(args.checkpoint)
+    inpainting = kandinsky_kind(args.checkpoint) == inpaint_pipeline
     if inpainting and args.mask is None:
-        raise DiffkitError(f"{args.checkpoint} is a {INPAINT_PIPELINE} folder: it only inpaints; give --mask PNG "
+        raise DiffkitError(f"{args.checkpoint} is a {inpaint_pipeline} folder: it only inpaints; give --mask PNG "
                            f"(white = repaint)")
     if args.mask is not None and not inpainting:
-        raise DiffkitError(f"--mask does not apply to a Kandinsky 2.2 decoder folder whose UNet takes the latents "
-                           f"alone ({args.checkpoint}); allowed: a {INPAINT_PIPELINE} folder as --checkpoint")
+        raise DiffkitError(f"--mask does not apply to a Kandinsky {version} decoder folder whose UNet takes the "
+                           f"latents alone ({args.checkpoint}); allowed: a {inpaint_pipeline} folder as --checkpoint")
     return inpainting
 
 
@@ -266,12 +281,15 @@ def edit_kandinsky(args) -> int:
     """``diffkit edit --checkpoint DECODER --prior PRIOR --images PNG|DIR --prompt TEXT``: each image edited as
     ``KandinskyV22Img2ImgPipeline`` fed the prior's embeddings of its prompt
     (:func:`diffkit.interop.kandinsky.image_to_image`: strength 0.3, 100 steps by default; image i from ``--seed``
-    + i in both folders). Every other edit flag: one line, before any weight is read or any folder is made."""
+    + i in both folders); a Kandinsky 2.1 decoder as ``KandinskyImg2ImgPipeline`` / ``KandinskyInpaintPipeline``
+    (the prompt to the decoder too, guided against the empty prompt as the combined pipelines do). Every other edit
+    flag: one line, before any weight is read or any folder is made."""
     import torch
 
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.kandinsky import DECODER_DEFAULTS, INPAINT_PIPELINE, image_to_image, load_decoder, load_prior
+    from ..interop.kandinsky import DECODER_DEFAULTS, image_to_image, load_decoder, load_prior
+    from ..interop.kandinsky21 import IMG2IMG21_PIPELINE, kandinsky_names
     from ..interop.kandinsky_controlnet import CONTROLNET_IMG2IMG_PIPELINE, CONTROLNET_PIPELINE
     from ..interop.kandinsky_inpaint import inpaint
     from ..memory import batches_with_oom_retry
@@ -281,14 +299,18 @@ def edit_kandinsky(args) -> int:
 
     directory = args.checkpoint
     inpainting = check_inpaint_request(args)
+    version, _, _, inpaint_pipeline = kandinsky_names(directory)
     found = []  # the --prior request, checked after the flags
     control = getattr(args, "control_images", None)
-    flags, takes, runs = (INPAINT_FLAGS, INPAINT_TAKES, INPAINT_PIPELINE) if inpainting else \
+    flags, takes, runs = (INPAINT_FLAGS, INPAINT_TAKES, inpaint_pipeline) if inpainting else \
         (HINT_FLAGS, HINT_TAKES, CONTROLNET_IMG2IMG_PIPELINE) if control else \
-        (EDIT_FLAGS, EDIT_TAKES, "KandinskyV22Img2ImgPipeline")
+        (EDIT_FLAGS, EDIT_TAKES, IMG2IMG21_PIPELINE if version == "2.1" else "KandinskyV22Img2ImgPipeline")
+    if version == "2.1":
+        takes = takes.replace("--prior-image (--prior-strength), ", "")
     check_hint_flag(directory, bool(control))
-    images, count, mask = prompted_edit_inputs(args, flags, "Kandinsky 2.2 decoder", runs, takes, with_mask=True,
-                                               check=lambda: found.append(PriorRequest.from_args(args, directory)))
+    images, count, mask = prompted_edit_inputs(args, flags, f"Kandinsky {version} decoder", runs, takes,
+                                               with_mask=True, check=lambda: found.append(
+                                                   PriorRequest.from_args(args, directory)))
     prior = found[0]
     if control:  # one file, or a folder of one per --images file (as FLUX.1 Depth's)
         from ._controlnet import ControlRequest
@@ -311,7 +333,7 @@ def edit_kandinsky(args) -> int:
         gens = [g for _ in range(copies) for g in generators_from_seed(args.seed + start, n)]
         embeds, negative = prior.embeddings(model, prompts, negatives, gens)
         common = {"guidance_scale": scale, "steps": args.steps, "seed": args.seed + start, "output_range": "-1,1",
-                  "progress": args.progress}
+                  "progress": args.progress, **({"prompts": prompts} if decoder.takes_prompts else {})}
         if inpainting:
             return (inpaint(decoder, images[start:start + n], mask, embeds, negative, **common).cpu(),)
         if controls is not None:  # KandinskyV22ControlnetImg2ImgPipeline: each image's hint (or the one)
@@ -322,8 +344,8 @@ def edit_kandinsky(args) -> int:
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
-    how = f"as {INPAINT_PIPELINE}, mask {args.mask}" if inpainting else f"as {runs}, strength {strength}" + \
+    how = f"as {inpaint_pipeline}, mask {args.mask}" if inpainting else f"as {runs}, strength {strength}" + \
         (f", hint {args.control_images[0]}" if control else "")
-    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky 2.2 decoder {directory} with prior "
-          f"{prior.describe()} {how}, prompts {list(args.prompts)})")
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky {version} decoder {directory} with "
+          f"prior {prior.describe()} {how}, prompts {list(args.prompts)})")
     return 0

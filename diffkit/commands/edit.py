@@ -372,11 +372,13 @@ def _run(args) -> int:
         from ._kandinsky import edit_kandinsky
         return edit_kandinsky(args)
     if kandinsky_kind(args.checkpoint):
-        raise DiffkitError(f"{args.checkpoint} is a Kandinsky 2.2 prior folder: give it as --prior, with the decoder "
-                           f"folder (KandinskyV22Pipeline) as --checkpoint")
+        from ..interop.kandinsky21 import kandinsky_names
+        version, _, decoder, _ = kandinsky_names(args.checkpoint)
+        raise DiffkitError(f"{args.checkpoint} is a Kandinsky {version} prior folder: give it as --prior, with the "
+                           f"decoder folder ({decoder}) as --checkpoint")
     if getattr(args, "prior", None) is not None:
-        raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline) as "
-                           f"--checkpoint; {args.checkpoint} is not one")
+        raise DiffkitError(f"--prior applies to a Kandinsky 2.2 decoder folder (KandinskyV22Pipeline) or a Kandinsky "
+                           f"2.1 one (KandinskyPipeline) as --checkpoint; {args.checkpoint} is not one")
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(args.checkpoint):  # a Klein folder with --mask, as Flux2KleinInpaintPipeline (._flux2)
         from ._flux2 import edit_flux2

@@ -68,16 +68,19 @@ IMAGE_EMBEDS = "image_embeds"  # the decoder UNet's added_cond_kwargs key (.deno
 
 
 def kandinsky_kind(path) -> Optional[str]:
-    """``model_index.json``'s ``_class_name`` where it is a Kandinsky 2.2 prior or decoder, else None."""
+    """``model_index.json``'s ``_class_name`` where it is a Kandinsky 2.2 (or 2.1, :mod:`.kandinsky21`) prior or
+    decoder, else None."""
+    from .kandinsky21 import KANDINSKY21_PIPELINES
     from .sd_xl import pipeline_class
     name = pipeline_class(path)
-    return name if name in KANDINSKY_PIPELINES else None
+    return name if name in KANDINSKY_PIPELINES + KANDINSKY21_PIPELINES else None
 
 
 def is_kandinsky_folder(path) -> bool:
     """True for a ``KandinskyV22Pipeline``, ``KandinskyV22InpaintPipeline`` or ``KandinskyV22Controlnet*``
-    (decoder) folder."""
-    return kandinsky_kind(path) in DECODER_PIPELINES
+    (decoder) folder, or a Kandinsky 2.1 decoder folder (:mod:`.kandinsky21`)."""
+    from .kandinsky21 import DECODER21_PIPELINES
+    return kandinsky_kind(path) in DECODER_PIPELINES + DECODER21_PIPELINES
 
 
 def prior_sampler(config: dict) -> tuple:
@@ -158,39 +161,48 @@ def decoder_sampler(config: dict) -> tuple:
     return sampler, {**options, "variance_type": variance}
 
 
-def _checked(directory, pipeline: str, required, classes: dict) -> dict:
-    """The index of ``directory`` where it is a ``pipeline`` folder with ``required`` and ``classes``, else one
-    line (the other Kandinsky folder named with its flag)."""
+def _checked(directory, pipeline: str, required, classes: dict, same=DECODER_PIPELINES,
+             version: str = "2.2") -> dict:
+    """The index of ``directory`` where it is a ``pipeline`` folder (or, ``pipeline`` being ``same[0]``, one of
+    ``same``: folders of the same components) with ``required`` and ``classes``, else one line (the other Kandinsky
+    folder named with its flag)."""
+    from .kandinsky21 import PRIOR21_PIPELINE
     from .pixart import check_classes
     from .sd_xl import _index
     directory = Path(directory)
     found = kandinsky_kind(directory)
-    pipeline = found if found in DECODER_PIPELINES and pipeline == DECODER_PIPELINE else pipeline
+    pipeline = found if found in same and pipeline == same[0] else pipeline
     if found != pipeline:
-        flag = "--prior" if pipeline == PRIOR_PIPELINE else "--checkpoint"
+        flag = "--prior" if pipeline in (PRIOR_PIPELINE, PRIOR21_PIPELINE) else "--checkpoint"
         other = f" (it is a {found} folder: give it as {'--checkpoint' if flag == '--prior' else '--prior'})" \
-            if found else ""
+            if found and (found in (PRIOR_PIPELINE, PRIOR21_PIPELINE)) == (flag == "--checkpoint") else \
+            f" (it is a {found} folder)" if found else ""
         raise DiffkitError(f"{directory} is not a {pipeline} folder{other}; allowed for {flag}: a folder whose "
                            f"model_index.json names {pipeline}")
     index = _index(directory)
-    check_classes(directory, index, required, f"Kandinsky 2.2 ({pipeline})", classes)
+    check_classes(directory, index, required, f"Kandinsky {version} ({pipeline})", classes)
     return index
 
 
-def check_prior_folder(directory) -> tuple:
-    """(model_index dict, scheduler config) of a Kandinsky 2.2 prior folder, checked from its JSON alone."""
+def check_prior_folder(directory, pipeline: str = PRIOR_PIPELINE) -> tuple:
+    """(model_index dict, scheduler config) of a Kandinsky 2.2 prior folder (``pipeline``: Kandinsky 2.1's
+    ``KandinskyPriorPipeline``, the same components and loop), checked from its JSON alone."""
     directory = Path(directory)
-    index = _checked(directory, PRIOR_PIPELINE, PRIOR_REQUIRED, {
+    index = _checked(directory, pipeline, PRIOR_REQUIRED, {
         "prior": ("PriorTransformer",), "text_encoder": ("CLIPTextModelWithProjection",),
-        "image_encoder": ("CLIPVisionModelWithProjection",)})
+        "image_encoder": ("CLIPVisionModelWithProjection",)}, version="2.2" if pipeline == PRIOR_PIPELINE else "2.1")
     scheduler = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     prior_sampler(scheduler)
     return index, scheduler
 
 
 def check_decoder_folder(directory) -> tuple:
-    """(model_index dict, UNet config, scheduler config) of a Kandinsky 2.2 decoder folder, from its JSON alone."""
+    """(model_index dict, UNet config, scheduler config) of a Kandinsky 2.2 decoder folder, from its JSON alone (a
+    Kandinsky 2.1 one: :func:`.kandinsky21.check_decoder21_folder`)."""
+    from .kandinsky21 import DECODER21_PIPELINES, check_decoder21_folder
     directory = Path(directory)
+    if kandinsky_kind(directory) in DECODER21_PIPELINES:
+        return check_decoder21_folder(directory)
     index = _checked(directory, DECODER_PIPELINE, DECODER_REQUIRED,
                      {"unet": ("UNet2DConditionModel",), "movq": ("VQModel",)})
     unet = read_json_object(directory / "unet" / "config.json", "unet config")
@@ -280,11 +292,14 @@ class KandinskyPrior:
 
 def load_prior(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                progress: bool = True) -> KandinskyPrior:
-    """Load a ``KandinskyV22PriorPipeline`` folder (never downloading nor unpickling; the image processor is not
-    loaded: only the zero image is encoded), checked first (:func:`check_prior_folder`)."""
+    """Load a ``KandinskyV22PriorPipeline`` folder, or Kandinsky 2.1's ``KandinskyPriorPipeline`` (the same
+    components and loop), never downloading nor unpickling (the image processor is not loaded: only the zero image is
+    encoded), checked first (:func:`check_prior_folder`)."""
+    from .kandinsky21 import PRIOR21_PIPELINE
     diffusers, transformers = require("diffusers"), require("transformers")
     directory = Path(directory)
-    _, scheduler = check_prior_folder(directory)
+    _, scheduler = check_prior_folder(directory, PRIOR21_PIPELINE if kandinsky_kind(directory) == PRIOR21_PIPELINE
+                                      else PRIOR_PIPELINE)
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
     with library_progress_bars(progress):
         prior = from_pretrained(diffusers.PriorTransformer, directory / "prior", "--prior", **common)
@@ -366,6 +381,26 @@ class KandinskyDecoder:
     default_guidance_scale, default_steps = DECODER_DEFAULTS
     default_size = DECODER_SIZE  # the pipeline's default height and width
     downscale = None  # f of the latent size rule h = ceil(height / f^2) f; None: the MoVQ's (Kandinsky 3: 8)
+    inpaint_pipeline = INPAINT_PIPELINE  # the folder class whose UNet inpaints (.kandinsky_inpaint)
+    takes_prompts = False  # the UNet sees the image embedding alone (Kandinsky 2.1's: the prompt too)
+    blends_inpaint = True  # the inpainting loop sets the kept region back after every step (2.1's does not)
+
+    @property
+    def embed_width(self) -> int:
+        """The image embeddings' width d (the UNet's ``encoder_hid_dim``: its ``image_proj`` input)."""
+        return int(self.unet.config.encoder_hid_dim)
+
+    def decoder_text(self, prompts, negative_prompt, rows: int) -> Optional[tuple]:
+        """None: the UNet sees the image embedding alone; one line for prompts given (Kandinsky 2.1's decoder
+        takes them, :meth:`.kandinsky21.Kandinsky21Decoder.decoder_text`)."""
+        if prompts is not None or negative_prompt is not None:
+            raise DiffkitError(f"a {self.pipeline} decoder takes no prompt (its UNet sees the image embedding alone); "
+                               f"give the prompt to the prior (prior_embeddings)")
+        return None
+
+    def img2img_start(self, images: torch.Tensor, grid: torch.Tensor, generators, strength: float) -> torch.Tensor:
+        """z_t of img2img's first kept timestep: :func:`noised_images` (Kandinsky 2.1's pipeline noises otherwise)."""
+        return noised_images(self, images, grid, generators)
 
     @property
     def latent_channels(self) -> int:
@@ -391,7 +426,7 @@ class KandinskyDecoder:
     @property
     def denoiser(self):
         """The unguided :class:`~diffkit.denoiser.Denoiser` with the learned variance (cond: ``image_embeds``)."""
-        if self._denoiser is None and self.pipeline == INPAINT_PIPELINE:
+        if self._denoiser is None and self.pipeline == self.inpaint_pipeline:
             from .kandinsky_inpaint import inpaint_denoiser
             self._denoiser = inpaint_denoiser(self)
         if self._denoiser is None:
@@ -415,8 +450,11 @@ class KandinskyDecoder:
 def load_decoder(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                  progress: bool = True) -> KandinskyDecoder:
     """Load a ``KandinskyV22Pipeline`` folder (never downloading nor unpickling), checked first
-    (:func:`check_decoder_folder`)."""
+    (:func:`check_decoder_folder`); a Kandinsky 2.1 decoder folder: :func:`.kandinsky21.load_decoder21`."""
+    from .kandinsky21 import DECODER21_PIPELINES, load_decoder21
     directory = Path(directory)
+    if kandinsky_kind(directory) in DECODER21_PIPELINES:
+        return load_decoder21(directory, device, dtype, progress)
     index, _, scheduler = check_decoder_folder(directory)
     return KandinskyDecoder(**decoder_fields(directory, index, scheduler, require("diffusers").UNet2DConditionModel,
                                              device, dtype, progress))
@@ -440,20 +478,27 @@ def decoder_fields(directory: Path, index: dict, scheduler: dict, unet_class, de
 
 
 def decoder_guidance(model: KandinskyDecoder, image_embeds: torch.Tensor, negative_image_embeds: torch.Tensor,
-                     guidance_scale: Optional[float] = None, denoiser=None, hint: Optional[dict] = None) -> tuple:
+                     guidance_scale: Optional[float] = None, denoiser=None, hint: Optional[dict] = None,
+                     text: Optional[tuple] = None) -> tuple:
     """(denoiser, cond): the decoder's, guided against ``negative_image_embeds`` where diffusers' s > 1; ``hint``:
-    an image-hint UNet's {``hint``: ...} (:func:`.kandinsky_controlnet.hint_cond`), the same in both halves."""
+    an image-hint UNet's {``hint``: ...} (:func:`.kandinsky_controlnet.hint_cond`), the same in both halves;
+    ``text``: Kandinsky 2.1's (prompt cond, null prompt cond) ({``context``, ``text_embeds``} each,
+    :meth:`.kandinsky21.Kandinsky21Decoder.decoder_text`), the null half's prompt the empty or negative one."""
     from ..guidance import ClassifierFreeGuidance, guidance_weight
     from .stable_diffusion import NULL_LABEL
     scale = model.default_guidance_scale if guidance_scale is None else guidance_scale
     denoiser = denoiser or model.denoiser
-    cond = {IMAGE_EMBEDS: image_embeds.to(model.device, model.dtype), **(hint or {})}
+    cond = {IMAGE_EMBEDS: image_embeds.to(model.device, model.dtype), **(hint or {}), **(text[0] if text else {})}
     if guidance_weight(scale, "diffusers") <= 0:
         return denoiser, cond
     if negative_image_embeds.shape[0] not in (1, image_embeds.shape[0]):
         raise DiffkitError(f"{negative_image_embeds.shape[0]} negative image embeddings for {image_embeds.shape[0]}; "
                            f"give one or one per image")
     null = {IMAGE_EMBEDS: negative_image_embeds.to(model.device, model.dtype)}
+    if text:  # Kandinsky 2.1: the null half's prompt states (context) and pooled embedding too
+        null = {**null, **text[1]}
+        return ClassifierFreeGuidance(denoiser, scale, "diffusers", null_context=null.pop("context"),
+                                      null_cond=null), cond
     # no text context: the halves are marked by labels (ignored by the UNet), the null half's embedding swapped
     guided = ClassifierFreeGuidance(denoiser, scale, "diffusers", null_class=NULL_LABEL, null_cond=null)
     return guided, {**cond, "y": torch.zeros(image_embeds.shape[0], dtype=torch.long, device=model.device)}
@@ -465,7 +510,8 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
                       nfe: Optional[int] = None, grid: Optional[str] = None, seed: Optional[int] = 0,
                       generator=None, latents: Optional[torch.Tensor] = None, output_range: str = "0,1",
                       return_latents: bool = False, progress: bool = False, hint: Optional[torch.Tensor] = None,
-                      **options) -> torch.Tensor:
+                      prompts: Union[None, str, Sequence[str]] = None,
+                      negative_prompt: Union[None, str, Sequence[str]] = None, **options) -> torch.Tensor:
     """The images of ``image_embeds`` (B, d) by a decoder folder (module docstring), as
     ``KandinskyV22Pipeline(image_embeds, negative_image_embeds, guidance_scale=s, height, width,
     num_inference_steps=steps)``: s diffusers' (default 4), height x width default 512. Row i draws from
@@ -476,16 +522,19 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
     ``return_latents``: z_0
     (``output_type="latent"``); else the MoVQ's images, ``output_range`` "0,1" ((x / 2 + 0.5).clamp(0, 1), the
     "np" / "pil" outputs) or "-1,1" (clamped). ``hint``: an image-hint decoder's control image, as
-    ``KandinskyV22ControlnetPipeline(hint=...)`` (:mod:`.kandinsky_controlnet`; required there, refused elsewhere)."""
+    ``KandinskyV22ControlnetPipeline(hint=...)`` (:mod:`.kandinsky_controlnet`; required there, refused elsewhere).
+    ``prompts`` (one, or one per row) and ``negative_prompt`` (None: the empty prompt): a Kandinsky 2.1 decoder's,
+    as ``KandinskyPipeline(prompt, ..., negative_prompt)`` (:mod:`.kandinsky21`; required there, refused elsewhere)."""
     from ..errors import check_choice
     from ..noise import randn
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
-    if image_embeds.ndim != 2 or image_embeds.shape[1] != model.unet.config.encoder_hid_dim:
+    if image_embeds.ndim != 2 or image_embeds.shape[1] != model.embed_width:
         raise DiffkitError(f"image_embeds of shape {tuple(image_embeds.shape)} are not allowed; give (B, "
-                           f"{model.unet.config.encoder_hid_dim}) (the prior's embedding width)")
+                           f"{model.embed_width}) (the prior's embedding width)")
     batch = image_embeds.shape[0]
+    text = model.decoder_text(prompts, negative_prompt, batch)
     shape = model.latent_shape(batch, height, width)
     hint = hint_cond(model, hint, shape if latents is None else latents.shape)
     if grid is not None:
@@ -499,7 +548,7 @@ def decode_embeddings(model: KandinskyDecoder, image_embeds: torch.Tensor, negat
         grid, steps = _own_grid(model.scheduler_config, model.default_steps if steps is None else steps), None
     sampler = sampler or own_sampler
     generators = _generators(generator, seed, batch)
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint, text=text)
     z_t = randn(shape, generators, device=model.device, dtype=torch.float32) if latents is None else \
         latents.to(model.device, torch.float32)
     noisy_last = grid is not None and sampler == "ddpm" and float(grid[-2]) > 0 and float(grid[-1]) < 0
@@ -540,7 +589,9 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
                    negative_image_embeds: torch.Tensor, *, strength: float = 0.3,
                    guidance_scale: Optional[float] = None, steps: Optional[int] = None, seed: Optional[int] = 0,
                    generator=None, output_range: str = "0,1", return_latents: bool = False,
-                   progress: bool = False, hint: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   progress: bool = False, hint: Optional[torch.Tensor] = None,
+                   prompts: Union[None, str, Sequence[str]] = None,
+                   negative_prompt: Union[None, str, Sequence[str]] = None) -> torch.Tensor:
     """``KandinskyV22Img2ImgPipeline(image=images, image_embeds, negative_image_embeds, strength, ...)``: ``images``
     (B, 3, H, W) in [-1, 1] at the output size (H, W multiples of f^2; the pipeline's preprocessing resizes first)
     encoded by the MoVQ's encoder (``movq.encode(x).latents``, not quantised, not scaled), noised to the first kept
@@ -549,15 +600,17 @@ def image_to_image(model: KandinskyDecoder, images: torch.Tensor, image_embeds: 
     from ``generator[i]``, default seed + i, which then draws the steps' noise), then the rest of the pipeline's loop
     (:func:`decoder_sampler` on those timesteps, with the last step's noise of :func:`last_step_noise`). ``hint``:
     an image-hint decoder's control image, as ``KandinskyV22ControlnetImg2ImgPipeline`` (:mod:`.kandinsky_controlnet`,
-    whose loop is this one)."""
+    whose loop is this one). ``prompts`` / ``negative_prompt``: a Kandinsky 2.1 decoder's, as
+    ``KandinskyImg2ImgPipeline`` (:mod:`.kandinsky21`, whose start :meth:`~KandinskyDecoder.img2img_start` differs)."""
     from ..errors import check_choice
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     grid = strength_grid(model, strength, steps)
     hint = hint_cond(model, hint, check_images(model, images))
+    text = model.decoder_text(prompts, negative_prompt, images.shape[0])
     generators = _generators(generator, seed, images.shape[0])
-    z_t = noised_images(model, images, grid, generators)
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint)
+    z_t = model.img2img_start(images, grid, generators, strength)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, hint=hint, text=text)
     z = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
     return finish_images(model, z, return_latents, output_range)
 
@@ -594,10 +647,13 @@ def text_to_image(prior: KandinskyPrior, decoder: KandinskyDecoder, prompts: Uni
                   prior_guidance_scale: Optional[float] = None, prior_steps: Optional[int] = None,
                   seed: Optional[int] = 0, **decoder_options) -> torch.Tensor:
     """``KandinskyV22CombinedPipeline``'s images: :func:`prior_embeddings` (row i from seed + i) fed to
-    :func:`decode_embeddings` (row i again from seed + i; ``decoder_options``: its keywords)."""
+    :func:`decode_embeddings` (row i again from seed + i; ``decoder_options``: its keywords). A Kandinsky 2.1
+    decoder (``KandinskyCombinedPipeline``) also gets the prompts, guided against the empty prompt: that pipeline
+    gives the negative prompt to the prior alone."""
     embeds, negative = prior_embeddings(prior, prompts, negative_prompt=negative_prompt,
                                         guidance_scale=prior_guidance_scale, steps=prior_steps, seed=seed)
-    return decode_embeddings(decoder, embeds, negative, seed=seed, **decoder_options)
+    text = {"prompts": prompts} if decoder.takes_prompts else {}
+    return decode_embeddings(decoder, embeds, negative, seed=seed, **text, **decoder_options)
 
 
 __all__ = ["KandinskyPrior", "KandinskyDecoder", "PriorNet", "load_prior", "load_decoder", "prior_embeddings",

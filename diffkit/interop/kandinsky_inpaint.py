@@ -30,14 +30,16 @@ from ..errors import DiffkitError
 from .sd_inpaint import MASK_KEY, MASKED_KEY, ChannelConcatNet
 
 
-def check_inpaint_channels(directory, pipeline: str, unet: dict) -> None:
+def check_inpaint_channels(directory, pipeline: str, unet: dict, inpaint_pipeline: Optional[str] = None) -> None:
     """One line unless the UNet takes 2C + 1 channels (C latent channels; out_channels C, or 2C with a learned
-    variance) exactly where the folder is a ``KandinskyV22InpaintPipeline``."""
+    variance) exactly where the folder is a ``KandinskyV22InpaintPipeline`` (or ``inpaint_pipeline``: Kandinsky
+    2.1's ``KandinskyInpaintPipeline``)."""
     from .kandinsky import INPAINT_PIPELINE
+    inpaint_pipeline = inpaint_pipeline or INPAINT_PIPELINE
     latent, out = unet.get("in_channels", 4), unet.get("out_channels", 4)
     inpaint = latent % 2 == 1 and out in ((latent - 1) // 2, latent - 1)  # C + C + 1 in, C or 2C (variance) out
-    if inpaint != (pipeline == INPAINT_PIPELINE):
-        allowed = "2C + 1 (latents, masked-image latents, mask)" if pipeline == INPAINT_PIPELINE else "C"
+    if inpaint != (pipeline == inpaint_pipeline):
+        allowed = "2C + 1 (latents, masked-image latents, mask)" if pipeline == inpaint_pipeline else "C"
         raise DiffkitError(f"{directory} is a {pipeline} folder whose UNet has in_channels={latent} "
                            f"(out_channels={out}); allowed: {allowed} for C latent channels")
 
@@ -73,21 +75,23 @@ def erode_keep(keep: torch.Tensor) -> torch.Tensor:
 def inpaint(model, images: torch.Tensor, mask: torch.Tensor, image_embeds: torch.Tensor,
             negative_image_embeds: torch.Tensor, *, guidance_scale: Optional[float] = None,
             steps: Optional[int] = None, seed: Optional[int] = 0, generator=None, output_range: str = "0,1",
-            return_latents: bool = False, progress: bool = False) -> torch.Tensor:
+            return_latents: bool = False, progress: bool = False, prompts=None, negative_prompt=None) -> torch.Tensor:
     """``KandinskyV22InpaintPipeline(image_embeds, image, mask_image, negative_image_embeds, ...)`` (module
     docstring): ``images`` (B, 3, H, W) in [-1, 1] at the output size, ``mask`` (B or 1, 1, H, W), 1 = repaint;
     s diffusers' (default 4), ``steps`` the scheduler's (default 100); row i draws z_T and the steps' noise from
     ``generator[i]`` (default seed + i). ``return_latents``: the final latents; else the MoVQ's images in
-    ``output_range``."""
+    ``output_range``. A Kandinsky 2.1 decoder (a ``KandinskyInpaintPipeline`` folder, :mod:`.kandinsky21`): with
+    ``prompts`` / ``negative_prompt`` as its pipeline takes them, and no blend (its loop keeps no region: the UNet's
+    mask channels alone keep it)."""
     from ..editing import InpaintingDenoiser
     from ..errors import check_choice
     from ..noise import randn
-    from .kandinsky import INPAINT_PIPELINE, _generators, _own_grid, check_images, decoder_guidance, folder_loop
+    from .kandinsky import _generators, _own_grid, check_images, decoder_guidance, folder_loop
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
-    if model.pipeline != INPAINT_PIPELINE:
+    if model.pipeline != model.inpaint_pipeline:
         raise DiffkitError(f"a {model.pipeline} decoder does not inpaint (its UNet takes the latents alone); "
-                           f"allowed: a {INPAINT_PIPELINE} folder (9 input channels)")
+                           f"allowed: a {model.inpaint_pipeline} folder (9 input channels)")
     shape = check_images(model, images)
     if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, shape[0]) \
             or mask.shape[2:] != images.shape[2:]:
@@ -98,13 +102,16 @@ def inpaint(model, images: torch.Tensor, mask: torch.Tensor, image_embeds: torch
     keep = 1 - (mask.to(model.device, torch.float32) >= 0.5).float()
     keep = erode_keep(F.interpolate(keep, z.shape[-2:], mode="nearest")).expand(shape[0], -1, -1, -1)
     grid = _own_grid(model.scheduler_config, model.default_steps if steps is None else steps)
+    text = model.decoder_text(prompts, negative_prompt, shape[0])
     generators = _generators(generator, seed, shape[0])
     z_t = randn(shape, generators, device=model.device, dtype=torch.float32)
-    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale)
+    denoiser, cond = decoder_guidance(model, image_embeds, negative_image_embeds, guidance_scale, text=text)
     cond = {**cond, MASKED_KEY: z * keep, MASK_KEY: keep}
-    denoiser = InpaintingDenoiser(denoiser, z, 1 - keep, first_input=z_t, blend=z_t)
+    if model.blends_inpaint:
+        denoiser = InpaintingDenoiser(denoiser, z, 1 - keep, first_input=z_t, blend=z_t)
     out = folder_loop(model, denoiser, z_t, grid, generators, cond, progress)
-    out = keep * z + (1 - keep) * out
+    if model.blends_inpaint:
+        out = keep * z + (1 - keep) * out
     if return_latents:
         return out
     decoded = model.decode(out)
