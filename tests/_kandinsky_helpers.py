@@ -70,3 +70,15 @@ def tiny_decoder_pipeline(inpaint=False, hint=False, **scheduler_options):
     pipeline = diffusers.KandinskyV22InpaintPipeline if inpaint else diffusers.KandinskyV22ControlnetPipeline if hint \
         else diffusers.KandinskyV22Pipeline
     return pipeline(unet=unet, scheduler=scheduler, movq=movq)
+
+
+def random_pngs(folder, count=2, size=16, seed=4):
+    """``count`` random RGB PNGs written into the new ``folder`` (0.png ...), returned as they read back, (count, 3,
+    size, size) in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+    folder.mkdir()
+    pixels = (torch.rand(count, size, size, 3, generator=torch.Generator().manual_seed(seed)) * 255).round()
+    for i in range(count):
+        Image.fromarray(pixels[i].numpy().astype(np.uint8)).save(folder / f"{i}.png")
+    return pixels.permute(0, 3, 1, 2) / 127.5 - 1

@@ -233,6 +233,7 @@ HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
 STABLE_CASCADE = "## Stable Cascade folders (`diffkit.interop.stable_cascade`)"
 LATENT_UPSCALE = "## Stable Diffusion x2 latent upscaler folders (`diffkit.interop.sd_latent_upscale`)"
 KANDINSKY = "## Kandinsky 2.2 folders (`diffkit.interop.kandinsky`)"
+KANDINSKY21 = "## Kandinsky 2.1 folders (`diffkit.interop.kandinsky21`)"
 CONSISTENCY_MODELS = "## Consistency-model folders (`diffkit.interop.consistency_models`)"
 KANDINSKY3 = "## Kandinsky 3 folders (`diffkit.interop.kandinsky3`)"
 LDM = "## Latent-diffusion folders (`diffkit.interop.ldm`)"
@@ -275,6 +276,8 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
                                                     (LUMINA_NEXT, ["LuminaPipeline"], "LN"),
                                                     (KANDINSKY, ["KandinskyV22PriorPipeline", "KandinskyV22Pipeline"],
                                                      "KD"),
+                                                    (KANDINSKY21, ["KandinskyPriorPipeline",
+                                                                   "KandinskyPipeline / Img2Img / Inpaint"], "KA"),
                                                     (CONSISTENCY_MODELS, ["ConsistencyModelPipeline"], "CM"),
                                                     (KANDINSKY3, ["Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline"],
                                                      "KT"),

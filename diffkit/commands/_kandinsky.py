@@ -9,8 +9,10 @@ factor squared). Sample i draws from seed + i in both folders (the prior: x_T th
 generator of its own; the decoder: z_T then its steps' noise), so a row equals the two pipelines chained with
 generators of those seeds. A ControlNet decoder (``addition_embed_type="image_hint"``) takes its hint as
 ``--control-image`` (:mod:`diffkit.interop.kandinsky_controlnet`); ``--prior-image`` starts the prior from an image's
-embedding (:mod:`diffkit.interop.kandinsky_emb2emb`). Dispatched from
-:func:`diffkit.commands.sample.sample_to_files`."""
+embedding (:mod:`diffkit.interop.kandinsky_emb2emb`). A Kandinsky 2.1 decoder folder (``KandinskyPipeline``,
+:mod:`diffkit.interop.kandinsky21`) runs the same way with its ``KandinskyPriorPipeline`` folder as ``--prior``, the
+prompts given to the decoder too (``KandinskyCombinedPipeline``: ``--negative-prompt`` to the prior alone). Dispatched
+from :func:`diffkit.commands.sample.sample_to_files`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
