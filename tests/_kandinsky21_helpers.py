@@ -3,7 +3,8 @@ prior of tests/_kandinsky_helpers.py, embeddings of width 16) and a KandinskyPip
 (XLM-RoBERTa of width 12, 1 layer, its LinearTransformation to 16) built from its config with an XLMRobertaTokenizer
 of a few words (nothing downloaded), a UNet2DConditionModel with addition_embed_type "text_image",
 encoder_hid_dim_type "text_image_proj" (cross_attention_dim 16: the image embeddings' width) and a learned variance,
-Kandinsky 2.2's tiny MoVQ, a DDPMScheduler with variance_type "learned_range"."""
+Kandinsky 2.2's tiny MoVQ, kandinsky-2-1's DDIMScheduler (the inpainting folder: a DDPMScheduler with variance_type
+"learned_range")."""
 import torch
 
 import diffusers
@@ -22,8 +23,10 @@ def tiny_xlm_tokenizer():
     return transformers.XLMRobertaTokenizer(vocab=vocab)
 
 
-def tiny_decoder21_pipeline(inpaint=False, **scheduler_options):
-    """A KandinskyPipeline (``inpaint``: a KandinskyInpaintPipeline, its UNet taking 9 channels) of random weights."""
+def tiny_decoder21_pipeline(inpaint=False):
+    """A KandinskyPipeline with kandinsky-2-1's DDIMScheduler (linear betas, ``steps_offset=1``, no clip) of random
+    weights; ``inpaint``: a KandinskyInpaintPipeline, its UNet taking 9 channels, with a DDPMScheduler
+    ``learned_range`` (the UNet's variance used, the last step's noise: Kandinsky 2.2's loop)."""
     from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
     tokenizer = tiny_xlm_tokenizer()
     torch.manual_seed(2)
@@ -39,8 +42,9 @@ def tiny_decoder21_pipeline(inpaint=False, **scheduler_options):
         encoder_hid_dim=TEXT_WIDTH, encoder_hid_dim_type="text_image_proj", cross_attention_dim=WIDTH,
         attention_head_dim=8, resnet_time_scale_shift="scale_shift", norm_num_groups=8)
     movq = tiny_movq()
-    scheduler = diffusers.DDPMScheduler(**{"beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012,
-                                           "clip_sample": False, "steps_offset": 1, "variance_type": "learned_range",
-                                           **scheduler_options})
+    common = {"beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
+              "steps_offset": 1}
+    scheduler = diffusers.DDPMScheduler(**common, variance_type="learned_range") if inpaint else \
+        diffusers.DDIMScheduler(**common, set_alpha_to_one=False)
     pipeline = diffusers.KandinskyInpaintPipeline if inpaint else diffusers.KandinskyPipeline
     return pipeline(text_encoder=clip, tokenizer=tokenizer, unet=unet, scheduler=scheduler, movq=movq)
