@@ -175,6 +175,7 @@ def test_refusals(folders, inpaint_folder, tmp_path, capsys):
         (p + ["--prior-image", str(tmp_path / "x.png")], "--prior-image applies to a Kandinsky 2.2 prior"),  # RKA3
         (p + ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Kandinsky 2.1 decoder"),
         (p + ["--control-image", str(tmp_path / "x.png")], "--control-image does not apply to"),
+        (p + ["--height", "18"], "squared; KandinskyPipeline would round other sizes up"),
     ])
     assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path), "--prompt", "a", "--mask",
                  str(tmp_path / "m.png"), *p, "--out", str(tmp_path / "never")]) == 2

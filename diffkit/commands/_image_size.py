@@ -39,11 +39,11 @@ def size_multiple(directory) -> tuple:
     from ..interop.ldm import LDM_TEXT2IM, ldm_kind
     if ldm_kind(directory) == LDM_TEXT2IM:  # its latents of height // 8, width // 8 (.interop.ldm)
         return 8, "LDMTextToImagePipeline's latents of height // 8 x width // 8"
-    from ..interop.kandinsky import is_kandinsky_folder
+    from ..interop.kandinsky import is_kandinsky_folder, kandinsky_kind
     if is_kandinsky_folder(directory):  # latents of side ceil(H / f^2) f, decoded to f times that (.kandinsky)
         movq = read_json_object(Path(directory) / "movq" / "config.json", "movq config")
         f = 2 ** (len(movq.get("block_out_channels", [0])) - 1)
-        return f * f, f"the MoVQ factor {f} squared; KandinskyV22Pipeline would round other sizes up"
+        return f * f, f"the MoVQ factor {f} squared; {kandinsky_kind(directory)} would round other sizes up"
     from ..interop.kandinsky3 import is_kandinsky3_folder
     if is_kandinsky3_folder(directory):  # latents of side ceil(H / 64) 8, whatever the MoVQ (.kandinsky3)
         return 64, "the pipeline's latent side ceil(H / 64) x 8; Kandinsky3Pipeline would round other sizes up"
