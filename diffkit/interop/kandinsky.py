@@ -40,9 +40,9 @@ DDIM. A ``KandinskyV22InpaintPipeline`` folder (a decoder whose UNet takes 9 cha
 (:mod:`.kandinsky_inpaint`), and a ``KandinskyV22ControlnetPipeline`` folder (an ``"image_hint"`` UNet) samples and
 edits with a ``hint`` (:mod:`.kandinsky_controlnet`). Kandinsky 3 folders (:mod:`.kandinsky3`) are this decoder with
 a T5 encoder (:class:`KandinskyDecoder`, :func:`decoder_fields`, the img2img start :func:`strength_grid` /
-:func:`noised_images`). Kandinsky 2.1 folders (:mod:`.kandinsky21`) run both loops: their prior folder is this prior's, their
-decoder (:class:`.kandinsky21.Kandinsky21Decoder`, which :func:`load_decoder` loads) also reads the prompt
-(``prompts=`` of :func:`decode_embeddings`, :func:`image_to_image`, :func:`.kandinsky_inpaint.inpaint`).
+:func:`noised_images`). Kandinsky 2.1 folders (:mod:`.kandinsky21`) run both loops: their prior folder is this
+prior's, their decoder (:class:`.kandinsky21.Kandinsky21Decoder`, which :func:`load_decoder` loads) also reads the
+prompt (``prompts=`` of :func:`decode_embeddings`, :func:`image_to_image`, :func:`.kandinsky_inpaint.inpaint`).
 """
 from __future__ import annotations
 
