@@ -175,6 +175,17 @@ class DreamLite(Chroma):
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
 
+    def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """:meth:`.flux.Flux.latent_shape` (B, C, H / f, W / f), default 128 f; sizes that are not multiples of 2 f
+        refused in one line naming the pipeline's reason (its image processor floors the edit image to 2 f)."""
+        f = self.vae_scale_factor
+        for value in (height, width):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % (2 * f):
+                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
+                                   f"{2 * f} (2 x the VAE factor {f}: {self.pipeline} floors the edited image to "
+                                   f"them, the latents to f)")
+        return super().latent_shape(batch, height, width)
+
     def network(self) -> torch.nn.Module:
         return DreamLiteNet(self.transformer, self.vae_scale_factor)
 
@@ -329,6 +340,10 @@ def edit_image(model: DreamLite, images, prompts: Union[str, Sequence[str]], *, 
     f = model.vae_scale_factor
     if height is None and width is None:
         width, height = (side // f * f for side in pil[0].size)
+        if width % (2 * f) or height % (2 * f):  # (the pipeline fails there: its image latents of 2 f multiples)
+            raise DiffkitError(f"the image's size {pil[0].size[0]}x{pil[0].size[1]} floored to multiples of {f} is "
+                               f"{width}x{height}, not multiples of {2 * f}; give height / width (--height / "
+                               f"--width), multiples of {2 * f}")
     shape = model.latent_shape(len(pil), height, width)  # (the other side: 128 f; multiples of 2 f)
     height, width = shape[2] * f, shape[3] * f
     reference = model.reference_latents(_pixels([image.resize((width, height), resample=Image.LANCZOS)
