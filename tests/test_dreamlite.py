@@ -1,6 +1,8 @@
 """DreamLite folders (diffkit.interop.dreamlite): text_to_image and edit_image against diffusers' own DreamLitePipeline
 and DreamLiteMobilePipeline on tiny random folders (tests/_dreamlite_helpers.py; nothing downloaded), ``diffkit sample``
 and ``diffkit edit`` on them (the library's PNGs byte for byte) and the one-line refusals."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,72 @@ def test_dreamlite_samples_and_edits_as_the_pipelines(tiny_dreamlite):
     other = text_to_image(model, PROMPTS[0], sampler="dpm-solver++-2m", steps=3, height=H, width=W,
                           return_latents=True)
     assert other.shape == (1, 4, 8, 12) and bool(other.isfinite().all())
+
+
+def test_dreamlite_commands_are_the_library_and_refusals(tiny_dreamlite, tmp_path, capsys):
+    """``diffkit sample`` and ``diffkit edit`` (``--height`` / ``--width`` the output's, the images resized by the
+    library) write the library's PNGs byte for byte; folders diffkit does not drive (from the JSON alone), bad
+    library arguments and flags the folder does not take (a Mobile folder's guidance): one line each, no file."""
+    from diffkit.images import save_grid, save_images
+    _, path, model = tiny_dreamlite[False]
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--height", str(H), "--width",
+                 str(W), "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
+                 "--max-sequence-length", "6", "--out", str(out), "--no-progress"]) == 0
+    images = text_to_image(model, PROMPTS, steps=2, seed=5, height=H, width=W, negative_prompt="ugly",
+                           guidance_scale=3.0, max_sequence_length=6, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert "DreamLite folder" in capsys.readouterr().out
+    png = tmp_path / "in.png"
+    _image().save(png)
+    assert main(["edit", "--checkpoint", str(path), "--images", str(png), "--prompt", "hot", "--steps", "2",
+                 "--seed", "3", "--image-guidance-scale", "1.2", "--height", "16", "--width", str(W),
+                 "--out", str(tmp_path / "edit"), "--no-progress"]) == 0
+    save_images(edit_image(model, _image(), "hot", height=16, width=W, steps=2, seed=3, image_guidance_scale=1.2,
+                           output_range="-1,1"), tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "edit" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    for i, (file, change, expected) in enumerate([
+            ("model_index.json", {"_class_name": "DreamLiteXLPipeline"}, "is not a DreamLite folder"),
+            ("model_index.json", {"vae": ["diffusers", "AutoencoderKL"]}, "allowed: AutoencoderTiny"),
+            ("unet/config.json", {"in_channels": 8}, "allowed: 4, 4 (the autoencoder's latent channels"),
+            ("scheduler/scheduler_config.json", {"stochastic_sampling": True}, "allowed: stochastic_sampling=false")]):
+        with pytest.raises(DiffkitError) as caught:
+            check_dreamlite_folder(changed_copy(path, tmp_path / str(i), file, change))
+        assert expected in str(caught.value) and "\n" not in str(caught.value)
+    for call, expected in [({"height": 20}, "multiples of 8 (2 x the VAE factor 4"),
+                           ({"guidance_scale": float("nan")}, "DreamLitePipeline's default 3.5"),
+                           ({"image_guidance_scale": 2.0}, "image_guidance_scale applies to an edit"),
+                           ({"ip_adapter": object()}, "IP-Adapter is not allowed"),
+                           ({"max_sequence_length": 0}, "max_sequence_length=0 is not allowed")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            text_to_image(model, "hot", steps=1, **{"height": H, "width": W, **call})
+    for call, expected in [({}, "size 46x29 floored to multiples of 4 is 44x28, not multiples of 8"),
+                           ({"max_sequence_length": 9, "height": H}, "max_sequence_length is not allowed in a")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            edit_image(model, _image(29, 46), "hot", steps=1, **call)
+    mobile = tiny_dreamlite[True][2]
+    for call, expected in [({"guidance_scale": 2.0}, "guidance_scale=2.0 is not allowed for a DreamLiteMobile"),
+                           ({"negative_prompt": "x"}, "negative_prompt='x' is not allowed for a DreamLiteMobile")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            text_to_image(mobile, "hot", steps=1, height=H, width=W, **call)
+    assert_sample_refusals(main, path, tmp_path, capsys, [
+        (["--lora", str(png)], "--lora does not apply to a DreamLite folder"),
+        (["--prompt-2", "x"], "--prompt-2 does not apply to a DreamLite folder"),
+        (["--height", "20"], "--height 20 is not allowed; give a positive multiple of 8")])
+    assert_sample_refusals(main, tiny_dreamlite[True][1], tmp_path, capsys, [
+        (["--negative-prompt", "x"], "--negative-prompt does not apply to a DreamLite Mobile folder"),
+        (["--guidance-scale", "2"], "--guidance-scale does not apply to a DreamLite Mobile folder")])
+    for folder, extra, text in ((path, ["--strength", "0.5"], "--strength does not apply to a DreamLite folder"),
+                                (path, ["--mask", str(png)], "--mask does not apply to a DreamLite folder"),
+                                (path, ["--max-sequence-length", "5"], "--max-sequence-length does not apply to a"),
+                                (tiny_dreamlite[True][1], ["--image-guidance-scale", "2"],
+                                 "--image-guidance-scale does not apply to a DreamLite Mobile folder")):
+        capsys.readouterr()
+        assert main(["edit", "--checkpoint", str(folder), "--images", str(png), "--prompt", "hot",
+                     "--out", str(tmp_path / "never"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and text in err[0], err
+    assert not (tmp_path / "never").exists()

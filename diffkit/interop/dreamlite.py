@@ -317,6 +317,8 @@ def text_to_image(model: DreamLite, prompts: Union[str, Sequence[str]], **option
     guidance_scale (default 3.5) / negative_prompt (default ""), none for Mobile; latents (B, C, h, w), default from
     ``seed + i``; height / width: default 128 f, multiples of 2 f; max_sequence_length (default 200); output_range,
     return_latents, ...)."""
+    if options.get("image_guidance_scale") is not None:  # (an edit's: refused by prompt_guidance in one line)
+        options["guide"] = {"image_guidance_scale": options.pop("image_guidance_scale")}
     return chroma_text_to_image(model, prompts, **options)
 
 
