@@ -4,8 +4,8 @@ own tokenizer: the pipeline's fixed count; Krea 2's words) and the edit template
 PIL image processor (4 x 4 patches, no merge, at most 16 x 16 pixels: 16 image tokens; its video processor patched
 out, as Qwen-Image 2.1's), Krea 2's tiny Qwen3-VL as a ``Qwen3VLForConditionalGeneration`` (two text layers, a vision
 tower of 4 x 4 patches), a ``DreamLiteUNetModel`` of two levels (depthwise-separable resnets, GQA cross- and
-self-attention with RMS qk-norm, the ``text_proj_rms`` text projection, the ``time`` size embedding; its zero-initialised
-layers randomised), an ``AutoencoderTiny`` of three levels (f = 4) and a dynamic-shift scheduler, written by
+self-attention with RMS qk-norm, the ``text_proj_rms`` text projection, the ``time`` size embedding; its
+zero-initialised layers randomised), an ``AutoencoderTiny`` of three levels (f = 4) and a dynamic-shift scheduler, written by
 save_pretrained (nothing downloaded)."""
 from unittest import mock
 
