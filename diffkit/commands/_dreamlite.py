@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..errors import DiffkitError
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
+from ._omnigen import OmniGenFamily
 
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --steps / --nfe, --sampler and its grid options (--flow-shift with another sampler than the "
@@ -50,11 +51,7 @@ class DreamLiteFamily(Family):
         from ..interop.dreamlite import text_to_image
         return text_to_image, _edit_call
 
-    @staticmethod
-    def guide(request) -> dict:
-        """``image_guidance_scale`` of ``--image-guidance-scale`` (diffkit edit; given)."""
-        scale = getattr(request, "image_guidance_scale", None)
-        return {} if scale is None else {"image_guidance_scale": scale}
+    guide = staticmethod(OmniGenFamily.guide)  # image_guidance_scale of --image-guidance-scale (diffkit edit)
 
     @staticmethod
     def edit_inputs(args) -> dict:
