@@ -200,7 +200,7 @@ class DreamLite(Chroma):
         template, or with ``images`` (PIL, one per prompt) in the edit template seeing them (module docstring)."""
         from PIL import Image
         from torch.nn.utils.rnn import pad_sequence
-        from .qwen_image_edit import IMAGE_TOKEN, _expanded
+        from .qwen_image_edit import IMAGE_TOKEN, vision_inputs
         if images is None:
             if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
                     or max_sequence_length < 1:
@@ -211,15 +211,10 @@ class DreamLite(Chroma):
             tokens, drop, extra = tokens.to(self.device), GENERATE_DROP, {}
         else:
             square = [image.resize((CONDITION_SIZE, CONDITION_SIZE), resample=Image.LANCZOS) for image in images]
-            pixels = self.image_processor(images=square, return_tensors="pt")
-            merge = int(self.image_processor.merge_size) ** 2
-            counts = iter(int(g.prod()) // merge for g in pixels["image_grid_thw"])
-            texts = [_expanded(EDIT_TEMPLATE.format(p), counts) for p in prompts]
-            tokens = self.processor_tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+            tokens, extra = vision_inputs(self, [EDIT_TEMPLATE.format(p) for p in prompts], square,
+                                          self.processor_tokenizer)
             image_token = self.processor_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
             tokens["mm_token_type_ids"] = (tokens["input_ids"] == image_token).long()  # the processor's
-            extra = {"pixel_values": pixels["pixel_values"].to(self.device, self.text_encoder.dtype),
-                     "image_grid_thw": pixels["image_grid_thw"].to(self.device)}
             drop = EDIT_DROP
         with torch.no_grad():
             states = self.text_encoder(**tokens, **extra, output_hidden_states=True).hidden_states[-1]
