@@ -126,6 +126,7 @@ def test_dreamlite_commands_are_the_library_and_refusals(tiny_dreamlite, tmp_pat
             ("model_index.json", {"_class_name": "DreamLiteXLPipeline"}, "is not a DreamLite folder"),
             ("model_index.json", {"vae": ["diffusers", "AutoencoderKL"]}, "allowed: AutoencoderTiny"),
             ("unet/config.json", {"in_channels": 8}, "allowed: 4, 4 (the autoencoder's latent channels"),
+            ("unet/config.json", {"encoder_hid_dim": 64}, "encoder_hid_dim=64 does not fit the text encoder's"),
             ("scheduler/scheduler_config.json", {"stochastic_sampling": True}, "allowed: stochastic_sampling=false")]):
         with pytest.raises(DiffkitError) as caught:
             check_dreamlite_folder(changed_copy(path, tmp_path / str(i), file, change))

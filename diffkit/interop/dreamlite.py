@@ -40,8 +40,9 @@ DreamLite's own, as the pipelines' ``__call__``:
 
 The pipelines' ``text_pad_embedding`` (a learned filler of the padded positions) is not taken (default None: zeros).
 Refused in one line before any weight is read (:func:`check_dreamlite_folder`): another pipeline class, a missing
-component or one of another class, UNet channels other than the autoencoder's latent channels, a scheduler option the
-flow Euler loop does not take.
+component or one of another class, UNet channels other than the autoencoder's latent channels, a UNet text width
+(``encoder_hid_dim``, or ``cross_attention_dim`` without a text projection) other than the Qwen3-VL hidden size, a
+scheduler option the flow Euler loop does not take.
 """
 from __future__ import annotations
 
@@ -107,6 +108,12 @@ def check_dreamlite_folder(directory) -> tuple:
         raise DiffkitError(f"{directory}'s unet has in_channels, out_channels = {channels[0]!r}, {channels[1]!r}; "
                            f"allowed: {latents}, {latents} (the autoencoder's latent channels: the image's latents "
                            f"go beside the noisy ones, not on top)")
+    text = read_json_object(directory / "text_encoder" / "config.json", "text encoder config").get("text_config", {})
+    key = "encoder_hid_dim" if unet.get("encoder_hid_dim_type") else "cross_attention_dim"
+    width = unet.get(key, 2048 if key == "cross_attention_dim" else None)  # (one per block: each)
+    if set(width if isinstance(width, list) else [width]) != {text.get("hidden_size")}:
+        raise DiffkitError(f"{directory}: the unet's {key}={width!r} does not fit the text encoder's hidden "
+                           f"size {text.get('hidden_size')!r}")
     return index, check_flux_scheduler(directory, index["_class_name"])
 
 
