@@ -1,12 +1,13 @@
 """A tiny random DreamLite folder (tests/test_dreamlite.py): Qwen-Image's byte-level BPE tokenizer with the vision
-tokens (tests/_qwen_image_helpers.py) and the generate template's words (its system prefix 34 tokens, as with Qwen's
-own tokenizer: the pipeline's fixed count; Krea 2's words) and the edit template's words, a ``Qwen3VLProcessor`` of the
-PIL image processor (4 x 4 patches, no merge, at most 16 x 16 pixels: 16 image tokens; its video processor patched
-out, as Qwen-Image 2.1's), Krea 2's tiny Qwen3-VL as a ``Qwen3VLForConditionalGeneration`` (two text layers, a vision
-tower of 4 x 4 patches), a ``DreamLiteUNetModel`` of two levels (depthwise-separable resnets, GQA cross- and
-self-attention with RMS qk-norm, the ``text_proj_rms`` text projection, the ``time`` size embedding; its
-zero-initialised layers randomised), an ``AutoencoderTiny`` of three levels (f = 4) and a dynamic-shift scheduler, written by
-save_pretrained (nothing downloaded)."""
+tokens (tests/_qwen_image_helpers.py) and the two templates' words added (Krea 2's and the edit system message's:
+prefixes of 31 and 56 tokens here, where Qwen's own tokenizer makes the 34 and 64 the pipeline drops; it drops those
+fixed counts whatever the tokenizer, diffkit too), a ``Qwen3VLProcessor`` of the PIL image processor (4 x 4 patches,
+no merge, at most 16 x 16 pixels: 16 image tokens; its video processor patched out, as Qwen-Image 2.1's), Krea 2's
+tiny Qwen3-VL as a ``Qwen3VLForConditionalGeneration`` (two text layers, a vision tower of 4 x 4 patches), a
+``DreamLiteUNetModel`` of two levels (depthwise-separable resnets, GQA cross- and self-attention with RMS qk-norm, the
+``text_proj_rms`` text projection, the ``time`` size embedding; its zero-initialised layers randomised), an
+``AutoencoderTiny`` of three levels (f = 4) and a dynamic-shift scheduler, written by save_pretrained (nothing
+downloaded)."""
 from unittest import mock
 
 import torch
