@@ -246,6 +246,7 @@ KREA2 = "## Krea 2 folders (`diffkit.interop.krea2`)"
 KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
 KANDINSKY5_EDIT = "## Kandinsky 5 image-to-image folders (`diffkit.interop.kandinsky5_edit`)"
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
+DREAMLITE = "## DreamLite folders (`diffkit.interop.dreamlite`)"
 QWEN_IMAGE21 = "## Qwen-Image 2.1 folders (`diffkit.interop.qwen_image21`)"
 LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp`)"
 MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
@@ -296,6 +297,7 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),
                                                     (KANDINSKY5_EDIT, ["Kandinsky5I2IPipeline"], "KI"),
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),
+                                                    (DREAMLITE, ["DreamLitePipeline", "DreamLiteMobilePipeline"], "DL"),
                                                     (QWEN_IMAGE21, ["QwenImage21Pipeline"], "QT"),
                                                     (LEDITS_PP, ["LEditsPPPipelineStableDiffusion",
                                                                  "LEditsPPPipelineStableDiffusionXL"], "LP"),

@@ -154,4 +154,4 @@ def test_commands(omnigen, tmp_path, capsys):
     (tmp_path / "sd" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     assert main(["edit", "--checkpoint", str(tmp_path / "sd"), "--images", str(png), "--prompt", "x",
                  "--image-guidance-scale", "2", "--out", str(tmp_path / "never")]) == 2
-    assert "or an OmniGen folder" in capsys.readouterr().err
+    assert "an OmniGen or a DreamLite folder" in capsys.readouterr().err

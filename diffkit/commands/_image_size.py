@@ -18,9 +18,10 @@ from ..errors import DiffkitError, read_json_object
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage, GLM-Image")
+                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage, GLM-Image, "
+                "DreamLite")
 EDIT_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen, "
-              "HunyuanImage refiner")  # diffkit edit's
+              "HunyuanImage refiner, DreamLite")  # diffkit edit's
 
 
 def vae_factor(directory) -> tuple:
@@ -47,6 +48,11 @@ def size_multiple(directory) -> tuple:
     from ..interop.kandinsky3 import is_kandinsky3_folder
     if is_kandinsky3_folder(directory):  # latents of side ceil(H / 64) 8, whatever the MoVQ (.kandinsky3)
         return 64, "the pipeline's latent side ceil(H / 64) x 8; Kandinsky3Pipeline would round other sizes up"
+    from ..interop.dreamlite import is_dreamlite_folder
+    if is_dreamlite_folder(directory):  # AutoencoderTiny's f; the pipeline's image processor floors to 2 f
+        vae = read_json_object(Path(directory) / "vae" / "config.json", "vae config")
+        f = 2 ** (len(vae.get("encoder_block_out_channels", [0] * 4)) - 1)
+        return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     vae, f = vae_factor(directory)
@@ -200,6 +206,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.qwen_image21 import is_qwen_image21_folder
     from ..interop.hunyuan_image import is_hunyuan_image_folder
     from ..interop.glm_image import is_glm_image_folder
+    from ..interop.dreamlite import is_dreamlite_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
@@ -211,7 +218,8 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
             or ldm_kind(checkpoint) == LDM_TEXT2IM or is_bria_folder(checkpoint) or is_longcat_folder(checkpoint)
             or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint) or is_krea2_folder(checkpoint)
             or is_nucleusmoe_folder(checkpoint) or is_qwen_image21_folder(checkpoint)
-            or is_hunyuan_image_folder(checkpoint) or is_glm_image_folder(checkpoint)):
+            or is_hunyuan_image_folder(checkpoint) or is_glm_image_folder(checkpoint)
+            or is_dreamlite_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

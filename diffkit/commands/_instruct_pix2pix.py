@@ -10,7 +10,8 @@ def add_image_guidance_flag(group) -> None:
                        help="InstructPix2Pix folders (an SD / SD-XL UNet with 8 input channels), with --prompt: the "
                             "image guidance scale s_I of Brooks et al. 2023 eq. 3 (diffusers' image_guidance_scale; "
                             "1 = none; default 1.5); the text scale s_T is --guidance-scale (docs/editing.md); OmniGen "
-                            "folders: OmniGenPipeline's img_guidance_scale (default 1.6; docs/interop.md)")
+                            "folders: OmniGenPipeline's img_guidance_scale (default 1.6; docs/interop.md); DreamLite "
+                            "folders: DreamLitePipeline's image_guidance_scale (default 1.5)")
 
 
 def instruct_pix2pix_edit(args) -> bool:
@@ -21,10 +22,13 @@ def instruct_pix2pix_edit(args) -> bool:
     from ..interop.sd_instruct_pix2pix import is_instruct_pix2pix_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if not (is_stable_diffusion_folder(args.checkpoint) and is_instruct_pix2pix_folder(args.checkpoint)):
+        from ..interop.dreamlite import is_dreamlite_folder
         from ..interop.omnigen import is_omnigen_folder
-        if args.image_guidance_scale is not None and not is_omnigen_folder(args.checkpoint):
+        if args.image_guidance_scale is not None and not is_omnigen_folder(args.checkpoint) \
+                and not is_dreamlite_folder(args.checkpoint):  # (a DreamLite Mobile folder's: refused there)
             raise DiffkitError(f"--image-guidance-scale applies to an InstructPix2Pix folder (an SD / SD-XL UNet with "
-                               f"8 input channels) or an OmniGen folder; {args.checkpoint} is neither")
+                               f"8 input channels), an OmniGen or a DreamLite folder; {args.checkpoint} is none of "
+                               f"them")
         return False
     refused = (("--mask", args.mask), ("--strength", args.strength), ("--posterior", args.posterior),
                ("--paste-known", args.paste_known or None), ("--series", args.series),

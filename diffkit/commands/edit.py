@@ -54,7 +54,10 @@ strength or mask; ``diffkit.interop.hunyuan_image_refiner``, ``._hunyuan_image``
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
 ``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). A Kandinsky 5 image-to-image folder is edited as
 Kandinsky5I2IPipeline (from pure noise: the prompt sees the image, its latents are the transformer's extra channels;
-``diffkit.interop.kandinsky5_edit``, ``._kandinsky5``). A DeepFloyd IF stage-I folder is edited as
+``diffkit.interop.kandinsky5_edit``, ``._kandinsky5``). A DreamLite (Mobile) folder is edited as the pipeline with
+``image=`` (from pure noise: the prompt sees the image at 512^2, its latents beside the noisy ones along the width,
+three-way guidance with ``--image-guidance-scale``; ``diffkit.interop.dreamlite``, ``._dreamlite``). A DeepFloyd IF
+stage-I folder is edited as
 IFImg2ImgPipeline / IFInpaintingPipeline, a stage-II one with ``--control-image`` (the stage-I images) as
 IFImg2ImgSuperResolutionPipeline / IFInpaintingSuperResolutionPipeline (pixels; ``diffkit.interop.deepfloyd_if_edit``,
 ``._deepfloyd_if``). With ``--mask``, ``--padding-mask-crop N`` inpaints

@@ -405,7 +405,7 @@ class GuidanceRequest:
     prompts_3: Optional[list] = None  # SD3 folders (._sd3)
     negative_prompt_3: Optional[str] = None
     max_sequence_length: Optional[int] = None
-    image_guidance_scale: Optional[float] = None  # diffkit edit's --image-guidance-scale (OmniGen folders, ._omnigen)
+    image_guidance_scale: Optional[float] = None  # diffkit edit's --image-guidance-scale (OmniGen, DreamLite folders)
     true_cfg_scale: Optional[float] = None  # FLUX folders (._flux)
     cfg_trunc_ratio: Optional[float] = None  # Lumina-Image 2.0 folders (._pixart)
     cfg_normalization: Optional[bool] = None  # False: --no-cfg-normalization (Lumina-Image 2.0)

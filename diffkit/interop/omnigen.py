@@ -190,12 +190,13 @@ class OmniGenGuidance(Wrapper):
         return Prediction(eps=mixed(pred.eps), x0=mixed(pred.x0))
 
 
-def _scale(name: str, value, default: float) -> float:
-    """A guidance scale: ``default`` for None, else a finite float32 number (one line otherwise)."""
+def _scale(name: str, value, default: float, pipeline: str = OMNIGEN_PIPELINE) -> float:
+    """A guidance scale: ``default`` for None, else a finite float32 number (one line otherwise, naming
+    ``pipeline``'s default; DreamLite's too, :mod:`.dreamlite`)."""
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DiffkitError(f"{name}={value!r} is not allowed; give a finite number (OmniGenPipeline's default "
+        raise DiffkitError(f"{name}={value!r} is not allowed; give a finite number ({pipeline}'s default "
                            f"{default})")
     return float(check_float32(name, value))
 
