@@ -159,7 +159,8 @@ def load_qwen3_vl_folder(cls, directory: Path, index: dict, sched: dict, transfo
         read_json_object(processor / "chat_template.json", "chat template").get("chat_template") \
         if (processor / "chat_template.json").is_file() else None
     config = processor / "tokenizer_config.json"
-    if needs_template and chat is None and not (config.is_file() and read_json_object(config, "tokenizer config").get("chat_template")):
+    if needs_template and chat is None and \
+            not (config.is_file() and read_json_object(config, "tokenizer config").get("chat_template")):
         raise DiffkitError(f"{processor} has no chat template (chat_template.jinja, chat_template.json or the "
                            f"tokenizer config's); the pipeline's prompts are built with it")
     parts = load_flow_parts(directory, index, transformer_cls, {}, dtype, progress, vae_cls=vae_cls)
