@@ -246,6 +246,7 @@ KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
 KANDINSKY5_EDIT = "## Kandinsky 5 image-to-image folders (`diffkit.interop.kandinsky5_edit`)"
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
 QWEN_IMAGE21 = "## Qwen-Image 2.1 folders (`diffkit.interop.qwen_image21`)"
+JOYIMAGE = "## JoyImage Edit folders (`diffkit.interop.joyimage`)"
 LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp`)"
 MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
 HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
@@ -294,6 +295,8 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
                                                     (KANDINSKY5_EDIT, ["Kandinsky5I2IPipeline"], "KI"),
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),
                                                     (QWEN_IMAGE21, ["QwenImage21Pipeline"], "QT"),
+                                                    (JOYIMAGE, ["JoyImageEditPipeline", "JoyImageEditPlusPipeline"],
+                                                     "JI"),
                                                     (LEDITS_PP, ["LEditsPPPipelineStableDiffusion",
                                                                  "LEditsPPPipelineStableDiffusionXL"], "LP"),
                                                     (MARIGOLD, ["MarigoldDepthPipeline", "MarigoldNormalsPipeline",

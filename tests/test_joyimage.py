@@ -178,13 +178,15 @@ def test_folders_refused_in_one_line(edit_folder, tmp_path, part, changes, messa
 
 
 def test_options_refused_in_one_line(edit_folder, tmp_path, capsys):
-    """A negative prompt without CFG, an unknown posterior, --mask / --strength / --height, --image-reference on an
-    Edit folder and diffkit sample: one line each, before anything is written."""
+    """A negative prompt without CFG, an unknown posterior, no image, --mask / --strength / --height,
+    --image-reference on an Edit folder and diffkit sample: one line each, before anything is written."""
     _, path, model = edit_folder
     with pytest.raises(DiffkitError, match="a negative prompt with guidance_scale=1 .diffusers convention. is not"):
         edit_image(model, picture(0), "x", guidance_scale=1.0, negative_prompt="blurry")
     with pytest.raises(DiffkitError, match="posterior"):
         edit_image(model, picture(0), "x", posterior="mode")
+    with pytest.raises(DiffkitError, match="edits images; give at least one"):
+        edit_image(model, [], "x")
     picture(0).save(tmp_path / "a.png")
     base = ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "a.png"), "--prompt", "x", "--out",
             str(tmp_path / "out")]

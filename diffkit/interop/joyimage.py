@@ -224,9 +224,6 @@ class JoyImage(FrameVAE, Chroma):
         from .stable_diffusion import negative_prompts
         if ip_adapter is not None:
             raise DiffkitError("an IP-Adapter is not allowed for a JoyImage Edit folder (the pipelines load none)")
-        if not images:
-            raise DiffkitError("a JoyImage Edit folder edits images; give them (JoyImage's text-to-image calls "
-                               "without an image are not driven)")
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
         scale = pipeline_scale(guidance_scale, JOY_GUIDANCE, convention)
@@ -331,6 +328,9 @@ def edit_image(model: JoyImage, images, prompts: Union[str, Sequence[str]], *, h
     posterior = posterior or ("mean" if model.plus else "sample")
     check_choice("posterior", posterior, ["sample", "mean"])
     pil, prompts, sizes = _pil_images(images), prompt_list(prompts), _buckets(model)
+    if not pil:
+        raise DiffkitError("a JoyImage Edit folder edits images; give at least one (the pipelines' text-to-image "
+                           "calls without an image are not driven)")
     if model.plus:
         if len(prompts) != 1:
             raise DiffkitError(f"a JoyImage Edit Plus edit is one prompt seeing its images (the pipeline's batch 1): "
