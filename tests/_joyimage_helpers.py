@@ -12,23 +12,17 @@ import torch
 import diffusers
 import transformers
 
+from _krea2_helpers import tiny_qwen3_vl
 from _qwen_image_helpers import save_qwen_image_edit, tiny_qwen_tokenizer
 
 
 def tiny_qwen3_vl_with_vision(tokenizer, width: int = 32):
-    """A Qwen3VLForConditionalGeneration of random weights: two text layers, one vision block (2 x 2 patches, no
-    merge, one frame) whose image token ids are the tokenizer's."""
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                        "<|vision_end|>")]
-    config = transformers.Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                         rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [2, 3, 3],
-                                          "mrope_interleaved": True}),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=width,
-                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
-                           deepstack_visual_indexes=[]),
-        image_token_id=ids[0], video_token_id=ids[1], vision_start_token_id=ids[2], vision_end_token_id=ids[3])
+    """Krea 2's tiny Qwen3-VL (two text layers, one vision block: 2 x 2 patches, no merge, one frame) as a
+    Qwen3VLForConditionalGeneration whose image token ids are the tokenizer's."""
+    config = tiny_qwen3_vl(tokenizer, width).config
+    for key, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                       ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+        setattr(config, key, tokenizer.convert_tokens_to_ids(token))
     return transformers.Qwen3VLForConditionalGeneration(config).eval()
 
 

@@ -161,7 +161,7 @@ def json_copy(path, tmp_path, part=None, **changes):
 
 
 @pytest.mark.parametrize("part,changes,message", [
-    ("scheduler", {"use_dynamic_shifting": True}, "use_dynamic_shifting=true, which JoyImageEditPipeline cannot run"),
+    ("scheduler", {"use_dynamic_shifting": True}, "use_dynamic_shifting=True, for which JoyImageEditPipeline passes"),
     ("transformer", {"in_channels": 16}, "in_channels, out_channels = 16, None; allowed: 4, 4 or null"),
     ("transformer", {"patch_size": [2, 2, 2]}, r"patch_size=\[2, 2, 2\]; allowed: \[1, p, p\]"),
     ("model_index", None, "transformer is a 'JoyImageEditPlusTransformer3DModel'; allowed: "

@@ -251,7 +251,7 @@ def is_joyimage_folder(path: Union[str, Path]) -> bool:
 def check_joyimage_folder(directory) -> tuple:
     """(index, scheduler config) of a JoyImage Edit folder, checked from its JSON alone (module docstring)."""
     from .flux import check_flux_scheduler
-    from .pixart import check_classes, named_index
+    from .pixart import check_classes, fixed_shift_scheduler, named_index
     directory = Path(directory)
     index = named_index(directory, tuple(TRANSFORMERS), "JoyImage Edit")
     pipeline = index["_class_name"]
@@ -266,11 +266,8 @@ def check_joyimage_folder(directory) -> tuple:
     if not isinstance(patch, list) or len(patch) != 3 or patch[0] != 1:
         raise DiffkitError(f"{directory}'s transformer has patch_size={patch!r}; allowed: [1, p, p] (the pipelines' "
                            f"items are frames of one latent each)")
-    sched = check_flux_scheduler(directory, pipeline)
-    if sched.get("use_dynamic_shifting", False):
-        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=true, which {pipeline} cannot run (it "
-                           f"passes no mu to set_timesteps); allowed: use_dynamic_shifting=false")
-    return index, sched
+    fixed_shift_scheduler(directory, pipeline)
+    return index, check_flux_scheduler(directory, pipeline)
 
 
 def load_joyimage(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
