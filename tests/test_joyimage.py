@@ -60,7 +60,8 @@ def test_edit_matches_the_pipeline(edit_folder):
     """One 40 x 26 image (bucket 24 x 40, latents 12 x 20): the prompt and the default negative prompt "" see it,
     its latents (the posterior's draw: the pipeline's from torch's global generator, set here to where diffkit draws
     it, image i's generator after its noise) beside z_t's, CFG s = 4.0 rescaled to the conditional norm; then the
-    decoded images at s = 2 against a negative prompt in the seed convention (W = 1), and one unguided call."""
+    decoded images at s = 2 against a negative prompt in the seed convention (W = 1), one unguided call, and UniPC on
+    its own grid."""
     pipe, _, model = edit_folder
     image = picture(0)
 
@@ -85,6 +86,8 @@ def test_edit_matches_the_pipeline(edit_folder):
     assert ours.shape == images.shape and relative_error(ours, images) < 1e-5
     unguided = edit_image(model, image, PROMPTS[0], steps=3, seed=3, guidance_scale=1.0, return_latents=True)
     assert relative_error(unguided, theirs(output_type="latent", guidance_scale=1.0)) < 1e-5
+    other = edit_image(model, image, PROMPTS[0], steps=2, seed=3, sampler="unipc", return_latents=True)
+    assert torch.isfinite(other).all() and relative_error(other, reference) > 1e-4  # its own grid, with CFG
 
 
 def test_edit_batch_matches_the_pipeline(edit_folder, monkeypatch):
@@ -124,12 +127,12 @@ def test_plus_matches_the_pipeline(plus_folder):
 
 
 def edited_files(tmp_path, name, args, count) -> list:
-    """The files ``diffkit edit`` writes for ``count`` pictures (seed 4, 2 steps)."""
+    """The files ``diffkit edit`` writes for ``count`` pictures (seed 4, 1 step)."""
     inputs, out = tmp_path / f"in_{name}", tmp_path / name
     inputs.mkdir()
     for i in range(count):
         picture(i).save(inputs / f"{i}.png")
-    assert main(["edit", "--images", str(inputs), "--prompt", "x", "--steps", "2", "--seed", "4", "--out", str(out),
+    assert main(["edit", "--images", str(inputs), "--prompt", "x", "--steps", "1", "--seed", "4", "--out", str(out),
                  "--no-progress"] + args) == 0
     return [p.read_bytes() for p in sorted(out.iterdir())]
 
@@ -143,7 +146,7 @@ def test_edit_command_edits_each_image_alone(edit_folder, plus_folder, tmp_path)
         if extra:
             extra[0].save(tmp_path / "reference.png")
             flags += ["--image-reference", str(tmp_path / "reference.png")]
-        expected = torch.cat([edit_image(model, [picture(i)] + extra, "x", steps=2, seed=4 + i, output_range="-1,1")
+        expected = torch.cat([edit_image(model, [picture(i)] + extra, "x", steps=1, seed=4 + i, output_range="-1,1")
                               for i in range(count)])
         save_images(expected, tmp_path / f"expected_{name}", prefix="edit")
         assert edited_files(tmp_path, name, flags, count) == \
