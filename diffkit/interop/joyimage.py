@@ -57,9 +57,10 @@ TRANSFORMERS = {EDIT_PIPELINE: "JoyImageEditTransformer3DModel", PLUS_PIPELINE: 
 REQUIRED = ("transformer", "vae", "text_encoder", "processor", "scheduler")
 CLASSES = {"vae": ("AutoencoderKLWan",), "text_encoder": ("Qwen3VLForConditionalGeneration",),
            "processor": ("Qwen3VLProcessor",), "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
+# the pipelines' prompt_template_encode["multiple_images"] (its "\\n": a backslash and an n, as there)
 TEMPLATE = ("<|im_start|>system\n \\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
-            "spatial relationships of the objects and background:<|im_end|>\n{}<|im_start|>assistant\n")  # "multiple_
-VISION = "<|vision_start|><|image_pad|><|vision_end|>"  # images"; a picture's "<image>\n" in the prompt
+            "spatial relationships of the objects and background:<|im_end|>\n{}<|im_start|>assistant\n")
+VISION = "<|vision_start|><|image_pad|><|vision_end|>"  # a picture's "<image>\n" in the prompt
 DROP = 34  # prompt_template_encode_start_idx
 JOY_GUIDANCE, MAX_SEQUENCE_LENGTH, BASESIZE = 4.0, 4096, 1024  # the pipelines' defaults; the bucket table's
 STEPS = {EDIT_PIPELINE: 40, PLUS_PIPELINE: 30}
