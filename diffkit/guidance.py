@@ -127,7 +127,7 @@ def _repeated(cond: dict, batch: int, copies: int) -> dict:
 
 
 def norm_matched_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, normalize: bool = True,
-                     bounds: Optional[tuple] = None, eps: float = 0.0) -> torch.Tensor:
+                     bounds: Optional[tuple] = None, eps: float = 0.0, floor: Optional[float] = None) -> torch.Tensor:
     """The network-output CFG of the diffusers pipelines that guide their transformer's prediction directly:
     v = v_u + s (v_c - v_u) (Ho & Salimans 2022, eq. 6 in diffusers' convention), with ``normalize`` rescaled to
     v ||v_c|| / ||v||, the norms over the **last axis** (``torch.norm(dim=-1, keepdim=True)``): per packed token of
@@ -135,11 +135,13 @@ def norm_matched_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, nor
     ``Lumina2Pipeline`` with ``cfg_normalization`` (:mod:`diffkit.interop.lumina2`). Nonlinear in v, so it runs on
     the network's output, not in :class:`ClassifierFreeGuidance`'s eps / x0 mix. ``bounds`` (lo, hi) / ``eps``:
     ``LongCatImagePipeline``'s ``enable_cfg_renorm``, the factor clamp(||v_c|| / (||v|| + eps), lo, hi)
-    (:mod:`diffkit.interop.longcat_image`)."""
+    (:mod:`diffkit.interop.longcat_image`). ``floor``: the guided norm clamped from below first (the JoyImage Edit
+    pipelines' ``clamp_min(1e-6)``, :mod:`diffkit.interop.joyimage`)."""
     guided = uncond + scale * (cond - uncond)
     if not normalize:
         return guided
     norm = guided.norm(dim=-1, keepdim=True)
+    norm = norm if floor is None else norm.clamp_min(floor)
     factor = cond.norm(dim=-1, keepdim=True) / (norm + eps if eps else norm)
     return guided * (factor if bounds is None else factor.clamp(*bounds))
 

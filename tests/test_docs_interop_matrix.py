@@ -248,6 +248,7 @@ KANDINSKY5_EDIT = "## Kandinsky 5 image-to-image folders (`diffkit.interop.kandi
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
 DREAMLITE = "## DreamLite folders (`diffkit.interop.dreamlite`)"
 QWEN_IMAGE21 = "## Qwen-Image 2.1 folders (`diffkit.interop.qwen_image21`)"
+JOYIMAGE = "## JoyImage Edit folders (`diffkit.interop.joyimage`)"
 LEDITS_PP = "## LEDITS++ on Stable Diffusion folders (`diffkit.interop.ledits_pp`)"
 MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
 HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
@@ -299,6 +300,8 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),
                                                     (DREAMLITE, ["DreamLitePipeline", "DreamLiteMobilePipeline"], "DL"),
                                                     (QWEN_IMAGE21, ["QwenImage21Pipeline"], "QT"),
+                                                    (JOYIMAGE, ["JoyImageEditPipeline", "JoyImageEditPlusPipeline"],
+                                                     "JI"),
                                                     (LEDITS_PP, ["LEditsPPPipelineStableDiffusion",
                                                                  "LEditsPPPipelineStableDiffusionXL"], "LP"),
                                                     (MARIGOLD, ["MarigoldDepthPipeline", "MarigoldNormalsPipeline",

@@ -105,8 +105,8 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner), GLM-Image or DreamLite (Mobile)
-    folder; None for any other checkpoint."""
+    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner), GLM-Image, DreamLite (Mobile) or
+    JoyImage Edit folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -179,6 +179,10 @@ def folder_family(directory) -> Optional[type]:
         from ..interop.sd_xl import pipeline_class
         from ._dreamlite import DreamLiteFamily, DreamLiteMobileFamily
         return DreamLiteMobileFamily if pipeline_class(directory) == MOBILE_PIPELINE else DreamLiteFamily
+    from ..interop.joyimage import is_joyimage_folder
+    if is_joyimage_folder(directory):
+        from ._joyimage import JoyImageFamily
+        return JoyImageFamily
     return None
 
 

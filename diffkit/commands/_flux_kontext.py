@@ -32,7 +32,9 @@ def add_kontext_flags(parser) -> None:
                              "--mask: one PNG in context beside the image (Flux2KleinInpaintPipeline's "
                              "image_reference). Qwen-Image-Edit-Plus folders: repeatable, one PNG each, seen "
                              "after every --images file as Picture 2, 3, ... (QwenImageEditPlusPipeline's image "
-                             "list; the output takes the last picture's aspect ratio, as there)")
+                             "list; the output takes the last picture's aspect ratio, as there); JoyImage Edit "
+                             "Plus folders: the same (JoyImageEditPlusPipeline's images, the output at the last "
+                             "one's bucket)")
 
 
 def single_reference(args, kind: str) -> None:

@@ -211,6 +211,9 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
         return
+    from ..interop.joyimage import is_joyimage_folder
+    if is_joyimage_folder(checkpoint):  # its buckets set the size: refused by its family's flags (._joyimage)
+        return
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
             or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint) or is_kandinsky_folder(checkpoint)

@@ -85,21 +85,23 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
                       for i in range(images.shape[0])])
 
 
-def reference_pictures(args) -> list:
-    """``--image-reference``'s images (PIL RGB, in the flags' order) for a Qwen-Image-Edit-Plus folder; on another
-    Qwen-Image-Edit folder, a folder or a file that is no image: one line, before any weight is read."""
+def reference_pictures(args, plus: str = PLUS_PIPELINE, kind: str = "Qwen-Image-Edit-Plus",
+                       models: str = " (Qwen-Image-Edit-2509 / 2511)") -> list:
+    """``--image-reference``'s images (PIL RGB, in the flags' order) for a ``plus`` folder (a ``kind`` one: a
+    Qwen-Image-Edit-Plus folder, or JoyImage Edit Plus's, :mod:`._joyimage`); on another folder of the kind, a folder
+    or a file that is no image: one line, before any weight is read."""
     from pathlib import Path
 
     from ..interop.controlnet import open_control_image
     from ..interop.sd_xl import pipeline_class
-    kind = pipeline_class(args.checkpoint)
-    if kind != PLUS_PIPELINE:
-        raise DiffkitError(f"--image-reference does not apply to a {kind} folder ({args.checkpoint}): it adds "
-                           f"pictures to a {PLUS_PIPELINE} folder's (Qwen-Image-Edit-2509 / 2511) image list")
+    pipeline = pipeline_class(args.checkpoint)
+    if pipeline != plus:
+        raise DiffkitError(f"--image-reference does not apply to a {pipeline} folder ({args.checkpoint}): it adds "
+                           f"pictures to a {plus} folder's{models} image list")
     pictures = []
     for path in args.image_reference:
         if Path(path).is_dir():
-            raise DiffkitError(f"--image-reference {path} is a folder; a Qwen-Image-Edit-Plus folder takes one PNG "
+            raise DiffkitError(f"--image-reference {path} is a folder; a {kind} folder takes one PNG "
                                f"per --image-reference (repeat the flag for more pictures)")
         pictures.append(open_control_image(path, "--image-reference").convert("RGB"))
     return pictures

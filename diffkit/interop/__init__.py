@@ -42,6 +42,8 @@
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``; Plus: several pictures, 2511's
   ``zero_cond_t``); :mod:`.qwen_image_layered` a Qwen-Image-Layered folder's decomposition into RGBA layers
   (``qwen_image_decompose``).
+* :mod:`.joyimage` - a JoyImage Edit folder's instruction edits (``joyimage_edit_image``; Plus: several pictures):
+  Qwen3-VL prompts seeing the images, diffusers' bucket sizes, the Wan VAE, norm-rescaled CFG.
 * :mod:`.flux2` - a FLUX.2 folder (``Flux2Pipeline``: Mistral-3; ``Flux2KleinPipeline``: Qwen3, real CFG) on FLUX.1's
   flow Denoiser and grid; :mod:`.flux2_reference` its reference images in context; :mod:`.flux2_inpaint` a Klein
   folder's inpainting (``Flux2KleinInpaintPipeline``).
@@ -108,6 +110,7 @@ _EXPORTS = {
     "NucleusMoEImage": "nucleusmoe", "load_nucleusmoe": "nucleusmoe", "is_nucleusmoe_folder": "nucleusmoe",
     "QwenImage21": "qwen_image21", "load_qwen_image21": "qwen_image21", "is_qwen_image21_folder": "qwen_image21",
     "DreamLite": "dreamlite", "load_dreamlite": "dreamlite", "is_dreamlite_folder": "dreamlite",
+    "JoyImage": "joyimage", "load_joyimage": "joyimage", "is_joyimage_folder": "joyimage",
     "HunyuanImage": "hunyuan_image", "load_hunyuan_image": "hunyuan_image",
     "is_hunyuan_image_folder": "hunyuan_image",
     "CogView4": "cogview4", "load_cogview4": "cogview4", "is_cogview4_folder": "cogview4",
@@ -148,6 +151,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "qwen_image21_text_to_image": ("qwen_image21", "text_to_image"),
             "dreamlite_text_to_image": ("dreamlite", "text_to_image"),
             "dreamlite_edit_image": ("dreamlite", "edit_image"),
+            "joyimage_edit_image": ("joyimage", "edit_image"),
             "hunyuan_image_text_to_image": ("hunyuan_image", "text_to_image"),
             "cogview4_text_to_image": ("cogview4", "text_to_image"),
             "glm_image_text_to_image": ("glm_image", "text_to_image"),
