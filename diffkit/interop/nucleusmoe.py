@@ -142,15 +142,15 @@ def check_nucleusmoe_folder(directory) -> tuple:
 
 
 def load_qwen3_vl_folder(cls, directory: Path, index: dict, sched: dict, transformer_cls, vae_cls, device, dtype,
-                         progress: bool, **fields):
+                         progress: bool, needs_chat: bool = True, **fields):
     """``cls`` (a :class:`.qwen_image.QwenImage` with a ``chat_template`` field) of a checked folder, never
     downloading nor unpickling: the transformer (``transformer_cls``) and VAE (``vae_cls``) by
     :func:`.flow_latents.load_flow_parts`, the ``Qwen3VLForConditionalGeneration`` (``text_encoder/``) and the
     processor's tokenizer (``processor/``, read by ``AutoTokenizer``: transformers' ``Qwen3VLProcessor`` imports
     torchvision for its video processor; the text pipelines call only its tokenizer and chat template) and chat
     template (``processor/chat_template.jinja`` or ``.json``; None: the tokenizer's; with neither, one line before any
-    weight is read); ``fields``: more of ``cls``'s.
-    NucleusMoE-Image's and Qwen-Image 2.1's (:mod:`.qwen_image21`)."""
+    weight is read; ``needs_chat`` False: none needed, Bria FIBO 2's literal template, :mod:`.bria_fibo2`);
+    ``fields``: more of ``cls``'s. NucleusMoE-Image's, Qwen-Image 2.1's (:mod:`.qwen_image21`) and Bria FIBO 2's."""
     from . import from_pretrained, library_progress_bars
     from .flow_latents import frozen_on, load_flow_parts
     transformers = require("transformers")
@@ -159,7 +159,8 @@ def load_qwen3_vl_folder(cls, directory: Path, index: dict, sched: dict, transfo
         read_json_object(processor / "chat_template.json", "chat template").get("chat_template") \
         if (processor / "chat_template.json").is_file() else None
     config = processor / "tokenizer_config.json"
-    if chat is None and not (config.is_file() and read_json_object(config, "tokenizer config").get("chat_template")):
+    if chat is None and needs_chat and not (config.is_file()
+                                            and read_json_object(config, "tokenizer config").get("chat_template")):
         raise DiffkitError(f"{processor} has no chat template (chat_template.jinja, chat_template.json or the "
                            f"tokenizer config's); the pipeline's prompts are built with it")
     parts = load_flow_parts(directory, index, transformer_cls, {}, dtype, progress, vae_cls=vae_cls)
