@@ -3,8 +3,8 @@ tokenizer with the vision tokens (tests/_qwen_image_helpers.py) in a ``Qwen3VLPr
 (4 x 4 patches, no merge, at most 32 x 32 pixels; transformers' class check walks its video processor, which imports
 torchvision: patched, as Qwen-Image 2.1's), a ``Qwen3VLForConditionalGeneration`` of 35 text layers of width 16 (the
 pipeline reads hidden states 5 .. 35) with a one-block vision tower, a ``BriaFibo2Transformer2DModel`` of one refiner
-and five main blocks (each an injection block), 4 to 8 gist tokens by text length, its zero-initialised layers
-randomised, FLUX.2's tiny ``AutoencoderKLFlux2`` (f = 2, 4 latent channels, random batch-norm statistics) and a
+and five main blocks (each an injection block), 4 to 8 gist tokens by text length, RoPE for 64 x 64 tokens (a default-size
+edit's), its zero-initialised layers randomised, FLUX.2's tiny ``AutoencoderKLFlux2`` (f = 2, 4 latent channels, random batch-norm statistics) and a
 dynamic-shift scheduler, written by save_pretrained."""
 from unittest import mock
 
@@ -43,7 +43,7 @@ def tiny_bria_fibo2_pipeline():
     transformer = diffusers.BriaFibo2Transformer2DModel(
         in_channels=4, patch_size=2, dim=32, n_layers=5, n_refiner_layers=1, n_heads=2, cap_feat_dim=3 * WIDTH,
         injection_layer_ids=(0, 1, 2, 3, 4), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=8,
-        gist_step=2, gist_min_text_len=40, gist_max_text_len=400, axes_dims=(4, 6, 6), axes_lens=(64, 32, 32))
+        gist_step=2, gist_min_text_len=40, gist_max_text_len=400, axes_dims=(4, 6, 6), axes_lens=(16, 64, 64))
     with torch.no_grad():  # the zero-initialised layers (adaLN modulations, gates, output projections)
         for p in transformer.parameters():
             if not p.any():

@@ -77,6 +77,9 @@ def size_multiple(directory) -> tuple:
     if is_hunyuan_image_folder(directory):  # its own VAE's spatial_compression_ratio f; check_inputs' 2 f
         f = int(vae.get("spatial_compression_ratio", 32))
         return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
+    from ..interop.bria_fibo2 import is_bria_fibo2_folder
+    if is_bria_fibo2_folder(directory):  # FLUX.2's VAE, the transformer's 2 x 2 patches (check_inputs' 2 f)
+        return 2 * f, f"the VAE factor {f} x the transformer's 2 x 2 patches; BriaFibo2Pipeline refuses other sizes"
     from ..interop.bria_fibo import VAE_SCALE_FACTOR as FIBO_FACTOR, is_bria_fibo_folder
     if is_bria_fibo_folder(directory):  # latents of H / 16, whatever the VAE (the pipeline's check_inputs)
         return FIBO_FACTOR, f"BriaFiboPipeline's fixed vae_scale_factor {FIBO_FACTOR}"

@@ -350,7 +350,7 @@ def edit_image(model: BriaFibo2, images, prompts: Union[str, Sequence[str]], *, 
     image) edited from the PIL ``images`` (one, or a list of up to five that every prompt edits together) as
     ``BriaFibo2Pipeline(image=...)`` (module docstring) with :func:`text_to_image`'s options (sampler, steps,
     guidance_scale, negative_prompt, seed, latents, ...). ``mask`` (a PIL image of the one image's size, white =
-    regenerate): greyed out as the pipeline's ``grey_out``; height / width: default the trained size nearest the first
+    regenerate, or an (H, W) tensor in [0, 1] of its 8-bit values): greyed out as the pipeline's ``grey_out``; height / width: default the trained size nearest the first
     image's aspect ratio (about (128 f)^2 pixels), multiples of 2 f."""
     from diffusers.pipelines.bria_fibo2.image_processor import BriaFibo2ImageProcessor
     from PIL import Image
@@ -360,9 +360,11 @@ def edit_image(model: BriaFibo2, images, prompts: Union[str, Sequence[str]], *, 
     if not 1 <= len(images) <= MAX_IMAGES or not all(isinstance(i, Image.Image) for i in images):
         raise DiffkitError(f"images={images!r} is not allowed; give a PIL image or a list of 1 to {MAX_IMAGES} "
                            f"({PIPELINE}'s image=)")
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:  # (H, W) in [0, 1], diffkit edit's: its 8-bit values
+        mask = Image.fromarray((mask.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
     if mask is not None and (len(images) != 1 or not isinstance(mask, Image.Image) or mask.size != images[0].size):
-        raise DiffkitError(f"mask={mask!r} is not allowed; give one PIL mask of the one image's size "
-                           f"{images[0].size} ({PIPELINE} greys it out of a single image)")
+        raise DiffkitError(f"mask is not allowed here; give one mask (PIL, or an (H, W) tensor in [0, 1]) of the one "
+                           f"image's size {images[0].size} ({PIPELINE} greys it out of a single image)")
     prompts = prompt_list(prompts)
     check_edit_prompts(prompts)
     f = model.vae_scale_factor
