@@ -1,11 +1,12 @@
 """A tiny random Bria FIBO 2 folder (tests/test_bria_fibo2.py), nothing downloaded: Qwen-Image's byte-level BPE
 tokenizer with the vision tokens (tests/_qwen_image_helpers.py) in a ``Qwen3VLProcessor`` of the PIL image processor
 (4 x 4 patches, no merge, at most 32 x 32 pixels; transformers' class check walks its video processor, which imports
-torchvision: patched, as Qwen-Image 2.1's), a ``Qwen3VLForConditionalGeneration`` of 35 text layers of width 16 (the
-pipeline reads hidden states 5 .. 35) with a one-block vision tower, a ``BriaFibo2Transformer2DModel`` of one refiner
-and five main blocks (each an injection block), 4 to 8 gist tokens by text length, RoPE for 64 x 64 tokens (a default-size
-edit's), its zero-initialised layers randomised, FLUX.2's tiny ``AutoencoderKLFlux2`` (f = 2, 4 latent channels, random batch-norm statistics) and a
-dynamic-shift scheduler, written by save_pretrained."""
+torchvision: patched, as Qwen-Image 2.1's), Krea 2's tiny Qwen3-VL (tests/_krea2_helpers.py) as a
+``Qwen3VLForConditionalGeneration`` of 35 text layers of width 16 (the pipeline reads hidden states 5 .. 35) with a
+one-block vision tower of 4 x 4 patches on the tokenizer's vision tokens, a ``BriaFibo2Transformer2DModel`` of one
+refiner and five main blocks (each an injection block), 4 to 8 gist tokens by text length, its zero-initialised
+layers randomised, FLUX.2's tiny ``AutoencoderKLFlux2`` (tests/_flux2_helpers.py: f = 2, 4 latent channels, random
+batch-norm statistics) and a dynamic-shift scheduler, written by save_pretrained."""
 from unittest import mock
 
 import torch
@@ -14,6 +15,7 @@ import diffusers
 import transformers
 
 from _flux2_helpers import tiny_vae
+from _krea2_helpers import tiny_qwen3_vl
 from _qwen_image_helpers import tiny_qwen_tokenizer
 
 WIDTH = 16  # the Qwen3-VL's width: cap_feat_dim 3 x 16
@@ -24,17 +26,7 @@ def tiny_bria_fibo2_pipeline():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     torch.manual_seed(0)
     tokenizer = tiny_qwen_tokenizer(vision=True)
-    names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in names]
-    config = transformers.Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=24, num_hidden_layers=35,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=2048,
-                         rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [1, 1, 2],
-                                          "mrope_interleaved": True}),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=WIDTH,
-                           patch_size=4, spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
-                           deepstack_visual_indexes=[]),
-        image_token_id=ids[0], video_token_id=ids[1], vision_start_token_id=ids[2], vision_end_token_id=ids[3])
+    config = tiny_qwen3_vl(tokenizer, WIDTH, layers=35, patch=4, own_ids=True).config
     encoder = transformers.Qwen3VLForConditionalGeneration(config).eval()
     images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=1, temporal_patch_size=1,
                                       size={"shortest_edge": 16, "longest_edge": 32 * 32})
