@@ -350,8 +350,9 @@ def edit_image(model: BriaFibo2, images, prompts: Union[str, Sequence[str]], *, 
     image) edited from the PIL ``images`` (one, or a list of up to five that every prompt edits together) as
     ``BriaFibo2Pipeline(image=...)`` (module docstring) with :func:`text_to_image`'s options (sampler, steps,
     guidance_scale, negative_prompt, seed, latents, ...). ``mask`` (a PIL image of the one image's size, white =
-    regenerate, or an (H, W) tensor in [0, 1] of its 8-bit values): greyed out as the pipeline's ``grey_out``; height / width: default the trained size nearest the first
-    image's aspect ratio (about (128 f)^2 pixels), multiples of 2 f."""
+    regenerate, or an (H, W) tensor in [0, 1] of its 8-bit values): greyed out as the pipeline's ``grey_out``;
+    height / width: default the trained size nearest the first image's aspect ratio (about (128 f)^2 pixels),
+    multiples of 2 f."""
     from diffusers.pipelines.bria_fibo2.image_processor import BriaFibo2ImageProcessor
     from PIL import Image
     from .chroma import text_to_image as flow_text_to_image
