@@ -18,18 +18,22 @@ WORDS = ["system", "user", "assistant", "Describe"] + [" " + w for w in (
 LAYERS = (0, 2, 1)  # text_encoder_select_layers: the embeddings, the last and the first layer's states
 
 
-def tiny_qwen3_vl(tokenizer, width: int = 32):
-    """A Qwen3VLModel of random weights: two text layers, one vision block (never run on text)."""
+def tiny_qwen3_vl(tokenizer, width: int = 32, layers: int = 2, patch: int = 2, own_ids: bool = False):
+    """A Qwen3VLModel of random weights: ``layers`` text layers, one vision block of ``patch`` x ``patch`` patches
+    (never run on text); its vision token ids past the tokenizer's vocabulary, or (``own_ids``) the tokenizer's
+    (Bria FIBO 2's, which shows images)."""
     n = len(tokenizer)
+    names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in names] if own_ids else [n + i for i in (1, 2, 3, 4)]
     config = transformers.Qwen3VLConfig(
-        text_config=dict(vocab_size=n, hidden_size=width, intermediate_size=48, num_hidden_layers=2,
+        text_config=dict(vocab_size=n, hidden_size=width, intermediate_size=48, num_hidden_layers=layers,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
                          rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [2, 3, 3],
                                           "mrope_interleaved": True}),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=width,
-                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
+                           patch_size=patch, spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
                            deepstack_visual_indexes=[]),
-        image_token_id=n + 1, video_token_id=n + 2, vision_start_token_id=n + 3, vision_end_token_id=n + 4)
+        image_token_id=ids[0], video_token_id=ids[1], vision_start_token_id=ids[2], vision_end_token_id=ids[3])
     return transformers.Qwen3VLModel(config).eval()
 
 

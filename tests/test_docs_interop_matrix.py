@@ -219,6 +219,7 @@ def check_own_table(heading: str, columns: list, letter: str) -> None:
 CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
 BRIA = "## Bria 3.2 folders (`diffkit.interop.bria`)"
 BRIA_FIBO = "## Bria FIBO folders (`diffkit.interop.bria_fibo`)"
+BRIA_FIBO2 = "## Bria FIBO 2 folders (`diffkit.interop.bria_fibo2`)"
 AURAFLOW = "## AuraFlow folders (`diffkit.interop.auraflow`)"
 HUNYUAN_DIT = "## HunyuanDiT folders (`diffkit.interop.hunyuan_dit`)"
 KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
@@ -289,6 +290,7 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
                                                               "StableDiffusionGLIGENTextImagePipeline"], "GL"),
                                                     (BRIA, ["BriaPipeline"], "BR"),
                                                     (BRIA_FIBO, ["BriaFiboPipeline", "BriaFiboEditPipeline"], "BF"),
+                                                    (BRIA_FIBO2, ["BriaFibo2Pipeline"], "BO"),
                                                     (LONGCAT, ["LongCatImagePipeline", "LongCatImageEditPipeline"],
                                                      "LC"),
                                                     (OMNIGEN, ["OmniGenPipeline"], "OG"),

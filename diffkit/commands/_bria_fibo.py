@@ -34,15 +34,17 @@ class BriaFiboFamily(BriaFamily):
 
 
 def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
-               ip_adapter=None, seed=0, **options):
-    """:func:`._chroma.edit_chroma`'s image_to_image call on :func:`diffkit.interop.bria_fibo_edit.edit_image`:
-    image i (in [-1, 1], back to 8-bit PIL as read) its own reference with its own prompt and ``--mask`` (the
-    pipeline's one reference per call), from ``seed + i``; the arguments an Edit folder does not take come from flags
-    it refuses first (``edit_flags``), at their defaults."""
+               ip_adapter=None, seed=0, edit_image=None, **options):
+    """:func:`._chroma.edit_chroma`'s image_to_image call on :func:`diffkit.interop.bria_fibo_edit.edit_image`
+    (``edit_image``: another library edit of that signature, Bria FIBO 2's, :mod:`._bria_fibo2`): image i (in
+    [-1, 1], back to 8-bit PIL as read) its own reference with its own prompt and ``--mask`` (the pipeline's one
+    reference per call), from ``seed + i``; the arguments an Edit folder does not take come from flags it refuses
+    first (``edit_flags``), at their defaults."""
     import torch
     from PIL import Image
 
-    from ..interop.bria_fibo_edit import edit_image
+    if edit_image is None:
+        from ..interop.bria_fibo_edit import edit_image
     if max_sequence_length is not None:
         options["max_sequence_length"] = max_sequence_length
     edited = []

@@ -104,9 +104,9 @@ class Family:
 
 
 def folder_family(directory) -> Optional[type]:
-    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner), GLM-Image, DreamLite (Mobile) or
-    JoyImage Edit folder; None for any other checkpoint."""
+    """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO / FIBO 2, LongCat-Image, Ovis-Image,
+    OmniGen, ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner), GLM-Image, DreamLite
+    (Mobile) or JoyImage Edit folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -127,6 +127,10 @@ def folder_family(directory) -> Optional[type]:
         return ZImageOmniFamily if pipeline_class(directory) == Z_IMAGE_OMNI_PIPELINE else ZImageFamily
     from ..interop.bria import is_bria_folder
     from ..interop.bria_fibo import is_bria_fibo_folder
+    from ..interop.bria_fibo2 import is_bria_fibo2_folder
+    if is_bria_fibo2_folder(directory):
+        from ._bria_fibo2 import BriaFibo2Family
+        return BriaFibo2Family
     if is_bria_fibo_folder(directory):
         from ..interop.bria_fibo import FIBO_EDIT_PIPELINE
         from ..interop.sd_xl import pipeline_class

@@ -17,9 +17,9 @@ from ..errors import DiffkitError, read_json_object
 # the kinds check_image_size lets through
 SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
-                "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2, LongCat-Image, "
-                "OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage, GLM-Image, "
-                "DreamLite")
+                "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2 / FIBO / FIBO 2, "
+                "LongCat-Image, OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage, "
+                "GLM-Image, DreamLite")
 EDIT_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen, "
               "HunyuanImage refiner, DreamLite")  # diffkit edit's
 
@@ -83,6 +83,9 @@ def size_multiple(directory) -> tuple:
     if is_hunyuan_image_folder(directory):  # its own VAE's spatial_compression_ratio f; check_inputs' 2 f
         f = int(vae.get("spatial_compression_ratio", 32))
         return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
+    from ..interop.bria_fibo2 import is_bria_fibo2_folder
+    if is_bria_fibo2_folder(directory):  # FLUX.2's VAE, the transformer's 2 x 2 patches (check_inputs' 2 f)
+        return 2 * f, f"the VAE factor {f} x the transformer's 2 x 2 patches; BriaFibo2Pipeline refuses other sizes"
     from ..interop.bria_fibo import VAE_SCALE_FACTOR as FIBO_FACTOR, is_bria_fibo_folder
     if is_bria_fibo_folder(directory):  # latents of H / 16, whatever the VAE (the pipeline's check_inputs)
         return FIBO_FACTOR, f"BriaFiboPipeline's fixed vae_scale_factor {FIBO_FACTOR}"

@@ -134,11 +134,13 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.nucleusmoe import is_nucleusmoe_folder
     from ..interop.qwen_image21 import is_qwen_image21_folder
     from ..interop.dreamlite import is_dreamlite_folder
+    from ..interop.bria_fibo2 import is_bria_fibo2_folder
     label = masked_text_folder(checkpoint) or ("Chroma" if is_chroma_folder(checkpoint) else
                                                "DreamLite" if is_dreamlite_folder(checkpoint) else
                                                "Krea 2" if is_krea2_folder(checkpoint) else
                                                "NucleusMoE-Image" if is_nucleusmoe_folder(checkpoint) else
                                                "Qwen-Image 2.1" if is_qwen_image21_folder(checkpoint) else
+                                               "Bria FIBO 2" if is_bria_fibo2_folder(checkpoint) else
                                                "Bria FIBO" if is_bria_fibo_folder(checkpoint) else
                                                "Bria" if is_bria_folder(checkpoint) else
                                                "Ovis-Image" if is_ovis_image_folder(checkpoint) else
@@ -147,7 +149,7 @@ def check_prompt_encoding(request, checkpoint) -> None:
                                                "Z-Image" if z_image else None)
     lumina = [flag for flag in lumina if flag in cfg] + next_flags
     if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina: its own flags too)
-        length = label != "Qwen-Image 2.1"  # (QwenImage21Pipeline keeps every prompt token: no length)
+        length = label not in ("Qwen-Image 2.1", "Bria FIBO 2")  # (their pipelines take no length)
         other = [flag for flag, _ in given if (flag != "--max-sequence-length" or not length) and flag not in lumina]
         if other:
             from ._pixart import articled

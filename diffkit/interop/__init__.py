@@ -37,6 +37,9 @@
 * :mod:`.bria_fibo` - a Bria FIBO folder (JSON prompts read by SmolLM3, every hidden state fed to its own block,
   unpacked latents, the Wan 2.2 VAE on one frame, real CFG), through :mod:`.chroma`'s code; :mod:`.bria_fibo_edit`
   ``BriaFiboEditPipeline``'s edits from reference tokens (``bria_fibo_edit_image``).
+* :mod:`.bria_fibo2` - a Bria FIBO 2 folder (cleaned JSON captions and images of their text read by Qwen3-VL in
+  bundles of three RMS-normalised states, FLUX.2's VAE, real CFG), through :mod:`.chroma`'s code; its edits of up to
+  five images as clean context tokens (``bria_fibo2_edit_image``).
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``; Plus: several pictures, 2511's
@@ -97,6 +100,7 @@ _EXPORTS = {
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
     "Bria": "bria", "load_bria": "bria", "is_bria_folder": "bria",
     "BriaFibo": "bria_fibo", "load_bria_fibo": "bria_fibo", "is_bria_fibo_folder": "bria_fibo",
+    "BriaFibo2": "bria_fibo2", "load_bria_fibo2": "bria_fibo2", "is_bria_fibo2_folder": "bria_fibo2",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "PRX": "prx", "load_prx": "prx", "is_prx_folder": "prx",
     "Kandinsky5": "kandinsky5", "load_kandinsky5": "kandinsky5", "is_kandinsky5_folder": "kandinsky5",
@@ -132,6 +136,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "bria_text_to_image": ("bria", "text_to_image"),
             "bria_fibo_text_to_image": ("bria_fibo", "text_to_image"),
             "bria_fibo_edit_image": ("bria_fibo_edit", "edit_image"),
+            "bria_fibo2_text_to_image": ("bria_fibo2", "text_to_image"),
+            "bria_fibo2_edit_image": ("bria_fibo2", "edit_image"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
             "kandinsky5_text_to_image": ("kandinsky5", "text_to_image"),
             "prx_text_to_image": ("prx", "text_to_image"),

@@ -194,9 +194,10 @@ class BriaFibo(FrameVAE, Chroma):
 
 def is_bria_fibo_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder whose ``model_index.json`` names a ``BriaFibo...`` pipeline or a
-    ``BriaFiboTransformer2DModel`` transformer (``BriaFiboEditPipeline`` too: :func:`check_bria_fibo_folder`
-    refuses it in one line)."""
-    return names_pipeline(path, "BriaFibo", FIBO_TRANSFORMER)
+    ``BriaFiboTransformer2DModel`` transformer (``BriaFiboEditPipeline`` too), but not a Bria FIBO 2 one
+    (:mod:`.bria_fibo2`)."""
+    from .bria_fibo2 import is_bria_fibo2_folder
+    return names_pipeline(path, "BriaFibo", FIBO_TRANSFORMER) and not is_bria_fibo2_folder(path)
 
 
 def check_bria_fibo_folder(directory: Path) -> tuple:

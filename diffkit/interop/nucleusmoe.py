@@ -149,8 +149,9 @@ def load_qwen3_vl_folder(cls, directory: Path, index: dict, sched: dict, transfo
     processor's tokenizer (``processor/``, read by ``AutoTokenizer``: transformers' ``Qwen3VLProcessor`` imports
     torchvision for its video processor; the text pipelines call only its tokenizer and chat template) and chat
     template (``processor/chat_template.jinja`` or ``.json``; None: the tokenizer's; with neither, one line before any
-    weight is read; ``needs_template`` False: JoyImage Edit's, :mod:`.joyimage`, whose pipelines format their prompts
-    without it); ``fields``: more of ``cls``'s. NucleusMoE-Image's and Qwen-Image 2.1's (:mod:`.qwen_image21`)."""
+    weight is read; ``needs_template`` False: JoyImage Edit's (:mod:`.joyimage`) and Bria FIBO 2's (a literal template,
+    :mod:`.bria_fibo2`), whose pipelines format their prompts without it); ``fields``: more of ``cls``'s.
+    NucleusMoE-Image's, Qwen-Image 2.1's (:mod:`.qwen_image21`) and Bria FIBO 2's."""
     from . import from_pretrained, library_progress_bars
     from .flow_latents import frozen_on, load_flow_parts
     transformers = require("transformers")

@@ -106,17 +106,18 @@ class QwenImageEdit(QwenImage):
         return self.kept_states(tokens, EDIT_DROP, None, **pixels)
 
 
-def vision_inputs(model, texts: Sequence[str], images, tokenizer=None) -> tuple:
+def vision_inputs(model, texts: Sequence[str], images, tokenizer=None, **tokenizer_options) -> tuple:
     """(tokens, {pixel_values, image_grid_thw}) of ``texts`` with ``<|image_pad|>`` tokens seeing ``images`` (PIL, in
     order over all texts) as ``Qwen2VLProcessor(text=texts, images=images, padding=True)``: the image processor's
     patches, the k-th pad repeated t h w / m^2 times of image k; on ``model``'s device (pixels in its encoder's dtype).
     The Edit prompts' and Qwen-Image-Layered's captions (:func:`.qwen_image_layered.caption`); DreamLite's edit prompts
-    with its processor's ``tokenizer`` (default ``model.tokenizer``; :mod:`.dreamlite`)."""
+    with its processor's ``tokenizer`` (default ``model.tokenizer``; :mod:`.dreamlite`); ``tokenizer_options``: more of
+    the tokenizer's (Bria FIBO 2's truncation, :mod:`.bria_fibo2`)."""
     pixels = model.image_processor(images=list(images), return_tensors="pt")
     merge = int(model.image_processor.merge_size) ** 2
     counts = iter(int(g.prod()) // merge for g in pixels["image_grid_thw"])
     tokens = (tokenizer or model.tokenizer)([_expanded(text, counts) for text in texts], padding=True,
-                                            return_tensors="pt")
+                                            return_tensors="pt", **tokenizer_options)
     return tokens.to(model.device), {"pixel_values": pixels["pixel_values"].to(model.device, model.text_encoder.dtype),
                                      "image_grid_thw": pixels["image_grid_thw"].to(model.device)}
 
