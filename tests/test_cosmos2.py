@@ -53,7 +53,7 @@ def tiny_cosmos2(tmp_path_factory):
     torch.manual_seed(0)
     transformer = diffusers.CosmosTransformer3DModel(
         in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
-        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 16, 16), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
+        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 96, 96), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
         concat_padding_mask=True, extra_pos_embed_type="learnable")
     with torch.no_grad():
         for parameter in transformer.parameters():
@@ -174,8 +174,9 @@ def _changed_folder(folder, root, part, change):
 
 
 def test_what_cosmos2_does_not_take_is_refused_in_one_line(tiny_cosmos2, tmp_path, capsys):
-    """diffkit edit, --lora, sizes off 16, one step, a scale the pipeline cannot draw, a negative prompt unguided,
-    every other Cosmos pipeline, other channels or patches, a Wan 2.2 VAE, a scheduler without Karras sigmas or with
+    """diffkit edit, --lora, sizes off 16, one step, a scale the pipeline cannot draw, --flow-shift (the pipeline's
+    loop; another sampler: EDM's schedule is no flow schedule), sizes past max_size, --prompt-2, a negative prompt unguided, every other
+    Cosmos pipeline, other channels or patches, a Wan 2.2 VAE, a scheduler without Karras sigmas or with
     dynamic shifting: one line each, before any weight is read or any file written; a folder naming Cosmos
     Guardrail as its safety checker loads (it is not loaded)."""
     from diffkit.cli import main
@@ -187,7 +188,11 @@ def test_what_cosmos2_does_not_take_is_refused_in_one_line(tiny_cosmos2, tmp_pat
             (["sample", *base, "--height", "24"], "multiple of 16 (Cosmos2TextToImagePipeline's check_inputs"),
             (["sample", *base, "--steps", "1"], "steps=1 is not allowed for Cosmos2TextToImagePipeline's loop"),
             (["sample", *base, "--guidance-scale", "1.5"], "w = 0.5) is not allowed on a Cosmos Predict2 folder"),
-            (["sample", *base, "--flow-shift", "3"], "--flow-shift 3 moves a sampler's own grid")):
+            (["sample", *base, "--flow-shift", "3"], "--flow-shift 3 moves a sampler's own grid"),
+            (["sample", *base, "--height", "32", "--width", "48", "--sampler", "unipc", "--flow-shift", "3"],
+             "a Cosmos Predict2 folder samples on EDM's Karras sigmas"),
+            (["sample", *base, "--height", "1552"], "at most 1536x1536 (the transformer's max_size [4, 96, 96]"),
+            (["sample", *base, "--prompt-2", "dog"], "--prompt-2 does not apply to a Cosmos Predict2 folder")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err

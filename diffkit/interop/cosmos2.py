@@ -46,7 +46,7 @@ Cosmos2VideoToWorld, Cosmos 2.5 Predict / Transfer, Cosmos3 Omni), a scheduler w
 strictly falling (no Karras / exponential / beta sigmas: linspace(0, 1) itself starts at sigma 0; dynamic shifting;
 inverted sigmas; stochastic sampling), another transformer / VAE / text encoder class, a transformer whose channels
 are not the VAE's ``z_dim`` or whose patches are not (1, 2, 2), Cosmos 2.5's cross-attention projection, a Wan 2.2
-VAE (patched, factor 16), ``--flow-shift``.
+VAE (patched, factor 16), ``--flow-shift``, sizes past the transformer's ``max_size`` patches (its RoPE tables).
 """
 from __future__ import annotations
 
@@ -127,14 +127,19 @@ class Cosmos2(FrameVAE):
         return 2 ** len(self.vae.config.temperal_downsample)
 
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
-        """(batch, in_channels, height / f, width / f); default 768 x 1360; sizes multiples of 16 (``check_inputs``)."""
+        """(batch, in_channels, height / f, width / f); default 768 x 1360; sizes multiples of 16 (``check_inputs``), of
+        at most the transformer's ``max_size`` 2 x 2 patches (3840 for Cosmos' 240)."""
         height = COSMOS2_SIZE[0] if height is None else height
         width = COSMOS2_SIZE[1] if width is None else width
         for value in (height, width):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
                                    f"{SIZE_MULTIPLE} (Cosmos2TextToImagePipeline's check_inputs)")
-        f = self.vae_scale_factor
+        f, most = self.vae_scale_factor, self.transformer.config.max_size  # (frames, rows, columns) of patches
+        if height > 2 * f * most[1] or width > 2 * f * most[2]:
+            raise DiffkitError(f"height x width {height}x{width} is not allowed; give at most "
+                               f"{2 * f * most[1]}x{2 * f * most[2]} (the transformer's max_size {list(most)} of "
+                               f"2 x 2 patches of the latents)")
         return (batch, int(self.transformer.config.in_channels), height // f, width // f)
 
     @property
@@ -328,6 +333,9 @@ def text_to_image(model: Cosmos2, prompts: Union[str, Sequence[str]], *, sampler
     noise, expected = start_latents(model, latents, len(prompts), height, width)
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, model.default_steps, model.scheduler_grid,
                                          options.get("flow_shift"))
+    if options.get("flow_shift") is not None:
+        raise DiffkitError(f"flow_shift={options['flow_shift']!r} moves a flow schedule's grid; a Cosmos Predict2 "
+                           f"folder samples on EDM's Karras sigmas (its grids: spacing / final); drop it")
     max_sequence_length = model.max_sequence_length if max_sequence_length is None else max_sequence_length
     denoiser, cond = model.prompt_guidance(prompts, guidance_scale, convention, negative_prompt, max_sequence_length)
     draws = {"seed": seed}
