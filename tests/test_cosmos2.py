@@ -5,7 +5,6 @@ zero), a Wan 2.1 AutoencoderKLWan of z_dim 8 with non-trivial latents mean / std
 nothing downloaded). The pipeline refuses to run without a safety checker and cosmos_guardrail is not installed: the
 reference gets a pass-through stand-in (diffusers' own tests do the same); without torchvision its transformer's
 padding-mask resize is given a nearest-neighbour stand-in (the mask is zeros: any resize is exact)."""
-import json
 import re
 import types
 
@@ -18,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.cosmos2 import check_cosmos2_folder, is_cosmos_folder, load_cosmos2, text_to_image  # noqa: E402
 
-from _pipeline_folders import reloaded  # noqa: E402
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_t5_encoder  # noqa: E402
 from test_interop_sd3 import tiny_t5_tokenizer  # noqa: E402
@@ -158,21 +157,6 @@ def test_sample_command_runs_a_cosmos2_folder(tiny_cosmos2, tmp_path, capsys):
     capsys.readouterr()
 
 
-def _changed_folder(folder, root, part, change):
-    """A folder of links to ``folder``'s parts with ``part``'s JSON updated by ``change``."""
-    bad, name = root / re.sub(r"\W", "_", part + str(change)), part.split("/")[0]
-    for sub in ("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "vae"):
-        if sub != name:
-            (bad / sub).parent.mkdir(parents=True, exist_ok=True)
-            (bad / sub).symlink_to(folder / sub)
-    if name != part:  # a component folder of its own: the weights linked, the config changed
-        (bad / name).mkdir()
-        for weights in (folder / name).glob("*.safetensors"):
-            (bad / name / weights.name).symlink_to(weights)
-    (bad / part).write_text(json.dumps({**json.loads((folder / part).read_text()), **change}))
-    return bad
-
-
 def test_what_cosmos2_does_not_take_is_refused_in_one_line(tiny_cosmos2, tmp_path, capsys):
     """diffkit edit, --lora, sizes off 16, one step, a scale the pipeline cannot draw, --flow-shift (the pipeline's
     loop; another sampler: EDM's schedule is no flow schedule), sizes past max_size, --prompt-2, a negative prompt unguided, every other
@@ -205,12 +189,12 @@ def test_what_cosmos2_does_not_take_is_refused_in_one_line(tiny_cosmos2, tmp_pat
             ("transformer/config.json", {"in_channels": 16}, "in_channels=16; allowed: 8"),
             ("transformer/config.json", {"patch_size": [1, 1, 1]}, "patch_size=[1, 1, 1]; allowed: [1, 2, 2]"),
             ("vae/config.json", {"patch_size": 2, "scale_factor_spatial": 16}, "patch_size=2; allowed: None")):
-        bad = _changed_folder(folder, tmp_path, part, change)
+        bad = changed_folder(folder, tmp_path, part, change)
         assert is_cosmos_folder(bad)
         with pytest.raises(DiffkitError, match=re.escape(message)) as info:
             load_cosmos2(bad, progress=False)
         assert "\n" not in str(info.value)
-    guarded = _changed_folder(folder, tmp_path, "model_index.json",
+    guarded = changed_folder(folder, tmp_path, "model_index.json",
                               {"safety_checker": ["cosmos_guardrail", "CosmosSafetyChecker"]})
     assert check_cosmos2_folder(guarded)[0]["safety_checker"][0] == "cosmos_guardrail"
     config = dict(model.scheduler_config)

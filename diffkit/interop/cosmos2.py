@@ -58,7 +58,8 @@ import torch
 
 from ..errors import DiffkitError
 from . import model_dtype, require
-from .flow_latents import FrameVAE, finish_images, load_one_text_folder, names_pipeline, pipeline_grid, start_latents
+from .flow_latents import (FrameVAE, check_part_configs, finish_images, load_one_text_folder, names_pipeline,
+                           pipeline_grid, start_latents)
 
 COSMOS2_PIPELINE = "Cosmos2TextToImagePipeline"
 COSMOS_TRANSFORMER = "CosmosTransformer3DModel"
@@ -266,20 +267,16 @@ def check_cosmos2_folder(directory: Path) -> tuple:
         raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive; "
                            f"allowed: {COSMOS2_PIPELINE} (Cosmos Predict2 text-to-image)")
     check_classes(directory, index, REQUIRED, "Cosmos Predict2", COSMOS2_CLASSES)
-    transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
-    vae = read_json_object(directory / "vae" / "config.json", "vae config")
-    z_dim = vae.get("z_dim", 16)
-    for config, key, default, allowed, why in (
-            (transformer, "in_channels", 16, z_dim, "the VAE's z_dim"),
-            (transformer, "out_channels", 16, z_dim, "the VAE's z_dim"),
-            (transformer, "patch_size", [1, 2, 2], [1, 2, 2], "the pipeline's latents of H / 8, sizes of 16"),
-            (transformer, "use_crossattn_projection", False, False, "Cosmos 2.5's projection of its Qwen2.5-VL states"),
-            (vae, "patch_size", None, None, "a Wan 2.1 VAE: the pipeline's latents are H / 2^len(temperal_downsample)"),
-            (vae, "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8")):
-        value = config.get(key, default)
-        if (list(value) if isinstance(value, (list, tuple)) else value) != allowed:
-            part = "transformer" if config is transformer else "vae"
-            raise DiffkitError(f"{directory}'s {part} has {key}={value!r}; allowed: {allowed} ({why})")
+    configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
+               for part in ("transformer", "vae")}
+    z_dim, vae = configs["vae"].get("z_dim", 16), configs["vae"]
+    check_part_configs(directory, configs, (
+        ("transformer", "in_channels", 16, z_dim, "the VAE's z_dim"),
+        ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
+        ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "the pipeline's latents of H / 8, sizes of 16"),
+        ("transformer", "use_crossattn_projection", False, False, "Cosmos 2.5's projection of its Qwen2.5-VL states"),
+        ("vae", "patch_size", None, None, "a Wan 2.1 VAE: the pipeline's latents are H / 2^len(temperal_downsample)"),
+        ("vae", "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8")))
     if 2 ** len(vae.get("temperal_downsample", [False, True, True])) != 8:
         raise DiffkitError(f"{directory}'s vae has temperal_downsample={vae.get('temperal_downsample')!r}; allowed: "
                            f"3 levels (the pipeline's vae_scale_factor_spatial 2^3 = 8)")
