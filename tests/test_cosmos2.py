@@ -159,9 +159,10 @@ def test_sample_command_runs_a_cosmos2_folder(tiny_cosmos2, tmp_path, capsys):
 
 def test_what_cosmos2_does_not_take_is_refused_in_one_line(tiny_cosmos2, tmp_path, capsys):
     """diffkit edit, --lora, sizes off 16, one step, a scale the pipeline cannot draw, --flow-shift (the pipeline's
-    loop; another sampler: EDM's schedule is no flow schedule), sizes past max_size, --prompt-2, a negative prompt unguided, every other
-    Cosmos pipeline, other channels or patches, a Wan 2.2 VAE, a scheduler without Karras sigmas or with
-    dynamic shifting: one line each, before any weight is read or any file written; a folder naming Cosmos
+    loop; another sampler: EDM's schedule is no flow schedule), sizes past max_size, --prompt-2, a negative prompt
+    unguided, every other Cosmos pipeline, other channels or patches, a Wan 2.2 VAE, a scheduler without Karras
+    sigmas or with dynamic shifting: one line each, before any file is written (most before any weight is read:
+    max_size and --flow-shift with another sampler once the folder is loaded); a folder naming Cosmos
     Guardrail as its safety checker loads (it is not loaded)."""
     from diffkit.cli import main
     _, folder, model = tiny_cosmos2

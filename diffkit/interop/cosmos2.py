@@ -156,10 +156,6 @@ class Cosmos2(FrameVAE):
             self._denoiser.model = self.transformer
         return self._denoiser
 
-    def denoiser_for(self, h: int, w: int, steps: Optional[int] = None):
-        """:attr:`denoiser` (one schedule for every size)."""
-        return self.denoiser
-
     def scheduler_sigmas(self, steps: int) -> torch.Tensor:
         """The pipeline's N + 1 VE sigmas (module docstring): the folder's scheduler with the pipeline's settings
         after ``set_timesteps(sigmas=linspace(0, 1, N))``, the last replaced by the one before; a one-line
