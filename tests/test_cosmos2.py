@@ -122,6 +122,26 @@ def test_cosmos2_matches_the_pipeline(tiny_cosmos2, steps, kw):
     assert ours.shape == theirs.shape == (2, 8, 4, 6) and error < 1e-5, error
 
 
+def test_cosmos2_returns_the_ve_latent_at_the_last_sigma(tiny_cosmos2, monkeypatch):
+    """With sigma_min raised to 0.5 on both sides (the pipeline's scheduler config, diffkit's copy of what the
+    pipeline registers), the loop ends at sigma 0.5, where the VP state is the VE latent times alpha = 1 / sqrt(1.25):
+    diffkit returns the VE latent the pipeline decodes."""
+    from diffkit.interop import cosmos2
+    pipe, _, model = tiny_cosmos2
+    monkeypatch.setitem(cosmos2.PIPELINE_SCHEDULER, "sigma_min", 0.5)
+    monkeypatch.setattr(pipe, "scheduler", diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        {**pipe.scheduler.config, "sigma_min": 0.5}))
+    latents = _latents()
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, height=H, width=W, num_inference_steps=3, latents=latents[:, :, None],
+                      max_sequence_length=LENGTH, output_type="latent", guidance_scale=1.0).images
+    ours = text_to_image(model, PROMPTS, steps=3, latents=latents, max_sequence_length=LENGTH, return_latents=True,
+                         guidance_scale=0.0, convention="seed")
+    assert abs(float(model.denoiser.schedule.karras_sigma(model.scheduler_grid(3))[-1]) - 0.5) < 1e-6
+    print("cosmos2 sigma_min 0.5", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+
+
 def test_sample_command_runs_a_cosmos2_folder(tiny_cosmos2, tmp_path, capsys):
     """`diffkit sample` writes text_to_image's images byte for byte (sample i's eps from seed + i; the Wan VAE on one
     frame); the pipeline's images (which its safety-checker path truncates to 8 bits) are ours truncated the same
