@@ -194,9 +194,6 @@ def test_what_cosmos2_does_not_take_is_refused_in_one_line(tiny_cosmos2, tmp_pat
             (["sample", *base, "--steps", "1"], "steps=1 is not allowed for Cosmos2TextToImagePipeline's loop"),
             (["sample", *base, "--guidance-scale", "1.5"], "w = 0.5) is not allowed on a Cosmos Predict2 folder"),
             (["sample", *base, "--flow-shift", "3"], "--flow-shift 3 moves a sampler's own grid"),
-            (["sample", *base, "--height", "32", "--width", "48", "--sampler", "unipc", "--flow-shift", "3"],
-             "a Cosmos Predict2 folder samples on EDM's Karras sigmas"),
-            (["sample", *base, "--height", "1552"], "at most 1536x1536 (the transformer's max_size [4, 96, 96]"),
             (["sample", *base, "--prompt-2", "dog"], "--prompt-2 does not apply to a Cosmos Predict2 folder")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
@@ -231,6 +228,8 @@ def test_what_cosmos2_does_not_take_is_refused_in_one_line(tiny_cosmos2, tmp_pat
     for kw, message in (({"max_sequence_length": 513}, "allowed: 1..512"),
                         ({"ip_adapter": object()}, "has no load_ip_adapter"),
                         ({"guidance_scale": 0.0, "convention": "seed", "negative_prompt": "x"}, "needs guidance"),
-                        ({"height": 40}, "multiples of 16")):
+                        ({"height": 40}, "multiples of 16"),
+                        ({"height": 1552}, "at most 1536x1536 (the transformer's max_size [4, 96, 96]"),
+                        ({"sampler": "unipc", "flow_shift": 3.0}, "a Cosmos Predict2 folder samples on EDM's Karras")):
         with pytest.raises(DiffkitError, match=re.escape(message)):
             text_to_image(model, "cat", steps=2, return_latents=True, **kw)
