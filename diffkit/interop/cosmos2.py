@@ -119,7 +119,6 @@ class Cosmos2(FrameVAE):
 
     default_steps = COSMOS2_STEPS
     min_loop_steps = 2  # the pipeline's loop (scheduler_sigmas; diffkit sample's batch-size probe: ._chroma)
-    default_guidance = COSMOS2_GUIDANCE + 1  # diffusers' convention s = g + 1 (text_to_image's default)
     max_sequence_length = MAX_SEQUENCE_LENGTH
 
     @property
