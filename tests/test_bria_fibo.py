@@ -16,7 +16,7 @@ from diffkit.interop.bria import is_bria_folder  # noqa: E402
 from diffkit.interop.bria_fibo import (check_bria_fibo_folder, is_bria_fibo_folder, load_bria_fibo,  # noqa: E402
                                        select_layers, text_to_image)
 
-from _pipeline_folders import reloaded  # noqa: E402
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from _qwen_image_helpers import tiny_qwen_tokenizer  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
@@ -169,16 +169,7 @@ def test_what_bria_fibo_does_not_take_is_refused_in_one_line(tiny_fibo, tmp_path
             ("transformer/config.json", {"patch_size": 2}, "patch_size=2; allowed: 1"),
             ("transformer/config.json", {"in_channels": 32}, "in_channels=32; allowed: 8"),
             ("vae/config.json", {"scale_factor_spatial": 8}, "scale_factor_spatial=8; allowed: 16")):
-        bad, name = tmp_path / re.sub(r"\W", "_", part + str(change)), part.split("/")[0]
-        for sub in ("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "vae"):
-            if sub != name:
-                (bad / sub).parent.mkdir(parents=True, exist_ok=True)
-                (bad / sub).symlink_to(folder / sub)
-        if name != part:  # a component folder of its own: the weights linked, the config changed
-            (bad / name).mkdir()
-            for weights in (folder / name).glob("*.safetensors"):
-                (bad / name / weights.name).symlink_to(weights)
-        (bad / part).write_text(json.dumps({**json.loads((folder / part).read_text()), **change}))
+        bad = changed_folder(folder, tmp_path, part, change)
         with pytest.raises(DiffkitError, match=re.escape(message)) as info:
             load_bria_fibo(bad, progress=False)
         assert "\n" not in str(info.value)

@@ -106,7 +106,7 @@ class Family:
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO / FIBO 2, LongCat-Image, Ovis-Image,
     OmniGen, ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner), GLM-Image, DreamLite
-    (Mobile) or JoyImage Edit folder; None for any other checkpoint."""
+    (Mobile), JoyImage Edit or Cosmos folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -187,6 +187,10 @@ def folder_family(directory) -> Optional[type]:
     if is_joyimage_folder(directory):
         from ._joyimage import JoyImageFamily
         return JoyImageFamily
+    from ..interop.cosmos2 import is_cosmos_folder
+    if is_cosmos_folder(directory):  # every Cosmos pipeline's: load_cosmos2 refuses all but Predict2 text-to-image
+        from ._cosmos2 import Cosmos2Family
+        return Cosmos2Family
     return None
 
 
@@ -234,7 +238,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         h, w = chroma.latent_shape(1, height, width)[2:]
         pipeline_grid(None, None, steps, None, steps, lambda n: chroma.scheduler_grid(n, h, w),
                       options.get("flow_shift"))
-    one_step = bool(chroma.scheduler_config.get("shift_terminal"))  # refused above: only the batch-size probe's
+    one_step = bool(chroma.scheduler_config.get("shift_terminal")) or getattr(chroma, "min_loop_steps", 1) > 1
+    # (refused above: only the batch-size probe's one step; Cosmos Predict2's loop needs 2)
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \

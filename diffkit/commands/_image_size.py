@@ -19,7 +19,7 @@ SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2 / FIBO / FIBO 2, "
                 "LongCat-Image, OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage, "
-                "GLM-Image, DreamLite")
+                "GLM-Image, DreamLite, Cosmos Predict2")
 EDIT_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen, "
               "HunyuanImage refiner, DreamLite")  # diffkit edit's
 
@@ -86,6 +86,9 @@ def size_multiple(directory) -> tuple:
     from ..interop.bria_fibo2 import is_bria_fibo2_folder
     if is_bria_fibo2_folder(directory):  # FLUX.2's VAE, the transformer's 2 x 2 patches (check_inputs' 2 f)
         return 2 * f, f"the VAE factor {f} x the transformer's 2 x 2 patches; BriaFibo2Pipeline refuses other sizes"
+    from ..interop.cosmos2 import SIZE_MULTIPLE as COSMOS_MULTIPLE, is_cosmos_folder
+    if is_cosmos_folder(directory):  # its check_inputs' 16 (latents H / 8 in 2 x 2 patches)
+        return COSMOS_MULTIPLE, f"Cosmos2TextToImagePipeline's check_inputs: multiples of {COSMOS_MULTIPLE}"
     from ..interop.bria_fibo import VAE_SCALE_FACTOR as FIBO_FACTOR, is_bria_fibo_folder
     if is_bria_fibo_folder(directory):  # latents of H / 16, whatever the VAE (the pipeline's check_inputs)
         return FIBO_FACTOR, f"BriaFiboPipeline's fixed vae_scale_factor {FIBO_FACTOR}"
@@ -210,6 +213,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.hunyuan_image import is_hunyuan_image_folder
     from ..interop.glm_image import is_glm_image_folder
     from ..interop.dreamlite import is_dreamlite_folder
+    from ..interop.cosmos2 import is_cosmos_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
@@ -225,7 +229,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
             or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint) or is_krea2_folder(checkpoint)
             or is_nucleusmoe_folder(checkpoint) or is_qwen_image21_folder(checkpoint)
             or is_hunyuan_image_folder(checkpoint) or is_glm_image_folder(checkpoint)
-            or is_dreamlite_folder(checkpoint)):
+            or is_dreamlite_folder(checkpoint) or is_cosmos_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

@@ -135,7 +135,9 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.qwen_image21 import is_qwen_image21_folder
     from ..interop.dreamlite import is_dreamlite_folder
     from ..interop.bria_fibo2 import is_bria_fibo2_folder
+    from ..interop.cosmos2 import is_cosmos_folder
     label = masked_text_folder(checkpoint) or ("Chroma" if is_chroma_folder(checkpoint) else
+                                               "Cosmos Predict2" if is_cosmos_folder(checkpoint) else
                                                "DreamLite" if is_dreamlite_folder(checkpoint) else
                                                "Krea 2" if is_krea2_folder(checkpoint) else
                                                "NucleusMoE-Image" if is_nucleusmoe_folder(checkpoint) else

@@ -42,7 +42,7 @@ import torch
 from ..errors import DiffkitError
 from . import model_dtype, require
 from .chroma import Chroma
-from .flow_latents import FrameVAE, load_one_text_folder, names_pipeline
+from .flow_latents import FrameVAE, check_part_configs, load_one_text_folder, names_pipeline
 from .flux import calculate_shift, check_flux_scheduler, latent_image_ids
 
 FIBO_PIPELINE = "BriaFiboPipeline"
@@ -217,14 +217,10 @@ def check_bria_fibo_folder(directory: Path) -> tuple:
     transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     z_dim = vae.get("z_dim", 16)
-    for config, key, default, allowed, why in (
-            (transformer, "patch_size", 1, 1, "BriaFiboPipeline's tokens are the latent pixels"),
-            (transformer, "in_channels", 64, z_dim, "the VAE's z_dim: BriaFiboPipeline's do_patching=False"),
-            (vae, "scale_factor_spatial", 8, VAE_SCALE_FACTOR, "BriaFiboPipeline's fixed vae_scale_factor")):
-        if config.get(key, default) != allowed:
-            part = "transformer" if config is transformer else "vae"
-            raise DiffkitError(f"{directory}'s {part} has {key}={config.get(key, default)!r}; allowed: {allowed} "
-                               f"({why})")
+    check_part_configs(directory, {"transformer": transformer, "vae": vae}, (
+        ("transformer", "patch_size", 1, 1, "BriaFiboPipeline's tokens are the latent pixels"),
+        ("transformer", "in_channels", 64, z_dim, "the VAE's z_dim: BriaFiboPipeline's do_patching=False"),
+        ("vae", "scale_factor_spatial", 8, VAE_SCALE_FACTOR, "BriaFiboPipeline's fixed vae_scale_factor")))
     return index, check_flux_scheduler(directory, FIBO_PIPELINE)
 
 

@@ -209,6 +209,16 @@ def check_flow_configs(directory, index: dict, required, kind: str, transformer:
     return vae, read_json_object(directory / "transformer" / "config.json", "transformer config")
 
 
+def check_part_configs(directory, configs: dict, checks) -> None:
+    """One line for the first of ``checks`` ((part, key, default, allowed, why)) where ``configs[part]``'s ``key``
+    (``default`` where absent; a list or tuple compared as a list) is not ``allowed`` (Bria FIBO's and Cosmos
+    Predict2's JSON checks of their transformer and VAE configs)."""
+    for part, key, default, allowed, why in checks:
+        value = configs[part].get(key, default)
+        if (list(value) if isinstance(value, (list, tuple)) else value) != allowed:
+            raise DiffkitError(f"{directory}'s {part} has {key}={value!r}; allowed: {allowed} ({why})")
+
+
 def frozen_on(parts: dict, device) -> "torch.device":
     """``parts``' transformer, VAE and text encoder (of :func:`load_flow_parts`) moved to ``device``, in eval mode
     and without gradients; returns the ``torch.device``."""

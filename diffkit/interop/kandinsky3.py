@@ -108,17 +108,18 @@ def check_kandinsky3_folder(directory) -> tuple:
     return index, unet, scheduler
 
 
-def guidance_w(scale: float, convention: str, negative_prompt=None) -> float:
+def guidance_w(scale: float, convention: str, negative_prompt=None, kind: str = "Kandinsky 3") -> float:
     """The pipelines' g of ``scale`` in ``convention``: diffkit's seed-convention w (module docstring); one line for
-    0 < w <= 1 or w < 0 (the pipelines draw no such guidance), and for a negative prompt at w = 0."""
+    0 < w <= 1 or w < 0 (the pipelines draw no such guidance), and for a negative prompt at w = 0. ``kind``: the
+    folder kind the lines name (Cosmos Predict2's pipeline guides so too, :mod:`.cosmos2`)."""
     from ..guidance import guidance_weight
     w = guidance_weight(scale, convention)
     if w != 0 and w <= 1:
         raise DiffkitError(f"guidance scale {scale:g} ({convention} convention, w = {w:g}) is not allowed on a "
-                           f"Kandinsky 3 folder; allowed: w = 0 (none) or w > 1 (its pipelines' guidance_scale "
+                           f"{kind} folder; allowed: w = 0 (none) or w > 1 (its pipelines' guidance_scale "
                            f"is w and guides only above 1)")
     if w == 0 and negative_prompt is not None:
-        raise DiffkitError("negative_prompt needs guidance (w > 1; the Kandinsky 3 pipelines ignore it without)")
+        raise DiffkitError(f"negative_prompt needs guidance (w > 1; the {kind} pipelines ignore it without)")
     return w
 
 
