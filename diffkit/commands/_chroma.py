@@ -105,8 +105,8 @@ class Family:
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO, LongCat-Image, Ovis-Image, OmniGen,
-    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner) or GLM-Image folder; None for any
-    other checkpoint."""
+    ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner), GLM-Image or Ideogram 4 folder;
+    None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -174,6 +174,10 @@ def folder_family(directory) -> Optional[type]:
     if is_glm_image_folder(directory):
         from ._glm_image import GlmImageFamily
         return GlmImageFamily
+    from ..interop.ideogram4 import is_ideogram4_folder
+    if is_ideogram4_folder(directory):
+        from ._ideogram4 import Ideogram4Family
+        return Ideogram4Family
     return None
 
 
