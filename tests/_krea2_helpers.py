@@ -18,11 +18,12 @@ WORDS = ["system", "user", "assistant", "Describe"] + [" " + w for w in (
 LAYERS = (0, 2, 1)  # text_encoder_select_layers: the embeddings, the last and the first layer's states
 
 
-def tiny_qwen3_vl(tokenizer, width: int = 32):
-    """A Qwen3VLModel of random weights: two text layers, one vision block (never run on text)."""
+def tiny_qwen3_vl(tokenizer, width: int = 32, layers: int = 2):
+    """A Qwen3VLModel of random weights: two text layers (``layers``; Ideogram 4's: 36), one vision block (never run
+    on text)."""
     n = len(tokenizer)
     config = transformers.Qwen3VLConfig(
-        text_config=dict(vocab_size=n, hidden_size=width, intermediate_size=48, num_hidden_layers=2,
+        text_config=dict(vocab_size=n, hidden_size=width, intermediate_size=48, num_hidden_layers=layers,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
                          rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [2, 3, 3],
                                           "mrope_interleaved": True}),
