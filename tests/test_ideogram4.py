@@ -134,7 +134,8 @@ def test_what_ideogram4_does_not_take_is_refused_in_one_line(tiny_ideogram4, tmp
     for call, expected in [({"negative_prompt": "x"}, "a negative prompt is not allowed for an Ideogram 4"),
                            ({"guidance_scale": 2.0, "guidance_schedule": [2.0]}, "give one"),
                            ({"guidance_schedule": [2.0, 3.0]}, "a guidance_schedule of 2 scales is not allowed with 1"),
-                           ({"guidance_schedule": [2.0, float("nan")], "sampler": "unipc"}, "give a finite number"),
+                           ({"guidance_schedule": [2.0, float("nan")], "sampler": "unipc"},
+                            "give one finite number per step"),
                            ({"max_sequence_length": 20}, "a prompt of 21 tokens is not allowed"),
                            ({"std": 0.0}, "std=0.0 is not allowed"), ({"height": 30}, "multiples of 4"),
                            ({"ip_adapter": object()}, "ip_adapter is not allowed")]:

@@ -257,15 +257,9 @@ class Ideogram4(Flux2):
         return flow_sigmas_grid(self.denoiser_for(h, w).schedule, self.scheduler_sigmas(steps, h, w, mu, std), steps)
 
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
-        """One line for a scale that is no finite float32 number."""
-        if guidance_scale is None:
-            return
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                or not math.isfinite(guidance_scale):
-            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the blend "
-                               f"g u_c + (1 - g) u_neg of every step; the pipeline's default schedule is "
-                               f"{MAIN_SCALE:g}, then {POLISH_SCALE:g} for the last {POLISH_STEPS} steps)")
-        check_float32("guidance_scale", guidance_scale)
+        """One line for a scale that is no finite float32 number (:func:`check_scale`); None is the default."""
+        if guidance_scale is not None:
+            check_scale(guidance_scale)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> list:
         """[(L_i, 13 d) float32]: each prompt's stacked layer states (module docstring; ``encode_prompt``'s rows
@@ -320,13 +314,7 @@ class Ideogram4(Flux2):
                 return default_schedule(steps)
             scales = [guidance_scale] * steps
         else:
-            scales = list(guidance_schedule) if not isinstance(guidance_schedule, (str, bytes)) else [None]
-            if not scales:
-                raise DiffkitError("guidance_schedule=[] is not allowed; give one number per step")
-            for value in scales:
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    value = value.item()
-                self.check_guidance_scale(value if value is not None else "")
+            scales = schedule_values(guidance_schedule)
         return [float(s) if convention == "diffusers" else 1.0 + float(s) for s in scales]
 
     def prompt_guidance(self, prompts, h: int, w: int, steps: Optional[int] = None, guidance_scale=None,
@@ -347,6 +335,30 @@ class Ideogram4(Flux2):
             return denoiser, cond
         bounds = self.scheduler_grid(len(scales), h, w, mu, std)[1:len(scales)]
         return Ideogram4Guidance(denoiser, self.unconditional_denoiser(h, w), scales, bounds), cond
+
+
+def check_scale(value) -> None:
+    """One line unless ``value`` is a finite float32 number (a guidance scale of every step)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DiffkitError(f"guidance_scale={value!r} is not allowed; give a finite number (the blend g u_c + (1 - g) "
+                           f"u_neg of every step; the pipeline's default schedule is {MAIN_SCALE:g}, then "
+                           f"{POLISH_SCALE:g} for the last {POLISH_STEPS} steps)")
+    check_float32("guidance_scale", value)
+
+
+def schedule_values(guidance_schedule) -> list:
+    """``guidance_schedule`` as a list of finite float32 numbers (a sequence or a 1-D tensor), else one line."""
+    values = guidance_schedule.tolist() if isinstance(guidance_schedule, torch.Tensor) else guidance_schedule
+    try:
+        values = list(values) if not isinstance(values, (str, bytes, dict)) else []
+        for value in values:
+            check_scale(value)
+    except (TypeError, DiffkitError):
+        values = []
+    if not values:
+        raise DiffkitError(f"guidance_schedule={guidance_schedule!r} is not allowed; give one finite number per step "
+                           f"(diffusers' s of u_neg + s (u_c - u_neg), or W in the seed convention)")
+    return [float(v) for v in values]
 
 
 def check_schedule_options(mu, std) -> None:
@@ -445,9 +457,11 @@ def text_to_image(model: Ideogram4, prompts: Union[str, Sequence[str]], *, sampl
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, IDEOGRAM4_STEPS,
                                          lambda n: model.scheduler_grid(n, h, w, mu, std), options.get("flow_shift"))
     length = len(grid) - 1 if own else steps  # (None: the pipeline's 48)
-    if own and guidance_schedule is not None and len(list(guidance_schedule)) != length:
-        raise DiffkitError(f"a guidance_schedule of {len(list(guidance_schedule))} scales is not allowed with "
-                           f"{length} steps of the pipeline's loop; give one per step")
+    if guidance_schedule is not None:
+        guidance_schedule = schedule_values(guidance_schedule)
+        if own and len(guidance_schedule) != length:
+            raise DiffkitError(f"a guidance_schedule of {len(guidance_schedule)} scales is not allowed with {length} "
+                               f"steps of the pipeline's loop; give one per step")
     denoiser, cond = model.prompt_guidance(prompts, h, w, length, guidance_scale, negative_prompt,
                                            max_sequence_length, convention, guidance_schedule, mu, std)
     if isinstance(grid, torch.Tensor):  # z is the flow state at the first sigma (< 1: the log-SNR clamp)
