@@ -39,8 +39,8 @@ SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipe
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, Ovis-Image, ERNIE-Image, PixArt-α / Σ,
 Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, PRX, Kandinsky 5,
-HunyuanImage 2.1, Ideogram 4 and DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders
-(``._flux2``, reference images: ``--reference-image``), Stable Cascade prior + decoder folders
+HunyuanImage 2.1, Ideogram 4 and DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
+folders (``._flux2``, reference images: ``--reference-image``), Stable Cascade prior + decoder folders
 (``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders (``._ldm``); a FLUX.1 Fill
 or Kontext, InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or
 DeepFloyd IF stage-II folder upscales: ``diffkit upscale`` (an LDM super-resolution folder too).

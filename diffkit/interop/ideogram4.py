@@ -13,7 +13,7 @@ runs it as a :class:`.flux2.Flux2` (its batch-norm decoding and size rules); wha
 * prompts (:meth:`Ideogram4.encode_prompts`): the chat [user: [text: prompt]] with the generation prompt through
   the tokenizer's chat template, tokenised without special tokens; the ``Qwen3VLModel``'s language model run on it
   and the outputs of its decoder layers 0, 3, ..., 33, 35 (:data:`ACTIVATION_LAYERS`) stacked per token,
-  **interleaved** (feature j n + k: width j of layer k), float32. The pipeline left-pads every prompt to
+  **interleaved** (feature 13 j + k: width j of layer k), float32. The pipeline left-pads every prompt to
   ``max_sequence_length`` (default 2048; a longer prompt is refused) and runs the encoder under that mask; diffkit
   encodes each prompt alone (the causal encoder's states of the real tokens are the same) and keeps the batch's
   longest prompt as the text block (padding tokens have segment id -1: they attend only to each other, and the
@@ -26,8 +26,9 @@ runs it as a :class:`.flux2.Flux2` (its batch-norm decoding and size rules); wha
 * schedule (:func:`logit_normal_sigmas`): sigma = sigmoid(mu' + std z_q) at the normal quantiles z_q of
   q = linspace(0, 1, N + 1) (a logit-normal's quantiles), mu' = mu + log(H W / 512^2) / 2 (default mu 0), std 1.5,
   clamped to log-SNR [-15, 18]; the first N (decreasing) given to ``set_timesteps(sigmas=...)`` (the scheduler's
-  fixed ``shift`` then applies; a ``use_dynamic_shifting`` scheduler is refused: the pipeline passes no mu). A diffkit sampler's own
-  grid takes the scheduler's fixed shift (``--flow-shift`` to move it).
+  fixed ``shift`` then applies; a ``use_dynamic_shifting`` scheduler is refused: the pipeline passes no mu); the
+  first sigma is below 1, so z is the flow state there (diffkit's x_T = (alpha + sigma) z, :func:`.pixart.flow_start`).
+  A diffkit sampler's own grid takes the scheduler's fixed shift (``--flow-shift`` to move it).
 * guidance (:class:`Ideogram4Guidance`): u = u_neg + s_i (u_c - u_neg), the pipeline's g pos + (1 - g) neg (Ho &
   Salimans 2022, eq. 6 in diffusers' convention) with u_neg from the *unconditional transformer* and a per-step scale
   s_i: ``guidance_schedule`` (default 7.0 for the first N - 3 steps, 3.0 for the last 3: the pipeline's own at
@@ -54,7 +55,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..denoiser import Wrapper
+from ..denoiser import Prediction, Wrapper
+from ..diffusion import expand
 from ..errors import DiffkitError, check_choice, check_float32, read_json_object
 from . import model_dtype, require
 from .flux2 import Flux2, check_patched_channels
@@ -129,7 +131,7 @@ def image_ids(h: int, w: int, device=None) -> torch.Tensor:
 class Ideogram4Net(torch.nn.Module):
     """``net(z, t, context, lens)`` over an ``Ideogram4Transformer2DModel`` on z (B, 4 C, h, w) (module
     docstring): the text features ``context`` (B, L, D) left-padded, ``lens`` (B,) their real tokens;
-    ``unconditional``: the image tokens alone with zero features of width ``features`` (the pipeline's call of
+    ``unconditional``: the image tokens alone with zero features, ``llm_features_dim`` wide (the pipeline's call of
     ``unconditional_transformer``). ``timestep`` 1 - t / T; returns u = -(the image tokens' output) in z's layout."""
 
     def __init__(self, transformer, unconditional: bool = False):
@@ -191,9 +193,7 @@ class Ideogram4Guidance(Wrapper):
         step = (self.bounds.unsqueeze(0) >= (t.unsqueeze(1) - slack)).sum(dim=1)
         return self.scales[step]
 
-    def __call__(self, x: torch.Tensor, t, **cond):
-        from ..denoiser import Prediction
-        from ..diffusion import expand
+    def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
         scale = self.scale_at(t, x.shape[0])
         pred = self.inner(x, t, **cond)
         if bool((scale == 1).all()):
