@@ -19,9 +19,9 @@ LAYERS = (0, 2, 1)  # text_encoder_select_layers: the embeddings, the last and t
 
 
 def tiny_qwen3_vl(tokenizer, width: int = 32, layers: int = 2, patch: int = 2, own_ids: bool = False):
-    """A Qwen3VLModel of random weights: ``layers`` text layers, one vision block of ``patch`` x ``patch`` patches
-    (never run on text); its vision token ids past the tokenizer's vocabulary, or (``own_ids``) the tokenizer's
-    (Bria FIBO 2's, which shows images)."""
+    """A Qwen3VLModel of random weights: ``layers`` text layers (Ideogram 4's: 36), one vision block of ``patch`` x
+    ``patch`` patches (never run on text); its vision token ids past the tokenizer's vocabulary, or (``own_ids``) the
+    tokenizer's (Bria FIBO 2's, which shows images)."""
     n = len(tokenizer)
     names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     ids = [tokenizer.convert_tokens_to_ids(t) for t in names] if own_ids else [n + i for i in (1, 2, 3, 4)]

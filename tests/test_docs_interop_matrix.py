@@ -244,6 +244,7 @@ OMNIGEN = "## OmniGen folders (`diffkit.interop.omnigen`)"
 ERNIE_IMAGE = "## ERNIE-Image folders (`diffkit.interop.ernie_image`)"
 PRX = "## PRX folders (`diffkit.interop.prx`)"
 KREA2 = "## Krea 2 folders (`diffkit.interop.krea2`)"
+IDEOGRAM4 = "## Ideogram 4 folders (`diffkit.interop.ideogram4`)"
 KANDINSKY5 = "## Kandinsky 5 folders (`diffkit.interop.kandinsky5`)"
 KANDINSKY5_EDIT = "## Kandinsky 5 image-to-image folders (`diffkit.interop.kandinsky5_edit`)"
 NUCLEUSMOE = "## NucleusMoE-Image folders (`diffkit.interop.nucleusmoe`)"
@@ -298,6 +299,7 @@ COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
                                                     (ERNIE_IMAGE, ["ErnieImagePipeline"], "EI"),
                                                     (PRX, ["PRXPipeline"], "PX"),
                                                     (KREA2, ["Krea2Pipeline"], "KR"),
+                                                    (IDEOGRAM4, ["Ideogram4Pipeline"], "ID"),
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),
                                                     (KANDINSKY5_EDIT, ["Kandinsky5I2IPipeline"], "KI"),
                                                     (NUCLEUSMOE, ["NucleusMoEImagePipeline"], "NM"),

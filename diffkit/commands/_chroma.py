@@ -106,7 +106,7 @@ class Family:
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO / FIBO 2, LongCat-Image, Ovis-Image,
     OmniGen, ERNIE-Image, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage (refiner), GLM-Image, DreamLite
-    (Mobile), JoyImage Edit or Cosmos folder; None for any other checkpoint."""
+    (Mobile), JoyImage Edit, Cosmos or Ideogram 4 folder; None for any other checkpoint."""
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.z_image import is_z_image_folder
@@ -191,6 +191,10 @@ def folder_family(directory) -> Optional[type]:
     if is_cosmos_folder(directory):  # every Cosmos pipeline's: load_cosmos2 refuses all but Predict2 text-to-image
         from ._cosmos2 import Cosmos2Family
         return Cosmos2Family
+    from ..interop.ideogram4 import is_ideogram4_folder
+    if is_ideogram4_folder(directory):
+        from ._ideogram4 import Ideogram4Family
+        return Ideogram4Family
     return None
 
 

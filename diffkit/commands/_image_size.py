@@ -19,7 +19,7 @@ SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z
                 "Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, DeepFloyd IF, "
                 "Kandinsky 2.2, Kandinsky 3, Ovis-Image, latent-diffusion text-to-image, Bria 3.2 / FIBO / FIBO 2, "
                 "LongCat-Image, OmniGen, ERNIE-Image, PRX, Krea 2, NucleusMoE-Image, Qwen-Image 2.1, HunyuanImage, "
-                "GLM-Image, DreamLite, Cosmos Predict2")
+                "GLM-Image, DreamLite, Cosmos Predict2, Ideogram 4")
 EDIT_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image, OmniGen, "
               "HunyuanImage refiner, DreamLite")  # diffkit edit's
 
@@ -111,6 +111,9 @@ def size_multiple(directory) -> tuple:
     from ..interop.ernie_image import is_ernie_image_folder
     if is_ernie_image_folder(directory):  # ErnieImagePipeline's check: 2^levels = 2 f (FLUX.2's patchified latents)
         return 2 * f, f"the VAE factor {f} x the 2 x 2 patches; ErnieImagePipeline refuses other sizes"
+    from ..interop.ideogram4 import is_ideogram4_folder
+    if is_ideogram4_folder(directory):  # Ideogram4Pipeline's check: vae_scale_factor * patch_size (2 f)
+        return 2 * f, f"the VAE factor {f} x the 2 x 2 patches; Ideogram4Pipeline refuses other sizes"
     from ..interop.pixart import is_pixart_folder
     from ..interop.prx import is_prx_folder
     from ..interop.sana import is_sana_folder
@@ -214,6 +217,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.glm_image import is_glm_image_folder
     from ..interop.dreamlite import is_dreamlite_folder
     from ..interop.cosmos2 import is_cosmos_folder
+    from ..interop.ideogram4 import is_ideogram4_folder
     flag = "--height" if height is not None else "--width"
     from ..interop.stable_cascade import is_stable_cascade_folder
     if is_stable_cascade_folder(checkpoint):  # the prior's ceil(H / resolution_multiple): any positive size
@@ -229,7 +233,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
             or is_omnigen_folder(checkpoint) or is_ernie_image_folder(checkpoint) or is_krea2_folder(checkpoint)
             or is_nucleusmoe_folder(checkpoint) or is_qwen_image21_folder(checkpoint)
             or is_hunyuan_image_folder(checkpoint) or is_glm_image_folder(checkpoint)
-            or is_dreamlite_folder(checkpoint) or is_cosmos_folder(checkpoint)):
+            or is_dreamlite_folder(checkpoint) or is_cosmos_folder(checkpoint) or is_ideogram4_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
                            f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:

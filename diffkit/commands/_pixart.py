@@ -19,9 +19,9 @@ HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pa
 
 
 def articled(message: str) -> str:
-    """``message`` with "a AuraFlow" / "a Ovis-Image" / "a OmniGen" / "a ERNIE-Image" made "an ..." (the folder
-    kinds' messages read "a {kind} folder")."""
-    for kind in ("AuraFlow", "Ovis-Image", "OmniGen", "ERNIE-Image"):
+    """``message`` with "a AuraFlow" / "a Ovis-Image" / "a OmniGen" / "a ERNIE-Image" / "a Ideogram 4" made "an ..."
+    (the folder kinds' messages read "a {kind} folder")."""
+    for kind in ("AuraFlow", "Ovis-Image", "OmniGen", "ERNIE-Image", "Ideogram 4"):
         message = message.replace(f" a {kind} ", f" an {kind} ")
     return message
 

@@ -174,6 +174,13 @@ def check_prompt_encoding(request, checkpoint) -> None:
         raise DiffkitError(f"{given[0][0]} does not apply to an ERNIE-Image folder ({checkpoint}); its prompt flags "
                            f"are --prompt and --negative-prompt (one text encoder, Mistral-3, each prompt's own "
                            f"tokens)")
+    from ..interop.ideogram4 import is_ideogram4_folder
+    if is_ideogram4_folder(checkpoint):  # (--negative-prompt: its family's check_request, ._ideogram4)
+        other = [flag for flag, _ in given if flag != "--max-sequence-length"]
+        if other:
+            raise DiffkitError(f"{other[0]} does not apply to an Ideogram 4 folder ({checkpoint}); its prompt flags "
+                               f"are --prompt and --max-sequence-length (one text encoder, Qwen3-VL)")
+        return
     from ..interop.kolors import is_kolors_folder
     if given and is_kolors_folder(checkpoint):
         raise DiffkitError(f"{given[0][0]} does not apply to a Kolors folder ({checkpoint}); its prompt flags are "

@@ -39,8 +39,8 @@ SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipe
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, Ovis-Image, ERNIE-Image, PixArt-α / Σ,
 Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, PRX, Kandinsky 5,
-HunyuanImage 2.1 and DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders
-(``._flux2``, reference images: ``--reference-image``), Stable Cascade prior + decoder folders
+HunyuanImage 2.1, Ideogram 4 and DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
+folders (``._flux2``, reference images: ``--reference-image``), Stable Cascade prior + decoder folders
 (``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders (``._ldm``); a FLUX.1 Fill
 or Kontext, InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or
 DeepFloyd IF stage-II folder upscales: ``diffkit upscale`` (an LDM super-resolution folder too).
@@ -140,9 +140,9 @@ def register(sub) -> None:
     p.add_argument("--height", type=positive_int, metavar="H",
                    help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Bria 3.2, Z-Image, "
                         "Qwen-Image, Ovis-Image, ERNIE-Image, PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT, "
-                        "PRX, HunyuanImage, Kandinsky 5: the nearest of its resolutions): the images' height, the "
-                        "pipeline's height (default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 "
-                        "and FLUX.1; --controlnet images are resized to it; not with --t2i-adapter)")
+                        "PRX, HunyuanImage, Ideogram 4, Kandinsky 5: the nearest of its resolutions): the images' "
+                        "height, the pipeline's height (default the folder's size; multiples of 8 for SD / SD-XL, "
+                        "16 for SD3 and FLUX.1; --controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",

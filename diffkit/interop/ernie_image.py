@@ -115,12 +115,17 @@ class ErnieImage(Flux2):
 
     def text_cond(self, prompts: Sequence[str], max_sequence_length=None) -> dict:
         """{"context": (B, L, d) zero-padded :meth:`encode_prompts`, "lens": (B,) their lengths} (``_pad_text``)."""
-        states = self.encode_prompts(prompts, max_sequence_length)
-        lens = torch.tensor([s.shape[0] for s in states], device=self.device)
-        context = states[0].new_zeros(len(states), int(lens.max()), states[0].shape[1])
-        for i, s in enumerate(states):
-            context[i, :s.shape[0]] = s
-        return {"context": context, "lens": lens}
+        return padded_states(self.encode_prompts(prompts, max_sequence_length), self.device)
+
+
+def padded_states(states: Sequence[torch.Tensor], device, left: bool = False) -> dict:
+    """{"context": (B, L, d) the rows (L_i, d) zero-padded to the longest (``left``: the padding before them,
+    Ideogram 4's), "lens": (B,) their lengths} (ErnieImagePipeline's ``_pad_text``)."""
+    lens = torch.tensor([s.shape[0] for s in states], device=device)
+    context = states[0].new_zeros(len(states), int(lens.max()), states[0].shape[1])
+    for i, s in enumerate(states):
+        context[i, slice(context.shape[1] - s.shape[0], None) if left else slice(0, s.shape[0])] = s
+    return {"context": context, "lens": lens}
 
 
 def is_ernie_image_folder(path) -> bool:
@@ -134,19 +139,12 @@ def check_ernie_image_folder(directory) -> tuple:
     from .flux import check_flux_scheduler
     from .pixart import check_classes, named_index
     directory = Path(directory)
-    try:
-        index = named_index(directory, (PIPELINE,), "ERNIE-Image")
-    except DiffkitError as error:
-        raise DiffkitError(str(error).replace(" a ERNIE-Image ", " an ERNIE-Image ")) from None
+    index = named_index(directory, (PIPELINE,), "ERNIE-Image")
     check_classes(directory, index, REQUIRED, "ERNIE-Image", {
         "transformer": (TRANSFORMER,), "vae": ("AutoencoderKLFlux2",), "text_encoder": ("Mistral3Model",),
         "scheduler": ("FlowMatchEulerDiscreteScheduler",)})
     check_patched_channels(directory)
-    sched = check_flux_scheduler(directory, PIPELINE)
-    if sched.get("use_dynamic_shifting", False):
-        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=true, which {PIPELINE} does not run "
-                           f"(it passes no mu); allowed: use_dynamic_shifting=false (a fixed shift)")
-    return index, sched
+    return index, check_flux_scheduler(directory, PIPELINE, fixed_shift=True)
 
 
 def load_ernie_image(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,

@@ -489,9 +489,10 @@ def check_flux_folder(directory: Path) -> tuple:
     return index, check_flux_scheduler(directory)
 
 
-def check_flux_scheduler(directory: Path, pipeline: str = "FluxPipeline") -> dict:
+def check_flux_scheduler(directory: Path, pipeline: str = "FluxPipeline", fixed_shift: bool = False) -> dict:
     """The folder's scheduler config, whose flow Euler loop (``pipeline``'s) diffkit runs: no ``invert_sigmas``,
-    ``stochastic_sampling`` or ``use_flow_sigmas``, an exponential or linear ``time_shift_type`` (one line
+    ``stochastic_sampling`` or ``use_flow_sigmas``, an exponential or linear ``time_shift_type``; with
+    ``fixed_shift`` (a pipeline that passes no mu: ERNIE-Image's, Ideogram 4's) no ``use_dynamic_shifting`` (one line
     otherwise)."""
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     for key in ("invert_sigmas", "stochastic_sampling", "use_flow_sigmas"):
@@ -500,6 +501,9 @@ def check_flux_scheduler(directory: Path, pipeline: str = "FluxPipeline") -> dic
                                f"loop does not take in diffkit; allowed: {key}=false")
     check_choice("the scheduler's time_shift_type", sched.get("time_shift_type", "exponential"),
                  ["exponential", "linear"])
+    if fixed_shift and sched.get("use_dynamic_shifting", False):
+        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=true, which {pipeline} does not run "
+                           f"(it passes no mu); allowed: use_dynamic_shifting=false (a fixed shift)")
     return sched
 
 

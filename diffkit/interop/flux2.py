@@ -146,6 +146,8 @@ class Flux2(Flux):
     distilled: bool = False
     variant = None  # no Fill / Depth / Canny channels
     bn_eps = None  # the batch norm's eps of vae_latents: None, the VAE's batch_norm_eps (ERNIE-Image's: 1e-5)
+    patchify = staticmethod(patchify)  # the 2 x 2 patches' channel order (Ideogram 4's: patch-major, .ideogram4)
+    unpatchify = staticmethod(unpatchify)
 
     @property
     def klein(self) -> bool:
@@ -171,7 +173,7 @@ class Flux2(Flux):
         ``_encode_vae_image``: the VAE posterior's mode (the mean; ``sample``: a draw from ``generator``, which no
         FLUX.2 pipeline makes), 2 x 2-patchified, (z - mu_bn) / sigma_bn."""
         from .stable_diffusion import vae_latents
-        z = patchify(vae_latents(self.vae, images, self.device, generator, sample))
+        z = self.patchify(vae_latents(self.vae, images, self.device, generator, sample))
         bn, eps = self.vae.bn, float(self.vae.config.batch_norm_eps)
         return (z - bn.running_mean.view(1, -1, 1, 1).to(z.dtype)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + eps)
 
@@ -188,7 +190,7 @@ class Flux2(Flux):
         bn, eps = self.vae.bn, float(self.bn_eps or self.vae.config.batch_norm_eps)
         z = latents.to(device=self.device, dtype=self.vae.dtype)
         std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + eps).to(z.dtype)
-        return unpatchify(z * std + bn.running_mean.view(1, -1, 1, 1).to(z.dtype))
+        return self.unpatchify(z * std + bn.running_mean.view(1, -1, 1, 1).to(z.dtype))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(:meth:`vae_latents` (z)), in [-1, 1] (not clamped), as the pipelines decode."""
@@ -308,16 +310,16 @@ def check_flux2_folder(directory) -> tuple:
     return index, check_flux_scheduler(directory, kind)
 
 
-def check_patched_channels(directory: Path) -> None:
-    """One line unless the transformer takes the 2 x 2-patchified latents of the AutoencoderKLFlux2 as they are:
-    in_channels 4 x the VAE's latent channels, out_channels the same (or null), patch_size 1 (FLUX.2's and
-    ERNIE-Image's folders)."""
-    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+def check_patched_channels(directory: Path, component: str = "transformer") -> None:
+    """One line unless the transformer (``component``) takes the 2 x 2-patchified latents of the AutoencoderKLFlux2
+    as they are: in_channels 4 x the VAE's latent channels, out_channels the same (or null), patch_size 1 (FLUX.2's,
+    ERNIE-Image's and Ideogram 4's folders)."""
+    config = read_json_object(directory / component / "config.json", f"{component} config")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     channels = 4 * int(vae.get("latent_channels", 32))
     got = (config.get("in_channels", 128), config.get("out_channels"), config.get("patch_size", 1))
     if got[0] != channels or got[1] not in (None, channels) or got[2] != 1:
-        raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels, patch_size = {got[0]!r}, "
+        raise DiffkitError(f"{directory}'s {component} has in_channels, out_channels, patch_size = {got[0]!r}, "
                            f"{got[1]!r}, {got[2]!r}; allowed: {channels} (4 x the VAE's latent channels), "
                            f"{channels} or null, 1")
 

@@ -87,11 +87,12 @@ def check_classes(directory, index: dict, required, kind: str, classes: dict) ->
 
 def named_index(directory: Path, pipelines, kind: str) -> dict:
     """The ``model_index.json`` dict of ``directory`` where it names one of ``pipelines``, else one line ("is not a
-    {kind} folder"; Qwen-Image's and LongCat-Image's folders)."""
+    {kind} folder", "an" before a vowel; Qwen-Image's and LongCat-Image's folders)."""
     from .sd_xl import _index
     index = _index(directory)
     if index is None or index.get("_class_name") not in pipelines:
-        raise DiffkitError(f"{directory} is not a {kind} folder (model_index.json naming one of "
+        article = "an" if kind[:1] in "AEIOU" else "a"
+        raise DiffkitError(f"{directory} is not {article} {kind} folder (model_index.json naming one of "
                            f"{', '.join(pipelines)})")
     return index
 

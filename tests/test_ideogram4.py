@@ -1,0 +1,148 @@
+"""Ideogram 4 folders (diffkit.interop.ideogram4): text_to_image against diffusers' own Ideogram4Pipeline on a tiny
+random folder (tests/_ideogram4_helpers.py; nothing downloaded; two different random transformers), ``diffkit
+sample`` on it (the library's PNG byte for byte) and the one-line refusals."""
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.flux2 import is_flux2_folder  # noqa: E402
+from diffkit.interop.ideogram4 import (check_ideogram4_folder, is_ideogram4_folder, latents_from_tokens,  # noqa: E402
+                                       load_ideogram4, text_to_image, tokens_from_latents)
+
+from _ideogram4_helpers import tiny_ideogram4_pipeline  # noqa: E402
+from _pixart_helpers import assert_sample_refusals  # noqa: E402
+from _sana_helpers import changed_copy  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
+
+PROMPTS = ["a photo of cat", "hot dog"]  # 28 and 21 tokens with the template: rows of two lengths
+SIZE = 32  # pixels: latents 16 x 8 x 8 (VAE factor 2, 2 x 2 patches)
+LENGTH = 40  # the pipeline's max_sequence_length here (its left padding: 12 and 19 tokens)
+
+
+@pytest.fixture(scope="session")
+def tiny_ideogram4(tmp_path_factory):
+    """(Ideogram4Pipeline.from_pretrained of the saved folder, the folder, load_ideogram4 of it)."""
+    path = tmp_path_factory.mktemp("ideogram4") / "ideogram4"
+    tiny_ideogram4_pipeline().save_pretrained(path)
+    return reloaded(path, diffusers.Ideogram4Pipeline, load_ideogram4)
+
+
+def _theirs(pipe, tokens, steps, **call):
+    call = {"guidance_schedule": None, "output_type": "latent", **call}
+    with torch.no_grad():
+        return pipe(prompt=PROMPTS, num_inference_steps=steps, latents=tokens.clone(), height=SIZE, width=SIZE,
+                    max_sequence_length=LENGTH, **call).images
+
+
+def test_ideogram4_samples_as_the_pipeline(tiny_ideogram4):
+    """The stacked, interleaved Qwen3-VL layer outputs (each prompt alone; the pipeline's left padding trimmed); the
+    conditional and unconditional transformers blended per step (a schedule with a 1.5 and a 3.0, one scale, s = 1:
+    the conditional call alone); the logit-normal sigmas (resolution mu, another mu / std) after the scheduler's
+    fixed shift; z from the pipeline's token draw (the flow state at its first sigma < 1); the final latents and the
+    decoded images (patch-major patches, batch-norm statistics)."""
+    pipe, path, model = tiny_ideogram4
+    assert is_ideogram4_folder(path) and not is_flux2_folder(path) and model.latent_shape(1) == (1, 16, 512, 512)
+    theirs, _, _, _ = pipe.encode_prompt(PROMPTS, 8, 8, LENGTH, "cpu")
+    ours = model.text_cond(PROMPTS)
+    assert ours["lens"].tolist() == [28, 21] and not theirs[:, :LENGTH - 28].any()
+    print("Ideogram4Pipeline prompt states", relative_error(ours["context"], theirs[:, LENGTH - 28:LENGTH]))
+    assert relative_error(ours["context"], theirs[:, LENGTH - 28:LENGTH]) < 1e-5
+    tokens = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(1))
+    z = latents_from_tokens(tokens, 8, 8)
+    results = []
+    schedule = {"guidance_schedule": [5.0, 4.0, 1.5, 3.0]}
+    for steps, ours, call in [(4, schedule, schedule), (3, {"guidance_scale": 2.5, "mu": 0.5, "std": 1.0},
+                                                        {"guidance_scale": 2.5, "mu": 0.5, "std": 1.0,
+                                                         "output_type": "pt"}),
+                              (3, {"guidance_scale": 1.0}, {"guidance_scale": 1.0})]:
+        last = {}  # the pipeline's final latents, from its step callback (output_type="pt": its images too)
+        images = _theirs(pipe, tokens, steps, callback_on_step_end=lambda p, i, t, kw: last.update(kw) or kw, **call)
+        results.append(text_to_image(model, PROMPTS, steps=steps, latents=z, return_latents=True, **ours))
+        error = relative_error(tokens_from_latents(results[-1]), last["latents"])
+        print("Ideogram4Pipeline latents", call, error)
+        assert error < 1e-5  # measured: see docs/interop/ideogram4.md
+        if call.get("output_type") == "pt":
+            ours = (model.decode(results[-1]) / 2 + 0.5).clamp(0, 1)  # text_to_image's images of z_0
+            print("Ideogram4Pipeline images", relative_error(ours, images))
+            assert relative_error(ours, images) < 1e-5
+    assert relative_error(results[1], results[2]) > 1e-2  # the unconditional transformer shows
+    seeded = text_to_image(model, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, return_latents=True,
+                           sampler="unipc", guidance_scale=3.0, convention="seed")  # s = 4 on its own grid
+    assert seeded.shape == z.shape and bool(torch.isfinite(seeded).all())
+
+
+def test_ideogram4_default_schedule_is_the_pipelines_by_noise_level(tiny_ideogram4):
+    """The default scales (7.0, then 3.0 for the last 3 steps: the pipeline's at 48) and a schedule placed on the
+    pipeline's sigmas, read by noise level: at each grid time of the pipeline's loop its own step's scale, between
+    them the scale of the step that covers it."""
+    from diffkit.interop.ideogram4 import Ideogram4Guidance, default_schedule
+    from diffusers.pipelines.ideogram4.pipeline_ideogram4 import _logit_normal_sigmas, _resolution_aware_mu
+    _, _, model = tiny_ideogram4
+    assert default_schedule(48) == [7.0] * 45 + [3.0] * 3 and default_schedule(2) == [3.0, 3.0]
+    sigmas = model.scheduler_sigmas(48, 512, 512, 0.5, 1.2)  # 2048 x 2048 pixels
+    pipe_sigmas = _logit_normal_sigmas(48, _resolution_aware_mu(2048, 2048, 0.5), 1.2)
+    expected = diffusers.FlowMatchEulerDiscreteScheduler(shift=2.0)
+    expected.set_timesteps(sigmas=pipe_sigmas.tolist())
+    assert torch.equal(sigmas, expected.sigmas)
+    denoiser, _ = model.prompt_guidance(["a"], 4, 4, 6, guidance_schedule=[6, 5, 4, 3, 2, 1.5])
+    assert isinstance(denoiser, Ideogram4Guidance)
+    grid = model.scheduler_grid(6, 4, 4)
+    at = denoiser.scale_at(grid[:6].float(), 6).tolist()
+    between = denoiser.scale_at((grid[:6] + grid[1:]) / 2, 6).tolist()
+    assert at == between == [6, 5, 4, 3, 2, 1.5]
+
+
+def test_ideogram4_sample_command_is_the_library(tiny_ideogram4, tmp_path, capsys):
+    """``diffkit sample`` on an Ideogram 4 folder writes the library's PNG byte for byte (one guidance scale in the
+    seed convention, --max-sequence-length, the pipeline's sigmas)."""
+    from diffkit.images import save_grid
+    _, path, model = tiny_ideogram4
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--height", str(SIZE), "--width",
+                 str(SIZE), "--guidance-scale", "2", "--guidance-convention", "seed", "--max-sequence-length", "30",
+                 "--out", str(out), "--no-progress"]) == 0
+    images = text_to_image(model, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, guidance_scale=2.0,
+                           convention="seed", output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert "Ideogram 4 folder" in capsys.readouterr().out
+
+
+def test_what_ideogram4_does_not_take_is_refused_in_one_line(tiny_ideogram4, tmp_path, capsys):
+    """Folders diffkit does not drive (from the JSON alone), bad library arguments and what the command does not
+    take for Ideogram 4 (a negative prompt, LoRA, second prompts, img2img): one line each, no file written."""
+    _, path, model = tiny_ideogram4
+    for i, (file, change, expected) in enumerate([
+            ("model_index.json", {"_class_name": "Flux2Pipeline"}, "is not an Ideogram 4 folder"),
+            ("model_index.json", {"unconditional_transformer": [None, None]}, "unconditional_transformer"),
+            ("model_index.json", {"text_encoder": ["transformers", "Qwen3Model"]}, "allowed: Qwen3VLModel"),
+            ("unconditional_transformer/config.json", {"in_channels": 64}, "4 x the VAE's latent channels"),
+            ("transformer/config.json", {"llm_features_dim": 96}, "13 layers x the text encoder's width 8"),
+            ("text_encoder/config.json", {"text_config": {"num_hidden_layers": 35, "hidden_size": 8}},
+             "allowed: at least 36"),
+            ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True},
+             "allowed: use_dynamic_shifting=false")]):
+        with pytest.raises(DiffkitError) as caught:
+            check_ideogram4_folder(changed_copy(path, tmp_path / str(i), file, change))
+        assert expected in str(caught.value) and "\n" not in str(caught.value)
+    for call, expected in [({"negative_prompt": "x"}, "a negative prompt is not allowed for an Ideogram 4"),
+                           ({"guidance_scale": 2.0, "guidance_schedule": [2.0]}, "give one"),
+                           ({"guidance_schedule": [2.0, 3.0]}, "a guidance_schedule of 2 scales is not allowed with 1"),
+                           ({"guidance_schedule": [2.0, float("nan")], "sampler": "unipc"},
+                            "give one finite number per step"),
+                           ({"max_sequence_length": 20}, "a prompt of 21 tokens is not allowed"),
+                           ({"std": 0.0}, "std=0.0 is not allowed"), ({"height": 30}, "multiples of 4"),
+                           ({"ip_adapter": object()}, "ip_adapter is not allowed")]:
+        with pytest.raises(DiffkitError, match=expected):
+            text_to_image(model, "hot dog", steps=1, **{"height": SIZE, "width": SIZE, **call})
+    assert_sample_refusals(main, path, tmp_path, capsys, [
+        (["--negative-prompt", "ugly"], "--negative-prompt does not apply to an Ideogram 4 folder"),
+        (["--lora", str(tmp_path / "x.safetensors")], "--lora"),
+        (["--prompt-2", "x"], "--prompt-2 does not apply to an Ideogram 4 folder"),
+        (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 4")], label="an Ideogram 4")
