@@ -134,3 +134,18 @@ def test_every_flag_is_documented_and_has_help(parser):
     assert not missing_help, f"flags without a help text: {missing_help}"
     assert not no_default, f"help texts that do not name the flag's default: {no_default}"
     assert not undocumented, f"flags no doc page names: {undocumented}"
+
+
+def test_every_example_sampler_is_registered(parser):
+    """argparse stores ``--sampler`` as a string: a docs example naming a sampler diffkit does not have (say
+    ``dpmpp_2m`` for ``dpm-solver++-2m``) would parse and fail only when run."""
+    from diffkit.samplers.registry import REGISTRY, split_sampler_spec
+    wrong = []
+    for doc, line in EXAMPLES:
+        if any(line.startswith(start) for start in SHELL_SYNTAX):
+            continue
+        args = parser.parse_args(argv_of(line))
+        spec = getattr(args, "sampler", None)
+        if isinstance(spec, str) and split_sampler_spec(spec)[0] not in REGISTRY:
+            wrong.append(f"{doc}: {line} (sampler {spec!r})")
+    assert not wrong, "examples naming an unknown sampler:\n" + "\n".join(wrong)
