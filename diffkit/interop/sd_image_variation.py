@@ -185,9 +185,9 @@ def image_variation(model: ImageVariation, images, *, sampler: Optional[str] = N
     ``StableDiffusionImageVariationPipeline(images, guidance_scale=s, num_inference_steps=steps)`` (module doc), or of
     precomputed ``image_embeds`` (B, 1, d) (:meth:`ImageVariation.encode_images`) instead of ``images``.
 
-    sampler / grid None: the folder's loop (its scheduler's step on its timesteps); a sampler with ``grid=None``: its
-    own diffkit grid (``grid="scheduler"``: the folder's timesteps). steps default 50 (the pipeline's). guidance_scale:
-    in ``convention`` (default diffusers' s = 7.5). ``options``: :func:`~.stable_diffusion.text_to_image`'s ``seed``
+    sampler / grid None: the folder's loop (its scheduler's step on its timesteps; with ``nfe``: on the sampler's own
+    grid); a sampler with ``grid=None``: its own diffkit grid (``grid="scheduler"``: the folder's timesteps). steps
+    default 50 (the pipeline's). guidance_scale: in ``convention`` (default diffusers' s = 7.5). ``options``: :func:`~.stable_diffusion.text_to_image`'s ``seed``
     (sample i from ``seed + i``), ``latents``, ``height`` / ``width``, ``output_range``, ``return_latents``,
     ``progress``, ``freeu`` (the pipeline's ``enable_freeu``), and :func:`diffkit.sample`'s (``eta``, ...); its other
     keywords (ControlNets, adapters, PAG, ...) are refused in one line."""
@@ -210,10 +210,11 @@ def image_variation(model: ImageVariation, images, *, sampler: Optional[str] = N
     if sampler is None:
         sampler, own = model.folder_sampler()
         options = {**own, **options}
-        grid = "scheduler" if grid is None else grid
+        grid = "scheduler" if grid is None and nfe is None else grid  # nfe: the folder's sampler on its own grid
     return text_to_image(model, conditions, sampler=sampler, steps=steps, nfe=nfe, guidance_scale=guidance_scale,
                          convention=convention, grid=grid, **options)
 
 
 __all__ = ["IMAGE_VARIATION_PIPELINE", "ImageVariation", "is_image_variation_folder", "check_image_variation_folder",
-           "folder_sampler", "folder_default_sampler", "load_image_variation", "image_variation", "refuse_image_variation_folder"]
+           "folder_sampler", "folder_default_sampler", "load_image_variation", "image_variation",
+           "refuse_image_variation_folder"]
