@@ -29,7 +29,7 @@ def image_variation_options(args, checkpoint) -> dict:
     """``{"variation_images": [...]}`` for an image variation folder ({} for any other checkpoint without
     ``--image``); one line, before any weight is read or output made, for ``--image`` on another checkpoint, no
     ``--image``, a file that is no image, or a folder diffkit does not drive (its JSON)."""
-    from ..interop.ip_adapter import open_image
+    from ..interop.controlnet import open_control_image
     from ..interop.sd_image_variation import check_image_variation_folder, is_image_variation_folder
     images = list(getattr(args, "variation_images", None) or [])
     if checkpoint is None or not is_image_variation_folder(checkpoint):
@@ -42,10 +42,7 @@ def image_variation_options(args, checkpoint) -> dict:
         raise DiffkitError(f"{checkpoint} is a Stable Diffusion image variation folder: give --image PNG (the picture "
                            f"to vary; repeat for one row per image)")
     for image in images:
-        try:
-            open_image(image)
-        except DiffkitError:
-            raise DiffkitError(f"--image {image}: cannot be read as an image; give a PNG or JPEG") from None
+        open_control_image(image, "--image")
     return {"variation_images": images}
 
 
