@@ -41,7 +41,8 @@ FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, Ov
 Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, PRX, Kandinsky 5,
 HunyuanImage 2.1 and DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders
 (``._flux2``, reference images: ``--reference-image``), Stable Cascade prior + decoder folders
-(``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders (``._ldm``); a FLUX.1 Fill
+(``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders (``._ldm``), Stable Diffusion
+image variation folders with ``--image PNG`` (``._sd_image_variation``); a FLUX.1 Fill
 or Kontext, InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or
 DeepFloyd IF stage-II folder upscales: ``diffkit upscale`` (an LDM super-resolution folder too).
 
