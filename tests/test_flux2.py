@@ -544,14 +544,18 @@ def test_edit_command_inpaints_klein_folders(klein_folder, flux2_folder, tmp_pat
 
 def test_klein_kv_pipeline_is_diffusers(klein_kv_folder, tmp_path, capsys):
     """Flux2KleinKVPipeline: unguided, 4 steps by default, references before the latents at time 0 attending to
-    themselves (the pipeline's cached keys and values, computed again at every call): no references, two, one with
-    the default steps; ``diffkit sample
+    themselves, extracted at the first call and cached for the later ones (the pipeline's loop): no references, two,
+    one with the default steps; ``diffkit sample
     --reference-image`` writes the library's grid; guidance and inpainting: one line."""
     from PIL import Image
     from diffkit.interop.flux2_inpaint import check_inpaint_folder
+    from diffkit.interop.flux2 import kv_reference_call
     pipe, path, model = klein_kv_folder
     paths = _reference_pngs(tmp_path)
     refs = [Image.open(p).convert("RGB") for p in paths]
+    modes = []
+    hook = model.transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: modes.append(kwargs.get("kv_cache_mode")), with_kwargs=True)
     for images, steps, size in ((None, 3, {"height": SIZE, "width": SIZE}), (refs, 3, {}), (refs[1:], None, {})):
         with torch.no_grad():
             theirs = pipe(prompt=PROMPTS, image=images, max_sequence_length=LENGTH, output_type="latent",
@@ -561,6 +565,12 @@ def test_klein_kv_pipeline_is_diffusers(klein_kv_folder, tmp_path, capsys):
                                                max_sequence_length=LENGTH, return_latents=True, **size))
         # 2e-6, not 1e-5: the references attending to all tokens (no KV processors) is 1.4e-5 away on this tiny model
         assert relative_error(ours, theirs) < 2e-6
+    hook.remove()
+    assert all(d.net._kv_held is None for d in model._denoisers.values())  # released after each call
+    assert modes == [None] * 3 + ["extract"] + ["cached"] * 2 + ["extract"] + ["cached"] * 3  # the pipeline's loop
+    held = (torch.ones(1, 2, 3), torch.zeros(1, 2, 4), "cache")
+    assert kv_reference_call(torch.ones(1, 5, 3), torch.zeros(5, 4), 2 * held[0], held[1], held)[2][
+        "kv_cache_mode"] == "extract"  # other references of the same shape: extracted anew
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1", "--seed", "5",
                  "--max-sequence-length", str(LENGTH), "--batch-size", "1", "--reference-image", str(paths[1]),

@@ -32,8 +32,8 @@ shift handling. What is FLUX.2's own, as the pipelines do it:
 * defaults: 50 steps, 128 f x 128 f pixels (sides multiples of 2 f).
 * ``Flux2KleinKVPipeline`` (a Klein folder's parts; :attr:`Flux2.kv`): unguided, 4 steps by default, and its
   reference images before the latents in the transformer's ``kv_cache_mode="extract"`` (modulated at time 0,
-  attending to themselves only), which the pipeline runs at its first step and caches; diffkit recomputes it at
-  every call, the same keys and values (:func:`kv_reference_call`).
+  attending to themselves only) at the first call, their keys and values cached for the later calls, as the
+  pipeline's loop (:func:`kv_reference_call`).
 
 Refused in one line before any weight is read (:func:`check_flux2_folder`): another pipeline class, a missing
 component, a transformer / VAE / text encoder / scheduler of another class, a transformer whose channels are not
@@ -123,14 +123,14 @@ class Flux2Net(torch.nn.Module):
     def __init__(self, transformer, kv: bool = False):
         super().__init__()
         self.model, self.kv = transformer, kv
+        self._kv_held = None  # kv: (reference, reference_ids, Flux2KVCache) of the last extracting call
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
                 guidance: Optional[float] = None, reference: Optional[torch.Tensor] = None,
                 reference_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``reference`` / ``reference_ids``: reference images' tokens (B, N, 4 C) and ids (B, N, 4), appended after
         the latents' (:mod:`.flux2_reference`; their outputs dropped, the pipelines' ``noise_pred[:, :h w]``); with
-        ``kv`` (a Flux2KleinKVPipeline folder) put before them in the transformer's ``kv_cache_mode="extract"``
-        (:func:`kv_reference_call`)."""
+        ``kv`` (a Flux2KleinKVPipeline folder) before them, their keys and values cached (:func:`kv_reference_call`)."""
         if context is None:
             raise DiffkitError("a FLUX.2 transformer needs cond {'context'} (Flux2.encode_prompts)")
         dtype, (b, c, h, w) = model_dtype(self.model), x.shape
@@ -138,26 +138,34 @@ class Flux2Net(torch.nn.Module):
         if guidance is not None:
             guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
         tokens, ids = x.reshape(b, c, h * w).permute(0, 2, 1), position_ids(h, w, x.device)
-        extract = {}
-        if reference is not None and self.kv:  # [references, latents] (Flux2KleinKVPipeline)
-            tokens, ids, extract = kv_reference_call(tokens, ids, reference, reference_ids)
+        kv = {}
+        if reference is not None and self.kv:  # Flux2KleinKVPipeline: its references' keys and values
+            tokens, ids, kv = kv_reference_call(tokens, ids, reference, reference_ids, self._kv_held)
         elif reference is not None:
             tokens = torch.cat([tokens, reference.to(x.device, tokens.dtype)], dim=1)
             ids = torch.cat([ids, reference_ids[0].to(ids)])
         out = self.model(hidden_states=tokens.to(dtype), timestep=t.to(dtype) / 1000, guidance=guidance,
                          encoder_hidden_states=context.to(dtype), txt_ids=text_ids(context.shape[1], x.device),
-                         img_ids=ids, return_dict=False, **extract)[0]
+                         img_ids=ids, return_dict=False, **kv)
+        if kv.get("kv_cache_mode") == "extract":
+            self._kv_held = (reference, reference_ids, out[1])
+        out = out[0]
         return out[:, :h * w].permute(0, 2, 1).reshape(b, c, h, w).to(x.dtype)
 
 
-def kv_reference_call(tokens: torch.Tensor, ids: torch.Tensor, reference: torch.Tensor, reference_ids) -> tuple:
-    """(tokens, ids, transformer keywords) of a Flux2KleinKVPipeline call with references: [references, latents] in
-    ``kv_cache_mode="extract"``, the mode of its first step, where the reference tokens are modulated at the fixed
-    time 0 and attend to themselves only (``_flux2_kv_causal_attention``), the text and latent tokens to all; the
-    output is the latents' alone. The pipeline caches the references' keys and values there and reuses them at its
-    later steps (``kv_cache_mode="cached"``); they depend neither on the latents nor on the time, so computing them
-    again at every call (what diffkit does: the samplers call a stateless network) gives the same keys and values
-    (:func:`set_kv_processors` must be on the transformer)."""
+def kv_reference_call(tokens: torch.Tensor, ids: torch.Tensor, reference: torch.Tensor, reference_ids,
+                      held: Optional[tuple] = None) -> tuple:
+    """(tokens, ids, transformer keywords) of a Flux2KleinKVPipeline call with references, as its loop: without a
+    cache of these references, [references, latents] in ``kv_cache_mode="extract"`` (its first step), where the
+    reference tokens are modulated at the fixed time 0 and attend to themselves only (``_flux2_kv_causal_attention``),
+    the text and latent tokens to all, and their keys and values come back in a ``Flux2KVCache``; with ``held`` =
+    (reference, reference_ids, cache) of equal references, the latents alone in ``kv_cache_mode="cached"`` (its later
+    steps), the cached keys and values joined in every attention. They depend neither on the latents, the text nor the
+    time, so the cache serves every later call with the same references (a new batch size or other images: extracted
+    anew; :func:`set_kv_processors` must be on the transformer)."""
+    if held is not None and held[0].shape == reference.shape and torch.equal(held[0], reference) \
+            and torch.equal(held[1], reference_ids):
+        return tokens, ids, {"kv_cache_mode": "cached", "kv_cache": held[2]}
     tokens = torch.cat([reference.to(tokens.device, tokens.dtype), tokens], dim=1)
     ids = torch.cat([reference_ids[0].to(ids), ids])
     return tokens, ids, {"kv_cache_mode": "extract", "num_ref_tokens": reference.shape[1]}
@@ -229,6 +237,13 @@ class Flux2(Flux):
 
     def network(self) -> torch.nn.Module:
         return Flux2Net(self.transformer, self.kv)
+
+    def release_reference_cache(self) -> None:
+        """Drop the references' keys and values the networks of a Flux2KleinKVPipeline folder hold (:func:`
+        kv_reference_call`), as the pipeline clears its cache after its loop."""
+        for denoiser in self._denoisers.values():
+            if isinstance(getattr(denoiser, "net", None), Flux2Net):
+                denoiser.net._kv_held = None
 
     def vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE's latents (B, C, 2h, 2w) of z: z sigma_bn + mu_bn of the VAE's batch norm, unpatchified (the
@@ -448,8 +463,11 @@ def text_to_image(flux2: Flux2, prompts: Union[str, Sequence[str]], *, sampler: 
     if references is not None:
         tokens, ids = reference_tokens(flux2, references)
         cond.update(reference=tokens.expand(len(prompts), -1, -1), reference_ids=ids.expand(len(prompts), -1, -1))
-    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
-                device=flux2.device, dtype=flux2.dtype, **options)
+    try:
+        z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
+                    device=flux2.device, dtype=flux2.dtype, **options)
+    finally:
+        flux2.release_reference_cache()  # (a Flux2KleinKVPipeline folder's, as the pipeline's kv_cache.clear())
     return finish_images(flux2, z0, return_latents, output_range)
 
 
