@@ -54,8 +54,9 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
     2 f; the shift follows the size and the step count): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1 in the pipelines' patchified layout), 50 steps (Flux2KleinKVPipeline: 4, unguided);
     ``--guidance-scale``: Flux2Pipeline's embedded guidance as given (default 4.0), Flux2KleinPipeline's CFG
-    (default s = 4.0 in diffusers' convention, against ``--negative-prompt``, default "", the pipeline's); ``ddim`` without a grid option steps on the
-    pipeline's sigmas (its loop), any other sampler on its diffkit grid of the size's flow schedule. ``refused``:
+    (default s = 4.0 in diffusers' convention, against ``--negative-prompt``, default "", the pipeline's); ``ddim``
+    without a grid option steps on the pipeline's sigmas (its loop), any other sampler on its diffkit grid of the
+    size's flow schedule. ``refused``:
     {flag: value} of flags a FLUX.2 folder does not take (one line for the first given). ``reference_images`` (in
     ``options``): ``--reference-image`` files, in context for every sample as the pipelines' ``image=`` list
     (:mod:`diffkit.interop.flux2_reference`; the size defaults to the first one's processed size). ``lora``: LoRA

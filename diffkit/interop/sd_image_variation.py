@@ -188,9 +188,10 @@ def image_variation(model: ImageVariation, images, *, sampler: Optional[str] = N
     sampler / grid None: the folder's loop (its scheduler's step on its timesteps; with ``nfe``: on the sampler's own
     grid); a sampler with ``grid=None``: its own diffkit grid (``grid="scheduler"``: the folder's timesteps). steps
     default 50 (the pipeline's). guidance_scale: in ``convention`` (default diffusers' s = 7.5). ``options``:
-    :func:`~.stable_diffusion.text_to_image`'s ``seed`` (sample i from ``seed + i``), ``latents``, ``height`` / ``width``, ``output_range``, ``return_latents``,
-    ``progress``, ``freeu`` (the pipeline's ``enable_freeu``), and :func:`diffkit.sample`'s (``eta``, ...); its other
-    keywords (ControlNets, adapters, PAG, ...) are refused in one line."""
+    :func:`~.stable_diffusion.text_to_image`'s ``seed`` (sample i from ``seed + i``), ``latents``, ``height`` /
+    ``width``, ``output_range``, ``return_latents``, ``progress``, ``freeu`` (the pipeline's ``enable_freeu``), and
+    :func:`diffkit.sample`'s (``eta``, ...); its other keywords (ControlNets, adapters, PAG, ...) are refused in one
+    line."""
     from .stable_diffusion import text_to_image
     allowed = {"seed", "latents", "height", "width", "output_range", "return_latents", "progress", "freeu"}
     for name in inspect.signature(text_to_image).parameters:
