@@ -257,6 +257,7 @@ HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
 QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit.interop.qwen_image_layered`)"
 GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
+SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -316,7 +317,9 @@ COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
                                                     (QWEN_LAYERED, ["QwenImageEditPlusPipeline (2511)",
                                                                     "QwenImageLayeredPipeline"], "QE"),
                                                     (GLM_IMAGE, ["GlmImagePipeline"], "GM"),
-                                                    (COSMOS2, ["Cosmos2TextToImagePipeline"], "CO")])
+                                                    (COSMOS2, ["Cosmos2TextToImagePipeline"], "CO"),
+                                                    (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
+                                                     "SV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

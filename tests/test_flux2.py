@@ -45,6 +45,13 @@ def klein_folder(tmp_path_factory):
     return _folder(tmp_path_factory, "klein", tiny_klein_pipeline, diffusers.Flux2KleinPipeline)
 
 
+@pytest.fixture(scope="session")
+def klein_kv_folder(tmp_path_factory):
+    """(Flux2KleinKVPipeline loaded back, folder, Flux2): the tiny Klein folder's components in that pipeline."""
+    return _folder(tmp_path_factory, "klein_kv", lambda: diffusers.Flux2KleinKVPipeline(
+        **tiny_klein_pipeline().components), diffusers.Flux2KleinKVPipeline)
+
+
 def _noise(size=SIZE):
     return torch.randn(2, 16, size // 4, size // 4, generator=torch.Generator().manual_seed(1))
 
@@ -533,3 +540,46 @@ def test_edit_command_inpaints_klein_folders(klein_folder, flux2_folder, tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "never").exists()
+
+
+def test_klein_kv_pipeline_is_diffusers(klein_kv_folder, tmp_path, capsys):
+    """Flux2KleinKVPipeline: unguided, 4 steps by default, references before the latents at time 0 attending to
+    themselves, extracted at the first call and cached for the later ones (the pipeline's loop): no references, two,
+    one with the default steps; ``diffkit sample
+    --reference-image`` writes the library's grid; guidance and inpainting: one line."""
+    from PIL import Image
+    from diffkit.interop.flux2_inpaint import check_inpaint_folder
+    from diffkit.interop.flux2 import kv_reference_call
+    pipe, path, model = klein_kv_folder
+    paths = _reference_pngs(tmp_path)
+    refs = [Image.open(p).convert("RGB") for p in paths]
+    modes = []
+    hook = model.transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: modes.append(kwargs.get("kv_cache_mode")), with_kwargs=True)
+    for images, steps, size in ((None, 3, {"height": SIZE, "width": SIZE}), (refs, 3, {}), (refs[1:], None, {})):
+        with torch.no_grad():
+            theirs = pipe(prompt=PROMPTS, image=images, max_sequence_length=LENGTH, output_type="latent",
+                          generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+                          **({} if steps is None else {"num_inference_steps": steps}), **size).images
+        ours = model.vae_latents(text_to_image(model, PROMPTS, steps=steps, seed=5, references=images,
+                                               max_sequence_length=LENGTH, return_latents=True, **size))
+        # 2e-6, not 1e-5: the references attending to all tokens (no KV processors) is 1.4e-5 away on this tiny model
+        assert relative_error(ours, theirs) < 2e-6
+    hook.remove()
+    assert all(d.net._kv_held is None for d in model._denoisers.values())  # released after each call
+    assert modes == [None] * 3 + ["extract"] + ["cached"] * 2 + ["extract"] + ["cached"] * 3  # the pipeline's loop
+    held = (torch.ones(1, 2, 3), torch.zeros(1, 2, 4), "cache")
+    assert kv_reference_call(torch.ones(1, 5, 3), torch.zeros(5, 4), 2 * held[0], held[1], held)[2][
+        "kv_cache_mode"] == "extract"  # other references of the same shape: extracted anew
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1", "--seed", "5",
+                 "--max-sequence-length", str(LENGTH), "--batch-size", "1", "--reference-image", str(paths[1]),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "ddim on the pipeline's sigmas" in capsys.readouterr().out
+    save_grid(text_to_image(model, PROMPTS[:1], seed=5, references=paths[1:], max_sequence_length=LENGTH,
+                            output_range="-1,1"), tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    with pytest.raises(DiffkitError, match="Flux2KleinKVPipeline folder runs unguided"):
+        text_to_image(model, PROMPTS, steps=1, guidance_scale=2.0)
+    with pytest.raises(DiffkitError, match="is not inpainted"):
+        check_inpaint_folder(model)

@@ -52,16 +52,17 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
                  guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, **options):
     """Sample a FLUX.2 folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size and the step count): rows as :func:`~.sample.condition_rows`, sample i from
-    ``seed + i`` (z at s = 1 in the pipelines' patchified layout), 50 steps; ``--guidance-scale``: Flux2Pipeline's
-    embedded guidance as given (default 4.0), Flux2KleinPipeline's CFG (default s = 4.0 in diffusers' convention,
-    against ``--negative-prompt``, default "", the pipeline's); ``ddim`` without a grid option steps on the
-    pipeline's sigmas (its loop), any other sampler on its diffkit grid of the size's flow schedule. ``refused``:
+    ``seed + i`` (z at s = 1 in the pipelines' patchified layout), 50 steps (Flux2KleinKVPipeline: 4, unguided);
+    ``--guidance-scale``: Flux2Pipeline's embedded guidance as given (default 4.0), Flux2KleinPipeline's CFG
+    (default s = 4.0 in diffusers' convention, against ``--negative-prompt``, default "", the pipeline's); ``ddim``
+    without a grid option steps on the pipeline's sigmas (its loop), any other sampler on its diffkit grid of the
+    size's flow schedule. ``refused``:
     {flag: value} of flags a FLUX.2 folder does not take (one line for the first given). ``reference_images`` (in
     ``options``): ``--reference-image`` files, in context for every sample as the pipelines' ``image=`` list
     (:mod:`diffkit.interop.flux2_reference`; the size defaults to the first one's processed size). ``lora``: LoRA
     files ((path, scale) pairs) fused into the transformer as the pipelines' ``load_lora_weights`` + ``fuse_lora``
     (:func:`diffkit.interop.flux2.load_flux2`)."""
-    from ..interop.flux2 import FLUX2_STEPS, load_flux2, text_to_image
+    from ..interop.flux2 import load_flux2, text_to_image
     from ._chroma import _guidance
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
@@ -78,13 +79,13 @@ def sample_flux2(directory, *, sampler="ddim", steps=None, nfe=None, num=None, n
     _, _, prompts, _, num, nrow, per_sample = prompted_rows(flux2, guidance, None, None, num, nrow, seed, device,
                                                             progress)
     own = pipeline_loop(sampler, spacing, final, nfe)
-    steps = FLUX2_STEPS if steps is None and nfe is None else steps
+    steps = flux2.default_steps if steps is None and nfe is None else steps
     how_guided = _guidance(guidance)  # Flux2Pipeline's embedded value is a value, not a convention's scale
     if not flux2.klein:
         how_guided["convention"] = "diffusers"
     flux2.check_guidance_scale(how_guided["guidance_scale"])  # before any sampling
     h, w = flux2.latent_shape(1, height, width)[2:]
-    denoiser = flux2.denoiser_for(h, w, steps if isinstance(steps, int) else FLUX2_STEPS)
+    denoiser = flux2.denoiser_for(h, w, steps if isinstance(steps, int) else flux2.default_steps)
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
@@ -120,7 +121,8 @@ def check_klein_edit(args) -> None:
     from ..interop.ip_adapter import open_image
     directory = args.checkpoint
     if flux2_kind(directory) != FLUX2_KLEIN_PIPELINE:
-        raise DiffkitError(f"{directory} is a FLUX.2 folder, which diffkit edit does not take as a Flux2Pipeline one: "
+        raise DiffkitError(f"{directory} is a FLUX.2 folder, which diffkit edit does not take as a "
+                           f"{flux2_kind(directory)} one: "
                            f"diffusers 0.42.1 edits FLUX.2 only as {KLEIN_INPAINT} (a {FLUX2_KLEIN_PIPELINE} folder, "
                            f"with --mask); give its reference images to diffkit sample --reference-image")
     if args.mask is None:

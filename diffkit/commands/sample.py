@@ -41,7 +41,8 @@ FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, Ov
 Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, CogView4, PRX, Kandinsky 5,
 HunyuanImage 2.1, Ideogram 4 and DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
 folders (``._flux2``, reference images: ``--reference-image``), Stable Cascade prior + decoder folders
-(``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders (``._ldm``); a FLUX.1 Fill
+(``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders (``._ldm``), Stable Diffusion
+image variation folders with ``--image PNG`` (``._sd_image_variation``); a FLUX.1 Fill
 or Kontext, InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or
 DeepFloyd IF stage-II folder upscales: ``diffkit upscale`` (an LDM super-resolution folder too).
 
@@ -216,6 +217,8 @@ def register(sub) -> None:
     add_latent_upscaler_flags(p)
     from ._gligen import add_gligen_flags
     add_gligen_flags(p)  # --gligen-phrases, --gligen-boxes, --gligen-beta (GLIGEN folders)
+    from ._sd_image_variation import add_image_variation_flags
+    add_image_variation_flags(p)  # --image (Stable Diffusion image variation folders)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -314,6 +317,8 @@ def _run(args) -> int:
     options.update(latent_upscaler_options(args, checkpoint))  # --latent-upscaler: SD 1.x / 2.x folders
     from ._gligen import gligen_options
     options.update(gligen_options(args, checkpoint))  # --gligen-*: GLIGEN folders (text_to_image's gligen)
+    from ._sd_image_variation import image_variation_options
+    options.update(image_variation_options(args, checkpoint))  # --image: image variation folders
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -884,6 +889,17 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
                           **options)
+    from ..interop.sd_image_variation import is_image_variation_folder
+    if is_image_variation_folder(checkpoint):  # StableDiffusionImageVariationPipeline (._sd_image_variation)
+        from ._sd_image_variation import sample_image_variation
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler,
+                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
+        return sample_image_variation(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                                      individual=individual, seed=seed, device=device, batch_size=batch_size,
+                                      spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
+                                      refused=refused, freeu=freeu, **size, **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

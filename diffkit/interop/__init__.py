@@ -130,6 +130,8 @@ _EXPORTS = {
     "Kandinsky3": "kandinsky3", "load_kandinsky3": "kandinsky3", "is_kandinsky3_folder": "kandinsky3",
     "LongCatImage": "longcat_image", "load_longcat_image": "longcat_image", "is_longcat_folder": "longcat_image",
     "Marigold": "marigold", "load_marigold": "marigold", "is_marigold_folder": "marigold",
+    "ImageVariation": "sd_image_variation", "load_image_variation": "sd_image_variation",
+    "image_variation": "sd_image_variation", "is_image_variation_folder": "sd_image_variation",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),

@@ -30,6 +30,10 @@ shift handling. What is FLUX.2's own, as the pipelines do it:
   (default 4.0) against the empty prompt (diffkit's ``negative_prompt``: the pipeline's ``negative_prompt_embeds``
   of that prompt), none for an ``is_distilled`` folder; the transformer gets no guidance value.
 * defaults: 50 steps, 128 f x 128 f pixels (sides multiples of 2 f).
+* ``Flux2KleinKVPipeline`` (a Klein folder's parts; :attr:`Flux2.kv`): unguided, 4 steps by default, and its
+  reference images before the latents in the transformer's ``kv_cache_mode="extract"`` (modulated at time 0,
+  attending to themselves only) at the first call, their keys and values cached for the later calls, as the
+  pipeline's loop (:func:`kv_reference_call`).
 
 Refused in one line before any weight is read (:func:`check_flux2_folder`): another pipeline class, a missing
 component, a transformer / VAE / text encoder / scheduler of another class, a transformer whose channels are not
@@ -52,11 +56,15 @@ from .flow_latents import finish_images, frozen_on, load_flow_parts, pipeline_gr
 from .flux import Flux, check_flux_scheduler
 
 FLUX2_PIPELINE, FLUX2_KLEIN_PIPELINE = "Flux2Pipeline", "Flux2KleinPipeline"
-FLUX2_TEXT_ENCODERS = {FLUX2_PIPELINE: "Mistral3ForConditionalGeneration", FLUX2_KLEIN_PIPELINE: "Qwen3ForCausalLM"}
-FLUX2_TEXT_LAYERS = {FLUX2_PIPELINE: (10, 20, 30), FLUX2_KLEIN_PIPELINE: (9, 18, 27)}  # text_encoder_out_layers
+FLUX2_KLEIN_KV_PIPELINE = "Flux2KleinKVPipeline"  # Klein with its references' K/V cached (module doc)
+FLUX2_TEXT_ENCODERS = {FLUX2_PIPELINE: "Mistral3ForConditionalGeneration", FLUX2_KLEIN_PIPELINE: "Qwen3ForCausalLM",
+                       FLUX2_KLEIN_KV_PIPELINE: "Qwen3ForCausalLM"}
+FLUX2_TEXT_LAYERS = {FLUX2_PIPELINE: (10, 20, 30), FLUX2_KLEIN_PIPELINE: (9, 18, 27),  # text_encoder_out_layers
+                     FLUX2_KLEIN_KV_PIPELINE: (9, 18, 27)}
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 FLUX2_GUIDANCE = 4.0  # both pipelines' default guidance_scale (Flux2Pipeline: embedded; Klein: CFG)
 FLUX2_STEPS = 50  # their default num_inference_steps
+FLUX2_KV_STEPS = 4  # Flux2KleinKVPipeline's
 MAX_SEQUENCE_LENGTH = 512  # their default max_sequence_length (default_sample_size: FLUX.1's 128, .flux)
 
 
@@ -112,15 +120,17 @@ class Flux2Net(torch.nn.Module):
     positions as tokens with :func:`position_ids`, the text's :func:`text_ids`, ``timestep`` t / 1000 (t = s T),
     ``guidance`` (a number, or None) as the pipeline's float32 tensor; the velocity back in z's layout and dtype."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, kv: bool = False):
         super().__init__()
-        self.model = transformer
+        self.model, self.kv = transformer, kv
+        self._kv_held = None  # kv: (reference, reference_ids, Flux2KVCache) of the last extracting call
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
                 guidance: Optional[float] = None, reference: Optional[torch.Tensor] = None,
                 reference_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``reference`` / ``reference_ids``: reference images' tokens (B, N, 4 C) and ids (B, N, 4), appended after
-        the latents' (:mod:`.flux2_reference`; their outputs dropped, the pipelines' ``noise_pred[:, :h w]``)."""
+        the latents' (:mod:`.flux2_reference`; their outputs dropped, the pipelines' ``noise_pred[:, :h w]``); with
+        ``kv`` (a Flux2KleinKVPipeline folder) before them, their keys and values cached (:func:`kv_reference_call`)."""
         if context is None:
             raise DiffkitError("a FLUX.2 transformer needs cond {'context'} (Flux2.encode_prompts)")
         dtype, (b, c, h, w) = model_dtype(self.model), x.shape
@@ -128,13 +138,48 @@ class Flux2Net(torch.nn.Module):
         if guidance is not None:
             guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
         tokens, ids = x.reshape(b, c, h * w).permute(0, 2, 1), position_ids(h, w, x.device)
-        if reference is not None:
+        kv = {}
+        if reference is not None and self.kv:  # Flux2KleinKVPipeline: its references' keys and values
+            tokens, ids, kv = kv_reference_call(tokens, ids, reference, reference_ids, self._kv_held)
+        elif reference is not None:
             tokens = torch.cat([tokens, reference.to(x.device, tokens.dtype)], dim=1)
             ids = torch.cat([ids, reference_ids[0].to(ids)])
         out = self.model(hidden_states=tokens.to(dtype), timestep=t.to(dtype) / 1000, guidance=guidance,
                          encoder_hidden_states=context.to(dtype), txt_ids=text_ids(context.shape[1], x.device),
-                         img_ids=ids, return_dict=False)[0]
+                         img_ids=ids, return_dict=False, **kv)
+        if kv.get("kv_cache_mode") == "extract":
+            self._kv_held = (reference, reference_ids, out[1])
+        out = out[0]
         return out[:, :h * w].permute(0, 2, 1).reshape(b, c, h, w).to(x.dtype)
+
+
+def kv_reference_call(tokens: torch.Tensor, ids: torch.Tensor, reference: torch.Tensor, reference_ids,
+                      held: Optional[tuple] = None) -> tuple:
+    """(tokens, ids, transformer keywords) of a Flux2KleinKVPipeline call with references, as its loop: without a
+    cache of these references, [references, latents] in ``kv_cache_mode="extract"`` (its first step), where the
+    reference tokens are modulated at the fixed time 0 and attend to themselves only (``_flux2_kv_causal_attention``),
+    the text and latent tokens to all, and their keys and values come back in a ``Flux2KVCache``; with ``held`` =
+    (reference, reference_ids, cache) of equal references, the latents alone in ``kv_cache_mode="cached"`` (its later
+    steps), the cached keys and values joined in every attention. They depend neither on the latents, the text nor the
+    time, so the cache serves every later call with the same references (a new batch size or other images: extracted
+    anew; :func:`set_kv_processors` must be on the transformer)."""
+    if held is not None and held[0].shape == reference.shape and torch.equal(held[0], reference) \
+            and torch.equal(held[1], reference_ids):
+        return tokens, ids, {"kv_cache_mode": "cached", "kv_cache": held[2]}
+    tokens = torch.cat([reference.to(tokens.device, tokens.dtype), tokens], dim=1)
+    ids = torch.cat([reference_ids[0].to(ids), ids])
+    return tokens, ids, {"kv_cache_mode": "extract", "num_ref_tokens": reference.shape[1]}
+
+
+def set_kv_processors(transformer) -> None:
+    """Flux2KleinKVPipeline's ``_set_kv_attn_processors``: ``Flux2KVAttnProcessor`` in the double-stream blocks,
+    ``Flux2KVParallelSelfAttnProcessor`` in the single-stream ones (without KV arguments they attend as the default
+    processors)."""
+    from diffusers.models.transformers.transformer_flux2 import Flux2KVAttnProcessor, Flux2KVParallelSelfAttnProcessor
+    for block in transformer.transformer_blocks:
+        block.attn.set_processor(Flux2KVAttnProcessor())
+    for block in transformer.single_transformer_blocks:
+        block.attn.set_processor(Flux2KVParallelSelfAttnProcessor())
 
 
 @dataclass
@@ -151,7 +196,18 @@ class Flux2(Flux):
 
     @property
     def klein(self) -> bool:
-        return self.pipeline == FLUX2_KLEIN_PIPELINE
+        """A Klein folder (Qwen3 prompts): Flux2KleinPipeline or Flux2KleinKVPipeline."""
+        return self.pipeline in (FLUX2_KLEIN_PIPELINE, FLUX2_KLEIN_KV_PIPELINE)
+
+    @property
+    def kv(self) -> bool:
+        """A Flux2KleinKVPipeline folder: unguided, 4 steps, its references attending to themselves at time 0."""
+        return self.pipeline == FLUX2_KLEIN_KV_PIPELINE
+
+    @property
+    def default_steps(self) -> int:
+        """The pipeline's default num_inference_steps: 50, Flux2KleinKVPipeline's 4."""
+        return FLUX2_KV_STEPS if self.kv else FLUX2_STEPS
 
     @property
     def latent_scale_factor(self) -> int:
@@ -179,10 +235,17 @@ class Flux2(Flux):
 
     def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
         """The pipelines' mu at latents h x w (h w tokens) and ``steps`` (default 50): :func:`empirical_mu`."""
-        return empirical_mu(h * w, FLUX2_STEPS if steps is None else steps)
+        return empirical_mu(h * w, self.default_steps if steps is None else steps)
 
     def network(self) -> torch.nn.Module:
-        return Flux2Net(self.transformer)
+        return Flux2Net(self.transformer, self.kv)
+
+    def release_reference_cache(self) -> None:
+        """Drop the references' keys and values the networks of a Flux2KleinKVPipeline folder hold (:func:`
+        kv_reference_call`), as the pipeline clears its cache after its loop."""
+        for denoiser in self._denoisers.values():
+            if isinstance(getattr(denoiser, "net", None), Flux2Net):
+                denoiser.net._kv_held = None
 
     def vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE's latents (B, C, 2h, 2w) of z: z sigma_bn + mu_bn of the VAE's batch norm, unpatchified (the
@@ -202,6 +265,9 @@ class Flux2(Flux):
         folder (its pipeline ignores it)."""
         if guidance_scale is None:
             return
+        if self.kv:
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: a {FLUX2_KLEIN_KV_PIPELINE} folder "
+                               f"runs unguided (the pipeline takes no guidance_scale); drop it")
         if self.klein and self.distilled:
             raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: this Flux2KleinPipeline folder is "
                                f"step-wise distilled (is_distilled true), which runs unguided; drop it")
@@ -345,7 +411,9 @@ def load_flux2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                             vae_cls=diffusers.AutoencoderKLFlux2)
     device = frozen_on(parts, device)
     model = Flux2(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device, dtype=dtype,
-                  pipeline=kind, distilled=bool(index.get("is_distilled", False)))
+                  pipeline=kind, distilled=kind == FLUX2_KLEIN_KV_PIPELINE or bool(index.get("is_distilled", False)))
+    if model.kv:  # its attention processors, as the pipeline's __init__ sets them
+        set_kv_processors(model.transformer)
     text = parts["text_encoder"].config
     text = getattr(text, "text_config", text)  # Mistral3's language model
     layers, joint = FLUX2_TEXT_LAYERS[kind], model.transformer.config.joint_attention_dim
@@ -370,7 +438,8 @@ def text_to_image(flux2: Flux2, prompts: Union[str, Sequence[str]], *, sampler: 
     references: the pipelines' ``image=`` list (PIL images or paths), in context for every sample
     (:mod:`.flux2_reference`); height / width then default to the first one's processed size.
 
-    sampler / grid: both None: the pipeline's loop, flow Euler (``ddim``) on its sigmas (50 steps by default);
+    sampler / grid: both None: the pipeline's loop, flow Euler (``ddim``) on its sigmas (50 steps by default, 4 for
+    a Flux2KleinKVPipeline folder);
     otherwise as :func:`.flux.text_to_image` (a sampler's own grid shifted by the size's and step count's e^mu).
     guidance_scale / negative_prompt / convention: :meth:`Flux2.prompt_guidance`. latents: z at s = 1
     (B, 4 C, h, w), the pipeline's draw before packing; default N(0, I) from per-sample ``seed + i`` (the pipeline
@@ -388,19 +457,23 @@ def text_to_image(flux2: Flux2, prompts: Union[str, Sequence[str]], *, sampler: 
             height, width = size[0] if height is None else height, size[1] if width is None else width
     noise, expected = start_latents(flux2, latents, len(prompts), height, width, " (patchified: B, 4C, H/2f, W/2f)")
     h, w = expected[2:]
-    mu_steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else FLUX2_STEPS
-    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, FLUX2_STEPS,
+    mu_steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else flux2.default_steps
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, flux2.default_steps,
                                          lambda n: flux2.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = flux2.prompt_guidance(prompts, h, w, mu_steps, guidance_scale, negative_prompt,
                                            max_sequence_length, convention)
     if references is not None:
         tokens, ids = reference_tokens(flux2, references)
         cond.update(reference=tokens.expand(len(prompts), -1, -1), reference_ids=ids.expand(len(prompts), -1, -1))
-    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
-                device=flux2.device, dtype=flux2.dtype, **options)
+    try:
+        z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
+                    device=flux2.device, dtype=flux2.dtype, **options)
+    finally:
+        flux2.release_reference_cache()  # (a Flux2KleinKVPipeline folder's, as the pipeline's kv_cache.clear())
     return finish_images(flux2, z0, return_latents, output_range)
 
 
 __all__ = ["Flux2", "Flux2Net", "load_flux2", "is_flux2_folder", "check_flux2_folder", "flux2_kind", "text_to_image",
            "empirical_mu", "position_ids", "text_ids", "patchify", "unpatchify", "stacked_states", "FLUX2_GUIDANCE",
-           "FLUX2_STEPS", "FLUX2_PIPELINE", "FLUX2_KLEIN_PIPELINE"]
+           "FLUX2_STEPS", "FLUX2_PIPELINE", "FLUX2_KLEIN_PIPELINE", "FLUX2_KLEIN_KV_PIPELINE", "FLUX2_KV_STEPS",
+           "kv_reference_call", "set_kv_processors"]

@@ -36,8 +36,10 @@ KLEIN_INPAINT_AREA = 1024 * 1024  # it shrinks a larger image to this area (Lanc
 
 
 def check_inpaint_folder(flux2) -> None:
-    """One line for a Flux2Pipeline folder: diffusers 0.42.1 inpaints FLUX.2 with Flux2KleinInpaintPipeline only."""
-    if not flux2.klein:
+    """One line for a Flux2Pipeline or Flux2KleinKVPipeline folder: diffusers 0.42.1 inpaints FLUX.2 with
+    Flux2KleinInpaintPipeline only."""
+    from .flux2 import FLUX2_KLEIN_PIPELINE
+    if flux2.pipeline != FLUX2_KLEIN_PIPELINE:
         raise DiffkitError(f"a {flux2.pipeline} folder is not inpainted: diffusers 0.42.1's FLUX.2 inpainting is "
                            f"Flux2KleinInpaintPipeline (a Flux2KleinPipeline folder); give one")
 

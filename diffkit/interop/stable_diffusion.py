@@ -416,6 +416,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     refuse_latent_upscale_folder(directory)  # its UNet takes low-resolution latents (.sd_latent_upscale)
     from .marigold import refuse_marigold_folder
     refuse_marigold_folder(directory, "sampling or editing")  # it predicts depth / normals / intrinsics (.marigold)
+    from .sd_image_variation import refuse_image_variation_folder
+    refuse_image_variation_folder(directory)  # its UNet attends to a CLIP image embedding (.sd_image_variation)
     if is_sd3_folder(directory):
         raise DiffkitError(f"{directory} is a Stable Diffusion 3 folder (an SD3Transformer2DModel, no UNet); load it "
                            f"with diffkit.interop.load_sd3 (diffkit sample takes it; edit, LoRA files and the other "
