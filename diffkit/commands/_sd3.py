@@ -25,6 +25,9 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "(--control-mode: a union), --control-image (a Depth / Canny folder), --ip-adapter, --redux, "
                   "--mask (--padding-mask-crop with it), --strength, --steps, --sampler and its grid options",
           # (FLUX: diffkit edit's)
+          "VisualCloze": "--example, --query, --task-prompt, --prompt (the content prompt), --resolution, "
+                         "--max-sequence-length, --guidance-scale (the embedded guidance), --steps, --sampler and its "
+                         "grid options",
           "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
                           "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
                           "--textual-inversion, --height / --width / --max-area (the edit's size), --no-auto-resize, "

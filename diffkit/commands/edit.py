@@ -37,7 +37,9 @@ the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``,
 a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a FLUX.1 Depth / Canny folder with
 ``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
-FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 folder ``--redux DIR --redux-image
+FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``), a VisualCloze folder generates each ``--query``'s
+targets from the ``--example`` rows and ``--task-prompt`` as VisualClozeGenerationPipeline (no ``--images``;
+``diffkit.interop.visualcloze``, ``._visualcloze``); on every FLUX.1 folder ``--redux DIR --redux-image
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
 ``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
@@ -232,6 +234,8 @@ def register(sub) -> None:
     add_edit_refiner_flags(p)
     from ._ledits_pp import add_ledits_flags
     add_ledits_flags(p)  # --ledits, --ledits-remove, ...: LEDITS++ on SD 1.x / 2.x and SD-XL folders
+    from ._visualcloze import add_visualcloze_flags
+    add_visualcloze_flags(p)  # --example, --query, --task-prompt, --resolution: VisualCloze folders
     p.set_defaults(func=run)
 
 
@@ -342,6 +346,11 @@ def _run(args) -> int:
     if is_layered_folder(args.checkpoint):  # Qwen-Image-Layered: N RGBA layers of each image
         return edit_layered(args)
     check_layers_flag(args)  # --layers: that folder's only
+    from ..interop.visualcloze import is_visualcloze_folder
+    from ._visualcloze import check_visualcloze_flags, edit_visualcloze
+    if is_visualcloze_folder(args.checkpoint):  # VisualCloze: in-context generation (._visualcloze)
+        return edit_visualcloze(args)
+    check_visualcloze_flags(args)  # --example, --query, ...: a VisualCloze folder's
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext
