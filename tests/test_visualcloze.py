@@ -82,3 +82,65 @@ def test_visualcloze_images_with_two_targets_and_the_prompt(tiny_visualcloze):
                                                           max_sequence_length=64)  # lists, as __call__ passes
     torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
     torch.testing.assert_close(context, theirs_context, rtol=0, atol=1e-5)
+
+
+def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_path, capsys):
+    """`diffkit edit --example --query --task-prompt --prompt` writes generate()'s images byte for byte (two queries,
+    query i from --seed + i), within one PNG level of the pipeline's; what a VisualCloze folder does not take is one
+    line before any output (and its flags on another folder, diffkit sample on it)."""
+    import json
+    from PIL import Image
+    from diffkit.cli import main
+    pipe, folder, vc = tiny_visualcloze
+    grids = _grids()
+    paths = {}
+    for g, grid in enumerate(grids):
+        for r, row in enumerate(grid):
+            for c, image in enumerate(row):
+                if image is not None:
+                    paths[g, r, c] = tmp_path / f"{g}{r}{c}.png"
+                    image.save(paths[g, r, c])
+    examples = [f"{paths[0, r, 0]},{paths[0, r, 1]}" for r in range(2)]
+    queries = [f"{paths[g, 2, 0]},target" for g in range(2)]
+    common = ["edit", "--checkpoint", str(folder), "--no-progress", "--seed", "5", "--steps", "3",
+              "--max-sequence-length", "64", "--task-prompt", TASKS[0], "--prompt", "a red cat"]
+    for flag, value in [("--example", e) for e in examples] + [("--query", q) for q in queries]:
+        common += [flag, value]
+    assert main(common + ["--out", str(tmp_path / "out")]) == 0
+    assert "wrote 2 images of 2 queries" in capsys.readouterr().out
+    ours = generate(vc, [grids[0][:2] + [grids[g][2]] for g in range(2)], TASKS[0], "a red cat", steps=3, seed=5, **KW)
+    for g in range(2):
+        written = np.asarray(Image.open(tmp_path / "out" / f"edit_0000{g}.png"), np.float64)
+        expected = (ours[g][0].permute(1, 2, 0).numpy() * 255).round()
+        assert np.array_equal(written, expected), g
+        with torch.no_grad():
+            theirs = pipe(task_prompt=TASKS[0], content_prompt="a red cat", image=grids[0][:2] + [grids[g][2]],
+                          num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(5 + g),
+                          **KW).images
+        assert np.abs(written - (theirs[0] * 255).round()).max() <= 1
+    bad = tmp_path / "bad"
+    two = ["--query", f"{paths[0, 2, 0]},target,target"]
+    for extra, match in (
+            (["--images", str(paths[0, 0, 0])], "--images does not apply to a VisualCloze folder"),
+            (["--mask", str(paths[0, 0, 0])], "--mask does not apply to a VisualCloze folder .* it takes --example"),
+            (["--strength", "0.5"], "--strength does not apply to a VisualCloze folder"),
+            (["--query", f"{paths[0, 2, 0]},{paths[0, 2, 0]}"], "the query \\(last row\\) has no target"),
+            (two, "has rows of \\[2, 3\\] images"),
+            (["--query", f"{paths[0, 2, 0]},nothing.png"], "--query .*'nothing.png' is not a file"),
+            (["--task-prompt", "a", "--task-prompt", "b"], "--task-prompt is given 3 times for 2 queries")):
+        assert main(common + extra + ["--out", str(bad)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not bad.exists()
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", "a", "--out", str(bad / "o.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a VisualCloze folder (VisualClozeGenerationPipeline)" in err[0], err
+    assert not bad.exists()
+    other = tmp_path / "flux"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert main(["edit", "--checkpoint", str(other), "--query", queries[0], "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--query applies to a VisualCloze folder" in err[0], err
+    with pytest.raises(DiffkitError, match="is a VisualCloze folder"):
+        test_flux_fill.load_flux(folder, progress=False)
