@@ -73,6 +73,8 @@ def test_visualcloze_images_with_two_targets_and_the_prompt(tiny_visualcloze):
     assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
     print("visualcloze images", ours.shape, np.abs(ours - theirs).max())
     assert np.abs(ours - theirs).max() < 1e-5
+    with pytest.raises(DiffkitError, match="resolution=8 is too small for this grid: with several targets"):
+        generate(VisualCloze(vc.flux, 8), grid, TASKS[1], steps=2, **KW)
     text = visualcloze_prompt(2, 3, TASKS[1], "a red cat")
     assert text.startswith("('A grid layout with 2 rows and 3 columns, displaying 6 images arranged side by side.',) "
                            "Make") and text.endswith(" The last image of the last row depicts: a red cat")
@@ -123,7 +125,9 @@ def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_pa
     for extra, match in (
             (["--images", str(paths[0, 0, 0])], "--images does not apply to a VisualCloze folder"),
             (["--mask", str(paths[0, 0, 0])], "--mask does not apply to a VisualCloze folder .* it takes --example"),
-            (["--strength", "0.5"], "--strength does not apply to a VisualCloze folder"),
+            (["--strength", "0.5"], "--strength does not apply to a VisualCloze folder .*upsampling stage .* is not "
+                                    "driven"),
+            (["--height", "32"], "--height does not apply to a VisualCloze folder .*upsampling stage"),
             (["--query", f"{paths[0, 2, 0]},{paths[0, 2, 0]}"], "the query \\(last row\\) has no target"),
             (two, "has rows of \\[2, 3\\] images"),
             (["--query", f"{paths[0, 2, 0]},nothing.png"], "--query .*'nothing.png' is not a file"),

@@ -7,6 +7,9 @@ from __future__ import annotations
 from ..errors import DiffkitError
 
 TARGET = "target"  # the --query entry of an image to generate (the pipeline's None)
+NO_UPSAMPLING = ("diffkit runs the generation stage (VisualClozeGenerationPipeline, the images at --resolution); "
+                 "VisualClozePipeline's upsampling stage (upsampling_height / upsampling_width / upsampling_strength: "
+                 "FluxFillPipeline over each target) is not driven")
 VISUALCLOZE_FLAGS = {"examples": "--example", "queries": "--query", "task_prompts": "--task-prompt",
                      "resolution": "--resolution"}
 
@@ -85,6 +88,11 @@ def edit_visualcloze(args) -> int:
         raise DiffkitError(f"--images does not apply to a VisualCloze folder ({directory}): give each query as "
                            f"--query PNG,target (its images in the task's order, target for each to generate) and "
                            f"the in-context examples as --example PNG,PNG")
+    upsampling = [flag for flag, value in (("--height", args.height), ("--width", args.width),
+                                           ("--strength", args.strength)) if value is not None]
+    if upsampling:
+        raise DiffkitError(f"{upsampling[0]} does not apply to a VisualCloze folder ({directory}): "
+                           f"{NO_UPSAMPLING}")
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
     refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
                    for dest, value in vars(args).items() if dest not in VISUALCLOZE_EDIT_FLAGS and dest in defaults},

@@ -204,7 +204,12 @@ def grid_condition(vc: VisualCloze, rows: list, generator: torch.Generator) -> t
     flux, f = vc.flux, vc.flux.vae_scale_factor
     processor = VisualClozeProcessor(vae_scale_factor=2 * f, vae_latent_channels=flux.latent_channels(),
                                                resolution=vc.resolution)
-    images, sizes, targets = processor.preprocess_image([list(row) for row in rows], vae_scale_factor=f)
+    try:
+        images, sizes, targets = processor.preprocess_image([list(row) for row in rows], vae_scale_factor=f)
+    except ZeroDivisionError:  # its branch for several targets floors sides to multiples of 16, maybe to 0
+        raise DiffkitError(f"resolution={vc.resolution} is too small for this grid: with several targets the "
+                           f"pipeline resizes every image to the query's width and floors the sides to multiples of "
+                           f"16, and a side falls to 0 here; give a larger resolution (--resolution)") from None
     masks = processor.preprocess_mask(images, targets)
     tokens, ids = [], []
     for r, (row, mask) in enumerate(zip(images, masks), start=1):
