@@ -251,6 +251,7 @@ MARIGOLD = "## Marigold folders (`diffkit.interop.marigold`)"
 HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
 QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit.interop.qwen_image_layered`)"
 GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
+VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -302,7 +303,8 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
                                                                      "HunyuanImageRefinerPipeline"], "HY"),
                                                     (QWEN_LAYERED, ["QwenImageEditPlusPipeline (2511)",
                                                                     "QwenImageLayeredPipeline"], "QE"),
-                                                    (GLM_IMAGE, ["GlmImagePipeline"], "GM")])
+                                                    (GLM_IMAGE, ["GlmImagePipeline"], "GM"),
+                                                    (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
