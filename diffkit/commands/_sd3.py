@@ -80,6 +80,16 @@ def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
                            f"({directory}); it takes {_TAKES[kind]}")
 
 
+def refuse_other_edit_flags(args, allowed, directory, kind: str) -> None:
+    """:func:`refused_flags` of every ``diffkit edit`` flag whose dest is not in ``allowed`` and differs from its
+    default (a ``kind`` folder's edit: SD3, FLUX, FLUX Kontext, VisualCloze)."""
+    from ..cli import build_parser
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
+                   for dest, value in vars(args).items() if dest not in allowed and dest in defaults},
+                  directory, kind)
+
+
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, control=None,
@@ -277,7 +287,6 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..images import check_image_folder, save_images
     from ..interop import flux as flux_module, sd3 as sd3_module
     from ..memory import batches_with_oom_retry
-    from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._flux_redux import ReduxRequest, redux_text
     from ._ip_adapter import IPAdapterRequest
@@ -286,11 +295,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..interop.mask_crop import overlaid_edits
 
     directory, kind, module = args.checkpoint, "FLUX" if flux else "SD3", flux_module if flux else sd3_module
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    allowed = FLUX_EDIT_FLAGS if flux else EDIT_FLAGS
-    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
-                   for dest, value in vars(args).items() if dest not in allowed and dest in defaults},
-                  directory, kind)
+    refuse_other_edit_flags(args, FLUX_EDIT_FLAGS if flux else EDIT_FLAGS, directory, kind)
     redux = ReduxRequest.from_args(args, directory, edit=True) if flux else None  # FLUX.1 Redux (._flux_redux)
     if args.images is None or not (args.prompts or redux):
         raise DiffkitError(f"{directory} is a{'n' * (not flux)} {kind} folder: give --images PNG|DIR and --prompt "

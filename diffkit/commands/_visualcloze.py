@@ -76,12 +76,11 @@ def edit_visualcloze(args) -> int:
     from pathlib import Path
 
     from ..checkpoint import atomic_write_bytes
-    from ..cli import build_parser
     from ..config import resolve_device
     from ..images import png_bytes, to_uint8
     from ..interop.visualcloze import check_grid, check_resolution, generate, load_visualcloze
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._sd3 import _FLAG_NAMES, edit_sampling, refused_flags
+    from ._sd3 import edit_sampling, refuse_other_edit_flags
 
     directory = args.checkpoint
     if args.images is not None:
@@ -93,10 +92,7 @@ def edit_visualcloze(args) -> int:
     if upsampling:
         raise DiffkitError(f"{upsampling[0]} does not apply to a VisualCloze folder ({directory}): "
                            f"{NO_UPSAMPLING}")
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
-                   for dest, value in vars(args).items() if dest not in VISUALCLOZE_EDIT_FLAGS and dest in defaults},
-                  directory, "VisualCloze")
+    refuse_other_edit_flags(args, VISUALCLOZE_EDIT_FLAGS, directory, "VisualCloze")
     if not args.queries or not args.task_prompts:
         raise DiffkitError(f"{directory} is a VisualCloze folder: give --query PNG,target (repeatable), "
                            f"--task-prompt TEXT and the in-context examples as --example PNG,PNG (repeatable)")
