@@ -86,6 +86,30 @@ def test_visualcloze_images_with_two_targets_and_the_prompt(tiny_visualcloze):
     torch.testing.assert_close(context, theirs_context, rtol=0, atol=1e-5)
 
 
+
+
+def test_visualcloze_upsampling_matches_the_combined_pipeline(tiny_visualcloze):
+    """VisualClozePipeline (the same components) with upsampling_strength 0.6 at 16 x 12, 3 steps, two grids: each
+    target's 8-bit image resized and edited by the Fill transformer under an all-white mask, the grid's generator
+    drawing on: generate(upsampling_strength=) against its images (output_type "np")."""
+    pipe, _, vc = tiny_visualcloze
+    combined = diffusers.VisualClozePipeline(**pipe.components, resolution=8)
+    combined.set_progress_bar_config(disable=True)
+    combined.generation_pipe.set_progress_bar_config(disable=True)
+    combined.upsampling_pipe.set_progress_bar_config(disable=True)
+    grids = _grids()
+    with torch.no_grad():
+        theirs = combined(task_prompt=TASKS, content_prompt=CONTENTS, image=grids, num_inference_steps=3,
+                          upsampling_strength=0.6, upsampling_height=16, upsampling_width=12, output_type="np",
+                          generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **KW).images
+    ours = generate(vc, grids, TASKS, CONTENTS, steps=3, seed=5, upsampling_strength=0.6, upsampling_height=16,
+                    upsampling_width=12, **KW)
+    ours = torch.stack([image for grid in ours for image in grid]).permute(0, 2, 3, 1).numpy()
+    assert ours.shape == theirs.shape == (2, 16, 12, 3), (ours.shape, theirs.shape)
+    print("visualcloze upsampling", np.abs(ours - theirs).max())
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
 def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_path, capsys):
     """`diffkit edit --example --query --task-prompt --prompt` writes generate()'s images byte for byte (two queries,
     query i from --seed + i), within one PNG level of the pipeline's; what a VisualCloze folder does not take is one
@@ -104,10 +128,9 @@ def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_pa
                     image.save(paths[g, r, c])
     examples = [f"{paths[0, r, 0]},{paths[0, r, 1]}" for r in range(2)]
     queries = [f"{paths[g, 2, 0]},target" for g in range(2)]
-    common = ["edit", "--checkpoint", str(folder), "--no-progress", "--seed", "5", "--steps", "3",
-              "--max-sequence-length", "64", "--task-prompt", TASKS[0], "--prompt", "a red cat"]
-    for flag, value in [("--example", e) for e in examples] + [("--query", q) for q in queries]:
-        common += [flag, value]
+    base = ["edit", "--checkpoint", str(folder), "--no-progress", "--seed", "5", "--steps", "3",
+            "--max-sequence-length", "64", "--example", examples[0], "--example", examples[1]]
+    common = base + ["--task-prompt", TASKS[0], "--prompt", "a red cat", "--query", queries[0], "--query", queries[1]]
     assert main(common + ["--out", str(tmp_path / "out")]) == 0
     assert "wrote 2 images of 2 queries" in capsys.readouterr().out
     ours = generate(vc, [grids[0][:2] + [grids[g][2]] for g in range(2)], TASKS[0], "a red cat", steps=3, seed=5, **KW)
@@ -120,14 +143,37 @@ def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_pa
                           num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(5 + g),
                           **KW).images
         assert np.abs(written - (theirs[0] * 255).round()).max() <= 1
+    up = ["--strength", "0.6", "--height", "16", "--width", "12"]
+    assert main(base + ["--query", queries[1], "--task-prompt", TASKS[1], *up, "--out", str(tmp_path / "up")]) == 0
+    assert "upsampled at strength 0.6" in capsys.readouterr().out
+    ours = generate(vc, grids[0][:2] + [grids[1][2]], TASKS[1], steps=3, seed=5, upsampling_strength=0.6,
+                    upsampling_height=16, upsampling_width=12, **KW)[0][0]
+    written = np.asarray(Image.open(tmp_path / "up" / "edit_00000.png"), np.float64)
+    assert written.shape == (16, 12, 3) and np.array_equal(written, (ours.permute(1, 2, 0).numpy() * 255).round())
+    combined = tmp_path / "combined"  # the same folder as a VisualClozePipeline one (its JSON edited)
+    combined.mkdir()
+    for sub in folder.iterdir():
+        if sub.name != "model_index.json":
+            (combined / sub.name).symlink_to(sub)
+    index = json.loads((folder / "model_index.json").read_text())
+    (combined / "model_index.json").write_text(json.dumps({**index, "_class_name": "VisualClozePipeline"}))
+    from argparse import Namespace
+    from diffkit.commands._visualcloze import upsampling_strength
+    flags = dict(checkpoint=combined, generation_only=False, strength=None, height=None, width=None)
+    assert upsampling_strength(Namespace(**flags)) == 1.0  # VisualClozePipeline's default upsampling_strength
+    assert upsampling_strength(Namespace(**{**flags, "checkpoint": folder})) == 0.0
+    assert main(common[:2] + [str(combined)] + common[3:] + ["--generation-only", "--out", str(tmp_path / "c")]) == 0
+    for name in ("edit_00000.png", "edit_00001.png"):
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
+    capsys.readouterr()
     bad = tmp_path / "bad"
     two = ["--query", f"{paths[0, 2, 0]},target,target"]
     for extra, match in (
             (["--images", str(paths[0, 0, 0])], "--images does not apply to a VisualCloze folder"),
             (["--mask", str(paths[0, 0, 0])], "--mask does not apply to a VisualCloze folder .* it takes --example"),
-            (["--strength", "0.5"], "--strength does not apply to a VisualCloze folder .*upsampling stage .* is not "
-                                    "driven"),
-            (["--height", "32"], "--height does not apply to a VisualCloze folder .*upsampling stage"),
+            (["--height", "32"], "--height sets the size of the upsampling stage .* runs with --strength S"),
+            (["--strength", "0.5", "--width", "18"], "--width 18 is not allowed; give a positive multiple of 4"),
+            (["--generation-only"], "--generation-only applies to a VisualClozePipeline \\(combined\\) folder"),
             (["--query", f"{paths[0, 2, 0]},{paths[0, 2, 0]}"], "the query \\(last row\\) has no target"),
             (two, "has rows of \\[2, 3\\] images"),
             (["--query", f"{paths[0, 2, 0]},nothing.png"], "--query .*'nothing.png' is not a file"),

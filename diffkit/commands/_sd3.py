@@ -27,7 +27,7 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
           # (FLUX: diffkit edit's)
           "VisualCloze": "--example, --query, --task-prompt, --prompt (the content prompt), --resolution, "
                          "--max-sequence-length, --guidance-scale (the embedded guidance), --steps, --sampler and its "
-                         "grid options",
+                         "grid options, the upsampling stage's --strength, --height, --width (--generation-only)",
           "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
                           "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
                           "--textual-inversion, --height / --width / --max-area (the edit's size), --no-auto-resize, "
@@ -236,10 +236,11 @@ def check_edit_ip_adapter(ip_adapter, args, flux: bool) -> None:
                            "> 1 with --negative-prompt, or drop it")
 
 
-def edit_sampling(args, directory) -> tuple:
+def edit_sampling(args, directory, prompts: bool = True) -> tuple:
     """(sampler info, whether it is the pipeline's own loop, its options, the prompt request) of ``diffkit edit``
     on a flow folder (SD3, FLUX.1, FLUX.1 Kontext): ``--sampler`` (not adaptive) with its grid flags and ``--eta``,
-    the prompt flags checked against the folder (one line each, before loading)."""
+    the prompt flags checked against the folder (one line each, before loading); ``prompts=False``: no request
+    (a VisualCloze folder's prompts are its own flags)."""
     from ..sampling import check_eta, resolve_sampler
     from ._sd_prompts import check_prompt_encoding
     from .edit import _prompt_request
@@ -249,6 +250,8 @@ def edit_sampling(args, directory) -> tuple:
     own = pipeline_loop(info.name, spacing, final, None)
     options = {key: value for key, value in (("eta", args.eta), ("spacing", spacing), ("final", final))
                if value is not None}
+    if not prompts:
+        return info, own, options, None
     request = _prompt_request(args, info.name)
     check_prompt_encoding(request, directory)
     return info, own, options, request

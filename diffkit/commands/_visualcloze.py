@@ -7,15 +7,13 @@ from __future__ import annotations
 from ..errors import DiffkitError
 
 TARGET = "target"  # the --query entry of an image to generate (the pipeline's None)
-NO_UPSAMPLING = ("diffkit runs the generation stage (VisualClozeGenerationPipeline, the images at --resolution); "
-                 "VisualClozePipeline's upsampling stage (upsampling_height / upsampling_width / upsampling_strength: "
-                 "FluxFillPipeline over each target) is not driven")
 VISUALCLOZE_FLAGS = {"examples": "--example", "queries": "--query", "task_prompts": "--task-prompt",
-                     "resolution": "--resolution"}
+                     "resolution": "--resolution", "generation_only": "--generation-only"}
 
 
 def add_visualcloze_flags(parser) -> None:
-    """``--example``, ``--query``, ``--task-prompt``, ``--resolution`` (VisualCloze folders)."""
+    """``--example``, ``--query``, ``--task-prompt``, ``--resolution``, ``--generation-only`` (VisualCloze
+    folders; ``--strength`` / ``--height`` / ``--width``: the upsampling stage's)."""
     from ._common import positive_int
     g = parser.add_argument_group("VisualCloze folders (in-context generation; docs/interop/visualcloze.md)")
     g.add_argument("--example", dest="examples", action="append", metavar="PNG,PNG[,...]",
@@ -31,12 +29,17 @@ def add_visualcloze_flags(parser) -> None:
     g.add_argument("--resolution", type=positive_int, metavar="N",
                    help="each grid image is resized to about N x N pixels at its aspect ratio (the pipeline's "
                         "resolution; default the folder's model_index.json, 384)")
+    g.add_argument("--generation-only", action="store_true",
+                   help="VisualClozePipeline (combined) folders: skip the upsampling stage (upsampling_strength=0), "
+                        "which otherwise runs at --strength (default 1.0, the pipeline's) and --height x --width "
+                        "(default 1024 x 1024); on a VisualClozeGenerationPipeline folder upsampling runs only with "
+                        "--strength")
 
 
 def check_visualcloze_flags(args) -> None:
     """One line for a VisualCloze flag on a checkpoint that is no VisualCloze folder."""
     for dest, flag in VISUALCLOZE_FLAGS.items():
-        if getattr(args, dest) is not None:
+        if getattr(args, dest) not in (None, False):
             raise DiffkitError(f"{flag} applies to a VisualCloze folder (VisualClozeGenerationPipeline); "
                                f"{args.checkpoint} is not one")
 
@@ -71,8 +74,9 @@ def edit_visualcloze(args) -> int:
     """Every ``--query`` (with the ``--example`` rows before it) generated as VisualClozeGenerationPipeline: 50
     steps of flow Euler on its sigmas (``--sampler`` / ``--steps`` and the grid flags: any other), the embedded
     guidance 30 (``--guidance-scale``), ``--max-sequence-length``, ``--resolution``; query i from ``--seed`` + i.
-    A VisualClozePipeline (combined) folder runs its generation stage (upsampling_strength=0). Every other edit
-    flag: one line, before any weight is read or any folder is made."""
+    Then the upsampling stage (:func:`upsampling_strength`): ``--strength`` (a combined folder's default 1.0),
+    ``--height`` x ``--width`` (default 128 f each), as VisualClozePipeline / VisualClozeUpsamplingPipeline. Every
+    other edit flag: one line, before any weight is read or any folder is made."""
     from pathlib import Path
 
     from ..checkpoint import atomic_write_bytes
@@ -87,11 +91,9 @@ def edit_visualcloze(args) -> int:
         raise DiffkitError(f"--images does not apply to a VisualCloze folder ({directory}): give each query as "
                            f"--query PNG,target (its images in the task's order, target for each to generate) and "
                            f"the in-context examples as --example PNG,PNG")
-    upsampling = [flag for flag, value in (("--height", args.height), ("--width", args.width),
-                                           ("--strength", args.strength)) if value is not None]
-    if upsampling:
-        raise DiffkitError(f"{upsampling[0]} does not apply to a VisualCloze folder ({directory}): "
-                           f"{NO_UPSAMPLING}")
+    strength = upsampling_strength(args)
+    from ._image_size import check_image_size
+    check_image_size(directory, args.height, args.width, edit=True)  # the upsampling's size: multiples of 2 f
     refuse_other_edit_flags(args, VISUALCLOZE_EDIT_FLAGS, directory, "VisualCloze")
     if not args.queries or not args.task_prompts:
         raise DiffkitError(f"{directory} is a VisualCloze folder: give --query PNG,target (repeatable), "
@@ -105,7 +107,7 @@ def edit_visualcloze(args) -> int:
         check_grid(grid, f"--query {args.queries[i]!r} with the --example rows")
     tasks = _per_query(args.task_prompts, len(grids), "--task-prompt")
     contents = _per_query(args.prompts, len(grids), "--prompt")
-    info, own, options, _ = edit_sampling(args, directory)
+    info, own, options, _ = edit_sampling(args, directory, prompts=False)
     out, device = Path(args.out), resolve_device(args.device)
     new_dirs = missing_dirs(out)
     vc = load_visualcloze(directory, device, progress=args.progress, resolution=args.resolution)
@@ -123,15 +125,40 @@ def edit_visualcloze(args) -> int:
             images = generate(vc, grid, tasks[i], contents[i], sampler=None if own else info.name, steps=args.steps,
                               guidance_scale=args.guidance_scale, seed=args.seed + i,
                               max_sequence_length=args.max_sequence_length or 512, progress=args.progress,
-                              **({} if own else options))[0]
+                              upsampling_strength=strength, upsampling_height=args.height,
+                              upsampling_width=args.width, **({} if own else options))[0]
             for name, image in zip(names[i], images):
                 atomic_write_bytes(out / name, png_bytes(to_uint8(image[None] * 2 - 1)[0]))
     grid = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
     print(f"wrote {sum(map(len, names))} images of {len(queries)} queries to {out} ({names[0][0]} ...; VisualCloze "
-          f"folder {directory}, {len(examples)} in-context examples, {grid})")
+          f"folder {directory}, {len(examples)} in-context examples, {grid}"
+          f"{f', upsampled at strength {strength:g}' if strength else ''})")
     return 0
 
 
 VISUALCLOZE_EDIT_FLAGS = {  # diffkit edit's dests a VisualCloze folder takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "out", "seed", "device", "progress", "prompts", "max_sequence_length",
-    "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "images", *VISUALCLOZE_FLAGS}
+    "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "images", "strength", "height", "width",
+    *VISUALCLOZE_FLAGS}
+
+
+def upsampling_strength(args) -> float:
+    """The upsampling stage's strength (0: none) of a VisualCloze folder's flags: ``--strength``, else the combined
+    folder's default 1.0 (VisualClozePipeline's upsampling_strength) unless ``--generation-only``; one line for
+    ``--generation-only`` on a generation folder or with ``--strength``, ``--height`` / ``--width`` without
+    upsampling."""
+    from ..interop.sd_xl import pipeline_class
+    from ..interop.visualcloze import VISUALCLOZE_COMBINED
+    combined = pipeline_class(args.checkpoint) == VISUALCLOZE_COMBINED
+    if args.generation_only and not combined:
+        raise DiffkitError(f"--generation-only applies to a VisualClozePipeline (combined) folder; {args.checkpoint} "
+                           f"is a VisualClozeGenerationPipeline one, which upsamples only with --strength")
+    if args.generation_only and args.strength is not None:
+        raise DiffkitError("--generation-only skips the upsampling stage that --strength sets; give one of them")
+    strength = args.strength if args.strength is not None else 1.0 if combined and not args.generation_only else 0.0
+    given = [flag for flag, value in (("--height", args.height), ("--width", args.width)) if value is not None]
+    if given and not strength:
+        raise DiffkitError(f"{given[0]} sets the size of the upsampling stage (VisualClozePipeline's "
+                           f"upsampling_height / upsampling_width), which runs with --strength S (or on a combined "
+                           f"folder without --generation-only); the grid's size is --resolution")
+    return strength

@@ -237,7 +237,8 @@ def generate(vc: VisualCloze, images, task_prompt: Union[str, Sequence[str]],
              steps: Optional[int] = None, nfe: Optional[int] = None, grid=None,
              guidance_scale: Optional[float] = None, seed: int = 0, generator=None,
              max_sequence_length: int = MAX_SEQUENCE_LENGTH, return_latents: bool = False,
-             progress: bool = False, **options) -> list:
+             progress: bool = False, upsampling_strength: float = 0.0, upsampling_height: Optional[int] = None,
+             upsampling_width: Optional[int] = None, **options) -> list:
     """The targets of VisualCloze grids, as ``VisualClozeGenerationPipeline`` (module docstring), with any diffkit
     sampler.
 
@@ -249,8 +250,15 @@ def generate(vc: VisualCloze, images, task_prompt: Union[str, Sequence[str]],
     sampler / grid: both None: the pipeline's loop (flow Euler on its sigmas, ``steps`` default 50); a sampler:
         its own grid of the flow schedule at the grid's shift. guidance_scale: the embedded guidance (default 30;
         refused for a transformer without guidance embeds). options: :func:`diffkit.sample`'s (``eta``, ...).
+    upsampling_strength > 0 (with upsampling_height / upsampling_width): ``VisualClozePipeline``'s upsampling stage
+        (:func:`upsample`; that pipeline's default strength is 1.0, this function's 0: none, as
+        ``VisualClozeGenerationPipeline``), with the same steps, guidance, sampler and generators.
     Returns per grid the list of its targets' images (3, h, w) in [0, 1] in the query's order, or with
     ``return_latents`` its packed z_0 (1, L, 4 C) (the pipeline's ``output_type="latent"``)."""
+    from ..errors import check_range
+    check_range("upsampling_strength", upsampling_strength, 0.0, 1.0)
+    if return_latents and upsampling_strength:
+        raise DiffkitError("return_latents returns the generation's latents; give upsampling_strength=0")
     from ..noise import randn
     from ..sampling import sample
     from .flow_latents import pipeline_grid
@@ -293,9 +301,43 @@ def generate(vc: VisualCloze, images, task_prompt: Union[str, Sequence[str]],
         starts = [sum(size[1] for size in sizes[:k]) for k in range(len(sizes))]
         outputs.append([pixels[:, :size[0], start:start + size[1]]
                         for size, start, target in zip(sizes, starts, targets) if target])
+        if upsampling_strength:  # VisualClozePipeline's second stage, on grid i's generator
+            outputs[-1] = upsample(vc, outputs[-1], content, generator[i], upsampling_strength, upsampling_height,
+                                   upsampling_width, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+                                   max_sequence_length=max_sequence_length, progress=progress, **options)
     return outputs
 
 
+def upsample(vc: VisualCloze, targets: list, content_prompt: Optional[str], generator: torch.Generator,
+             strength: float, height: Optional[int] = None, width: Optional[int] = None, *,
+             steps: Optional[int] = None, guidance_scale: Optional[float] = None, sampler: Optional[str] = None,
+             max_sequence_length: int = MAX_SEQUENCE_LENGTH, progress: bool = False, **options) -> list:
+    """``VisualClozePipeline``'s upsampling stage for one grid's ``targets`` ((3, h, w) in [0, 1], the generation's),
+    ``VisualClozeUpsamplingPipeline`` = FluxFillPipeline with an all-white mask: each target rounded to 8 bits (the
+    generation's PIL output), resized to ``height`` x ``width`` (default 128 f each, the Fill pipeline's default,
+    whatever the aspect ratio; Lanczos, its ``image_processor.preprocess``), SDEdit at ``strength`` with the Fill
+    transformer (:func:`.flux.image_to_image` with ``mask`` ones: the masked image is all zeros, so the image enters
+    only as the start of strength < 1), prompt the content prompt ("" without one), ``generator`` the grid's, drawing
+    on after the generation (every target of the grid from it, as the pipeline's ``generator[i]`` list)."""
+    from . import require
+    from .flux import DEFAULT_SAMPLE_SIZE, image_to_image
+    require("diffusers")
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
+    flux, f = vc.flux, vc.flux.vae_scale_factor
+    height, width = height or DEFAULT_SAMPLE_SIZE * f, width or DEFAULT_SAMPLE_SIZE * f
+    flux.latent_shape(1, height, width)  # multiples of 2 f: one line otherwise
+    processor = VaeImageProcessor(vae_scale_factor=2 * f)
+    pils = [Image.fromarray((t.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")) for t in targets]
+    images = torch.cat([processor.preprocess(pil, height=height, width=width) for pil in pils])
+    out = image_to_image(flux, images, [content_prompt or ""] * len(pils), strength,
+                         mask=torch.ones(1, 1, height, width), steps=VISUALCLOZE_STEPS if steps is None else steps,
+                         guidance_scale=VISUALCLOZE_GUIDANCE if guidance_scale is None else guidance_scale,
+                         seed=None, generator=[generator] * len(pils), sampler=sampler,
+                         max_sequence_length=max_sequence_length, progress=progress, **options)
+    return list(out)
+
+
 __all__ = ["VisualCloze", "VisualClozeNet", "load_visualcloze", "is_visualcloze_folder", "generate",
-           "visualcloze_prompt", "grid_condition", "check_grid", "VISUALCLOZE_PIPELINES", "VISUALCLOZE_GUIDANCE",
+           "visualcloze_prompt", "grid_condition", "upsample", "check_grid", "VISUALCLOZE_PIPELINES", "VISUALCLOZE_GUIDANCE",
            "VISUALCLOZE_STEPS", "VISUALCLOZE_RESOLUTION"]
