@@ -138,6 +138,8 @@ def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_pa
         written = np.asarray(Image.open(tmp_path / "out" / f"edit_0000{g}.png"), np.float64)
         expected = (ours[g][0].permute(1, 2, 0).numpy() * 255).round()
         assert np.array_equal(written, expected), g
+        if g:
+            continue
         with torch.no_grad():
             theirs = pipe(task_prompt=TASKS[0], content_prompt="a red cat", image=grids[0][:2] + [grids[g][2]],
                           num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(5 + g),

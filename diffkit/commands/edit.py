@@ -39,7 +39,8 @@ a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a F
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
 FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``), a VisualCloze folder generates each ``--query``'s
 targets from the ``--example`` rows and ``--task-prompt`` as VisualClozeGenerationPipeline (no ``--images``;
-``diffkit.interop.visualcloze``, ``._visualcloze``); on every FLUX.1 folder ``--redux DIR --redux-image
+``--strength``, ``--height``, ``--width``: VisualClozePipeline's upsampling stage; ``diffkit.interop.visualcloze``,
+``._visualcloze``); on every FLUX.1 folder ``--redux DIR --redux-image
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
 ``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline

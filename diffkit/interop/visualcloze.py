@@ -36,8 +36,8 @@ every step of the pipeline's ``__call__`` is reproduced:
 * output: the last row's tokens unpacked, decoded, (x + 1)/2 clamped, each target's columns cut out.
 
 ``VisualClozePipeline`` (the combined folder, the same components): its generation stage is this; its upsampling
-stage (``VisualClozeUpsamplingPipeline``, SDEdit of each target at ``upsampling_height`` x ``upsampling_width``)
-is refused in one line (not driven).
+stage (``VisualClozeUpsamplingPipeline`` = ``FluxFillPipeline``: SDEdit of each target at ``upsampling_height`` x
+``upsampling_width`` under an all-white mask) is :func:`upsample` (``generate(upsampling_strength=)``).
 """
 from __future__ import annotations
 
@@ -338,6 +338,6 @@ def upsample(vc: VisualCloze, targets: list, content_prompt: Optional[str], gene
     return list(out)
 
 
-__all__ = ["VisualCloze", "VisualClozeNet", "load_visualcloze", "is_visualcloze_folder", "generate",
-           "visualcloze_prompt", "grid_condition", "upsample", "check_grid", "VISUALCLOZE_PIPELINES", "VISUALCLOZE_GUIDANCE",
+__all__ = ["VisualCloze", "VisualClozeNet", "load_visualcloze", "is_visualcloze_folder", "generate", "upsample",
+           "visualcloze_prompt", "grid_condition", "check_grid", "VISUALCLOZE_PIPELINES", "VISUALCLOZE_GUIDANCE",
            "VISUALCLOZE_STEPS", "VISUALCLOZE_RESOLUTION"]
