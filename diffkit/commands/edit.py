@@ -150,7 +150,8 @@ def register(sub) -> None:
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only; "
-                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; FLUX.2 Klein 0.8; DeepFloyd IF: its pipelines')")
+                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; FLUX.2 Klein 0.8; DeepFloyd IF: its pipelines'; "
+                        "VisualCloze: the upsampling stage's, 1.0 on a VisualClozePipeline folder)")
     m.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")

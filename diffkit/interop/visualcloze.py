@@ -51,7 +51,7 @@ from ..errors import DiffkitError
 from .flux import FluxNet, MAX_SEQUENCE_LENGTH, latent_image_ids, pack_latents, unpack_latents
 
 VISUALCLOZE_GENERATION = "VisualClozeGenerationPipeline"
-VISUALCLOZE_COMBINED = "VisualClozePipeline"  # generation + upsampling: the generation stage only
+VISUALCLOZE_COMBINED = "VisualClozePipeline"  # generation, then upsampling (:func:`upsample`)
 VISUALCLOZE_PIPELINES = (VISUALCLOZE_GENERATION, VISUALCLOZE_COMBINED)
 VISUALCLOZE_GUIDANCE = 30.0  # the pipeline's default guidance_scale (the embedded value)
 VISUALCLOZE_STEPS = 50  # its default num_inference_steps
