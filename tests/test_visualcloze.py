@@ -1,6 +1,7 @@
-"""VisualCloze folders (diffkit.interop.visualcloze; VisualClozeGenerationPipeline): generate() and `diffkit edit
---example / --query` against diffusers' own pipeline on a tiny random folder (test_flux_fill's tiny FLUX.1 Fill
-components: a 144-channel transformer, VAE factor f = 2; resolution 8, so each grid image is about 8 x 8 pixels)."""
+"""VisualCloze folders (diffkit.interop.visualcloze; VisualClozeGenerationPipeline, VisualClozePipeline's upsampling
+stage): generate() and `diffkit edit --example / --query` against diffusers' own pipelines on a tiny random folder
+(test_flux_fill's tiny FLUX.1 Fill components: a 144-channel transformer, VAE factor f = 2; resolution 8, so each grid
+image is about 8 x 8 pixels)."""
 import re
 
 import numpy as np
@@ -42,6 +43,8 @@ def _grids():
 
 
 def test_visualcloze_matches_the_pipeline(tiny_visualcloze):
+    """Two grids (rows of three sizes: 16 tokens), a content prompt and None, 3 steps: the same packed z_0 as the
+    pipeline's (output_type "latent") with one generator per grid: the rows' posteriors, then the noise."""
     pipe, _, vc = tiny_visualcloze
     grids = _grids()
     with torch.no_grad():

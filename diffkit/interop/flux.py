@@ -483,13 +483,13 @@ def check_flux_folder(directory: Path, visualcloze: bool = False) -> tuple:
     from .visualcloze import VISUALCLOZE_PIPELINES, not_visualcloze
     if kind in VISUALCLOZE_PIPELINES and not visualcloze:
         raise not_visualcloze(directory, kind)
-    kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL) + VISUALCLOZE_PIPELINES * visualcloze  # .flux_channels
+    kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL) + (VISUALCLOZE_PIPELINES if visualcloze else ())
     if kind not in kinds:
         raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Redux ...), "
                            f"which diffkit does not drive; allowed: {', '.join(kinds)}")
     vae, transformer = check_flow_configs(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
     latents = int(vae.get("latent_channels", 4))
-    channels = in_channels(FLUX_FILL if visualcloze else kind, latents,  # VisualCloze's: FLUX.1 Fill's
+    channels = in_channels(FLUX_FILL if kind in VISUALCLOZE_PIPELINES else kind, latents,  # VisualCloze: Fill's
                            2 ** (len(vae.get("block_out_channels", [64])) - 1))
     if transformer.get("in_channels", 64) != channels:
         raise DiffkitError(f"{directory}'s transformer has in_channels={transformer.get('in_channels', 64)!r} (Fill "
