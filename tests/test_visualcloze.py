@@ -113,6 +113,27 @@ def test_visualcloze_upsampling_matches_the_combined_pipeline(tiny_visualcloze):
     assert np.abs(ours - theirs).max() < 1e-5
 
 
+
+
+def test_visualcloze_lora_matches_load_lora_weights(tiny_visualcloze, tmp_path):
+    """load_visualcloze(lora=[(file, 0.7)]) (a diffusers-format LoRA on the transformer and CLIP, written by
+    save_lora_weights): the same z_0 as the pipeline after load_lora_weights + fuse_lora(0.7), one grid, 2 steps."""
+    pytest.importorskip("peft")
+    from test_interop_flux_more import FLUX_LORA
+    from test_sd_lora import fused_transformer_lora
+    pipe, folder, vc = tiny_visualcloze
+    lora, fused = fused_transformer_lora(diffusers.VisualClozeGenerationPipeline, folder, tmp_path, FLUX_LORA,
+                                         "text_encoder")  # read anew: fusing CLIP changes it (resolution 8 too)
+    merged = load_visualcloze(folder, progress=False, lora=[(lora, 0.7)])
+    grid = _grids()[0]
+    with torch.no_grad():
+        theirs = fused(task_prompt=TASKS[0], content_prompt=CONTENTS[0], image=grid, num_inference_steps=2,
+                       output_type="latent", generator=torch.Generator().manual_seed(3), **KW).images
+    ours = generate(merged, grid, TASKS[0], CONTENTS[0], steps=2, seed=3, return_latents=True, **KW)[0]
+    print("visualcloze lora", float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(generate(vc, grid, TASKS[0], CONTENTS[0], steps=2, seed=3, return_latents=True,
+                                   **KW)[0], theirs) > 1e-3
 def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_path, capsys):
     """`diffkit edit --example --query --task-prompt --prompt` writes generate()'s images byte for byte (two queries,
     query i from --seed + i), within one PNG level of the pipeline's; what a VisualCloze folder does not take is one

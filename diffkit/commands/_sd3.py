@@ -27,7 +27,8 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
           # (FLUX: diffkit edit's)
           "VisualCloze": "--example, --query, --task-prompt, --prompt (the content prompt), --resolution, "
                          "--max-sequence-length, --guidance-scale (the embedded guidance), --steps, --sampler and its "
-                         "grid options, the upsampling stage's --strength, --height, --width (--generation-only)",
+                         "grid options, the upsampling stage's --strength, --height, --width (--generation-only), "
+                         "--lora",
           "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
                           "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
                           "--textual-inversion, --height / --width / --max-area (the edit's size), --no-auto-resize, "

@@ -110,7 +110,7 @@ def edit_visualcloze(args) -> int:
     info, own, options, _ = edit_sampling(args, directory, prompts=False)
     out, device = Path(args.out), resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    vc = load_visualcloze(directory, device, progress=args.progress, resolution=args.resolution)
+    vc = load_visualcloze(directory, device, progress=args.progress, resolution=args.resolution, lora=args.lora)
     vc.flux.check_guidance_scale(args.guidance_scale)
     check_writable_dir(out)
     names = []
@@ -138,7 +138,7 @@ def edit_visualcloze(args) -> int:
 
 VISUALCLOZE_EDIT_FLAGS = {  # diffkit edit's dests a VisualCloze folder takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "out", "seed", "device", "progress", "prompts", "max_sequence_length",
-    "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "images", "strength", "height", "width",
+    "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "images", "strength", "height", "width", "lora",
     *VISUALCLOZE_FLAGS}
 
 

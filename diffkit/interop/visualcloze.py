@@ -125,11 +125,12 @@ class VisualCloze:
 
 
 def load_visualcloze(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                     progress: bool = True, resolution: Optional[int] = None) -> VisualCloze:
+                     progress: bool = True, resolution: Optional[int] = None, lora=None) -> VisualCloze:
     """Load a VisualCloze folder (``VisualClozeGenerationPipeline`` or ``VisualClozePipeline``; never downloads):
     its FLUX components by :func:`.flux.load_flux` (a FLUX.1 Fill transformer, 4 (2 C + f^2) input channels; the
     JSON files checked first), ``resolution`` default the folder's (``model_index.json``, 384), as
-    ``from_pretrained(resolution=...)``."""
+    ``from_pretrained(resolution=...)``. ``lora``: FLUX LoRA files (paths or (path, scale) pairs) fused as the
+    pipelines' ``load_lora_weights`` + ``fuse_lora`` (``FluxLoraLoaderMixin``; :func:`.flux.load_flux`'s)."""
     from .flux import load_flux
     from .sd_xl import _index, pipeline_class
     kind = pipeline_class(directory)
@@ -139,7 +140,7 @@ def load_visualcloze(directory: Union[str, Path], device="cpu", dtype: torch.dty
     if resolution is None:
         resolution = _index(Path(directory)).get("resolution", VISUALCLOZE_RESOLUTION)
     check_resolution(resolution)
-    flux = load_flux(directory, device, dtype, progress, visualcloze=True)
+    flux = load_flux(directory, device, dtype, progress, lora=lora, visualcloze=True)
     return VisualCloze(flux, resolution, kind)
 
 
