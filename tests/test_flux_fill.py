@@ -22,9 +22,10 @@ KW = {"max_sequence_length": 12}
 _COMPONENTS = {}  # test_interop_flux's tiny FLUX.1-dev components, made once for this file and test_flux_control
 
 
-def tiny_variant_folder(root, cls, in_channels: int):
-    """A FLUX folder of pipeline class ``cls`` (FluxFillPipeline, FluxControlPipeline): test_interop_flux's tiny
-    FLUX.1-dev components with a transformer of ``in_channels`` (out_channels 64), written by save_pretrained."""
+def tiny_variant_folder(root, cls, in_channels: int, load=load_flux, **config):
+    """A FLUX folder of pipeline class ``cls`` (FluxFillPipeline, FluxControlPipeline; VisualCloze's, with its
+    ``config``: resolution): test_interop_flux's tiny FLUX.1-dev components with a transformer of ``in_channels``
+    (out_channels 64), written by save_pretrained; with ``load`` (default load_flux) of it."""
     if not _COMPONENTS:
         _COMPONENTS.update({key: value for key, value in test_interop_flux.tiny_flux_pipeline(root, True).components
                             .items() if key not in ("image_encoder", "feature_extractor")})
@@ -34,10 +35,10 @@ def tiny_variant_folder(root, cls, in_channels: int):
         patch_size=1, in_channels=in_channels, out_channels=64, num_layers=1, num_single_layers=1,
         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
         guidance_embeds=True, axes_dims_rope=(2, 2, 4))
-    cls(**components).save_pretrained(root / "folder")
+    cls(**components, **config).save_pretrained(root / "folder")
     pipe = cls.from_pretrained(root / "folder", local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, root / "folder", load_flux(root / "folder", progress=False)
+    return pipe, root / "folder", load(root / "folder", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,6 @@ def edit_kontext(args) -> int:
     import torch
     from PIL import Image
 
-    from ..cli import build_parser
     from ..config import resolve_device
     from ..checkpoint import atomic_write_bytes
     from ..images import check_image_folder, png_bytes, save_images, to_uint8
@@ -94,7 +93,7 @@ def edit_kontext(args) -> int:
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._image_size import resized_pngs, size_multiple
     from ._ip_adapter import IPAdapterRequest
-    from ._sd3 import _FLAG_NAMES, check_edit_ip_adapter, edit_sampling, refused_flags
+    from ._sd3 import check_edit_ip_adapter, edit_sampling, refuse_other_edit_flags
     from ._flux_redux import ReduxRequest, redux_text
     from ._sd_prompts import flux_prompt_options
     from .edit import image_files, mask_file
@@ -113,10 +112,7 @@ def edit_kontext(args) -> int:
     if args.mask is not None and given:
         raise DiffkitError(f"{given[0]} does not apply with --mask on a FLUX.1 Kontext folder: "
                            f"FluxKontextInpaintPipeline edits at the image's (resized) size")
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
-                   for dest, value in vars(args).items() if dest not in KONTEXT_EDIT_FLAGS and dest in defaults},
-                  directory, "FLUX Kontext")
+    refuse_other_edit_flags(args, KONTEXT_EDIT_FLAGS, directory, "FLUX Kontext")
     redux = ReduxRequest.from_args(args, directory, edit=True)  # FLUX.1 Redux (._flux_redux)
     if args.images is None or not (args.prompts or redux):
         raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder: give --images PNG|DIR and --prompt TEXT (once "

@@ -25,6 +25,10 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "(--control-mode: a union), --control-image (a Depth / Canny folder), --ip-adapter, --redux, "
                   "--mask (--padding-mask-crop with it), --strength, --steps, --sampler and its grid options",
           # (FLUX: diffkit edit's)
+          "VisualCloze": "--example, --query, --task-prompt, --prompt (the content prompt), --resolution, "
+                         "--max-sequence-length, --guidance-scale (the embedded guidance), --steps, --sampler and its "
+                         "grid options, the upsampling stage's --strength, --height, --width (--generation-only), "
+                         "--lora",
           "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
                           "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
                           "--textual-inversion, --height / --width / --max-area (the edit's size), --no-auto-resize, "
@@ -75,6 +79,16 @@ def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
     if given:
         raise DiffkitError(f"{given[0]} does not apply to {'an' if kind == 'SD3' else 'a'} {kind} folder "
                            f"({directory}); it takes {_TAKES[kind]}")
+
+
+def refuse_other_edit_flags(args, allowed, directory, kind: str) -> None:
+    """:func:`refused_flags` of every ``diffkit edit`` flag whose dest is not in ``allowed`` and differs from its
+    default (a ``kind`` folder's edit: SD3, FLUX, FLUX Kontext, VisualCloze)."""
+    from ..cli import build_parser
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
+                   for dest, value in vars(args).items() if dest not in allowed and dest in defaults},
+                  directory, kind)
 
 
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
@@ -223,10 +237,11 @@ def check_edit_ip_adapter(ip_adapter, args, flux: bool) -> None:
                            "> 1 with --negative-prompt, or drop it")
 
 
-def edit_sampling(args, directory) -> tuple:
+def edit_sampling(args, directory, prompts: bool = True) -> tuple:
     """(sampler info, whether it is the pipeline's own loop, its options, the prompt request) of ``diffkit edit``
     on a flow folder (SD3, FLUX.1, FLUX.1 Kontext): ``--sampler`` (not adaptive) with its grid flags and ``--eta``,
-    the prompt flags checked against the folder (one line each, before loading)."""
+    the prompt flags checked against the folder (one line each, before loading); ``prompts=False``: no request
+    (a VisualCloze folder's prompts are its own flags)."""
     from ..sampling import check_eta, resolve_sampler
     from ._sd_prompts import check_prompt_encoding
     from .edit import _prompt_request
@@ -236,6 +251,8 @@ def edit_sampling(args, directory) -> tuple:
     own = pipeline_loop(info.name, spacing, final, None)
     options = {key: value for key, value in (("eta", args.eta), ("spacing", spacing), ("final", final))
                if value is not None}
+    if not prompts:
+        return info, own, options, None
     request = _prompt_request(args, info.name)
     check_prompt_encoding(request, directory)
     return info, own, options, request
@@ -274,7 +291,6 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..images import check_image_folder, save_images
     from ..interop import flux as flux_module, sd3 as sd3_module
     from ..memory import batches_with_oom_retry
-    from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._flux_redux import ReduxRequest, redux_text
     from ._ip_adapter import IPAdapterRequest
@@ -283,11 +299,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..interop.mask_crop import overlaid_edits
 
     directory, kind, module = args.checkpoint, "FLUX" if flux else "SD3", flux_module if flux else sd3_module
-    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
-    allowed = FLUX_EDIT_FLAGS if flux else EDIT_FLAGS
-    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
-                   for dest, value in vars(args).items() if dest not in allowed and dest in defaults},
-                  directory, kind)
+    refuse_other_edit_flags(args, FLUX_EDIT_FLAGS if flux else EDIT_FLAGS, directory, kind)
     redux = ReduxRequest.from_args(args, directory, edit=True) if flux else None  # FLUX.1 Redux (._flux_redux)
     if args.images is None or not (args.prompts or redux):
         raise DiffkitError(f"{directory} is a{'n' * (not flux)} {kind} folder: give --images PNG|DIR and --prompt "

@@ -37,7 +37,10 @@ the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``,
 a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a FLUX.1 Depth / Canny folder with
 ``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
-FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 folder ``--redux DIR --redux-image
+FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``), a VisualCloze folder generates each ``--query``'s
+targets from the ``--example`` rows and ``--task-prompt`` as VisualClozeGenerationPipeline (no ``--images``;
+``--strength``, ``--height``, ``--width``: VisualClozePipeline's upsampling stage; ``diffkit.interop.visualcloze``,
+``._visualcloze``); on every FLUX.1 folder ``--redux DIR --redux-image
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
 ``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
@@ -152,7 +155,8 @@ def register(sub) -> None:
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only; "
-                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; FLUX.2 Klein 0.8; DeepFloyd IF: its pipelines')")
+                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6; FLUX.2 Klein 0.8; DeepFloyd IF: its pipelines'; "
+                        "VisualCloze: the upsampling stage's, 1.0 on a VisualClozePipeline folder)")
     m.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")
@@ -237,6 +241,8 @@ def register(sub) -> None:
     add_edit_refiner_flags(p)
     from ._ledits_pp import add_ledits_flags
     add_ledits_flags(p)  # --ledits, --ledits-remove, ...: LEDITS++ on SD 1.x / 2.x and SD-XL folders
+    from ._visualcloze import add_visualcloze_flags
+    add_visualcloze_flags(p)  # --example, --query, --task-prompt, --resolution: VisualCloze folders
     p.set_defaults(func=run)
 
 
@@ -347,6 +353,11 @@ def _run(args) -> int:
     if is_layered_folder(args.checkpoint):  # Qwen-Image-Layered: N RGBA layers of each image
         return edit_layered(args)
     check_layers_flag(args)  # --layers: that folder's only
+    from ..interop.visualcloze import is_visualcloze_folder
+    from ._visualcloze import check_visualcloze_flags, edit_visualcloze
+    if is_visualcloze_folder(args.checkpoint):  # VisualCloze: in-context generation (._visualcloze)
+        return edit_visualcloze(args)
+    check_visualcloze_flags(args)  # --example, --query, ...: a VisualCloze folder's
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext

@@ -150,12 +150,19 @@ class FluxNet(torch.nn.Module):
         """The keyword arguments every FLUX-style transformer call takes (FLUX.1's, Chroma's :mod:`.chroma`): the
         packed latents, ``timestep`` t / :attr:`time_divisor` (1000), the text states with zero ``txt_ids``, the
         patch grid's ``img_ids``."""
-        dtype, (b, _, h, w) = model_dtype(self.model), x.shape
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / self.time_divisor,
+        h, w = x.shape[2:]
+        return self.token_inputs(pack_latents(x), latent_image_ids(h, w, x.device, context.dtype), t, context)
+
+    def token_inputs(self, tokens: torch.Tensor, img_ids: torch.Tensor, t: torch.Tensor,
+                     context: torch.Tensor) -> dict:
+        """:meth:`packed_inputs` of tokens (B, L, 4 C) already packed, with their ``img_ids`` (L, 3) (a VisualCloze
+        grid's rows, :mod:`.visualcloze`)."""
+        dtype, b = model_dtype(self.model), tokens.shape[0]
+        t = torch.as_tensor(t, device=tokens.device, dtype=torch.float32).reshape(-1).expand(b)
+        return dict(hidden_states=tokens.to(dtype), timestep=t.to(dtype) / self.time_divisor,
                     encoder_hidden_states=context.to(dtype),
-                    txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
-                    img_ids=latent_image_ids(h, w, x.device, context.dtype))
+                    txt_ids=torch.zeros(context.shape[1], 3, device=tokens.device, dtype=context.dtype),
+                    img_ids=img_ids)
 
     def inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
                guidance: Optional[float], kontext: Optional[torch.Tensor] = None) -> dict:
@@ -460,9 +467,10 @@ def is_flux_folder(path: Union[str, Path]) -> bool:
     return names_pipeline(path, "Flux", FLUX_TRANSFORMER) and not is_flux2_folder(path)
 
 
-def check_flux_folder(directory: Path) -> tuple:
+def check_flux_folder(directory: Path, visualcloze: bool = False) -> tuple:
     """(index, scheduler config) of a FLUX.1 folder that :func:`load_flux` drives; anything else is a one-line
-    DiffkitError (module docstring), from the JSON files alone."""
+    DiffkitError (module docstring), from the JSON files alone. ``visualcloze``: a VisualCloze folder's (its
+    transformer FLUX.1 Fill's, :mod:`.visualcloze`), which is refused otherwise."""
     index = _index(directory)
     if index is None or not is_flux_folder(directory):
         raise DiffkitError(f"{directory} is not a FLUX folder (model_index.json naming a FluxPipeline with a "
@@ -472,13 +480,17 @@ def check_flux_folder(directory: Path) -> tuple:
                            f"with --redux-image PNG and a FLUX.1 --checkpoint (library: flux_redux.redux_embeds)")
     kind = index.get("_class_name")
     from .flux_channels import FLUX_CONTROL, FLUX_FILL, in_channels
-    kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL)  # Fill / Depth / Canny: .flux_channels
+    from .visualcloze import VISUALCLOZE_PIPELINES, not_visualcloze
+    if kind in VISUALCLOZE_PIPELINES and not visualcloze:
+        raise not_visualcloze(directory, kind)
+    kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL) + (VISUALCLOZE_PIPELINES if visualcloze else ())
     if kind not in kinds:
         raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Redux ...), "
                            f"which diffkit does not drive; allowed: {', '.join(kinds)}")
     vae, transformer = check_flow_configs(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
     latents = int(vae.get("latent_channels", 4))
-    channels = in_channels(kind, latents, 2 ** (len(vae.get("block_out_channels", [64])) - 1))
+    channels = in_channels(FLUX_FILL if kind in VISUALCLOZE_PIPELINES else kind, latents,  # VisualCloze: Fill's
+                           2 ** (len(vae.get("block_out_channels", [64])) - 1))
     if transformer.get("in_channels", 64) != channels:
         raise DiffkitError(f"{directory}'s transformer has in_channels={transformer.get('in_channels', 64)!r} (Fill "
                            f"/ Depth / Canny models add image channels); allowed: {channels} (4 x the VAE's latents"
@@ -539,7 +551,7 @@ def read_flux_loras(lora, kind: str = "FLUX") -> list:
 
 
 def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-              progress: bool = True, lora=None, textual_inversion=None) -> Flux:
+              progress: bool = True, lora=None, textual_inversion=None, visualcloze: bool = False) -> Flux:
     """Load a FLUX.1 diffusers folder (``FluxPipeline``; never downloads): what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_flux_folder`). ``lora``: LoRA files in diffusers / PEFT
     format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` keys) or kohya / BFL format
@@ -547,12 +559,13 @@ def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first,
     :func:`read_flux_loras`). ``textual_inversion``: embedding files (paths or (path, token or None) pairs) added to
     the CLIP tokenizer and text encoder as ``FluxPipeline.load_textual_inversion(path, token=token)``
-    (:mod:`.sd_textual_inversion`; read and checked first; SD-XL files refused)."""
+    (:mod:`.sd_textual_inversion`; read and checked first; SD-XL files refused). ``visualcloze``: a VisualCloze
+    folder's components (:func:`.visualcloze.load_visualcloze`; refused otherwise)."""
     from .sd_lora import merge_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, sched = check_flux_folder(directory)
+    index, sched = check_flux_folder(directory, visualcloze)
     loras = read_flux_loras(lora)
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     parts = load_flow_parts(directory, index, diffusers.FluxTransformer2DModel,
