@@ -93,7 +93,8 @@ NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--promp
              "--clip-guidance", "--set", "--eta", "--etas",
              "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--slg-layers", "--recon-loss",
              "--regularizer", "--sampler", "--samplers", "--spacing", "--steps", "--ledits", "--ledits-remove",
-             "--ledits-source-prompt"}
+             "--ledits-source-prompt", "--task-prompt",
+             "--example", "--query"}  # the last two: comma-separated PNGs, each entry checked by _visualcloze._row
 
 
 def test_every_string_option_is_a_path_a_data_set_or_known_text():
