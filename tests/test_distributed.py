@@ -1,4 +1,6 @@
-"""Data-parallel training under torchrun (gloo, CPU) equals one process with the same global batch."""
+"""Data-parallel training (gloo, CPU) equals one process with the same global batch. The 2 x 4 runs compared
+with 1 x 8 start their ranks with torchrun's environment and no launcher process (tests/_gloo_ranks.py);
+diffkit's own torchrun launch (train / distill --nproc) is what the other tests start."""
 import subprocess
 import sys
 
@@ -6,6 +8,7 @@ import pytest
 import torch
 
 from diffkit import checkpoint as ckpt
+from _gloo_ranks import run_ranks
 
 TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,2]", "--set", "attn=[1]",
         "--set", "num_res_blocks=1", "--set", "dropout=0.0", "--set", "num_heads=1", "--set", "device=cpu",
@@ -44,11 +47,9 @@ def _train(out, nproc, batch, *extra):
            *extra]
     if nproc == 1:
         return _in_process(cmd[3:])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "diffkit", *cmd[3:]]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    return res
+    # the ranks with torchrun's environment, without its launcher process (one interpreter and torch import
+    # fewer: tests/_gloo_ranks.py); diffkit's own torchrun launch (--nproc) is tested below
+    return run_ranks(cmd[3:], nproc)
 
 
 def _ok(res):
