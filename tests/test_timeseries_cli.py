@@ -296,36 +296,19 @@ def test_load_dataset_keeps_image_and_series_options_apart():
 
 
 def test_two_gloo_processes_train_series_as_one_process(tmp_path):
-    """DDP (gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout). The two ranks are
-    started here with the environment torchrun gives a rank (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT:
-    all diffkit.distributed.setup reads): a launcher process would cost a third interpreter and torch import;
-    diffkit's own torchrun launch (train --nproc) is tested in test_distributed."""
-    import os
-    import socket
-    import subprocess
-    import sys
+    """DDP (gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout). The ranks start
+    without a launcher process (tests/_gloo_ranks.py: torchrun's environment, one interpreter fewer)."""
+    from _gloo_ranks import run_ranks
 
     def train(out, nproc, batch):
-        args = ["diffkit", "train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
+        args = ["train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
                 "--device", "cpu", "--no-sample", "--no-progress", *[s for s in SET if "batch_size" not in s],
                 "--set=dropout=0.0"]
         if nproc == 1:  # the one-process reference runs in this process (no interpreter and torch import of its own)
-            assert main(args[1:]) == 0
+            assert main(args) == 0
         else:
-            with socket.socket() as free:  # a free port for the rendezvous, as torchrun --standalone picks one
-                free.bind(("127.0.0.1", 0))
-                port = free.getsockname()[1]
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            ranks = [subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-                     for rank in range(nproc)]
-            try:
-                errors = [proc.communicate(timeout=300)[1] for proc in ranks]
-            finally:
-                for proc in ranks:
-                    proc.kill()
-            assert [proc.returncode for proc in ranks] == [0] * nproc, [err[-2000:] for err in errors]
+            res = run_ranks(args, nproc)
+            assert res.returncode == 0, res.stderr[-2000:]
         return ckpt.load_checkpoint(out / "checkpoints" / "latest.safetensors")
 
     a, _ = train(tmp_path / "one", 1, 8)
