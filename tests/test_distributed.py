@@ -1,4 +1,6 @@
-"""Data-parallel training under torchrun (gloo, CPU) equals one process with the same global batch."""
+"""Data-parallel training (gloo, CPU) equals one process with the same global batch. The 2 x 4 runs compared
+with 1 x 8 start their ranks with torchrun's environment and no launcher process (tests/_gloo_ranks.py);
+diffkit's own torchrun launch (train / distill --nproc) is what the other tests start."""
 import subprocess
 import sys
 
@@ -6,6 +8,7 @@ import pytest
 import torch
 
 from diffkit import checkpoint as ckpt
+from _gloo_ranks import run_ranks
 
 TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,2]", "--set", "attn=[1]",
         "--set", "num_res_blocks=1", "--set", "dropout=0.0", "--set", "num_heads=1", "--set", "device=cpu",
@@ -44,11 +47,9 @@ def _train(out, nproc, batch, *extra):
            *extra]
     if nproc == 1:
         return _in_process(cmd[3:])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "diffkit", *cmd[3:]]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    return res
+    # the ranks with torchrun's environment, without its launcher process (one interpreter and torch import
+    # fewer: tests/_gloo_ranks.py); diffkit's own torchrun launch (--nproc) is tested below
+    return run_ranks(cmd[3:], nproc)
 
 
 def _ok(res):
@@ -168,17 +169,28 @@ def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path, cap
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-def _nproc(n, *args):
-    return subprocess.run([sys.executable, "-m", "diffkit", "train", "--nproc", str(n), *args, "--no-sample",
-                           "--no-progress"], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+def test_a_mistake_under_nproc_is_one_line_from_rank_0_and_exit_2(tmp_path, capfd, monkeypatch):
+    """The launching `diffkit train --nproc 2` is this process (main, with sys.argv as the diffkit script has it,
+    which the ranks' command line is made of): torchrun's agent runs here as it runs in that command, and starts
+    the two ranks, whose stderr is this process's (fd 2). One interpreter and torch import fewer than a launching
+    subprocess; the signal handlers the agent installs are put back."""
+    import signal
 
-
-def test_a_mistake_under_nproc_is_one_line_from_rank_0_and_exit_2(tmp_path):
-    res = _nproc(2, "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--steps", "1",
-                 "--out", str(tmp_path / "run"))
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert res.stderr.strip().splitlines() == [f"diffkit train: error: data directory not found: {tmp_path / 'none'}"]
+    from diffkit.cli import main
+    argv = ["train", "--nproc", "2", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--steps", "1",
+            "--out", str(tmp_path / "run"), "--no-sample", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["diffkit", *argv])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    capfd.readouterr()
+    try:
+        code = main(argv)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capfd.readouterr().err
+    assert code == 2, err[-2000:]
+    assert err.strip().splitlines() == [f"diffkit train: error: data directory not found: {tmp_path / 'none'}"]
     assert not (tmp_path / "run").exists()  # no empty output folders left behind
 
 

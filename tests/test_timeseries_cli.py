@@ -296,22 +296,18 @@ def test_load_dataset_keeps_image_and_series_options_apart():
 
 
 def test_two_gloo_processes_train_series_as_one_process(tmp_path):
-    """DDP (torchrun, gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout)."""
-    import os
-    import subprocess
-    import sys
+    """DDP (gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout). The ranks start
+    without a launcher process (tests/_gloo_ranks.py: torchrun's environment, one interpreter fewer)."""
+    from _gloo_ranks import run_ranks
 
     def train(out, nproc, batch):
-        args = ["diffkit", "train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
+        args = ["train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
                 "--device", "cpu", "--no-sample", "--no-progress", *[s for s in SET if "batch_size" not in s],
                 "--set=dropout=0.0"]
         if nproc == 1:  # the one-process reference runs in this process (no interpreter and torch import of its own)
-            assert main(args[1:]) == 0
+            assert main(args) == 0
         else:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                        "-m"]
-            res = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300,
-                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+            res = run_ranks(args, nproc)
             assert res.returncode == 0, res.stderr[-2000:]
         return ckpt.load_checkpoint(out / "checkpoints" / "latest.safetensors")
 
