@@ -167,7 +167,8 @@ def test_what_bria_fibo2_does_not_take_is_refused_in_one_line(tiny_fibo2, tmp_pa
 
 
 FIBO2_LORA = dict(r=4, lora_alpha=8.0, target_modules=r".*(to_[qkv]|to_out\.0|w[123]|\d\.adaLN_modulation\.0|"
-                                                      r"x_embedder|final_layer\.(linear|adaLN_modulation\.1)|mlp\.[02])",
+                                                      r"x_embedder|final_layer\.(linear|adaLN_modulation\.1)|"
+                                                      r"mlp\.[02])",
                   rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
 
 
