@@ -161,12 +161,9 @@ def test_ideogram4_lora_is_load_lora_weights_and_fuse_lora(tiny_ideogram4, tmp_p
     (``diffusion_model.``, a fused ``attention.qkv``, ``attention.o``, kohya lora_down / lora_up with alphas of
     0.5 r and r / 8): Ideogram4Pipeline.lora_state_dict's keys and tensors, merged as its load_lora_weights +
     fuse_lora."""
-    import copy
-    import types
     from safetensors.torch import save_file
-    from test_sd_lora import check_transformer_lora, fused_transformer_lora
+    from test_sd_lora import check_transformer_lora, converted_lora_difference, fused_transformer_lora
     from diffkit.interop.ideogram4_lora import ideogram4_tensors, read_ideogram4_loras
-    from diffkit.interop.sd_lora import merge_sd_loras
     pipe, path, model = tiny_ideogram4
     lora, fused = fused_transformer_lora(diffusers.Ideogram4Pipeline, path, tmp_path, IDEOGRAM4_LORA, scale=0.6,
                                          loaded=pipe)
@@ -197,16 +194,9 @@ def test_ideogram4_lora_is_load_lora_weights_and_fuse_lora(tiny_ideogram4, tmp_p
     save_file(tensors, file)
     theirs, mine = diffusers.Ideogram4Pipeline.lora_state_dict(str(file)), ideogram4_tensors(file, tensors)
     assert sorted(mine) == sorted(theirs) and len(mine) == 16 and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    theirs = diffusers.Ideogram4Pipeline(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
-    theirs.load_lora_weights(str(file))
-    theirs.fuse_lora(lora_scale=0.4)
-    theirs.unload_lora_weights()
-    mine = types.SimpleNamespace(transformer=copy.deepcopy(model.transformer))
-    merge_sd_loras(mine, read_ideogram4_loras([(file, 0.4)]))
-    theirs, base = theirs.transformer.state_dict(), model.transformer.state_dict()
-    worst = max(float((v - theirs[k]).abs().max()) for k, v in mine.transformer.state_dict().items())
+    worst, changes = converted_lora_difference(pipe, model, file, read_ideogram4_loras, "Ideogram 4", scale=0.4)
     print("ai-toolkit file", worst)
-    assert worst < 1e-6 and max(float((v - base[k]).abs().max()) for k, v in theirs.items()) > 1e-2
+    assert worst < 1e-6 and max(changes.values()) > 1e-2
 
 
 def test_ideogram4_lora_files_the_loader_would_not_load_are_refused(tmp_path):
