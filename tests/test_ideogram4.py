@@ -211,6 +211,7 @@ def test_ideogram4_lora_files_the_loader_would_not_load_are_refused(tmp_path):
     for i, (base, change, expected) in enumerate([
             (good, {"transformer.layers.0.attention.to_q.alpha": torch.tensor(1.0)}, "to_q.alpha' is not"),
             (good, {"conditional_transformer." + a: torch.ones(2, 32)}, "adapts the transformer only"),
+            (good, {"transformer.layers.0.attention.to_k.lora_down.weight": torch.ones(2, 32)}, "to_k.lora_down"),
             (good, {"transformer.layers.0.attention.dora_scale": torch.ones(1, 32)}, "drops dora_scale"),
             (qkv, {"diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.ones(2, 32)}, "leaves it over"),
             (qkv, {"diffusion_model.final_layer.adaln_modulation.lora_A.weight": torch.ones(2, 32)}, "leaves it"),

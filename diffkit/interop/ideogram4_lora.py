@@ -21,7 +21,8 @@ and merges the rest: not the file's DoRA); in a converted file, a key the conver
 other pair's names, an A without its B: it raises "``state_dict`` should be empty" or a KeyError), an alpha that is
 not one number and two keys the prefix removal makes one (diffusers keeps the last); in a diffusers-format file, a
 key outside ``transformer.`` (a ``conditional_transformer.`` file without a fused qkv is not converted, and
-``load_lora_adapter`` silently drops such keys) or not a PEFT tensor (``.alpha``: "Invalid LoRA checkpoint").
+``load_lora_adapter`` silently drops such keys) or not a PEFT tensor (``.alpha``: "Invalid LoRA checkpoint";
+``lora_down`` / ``lora_up``: an IndexError in it).
 """
 from __future__ import annotations
 
