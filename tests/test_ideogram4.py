@@ -202,13 +202,13 @@ def test_ideogram4_lora_is_load_lora_weights_and_fuse_lora(tiny_ideogram4, tmp_p
 def test_ideogram4_lora_files_the_loader_would_not_load_are_refused(tmp_path):
     """What Ideogram4LoraLoaderMixin does not load as the file says (drops silently, or fails on): one line naming
     the file's key."""
-    from safetensors.torch import save_file
+    from test_sd_lora import assert_files_refused
     from diffkit.interop.ideogram4_lora import read_ideogram4_loras
     a, b = "layers.0.attention.to_q.lora_A.weight", "layers.0.attention.to_q.lora_B.weight"
     good = {"transformer." + a: torch.ones(2, 32), "transformer." + b: torch.ones(32, 2)}
     qkv = {"diffusion_model.layers.0.attention.qkv.lora_A.weight": torch.ones(2, 32),
            "diffusion_model.layers.0.attention.qkv.lora_B.weight": torch.ones(96, 2)}
-    for i, (base, change, expected) in enumerate([
+    assert_files_refused(read_ideogram4_loras, tmp_path, [({**base, **change}, expected) for base, change, expected in [
             (good, {"transformer.layers.0.attention.to_q.alpha": torch.tensor(1.0)}, "to_q.alpha' is not"),
             (good, {"conditional_transformer." + a: torch.ones(2, 32)}, "adapts the transformer only"),
             (good, {"transformer.layers.0.attention.to_k.lora_down.weight": torch.ones(2, 32)}, "to_k.lora_down"),
@@ -220,8 +220,4 @@ def test_ideogram4_lora_files_the_loader_would_not_load_are_refused(tmp_path):
             (qkv, {"diffusion_model.layers.0.attention.o.lora_A.weight": torch.ones(2, 32)}, "no lora_B matrix"),
             (qkv, {"diffusion_model.layers.0.attention.qkv.alpha": torch.ones(2)}, r"alpha of shape \(2,\), not one"),
             (qkv, {"layers.0.attention.qkv.lora_A.weight": torch.ones(2, 32)}, "are one key once"),
-            (good, {"transformer.layers.0.feed_forward.w1.lokr_w1": torch.ones(2, 2)}, "is a LyCORIS LoKr tensor")]):
-        save_file({**base, **change}, tmp_path / f"{i}.safetensors")
-        with pytest.raises(DiffkitError, match=expected) as caught:
-            read_ideogram4_loras([tmp_path / f"{i}.safetensors"])
-        assert "\n" not in str(caught.value)
+            (good, {"transformer.layers.0.feed_forward.w1.lokr_w1": torch.ones(2, 2)}, "is a LyCORIS LoKr tensor")]])
