@@ -2,7 +2,8 @@
 BriaFibo2Pipeline on a tiny random folder (tests/_bria_fibo2_helpers.py; nothing downloaded): cleaned JSON captions,
 the images of their text and the first steps' captions without them, CFG against the null caption or a negative
 prompt, padded prompt batches, edits with and without a mask; ``diffkit sample`` / ``diffkit edit`` on it (the
-library's PNGs byte for byte) and the one-line refusals."""
+library's PNGs byte for byte) and the one-line refusals; LoRA files against its ``load_lora_weights`` +
+``fuse_lora``."""
 import json
 
 import numpy as np
@@ -135,7 +136,7 @@ def test_diffkit_sample_and_edit_run_a_bria_fibo2_folder(tiny_fibo2, tmp_path, m
 
 
 def test_what_bria_fibo2_does_not_take_is_refused_in_one_line(tiny_fibo2, tmp_path, capsys):
-    """--max-sequence-length, --lora, --prompt-2, sizes off 2 f, --strength and a JSON edit prompt without an
+    """--max-sequence-length, --prompt-2, sizes off 2 f, --strength and a JSON edit prompt without an
     instruction (before any weight is read), another pipeline class or transformer channels, too few text layers, an
     IP-Adapter, more than five pictures, a mask with two: one line each."""
     _, folder, model = tiny_fibo2
@@ -144,7 +145,6 @@ def test_what_bria_fibo2_does_not_take_is_refused_in_one_line(tiny_fibo2, tmp_pa
     _picture().save(tmp_path / "x.png")
     for argv, message in (
             (["sample", *base, "--max-sequence-length", "5"], "--max-sequence-length does not apply to a Bria FIBO 2"),
-            (["sample", *base, "--lora", "x.safetensors"], "--lora does not apply to a Bria FIBO 2 folder"),
             (["sample", *base, "--prompt-2", "dog"], "--prompt-2 does not apply to a Bria FIBO 2 folder"),
             (["sample", *base, "--height", "18"], "multiple of 4"),
             ([*edit, "--strength", "0.5"], "--strength does not apply to a Bria FIBO 2 folder"),
@@ -164,3 +164,57 @@ def test_what_bria_fibo2_does_not_take_is_refused_in_one_line(tiny_fibo2, tmp_pa
                           (lambda: edit_image(model, [_picture()] * 2, "x", mask=_picture()), "one mask")):
         with pytest.raises(DiffkitError, match=message):
             call()
+
+
+FIBO2_LORA = dict(r=4, lora_alpha=8.0, target_modules=r".*(to_[qkv]|to_out\.0|w[123]|\d\.adaLN_modulation\.0|"
+                                                      r"x_embedder|final_layer\.(linear|adaLN_modulation\.1)|"
+                                                      r"mlp\.[02])",
+                  rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_bria_fibo2_lora_is_load_lora_weights_and_fuse_lora(tiny_fibo2, tmp_path, capsys, monkeypatch):
+    """A diffusers-format file (BriaFibo2Pipeline.save_lora_weights, rank / alpha patterns, every Linear: the
+    refiner, the perceiver, the blocks' cross-attention) at 0.15: load_lora_weights + fuse_lora's weights and z_0
+    with CFG against the null caption (at 0.6 the tiny network's output changes 4x and its sensitivity makes the
+    merges' 2e-7 rounding 3e-5 of z_0: docs/interop/bria_fibo2.md); ``diffkit sample --lora`` and ``diffkit edit
+    --lora`` hand the file to load_bria_fibo2 (stopped there, for time); a kohya key, a text-encoder key, .alpha,
+    dora_scale and LyCORIS: one line naming the key (the loader converts nothing)."""
+    import functools
+    import re
+    from test_sd_lora import assert_files_refused, fused_transformer_lora
+    from diffkit.interop.sana_lora import read_transformer_loras
+    pipe, path, model = tiny_fibo2
+    lora, fused = fused_transformer_lora(diffusers.BriaFibo2Pipeline, path, tmp_path, FIBO2_LORA, scale=0.15,
+                                         loaded=pipe)
+    ours = load_bria_fibo2(path, progress=False, lora=[(lora, 0.15)])
+    theirs, base = fused.transformer.state_dict(), model.transformer.state_dict()
+    worst = max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
+    assert max(float((v - base[k]).abs().max()) for k, v in theirs.items()) > 1e-2
+    noise = torch.randn(2, 4, H // 2, W // 2, generator=torch.Generator().manual_seed(1))
+    z0 = text_to_image(ours, PROMPTS, steps=2, latents=noise, return_latents=True)
+    with torch.no_grad():
+        theirs = fused(PROMPTS, num_inference_steps=2, latents=noise, height=H, width=W, output_type="latent").images
+    error = relative_error(z0, theirs)
+    assert error < 1e-5 and worst < 1e-6
+    given = []
+
+    def stop(directory, device, progress=True, lora=None):
+        given.append(lora)
+        raise DiffkitError("stopped")
+    monkeypatch.setattr(bria_fibo2, "load_bria_fibo2", stop)
+    _picture(3).save(tmp_path / "image.png")
+    for argv in (["sample", "--prompt", "red", "--out", str(tmp_path / "x.png")],
+                 ["edit", "--images", str(tmp_path / "image.png"), "--prompt", "red", "--out", str(tmp_path / "out")]):
+        assert main([*argv, "--checkpoint", str(path), "--lora", f"{lora}:0.15", "--no-progress"]) == 2
+    assert given == [[(str(lora), 0.15)]] * 2 and capsys.readouterr().err.count("stopped") == 2
+    print("BriaFibo2Pipeline LoRA latents", error, "weights", worst)  # (after capsys' read)
+    a = "transformer.layers.0.attention.to_q.lora_A.weight"
+    read = functools.partial(read_transformer_loras, kind="Bria FIBO 2", folder="a Bria FIBO 2 folder",
+                             pipeline="BriaFibo2Pipeline", flux_check=False)
+    assert_files_refused(read, tmp_path, [({a: torch.ones(2, 32), key: torch.ones(2, 2)},
+                                           f"{re.escape(repr(key))}.* {expected}") for key, expected in [
+        ("lora_unet_layers_0_attention_to_q.lora_down.weight", "converts no kohya"),
+        ("text_encoder.q_proj.lora_A.weight", "converts no kohya"),
+        ("transformer.layers.0.attention.dora_scale", "converts no kohya"),
+        ("transformer.layers.0.attention.to_q.alpha", "converts no kohya"),
+        ("transformer.layers.0.feed_forward.w1.lokr_w1", "LyCORIS LoKr")]])

@@ -1,6 +1,7 @@
 """Ideogram 4 folders (diffkit.interop.ideogram4): text_to_image against diffusers' own Ideogram4Pipeline on a tiny
 random folder (tests/_ideogram4_helpers.py; nothing downloaded; two different random transformers), ``diffkit
-sample`` on it (the library's PNG byte for byte) and the one-line refusals."""
+sample`` on it (the library's PNG byte for byte) and the one-line refusals; LoRA files (diffkit.interop.ideogram4_lora)
+against its ``load_lora_weights`` + ``fuse_lora``."""
 import pytest
 import torch
 
@@ -116,7 +117,7 @@ def test_ideogram4_sample_command_is_the_library(tiny_ideogram4, tmp_path, capsy
 
 def test_what_ideogram4_does_not_take_is_refused_in_one_line(tiny_ideogram4, tmp_path, capsys):
     """Folders diffkit does not drive (from the JSON alone), bad library arguments and what the command does not
-    take for Ideogram 4 (a negative prompt, LoRA, second prompts, img2img): one line each, no file written."""
+    take for Ideogram 4 (a negative prompt, second prompts, img2img): one line each, no file written."""
     _, path, model = tiny_ideogram4
     for i, (file, change, expected) in enumerate([
             ("model_index.json", {"_class_name": "Flux2Pipeline"}, "is not an Ideogram 4 folder"),
@@ -143,6 +144,80 @@ def test_what_ideogram4_does_not_take_is_refused_in_one_line(tiny_ideogram4, tmp
             text_to_image(model, "hot dog", steps=1, **{"height": SIZE, "width": SIZE, **call})
     assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--negative-prompt", "ugly"], "--negative-prompt does not apply to an Ideogram 4 folder"),
-        (["--lora", str(tmp_path / "x.safetensors")], "--lora"),
         (["--prompt-2", "x"], "--prompt-2 does not apply to an Ideogram 4 folder"),
         (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 4")], label="an Ideogram 4")
+
+
+IDEOGRAM4_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3",
+                                                           "adaln_modulation", "input_proj", "llm_cond_proj",
+                                                           "mlp_in", "mlp_out", "adaln_proj", "linear"],
+                      rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_ideogram4_lora_is_load_lora_weights_and_fuse_lora(tiny_ideogram4, tmp_path, capsys):
+    """A diffusers-format file (Ideogram4Pipeline.save_lora_weights, rank / alpha patterns, every Linear) at 0.6:
+    load_lora_weights + fuse_lora's weights (the unconditional transformer untouched) and z_0 under the per-step
+    guidance; ``diffkit sample --lora`` is the library; a text-encoder key: one line. An ai-toolkit file
+    (``diffusion_model.``, a fused ``attention.qkv``, ``attention.o``, kohya lora_down / lora_up with alphas of
+    0.5 r and r / 8): Ideogram4Pipeline.lora_state_dict's keys and tensors, merged as its load_lora_weights +
+    fuse_lora."""
+    from safetensors.torch import save_file
+    from test_sd_lora import check_transformer_lora, converted_lora_difference, fused_transformer_lora
+    from diffkit.interop.ideogram4_lora import ideogram4_tensors, read_ideogram4_loras
+    pipe, path, model = tiny_ideogram4
+    lora, fused = fused_transformer_lora(diffusers.Ideogram4Pipeline, path, tmp_path, IDEOGRAM4_LORA, scale=0.6,
+                                         loaded=pipe)
+    ours = load_ideogram4(path, progress=False, lora=[(lora, 0.6)])
+    tokens = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(1))
+    call = dict(steps=3, return_latents=True, guidance_schedule=[4.0, 2.0, 3.0])
+    z0 = text_to_image(ours, PROMPTS, latents=latents_from_tokens(tokens, 8, 8), **call)
+    last = {}
+    _theirs(fused, tokens, 3, guidance_schedule=[4.0, 2.0, 3.0],
+            callback_on_step_end=lambda p, i, t, kw: last.update(kw) or kw)
+    error = relative_error(tokens_from_latents(z0), last["latents"])
+    base = text_to_image(model, PROMPTS, latents=latents_from_tokens(tokens, 8, 8), **call)
+    assert error < 1e-5 and relative_error(z0, base) > 1e-3
+    free = fused.unconditional_transformer.state_dict()
+    assert all(torch.equal(v, free[k]) for k, v in ours.unconditional_transformer.state_dict().items())
+    worst = check_transformer_lora(path, lora, 0.6, ours, model, fused, text_to_image, tmp_path, capsys,
+                                   "text_encoder.q_proj.lora_A.weight", "an Ideogram 4 folder (")
+    print("Ideogram4Pipeline LoRA latents", error, "weights", worst)  # (after capsys' reads)
+    assert worst < 1e-6
+    g = torch.Generator().manual_seed(3)
+    file, tensors = tmp_path / "ai_toolkit.safetensors", {}
+    for module, width, out, alpha in [("attention.qkv", 32, 96, 2.0), ("attention.o", 32, 32, 0.5),
+                                      ("feed_forward.w1", 32, 48, 4.0), ("feed_forward.w2", 48, 32, 1.0),
+                                      ("feed_forward.w3", 32, 48, 2.0), ("adaln_modulation", 16, 128, 4.0)]:
+        tensors[f"diffusion_model.layers.0.{module}.lora_down.weight"] = torch.randn(4, width, generator=g)
+        tensors[f"diffusion_model.layers.0.{module}.lora_up.weight"] = torch.randn(out, 4, generator=g)
+        tensors[f"diffusion_model.layers.0.{module}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, file)
+    theirs, mine = diffusers.Ideogram4Pipeline.lora_state_dict(str(file)), ideogram4_tensors(file, tensors)
+    assert sorted(mine) == sorted(theirs) and len(mine) == 16 and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    worst, changes = converted_lora_difference(pipe, model, file, read_ideogram4_loras, "Ideogram 4", scale=0.4)
+    print("ai-toolkit file", worst)
+    assert worst < 1e-6 and max(changes.values()) > 1e-2
+
+
+def test_ideogram4_lora_files_the_loader_would_not_load_are_refused(tmp_path):
+    """What Ideogram4LoraLoaderMixin does not load as the file says (drops silently, or fails on): one line naming
+    the file's key."""
+    from test_sd_lora import assert_files_refused
+    from diffkit.interop.ideogram4_lora import read_ideogram4_loras
+    a, b = "layers.0.attention.to_q.lora_A.weight", "layers.0.attention.to_q.lora_B.weight"
+    good = {"transformer." + a: torch.ones(2, 32), "transformer." + b: torch.ones(32, 2)}
+    qkv = {"diffusion_model.layers.0.attention.qkv.lora_A.weight": torch.ones(2, 32),
+           "diffusion_model.layers.0.attention.qkv.lora_B.weight": torch.ones(96, 2)}
+    assert_files_refused(read_ideogram4_loras, tmp_path, [({**base, **change}, expected) for base, change, expected in [
+            (good, {"transformer.layers.0.attention.to_q.alpha": torch.tensor(1.0)}, "to_q.alpha' is not"),
+            (good, {"conditional_transformer." + a: torch.ones(2, 32)}, "adapts the transformer only"),
+            (good, {"transformer.layers.0.attention.to_k.lora_down.weight": torch.ones(2, 32)}, "to_k.lora_down"),
+            (good, {"transformer.layers.0.attention.dora_scale": torch.ones(1, 32)}, "drops dora_scale"),
+            (qkv, {"diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.ones(2, 32)}, "leaves it over"),
+            (qkv, {"diffusion_model.final_layer.adaln_modulation.lora_A.weight": torch.ones(2, 32)}, "leaves it"),
+            (qkv, {"diffusion_model.layers.0.attention.o.lora_down.weight": torch.ones(2, 32),
+                   "diffusion_model.layers.0.attention.o.lora_up.weight": torch.ones(32, 2)}, "qkv.lora_A.weight'"),
+            (qkv, {"diffusion_model.layers.0.attention.o.lora_A.weight": torch.ones(2, 32)}, "no lora_B matrix"),
+            (qkv, {"diffusion_model.layers.0.attention.qkv.alpha": torch.ones(2)}, r"alpha of shape \(2,\), not one"),
+            (qkv, {"layers.0.attention.qkv.lora_A.weight": torch.ones(2, 32)}, "are one key once"),
+            (good, {"transformer.layers.0.feed_forward.w1.lokr_w1": torch.ones(2, 2)}, "is a LyCORIS LoKr tensor")]])

@@ -90,9 +90,12 @@ def test_kandinsky5_images_are_the_pipelines_and_sample_is_the_library(kandinsky
     assert images.shape[2:] == (1024, 1024)
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    from safetensors.torch import save_file
+    key, bad = "lora_unet_out_layer_out_layer.lora_down.weight", tmp_path / "bad.safetensors"
+    save_file({key: torch.zeros(2, 16)}, bad)
     assert_sample_refusals(main, path, tmp_path, capsys, [  # RKF3
         (["--flow-shift", "2"], "--flow-shift does not apply to a Kandinsky 5 folder"),
-        (["--lora", str(out)], "--lora does not apply to a Kandinsky 5 folder")])
+        (["--lora", str(bad)], f"key {key!r} is not supported on a Kandinsky 5 folder (")])  # --lora: read
     capsys.readouterr()
     assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot", "--no-progress",
                  "--out", str(tmp_path / "never")]) == 2

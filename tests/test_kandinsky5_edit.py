@@ -3,7 +3,8 @@ Kandinsky5I2IPipeline on a tiny random folder (tests/_kandinsky5_helpers.py with
 the prompts seeing the image against its encode_prompt, ``diffkit edit`` on it, and one-line refusals. The pipeline
 draws one of its seven resolutions (about 1024^2 pixels each); for time, both its table and diffkit's are replaced by
 two small ones here (:func:`small_resolutions`; the table's use is Kandinsky5T2IPipeline's, tests/test_kandinsky5.py),
-so a 56 x 40 input is edited at 80 x 48 (latents 4 x 6 x 10)."""
+so a 56 x 40 input is edited at 80 x 48 (latents 4 x 6 x 10). LoRA files (both Kandinsky 5 pipelines' loader) against
+its ``load_lora_weights`` + ``fuse_lora``."""
 import numpy as np
 import pytest
 import torch
@@ -122,3 +123,53 @@ def test_bad_kandinsky5_edit_arguments_are_one_line_errors(kandinsky5_edit):
         with pytest.raises(DiffkitError, match=expected) as error:
             call()
         assert "\n" not in str(error.value)
+
+
+K5_LORA = dict(r=4, lora_alpha=8.0, target_modules=r".*(to_query|to_key|to_value|in_layer|attention\.out_layer|"
+                                                   r"modulation\.out_layer|(forward|out_layer)\.out_layer)",
+               rank_pattern={"to_key": 2}, alpha_pattern={"to_value": 3.0})
+
+
+def test_kandinsky5_lora_is_load_lora_weights_and_fuse_lora(kandinsky5_edit, tmp_path, capsys):
+    """A diffusers-format file (Kandinsky5I2IPipeline.save_lora_weights, rank / alpha patterns, every Linear: the
+    embeddings, modulations, both block kinds, the output layer) at 0.2: load_lora_weights + fuse_lora's weights and
+    z_0 of an edit with CFG; ``diffkit edit --lora`` is edit_image byte for byte; a kohya key: one line, no folder
+    made (KandinskyLoraLoaderMixin converts nothing)."""
+    from safetensors.torch import save_file
+    from test_sd_lora import fused_transformer_lora
+    pipe, path, model, images = kandinsky5_edit
+    lora, fused = fused_transformer_lora(diffusers.Kandinsky5I2IPipeline, path, tmp_path, K5_LORA, scale=0.2,
+                                         loaded=pipe)
+    fused.resolutions = list(SMALL)
+    ours = load_kandinsky5(path, progress=False, lora=[(lora, 0.2)])
+    theirs, base = fused.transformer.state_dict(), model.transformer.state_dict()
+    worst = max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
+    assert max(float((v - base[k]).abs().max()) for k, v in theirs.items()) > 1e-2
+    kw = dict(guidance_scale=4.0, negative_prompt="blurry")
+    with torch.no_grad():
+        theirs = fused(image=images[:1], prompt=PROMPTS[:1], num_inference_steps=2, output_type="latent",
+                       generator=torch.Generator().manual_seed(0), **kw).image[:, 0].permute(0, 3, 1, 2)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 1, 6, 10, 4, generator=generator)[:, 0].permute(0, 3, 1, 2)  # the pipeline's draw
+    z0 = edit_image(ours, images[:1], PROMPTS[:1], steps=2, seed=None, generator=generator, latents=noise,
+                    return_latents=True, **kw)
+    error = relative_error(z0, theirs)
+    assert relative_error(z0, edit_image(model, images[:1], PROMPTS[:1], steps=2, seed=None, latents=noise,
+                                         generator=torch.Generator().manual_seed(0), return_latents=True, **kw)) > 1e-3
+    assert error < 1e-5 and worst < 1e-6
+    save_images(edit_image(ours, images[:1], "hot dog", steps=1, seed=3, guidance_scale=1.0, output_range="-1,1"),
+                tmp_path / "expected", prefix="edit")
+    (tmp_path / "in").mkdir()
+    images[0].save(tmp_path / "in" / "a.png")
+    assert main(_edit_argv(path, tmp_path / "in") + ["--lora", f"{lora}:0.2", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    bad = "lora_unet_visual_transformer_blocks_0_feed_forward_in_layer.lora_down.weight"
+    save_file({bad: torch.zeros(2, 16)}, tmp_path / "bad.safetensors")
+    capsys.readouterr()
+    assert main(_edit_argv(path, tmp_path / "in") + ["--lora", str(tmp_path / "bad.safetensors"), "--out",
+                                                     str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"key {bad!r} is not supported on a Kandinsky 5 folder (" in err[0], err
+    assert not (tmp_path / "never").exists()
+    print("Kandinsky5I2IPipeline LoRA latents", error, "weights", worst)  # (after capsys' reads)

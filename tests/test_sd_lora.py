@@ -131,6 +131,16 @@ def assert_lora_refused(load, folder, tmp_path, tensors: dict, expected: str) ->
     assert "\n" not in str(info.value)
 
 
+def assert_files_refused(read_loras, tmp_path, cases) -> None:
+    """For each (tensors, expected regex) of ``cases``, ``read_loras([file])`` of a file of ``tensors``: one line
+    matching ``expected`` (a family's LoRA reader, before any weight is read)."""
+    for i, (tensors, expected) in enumerate(cases):
+        save_file(tensors, tmp_path / f"refused{i}.safetensors")
+        with pytest.raises(DiffkitError, match=expected) as caught:
+            read_loras([tmp_path / f"refused{i}.safetensors"])
+        assert "\n" not in str(caught.value)
+
+
 def _kohya(diffusers_file, out, prefixes=None, rename=None):
     """The diffusers-format file renamed to kohya's keys (``prefixes``: component -> key prefix; ``rename``:
     (component, module) -> the module's name in the key), with each module's alpha as ``.alpha``."""

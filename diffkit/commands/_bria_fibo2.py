@@ -8,8 +8,8 @@ from __future__ import annotations
 from ._chroma import EDIT_FLAGS, Family
 
 TAKES = ("--prompt (a JSON caption or a short description), --negative-prompt, --guidance-scale "
-         "(--guidance-convention), --height / --width, --steps / --nfe, --sampler and its grid options (--flow-shift "
-         "with another sampler than the pipeline's loop)")
+         "(--guidance-convention), --height / --width, --steps / --nfe, --lora, --sampler and its grid options "
+         "(--flow-shift with another sampler than the pipeline's loop)")
 
 
 def _edit_call(model, images, prompts, strength=None, **options):
@@ -23,14 +23,15 @@ def _edit_call(model, images, prompts, strength=None, **options):
 class BriaFibo2Family(Family):
     """A Bria FIBO 2 folder's: sampling, and editing each ``--images`` file (cropped by the pipeline's rules, the
     output at its trained size for the image's aspect ratio; ``--mask`` greyed out); CFG against
-    ``--negative-prompt`` (default the null caption); no LoRA, textual inversion, IP-Adapter,
-    ``--max-sequence-length``, strength or posterior (refused in one line)."""
+    ``--negative-prompt`` (default the null caption); LoRA files (``BriaFibo2Pipeline.load_lora_weights``, diffusers
+    / PEFT keys); no textual inversion, IP-Adapter, ``--max-sequence-length``, strength or posterior (refused in one
+    line)."""
 
-    kind, takes, adapters, lora, edits, resizes = "Bria FIBO 2", TAKES, False, False, True, True
+    kind, takes, adapters, lora, edits, resizes = "Bria FIBO 2", TAKES, False, True, True, True
     edit_takes = ("--images (each edited alone), --prompt (the instruction, or a JSON caption with "
                   "\"edit_instruction\"), --mask (greyed out), --negative-prompt, --guidance-scale "
-                  "(--guidance-convention), --steps, --sampler and its grid options, --eta")
-    edit_flags = EDIT_FLAGS - {"strength", "posterior", "height", "width", "max_sequence_length", "lora",
+                  "(--guidance-convention), --steps, --lora, --sampler and its grid options, --eta")
+    edit_flags = EDIT_FLAGS - {"strength", "posterior", "height", "width", "max_sequence_length",
                                "textual_inversion", "ip_adapter", "ip_adapter_image", "image_encoder",
                                "negative_ip_adapter_image"}
 
@@ -45,7 +46,7 @@ class BriaFibo2Family(Family):
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
         from ..interop.bria_fibo2 import load_bria_fibo2
-        return load_bria_fibo2(directory, device, progress=progress)
+        return load_bria_fibo2(directory, device, progress=progress, lora=lora)
 
     @staticmethod
     def functions() -> tuple:

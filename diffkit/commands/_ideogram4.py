@@ -9,21 +9,22 @@ from ..errors import DiffkitError
 from ._chroma import Family
 
 TAKES = ("--prompt, --guidance-scale (--guidance-convention; default the pipeline's schedule 7.0, then 3.0 for the "
-         "last 3 steps), --max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid options "
-         "(--flow-shift with another sampler than the pipeline's loop)")
+         "last 3 steps), --max-sequence-length, --height / --width, --steps / --nfe, --lora, --sampler and its grid "
+         "options (--flow-shift with another sampler than the pipeline's loop)")
 
 
 class Ideogram4Family(Family):
     """An Ideogram 4 folder's: sampling only, the unconditional transformer's guidance with the pipeline's per-step
-    scales (or ``--guidance-scale`` at every step), 48 steps, 2048 x 2048; no negative prompt, LoRA files, textual
+    scales (or ``--guidance-scale`` at every step), 48 steps, 2048 x 2048; LoRA files on the conditional transformer
+    (``Ideogram4Pipeline.load_lora_weights``, :mod:`diffkit.interop.ideogram4_lora`); no negative prompt, textual
     inversion or IP-Adapter (refused in one line)."""
 
-    kind, takes, adapters, lora, edits = "Ideogram 4", TAKES, False, False, False
+    kind, takes, adapters, lora, edits = "Ideogram 4", TAKES, False, True, False
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
         from ..interop.ideogram4 import load_ideogram4
-        return load_ideogram4(directory, device, progress=progress)
+        return load_ideogram4(directory, device, progress=progress, lora=lora)
 
     @staticmethod
     def functions() -> tuple:

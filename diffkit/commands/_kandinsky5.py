@@ -5,10 +5,10 @@ on an image-to-image one: refused there, :func:`refuse_sample`)."""
 from __future__ import annotations
 
 EDIT_TAKES = ("--images, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --steps, --sampler, "
-              "--posterior, --seed, --batch-size")
+              "--posterior, --lora, --seed, --batch-size")
 EDIT_FLAGS = {  # diffkit edit's dests a Kandinsky 5 image-to-image folder takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "steps", "sampler", "posterior",
-    "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress"}
+    "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "lora"}
 
 
 def refuse_sample(directory) -> None:
@@ -51,7 +51,7 @@ def edit_kandinsky5(args) -> int:
         guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    model = load_kandinsky5(directory, device, progress=args.progress)
+    model = load_kandinsky5(directory, device, progress=args.progress, lora=args.lora)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     scale = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale,

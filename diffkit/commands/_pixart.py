@@ -11,7 +11,7 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --steps / --nfe, --sampler and its grid options")
 
 # folders whose diffusers pipeline has a LoRA loader
-LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "HiDream")
+LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "HiDream", "Kandinsky 5")
 # flow-matching folders whose scheduler's step is folder_sampler(flow=True)'s
 FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4", "Lumina-Next", "PRX", "Kandinsky 5")
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
@@ -150,8 +150,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2,
-    AuraFlow, CogView4 (:mod:`diffkit.interop.sana_lora`) or HiDream (:mod:`diffkit.interop.hidream_lora`) folder
-    (PixArt: refused). A HunyuanDiT folder
+    AuraFlow, CogView4, Kandinsky 5 (:mod:`diffkit.interop.sana_lora`) or HiDream (:mod:`diffkit.interop.hidream_lora`)
+    folder (PixArt: refused). A HunyuanDiT folder
     (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A HiDream-I1
     folder (:mod:`diffkit.interop.hidream`): its four text encoders, s = 5, 50 steps, ``ddim`` (FlowMatchEuler) or
@@ -226,7 +226,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
     elif label == "Kandinsky 5":  # Kandinsky5T2IPipeline (diffkit.interop.kandinsky5; I2I: refused above)
         from ..interop.kandinsky5 import load_kandinsky5, text_to_image
-        pixart = load_kandinsky5(directory, device, progress=progress)
+        pixart = load_kandinsky5(directory, device, progress=progress, lora=lora)
     elif label == "PRX":  # PRXPipeline (diffkit.interop.prx)
         from ..interop.prx import load_prx, text_to_image
         pixart = load_prx(directory, device, progress=progress)

@@ -36,8 +36,11 @@ FLUX.1's mu, with :func:`.chroma.text_to_image`'s loop. What is Fibo 2.0's own, 
 diffusers' own helpers of the pipeline's module are called, not copied (the caption cleaning and marking, the edit
 prompt, the text drawing, the image processor). The processor is read as its tokenizer and transformers' PIL image
 processor (``Qwen2VLImageProcessorPil``; ``Qwen3VLProcessor`` imports torchvision for its video processor), whose
-resizing may differ from the torchvision one's in the last bits of a pixel. Not driven, one line each: LoRA files
-(``BriaFibo2LoraLoaderMixin``), IP-Adapters, ``max_sequence_length`` (the pipeline takes none). Refused before any
+resizing may differ from the torchvision one's in the last bits of a pixel. LoRA files: what
+``BriaFibo2LoraLoaderMixin`` loads (it converts nothing: diffusers / PEFT ``transformer.`` keys, as
+``BriaFibo2Pipeline.save_lora_weights`` writes them), fused into the transformer as ``load_lora_weights`` +
+``fuse_lora`` (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`), in sampling and edits.
+Not driven, one line each: IP-Adapters, ``max_sequence_length`` (the pipeline takes none). Refused before any
 weight is read (:func:`check_bria_fibo2_folder`): another pipeline class, a missing component or one of another
 class, a transformer whose ``in_channels`` are not the VAE's latent channels or whose ``patch_size`` is not 2, a
 ``cap_feat_dim`` other than three text-encoder widths, a text encoder too shallow for hidden state 35, a scheduler
@@ -296,20 +299,29 @@ def check_bria_fibo2_folder(directory) -> tuple:
 
 
 def load_bria_fibo2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                    progress: bool = True) -> BriaFibo2:
+                    progress: bool = True, lora=None) -> BriaFibo2:
     """Load a Bria FIBO 2 diffusers folder (never downloads, never unpickles): the transformer, FLUX.2's VAE, the
     Qwen3-VL model and the processor's tokenizer by :func:`.nucleusmoe.load_qwen3_vl_folder`, its image processor
     by :func:`.qwen_image_edit.load_image_processor`; what diffkit does not drive is refused in one line before any
-    weight is read (:func:`check_bria_fibo2_folder`)."""
+    weight is read (:func:`check_bria_fibo2_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) with
+    diffusers / PEFT ``transformer.`` keys (``BriaFibo2LoraLoaderMixin`` converts nothing), read and checked first,
+    fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sana_lora.read_transformer_loras`,
+    :func:`.sd_lora.merge_sd_loras`)."""
     from .nucleusmoe import load_qwen3_vl_folder
     from .qwen_image_edit import load_image_processor
+    from .sana_lora import read_transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_bria_fibo2_folder(directory)
+    loras = read_transformer_loras(lora, "Bria FIBO 2", "a Bria FIBO 2 folder", PIPELINE,
+                                   flux_check=False) if lora else []
     image_processor = load_image_processor(directory)
-    return load_qwen3_vl_folder(BriaFibo2, directory, index, sched, diffusers.BriaFibo2Transformer2DModel,
-                                diffusers.AutoencoderKLFlux2, device, dtype, progress, needs_template=False,
-                                pipeline=PIPELINE, image_processor=image_processor)
+    model = load_qwen3_vl_folder(BriaFibo2, directory, index, sched, diffusers.BriaFibo2Transformer2DModel,
+                                 diffusers.AutoencoderKLFlux2, device, dtype, progress, needs_template=False,
+                                 pipeline=PIPELINE, image_processor=image_processor)
+    merge_sd_loras(model, loras)
+    return model
 
 
 def text_to_image(model: BriaFibo2, prompts: Union[str, Sequence[str]], *, render_text_images: bool = True,

@@ -45,6 +45,9 @@ Refused in one line before any weight is read (:func:`check_ideogram4_folder`): 
 component or one of another class, a transformer whose channels are not 4 x the VAE's latent channels, transformers
 whose ``llm_features_dim`` is not 13 x the text encoder's width or a text encoder with fewer than 36 layers,
 ``invert_sigmas`` / ``stochastic_sampling`` / ``use_dynamic_shifting`` schedulers.
+LoRA files: those the pipeline's ``Ideogram4LoraLoaderMixin`` loads (:mod:`.ideogram4_lora`: diffusers / PEFT keys and
+the ai-toolkit / kohya / fused-qkv files it converts), fused into ``transformer`` (not the unconditional one) as
+``load_lora_weights`` + ``fuse_lora``.
 """
 from __future__ import annotations
 
@@ -401,14 +404,20 @@ def check_ideogram4_folder(directory) -> tuple:
 
 
 def load_ideogram4(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                   progress: bool = True) -> Ideogram4:
+                   progress: bool = True, lora=None) -> Ideogram4:
     """Load an Ideogram 4 diffusers folder (never downloads, never unpickles; its optional ``prompt_enhancer_head``
-    is not loaded); what diffkit does not drive is refused in one line before any weight is read."""
+    is not loaded); what diffkit does not drive is refused in one line before any weight is read. ``lora``: LoRA
+    files (paths or (path, scale) pairs) in the layouts ``Ideogram4LoraLoaderMixin`` loads, read and checked first
+    (:func:`.ideogram4_lora.read_ideogram4_loras`), fused into the conditional ``transformer`` as
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
     from . import from_pretrained, library_progress_bars
     from .flow_latents import frozen_on, load_flow_parts
+    from .ideogram4_lora import read_ideogram4_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_ideogram4_folder(directory)
+    loras = read_ideogram4_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.Ideogram4Transformer2DModel, {"": "Qwen3VLModel"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLFlux2)
     with library_progress_bars(progress):
@@ -416,8 +425,10 @@ def load_ideogram4(directory: Union[str, Path], device="cpu", dtype: torch.dtype
                                local_files_only=True, torch_dtype=dtype, use_safetensors=True)
     device = frozen_on(parts, device)
     free.to(device).eval().requires_grad_(False)
-    return Ideogram4(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
-                     dtype=dtype, unconditional_transformer=free)
+    model = Ideogram4(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
+                      dtype=dtype, unconditional_transformer=free)
+    merge_sd_loras(model, loras)
+    return model
 
 
 def text_to_image(model: Ideogram4, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,

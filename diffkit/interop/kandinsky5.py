@@ -34,7 +34,9 @@ channels) is driven by :mod:`.kandinsky5_edit`. Refused in one line before any w
 (:func:`check_kandinsky5_folder`): the video folders (``Kandinsky5T2VPipeline`` / ``Kandinsky5I2VPipeline``), a missing
 component or one of another class, a transformer whose ``visual_cond`` is not its pipeline's, whose channels are not the
 VAE's latent channels, or whose temporal patch is not 1, a VAE whose factor is not 8, a ``use_dynamic_shifting``
-scheduler.
+scheduler. LoRA files (both pipelines' ``KandinskyLoraLoaderMixin``, which converts nothing: diffusers / PEFT
+``transformer.`` keys, as ``save_lora_weights`` writes them) are fused into the transformer as ``load_lora_weights`` +
+``fuse_lora`` (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`).
 """
 from __future__ import annotations
 
@@ -260,17 +262,24 @@ class Kandinsky5(AuraFlow):
 
 
 def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                    progress: bool = True) -> Kandinsky5:
+                    progress: bool = True, lora=None) -> Kandinsky5:
     """Load a ``Kandinsky5T2IPipeline`` (or ``Kandinsky5I2IPipeline``: a :class:`.kandinsky5_edit.Kandinsky5Edit`
     with the processor's image processor) diffusers folder (never downloads, never unpickles); what diffkit does not
     drive is refused in one line before any weight is read (:func:`check_kandinsky5_folder`). The ``tokenizer``
-    entry (a ``Qwen2VLProcessor``) is read as its tokenizer: the pipeline gives it text alone."""
+    entry (a ``Qwen2VLProcessor``) is read as its tokenizer: the pipeline gives it text alone. ``lora``: LoRA files
+    (paths or (path, scale) pairs) with diffusers / PEFT ``transformer.`` keys (``KandinskyLoraLoaderMixin`` converts
+    nothing), read and checked first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
+    (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`)."""
     from ..schedule import NoiseSchedule
+    from .sana_lora import read_transformer_loras
     from .schedulers import flow_shift_from_diffusers
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, _, sched = check_kandinsky5_folder(directory)
     edit = index["_class_name"] == KANDINSKY5_I2I_PIPELINE
+    loras = read_transformer_loras(lora, "Kandinsky 5", "a Kandinsky 5 folder", index["_class_name"],
+                                   flux_check=False) if lora else []
     if edit:  # the Qwen2VLProcessor's image processor too (.kandinsky5_edit), read before any weight
         from .qwen_image_edit import load_image_processor
         images = load_image_processor(directory, "tokenizer")
@@ -282,11 +291,14 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     parts["text_encoder_2"].to(device).eval().requires_grad_(False)
     if edit:
         from .kandinsky5_edit import Kandinsky5Edit
-        return Kandinsky5Edit(pipeline=KANDINSKY5_I2I_PIPELINE, **parts, schedule=schedule, device=device,
-                              prediction_type="flow_prediction", scheduler_config=sched, dtype=dtype,
-                              image_processor=images)
-    return Kandinsky5(pipeline=KANDINSKY5_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
-                      scheduler_config=sched, device=device, dtype=dtype)
+        model = Kandinsky5Edit(pipeline=KANDINSKY5_I2I_PIPELINE, **parts, schedule=schedule, device=device,
+                               prediction_type="flow_prediction", scheduler_config=sched, dtype=dtype,
+                               image_processor=images)
+    else:
+        model = Kandinsky5(pipeline=KANDINSKY5_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
+                           scheduler_config=sched, device=device, dtype=dtype)
+    merge_sd_loras(model, loras)
+    return model
 
 
 def text_to_image(model: Kandinsky5, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:

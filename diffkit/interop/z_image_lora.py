@@ -37,6 +37,16 @@ _FIXUPS = {"context.refiner.": "context_refiner.", "noise.refiner.": "noise_refi
 _BARE_OUT = re.compile(r"\.out(?=\.(?:lora_down|lora_up)\.weight$|\.alpha$)")
 
 
+def split_alpha(alpha: float, rank: int) -> tuple:
+    """(A's factor, B's factor) of a kohya file's alpha / r as diffusers' converters fold it in
+    (``get_alpha_scales``: alpha / r on A, doubled and B's 1 halved while A's is under half B's; the product is
+    alpha / r, powers of two apart)."""
+    low, high = alpha / rank, 1.0
+    while low * 2 < high:
+        low, high = low * 2, high / 2
+    return low, high
+
+
 def _refused(path, key: str, why: str) -> DiffkitError:
     return DiffkitError(f"--lora {path}: key {key!r} is not supported on a Z-Image folder ({why}); allowed: "
                         f"transformer. keys ending in {' / '.join(PARTS)} (diffusers / PEFT, as "
@@ -107,9 +117,7 @@ def z_image_keys(path, tensors: dict):
             if tensors[names[alpha]].numel() != 1:
                 raise _refused(path, names[alpha], f"an alpha of shape {tuple(tensors[names[alpha]].shape)}; "
                                                    f"allowed: one number")
-            low = tensors[names[alpha]].item() / a.shape[0]
-            while low * 2 < high:
-                low, high = low * 2, high / 2
+            low, high = split_alpha(tensors[names[alpha]].item(), a.shape[0])
         for target, part in zip((module,) if chunks == 1 else [f"{module}.to_{p}" for p in "qkv"], b.chunk(chunks)):
             out[f"transformer.{target}.lora_A.weight"] = a * low
             out[f"transformer.{target}.lora_B.weight"] = part * high
@@ -181,4 +189,4 @@ def read_z_image_loras(adapters) -> list:
     return read_sd_loras(adapters, read_z_image_lora)
 
 
-__all__ = ["z_image_keys", "read_z_image_lora", "read_z_image_loras"]
+__all__ = ["split_alpha", "z_image_keys", "read_z_image_lora", "read_z_image_loras"]
