@@ -1,8 +1,8 @@
 """A tiny random Krea 2 folder (tests/test_krea2.py): Qwen-Image's byte-level BPE tokenizer
 (tests/_qwen_image_helpers.py) with the template's words added (its system prefix 34 tokens, its assistant suffix
 5, as with Qwen's own tokenizer: the pipeline's fixed counts), a ``Qwen3VLModel`` of two text layers (width 32,
-interleaved mRoPE) with a tiny vision tower (the class builds one), a ``Krea2Transformer2DModel`` of one block (its zero-initialised final layer and
-modulation tables randomised), Qwen-Image's ``AutoencoderKLQwenImage`` of two levels (f = 4) and the pipeline's
+interleaved mRoPE) with a tiny vision tower (the class builds one), a ``Krea2Transformer2DModel`` of one block (its
+zero-initialised final layer and modulation tables randomised), Qwen-Image's ``AutoencoderKLQwenImage`` of two levels (f = 4) and the pipeline's
 dynamic-shift scheduler config, written by save_pretrained (nothing downloaded)."""
 import torch
 
