@@ -2,8 +2,8 @@
 (tests/_qwen_image_helpers.py) with the template's words added (its system prefix 34 tokens, its assistant suffix
 5, as with Qwen's own tokenizer: the pipeline's fixed counts), a ``Qwen3VLModel`` of two text layers (width 32,
 interleaved mRoPE) with a tiny vision tower (the class builds one), a ``Krea2Transformer2DModel`` of one block (its
-zero-initialised final layer and modulation tables randomised), Qwen-Image's ``AutoencoderKLQwenImage`` of two levels (f = 4) and the pipeline's
-dynamic-shift scheduler config, written by save_pretrained (nothing downloaded)."""
+zero-initialised final layer and modulation tables randomised), Qwen-Image's ``AutoencoderKLQwenImage`` of two
+levels (f = 4) and the pipeline's dynamic-shift scheduler config, written by save_pretrained (nothing downloaded)."""
 import torch
 
 import diffusers
