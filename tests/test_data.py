@@ -440,3 +440,29 @@ def test_the_grid_writer_checks_its_input_and_scales_uint8():
         _warnings.simplefilter("always")
         nan = make_grid(torch.full((1, 1, 2, 2), float("nan")), padding=0)
     assert nan.max() == 0 and "NaN" in str(caught[0].message)
+
+
+class _WorkerSignals(torch.utils.data.Dataset):
+    """Each item: the SIGINT and SIGTERM handlers of the process that reads it (SIG_IGN / SIG_DFL as ints)."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        import signal
+        return torch.tensor([int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN),
+                             int(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN)])
+
+
+def test_loader_workers_ignore_sigint_and_sigterm_and_the_main_process_keeps_its_handlers():
+    """A signal to the whole process group must reach only the main process (which checkpoints): make_loader's
+    workers ignore SIGINT and SIGTERM. (The process-group SIGTERM test of test_reliability.py passes without this
+    whenever the main process stops before it fetches the next batch: it cannot tell.)"""
+    import signal
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    in_workers = next(iter(make_loader(_WorkerSignals(), batch_size=2, shuffle=False, num_workers=1)))
+    assert in_workers.tolist() == [[1, 1], [1, 1]]
+    in_main = next(iter(make_loader(_WorkerSignals(), batch_size=2, shuffle=False)))
+    own = [int(handler == signal.SIG_IGN) for handler in before]  # [0, 0] unless the runner itself ignores them
+    assert in_main.tolist() == [own, own]  # num_workers=0: read by this process, whose handlers are its own
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
