@@ -19,12 +19,15 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")               # 16-bit grey, read a
 
 
 def image_pixels(image: Image.Image, mode: str) -> np.ndarray:
-    """An image's pixels as float32 on the 8-bit scale [0, 255], (H, W) for "L", (H, W, 3) for "RGB".
+    """An image's pixels as float32 on the 8-bit scale [0, 255], (H, W) for "L", (H, W, 3) for "RGB", (H, W, 4) for
+    "RGBA".
 
-    16-bit grey PNGs are scaled by 255 / 65535 (Pillow's own conversion to "L" clips them)."""
+    16-bit grey PNGs are scaled by 255 / 65535 (Pillow's own conversion to "L" clips them; RGBA: opaque)."""
     if image.mode in WIDE_MODES:
         grey = np.asarray(image, dtype=np.float32) * np.float32(255.0 / 65535.0)
-        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+        if mode == "L":
+            return grey
+        return np.stack([grey] * 3 + ([np.full_like(grey, 255.0)] if mode == "RGBA" else []), axis=2)
     return np.asarray(image.convert(mode), dtype=np.float32)
 
 

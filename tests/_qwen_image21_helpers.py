@@ -23,12 +23,12 @@ def tiny_qwen_image21_pipeline(width: int = 32, sample_sigmas=None):
     torch.manual_seed(0)
     tokenizer = tiny_qwen_tokenizer(vision=True)
     tokenizer.chat_template = CHAT_TEMPLATE
-    images = Qwen2VLImageProcessorPil(patch_size=2, merge_size=1, temporal_patch_size=1,
-                                      size={"shortest_edge": 16, "longest_edge": 64 * 64})
+    images = Qwen2VLImageProcessorPil(patch_size=32, merge_size=1, temporal_patch_size=1,
+                                      size={"shortest_edge": 32 * 32, "longest_edge": 128 * 128})
     with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class", lambda *_: None):
         processor = transformers.Qwen3VLProcessor(image_processor=images, tokenizer=tokenizer,
                                                   chat_template=CHAT_TEMPLATE)
-    encoder = transformers.Qwen3VLForConditionalGeneration(tiny_qwen3_vl(tokenizer, width).config).eval()
+    encoder = transformers.Qwen3VLForConditionalGeneration(tiny_qwen3_vl(tokenizer, width, patch=32, own_ids=True).config).eval()
     transformer = diffusers.QwenImage21Transformer2DModel(
         in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
         context_in_dim=width, mlp_ratio=2, axes_dims_rope=(4, 6, 6))

@@ -39,6 +39,7 @@ class Family:
 
     kind, takes, edit_takes, edit_flags, adapters, lora = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True, True
     samples, resizes = True, False  # diffkit sample takes it; diffkit edit resizes its images itself (Qwen-Image-Edit)
+    image_mode = "RGB"  # diffkit edit reads its --images so (Qwen-Image 2.1's: RGBA, ._qwen_image21)
     edits = True  # diffkit edit takes it (not Bria 3.2, Ovis-Image nor a LongCat-Image text-to-image folder)
     no_edit = "diffusers 0.42.1 has no img2img or inpainting pipeline for it"  # (edits False: diffkit edit's refusal)
     controlnet = False  # diffkit sample / edit take --controlnet (Z-Image's, ._z_image; Qwen-Image's, ._qwen_image)
@@ -294,7 +295,7 @@ def edit_chroma(args, family=Family) -> int:
     inputs = family.edit_inputs(args)  # the kind's own inputs (a Qwen-Image-Edit-Plus folder's --image-reference)
     info, own, options, request = edit_sampling(args, directory)
     family.check_request(directory, request, edit=True)
-    images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    images, files, mask = read_edit_inputs(args, family.image_mode)  # --height / --width: resized as the pipeline
     count = len(files)
     if len(args.prompts) not in (1, count):
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "

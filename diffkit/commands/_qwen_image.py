@@ -86,10 +86,11 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
 
 
 def reference_pictures(args, plus: str = PLUS_PIPELINE, kind: str = "Qwen-Image-Edit-Plus",
-                       models: str = " (Qwen-Image-Edit-2509 / 2511)") -> list:
-    """``--image-reference``'s images (PIL RGB, in the flags' order) for a ``plus`` folder (a ``kind`` one: a
-    Qwen-Image-Edit-Plus folder, or JoyImage Edit Plus's, :mod:`._joyimage`); on another folder of the kind, a folder
-    or a file that is no image: one line, before any weight is read."""
+                       models: str = " (Qwen-Image-Edit-2509 / 2511)", mode: str = "RGB") -> list:
+    """``--image-reference``'s images (PIL, in ``mode``: RGB, or Qwen-Image 2.1's RGBA, :mod:`._qwen_image21`; in the
+    flags' order) for a ``plus`` folder (a ``kind`` one: a Qwen-Image-Edit-Plus folder, or JoyImage Edit Plus's,
+    :mod:`._joyimage`); on another folder of the kind, a folder or a file that is no image: one line, before any
+    weight is read."""
     from pathlib import Path
 
     from ..interop.controlnet import open_control_image
@@ -103,7 +104,7 @@ def reference_pictures(args, plus: str = PLUS_PIPELINE, kind: str = "Qwen-Image-
         if Path(path).is_dir():
             raise DiffkitError(f"--image-reference {path} is a folder; a {kind} folder takes one PNG "
                                f"per --image-reference (repeat the flag for more pictures)")
-        pictures.append(open_control_image(path, "--image-reference").convert("RGB"))
+        pictures.append(open_control_image(path, "--image-reference").convert(mode))
     return pictures
 
 

@@ -81,6 +81,8 @@ class QwenImageNet(torch.nn.Module):
     packed after z's tokens in order, each with its own ``img_shapes`` entry, the prediction kept on z's tokens
     (QwenImageEditPipeline's; QwenImageEditPlusPipeline's several images)."""
 
+    references_first = False  # an edit's reference tokens after z's (Qwen-Image 2.1's: before, .qwen_image21)
+
     def __init__(self, transformer, scale: float = 1.0):
         super().__init__()
         self.model, self.scale = transformer, float(scale)
@@ -123,6 +125,18 @@ class QwenImageNet(torch.nn.Module):
         """The velocity of x's shape from its tokens ``out``: :meth:`unpack`."""
         return self.unpack(out, x.shape[2], x.shape[3])
 
+    def referenced(self, packed: torch.Tensor, shape: list, reference) -> tuple:
+        """(tokens, ``img_shapes``) of the noisy tokens ``packed`` (one sample's ``img_shapes`` ``shape``) with an
+        edit's reference latents (one, or a list): each packed, with its own ``img_shapes`` entry, after z's in order
+        (Qwen-Image-Edit's), or before them with ``references_first`` (Qwen-Image 2.1's condition images)."""
+        refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+        b = packed.shape[0]
+        tokens = [self.pack(r.to(packed)).expand(b, -1, -1) for r in refs]
+        entries = [self.image_shape(r.shape[2], r.shape[3]) for r in refs]
+        if self.references_first:
+            return torch.cat(tokens + [packed], dim=1), [entries + shape] * b
+        return torch.cat([packed] + tokens, dim=1), [shape + entries] * b
+
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         """The guided prediction of the two passes: the pipeline's true CFG rescaled to the conditional norm per token
         (:func:`diffkit.guidance.norm_matched_cfg`; Qwen-Image 2.1's and Layered's: plain)."""
@@ -149,9 +163,7 @@ class QwenImageNet(torch.nn.Module):
         tokens, shapes = packed.shape[1], [shape] * b
         controls = None if control is None else self.residuals(packed, timestep, context, mask, shapes, t, control)
         if reference is not None:  # Qwen-Image-Edit's: the input images' tokens after the noisy ones (.qwen_image_edit)
-            refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
-            packed = torch.cat([packed] + [self.pack(r.to(packed)).expand(b, -1, -1) for r in refs], dim=1)
-            shapes = [shapes[0] + [self.image_shape(r.shape[2], r.shape[3]) for r in refs]] * b
+            packed, shapes = self.referenced(packed, shapes[0], reference)
         out = self._call(packed, timestep, context, mask, shapes, controls)[:, :tokens]
         if self.scale > 1 and null_context is not None:
             out = self.combine(out, self._call(packed, timestep, null_context, null_mask, shapes, controls)[:, :tokens])

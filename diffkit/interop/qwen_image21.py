@@ -59,6 +59,7 @@ PROMPT_TEMPLATE = (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>
                    f"<|im_start|>assistant\n")  # its prompt_template_t2i
 STEPS, TRUE_CFG, RESOLUTION, VAE_FACTOR = 40, 1.0, 1024, 16  # __call__'s defaults; the pipeline's vae_scale_factor
 SLOT = 4  # latent tokens per image slot of img_mask (a 2 x 2 group)
+VISION = "<image{}><|vision_start|><|image_pad|><|vision_end|>"  # condition image k's, joined by " " before the prompt
 
 
 def flatten_latents(z: torch.Tensor) -> torch.Tensor:
@@ -68,18 +69,32 @@ def flatten_latents(z: torch.Tensor) -> torch.Tensor:
 
 
 class QwenImage21Net(QwenImageNet):
-    """``net(z, t, context, mask=None, null_context=None, null_mask=None)`` over a ``QwenImage21Transformer2DModel``
-    on latents z (B, C, h, w): flattened (:func:`flatten_latents`), ``timestep`` t / 1000, the text states and mask,
-    ``img_shapes`` [(1, h, w)], ``img_mask`` (text positions False, then h w / 4 image slots True); the velocity is the
-    output's last h w tokens. With ``scale`` s > 1 and ``null_context``: the pipeline's CFG u_n + s (u_c - u_n)."""
+    """``net(z, t, context, mask=None, null_context=None, null_mask=None, reference=None, slots=None)`` over a
+    ``QwenImage21Transformer2DModel`` on latents z (B, C, h, w): flattened (:func:`flatten_latents`), ``timestep``
+    t / 1000, the text states and mask, ``img_shapes`` [(1, h, w)], ``img_mask`` (text positions False, then h w / 4
+    image slots True); the velocity is the output's last h w tokens. With ``scale`` s > 1 and ``null_context``: the
+    pipeline's CFG u_n + s (u_c - u_n). Condition images: ``reference`` (a list of (1, C, h_k, w_k) latents) flattened
+    **before** z's tokens, their ``img_shapes`` entries first, and ``slots`` (L0,) bool, True at the prompts' kept
+    ``<|image_pad|>`` positions (the same in every prompt: the images precede the text), where the transformer drops
+    their tokens (one slot per 2 x 2 group)."""
+
+    references_first = True
+    slots = None  # (set by forward for its calls)
 
     def _call(self, tokens, timestep, context, mask, shapes, controls=None):
         context, mask = self.text(tokens, context, mask)
-        slots = torch.ones(tokens.shape[0], tokens.shape[1] // SLOT, dtype=torch.bool, device=tokens.device)
-        img_mask = torch.cat([torch.zeros(context.shape[:2], dtype=torch.bool, device=tokens.device), slots], dim=1)
+        target = shapes[0][-1][1] * shapes[0][-1][2]
+        text = torch.zeros(context.shape[:2], dtype=torch.bool, device=tokens.device)
+        if self.slots is not None:
+            if self.slots.shape[0] > text.shape[1]:
+                raise DiffkitError(f"slots of {self.slots.shape[0]} positions do not fit prompt states of "
+                                   f"{text.shape[1]} (QwenImage21.prompt_guidance builds both)")
+            text[:, :self.slots.shape[0]] = self.slots.to(tokens.device)
+        target_slots = torch.ones(tokens.shape[0], target // SLOT, dtype=torch.bool, device=tokens.device)
         out = self.model(hidden_states=tokens, timestep=timestep, encoder_hidden_states=context,
-                         encoder_hidden_states_mask=mask, img_shapes=shapes, img_mask=img_mask, return_dict=False)[0]
-        return out[:, -tokens.shape[1]:]
+                         encoder_hidden_states_mask=mask, img_shapes=shapes,
+                         img_mask=torch.cat([text, target_slots], dim=1), return_dict=False)[0]
+        return out[:, -target:]
 
     def pack(self, z: torch.Tensor) -> torch.Tensor:
         return flatten_latents(z)
@@ -96,13 +111,20 @@ class QwenImage21Net(QwenImageNet):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
                 null_context: torch.Tensor = None, null_mask: torch.Tensor = None, reference=None,
-                control=None) -> torch.Tensor:
-        """:meth:`.qwen_image.QwenImageNet.forward` with 2.1's tokens and CFG; ``reference`` / ``control``: one
-        line (not driven)."""
-        if reference is not None or control is not None:
-            raise DiffkitError("condition images and ControlNets are not supported for a Qwen-Image 2.1 folder "
-                               "(diffkit drives QwenImage21Pipeline's text-to-image only)")
-        return super().forward(x, t, context, mask, null_context, null_mask)
+                control=None, slots: torch.Tensor = None) -> torch.Tensor:
+        """:meth:`.qwen_image.QwenImageNet.forward` with 2.1's tokens, condition images and CFG; ``control``: one
+        line (not driven); ``reference`` and ``slots`` go together."""
+        if control is not None:
+            raise DiffkitError("a ControlNet is not supported for a Qwen-Image 2.1 folder (QwenImage21Pipeline "
+                               "loads none)")
+        if (reference is None) != (slots is None):
+            raise DiffkitError("a Qwen-Image 2.1 condition image needs both cond['reference'] and cond['slots'] "
+                               "(QwenImage21.prompt_guidance with images and reference gives both)")
+        self.slots = slots
+        try:
+            return super().forward(x, t, context, mask, null_context, null_mask, reference)
+        finally:
+            self.slots = None
 
 
 @dataclass
@@ -113,6 +135,7 @@ class QwenImage21(QwenImage):
 
     chat_template: Optional[str] = None
     sample_sigmas: Optional[tuple] = None
+    image_processor: object = None  # processor/'s PIL image processor (condition images; None: the folder has none)
     guidance_hint = f"CFG for > 1 with a negative prompt, the pipeline's default {TRUE_CFG}"
     default_guidance = TRUE_CFG
     pipeline = PIPELINE
@@ -160,32 +183,67 @@ class QwenImage21(QwenImage):
                                                  return_dict=False)
         return len(ids[0] if ids and isinstance(ids[0], list) else ids)
 
-    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
-        """(context (B, L, d), mask (B, L) or None) as the pipeline's ``encode_prompt`` (module docstring);
-        ``max_sequence_length``: refused (the pipeline takes none)."""
+    def _tokens(self, prompts: Sequence[str], images=None) -> tuple:
+        """(tokens, the text encoder's image inputs) of ``prompts`` in the pipeline's template, padded on the left;
+        with condition ``images`` (PIL RGB) each prompt sees all of them: :data:`VISION` per image before the prompt,
+        the processor's patches and ``<|image_pad|>`` repeated t h w / m^2 times (:func:`.qwen_image_edit.
+        vision_inputs`), ``mm_token_type_ids`` 1 on those (as ``Qwen3VLProcessor`` returns them)."""
+        from .qwen_image_edit import vision_inputs
+        if not images:
+            texts = [PROMPT_TEMPLATE.format(p or " ") for p in prompts]
+            return self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt").to(self.device), {}
+        if self.image_processor is None:
+            raise DiffkitError(f"this Qwen-Image 2.1 folder's processor/ has no preprocessor_config.json (the Qwen3-VL "
+                               f"image processor's), which {PIPELINE}'s condition images need")
+        seen = " ".join(VISION.format(i + 1) for i in range(len(images)))
+        texts = [PROMPT_TEMPLATE.format(seen + (p or " ")) for p in prompts]
+        tokens, inputs = vision_inputs(self, texts, list(images) * len(texts), padding_side="left")
+        inputs["mm_token_type_ids"] = (tokens.input_ids == self.text_encoder.config.image_token_id).long()
+        return tokens, inputs
+
+    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None,
+                       images=None) -> tuple:
+        """(context (B, L, d), mask (B, L) or None) as the pipeline's ``encode_prompt`` (module docstring), each
+        prompt seeing the condition ``images`` (PIL RGB; None: text-to-image); ``max_sequence_length``: refused (the
+        pipeline takes none)."""
         from .stable_diffusion import prompt_list
         if max_sequence_length is not None:
             raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed for a Qwen-Image 2.1 "
                                f"folder ({PIPELINE} takes none: every prompt token is kept)")
-        texts = [PROMPT_TEMPLATE.format(p or " ") for p in prompt_list(prompts)]
-        tokens = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt").to(self.device)
+        tokens, inputs = self._tokens(prompt_list(prompts), images)
         norm = getattr(self.text_encoder.model, "language_model", self.text_encoder.model).norm
         handle = norm.register_forward_hook(lambda module, args, output: args[0])  # the states before the last norm
         try:
-            return self.kept_states(tokens, self.system_tokens(), None)
+            return self.kept_states(tokens, self.system_tokens(), None, **inputs)
         finally:
             handle.remove()
 
+    def image_slots(self, images) -> torch.Tensor:
+        """(L0,) bool: True at the kept prompt positions of the condition ``images``' ``<|image_pad|>`` tokens, up
+        to the last (the pipeline's ``image_pad_mask``; the same for every prompt, as the images precede its text)."""
+        tokens, _ = self._tokens([" "], images)
+        kept = tokens.input_ids[0][tokens.attention_mask[0].bool()][self.system_tokens():]
+        pads = kept == self.text_encoder.config.image_token_id
+        return pads[:int(pads.nonzero().max()) + 1]
+
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, max_sequence_length: Optional[int] = None,
-                        convention: str = "diffusers", ip_adapter=None) -> tuple:
+                        convention: str = "diffusers", ip_adapter=None, images=None, reference=None) -> tuple:
         """:meth:`.qwen_image.QwenImage.prompt_guidance` with 2.1's default scale 1.0 and plain CFG
-        (:class:`QwenImage21Net`); ``ip_adapter``: refused (the pipeline loads none)."""
+        (:class:`QwenImage21Net`); ``images`` (PIL RGB, seen by every prompt and negative prompt) with ``reference``
+        (their latents, :func:`edit_image`): the condition images, cond's ``slots`` from :meth:`image_slots`;
+        ``ip_adapter``: refused (the pipeline loads none)."""
         if ip_adapter is not None:
             raise DiffkitError("an IP-Adapter is not allowed for a Qwen-Image 2.1 folder (QwenImage21Pipeline loads "
                                "none)")
-        return super().prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
-                                       convention)
+        if (not images) != (reference is None):
+            raise DiffkitError("Qwen-Image 2.1 condition images need both images (seen by the prompt) and reference "
+                               "(their latents); edit_image gives both")
+        denoiser, cond = super().prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
+                                                 convention, images=images or None, reference=reference)
+        if reference is not None:
+            cond["slots"] = self.image_slots(images)
+        return denoiser, cond
 
 
 def is_qwen_image21_folder(path: Union[str, Path]) -> bool:
@@ -240,12 +298,15 @@ def load_qwen_image21(directory: Union[str, Path], device="cpu", dtype: torch.dt
     model and the processor's tokenizer and chat template by :func:`.nucleusmoe.load_qwen3_vl_folder`; what diffkit
     does not drive is refused in one line before any weight is read (:func:`check_qwen_image21_folder`)."""
     from .nucleusmoe import load_qwen3_vl_folder
+    from .qwen_image_edit import load_image_processor
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_qwen_image21_folder(directory)
+    images = load_image_processor(directory) if (directory / "processor" / "preprocessor_config.json").is_file() \
+        else None  # (condition images only: edit_image refuses them without it)
     return load_qwen3_vl_folder(QwenImage21, directory, index, sched, diffusers.QwenImage21Transformer2DModel,
                                 diffusers.AutoencoderKLQwenImage21, device, dtype, progress,
-                                sample_sigmas=read_sample_sigmas(directory, index))
+                                sample_sigmas=read_sample_sigmas(directory, index), image_processor=images)
 
 
 def text_to_image(model: QwenImage21, prompts: Union[str, Sequence[str]], *, ip_adapter=None, controlnet=None,
@@ -263,5 +324,54 @@ def text_to_image(model: QwenImage21, prompts: Union[str, Sequence[str]], *, ip_
     return flow_text_to_image(model, prompts, **options)
 
 
-__all__ = ["QwenImage21", "QwenImage21Net", "load_qwen_image21", "is_qwen_image21_folder",
+def on_white(image):
+    """A PIL RGBA image composited over white, RGB (what the pipeline's text encoder sees of a condition image)."""
+    from PIL import Image
+    white = Image.new("RGB", image.size, (255, 255, 255))
+    white.paste(image, mask=image.getchannel("A"))
+    return white
+
+
+def edit_image(model: QwenImage21, images, prompts: Union[str, Sequence[str]], *, area: int = RESOLUTION ** 2,
+               height: Optional[int] = None, width: Optional[int] = None, ip_adapter=None, controlnet=None,
+               **options) -> torch.Tensor:
+    """Images of a Qwen-Image 2.1 folder for ``prompts`` conditioned on ``images`` as ``QwenImage21Pipeline(image=
+    images)`` with any diffkit sampler: ``images`` (PIL images of any mode, or (B, 3 or 4, H, W) in [-1, 1]) are one
+    set, seen by every prompt (and negative prompt), in order. As the pipeline: each image in RGBA resized (PIL
+    Lanczos) to its own ratio at ``area`` pixels (``calculate_dimensions``: multiples of 32; default 1024^2, the
+    pipeline's ``output_resolution`` squared); the text encoder sees it composited over white (:func:`on_white`) in
+    the prompt's vision slots (:data:`VISION`, before the prompt), the VAE encodes all four channels (the posterior's
+    mean, normalised), and those latents go into the transformer's stream at the slots, before z_t's, modulated at
+    t = 0. The output: ``height`` x ``width`` (multiples of 32), default the last image's resized size. options:
+    :func:`text_to_image`'s (sampler, steps, guidance_scale, negative_prompt, seed, latents, output_range,
+    return_latents, ...). ``ip_adapter`` / ``controlnet``: refused in one line."""
+    from PIL import Image
+
+    from .chroma import text_to_image as flow_text_to_image
+    from .qwen_image_edit import _pil_images, _pixels, calculated_size
+    if not isinstance(model, QwenImage21):
+        raise DiffkitError(f"edit_image needs a Qwen-Image 2.1 folder ({PIPELINE}); this one is not")
+    if ip_adapter is not None or controlnet is not None:
+        raise DiffkitError(f"{'an IP-Adapter' if ip_adapter is not None else 'a ControlNet'} is not allowed for a "
+                           f"Qwen-Image 2.1 folder ({PIPELINE} loads none)")
+    if isinstance(area, bool) or not isinstance(area, int) or area < 32 * 32:
+        raise DiffkitError(f"area={area!r} is not allowed; give an integer of at least 1024 pixels (the pipeline's "
+                           f"output_resolution squared, default {RESOLUTION ** 2})")
+    pil = _pil_images(images, "RGBA")
+    if not pil:
+        raise DiffkitError(f"edit_image needs at least one condition image ({PIPELINE}'s image=); without: "
+                           f"text_to_image")
+    sizes = [calculated_size(*image.size, area) for image in pil]
+    for image, size in zip(pil, sizes):
+        if min(size) < 32:
+            raise DiffkitError(f"a {image.size[0]}x{image.size[1]} condition image at area={area} gives "
+                               f"{size[0]}x{size[1]}; give a larger area or a less elongated image")
+    resized = [image.resize(size, resample=Image.LANCZOS) for image, size in zip(pil, sizes)]
+    reference = [model.encode(_pixels([image])) for image in resized]
+    return flow_text_to_image(model, prompts, height=height or sizes[-1][1], width=width or sizes[-1][0],
+                              guide={"images": [on_white(image) for image in resized], "reference": reference},
+                              **options)
+
+
+__all__ = ["QwenImage21", "edit_image", "QwenImage21Net", "load_qwen_image21", "is_qwen_image21_folder",
            "check_qwen_image21_folder", "text_to_image", "flatten_latents", "PROMPT_TEMPLATE", "SYSTEM_PROMPT"]

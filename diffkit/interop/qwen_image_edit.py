@@ -129,15 +129,18 @@ def _expanded(text: str, counts) -> str:
     return first + "".join(IMAGE_TOKEN * next(counts) + part for part in rest)
 
 
-def _pil_images(images) -> list:
-    """PIL RGB images of ``images``: PIL images, or (B, 3, H, W) in [-1, 1] (8-bit values, as diffkit reads PNGs)."""
+def _pil_images(images, mode: str = "RGB") -> list:
+    """PIL images in ``mode`` (RGB, or RGBA: Qwen-Image 2.1's, :mod:`.qwen_image21`) of ``images``: PIL images, or
+    (B, 3, H, W) in [-1, 1] (8-bit values, as diffkit reads PNGs; with RGBA (B, 3 or 4, H, W))."""
     from PIL import Image
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise DiffkitError(f"images of shape {tuple(images.shape)} are not allowed; give (B, 3, H, W) in [-1, 1]")
+        channels = (3, 4) if mode == "RGBA" else (3,)
+        if images.ndim != 4 or images.shape[1] not in channels:
+            raise DiffkitError(f"images of shape {tuple(images.shape)} are not allowed; give (B, "
+                               f"{' or '.join(map(str, channels))}, H, W) in [-1, 1]")
         pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
-    return [image.convert("RGB") for image in ([images] if isinstance(images, Image.Image) else images)]
+        return [Image.fromarray(p.permute(1, 2, 0).numpy()).convert(mode) for p in pixels]
+    return [image.convert(mode) for image in ([images] if isinstance(images, Image.Image) else images)]
 
 
 def _pixels(images) -> torch.Tensor:
