@@ -13,8 +13,8 @@ from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.nucleusmoe import is_nucleusmoe_folder  # noqa: E402
 from diffkit.interop.qwen_image import is_qwen_image_folder  # noqa: E402
-from diffkit.interop.qwen_image21 import (check_qwen_image21_folder, flatten_latents,  # noqa: E402
-                                          is_qwen_image21_folder, load_qwen_image21, text_to_image)
+from diffkit.interop.qwen_image21 import (check_qwen_image21_folder, edit_image, flatten_latents,  # noqa: E402
+                                          is_qwen_image21_folder, load_qwen_image21, on_white, text_to_image)
 
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _pipeline_folders import reloaded  # noqa: E402
@@ -127,4 +127,93 @@ def test_qwen_image21_sample_command_is_the_library_and_refusals(tiny_qwen21, tm
         (["--max-sequence-length", "64"], "--max-sequence-length does not apply to a Qwen-Image 2.1 folder"),
         (["--clip-skip", "1"], "its prompt flags are --prompt and --negative-prompt (one text encoder)"),
         (["--prompt-2", "x"], "--prompt-2 does not apply to a Qwen-Image 2.1 folder"),
-        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")], label="a Qwen-Image 2.1")
+        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")])
+
+
+def _conditions():
+    """Two condition images: a 70 x 40 RGBA one with holes in its alpha (the text encoder sees it over white, the VAE
+    all four channels) and a 50 x 50 RGB one; at area 64^2 they become 96 x 64 and 64 x 64 (6 and 4 image slots)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (40, 70, 4), dtype=np.uint8)
+    rgba[..., 3] = rng.integers(0, 2, (40, 70)) * 255
+    return [Image.fromarray(rgba, "RGBA"), Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8), "RGB")]
+
+
+def test_qwen_image21_condition_images_as_the_pipeline(tiny_qwen21):
+    """QwenImage21Pipeline(image=[RGBA, RGB]): the prompts' states seeing the images (vision slots, left padding)
+    and the slots' positions; final latents unguided and with CFG, decoded images; the images change the result."""
+    pipe, _, model = tiny_qwen21
+    images = _conditions()
+    resized = [images[0].resize((96, 64), resample=3), images[1].convert("RGBA").resize((64, 64), resample=3)]
+    (ours, mask), (theirs, their_mask, slots) = (model.encode_prompts(PROMPTS, images=[on_white(i) for i in resized]),
+                                                 pipe.encode_prompt(PROMPTS, image=resized))
+    assert torch.equal(ours, theirs) and torch.equal(mask, their_mask)
+    ours_slots = model.image_slots([on_white(i) for i in resized])
+    assert int(ours_slots.sum()) == 10 and torch.equal(slots[0, :ours_slots.shape[0]], ours_slots)
+    assert not bool(slots[:, ours_slots.shape[0]:].any())
+    noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))  # the last image's 64 x 64
+    results = []
+    for call in ({}, {"negative_prompt": ["ugly", " "], "true_cfg_scale": 2.5}):
+        with torch.no_grad():
+            reference = pipe(PROMPTS, image=images, output_resolution=64, num_inference_steps=3, output_type="latent",
+                             latents=flatten_latents(noise), **call).images.transpose(1, 2).reshape(noise.shape)
+        results.append(edit_image(model, images, PROMPTS, area=64 * 64, steps=3, latents=noise, return_latents=True,
+                                  guidance_scale=call.get("true_cfg_scale"),
+                                  negative_prompt=call.get("negative_prompt")))
+        error = relative_error(results[-1], reference)
+        print("QwenImage21Pipeline(image=) latents", call, error)
+        assert error < 1e-5  # measured: see docs/interop/qwen_image21.md
+    plain = text_to_image(model, PROMPTS, steps=3, latents=noise, return_latents=True, height=64, width=64)
+    assert relative_error(results[0], plain) > 1e-3 and relative_error(results[0], results[1]) > 1e-3
+    with torch.no_grad():
+        reference = pipe(PROMPTS, image=images, output_resolution=64, num_inference_steps=2, output_type="pt",
+                         latents=flatten_latents(noise)).images
+    decoded = edit_image(model, images, PROMPTS, area=64 * 64, steps=2, latents=noise, output_range="0,1")
+    error = relative_error(decoded, reference)
+    print("QwenImage21Pipeline(image=) images", error)
+    assert decoded.shape == (2, 4, 64, 64) and error < 1e-5
+
+
+def test_qwen_image21_edit_command_is_the_library_and_refusals(tiny_qwen21, tmp_path, capsys):
+    """``diffkit edit --images RGBA.png --image-reference RGB.png`` writes the library's PNG byte for byte; what the
+    folder's edits do not take (flags, library arguments, a folder without an image processor): one line each."""
+    from diffkit.images import save_images
+    from diffkit.interop.qwen_image21 import QwenImage21Net
+    _, path, model = tiny_qwen21
+    images = _conditions()
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+    flags = ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "0.png"), "--prompt", "hot dog",
+             "--no-progress"]
+    assert main(flags + ["--image-reference", str(tmp_path / "1.png"), "--max-area", "4096", "--steps", "2",
+                         "--seed", "3", "--negative-prompt", "ugly", "--guidance-scale", "2",
+                         "--guidance-convention", "diffusers", "--out", str(tmp_path / "out")]) == 0
+    expected = edit_image(model, images, "hot dog", area=4096, steps=2, seed=3, negative_prompt="ugly",
+                          guidance_scale=2.0, output_range="-1,1")
+    save_images(expected, tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    for extra, message in [(["--mask", str(tmp_path / "1.png")], "--mask does not apply to a Qwen-Image 2.1 folder"),
+                           (["--strength", "0.5"], "--strength does not apply to a Qwen-Image 2.1 folder"),
+                           (["--height", "64"], "--height does not apply to a Qwen-Image 2.1 folder"),
+                           (["--max-sequence-length", "9"], "--max-sequence-length does not apply to a Qwen-Image"),
+                           (["--image-reference", str(tmp_path)], "is a folder; a Qwen-Image 2.1 folder takes one")]:
+        capsys.readouterr()
+        assert main(flags + extra + ["--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (extra, err)
+    assert not (tmp_path / "never").exists()
+    for call, message in [({"area": 100}, "area=100 is not allowed; give an integer of at least 1024"),
+                          ({"images": []}, "needs at least one condition image"),
+                          ({"images": torch.zeros(1, 2, 8, 8)}, r"give \(B, 3 or 4, H, W\)"),
+                          ({"ip_adapter": object()}, "an IP-Adapter is not allowed"),
+                          ({"images": [images[0].resize((200, 10))]}, "200x10 condition image at area=4096 gives")]:
+        with pytest.raises(DiffkitError, match=message):
+            edit_image(model, call.pop("images", images), "hot", steps=1, **{"area": 4096, **call})
+    with pytest.raises(DiffkitError, match=r"needs both cond\['reference'\] and cond\['slots'\]"):
+        QwenImage21Net(model.transformer)(torch.zeros(1, 4, 2, 2), 500.0, torch.zeros(1, 3, 32),
+                                          reference=[torch.zeros(1, 4, 2, 2)])
+    with pytest.raises(DiffkitError, match="processor/ has no preprocessor_config.json"):
+        edit_image(dataclasses.replace(model, image_processor=None), images, "hot", area=4096, steps=1)
