@@ -2,7 +2,9 @@
 vision tokens (tests/_qwen_image_helpers.py) and NucleusMoE-Image's Qwen-style chat template in a
 ``Qwen3VLProcessor`` of the PIL image processor (transformers' class check and save walk its video processor, which
 imports torchvision: patched, as Qwen-Image-Edit's), Krea 2's tiny Qwen3-VL as a ``Qwen3VLForConditionalGeneration``
-of two text layers, a ``QwenImage21Transformer2DModel`` of two blocks (its zero-centred text-norm weight
+of two text layers and a vision block of 32 x 32 patches (one image slot per 2 x 2 group of 16x latents, as
+the real folder's patch 16 x merge 2; the tokenizer's vision ids, so condition images reach it), a
+``QwenImage21Transformer2DModel`` of two blocks (its zero-centred text-norm weight
 randomised), an ``AutoencoderKLQwenImage21`` of five levels (f = 16, z_dim 4, RGBA) and a dynamic-shift scheduler,
 written by save_pretrained (nothing downloaded)."""
 from unittest import mock
@@ -28,7 +30,8 @@ def tiny_qwen_image21_pipeline(width: int = 32, sample_sigmas=None):
     with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class", lambda *_: None):
         processor = transformers.Qwen3VLProcessor(image_processor=images, tokenizer=tokenizer,
                                                   chat_template=CHAT_TEMPLATE)
-    encoder = transformers.Qwen3VLForConditionalGeneration(tiny_qwen3_vl(tokenizer, width, patch=32, own_ids=True).config).eval()
+    vl = tiny_qwen3_vl(tokenizer, width, patch=32, own_ids=True)  # one <|image_pad|> per 32 x 32 pixels
+    encoder = transformers.Qwen3VLForConditionalGeneration(vl.config).eval()
     transformer = diffusers.QwenImage21Transformer2DModel(
         in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
         context_in_dim=width, mlp_ratio=2, axes_dims_rope=(4, 6, 6))

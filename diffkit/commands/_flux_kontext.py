@@ -19,9 +19,9 @@ def add_kontext_flags(parser) -> None:
                              "ratio, as the pipeline's; Qwen-Image-Edit folders: the area each input is resized to "
                              "at its aspect ratio (QwenImageEditPipeline's calculate_dimensions target, fixed there "
                              "at 1024^2, the default); Qwen-Image-Layered folders: the layers' area (default 640^2, "
-                             "the pipeline's resolution=640; 1048576: its resolution=1024); Qwen-Image 2.1 folders: the area "
-                             "each condition image is resized to at its aspect ratio (QwenImage21Pipeline's "
-                             "output_resolution squared, default 1024^2)")
+                             "the pipeline's resolution=640; 1048576: its resolution=1024); Qwen-Image 2.1 "
+                             "folders: the area each condition image is resized to at its aspect ratio "
+                             "(QwenImage21Pipeline's output_resolution squared, default 1024^2)")
     parser.add_argument("--no-auto-resize", action="store_true",
                         help="FLUX.1 Kontext folders: keep the image's own size (floored to a multiple of 16) instead "
                              "of the preferred Kontext resolution of its aspect ratio (the pipeline's "

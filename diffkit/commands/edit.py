@@ -53,7 +53,9 @@ after it as Pictures 2, 3, ...; ``diffkit.interop.qwen_image_edit``); a Qwen-Ima
 image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_layer_{k}.png``;
 ``diffkit.interop.qwen_image_layered``, ``._qwen_image_layered``); a JoyImage Edit folder as JoyImageEditPipeline
 (each image alone at its bucket size, its Qwen3-VL prompt seeing it; a Plus folder seeing the repeatable
-``--image-reference`` PNGs after it; ``diffkit.interop.joyimage``, ``._joyimage``); a HunyuanImage refiner
+``--image-reference`` PNGs after it; ``diffkit.interop.joyimage``, ``._joyimage``); a Qwen-Image 2.1 folder as
+QwenImage21Pipeline with ``image=`` (each image, read as RGBA, with the repeatable ``--image-reference`` PNGs after
+it; ``diffkit.interop.qwen_image21``, ``._qwen_image21``); a HunyuanImage refiner
 folder as HunyuanImageRefinerPipeline (from noise, the image's folded latents beside the noisy ones, 4 steps, no
 strength or mask; ``diffkit.interop.hunyuan_image_refiner``, ``._hunyuan_image``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;

@@ -31,8 +31,10 @@ loop). What 2.1 changes, as the pipeline does it:
 
 The pipeline caches the text tokens' keys and values after its first step (``use_kv_cache``, valid as they are
 modulated at t = 0); diffkit recomputes them at every call (its samplers evaluate the net at any time, in any order),
-which agrees with the cached loop to float rounding. Not driven, one line each: condition images (the pipeline's
-``image=``: ``diffkit edit`` refuses the folder), ``max_sequence_length``, IP-Adapters, ControlNets, LoRA files.
+which agrees with the cached loop to float rounding. Condition images (the pipeline's ``image=``): :func:`edit_image`
+(each in RGBA at its ratio on ``output_resolution``^2 pixels; seen by the prompt over white in its vision slots, its
+four channels' latents in the transformer's stream before z_t's). Not driven, one line each: ``max_sequence_length``,
+IP-Adapters, ControlNets, LoRA files.
 Refused before any weight is read (:func:`check_qwen_image21_folder`): another pipeline class, a missing component
 or one of another class, a transformer ``patch_size`` other than 1 or channels other than the VAE's ``z_dim``, a
 ``context_in_dim`` other than the text encoder's width, a VAE whose ``scale_factor_spatial`` is not 16, malformed
