@@ -217,3 +217,9 @@ def test_qwen_image21_edit_command_is_the_library_and_refusals(tiny_qwen21, tmp_
                                           reference=[torch.zeros(1, 4, 2, 2)])
     with pytest.raises(DiffkitError, match="processor/ has no preprocessor_config.json"):
         edit_image(dataclasses.replace(model, image_processor=None), images, "hot", area=4096, steps=1)
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.images import image_pixels
+    wide = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))  # a 16-bit grey PNG read as RGBA: opaque
+    assert image_pixels(wide, "RGBA").tolist() == [[[0.0, 0.0, 0.0, 255.0], [255.0, 255.0, 255.0, 255.0]]]
