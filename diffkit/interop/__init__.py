@@ -163,6 +163,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "ideogram4_text_to_image": ("ideogram4", "text_to_image"),
             "nucleusmoe_text_to_image": ("nucleusmoe", "text_to_image"),
             "qwen_image21_text_to_image": ("qwen_image21", "text_to_image"),
+            "qwen_image21_edit_image": ("qwen_image21", "edit_image"),
             "dreamlite_text_to_image": ("dreamlite", "text_to_image"),
             "dreamlite_edit_image": ("dreamlite", "edit_image"),
             "joyimage_edit_image": ("joyimage", "edit_image"),
