@@ -188,8 +188,8 @@ class QwenImage21(QwenImage):
     def _tokens(self, prompts: Sequence[str], images=None) -> tuple:
         """(tokens, the text encoder's image inputs) of ``prompts`` in the pipeline's template, padded on the left;
         with condition ``images`` (PIL RGB) each prompt sees all of them: :data:`VISION` per image before the prompt,
-        the processor's patches and ``<|image_pad|>`` repeated t h w / m^2 times (:func:`.qwen_image_edit.
-        vision_inputs`), ``mm_token_type_ids`` 1 on those (as ``Qwen3VLProcessor`` returns them)."""
+        the processor's patches and ``<|image_pad|>`` repeated t h w / m^2 times
+        (:func:`.qwen_image_edit.vision_inputs`), ``mm_token_type_ids`` 1 on those (as ``Qwen3VLProcessor`` gives)."""
         from .qwen_image_edit import vision_inputs
         if not images:
             texts = [PROMPT_TEMPLATE.format(p or " ") for p in prompts]
