@@ -83,6 +83,15 @@ def tiny_glm_image(tmp_path_factory):
     return reloaded(path, diffusers.GlmImagePipeline, load_glm_image)
 
 
+def assert_decodes_as_the_pipeline(pipe, model, ours, theirs):
+    """diffkit's decoded images of ``ours`` are the pipeline's of ``theirs``: D(z std + mean), 1e-5 relative."""
+    with torch.no_grad():
+        image = pipe.vae.decode(theirs * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1)
+                                + torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1), return_dict=False)[0]
+    print("glm-image images", relative_error(model.decode(ours), image))
+    assert relative_error(model.decode(ours), image) < 1e-5
+
+
 @pytest.mark.parametrize("call", [{}, {"guidance_scale": 1.0}])  # CFG at the default s = 1.5; the cond call alone
 def test_glm_image_samples_as_the_pipeline(tiny_glm_image, call):
     """Same z_0 as GlmImagePipeline from the same latents and prior tokens: flow Euler on its shifted sigmas of
@@ -100,11 +109,7 @@ def test_glm_image_samples_as_the_pipeline(tiny_glm_image, call):
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)  # measured: docs/interop/glm_image.md
     if call:
         return
-    with torch.no_grad():
-        image = pipe.vae.decode(theirs * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1)
-                                + torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1), return_dict=False)[0]
-    print("glm-image images", relative_error(model.decode(ours), image))
-    assert relative_error(model.decode(ours), image) < 1e-5
+    assert_decodes_as_the_pipeline(pipe, model, ours, theirs)
     other = text_to_image(model, PROMPTS[0], prior_token_ids=prior[:1], sampler="unipc", steps=3, latents=noise[:1],
                           return_latents=True)  # another sampler: its own grid of the size's shifted schedule
     assert other.shape == (1, 4, 8, 4) and torch.isfinite(other).all()
@@ -227,11 +232,7 @@ def test_glm_image_edits_as_the_pipeline(tiny_glm_image, prompts, call):
     assert relative_error(plain, theirs) > 1e-3
     if batch == 1:
         return
-    with torch.no_grad():
-        image = pipe.vae.decode(theirs * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1)
-                                + torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1), return_dict=False)[0]
-    print("glm-image edit images", relative_error(model.decode(ours), image))
-    assert relative_error(model.decode(ours), image) < 1e-5
+    assert_decodes_as_the_pipeline(pipe, model, ours, theirs)
 
 
 def test_glm_image_edit_command_draws_the_pipelines_condition_tokens(tiny_glm_image, tmp_path, capsys, monkeypatch):

@@ -33,11 +33,13 @@ What is GLM-Image's own, as ``GlmImagePipeline.__call__`` / ``_get_glyph_embeds`
 * latents: N(0, I) (B, C, H / f, W / f); decoding x = D(z std + mean) (the VAE's ``latents_mean`` / ``latents_std``).
   Size: default ``sample_size`` x f, sides multiples of 2 p f (32: the AR model's grid upsampled 2 x 2).
 
-Not driven, refused in one line: the pipeline's image-to-image mode (condition images through the DiT's KV cache),
-a negative prompt, IP-Adapters, LoRA files, textual inversions (the pipeline has no loaders); before any weight is
-read: another pipeline class, a missing component, one of another class, a VAE without ``latents_mean`` /
-``latents_std``, a transformer whose channels are not the VAE's latent channels, a scheduler whose sigmas are not
-the shifted t / T.
+The pipeline's image-to-image mode (condition images read through the DiT's KV cache): :mod:`.glm_image_edit`
+(:func:`image_to_image`; :class:`GlmImageNet`'s ``condition``).
+
+Not driven, refused in one line: a negative prompt, IP-Adapters, LoRA files, textual inversions (the pipeline has
+no loaders); before any weight is read: another pipeline class, a missing component, one of another class, a VAE
+without ``latents_mean`` / ``latents_std``, a transformer whose channels are not the VAE's latent channels, a
+scheduler whose sigmas are not the shifted t / T.
 """
 from __future__ import annotations
 
