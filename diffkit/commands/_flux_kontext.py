@@ -34,7 +34,9 @@ def add_kontext_flags(parser) -> None:
                              "after every --images file as Picture 2, 3, ... (QwenImageEditPlusPipeline's image "
                              "list; the output takes the last picture's aspect ratio, as there); JoyImage Edit "
                              "Plus folders: the same (JoyImageEditPlusPipeline's images, the output at the last "
-                             "one's bucket)")
+                             "one's bucket); GLM-Image folders: repeatable, one PNG each, more condition images "
+                             "after every --images file (GlmImagePipeline's image list; the output at the file's "
+                             "size)")
 
 
 def single_reference(args, kind: str) -> None:
