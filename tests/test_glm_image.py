@@ -15,6 +15,7 @@ from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.glm_image import (check_glm_image_folder, glyph_texts, image_to_image,  # noqa: E402
                                        is_glm_image_folder, load_glm_image, text_to_image)
+from diffkit.interop.glm_image_edit import condition_prior_tokens  # noqa: E402
 
 from _pipeline_folders import reloaded  # noqa: E402
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
@@ -23,8 +24,9 @@ from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of 'cat'", "hot \"dog\" on a \u201cbun\u201d"]  # one glyph text, two (a pad put in front)
 HEIGHT, WIDTH = 64, 32  # latents 8 x 4 (f = 8): 4 x 2 DiT patches, one prior token each
-WORDS = ["<pad>", "<unk>", "<|image|>", "<sop>", "<eop>", "<|dit_token_16384|>", "<|dit_token_16385|>", "<|user|>",
-         *map(str, range(40)), *"a photo of cat hot dog".split()]
+WORDS = ["<pad>", "<unk>", "<|image|>", "<sop>", "<eop>", "<|user|>", *map(str, range(40)),
+         *"a photo of cat hot dog".split(), *(f"<unused{i}>" for i in range(12)), "<|dit_token_16384|>",
+         "<|dit_token_16385|>"]  # the image start / end tokens (64, 65) outside the 64 vision ids generate draws
 
 
 def tiny_processor():
@@ -37,9 +39,11 @@ def tiny_processor():
         tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", bos_token="<|dit_token_16384|>",
         extra_special_tokens={"image_token": "<|image|>", "grid_bos_token": "<sop>", "grid_eos_token": "<eop>"})
     template = ("{% for m in messages %}<|user|>{% for c in m['content'] %}{% if c['type'] == 'text' %}"
-                "{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}")
-    return transformers.GlmImageProcessor(image_processor=transformers.GlmImageImageProcessorPil(),
-                                          tokenizer=tokenizer, chat_template=template)
+                "{{ c['text'] }}{% else %}<|dit_token_16384|><|image|><|dit_token_16385|>{% endif %}{% endfor %}"
+                "{% endfor %}")
+    images = transformers.GlmImageImageProcessorPil(patch_size=16, merge_size=1, temporal_patch_size=1,
+                                                    min_pixels=16 * 16, max_pixels=512 * 512)
+    return transformers.GlmImageProcessor(image_processor=images, tokenizer=tokenizer, chat_template=template)
 
 
 @pytest.fixture(scope="session")
@@ -49,15 +53,18 @@ def tiny_glm_image(tmp_path_factory):
     path = tmp_path_factory.mktemp("glm_image") / "glm_image"
     torch.manual_seed(0)
     config = transformers.GlmImageConfig(
-        text_config={"vocab_size": 64, "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1,
+        text_config={"vocab_size": 66, "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1,
                      "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
                      "vision_vocab_size": 64, "pad_token_id": 0, "eos_token_id": None,
                      "rope_parameters": {"mrope_section": (4, 2, 2)}},
-        vision_config={"depth": 1, "hidden_size": 32, "num_heads": 2, "image_size": 32, "patch_size": 8,
+        vision_config={"depth": 1, "hidden_size": 32, "num_heads": 2, "image_size": 32, "patch_size": 16,
                        "intermediate_size": 32},
         vq_config={"embed_dim": 32, "num_embeddings": 64, "latent_channels": 32},
-        image_token_id=2, image_start_token_id=5, image_end_token_id=6)
+        image_token_id=2, image_start_token_id=64, image_end_token_id=65)
     vlm = transformers.GlmImageForConditionalGeneration(config).eval()
+    for name, weight in vlm.named_parameters():  # weights of some size: the tokens depend on the inputs
+        if name.startswith(("model.language_model", "lm_head")) and weight.ndim == 2:
+            torch.nn.init.normal_(weight, std=0.5)
     t5 = transformers.T5EncoderModel(transformers.T5Config(
         vocab_size=384, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
         relative_attention_num_buckets=8)).eval()
@@ -74,6 +81,15 @@ def tiny_glm_image(tmp_path_factory):
                                vision_language_encoder=vlm, vae=vae, transformer=transformer,
                                scheduler=scheduler).save_pretrained(path)
     return reloaded(path, diffusers.GlmImagePipeline, load_glm_image)
+
+
+def assert_decodes_as_the_pipeline(pipe, model, ours, theirs):
+    """diffkit's decoded images of ``ours`` are the pipeline's of ``theirs``: D(z std + mean), 1e-5 relative."""
+    with torch.no_grad():
+        image = pipe.vae.decode(theirs * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1)
+                                + torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1), return_dict=False)[0]
+    print("glm-image images", relative_error(model.decode(ours), image))
+    assert relative_error(model.decode(ours), image) < 1e-5
 
 
 @pytest.mark.parametrize("call", [{}, {"guidance_scale": 1.0}])  # CFG at the default s = 1.5; the cond call alone
@@ -93,11 +109,7 @@ def test_glm_image_samples_as_the_pipeline(tiny_glm_image, call):
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)  # measured: docs/interop/glm_image.md
     if call:
         return
-    with torch.no_grad():
-        image = pipe.vae.decode(theirs * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1)
-                                + torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1), return_dict=False)[0]
-    print("glm-image images", relative_error(model.decode(ours), image))
-    assert relative_error(model.decode(ours), image) < 1e-5
+    assert_decodes_as_the_pipeline(pipe, model, ours, theirs)
     other = text_to_image(model, PROMPTS[0], prior_token_ids=prior[:1], sampler="unipc", steps=3, latents=noise[:1],
                           return_latents=True)  # another sampler: its own grid of the size's shifted schedule
     assert other.shape == (1, 4, 8, 4) and torch.isfinite(other).all()
@@ -155,8 +167,15 @@ def test_what_glm_image_does_not_take_is_refused_in_one_line(tiny_glm_image, tmp
                            ({"prior_token_ids": prior, "height": 48}, "multiples of 32")]:
         with pytest.raises(DiffkitError, match=expected):
             text_to_image(model, "hot", steps=1, **{"height": 32, "width": 32, **call})
-    with pytest.raises(DiffkitError, match="image-to-image mode"):
-        image_to_image(model, torch.zeros(1, 3, 32, 32), "hot")
+    for images, call, expected in [
+            ([[picture(0)]], {}, "a list of condition-image lists is not taken"),
+            ([picture(0, 48, 32)], {}, "a condition image of 32x48 is not allowed; give sides multiples of 32"),
+            ([picture(0)], {"prior_token_ids": prior}, "prior_token_ids and condition_token_ids go together"),
+            ([picture(0)], {"prior_token_ids": prior, "condition_token_ids": prior[0, :3]}, r"shape \(3,\)"),
+            ([picture(0)], {"prior_token_ids": prior, "condition_token_ids": prior[0] - 1}, r"ids in \[0, 63\]")]:
+        with pytest.raises(DiffkitError, match=expected) as caught:
+            image_to_image(model, images, "hot", steps=1, **call)
+        assert "\n" not in str(caught.value)
     bare = load_glm_image(changed_copy(path, tmp_path / "bare", "model_index.json", {"processor": [None, None]}),
                           progress=False)
     with pytest.raises(DiffkitError, match="has no processor"):
@@ -164,4 +183,83 @@ def test_what_glm_image_does_not_take_is_refused_in_one_line(tiny_glm_image, tmp
     assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--negative-prompt", "x", "--height", "32", "--width", "32"], "GlmImagePipeline has no negative prompt"),
         (["--lora", str(tmp_path / "x.safetensors")], "--lora"),
-        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")], label="a GLM-Image")
+        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")])
+    picture(0, 48, 32).save(tmp_path / "odd.png")
+    for extra, expected in [(["--strength", "0.5"], "--strength does not apply to a GLM-Image folder"),
+                            (["--mask", str(tmp_path / "odd.png")], "--mask does not apply"),
+                            (["--negative-prompt", "x"], "GlmImagePipeline has no negative prompt"),
+                            ([], "a condition image of 32x48 is not allowed")]:
+        capsys.readouterr()
+        assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path / "odd.png"), "--prompt", "hot",
+                     "--steps", "1", "--out", str(tmp_path / "never"), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never").exists()
+
+
+def picture(seed: int, height: int = 32, width: int = 32):
+    """A random RGB PIL image."""
+    import numpy as np
+    from PIL import Image
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("prompts, call", [(PROMPTS, {}), ("hot dog", {}), (PROMPTS[0], {"guidance_scale": 1.0})])
+def test_glm_image_edits_as_the_pipeline(tiny_glm_image, prompts, call):
+    """Same z_0 as GlmImagePipeline(image=...) from the same latents and prior tokens (the target's and the two
+    condition images', of two sizes): each image's z = (E(x) - mean) / std through the transformer once, writing the
+    KV cache its conditional passes read and its unconditional passes skip; two prompts seeing the images (the
+    pipeline: a list per prompt), an unquoted prompt (its CFG pair in one network call: the rows split) and s = 1;
+    the decoded images too. The cache matters: text-to-image from the same tokens differs."""
+    pipe, _, model = tiny_glm_image
+    batch = 1 if isinstance(prompts, str) else len(prompts)
+    images = [picture(0, 64, 32), picture(1)]
+    noise = torch.randn(batch, 4, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(1))
+    prior = torch.randint(0, 64, (batch, 8), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, 64, (8 + 4,), generator=torch.Generator().manual_seed(3))
+    grids = torch.tensor([[1, 4, 2], [1, 2, 2]])
+    with torch.no_grad():
+        theirs = pipe(prompts, image=[images] * batch if batch > 1 else images, height=HEIGHT, width=WIDTH,
+                      num_inference_steps=3, latents=noise.clone(), prior_token_ids=prior,
+                      prior_token_image_ids=[ids] * batch, source_image_grid_thw=[grids] * batch,
+                      output_type="latent", **call).images
+    ours = image_to_image(model, images, prompts, prior_token_ids=prior, condition_token_ids=ids, steps=3,
+                          latents=noise, height=HEIGHT, width=WIDTH, return_latents=True, **call)
+    print("glm-image edit", prompts, call, float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)  # measured: docs/interop/glm_image.md
+    plain = text_to_image(model, prompts, prior_token_ids=prior, steps=3, latents=noise, height=HEIGHT, width=WIDTH,
+                          return_latents=True, **call)
+    assert relative_error(plain, theirs) > 1e-3
+    if batch == 1:
+        return
+    assert_decodes_as_the_pipeline(pipe, model, ours, theirs)
+
+
+def test_glm_image_edit_command_draws_the_pipelines_condition_tokens(tiny_glm_image, tmp_path, capsys, monkeypatch):
+    """The AR stage with condition images: the target's and the images' prior tokens are GlmImagePipeline's
+    generate_prior_tokens' (seed 0; its features concatenated along the channels put back per image, as the
+    installed transformers' get_image_tokens takes them); ``diffkit edit`` with ``--image-reference`` then writes
+    the library's PNGs byte for byte (image i from --seed + i, at its size)."""
+    from diffkit.images import save_images
+    pipe, path, model = tiny_glm_image
+    ar = pipe.vision_language_encoder
+    tokens = ar.get_image_tokens
+    monkeypatch.setattr(ar, "get_image_tokens", lambda features, grids: tokens(
+        list(features.view(len(grids), -1, *features.shape[1:])), grids))
+    images = [picture(9), picture(10)]  # whose target tokens depend on both and their order
+    with torch.no_grad():
+        theirs = pipe.generate_prior_tokens(PROMPTS[0], 32, 32, image=[images],
+                                            generator=torch.Generator().manual_seed(0))
+    ours = condition_prior_tokens(model, PROMPTS[0], images, 32, 32, 0)
+    assert theirs[0].shape == (1, 4) and torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1][0])
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path / "0.png"), "--image-reference",
+                 str(tmp_path / "1.png"), "--prompt", PROMPTS[0], "--steps", "2", "--seed", "3", "--guidance-scale",
+                 "2", "--guidance-convention", "diffusers", "--out", str(out), "--no-progress"]) == 0
+    assert "GLM-Image folder" in capsys.readouterr().out
+    save_images(image_to_image(model, images, PROMPTS[0], steps=2, seed=3, guidance_scale=2.0, output_range="-1,1"),
+                tmp_path / "expected", prefix="edit")
+    assert [p.read_bytes() for p in sorted(out.iterdir())] == \
+        [p.read_bytes() for p in sorted((tmp_path / "expected").iterdir())]

@@ -37,7 +37,9 @@ def add_kontext_flags(parser) -> None:
                              "list; the output takes the last picture's aspect ratio, as there); JoyImage Edit "
                              "Plus folders: the same (JoyImageEditPlusPipeline's images, the output at the last "
                              "one's bucket); Qwen-Image 2.1 folders: the same (QwenImage21Pipeline's image list, "
-                             "read as RGBA)")
+                             "read as RGBA); GLM-Image folders: repeatable, one PNG each, more condition images "
+                             "after every --images file (GlmImagePipeline's image list; the output at the file's "
+                             "size)")
 
 
 def single_reference(args, kind: str) -> None:

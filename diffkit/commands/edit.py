@@ -55,7 +55,10 @@ image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_la
 (each image alone at its bucket size, its Qwen3-VL prompt seeing it; a Plus folder seeing the repeatable
 ``--image-reference`` PNGs after it; ``diffkit.interop.joyimage``, ``._joyimage``); a Qwen-Image 2.1 folder as
 QwenImage21Pipeline with ``image=`` (each image, read as RGBA, with the repeatable ``--image-reference`` PNGs after
-it; ``diffkit.interop.qwen_image21``, ``._qwen_image21``); a HunyuanImage refiner
+it; ``diffkit.interop.qwen_image21``, ``._qwen_image21``); a GLM-Image folder as
+GlmImagePipeline's image-to-image mode (from noise at each image's size, the image and the repeatable
+``--image-reference`` PNGs after it the condition images its DiT reads through the KV cache, their prior tokens from
+the AR model; ``diffkit.interop.glm_image_edit``, ``._glm_image``); a HunyuanImage refiner
 folder as HunyuanImageRefinerPipeline (from noise, the image's folded latents beside the noisy ones, 4 steps, no
 strength or mask; ``diffkit.interop.hunyuan_image_refiner``, ``._hunyuan_image``). A Sana Sprint folder is
 edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;

@@ -170,6 +170,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "hunyuan_image_text_to_image": ("hunyuan_image", "text_to_image"),
             "cogview4_text_to_image": ("cogview4", "text_to_image"),
             "glm_image_text_to_image": ("glm_image", "text_to_image"),
+            "glm_image_image_to_image": ("glm_image_edit", "image_to_image"),
             "cogview3plus_text_to_image": ("cogview3plus", "text_to_image"),
             "hidream_text_to_image": ("hidream", "text_to_image"),
             "stable_cascade_text_to_image": ("stable_cascade", "text_to_image"),

@@ -46,6 +46,13 @@ class FlowLatentVAE:
         kept = steps - int(max(steps - min(steps * strength, steps), 0))
         return 1.0 if kept >= steps else (kept + 0.5) / steps
 
+    def _stats(self, like: torch.Tensor) -> tuple:
+        """The VAE config's per-channel latents mean and std, (1, C, 1, 1) in ``like``'s device and dtype (the VAEs
+        that have them: :class:`FrameVAE`'s, GLM-Image's)."""
+        config = self.vae.config
+        return tuple(torch.tensor(getattr(config, key), device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+                     for key in ("latents_mean", "latents_std"))
+
     def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
         """z = (E(x) - shift_factor) * scaling_factor for images in [-1, 1], the inverse of :meth:`decode`, as
         ``StableDiffusion3Img2ImgPipeline.prepare_latents``: the posterior mean, or with ``sample`` a draw from
@@ -66,12 +73,6 @@ class FrameVAE(FlowLatentVAE):
     ``latents_std`` (``AutoencoderKLQwenImage``: Qwen-Image, :mod:`.qwen_image`; ``AutoencoderKLWan``: Bria FIBO,
     :mod:`.bria_fibo`), run on one-frame videos (B, C, 1, H, W) as those pipelines do: z = (E(x) - mean) / std,
     x = D(z std + mean)."""
-
-    def _stats(self, like: torch.Tensor) -> tuple:
-        """The VAE config's per-channel latents mean and std, (1, C, 1, 1) in ``like``'s device and dtype."""
-        config = self.vae.config
-        return tuple(torch.tensor(getattr(config, key), device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
-                     for key in ("latents_mean", "latents_std"))
 
     def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
         """z = (E(x) - mean) / std of images (B, 3, H, W) in [-1, 1] encoded as one frame, as

@@ -33,15 +33,18 @@ What is GLM-Image's own, as ``GlmImagePipeline.__call__`` / ``_get_glyph_embeds`
 * latents: N(0, I) (B, C, H / f, W / f); decoding x = D(z std + mean) (the VAE's ``latents_mean`` / ``latents_std``).
   Size: default ``sample_size`` x f, sides multiples of 2 p f (32: the AR model's grid upsampled 2 x 2).
 
-Not driven, refused in one line: the pipeline's image-to-image mode (condition images through the DiT's KV cache),
-a negative prompt, IP-Adapters, LoRA files, textual inversions (the pipeline has no loaders); before any weight is
-read: another pipeline class, a missing component, one of another class, a VAE without ``latents_mean`` /
-``latents_std``, a transformer whose channels are not the VAE's latent channels, a scheduler whose sigmas are not
-the shifted t / T.
+The pipeline's image-to-image mode (condition images read through the DiT's KV cache): :mod:`.glm_image_edit`
+(:func:`image_to_image`; :class:`GlmImageNet`'s ``condition``).
+
+Not driven, refused in one line: a negative prompt, IP-Adapters, LoRA files, textual inversions (the pipeline has
+no loaders); before any weight is read: another pipeline class, a missing component, one of another class, a VAE
+without ``latents_mean`` / ``latents_std``, a transformer whose channels are not the VAE's latent channels, a
+scheduler whose sigmas are not the shifted t / T.
 """
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -85,14 +88,28 @@ def glyph_length(max_sequence_length: Optional[int]) -> int:
     return max_sequence_length
 
 
+@contextmanager
+def ar_rng(device: torch.device, seed: int):
+    """torch's global RNG (and CUDA's on a CUDA device) seeded with ``seed`` as ``generate_prior_tokens`` seeds it
+    for transformers' ``generate``, and restored after."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
+
+
 class GlmImageNet(CogView4Net):
-    """``net(x, t, context, prior, prior_drop, target_size, crop_coords)`` over a ``GlmImageTransformer2DModel``:
-    ``t`` (the flow time s T on the shifted schedule) -> ``timestep`` = :func:`.cogview4.cogview4_timestep` (rounded
-    with ``whole_timesteps``) - 1, as the pipeline passes t_i - 1; the (B, N) prior token ids and drop flags and the
-    (1 or B, 2) size conditions as given; the velocity in x's dtype."""
+    """``net(x, t, context, prior, prior_drop, target_size, crop_coords, condition)`` over a
+    ``GlmImageTransformer2DModel``: ``t`` (the flow time s T on the shifted schedule) -> ``timestep`` =
+    :func:`.cogview4.cogview4_timestep` (rounded with ``whole_timesteps``) - 1, as the pipeline passes t_i - 1; the
+    (B, N) prior token ids and drop flags and the (1 or B, 2) size conditions as given; the velocity in x's dtype.
+    ``condition``: the condition images' ``GlmImageKVCache`` (:func:`.glm_image_edit.condition_cache`), read by the
+    rows whose prior tokens are kept and skipped by those that drop them, as the pipeline's conditional ("read") and
+    unconditional ("skip") passes."""
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, prior: torch.Tensor = None,
-                prior_drop: torch.Tensor = None, target_size=None, crop_coords=None) -> torch.Tensor:
+                prior_drop: torch.Tensor = None, target_size=None, crop_coords=None, condition=None) -> torch.Tensor:
         from . import model_dtype
         from .cogview4 import cogview4_timestep
         if context is None or prior is None or prior_drop is None or target_size is None:
@@ -105,11 +122,22 @@ class GlmImageNet(CogView4Net):
             t = t.round()
         sizes = [c.expand(b, 2) if c.shape[0] == 1 else c for c in (target_size, crop_coords)]
         dtype = model_dtype(self.model)
-        out = self.model(hidden_states=x.to(dtype), encoder_hidden_states=context.to(dtype),
-                         prior_token_id=prior.expand(b, -1), prior_token_drop=prior_drop.expand(b, -1),
-                         timestep=(t - 1).to(torch.float32), target_size=sizes[0].to(dtype),
-                         crop_coords=sizes[1].to(dtype), return_dict=False)[0]
+        args = (x.to(dtype), context.expand(b, -1, -1).to(dtype), prior.expand(b, -1), prior_drop.expand(b, -1),
+                (t - 1).to(torch.float32), sizes[0].to(dtype), sizes[1].to(dtype))
+        if condition is None:
+            return self._call(*args).to(x.dtype)
+        reads = ~args[3].all(dim=1)  # the conditional rows read the condition images' keys and values
+        out = torch.empty_like(args[0])
+        for rows, mode in ((reads, "read"), (~reads, "skip")):
+            if rows.any():
+                condition.set_mode(mode)
+                out[rows] = self._call(*(a[rows] for a in args), kv_caches=condition)
         return out.to(x.dtype)
+
+    def _call(self, x, context, prior, prior_drop, timestep, target_size, crop_coords, kv_caches=None):
+        return self.model(hidden_states=x, encoder_hidden_states=context, prior_token_id=prior,
+                          prior_token_drop=prior_drop, timestep=timestep, target_size=target_size,
+                          crop_coords=crop_coords, return_dict=False, kv_caches=kv_caches)[0]
 
 
 @dataclass
@@ -201,12 +229,19 @@ class GlmImage(FlowLatentVAE):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z std + mean) in [-1, 1] (not clamped), as the pipeline decodes."""
-        config = self.vae.config
         with torch.no_grad():
             z = latents.to(device=self.device, dtype=self.vae.dtype)
-            mean, std = (torch.tensor(getattr(config, key), device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
-                         for key in ("latents_mean", "latents_std"))
+            mean, std = self._stats(z)
             return self.vae.decode(z * std + mean, return_dict=False)[0].float()
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = (E(x) - mean) / std of images (B, 3, H, W) in [-1, 1], the inverse of :meth:`decode`: the posterior's
+        mean (the pipeline's condition images, ``sample_mode="argmax"``), or with ``sample`` its draw from
+        ``generator`` (:func:`.stable_diffusion.vae_latents`)."""
+        from .stable_diffusion import vae_latents
+        z = vae_latents(self.vae, images, self.device, generator, sample)
+        mean, std = self._stats(z)
+        return ((z - mean) / std).float()
 
     # ------------------------------------------------------------------ prompts, prior tokens, guidance
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> torch.Tensor:
@@ -240,7 +275,7 @@ class GlmImage(FlowLatentVAE):
             key = (prompt, height, width, seed)
             if key not in self._priors:
                 pipe = self.ar_pipeline()
-                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with ar_rng(self.device, seed):
                     generator = torch.Generator().manual_seed(seed)
                     with torch.no_grad():
                         ids = pipe.generate_prior_tokens(prompt, height, width, device=self.device,
@@ -370,7 +405,7 @@ def text_to_image(model: GlmImage, prompts: Union[str, Sequence[str]], *, prior_
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid=None, max_sequence_length: Optional[int] = None,
                   crops_coords_top_left: tuple = (0, 0), output_range: str = "0,1", return_latents: bool = False,
-                  progress: bool = False, ip_adapter=None, **options) -> torch.Tensor:
+                  progress: bool = False, ip_adapter=None, condition=None, **options) -> torch.Tensor:
     """Images of a GLM-Image folder for ``prompts`` with any diffkit sampler (module docstring).
 
     prior_token_ids: (1 or B, (H / 16)(W / 16)) ids of the transformer's prior codebook (the pipeline's
@@ -380,6 +415,7 @@ def text_to_image(model: GlmImage, prompts: Union[str, Sequence[str]], *, prior_
         (``grid="scheduler"``); a sampler alone: its default grid of the size's flow schedule. steps / nfe: default
         50 steps. guidance_scale: CFG s (default 1.5; ``convention="seed"``: w, s = 1 + w). latents: z at s = 1
         (B, C, h, w); default N(0, I) from per-sample ``seed + i``. height / width: default sample_size x f.
+    condition: the condition images' KV cache the conditional passes read (:func:`image_to_image`'s).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -401,16 +437,18 @@ def text_to_image(model: GlmImage, prompts: Union[str, Sequence[str]], *, prior_
                                              prior_seed)
     denoiser, cond = model.prompt_guidance(prompts, prior_token_ids, h, w, guidance_scale, convention,
                                            max_sequence_length, crops_coords_top_left, whole=own)
+    if condition is not None:
+        cond["condition"] = condition
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=model.device, dtype=model.dtype, **options)
     return finish_images(model, z0, return_latents, output_range)
 
 
-def image_to_image(model, *_, **__):
-    """Refused: GlmImagePipeline's image-to-image mode (condition images through the DiT's KV cache) is not
-    driven."""
-    raise DiffkitError("GLM-Image's image-to-image mode (GlmImagePipeline's condition images, read through the DiT's "
-                       "KV cache) is not driven by diffkit; sample it with diffkit sample")
+def image_to_image(model: GlmImage, images, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+    """Images of ``prompts`` seeing the condition ``images`` as GlmImagePipeline's image-to-image mode
+    (:func:`.glm_image_edit.image_to_image`)."""
+    from .glm_image_edit import image_to_image as edit
+    return edit(model, images, prompts, **options)
 
 
 __all__ = ["GlmImage", "GlmImageNet", "load_glm_image", "is_glm_image_folder", "check_glm_image_folder",
