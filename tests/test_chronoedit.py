@@ -1,0 +1,106 @@
+"""ChronoEdit folders (diffkit.interop.chronoedit): edit_image against diffusers' own ChronoEditPipeline on a tiny
+random folder (a 1-layer UMT5 of width 32 on a few-word unigram tokenizer, a 2-layer ChronoEditTransformer3DModel
+with image conditioning, a 1-layer CLIPVisionModel of width 16 on 32 px, a Wan 2.1 AutoencoderKLWan of z_dim 4 with
+non-trivial latents mean / std, Wan's flow UniPC scheduler; nothing downloaded). ftfy is not installed: the pipeline's
+prompt_clean gets it as the identity, as diffkit does."""
+import re
+import types
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.chronoedit import check_chronoedit_folder, check_frames, edit_image, load_chronoedit  # noqa: E402
+
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
+
+H, W = 32, 48  # latents 4 x 6: 2 x 3 patches
+Z = 4  # the VAE's z_dim
+PROMPT, NEGATIVE = "a photo of a Cat", "blurry dog"
+
+
+@pytest.fixture(scope="module")
+def tiny_chronoedit(tmp_path_factory):
+    """(ChronoEditPipeline.from_pretrained of the saved folder, the folder, load_chronoedit of it), with ftfy's
+    fix_text as the identity in the pipeline's module while the tests run."""
+    from diffusers.pipelines.chronoedit import pipeline_chronoedit
+    root = tmp_path_factory.mktemp("chronoedit")
+    torch.manual_seed(0)
+    umt5 = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    transformer = diffusers.ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=2 * Z + 4, out_channels=Z,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, image_dim=16, added_kv_proj_dim=24, rope_max_seq_len=32)
+    clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=2, image_size=32,
+        patch_size=8)).eval()
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1 * i - 0.2 for i in range(Z)], latents_std=[1 + 0.2 * i for i in range(Z)])
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=5.0)
+    pipe = diffusers.ChronoEditPipeline(tokenizer=tiny_t5_tokenizer(), text_encoder=umt5, image_encoder=clip,
+                                        image_processor=processor, transformer=transformer, vae=vae,
+                                        scheduler=scheduler)
+    pipe.save_pretrained(root / "chronoedit")
+    with pytest.MonkeyPatch.context() as patch:
+        if not hasattr(pipeline_chronoedit, "ftfy"):
+            patch.setattr(pipeline_chronoedit, "ftfy", types.SimpleNamespace(fix_text=lambda text: text),
+                          raising=False)
+        yield reloaded(root / "chronoedit", diffusers.ChronoEditPipeline, load_chronoedit)
+
+
+def _image(seed=3, size=(W, H)):
+    from PIL import Image
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=torch.Generator().manual_seed(seed))
+    return Image.fromarray(pixels.to(torch.uint8).numpy())
+
+
+def _latents(frames=2, seed=7):
+    return torch.randn(1, Z, frames, H // 8, W // 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_chronoedit_matches_the_pipeline(tiny_chronoedit):
+    """The plain edit (5 frames: 2 latent frames) with CFG s = 4 against a negative prompt, 3 UniPC steps: the same
+    latents and last frame as ChronoEditPipeline from the same noise."""
+    pipe, _, model = tiny_chronoedit
+    image, latents = _image(), _latents()
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0}
+    with torch.no_grad():
+        theirs = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents,
+                      output_type="latent", **kw).frames
+        frames = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents,
+                      output_type="pt", **kw).frames
+    ours = edit_image(model, image, PROMPT, steps=3, latents=latents, return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print(f"latents: {error:.2e}")
+    assert error < 1e-5
+    edited = edit_image(model, image, PROMPT, steps=3, latents=latents, **kw)
+    error = relative_error(edited, frames[:, -1])
+    print(f"frame: {error:.2e}")
+    assert error < 1e-5
+
+
+@pytest.mark.parametrize("reasoning", [1, 3])
+def test_chronoedit_temporal_reasoning_matches_the_pipeline(tiny_chronoedit, reasoning):
+    """Temporal reasoning over 9 frames (3 latent frames) for K of 3 steps: K = 1 trims the video to [first, last]
+    after one step (diffkit's net sees those frames alone from there), K = 3 denoises the whole video (the pipeline
+    decodes [first, last])."""
+    pipe, _, model = tiny_chronoedit
+    image, latents = _image(), _latents(3)
+    with torch.no_grad():
+        theirs = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents, num_frames=9,
+                      enable_temporal_reasoning=True, num_temporal_reasoning_steps=reasoning,
+                      output_type="latent").frames
+    ours = edit_image(model, image, PROMPT, steps=3, latents=latents, temporal_reasoning_steps=reasoning,
+                      num_frames=9, return_latents=True)
+    error = relative_error(ours, theirs[:, :, [0, -1]])
+    print(f"latents: {error:.2e}")
+    assert error < 1e-5
