@@ -12,7 +12,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.images import save_images  # noqa: E402
 from diffkit.interop.chronoedit import check_chronoedit_folder, check_frames, edit_image, load_chronoedit  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
@@ -68,39 +70,115 @@ def _latents(frames=2, seed=7):
 
 
 def test_chronoedit_matches_the_pipeline(tiny_chronoedit):
-    """The plain edit (5 frames: 2 latent frames) with CFG s = 4 against a negative prompt, 3 UniPC steps: the same
-    latents and last frame as ChronoEditPipeline from the same noise."""
+    """The plain edit (5 frames: 2 latent frames) with CFG s = 4 against a negative prompt, 3 UniPC steps, the image
+    resized for the VAE (CLIP sees the original): the same latents and last frame as ChronoEditPipeline from the same
+    noise (its final latents read by a step callback)."""
     pipe, _, model = tiny_chronoedit
-    image, latents = _image(), _latents()
+    image, latents, final = _image(size=(W + 8, H + 8)), _latents(), {}  # resized to H x W (Lanczos) for the VAE
+
+    def keep(pipeline, i, t, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
     kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0}
     with torch.no_grad():
-        theirs = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents,
-                      output_type="latent", **kw).frames
-        frames = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents,
-                      output_type="pt", **kw).frames
-    ours = edit_image(model, image, PROMPT, steps=3, latents=latents, return_latents=True, **kw)
-    error = relative_error(ours, theirs)
-    print(f"latents: {error:.2e}")
+        frames = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents, output_type="pt",
+                      callback_on_step_end=keep, **kw).frames
+    ours = edit_image(model, image, PROMPT, steps=3, latents=latents, height=H, width=W, return_latents=True, **kw)
+    error = relative_error(ours, final["latents"])
+    print(f"latents: {error:.2e}")  # (measured 4.9e-7)
     assert error < 1e-5
-    edited = edit_image(model, image, PROMPT, steps=3, latents=latents, **kw)
-    error = relative_error(edited, frames[:, -1])
-    print(f"frame: {error:.2e}")
+    error = relative_error((model.decode_last(ours) / 2 + 0.5).clamp(0, 1), frames[:, -1])
+    print(f"frame: {error:.2e}")  # (measured 8.1e-7)
     assert error < 1e-5
 
 
-@pytest.mark.parametrize("reasoning", [1, 3])
-def test_chronoedit_temporal_reasoning_matches_the_pipeline(tiny_chronoedit, reasoning):
-    """Temporal reasoning over 9 frames (3 latent frames) for K of 3 steps: K = 1 trims the video to [first, last]
-    after one step (diffkit's net sees those frames alone from there), K = 3 denoises the whole video (the pipeline
-    decodes [first, last])."""
+@pytest.mark.parametrize("reasoning, euler", [(1, False), (3, True)])
+def test_chronoedit_temporal_reasoning_matches_the_pipeline(tiny_chronoedit, reasoning, euler):
+    """Temporal reasoning over 9 frames (3 latent frames) for K of 3 steps, unguided: K = 1 trims the video to [first,
+    last] after one step (diffkit's net sees those frames alone from there), K = 3 denoises the whole video (the
+    pipeline decodes [first, last]); the latter on a FlowMatchEuler scheduler (shift 5: flow Euler, timesteps s T)."""
+    import dataclasses
+
+    from diffkit.schedule import NoiseSchedule
     pipe, _, model = tiny_chronoedit
-    image, latents = _image(), _latents(3)
-    with torch.no_grad():
-        theirs = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents, num_frames=9,
-                      enable_temporal_reasoning=True, num_temporal_reasoning_steps=reasoning,
-                      output_type="latent").frames
+    image, latents, scheduler = _image(), _latents(3), pipe.scheduler
+    if euler:
+        pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0)
+        config = {**pipe.scheduler.config, "_class_name": "FlowMatchEulerDiscreteScheduler"}
+        model = dataclasses.replace(model, scheduler_config=config, _sigmas={},
+                                    schedule=NoiseSchedule.flow(1000, 5.0))
+    try:
+        with torch.no_grad():
+            theirs = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents, num_frames=9,
+                          enable_temporal_reasoning=True, num_temporal_reasoning_steps=reasoning, guidance_scale=1.0,
+                          output_type="latent").frames
+    finally:
+        pipe.scheduler = scheduler
     ours = edit_image(model, image, PROMPT, steps=3, latents=latents, temporal_reasoning_steps=reasoning,
-                      num_frames=9, return_latents=True)
+                      num_frames=9, guidance_scale=1.0, return_latents=True)
+    assert theirs.shape[2] == (2 if reasoning < 3 else 3)
     error = relative_error(ours, theirs[:, :, [0, -1]])
-    print(f"latents: {error:.2e}")
+    print(f"latents: {error:.2e}")  # (measured 1.9e-7 both)
     assert error < 1e-5
+
+
+def _edit_argv(path, folder):
+    return ["edit", "--checkpoint", str(path), "--images", str(folder), "--prompt", PROMPT, "--steps", "2", "--seed",
+            "3", "--no-progress"]
+
+
+def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path):
+    """``diffkit edit`` writes the library's last frame byte for byte (CFG 5 against "", noise from seed + i)."""
+    _, path, model = tiny_chronoedit
+    image = _image()
+    save_images(edit_image(model, image, PROMPT, steps=2, seed=3, output_range="-1,1"), tmp_path / "expected",
+                prefix="edit")
+    (tmp_path / "in").mkdir()
+    image.save(tmp_path / "in" / "a.png")
+    assert main(_edit_argv(path, tmp_path / "in") + ["--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+
+
+def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
+    """Before any weight is read: SDEdit's --strength, a size not of 16, diffkit sample on the folder,
+    --temporal-reasoning-steps elsewhere, a WanTransformer3DModel folder, a transformer without image conditioning;
+    the library's frame counts and steps."""
+    _, path, model = tiny_chronoedit
+    (tmp_path / "in").mkdir()
+    _image().save(tmp_path / "in" / "a.png")
+    _image(size=(40, 32)).save(tmp_path / "odd.png")
+    other = tmp_path / "other"
+    (other / "transformer").mkdir(parents=True)
+    (other / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    for argv, expected in [
+            (_edit_argv(path, tmp_path / "in") + ["--strength", "0.5"], "--strength does not apply to a ChronoEdit "
+                                                                        "folder"),
+            (_edit_argv(path, tmp_path / "odd.png"), "height x width 32x40 is not allowed; give positive multiples"),
+            (["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress", "--out",
+              str(tmp_path / "never" / "x.png")], "ChronoEditPipeline folder, which diffkit sample does not take"),
+            (_edit_argv(other, tmp_path / "in") + ["--temporal-reasoning-steps", "2"],
+             "--temporal-reasoning-steps applies to a ChronoEdit folder")]:
+        capsys.readouterr()
+        assert main(argv + ([] if "--out" in argv else ["--out", str(tmp_path / "never")])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "never").exists()
+    for part, change, expected in [
+            ("model_index.json", {"transformer": ["diffusers", "WanTransformer3DModel"]},
+             "transformer is a 'WanTransformer3DModel'; allowed: ChronoEditTransformer3DModel"),
+            ("transformer/config.json", {"added_kv_proj_dim": None}, "added_kv_proj_dim=None; allowed: a positive"),
+            ("transformer/config.json", {"in_channels": 2 * Z}, "in_channels=8; allowed: 12"),
+            ("scheduler/scheduler_config.json", {"use_flow_sigmas": False}, "use_flow_sigmas=False")]:
+        bad = changed_folder(path, tmp_path, part, change, parts=("model_index.json", "scheduler", "transformer",
+                                                                  "text_encoder", "tokenizer", "vae", "image_encoder",
+                                                                  "image_processor"))
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            check_chronoedit_folder(bad)
+    for kw, expected in [({"num_frames": 9}, "num_frames=9 is not allowed without temporal reasoning"),
+                         ({"temporal_reasoning_steps": 2, "num_frames": 8}, "num_frames=8 is not allowed; give 4 k + 1"),
+                         ({"temporal_reasoning_steps": 0}, "temporal_reasoning_steps=0 is not allowed")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            check_frames(kw.get("temporal_reasoning_steps"), kw.get("num_frames"))
+    with pytest.raises(DiffkitError, match="a negative prompt with guidance_scale=1"):
+        edit_image(model, _image(), PROMPT, guidance_scale=1.0, negative_prompt="x")

@@ -1,0 +1,82 @@
+"""``diffkit edit --checkpoint CHRONOEDIT_FOLDER --images PNG|DIR --prompt TEXT [--temporal-reasoning-steps N]``: each
+image edited as ``ChronoEditPipeline`` (:func:`diffkit.interop.chronoedit.edit_image`), the last frame of the edit's
+video written as the PNG; dispatched from :func:`diffkit.commands.edit` (``diffkit sample`` on such a folder: one line,
+:func:`refuse_sample`)."""
+from __future__ import annotations
+
+EDIT_TAKES = ("--images, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --steps, "
+              "--temporal-reasoning-steps, --seed, --batch-size")
+EDIT_FLAGS = {  # diffkit edit's dests a ChronoEdit folder takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "steps", "guidance_scale",
+    "guidance_convention", "temporal_reasoning_steps", "seed", "batch_size", "device", "progress"}
+
+
+def add_chronoedit_flags(group) -> None:
+    """``--temporal-reasoning-steps N`` (ChronoEdit folders) on ``diffkit edit``'s ``group``."""
+    from ._common import positive_int
+    group.add_argument("--temporal-reasoning-steps", type=positive_int, metavar="N",
+                       help="ChronoEdit folders: temporal reasoning for the first N steps (ChronoEditPipeline's "
+                            "enable_temporal_reasoning over its 81 frames, then the first and last frames alone); "
+                            "default off (the plain 5-frame edit)")
+
+
+def check_chronoedit_flag(args) -> None:
+    """One line for ``--temporal-reasoning-steps`` on a checkpoint that is no ChronoEdit folder."""
+    from ..errors import DiffkitError
+    from ..interop.chronoedit import CHRONOEDIT_PIPELINE, is_chronoedit_folder
+    if getattr(args, "temporal_reasoning_steps", None) is not None and not is_chronoedit_folder(args.checkpoint):
+        raise DiffkitError(f"--temporal-reasoning-steps applies to a ChronoEdit folder ({CHRONOEDIT_PIPELINE}); "
+                           f"{args.checkpoint} is not one")
+
+
+def refuse_sample(directory) -> None:
+    """One line for ``diffkit sample`` on a ``ChronoEditPipeline`` folder (it edits images), from its JSON."""
+    from ..errors import DiffkitError
+    from ..interop.chronoedit import CHRONOEDIT_PIPELINE, is_chronoedit_folder
+    if is_chronoedit_folder(directory):
+        raise DiffkitError(f"{directory} is a {CHRONOEDIT_PIPELINE} folder, which diffkit sample does not take (it "
+                           f"edits an image); edit with diffkit edit --images PNG --prompt TEXT")
+
+
+def edit_chronoedit(args) -> int:
+    """Edit ``--images`` (one size, multiples of 16) with ``--prompt`` (once, or once per image) as
+    ``ChronoEditPipeline``: the image is the first frame of a short video whose last frame is the edit (written as the
+    PNG); 50 steps of the folder's scheduler, CFG s = 5 by default; ``--temporal-reasoning-steps N``: the pipeline's
+    temporal reasoning (81 frames for N steps); image i's noise from ``--seed`` + i. Every other edit flag: one line,
+    before any weight is read or any folder is made."""
+    import torch
+
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.auraflow import guided
+    from ..interop.chronoedit import CHRONOEDIT_PIPELINE, check_chronoedit_folder, edit_image, load_chronoedit
+    from ..memory import batches_with_oom_retry
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._pixart import prompted_edit_inputs
+
+    directory = args.checkpoint
+    check_chronoedit_folder(directory)
+    images, count = prompted_edit_inputs(args, EDIT_FLAGS, "ChronoEdit", CHRONOEDIT_PIPELINE, EDIT_TAKES)
+    if args.guidance_scale is not None:  # before any weight is read
+        guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    model = load_chronoedit(directory, device, progress=args.progress)
+    model.check_size(images.shape[2], images.shape[3])
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    scale = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale,
+                                                     "convention": args.guidance_convention}
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        return (edit_image(model, images[start:start + n], prompts, negative_prompt=args.negative_prompt,
+                           steps=args.steps, temporal_reasoning_steps=args.temporal_reasoning_steps,
+                           seed=args.seed + start, output_range="-1,1", progress=args.progress, **scale).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...: the last frame of each edit; ChronoEdit folder "
+          f"{directory} as {CHRONOEDIT_PIPELINE}, prompts {list(args.prompts)})")
+    return 0
