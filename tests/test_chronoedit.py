@@ -175,10 +175,10 @@ def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
                                                                   "image_processor"))
         with pytest.raises(DiffkitError, match=re.escape(expected)):
             check_chronoedit_folder(bad)
-    for kw, expected in [({"num_frames": 9}, "num_frames=9 is not allowed without temporal reasoning"),
-                         ({"temporal_reasoning_steps": 2, "num_frames": 8}, "num_frames=8 is not allowed; give 4 k + 1"),
-                         ({"temporal_reasoning_steps": 0}, "temporal_reasoning_steps=0 is not allowed")]:
+    for steps, frames, expected in [(None, 9, "num_frames=9 is not allowed without temporal reasoning"),
+                                    (2, 8, "num_frames=8 is not allowed; give 4 k + 1"),
+                                    (0, None, "temporal_reasoning_steps=0 is not allowed")]:
         with pytest.raises(DiffkitError, match=re.escape(expected)):
-            check_frames(kw.get("temporal_reasoning_steps"), kw.get("num_frames"))
+            check_frames(steps, frames)
     with pytest.raises(DiffkitError, match="a negative prompt with guidance_scale=1"):
         edit_image(model, _image(), PROMPT, guidance_scale=1.0, negative_prompt="x")

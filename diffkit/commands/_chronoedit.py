@@ -44,39 +44,20 @@ def edit_chronoedit(args) -> int:
     PNG); 50 steps of the folder's scheduler, CFG s = 5 by default; ``--temporal-reasoning-steps N``: the pipeline's
     temporal reasoning (81 frames for N steps); image i's noise from ``--seed`` + i. Every other edit flag: one line,
     before any weight is read or any folder is made."""
-    import torch
-
     from ..config import resolve_device
-    from ..images import check_image_folder, save_images
     from ..interop.auraflow import guided
     from ..interop.chronoedit import CHRONOEDIT_PIPELINE, check_chronoedit_folder, edit_image, load_chronoedit
-    from ..memory import batches_with_oom_retry
-    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._pixart import prompted_edit_inputs
+    from ._common import missing_dirs
+    from ._pixart import prompted_edit_inputs, save_prompted_edits
 
     directory = args.checkpoint
     check_chronoedit_folder(directory)
     images, count = prompted_edit_inputs(args, EDIT_FLAGS, "ChronoEdit", CHRONOEDIT_PIPELINE, EDIT_TAKES)
     if args.guidance_scale is not None:  # before any weight is read
         guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
-    out, device = args.out, resolve_device(args.device)
-    new_dirs = missing_dirs(out)
+    new_dirs, device = missing_dirs(args.out), resolve_device(args.device)
     model = load_chronoedit(directory, device, progress=args.progress)
     model.check_size(images.shape[2], images.shape[3])
-    check_writable_dir(out)
-    check_image_folder(out, count, prefix="edit")
-    scale = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale,
-                                                     "convention": args.guidance_convention}
-
-    def edit(start: int, n: int):
-        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
-        return (edit_image(model, images[start:start + n], prompts, negative_prompt=args.negative_prompt,
-                           steps=args.steps, temporal_reasoning_steps=args.temporal_reasoning_steps,
-                           seed=args.seed + start, output_range="-1,1", progress=args.progress, **scale).cpu(),)
-
-    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
-        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
-        save_images(torch.cat(results), out, prefix="edit")
-    print(f"wrote {count} edited images to {out} (edit_00000.png ...: the last frame of each edit; ChronoEdit folder "
-          f"{directory} as {CHRONOEDIT_PIPELINE}, prompts {list(args.prompts)})")
-    return 0
+    return save_prompted_edits(args, model, edit_image, images, count, new_dirs,
+                               f"the last frame of each edit; ChronoEdit folder {directory} as {CHRONOEDIT_PIPELINE}",
+                               temporal_reasoning_steps=args.temporal_reasoning_steps)

@@ -16,9 +16,9 @@ frame. As ``ChronoEditPipeline.__call__``:
   (z - mean) / std, after a 4-channel mask that is 1 on the first latent frame and 0 on the others: the network input
   is [z_t, mask, z_cond] along the channels (2 C + 4), its velocity z_t's.
 * prompts: the pipeline's ``prompt_clean`` (ftfy, html unescaped twice, whitespace collapsed; without ftfy
-  installed diffkit skips that one call, as :mod:`.prx` does), UMT5's last states of 512 tokens under the mask,
-  zeroed past each prompt's tokens (as :mod:`.cosmos2`'s T5 states); the negative prompt (default "") the same. The
-  length is fixed: the transformer's attention takes all but the last 512 context tokens for the image's (its
+  installed diffkit skips that one call, :func:`.prx.ftfy_or_identity`), UMT5's last states of 512 tokens under the
+  mask, zeroed past each prompt's tokens (as :mod:`.cosmos2`'s T5 states); the negative prompt (default "") the same.
+  The length is fixed: the transformer's attention takes all but the last 512 context tokens for the image's (its
   processor's hard-coded text length), so the pipeline's other ``max_sequence_length`` values fail there.
 * the image condition: CLIP's vision tower (``CLIPVisionModel``) on the folder's ``CLIPImageProcessor`` of the
   *original* image (not the resized one), its penultimate hidden states (``hidden_states[-2]``), the transformer's
@@ -49,7 +49,6 @@ output, a video output (``num_frames`` only shapes the temporal reasoning's vide
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -73,24 +72,6 @@ EDIT_FRAMES = 5  # its num_frames without temporal reasoning: 2 latent frames
 REASONING_FRAMES = 81  # its default num_frames (used with temporal reasoning)
 MAX_SEQUENCE_LENGTH = 512  # its default UMT5 length (the transformer's attention takes the last 512 as the text)
 SIZE_MULTIPLE = 16  # its check_inputs
-
-
-@contextlib.contextmanager
-def _prompt_cleaning():
-    """The pipeline's ``prompt_clean``, with ``ftfy.fix_text`` as the identity while ftfy is not installed (its module
-    then has no ``ftfy``; restored after)."""
-    require("diffusers")
-    import types
-
-    from diffusers.pipelines.chronoedit import pipeline_chronoedit as module
-    if hasattr(module, "ftfy"):
-        yield module.prompt_clean
-        return
-    module.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
-    try:
-        yield module.prompt_clean
-    finally:
-        del module.ftfy
 
 
 class ChronoEditNet(torch.nn.Module):
@@ -193,8 +174,11 @@ class ChronoEdit(FrameVAE):
         """UMT5's states (B, 512, d) of the cleaned prompts, zeroed past each prompt's tokens
         (``_get_t5_prompt_embeds``), in the transformer's dtype."""
         from .stable_diffusion import prompt_list
-        with _prompt_cleaning() as clean:
-            texts = [clean(p) for p in prompt_list(prompts)]
+        require("diffusers")
+        from diffusers.pipelines.chronoedit import pipeline_chronoedit
+        from .prx import ftfy_or_identity
+        with ftfy_or_identity(pipeline_chronoedit):
+            texts = [pipeline_chronoedit.prompt_clean(p) for p in prompt_list(prompts)]
         tokens = self.tokenizer(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
                                 add_special_tokens=True, return_tensors="pt")
         mask = tokens.attention_mask.to(self.device)
