@@ -123,7 +123,7 @@ def test_chronoedit_temporal_reasoning_matches_the_pipeline(tiny_chronoedit, rea
 
 
 def _edit_argv(path, folder):
-    return ["edit", "--checkpoint", str(path), "--images", str(folder), "--prompt", PROMPT, "--steps", "2", "--seed",
+    return ["edit", "--checkpoint", str(path), "--images", str(folder), "--prompt", PROMPT, "--steps", "1", "--seed",
             "3", "--no-progress"]
 
 
@@ -131,7 +131,7 @@ def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path):
     """``diffkit edit`` writes the library's last frame byte for byte (CFG 5 against "", noise from seed + i)."""
     _, path, model = tiny_chronoedit
     image = _image()
-    save_images(edit_image(model, image, PROMPT, steps=2, seed=3, output_range="-1,1"), tmp_path / "expected",
+    save_images(edit_image(model, image, PROMPT, steps=1, seed=3, output_range="-1,1"), tmp_path / "expected",
                 prefix="edit")
     (tmp_path / "in").mkdir()
     image.save(tmp_path / "in" / "a.png")

@@ -37,6 +37,8 @@ frame. As ``ChronoEditPipeline.__call__``:
   alone: every diffkit sampler's update (as the scheduler's) is elementwise in the state with per-step scalar
   coefficients, so the two frames evolve exactly as the pipeline's trimmed state; the other frames are discarded
   (their velocity is set to 0). K >= steps: the whole video is denoised and the pipeline decodes [first, last].
+* dtypes: the latents and the sampler's state in float32 (the pipeline's ``prepare_latents(..., torch.float32)``), the
+  transformer's input, text and image states in its own dtype (its output cast back to float32).
 * output: the last frame of the Wan VAE's decoding of the latent pair [first, last] (x = D(z std + mean), causal:
   the pair decodes to 1 + 4 frames, the last one the edit): with or without temporal reasoning that is the frame the
   pipeline's video ends with (its ``video_edit``). ``return_latents``: that pair (B, C, 2, h, w).
@@ -365,9 +367,10 @@ def edit_image(model: ChronoEdit, images, prompts: Union[str, Sequence[str]], *,
     if cfg:
         null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
         denoiser = ClassifierFreeGuidance(denoiser, scale, convention, null_context=null)
-    noise = flow_start(model.schedule, latents.to(model.device, model.dtype), grid, seed, model.device, model.dtype)
+    state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
+    noise = flow_start(model.schedule, latents.to(model.device, state), grid, seed, model.device, state)
     z = sample(denoiser, noise, sampler, grid=grid, seed=seed, cond=cond, progress=progress, device=model.device,
-               dtype=model.dtype, **options)
+               dtype=state, **options)
     pair = z[:, :, [0, -1]]
     if return_latents:
         return pair
