@@ -127,17 +127,25 @@ def _edit_argv(path, folder):
             "3", "--no-progress"]
 
 
-def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path):
-    """``diffkit edit`` writes the library's last frame byte for byte (CFG 5 against "", noise from seed + i)."""
+def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path, monkeypatch):
+    """``diffkit edit`` writes the library's last frame byte for byte (CFG 5 against "", noise from seed + i), and
+    with ``--temporal-reasoning-steps 1`` of 2 steps (the reasoning video's default length patched to 9 frames)."""
+    from diffkit.interop import chronoedit
     _, path, model = tiny_chronoedit
     image = _image()
-    save_images(edit_image(model, image, PROMPT, steps=1, seed=3, output_range="-1,1"), tmp_path / "expected",
-                prefix="edit")
     (tmp_path / "in").mkdir()
     image.save(tmp_path / "in" / "a.png")
-    assert main(_edit_argv(path, tmp_path / "in") + ["--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == \
-        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    monkeypatch.setattr(chronoedit, "REASONING_FRAMES", 9)
+    for steps, extra, options in [(1, [], {}), (2, ["--temporal-reasoning-steps", "1"],
+                                                {"temporal_reasoning_steps": 1})]:
+        expected, out = tmp_path / f"expected{steps}", tmp_path / f"out{steps}"
+        save_images(edit_image(model, image, PROMPT, steps=steps, seed=3, output_range="-1,1", **options), expected,
+                    prefix="edit")
+        argv = _edit_argv(path, tmp_path / "in")
+        argv[argv.index("--steps") + 1] = str(steps)
+        assert main(argv + extra + ["--out", str(out)]) == 0
+        assert (out / "edit_00000.png").read_bytes() == (expected / "edit_00000.png").read_bytes()
+    assert (tmp_path / "out1" / "edit_00000.png").read_bytes() != (tmp_path / "out2" / "edit_00000.png").read_bytes()
 
 
 def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
