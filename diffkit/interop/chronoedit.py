@@ -34,9 +34,11 @@ frame. As ``ChronoEditPipeline.__call__``:
   frames (default 81: (num_frames - 1) / 4 + 1 latent frames) for the first K steps, then only its first and last
   latent frames (and the scheduler's history of them) go on. diffkit keeps the whole state and, from step K on
   (flow times below the midpoint of the grid's K-1-th and K-th sigmas), calls the transformer on the frames [0, -1]
-  alone: every diffkit sampler's update (as the scheduler's) is elementwise in the state with per-step scalar
-  coefficients, so the two frames evolve exactly as the pipeline's trimmed state; the other frames are discarded
-  (their velocity is set to 0). K >= steps: the whole video is denoised and the pipeline decodes [first, last].
+  alone: the scheduler's step (``unipc`` / ``ddim``, and any deterministic fixed-grid diffkit sampler) is elementwise in
+  the state with per-step scalar coefficients, so the two frames evolve exactly as the pipeline's trimmed state; the
+  other frames are discarded (their velocity is set to 0). A sampler that reads the whole state (adaptive step
+  control, dynamic thresholding) or draws noise of its shape runs, but is not that trimmed run. K >= steps: the whole
+  video is denoised and the pipeline decodes [first, last].
 * dtypes: the latents and the sampler's state in float32 (the pipeline's ``prepare_latents(..., torch.float32)``), the
   transformer's input, text and image states in its own dtype (its output cast back to float32).
 * output: the last frame of the Wan VAE's decoding of the latent pair [first, last] (x = D(z std + mean), causal:
