@@ -127,17 +127,15 @@ def _edit_argv(path, folder):
             "3", "--no-progress"]
 
 
-def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path, monkeypatch):
+def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path):
     """``diffkit edit`` writes the library's last frame byte for byte (CFG 5 against "", noise from seed + i), and
-    with ``--temporal-reasoning-steps 1`` of 2 steps (the reasoning video's default length patched to 9 frames)."""
-    from diffkit.interop import chronoedit
+    with ``--temporal-reasoning-steps 1`` of 2 steps over ``--temporal-reasoning-frames 9``."""
     _, path, model = tiny_chronoedit
     image = _image()
     (tmp_path / "in").mkdir()
     image.save(tmp_path / "in" / "a.png")
-    monkeypatch.setattr(chronoedit, "REASONING_FRAMES", 9)
-    for steps, extra, options in [(1, [], {}), (2, ["--temporal-reasoning-steps", "1"],
-                                                {"temporal_reasoning_steps": 1})]:
+    for steps, extra, options in [(1, [], {}), (2, ["--temporal-reasoning-steps", "1", "--temporal-reasoning-frames",
+                                                     "9"], {"temporal_reasoning_steps": 1, "num_frames": 9})]:
         expected, out = tmp_path / f"expected{steps}", tmp_path / f"out{steps}"
         save_images(edit_image(model, image, PROMPT, steps=steps, seed=3, output_range="-1,1", **options), expected,
                     prefix="edit")
@@ -150,7 +148,7 @@ def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path, monkeypatc
 
 def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
     """Before any weight is read: SDEdit's --strength, a size not of 16, diffkit sample on the folder,
-    --temporal-reasoning-steps elsewhere, a WanTransformer3DModel folder, a transformer without image conditioning;
+    --temporal-reasoning-steps elsewhere, --temporal-reasoning-frames alone or not 4 k + 1, a WanTransformer3DModel folder, a transformer without image conditioning;
     the library's frame counts and steps."""
     _, path, model = tiny_chronoedit
     (tmp_path / "in").mkdir()
@@ -166,7 +164,11 @@ def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
             (["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress", "--out",
               str(tmp_path / "never" / "x.png")], "ChronoEditPipeline folder, which diffkit sample does not take"),
             (_edit_argv(other, tmp_path / "in") + ["--temporal-reasoning-steps", "2"],
-             "--temporal-reasoning-steps applies to a ChronoEdit folder")]:
+             "--temporal-reasoning-steps applies to a ChronoEdit folder"),
+            (_edit_argv(path, tmp_path / "in") + ["--temporal-reasoning-frames", "9"],
+             "num_frames=9 is not allowed without temporal reasoning"),
+            (_edit_argv(path, tmp_path / "in") + ["--temporal-reasoning-steps", "2", "--temporal-reasoning-frames", "8"],
+             "num_frames=8 is not allowed; give 4 k + 1")]:
         capsys.readouterr()
         assert main(argv + ([] if "--out" in argv else ["--out", str(tmp_path / "never")])) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -295,7 +295,7 @@ def check_frames(temporal_reasoning_steps, num_frames) -> int:
         if num_frames is not None:
             raise DiffkitError(f"num_frames={num_frames!r} is not allowed without temporal reasoning: a plain "
                                f"ChronoEdit edit is the pipeline's {EDIT_FRAMES} frames; give temporal_reasoning_steps "
-                               f"or drop num_frames")
+                               f"(--temporal-reasoning-steps) or drop it")
         return EDIT_FRAMES
     if isinstance(temporal_reasoning_steps, bool) or not isinstance(temporal_reasoning_steps, int) \
             or temporal_reasoning_steps < 1:
