@@ -53,7 +53,7 @@ after it as Pictures 2, 3, ...; ``diffkit.interop.qwen_image_edit``); a Qwen-Ima
 image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_layer_{k}.png``;
 ``diffkit.interop.qwen_image_layered``, ``._qwen_image_layered``); a ChronoEdit folder as ChronoEditPipeline
 (the image the first frame of a short video, the edit its last frame, written as the PNG; ``--temporal-reasoning-steps
-N``; ``diffkit.interop.chronoedit``, ``._chronoedit``); a JoyImage Edit folder as JoyImageEditPipeline
+N``, ``--temporal-reasoning-frames N``; ``diffkit.interop.chronoedit``, ``._chronoedit``); a JoyImage Edit folder as JoyImageEditPipeline
 (each image alone at its bucket size, its Qwen3-VL prompt seeing it; a Plus folder seeing the repeatable
 ``--image-reference`` PNGs after it; ``diffkit.interop.joyimage``, ``._joyimage``); a HunyuanImage refiner
 folder as HunyuanImageRefinerPipeline (from noise, the image's folded latents beside the noisy ones, 4 steps, no
