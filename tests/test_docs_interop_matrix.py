@@ -257,6 +257,7 @@ HUNYUAN_IMAGE = "## HunyuanImage folders (`diffkit.interop.hunyuan_image`)"
 QWEN_LAYERED = "## Qwen-Image-Edit-2511 and Qwen-Image-Layered folders (`diffkit.interop.qwen_image_layered`)"
 GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
+CHRONOEDIT = "## ChronoEdit folders (`diffkit.interop.chronoedit`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 
@@ -319,6 +320,7 @@ VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
                                                                     "QwenImageLayeredPipeline"], "QE"),
                                                     (GLM_IMAGE, ["GlmImagePipeline"], "GM"),
                                                     (COSMOS2, ["Cosmos2TextToImagePipeline"], "CO"),
+                                                    (CHRONOEDIT, ["ChronoEditPipeline"], "CE"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC")])

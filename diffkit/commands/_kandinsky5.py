@@ -28,17 +28,13 @@ def edit_kandinsky5(args) -> int:
     then its posterior sample). A ``Kandinsky5T2IPipeline`` folder, and every other edit flag (``--mask``,
     ``--strength``: no SDEdit noising, ``--height``, ...): one line, before any weight is read or any folder is
     made."""
-    import torch
-
     from ..config import resolve_device
     from ..errors import DiffkitError
-    from ..images import check_image_folder, save_images
     from ..interop.auraflow import guided
     from ..interop.kandinsky5 import KANDINSKY5_I2I_PIPELINE, check_kandinsky5_folder, load_kandinsky5
     from ..interop.kandinsky5_edit import edit_image
-    from ..memory import batches_with_oom_retry
-    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._pixart import prompted_edit_inputs
+    from ._common import missing_dirs
+    from ._pixart import prompted_edit_inputs, save_prompted_edits
 
     directory = args.checkpoint
     index, _, _ = check_kandinsky5_folder(directory)  # the video folders: one line
@@ -49,23 +45,8 @@ def edit_kandinsky5(args) -> int:
                                          EDIT_TAKES)
     if args.guidance_scale is not None:  # before any weight is read
         guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
-    out, device = args.out, resolve_device(args.device)
-    new_dirs = missing_dirs(out)
+    new_dirs, device = missing_dirs(args.out), resolve_device(args.device)
     model = load_kandinsky5(directory, device, progress=args.progress, lora=args.lora)
-    check_writable_dir(out)
-    check_image_folder(out, count, prefix="edit")
-    scale = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale,
-                                                     "convention": args.guidance_convention}
-
-    def edit(start: int, n: int):
-        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
-        return (edit_image(model, images[start:start + n], prompts, negative_prompt=args.negative_prompt,
-                           steps=args.steps, sampler=args.sampler, posterior=args.posterior or "sample",
-                           seed=args.seed + start, output_range="-1,1", progress=args.progress, **scale).cpu(),)
-
-    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
-        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
-        save_images(torch.cat(results), out, prefix="edit")
-    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Kandinsky 5 folder {directory} as "
-          f"{KANDINSKY5_I2I_PIPELINE}, prompts {list(args.prompts)})")
-    return 0
+    return save_prompted_edits(args, model, edit_image, images, count, new_dirs,
+                               f"Kandinsky 5 folder {directory} as {KANDINSKY5_I2I_PIPELINE}", sampler=args.sampler,
+                               posterior=args.posterior or "sample")

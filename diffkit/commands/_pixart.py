@@ -346,6 +346,36 @@ def prompted_edit_inputs(args, flags, kind: str, pipeline: str, takes: str, chec
     return (images, count, mask) if with_mask else (images, count)
 
 
+def save_prompted_edits(args, model, edit_image, images, count: int, new_dirs, what: str, **options) -> int:
+    """The rest of ``diffkit edit`` on a prompted instruction-edit folder kind once ``model`` is loaded (Kandinsky 5
+    image-to-image, ChronoEdit): ``--out`` checked, ``edit_image(model, images, prompts, negative_prompt=, steps=,
+    seed=, ...)`` with ``--guidance-scale`` / ``--guidance-convention`` where given and ``options``, in batches (one
+    out of memory is halved and redrawn: image i from ``--seed`` + i), written as edit_00000.png ...; the summary line
+    names ``what``. ``new_dirs``: the folders made for ``--out``, removed again on a failure that leaves them empty."""
+    import torch
+
+    from ..images import check_image_folder, save_images
+    from ..memory import batches_with_oom_retry
+    from ._common import check_writable_dir, removed_if_empty_on_failure
+    out = args.out
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    scale = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale,
+                                                     "convention": args.guidance_convention}
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        return (edit_image(model, images[start:start + n], prompts, negative_prompt=args.negative_prompt,
+                           steps=args.steps, seed=args.seed + start, output_range="-1,1", progress=args.progress,
+                           **scale, **options).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; {what}, prompts {list(args.prompts)})")
+    return 0
+
+
 def edit_sana_sprint(args) -> int:
     """``diffkit edit --checkpoint SPRINT_FOLDER --images PNG|DIR --prompt TEXT``: each image edited as
     ``SanaSprintImg2ImgPipeline`` (:func:`diffkit.interop.sana_sprint.image_to_image`: strength 0.6, 2 steps of

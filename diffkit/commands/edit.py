@@ -51,7 +51,9 @@ Flux2KleinInpaintPipeline (strength 0.8, CFG 8.0, ``--image-reference PNG`` in c
 ``--max-area``; a Plus folder, 2511's too, edits each image alone, seeing the repeatable ``--image-reference`` PNGs
 after it as Pictures 2, 3, ...; ``diffkit.interop.qwen_image_edit``); a Qwen-Image-Layered folder decomposes each
 image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_layer_{k}.png``;
-``diffkit.interop.qwen_image_layered``, ``._qwen_image_layered``); a JoyImage Edit folder as JoyImageEditPipeline
+``diffkit.interop.qwen_image_layered``, ``._qwen_image_layered``); a ChronoEdit folder as ChronoEditPipeline
+(the image the first frame of a short video, the edit its last frame, written as the PNG; ``--temporal-reasoning-steps
+N``, ``--temporal-reasoning-frames N``; ``diffkit.interop.chronoedit``, ``._chronoedit``); a JoyImage Edit folder as JoyImageEditPipeline
 (each image alone at its bucket size, its Qwen3-VL prompt seeing it; a Plus folder seeing the repeatable
 ``--image-reference`` PNGs after it; ``diffkit.interop.joyimage``, ``._joyimage``); a Qwen-Image 2.1 folder as
 QwenImage21Pipeline with ``image=`` (each image, read as RGBA, with the repeatable ``--image-reference`` PNGs after
@@ -240,6 +242,8 @@ def register(sub) -> None:
     z.add_argument("--layers", type=positive_int, metavar="N",
                    help="Qwen-Image-Layered folders: the layers each image is decomposed into "
                         "(QwenImageLayeredPipeline's layers, default 4), written as edit_{i}_layer_{k}.png (RGBA)")
+    from ._chronoedit import add_chronoedit_flags
+    add_chronoedit_flags(z)  # --temporal-reasoning-steps (ChronoEdit folders)
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)
@@ -363,6 +367,11 @@ def _run(args) -> int:
     if is_visualcloze_folder(args.checkpoint):  # VisualCloze: in-context generation (._visualcloze)
         return edit_visualcloze(args)
     check_visualcloze_flags(args)  # --example, --query, ...: a VisualCloze folder's
+    from ._chronoedit import check_chronoedit_flag, edit_chronoedit
+    from ..interop.chronoedit import is_chronoedit_folder
+    if is_chronoedit_folder(args.checkpoint):  # ChronoEdit: the edit is the last frame of a short video
+        return edit_chronoedit(args)
+    check_chronoedit_flag(args)  # --temporal-reasoning-steps: that folder's only
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext

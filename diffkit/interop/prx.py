@@ -85,20 +85,28 @@ def check_prx_folder(directory) -> tuple:
 
 
 @contextlib.contextmanager
-def _text_cleaning():
-    """diffusers' ``TextPreprocessor`` (``PRXPipeline``'s), with ``ftfy.fix_text`` as the identity while ftfy is not
-    installed (its module then has no ``ftfy``; restored after)."""
-    require("diffusers")
-    from diffusers.pipelines.prx import pipeline_prx
-    if hasattr(pipeline_prx, "ftfy"):
-        yield pipeline_prx.TextPreprocessor()
+def ftfy_or_identity(module):
+    """The block run with a diffusers pipeline ``module``'s ``ftfy.fix_text`` as the identity while ftfy is not
+    installed (the module then has no ``ftfy``; restored after): its own text cleaning as it runs without ftfy's fixes
+    (PRX's ``TextPreprocessor``, ChronoEdit's ``prompt_clean``, :mod:`.chronoedit`)."""
+    if hasattr(module, "ftfy"):
+        yield
         return
     import types
-    pipeline_prx.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
+    module.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
     try:
-        yield pipeline_prx.TextPreprocessor()
+        yield
     finally:
-        del pipeline_prx.ftfy
+        del module.ftfy
+
+
+@contextlib.contextmanager
+def _text_cleaning():
+    """diffusers' ``TextPreprocessor`` (``PRXPipeline``'s) under :func:`ftfy_or_identity`."""
+    require("diffusers")
+    from diffusers.pipelines.prx import pipeline_prx
+    with ftfy_or_identity(pipeline_prx):
+        yield pipeline_prx.TextPreprocessor()
 
 
 class PRXNet(torch.nn.Module):

@@ -1,0 +1,194 @@
+"""ChronoEdit folders (diffkit.interop.chronoedit): edit_image against diffusers' own ChronoEditPipeline on a tiny
+random folder (a 1-layer UMT5 of width 32 on a few-word unigram tokenizer, a 2-layer ChronoEditTransformer3DModel
+with image conditioning, a 1-layer CLIPVisionModel of width 16 on 32 px, a Wan 2.1 AutoencoderKLWan of z_dim 4 with
+non-trivial latents mean / std, Wan's flow UniPC scheduler; nothing downloaded). ftfy is not installed: the pipeline's
+prompt_clean gets it as the identity, as diffkit does."""
+import re
+import types
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.images import save_images  # noqa: E402
+from diffkit.interop.chronoedit import check_chronoedit_folder, check_frames, edit_image, load_chronoedit  # noqa: E402
+
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
+
+H, W = 32, 48  # latents 4 x 6: 2 x 3 patches
+Z = 4  # the VAE's z_dim
+PROMPT, NEGATIVE = "a photo of a Cat", "blurry dog"
+
+
+@pytest.fixture(scope="module")
+def tiny_chronoedit(tmp_path_factory):
+    """(ChronoEditPipeline.from_pretrained of the saved folder, the folder, load_chronoedit of it), with ftfy's
+    fix_text as the identity in the pipeline's module while the tests run."""
+    from diffusers.pipelines.chronoedit import pipeline_chronoedit
+    root = tmp_path_factory.mktemp("chronoedit")
+    torch.manual_seed(0)
+    umt5 = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    transformer = diffusers.ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=2 * Z + 4, out_channels=Z,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, image_dim=16, added_kv_proj_dim=24, rope_max_seq_len=32)
+    clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=2, image_size=32,
+        patch_size=8)).eval()
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1 * i - 0.2 for i in range(Z)], latents_std=[1 + 0.2 * i for i in range(Z)])
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=5.0)
+    pipe = diffusers.ChronoEditPipeline(tokenizer=tiny_t5_tokenizer(), text_encoder=umt5, image_encoder=clip,
+                                        image_processor=processor, transformer=transformer, vae=vae,
+                                        scheduler=scheduler)
+    pipe.save_pretrained(root / "chronoedit")
+    with pytest.MonkeyPatch.context() as patch:
+        if not hasattr(pipeline_chronoedit, "ftfy"):
+            patch.setattr(pipeline_chronoedit, "ftfy", types.SimpleNamespace(fix_text=lambda text: text),
+                          raising=False)
+        yield reloaded(root / "chronoedit", diffusers.ChronoEditPipeline, load_chronoedit)
+
+
+def _image(seed=3, size=(W, H)):
+    from PIL import Image
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=torch.Generator().manual_seed(seed))
+    return Image.fromarray(pixels.to(torch.uint8).numpy())
+
+
+def _latents(frames=2, seed=7):
+    return torch.randn(1, Z, frames, H // 8, W // 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_chronoedit_matches_the_pipeline(tiny_chronoedit):
+    """The plain edit (5 frames: 2 latent frames) with CFG s = 4 against a negative prompt, 3 UniPC steps, the image
+    resized for the VAE (CLIP sees the original): the same latents and last frame as ChronoEditPipeline from the same
+    noise (its final latents read by a step callback)."""
+    pipe, _, model = tiny_chronoedit
+    image, latents, final = _image(size=(W + 8, H + 8)), _latents(), {}  # resized to H x W (Lanczos) for the VAE
+
+    def keep(pipeline, i, t, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0}
+    with torch.no_grad():
+        frames = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents, output_type="pt",
+                      callback_on_step_end=keep, **kw).frames
+    ours = edit_image(model, image, PROMPT, steps=3, latents=latents, height=H, width=W, return_latents=True, **kw)
+    error = relative_error(ours, final["latents"])
+    print(f"latents: {error:.2e}")  # (measured 4.9e-7)
+    assert error < 1e-5
+    error = relative_error((model.decode_last(ours) / 2 + 0.5).clamp(0, 1), frames[:, -1])
+    print(f"frame: {error:.2e}")  # (measured 8.1e-7)
+    assert error < 1e-5
+
+
+@pytest.mark.parametrize("reasoning, euler", [(1, False), (3, True)])
+def test_chronoedit_temporal_reasoning_matches_the_pipeline(tiny_chronoedit, reasoning, euler):
+    """Temporal reasoning over 9 frames (3 latent frames) for K of 3 steps, unguided: K = 1 trims the video to [first,
+    last] after one step (diffkit's net sees those frames alone from there), K = 3 denoises the whole video (the
+    pipeline decodes [first, last]); the latter on a FlowMatchEuler scheduler (shift 5: flow Euler, timesteps s T)."""
+    import dataclasses
+
+    from diffkit.schedule import NoiseSchedule
+    pipe, _, model = tiny_chronoedit
+    image, latents, scheduler = _image(), _latents(3), pipe.scheduler
+    if euler:
+        pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0)
+        config = {**pipe.scheduler.config, "_class_name": "FlowMatchEulerDiscreteScheduler"}
+        model = dataclasses.replace(model, scheduler_config=config, _sigmas={},
+                                    schedule=NoiseSchedule.flow(1000, 5.0))
+    try:
+        with torch.no_grad():
+            theirs = pipe(image, PROMPT, height=H, width=W, num_inference_steps=3, latents=latents, num_frames=9,
+                          enable_temporal_reasoning=True, num_temporal_reasoning_steps=reasoning, guidance_scale=1.0,
+                          output_type="latent").frames
+    finally:
+        pipe.scheduler = scheduler
+    ours = edit_image(model, image, PROMPT, steps=3, latents=latents, temporal_reasoning_steps=reasoning,
+                      num_frames=9, guidance_scale=1.0, return_latents=True)
+    assert theirs.shape[2] == (2 if reasoning < 3 else 3)
+    error = relative_error(ours, theirs[:, :, [0, -1]])
+    print(f"latents: {error:.2e}")  # (measured 1.9e-7 both)
+    assert error < 1e-5
+
+
+def _edit_argv(path, folder):
+    return ["edit", "--checkpoint", str(path), "--images", str(folder), "--prompt", PROMPT, "--steps", "1", "--seed",
+            "3", "--no-progress"]
+
+
+def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path):
+    """``diffkit edit`` writes the library's last frame byte for byte (CFG 5 against "", noise from seed + i), and
+    with ``--temporal-reasoning-steps 1`` of 2 steps over ``--temporal-reasoning-frames 9``."""
+    _, path, model = tiny_chronoedit
+    image = _image()
+    (tmp_path / "in").mkdir()
+    image.save(tmp_path / "in" / "a.png")
+    for steps, extra, options in [(1, [], {}), (2, ["--temporal-reasoning-steps", "1", "--temporal-reasoning-frames",
+                                                     "9"], {"temporal_reasoning_steps": 1, "num_frames": 9})]:
+        expected, out = tmp_path / f"expected{steps}", tmp_path / f"out{steps}"
+        save_images(edit_image(model, image, PROMPT, steps=steps, seed=3, output_range="-1,1", **options), expected,
+                    prefix="edit")
+        argv = _edit_argv(path, tmp_path / "in")
+        argv[argv.index("--steps") + 1] = str(steps)
+        assert main(argv + extra + ["--out", str(out)]) == 0
+        assert (out / "edit_00000.png").read_bytes() == (expected / "edit_00000.png").read_bytes()
+    assert (tmp_path / "out1" / "edit_00000.png").read_bytes() != (tmp_path / "out2" / "edit_00000.png").read_bytes()
+
+
+def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
+    """Before any weight is read: SDEdit's --strength, a size not of 16, diffkit sample on the folder,
+    --temporal-reasoning-steps elsewhere, --temporal-reasoning-frames alone or not 4 k + 1, a WanTransformer3DModel folder, a transformer without image conditioning;
+    the library's frame counts and steps."""
+    _, path, model = tiny_chronoedit
+    (tmp_path / "in").mkdir()
+    _image().save(tmp_path / "in" / "a.png")
+    _image(size=(40, 32)).save(tmp_path / "odd.png")
+    other = tmp_path / "other"
+    (other / "transformer").mkdir(parents=True)
+    (other / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    for argv, expected in [
+            (_edit_argv(path, tmp_path / "in") + ["--strength", "0.5"], "--strength does not apply to a ChronoEdit "
+                                                                        "folder"),
+            (_edit_argv(path, tmp_path / "odd.png"), "height x width 32x40 is not allowed; give positive multiples"),
+            (["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress", "--out",
+              str(tmp_path / "never" / "x.png")], "ChronoEditPipeline folder, which diffkit sample does not take"),
+            (_edit_argv(other, tmp_path / "in") + ["--temporal-reasoning-steps", "2"],
+             "--temporal-reasoning-steps applies to a ChronoEdit folder"),
+            (_edit_argv(path, tmp_path / "in") + ["--temporal-reasoning-frames", "9"],
+             "num_frames=9 is not allowed without temporal reasoning"),
+            (_edit_argv(path, tmp_path / "in") + ["--temporal-reasoning-steps", "2", "--temporal-reasoning-frames", "8"],
+             "num_frames=8 is not allowed; give 4 k + 1")]:
+        capsys.readouterr()
+        assert main(argv + ([] if "--out" in argv else ["--out", str(tmp_path / "never")])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "never").exists()
+    for part, change, expected in [
+            ("model_index.json", {"transformer": ["diffusers", "WanTransformer3DModel"]},
+             "transformer is a 'WanTransformer3DModel'; allowed: ChronoEditTransformer3DModel"),
+            ("transformer/config.json", {"added_kv_proj_dim": None}, "added_kv_proj_dim=None; allowed: a positive"),
+            ("transformer/config.json", {"in_channels": 2 * Z}, "in_channels=8; allowed: 12"),
+            ("scheduler/scheduler_config.json", {"use_flow_sigmas": False}, "use_flow_sigmas=False")]:
+        bad = changed_folder(path, tmp_path, part, change, parts=("model_index.json", "scheduler", "transformer",
+                                                                  "text_encoder", "tokenizer", "vae", "image_encoder",
+                                                                  "image_processor"))
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            check_chronoedit_folder(bad)
+    for steps, frames, expected in [(None, 9, "num_frames=9 is not allowed without temporal reasoning"),
+                                    (2, 8, "num_frames=8 is not allowed; give 4 k + 1"),
+                                    (0, None, "temporal_reasoning_steps=0 is not allowed")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            check_frames(steps, frames)
+    with pytest.raises(DiffkitError, match="a negative prompt with guidance_scale=1"):
+        edit_image(model, _image(), PROMPT, guidance_scale=1.0, negative_prompt="x")
