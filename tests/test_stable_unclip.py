@@ -1,0 +1,102 @@
+"""Stable unCLIP folders (diffkit.interop.stable_unclip) against diffusers' own StableUnCLIPPipeline and
+StableUnCLIPImg2ImgPipeline on two tiny random folders saved with save_pretrained: the tiny SD UNet / VAE / text
+encoder of test_interop_diffusers with a ``projection`` class embedding of width 2 x 16, Kandinsky's tiny prior
+(tests/_kandinsky_helpers.py: PriorTransformer, CLIP text encoder with projection 16) stepped by a DDPMScheduler of
+Karlo's UnCLIPScheduler config (as diffusers' conversion makes it), a StableUnCLIPImageNormalizer of random
+statistics, a squaredcos DDPMScheduler noising the embedding, a v-prediction DDIMScheduler (SD 2.1's); the img2img
+folder a CLIPVisionModelWithProjection of projection 16 and a CLIPImageProcessor at 28 px. Zero-initialised weights
+(the prior's positional and prd embeddings, the norms' biases) are randomised. The same per-row generators on both
+sides; the final latents and images compared; ``diffkit sample`` against the library byte for byte; the refusals."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop import stable_unclip as unclip  # noqa: E402
+from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer  # noqa: E402,E501
+
+from _kandinsky5_helpers import randomised  # noqa: E402
+from _kandinsky_helpers import WIDTH, tiny_prior_pipeline  # noqa: E402
+from _pipeline_folders import reloaded  # noqa: E402
+from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_components  # noqa: E402
+from test_sd_image_variation import _png  # noqa: E402
+
+STEPS, PRIOR_STEPS = 3, 3
+PROMPTS = ["a photo of a cat", "hot dog"]
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory):
+    """{"text": (pipeline, path, StableUnCLIP), "image": (...), "pngs": two PNG paths}."""
+    root = tmp_path_factory.mktemp("stable_unclip")
+    unet, vae, text_encoder, tokenizer = tiny_sd_components(root, class_embed_type="projection",
+                                                            projection_class_embeddings_input_dim=2 * WIDTH)
+    randomised(unet)
+    prior_pipe = tiny_prior_pipeline(root)
+    randomised(prior_pipe.prior, seed=4)
+    torch.manual_seed(2)
+    normalizer = StableUnCLIPImageNormalizer(embedding_dim=WIDTH)
+    with torch.no_grad():
+        normalizer.mean.copy_(torch.randn(1, WIDTH) * 0.5)
+        normalizer.std.copy_(torch.rand(1, WIDTH) + 0.5)
+    common = dict(image_normalizer=normalizer, image_noising_scheduler=diffusers.DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2"), tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
+        scheduler=diffusers.DDIMScheduler.from_config(sd_ddim_scheduler().config, prediction_type="v_prediction"),
+        vae=vae)
+    diffusers.StableUnCLIPPipeline(
+        prior_tokenizer=prior_pipe.tokenizer, prior_text_encoder=prior_pipe.text_encoder, prior=prior_pipe.prior,
+        prior_scheduler=diffusers.DDPMScheduler.from_config(prior_pipe.scheduler.config),
+        **common).save_pretrained(root / "text")
+    encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=28,
+        patch_size=7, projection_dim=WIDTH)).eval()
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    diffusers.StableUnCLIPImg2ImgPipeline(feature_extractor=processor, image_encoder=encoder,
+                                          **common).save_pretrained(root / "image")
+    return {"text": reloaded(root / "text", diffusers.StableUnCLIPPipeline, unclip.load_stable_unclip),
+            "image": reloaded(root / "image", diffusers.StableUnCLIPImg2ImgPipeline, unclip.load_stable_unclip),
+            "pngs": [_png(root / "a.png", 0), _png(root / "b.png", 1, (30, 22))]}
+
+
+def _generators(seed, n):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_text_to_image_matches_the_pipeline(folders):
+    """Two prompts, noise level 100, DDIM with eta 0.5 (the steps' noise from the same generators after the prior's
+    and the embedding's): the final latents, the images, and the class labels the UNet gets."""
+    pipe, _, model = folders["text"]
+    common = dict(num_inference_steps=STEPS, prior_num_inference_steps=PRIOR_STEPS, noise_level=100, eta=0.5,
+                  guidance_scale=6.0)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, generator=_generators(3, 2), output_type="latent", **common).images
+        images = pipe(PROMPTS, generator=_generators(3, 2), output_type="pt", **common).images
+    ours = unclip.stable_unclip(model, PROMPTS, steps=STEPS, prior_steps=PRIOR_STEPS, noise_level=100, eta=0.5,
+                                guidance_scale=6.0, seed=3, return_latents=True)
+    print("text latents", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    pictures = model.decode(ours)
+    pictures = (pictures / 2 + 0.5).clamp(0, 1)
+    print("text images", relative_error(pictures, images))
+    assert relative_error(pictures, images) < 1e-5
+
+
+def test_img2img_matches_the_pipeline(folders):
+    """One picture, a prompt and a negative prompt, noise level 250, the folder's DDIM loop."""
+    from PIL import Image
+    pipe, _, model = folders["image"]
+    png = folders["pngs"][0]
+    common = dict(num_inference_steps=STEPS, noise_level=250, guidance_scale=5.0, negative_prompt="hot dog")
+    with torch.no_grad():
+        theirs = pipe(Image.open(png).convert("RGB"), "a photo of a cat", generator=_generators(7, 1),
+                      output_type="latent", **common).images
+    ours = unclip.stable_unclip(model, "a photo of a cat", images=png, steps=STEPS, noise_level=250,
+                                guidance_scale=5.0, negative_prompt="hot dog", seed=7, return_latents=True)
+    print("image latents", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
