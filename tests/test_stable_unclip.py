@@ -100,3 +100,33 @@ def test_img2img_matches_the_pipeline(folders):
                                 guidance_scale=5.0, negative_prompt="hot dog", seed=7, return_latents=True)
     print("image latents", relative_error(ours, theirs))
     assert relative_error(ours, theirs) < 1e-5
+
+
+def _library_rows(model, prompts, seed, **options):
+    """The library as the command draws: z_T of row i from seed + i, then the same generator for the rest."""
+    from diffkit.noise import randn
+    gens = _generators(seed, len(prompts))
+    noise = randn(model.latent_shape(len(prompts)), gens)
+    images = unclip.stable_unclip(model, prompts, latents=noise, generator=gens, seed=None, output_range="-1,1",
+                                  **options)
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_diffkit_sample_writes_the_librarys_images(folders, tmp_path, capsys, kind):
+    """Two --prompt rows of one sample each, --noise-level 40, --guidance-scale 3 (the text folder: --prior-steps 3,
+    --prior-guidance-scale 2; the img2img one: one --image for both rows): the library's PNG bytes."""
+    from PIL import Image
+    _, path, model = folders[kind]
+    extra = (["--prior-steps", str(PRIOR_STEPS), "--prior-guidance-scale", "2"] if kind == "text" else
+             ["--image", str(folders["pngs"][1])])
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--steps", str(STEPS), "--noise-level", "40", "--guidance-scale", "3", "--guidance-convention",
+                 "diffusers", "--seed", "4", "--out", str(tmp_path / "grid.png"), "--individual",
+                 str(tmp_path / "one"), "--no-progress", *extra]) == 0
+    assert "ddim on the scheduler's timesteps" in capsys.readouterr().out
+    options = ({"prior_steps": PRIOR_STEPS, "prior_guidance_scale": 2.0} if kind == "text" else
+               {"images": folders["pngs"][1]})
+    theirs = _library_rows(model, PROMPTS, 4, steps=STEPS, noise_level=40, guidance_scale=3.0, **options)
+    ours = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "one").glob("*.png"))])
+    assert np.array_equal(ours, theirs)
