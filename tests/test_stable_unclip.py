@@ -123,10 +123,71 @@ def test_diffkit_sample_writes_the_librarys_images(folders, tmp_path, capsys, ki
     assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
                  "--steps", str(STEPS), "--noise-level", "40", "--guidance-scale", "3", "--guidance-convention",
                  "diffusers", "--seed", "4", "--out", str(tmp_path / "grid.png"), "--individual",
-                 str(tmp_path / "one"), "--no-progress", *extra]) == 0
+                 str(tmp_path / "one"), "--batch-size", "2", "--no-progress", *extra]) == 0
     assert "ddim on the scheduler's timesteps" in capsys.readouterr().out
     options = ({"prior_steps": PRIOR_STEPS, "prior_guidance_scale": 2.0} if kind == "text" else
                {"images": folders["pngs"][1]})
     theirs = _library_rows(model, PROMPTS, 4, steps=STEPS, noise_level=40, guidance_scale=3.0, **options)
     ours = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "one").glob("*.png"))])
     assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("kind, flags, match", [
+    ("text", ["--noise-level", "1000"], "--noise-level=1000 is not allowed; allowed: an integer in 0..999"),
+    ("text", ["--noise-level", "-1"], "--noise-level=-1 is not allowed"),
+    ("text", ["--image", "A"], "--image does not apply to a StableUnCLIPPipeline folder"),
+    ("text", ["--prior-image", "A"], "--prior-image does not apply"),
+    ("text", ["--pag-scale", "1"], "--pag-scale does not apply to a Stable unCLIP folder"),
+    ("text", ["--guidance-scale", "3", "--guidance-rescale", "0.5"], "--guidance-rescale does not apply"),
+    ("text", ["--scheduler", "lcm"], "--scheduler does not apply"),
+    ("image", [], "give --image PNG"),
+    ("image", ["--image", "A", "--prior-steps", "3"], "--prior-steps does not apply to a StableUnCLIPImg2ImgPipeline"),
+    ("image", ["--image", "A", "--clip-skip", "1"], "--clip-skip does not apply"),
+    ("image", ["--image", "A", "--image", "A", "--image", "A"], "--image given 3 times for 1 prompts"),
+    ("image", ["--image", "NOT_AN_IMAGE"], "cannot be read as an image"),
+])
+def test_sample_refusals(folders, tmp_path, capsys, kind, flags, match):
+    _, path, _ = folders[kind]
+    flags = [str(folders["pngs"][0]) if f == "A" else str(tmp_path / "nothing.png") if f == "NOT_AN_IMAGE" else f
+             for f in flags]
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "x", "--out", str(tmp_path / "out" / "g.png"),
+                 *flags]) != 0
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_refusals(folders, tmp_path, capsys):
+    """--noise-level elsewhere, load_stable_diffusion on the folders, the pipelines' missing options, and folders
+    whose JSON diffkit does not drive (a UNet without the projection class embedding, a too narrow normaliser)."""
+    import json
+    import shutil
+
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    _, path, model = folders["text"]
+    assert main(["sample", "--checkpoint", str(tmp_path), "--noise-level", "3"]) != 0
+    assert "--noise-level applies to a Stable unCLIP folder" in capsys.readouterr().err
+    for kind in ("text", "image"):
+        with pytest.raises(DiffkitError, match="is a Stable unCLIP folder"):
+            load_stable_diffusion(folders[kind][1])
+    for bad, match in (({"pag_scale": 1.0}, "pag_scale= is not allowed with a Stable unCLIP folder"),
+                       ({"guidance_rescale": 0.5}, "guidance_rescale= is not allowed"),
+                       ({"images": folders["pngs"][0]}, "images= is not allowed with a StableUnCLIPPipeline"),
+                       ({"noise_level": 1000}, "noise_level=1000 is not allowed")):
+        with pytest.raises(DiffkitError, match=match):
+            unclip.stable_unclip(model, "x", steps=1, prior_steps=2, **bad)
+    with pytest.raises(DiffkitError, match="prior_steps= is not allowed with a StableUnCLIPImg2ImgPipeline"):
+        unclip.stable_unclip(folders["image"][2], "x", images=folders["pngs"][0], prior_steps=2)
+    with pytest.raises(DiffkitError, match="clip_skip=1 is not allowed"):
+        unclip.stable_unclip(folders["image"][2], "x", images=folders["pngs"][0], steps=1, clip_skip=1)
+    for part, change, match in (("unet/config.json", {"class_embed_type": None}, "class_embed_type=None"),
+                                ("image_normalizer/config.json", {"embedding_dim": 8}, "embedding_dim=8"),
+                                ("prior_scheduler/config.json", {"_class_name": "EulerDiscreteScheduler"},
+                                 "prior folder's scheduler")):
+        part = part.replace("prior_scheduler/config.json", "prior_scheduler/scheduler_config.json")
+        shutil.rmtree(tmp_path / "copy", ignore_errors=True)
+        shutil.copytree(path, tmp_path / "copy", ignore=shutil.ignore_patterns("*.safetensors"))
+        copy = tmp_path / "copy" / part
+        copy.write_text(json.dumps({**json.loads(copy.read_text()), **change}))
+        with pytest.raises(DiffkitError, match=match):
+            unclip.check_stable_unclip_folder(tmp_path / "copy")
