@@ -97,9 +97,8 @@ def prior_sampler(config: dict) -> tuple:
     allowed = ("fixed_small_log",) if name == "UnCLIPScheduler" else ("fixed_small_log", "fixed_small")
     if name not in ("UnCLIPScheduler", "DDPMScheduler") or variance not in allowed or config.get("thresholding"):
         raise DiffkitError(f"the prior folder's scheduler is a {name!r} with variance_type={variance!r}; allowed: an "
-                           f"UnCLIPScheduler with variance_type 'fixed_small_log' or a DDPMScheduler with "
-                           f"'fixed_small_log' / 'fixed_small', without thresholding (the PriorTransformer predicts "
-                           f"no variance)")
+                           f"UnCLIPScheduler with variance_type 'fixed_small_log' (the PriorTransformer predicts no "
+                           f"variance) or a DDPMScheduler with 'fixed_small_log' / 'fixed_small', no thresholding")
     options = {"variance_type": "fixed_small"}
     if config.get("clip_sample", True):
         options.update(clip_sample=True, clip_sample_range=float(config.get("clip_sample_range", 1.0)))
