@@ -7,8 +7,6 @@ statistics, a squaredcos DDPMScheduler noising the embedding, a v-prediction DDI
 folder a CLIPVisionModelWithProjection of projection 16 and a CLIPImageProcessor at 28 px. Zero-initialised weights
 (the prior's positional and prd embeddings, the norms' biases) are randomised. The same per-row generators on both
 sides; the final latents and images compared; ``diffkit sample`` against the library byte for byte; the refusals."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -19,7 +17,6 @@ transformers = pytest.importorskip("transformers")
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop import stable_unclip as unclip  # noqa: E402
-from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer  # noqa: E402,E501
 
 from _kandinsky5_helpers import randomised  # noqa: E402
 from _kandinsky_helpers import WIDTH, tiny_prior_pipeline  # noqa: E402
@@ -41,6 +38,7 @@ def folders(tmp_path_factory):
     prior_pipe = tiny_prior_pipeline(root)
     randomised(prior_pipe.prior, seed=4)
     torch.manual_seed(2)
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
     normalizer = StableUnCLIPImageNormalizer(embedding_dim=WIDTH)
     with torch.no_grad():
         normalizer.mean.copy_(torch.randn(1, WIDTH) * 0.5)

@@ -895,27 +895,20 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
                           **options)
     from ..interop.sd_image_variation import is_image_variation_folder
-    if is_image_variation_folder(checkpoint):  # StableDiffusionImageVariationPipeline (._sd_image_variation)
-        from ._sd_image_variation import sample_image_variation
-        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
-                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler,
-                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
-                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return sample_image_variation(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
-                                      individual=individual, seed=seed, device=device, batch_size=batch_size,
-                                      spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                                      refused=refused, freeu=freeu, **size, **options)
     from ..interop.stable_unclip import is_stable_unclip_folder
-    if is_stable_unclip_folder(checkpoint):  # StableUnCLIP(Img2Img)Pipeline (._stable_unclip)
+    if is_image_variation_folder(checkpoint) or is_stable_unclip_folder(checkpoint):
+        # StableDiffusionImageVariationPipeline (._sd_image_variation), StableUnCLIP(Img2Img)Pipeline (._stable_unclip)
+        from ._sd_image_variation import sample_image_variation
         from ._stable_unclip import sample_stable_unclip
         refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return sample_stable_unclip(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
-                                    individual=individual, seed=seed, device=device, batch_size=batch_size,
-                                    spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                                    refused=refused, freeu=freeu, **size, **options)
+        draw_folder = sample_image_variation if is_image_variation_folder(checkpoint) else sample_stable_unclip
+        return draw_folder(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused,
+                           freeu=freeu, **size, **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "
