@@ -79,25 +79,28 @@ def test_text_to_image_matches_the_pipeline(folders):
                                 guidance_scale=6.0, seed=3, return_latents=True)
     print("text latents", relative_error(ours, theirs))
     assert relative_error(ours, theirs) < 1e-5
-    pictures = model.decode(ours)
-    pictures = (pictures / 2 + 0.5).clamp(0, 1)
-    print("text images", relative_error(pictures, images))
-    assert relative_error(pictures, images) < 1e-5
+    decoded = (model.decode(ours) / 2 + 0.5).clamp(0, 1)
+    print("text images", relative_error(decoded, images))
+    assert relative_error(decoded, images) < 1e-5
 
 
 def test_img2img_matches_the_pipeline(folders):
-    """One picture, a prompt and a negative prompt, noise level 250, the folder's DDIM loop."""
+    """Two pictures (one per prompt), a negative prompt, noise level 250, the folder's DDIM loop: the final latents
+    and the images."""
     from PIL import Image
     pipe, _, model = folders["image"]
-    png = folders["pngs"][0]
-    common = dict(num_inference_steps=STEPS, noise_level=250, guidance_scale=5.0, negative_prompt="hot dog")
+    pictures = [Image.open(png).convert("RGB") for png in folders["pngs"]]
+    common = dict(num_inference_steps=STEPS, noise_level=250, guidance_scale=5.0, negative_prompt=["hot dog"] * 2)
     with torch.no_grad():
-        theirs = pipe(Image.open(png).convert("RGB"), "a photo of a cat", generator=_generators(7, 1),
-                      output_type="latent", **common).images
-    ours = unclip.stable_unclip(model, "a photo of a cat", images=png, steps=STEPS, noise_level=250,
+        theirs = pipe(pictures, PROMPTS, generator=_generators(7, 2), output_type="latent", **common).images
+        images = pipe(pictures, PROMPTS, generator=_generators(7, 2), output_type="pt", **common).images
+    ours = unclip.stable_unclip(model, PROMPTS, images=folders["pngs"], steps=STEPS, noise_level=250,
                                 guidance_scale=5.0, negative_prompt="hot dog", seed=7, return_latents=True)
     print("image latents", relative_error(ours, theirs))
     assert relative_error(ours, theirs) < 1e-5
+    decoded = (model.decode(ours) / 2 + 0.5).clamp(0, 1)
+    print("image images", relative_error(decoded, images))
+    assert relative_error(decoded, images) < 1e-5
 
 
 def _library_rows(model, prompts, seed, **options):
