@@ -134,7 +134,8 @@ def test_diffkit_sample_writes_the_librarys_images(folders, tmp_path, capsys, ki
 
 
 @pytest.mark.parametrize("kind, flags, match", [
-    ("text", ["--noise-level", "1000"], "--noise-level=1000 is not allowed; allowed: an integer in 0..999"),
+    ("text", ["--noise-level", "1000"], "--noise-level=1000 is not allowed; allowed: an integer in 0..999 (the "
+                                        "image_noising_scheduler's num_train_timesteps - 1)"),
     ("text", ["--noise-level", "-1"], "--noise-level=-1 is not allowed"),
     ("text", ["--image", "A"], "--image does not apply to a StableUnCLIPPipeline folder"),
     ("text", ["--prior-image", "A"], "--prior-image does not apply"),
@@ -168,15 +169,19 @@ def test_other_refusals(folders, tmp_path, capsys):
     _, path, model = folders["text"]
     assert main(["sample", "--checkpoint", str(tmp_path), "--noise-level", "3"]) != 0
     assert "--noise-level applies to a Stable unCLIP folder" in capsys.readouterr().err
+    assert main(["edit", "--checkpoint", str(path), "--images", str(folders["pngs"][0]), "--prompt", "x", "--out",
+                 str(tmp_path / "edited")]) != 0
+    assert "use diffkit sample --checkpoint" in capsys.readouterr().err and not (tmp_path / "edited").exists()
     for kind in ("text", "image"):
         with pytest.raises(DiffkitError, match="is a Stable unCLIP folder"):
             load_stable_diffusion(folders[kind][1])
     for bad, match in (({"pag_scale": 1.0}, "pag_scale= is not allowed with a Stable unCLIP folder"),
                        ({"guidance_rescale": 0.5}, "guidance_rescale= is not allowed"),
                        ({"images": folders["pngs"][0]}, "images= is not allowed with a StableUnCLIPPipeline"),
-                       ({"noise_level": 1000}, "noise_level=1000 is not allowed")):
+                       ({"noise_level": 1000}, "noise_level=1000 is not allowed"),
+                       ({"prompts": None}, "give prompts")):
         with pytest.raises(DiffkitError, match=match):
-            unclip.stable_unclip(model, "x", steps=1, prior_steps=2, **bad)
+            unclip.stable_unclip(model, **{"prompts": "x", "steps": 1, "prior_steps": 2, **bad})
     with pytest.raises(DiffkitError, match="prior_steps= is not allowed with a StableUnCLIPImg2ImgPipeline"):
         unclip.stable_unclip(folders["image"][2], "x", images=folders["pngs"][0], prior_steps=2)
     with pytest.raises(DiffkitError, match="clip_skip=1 is not allowed"):

@@ -35,7 +35,8 @@ def stable_unclip_options(args, checkpoint) -> dict:
     from ..guidance import guidance_weight
     from ..interop.controlnet import open_control_image
     from ..interop.sd_upscale import check_noise_level
-    from ..interop.stable_unclip import UNCLIP_PIPELINE, check_stable_unclip_folder, stable_unclip_kind
+    from ..interop.stable_unclip import (NOISING_BOUND, UNCLIP_PIPELINE, check_stable_unclip_folder,
+                                         stable_unclip_kind)
     kind = None if checkpoint is None else stable_unclip_kind(checkpoint)
     level = getattr(args, "unclip_noise_level", None)
     if kind is None:
@@ -56,7 +57,7 @@ def stable_unclip_options(args, checkpoint) -> dict:
     noising = read_json_object(Path(checkpoint) / "image_noising_scheduler" / "scheduler_config.json",
                                "image_noising_scheduler config")
     level = check_noise_level(0 if level is None else level, int(noising.get("num_train_timesteps", 1000)) - 1,
-                              "--noise-level")
+                              "--noise-level", NOISING_BOUND)
     if text:
         steps = args.prior_steps
         if steps is not None and steps < 2:

@@ -47,6 +47,7 @@ PRIOR_PARTS = ("prior_tokenizer", "prior_text_encoder", "prior", "prior_schedule
 IMAGE_PARTS = ("feature_extractor", "image_encoder")
 DEFAULTS = (10.0, 20)  # both pipelines' (guidance_scale, num_inference_steps)
 PRIOR_DEFAULTS = (4.0, 25)  # StableUnCLIPPipeline's (prior_guidance_scale, prior_num_inference_steps)
+NOISING_BOUND = "the image_noising_scheduler's num_train_timesteps - 1"  # noise_level's largest value
 
 
 def stable_unclip_kind(path) -> Optional[str]:
@@ -159,7 +160,7 @@ class StableUnCLIP(StableDiffusion):
         from .sd_upscale import check_noise_level, noised_low_res
         from . import require
         diffusers = require("diffusers")
-        level = check_noise_level(noise_level, self.noising_schedule.num_timesteps - 1)
+        level = check_noise_level(noise_level, self.noising_schedule.num_timesteps - 1, bound=NOISING_BOUND)
         mean, std = (s.to(embeds.device, torch.float32) for s in self.normalizer)
         scaled = (embeds.float() - mean) * 1.0 / std
         noised = noised_low_res(scaled, level, self.noising_schedule, generator) * std + mean
@@ -270,7 +271,9 @@ def stable_unclip(model: StableUnCLIP, prompts: Union[str, Sequence[str], None] 
         if value is not None:
             raise DiffkitError(f"{name}= is not allowed with a {model.pipeline} folder (its image embedding comes "
                                f"from {'the prior' if text else 'an image'})")
-    prompts = prompt_list("" if prompts is None and not text else prompts)
+    if prompts is None and text:
+        raise DiffkitError(f"give prompts: {UNCLIP_PIPELINE}'s prior draws the image embedding from them")
+    prompts = prompt_list("" if prompts is None else prompts)
     rows = len(prompts)
     generators = _generators(generator, seed, rows)
     if text:
