@@ -259,6 +259,7 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
 CHRONOEDIT = "## ChronoEdit folders (`diffkit.interop.chronoedit`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
+STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 
 
@@ -323,6 +324,8 @@ VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
                                                     (CHRONOEDIT, ["ChronoEditPipeline"], "CE"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
+                                                    (STABLE_UNCLIP, ["StableUnCLIPPipeline",
+                                                                     "StableUnCLIPImg2ImgPipeline"], "UC"),
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""

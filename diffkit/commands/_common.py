@@ -580,8 +580,9 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
             sampler = ldm_sampler(read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json",
                                                    "scheduler config"))
         from ..interop.sd_image_variation import folder_default_sampler, is_image_variation_folder
-        if is_image_variation_folder(checkpoint):  # its scheduler's step (.interop.sd_image_variation)
-            sampler = folder_default_sampler(checkpoint)
+        from ..interop.stable_unclip import is_stable_unclip_folder
+        if is_image_variation_folder(checkpoint) or is_stable_unclip_folder(checkpoint):  # its scheduler's step
+            sampler = folder_default_sampler(checkpoint)  # (.interop.sd_image_variation, .interop.stable_unclip)
         from ..interop.kandinsky import is_kandinsky_folder
         if is_kandinsky_folder(checkpoint):  # the decoder's scheduler's step (._kandinsky)
             from ._kandinsky import folder_default_sampler as kandinsky_sampler

@@ -77,6 +77,9 @@ class PriorRequest:
                                    f"the decoder folder ({decoder_pipeline}) as --checkpoint")
             from ..interop.stable_cascade import is_stable_cascade_folder
             cascade = checkpoint is not None and is_stable_cascade_folder(checkpoint)  # its image prompts
+            from ..interop.stable_unclip import is_stable_unclip_folder
+            if checkpoint is not None and is_stable_unclip_folder(checkpoint):  # its prior's flags (._stable_unclip)
+                return None
             for flag, value in (("--prior-guidance-scale", args.prior_guidance_scale),
                                 ("--prior-steps", args.prior_steps),
                                 ("--prior-image", None if cascade else args.prior_image),

@@ -31,7 +31,10 @@ def image_variation_options(args, checkpoint) -> dict:
     ``--image``, a file that is no image, or a folder diffkit does not drive (its JSON)."""
     from ..interop.controlnet import open_control_image
     from ..interop.sd_image_variation import check_image_variation_folder, is_image_variation_folder
+    from ..interop.stable_unclip import is_stable_unclip_folder
     images = list(getattr(args, "variation_images", None) or [])
+    if checkpoint is not None and is_stable_unclip_folder(checkpoint):  # its --image (._stable_unclip)
+        return {}
     if checkpoint is None or not is_image_variation_folder(checkpoint):
         if images:
             raise DiffkitError(f"--image applies to a Stable Diffusion image variation folder "

@@ -42,7 +42,8 @@ Sana (Sprint), Lumina-Image 2.0, Lumina-Next, AuraFlow, HunyuanDiT, HiDream-I1, 
 HunyuanImage 2.1, Ideogram 4 and DeepFloyd IF folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
 folders (``._flux2``, reference images: ``--reference-image``), Stable Cascade prior + decoder folders
 (``._stable_cascade``), latent-diffusion (LDM) text-to-image and unconditional folders (``._ldm``), Stable Diffusion
-image variation folders with ``--image PNG`` (``._sd_image_variation``); a FLUX.1 Fill
+image variation folders with ``--image PNG`` (``._sd_image_variation``), Stable unCLIP folders (``--noise-level``;
+the img2img one's ``--image PNG``, ``._stable_unclip``); a FLUX.1 Fill
 or Kontext, InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 / x2 latent upscaler or
 DeepFloyd IF stage-II folder upscales: ``diffkit upscale`` (an LDM super-resolution folder too).
 
@@ -219,6 +220,8 @@ def register(sub) -> None:
     add_gligen_flags(p)  # --gligen-phrases, --gligen-boxes, --gligen-beta (GLIGEN folders)
     from ._sd_image_variation import add_image_variation_flags
     add_image_variation_flags(p)  # --image (Stable Diffusion image variation folders)
+    from ._stable_unclip import add_stable_unclip_flags
+    add_stable_unclip_flags(p)  # --noise-level (Stable unCLIP folders; --image: the img2img one's)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -319,6 +322,8 @@ def _run(args) -> int:
     options.update(gligen_options(args, checkpoint))  # --gligen-*: GLIGEN folders (text_to_image's gligen)
     from ._sd_image_variation import image_variation_options
     options.update(image_variation_options(args, checkpoint))  # --image: image variation folders
+    from ._stable_unclip import stable_unclip_options
+    options.update(stable_unclip_options(args, checkpoint))  # --noise-level, --image: Stable unCLIP folders
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -892,16 +897,20 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
                           **options)
     from ..interop.sd_image_variation import is_image_variation_folder
-    if is_image_variation_folder(checkpoint):  # StableDiffusionImageVariationPipeline (._sd_image_variation)
+    from ..interop.stable_unclip import is_stable_unclip_folder
+    if is_image_variation_folder(checkpoint) or is_stable_unclip_folder(checkpoint):
+        # StableDiffusionImageVariationPipeline (._sd_image_variation), StableUnCLIP(Img2Img)Pipeline (._stable_unclip)
         from ._sd_image_variation import sample_image_variation
+        from ._stable_unclip import sample_stable_unclip
         refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return sample_image_variation(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
-                                      individual=individual, seed=seed, device=device, batch_size=batch_size,
-                                      spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                                      refused=refused, freeu=freeu, **size, **options)
+        draw_folder = sample_image_variation if is_image_variation_folder(checkpoint) else sample_stable_unclip
+        return draw_folder(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused,
+                           freeu=freeu, **size, **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

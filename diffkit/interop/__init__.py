@@ -135,6 +135,8 @@ _EXPORTS = {
     "Marigold": "marigold", "load_marigold": "marigold", "is_marigold_folder": "marigold",
     "ImageVariation": "sd_image_variation", "load_image_variation": "sd_image_variation",
     "image_variation": "sd_image_variation", "is_image_variation_folder": "sd_image_variation",
+    "StableUnCLIP": "stable_unclip", "load_stable_unclip": "stable_unclip",
+    "is_stable_unclip_folder": "stable_unclip",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),

@@ -89,12 +89,16 @@ def prior_sampler(config: dict) -> tuple:
     """(``"ddpm"``, its options) computing the prior's ``UnCLIPScheduler`` step (``config``: its JSON) on its own
     timesteps (module docstring): the ``fixed_small_log`` variance is beta-tilde (diffkit's ``fixed_small``;
     diffusers takes its square root as exp(log(max(v, 1e-20)) / 2)) and ``clip_sample`` clamps x_0 to
-    +-``clip_sample_range``. A learned variance (the prior has no variance output) or another class: one line."""
-    name, variance = config.get("_class_name"), config.get("variance_type", "fixed_small_log")
-    if name != "UnCLIPScheduler" or variance != "fixed_small_log":
+    +-``clip_sample_range``. A ``DDPMScheduler`` of ``fixed_small_log`` / ``fixed_small`` variance steps the same
+    (Stable unCLIP's prior, :mod:`.stable_unclip`: Karlo's UnCLIPScheduler config as a DDPMScheduler; its own
+    timesteps). A learned variance (the prior has no variance output), thresholding or another class: one line."""
+    name = config.get("_class_name")
+    variance = config.get("variance_type", "fixed_small_log" if name == "UnCLIPScheduler" else "fixed_small")
+    allowed = ("fixed_small_log",) if name == "UnCLIPScheduler" else ("fixed_small_log", "fixed_small")
+    if name not in ("UnCLIPScheduler", "DDPMScheduler") or variance not in allowed or config.get("thresholding"):
         raise DiffkitError(f"the prior folder's scheduler is a {name!r} with variance_type={variance!r}; allowed: an "
                            f"UnCLIPScheduler with variance_type 'fixed_small_log' (the PriorTransformer predicts no "
-                           f"variance)")
+                           f"variance) or a DDPMScheduler with 'fixed_small_log' / 'fixed_small', no thresholding")
     options = {"variance_type": "fixed_small"}
     if config.get("clip_sample", True):
         options.update(clip_sample=True, clip_sample_range=float(config.get("clip_sample_range", 1.0)))
@@ -106,7 +110,10 @@ def last_step_factor(config: dict) -> float:
     clean data): there it takes beta = ``betas[0]`` rather than 1 - abar_0 / 1 (``prev_timestep == t - 1``), so its
     posterior coefficient of x_0, sqrt(1) beta_0 / (1 - abar_0), is 1 only up to the float32 rounding of
     abar_0 = 1 - beta_0 (c - 1 = -5.3e-4 for the cosine betas of T = 1000: 1 - abar_0 is 4.1e-5, rounded at 6e-8);
-    diffkit's float64 posterior mean is x_0 itself. Computed as the scheduler computes it."""
+    diffkit's float64 posterior mean is x_0 itself. Computed as the scheduler computes it; a ``DDPMScheduler`` (whose
+    last step divides 1 - abar_0 by itself): 1."""
+    if config.get("_class_name") == "DDPMScheduler":
+        return 1.0
     scheduler = require("diffusers").UnCLIPScheduler.from_config(config)
     return float(scheduler.betas[0] / (1 - scheduler.alphas_cumprod[0]))
 
@@ -361,8 +368,8 @@ def prior_embeddings(model: KandinskyPrior, prompts: Union[str, Sequence[str]], 
                 **options)
     x0 = x0 * last_step_factor(model.scheduler_config)  # the scheduler's float32 last step (last_step_factor)
     embeds = model.prior.post_process_latents(x0.to(model.prior.dtype)).float()
-    if negative_prompt is None:
-        return embeds, model.zero_embeds(len(prompts)).float()
+    if negative_prompt is None:  # (no image encoder, Stable unCLIP's prior: no negative embeddings, .stable_unclip)
+        return embeds, None if model.image_encoder is None else model.zero_embeds(len(prompts)).float()
     return embeds[:len(prompts)], embeds[len(prompts):]
 
 

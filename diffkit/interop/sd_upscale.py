@@ -117,11 +117,11 @@ def upscale_settings(directory) -> tuple:
     return schedule, top
 
 
-def check_noise_level(level, top: int, name: str = "noise_level") -> int:
-    """``level`` as an int in 0..``top`` (the folder's ``max_noise_level``), else one line."""
+def check_noise_level(level, top: int, name: str = "noise_level", bound: str = "the folder's max_noise_level") -> int:
+    """``level`` as an int in 0..``top`` (``bound``: what ``top`` is, the folder's ``max_noise_level``), else one
+    line."""
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= top:
-        raise DiffkitError(f"{name}={level!r} is not allowed; allowed: an integer in 0..{top} (the folder's "
-                           f"max_noise_level)")
+        raise DiffkitError(f"{name}={level!r} is not allowed; allowed: an integer in 0..{top} ({bound})")
     return level
 
 

@@ -418,6 +418,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     refuse_marigold_folder(directory, "sampling or editing")  # it predicts depth / normals / intrinsics (.marigold)
     from .sd_image_variation import refuse_image_variation_folder
     refuse_image_variation_folder(directory)  # its UNet attends to a CLIP image embedding (.sd_image_variation)
+    from .stable_unclip import refuse_stable_unclip_folder
+    refuse_stable_unclip_folder(directory)  # its UNet's class label is a CLIP image embedding (.stable_unclip)
     if is_sd3_folder(directory):
         raise DiffkitError(f"{directory} is a Stable Diffusion 3 folder (an SD3Transformer2DModel, no UNet); load it "
                            f"with diffkit.interop.load_sd3 (diffkit sample takes it; edit, LoRA files and the other "
