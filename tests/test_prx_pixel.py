@@ -89,7 +89,8 @@ def test_defaults_and_refusals(folder):
     noise = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         theirs = pipe("hot dog", latents=noise * 2, use_resolution_binning=False, output_type="latent").images
-    assert relative_error(prx.decode(text_to_image(prx, "hot dog", latents=noise, return_latents=True)), theirs) < 1e-5  # 1.3e-6
+    ours = prx.decode(text_to_image(prx, "hot dog", latents=noise, return_latents=True))
+    assert relative_error(ours, theirs) < 1e-5  # 1.3e-6 measured
     for call, expected in [
         (dict(max_sequence_length=12), "max_sequence_length=12 is not allowed for a PRXPixel folder"),
         (dict(height=17), "height x width 17x16 is not allowed; give positive multiples of 2")]:
@@ -118,3 +119,29 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
 def test_folders_diffkit_does_not_drive_are_refused(folder, tmp_path, file, change, expected):
     with pytest.raises(DiffkitError, match=expected.replace("(", r"\(")):
         load_prx_pixel(edited_copy(folder[1], tmp_path / "copy", file, change), progress=False)
+
+
+def test_resolution_binning_is_the_pipelines(folder):
+    """``resolution_binning``: the pipeline's one table (default_sample_size 1024: 704 x 1440 for 200 x 400), the
+    images resized and cropped back (its default use_resolution_binning=True, ``output_type="np"``); on the folder's
+    text tower and a 1-block transformer of 32 x 32 patches (990 tokens), built in memory."""
+    from diffkit.interop.prx_pixel import PRX_PIXEL_PIPELINE
+    pipe, _, small = folder
+    torch.manual_seed(1)
+    transformer = diffusers.PRXTransformer2DModel(in_channels=3, patch_size=32, context_in_dim=32, hidden_size=32,
+                                                  mlp_ratio=2.0, num_heads=2, depth=1, axes_dim=[8, 8],
+                                                  bottleneck_size=8, resolution_embeds=True).eval()
+    with torch.no_grad():
+        transformer.blocks[0].modulation.lin.weight.normal_(0, 0.3)
+    big = diffusers.PRXPixelPipeline(transformer=transformer, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder,
+                                     tokenizer=pipe.tokenizer, prompt_max_tokens=10)
+    big.set_progress_bar_config(disable=True)
+    prx = PRXPixel(pipeline=PRX_PIXEL_PIPELINE, transformer=transformer, vae=None, text_encoder=small.text_encoder,
+                   tokenizer=small.tokenizer, schedule=small.schedule, prediction_type="sample",
+                   scheduler_config=small.scheduler_config, device=small.device, index=dict(big.config))
+    noise = torch.randn(1, 3, 704, 1440, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = big("hot dog", num_inference_steps=2, latents=noise * 2, height=200, width=400, output_type="np")
+    ours = text_to_image(prx, "hot dog", steps=2, latents=noise, height=200, width=400, resolution_binning=True)
+    assert ours.shape == (1, 3, 200, 400)
+    assert relative_error(ours, torch.from_numpy(theirs.images).permute(0, 3, 1, 2)) < 1e-5  # 3.6e-7 measured
