@@ -20,6 +20,7 @@ from .schedule import NoiseSchedule, as_cpu_times
 
 THRESHOLDING = (None, "clip", "dynamic")
 COMPILE_MODES = ("no", "default", "reduce-overhead", "max-autotune")  # torch.compile modes
+FLOW_STATE_TYPES = ("sample", "epsilon", "flow_prediction")  # predictions of a network that takes the flow state
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -74,12 +75,20 @@ class Denoiser:
             eigenvalue of its covariance, :func:`diffkit.data.data_scale`), or ``None``; it places
             the ``logsnr_graded`` grid (:func:`diffkit.timesteps.grade_sigmas_for`).
         sigma_data: an ``edm`` network's sigma_data (EDM Table 1; 0.5 by default, as EDM); unused otherwise.
+        flow_state: the network takes the flow state x_s at flow time s T, as a ``flow_prediction`` one, whatever it
+            predicts: with ``sample``, a flow-matching network that predicts x_0 (x-prediction, Li & He 2025, "Back
+            to Basics: Let Denoising Generative Models Denoise"; PRXPixel's, :mod:`diffkit.interop.prx_pixel`), whose
+            x_0 is the VP state's too (equal SNR), so the ``sample`` conversion gives eps (``epsilon`` likewise).
+            Default: only ``flow_prediction`` networks.
     """
 
     def __init__(self, net: Callable, schedule: NoiseSchedule, prediction_type: str = "epsilon",
                  learned_variance: bool = False, mixed_precision: str = "no", data_scale: Optional[float] = None,
-                 sigma_data: float = EDM_SIGMA_DATA):
+                 sigma_data: float = EDM_SIGMA_DATA, flow_state: bool = False):
         check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
+        if flow_state and prediction_type not in FLOW_STATE_TYPES:
+            raise DiffkitError(f"flow_state=True is not allowed with prediction_type={prediction_type!r}; allowed: "
+                               f"{', '.join(FLOW_STATE_TYPES)} (x_0 and eps are the flow state's too)")
         check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
         if not callable(net):
             raise DiffkitError(f"net of type {type(net).__name__} is not allowed; give a network net(x, t, **cond)")
@@ -89,6 +98,7 @@ class Denoiser:
         self.net = net
         self.schedule = schedule
         self.prediction_type = prediction_type
+        self.flow_state = bool(flow_state) or prediction_type == "flow_prediction"  # the network's x_s, s T
         self.learned_variance = bool(learned_variance)
         self.mixed_precision = mixed_precision
         if data_scale is not None:
@@ -173,7 +183,7 @@ class Denoiser:
             t32 = torch.tensor(t, dtype=torch.float32)
             t64 = t32.to(torch.float64)
             alpha, sigma = self.schedule.alpha(t64).item(), self.schedule.sigma(t64).item()
-            if self.prediction_type == "flow_prediction":  # the network's time: s T (class docstring)
+            if self.flow_state:  # the network's time: s T (class docstring)
                 t32 = torch.tensor(diffusion.flow_time(alpha, sigma) * self.schedule.num_timesteps,
                                    dtype=torch.float32)
             elif self.prediction_type == "edm":  # the network's time: c_noise = ln(sigma)/4 (EDM Table 1)
@@ -197,13 +207,13 @@ class Denoiser:
             t_cpu = self._network_times_cpu(t, x)
             t64, t_net = t_cpu.to(torch.float64), t_cpu.to(x.device)
             alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-            if self.prediction_type == "flow_prediction":
+            if self.flow_state:
                 t_net = (diffusion.flow_time(alpha, sigma) * self.schedule.num_timesteps).to(x.device, torch.float32)
             elif self.prediction_type == "edm":
                 t_net = diffusion.edm_preconditioning(diffusion.edm_sigma(alpha, sigma), 1.0)[3].to(x.device,
                                                                                                    torch.float32)
         x_net = x
-        if self.prediction_type == "flow_prediction":
+        if self.flow_state:
             x_net = diffusion.flow_input(x, alpha, sigma)
         elif self.prediction_type == "edm":
             x_net = diffusion.edm_input(x, alpha, sigma, self.sigma_data)

@@ -188,18 +188,19 @@ LUMINA_NEXT = "## Lumina-Next folders (`diffkit.interop.lumina_next`)"
 
 def check_own_table(heading: str, columns: list, letter: str) -> None:
     """A folder kind's own small table (its section, not a matrix column) is held to the matrix's rules: every cell
-    one of the kinds citing a test (yes / runs) or a refusal (ids ``T<letter>n`` / ``R<letter>n``), and every cited
+    one of the kinds citing a test (yes / runs) or a refusal (ids ``T<letter>n`` / ``R<letter>n``; ``letter`` may be
+    alternatives, "PX|PP": a page whose table has two kinds' columns), and every cited
     test and refusal text still there."""
     body = find_section(heading)
     table = [line for line in body.splitlines() if line.startswith("|")]
     assert cells_of(table[0])[1:] == columns
-    notes = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*([TR]%s\d+)\*\* (.+)$" % letter, body, re.M)}
+    notes = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*([TR](?:%s)\d+)\*\* (.+)$" % letter, body, re.M)}
     used = set()
     for line in table[2:]:
         feature, *cells = cells_of(line)
         for cell in cells:
             kind = next((k for k in KINDS if cell.startswith(k)), None)
-            refs = set(re.findall(r"\b([TR]%s\d+)\b" % letter, cell))
+            refs = set(re.findall(r"\b([TR](?:%s)\d+)\b" % letter, cell))
             assert kind and refs <= set(notes), (feature, cell)
             assert kind not in ("yes", "runs") or any(r.startswith("T") for r in refs), (feature, cell)
             assert kind != "refused" or any(r.startswith("R") for r in refs), (feature, cell)
@@ -301,7 +302,7 @@ VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
                                                      "LC"),
                                                     (OMNIGEN, ["OmniGenPipeline"], "OG"),
                                                     (ERNIE_IMAGE, ["ErnieImagePipeline"], "EI"),
-                                                    (PRX, ["PRXPipeline"], "PX"),
+                                                    (PRX, ["PRXPipeline", "PRXPixelPipeline"], "PX|PP"),
                                                     (KREA2, ["Krea2Pipeline"], "KR"),
                                                     (IDEOGRAM4, ["Ideogram4Pipeline"], "ID"),
                                                     (KANDINSKY5, ["Kandinsky5T2IPipeline"], "KF"),

@@ -94,6 +94,23 @@ def test_flow_network_gets_the_flow_state_and_s_times_T():
                                                                rtol=1e-7)
 
 
+def test_a_flow_x_prediction_network_is_the_flow_network_of_its_velocity():
+    """``flow_state=True`` with ``sample``: the network gets the flow state at s T and predicts x_0; its (eps, x_0)
+    are those of the velocity (x_s - x_0) / s of a flow-prediction network (one time and per-row times); off, the
+    network gets the VP state; with v_prediction or edm: one line."""
+    sch = NoiseSchedule.flow(T, 3.0)
+    x0_of = lambda x, t: 0.5 * x + t[:, None] / T  # noqa: E731 (any function of the flow state and time)
+    x = torch.randn(2, 3, dtype=F64)
+    for t in (700.0, torch.tensor([300.0, 900.0])):
+        ours = Denoiser(x0_of, sch, "sample", flow_state=True)(x, t)
+        velocity = Denoiser(lambda x, t: (x - x0_of(x, t)) / (t[:, None].double() / T), sch, "flow_prediction")(x, t)
+        assert torch.allclose(ours.x0, velocity.x0, rtol=1e-6) and torch.allclose(ours.eps, velocity.eps, rtol=1e-6)
+        assert not torch.allclose(Denoiser(x0_of, sch, "sample")(x, t).x0, ours.x0)
+    for kind in ("v_prediction", "edm"):
+        with pytest.raises(DiffkitError, match=f"flow_state=True is not allowed with prediction_type='{kind}'"):
+            Denoiser(x0_of, sch, kind, flow_state=True)
+
+
 def flow_euler(net, x, sigmas):
     """x_{s'} = x_s + (s' - s) u(x_s, s T) (rectified flow's Euler step; diffusers' FlowMatchEuler)."""
     states = [x]

@@ -137,7 +137,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, 
 
 
 @pytest.mark.parametrize("file,change,expected", [
-    ("model_index.json", {"_class_name": "PRXPixelPipeline"}, "is a 'PRXPixelPipeline' folder (pixel-space"),
+    ("model_index.json", {"_class_name": "PRXPixelPipeline"}, "text_encoder is a 'T5GemmaEncoder'; allowed: Qwen3VL"),
     ("model_index.json", {"vae": [None, None]}, "vae"),
     ("transformer/config.json", {"in_channels": 16}, "in_channels=16; allowed: the VAE's latent channels 4"),
     ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "use_dynamic_shifting=True, for which"),

@@ -53,6 +53,11 @@ def size_multiple(directory) -> tuple:
         vae = read_json_object(Path(directory) / "vae" / "config.json", "vae config")
         f = 2 ** (len(vae.get("encoder_block_out_channels", [0] * 4)) - 1)
         return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
+    from ..interop.prx_pixel import is_prx_pixel_folder
+    if is_prx_pixel_folder(directory):  # PRXPixelPipeline.check_inputs: whole patches of pixels (no VAE)
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 2))
+        return patch, f"the transformer's patch size {patch} (pixel space)"
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     vae, f = vae_factor(directory)

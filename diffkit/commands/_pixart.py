@@ -182,8 +182,10 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     sizes = getattr(guidance, "sizes", None) or {}  # HunyuanDiT / CogView: --original-size, ... (their pipelines')
     check_size_conditions(sizes, directory, label)
     lumina_next = label == "Lumina-Next"  # LuminaPipeline: no --max-sequence-length (its batch's longest prompt)
+    from ..interop.prx_pixel import is_prx_pixel_folder
+    pixel = label == "PRX" and is_prx_pixel_folder(directory)  # PRXPixelPipeline: its fixed prompt_max_tokens
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else
-             TAKES.replace(", --max-sequence-length", "") if lumina_next else TAKES) + \
+             TAKES.replace(", --max-sequence-length", "") if lumina_next or pixel else TAKES) + \
         (", --lora" if label in LORA_KINDS else "") + \
         (", --controlnet (--control-image, --controlnet-scale)" if (label == "Sana" and not sprint) or hunyuan
          else "") + \
@@ -191,7 +193,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         "".join(f", {SIZE_FLAGS[name]}" for name in SIZE_KINDS.get(label, ()))
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
-    if hunyuan or lumina_next:
+    if hunyuan or lumina_next or pixel:
         more["--max-sequence-length"] = getattr(guidance, "max_sequence_length", None)
     if hunyuan:
         more["--pag-interval"] = getattr(guidance, "pag_interval", None)
@@ -227,7 +229,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "Kandinsky 5":  # Kandinsky5T2IPipeline (diffkit.interop.kandinsky5; I2I: refused above)
         from ..interop.kandinsky5 import load_kandinsky5, text_to_image
         pixart = load_kandinsky5(directory, device, progress=progress, lora=lora)
-    elif label == "PRX":  # PRXPipeline (diffkit.interop.prx)
+    elif label == "PRX":  # PRXPipeline (diffkit.interop.prx), PRXPixelPipeline (diffkit.interop.prx_pixel)
         from ..interop.prx import load_prx, text_to_image
         pixart = load_prx(directory, device, progress=progress)
     elif label == "DeepFloyd IF":  # stage I (IFPipeline); stage II: diffkit upscale (._deepfloyd_if)

@@ -109,6 +109,7 @@ _EXPORTS = {
     "ChronoEdit": "chronoedit", "load_chronoedit": "chronoedit", "is_chronoedit_folder": "chronoedit",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "PRX": "prx", "load_prx": "prx", "is_prx_folder": "prx",
+    "PRXPixel": "prx_pixel", "load_prx_pixel": "prx_pixel", "is_prx_pixel_folder": "prx_pixel",
     "Kandinsky5": "kandinsky5", "load_kandinsky5": "kandinsky5", "is_kandinsky5_folder": "kandinsky5",
     "HunyuanDiT": "hunyuan_dit", "load_hunyuan_dit": "hunyuan_dit", "is_hunyuan_dit_folder": "hunyuan_dit",
     "QwenImage": "qwen_image", "load_qwen_image": "qwen_image", "is_qwen_image_folder": "qwen_image",

@@ -225,7 +225,8 @@ def frozen_on(parts: dict, device) -> "torch.device":
     and without gradients; returns the ``torch.device``."""
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder"):
-        parts[name].to(device).eval().requires_grad_(False)
+        if parts[name] is not None:  # (a pixel-space folder has no VAE)
+            parts[name].to(device).eval().requires_grad_(False)
     return device
 
 
@@ -234,7 +235,7 @@ def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict
     """{name: module} of a checked folder, never downloading nor unpickling: ``transformer`` (``transformer_cls``),
     ``vae`` (``vae_cls``, default ``AutoencoderKL``) and, for each ``text_encoder{suffix}`` of ``text_defaults``
     ({suffix: default class}), the class model_index.json names (else the default) and its tokenizer; both None
-    where the entry is null."""
+    where the entry is null. ``vae_cls=False``: no VAE (None; a pixel-space folder's, :mod:`.prx_pixel`)."""
     from . import from_pretrained, library_progress_bars, require
     from .sd3 import _entry
     diffusers, transformers = require("diffusers"), require("transformers")
@@ -244,8 +245,8 @@ def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict
         fp32 = bool(getattr(transformer_cls, "_keep_in_fp32_modules", None))  # (Krea 2's norms, Kandinsky 5's:
         parts["transformer"] = from_pretrained(transformer_cls, directory / "transformer",  # diffusers then refuses
                                                low_cpu_mem_usage=fp32, **common)  # low_cpu_mem_usage=False)
-        parts["vae"] = from_pretrained(vae_cls or diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False,
-                                       **common)
+        parts["vae"] = None if vae_cls is False else from_pretrained(
+            vae_cls or diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
         for suffix, default in text_defaults.items():
             if _entry(index, "text_encoder" + suffix) is None:
                 parts["text_encoder" + suffix] = parts["tokenizer" + suffix] = None

@@ -28,10 +28,13 @@ masked-prompt CFG, s <= 1 unguided, the FlowMatchEuler scheduler's sigmas as dif
   cropped back); off by default, as for PixArt / Sana. Decoding x = D(z / scaling_factor + shift_factor) (the
   config's, 0.18215 and 0 where absent; a null ``shift_factor``, on which the pipeline's decode fails, as 0).
 
-Refused in one line before any weight is read (:func:`check_prx_folder`): another pipeline class (the pixel-space
-``PRXPixelPipeline``: x-prediction from noise of scale 2, not driven), a missing component (the VAE included,
-optional in the pipeline), a transformer / VAE / text encoder / scheduler of another class, a transformer whose
-``in_channels`` are not the VAE's latent channels, a ``use_dynamic_shifting`` scheduler (the pipeline passes no mu).
+A pixel-space ``PRXPixelPipeline`` folder (x-prediction from noise of scale 2) loads as a
+:class:`.prx_pixel.PRXPixel` (:func:`load_prx` hands it to :func:`.prx_pixel.load_prx_pixel`).
+
+Refused in one line before any weight is read (:func:`check_prx_folder`): another pipeline class, a missing
+component (the VAE included, optional in the pipeline), a transformer / VAE / text encoder / scheduler of another
+class, a transformer whose ``in_channels`` are not the VAE's latent channels, a ``use_dynamic_shifting`` scheduler
+(the pipeline passes no mu).
 """
 from __future__ import annotations
 
@@ -59,8 +62,8 @@ PRX_SIZE = 512  # its DEFAULT_RESOLUTION (default_sample_size when model_index.j
 
 
 def is_prx_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names a PRX pipeline (``PRXPipeline``; ``PRXPixelPipeline`` is
-    refused when loaded), so ``diffkit sample`` dispatches."""
+    """True for a folder whose ``model_index.json`` names a PRX pipeline (``PRXPipeline``, or ``PRXPixelPipeline``:
+    :mod:`.prx_pixel`), so ``diffkit sample`` dispatches."""
     from .sd_xl import pipeline_class
     return pipeline_class(path) in (PRX_PIPELINE, PRX_PIXEL_PIPELINE)
 
@@ -69,11 +72,7 @@ def check_prx_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of a ``PRXPipeline`` folder, checked from its JSON
     alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .schedulers import flow_shift_from_diffusers
-    from .sd_xl import pipeline_class
     directory = Path(directory)
-    if pipeline_class(directory) == PRX_PIXEL_PIPELINE:
-        raise DiffkitError(f"{directory} is a {PRX_PIXEL_PIPELINE!r} folder (pixel-space x-prediction), which diffkit "
-                           f"does not drive; allowed: {PRX_PIPELINE}")
     index, config, vae = checked_folder(directory, PRX_PIPELINE, REQUIRED, "PRX", PRX_CLASSES)
     latents = int(vae.get("latent_channels", 4))
     if config.get("in_channels", 16) != latents:
@@ -101,12 +100,14 @@ def ftfy_or_identity(module):
 
 
 @contextlib.contextmanager
-def _text_cleaning():
-    """diffusers' ``TextPreprocessor`` (``PRXPipeline``'s) under :func:`ftfy_or_identity`."""
+def _text_cleaning(module: str = "pipeline_prx"):
+    """diffusers' PRX pipeline module ``module`` (``pipeline_prx``: its ``TextPreprocessor``; ``pipeline_prx_pixel``:
+    its ``_basic_clean``) under :func:`ftfy_or_identity`."""
+    import importlib
     require("diffusers")
-    from diffusers.pipelines.prx import pipeline_prx
-    with ftfy_or_identity(pipeline_prx):
-        yield pipeline_prx.TextPreprocessor()
+    pipeline = importlib.import_module(f"diffusers.pipelines.prx.{module}")
+    with ftfy_or_identity(pipeline):
+        yield pipeline
 
 
 class PRXNet(torch.nn.Module):
@@ -194,9 +195,15 @@ class PRX(AuraFlow):
         from .stable_diffusion import prompt_list
         length = self.max_sequence_length if max_sequence_length is None else max_sequence_length
         self.check_length(length)
-        with _text_cleaning() as cleaner:
+        with _text_cleaning() as pipeline:
+            cleaner = pipeline.TextPreprocessor()
             texts = [cleaner.clean_text(text) for text in prompt_list(prompts)]
-        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True,
+        return self.encoded(texts, length)
+
+    def encoded(self, texts: Sequence[str], length: int) -> tuple:
+        """(last states (B, L, d), bool mask (B, L)) of the cleaned ``texts``: padded / truncated to L = ``length``
+        tokens, encoded under their mask (``_encode_prompt_standard``'s, PRXPixelPipeline's too)."""
+        tokens = self.tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
                                 return_attention_mask=True, return_tensors="pt")
         mask = tokens.attention_mask.bool().to(self.device)
         with torch.no_grad():
@@ -240,12 +247,17 @@ def _load_text_encoder(directory: Path, dtype) -> tuple:
 def load_prx(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
              progress: bool = True) -> PRX:
     """Load a ``PRXPipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive is
-    refused in one line before any weight is read (:func:`check_prx_folder`)."""
+    refused in one line before any weight is read (:func:`check_prx_folder`). A ``PRXPixelPipeline`` folder:
+    :func:`.prx_pixel.load_prx_pixel`."""
     from ..schedule import NoiseSchedule
     from .schedulers import flow_shift_from_diffusers, train_timesteps
     from .sd3 import _entry
-    diffusers = require("diffusers")
+    from .sd_xl import pipeline_class
     directory = Path(directory)
+    if pipeline_class(directory) == PRX_PIXEL_PIPELINE:
+        from .prx_pixel import load_prx_pixel
+        return load_prx_pixel(directory, device, dtype, progress)
+    diffusers = require("diffusers")
     index, _, sched = check_prx_folder(directory)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_from_diffusers(sched))
     parts = load_flow_parts(directory, index, diffusers.PRXTransformer2DModel, {}, dtype, progress,
@@ -258,10 +270,10 @@ def load_prx(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
 
 
 def text_to_image(prx: PRX, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
-    """Images of a PRX folder for ``prompts``: :func:`.pixart.text_to_image` (sampler / grid, default the
-    scheduler's loop; steps (default 28); guidance (default s = 4); negative prompt; latents; height / width
-    (default ``default_sample_size``); ``max_sequence_length`` (default the tokenizer's); ``resolution_binning``
-    (the pipeline's tables); output options)."""
+    """Images of a PRX (or PRXPixel, :mod:`.prx_pixel`) folder for ``prompts``: :func:`.pixart.text_to_image`
+    (sampler / grid, default the scheduler's loop; steps (default 28); guidance (default s = 4); negative prompt;
+    latents; height / width (default ``default_sample_size``); ``max_sequence_length`` (default the tokenizer's;
+    PRXPixel's fixed ``prompt_max_tokens``); ``resolution_binning`` (the pipeline's tables); output options)."""
     from .pixart import text_to_image as pixart_text_to_image
     return pixart_text_to_image(prx, prompts, **options)
 
