@@ -192,3 +192,115 @@ def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
             check_frames(steps, frames)
     with pytest.raises(DiffkitError, match="a negative prompt with guidance_scale=1"):
         edit_image(model, _image(), PROMPT, guidance_scale=1.0, negative_prompt="x")
+
+
+# A text-to-video LoRA (no add_k_proj / add_v_proj: diffusers' loader adds zero ones), ranks / alphas differ
+CHRONOEDIT_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2",
+                                                             "proj_out", "time_proj", "linear_1"],
+                       rank_pattern={"to_q": 2}, alpha_pattern={"to_v": 3.0})  # to_k: see the docs
+WAN_NAMES = {"self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
+             "self_attn.o": "attn1.to_out.0", "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k",
+             "cross_attn.v": "attn2.to_v", "cross_attn.o": "attn2.to_out.0", "cross_attn.k_img": "attn2.add_k_proj",
+             "cross_attn.v_img": "attn2.add_v_proj", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
+
+
+def _wan_file(model, out, musubi, seed):
+    """A Wan LoRA file on ``model``'s transformer in Wan's own names: musubi's (lora_unet_blocks_i_..., every module of
+    every block with its alpha, as its converter needs) or ComfyUI's diffusion_model. (lora_down / lora_up, alphas on
+    some block modules, plus head.head and time_projection.1)."""
+    from safetensors.torch import save_file
+    layers, g, tensors = dict(model.transformer.named_modules()), torch.Generator().manual_seed(seed), {}
+    names = {f"blocks.{i}.{wan}": f"blocks.{i}.{ours}" for i in range(2) for wan, ours in WAN_NAMES.items()}
+    if not musubi:
+        names.update({"head.head": "proj_out", "time_projection.1": "condition_embedder.time_proj"})
+    for j, (wan, ours) in enumerate(names.items()):
+        rank, layer = 2 + j % 3, layers[ours]
+        key = "lora_unet_" + wan.replace(".", "_") if musubi else "diffusion_model." + wan
+        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, layer.in_features, generator=g) * 0.3
+        tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, rank, generator=g) * 0.3
+        if musubi or (wan.startswith("blocks") and j % 2):
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank) * (0.5 + j % 4))
+    save_file(tensors, out)
+    return out
+
+
+def test_chronoedit_lora_is_load_lora_weights_and_fuse_lora(tiny_chronoedit, tmp_path):
+    """A diffusers-format file (ChronoEditPipeline.save_lora_weights, rank / alpha patterns, attention, FFN, the
+    condition embedders and proj_out; no add_k_proj / add_v_proj, which the loader's I2V expansion fills with zeros)
+    at 0.6: the final latents of load_lora_weights + fuse_lora(lora_scale=0.6)'s pipeline, and ``diffkit edit --lora
+    FILE:0.6`` writes the library's PNG. Wan's diffusion_model. file (lora_down / lora_up, alphas, k_img / v_img) and
+    musubi's lora_unet_ file, through diffusers' own converters: load_lora_weights + fuse_lora's weights."""
+    import copy
+
+    from test_sd_lora import fused_transformer_lora
+    from diffkit.interop.chronoedit_lora import read_chronoedit_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    pipe, path, model = tiny_chronoedit
+    lora, fused = fused_transformer_lora(diffusers.ChronoEditPipeline, path, tmp_path, CHRONOEDIT_LORA, scale=0.6,
+                                         loaded=pipe)
+    ours = load_chronoedit(path, progress=False, lora=[(lora, 0.6)])
+    image, latents, final = _image(), _latents(), {}
+    with torch.no_grad():
+        fused(image, PROMPT, height=H, width=W, num_inference_steps=2, latents=latents, output_type="latent",
+              callback_on_step_end=lambda p, i, t, kw: final.update(kw) or {})
+    mine = edit_image(ours, image, PROMPT, steps=2, latents=latents, return_latents=True)
+    error, start = relative_error(mine, final["latents"]), model.transformer.state_dict()
+    print(f"diffusers-format file latents: {error:.2e}")  # (measured 1.4e-6)
+    assert error < 1e-5
+    assert max(float((v - start[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
+    (tmp_path / "in").mkdir()
+    image.save(tmp_path / "in" / "a.png")
+    save_images(edit_image(ours, image, PROMPT, steps=1, seed=3, output_range="-1,1"), tmp_path / "expected",
+                prefix="edit")
+    assert main(_edit_argv(path, tmp_path / "in") + ["--lora", f"{lora}:0.6", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    for musubi, scale in ((False, 0.7), (True, 0.4)):
+        file = _wan_file(model, tmp_path / f"wan{musubi}.safetensors", musubi, 5 + musubi)
+        theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+        theirs.load_lora_weights(str(file))
+        theirs.fuse_lora(lora_scale=scale)
+        theirs.unload_lora_weights()
+        merged = types.SimpleNamespace(transformer=copy.deepcopy(model.transformer))
+        merge_sd_loras(merged, read_chronoedit_loras([(file, scale)]))
+        theirs, merged = theirs.transformer.state_dict(), merged.transformer.state_dict()
+        worst = max(float((v - theirs[k]).abs().max()) for k, v in merged.items())
+        changed = [k for k, v in merged.items() if not torch.equal(v, start[k])]
+        print(f"{'musubi' if musubi else 'diffusion_model.'} file weights: {worst:.2e}, {len(changed)} changed")
+        assert worst < 1e-6 and len(changed) == (24 if musubi else 26)
+
+
+def test_chronoedit_lora_keys_the_loader_would_not_load_are_refused(tiny_chronoedit, tmp_path, capsys):
+    """What WanLoraLoaderMixin does not load as the file says (drops silently, or fails on): one line naming the key
+    (``diffkit edit --lora``: before any weight is read, no output folder)."""
+    from test_sd_lora import assert_files_refused
+    from diffkit.interop.chronoedit_lora import read_chronoedit_loras
+    _, path, _ = tiny_chronoedit
+    a, b = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
+    good = {"transformer." + a: torch.ones(2, 24), "transformer." + b: torch.ones(24, 2)}
+    wan = {"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.ones(2, 24),
+           "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.ones(24, 2)}
+    musubi = {"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.ones(2, 24),
+              "lora_unet_blocks_0_self_attn_q.lora_up.weight": torch.ones(24, 2),
+              "lora_unet_blocks_0_self_attn_q.alpha": torch.tensor(2.0)}
+    assert_files_refused(read_chronoedit_loras, tmp_path, [({**base, **change}, why) for base, change, why in [
+            (good, {"transformer.blocks.0.attn1.to_q.alpha": torch.tensor(1.0)}, "to_q.alpha' is not supported"),
+            (good, {"text_encoder.q.lora_A.weight": torch.ones(2, 4)}, "adapts the transformer only"),
+            (good, {"transformer.blocks.0.attn1.to_q.lora_B.bias": torch.ones(24)}, "to_q.lora_B.bias' is not"),
+            (good, {"transformer.blocks.0.attn1.dora_scale": torch.ones(1, 24)}, "drops dora_scale"),
+            (wan, {"diffusion_model.blocks.0.self_attn.q.diff_b": torch.ones(24)}, "q.diff_b' is not supported"),
+            (wan, {"diffusion_model.blocks.0.norm3.diff": torch.ones(24)}, "norm3.diff' is not supported"),
+            (wan, {"transformer." + a: torch.ones(2, 24)}, f"'transformer.{a}' is not supported"),
+            (wan, {"diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight": torch.ones(2, 24),
+                   "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight": torch.ones(24, 2)}, "fails on this"),
+            (wan, {"diffusion_model.blocks.0.self_attn.k.lora_down.weight": torch.ones(2, 24)}, "no lora_B"),
+            (musubi, {}, "_convert_musubi_wan_lora_to_diffusers fails on this file"),
+            (good, {"transformer.blocks.0.attn1.to_k.lokr_w1": torch.ones(2, 2)}, "is a LyCORIS LoKr tensor")]])
+    (tmp_path / "in").mkdir()
+    _image().save(tmp_path / "in" / "a.png")
+    capsys.readouterr()
+    argv = _edit_argv(path, tmp_path / "in") + ["--lora", str(tmp_path / "refused0.safetensors"), "--out",
+                                                str(tmp_path / "never")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "key 'transformer.blocks.0.attn1.to_q.alpha' is not supported on a ChronoEdit" in err[0]
+    assert not (tmp_path / "never").exists()

@@ -5,10 +5,11 @@ video written as the PNG; dispatched from :func:`diffkit.commands.edit` (``diffk
 from __future__ import annotations
 
 EDIT_TAKES = ("--images, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --steps, "
-              "--temporal-reasoning-steps (--temporal-reasoning-frames), --seed, --batch-size")
+              "--temporal-reasoning-steps (--temporal-reasoning-frames), --lora, --seed, --batch-size")
 EDIT_FLAGS = {  # diffkit edit's dests a ChronoEdit folder takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "steps", "guidance_scale",
-    "guidance_convention", "temporal_reasoning_steps", "temporal_reasoning_frames", "seed", "batch_size", "device", "progress"}
+    "guidance_convention", "temporal_reasoning_steps", "temporal_reasoning_frames", "lora", "seed", "batch_size",
+    "device", "progress"}
 
 
 def add_chronoedit_flags(group) -> None:
@@ -48,8 +49,10 @@ def edit_chronoedit(args) -> int:
     """Edit ``--images`` (one size, multiples of 16) with ``--prompt`` (once, or once per image) as
     ``ChronoEditPipeline``: the image is the first frame of a short video whose last frame is the edit (written as the
     PNG); 50 steps of the folder's scheduler, CFG s = 5 by default; ``--temporal-reasoning-steps N``: the pipeline's
-    temporal reasoning (``--temporal-reasoning-frames``, default 81, for N steps); image i's noise from ``--seed`` + i. Every other edit flag: one line,
-    before any weight is read or any folder is made."""
+    temporal reasoning (``--temporal-reasoning-frames``, default 81, for N steps); image i's noise from ``--seed``
+    + i; ``--lora FILE[:SCALE]``: fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``
+    (:mod:`diffkit.interop.chronoedit_lora`). Every other edit flag: one line, before any weight is read or any
+    folder is made."""
     from ..config import resolve_device
     from ..interop.auraflow import guided
     from ..interop.chronoedit import (CHRONOEDIT_PIPELINE, check_chronoedit_folder, check_frames, edit_image,
@@ -64,7 +67,7 @@ def edit_chronoedit(args) -> int:
     if args.guidance_scale is not None:  # before any weight is read
         guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
     new_dirs, device = missing_dirs(args.out), resolve_device(args.device)
-    model = load_chronoedit(directory, device, progress=args.progress)
+    model = load_chronoedit(directory, device, progress=args.progress, lora=args.lora)
     model.check_size(images.shape[2], images.shape[3])
     return save_prompted_edits(args, model, edit_image, images, count, new_dirs,
                                f"the last frame of each edit; ChronoEdit folder {directory} as {CHRONOEDIT_PIPELINE}",

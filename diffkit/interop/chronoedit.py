@@ -50,6 +50,10 @@ before any weight is read (:func:`check_chronoedit_folder`): another pipeline cl
 other classes, a transformer whose channels are not 2 C + 4 / C or whose patches are not (1, 2, 2), a Wan 2.2 VAE,
 a scheduler diffkit's samplers do not compute (:func:`.hidream.folder_sampler`). Not driven: other frame counts as
 output, a video output (``num_frames`` only shapes the temporal reasoning's video, and must be 4 k + 1).
+
+LoRA files: those the pipeline's ``WanLoraLoaderMixin`` loads (:mod:`.chronoedit_lora`: diffusers / PEFT keys, and
+Wan's ``diffusion_model.`` / musubi's ``lora_unet_`` files converted by diffusers' own functions), fused into the
+transformer as its ``load_lora_weights`` + ``fuse_lora``.
 """
 from __future__ import annotations
 
@@ -257,17 +261,24 @@ def check_chronoedit_folder(directory) -> tuple:
 
 
 def load_chronoedit(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                    progress: bool = True) -> ChronoEdit:
+                    progress: bool = True, lora=None) -> ChronoEdit:
     """Load a ``ChronoEditPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_chronoedit_folder`)."""
+    (:func:`check_chronoedit_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) in the layouts
+    ``WanLoraLoaderMixin`` loads (diffusers / PEFT, Wan's ``diffusion_model.`` and musubi's ``lora_unet_`` names
+    through diffusers' converters), read and checked first (:func:`.chronoedit_lora.read_chronoedit_loras`), fused
+    into the transformer as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
+    (:func:`.sd_lora.merge_sd_loras`)."""
     from ..schedule import NoiseSchedule
     from . import from_pretrained, library_progress_bars
+    from .chronoedit_lora import read_chronoedit_loras
     from .flow_latents import frozen_on, load_flow_parts
     from .sana import flow_shift_of
     from .schedulers import train_timesteps
+    from .sd_lora import merge_sd_loras
     diffusers, transformers = require("diffusers"), require("transformers")
     directory = Path(directory)
     index, sched = check_chronoedit_folder(directory)
+    loras = read_chronoedit_loras(lora) if lora else []
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
     parts = load_flow_parts(directory, index, diffusers.ChronoEditTransformer3DModel, {"": "UMT5EncoderModel"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLWan)
@@ -285,6 +296,7 @@ def load_chronoedit(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                               "image_dim")):
         if have != need:
             raise DiffkitError(f"{directory}: the transformer's {what}={have} does not fit its encoder's width {need}")
+    merge_sd_loras(model, loras)
     return model
 
 

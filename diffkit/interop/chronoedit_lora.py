@@ -1,0 +1,97 @@
+"""LoRA files on a ChronoEdit folder: what diffusers 0.42.1's ``ChronoEditPipeline.load_lora_weights``
+(``WanLoraLoaderMixin``) loads into its ``ChronoEditTransformer3DModel``, fused as its ``fuse_lora``.
+
+The loader adapts ``transformer`` only (its ``transformer_2`` does not exist on a ChronoEdit folder). Three layouts:
+
+* diffusers / PEFT: ``transformer.<module>.lora_A.weight`` / ``.lora_B.weight`` (a DoRA ``.lora_magnitude_vector``
+  too), as ``ChronoEditPipeline.save_lora_weights`` writes them; alpha / rank patterns from the file's
+  ``lora_adapter_metadata`` (without it alpha = r);
+* Wan's original module names under ``diffusion_model.`` (ComfyUI, kohya's / ai-toolkit's Wan files):
+  ``blocks.i.self_attn.{q,k,v,o}`` / ``cross_attn.{q,k,v,o,k_img,v_img}`` / ``ffn.{0,2}``, ``time_projection.1``,
+  ``head.head``, ``{text,time}_embedding.{0,2}``, ``img_emb.proj.{1,3}`` with ``.lora_A`` / ``.lora_B`` or
+  ``.lora_down`` / ``.lora_up`` weights (and a block module's ``.alpha``);
+* musubi-tuner's kohya names, ``lora_unet_blocks_i_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``.
+
+The last two are converted by diffusers' own functions, called here (not copied):
+``lora_conversion_utils._convert_non_diffusers_wan_lora_to_diffusers`` (a file with any ``diffusion_model.`` key)
+and ``_convert_musubi_wan_lora_to_diffusers`` (any ``lora_unet_`` key), as ``WanLoraLoaderMixin.lora_state_dict``
+dispatches; they fold each module's alpha / r into A and B (then alpha = r). The result is read by
+:func:`.sana_lora.read_transformer_lora` and fused by :mod:`.sd_lora`'s merger, W = W0 + s (alpha / r) B A (Hu et
+al. 2021, eq. 3). The loader's image-to-video expansion (``_maybe_expand_t2v_lora_for_i2v``: a text-to-video file's
+blocks get zero LoRA matrices on ``attn2.add_k_proj`` / ``add_v_proj``, the CLIP image keys) adds B A = 0 to those
+weights: nothing to merge, so diffkit adds nothing.
+
+Refused in one line naming the file's key, before any weight of the folder is read: LyCORIS tensors
+(:func:`.lycoris_flow.refuse_lycoris`); ``dora_scale`` (diffusers drops it and merges the rest as a plain LoRA);
+in a converted file, a key its converter does not map (``.diff`` / ``.diff_b`` weight and bias differences, which
+the converter drops or turns into a LoRA bias, another module, another prefix) and a file it fails on (a module
+missing a matrix or, musubi, its alpha: diffusers raises); in a diffusers-format file, a key outside ``transformer.``
+(``load_lora_adapter`` drops it) or not a PEFT tensor (``.alpha``, ``lora_down``, a ``.lora_B.bias``).
+"""
+from __future__ import annotations
+
+import re
+
+from ..errors import DiffkitError
+
+PIPELINE = "ChronoEditPipeline"
+_BLOCK = r"blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.(?:[qkvo]|k_img|v_img)|ffn\.[02])"
+_TOP = r"(?:time_projection\.1|head\.head|(?:text|time)_embedding\.[02]|img_emb\.proj\.[13])"
+_MATRIX = r"\.lora_(?:A|B|down|up)\.weight"
+ORIGINAL = re.compile(rf"diffusion_model\.(?:{_BLOCK}(?:{_MATRIX}|\.alpha)|{_TOP}{_MATRIX})")
+MUSUBI = re.compile(r"lora_unet_blocks_\d+_(?:self_attn_[qkvo]|cross_attn_(?:[qkvo]|k_img|v_img)|ffn_[02])"
+                    r"\.(?:lora_down\.weight|lora_up\.weight|alpha)")
+FORMATS = {"diffusion_model.": (ORIGINAL, "_convert_non_diffusers_wan_lora_to_diffusers"),
+           "lora_unet_": (MUSUBI, "_convert_musubi_wan_lora_to_diffusers")}  # WanLoraLoaderMixin's dispatch order
+ALLOWED = ("transformer.<module> keys ending in .lora_A.weight / .lora_B.weight / .lora_magnitude_vector (diffusers / "
+           "PEFT), Wan's diffusion_model.blocks.i.{self_attn.q/k/v/o, cross_attn.q/k/v/o/k_img/v_img, ffn.0/2} "
+           "(.lora_A / .lora_B / .lora_down / .lora_up weights, .alpha) and time_projection.1 / head.head / "
+           "text_embedding / time_embedding / img_emb.proj weights, or musubi's lora_unet_blocks_i_<module> "
+           ".lora_down.weight / .lora_up.weight / .alpha")
+
+
+def _refuse(path, key: str, why: str):
+    raise DiffkitError(f"--lora {path}: key {key!r} is not supported on a ChronoEdit folder ({why}); allowed: "
+                       f"{ALLOWED}")
+
+
+def wan_tensors(path, tensors: dict) -> dict:
+    """``tensors`` of a ChronoEdit LoRA file under the keys (and, converted, the values)
+    ``WanLoraLoaderMixin.lora_state_dict`` returns: a ``diffusion_model.`` or ``lora_unet_`` file through diffusers'
+    own converter (module docstring), any other file unchanged (its keys checked); a key the loader would not load
+    as the file says: one line."""
+    for key in sorted(tensors):
+        if "dora_scale" in key:
+            _refuse(path, key, f"{PIPELINE} drops dora_scale and merges the rest, which is not the file's DoRA")
+    prefix = next((p for p in FORMATS if any(k.startswith(p) for k in tensors)), None)
+    if prefix is None:
+        from .sd3_lora import PARTS
+        for key in sorted(tensors):
+            if not (key.startswith("transformer.") and key.endswith(PARTS)):
+                _refuse(path, key, f"{PIPELINE}'s loader adapts the transformer only, and converts diffusion_model. "
+                                   f"and lora_unet_ files alone")
+        return tensors
+    pattern, name = FORMATS[prefix]
+    for key in sorted(tensors):
+        if not pattern.fullmatch(key):
+            _refuse(path, key, f"{PIPELINE}'s {name} does not map it as a LoRA matrix")
+    from diffusers.loaders import lora_conversion_utils
+    try:
+        return getattr(lora_conversion_utils, name)(dict(tensors))
+    except (KeyError, ValueError, RuntimeError, NameError) as err:
+        raise DiffkitError(f"--lora {path}: {PIPELINE}'s {name} fails on this file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:120] if str(err) else 'a module lacks a tensor'}); allowed: "
+                           f"every module with its down and up matrices (musubi: and its .alpha), one alpha of one "
+                           f"number each") from None
+
+
+def read_chronoedit_loras(adapters) -> list:
+    """:func:`.sana_lora.read_transformer_loras` of ChronoEdit LoRA files (paths or (path, scale) pairs), each read,
+    converted and checked with :func:`wan_tensors` before the folder loads; :func:`.sd_lora.merge_sd_loras` fuses them
+    into the transformer (as the pipeline's ``load_lora_weights`` + ``fuse_lora``)."""
+    from .sana_lora import read_transformer_loras
+    return read_transformer_loras(adapters, "ChronoEdit", "a ChronoEdit folder", PIPELINE, wan_tensors,
+                                  flux_check=False)
+
+
+__all__ = ["wan_tensors", "read_chronoedit_loras", "ORIGINAL", "MUSUBI"]
