@@ -224,6 +224,7 @@ def _wan_file(model, out, musubi, seed):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters")  # the I2V expansion's add_k_proj / add_v_proj
 def test_chronoedit_lora_is_load_lora_weights_and_fuse_lora(tiny_chronoedit, tmp_path):
     """A diffusers-format file (ChronoEditPipeline.save_lora_weights, rank / alpha patterns, attention, FFN, the
     condition embedders and proj_out; no add_k_proj / add_v_proj, which the loader's I2V expansion fills with zeros)
