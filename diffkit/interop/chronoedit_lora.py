@@ -50,31 +50,24 @@ ALLOWED = ("transformer.<module> keys ending in .lora_A.weight / .lora_B.weight 
            ".lora_down.weight / .lora_up.weight / .alpha")
 
 
-def _refuse(path, key: str, why: str):
-    raise DiffkitError(f"--lora {path}: key {key!r} is not supported on a ChronoEdit folder ({why}); allowed: "
-                       f"{ALLOWED}")
-
-
 def wan_tensors(path, tensors: dict) -> dict:
     """``tensors`` of a ChronoEdit LoRA file under the keys (and, converted, the values)
     ``WanLoraLoaderMixin.lora_state_dict`` returns: a ``diffusion_model.`` or ``lora_unet_`` file through diffusers'
     own converter (module docstring), any other file unchanged (its keys checked); a key the loader would not load
     as the file says: one line."""
-    for key in sorted(tensors):
-        if "dora_scale" in key:
-            _refuse(path, key, f"{PIPELINE} drops dora_scale and merges the rest, which is not the file's DoRA")
+    from functools import partial
+    from .ideogram4_lora import check_transformer_keys, refuse_dora, refuse_key
+    refuse = partial(refuse_key, folder="a ChronoEdit folder", allowed=ALLOWED)
+    refuse_dora(path, tensors, PIPELINE, refuse)
     prefix = next((p for p in FORMATS if any(k.startswith(p) for k in tensors)), None)
     if prefix is None:
-        from .sd3_lora import PARTS
-        for key in sorted(tensors):
-            if not (key.startswith("transformer.") and key.endswith(PARTS)):
-                _refuse(path, key, f"{PIPELINE}'s loader adapts the transformer only, and converts diffusion_model. "
-                                   f"and lora_unet_ files alone")
+        check_transformer_keys(path, tensors, f"{PIPELINE}'s loader adapts the transformer only, and converts "
+                                              f"diffusion_model. and lora_unet_ files alone", refuse)
         return tensors
     pattern, name = FORMATS[prefix]
     for key in sorted(tensors):
         if not pattern.fullmatch(key):
-            _refuse(path, key, f"{PIPELINE}'s {name} does not map it as a LoRA matrix")
+            refuse(path, key, f"{PIPELINE}'s {name} does not map it as a LoRA matrix")
     from diffusers.loaders import lora_conversion_utils
     try:
         return getattr(lora_conversion_utils, name)(dict(tensors))

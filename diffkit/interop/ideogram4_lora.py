@@ -43,25 +43,36 @@ ALLOWED = ("transformer.<module> keys ending in .lora_A.weight / .lora_B.weight 
            ".lora_down / .lora_up) weights and .alpha")
 
 
-def _refuse(path, key: str, why: str):
-    raise DiffkitError(f"--lora {path}: key {key!r} is not supported on an Ideogram 4 folder ({why}); allowed: "
-                       f"{ALLOWED}")
+def refuse_key(path, key: str, why: str, folder: str = "an Ideogram 4 folder", allowed: str = ALLOWED):
+    """One line: the LoRA file's ``key`` is not supported on ``folder`` (``why``), what is ``allowed``."""
+    raise DiffkitError(f"--lora {path}: key {key!r} is not supported on {folder} ({why}); allowed: {allowed}")
+
+
+def refuse_dora(path, tensors: dict, pipeline: str = PIPELINE, refuse=refuse_key) -> None:
+    """One line (``refuse``) at a ``dora_scale`` key: the ``pipeline``'s loader drops it and merges the rest."""
+    for key in sorted(tensors):
+        if "dora_scale" in key:
+            refuse(path, key, f"{pipeline} drops dora_scale and merges the rest, which is not the file's DoRA")
+
+
+def check_transformer_keys(path, tensors: dict, why: str, refuse=refuse_key) -> None:
+    """One line (``refuse``, ``why``) at the first key of an unconverted file that is not a diffusers / PEFT tensor
+    under ``transformer.``."""
+    from .sd3_lora import PARTS
+    for key in sorted(tensors):
+        if not (key.startswith("transformer.") and key.endswith(PARTS)):
+            refuse(path, key, why)
 
 
 def ideogram4_tensors(path, tensors: dict) -> dict:
     """``tensors`` of an Ideogram 4 LoRA file under the keys (and, converted, the values)
     ``Ideogram4LoraLoaderMixin.lora_state_dict`` returns (module docstring); a key it would not load as the file
     says: one line naming it."""
-    from .sd3_lora import PARTS
     from .z_image_lora import split_alpha
-    for key in sorted(tensors):
-        if "dora_scale" in key:
-            _refuse(path, key, "diffusers drops dora_scale and merges the rest, which is not the file's DoRA")
+    refuse_dora(path, tensors, "diffusers")
     if not any(k.startswith(PREFIXES[0]) or ".attention.qkv." in k for k in tensors):
-        for key in sorted(tensors):
-            if not (key.startswith("transformer.") and key.endswith(PARTS)):
-                _refuse(path, key, f"{PIPELINE}'s loader adapts the transformer only and converts a diffusion_model. "
-                                   f"or fused-qkv file alone")
+        check_transformer_keys(path, tensors, f"{PIPELINE}'s loader adapts the transformer only and converts a "
+                                              f"diffusion_model. or fused-qkv file alone")
         return dict(tensors)
     prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in tensors)), "")
     names = {}
@@ -76,10 +87,10 @@ def ideogram4_tensors(path, tensors: dict) -> dict:
     for name in sorted(names):
         match = KEY.match(name)
         if match is None or match.group(3) not in (down, up, ".alpha"):
-            _refuse(path, names[name], f"{PIPELINE}'s converter leaves it over and fails")
+            refuse_key(path, names[name], f"{PIPELINE}'s converter leaves it over and fails")
         base = name[:match.start(3)]
         if base + down not in names or base + up not in names:
-            _refuse(path, names[name], f"no {(up if base + down in names else down)[1:-7]} matrix beside it: "
+            refuse_key(path, names[name], f"no {(up if base + down in names else down)[1:-7]} matrix beside it: "
                                        f"{PIPELINE}'s converter fails")
         if match.group(3) != down:
             continue
@@ -87,7 +98,7 @@ def ideogram4_tensors(path, tensors: dict) -> dict:
         if base + ".alpha" in names:
             alpha = tensors[names[base + ".alpha"]]
             if alpha.numel() != 1:
-                _refuse(path, names[base + ".alpha"], f"an alpha of shape {tuple(alpha.shape)}, not one number")
+                refuse_key(path, names[base + ".alpha"], f"an alpha of shape {tuple(alpha.shape)}, not one number")
             low, high = split_alpha(alpha.item(), a.shape[0])
         layer, module = match.group(1), MODULES[match.group(2)]
         targets = [f"{layer}.{module}.to_{p}" for p in "qkv"] if module == "attention" else [f"{layer}.{module}"]
@@ -106,4 +117,4 @@ def read_ideogram4_loras(adapters) -> list:
                                   flux_check=False)
 
 
-__all__ = ["ideogram4_tensors", "read_ideogram4_loras"]
+__all__ = ["ideogram4_tensors", "read_ideogram4_loras", "refuse_key", "refuse_dora", "check_transformer_keys"]
