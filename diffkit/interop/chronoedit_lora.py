@@ -74,8 +74,9 @@ def wan_tensors(path, tensors: dict) -> dict:
     except (KeyError, ValueError, RuntimeError, NameError) as err:
         raise DiffkitError(f"--lora {path}: {PIPELINE}'s {name} fails on this file ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:120] if str(err) else 'a module lacks a tensor'}); allowed: "
-                           f"every module with its down and up matrices (musubi: and its .alpha), one alpha of one "
-                           f"number each") from None
+                           f"each module with its down and up matrices, k_img with v_img, one alpha of one number "
+                           f"each (musubi: every block's self_attn q/k/v/o, cross_attn q/k/v/o, ffn 0/2, each with "
+                           f"its .alpha)") from None
 
 
 def read_chronoedit_loras(adapters) -> list:
