@@ -211,19 +211,20 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                         help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / SD-XL / "
                              "SD3 / FLUX.1 / Sana / Lumina-Image 2.0 / AuraFlow / CogView4 / Chroma / Kolors / "
-                             "Qwen-Image / FLUX.2 / Z-Image / HiDream-I1 / ERNIE-Image / Krea 2 / Ideogram 4 / Bria "
-                             "FIBO 2 / Kandinsky 5, a diffusers, PEFT or kohya LoRA .safetensors; SD3, Sana, "
-                             "Lumina-Image 2.0, AuraFlow, CogView4, Bria FIBO 2, Kandinsky 5: diffusers / PEFT only "
-                             "(Lumina-Image 2.0: also its original diffusion_model. keys); Chroma: its transformer "
-                             "only; Kolors: its UNet, diffusers / PEFT keys; Qwen-Image, FLUX.2, Z-Image: the "
-                             "transformer, diffusers / PEFT, diffusion_model. (ComfyUI, ai-toolkit) or kohya "
-                             "lora_unet_ keys; FLUX.2, Z-Image: also LyCORIS LoKr files as diffusers converts them; "
+                             "Qwen-Image / Qwen-Image 2.1 / FLUX.2 / Z-Image / HiDream-I1 / ERNIE-Image / Krea 2 / "
+                             "Ideogram 4 / Bria FIBO 2 / Kandinsky 5, a diffusers, PEFT or kohya LoRA .safetensors; "
+                             "SD3, Sana, Lumina-Image 2.0, AuraFlow, CogView4, Bria FIBO 2, Kandinsky 5: diffusers / "
+                             "PEFT only (Lumina-Image 2.0: also its original diffusion_model. keys); Chroma: its "
+                             "transformer only; Kolors: its UNet, diffusers / PEFT keys; Qwen-Image (and 2.1), "
+                             "FLUX.2, Z-Image: the transformer, diffusers / PEFT, diffusion_model. (ComfyUI, "
+                             "ai-toolkit) or kohya lora_unet_ keys (Qwen-Image 2.1: not those diffusers re-dots as "
+                             "another module); FLUX.2, Z-Image: also LyCORIS LoKr files as diffusers converts them; "
                              "HiDream-I1, ERNIE-Image: the transformer, diffusers / PEFT or diffusion_model. keys; "
                              "ERNIE-Image: also peft's base_model.model. keys; Krea 2: the transformer, diffusers / "
                              "PEFT or the original krea-2 names under diffusion_model. / base_model.model.; Ideogram "
                              "4: the conditional transformer, diffusers / PEFT or ai-toolkit / kohya diffusion_model. "
-                             "files with a fused attention.qkv) merged into --checkpoint's weights at load, W0 + SCALE "
-                             "(alpha/r) B A (SCALE default 1; repeat for several: they add)")
+                             "files with a fused attention.qkv) merged into --checkpoint's weights at load, W0 + "
+                             "SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "
                              "(same network; by default another base is refused)")
