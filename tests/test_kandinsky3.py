@@ -142,7 +142,8 @@ def test_cli_sample_and_edit_match_library(folders, tmp_path, capsys):
 
 
 def test_refusals(folders, tmp_path, capsys):
-    """What diffkit does not drive: one line, no file written (the folders' checks before any weight is read)."""
+    """What diffkit does not drive: one line, no file written (the folders' checks before any weight is read);
+    ``--lora`` among them, as diffusers' ``load_lora_weights`` fails on either pipeline whatever the file's keys."""
     _, _, folder, model = folders["ddpm"]
     assert_sample_refusals(main, folder, tmp_path, capsys, [
         (["--guidance-scale", "0.5"], "guidance scale 0.5 (seed convention, w = 0.5) is not allowed on a Kandinsky "
@@ -179,3 +180,13 @@ def test_refusals(folders, tmp_path, capsys):
         shutil.rmtree(bad)
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "Kandinsky3Pipeline"
+    from safetensors.torch import save_file  # --lora stays refused (RKT3): diffusers' own loader loads no file
+    prefix = "text_encoder.encoder.block.0.layer.0.SelfAttention.q"
+    save_file({f"{prefix}.lora_A.weight": torch.ones(2, 32), f"{prefix}.lora_B.weight": torch.ones(32, 2)},
+              tmp_path / "te.safetensors")
+    save_file({"unet.conv_in.lora_A.weight": torch.ones(2, 4, 3, 3),
+               "unet.conv_in.lora_B.weight": torch.ones(8, 2, 1, 1)}, tmp_path / "unet.safetensors")
+    for pipe in folders["ddpm"][:2]:
+        for name in ("te", "unet"):
+            with pytest.raises(AttributeError, match="'Kandinsky3UNet' object has no attribute 'load_lora_adapter'"):
+                pipe.load_lora_weights(str(tmp_path), weight_name=f"{name}.safetensors")

@@ -1,7 +1,9 @@
 """Qwen-Image 2.1 folders (diffkit.interop.qwen_image21): text_to_image against diffusers' own QwenImage21Pipeline on
 a tiny random folder (tests/_qwen_image21_helpers.py; nothing downloaded), ``diffkit sample`` on it (the library's PNG
-byte for byte) and the one-line refusals."""
+byte for byte) and the one-line refusals; LoRA files (the pipeline's QwenImageLoraLoaderMixin) against its
+``load_lora_weights`` + ``fuse_lora``."""
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -123,7 +125,6 @@ def test_qwen_image21_sample_command_is_the_library_and_refusals(tiny_qwen21, tm
         with pytest.raises(DiffkitError, match=expected):
             text_to_image(model, "hot", steps=1, **{"height": H, "width": W, **call})
     assert_sample_refusals(main, path, tmp_path, capsys, [
-        (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Qwen-Image 2.1 folder"),
         (["--max-sequence-length", "64"], "--max-sequence-length does not apply to a Qwen-Image 2.1 folder"),
         (["--clip-skip", "1"], "its prompt flags are --prompt and --negative-prompt (one text encoder)"),
         (["--prompt-2", "x"], "--prompt-2 does not apply to a Qwen-Image 2.1 folder"),
@@ -223,3 +224,100 @@ def test_qwen_image21_edit_command_is_the_library_and_refusals(tiny_qwen21, tmp_
     from diffkit.images import image_pixels
     wide = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))  # a 16-bit grey PNG read as RGBA: opaque
     assert image_pixels(wide, "RGBA").tolist() == [[[0.0, 0.0, 0.0, 255.0], [255.0, 255.0, 255.0, 255.0]]]
+
+
+# every Linear of the transformer: time embedding, text projection, input, modulation, attention, gated MLP, output
+Q21_LORA = dict(r=4, lora_alpha=8.0, target_modules=r".*(timestep_embedder\.linear_[12]|txt_in\.(in|out)_layer|img_in|"
+                                                   r"modulation\.1|attn\.to_(q|k|v|out\.0)|img_mlp\.(proj|out|"
+                                                   r"gate_layer)|norm_out\.linear|proj_out)$",
+                rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+LORA_SCALE = 0.3  # at 0.5 the file changes z_0 by 1.05x its size: see docs/interop/qwen_image21.md
+UNCONVERTED = ("txt_in_in_layer", "txt_in_out_layer", "modulation_1", "gate_layer")  # kohya names diffusers mangles
+
+
+@pytest.fixture(scope="module")
+def qwen21_lora(tiny_qwen21, tmp_path_factory):
+    """(file, QwenImage21Pipeline after load_lora_weights + fuse_lora(lora_scale=0.3)) of a diffusers-format LoRA
+    (QwenImage21Pipeline.save_lora_weights, rank / alpha patterns) on every Linear of the tiny folder's transformer."""
+    from test_sd_lora import fused_transformer_lora
+    pipe, path, _ = tiny_qwen21
+    return fused_transformer_lora(diffusers.QwenImage21Pipeline, path, tmp_path_factory.mktemp("qwen21_lora"),
+                                  Q21_LORA, scale=LORA_SCALE, loaded=pipe)
+
+
+def test_qwen_image21_lora_is_load_lora_weights_and_fuse_lora(tiny_qwen21, qwen21_lora, tmp_path, capsys):
+    """A diffusers-format file at 0.3: load_lora_weights + fuse_lora's weights and z_0 with CFG; ``diffkit sample
+    --lora`` and ``diffkit edit --lora`` are the library byte for byte; a text-encoder key: one line."""
+    from diffkit.images import save_images
+    from test_sd_lora import check_transformer_lora
+    _, path, model = tiny_qwen21
+    lora, fused = qwen21_lora
+    ours = load_qwen_image21(path, progress=False, lora=[(lora, LORA_SCALE)])
+    worst = check_transformer_lora(path, lora, LORA_SCALE, ours, model, fused, text_to_image, tmp_path, capsys,
+                                   "text_encoder.model.language_model.layers.0.self_attn.q_proj.lora_A.weight",
+                                   "a Qwen-Image 2.1 folder (QwenImageLoraLoaderMixin adapts the transformer only",
+                                   size=32)
+    noise = torch.randn(2, 4, H // 16, W // 16, generator=torch.Generator().manual_seed(1))
+    call = {"negative_prompt": ["ugly", " "], "true_cfg_scale": 2.5}
+    z0 = text_to_image(ours, PROMPTS, steps=3, latents=noise, return_latents=True, guidance_scale=2.5,
+                       negative_prompt=call["negative_prompt"])
+    error = relative_error(z0, _theirs(fused, noise, **call))
+    print("QwenImage21Pipeline LoRA weights", worst, "latents", error)
+    assert worst < 1e-6 and error < 1e-5  # measured: see docs/interop/qwen_image21.md
+    assert relative_error(z0, text_to_image(model, PROMPTS, steps=3, latents=noise, return_latents=True,
+                                            guidance_scale=2.5, negative_prompt=call["negative_prompt"])) > 1e-3
+    image = _conditions()[0]
+    image.save(tmp_path / "0.png")
+    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path / "0.png"), "--prompt", "hot dog",
+                 "--max-area", "4096", "--steps", "1", "--lora", f"{lora}:{LORA_SCALE}", "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 0
+    save_images(edit_image(ours, [image], "hot dog", area=4096, steps=1, seed=0, output_range="-1,1"),
+                tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "out" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters")  # the kohya file's metadata: its fewer modules
+def test_qwen_image21_converted_lora_files_and_refusals(tiny_qwen21, qwen21_lora, tmp_path):
+    """ComfyUI / musubi ``diffusion_model.`` (lora_down / lora_up, some .alpha) on every module and kohya ``lora_unet_``
+    (with the diffusers file's metadata) on the modules diffusers' conversion re-dots right: the weights of
+    load_lora_weights + fuse_lora; a kohya key it re-dots as no module or another one (it raises or drops it): one
+    line naming the key."""
+    import functools
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from diffkit.interop.qwen_image21 import PIPELINE
+    from diffkit.interop.qwen_image_lora import read_qwen_image_loras, transformer_loras
+    from test_qwen_image import _converted
+    from test_sd_lora import converted_lora_difference
+    pipe, _, model = tiny_qwen21
+    read = functools.partial(read_qwen_image_loras, kind="Qwen-Image 2.1", pipeline=PIPELINE)
+    with safe_open(qwen21_lora[0], "pt") as f:
+        meta = f.metadata()
+    kohya = _converted(qwen21_lora[0], "kohya")
+    for kind, tensors, metadata in [("comfy", _converted(qwen21_lora[0], "comfy"), None),
+                                    ("kohya", {k: v for k, v in kohya.items() if not any(n in k for n in UNCONVERTED)},
+                                     meta)]:
+        save_file(tensors, tmp_path / f"{kind}.safetensors", metadata=metadata)
+        worst, changes = converted_lora_difference(pipe, model, tmp_path / f"{kind}.safetensors", read,
+                                                   "Qwen-Image 2.1", scale=LORA_SCALE)
+        print("QwenImage21Pipeline LoRA", kind, worst)
+        assert worst < 1e-6 and sum(v > 1e-3 for v in changes.values()) == (22 if kind == "comfy" else 17)
+    for name, dotted in [("txt_in_in_layer", "no module name, not txt_in.in_layer"),
+                         ("modulation_1", "no module name, not modulation.1"),
+                         ("transformer_blocks_1_img_mlp_gate_layer", "transformer_blocks.1.img_mlp.gate.layer, not "
+                                                                     "transformer_blocks.1.img_mlp.gate_layer")]:
+        key = f"lora_unet_{name}.lora_down.weight"
+        save_file({k: v for k, v in kohya.items() if "to_q" in k or k.startswith(f"lora_unet_{name}.")},
+                  tmp_path / "bad.safetensors")
+        with pytest.raises(DiffkitError, match=re.escape(f"key {key!r} is not supported on a Qwen-Image 2.1 folder "
+                                                         f"(diffusers 0.42.1's kohya conversion re-dots it as "
+                                                         f"{dotted}")) as caught:
+            transformer_loras(read([tmp_path / "bad.safetensors"]), model.transformer, "Qwen-Image 2.1")
+        assert "\n" not in str(caught.value)
+    save_file({"diffusion_model.img_in.lora_down.weight": torch.ones(2, 4),
+               "diffusion_model.img_in.dora_scale": torch.ones(1, 32)}, tmp_path / "dora.safetensors")
+    with pytest.raises(DiffkitError, match="key 'diffusion_model.img_in.dora_scale' is not supported on a Qwen-Image "
+                                           "2.1 folder .*as QwenImage21Pipeline converts them"):
+        read([tmp_path / "dora.safetensors"])

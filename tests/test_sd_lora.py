@@ -73,18 +73,20 @@ def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dic
     return root / "lora.safetensors", pipe
 
 
-def check_transformer_lora(path, lora, scale, ours, base, pipe, text_to_image, tmp_path, capsys, bad_key, message):
+def check_transformer_lora(path, lora, scale, ours, base, pipe, text_to_image, tmp_path, capsys, bad_key, message,
+                           size: int = 16):
     """The worst abs difference of ``ours``' transformer (loaded with ``lora`` at ``scale``) from ``pipe``'s after
     ``load_lora_weights`` + ``fuse_lora`` (the LoRA changing ``base``'s by > 1e-2); ``diffkit sample --lora`` on
-    ``path`` is ``text_to_image`` of ``ours`` byte for byte; a file with ``bad_key`` is one line with ``message``."""
+    ``path`` (``size`` x ``size`` pixels) is ``text_to_image`` of ``ours`` byte for byte; a file with ``bad_key`` is
+    one line with ``message``."""
     from diffkit.images import save_grid
     theirs, base = pipe.transformer.state_dict(), base.transformer.state_dict()
     worst = max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
     assert max(float((v - base[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(path), "--prompt", "hot", "--num", "1", "--steps", "2", "--height",
-                 "16", "--width", "16", "--lora", f"{lora}:{scale}", "--out", str(out), "--no-progress"]) == 0
-    save_grid(text_to_image(ours, ["hot"], steps=2, seed=0, height=16, width=16, output_range="-1,1"),
+                 str(size), "--width", str(size), "--lora", f"{lora}:{scale}", "--out", str(out), "--no-progress"]) == 0
+    save_grid(text_to_image(ours, ["hot"], steps=2, seed=0, height=size, width=size, output_range="-1,1"),
               tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     save_file({bad_key: torch.zeros(2, 16)}, tmp_path / "bad.safetensors")

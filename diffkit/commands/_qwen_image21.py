@@ -9,11 +9,12 @@ from __future__ import annotations
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
 TAKES = ("--prompt, --negative-prompt with --guidance-scale > 1 (--guidance-convention), --height / --width, "
-         "--steps / --nfe, --sampler and its grid options (--flow-shift with another sampler than the pipeline's "
-         "loop)")
+         "--steps / --nfe, --lora, --sampler and its grid options (--flow-shift with another sampler than the "
+         "pipeline's loop)")
 EDIT_TAKES = ("--images (each the condition image of its own call), --image-reference (repeatable: more condition "
               "images after it), --prompt, --negative-prompt with --guidance-scale > 1 (--guidance-convention), "
-              "--max-area (the pipeline's output_resolution squared), --steps, --sampler and its grid options, --eta")
+              "--max-area (the pipeline's output_resolution squared), --lora, --steps, --sampler and its grid "
+              "options, --eta")
 
 
 def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=None, max_sequence_length=None,
@@ -32,18 +33,19 @@ def _edit_call(model, images, prompts, strength=None, *, mask=None, posterior=No
 
 class QwenImage21Family(Family):
     """A Qwen-Image 2.1 folder's: sampling, unguided by default (CFG with a negative prompt and a scale > 1), the
-    folder's sample_sigmas or 40 steps; editing (``diffkit edit``): condition images as the pipeline's ``image=``; no
-    LoRA, textual inversion, IP-Adapter, mask, strength or --max-sequence-length (refused in one line)."""
+    folder's sample_sigmas or 40 steps; editing (``diffkit edit``): condition images as the pipeline's ``image=``;
+    LoRA files in both (``QwenImageLoraLoaderMixin``, :mod:`diffkit.interop.qwen_image_lora`); no textual inversion,
+    IP-Adapter, mask, strength or --max-sequence-length (refused in one line)."""
 
-    kind, takes, adapters, lora = "Qwen-Image 2.1", TAKES, False, False
+    kind, takes, adapters, lora = "Qwen-Image 2.1", TAKES, False, True
     edit_takes, resizes, image_mode = EDIT_TAKES, True, "RGBA"
     edit_flags = NO_ADAPTER_EDIT_FLAGS - {"mask", "strength", "posterior", "max_sequence_length", "height",
-                                          "width"} | {"image_reference", "max_area"}
+                                          "width"} | {"image_reference", "max_area", "lora"}
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
         from ..interop.qwen_image21 import load_qwen_image21
-        return load_qwen_image21(directory, device, progress=progress)
+        return load_qwen_image21(directory, device, progress=progress, lora=lora)
 
     @staticmethod
     def functions() -> tuple:

@@ -34,7 +34,10 @@ modulated at t = 0); diffkit recomputes them at every call (its samplers evaluat
 which agrees with the cached loop to float rounding. Condition images (the pipeline's ``image=``): :func:`edit_image`
 (each in RGBA at its ratio on ``output_resolution``^2 pixels; seen by the prompt over white in its vision slots, its
 four channels' latents in the transformer's stream before z_t's). Not driven, one line each: ``max_sequence_length``,
-IP-Adapters, ControlNets, LoRA files.
+IP-Adapters, ControlNets. LoRA files: what the pipeline's ``QwenImageLoraLoaderMixin`` (Qwen-Image's) loads on the
+transformer, fused as ``load_lora_weights`` + ``fuse_lora`` (:mod:`.qwen_image_lora`: diffusers / PEFT, ComfyUI /
+musubi ``diffusion_model.``, kohya ``lora_unet_`` keys; a kohya key diffusers re-dots as another module, 2.1's
+``txt_in``, ``modulation`` and ``gate_layer`` ones: refused).
 Refused before any weight is read (:func:`check_qwen_image21_folder`): another pipeline class, a missing component
 or one of another class, a transformer ``patch_size`` other than 1 or channels other than the VAE's ``z_dim``, a
 ``context_in_dim`` other than the text encoder's width, a VAE whose ``scale_factor_spatial`` is not 16, malformed
@@ -295,20 +298,29 @@ def check_qwen_image21_folder(directory) -> tuple:
 
 
 def load_qwen_image21(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                      progress: bool = True) -> QwenImage21:
+                      progress: bool = True, lora=None) -> QwenImage21:
     """Load a Qwen-Image 2.1 diffusers folder (never downloads, never unpickles): the transformer, VAE, Qwen3-VL
     model and the processor's tokenizer and chat template by :func:`.nucleusmoe.load_qwen3_vl_folder`; what diffkit
-    does not drive is refused in one line before any weight is read (:func:`check_qwen_image21_folder`)."""
+    does not drive is refused in one line before any weight is read (:func:`check_qwen_image21_folder`). ``lora``:
+    LoRA files (paths or (path, scale) pairs) in the formats the pipeline's ``QwenImageLoraLoaderMixin`` loads
+    (:mod:`.qwen_image_lora`), read and checked first, fused into the transformer as ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`: W0 + s (alpha / r) B A, Hu et al. 2021,
+    eq. 3)."""
     from .nucleusmoe import load_qwen3_vl_folder
     from .qwen_image_edit import load_image_processor
+    from .qwen_image_lora import read_qwen_image_loras, transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_qwen_image21_folder(directory)
+    loras = read_qwen_image_loras(lora, "Qwen-Image 2.1", PIPELINE) if lora else []
     images = load_image_processor(directory) if (directory / "processor" / "preprocessor_config.json").is_file() \
         else None  # (condition images only: edit_image refuses them without it)
-    return load_qwen3_vl_folder(QwenImage21, directory, index, sched, diffusers.QwenImage21Transformer2DModel,
-                                diffusers.AutoencoderKLQwenImage21, device, dtype, progress,
-                                sample_sigmas=read_sample_sigmas(directory, index), image_processor=images)
+    model = load_qwen3_vl_folder(QwenImage21, directory, index, sched, diffusers.QwenImage21Transformer2DModel,
+                                 diffusers.AutoencoderKLQwenImage21, device, dtype, progress,
+                                 sample_sigmas=read_sample_sigmas(directory, index), image_processor=images)
+    merge_sd_loras(model, transformer_loras(loras, model.transformer, "Qwen-Image 2.1"))
+    return model
 
 
 def text_to_image(model: QwenImage21, prompts: Union[str, Sequence[str]], *, ip_adapter=None, controlnet=None,
