@@ -21,7 +21,7 @@ from test_interop_diffusers import relative_error, tiny_sd_components  # noqa: E
 
 STEPS, SKIP = 4, 0.1  # int(4 * 1.1) = 4 timesteps, all run: 801 (> 800: the attention mask alone), 601, 401, 201
 CONCEPTS = dict(editing_prompt=["a hat", "photo"], edit_guidance_scale=[5.0, 4.0], edit_threshold=[0.8, 0.7],
-                reverse_editing_direction=[False, True], edit_warmup_steps=[0, 1])
+                reverse_editing_direction=[False, True], edit_warmup_steps=[0, 1], edit_cooldown_steps=[3, 4])
 MASK_FLAGS = {"intersect": {}, "noise": dict(use_intersect_mask=False, use_cross_attn_mask=False)}
 
 
@@ -61,8 +61,8 @@ def _image(seed=3):
 
 
 def test_inversion_and_every_mask_match_the_pipeline(tiny_ledits):
-    """invert's x_T and noise maps, then the edit with two concepts (one removed, one from step 1) under the
-    intersect mask (M1 at t = 801, M1 M2 below) and the noise mask: z_0 within 1e-5 relative of the pipeline's
+    """invert's x_T and noise maps, then the edit with two concepts (one removed from step 1, one until step 3) under
+    the intersect mask (M1 at t = 801, M1 M2 below) and the noise mask: z_0 within 1e-5 relative of the pipeline's
     (measured 1.6e-6, 1.5e-6), and the reconstruction without concepts (1e-6)."""
     pipe, _, sd = tiny_ledits
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
@@ -77,7 +77,7 @@ def test_inversion_and_every_mask_match_the_pipeline(tiny_ledits):
     assert relative_error(inversion.noises, pipe.zs) < 1e-5
     concepts = lp.concepts_from(CONCEPTS["editing_prompt"], CONCEPTS["edit_guidance_scale"],
                                 CONCEPTS["edit_threshold"], CONCEPTS["reverse_editing_direction"],
-                                CONCEPTS["edit_warmup_steps"])
+                                CONCEPTS["edit_warmup_steps"], CONCEPTS["edit_cooldown_steps"])
     for mask, reference in theirs.items():
         ours = lp.edit(sd, inversion, concepts, mask=mask, return_latents=True)
         assert relative_error(ours, reference) < 1e-5, mask
@@ -113,8 +113,9 @@ def test_ddim_folder_and_source_prompt_match_the_pipeline(tiny_ledits):
 
 
 def test_command_line_is_the_library_and_refuses_in_one_line(tiny_ledits, tmp_path, capsys):
-    """diffkit edit --ledits / --ledits-remove writes what invert + edit give (image i from --seed + i); flags that do
-    not apply, and bad values, are refused in one line before any file is written."""
+    """diffkit edit --ledits / --ledits-remove (--ledits-warmup / --ledits-cooldown per concept) writes what invert +
+    edit give (image i from --seed + i); flags that do not apply, and bad values, are refused in one line before any
+    file is written."""
     from diffkit.cli import main
     from diffkit.images import png_bytes, to_uint8
     _, folder, sd = tiny_ledits
@@ -124,25 +125,30 @@ def test_command_line_is_the_library_and_refuses_in_one_line(tiny_ledits, tmp_pa
               "--ledits-skip", "0.2", "--seed", "7"]
     out = tmp_path / "out"
     assert main([*common, "--ledits", "a hat", "--ledits-remove", "photo", "--ledits-scale", "6,3",
-                 "--ledits-threshold", "0.75", "--out", str(out)]) == 0
+                 "--ledits-threshold", "0.75", "--ledits-warmup", "0,1", "--ledits-cooldown", "2", "--out",
+                 str(out)]) == 0
     from diffkit.metrics.features import load_image_batch
     image = load_image_batch([tmp_path / "in" / "a.png"], "RGB")
     inversion = lp.invert(sd, image, 3, 0.2, seed=7)
-    concepts = [lp.Concept("a hat", 6.0, 0.75), lp.Concept("photo", 3.0, 0.75, reverse=True)]
+    concepts = [lp.Concept("a hat", 6.0, 0.75, cooldown=2), lp.Concept("photo", 3.0, 0.75, True, 1, 2)]
     ours = to_uint8(lp.edit(sd, inversion, concepts).clamp(-1, 1))
     written = to_uint8(load_image_batch([out / "edit_00000.png"], "RGB"))
-    assert abs(ours.astype(int) - written.astype(int)).max() <= 1
+    assert (ours == written).all()  # byte for byte
     never = tmp_path / "never"
     for extra, expected in ((["--ledits", "x", "--prompt", "y"], "--prompt does not apply to a Stable Diffusion"),
                             (["--ledits-scale", "2"], "--ledits-scale goes with --ledits TEXT"),
                             (["--ledits", "x", "--ledits-scale", "1,2"], "--ledits-scale has 2 values for 1 concepts"),
                             (["--ledits", "x", "--ledits-threshold", "1.5"], "--ledits-threshold"),
-                            (["--ledits", "x", "--ledits-skip", "2"], "--ledits-skip")):
+                            (["--ledits", "x", "--ledits-skip", "2"], "--ledits-skip"),
+                            (["--ledits", "x", "--ledits-cooldown", "-1"], "--ledits-cooldown=-1 is out of range"),
+                            (["--ledits", "x", "--ledits-warmup", "1,2"], "--ledits-warmup has 2 values for 1")):
         capsys.readouterr()
         assert main([*common, *extra, "--out", str(never)]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (extra, err)
     capsys.readouterr()
+    assert main([*common[:8], "--ledits-cooldown", "2", "--out", str(never)]) == 2
+    assert "--ledits-cooldown goes with --ledits TEXT" in capsys.readouterr().err
     assert main([*common[:2], str(tmp_path / "in"), *common[3:], "--ledits", "x", "--out", str(never)]) == 2
     assert "--ledits applies to a Stable Diffusion 1.x / 2.x or SD-XL folder" in capsys.readouterr().err
     assert not never.exists()
@@ -233,7 +239,7 @@ def test_sd_xl_inversion_and_masks_match_the_pipeline(tiny_ledits_xl):
     assert relative_error(inversion.noises, pipe.zs) < 1e-5 and not inversion.noises[1:].any()
     concepts = lp.concepts_from(CONCEPTS["editing_prompt"], CONCEPTS["edit_guidance_scale"],
                                 CONCEPTS["edit_threshold"], CONCEPTS["reverse_editing_direction"],
-                                CONCEPTS["edit_warmup_steps"])
+                                CONCEPTS["edit_warmup_steps"], CONCEPTS["edit_cooldown_steps"])
     for mask, reference in theirs.items():
         ours = lp.edit(xl, inversion, concepts, mask=None if mask == "noise" else mask, return_latents=True)
         assert relative_error(ours, reference) < 1e-5, mask

@@ -17,10 +17,11 @@ TAKES = ("--images, --ledits / --ledits-remove and the other --ledits-* flags, -
 FLAGS = {  # diffkit edit's dests LEDITS++ takes (the rest must stay at their defaults)
     "command", "func", "checkpoint", "config", "images", "out", "seed", "batch_size", "device", "progress", "steps",
     "negative_prompt", "clip_skip", "height", "width", "lora", "textual_inversion", "ledits", "ledits_scale",
-    "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_source_prompt", "ledits_source_scale",
-    "ledits_zero_noise_steps"}
+    "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_cooldown", "ledits_source_prompt",
+    "ledits_source_scale", "ledits_zero_noise_steps"}
 OPTIONS = (("--ledits-scale", "ledits_scale"), ("--ledits-threshold", "ledits_threshold"),
            ("--ledits-skip", "ledits_skip"), ("--ledits-mask", "ledits_mask"), ("--ledits-warmup", "ledits_warmup"),
+           ("--ledits-cooldown", "ledits_cooldown"),
            ("--ledits-source-prompt", "ledits_source_prompt"), ("--ledits-source-scale", "ledits_source_scale"),
            ("--ledits-zero-noise-steps", "ledits_zero_noise_steps"))
 
@@ -34,12 +35,17 @@ class _Concept(argparse.Action):
         setattr(namespace, self.dest, concepts)
 
 
-def _floats(text: str) -> list:
+def _floats(text: str, kind=float, what: str = "a number") -> list:
     """S or S1,S2,...: one number for every concept or one per concept."""
     try:
-        return [float(part) for part in text.split(",")]
+        return [kind(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a comma-separated list of numbers") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} or a comma-separated list of them") from None
+
+
+def _ints(text: str) -> list:
+    """N or N1,N2,...: one integer for every concept or one per concept."""
+    return _floats(text, int, "an integer")
 
 
 def add_ledits_flags(parser) -> None:
@@ -64,8 +70,12 @@ def add_ledits_flags(parser) -> None:
                    help="the implicit mask: intersect (cross-attention and noise masks, the SD pipeline's default), "
                         "attention (use_intersect_mask=False) or noise (SEGA's; use_cross_attn_mask=False; the SD-XL "
                         "pipeline's default)")
-    g.add_argument("--ledits-warmup", type=int, metavar="N",
-                   help="the concepts count from step N on (edit_warmup_steps; default 0)")
+    g.add_argument("--ledits-warmup", type=_ints, metavar="N[,N...]",
+                   help="the concepts count from step N on (edit_warmup_steps; default 0): one for all concepts or "
+                        "one per concept")
+    g.add_argument("--ledits-cooldown", type=_ints, metavar="N[,N...]",
+                   help="... and before step N (edit_cooldown_steps; default: to the last step): one for all "
+                        "concepts or one per concept")
     g.add_argument("--ledits-source-prompt", metavar="TEXT",
                    help="invert's source_prompt: guides the inversion (default none)")
     g.add_argument("--ledits-source-scale", type=non_negative_float, metavar="S",
@@ -97,14 +107,18 @@ def ledits_concepts(args) -> list:
     count = len(args.ledits)
     scales = _each("--ledits-scale", args.ledits_scale, count, Concept.scale)
     thresholds = _each("--ledits-threshold", args.ledits_threshold, count, Concept.threshold)
-    warmup = 0 if args.ledits_warmup is None else args.ledits_warmup
+    warmups = _each("--ledits-warmup", args.ledits_warmup, count, Concept.warmup)
+    cooldowns = _each("--ledits-cooldown", args.ledits_cooldown, count, Concept.cooldown)
     for flag, values, low, high in (("--ledits-scale", scales, 0.0, None),
                                     ("--ledits-threshold", thresholds, 0.0, 1.0)):
         for value in values:
             check_float32(flag, check_range(flag, value, low, high))
-    check_range("--ledits-warmup", warmup, 0, None, integer=True)
-    return [Concept(text, scale, threshold, remove, warmup)
-            for (text, remove), scale, threshold in zip(args.ledits, scales, thresholds)]
+    for flag, values in (("--ledits-warmup", warmups), ("--ledits-cooldown", cooldowns)):
+        for value in values:
+            if value is not None:
+                check_range(flag, value, 0, None, integer=True)
+    return [Concept(text, scale, threshold, remove, warmup, cooldown) for (text, remove), scale, threshold, warmup,
+            cooldown in zip(args.ledits, scales, thresholds, warmups, cooldowns)]
 
 
 def edit_ledits(args) -> int:
