@@ -12,11 +12,11 @@ from ._common import non_negative_float
 PIPELINE = "LEditsPPPipelineStableDiffusion"
 XL_PIPELINE = "LEditsPPPipelineStableDiffusionXL"
 DEFAULT_STEPS = 30  # the pipeline's num_inversion_steps
-TAKES = ("--images, --ledits / --ledits-remove and the other --ledits-* flags, --steps, --negative-prompt, "
+TAKES = ("--images, --ledits / --ledits-remove and the other --ledits-* flags, --mask, --steps, --negative-prompt, "
          "--clip-skip, --height / --width, --lora, --textual-inversion, --seed, --batch-size")
 FLAGS = {  # diffkit edit's dests LEDITS++ takes (the rest must stay at their defaults)
-    "command", "func", "checkpoint", "config", "images", "out", "seed", "batch_size", "device", "progress", "steps",
-    "negative_prompt", "clip_skip", "height", "width", "lora", "textual_inversion", "ledits", "ledits_scale",
+    "command", "func", "checkpoint", "config", "images", "mask", "out", "seed", "batch_size", "device", "progress",
+    "steps", "negative_prompt", "clip_skip", "height", "width", "lora", "textual_inversion", "ledits", "ledits_scale",
     "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_cooldown", "ledits_source_prompt",
     "ledits_source_scale", "ledits_zero_noise_steps"}
 OPTIONS = (("--ledits-scale", "ledits_scale"), ("--ledits-threshold", "ledits_threshold"),
@@ -124,9 +124,10 @@ def ledits_concepts(args) -> list:
 def edit_ledits(args) -> int:
     """Edit ``--images`` with LEDITS++ on a Stable Diffusion 1.x / 2.x or SD-XL folder: each batch inverted
     (:func:`~diffkit.interop.ledits_pp.invert`, image i's forward noises from ``--seed`` + i) and edited
-    (:func:`~diffkit.interop.ledits_pp.edit`) with the concepts of ``--ledits`` / ``--ledits-remove``. Every other
-    edit flag (``--prompt``, ``--mask``, ``--sampler``, ...): one line, before any weight is read or any folder is
-    made."""
+    (:func:`~diffkit.interop.ledits_pp.edit`) with the concepts of ``--ledits`` / ``--ledits-remove``; ``--mask``:
+    the pipeline's ``user_mask`` (white = where the concepts act; binarised at 0.5 and taken to the latents' size
+    nearest, :func:`~diffkit.latent_editing.latent_mask`, as diffusers' inpainting masks). Every other edit flag
+    (``--prompt``, ``--strength``, ``--sampler``, ...): one line, before any weight is read or any folder is made."""
     import torch
 
     from ..config import resolve_device
@@ -134,6 +135,7 @@ def edit_ledits(args) -> int:
     from ..interop.kolors import is_kolors_folder
     from ..interop.ledits_pp import XL_MASK, MASKS, edit, invert
     from ..interop.sd_xl import is_sd_xl_folder
+    from ..latent_editing import latent_mask
     from ..interop.stable_diffusion import is_stable_diffusion_folder, load_stable_diffusion
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
@@ -160,7 +162,7 @@ def edit_ledits(args) -> int:
                            f"({XL_PIPELINE} ignores the source prompt at s <= 1)")
     zero_noise = None if args.ledits_zero_noise_steps is None else \
         check_range("--ledits-zero-noise-steps", args.ledits_zero_noise_steps, 0, None, integer=True)
-    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    images, files, mask_png = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
@@ -176,8 +178,9 @@ def edit_ledits(args) -> int:
         inversion = invert(sd, images[start:start + n], steps, skip, source_prompt=args.ledits_source_prompt or "",
                            source_guidance_scale=source_scale, seed=args.seed + start, clip_skip=args.clip_skip,
                            zero_noise_steps=zero_noise, progress=args.progress)
+        user_mask = None if mask_png is None else latent_mask(mask_png, inversion.latents.shape[2:])
         return (edit(sd, inversion, concepts, negative_prompt=args.negative_prompt, mask=mask,
-                     clip_skip=args.clip_skip, progress=args.progress).clamp(-1, 1).cpu(),)
+                     clip_skip=args.clip_skip, user_mask=user_mask, progress=args.progress).clamp(-1, 1).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(run, count, args.batch_size or 16)]

@@ -153,7 +153,8 @@ def register(sub) -> None:
     m = p.add_argument_group("img2img and inpainting (docs/editing.md)")
     m.add_argument("--mask", type=path_arg,
                    metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint (a FLUX.1 "
-                                       "Fill or FLUX.2 Klein folder: required)")
+                                       "Fill or FLUX.2 Klein folder: required; with --ledits: LEDITS++'s user_mask, "
+                                       "white = where the concepts act)")
     m.add_argument("--padding-mask-crop", type=int_in(0, MAX_COUNT), metavar="N",
                    help="with --mask on SD / SD-XL / SD3 / FLUX.1 / FLUX.2 Klein folders: inpaint only the mask's "
                         "bounding box plus N pixels, grown to the edit's aspect ratio and resized to its size, then "
