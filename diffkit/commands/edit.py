@@ -243,6 +243,9 @@ def register(sub) -> None:
     z.add_argument("--layers", type=positive_int, metavar="N",
                    help="Qwen-Image-Layered folders: the layers each image is decomposed into "
                         "(QwenImageLayeredPipeline's layers, default 4), written as edit_{i}_layer_{k}.png (RGBA)")
+    z.add_argument("--english-caption", action="store_true", default=None,
+                   help="Qwen-Image-Layered folders: caption an image without a prompt with the English annotator "
+                        "prompt (QwenImageLayeredPipeline's use_en_prompt=True; default its Chinese one)")
     from ._chronoedit import add_chronoedit_flags
     add_chronoedit_flags(z)  # --temporal-reasoning-steps (ChronoEdit folders)
     add_controlnet_flags(p)
