@@ -114,9 +114,9 @@ def test_ideogram4_sample_command_is_the_library(tiny_ideogram4, tmp_path, capsy
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     assert "Ideogram 4 folder" in capsys.readouterr().out
-    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1",
-                 "--steps", "2", "--seed", "5", "--height", str(SIZE), "--width", str(SIZE), "--guidance-schedule", "5,1.5",
-                 "--out", str(tmp_path / "schedule.png"), "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
+                 "--seed", "5", "--height", str(SIZE), "--width", str(SIZE), "--guidance-schedule", "5,1.5", "--out",
+                 str(tmp_path / "schedule.png"), "--no-progress"]) == 0
     images = text_to_image(model, PROMPTS[:1], steps=2, seed=5, height=SIZE, width=SIZE,
                            guidance_schedule=[5, 1.5], output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
