@@ -155,7 +155,8 @@ def test_other_samplers_run_a_bria_folder(tiny_bria):
 
 def test_sample_command_runs_a_bria_folder(tiny_bria, tmp_path, capsys):
     """`diffkit sample` on a Bria folder writes text_to_image's images byte for byte (--negative-prompt,
-    --guidance-scale, the pipeline's sigmas and default T5 length 128), within one PNG level of BriaPipeline's."""
+    --guidance-scale, --bria-normalize, --bria-clip-value, the pipeline's sigmas and default T5 length 128), within
+    one PNG level of BriaPipeline's (normalize's batch std: both prompts in one batch, as the pipeline's)."""
     import numpy as np
     from PIL import Image
     from diffkit.cli import main
@@ -165,8 +166,8 @@ def test_sample_command_runs_a_bria_folder(tiny_bria, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
                  "--nrow", "1", "--height", str(SIZE), "--width", str(SIZE), "--out", str(out), "--negative-prompt",
                  "ugly", "--guidance-scale", "4", "--guidance-convention", "diffusers", "--steps", "2", "--seed", "5",
-                 "--no-progress"]) == 0
-    kw = {"negative_prompt": "ugly", "guidance_scale": 4.0}
+                 "--bria-normalize", "--bria-clip-value", "0.6", "--batch-size", "2", "--no-progress"]) == 0
+    kw = {"negative_prompt": "ugly", "guidance_scale": 4.0, "normalize": True, "clip_value": 0.6}
     save_grid(text_to_image(bria, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, output_range="-1,1", **kw),
               tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
@@ -201,6 +202,11 @@ def test_what_bria_does_not_take_is_refused_in_one_line(tiny_bria, tmp_path, cap
             ("sample", ["--guidance-scale", "0", "--guidance-convention", "diffusers", "--negative-prompt", "x",
                         "--height", "16", "--width", "16"], "the negative prompt feeds only CFG"),
             ("sample", ["--height", "10"], "--height 10 is not allowed"),
+            ("sample", ["--bria-clip-value", "0"], "--bria-clip-value=0.0 is out of range; allowed: a finite number in "
+                                                   r"\(0.0, inf\)"),
+            ("sample", ["--bria-normalize", "--guidance-scale", "1", "--guidance-convention", "diffusers"],
+             "normalize=True needs CFG"),
+            ("sample", ["--cfg-renorm-min", "0.5"], "--cfg-renorm-min applies to a LongCat-Image folder"),
             ("edit", ["--images", str(tmp_path / "in.png")], "a Bria folder, which diffkit edit does not take")):
         out = tmp_path / ("out.png" if command == "sample" else "out")
         assert main([command] + base + extra + ["--out", str(out)]) == 2, extra

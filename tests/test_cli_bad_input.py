@@ -93,7 +93,7 @@ NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--promp
              "--clip-guidance", "--set", "--eta", "--etas",
              "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--slg-layers", "--recon-loss",
              "--regularizer", "--sampler", "--samplers", "--spacing", "--steps", "--ledits", "--ledits-remove",
-             "--ledits-source-prompt", "--task-prompt",
+             "--ledits-source-prompt", "--task-prompt", "--guidance-schedule",
              "--example", "--query"}  # the last two: comma-separated PNGs, each entry checked by _visualcloze._row
 
 

@@ -100,7 +100,8 @@ def test_ideogram4_default_schedule_is_the_pipelines_by_noise_level(tiny_ideogra
 
 def test_ideogram4_sample_command_is_the_library(tiny_ideogram4, tmp_path, capsys):
     """``diffkit sample`` on an Ideogram 4 folder writes the library's PNG byte for byte (one guidance scale in the
-    seed convention, --max-sequence-length, the pipeline's sigmas)."""
+    seed convention, --max-sequence-length, the pipeline's sigmas; --guidance-schedule, and the batch-size probe's
+    one step given one of its scales)."""
     from diffkit.images import save_grid
     _, path, model = tiny_ideogram4
     out = tmp_path / "grid.png"
@@ -113,6 +114,20 @@ def test_ideogram4_sample_command_is_the_library(tiny_ideogram4, tmp_path, capsy
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     assert "Ideogram 4 folder" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
+                 "--seed", "5", "--height", str(SIZE), "--width", str(SIZE), "--guidance-schedule", "5,1.5", "--out",
+                 str(tmp_path / "schedule.png"), "--no-progress"]) == 0
+    images = text_to_image(model, PROMPTS[:1], steps=2, seed=5, height=SIZE, width=SIZE,
+                           guidance_schedule=[5, 1.5], output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert (tmp_path / "schedule.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    from diffkit.commands._family_options import check_schedule_length, probe_guidance
+    schedule = {"guidance_scale": None, "guidance_schedule": [1.0, 5.0]}
+    assert probe_guidance(schedule, 1, True)["guidance_schedule"] == [5.0]  # the probe: both transformers
+    assert probe_guidance(schedule, 2, True) is schedule and probe_guidance(schedule, 1, False) is schedule
+    with pytest.raises(DiffkitError, match="--guidance-schedule has 2 scales for 48 steps; give one per step"):
+        check_schedule_length(schedule, True, 48)
+    check_schedule_length(schedule, False, 48)  # (another sampler reads it by noise level)
 
 
 def test_what_ideogram4_does_not_take_is_refused_in_one_line(tiny_ideogram4, tmp_path, capsys):
@@ -145,7 +160,10 @@ def test_what_ideogram4_does_not_take_is_refused_in_one_line(tiny_ideogram4, tmp
     assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--negative-prompt", "ugly"], "--negative-prompt does not apply to an Ideogram 4 folder"),
         (["--prompt-2", "x"], "--prompt-2 does not apply to an Ideogram 4 folder"),
-        (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 4")], label="an Ideogram 4")
+        (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 4"),
+        (["--guidance-schedule", "7,x"], "--guidance-schedule '7,x' is not allowed; give comma-separated finite"),
+        (["--guidance-schedule", "7,3", "--guidance-scale", "2"], "--guidance-schedule with --guidance-scale is not"),
+        (["--bria-normalize"], "--bria-normalize applies to a Bria 3.2 folder")], label="an Ideogram 4")
 
 
 IDEOGRAM4_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3",

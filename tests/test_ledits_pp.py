@@ -21,8 +21,11 @@ from test_interop_diffusers import relative_error, tiny_sd_components  # noqa: E
 
 STEPS, SKIP = 4, 0.1  # int(4 * 1.1) = 4 timesteps, all run: 801 (> 800: the attention mask alone), 601, 401, 201
 CONCEPTS = dict(editing_prompt=["a hat", "photo"], edit_guidance_scale=[5.0, 4.0], edit_threshold=[0.8, 0.7],
-                reverse_editing_direction=[False, True], edit_warmup_steps=[0, 1])
-MASK_FLAGS = {"intersect": {}, "noise": dict(use_intersect_mask=False, use_cross_attn_mask=False)}
+                reverse_editing_direction=[False, True], edit_warmup_steps=[0, 1], edit_cooldown_steps=[3, 4])
+USER_MASK = torch.zeros(1, 1, 16, 16)  # the pipeline's user_mask at the 32 px images' latent size
+USER_MASK[..., 2:12, 3:14] = 1
+MASK_FLAGS = {"intersect": dict(user_mask=USER_MASK),
+              "noise": dict(use_intersect_mask=False, use_cross_attn_mask=False)}
 
 
 def _unet(**options):
@@ -61,8 +64,9 @@ def _image(seed=3):
 
 
 def test_inversion_and_every_mask_match_the_pipeline(tiny_ledits):
-    """invert's x_T and noise maps, then the edit with two concepts (one removed, one from step 1) under the
-    intersect mask (M1 at t = 801, M1 M2 below) and the noise mask: z_0 within 1e-5 relative of the pipeline's
+    """invert's x_T and noise maps, then the edit with two concepts (one removed from step 1, one until step 3) under
+    the intersect mask (M1 at t = 801, M1 M2 below; with a user_mask) and the noise mask: z_0 within 1e-5 relative
+    of the pipeline's
     (measured 1.6e-6, 1.5e-6), and the reconstruction without concepts (1e-6)."""
     pipe, _, sd = tiny_ledits
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
@@ -77,9 +81,10 @@ def test_inversion_and_every_mask_match_the_pipeline(tiny_ledits):
     assert relative_error(inversion.noises, pipe.zs) < 1e-5
     concepts = lp.concepts_from(CONCEPTS["editing_prompt"], CONCEPTS["edit_guidance_scale"],
                                 CONCEPTS["edit_threshold"], CONCEPTS["reverse_editing_direction"],
-                                CONCEPTS["edit_warmup_steps"])
+                                CONCEPTS["edit_warmup_steps"], CONCEPTS["edit_cooldown_steps"])
     for mask, reference in theirs.items():
-        ours = lp.edit(sd, inversion, concepts, mask=mask, return_latents=True)
+        ours = lp.edit(sd, inversion, concepts, mask=mask, user_mask=MASK_FLAGS[mask].get("user_mask"),
+                       return_latents=True)
         assert relative_error(ours, reference) < 1e-5, mask
         assert relative_error(rebuilt, reference) > 1e-2  # the edit mattered
     assert relative_error(lp.edit(sd, inversion, return_latents=True), rebuilt) < 1e-5
@@ -113,36 +118,49 @@ def test_ddim_folder_and_source_prompt_match_the_pipeline(tiny_ledits):
 
 
 def test_command_line_is_the_library_and_refuses_in_one_line(tiny_ledits, tmp_path, capsys):
-    """diffkit edit --ledits / --ledits-remove writes what invert + edit give (image i from --seed + i); flags that do
-    not apply, and bad values, are refused in one line before any file is written."""
+    """diffkit edit --ledits / --ledits-remove (--ledits-warmup / --ledits-cooldown per concept) writes what invert +
+    edit give (image i from --seed + i); flags that do not apply, and bad values, are refused in one line before any
+    file is written."""
     from diffkit.cli import main
     from diffkit.images import png_bytes, to_uint8
     _, folder, sd = tiny_ledits
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(png_bytes(to_uint8(_image(5) * 2 - 1)[0]))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 4:24, 6:29] = 1
+    (tmp_path / "mask.png").write_bytes(png_bytes(to_uint8(mask.expand(1, 3, 32, 32) * 2 - 1)[0]))
+    (tmp_path / "small.png").write_bytes(png_bytes(to_uint8(mask[..., ::2, ::2].expand(1, 3, 16, 16) * 2 - 1)[0]))
     common = ["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--no-progress", "--steps", "3",
               "--ledits-skip", "0.2", "--seed", "7"]
     out = tmp_path / "out"
     assert main([*common, "--ledits", "a hat", "--ledits-remove", "photo", "--ledits-scale", "6,3",
-                 "--ledits-threshold", "0.75", "--out", str(out)]) == 0
+                 "--ledits-threshold", "0.75", "--ledits-warmup", "0,1", "--ledits-cooldown", "2", "--mask",
+                 str(tmp_path / "mask.png"), "--out", str(out)]) == 0
     from diffkit.metrics.features import load_image_batch
     image = load_image_batch([tmp_path / "in" / "a.png"], "RGB")
     inversion = lp.invert(sd, image, 3, 0.2, seed=7)
-    concepts = [lp.Concept("a hat", 6.0, 0.75), lp.Concept("photo", 3.0, 0.75, reverse=True)]
-    ours = to_uint8(lp.edit(sd, inversion, concepts).clamp(-1, 1))
+    concepts = [lp.Concept("a hat", 6.0, 0.75, cooldown=2), lp.Concept("photo", 3.0, 0.75, True, 1, 2)]
+    from diffkit.latent_editing import latent_mask
+    ours = to_uint8(lp.edit(sd, inversion, concepts, user_mask=latent_mask(mask, (16, 16))).clamp(-1, 1))
     written = to_uint8(load_image_batch([out / "edit_00000.png"], "RGB"))
-    assert abs(ours.astype(int) - written.astype(int)).max() <= 1
+    assert (ours == written).all()  # byte for byte
     never = tmp_path / "never"
     for extra, expected in ((["--ledits", "x", "--prompt", "y"], "--prompt does not apply to a Stable Diffusion"),
                             (["--ledits-scale", "2"], "--ledits-scale goes with --ledits TEXT"),
                             (["--ledits", "x", "--ledits-scale", "1,2"], "--ledits-scale has 2 values for 1 concepts"),
                             (["--ledits", "x", "--ledits-threshold", "1.5"], "--ledits-threshold"),
-                            (["--ledits", "x", "--ledits-skip", "2"], "--ledits-skip")):
+                            (["--ledits", "x", "--ledits-skip", "2"], "--ledits-skip"),
+                            (["--ledits", "x", "--ledits-cooldown", "-1"], "--ledits-cooldown=-1 is out of range"),
+                            (["--ledits", "x", "--ledits-warmup", "1,2"], "--ledits-warmup has 2 values for 1"),
+                            (["--ledits", "x", "--mask", str(tmp_path / "small.png")],
+                             "--mask is 16x16 but the images are 32x32")):
         capsys.readouterr()
         assert main([*common, *extra, "--out", str(never)]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (extra, err)
     capsys.readouterr()
+    assert main([*common[:8], "--ledits-cooldown", "2", "--out", str(never)]) == 2
+    assert "--ledits-cooldown goes with --ledits TEXT" in capsys.readouterr().err
     assert main([*common[:2], str(tmp_path / "in"), *common[3:], "--ledits", "x", "--out", str(never)]) == 2
     assert "--ledits applies to a Stable Diffusion 1.x / 2.x or SD-XL folder" in capsys.readouterr().err
     assert not never.exists()
@@ -171,6 +189,8 @@ def test_bad_library_input_is_refused_in_one_line(tiny_ledits):
     with pytest.raises(DiffkitError, match=r"edit scale has 3 entries for 2 editing prompts"):
         lp.concepts_from(["a", "b"], scale=[1.0, 2.0, 3.0])
     inversion = lp.invert(sd, image, 2, 0.0, seed=0)
+    with pytest.raises(DiffkitError, match=r"user_mask of \(1, 1, 5, 5\) is not allowed; give a finite float tensor"):
+        lp.edit(sd, inversion, user_mask=torch.ones(1, 1, 5, 5))
     with pytest.raises(DiffkitError, match=r"mask='box' is not allowed"):
         lp.edit(sd, inversion, lp.concepts_from("a hat"), mask="box")
 
@@ -233,7 +253,7 @@ def test_sd_xl_inversion_and_masks_match_the_pipeline(tiny_ledits_xl):
     assert relative_error(inversion.noises, pipe.zs) < 1e-5 and not inversion.noises[1:].any()
     concepts = lp.concepts_from(CONCEPTS["editing_prompt"], CONCEPTS["edit_guidance_scale"],
                                 CONCEPTS["edit_threshold"], CONCEPTS["reverse_editing_direction"],
-                                CONCEPTS["edit_warmup_steps"])
+                                CONCEPTS["edit_warmup_steps"], CONCEPTS["edit_cooldown_steps"])
     for mask, reference in theirs.items():
         ours = lp.edit(xl, inversion, concepts, mask=None if mask == "noise" else mask, return_latents=True)
         assert relative_error(ours, reference) < 1e-5, mask
@@ -251,6 +271,10 @@ def test_sd_xl_command_line_and_refusals(tiny_ledits_xl, tmp_path, capsys):
     _, folder, xl = tiny_ledits_xl
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(png_bytes(to_uint8(_image(5) * 2 - 1)[0]))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 4:24, 6:29] = 1
+    (tmp_path / "mask.png").write_bytes(png_bytes(to_uint8(mask.expand(1, 3, 32, 32) * 2 - 1)[0]))
+    (tmp_path / "small.png").write_bytes(png_bytes(to_uint8(mask[..., ::2, ::2].expand(1, 3, 16, 16) * 2 - 1)[0]))
     common = ["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--no-progress", "--steps", "2",
               "--ledits-skip", "0.5", "--seed", "7", "--ledits", "a hat"]
     out = tmp_path / "out"

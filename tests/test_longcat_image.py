@@ -132,17 +132,26 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(longcat_f
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
                  "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--height", "16", "--width", "24",
-                 "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--negative-prompt", "ugly", "--guidance-scale", "30", "--guidance-convention", "diffusers",
+                 "--cfg-renorm-min", "0.9", "--out", str(out), "--no-progress"]) == 0
     images = text_to_image(model, PROMPTS, steps=2, seed=5, height=16, width=24, negative_prompt="ugly",
-                           guidance_scale=3.0, output_range="-1,1")
+                           guidance_scale=30.0, cfg_renorm_min=0.9, output_range="-1,1")
+    # (s = 30 and M = 0.9: the tiny model's guided norm exceeds ||u_c|| / 0.9, so M matters, 0.05 from M = 0)
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a LongCat-Image folder"),
         (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion does not apply to a LongCat-Image"),
         (["--max-sequence-length", "100"], "--max-sequence-length does not apply to a LongCat-Image folder"),
-        (["--flow-shift", "2"], "--flow-shift 2 moves a sampler's own grid")])
+        (["--flow-shift", "2"], "--flow-shift 2 moves a sampler's own grid"),
+        (["--cfg-renorm-min", "2"], "--cfg-renorm-min=2.0 is out of range; allowed: a finite number in [0.0, 1.0]"),
+        (["--cfg-renorm-min", "0.5", "--no-cfg-renorm"], "--cfg-renorm-min with --no-cfg-renorm is not allowed"),
+        (["--bria-clip-value", "1"], "--bria-clip-value applies to a Bria 3.2 folder (BriaPipeline's clip_value); "),
+        (["--guidance-schedule", "7,3"], "--guidance-schedule applies to an Ideogram 4 folder")])
+    from diffkit.cli import build_parser
+    from diffkit.commands._family_options import family_options
+    args = build_parser().parse_args(["sample", "--checkpoint", str(path), "--no-cfg-renorm"])
+    assert family_options(args, path) == {"cfg_renorm_min": None}  # (text_to_image's: enable_cfg_renorm=False)
 
 
 @pytest.mark.parametrize("file,change,expected", [

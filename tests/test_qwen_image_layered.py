@@ -111,9 +111,10 @@ def test_layered_matches_the_pipeline(layered, small_area, monkeypatch):
 
 
 def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys, monkeypatch):
-    """``diffkit edit --layers 2`` without --prompt: the image's layers (its prompt the image's caption; 8 new tokens
-    at most, the test's time) as edit_00000_layer_{k}.png (RGBA), byte for byte the library's; flags that do not
-    apply, --layers elsewhere, diffkit sample: one line, no folder."""
+    """``diffkit edit --layers 2 --english-caption`` without --prompt: the image's layers (its prompt the image's
+    caption with the English annotator prompt, use_en_prompt, whose caption test_layered_matches_the_pipeline
+    compares; 8 new tokens at most, the test's time) as edit_00000_layer_{k}.png (RGBA), byte for byte the
+    library's; flags that do not apply, --layers / --english-caption elsewhere, diffkit sample: one line, no folder."""
     import json
     generate = transformers.Qwen2_5_VLForConditionalGeneration.generate
     monkeypatch.setattr(transformers.Qwen2_5_VLForConditionalGeneration, "generate",
@@ -126,9 +127,9 @@ def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys, monke
     inputs.mkdir()
     image.save(inputs / "0.png")  # (one image: the test's time; image i's seed + i is a loop index)
     assert main(["edit", "--checkpoint", str(path), "--images", str(inputs), "--layers", "2", "--max-area", str(AREA),
-                 "--steps", "2", "--seed", "3", "--out", str(out), "--no-progress"]) == 0
-    save_images(decompose(model, image, None, layers=2, area=AREA, steps=2, seed=3, output_range="-1,1")[0],
-                tmp_path / "expected", prefix="edit_00000_layer")
+                 "--steps", "2", "--seed", "3", "--english-caption", "--out", str(out), "--no-progress"]) == 0
+    save_images(decompose(model, image, None, layers=2, area=AREA, steps=2, seed=3, output_range="-1,1",
+                          use_en_prompt=True)[0], tmp_path / "expected", prefix="edit_00000_layer")
     written = sorted(p.name for p in out.iterdir())
     assert written == ["edit_00000_layer_00000.png", "edit_00000_layer_00001.png"]
     assert [(out / n).read_bytes() for n in written] == [(tmp_path / "expected" / n).read_bytes() for n in written]
@@ -141,7 +142,11 @@ def test_edit_command_writes_each_images_layers(layered, tmp_path, capsys, monke
             (["--checkpoint", str(path), "--prompt", "x", "--mask", str(inputs / "0.png")],
              "--mask does not apply to a Qwen-Image-Layered folder"),
             (["--checkpoint", str(path)] + ["--prompt", "x"] * 3, "--prompt is given 3 times"),
-            (["--checkpoint", str(plain), "--prompt", "x", "--layers", "3"], "--layers applies to a Qwen-Image")]:
+            (["--checkpoint", str(plain), "--prompt", "x", "--layers", "3"], "--layers applies to a Qwen-Image"),
+            (["--checkpoint", str(plain), "--prompt", "x", "--english-caption"],
+             "--english-caption applies to a Qwen-Image-Layered folder"),
+            (["--checkpoint", str(path), "--prompt", "x", "--english-caption"],
+             "--english-caption goes with images without a prompt")]:
         assert main(base + flags) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from ._chroma import Family
 
-TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
-         "--width, --steps / --nfe, --sampler and its grid options (--flow-shift with another sampler than the "
-         "pipeline's loop)")
+TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --bria-normalize, --bria-clip-value, "
+         "--max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid options (--flow-shift "
+         "with another sampler than the pipeline's loop)")
 
 
 class BriaFamily(Family):
@@ -16,6 +16,7 @@ class BriaFamily(Family):
     refused in one line); CFG against ``--negative-prompt`` (empty: the pipeline's zero states)."""
 
     kind, takes, adapters, lora, edits = "Bria", TAKES, False, False, False
+    options = ("bria_normalize", "bria_clip_value")  # BriaPipeline's normalize / clip_value (._family_options)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):

@@ -20,6 +20,7 @@ class BriaFiboFamily(BriaFamily):
     ``--negative-prompt`` (default "")."""
 
     kind, takes = "Bria FIBO", TAKES
+    options = ()  # (BriaFiboPipeline has no normalize / clip_value)
     no_edit = "BriaFiboPipeline generates; diffkit edit takes a BriaFiboEditPipeline folder"
 
     @staticmethod

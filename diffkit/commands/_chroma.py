@@ -43,6 +43,7 @@ class Family:
     edits = True  # diffkit edit takes it (not Bria 3.2, Ovis-Image nor a LongCat-Image text-to-image folder)
     no_edit = "diffusers 0.42.1 has no img2img or inpainting pipeline for it"  # (edits False: diffkit edit's refusal)
     controlnet = False  # diffkit sample / edit take --controlnet (Z-Image's, ._z_image; Qwen-Image's, ._qwen_image)
+    options = ()  # diffkit sample's dests of the kind's own library options it takes (._family_options)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -236,8 +237,10 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
                                                                            num, nrow, seed, device, progress)
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = chroma.default_steps if steps is None and nfe is None else steps
-    how_guided = {**_guidance(guidance), **family.guide(guidance)}
+    how_guided = {**_guidance(guidance), **family.guide(guidance), **(guidance.family_options or {})}
     chroma.check_guidance_scale(how_guided["guidance_scale"])  # before any sampling
+    from ._family_options import check_schedule_length, probe_guidance
+    check_schedule_length(how_guided, own, steps)
     if own:  # --flow-shift's and the scheduler's refusals (Qwen-Image's shift_terminal at one step) before sampling
         from ..interop.flow_latents import pipeline_grid
         h, w = chroma.latent_shape(1, height, width)[2:]
@@ -253,7 +256,8 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
                              max_sequence_length=guidance.max_sequence_length, ip_adapter=adapter,
-                             **how_guided, **grid, **how, **family.control_options(controlnet, cond), **references)
+                             **probe_guidance(how_guided, steps, bool(grid.get("grid"))), **grid, **how,
+                             **family.control_options(controlnet, cond), **references)
 
     images, out = draw_prompted_grid(
         chroma.denoiser, num, chroma.latent_shape(1, height, width)[1:], prompted,

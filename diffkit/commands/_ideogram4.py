@@ -9,8 +9,8 @@ from ..errors import DiffkitError
 from ._chroma import Family
 
 TAKES = ("--prompt, --guidance-scale (--guidance-convention; default the pipeline's schedule 7.0, then 3.0 for the "
-         "last 3 steps), --max-sequence-length, --height / --width, --steps / --nfe, --lora, --sampler and its grid "
-         "options (--flow-shift with another sampler than the pipeline's loop)")
+         "last 3 steps) or --guidance-schedule, --max-sequence-length, --height / --width, --steps / --nfe, --lora, "
+         "--sampler and its grid options (--flow-shift with another sampler than the pipeline's loop)")
 
 
 class Ideogram4Family(Family):
@@ -20,6 +20,7 @@ class Ideogram4Family(Family):
     inversion or IP-Adapter (refused in one line)."""
 
     kind, takes, adapters, lora, edits = "Ideogram 4", TAKES, False, True, False
+    options = ("guidance_schedule",)  # Ideogram4Pipeline's guidance_schedule (._family_options)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):

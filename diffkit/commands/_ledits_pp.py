@@ -12,15 +12,16 @@ from ._common import non_negative_float
 PIPELINE = "LEditsPPPipelineStableDiffusion"
 XL_PIPELINE = "LEditsPPPipelineStableDiffusionXL"
 DEFAULT_STEPS = 30  # the pipeline's num_inversion_steps
-TAKES = ("--images, --ledits / --ledits-remove and the other --ledits-* flags, --steps, --negative-prompt, "
+TAKES = ("--images, --ledits / --ledits-remove and the other --ledits-* flags, --mask, --steps, --negative-prompt, "
          "--clip-skip, --height / --width, --lora, --textual-inversion, --seed, --batch-size")
 FLAGS = {  # diffkit edit's dests LEDITS++ takes (the rest must stay at their defaults)
-    "command", "func", "checkpoint", "config", "images", "out", "seed", "batch_size", "device", "progress", "steps",
-    "negative_prompt", "clip_skip", "height", "width", "lora", "textual_inversion", "ledits", "ledits_scale",
-    "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_source_prompt", "ledits_source_scale",
-    "ledits_zero_noise_steps"}
+    "command", "func", "checkpoint", "config", "images", "mask", "out", "seed", "batch_size", "device", "progress",
+    "steps", "negative_prompt", "clip_skip", "height", "width", "lora", "textual_inversion", "ledits", "ledits_scale",
+    "ledits_threshold", "ledits_skip", "ledits_mask", "ledits_warmup", "ledits_cooldown", "ledits_source_prompt",
+    "ledits_source_scale", "ledits_zero_noise_steps"}
 OPTIONS = (("--ledits-scale", "ledits_scale"), ("--ledits-threshold", "ledits_threshold"),
            ("--ledits-skip", "ledits_skip"), ("--ledits-mask", "ledits_mask"), ("--ledits-warmup", "ledits_warmup"),
+           ("--ledits-cooldown", "ledits_cooldown"),
            ("--ledits-source-prompt", "ledits_source_prompt"), ("--ledits-source-scale", "ledits_source_scale"),
            ("--ledits-zero-noise-steps", "ledits_zero_noise_steps"))
 
@@ -34,12 +35,17 @@ class _Concept(argparse.Action):
         setattr(namespace, self.dest, concepts)
 
 
-def _floats(text: str) -> list:
+def _floats(text: str, kind=float, what: str = "a number") -> list:
     """S or S1,S2,...: one number for every concept or one per concept."""
     try:
-        return [float(part) for part in text.split(",")]
+        return [kind(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a comma-separated list of numbers") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} or a comma-separated list of them") from None
+
+
+def _ints(text: str) -> list:
+    """N or N1,N2,...: one integer for every concept or one per concept."""
+    return _floats(text, int, "an integer")
 
 
 def add_ledits_flags(parser) -> None:
@@ -64,8 +70,12 @@ def add_ledits_flags(parser) -> None:
                    help="the implicit mask: intersect (cross-attention and noise masks, the SD pipeline's default), "
                         "attention (use_intersect_mask=False) or noise (SEGA's; use_cross_attn_mask=False; the SD-XL "
                         "pipeline's default)")
-    g.add_argument("--ledits-warmup", type=int, metavar="N",
-                   help="the concepts count from step N on (edit_warmup_steps; default 0)")
+    g.add_argument("--ledits-warmup", type=_ints, metavar="N[,N...]",
+                   help="the concepts count from step N on (edit_warmup_steps; default 0): one for all concepts or "
+                        "one per concept")
+    g.add_argument("--ledits-cooldown", type=_ints, metavar="N[,N...]",
+                   help="... and before step N (edit_cooldown_steps; default: to the last step): one for all "
+                        "concepts or one per concept")
     g.add_argument("--ledits-source-prompt", metavar="TEXT",
                    help="invert's source_prompt: guides the inversion (default none)")
     g.add_argument("--ledits-source-scale", type=non_negative_float, metavar="S",
@@ -97,22 +107,27 @@ def ledits_concepts(args) -> list:
     count = len(args.ledits)
     scales = _each("--ledits-scale", args.ledits_scale, count, Concept.scale)
     thresholds = _each("--ledits-threshold", args.ledits_threshold, count, Concept.threshold)
-    warmup = 0 if args.ledits_warmup is None else args.ledits_warmup
+    warmups = _each("--ledits-warmup", args.ledits_warmup, count, Concept.warmup)
+    cooldowns = _each("--ledits-cooldown", args.ledits_cooldown, count, Concept.cooldown)
     for flag, values, low, high in (("--ledits-scale", scales, 0.0, None),
                                     ("--ledits-threshold", thresholds, 0.0, 1.0)):
         for value in values:
             check_float32(flag, check_range(flag, value, low, high))
-    check_range("--ledits-warmup", warmup, 0, None, integer=True)
-    return [Concept(text, scale, threshold, remove, warmup)
-            for (text, remove), scale, threshold in zip(args.ledits, scales, thresholds)]
+    for flag, values in (("--ledits-warmup", warmups), ("--ledits-cooldown", cooldowns)):
+        for value in values:
+            if value is not None:
+                check_range(flag, value, 0, None, integer=True)
+    return [Concept(text, scale, threshold, remove, warmup, cooldown) for (text, remove), scale, threshold, warmup,
+            cooldown in zip(args.ledits, scales, thresholds, warmups, cooldowns)]
 
 
 def edit_ledits(args) -> int:
     """Edit ``--images`` with LEDITS++ on a Stable Diffusion 1.x / 2.x or SD-XL folder: each batch inverted
     (:func:`~diffkit.interop.ledits_pp.invert`, image i's forward noises from ``--seed`` + i) and edited
-    (:func:`~diffkit.interop.ledits_pp.edit`) with the concepts of ``--ledits`` / ``--ledits-remove``. Every other
-    edit flag (``--prompt``, ``--mask``, ``--sampler``, ...): one line, before any weight is read or any folder is
-    made."""
+    (:func:`~diffkit.interop.ledits_pp.edit`) with the concepts of ``--ledits`` / ``--ledits-remove``; ``--mask``:
+    the pipeline's ``user_mask`` (white = where the concepts act; binarised at 0.5 and taken to the latents' size
+    nearest, :func:`~diffkit.latent_editing.latent_mask`, as diffusers' inpainting masks). Every other edit flag
+    (``--prompt``, ``--strength``, ``--sampler``, ...): one line, before any weight is read or any folder is made."""
     import torch
 
     from ..config import resolve_device
@@ -120,6 +135,7 @@ def edit_ledits(args) -> int:
     from ..interop.kolors import is_kolors_folder
     from ..interop.ledits_pp import XL_MASK, MASKS, edit, invert
     from ..interop.sd_xl import is_sd_xl_folder
+    from ..latent_editing import latent_mask
     from ..interop.stable_diffusion import is_stable_diffusion_folder, load_stable_diffusion
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
@@ -146,7 +162,7 @@ def edit_ledits(args) -> int:
                            f"({XL_PIPELINE} ignores the source prompt at s <= 1)")
     zero_noise = None if args.ledits_zero_noise_steps is None else \
         check_range("--ledits-zero-noise-steps", args.ledits_zero_noise_steps, 0, None, integer=True)
-    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    images, files, mask_png = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
@@ -162,8 +178,9 @@ def edit_ledits(args) -> int:
         inversion = invert(sd, images[start:start + n], steps, skip, source_prompt=args.ledits_source_prompt or "",
                            source_guidance_scale=source_scale, seed=args.seed + start, clip_skip=args.clip_skip,
                            zero_noise_steps=zero_noise, progress=args.progress)
+        user_mask = None if mask_png is None else latent_mask(mask_png, inversion.latents.shape[2:])
         return (edit(sd, inversion, concepts, negative_prompt=args.negative_prompt, mask=mask,
-                     clip_skip=args.clip_skip, progress=args.progress).clamp(-1, 1).cpu(),)
+                     clip_skip=args.clip_skip, user_mask=user_mask, progress=args.progress).clamp(-1, 1).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(run, count, args.batch_size or 16)]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
 
-TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --height / --width, --steps / "
+TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --cfg-renorm-min / --no-cfg-renorm, "
+         "--height / --width, --steps / "
          "--nfe, --sampler and its grid options (--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --prompt (the instruction), --negative-prompt, --guidance-scale (--guidance-convention), "
               "--max-area, --steps, --sampler and its grid options, --eta")
@@ -20,6 +21,7 @@ class LongCatImageFamily(Family):
 
     kind, takes, edit_takes, adapters, lora, edits = "LongCat-Image", TAKES, EDIT_TAKES, False, False, False
     edit_flags = NO_ADAPTER_EDIT_FLAGS
+    options = ("cfg_renorm_min", "cfg_renorm")  # --cfg-renorm-min, --no-cfg-renorm (._family_options)
 
     @staticmethod
     def load(directory, device, progress, lora=None, textual_inversion=None):
@@ -49,6 +51,7 @@ class LongCatImageEditFamily(LongCatImageFamily):
     aspect ratio at 1024^2 pixels (``--max-area``: another area), CFG without renormalisation."""
 
     kind, samples, edits, resizes = "LongCat-Image-Edit", False, True, True
+    options = ()  # (its pipeline has no renormalisation)
     edit_flags = NO_ADAPTER_EDIT_FLAGS - {"posterior", "max_sequence_length", "height", "width", "mask",
                                           "strength"} | {"max_area"}
 

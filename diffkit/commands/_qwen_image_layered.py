@@ -10,11 +10,11 @@ from ._qwen_image import QwenImageFamily
 
 KIND = "Qwen-Image-Layered"
 TAKES = ("--images, --prompt (the image's description, once or once per image; none: the image's caption), --layers, "
-         "--max-area, "
+         "--english-caption, --max-area, "
          "--negative-prompt (true CFG), --guidance-scale (--guidance-convention), --max-sequence-length, --lora, "
          "--steps, --sampler and its grid options, --eta")
 FLAGS = NO_ADAPTER_EDIT_FLAGS - {"mask", "strength", "posterior", "height", "width", "batch_size"} | {
-    "lora", "layers", "max_area"}
+    "lora", "layers", "max_area", "english_caption"}
 
 
 class QwenImageLayeredFamily(QwenImageFamily):
@@ -31,10 +31,11 @@ def is_layered_folder(directory) -> bool:
 
 
 def check_layers_flag(args) -> None:
-    """One line for ``--layers`` on a checkpoint that is no Qwen-Image-Layered folder."""
-    if args.layers is not None and not is_layered_folder(args.checkpoint):
-        raise DiffkitError(f"--layers applies to a {KIND} folder (QwenImageLayeredPipeline); {args.checkpoint} is not "
-                           f"one")
+    """One line for ``--layers`` or ``--english-caption`` on a checkpoint that is no Qwen-Image-Layered folder."""
+    for flag, value in (("--layers", args.layers), ("--english-caption", args.english_caption)):
+        if value is not None and not is_layered_folder(args.checkpoint):
+            raise DiffkitError(f"{flag} applies to a {KIND} folder (QwenImageLayeredPipeline); {args.checkpoint} is "
+                               f"not one")
 
 
 def edit_layered(args) -> int:
@@ -42,7 +43,8 @@ def edit_layered(args) -> int:
     4-channel VAE) decomposed into ``--layers`` N (default 4) layers as QwenImageLayeredPipeline: the image's ratio at
     ``--max-area`` pixels (default 640^2, the pipeline's resolution=640; 1048576: its resolution=1024), 50 steps of
     flow Euler on its sigmas, true CFG 4.0 with ``--negative-prompt``; no ``--prompt`` (or "" / " "): each image's
-    caption by the folder's Qwen2.5-VL model, as the pipeline's (its default Chinese annotator prompt). Written to
+    caption by the folder's Qwen2.5-VL model, as the pipeline's (its default Chinese annotator prompt; with
+    ``--english-caption`` its English one, ``use_en_prompt=True``; one line where every image has a prompt). Written to
     ``--out`` as ``edit_{i:05d}_layer_{k:05d}.png`` (RGBA), all at the end (no partial set). Every other flag and a
     prompt count other than 1 or one per image: one line, before any weight."""
     from ..config import resolve_device
@@ -60,6 +62,9 @@ def edit_layered(args) -> int:
     args.prompts = args.prompts or [""]  # (no --prompt: the images' captions)
     check_folder_edit_args(args, FLAGS, KIND, TAKES)
     files = image_files(args.images)
+    if args.english_caption and all(prompt not in ("", " ") for prompt in args.prompts):
+        raise DiffkitError("--english-caption goes with images without a prompt (no --prompt, or \"\"), which the "
+                           "folder's model captions; every image here has one")
     if len(args.prompts) not in (1, len(files)):
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {len(files)} images; give it once (every "
                            f"image) or once per image ({len(files)}, in the files' order)")
@@ -77,7 +82,8 @@ def edit_layered(args) -> int:
                              sampler=None if own else info.name, steps=args.steps,
                              negative_prompt=args.negative_prompt, seed=args.seed + i,
                              max_sequence_length=args.max_sequence_length, output_range="-1,1",
-                             progress=args.progress, **how_guided, **({} if own else options))[0].cpu()
+                             use_en_prompt=bool(args.english_caption), progress=args.progress, **how_guided,
+                             **({} if own else options))[0].cpu()
                    for i, picture in enumerate(pictures)]
         for i, result in enumerate(results):
             save_images(result, out, prefix=f"edit_{i:05d}_layer")

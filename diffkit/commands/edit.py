@@ -153,7 +153,8 @@ def register(sub) -> None:
     m = p.add_argument_group("img2img and inpainting (docs/editing.md)")
     m.add_argument("--mask", type=path_arg,
                    metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint (a FLUX.1 "
-                                       "Fill or FLUX.2 Klein folder: required)")
+                                       "Fill or FLUX.2 Klein folder: required; with --ledits: LEDITS++'s user_mask, "
+                                       "white = where the concepts act)")
     m.add_argument("--padding-mask-crop", type=int_in(0, MAX_COUNT), metavar="N",
                    help="with --mask on SD / SD-XL / SD3 / FLUX.1 / FLUX.2 Klein folders: inpaint only the mask's "
                         "bounding box plus N pixels, grown to the edit's aspect ratio and resized to its size, then "
@@ -242,6 +243,9 @@ def register(sub) -> None:
     z.add_argument("--layers", type=positive_int, metavar="N",
                    help="Qwen-Image-Layered folders: the layers each image is decomposed into "
                         "(QwenImageLayeredPipeline's layers, default 4), written as edit_{i}_layer_{k}.png (RGBA)")
+    z.add_argument("--english-caption", action="store_true", default=None,
+                   help="Qwen-Image-Layered folders: caption an image without a prompt with the English annotator "
+                        "prompt (QwenImageLayeredPipeline's use_en_prompt=True; default its Chinese one)")
     from ._chronoedit import add_chronoedit_flags
     add_chronoedit_flags(z)  # --temporal-reasoning-steps (ChronoEdit folders)
     add_controlnet_flags(p)

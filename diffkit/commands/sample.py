@@ -183,6 +183,8 @@ def register(sub) -> None:
                    help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at t is "
                         "max(S - A (1000 - 1000 t / T), 0) for a model of T training timesteps; 0 = constant S")
     add_slg_flags(g)  # --slg-layers, --slg-scale, --slg-start, --slg-stop (SD3 folders)
+    from ._family_options import add_family_option_flags
+    add_family_option_flags(g)  # --cfg-renorm-min (LongCat-Image), --bria-normalize, --guidance-schedule (Ideogram 4)
     add_size_condition_flags(g)  # --original-size, ... (HunyuanDiT, CogView, SD-XL, Kolors: ._size_conditions)
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
@@ -424,6 +426,7 @@ class GuidanceRequest:
     proportional_attn: Optional[bool] = None  # False: --no-proportional-attn (Lumina-Next)
     slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
     sizes: Optional[dict] = None  # HunyuanDiT / CogView4 / SD-XL / Kolors folders' size conditions (._size_conditions)
+    family_options: Optional[dict] = None  # a folder kind's own library options (._family_options): its keywords
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -470,6 +473,8 @@ class GuidanceRequest:
         req.slg = slg_request(args, checkpoint)
         from ._size_conditions import size_condition_request
         req.sizes = size_condition_request(args, checkpoint)
+        from ._family_options import family_options
+        req.family_options = family_options(args, checkpoint)
         req.check_model_kind(checkpoint)
         from ._sd_prompts import check_prompt_encoding
         check_prompt_encoding(req, checkpoint)

@@ -64,9 +64,10 @@ editing prompts are encoded once, not once per image (it edits one image per cal
 
 Where diffkit differs from the pipeline: with several images in one call the pipeline's attention store splits the
 (images x heads) rows by the image count, mixing images and heads for B > 1 and heads > 1; diffkit takes each
-image's own rows (B = 1 is the same). ``guidance_rescale`` is not offered (the pipeline's call of it on a tuple
-fails). The pipeline's ``invert`` with ``source_guidance_scale <= 1`` fails; diffkit takes any s >= 0 in its formula
-(0: the source prompt's prediction, 1: the null prompt's).
+image's own rows (B = 1 is the same). The pipeline's ``user_mask`` is :func:`edit`'s; ``guidance_rescale`` is not
+offered (the pipeline's call of it on a tuple fails), nor ``sem_guidance`` (precomputed guidance terms). The
+pipeline's ``invert`` with ``source_guidance_scale <= 1`` fails; diffkit takes any s >= 0 in its formula (0: the
+source prompt's prediction, 1: the null prompt's).
 """
 from __future__ import annotations
 
@@ -367,14 +368,17 @@ class SemanticEditGuidance(Wrapper):
     alone) and the E concepts (``contexts``: the same of E B rows, concept-major), the masks from
     that pass's cross-attention maps (``mask="attention"`` / ``"intersect"``) and from the guidance itself. The
     i-th call is step i (one call per step: ddim, the 2M solver). ``intersect_below``: the intersect mask is M^1 M^2
-    at t <= it and M^1 above (the SD pipeline's 800; None: M^1 M^2 at every step, the SD-XL pipeline's)."""
+    at t <= it and M^1 above (the SD pipeline's 800; None: M^1 M^2 at every step, the SD-XL pipeline's).
+    ``user_mask``: the pipeline's, each concept's term multiplied by it before the implicit masks."""
 
     def __init__(self, inner, unet, null: torch.Tensor, contexts: torch.Tensor, concepts: Sequence[Concept],
-                 tokens: Sequence[int], mask: str = "intersect", intersect_below: Optional[float] = INTERSECT_BELOW):
+                 tokens: Sequence[int], mask: str = "intersect", intersect_below: Optional[float] = INTERSECT_BELOW,
+                 user_mask: Optional[torch.Tensor] = None):
         as_dict = (lambda c: c if isinstance(c, dict) or c is None else {"context": c})
         self.inner, self.unet, self.null, self.contexts = inner, unet, as_dict(null), as_dict(contexts)
         self.concepts, self.tokens, self.mask = list(concepts), list(tokens), check_choice("mask", mask, MASKS)
         self.intersect_below = math.inf if intersect_below is None else intersect_below  # SD-XL's: M^1 M^2 always
+        self.user_mask = user_mask  # the pipeline's user_mask: times each term before its masks (None: off)
         self.step = 0
 
     @contextlib.contextmanager
@@ -413,6 +417,8 @@ class SemanticEditGuidance(Wrapper):
             if step < concept.warmup or step >= cooldown:
                 continue
             term = (eps[1 + c] - eps_u) * (-concept.scale if concept.reverse else concept.scale)
+            if self.user_mask is not None:  # before the masks: M^2's quantile is the masked term's, as the pipeline's
+                term = term * self.user_mask.to(device=term.device, dtype=term.dtype)
             if masks:
                 m1 = attention_mask(store.concept_map(c, count, batch, size, self.tokens[c]), concept.threshold,
                                     term.shape)
@@ -456,16 +462,30 @@ def concepts_from(editing_prompt: Union[str, Sequence[str]], scale=5.0, threshol
     return [Concept(p, *row) for p, *row in zip(prompts, *columns)]
 
 
+def check_user_mask(user_mask, latent_shape) -> None:
+    """One line unless ``user_mask`` is None or a finite floating tensor that broadcasts to ``latent_shape``."""
+    if user_mask is None:
+        return
+    shape = tuple(latent_shape)
+    if not isinstance(user_mask, torch.Tensor) or not user_mask.is_floating_point() or user_mask.dim() != 4 or any(
+            m not in (1, n) for m, n in zip(user_mask.shape, shape)) or not torch.isfinite(user_mask).all():
+        what = tuple(user_mask.shape) if isinstance(user_mask, torch.Tensor) else type(user_mask).__name__
+        raise DiffkitError(f"user_mask of {what} is not allowed; give a finite float tensor that broadcasts to the "
+                           f"latents {shape} (e.g. (1, 1, {shape[2]}, {shape[3]}))")
+
+
 def edit(sd, inversion: Inversion, concepts: Sequence[Concept] = (), *, negative_prompt: Optional[str] = None,
-         mask: Optional[str] = None, clip_skip: Optional[int] = None, progress: bool = False,
-         return_latents: bool = False) -> torch.Tensor:
+         mask: Optional[str] = None, clip_skip: Optional[int] = None, user_mask: Optional[torch.Tensor] = None,
+         progress: bool = False, return_latents: bool = False) -> torch.Tensor:
     """LEDITS++ editing (module docstring, stage 2) of the images :func:`invert` gave ``inversion``: the inversion's
     sampler replaying its noise from its first latents, guided by ``concepts`` (:class:`Concept`,
     :func:`concepts_from`; none: the reconstruction) against ``negative_prompt`` (default the empty prompt; the
     pipeline's ``negative_prompt``; on SD-XL None is the zeroed null half). ``mask``: intersect (default),
     attention or noise (default: the pipeline's, intersect on SD 1.x / 2.x, noise on SD-XL, whose
     ``use_cross_attn_mask`` and ``use_intersect_mask`` default to False; its intersect mask is M^1 M^2 at every
-    step). Returns images in [-1, 1]
+    step). ``user_mask``: the pipeline's, a tensor that broadcasts to the latents (B, C, h, w), e.g. (1, 1, h, w)
+    of 0 / 1 (:func:`diffkit.latent_editing.latent_mask` of a pixel mask): each concept's guidance term times it,
+    before the implicit masks (so M^2's quantile is taken of the masked term). Returns images in [-1, 1]
     (the decoder's scale, unclamped) or, with ``return_latents``, the edited latents."""
     xl = is_xl(sd)
     mask = check_choice("mask", (XL_MASK if xl else MASKS[0]) if mask is None else mask, MASKS)
@@ -478,6 +498,7 @@ def edit(sd, inversion: Inversion, concepts: Sequence[Concept] = (), *, negative
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise DiffkitError(f"negative_prompt={negative_prompt!r} is not allowed; give one text")
     batch = inversion.latents.shape[0]
+    check_user_mask(user_mask, inversion.latents.shape)
     if xl and inversion.time_ids is None:
         raise DiffkitError("this inversion has no SD-XL time ids; give what invert() returned on this folder")
     null = _null_cond(sd, batch, negative_prompt, clip_skip, inversion.time_ids)
@@ -487,7 +508,7 @@ def edit(sd, inversion: Inversion, concepts: Sequence[Concept] = (), *, negative
         if concepts else None
     guidance = SemanticEditGuidance(sd.network_denoiser, sd.unet, null, contexts, concepts,
                                     concept_token_counts(sd, prompts) if concepts else [], mask,
-                                    None if xl else INTERSECT_BELOW)
+                                    None if xl else INTERSECT_BELOW, user_mask)
 
     def replayed(i: int, mean: torch.Tensor, std: float) -> torch.Tensor:
         return inversion.noises[i]
@@ -496,5 +517,6 @@ def edit(sd, inversion: Inversion, concepts: Sequence[Concept] = (), *, negative
     return z if return_latents else sd.decode(z)
 
 
-__all__ = ["Concept", "Inversion", "MASKS", "SemanticEditGuidance", "attention_mask", "concept_token_counts",
+__all__ = ["Concept", "Inversion", "MASKS", "SemanticEditGuidance", "attention_mask", "check_user_mask",
+           "concept_token_counts",
            "concepts_from", "edit", "invert", "is_xl", "ledits_grid", "ledits_scheduler", "noise_mask"]
