@@ -228,13 +228,12 @@ def test_every_sampler_works_with_text_guidance_on_latents(trained):
     d = load_denoiser(path)
     context = d.prompt_encoder(["the digit seven"] * 2)
     guided = ClassifierFreeGuidance(d, 3.0, null_context=d.prompt_encoder([""]))
-    # ode takes no steps; through guidance: tests/test_samplers_ode.py
-    names = [name for name in REGISTRY if not REGISTRY[name].adaptive]
-    latents = [sample(guided, (2, 2, 8, 8), name, 4, seed=0, cond={"context": context}, progress=False)
-               for name in names]
-    images = d.decoder(torch.cat(latents)).split(2)  # one decoder call for every sampler's latents
-    for name, z, image in zip(names, latents, images, strict=True):
-        assert z.shape == (2, 2, 8, 8) and image.shape == (2, 1, 16, 16) and torch.isfinite(image).all(), name
+    for name in REGISTRY:
+        if REGISTRY[name].adaptive:  # ode takes no steps; through guidance: tests/test_samplers_ode.py
+            continue
+        z = sample(guided, (2, 2, 8, 8), name, 4, seed=0, cond={"context": context}, progress=False)
+        images = d.decoder(z)
+        assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all(), name
 
 
 def test_cfg_with_the_empty_prompt_equals_the_formula_from_two_calls(trained):
