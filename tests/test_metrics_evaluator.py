@@ -50,12 +50,15 @@ def test_one_epoch_on_5000_mnist_images_beats_90_percent(trained):
 
 @needs_mnist
 def test_classifier_score_of_real_digits_is_high_and_fd_grows_with_noise(trained):
+    """FD-classifier of 250 test digits against 250 others plus noise of scale 0, 0.3, 1: measured
+    13.3, 30.3, 1037 (noise seeds 0-2: 30.3-31.6 at 0.3); with 500 against 500, at twice the cost,
+    7.8, 25.6, 1021. 250 is above the 128 feature dimensions, so the covariances have full rank."""
     images, _ = mnist("test", 1000)
     score = classifier_score(trained, images, splits=5)
     assert 7.0 < score.mean <= 10.0  # confident, nearly balanced over 10 classes
     generator = torch.Generator().manual_seed(0)
     distances = [classifier_frechet_distance(
-        trained, images[:500], images[500:] + s * torch.randn(500, 1, 28, 28, generator=generator))
+        trained, images[:250], images[250:500] + s * torch.randn(250, 1, 28, 28, generator=generator))
         for s in (0.0, 0.3, 1.0)]
     assert all(a < b for a, b in zip(distances, distances[1:])), distances
 

@@ -133,9 +133,11 @@ def test_rate_is_the_mutual_information_and_reaches_the_full_bound():
     sum_{s > t} E KL(q(x_{s-1}|x_s,x_0) || q(x_{s-1}|x_s)) = I(x_0; x_t) + KL(q(x_{T-1}) || N(0, I)),
     with I = D/2 ln(1 + abar s^2/(1 - abar)) for N(m, s^2 I): each t within 5 standard errors.
     The rate only grows as t falls (KL terms >= 0), and once the decoder term sends x_0 it is the
-    whole bound, which is eval's nll-strided on the same noise. (T = 250 with DDPM's betas x 4 keeps
-    it fast: the identity holds for any schedule.)"""
-    S = NoiseSchedule.linear(250, 4e-4, 0.08)
+    whole bound, which is eval's nll-strided on the same noise. (T = 125 with DDPM's betas x 8 keeps
+    it fast: the identity holds for any schedule. Measured over every t, data seeds 2-4: at most
+    1.25 standard errors from the mutual information; T = 250 with betas x 4, at twice the cost:
+    0.91.)"""
+    S = NoiseSchedule.linear(125, 8e-4, 0.16)
     T = S.num_timesteps
     D, n, s2 = 8, 300, 0.09
     m = torch.linspace(-0.3, 0.3, D, dtype=F64)
@@ -150,12 +152,13 @@ def test_rate_is_the_mutual_information_and_reaches_the_full_bound():
     v_T = a_T * s2 + 1 - a_T
     kl_marginal = 0.5 * (D * (v_T - 1 - math.log(v_T)) + a_T * float(m.square().sum()))
     expected = (0.5 * D * torch.log1p(abar * s2 / (1 - abar)) + kl_marginal) / (D * math.log(2))
-    for t in (0, 1, 5, 20, 50, 100, 200, T - 1):
+    for t in (0, 1, 5, 20, 50, 100, T - 1):
         assert abs(rd.rate[t].item() - expected[t].item()) < 5 * rd.rate_sem[t].item() + 1e-6, (
             t, rd.rate[t].item(), expected[t].item(), rd.rate_sem[t].item())
     # eval's strided grid (every t < 20, then every 10th): the rate reads the terms between evaluated
     # t as the strided bound does; like that bound it errs upwards (the terms are convex in t):
-    # measured 0 .. +0.060 bits/dim (at most 2.2 standard errors) over the evaluated t
+    # measured 0 .. +0.044 bits/dim over the evaluated t (data seeds 2-4: at most +0.044; T = 250:
+    # +0.060)
     ts = strided_timesteps(T, 20, 10)
     strided = rate_distortion(d, x, timesteps=ts, seed=7, batch_size=100)
     gap = strided.rate - expected[ts]

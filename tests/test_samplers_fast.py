@@ -135,6 +135,8 @@ def test_default_grids_converge_to_the_ode_of_an_imperfect_model(schedule, mixtu
     # t = T-1 to sigma~ = 20 (logsnr_skip) does not: its first-order jump makes an error of order
     # (jump in sigma~) x (change of eps across it) that no step count removes (on a CPU-trained
     # MNIST U-Net that floor was larger than the error of 10-step DDIM).
+    # 8 and 32 steps (the same factor 4 as 16 and 64, at half the cost): the RMS error falls by
+    # 3.9 (ddim, first order, the least) to 1075 (dpm-solver); at 16 / 64 steps by 3.7 to 332.
     network = _imperfect_network(mixture, schedule)
     den = Denoiser(network, schedule)
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(12), dtype=F64)
@@ -143,8 +145,8 @@ def test_default_grids_converge_to_the_ode_of_an_imperfect_model(schedule, mixtu
         if info.stochastic or info.adaptive:  # ode: its tolerance, not steps (tests/test_samplers_ode.py)
             continue
         errors = [(diffkit.sample(den, x.clone(), sampler=name, steps=n, progress=False) - exact)
-                  .pow(2).mean().sqrt().item() for n in (16, 64)]
-        assert errors[1] < errors[0] / 2.5, f"{name} on {info.default_spacing}: RMS {errors} at 16 / 64 steps"
+                  .pow(2).mean().sqrt().item() for n in (8, 32)]
+        assert errors[1] < errors[0] / 2.5, f"{name} on {info.default_spacing}: RMS {errors} at 8 / 32 steps"
 
 
 def test_fon_is_fourth_order_where_log_alpha_is_linear(gaussian):

@@ -85,18 +85,22 @@ def _exact(gaussian, x, t_end):
     return gaussian_ode_solution(gaussian.means[0], gaussian.covs[0], x, a(T - 1.0), s(T - 1.0), a(t_end), s(t_end))
 
 
-@pytest.mark.parametrize("method", ["RK45", "RK23"])
-def test_gaussian_endpoint_matches_the_exact_ode_map_to_the_tolerance(gaussian, method):
+@pytest.mark.parametrize("method,tols", [("RK45", (1e-4, 1e-6, 1e-8)), ("RK23", (1e-3, 1e-4, 1e-6))])
+def test_gaussian_endpoint_matches_the_exact_ode_map_to_the_tolerance(gaussian, method, tols):
+    """The error at the endpoint follows the tolerance, within 30x of it. Measured max |error| /
+    tol: RK45 0.88, 0.18, 0.90 at 1e-4, 1e-6, 1e-8 (68, 140, 266 calls); RK23 0.57, 0.90, 1.24 at
+    1e-3, 1e-4, 1e-6 (65, 113, 362 calls). The third-order pair takes tol^(-1/3) steps: 1595
+    calls at 1e-8 (ratio 1.35), four times the rest of the file, so it stops at 1e-6."""
     den = Denoiser(gaussian.network(SCHEDULE), SCHEDULE)
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
     exact = _exact(gaussian, x, 0.0)
     errors, nfes = [], []
-    for tol in (1e-4, 1e-6, 1e-8):
+    for tol in tols:
         den.reset_nfe()
         out = diffkit.sample(den, x, "ode", final="sigma_min", rtol=tol, atol=tol, method=method, progress=False)
         errors.append((out - exact).abs().max().item())
         nfes.append(den.nfe)
-    assert errors[0] < 30 * 1e-4 and errors[-1] < 30 * 1e-8, errors
+    assert all(error < 30 * tol for error, tol in zip(errors, tols)), errors
     assert errors[0] > errors[1] > errors[2], errors
     assert nfes[0] < nfes[1] < nfes[2], nfes
 
