@@ -296,9 +296,10 @@ def test_load_dataset_keeps_image_and_series_options_apart():
 
 
 def test_two_gloo_processes_train_series_as_one_process(tmp_path):
-    """DDP (gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout). The ranks start
-    without a launcher process (tests/_gloo_ranks.py: torchrun's environment, one interpreter fewer)."""
-    from _gloo_ranks import run_ranks
+    """DDP (gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout). The ranks are forked
+    from this process with torchrun's environment (tests/_gloo_ranks.py fork_ranks: two processes and gloo
+    ranks, without two interpreter starts and torch imports); ``python -m diffkit`` ranks: test_distributed."""
+    from _gloo_ranks import fork_ranks
 
     def train(out, nproc, batch):
         args = ["train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
@@ -307,7 +308,7 @@ def test_two_gloo_processes_train_series_as_one_process(tmp_path):
         if nproc == 1:  # the one-process reference runs in this process (no interpreter and torch import of its own)
             assert main(args) == 0
         else:
-            res = run_ranks(args, nproc)
+            res = fork_ranks(args, nproc)
             assert res.returncode == 0, res.stderr[-2000:]
         return ckpt.load_checkpoint(out / "checkpoints" / "latest.safetensors")
 
