@@ -4,7 +4,8 @@ torchrun (``python -m torch.distributed.run``) is one more interpreter and torch
 only hands each rank its environment: RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT, all that ``diffkit.distributed.setup`` reads (``init_process_group``'s env:// rendezvous). The
 tests comparing N ranks with one process start the ranks here; diffkit's own torchrun launch
-(``train --nproc``) keeps its tests in test_distributed.
+(``train --nproc``) keeps its tests in test_distributed. :func:`fork_ranks` forks the ranks from the test
+process instead (no interpreter start nor torch import at all), for tests about what the ranks compute.
 """
 import os
 import socket

@@ -36,9 +36,8 @@ def run_cli(capsys, *args):
 @pytest.fixture(scope="module")
 def series_run(tmp_path_factory):
     """``diffkit train --dataset sines`` (6 steps, one epoch, of a tiny 1-D U-Net; no test needs a trained model):
-    the run folder. The end-of-run plot is
-    recorded, not drawn (16 matplotlib panels, ~2 s): the series and path it is given are checked in
-    test_sample_cli_writes_npy_and_a_line_plot, which draws a real series plot of its own."""
+    the run folder. The end-of-run plot is recorded, not drawn (16 matplotlib panels, ~2 s): the series and path
+    it is given are checked in test_sample_cli_writes_npy_and_a_line_plot, which draws a series plot of its own."""
     import diffkit.timeseries
     root = tmp_path_factory.mktemp("sines")
     with pytest.MonkeyPatch.context() as patch:
@@ -97,8 +96,8 @@ def test_load_denoiser_rebuilds_the_temporal_unet_and_every_sampler_runs(series_
         assert out.shape == (3, 3, 8) and torch.isfinite(out).all(), name
 
 
-@pytest.mark.real_plots  # reads the series PNG
 def test_sample_cli_writes_npy_and_a_line_plot(series_run, tmp_path, capsys):
+    from conftest import real_plots
     from PIL import Image
     ck = series_run / "checkpoints" / "latest.safetensors"
     # the end-of-run sample of training: the seed's image name, as .npy beside its plot (the same series), no
@@ -108,8 +107,9 @@ def test_sample_cli_writes_npy_and_a_line_plot(series_run, tmp_path, capsys):
     assert PLOTTED[0][1] == series_run / "samples" / "SampledNoGuidanceImgs.png"
     np.testing.assert_array_equal(np.asarray(PLOTTED[0][0]), trained)
     assert not (series_run / "samples" / "NoisyNoGuidanceImgs.png").exists()
-    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--sampler", "dpm-solver++-2m", "--steps", "3",
-                             "--num", "5", "--out", str(tmp_path / "s.png"), "--no-progress")
+    with real_plots():  # this run's series PNG is read (the later runs' are not drawn)
+        code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--sampler", "dpm-solver++-2m", "--steps",
+                                 "3", "--num", "5", "--out", str(tmp_path / "s.png"), "--no-progress")
     assert code == 0, err
     series = np.load(tmp_path / "s.npy")
     assert series.shape == (5, 3, 8) and series.dtype == np.float32 and np.isfinite(series).all()
