@@ -66,6 +66,8 @@ def fork_ranks(argv, nproc, timeout=300):
                 os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
                 from diffkit.cli import main
                 code = main(list(argv))
+            except SystemExit as exit_:  # argparse's errors and --help / --version, as the interpreter exits
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
             except BaseException:
                 import traceback
                 traceback.print_exc()
