@@ -14,14 +14,19 @@ import sys
 from types import SimpleNamespace
 
 
-def run_ranks(argv, nproc, timeout=300):
-    """``python -m diffkit <argv>`` as ``nproc`` gloo ranks on this host: the first nonzero exit status
-    (0 when all succeed) and the ranks' stdout and stderr, joined in rank order, as subprocess.run gives."""
+def _rank_environment(nproc):
+    """torchrun's variables shared by the ``nproc`` ranks (RANK and LOCAL_RANK are each rank's own)."""
     with socket.socket() as free:  # a free port for the rendezvous, as torchrun --standalone picks one
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return {"OMP_NUM_THREADS": "1", "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def run_ranks(argv, nproc, timeout=300):
+    """``python -m diffkit <argv>`` as ``nproc`` gloo ranks on this host: the first nonzero exit status
+    (0 when all succeed) and the ranks' stdout and stderr, joined in rank order, as subprocess.run gives."""
+    env = {**os.environ, **_rank_environment(nproc)}
     ranks = [subprocess.Popen([sys.executable, "-m", "diffkit", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
              for rank in range(nproc)]
@@ -46,11 +51,7 @@ def fork_ranks(argv, nproc, timeout=300):
     (test_distributed)."""
     import tempfile
     import time
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    env = {"OMP_NUM_THREADS": "1", "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = _rank_environment(nproc)
     files, pids = [], []
     sys.stdout.flush(), sys.stderr.flush()
     for rank in range(nproc):
