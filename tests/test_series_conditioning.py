@@ -405,9 +405,15 @@ def test_label_column_errors_name_the_value_and_what_is_allowed(tmp_path):
                 dataset=SeriesDataset(torch.zeros(4, 2, 2), labels=torch.tensor([0, 1, 2, 0])), progress=False)
 
 
-@pytest.fixture(scope="module")
+_LABELLED_RUN = []  # the checkpoint, once trained: test_series_class_edit takes this fixture too
+
+
+@pytest.fixture(scope="session")
 def labelled_run(tmp_path_factory):
-    """``diffkit train --dataset series --conditional --set label_column=state`` with a learned variance."""
+    """``diffkit train --dataset series --conditional --set label_column=state`` with a learned variance;
+    trained once per process (pytest sets this fixture up for each module that holds it; no test changes it)."""
+    if _LABELLED_RUN:
+        return _LABELLED_RUN[0]
     root = tmp_path_factory.mktemp("labelled")
     write_csv(root / "s.csv", [k for k in (0, 1, 2) for _ in range(20)] * 2)
     code = main(["train", "--dataset", "series", "--data-dir", str(root / "s.csv"), "--out", str(root / "run"),
@@ -418,7 +424,8 @@ def labelled_run(tmp_path_factory):
                  "--set", "ema_decay=0", "--set", "lr=1e-3",
                  "--no-sample"])
     assert code == 0
-    return root / "run" / "checkpoints" / "latest.safetensors"
+    _LABELLED_RUN.append(root / "run" / "checkpoints" / "latest.safetensors")
+    return _LABELLED_RUN[0]
 
 
 def test_sample_cli_takes_a_class_and_a_guidance_scale_for_a_labelled_series_model(labelled_run, tmp_path, capsys):

@@ -56,10 +56,12 @@ def _discriminative(generated, seed):
 
 
 def test_discriminative_score_is_near_zero_for_one_distribution():
-    """A test set of 32 + 32 series gives |accuracy - 1/2| about 0.05 by chance alone: the mean of 3
-    seeds is checked against 0.12, for the very same series and for another draw of the data."""
-    assert np.mean([_discriminative(_sines(1), s) for s in range(3)]) < 0.12
-    assert np.mean([_discriminative(_sines(2), s) for s in range(3)]) < 0.12
+    """A test set of 32 + 32 series gives |accuracy - 1/2| about 0.05 by chance alone: the mean of 2
+    seeds is checked against 0.12, for the very same series and for another draw of the data. Margin
+    (measured over the draws sines seed 1..11, seeds 0, 1): the mean at most 0.086 (3 seeds: 0.083), a
+    single seed's score at most 0.109."""
+    assert np.mean([_discriminative(_sines(1), s) for s in range(2)]) < 0.12
+    assert np.mean([_discriminative(_sines(2), s) for s in range(2)]) < 0.12
 
 
 def test_discriminative_score_is_near_half_for_two_distributions_and_deterministic():

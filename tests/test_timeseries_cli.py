@@ -35,14 +35,20 @@ def run_cli(capsys, *args):
 
 @pytest.fixture(scope="module")
 def series_run(tmp_path_factory):
-    """``diffkit train --dataset sines`` (30 steps of a tiny 1-D U-Net): the run folder."""
-    from conftest import real_plots
+    """``diffkit train --dataset sines`` (6 steps, one epoch, of a tiny 1-D U-Net; no test needs a trained model):
+    the run folder. The end-of-run plot is recorded, not drawn (16 matplotlib panels, ~2 s): the series and path
+    it is given are checked in test_sample_cli_writes_npy_and_a_line_plot, which draws a series plot of its own."""
+    import diffkit.timeseries
     root = tmp_path_factory.mktemp("sines")
-    with real_plots():  # its end-of-run plot is checked
-        code = main(["train", "--dataset", "sines", "--out", str(root / "run"), "--steps", "30", "--no-progress",
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(diffkit.timeseries, "plot_series", lambda series, path, **kw: PLOTTED.append((series, path)))
+        code = main(["train", "--dataset", "sines", "--out", str(root / "run"), "--steps", "6", "--no-progress",
                      "--device", "cpu", *SET])
     assert code == 0
     return root / "run"
+
+
+PLOTTED = []  # (series, path) of the plots series_run's training asked for
 
 
 def test_series_training_resumes_bitwise(tmp_path, assert_same_training_state):
@@ -90,16 +96,20 @@ def test_load_denoiser_rebuilds_the_temporal_unet_and_every_sampler_runs(series_
         assert out.shape == (3, 3, 8) and torch.isfinite(out).all(), name
 
 
-@pytest.mark.real_plots  # reads the series PNG
 def test_sample_cli_writes_npy_and_a_line_plot(series_run, tmp_path, capsys):
+    from conftest import real_plots
     from PIL import Image
     ck = series_run / "checkpoints" / "latest.safetensors"
-    # the end-of-run sample of training: the seed's image name, as .npy beside its plot, no noise grid
-    assert (series_run / "samples" / "SampledNoGuidanceImgs.png").exists()
-    assert np.load(series_run / "samples" / "SampledNoGuidanceImgs.npy").shape == (64, 3, 8)
+    # the end-of-run sample of training: the seed's image name, as .npy beside its plot (the same series), no
+    # noise grid
+    trained = np.load(series_run / "samples" / "SampledNoGuidanceImgs.npy")
+    assert trained.shape == (64, 3, 8) and len(PLOTTED) == 1
+    assert PLOTTED[0][1] == series_run / "samples" / "SampledNoGuidanceImgs.png"
+    np.testing.assert_array_equal(np.asarray(PLOTTED[0][0]), trained)
     assert not (series_run / "samples" / "NoisyNoGuidanceImgs.png").exists()
-    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--sampler", "dpm-solver++-2m", "--steps", "3",
-                             "--num", "5", "--out", str(tmp_path / "s.png"), "--no-progress")
+    with real_plots():  # this run's series PNG is read (the later runs' are not drawn)
+        code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--sampler", "dpm-solver++-2m", "--steps",
+                                 "3", "--num", "5", "--out", str(tmp_path / "s.png"), "--no-progress")
     assert code == 0, err
     series = np.load(tmp_path / "s.npy")
     assert series.shape == (5, 3, 8) and series.dtype == np.float32 and np.isfinite(series).all()
@@ -181,7 +191,8 @@ def test_eval_repeats_are_runs_seeded_seed_plus_i_with_the_t_interval_of_their_m
     ck = series_run / "checkpoints" / "latest.safetensors"
     args = ["eval", "--checkpoint", str(ck), "--metrics", "context-fid,correlational,discriminative,predictive",
             "--num", "24", "--steps", "3", "--seed", "5", "--context-fid-iterations", "3",
-            "--discriminative-iterations", "4", "--predictive-iterations", "3", "--no-progress"]
+            "--discriminative-iterations", "4", "--predictive-iterations", "3", "--no-progress",
+            "--cache-dir", str(tmp_path / "cache")]  # the runs after the first reuse its seed-5 encoder and samples
     code, out, err = run_cli(capsys, *args, "--repeats", "3", "--out", str(tmp_path / "r.json"))
     assert code == 0, err
     result = json.loads((tmp_path / "r.json").read_text())
@@ -217,6 +228,7 @@ def test_eval_repeats_are_runs_seeded_seed_plus_i_with_the_t_interval_of_their_m
                            # the rule under the header is as wide as the widest row, whose notes hold timings
                            [line.split()[:2] for line in out.splitlines() if set(line.strip()) != {"-"}])
     assert one[0] == one[2] and "repeats" not in one[0][1] and "runs" not in one[0][0]["predictive"]
+    assert one[0][0]["context-fid"]["encoder_cached"]  # repeats cache each seed's encoder as one run does
     assert one[0][0]["discriminative"]["value"] == result["metrics"]["discriminative"]["runs"][0]["value"]
 
 
@@ -296,9 +308,10 @@ def test_load_dataset_keeps_image_and_series_options_apart():
 
 
 def test_two_gloo_processes_train_series_as_one_process(tmp_path):
-    """DDP (gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout). The ranks start
-    without a launcher process (tests/_gloo_ranks.py: torchrun's environment, one interpreter fewer)."""
-    from _gloo_ranks import run_ranks
+    """DDP (gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout). The ranks are forked
+    from this process with torchrun's environment (tests/_gloo_ranks.py fork_ranks: two processes and gloo
+    ranks, without two interpreter starts and torch imports); ``python -m diffkit`` ranks: test_distributed."""
+    from _gloo_ranks import fork_ranks
 
     def train(out, nproc, batch):
         args = ["train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
@@ -307,7 +320,7 @@ def test_two_gloo_processes_train_series_as_one_process(tmp_path):
         if nproc == 1:  # the one-process reference runs in this process (no interpreter and torch import of its own)
             assert main(args) == 0
         else:
-            res = run_ranks(args, nproc)
+            res = fork_ranks(args, nproc)
             assert res.returncode == 0, res.stderr[-2000:]
         return ckpt.load_checkpoint(out / "checkpoints" / "latest.safetensors")
 
