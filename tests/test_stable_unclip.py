@@ -303,3 +303,29 @@ def test_diffkit_sample_with_lora_and_textual_inversion(folders, adapters, tmp_p
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and needle in err[0], (name, err)
         assert not (tmp_path / "o").exists(), name
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("euler", "EulerDiscreteScheduler"),
+                                                ("dpm-solver++-2m", "DPMSolverMultistepScheduler")])
+def test_a_given_sampler_matches_the_pipeline_with_that_scheduler(folders, sampler, scheduler):
+    """``sampler=`` on the folder's timesteps (as ``diffkit sample --sampler S --steps N`` runs it) against the
+    pipeline with ``pipe.scheduler = Scheduler.from_config(pipe.scheduler.config)`` (v-prediction, SD 2.1's DDIM
+    config): the final latents of two prompts."""
+    pipe, _, model = folders["text"]
+    own = pipe.scheduler
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(own.config)
+    try:
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, generator=_generators(3, 2), output_type="latent", num_inference_steps=STEPS,
+                          prior_num_inference_steps=PRIOR_STEPS, noise_level=100, guidance_scale=6.0).images
+    finally:
+        pipe.scheduler = own
+    import dataclasses
+    swapped = dataclasses.replace(model, scheduler_config={**getattr(diffusers, scheduler).from_config(
+        own.config).config, "_class_name": scheduler})
+    assert swapped.folder_sampler()[0] == sampler
+    ours = unclip.stable_unclip(swapped, PROMPTS, sampler=sampler, grid="scheduler", steps=STEPS,
+                                prior_steps=PRIOR_STEPS, noise_level=100, guidance_scale=6.0, seed=3,
+                                return_latents=True, **swapped.folder_sampler()[1])
+    print(sampler, "latents", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
