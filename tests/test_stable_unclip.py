@@ -206,21 +206,15 @@ def adapters(folders, tmp_path_factory):
     import transformers as tf
 
     from safetensors.torch import save_file
-    from test_sd_lora import TEXT_LORA, UNET_LORA, _add_lora
+    from test_sd_lora import save_unet_text_lora
     root, path = tmp_path_factory.mktemp("stable_unclip_adapters"), folders["text"][1]
     unet = diffusers.UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
     text = tf.CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
-    unet_state, unet_config = _add_lora(unet, 1, **UNET_LORA)
-    text_state, text_config = _add_lora(text, 11, **TEXT_LORA)
-    prefix = "" if hasattr(text, "text_model") else "text_model."
-    diffusers.StableUnCLIPPipeline.save_lora_weights(
-        root, weight_name="lora.safetensors", unet_lora_layers=unet_state, unet_lora_adapter_metadata=unet_config,
-        text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
-        text_encoder_lora_adapter_metadata=text_config)
+    lora = save_unet_text_lora(root, unet, text, 1, diffusers.StableUnCLIPPipeline)
     width = text.get_input_embeddings().weight.shape[1]
     save_file({"<cat-toy>": torch.randn(2, width, generator=torch.Generator().manual_seed(5)) * 0.5},
               root / "ti.safetensors")
-    return {"lora": root / "lora.safetensors", "ti": root / "ti.safetensors", "width": width}
+    return {"lora": lora, "ti": root / "ti.safetensors", "width": width}
 
 
 def _fresh_pipeline(path):
