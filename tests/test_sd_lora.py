@@ -38,6 +38,20 @@ def _add_lora(module, seed, **config):
     return state, config.to_dict()
 
 
+def save_unet_text_lora(root, unet, text_encoder, seed: int, pipeline_class=None):
+    """``root``/lora.safetensors: a diffusers-format LoRA file (:data:`UNET_LORA` on ``unet``, :data:`TEXT_LORA` on
+    the CLIP ``text_encoder``, seeds ``seed`` / ``seed`` + 10) saved by ``pipeline_class.save_lora_weights`` (default
+    StableDiffusionPipeline's), its text keys named as real files are (text_model.encoder...)."""
+    unet_state, unet_config = _add_lora(unet, seed, **UNET_LORA)
+    text_state, text_config = _add_lora(text_encoder, seed + 10, **TEXT_LORA)
+    prefix = "" if hasattr(text_encoder, "text_model") else "text_model."
+    (pipeline_class or diffusers.StableDiffusionPipeline).save_lora_weights(
+        root, weight_name="lora.safetensors", unet_lora_layers=unet_state, unet_lora_adapter_metadata=unet_config,
+        text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
+        text_encoder_lora_adapter_metadata=text_config)
+    return root / "lora.safetensors"
+
+
 def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dict, text_encoder=None,
                            scale: float = 0.7, loaded=None):
     """(a diffusers-format LoRA file on ``folder``'s transformer and CLIP ``text_encoder`` (rank / alpha patterns of

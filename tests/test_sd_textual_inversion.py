@@ -230,17 +230,10 @@ def ti_lora(tmp_path_factory):
     """A LoRA file (UNet and text encoder, diffusers format) for the folder of ``sd_ti``: built on fresh copies
     of the same tiny networks, as tests/test_sd_lora.py builds its own."""
     pytest.importorskip("peft")
-    from test_sd_lora import TEXT_LORA, UNET_LORA, _add_lora
+    from test_sd_lora import save_unet_text_lora
     root = tmp_path_factory.mktemp("ti_lora")
     unet, _, text_encoder, _ = tiny_sd_components(root)
-    unet_state, unet_config = _add_lora(unet, 3, **UNET_LORA)
-    text_state, text_config = _add_lora(text_encoder, 13, **TEXT_LORA)
-    prefix = "" if hasattr(text_encoder, "text_model") else "text_model."
-    diffusers.StableDiffusionPipeline.save_lora_weights(
-        root, weight_name="lora.safetensors", unet_lora_layers=unet_state, unet_lora_adapter_metadata=unet_config,
-        text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
-        text_encoder_lora_adapter_metadata=text_config)
-    return root / "lora.safetensors"
+    return save_unet_text_lora(root, unet, text_encoder, 3)
 
 
 def test_textual_inversion_with_a_lora_matches_diffusers(sd_ti, ti_lora):

@@ -197,3 +197,148 @@ def test_other_refusals(folders, tmp_path, capsys):
         copy.write_text(json.dumps({**json.loads(copy.read_text()), **change}))
         with pytest.raises(DiffkitError, match=match):
             unclip.check_stable_unclip_folder(tmp_path / "copy")
+
+
+@pytest.fixture(scope="session")
+def adapters(folders, tmp_path_factory):
+    """{"lora": a diffusers-format LoRA file on the text folder's UNet and SD text encoder (peft, random A and B,
+    rank / alpha patterns of tests/test_sd_lora.py), "ti": a two-vector textual-inversion file of token <cat-toy>}."""
+    import transformers as tf
+
+    from safetensors.torch import save_file
+    from test_sd_lora import save_unet_text_lora
+    root, path = tmp_path_factory.mktemp("stable_unclip_adapters"), folders["text"][1]
+    unet = diffusers.UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
+    text = tf.CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
+    lora = save_unet_text_lora(root, unet, text, 1, diffusers.StableUnCLIPPipeline)
+    width = text.get_input_embeddings().weight.shape[1]
+    save_file({"<cat-toy>": torch.randn(2, width, generator=torch.Generator().manual_seed(5)) * 0.5},
+              root / "ti.safetensors")
+    return {"lora": lora, "ti": root / "ti.safetensors", "width": width}
+
+
+def _fresh_pipeline(path):
+    pipe = diffusers.StableUnCLIPPipeline.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("case", ["lora", "ti"])
+def test_lora_and_textual_inversion_match_the_pipeline(folders, adapters, case):
+    """--lora FILE:0.7 as the pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=0.7)`` (the UNet and the SD
+    text encoder; the prior's text encoder untouched on both sides), a two-vector --textual-inversion as its
+    ``load_textual_inversion`` (the prompt expanded for the SD text encoder; the prior reads it as written): the final
+    latents of two prompts, noise level 100, DDIM eta 0.5."""
+    base_pipe, path, base = folders["text"]
+    prior_text = _state(base.prior.text_encoder)
+    pipe = _fresh_pipeline(path)
+    if case == "lora":
+        pipe.load_lora_weights(str(adapters["lora"]))
+        pipe.fuse_lora(lora_scale=0.7)
+        model = unclip.load_stable_unclip(path, progress=False, lora=[(adapters["lora"], 0.7)])
+        prompts = PROMPTS
+    else:
+        pipe.load_textual_inversion(str(adapters["ti"]))
+        model = unclip.load_stable_unclip(path, progress=False, textual_inversion=[(adapters["ti"], None)])
+        prompts = ["a <cat-toy> photo", "hot <cat-toy>"]
+    common = dict(num_inference_steps=STEPS, prior_num_inference_steps=PRIOR_STEPS, noise_level=100, eta=0.5,
+                  guidance_scale=6.0)
+    with torch.no_grad():
+        theirs = pipe(prompts, generator=_generators(3, 2), output_type="latent", **common).images
+    ours = unclip.stable_unclip(model, prompts, steps=STEPS, prior_steps=PRIOR_STEPS, noise_level=100, eta=0.5,
+                                guidance_scale=6.0, seed=3, return_latents=True)
+    print(case, "latents", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    without = unclip.stable_unclip(base, prompts, steps=STEPS, prior_steps=PRIOR_STEPS, noise_level=100, eta=0.5,
+                                   guidance_scale=6.0, seed=3, return_latents=True)
+    assert relative_error(ours, without) > 1e-2  # the file matters
+    for state in (_state(pipe.prior_text_encoder), _state(model.prior.text_encoder)):
+        assert all(torch.equal(state[k], v) for k, v in prior_text.items())
+    if case == "lora":  # both parts merged: the SD text encoder changed too
+        changed = _state(model.text_encoder)
+        assert any(not torch.equal(changed[k], v) for k, v in _state(base.text_encoder).items())
+    assert len(base.tokenizer) == len(base_pipe.tokenizer)  # the shared fixture left as it was
+
+
+def test_img2img_lora_matches_the_pipeline(folders, adapters):
+    """The same LoRA file (the folders share the UNet and text encoder) at scale 0.7 on the img2img folder: one
+    picture for both prompts, noise level 250, the folder's DDIM loop: the final latents."""
+    from PIL import Image
+    _, path, _ = folders["image"]
+    pipe = diffusers.StableUnCLIPImg2ImgPipeline.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(adapters["lora"]))
+    pipe.fuse_lora(lora_scale=0.7)
+    model = unclip.load_stable_unclip(path, progress=False, lora=[(adapters["lora"], 0.7)])
+    picture = Image.open(folders["pngs"][0]).convert("RGB")
+    with torch.no_grad():
+        theirs = pipe([picture] * 2, PROMPTS, generator=_generators(7, 2), output_type="latent",
+                      num_inference_steps=STEPS, noise_level=250, guidance_scale=5.0).images
+    ours = unclip.stable_unclip(model, PROMPTS, images=folders["pngs"][0], steps=STEPS, noise_level=250,
+                                guidance_scale=5.0, seed=7, return_latents=True)
+    print("img2img lora latents", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_diffkit_sample_with_lora_and_textual_inversion(folders, adapters, tmp_path, capsys):
+    """--lora FILE:0.5 --textual-inversion FILE:<tok> on the text folder: the library's PNG bytes (one row); bad files
+    (a LoRA matrix of the wrong shape, junk, an embedding of another width, a missing file) one line, no output."""
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    _, path, _ = folders["text"]
+    base = ["sample", "--checkpoint", str(path), "--num", "1", "--steps", str(STEPS), "--prior-steps",
+            str(PRIOR_STEPS), "--seed", "4", "--no-progress"]
+    assert main([*base, "--prompt", "hot <tok>", "--out", str(tmp_path / "grid.png"), "--individual",
+                 str(tmp_path / "one"), "--lora", f"{adapters['lora']}:0.5", "--textual-inversion",
+                 f"{adapters['ti']}:<tok>"]) == 0
+    capsys.readouterr()
+    model = unclip.load_stable_unclip(path, progress=False, lora=[(adapters["lora"], 0.5)],
+                                      textual_inversion=[(adapters["ti"], "<tok>")])
+    theirs = _library_rows(model, ["hot <tok>"], 4, steps=STEPS, prior_steps=PRIOR_STEPS)
+    ours = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "one").glob("*.png"))])
+    assert np.array_equal(ours, theirs)
+    tensors = load_file(adapters["lora"])
+    key = next(k for k in tensors if k.startswith("unet.") and "lora_A" in k)
+    save_file({**tensors, key: torch.zeros(tensors[key].shape[0], 5)}, tmp_path / "shape.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    save_file({"<w>": torch.zeros(adapters["width"] + 1)}, tmp_path / "width.safetensors")
+    for flag, name, needle in (("--lora", "shape", "does not fit this network"),
+                               ("--lora", "junk", "is not a safetensors LoRA file"),
+                               ("--textual-inversion", "width", f"has width {adapters['width'] + 1}; this text "
+                                                                f"encoder's token embeddings have width"),
+                               ("--textual-inversion", "missing", "does not exist")):
+        code = main([*base, "--prompt", "x", "--out", str(tmp_path / "o" / "g.png"), flag,
+                     str(tmp_path / f"{name}.safetensors")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], (name, err)
+        assert not (tmp_path / "o").exists(), name
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("euler", "EulerDiscreteScheduler"),
+                                                ("dpm-solver++-2m", "DPMSolverMultistepScheduler")])
+def test_a_given_sampler_matches_the_pipeline_with_that_scheduler(folders, sampler, scheduler):
+    """``sampler=`` on the folder's timesteps (as ``diffkit sample --sampler S --steps N`` runs it) against the
+    pipeline with ``pipe.scheduler = Scheduler.from_config(pipe.scheduler.config)`` (v-prediction, SD 2.1's DDIM
+    config): the final latents of two prompts."""
+    pipe, _, model = folders["text"]
+    own = pipe.scheduler
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(own.config)
+    try:
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, generator=_generators(3, 2), output_type="latent", num_inference_steps=STEPS,
+                          prior_num_inference_steps=PRIOR_STEPS, noise_level=100, guidance_scale=6.0).images
+    finally:
+        pipe.scheduler = own
+    import dataclasses
+    swapped = dataclasses.replace(model, scheduler_config={**getattr(diffusers, scheduler).from_config(
+        own.config).config, "_class_name": scheduler})
+    assert swapped.folder_sampler()[0] == sampler
+    ours = unclip.stable_unclip(swapped, PROMPTS, sampler=sampler, grid="scheduler", steps=STEPS,
+                                prior_steps=PRIOR_STEPS, noise_level=100, guidance_scale=6.0, seed=3,
+                                return_latents=True, **swapped.folder_sampler()[1])
+    print(sampler, "latents", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5

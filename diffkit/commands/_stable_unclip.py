@@ -15,7 +15,8 @@ from typing import Optional
 from ..errors import DiffkitError, read_json_object
 
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention; default diffusers' s = 10), "
-         "--noise-level, {kind}, --height / --width, --steps / --nfe, --eta, --sampler and its grid options, --freeu")
+         "--noise-level, {kind}, --height / --width, --steps / --nfe, --eta, --sampler and its grid options, --freeu, "
+         "--lora, --textual-inversion")
 PRIOR_FLAGS = ("--prior-guidance-scale / --prior-steps (default s = 4, 25 steps)")
 REFUSED_OPTIONS = ("refiner", "t2i_adapter", "redux", "thresholding", "flow_shift", "sag_scale", "panorama",
                    "view_batch_size", "circular_padding", "view_window", "view_stride", "latent_upscaler", "gligen")
@@ -86,10 +87,11 @@ def takes(kind: str) -> str:
 def sample_stable_unclip(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                          individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1,
                          progress=True, guidance=None, refused: Optional[dict] = None, height=None, width=None,
-                         unclip: Optional[dict] = None, freeu=None, **options):
+                         unclip: Optional[dict] = None, freeu=None, lora=None, textual_inversion=None, **options):
     """Sample a Stable unCLIP folder to a grid (and single PNGs) (module docstring); ``unclip``: the checked settings
     of :func:`stable_unclip_options`; ``refused``: {flag: value} of ``diffkit sample`` flags such a folder does not
-    take (one line for the first given, before any weight is read)."""
+    take (one line for the first given, before any weight is read); ``lora`` / ``textual_inversion``: SD files merged
+    into the UNet and SD text encoder (:func:`.stable_unclip.load_stable_unclip`)."""
     import torch
 
     from ..interop.stable_unclip import (DEFAULTS, UNCLIP_IMG2IMG_PIPELINE, load_stable_unclip, stable_unclip,
@@ -109,7 +111,7 @@ def sample_stable_unclip(directory, *, sampler=None, steps=None, nfe=None, num=N
                            f"{takes(kind)}")
     settings = dict(unclip or {})
     freeu = None if freeu is None else parse_freeu(freeu)
-    model = load_stable_unclip(directory, device, progress=progress)
+    model = load_stable_unclip(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
     own_grid, options = own_loop(model, sampler, spacing, final, nfe, options)
     steps = DEFAULTS[1] if steps is None and nfe is None else steps
     grid = model.scheduler_grid(steps) if own_grid else None  # checked now

@@ -907,15 +907,18 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         # StableDiffusionImageVariationPipeline (._sd_image_variation), StableUnCLIP(Img2Img)Pipeline (._stable_unclip)
         from ._sd_image_variation import sample_image_variation
         from ._stable_unclip import sample_stable_unclip
-        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+        variation = is_image_variation_folder(checkpoint)  # unCLIP: --lora / --textual-inversion as SD's
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora if variation else None,
+                   "--textual-inversion": textual_inversion if variation else None,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        draw_folder = sample_image_variation if is_image_variation_folder(checkpoint) else sample_stable_unclip
+        draw_folder = sample_image_variation if variation else sample_stable_unclip
+        adapters = {} if variation else {"lora": lora, "textual_inversion": textual_inversion}
         return draw_folder(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                            individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                            final=final, scale=scale, progress=progress, guidance=guidance, refused=refused,
-                           freeu=freeu, **size, **options)
+                           freeu=freeu, **adapters, **size, **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

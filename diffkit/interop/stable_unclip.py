@@ -193,9 +193,15 @@ class StableUnCLIP(StableDiffusion):
 
 
 def load_stable_unclip(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                       progress: bool = True) -> StableUnCLIP:
+                       progress: bool = True, lora=None, textual_inversion=None) -> StableUnCLIP:
     """Load a Stable unCLIP folder (never downloads, never unpickles), checked first
-    (:func:`check_stable_unclip_folder`)."""
+    (:func:`check_stable_unclip_folder`). ``lora`` / ``textual_inversion``: as
+    :func:`.stable_diffusion.load_stable_diffusion`'s (:mod:`.sd_lora`, :mod:`.sd_textual_inversion`; every file read
+    and checked before a weight loads), merged into the UNet and the SD ``text_encoder`` / ``tokenizer`` only, as both
+    pipelines' ``load_lora_weights`` + ``fuse_lora`` and ``load_textual_inversion`` do (the prior's text encoder and
+    tokenizer are left alone: the prior reads the prompt as written)."""
+    from .sd_lora import merge_sd_loras, read_sd_loras
+    from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from . import from_pretrained, library_progress_bars, require
     from .deepfloyd_if import pipeline_schedule
     from .kandinsky import KandinskyPrior, _schedule
@@ -206,6 +212,8 @@ def load_stable_unclip(directory: Union[str, Path], device="cpu", dtype: torch.d
     directory = Path(directory)
     check_stable_unclip_folder(directory)
     kind = stable_unclip_kind(directory)
+    loras = read_sd_loras(lora) if lora else []
+    embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     width = read_json_object(directory / "image_normalizer" / "config.json").get("embedding_dim", 768)
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
     with library_progress_bars(progress):
@@ -233,8 +241,11 @@ def load_stable_unclip(directory: Union[str, Path], device="cpu", dtype: torch.d
                                                          directory / "feature_extractor", local_files_only=True)
     noising = pipeline_schedule(read_json_object(directory / "image_noising_scheduler" / "scheduler_config.json"))
     stats = tuple(p.detach().to(sd.device, torch.float32) for p in (normalizer.mean, normalizer.std))
-    return StableUnCLIP(**{f.name: getattr(sd, f.name) for f in fields(sd)}, pipeline=kind, normalizer=stats,
-                        noising_schedule=noising, **extra)
+    model = StableUnCLIP(**{f.name: getattr(sd, f.name) for f in fields(sd)}, pipeline=kind, normalizer=stats,
+                         noising_schedule=noising, **extra)
+    add_textual_inversions(model, embeddings)
+    merge_sd_loras(model, loras)
+    return model
 
 
 ALLOWED = {"seed", "generator", "latents", "height", "width", "output_range", "return_latents", "progress",
