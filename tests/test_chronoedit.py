@@ -148,7 +148,8 @@ def test_chronoedit_command_is_the_library(tiny_chronoedit, tmp_path):
 
 def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
     """Before any weight is read: SDEdit's --strength, a size not of 16, diffkit sample on the folder,
-    --temporal-reasoning-steps elsewhere, --temporal-reasoning-frames alone or not 4 k + 1, a WanTransformer3DModel folder, a transformer without image conditioning;
+    --temporal-reasoning-steps elsewhere, --temporal-reasoning-frames alone or not 4 k + 1, a WanTransformer3DModel
+    folder, a transformer without image conditioning;
     the library's frame counts and steps."""
     _, path, model = tiny_chronoedit
     (tmp_path / "in").mkdir()
@@ -167,7 +168,8 @@ def test_chronoedit_refusals_are_one_line(tiny_chronoedit, tmp_path, capsys):
              "--temporal-reasoning-steps applies to a ChronoEdit folder"),
             (_edit_argv(path, tmp_path / "in") + ["--temporal-reasoning-frames", "9"],
              "num_frames=9 is not allowed without temporal reasoning"),
-            (_edit_argv(path, tmp_path / "in") + ["--temporal-reasoning-steps", "2", "--temporal-reasoning-frames", "8"],
+            (_edit_argv(path, tmp_path / "in")
+             + ["--temporal-reasoning-steps", "2", "--temporal-reasoning-frames", "8"],
              "num_frames=8 is not allowed; give 4 k + 1")]:
         capsys.readouterr()
         assert main(argv + ([] if "--out" in argv else ["--out", str(tmp_path / "never")])) == 2

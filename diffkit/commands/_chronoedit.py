@@ -21,8 +21,8 @@ def add_chronoedit_flags(group) -> None:
                             "enable_temporal_reasoning, then the first and last frames alone); default off (the plain "
                             "5-frame edit)")
     group.add_argument("--temporal-reasoning-frames", type=positive_int, metavar="N",
-                       help="ChronoEdit folders, with --temporal-reasoning-steps: the reasoning video's frames, 4 k + 1 "
-                            "(ChronoEditPipeline's num_frames, default 81; ChronoEdit's own script uses 29); only the "
+                       help="ChronoEdit folders, with --temporal-reasoning-steps: the reasoning video's frames, "
+                            "4 k + 1 (ChronoEditPipeline's num_frames, default 81; ChronoEdit's own script uses 29); only the "
                             "last frame is written")
 
 

@@ -117,8 +117,8 @@ class QwenImageNet(torch.nn.Module):
         return (1, h // 2, w // 2)
 
     def packed(self, x: torch.Tensor) -> tuple:
-        """(tokens, one sample's ``img_shapes``) of the noisy latents x (B, C, h, w): :meth:`pack`, [:meth:`image_shape`]
-        (Qwen-Image-Layered's frames: :class:`.qwen_image_layered.QwenImageLayeredNet`)."""
+        """(tokens, one sample's ``img_shapes``) of the noisy latents x (B, C, h, w): :meth:`pack`,
+        [:meth:`image_shape`] (Qwen-Image-Layered's frames: :class:`.qwen_image_layered.QwenImageLayeredNet`)."""
         return self.pack(x), [self.image_shape(x.shape[2], x.shape[3])]
 
     def unpacked(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
