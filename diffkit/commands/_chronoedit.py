@@ -22,8 +22,8 @@ def add_chronoedit_flags(group) -> None:
                             "5-frame edit)")
     group.add_argument("--temporal-reasoning-frames", type=positive_int, metavar="N",
                        help="ChronoEdit folders, with --temporal-reasoning-steps: the reasoning video's frames, "
-                            "4 k + 1 (ChronoEditPipeline's num_frames, default 81; ChronoEdit's own script uses 29); only the "
-                            "last frame is written")
+                            "4 k + 1 (ChronoEditPipeline's num_frames, default 81; ChronoEdit's own script uses 29); "
+                            "only the last frame is written")
 
 
 def check_chronoedit_flag(args) -> None:

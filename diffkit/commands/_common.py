@@ -224,8 +224,9 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
                              "PEFT or the original krea-2 names under diffusion_model. / base_model.model.; Ideogram "
                              "4: the conditional transformer, diffusers / PEFT or ai-toolkit / kohya diffusion_model. "
                              "files with a fused attention.qkv; ChronoEdit (diffkit edit): the transformer, diffusers "
-                             "/ PEFT, Wan diffusion_model. or musubi lora_unet_ keys) merged into --checkpoint's weights "
-                             "at load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
+                             "/ PEFT, Wan diffusion_model. or musubi lora_unet_ keys) merged into --checkpoint's "
+                             "weights at load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they "
+                             "add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "
                              "(same network; by default another base is refused)")

@@ -54,7 +54,8 @@ image into ``--layers N`` RGBA layers as QwenImageLayeredPipeline (``edit_{i}_la
 ``diffkit.interop.qwen_image_layered``, ``._qwen_image_layered``); a ChronoEdit folder as ChronoEditPipeline
 (the image the first frame of a short video, the edit its last frame, written as the PNG;
 ``--temporal-reasoning-steps N``, ``--temporal-reasoning-frames N``; ``diffkit.interop.chronoedit``,
-``._chronoedit``); a JoyImage Edit folder as JoyImageEditPipeline (each image alone at its bucket size, its Qwen3-VL prompt seeing it; a Plus folder seeing the repeatable
+``._chronoedit``); a JoyImage Edit folder as JoyImageEditPipeline (each image alone at its bucket size, its
+Qwen3-VL prompt seeing it; a Plus folder seeing the repeatable
 ``--image-reference`` PNGs after it; ``diffkit.interop.joyimage``, ``._joyimage``); a Qwen-Image 2.1 folder as
 QwenImage21Pipeline with ``image=`` (each image, read as RGBA, with the repeatable ``--image-reference`` PNGs after
 it; ``diffkit.interop.qwen_image21``, ``._qwen_image21``); a GLM-Image folder as
