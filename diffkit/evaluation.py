@@ -290,19 +290,26 @@ def _check_image_shape(images: torch.Tensor, channels: int, size: int, what: str
                            f"{'x'.join(map(str, images.shape[1:]))}; {hint}")
 
 
-def _frechet(features, reference_stats, dim: int, what: str, unit: str = "images") -> dict:
+def _frechet(features, reference_stats, dim: int, what: str, unit: str = "images", reference_features=None) -> dict:
     """A Frechet distance's result fields; warns when either side has no more than ``dim`` examples
-    (``unit``: what they are, "images" or "series")."""
-    from .metrics import feature_statistics, frechet_distance_of_stats
+    (``unit``: what they are, "images" or "series"). With ``reference_features`` (the features behind
+    ``reference_stats``) the distance comes from both feature arrays: exact low-rank algebra when
+    either side has fewer than ``dim`` examples (:func:`diffkit.metrics.frechet.low_rank_frechet_distance`)."""
+    from .metrics.frechet import (as_feature_array, checked_features, fit_gaussian,
+                                  frechet_distance_of_checked_features, frechet_distance_of_stats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        stats = feature_statistics(features, what)
+        feats = checked_features(features, what)
     deficient = features.shape[0] <= dim or reference_stats.num_samples <= dim
     if deficient:
         warnings.warn(f"{what}: {features.shape[0]} samples and {reference_stats.num_samples} reference "
                       f"{unit} for {dim}-d features give a rank-deficient covariance; the distance is "
                       f"biased upwards (use more than {dim} of each)", DiffkitRuntimeWarning, stacklevel=3)
-    return {"value": frechet_distance_of_stats(stats, reference_stats), "num_samples": int(features.shape[0]),
+    if reference_features is None:
+        value = frechet_distance_of_stats(fit_gaussian(feats), reference_stats)
+    else:
+        value = frechet_distance_of_checked_features(feats, as_feature_array(reference_features, what))
+    return {"value": value, "num_samples": int(features.shape[0]),
             "num_reference": int(reference_stats.num_samples), "feature_dim": dim, "rank_deficient": deficient}
 
 
@@ -408,7 +415,8 @@ class SampleScorer:
         if self.inception is not None and set(INCEPTION_METRICS) & set(self.metrics):
             feats, logits = extract_features(self.inception, images, self.batch_size, self.device, progress=False)
             if "fid" in self.metrics:
-                out["fid"] = _frechet(feats, self.reference_inception[1], feats.shape[1], "fid")
+                out["fid"] = _frechet(feats, self.reference_inception[1], feats.shape[1], "fid",
+                                      reference_features=self.reference_inception[0])
             if "is" in self.metrics:
                 out["is"] = self._inception_score(logits, "is")
             if "kid" in self.metrics:

@@ -1,6 +1,7 @@
 """Frechet distance against closed forms; feature statistics; the sample-count floor."""
 import gzip
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,58 @@ def test_malformed_inputs_are_one_line_errors():
     assert stats.sigma.shape == (2, 2)
     with pytest.raises(DiffkitError, match="dim >= 1"):
         kernel_inception_distance(np.zeros((5, 0)), np.zeros((5, 0)))
+
+
+def _covariance_path_of_known_rank(s1, s2, n1: int, n2: int) -> float:
+    """The covariance path with the eigenvalues beyond the known ranks (min(n - 1, d)) set to 0
+    instead of clipped: the plain path keeps sqrt(round-off) ~ 1e-8 relative when n < d."""
+    def top(eigvals, rank):
+        return np.sqrt(np.clip(np.where(np.arange(eigvals.size) >= eigvals.size - rank, eigvals, 0.0), 0, None))
+    rank1 = min(n1 - 1, s1.mu.size)
+    eigvals, eigvecs = np.linalg.eigh(s1.sigma)
+    root = (eigvecs * top(eigvals, rank1)) @ eigvecs.T
+    inner = root @ s2.sigma @ root
+    diff = s1.mu - s2.mu
+    return (diff @ diff + np.trace(s1.sigma) + np.trace(s2.sigma)
+            - 2 * top(np.linalg.eigvalsh((inner + inner.T) / 2), min(rank1, n2 - 1)).sum())
+
+
+@pytest.mark.parametrize("n1, n2", [(30, 45), (64, 64), (150, 110), (20, 100)],
+                         ids=["n<d", "n=d", "n>d", "n1<d<n2"])
+def test_low_rank_path_equals_covariance_path(n1, n2):
+    # tr (S1 S2)^{1/2} = nuclear norm of A B^T (A, B: centred features / sqrt(n - 1)), d = 64
+    from diffkit.metrics.frechet import low_rank_frechet_distance
+    rng = np.random.default_rng(n1 + n2)
+    x = rng.normal(size=(n1, 64)) @ rng.normal(size=(64, 64))
+    y = rng.normal(size=(n2, 64)) @ rng.normal(size=(64, 64)) * 0.7 + 0.3
+    with pytest.warns(RuntimeWarning) if min(n1, n2) <= 64 else nullcontext():
+        s1, s2 = feature_statistics(x), feature_statistics(y)
+    reference = _covariance_path_of_known_rank(s1, s2, n1, n2)
+    assert low_rank_frechet_distance(x, y) == pytest.approx(reference, rel=1e-9)
+    assert low_rank_frechet_distance(y, x) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma) == pytest.approx(reference, rel=1e-7)
+
+
+def test_low_rank_path_closed_forms_and_dispatch(monkeypatch):
+    from diffkit.metrics import frechet
+    rng = np.random.default_rng(7)
+    # n = 2 < d: features {a, -a} and {m + b, m - b} have covariances 2 a a^T and 2 b b^T (divide by
+    # n - 1 = 1), so d^2 = |m|^2 + 2|a|^2 + 2|b|^2 - 4 |a.b| (rank-one closed form above).
+    a, b, m = rng.normal(size=(3, 16))
+    expected = m @ m + 2 * a @ a + 2 * b @ b - 4 * abs(a @ b)
+    assert frechet.low_rank_frechet_distance(np.stack([a, -a]), np.stack([m + b, m - b])) == pytest.approx(
+        expected, rel=1e-12)
+    # a small full-rank case against scipy.linalg.sqrtm
+    x, y = rng.normal(size=(9, 6)), rng.normal(size=(12, 6)) * 1.5 + 1
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    reference = (np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1) + np.trace(s2)
+                 - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real)
+    assert frechet.low_rank_frechet_distance(x, y) == pytest.approx(reference, rel=1e-9)
+    # frechet_distance_of_features takes the low-rank path for n < d: no d x d covariance is checked
+    assert frechet.low_rank_is_cheaper(500, 500, 2048) and not frechet.low_rank_is_cheaper(5000, 5000, 2048)
+    monkeypatch.setattr(frechet, "check_covariance", lambda *args: pytest.fail("covariance path taken"))
+    with pytest.warns(RuntimeWarning, match="rank-deficient"):
+        assert frechet_distance_of_features(np.stack([a, -a]), np.stack([m + b, m - b])) == pytest.approx(
+            expected, rel=1e-12)
+    with pytest.raises(DiffkitError, match="feature dimensions 16 and 6 do not match"), pytest.warns(RuntimeWarning):
+        frechet_distance_of_features(np.stack([a, -a, a]) + np.arange(16), np.hstack([x, x]).reshape(-1, 6))

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 
 from .features import extract_features
-from .frechet import GaussianStats, feature_statistics, frechet_distance_of_stats
+from .frechet import (GaussianStats, checked_features, fit_gaussian, frechet_distance_of_checked_features,
+                      frechet_distance_of_stats)
 from .inception import FIDInceptionV3, load_inception
 from .scores import MeanStd, inception_score
 
@@ -24,13 +25,15 @@ class InceptionMetrics:
     stats: GaussianStats
 
 
-def _reference_stats(reference, model, batch_size, device, progress) -> GaussianStats:
+def _reference(reference, model, batch_size, device, progress):
+    """The reference's statistics (given, or from an .npz), or its checked (n, d) features
+    (from images), which the FID then uses directly (exact low-rank path for few samples)."""
     if isinstance(reference, GaussianStats):
         return reference
     if isinstance(reference, (str, os.PathLike)) and str(reference).endswith(".npz"):
         return GaussianStats.load(reference)
     features, _ = extract_features(model, reference, batch_size, device, progress, "reference")
-    return feature_statistics(features, "reference features")
+    return checked_features(features, "reference features")
 
 
 def inception_metrics(generated, reference=None, *, model: FIDInceptionV3 | None = None,
@@ -46,12 +49,14 @@ def inception_metrics(generated, reference=None, *, model: FIDInceptionV3 | None
     if model is None:
         model = load_inception(weights, device=device)
     features, logits = extract_features(model, generated, batch_size, device, progress, "generated")
-    stats = feature_statistics(features, "generated features")
+    features = checked_features(features, "generated features")
+    stats = fit_gaussian(features)
     score = inception_score(logits, splits=min(is_splits, features.shape[0]))
     fid = None
     if reference is not None:
-        fid = frechet_distance_of_stats(stats, _reference_stats(reference, model, batch_size,
-                                                                device, progress))
+        ref = _reference(reference, model, batch_size, device, progress)
+        fid = (frechet_distance_of_stats(stats, ref) if isinstance(ref, GaussianStats)
+               else frechet_distance_of_checked_features(features, ref))
     return InceptionMetrics(fid, score, stats)
 
 

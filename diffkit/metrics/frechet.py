@@ -10,6 +10,9 @@ its symmetric form, tr (S1 S2)^{1/2} = tr (S1^{1/2} S2 S1^{1/2})^{1/2}: the inne
 symmetric positive semi-definite, so its square root comes from ``eigh`` with tiny negative
 round-off eigenvalues clipped to zero. This needs no eps offset for singular covariances (fewer
 samples than dimensions), where the general ``scipy.linalg.sqrtm(S1 @ S2)`` may go complex.
+
+When both feature arrays are at hand and few (``min(n1, n2) < d``), :func:`frechet_distance_of_features`
+takes an exact low-rank path that never forms a d x d matrix (:func:`low_rank_frechet_distance`).
 """
 from __future__ import annotations
 
@@ -89,10 +92,22 @@ def as_feature_array(array, what: str = "features") -> np.ndarray:
     return out
 
 
+def checked_features(features, what: str = "features") -> np.ndarray:
+    """:func:`as_feature_array` plus :func:`check_sample_count` (refuses n < 2, warns for n <= d)."""
+    feats = as_feature_array(features, what)
+    check_sample_count(feats.shape[0], feats.shape[1], what)
+    return feats
+
+
 def feature_statistics(features, what: str = "features") -> GaussianStats:
     """Mean and unbiased covariance (divide by n - 1, as ``np.cov``) of an (n, d) feature array."""
     feats = as_feature_array(features, what)
-    check_sample_count(feats.shape[0], feats.shape[1], what)
+    check_sample_count(feats.shape[0], feats.shape[1], what)  # warns at the caller's line (stacklevel)
+    return fit_gaussian(feats)
+
+
+def fit_gaussian(feats: np.ndarray) -> GaussianStats:
+    """:func:`feature_statistics` of an already validated (n, d) float64 array (no checks)."""
     mu = feats.mean(axis=0)
     centred = feats - mu
     sigma = centred.T @ centred / (feats.shape[0] - 1)
@@ -154,7 +169,49 @@ def frechet_distance_of_stats(stats1: GaussianStats, stats2: GaussianStats) -> f
     return frechet_distance(stats1.mu, stats1.sigma, stats2.mu, stats2.sigma)
 
 
+def low_rank_is_cheaper(n1: int, n2: int, dim: int) -> bool:
+    """Whether :func:`low_rank_frechet_distance` beats the covariance path for n1, n2 samples of
+    d-dim features: always when ``min(n1, n2) < d``, else when ``n1 n2 d + min^2 max < d^3``
+    (the product A B^T and its SVD against the d x d eigen-decompositions)."""
+    small, large = min(n1, n2), max(n1, n2)
+    return small < dim or n1 * n2 * dim + small * small * large < dim ** 3
+
+
+def low_rank_frechet_distance(features1: np.ndarray, features2: np.ndarray) -> float:
+    """Squared Frechet distance (Heusel et al. 2017, eq. 6) between Gaussians fitted to two
+    (n, d) float64 feature arrays, without forming the d x d covariances.
+
+    With centred, scaled features A = (F1 - mu1) / sqrt(n1 - 1) (n1 x d) and B likewise, the
+    unbiased covariances are S1 = A^T A and S2 = B^T B. The nonzero eigenvalues of
+    S1 S2 = A^T (A B^T) B equal those of (A B^T) B A^T = (A B^T)(A B^T)^T, the squared singular
+    values of the n1 x n2 matrix A B^T, so tr (S1 S2)^{1/2} = sum of the singular values of
+    A B^T (its nuclear norm), and tr S1 = ||A||_F^2, tr S2 = ||B||_F^2. Exact (no eps, no
+    clipping) and PSD by construction, so no covariance check is needed. Cost
+    O(n1 n2 d + min(n1, n2)^2 max(n1, n2)) instead of O(d^3). The arrays must already be
+    validated (:func:`checked_features`) with equal d.
+    """
+    mu1, mu2 = features1.mean(axis=0), features2.mean(axis=0)
+    a = (features1 - mu1) / np.sqrt(features1.shape[0] - 1)
+    b = (features2 - mu2) / np.sqrt(features2.shape[0] - 1)
+    diff = mu1 - mu2
+    nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    value = diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * nuclear
+    return float(max(value, 0.0))
+
+
+def frechet_distance_of_checked_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """Frechet distance of two validated (n, d) feature arrays (see :func:`checked_features`): the
+    exact low-rank path when :func:`low_rank_is_cheaper`, the covariance path otherwise."""
+    if features1.shape[1] != features2.shape[1]:
+        raise DiffkitError(f"feature dimensions {features1.shape[1]} and {features2.shape[1]} do not match; "
+                           "expected two (num_samples, dim) arrays with the same dim")
+    if low_rank_is_cheaper(features1.shape[0], features2.shape[0], features1.shape[1]):
+        return low_rank_frechet_distance(features1, features2)
+    return frechet_distance_of_stats(fit_gaussian(features1), fit_gaussian(features2))
+
+
 def frechet_distance_of_features(features1, features2) -> float:
-    """Frechet distance between Gaussians fitted to two (n, d) feature arrays (FID for pool3)."""
-    return frechet_distance_of_stats(feature_statistics(features1, "first features"),
-                                     feature_statistics(features2, "second features"))
+    """Frechet distance between Gaussians fitted to two (n, d) feature arrays (FID for pool3);
+    exact low-rank algebra when ``min(n1, n2) < d`` (:func:`low_rank_frechet_distance`)."""
+    return frechet_distance_of_checked_features(checked_features(features1, "first features"),
+                                                checked_features(features2, "second features"))
