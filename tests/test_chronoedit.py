@@ -206,10 +206,10 @@ WAN_NAMES = {"self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_att
              "cross_attn.v_img": "attn2.add_v_proj", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
 
 
-def _wan_file(model, out, musubi, seed):
+def _wan_file(model, out, musubi, seed, diff_b=False):
     """A Wan LoRA file on ``model``'s transformer in Wan's own names: musubi's (lora_unet_blocks_i_..., every module of
     every block with its alpha, as its converter needs) or ComfyUI's diffusion_model. (lora_down / lora_up, alphas on
-    some block modules, plus head.head and time_projection.1)."""
+    some block modules, plus head.head and time_projection.1; ``diff_b``: every module's random .diff_b too)."""
     from safetensors.torch import save_file
     layers, g, tensors = dict(model.transformer.named_modules()), torch.Generator().manual_seed(seed), {}
     names = {f"blocks.{i}.{wan}": f"blocks.{i}.{ours}" for i in range(2) for wan, ours in WAN_NAMES.items()}
@@ -222,6 +222,8 @@ def _wan_file(model, out, musubi, seed):
         tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, rank, generator=g) * 0.3
         if musubi or (wan.startswith("blocks") and j % 2):
             tensors[f"{key}.alpha"] = torch.tensor(float(rank) * (0.5 + j % 4))
+        if diff_b:
+            tensors[f"{key}.diff_b"] = torch.randn(layer.out_features, generator=g) * 0.3
     save_file(tensors, out)
     return out
 
@@ -272,6 +274,40 @@ def test_chronoedit_lora_is_load_lora_weights_and_fuse_lora(tiny_chronoedit, tmp
         assert worst < 1e-6 and len(changed) == (24 if musubi else 26)
 
 
+@pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters")
+def test_chronoedit_wan_lora_biases_are_peft_lora_bias(tiny_chronoedit, tmp_path):
+    """Wan's .diff_b keys, which diffusers' converter turns into PEFT LoRA biases (lora_B.bias): load_lora_weights +
+    fuse_lora(lora_scale=0.7)'s weights and biases (bias += 0.7 (alpha / r) diff_b) and final latents. Another family
+    (Sana) still refuses a lora_B.bias key."""
+    import copy
+
+    from test_sd_lora import assert_files_refused
+    from diffkit.interop.sana_lora import read_sana_loras
+    pipe, path, model = tiny_chronoedit
+    file = _wan_file(model, tmp_path / "wan_diff_b.safetensors", False, 9, diff_b=True)
+    theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    theirs.load_lora_weights(str(file))
+    theirs.fuse_lora(lora_scale=0.7)
+    theirs.unload_lora_weights()
+    ours = load_chronoedit(path, progress=False, lora=[(file, 0.7)])
+    reference, start = theirs.transformer.state_dict(), model.transformer.state_dict()
+    merged = ours.transformer.state_dict()
+    worst = max(float((v - reference[k]).abs().max()) for k, v in merged.items())
+    biases = [k for k, v in merged.items() if k.endswith(".bias") and not torch.equal(v, start[k])]
+    image, latents, final = _image(), _latents(), {}
+    with torch.no_grad():
+        theirs(image, PROMPT, height=H, width=W, num_inference_steps=2, latents=latents, output_type="latent",
+               callback_on_step_end=lambda p, i, t, kw: final.update(kw) or {})
+    error = relative_error(edit_image(ours, image, PROMPT, steps=2, latents=latents, return_latents=True),
+                           final["latents"])
+    print(f"diff_b file: weights / biases {worst:.2e}, {len(biases)} biases changed, latents {error:.2e}")
+    assert worst < 5e-7 and len(biases) == 26 and error < 1e-5
+    a = "transformer.transformer_blocks.0.attn.to_q"
+    assert_files_refused(read_sana_loras, tmp_path, [({f"{a}.lora_A.weight": torch.ones(2, 8), f"{a}.lora_B.weight":
+                                                       torch.ones(8, 2), f"{a}.lora_B.bias": torch.ones(8)},
+                                                      "to_q.lora_B.bias' is not supported on a Sana folder")])
+
+
 def test_chronoedit_lora_keys_the_loader_would_not_load_are_refused(tiny_chronoedit, tmp_path, capsys):
     """What WanLoraLoaderMixin does not load as the file says (drops silently, or fails on): one line naming the key
     (``diffkit edit --lora``: before any weight is read, no output folder)."""
@@ -288,9 +324,9 @@ def test_chronoedit_lora_keys_the_loader_would_not_load_are_refused(tiny_chronoe
     assert_files_refused(read_chronoedit_loras, tmp_path, [({**base, **change}, why) for base, change, why in [
             (good, {"transformer.blocks.0.attn1.to_q.alpha": torch.tensor(1.0)}, "to_q.alpha' is not supported"),
             (good, {"text_encoder.q.lora_A.weight": torch.ones(2, 4)}, "adapts the transformer only"),
-            (good, {"transformer.blocks.0.attn1.to_q.lora_B.bias": torch.ones(24)}, "to_q.lora_B.bias' is not"),
+            (good, {"transformer.blocks.0.attn1.to_k.lora_B.bias": torch.ones(24)}, "with no lora_A / lora_B"),
             (good, {"transformer.blocks.0.attn1.dora_scale": torch.ones(1, 24)}, "drops dora_scale"),
-            (wan, {"diffusion_model.blocks.0.self_attn.q.diff_b": torch.ones(24)}, "q.diff_b' is not supported"),
+            (wan, {"diffusion_model.blocks.0.self_attn.k.diff_b": torch.ones(24)}, "without its module's LoRA"),
             (wan, {"diffusion_model.blocks.0.norm3.diff": torch.ones(24)}, "norm3.diff' is not supported"),
             (wan, {"transformer." + a: torch.ones(2, 24)}, f"'transformer.{a}' is not supported"),
             (wan, {"diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight": torch.ones(2, 24),

@@ -17,16 +17,20 @@ The last two are converted by diffusers' own functions, called here (not copied)
 and ``_convert_musubi_wan_lora_to_diffusers`` (any ``lora_unet_`` key), as ``WanLoraLoaderMixin.lora_state_dict``
 dispatches; they fold each module's alpha / r into A and B (then alpha = r). The result is read by
 :func:`.sana_lora.read_transformer_lora` and fused by :mod:`.sd_lora`'s merger, W = W0 + s (alpha / r) B A (Hu et
-al. 2021, eq. 3). The loader's image-to-video expansion (``_maybe_expand_t2v_lora_for_i2v``: a text-to-video file's
-blocks get zero LoRA matrices on ``attn2.add_k_proj`` / ``add_v_proj``, the CLIP image keys) adds B A = 0 to those
-weights: nothing to merge, so diffkit adds nothing.
+al. 2021, eq. 3). A module's ``.diff_b`` becomes its ``lora_B.bias``, which the loader gives peft as ``lora_bias``:
+peft's merge adds ``lora_B.bias * scaling`` (``fuse_lora(lora_scale=s)``: s alpha / r) to the layer's bias, and so
+does the merger, the reader opting in (``lora_bias=True``; other families refuse the key). The loader's
+image-to-video expansion (``_maybe_expand_t2v_lora_for_i2v``: a text-to-video file's blocks get zero LoRA matrices on
+``attn2.add_k_proj`` / ``add_v_proj``, the CLIP image keys) adds B A = 0 to those weights: nothing to merge, so
+diffkit adds nothing.
 
 Refused in one line naming the file's key, before any weight of the folder is read: LyCORIS tensors
 (:func:`.lycoris_flow.refuse_lycoris`); ``dora_scale`` (diffusers drops it and merges the rest as a plain LoRA);
-in a converted file, a key its converter does not map (``.diff`` / ``.diff_b`` weight and bias differences, which
-the converter drops or turns into a LoRA bias, another module, another prefix) and a file it fails on (a module
-missing a matrix or, musubi, its alpha: diffusers raises); in a diffusers-format file, a key outside ``transformer.``
-(``load_lora_adapter`` drops it) or not a PEFT tensor (``.alpha``, ``lora_down``, a ``.lora_B.bias``).
+in a converted file, a key its converter does not map (``.diff`` weight differences, a norm's ``.diff_b``, another
+module, another prefix), a ``.diff_b`` without its module's LoRA matrices (dropped or left alone) and a file it fails
+on (a module missing a matrix or, musubi, its alpha: diffusers raises); in a diffusers-format file, a key outside
+``transformer.`` (``load_lora_adapter`` drops it) or not a PEFT tensor (``.alpha``, ``lora_down``) and a
+``.lora_B.bias`` without its module's matrices.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ PIPELINE = "ChronoEditPipeline"
 _BLOCK = r"blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.(?:[qkvo]|k_img|v_img)|ffn\.[02])"
 _TOP = r"(?:time_projection\.1|head\.head|(?:text|time)_embedding\.[02]|img_emb\.proj\.[13])"
 _MATRIX = r"\.lora_(?:A|B|down|up)\.weight"
-ORIGINAL = re.compile(rf"diffusion_model\.(?:{_BLOCK}(?:{_MATRIX}|\.alpha)|{_TOP}{_MATRIX})")
+ORIGINAL = re.compile(rf"diffusion_model\.(?:{_BLOCK}(?:{_MATRIX}|\.alpha|\.diff_b)|{_TOP}(?:{_MATRIX}|\.diff_b))")
 MUSUBI = re.compile(r"lora_unet_blocks_\d+_(?:self_attn_[qkvo]|cross_attn_(?:[qkvo]|k_img|v_img)|ffn_[02])"
                     r"\.(?:lora_down\.weight|lora_up\.weight|alpha)")
 FORMATS = {"diffusion_model.": (ORIGINAL, "_convert_non_diffusers_wan_lora_to_diffusers"),
@@ -46,7 +50,8 @@ FORMATS = {"diffusion_model.": (ORIGINAL, "_convert_non_diffusers_wan_lora_to_di
 ALLOWED = ("transformer.<module> keys ending in .lora_A.weight / .lora_B.weight / .lora_magnitude_vector (diffusers / "
            "PEFT), Wan's diffusion_model.blocks.i.{self_attn.q/k/v/o, cross_attn.q/k/v/o/k_img/v_img, ffn.0/2} "
            "(.lora_A / .lora_B / .lora_down / .lora_up weights, .alpha) and time_projection.1 / head.head / "
-           "text_embedding / time_embedding / img_emb.proj weights, or musubi's lora_unet_blocks_i_<module> "
+           "text_embedding / time_embedding / img_emb.proj weights (each module's .diff_b with its LoRA matrices), "
+           "or musubi's lora_unet_blocks_i_<module> "
            ".lora_down.weight / .lora_up.weight / .alpha")
 
 
@@ -61,13 +66,18 @@ def wan_tensors(path, tensors: dict) -> dict:
     refuse_dora(path, tensors, PIPELINE, refuse)
     prefix = next((p for p in FORMATS if any(k.startswith(p) for k in tensors)), None)
     if prefix is None:
-        check_transformer_keys(path, tensors, f"{PIPELINE}'s loader adapts the transformer only, and converts "
-                                              f"diffusion_model. and lora_unet_ files alone", refuse)
+        from .sana_lora import BIAS
+        peft = {k: v for k, v in tensors.items() if not (k.startswith("transformer.") and k.endswith(BIAS))}
+        check_transformer_keys(path, peft, f"{PIPELINE}'s loader adapts the transformer only, and converts "
+                                     f"diffusion_model. and lora_unet_ files alone", refuse)
         return tensors
     pattern, name = FORMATS[prefix]
     for key in sorted(tensors):
         if not pattern.fullmatch(key):
             refuse(path, key, f"{PIPELINE}'s {name} does not map it as a LoRA matrix")
+        elif key.endswith(".diff_b") and not any(key[:-7] + m in tensors for m in (".lora_A.weight",
+                                                                                    ".lora_down.weight")):
+            refuse(path, key, f"{PIPELINE}'s {name} drops or misplaces a .diff_b without its module's LoRA matrices")
     from diffusers.loaders import lora_conversion_utils
     try:
         return getattr(lora_conversion_utils, name)(dict(tensors))
@@ -85,7 +95,7 @@ def read_chronoedit_loras(adapters) -> list:
     into the transformer (as the pipeline's ``load_lora_weights`` + ``fuse_lora``)."""
     from .sana_lora import read_transformer_loras
     return read_transformer_loras(adapters, "ChronoEdit", "a ChronoEdit folder", PIPELINE, wan_tensors,
-                                  flux_check=False)
+                                  flux_check=False, lora_bias=True)
 
 
 __all__ = ["wan_tensors", "read_chronoedit_loras", "ORIGINAL", "MUSUBI"]

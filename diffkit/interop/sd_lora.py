@@ -245,6 +245,23 @@ def _resolve(path, read: dict, component: str, network) -> dict:
     return out
 
 
+def _lora_biases(path, bias: dict, found: dict, component: str) -> list:
+    """[(layer bias, lora_B.bias, alpha / r)] of a file's PEFT LoRA biases (``lora_bias``, :mod:`.sana_lora`'s
+    ``lora_bias=True`` readers) on plain LoRA modules of ``found`` (:func:`_resolve`); one line for a module that is
+    not one (a DoRA one), a layer without a bias (peft cannot merge it) or a bias of another length."""
+    out = []
+    for module, delta in bias.items():
+        layer, a, _, alpha, _ = found.get(module, (None,) * 5)
+        base = getattr(layer, "bias", None)
+        if layer is None or base is None or tuple(delta.shape) != tuple(base.shape):
+            why = ("is not a plain LoRA module (a DoRA one)" if layer is None else "has no bias" if base is None
+                   else f"has a bias of shape {tuple(base.shape)}, the file's {tuple(delta.shape)}")
+            raise DiffkitError(f"--lora {path}: the {component} LoRA bias {module}.lora_B.bias cannot be merged: "
+                               f"{module} {why}; allowed: a LoRA bias of a plain LoRA module's biased Linear")
+        out.append((base, delta, alpha / a.shape[0]))
+    return out
+
+
 def read_sd_loras(adapters, reader=read_sd_lora) -> list:
     """[(path, scale, ``reader(path)``)] of ``adapters`` (paths or (path, scale) pairs, scale s_i as diffusers'
     ``lora_scale`` / ``adapter_weights``; ``reader``: :func:`read_sd_lora`, or SD3's
@@ -277,6 +294,7 @@ def merge_sd_loras(sd, loras: list) -> None:
                 merges.append(([m for n in other for m in getattr(found[n][0], "layers", (found[n][0],))],
                                lambda o=other, s=scale: [merge(s) for merge in o.values()]))
             found = {m: f for m, f in found.items() if not f[4]}
+            biases = _lora_biases(path, read.get("bias", {}).get(component, {}), found, component)
             if not found:
                 continue
             tensors = {f"{m}.{ab}": t for m, (_, a, b, _, _) in found.items()
@@ -286,9 +304,14 @@ def merge_sd_loras(sd, loras: list) -> None:
                 for layer, a, _, alpha, _ in found.values():
                     adapt_layer(layer, a.shape[0], alpha)
 
-            merges.append(([layer for layer, *_ in found.values()],
-                           lambda n=network, a=adapt, t=tensors, s=scale, w=f"--lora {path} ({component})":
-                           merge_adapted(n, a, t, s, w)))
+            def fuse(n=network, a=adapt, t=tensors, s=scale, w=f"--lora {path} ({component})", biases=biases):
+                merge_adapted(n, a, t, s, w)
+                if s:  # peft's merge: bias += lora_B.bias * scaling, scaling = s alpha / r (fuse_lora's scale_layer)
+                    with torch.no_grad():
+                        for bias, delta, alpha_r in biases:
+                            bias += delta.to(bias) * (s * alpha_r)
+
+            merges.append(([layer for layer, *_ in found.values()], fuse))
     merge_in_order(merges)
 
 
