@@ -281,8 +281,11 @@ def test_chronoedit_wan_lora_biases_are_peft_lora_bias(tiny_chronoedit, tmp_path
     (Sana) still refuses a lora_B.bias key."""
     import copy
 
+    from safetensors.torch import save_file
     from test_sd_lora import assert_files_refused
+    from diffkit.interop.chronoedit_lora import read_chronoedit_loras
     from diffkit.interop.sana_lora import read_sana_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
     pipe, path, model = tiny_chronoedit
     file = _wan_file(model, tmp_path / "wan_diff_b.safetensors", False, 9, diff_b=True)
     theirs = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
@@ -302,6 +305,12 @@ def test_chronoedit_wan_lora_biases_are_peft_lora_bias(tiny_chronoedit, tmp_path
                            final["latents"])
     print(f"diff_b file: weights / biases {worst:.2e}, {len(biases)} biases changed, latents {error:.2e}")
     assert worst < 5e-7 and len(biases) == 26 and error < 1e-5
+    q = "transformer.blocks.0.attn1.to_q"
+    save_file({f"{q}.lora_A.weight": torch.ones(2, 24), f"{q}.lora_B.weight": torch.ones(24, 2),
+               f"{q}.lora_B.bias": torch.ones(3)}, tmp_path / "short_bias.safetensors")
+    with pytest.raises(DiffkitError, match=r"to_q has a bias of shape \(24,\), the file's \(3,\)"):
+        merge_sd_loras(types.SimpleNamespace(transformer=copy.deepcopy(model.transformer)),
+                       read_chronoedit_loras([tmp_path / "short_bias.safetensors"]))
     a = "transformer.transformer_blocks.0.attn.to_q"
     assert_files_refused(read_sana_loras, tmp_path, [({f"{a}.lora_A.weight": torch.ones(2, 8), f"{a}.lora_B.weight":
                                                        torch.ones(8, 2), f"{a}.lora_B.bias": torch.ones(8)},
