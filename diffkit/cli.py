@@ -21,7 +21,7 @@ import warnings
 from .errors import DiffkitError, DiffkitWarning, first_line
 
 # Sub-command modules, in the order ``diffkit --help`` lists them.
-COMMANDS = ["demo", "train", "distill", "sample", "edit", "upscale", "predict", "samplers", "train_classifier",
+COMMANDS = ["demo", "train", "distill", "sample", "edit", "video", "upscale", "predict", "samplers", "train_classifier",
             "train_autoencoder", "train_evaluator", "eval", "experiment", "convert", "posthoc_ema"]
 
 

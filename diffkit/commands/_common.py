@@ -205,11 +205,12 @@ def lora_arg(text: str) -> tuple[str, float]:
 lora_arg.__name__ = "adapter file"
 
 
-def add_lora_flags(parser: argparse.ArgumentParser) -> None:
+def add_lora_flags(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--lora FILE[:SCALE]`` (repeatable) and ``--lora-any-base``: LoRA adapter files merged into the
-    --checkpoint's weights at load (``load_denoiser(lora=..., lora_any_base=...)``)."""
+    --checkpoint's weights at load (``load_denoiser(lora=..., lora_any_base=...)``); ``help``: another text for
+    ``--lora`` (diffkit video's)."""
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
-                        help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / SD-XL / "
+                        help=help or "a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / SD-XL / "
                              "SD3 / FLUX.1 / Sana / Lumina-Image 2.0 / AuraFlow / CogView4 / Chroma / Kolors / "
                              "Qwen-Image / Qwen-Image 2.1 / FLUX.2 / Z-Image / HiDream-I1 / ERNIE-Image / Krea 2 / "
                              "Ideogram 4 / Bria FIBO 2 / Kandinsky 5, a diffusers, PEFT or kohya LoRA .safetensors; "

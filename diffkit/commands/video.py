@@ -1,0 +1,233 @@
+"""``diffkit video``: generate videos with a diffusers video folder (text-to-video, image-to-video), written as
+animations (:mod:`diffkit.video`; docs/video.md).
+
+``--checkpoint`` is a diffusers folder whose ``model_index.json`` names a video pipeline diffkit drives (the
+``VIDEO_KINDS`` table: its ``_class_name`` -> the module under :mod:`diffkit.commands` whose ``KIND`` drives it).
+``--prompt`` is given once (every video) or once per video; ``--image PNG`` (image-to-video folders) likewise;
+``--num N`` videos (default: as many as prompts or images). Video i draws its noise from ``--seed`` + i, whatever
+``--batch-size`` (default 1; a batch out of accelerator memory is halved and redrawn). The videos are written as one
+grid animation ``--out`` (default videos.png: an animated PNG; .webp and .gif too), frame t tiling frame t of every
+video (``--nrow`` per row), and with ``--individual DIR`` one animation each (video_00000.png ..., of ``--out``'s
+format), at ``--fps`` (default the kind's: its pipeline's documented frame rate). A flag the folder kind does not
+take is refused in one line before any weight is read, as are a folder no kind drives, a bad output file and counts
+that do not fit; a failure leaves no partial file and no new empty folder.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, path_arg, positive_float, positive_int,
+                      seed_int)
+
+# A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
+# VideoKind) drives it. One line per pipeline class.
+VIDEO_KINDS: dict[str, str] = {
+}
+DEFAULT_OUT = "videos.png"
+COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
+                "nrow", "device", "progress"}
+
+
+class VideoKind:
+    """What ``diffkit video`` needs of a video folder kind: its label, the pipeline classes it drives, the flags'
+    dests it takes beyond :data:`COMMON_FLAGS` (``takes``: negative_prompt, images, num_frames, height, width, steps,
+    sampler, guidance_scale, guidance_convention, lora), whether it needs ``--image`` (image-to-video) or a prompt,
+    its default frame rate, and its loader and generator (override :meth:`load` and :meth:`generate`)."""
+
+    label = "video"
+    pipelines: tuple = ()
+    takes: frozenset = frozenset()
+    needs_image = False  # image-to-video: --image required
+    needs_prompt = True  # text-conditioned: --prompt required
+    fps = 8.0  # default --fps: the frame rate its pipeline's documentation exports at
+
+    def check_folder(self, directory) -> None:
+        """One line, before any weight is read, for a folder of this pipeline class diffkit cannot drive."""
+
+    def check_request(self, args) -> None:
+        """One line, before any weight is read, for flag values the kind refuses (frame counts, sizes, ...)."""
+
+    def load(self, directory, device, progress: bool, lora=None):
+        """The loaded folder (``lora``: ``--lora``'s [(file, scale)], where the kind takes it)."""
+        raise NotImplementedError
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        """(B, T, C, H, W) videos in [-1, 1] for ``prompts`` (B of them; None entries where the kind takes no
+        prompt) and ``images`` (B PIL images, or None), video i's noise from ``seed`` + i; ``options``: the dests of
+        ``takes`` that were given, and with ``guidance_scale`` its ``convention`` (``--guidance-convention``)."""
+        raise NotImplementedError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("video", help="generate videos with a diffusers video folder (text- or image-to-video)",
+                       description=__doc__)
+    p.add_argument("--checkpoint", type=path_arg, required=True, metavar="DIR",
+                   help="a diffusers video folder (see docs/video.md for the pipelines diffkit drives)")
+    p.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
+                   help="the text of every video, or repeat it once per video")
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="classifier-free guidance's null condition, for every video (default the pipeline's)")
+    p.add_argument("--image", dest="images", action="append", type=path_arg, metavar="PNG",
+                   help="image-to-video folders: the first frame (condition image) of every video, or repeat it once "
+                        "per video")
+    p.add_argument("--num", type=int_in(1, 65536), metavar="N",
+                   help="videos to generate (default: as many as --prompt / --image are given, at least 1)")
+    p.add_argument("--frames", dest="num_frames", type=positive_int, metavar="N",
+                   help="frames per video (default the pipeline's)")
+    p.add_argument("--height", type=positive_int, help="frame height in pixels (default the pipeline's)")
+    p.add_argument("--width", type=positive_int, help="frame width in pixels (default the pipeline's)")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default the pipeline's)")
+    p.add_argument("--sampler", help="any diffkit sampler on the folder's grid (see 'diffkit samplers'; default the "
+                                     "folder's scheduler's own step)")
+    p.add_argument("--guidance-scale", type=float, metavar="S",
+                   help="classifier-free guidance scale (default the pipeline's)")
+    from .sample import add_guidance_convention_flag
+    add_guidance_convention_flag(p, needs="with --guidance-scale: ")
+    p.add_argument("--seed", type=seed_int, default=0, help="video i uses seed + i (default 0)")
+    p.add_argument("--batch-size", type=int_in(1, 65536), default=1, help="videos per batch (default 1)")
+    p.add_argument("--out", type=path_arg, default=DEFAULT_OUT, metavar="FILE",
+                   help=f"the grid animation: .png (animated PNG), .webp or .gif (default {DEFAULT_OUT})")
+    p.add_argument("--individual", type=path_arg, metavar="DIR",
+                   help="also write each video as its own animation, video_00000.png ... (--out's format)")
+    p.add_argument("--fps", type=positive_float, metavar="F", help="frames per second (default the pipeline's)")
+    p.add_argument("--nrow", type=int_in(1, 1024), default=4, help="videos per grid row (default 4)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    add_lora_flags(p, help="a LoRA .safetensors file for the folder's transformer (the kinds that take it: "
+                           "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
+                           "several: they add)")
+    add_progress_flag(p)
+    p.set_defaults(func=run)
+
+
+def video_kind(directory) -> VideoKind:
+    """The :class:`VideoKind` that drives ``directory``'s pipeline class; one line for any other folder."""
+    from ..errors import DiffkitError
+    from ..interop.sd_xl import pipeline_class
+    name = pipeline_class(directory)
+    if name in VIDEO_KINDS:
+        return importlib.import_module(VIDEO_KINDS[name], __package__).KIND
+    kinds = ", ".join(sorted(VIDEO_KINDS)) or "none yet"
+    what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
+    raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "
+                       f"{kinds} (images: diffkit sample / diffkit edit)")
+
+
+def check_flags(args, kind: VideoKind) -> None:
+    """One line for the first flag set away from its default that ``kind`` does not take."""
+    from ..errors import DiffkitError
+    defaults = vars(build_defaults())
+    for dest, value in vars(args).items():
+        if dest in COMMON_FLAGS or dest in kind.takes or dest not in defaults or value == defaults[dest]:
+            continue
+        if dest == "guidance_convention" and "guidance_scale" in kind.takes:
+            continue
+        takes = sorted(flag_name(d) for d in kind.takes)
+        raise DiffkitError(f"{flag_name(dest)} does not apply to a {kind.label} folder ({args.checkpoint}); besides --prompt, "
+                           f"--num, --seed, --out and the output flags it takes {', '.join(takes) or 'nothing'}")
+
+
+def flag_name(dest: str) -> str:
+    """The command-line flag of a ``diffkit video`` dest (``num_frames`` -> ``--frames``)."""
+    return "--" + {"prompts": "prompt", "images": "image", "num_frames": "frames"}.get(dest, dest).replace("_", "-")
+
+
+def build_defaults():
+    """``diffkit video``'s parsed defaults (what :func:`check_flags` compares against)."""
+    from ..cli import build_parser
+    return build_parser().parse_args(["video", "--checkpoint", "x"])
+
+
+def request_count(args, kind: VideoKind) -> int:
+    """How many videos: ``--num``, else as many as ``--prompt`` / ``--image`` are given (at least 1); one line for a
+    missing prompt or image, or a count of them other than 1 or the videos'."""
+    from ..errors import DiffkitError
+    prompts, images = args.prompts or [], args.images or []
+    if kind.needs_prompt and not prompts:
+        raise DiffkitError(f"{args.checkpoint} is a {kind.label} folder: give --prompt TEXT (once, or once per video)")
+    if kind.needs_image and not images:
+        raise DiffkitError(f"{args.checkpoint} is a {kind.label} folder (image-to-video): give --image PNG (once, or "
+                           f"once per video)")
+    count = args.num or max(len(prompts), len(images), 1)
+    for flag, given in (("--prompt", prompts), ("--image", images)):
+        if len(given) not in (0, 1, count):
+            raise DiffkitError(f"{flag} is given {len(given)} times for {count} videos; give it once (every video) "
+                               f"or once per video ({count})")
+    return count
+
+
+def check_outputs(out, individual, count: int) -> list[Path]:
+    """Check ``--out`` (an animation file name) and ``--individual`` (a folder without ``count`` or more videos of
+    an earlier run) before any work; the folders they make, for removal after a failure."""
+    from ..errors import DiffkitError
+    from ..video import check_video_folder, video_format
+    from ._common import check_writable_dir
+    out = Path(out)
+    video_format(out)
+    if out.is_dir():
+        raise DiffkitError(f"--out {str(out)!r} is a folder; give a file name ending in .png, .webp or .gif")
+    made = missing_dirs(out.parent) + (missing_dirs(individual) if individual else [])
+    check_writable_dir(out.parent)
+    if individual:
+        check_writable_dir(individual)
+        check_video_folder(individual, count, suffix=out.suffix.lower())
+    return made
+
+
+def read_images(files) -> list:
+    """``--image`` files as RGB PIL images; one line for a missing or unreadable one."""
+    from PIL import Image
+
+    from ..errors import DiffkitError
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                images.append(image.convert("RGB"))
+        except FileNotFoundError:
+            raise DiffkitError(f"--image {str(file)!r} does not exist; give a PNG file") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DiffkitError(f"--image {str(file)!r} is not a readable image: {err}") from None
+    return images
+
+
+def run(args) -> int:
+    import torch
+
+    from ..config import resolve_device
+    from ..memory import batches_with_oom_retry
+    from ..video import save_video_grid, save_videos
+    from ._common import check_lora_flags, removed_if_empty_on_failure
+
+    kind = video_kind(args.checkpoint)
+    check_flags(args, kind)
+    check_lora_flags(args)
+    count = request_count(args, kind)
+    kind.check_folder(args.checkpoint)
+    kind.check_request(args)
+    images = read_images(args.images) if args.images else None
+    made = check_outputs(args.out, args.individual, count)
+    fps = kind.fps if args.fps is None else args.fps
+    options = {dest: getattr(args, dest) for dest in kind.takes - {"images", "lora", "guidance_convention"}
+               if getattr(args, dest, None) is not None}
+    if "guidance_scale" in options:
+        options["convention"] = args.guidance_convention
+    with removed_if_empty_on_failure(made):
+        model = kind.load(args.checkpoint, resolve_device(args.device), args.progress,
+                          **({"lora": args.lora} if "lora" in kind.takes else {}))
+
+        def generate(start: int, n: int):
+            prompts = (args.prompts or [None]) * n if len(args.prompts or []) <= 1 else args.prompts[start:start + n]
+            batch = None if images is None else (images * n if len(images) == 1 else images[start:start + n])
+            return (kind.generate(model, prompts, batch, seed=args.seed + start, progress=args.progress,
+                                  **options).cpu(),)
+
+        videos = torch.cat([v for _, v in batches_with_oom_retry(generate, count, args.batch_size)])
+        save_video_grid(videos, args.out, nrow=args.nrow, fps=fps)
+        if args.individual:
+            save_videos(videos, args.individual, suffix=Path(args.out).suffix.lower(), fps=fps)
+    frames, size = videos.shape[1], f"{videos.shape[4]}x{videos.shape[3]}"
+    print(f"wrote {count} videos of {frames} frames ({size}, {fps:g} fps) to {args.out}"
+          + (f" and {args.individual} (video_00000{Path(args.out).suffix.lower()} ...)" if args.individual else "")
+          + f"; {kind.label} folder {args.checkpoint}")
+    return 0

@@ -1,0 +1,178 @@
+"""diffkit.video (animations in and out) and the ``diffkit video`` command's own plumbing (flags, counts, seeds,
+outputs), the latter on a test kind whose video i is a pure function of its seed (the folder kinds' own tests compare
+against diffusers' pipelines)."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffkit.cli import main
+from diffkit.commands import video as video_command
+from diffkit.errors import DiffkitError
+from diffkit.video import (animation_bytes, check_videos, grid_frames, read_video, save_video_grid, save_videos,
+                           video_format)
+
+
+def random_videos(b=2, t=3, c=3, h=6, w=10, seed=0):
+    """uint8-exact videos in [-1, 1] (k / 127.5 - 1), so lossless formats read back exactly."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, t, c, h, w), generator=g).float() / 127.5 - 1
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_lossless_formats_read_back_exactly(tmp_path, suffix):
+    videos = random_videos()
+    for i, path in enumerate(save_videos(videos, tmp_path, suffix=suffix, fps=5)):
+        assert path.name == f"video_{i:05d}{suffix}"
+        assert torch.equal(read_video(path), videos[i])
+    with Image.open(tmp_path / f"video_00000{suffix}") as image:  # an animation, 200 ms a frame, looping
+        image.load()
+        assert image.n_frames == 3 and image.info["duration"] == 200 and image.info.get("loop", 0) == 0
+
+
+def test_gif_is_an_animation_of_quantised_frames(tmp_path):
+    videos = random_videos(b=1, c=1)  # grey: 256 levels fit a GIF palette exactly
+    path = save_video_grid(videos, tmp_path / "v.gif", fps=10)
+    with Image.open(path) as image:
+        assert image.format == "GIF" and image.n_frames == 3 and image.info["duration"] == 100
+    back = read_video(path, mode="L")
+    assert back.shape == (3, 1, 10, 14)  # the grid's padding of 2
+    assert torch.equal(back[:, :, 2:8, 2:12], videos[0])
+
+
+def test_grid_frame_t_tiles_frame_t_of_every_video():
+    from diffkit.images import make_grid
+    videos = random_videos(b=3, t=2)
+    frames = grid_frames(videos, nrow=2)
+    assert len(frames) == 2
+    for t in range(2):
+        assert np.array_equal(frames[t], make_grid(videos[:, t], nrow=2))
+    assert check_videos(videos[0]).shape == (1, 2, 3, 6, 10)  # one video: a batch of one
+
+
+def test_read_video_of_a_frame_folder_and_a_still_image(tmp_path):
+    videos = random_videos(b=1, t=2)
+    from diffkit.images import save_images
+    save_images(videos[0], tmp_path / "frames")
+    assert torch.equal(read_video(tmp_path / "frames"), videos[0])
+    assert read_video(tmp_path / "frames" / "sample_00001.png").shape == (1, 3, 6, 10)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda tmp: video_format(tmp / "v.mp4"), "must end in one of .png, .webp, .gif"),
+    (lambda tmp: check_videos(torch.zeros(3, 8, 8)), "frames >= 1"),
+    (lambda tmp: check_videos(torch.zeros(1, 2, 2, 8, 8)), "1 or 3 channels"),
+    (lambda tmp: animation_bytes([], 8), "at least one frame"),
+    (lambda tmp: animation_bytes([np.zeros((4, 4, 3), np.uint8)], 0), "fps"),
+    (lambda tmp: read_video(tmp / "missing.gif"), "does not exist"),
+    (lambda tmp: read_video(tmp), "holds no .png frames"),
+    (lambda tmp: read_video(tmp / "x.png", mode="CMYK"), "choose RGB or L"),
+])
+def test_bad_input_is_one_line(tmp_path, call, message):
+    with pytest.raises(DiffkitError, match=message.replace(".", r"\.")):
+        call(tmp_path)
+
+
+def test_stale_videos_are_refused_before_writing(tmp_path):
+    save_videos(random_videos(b=3), tmp_path, suffix=".webp")
+    with pytest.raises(DiffkitError, match="3 new videos|2 new videos"):
+        save_videos(random_videos(b=2), tmp_path, suffix=".webp")
+    assert len(list(tmp_path.glob("*.webp"))) == 3
+
+
+# ---- diffkit video on a test kind -------------------------------------------------------------------------------
+
+class SeededKind(video_command.VideoKind):
+    """Video i = a pure function of seed + i and its prompt's length (and the first image's mean, where given)."""
+
+    label, pipelines, fps = "test", ("TestVideoPipeline",), 4.0
+    takes = frozenset({"negative_prompt", "images", "num_frames", "steps", "guidance_scale"})
+
+    def load(self, directory, device, progress, lora=None):
+        return {"calls": []}
+
+    def generate(self, model, prompts, images, *, seed, progress, **options):
+        model["calls"].append((len(prompts), options))
+        frames = options.get("num_frames", 2)
+        out = []
+        for i, prompt in enumerate(prompts):
+            g = torch.Generator().manual_seed(seed + i)
+            shift = len(prompt) / 100 + (0 if images is None else float(np.asarray(images[i]).mean()) / 1000)
+            out.append((torch.rand(frames, 3, 4, 6, generator=g) * 2 - 1 + shift).clamp(-1, 1))
+        return torch.stack(out)
+
+
+@pytest.fixture
+def test_kind(tmp_path, monkeypatch):
+    module = types.ModuleType("_diffkit_test_video_kind")
+    module.KIND = SeededKind()
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(video_command.VIDEO_KINDS, "TestVideoPipeline", module.__name__)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "TestVideoPipeline"}))
+    return folder, module.KIND
+
+
+def cli(capsys, *args):
+    code = main(["video", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_video_command_writes_the_grid_and_each_video_independent_of_batch_size(tmp_path, capsys, test_kind):
+    folder, kind = test_kind
+    code, out, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--prompt", "bb", "--prompt", "c",
+                         "--out", str(tmp_path / "g.webp"), "--individual", str(tmp_path / "each"), "--seed", "5",
+                         "--batch-size", "2", "--frames", "3")
+    assert code == 0, err
+    assert "wrote 3 videos of 3 frames (6x4, 4 fps)" in out
+    each = [read_video(tmp_path / "each" / f"video_{i:05d}.webp") for i in range(3)]
+    code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "c", "--out", str(tmp_path / "one.png"),
+                       "--seed", "7", "--frames", "3", "--individual", str(tmp_path / "one"))
+    assert code == 0, err
+    assert torch.equal(read_video(tmp_path / "one" / "video_00000.png"), each[2])  # video i: seed + i, prompt i
+    grid = read_video(tmp_path / "g.webp")
+    assert torch.equal(grid[:, :, 2:6, 10:16], each[1])
+    with Image.open(tmp_path / "g.webp") as image:
+        image.load()
+        assert image.info["duration"] == 250  # the kind's 4 fps
+
+
+def test_video_command_passes_only_given_options(tmp_path, capsys, test_kind, monkeypatch):
+    folder, kind = test_kind
+    seen = []
+    monkeypatch.setattr(SeededKind, "load", lambda self, *a, **k: {"calls": seen})
+    Image.new("RGB", (4, 6), (200, 10, 10)).save(tmp_path / "x.png")
+    code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--num", "2", "--image",
+                       str(tmp_path / "x.png"), "--guidance-scale", "3", "--out", str(tmp_path / "g.gif"),
+                       "--fps", "20")
+    assert code == 0, err
+    assert seen == [(1, {"guidance_scale": 3.0, "convention": "seed"})] * 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "a", "--height", "64"], "--height does not apply to a test folder"),
+    (["--prompt", "a", "--lora", "x.safetensors"], "--lora does not apply to a test folder"),
+    ([], "give --prompt TEXT"),
+    (["--prompt", "a", "--prompt", "b", "--num", "3"], "--prompt is given 2 times for 3 videos"),
+    (["--prompt", "a", "--out", "v.mp4"], "must end in one of .png, .webp, .gif"),
+    (["--prompt", "a", "--image", "missing.png"], "--image 'missing.png' does not exist"),
+])
+def test_video_command_refusals_are_one_line_and_write_nothing(tmp_path, capsys, test_kind, monkeypatch, args,
+                                                               message):
+    folder, _ = test_kind
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "--checkpoint", str(folder), "--individual", "new/each", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "videos.png").exists()
+
+
+def test_video_command_refuses_folders_it_does_not_drive(tmp_path, capsys):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    code, _, err = cli(capsys, "--checkpoint", str(tmp_path), "--prompt", "a")
+    assert code == 2 and "a StableDiffusionPipeline folder, which diffkit video does not drive" in err
