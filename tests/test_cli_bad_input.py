@@ -94,7 +94,8 @@ NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--promp
              "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--slg-layers", "--recon-loss",
              "--regularizer", "--sampler", "--samplers", "--spacing", "--steps", "--ledits", "--ledits-remove",
              "--ledits-source-prompt", "--task-prompt", "--guidance-schedule",
-             "--example", "--query"}  # the last two: comma-separated PNGs, each entry checked by _visualcloze._row
+             "--example", "--query", "--query-examples",  # comma-separated PNGs, checked by _visualcloze._row
+             "--prompt-references"}  # comma-separated PNGs, each entry checked by _glm_image._prompt_references
 
 
 def test_every_string_option_is_a_path_a_data_set_or_known_text():

@@ -263,3 +263,63 @@ def test_glm_image_edit_command_draws_the_pipelines_condition_tokens(tiny_glm_im
                 tmp_path / "expected", prefix="edit")
     assert [p.read_bytes() for p in sorted(out.iterdir())] == \
         [p.read_bytes() for p in sorted((tmp_path / "expected").iterdir())]
+
+
+def test_glm_image_edit_command_takes_each_images_own_condition_images(tiny_glm_image, tmp_path, capsys):
+    """Condition images per prompt. The pipeline's list per prompt (two prompts of equal glyph lengths, other images
+    of two sizes each, the per-sample KV cache) is the library's call per prompt; ``diffkit edit
+    --prompt-references`` (the k-th use after the k-th --images file; one reference and two; --batch-size 1) writes
+    those calls' PNGs byte for byte; counts that do not fit, both reference flags, a missing file, another folder:
+    one line before any output."""
+    from diffkit.images import save_images
+    pipe, path, model = tiny_glm_image
+    prompts = ["a photo of 'cat'", "a photo of 'dog'"]  # glyph rows of one length: a batch pads neither
+    images = [[picture(0, 64, 32), picture(1)], [picture(4), picture(5, 64, 32)]]
+    noise = torch.randn(2, 4, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(1))
+    prior = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(2))
+    ids = [torch.randint(0, 64, (12,), generator=torch.Generator().manual_seed(3 + i)) for i in range(2)]
+    grids = [torch.tensor([[1, 4, 2], [1, 2, 2]]), torch.tensor([[1, 2, 2], [1, 4, 2]])]
+    with torch.no_grad():
+        theirs = pipe(prompts, image=images, height=HEIGHT, width=WIDTH, num_inference_steps=3,
+                      latents=noise.clone(), prior_token_ids=prior, prior_token_image_ids=ids,
+                      source_image_grid_thw=grids, output_type="latent").images
+
+    def ours(order):
+        return torch.cat([image_to_image(model, images[j], prompts[i], prior_token_ids=prior[i:i + 1],
+                                         condition_token_ids=ids[j], steps=3, latents=noise[i:i + 1], height=HEIGHT,
+                                         width=WIDTH, return_latents=True) for i, j in enumerate(order)])
+    print("glm-image own condition images", float((ours([0, 1]) - theirs).abs().max()),
+          relative_error(ours([0, 1]), theirs))
+    assert relative_error(ours([0, 1]), theirs) < 1e-5  # measured: docs/interop/glm_image.md
+    assert relative_error(ours([1, 0]), theirs) > 1e-3  # each prompt's own images matter
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pictures = [picture(20 + k) for k in range(5)]
+    for k, one in enumerate(pictures):
+        one.save(folder / f"{k}.png" if k < 2 else tmp_path / f"r{k}.png")
+    refs = [str(tmp_path / "r2.png"), f"{tmp_path / 'r3.png'},{tmp_path / 'r4.png'}"]
+    base = ["edit", "--checkpoint", str(path), "--images", str(folder), "--prompt", PROMPTS[0], "--prompt",
+            PROMPTS[1], "--steps", "2", "--seed", "3", "--no-progress"]
+    out = tmp_path / "out"
+    assert main(base + ["--prompt-references", refs[0], "--prompt-references", refs[1], "--batch-size", "1",
+                        "--out", str(out)]) == 0
+    assert "GLM-Image folder" in capsys.readouterr().out
+    for i, own in enumerate([pictures[2:3], pictures[3:]]):
+        save_images(image_to_image(model, [pictures[i], *own], PROMPTS[i], steps=2, seed=3 + i, output_range="-1,1"),
+                    tmp_path / f"expected{i}", prefix="edit")
+        assert (out / f"edit_0000{i}.png").read_bytes() == (tmp_path / f"expected{i}" / "edit_00000.png").read_bytes()
+    other = tmp_path / "flux"
+    other.mkdir()
+    (other / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    bad = tmp_path / "bad"
+    for extra, expected in [
+            (["--prompt-references", refs[0]] * 3, "--prompt-references is given 3 times for 2 images; give it once"),
+            (["--prompt-references", refs[0], "--image-reference", refs[0]],
+             "--image-reference and --prompt-references are given together"),
+            (["--prompt-references", refs[0] + ",", "--prompt-references", refs[1]], "'' is not a file"),
+            (["--prompt-references", refs[0], "--checkpoint", str(other)],
+             "--prompt-references applies to a GLM-Image folder (GlmImagePipeline)")]:
+        assert main(base + extra + ["--out", str(bad)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not bad.exists()

@@ -220,3 +220,43 @@ def test_edit_command_generates_and_refuses_in_one_line(tiny_visualcloze, tmp_pa
     assert len(err) == 1 and "--query applies to a VisualCloze folder" in err[0], err
     with pytest.raises(DiffkitError, match="is a VisualCloze folder"):
         test_flux_fill.load_flux(folder, progress=False)
+
+
+def test_edit_command_takes_each_querys_own_examples(tiny_visualcloze, tmp_path, capsys):
+    """`--query-examples` (the k-th use the k-th --query's example rows, split by ';'): two queries with other
+    examples (two rows and one), PNGs byte for byte generate()'s of those grids (TVC1: such grids against the
+    pipeline); counts that do not fit, both example flags, an empty row: one line before any output."""
+    from diffkit.cli import main
+    from diffkit.images import png_bytes, to_uint8
+    _, folder, vc = tiny_visualcloze
+    grids = _grids()
+    grids[1] = grids[1][1:]  # the second query: one in-context example
+    paths = {}
+    for g, grid in enumerate(grids):
+        for r, row in enumerate(grid):
+            for c, image in enumerate(row):
+                if image is not None:
+                    paths[g, r, c] = str(tmp_path / f"{g}{r}{c}.png")
+                    image.save(paths[g, r, c])
+    own = [";".join(f"{paths[g, r, 0]},{paths[g, r, 1]}" for r in range(len(grids[g]) - 1)) for g in range(2)]
+    queries = [f"{paths[g, len(grids[g]) - 1, 0]},target" for g in range(2)]
+    common = ["edit", "--checkpoint", str(folder), "--no-progress", "--seed", "5", "--steps", "2",
+              "--max-sequence-length", "64", "--task-prompt", TASKS[0], "--query", queries[0], "--query", queries[1]]
+    assert main(common + ["--query-examples", own[0], "--query-examples", own[1], "--out", str(tmp_path / "out")]) == 0
+    assert "wrote 2 images of 2 queries" in capsys.readouterr().out
+    ours = generate(vc, grids, TASKS[0], steps=2, seed=5, **KW)
+    for g in range(2):
+        assert (tmp_path / "out" / f"edit_0000{g}.png").read_bytes() == png_bytes(to_uint8(ours[g][0][None] * 2 - 1)[0])
+    bad = tmp_path / "bad"
+    for extra, match in (
+            (["--query-examples", own[0]] * 3, "--query-examples is given 3 times for 2 queries; give it once"),
+            (["--query-examples", own[0], "--example", f"{paths[0, 0, 0]},{paths[0, 0, 1]}"],
+             "--example and --query-examples are given together"),
+            (["--query-examples", own[0] + ";", "--query-examples", own[1]],
+             "--query-examples '': '' is not a file; give comma-separated PNGs \\(the rows separated by ';'\\)"),
+            (["--query-examples", own[0], "--query-examples", paths[1, 0, 0]],
+             "--query .* with its --query-examples has rows of \\[1, 2\\] images")):
+        assert main(common + extra + ["--out", str(bad)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not bad.exists()

@@ -104,6 +104,13 @@ class Family:
         weight (none here; a Qwen-Image-Edit-Plus folder's ``--image-reference`` pictures: :mod:`._qwen_image`)."""
         return {}
 
+    @staticmethod
+    def edit_batch_inputs(inputs: dict, count: int):
+        """``(start, n) -> dict``: :meth:`edit_inputs`' keywords for ``diffkit edit``'s images start .. start + n - 1
+        of ``count``, checked against ``count`` before any weight (the same for every batch here; a GLM-Image
+        folder's ``--prompt-references``: each image's own, :mod:`._glm_image`)."""
+        return lambda start, n: inputs
+
 
 def folder_family(directory) -> Optional[type]:
     """The :class:`Family` of a Chroma, Qwen-Image, Z-Image, Bria 3.2 / FIBO / FIBO 2, LongCat-Image, Ovis-Image,
@@ -304,6 +311,7 @@ def edit_chroma(args, family=Family) -> int:
     if len(args.prompts) not in (1, count):
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
                            f"image) or once per image ({count}, in the files' order)")
+    inputs_of = family.edit_batch_inputs(inputs, count)
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     control = family.edit_control(args, count, mask) if family.controlnet else None
     out, device = args.out, resolve_device(args.device)
@@ -339,7 +347,7 @@ def edit_chroma(args, family=Family) -> int:
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
                                seed=args.seed + start, max_sequence_length=args.max_sequence_length,
                                output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how_guided,
-                               **area, **controls, **inputs, **({} if own else options)).cpu(),)
+                               **area, **controls, **inputs_of(start, n), **({} if own else options)).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]

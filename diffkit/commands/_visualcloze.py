@@ -7,18 +7,24 @@ from __future__ import annotations
 from ..errors import DiffkitError
 
 TARGET = "target"  # the --query entry of an image to generate (the pipeline's None)
-VISUALCLOZE_FLAGS = {"examples": "--example", "queries": "--query", "task_prompts": "--task-prompt",
-                     "resolution": "--resolution", "generation_only": "--generation-only"}
+VISUALCLOZE_FLAGS = {"examples": "--example", "query_examples": "--query-examples", "queries": "--query",
+                     "task_prompts": "--task-prompt", "resolution": "--resolution",
+                     "generation_only": "--generation-only"}
+ROWS = ";"  # between the in-context examples of one --query-examples
 
 
 def add_visualcloze_flags(parser) -> None:
-    """``--example``, ``--query``, ``--task-prompt``, ``--resolution``, ``--generation-only`` (VisualCloze
-    folders; ``--strength`` / ``--height`` / ``--width``: the upsampling stage's)."""
+    """``--example``, ``--query-examples``, ``--query``, ``--task-prompt``, ``--resolution``, ``--generation-only``
+    (VisualCloze folders; ``--strength`` / ``--height`` / ``--width``: the upsampling stage's)."""
     from ._common import positive_int
     g = parser.add_argument_group("VisualCloze folders (in-context generation; docs/interop/visualcloze.md)")
     g.add_argument("--example", dest="examples", action="append", metavar="PNG,PNG[,...]",
                    help="one in-context example of the task: its images, comma-separated, in the task's order "
                         "(repeatable: one row of the grid each, shared by every --query)")
+    g.add_argument("--query-examples", dest="query_examples", action="append", metavar="PNG,PNG[;PNG,PNG...]",
+                   help="instead of --example: the in-context examples of one query, one row each, the rows "
+                        "separated by ';' (repeatable: the k-th use the k-th --query's, as the pipeline's image list "
+                        "of one grid per query; once: every query's)")
     g.add_argument("--query", dest="queries", action="append", metavar="PNG|target,...",
                    help="one query: its images in the task's order, 'target' for each image to generate (the "
                         "pipeline's None); repeatable, query i from --seed + i, written as edit_0000i.png (several "
@@ -55,10 +61,23 @@ def _row(text: str, flag: str) -> list:
             row.append(None)
         elif not entry or not Path(entry).is_file():
             raise DiffkitError(f"{flag} {text!r}: {entry!r} is not a file; give comma-separated PNGs"
+                               f"{' (the rows separated by ' + repr(ROWS) + ')' if flag == '--query-examples' else ''}"
                                f"{' and ' + TARGET + ' for each image to generate' if flag == '--query' else ''}")
         else:
             row.append(Path(entry))
     return row
+
+
+def _examples(args) -> list:
+    """Each query's in-context example rows: ``--example``'s for every query, or ``--query-examples``' (once, or
+    once per ``--query``); one line for both flags, a count that does not fit or an empty row."""
+    if args.examples is not None and args.query_examples is not None:
+        raise DiffkitError("--example and --query-examples are given together; give the in-context examples one way "
+                           "(--example: every query's, --query-examples: once per --query)")
+    if args.query_examples is None:
+        return [[_row(text, "--example") for text in args.examples or []]] * len(args.queries)
+    return [[_row(row, "--query-examples") for row in text.split(ROWS)]
+            for text in _per_query(args.query_examples, len(args.queries), "--query-examples")]
 
 
 def _per_query(values, count: int, flag: str) -> list:
@@ -71,9 +90,10 @@ def _per_query(values, count: int, flag: str) -> list:
 
 
 def edit_visualcloze(args) -> int:
-    """Every ``--query`` (with the ``--example`` rows before it) generated as VisualClozeGenerationPipeline: 50
-    steps of flow Euler on its sigmas (``--sampler`` / ``--steps`` and the grid flags: any other), the embedded
-    guidance 30 (``--guidance-scale``), ``--max-sequence-length``, ``--resolution``; query i from ``--seed`` + i.
+    """Every ``--query`` (with the ``--example`` rows, or its ``--query-examples``, before it) generated as
+    VisualClozeGenerationPipeline: 50 steps of flow Euler on its sigmas (``--sampler`` / ``--steps`` and the grid
+    flags: any other), the embedded guidance 30 (``--guidance-scale``), ``--max-sequence-length``,
+    ``--resolution``; query i from ``--seed`` + i.
     Then the upsampling stage (:func:`upsampling_strength`): ``--strength`` (a combined folder's default 1.0),
     ``--height`` x ``--width`` (default 128 f each), as VisualClozePipeline / VisualClozeUpsamplingPipeline. Every
     other edit flag: one line, before any weight is read or any folder is made."""
@@ -90,7 +110,7 @@ def edit_visualcloze(args) -> int:
     if args.images is not None:
         raise DiffkitError(f"--images does not apply to a VisualCloze folder ({directory}): give each query as "
                            f"--query PNG,target (its images in the task's order, target for each to generate) and "
-                           f"the in-context examples as --example PNG,PNG")
+                           f"the in-context examples as --example PNG,PNG (or per query --query-examples)")
     strength = upsampling_strength(args)
     from ._image_size import check_image_size
     check_image_size(directory, args.height, args.width, edit=True)  # the upsampling's size: multiples of 2 f
@@ -100,11 +120,12 @@ def edit_visualcloze(args) -> int:
                            f"--task-prompt TEXT and the in-context examples as --example PNG,PNG (repeatable)")
     if args.resolution is not None:
         check_resolution(args.resolution)
-    examples = [_row(text, "--example") for text in args.examples or []]
+    examples = _examples(args)
     queries = [_row(text, "--query") for text in args.queries]
-    grids = [examples + [query] for query in queries]
+    grids = [rows + [query] for rows, query in zip(examples, queries)]
     for i, grid in enumerate(grids):  # the rows' lengths, targets and files, before loading
-        check_grid(grid, f"--query {args.queries[i]!r} with the --example rows")
+        check_grid(grid, f"--query {args.queries[i]!r} with "
+                         f"{'the --example rows' if args.query_examples is None else 'its --query-examples'}")
     tasks = _per_query(args.task_prompts, len(grids), "--task-prompt")
     contents = _per_query(args.prompts, len(grids), "--prompt")
     info, own, options, _ = edit_sampling(args, directory, prompts=False)
@@ -130,8 +151,9 @@ def edit_visualcloze(args) -> int:
             for name, image in zip(names[i], images):
                 atomic_write_bytes(out / name, png_bytes(to_uint8(image[None] * 2 - 1)[0]))
     grid = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
+    counts = "/".join(sorted({str(len(rows)) for rows in examples}))  # "2", or "1/2" per query
     print(f"wrote {sum(map(len, names))} images of {len(queries)} queries to {out} ({names[0][0]} ...; VisualCloze "
-          f"folder {directory}, {len(examples)} in-context examples, {grid}"
+          f"folder {directory}, {counts} in-context examples, {grid}"
           f"{f', upsampled at strength {strength:g}' if strength else ''})")
     return 0
 

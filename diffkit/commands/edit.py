@@ -60,11 +60,11 @@ Qwen3-VL prompt seeing it; a Plus folder seeing the repeatable
 QwenImage21Pipeline with ``image=`` (each image, read as RGBA, with the repeatable ``--image-reference`` PNGs after
 it; ``diffkit.interop.qwen_image21``, ``._qwen_image21``); a GLM-Image folder as
 GlmImagePipeline's image-to-image mode (from noise at each image's size, the image and the repeatable
-``--image-reference`` PNGs after it the condition images its DiT reads through the KV cache, their prior tokens from
-the AR model; ``diffkit.interop.glm_image_edit``, ``._glm_image``); a HunyuanImage refiner
-folder as HunyuanImageRefinerPipeline (from noise, the image's folded latents beside the noisy ones, 4 steps, no
-strength or mask; ``diffkit.interop.hunyuan_image_refiner``, ``._hunyuan_image``). A Sana Sprint folder is
-edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
+``--image-reference`` PNGs, or its own ``--prompt-references``, after it the condition images its DiT reads through
+the KV cache, their prior tokens from the AR model; ``diffkit.interop.glm_image_edit``, ``._glm_image``); a
+HunyuanImage refiner folder as HunyuanImageRefinerPipeline (from noise, the image's folded latents beside the noisy
+ones, 4 steps, no strength or mask; ``diffkit.interop.hunyuan_image_refiner``, ``._hunyuan_image``). A Sana
+Sprint folder is edited as SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas;
 ``diffkit.interop.sana_sprint``, ``._pixart.edit_sana_sprint``). A Kandinsky 5 image-to-image folder is edited as
 Kandinsky5I2IPipeline (from pure noise: the prompt sees the image, its latents are the transformer's extra channels;
 ``diffkit.interop.kandinsky5_edit``, ``._kandinsky5``). A DreamLite (Mobile) folder is edited as the pipeline with
@@ -257,6 +257,8 @@ def register(sub) -> None:
     add_ledits_flags(p)  # --ledits, --ledits-remove, ...: LEDITS++ on SD 1.x / 2.x and SD-XL folders
     from ._visualcloze import add_visualcloze_flags
     add_visualcloze_flags(p)  # --example, --query, --task-prompt, --resolution: VisualCloze folders
+    from ._glm_image import add_glm_image_flags
+    add_glm_image_flags(p)  # --prompt-references: GLM-Image folders
     p.set_defaults(func=run)
 
 
@@ -355,6 +357,8 @@ def _run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ._glm_image import check_prompt_references
+    check_prompt_references(args)  # --prompt-references: a GLM-Image folder's
     from ._ledits_pp import check_no_ledits_options, edit_ledits
     if args.ledits:  # LEDITS++ on an SD 1.x / 2.x or SD-XL folder, as LEditsPPPipelineStableDiffusion(XL)
         return edit_ledits(args)
