@@ -317,6 +317,69 @@ def test_chronoedit_wan_lora_biases_are_peft_lora_bias(tiny_chronoedit, tmp_path
                                                       "to_q.lora_B.bias' is not supported on a Sana folder")])
 
 
+@pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters", "ignore:`lora_bias=True` was passed")
+def test_chronoedit_lora_biases_diffusers_cannot_load_or_fuse_are_refused(tiny_chronoedit, tmp_path):
+    """LoRA biases that load_lora_weights + fuse_lora(lora_scale=0.5) fail on (diffusers gives peft use_dora and
+    lora_bias for the whole file): with DoRA magnitudes anywhere in the file (LoraConfig's ValueError), and, on a
+    transformer with to_q's bias removed (a ChronoEdit transformer's Linears all have one), a file with any LoRA bias
+    adapting to_q (peft's merge: RuntimeError); diffkit refuses each in one line naming the key. The same bias-less
+    to_q without biases in the file merges as fuse_lora does; a Wan file's dora_scale fails diffusers' converter."""
+    import copy
+
+    from safetensors.torch import save_file
+    from diffkit.interop.chronoedit_lora import read_chronoedit_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    pipe, _, model = tiny_chronoedit
+    g = torch.Generator().manual_seed(4)
+
+    def lora(module, bias=False, dora=False, key="transformer.blocks.0.attn1."):
+        return {f"{key}{module}.lora_A.weight": torch.randn(2, 24, generator=g),
+                f"{key}{module}.lora_B.weight": torch.randn(24, 2, generator=g),
+                **({f"{key}{module}.lora_B.bias": torch.randn(24, generator=g)} if bias else {}),
+                **({f"{key}{module}.lora_magnitude_vector": torch.rand(24, generator=g) + 1} if dora else {})}
+
+    wan = {k.replace("transformer.blocks.0.attn1.to_q.lora_A", "diffusion_model.blocks.0.self_attn.q.lora_down")
+           .replace("transformer.blocks.0.attn1.to_q.lora_B", "diffusion_model.blocks.0.self_attn.q.lora_up"): v
+           for k, v in lora("to_q").items()}
+    cases = [({**lora("to_q", dora=True), **lora("to_k", bias=True)}, False, "lora_bias=True is not supported for DoRA",
+              "key 'transformer.blocks.0.attn1.to_k.lora_B.bias' is a LoRA bias in a file with DoRA magnitudes "
+              "('transformer.blocks.0.attn1.to_q.lora_magnitude_vector')"),
+             (lora("to_q", bias=True, dora=True), False, "not supported for DoRA", "to_q.lora_B.bias' is a LoRA bias"),
+             ({**lora("to_q"), **lora("to_k", bias=True)}, True, "Impossible to merge LoRA with `lora_bias=True`",
+              "module blocks.0.attn1.to_q has no bias, in a file with LoRA biases (blocks.0.attn1.to_k.lora_B.bias)"),
+             (lora("to_q", bias=True), True, "base layer has no bias", "module blocks.0.attn1.to_q has no bias"),
+             ({**wan, "diffusion_model.blocks.0.self_attn.q.diff_b": torch.ones(24),
+               "diffusion_model.blocks.0.self_attn.q.dora_scale": torch.ones(1, 24)}, False, "should be empty",
+              "q.dora_scale' is not supported on a ChronoEdit folder (ChronoEditPipeline's "
+              "_convert_non_diffusers_wan_lora_to_diffusers does not map it"),
+             ({**lora("to_q"), **lora("to_k")}, True, None, None)]
+    for i, (tensors, bare, failure, refusal) in enumerate(cases):
+        save_file(tensors, tmp_path / f"case{i}.safetensors")
+        theirs, ours = copy.deepcopy(pipe.transformer), copy.deepcopy(model.transformer)
+        if bare:
+            theirs.blocks[0].attn1.to_q.bias = ours.blocks[0].attn1.to_q.bias = None
+        fused = type(pipe)(**{**pipe.components, "transformer": theirs})
+        if failure is None:
+            fused.load_lora_weights(str(tmp_path / f"case{i}.safetensors"))
+            fused.fuse_lora(lora_scale=0.5)
+            fused.unload_lora_weights()
+            merge_sd_loras(types.SimpleNamespace(transformer=ours), read_chronoedit_loras([(tmp_path / f"case{i}"
+                                                                                            ".safetensors", 0.5)]))
+            reference, start = theirs.state_dict(), pipe.transformer.state_dict()
+            worst = max(float((v - reference[k]).abs().max()) for k, v in ours.state_dict().items())
+            print(f"bias-less to_q, no LoRA biases: weights {worst:.2e}")
+            assert worst < 1e-6 and not torch.equal(reference["blocks.0.attn1.to_q.weight"],
+                                                    start["blocks.0.attn1.to_q.weight"])
+            continue
+        with pytest.raises((ValueError, RuntimeError), match=re.escape(failure)):
+            fused.load_lora_weights(str(tmp_path / f"case{i}.safetensors"))
+            fused.fuse_lora(lora_scale=0.5)
+        with pytest.raises(DiffkitError, match=re.escape(refusal)) as refused:
+            merge_sd_loras(types.SimpleNamespace(transformer=ours),
+                           read_chronoedit_loras([(tmp_path / f"case{i}.safetensors", 0.5)]))
+        assert "\n" not in str(refused.value)
+
+
 def test_chronoedit_lora_keys_the_loader_would_not_load_are_refused(tiny_chronoedit, tmp_path, capsys):
     """What WanLoraLoaderMixin does not load as the file says (drops silently, or fails on): one line naming the key
     (``diffkit edit --lora``: before any weight is read, no output folder)."""

@@ -342,3 +342,61 @@ def test_a_given_sampler_matches_the_pipeline_with_that_scheduler(folders, sampl
                                 return_latents=True, **swapped.folder_sampler()[1])
     print(sampler, "latents", relative_error(ours, theirs))
     assert relative_error(ours, theirs) < 1e-5
+
+
+def test_nfe_is_ddim_on_diffkits_grid_as_the_pipeline_with_that_ddim(folders, tmp_path, capsys):
+    """``nfe=3`` / ``diffkit sample --nfe 3`` on the text folder: the NFE rule picks 3 DDIM steps on diffkit's grid
+    (666, 333, 0, then alpha = 1), which is the pipeline with ``DDIMScheduler.from_config(config, steps_offset=0,
+    set_alpha_to_one=True)`` at 3 steps: the final latents of two prompts; the command writes the library's PNG."""
+    from PIL import Image
+    pipe, path, model = folders["text"]
+    own = pipe.scheduler
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(own.config, steps_offset=0, set_alpha_to_one=True)
+    try:
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, generator=_generators(3, 2), output_type="latent", num_inference_steps=3,
+                          prior_num_inference_steps=PRIOR_STEPS, noise_level=100, guidance_scale=6.0).images
+    finally:
+        pipe.scheduler = own
+    ours = unclip.stable_unclip(model, PROMPTS, nfe=3, prior_steps=PRIOR_STEPS, noise_level=100, guidance_scale=6.0,
+                                seed=3, return_latents=True)
+    folder_loop = unclip.stable_unclip(model, PROMPTS, steps=3, prior_steps=PRIOR_STEPS, noise_level=100,
+                                       guidance_scale=6.0, seed=3, return_latents=True)
+    with capsys.disabled():  # (capsys: the command's output)
+        print("nfe latents", relative_error(ours, theirs), "folder's loop", relative_error(folder_loop, theirs))
+    assert relative_error(ours, theirs) < 1e-5 and relative_error(folder_loop, theirs) > 1e-2
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[1], "--num", "1", "--nfe", "3",
+                 "--prior-steps", str(PRIOR_STEPS), "--seed", "4", "--out", str(tmp_path / "grid.png"),
+                 "--individual", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert "ddim on its diffkit grid" in capsys.readouterr().out
+    expected = _library_rows(model, PROMPTS[1:], 4, nfe=3, prior_steps=PRIOR_STEPS)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / "sample_00000.png"))[None], expected)
+
+
+def test_img2img_textual_inversion_matches_the_pipeline(folders, adapters, tmp_path, capsys):
+    """The two-vector textual inversion of TUC6 on the img2img folder (one picture, the token in both prompts, noise
+    level 250): the final latents of ``StableUnCLIPImg2ImgPipeline.load_textual_inversion``; ``diffkit sample
+    --image PNG --textual-inversion FILE`` writes the library's PNG."""
+    from PIL import Image
+    _, path, _ = folders["image"]
+    pipe = diffusers.StableUnCLIPImg2ImgPipeline.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_textual_inversion(str(adapters["ti"]))
+    model = unclip.load_stable_unclip(path, progress=False, textual_inversion=[(adapters["ti"], None)])
+    prompts, picture = ["a <cat-toy> photo", "hot <cat-toy>"], Image.open(folders["pngs"][0]).convert("RGB")
+    with torch.no_grad():
+        theirs = pipe([picture] * 2, prompts, generator=_generators(7, 2), output_type="latent",
+                      num_inference_steps=STEPS, noise_level=250, guidance_scale=5.0).images
+    ours = unclip.stable_unclip(model, prompts, images=folders["pngs"][0], steps=STEPS, noise_level=250,
+                                guidance_scale=5.0, seed=7, return_latents=True)
+    without = unclip.stable_unclip(folders["image"][2], prompts, images=folders["pngs"][0], steps=STEPS,
+                                   noise_level=250, guidance_scale=5.0, seed=7, return_latents=True)
+    with capsys.disabled():  # (capsys: the command's output)
+        print("img2img ti latents", relative_error(ours, theirs), "without the file", relative_error(without, theirs))
+    assert relative_error(ours, theirs) < 1e-5 and relative_error(without, theirs) > 1e-2
+    assert main(["sample", "--checkpoint", str(path), "--image", str(folders["pngs"][0]), "--prompt", prompts[1],
+                 "--num", "1", "--steps", str(STEPS), "--seed", "4", "--textual-inversion", str(adapters["ti"]),
+                 "--out", str(tmp_path / "grid.png"), "--individual", str(tmp_path / "one"), "--no-progress"]) == 0
+    capsys.readouterr()
+    expected = _library_rows(model, prompts[1:], 4, images=folders["pngs"][0], steps=STEPS)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / "sample_00000.png"))[None], expected)

@@ -6,7 +6,10 @@ default ""), :mod:`diffkit.interop.stable_unclip`. ``--noise-level`` (default 0,
 ``image_noising_scheduler``'s T - 1) noises the embedding. Rows as ``--prompt``'s; sample i draws z_T from seed + i,
 then from that generator the prior's noise, the embedding's noise and the steps' noise (the pipeline given that z_T
 as ``latents`` and the generator). Without a grid option every sampler runs on the folder's scheduler's timesteps,
-and the default sampler (the one computing its scheduler's step) is the pipeline's loop (20 steps, s = 10)."""
+and the default sampler (the one computing its scheduler's step) is the pipeline's loop (20 steps, s = 10); ``--nfe``
+(a grid option, as for every Stable Diffusion folder) runs the sampler's NFE rule's steps on diffkit's own grid
+(``ddim``: the pipeline with a ``steps_offset=0``, ``set_alpha_to_one=True`` DDIM where the grids agree,
+docs/interop/stable_unclip.md)."""
 from __future__ import annotations
 
 from pathlib import Path

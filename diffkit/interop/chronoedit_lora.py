@@ -25,12 +25,15 @@ image-to-video expansion (``_maybe_expand_t2v_lora_for_i2v``: a text-to-video fi
 diffkit adds nothing.
 
 Refused in one line naming the file's key, before any weight of the folder is read: LyCORIS tensors
-(:func:`.lycoris_flow.refuse_lycoris`); ``dora_scale`` (diffusers drops it and merges the rest as a plain LoRA);
-in a converted file, a key its converter does not map (``.diff`` weight differences, a norm's ``.diff_b``, another
-module, another prefix), a ``.diff_b`` without its module's LoRA matrices (dropped or left alone) and a file it fails
-on (a module missing a matrix or, musubi, its alpha: diffusers raises); in a diffusers-format file, a key outside
-``transformer.`` (``load_lora_adapter`` drops it) or not a PEFT tensor (``.alpha``, ``lora_down``) and a
-``.lora_B.bias`` without its module's matrices.
+(:func:`.lycoris_flow.refuse_lycoris`); a diffusers-format file's ``dora_scale`` (diffusers drops it and merges the
+rest as a plain LoRA); in a converted file, a key its converter does not map (``.diff`` weight differences, a norm's
+``.diff_b``, ``dora_scale``, on which it fails, another module, another prefix), a ``.diff_b`` without its module's
+LoRA matrices (dropped or left alone) and a file it fails on (a module missing a matrix or, musubi, its alpha:
+diffusers raises); in a diffusers-format file, a key outside ``transformer.`` (``load_lora_adapter`` drops it) or not
+a PEFT tensor (``.alpha``, ``lora_down``), a ``.lora_B.bias`` without its module's matrices, and LoRA biases with
+DoRA magnitudes anywhere in the file (diffusers sets peft's ``use_dora`` and ``lora_bias`` for the whole file, which
+``LoraConfig`` refuses). At the merge: a file with LoRA biases adapting a Linear without a bias (``lora_bias`` is the
+whole file's, and peft's merge fails on such a layer; every Linear of a ChronoEdit transformer has a bias).
 """
 from __future__ import annotations
 
@@ -63,9 +66,9 @@ def wan_tensors(path, tensors: dict) -> dict:
     from functools import partial
     from .ideogram4_lora import check_transformer_keys, refuse_dora, refuse_key
     refuse = partial(refuse_key, folder="a ChronoEdit folder", allowed=ALLOWED)
-    refuse_dora(path, tensors, PIPELINE, refuse)
     prefix = next((p for p in FORMATS if any(k.startswith(p) for k in tensors)), None)
-    if prefix is None:
+    if prefix is None:  # a converted file's dora_scale: its converter fails on it (below), not dropped
+        refuse_dora(path, tensors, PIPELINE, refuse)
         from .sana_lora import BIAS
         peft = {k: v for k, v in tensors.items() if not (k.startswith("transformer.") and k.endswith(BIAS))}
         check_transformer_keys(path, peft, f"{PIPELINE}'s loader adapts the transformer only, and converts "

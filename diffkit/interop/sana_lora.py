@@ -26,10 +26,11 @@ def read_transformer_lora(path, kind: str = "Sana", folder: str = "a Sana folder
     ``diffusion_model.`` files, :func:`.lumina2_lora.convert_lumina2_lora`); ``flux_check``:
     :func:`.sd_lora.read_lora_tensors`' (False for AuraFlow, whose blocks are named as FLUX's); ``lora_bias``: also
     ``transformer.<module>.lora_B.bias`` keys, PEFT's ``lora_bias`` (ChronoEdit's Wan loader), kept under the result's
-    ``"bias"`` for :func:`.sd_lora.merge_sd_loras` (a module's bias without its LoRA matrices: one line)."""
+    ``"bias"`` for :func:`.sd_lora.merge_sd_loras` (a module's bias without its LoRA matrices, or in a file with DoRA
+    magnitudes, which peft refuses: one line)."""
     from .lycoris_flow import refuse_lycoris
     from .sd3_lora import check_peft_keys
-    from .sd_lora import parse_sd_lora, read_lora_tensors
+    from .sd_lora import _PEFT_MAGNITUDE as MAGNITUDE, parse_sd_lora, read_lora_tensors
     tensors, meta = read_lora_tensors(path, flux_check)
     refuse_lycoris(path, tensors, f"{pipeline}.load_lora_weights")
     if convert is not None:
@@ -44,6 +45,11 @@ def read_transformer_lora(path, kind: str = "Sana", folder: str = "a Sana folder
         if key is not None:
             raise DiffkitError(f"--lora {path}: key {key!r} is a LoRA bias of a module with no lora_A / lora_B "
                                f"matrices; allowed: a .lora_B.bias with its module's .lora_A.weight and .lora_B.weight")
+        dora = next((k for k in sorted(tensors) if k.endswith(MAGNITUDE)), None)
+        if dora is not None:  # diffusers' get_peft_kwargs: use_dora and lora_bias for the whole file; peft refuses both
+            raise DiffkitError(f"--lora {path}: key {next(iter(bias))!r} is a LoRA bias in a file with DoRA "
+                               f"magnitudes ({dora!r}), which peft's LoraConfig refuses (lora_bias with use_dora); "
+                               f"allowed: .lora_B.bias keys in a file without {MAGNITUDE} keys")
     return read
 
 

@@ -248,17 +248,23 @@ def _resolve(path, read: dict, component: str, network) -> dict:
 def _lora_biases(path, bias: dict, found: dict, component: str) -> list:
     """[(layer bias, lora_B.bias, alpha / r)] of a file's PEFT LoRA biases (``lora_bias``, :mod:`.sana_lora`'s
     ``lora_bias=True`` readers) on plain LoRA modules of ``found`` (:func:`_resolve`); one line for a module that is
-    not one (a DoRA one), a layer without a bias (peft cannot merge it) or a bias of another length."""
+    not one (a DoRA one), a bias of another length, or any module of the file on a layer without a bias: diffusers'
+    ``get_peft_kwargs`` sets ``lora_bias`` for the whole file, and peft's merge then fails on such a layer
+    (``fuse_lora``: "Impossible to merge LoRA with `lora_bias=True`"), whether the file gives it a bias or not."""
+    bare = next((m for m, (layer, *_) in found.items() if bias and getattr(layer, "bias", None) is None), None)
+    if bare is not None:
+        raise DiffkitError(f"--lora {path}: the {component} module {bare} has no bias, in a file with LoRA biases "
+                           f"({next(iter(bias))}.lora_B.bias): peft's fuse_lora cannot merge its lora_bias there; "
+                           f"allowed: LoRA biases in a file whose every module is a Linear with a bias")
     out = []
     for module, delta in bias.items():
         layer, a, _, alpha, _ = found.get(module, (None,) * 5)
-        base = getattr(layer, "bias", None)
-        if layer is None or base is None or tuple(delta.shape) != tuple(base.shape):
-            why = ("is not a plain LoRA module (a DoRA one)" if layer is None else "has no bias" if base is None
-                   else f"has a bias of shape {tuple(base.shape)}, the file's {tuple(delta.shape)}")
+        if layer is None or tuple(delta.shape) != tuple(layer.bias.shape):
+            why = ("is not a plain LoRA module (a DoRA one)" if layer is None
+                   else f"has a bias of shape {tuple(layer.bias.shape)}, the file's {tuple(delta.shape)}")
             raise DiffkitError(f"--lora {path}: the {component} LoRA bias {module}.lora_B.bias cannot be merged: "
                                f"{module} {why}; allowed: a LoRA bias of a plain LoRA module's biased Linear")
-        out.append((base, delta, alpha / a.shape[0]))
+        out.append((layer.bias, delta, alpha / a.shape[0]))
     return out
 
 
