@@ -92,6 +92,9 @@ def test_hunyuan_video_true_cfg_and_seeds(tiny_hunyuan_video):
     ours = text_to_video(model, prompts, negative_prompt=NEGATIVE, true_cfg_scale=3.0, guidance_scale=5.0, seed=5,
                          steps=STEPS, num_frames=FRAMES, height=H, width=W, return_latents=True)
     assert relative_error(ours, ref) < 1e-5
+    other = text_to_video(model, PROMPT, sampler="unipc", steps=STEPS, num_frames=FRAMES, height=H, width=W,
+                          return_latents=True)  # a sampler alone: its own grid (it cannot start at sigma 1)
+    assert other.shape == (1, Z, 2, H // 8, W // 8) and bool(other.isfinite().all())
     for options, expected in [({"negative_prompt": NEGATIVE}, "true CFG takes both"),
                               ({"true_cfg_scale": 2.0}, "true CFG takes both"),
                               ({"num_frames": 6}, "num_frames=6 is not allowed; give 4 k "),
@@ -121,7 +124,7 @@ def test_hunyuan_video_command_writes_the_library_videos(tiny_hunyuan_video, tmp
 
 
 def test_hunyuan_video_refusals_are_one_line(tiny_hunyuan_video, tmp_path, capsys):
-    """Before any weight is read, nothing written: diffkit sample on the folder (naming diffkit video), a frame count
+    """Before any weight is read, nothing written: diffkit sample / edit on the folder (naming diffkit video), frames
     not 4 k + 1, a size not of 16, a negative prompt without --true-cfg-scale, --image; folders of another
     transformer class, an image-conditioned transformer, a dynamic-shifting scheduler."""
     _, path, _ = tiny_hunyuan_video
@@ -131,6 +134,8 @@ def test_hunyuan_video_refusals_are_one_line(tiny_hunyuan_video, tmp_path, capsy
             (["sample", "--checkpoint", str(path), "--prompt", PROMPT, "--no-progress"],
              "HunyuanVideoPipeline folder, which diffkit sample does not take (it makes videos); generate with "
              "diffkit video"),
+            (["edit", "--checkpoint", str(path), "--images", str(tmp_path / "a.png"), "--prompt", PROMPT],
+             "HunyuanVideoPipeline folder, which diffkit edit does not take"),
             (video + ["--frames", "6"], "num_frames=6 is not allowed; give 4 k + 1"),
             (video + ["--height", "40"], "height x width 40x1280 is not allowed"),
             (video + ["--negative-prompt", NEGATIVE], "true CFG takes both"),

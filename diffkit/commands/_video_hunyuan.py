@@ -1,8 +1,8 @@
 """``diffkit video --checkpoint HUNYUAN_VIDEO_FOLDER --prompt TEXT``: text-to-video as ``HunyuanVideoPipeline``
 (:func:`diffkit.interop.hunyuan_video.text_to_video`). ``--guidance-scale`` is the transformer's embedded (distilled)
 guidance (default 6.0; ``--guidance-convention`` does not change it: it is no CFG scale); ``--true-cfg-scale S`` with
-``--negative-prompt``: the pipeline's true CFG (diffusers' convention). ``diffkit sample`` on such a folder: one line
-naming ``diffkit video`` (:func:`refuse_sample`)."""
+``--negative-prompt``: the pipeline's true CFG (diffusers' convention). ``diffkit sample`` / ``diffkit edit`` on such
+a folder: one line naming ``diffkit video`` (:func:`refuse_sample`)."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -47,13 +47,14 @@ class HunyuanVideoKind(VideoKind):
         return text_to_video(model, prompts, seed=seed, progress=progress, **options)
 
 
-def refuse_sample(directory) -> None:
-    """One line for ``diffkit sample`` on a ``HunyuanVideoPipeline`` folder (it makes videos), from its JSON."""
+def refuse_sample(directory, command: str = "sample") -> None:
+    """One line for ``diffkit sample`` (or ``command``: ``edit``) on a ``HunyuanVideoPipeline`` folder (it makes
+    videos), from its JSON."""
     from ..errors import DiffkitError
     from ..interop.hunyuan_video import HUNYUAN_VIDEO_PIPELINE, is_hunyuan_video_folder
     if is_hunyuan_video_folder(directory):
-        raise DiffkitError(f"{directory} is a {HUNYUAN_VIDEO_PIPELINE} folder, which diffkit sample does not take (it "
-                           f"makes videos); generate with diffkit video --checkpoint {directory} --prompt TEXT")
+        raise DiffkitError(f"{directory} is a {HUNYUAN_VIDEO_PIPELINE} folder, which diffkit {command} does not take "
+                           f"(it makes videos); generate with diffkit video --checkpoint {directory} --prompt TEXT")
 
 
 KIND = HunyuanVideoKind()

@@ -20,8 +20,9 @@ u = eps - x_0; ``HunyuanVideoTransformer3DModel``: a token refiner over the text
 * the grid: the folder's ``FlowMatchEulerDiscreteScheduler`` after ``set_timesteps(sigmas=linspace(1, 0, N + 1)[:-1])``
   (its fixed ``shift``, 7.0 in HunyuanVideo's folder; default N = 50 steps), the sigmas at equal log-SNR on
   ``NoiseSchedule.flow(T, shift)`` (:func:`.flow_latents.flow_sigmas_grid`), flow Euler (``ddim``) as its step
-  (:func:`.hidream.folder_sampler`); the transformer takes the timestep s T itself. Any diffkit sampler runs on that
-  grid.
+  (:func:`.hidream.folder_sampler`); the transformer takes the timestep s T itself. Any other diffkit sampler runs on
+  its own grid of that flow schedule (as FLUX.1's, :func:`.flow_latents.pipeline_grid`; most cannot start at the
+  scheduler's first sigma 1, infinite noise), or with ``grid="scheduler"`` on the scheduler's sigmas.
 * frames, size: default 129 frames of 720 x 1280 (the pipeline's); frames 4 k + 1 (the VAE's causal 1 + 4 k; the
   pipeline would round others down), height and width multiples of 16 (its ``check_inputs``).
 * dtypes: the latents and the sampler's state in float32 (``prepare_latents(..., torch.float32)``), the transformer's
@@ -288,7 +289,8 @@ def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.d
 
 def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
                   guidance_scale: Optional[float] = None, convention: str = "diffusers", true_cfg_scale: float = 1.0,
-                  steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
+                  steps: Optional[int] = None, sampler: Optional[str] = None, nfe: Optional[int] = None,
+                  grid: Union[None, str, torch.Tensor] = None, num_frames: Optional[int] = None,
                   height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
                   latents: Optional[torch.Tensor] = None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
@@ -297,8 +299,11 @@ def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, ne
 
     guidance_scale: the embedded guidance (default 6.0; ``convention`` is checked but does not change it: it is no
     CFG scale). true_cfg_scale > 1 with ``negative_prompt`` (one, or one per prompt): true CFG in diffusers'
-    convention. steps: the scheduler's (default 50); sampler: None for its own flow Euler step, or any diffkit
-    sampler on its grid (``options`` go to :func:`diffkit.sample`). num_frames (default 129, 4 k + 1), height /
+    convention. sampler / grid: both None (the default): the pipeline's loop, flow Euler (``ddim``) on the
+    scheduler's sigmas (``grid="scheduler"``; ``steps``, default 50); a sampler alone: its own grid of ``steps`` /
+    ``nfe`` on the folder's flow schedule (shift 7: most samplers cannot start at the scheduler's first sigma 1,
+    infinite noise); ``grid``: ``"scheduler"`` or a tensor (:func:`.flow_latents.pipeline_grid`). ``options`` go to
+    :func:`diffkit.sample`. num_frames (default 129, 4 k + 1), height /
     width (default 720 x 1280, multiples of 16). latents: z at s = 1 (B, C, F, h, w) (the pipeline's ``latents``),
     default N(0, I), video i's from ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1": the
     pipeline's ``output_type="pt"``), or with ``return_latents`` the final latents (its ``output_type="latent"``)."""
@@ -306,9 +311,8 @@ def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, ne
     from ..guidance import ClassifierFreeGuidance
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
+    from .flow_latents import pipeline_grid
     from .flux import check_true_cfg
-    from .hidream import folder_sampler
-    from .pixart import flow_start
     from .stable_diffusion import OUTPUT_RANGES, negative_prompts, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     check_choice("convention", convention, ["diffusers", "seed"])
@@ -319,11 +323,8 @@ def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, ne
     height = model.default_size[0] if height is None else height
     width = model.default_size[1] if width is None else width
     check_size(height, width)
-    steps = model.default_steps if steps is None else steps
-    grid = model.scheduler_grid(steps)
-    own, sampler_options = folder_sampler(model.scheduler_config)
-    if sampler is None:
-        sampler, options = own, {**sampler_options, **options}
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, model.default_steps, model.scheduler_grid,
+                                         options.get("flow_shift"))
     f = model.vae_scale_factor
     shape = (len(prompts), int(model.transformer.config.in_channels), (frames - 1) // model.temporal_factor + 1,
              height // f, width // f)
@@ -341,9 +342,9 @@ def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, ne
         denoiser = ClassifierFreeGuidance(denoiser, float(true_cfg_scale), "diffusers", null_context=null_context,
                                           null_cond={"mask": null_mask, "pooled": null_pooled})
     state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
-    noise = flow_start(model.schedule, latents.to(model.device, state), grid, seed, model.device, state)
-    z = sample(denoiser, noise, sampler, grid=grid, seed=seed, cond=cond, progress=progress, device=model.device,
-               dtype=state, **options)
+    noise = latents.to(model.device, state)  # z at s = 1: the first sigma of the scheduler's grid
+    z = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
+               device=model.device, dtype=state, **options)
     if return_latents:
         return z
     videos = model.decode_video(z)
