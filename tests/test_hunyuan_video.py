@@ -158,3 +158,37 @@ def test_hunyuan_video_refusals_are_one_line(tiny_hunyuan_video, tmp_path, capsy
         with pytest.raises(DiffkitError, match=expected) as err:
             check_hunyuan_video_folder(bad)
         assert "\n" not in str(err.value)
+
+
+HUNYUAN_VIDEO_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "add_q_proj", "to_out.0",
+                                                                "to_add_out", "proj_mlp", "proj_out", "linear_1"],
+                          rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_hunyuan_video_lora_is_load_lora_weights_and_fuse_lora(tiny_hunyuan_video, tmp_path, capsys):
+    """A diffusers-format file (HunyuanVideoPipeline.save_lora_weights: attention, refiner, single-block and time
+    embedder modules, rank / alpha patterns) at 0.6: load_lora_weights + fuse_lora's weights and final latents;
+    ``diffkit video --lora`` hands the file to the loader (a key it does not load: one line, nothing written)."""
+    from safetensors.torch import save_file
+    from test_sd_lora import fused_transformer_lora
+    base, path, _ = tiny_hunyuan_video
+    lora, pipe = fused_transformer_lora(diffusers.HunyuanVideoPipeline, path, tmp_path, HUNYUAN_VIDEO_LORA, scale=0.6,
+                                        loaded=base)
+    ours = load_hunyuan_video(path, progress=False, lora=[(lora, 0.6)])
+    theirs, before = pipe.transformer.state_dict(), base.transformer.state_dict()
+    mine = ours.transformer.state_dict()
+    assert max(float((v - before[k]).abs().max()) for k, v in mine.items()) > 1e-2
+    assert max(float((v - theirs[k]).abs().max()) for k, v in mine.items()) < 1e-6
+    latents = _latents()
+    ref = pipe(PROMPT, latents=latents.clone(), output_type="latent", **SIZE).frames
+    z = text_to_video(ours, PROMPT, latents=latents, steps=STEPS, num_frames=FRAMES, height=H, width=W,
+                      return_latents=True)
+    assert relative_error(z, ref) < 1e-5
+    bad = "diffusion_model.double_blocks.0.img_attn_qkv.lora_A.weight"
+    save_file({bad: torch.zeros(2, 16)}, tmp_path / "bad.safetensors")
+    capsys.readouterr()
+    assert main(["video", "--checkpoint", str(path), "--prompt", PROMPT, "--lora", str(tmp_path / "bad.safetensors"),
+                 "--out", str(tmp_path / "never" / "x.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"key {bad!r} is not supported on a HunyuanVideo folder" in err[0], err
+    assert not (tmp_path / "never").exists()

@@ -1,7 +1,8 @@
 """``diffkit video --checkpoint HUNYUAN_VIDEO_FOLDER --prompt TEXT``: text-to-video as ``HunyuanVideoPipeline``
 (:func:`diffkit.interop.hunyuan_video.text_to_video`). ``--guidance-scale`` is the transformer's embedded (distilled)
 guidance (default 6.0; ``--guidance-convention`` does not change it: it is no CFG scale); ``--true-cfg-scale S`` with
-``--negative-prompt``: the pipeline's true CFG (diffusers' convention). ``diffkit sample`` / ``diffkit edit`` on such
+``--negative-prompt``: the pipeline's true CFG (diffusers' convention); ``--lora FILE[:SCALE]``: diffusers / PEFT
+files fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``diffkit sample`` / ``diffkit edit`` on such
 a folder: one line naming ``diffkit video`` (:func:`refuse_sample`)."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ class HunyuanVideoKind(VideoKind):
     label = "HunyuanVideo"
     pipelines = ("HunyuanVideoPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention", "true_cfg_scale"})
+                       "guidance_convention", "true_cfg_scale", "lora"})
     fps = 15.0  # diffusers' HunyuanVideoPipeline example: export_to_video(output, "output.mp4", fps=15)
 
     def check_folder(self, directory) -> None:

@@ -33,6 +33,8 @@ Refused in one line before any weight is read (:func:`check_hunyuan_video_folder
 component or one of another class, a transformer with image conditioning (``image_condition_type``: the
 image-to-video folders') or whose channels are not the VAE's latent channels, a scheduler with
 ``use_dynamic_shifting`` (the pipeline passes no mu) or a flow option diffkit's Euler loop does not take.
+LoRA files: the diffusers / PEFT ``transformer.`` keys ``HunyuanVideoLoraLoaderMixin`` loads, fused as its
+``fuse_lora`` (:func:`load_hunyuan_video`).
 """
 from __future__ import annotations
 
@@ -132,7 +134,6 @@ class HunyuanVideo(FlowLatentVAE):
     default_steps = HUNYUAN_VIDEO_STEPS
     default_frames = HUNYUAN_VIDEO_FRAMES
     default_size = HUNYUAN_VIDEO_SIZE
-    default_guidance = HUNYUAN_VIDEO_GUIDANCE
 
     @property
     def vae_scale_factor(self) -> int:
@@ -261,16 +262,23 @@ def check_hunyuan_video_folder(directory) -> tuple:
 def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                        progress: bool = True, lora=None) -> HunyuanVideo:
     """Load a ``HunyuanVideoPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_hunyuan_video_folder`)."""
+    (:func:`check_hunyuan_video_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) with the diffusers /
+    PEFT ``transformer.`` keys ``HunyuanVideoLoraLoaderMixin`` loads as they are (``save_lora_weights``' layout, rank
+    / alpha patterns from ``lora_adapter_metadata``), read and checked first, fused into the transformer as
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``, W = W0 + s (alpha / r) B A (Hu et al. 2021, eq. 3;
+    :func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`). Original-format
+    (``diffusion_model.``) and kohya files, which that loader converts, are refused in one line naming the key."""
     from ..schedule import NoiseSchedule
     from .flow_latents import frozen_on, load_flow_parts
     from .sana import flow_shift_of
+    from .sana_lora import read_transformer_loras
     from .schedulers import train_timesteps
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_hunyuan_video_folder(directory)
-    if lora:
-        raise DiffkitError("LoRA files are not taken for a HunyuanVideo folder yet; drop --lora")
+    loras = read_transformer_loras(lora, "HunyuanVideo", "a HunyuanVideo folder", HUNYUAN_VIDEO_PIPELINE,
+                                   flux_check=False) if lora else []  # (its blocks are named as FLUX.1's)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
     parts = load_flow_parts(directory, index, diffusers.HunyuanVideoTransformer3DModel,
                             {"": "LlamaModel", "_2": "CLIPTextModel"}, dtype, progress,
@@ -284,6 +292,7 @@ def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.d
                               "pooled_projection_dim")):
         if have != need:
             raise DiffkitError(f"{directory}: the transformer's {what}={have} does not fit its encoder's width {need}")
+    merge_sd_loras(model, loras)
     return model
 
 
