@@ -262,6 +262,7 @@ CHRONOEDIT = "## ChronoEdit folders (`diffkit.interop.chronoedit`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
+HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -327,7 +328,8 @@ VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
                                                      "SV"),
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",
                                                                      "StableUnCLIPImg2ImgPipeline"], "UC"),
-                                                    (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC")])
+                                                    (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
+                                                    (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

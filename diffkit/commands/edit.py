@@ -376,6 +376,8 @@ def _run(args) -> int:
     if is_visualcloze_folder(args.checkpoint):  # VisualCloze: in-context generation (._visualcloze)
         return edit_visualcloze(args)
     check_visualcloze_flags(args)  # --example, --query, ...: a VisualCloze folder's
+    from ._video_hunyuan import refuse_sample as refuse_video
+    refuse_video(args.checkpoint, "edit")  # a HunyuanVideoPipeline folder makes videos (diffkit video)
     from ._chronoedit import check_chronoedit_flag, edit_chronoedit
     from ..interop.chronoedit import is_chronoedit_folder
     if is_chronoedit_folder(args.checkpoint):  # ChronoEdit: the edit is the last frame of a short video

@@ -23,6 +23,7 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, p
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it. One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
+    "HunyuanVideoPipeline": "._video_hunyuan",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -97,6 +98,11 @@ def register(sub) -> None:
                            "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
                            "several: they add)")
     add_progress_flag(p)
+    hunyuan = p.add_argument_group("HunyuanVideo")
+    hunyuan.add_argument("--true-cfg-scale", type=float, metavar="S",
+                         help="HunyuanVideo folders, with --negative-prompt: true classifier-free guidance s > 1 "
+                              "(diffusers' convention; HunyuanVideoPipeline's true_cfg_scale); their --guidance-scale "
+                              "is the transformer's embedded guidance")
     p.set_defaults(func=run)
 
 

@@ -375,14 +375,7 @@ class Flux(FlowLatentVAE):
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         self.check_guidance_scale(guidance_scale)
-        if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
-                or not math.isfinite(true_cfg_scale):
-            raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} is not allowed; give a number (> 1: true CFG)")
-        check_float32("true_cfg_scale", true_cfg_scale)
-        if (true_cfg_scale > 1) != (negative_prompt is not None):
-            raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} with negative_prompt={negative_prompt!r} is not "
-                               f"allowed: true CFG takes both (true_cfg_scale > 1 and a negative prompt, '' for the "
-                               f"empty one), or neither")
+        check_true_cfg(true_cfg_scale, negative_prompt)
         if getattr(ip_adapter, "negative_image", None) is not None and true_cfg_scale <= 1:
             raise DiffkitError("a negative IP-Adapter image feeds only true CFG's negative pass; give true_cfg_scale "
                                "> 1 with a negative prompt, or drop it")
@@ -408,6 +401,19 @@ class Flux(FlowLatentVAE):
         guided = ClassifierFreeGuidance(denoiser, float(true_cfg_scale), "diffusers", null_context=null_context,
                                         null_cond={"pooled": null_pooled, **null_ip})
         return guided, cond
+
+
+def check_true_cfg(true_cfg_scale, negative_prompt) -> None:
+    """One line unless ``true_cfg_scale`` is a finite float32 number and true CFG gets both it (> 1) and a negative
+    prompt, or neither (FluxPipeline's, HunyuanVideoPipeline's ``do_true_cfg``, which would drop a lone one)."""
+    if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
+            or not math.isfinite(true_cfg_scale):
+        raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} is not allowed; give a number (> 1: true CFG)")
+    check_float32("true_cfg_scale", true_cfg_scale)
+    if (true_cfg_scale > 1) != (negative_prompt is not None):
+        raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} with negative_prompt={negative_prompt!r} is not "
+                           f"allowed: true CFG takes both (true_cfg_scale > 1 and a negative prompt, '' for the "
+                           f"empty one), or neither")
 
 
 def given_embeds(flux: Flux, prompt_embeds, pooled_prompt_embeds, batch: Optional[int], **others) -> tuple:
@@ -777,4 +783,4 @@ __all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder"
            "pack_latents",
            "unpack_latents", "latent_image_ids", "calculate_shift", "read_flux_loras", "FLUX_PIPELINE_GUIDANCE",
            "FLUX_PIPELINE_STEPS", "FLUX_IMG2IMG_STRENGTH", "FLUX_IMG2IMG_GUIDANCE", "MAX_SEQUENCE_LENGTH",
-           "given_embeds", "embedded_prompts"]
+           "given_embeds", "embedded_prompts", "check_true_cfg"]

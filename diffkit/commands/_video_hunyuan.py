@@ -1,0 +1,61 @@
+"""``diffkit video --checkpoint HUNYUAN_VIDEO_FOLDER --prompt TEXT``: text-to-video as ``HunyuanVideoPipeline``
+(:func:`diffkit.interop.hunyuan_video.text_to_video`). ``--guidance-scale`` is the transformer's embedded (distilled)
+guidance (default 6.0; ``--guidance-convention`` does not change it: it is no CFG scale); ``--true-cfg-scale S`` with
+``--negative-prompt``: the pipeline's true CFG (diffusers' convention); ``--lora FILE[:SCALE]``: diffusers / PEFT
+files fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``diffkit sample`` / ``diffkit edit`` on such
+a folder: one line naming ``diffkit video`` (:func:`refuse_sample`)."""
+from __future__ import annotations
+
+from .video import VideoKind
+
+
+class HunyuanVideoKind(VideoKind):
+    label = "HunyuanVideo"
+    pipelines = ("HunyuanVideoPipeline",)
+    takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
+                       "guidance_convention", "true_cfg_scale", "lora"})
+    fps = 15.0  # diffusers' HunyuanVideoPipeline example: export_to_video(output, "output.mp4", fps=15)
+
+    def check_folder(self, directory) -> None:
+        from ..interop.hunyuan_video import check_hunyuan_video_folder
+        check_hunyuan_video_folder(directory)
+
+    def check_request(self, args) -> None:
+        """Frames (4 k + 1), size (multiples of 16), the embedded scale and true CFG's pair, from the JSON alone."""
+        from pathlib import Path
+
+        from ..errors import DiffkitError, read_json_object
+        from ..interop.flux import check_true_cfg
+        from ..interop.hunyuan_video import check_frames, check_size
+        directory = Path(args.checkpoint)
+        vae = read_json_object(directory / "vae" / "config.json", "vae config")
+        if args.num_frames is not None:
+            check_frames(args.num_frames, vae.get("temporal_compression_ratio", 4))
+        if args.height is not None or args.width is not None:
+            check_size(args.height or 720, args.width or 1280)
+        transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
+        if args.guidance_scale is not None and not transformer.get("guidance_embeds", True):
+            raise DiffkitError(f"--guidance-scale does not apply to {directory}: its transformer has no guidance "
+                               f"embedding (guidance_embeds false)")
+        check_true_cfg(1.0 if args.true_cfg_scale is None else args.true_cfg_scale, args.negative_prompt)
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.hunyuan_video import load_hunyuan_video
+        return load_hunyuan_video(directory, device, progress=progress, lora=lora)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.hunyuan_video import text_to_video
+        return text_to_video(model, prompts, seed=seed, progress=progress, **options)
+
+
+def refuse_sample(directory, command: str = "sample") -> None:
+    """One line for ``diffkit sample`` (or ``command``: ``edit``) on a ``HunyuanVideoPipeline`` folder (it makes
+    videos), from its JSON."""
+    from ..errors import DiffkitError
+    from ..interop.hunyuan_video import HUNYUAN_VIDEO_PIPELINE, is_hunyuan_video_folder
+    if is_hunyuan_video_folder(directory):
+        raise DiffkitError(f"{directory} is a {HUNYUAN_VIDEO_PIPELINE} folder, which diffkit {command} does not take "
+                           f"(it makes videos); generate with diffkit video --checkpoint {directory} --prompt TEXT")
+
+
+KIND = HunyuanVideoKind()
