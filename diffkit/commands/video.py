@@ -129,8 +129,9 @@ def check_flags(args, kind: VideoKind) -> None:
         if dest == "guidance_convention" and "guidance_scale" in kind.takes:
             continue
         takes = sorted(flag_name(d) for d in kind.takes)
-        raise DiffkitError(f"{flag_name(dest)} does not apply to a {kind.label} folder ({args.checkpoint}); besides --prompt, "
-                           f"--num, --seed, --out and the output flags it takes {', '.join(takes) or 'nothing'}")
+        raise DiffkitError(f"{flag_name(dest)} does not apply to a {kind.label} folder ({args.checkpoint}); besides "
+                           f"--prompt, --num, --seed, --out and the output flags it takes "
+                           f"{', '.join(takes) or 'nothing'}")
 
 
 def flag_name(dest: str) -> str:
