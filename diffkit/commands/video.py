@@ -23,6 +23,7 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, p
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it. One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
+    "AnimateDiffPipeline": "._video_animatediff",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -96,6 +97,10 @@ def register(sub) -> None:
     add_lora_flags(p, help="a LoRA .safetensors file for the folder's transformer (the kinds that take it: "
                            "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
                            "several: they add)")
+    group = p.add_argument_group("AnimateDiff")
+    group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
+                       help="AnimateDiff folders: the prompts' CLIP states N layers below the last (the pipeline's "
+                            "clip_skip; the negative prompt is not skipped); N < the text encoder's layers")
     add_progress_flag(p)
     p.set_defaults(func=run)
 
