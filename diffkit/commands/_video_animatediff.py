@@ -9,13 +9,13 @@ from .video import VideoKind
 
 class AnimateDiffKind(VideoKind):
     """An ``AnimateDiffPipeline`` folder: 16 frames of 512 x 512, 50 steps of the folder's scheduler, CFG s = 7.5
-    against ``--negative-prompt`` (default ""), ``--clip-skip``; 10 fps (the pipeline's docstring example writes
+    against ``--negative-prompt`` (default ""), ``--clip-skip``, ``--lora`` (SD and motion LoRA files); 10 fps (the pipeline's docstring example writes
     its frames with ``export_to_gif(frames, "animation.gif")``, whose default fps is 10 in diffusers 0.42.1)."""
 
     label = "AnimateDiff"
     pipelines = ("AnimateDiffPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention", "clip_skip"})
+                       "guidance_convention", "clip_skip", "lora"})
     fps = 10.0
 
     def check_folder(self, directory) -> None:

@@ -26,6 +26,9 @@ VAE decoding), as ``AnimateDiffPipeline.__call__`` does:
   by sigma_max instead of sqrt(1 + sigma_max^2): sigma_max / sqrt(1 + sigma_max^2) n (:meth:`AnimateDiff.start_scale`).
 * frames and size: 16 frames (at most the motion modules' ``motion_max_seq_length``: their frame positions), 512 x 512
   (the UNet's ``sample_size`` x the VAE factor; multiples of the VAE factor).
+* LoRA files (``lora=``): Stable Diffusion's reader and merger (:mod:`.sd_lora`) on the ``UNetMotionModel``'s module
+  names, so an SD LoRA and a motion LoRA (``motion_modules.`` attention) merge alike, as the pipeline's
+  ``load_lora_weights`` + ``fuse_lora``.
 * decoding: frame by frame, ``decode_chunk_size`` (16) frames of the batch at a time, x = D(z / scaling_factor);
   videos (B, T, C, H, W) in [-1, 1] (clamped), or in [0, 1] as ``output_type="pt"``.
 
