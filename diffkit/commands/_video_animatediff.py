@@ -9,8 +9,9 @@ from .video import VideoKind
 
 class AnimateDiffKind(VideoKind):
     """An ``AnimateDiffPipeline`` folder: 16 frames of 512 x 512, 50 steps of the folder's scheduler, CFG s = 7.5
-    against ``--negative-prompt`` (default ""), ``--clip-skip``, ``--lora`` (SD and motion LoRA files); 10 fps (the pipeline's docstring example writes
-    its frames with ``export_to_gif(frames, "animation.gif")``, whose default fps is 10 in diffusers 0.42.1)."""
+    against ``--negative-prompt`` (default ""), ``--clip-skip``, ``--lora`` (SD and motion LoRA files); 10 fps (the
+    pipeline's docstring example writes its frames with ``export_to_gif(frames, "animation.gif")``, whose default fps
+    is 10 in diffusers 0.42.1)."""
 
     label = "AnimateDiff"
     pipelines = ("AnimateDiffPipeline",)
