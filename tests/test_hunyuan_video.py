@@ -132,7 +132,7 @@ def test_hunyuan_video_refusals_are_one_line(tiny_hunyuan_video, tmp_path, capsy
     (tmp_path / "a.png").write_bytes(b"")
     for argv, expected in [
             (["sample", "--checkpoint", str(path), "--prompt", PROMPT, "--no-progress"],
-             "HunyuanVideoPipeline folder, which diffkit sample does not take (it makes videos); generate with "
+             "HunyuanVideoPipeline folder, which diffkit sample does not take (it makes videos); generate videos with "
              "diffkit video"),
             (["edit", "--checkpoint", str(path), "--images", str(tmp_path / "a.png"), "--prompt", PROMPT],
              "HunyuanVideoPipeline folder, which diffkit edit does not take"),

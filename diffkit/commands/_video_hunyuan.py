@@ -3,7 +3,7 @@
 guidance (default 6.0; ``--guidance-convention`` does not change it: it is no CFG scale); ``--true-cfg-scale S`` with
 ``--negative-prompt``: the pipeline's true CFG (diffusers' convention); ``--lora FILE[:SCALE]``: diffusers / PEFT
 files fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``diffkit sample`` / ``diffkit edit`` on such
-a folder: one line naming ``diffkit video`` (:func:`refuse_sample`)."""
+a folder: one line naming ``diffkit video`` (:func:`.video.refuse_video_folder`)."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -46,16 +46,6 @@ class HunyuanVideoKind(VideoKind):
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.hunyuan_video import text_to_video
         return text_to_video(model, prompts, seed=seed, progress=progress, **options)
-
-
-def refuse_sample(directory, command: str = "sample") -> None:
-    """One line for ``diffkit sample`` (or ``command``: ``edit``) on a ``HunyuanVideoPipeline`` folder (it makes
-    videos), from its JSON."""
-    from ..errors import DiffkitError
-    from ..interop.hunyuan_video import HUNYUAN_VIDEO_PIPELINE, is_hunyuan_video_folder
-    if is_hunyuan_video_folder(directory):
-        raise DiffkitError(f"{directory} is a {HUNYUAN_VIDEO_PIPELINE} folder, which diffkit {command} does not take "
-                           f"(it makes videos); generate with diffkit video --checkpoint {directory} --prompt TEXT")
 
 
 KIND = HunyuanVideoKind()

@@ -359,6 +359,8 @@ def _run(args) -> int:
     check_lora_flags(args)
     from ._glm_image import check_prompt_references
     check_prompt_references(args)  # --prompt-references: a GLM-Image folder's
+    from .video import refuse_video_folder
+    refuse_video_folder(args.checkpoint, "edit")  # a video folder makes videos (diffkit video: its VIDEO_KINDS)
     from ._ledits_pp import check_no_ledits_options, edit_ledits
     if args.ledits:  # LEDITS++ on an SD 1.x / 2.x or SD-XL folder, as LEditsPPPipelineStableDiffusion(XL)
         return edit_ledits(args)
@@ -376,8 +378,6 @@ def _run(args) -> int:
     if is_visualcloze_folder(args.checkpoint):  # VisualCloze: in-context generation (._visualcloze)
         return edit_visualcloze(args)
     check_visualcloze_flags(args)  # --example, --query, ...: a VisualCloze folder's
-    from ._video_hunyuan import refuse_sample as refuse_video
-    refuse_video(args.checkpoint, "edit")  # a HunyuanVideoPipeline folder makes videos (diffkit video)
     from ._chronoedit import check_chronoedit_flag, edit_chronoedit
     from ..interop.chronoedit import is_chronoedit_folder
     if is_chronoedit_folder(args.checkpoint):  # ChronoEdit: the edit is the last frame of a short video

@@ -24,6 +24,7 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, p
 # VideoKind) drives it. One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
+    "AnimateDiffPipeline": "._video_animatediff",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -97,6 +98,10 @@ def register(sub) -> None:
     add_lora_flags(p, help="a LoRA .safetensors file for the folder's transformer (the kinds that take it: "
                            "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
                            "several: they add)")
+    group = p.add_argument_group("AnimateDiff")
+    group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
+                       help="AnimateDiff folders: the prompts' CLIP states N layers below the last (the pipeline's "
+                            "clip_skip; the negative prompt is not skipped); N < the text encoder's layers")
     add_progress_flag(p)
     hunyuan = p.add_argument_group("HunyuanVideo")
     hunyuan.add_argument("--true-cfg-scale", type=float, metavar="S",
@@ -117,6 +122,18 @@ def video_kind(directory) -> VideoKind:
     what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
     raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "
                        f"{kinds} (images: diffkit sample / diffkit edit)")
+
+
+def refuse_video_folder(directory, command: str) -> None:
+    """One line for ``diffkit COMMAND`` (sample, edit) on a folder whose pipeline ``diffkit video`` drives, from its
+    ``model_index.json`` alone (nothing else is read)."""
+    from ..errors import DiffkitError
+    from ..interop.sd_xl import pipeline_class
+    name = pipeline_class(directory)
+    if name in VIDEO_KINDS:
+        image = " --image PNG" if importlib.import_module(VIDEO_KINDS[name], __package__).KIND.needs_image else ""
+        raise DiffkitError(f"{directory} is a {name} folder, which diffkit {command} does not take (it makes videos); "
+                           f"generate videos with diffkit video --checkpoint {directory}{image} --prompt TEXT")
 
 
 def check_flags(args, kind: VideoKind) -> None:

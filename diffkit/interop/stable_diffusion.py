@@ -420,6 +420,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     refuse_image_variation_folder(directory)  # its UNet attends to a CLIP image embedding (.sd_image_variation)
     from .stable_unclip import refuse_stable_unclip_folder
     refuse_stable_unclip_folder(directory)  # its UNet's class label is a CLIP image embedding (.stable_unclip)
+    from .animatediff import refuse_animatediff_folder
+    refuse_animatediff_folder(directory)  # a video model with a motion adapter (.animatediff; diffkit video)
     if is_sd3_folder(directory):
         raise DiffkitError(f"{directory} is a Stable Diffusion 3 folder (an SD3Transformer2DModel, no UNet); load it "
                            f"with diffkit.interop.load_sd3 (diffkit sample takes it; edit, LoRA files and the other "
@@ -449,9 +451,11 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
 def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False,
                            check_unet=check_stable_diffusion_unet, scheduler: Optional[str] = None,
                            text_encoder: bool = True, instruct_pix2pix: bool = False,
-                           depth: bool = False, upscale: bool = False) -> StableDiffusion:
+                           depth: bool = False, upscale: bool = False, unet_class=None) -> StableDiffusion:
     """The folder's components; ``text_encoder=False``: without ``text_encoder`` / ``tokenizer`` (None; an
-    SD-XL refiner, :mod:`.sd_xl`); ``instruct_pix2pix``: an 8-channel UNet allowed (``check_unet``'s keyword)."""
+    SD-XL refiner, :mod:`.sd_xl`); ``instruct_pix2pix``: an 8-channel UNet allowed (``check_unet``'s keyword);
+    ``unet_class``: the diffusers class of ``unet/`` (default UNet2DConditionModel; an AnimateDiff folder's
+    UNetMotionModel, :mod:`.animatediff`)."""
     diffusers, transformers = require("diffusers"), require("transformers")
     index = _read_index(directory, COMPONENTS if text_encoder else TEXTLESS_COMPONENTS)
     device = torch.device(device)
@@ -473,7 +477,8 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
                instruct_pix2pix=instruct_pix2pix,
                **({"depth": True} if depth else {}),  # (a 5-channel depth UNet: .sd_depth)
                **({"upscale": True} if upscale else {}))  # (a 7-channel x4 upscaler UNet: .sd_upscale)
-    unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
+    unet = from_pretrained(unet_class or diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False,
+                           **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     encoder = tokenizer = None
     if text_encoder:

@@ -1,0 +1,58 @@
+"""``diffkit video --checkpoint ANIMATEDIFF_FOLDER --prompt TEXT``: text-to-video as ``AnimateDiffPipeline``
+(:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md). ``diffkit sample`` / ``diffkit
+edit`` on such a folder: one line naming ``diffkit video``
+(:func:`diffkit.interop.animatediff.refuse_animatediff_folder`)."""
+from __future__ import annotations
+
+from .video import VideoKind
+
+
+class AnimateDiffKind(VideoKind):
+    """An ``AnimateDiffPipeline`` folder: 16 frames of 512 x 512, 50 steps of the folder's scheduler, CFG s = 7.5
+    against ``--negative-prompt`` (default ""), ``--clip-skip``, ``--lora`` (SD and motion LoRA files); 10 fps (the
+    pipeline's docstring example writes its frames with ``export_to_gif(frames, "animation.gif")``, whose default fps
+    is 10 in diffusers 0.42.1)."""
+
+    label = "AnimateDiff"
+    pipelines = ("AnimateDiffPipeline",)
+    takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
+                       "guidance_convention", "clip_skip", "lora"})
+    fps = 10.0
+
+    def check_folder(self, directory) -> None:
+        from ..interop.animatediff import check_animatediff_folder
+        check_animatediff_folder(directory)
+
+    def check_request(self, args) -> None:
+        """One line, from the folder's JSON, for a frame count past the motion modules' frame positions, a guidance
+        scale that turns CFG off with a negative prompt, or a folder scheduler no sampler computes (no --sampler)."""
+        from pathlib import Path
+
+        from ..errors import DiffkitError, read_json_object
+        from ..interop.animatediff import ANIMATEDIFF_FRAMES, folder_sampler
+        from ..interop.auraflow import guided
+        folder = Path(args.checkpoint)
+        unet = read_json_object(folder / "unet" / "config.json", "unet config")
+        adapter = folder / "motion_adapter" / "config.json"
+        if "motion_max_seq_length" not in unet and adapter.is_file():  # a UNet2DConditionModel + motion_adapter/
+            unet = read_json_object(adapter, "motion adapter config")
+        frames, most = args.num_frames or ANIMATEDIFF_FRAMES, int(unet.get("motion_max_seq_length", 32))
+        if frames > most:
+            raise DiffkitError(f"--frames {frames} is not allowed for {args.checkpoint}; give 1 to {most} (its motion "
+                               f"modules' motion_max_seq_length)")
+        if args.guidance_scale is not None:
+            guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
+        if args.sampler is None:
+            folder_sampler(read_json_object(folder / "scheduler" / "scheduler_config.json",
+                                            "scheduler config"))
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.animatediff import load_animatediff
+        return load_animatediff(directory, device, progress=progress, lora=lora)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.animatediff import text_to_video
+        return text_to_video(model, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
+
+
+KIND = AnimateDiffKind()
