@@ -17,12 +17,13 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, path_arg, positive_float, positive_int,
-                      seed_int)
+from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, non_negative_float, path_arg,
+                      positive_float, positive_int, seed_int)
 
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it. One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
+    "StableVideoDiffusionPipeline": "._video_svd",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -97,6 +98,16 @@ def register(sub) -> None:
                            "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
                            "several: they add)")
     add_progress_flag(p)
+    svd = p.add_argument_group("Stable Video Diffusion")
+    svd.add_argument("--motion-bucket-id", type=int_in(0, 1_000_000), metavar="N",
+                     help="the motion conditioning, added_time_ids (default 127; higher: more motion)")
+    svd.add_argument("--noise-aug-strength", type=non_negative_float, metavar="A",
+                     help="noise added to the image before encoding, x + A n (default 0.02)")
+    svd.add_argument("--min-guidance-scale", type=float, metavar="S",
+                     help="the first frame's guidance scale, diffusers' s (default 1); the frames' scales rise "
+                          "linearly to --max-guidance-scale")
+    svd.add_argument("--max-guidance-scale", type=float, metavar="S",
+                     help="the last frame's guidance scale (default 3; <= 1: no guidance)")
     p.set_defaults(func=run)
 
 
@@ -111,6 +122,17 @@ def video_kind(directory) -> VideoKind:
     what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
     raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "
                        f"{kinds} (images: diffkit sample / diffkit edit)")
+
+
+def refuse_video_folder(directory, command: str) -> None:
+    """One line for a video folder (a pipeline class of :data:`VIDEO_KINDS`, from its JSON) given to ``diffkit
+    sample`` / ``diffkit edit`` (``command``), naming ``diffkit video``."""
+    from ..errors import DiffkitError
+    from ..interop.sd_xl import pipeline_class
+    name = pipeline_class(directory)
+    if name in VIDEO_KINDS:
+        raise DiffkitError(f"{directory} is a {name} folder, which diffkit {command} does not take (it makes "
+                           f"videos); use diffkit video --checkpoint {directory} (docs/video.md)")
 
 
 def check_flags(args, kind: VideoKind) -> None:
