@@ -114,7 +114,7 @@ def test_svd_video_command_writes_the_library_videos(tiny_svd, tmp_path, capsys)
     _, folder, model = tiny_svd
     for i in (1, 2):
         _image(i).save(tmp_path / f"{i}.png")
-    flags = ["--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--steps", "2", "--seed", "3"]
+    flags = ["--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--steps", "1", "--seed", "3"]
     code, out, err = cli(capsys, "--checkpoint", str(folder), "--image", str(tmp_path / "1.png"), "--image",
                          str(tmp_path / "2.png"), "--fps", "9", "--motion-bucket-id", "30", "--min-guidance-scale",
                          "2", "--out", str(tmp_path / "grid.png"), "--individual", str(tmp_path / "each"),
@@ -122,7 +122,7 @@ def test_svd_video_command_writes_the_library_videos(tiny_svd, tmp_path, capsys)
     assert code == 0, err
     assert "wrote 2 videos of 3 frames (16x16, 9 fps)" in out
     images = [Image.open(tmp_path / f"{i}.png").convert("RGB") for i in (1, 2)]
-    videos = image_to_video(model, images, steps=2, num_frames=FRAMES, height=H, width=W, seed=3, fps=9,
+    videos = image_to_video(model, images, steps=1, num_frames=FRAMES, height=H, width=W, seed=3, fps=9,
                             motion_bucket_id=30, min_guidance_scale=2.0)
     for i in range(2):
         written = read_video(tmp_path / "each" / f"video_{i:05d}.png")
