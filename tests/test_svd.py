@@ -191,3 +191,23 @@ def test_svd_library_refusals(tiny_svd):
     ]:
         with pytest.raises(DiffkitError, match=message):
             call()
+
+
+def test_svd_float16_vae_encodes_in_float32(tiny_svd):
+    """A float16 VAE with force_upcast (SVD's) encodes the image in float32 and is float16 again after, as the
+    pipeline's needs_upcasting: the same latents as its _encode_vae_image on the float32 VAE."""
+    import copy
+    import dataclasses
+    pipe, _, model = tiny_svd
+    half = dataclasses.replace(model, vae=copy.deepcopy(model.vae).half(), dtype=torch.float16)
+    pixels = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    ours = half.image_latents(pixels)
+    vae = pipe.vae
+    try:
+        pipe.vae = copy.deepcopy(half.vae).float()  # the pipeline's vae.to(float32) of the float16 weights
+        with torch.no_grad():
+            theirs = pipe._encode_vae_image(pixels, "cpu", 1, False).to(torch.float16)
+    finally:
+        pipe.vae = vae
+    assert half.vae.dtype == torch.float16 and ours.dtype == torch.float16
+    assert torch.equal(ours, theirs)

@@ -32,6 +32,8 @@ Diffusion-Based Generative Models", Table 1, eq. 7) in v-prediction form. As ``S
 * guidance, per frame: D = D_u + s_f (D_c - D_u) with s_f = linspace(``min_guidance_scale`` 1, ``max_guidance_scale``
   3, F)[f] (diffusers' convention), the unconditional pass with zero image embeddings and zero image latents (the same
   ``added_time_ids``); none when ``max_guidance_scale`` <= 1 (:class:`FrameGuidance`).
+* dtypes: the UNet, CLIP and VAE in ``dtype``; a float16 VAE with ``force_upcast`` encodes in float32 (the
+  pipeline's ``needs_upcasting``); the latents and the sampler's state in float32 (the pipeline's: the UNet's dtype).
 * output: the VAE's ``AutoencoderKLTemporalDecoder`` on z / ``scaling_factor``, ``decode_chunk_size`` frames at a time
   (default all F, the pipeline's), the frames (B, F, 3, H, W).
 
@@ -209,9 +211,15 @@ class SVD:
 
     def image_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """The VAE posterior's mode (B, C, h, w) of noise-augmented ``pixels`` (B, 3, H, W), unscaled
-        (``_encode_vae_image``)."""
+        (``_encode_vae_image``); a float16 VAE with ``force_upcast`` (SVD's) encodes in float32, as the pipeline."""
         from .stable_diffusion import vae_latents
-        return vae_latents(self.vae, pixels, self.device).to(self.dtype)
+        upcast = self.vae.dtype == torch.float16 and bool(getattr(self.vae.config, "force_upcast", False))
+        if not upcast:
+            return vae_latents(self.vae, pixels, self.device).to(self.dtype)
+        try:
+            return vae_latents(self.vae.to(dtype=torch.float32), pixels, self.device).to(self.dtype)
+        finally:
+            self.vae.to(dtype=torch.float16)
 
     def decode(self, latents: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
         """(B, F, 3, H, W) in [-1, 1] (not clamped) of latents (B, F, C, h, w): the temporal decoder on
