@@ -260,6 +260,7 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
 CHRONOEDIT = "## ChronoEdit folders (`diffkit.interop.chronoedit`)"
 ANIMATEDIFF = "## AnimateDiff folders (`diffkit.interop.animatediff`)"
+SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
@@ -326,6 +327,7 @@ HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
                                                     (COSMOS2, ["Cosmos2TextToImagePipeline"], "CO"),
                                                     (CHRONOEDIT, ["ChronoEditPipeline"], "CE"),
                                                     (ANIMATEDIFF, ["AnimateDiffPipeline"], "AD"),
+                                                    (SVD, ["StableVideoDiffusionPipeline"], "VD"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",

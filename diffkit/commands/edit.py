@@ -355,12 +355,12 @@ def _run(args) -> int:
     from ..interop.mask_crop import check_mask_crop, mask_crop, overlaid_edits
     from ..models.network import check_image_model, is_series_model
     from ..sampling import check_eta, resolve_sampler
+    from .video import refuse_video_folder
 
+    refuse_video_folder(args.checkpoint, "edit")  # a video folder: diffkit video
     check_lora_flags(args)
     from ._glm_image import check_prompt_references
     check_prompt_references(args)  # --prompt-references: a GLM-Image folder's
-    from .video import refuse_video_folder
-    refuse_video_folder(args.checkpoint, "edit")  # a video folder makes videos (diffkit video: its VIDEO_KINDS)
     from ._ledits_pp import check_no_ledits_options, edit_ledits
     if args.ledits:  # LEDITS++ on an SD 1.x / 2.x or SD-XL folder, as LEditsPPPipelineStableDiffusion(XL)
         return edit_ledits(args)

@@ -17,14 +17,15 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, path_arg, positive_float, positive_int,
-                      seed_int)
+from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, non_negative_float, path_arg,
+                      positive_float, positive_int, seed_int)
 
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it. One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
     "AnimateDiffPipeline": "._video_animatediff",
+    "StableVideoDiffusionPipeline": "._video_svd",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -108,6 +109,16 @@ def register(sub) -> None:
                          help="HunyuanVideo folders, with --negative-prompt: true classifier-free guidance s > 1 "
                               "(diffusers' convention; HunyuanVideoPipeline's true_cfg_scale); their --guidance-scale "
                               "is the transformer's embedded guidance")
+    svd = p.add_argument_group("Stable Video Diffusion")
+    svd.add_argument("--motion-bucket-id", type=int_in(0, 1_000_000), metavar="N",
+                     help="the motion conditioning, added_time_ids (default 127; higher: more motion)")
+    svd.add_argument("--noise-aug-strength", type=non_negative_float, metavar="A",
+                     help="noise added to the image before encoding, x + A n (default 0.02)")
+    svd.add_argument("--min-guidance-scale", type=float, metavar="S",
+                     help="the first frame's guidance scale, diffusers' s (default 1); the frames' scales rise "
+                          "linearly to --max-guidance-scale")
+    svd.add_argument("--max-guidance-scale", type=float, metavar="S",
+                     help="the last frame's guidance scale (default 3; <= 1: no guidance)")
     p.set_defaults(func=run)
 
 
@@ -131,9 +142,10 @@ def refuse_video_folder(directory, command: str) -> None:
     from ..interop.sd_xl import pipeline_class
     name = pipeline_class(directory)
     if name in VIDEO_KINDS:
-        image = " --image PNG" if importlib.import_module(VIDEO_KINDS[name], __package__).KIND.needs_image else ""
+        kind = importlib.import_module(VIDEO_KINDS[name], __package__).KIND
+        needs = (" --image PNG" if kind.needs_image else "") + (" --prompt TEXT" if kind.needs_prompt else "")
         raise DiffkitError(f"{directory} is a {name} folder, which diffkit {command} does not take (it makes videos); "
-                           f"generate videos with diffkit video --checkpoint {directory}{image} --prompt TEXT")
+                           f"generate videos with diffkit video --checkpoint {directory}{needs} (docs/video.md)")
 
 
 def check_flags(args, kind: VideoKind) -> None:

@@ -151,23 +151,31 @@ class LatentUpscaler(StableDiffusion):
 
     def scheduler_start(self, steps: int) -> tuple:
         """(grid, init_noise_sigma) of the folder's EulerDiscreteScheduler after ``set_timesteps(steps)``: its sigmas
-        at diffkit's times of equal sigma~ (0: t = -1, clean data), and the scale of its z_T in x~."""
-        from . import require
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        scheduler = require("diffusers").EulerDiscreteScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        top = self.schedule.karras_sigma(self.schedule.num_timesteps - 1).item()
-        sigmas = scheduler.sigmas.to(torch.float64).clamp(max=top)  # float32 rounding above the largest sigma~
-        grid = self.schedule.t_from_karras_sigma(sigmas)
-        if not bool((grid[1:] < grid[:-1]).all()):
-            raise DiffkitError(f"the folder's scheduler gives sigmas that do not fall strictly for steps={steps} "
-                               f"({[round(s, 4) for s in sigmas[:6].tolist()]}...); use fewer steps")
-        return grid, float(scheduler.init_noise_sigma)
+        at diffkit's times of equal sigma~ (0: t = -1, clean data), and the scale of its z_T in x~
+        (:func:`euler_scheduler_start`)."""
+        return euler_scheduler_start(self.scheduler_config, self.schedule, steps)
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
         """diffkit's grid of the folder's scheduler (:meth:`scheduler_start`); ``euler`` there: the pipeline's loop."""
         return self.scheduler_start(steps)[0]
+
+
+def euler_scheduler_start(config: dict, schedule, steps: int) -> tuple:
+    """(grid, init_noise_sigma) of an ``EulerDiscreteScheduler`` (``config``: its JSON) after ``set_timesteps(steps)``:
+    its sigmas (above ``schedule``'s largest sigma~ by float32 rounding: that one) at the times of equal sigma~ of
+    ``schedule`` (0: t = -1, clean data), and the scale of its z_T in x~ (the latent upscaler's, :mod:`.svd`'s)."""
+    from . import require
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+    scheduler = require("diffusers").EulerDiscreteScheduler.from_config(config)
+    scheduler.set_timesteps(steps)
+    top = schedule.karras_sigma(schedule.num_timesteps - 1).item()
+    sigmas = scheduler.sigmas.to(torch.float64).clamp(max=top)  # float32 rounding above the largest sigma~
+    grid = schedule.t_from_karras_sigma(sigmas)
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise DiffkitError(f"the folder's scheduler gives sigmas that do not fall strictly for steps={steps} "
+                           f"({[round(s, 4) for s in sigmas[:6].tolist()]}...); use fewer steps")
+    return grid, float(scheduler.init_noise_sigma)
 
 
 def load_latent_upscaler(directory: Union[str, Path], device="cpu", progress: bool = True) -> LatentUpscaler:
@@ -263,5 +271,5 @@ def latent_upscale(up: LatentUpscaler, low_res: torch.Tensor, prompts: Union[Non
 
 __all__ = ["LATENT_UPSCALE_PIPELINE", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "SIGMA_DATA", "LOW_RES_KEY",
            "is_latent_upscale_folder", "refuse_latent_upscale_folder", "check_latent_upscale_folder",
-           "LatentUpscaleNet", "latent_upscale_denoiser", "LatentUpscaler", "load_latent_upscaler",
-           "check_latent_guidance", "latent_upscale"]
+           "LatentUpscaleNet", "latent_upscale_denoiser", "LatentUpscaler", "euler_scheduler_start",
+           "load_latent_upscaler", "check_latent_guidance", "latent_upscale"]
