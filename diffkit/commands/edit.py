@@ -357,6 +357,8 @@ def _run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from .video import refuse_video_folder
+    refuse_video_folder(args.checkpoint, "edit")  # a video folder generates with diffkit video
     from ._glm_image import check_prompt_references
     check_prompt_references(args)  # --prompt-references: a GLM-Image folder's
     from ._ledits_pp import check_no_ledits_options, edit_ledits
