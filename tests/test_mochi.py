@@ -125,7 +125,6 @@ def test_mochi_video_command_writes_the_library_videos(tiny_mochi, tmp_path, cap
     ("video", ["--steps", "1"], "steps=1 is not allowed; give an integer >= 2"),
     ("video", ["--guidance-scale", "0", "--negative-prompt", "x"], "a negative prompt with guidance_scale=0"),
     ("video", ["--image", "x.png"], "--image does not apply to a Mochi folder"),
-    ("video", ["--lora", "x.safetensors"], "--lora does not apply to a Mochi folder"),
     ("sample", [], "is a MochiPipeline folder (video), which diffkit sample does not take; generate its videos with "
                    "diffkit video"),
     ("edit", ["--images", "x.png"], "which diffkit edit does not take"),
@@ -159,3 +158,45 @@ def test_mochi_folder_refusals_before_any_weight(tiny_mochi, tmp_path, capsys, p
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "v.png").exists()
     assert json.loads((bad / "model_index.json").read_text())["_class_name"] == "MochiPipeline"
+
+
+MOCHI_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "to_add_out",
+                                                       "ff.net.2", "ff_context.net.0.proj", "proj_out", "linear_1"],
+                  rank_pattern={"to_q": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_mochi_lora_is_load_lora_weights_and_fuse_lora(tiny_mochi, tmp_path, capsys):
+    """A diffusers-format file (MochiPipeline.save_lora_weights, rank / alpha patterns; attention, FFNs of both
+    streams, proj_out, the time embedder) at 0.6: the final latents of load_lora_weights + fuse_lora(lora_scale=0.6)'s
+    pipeline; ``diffkit video --lora FILE:0.6`` writes the library's video; a LyCORIS-style key is one line."""
+    from safetensors.torch import save_file
+
+    from test_sd_lora import fused_transformer_lora
+    pipe, path, model = tiny_mochi
+    lora, fused = fused_transformer_lora(diffusers.MochiPipeline, path, tmp_path, MOCHI_LORA, scale=0.6, loaded=pipe)
+    ours = load_mochi(path, progress=False, lora=[(lora, 0.6)])
+    latents = _latents(1)
+    with torch.no_grad():
+        theirs = fused(PROMPTS[:1], height=SIZE, width=SIZE, num_frames=FRAMES, num_inference_steps=2,
+                       latents=latents, output_type="latent").frames
+    mine = text_to_video(ours, PROMPTS[:1], steps=2, num_frames=FRAMES, height=SIZE, width=SIZE, latents=latents,
+                         return_latents=True)
+    error, start, fused = relative_error(mine, theirs), model.transformer.state_dict(), fused.transformer.state_dict()
+    worst = max(float((v - fused[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
+    with capsys.disabled():
+        print(f"LoRA weights {worst:.2e} abs, latents: {error:.2e}")  # (measured 1.2e-7 abs, 4.9e-6)
+    assert error < 1e-5 and worst < 1e-6
+    assert max(float((v - start[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--frames", str(FRAMES), "--height",
+            str(SIZE), "--width", str(SIZE), "--steps", "2", "--seed", "2", "--out", str(tmp_path / "v.png")]
+    assert main(argv + ["--lora", f"{lora}:0.6", "--individual", str(tmp_path / "each")]) == 0
+    video = text_to_video(ours, PROMPTS[0], steps=2, num_frames=FRAMES, height=SIZE, width=SIZE, seed=2)[0]
+    written = read_video(tmp_path / "each" / "video_00000.png")
+    assert torch.equal(((written + 1) * 127.5).round().to(torch.uint8),
+                       torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2))
+    save_file({"transformer.proj_out.lora_down.weight": torch.zeros(4, 64)}, tmp_path / "bad.safetensors")
+    capsys.readouterr()
+    assert main(argv + ["--lora", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err
+    assert "is not supported on a Mochi folder" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad.png").exists()

@@ -7,12 +7,13 @@ from .video import VideoKind
 
 class MochiKind(VideoKind):
     """A Mochi 1 folder: the prompt's video, 19 frames of 480 x 848 by default, 64 steps of its linear-quadratic
-    flow schedule, CFG s = 4.5; written at 30 fps (diffusers' Mochi docs export at fps=30)."""
+    flow schedule, CFG s = 4.5; written at 30 fps (diffusers' Mochi docs export at fps=30); ``--lora`` files as
+    ``Mochi1LoraLoaderMixin`` loads them, fused at load."""
 
     label = "Mochi"
     pipelines = ("MochiPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention"})
+                       "guidance_convention", "lora"})
     fps = 30.0
 
     def check_folder(self, directory) -> None:

@@ -34,6 +34,9 @@ Defaults: 19 frames (6 k + 1 are allowed: the VAE's 1 + 6 k; the pipeline rounds
 transformer whose latent channels are not 12 or whose factors are not 8 and 6 (the pipeline hard-codes them), a
 scheduler other than FlowMatchEuler or with ``use_dynamic_shifting`` (the pipeline passes no ``mu``) or
 ``stochastic_sampling``.
+
+LoRA files: those the pipeline's ``Mochi1LoraLoaderMixin`` loads (diffusers / PEFT keys of the transformer; it
+converts no other format), fused as its ``load_lora_weights`` + ``fuse_lora`` (:func:`load_mochi`).
 """
 from __future__ import annotations
 
@@ -219,16 +222,21 @@ def check_mochi_folder(directory) -> tuple:
 def load_mochi(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                progress: bool = True, lora=None) -> Mochi:
     """Load a ``MochiPipeline`` folder (never downloads, never unpickles), checked first (:func:`check_mochi_folder`).
-    ``lora``: not supported yet (one line)."""
+    ``lora``: LoRA files (paths or (path, scale) pairs) as ``Mochi1LoraLoaderMixin.load_lora_weights`` loads them
+    (the transformer only, diffusers / PEFT keys ``transformer.<module>.lora_A`` / ``lora_B`` (/ DoRA
+    ``lora_magnitude_vector``) with the file's rank / alpha patterns, no converter: :func:`.sana_lora.
+    read_transformer_loras`, read and checked before any weight), fused into the transformer as its ``fuse_lora(
+    lora_scale=scale)``, W = W0 + s (alpha / r) B A (Hu et al. 2021, eq. 3; :func:`.sd_lora.merge_sd_loras`)."""
     from ..schedule import NoiseSchedule
     from .flow_latents import frozen_on, load_flow_parts
     from .sana import flow_shift_of
     from .schedulers import train_timesteps
+    from .sana_lora import read_transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
-    if lora:
-        raise DiffkitError("a LoRA is not supported on a Mochi folder yet")
     directory = Path(directory)
     index, sched = check_mochi_folder(directory)
+    loras = read_transformer_loras(lora, "Mochi", "a Mochi folder", MOCHI_PIPELINE) if lora else []
     flipped = {k: v for k, v in sched.items() if k != "invert_sigmas"}  # MochiNet flips the time (module docstring)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(flipped))
     parts = load_flow_parts(directory, index, diffusers.MochiTransformer3DModel, {"": "T5EncoderModel"}, dtype,
@@ -239,6 +247,7 @@ def load_mochi(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     have, need = model.transformer.config.text_embed_dim, model.text_encoder.config.d_model
     if have != need:
         raise DiffkitError(f"{directory}: the transformer's text_embed_dim={have} does not fit its T5 width {need}")
+    merge_sd_loras(model, loras)
     return model
 
 
