@@ -24,7 +24,7 @@ class MochiKind(VideoKind):
         from ..interop.auraflow import guided
         from ..interop.mochi import MOCHI_SIZE, Mochi, check_frames, linear_quadratic_sigmas
         check_frames(args.num_frames)
-        Mochi.check_size(None, MOCHI_SIZE[0] if args.height is None else args.height,
+        Mochi.check_size(MOCHI_SIZE[0] if args.height is None else args.height,
                          MOCHI_SIZE[1] if args.width is None else args.width)
         if args.steps is not None:
             linear_quadratic_sigmas(args.steps)

@@ -24,7 +24,9 @@ of an ``AutoencoderKLMochi`` (12 channels, spatial factor 8, temporal factor 6).
   A scheduler without ``invert_sigmas`` (diffusers' test folders) passes s T and takes v as u: the same code with
   the flip off.
 * latents: N(0, I) of (B, 12, (frames - 1) / 6 + 1, H / 8, W / 8) in float32 (``prepare_latents``; video i's from
-  seed + i), the scheduler's state in float32, the transformer's input and text states in its own dtype.
+  seed + i), the sampler's state in float32, the transformer's input and text states in its own dtype. (The
+  pipeline casts its latents to the T5 states' dtype and back after each float32 step: in a bfloat16 run its state
+  is rounded to bfloat16 every step, diffkit's is not; in float32 the two are the same.)
 * output: the VAE's decoding of z std / scaling_factor + mean (the config's ``latents_mean`` / ``latents_std``),
   (frames - 1) / 6 * 6 + 1 frames, returned as videos (B, T, 3, H, W).
 
@@ -124,7 +126,8 @@ class Mochi(FlowLatentVAE):
         """The scheduler's ``invert_sigmas`` (module docstring)."""
         return bool(self.scheduler_config.get("invert_sigmas", False))
 
-    def check_size(self, height, width) -> None:
+    @staticmethod
+    def check_size(height, width) -> None:
         """One line unless height and width are positive multiples of 16."""
         for value in (height, width):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
