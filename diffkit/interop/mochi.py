@@ -16,7 +16,11 @@ of an ``AutoencoderKLMochi`` (12 channels, spatial factor 8, temporal factor 6).
   steps linear in 1 - s up to 0.025, then quadratic) given to the folder's ``FlowMatchEulerDiscreteScheduler`` as its
   ``sigmas`` (default 64 steps), which shifts them as its config says; diffkit's grid places those sigmas at equal
   log-SNR on ``NoiseSchedule.flow(T, shift)`` (:func:`.flow_latents.flow_sigmas_grid`), the scheduler's step is flow
-  Euler (diffkit's ``ddim``, :func:`.hidream.folder_sampler`).
+  Euler (diffkit's ``ddim``, :func:`.hidream.folder_sampler`). The grid starts at s = 1 (infinite noise, alpha_bar =
+  0), where only samplers whose first step is an x-space step start (ddim, ddpm, ...:
+  :func:`diffkit.sampling.check_zero_terminal_snr`); another sampler runs the first interval with the folder's own
+  step and the rest of the grid itself (Karras et al.'s Euler then is the pipeline's loop: DDIM is Euler on the
+  probability-flow ODE in sigma / alpha, Song et al. 2021 (DDIM), Sec. 4.3).
 * the sign convention: Mochi's network runs on reversed time, 0 at noise (genmo's ``model(z, 1 - sigma)``) and
   predicts the velocity toward the data, x_0 - eps = -u. The released folder's scheduler has ``invert_sigmas``:
   it stores 1 - s, passes (1 - s) T as the timestep and appends 1 (= data), so its Euler step z + (s - s') v is
@@ -280,7 +284,7 @@ def text_to_video(model: Mochi, prompts: Union[str, Sequence[str]], *, negative_
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
     from ..noise import generators_from_seed, randn
-    from ..sampling import sample
+    from ..sampling import flow_top, resolve_sampler, sample
     from .auraflow import guided
     from .hidream import folder_sampler
     from .pixart import flow_start
@@ -296,9 +300,9 @@ def text_to_video(model: Mochi, prompts: Union[str, Sequence[str]], *, negative_
     model.check_size(height, width)
     steps = model.default_steps if steps is None else steps
     grid = model.scheduler_grid(steps)
+    own, own_options = folder_sampler(model.scheduler_config)
     if sampler is None:
-        sampler, own = folder_sampler(model.scheduler_config)
-        options = {**own, **options}
+        sampler, options = own, {**own_options, **options}
     f = model.vae_scale_factor
     shape = (len(prompts), LATENT_CHANNELS, (frames - 1) // model.temporal_factor + 1, height // f, width // f)
     state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
@@ -314,9 +318,14 @@ def text_to_video(model: Mochi, prompts: Union[str, Sequence[str]], *, negative_
         denoiser = ClassifierFreeGuidance(denoiser, scale, convention, null_context=null,
                                           null_cond={"mask": null_mask})
     noise = flow_start(model.schedule, latents.to(model.device, state), grid, seed, model.device, state)
-    z = sample(denoiser, noise, sampler, grid=grid, seed=seed,
-               cond={"context": context, "mask": mask}, progress=progress, device=model.device, dtype=state,
-               **options)
+    common = {"seed": seed, "cond": {"context": context, "mask": mask}, "progress": progress, "device": model.device,
+              "dtype": state}
+    top = flow_top(denoiser)
+    if top is not None and float(grid[0]) > top and not resolve_sampler(sampler)[0].infinite_noise_start:
+        # s = 1 (alpha_bar = 0): the sampler cannot start there; the first interval is the folder's own step
+        noise = sample(denoiser, noise, own, grid=grid[:2], **common, **own_options)
+        grid = grid[1:]
+    z = sample(denoiser, noise, sampler, grid=grid, **common, **options)
     if return_latents:
         return z
     videos = model.decode_video(z)
