@@ -261,6 +261,7 @@ COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
 CHRONOEDIT = "## ChronoEdit folders (`diffkit.interop.chronoedit`)"
 ANIMATEDIFF = "## AnimateDiff folders (`diffkit.interop.animatediff`)"
 SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
+MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
@@ -328,6 +329,7 @@ HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
                                                     (CHRONOEDIT, ["ChronoEditPipeline"], "CE"),
                                                     (ANIMATEDIFF, ["AnimateDiffPipeline"], "AD"),
                                                     (SVD, ["StableVideoDiffusionPipeline"], "VD"),
+                                                    (MOCHI, ["MochiPipeline"], "MO"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",

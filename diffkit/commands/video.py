@@ -26,6 +26,7 @@ VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
     "AnimateDiffPipeline": "._video_animatediff",
     "StableVideoDiffusionPipeline": "._video_svd",
+    "MochiPipeline": "._video_mochi",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
