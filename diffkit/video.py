@@ -76,7 +76,10 @@ def animation_bytes(frames: Sequence[np.ndarray], fps: float = DEFAULT_FPS, fmt:
         if scale > 1:
             img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
         images.append(img)
-    options = {"lossless": True} if fmt == "WEBP" else {}
+    # Pillow merges a frame equal to the one before into a longer frame; an APNG's alternating blend ops (the same
+    # image on opaque frames) keep every frame, so the file holds T frames (WebP, GIF: merged, see read_video)
+    options = {"lossless": True} if fmt == "WEBP" else {"blend": [i % 2 for i in range(len(images))]} \
+        if fmt == "PNG" else {}
     buf = io.BytesIO()
     images[0].save(buf, format=fmt, save_all=True, append_images=images[1:], duration=1000.0 / fps, loop=0,
                    **options)
@@ -119,10 +122,14 @@ def save_videos(videos, directory: str | Path, prefix: str = "video", suffix: st
             for i, v in enumerate(videos)]
 
 
-def read_video(path: str | Path, mode: str = "RGB") -> torch.Tensor:
+def read_video(path: str | Path, mode: str = "RGB", fps: float | None = None) -> torch.Tensor:
     """The frames (T, C, H, W) in [-1, 1] of an animation (APNG, GIF, WebP; a still image is one frame) or of a
     folder of frame PNGs (in name order), in Pillow ``mode`` (``RGB``: C = 3, ``L``: C = 1); one line for a missing
-    or unreadable file, an empty folder, or frames of different sizes."""
+    or unreadable file, an empty folder, or frames of different sizes.
+
+    WebP and GIF writers store equal consecutive frames as one longer frame: each frame is repeated round(duration /
+    unit) times, the unit 1000 / ``fps`` ms where given, else the shortest frame's duration (exact unless every frame
+    was merged). diffkit's APNGs keep every frame (:func:`animation_bytes`)."""
     from .images import image_pixels
     if mode not in ("RGB", "L"):
         raise DiffkitError(f"video mode {mode!r} is not allowed; choose RGB or L")
@@ -136,13 +143,22 @@ def read_video(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     else:
         raise DiffkitError(f"video {str(path)!r} does not exist; give an animated PNG, WebP or GIF, or a folder of "
                            f"frame PNGs")
-    frames = []
+    if fps is not None:
+        check_range("fps", fps, 0.0, 1000.0, low_inclusive=False)
+    frames, durations = [], []
     for file in files:
         try:
             with Image.open(file) as image:
-                frames.extend(image_pixels(frame.copy(), mode) for frame in ImageSequence.Iterator(image))
+                for frame in ImageSequence.Iterator(image):
+                    frame.load()  # (a WebP frame's duration is read with its pixels)
+                    frames.append(image_pixels(frame.copy(), mode))
+                    durations.append(frame.info.get("duration") or 0)
         except (OSError, SyntaxError, ValueError) as err:
             raise DiffkitError(f"{str(file)!r} is not a readable image or animation: {err}") from None
+    timed = [d for d in durations if d > 0]
+    unit = 1000.0 / fps if fps is not None else min(timed) if timed else None
+    if unit is not None and len(files) == 1:
+        frames = [f for f, d in zip(frames, durations) for _ in range(max(1, round(d / unit)) if d > 0 else 1)]
     sizes = sorted({f.shape[:2] for f in frames})
     if len(sizes) > 1:
         raise DiffkitError(f"video {str(path)!r} has frames of different sizes {sizes}; all frames must have one size")

@@ -176,3 +176,17 @@ def test_video_command_refuses_folders_it_does_not_drive(tmp_path, capsys):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     code, _, err = cli(capsys, "--checkpoint", str(tmp_path), "--prompt", "a")
     assert code == 2 and "a StableDiffusionPipeline folder, which diffkit video does not drive" in err
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".gif"])
+def test_equal_consecutive_frames_are_kept(tmp_path, suffix):
+    """Pillow's writers merge a frame equal to the one before into a longer frame: an APNG keeps every frame, a
+    WebP / GIF is expanded again by the frames' durations on reading (by the given fps or the shortest frame)."""
+    levels = torch.tensor([-1.0, -1.0, -1.0, 1.0, -1.0])  # one frame unmerged: its duration is the unit
+    video = levels[None, :, None, None, None].expand(1, 5, 3, 4, 4)
+    path = save_videos(video, tmp_path, suffix=suffix, fps=10)[0]
+    if suffix == ".png":
+        with Image.open(path) as image:
+            assert image.n_frames == 5
+    for fps in (None, 10):
+        assert torch.equal(read_video(path, fps=fps), video[0])
