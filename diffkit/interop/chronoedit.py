@@ -65,7 +65,7 @@ import torch
 
 from ..errors import DiffkitError
 from . import model_dtype, require
-from .flow_latents import FrameVAE
+from .wan import WanFolder
 
 CHRONOEDIT_PIPELINE = "ChronoEditPipeline"
 CHRONOEDIT_TRANSFORMER = "ChronoEditTransformer3DModel"
@@ -79,7 +79,6 @@ CHRONOEDIT_STEPS = 50  # its num_inference_steps
 EDIT_FRAMES = 5  # its num_frames without temporal reasoning: 2 latent frames
 REASONING_FRAMES = 81  # its default num_frames (used with temporal reasoning)
 MAX_SEQUENCE_LENGTH = 512  # its default UMT5 length (the transformer's attention takes the last 512 as the text)
-SIZE_MULTIPLE = 16  # its check_inputs
 
 
 class ChronoEditNet(torch.nn.Module):
@@ -114,8 +113,9 @@ class ChronoEditNet(torch.nn.Module):
 
 
 @dataclass
-class ChronoEdit(FrameVAE):
-    """The loaded components of a ``ChronoEditPipeline`` folder (:func:`load_chronoedit`)."""
+class ChronoEdit(WanFolder):
+    """The loaded components of a ``ChronoEditPipeline`` folder (:func:`load_chronoedit`); its grid, prompts and
+    VAE factors are a Wan folder's (:class:`.wan.WanFolder`)."""
 
     transformer: object
     vae: object
@@ -131,44 +131,8 @@ class ChronoEdit(FrameVAE):
 
     default_steps = CHRONOEDIT_STEPS
     max_sequence_length = MAX_SEQUENCE_LENGTH
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_spatial`` (the VAE config's ``scale_factor_spatial``, 8)."""
-        return int(self.vae.config.scale_factor_spatial)
-
-    @property
-    def temporal_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_temporal`` (4): frames per latent frame, and the mask's channels."""
-        return int(self.vae.config.scale_factor_temporal)
-
-    @property
-    def whole_timesteps(self) -> bool:
-        from .sana import WHOLE_TIMESTEP_SCHEDULERS
-        return self.scheduler_config.get("_class_name") in WHOLE_TIMESTEP_SCHEDULERS
-
-    def check_size(self, height, width) -> None:
-        """One line unless height and width are positive multiples of 16 (``check_inputs``)."""
-        for value in (height, width):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
-                                   f"{SIZE_MULTIPLE} ({CHRONOEDIT_PIPELINE}'s check_inputs)")
-
-    def scheduler_sigmas(self, steps: int) -> torch.Tensor:
-        """The folder's scheduler's sigmas after ``set_timesteps(steps)`` (the final one included)."""
-        diffusers = require("diffusers")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        if steps not in self._sigmas:
-            scheduler = getattr(diffusers, self.scheduler_config["_class_name"]).from_config(self.scheduler_config)
-            scheduler.set_timesteps(steps)
-            self._sigmas[steps] = scheduler.sigmas.detach().to("cpu", torch.float64)
-        return self._sigmas[steps]
-
-    def scheduler_grid(self, steps: int) -> torch.Tensor:
-        """diffkit's grid of the scheduler's sigmas (:func:`.flow_latents.flow_sigmas_grid`)."""
-        from .flow_latents import flow_sigmas_grid
-        return flow_sigmas_grid(self.schedule, self.scheduler_sigmas(steps), steps)
+    pipeline_name = CHRONOEDIT_PIPELINE
+    prompt_module = "diffusers.pipelines.chronoedit.pipeline_chronoedit"
 
     def denoiser(self, reason_until: Optional[float] = None):
         """The unguided flow-prediction Denoiser on ``NoiseSchedule.flow(T, shift)`` (:class:`ChronoEditNet`)."""
@@ -177,23 +141,6 @@ class ChronoEdit(FrameVAE):
                             "flow_prediction")
         denoiser.model = self.transformer
         return denoiser
-
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """UMT5's states (B, 512, d) of the cleaned prompts, zeroed past each prompt's tokens
-        (``_get_t5_prompt_embeds``), in the transformer's dtype."""
-        from .stable_diffusion import prompt_list
-        require("diffusers")
-        from diffusers.pipelines.chronoedit import pipeline_chronoedit
-        from .prx import ftfy_or_identity
-        with ftfy_or_identity(pipeline_chronoedit):
-            texts = [pipeline_chronoedit.prompt_clean(p) for p in prompt_list(prompts)]
-        tokens = self.tokenizer(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
-                                add_special_tokens=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(self.device)
-        with torch.no_grad():
-            states = self.text_encoder(tokens.input_ids.to(self.device), mask).last_hidden_state
-        keep = torch.arange(states.shape[1], device=self.device)[None] < mask.sum(dim=1, keepdim=True)
-        return (states * keep[..., None].to(states.dtype)).to(model_dtype(self.transformer))
 
     def encode_images(self, images: Sequence) -> torch.Tensor:
         """CLIP's penultimate hidden states (B, N, d) of PIL ``images`` through the folder's image processor

@@ -1,0 +1,46 @@
+"""``diffkit video --checkpoint WAN_FOLDER --prompt TEXT``: a ``WanPipeline`` folder's videos
+(:func:`diffkit.interop.wan.text_to_video`), driven by :mod:`.video` (its ``VIDEO_KINDS`` line); ``diffkit sample`` /
+``diffkit edit`` on such a folder: one line naming ``diffkit video`` (:func:`.video.refuse_video_folder`)."""
+from __future__ import annotations
+
+from .video import VideoKind
+
+
+class WanKind(VideoKind):
+    """Wan 2.1 text-to-video: 81 frames of 480 x 832, 50 steps of the folder's scheduler and CFG s = 5 by default,
+    16 fps (the frame rate of diffusers' Wan example)."""
+
+    label = "Wan"
+    pipelines = ("WanPipeline",)
+    takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
+                       "guidance_convention"})
+    fps = 16.0
+
+    def check_folder(self, directory) -> None:
+        from ..interop.wan import check_wan_folder
+        check_wan_folder(directory)
+
+    def check_request(self, args) -> None:
+        from ..interop.auraflow import guided
+        from ..interop.wan import SIZE_MULTIPLE, check_frames
+        from ..errors import DiffkitError
+        check_frames(args.num_frames)
+        for flag in ("height", "width"):
+            value = getattr(args, flag)
+            if value is not None and value % SIZE_MULTIPLE:
+                raise DiffkitError(f"--{flag} {value} is not allowed for a Wan folder; give a multiple of "
+                                   f"{SIZE_MULTIPLE} (WanPipeline's check_inputs)")
+        if args.guidance_scale is not None:
+            guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.wan import load_wan
+        return load_wan(directory, device, progress=progress)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.wan import text_to_video
+        return text_to_video(model, prompts, seed=seed, progress=progress, **options)
+
+
+KIND = WanKind()
+

@@ -1,0 +1,327 @@
+"""A Wan text-to-video diffusers folder (``WanPipeline``, diffusers 0.42.1): videos from prompts, with any diffkit
+sampler.
+
+Wan 2.1 (Wan Team 2025, "Wan: Open and Advanced Large-Scale Video Generative Models", Sec. 3) is a rectified-flow
+video transformer (Esser et al. 2024, Sec. 2, eq. 1: x_s = (1 - s) x_0 + s eps, velocity u = eps - x_0) on the latent
+video of a causal 3-D VAE (``AutoencoderKLWan``: 1 + 4 k frames -> 1 + k latent frames, H / 8 x W / 8, per-channel
+``latents_mean`` / ``latents_std``). As ``WanPipeline.__call__``:
+
+* prompts: the pipeline's ``prompt_clean`` (ftfy, html unescaped twice, whitespace collapsed; without ftfy installed
+  diffkit skips that one call, :func:`.prx.ftfy_or_identity`), UMT5's last states of 512 tokens
+  (``max_sequence_length``) under the mask, zeroed past each prompt's tokens (:meth:`WanFolder.encode_prompts`); the
+  negative prompt (default "") the same.
+* guidance: CFG u_u + s (u_c - u_u) (Ho & Salimans 2022, eq. 6, diffusers' convention) for s > 1, default 5.0; s <= 1
+  one unguided call (a negative prompt refused, :func:`.auraflow.guided`).
+* frames and size: 81 frames (4 k + 1; the pipeline rounds others down, diffkit refuses them) of 480 x 832 by
+  default, sizes multiples of 16 (``check_inputs``; the VAE factor 8 and the transformer's 2 x 2 patches); the
+  latents (B, z_dim, (frames - 1) / 4 + 1, H / 8, W / 8) drawn in float32, video i's from seed + i.
+* the grid and its step: the folder's scheduler after ``set_timesteps(steps)`` (default 50), its sigmas at equal
+  log-SNR on ``NoiseSchedule.flow(T, shift)`` (:func:`.flow_latents.flow_sigmas_grid`), the sampler of its step
+  (:func:`.hidream.folder_sampler`: ``UniPCMultistepScheduler`` with flow sigmas -> ``unipc``, FlowMatchEuler ->
+  ``ddim``); a UniPC folder's transformer is called at its int64 timesteps floor(s T) (:mod:`.sana`'s
+  ``whole_timesteps``), a FlowMatchEuler one at s T.
+* dtypes: the latents and the sampler's state in float32, the transformer's input and text states in its own dtype
+  (its output cast back to float32).
+* output: the Wan VAE's decoding x = D(z / (1 / std) + mean) of the whole latent video, (B, T, 3, H, W) frames
+  (``output_type="pt"`` is that in [0, 1]); ``return_latents``: the final latents (B, C, F, h, w).
+
+The pieces a Wan image-to-video folder shares (the folder's grid and prompts, :class:`WanFolder`; the transformer as a
+Denoiser, :class:`WanNet`) live here; :mod:`.chronoedit` builds on them. Refused in one line before any weight is read
+(:func:`check_wan_folder`): another pipeline class, a missing component, parts of other classes, a transformer with
+CLIP image states or whose channels are not the VAE's z_dim, patches other than (1, 2, 2), a scheduler diffkit's
+samplers do not compute (:func:`.hidream.folder_sampler`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError
+from . import model_dtype, require
+from .flow_latents import FrameVAE
+
+WAN_PIPELINE = "WanPipeline"
+WAN_TRANSFORMER = "WanTransformer3DModel"
+REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+WAN_CLASSES = {"transformer": (WAN_TRANSFORMER,), "vae": ("AutoencoderKLWan",), "text_encoder": ("UMT5EncoderModel",),
+               "scheduler": ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")}
+WAN_GUIDANCE = 5.0  # WanPipeline.__call__'s default guidance_scale (diffusers' convention)
+WAN_STEPS = 50  # its num_inference_steps
+WAN_FRAMES = 81  # its num_frames
+WAN_HEIGHT, WAN_WIDTH = 480, 832  # its height, width
+WAN_FPS = 16.0  # the frame rate its documentation's example exports at (export_to_video(output, fps=16))
+MAX_SEQUENCE_LENGTH = 512  # its max_sequence_length (UMT5 tokens)
+SIZE_MULTIPLE = 16  # its check_inputs
+
+
+class WanNet(torch.nn.Module):
+    """``net(z, t, context, image=None, condition=None)`` over a Wan video transformer on latent videos z (B, C, F,
+    h, w): ``context`` (UMT5's states) its text states, ``image`` (CLIP's, image-to-video) its
+    ``encoder_hidden_states_image``, ``condition`` (image-to-video) concatenated after z along the channels; ``t`` the
+    flow time s T (floored with ``whole_timesteps``); the velocity in z's dtype."""
+
+    def __init__(self, transformer, whole_timesteps: bool = False):
+        super().__init__()
+        self.model, self.whole_timesteps = transformer, whole_timesteps
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, image: torch.Tensor = None,
+                condition: torch.Tensor = None) -> torch.Tensor:
+        if context is None:
+            raise DiffkitError("a Wan transformer needs cond {'context'} (wan.text_to_video)")
+        dtype = model_dtype(self.model)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        z = x if condition is None else torch.cat([x, condition.to(x.dtype)], dim=1)
+        extra = {} if image is None else {"encoder_hidden_states_image": image.to(dtype)}
+        return self.model(hidden_states=z.to(dtype), timestep=t.floor() if self.whole_timesteps else t,
+                          encoder_hidden_states=context.to(dtype), return_dict=False, **extra)[0].to(x.dtype)
+
+
+class WanFolder(FrameVAE):
+    """Mixin of a Wan folder's dataclass (``transformer``, ``vae``, ``text_encoder``, ``tokenizer``,
+    ``scheduler_config``, ``schedule``, ``device``, ``_sigmas``): the VAE's factors, the size check, the scheduler's
+    grid, UMT5 prompt states and the video decoding its pipelines share (:class:`Wan`, :class:`.chronoedit.ChronoEdit`).
+    """
+
+    pipeline_name = WAN_PIPELINE
+    prompt_module = "diffusers.pipelines.wan.pipeline_wan"  # whose prompt_clean the pipeline runs
+    size_multiple = SIZE_MULTIPLE
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """The pipeline's ``vae_scale_factor_spatial`` (the VAE config's ``scale_factor_spatial``, 8)."""
+        return int(self.vae.config.scale_factor_spatial)
+
+    @property
+    def temporal_factor(self) -> int:
+        """The pipeline's ``vae_scale_factor_temporal`` (4): frames per latent frame (and ChronoEdit's mask channels)."""
+        return int(self.vae.config.scale_factor_temporal)
+
+    @property
+    def whole_timesteps(self) -> bool:
+        from .sana import WHOLE_TIMESTEP_SCHEDULERS
+        return self.scheduler_config.get("_class_name") in WHOLE_TIMESTEP_SCHEDULERS
+
+    def check_size(self, height, width) -> None:
+        """One line unless height and width are positive multiples of :attr:`size_multiple` (``check_inputs``)."""
+        for value in (height, width):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % self.size_multiple:
+                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
+                                   f"{self.size_multiple} ({self.pipeline_name}'s check_inputs)")
+
+    def scheduler_sigmas(self, steps: int) -> torch.Tensor:
+        """The folder's scheduler's sigmas after ``set_timesteps(steps)`` (the final one included)."""
+        return self._scheduler_after(steps)[0]
+
+    def scheduler_timesteps(self, steps: int) -> torch.Tensor:
+        """The folder's scheduler's timesteps after ``set_timesteps(steps)`` (what the pipeline compares with a
+        boundary), float64."""
+        return self._scheduler_after(steps)[1]
+
+    def _scheduler_after(self, steps: int) -> tuple:
+        diffusers = require("diffusers")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+        if steps not in self._sigmas:
+            scheduler = getattr(diffusers, self.scheduler_config["_class_name"]).from_config(self.scheduler_config)
+            scheduler.set_timesteps(steps)
+            self._sigmas[steps] = (scheduler.sigmas.detach().to("cpu", torch.float64),
+                                   scheduler.timesteps.detach().to("cpu", torch.float64))
+        return self._sigmas[steps]
+
+    def scheduler_grid(self, steps: int) -> torch.Tensor:
+        """diffkit's grid of the scheduler's sigmas (:func:`.flow_latents.flow_sigmas_grid`)."""
+        from .flow_latents import flow_sigmas_grid
+        return flow_sigmas_grid(self.schedule, self.scheduler_sigmas(steps), steps)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """UMT5's states (B, 512, d) of the cleaned prompts, zeroed past each prompt's tokens
+        (``_get_t5_prompt_embeds``), in the transformer's dtype."""
+        import importlib
+
+        from .prx import ftfy_or_identity
+        from .stable_diffusion import prompt_list
+        require("diffusers")
+        module = importlib.import_module(self.prompt_module)
+        with ftfy_or_identity(module):
+            texts = [module.prompt_clean(p) for p in prompt_list(prompts)]
+        tokens = self.tokenizer(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device)
+        with torch.no_grad():
+            states = self.text_encoder(tokens.input_ids.to(self.device), mask).last_hidden_state
+        keep = torch.arange(states.shape[1], device=self.device)[None] < mask.sum(dim=1, keepdim=True)
+        return (states * keep[..., None].to(states.dtype)).to(model_dtype(self.transformer))
+
+    def latent_video_shape(self, batch: int, frames: int, height: int, width: int) -> tuple:
+        """(B, z_dim, (frames - 1) / 4 + 1, H / 8, W / 8): the pipeline's ``prepare_latents``."""
+        f = self.vae_scale_factor
+        return (batch, int(self.vae.config.z_dim), (frames - 1) // self.temporal_factor + 1, height // f, width // f)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Frames (B, T, 3, H, W) in [-1, 1] (not clamped) of latent videos (B, C, F, h, w): the pipeline's
+        x = D(z / (1 / std) + mean)."""
+        with torch.no_grad():
+            z = latents.to(device=self.device, dtype=self.vae.dtype)
+            mean, std = (s[:, :, None] for s in self._stats(z))
+            return self.vae.decode(z / (1.0 / std) + mean, return_dict=False)[0].float().transpose(1, 2)
+
+
+@dataclass
+class Wan(WanFolder):
+    """The loaded components of a ``WanPipeline`` folder (:func:`load_wan`)."""
+
+    transformer: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    scheduler_config: dict
+    schedule: object
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    _sigmas: dict = field(default_factory=dict, repr=False)
+
+    default_steps = WAN_STEPS
+
+    def denoiser(self, transformer=None):
+        """The unguided flow-prediction Denoiser on ``NoiseSchedule.flow(T, shift)`` (:class:`WanNet`) of
+        ``transformer`` (default the folder's)."""
+        from ..denoiser import Denoiser
+        transformer = self.transformer if transformer is None else transformer
+        denoiser = Denoiser(WanNet(transformer, self.whole_timesteps), self.schedule, "flow_prediction")
+        denoiser.model = transformer
+        return denoiser
+
+
+def is_wan_folder(path) -> bool:
+    """True for a folder whose ``model_index.json`` names ``WanPipeline``."""
+    from .sd_xl import pipeline_class
+    return pipeline_class(path) == WAN_PIPELINE
+
+
+def check_wan_folder(directory) -> tuple:
+    """(model_index dict, scheduler config) of a ``WanPipeline`` folder, checked from its JSON alone (module
+    docstring); a one-line DiffkitError for what diffkit does not drive."""
+    from ..errors import read_json_object
+    from .flow_latents import check_part_configs
+    from .hidream import folder_sampler
+    from .pixart import check_classes, named_index
+    directory = Path(directory)
+    index = named_index(directory, (WAN_PIPELINE,), "Wan")
+    check_classes(directory, index, REQUIRED, "Wan", WAN_CLASSES)
+    for key, allowed in (("transformer_2", None), ("boundary_ratio", None), ("expand_timesteps", False)):
+        value = index.get(key, allowed)
+        if isinstance(value, list):
+            value = None if value == [None, None] else value
+        if value not in (allowed, None, False):
+            raise DiffkitError(f"{directory}'s model_index.json has {key}={value!r}, which diffkit does not drive; "
+                               f"allowed: {allowed!r} (a Wan 2.1 text-to-video folder)")
+    configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
+               for part in ("transformer", "vae")}
+    z_dim = configs["vae"].get("z_dim", 16)
+    check_part_configs(directory, configs, (
+        ("vae", "patch_size", None, None, "a Wan 2.1 VAE; a Wan 2.2 one is patched"),
+        ("vae", "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8"),
+        ("transformer", "in_channels", 16, z_dim, "the VAE's z_dim"),
+        ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
+        ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
+        ("transformer", "image_dim", None, None, "a text-to-video transformer, without CLIP image states")))
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    folder_sampler(sched)  # one line for a scheduler whose step diffkit's samplers do not compute
+    return index, sched
+
+
+def load_wan(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
+             lora=None) -> Wan:
+    """Load a ``WanPipeline`` folder (never downloads, never unpickles), checked first (:func:`check_wan_folder`).
+    ``lora``: not taken yet (one line)."""
+    from ..schedule import NoiseSchedule
+    from .flow_latents import frozen_on, load_flow_parts
+    from .sana import flow_shift_of
+    from .schedulers import train_timesteps
+    diffusers = require("diffusers")
+    directory = Path(directory)
+    index, sched = check_wan_folder(directory)
+    if lora:
+        raise DiffkitError("lora is not allowed for a Wan folder yet")
+    schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
+    parts = load_flow_parts(directory, index, diffusers.WanTransformer3DModel, {"": "UMT5EncoderModel"}, dtype,
+                            progress, vae_cls=diffusers.AutoencoderKLWan)
+    device = frozen_on(parts, device)
+    model = Wan(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
+    have, need = model.transformer.config.text_dim, model.text_encoder.config.d_model
+    if have != need:
+        raise DiffkitError(f"{directory}: the transformer's text_dim={have} does not fit its encoder's width {need}")
+    return model
+
+
+def check_frames(num_frames, default: int = WAN_FRAMES) -> int:
+    """The pipeline's frame count: ``num_frames`` (default 81) of the form 4 k + 1 (the Wan VAE's causal frames;
+    the pipeline would round others down)."""
+    frames = default if num_frames is None else num_frames
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or frames % 4 != 1:
+        raise DiffkitError(f"num_frames={frames!r} is not allowed; give 4 k + 1 frames (1, 5, 9, ..., the Wan VAE's "
+                           f"1 + 4 k frames; the pipeline would round it down)")
+    return frames
+
+
+def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
+                  guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
+                  sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
+                  width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
+                  output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
+                  **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) of ``prompts`` (one string, or a list: one video each) as ``WanPipeline`` (module
+    docstring).
+
+    guidance_scale: in ``convention`` (default s = 5, diffusers'), against ``negative_prompt`` (default ""; one, or
+    one per prompt). steps: the scheduler's (default 50); sampler: None for the scheduler's own step
+    (:func:`.hidream.folder_sampler`), or any diffkit sampler on its grid (``options``: its options). num_frames
+    (default 81, 4 k + 1), height x width (default 480 x 832, multiples of 16). latents: z at s = 1 (B, C, F, h, w)
+    (the pipeline's ``latents``), default N(0, I) from per-video ``seed + i``. Returns frames in ``output_range``
+    ("-1,1" or "0,1"), or with ``return_latents`` the final latents (B, C, F, h, w)."""
+    from ..errors import check_choice
+    from ..guidance import ClassifierFreeGuidance
+    from ..noise import generators_from_seed, randn
+    from ..sampling import sample
+    from .auraflow import guided
+    from .hidream import folder_sampler
+    from .pixart import flow_start
+    from .stable_diffusion import OUTPUT_RANGES, negative_prompts, prompt_list
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = prompt_list(prompts)
+    scale = WAN_GUIDANCE if guidance_scale is None else guidance_scale
+    convention = "diffusers" if guidance_scale is None else convention
+    cfg = guided(scale, convention, negative_prompt)
+    frames = check_frames(num_frames)
+    height, width = WAN_HEIGHT if height is None else height, WAN_WIDTH if width is None else width
+    model.check_size(height, width)
+    steps = model.default_steps if steps is None else steps
+    grid = model.scheduler_grid(steps)
+    own, sampler_options = folder_sampler(model.scheduler_config)
+    if sampler is None:
+        sampler, options = own, {**sampler_options, **options}
+    shape = model.latent_video_shape(len(prompts), frames, height, width)
+    if latents is None:
+        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
+    elif tuple(latents.shape) != shape:
+        raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+    cond = {"context": model.encode_prompts(prompts)}
+    denoiser = model.denoiser()
+    if cfg:
+        null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
+        denoiser = ClassifierFreeGuidance(denoiser, scale, convention, null_context=null)
+    state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
+    noise = flow_start(model.schedule, latents.to(model.device, state), grid, seed, model.device, state)
+    z = sample(denoiser, noise, sampler, grid=grid, seed=seed, cond=cond, progress=progress, device=model.device,
+               dtype=state, **options)
+    if return_latents:
+        return z
+    videos = model.decode_video(z)
+    return (videos / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else videos.clamp(-1, 1)
+
+
+__all__ = ["Wan", "WanFolder", "WanNet", "load_wan", "is_wan_folder", "check_wan_folder", "check_frames",
+           "text_to_video", "WAN_PIPELINE", "WAN_GUIDANCE", "WAN_STEPS", "WAN_FRAMES", "WAN_FPS"]
