@@ -155,6 +155,36 @@ class WanFolder(FrameVAE):
         keep = torch.arange(states.shape[1], device=self.device)[None] < mask.sum(dim=1, keepdim=True)
         return (states * keep[..., None].to(states.dtype)).to(model_dtype(self.transformer))
 
+    def start_latents(self, steps, sampler, options: dict, shape: tuple, latents, seed) -> tuple:
+        """(steps, grid, sampler, its options, z at s = 1) of a Wan pipeline's loop: ``steps`` (default
+        :attr:`default_steps`) of the scheduler's grid, ``sampler`` None for the scheduler's own step
+        (:func:`.hidream.folder_sampler`, its options under ``options``), ``latents`` checked against ``shape`` or
+        drawn N(0, I) from per-video ``seed + i``."""
+        from ..noise import generators_from_seed, randn
+        from .hidream import folder_sampler
+        steps = self.default_steps if steps is None else steps
+        grid = self.scheduler_grid(steps)
+        own, sampler_options = folder_sampler(self.scheduler_config)
+        if sampler is None:
+            sampler, options = own, {**sampler_options, **options}
+        if latents is None:
+            latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=self.device)
+        elif tuple(latents.shape) != shape:
+            raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+        return steps, grid, sampler, options, latents
+
+    def sample_latents(self, denoiser, cond: dict, grid, sampler: str, latents, seed, progress: bool,
+                       options: dict) -> torch.Tensor:
+        """The final latents of ``denoiser`` from ``latents`` (z at the grid's first sigma) on ``grid``, the
+        latents and the sampler's state in float32 (the pipelines' ``prepare_latents(..., torch.float32)``), whatever
+        the transformer's dtype."""
+        from ..sampling import sample
+        from .pixart import flow_start
+        state = torch.float32
+        noise = flow_start(self.schedule, latents.to(self.device, state), grid, seed, self.device, state)
+        return sample(denoiser, noise, sampler, grid=grid, seed=seed, cond=cond, progress=progress, device=self.device,
+                      dtype=state, **options)
+
     def latent_video_shape(self, batch: int, frames: int, height: int, width: int) -> tuple:
         """(B, z_dim, (frames - 1) / 4 + 1, H / 8, W / 8): the pipeline's ``prepare_latents``."""
         f = self.vae_scale_factor
@@ -201,16 +231,34 @@ def is_wan_folder(path) -> bool:
     return pipeline_class(path) == WAN_PIPELINE
 
 
+def wan_configs(directory: Path, pipeline: str, kind: str, required, classes: dict) -> tuple:
+    """(model_index dict, {"transformer": config, "vae": config}) of a folder whose index names ``pipeline`` and whose
+    ``required`` components are of ``classes`` (one line otherwise, naming ``kind``): a Wan folder's and ChronoEdit's
+    first JSON checks."""
+    from ..errors import read_json_object
+    from .pixart import check_classes, named_index
+    index = named_index(directory, (pipeline,), kind)
+    check_classes(directory, index, required, kind, classes)
+    return index, {part: read_json_object(directory / part / "config.json", f"{part} config")
+                   for part in ("transformer", "vae")}
+
+
+def wan_scheduler_config(directory: Path) -> dict:
+    """The folder's scheduler config, one line where diffkit's samplers do not compute its step
+    (:func:`.hidream.folder_sampler`)."""
+    from ..errors import read_json_object
+    from .hidream import folder_sampler
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    folder_sampler(sched)
+    return sched
+
+
 def check_wan_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``WanPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from ..errors import read_json_object
     from .flow_latents import check_part_configs
-    from .hidream import folder_sampler
-    from .pixart import check_classes, named_index
     directory = Path(directory)
-    index = named_index(directory, (WAN_PIPELINE,), "Wan")
-    check_classes(directory, index, REQUIRED, "Wan", WAN_CLASSES)
+    index, configs = wan_configs(directory, WAN_PIPELINE, "Wan", REQUIRED, WAN_CLASSES)
     for key, allowed in (("transformer_2", None), ("boundary_ratio", None), ("expand_timesteps", False)):
         value = index.get(key, allowed)
         if isinstance(value, list):
@@ -218,8 +266,6 @@ def check_wan_folder(directory) -> tuple:
         if value not in (allowed, None, False):
             raise DiffkitError(f"{directory}'s model_index.json has {key}={value!r}, which diffkit does not drive; "
                                f"allowed: {allowed!r} (a Wan 2.1 text-to-video folder)")
-    configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
-               for part in ("transformer", "vae")}
     z_dim = configs["vae"].get("z_dim", 16)
     check_part_configs(directory, configs, (
         ("vae", "patch_size", None, None, "a Wan 2.1 VAE; a Wan 2.2 one is patched"),
@@ -228,33 +274,55 @@ def check_wan_folder(directory) -> tuple:
         ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
         ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
         ("transformer", "image_dim", None, None, "a text-to-video transformer, without CLIP image states")))
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    folder_sampler(sched)  # one line for a scheduler whose step diffkit's samplers do not compute
-    return index, sched
+    return index, wan_scheduler_config(directory)
+
+
+def load_wan_parts(directory: Path, index: dict, sched: dict, transformer_cls, device, dtype, progress: bool) -> tuple:
+    """(parts, flow schedule, torch.device) of a checked Wan folder: its transformer (``transformer_cls``), Wan VAE,
+    UMT5 and tokenizer (:func:`.flow_latents.load_flow_parts`) frozen on ``device``, and ``NoiseSchedule.flow(T,
+    shift)`` of its scheduler."""
+    from ..schedule import NoiseSchedule
+    from .flow_latents import frozen_on, load_flow_parts
+    from .sana import flow_shift_of
+    from .schedulers import train_timesteps
+    diffusers = require("diffusers")
+    schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
+    parts = load_flow_parts(directory, index, transformer_cls, {"": "UMT5EncoderModel"}, dtype, progress,
+                            vae_cls=diffusers.AutoencoderKLWan)
+    return parts, schedule, frozen_on(parts, device)
+
+
+def check_widths(directory, widths) -> None:
+    """One line for the first (have, need, what) of ``widths`` where the transformer's config ``what`` is not its
+    encoder's width."""
+    for have, need, what in widths:
+        if have != need:
+            raise DiffkitError(f"{directory}: the transformer's {what}={have} does not fit its encoder's width {need}")
 
 
 def load_wan(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
              lora=None) -> Wan:
     """Load a ``WanPipeline`` folder (never downloads, never unpickles), checked first (:func:`check_wan_folder`).
     ``lora``: not taken yet (one line)."""
-    from ..schedule import NoiseSchedule
-    from .flow_latents import frozen_on, load_flow_parts
-    from .sana import flow_shift_of
-    from .schedulers import train_timesteps
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_wan_folder(directory)
     if lora:
         raise DiffkitError("lora is not allowed for a Wan folder yet")
-    schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
-    parts = load_flow_parts(directory, index, diffusers.WanTransformer3DModel, {"": "UMT5EncoderModel"}, dtype,
-                            progress, vae_cls=diffusers.AutoencoderKLWan)
-    device = frozen_on(parts, device)
+    parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanTransformer3DModel, device, dtype,
+                                             progress)
     model = Wan(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
-    have, need = model.transformer.config.text_dim, model.text_encoder.config.d_model
-    if have != need:
-        raise DiffkitError(f"{directory}: the transformer's text_dim={have} does not fit its encoder's width {need}")
+    check_widths(directory, [(model.transformer.config.text_dim, model.text_encoder.config.d_model, "text_dim")])
     return model
+
+
+def pipeline_guidance(guidance_scale, convention: str, negative_prompt, default: float) -> tuple:
+    """(scale, convention, CFG on?) of a Wan pipeline's ``guidance_scale`` (None: ``default`` in diffusers'
+    convention), :func:`.auraflow.guided`'s check of ``negative_prompt`` included."""
+    from .auraflow import guided
+    scale = default if guidance_scale is None else guidance_scale
+    convention = "diffusers" if guidance_scale is None else convention
+    return scale, convention, guided(scale, convention, negative_prompt)
 
 
 def check_frames(num_frames, default: int = WAN_FRAMES) -> int:
@@ -284,39 +352,21 @@ def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_pr
     ("-1,1" or "0,1"), or with ``return_latents`` the final latents (B, C, F, h, w)."""
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
-    from ..noise import generators_from_seed, randn
-    from ..sampling import sample
-    from .auraflow import guided
-    from .hidream import folder_sampler
-    from .pixart import flow_start
     from .stable_diffusion import OUTPUT_RANGES, negative_prompts, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
-    scale = WAN_GUIDANCE if guidance_scale is None else guidance_scale
-    convention = "diffusers" if guidance_scale is None else convention
-    cfg = guided(scale, convention, negative_prompt)
+    scale, convention, cfg = pipeline_guidance(guidance_scale, convention, negative_prompt, WAN_GUIDANCE)
     frames = check_frames(num_frames)
     height, width = WAN_HEIGHT if height is None else height, WAN_WIDTH if width is None else width
     model.check_size(height, width)
-    steps = model.default_steps if steps is None else steps
-    grid = model.scheduler_grid(steps)
-    own, sampler_options = folder_sampler(model.scheduler_config)
-    if sampler is None:
-        sampler, options = own, {**sampler_options, **options}
     shape = model.latent_video_shape(len(prompts), frames, height, width)
-    if latents is None:
-        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
-    elif tuple(latents.shape) != shape:
-        raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+    steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
     cond = {"context": model.encode_prompts(prompts)}
     denoiser = model.denoiser()
     if cfg:
         null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
         denoiser = ClassifierFreeGuidance(denoiser, scale, convention, null_context=null)
-    state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
-    noise = flow_start(model.schedule, latents.to(model.device, state), grid, seed, model.device, state)
-    z = sample(denoiser, noise, sampler, grid=grid, seed=seed, cond=cond, progress=progress, device=model.device,
-               dtype=state, **options)
+    z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
     if return_latents:
         return z
     videos = model.decode_video(z)
