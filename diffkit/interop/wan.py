@@ -96,7 +96,7 @@ class WanFolder(FrameVAE):
 
     @property
     def temporal_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_temporal`` (4): frames per latent frame (and ChronoEdit's mask channels)."""
+        """The pipeline's ``vae_scale_factor_temporal`` (4): frames per latent frame (ChronoEdit's mask channels)."""
         return int(self.vae.config.scale_factor_temporal)
 
     @property
