@@ -65,6 +65,20 @@ def tiny_wan(tmp_path_factory):
         yield reloaded(root / "wan", diffusers.WanPipeline, load_wan)
 
 
+@pytest.fixture(scope="session")
+def tiny_wan22(tiny_wan, tmp_path_factory):
+    """The Wan 2.2 A14B layout of the tiny folder: a second random transformer as ``transformer_2``, boundary_ratio
+    0.8 (of 3 UniPC steps at timesteps 999, 857, 600 the first two are the high-noise expert's; of 2, at 999,
+    750, the first)."""
+    pipe, _, _ = tiny_wan
+    torch.manual_seed(1)
+    second = randomised(diffusers.WanTransformer3DModel(**pipe.transformer.config), seed=2)
+    root = tmp_path_factory.mktemp("wan22")
+    components = {**pipe.components, "transformer_2": second}
+    diffusers.WanPipeline(**components, boundary_ratio=0.8).save_pretrained(root / "wan22")
+    return reloaded(root / "wan22", diffusers.WanPipeline, load_wan)
+
+
 def _latents(batch=1, seed=7):
     return torch.randn(batch, Z, 2, H // 8, W // 8, generator=torch.Generator().manual_seed(seed))
 
@@ -95,6 +109,28 @@ def test_wan_matches_the_pipeline(tiny_wan):
     assert error < 1e-5
 
 
+def test_wan22_two_experts_match_the_pipeline(tiny_wan22, tmp_path):
+    """Wan 2.2 A14B: transformer for the pipeline's timesteps >= 0.8 T (two of 3 UniPC steps) with CFG 4,
+    transformer_2 below with guidance_scale_2 = 2.5; and ``diffkit video --guidance-scale-2`` is the library's."""
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video
+    pipe, path, model = tiny_wan22
+    latents = _latents()
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "guidance_scale_2": 2.5, "height": H, "width": W,
+          "num_frames": FRAMES}
+    with torch.no_grad():
+        theirs = pipe(PROMPT, num_inference_steps=3, latents=latents, output_type="latent", **kw).frames
+    ours = text_to_video(model, PROMPT, steps=3, latents=latents, return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print(f"latents: {error:.2e}")  # (measured 4.6e-7)
+    assert error < 1e-5
+    assert main(["video", "--checkpoint", str(path), "--prompt", PROMPT, "--steps", "2", "--frames", str(FRAMES),
+                 "--height", str(H), "--width", str(W), "--guidance-scale-2", "1.5", "--guidance-convention",
+                 "diffusers", "--out", str(tmp_path / "v.png"), "--no-progress"]) == 0
+    video = text_to_video(model, PROMPT, steps=2, num_frames=FRAMES, height=H, width=W, guidance_scale_2=1.5)
+    assert (to_uint8(read_video(tmp_path / "v.png")[:, :, 2:2 + H, 2:2 + W]) == to_uint8(video[0])).all()
+
+
 def _video_argv(path, out, *extra):
     return ["video", "--checkpoint", str(path), "--prompt", PROMPT, "--prompt", "a dog", "--steps", "2", "--seed", "3",
             "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--out", str(out), "--no-progress",
@@ -122,6 +158,7 @@ def test_wan_command_is_the_library(tiny_wan, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"transformer": ["diffusers", "FluxTransformer2DModel"]}, "transformer is a 'FluxTransformer2DModel'"),
     ({"expand_timesteps": True}, "expand_timesteps=True"),
+    ({"boundary_ratio": 0.9}, "boundary_ratio=0.9 with transformer_2=None; allowed: a number in"),
 ])
 def test_wan_folder_refusals(tiny_wan, tmp_path, change, message):
     _, path, _ = tiny_wan
@@ -135,6 +172,7 @@ def test_wan_folder_refusals(tiny_wan, tmp_path, change, message):
     (lambda m: text_to_video(m, PROMPT, guidance_scale=1.0, negative_prompt="x"), "negative prompt with"),
     (lambda m: text_to_video(m, PROMPT, latents=torch.zeros(1, Z, 1, 2, 4), height=H, width=W, num_frames=FRAMES),
      "latents of shape"),
+    (lambda m: text_to_video(m, PROMPT, guidance_scale_2=3.0), "guidance_scale_2=3.0 is not allowed"),
 ])
 def test_wan_library_refusals(tiny_wan, call, message):
     with pytest.raises(DiffkitError, match=message):
@@ -145,6 +183,7 @@ def test_wan_library_refusals(tiny_wan, call, message):
     (["video", "--frames", "6"], "num_frames=6 is not allowed"),
     (["video", "--height", "24"], "--height 24 is not allowed for a Wan folder"),
     (["video", "--image", "x.png"], "--image does not apply to a Wan folder"),
+    (["video", "--guidance-scale-2", "2"], "--guidance-scale-2 applies to a Wan 2.2 A14B folder"),
     (["sample"], "WanPipeline folder (video), which diffkit sample does not take; generate its videos with diffkit "
                  "video"),
     (["edit", "--images", "x.png"], "which diffkit edit does not take"),
