@@ -7,13 +7,14 @@ from .video import VideoKind
 
 
 class WanKind(VideoKind):
-    """Wan 2.1 text-to-video: 81 frames of 480 x 832, 50 steps of the folder's scheduler and CFG s = 5 by default,
-    16 fps (the frame rate of diffusers' Wan example)."""
+    """Wan 2.1 / 2.2 A14B text-to-video: 81 frames of 480 x 832, 50 steps of the folder's scheduler and CFG s = 5 by
+    default, 16 fps (the frame rate of diffusers' Wan example); ``--guidance-scale-2``: a Wan 2.2 A14B folder's
+    low-noise expert's scale."""
 
     label = "Wan"
     pipelines = ("WanPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention"})
+                       "guidance_convention", "guidance_scale_2"})
     fps = 16.0
 
     def check_folder(self, directory) -> None:
@@ -22,7 +23,8 @@ class WanKind(VideoKind):
 
     def check_request(self, args) -> None:
         from ..interop.auraflow import guided
-        from ..interop.wan import SIZE_MULTIPLE, check_frames
+        from ..interop.sd_xl import _index as read_index
+        from ..interop.wan import SIZE_MULTIPLE, check_experts, check_frames
         from ..errors import DiffkitError
         check_frames(args.num_frames)
         for flag in ("height", "width"):
@@ -32,6 +34,9 @@ class WanKind(VideoKind):
                                    f"{SIZE_MULTIPLE} (WanPipeline's check_inputs)")
         if args.guidance_scale is not None:
             guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
+        if args.guidance_scale_2 is not None and not check_experts(args.checkpoint, read_index(args.checkpoint)):
+            raise DiffkitError(f"--guidance-scale-2 applies to a Wan 2.2 A14B folder (transformer_2 with "
+                               f"boundary_ratio); {args.checkpoint} has one transformer")
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.wan import load_wan

@@ -97,6 +97,10 @@ def register(sub) -> None:
     add_lora_flags(p, help="a LoRA .safetensors file for the folder's transformer (the kinds that take it: "
                            "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
                            "several: they add)")
+    wan = p.add_argument_group("Wan")
+    wan.add_argument("--guidance-scale-2", type=float, metavar="S",
+                     help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "
+                          "--guidance-scale is (default --guidance-scale)")
     add_progress_flag(p)
     p.set_defaults(func=run)
 

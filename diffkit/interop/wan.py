@@ -20,6 +20,12 @@ video of a causal 3-D VAE (``AutoencoderKLWan``: 1 + 4 k frames -> 1 + k latent 
   (:func:`.hidream.folder_sampler`: ``UniPCMultistepScheduler`` with flow sigmas -> ``unipc``, FlowMatchEuler ->
   ``ddim``); a UniPC folder's transformer is called at its int64 timesteps floor(s T) (:mod:`.sana`'s
   ``whole_timesteps``), a FlowMatchEuler one at s T.
+* Wan 2.2 A14B (``transformer_2`` and ``boundary_ratio`` in model_index.json): two experts, ``transformer`` (guided
+  by ``guidance_scale``) at the pipeline's timesteps t >= boundary_ratio T, ``transformer_2`` (``guidance_scale_2``,
+  default ``guidance_scale``) below; CFG is on or off by ``guidance_scale`` alone. diffkit switches at the VP time
+  between the grid's last high-noise time and the next (:class:`TwoExperts`, :func:`expert_boundary`), so any sampler
+  on the grid sees the pipeline's assignment of steps. A ``transformer_2`` without ``boundary_ratio`` is never called
+  (as in the pipeline) and is not loaded.
 * dtypes: the latents and the sampler's state in float32, the transformer's input and text states in its own dtype
   (its output cast back to float32).
 * output: the Wan VAE's decoding x = D(z / (1 / std) + mean) of the whole latent video, (B, T, 3, H, W) frames
@@ -28,8 +34,9 @@ video of a causal 3-D VAE (``AutoencoderKLWan``: 1 + 4 k frames -> 1 + k latent 
 The pieces a Wan image-to-video folder shares (the folder's grid and prompts, :class:`WanFolder`; the transformer as a
 Denoiser, :class:`WanNet`) live here; :mod:`.chronoedit` builds on them. Refused in one line before any weight is read
 (:func:`check_wan_folder`): another pipeline class, a missing component, parts of other classes, a transformer with
-CLIP image states or whose channels are not the VAE's z_dim, patches other than (1, 2, 2), a scheduler diffkit's
-samplers do not compute (:func:`.hidream.folder_sampler`).
+CLIP image states or whose channels are not the VAE's z_dim, patches other than (1, 2, 2), a ``boundary_ratio``
+without ``transformer_2`` or outside (0, 1), ``expand_timesteps`` (Wan 2.2 TI2V-5B), a scheduler diffkit's samplers
+do not compute (:func:`.hidream.folder_sampler`).
 """
 from __future__ import annotations
 
@@ -77,6 +84,48 @@ class WanNet(torch.nn.Module):
         extra = {} if image is None else {"encoder_hidden_states_image": image.to(dtype)}
         return self.model(hidden_states=z.to(dtype), timestep=t.floor() if self.whole_timesteps else t,
                           encoder_hidden_states=context.to(dtype), return_dict=False, **extra)[0].to(x.dtype)
+
+
+class TwoExperts:
+    """Wan 2.2 A14B's two experts as one denoiser: ``high`` (``transformer`` with its guidance) at VP times t >=
+    ``boundary``, ``low`` (``transformer_2`` with ``guidance_scale_2``) below (``WanPipeline``'s switch at its
+    timestep ``boundary_ratio`` T, placed between the grid's last high-noise time and the next,
+    :func:`expert_boundary`). ``inner`` is ``high`` (the schedule and the denoiser contract); ``nfe`` counts both."""
+
+    def __init__(self, high, low, boundary: float):
+        self.inner, self.low, self.boundary = high, low, float(boundary)
+
+    schedule = property(lambda self: self.inner.schedule)
+    nfe = property(lambda self: self.inner.nfe + self.low.nfe,
+                   lambda self, value: (setattr(self.inner, "nfe", value), setattr(self.low, "nfe", 0)))
+    learned_variance = property(lambda self: False)
+    data_scale = property(lambda self: None)
+
+    def reset_nfe(self) -> None:
+        self.inner.reset_nfe()
+        self.low.reset_nfe()
+
+    def reset_state(self) -> None:
+        """The low expert's wrappers start afresh with the run too (:func:`diffkit.denoiser.reset_states` walks
+        ``inner``)."""
+        from ..denoiser import reset_states
+        reset_states(self.low)
+
+    def __call__(self, x: torch.Tensor, t, **cond):
+        from ..schedule import as_cpu_times
+        first = float(as_cpu_times(t).reshape(-1)[0])
+        return (self.inner if first >= self.boundary else self.low)(x, t, **cond)
+
+
+def expert_boundary(grid: torch.Tensor, timesteps: torch.Tensor, boundary_timestep: float) -> float:
+    """The VP time between the grid's last time whose pipeline timestep is >= ``boundary_timestep`` (the high-noise
+    expert's steps: the first k) and the next: +inf where k = 0, -inf where every step is high-noise."""
+    k = int((timesteps >= boundary_timestep).sum())
+    if k == 0:
+        return float("inf")
+    if k >= len(timesteps):
+        return float("-inf")
+    return float(grid[k - 1] + grid[k]) / 2
 
 
 class WanFolder(FrameVAE):
@@ -211,6 +260,8 @@ class Wan(WanFolder):
     schedule: object
     device: torch.device
     dtype: torch.dtype = torch.float32
+    transformer_2: object = None  # Wan 2.2 A14B's low-noise expert (with boundary_ratio)
+    boundary_ratio: Optional[float] = None
     _sigmas: dict = field(default_factory=dict, repr=False)
 
     default_steps = WAN_STEPS
@@ -256,25 +307,47 @@ def wan_scheduler_config(directory: Path) -> dict:
 def check_wan_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``WanPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
+    from ..errors import read_json_object
     from .flow_latents import check_part_configs
     directory = Path(directory)
     index, configs = wan_configs(directory, WAN_PIPELINE, "Wan", REQUIRED, WAN_CLASSES)
-    for key, allowed in (("transformer_2", None), ("boundary_ratio", None), ("expand_timesteps", False)):
-        value = index.get(key, allowed)
-        if isinstance(value, list):
-            value = None if value == [None, None] else value
-        if value not in (allowed, None, False):
-            raise DiffkitError(f"{directory}'s model_index.json has {key}={value!r}, which diffkit does not drive; "
-                               f"allowed: {allowed!r} (a Wan 2.1 text-to-video folder)")
+    experts = check_experts(directory, index)
+    if index.get("expand_timesteps", False) not in (False, None):
+        raise DiffkitError(f"{directory}'s model_index.json has expand_timesteps={index.get('expand_timesteps')!r} "
+                           f"(Wan 2.2 TI2V-5B), which diffkit does not drive; allowed: false")
+    if experts:
+        configs["transformer_2"] = read_json_object(directory / "transformer_2" / "config.json", "transformer_2 config")
     z_dim = configs["vae"].get("z_dim", 16)
     check_part_configs(directory, configs, (
         ("vae", "patch_size", None, None, "a Wan 2.1 VAE; a Wan 2.2 one is patched"),
         ("vae", "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8"),
-        ("transformer", "in_channels", 16, z_dim, "the VAE's z_dim"),
-        ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
-        ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
-        ("transformer", "image_dim", None, None, "a text-to-video transformer, without CLIP image states")))
+        *((part, key, default, allowed, why) for part in ("transformer", "transformer_2")[:1 + experts]
+          for key, default, allowed, why in (
+              ("in_channels", 16, z_dim, "the VAE's z_dim"), ("out_channels", 16, z_dim, "the VAE's z_dim"),
+              ("patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
+              ("image_dim", None, None, "a text-to-video transformer, without CLIP image states")))))
     return index, wan_scheduler_config(directory)
+
+
+def check_experts(directory, index: dict) -> bool:
+    """True for a Wan 2.2 A14B folder (a ``WanTransformer3DModel`` ``transformer_2`` and a ``boundary_ratio`` in
+    (0, 1)); False for one expert (a ``transformer_2`` without ``boundary_ratio`` the pipeline never calls); one line
+    for a ``boundary_ratio`` without ``transformer_2`` (the pipeline's low-noise steps would call None) or out of
+    range, and a ``transformer_2`` of another class."""
+    from .sd3 import _entry
+    directory = Path(directory)
+    ratio, second = index.get("boundary_ratio"), _entry(index, "transformer_2")
+    if second not in (None, WAN_TRANSFORMER):
+        raise DiffkitError(f"{directory}'s transformer_2 is a {second!r}; allowed: {WAN_TRANSFORMER} or null")
+    if ratio is None:
+        return False
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1 or second is None:
+        raise DiffkitError(f"{directory}'s model_index.json has boundary_ratio={ratio!r} with transformer_2="
+                           f"{second!r}; allowed: a number in (0, 1) with a {WAN_TRANSFORMER} transformer_2 (Wan 2.2 "
+                           f"A14B's two experts), or null")
+    if not (directory / "transformer_2").is_dir():
+        raise DiffkitError(f"{directory} has no transformer_2 folder, which its model_index.json names")
+    return True
 
 
 def load_wan_parts(directory: Path, index: dict, sched: dict, transformer_cls, device, dtype, progress: bool) -> tuple:
@@ -311,8 +384,17 @@ def load_wan(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
         raise DiffkitError("lora is not allowed for a Wan folder yet")
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanTransformer3DModel, device, dtype,
                                              progress)
-    model = Wan(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
-    check_widths(directory, [(model.transformer.config.text_dim, model.text_encoder.config.d_model, "text_dim")])
+    second, ratio = None, None
+    if check_experts(directory, index):
+        from . import from_pretrained, library_progress_bars
+        with library_progress_bars(progress):
+            second = from_pretrained(diffusers.WanTransformer3DModel, directory / "transformer_2",
+                                     local_files_only=True, torch_dtype=dtype, use_safetensors=True)
+        second, ratio = second.to(device).eval().requires_grad_(False), float(index["boundary_ratio"])
+    model = Wan(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype, transformer_2=second,
+                boundary_ratio=ratio)
+    check_widths(directory, [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
+                             for t in (model.transformer, second) if t is not None])
     return model
 
 
@@ -336,7 +418,8 @@ def check_frames(num_frames, default: int = WAN_FRAMES) -> int:
 
 
 def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
-                  guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
+                  guidance_scale: Optional[float] = None, guidance_scale_2: Optional[float] = None,
+                  convention: str = "diffusers", steps: Optional[int] = None,
                   sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
                   width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
@@ -345,7 +428,8 @@ def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_pr
     docstring).
 
     guidance_scale: in ``convention`` (default s = 5, diffusers'), against ``negative_prompt`` (default ""; one, or
-    one per prompt). steps: the scheduler's (default 50); sampler: None for the scheduler's own step
+    one per prompt); guidance_scale_2: a Wan 2.2 A14B folder's low-noise expert's (default ``guidance_scale``; CFG
+    on or off by ``guidance_scale`` alone, as the pipeline's). steps: the scheduler's (default 50); sampler: None for the scheduler's own step
     (:func:`.hidream.folder_sampler`), or any diffkit sampler on its grid (``options``: its options). num_frames
     (default 81, 4 k + 1), height x width (default 480 x 832, multiples of 16). latents: z at s = 1 (B, C, F, h, w)
     (the pipeline's ``latents``), default N(0, I) from per-video ``seed + i``. Returns frames in ``output_range``
@@ -361,11 +445,20 @@ def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_pr
     model.check_size(height, width)
     shape = model.latent_video_shape(len(prompts), frames, height, width)
     steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
+    if guidance_scale_2 is not None and model.transformer_2 is None:
+        raise DiffkitError(f"guidance_scale_2={guidance_scale_2!r} is not allowed: it guides Wan 2.2 A14B's "
+                           f"low-noise expert (transformer_2 with boundary_ratio), which this folder does not have")
+    scale_2 = scale if guidance_scale_2 is None else guidance_scale_2  # the pipeline's default
     cond = {"context": model.encode_prompts(prompts)}
-    denoiser = model.denoiser()
-    if cfg:
-        null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
-        denoiser = ClassifierFreeGuidance(denoiser, scale, convention, null_context=null)
+    null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts))) if cfg else None
+
+    def guide(denoiser, s: float):
+        return ClassifierFreeGuidance(denoiser, s, convention, null_context=null) if cfg else denoiser
+    denoiser = guide(model.denoiser(), scale)
+    if model.transformer_2 is not None:
+        boundary = model.boundary_ratio * model.schedule.num_timesteps  # WanPipeline's boundary_timestep
+        denoiser = TwoExperts(denoiser, guide(model.denoiser(model.transformer_2), scale_2),
+                              expert_boundary(grid, model.scheduler_timesteps(steps), boundary))
     z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
     if return_latents:
         return z
@@ -373,5 +466,5 @@ def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_pr
     return (videos / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else videos.clamp(-1, 1)
 
 
-__all__ = ["Wan", "WanFolder", "WanNet", "load_wan", "is_wan_folder", "check_wan_folder", "check_frames",
+__all__ = ["Wan", "WanFolder", "WanNet", "TwoExperts", "load_wan", "is_wan_folder", "check_wan_folder", "check_frames",
            "text_to_video", "WAN_PIPELINE", "WAN_GUIDANCE", "WAN_STEPS", "WAN_FRAMES", "WAN_FPS"]
