@@ -131,6 +131,41 @@ def test_wan22_two_experts_match_the_pipeline(tiny_wan22, tmp_path):
     assert (to_uint8(read_video(tmp_path / "v.png")[:, :, 2:2 + H, 2:2 + W]) == to_uint8(video[0])).all()
 
 
+# A diffusers-format text-to-video LoRA: attention, FFN, the time embedder and proj_out, ranks / alphas differ
+WAN_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2",
+                                                     "proj_out", "time_proj", "linear_1"],
+                rank_pattern={"to_q": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_wan_lora_is_load_lora_weights_and_fuse_lora(tiny_wan, tmp_path):
+    """A diffusers-format file (WanPipeline.save_lora_weights) at 0.6 through ChronoEdit's Wan LoRA reader: the final
+    latents of load_lora_weights + fuse_lora(lora_scale=0.6)'s pipeline (2 UniPC steps, CFG 5), and ``diffkit video
+    --lora FILE:0.6`` writes the library's frames."""
+    from safetensors.torch import save_file
+    from test_sd_lora import fused_transformer_lora
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video
+    pipe, path, model = tiny_wan
+    lora, fused = fused_transformer_lora(diffusers.WanPipeline, path, tmp_path, WAN_LORA, scale=0.6, loaded=pipe)
+    ours = load_wan(path, progress=False, lora=[(lora, 0.6)])
+    latents, kw = _latents(), {"height": H, "width": W, "num_frames": FRAMES}
+    with torch.no_grad():
+        theirs = fused(PROMPT, num_inference_steps=2, latents=latents, output_type="latent", **kw).frames
+    error = relative_error(text_to_video(ours, PROMPT, steps=2, latents=latents, return_latents=True, **kw), theirs)
+    print(f"latents: {error:.2e}")  # (measured 9.2e-7)
+    assert error < 1e-5
+    start = model.transformer.state_dict()
+    assert max(float((v - start[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
+    assert main(["video", "--checkpoint", str(path), "--prompt", PROMPT, "--steps", "1", "--frames", str(FRAMES),
+                 "--height", str(H), "--width", str(W), "--lora", f"{lora}:0.6", "--out", str(tmp_path / "v.png"),
+                 "--no-progress"]) == 0
+    video = text_to_video(ours, PROMPT, steps=1, **kw)
+    assert (to_uint8(read_video(tmp_path / "v.png")[:, :, 2:2 + H, 2:2 + W]) == to_uint8(video[0])).all()
+    save_file({"transformer.blocks.0.attn1.to_q.lora_down.weight": torch.zeros(2, 24)}, tmp_path / "bad.safetensors")
+    with pytest.raises(DiffkitError, match="on a Wan folder"):
+        load_wan(path, progress=False, lora=[tmp_path / "bad.safetensors"])
+
+
 def _video_argv(path, out, *extra):
     return ["video", "--checkpoint", str(path), "--prompt", PROMPT, "--prompt", "a dog", "--steps", "2", "--seed", "3",
             "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--out", str(out), "--no-progress",

@@ -14,7 +14,7 @@ class WanKind(VideoKind):
     label = "Wan"
     pipelines = ("WanPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention", "guidance_scale_2"})
+                       "guidance_convention", "guidance_scale_2", "lora"})
     fps = 16.0
 
     def check_folder(self, directory) -> None:
@@ -40,7 +40,7 @@ class WanKind(VideoKind):
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.wan import load_wan
-        return load_wan(directory, device, progress=progress)
+        return load_wan(directory, device, progress=progress, lora=lora)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.wan import text_to_video

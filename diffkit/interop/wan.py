@@ -376,12 +376,18 @@ def check_widths(directory, widths) -> None:
 def load_wan(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
              lora=None) -> Wan:
     """Load a ``WanPipeline`` folder (never downloads, never unpickles), checked first (:func:`check_wan_folder`).
-    ``lora``: not taken yet (one line)."""
+    ``lora``: LoRA files (paths or (path, scale) pairs) in the layouts ``WanLoraLoaderMixin`` loads (diffusers / PEFT,
+    Wan's ``diffusion_model.`` and musubi's ``lora_unet_`` names through diffusers' converters), read and checked
+    first (:func:`.chronoedit_lora.read_wan_loras`), fused into ``transformer`` as the pipeline's
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`; a Wan 2.2 A14B
+    folder's ``transformer_2`` is left alone, as ``load_lora_weights`` leaves it without ``load_into_transformer_2``).
+    """
+    from .chronoedit_lora import read_wan_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_wan_folder(directory)
-    if lora:
-        raise DiffkitError("lora is not allowed for a Wan folder yet")
+    loras = read_wan_loras(lora, "Wan", WAN_PIPELINE) if lora else []
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanTransformer3DModel, device, dtype,
                                              progress)
     second, ratio = None, None
@@ -395,6 +401,7 @@ def load_wan(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
                 boundary_ratio=ratio)
     check_widths(directory, [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
                              for t in (model.transformer, second) if t is not None])
+    merge_sd_loras(model, loras)
     return model
 
 
