@@ -1,5 +1,6 @@
 """LoRA files on a ChronoEdit folder: what diffusers 0.42.1's ``ChronoEditPipeline.load_lora_weights``
-(``WanLoraLoaderMixin``) loads into its ``ChronoEditTransformer3DModel``, fused as its ``fuse_lora``.
+(``WanLoraLoaderMixin``) loads into its ``ChronoEditTransformer3DModel``, fused as its ``fuse_lora``; a Wan folder's
+(``WanPipeline``, :mod:`.wan`) the same way (:func:`read_wan_loras` naming its pipeline).
 
 The loader adapts ``transformer`` only (its ``transformer_2`` does not exist on a ChronoEdit folder). Three layouts:
 
