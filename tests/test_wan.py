@@ -79,6 +79,22 @@ def tiny_wan22(tiny_wan, tmp_path_factory):
     return reloaded(root / "wan22", diffusers.WanPipeline, load_wan)
 
 
+@pytest.fixture(scope="session")
+def tiny_ti2v(tiny_wan, tmp_path_factory):
+    """The Wan 2.2 TI2V-5B layout of the tiny folder: expand_timesteps and a Wan 2.2 VAE (2 x 2 pixel patches,
+    factor 16, residual blocks) of z_dim 4."""
+    pipe, _, _ = tiny_wan
+    torch.manual_seed(2)
+    vae = randomised(diffusers.AutoencoderKLWan(
+        base_dim=8, decoder_base_dim=8, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+        scale_factor_spatial=16, latents_mean=[0.2 - 0.1 * i for i in range(Z)],
+        latents_std=[1.5 - 0.2 * i for i in range(Z)]), seed=3)
+    root = tmp_path_factory.mktemp("ti2v")
+    diffusers.WanPipeline(**{**pipe.components, "vae": vae}, expand_timesteps=True).save_pretrained(root / "ti2v")
+    return reloaded(root / "ti2v", diffusers.WanPipeline, load_wan)
+
+
 def _latents(batch=1, seed=7):
     return torch.randn(batch, Z, 2, H // 8, W // 8, generator=torch.Generator().manual_seed(seed))
 
@@ -166,6 +182,26 @@ def test_wan_lora_is_load_lora_weights_and_fuse_lora(tiny_wan, tmp_path):
         load_wan(path, progress=False, lora=[tmp_path / "bad.safetensors"])
 
 
+def test_wan22_ti2v_text_to_video_matches_the_pipeline(tiny_ti2v):
+    """Wan 2.2 TI2V-5B's text-to-video (expand_timesteps: the timestep per patch token; the Wan 2.2 VAE of factor
+    16), CFG 3, 2 UniPC steps, 32 x 64: the pipeline's final latents and frames; sizes not of 32 refused."""
+    pipe, _, model = tiny_ti2v
+    latents, final = torch.randn(1, Z, 2, 2, 4, generator=torch.Generator().manual_seed(7)), {}
+    kw = {"guidance_scale": 3.0, "height": 32, "width": 64, "num_frames": FRAMES}
+    with torch.no_grad():
+        frames = pipe(PROMPT, num_inference_steps=2, latents=latents, output_type="pt",
+                      callback_on_step_end=lambda p, i, t, tensors: final.update(tensors) or {}, **kw).frames
+    ours = text_to_video(model, PROMPT, steps=2, latents=latents, return_latents=True, **kw)
+    error = relative_error(ours, final["latents"])
+    print(f"latents: {error:.2e}")  # (measured 4.6e-7)
+    assert error < 1e-5
+    error = relative_error((model.decode_video(ours) / 2 + 0.5).clamp(0, 1), frames)
+    print(f"frames: {error:.2e}")  # (measured 4.0e-7)
+    assert error < 1e-5
+    with pytest.raises(DiffkitError, match="height x width 48x64 is not allowed; give positive multiples of 32"):
+        text_to_video(model, PROMPT, height=48, width=64)
+
+
 def _video_argv(path, out, *extra):
     return ["video", "--checkpoint", str(path), "--prompt", PROMPT, "--prompt", "a dog", "--steps", "2", "--seed", "3",
             "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--out", str(out), "--no-progress",
@@ -192,7 +228,7 @@ def test_wan_command_is_the_library(tiny_wan, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"transformer": ["diffusers", "FluxTransformer2DModel"]}, "transformer is a 'FluxTransformer2DModel'"),
-    ({"expand_timesteps": True}, "expand_timesteps=True"),
+    ({"expand_timesteps": "yes"}, "expand_timesteps='yes'; allowed: true"),
     ({"boundary_ratio": 0.9}, "boundary_ratio=0.9 with transformer_2=None; allowed: a number in"),
 ])
 def test_wan_folder_refusals(tiny_wan, tmp_path, change, message):

@@ -3,6 +3,8 @@
 ``diffkit edit`` on such a folder: one line naming ``diffkit video`` (:func:`.video.refuse_video_folder`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .video import VideoKind
 
 
@@ -25,13 +27,15 @@ class WanKind(VideoKind):
         from ..interop.auraflow import guided
         from ..interop.sd_xl import _index as read_index
         from ..interop.wan import SIZE_MULTIPLE, check_experts, check_frames
-        from ..errors import DiffkitError
+        from ..errors import DiffkitError, read_json_object
         check_frames(args.num_frames)
+        vae = read_json_object(Path(args.checkpoint) / "vae" / "config.json", "vae config")
+        multiple = max(SIZE_MULTIPLE, 2 * int(vae.get("scale_factor_spatial", 8)))  # Wan.size_multiple
         for flag in ("height", "width"):
             value = getattr(args, flag)
-            if value is not None and value % SIZE_MULTIPLE:
+            if value is not None and value % multiple:
                 raise DiffkitError(f"--{flag} {value} is not allowed for a Wan folder; give a multiple of "
-                                   f"{SIZE_MULTIPLE} (WanPipeline's check_inputs)")
+                                   f"{multiple} (WanPipeline's check_inputs and patches)")
         if args.guidance_scale is not None:
             guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
         if args.guidance_scale_2 is not None and not check_experts(args.checkpoint, read_index(args.checkpoint)):

@@ -14,7 +14,7 @@ video of a causal 3-D VAE (``AutoencoderKLWan``: 1 + 4 k frames -> 1 + k latent 
   one unguided call (a negative prompt refused, :func:`.auraflow.guided`).
 * frames and size: 81 frames (4 k + 1; the pipeline rounds others down, diffkit refuses them) of 480 x 832 by
   default, sizes multiples of 16 (``check_inputs``; the VAE factor 8 and the transformer's 2 x 2 patches); the
-  latents (B, z_dim, (frames - 1) / 4 + 1, H / 8, W / 8) drawn in float32, video i's from seed + i.
+  latents (B, z_dim, (frames - 1) / 4 + 1, H / f, W / f) drawn in float32, video i's from seed + i.
 * the grid and its step: the folder's scheduler after ``set_timesteps(steps)`` (default 50), its sigmas at equal
   log-SNR on ``NoiseSchedule.flow(T, shift)`` (:func:`.flow_latents.flow_sigmas_grid`), the sampler of its step
   (:func:`.hidream.folder_sampler`: ``UniPCMultistepScheduler`` with flow sigmas -> ``unipc``, FlowMatchEuler ->
@@ -26,6 +26,9 @@ video of a causal 3-D VAE (``AutoencoderKLWan``: 1 + 4 k frames -> 1 + k latent 
   between the grid's last high-noise time and the next (:class:`TwoExperts`, :func:`expert_boundary`), so any sampler
   on the grid sees the pipeline's assignment of steps. A ``transformer_2`` without ``boundary_ratio`` is never called
   (as in the pipeline) and is not loaded.
+* Wan 2.2 TI2V-5B (``expand_timesteps`` and the Wan 2.2 VAE: 2 x 2 pixel patches, factor 16, 48 channels): the
+  transformer's timestep given per patch token (B, F h / 2 w / 2), the pipeline's ``mask * t`` of an all-ones mask in
+  text-to-video; sizes multiples of 32 (the pipeline rounds others down).
 * dtypes: the latents and the sampler's state in float32, the transformer's input and text states in its own dtype
   (its output cast back to float32).
 * output: the Wan VAE's decoding x = D(z / (1 / std) + mean) of the whole latent video, (B, T, 3, H, W) frames
@@ -34,9 +37,9 @@ video of a causal 3-D VAE (``AutoencoderKLWan``: 1 + 4 k frames -> 1 + k latent 
 The pieces a Wan image-to-video folder shares (the folder's grid and prompts, :class:`WanFolder`; the transformer as a
 Denoiser, :class:`WanNet`) live here; :mod:`.chronoedit` builds on them. Refused in one line before any weight is read
 (:func:`check_wan_folder`): another pipeline class, a missing component, parts of other classes, a transformer with
-CLIP image states or whose channels are not the VAE's z_dim, patches other than (1, 2, 2), a ``boundary_ratio``
-without ``transformer_2`` or outside (0, 1), ``expand_timesteps`` (Wan 2.2 TI2V-5B), a scheduler diffkit's samplers
-do not compute (:func:`.hidream.folder_sampler`).
+CLIP image states or whose channels are not the VAE's z_dim, patches other than (1, 2, 2), a VAE patched otherwise
+than Wan 2.2's, a ``boundary_ratio`` without ``transformer_2`` or outside (0, 1), a scheduler diffkit's samplers do not
+compute (:func:`.hidream.folder_sampler`).
 """
 from __future__ import annotations
 
@@ -68,11 +71,12 @@ class WanNet(torch.nn.Module):
     """``net(z, t, context, image=None, condition=None)`` over a Wan video transformer on latent videos z (B, C, F,
     h, w): ``context`` (UMT5's states) its text states, ``image`` (CLIP's, image-to-video) its
     ``encoder_hidden_states_image``, ``condition`` (image-to-video) concatenated after z along the channels; ``t`` the
-    flow time s T (floored with ``whole_timesteps``); the velocity in z's dtype."""
+    flow time s T (floored with ``whole_timesteps``), with ``expand_timesteps`` (Wan 2.2 TI2V-5B) given per patch
+    token, (B, F h / 2 w / 2), as the pipeline does; the velocity in z's dtype."""
 
-    def __init__(self, transformer, whole_timesteps: bool = False):
+    def __init__(self, transformer, whole_timesteps: bool = False, expand_timesteps: bool = False):
         super().__init__()
-        self.model, self.whole_timesteps = transformer, whole_timesteps
+        self.model, self.whole_timesteps, self.expand_timesteps = transformer, whole_timesteps, expand_timesteps
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, image: torch.Tensor = None,
                 condition: torch.Tensor = None) -> torch.Tensor:
@@ -82,7 +86,10 @@ class WanNet(torch.nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         z = x if condition is None else torch.cat([x, condition.to(x.dtype)], dim=1)
         extra = {} if image is None else {"encoder_hidden_states_image": image.to(dtype)}
-        return self.model(hidden_states=z.to(dtype), timestep=t.floor() if self.whole_timesteps else t,
+        t = t.floor() if self.whole_timesteps else t
+        if self.expand_timesteps:  # the pipeline's (mask[0][0][:, ::2, ::2] * t).flatten() of an all-ones mask
+            t = t[:, None].expand(-1, x.shape[2] * x[0, 0, 0, ::2, ::2].numel())
+        return self.model(hidden_states=z.to(dtype), timestep=t,
                           encoder_hidden_states=context.to(dtype), return_dict=False, **extra)[0].to(x.dtype)
 
 
@@ -262,16 +269,24 @@ class Wan(WanFolder):
     dtype: torch.dtype = torch.float32
     transformer_2: object = None  # Wan 2.2 A14B's low-noise expert (with boundary_ratio)
     boundary_ratio: Optional[float] = None
+    expand_timesteps: bool = False  # Wan 2.2 TI2V-5B's timestep per patch token
     _sigmas: dict = field(default_factory=dict, repr=False)
 
     default_steps = WAN_STEPS
+
+    @property
+    def size_multiple(self) -> int:
+        """16 (``check_inputs``), or the VAE factor times the 2 x 2 patches where larger (32 for Wan 2.2's VAE of
+        factor 16, whose other sizes the pipeline rounds down)."""
+        return max(SIZE_MULTIPLE, 2 * self.vae_scale_factor)
 
     def denoiser(self, transformer=None):
         """The unguided flow-prediction Denoiser on ``NoiseSchedule.flow(T, shift)`` (:class:`WanNet`) of
         ``transformer`` (default the folder's)."""
         from ..denoiser import Denoiser
         transformer = self.transformer if transformer is None else transformer
-        denoiser = Denoiser(WanNet(transformer, self.whole_timesteps), self.schedule, "flow_prediction")
+        denoiser = Denoiser(WanNet(transformer, self.whole_timesteps, self.expand_timesteps), self.schedule,
+                            "flow_prediction")
         denoiser.model = transformer
         return denoiser
 
@@ -312,15 +327,18 @@ def check_wan_folder(directory) -> tuple:
     directory = Path(directory)
     index, configs = wan_configs(directory, WAN_PIPELINE, "Wan", REQUIRED, WAN_CLASSES)
     experts = check_experts(directory, index)
-    if index.get("expand_timesteps", False) not in (False, None):
-        raise DiffkitError(f"{directory}'s model_index.json has expand_timesteps={index.get('expand_timesteps')!r} "
-                           f"(Wan 2.2 TI2V-5B), which diffkit does not drive; allowed: false")
+    if index.get("expand_timesteps") not in (False, True, None):
+        raise DiffkitError(f"{directory}'s model_index.json has expand_timesteps={index.get('expand_timesteps')!r}; "
+                           f"allowed: true (Wan 2.2 TI2V-5B) or false")
     if experts:
         configs["transformer_2"] = read_json_object(directory / "transformer_2" / "config.json", "transformer_2 config")
-    z_dim = configs["vae"].get("z_dim", 16)
+    z_dim, vae_patch = configs["vae"].get("z_dim", 16), configs["vae"].get("patch_size")
+    if vae_patch not in (None, 2):
+        raise DiffkitError(f"{directory}'s vae has patch_size={vae_patch!r}; allowed: null (Wan 2.1's VAE) or 2 (Wan "
+                           f"2.2's)")
     check_part_configs(directory, configs, (
-        ("vae", "patch_size", None, None, "a Wan 2.1 VAE; a Wan 2.2 one is patched"),
-        ("vae", "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8"),
+        ("vae", "scale_factor_spatial", 8, 8 * (vae_patch or 1), "the pipeline's latents of H / 8, with the Wan 2.2 "
+                                                               "VAE's 2 x 2 patches H / 16"),
         *((part, key, default, allowed, why) for part in ("transformer", "transformer_2")[:1 + experts]
           for key, default, allowed, why in (
               ("in_channels", 16, z_dim, "the VAE's z_dim"), ("out_channels", 16, z_dim, "the VAE's z_dim"),
@@ -398,7 +416,7 @@ def load_wan(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
                                      local_files_only=True, torch_dtype=dtype, use_safetensors=True)
         second, ratio = second.to(device).eval().requires_grad_(False), float(index["boundary_ratio"])
     model = Wan(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype, transformer_2=second,
-                boundary_ratio=ratio)
+                boundary_ratio=ratio, expand_timesteps=bool(index.get("expand_timesteps")))
     check_widths(directory, [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
                              for t in (model.transformer, second) if t is not None])
     merge_sd_loras(model, loras)
