@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..interop.wan import WAN_FPS
 from .video import VideoKind
 
 
@@ -17,7 +18,7 @@ class WanKind(VideoKind):
     pipelines = ("WanPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
                        "guidance_convention", "guidance_scale_2", "lora"})
-    fps = 16.0
+    fps = WAN_FPS
 
     def check_folder(self, directory) -> None:
         from ..interop.wan import check_wan_folder

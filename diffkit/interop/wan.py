@@ -454,9 +454,10 @@ def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_pr
 
     guidance_scale: in ``convention`` (default s = 5, diffusers'), against ``negative_prompt`` (default ""; one, or
     one per prompt); guidance_scale_2: a Wan 2.2 A14B folder's low-noise expert's (default ``guidance_scale``; CFG
-    on or off by ``guidance_scale`` alone, as the pipeline's). steps: the scheduler's (default 50); sampler: None for the scheduler's own step
-    (:func:`.hidream.folder_sampler`), or any diffkit sampler on its grid (``options``: its options). num_frames
-    (default 81, 4 k + 1), height x width (default 480 x 832, multiples of 16). latents: z at s = 1 (B, C, F, h, w)
+    on or off by ``guidance_scale`` alone, as the pipeline's). steps: the scheduler's (default 50); sampler: None for
+    the scheduler's own step (:func:`.hidream.folder_sampler`), or any diffkit sampler on its grid (``options``: its
+    options). num_frames (default 81, 4 k + 1), height x width (default 480 x 832, multiples of 16; of 32 with Wan
+    2.2's VAE). latents: z at s = 1 (B, C, F, h, w)
     (the pipeline's ``latents``), default N(0, I) from per-video ``seed + i``. Returns frames in ``output_range``
     ("-1,1" or "0,1"), or with ``return_latents`` the final latents (B, C, F, h, w)."""
     from ..errors import check_choice
