@@ -49,6 +49,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..denoiser import Wrapper
 from ..errors import DiffkitError
 from . import model_dtype, require
 from .flow_latents import FrameVAE
@@ -93,20 +94,18 @@ class WanNet(torch.nn.Module):
                           encoder_hidden_states=context.to(dtype), return_dict=False, **extra)[0].to(x.dtype)
 
 
-class TwoExperts:
+class TwoExperts(Wrapper):
     """Wan 2.2 A14B's two experts as one denoiser: ``high`` (``transformer`` with its guidance) at VP times t >=
     ``boundary``, ``low`` (``transformer_2`` with ``guidance_scale_2``) below (``WanPipeline``'s switch at its
     timestep ``boundary_ratio`` T, placed between the grid's last high-noise time and the next,
-    :func:`expert_boundary`). ``inner`` is ``high`` (the schedule and the denoiser contract); ``nfe`` counts both."""
+    :func:`expert_boundary`). ``inner`` is ``high`` (the schedule and the rest of the denoiser contract, as
+    :class:`diffkit.denoiser.Wrapper` forwards it); ``nfe`` counts both."""
 
     def __init__(self, high, low, boundary: float):
         self.inner, self.low, self.boundary = high, low, float(boundary)
 
-    schedule = property(lambda self: self.inner.schedule)
     nfe = property(lambda self: self.inner.nfe + self.low.nfe,
                    lambda self, value: (setattr(self.inner, "nfe", value), setattr(self.low, "nfe", 0)))
-    learned_variance = property(lambda self: False)
-    data_scale = property(lambda self: None)
 
     def reset_nfe(self) -> None:
         self.inner.reset_nfe()
