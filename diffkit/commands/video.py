@@ -27,6 +27,7 @@ VIDEO_KINDS: dict[str, str] = {
     "AnimateDiffPipeline": "._video_animatediff",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
+    "WanPipeline": "._video_wan",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -104,6 +105,10 @@ def register(sub) -> None:
     group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
                        help="AnimateDiff folders: the prompts' CLIP states N layers below the last (the pipeline's "
                             "clip_skip; the negative prompt is not skipped); N < the text encoder's layers")
+    wan = p.add_argument_group("Wan")
+    wan.add_argument("--guidance-scale-2", type=float, metavar="S",
+                     help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "
+                          "--guidance-scale is (default --guidance-scale)")
     add_progress_flag(p)
     hunyuan = p.add_argument_group("HunyuanVideo")
     hunyuan.add_argument("--true-cfg-scale", type=float, metavar="S",

@@ -65,7 +65,7 @@ import torch
 
 from ..errors import DiffkitError
 from . import model_dtype, require
-from .flow_latents import FrameVAE
+from .wan import WanFolder
 
 CHRONOEDIT_PIPELINE = "ChronoEditPipeline"
 CHRONOEDIT_TRANSFORMER = "ChronoEditTransformer3DModel"
@@ -79,7 +79,6 @@ CHRONOEDIT_STEPS = 50  # its num_inference_steps
 EDIT_FRAMES = 5  # its num_frames without temporal reasoning: 2 latent frames
 REASONING_FRAMES = 81  # its default num_frames (used with temporal reasoning)
 MAX_SEQUENCE_LENGTH = 512  # its default UMT5 length (the transformer's attention takes the last 512 as the text)
-SIZE_MULTIPLE = 16  # its check_inputs
 
 
 class ChronoEditNet(torch.nn.Module):
@@ -114,8 +113,9 @@ class ChronoEditNet(torch.nn.Module):
 
 
 @dataclass
-class ChronoEdit(FrameVAE):
-    """The loaded components of a ``ChronoEditPipeline`` folder (:func:`load_chronoedit`)."""
+class ChronoEdit(WanFolder):
+    """The loaded components of a ``ChronoEditPipeline`` folder (:func:`load_chronoedit`); its grid, prompts and
+    VAE factors are a Wan folder's (:class:`.wan.WanFolder`)."""
 
     transformer: object
     vae: object
@@ -131,44 +131,8 @@ class ChronoEdit(FrameVAE):
 
     default_steps = CHRONOEDIT_STEPS
     max_sequence_length = MAX_SEQUENCE_LENGTH
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_spatial`` (the VAE config's ``scale_factor_spatial``, 8)."""
-        return int(self.vae.config.scale_factor_spatial)
-
-    @property
-    def temporal_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_temporal`` (4): frames per latent frame, and the mask's channels."""
-        return int(self.vae.config.scale_factor_temporal)
-
-    @property
-    def whole_timesteps(self) -> bool:
-        from .sana import WHOLE_TIMESTEP_SCHEDULERS
-        return self.scheduler_config.get("_class_name") in WHOLE_TIMESTEP_SCHEDULERS
-
-    def check_size(self, height, width) -> None:
-        """One line unless height and width are positive multiples of 16 (``check_inputs``)."""
-        for value in (height, width):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
-                                   f"{SIZE_MULTIPLE} ({CHRONOEDIT_PIPELINE}'s check_inputs)")
-
-    def scheduler_sigmas(self, steps: int) -> torch.Tensor:
-        """The folder's scheduler's sigmas after ``set_timesteps(steps)`` (the final one included)."""
-        diffusers = require("diffusers")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        if steps not in self._sigmas:
-            scheduler = getattr(diffusers, self.scheduler_config["_class_name"]).from_config(self.scheduler_config)
-            scheduler.set_timesteps(steps)
-            self._sigmas[steps] = scheduler.sigmas.detach().to("cpu", torch.float64)
-        return self._sigmas[steps]
-
-    def scheduler_grid(self, steps: int) -> torch.Tensor:
-        """diffkit's grid of the scheduler's sigmas (:func:`.flow_latents.flow_sigmas_grid`)."""
-        from .flow_latents import flow_sigmas_grid
-        return flow_sigmas_grid(self.schedule, self.scheduler_sigmas(steps), steps)
+    pipeline_name = CHRONOEDIT_PIPELINE
+    prompt_module = "diffusers.pipelines.chronoedit.pipeline_chronoedit"
 
     def denoiser(self, reason_until: Optional[float] = None):
         """The unguided flow-prediction Denoiser on ``NoiseSchedule.flow(T, shift)`` (:class:`ChronoEditNet`)."""
@@ -177,23 +141,6 @@ class ChronoEdit(FrameVAE):
                             "flow_prediction")
         denoiser.model = self.transformer
         return denoiser
-
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """UMT5's states (B, 512, d) of the cleaned prompts, zeroed past each prompt's tokens
-        (``_get_t5_prompt_embeds``), in the transformer's dtype."""
-        from .stable_diffusion import prompt_list
-        require("diffusers")
-        from diffusers.pipelines.chronoedit import pipeline_chronoedit
-        from .prx import ftfy_or_identity
-        with ftfy_or_identity(pipeline_chronoedit):
-            texts = [pipeline_chronoedit.prompt_clean(p) for p in prompt_list(prompts)]
-        tokens = self.tokenizer(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
-                                add_special_tokens=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(self.device)
-        with torch.no_grad():
-            states = self.text_encoder(tokens.input_ids.to(self.device), mask).last_hidden_state
-        keep = torch.arange(states.shape[1], device=self.device)[None] < mask.sum(dim=1, keepdim=True)
-        return (states * keep[..., None].to(states.dtype)).to(model_dtype(self.transformer))
 
     def encode_images(self, images: Sequence) -> torch.Tensor:
         """CLIP's penultimate hidden states (B, N, d) of PIL ``images`` through the folder's image processor
@@ -234,15 +181,10 @@ def is_chronoedit_folder(path) -> bool:
 def check_chronoedit_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``ChronoEditPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from ..errors import read_json_object
     from .flow_latents import check_part_configs
-    from .hidream import folder_sampler
-    from .pixart import check_classes, named_index
+    from .wan import wan_configs, wan_scheduler_config
     directory = Path(directory)
-    index = named_index(directory, (CHRONOEDIT_PIPELINE,), "ChronoEdit")
-    check_classes(directory, index, REQUIRED, "ChronoEdit", CHRONOEDIT_CLASSES)
-    configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
-               for part in ("transformer", "vae")}
+    index, configs = wan_configs(directory, CHRONOEDIT_PIPELINE, "ChronoEdit", REQUIRED, CHRONOEDIT_CLASSES)
     z_dim, temporal = configs["vae"].get("z_dim", 16), configs["vae"].get("scale_factor_temporal", 4)
     check_part_configs(directory, configs, (
         ("vae", "patch_size", None, None, "a Wan 2.1 VAE; a Wan 2.2 one is patched"),
@@ -255,9 +197,7 @@ def check_chronoedit_folder(directory) -> tuple:
         if not configs["transformer"].get(key):
             raise DiffkitError(f"{directory}'s transformer has {key}={configs['transformer'].get(key)!r}; allowed: a "
                                f"positive width (an image-to-video transformer: its CLIP image states)")
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    folder_sampler(sched)  # one line for a scheduler whose step diffkit's samplers do not compute
-    return index, sched
+    return index, wan_scheduler_config(directory)
 
 
 def load_chronoedit(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
@@ -268,21 +208,16 @@ def load_chronoedit(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     through diffusers' converters), read and checked first (:func:`.chronoedit_lora.read_chronoedit_loras`), fused
     into the transformer as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
     (:func:`.sd_lora.merge_sd_loras`)."""
-    from ..schedule import NoiseSchedule
     from . import from_pretrained, library_progress_bars
     from .chronoedit_lora import read_chronoedit_loras
-    from .flow_latents import frozen_on, load_flow_parts
-    from .sana import flow_shift_of
-    from .schedulers import train_timesteps
     from .sd_lora import merge_sd_loras
+    from .wan import check_widths, load_wan_parts
     diffusers, transformers = require("diffusers"), require("transformers")
     directory = Path(directory)
     index, sched = check_chronoedit_folder(directory)
     loras = read_chronoedit_loras(lora) if lora else []
-    schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
-    parts = load_flow_parts(directory, index, diffusers.ChronoEditTransformer3DModel, {"": "UMT5EncoderModel"}, dtype,
-                            progress, vae_cls=diffusers.AutoencoderKLWan)
-    device = frozen_on(parts, device)
+    parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.ChronoEditTransformer3DModel, device,
+                                             dtype, progress)
     with library_progress_bars(progress):
         encoder = from_pretrained(transformers.CLIPVisionModel, directory / "image_encoder", local_files_only=True,
                                   torch_dtype=dtype, use_safetensors=True)
@@ -291,11 +226,9 @@ def load_chronoedit(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     encoder = encoder.to(device).eval().requires_grad_(False)
     model = ChronoEdit(**parts, image_encoder=encoder, image_processor=processor, scheduler_config=sched,
                        schedule=schedule, device=device, dtype=dtype)
-    for have, need, what in ((model.transformer.config.text_dim, model.text_encoder.config.d_model, "text_dim"),
+    check_widths(directory, ((model.transformer.config.text_dim, model.text_encoder.config.d_model, "text_dim"),
                              (model.transformer.config.image_dim, model.image_encoder.config.hidden_size,
-                              "image_dim")):
-        if have != need:
-            raise DiffkitError(f"{directory}: the transformer's {what}={have} does not fit its encoder's width {need}")
+                              "image_dim")))
     merge_sd_loras(model, loras)
     return model
 
@@ -340,35 +273,21 @@ def edit_image(model: ChronoEdit, images, prompts: Union[str, Sequence[str]], *,
 
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
-    from ..noise import generators_from_seed, randn
-    from ..sampling import sample
-    from .auraflow import guided
     from .flow_latents import edit_prompts
-    from .hidream import folder_sampler
-    from .pixart import flow_start
     from .qwen_image_edit import _pil_images, _pixels
     from .stable_diffusion import OUTPUT_RANGES, negative_prompts
+    from .wan import pipeline_guidance
     check_choice("output_range", output_range, OUTPUT_RANGES)
     frames = check_frames(temporal_reasoning_steps, num_frames)
-    scale = CHRONOEDIT_GUIDANCE if guidance_scale is None else guidance_scale
-    convention = "diffusers" if guidance_scale is None else convention
-    cfg = guided(scale, convention, negative_prompt)
+    scale, convention, cfg = pipeline_guidance(guidance_scale, convention, negative_prompt, CHRONOEDIT_GUIDANCE)
     pil = _pil_images(images)
     prompts = edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts)
     height = pil[0].size[1] if height is None else height
     width = pil[0].size[0] if width is None else width
     model.check_size(height, width)
-    steps = model.default_steps if steps is None else steps
-    grid = model.scheduler_grid(steps)
-    own, sampler_options = folder_sampler(model.scheduler_config)
-    if sampler is None:
-        sampler, options = own, {**sampler_options, **options}
-    f, T = model.vae_scale_factor, model.schedule.num_timesteps
-    shape = (len(pil), int(model.vae.config.z_dim), (frames - 1) // model.temporal_factor + 1, height // f, width // f)
-    if latents is None:
-        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
-    elif tuple(latents.shape) != shape:
-        raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+    shape = model.latent_video_shape(len(pil), frames, height, width)
+    steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
+    T = model.schedule.num_timesteps
     sigmas = model.scheduler_sigmas(steps)
     reason_until = None  # the flow time s T between the last reasoning step's sigma and the next one's
     if temporal_reasoning_steps is not None and temporal_reasoning_steps < steps:
@@ -381,10 +300,7 @@ def edit_image(model: ChronoEdit, images, prompts: Union[str, Sequence[str]], *,
     if cfg:
         null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
         denoiser = ClassifierFreeGuidance(denoiser, scale, convention, null_context=null)
-    state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
-    noise = flow_start(model.schedule, latents.to(model.device, state), grid, seed, model.device, state)
-    z = sample(denoiser, noise, sampler, grid=grid, seed=seed, cond=cond, progress=progress, device=model.device,
-               dtype=state, **options)
+    z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
     pair = z[:, :, [0, -1]]
     if return_latents:
         return pair

@@ -1,5 +1,6 @@
 """LoRA files on a ChronoEdit folder: what diffusers 0.42.1's ``ChronoEditPipeline.load_lora_weights``
-(``WanLoraLoaderMixin``) loads into its ``ChronoEditTransformer3DModel``, fused as its ``fuse_lora``.
+(``WanLoraLoaderMixin``) loads into its ``ChronoEditTransformer3DModel``, fused as its ``fuse_lora``; a Wan folder's
+(``WanPipeline``, :mod:`.wan`) the same way (:func:`read_wan_loras` naming its pipeline).
 
 The loader adapts ``transformer`` only (its ``transformer_2`` does not exist on a ChronoEdit folder). Three layouts:
 
@@ -58,47 +59,56 @@ ALLOWED = ("transformer.<module> keys ending in .lora_A.weight / .lora_B.weight 
            ".lora_down.weight / .lora_up.weight / .alpha")
 
 
-def wan_tensors(path, tensors: dict) -> dict:
-    """``tensors`` of a ChronoEdit LoRA file under the keys (and, converted, the values)
-    ``WanLoraLoaderMixin.lora_state_dict`` returns: a ``diffusion_model.`` or ``lora_unet_`` file through diffusers'
-    own converter (module docstring), any other file unchanged (its keys checked); a key the loader would not load
-    as the file says: one line."""
+def wan_tensors(path, tensors: dict, pipeline: str = PIPELINE, folder: str = "a ChronoEdit folder") -> dict:
+    """``tensors`` of a ChronoEdit (or another ``WanLoraLoaderMixin`` ``pipeline``'s: Wan's, :mod:`.wan`) LoRA file
+    under the keys (and, converted, the values) ``WanLoraLoaderMixin.lora_state_dict`` returns: a ``diffusion_model.``
+    or ``lora_unet_`` file through diffusers' own converter (module docstring), any other file unchanged (its keys
+    checked); a key the loader would not load as the file says: one line naming ``folder``."""
     from functools import partial
     from .ideogram4_lora import check_transformer_keys, refuse_dora, refuse_key
-    refuse = partial(refuse_key, folder="a ChronoEdit folder", allowed=ALLOWED)
+    refuse = partial(refuse_key, folder=folder, allowed=ALLOWED)
     prefix = next((p for p in FORMATS if any(k.startswith(p) for k in tensors)), None)
     if prefix is None:  # a converted file's dora_scale: its converter fails on it (below), not dropped
-        refuse_dora(path, tensors, PIPELINE, refuse)
+        refuse_dora(path, tensors, pipeline, refuse)
         from .sana_lora import BIAS
         peft = {k: v for k, v in tensors.items() if not (k.startswith("transformer.") and k.endswith(BIAS))}
-        check_transformer_keys(path, peft, f"{PIPELINE}'s loader adapts the transformer only, and converts "
+        check_transformer_keys(path, peft, f"{pipeline}'s loader adapts the transformer only, and converts "
                                      f"diffusion_model. and lora_unet_ files alone", refuse)
         return tensors
     pattern, name = FORMATS[prefix]
     for key in sorted(tensors):
         if not pattern.fullmatch(key):
-            refuse(path, key, f"{PIPELINE}'s {name} does not map it as a LoRA matrix")
+            refuse(path, key, f"{pipeline}'s {name} does not map it as a LoRA matrix")
         elif key.endswith(".diff_b") and not any(key[:-7] + m in tensors for m in (".lora_A.weight",
                                                                                     ".lora_down.weight")):
-            refuse(path, key, f"{PIPELINE}'s {name} drops or misplaces a .diff_b without its module's LoRA matrices")
+            refuse(path, key, f"{pipeline}'s {name} drops or misplaces a .diff_b without its module's LoRA matrices")
     from diffusers.loaders import lora_conversion_utils
     try:
         return getattr(lora_conversion_utils, name)(dict(tensors))
     except (KeyError, ValueError, RuntimeError, NameError) as err:
-        raise DiffkitError(f"--lora {path}: {PIPELINE}'s {name} fails on this file ({type(err).__name__}: "
+        raise DiffkitError(f"--lora {path}: {pipeline}'s {name} fails on this file ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:120] if str(err) else 'a module lacks a tensor'}); allowed: "
                            f"each module with its down and up matrices, k_img with v_img, one alpha of one number "
                            f"each (musubi: every block's self_attn q/k/v/o, cross_attn q/k/v/o, ffn 0/2, each with "
                            f"its .alpha)") from None
 
 
-def read_chronoedit_loras(adapters) -> list:
-    """:func:`.sana_lora.read_transformer_loras` of ChronoEdit LoRA files (paths or (path, scale) pairs), each read,
-    converted and checked with :func:`wan_tensors` before the folder loads; :func:`.sd_lora.merge_sd_loras` fuses them
-    into the transformer (as the pipeline's ``load_lora_weights`` + ``fuse_lora``)."""
+def read_wan_loras(adapters, kind: str = "ChronoEdit", pipeline: str = PIPELINE) -> list:
+    """:func:`.sana_lora.read_transformer_loras` of LoRA files (paths or (path, scale) pairs) of a ``pipeline``
+    loading them through ``WanLoraLoaderMixin`` (a ``kind`` folder: ChronoEdit's, Wan's), each read, converted and
+    checked with :func:`wan_tensors` before the folder loads; :func:`.sd_lora.merge_sd_loras` fuses them into the
+    transformer (as the pipeline's ``load_lora_weights`` + ``fuse_lora``)."""
+    from functools import partial
     from .sana_lora import read_transformer_loras
-    return read_transformer_loras(adapters, "ChronoEdit", "a ChronoEdit folder", PIPELINE, wan_tensors,
+    folder = f"a {kind} folder"
+    return read_transformer_loras(adapters, kind, folder, pipeline, partial(wan_tensors, pipeline=pipeline,
+                                                                            folder=folder),
                                   flux_check=False, lora_bias=True)
 
 
-__all__ = ["wan_tensors", "read_chronoedit_loras", "ORIGINAL", "MUSUBI"]
+def read_chronoedit_loras(adapters) -> list:
+    """:func:`read_wan_loras` of ChronoEdit LoRA files."""
+    return read_wan_loras(adapters)
+
+
+__all__ = ["wan_tensors", "read_wan_loras", "read_chronoedit_loras", "ORIGINAL", "MUSUBI"]

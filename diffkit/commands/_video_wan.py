@@ -1,0 +1,56 @@
+"""``diffkit video --checkpoint WAN_FOLDER --prompt TEXT``: a ``WanPipeline`` folder's videos
+(:func:`diffkit.interop.wan.text_to_video`), driven by :mod:`.video` (its ``VIDEO_KINDS`` line); ``diffkit sample`` /
+``diffkit edit`` on such a folder: one line naming ``diffkit video`` (:func:`.video.refuse_video_folder`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..interop.wan import WAN_FPS
+from .video import VideoKind
+
+
+class WanKind(VideoKind):
+    """Wan 2.1 / 2.2 A14B text-to-video: 81 frames of 480 x 832, 50 steps of the folder's scheduler and CFG s = 5 by
+    default, 16 fps (the frame rate of diffusers' Wan example); ``--guidance-scale-2``: a Wan 2.2 A14B folder's
+    low-noise expert's scale."""
+
+    label = "Wan"
+    pipelines = ("WanPipeline",)
+    takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
+                       "guidance_convention", "guidance_scale_2", "lora"})
+    fps = WAN_FPS
+
+    def check_folder(self, directory) -> None:
+        from ..interop.wan import check_wan_folder
+        check_wan_folder(directory)
+
+    def check_request(self, args) -> None:
+        from ..interop.auraflow import guided
+        from ..interop.sd_xl import _index as read_index
+        from ..interop.wan import SIZE_MULTIPLE, check_experts, check_frames
+        from ..errors import DiffkitError, read_json_object
+        check_frames(args.num_frames)
+        vae = read_json_object(Path(args.checkpoint) / "vae" / "config.json", "vae config")
+        multiple = max(SIZE_MULTIPLE, 2 * int(vae.get("scale_factor_spatial", 8)))  # Wan.size_multiple
+        for flag in ("height", "width"):
+            value = getattr(args, flag)
+            if value is not None and value % multiple:
+                raise DiffkitError(f"--{flag} {value} is not allowed for a Wan folder; give a multiple of "
+                                   f"{multiple} (WanPipeline's check_inputs and patches)")
+        if args.guidance_scale is not None:
+            guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
+        if args.guidance_scale_2 is not None and not check_experts(args.checkpoint, read_index(args.checkpoint)):
+            raise DiffkitError(f"--guidance-scale-2 applies to a Wan 2.2 A14B folder (transformer_2 with "
+                               f"boundary_ratio); {args.checkpoint} has one transformer")
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.wan import load_wan
+        return load_wan(directory, device, progress=progress, lora=lora)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.wan import text_to_video
+        return text_to_video(model, prompts, seed=seed, progress=progress, **options)
+
+
+KIND = WanKind()
+
