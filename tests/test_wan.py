@@ -261,8 +261,8 @@ def test_wan_library_refusals(tiny_wan, call, message):
     (["video", "--height", "24"], "--height 24 is not allowed for a Wan folder"),
     (["video", "--image", "x.png"], "--image does not apply to a Wan folder"),
     (["video", "--guidance-scale-2", "2"], "--guidance-scale-2 applies to a Wan 2.2 A14B folder"),
-    (["sample"], "WanPipeline folder (video), which diffkit sample does not take; generate its videos with diffkit "
-                 "video"),
+    (["sample"], "WanPipeline folder, which diffkit sample does not take (it makes videos); generate videos with "
+                 "diffkit video"),
     (["edit", "--images", "x.png"], "which diffkit edit does not take"),
 ])
 def test_wan_command_refusals_are_one_line(tiny_wan, tmp_path, capsys, monkeypatch, argv, message):
