@@ -355,6 +355,8 @@ def _run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from .video import refuse_video_folder
+    refuse_video_folder(args.checkpoint, "edit")  # a video folder (diffkit video, .video's VIDEO_KINDS)
     from ._ledits_pp import check_no_ledits_options, edit_ledits
     if args.ledits:  # LEDITS++ on an SD 1.x / 2.x or SD-XL folder, as LEditsPPPipelineStableDiffusion(XL)
         return edit_ledits(args)

@@ -23,6 +23,7 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, p
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it. One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
+    "CogVideoXPipeline": "._video_cogvideox",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -97,6 +98,10 @@ def register(sub) -> None:
                            "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
                            "several: they add)")
     add_progress_flag(p)
+    cogvideox = p.add_argument_group("CogVideoX")
+    cogvideox.add_argument("--dynamic-cfg", action="store_true",
+                           help="CogVideoX folders: the pipeline's use_dynamic_cfg (a cosine schedule of the guidance "
+                                "scale over the steps)")
     p.set_defaults(func=run)
 
 
@@ -111,6 +116,17 @@ def video_kind(directory) -> VideoKind:
     what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
     raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "
                        f"{kinds} (images: diffkit sample / diffkit edit)")
+
+
+def refuse_video_folder(directory, command: str) -> None:
+    """One line for ``diffkit sample`` / ``diffkit edit`` (``command``) on a folder of a pipeline class in
+    :data:`VIDEO_KINDS`, from its JSON: it makes videos (``diffkit video``)."""
+    from ..errors import DiffkitError
+    from ..interop.sd_xl import pipeline_class
+    name = pipeline_class(directory)
+    if name in VIDEO_KINDS:
+        raise DiffkitError(f"{directory} is a {name} folder, which diffkit {command} does not take (it makes videos); "
+                           f"generate with diffkit video --checkpoint {directory} --prompt TEXT")
 
 
 def check_flags(args, kind: VideoKind) -> None:

@@ -83,6 +83,17 @@ def cogvideox_schedule(config: dict) -> tuple:
     return schedule, prediction_type
 
 
+def unmasked_t5_states(tokenizer, text_encoder, prompts: list, length: int, device) -> tuple:
+    """(T5's last states (B, L, d) in the encoder's dtype, token ids (B, L)) of ``prompts`` tokenised as written,
+    padded / truncated to ``length`` tokens and encoded with **no attention mask**, as CogView3-Plus' and CogVideoX's
+    ``_get_t5_prompt_embeds``."""
+    ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                    return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        states = text_encoder(ids)[0]
+    return states.to(text_encoder.dtype), ids
+
+
 class CogView3PlusNet(torch.nn.Module):
     """``net(x, t, context, original_size, target_size, crop_coords)`` over a ``CogView3PlusTransformer2DModel``:
     ``t`` (training timesteps) -> ``timestep``, the size conditions as :func:`.cogview4.call_with_sizes`."""
@@ -147,11 +158,8 @@ class CogView3Plus(PixArt):
         from .stable_diffusion import prompt_list
         length = self.max_sequence_length if max_sequence_length is None else max_sequence_length
         self.check_length(length)
-        ids = self.tokenizer(prompt_list(prompts), padding="max_length", max_length=length, truncation=True,
-                             add_special_tokens=True, return_tensors="pt").input_ids.to(self.device)
-        with torch.no_grad():
-            states = self.text_encoder(ids)[0]
-        return states.to(self.text_encoder.dtype), torch.ones_like(ids)
+        states, ids = unmasked_t5_states(self.tokenizer, self.text_encoder, prompt_list(prompts), length, self.device)
+        return states, torch.ones_like(ids)
 
     def micro_conditions(self, batch: int, height: int, width: int, original_size: Optional[tuple] = None,
                          crops_coords_top_left: tuple = (0, 0)) -> dict:
@@ -207,4 +215,5 @@ def text_to_image(cogview: CogView3Plus, prompts: Union[str, Sequence[str]], *,
 
 
 __all__ = ["CogView3Plus", "CogView3PlusNet", "load_cogview3plus", "is_cogview3plus_folder",
-           "check_cogview3plus_folder", "cogvideox_schedule", "text_to_image", "COGVIEW3PLUS_PIPELINE"]
+           "check_cogview3plus_folder", "cogvideox_schedule", "unmasked_t5_states", "text_to_image",
+           "COGVIEW3PLUS_PIPELINE"]
