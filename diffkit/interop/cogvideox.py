@@ -324,4 +324,5 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
 
 
 __all__ = ["CogVideoX", "CogVideoXNet", "DynamicGuidance", "load_cogvideox", "is_cogvideox_folder",
-           "check_cogvideox_folder", "check_size", "latent_frames", "dynamic_scale", "text_to_video", "COGVIDEOX_PIPELINE", "COGVIDEOX_FPS"]
+           "check_cogvideox_folder", "check_size", "latent_frames", "dynamic_scale", "text_to_video",
+           "COGVIDEOX_PIPELINE", "COGVIDEOX_FPS"]
