@@ -166,14 +166,10 @@ class CogVideoX:
         return latent_frames(frames, self.temporal_factor, self.transformer.config.patch_size_t)
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
-        """diffkit's grid of the folder's ``CogVideoXDDIMScheduler`` after ``set_timesteps(steps)``."""
-        from .schedulers import grid_from_diffusers
-        diffusers = require("diffusers")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        scheduler = diffusers.CogVideoXDDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        return grid_from_diffusers(scheduler)
+        """diffkit's grid of the folder's ``CogVideoXDDIMScheduler`` after ``set_timesteps(steps)``
+        (:func:`.cogview3plus.cogvideox_ddim_grid`)."""
+        from .cogview3plus import cogvideox_ddim_grid
+        return cogvideox_ddim_grid(self.scheduler_config, steps)
 
     def rope(self, frames: int, h: int, w: int):
         """The pipeline's 3D rotary embeddings (cos, sin) for latents of F x h x w (``_prepare_rotary_positional_
@@ -220,17 +216,11 @@ def is_cogvideox_folder(path) -> bool:
 def check_cogvideox_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``CogVideoXPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from .cogview3plus import cogvideox_schedule
+    from .cogview3plus import check_latent_channels, cogvideox_schedule
     from .pixart import check_pipeline_folder
     directory = Path(directory)
     index = check_pipeline_folder(directory, COGVIDEOX_PIPELINE, "CogVideoX", REQUIRED, COGVIDEOX_CLASSES)
-    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
-    latents = int(read_json_object(directory / "vae" / "config.json", "vae config").get("latent_channels", 16))
-    channels = (config.get("in_channels", 16), config.get("out_channels", 16))
-    if channels != (latents, latents):
-        raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
-                           f"{channels[1]!r}; allowed: the VAE's latent channels {latents} (both; an image-to-video "
-                           f"transformer takes twice as many)")
+    check_latent_channels(directory, "both; an image-to-video transformer takes twice as many")
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     if sched.get("_class_name") not in COGVIDEOX_CLASSES["scheduler"]:
         raise DiffkitError(f"{directory}'s scheduler is a {sched.get('_class_name')!r}, which diffkit does not drive "

@@ -54,15 +54,32 @@ def check_cogview3plus_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``CogView3PlusPipeline`` folder, checked from its JSON alone."""
     directory = Path(directory)
     index = check_pipeline_folder(directory, COGVIEW3PLUS_PIPELINE, "CogView3Plus", REQUIRED, COGVIEW3PLUS_CLASSES)
+    check_latent_channels(directory)
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    cogvideox_schedule(sched)  # its keys: one line
+    return index, sched
+
+
+def check_latent_channels(directory: Path, note: str = "both") -> None:
+    """One line unless the folder's transformer takes and returns the VAE's latent channels (its JSON; ``note``
+    closes the message)."""
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     latents = int(read_json_object(directory / "vae" / "config.json", "vae config").get("latent_channels", 4))
     channels = (config.get("in_channels", 16), config.get("out_channels", 16))
     if channels != (latents, latents):
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
-                           f"{channels[1]!r}; allowed: the VAE's latent channels {latents} (both)")
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    cogvideox_schedule(sched)  # its keys: one line
-    return index, sched
+                           f"{channels[1]!r}; allowed: the VAE's latent channels {latents} ({note})")
+
+
+def cogvideox_ddim_grid(config: dict, steps: int) -> torch.Tensor:
+    """diffkit's grid of a ``CogVideoXDDIMScheduler`` of ``config`` after ``set_timesteps(steps)``."""
+    from .schedulers import grid_from_diffusers
+    diffusers = require("diffusers")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+    scheduler = diffusers.CogVideoXDDIMScheduler.from_config(config)
+    scheduler.set_timesteps(steps)
+    return grid_from_diffusers(scheduler)
 
 
 def cogvideox_schedule(config: dict) -> tuple:
@@ -144,13 +161,7 @@ class CogView3Plus(PixArt):
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
         """diffkit's grid of the folder's ``CogVideoXDDIMScheduler`` after ``set_timesteps(steps)``."""
-        from .schedulers import grid_from_diffusers
-        diffusers = require("diffusers")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        scheduler = diffusers.CogVideoXDDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        return grid_from_diffusers(scheduler)
+        return cogvideox_ddim_grid(self.scheduler_config, steps)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
         """(T5 states (B, L, d), ones (B, L)) as ``_get_t5_prompt_embeds``: L = ``max_sequence_length`` (default
@@ -215,5 +226,6 @@ def text_to_image(cogview: CogView3Plus, prompts: Union[str, Sequence[str]], *,
 
 
 __all__ = ["CogView3Plus", "CogView3PlusNet", "load_cogview3plus", "is_cogview3plus_folder",
-           "check_cogview3plus_folder", "cogvideox_schedule", "unmasked_t5_states", "text_to_image",
+           "check_cogview3plus_folder", "check_latent_channels", "cogvideox_schedule", "cogvideox_ddim_grid",
+           "unmasked_t5_states", "text_to_image",
            "COGVIEW3PLUS_PIPELINE"]
