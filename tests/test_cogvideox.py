@@ -139,3 +139,33 @@ def test_cogvideox_refusals_are_one_line(cogvideox_folder, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
         assert not out.exists()
+
+
+def test_cogvideox15_frame_padding_matches_the_pipeline(cogvideox_folder, tmp_path):
+    """CogVideoX 1.5 (a transformer with patch_size_t = 2, RoPE on slice grids): 9 frames are 3 latent frames, padded
+    to 4 with a frame drawn first and dropped before decoding, as the pipeline's additional_frames."""
+    pipe, path, _ = cogvideox_folder
+    folder = tmp_path / "cogvideox15"
+    for part in ("model_index.json", "scheduler", "text_encoder", "tokenizer", "vae"):
+        (folder / part).parent.mkdir(parents=True, exist_ok=True)
+        (folder / part).symlink_to(path / part)
+    torch.manual_seed(1)
+    randomised(diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=16,
+        text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        patch_size_t=2, use_rotary_positional_embeddings=True)).save_pretrained(folder / "transformer")
+    pipe15, _, model = reloaded(folder, diffusers.CogVideoXPipeline, load_cogvideox)
+    call = dict(num_frames=9, height=16, width=16, num_inference_steps=2, guidance_scale=3.0)
+    out = {}
+    for kind in ("latent", "pt"):
+        with torch.no_grad():
+            out[kind] = pipe15(PROMPTS, generator=[torch.Generator().manual_seed(4 + i) for i in range(2)],
+                               output_type=kind, **call).frames
+    ours = text_to_video(model, PROMPTS, num_frames=9, height=16, width=16, steps=2, guidance_scale=3.0, seed=4,
+                         return_latents=True)
+    assert ours.shape == (2, 4, 4, 4, 4)  # 3 latent frames + 1 drawn first
+    assert relative_error(ours, out["latent"].permute(0, 2, 1, 3, 4)) < 1e-5
+    frames = text_to_video(model, PROMPTS, num_frames=9, height=16, width=16, steps=2, guidance_scale=3.0, seed=4,
+                           output_range="0,1")
+    assert frames.shape == out["pt"].shape
+    assert relative_error(frames, out["pt"]) < 1e-5
