@@ -9,8 +9,8 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
-from diffkit.interop.cogvideox import (dynamic_scale, is_cogvideox_folder, load_cogvideox,  # noqa: E402
-                                       text_to_video)
+from diffkit.interop.cogvideox import (dynamic_scale, image_to_video, is_cogvideox_folder,  # noqa: E402
+                                       load_cogvideox, text_to_video)
 
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
@@ -168,4 +168,34 @@ def test_cogvideox15_frame_padding_matches_the_pipeline(cogvideox_folder, tmp_pa
     frames = text_to_video(model, PROMPTS, num_frames=9, height=16, width=16, steps=2, guidance_scale=3.0, seed=4,
                            output_range="0,1")
     assert frames.shape == out["pt"].shape
+    assert relative_error(frames, out["pt"]) < 1e-5
+
+
+def test_cogvideox_image_to_video_matches_the_pipeline(cogvideox_folder, tmp_path):
+    """CogVideoXImageToVideoPipeline (CogVideoX-5b-I2V's learned positions and RoPE): the image's latents sampled
+    from video i's generator before its noise, x scaling_factor, then zero frames, beside the noisy latents along the
+    channels; final latents and decoded frames."""
+    from PIL import Image
+    pipe, _, _ = cogvideox_folder
+    torch.manual_seed(2)
+    transformer = randomised(diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=16,
+        text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4, sample_frames=5, patch_size=2,
+        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True))
+    i2v = diffusers.CogVideoXImageToVideoPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                                  vae=pipe.vae, transformer=transformer, scheduler=pipe.scheduler)
+    i2v.save_pretrained(tmp_path / "i2v")
+    i2v, path, model = reloaded(tmp_path / "i2v", diffusers.CogVideoXImageToVideoPipeline, load_cogvideox)
+    g = torch.Generator().manual_seed(0)
+    images = [Image.fromarray((torch.rand(20, 24, 3, generator=g) * 255).byte().numpy()) for _ in PROMPTS]
+    out = {}
+    for kind in ("latent", "pt"):
+        with torch.no_grad():
+            out[kind] = i2v(images, PROMPTS, generator=[torch.Generator().manual_seed(6 + i) for i in range(2)],
+                            num_inference_steps=2, output_type=kind, negative_prompt="ugly", **SIZE).frames
+    ours = image_to_video(model, images, PROMPTS, steps=2, seed=6, negative_prompt="ugly", return_latents=True,
+                          **SIZE)
+    assert relative_error(ours, out["latent"].permute(0, 2, 1, 3, 4)) < 1e-5
+    frames = image_to_video(model, images, PROMPTS, steps=2, seed=6, negative_prompt="ugly", output_range="0,1",
+                            **SIZE)
     assert relative_error(frames, out["pt"]) < 1e-5

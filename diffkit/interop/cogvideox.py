@@ -51,6 +51,8 @@ from ..errors import DiffkitError, read_json_object
 from . import model_dtype, require
 
 COGVIDEOX_PIPELINE = "CogVideoXPipeline"
+COGVIDEOX_I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
+COGVIDEOX_PIPELINES = (COGVIDEOX_PIPELINE, COGVIDEOX_I2V_PIPELINE)
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 COGVIDEOX_CLASSES = {"transformer": ("CogVideoXTransformer3DModel",), "vae": ("AutoencoderKLCogVideoX",),
                      "text_encoder": ("T5EncoderModel",), "scheduler": ("CogVideoXDDIMScheduler",)}
@@ -112,13 +114,16 @@ class CogVideoXNet(torch.nn.Module):
         super().__init__()
         self.model, self.rope = transformer, rope
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
+                image: torch.Tensor = None) -> torch.Tensor:
         if context is None:
             raise DiffkitError("a CogVideoX transformer needs cond {'context'} (cogvideox.text_to_video)")
         dtype = model_dtype(self.model)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-        out = self.model(hidden_states=x.permute(0, 2, 1, 3, 4).to(dtype), encoder_hidden_states=context.to(dtype),
-                         timestep=t, image_rotary_emb=self.rope(*x.shape[2:]), return_dict=False)[0]
+        z = x if image is None else torch.cat([x, image.to(x.dtype)], dim=1)  # image-to-video: [z_t, image latents]
+        ofs = None if self.model.config.ofs_embed_dim is None else x.new_full((1,), 2.0, dtype=dtype)
+        out = self.model(hidden_states=z.permute(0, 2, 1, 3, 4).to(dtype), encoder_hidden_states=context.to(dtype),
+                         timestep=t, ofs=ofs, image_rotary_emb=self.rope(*x.shape[2:]), return_dict=False)[0]
         return out.permute(0, 2, 1, 3, 4).to(x.dtype)
 
 
@@ -199,6 +204,27 @@ class CogVideoX:
         return unmasked_t5_states(self.tokenizer, self.text_encoder, prompt_list(prompts), MAX_SEQUENCE_LENGTH,
                                   self.device)[0]
 
+    @property
+    def image_to_video(self) -> bool:
+        """True for an image-to-video transformer (``CogVideoXImageToVideoPipeline``: 2 C input channels)."""
+        return int(self.transformer.config.in_channels) == 2 * int(self.transformer.config.out_channels)
+
+    def image_latents(self, images, height: int, width: int, frames: int, generators) -> torch.Tensor:
+        """The image-to-video condition (B, C, F, h, w) (``prepare_latents``): the images resized and normalised by
+        diffusers' own ``VideoProcessor.preprocess``, each encoded as one frame and its posterior **sampled** from
+        its video's generator (before that video's noise is drawn from it), x scaling_factor (/ with
+        ``invert_scale_latents``), then F - 1 zero frames."""
+        require("diffusers")
+        from diffusers.video_processor import VideoProcessor
+        pixels = VideoProcessor(vae_scale_factor=self.vae_scale_factor).preprocess(images, height=height, width=width)
+        pixels = pixels.to(self.device, self.vae.dtype)[:, :, None]
+        with torch.no_grad():
+            z = torch.cat([self.vae.encode(pixels[i:i + 1]).latent_dist.sample(
+                None if generators is None else generators[i]) for i in range(pixels.shape[0])]).float()
+        factor = self.vae.config.scaling_factor
+        z = z / factor if self.vae.config.invert_scale_latents else z * factor
+        return torch.cat([z, z.new_zeros(z.shape[0], z.shape[1], frames - 1, *z.shape[3:])], dim=2)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Videos (B, T, 3, H, W) in [-1, 1] (not clamped) of latents (B, C, F, h, w): x = D(z / scaling_factor)
         (``decode_latents``)."""
@@ -208,19 +234,31 @@ class CogVideoX:
 
 
 def is_cogvideox_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``CogVideoXPipeline``."""
+    """True for a folder whose ``model_index.json`` names ``CogVideoXPipeline`` or
+    ``CogVideoXImageToVideoPipeline``."""
     from .sd_xl import pipeline_class
-    return pipeline_class(path) == COGVIDEOX_PIPELINE
+    return pipeline_class(path) in COGVIDEOX_PIPELINES
 
 
 def check_cogvideox_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``CogVideoXPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .cogview3plus import check_latent_channels, cogvideox_schedule
-    from .pixart import check_pipeline_folder
+    from .pixart import check_classes, named_index
     directory = Path(directory)
-    index = check_pipeline_folder(directory, COGVIDEOX_PIPELINE, "CogVideoX", REQUIRED, COGVIDEOX_CLASSES)
-    check_latent_channels(directory, "both; an image-to-video transformer takes twice as many")
+    index = named_index(directory, COGVIDEOX_PIPELINES, "CogVideoX")
+    check_classes(directory, index, REQUIRED, "CogVideoX", COGVIDEOX_CLASSES)
+    if index["_class_name"] == COGVIDEOX_PIPELINE:
+        check_latent_channels(directory, "both; an image-to-video transformer takes twice as many")
+    else:
+        config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+        latents = int(read_json_object(directory / "vae" / "config.json", "vae config").get("latent_channels", 16))
+        if (config.get("in_channels", 16), config.get("out_channels", 16)) != (2 * latents, latents) \
+                or config.get("patch_size_t") is not None:
+            raise DiffkitError(f"{directory}'s image-to-video transformer has in_channels, out_channels, "
+                               f"patch_size_t = {config.get('in_channels', 16)!r}, {config.get('out_channels', 16)!r}, "
+                               f"{config.get('patch_size_t')!r}; allowed: {2 * latents}, {latents}, None (the noisy "
+                               f"and the image latents; CogVideoX 1.5's image-to-video padding is not driven)")
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     if sched.get("_class_name") not in COGVIDEOX_CLASSES["scheduler"]:
         raise DiffkitError(f"{directory}'s scheduler is a {sched.get('_class_name')!r}, which diffkit does not drive "
@@ -253,21 +291,40 @@ def load_cogvideox(directory: Union[str, Path], device="cpu", dtype: torch.dtype
     return model
 
 
-def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
-                  guidance_scale: Optional[float] = None, convention: str = "diffusers", dynamic_cfg: bool = False,
-                  steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
-                  height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
-                  latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
-                  progress: bool = False, **options) -> torch.Tensor:
-    """Videos (B, T, 3, H, W) of ``prompts`` as ``CogVideoXPipeline`` (module docstring).
+def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) of ``prompts`` as ``CogVideoXPipeline`` (module docstring; the options:
+    :func:`generate_videos`)."""
+    if model.image_to_video:
+        raise DiffkitError("this CogVideoX folder is image-to-video (CogVideoXImageToVideoPipeline); call "
+                           "image_to_video(model, images, prompts)")
+    return generate_videos(model, prompts, None, **options)
+
+
+def image_to_video(model: CogVideoX, images, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) of PIL ``images`` (one per prompt; the condition frame) and ``prompts`` as
+    ``CogVideoXImageToVideoPipeline`` (:meth:`CogVideoX.image_latents`; the options: :func:`generate_videos`)."""
+    if not model.image_to_video:
+        raise DiffkitError("this CogVideoX folder is text-to-video (CogVideoXPipeline); call text_to_video(model, "
+                           "prompts)")
+    return generate_videos(model, prompts, list(images), **options)
+
+
+def generate_videos(model: CogVideoX, prompts: Union[str, Sequence[str]], images=None, *, negative_prompt=None,
+                    guidance_scale: Optional[float] = None, convention: str = "diffusers", dynamic_cfg: bool = False,
+                    steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
+                    height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
+                    latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
+                    progress: bool = False, **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) of ``prompts`` (and, image-to-video, PIL ``images``, one per prompt).
 
     guidance_scale: in ``convention`` (default s = 6, diffusers'), against ``negative_prompt`` (default "");
     dynamic_cfg: the pipeline's ``use_dynamic_cfg`` (:func:`dynamic_scale` of s). steps: the scheduler's (default 50);
     sampler: None for the scheduler's own step (``ddim``), or any diffkit sampler on its grid. num_frames: 4 k + 1
     (default the transformer's ``sample_frames``, 49); height / width: default 480 x 720 (the transformer's sample
     size x 8). latents: z_T (B, C, F, h, w) (the pipeline's ``latents``, permuted), default N(0, I) drawn in the
-    pipeline's layout from per-video ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1", the
-    pipeline's ``output_type="pt"``), or with ``return_latents`` the final latents (B, C, F, h, w)."""
+    pipeline's layout from per-video ``seed + i`` (image-to-video: after that video's image latents were sampled
+    from the same generator). Returns videos in ``output_range`` ("-1,1" or "0,1", the pipeline's
+    ``output_type="pt"``), or with ``return_latents`` the final latents (B, C, F, h, w)."""
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance, pipeline_scale
     from ..noise import generators_from_seed, randn
@@ -278,6 +335,8 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
     scale = pipeline_scale(guidance_scale, model.default_guidance_scale, convention)
     cfg = guided(scale, "diffusers", negative_prompt)
     prompts = prompt_list(prompts)
+    if images is not None and len(images) != len(prompts):
+        raise DiffkitError(f"{len(images)} images for {len(prompts)} prompts are not allowed; give one per prompt")
     frames = int(model.transformer.config.sample_frames) if num_frames is None else num_frames
     latent_frames, extra = model.latent_frames(frames)
     default_height, default_width = model.default_size
@@ -289,15 +348,17 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
     if sampler is None:
         sampler = "ddim"  # CogVideoXDDIMScheduler.step: DDIM, eta 0
     f = model.vae_scale_factor
-    channels = int(model.transformer.config.in_channels)
+    channels = int(model.transformer.config.out_channels)
     shape = (len(prompts), channels, latent_frames, height // f, width // f)
+    generators = None if seed is None else generators_from_seed(seed, shape[0])
+    cond = {"context": model.encode_prompts(prompts)}
+    if images is not None:  # sampled from the generators before the noise (prepare_latents)
+        cond["image"] = model.image_latents(images, height, width, latent_frames, generators)
     if latents is None:  # drawn in the pipeline's (B, F, C, h, w) layout
         drawn = (shape[0], shape[2], shape[1], *shape[3:])
-        generators = None if seed is None else generators_from_seed(seed, shape[0])
         latents = randn(drawn, generators, device=model.device).permute(0, 2, 1, 3, 4)
     elif tuple(latents.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
-    cond = {"context": model.encode_prompts(prompts)}
     denoiser = model.denoiser()
     if cfg:
         null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
@@ -315,4 +376,4 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
 
 __all__ = ["CogVideoX", "CogVideoXNet", "DynamicGuidance", "load_cogvideox", "is_cogvideox_folder",
            "check_cogvideox_folder", "check_size", "latent_frames", "dynamic_scale", "text_to_video",
-           "COGVIDEOX_PIPELINE", "COGVIDEOX_FPS"]
+           "image_to_video", "generate_videos", "COGVIDEOX_PIPELINE", "COGVIDEOX_I2V_PIPELINE", "COGVIDEOX_FPS"]
