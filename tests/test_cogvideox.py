@@ -196,6 +196,18 @@ def test_cogvideox_image_to_video_matches_the_pipeline(cogvideox_folder, tmp_pat
     ours = image_to_video(model, images, PROMPTS, steps=2, seed=6, negative_prompt="ugly", return_latents=True,
                           **SIZE)
     assert relative_error(ours, out["latent"].permute(0, 2, 1, 3, 4)) < 1e-5
-    frames = image_to_video(model, images, PROMPTS, steps=2, seed=6, negative_prompt="ugly", output_range="0,1",
-                            **SIZE)
-    assert relative_error(frames, out["pt"]) < 1e-5
+    frames = image_to_video(model, images, PROMPTS, steps=2, seed=6, negative_prompt="ugly", **SIZE)  # in [-1, 1]
+    assert relative_error((frames / 2 + 0.5).clamp(0, 1), out["pt"]) < 1e-5
+    from diffkit.images import to_uint8
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--image",
+            str(tmp_path / "0.png"), "--image", str(tmp_path / "1.png"), "--steps", "2", "--seed", "6", "--frames",
+            "5", "--height", "16", "--width", "16", "--negative-prompt", "ugly", "--batch-size", "2", "--out",
+            str(tmp_path / "grid.png"), "--individual", str(tmp_path / "each"), "--no-progress"]
+    assert main(argv) == 0
+    for i in range(2):
+        written = _frames_at_fps(tmp_path / "each" / f"video_{i:05d}.png", fps=8)
+        assert torch.equal(written, torch.from_numpy(to_uint8(frames[i])))
+    assert main(["video", "--checkpoint", str(path), "--prompt", "hot", "--out", str(tmp_path / "x.png")]) == 2
+    assert not (tmp_path / "x.png").exists()

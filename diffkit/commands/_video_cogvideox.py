@@ -1,5 +1,7 @@
-"""``diffkit video --checkpoint COGVIDEOX_FOLDER --prompt TEXT [--dynamic-cfg]``: a ``CogVideoXPipeline`` folder's
-videos (:func:`diffkit.interop.cogvideox.text_to_video`), driven by :mod:`.video` through :data:`KIND`."""
+"""``diffkit video --checkpoint COGVIDEOX_FOLDER --prompt TEXT [--image PNG] [--dynamic-cfg]``: a ``CogVideoXPipeline``
+folder's videos (:func:`diffkit.interop.cogvideox.text_to_video`, :data:`KIND`) and a
+``CogVideoXImageToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.image_to_video`, :data:`I2V_KIND`), driven
+by :mod:`.video`."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -51,4 +53,18 @@ class CogVideoXKind(VideoKind):
         return text_to_video(model, prompts, seed=seed, progress=progress, **options)
 
 
+class CogVideoXImageKind(CogVideoXKind):
+    """CogVideoX image-to-video (``CogVideoXImageToVideoPipeline``): ``--image`` is each video's first frame."""
+
+    label = "CogVideoX image-to-video"
+    pipelines = ("CogVideoXImageToVideoPipeline",)
+    takes = CogVideoXKind.takes | {"images"}
+    needs_image = True
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.cogvideox import image_to_video
+        return image_to_video(model, images, prompts, seed=seed, progress=progress, **options)
+
+
 KIND = CogVideoXKind()
+I2V_KIND = CogVideoXImageKind()

@@ -1,4 +1,5 @@
-"""A CogVideoX diffusers folder (``CogVideoXPipeline``, diffusers 0.42.1): text-to-video with any diffkit sampler.
+"""A CogVideoX diffusers folder (``CogVideoXPipeline``, ``CogVideoXImageToVideoPipeline``, diffusers 0.42.1): text- and
+image-to-video with any diffkit sampler.
 
 CogVideoX (Yang et al. 2024, "CogVideoX: Text-to-Video Diffusion Models with An Expert Transformer", THUDM) is a
 ``CogVideoXTransformer3DModel`` (text and video tokens in one sequence, expert adaLN; 3D RoPE where
@@ -29,6 +30,14 @@ As ``CogVideoXPipeline.__call__``:
 * output: x = D(z / scaling_factor) (``decode_latents``), (B, T, 3, H, W), T the frames the VAE decodes F latent frames
   to (49 for 13; its decoder runs latent frames in batches of two, the odd first batch causal); ``return_latents``:
   the final latents (B, C, F, h, w), padding frames included (``output_type="latent"``, permuted).
+
+Image-to-video (``CogVideoXImageToVideoPipeline``, :func:`image_to_video`; a transformer of 2 C input channels): the
+image resized and normalised by diffusers' own ``VideoProcessor.preprocess`` (to the video's size), encoded as one
+frame with its posterior **sampled** from video i's generator (before that video's noise is drawn from it), x
+``scaling_factor`` (/ with the VAE's ``invert_scale_latents``), followed by F - 1 zero latent frames, and given to the
+transformer beside the noisy latents along the channels (both CFG halves); ``ofs`` 2.0 where the transformer has
+``ofs_embed_dim``. CogVideoX 1.5's image-to-video folders (``patch_size_t``, whose pipeline pads the latents and the
+image latents differently) are refused.
 
 Defaults: 50 steps, s = 6, ``sample_frames`` frames (49), ``sample_height`` x ``sample_width`` x 8 (480 x 720); frame
 counts of the form 4 k + 1 (the pipeline would round others down), sizes multiples of 8 x ``patch_size``. Refused in
