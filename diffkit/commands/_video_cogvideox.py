@@ -14,7 +14,7 @@ class CogVideoXKind(VideoKind):
     label = "CogVideoX"
     pipelines = ("CogVideoXPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "dynamic_cfg"})
+                       "dynamic_cfg", "lora"})
     fps = 8.0
 
     def check_folder(self, directory) -> None:
@@ -46,7 +46,7 @@ class CogVideoXKind(VideoKind):
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.cogvideox import load_cogvideox
-        return load_cogvideox(directory, device, progress=progress)
+        return load_cogvideox(directory, device, progress=progress, lora=lora)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.cogvideox import text_to_video

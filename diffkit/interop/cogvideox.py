@@ -44,6 +44,9 @@ counts of the form 4 k + 1 (the pipeline would round others down), sizes multipl
 one line before any weight is read (:func:`check_cogvideox_folder`): another pipeline class, a missing component,
 parts of other classes (a ``CogVideoXDPMScheduler``, whose step draws fresh noise every step, which no diffkit sampler
 draws the same way; swap in the DDIM scheduler's config), a transformer whose channels are not the VAE's.
+
+LoRA files (``lora=``): ``CogVideoXLoraLoaderMixin``'s diffusers / PEFT keys, fused as its ``fuse_lora``
+(:func:`load_cogvideox`).
 """
 from __future__ import annotations
 
@@ -279,15 +282,20 @@ def check_cogvideox_folder(directory) -> tuple:
 
 def load_cogvideox(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                    progress: bool = True, lora=None) -> CogVideoX:
-    """Load a ``CogVideoXPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_cogvideox_folder`). ``lora``: not taken yet (one line)."""
+    """Load a ``CogVideoXPipeline`` / ``CogVideoXImageToVideoPipeline`` folder (never downloads, never unpickles),
+    checked first (:func:`check_cogvideox_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) as
+    ``CogVideoXLoraLoaderMixin.load_lora_weights`` loads them: diffusers / PEFT ``transformer.<module>.lora_A`` /
+    ``lora_B`` keys (the loader converts no other format), alpha / rank patterns from the file's metadata, read and
+    checked first (:func:`.sana_lora.read_transformer_loras`), fused as ``fuse_lora(lora_scale=scale)``
+    (:func:`.sd_lora.merge_sd_loras`: W = W0 + s (alpha / r) B A, Hu et al. 2021, eq. 3)."""
     from .cogview3plus import cogvideox_schedule
     from .flow_latents import frozen_on, load_flow_parts
+    from .sana_lora import read_transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_cogvideox_folder(directory)
-    if lora:
-        raise DiffkitError("lora is not taken for a CogVideoX folder yet; load it without LoRA files")
+    loras = read_transformer_loras(lora, "CogVideoX", "a CogVideoX folder", index["_class_name"]) if lora else []
     schedule, prediction_type = cogvideox_schedule(sched)
     parts = load_flow_parts(directory, index, diffusers.CogVideoXTransformer3DModel, {"": "T5EncoderModel"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLCogVideoX)
@@ -297,6 +305,7 @@ def load_cogvideox(directory: Union[str, Path], device="cpu", dtype: torch.dtype
     have, need = model.transformer.config.text_embed_dim, model.text_encoder.config.d_model
     if have != need:
         raise DiffkitError(f"{directory}: the transformer's text_embed_dim={have} does not fit its T5's width {need}")
+    merge_sd_loras(model, loras)
     return model
 
 
