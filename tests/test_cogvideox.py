@@ -210,8 +210,12 @@ def test_cogvideox_image_to_video_matches_the_pipeline(cogvideox_folder, tmp_pat
     for i in range(2):
         written = _frames_at_fps(tmp_path / "each" / f"video_{i:05d}.png", fps=8)
         assert torch.equal(written, torch.from_numpy(to_uint8(frames[i])))
-    assert main(["video", "--checkpoint", str(path), "--prompt", "hot", "--out", str(tmp_path / "x.png")]) == 2
+    for extra in ([], ["--image", str(tmp_path / "0.png"), "--height", "32"]):  # no image; learned positions' size
+        assert main(["video", "--checkpoint", str(path), "--prompt", "hot", "--out", str(tmp_path / "x.png"),
+                     *extra]) == 2
     assert not (tmp_path / "x.png").exists()
+    with pytest.raises(DiffkitError, match="for this transformer of learned positions; allowed: its sample size 16x16"):
+        image_to_video(model, images, PROMPTS, height=32, **{k: v for k, v in SIZE.items() if k != "height"})
 
 
 # A diffusers-format LoRA (CogVideoXPipeline.save_lora_weights) with rank / alpha patterns

@@ -39,7 +39,7 @@ class CogVideoXKind(VideoKind):
         factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
         height = args.height or int(transformer.get("sample_height", 60)) * factor
         width = args.width or int(transformer.get("sample_width", 90)) * factor
-        check_size(height, width, factor, int(transformer.get("patch_size", 2)))
+        check_size(height, width, factor, transformer)
         if args.guidance_scale is not None:
             guided(pipeline_scale(args.guidance_scale, COGVIDEOX_GUIDANCE, args.guidance_convention), "diffusers",
                    args.negative_prompt)

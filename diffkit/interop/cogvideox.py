@@ -80,14 +80,21 @@ def dynamic_scale(scale: float, steps: int, t: float) -> float:
     return 1 + scale * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2)
 
 
-def check_size(height, width, factor: int, patch: int) -> None:
-    """One line unless height and width are positive multiples of the VAE's ``factor`` x the transformer's
-    ``patch``."""
-    step = factor * patch
+def check_size(height, width, factor: int, config) -> None:
+    """One line unless height and width are positive multiples of the VAE's ``factor`` x the transformer's patch
+    size, and, for a transformer of learned positions (CogVideoX-5b-I2V's ``use_learned_positional_embeddings``, whose
+    patch embedding refuses other sizes), its sample size x ``factor``; ``config``: the transformer's config (a dict
+    or diffusers' config)."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    step = factor * int(get("patch_size", 2))
     for value in (height, width):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % step:
             raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of {step} "
-                               f"(the VAE's factor {factor} x the transformer's patches {patch})")
+                               f"(the VAE's factor {factor} x the transformer's patches)")
+    sample = (int(get("sample_height", 60)) * factor, int(get("sample_width", 90)) * factor)
+    if get("use_learned_positional_embeddings", False) and (height, width) != sample:
+        raise DiffkitError(f"height x width {height}x{width} is not allowed for this transformer of learned positions; "
+                           f"allowed: its sample size {sample[0]}x{sample[1]}")
 
 
 def latent_frames(frames, factor: int, patch_t: Optional[int]) -> tuple:
@@ -175,8 +182,9 @@ class CogVideoX:
         return int(config.sample_height) * f, int(config.sample_width) * f
 
     def check_size(self, height, width) -> None:
-        """One line unless height and width are positive multiples of 8 x the transformer's patch size."""
-        check_size(height, width, self.vae_scale_factor, int(self.transformer.config.patch_size))
+        """One line unless height and width are positive multiples of 8 x the transformer's patch size (and its
+        sample size with learned positions, :func:`check_size`)."""
+        check_size(height, width, self.vae_scale_factor, self.transformer.config)
 
     def latent_frames(self, frames) -> tuple:
         """(latent frames F, padding frames) of ``frames`` (:func:`latent_frames`)."""
