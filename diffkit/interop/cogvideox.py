@@ -317,31 +317,14 @@ def load_cogvideox(directory: Union[str, Path], device="cpu", dtype: torch.dtype
     return model
 
 
-def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
-    """Videos (B, T, 3, H, W) of ``prompts`` as ``CogVideoXPipeline`` (module docstring; the options:
-    :func:`generate_videos`)."""
-    if model.image_to_video:
-        raise DiffkitError("this CogVideoX folder is image-to-video (CogVideoXImageToVideoPipeline); call "
-                           "image_to_video(model, images, prompts)")
-    return generate_videos(model, prompts, None, **options)
-
-
-def image_to_video(model: CogVideoX, images, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
-    """Videos (B, T, 3, H, W) of PIL ``images`` (one per prompt; the condition frame) and ``prompts`` as
-    ``CogVideoXImageToVideoPipeline`` (:meth:`CogVideoX.image_latents`; the options: :func:`generate_videos`)."""
-    if not model.image_to_video:
-        raise DiffkitError("this CogVideoX folder is text-to-video (CogVideoXPipeline); call text_to_video(model, "
-                           "prompts)")
-    return generate_videos(model, prompts, list(images), **options)
-
-
-def generate_videos(model: CogVideoX, prompts: Union[str, Sequence[str]], images=None, *, negative_prompt=None,
-                    guidance_scale: Optional[float] = None, convention: str = "diffusers", dynamic_cfg: bool = False,
-                    steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
-                    height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
-                    latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
-                    progress: bool = False, **options) -> torch.Tensor:
-    """Videos (B, T, 3, H, W) of ``prompts`` (and, image-to-video, PIL ``images``, one per prompt).
+def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
+                  guidance_scale: Optional[float] = None, convention: str = "diffusers", dynamic_cfg: bool = False,
+                  steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
+                  height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
+                  latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
+                  progress: bool = False, images=None, **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) of ``prompts`` as ``CogVideoXPipeline`` (module docstring); ``images`` (PIL, one per
+    prompt) only through :func:`image_to_video` (``CogVideoXImageToVideoPipeline`` folders).
 
     guidance_scale: in ``convention`` (default s = 6, diffusers'), against ``negative_prompt`` (default "");
     dynamic_cfg: the pipeline's ``use_dynamic_cfg`` (:func:`dynamic_scale` of s). steps: the scheduler's (default 50);
@@ -358,6 +341,11 @@ def generate_videos(model: CogVideoX, prompts: Union[str, Sequence[str]], images
     from .auraflow import guided
     from .stable_diffusion import OUTPUT_RANGES, negative_prompts, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    if model.image_to_video != (images is not None):
+        raise DiffkitError("this CogVideoX folder is image-to-video (CogVideoXImageToVideoPipeline); call "
+                           "image_to_video(model, images, prompts)" if model.image_to_video else
+                           "this CogVideoX folder is text-to-video (CogVideoXPipeline); call text_to_video(model, "
+                           "prompts) without images")
     scale = pipeline_scale(guidance_scale, model.default_guidance_scale, convention)
     cfg = guided(scale, "diffusers", negative_prompt)
     prompts = prompt_list(prompts)
@@ -400,6 +388,12 @@ def generate_videos(model: CogVideoX, prompts: Union[str, Sequence[str]], images
     return (videos / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else videos.clamp(-1, 1)
 
 
+def image_to_video(model: CogVideoX, images, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) of PIL ``images`` (one per prompt; the condition frame) and ``prompts`` as
+    ``CogVideoXImageToVideoPipeline`` (:meth:`CogVideoX.image_latents`; the options: :func:`text_to_video`'s)."""
+    return text_to_video(model, prompts, images=list(images), **options)
+
+
 __all__ = ["CogVideoX", "CogVideoXNet", "DynamicGuidance", "load_cogvideox", "is_cogvideox_folder",
            "check_cogvideox_folder", "check_size", "latent_frames", "dynamic_scale", "text_to_video",
-           "image_to_video", "generate_videos", "COGVIDEOX_PIPELINE", "COGVIDEOX_I2V_PIPELINE", "COGVIDEOX_FPS"]
+           "image_to_video", "COGVIDEOX_PIPELINE", "COGVIDEOX_I2V_PIPELINE", "COGVIDEOX_FPS"]
