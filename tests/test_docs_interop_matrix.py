@@ -263,6 +263,7 @@ ANIMATEDIFF = "## AnimateDiff folders (`diffkit.interop.animatediff`)"
 SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
+COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
@@ -332,6 +333,7 @@ HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
                                                     (SVD, ["StableVideoDiffusionPipeline"], "VD"),
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),
+                                                    (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",

@@ -21,13 +21,15 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, n
                       positive_float, positive_int, seed_int)
 
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
-# VideoKind) drives it. One line per pipeline class.
+# VideoKind) drives it ("module:NAME": its attribute NAME instead). One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
     "AnimateDiffPipeline": "._video_animatediff",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",
+    "CogVideoXPipeline": "._video_cogvideox",
+    "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -125,7 +127,18 @@ def register(sub) -> None:
                           "linearly to --max-guidance-scale")
     svd.add_argument("--max-guidance-scale", type=float, metavar="S",
                      help="the last frame's guidance scale (default 3; <= 1: no guidance)")
+    cogvideox = p.add_argument_group("CogVideoX")
+    cogvideox.add_argument("--dynamic-cfg", action="store_true",
+                           help="CogVideoX folders: the pipeline's use_dynamic_cfg (a cosine schedule of the guidance "
+                                "scale over the steps)")
     p.set_defaults(func=run)
+
+
+def kind_of(pipeline: str) -> VideoKind:
+    """The :class:`VideoKind` of a pipeline class of :data:`VIDEO_KINDS` (``module`` -> its ``KIND``,
+    ``module:NAME`` -> its ``NAME``)."""
+    module, _, attribute = VIDEO_KINDS[pipeline].partition(":")
+    return getattr(importlib.import_module(module, __package__), attribute or "KIND")
 
 
 def video_kind(directory) -> VideoKind:
@@ -134,7 +147,7 @@ def video_kind(directory) -> VideoKind:
     from ..interop.sd_xl import pipeline_class
     name = pipeline_class(directory)
     if name in VIDEO_KINDS:
-        return importlib.import_module(VIDEO_KINDS[name], __package__).KIND
+        return kind_of(name)
     kinds = ", ".join(sorted(VIDEO_KINDS)) or "none yet"
     what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
     raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "
@@ -148,7 +161,7 @@ def refuse_video_folder(directory, command: str) -> None:
     from ..interop.sd_xl import pipeline_class
     name = pipeline_class(directory)
     if name in VIDEO_KINDS:
-        kind = importlib.import_module(VIDEO_KINDS[name], __package__).KIND
+        kind = kind_of(name)
         needs = (" --image PNG" if kind.needs_image else "") + (" --prompt TEXT" if kind.needs_prompt else "")
         raise DiffkitError(f"{directory} is a {name} folder, which diffkit {command} does not take (it makes videos); "
                            f"generate videos with diffkit video --checkpoint {directory}{needs} (docs/video.md)")

@@ -54,15 +54,32 @@ def check_cogview3plus_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``CogView3PlusPipeline`` folder, checked from its JSON alone."""
     directory = Path(directory)
     index = check_pipeline_folder(directory, COGVIEW3PLUS_PIPELINE, "CogView3Plus", REQUIRED, COGVIEW3PLUS_CLASSES)
+    check_latent_channels(directory)
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    cogvideox_schedule(sched)  # its keys: one line
+    return index, sched
+
+
+def check_latent_channels(directory: Path, note: str = "both") -> None:
+    """One line unless the folder's transformer takes and returns the VAE's latent channels (its JSON; ``note``
+    closes the message)."""
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     latents = int(read_json_object(directory / "vae" / "config.json", "vae config").get("latent_channels", 4))
     channels = (config.get("in_channels", 16), config.get("out_channels", 16))
     if channels != (latents, latents):
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
-                           f"{channels[1]!r}; allowed: the VAE's latent channels {latents} (both)")
-    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    cogvideox_schedule(sched)  # its keys: one line
-    return index, sched
+                           f"{channels[1]!r}; allowed: the VAE's latent channels {latents} ({note})")
+
+
+def cogvideox_ddim_grid(config: dict, steps: int) -> torch.Tensor:
+    """diffkit's grid of a ``CogVideoXDDIMScheduler`` of ``config`` after ``set_timesteps(steps)``."""
+    from .schedulers import grid_from_diffusers
+    diffusers = require("diffusers")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+    scheduler = diffusers.CogVideoXDDIMScheduler.from_config(config)
+    scheduler.set_timesteps(steps)
+    return grid_from_diffusers(scheduler)
 
 
 def cogvideox_schedule(config: dict) -> tuple:
@@ -81,6 +98,17 @@ def cogvideox_schedule(config: dict) -> tuple:
     if config.get("rescale_betas_zero_snr", False):
         schedule = schedule.rescale_zero_terminal_snr()
     return schedule, prediction_type
+
+
+def unmasked_t5_states(tokenizer, text_encoder, prompts: list, length: int, device) -> tuple:
+    """(T5's last states (B, L, d) in the encoder's dtype, token ids (B, L)) of ``prompts`` tokenised as written,
+    padded / truncated to ``length`` tokens and encoded with **no attention mask**, as CogView3-Plus' and CogVideoX's
+    ``_get_t5_prompt_embeds``."""
+    ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                    return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        states = text_encoder(ids)[0]
+    return states.to(text_encoder.dtype), ids
 
 
 class CogView3PlusNet(torch.nn.Module):
@@ -133,13 +161,7 @@ class CogView3Plus(PixArt):
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
         """diffkit's grid of the folder's ``CogVideoXDDIMScheduler`` after ``set_timesteps(steps)``."""
-        from .schedulers import grid_from_diffusers
-        diffusers = require("diffusers")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        scheduler = diffusers.CogVideoXDDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        return grid_from_diffusers(scheduler)
+        return cogvideox_ddim_grid(self.scheduler_config, steps)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
         """(T5 states (B, L, d), ones (B, L)) as ``_get_t5_prompt_embeds``: L = ``max_sequence_length`` (default
@@ -147,11 +169,8 @@ class CogView3Plus(PixArt):
         from .stable_diffusion import prompt_list
         length = self.max_sequence_length if max_sequence_length is None else max_sequence_length
         self.check_length(length)
-        ids = self.tokenizer(prompt_list(prompts), padding="max_length", max_length=length, truncation=True,
-                             add_special_tokens=True, return_tensors="pt").input_ids.to(self.device)
-        with torch.no_grad():
-            states = self.text_encoder(ids)[0]
-        return states.to(self.text_encoder.dtype), torch.ones_like(ids)
+        states, ids = unmasked_t5_states(self.tokenizer, self.text_encoder, prompt_list(prompts), length, self.device)
+        return states, torch.ones_like(ids)
 
     def micro_conditions(self, batch: int, height: int, width: int, original_size: Optional[tuple] = None,
                          crops_coords_top_left: tuple = (0, 0)) -> dict:
@@ -207,4 +226,6 @@ def text_to_image(cogview: CogView3Plus, prompts: Union[str, Sequence[str]], *,
 
 
 __all__ = ["CogView3Plus", "CogView3PlusNet", "load_cogview3plus", "is_cogview3plus_folder",
-           "check_cogview3plus_folder", "cogvideox_schedule", "text_to_image", "COGVIEW3PLUS_PIPELINE"]
+           "check_cogview3plus_folder", "check_latent_channels", "cogvideox_schedule", "cogvideox_ddim_grid",
+           "unmasked_t5_states", "text_to_image",
+           "COGVIEW3PLUS_PIPELINE"]

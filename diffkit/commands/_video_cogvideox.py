@@ -1,0 +1,70 @@
+"""``diffkit video --checkpoint COGVIDEOX_FOLDER --prompt TEXT [--image PNG] [--dynamic-cfg]``: a ``CogVideoXPipeline``
+folder's videos (:func:`diffkit.interop.cogvideox.text_to_video`, :data:`KIND`) and a
+``CogVideoXImageToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.image_to_video`, :data:`I2V_KIND`), driven
+by :mod:`.video`."""
+from __future__ import annotations
+
+from .video import VideoKind
+
+
+class CogVideoXKind(VideoKind):
+    """CogVideoX text-to-video (``CogVideoXPipeline``): 49 frames of 480 x 720 by default, at 8 fps (the model card's
+    ``export_to_video(video, fps=8)``)."""
+
+    label = "CogVideoX"
+    pipelines = ("CogVideoXPipeline",)
+    takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
+                       "dynamic_cfg", "lora"})
+    fps = 8.0
+
+    def check_folder(self, directory) -> None:
+        from ..interop.cogvideox import check_cogvideox_folder
+        check_cogvideox_folder(directory)
+
+    def check_request(self, args) -> None:
+        """Frames (4 k + 1), sizes (multiples of 8 x the patch size) and the guidance flags, from the folder's
+        JSON."""
+        from ..errors import read_json_object
+        from ..interop.auraflow import guided
+        from pathlib import Path
+
+        from ..guidance import pipeline_scale
+        from ..interop.cogvideox import COGVIDEOX_GUIDANCE, check_size, latent_frames
+        folder = Path(args.checkpoint)
+        vae = read_json_object(folder / "vae" / "config.json", "vae config")
+        transformer = read_json_object(folder / "transformer" / "config.json", "transformer config")
+        if args.num_frames is not None:
+            latent_frames(args.num_frames, int(vae.get("temporal_compression_ratio", 4)),
+                          transformer.get("patch_size_t"))
+        factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+        height = args.height or int(transformer.get("sample_height", 60)) * factor
+        width = args.width or int(transformer.get("sample_width", 90)) * factor
+        check_size(height, width, factor, transformer)
+        if args.guidance_scale is not None:
+            guided(pipeline_scale(args.guidance_scale, COGVIDEOX_GUIDANCE, args.guidance_convention), "diffusers",
+                   args.negative_prompt)
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.cogvideox import load_cogvideox
+        return load_cogvideox(directory, device, progress=progress, lora=lora)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.cogvideox import text_to_video
+        return text_to_video(model, prompts, seed=seed, progress=progress, **options)
+
+
+class CogVideoXImageKind(CogVideoXKind):
+    """CogVideoX image-to-video (``CogVideoXImageToVideoPipeline``): ``--image`` is each video's first frame."""
+
+    label = "CogVideoX image-to-video"
+    pipelines = ("CogVideoXImageToVideoPipeline",)
+    takes = CogVideoXKind.takes | {"images"}
+    needs_image = True
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.cogvideox import image_to_video
+        return image_to_video(model, images, prompts, seed=seed, progress=progress, **options)
+
+
+KIND = CogVideoXKind()
+I2V_KIND = CogVideoXImageKind()
