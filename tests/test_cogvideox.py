@@ -125,8 +125,8 @@ def test_cogvideox_refusals_are_one_line(cogvideox_folder, tmp_path, capsys):
     out = tmp_path / "never.png"
     cases = [
         (["sample", "--checkpoint", str(path), "--prompt", "hot"], "diffkit sample does not take (it makes videos)"),
-        (["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot"], "generate with diffkit "
-                                                                                           "video"),
+        (["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot"], "generate videos with "
+                                                                                           "diffkit video"),
         (["video", "--checkpoint", str(path), "--prompt", "hot", "--frames", "6"], "num_frames=6 is not allowed"),
         (["video", "--checkpoint", str(path), "--prompt", "hot", "--height", "20"], "positive multiples of 8"),
         (["video", "--checkpoint", str(path), "--prompt", "hot", "--image", str(out)], "--image does not apply"),
