@@ -354,6 +354,8 @@ def _run(args) -> int:
     from ..models.network import check_image_model, is_series_model
     from ..sampling import check_eta, resolve_sampler
 
+    from .video import refuse_video_folder
+    refuse_video_folder(args.checkpoint, "edit")  # a video folder (diffkit video, VIDEO_KINDS)
     check_lora_flags(args)
     from ._ledits_pp import check_no_ledits_options, edit_ledits
     if args.ledits:  # LEDITS++ on an SD 1.x / 2.x or SD-XL folder, as LEditsPPPipelineStableDiffusion(XL)

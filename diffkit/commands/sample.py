@@ -794,6 +794,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     check_scheduler_override(checkpoint, scheduler)
     from ._chronoedit import refuse_sample
     refuse_sample(checkpoint)  # a ChronoEditPipeline folder edits (diffkit edit, ._chronoedit)
+    from .video import refuse_video_folder
+    refuse_video_folder(checkpoint, "sample")  # a video folder (diffkit video, VIDEO_KINDS)
     from ._image_size import check_image_size
     check_image_size(checkpoint, height, width, options.get("t2i_adapter") is not None)
     size = {} if height is None and width is None else {"height": height, "width": width}

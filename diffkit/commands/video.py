@@ -23,6 +23,7 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, p
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it. One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
+    "LTXPipeline": "._video_ltx",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -96,6 +97,8 @@ def register(sub) -> None:
     add_lora_flags(p, help="a LoRA .safetensors file for the folder's transformer (the kinds that take it: "
                            "docs/video.md), merged at load as W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
                            "several: they add)")
+    from ._video_ltx import add_ltx_flags
+    add_ltx_flags(p)  # --guidance-rescale, --decode-timestep, --decode-noise-scale (LTX-Video folders)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -111,6 +114,18 @@ def video_kind(directory) -> VideoKind:
     what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
     raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "
                        f"{kinds} (images: diffkit sample / diffkit edit)")
+
+
+def refuse_video_folder(directory, command: str) -> None:
+    """One line for ``diffkit sample`` / ``diffkit edit`` (``command``) on a folder whose pipeline class
+    :data:`VIDEO_KINDS` drives, from its JSON: it makes videos (``diffkit video``)."""
+    from ..errors import DiffkitError
+    from ..interop.sd_xl import pipeline_class
+    name = pipeline_class(directory)
+    if name in VIDEO_KINDS:
+        article = "an" if name[:1] in "AEIOU" else "a"
+        raise DiffkitError(f"{directory} is {article} {name} folder, which diffkit {command} does not take (it makes "
+                           f"videos); generate with diffkit video --checkpoint {directory} --prompt TEXT")
 
 
 def check_flags(args, kind: VideoKind) -> None:

@@ -1,0 +1,152 @@
+"""LTX-Video folders (diffkit.interop.ltx, diffkit video's LTX-Video kind): text_to_video against diffusers' own
+LTXPipeline on a tiny random folder (a 1-layer T5 of width 32 on a few-word unigram tokenizer, a 1-layer
+LTXVideoTransformer3DModel on 8 latent channels, a timestep-conditioned AutoencoderKLLTXVideo of spatial / temporal
+compression 16 / 4 with random latents mean / std and scaling factor 1.3, LTX-Video 0.9.1's dynamic-shift
+FlowMatchEuler scheduler with shift_terminal 0.1; nothing downloaded)."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.images import to_uint8  # noqa: E402
+from diffkit.interop.ltx import check_ltx_folder, load_ltx, text_to_video  # noqa: E402
+from diffkit.noise import generators_from_seed, randn  # noqa: E402
+from diffkit.video import read_video  # noqa: E402
+
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
+
+C, FRAMES, H, W = 8, 9, 32, 64  # latents (8, 3, 2, 4): 24 tokens
+PROMPTS, NEGATIVE = ["a photo of a Cat", "a dog"], "blurry dog"
+SIZE = {"num_frames": FRAMES, "height": H, "width": W}
+
+
+@pytest.fixture(scope="module")
+def tiny_ltx(tmp_path_factory):
+    """(LTXPipeline.from_pretrained of the saved folder, the folder, load_ltx of it)."""
+    root = tmp_path_factory.mktemp("ltx")
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    transformer = diffusers.LTXVideoTransformer3DModel(
+        in_channels=C, out_channels=C, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, num_layers=1, caption_channels=32)
+    vae = diffusers.AutoencoderKLLTXVideo(
+        latent_channels=C, block_out_channels=(8, 8, 8), down_block_types=("LTXVideoDownBlock3D",) * 3,
+        decoder_block_out_channels=(8, 8, 8), layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False), decoder_spatio_temporal_scaling=(True, True, False),
+        decoder_inject_noise=(False,) * 4, upsample_residual=(False,) * 3, upsample_factor=(1,) * 3,
+        timestep_conditioning=True, patch_size=4, scaling_factor=1.3)
+    with torch.no_grad():  # (the buffers default to 0 / 1; every weight of these modules is random already)
+        vae.latents_mean.copy_(torch.randn(C) * 0.3)
+        vae.latents_std.copy_(torch.rand(C) + 0.5)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+                                                          base_image_seq_len=1024, max_image_seq_len=4096,
+                                                          shift_terminal=0.1)
+    pipe = diffusers.LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=t5, tokenizer=tiny_t5_tokenizer(),
+                                 transformer=transformer)
+    pipe.save_pretrained(root / "ltx")
+    return reloaded(root / "ltx", diffusers.LTXPipeline, load_ltx)
+
+
+def _generators(seed, n=2):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("guidance", [
+    {"guidance_scale": 3.0, "negative_prompt": NEGATIVE, "guidance_rescale": 0.7},
+    {"guidance_scale": 1.0}])
+def test_ltx_matches_the_pipeline(tiny_ltx, guidance):
+    """Two videos of 9 frames (3 latent frames), 3 steps on the scheduler's resolution-shifted sigmas, CFG s = 3
+    against a negative prompt with guidance rescale 0.7 (and unguided); decoded at timestep 0.05 with noise 0.025
+    drawn from each video's generator after its latents: the same final latents (read by a step callback, packed) and
+    frames as LTXPipeline with per-video generators seed + i."""
+    pipe, _, model = tiny_ltx
+    final = {}
+
+    def keep(pipeline, i, t, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
+    decode = {"decode_timestep": 0.05, "decode_noise_scale": 0.025}
+    with torch.no_grad():
+        frames = pipe(PROMPTS, num_inference_steps=3, generator=_generators(5), output_type="pt",
+                      callback_on_step_end=keep, **SIZE, **decode, **guidance).frames
+    ours = text_to_video(model, PROMPTS, steps=3, seed=5, return_latents=True, **SIZE, **guidance)
+    error = relative_error(ours.flatten(2).transpose(1, 2), final["latents"])
+    print(f"latents: {error:.2e}")  # (measured 2.7e-7 guided, 2.0e-7 unguided)
+    assert error < 1e-5
+    generators = generators_from_seed(5, 2)
+    randn(ours.shape, generators)  # the latents' draw: the decode noise comes next from each video's generator
+    videos = model.decode(ours, generators=generators, **decode)
+    error = relative_error((videos / 2 + 0.5).clamp(0, 1), frames)
+    print(f"frames: {error:.2e}")  # (measured 8.9e-7, 1.0e-6)
+    assert frames.shape == videos.shape == (2, FRAMES, 3, H, W) and error < 1e-5
+
+
+def test_ltx_command_writes_the_library_videos(tiny_ltx, tmp_path):
+    """diffkit video on the folder (2 videos in one batch, a stochastic diffkit sampler): each video of --individual
+    is the library's video with seed + i, rounded as to_uint8; the grid animation is written."""
+    _, path, model = tiny_ltx
+    expected = text_to_video(model, PROMPTS, steps=2, seed=3, sampler="ddpm", guidance_scale=2.0,
+                             negative_prompt=NEGATIVE, **SIZE)
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", "2",
+            "--seed", "3", "--batch-size", "2", "--sampler", "ddpm", "--guidance-scale", "1", "--negative-prompt",
+            NEGATIVE, "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--out", str(tmp_path / "grid.png"), "--individual",
+            str(tmp_path / "each"), "--no-progress"]
+    assert main(argv) == 0
+    for i in range(2):
+        back = read_video(tmp_path / "each" / f"video_{i:05d}.png")
+        assert np.array_equal(to_uint8(back), to_uint8(expected[i]))
+    assert read_video(tmp_path / "grid.png").shape[0] == FRAMES
+
+
+def test_ltx_refusals_are_one_line(tiny_ltx, tmp_path, capsys):
+    """Before any weight is read: diffkit sample / edit on the folder, frames not 4 k + 1, sizes not of 32, an
+    image, guidance rescale without CFG, the decode flags on a VAE without timestep conditioning; the folder checks
+    (patch sizes, channels, a stochastic scheduler); the library's own."""
+    _, path, model = tiny_ltx
+    video = ["video", "--checkpoint", str(path), "--prompt", "hot", "--no-progress"]
+    plain = changed_folder(path, tmp_path, "vae/config.json", {"timestep_conditioning": False})
+    (tmp_path / "a.png").write_bytes(b"")
+    for argv, expected in [
+            (["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress", "--out",
+              str(tmp_path / "never" / "x.png")], "LTXPipeline folder, which diffkit sample does not take (it makes "
+                                                  "videos); generate with diffkit video"),
+            (["edit", "--checkpoint", str(path), "--images", str(tmp_path / "a.png"), "--prompt", "x", "--out",
+              str(tmp_path / "never")], "LTXPipeline folder, which diffkit edit does not take"),
+            (video + ["--frames", "8", "--height", "32", "--width", "32"], "num_frames=8 is not allowed; give 4 k + 1"),
+            (video + ["--height", "48", "--width", "32"],
+             "height x width 48x32 is not allowed; give positive multiples of 32"),
+            (video + ["--image", str(tmp_path / "a.png")], "--image does not apply to a LTX-Video folder"),
+            (video + ["--guidance-scale", "0", "--guidance-rescale", "0.5"], "--guidance-rescale 0.5 does not apply "
+                                                                             "without CFG"),
+            (["video", "--checkpoint", str(plain), "--prompt", "x", "--decode-timestep", "0.05"],
+             "--decode-timestep / --decode-noise-scale do not apply")]:
+        capsys.readouterr()
+        assert main(argv + ([] if "--out" in argv else ["--out", str(tmp_path / "never" / "v.png")])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "never").exists()
+    for part, change, expected in [
+            ("model_index.json", {"transformer": ["diffusers", "WanTransformer3DModel"]},
+             "transformer is a 'WanTransformer3DModel'; allowed: LTXVideoTransformer3DModel"),
+            ("transformer/config.json", {"patch_size": 2}, "patch_size=2; allowed: 1"),
+            ("transformer/config.json", {"in_channels": 16}, "in_channels=16; allowed: 8"),
+            ("scheduler/scheduler_config.json", {"stochastic_sampling": True}, "stochastic_sampling=True")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            check_ltx_folder(changed_folder(path, tmp_path, part, change))
+    for options, expected in [({"guidance_scale": 1.0, "guidance_rescale": 0.5}, "guidance_rescale=0.5 is not "
+                                                                                 "allowed without CFG"),
+                              ({"guidance_rescale": 1.5}, "guidance_rescale"),
+                              ({"num_frames": 7}, "num_frames=7 is not allowed"),
+                              ({"frame_rate": 0}, "frame_rate")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            text_to_video(model, "x", **{**SIZE, **options})
