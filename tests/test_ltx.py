@@ -99,8 +99,8 @@ def test_ltx_command_writes_the_library_videos(tiny_ltx, tmp_path):
                              negative_prompt=NEGATIVE, **SIZE)
     argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", "2",
             "--seed", "3", "--batch-size", "2", "--sampler", "ddpm", "--guidance-scale", "1", "--negative-prompt",
-            NEGATIVE, "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--out", str(tmp_path / "grid.png"), "--individual",
-            str(tmp_path / "each"), "--no-progress"]
+            NEGATIVE, "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--out",
+            str(tmp_path / "grid.png"), "--individual", str(tmp_path / "each"), "--no-progress"]
     assert main(argv) == 0
     for i in range(2):
         back = read_video(tmp_path / "each" / f"video_{i:05d}.png")
