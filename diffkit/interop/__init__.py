@@ -44,6 +44,8 @@
   sampled on EDM's Karras sigmas as a flow Denoiser, the Wan VAE on one frame, CFG g = w).
 * :mod:`.chronoedit` - a ChronoEdit folder's instruction edits (``chronoedit_edit_image``: Wan 2.1's image-to-video
   transformer, the edit read from the last frame of a short video, optional temporal reasoning, flow UniPC).
+* :mod:`.ltx` - an LTX-Video folder's text-to-video (``ltx_text_to_video``: T5 prompts, the resolution-shifted
+  FlowMatchEuler grid, CFG with guidance rescale, the timestep-conditioned video VAE; ``diffkit video``).
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``; Plus: several pictures, 2511's
@@ -107,6 +109,7 @@ _EXPORTS = {
     "BriaFibo2": "bria_fibo2", "load_bria_fibo2": "bria_fibo2", "is_bria_fibo2_folder": "bria_fibo2",
     "Cosmos2": "cosmos2", "load_cosmos2": "cosmos2", "is_cosmos_folder": "cosmos2",
     "ChronoEdit": "chronoedit", "load_chronoedit": "chronoedit", "is_chronoedit_folder": "chronoedit",
+    "LTX": "ltx", "load_ltx": "ltx", "is_ltx_folder": "ltx",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "PRX": "prx", "load_prx": "prx", "is_prx_folder": "prx",
     "PRXPixel": "prx_pixel", "load_prx_pixel": "prx_pixel", "is_prx_pixel_folder": "prx_pixel",
@@ -152,6 +155,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "bria_fibo2_edit_image": ("bria_fibo2", "edit_image"),
             "cosmos2_text_to_image": ("cosmos2", "text_to_image"),
             "chronoedit_edit_image": ("chronoedit", "edit_image"),
+            "ltx_text_to_video": ("ltx", "text_to_video"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
             "kandinsky5_text_to_image": ("kandinsky5", "text_to_image"),
             "prx_text_to_image": ("prx", "text_to_image"),
