@@ -32,7 +32,7 @@ class LTXKind(VideoKind):
     pipelines = ("LTXPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
                        *LTX_FLAGS})
-    fps = 25.0  # LTXPipeline's frame_rate; the LTX-Video model card exports at 24 (diffusers' example), 25 here
+    fps = 25.0  # LTXPipeline's frame_rate (its RoPE's); diffusers' docstring example writes at 24
 
     def check_folder(self, directory) -> None:
         from ..interop.ltx import check_ltx_folder
@@ -62,8 +62,6 @@ class LTXKind(VideoKind):
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.ltx import text_to_video
-        options.setdefault("decode_timestep", 0.0)
-        options.setdefault("guidance_rescale", 0.0)
         return text_to_video(model, prompts, seed=seed, progress=progress, **options)
 
 
