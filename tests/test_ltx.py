@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import to_uint8  # noqa: E402
-from diffkit.interop.ltx import check_ltx_folder, load_ltx, text_to_video  # noqa: E402
+from diffkit.interop.ltx import check_ltx_folder, image_to_video, load_ltx, text_to_video  # noqa: E402
 from diffkit.video import read_video  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
@@ -54,6 +54,26 @@ def tiny_ltx(tmp_path_factory):
                                  transformer=transformer)
     pipe.save_pretrained(root / "ltx")
     return reloaded(root / "ltx", diffusers.LTXPipeline, load_ltx)
+
+
+@pytest.fixture(scope="module")
+def tiny_ltx_i2v(tiny_ltx, tmp_path_factory):
+    """(LTXImageToVideoPipeline of the same components, the folder relabelled LTXImageToVideoPipeline (its weights
+    linked), load_ltx of it)."""
+    pipe, path, _ = tiny_ltx
+    folder = changed_folder(path, tmp_path_factory.mktemp("ltx_i2v"), "model_index.json",
+                            {"_class_name": "LTXImageToVideoPipeline"})
+    i2v = diffusers.LTXImageToVideoPipeline(**pipe.components)
+    i2v.set_progress_bar_config(disable=True)
+    return i2v, folder, load_ltx(folder, progress=False)
+
+
+def _images(n=2, size=(72, 40)):
+    """Random RGB images of another size than the videos' (the pipelines resize them, Lanczos)."""
+    from PIL import Image
+    g = torch.Generator().manual_seed(3)
+    return [Image.fromarray(torch.randint(0, 256, (size[1], size[0], 3), generator=g).to(torch.uint8).numpy())
+            for _ in range(n)]
 
 
 def _generators(seed, n=2):
@@ -147,3 +167,47 @@ def test_ltx_refusals_are_one_line(tiny_ltx, tmp_path, capsys):
                               ({"frame_rate": 0}, "frame_rate")]:
         with pytest.raises(DiffkitError, match=re.escape(expected)):
             text_to_video(model, "x", **{**SIZE, **options})
+
+
+def test_ltx_image_to_video_matches_the_pipeline(tiny_ltx_i2v):
+    """LTXImageToVideoPipeline: each image (72 x 40, resized to 64 x 32) encoded with a posterior draw from its
+    video's generator, normalised without the scaling factor, the first latent frame (kept; its tokens at timestep
+    0). Two videos with CFG s = 3, a negative prompt and guidance rescale 0.7 against per-video generators (final
+    latents: the pipeline's decoding draws torch.randn with a generator list, which fails), one unguided video decoded
+    at timestep 0.05 with noise 0.025 from one generator (frames)."""
+    pipe, _, model = tiny_ltx_i2v
+    images, guided = _images(), {"guidance_scale": 3.0, "negative_prompt": NEGATIVE, "guidance_rescale": 0.7}
+    with torch.no_grad():
+        theirs = pipe(images, PROMPTS, num_inference_steps=3, generator=_generators(5), output_type="latent", **SIZE,
+                      **guided).frames
+    ours = image_to_video(model, images, PROMPTS, steps=3, seed=5, return_latents=True, **SIZE, **guided)
+    error = relative_error(ours.flatten(2).transpose(1, 2), theirs)
+    print(f"latents: {error:.2e}")  # (measured 4.2e-7)
+    assert error < 1e-5
+    decode = {"decode_timestep": 0.05, "decode_noise_scale": 0.025, "guidance_scale": 1.0}
+    with torch.no_grad():
+        frames = pipe(images[1], PROMPTS[1], num_inference_steps=3, generator=torch.Generator().manual_seed(6),
+                      output_type="pt", **SIZE, **decode).frames
+    videos = image_to_video(model, images[1:], PROMPTS[1], steps=3, seed=6, output_range="0,1", **SIZE, **decode)
+    error = relative_error(videos, frames)
+    print(f"frames: {error:.2e}")  # (measured 6.3e-7)
+    assert videos.shape == frames.shape == (1, FRAMES, 3, H, W) and error < 1e-5
+
+
+def test_ltx_image_to_video_command_writes_the_library_videos(tiny_ltx_i2v, tmp_path, capsys):
+    """diffkit video --image on the LTXImageToVideoPipeline folder: the library's video byte for byte (as to_uint8);
+    without --image: one line."""
+    _, path, model = tiny_ltx_i2v
+    image = _images(1)[0]
+    image.save(tmp_path / "a.png")
+    expected = image_to_video(model, [image], PROMPTS[0], steps=2, seed=4, **SIZE)
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--steps", "2", "--seed", "4", "--frames",
+            str(FRAMES), "--height", str(H), "--width", str(W), "--no-progress"]
+    assert main(argv + ["--image", str(tmp_path / "a.png"), "--out", str(tmp_path / "v.png"), "--individual",
+                        str(tmp_path / "each")]) == 0
+    assert np.array_equal(to_uint8(read_video(tmp_path / "each" / "video_00000.png")), to_uint8(expected[0]))
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "never.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(image-to-video): give --image PNG" in err[0], err
+    assert not (tmp_path / "never.png").exists()

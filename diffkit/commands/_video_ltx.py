@@ -1,5 +1,6 @@
 """``diffkit video --checkpoint LTX_FOLDER --prompt TEXT``: an ``LTXPipeline`` folder's text-to-video
-(:func:`diffkit.interop.ltx.text_to_video`), with ``--guidance-rescale``, ``--decode-timestep`` and
+(:func:`diffkit.interop.ltx.text_to_video`; ``KIND``) and an ``LTXImageToVideoPipeline`` folder's image-to-video
+(``--image PNG``, :func:`diffkit.interop.ltx.image_to_video`; ``IMAGE_KIND``), with ``--guidance-rescale``, ``--decode-timestep`` and
 ``--decode-noise-scale`` (the "LTX-Video" group of :func:`diffkit.commands.video.register`); docs/interop/ltx.md."""
 from __future__ import annotations
 
@@ -65,4 +66,19 @@ class LTXKind(VideoKind):
         return text_to_video(model, prompts, seed=seed, progress=progress, **options)
 
 
+class LTXImageKind(LTXKind):
+    """``LTXImageToVideoPipeline`` folders: image-to-video, each ``--image`` the first frame (resized to --height x
+    --width, default 512 x 704)."""
+
+    label = "LTX-Video image-to-video"
+    pipelines = ("LTXImageToVideoPipeline",)
+    takes = LTXKind.takes | {"images"}
+    needs_image = True
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.ltx import image_to_video
+        return image_to_video(model, images, prompts, seed=seed, progress=progress, **options)
+
+
 KIND = LTXKind()
+IMAGE_KIND = LTXImageKind()

@@ -21,9 +21,10 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, p
                       seed_int)
 
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
-# VideoKind) drives it. One line per pipeline class.
+# VideoKind) drives it ("module:NAME": its NAME instead, a module's second kind). One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
     "LTXPipeline": "._video_ltx",
+    "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -109,7 +110,8 @@ def video_kind(directory) -> VideoKind:
     from ..interop.sd_xl import pipeline_class
     name = pipeline_class(directory)
     if name in VIDEO_KINDS:
-        return importlib.import_module(VIDEO_KINDS[name], __package__).KIND
+        module, _, kind = VIDEO_KINDS[name].partition(":")
+        return getattr(importlib.import_module(module, __package__), kind or "KIND")
     kinds = ", ".join(sorted(VIDEO_KINDS)) or "none yet"
     what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
     raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "

@@ -45,6 +45,7 @@ from ..errors import DiffkitError
 from . import model_dtype, require
 
 LTX_PIPELINE = "LTXPipeline"
+LTX_IMAGE_PIPELINE = "LTXImageToVideoPipeline"  # the same components; the image as the first latent frame
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 LTX_CLASSES = {"transformer": ("LTXVideoTransformer3DModel",), "vae": ("AutoencoderKLLTXVideo",),
                "text_encoder": ("T5EncoderModel",), "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
@@ -60,19 +61,22 @@ SIZE_MULTIPLE = 32  # its check_inputs
 class LTXNet(torch.nn.Module):
     """``net(z, t, context, mask, rope)`` over an ``LTXVideoTransformer3DModel`` on unpacked latents z (B, C, F, h, w):
     packed into (B, F h w, C) tokens (patch sizes 1), ``t`` the flow time s T (``timestep``), ``context`` T5's states,
-    ``mask`` their attention mask, ``rope`` the ``rope_interpolation_scale``; the velocity unpacked, in z's dtype."""
+    ``mask`` their attention mask, ``rope`` the ``rope_interpolation_scale``, ``frame_mask`` (B, F h w) (image-to-video)
+    the tokens' factor of t (0 on the image's frame); the velocity unpacked, in z's dtype."""
 
     def __init__(self, transformer):
         super().__init__()
         self.model = transformer
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
-                rope: tuple = None) -> torch.Tensor:
+                rope: tuple = None, frame_mask: torch.Tensor = None) -> torch.Tensor:
         if context is None or mask is None or rope is None:
             raise DiffkitError("an LTX-Video transformer needs cond {'context', 'mask', 'rope'} (ltx.text_to_video)")
         b, c, f, h, w = x.shape
         dtype = model_dtype(self.model)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        if frame_mask is not None:  # image-to-video: per-token timesteps, 0 on the condition frame's tokens
+            t = t[:, None] * frame_mask.to(t)
         out = self.model(hidden_states=x.flatten(2).transpose(1, 2).to(dtype), encoder_hidden_states=context.to(dtype),
                          timestep=t, encoder_attention_mask=mask, num_frames=f, height=h, width=w,
                          rope_interpolation_scale=tuple(rope), return_dict=False)[0]
@@ -90,10 +94,10 @@ class LTX:
     scheduler_config: dict
     device: torch.device
     dtype: torch.dtype = torch.float32
+    pipeline: str = LTX_PIPELINE  # model_index.json's class (either drives both functions: the same components)
     _denoisers: dict = field(default_factory=dict, repr=False)
 
     default_steps = LTX_STEPS
-    pipeline = LTX_PIPELINE
 
     @property
     def spatial_ratio(self) -> int:
@@ -217,9 +221,9 @@ def check_video(frames, height, width, spatial: int, temporal: int) -> None:
 
 
 def is_ltx_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``LTXPipeline`` (``diffkit video`` drives it)."""
+    """True for a folder whose ``model_index.json`` names ``LTXPipeline`` or ``LTXImageToVideoPipeline``."""
     from .sd_xl import pipeline_class
-    return pipeline_class(path) == LTX_PIPELINE
+    return pipeline_class(path) in (LTX_PIPELINE, LTX_IMAGE_PIPELINE)
 
 
 def check_ltx_folder(directory) -> tuple:
@@ -229,7 +233,7 @@ def check_ltx_folder(directory) -> tuple:
     from .flow_latents import check_part_configs
     from .pixart import check_classes, folder_sampler, named_index
     directory = Path(directory)
-    index = named_index(directory, (LTX_PIPELINE,), "LTX-Video")
+    index = named_index(directory, (LTX_PIPELINE, LTX_IMAGE_PIPELINE), "LTX-Video")
     check_classes(directory, index, REQUIRED, "LTX-Video", LTX_CLASSES)
     configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
                for part in ("transformer", "vae")}
@@ -257,7 +261,7 @@ def load_ltx(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     parts = load_flow_parts(directory, index, diffusers.LTXVideoTransformer3DModel, {"": "T5EncoderModel"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLLTXVideo)
     device = frozen_on(parts, device)
-    model = LTX(**parts, scheduler_config=sched, device=device, dtype=dtype)
+    model = LTX(**parts, scheduler_config=sched, device=device, dtype=dtype, pipeline=index["_class_name"])
     have, need = model.transformer.config.caption_channels, model.text_encoder.config.d_model
     if have != need:
         raise DiffkitError(f"{directory}: the transformer's caption_channels={have} does not fit T5's d_model {need}")
@@ -288,23 +292,57 @@ def video_guidance(model: LTX, denoiser, prompts: list, negative_prompt, guidanc
     return guided_denoiser, {"context": context, "mask": mask}
 
 
-def text_to_video(model: LTX, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
-                  guidance_scale: Optional[float] = None, convention: str = "diffusers", guidance_rescale: float = 0.0,
-                  steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
-                  height: Optional[int] = None, width: Optional[int] = None, frame_rate: Optional[float] = None,
-                  decode_timestep: float = 0.0, decode_noise_scale: Optional[float] = None, seed: Optional[int] = 0,
-                  latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
-                  progress: bool = False, **options) -> torch.Tensor:
+def text_to_video(model: LTX, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
     """Videos (B, T, C, H, W) of ``prompts`` (one per video) as ``LTXPipeline`` (module docstring).
 
-    guidance_scale: in ``convention`` (default s = 3, diffusers'), against ``negative_prompt`` (default ""), with
-    ``guidance_rescale`` phi in [0, 1]. steps: the scheduler's (default 50); sampler: None for its own step (flow
-    Euler, ``ddim``), or any diffkit sampler on its grid (``options``: the sampler's). num_frames / height / width:
-    default 161 / 512 / 704; frame_rate: RoPE's (default 25). decode_timestep / decode_noise_scale: a
-    timestep-conditioned VAE's (default 0 / the decode timestep). latents: z at s = 1 (B, C, F, h, w) (the pipeline's
-    ``latents`` unpacked), default N(0, I) from per-video ``seed + i``, whose generators then draw the decode noise.
-    Returns videos in ``output_range`` ("-1,1" or "0,1"), or with ``return_latents`` the final latents
-    (B, C, F, h, w)."""
+    Keyword arguments (:func:`generate_video`): negative_prompt, guidance_scale (in ``convention``, default s = 3,
+    diffusers'), guidance_rescale (phi in [0, 1]), steps (the scheduler's, default 50), sampler (None for its own
+    step, flow Euler ``ddim``, or any diffkit sampler on its grid; further keywords: the sampler's), num_frames /
+    height / width (default 161 / 512 / 704), frame_rate (RoPE's, default 25), decode_timestep / decode_noise_scale
+    (a timestep-conditioned VAE's, default 0 / the decode timestep), seed, latents (z at s = 1, (B, C, F, h, w): the
+    pipeline's ``latents`` unpacked; default N(0, I) from per-video ``seed + i``, whose generators then draw the
+    decode noise), output_range ("-1,1" or "0,1"), return_latents (the final latents (B, C, F, h, w)), progress."""
+    return generate_video(model, prompts, None, **options)
+
+
+def image_to_video(model: LTX, images, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+    """Videos (B, T, C, H, W) starting at ``images`` (PIL images, or (B, 3, H, W) in [-1, 1]; one per video) with
+    ``prompts`` (one, or one per image) as ``LTXImageToVideoPipeline`` (module docstring): each image resized to
+    height x width (Lanczos; default 512 x 704, the pipeline's), its VAE latents (a posterior draw from the video's
+    generator, then normalised (z - mean) / std without the scaling factor, as the pipeline's
+    ``_normalize_latents``) the first latent frame, kept there by the sampler (:class:`~diffkit.editing.
+    InpaintingDenoiser`), the transformer called at timestep 0 on its tokens. Keyword arguments: those of
+    :func:`text_to_video` (``latents``: the noise, whose first frame the image's latents replace)."""
+    from .flow_latents import edit_prompts
+    from .qwen_image_edit import _pil_images
+    pil = _pil_images(images)
+    return generate_video(model, edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts), pil, **options)
+
+
+def first_frame_latents(model: LTX, images: list, height: int, width: int, generators) -> torch.Tensor:
+    """The image condition (B, C, 1, h, w) of ``LTXImageToVideoPipeline.prepare_latents``: PIL ``images`` resized to
+    height x width (Lanczos, as ``VideoProcessor.preprocess``), x / 255 * 2 - 1, encoded as one-frame videos with a
+    posterior draw from ``generators`` (``retrieve_latents``), (z - mean) / std (no scaling factor)."""
+    from PIL import Image
+
+    from .qwen_image_edit import _pixels
+    from .stable_diffusion import vae_latents
+    pixels = _pixels([image.resize((width, height), resample=Image.LANCZOS) for image in images])
+    z = vae_latents(model.vae, pixels[:, :, None], model.device, generators, sample=True).float()
+    mean, std = (model.vae.get_buffer(k).view(1, -1, 1, 1, 1).to(z) for k in ("latents_mean", "latents_std"))
+    return (z - mean) / std
+
+
+def generate_video(model: LTX, prompts: Sequence[str], images=None, *, negative_prompt=None,
+                   guidance_scale: Optional[float] = None, convention: str = "diffusers",
+                   guidance_rescale: float = 0.0, steps: Optional[int] = None, sampler: Optional[str] = None,
+                   num_frames: Optional[int] = None, height: Optional[int] = None, width: Optional[int] = None,
+                   frame_rate: Optional[float] = None, decode_timestep: float = 0.0,
+                   decode_noise_scale: Optional[float] = None, seed: Optional[int] = 0,
+                   latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
+                   progress: bool = False, **options) -> torch.Tensor:
+    """:func:`text_to_video` (``images`` None) and :func:`image_to_video` (PIL ``images``, one per prompt)."""
+    from ..editing import InpaintingDenoiser
     from ..errors import check_choice
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
@@ -312,8 +350,8 @@ def text_to_video(model: LTX, prompts: Union[str, Sequence[str]], *, negative_pr
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
-    shape = model.latent_shape(len(prompts), LTX_FRAMES if num_frames is None else num_frames,
-                               LTX_HEIGHT if height is None else height, LTX_WIDTH if width is None else width)
+    height, width = LTX_HEIGHT if height is None else height, LTX_WIDTH if width is None else width
+    shape = model.latent_shape(len(prompts), LTX_FRAMES if num_frames is None else num_frames, height, width)
     rope = model.rope_scale(LTX_FRAME_RATE if frame_rate is None else frame_rate)
     steps = model.default_steps if steps is None else steps
     grid = model.scheduler_grid(steps, shape)
@@ -322,6 +360,7 @@ def text_to_video(model: LTX, prompts: Union[str, Sequence[str]], *, negative_pr
         options = {**own, **options}
     generators = None if seed is None else generators_from_seed(seed, shape[0])
     state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
+    first = None if images is None else first_frame_latents(model, images, height, width, generators)
     if latents is None:
         latents = randn(shape, generators, device=model.device, dtype=state)
     elif tuple(latents.shape) != shape:
@@ -329,7 +368,14 @@ def text_to_video(model: LTX, prompts: Union[str, Sequence[str]], *, negative_pr
     denoiser, cond = video_guidance(model, model.denoiser_for(shape), prompts, negative_prompt, guidance_scale,
                                     convention, guidance_rescale)
     cond["rope"] = rope
-    noise = flow_start(denoiser.schedule, latents.to(model.device, state), grid, seed, model.device, state)
+    latents = latents.to(model.device, state)
+    if first is not None:  # the image's latents on frame 0, kept; its tokens at timestep 0 (frame_mask)
+        latents = torch.cat([first, latents[:, :, 1:]], dim=2)
+        mask = torch.ones_like(latents[:, :1])
+        mask[:, :, 0] = 0
+        cond["frame_mask"] = mask.flatten(1)
+        denoiser = InpaintingDenoiser(denoiser, latents.clone(), mask)
+    noise = flow_start(denoiser.schedule, latents, grid, seed, model.device, state)
     z = sample(denoiser, noise, sampler, grid=grid, seed=seed, cond=cond,
                progress=progress, device=model.device, dtype=state, **options)
     if return_latents:
@@ -339,5 +385,5 @@ def text_to_video(model: LTX, prompts: Union[str, Sequence[str]], *, negative_pr
 
 
 __all__ = ["LTX", "LTXNet", "load_ltx", "is_ltx_folder", "check_ltx_folder", "check_video", "vae_ratios",
-           "text_to_video", "video_guidance", "LTX_HEIGHT", "LTX_WIDTH",
-           "LTX_PIPELINE", "LTX_GUIDANCE", "LTX_STEPS", "LTX_FRAMES", "LTX_FRAME_RATE"]
+           "text_to_video", "image_to_video", "generate_video", "first_frame_latents", "video_guidance", "LTX_HEIGHT", "LTX_WIDTH",
+           "LTX_PIPELINE", "LTX_IMAGE_PIPELINE", "LTX_GUIDANCE", "LTX_STEPS", "LTX_FRAMES", "LTX_FRAME_RATE"]
