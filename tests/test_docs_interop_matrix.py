@@ -324,7 +324,7 @@ VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
                                                     (GLM_IMAGE, ["GlmImagePipeline"], "GM"),
                                                     (COSMOS2, ["Cosmos2TextToImagePipeline"], "CO"),
                                                     (CHRONOEDIT, ["ChronoEditPipeline"], "CE"),
-                                                    (LTX, ["LTXPipeline"], "LX"),
+                                                    (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",

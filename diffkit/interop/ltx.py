@@ -1,4 +1,5 @@
-"""An LTX-Video diffusers folder (``LTXPipeline``, diffusers 0.42.1): text-to-video with any diffkit sampler.
+"""An LTX-Video diffusers folder (``LTXPipeline``, ``LTXImageToVideoPipeline``, diffusers 0.42.1): text- and
+image-to-video with any diffkit sampler.
 
 LTX-Video (HaCohen et al. 2024, "LTX-Video: Realtime Video Latent Diffusion", Lightricks) is a rectified-flow video
 transformer (Esser et al. 2024, Sec. 2, eq. 1: x_s = (1 - s) x_0 + s eps, velocity u = eps - x_0) on the latents of a
@@ -25,6 +26,13 @@ video VAE that compresses 32 x 32 x 8 pixels into one 128-channel token. As ``LT
   ``timestep_conditioning`` (LTX-Video 0.9.1 on) decodes at ``decode_timestep`` (default 0) from
   (1 - n) z + n noise, n = ``decode_noise_scale`` (default the decode timestep), the noise drawn from each video's
   generator after its latents (as the pipeline's ``generator``); (B, C, T, H, W) -> videos (B, T, C, H, W).
+* image-to-video (``LTXImageToVideoPipeline``, :func:`image_to_video`): each image resized to height x width
+  (Lanczos), x / 255 * 2 - 1, encoded as one frame with a posterior draw from its video's generator (before the
+  noise), normalised (z - mean) / std without the scaling factor (``_normalize_latents``' default), is latent frame 0:
+  the pipeline steps frames 1.. alone, keeps frame 0 and calls the transformer at per-token timesteps t (1 - mask),
+  0 on frame 0's tokens. diffkit keeps frame 0 with :class:`~diffkit.editing.InpaintingDenoiser` (x_0 there the
+  image's latents: the flow state stays them exactly, for any sampler) after CFG and the rescale, which see frame 0's
+  velocity as the pipeline's do.
 * dtypes: the latents and the scheduler's state in float32, the transformer's input and text states in its dtype.
 
 Defaults: 161 frames of 512 x 704 (height x width), 50 steps, CFG 3. Sizes: multiples of 32 (``check_inputs``) and of
