@@ -393,5 +393,6 @@ def generate_video(model: LTX, prompts: Sequence[str], images=None, *, negative_
 
 
 __all__ = ["LTX", "LTXNet", "load_ltx", "is_ltx_folder", "check_ltx_folder", "check_video", "vae_ratios",
-           "text_to_video", "image_to_video", "generate_video", "first_frame_latents", "video_guidance", "LTX_HEIGHT", "LTX_WIDTH",
+           "text_to_video", "image_to_video", "generate_video", "first_frame_latents", "video_guidance", "LTX_HEIGHT",
+           "LTX_WIDTH",
            "LTX_PIPELINE", "LTX_IMAGE_PIPELINE", "LTX_GUIDANCE", "LTX_STEPS", "LTX_FRAMES", "LTX_FRAME_RATE"]
