@@ -211,3 +211,66 @@ def test_ltx_image_to_video_command_writes_the_library_videos(tiny_ltx_i2v, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "(image-to-video): give --image PNG" in err[0], err
     assert not (tmp_path / "never.png").exists()
+
+
+LTX_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2",
+                                                     "proj_in", "proj_out"],
+                rank_pattern={"to_q": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_ltx_lora_is_load_lora_weights_and_fuse_lora(tiny_ltx, tmp_path, capsys):
+    """A diffusers-format file (LTXPipeline.save_lora_weights: attention, FFN, proj_in / proj_out, rank / alpha
+    patterns) at 0.6: the final latents of load_lora_weights + fuse_lora(lora_scale=0.6)'s pipeline, and ``diffkit
+    video --lora FILE:0.6`` writes the library's video; its tensors under LTX-Video's diffusion_model. names (no
+    metadata: alpha = r; diffusers' converter): load_lora_weights + fuse_lora's weights; dora_scale, mixed prefixes and kohya keys: one line."""
+    import copy
+
+    from safetensors.torch import load_file, save_file
+    from test_sd_lora import fused_transformer_lora
+    from diffkit.interop.ltx_lora import read_ltx_loras
+    from diffkit.interop.sd_lora import merge_sd_loras
+    pipe, path, model = tiny_ltx
+    lora, fused = fused_transformer_lora(diffusers.LTXPipeline, path, tmp_path, LTX_LORA, scale=0.6, loaded=pipe)
+    ours = load_ltx(path, progress=False, lora=[(lora, 0.6)])
+    with torch.no_grad():
+        theirs = fused(PROMPTS[:1], num_inference_steps=2, generator=_generators(5, 1), output_type="latent",
+                       **SIZE).frames
+    mine = text_to_video(ours, PROMPTS[:1], steps=2, seed=5, return_latents=True, **SIZE)
+    error, start = relative_error(mine.flatten(2).transpose(1, 2), theirs), model.transformer.state_dict()
+    print(f"latents: {error:.2e}")  # (measured 4.4e-7)
+    assert error < 1e-5
+    assert max(float((v - start[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
+    expected = text_to_video(ours, PROMPTS[:1], steps=2, seed=2, **SIZE)
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--steps", "2", "--seed", "2", "--frames",
+            str(FRAMES), "--height", str(H), "--width", str(W), "--no-progress", "--lora", f"{lora}:0.6"]
+    assert main(argv + ["--out", str(tmp_path / "v.png"), "--individual", str(tmp_path / "each")]) == 0
+    assert np.array_equal(to_uint8(read_video(tmp_path / "each" / "video_00000.png")), to_uint8(expected[0]))
+    tensors = load_file(lora)
+    original = {"diffusion_model." + k[len("transformer."):]: v for k, v in tensors.items()}
+    save_file(original, tmp_path / "original.safetensors")
+    merged = copy.copy(model)
+    merged.transformer = copy.deepcopy(model.transformer)
+    merge_sd_loras(merged, read_ltx_loras([(tmp_path / "original.safetensors", 0.6)]))
+    converted = diffusers.LTXPipeline(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+    converted.load_lora_weights(str(tmp_path / "original.safetensors"))  # no metadata: alpha = r
+    converted.fuse_lora(lora_scale=0.6)
+    converted.unload_lora_weights()
+    weights = converted.transformer.state_dict()
+    error = max(float((v - weights[k]).abs().max()) for k, v in merged.transformer.state_dict().items())
+    print(f"diffusion_model. file weights: {error:.1e} abs")  # (measured 1.5e-8)
+    assert error < 1e-6
+    key = next(iter(original))
+    for name, bad, expected in [
+            ("dora", {**tensors, "transformer.x.dora_scale": torch.ones(1)}, "key 'transformer.x.dora_scale' is not "
+                                                                            "allowed (LTXPipeline drops dora_scale"),
+            ("mixed", {**original, "transformer.x.lora_A.weight": torch.ones(1, 1)},
+             "key 'transformer.x.lora_A.weight' is not allowed beside 'diffusion_model.' keys"),
+            ("kohya", {key.replace("lora_A", "lora_down"): original[key]}, "lora_down")]:
+        save_file(bad, tmp_path / f"{name}.safetensors")
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            read_ltx_loras([tmp_path / f"{name}.safetensors"])
+        capsys.readouterr()
+        assert main(argv[:-2] + ["--lora", str(tmp_path / f"{name}.safetensors"), "--out",
+                                 str(tmp_path / "never.png")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "never.png").exists()

@@ -32,7 +32,7 @@ class LTXKind(VideoKind):
     label = "LTX-Video"
     pipelines = ("LTXPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       *LTX_FLAGS})
+                       "lora", *LTX_FLAGS})
     fps = 25.0  # LTXPipeline's frame_rate (its RoPE's); diffusers' docstring example writes at 24
 
     def check_folder(self, directory) -> None:
@@ -59,7 +59,7 @@ class LTXKind(VideoKind):
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.ltx import load_ltx
-        return load_ltx(directory, device, progress=progress)
+        return load_ltx(directory, device, progress=progress, lora=lora)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.ltx import text_to_video

@@ -258,14 +258,18 @@ def check_ltx_folder(directory) -> tuple:
 
 def load_ltx(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
              lora=None) -> LTX:
-    """Load an ``LTXPipeline`` folder (never downloads, never unpickles), checked first (:func:`check_ltx_folder`).
-    ``lora``: not taken yet (one line)."""
+    """Load an ``LTXPipeline`` / ``LTXImageToVideoPipeline`` folder (never downloads, never unpickles), checked first
+    (:func:`check_ltx_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) in the layouts
+    ``LTXVideoLoraLoaderMixin`` loads (diffusers / PEFT, LTX-Video's ``diffusion_model.`` names through diffusers'
+    converter), read and checked first (:func:`.ltx_lora.read_ltx_loras`), fused into the transformer as
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
     from .flow_latents import frozen_on, load_flow_parts
-    if lora:
-        raise DiffkitError("LoRA files are not supported for an LTX-Video folder yet; drop --lora")
+    from .ltx_lora import read_ltx_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_ltx_folder(directory)
+    loras = read_ltx_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.LTXVideoTransformer3DModel, {"": "T5EncoderModel"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLLTXVideo)
     device = frozen_on(parts, device)
@@ -273,6 +277,7 @@ def load_ltx(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     have, need = model.transformer.config.caption_channels, model.text_encoder.config.d_model
     if have != need:
         raise DiffkitError(f"{directory}: the transformer's caption_channels={have} does not fit T5's d_model {need}")
+    merge_sd_loras(model, loras)
     return model
 
 
