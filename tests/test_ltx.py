@@ -237,7 +237,7 @@ def test_ltx_lora_is_load_lora_weights_and_fuse_lora(tiny_ltx, tmp_path, capsys)
                        **SIZE).frames
     mine = text_to_video(ours, PROMPTS[:1], steps=2, seed=5, return_latents=True, **SIZE)
     error, start = relative_error(mine.flatten(2).transpose(1, 2), theirs), model.transformer.state_dict()
-    print(f"latents: {error:.2e}")  # (measured 4.4e-7)
+    print(f"latents: {error:.2e}")  # (measured 5.7e-7)
     assert error < 1e-5
     assert max(float((v - start[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) > 1e-2
     expected = text_to_video(ours, PROMPTS[:1], steps=2, seed=2, **SIZE)
@@ -257,7 +257,7 @@ def test_ltx_lora_is_load_lora_weights_and_fuse_lora(tiny_ltx, tmp_path, capsys)
     converted.unload_lora_weights()
     weights = converted.transformer.state_dict()
     error = max(float((v - weights[k]).abs().max()) for k, v in merged.transformer.state_dict().items())
-    print(f"diffusion_model. file weights: {error:.1e} abs")  # (measured 1.5e-8)
+    print(f"diffusion_model. file weights: {error:.1e} abs")  # (measured 6.0e-8)
     assert error < 1e-6
     key = next(iter(original))
     for name, bad, expected in [
