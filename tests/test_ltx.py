@@ -222,7 +222,8 @@ def test_ltx_lora_is_load_lora_weights_and_fuse_lora(tiny_ltx, tmp_path, capsys)
     """A diffusers-format file (LTXPipeline.save_lora_weights: attention, FFN, proj_in / proj_out, rank / alpha
     patterns) at 0.6: the final latents of load_lora_weights + fuse_lora(lora_scale=0.6)'s pipeline, and ``diffkit
     video --lora FILE:0.6`` writes the library's video; its tensors under LTX-Video's diffusion_model. names (no
-    metadata: alpha = r; diffusers' converter): load_lora_weights + fuse_lora's weights; dora_scale, mixed prefixes and kohya keys: one line."""
+    metadata: alpha = r; diffusers' converter): load_lora_weights + fuse_lora's weights; dora_scale, mixed prefixes
+    and kohya keys: one line."""
     import copy
 
     from safetensors.torch import load_file, save_file

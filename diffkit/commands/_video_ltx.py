@@ -1,7 +1,8 @@
 """``diffkit video --checkpoint LTX_FOLDER --prompt TEXT``: an ``LTXPipeline`` folder's text-to-video
 (:func:`diffkit.interop.ltx.text_to_video`; ``KIND``) and an ``LTXImageToVideoPipeline`` folder's image-to-video
 (``--image PNG``, :func:`diffkit.interop.ltx.image_to_video`; ``IMAGE_KIND``), with ``--guidance-rescale``,
-``--decode-timestep`` and ``--decode-noise-scale`` (the "LTX-Video" group of :func:`diffkit.commands.video.register`); docs/interop/ltx.md."""
+``--decode-timestep``, ``--decode-noise-scale`` (the "LTX-Video" group of :func:`diffkit.commands.video.register`)
+and ``--lora``; docs/interop/ltx.md."""
 from __future__ import annotations
 
 from pathlib import Path
