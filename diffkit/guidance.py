@@ -49,7 +49,7 @@ from .schedule import as_cpu_times
 from .samplers.common import report, steps
 
 CONVENTIONS = ("seed", "diffusers")
-RESCALE_SPACES = ("x0", "eps", "v")
+RESCALE_SPACES = ("x0", "eps", "v", "flow")
 
 
 def _times64(t, batch: int) -> torch.Tensor:
@@ -160,9 +160,10 @@ class ClassifierFreeGuidance(Wrapper):
             scaled per sample to the standard deviation of the conditional one and mixed,
             phi * rescaled + (1 - phi) * guided; 0 disables it.
         rescale_space: ``x0`` (rescale the predicted x_0), ``eps`` (the noise prediction) or ``v``
-            (the velocity alpha eps - sigma x_0); the others are recomputed from it. diffusers'
-            ``rescale_noise_cfg`` rescales the network's output: ``eps`` for an epsilon network,
-            ``v`` for a v-prediction one.
+            (the velocity alpha eps - sigma x_0) or ``flow`` (a flow velocity eps - x_0, Lipman et al.
+            2023, eq. 23); the others are recomputed from it. diffusers' ``rescale_noise_cfg`` rescales
+            the network's output: ``eps`` for an epsilon network, ``v`` for a v-prediction one,
+            ``flow`` for a flow transformer's (LTX-Video's, :mod:`diffkit.interop.ltx`).
         interval: ``(t_lo, t_hi)`` in training-timestep units: guide only where
             t_lo <= t <= t_hi, elsewhere return the conditional model with one network call of
             batch B (Kynkaanniemi et al. 2024; see :func:`interval_from_karras_sigmas`).
@@ -357,10 +358,11 @@ class ClassifierFreeGuidance(Wrapper):
         if self.rescale_space == "x0":
             x0 = phi * x0 * _std_per_sample(x0_c) / _std_per_sample(x0) + (1 - phi) * x0
             return diffusion.eps_from_x0(x, x0, alpha, sigma), x0
-        if self.rescale_space == "v":
-            v, v_c = (diffusion.target_for("v_prediction", a, e, alpha, sigma) for a, e in ((x0, eps), (x0_c, eps_c)))
+        if self.rescale_space in ("v", "flow"):  # the network's output: v, or a flow velocity eps - x0
+            kind = "v_prediction" if self.rescale_space == "v" else "flow_prediction"
+            v, v_c = (diffusion.target_for(kind, a, e, alpha, sigma) for a, e in ((x0, eps), (x0_c, eps_c)))
             v = phi * v * _std_per_sample(v_c) / _std_per_sample(v) + (1 - phi) * v
-            return diffusion.eps_x0_from_output(v, x, alpha, sigma, "v_prediction")
+            return diffusion.eps_x0_from_output(v, x, alpha, sigma, kind)
         eps = phi * eps * _std_per_sample(eps_c) / _std_per_sample(eps) + (1 - phi) * eps
         return eps, diffusion.x0_from_eps(x, eps, alpha, sigma)
 

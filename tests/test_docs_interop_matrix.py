@@ -264,6 +264,7 @@ SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
+LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
@@ -334,6 +335,7 @@ HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
+                                                    (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",

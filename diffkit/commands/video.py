@@ -30,6 +30,8 @@ VIDEO_KINDS: dict[str, str] = {
     "WanPipeline": "._video_wan",
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
+    "LTXPipeline": "._video_ltx",
+    "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -111,6 +113,8 @@ def register(sub) -> None:
     wan.add_argument("--guidance-scale-2", type=float, metavar="S",
                      help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "
                           "--guidance-scale is (default --guidance-scale)")
+    from ._video_ltx import add_ltx_flags
+    add_ltx_flags(p)  # --guidance-rescale, --decode-timestep, --decode-noise-scale (LTX-Video folders)
     add_progress_flag(p)
     hunyuan = p.add_argument_group("HunyuanVideo")
     hunyuan.add_argument("--true-cfg-scale", type=float, metavar="S",
@@ -134,6 +138,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def article(name: str) -> str:
+    """"an" before a name read with a vowel sound first ("an AnimateDiff", "an LTX-Video": a capital initialism whose
+    letter is read "el", "em", ...), else "a"."""
+    spelled = len(name) > 1 and name[:2].isupper() and name[0] in "FHLMNRSX"
+    return "an" if name[:1] in "AEIOUaeiou" or spelled else "a"
+
+
 def kind_of(pipeline: str) -> VideoKind:
     """The :class:`VideoKind` of a pipeline class of :data:`VIDEO_KINDS` (``module`` -> its ``KIND``,
     ``module:NAME`` -> its ``NAME``)."""
@@ -149,7 +160,8 @@ def video_kind(directory) -> VideoKind:
     if name in VIDEO_KINDS:
         return kind_of(name)
     kinds = ", ".join(sorted(VIDEO_KINDS)) or "none yet"
-    what = f"a {name} folder" if name else "not a diffusers folder (no model_index.json naming a pipeline)"
+    what = f"{article(name)} {name} folder" if name else \
+        "not a diffusers folder (no model_index.json naming a pipeline)"
     raise DiffkitError(f"--checkpoint {str(directory)!r} is {what}, which diffkit video does not drive; it takes "
                        f"{kinds} (images: diffkit sample / diffkit edit)")
 
@@ -163,8 +175,9 @@ def refuse_video_folder(directory, command: str) -> None:
     if name in VIDEO_KINDS:
         kind = kind_of(name)
         needs = (" --image PNG" if kind.needs_image else "") + (" --prompt TEXT" if kind.needs_prompt else "")
-        raise DiffkitError(f"{directory} is a {name} folder, which diffkit {command} does not take (it makes videos); "
-                           f"generate videos with diffkit video --checkpoint {directory}{needs} (docs/video.md)")
+        raise DiffkitError(f"{directory} is {article(name)} {name} "
+                           f"folder, which diffkit {command} does not take (it makes videos); generate videos with "
+                           f"diffkit video --checkpoint {directory}{needs} (docs/video.md)")
 
 
 def check_flags(args, kind: VideoKind) -> None:
@@ -177,8 +190,8 @@ def check_flags(args, kind: VideoKind) -> None:
         if dest == "guidance_convention" and "guidance_scale" in kind.takes:
             continue
         takes = sorted(flag_name(d) for d in kind.takes)
-        raise DiffkitError(f"{flag_name(dest)} does not apply to a {kind.label} folder ({args.checkpoint}); besides "
-                           f"--prompt, --num, --seed, --out and the output flags it takes "
+        raise DiffkitError(f"{flag_name(dest)} does not apply to {article(kind.label)} {kind.label} folder "
+                           f"({args.checkpoint}); besides --prompt, --num, --seed, --out and the output flags it takes "
                            f"{', '.join(takes) or 'nothing'}")
 
 
@@ -199,10 +212,11 @@ def request_count(args, kind: VideoKind) -> int:
     from ..errors import DiffkitError
     prompts, images = args.prompts or [], args.images or []
     if kind.needs_prompt and not prompts:
-        raise DiffkitError(f"{args.checkpoint} is a {kind.label} folder: give --prompt TEXT (once, or once per video)")
+        raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} folder: give --prompt TEXT (once, "
+                           f"or once per video)")
     if kind.needs_image and not images:
-        raise DiffkitError(f"{args.checkpoint} is a {kind.label} folder (image-to-video): give --image PNG (once, or "
-                           f"once per video)")
+        raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} "
+                           f"folder (image-to-video): give --image PNG (once, or once per video)")
     count = args.num or max(len(prompts), len(images), 1)
     for flag, given in (("--prompt", prompts), ("--image", images)):
         if len(given) not in (0, 1, count):

@@ -50,6 +50,8 @@
   noise-augmented image latents, EDM's v-prediction UNet on Karras sigmas, per-frame guidance; ``diffkit video``).
 * :mod:`.wan` - a Wan text-to-video folder's videos (``wan_text_to_video``: UMT5 prompts, CFG, flow UniPC, the Wan
   VAE's whole video; ``diffkit video``).
+* :mod:`.ltx` - an LTX-Video folder's text-to-video (``ltx_text_to_video``: T5 prompts, the resolution-shifted
+  FlowMatchEuler grid, CFG with guidance rescale, the timestep-conditioned video VAE; ``diffkit video``).
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
   rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting; :mod:`.qwen_image_edit`
   a Qwen-Image-Edit folder's instruction edits (``qwen_image_edit_image``; Plus: several pictures, 2511's
@@ -117,6 +119,7 @@ _EXPORTS = {
     "is_hunyuan_video_folder": "hunyuan_video",
     "SVD": "svd", "load_svd": "svd", "is_svd_folder": "svd",
     "Wan": "wan", "load_wan": "wan", "is_wan_folder": "wan",
+    "LTX": "ltx", "load_ltx": "ltx", "is_ltx_folder": "ltx",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "PRX": "prx", "load_prx": "prx", "is_prx_folder": "prx",
     "PRXPixel": "prx_pixel", "load_prx_pixel": "prx_pixel", "is_prx_pixel_folder": "prx_pixel",
@@ -165,6 +168,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "hunyuan_video_text_to_video": ("hunyuan_video", "text_to_video"),
             "svd_image_to_video": ("svd", "image_to_video"),
             "wan_text_to_video": ("wan", "text_to_video"),
+            "ltx_text_to_video": ("ltx", "text_to_video"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
             "kandinsky5_text_to_image": ("kandinsky5", "text_to_image"),
             "prx_text_to_image": ("prx", "text_to_image"),
