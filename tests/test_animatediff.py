@@ -140,7 +140,7 @@ def _one_line(capsys, argv, message, tmp_path):
     (["--frames", "9"], "--frames 9 is not allowed"),
     (["--guidance-scale", "1", "--guidance-convention", "diffusers", "--negative-prompt", "x"],
      "a negative prompt with guidance_scale=1"),
-    (["--image", "x.png"], "--image does not apply to a AnimateDiff folder"),
+    (["--image", "x.png"], "--image does not apply to an AnimateDiff folder"),
 ])
 def test_animatediff_command_refusals(tiny_animatediff, tmp_path, capsys, extra, message):
     _, path, _, _ = tiny_animatediff
