@@ -1,0 +1,104 @@
+"""Cosmos Predict2 Video2World folders (diffkit.interop.cosmos2_video): image_to_video against diffusers' own
+Cosmos2VideoToWorldPipeline on a tiny random folder (test_cosmos2's T5 and tokenizer, a 1-layer
+CosmosTransformer3DModel taking the condition-mask channel, with its padding-mask channel and learnable positions
+(randomised: they start at zero), a Wan 2.1 AutoencoderKLWan of z_dim 8 with non-trivial latents mean / std, the
+Karras scheduler; 5 frames -> 2 latent frames of 32 x 32; nothing downloaded). The pipeline runs with test_cosmos2's
+pass-through safety checker and, without torchvision, its nearest-neighbour padding-mask resize."""
+import re
+import types
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.cosmos2_video import image_to_video, is_cosmos2_video_folder, load_cosmos2_video  # noqa: E402
+
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
+from test_cosmos2 import LENGTH, PassThroughGuardrail, _nearest_resize  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_flux import tiny_t5_encoder  # noqa: E402
+from test_interop_sd3 import tiny_t5_tokenizer  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot dog"]
+H = W = 32  # latents 4 x 4: 2 x 2 patches
+FRAMES = 5  # 2 latent frames: the image's, and one generated
+
+
+@pytest.fixture(scope="module")
+def tiny_cosmos2_video(tmp_path_factory):
+    """(Cosmos2VideoToWorldPipeline.from_pretrained of the saved folder, the folder, load_cosmos2_video of it)."""
+    from diffusers.models.transformers import transformer_cosmos
+    root = tmp_path_factory.mktemp("cosmos2_video")
+    torch.manual_seed(0)
+    transformer = diffusers.CosmosTransformer3DModel(
+        in_channels=9, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1, mlp_ratio=2,
+        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 96, 96), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
+        concat_padding_mask=True, extra_pos_embed_type="learnable")
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            if not bool(parameter.abs().max() > 0):  # the learnable positions start at zero
+                parameter.normal_(0.0, 0.5)
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1 * i - 0.3 for i in range(8)], latents_std=[1 + 0.1 * i for i in range(8)])
+    pipe = diffusers.Cosmos2VideoToWorldPipeline(
+        text_encoder=tiny_t5_encoder(), tokenizer=tiny_t5_tokenizer(), transformer=transformer, vae=vae,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
+        safety_checker=PassThroughGuardrail())
+    pipe.register_modules(safety_checker=None)  # saved as [null, null]
+    pipe.save_pretrained(root / "cosmos2_video")
+    with pytest.MonkeyPatch.context() as patch:
+        if not hasattr(transformer_cosmos, "transforms"):  # no torchvision
+            patch.setattr(transformer_cosmos, "transforms", types.SimpleNamespace(
+                functional=types.SimpleNamespace(resize=_nearest_resize),
+                InterpolationMode=types.SimpleNamespace(NEAREST="nearest")), raising=False)
+        yield reloaded(root / "cosmos2_video", diffusers.Cosmos2VideoToWorldPipeline, load_cosmos2_video,
+                       safety_checker=PassThroughGuardrail())
+
+
+def _images():
+    """Two random RGB images of 40 x 24 (both sides resized to 32 x 32, Lanczos)."""
+    from PIL import Image
+    pixels = torch.randint(0, 256, (2, 24, 40, 3), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    return [Image.fromarray(p.numpy()) for p in pixels]
+
+
+def _generators(seed):
+    return [torch.Generator().manual_seed(seed + i) for i in range(2)]
+
+
+def test_cosmos2_video_matches_the_pipeline(tiny_cosmos2_video):
+    """Same final latents as Cosmos2VideoToWorldPipeline from the same generators (the condition's posterior sample,
+    then eps): the conditioning frame held at sigma_conditioning, CFG g = 3 against one negative prompt per prompt,
+    fps 10 to the transformer (3 steps), and the default g = 7 against the pipeline's negative prompt (4 steps); the
+    videos decoded by the Wan VAE as the pipeline decodes its latents."""
+    pipe, folder, model = tiny_cosmos2_video
+    assert is_cosmos2_video_folder(folder) and model.padding
+    images = _images()
+    for steps, seed, kw in ((3, 5, {"guidance_scale": 3.0, "negative_prompt": ["ugly", "blurry dog"], "fps": 10}),
+                            (4, 0, {})):
+        with torch.no_grad():
+            theirs = pipe(image=images, prompt=PROMPTS, height=H, width=W, num_frames=FRAMES,
+                          num_inference_steps=steps, generator=_generators(seed), max_sequence_length=LENGTH,
+                          output_type="latent", **kw).frames
+        guidance = {"guidance_scale": kw["guidance_scale"], "convention": "seed"} if "guidance_scale" in kw else {}
+        model.denoiser.reset_nfe()
+        ours = image_to_video(model, images, PROMPTS, steps=steps, seed=seed, num_frames=FRAMES, height=H, width=W,
+                              max_sequence_length=LENGTH, return_latents=True, fps=kw.get("fps"),
+                              negative_prompt=kw.get("negative_prompt"), **guidance)
+        error = relative_error(ours, theirs)
+        print("cosmos2 video", steps, kw, float((ours - theirs).abs().max()), error)
+        assert ours.shape == theirs.shape == (2, 8, 2, 4, 4) and error < 1e-5, error
+    with torch.no_grad():  # the pipeline's decoding (its output_type="pt" path before the safety checker)
+        vae = pipe.vae
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        decoded = vae.decode(theirs * std / pipe.scheduler.config.sigma_data + mean, return_dict=False)[0]
+        decoded = pipe.video_processor.postprocess_video(decoded, output_type="pt")
+    videos = model.decode_video(ours)
+    frames_error = relative_error((videos / 2 + 0.5).clamp(0, 1), decoded)
+    print("cosmos2 video frames", frames_error)
+    assert videos.shape == decoded.shape == (2, FRAMES, 3, H, W) and frames_error < 1e-5
