@@ -35,7 +35,7 @@ def tiny_cosmos2_video(tmp_path_factory):
     torch.manual_seed(0)
     transformer = diffusers.CosmosTransformer3DModel(
         in_channels=9, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1, mlp_ratio=2,
-        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 96, 96), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
+        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 8, 8), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
         concat_padding_mask=True, extra_pos_embed_type="learnable")
     with torch.no_grad():
         for parameter in transformer.parameters():
@@ -102,3 +102,94 @@ def test_cosmos2_video_matches_the_pipeline(tiny_cosmos2_video):
     frames_error = relative_error((videos / 2 + 0.5).clamp(0, 1), decoded)
     print("cosmos2 video frames", frames_error)
     assert videos.shape == decoded.shape == (2, FRAMES, 3, H, W) and frames_error < 1e-5
+
+
+def test_cosmos2_video_command_writes_the_library_videos(tiny_cosmos2_video, tmp_path, capsys):
+    """diffkit video on the folder (--image PNG per video): each lossless animation (APNG) is the library's video of
+    seed + i, rounded as to_uint8 does; 16 fps."""
+    from PIL import Image
+
+    from diffkit.cli import main
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video
+    _, folder, model = tiny_cosmos2_video
+    images = _images()
+    files = []
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"in{i}.png")
+        files += ["--image", str(tmp_path / f"in{i}.png")]
+    code = main(["video", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], *files,
+                 "--seed", "4", "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--steps", "2",
+                 "--guidance-scale", "3", "--guidance-convention", "seed", "--negative-prompt", "ugly",
+                 "--out", str(tmp_path / "grid.png"), "--individual", str(tmp_path / "each"), "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "wrote 2 videos of 5 frames (32x32, 16 fps)" in out.out
+    videos = image_to_video(model, images, PROMPTS, steps=2, num_frames=FRAMES, height=H, width=W, seed=4,
+                            guidance_scale=3.0, convention="seed", negative_prompt="ugly")
+    for i, video in enumerate(videos):
+        written = read_video(tmp_path / "each" / f"video_{i:05d}.png")
+        assert torch.equal(((written + 1) * 127.5).round().to(torch.uint8),
+                           torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2))
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.info["duration"] == pytest.approx(1000 / 16, abs=1)
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("video", ["--frames", "8"], "num_frames=8 is not allowed; give 4 k + 1"),
+    ("video", ["--frames", "1"], "num_frames=1 is not allowed; give 4 k + 1 frames, at least 5"),
+    ("video", ["--height", "24"], "height x width 24x1280 is not allowed"),
+    ("video", ["--steps", "1"], "--steps 1 is not allowed for Cosmos2VideoToWorldPipeline's loop"),
+    ("video", ["--guidance-scale", "1.5", "--guidance-convention", "diffusers"], "w = 0.5) is not allowed on a Cosmos Predict2 folder"),
+    ("video", ["--lora", "x.safetensors"], "--lora does not apply to a Cosmos Predict2 Video2World folder"),
+    ("video", ["--no-image"], "(image-to-video): give --image PNG"),
+    ("sample", [], "is a Cosmos2VideoToWorldPipeline folder, which diffkit sample does not take (it makes "
+                   "videos); generate videos with diffkit video"),
+    ("edit", ["--images", "x.png"], "which diffkit edit does not take"),
+])
+def test_cosmos2_video_refusals_are_one_line_and_write_nothing(tiny_cosmos2_video, tmp_path, monkeypatch, capsys,
+                                                               command, args, message):
+    from diffkit.cli import main
+    _, folder, _ = tiny_cosmos2_video
+    monkeypatch.chdir(tmp_path)
+    out = ["--individual", "new/each"] if command == "video" else ["--out", "new/x.png"]
+    image = [] if command != "video" or args == ["--no-image"] else ["--image", "in.png"]
+    args = [a for a in args if a != "--no-image"]
+    code = main([command, "--checkpoint", str(folder), "--prompt", "a cat", *image, *out, *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cosmos2_video_folder_and_library_refusals(tiny_cosmos2_video, tmp_path, capsys):
+    """Folders diffkit does not drive (before any weight), and the library's own refusals: one line each."""
+    from diffkit.cli import main
+    _, folder, model = tiny_cosmos2_video
+    for part, change, message in (
+            ("transformer/config.json", {"in_channels": 8}, "in_channels=8; allowed: 9"),
+            ("vae/config.json", {"temperal_downsample": [False, True, False]}, "temperal_downsample=[False, True, "
+                                                                               "False]; allowed: two temporal"),
+            ("vae/config.json", {"patch_size": 2, "scale_factor_spatial": 16}, "patch_size=2; allowed: None")):
+        bad = changed_folder(folder, tmp_path, part, change)
+        code = main(["video", "--checkpoint", str(bad), "--prompt", "a", "--image", "x.png",
+                     "--out", str(tmp_path / "v.png")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "v.png").exists()
+    t2i = changed_folder(folder, tmp_path, "model_index.json", {"_class_name": "Cosmos2TextToImagePipeline"})
+    image = _images()[:1]
+    for call, message in (
+            (lambda: load_cosmos2_video(t2i, progress=False), "allowed: Cosmos2VideoToWorldPipeline (Cosmos "
+                                                              "Predict2 video-to-world)"),
+            (lambda: load_cosmos2_video(folder, progress=False, lora=["x.safetensors"]), "has no load_lora_weights"),
+            (lambda: image_to_video(model, image, "a", num_frames=FRAMES, height=H, width=W,
+                                    latents=torch.zeros(1, 8, 1, 4, 4)), "latents of shape (1, 8, 1, 4, 4)"),
+            (lambda: image_to_video(model, image, "a", num_frames=17, height=H, width=W), "give at most 13"),
+            (lambda: image_to_video(model, image, "a", num_frames=FRAMES, height=H, width=W, fps=0), "fps"),
+            (lambda: image_to_video(model, image, "a", num_frames=FRAMES, height=H, width=W, flow_shift=3.0),
+             "folder samples on EDM's Karras sigmas"),
+            (lambda: image_to_video(model, image + image + image, ["a", "b"], num_frames=FRAMES, height=H, width=W),
+             "2 prompts for 3 images; give one, or one per image")):
+        with pytest.raises(DiffkitError, match=re.escape(message)) as info:
+            call()
+        assert "\n" not in str(info.value)
