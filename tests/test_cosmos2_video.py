@@ -5,7 +5,6 @@ CosmosTransformer3DModel taking the condition-mask channel, with its padding-mas
 Karras scheduler; 5 frames -> 2 latent frames of 32 x 32; nothing downloaded). The pipeline runs with test_cosmos2's
 pass-through safety checker and, without torchvision, its nearest-neighbour padding-mask resize."""
 import re
-import types
 
 import pytest
 import torch
@@ -16,11 +15,9 @@ transformers = pytest.importorskip("transformers")
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.cosmos2_video import image_to_video, is_cosmos2_video_folder, load_cosmos2_video  # noqa: E402
 
-from _pipeline_folders import changed_folder, reloaded  # noqa: E402
-from test_cosmos2 import LENGTH, PassThroughGuardrail, _nearest_resize  # noqa: E402
+from _pipeline_folders import changed_folder  # noqa: E402
+from test_cosmos2 import LENGTH, cosmos2_folder  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_interop_flux import tiny_t5_encoder  # noqa: E402
-from test_interop_sd3 import tiny_t5_tokenizer  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 H = W = 32  # latents 4 x 4: 2 x 2 patches
@@ -30,33 +27,9 @@ FRAMES = 5  # 2 latent frames: the image's, and one generated
 @pytest.fixture(scope="module")
 def tiny_cosmos2_video(tmp_path_factory):
     """(Cosmos2VideoToWorldPipeline.from_pretrained of the saved folder, the folder, load_cosmos2_video of it)."""
-    from diffusers.models.transformers import transformer_cosmos
-    root = tmp_path_factory.mktemp("cosmos2_video")
-    torch.manual_seed(0)
-    transformer = diffusers.CosmosTransformer3DModel(
-        in_channels=9, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1, mlp_ratio=2,
-        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 8, 8), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
-        concat_padding_mask=True, extra_pos_embed_type="learnable")
-    with torch.no_grad():
-        for parameter in transformer.parameters():
-            if not bool(parameter.abs().max() > 0):  # the learnable positions start at zero
-                parameter.normal_(0.0, 0.5)
-    vae = diffusers.AutoencoderKLWan(
-        base_dim=8, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.1 * i - 0.3 for i in range(8)], latents_std=[1 + 0.1 * i for i in range(8)])
-    pipe = diffusers.Cosmos2VideoToWorldPipeline(
-        text_encoder=tiny_t5_encoder(), tokenizer=tiny_t5_tokenizer(), transformer=transformer, vae=vae,
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
-        safety_checker=PassThroughGuardrail())
-    pipe.register_modules(safety_checker=None)  # saved as [null, null]
-    pipe.save_pretrained(root / "cosmos2_video")
-    with pytest.MonkeyPatch.context() as patch:
-        if not hasattr(transformer_cosmos, "transforms"):  # no torchvision
-            patch.setattr(transformer_cosmos, "transforms", types.SimpleNamespace(
-                functional=types.SimpleNamespace(resize=_nearest_resize),
-                InterpolationMode=types.SimpleNamespace(NEAREST="nearest")), raising=False)
-        yield reloaded(root / "cosmos2_video", diffusers.Cosmos2VideoToWorldPipeline, load_cosmos2_video,
-                       safety_checker=PassThroughGuardrail())
+    yield from cosmos2_folder(tmp_path_factory.mktemp("cosmos2_video") / "cosmos2_video",
+                              diffusers.Cosmos2VideoToWorldPipeline, load_cosmos2_video, in_channels=9, num_layers=1,
+                              max_size=(4, 8, 8))
 
 
 def _images():
@@ -140,7 +113,8 @@ def test_cosmos2_video_command_writes_the_library_videos(tiny_cosmos2_video, tmp
     ("video", ["--frames", "1"], "num_frames=1 is not allowed; give 4 k + 1 frames, at least 5"),
     ("video", ["--height", "24"], "height x width 24x1280 is not allowed"),
     ("video", ["--steps", "1"], "--steps 1 is not allowed for Cosmos2VideoToWorldPipeline's loop"),
-    ("video", ["--guidance-scale", "1.5", "--guidance-convention", "diffusers"], "w = 0.5) is not allowed on a Cosmos Predict2 folder"),
+    ("video", ["--guidance-scale", "1.5", "--guidance-convention", "diffusers"],
+     "w = 0.5) is not allowed on a Cosmos Predict2 folder"),
     ("video", ["--lora", "x.safetensors"], "--lora does not apply to a Cosmos Predict2 Video2World folder"),
     ("video", ["--no-image"], "(image-to-video): give --image PNG"),
     ("sample", [], "is a Cosmos2VideoToWorldPipeline folder, which diffkit sample does not take (it makes "

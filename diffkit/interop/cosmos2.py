@@ -41,12 +41,13 @@ the pipeline's state of equal SNR. As the pipeline, item by item:
   asks for it), so a user of diffkit's images answers for that check.
 
 Other samplers run on their own grids of the EDM schedule (sigma 80 at t = T - 1 to 0.002 at t = 0, then clean
-data for a final ``zero``). Not driven (one line): every other Cosmos pipeline (text-to-world / video-to-world,
-Cosmos2VideoToWorld, Cosmos 2.5 Predict / Transfer, Cosmos3 Omni), a scheduler whose sigmas are not positive and
-strictly falling (no Karras / exponential / beta sigmas: linspace(0, 1) itself starts at sigma 0; dynamic shifting;
-inverted sigmas; stochastic sampling), another transformer / VAE / text encoder class, a transformer whose channels
-are not the VAE's ``z_dim`` or whose patches are not (1, 2, 2), Cosmos 2.5's cross-attention projection, a Wan 2.2
-VAE (patched, factor 16), ``--flow-shift``, sizes past the transformer's ``max_size`` patches (its RoPE tables).
+data for a final ``zero``). Not driven here (one line): every other Cosmos pipeline (text-to-world / video-to-world,
+Cosmos2VideoToWorld (:mod:`.cosmos2_video` drives it, on this module's code), Cosmos 2.5 Predict / Transfer, Cosmos3
+Omni), a scheduler whose sigmas are not positive and strictly falling (no Karras / exponential / beta sigmas:
+linspace(0, 1) itself starts at sigma 0; dynamic shifting; inverted sigmas; stochastic sampling), another
+transformer / VAE / text encoder class, a transformer whose channels are not the VAE's ``z_dim`` or whose patches are
+not (1, 2, 2), Cosmos 2.5's cross-attention projection, a Wan 2.2 VAE (patched, factor 16), ``--flow-shift``, sizes
+past the transformer's ``max_size`` patches (its RoPE tables).
 """
 from __future__ import annotations
 
