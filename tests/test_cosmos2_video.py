@@ -77,6 +77,25 @@ def test_cosmos2_video_matches_the_pipeline(tiny_cosmos2_video):
     assert videos.shape == decoded.shape == (2, FRAMES, 3, H, W) and frames_error < 1e-5
 
 
+def test_cosmos2_video_continues_an_input_video(tiny_cosmos2_video):
+    """An input video (the pipeline's ``video``) of 5 frames for 9: its first 2 latent frames condition, the third is
+    generated; as a list of PIL frames and as read_video's (T, 3, H, W) tensor, unguided, 3 steps."""
+    import numpy as np
+    pipe, _, model = tiny_cosmos2_video
+    clip = (_images() * 3)[:5]
+    with torch.no_grad():
+        theirs = pipe(video=[clip], prompt=PROMPTS[:1], height=H, width=W, num_frames=9, num_inference_steps=3,
+                      generator=_generators(1)[:1], max_sequence_length=LENGTH, guidance_scale=1.0,
+                      output_type="latent").frames
+    tensor = torch.stack([torch.from_numpy(np.array(frame)).permute(2, 0, 1) for frame in clip]) / 127.5 - 1
+    for given in ([clip], [tensor]):
+        ours = image_to_video(model, given, PROMPTS[0], steps=3, seed=1, num_frames=9, height=H, width=W,
+                              max_sequence_length=LENGTH, guidance_scale=0.0, convention="seed", return_latents=True)
+        error = relative_error(ours, theirs)
+        print("cosmos2 video input video", error)
+        assert ours.shape == theirs.shape == (1, 8, 3, 4, 4) and error < 1e-5, error
+
+
 def test_cosmos2_video_command_writes_the_library_videos(tiny_cosmos2_video, tmp_path, capsys):
     """diffkit video on the folder (--image PNG per video): each lossless animation (APNG) is the library's video of
     seed + i, rounded as to_uint8 does; 16 fps."""
@@ -163,7 +182,11 @@ def test_cosmos2_video_folder_and_library_refusals(tiny_cosmos2_video, tmp_path,
             (lambda: image_to_video(model, image, "a", num_frames=FRAMES, height=H, width=W, flow_shift=3.0),
              "folder samples on EDM's Karras sigmas"),
             (lambda: image_to_video(model, image + image + image, ["a", "b"], num_frames=FRAMES, height=H, width=W),
-             "2 prompts for 3 images; give one, or one per image")):
+             "2 prompts for 3 images; give one, or one per image"),
+            (lambda: image_to_video(model, [image * 2, image], "a", num_frames=FRAMES, height=H, width=W),
+             "input videos of [1, 2] frames are not allowed"),
+            (lambda: image_to_video(model, [image * 5], "a", num_frames=FRAMES, height=H, width=W),
+             "input videos of 5 frames are not allowed for num_frames=5")):
         with pytest.raises(DiffkitError, match=re.escape(message)) as info:
             call()
         assert "\n" not in str(info.value)

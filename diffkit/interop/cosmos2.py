@@ -355,13 +355,14 @@ def text_to_image(model: Cosmos2, prompts: Union[str, Sequence[str]], *, sampler
 
 
 def ve_sample(model: Cosmos2, denoiser, noise: torch.Tensor, sampler: str, steps, nfe, grid, cond: dict,
-              progress: bool, draws: dict, options: dict) -> torch.Tensor:
+              progress: bool, draws: dict, options: dict, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The pipeline's final VE latents: ``sampler`` from the VP start sigma_t eps (``noise`` eps, module docstring)
     over ``grid`` (or its own of ``steps`` / ``nfe``), the VP state at a grid's last time divided by alpha there;
-    ``draws``: ``seed`` or the generators the sampler goes on with."""
+    ``draws``: ``seed`` or the generators the sampler goes on with; ``dtype``: the state's (default the model's)."""
     from ..sampling import sample
     z = sample(denoiser, noise * model.start_scale(), sampler, steps, nfe=nfe, grid=grid, cond=cond,
-               progress=progress, device=model.device, dtype=model.dtype, **draws, **options)
+               progress=progress, device=model.device, dtype=model.dtype if dtype is None else dtype, **draws,
+               **options)
     if grid is not None and float(grid[-1]) >= 0:  # the VP state at the grid's last time, as a VE latent
         z = z / float(denoiser.schedule.alpha(torch.as_tensor(float(grid[-1]), dtype=torch.float64)))
     return z

@@ -9,11 +9,12 @@ EDM's noise levels, a ``flow_prediction`` Denoiser at s = sigma / (1 + sigma); T
 CFG D_c + g (D_c - D_u), g = 7 by default against the pipeline's ``DEFAULT_NEGATIVE_PROMPT``; N - 1 network calls
 for the pipeline's N, ending at the VE latent at sigma_min), and for the video (``prepare_latents`` and the loop):
 
-* the condition: the image resized to height x width (Lanczos, ``VideoProcessor.preprocess``) and repeated to
-  num_frames frames (the pipeline pads a short input with its last frame), encoded by the Wan VAE as a posterior
-  *sample* (``retrieve_latents(..., generator)``: mean + std n, n drawn from video i's generator ``seed + i``
-  before its start noise), normalised c = (E(x) - mean) / std sigma_data; its first latent frame (the image's own:
-  the VAE is causal) is the conditioning frame (``cond_indicator``);
+* the condition: the image (or an input video of K < num_frames frames, the pipeline's ``video``) resized to
+  height x width (Lanczos, ``VideoProcessor.preprocess``) and padded with its last frame to num_frames frames,
+  encoded by the Wan VAE as a posterior *sample* (``retrieve_latents(..., generator)``: mean + std n, n drawn from
+  video i's generator ``seed + i`` before its start noise), normalised c = (E(x) - mean) / std sigma_data; its first
+  n = (K - 1) / 4 + 1 latent frames (the input's own: the VAE is causal) are the conditioning frames
+  (``cond_indicator``; an image: n = 1);
 * the conditioning frame at every step (:class:`Cosmos2VideoNet`): the transformer sees c itself there (not the
   noisy state) at the timestep s_c = sigma_c / (1 + sigma_c) of ``sigma_conditioning`` 1e-4 (a per-frame timestep
   (B, 1, F, 1, 1)), with the condition mask channel 1 there and 0 elsewhere, and the frame's x_0 is c (the loop's
@@ -25,9 +26,9 @@ for the pipeline's N, ending at the VE latent at sigma_min), and for the video (
   frames of 704 x 1280, 35 steps.
 
 The safety checker (Cosmos Guardrail) is treated as for text-to-image (docs/interop/cosmos2.md): not loaded, not
-run; checking prompts and videos as the NVIDIA Open Model License asks is the user's. Not driven (one line): an
-input video (the pipeline's ``video``), ``num_frames`` not 4 k + 1 or under 5 (one latent frame is the condition
-alone), latent frames past the transformer's ``max_size``, a VAE whose temporal factor is not 4, and whatever
+run; checking prompts and videos as the NVIDIA Open Model License asks is the user's. Not driven (one line):
+``num_frames`` not 4 k + 1 or under 5 (one latent frame is the condition alone), an input video of num_frames frames
+or more, latent frames past the transformer's ``max_size``, a VAE whose temporal factor is not 4, and whatever
 :mod:`.cosmos2` refuses.
 """
 from __future__ import annotations
@@ -100,14 +101,16 @@ class Cosmos2Video(Cosmos2):
         return denoiser
 
     def condition(self, pixels: torch.Tensor, frames: int, generator=None) -> torch.Tensor:
-        """c (B, C, 1, h, w), the conditioning latent frame of images (B, 3, H, W) in [-1, 1] (module docstring): the
-        image repeated to ``frames`` frames through the Wan VAE, a posterior sample from ``generator`` (one per
-        image), (z - mean) / std sigma_data."""
+        """c (B, C, n, h, w), the conditioning latent frames of input videos (B, 3, K, H, W) in [-1, 1] of
+        K < ``frames`` frames (an image: K = 1) (module docstring): each padded with its last frame to ``frames``
+        frames through the Wan VAE, a posterior sample from ``generator`` (one per video), (z - mean) / std
+        sigma_data; its first n = (K - 1) / 4 + 1 latent frames."""
         from .stable_diffusion import vae_latents
-        video = pixels[:, :, None].expand(-1, -1, frames, -1, -1)
+        given = pixels.shape[2]
+        video = torch.cat([pixels, pixels[:, :, -1:].expand(-1, -1, frames - given, -1, -1)], dim=2)
         z = vae_latents(self.vae, video, self.device, generator, sample=True).float()
         mean, std = (s[:, :, None] for s in self._stats(z))
-        return ((z - mean) / std * SIGMA_DATA)[:, :, :1]
+        return ((z - mean) / std * SIGMA_DATA)[:, :, :(given - 1) // TEMPORAL + 1]
 
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
         """Videos (B, T, 3, H, W) in [-1, 1] (not clamped) of VE latents (B, C, F, h, w): D(z std / sigma_data +
@@ -162,6 +165,22 @@ def check_frames(num_frames) -> int:
     return frames
 
 
+def input_videos(images) -> list:
+    """The conditioning inputs of :func:`image_to_video` as lists of PIL frames: ``images`` a PIL image, a list of
+    them, (B, 3, H, W) in [-1, 1] (one frame each), or a list of videos (lists of PIL frames or (T, 3, H, W) in
+    [-1, 1], :func:`diffkit.video.read_video`'s) of one frame count; a one-line DiffkitError otherwise."""
+    from .qwen_image_edit import _pil_images
+    items = list(images) if isinstance(images, (list, tuple)) else None
+    if not items or not all(isinstance(v, (list, tuple)) or isinstance(v, torch.Tensor) and v.ndim == 4
+                            for v in items):
+        return [[image] for image in _pil_images(images)]
+    videos = [_pil_images(v) if isinstance(v, torch.Tensor) else _pil_images(list(v)) for v in items]
+    if len({len(v) for v in videos}) != 1 or not videos[0]:
+        raise DiffkitError(f"input videos of {sorted({len(v) for v in videos})} frames are not allowed; give videos "
+                           f"of one frame count, at least 1 (the pipeline encodes them as one batch)")
+    return videos
+
+
 def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
                    guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
                    sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
@@ -169,8 +188,10 @@ def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str
                    latents: Optional[torch.Tensor] = None, max_sequence_length: Optional[int] = None,
                    output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
                    **options) -> torch.Tensor:
-    """Videos (B, T, 3, H, W) continuing ``images`` (PIL images or (B, 3, H, W) in [-1, 1]; one for every prompt,
-    or one per prompt) by ``prompts`` (one, or one per image) as ``Cosmos2VideoToWorldPipeline`` (module docstring).
+    """Videos (B, T, 3, H, W) continuing ``images`` (PIL images or (B, 3, H, W) in [-1, 1], or input videos of K
+    frames, :func:`input_videos`; one for every prompt, or one per prompt) by ``prompts`` (one, or one per image) as
+    ``Cosmos2VideoToWorldPipeline`` (module docstring; its ``image``, or its ``video``: the first (K - 1) / 4 + 1
+    latent frames conditioning, K < num_frames).
 
     guidance_scale: in ``convention`` (diffusers': s = g + 1, default 8, the pipeline's g = 7; ``"seed"``: g), against
     ``negative_prompt`` (default the pipeline's). steps: the pipeline's (default 35, at least 2); sampler: None for
@@ -185,7 +206,7 @@ def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str
     from ..noise import generators_from_seed, randn
     from .cosmos2 import ve_sample
     from .flow_latents import edit_prompts
-    from .qwen_image_edit import _pil_images, _pixels
+    from .qwen_image_edit import _pixels
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     frames = check_frames(num_frames)
@@ -194,12 +215,15 @@ def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str
     if options.get("flow_shift") is not None:
         raise DiffkitError(f"flow_shift={options['flow_shift']!r} moves a flow schedule's grid; a Cosmos Predict2 "
                            f"folder samples on EDM's Karras sigmas; drop it")
-    pil, prompts = _pil_images(images), prompt_list(prompts)
-    pil = pil * len(prompts) if len(pil) == 1 else pil
-    prompts = edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts)
+    clips, prompts = input_videos(images), prompt_list(prompts)
+    clips = clips * len(prompts) if len(clips) == 1 else clips
+    prompts = edit_prompts(torch.empty(len(clips), 3, 1, 1), prompts)
+    if len(clips[0]) >= frames:
+        raise DiffkitError(f"input videos of {len(clips[0])} frames are not allowed for num_frames={frames}; give "
+                           f"fewer frames than the video (every latent frame would be a conditioning one)")
     height = VIDEO_SIZE[0] if height is None else height
     width = VIDEO_SIZE[1] if width is None else width
-    batch, channels, h, w = model.latent_shape(len(pil), height, width)
+    batch, channels, h, w = model.latent_shape(len(clips), height, width)
     latent_frames = (frames - 1) // TEMPORAL + 1
     if latent_frames > model.transformer.config.max_size[0]:
         raise DiffkitError(f"num_frames={frames} is not allowed; give at most "
@@ -211,15 +235,17 @@ def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str
     denoiser, cond = model.prompt_guidance(prompts, guidance_scale, convention, negative_prompt, max_sequence_length,
                                            denoiser=model.video_denoiser(fps))
     generators = None if seed is None else generators_from_seed(seed, batch)
-    pixels = _pixels([image.resize((width, height), resample=Image.LANCZOS) for image in pil])
+    pixels = torch.stack([_pixels([frame.resize((width, height), resample=Image.LANCZOS) for frame in clip])
+                          for clip in clips]).permute(0, 2, 1, 3, 4)  # (B, 3, K, H, W)
     cond["condition"] = model.condition(pixels, frames, generators)
+    state = torch.float32  # the pipeline's latents and scheduler state, whatever the transformer's dtype
     if latents is None:  # eps from seed + i after the condition's draw; the generators then go on to the sampler
-        latents = randn(shape, generators, device=model.device, dtype=model.dtype)
+        latents = randn(shape, generators, device=model.device, dtype=state)
     elif tuple(latents.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
     draws = {"seed": seed} if generators is None else {"generator": generators}
-    z = ve_sample(model, denoiser, latents.to(model.device, model.dtype), sampler or "ddim", None, None, grid, cond,
-                  progress, draws, options)
+    z = ve_sample(model, denoiser, latents.to(model.device, state), sampler or "ddim", None, None, grid, cond,
+                  progress, draws, options, dtype=state)
     if return_latents:
         return z
     videos = model.decode_video(z)
@@ -227,5 +253,5 @@ def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str
 
 
 __all__ = ["Cosmos2Video", "Cosmos2VideoNet", "load_cosmos2_video", "is_cosmos2_video_folder",
-           "check_cosmos2_video_folder", "check_frames", "image_to_video", "COSMOS2_VIDEO_PIPELINE", "VIDEO_GUIDANCE",
-           "VIDEO_STEPS", "VIDEO_FRAMES", "VIDEO_SIZE", "VIDEO_FPS"]
+           "check_cosmos2_video_folder", "check_frames", "input_videos", "image_to_video", "COSMOS2_VIDEO_PIPELINE",
+           "VIDEO_GUIDANCE", "VIDEO_STEPS", "VIDEO_FRAMES", "VIDEO_SIZE", "VIDEO_FPS"]
