@@ -44,16 +44,17 @@ def _nearest_resize(x, size, interpolation=None):
     return torch.nn.functional.interpolate(x, size=size, mode="nearest")
 
 
-@pytest.fixture(scope="module")
-def tiny_cosmos2(tmp_path_factory):
-    """(Cosmos2TextToImagePipeline.from_pretrained of the saved folder, the folder, load_cosmos2 of it)."""
+def cosmos2_folder(root, pipeline_class, loader, **transformer):
+    """(``pipeline_class.from_pretrained`` of a tiny random Cosmos Predict2 folder saved under ``root``, the folder,
+    ``loader`` of it), the transformer's config updated by ``transformer``; yielded with the pipeline's padding-mask
+    resize given a stand-in where torchvision is missing (test_cosmos2_video's folder too)."""
     from diffusers.models.transformers import transformer_cosmos
-    root = tmp_path_factory.mktemp("cosmos2")
     torch.manual_seed(0)
-    transformer = diffusers.CosmosTransformer3DModel(
-        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
-        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 96, 96), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
-        concat_padding_mask=True, extra_pos_embed_type="learnable")
+    transformer = diffusers.CosmosTransformer3DModel(**{
+        "in_channels": 8, "out_channels": 8, "num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 2,
+        "mlp_ratio": 2, "text_embed_dim": 32, "adaln_lora_dim": 4, "max_size": (4, 96, 96), "patch_size": (1, 2, 2),
+        "rope_scale": (1.0, 4.0, 4.0), "concat_padding_mask": True, "extra_pos_embed_type": "learnable",
+        **transformer})
     with torch.no_grad():
         for parameter in transformer.parameters():
             if not bool(parameter.abs().max() > 0):  # the learnable positions start at zero
@@ -61,19 +62,25 @@ def tiny_cosmos2(tmp_path_factory):
     vae = diffusers.AutoencoderKLWan(
         base_dim=8, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
         latents_mean=[0.1 * i - 0.3 for i in range(8)], latents_std=[1 + 0.1 * i for i in range(8)])
-    pipe = diffusers.Cosmos2TextToImagePipeline(
+    pipe = pipeline_class(
         text_encoder=tiny_t5_encoder(), tokenizer=tiny_t5_tokenizer(), transformer=transformer, vae=vae,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
         safety_checker=PassThroughGuardrail())
     pipe.register_modules(safety_checker=None)  # saved as [null, null]
-    pipe.save_pretrained(root / "cosmos2")
+    pipe.save_pretrained(root)
     with pytest.MonkeyPatch.context() as patch:
         if not hasattr(transformer_cosmos, "transforms"):  # no torchvision
             patch.setattr(transformer_cosmos, "transforms", types.SimpleNamespace(
                 functional=types.SimpleNamespace(resize=_nearest_resize),
                 InterpolationMode=types.SimpleNamespace(NEAREST="nearest")), raising=False)
-        yield reloaded(root / "cosmos2", diffusers.Cosmos2TextToImagePipeline, load_cosmos2,
-                       safety_checker=PassThroughGuardrail())
+        yield reloaded(root, pipeline_class, loader, safety_checker=PassThroughGuardrail())
+
+
+@pytest.fixture(scope="module")
+def tiny_cosmos2(tmp_path_factory):
+    """(Cosmos2TextToImagePipeline.from_pretrained of the saved folder, the folder, load_cosmos2 of it)."""
+    yield from cosmos2_folder(tmp_path_factory.mktemp("cosmos2") / "cosmos2", diffusers.Cosmos2TextToImagePipeline,
+                              load_cosmos2)
 
 
 def _latents(seed=7):

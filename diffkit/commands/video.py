@@ -32,6 +32,7 @@ VIDEO_KINDS: dict[str, str] = {
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
     "LTXPipeline": "._video_ltx",
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
+    "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",

@@ -41,7 +41,9 @@
   bundles of three RMS-normalised states, FLUX.2's VAE, real CFG), through :mod:`.chroma`'s code; its edits of up to
   five images as clean context tokens (``bria_fibo2_edit_image``).
 * :mod:`.cosmos2` - a Cosmos Predict2 text-to-image folder (T5 states, a rectified-flow ``CosmosTransformer3DModel``
-  sampled on EDM's Karras sigmas as a flow Denoiser, the Wan VAE on one frame, CFG g = w).
+  sampled on EDM's Karras sigmas as a flow Denoiser, the Wan VAE on one frame, CFG g = w); :mod:`.cosmos2_video` a
+  Video2World folder's image-to-video (``cosmos2_image_to_video``: the conditioning frames held at low noise;
+  ``diffkit video``).
 * :mod:`.chronoedit` - a ChronoEdit folder's instruction edits (``chronoedit_edit_image``: Wan 2.1's image-to-video
   transformer, the edit read from the last frame of a short video, optional temporal reasoning, flow UniPC).
 * :mod:`.hunyuan_video` - a HunyuanVideo text-to-video folder (``hunyuan_video_text_to_video``: Llama template states
@@ -114,6 +116,7 @@ _EXPORTS = {
     "BriaFibo": "bria_fibo", "load_bria_fibo": "bria_fibo", "is_bria_fibo_folder": "bria_fibo",
     "BriaFibo2": "bria_fibo2", "load_bria_fibo2": "bria_fibo2", "is_bria_fibo2_folder": "bria_fibo2",
     "Cosmos2": "cosmos2", "load_cosmos2": "cosmos2", "is_cosmos_folder": "cosmos2",
+    "Cosmos2Video": "cosmos2_video", "load_cosmos2_video": "cosmos2_video", "is_cosmos2_video_folder": "cosmos2_video",
     "ChronoEdit": "chronoedit", "load_chronoedit": "chronoedit", "is_chronoedit_folder": "chronoedit",
     "HunyuanVideo": "hunyuan_video", "load_hunyuan_video": "hunyuan_video",
     "is_hunyuan_video_folder": "hunyuan_video",
@@ -164,6 +167,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "bria_fibo2_text_to_image": ("bria_fibo2", "text_to_image"),
             "bria_fibo2_edit_image": ("bria_fibo2", "edit_image"),
             "cosmos2_text_to_image": ("cosmos2", "text_to_image"),
+            "cosmos2_image_to_video": ("cosmos2_video", "image_to_video"),
             "chronoedit_edit_image": ("chronoedit", "edit_image"),
             "hunyuan_video_text_to_video": ("hunyuan_video", "text_to_video"),
             "svd_image_to_video": ("svd", "image_to_video"),

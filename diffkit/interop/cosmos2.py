@@ -41,12 +41,13 @@ the pipeline's state of equal SNR. As the pipeline, item by item:
   asks for it), so a user of diffkit's images answers for that check.
 
 Other samplers run on their own grids of the EDM schedule (sigma 80 at t = T - 1 to 0.002 at t = 0, then clean
-data for a final ``zero``). Not driven (one line): every other Cosmos pipeline (text-to-world / video-to-world,
-Cosmos2VideoToWorld, Cosmos 2.5 Predict / Transfer, Cosmos3 Omni), a scheduler whose sigmas are not positive and
-strictly falling (no Karras / exponential / beta sigmas: linspace(0, 1) itself starts at sigma 0; dynamic shifting;
-inverted sigmas; stochastic sampling), another transformer / VAE / text encoder class, a transformer whose channels
-are not the VAE's ``z_dim`` or whose patches are not (1, 2, 2), Cosmos 2.5's cross-attention projection, a Wan 2.2
-VAE (patched, factor 16), ``--flow-shift``, sizes past the transformer's ``max_size`` patches (its RoPE tables).
+data for a final ``zero``). Not driven here (one line): every other Cosmos pipeline (text-to-world / video-to-world,
+Cosmos2VideoToWorld (:mod:`.cosmos2_video` drives it, on this module's code), Cosmos 2.5 Predict / Transfer, Cosmos3
+Omni), a scheduler whose sigmas are not positive and strictly falling (no Karras / exponential / beta sigmas:
+linspace(0, 1) itself starts at sigma 0; dynamic shifting; inverted sigmas; stochastic sampling), another
+transformer / VAE / text encoder class, a transformer whose channels are not the VAE's ``z_dim`` or whose patches are
+not (1, 2, 2), Cosmos 2.5's cross-attention projection, a Wan 2.2 VAE (patched, factor 16), ``--flow-shift``, sizes
+past the transformer's ``max_size`` patches (its RoPE tables).
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ SIZE_MULTIPLE = 16  # its check_inputs
 MAX_SEQUENCE_LENGTH = 512  # its default T5 length
 SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 1.0  # what its constructor registers on the scheduler
 KARRAS_RHO = 7.0
+PIPELINE_TASKS = {"Cosmos2VideoToWorldPipeline": "video-to-world"}  # the other pipelines check_cosmos2_folder takes
 PIPELINE_SCHEDULER = {"sigma_max": SIGMA_MAX, "sigma_min": SIGMA_MIN, "sigma_data": SIGMA_DATA,
                       "final_sigmas_type": "sigma_min"}
 
@@ -118,6 +120,7 @@ class Cosmos2(FrameVAE):
     _denoiser: object = field(default=None, repr=False)
 
     default_steps = COSMOS2_STEPS
+    pipeline = COSMOS2_PIPELINE  # (the pipeline class named in refusals)
     min_loop_steps = 2  # the pipeline's loop (scheduler_sigmas; diffkit sample's batch-size probe: ._chroma)
     max_sequence_length = MAX_SEQUENCE_LENGTH
 
@@ -131,16 +134,13 @@ class Cosmos2(FrameVAE):
         at most the transformer's ``max_size`` 2 x 2 patches (3840 for Cosmos' 240)."""
         height = COSMOS2_SIZE[0] if height is None else height
         width = COSMOS2_SIZE[1] if width is None else width
-        for value in (height, width):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
-                                   f"{SIZE_MULTIPLE} (Cosmos2TextToImagePipeline's check_inputs)")
+        check_size(height, width, self.pipeline)
         f, most = self.vae_scale_factor, self.transformer.config.max_size  # (frames, rows, columns) of patches
         if height > 2 * f * most[1] or width > 2 * f * most[2]:
             raise DiffkitError(f"height x width {height}x{width} is not allowed; give at most "
                                f"{2 * f * most[1]}x{2 * f * most[2]} (the transformer's max_size {list(most)} of "
                                f"2 x 2 patches of the latents)")
-        return (batch, int(self.transformer.config.in_channels), height // f, width // f)
+        return (batch, int(self.vae.config.z_dim), height // f, width // f)  # (the transformer's in_channels)
 
     @property
     def denoiser(self):
@@ -162,7 +162,7 @@ class Cosmos2(FrameVAE):
         import numpy as np
         diffusers = require("diffusers")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-            raise DiffkitError(f"steps={steps!r} is not allowed for Cosmos2TextToImagePipeline's loop; give an "
+            raise DiffkitError(f"steps={steps!r} is not allowed for {self.pipeline}'s loop; give an "
                                f"integer >= 2 (with 1 its sigmas are [80, 80]: it decodes the noise)")
         config = {key: value for key, value in self.scheduler_config.items() if key not in PIPELINE_SCHEDULER}
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)  # (no init arguments: dropped)
@@ -222,23 +222,32 @@ class Cosmos2(FrameVAE):
         return (states * keep[..., None].to(states.dtype)).to(self.text_encoder.dtype)
 
     def prompt_guidance(self, prompts, guidance_scale: Optional[float] = None, convention: str = "diffusers",
-                        negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
+                        negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH, denoiser=None) -> tuple:
         """(denoiser, cond): the prompts' T5 states, guided as the pipeline (module docstring) against
         ``negative_prompt`` (None: the pipeline's ``DEFAULT_NEGATIVE_PROMPT``; one, or one per prompt) for w > 1;
-        w = 0: the unguided denoiser."""
+        w = 0: the unguided denoiser (``denoiser``, default :attr:`denoiser`)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         w = self.check_guidance_scale(guidance_scale, convention, negative_prompt)
         context = self.encode_prompts(prompts, max_sequence_length)
+        denoiser = self.denoiser if denoiser is None else denoiser
         if w == 0:
-            return self.denoiser, {"context": context}
+            return denoiser, {"context": context}
         if negative_prompt is None:
             from diffusers.pipelines.cosmos.pipeline_cosmos2_text2image import DEFAULT_NEGATIVE_PROMPT
             negative_prompt = DEFAULT_NEGATIVE_PROMPT
         negatives = negative_prompts(negative_prompt, context.shape[0])
         null_context = self.encode_prompts(negatives[:1] if len(set(negatives)) == 1 else negatives,
                                            max_sequence_length)
-        return ClassifierFreeGuidance(self.denoiser, w, "seed", null_context=null_context), {"context": context}
+        return ClassifierFreeGuidance(denoiser, w, "seed", null_context=null_context), {"context": context}
+
+
+def check_size(height, width, pipeline: str = COSMOS2_PIPELINE) -> None:
+    """One line unless height and width are positive multiples of 16 (``pipeline``'s ``check_inputs``)."""
+    for value in (height, width):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
+            raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
+                               f"{SIZE_MULTIPLE} ({pipeline}'s check_inputs)")
 
 
 def is_cosmos_folder(path: Union[str, Path]) -> bool:
@@ -248,25 +257,28 @@ def is_cosmos_folder(path: Union[str, Path]) -> bool:
     return names_pipeline(path, "Cosmos", COSMOS_TRANSFORMER)
 
 
-def check_cosmos2_folder(directory: Path) -> tuple:
+def check_cosmos2_folder(directory: Path, pipeline: str = COSMOS2_PIPELINE, mask_channels: int = 0) -> tuple:
     """(index, scheduler config) of a Cosmos Predict2 text-to-image folder that :func:`load_cosmos2` drives; anything
-    else is a one-line DiffkitError (module docstring), from the JSON files alone."""
+    else is a one-line DiffkitError (module docstring), from the JSON files alone. ``pipeline`` / ``mask_channels``:
+    another Cosmos Predict2 pipeline's class and the input channels its transformer takes beyond the latents'
+    (``Cosmos2VideoToWorldPipeline``'s condition mask: :mod:`.cosmos2_video`)."""
     from ..errors import read_json_object
     from .pixart import check_classes
     from .sd_xl import _index
     index = _index(directory)
     if index is None or not is_cosmos_folder(directory):
-        raise DiffkitError(f"{directory} is not a Cosmos folder (model_index.json naming a {COSMOS2_PIPELINE} with a "
+        raise DiffkitError(f"{directory} is not a Cosmos folder (model_index.json naming a {pipeline} with a "
                            f"{COSMOS_TRANSFORMER} transformer)")
-    if index.get("_class_name") != COSMOS2_PIPELINE:
+    if index.get("_class_name") != pipeline:
         raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive; "
-                           f"allowed: {COSMOS2_PIPELINE} (Cosmos Predict2 text-to-image)")
+                           f"allowed: {pipeline} (Cosmos Predict2 {PIPELINE_TASKS.get(pipeline, 'text-to-image')})")
     check_classes(directory, index, REQUIRED, "Cosmos Predict2", COSMOS2_CLASSES)
     configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
                for part in ("transformer", "vae")}
     z_dim, vae = configs["vae"].get("z_dim", 16), configs["vae"]
     check_part_configs(directory, configs, (
-        ("transformer", "in_channels", 16, z_dim, "the VAE's z_dim"),
+        ("transformer", "in_channels", 16 + mask_channels, z_dim + mask_channels,
+         "the VAE's z_dim" + (f" + {mask_channels} (its condition mask)" if mask_channels else "")),
         ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
         ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "the pipeline's latents of H / 8, sizes of 16"),
         ("transformer", "use_crossattn_projection", False, False, "Cosmos 2.5's projection of its Qwen2.5-VL states"),
@@ -284,10 +296,15 @@ def load_cosmos2(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     loaded); what diffkit does not drive is refused in one line before any weight is read
     (:func:`check_cosmos2_folder`). The transformer's ``concat_padding_mask`` is set off in its config: diffkit appends
     the zero padding channel itself (:class:`Cosmos2Net`)."""
+    return _load_cosmos2(Cosmos2, directory, device, dtype, progress, check_cosmos2_folder)
+
+
+def _load_cosmos2(cls, directory, device, dtype, progress: bool, check) -> Cosmos2:
+    """:func:`load_cosmos2` of a Cosmos2 (sub)class ``cls``, the folder checked by ``check(directory)``."""
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, sched = check_cosmos2_folder(directory)
-    model = load_one_text_folder(Cosmos2, directory, index, sched, diffusers.CosmosTransformer3DModel,
+    index, sched = check(directory)
+    model = load_one_text_folder(cls, directory, index, sched, diffusers.CosmosTransformer3DModel,
                                  "T5EncoderModel", device, dtype, progress, "text_embed_dim", "d_model",
                                  "the T5 encoder's width", vae_cls=diffusers.AutoencoderKLWan)
     model.padding = bool(model.transformer.config.concat_padding_mask)
@@ -315,7 +332,6 @@ def text_to_image(model: Cosmos2, prompts: Union[str, Sequence[str]], *, sampler
     ``return_latents`` the VE latents the pipeline decodes."""
     from ..errors import check_choice
     from ..noise import generators_from_seed, randn
-    from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     if ip_adapter is not None:
@@ -334,12 +350,23 @@ def text_to_image(model: Cosmos2, prompts: Union[str, Sequence[str]], *, sampler
     if not isinstance(noise, torch.Tensor):  # eps from seed + i, whose generators then go on to the sampler
         draws = {"generator": None if seed is None else generators_from_seed(seed, expected[0])}
         noise = randn(expected, draws["generator"], device=model.device, dtype=model.dtype)
-    z = sample(denoiser, noise * model.start_scale(), sampler, steps, nfe=nfe, grid=grid, cond=cond,
-               progress=progress, device=model.device, dtype=model.dtype, **draws, **options)
-    if grid is not None and float(grid[-1]) >= 0:  # the VP state at the grid's last time, as a VE latent
-        z = z / float(denoiser.schedule.alpha(torch.as_tensor(float(grid[-1]), dtype=torch.float64)))
+    z = ve_sample(model, denoiser, noise, sampler, steps, nfe, grid, cond, progress, draws, options)
     return finish_images(model, z, return_latents, output_range)
 
 
+def ve_sample(model: Cosmos2, denoiser, noise: torch.Tensor, sampler: str, steps, nfe, grid, cond: dict,
+              progress: bool, draws: dict, options: dict, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The pipeline's final VE latents: ``sampler`` from the VP start sigma_t eps (``noise`` eps, module docstring)
+    over ``grid`` (or its own of ``steps`` / ``nfe``), the VP state at a grid's last time divided by alpha there;
+    ``draws``: ``seed`` or the generators the sampler goes on with; ``dtype``: the state's (default the model's)."""
+    from ..sampling import sample
+    z = sample(denoiser, noise * model.start_scale(), sampler, steps, nfe=nfe, grid=grid, cond=cond,
+               progress=progress, device=model.device, dtype=model.dtype if dtype is None else dtype, **draws,
+               **options)
+    if grid is not None and float(grid[-1]) >= 0:  # the VP state at the grid's last time, as a VE latent
+        z = z / float(denoiser.schedule.alpha(torch.as_tensor(float(grid[-1]), dtype=torch.float64)))
+    return z
+
+
 __all__ = ["Cosmos2", "Cosmos2Net", "load_cosmos2", "is_cosmos_folder", "check_cosmos2_folder", "text_to_image",
-           "COSMOS2_GUIDANCE", "COSMOS2_STEPS", "COSMOS2_PIPELINE"]
+           "check_size", "ve_sample", "COSMOS2_GUIDANCE", "COSMOS2_STEPS", "COSMOS2_PIPELINE"]
