@@ -263,6 +263,7 @@ ANIMATEDIFF = "## AnimateDiff folders (`diffkit.interop.animatediff`)"
 SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
+WAN_I2V = "## Wan image-to-video folders (`diffkit.interop.wan_i2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
@@ -334,6 +335,7 @@ HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
                                                     (SVD, ["StableVideoDiffusionPipeline"], "VD"),
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),
+                                                    (WAN_I2V, ["WanImageToVideoPipeline"], "WI"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
