@@ -263,6 +263,7 @@ ANIMATEDIFF = "## AnimateDiff folders (`diffkit.interop.animatediff`)"
 SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
+WAN_I2V = "## Wan image-to-video folders (`diffkit.interop.wan_i2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
@@ -335,6 +336,7 @@ HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
                                                     (SVD, ["StableVideoDiffusionPipeline"], "VD"),
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),
+                                                    (WAN_I2V, ["WanImageToVideoPipeline"], "WI"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..interop.wan import WAN_FPS
-from .video import VideoKind
+from .video import VideoKind, article
 
 
 class WanKind(VideoKind):
@@ -35,8 +35,8 @@ class WanKind(VideoKind):
         for flag in ("height", "width"):
             value = getattr(args, flag)
             if value is not None and value % multiple:
-                raise DiffkitError(f"--{flag} {value} is not allowed for a Wan folder; give a multiple of "
-                                   f"{multiple} (WanPipeline's check_inputs and patches)")
+                raise DiffkitError(f"--{flag} {value} is not allowed for {article(self.label)} {self.label} folder; "
+                                   f"give a multiple of {multiple} ({self.pipelines[0]}'s check_inputs and patches)")
         if args.guidance_scale is not None:
             guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
         if args.guidance_scale_2 is not None and not check_experts(args.checkpoint, read_index(args.checkpoint)):

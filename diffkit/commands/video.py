@@ -28,6 +28,7 @@ VIDEO_KINDS: dict[str, str] = {
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",
+    "WanImageToVideoPipeline": "._video_wan_i2v",
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
     "LTXPipeline": "._video_ltx",
@@ -114,6 +115,10 @@ def register(sub) -> None:
     wan.add_argument("--guidance-scale-2", type=float, metavar="S",
                      help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "
                           "--guidance-scale is (default --guidance-scale)")
+    wan_i2v = p.add_argument_group("Wan image-to-video")
+    wan_i2v.add_argument("--last-image", type=path_arg, metavar="PNG",
+                         help="every video's last frame (first-last-frame to video: a Wan 2.2 A14B or Wan2.1-FLF2V "
+                              "folder; the pipeline's last_image)")
     from ._video_ltx import add_ltx_flags
     add_ltx_flags(p)  # --guidance-rescale, --decode-timestep, --decode-noise-scale (LTX-Video folders)
     add_progress_flag(p)

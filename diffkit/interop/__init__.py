@@ -51,7 +51,8 @@
 * :mod:`.svd` - a Stable Video Diffusion folder's image-to-video (``svd_image_to_video``: CLIP image embeddings and
   noise-augmented image latents, EDM's v-prediction UNet on Karras sigmas, per-frame guidance; ``diffkit video``).
 * :mod:`.wan` - a Wan text-to-video folder's videos (``wan_text_to_video``: UMT5 prompts, CFG, flow UniPC, the Wan
-  VAE's whole video; ``diffkit video``).
+  VAE's whole video; ``diffkit video``); :mod:`.wan_i2v` a Wan image-to-video folder's (``wan_i2v_image_to_video``:
+  the same pieces with the image's condition video and CLIP states; Wan 2.2 A14B's experts, first-last-frame).
 * :mod:`.ltx` - an LTX-Video folder's text-to-video (``ltx_text_to_video``: T5 prompts, the resolution-shifted
   FlowMatchEuler grid, CFG with guidance rescale, the timestep-conditioned video VAE; ``diffkit video``).
 * :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
@@ -118,6 +119,7 @@ _EXPORTS = {
     "Cosmos2": "cosmos2", "load_cosmos2": "cosmos2", "is_cosmos_folder": "cosmos2",
     "Cosmos2Video": "cosmos2_video", "load_cosmos2_video": "cosmos2_video", "is_cosmos2_video_folder": "cosmos2_video",
     "ChronoEdit": "chronoedit", "load_chronoedit": "chronoedit", "is_chronoedit_folder": "chronoedit",
+    "WanI2V": "wan_i2v", "load_wan_i2v": "wan_i2v", "is_wan_i2v_folder": "wan_i2v",
     "HunyuanVideo": "hunyuan_video", "load_hunyuan_video": "hunyuan_video",
     "is_hunyuan_video_folder": "hunyuan_video",
     "SVD": "svd", "load_svd": "svd", "is_svd_folder": "svd",
@@ -169,6 +171,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "cosmos2_text_to_image": ("cosmos2", "text_to_image"),
             "cosmos2_image_to_video": ("cosmos2_video", "image_to_video"),
             "chronoedit_edit_image": ("chronoedit", "edit_image"),
+            "wan_i2v_image_to_video": ("wan_i2v", "image_to_video"),
             "hunyuan_video_text_to_video": ("hunyuan_video", "text_to_video"),
             "svd_image_to_video": ("svd", "image_to_video"),
             "wan_text_to_video": ("wan", "text_to_video"),

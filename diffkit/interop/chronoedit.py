@@ -115,7 +115,7 @@ class ChronoEditNet(torch.nn.Module):
 @dataclass
 class ChronoEdit(WanFolder):
     """The loaded components of a ``ChronoEditPipeline`` folder (:func:`load_chronoedit`); its grid, prompts and
-    VAE factors are a Wan folder's (:class:`.wan.WanFolder`)."""
+    VAE factors, CLIP image states and condition are a Wan image-to-video folder's (:class:`.wan.WanFolder`)."""
 
     transformer: object
     vae: object
@@ -142,27 +142,6 @@ class ChronoEdit(WanFolder):
         denoiser.model = self.transformer
         return denoiser
 
-    def encode_images(self, images: Sequence) -> torch.Tensor:
-        """CLIP's penultimate hidden states (B, N, d) of PIL ``images`` through the folder's image processor
-        (``encode_image``), in the transformer's dtype."""
-        pixels = self.image_processor(images=list(images), return_tensors="pt").pixel_values
-        with torch.no_grad():
-            out = self.image_encoder(pixel_values=pixels.to(self.device, self.image_encoder.dtype),
-                                     output_hidden_states=True)
-        return out.hidden_states[-2].to(model_dtype(self.transformer))
-
-    def condition(self, pixels: torch.Tensor, frames: int) -> torch.Tensor:
-        """[mask, z_cond] (B, 4 + C, F, h, w) of images (B, 3, H, W) in [-1, 1] (``prepare_latents``, module
-        docstring): the image then ``frames`` - 1 zero frames through the Wan VAE (posterior mean), normalised."""
-        from .stable_diffusion import vae_latents
-        video = torch.cat([pixels[:, :, None], pixels.new_zeros(*pixels.shape[:2], frames - 1, *pixels.shape[2:])],
-                          dim=2)
-        z = vae_latents(self.vae, video, self.device).float()
-        mean, std = (s[:, :, None] for s in self._stats(z))
-        mask = torch.zeros(z.shape[0], self.temporal_factor, *z.shape[2:], device=z.device, dtype=z.dtype)
-        mask[:, :, 0] = 1
-        return torch.cat([mask, (z - mean) / std], dim=1)
-
     def decode_last(self, pair: torch.Tensor) -> torch.Tensor:
         """The last frame (B, 3, H, W) in [-1, 1] (not clamped) of the Wan VAE's decoding of the latent pair [first,
         last] (B, C, 2, h, w): x = D(z std + mean), the edit (module docstring)."""
@@ -181,23 +160,34 @@ def is_chronoedit_folder(path) -> bool:
 def check_chronoedit_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``ChronoEditPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from .flow_latents import check_part_configs
     from .wan import wan_configs, wan_scheduler_config
     directory = Path(directory)
     index, configs = wan_configs(directory, CHRONOEDIT_PIPELINE, "ChronoEdit", REQUIRED, CHRONOEDIT_CLASSES)
+    check_image_to_video_configs(directory, configs)
+    return index, wan_scheduler_config(directory)
+
+
+def check_image_to_video_configs(directory, configs: dict, parts=("transformer",), image: bool = True) -> None:
+    """One line unless ``configs`` ({part: config}) are a Wan 2.1 image-to-video folder's: a Wan 2.1 VAE of factor 8,
+    each of ``parts`` (the transformer; a Wan 2.2 A14B folder's two experts) of 2 z_dim + 4 channels in, z_dim out,
+    patches (1, 2, 2), and with ``image`` CLIP image states (``image_dim``, ``added_kv_proj_dim``), else none
+    (ChronoEdit's, :func:`check_chronoedit_folder`; ``WanImageToVideoPipeline``'s, :mod:`.wan_i2v`)."""
+    from .flow_latents import check_part_configs
     z_dim, temporal = configs["vae"].get("z_dim", 16), configs["vae"].get("scale_factor_temporal", 4)
     check_part_configs(directory, configs, (
         ("vae", "patch_size", None, None, "a Wan 2.1 VAE; a Wan 2.2 one is patched"),
         ("vae", "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8"),
-        ("transformer", "in_channels", 36, 2 * z_dim + temporal, "the latents, the mask and the condition: 2 z_dim + "
-                                                                 "scale_factor_temporal"),
-        ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
-        ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16")))
-    for key in ("image_dim", "added_kv_proj_dim"):
-        if not configs["transformer"].get(key):
-            raise DiffkitError(f"{directory}'s transformer has {key}={configs['transformer'].get(key)!r}; allowed: a "
-                               f"positive width (an image-to-video transformer: its CLIP image states)")
-    return index, wan_scheduler_config(directory)
+        *((part, key, default, allowed, why) for part in parts for key, default, allowed, why in (
+            ("in_channels", 36, 2 * z_dim + temporal, "the latents, the mask and the condition: 2 z_dim + "
+                                                      "scale_factor_temporal"),
+            ("out_channels", 16, z_dim, "the VAE's z_dim"),
+            ("patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
+            *(() if image else (("image_dim", None, None, "a Wan 2.2 A14B expert: no CLIP image states"),))))))
+    for part in parts if image else ():
+        for key in ("image_dim", "added_kv_proj_dim"):
+            if not configs[part].get(key):
+                raise DiffkitError(f"{directory}'s {part} has {key}={configs[part].get(key)!r}; allowed: a "
+                                   f"positive width (an image-to-video transformer: its CLIP image states)")
 
 
 def load_chronoedit(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
@@ -208,22 +198,16 @@ def load_chronoedit(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     through diffusers' converters), read and checked first (:func:`.chronoedit_lora.read_chronoedit_loras`), fused
     into the transformer as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
     (:func:`.sd_lora.merge_sd_loras`)."""
-    from . import from_pretrained, library_progress_bars
     from .chronoedit_lora import read_chronoedit_loras
     from .sd_lora import merge_sd_loras
-    from .wan import check_widths, load_wan_parts
-    diffusers, transformers = require("diffusers"), require("transformers")
+    from .wan import check_widths, load_clip, load_wan_parts
+    diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_chronoedit_folder(directory)
     loras = read_chronoedit_loras(lora) if lora else []
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.ChronoEditTransformer3DModel, device,
                                              dtype, progress)
-    with library_progress_bars(progress):
-        encoder = from_pretrained(transformers.CLIPVisionModel, directory / "image_encoder", local_files_only=True,
-                                  torch_dtype=dtype, use_safetensors=True)
-        processor = from_pretrained(transformers.CLIPImageProcessor, directory / "image_processor",
-                                    local_files_only=True)
-    encoder = encoder.to(device).eval().requires_grad_(False)
+    encoder, processor = load_clip(directory, device, dtype, progress)
     model = ChronoEdit(**parts, image_encoder=encoder, image_processor=processor, scheduler_config=sched,
                        schedule=schedule, device=device, dtype=dtype)
     check_widths(directory, ((model.transformer.config.text_dim, model.text_encoder.config.d_model, "text_dim"),
@@ -309,4 +293,5 @@ def edit_image(model: ChronoEdit, images, prompts: Union[str, Sequence[str]], *,
 
 
 __all__ = ["ChronoEdit", "ChronoEditNet", "load_chronoedit", "is_chronoedit_folder", "check_chronoedit_folder",
-           "check_frames", "edit_image", "CHRONOEDIT_PIPELINE", "CHRONOEDIT_GUIDANCE", "CHRONOEDIT_STEPS"]
+           "check_frames", "check_image_to_video_configs", "edit_image", "CHRONOEDIT_PIPELINE", "CHRONOEDIT_GUIDANCE",
+           "CHRONOEDIT_STEPS"]

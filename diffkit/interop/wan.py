@@ -35,7 +35,8 @@ video of a causal 3-D VAE (``AutoencoderKLWan``: 1 + 4 k frames -> 1 + k latent 
   (``output_type="pt"`` is that in [0, 1]); ``return_latents``: the final latents (B, C, F, h, w).
 
 The pieces a Wan image-to-video folder shares (the folder's grid and prompts, :class:`WanFolder`; the transformer as a
-Denoiser, :class:`WanNet`) live here; :mod:`.chronoedit` builds on them. Refused in one line before any weight is read
+Denoiser, :class:`WanNet`; the image condition and CLIP states) live here; :mod:`.chronoedit` and :mod:`.wan_i2v`
+build on them. Refused in one line before any weight is read
 (:func:`check_wan_folder`): another pipeline class, a missing component, parts of other classes, a transformer with
 CLIP image states or whose channels are not the VAE's z_dim, patches other than (1, 2, 2), a VAE patched otherwise
 than Wan 2.2's, a ``boundary_ratio`` without ``transformer_2`` or outside (0, 1), a scheduler diffkit's samplers do not
@@ -71,9 +72,10 @@ SIZE_MULTIPLE = 16  # its check_inputs
 class WanNet(torch.nn.Module):
     """``net(z, t, context, image=None, condition=None)`` over a Wan video transformer on latent videos z (B, C, F,
     h, w): ``context`` (UMT5's states) its text states, ``image`` (CLIP's, image-to-video) its
-    ``encoder_hidden_states_image``, ``condition`` (image-to-video) concatenated after z along the channels; ``t`` the
-    flow time s T (floored with ``whole_timesteps``), with ``expand_timesteps`` (Wan 2.2 TI2V-5B) given per patch
-    token, (B, F h / 2 w / 2), as the pipeline does; the velocity in z's dtype."""
+    ``encoder_hidden_states_image`` (a first-last-frame transformer's, ``pos_embed``: those of [image, last] a video,
+    (B, 2 N, d), handed over as (2 B, N, d)), ``condition`` (image-to-video) concatenated after z along the channels;
+    ``t`` the flow time s T (floored with ``whole_timesteps``), with ``expand_timesteps`` (Wan 2.2 TI2V-5B) given per
+    patch token, (B, F h / 2 w / 2), as the pipeline does; the velocity in z's dtype."""
 
     def __init__(self, transformer, whole_timesteps: bool = False, expand_timesteps: bool = False):
         super().__init__()
@@ -86,6 +88,8 @@ class WanNet(torch.nn.Module):
         dtype = model_dtype(self.model)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         z = x if condition is None else torch.cat([x, condition.to(x.dtype)], dim=1)
+        if image is not None and getattr(self.model.condition_embedder.image_embedder, "pos_embed", None) is not None:
+            image = image.reshape(-1, image.shape[1] // 2, image.shape[2])  # first-last frame: (2 B, N, d) (wan_i2v)
         extra = {} if image is None else {"encoder_hidden_states_image": image.to(dtype)}
         t = t.floor() if self.whole_timesteps else t
         if self.expand_timesteps:  # the pipeline's (mask[0][0][:, ::2, ::2] * t).flatten() of an all-ones mask
@@ -210,6 +214,34 @@ class WanFolder(FrameVAE):
         keep = torch.arange(states.shape[1], device=self.device)[None] < mask.sum(dim=1, keepdim=True)
         return (states * keep[..., None].to(states.dtype)).to(model_dtype(self.transformer))
 
+    def encode_images(self, images: Sequence) -> torch.Tensor:
+        """CLIP's penultimate hidden states (B, N, d) of PIL ``images`` through the folder's image processor
+        (``encode_image``; an image-to-video folder's ``image_encoder`` / ``image_processor``), in the transformer's
+        dtype."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt").pixel_values
+        with torch.no_grad():
+            out = self.image_encoder(pixel_values=pixels.to(self.device, self.image_encoder.dtype),
+                                     output_hidden_states=True)
+        return out.hidden_states[-2].to(model_dtype(self.transformer))
+
+    def condition(self, pixels: torch.Tensor, frames: int, last: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[mask, z_cond] (B, 4 + C, F, h, w) of images (B, 3, H, W) in [-1, 1] (an image-to-video pipeline's
+        ``prepare_latents``): the image then ``frames`` - 1 zero frames through the Wan VAE (posterior mean),
+        normalised, the mask 1 on the first latent frame. ``last`` (B, 3, H, W): the video's last frame too
+        (``WanImageToVideoPipeline``'s ``last_image``: frames - 2 zero frames between, the mask 1 on the last pixel
+        frame, i.e. the last latent frame's last mask channel)."""
+        from .stable_diffusion import vae_latents
+        between = frames - 1 if last is None else frames - 2
+        video = torch.cat([pixels[:, :, None], pixels.new_zeros(*pixels.shape[:2], between, *pixels.shape[2:])]
+                          + ([] if last is None else [last[:, :, None].to(pixels)]), dim=2)
+        z = vae_latents(self.vae, video, self.device).float()
+        mean, std = (s[:, :, None] for s in self._stats(z))
+        mask = torch.zeros(z.shape[0], self.temporal_factor, *z.shape[2:], device=z.device, dtype=z.dtype)
+        mask[:, :, 0] = 1
+        if last is not None:
+            mask[:, -1, -1] = 1
+        return torch.cat([mask, (z - mean) / std], dim=1)
+
     def start_latents(self, steps, sampler, options: dict, shape: tuple, latents, seed) -> tuple:
         """(steps, grid, sampler, its options, z at s = 1) of a Wan pipeline's loop: ``steps`` (default
         :attr:`default_steps`) of the scheduler's grid, ``sampler`` None for the scheduler's own step
@@ -253,6 +285,14 @@ class WanFolder(FrameVAE):
             mean, std = (s[:, :, None] for s in self._stats(z))
             return self.vae.decode(z / (1.0 / std) + mean, return_dict=False)[0].float().transpose(1, 2)
 
+    def output_videos(self, latents: torch.Tensor, output_range: str, return_latents: bool) -> torch.Tensor:
+        """A run's result: the final ``latents`` with ``return_latents``, else their frames (:meth:`decode_video`)
+        clamped to ``output_range`` ("-1,1" or "0,1")."""
+        if return_latents:
+            return latents
+        videos = self.decode_video(latents)
+        return (videos / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else videos.clamp(-1, 1)
+
 
 @dataclass
 class Wan(WanFolder):
@@ -287,6 +327,26 @@ class Wan(WanFolder):
         denoiser = Denoiser(WanNet(transformer, self.whole_timesteps, self.expand_timesteps), self.schedule,
                             "flow_prediction")
         denoiser.model = transformer
+        return denoiser
+
+    def guided_denoiser(self, grid, steps: int, scale: float, convention: str, null, guidance_scale_2=None):
+        """The denoiser of a run on ``grid`` (``steps`` of the scheduler): CFG at ``scale`` in ``convention`` against
+        the negative prompt's states ``null`` (None: unguided); a Wan 2.2 A14B folder's two experts
+        (:class:`TwoExperts`), ``transformer_2`` guided at ``guidance_scale_2`` (default ``scale``), switched at the
+        pipeline's step (:func:`expert_boundary`); ``guidance_scale_2`` on one expert: one line."""
+        from ..guidance import ClassifierFreeGuidance
+        if guidance_scale_2 is not None and self.transformer_2 is None:
+            raise DiffkitError(f"guidance_scale_2={guidance_scale_2!r} is not allowed: it guides Wan 2.2 A14B's "
+                               f"low-noise expert (transformer_2 with boundary_ratio), which this folder does not have")
+        scale_2 = scale if guidance_scale_2 is None else guidance_scale_2  # the pipeline's default
+
+        def guide(denoiser, s: float):
+            return ClassifierFreeGuidance(denoiser, s, convention, null_context=null) if null is not None else denoiser
+        denoiser = guide(self.denoiser(), scale)
+        if self.transformer_2 is not None:
+            boundary = self.boundary_ratio * self.schedule.num_timesteps  # the pipeline's boundary_timestep
+            denoiser = TwoExperts(denoiser, guide(self.denoiser(self.transformer_2), scale_2),
+                                  expert_boundary(grid, self.scheduler_timesteps(steps), boundary))
         return denoiser
 
 
@@ -382,6 +442,32 @@ def load_wan_parts(directory: Path, index: dict, sched: dict, transformer_cls, d
     return parts, schedule, frozen_on(parts, device)
 
 
+def load_second_expert(directory: Path, index: dict, device, dtype, progress: bool) -> tuple:
+    """(``transformer_2``, boundary_ratio) of a checked Wan 2.2 A14B folder (:func:`check_experts`), frozen on
+    ``device``; (None, None) for one expert."""
+    if not check_experts(directory, index):
+        return None, None
+    from . import from_pretrained, library_progress_bars
+    diffusers = require("diffusers")
+    with library_progress_bars(progress):
+        second = from_pretrained(diffusers.WanTransformer3DModel, directory / "transformer_2",
+                                 local_files_only=True, torch_dtype=dtype, use_safetensors=True)
+    return second.to(device).eval().requires_grad_(False), float(index["boundary_ratio"])
+
+
+def load_clip(directory: Path, device, dtype, progress: bool) -> tuple:
+    """(CLIPVisionModel frozen on ``device``, CLIPImageProcessor) of an image-to-video folder's ``image_encoder`` /
+    ``image_processor``."""
+    from . import from_pretrained, library_progress_bars
+    transformers = require("transformers")
+    with library_progress_bars(progress):
+        encoder = from_pretrained(transformers.CLIPVisionModel, directory / "image_encoder", local_files_only=True,
+                                  torch_dtype=dtype, use_safetensors=True)
+        processor = from_pretrained(transformers.CLIPImageProcessor, directory / "image_processor",
+                                    local_files_only=True)
+    return encoder.to(device).eval().requires_grad_(False), processor
+
+
 def check_widths(directory, widths) -> None:
     """One line for the first (have, need, what) of ``widths`` where the transformer's config ``what`` is not its
     encoder's width."""
@@ -407,13 +493,7 @@ def load_wan(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     loras = read_wan_loras(lora, "Wan", WAN_PIPELINE) if lora else []
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanTransformer3DModel, device, dtype,
                                              progress)
-    second, ratio = None, None
-    if check_experts(directory, index):
-        from . import from_pretrained, library_progress_bars
-        with library_progress_bars(progress):
-            second = from_pretrained(diffusers.WanTransformer3DModel, directory / "transformer_2",
-                                     local_files_only=True, torch_dtype=dtype, use_safetensors=True)
-        second, ratio = second.to(device).eval().requires_grad_(False), float(index["boundary_ratio"])
+    second, ratio = load_second_expert(directory, index, device, dtype, progress)
     model = Wan(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype, transformer_2=second,
                 boundary_ratio=ratio, expand_timesteps=bool(index.get("expand_timesteps")))
     check_widths(directory, [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
@@ -460,7 +540,6 @@ def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_pr
     (the pipeline's ``latents``), default N(0, I) from per-video ``seed + i``. Returns frames in ``output_range``
     ("-1,1" or "0,1"), or with ``return_latents`` the final latents (B, C, F, h, w)."""
     from ..errors import check_choice
-    from ..guidance import ClassifierFreeGuidance
     from .stable_diffusion import OUTPUT_RANGES, negative_prompts, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
@@ -470,25 +549,11 @@ def text_to_video(model: Wan, prompts: Union[str, Sequence[str]], *, negative_pr
     model.check_size(height, width)
     shape = model.latent_video_shape(len(prompts), frames, height, width)
     steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
-    if guidance_scale_2 is not None and model.transformer_2 is None:
-        raise DiffkitError(f"guidance_scale_2={guidance_scale_2!r} is not allowed: it guides Wan 2.2 A14B's "
-                           f"low-noise expert (transformer_2 with boundary_ratio), which this folder does not have")
-    scale_2 = scale if guidance_scale_2 is None else guidance_scale_2  # the pipeline's default
     cond = {"context": model.encode_prompts(prompts)}
     null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts))) if cfg else None
-
-    def guide(denoiser, s: float):
-        return ClassifierFreeGuidance(denoiser, s, convention, null_context=null) if cfg else denoiser
-    denoiser = guide(model.denoiser(), scale)
-    if model.transformer_2 is not None:
-        boundary = model.boundary_ratio * model.schedule.num_timesteps  # WanPipeline's boundary_timestep
-        denoiser = TwoExperts(denoiser, guide(model.denoiser(model.transformer_2), scale_2),
-                              expert_boundary(grid, model.scheduler_timesteps(steps), boundary))
+    denoiser = model.guided_denoiser(grid, steps, scale, convention, null, guidance_scale_2)
     z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
-    if return_latents:
-        return z
-    videos = model.decode_video(z)
-    return (videos / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else videos.clamp(-1, 1)
+    return model.output_videos(z, output_range, return_latents)
 
 
 __all__ = ["Wan", "WanFolder", "WanNet", "TwoExperts", "load_wan", "is_wan_folder", "check_wan_folder", "check_frames",
