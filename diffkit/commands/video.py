@@ -27,6 +27,7 @@ VIDEO_KINDS: dict[str, str] = {
     "AnimateDiffPipeline": "._video_animatediff",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
+    "Kandinsky5T2VPipeline": "._video_kandinsky5",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",

@@ -81,12 +81,13 @@ def check_frames(frames, factor: int = 4) -> int:
     return frames
 
 
-def check_size(height, width) -> None:
-    """One line unless height and width are positive multiples of 16 (``check_inputs``)."""
+def check_size(height, width, pipeline: str = HUNYUAN_VIDEO_PIPELINE) -> None:
+    """One line unless height and width are positive multiples of 16 (``pipeline``'s ``check_inputs``; Kandinsky 5's
+    video pipelines' too)."""
     for value in (height, width):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
             raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
-                               f"{SIZE_MULTIPLE} ({HUNYUAN_VIDEO_PIPELINE}'s check_inputs)")
+                               f"{SIZE_MULTIPLE} ({pipeline}'s check_inputs)")
 
 
 class HunyuanVideoNet(torch.nn.Module):
