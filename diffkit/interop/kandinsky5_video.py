@@ -40,6 +40,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError
+from .hunyuan_video import HunyuanVideoVAE
 from .kandinsky5 import KANDINSKY5_T2V_PIPELINE, REQUIRED, Kandinsky5, Kandinsky5Net
 
 KANDINSKY5_VIDEO_CLASSES = {"transformer": ("Kandinsky5Transformer3DModel",), "vae": ("AutoencoderKLHunyuanVideo",),
@@ -121,9 +122,10 @@ class Kandinsky5VideoNet(Kandinsky5Net):
 
 
 @dataclass
-class Kandinsky5Video(Kandinsky5):
+class Kandinsky5Video(HunyuanVideoVAE, Kandinsky5):
     """The loaded components of a ``Kandinsky5T2VPipeline`` folder (:func:`load_kandinsky5_video`): a
-    :class:`~.kandinsky5.Kandinsky5` with the video template, defaults and VAE."""
+    :class:`~.kandinsky5.Kandinsky5` with the video template and defaults, and HunyuanVideo's VAE
+    (:class:`~.hunyuan_video.HunyuanVideoVAE`: its factors, decoding)."""
 
     default_guidance_scale = KANDINSKY5_VIDEO_GUIDANCE
     default_steps = KANDINSKY5_VIDEO_STEPS
@@ -131,16 +133,6 @@ class Kandinsky5Video(Kandinsky5):
     default_size = KANDINSKY5_VIDEO_SIZE
     prompt_template = VIDEO_PROMPT_TEMPLATE
     template_drop = VIDEO_TEMPLATE_DROP
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_spatial`` (the VAE's ``spatial_compression_ratio``, 8)."""
-        return int(self.vae.config.spatial_compression_ratio)
-
-    @property
-    def temporal_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_temporal`` (the VAE's ``temporal_compression_ratio``, 4)."""
-        return int(self.vae.config.temporal_compression_ratio)
 
     def video_denoiser(self, height: int, width: int):
         """The unguided flow-prediction Denoiser (:class:`Kandinsky5VideoNet` at :func:`rope_scale` of height x
@@ -155,10 +147,7 @@ class Kandinsky5Video(Kandinsky5):
         """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latents (B, C, F, h, w): x = D(z / scaling_factor),
         z laid out channel-last in memory as the pipeline hands it to the VAE (its convolutions pick their algorithm
         by the strides, :meth:`.kandinsky5.Kandinsky5.decode`)."""
-        z = latents.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
-        with torch.no_grad():
-            z = z.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
-            return self.vae.decode(z, return_dict=False)[0].float().permute(0, 2, 1, 3, 4)
+        return super().decode_video(latents.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3))
 
 
 def load_kandinsky5_video(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
@@ -190,11 +179,10 @@ def text_to_video(model: Kandinsky5Video, prompts: Union[str, Sequence[str]], *,
     video i's from ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1": the pipeline's
     ``output_type="pt"``), or with ``return_latents`` the final latents (its ``output_type="latent"``, permuted)."""
     from ..errors import check_choice
-    from ..noise import generators_from_seed, randn
     from ..sampling import sample
     from .auraflow import guided
     from .flow_latents import pipeline_grid
-    from .hunyuan_video import check_frames, check_size
+    from .hunyuan_video import start_video
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     if not isinstance(model, Kandinsky5Video):
         raise DiffkitError(f"text_to_video needs a {KANDINSKY5_T2V_PIPELINE} folder (load_kandinsky5_video); this "
@@ -204,19 +192,10 @@ def text_to_video(model: Kandinsky5Video, prompts: Union[str, Sequence[str]], *,
     scale = model.default_guidance_scale if guidance_scale is None else guidance_scale
     if guided(scale, convention, negative_prompt) and negative_prompt is None:
         negative_prompt = DEFAULT_NEGATIVE_PROMPT
-    frames = check_frames(model.default_frames if num_frames is None else num_frames, model.temporal_factor)
-    height = model.default_size[0] if height is None else height
-    width = model.default_size[1] if width is None else width
-    check_size(height, width, KANDINSKY5_T2V_PIPELINE)
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, model.default_steps, model.scheduler_grid,
                                          options.get("flow_shift"))
-    f = model.vae_scale_factor
-    shape = (len(prompts), int(model.transformer.config.in_visual_dim), (frames - 1) // model.temporal_factor + 1,
-             height // f, width // f)
-    if latents is None:
-        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
-    elif tuple(latents.shape) != shape:
-        raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+    latents, height, width = start_video(model, len(prompts), int(model.transformer.config.in_visual_dim),
+                                         num_frames, height, width, seed, latents, KANDINSKY5_T2V_PIPELINE)
     denoiser, cond = model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length,
                                            denoiser=model.video_denoiser(height, width))
     state = model.dtype  # the pipeline's latents and scheduler state: the transformer's dtype
