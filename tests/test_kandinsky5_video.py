@@ -138,3 +138,33 @@ def test_kandinsky5_video_refusals_are_one_line(kandinsky5_video, tmp_path, caps
         with pytest.raises(DiffkitError, match=expected) as err:
             check_kandinsky5_video_folder(bad)
         assert "\n" not in str(err.value)
+
+
+def test_kandinsky5_video_lora_is_load_lora_weights_and_fuse_lora(kandinsky5_video, tmp_path, capsys):
+    """A diffusers-format file (Kandinsky5T2VPipeline.save_lora_weights, the image folders' modules and rank / alpha
+    patterns) at 0.3: load_lora_weights + fuse_lora's weights and final latents (s = 1); ``diffkit video --lora``
+    hands the file to the loader (a kohya key: one line, nothing written)."""
+    from safetensors.torch import save_file
+    from test_kandinsky5_edit import K5_LORA
+    from test_sd_lora import fused_transformer_lora
+    base, path, model = kandinsky5_video
+    lora, fused = fused_transformer_lora(diffusers.Kandinsky5T2VPipeline, path, tmp_path, K5_LORA, scale=0.3,
+                                         loaded=base)
+    ours = load_kandinsky5_video(path, progress=False, lora=[(lora, 0.3)])
+    theirs, before = fused.transformer.state_dict(), model.transformer.state_dict()
+    assert max(float((v - before[k]).abs().max()) for k, v in theirs.items()) > 1e-2
+    assert max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items()) < 1e-6
+    theirs_z, ours_z = _noise()
+    with torch.no_grad():
+        ref = fused(PROMPTS[0], guidance_scale=1.0, latents=theirs_z, num_inference_steps=STEPS, output_type="latent",
+                    **SIZE).frames.permute(0, 4, 1, 2, 3)
+    z = text_to_video(ours, PROMPTS[0], guidance_scale=1.0, latents=ours_z, steps=STEPS, return_latents=True, **SIZE)
+    assert relative_error(z, ref) < 1e-5
+    bad = "lora_unet_visual_transformer_blocks_0_feed_forward_in_layer.lora_down.weight"
+    save_file({bad: torch.zeros(2, 16)}, tmp_path / "bad.safetensors")
+    capsys.readouterr()
+    assert main(["video", "--checkpoint", str(path), "--prompt", "cat", "--no-progress", "--lora",
+                 str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "never" / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"key {bad!r} is not supported on a Kandinsky 5 folder (" in err[0], err
+    assert not (tmp_path / "never").exists()
