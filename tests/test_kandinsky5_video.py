@@ -108,7 +108,10 @@ def test_kandinsky5_video_refusals_are_one_line(kandinsky5_video, tmp_path, caps
     """Before any weight is read, nothing written: diffkit sample / edit on the folder (naming diffkit video), frames
     not 4 k + 1, a size not of 16, a negative prompt without guidance, --image; folders with sparse attention,
     patches other than 1 x 2 x 2, channels not the VAE's, a dynamic-shifting scheduler."""
-    _, path, _ = kandinsky5_video
+    from diffkit.interop.kandinsky5 import text_to_image
+    _, path, model = kandinsky5_video
+    with pytest.raises(DiffkitError, match="folder: make videos with diffkit.interop.kandinsky5_video.text_to_video"):
+        text_to_image(model, "cat")
     video = ["video", "--checkpoint", str(path), "--prompt", "cat", "--no-progress"]
     (tmp_path / "a.png").write_bytes(b"")
     for argv, expected in [

@@ -30,13 +30,14 @@ conditioned on Qwen2.5-VL's last hidden states and CLIP's pooled embedding. diff
   generator: give ``latents`` (permuted) to match it.
 
 An image-to-image folder (``Kandinsky5I2IPipeline``, its transformer with ``visual_cond``: the image's latents as
-channels) is driven by :mod:`.kandinsky5_edit`. Refused in one line before any weight is read
-(:func:`check_kandinsky5_folder`): the video folders (``Kandinsky5T2VPipeline`` / ``Kandinsky5I2VPipeline``), a missing
-component or one of another class, a transformer whose ``visual_cond`` is not its pipeline's, whose channels are not the
-VAE's latent channels, or whose temporal patch is not 1, a VAE whose factor is not 8, a ``use_dynamic_shifting``
-scheduler. LoRA files (both pipelines' ``KandinskyLoraLoaderMixin``, which converts nothing: diffusers / PEFT
-``transformer.`` keys, as ``save_lora_weights`` writes them) are fused into the transformer as ``load_lora_weights`` +
-``fuse_lora`` (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`).
+channels) is driven by :mod:`.kandinsky5_edit`, a text-to-video folder (``Kandinsky5T2VPipeline``) by
+:mod:`.kandinsky5_video` (loaded here). Refused in one line before any weight is read (:func:`check_kandinsky5_folder`):
+the image-to-video folders (``Kandinsky5I2VPipeline``), a missing component or one of another class, a transformer whose
+``visual_cond`` is not its pipeline's, whose channels are not the VAE's latent channels, or whose temporal patch is not
+1, a VAE whose factor is not 8, a ``use_dynamic_shifting`` scheduler. LoRA files (both pipelines'
+``KandinskyLoraLoaderMixin``, which converts nothing: diffusers / PEFT ``transformer.`` keys, as ``save_lora_weights``
+writes them) are fused into the transformer as ``load_lora_weights`` + ``fuse_lora``
+(:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`).
 """
 from __future__ import annotations
 
@@ -337,8 +338,11 @@ def text_to_image(model: Kandinsky5, prompts: Union[str, Sequence[str]], **optio
     ``resolution_binning``: refused (the pipeline's own resolution list applies)."""
     from .pixart import text_to_image as pixart_text_to_image
     if model.pipeline != KANDINSKY5_PIPELINE:
+        how = "make videos with diffkit.interop.kandinsky5_video.text_to_video" \
+            if model.pipeline == KANDINSKY5_T2V_PIPELINE else \
+            "edit an image with diffkit.interop.kandinsky5_edit.edit_image"
         raise DiffkitError(f"text_to_image needs a {KANDINSKY5_PIPELINE} folder; this one is a {model.pipeline} "
-                           f"folder: edit an image with diffkit.interop.kandinsky5_edit.edit_image")
+                           f"folder: {how}")
     if options.get("resolution_binning"):
         raise DiffkitError("resolution_binning is not allowed for a Kandinsky 5 folder (Kandinsky5T2IPipeline draws "
                            "one of its own seven resolutions)")
