@@ -271,6 +271,7 @@ SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.inte
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
+KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_video`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -345,7 +346,8 @@ HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",
                                                                      "StableUnCLIPImg2ImgPipeline"], "UC"),
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
-                                                    (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV")])
+                                                    (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
+                                                    (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline"], "KV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -116,7 +116,7 @@ def test_bad_kandinsky5_arguments_are_one_line_errors(kandinsky5):
 
 
 @pytest.mark.parametrize("file,change,expected", [  # RKF1
-    ("model_index.json", {"_class_name": "Kandinsky5T2VPipeline"}, "Kandinsky5T2VPipeline folder, a video pipeline"),
+    ("model_index.json", {"_class_name": "Kandinsky5T2VPipeline"}, "vae is a .AutoencoderKL.; allowed: Autoenco"),
     ("model_index.json", {"_class_name": "Kandinsky5I2IPipeline"}, "visual_cond = 4, 4, False; allowed: .* true"),
     ("model_index.json", {"text_encoder_2": ["transformers", "T5EncoderModel"]}, "text_encoder_2 is a 'T5Encoder"),
     ("transformer/config.json", {"visual_cond": True}, "visual_cond = 4, 4, True; allowed"),

@@ -34,6 +34,7 @@ VIDEO_KINDS: dict[str, str] = {
     "LTXPipeline": "._video_ltx",
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
     "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
+    "Kandinsky5T2VPipeline": "._video_kandinsky5",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",

@@ -81,12 +81,33 @@ def check_frames(frames, factor: int = 4) -> int:
     return frames
 
 
-def check_size(height, width) -> None:
-    """One line unless height and width are positive multiples of 16 (``check_inputs``)."""
+def check_size(height, width, pipeline: str = HUNYUAN_VIDEO_PIPELINE) -> None:
+    """One line unless height and width are positive multiples of 16 (``pipeline``'s ``check_inputs``; Kandinsky 5's
+    video pipelines' too)."""
     for value in (height, width):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
             raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
-                               f"{SIZE_MULTIPLE} ({HUNYUAN_VIDEO_PIPELINE}'s check_inputs)")
+                               f"{SIZE_MULTIPLE} ({pipeline}'s check_inputs)")
+
+
+def start_video(model, batch: int, channels: int, num_frames, height, width, seed, latents,
+                pipeline: str = HUNYUAN_VIDEO_PIPELINE) -> tuple:
+    """(z at s = 1 (B, C, F, h, w), height, width) of a text-to-video call on an ``AutoencoderKLHunyuanVideo``
+    folder (:class:`HunyuanVideoVAE`; ``model.default_frames`` / ``default_size`` where None): frames 4 k + 1 and
+    ``pipeline``'s sizes checked (:func:`check_frames`, :func:`check_size`), ``latents`` checked against the shape,
+    else N(0, I), video i's from ``seed + i``."""
+    from ..noise import generators_from_seed, randn
+    frames = check_frames(model.default_frames if num_frames is None else num_frames, model.temporal_factor)
+    height = model.default_size[0] if height is None else height
+    width = model.default_size[1] if width is None else width
+    check_size(height, width, pipeline)
+    f = model.vae_scale_factor
+    shape = (batch, channels, (frames - 1) // model.temporal_factor + 1, height // f, width // f)
+    if latents is None:
+        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
+    elif tuple(latents.shape) != shape:
+        raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+    return latents, height, width
 
 
 class HunyuanVideoNet(torch.nn.Module):
@@ -115,8 +136,29 @@ class HunyuanVideoNet(torch.nn.Module):
                           return_dict=False)[0].to(x.dtype)
 
 
+class HunyuanVideoVAE:
+    """The factors and decoding of a folder's ``AutoencoderKLHunyuanVideo`` (``vae``; HunyuanVideo's, Kandinsky 5
+    video's, :mod:`.kandinsky5_video`)."""
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """The pipeline's ``vae_scale_factor_spatial`` (the VAE's ``spatial_compression_ratio``, 8)."""
+        return int(self.vae.config.spatial_compression_ratio)
+
+    @property
+    def temporal_factor(self) -> int:
+        """The pipeline's ``vae_scale_factor_temporal`` (the VAE's ``temporal_compression_ratio``, 4)."""
+        return int(self.vae.config.temporal_compression_ratio)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latents (B, C, F, h, w): x = D(z / scaling_factor)."""
+        with torch.no_grad():
+            z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
+            return self.vae.decode(z, return_dict=False)[0].float().permute(0, 2, 1, 3, 4)
+
+
 @dataclass
-class HunyuanVideo(FlowLatentVAE):
+class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
     """The loaded components of a ``HunyuanVideoPipeline`` folder (:func:`load_hunyuan_video`)."""
 
     transformer: object
@@ -134,16 +176,6 @@ class HunyuanVideo(FlowLatentVAE):
     default_steps = HUNYUAN_VIDEO_STEPS
     default_frames = HUNYUAN_VIDEO_FRAMES
     default_size = HUNYUAN_VIDEO_SIZE
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_spatial`` (the VAE's ``spatial_compression_ratio``, 8)."""
-        return int(self.vae.config.spatial_compression_ratio)
-
-    @property
-    def temporal_factor(self) -> int:
-        """The pipeline's ``vae_scale_factor_temporal`` (the VAE's ``temporal_compression_ratio``, 4)."""
-        return int(self.vae.config.temporal_compression_ratio)
 
     @property
     def guidance_embeds(self) -> bool:
@@ -217,12 +249,6 @@ class HunyuanVideo(FlowLatentVAE):
             pooled = self.text_encoder_2(clip.input_ids.to(self.device), output_hidden_states=False).pooler_output
         context = states.to(self.text_encoder.dtype)[:, crop:].to(dtype)
         return context, tokens.attention_mask[:, crop:], pooled.to(dtype)
-
-    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latents (B, C, F, h, w): x = D(z / scaling_factor)."""
-        with torch.no_grad():
-            z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
-            return self.vae.decode(z, return_dict=False)[0].float().permute(0, 2, 1, 3, 4)
 
 
 def is_hunyuan_video_folder(path) -> bool:
@@ -318,7 +344,6 @@ def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, ne
     pipeline's ``output_type="pt"``), or with ``return_latents`` the final latents (its ``output_type="latent"``)."""
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
-    from ..noise import generators_from_seed, randn
     from ..sampling import sample
     from .flow_latents import pipeline_grid
     from .flux import check_true_cfg
@@ -328,19 +353,10 @@ def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, ne
     prompts = prompt_list(prompts)
     model.check_guidance_scale(guidance_scale)
     check_true_cfg(true_cfg_scale, negative_prompt)
-    frames = model.check_frames(model.default_frames if num_frames is None else num_frames)
-    height = model.default_size[0] if height is None else height
-    width = model.default_size[1] if width is None else width
-    check_size(height, width)
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, model.default_steps, model.scheduler_grid,
                                          options.get("flow_shift"))
-    f = model.vae_scale_factor
-    shape = (len(prompts), int(model.transformer.config.in_channels), (frames - 1) // model.temporal_factor + 1,
-             height // f, width // f)
-    if latents is None:
-        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
-    elif tuple(latents.shape) != shape:
-        raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+    latents, _, _ = start_video(model, len(prompts), int(model.transformer.config.in_channels), num_frames, height,
+                                width, seed, latents)
     context, mask, pooled = model.encode_prompts(prompts, max_sequence_length)
     cond = {"context": context, "mask": mask, "pooled": pooled}
     denoiser = model.denoiser(guidance_scale)
@@ -362,4 +378,5 @@ def text_to_video(model: HunyuanVideo, prompts: Union[str, Sequence[str]], *, ne
 
 __all__ = ["HunyuanVideo", "HunyuanVideoNet", "load_hunyuan_video", "is_hunyuan_video_folder",
            "check_hunyuan_video_folder", "text_to_video", "prompt_template", "check_frames", "check_size",
+           "start_video", "HunyuanVideoVAE",
            "HUNYUAN_VIDEO_PIPELINE", "HUNYUAN_VIDEO_GUIDANCE", "HUNYUAN_VIDEO_STEPS", "HUNYUAN_VIDEO_FRAMES"]

@@ -30,13 +30,14 @@ conditioned on Qwen2.5-VL's last hidden states and CLIP's pooled embedding. diff
   generator: give ``latents`` (permuted) to match it.
 
 An image-to-image folder (``Kandinsky5I2IPipeline``, its transformer with ``visual_cond``: the image's latents as
-channels) is driven by :mod:`.kandinsky5_edit`. Refused in one line before any weight is read
-(:func:`check_kandinsky5_folder`): the video folders (``Kandinsky5T2VPipeline`` / ``Kandinsky5I2VPipeline``), a missing
-component or one of another class, a transformer whose ``visual_cond`` is not its pipeline's, whose channels are not the
-VAE's latent channels, or whose temporal patch is not 1, a VAE whose factor is not 8, a ``use_dynamic_shifting``
-scheduler. LoRA files (both pipelines' ``KandinskyLoraLoaderMixin``, which converts nothing: diffusers / PEFT
-``transformer.`` keys, as ``save_lora_weights`` writes them) are fused into the transformer as ``load_lora_weights`` +
-``fuse_lora`` (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`).
+channels) is driven by :mod:`.kandinsky5_edit`, a text-to-video folder (``Kandinsky5T2VPipeline``) by
+:mod:`.kandinsky5_video` (loaded here). Refused in one line before any weight is read (:func:`check_kandinsky5_folder`):
+the image-to-video folders (``Kandinsky5I2VPipeline``), a missing component or one of another class, a transformer whose
+``visual_cond`` is not its pipeline's, whose channels are not the VAE's latent channels, or whose temporal patch is not
+1, a VAE whose factor is not 8, a ``use_dynamic_shifting`` scheduler. LoRA files (both pipelines'
+``KandinskyLoraLoaderMixin``, which converts nothing: diffusers / PEFT ``transformer.`` keys, as ``save_lora_weights``
+writes them) are fused into the transformer as ``load_lora_weights`` + ``fuse_lora``
+(:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`).
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ TEMPLATE_DROP = 40  # its prompt_template_encode_start_idx
 CLIP_LENGTH = 77  # _encode_prompt_clip's max_length
 VAE_FACTOR = 8  # its vae_scale_factor_spatial (fixed)
 RESOLUTIONS = ((1024, 1024), (640, 1408), (1408, 640), (768, 1280), (1280, 768), (896, 1152), (1152, 896))  # (w, h)
-NOT_DRIVEN = {"Kandinsky5T2VPipeline": "a video pipeline (out of diffkit's scope)",
+KANDINSKY5_T2V_PIPELINE = "Kandinsky5T2VPipeline"  # driven by :mod:`.kandinsky5_video` (diffkit video)
+NOT_DRIVEN = {KANDINSKY5_T2V_PIPELINE: "a video pipeline (diffkit.interop.kandinsky5_video, diffkit video)",
               "Kandinsky5I2VPipeline": "a video pipeline (out of diffkit's scope)"}
 
 
@@ -80,28 +82,25 @@ def is_kandinsky5_folder(path) -> bool:
     return str(pipeline_class(path) or "").startswith("Kandinsky5")
 
 
-def check_kandinsky5_folder(directory) -> tuple:
+def check_kandinsky5_folder(directory, video: bool = False) -> tuple:
     """(model_index dict, transformer config, scheduler config) of a ``Kandinsky5T2IPipeline`` or (its transformer
     with ``visual_cond``) ``Kandinsky5I2IPipeline`` folder, checked from its JSON alone (module docstring); a
-    one-line DiffkitError for what diffkit does not drive."""
+    one-line DiffkitError for what diffkit does not drive. ``video``: a ``Kandinsky5T2VPipeline`` folder too
+    (:func:`.kandinsky5_video.check_kandinsky5_video_folder`)."""
     from .schedulers import flow_shift_from_diffusers
     from .sd_xl import pipeline_class
     directory = Path(directory)
     name = pipeline_class(directory)
+    if name == KANDINSKY5_T2V_PIPELINE and video:
+        from .kandinsky5_video import check_kandinsky5_video_folder
+        return check_kandinsky5_video_folder(directory)
     if name in NOT_DRIVEN:
         raise DiffkitError(f"{directory} is a {name} folder, {NOT_DRIVEN[name]}; allowed: {KANDINSKY5_PIPELINE}, "
                            f"{KANDINSKY5_I2I_PIPELINE}")
     pipeline = KANDINSKY5_I2I_PIPELINE if name == KANDINSKY5_I2I_PIPELINE else KANDINSKY5_PIPELINE
     index, config, vae = checked_folder(directory, pipeline, REQUIRED, "Kandinsky 5", KANDINSKY5_CLASSES)
-    latents, edit = int(vae.get("latent_channels", 4)), pipeline == KANDINSKY5_I2I_PIPELINE
-    channels = (config.get("in_visual_dim", 4), config.get("out_visual_dim", 4))
-    if bool(config.get("visual_cond", False)) != edit or channels != (latents, latents):
-        raise DiffkitError(f"{directory}'s transformer has in_visual_dim, out_visual_dim, visual_cond = {channels[0]!r}"
-                           f", {channels[1]!r}, {config.get('visual_cond')!r}; allowed: the VAE's latent channels "
-                           f"{latents} and visual_cond {str(edit).lower()} (the {pipeline}'s transformer)")
-    patch = list(config.get("patch_size", (1, 2, 2)))
-    if len(patch) != 3 or patch[0] != 1:
-        raise DiffkitError(f"{directory}'s transformer has patch_size={patch!r}; allowed: [1, p, p] (one frame)")
+    edit = pipeline == KANDINSKY5_I2I_PIPELINE
+    check_transformer(directory, config, vae, pipeline, (edit,))
     levels = len(vae.get("block_out_channels", (64,)))
     if 2 ** (levels - 1) != VAE_FACTOR:
         raise DiffkitError(f"{directory}'s VAE has {levels} levels (factor {2 ** (levels - 1)}); allowed: factor "
@@ -109,6 +108,21 @@ def check_kandinsky5_folder(directory) -> tuple:
     sched = fixed_shift_scheduler(directory, pipeline)
     flow_shift_from_diffusers(sched)  # its other keys: one line
     return index, config, sched
+
+
+def check_transformer(directory, config: dict, vae: dict, pipeline: str, visual_cond: tuple) -> None:
+    """One line for a transformer config whose channels are not the VAE's latent channels, whose ``visual_cond`` is
+    not one of ``visual_cond`` (the pipeline's), or whose temporal patch is not 1."""
+    latents = int(vae.get("latent_channels", 4))
+    channels = (config.get("in_visual_dim", 4), config.get("out_visual_dim", 4))
+    if bool(config.get("visual_cond", False)) not in visual_cond or channels != (latents, latents):
+        cond = " or ".join(str(v).lower() for v in visual_cond)
+        raise DiffkitError(f"{directory}'s transformer has in_visual_dim, out_visual_dim, visual_cond = {channels[0]!r}"
+                           f", {channels[1]!r}, {config.get('visual_cond')!r}; allowed: the VAE's latent channels "
+                           f"{latents} and visual_cond {cond} (the {pipeline}'s transformer)")
+    patch = list(config.get("patch_size", (1, 2, 2)))
+    if len(patch) != 3 or patch[0] != 1:
+        raise DiffkitError(f"{directory}'s transformer has patch_size={patch!r}; allowed: [1, p, p] (one frame)")
 
 
 def pipeline_resolution(height: int, width: int) -> tuple:
@@ -137,22 +151,29 @@ class Kandinsky5Net(torch.nn.Module):
         if context is None or pooled is None or (reference is None) == bool(self.model.config.visual_cond):
             raise DiffkitError("a Kandinsky 5 transformer needs cond {'context', 'pooled'} (Kandinsky5.encode_prompts)"
                                ", and 'reference' exactly where it has visual_cond (Kandinsky5I2IPipeline's)")
-        dtype, device = model_dtype(self.model), x.device
-        batch, (h, w) = x.shape[0], x.shape[2:]
+        batch = x.shape[0]
         frame = x.permute(0, 2, 3, 1)[:, None]  # (B, 1, h, w, C)
         if reference is not None:  # the pipeline's contiguous channel-last [z_t, z_ref, 1]
             ref = reference.to(x).expand(batch, -1, -1, -1).permute(0, 2, 3, 1)[:, None]
             frame = torch.cat([frame, ref, torch.ones_like(frame[..., :1])], dim=-1)
+        out = self.velocity(frame, t, context, pooled, [1.0, 1.0, 1.0])
+        return out[:, 0].permute(0, 3, 1, 2).to(x.dtype)
+
+    def velocity(self, frames: torch.Tensor, t, context: torch.Tensor, pooled: torch.Tensor,
+                 scale_factor) -> torch.Tensor:
+        """The transformer's output (B, F, h, w, C) on channel-last ``frames`` (B, F, h, w, C'): visual RoPE
+        positions 0..F-1, 0..h/p-1, 0..w/p-1 at RoPE ``scale_factor``, text positions 0..L-1, no sparse attention."""
+        dtype, device = model_dtype(self.model), frames.device
+        batch, (f, h, w) = frames.shape[0], frames.shape[1:4]
         _, ph, pw = self.model.config.patch_size
         t = torch.as_tensor(t, device=device, dtype=torch.float32).reshape(-1).expand(batch)
-        rope = [torch.arange(1, device=device), torch.arange(h // ph, device=device),
+        rope = [torch.arange(f, device=device), torch.arange(h // ph, device=device),
                 torch.arange(w // pw, device=device)]
-        out = self.model(hidden_states=frame.to(dtype),
-                         encoder_hidden_states=context.to(dtype).expand(batch, -1, -1),
-                         pooled_projections=pooled.to(dtype).expand(batch, -1), timestep=t.to(dtype),
-                         visual_rope_pos=rope, text_rope_pos=torch.arange(context.shape[1], device=device),
-                         scale_factor=[1.0, 1.0, 1.0], sparse_params=None, return_dict=True).sample
-        return out[:, 0].permute(0, 3, 1, 2).to(x.dtype)
+        return self.model(hidden_states=frames.to(dtype),
+                          encoder_hidden_states=context.to(dtype).expand(batch, -1, -1),
+                          pooled_projections=pooled.to(dtype).expand(batch, -1), timestep=t.to(dtype),
+                          visual_rope_pos=rope, text_rope_pos=torch.arange(context.shape[1], device=device),
+                          scale_factor=scale_factor, sparse_params=None, return_dict=True).sample
 
 
 @dataclass
@@ -166,6 +187,8 @@ class Kandinsky5(AuraFlow):
 
     default_guidance_scale = KANDINSKY5_GUIDANCE
     default_steps = KANDINSKY5_STEPS
+    prompt_template = PROMPT_TEMPLATE  # the pipeline's (its video pipelines': their own, .kandinsky5_video)
+    template_drop = TEMPLATE_DROP
 
     @property
     def vae_scale_factor(self) -> int:
@@ -210,17 +233,18 @@ class Kandinsky5(AuraFlow):
     def qwen_states(self, prompts: list, length: int) -> torch.Tensor:
         """Qwen2.5-VL's last hidden states of the cleaned ``prompts`` in the template, less its first 40 tokens, at
         the batch's padded length (at most ``length``; longer prompts cut as the pipeline's text-level cut)."""
-        texts, limit = [PROMPT_TEMPLATE.format(p) for p in prompts], TEMPLATE_DROP + length
+        drop = self.template_drop
+        texts, limit = [self.prompt_template.format(p) for p in prompts], drop + length
         ids = self.tokenizer(texts, return_tensors="pt", padding="longest")["input_ids"]
         if ids.shape[-1] > limit:  # the pipeline's text-level cut of over-long prompts
             for i, text in enumerate(texts):
-                removed = self.tokenizer.decode(ids[i][TEMPLATE_DROP:-2][length - 2:])
+                removed = self.tokenizer.decode(ids[i][drop:-2][length - 2:])
                 if removed:
                     texts[i] = text[:-len(removed)]
         tokens = self.tokenizer(texts, max_length=limit, truncation=True, return_tensors="pt", padding=True)
         with torch.no_grad():
             return self.text_encoder(input_ids=tokens["input_ids"].to(self.device), return_dict=True,
-                                     output_hidden_states=True)["hidden_states"][-1][:, TEMPLATE_DROP:]
+                                     output_hidden_states=True)["hidden_states"][-1][:, drop:]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor) (no shift) of z (B, C, h, w) laid out in memory as the pipeline hands it to the
@@ -264,7 +288,8 @@ class Kandinsky5(AuraFlow):
 def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                     progress: bool = True, lora=None) -> Kandinsky5:
     """Load a ``Kandinsky5T2IPipeline`` (or ``Kandinsky5I2IPipeline``: a :class:`.kandinsky5_edit.Kandinsky5Edit`
-    with the processor's image processor) diffusers folder (never downloads, never unpickles); what diffkit does not
+    with the processor's image processor; ``Kandinsky5T2VPipeline``: a :class:`.kandinsky5_video.Kandinsky5Video`
+    with its ``AutoencoderKLHunyuanVideo``) diffusers folder (never downloads, never unpickles); what diffkit does not
     drive is refused in one line before any weight is read (:func:`check_kandinsky5_folder`). The ``tokenizer``
     entry (a ``Qwen2VLProcessor``) is read as its tokenizer: the pipeline gives it text alone. ``lora``: LoRA files
     (paths or (path, scale) pairs) with diffusers / PEFT ``transformer.`` keys (``KandinskyLoraLoaderMixin`` converts
@@ -276,8 +301,8 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, _, sched = check_kandinsky5_folder(directory)
-    edit = index["_class_name"] == KANDINSKY5_I2I_PIPELINE
+    index, _, sched = check_kandinsky5_folder(directory, video=True)
+    edit, video = index["_class_name"] == KANDINSKY5_I2I_PIPELINE, index["_class_name"] == KANDINSKY5_T2V_PIPELINE
     loras = read_transformer_loras(lora, "Kandinsky 5", "a Kandinsky 5 folder", index["_class_name"],
                                    flux_check=False) if lora else []
     if edit:  # the Qwen2VLProcessor's image processor too (.kandinsky5_edit), read before any weight
@@ -286,7 +311,8 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
     text = {**index, "tokenizer": ["transformers", "AutoTokenizer"]}
     parts = load_flow_parts(directory, text, diffusers.Kandinsky5Transformer3DModel,
-                            {"": "Qwen2_5_VLForConditionalGeneration", "_2": "CLIPTextModel"}, dtype, progress)
+                            {"": "Qwen2_5_VLForConditionalGeneration", "_2": "CLIPTextModel"}, dtype, progress,
+                            vae_cls=diffusers.AutoencoderKLHunyuanVideo if video else None)
     device = frozen_on(parts, device)
     parts["text_encoder_2"].to(device).eval().requires_grad_(False)
     if edit:
@@ -294,6 +320,10 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
         model = Kandinsky5Edit(pipeline=KANDINSKY5_I2I_PIPELINE, **parts, schedule=schedule, device=device,
                                prediction_type="flow_prediction", scheduler_config=sched, dtype=dtype,
                                image_processor=images)
+    elif video:
+        from .kandinsky5_video import Kandinsky5Video
+        model = Kandinsky5Video(pipeline=KANDINSKY5_T2V_PIPELINE, **parts, schedule=schedule,
+                                prediction_type="flow_prediction", scheduler_config=sched, device=device, dtype=dtype)
     else:
         model = Kandinsky5(pipeline=KANDINSKY5_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
                            scheduler_config=sched, device=device, dtype=dtype)
@@ -308,8 +338,11 @@ def text_to_image(model: Kandinsky5, prompts: Union[str, Sequence[str]], **optio
     ``resolution_binning``: refused (the pipeline's own resolution list applies)."""
     from .pixart import text_to_image as pixart_text_to_image
     if model.pipeline != KANDINSKY5_PIPELINE:
+        how = "make videos with diffkit.interop.kandinsky5_video.text_to_video" \
+            if model.pipeline == KANDINSKY5_T2V_PIPELINE else \
+            "edit an image with diffkit.interop.kandinsky5_edit.edit_image"
         raise DiffkitError(f"text_to_image needs a {KANDINSKY5_PIPELINE} folder; this one is a {model.pipeline} "
-                           f"folder: edit an image with diffkit.interop.kandinsky5_edit.edit_image")
+                           f"folder: {how}")
     if options.get("resolution_binning"):
         raise DiffkitError("resolution_binning is not allowed for a Kandinsky 5 folder (Kandinsky5T2IPipeline draws "
                            "one of its own seven resolutions)")
