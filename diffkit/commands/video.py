@@ -27,6 +27,7 @@ VIDEO_KINDS: dict[str, str] = {
     "AnimateDiffPipeline": "._video_animatediff",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
+    "LattePipeline": "._video_latte",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -120,6 +121,10 @@ def register(sub) -> None:
                           "linearly to --max-guidance-scale")
     svd.add_argument("--max-guidance-scale", type=float, metavar="S",
                      help="the last frame's guidance scale (default 3; <= 1: no guidance)")
+    latte = p.add_argument_group("Latte")
+    latte.add_argument("--no-temporal-attention", action="store_true",
+                       help="Latte folders: skip the transformer's temporal blocks (LattePipeline's "
+                            "enable_temporal_attentions=False)")
     p.set_defaults(func=run)
 
 
