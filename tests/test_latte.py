@@ -155,3 +155,24 @@ def test_latte_folder_refusals_before_any_weight(tiny_latte, tmp_path, capsys, p
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "v.png").exists()
     assert json.loads((bad / "model_index.json").read_text())["_class_name"] == "LattePipeline"
+
+
+def test_latte_euler_trailing_folder(tiny_latte, tmp_path):
+    """The folder with an EulerDiscreteScheduler on trailing timesteps (diffusers starts at sigma_max n, not
+    sqrt(1 + sigma_max^2) n): one prompt, CFG 7.5, 2 steps, the same final latents from the same noise (diffkit's
+    euler on its timesteps)."""
+    _, folder, _ = tiny_latte
+    bad = changed_folder(folder, tmp_path, "model_index.json", {"scheduler": ["diffusers", "EulerDiscreteScheduler"]})
+    (bad / "scheduler").unlink()
+    diffusers.EulerDiscreteScheduler(beta_schedule="linear", timestep_spacing="trailing").save_pretrained(
+        bad / "scheduler")
+    pipe, _, model = reloaded(bad, diffusers.LattePipeline, load_latte)
+    latents = _latents(1)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS[:1], height=SIZE, width=SIZE, video_length=FRAMES, num_inference_steps=2,
+                      latents=latents, output_type="latent", clean_caption=False).frames
+    ours = text_to_video(model, PROMPTS[:1], steps=2, num_frames=FRAMES, height=SIZE, width=SIZE, latents=latents,
+                         return_latents=True)
+    error = relative_error(ours, theirs)
+    print(f"euler trailing: {error:.2e}")  # (measured 1.3e-6)
+    assert error < 1e-5

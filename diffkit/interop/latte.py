@@ -19,7 +19,9 @@ prompt encoding, learned-variance split, scheduler mapping and guidance), as ``L
 * the grid and its step: the folder's scheduler after ``set_timesteps(steps)`` (default 50) as diffkit's grid and
   the sampler computing its step (:func:`.pixart.folder_sampler`: DDIM, Latte-1's, -> ``ddim``; DPM-Solver
   multistep -> ``dpm-solver++-2m`` ...), or any diffkit sampler on that grid. A scheduler config with a learned
-  ``variance_type`` (the pipeline then keeps all 2C channels for the step) is refused.
+  ``variance_type`` (the pipeline then keeps all 2C channels for the step) is refused. The start z_T =
+  ``init_noise_sigma`` n is diffkit's state n times :meth:`.animatediff.AnimateDiff.start_scale` (1 but for Euler on
+  ``trailing`` / ``linspace`` timesteps).
 * frames and size: the transformer's ``video_length`` (16, the pipeline's default, for Latte-1: its temporal position
   table has that many rows, so it takes that count or 1, a text-to-image frame), 512 x 512 (multiples of the VAE
   factor x the patch size).
@@ -212,7 +214,7 @@ def text_to_video(model: Latte, prompts: Union[str, Sequence[str]], *, negative_
     from ..guidance import ClassifierFreeGuidance
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
-    from .animatediff import decode_frames
+    from .animatediff import AnimateDiff, decode_frames
     from .auraflow import guided
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
@@ -238,7 +240,8 @@ def text_to_video(model: Latte, prompts: Union[str, Sequence[str]], *, negative_
     generators = None if seed is None else generators_from_seed(seed, b)  # z_T's, then the steps' noise
     if latents is None:
         latents = randn(shape, generators, device=model.device)
-    z = sample(denoiser, latents.to(device=model.device, dtype=model.dtype), sampler, grid=grid,
+    start = AnimateDiff.start_scale(model, LATTE_STEPS if steps is None else steps)  # init_noise_sigma, as a VP state
+    z = sample(denoiser, latents.to(device=model.device, dtype=model.dtype) * start, sampler, grid=grid,
                generator=generators, cond={"context": context}, progress=progress, device=model.device,
                dtype=model.dtype, **options)
     if return_latents:
