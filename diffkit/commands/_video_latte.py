@@ -39,7 +39,8 @@ class LatteKind(VideoKind):
         f = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
         multiple = math.lcm(8, f * int(config.get("patch_size") or 1))
         for flag, value in (("--height", args.height), ("--width", args.width)):
-            if (LATTE_SIDE if value is None else value) % multiple:
+            value = LATTE_SIDE if value is None else value
+            if value % multiple:
                 raise DiffkitError(f"{flag} {value} is not allowed for {folder}; give a multiple of {multiple} (the "
                                    f"pipeline's 8, the VAE factor {f} x the patch size)")
         if args.guidance_scale is not None:
