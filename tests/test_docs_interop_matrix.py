@@ -267,6 +267,7 @@ WAN_I2V = "## Wan image-to-video folders (`diffkit.interop.wan_i2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
+LATTE = "## Latte folders (`diffkit.interop.latte`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
@@ -341,6 +342,7 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),
+                                                    (LATTE, ["LattePipeline"], "LA"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),
                                                     (STABLE_UNCLIP, ["StableUnCLIPPipeline",

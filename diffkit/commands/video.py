@@ -35,6 +35,7 @@ VIDEO_KINDS: dict[str, str] = {
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
     "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
     "Kandinsky5T2VPipeline": "._video_kandinsky5",
+    "LattePipeline": "._video_latte",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -142,6 +143,10 @@ def register(sub) -> None:
     cogvideox.add_argument("--dynamic-cfg", action="store_true",
                            help="CogVideoX folders: the pipeline's use_dynamic_cfg (a cosine schedule of the guidance "
                                 "scale over the steps)")
+    latte = p.add_argument_group("Latte")
+    latte.add_argument("--no-temporal-attention", action="store_true",
+                       help="Latte folders: skip the transformer's temporal blocks (LattePipeline's "
+                            "enable_temporal_attentions=False)")
     p.set_defaults(func=run)
 
 

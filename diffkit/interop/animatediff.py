@@ -112,12 +112,18 @@ class AnimateDiff(StableDiffusion):
         return float(scheduler.init_noise_sigma) * float(scheduler.scale_model_input(one, scheduler.timesteps[0]))
 
     def decode_video(self, latents: torch.Tensor, chunk: int = DECODE_CHUNK_SIZE) -> torch.Tensor:
-        """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latent videos (B, C, F, h, w): the frames decoded
-        ``chunk`` at a time, in the pipeline's order (``decode_latents``)."""
-        b, c, f, h, w = latents.shape
-        frames = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        images = torch.cat([self.decode(frames[i:i + chunk]) for i in range(0, b * f, chunk)])
-        return images.reshape(b, f, *images.shape[1:])
+        """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latent videos (B, C, F, h, w)
+        (:func:`decode_frames`)."""
+        return decode_frames(self, latents, chunk)
+
+
+def decode_frames(model, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latent videos (B, C, F, h, w): the frames decoded by
+    ``model.decode`` ``chunk`` at a time, in the pipelines' order (AnimateDiff's and Latte's ``decode_latents``)."""
+    b, c, f, h, w = latents.shape
+    frames = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    images = torch.cat([model.decode(frames[i:i + chunk]) for i in range(0, b * f, chunk)])
+    return images.reshape(b, f, *images.shape[1:])
 
 
 def is_animatediff_folder(path) -> bool:
@@ -261,5 +267,5 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
 
 
 __all__ = ["AnimateDiff", "MotionNet", "load_animatediff", "is_animatediff_folder", "check_animatediff_folder",
-           "refuse_animatediff_folder", "folder_sampler", "check_frames", "text_to_video", "ANIMATEDIFF_PIPELINE",
-           "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]
+           "refuse_animatediff_folder", "folder_sampler", "check_frames", "text_to_video", "decode_frames",
+           "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]
