@@ -116,7 +116,8 @@ def register(sub) -> None:
     wan = p.add_argument_group("Wan")
     wan.add_argument("--guidance-scale-2", type=float, metavar="S",
                      help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "
-                          "--guidance-scale is (default --guidance-scale)")
+                          "--guidance-scale is (default --guidance-scale; without --guidance-scale both are in "
+                          "diffusers' convention, the pipeline's default 5 and this S)")
     wan_i2v = p.add_argument_group("Wan image-to-video")
     wan_i2v.add_argument("--last-image", type=path_arg, metavar="PNG",
                          help="every video's last frame (first-last-frame to video: a Wan 2.2 A14B or Wan2.1-FLF2V "
