@@ -35,6 +35,7 @@ VIDEO_KINDS: dict[str, str] = {
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
     "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
     "Kandinsky5T2VPipeline": "._video_kandinsky5",
+    "Kandinsky5I2VPipeline": "._video_kandinsky5:I2V_KIND",
     "LattePipeline": "._video_latte",
 }
 DEFAULT_OUT = "videos.png"

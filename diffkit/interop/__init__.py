@@ -49,7 +49,8 @@
 * :mod:`.hunyuan_video` - a HunyuanVideo text-to-video folder (``hunyuan_video_text_to_video``: Llama template states
   and CLIP pooled, the guidance-distilled video transformer's embedded guidance, true CFG; ``diffkit video``).
 * :mod:`.kandinsky5_video` - a Kandinsky 5 text-to-video folder (``kandinsky5_text_to_video``: :mod:`.kandinsky5`'s
-  prompts, CFG and flow grid in the video template, HunyuanVideo's causal 3-D VAE; ``diffkit video``).
+  prompts, CFG and flow grid in the video template, HunyuanVideo's causal 3-D VAE; ``diffkit video``) and its
+  image-to-video folder (``kandinsky5_image_to_video``: the image's latents as the kept first frame).
 * :mod:`.svd` - a Stable Video Diffusion folder's image-to-video (``svd_image_to_video``: CLIP image embeddings and
   noise-augmented image latents, EDM's v-prediction UNet on Karras sigmas, per-frame guidance; ``diffkit video``).
 * :mod:`.wan` - a Wan text-to-video folder's videos (``wan_text_to_video``: UMT5 prompts, CFG, flow UniPC, the Wan
@@ -132,7 +133,7 @@ _EXPORTS = {
     "PRXPixel": "prx_pixel", "load_prx_pixel": "prx_pixel", "is_prx_pixel_folder": "prx_pixel",
     "Kandinsky5": "kandinsky5", "load_kandinsky5": "kandinsky5", "is_kandinsky5_folder": "kandinsky5",
     "Kandinsky5Video": "kandinsky5_video", "load_kandinsky5_video": "kandinsky5_video",
-    "is_kandinsky5_video_folder": "kandinsky5_video",
+    "is_kandinsky5_video_folder": "kandinsky5_video", "is_kandinsky5_i2v_folder": "kandinsky5_video",
     "HunyuanDiT": "hunyuan_dit", "load_hunyuan_dit": "hunyuan_dit", "is_hunyuan_dit_folder": "hunyuan_dit",
     "QwenImage": "qwen_image", "load_qwen_image": "qwen_image", "is_qwen_image_folder": "qwen_image",
     "Flux2": "flux2", "load_flux2": "flux2", "is_flux2_folder": "flux2",
@@ -183,6 +184,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
             "kandinsky5_text_to_image": ("kandinsky5", "text_to_image"),
             "kandinsky5_text_to_video": ("kandinsky5_video", "text_to_video"),
+            "kandinsky5_image_to_video": ("kandinsky5_video", "image_to_video"),
             "prx_text_to_image": ("prx", "text_to_image"),
             "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image"),
             "qwen_image_text_to_image": ("qwen_image", "text_to_image"),

@@ -30,9 +30,9 @@ conditioned on Qwen2.5-VL's last hidden states and CLIP's pooled embedding. diff
   generator: give ``latents`` (permuted) to match it.
 
 An image-to-image folder (``Kandinsky5I2IPipeline``, its transformer with ``visual_cond``: the image's latents as
-channels) is driven by :mod:`.kandinsky5_edit`, a text-to-video folder (``Kandinsky5T2VPipeline``) by
-:mod:`.kandinsky5_video` (loaded here). Refused in one line before any weight is read (:func:`check_kandinsky5_folder`):
-the image-to-video folders (``Kandinsky5I2VPipeline``), a missing component or one of another class, a transformer whose
+channels) is driven by :mod:`.kandinsky5_edit`, the video folders (``Kandinsky5T2VPipeline``,
+``Kandinsky5I2VPipeline``) by :mod:`.kandinsky5_video` (loaded here). Refused in one line before any weight is read
+(:func:`check_kandinsky5_folder`): a missing component or one of another class, a transformer whose
 ``visual_cond`` is not its pipeline's, whose channels are not the VAE's latent channels, or whose temporal patch is not
 1, a VAE whose factor is not 8, a ``use_dynamic_shifting`` scheduler. LoRA files (both pipelines'
 ``KandinskyLoraLoaderMixin``, which converts nothing: diffusers / PEFT ``transformer.`` keys, as ``save_lora_weights``
@@ -71,8 +71,9 @@ CLIP_LENGTH = 77  # _encode_prompt_clip's max_length
 VAE_FACTOR = 8  # its vae_scale_factor_spatial (fixed)
 RESOLUTIONS = ((1024, 1024), (640, 1408), (1408, 640), (768, 1280), (1280, 768), (896, 1152), (1152, 896))  # (w, h)
 KANDINSKY5_T2V_PIPELINE = "Kandinsky5T2VPipeline"  # driven by :mod:`.kandinsky5_video` (diffkit video)
-NOT_DRIVEN = {KANDINSKY5_T2V_PIPELINE: "a video pipeline (diffkit.interop.kandinsky5_video, diffkit video)",
-              "Kandinsky5I2VPipeline": "a video pipeline (out of diffkit's scope)"}
+KANDINSKY5_I2V_PIPELINE = "Kandinsky5I2VPipeline"  # its image_to_video (diffkit video)
+VIDEO_PIPELINES = (KANDINSKY5_T2V_PIPELINE, KANDINSKY5_I2V_PIPELINE)
+NOT_DRIVEN = {name: "a video pipeline (diffkit.interop.kandinsky5_video, diffkit video)" for name in VIDEO_PIPELINES}
 
 
 def is_kandinsky5_folder(path) -> bool:
@@ -91,9 +92,9 @@ def check_kandinsky5_folder(directory, video: bool = False) -> tuple:
     from .sd_xl import pipeline_class
     directory = Path(directory)
     name = pipeline_class(directory)
-    if name == KANDINSKY5_T2V_PIPELINE and video:
+    if name in VIDEO_PIPELINES and video:
         from .kandinsky5_video import check_kandinsky5_video_folder
-        return check_kandinsky5_video_folder(directory)
+        return check_kandinsky5_video_folder(directory, name)
     if name in NOT_DRIVEN:
         raise DiffkitError(f"{directory} is a {name} folder, {NOT_DRIVEN[name]}; allowed: {KANDINSKY5_PIPELINE}, "
                            f"{KANDINSKY5_I2I_PIPELINE}")
@@ -288,8 +289,8 @@ class Kandinsky5(AuraFlow):
 def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                     progress: bool = True, lora=None) -> Kandinsky5:
     """Load a ``Kandinsky5T2IPipeline`` (or ``Kandinsky5I2IPipeline``: a :class:`.kandinsky5_edit.Kandinsky5Edit`
-    with the processor's image processor; ``Kandinsky5T2VPipeline``: a :class:`.kandinsky5_video.Kandinsky5Video`
-    with its ``AutoencoderKLHunyuanVideo``) diffusers folder (never downloads, never unpickles); what diffkit does not
+    with the processor's image processor; ``Kandinsky5T2VPipeline`` or ``Kandinsky5I2VPipeline``: a
+    :class:`.kandinsky5_video.Kandinsky5Video` with its ``AutoencoderKLHunyuanVideo``) diffusers folder (never downloads, never unpickles); what diffkit does not
     drive is refused in one line before any weight is read (:func:`check_kandinsky5_folder`). The ``tokenizer``
     entry (a ``Qwen2VLProcessor``) is read as its tokenizer: the pipeline gives it text alone. ``lora``: LoRA files
     (paths or (path, scale) pairs) with diffusers / PEFT ``transformer.`` keys (``KandinskyLoraLoaderMixin`` converts
@@ -302,7 +303,7 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     diffusers = require("diffusers")
     directory = Path(directory)
     index, _, sched = check_kandinsky5_folder(directory, video=True)
-    edit, video = index["_class_name"] == KANDINSKY5_I2I_PIPELINE, index["_class_name"] == KANDINSKY5_T2V_PIPELINE
+    edit, video = index["_class_name"] == KANDINSKY5_I2I_PIPELINE, index["_class_name"] in VIDEO_PIPELINES
     loras = read_transformer_loras(lora, "Kandinsky 5", "a Kandinsky 5 folder", index["_class_name"],
                                    flux_check=False) if lora else []
     if edit:  # the Qwen2VLProcessor's image processor too (.kandinsky5_edit), read before any weight
@@ -322,7 +323,7 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                                image_processor=images)
     elif video:
         from .kandinsky5_video import Kandinsky5Video
-        model = Kandinsky5Video(pipeline=KANDINSKY5_T2V_PIPELINE, **parts, schedule=schedule,
+        model = Kandinsky5Video(pipeline=index["_class_name"], **parts, schedule=schedule,
                                 prediction_type="flow_prediction", scheduler_config=sched, device=device, dtype=dtype)
     else:
         model = Kandinsky5(pipeline=KANDINSKY5_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
@@ -338,9 +339,9 @@ def text_to_image(model: Kandinsky5, prompts: Union[str, Sequence[str]], **optio
     ``resolution_binning``: refused (the pipeline's own resolution list applies)."""
     from .pixart import text_to_image as pixart_text_to_image
     if model.pipeline != KANDINSKY5_PIPELINE:
-        how = "make videos with diffkit.interop.kandinsky5_video.text_to_video" \
-            if model.pipeline == KANDINSKY5_T2V_PIPELINE else \
-            "edit an image with diffkit.interop.kandinsky5_edit.edit_image"
+        how = {KANDINSKY5_T2V_PIPELINE: "make videos with diffkit.interop.kandinsky5_video.text_to_video",
+               KANDINSKY5_I2V_PIPELINE: "make videos with diffkit.interop.kandinsky5_video.image_to_video"}.get(
+            model.pipeline, "edit an image with diffkit.interop.kandinsky5_edit.edit_image")
         raise DiffkitError(f"text_to_image needs a {KANDINSKY5_PIPELINE} folder; this one is a {model.pipeline} "
                            f"folder: {how}")
     if options.get("resolution_binning"):

@@ -332,16 +332,22 @@ def image_to_video(model: LTX, images, prompts: Union[str, Sequence[str]], **opt
     return generate_video(model, edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts), pil, **options)
 
 
-def first_frame_latents(model: LTX, images: list, height: int, width: int, generators) -> torch.Tensor:
-    """The image condition (B, C, 1, h, w) of ``LTXImageToVideoPipeline.prepare_latents``: PIL ``images`` resized to
-    height x width (Lanczos, as ``VideoProcessor.preprocess``), x / 255 * 2 - 1, encoded as one-frame videos with a
-    posterior draw from ``generators`` (``retrieve_latents``), (z - mean) / std (no scaling factor)."""
+def image_posterior(model, images: list, height: int, width: int, generators) -> torch.Tensor:
+    """E(x) (B, C, 1, h, w), float32, unscaled, of PIL ``images`` resized to height x width (Lanczos, as
+    ``VideoProcessor.preprocess``), x / 255 * 2 - 1, encoded by ``model.vae`` as one-frame videos with a posterior
+    draw from ``generators`` (``retrieve_latents``; ``vae.encode(...).latent_dist.sample(generator)``)."""
     from PIL import Image
 
     from .qwen_image_edit import _pixels
     from .stable_diffusion import vae_latents
     pixels = _pixels([image.resize((width, height), resample=Image.LANCZOS) for image in images])
-    z = vae_latents(model.vae, pixels[:, :, None], model.device, generators, sample=True).float()
+    return vae_latents(model.vae, pixels[:, :, None], model.device, generators, sample=True).float()
+
+
+def first_frame_latents(model: LTX, images: list, height: int, width: int, generators) -> torch.Tensor:
+    """The image condition (B, C, 1, h, w) of ``LTXImageToVideoPipeline.prepare_latents``: :func:`image_posterior`
+    of PIL ``images`` at height x width, (z - mean) / std (no scaling factor)."""
+    z = image_posterior(model, images, height, width, generators)
     mean, std = (model.vae.get_buffer(k).view(1, -1, 1, 1, 1).to(z) for k in ("latents_mean", "latents_std"))
     return (z - mean) / std
 
@@ -398,6 +404,7 @@ def generate_video(model: LTX, prompts: Sequence[str], images=None, *, negative_
 
 
 __all__ = ["LTX", "LTXNet", "load_ltx", "is_ltx_folder", "check_ltx_folder", "check_video", "vae_ratios",
-           "text_to_video", "image_to_video", "generate_video", "first_frame_latents", "video_guidance", "LTX_HEIGHT",
+           "text_to_video", "image_to_video", "generate_video", "first_frame_latents", "image_posterior",
+           "video_guidance", "LTX_HEIGHT",
            "LTX_WIDTH",
            "LTX_PIPELINE", "LTX_IMAGE_PIPELINE", "LTX_GUIDANCE", "LTX_STEPS", "LTX_FRAMES", "LTX_FRAME_RATE"]
