@@ -290,9 +290,10 @@ def load_kandinsky5(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
                     progress: bool = True, lora=None) -> Kandinsky5:
     """Load a ``Kandinsky5T2IPipeline`` (or ``Kandinsky5I2IPipeline``: a :class:`.kandinsky5_edit.Kandinsky5Edit`
     with the processor's image processor; ``Kandinsky5T2VPipeline`` or ``Kandinsky5I2VPipeline``: a
-    :class:`.kandinsky5_video.Kandinsky5Video` with its ``AutoencoderKLHunyuanVideo``) diffusers folder (never downloads, never unpickles); what diffkit does not
-    drive is refused in one line before any weight is read (:func:`check_kandinsky5_folder`). The ``tokenizer``
-    entry (a ``Qwen2VLProcessor``) is read as its tokenizer: the pipeline gives it text alone. ``lora``: LoRA files
+    :class:`.kandinsky5_video.Kandinsky5Video` with its ``AutoencoderKLHunyuanVideo``) diffusers folder (never
+    downloads, never unpickles); what diffkit does not drive is refused in one line before any weight is read
+    (:func:`check_kandinsky5_folder`). The ``tokenizer`` entry (a ``Qwen2VLProcessor``) is read as its tokenizer: the
+    pipeline gives it text alone. ``lora``: LoRA files
     (paths or (path, scale) pairs) with diffusers / PEFT ``transformer.`` keys (``KandinskyLoraLoaderMixin`` converts
     nothing), read and checked first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
     (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`)."""
