@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.kandinsky5_video import check_kandinsky5_i2v_folder, image_to_video, \
-    is_kandinsky5_i2v_folder, is_kandinsky5_video_folder, load_kandinsky5_video, text_to_video  # noqa: E402
+    is_kandinsky5_i2v_folder, is_kandinsky5_video_folder, load_kandinsky5_video, normalize_first_frame, \
+    text_to_video  # noqa: E402
 
 from _kandinsky5_helpers import save_kandinsky5, tiny_kandinsky5_pipeline  # noqa: E402
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
@@ -50,7 +51,8 @@ def test_kandinsky5_i2v_matches_the_pipeline(kandinsky5_i2v):
     """The pipeline's own draws (noise, then the image's posterior, from one generator per video), CFG s = 4 against
     its default negative prompt, 2 flow Euler steps on frames 1.. (frame 0 kept), normalize_first_frame: the final
     latents (output_type="latent") and frames (output_type="pt", (B, T, C, H, W) in [0, 1]); s = 1 on two images and
-    prompts (per-video generators; normalize_first_frame's batch-wide reference)."""
+    prompts (per-video generators); normalize_first_frame (its batch-wide reference) against the pipeline's method on
+    latents whose statistics lie inside its clamps."""
     pipe, path, model, images = kandinsky5_i2v
     assert is_kandinsky5_i2v_folder(path) and not is_kandinsky5_video_folder(path)
     assert pipe.prompt_template == model.prompt_template and pipe.prompt_template_encode_start_idx == 128
@@ -77,6 +79,11 @@ def test_kandinsky5_i2v_matches_the_pipeline(kandinsky5_i2v):
     theirs = image_to_video(model, images, PROMPTS, guidance_scale=1.0, latents=ours_z, seed=3, steps=STEPS,
                             return_latents=True, **SIZE)
     assert relative_error(theirs, ref) < 1e-5 and relative_error(ours, theirs) > 1e-2
+    x = torch.randn(2, 6, 2, 2, Z, generator=torch.Generator().manual_seed(5))  # channel-last, 6 latent frames
+    x = x + torch.tensor([0.0, 0.04]).view(2, 1, 1, 1, 1)  # video means apart, inside the clamps
+    theirs = pipe.normalize_first_frame(x.clone()).permute(0, 4, 1, 2, 3)
+    assert relative_error(normalize_first_frame(x.permute(0, 4, 1, 2, 3)), theirs) < 1e-6
+    assert not torch.allclose(theirs[:, :, :4], x.permute(0, 4, 1, 2, 3)[:, :, :4], atol=1e-3)
     for options, expected in [({"num_frames": 13}, "num_frames=13 is not allowed for Kandinsky5I2VPipeline; give 4 k"),
                               ({"num_frames": 18}, "num_frames=18 is not allowed; give 4 k "),
                               ({"height": 40}, r"height x width 40x32 is not allowed.*Kandinsky5I2VPipeline")]:
