@@ -19,10 +19,9 @@ from diffkit.interop.kandinsky5_video import check_kandinsky5_i2v_folder, image_
 from _kandinsky5_helpers import save_kandinsky5, tiny_kandinsky5_pipeline  # noqa: E402
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
+from test_kandinsky5_video import H, PROMPTS, STEPS, W, Z  # noqa: E402  (32 x 32, 2 steps, 4 latent channels)
 
-H = W = 32  # latents 4 x 4: 2 x 2 patches per frame
-FRAMES, STEPS, Z = 17, 2, 4  # 5 latent frames; the VAE's latent channels
-PROMPTS = ["a photo of a cat", "hot  dog &amp; more"]
+FRAMES = 17  # 5 latent frames
 SIZE = dict(num_frames=FRAMES, height=H, width=W)
 
 
