@@ -32,8 +32,9 @@ its ``prepare_latents``, loop and post-processing:
   first), times ``scaling_factor``: latent frame 0, in place of the noise's; a ``visual_cond`` transformer's mask
   channel 1 on frame 0 (its image-latent channels stay 0).
 * the scheduler steps frames 1.. alone and keeps frame 0: diffkit keeps it with
-  :class:`~diffkit.editing.InpaintingDenoiser` (x_0 there the image's latents, so the flow state stays them, for
-  any sampler) around CFG.
+  :class:`~diffkit.editing.InpaintingDenoiser` (x_0 there the image's latents, so the flow state stays them: to
+  rounding for ddim, dpm-solver++-2m, heun, euler-ancestral, sde-dpm-solver++-2m, ddpm; UniPC drifts it 5e-3 relative
+  over 3 steps on the test model) around CFG, and sets the final frame 0 back to them exactly.
 * ``normalize_first_frame`` on the final latents (channel-last (B, F, h, w, C)): latent frames 0-3 standardised per
   video and rescaled to the mean / std (unbiased) of frames 4 .. 4 + min(5, F - 1) over the **whole batch**, clamped
   to the first frames' mean - 0.05 .. + 0.1 and std - 0.1 .. + 0.25 (:func:`normalize_first_frame`); so frames 4 k +
@@ -295,8 +296,8 @@ def generate_video(model: Kandinsky5Video, prompts: Union[str, Sequence[str]], i
         latents, denoiser = first_frame(model, denoiser, latents, images, height, width, seed)
     z = sample(denoiser, latents, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                progress=progress, device=model.device, dtype=state, **options)
-    if images is not None:
-        z = normalize_first_frame(z)
+    if images is not None:  # frame 0 the image's latents exactly (a multistep sampler may drift it by rounding)
+        z = normalize_first_frame(torch.cat([latents[:, :, :1], z[:, :, 1:]], dim=2))
     if return_latents:
         return z
     videos = model.decode_video(z)
