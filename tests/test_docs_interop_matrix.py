@@ -349,7 +349,8 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                                      "StableUnCLIPImg2ImgPipeline"], "UC"),
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
                                                     (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
-                                                    (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline", "Kandinsky5I2VPipeline"], "KV")])
+                                                    (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline",
+                                                                        "Kandinsky5I2VPipeline"], "KV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
