@@ -78,6 +78,8 @@ class AnimateDiff(StableDiffusion):
     """The loaded components of an ``AnimateDiffPipeline`` folder (:func:`load_animatediff`): Stable Diffusion's, its
     ``unet`` a ``UNetMotionModel``."""
 
+    video_guidance = ANIMATEDIFF_GUIDANCE  # the pipeline's default guidance_scale (not a field)
+
     @property
     def network_denoiser(self):
         """The eps (or v) :class:`~diffkit.denoiser.Denoiser` of the motion UNet (:class:`MotionNet`)."""
@@ -111,6 +113,14 @@ class AnimateDiff(StableDiffusion):
         one = torch.ones(1, dtype=torch.float64)
         return float(scheduler.init_noise_sigma) * float(scheduler.scale_model_input(one, scheduler.timesteps[0]))
 
+    def video_conditioning(self, prompts: list, negative_prompt, scale: float, convention: str, cfg: bool,
+                           clip_skip: Optional[int], size: tuple) -> tuple:
+        """(denoiser, cond) of :func:`text_to_video`: the guided denoiser and cond of :meth:`prompt_guidance` (``cfg``),
+        else the plain denoiser and the prompts' context (``size``: the videos' (H, W), unused here)."""
+        if cfg:
+            return self.prompt_guidance(prompts, negative_prompt, scale, convention, 0.0, clip_skip=clip_skip)
+        return self.denoiser, {"context": self.encode_prompts(prompts, clip_skip)}
+
     def decode_video(self, latents: torch.Tensor, chunk: int = DECODE_CHUNK_SIZE) -> torch.Tensor:
         """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latent videos (B, C, F, h, w)
         (:func:`decode_frames`)."""
@@ -140,24 +150,27 @@ def refuse_animatediff_folder(path, command: str = "diffkit sample / diffkit edi
                            f"take; generate videos with diffkit video --checkpoint {path} --prompt TEXT")
 
 
-def check_animatediff_folder(directory) -> tuple:
+def check_animatediff_folder(directory, pipeline: str = ANIMATEDIFF_PIPELINE, kind: str = "AnimateDiff",
+                             required: tuple = REQUIRED, check_unet=None) -> tuple:
     """(model_index dict, scheduler config) of an ``AnimateDiffPipeline`` folder, checked from its JSON alone (module
-    docstring); a one-line DiffkitError for what diffkit does not drive."""
+    docstring); a one-line DiffkitError for what diffkit does not drive. ``pipeline``, ``kind``, ``required``,
+    ``check_unet`` (default :func:`.stable_diffusion.check_stable_diffusion_unet`): another motion pipeline's (its
+    class, label, components and UNet check; :mod:`.animatediff_sdxl`)."""
     from .pixart import check_classes, named_index
     from .sd3 import _entry
     from .stable_diffusion import check_stable_diffusion_unet
     directory = Path(directory)
-    index = named_index(directory, (ANIMATEDIFF_PIPELINE,), "AnimateDiff")
+    index = named_index(directory, (pipeline,), kind)
     classes = {"unet": MOTION_UNETS, "vae": ("AutoencoderKL",)}
     if _entry(index, "unet") == "UNet2DConditionModel":
         classes["motion_adapter"] = ("MotionAdapter",)
-    check_classes(directory, index, REQUIRED + tuple(k for k in classes if k not in REQUIRED), "AnimateDiff", classes)
+    check_classes(directory, index, required + tuple(k for k in classes if k not in required), kind, classes)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     unet = read_json_object(directory / "unet" / "config.json", "unet config")
     if unet.get("time_cond_proj_dim") is not None:
         raise DiffkitError(f"{directory}'s unet has time_cond_proj_dim={unet['time_cond_proj_dim']!r} (a guidance "
-                           f"input {ANIMATEDIFF_PIPELINE} never gives); allowed: null")
-    check_stable_diffusion_unet(unet, directory, lcm=sched.get("_class_name") == "LCMScheduler")
+                           f"input {pipeline} never gives); allowed: null")
+    (check_unet or check_stable_diffusion_unet)(unet, directory, lcm=sched.get("_class_name") == "LCMScheduler")
     return index, sched
 
 
@@ -185,7 +198,7 @@ def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dty
     with the ``UNetMotionModel``, or the UNet joined with ``motion_adapter/`` as the pipeline joins them. ``lora``:
     Stable Diffusion LoRA files (paths or (path, scale) pairs; :mod:`.sd_lora`) merged into the UNet and text encoder
     as the pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
-    from . import from_pretrained, library_progress_bars
+    from . import library_progress_bars
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .stable_diffusion import _load_stable_diffusion
     diffusers = require("diffusers")
@@ -196,14 +209,22 @@ def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dty
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(directory, device, dtype, check_unet=lambda *a, **k: None,
                                     unet_class=None if joined else diffusers.UNetMotionModel)
-        if joined:  # AnimateDiffPipeline.__init__'s UNetMotionModel.from_unet2d(unet, motion_adapter)
-            adapter = from_pretrained(diffusers.MotionAdapter, directory / "motion_adapter", local_files_only=True,
-                                      torch_dtype=dtype, use_safetensors=True)
-            sd.unet = diffusers.UNetMotionModel.from_unet2d(sd.unet.to("cpu"), adapter).to(sd.device, dtype)
-            sd.unet.eval().requires_grad_(False)
+        if joined:
+            join_motion_adapter(sd, directory, dtype)
     model = AnimateDiff(**{f.name: getattr(sd, f.name) for f in fields(sd)})
     merge_sd_loras(model, loras)
     return model
+
+
+def join_motion_adapter(sd, directory: Path, dtype: torch.dtype) -> None:
+    """``sd.unet`` (a UNet2DConditionModel) joined with ``directory / "motion_adapter"`` in place, as the pipelines'
+    ``__init__``: ``UNetMotionModel.from_unet2d(unet, motion_adapter)``."""
+    from . import from_pretrained
+    diffusers = require("diffusers")
+    adapter = from_pretrained(diffusers.MotionAdapter, directory / "motion_adapter", local_files_only=True,
+                              torch_dtype=dtype, use_safetensors=True)
+    sd.unet = diffusers.UNetMotionModel.from_unet2d(sd.unet.to("cpu"), adapter).to(sd.device, dtype)
+    sd.unet.eval().requires_grad_(False)
 
 
 def check_frames(model: AnimateDiff, num_frames) -> int:
@@ -237,7 +258,7 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
     frames = check_frames(model, num_frames)
-    scale = ANIMATEDIFF_GUIDANCE if guidance_scale is None else guidance_scale
+    scale = model.video_guidance if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     cfg = guided(scale, convention, negative_prompt)
     b, c, h, w = model.latent_shape(len(prompts), height, width)
@@ -249,10 +270,8 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     own, own_options = folder_sampler(model.scheduler_config)
     if sampler is None:
         sampler, options = own, {**own_options, **options}
-    if cfg:
-        denoiser, cond = model.prompt_guidance(prompts, negative_prompt, scale, convention, 0.0, clip_skip=clip_skip)
-    else:
-        denoiser, cond = model.denoiser, {"context": model.encode_prompts(prompts, clip_skip)}
+    f = model.vae_scale_factor
+    denoiser, cond = model.video_conditioning(prompts, negative_prompt, scale, convention, cfg, clip_skip, (h * f, w * f))
     generators = None if seed is None else generators_from_seed(seed, shape[0])  # z_T's, then the steps' noise
     if latents is None:
         latents = randn(shape, generators, device=model.device)
@@ -267,5 +286,5 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
 
 
 __all__ = ["AnimateDiff", "MotionNet", "load_animatediff", "is_animatediff_folder", "check_animatediff_folder",
-           "refuse_animatediff_folder", "folder_sampler", "check_frames", "text_to_video", "decode_frames",
+           "refuse_animatediff_folder", "folder_sampler", "check_frames", "join_motion_adapter", "text_to_video", "decode_frames",
            "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]

@@ -1,0 +1,77 @@
+"""AnimateDiff SD-XL folders (diffkit.interop.animatediff_sdxl): text_to_video against diffusers' own
+AnimateDiffSDXLPipeline on a tiny random folder (the tiny SD-XL of test_interop_sd_xl with a randomised 1-layer
+MotionAdapter of 8 frame positions, saved by save_pretrained: unet/ a UNetMotionModel; nothing downloaded), and
+``diffkit video`` on it."""
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.images import to_uint8  # noqa: E402
+from diffkit.interop.animatediff_sdxl import load_animatediff_sdxl, text_to_video  # noqa: E402
+from diffkit.video import read_video  # noqa: E402
+
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
+from test_interop_diffusers import randomize, relative_error  # noqa: E402
+from test_interop_sd_xl import tiny_sd_xl_pipeline  # noqa: E402
+
+PROMPTS, NEGATIVE = ["a photo", "hot"], ["ot", "p"]
+FRAMES, SIZE = 5, 16  # latents (B, 4, 5, 8, 8): the tiny VAE's factor 2
+PARTS = ("model_index.json", "scheduler", "unet", "motion_adapter", "text_encoder", "tokenizer", "text_encoder_2",
+         "tokenizer_2", "vae")
+
+
+@pytest.fixture(scope="session")
+def tiny_animatediff_sdxl(tmp_path_factory):
+    """(AnimateDiffSDXLPipeline.from_pretrained of the saved folder, the folder, load_animatediff_sdxl of it)."""
+    root = tmp_path_factory.mktemp("animatediff_sdxl")
+    xl = tiny_sd_xl_pipeline(root)
+    adapter = randomize(diffusers.MotionAdapter(  # its zero-initialised proj_out too
+        block_out_channels=(32, 64), motion_layers_per_block=1, motion_transformer_layers_per_block=1,
+        motion_num_attention_heads=2, motion_norm_num_groups=8, motion_max_seq_length=8, use_motion_mid_block=False),
+        1)
+    pipe = diffusers.AnimateDiffSDXLPipeline(motion_adapter=adapter, **{k: v for k, v in xl.components.items()
+                                                                       if k in PARTS})
+    pipe.save_pretrained(root / "ad")
+    return reloaded(root / "ad", diffusers.AnimateDiffSDXLPipeline, load_animatediff_sdxl)
+
+
+def _generators(seed=3, n=2):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_animatediff_sdxl_matches_the_pipeline(tiny_animatediff_sdxl):
+    """CFG s = 5 against negative prompts, clip_skip 1, 3 DDIM steps, 5 frames: the same final latents (read by a step
+    callback) and frames (output_type="pt", (B, T, C, H, W) in [0, 1]) as AnimateDiffSDXLPipeline from the same noise
+    (video i from seed 3 + i); unguided (s = 1, one prompt) with the force-zeros null half unused: its latents."""
+    pipe, _, model = tiny_animatediff_sdxl
+    final = {}
+
+    def keep(pipeline, i, t, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 5.0, "clip_skip": 1, "num_frames": FRAMES, "height": SIZE,
+          "width": SIZE}
+    with torch.no_grad():
+        frames = pipe(PROMPTS, num_inference_steps=3, generator=_generators(), output_type="pt",
+                      callback_on_step_end=keep, **kw).frames
+    ours = text_to_video(model, PROMPTS, steps=3, seed=3, return_latents=True, **kw)
+    error = relative_error(ours, final["latents"])
+    print(f"latents: {error:.2e}")
+    assert error < 1e-5
+    videos = (model.decode_video(ours) / 2 + 0.5).clamp(0, 1)
+    assert frames.shape == videos.shape == (2, FRAMES, 3, SIZE, SIZE)
+    error = relative_error(videos, frames)
+    print(f"frames: {error:.2e}")
+    assert error < 1e-5
+    kw = {"guidance_scale": 1.0, "num_frames": FRAMES, "height": SIZE, "width": 2 * SIZE}
+    with torch.no_grad():
+        theirs = pipe(PROMPTS[1:], num_inference_steps=2, generator=_generators(5, 1), output_type="latent",
+                      **kw).frames
+    error = relative_error(text_to_video(model, PROMPTS[1:], steps=2, seed=5, return_latents=True, **kw), theirs)
+    print(f"unguided latents: {error:.2e}")
+    assert error < 1e-5
