@@ -75,3 +75,55 @@ def test_animatediff_sdxl_matches_the_pipeline(tiny_animatediff_sdxl):
     error = relative_error(text_to_video(model, PROMPTS[1:], steps=2, seed=5, return_latents=True, **kw), theirs)
     print(f"unguided latents: {error:.2e}")
     assert error < 1e-5
+
+
+def _video_argv(path, out, *extra):
+    return ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--frames", "3",
+            "--height", str(SIZE), "--width", str(SIZE), "--steps", "1", "--seed", "4", "--out", str(out), *extra]
+
+
+def test_animatediff_sdxl_command_is_the_library(tiny_animatediff_sdxl, tmp_path, capsys):
+    """``diffkit video`` writes the library's videos byte for byte (APNG, lossless; default CFG s = 5 with the
+    force-zeros null half; video i from seed + i), at the kind's 10 fps."""
+    _, path, model = tiny_animatediff_sdxl
+    assert main(_video_argv(path, tmp_path / "grid.png", "--individual", str(tmp_path / "each"), "--no-progress")) == 0
+    assert "wrote 2 videos of 3 frames (16x16, 10 fps)" in capsys.readouterr().out
+    videos = text_to_video(model, PROMPTS, num_frames=3, height=SIZE, width=SIZE, steps=1, seed=4)
+    for i in range(2):
+        written = ((read_video(tmp_path / "each" / f"video_{i:05d}.png") + 1) * 127.5).round().to(torch.uint8)
+        assert np.array_equal(written.permute(0, 2, 3, 1).numpy(), to_uint8(videos[i]))
+
+
+def _one_line(capsys, argv, message, tmp_path):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.glob("out*"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--frames", "9"], "--frames 9 is not allowed"),
+    (["--guidance-scale", "1", "--guidance-convention", "diffusers", "--negative-prompt", "x"],
+     "a negative prompt with guidance_scale=1"),
+    (["--image", "x.png"], "--image does not apply to an AnimateDiff SD-XL folder"),
+])
+def test_animatediff_sdxl_command_refusals(tiny_animatediff_sdxl, tmp_path, capsys, extra, message):
+    _, path, _ = tiny_animatediff_sdxl
+    _one_line(capsys, _video_argv(path, tmp_path / "out.png", *extra), message, tmp_path)
+
+
+def test_animatediff_sdxl_folder_refusals(tiny_animatediff_sdxl, tmp_path, capsys):
+    """diffkit sample / edit on the folder name diffkit video; an SD 1.x UNet (no added conditions) and a UNet with a
+    guidance input are one line before any weight is read."""
+    _, path, _ = tiny_animatediff_sdxl
+    _one_line(capsys, ["sample", "--checkpoint", str(path), "--prompt", "a", "--out", str(tmp_path / "out.png")],
+              "generate videos with diffkit video", tmp_path)
+    (tmp_path / "in").mkdir()
+    _one_line(capsys, ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", "a",
+                       "--out", str(tmp_path / "out")], "which diffkit edit does not take", tmp_path)
+    plain = changed_folder(path, tmp_path, "unet/config.json", {"addition_embed_type": None}, parts=PARTS)
+    _one_line(capsys, _video_argv(plain, tmp_path / "out.png"), "addition_embed_type=None; allowed: 'text_time'",
+              tmp_path)
+    guidance = changed_folder(path, tmp_path, "unet/config.json", {"time_cond_proj_dim": 32}, parts=PARTS)
+    with pytest.raises(DiffkitError, match="time_cond_proj_dim=32"):
+        load_animatediff_sdxl(guidance)

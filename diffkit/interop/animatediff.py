@@ -52,6 +52,8 @@ from .denoiser import DiffusersNet
 from .stable_diffusion import SD_PIPELINE_GUIDANCE, StableDiffusion
 
 ANIMATEDIFF_PIPELINE = "AnimateDiffPipeline"
+ANIMATEDIFF_SDXL_PIPELINE = "AnimateDiffSDXLPipeline"  # .animatediff_sdxl
+MOTION_PIPELINES = (ANIMATEDIFF_PIPELINE, ANIMATEDIFF_SDXL_PIPELINE)
 MOTION_UNETS = ("UNetMotionModel", "UNet2DConditionModel")  # the latter joined with motion_adapter/
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ANIMATEDIFF_GUIDANCE = SD_PIPELINE_GUIDANCE  # AnimateDiffPipeline.__call__'s guidance_scale (7.5)
@@ -143,10 +145,12 @@ def is_animatediff_folder(path) -> bool:
 
 
 def refuse_animatediff_folder(path, command: str = "diffkit sample / diffkit edit") -> None:
-    """One line for an AnimateDiff folder given where an image folder is expected (``command``: what it was given
-    to), from its JSON."""
-    if is_animatediff_folder(path):
-        raise DiffkitError(f"{path} is an {ANIMATEDIFF_PIPELINE} folder (text-to-video), which {command} does not "
+    """One line for an AnimateDiff folder (``AnimateDiffPipeline`` or ``AnimateDiffSDXLPipeline``) given where an image
+    folder is expected (``command``: what it was given to), from its JSON."""
+    from .sd_xl import pipeline_class
+    name = pipeline_class(path)
+    if name in MOTION_PIPELINES:
+        raise DiffkitError(f"{path} is an {name} folder (text-to-video), which {command} does not "
                            f"take; generate videos with diffkit video --checkpoint {path} --prompt TEXT")
 
 
