@@ -18,6 +18,7 @@ from diffkit.video import read_video  # noqa: E402
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from test_interop_diffusers import randomize, relative_error  # noqa: E402
 from test_interop_sd_xl import tiny_sd_xl_pipeline  # noqa: E402
+from test_sd_lora import TEXT_LORA, UNET_LORA, _add_lora  # noqa: E402
 
 PROMPTS, NEGATIVE = ["a photo", "hot"], ["ot", "p"]
 FRAMES, SIZE = 5, 16  # latents (B, 4, 5, 8, 8): the tiny VAE's factor 2
@@ -127,3 +128,32 @@ def test_animatediff_sdxl_folder_refusals(tiny_animatediff_sdxl, tmp_path, capsy
     guidance = changed_folder(path, tmp_path, "unet/config.json", {"time_cond_proj_dim": 32}, parts=PARTS)
     with pytest.raises(DiffkitError, match="time_cond_proj_dim=32"):
         load_animatediff_sdxl(guidance)
+
+
+def test_animatediff_sdxl_lora_is_load_lora_weights_and_fuse_lora(tiny_animatediff_sdxl, tmp_path):
+    """A LoRA file on the UNetMotionModel (its spatial and its motion modules' attention) and both text encoders, saved
+    by AnimateDiffSDXLPipeline.save_lora_weights: load_animatediff_sdxl(lora=[(file, 0.6)]) holds the weights of the
+    pipeline's load_lora_weights + fuse_lora(lora_scale=0.6)."""
+    import copy
+    fixture_pipe, path, model = tiny_animatediff_sdxl
+    parts = {"unet": UNET_LORA, "text_encoder": TEXT_LORA, "text_encoder_2": TEXT_LORA}
+    layers = {}
+    for seed, (name, config) in enumerate(parts.items()):
+        state, metadata = _add_lora(copy.deepcopy(getattr(model, name)), seed + 1, **config)
+        prefix = "text_model." if name != "unet" and not any(k.startswith("text_model.") for k in state) else ""
+        layers[f"{name}_lora_layers"] = {prefix + key: value for key, value in state.items()}
+        layers[f"{name}_lora_adapter_metadata"] = metadata
+    assert any("motion_modules" in key for key in layers["unet_lora_layers"])
+    diffusers.AnimateDiffSDXLPipeline.save_lora_weights(tmp_path, weight_name="lora.safetensors", **layers)
+    pipe = diffusers.AnimateDiffSDXLPipeline(**{**fixture_pipe.components,
+                                                **{name: copy.deepcopy(getattr(fixture_pipe, name)) for name in parts}})
+    pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
+    pipe.fuse_lora(lora_scale=0.6)
+    pipe.unload_lora_weights()
+    ours = load_animatediff_sdxl(path, progress=False, lora=[(tmp_path / "lora.safetensors", 0.6)])
+    for name in parts:
+        theirs, merged, base = (getattr(m, name).state_dict() for m in (pipe, ours, model))
+        assert theirs.keys() == merged.keys()
+        error = max((theirs[key] - value).abs().max().item() for key, value in merged.items())
+        print(f"{name} weights: {error:.1e}")
+        assert error < 1e-6 and max((base[key] - value).abs().max().item() for key, value in merged.items()) > 0.1
