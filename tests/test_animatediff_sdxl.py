@@ -2,6 +2,8 @@
 AnimateDiffSDXLPipeline on a tiny random folder (the tiny SD-XL of test_interop_sd_xl with a randomised 1-layer
 MotionAdapter of 8 frame positions, saved by save_pretrained: unet/ a UNetMotionModel; nothing downloaded), and
 ``diffkit video`` on it."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,8 @@ PARTS = ("model_index.json", "scheduler", "unet", "motion_adapter", "text_encode
 
 @pytest.fixture(scope="session")
 def tiny_animatediff_sdxl(tmp_path_factory):
-    """(AnimateDiffSDXLPipeline.from_pretrained of the saved folder, the folder, load_animatediff_sdxl of it)."""
+    """(AnimateDiffSDXLPipeline.from_pretrained of the saved folder, the folder, load_animatediff_sdxl of it, the folder
+    with the UNet2DConditionModel and motion_adapter/ instead)."""
     root = tmp_path_factory.mktemp("animatediff_sdxl")
     xl = tiny_sd_xl_pipeline(root)
     adapter = randomize(diffusers.MotionAdapter(  # its zero-initialised proj_out too
@@ -38,7 +41,15 @@ def tiny_animatediff_sdxl(tmp_path_factory):
     pipe = diffusers.AnimateDiffSDXLPipeline(motion_adapter=adapter, **{k: v for k, v in xl.components.items()
                                                                        if k in PARTS})
     pipe.save_pretrained(root / "ad")
-    return reloaded(root / "ad", diffusers.AnimateDiffSDXLPipeline, load_animatediff_sdxl)
+    joined = root / "joined"  # a UNet2DConditionModel beside motion_adapter/ (the pipeline's __init__ joins them)
+    for part in PARTS[1:]:
+        if part != "unet":
+            (joined / part).parent.mkdir(parents=True, exist_ok=True)
+            (joined / part).symlink_to(root / "ad" / part)
+    xl.unet.save_pretrained(joined / "unet")
+    index = json.loads((root / "ad" / "model_index.json").read_text())
+    (joined / "model_index.json").write_text(json.dumps({**index, "unet": ["diffusers", "UNet2DConditionModel"]}))
+    return (*reloaded(root / "ad", diffusers.AnimateDiffSDXLPipeline, load_animatediff_sdxl), joined)
 
 
 def _generators(seed=3, n=2):
@@ -48,8 +59,10 @@ def _generators(seed=3, n=2):
 def test_animatediff_sdxl_matches_the_pipeline(tiny_animatediff_sdxl):
     """CFG s = 5 against negative prompts, clip_skip 1, 3 DDIM steps, 5 frames: the same final latents (read by a step
     callback) and frames (output_type="pt", (B, T, C, H, W) in [0, 1]) as AnimateDiffSDXLPipeline from the same noise
-    (video i from seed 3 + i); unguided (s = 1, one prompt) with the force-zeros null half unused: its latents."""
-    pipe, _, model = tiny_animatediff_sdxl
+    (video i from seed 3 + i); unguided (s = 1, one prompt, 16 x 32 frames: time ids (16, 32, 0, 0, 16, 32)): its
+    latents; the folder with a UNet2DConditionModel + motion_adapter/ loads the same UNetMotionModel but for the SD-XL
+    UNet's add_embedding, which diffkit copies (diffusers' from_unet2d leaves it at its fresh init)."""
+    pipe, _, model, joined = tiny_animatediff_sdxl
     final = {}
 
     def keep(pipeline, i, t, tensors):
@@ -76,6 +89,13 @@ def test_animatediff_sdxl_matches_the_pipeline(tiny_animatediff_sdxl):
     error = relative_error(text_to_video(model, PROMPTS[1:], steps=2, seed=5, return_latents=True, **kw), theirs)
     print(f"unguided latents: {error:.2e}")
     assert error < 1e-5
+    other = load_animatediff_sdxl(joined, progress=False).unet.state_dict()  # from_unet2d(unet, motion_adapter)
+    mine = model.unet.state_dict()
+    added = diffusers.UNet2DConditionModel.from_pretrained(joined / "unet").add_embedding.state_dict()
+    assert other.keys() == mine.keys()
+    for key, value in other.items():
+        prefix, _, rest = key.partition(".")
+        assert torch.equal(value, added[rest] if prefix == "add_embedding" else mine[key]), key
 
 
 def _video_argv(path, out, *extra):
@@ -86,7 +106,7 @@ def _video_argv(path, out, *extra):
 def test_animatediff_sdxl_command_is_the_library(tiny_animatediff_sdxl, tmp_path, capsys):
     """``diffkit video`` writes the library's videos byte for byte (APNG, lossless; default CFG s = 5 with the
     force-zeros null half; video i from seed + i), at the kind's 10 fps."""
-    _, path, model = tiny_animatediff_sdxl
+    _, path, model, _ = tiny_animatediff_sdxl
     assert main(_video_argv(path, tmp_path / "grid.png", "--individual", str(tmp_path / "each"), "--no-progress")) == 0
     assert "wrote 2 videos of 3 frames (16x16, 10 fps)" in capsys.readouterr().out
     videos = text_to_video(model, PROMPTS, num_frames=3, height=SIZE, width=SIZE, steps=1, seed=4)
@@ -109,14 +129,14 @@ def _one_line(capsys, argv, message, tmp_path):
     (["--image", "x.png"], "--image does not apply to an AnimateDiff SD-XL folder"),
 ])
 def test_animatediff_sdxl_command_refusals(tiny_animatediff_sdxl, tmp_path, capsys, extra, message):
-    _, path, _ = tiny_animatediff_sdxl
+    _, path, _, _ = tiny_animatediff_sdxl
     _one_line(capsys, _video_argv(path, tmp_path / "out.png", *extra), message, tmp_path)
 
 
 def test_animatediff_sdxl_folder_refusals(tiny_animatediff_sdxl, tmp_path, capsys):
     """diffkit sample / edit on the folder name diffkit video; an SD 1.x UNet (no added conditions) and a UNet with a
     guidance input are one line before any weight is read."""
-    _, path, _ = tiny_animatediff_sdxl
+    _, path, _, _ = tiny_animatediff_sdxl
     _one_line(capsys, ["sample", "--checkpoint", str(path), "--prompt", "a", "--out", str(tmp_path / "out.png")],
               "generate videos with diffkit video", tmp_path)
     (tmp_path / "in").mkdir()
@@ -135,7 +155,7 @@ def test_animatediff_sdxl_lora_is_load_lora_weights_and_fuse_lora(tiny_animatedi
     by AnimateDiffSDXLPipeline.save_lora_weights: load_animatediff_sdxl(lora=[(file, 0.6)]) holds the weights of the
     pipeline's load_lora_weights + fuse_lora(lora_scale=0.6)."""
     import copy
-    fixture_pipe, path, model = tiny_animatediff_sdxl
+    fixture_pipe, path, model, _ = tiny_animatediff_sdxl
     parts = {"unet": UNET_LORA, "text_encoder": TEXT_LORA, "text_encoder_2": TEXT_LORA}
     layers = {}
     for seed, (name, config) in enumerate(parts.items()):

@@ -11,7 +11,10 @@ each video's context once per frame and its pooled / size embedding repeated per
 folder's scheduler and its step, the start), as ``AnimateDiffSDXLPipeline.__call__`` does:
 
 * the folder: ``unet/`` a ``UNetMotionModel`` (what ``save_pretrained`` writes), or a ``UNet2DConditionModel`` with
-  ``motion_adapter/`` joined as ``UNetMotionModel.from_unet2d`` (:func:`.animatediff.join_motion_adapter`).
+  ``motion_adapter/`` joined as ``UNetMotionModel.from_unet2d`` (:func:`.animatediff.join_motion_adapter`) with the
+  SD-XL UNet's added embedding (``add_embedding``: pooled text and size conditions) copied too, which diffusers
+  0.42.1's ``from_unet2d`` leaves at its fresh random init (the pipeline's ``__init__`` on such a UNet: not
+  reproducible, so not compared).
 * guidance: classifier-free guidance (Ho & Salimans 2022, eq. 6) for s > 1, default s = 5 (the pipeline's); s <= 1
   one unguided call (a negative prompt refused). ``clip_skip`` on the prompts only, as SD-XL's.
 * the grid and its step, the start: :func:`.animatediff.text_to_video`'s (the folder's scheduler after
@@ -93,8 +96,10 @@ def load_animatediff_sdxl(directory: Union[str, Path], device="cpu", dtype: torc
     joined = index["unet"][1] == "UNet2DConditionModel"
     xl = load_sd_xl(directory, device, dtype, progress, check_unet=lambda *a, **k: None,
                     unet_class=None if joined else require("diffusers").UNetMotionModel)
-    if joined:
+    if joined:  # from_unet2d leaves add_embedding at its fresh init (diffusers 0.42.1): the SD-XL UNet's copied
+        added = xl.unet.add_embedding.state_dict()
         join_motion_adapter(xl, directory, dtype)
+        xl.unet.add_embedding.load_state_dict(added)
     model = AnimateDiffSDXL(**{f.name: getattr(xl, f.name) for f in fields(xl)})
     merge_sd_loras(model, loras)
     return model
