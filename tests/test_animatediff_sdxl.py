@@ -59,9 +59,10 @@ def _generators(seed=3, n=2):
 def test_animatediff_sdxl_matches_the_pipeline(tiny_animatediff_sdxl):
     """CFG s = 5 against negative prompts, clip_skip 1, 3 DDIM steps, 5 frames: the same final latents (read by a step
     callback) and frames (output_type="pt", (B, T, C, H, W) in [0, 1]) as AnimateDiffSDXLPipeline from the same noise
-    (video i from seed 3 + i); unguided (s = 1, one prompt, 16 x 32 frames: time ids (16, 32, 0, 0, 16, 32)): its
-    latents; the folder with a UNet2DConditionModel + motion_adapter/ loads the same UNetMotionModel but for the SD-XL
-    UNet's add_embedding, which diffkit copies (diffusers' from_unet2d leaves it at its fresh init)."""
+    (video i from seed 3 + i); unguided (s = 1) and by default (s = 5, no negative prompt: zeros), one prompt, 16 x 32
+    frames (time ids (16, 32, 0, 0, 16, 32)): its latents; the folder with a UNet2DConditionModel + motion_adapter/
+    loads the same UNetMotionModel but for the SD-XL UNet's add_embedding, which diffkit copies (diffusers'
+    from_unet2d leaves it at its fresh init)."""
     pipe, _, model, joined = tiny_animatediff_sdxl
     final = {}
 
@@ -82,13 +83,15 @@ def test_animatediff_sdxl_matches_the_pipeline(tiny_animatediff_sdxl):
     error = relative_error(videos, frames)
     print(f"frames: {error:.2e}")
     assert error < 1e-5
-    kw = {"guidance_scale": 1.0, "num_frames": FRAMES, "height": SIZE, "width": 2 * SIZE}
-    with torch.no_grad():
-        theirs = pipe(PROMPTS[1:], num_inference_steps=2, generator=_generators(5, 1), output_type="latent",
-                      **kw).frames
-    error = relative_error(text_to_video(model, PROMPTS[1:], steps=2, seed=5, return_latents=True, **kw), theirs)
-    print(f"unguided latents: {error:.2e}")
-    assert error < 1e-5
+    for scale in (1.0, None):  # unguided; the default s = 5 with the force-zeros null half
+        kw = {"num_frames": FRAMES, "height": SIZE, "width": 2 * SIZE, **({} if scale is None else
+                                                                          {"guidance_scale": scale})}
+        with torch.no_grad():
+            theirs = pipe(PROMPTS[1:], num_inference_steps=2, generator=_generators(5, 1), output_type="latent",
+                          **kw).frames
+        error = relative_error(text_to_video(model, PROMPTS[1:], steps=2, seed=5, return_latents=True, **kw), theirs)
+        print(f"s = {scale or 5}, 16 x 32 latents: {error:.2e}")
+        assert error < 1e-5
     other = load_animatediff_sdxl(joined, progress=False).unet.state_dict()  # from_unet2d(unet, motion_adapter)
     mine = model.unet.state_dict()
     added = diffusers.UNet2DConditionModel.from_pretrained(joined / "unet").add_embedding.state_dict()
@@ -134,11 +137,12 @@ def test_animatediff_sdxl_command_refusals(tiny_animatediff_sdxl, tmp_path, caps
 
 
 def test_animatediff_sdxl_folder_refusals(tiny_animatediff_sdxl, tmp_path, capsys):
-    """diffkit sample / edit on the folder name diffkit video; an SD 1.x UNet (no added conditions) and a UNet with a
-    guidance input are one line before any weight is read."""
-    _, path, _, _ = tiny_animatediff_sdxl
-    _one_line(capsys, ["sample", "--checkpoint", str(path), "--prompt", "a", "--out", str(tmp_path / "out.png")],
-              "generate videos with diffkit video", tmp_path)
+    """diffkit sample / edit on the folder (sample: both layouts) name diffkit video; an SD 1.x UNet (no added
+    conditions) and a UNet with a guidance input are one line before any weight is read."""
+    _, path, _, joined = tiny_animatediff_sdxl
+    for folder in (path, joined):
+        _one_line(capsys, ["sample", "--checkpoint", str(folder), "--prompt", "a", "--out", str(tmp_path / "out.png")],
+                  "generate videos with diffkit video", tmp_path)
     (tmp_path / "in").mkdir()
     _one_line(capsys, ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", "a",
                        "--out", str(tmp_path / "out")], "which diffkit edit does not take", tmp_path)

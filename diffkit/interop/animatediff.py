@@ -35,8 +35,9 @@ VAE decoding), as ``AnimateDiffPipeline.__call__`` does:
 Refused in one line before any weight is read (:func:`check_animatediff_folder`): another pipeline class, a missing
 component, a UNet of another class, a UNet2DConditionModel without a ``MotionAdapter``, a UNet SD's text-to-image
 driver refuses (SD-XL's added conditions, extra input channels, a guidance input ``time_cond_proj_dim``, which
-``AnimateDiffPipeline`` never gives). Not driven: IP-Adapters, FreeInit / FreeNoise, ``AnimateDiffSDXLPipeline``,
-the video-to-video and ControlNet / SparseCtrl pipelines.
+``AnimateDiffPipeline`` never gives). ``AnimateDiffSDXLPipeline``: :mod:`.animatediff_sdxl` (this module's video
+parts on SD-XL's driver). Not driven: IP-Adapters, FreeInit / FreeNoise, the video-to-video and ControlNet /
+SparseCtrl pipelines.
 """
 from __future__ import annotations
 
@@ -246,13 +247,15 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
                   width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
                   clip_skip: Optional[int] = None, **options) -> torch.Tensor:
-    """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring).
+    """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring; an
+    :class:`.animatediff_sdxl.AnimateDiffSDXL` as ``AnimateDiffSDXLPipeline``).
 
-    guidance_scale: in ``convention`` (default s = 7.5, diffusers'), against ``negative_prompt`` (default ""); s <= 1
-    unguided. steps: the scheduler's (default 50); sampler: None for the scheduler's own step (:func:`folder_sampler`),
-    or any diffkit sampler on its grid. num_frames (default 16), height / width (default the UNet's sample size x the
-    VAE factor, 512). clip_skip: the pipeline's (:mod:`.sd_prompts`). latents: z_T (B, C, F, h, w) (the pipeline's
-    ``latents``), default N(0, I) from per-video ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1":
+    guidance_scale: in ``convention`` (default the model's ``video_guidance``: s = 7.5, diffusers'; 5 for SD-XL),
+    against ``negative_prompt`` (default ""); s <= 1 unguided. steps: the scheduler's (default 50); sampler: None for
+    the scheduler's own step (:func:`folder_sampler`), or any diffkit sampler on its grid. num_frames (default 16),
+    height / width (default the UNet's sample size x the VAE factor, 512; 1024 for SD-XL). clip_skip: the pipeline's
+    (:mod:`.sd_prompts`). latents: z_T (B, C, F, h, w) (the pipeline's ``latents``), default N(0, I) from per-video
+    ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1":
     ``output_type="pt"``), or with ``return_latents`` the final latents (B, C, F, h, w)."""
     from ..errors import check_choice
     from ..noise import generators_from_seed, randn
@@ -275,7 +278,8 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     if sampler is None:
         sampler, options = own, {**own_options, **options}
     f = model.vae_scale_factor
-    denoiser, cond = model.video_conditioning(prompts, negative_prompt, scale, convention, cfg, clip_skip, (h * f, w * f))
+    denoiser, cond = model.video_conditioning(prompts, negative_prompt, scale, convention, cfg, clip_skip,
+                                              (h * f, w * f))
     generators = None if seed is None else generators_from_seed(seed, shape[0])  # z_T's, then the steps' noise
     if latents is None:
         latents = randn(shape, generators, device=model.device)
@@ -290,5 +294,5 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
 
 
 __all__ = ["AnimateDiff", "MotionNet", "load_animatediff", "is_animatediff_folder", "check_animatediff_folder",
-           "refuse_animatediff_folder", "folder_sampler", "check_frames", "join_motion_adapter", "text_to_video", "decode_frames",
-           "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]
+           "refuse_animatediff_folder", "folder_sampler", "check_frames", "join_motion_adapter", "text_to_video",
+           "decode_frames", "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]

@@ -40,7 +40,8 @@ from typing import Optional, Union
 import torch
 
 from . import require
-from .animatediff import ANIMATEDIFF_SDXL_PIPELINE, REQUIRED, AnimateDiff, check_animatediff_folder, decode_frames, text_to_video
+from .animatediff import (ANIMATEDIFF_SDXL_PIPELINE, REQUIRED, AnimateDiff, check_animatediff_folder, decode_frames,
+                          text_to_video)
 from .sd_xl import XL_COMPONENTS, XL_PIPELINE_GUIDANCE, StableDiffusionXL
 
 
