@@ -56,12 +56,10 @@ def _generators(seed=3, n=2):
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 
-def test_animatediff_matches_the_pipeline(tiny_animatediff):
-    """CFG s = 5 against negative prompts, clip_skip 1, 3 DDIM steps, 5 frames: the same final latents (read by a step
-    callback) and frames (output_type="pt", (B, T, C, H, W) in [0, 1]) as AnimateDiffPipeline from the same noise
-    (video i from seed 3 + i); the folder with a UNet2DConditionModel + motion_adapter/ loads the same
-    UNetMotionModel."""
-    pipe, _, model, joined = tiny_animatediff
+def matches_the_pipeline(pipe, model, text_to_video):
+    """CFG s = 5 against negative prompts, clip_skip 1, 3 steps, 5 frames: the final latents (read by a step callback)
+    and frames (output_type="pt") of ``pipe`` and ``text_to_video(model, ...)`` from the same noise, 1e-5 relative
+    (also the AnimateDiff SD-XL test's)."""
     final = {}
 
     def keep(pipeline, i, t, tensors):
@@ -74,13 +72,22 @@ def test_animatediff_matches_the_pipeline(tiny_animatediff):
                       callback_on_step_end=keep, **kw).frames
     ours = text_to_video(model, PROMPTS, steps=3, seed=3, return_latents=True, **kw)
     error = relative_error(ours, final["latents"])
-    print(f"latents: {error:.2e}")  # (measured 1.0e-6)
+    print(f"latents: {error:.2e}")
     assert error < 1e-5
     videos = (model.decode_video(ours) / 2 + 0.5).clamp(0, 1)
     assert frames.shape == videos.shape == (2, FRAMES, 3, SIZE, SIZE)
     error = relative_error(videos, frames)
-    print(f"frames: {error:.2e}")  # (measured 7.2e-7)
+    print(f"frames: {error:.2e}")
     assert error < 1e-5
+
+
+def test_animatediff_matches_the_pipeline(tiny_animatediff):
+    """CFG s = 5 against negative prompts, clip_skip 1, 3 DDIM steps, 5 frames: the same final latents (read by a step
+    callback) and frames (output_type="pt", (B, T, C, H, W) in [0, 1]) as AnimateDiffPipeline from the same noise
+    (video i from seed 3 + i); the folder with a UNet2DConditionModel + motion_adapter/ loads the same
+    UNetMotionModel."""
+    pipe, _, model, joined = tiny_animatediff
+    matches_the_pipeline(pipe, model, text_to_video)  # (measured latents 1.0e-6, frames 7.2e-7)
     other = load_animatediff(joined, progress=False).unet.state_dict()  # from_unet2d(unet, motion_adapter)
     assert other.keys() == model.unet.state_dict().keys()
     assert all(torch.equal(value, other[key]) for key, value in model.unet.state_dict().items())
@@ -136,27 +143,36 @@ def _one_line(capsys, argv, message, tmp_path):
     assert not any(tmp_path.glob("out*"))
 
 
-@pytest.mark.parametrize("extra, message", [
+COMMAND_REFUSALS = [  # (also the AnimateDiff SD-XL test's)
     (["--frames", "9"], "--frames 9 is not allowed"),
     (["--guidance-scale", "1", "--guidance-convention", "diffusers", "--negative-prompt", "x"],
      "a negative prompt with guidance_scale=1"),
     (["--image", "x.png"], "--image does not apply to an AnimateDiff folder"),
-])
+]
+
+
+@pytest.mark.parametrize("extra, message", COMMAND_REFUSALS)
 def test_animatediff_command_refusals(tiny_animatediff, tmp_path, capsys, extra, message):
     _, path, _, _ = tiny_animatediff
     _one_line(capsys, _video_argv(path, tmp_path / "out.png", *extra), message, tmp_path)
 
 
-def test_animatediff_folder_refusals(tiny_animatediff, tmp_path, capsys):
-    """diffkit sample / edit on the folder (both layouts) name diffkit video; a scheduler no sampler computes without
-    --sampler, and a UNet with a guidance input, are one line before any weight is read."""
-    _, path, _, joined = tiny_animatediff
+def sample_and_edit_refused(capsys, tmp_path, path, joined):
+    """diffkit sample on both layouts and diffkit edit on ``path``: one line naming diffkit video, nothing written (also
+    the AnimateDiff SD-XL test's)."""
     for folder in (path, joined):
         _one_line(capsys, ["sample", "--checkpoint", str(folder), "--prompt", "a", "--out", str(tmp_path / "out.png")],
                   "generate videos with diffkit video", tmp_path)
     (tmp_path / "in").mkdir()
     _one_line(capsys, ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", "a",
                        "--out", str(tmp_path / "out")], "which diffkit edit does not take", tmp_path)
+
+
+def test_animatediff_folder_refusals(tiny_animatediff, tmp_path, capsys):
+    """diffkit sample / edit on the folder (both layouts) name diffkit video; a scheduler no sampler computes without
+    --sampler, and a UNet with a guidance input, are one line before any weight is read."""
+    _, path, _, joined = tiny_animatediff
+    sample_and_edit_refused(capsys, tmp_path, path, joined)
     ancestral = changed_folder(path, tmp_path, "scheduler/scheduler_config.json",
                                {"_class_name": "EulerAncestralDiscreteScheduler"}, parts=PARTS)
     _one_line(capsys, _video_argv(ancestral, tmp_path / "out.png"), "no diffkit sampler equivalent", tmp_path)

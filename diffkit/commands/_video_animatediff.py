@@ -1,7 +1,7 @@
 """``diffkit video --checkpoint ANIMATEDIFF_FOLDER --prompt TEXT``: text-to-video as ``AnimateDiffPipeline``
-(:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md). ``diffkit sample`` / ``diffkit
-edit`` on such a folder: one line naming ``diffkit video``
-(:func:`diffkit.interop.animatediff.refuse_animatediff_folder`)."""
+(:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md), and as ``AnimateDiffSDXLPipeline``
+(:data:`SDXL_KIND`; docs/interop/animatediff_sdxl.md). ``diffkit sample`` / ``diffkit edit`` on such a folder: one
+line naming ``diffkit video`` (:func:`diffkit.interop.animatediff.refuse_animatediff_folder`)."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -55,4 +55,22 @@ class AnimateDiffKind(VideoKind):
         return text_to_video(model, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
 
 
+class AnimateDiffSDXLKind(AnimateDiffKind):
+    """An ``AnimateDiffSDXLPipeline`` folder: AnimateDiff's flags and checks on SD-XL (16 frames of 1024 x 1024, 50
+    steps, CFG s = 5; :mod:`diffkit.interop.animatediff_sdxl`); 10 fps as the AnimateDiff kind (the pipeline's
+    docstring example also exports with ``export_to_gif(frames, "animation.gif")``)."""
+
+    label = "AnimateDiff SD-XL"
+    pipelines = ("AnimateDiffSDXLPipeline",)
+
+    def check_folder(self, directory) -> None:
+        from ..interop.animatediff_sdxl import check_animatediff_sdxl_folder
+        check_animatediff_sdxl_folder(directory)
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.animatediff_sdxl import load_animatediff_sdxl
+        return load_animatediff_sdxl(directory, device, progress=progress, lora=lora)
+
+
 KIND = AnimateDiffKind()
+SDXL_KIND = AnimateDiffSDXLKind()

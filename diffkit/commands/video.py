@@ -25,6 +25,7 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, n
 VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
     "AnimateDiffPipeline": "._video_animatediff",
+    "AnimateDiffSDXLPipeline": "._video_animatediff:SDXL_KIND",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",

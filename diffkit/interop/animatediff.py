@@ -35,8 +35,9 @@ VAE decoding), as ``AnimateDiffPipeline.__call__`` does:
 Refused in one line before any weight is read (:func:`check_animatediff_folder`): another pipeline class, a missing
 component, a UNet of another class, a UNet2DConditionModel without a ``MotionAdapter``, a UNet SD's text-to-image
 driver refuses (SD-XL's added conditions, extra input channels, a guidance input ``time_cond_proj_dim``, which
-``AnimateDiffPipeline`` never gives). Not driven: IP-Adapters, FreeInit / FreeNoise, ``AnimateDiffSDXLPipeline``,
-the video-to-video and ControlNet / SparseCtrl pipelines.
+``AnimateDiffPipeline`` never gives). ``AnimateDiffSDXLPipeline``: :mod:`.animatediff_sdxl` (this module's video
+parts on SD-XL's driver). Not driven: IP-Adapters, FreeInit / FreeNoise, the video-to-video and ControlNet /
+SparseCtrl pipelines.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ from .denoiser import DiffusersNet
 from .stable_diffusion import SD_PIPELINE_GUIDANCE, StableDiffusion
 
 ANIMATEDIFF_PIPELINE = "AnimateDiffPipeline"
+ANIMATEDIFF_SDXL_PIPELINE = "AnimateDiffSDXLPipeline"  # .animatediff_sdxl
+MOTION_PIPELINES = (ANIMATEDIFF_PIPELINE, ANIMATEDIFF_SDXL_PIPELINE)
 MOTION_UNETS = ("UNetMotionModel", "UNet2DConditionModel")  # the latter joined with motion_adapter/
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ANIMATEDIFF_GUIDANCE = SD_PIPELINE_GUIDANCE  # AnimateDiffPipeline.__call__'s guidance_scale (7.5)
@@ -77,6 +80,8 @@ class MotionNet(DiffusersNet):
 class AnimateDiff(StableDiffusion):
     """The loaded components of an ``AnimateDiffPipeline`` folder (:func:`load_animatediff`): Stable Diffusion's, its
     ``unet`` a ``UNetMotionModel``."""
+
+    video_guidance = ANIMATEDIFF_GUIDANCE  # the pipeline's default guidance_scale (not a field)
 
     @property
     def network_denoiser(self):
@@ -111,6 +116,14 @@ class AnimateDiff(StableDiffusion):
         one = torch.ones(1, dtype=torch.float64)
         return float(scheduler.init_noise_sigma) * float(scheduler.scale_model_input(one, scheduler.timesteps[0]))
 
+    def video_conditioning(self, prompts: list, negative_prompt, scale: float, convention: str, cfg: bool,
+                           clip_skip: Optional[int], size: tuple) -> tuple:
+        """(denoiser, cond) of :func:`text_to_video`: the guided denoiser and cond of :meth:`prompt_guidance` (``cfg``),
+        else the plain denoiser and the prompts' context (``size``: the videos' (H, W), unused here)."""
+        if cfg:
+            return self.prompt_guidance(prompts, negative_prompt, scale, convention, 0.0, clip_skip=clip_skip)
+        return self.denoiser, {"context": self.encode_prompts(prompts, clip_skip)}
+
     def decode_video(self, latents: torch.Tensor, chunk: int = DECODE_CHUNK_SIZE) -> torch.Tensor:
         """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latent videos (B, C, F, h, w)
         (:func:`decode_frames`)."""
@@ -133,31 +146,36 @@ def is_animatediff_folder(path) -> bool:
 
 
 def refuse_animatediff_folder(path, command: str = "diffkit sample / diffkit edit") -> None:
-    """One line for an AnimateDiff folder given where an image folder is expected (``command``: what it was given
-    to), from its JSON."""
-    if is_animatediff_folder(path):
-        raise DiffkitError(f"{path} is an {ANIMATEDIFF_PIPELINE} folder (text-to-video), which {command} does not "
+    """One line for an AnimateDiff folder (``AnimateDiffPipeline`` or ``AnimateDiffSDXLPipeline``) given where an image
+    folder is expected (``command``: what it was given to), from its JSON."""
+    from .sd_xl import pipeline_class
+    name = pipeline_class(path)
+    if name in MOTION_PIPELINES:
+        raise DiffkitError(f"{path} is an {name} folder (text-to-video), which {command} does not "
                            f"take; generate videos with diffkit video --checkpoint {path} --prompt TEXT")
 
 
-def check_animatediff_folder(directory) -> tuple:
+def check_animatediff_folder(directory, pipeline: str = ANIMATEDIFF_PIPELINE, kind: str = "AnimateDiff",
+                             required: tuple = REQUIRED, check_unet=None) -> tuple:
     """(model_index dict, scheduler config) of an ``AnimateDiffPipeline`` folder, checked from its JSON alone (module
-    docstring); a one-line DiffkitError for what diffkit does not drive."""
+    docstring); a one-line DiffkitError for what diffkit does not drive. ``pipeline``, ``kind``, ``required``,
+    ``check_unet`` (default :func:`.stable_diffusion.check_stable_diffusion_unet`): another motion pipeline's (its
+    class, label, components and UNet check; :mod:`.animatediff_sdxl`)."""
     from .pixart import check_classes, named_index
     from .sd3 import _entry
     from .stable_diffusion import check_stable_diffusion_unet
     directory = Path(directory)
-    index = named_index(directory, (ANIMATEDIFF_PIPELINE,), "AnimateDiff")
+    index = named_index(directory, (pipeline,), kind)
     classes = {"unet": MOTION_UNETS, "vae": ("AutoencoderKL",)}
     if _entry(index, "unet") == "UNet2DConditionModel":
         classes["motion_adapter"] = ("MotionAdapter",)
-    check_classes(directory, index, REQUIRED + tuple(k for k in classes if k not in REQUIRED), "AnimateDiff", classes)
+    check_classes(directory, index, required + tuple(k for k in classes if k not in required), kind, classes)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     unet = read_json_object(directory / "unet" / "config.json", "unet config")
     if unet.get("time_cond_proj_dim") is not None:
         raise DiffkitError(f"{directory}'s unet has time_cond_proj_dim={unet['time_cond_proj_dim']!r} (a guidance "
-                           f"input {ANIMATEDIFF_PIPELINE} never gives); allowed: null")
-    check_stable_diffusion_unet(unet, directory, lcm=sched.get("_class_name") == "LCMScheduler")
+                           f"input {pipeline} never gives); allowed: null")
+    (check_unet or check_stable_diffusion_unet)(unet, directory, lcm=sched.get("_class_name") == "LCMScheduler")
     return index, sched
 
 
@@ -185,7 +203,7 @@ def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dty
     with the ``UNetMotionModel``, or the UNet joined with ``motion_adapter/`` as the pipeline joins them. ``lora``:
     Stable Diffusion LoRA files (paths or (path, scale) pairs; :mod:`.sd_lora`) merged into the UNet and text encoder
     as the pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
-    from . import from_pretrained, library_progress_bars
+    from . import library_progress_bars
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .stable_diffusion import _load_stable_diffusion
     diffusers = require("diffusers")
@@ -196,14 +214,22 @@ def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dty
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(directory, device, dtype, check_unet=lambda *a, **k: None,
                                     unet_class=None if joined else diffusers.UNetMotionModel)
-        if joined:  # AnimateDiffPipeline.__init__'s UNetMotionModel.from_unet2d(unet, motion_adapter)
-            adapter = from_pretrained(diffusers.MotionAdapter, directory / "motion_adapter", local_files_only=True,
-                                      torch_dtype=dtype, use_safetensors=True)
-            sd.unet = diffusers.UNetMotionModel.from_unet2d(sd.unet.to("cpu"), adapter).to(sd.device, dtype)
-            sd.unet.eval().requires_grad_(False)
+        if joined:
+            join_motion_adapter(sd, directory, dtype)
     model = AnimateDiff(**{f.name: getattr(sd, f.name) for f in fields(sd)})
     merge_sd_loras(model, loras)
     return model
+
+
+def join_motion_adapter(sd, directory: Path, dtype: torch.dtype) -> None:
+    """``sd.unet`` (a UNet2DConditionModel) joined with ``directory / "motion_adapter"`` in place, as the pipelines'
+    ``__init__``: ``UNetMotionModel.from_unet2d(unet, motion_adapter)``."""
+    from . import from_pretrained
+    diffusers = require("diffusers")
+    adapter = from_pretrained(diffusers.MotionAdapter, directory / "motion_adapter", local_files_only=True,
+                              torch_dtype=dtype, use_safetensors=True)
+    sd.unet = diffusers.UNetMotionModel.from_unet2d(sd.unet.to("cpu"), adapter).to(sd.device, dtype)
+    sd.unet.eval().requires_grad_(False)
 
 
 def check_frames(model: AnimateDiff, num_frames) -> int:
@@ -221,13 +247,15 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
                   width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
                   clip_skip: Optional[int] = None, **options) -> torch.Tensor:
-    """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring).
+    """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring; an
+    :class:`.animatediff_sdxl.AnimateDiffSDXL` as ``AnimateDiffSDXLPipeline``).
 
-    guidance_scale: in ``convention`` (default s = 7.5, diffusers'), against ``negative_prompt`` (default ""); s <= 1
-    unguided. steps: the scheduler's (default 50); sampler: None for the scheduler's own step (:func:`folder_sampler`),
-    or any diffkit sampler on its grid. num_frames (default 16), height / width (default the UNet's sample size x the
-    VAE factor, 512). clip_skip: the pipeline's (:mod:`.sd_prompts`). latents: z_T (B, C, F, h, w) (the pipeline's
-    ``latents``), default N(0, I) from per-video ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1":
+    guidance_scale: in ``convention`` (default the model's ``video_guidance``: s = 7.5, diffusers'; 5 for SD-XL),
+    against ``negative_prompt`` (default ""); s <= 1 unguided. steps: the scheduler's (default 50); sampler: None for
+    the scheduler's own step (:func:`folder_sampler`), or any diffkit sampler on its grid. num_frames (default 16),
+    height / width (default the UNet's sample size x the VAE factor, 512; 1024 for SD-XL). clip_skip: the pipeline's
+    (:mod:`.sd_prompts`). latents: z_T (B, C, F, h, w) (the pipeline's ``latents``), default N(0, I) from per-video
+    ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1":
     ``output_type="pt"``), or with ``return_latents`` the final latents (B, C, F, h, w)."""
     from ..errors import check_choice
     from ..noise import generators_from_seed, randn
@@ -237,7 +265,7 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
     frames = check_frames(model, num_frames)
-    scale = ANIMATEDIFF_GUIDANCE if guidance_scale is None else guidance_scale
+    scale = model.video_guidance if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     cfg = guided(scale, convention, negative_prompt)
     b, c, h, w = model.latent_shape(len(prompts), height, width)
@@ -249,10 +277,9 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     own, own_options = folder_sampler(model.scheduler_config)
     if sampler is None:
         sampler, options = own, {**own_options, **options}
-    if cfg:
-        denoiser, cond = model.prompt_guidance(prompts, negative_prompt, scale, convention, 0.0, clip_skip=clip_skip)
-    else:
-        denoiser, cond = model.denoiser, {"context": model.encode_prompts(prompts, clip_skip)}
+    f = model.vae_scale_factor
+    denoiser, cond = model.video_conditioning(prompts, negative_prompt, scale, convention, cfg, clip_skip,
+                                              (h * f, w * f))
     generators = None if seed is None else generators_from_seed(seed, shape[0])  # z_T's, then the steps' noise
     if latents is None:
         latents = randn(shape, generators, device=model.device)
@@ -267,5 +294,5 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
 
 
 __all__ = ["AnimateDiff", "MotionNet", "load_animatediff", "is_animatediff_folder", "check_animatediff_folder",
-           "refuse_animatediff_folder", "folder_sampler", "check_frames", "text_to_video", "decode_frames",
-           "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]
+           "refuse_animatediff_folder", "folder_sampler", "check_frames", "join_motion_adapter", "text_to_video",
+           "decode_frames", "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]

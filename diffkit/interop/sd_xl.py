@@ -345,14 +345,17 @@ def required_unet_key(config: dict, key: str, want: str, directory, kind: str, w
 
 def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
                lora=None, textual_inversion=None, scheduler: Optional[str] = None,
-               inpainting: bool = False, instruct_pix2pix: bool = False) -> StableDiffusionXL:
+               inpainting: bool = False, instruct_pix2pix: bool = False, unet_class=None,
+               check_unet=None) -> StableDiffusionXL:
     """Load an SD-XL diffusers folder (``StableDiffusionXLPipeline``; never downloads). What diffkit
     does not drive is refused in one line before any weight is read (module docstring). ``lora``,
     ``textual_inversion``, ``scheduler`` (``"lcm"`` / ``"tcd"``, :mod:`.sd_scheduler`): as
     :func:`~.stable_diffusion.load_stable_diffusion`'s (files read and checked before the folder loads);
     ``inpainting``: allow a 9-channel SD-XL inpainting UNet in a base-style folder (:mod:`.sd_inpaint`);
     ``instruct_pix2pix``: an 8-channel InstructPix2Pix UNet there (StableDiffusionXLInstructPix2PixPipeline,
-    :mod:`.sd_instruct_pix2pix`; ``is_cosxl_edit`` read from model_index.json)."""
+    :mod:`.sd_instruct_pix2pix`; ``is_cosxl_edit`` read from model_index.json). ``unet_class``, ``check_unet``
+    (default :func:`check_sd_xl_unet`): :func:`~.stable_diffusion._load_stable_diffusion`'s (an AnimateDiff SD-XL
+    folder's UNetMotionModel, :mod:`.animatediff_sdxl`)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .stable_diffusion import _load_stable_diffusion
@@ -377,9 +380,9 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     check_vae_latents(directory)
     transformers = require("transformers")
     with library_progress_bars(progress):
-        sd = _load_stable_diffusion(directory, device, dtype, inpainting, check_unet=check_sd_xl_unet,
+        sd = _load_stable_diffusion(directory, device, dtype, inpainting, check_unet=check_unet or check_sd_xl_unet,
                                     scheduler=scheduler, text_encoder=with_text_encoder,
-                                    instruct_pix2pix=instruct_pix2pix)
+                                    instruct_pix2pix=instruct_pix2pix, unet_class=unet_class)
         common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
         text_cls = getattr(transformers, str(index["text_encoder_2"][1]), transformers.CLIPTextModelWithProjection)
         text_encoder_2 = from_pretrained(text_cls, directory / "text_encoder_2", **common)
