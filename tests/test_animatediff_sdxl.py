@@ -18,8 +18,9 @@ from diffkit.interop.animatediff_sdxl import load_animatediff_sdxl, text_to_vide
 from diffkit.video import read_video  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
-from test_animatediff import (COMMAND_REFUSALS, FRAMES, PROMPTS, SIZE, _generators, _one_line, _video_argv,  # noqa: E402
-                              matches_the_pipeline, sample_and_edit_refused)
+from test_animatediff import (  # noqa: E402
+    COMMAND_REFUSALS, FRAMES, PROMPTS, SIZE, _generators, _one_line, _video_argv, matches_the_pipeline,
+    sample_and_edit_refused)
 from test_interop_diffusers import randomize, relative_error  # noqa: E402
 from test_interop_sd_xl import tiny_sd_xl_pipeline  # noqa: E402
 from test_sd_lora import TEXT_LORA, UNET_LORA, _add_lora  # noqa: E402
