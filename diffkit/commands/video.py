@@ -242,9 +242,9 @@ def request_count(args, kind: VideoKind) -> int:
         raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} folder: give --prompt TEXT (once, "
                            f"or once per video)")
     if kind.needs_image and not images and not videos:
-        alternative = " or --video FILE" if "videos" in kind.takes else ""
+        alternative = " (or --video FILE likewise)" if "videos" in kind.takes else ""
         raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} "
-                           f"folder (image-to-video): give --image PNG{alternative} (once, or once per video)")
+                           f"folder (image-to-video): give --image PNG (once, or once per video){alternative}")
     if kind.needs_video and not videos:
         raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} folder (video-to-video): give "
                            f"--video FILE (once, or once per video)")
