@@ -1,8 +1,9 @@
 """``diffkit video --checkpoint COSMOS2_VIDEO2WORLD_FOLDER --image PNG --prompt TEXT``: Cosmos Predict2 Video2World
 folders (``Cosmos2VideoToWorldPipeline``; :func:`diffkit.interop.cosmos2_video.image_to_video`;
 docs/interop/cosmos2_video.md), the image as the conditioning first frame, or ``--video FILE`` instead: an input
-video of K < ``--frames`` frames, its first (K - 1) / 4 + 1 latent frames conditioning (the pipeline's ``video``). ``--fps`` both goes to the transformer
-(the pipeline's ``fps``, its RoPE) and is the frame rate written (default 16, as diffusers' docs export)."""
+video of K < ``--frames`` frames, its first (K - 1) / 4 + 1 latent frames conditioning (the pipeline's ``video``).
+``--fps`` both goes to the transformer (the pipeline's ``fps``, its RoPE) and is the frame rate written (default 16,
+as diffusers' docs export)."""
 from __future__ import annotations
 
 from .video import VideoKind
