@@ -19,7 +19,7 @@ import importlib
 from pathlib import Path
 
 from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, non_negative_float, path_arg,
-                      positive_float, positive_int, seed_int)
+                      positive_float, positive_int, seed_int, unit_float)
 
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it ("module:NAME": its attribute NAME instead). One line per pipeline class.
@@ -32,6 +32,7 @@ VIDEO_KINDS: dict[str, str] = {
     "WanImageToVideoPipeline": "._video_wan_i2v",
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
+    "CogVideoXVideoToVideoPipeline": "._video_cogvideox:V2V_KIND",
     "LTXPipeline": "._video_ltx",
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
     "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
@@ -96,6 +97,9 @@ def register(sub) -> None:
     p.add_argument("--video", dest="videos", action="append", type=path_arg, metavar="FILE",
                    help="video-to-video folders: the input video (an animated PNG, WebP or GIF, or a folder of frame "
                         "PNGs) of every video, or repeat it once per video")
+    p.add_argument("--strength", type=unit_float, metavar="S",
+                   help="video-to-video folders: how far the input videos are noised, the last int(steps S) of "
+                        "--steps run (SDEdit; default the pipeline's, 0.8)")
     p.add_argument("--num", type=int_in(1, 65536), metavar="N",
                    help="videos to generate (default: as many as --prompt / --image / --video are given, at least 1)")
     p.add_argument("--frames", dest="num_frames", type=positive_int, metavar="N",
