@@ -106,16 +106,20 @@ class SeededKind(video_command.VideoKind):
         return torch.stack(out)
 
 
+def registered(kind, folder, monkeypatch):
+    """``folder`` (made) naming ``kind``'s pipeline class, which VIDEO_KINDS maps to a module holding ``kind``."""
+    module = types.ModuleType(f"_diffkit_test_kind_{kind.pipelines[0]}")
+    module.KIND = kind
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(video_command.VIDEO_KINDS, kind.pipelines[0], module.__name__)
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": kind.pipelines[0]}))
+    return folder, kind
+
+
 @pytest.fixture
 def test_kind(tmp_path, monkeypatch):
-    module = types.ModuleType("_diffkit_test_video_kind")
-    module.KIND = SeededKind()
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(video_command.VIDEO_KINDS, "TestVideoPipeline", module.__name__)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "TestVideoPipeline"}))
-    return folder, module.KIND
+    return registered(SeededKind(), tmp_path / "folder", monkeypatch)
 
 
 def cli(capsys, *args):
@@ -214,18 +218,12 @@ class SeededVideoKind(SeededKind):
 
 @pytest.fixture
 def video_kind(tmp_path, monkeypatch):
-    module = types.ModuleType("_diffkit_test_video_to_video_kind")
-    module.KIND = SeededVideoKind()
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(video_command.VIDEO_KINDS, "TestVideoToVideoPipeline", module.__name__)
-    folder = tmp_path / "v2v"
-    folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "TestVideoToVideoPipeline"}))
+    folder, kind = registered(SeededVideoKind(), tmp_path / "v2v", monkeypatch)
     inputs = random_videos(b=3, t=2, h=4, w=6, seed=3)
     save_videos(inputs[:2], tmp_path / "in", fps=5)  # in/video_00000.png, in/video_00001.png
     from diffkit.images import save_images
     save_images(inputs[2], tmp_path / "frames")  # a folder of frame PNGs
-    return folder, module.KIND, inputs
+    return folder, kind, inputs
 
 
 def test_video_command_slices_input_videos_per_batch(tmp_path, capsys, video_kind):
