@@ -1,5 +1,7 @@
 """``diffkit video --checkpoint ANIMATEDIFF_FOLDER --prompt TEXT``: text-to-video as ``AnimateDiffPipeline``
-(:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md). ``diffkit sample`` / ``diffkit
+(:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md), and ``--video FILE [--strength S]``
+on an ``AnimateDiffVideoToVideoPipeline`` folder (:func:`diffkit.interop.animatediff.video_to_video`,
+:data:`V2V_KIND`). ``diffkit sample`` / ``diffkit
 edit`` on such a folder: one line naming ``diffkit video``
 (:func:`diffkit.interop.animatediff.refuse_animatediff_folder`)."""
 from __future__ import annotations
@@ -55,4 +57,40 @@ class AnimateDiffKind(VideoKind):
         return text_to_video(model, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
 
 
+class AnimateDiffVideoKind(AnimateDiffKind):
+    """An ``AnimateDiffVideoToVideoPipeline`` folder: ``--video`` noised to ``--strength`` (default 0.8), its frame
+    count the output's (``--frames`` refused)."""
+
+    label = "AnimateDiff video-to-video"
+    pipelines = ("AnimateDiffVideoToVideoPipeline",)
+    takes = AnimateDiffKind.takes - {"num_frames"} | {"videos", "strength"}
+    needs_video = True
+
+    def check_request(self, args) -> None:
+        """:class:`AnimateDiffKind`'s, and a strength that keeps at least one of the steps."""
+        from argparse import Namespace
+
+        from ..interop.animatediff import ANIMATEDIFF_STEPS, ANIMATEDIFF_STRENGTH
+        from .video import check_strength
+        super().check_request(Namespace(**{**vars(args), "num_frames": 1}))  # the videos' frames: check_videos
+        check_strength(args, ANIMATEDIFF_STEPS, ANIMATEDIFF_STRENGTH)
+
+    def check_videos(self, args, videos: list) -> None:
+        """One frame count, up to the motion modules' frame positions."""
+        from argparse import Namespace
+
+        from ..errors import DiffkitError
+        from .video import video_frames
+        frames = video_frames(videos)
+        try:
+            super().check_request(Namespace(**{**vars(args), "num_frames": frames}))
+        except DiffkitError as err:
+            raise DiffkitError(f"--video of {frames} frames: {err}") from None
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):
+        from ..interop.animatediff import video_to_video
+        return video_to_video(model, videos, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
+
+
 KIND = AnimateDiffKind()
+V2V_KIND = AnimateDiffVideoKind()

@@ -78,14 +78,10 @@ class CogVideoXVideoKind(CogVideoXKind):
 
     def check_request(self, args) -> None:
         """:class:`CogVideoXKind`'s, and a strength that keeps at least one of the steps."""
-        from ..errors import DiffkitError
         from ..interop.cogvideox import COGVIDEOX_STEPS, COGVIDEOX_STRENGTH
+        from .video import check_strength
         super().check_request(args)
-        steps = args.steps or COGVIDEOX_STEPS
-        strength = COGVIDEOX_STRENGTH if args.strength is None else args.strength
-        if min(int(steps * strength), steps) < 1:
-            raise DiffkitError(f"--strength {strength:g} keeps int({steps} * {strength:g}) = 0 of {steps} steps; "
-                               f"allowed: at least 1/{steps} (or more --steps)")
+        check_strength(args, COGVIDEOX_STEPS, COGVIDEOX_STRENGTH)
 
     def check_videos(self, args, videos: list) -> None:
         """One frame count, 4 k + 1 (and whole latent patches), before any weight is read."""
@@ -93,19 +89,17 @@ class CogVideoXVideoKind(CogVideoXKind):
 
         from ..errors import DiffkitError, read_json_object
         from ..interop.cogvideox import latent_frames
-        counts = sorted({len(v) for v in videos})
-        if len(counts) > 1:
-            raise DiffkitError(f"--video files of {counts} frames are not allowed; give videos of one frame count "
-                               f"(the output's)")
+        from .video import video_frames
+        frames = video_frames(videos)
         folder = Path(args.checkpoint)
         vae = read_json_object(folder / "vae" / "config.json", "vae config")
         patch_t = read_json_object(folder / "transformer" / "config.json", "transformer config").get("patch_size_t")
         try:
-            _, extra = latent_frames(counts[0], int(vae.get("temporal_compression_ratio", 4)), patch_t)
+            _, extra = latent_frames(frames, int(vae.get("temporal_compression_ratio", 4)), patch_t)
         except DiffkitError as err:
-            raise DiffkitError(f"--video of {counts[0]} frames: {err}") from None
+            raise DiffkitError(f"--video of {frames} frames: {err}") from None
         if extra:
-            raise DiffkitError(f"--video of {counts[0]} frames is not allowed; give a multiple of {patch_t} latent "
+            raise DiffkitError(f"--video of {frames} frames is not allowed; give a multiple of {patch_t} latent "
                                f"frames (the pipeline pads none)")
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):

@@ -26,6 +26,7 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, n
 VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
     "AnimateDiffPipeline": "._video_animatediff",
+    "AnimateDiffVideoToVideoPipeline": "._video_animatediff:V2V_KIND",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",
@@ -293,6 +294,28 @@ def read_images(files) -> list:
         except (OSError, SyntaxError, ValueError) as err:
             raise DiffkitError(f"--image {str(file)!r} is not a readable image: {err}") from None
     return images
+
+
+def check_strength(args, steps: int, strength: float) -> None:
+    """One line for a ``--strength`` (default ``strength``) that keeps no step of ``--steps`` (default ``steps``):
+    min(int(N S), N) < 1 (:func:`diffkit.editing.strength_grid`), before any weight is read."""
+    from ..errors import DiffkitError
+    steps = args.steps or steps
+    strength = strength if args.strength is None else args.strength
+    if min(int(steps * strength), steps) < 1:
+        raise DiffkitError(f"--strength {strength:g} keeps int({steps} * {strength:g}) = 0 of {steps} steps; allowed: "
+                           f"at least 1/{steps} (or more --steps)")
+
+
+def video_frames(videos: list) -> int:
+    """The one frame count of ``--video``'s videos, where a kind's output has its input's frames; one line for
+    several counts."""
+    from ..errors import DiffkitError
+    counts = sorted({len(v) for v in videos})
+    if len(counts) > 1:
+        raise DiffkitError(f"--video files of {counts} frames are not allowed; give videos of one frame count (the "
+                           f"output's)")
+    return counts[0]
 
 
 def read_videos(files) -> list:

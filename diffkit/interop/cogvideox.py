@@ -385,14 +385,8 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
     prompts = prompt_list(prompts)
     if images is not None and len(images) != len(prompts):
         raise DiffkitError(f"{len(images)} images for {len(prompts)} prompts are not allowed; give one per prompt")
-    if videos is not None:
-        from .cosmos2_video import input_videos
-        if num_frames is not None:
-            raise DiffkitError(f"num_frames={num_frames!r} is not allowed for video-to-video; the input videos' frame "
-                               f"count is the output's")
-        videos = input_videos(list(videos))
-        if len(videos) != len(prompts):
-            raise DiffkitError(f"{len(videos)} videos for {len(prompts)} prompts are not allowed; give one per prompt")
+    from .cosmos2_video import prompt_videos
+    videos = prompt_videos(videos, prompts, num_frames, strength)
     frames = len(videos[0]) if videos is not None else \
         int(model.transformer.config.sample_frames) if num_frames is None else num_frames
     latent_frames, extra = model.latent_frames(frames)
@@ -408,8 +402,6 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
     if videos is not None:  # the pipeline's get_timesteps: the strength's last steps
         from ..editing import strength_grid
         grid = strength_grid(grid, COGVIDEOX_STRENGTH if strength is None else strength)
-    elif strength is not None:
-        raise DiffkitError(f"strength={strength!r} is not allowed without input videos (video_to_video)")
     if sampler is None:
         sampler = "ddim"  # CogVideoXDDIMScheduler.step: DDIM, eta 0
     f = model.vae_scale_factor
