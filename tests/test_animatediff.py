@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import to_uint8  # noqa: E402
-from diffkit.interop.animatediff import load_animatediff, text_to_video  # noqa: E402
+from diffkit.interop.animatediff import (load_animatediff, refuse_animatediff_folder, text_to_video,  # noqa: E402
+                                        video_to_video)
 from diffkit.video import read_video  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
@@ -209,3 +210,60 @@ def test_animatediff_lora_is_load_lora_weights_and_fuse_lora(tiny_animatediff, t
         error = max((theirs[key] - value).abs().max().item() for key, value in merged.items())
         print(f"weights: {error:.1e}")  # (measured 1.2e-7 UNet, 3.0e-8 text encoder)
         assert error < 1e-6 and max((base[key] - value).abs().max().item() for key, value in merged.items()) > 0.1
+
+
+def test_animatediff_video_to_video_matches_the_pipeline(tiny_animatediff, tmp_path, capsys):
+    """AnimateDiffVideoToVideoPipeline (the folder under that class): two 5-frame 20 x 24 videos resized to 16 x 16,
+    encoded with their posteriors sampled from video i's generator, noised to the first of the strength's steps
+    (0.5 of 4 DDIM steps), CFG s = 5 against a negative prompt: final latents and decoded frames; ``diffkit video
+    --video FILE --strength 0.5`` writes the library's videos byte for byte; refusals in one line."""
+    from PIL import Image
+
+    from diffkit.video import save_videos
+    _, path, _, _ = tiny_animatediff
+    folder = changed_folder(path, tmp_path, "model_index.json", {"_class_name": "AnimateDiffVideoToVideoPipeline"},
+                            parts=PARTS)
+    v2v, _, model = reloaded(folder, diffusers.AnimateDiffVideoToVideoPipeline, load_animatediff)
+    inputs = torch.randint(0, 256, (2, FRAMES, 3, 20, 24), generator=torch.Generator().manual_seed(9)) / 127.5 - 1
+    clips = [[Image.fromarray(((f + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for f in v] for v in inputs]
+    call = dict(guidance_scale=5.0, negative_prompt=NEGATIVE[0], height=SIZE, width=SIZE, strength=0.5)
+    out = {}
+    for kind in ("latent", "pt"):
+        with torch.no_grad():
+            out[kind] = v2v(video=clips, prompt=PROMPTS, num_inference_steps=4, generator=_generators(3),
+                            output_type=kind, **{**call, "negative_prompt": [NEGATIVE[0]] * 2}).frames
+    ours = video_to_video(model, list(inputs), PROMPTS, steps=4, seed=3, return_latents=True, convention="diffusers",
+                          **call)
+    assert ours.shape == (2, 4, FRAMES, 8, 8) and relative_error(ours, out["latent"]) < 1e-5
+    videos = video_to_video(model, clips, PROMPTS, steps=4, seed=3, convention="diffusers", **call)
+    assert relative_error((videos / 2 + 0.5).clamp(0, 1), out["pt"]) < 1e-5
+    files = save_videos(inputs, tmp_path / "in")
+    argv = ["video", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--video",
+            str(files[0]), "--video", str(files[1]), "--steps", "4", "--seed", "3", "--height", str(SIZE), "--width",
+            str(SIZE), "--strength", "0.5", "--guidance-scale", "5", "--guidance-convention", "diffusers",
+            "--negative-prompt", NEGATIVE[0], "--out", str(tmp_path / "grid.png"), "--individual",
+            str(tmp_path / "each"), "--no-progress"]
+    assert main(argv) == 0
+    for i in range(2):
+        written = read_video(tmp_path / "each" / f"video_{i:05d}.png")
+        assert torch.equal(((written + 1) * 127.5).round().to(torch.uint8),
+                           torch.from_numpy(to_uint8(videos[i])).permute(0, 3, 1, 2))
+    save_videos(torch.zeros(1, 9, 3, 8, 8), tmp_path / "nine")  # past the 8 frame positions
+    never = tmp_path / "never.png"
+    for extra, message in ((["--frames", "5"], "--frames does not apply to an AnimateDiff video-to-video folder"),
+                           ([], "(video-to-video): give --video FILE"),
+                           (["--video", str(tmp_path / "nine" / "video_00000.png")], "--video of 9 frames: --frames 9"),
+                           (["--video", str(files[0]), "--strength", "0.2"], "--strength 0.2 keeps int(4 * 0.2) = 0")):
+        capsys.readouterr()
+        code = main(["video", "--checkpoint", str(folder), "--prompt", "hot", "--steps", "4", *extra, "--out",
+                     str(never)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not never.exists()
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--out", str(never)]) == 2
+    err = capsys.readouterr().err
+    assert "which diffkit sample does not take (it makes videos)" in err and "--video FILE --prompt TEXT" in err
+    with pytest.raises(DiffkitError, match="call video_to_video"):
+        text_to_video(model, PROMPTS, num_frames=FRAMES, height=SIZE, width=SIZE)
+    with pytest.raises(DiffkitError, match=r"AnimateDiffVideoToVideoPipeline folder \(video-to-video\), which x does"):
+        refuse_animatediff_folder(folder, "x")  # the image loaders' check (MOTION_PIPELINES)

@@ -2,6 +2,8 @@
 CogVideoXPipeline on a tiny random folder (T5 with the unigram tokenizer of tests/test_interop_sd3.py, a 1-layer
 CogVideoXTransformer3DModel with 3D RoPE, a 3-level AutoencoderKLCogVideoX (spatial factor 4, temporal 4),
 CogVideoX-5b's CogVideoXDDIMScheduler config; zero-initialised parameters randomised; nothing downloaded)."""
+import re
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.cogvideox import (dynamic_scale, image_to_video, is_cogvideox_folder,  # noqa: E402
-                                       load_cogvideox, text_to_video)
+                                       load_cogvideox, text_to_video, video_to_video)
 
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
@@ -216,6 +218,70 @@ def test_cogvideox_image_to_video_matches_the_pipeline(cogvideox_folder, tmp_pat
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(DiffkitError, match="for this transformer of learned positions; allowed: its sample size 16x16"):
         image_to_video(model, images, PROMPTS, height=32, **{k: v for k, v in SIZE.items() if k != "height"})
+
+
+def test_cogvideox_video_to_video_matches_the_pipeline(cogvideox_folder, tmp_path, capsys):
+    """CogVideoXVideoToVideoPipeline (the text-to-video folder under that class): two input videos of 5 frames
+    (24 x 20, resized to 16 x 16) encoded with their posteriors sampled from video i's generator, noised to the first
+    of the strength's steps, then the loop: final latents (strength 0.5 of 4 steps, CFG 4 with use_dynamic_cfg over
+    the 2 kept steps) and decoded frames (the default 0.8 of 2 steps: 1 step); ``diffkit video --video FILE
+    --strength`` writes the library's videos byte for byte; refusals in one line."""
+    from PIL import Image
+
+    from diffkit.images import to_uint8
+    from diffkit.video import save_videos
+    _, path, _ = cogvideox_folder
+    folder = changed_folder(path, tmp_path, "model_index.json", {"_class_name": "CogVideoXVideoToVideoPipeline"})
+    v2v, _, model = reloaded(folder, diffusers.CogVideoXVideoToVideoPipeline, load_cogvideox)
+    assert is_cogvideox_folder(folder) and model.pipeline == "CogVideoXVideoToVideoPipeline"
+    inputs = torch.randint(0, 256, (2, 5, 3, 20, 24), generator=torch.Generator().manual_seed(9)) / 127.5 - 1
+    clips = [[Image.fromarray(((f + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for f in v] for v in inputs]
+    size = {k: v for k, v in SIZE.items() if k != "num_frames"}
+
+    def theirs(seed, **call):
+        with torch.no_grad():
+            return v2v(video=clips, prompt=PROMPTS, generator=[torch.Generator().manual_seed(seed + i) for i in
+                                                               range(2)], **size, **call).frames
+    ref = theirs(3, num_inference_steps=4, strength=0.5, guidance_scale=4.0, use_dynamic_cfg=True,
+                 output_type="latent").permute(0, 2, 1, 3, 4)
+    ours = video_to_video(model, list(inputs), PROMPTS, steps=4, strength=0.5, guidance_scale=4.0, dynamic_cfg=True,
+                          seed=3, return_latents=True, **size)
+    assert ours.shape == (2, 4, 2, 4, 4) and relative_error(ours, ref) < 1e-5  # measured: docs/interop/cogvideox.md
+    ref = theirs(5, num_inference_steps=2, negative_prompt="ugly", output_type="pt")
+    videos = video_to_video(model, clips, PROMPTS, steps=2, seed=5, negative_prompt="ugly", **size)
+    assert videos.shape == ref.shape == (2, 8, 3, 16, 16)
+    assert relative_error((videos / 2 + 0.5).clamp(0, 1), ref) < 1e-5
+    files = save_videos(inputs, tmp_path / "in")
+    argv = ["video", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--video",
+            str(files[0]), "--video", str(files[1]), "--steps", "2", "--seed", "5", "--height", "16", "--width", "16",
+            "--negative-prompt", "ugly", "--batch-size", "2", "--out", str(tmp_path / "grid.png"), "--individual",
+            str(tmp_path / "each"), "--no-progress"]
+    assert main(argv) == 0
+    for i in range(2):
+        written = _frames_at_fps(tmp_path / "each" / f"video_{i:05d}.png", fps=8)
+        assert torch.equal(written, torch.from_numpy(to_uint8(videos[i])))
+    save_videos(inputs[:1, :4], tmp_path / "four")  # 4 frames: not 4 k + 1
+    out = tmp_path / "never.png"
+    for extra, message in ((["--frames", "5"], "--frames does not apply to a CogVideoX video-to-video folder"),
+                           ([], "(video-to-video): give --video FILE"),
+                           (["--video", str(tmp_path / "four" / "video_00000.png")], "--video of 4 frames: "
+                                                                                    "num_frames=4 is not allowed"),
+                           (["--video", str(files[0]), "--strength", "0.4"], "--strength 0.4 keeps int(2 * 0.4) = 0")):
+        capsys.readouterr()
+        code = main(["video", "--checkpoint", str(folder), "--prompt", "hot", "--steps", "2", *extra, "--out",
+                     str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not out.exists()
+    assert main(["video", "--checkpoint", str(path), "--prompt", "hot", "--strength", "0.5", "--out", str(out)]) == 2
+    assert "--strength does not apply to a CogVideoX folder" in capsys.readouterr().err
+    for call, message in ((lambda: text_to_video(model, PROMPTS, **SIZE), "call video_to_video(model, videos"),
+                          (lambda: video_to_video(model, clips[:1], PROMPTS, **size), "1 videos for 2 prompts"),
+                          (lambda: video_to_video(model, clips, PROMPTS, num_frames=5, **size), "num_frames=5 is not"),
+                          (lambda: text_to_video(cogvideox_folder[2], PROMPTS, strength=0.5, **SIZE),
+                           "without input videos")):
+        with pytest.raises(DiffkitError, match=re.escape(message)):
+            call()
 
 
 # A diffusers-format LoRA (CogVideoXPipeline.save_lora_weights) with rank / alpha patterns

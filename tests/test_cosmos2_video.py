@@ -127,7 +127,38 @@ def test_cosmos2_video_command_writes_the_library_videos(tiny_cosmos2_video, tmp
         assert image.info["duration"] == pytest.approx(1000 / 16, abs=1)
 
 
+def test_cosmos2_video_command_takes_input_videos(tiny_cosmos2_video, tmp_path, capsys):
+    """diffkit video --video FILE (APNGs of 3 frames, one per video, a batch of 2): each written animation is the
+    library's image_to_video of those read_video videos (the pipeline's ``video``), seed + i, rounded as to_uint8."""
+    from diffkit.cli import main
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video, save_videos
+    _, folder, model = tiny_cosmos2_video
+    inputs = torch.randint(0, 256, (2, 3, 3, 24, 40), generator=torch.Generator().manual_seed(8)) / 127.5 - 1
+    files = save_videos(inputs, tmp_path / "in")
+    code = main(["video", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+                 *[a for f in files for a in ("--video", str(f))], "--seed", "2", "--batch-size", "2",
+                 "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--steps", "2",
+                 "--guidance-scale", "0", "--guidance-convention", "seed", "--out", str(tmp_path / "grid.png"),
+                 "--individual", str(tmp_path / "each"), "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    clips = [read_video(f) for f in files]
+    assert all(torch.equal(c, v) for c, v in zip(clips, inputs))
+    videos = image_to_video(model, clips, PROMPTS, steps=2, num_frames=FRAMES, height=H, width=W, seed=2,
+                            guidance_scale=0.0, convention="seed")
+    for i, video in enumerate(videos):
+        written = read_video(tmp_path / "each" / f"video_{i:05d}.png")
+        assert torch.equal(((written + 1) * 127.5).round().to(torch.uint8),
+                           torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2))
+
+
 @pytest.mark.parametrize("command, args, message", [
+    ("video", ["--video", "clip.png"], "--image and --video are both given"),
+    ("video", ["--no-image", "--video", "clip.png", "--frames", "5"],
+     "--video of 5 frames is not allowed for --frames 5"),
+    ("video", ["--no-image", "--video", "clip.png", "--video", "two.png", "--frames", "9", "--batch-size", "2"],
+     "--video files of [2, 5] frames are not allowed with --batch-size 2"),
     ("video", ["--frames", "8"], "num_frames=8 is not allowed; give 4 k + 1"),
     ("video", ["--frames", "1"], "num_frames=1 is not allowed; give 4 k + 1 frames, at least 5"),
     ("video", ["--height", "24"], "height x width 24x1280 is not allowed"),
@@ -146,12 +177,15 @@ def test_cosmos2_video_refusals_are_one_line_and_write_nothing(tiny_cosmos2_vide
     _, folder, _ = tiny_cosmos2_video
     monkeypatch.chdir(tmp_path)
     out = ["--individual", "new/each"] if command == "video" else ["--out", "new/x.png"]
-    image = [] if command != "video" or args == ["--no-image"] else ["--image", "in.png"]
+    image = [] if command != "video" or "--no-image" in args else ["--image", "in.png"]
     args = [a for a in args if a != "--no-image"]
+    from diffkit.video import save_video_grid
+    save_video_grid(torch.zeros(5, 3, 8, 8), tmp_path / "clip.png")  # input videos of 5 and 2 frames
+    save_video_grid(torch.zeros(2, 3, 8, 8), tmp_path / "two.png")
     code = main([command, "--checkpoint", str(folder), "--prompt", "a cat", *image, *out, *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert not list(tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.png", "two.png"]
 
 
 def test_cosmos2_video_folder_and_library_refusals(tiny_cosmos2_video, tmp_path, capsys):

@@ -106,16 +106,20 @@ class SeededKind(video_command.VideoKind):
         return torch.stack(out)
 
 
+def registered(kind, folder, monkeypatch):
+    """``folder`` (made) naming ``kind``'s pipeline class, which VIDEO_KINDS maps to a module holding ``kind``."""
+    module = types.ModuleType(f"_diffkit_test_kind_{kind.pipelines[0]}")
+    module.KIND = kind
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(video_command.VIDEO_KINDS, kind.pipelines[0], module.__name__)
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": kind.pipelines[0]}))
+    return folder, kind
+
+
 @pytest.fixture
 def test_kind(tmp_path, monkeypatch):
-    module = types.ModuleType("_diffkit_test_video_kind")
-    module.KIND = SeededKind()
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(video_command.VIDEO_KINDS, "TestVideoPipeline", module.__name__)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "TestVideoPipeline"}))
-    return folder, module.KIND
+    return registered(SeededKind(), tmp_path / "folder", monkeypatch)
 
 
 def cli(capsys, *args):
@@ -190,3 +194,87 @@ def test_equal_consecutive_frames_are_kept(tmp_path, suffix):
             assert image.n_frames == 5
     for fps in (None, 10):
         assert torch.equal(read_video(path, fps=fps), video[0])
+
+
+# ---- --video: input videos, on a test video-to-video kind ---------------------------------------------------------
+
+class SeededVideoKind(SeededKind):
+    """Video i = the seeded video of :class:`SeededKind` shifted by its input video's mean; input frames 4 x 6."""
+
+    label, pipelines = "test video-to-video", ("TestVideoToVideoPipeline",)
+    takes = SeededKind.takes | {"videos"}
+    needs_video = True
+
+    def check_videos(self, args, videos):
+        sizes = sorted({tuple(v.shape[-2:]) for v in videos} - {(4, 6)})
+        if sizes:
+            raise DiffkitError(f"--video frames of {sizes[0][1]}x{sizes[0][0]} are not allowed; give 6x4 frames")
+
+    def generate(self, model, prompts, images, *, seed, progress, videos=None, **options):
+        out = super().generate(model, prompts, images, seed=seed, progress=progress, **options)
+        shifts = torch.tensor([float(v.mean()) / 10 for v in videos])
+        return (out + shifts[:, None, None, None, None]).clamp(-1, 1)
+
+
+@pytest.fixture
+def video_kind(tmp_path, monkeypatch):
+    folder, kind = registered(SeededVideoKind(), tmp_path / "v2v", monkeypatch)
+    inputs = random_videos(b=3, t=2, h=4, w=6, seed=3)
+    save_videos(inputs[:2], tmp_path / "in", fps=5)  # in/video_00000.png, in/video_00001.png
+    from diffkit.images import save_images
+    save_images(inputs[2], tmp_path / "frames")  # a folder of frame PNGs
+    return folder, kind, inputs
+
+
+def test_video_command_slices_input_videos_per_batch(tmp_path, capsys, video_kind):
+    folder, kind, inputs = video_kind
+    given = [str(tmp_path / "in" / f"video_0000{i}.png") for i in range(2)] + [str(tmp_path / "frames")]
+    code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "ab", "--seed", "4", "--batch-size", "2",
+                       *[a for v in given for a in ("--video", v)], "--individual", str(tmp_path / "each"),
+                       "--out", str(tmp_path / "g.png"))
+    assert code == 0, err
+    model = {"calls": []}
+    expected = kind.generate(model, ["ab"] * 3, None, seed=4, progress=False, videos=list(inputs))
+    from diffkit.images import to_uint8
+    for i in range(3):
+        got = read_video(tmp_path / "each" / f"video_{i:05d}.png")
+        assert torch.equal(got, torch.from_numpy(to_uint8(expected[i])).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "ab", "--seed", "5", "--num", "2",
+                       "--video", given[2], "--individual", str(tmp_path / "same"), "--out", str(tmp_path / "s.png"))
+    assert code == 0, err  # one --video: every video's input; video 1 (seed 6) = the first run's video 2 (seed 4 + 2)
+    assert torch.equal(read_video(tmp_path / "same" / "video_00001.png"),
+                       read_video(tmp_path / "each" / "video_00002.png"))
+
+
+def test_video_command_without_video_passes_no_videos(tmp_path, capsys, test_kind, monkeypatch):
+    folder, _ = test_kind
+    seen = []
+    monkeypatch.setattr(SeededKind, "generate", lambda self, model, prompts, images, **kw: seen.append(kw) or
+                        torch.zeros(len(prompts), 1, 3, 2, 2))
+    assert cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--out", str(tmp_path / "g.png"))[0] == 0
+    assert [sorted(kw) for kw in seen] == [["progress", "seed"]]  # no videos keyword
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "a"], "(video-to-video): give --video FILE"),
+    (["--prompt", "a", "--video", "in/video_00000.png", "--video", "frames", "--num", "3"],
+     "--video is given 2 times for 3 videos"),
+    (["--prompt", "a", "--video", "missing.webp"], "--video 'missing.webp' does not exist"),
+    (["--prompt", "a", "--video", "bad.gif"], "--video 'bad.gif': 'bad.gif' is not a readable image"),
+    (["--prompt", "a", "--video", "big.png"], "--video frames of 8x8 are not allowed; give 6x4 frames"),
+])
+def test_video_flag_refusals_are_one_line_and_write_nothing(tmp_path, capsys, video_kind, monkeypatch, args, message):
+    folder, _, _ = video_kind
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.gif").write_bytes(b"not a gif")
+    Image.new("RGB", (8, 8)).save(tmp_path / "big.png")
+    code, out, err = cli(capsys, "--checkpoint", str(folder), "--individual", "new/each", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "videos.png").exists()
+
+
+def test_video_flag_is_refused_by_a_kind_that_does_not_take_it(tmp_path, capsys, test_kind):
+    folder, _ = test_kind
+    code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--video", str(tmp_path),
+                       "--out", str(tmp_path / "g.png"))
+    assert code == 2 and "--video does not apply to a test folder" in err and not (tmp_path / "g.png").exists()

@@ -1,7 +1,9 @@
 """``diffkit video --checkpoint ANIMATEDIFF_FOLDER --prompt TEXT``: text-to-video as ``AnimateDiffPipeline``
-(:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md), and as ``AnimateDiffSDXLPipeline``
-(:data:`SDXL_KIND`; docs/interop/animatediff_sdxl.md). ``diffkit sample`` / ``diffkit edit`` on such a folder: one
-line naming ``diffkit video`` (:func:`diffkit.interop.animatediff.refuse_animatediff_folder`)."""
+(:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md), as ``AnimateDiffSDXLPipeline``
+(:data:`SDXL_KIND`; the same page), and ``--video FILE [--strength S]`` on an
+``AnimateDiffVideoToVideoPipeline`` folder (:func:`diffkit.interop.animatediff.video_to_video`, :data:`V2V_KIND`).
+``diffkit sample`` / ``diffkit edit`` on such a folder: one line naming ``diffkit video``
+(:func:`diffkit.interop.animatediff.refuse_animatediff_folder`)."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -21,7 +23,7 @@ class AnimateDiffKind(VideoKind):
 
     def check_folder(self, directory) -> None:
         from ..interop.animatediff import check_animatediff_folder
-        check_animatediff_folder(directory)
+        check_animatediff_folder(directory, self.pipelines)
 
     def check_request(self, args) -> None:
         """One line, from the folder's JSON, for a frame count past the motion modules' frame positions, a guidance
@@ -72,5 +74,41 @@ class AnimateDiffSDXLKind(AnimateDiffKind):
         return load_animatediff_sdxl(directory, device, progress=progress, lora=lora)
 
 
+class AnimateDiffVideoKind(AnimateDiffKind):
+    """An ``AnimateDiffVideoToVideoPipeline`` folder: ``--video`` noised to ``--strength`` (default 0.8), its frame
+    count the output's (``--frames`` refused)."""
+
+    label = "AnimateDiff video-to-video"
+    pipelines = ("AnimateDiffVideoToVideoPipeline",)
+    takes = AnimateDiffKind.takes - {"num_frames"} | {"videos", "strength"}
+    needs_video = True
+
+    def check_request(self, args) -> None:
+        """:class:`AnimateDiffKind`'s, and a strength that keeps at least one of the steps."""
+        from argparse import Namespace
+
+        from ..interop.animatediff import ANIMATEDIFF_STEPS, ANIMATEDIFF_STRENGTH
+        from .video import check_strength
+        super().check_request(Namespace(**{**vars(args), "num_frames": 1}))  # the videos' frames: check_videos
+        check_strength(args, ANIMATEDIFF_STEPS, ANIMATEDIFF_STRENGTH)
+
+    def check_videos(self, args, videos: list) -> None:
+        """One frame count, up to the motion modules' frame positions."""
+        from argparse import Namespace
+
+        from ..errors import DiffkitError
+        from .video import video_frames
+        frames = video_frames(videos)
+        try:
+            super().check_request(Namespace(**{**vars(args), "num_frames": frames}))
+        except DiffkitError as err:
+            raise DiffkitError(f"--video of {frames} frames: {err}") from None
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):
+        from ..interop.animatediff import video_to_video
+        return video_to_video(model, videos, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
+
+
 KIND = AnimateDiffKind()
 SDXL_KIND = AnimateDiffSDXLKind()
+V2V_KIND = AnimateDiffVideoKind()

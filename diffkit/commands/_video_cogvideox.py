@@ -1,7 +1,8 @@
-"""``diffkit video --checkpoint COGVIDEOX_FOLDER --prompt TEXT [--image PNG] [--dynamic-cfg]``: a ``CogVideoXPipeline``
-folder's videos (:func:`diffkit.interop.cogvideox.text_to_video`, :data:`KIND`) and a
-``CogVideoXImageToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.image_to_video`, :data:`I2V_KIND`), driven
-by :mod:`.video`."""
+"""``diffkit video --checkpoint COGVIDEOX_FOLDER --prompt TEXT [--image PNG | --video FILE --strength S]
+[--dynamic-cfg]``: a ``CogVideoXPipeline`` folder's videos (:func:`diffkit.interop.cogvideox.text_to_video`,
+:data:`KIND`), a ``CogVideoXImageToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.image_to_video`,
+:data:`I2V_KIND`) and a ``CogVideoXVideoToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.video_to_video`,
+:data:`V2V_KIND`), driven by :mod:`.video`."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -66,5 +67,46 @@ class CogVideoXImageKind(CogVideoXKind):
         return image_to_video(model, images, prompts, seed=seed, progress=progress, **options)
 
 
+class CogVideoXVideoKind(CogVideoXKind):
+    """CogVideoX video-to-video (``CogVideoXVideoToVideoPipeline``): ``--video`` noised to ``--strength`` (default
+    0.8), its frame count (4 k + 1) the output's (``--frames`` refused)."""
+
+    label = "CogVideoX video-to-video"
+    pipelines = ("CogVideoXVideoToVideoPipeline",)
+    takes = CogVideoXKind.takes - {"num_frames"} | {"videos", "strength"}
+    needs_video = True
+
+    def check_request(self, args) -> None:
+        """:class:`CogVideoXKind`'s, and a strength that keeps at least one of the steps."""
+        from ..interop.cogvideox import COGVIDEOX_STEPS, COGVIDEOX_STRENGTH
+        from .video import check_strength
+        super().check_request(args)
+        check_strength(args, COGVIDEOX_STEPS, COGVIDEOX_STRENGTH)
+
+    def check_videos(self, args, videos: list) -> None:
+        """One frame count, 4 k + 1 (and whole latent patches), before any weight is read."""
+        from pathlib import Path
+
+        from ..errors import DiffkitError, read_json_object
+        from ..interop.cogvideox import latent_frames
+        from .video import video_frames
+        frames = video_frames(videos)
+        folder = Path(args.checkpoint)
+        vae = read_json_object(folder / "vae" / "config.json", "vae config")
+        patch_t = read_json_object(folder / "transformer" / "config.json", "transformer config").get("patch_size_t")
+        try:
+            _, extra = latent_frames(frames, int(vae.get("temporal_compression_ratio", 4)), patch_t)
+        except DiffkitError as err:
+            raise DiffkitError(f"--video of {frames} frames: {err}") from None
+        if extra:
+            raise DiffkitError(f"--video of {frames} frames is not allowed; give a multiple of {patch_t} latent "
+                               f"frames (the pipeline pads none)")
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):
+        from ..interop.cogvideox import video_to_video
+        return video_to_video(model, videos, prompts, seed=seed, progress=progress, **options)
+
+
 KIND = CogVideoXKind()
 I2V_KIND = CogVideoXImageKind()
+V2V_KIND = CogVideoXVideoKind()

@@ -3,8 +3,9 @@ animations (:mod:`diffkit.video`; docs/video.md).
 
 ``--checkpoint`` is a diffusers folder whose ``model_index.json`` names a video pipeline diffkit drives (the
 ``VIDEO_KINDS`` table: its ``_class_name`` -> the module under :mod:`diffkit.commands` whose ``KIND`` drives it).
-``--prompt`` is given once (every video) or once per video; ``--image PNG`` (image-to-video folders) likewise;
-``--num N`` videos (default: as many as prompts or images). Video i draws its noise from ``--seed`` + i, whatever
+``--prompt`` is given once (every video) or once per video; ``--image PNG`` (image-to-video folders) and ``--video
+FILE`` (the kinds that take input videos: an animated PNG / WebP / GIF or a folder of frame PNGs) likewise; ``--num N``
+videos (default: as many as prompts, images or input videos). Video i draws its noise from ``--seed`` + i, whatever
 ``--batch-size`` (default 1; a batch out of accelerator memory is halved and redrawn). The videos are written as one
 grid animation ``--out`` (default videos.png: an animated PNG; .webp and .gif too), frame t tiling frame t of every
 video (``--nrow`` per row), and with ``--individual DIR`` one animation each (video_00000.png ..., of ``--out``'s
@@ -18,7 +19,7 @@ import importlib
 from pathlib import Path
 
 from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, non_negative_float, path_arg,
-                      positive_float, positive_int, seed_int)
+                      positive_float, positive_int, seed_int, unit_float)
 
 # A video folder's pipeline class (model_index.json's _class_name) -> the module under diffkit.commands whose KIND (a
 # VideoKind) drives it ("module:NAME": its attribute NAME instead). One line per pipeline class.
@@ -26,12 +27,14 @@ VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
     "AnimateDiffPipeline": "._video_animatediff",
     "AnimateDiffSDXLPipeline": "._video_animatediff:SDXL_KIND",
+    "AnimateDiffVideoToVideoPipeline": "._video_animatediff:V2V_KIND",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",
     "WanImageToVideoPipeline": "._video_wan_i2v",
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
+    "CogVideoXVideoToVideoPipeline": "._video_cogvideox:V2V_KIND",
     "LTXPipeline": "._video_ltx",
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
     "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
@@ -46,15 +49,18 @@ COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batc
 
 class VideoKind:
     """What ``diffkit video`` needs of a video folder kind: its label, the pipeline classes it drives, the flags'
-    dests it takes beyond :data:`COMMON_FLAGS` (``takes``: negative_prompt, images, num_frames, height, width, steps,
-    sampler, guidance_scale, guidance_convention, lora), whether it needs ``--image`` (image-to-video) or a prompt,
-    its default frame rate, and its loader and generator (override :meth:`load` and :meth:`generate`)."""
+    dests it takes beyond :data:`COMMON_FLAGS` (``takes``: negative_prompt, images, videos, num_frames, height, width,
+    steps, sampler, guidance_scale, guidance_convention, lora), whether it needs ``--image`` (image-to-video; a kind
+    that takes ``--video`` also takes a video there), ``--video`` (video-to-video) or a prompt, its default frame rate,
+    and its loader and generator (override :meth:`load` and :meth:`generate`; a kind that takes ``videos`` gets them
+    as ``generate``'s keyword ``videos``)."""
 
     label = "video"
     pipelines: tuple = ()
     takes: frozenset = frozenset()
     needs_image = False  # image-to-video: --image required
     needs_prompt = True  # text-conditioned: --prompt required
+    needs_video = False  # video-to-video: --video required
     fps = 8.0  # default --fps: the frame rate its pipeline's documentation exports at
 
     def check_folder(self, directory) -> None:
@@ -63,6 +69,10 @@ class VideoKind:
     def check_request(self, args) -> None:
         """One line, before any weight is read, for flag values the kind refuses (frame counts, sizes, ...)."""
 
+    def check_videos(self, args, videos: list) -> None:
+        """One line, before any weight is read, for ``--video``'s videos (T, C, H, W) in [-1, 1] the kind refuses
+        (frame counts, frame sizes, ...)."""
+
     def load(self, directory, device, progress: bool, lora=None):
         """The loaded folder (``lora``: ``--lora``'s [(file, scale)], where the kind takes it)."""
         raise NotImplementedError
@@ -70,7 +80,8 @@ class VideoKind:
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         """(B, T, C, H, W) videos in [-1, 1] for ``prompts`` (B of them; None entries where the kind takes no
         prompt) and ``images`` (B PIL images, or None), video i's noise from ``seed`` + i; ``options``: the dests of
-        ``takes`` that were given, and with ``guidance_scale`` its ``convention`` (``--guidance-convention``)."""
+        ``takes`` that were given, and with ``guidance_scale`` its ``convention`` (``--guidance-convention``); a kind
+        that takes ``videos``: ``videos=`` B input videos (T, C, H, W) in [-1, 1] (``--video``), or None."""
         raise NotImplementedError
 
 
@@ -86,8 +97,14 @@ def register(sub) -> None:
     p.add_argument("--image", dest="images", action="append", type=path_arg, metavar="PNG",
                    help="image-to-video folders: the first frame (condition image) of every video, or repeat it once "
                         "per video")
+    p.add_argument("--video", dest="videos", action="append", type=path_arg, metavar="FILE",
+                   help="video-to-video folders: the input video (an animated PNG, WebP or GIF, or a folder of frame "
+                        "PNGs) of every video, or repeat it once per video")
+    p.add_argument("--strength", type=unit_float, metavar="S",
+                   help="video-to-video folders: how far the input videos are noised, the last int(steps S) of "
+                        "--steps run (SDEdit; default the pipeline's, 0.8)")
     p.add_argument("--num", type=int_in(1, 65536), metavar="N",
-                   help="videos to generate (default: as many as --prompt / --image are given, at least 1)")
+                   help="videos to generate (default: as many as --prompt / --image / --video are given, at least 1)")
     p.add_argument("--frames", dest="num_frames", type=positive_int, metavar="N",
                    help="frames per video (default the pipeline's)")
     p.add_argument("--height", type=positive_int, help="frame height in pixels (default the pipeline's)")
@@ -189,7 +206,8 @@ def refuse_video_folder(directory, command: str) -> None:
     name = pipeline_class(directory)
     if name in VIDEO_KINDS:
         kind = kind_of(name)
-        needs = (" --image PNG" if kind.needs_image else "") + (" --prompt TEXT" if kind.needs_prompt else "")
+        needs = (" --image PNG" if kind.needs_image else "") + (" --video FILE" if kind.needs_video else "") \
+            + (" --prompt TEXT" if kind.needs_prompt else "")
         raise DiffkitError(f"{directory} is {article(name)} {name} "
                            f"folder, which diffkit {command} does not take (it makes videos); generate videos with "
                            f"diffkit video --checkpoint {directory}{needs} (docs/video.md)")
@@ -212,7 +230,8 @@ def check_flags(args, kind: VideoKind) -> None:
 
 def flag_name(dest: str) -> str:
     """The command-line flag of a ``diffkit video`` dest (``num_frames`` -> ``--frames``)."""
-    return "--" + {"prompts": "prompt", "images": "image", "num_frames": "frames"}.get(dest, dest).replace("_", "-")
+    return "--" + {"prompts": "prompt", "images": "image", "videos": "video",
+                   "num_frames": "frames"}.get(dest, dest).replace("_", "-")
 
 
 def build_defaults():
@@ -222,18 +241,22 @@ def build_defaults():
 
 
 def request_count(args, kind: VideoKind) -> int:
-    """How many videos: ``--num``, else as many as ``--prompt`` / ``--image`` are given (at least 1); one line for a
-    missing prompt or image, or a count of them other than 1 or the videos'."""
+    """How many videos: ``--num``, else as many as ``--prompt`` / ``--image`` / ``--video`` are given (at least 1); one
+    line for a missing prompt, image or input video, or a count of them other than 1 or the videos'."""
     from ..errors import DiffkitError
-    prompts, images = args.prompts or [], args.images or []
+    prompts, images, videos = args.prompts or [], args.images or [], getattr(args, "videos", None) or []
     if kind.needs_prompt and not prompts:
         raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} folder: give --prompt TEXT (once, "
                            f"or once per video)")
-    if kind.needs_image and not images:
+    if kind.needs_image and not images and not videos:
+        alternative = " (or --video FILE likewise)" if "videos" in kind.takes else ""
         raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} "
-                           f"folder (image-to-video): give --image PNG (once, or once per video)")
-    count = args.num or max(len(prompts), len(images), 1)
-    for flag, given in (("--prompt", prompts), ("--image", images)):
+                           f"folder (image-to-video): give --image PNG (once, or once per video){alternative}")
+    if kind.needs_video and not videos:
+        raise DiffkitError(f"{args.checkpoint} is {article(kind.label)} {kind.label} folder (video-to-video): give "
+                           f"--video FILE (once, or once per video)")
+    count = args.num or max(len(prompts), len(images), len(videos), 1)
+    for flag, given in (("--prompt", prompts), ("--image", images), ("--video", videos)):
         if len(given) not in (0, 1, count):
             raise DiffkitError(f"{flag} is given {len(given)} times for {count} videos; give it once (every video) "
                                f"or once per video ({count})")
@@ -275,6 +298,45 @@ def read_images(files) -> list:
     return images
 
 
+def check_strength(args, steps: int, strength: float) -> None:
+    """One line for a ``--strength`` (default ``strength``) that keeps no step of ``--steps`` (default ``steps``):
+    min(int(N S), N) < 1 (:func:`diffkit.editing.strength_grid`), before any weight is read."""
+    from ..errors import DiffkitError
+    steps = args.steps or steps
+    strength = strength if args.strength is None else args.strength
+    if min(int(steps * strength), steps) < 1:
+        raise DiffkitError(f"--strength {strength:g} keeps int({steps} * {strength:g}) = 0 of {steps} steps; allowed: "
+                           f"at least 1/{steps} (or more --steps)")
+
+
+def video_frames(videos: list) -> int:
+    """The one frame count of ``--video``'s videos, where a kind's output has its input's frames; one line for
+    several counts."""
+    from ..errors import DiffkitError
+    counts = sorted({len(v) for v in videos})
+    if len(counts) > 1:
+        raise DiffkitError(f"--video files of {counts} frames are not allowed; give videos of one frame count (the "
+                           f"output's)")
+    return counts[0]
+
+
+def read_videos(files) -> list:
+    """``--video`` files (animations, or folders of frame PNGs) as (T, 3, H, W) videos in [-1, 1]
+    (:func:`diffkit.video.read_video`); one line for a missing or unreadable one."""
+    from ..errors import DiffkitError
+    from ..video import read_video
+    videos = []
+    for file in files:
+        if not Path(file).exists():
+            raise DiffkitError(f"--video {str(file)!r} does not exist; give an animated PNG, WebP or GIF, or a folder "
+                               f"of frame PNGs")
+        try:
+            videos.append(read_video(file))
+        except DiffkitError as err:
+            raise DiffkitError(f"--video {str(file)!r}: {err}") from None
+    return videos
+
+
 def run(args) -> int:
     import torch
 
@@ -290,9 +352,12 @@ def run(args) -> int:
     kind.check_folder(args.checkpoint)
     kind.check_request(args)
     images = read_images(args.images) if args.images else None
+    videos_in = read_videos(args.videos) if args.videos else None
+    if videos_in is not None:
+        kind.check_videos(args, videos_in)
     made = check_outputs(args.out, args.individual, count)
     fps = kind.fps if args.fps is None else args.fps
-    options = {dest: getattr(args, dest) for dest in kind.takes - {"images", "lora", "guidance_convention"}
+    options = {dest: getattr(args, dest) for dest in kind.takes - {"images", "videos", "lora", "guidance_convention"}
                if getattr(args, dest, None) is not None}
     if "guidance_scale" in options:
         options["convention"] = args.guidance_convention
@@ -303,8 +368,10 @@ def run(args) -> int:
         def generate(start: int, n: int):
             prompts = (args.prompts or [None]) * n if len(args.prompts or []) <= 1 else args.prompts[start:start + n]
             batch = None if images is None else (images * n if len(images) == 1 else images[start:start + n])
+            clips = {} if "videos" not in kind.takes else {"videos": None if videos_in is None else (
+                videos_in * n if len(videos_in) == 1 else videos_in[start:start + n])}
             return (kind.generate(model, prompts, batch, seed=args.seed + start, progress=args.progress,
-                                  **options).cpu(),)
+                                  **clips, **options).cpu(),)
 
         videos = torch.cat([v for _, v in batches_with_oom_retry(generate, count, args.batch_size)])
         save_video_grid(videos, args.out, nrow=args.nrow, fps=fps)

@@ -36,8 +36,16 @@ Refused in one line before any weight is read (:func:`check_animatediff_folder`)
 component, a UNet of another class, a UNet2DConditionModel without a ``MotionAdapter``, a UNet SD's text-to-image
 driver refuses (SD-XL's added conditions, extra input channels, a guidance input ``time_cond_proj_dim``, which
 ``AnimateDiffPipeline`` never gives). ``AnimateDiffSDXLPipeline``: :mod:`.animatediff_sdxl` (this module's video
-parts on SD-XL's driver). Not driven: IP-Adapters, FreeInit / FreeNoise, the video-to-video and ControlNet /
-SparseCtrl pipelines.
+parts on SD-XL's driver). Not driven: IP-Adapters, FreeInit / FreeNoise, the ControlNet / SparseCtrl pipelines.
+
+Video-to-video (``AnimateDiffVideoToVideoPipeline``, the same parts; :func:`video_to_video`): SDEdit (Meng et al.
+2022) as its ``prepare_latents`` / ``get_timesteps`` (``enforce_inference_steps`` off): each input video resized and
+normalised by diffusers' own ``VideoProcessor.preprocess_video``, its frames encoded ``decode_chunk_size`` (16) at a
+time with the posteriors **sampled** from video i's generator, x ``scaling_factor`` (z_0, (B, F, C, h, w)); the last
+min(int(N strength), N) of the N steps kept (:func:`diffkit.editing.strength_grid`, default strength 0.8); eps drawn
+after the posteriors in that layout; z_0 noised to the first kept timestep t, as diffkit's state
+sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (``scheduler.add_noise``; an Euler scheduler's x_0 + sigma_t eps scaled by
+its ``scale_model_input``), then the folder's step (or any sampler) from there. The output has the input's frames.
 """
 from __future__ import annotations
 
@@ -54,7 +62,10 @@ from .stable_diffusion import SD_PIPELINE_GUIDANCE, StableDiffusion
 
 ANIMATEDIFF_PIPELINE = "AnimateDiffPipeline"
 ANIMATEDIFF_SDXL_PIPELINE = "AnimateDiffSDXLPipeline"  # .animatediff_sdxl
-MOTION_PIPELINES = (ANIMATEDIFF_PIPELINE, ANIMATEDIFF_SDXL_PIPELINE)
+ANIMATEDIFF_V2V_PIPELINE = "AnimateDiffVideoToVideoPipeline"  # video_to_video
+SD_MOTION_PIPELINES = (ANIMATEDIFF_PIPELINE, ANIMATEDIFF_V2V_PIPELINE)  # load_animatediff's (Stable Diffusion 1.x)
+MOTION_PIPELINES = SD_MOTION_PIPELINES + (ANIMATEDIFF_SDXL_PIPELINE,)
+ANIMATEDIFF_STRENGTH = 0.8  # AnimateDiffVideoToVideoPipeline.__call__'s strength
 MOTION_UNETS = ("UNetMotionModel", "UNet2DConditionModel")  # the latter joined with motion_adapter/
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ANIMATEDIFF_GUIDANCE = SD_PIPELINE_GUIDANCE  # AnimateDiffPipeline.__call__'s guidance_scale (7.5)
@@ -82,6 +93,7 @@ class AnimateDiff(StableDiffusion):
     ``unet`` a ``UNetMotionModel``."""
 
     video_guidance = ANIMATEDIFF_GUIDANCE  # the pipeline's default guidance_scale (not a field)
+    pipeline: str = ANIMATEDIFF_PIPELINE  # the folder's class (AnimateDiffVideoToVideoPipeline: video_to_video)
 
     @property
     def network_denoiser(self):
@@ -124,6 +136,22 @@ class AnimateDiff(StableDiffusion):
             return self.prompt_guidance(prompts, negative_prompt, scale, convention, 0.0, clip_skip=clip_skip)
         return self.denoiser, {"context": self.encode_prompts(prompts, clip_skip)}
 
+    def video_latents(self, videos: list, height: int, width: int, generators,
+                      chunk: int = DECODE_CHUNK_SIZE) -> torch.Tensor:
+        """Video-to-video's z_0 (B, F, C, h, w): the videos (lists of PIL frames, one count) by diffusers' own
+        ``VideoProcessor.preprocess_video``, each video's frames encoded ``chunk`` at a time, their posteriors sampled
+        from its generator (``encode_video``), x scaling_factor."""
+        require("diffusers")
+        from diffusers.video_processor import VideoProcessor
+        pixels = VideoProcessor(vae_scale_factor=self.vae_scale_factor).preprocess_video(videos, height=height,
+                                                                                    width=width)
+        pixels = pixels.permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
+        with torch.no_grad():
+            z = torch.stack([torch.cat([self.vae.encode(video[i:i + chunk]).latent_dist.sample(
+                None if generators is None else generators[b]) for i in range(0, len(video), chunk)])
+                for b, video in enumerate(pixels)])
+        return z * self.vae.config.scaling_factor
+
     def decode_video(self, latents: torch.Tensor, chunk: int = DECODE_CHUNK_SIZE) -> torch.Tensor:
         """Videos (B, T, C, H, W) in [-1, 1] (not clamped) of latent videos (B, C, F, h, w)
         (:func:`decode_frames`)."""
@@ -140,32 +168,37 @@ def decode_frames(model, latents: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 def is_animatediff_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``AnimateDiffPipeline`` (``diffkit video`` dispatches)."""
+    """True for a folder whose ``model_index.json`` names ``AnimateDiffPipeline`` or
+    ``AnimateDiffVideoToVideoPipeline`` (``diffkit video`` dispatches)."""
     from .sd_xl import pipeline_class
-    return pipeline_class(path) == ANIMATEDIFF_PIPELINE
+    return pipeline_class(path) in SD_MOTION_PIPELINES
 
 
 def refuse_animatediff_folder(path, command: str = "diffkit sample / diffkit edit") -> None:
-    """One line for an AnimateDiff folder (``AnimateDiffPipeline`` or ``AnimateDiffSDXLPipeline``) given where an image
-    folder is expected (``command``: what it was given to), from its JSON."""
+    """One line for an AnimateDiff folder (``AnimateDiffPipeline``, ``AnimateDiffSDXLPipeline`` or
+    ``AnimateDiffVideoToVideoPipeline``) given where an image folder is expected (``command``: what it was given to),
+    from its JSON."""
     from .sd_xl import pipeline_class
     name = pipeline_class(path)
     if name in MOTION_PIPELINES:
-        raise DiffkitError(f"{path} is an {name} folder (text-to-video), which {command} does not "
-                           f"take; generate videos with diffkit video --checkpoint {path} --prompt TEXT")
+        v2v = name == ANIMATEDIFF_V2V_PIPELINE
+        raise DiffkitError(f"{path} is an {name} folder ({'video-to-video' if v2v else 'text-to-video'}), which "
+                           f"{command} does not take; generate videos with diffkit video --checkpoint {path}"
+                           f"{' --video FILE' if v2v else ''} --prompt TEXT")
 
 
-def check_animatediff_folder(directory, pipeline: str = ANIMATEDIFF_PIPELINE, kind: str = "AnimateDiff",
-                             required: tuple = REQUIRED, check_unet=None) -> tuple:
-    """(model_index dict, scheduler config) of an ``AnimateDiffPipeline`` folder, checked from its JSON alone (module
-    docstring); a one-line DiffkitError for what diffkit does not drive. ``pipeline``, ``kind``, ``required``,
-    ``check_unet`` (default :func:`.stable_diffusion.check_stable_diffusion_unet`): another motion pipeline's (its
-    class, label, components and UNet check; :mod:`.animatediff_sdxl`)."""
+def check_animatediff_folder(directory, pipeline: Union[str, tuple] = SD_MOTION_PIPELINES,
+                             kind: str = "AnimateDiff", required: tuple = REQUIRED, check_unet=None) -> tuple:
+    """(model_index dict, scheduler config) of an ``AnimateDiffPipeline`` or ``AnimateDiffVideoToVideoPipeline``
+    folder, checked from its JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive.
+    ``pipeline`` (a class name or a tuple of them), ``kind``, ``required``, ``check_unet`` (default
+    :func:`.stable_diffusion.check_stable_diffusion_unet`): another motion pipeline's (its class(es), label,
+    components and UNet check; :mod:`.animatediff_sdxl`)."""
     from .pixart import check_classes, named_index
     from .sd3 import _entry
     from .stable_diffusion import check_stable_diffusion_unet
     directory = Path(directory)
-    index = named_index(directory, (pipeline,), kind)
+    index = named_index(directory, (pipeline,) if isinstance(pipeline, str) else tuple(pipeline), kind)
     classes = {"unet": MOTION_UNETS, "vae": ("AutoencoderKL",)}
     if _entry(index, "unet") == "UNet2DConditionModel":
         classes["motion_adapter"] = ("MotionAdapter",)
@@ -174,7 +207,7 @@ def check_animatediff_folder(directory, pipeline: str = ANIMATEDIFF_PIPELINE, ki
     unet = read_json_object(directory / "unet" / "config.json", "unet config")
     if unet.get("time_cond_proj_dim") is not None:
         raise DiffkitError(f"{directory}'s unet has time_cond_proj_dim={unet['time_cond_proj_dim']!r} (a guidance "
-                           f"input {pipeline} never gives); allowed: null")
+                           f"input {index['_class_name']} never gives); allowed: null")
     (check_unet or check_stable_diffusion_unet)(unet, directory, lcm=sched.get("_class_name") == "LCMScheduler")
     return index, sched
 
@@ -216,7 +249,7 @@ def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dty
                                     unet_class=None if joined else diffusers.UNetMotionModel)
         if joined:
             join_motion_adapter(sd, directory, dtype)
-    model = AnimateDiff(**{f.name: getattr(sd, f.name) for f in fields(sd)})
+    model = AnimateDiff(**{f.name: getattr(sd, f.name) for f in fields(sd)}, pipeline=index["_class_name"])
     merge_sd_loras(model, loras)
     return model
 
@@ -246,9 +279,11 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
                   sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
                   width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
-                  clip_skip: Optional[int] = None, **options) -> torch.Tensor:
+                  clip_skip: Optional[int] = None, videos=None, strength: Optional[float] = None,
+                  **options) -> torch.Tensor:
     """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring; an
-    :class:`.animatediff_sdxl.AnimateDiffSDXL` as ``AnimateDiffSDXLPipeline``).
+    :class:`.animatediff_sdxl.AnimateDiffSDXL` as ``AnimateDiffSDXLPipeline``); ``videos`` and ``strength`` only
+    through :func:`video_to_video` (``AnimateDiffVideoToVideoPipeline`` folders).
 
     guidance_scale: in ``convention`` (default the model's ``video_guidance``: s = 7.5, diffusers'; 5 for SD-XL),
     against ``negative_prompt`` (default ""); s <= 1 unguided. steps: the scheduler's (default 50); sampler: None for
@@ -264,7 +299,14 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
-    frames = check_frames(model, num_frames)
+    if (model.pipeline == ANIMATEDIFF_V2V_PIPELINE) != (videos is not None):
+        raise DiffkitError("this AnimateDiff folder is video-to-video (AnimateDiffVideoToVideoPipeline); call "
+                           "video_to_video(model, videos, prompts)" if videos is None else
+                           f"this AnimateDiff folder is an {model.pipeline} one; video_to_video takes an "
+                           f"{ANIMATEDIFF_V2V_PIPELINE} folder")
+    from .cosmos2_video import prompt_videos
+    videos = prompt_videos(videos, prompts, num_frames, strength)
+    frames = check_frames(model, num_frames if videos is None else len(videos[0]))
     scale = model.video_guidance if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     cfg = guided(scale, convention, negative_prompt)
@@ -274,6 +316,9 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
     steps = ANIMATEDIFF_STEPS if steps is None else steps
     grid = model.scheduler_grid(steps)
+    if videos is not None:  # the pipeline's get_timesteps: the strength's last steps
+        from ..editing import strength_grid
+        grid = strength_grid(grid, ANIMATEDIFF_STRENGTH if strength is None else strength)
     own, own_options = folder_sampler(model.scheduler_config)
     if sampler is None:
         sampler, options = own, {**own_options, **options}
@@ -281,10 +326,19 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     denoiser, cond = model.video_conditioning(prompts, negative_prompt, scale, convention, cfg, clip_skip,
                                               (h * f, w * f))
     generators = None if seed is None else generators_from_seed(seed, shape[0])  # z_T's, then the steps' noise
-    if latents is None:
-        latents = randn(shape, generators, device=model.device)
-    scale = model.start_scale(steps)  # init_noise_sigma, as diffkit's state
-    noise = latents.to(device=model.device, dtype=model.dtype) * scale
+    if videos is not None:  # prepare_latents: the posteriors, then eps, noised to the first kept timestep
+        if latents is None:
+            from ..diffusion import q_sample
+            z0 = model.video_latents(videos, h * f, w * f, generators)
+            eps = randn(z0.shape, generators, device=model.device, dtype=torch.float32)
+            t = torch.full((shape[0],), float(grid[0]), dtype=torch.float64)
+            latents = q_sample(model.schedule, z0.float(), t, eps).permute(0, 2, 1, 3, 4)
+        noise = latents.to(device=model.device, dtype=model.dtype)
+    else:
+        if latents is None:
+            latents = randn(shape, generators, device=model.device)
+        scale = model.start_scale(steps)  # init_noise_sigma, as diffkit's state
+        noise = latents.to(device=model.device, dtype=model.dtype) * scale
     z = sample(denoiser, noise, sampler, grid=grid, generator=generators, cond=cond, progress=progress,
                device=model.device, dtype=model.dtype, **options)
     if return_latents:
@@ -293,6 +347,17 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     return (videos / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else videos.clamp(-1, 1)
 
 
+def video_to_video(model: AnimateDiff, videos, prompts: Union[str, Sequence[str]], *,
+                   strength: Optional[float] = None, **options) -> torch.Tensor:
+    """Videos (B, T, C, H, W) of input ``videos`` (one per prompt: lists of PIL frames or (T, 3, H, W) in [-1, 1],
+    :func:`diffkit.video.read_video`'s; one frame count, the output's) and ``prompts`` as
+    ``AnimateDiffVideoToVideoPipeline`` (module docstring): noised to ``strength`` (default 0.8), then the folder's
+    loop; the options: :func:`text_to_video`'s (``latents``: the noised start itself, diffkit's state)."""
+    return text_to_video(model, prompts, videos=list(videos), strength=strength, **options)
+
+
 __all__ = ["AnimateDiff", "MotionNet", "load_animatediff", "is_animatediff_folder", "check_animatediff_folder",
            "refuse_animatediff_folder", "folder_sampler", "check_frames", "join_motion_adapter", "text_to_video",
-           "decode_frames", "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_GUIDANCE", "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]
+           "video_to_video", "decode_frames", "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_SDXL_PIPELINE",
+           "ANIMATEDIFF_V2V_PIPELINE", "MOTION_PIPELINES", "ANIMATEDIFF_STRENGTH", "ANIMATEDIFF_GUIDANCE",
+           "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]

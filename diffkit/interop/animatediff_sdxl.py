@@ -101,7 +101,7 @@ def load_animatediff_sdxl(directory: Union[str, Path], device="cpu", dtype: torc
         added = xl.unet.add_embedding.state_dict()
         join_motion_adapter(xl, directory, dtype)
         xl.unet.add_embedding.load_state_dict(added)
-    model = AnimateDiffSDXL(**{f.name: getattr(xl, f.name) for f in fields(xl)})
+    model = AnimateDiffSDXL(**{f.name: getattr(xl, f.name) for f in fields(xl)}, pipeline=index["_class_name"])
     merge_sd_loras(model, loras)
     return model
 

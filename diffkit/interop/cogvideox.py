@@ -1,5 +1,5 @@
-"""A CogVideoX diffusers folder (``CogVideoXPipeline``, ``CogVideoXImageToVideoPipeline``, diffusers 0.42.1): text- and
-image-to-video with any diffkit sampler.
+"""A CogVideoX diffusers folder (``CogVideoXPipeline``, ``CogVideoXImageToVideoPipeline``,
+``CogVideoXVideoToVideoPipeline``, diffusers 0.42.1): text-, image- and video-to-video with any diffkit sampler.
 
 CogVideoX (Yang et al. 2024, "CogVideoX: Text-to-Video Diffusion Models with An Expert Transformer", THUDM) is a
 ``CogVideoXTransformer3DModel`` (text and video tokens in one sequence, expert adaLN; 3D RoPE where
@@ -39,6 +39,16 @@ transformer beside the noisy latents along the channels (both CFG halves); ``ofs
 ``ofs_embed_dim``. CogVideoX 1.5's image-to-video folders (``patch_size_t``, whose pipeline pads the latents and the
 image latents differently) are refused.
 
+Video-to-video (``CogVideoXVideoToVideoPipeline``, :func:`video_to_video`; a text-to-video transformer): SDEdit
+(Meng et al. 2022) on the input videos: each resized and normalised by diffusers' own
+``VideoProcessor.preprocess_video``, encoded with its posterior **sampled** from video i's generator, x
+``scaling_factor`` (z_0; the video's frame count gives F, 4 k + 1 frames, and a multiple of ``patch_size_t`` latent
+frames where the transformer has one: the pipeline pads none), then noised to the first kept timestep t of the
+``strength`` part of the grid (the pipeline's ``get_timesteps``: the last min(int(N strength), N) of its N steps,
+:func:`diffkit.editing.strength_grid`), z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (``scheduler.add_noise``, eps
+drawn after the posterior sample), and sampled from there; ``dynamic_cfg`` counts the kept steps (the pipeline's
+``num_inference_steps`` after ``get_timesteps``).
+
 Defaults: 50 steps, s = 6, ``sample_frames`` frames (49), ``sample_height`` x ``sample_width`` x 8 (480 x 720); frame
 counts of the form 4 k + 1 (the pipeline would round others down), sizes multiples of 8 x ``patch_size``. Refused in
 one line before any weight is read (:func:`check_cogvideox_folder`): another pipeline class, a missing component,
@@ -64,7 +74,9 @@ from . import model_dtype, require
 
 COGVIDEOX_PIPELINE = "CogVideoXPipeline"
 COGVIDEOX_I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
-COGVIDEOX_PIPELINES = (COGVIDEOX_PIPELINE, COGVIDEOX_I2V_PIPELINE)
+COGVIDEOX_V2V_PIPELINE = "CogVideoXVideoToVideoPipeline"
+COGVIDEOX_PIPELINES = (COGVIDEOX_PIPELINE, COGVIDEOX_I2V_PIPELINE, COGVIDEOX_V2V_PIPELINE)
+COGVIDEOX_STRENGTH = 0.8  # CogVideoXVideoToVideoPipeline.__call__'s default strength
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 COGVIDEOX_CLASSES = {"transformer": ("CogVideoXTransformer3DModel",), "vae": ("AutoencoderKLCogVideoX",),
                      "text_encoder": ("T5EncoderModel",), "scheduler": ("CogVideoXDDIMScheduler",)}
@@ -159,6 +171,7 @@ class CogVideoX:
     prediction_type: str
     device: torch.device
     dtype: torch.dtype = torch.float32
+    pipeline: str = COGVIDEOX_PIPELINE  # the folder's pipeline class
     _ropes: dict = field(default_factory=dict, repr=False)
 
     default_steps = COGVIDEOX_STEPS
@@ -245,6 +258,20 @@ class CogVideoX:
         z = z / factor if self.vae.config.invert_scale_latents else z * factor
         return torch.cat([z, z.new_zeros(z.shape[0], z.shape[1], frames - 1, *z.shape[3:])], dim=2)
 
+    def video_latents(self, videos: list, height: int, width: int, generators) -> torch.Tensor:
+        """Video-to-video's z_0 (B, C, F, h, w) (``prepare_latents``): the videos (lists of PIL frames, one frame
+        count) resized and normalised by diffusers' own ``VideoProcessor.preprocess_video``, each encoded and its
+        posterior **sampled** from its generator (before its noise), x scaling_factor."""
+        require("diffusers")
+        from diffusers.video_processor import VideoProcessor
+        pixels = VideoProcessor(vae_scale_factor=self.vae_scale_factor).preprocess_video(videos, height=height,
+                                                                                        width=width)
+        pixels = pixels.to(self.device, self.vae.dtype)
+        with torch.no_grad():
+            z = torch.cat([self.vae.encode(pixels[i:i + 1]).latent_dist.sample(
+                None if generators is None else generators[i]) for i in range(pixels.shape[0])]).float()
+        return z * self.vae.config.scaling_factor
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Videos (B, T, 3, H, W) in [-1, 1] (not clamped) of latents (B, C, F, h, w): x = D(z / scaling_factor)
         (``decode_latents``)."""
@@ -254,8 +281,8 @@ class CogVideoX:
 
 
 def is_cogvideox_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``CogVideoXPipeline`` or
-    ``CogVideoXImageToVideoPipeline``."""
+    """True for a folder whose ``model_index.json`` names ``CogVideoXPipeline``, ``CogVideoXImageToVideoPipeline`` or
+    ``CogVideoXVideoToVideoPipeline``."""
     from .sd_xl import pipeline_class
     return pipeline_class(path) in COGVIDEOX_PIPELINES
 
@@ -268,7 +295,7 @@ def check_cogvideox_folder(directory) -> tuple:
     directory = Path(directory)
     index = named_index(directory, COGVIDEOX_PIPELINES, "CogVideoX")
     check_classes(directory, index, REQUIRED, "CogVideoX", COGVIDEOX_CLASSES)
-    if index["_class_name"] == COGVIDEOX_PIPELINE:
+    if index["_class_name"] != COGVIDEOX_I2V_PIPELINE:
         check_latent_channels(directory, "both; an image-to-video transformer takes twice as many")
     else:
         config = read_json_object(directory / "transformer" / "config.json", "transformer config")
@@ -309,7 +336,7 @@ def load_cogvideox(directory: Union[str, Path], device="cpu", dtype: torch.dtype
                             progress, vae_cls=diffusers.AutoencoderKLCogVideoX)
     device = frozen_on(parts, device)
     model = CogVideoX(**parts, scheduler_config=sched, schedule=schedule, prediction_type=prediction_type,
-                      device=device, dtype=dtype)
+                      device=device, dtype=dtype, pipeline=index["_class_name"])
     have, need = model.transformer.config.text_embed_dim, model.text_encoder.config.d_model
     if have != need:
         raise DiffkitError(f"{directory}: the transformer's text_embed_dim={have} does not fit its T5's width {need}")
@@ -322,9 +349,11 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
                   steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
                   height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
                   latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
-                  progress: bool = False, images=None, **options) -> torch.Tensor:
+                  progress: bool = False, images=None, videos=None, strength: Optional[float] = None,
+                  **options) -> torch.Tensor:
     """Videos (B, T, 3, H, W) of ``prompts`` as ``CogVideoXPipeline`` (module docstring); ``images`` (PIL, one per
-    prompt) only through :func:`image_to_video` (``CogVideoXImageToVideoPipeline`` folders).
+    prompt) only through :func:`image_to_video` (``CogVideoXImageToVideoPipeline`` folders), ``videos`` and
+    ``strength`` only through :func:`video_to_video` (``CogVideoXVideoToVideoPipeline`` folders).
 
     guidance_scale: in ``convention`` (default s = 6, diffusers'), against ``negative_prompt`` (default "");
     dynamic_cfg: the pipeline's ``use_dynamic_cfg`` (:func:`dynamic_scale` of s). steps: the scheduler's (default 50);
@@ -346,19 +375,33 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
                            "image_to_video(model, images, prompts)" if model.image_to_video else
                            "this CogVideoX folder is text-to-video (CogVideoXPipeline); call text_to_video(model, "
                            "prompts) without images")
+    if (model.pipeline == COGVIDEOX_V2V_PIPELINE) != (videos is not None):
+        raise DiffkitError("this CogVideoX folder is video-to-video (CogVideoXVideoToVideoPipeline); call "
+                           "video_to_video(model, videos, prompts)" if videos is None else
+                           f"this CogVideoX folder is a {model.pipeline} one; video_to_video takes a "
+                           f"{COGVIDEOX_V2V_PIPELINE} folder")
     scale = pipeline_scale(guidance_scale, model.default_guidance_scale, convention)
     cfg = guided(scale, "diffusers", negative_prompt)
     prompts = prompt_list(prompts)
     if images is not None and len(images) != len(prompts):
         raise DiffkitError(f"{len(images)} images for {len(prompts)} prompts are not allowed; give one per prompt")
-    frames = int(model.transformer.config.sample_frames) if num_frames is None else num_frames
+    from .cosmos2_video import prompt_videos
+    videos = prompt_videos(videos, prompts, num_frames, strength)
+    frames = len(videos[0]) if videos is not None else \
+        int(model.transformer.config.sample_frames) if num_frames is None else num_frames
     latent_frames, extra = model.latent_frames(frames)
+    if videos is not None and extra:
+        raise DiffkitError(f"input videos of {frames} frames are not allowed; give a multiple of "
+                           f"{model.transformer.config.patch_size_t} latent frames (the pipeline pads none)")
     default_height, default_width = model.default_size
     height = default_height if height is None else height
     width = default_width if width is None else width
     model.check_size(height, width)
     steps = model.default_steps if steps is None else steps
     grid = model.scheduler_grid(steps)
+    if videos is not None:  # the pipeline's get_timesteps: the strength's last steps
+        from ..editing import strength_grid
+        grid = strength_grid(grid, COGVIDEOX_STRENGTH if strength is None else strength)
     if sampler is None:
         sampler = "ddim"  # CogVideoXDDIMScheduler.step: DDIM, eta 0
     f = model.vae_scale_factor
@@ -370,7 +413,12 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
         cond["image"] = model.image_latents(images, height, width, latent_frames, generators)
     if latents is None:  # drawn in the pipeline's (B, F, C, h, w) layout
         drawn = (shape[0], shape[2], shape[1], *shape[3:])
+        z0 = None if videos is None else model.video_latents(videos, height, width, generators)  # before the noise
         latents = randn(drawn, generators, device=model.device).permute(0, 2, 1, 3, 4)
+        if z0 is not None:  # scheduler.add_noise at the first kept timestep
+            from ..diffusion import q_sample
+            t = torch.full((shape[0],), float(grid[0]), dtype=torch.float64)
+            latents = q_sample(model.schedule, z0, t, latents)
     elif tuple(latents.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
     denoiser = model.denoiser()
@@ -378,7 +426,7 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
         null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
         denoiser = ClassifierFreeGuidance(denoiser, scale, "diffusers", null_context=null, weight_input=dynamic_cfg)
         if dynamic_cfg:
-            denoiser = DynamicGuidance(denoiser, scale, steps)
+            denoiser = DynamicGuidance(denoiser, scale, len(grid) - 1 if videos is not None else steps)
     state = torch.float32
     z = sample(denoiser, latents.to(model.device, state).contiguous(), sampler, grid=grid, seed=seed, cond=cond,
                progress=progress, device=model.device, dtype=state, **options)
@@ -394,6 +442,17 @@ def image_to_video(model: CogVideoX, images, prompts: Union[str, Sequence[str]],
     return text_to_video(model, prompts, images=list(images), **options)
 
 
+def video_to_video(model: CogVideoX, videos, prompts: Union[str, Sequence[str]], *, strength: Optional[float] = None,
+                   **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) of input ``videos`` (one per prompt: lists of PIL frames or (T, 3, H, W) in [-1, 1],
+    :func:`diffkit.video.read_video`'s; one frame count, 4 k + 1, the output's) and ``prompts`` as
+    ``CogVideoXVideoToVideoPipeline`` (module docstring): noised to ``strength`` (default 0.8: the last
+    min(int(N strength), N) of the N steps run), then the CogVideoX loop; the options: :func:`text_to_video`'s
+    (``latents``: the pipeline's, the noised start itself)."""
+    return text_to_video(model, prompts, videos=list(videos), strength=strength, **options)
+
+
 __all__ = ["CogVideoX", "CogVideoXNet", "DynamicGuidance", "load_cogvideox", "is_cogvideox_folder",
            "check_cogvideox_folder", "check_size", "latent_frames", "dynamic_scale", "text_to_video",
-           "image_to_video", "COGVIDEOX_PIPELINE", "COGVIDEOX_I2V_PIPELINE", "COGVIDEOX_FPS"]
+           "image_to_video", "video_to_video", "COGVIDEOX_PIPELINE", "COGVIDEOX_I2V_PIPELINE", "COGVIDEOX_V2V_PIPELINE",
+           "COGVIDEOX_STRENGTH", "COGVIDEOX_FPS"]

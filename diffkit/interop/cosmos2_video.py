@@ -181,6 +181,23 @@ def input_videos(images) -> list:
     return videos
 
 
+def prompt_videos(videos, prompts: list, num_frames, strength) -> Optional[list]:
+    """Video-to-video's inputs (CogVideoX's, AnimateDiff's ``video_to_video``): ``videos`` as :func:`input_videos`'
+    lists of PIL frames, one per prompt, their frame count the output's (``num_frames`` must be None), or None
+    without videos (``strength`` must be None then); one line otherwise."""
+    if videos is None:
+        if strength is not None:
+            raise DiffkitError(f"strength={strength!r} is not allowed without input videos (video_to_video)")
+        return None
+    if num_frames is not None:
+        raise DiffkitError(f"num_frames={num_frames!r} is not allowed for video-to-video; the input videos' frame "
+                           f"count is the output's")
+    videos = input_videos(list(videos))
+    if len(videos) != len(prompts):
+        raise DiffkitError(f"{len(videos)} videos for {len(prompts)} prompts are not allowed; give one per prompt")
+    return videos
+
+
 def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
                    guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
                    sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
@@ -253,5 +270,5 @@ def image_to_video(model: Cosmos2Video, images, prompts: Union[str, Sequence[str
 
 
 __all__ = ["Cosmos2Video", "Cosmos2VideoNet", "load_cosmos2_video", "is_cosmos2_video_folder",
-           "check_cosmos2_video_folder", "check_frames", "input_videos", "image_to_video", "COSMOS2_VIDEO_PIPELINE",
-           "VIDEO_GUIDANCE", "VIDEO_STEPS", "VIDEO_FRAMES", "VIDEO_SIZE", "VIDEO_FPS"]
+           "check_cosmos2_video_folder", "check_frames", "input_videos", "prompt_videos", "image_to_video",
+           "COSMOS2_VIDEO_PIPELINE", "VIDEO_GUIDANCE", "VIDEO_STEPS", "VIDEO_FRAMES", "VIDEO_SIZE", "VIDEO_FPS"]
