@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.cosmos2_video import image_to_video, is_cosmos2_video_folder, load_cosmos2_video  # noqa: E402
 
+from _video_helpers import refused_in_one_line  # noqa: E402
 from _pipeline_folders import changed_folder  # noqa: E402
 from test_cosmos2 import LENGTH, cosmos2_folder  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
@@ -173,19 +174,14 @@ def test_cosmos2_video_command_takes_input_videos(tiny_cosmos2_video, tmp_path, 
 ])
 def test_cosmos2_video_refusals_are_one_line_and_write_nothing(tiny_cosmos2_video, tmp_path, monkeypatch, capsys,
                                                                command, args, message):
-    from diffkit.cli import main
     _, folder, _ = tiny_cosmos2_video
     monkeypatch.chdir(tmp_path)
-    out = ["--individual", "new/each"] if command == "video" else ["--out", "new/x.png"]
     image = [] if command != "video" or "--no-image" in args else ["--image", "in.png"]
     args = [a for a in args if a != "--no-image"]
     from diffkit.video import save_video_grid
     save_video_grid(torch.zeros(5, 3, 8, 8), tmp_path / "clip.png")  # input videos of 5 and 2 frames
     save_video_grid(torch.zeros(2, 3, 8, 8), tmp_path / "two.png")
-    code = main([command, "--checkpoint", str(folder), "--prompt", "a cat", *image, *out, *args])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.png", "two.png"]
+    refused_in_one_line(capsys, tmp_path, command, folder, image + args, message)
 
 
 def test_cosmos2_video_folder_and_library_refusals(tiny_cosmos2_video, tmp_path, capsys):

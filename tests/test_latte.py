@@ -15,6 +15,7 @@ from diffkit.images import to_uint8  # noqa: E402
 from diffkit.interop.latte import is_latte_folder, load_latte, text_to_video  # noqa: E402
 from diffkit.video import read_video  # noqa: E402
 
+from _video_helpers import refused_in_one_line  # noqa: E402
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
@@ -133,11 +134,7 @@ def test_latte_refusals_are_one_line_and_write_nothing(tiny_latte, tmp_path, mon
                                                        message):
     _, folder, _ = tiny_latte
     monkeypatch.chdir(tmp_path)
-    out = ["--individual", "new/each"] if command == "video" else ["--out", "new/x.png"]
-    code = main([command, "--checkpoint", str(folder), "--prompt", "a cat", *out, *args])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert not list(tmp_path.iterdir())
+    refused_in_one_line(capsys, tmp_path, command, folder, args, message)
 
 
 @pytest.mark.parametrize("part, change, message", [

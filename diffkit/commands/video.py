@@ -15,6 +15,7 @@ that do not fit; a failure leaves no partial file and no new empty folder.
 """
 from __future__ import annotations
 
+import abc
 import importlib
 from pathlib import Path
 
@@ -47,13 +48,13 @@ COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batc
                 "nrow", "device", "progress"}
 
 
-class VideoKind:
+class VideoKind(abc.ABC):
     """What ``diffkit video`` needs of a video folder kind: its label, the pipeline classes it drives, the flags'
     dests it takes beyond :data:`COMMON_FLAGS` (``takes``: negative_prompt, images, videos, num_frames, height, width,
     steps, sampler, guidance_scale, guidance_convention, lora), whether it needs ``--image`` (image-to-video; a kind
     that takes ``--video`` also takes a video there), ``--video`` (video-to-video) or a prompt, its default frame rate,
-    and its loader and generator (override :meth:`load` and :meth:`generate`; a kind that takes ``videos`` gets them
-    as ``generate``'s keyword ``videos``)."""
+    and its loader and generator (the abstract :meth:`load` and :meth:`generate`; a kind that takes ``videos`` gets
+    them as ``generate``'s keyword ``videos``)."""
 
     label = "video"
     pipelines: tuple = ()
@@ -73,16 +74,16 @@ class VideoKind:
         """One line, before any weight is read, for ``--video``'s videos (T, C, H, W) in [-1, 1] the kind refuses
         (frame counts, frame sizes, ...)."""
 
+    @abc.abstractmethod
     def load(self, directory, device, progress: bool, lora=None):
         """The loaded folder (``lora``: ``--lora``'s [(file, scale)], where the kind takes it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         """(B, T, C, H, W) videos in [-1, 1] for ``prompts`` (B of them; None entries where the kind takes no
         prompt) and ``images`` (B PIL images, or None), video i's noise from ``seed`` + i; ``options``: the dests of
         ``takes`` that were given, and with ``guidance_scale`` its ``convention`` (``--guidance-convention``); a kind
         that takes ``videos``: ``videos=`` B input videos (T, C, H, W) in [-1, 1] (``--video``), or None."""
-        raise NotImplementedError
 
 
 def register(sub) -> None:
