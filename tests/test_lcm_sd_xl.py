@@ -151,8 +151,9 @@ def test_lcm_sd_xl_without_a_guidance_input_equals_the_pipeline(xl, unet_calls, 
 
 
 # the LoRA merge rounds differently from diffusers' fuse_lora (weights within 1e-7 relative), which the tiny
-# random SD-XL UNet amplifies to a few 1e-5 of z_0 in 3-4 steps (tests/test_sd_xl_lora.py's 3e-5 for DDIM)
-LORA_TOLERANCE = 1e-4
+# random SD-XL UNet amplifies to a few 1e-5 of z_0 in 3-4 steps (tests/test_sd_xl_lora.py's 3e-5 for DDIM), and to
+# 1.8e-4 with guidance on an AVX-512 machine (its float32 sums round differently); the merge itself: test_sd_xl_lora
+LORA_TOLERANCE = 5e-4
 
 
 @pytest.mark.parametrize("steps,scale,small,lora", [(4, 1.0, False, False), (3, 1.5, True, False),

@@ -91,8 +91,8 @@ def test_one_sample_follows_algorithm_4(mixture, order, rtol, atol):
     # the same tries in the same order: each try's evaluation times. The network sees float32 times,
     # and Algorithm 4 has no bound on a step's growth: after a try with a tiny E (a difference of
     # nearly equal x_high, x_low) the next h ~ E^(-1/k) magnifies round-off, so at the tight tolerance
-    # those (rejected) tries' times agree to ~3e-4 relative, the rest to ~1e-6
-    close = 1e-5 if rtol == 0.05 else 1e-3
+    # those (rejected) tries' times agree to ~3e-4 relative (~2e-3 on an AVX-512 machine), the rest to ~1e-6
+    close = 1e-5 if rtol == 0.05 else 1e-2
     torch.testing.assert_close(torch.tensor(seen, dtype=F64), torch.tensor(ref_times, dtype=F64), rtol=close, atol=0)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
 

@@ -389,9 +389,12 @@ def test_batch_size_invariance(schedule, mixture, name):
     # ode controls each sample's step size alone, so it is batch-invariant at any tolerance
     how = {"rtol": 1e-4, "atol": 1e-4} if REGISTRY[name].adaptive else {"steps": 6}
     full = diffkit.sample(den, noise, sampler=name, seed=100, progress=False, **how)
+    # a batch of 16 and of 1 round the network's float64 sums differently (by the CPU's vector width); an adaptive
+    # step controller magnifies that round-off (h ~ E^(-1/k)): ~2e-9 on an AVX-512 machine
+    close = 1e-7 if REGISTRY[name].adaptive else 1e-9
     for i in (0, 5, 15):
         one = diffkit.sample(den, noise[i:i + 1], sampler=name, seed=100 + i, progress=False, **how)
-        torch.testing.assert_close(one[0], full[i], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(one[0], full[i], rtol=close, atol=close)
 
 
 @pytest.mark.parametrize("order", [2, 3])
