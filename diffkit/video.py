@@ -1,4 +1,5 @@
-"""Videos in and out: (B, T, C, H, W) tensors in [-1, 1] <-> animated PNG / GIF / WebP files (Pillow; no ffmpeg).
+"""Videos in and out: (B, T, C, H, W) tensors in [-1, 1] <-> animated PNG / GIF / WebP files (Pillow) and H.264
+MP4 / MKV movies (PyAV, the optional extra ``diffkit[video]``).
 
 A video is a tensor (T, C, H, W) of T frames, a batch of them (B, T, C, H, W), as diffusers' video pipelines return
 them with ``output_type="pt"`` ((B, T, C, H, W) in [0, 1]; diffkit's range is [-1, 1], as its images). Files:
@@ -6,12 +7,17 @@ them with ``output_type="pt"`` ((B, T, C, H, W) in [0, 1]; diffkit's range is [-
 * ``.png``: an animated PNG (APNG, lossless; a viewer without APNG shows the first frame) -- the default;
 * ``.webp``: an animated WebP, lossless;
 * ``.gif``: an animated GIF (256 colours per frame, Pillow's quantiser; frame durations in 10 ms steps), as
-  diffusers' ``export_to_gif`` writes.
+  diffusers' ``export_to_gif`` writes;
+* ``.mp4`` / ``.mkv``: H.264 (libx264) in MP4 / Matroska, as diffusers' ``export_to_video`` writes: lossy, constant
+  rate factor ``crf`` (default 18), ``yuv420p`` (odd sizes padded by one row / column) or ``yuv444p``
+  (:mod:`diffkit.movie`); needs PyAV (``pip install 'diffkit[video]'``, refused in one line without it).
 
-Every file loops forever at ``fps`` frames per second. :func:`save_video_grid` writes one animation whose frame t
-is the grid (:func:`diffkit.images.make_grid`) of frame t of every video; :func:`save_videos` one file per video
-(``video_00000.png`` ...). Writes are atomic (:func:`diffkit.checkpoint.atomic_write_bytes`): no partial file.
-:func:`read_video` reads such a file (any frame count, also a still image: one frame) or a folder of frame PNGs.
+Every animation loops forever at ``fps`` frames per second (a movie plays once, at ``fps`` exactly).
+:func:`save_video_grid` writes one animation whose frame t is the grid (:func:`diffkit.images.make_grid`) of frame t
+of every video; :func:`save_videos` one file per video (``video_00000.png`` ...). Writes are atomic
+(:func:`diffkit.checkpoint.atomic_write_bytes`): no partial file.
+:func:`read_video` reads such a file (any frame count, also a still image: one frame; any video PyAV opens) or a
+folder of frame PNGs.
 """
 from __future__ import annotations
 
@@ -25,17 +31,22 @@ from PIL import Image, ImageSequence
 
 from .checkpoint import atomic_write_bytes
 from .errors import DiffkitError, check_range
+from .movie import DEFAULT_CRF, DEFAULT_PIXEL_FORMAT, MOVIE_CONTAINERS, import_av, movie_bytes, movie_frames
 
-VIDEO_FORMATS = {".png": "PNG", ".webp": "WEBP", ".gif": "GIF"}  # suffix -> Pillow format (animated)
+# suffix -> Pillow's format (animated) or, for the H.264 movies, FFmpeg's muxer (diffkit.movie)
+VIDEO_FORMATS = {".png": "PNG", ".webp": "WEBP", ".gif": "GIF", **MOVIE_CONTAINERS}
 DEFAULT_FPS = 8.0  # diffusers' export_to_video / export_to_gif default (fps 8 / 100 ms per frame)
 
 
 def video_format(path: str | Path) -> str:
-    """Pillow's format of an animation file by its suffix (case-insensitive); one line for any other suffix."""
+    """The format of a video file by its suffix (case-insensitive; :data:`VIDEO_FORMATS`); one line for any other
+    suffix, and for a movie suffix without PyAV (checked here, before any work)."""
     suffix = Path(path).suffix.lower()
     if suffix not in VIDEO_FORMATS:
         raise DiffkitError(f"video file {str(path)!r} must end in one of {', '.join(VIDEO_FORMATS)} (animated PNG, "
-                           f"WebP or GIF); got {suffix or 'no suffix'!r}")
+                           f"WebP or GIF; H.264 MP4 or MKV); got {suffix or 'no suffix'!r}")
+    if suffix in MOVIE_CONTAINERS:
+        import_av()
     return VIDEO_FORMATS[suffix]
 
 
@@ -61,21 +72,20 @@ def grid_frames(videos, nrow: int = 8, padding: int = 2) -> list[np.ndarray]:
 
 
 def animation_bytes(frames: Sequence[np.ndarray], fps: float = DEFAULT_FPS, fmt: str = "PNG",
-                    scale: int = 1) -> bytes:
+                    scale: int = 1, crf: int = DEFAULT_CRF, pixel_format: str = DEFAULT_PIXEL_FORMAT) -> bytes:
     """The bytes of an animation (Pillow format ``fmt``: PNG = APNG, WEBP lossless, GIF) of (H, W, C) uint8 frames
-    (C = 1 or 3) at ``fps`` frames per second, looping forever, optionally upscaled ``scale`` times (nearest)."""
+    (C = 1 or 3) at ``fps`` frames per second, looping forever, optionally upscaled ``scale`` times (nearest); ``fmt``
+    mp4 / matroska: an H.264 movie at constant rate factor ``crf`` in ``pixel_format`` (:func:`movie_bytes`)."""
     check_range("fps", fps, 0.0, 1000.0, low_inclusive=False)
     check_range("scale", scale, 1, None, integer=True)
     if fmt not in VIDEO_FORMATS.values():
         raise DiffkitError(f"animation format {fmt!r} is not allowed; choose one of {sorted(VIDEO_FORMATS.values())}")
     if not frames:
         raise DiffkitError("an animation needs at least one frame; got none")
-    images = []
-    for frame in frames:
-        img = Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
-        if scale > 1:
-            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-        images.append(img)
+    frames = [frame.repeat(scale, axis=0).repeat(scale, axis=1) for frame in frames]  # nearest upscaling
+    if fmt in MOVIE_CONTAINERS.values():
+        return movie_bytes(frames, fps, fmt, crf, pixel_format)
+    images = [Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame) for frame in frames]
     # Pillow merges a frame equal to the one before into a longer frame; an APNG's alternating blend ops (the same
     # image on opaque frames) keep every frame, so the file holds T frames (WebP, GIF: merged, see read_video)
     options = {"lossless": True} if fmt == "WEBP" else {"blend": [i % 2 for i in range(len(images))]} \
@@ -86,10 +96,12 @@ def animation_bytes(frames: Sequence[np.ndarray], fps: float = DEFAULT_FPS, fmt:
     return buf.getvalue()
 
 
-def save_video_grid(videos, path: str | Path, nrow: int = 8, fps: float = DEFAULT_FPS, scale: int = 1) -> Path:
-    """Write the grid animation of ``videos`` (:func:`grid_frames`) to ``path`` (.png, .webp or .gif), atomically."""
+def save_video_grid(videos, path: str | Path, nrow: int = 8, fps: float = DEFAULT_FPS, scale: int = 1,
+                    crf: int = DEFAULT_CRF, pixel_format: str = DEFAULT_PIXEL_FORMAT) -> Path:
+    """Write the grid animation of ``videos`` (:func:`grid_frames`) to ``path`` (.png, .webp, .gif; .mp4, .mkv at
+    ``crf`` in ``pixel_format``), atomically."""
     fmt = video_format(path)
-    return atomic_write_bytes(path, animation_bytes(grid_frames(videos, nrow), fps, fmt, scale))
+    return atomic_write_bytes(path, animation_bytes(grid_frames(videos, nrow), fps, fmt, scale, crf, pixel_format))
 
 
 def check_video_folder(directory: str | Path, count: int, prefix: str = "video", suffix: str = ".png") -> None:
@@ -110,22 +122,31 @@ def check_video_folder(directory: str | Path, count: int, prefix: str = "video",
 
 
 def save_videos(videos, directory: str | Path, prefix: str = "video", suffix: str = ".png",
-                fps: float = DEFAULT_FPS) -> list[Path]:
+                fps: float = DEFAULT_FPS, crf: int = DEFAULT_CRF,
+                pixel_format: str = DEFAULT_PIXEL_FORMAT) -> list[Path]:
     """Write each video of ``videos`` (B, T, C, H, W) as its own animation ``<prefix>_00000<suffix>`` ... in
-    ``directory`` (see :func:`check_video_folder`), atomically."""
+    ``directory`` (see :func:`check_video_folder`; .mp4, .mkv at ``crf`` in ``pixel_format``), atomically."""
     from .images import to_uint8
     videos = check_videos(videos)
     fmt = video_format(f"x{suffix}")
     check_video_folder(directory, int(videos.shape[0]), prefix, suffix)
     directory = Path(directory)
-    return [atomic_write_bytes(directory / f"{prefix}_{i:05d}{suffix}", animation_bytes(list(to_uint8(v)), fps, fmt))
+    return [atomic_write_bytes(directory / f"{prefix}_{i:05d}{suffix}",
+                               animation_bytes(list(to_uint8(v)), fps, fmt, crf=crf, pixel_format=pixel_format))
             for i, v in enumerate(videos)]
 
 
+def is_movie(path: Path) -> bool:
+    """Whether :func:`read_video` reads ``path`` with PyAV: a suffix that is not one of Pillow's image suffixes."""
+    suffix = path.suffix.lower()
+    return bool(suffix) and suffix not in Image.registered_extensions()
+
+
 def read_video(path: str | Path, mode: str = "RGB", fps: float | None = None) -> torch.Tensor:
-    """The frames (T, C, H, W) in [-1, 1] of an animation (APNG, GIF, WebP; a still image is one frame) or of a
-    folder of frame PNGs (in name order), in Pillow ``mode`` (``RGB``: C = 3, ``L``: C = 1); one line for a missing
-    or unreadable file, an empty folder, or frames of different sizes.
+    """The frames (T, C, H, W) in [-1, 1] of an animation (APNG, GIF, WebP; a still image is one frame), of a movie
+    (a file whose suffix Pillow does not know, .mp4, .mkv, .mov, .webm ...: every frame PyAV decodes,
+    :func:`diffkit.movie.movie_frames`) or of a folder of frame PNGs (in name order), in Pillow ``mode`` (``RGB``:
+    C = 3, ``L``: C = 1); one line for a missing or unreadable file, an empty folder, or frames of different sizes.
 
     WebP and GIF writers store equal consecutive frames as one longer frame: each frame is repeated round(duration /
     unit) times, the unit 1000 / ``fps`` ms where given, else the shortest frame's duration (exact unless every frame
@@ -141,12 +162,16 @@ def read_video(path: str | Path, mode: str = "RGB", fps: float | None = None) ->
     elif path.is_file():
         files = [path]
     else:
-        raise DiffkitError(f"video {str(path)!r} does not exist; give an animated PNG, WebP or GIF, or a folder of "
-                           f"frame PNGs")
+        raise DiffkitError(f"video {str(path)!r} does not exist; give an animated PNG, WebP or GIF, a movie (.mp4 "
+                           f"...) or a folder of frame PNGs")
     if fps is not None:
         check_range("fps", fps, 0.0, 1000.0, low_inclusive=False)
     frames, durations = [], []
     for file in files:
+        if is_movie(file):
+            frames += [image_pixels(Image.fromarray(frame), mode) for frame in movie_frames(file)]
+            durations += [0] * (len(frames) - len(durations))  # every decoded frame is one frame
+            continue
         try:
             with Image.open(file) as image:
                 for frame in ImageSequence.Iterator(image):
@@ -167,4 +192,4 @@ def read_video(path: str | Path, mode: str = "RGB", fps: float | None = None) ->
 
 
 __all__ = ["VIDEO_FORMATS", "DEFAULT_FPS", "video_format", "check_videos", "grid_frames", "animation_bytes",
-           "save_video_grid", "check_video_folder", "save_videos", "read_video"]
+           "save_video_grid", "check_video_folder", "save_videos", "is_movie", "read_video"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install diffkit with its test extras and the optional diffusers extra
-# (diffusers + transformers + peft: the interop tests compare with them). Idempotent and quiet.
+# Create .venv (once) and install diffkit with its test extras, the optional diffusers extra
+# (diffusers + transformers + peft: the interop tests compare with them) and the video extra (PyAV, whose
+# wheels bundle FFmpeg: .mp4 / .mkv in diffkit.video). Idempotent and quiet.
 # torch is pinned to 2.13.0: on these machines that is a local CPU build; any other
 # request would pull several GB of CUDA wheels.
 set -euo pipefail
@@ -11,4 +12,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,diffusers]" "torch==2.13.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,diffusers,video]" "torch==2.13.0"

@@ -63,7 +63,7 @@ def test_read_video_of_a_frame_folder_and_a_still_image(tmp_path):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda tmp: video_format(tmp / "v.mp4"), "must end in one of .png, .webp, .gif"),
+    (lambda tmp: video_format(tmp / "v.avi"), "must end in one of .png, .webp, .gif, .mp4, .mkv"),
     (lambda tmp: check_videos(torch.zeros(3, 8, 8)), "frames >= 1"),
     (lambda tmp: check_videos(torch.zeros(1, 2, 2, 8, 8)), "1 or 3 channels"),
     (lambda tmp: animation_bytes([], 8), "at least one frame"),
@@ -164,7 +164,8 @@ def test_video_command_passes_only_given_options(tmp_path, capsys, test_kind, mo
     (["--prompt", "a", "--lora", "x.safetensors"], "--lora does not apply to a test folder"),
     ([], "give --prompt TEXT"),
     (["--prompt", "a", "--prompt", "b", "--num", "3"], "--prompt is given 2 times for 3 videos"),
-    (["--prompt", "a", "--out", "v.mp4"], "must end in one of .png, .webp, .gif"),
+    (["--prompt", "a", "--out", "v.avi"], "must end in one of .png, .webp, .gif, .mp4, .mkv"),
+    (["--prompt", "a", "--out", "v.webp", "--crf", "20"], "--crf applies to an --out ending in .mp4 or .mkv"),
     (["--prompt", "a", "--image", "missing.png"], "--image 'missing.png' does not exist"),
 ])
 def test_video_command_refusals_are_one_line_and_write_nothing(tmp_path, capsys, test_kind, monkeypatch, args,
@@ -278,3 +279,98 @@ def test_video_flag_is_refused_by_a_kind_that_does_not_take_it(tmp_path, capsys,
     code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--video", str(tmp_path),
                        "--out", str(tmp_path / "g.png"))
     assert code == 2 and "--video does not apply to a test folder" in err and not (tmp_path / "g.png").exists()
+
+
+# ---- H.264 movies (.mp4, .mkv) through PyAV ------------------------------------------------------------------------
+
+def movie_stream(path):
+    """(codec, pixel format, average frame rate, frames decoded) of a movie's video stream, read with PyAV."""
+    av = pytest.importorskip("av")
+    with av.open(str(path)) as source:
+        stream = source.streams.video[0]
+        frames = sum(1 for _ in source.decode(stream))
+        return stream.codec_context.name, stream.codec_context.pix_fmt, stream.average_rate, frames
+
+
+def moving_gradient(t=4, h=16, w=24):
+    """A smooth video in [-1, 1] (a colour ramp moving one pixel a frame): what lossy coding keeps well."""
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    frames = [torch.stack([(x + i) * 8, y * 12 + 30, (x + y) * 4 + 40]) for i in range(t)]
+    return (torch.stack(frames).float() / 127.5 - 1)[None]
+
+
+@pytest.mark.parametrize("suffix, fps, pixel_format, crf, odd", [
+    (".mp4", 8, "yuv444p", 0, False),  # lossless H.264: only the RGB <-> YUV (BT.709, limited range) rounding left
+    (".mkv", 30000 / 1001, "yuv444p", 0, False),
+    (".mp4", 5, "yuv420p", 18, False),  # the defaults: 4:2:0, rate factor 18
+    (".mp4", 5, "yuv420p", 18, True),  # odd sizes: one more row / column, a copy of the last
+])
+def test_movies_read_back_with_their_frames_and_rate(tmp_path, suffix, fps, pixel_format, crf, odd):
+    from fractions import Fraction
+    pytest.importorskip("av")
+    videos = random_videos(b=2, t=3, h=6, w=10) if crf == 0 else moving_gradient()
+    videos = videos[..., :-1, :-1] if odd else videos
+    paths = save_videos(videos, tmp_path, suffix=suffix, fps=fps, crf=crf, pixel_format=pixel_format)
+    for path, video in zip(paths, videos):
+        assert movie_stream(path) == ("h264", pixel_format, Fraction(fps).limit_denominator(1001), video.shape[0])
+        back = read_video(path)
+        if odd:
+            assert back.shape == (4, 3, 16, 24)
+            assert (back[..., -1, :] - back[..., -2, :]).abs().mean() < 0.05  # the copied row
+            back = back[..., :-1, :-1]
+        error = (back - video).abs() * 127.5  # on the 8-bit scale
+        if crf == 0:
+            assert back.shape == video.shape and error.max() <= 2  # measured: max 1, mean 0.39 levels
+        else:
+            assert error.mean() < 4.5  # measured: mean 3.5 levels, max 13 (mostly 4:2:0's halved colour planes)
+
+
+def test_command_writes_mp4_grid_and_videos(tmp_path, capsys, test_kind, monkeypatch):
+    """--out g.mp4: the grid and --individual videos as H.264 MP4s; grey videos (no chroma to subsample) at --crf 0
+    come back within the limited-range rounding (measured: max 1 level)."""
+    folder, kind = test_kind
+    pytest.importorskip("av")
+    grey = SeededKind.generate
+    monkeypatch.setattr(SeededKind, "generate", lambda self, *a, **k: grey(self, *a, **k)[:, :, :1].expand(
+        -1, -1, 3, -1, -1))
+    code, out, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--num", "2", "--seed", "3",
+                         "--frames", "3", "--crf", "0", "--out", str(tmp_path / "g.mp4"), "--individual",
+                         str(tmp_path / "each"))
+    assert code == 0, err
+    assert "wrote 2 videos of 3 frames (6x4, 4 fps)" in out
+    expected = kind.generate({"calls": []}, ["a", "a"], None, seed=3, progress=False, num_frames=3)
+    from diffkit.images import to_uint8
+    exact = torch.from_numpy(to_uint8(expected.flatten(0, 1))).permute(0, 3, 1, 2).float().unflatten(0, (2, 3))
+    grid = read_video(tmp_path / "g.mp4")
+    assert movie_stream(tmp_path / "g.mp4")[1:] == ("yuv420p", 4, 3) and grid.shape == (3, 3, 8, 18)
+    for i in range(2):
+        each = read_video(tmp_path / "each" / f"video_{i:05d}.mp4")
+        assert (((each + 1) * 127.5).round() - exact[i]).abs().max() <= 1
+        assert (((grid[:, :, 2:6, 2 + 8 * i:8 + 8 * i] + 1) * 127.5).round() - exact[i]).abs().max() <= 1
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda tmp: save_video_grid(random_videos(), tmp / "v.mp4", crf=52), "crf=52 is out of range"),
+    (lambda tmp: save_videos(random_videos(), tmp, suffix=".mkv", pixel_format="rgb24"),
+     "pixel format 'rgb24' is not allowed; choose yuv420p or yuv444p"),
+    (lambda tmp: read_video((tmp / "bad.mp4").write_bytes(b"not a movie") and tmp / "bad.mp4"),
+     "bad.mp4' is not a readable video: Invalid data found"),
+])
+def test_movie_refusals_are_one_line_and_write_nothing(tmp_path, call, message):
+    pytest.importorskip("av")
+    with pytest.raises(DiffkitError, match=message.replace(".", r"\.").replace("(", r"\(")) as caught:
+        call(tmp_path)
+    assert len(str(caught.value).splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["bad.mp4"])
+
+
+def test_movies_without_pyav_are_refused_in_one_line(tmp_path, capsys, test_kind, monkeypatch):
+    folder, _ = test_kind
+    monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    needs = "pip install 'diffkit[video]'"
+    (tmp_path / "in.mp4").write_bytes(b"")
+    for call in (lambda: video_format("v.mkv"), lambda: read_video(tmp_path / "in.mp4")):
+        with pytest.raises(DiffkitError, match=needs.replace("[", r"\[").replace("]", r"\]")):
+            call()
+    code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--out", str(tmp_path / "v.mp4"))
+    assert code == 2 and needs in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "v.mp4").exists()

@@ -4,14 +4,15 @@ animations (:mod:`diffkit.video`; docs/video.md).
 ``--checkpoint`` is a diffusers folder whose ``model_index.json`` names a video pipeline diffkit drives (the
 ``VIDEO_KINDS`` table: its ``_class_name`` -> the module under :mod:`diffkit.commands` whose ``KIND`` drives it).
 ``--prompt`` is given once (every video) or once per video; ``--image PNG`` (image-to-video folders) and ``--video
-FILE`` (the kinds that take input videos: an animated PNG / WebP / GIF or a folder of frame PNGs) likewise; ``--num N``
-videos (default: as many as prompts, images or input videos). Video i draws its noise from ``--seed`` + i, whatever
-``--batch-size`` (default 1; a batch out of accelerator memory is halved and redrawn). The videos are written as one
-grid animation ``--out`` (default videos.png: an animated PNG; .webp and .gif too), frame t tiling frame t of every
-video (``--nrow`` per row), and with ``--individual DIR`` one animation each (video_00000.png ..., of ``--out``'s
-format), at ``--fps`` (default the kind's: its pipeline's documented frame rate). A flag the folder kind does not
-take is refused in one line before any weight is read, as are a folder no kind drives, a bad output file and counts
-that do not fit; a failure leaves no partial file and no new empty folder.
+FILE`` (the kinds that take input videos: an animated PNG / WebP / GIF, a movie or a folder of frame PNGs)
+likewise; ``--num N`` videos (default: as many as prompts, images or input videos). Video i draws its noise from
+``--seed`` + i, whatever ``--batch-size`` (default 1; a batch out of accelerator memory is halved and redrawn). The
+videos are written as one grid animation ``--out`` (default videos.png: an animated PNG; .webp and .gif too, and
+H.264 .mp4 / .mkv at constant rate factor ``--crf`` through PyAV), frame t tiling frame t of every video (``--nrow``
+per row), and with ``--individual DIR`` one animation each (video_00000.png ..., of ``--out``'s format), at ``--fps``
+(default the kind's: its pipeline's documented frame rate). A flag the folder kind does not take is refused in one
+line before any weight is read, as are a folder no kind drives, a bad output file and counts that do not fit; a
+failure leaves no partial file and no new empty folder.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ VIDEO_KINDS: dict[str, str] = {
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
-                "nrow", "device", "progress"}
+                "crf", "nrow", "device", "progress"}
 
 
 class VideoKind(abc.ABC):
@@ -99,8 +100,8 @@ def register(sub) -> None:
                    help="image-to-video folders: the first frame (condition image) of every video, or repeat it once "
                         "per video")
     p.add_argument("--video", dest="videos", action="append", type=path_arg, metavar="FILE",
-                   help="video-to-video folders: the input video (an animated PNG, WebP or GIF, or a folder of frame "
-                        "PNGs) of every video, or repeat it once per video")
+                   help="video-to-video folders: the input video (an animated PNG, WebP or GIF, a movie PyAV reads: "
+                        ".mp4 ..., or a folder of frame PNGs) of every video, or repeat it once per video")
     p.add_argument("--strength", type=unit_float, metavar="S",
                    help="video-to-video folders: how far the input videos are noised, the last int(steps S) of "
                         "--steps run (SDEdit; default the pipeline's, 0.8)")
@@ -120,10 +121,13 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="video i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=1, help="videos per batch (default 1)")
     p.add_argument("--out", type=path_arg, default=DEFAULT_OUT, metavar="FILE",
-                   help=f"the grid animation: .png (animated PNG), .webp or .gif (default {DEFAULT_OUT})")
+                   help=f"the grid animation: .png (animated PNG), .webp or .gif, or an H.264 .mp4 / .mkv "
+                        f"(pip install 'diffkit[video]') (default {DEFAULT_OUT})")
     p.add_argument("--individual", type=path_arg, metavar="DIR",
                    help="also write each video as its own animation, video_00000.png ... (--out's format)")
     p.add_argument("--fps", type=positive_float, metavar="F", help="frames per second (default the pipeline's)")
+    p.add_argument("--crf", type=int_in(0, 51), metavar="N",
+                   help=".mp4 / .mkv: libx264's constant rate factor, 0 (lossless) .. 51 (default 18)")
     p.add_argument("--nrow", type=int_in(1, 1024), default=4, help="videos per grid row (default 4)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     add_lora_flags(p, help="a LoRA .safetensors file for the folder's transformer (the kinds that take it: "
@@ -264,16 +268,21 @@ def request_count(args, kind: VideoKind) -> int:
     return count
 
 
-def check_outputs(out, individual, count: int) -> list[Path]:
-    """Check ``--out`` (an animation file name) and ``--individual`` (a folder without ``count`` or more videos of
-    an earlier run) before any work; the folders they make, for removal after a failure."""
+def check_outputs(out, individual, count: int, crf=None) -> list[Path]:
+    """Check ``--out`` (an animation or movie file name, ``--crf`` for a movie only) and ``--individual`` (a folder
+    without ``count`` or more videos of an earlier run) before any work; the folders they make, for removal after a
+    failure."""
     from ..errors import DiffkitError
-    from ..video import check_video_folder, video_format
+    from ..movie import MOVIE_CONTAINERS
+    from ..video import VIDEO_FORMATS, check_video_folder, video_format
     from ._common import check_writable_dir
     out = Path(out)
     video_format(out)
+    if crf is not None and out.suffix.lower() not in MOVIE_CONTAINERS:
+        raise DiffkitError(f"--crf applies to an --out ending in {' or '.join(MOVIE_CONTAINERS)}; "
+                           f"{out.suffix.lower() or 'no suffix'} is lossless or has no rate factor")
     if out.is_dir():
-        raise DiffkitError(f"--out {str(out)!r} is a folder; give a file name ending in .png, .webp or .gif")
+        raise DiffkitError(f"--out {str(out)!r} is a folder; give a file name ending in {', '.join(VIDEO_FORMATS)}")
     made = missing_dirs(out.parent) + (missing_dirs(individual) if individual else [])
     check_writable_dir(out.parent)
     if individual:
@@ -329,8 +338,8 @@ def read_videos(files) -> list:
     videos = []
     for file in files:
         if not Path(file).exists():
-            raise DiffkitError(f"--video {str(file)!r} does not exist; give an animated PNG, WebP or GIF, or a folder "
-                               f"of frame PNGs")
+            raise DiffkitError(f"--video {str(file)!r} does not exist; give an animated PNG, WebP or GIF, a movie "
+                               f"(.mp4 ...) or a folder of frame PNGs")
         try:
             videos.append(read_video(file))
         except DiffkitError as err:
@@ -356,7 +365,7 @@ def run(args) -> int:
     videos_in = read_videos(args.videos) if args.videos else None
     if videos_in is not None:
         kind.check_videos(args, videos_in)
-    made = check_outputs(args.out, args.individual, count)
+    made = check_outputs(args.out, args.individual, count, args.crf)
     fps = kind.fps if args.fps is None else args.fps
     options = {dest: getattr(args, dest) for dest in kind.takes - {"images", "videos", "lora", "guidance_convention"}
                if getattr(args, dest, None) is not None}
@@ -375,9 +384,10 @@ def run(args) -> int:
                                   **clips, **options).cpu(),)
 
         videos = torch.cat([v for _, v in batches_with_oom_retry(generate, count, args.batch_size)])
-        save_video_grid(videos, args.out, nrow=args.nrow, fps=fps)
+        quality = {} if args.crf is None else {"crf": args.crf}
+        save_video_grid(videos, args.out, nrow=args.nrow, fps=fps, **quality)
         if args.individual:
-            save_videos(videos, args.individual, suffix=Path(args.out).suffix.lower(), fps=fps)
+            save_videos(videos, args.individual, suffix=Path(args.out).suffix.lower(), fps=fps, **quality)
     frames, size = videos.shape[1], f"{videos.shape[4]}x{videos.shape[3]}"
     print(f"wrote {count} videos of {frames} frames ({size}, {fps:g} fps) to {args.out}"
           + (f" and {args.individual} (video_00000{Path(args.out).suffix.lower()} ...)" if args.individual else "")
