@@ -1,4 +1,4 @@
-"""H.264 movies (.mp4, .mkv) in and out through PyAV (FFmpeg's libraries in a wheel: ``pip install 'diffkit[video]'``).
+"""H.264 movies (.mp4, .mkv) in and out through PyAV >= 17 (FFmpeg in its wheels: ``pip install 'diffkit[video]'``).
 
 diffusers' ``export_to_video`` writes an H.264 MP4 through imageio-ffmpeg (libx264, yuv420p, ``quality=5``: constant
 rate factor 25); diffkit writes the same kind of file, with FFmpeg's libx264 encoder:
@@ -29,15 +29,21 @@ MOVIE_CONTAINERS = {".mp4": "mp4", ".mkv": "matroska"}  # suffix -> FFmpeg's mux
 PIXEL_FORMATS = ("yuv420p", "yuv444p")
 DEFAULT_CRF = 18
 DEFAULT_PIXEL_FORMAT = "yuv420p"
+MIN_PYAV = 17  # PyAV 17 converts a decoded frame with its stream's colour tags; 12..16 read BT.709 as BT.601
 
 
 def import_av():
-    """The ``av`` module (PyAV); one line naming the extra that installs it where it is missing."""
+    """The ``av`` module (PyAV >= :data:`MIN_PYAV`); one line naming the extra that installs it where it is missing
+    or older."""
     try:
         import av
     except ImportError:
         raise DiffkitError("MP4 / MKV videos need PyAV, which is not installed: pip install 'diffkit[video]' "
                            "(or write .png, .webp or .gif)") from None
+    major = av.__version__.split(".")[0]
+    if not major.isdecimal() or int(major) < MIN_PYAV:
+        raise DiffkitError(f"MP4 / MKV videos need PyAV >= {MIN_PYAV} (older ones decode BT.709 colours as BT.601); "
+                           f"PyAV {av.__version__} is installed: pip install 'diffkit[video]'")
     return av
 
 
@@ -98,5 +104,5 @@ def movie_frames(path: str | Path) -> list[np.ndarray]:
         raise DiffkitError(f"{str(path)!r} is not a readable video: {err.strerror or err}") from None
 
 
-__all__ = ["MOVIE_CONTAINERS", "PIXEL_FORMATS", "DEFAULT_CRF", "DEFAULT_PIXEL_FORMAT", "import_av", "exact_rate",
+__all__ = ["MOVIE_CONTAINERS", "PIXEL_FORMATS", "DEFAULT_CRF", "DEFAULT_PIXEL_FORMAT", "MIN_PYAV", "import_av", "exact_rate",
            "check_movie_options", "movie_bytes", "movie_frames"]

@@ -4,6 +4,7 @@ against diffusers' pipelines)."""
 import json
 import sys
 import types
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -285,11 +286,12 @@ def test_video_flag_is_refused_by_a_kind_that_does_not_take_it(tmp_path, capsys,
 
 def movie_stream(path):
     """(codec, pixel format, average frame rate, frames decoded) of a movie's video stream, read with PyAV."""
-    av = pytest.importorskip("av")
+    av = pytest.importorskip("av", minversion="17")
     with av.open(str(path)) as source:
         stream = source.streams.video[0]
-        frames = sum(1 for _ in source.decode(stream))
-        return stream.codec_context.name, stream.codec_context.pix_fmt, stream.average_rate, frames
+        frames, rate = sum(1 for _ in source.decode(stream)), stream.average_rate
+        return stream.codec_context.name, stream.codec_context.pix_fmt, Fraction(rate.numerator, rate.denominator), \
+            frames
 
 
 def moving_gradient(t=4, h=16, w=24):
@@ -306,8 +308,7 @@ def moving_gradient(t=4, h=16, w=24):
     (".mp4", 5, "yuv420p", 18, True),  # odd sizes: one more row / column, a copy of the last
 ])
 def test_movies_read_back_with_their_frames_and_rate(tmp_path, suffix, fps, pixel_format, crf, odd):
-    from fractions import Fraction
-    pytest.importorskip("av")
+    pytest.importorskip("av", minversion="17")
     videos = random_videos(b=2, t=3, h=6, w=10) if crf == 0 else moving_gradient()
     videos = videos[..., :-1, :-1] if odd else videos
     paths = save_videos(videos, tmp_path, suffix=suffix, fps=fps, crf=crf, pixel_format=pixel_format)
@@ -329,7 +330,7 @@ def test_command_writes_mp4_grid_and_videos(tmp_path, capsys, test_kind, monkeyp
     """--out g.mp4: the grid and --individual videos as H.264 MP4s; grey videos (no chroma to subsample) at --crf 0
     come back within the limited-range rounding (measured: max 1 level)."""
     folder, kind = test_kind
-    pytest.importorskip("av")
+    pytest.importorskip("av", minversion="17")
     grey = SeededKind.generate
     monkeypatch.setattr(SeededKind, "generate", lambda self, *a, **k: grey(self, *a, **k)[:, :, :1].expand(
         -1, -1, 3, -1, -1))
@@ -357,7 +358,7 @@ def test_command_writes_mp4_grid_and_videos(tmp_path, capsys, test_kind, monkeyp
      "bad.mp4' is not a readable video: Invalid data found"),
 ])
 def test_movie_refusals_are_one_line_and_write_nothing(tmp_path, call, message):
-    pytest.importorskip("av")
+    pytest.importorskip("av", minversion="17")
     with pytest.raises(DiffkitError, match=message.replace(".", r"\.").replace("(", r"\(")) as caught:
         call(tmp_path)
     assert len(str(caught.value).splitlines()) == 1
@@ -374,3 +375,6 @@ def test_movies_without_pyav_are_refused_in_one_line(tmp_path, capsys, test_kind
             call()
     code, _, err = cli(capsys, "--checkpoint", str(folder), "--prompt", "a", "--out", str(tmp_path / "v.mp4"))
     assert code == 2 and needs in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "v.mp4").exists()
+    monkeypatch.setitem(sys.modules, "av", types.SimpleNamespace(__version__="14.2.0"))  # decodes BT.709 as BT.601
+    with pytest.raises(DiffkitError, match=r"need PyAV >= 17 .* PyAV 14\.2\.0 is installed: pip install"):
+        video_format("v.mp4")
