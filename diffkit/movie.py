@@ -50,7 +50,10 @@ def import_av():
 def exact_rate(fps) -> Fraction:
     """``fps`` as the nearest fraction with a denominator up to 1001 (the NTSC rates 30000/1001 ... exactly)."""
     check_range("fps", fps, 0.0, 1000.0, low_inclusive=False)
-    return Fraction(fps).limit_denominator(1001)
+    rate = Fraction(fps).limit_denominator(1001)
+    if rate == 0:
+        raise DiffkitError(f"fps={fps!r} is too low for a movie; give at least 1/1001 frames per second")
+    return rate
 
 
 def check_movie_options(crf: int, pixel_format: str) -> None:
@@ -104,5 +107,5 @@ def movie_frames(path: str | Path) -> list[np.ndarray]:
         raise DiffkitError(f"{str(path)!r} is not a readable video: {err.strerror or err}") from None
 
 
-__all__ = ["MOVIE_CONTAINERS", "PIXEL_FORMATS", "DEFAULT_CRF", "DEFAULT_PIXEL_FORMAT", "MIN_PYAV", "import_av", "exact_rate",
-           "check_movie_options", "movie_bytes", "movie_frames"]
+__all__ = ["MOVIE_CONTAINERS", "PIXEL_FORMATS", "DEFAULT_CRF", "DEFAULT_PIXEL_FORMAT", "MIN_PYAV", "import_av",
+           "exact_rate", "check_movie_options", "movie_bytes", "movie_frames"]

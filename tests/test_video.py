@@ -352,6 +352,7 @@ def test_command_writes_mp4_grid_and_videos(tmp_path, capsys, test_kind, monkeyp
 
 @pytest.mark.parametrize("call, message", [
     (lambda tmp: save_video_grid(random_videos(), tmp / "v.mp4", crf=52), "crf=52 is out of range"),
+    (lambda tmp: save_video_grid(random_videos(), tmp / "v.mp4", fps=1e-4), "fps=0.0001 is too low for a movie"),
     (lambda tmp: save_videos(random_videos(), tmp, suffix=".mkv", pixel_format="rgb24"),
      "pixel format 'rgb24' is not allowed; choose yuv420p or yuv444p"),
     (lambda tmp: read_video((tmp / "bad.mp4").write_bytes(b"not a movie") and tmp / "bad.mp4"),
