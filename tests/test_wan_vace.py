@@ -167,6 +167,7 @@ def written_inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args,message", [
+    (["sample"], "WanVACEPipeline folder, which diffkit sample does not take (it makes videos)"),
     (["--mask", "{v}"], "--mask needs --video"),
     (["--video", "{v3}"], "--video files of 3 frames are not allowed; give 4 k + 1"),
     (["--video", "{v}", "--mask", "{big}"], "--mask of 5 frames of 32x32 does not fit"),
@@ -178,14 +179,15 @@ def written_inputs(tmp_path_factory):
     (["--lora", "{r}"], "--lora does not apply to a Wan VACE folder")])
 def test_wan_vace_command_refusals_are_one_line(tiny_vace, written_inputs, tmp_path, capsys, monkeypatch, args,
                                                 message):
-    """Before any weight is read (the loader patched to fail), nothing written: a mask without a video, a video of
-    frames not 4 k + 1, a mask of another size, videos of several sizes, --frames / --height other than the video's,
-    an unreadable reference image, --lora."""
+    """Before any weight is read (the loader patched to fail), nothing written: ``diffkit sample`` on the folder, a
+    mask without a video, a video of frames not 4 k + 1, a mask of another size, videos of several sizes, --frames /
+    --height other than the video's, an unreadable reference image, --lora."""
     import diffkit.interop.wan_vace as wan_vace
     monkeypatch.setattr(wan_vace, "load_wan_vace", lambda *a, **k: pytest.fail("weights read"))
     monkeypatch.chdir(tmp_path)
     names = {k: str(written_inputs / f"{k}.png") for k in ("v", "v3", "big", "r", "not")}
-    refused_in_one_line(capsys, tmp_path, "video", tiny_vace[1], [a.format(**names) for a in args], message)
+    command, args = (args[0], []) if args == ["sample"] else ("video", [a.format(**names) for a in args])
+    refused_in_one_line(capsys, tmp_path, command, tiny_vace[1], args, message)
 
 
 def test_wan_vace_folder_and_library_refusals(tiny_vace, tmp_path):
@@ -208,9 +210,9 @@ def test_wan_vace_folder_and_library_refusals(tiny_vace, tmp_path):
 
 
 def test_wan22_vace_two_experts_match_the_pipeline(tiny_vace, tmp_path_factory):
-    """Wan 2.2's VACE form: a second VACE transformer as transformer_2, boundary_ratio 0.8 (of 3 UniPC steps at
-    timesteps 999, 857, 600 the first two high-noise), guidance_scale 4 / guidance_scale_2 2.5, a control video:
-    the same final latents (output_type="latent")."""
+    """Wan 2.2's VACE form: a second VACE transformer as transformer_2, boundary_ratio 0.8 (of 2 UniPC steps at
+    timesteps 999 and 750 the first high-noise), guidance_scale 4 / guidance_scale_2 2.5, a control video: the same
+    final latents (output_type="latent")."""
     pipe, _, _ = tiny_vace
     path = tmp_path_factory.mktemp("wan22_vace") / "vace22"
     diffusers.WanVACEPipeline(**{**pipe.components, "transformer_2": vace_transformer(5)},
@@ -219,9 +221,9 @@ def test_wan22_vace_two_experts_match_the_pipeline(tiny_vace, tmp_path_factory):
     kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "guidance_scale_2": 2.5, "height": H, "width": W,
           "num_frames": FRAMES}
     with torch.no_grad():
-        theirs = pipe(PROMPT, video=_pil(VIDEO), num_inference_steps=3, output_type="latent",
+        theirs = pipe(PROMPT, video=_pil(VIDEO), num_inference_steps=2, output_type="latent",
                       generator=torch.Generator().manual_seed(2), **kw).frames
-    ours = vace_to_video(model, PROMPT, videos=_tensor(VIDEO), steps=3, seed=2, return_latents=True, **kw)
+    ours = vace_to_video(model, PROMPT, videos=_tensor(VIDEO), steps=2, seed=2, return_latents=True, **kw)
     error = relative_error(ours, theirs)
     print(f"two experts latents: {error:.2e}")
     assert error < 1e-5

@@ -98,13 +98,14 @@ class WanVACE(Wan):
 
     def layer_scales(self, conditioning_scale) -> torch.Tensor:
         """``conditioning_scale`` (a number, or one per VACE layer) as the pipeline's tensor of one per layer."""
-        layers = len(self.transformer.config.vace_layers)
+        vace_layers = list(self.transformer.config.vace_layers)
+        layers = len(vace_layers)
         scales = torch.as_tensor(conditioning_scale, dtype=torch.float64).reshape(-1)
         if scales.numel() == 1:
             scales = scales.expand(layers)
         if scales.numel() != layers or not bool(torch.isfinite(scales).all()):
             raise DiffkitError(f"conditioning_scale={conditioning_scale!r} is not allowed; give one finite number or "
-                               f"{layers} (one per VACE layer, vace_layers={list(self.transformer.config.vace_layers)})")
+                               f"{layers} (one per VACE layer, vace_layers={vace_layers})")
         return scales.to(torch.float32)
 
     def normalised_latents(self, video: torch.Tensor) -> torch.Tensor:
