@@ -167,7 +167,6 @@ def written_inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["sample"], "WanVACEPipeline folder, which diffkit sample does not take (it makes videos)"),
     (["--mask", "{v}"], "--mask needs --video"),
     (["--video", "{v3}"], "--video files of 3 frames are not allowed; give 4 k + 1"),
     (["--video", "{v}", "--mask", "{big}"], "--mask of 5 frames of 32x32 does not fit"),
@@ -179,15 +178,15 @@ def written_inputs(tmp_path_factory):
     (["--lora", "{r}"], "--lora does not apply to a Wan VACE folder")])
 def test_wan_vace_command_refusals_are_one_line(tiny_vace, written_inputs, tmp_path, capsys, monkeypatch, args,
                                                 message):
-    """Before any weight is read (the loader patched to fail), nothing written: ``diffkit sample`` on the folder, a
-    mask without a video, a video of frames not 4 k + 1, a mask of another size, videos of several sizes, --frames /
-    --height other than the video's, an unreadable reference image, --lora."""
+    """Before any weight is read (the loader patched to fail), nothing written: a mask without a video, a video of
+    frames not 4 k + 1, a mask of another size, videos of several sizes, --frames / --height other than the video's,
+    an unreadable reference image, --lora (``diffkit sample`` / ``edit`` on the folder: the shared refusal of every
+    VIDEO_KINDS folder, tests/test_wan.py's)."""
     import diffkit.interop.wan_vace as wan_vace
     monkeypatch.setattr(wan_vace, "load_wan_vace", lambda *a, **k: pytest.fail("weights read"))
     monkeypatch.chdir(tmp_path)
     names = {k: str(written_inputs / f"{k}.png") for k in ("v", "v3", "big", "r", "not")}
-    command, args = (args[0], []) if args == ["sample"] else ("video", [a.format(**names) for a in args])
-    refused_in_one_line(capsys, tmp_path, command, tiny_vace[1], args, message)
+    refused_in_one_line(capsys, tmp_path, "video", tiny_vace[1], [a.format(**names) for a in args], message)
 
 
 def test_wan_vace_folder_and_library_refusals(tiny_vace, tmp_path):
