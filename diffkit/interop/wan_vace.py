@@ -59,7 +59,8 @@ MASK_FOLD = 8  # prepare_masks: the mask's 8 x 8 pixels per latent pixel as 64 c
 class VACEControlled(torch.nn.Module):
     """A ``WanVACETransformer3DModel`` as a channel-concatenated network for :class:`.wan.WanNet`: its
     ``hidden_states`` [z, context] are split at ``in_channels``, the context handed over as ``control_hidden_states``
-    with ``control_hidden_states_scale`` = ``scale`` (one per VACE layer), as the pipeline's loop calls it."""
+    with ``control_hidden_states_scale`` = ``scale`` (one per VACE layer; None: the transformer's default, 1 each), as
+    the pipeline's loop calls it."""
 
     def __init__(self, transformer, scale: torch.Tensor):
         super().__init__()
@@ -71,7 +72,7 @@ class VACEControlled(torch.nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, **inputs):
         channels = self.transformer.config.in_channels
-        scale = self.scale.to(hidden_states.device, hidden_states.dtype)
+        scale = None if self.scale is None else self.scale.to(hidden_states.device, hidden_states.dtype)  # None: 1
         return self.transformer(hidden_states=hidden_states[:, :channels],
                                 control_hidden_states=hidden_states[:, channels:],
                                 control_hidden_states_scale=scale, **inputs)
