@@ -34,6 +34,7 @@ VIDEO_KINDS: dict[str, str] = {
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",
     "WanImageToVideoPipeline": "._video_wan_i2v",
+    "WanVACEPipeline": "._video_wan_vace",
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
     "CogVideoXVideoToVideoPipeline": "._video_cogvideox:V2V_KIND",
@@ -146,6 +147,15 @@ def register(sub) -> None:
     wan_i2v.add_argument("--last-image", type=path_arg, metavar="PNG",
                          help="every video's last frame (first-last-frame to video: a Wan 2.2 A14B or Wan2.1-FLF2V "
                               "folder; the pipeline's last_image)")
+    vace = p.add_argument_group("Wan VACE")
+    vace.add_argument("--mask", type=path_arg, metavar="FILE",
+                      help="Wan VACE folders, with --video: a mask video of the control video's frames and size, "
+                           "every video's (white: regenerate, black: keep; the pipeline's mask)")
+    vace.add_argument("--reference-image", dest="reference_image", action="append", type=path_arg, metavar="PNG",
+                      help="Wan VACE folders: a reference image of every video (repeat for several; the pipeline's "
+                           "reference_images)")
+    vace.add_argument("--conditioning-scale", type=float, metavar="S",
+                      help="Wan VACE folders: the control hints' scale at every VACE layer (default 1)")
     from ._video_ltx import add_ltx_flags
     add_ltx_flags(p)  # --guidance-rescale, --decode-timestep, --decode-noise-scale (LTX-Video folders)
     add_progress_flag(p)

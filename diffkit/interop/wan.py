@@ -406,21 +406,21 @@ def check_wan_folder(directory) -> tuple:
     return index, wan_scheduler_config(directory)
 
 
-def check_experts(directory, index: dict) -> bool:
-    """True for a Wan 2.2 A14B folder (a ``WanTransformer3DModel`` ``transformer_2`` and a ``boundary_ratio`` in
-    (0, 1)); False for one expert (a ``transformer_2`` without ``boundary_ratio`` the pipeline never calls); one line
-    for a ``boundary_ratio`` without ``transformer_2`` (the pipeline's low-noise steps would call None) or out of
-    range, and a ``transformer_2`` of another class."""
+def check_experts(directory, index: dict, expert: str = WAN_TRANSFORMER) -> bool:
+    """True for a Wan 2.2 A14B folder (an ``expert`` (default ``WanTransformer3DModel``) ``transformer_2`` and a
+    ``boundary_ratio`` in (0, 1)); False for one expert (a ``transformer_2`` without ``boundary_ratio`` the pipeline
+    never calls); one line for a ``boundary_ratio`` without ``transformer_2`` (the pipeline's low-noise steps would
+    call None) or out of range, and a ``transformer_2`` of another class."""
     from .sd3 import _entry
     directory = Path(directory)
     ratio, second = index.get("boundary_ratio"), _entry(index, "transformer_2")
-    if second not in (None, WAN_TRANSFORMER):
-        raise DiffkitError(f"{directory}'s transformer_2 is a {second!r}; allowed: {WAN_TRANSFORMER} or null")
+    if second not in (None, expert):
+        raise DiffkitError(f"{directory}'s transformer_2 is a {second!r}; allowed: {expert} or null")
     if ratio is None:
         return False
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1 or second is None:
         raise DiffkitError(f"{directory}'s model_index.json has boundary_ratio={ratio!r} with transformer_2="
-                           f"{second!r}; allowed: a number in (0, 1) with a {WAN_TRANSFORMER} transformer_2 (Wan 2.2 "
+                           f"{second!r}; allowed: a number in (0, 1) with a {expert} transformer_2 (Wan 2.2 "
                            f"A14B's two experts), or null")
     if not (directory / "transformer_2").is_dir():
         raise DiffkitError(f"{directory} has no transformer_2 folder, which its model_index.json names")
@@ -442,15 +442,16 @@ def load_wan_parts(directory: Path, index: dict, sched: dict, transformer_cls, d
     return parts, schedule, frozen_on(parts, device)
 
 
-def load_second_expert(directory: Path, index: dict, device, dtype, progress: bool) -> tuple:
-    """(``transformer_2``, boundary_ratio) of a checked Wan 2.2 A14B folder (:func:`check_experts`), frozen on
-    ``device``; (None, None) for one expert."""
-    if not check_experts(directory, index):
+def load_second_expert(directory: Path, index: dict, device, dtype, progress: bool,
+                       expert: str = WAN_TRANSFORMER) -> tuple:
+    """(``transformer_2``, boundary_ratio) of a checked Wan 2.2 A14B folder (:func:`check_experts`; the diffusers
+    class ``expert``), frozen on ``device``; (None, None) for one expert."""
+    if not check_experts(directory, index, expert):
         return None, None
     from . import from_pretrained, library_progress_bars
     diffusers = require("diffusers")
     with library_progress_bars(progress):
-        second = from_pretrained(diffusers.WanTransformer3DModel, directory / "transformer_2",
+        second = from_pretrained(getattr(diffusers, expert), directory / "transformer_2",
                                  local_files_only=True, torch_dtype=dtype, use_safetensors=True)
     return second.to(device).eval().requires_grad_(False), float(index["boundary_ratio"])
 
