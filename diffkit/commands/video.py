@@ -33,6 +33,7 @@ VIDEO_KINDS: dict[str, str] = {
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",
     "WanImageToVideoPipeline": "._video_wan_i2v",
+    "WanVideoToVideoPipeline": "._video_wan_v2v",
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
     "CogVideoXVideoToVideoPipeline": "._video_cogvideox:V2V_KIND",
