@@ -264,6 +264,7 @@ SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
 WAN_I2V = "## Wan image-to-video folders (`diffkit.interop.wan_i2v`)"
+WAN_V2V = "## Wan video-to-video folders (`diffkit.interop.wan_v2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
@@ -340,6 +341,7 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),
                                                     (WAN_I2V, ["WanImageToVideoPipeline"], "WI"),
+                                                    (WAN_V2V, ["WanVideoToVideoPipeline"], "WV"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),
