@@ -84,15 +84,20 @@ def tiny_ti2v(tiny_wan, tmp_path_factory):
     """The Wan 2.2 TI2V-5B layout of the tiny folder: expand_timesteps and a Wan 2.2 VAE (2 x 2 pixel patches,
     factor 16, residual blocks) of z_dim 4."""
     pipe, _, _ = tiny_wan
+    root = tmp_path_factory.mktemp("ti2v")
+    diffusers.WanPipeline(**{**pipe.components, "vae": tiny_wan22_vae()}, expand_timesteps=True).save_pretrained(
+        root / "ti2v")
+    return reloaded(root / "ti2v", diffusers.WanPipeline, load_wan)
+
+
+def tiny_wan22_vae():
+    """A tiny Wan 2.2 VAE (2 x 2 pixel patches, factor 16, residual blocks) of z_dim 4, randomised."""
     torch.manual_seed(2)
-    vae = randomised(diffusers.AutoencoderKLWan(
+    return randomised(diffusers.AutoencoderKLWan(
         base_dim=8, decoder_base_dim=8, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
         temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
         scale_factor_spatial=16, latents_mean=[0.2 - 0.1 * i for i in range(Z)],
         latents_std=[1.5 - 0.2 * i for i in range(Z)]), seed=3)
-    root = tmp_path_factory.mktemp("ti2v")
-    diffusers.WanPipeline(**{**pipe.components, "vae": vae}, expand_timesteps=True).save_pretrained(root / "ti2v")
-    return reloaded(root / "ti2v", diffusers.WanPipeline, load_wan)
 
 
 def _latents(batch=1, seed=7):
