@@ -20,6 +20,7 @@ class WanI2VKind(WanKind):
     pipelines = ("WanImageToVideoPipeline",)
     takes = WanKind.takes | {"images", "last_image"}
     needs_image, needs_prompt = True, True
+    images_need_ti2v = False
     fps = WAN_I2V_FPS
 
     def check_folder(self, directory) -> None:

@@ -16,7 +16,7 @@ class WanVideoKind(WanKind):
 
     label = "Wan video-to-video"
     pipelines = ("WanVideoToVideoPipeline",)
-    takes = WanKind.takes - {"num_frames", "guidance_scale_2"} | {"videos", "strength"}
+    takes = WanKind.takes - {"num_frames", "guidance_scale_2", "images"} | {"videos", "strength"}
     needs_video = True
     fps = WAN_V2V_FPS
 

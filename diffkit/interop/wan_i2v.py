@@ -109,13 +109,22 @@ def is_wan_i2v_folder(path) -> bool:
 def check_wan_i2v_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``WanImageToVideoPipeline`` folder, checked from its JSON alone
     (module docstring): Wan 2.1's with its CLIP image encoder, or Wan 2.2 A14B's two experts (``boundary_ratio``,
-    :func:`.wan.check_experts`; no image encoder); a one-line DiffkitError for what diffkit does not drive."""
+    :func:`.wan.check_experts`; no image encoder), or Wan 2.2 TI2V-5B's (``expand_timesteps``; also a ``WanPipeline``
+    folder of it, Wan2.2-TI2V-5B-Diffusers, which ``WanImageToVideoPipeline.from_pretrained`` loads); a one-line
+    DiffkitError for what diffkit does not drive."""
     from ..errors import read_json_object
     from .chronoedit import CHRONOEDIT_CLASSES, check_image_to_video_configs
     from .pixart import check_classes
-    from .wan import (REQUIRED, WAN_CLASSES, check_experts, check_text_to_video_configs, wan_configs,
-                      wan_scheduler_config)
+    from .wan import (REQUIRED, WAN_CLASSES, check_experts, check_text_to_video_configs, check_wan_folder,
+                      is_wan_folder, wan_configs, wan_scheduler_config)
     directory = Path(directory)
+    if is_wan_folder(directory):
+        index, sched = check_wan_folder(directory)
+        if not index.get("expand_timesteps") or index.get("boundary_ratio") is not None:
+            raise DiffkitError(f"{directory} is a WanPipeline folder other than Wan 2.2 TI2V-5B's (expand_timesteps, "
+                               f"one transformer): text-to-video only; image-to-video takes a {WAN_I2V_PIPELINE} "
+                               f"folder")
+        return index, sched
     index, configs = wan_configs(directory, WAN_I2V_PIPELINE, KIND, REQUIRED, WAN_CLASSES)
     expand, experts = index.get("expand_timesteps"), check_experts(directory, index)
     if expand not in (False, True, None) or expand and experts:
