@@ -308,7 +308,7 @@ def test_wan22_ti2v_image_to_video_matches_the_pipeline(tiny_ti2v_i2v, tmp_path,
     at timestep 0; the Wan 2.2 VAE of factor 16; no CLIP): two prompts on one 72 x 40 image resized to 64 x 32, CFG 3
     against a negative prompt, 2 UniPC steps, noise from seed 3 + i: the pipeline's final latents (output_type=
     "latent", frame 0 the image's) and frames; ``diffkit video --image`` writes the library's video; a last image, a
-    TI2V folder with two experts refused."""
+    TI2V folder with two experts and a WanPipeline folder without expand_timesteps refused."""
     pipe, path, model = tiny_ti2v_i2v
     assert model.image_encoder is None and model.expand_timesteps
     image, kw = _image(size=(72, 40)), {"negative_prompt": NEGATIVE, "guidance_scale": 3.0, "height": 32, "width": 64,
@@ -342,3 +342,6 @@ def test_wan22_ti2v_image_to_video_matches_the_pipeline(tiny_ti2v_i2v, tmp_path,
     (bad / "transformer_2").symlink_to(path / "transformer")
     with pytest.raises(DiffkitError, match=re.escape("expand_timesteps=True with boundary_ratio=0.5; allowed: true")):
         check_wan_i2v_folder(bad)
+    with pytest.raises(DiffkitError, match="is a WanPipeline folder other than Wan 2.2 TI2V-5B's"):  # Wan 2.1's
+        check_wan_i2v_folder(changed_folder(path, tmp_path, "model_index.json", {"_class_name": "WanPipeline",
+                                                                                 "expand_timesteps": False}, parts))
