@@ -83,10 +83,14 @@ def test_wan_v2v_matches_the_pipeline(tiny_wan_v2v):
 def test_wan_v2v_sampler_matches_flow_match_euler(tiny_wan_v2v, tmp_path):
     """The folder with a FlowMatchEulerDiscreteScheduler (shift 3; the pipeline's ``scale_noise`` start), strength 0.5
     of 4 steps (the last 2 run), unguided: diffkit's ``euler`` sampler on the cut grid is the pipeline's loop."""
-    pipe, _, _ = tiny_wan_v2v
+    pipe, path, _ = tiny_wan_v2v
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
-    diffusers.WanVideoToVideoPipeline(**{**pipe.components, "scheduler": scheduler}).save_pretrained(tmp_path / "fm")
-    euler, _, model = reloaded(tmp_path / "fm", diffusers.WanVideoToVideoPipeline, load_wan_v2v)
+    euler = diffusers.WanVideoToVideoPipeline(**{**pipe.components, "scheduler": scheduler})
+    euler.set_progress_bar_config(disable=True)
+    folder = changed_folder(path, tmp_path, "model_index.json", {"scheduler": [
+        "diffusers", "FlowMatchEulerDiscreteScheduler"]}, parts=("transformer", "text_encoder", "tokenizer", "vae"))
+    scheduler.save_pretrained(folder / "scheduler")
+    model = load_wan_v2v(folder, progress=False)
     video, kw = _video(4), {"guidance_scale": 1.0, "height": H, "width": W, "strength": 0.5}
     with torch.no_grad():
         theirs = euler(video=video, prompt=PROMPTS[0], num_inference_steps=4, output_type="latent",

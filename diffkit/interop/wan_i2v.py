@@ -31,12 +31,17 @@ Wan 2.2 I2V-A14B folders (``boundary_ratio``): two experts and no image encoder,
 boundary_ratio T and ``transformer_2`` below, each with its CFG scale (``guidance_scale_2``; :class:`.wan.TwoExperts`).
 First-last-frame to video (``last_image``): the condition video ends at the last image and its mask is 1 there; a
 Wan 2.1 transformer with ``pos_embed_seq_len`` (Wan2.1-FLF2V) reads CLIP's states of [image, last image].
+Wan 2.2 TI2V-5B folders (``expand_timesteps``: a text-to-video transformer, the Wan 2.2 VAE, no image encoder; named
+``WanImageToVideoPipeline``, or ``WanPipeline`` as Wan2.2-TI2V-5B-Diffusers, which the pipeline's ``from_pretrained``
+loads): the image's normalised latents (encoded alone, posterior mean) the kept first latent frame, its tokens at
+timestep 0 (:meth:`WanI2V.kept_first_frame`), no last image.
 
 Unlike the pipeline (one image for every prompt), each video may have its own image. Refused in one line before any
 weight is read (:func:`check_wan_i2v_folder`): another pipeline class, a missing component, parts of other classes, a
 transformer whose channels are not 2 C + 4 / C or whose patches are not (1, 2, 2), a one-expert folder without CLIP
-image states, a two-expert one with them, a Wan 2.2 VAE, ``expand_timesteps`` (Wan 2.2 TI2V), a scheduler diffkit's
-samplers do not compute.
+image states, a two-expert one with them, a Wan 2.2 VAE (but in TI2V-5B), ``expand_timesteps`` with two experts or
+on an image-to-video transformer, a ``WanPipeline`` folder other than TI2V-5B's, a scheduler diffkit's samplers do
+not compute.
 """
 from __future__ import annotations
 
