@@ -265,6 +265,7 @@ MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
 WAN_I2V = "## Wan image-to-video folders (`diffkit.interop.wan_i2v`)"
 WAN_VACE = "## Wan VACE folders (`diffkit.interop.wan_vace`)"
+WAN_V2V = "## Wan video-to-video folders (`diffkit.interop.wan_v2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
@@ -342,6 +343,7 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                     (WAN, ["WanPipeline"], "WN"),
                                                     (WAN_I2V, ["WanImageToVideoPipeline"], "WI"),
                                                     (WAN_VACE, ["WanVACEPipeline"], "VA"),
+                                                    (WAN_V2V, ["WanVideoToVideoPipeline"], "WV"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),

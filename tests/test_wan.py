@@ -84,15 +84,20 @@ def tiny_ti2v(tiny_wan, tmp_path_factory):
     """The Wan 2.2 TI2V-5B layout of the tiny folder: expand_timesteps and a Wan 2.2 VAE (2 x 2 pixel patches,
     factor 16, residual blocks) of z_dim 4."""
     pipe, _, _ = tiny_wan
+    root = tmp_path_factory.mktemp("ti2v")
+    diffusers.WanPipeline(**{**pipe.components, "vae": tiny_wan22_vae()}, expand_timesteps=True).save_pretrained(
+        root / "ti2v")
+    return reloaded(root / "ti2v", diffusers.WanPipeline, load_wan)
+
+
+def tiny_wan22_vae():
+    """A tiny Wan 2.2 VAE (2 x 2 pixel patches, factor 16, residual blocks) of z_dim 4, randomised."""
     torch.manual_seed(2)
-    vae = randomised(diffusers.AutoencoderKLWan(
+    return randomised(diffusers.AutoencoderKLWan(
         base_dim=8, decoder_base_dim=8, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
         temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
         scale_factor_spatial=16, latents_mean=[0.2 - 0.1 * i for i in range(Z)],
         latents_std=[1.5 - 0.2 * i for i in range(Z)]), seed=3)
-    root = tmp_path_factory.mktemp("ti2v")
-    diffusers.WanPipeline(**{**pipe.components, "vae": vae}, expand_timesteps=True).save_pretrained(root / "ti2v")
-    return reloaded(root / "ti2v", diffusers.WanPipeline, load_wan)
 
 
 def _latents(batch=1, seed=7):
@@ -206,6 +211,40 @@ def test_wan22_ti2v_text_to_video_matches_the_pipeline(tiny_ti2v):
     assert error < 1e-5
     with pytest.raises(DiffkitError, match="height x width 48x64 is not allowed; give positive multiples of 32"):
         text_to_video(model, PROMPT, height=48, width=64)
+
+
+def test_wan22_ti2v_folder_image_to_video(tiny_ti2v, tmp_path, monkeypatch):
+    """The WanPipeline TI2V-5B folder (Wan2.2-TI2V-5B-Diffusers' layout) as WanImageToVideoPipeline loads it (diffusers'
+    documented image-to-video of that folder; expand_timesteps: the image's latents the kept first latent frame):
+    load_wan_i2v's image_to_video has its final latents (a 72 x 40 image resized to 64 x 32, CFG 3, 2 UniPC steps);
+    ``diffkit video --image`` on the folder writes the library's video."""
+    from PIL import Image
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    from diffkit.images import to_uint8
+    from diffkit.interop.wan_i2v import image_to_video, load_wan_i2v
+    from diffkit.video import read_video
+    if not hasattr(pipeline_wan_i2v, "ftfy"):
+        monkeypatch.setattr(pipeline_wan_i2v, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
+    pipe, path, _ = tiny_ti2v
+    i2v = diffusers.WanImageToVideoPipeline(**pipe.components, expand_timesteps=True)
+    i2v.set_progress_bar_config(disable=True)
+    model = load_wan_i2v(path, progress=False)
+    pixels = torch.randint(0, 256, (40, 72, 3), generator=torch.Generator().manual_seed(3)).to(torch.uint8)
+    image, kw = Image.fromarray(pixels.numpy()), {"guidance_scale": 3.0, "height": 32, "width": 64,
+                                                  "num_frames": FRAMES}
+    with torch.no_grad():
+        theirs = i2v(image, PROMPT, num_inference_steps=2, output_type="latent",
+                     generator=[torch.Generator().manual_seed(4)], **kw).frames
+    error = relative_error(image_to_video(model, image, PROMPT, steps=2, seed=4, return_latents=True, **kw), theirs)
+    print(f"latents: {error:.2e}")  # (measured 3.9e-7)
+    assert error < 1e-5
+    image.save(tmp_path / "a.png")
+    assert main(["video", "--checkpoint", str(path), "--image", str(tmp_path / "a.png"), "--prompt", PROMPT, "--steps",
+                 "1", "--frames", str(FRAMES), "--height", "32", "--width", "64", "--out", str(tmp_path / "v.png"),
+                 "--no-progress"]) == 0
+    video = image_to_video(model, image, PROMPT, steps=1, num_frames=FRAMES, height=32, width=64)
+    assert (to_uint8(read_video(tmp_path / "v.png")[:, :, 2:34, 2:66]) == to_uint8(video[0])).all()
 
 
 def _video_argv(path, out, *extra):

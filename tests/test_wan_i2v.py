@@ -21,7 +21,7 @@ from diffkit.video import read_video  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_wan import Z, randomised, tiny_wan_parts  # noqa: E402
+from test_wan import Z, randomised, tiny_wan22_vae, tiny_wan_parts  # noqa: E402
 
 H, W, FRAMES = 32, 32, 5  # latents 2 frames of 4 x 4: 2 x 2 patches
 PROMPTS, NEGATIVE = ["a photo of a Cat", "a dog"], "blurry dog"
@@ -183,7 +183,7 @@ def test_wan_i2v_refusals_are_one_line(tiny_wan_i2v, tmp_path, capsys):
     for part, change, expected in [
             ("model_index.json", {"transformer": ["diffusers", "ChronoEditTransformer3DModel"]},
              "transformer is a 'ChronoEditTransformer3DModel'; allowed: WanTransformer3DModel"),
-            ("model_index.json", {"expand_timesteps": True}, "expand_timesteps=True (Wan 2.2 TI2V"),
+            ("model_index.json", {"expand_timesteps": True}, "transformer has in_channels=12; allowed: 4 (the VAE's"),
             ("model_index.json", {"image_encoder": [None, None]}, "image_encoder"),
             ("transformer/config.json", {"image_dim": None}, "image_dim=None; allowed: a positive"),
             ("transformer/config.json", {"in_channels": 2 * Z}, "in_channels=8; allowed: 12"),
@@ -285,3 +285,63 @@ def test_wan_i2v_lora_is_load_lora_weights_and_fuse_lora(tiny_wan_i2v, tmp_path)
                           theirs) > 1e-3  # the LoRA matters
     _image().save(tmp_path / "a.png")
     assert _written_video(path, tmp_path, ours, mine, "--prompt", PROMPTS[0], "--lora", f"{lora}:0.6")
+
+
+@pytest.fixture(scope="session")
+def tiny_ti2v_i2v(tiny_wan_i2v, tmp_path_factory):
+    """A Wan 2.2 TI2V-5B-shaped WanImageToVideoPipeline folder of the same UMT5 and scheduler: expand_timesteps, a
+    text-to-video transformer (z_dim channels in, no CLIP image states, its norms randomised), the Wan 2.2 VAE of
+    tests/test_wan.py (factor 16), no image encoder; the pipeline in memory (the folder's parts)."""
+    pipe, _, _ = tiny_wan_i2v
+    transformer = i2v_transformer(7, in_channels=Z, image_dim=None, added_kv_proj_dim=None)
+    path = tmp_path_factory.mktemp("ti2v_i2v") / "ti2v"
+    pipe = diffusers.WanImageToVideoPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                             vae=tiny_wan22_vae(), scheduler=pipe.scheduler, transformer=transformer,
+                                             expand_timesteps=True)
+    pipe.save_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, path, load_wan_i2v(path, progress=False)
+
+
+def test_wan22_ti2v_image_to_video_matches_the_pipeline(tiny_ti2v_i2v, tmp_path, capsys):
+    """Wan 2.2 TI2V-5B's image-to-video (expand_timesteps: the image's latents the kept first latent frame, its tokens
+    at timestep 0; the Wan 2.2 VAE of factor 16; no CLIP): two prompts on one 72 x 40 image resized to 64 x 32, CFG 3
+    against a negative prompt, 2 UniPC steps, noise from seed 3 + i: the pipeline's final latents (output_type=
+    "latent", frame 0 the image's) and frames; ``diffkit video --image`` writes the library's video; a last image, a
+    TI2V folder with two experts and a WanPipeline folder without expand_timesteps refused."""
+    pipe, path, model = tiny_ti2v_i2v
+    assert model.image_encoder is None and model.expand_timesteps
+    image, kw = _image(size=(72, 40)), {"negative_prompt": NEGATIVE, "guidance_scale": 3.0, "height": 32, "width": 64,
+                                        "num_frames": FRAMES}
+
+    def theirs(output_type):
+        with torch.no_grad():
+            return pipe(image, PROMPTS, num_inference_steps=2, output_type=output_type,
+                        generator=[torch.Generator().manual_seed(3 + i) for i in range(2)], **kw).frames
+    ours = image_to_video(model, image, PROMPTS, steps=2, seed=3, return_latents=True, **kw)
+    errors = relative_error(ours, theirs("latent")), relative_error(model.output_videos(ours, "0,1", False),
+                                                                    theirs("pt"))
+    with capsys.disabled():
+        print("latents: %.2e, frames: %.2e" % errors)  # (measured 4.4e-7, 5.1e-7)
+    assert max(errors) < 1e-5
+    image.save(tmp_path / "a.png")
+    argv = ["video", "--checkpoint", str(path), "--image", str(tmp_path / "a.png"), "--prompt", PROMPTS[0], "--steps",
+            "1", "--frames", str(FRAMES), "--height", "32", "--width", "64", "--seed", "5", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "v.png")]) == 0
+    video = image_to_video(model, image, PROMPTS[0], steps=1, seed=5, num_frames=FRAMES, height=32, width=64)[0]
+    assert torch.equal(read_video(tmp_path / "v.png")[:, :, 2:34, 2:66], _as_written(video))
+    capsys.readouterr()
+    assert main([*argv, "--last-image", str(tmp_path / "a.png"), "--out", str(tmp_path / "never" / "v.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a Wan 2.2 TI2V-5B folder (expand_timesteps) keeps the first frame alone" in err[0], err
+    with pytest.raises(DiffkitError, match="last_images is not allowed for a Wan 2.2 TI2V-5B folder"):
+        image_to_video(model, image, PROMPTS[0], last_images=image, num_frames=FRAMES, height=32, width=64)
+    parts = ("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "vae")
+    bad = changed_folder(path, tmp_path, "model_index.json", {"boundary_ratio": 0.5, "transformer_2": [
+        "diffusers", "WanTransformer3DModel"]}, parts=parts)
+    (bad / "transformer_2").symlink_to(path / "transformer")
+    with pytest.raises(DiffkitError, match=re.escape("expand_timesteps=True with boundary_ratio=0.5; allowed: true")):
+        check_wan_i2v_folder(bad)
+    with pytest.raises(DiffkitError, match="is a WanPipeline folder other than Wan 2.2 TI2V-5B's"):  # Wan 2.1's
+        check_wan_i2v_folder(changed_folder(path, tmp_path, "model_index.json", {"_class_name": "WanPipeline",
+                                                                                 "expand_timesteps": False}, parts))

@@ -20,6 +20,7 @@ class WanI2VKind(WanKind):
     pipelines = ("WanImageToVideoPipeline",)
     takes = WanKind.takes | {"images", "last_image"}
     needs_image, needs_prompt = True, True
+    images_need_ti2v = False
     fps = WAN_I2V_FPS
 
     def check_folder(self, directory) -> None:
@@ -48,13 +49,18 @@ KIND = WanI2VKind()
 
 def check_last_image(args) -> None:
     """Before any weight is read: ``--last-image`` readable, at 5 frames or more, on a folder that takes it (Wan 2.2
-    A14B, or a first-last-frame transformer: ``pos_embed_seq_len``), which in turn needs it; one line."""
+    A14B, or a first-last-frame transformer: ``pos_embed_seq_len``; not Wan 2.2 TI2V-5B), which in turn needs it; one
+    line."""
     from ..errors import DiffkitError, read_json_object
     from ..interop.sd_xl import _index as read_index
     from ..interop.wan import check_frames
     from .video import read_images
     config = read_json_object(Path(args.checkpoint) / "transformer" / "config.json", "transformer config")
-    clip = read_index(args.checkpoint).get("boundary_ratio") is None
+    index = read_index(args.checkpoint)
+    if args.last_image is not None and index.get("expand_timesteps"):
+        raise DiffkitError(f"--last-image does not apply to {args.checkpoint}: a Wan 2.2 TI2V-5B folder "
+                           f"(expand_timesteps) keeps the first frame alone")
+    clip = index.get("boundary_ratio") is None and not index.get("expand_timesteps")
     if args.last_image is None and clip and config.get("pos_embed_seq_len"):
         raise DiffkitError(f"{args.checkpoint}'s transformer is a first-last-frame one (pos_embed_seq_len); give "
                            f"--last-image PNG")

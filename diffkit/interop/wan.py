@@ -70,19 +70,20 @@ SIZE_MULTIPLE = 16  # its check_inputs
 
 
 class WanNet(torch.nn.Module):
-    """``net(z, t, context, image=None, condition=None)`` over a Wan video transformer on latent videos z (B, C, F,
-    h, w): ``context`` (UMT5's states) its text states, ``image`` (CLIP's, image-to-video) its
+    """``net(z, t, context, image=None, condition=None, frame_mask=None)`` over a Wan video transformer on latent
+    videos z (B, C, F, h, w): ``context`` (UMT5's states) its text states, ``image`` (CLIP's, image-to-video) its
     ``encoder_hidden_states_image`` (a first-last-frame transformer's, ``pos_embed``: those of [image, last] a video,
     (B, 2 N, d), handed over as (2 B, N, d)), ``condition`` (image-to-video) concatenated after z along the channels;
     ``t`` the flow time s T (floored with ``whole_timesteps``), with ``expand_timesteps`` (Wan 2.2 TI2V-5B) given per
-    patch token, (B, F h / 2 w / 2), as the pipeline does; the velocity in z's dtype."""
+    patch token, (B, F h / 2 w / 2), as the pipeline does: times ``frame_mask`` (B, F) where given (TI2V's
+    image-to-video: 0 on the kept first latent frame); the velocity in z's dtype."""
 
     def __init__(self, transformer, whole_timesteps: bool = False, expand_timesteps: bool = False):
         super().__init__()
         self.model, self.whole_timesteps, self.expand_timesteps = transformer, whole_timesteps, expand_timesteps
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, image: torch.Tensor = None,
-                condition: torch.Tensor = None) -> torch.Tensor:
+                condition: torch.Tensor = None, frame_mask: torch.Tensor = None) -> torch.Tensor:
         if context is None:
             raise DiffkitError("a Wan transformer needs cond {'context'} (wan.text_to_video)")
         dtype = model_dtype(self.model)
@@ -92,8 +93,9 @@ class WanNet(torch.nn.Module):
             image = image.reshape(-1, image.shape[1] // 2, image.shape[2])  # first-last frame: (2 B, N, d) (wan_i2v)
         extra = {} if image is None else {"encoder_hidden_states_image": image.to(dtype)}
         t = t.floor() if self.whole_timesteps else t
-        if self.expand_timesteps:  # the pipeline's (mask[0][0][:, ::2, ::2] * t).flatten() of an all-ones mask
-            t = t[:, None].expand(-1, x.shape[2] * x[0, 0, 0, ::2, ::2].numel())
+        if self.expand_timesteps:  # the pipeline's (mask[0][0][:, ::2, ::2] * t).flatten(), per latent frame
+            frames = t[:, None].expand(-1, x.shape[2]) if frame_mask is None else t[:, None] * frame_mask.to(t)
+            t = frames.repeat_interleave(x[0, 0, 0, ::2, ::2].numel(), dim=1)
         return self.model(hidden_states=z.to(dtype), timestep=t,
                           encoder_hidden_states=context.to(dtype), return_dict=False, **extra)[0].to(x.dtype)
 
@@ -382,7 +384,6 @@ def check_wan_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``WanPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
     from ..errors import read_json_object
-    from .flow_latents import check_part_configs
     directory = Path(directory)
     index, configs = wan_configs(directory, WAN_PIPELINE, "Wan", REQUIRED, WAN_CLASSES)
     experts = check_experts(directory, index)
@@ -391,6 +392,16 @@ def check_wan_folder(directory) -> tuple:
                            f"allowed: true (Wan 2.2 TI2V-5B) or false")
     if experts:
         configs["transformer_2"] = read_json_object(directory / "transformer_2" / "config.json", "transformer_2 config")
+    check_text_to_video_configs(directory, configs, ("transformer", "transformer_2")[:1 + experts])
+    return index, wan_scheduler_config(directory)
+
+
+def check_text_to_video_configs(directory, configs: dict, parts=("transformer",)) -> None:
+    """One line unless ``configs`` ({part: config}) are a Wan text-to-video folder's: a Wan 2.1 VAE (factor 8) or a
+    Wan 2.2 one (2 x 2 pixel patches, factor 16), each of ``parts`` (the transformer; Wan 2.2 A14B's two experts)
+    of z_dim channels in and out, patches (1, 2, 2) and no CLIP image states (:func:`check_wan_folder`; Wan 2.2
+    TI2V-5B's ``WanImageToVideoPipeline`` folder, :mod:`.wan_i2v`)."""
+    from .flow_latents import check_part_configs
     z_dim, vae_patch = configs["vae"].get("z_dim", 16), configs["vae"].get("patch_size")
     if vae_patch not in (None, 2):
         raise DiffkitError(f"{directory}'s vae has patch_size={vae_patch!r}; allowed: null (Wan 2.1's VAE) or 2 (Wan "
@@ -398,12 +409,10 @@ def check_wan_folder(directory) -> tuple:
     check_part_configs(directory, configs, (
         ("vae", "scale_factor_spatial", 8, 8 * (vae_patch or 1), "the pipeline's latents of H / 8, with the Wan 2.2 "
                                                                "VAE's 2 x 2 patches H / 16"),
-        *((part, key, default, allowed, why) for part in ("transformer", "transformer_2")[:1 + experts]
-          for key, default, allowed, why in (
-              ("in_channels", 16, z_dim, "the VAE's z_dim"), ("out_channels", 16, z_dim, "the VAE's z_dim"),
-              ("patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
-              ("image_dim", None, None, "a text-to-video transformer, without CLIP image states")))))
-    return index, wan_scheduler_config(directory)
+        *((part, key, default, allowed, why) for part in parts for key, default, allowed, why in (
+            ("in_channels", 16, z_dim, "the VAE's z_dim"), ("out_channels", 16, z_dim, "the VAE's z_dim"),
+            ("patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
+            ("image_dim", None, None, "a text-to-video transformer, without CLIP image states")))))
 
 
 def check_experts(directory, index: dict, expert: str = WAN_TRANSFORMER) -> bool:

@@ -31,12 +31,17 @@ Wan 2.2 I2V-A14B folders (``boundary_ratio``): two experts and no image encoder,
 boundary_ratio T and ``transformer_2`` below, each with its CFG scale (``guidance_scale_2``; :class:`.wan.TwoExperts`).
 First-last-frame to video (``last_image``): the condition video ends at the last image and its mask is 1 there; a
 Wan 2.1 transformer with ``pos_embed_seq_len`` (Wan2.1-FLF2V) reads CLIP's states of [image, last image].
+Wan 2.2 TI2V-5B folders (``expand_timesteps``: a text-to-video transformer, the Wan 2.2 VAE, no image encoder; named
+``WanImageToVideoPipeline``, or ``WanPipeline`` as Wan2.2-TI2V-5B-Diffusers, which the pipeline's ``from_pretrained``
+loads): the image's normalised latents (encoded alone, posterior mean) the kept first latent frame, its tokens at
+timestep 0 (:meth:`WanI2V.kept_first_frame`), no last image.
 
 Unlike the pipeline (one image for every prompt), each video may have its own image. Refused in one line before any
 weight is read (:func:`check_wan_i2v_folder`): another pipeline class, a missing component, parts of other classes, a
 transformer whose channels are not 2 C + 4 / C or whose patches are not (1, 2, 2), a one-expert folder without CLIP
-image states, a two-expert one with them, a Wan 2.2 VAE, ``expand_timesteps`` (Wan 2.2 TI2V), a scheduler diffkit's
-samplers do not compute.
+image states, a two-expert one with them, a Wan 2.2 VAE (but in TI2V-5B), ``expand_timesteps`` with two experts or
+on an image-to-video transformer, a ``WanPipeline`` folder other than TI2V-5B's, a scheduler diffkit's samplers do
+not compute.
 """
 from __future__ import annotations
 
@@ -86,6 +91,19 @@ class WanI2V(Wan):
         states = self.encode_images([image for pair in zip(images, last) for image in pair])
         return states.reshape(len(images), 2 * states.shape[1], states.shape[2])
 
+    def kept_first_frame(self, denoiser, latents: torch.Tensor, pixels: torch.Tensor) -> tuple:
+        """(z at s = 1 with latent frame 0 the images' latents, ``denoiser`` keeping that frame, the per-frame
+        timestep mask (B, F), 0 on frame 0) of Wan 2.2 TI2V-5B's image-to-video (``expand_timesteps``): images (B, 3,
+        H, W) in [-1, 1] each encoded alone as a one-frame video (posterior mean), normalised (z - mean) / std
+        (``prepare_latents``); the loop's input (1 - m) z_cond + m z_t, its timesteps m t and the final (1 - m) z_cond
+        + m z are the frame kept by :class:`~diffkit.editing.InpaintingDenoiser` (x_0 there the image's latents: the
+        flow state stays z_cond) with ``frame_mask`` m to :class:`.wan.WanNet`."""
+        from ..editing import InpaintingDenoiser
+        latents = torch.cat([self.encode(pixels)[:, :, None].to(latents), latents[:, :, 1:]], dim=2)
+        mask = torch.ones_like(latents[:, :1])
+        mask[:, :, 0] = 0
+        return latents, InpaintingDenoiser(denoiser, latents.clone(), mask), mask[:, 0, :, 0, 0]
+
 
 def is_wan_i2v_folder(path) -> bool:
     """True for a folder whose ``model_index.json`` names ``WanImageToVideoPipeline``."""
@@ -96,17 +114,31 @@ def is_wan_i2v_folder(path) -> bool:
 def check_wan_i2v_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``WanImageToVideoPipeline`` folder, checked from its JSON alone
     (module docstring): Wan 2.1's with its CLIP image encoder, or Wan 2.2 A14B's two experts (``boundary_ratio``,
-    :func:`.wan.check_experts`; no image encoder); a one-line DiffkitError for what diffkit does not drive."""
+    :func:`.wan.check_experts`; no image encoder), or Wan 2.2 TI2V-5B's (``expand_timesteps``; also a ``WanPipeline``
+    folder of it, Wan2.2-TI2V-5B-Diffusers, which ``WanImageToVideoPipeline.from_pretrained`` loads); a one-line
+    DiffkitError for what diffkit does not drive."""
     from ..errors import read_json_object
     from .chronoedit import CHRONOEDIT_CLASSES, check_image_to_video_configs
     from .pixart import check_classes
-    from .wan import REQUIRED, WAN_CLASSES, check_experts, wan_configs, wan_scheduler_config
+    from .wan import (REQUIRED, WAN_CLASSES, check_experts, check_text_to_video_configs, check_wan_folder,
+                      is_wan_folder, wan_configs, wan_scheduler_config)
     directory = Path(directory)
+    if is_wan_folder(directory):
+        index, sched = check_wan_folder(directory)
+        if not index.get("expand_timesteps") or index.get("boundary_ratio") is not None:
+            raise DiffkitError(f"{directory} is a WanPipeline folder other than Wan 2.2 TI2V-5B's (expand_timesteps, "
+                               f"one transformer): text-to-video only; image-to-video takes a {WAN_I2V_PIPELINE} "
+                               f"folder")
+        return index, sched
     index, configs = wan_configs(directory, WAN_I2V_PIPELINE, KIND, REQUIRED, WAN_CLASSES)
-    if index.get("expand_timesteps"):
-        raise DiffkitError(f"{directory}'s model_index.json has expand_timesteps={index['expand_timesteps']!r} (Wan "
-                           f"2.2 TI2V's first-frame timesteps), which diffkit does not drive; allowed: false")
-    experts = check_experts(directory, index)
+    expand, experts = index.get("expand_timesteps"), check_experts(directory, index)
+    if expand not in (False, True, None) or expand and experts:
+        raise DiffkitError(f"{directory}'s model_index.json has expand_timesteps={expand!r} with boundary_ratio="
+                           f"{index.get('boundary_ratio')!r}; allowed: true (Wan 2.2 TI2V-5B: one transformer, no "
+                           f"boundary_ratio) or false")
+    if expand:  # TI2V-5B: a text-to-video transformer; the image is the kept first latent frame, no CLIP states
+        check_text_to_video_configs(directory, configs)
+        return index, wan_scheduler_config(directory)
     if experts:
         configs["transformer_2"] = read_json_object(directory / "transformer_2" / "config.json", "transformer_2 config")
     else:
@@ -135,9 +167,12 @@ def load_wan_i2v(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanTransformer3DModel, device, dtype,
                                              progress)
     second, ratio = load_second_expert(directory, index, device, dtype, progress)
-    encoder, processor = (None, None) if second is not None else load_clip(directory, device, dtype, progress)
+    expand = bool(index.get("expand_timesteps"))
+    clip = second is None and not expand  # Wan 2.1's CLIP image states
+    encoder, processor = load_clip(directory, device, dtype, progress) if clip else (None, None)
     model = WanI2V(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype,
-                   transformer_2=second, boundary_ratio=ratio, image_encoder=encoder, image_processor=processor)
+                   transformer_2=second, boundary_ratio=ratio, expand_timesteps=expand, image_encoder=encoder,
+                   image_processor=processor)
     widths = [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
               for t in (model.transformer, second) if t is not None]
     if encoder is not None:
@@ -152,6 +187,9 @@ def check_last_images(model: WanI2V, last_images, count: int, frames: int):
     Wan 2.1 transformer of one image's CLIP states: the pipeline fails there) or must (a first-last-frame one), for
     fewer than 5 frames, or for a count other than 1 or ``count``."""
     from .qwen_image_edit import _pil_images
+    if model.expand_timesteps and last_images is not None:
+        raise DiffkitError("last_images is not allowed for a Wan 2.2 TI2V-5B folder (expand_timesteps): its pipeline "
+                           "keeps the first frame alone and ignores last_image")
     if last_images is None:
         if model.image_encoder is not None and model.first_last:
             raise DiffkitError("this folder's transformer is a first-last-frame one (pos_embed_seq_len: CLIP states of "
@@ -211,13 +249,16 @@ def image_to_video(model: WanI2V, images, prompts: Union[str, Sequence[str]], *,
 
     def resized(batch):
         return _pixels([image.resize((width, height), resample=Image.LANCZOS) for image in batch])
-    cond = {"context": model.encode_prompts(prompts),
-            "condition": model.condition(resized(pil), frames, None if last is None else resized(last))}
-    image = model.image_states(pil, last)
-    if image is not None:
-        cond["image"] = image
+    cond = {"context": model.encode_prompts(prompts)}
     null = model.encode_prompts(negative_prompts(negative_prompt, count)) if cfg else None
     denoiser = model.guided_denoiser(grid, steps, scale, convention, null, guidance_scale_2)
+    if model.expand_timesteps:  # Wan 2.2 TI2V-5B: the image's latents the kept first latent frame, at timestep 0
+        latents, denoiser, cond["frame_mask"] = model.kept_first_frame(denoiser, latents, resized(pil))
+    else:
+        cond["condition"] = model.condition(resized(pil), frames, None if last is None else resized(last))
+        image = model.image_states(pil, last)
+        if image is not None:
+            cond["image"] = image
     z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
     return model.output_videos(z, output_range, return_latents)
 
