@@ -210,3 +210,59 @@ def test_skyreels_v2_folder_refusals(tiny_skyreels, tmp_path, capsys):
                                                             "not take (it makes videos)")
     with pytest.raises(DiffkitError, match="takes a SkyReelsV2Pipeline folder"):
         text_to_video(tiny_skyreels["i2v"][2], "a cat")
+
+
+# ------------------------------------------------------------------ SkyReelsV2DiffusionForcingPipeline
+DF_FRAMES, DF_SIZE = 13, 16  # 4 latent frames of 2 x 2 (one patch each)
+
+
+@pytest.fixture(scope="module")
+def tiny_forcing(tiny_skyreels, tmp_path_factory):
+    """(SkyReelsV2DiffusionForcingPipeline, folder, load_skyreels_v2) of the text-to-video folder's parts with a
+    diffusion-forcing transformer (inject_sample_info: its fps embedding and projection drawn)."""
+    from diffusers.pipelines.skyreels_v2 import pipeline_skyreels_v2_diffusion_forcing as module
+    pipe = tiny_skyreels["t2v"][0]
+    root = tmp_path_factory.mktemp("skyreels_v2_df")
+    components = {**pipe.components, "transformer": skyreels_transformer(7, inject_sample_info=True)}
+    diffusers.SkyReelsV2DiffusionForcingPipeline(**components).save_pretrained(root / "df")
+    with pytest.MonkeyPatch.context() as patch:
+        if not hasattr(module, "ftfy"):
+            patch.setattr(module, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
+        yield reloaded(root / "df", diffusers.SkyReelsV2DiffusionForcingPipeline, load_skyreels_v2)
+
+
+def copying_step(monkeypatch):
+    """UniPCMultistepScheduler.step given a copy of its sample while the test runs: the diffusion-forcing pipeline
+    hands its per-frame scheduler copies a view of its latents (``latents[:, :, idx]``), which its next line
+    overwrites with the step's result, so the scheduler's ``last_sample`` kept from a step without corrector (the
+    first) is the new sample when the next step's corrector reads it; with a copy the pipeline's loop computes
+    UniPC as its scheduler defines it (and as its text-to-video pipeline does)."""
+    step = diffusers.UniPCMultistepScheduler.step
+    monkeypatch.setattr(diffusers.UniPCMultistepScheduler, "step",
+                        lambda self, output, t, sample, **kw: step(self, output, t, sample.clone(), **kw))
+
+
+@pytest.mark.parametrize("ar_step, block, fps", [(0, 1, 24), (1, 2, 16), (2, 1, 24)])
+def test_skyreels_v2_diffusion_forcing_matches_the_pipeline(tiny_forcing, monkeypatch, ar_step, block, fps):
+    """One prompt (the pipeline's transformer with inject_sample_info takes one row a call), CFG s = 4 against a
+    negative prompt, 3 UniPC steps, 4 latent frames, noise from seed 3: the same final latents as
+    SkyReelsV2DiffusionForcingPipeline, its schedulers' aliasing of the latents undone (:func:`copying_step`; the
+    pipeline as it is differs by more than 1e-3), synchronously (ar_step 0, blocks of one frame; decoded frames too;
+    diffkit's video 0 of two prompts) and asynchronously (ar_step 1 on two causal blocks of 2 frames at fps 16: 4
+    rows; ar_step 2 on 4 blocks of one frame: 9 rows)."""
+    from diffkit.interop.skyreels_v2_forcing import text_to_video as forcing_text_to_video
+    pipe, _, model = tiny_forcing
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "height": DF_SIZE, "width": DF_SIZE,
+          "num_frames": DF_FRAMES, "ar_step": ar_step, "causal_block_size": block, "fps": fps}
+    prompts = PROMPTS if ar_step == 0 else PROMPTS[:1]
+    ours = forcing_text_to_video(model, prompts, steps=3, seed=3, return_latents=True, **kw)
+    assert ours.shape == (len(prompts), Z, 4, 2, 2)
+    assert model.transformer.config.num_frame_per_block == 1  # restored
+    if ar_step == 0:
+        with torch.no_grad():
+            aliased = pipe(PROMPTS[0], num_inference_steps=3, generator=torch.Generator().manual_seed(3),
+                           output_type="latent", **kw).frames
+        assert relative_error(ours[:1], aliased) > 1e-3
+    copying_step(monkeypatch)
+    theirs = _run(pipe, PROMPTS[0], num_inference_steps=3, generator=torch.Generator().manual_seed(3), **kw)
+    _compare(f"forcing ar_step={ar_step}", ours[:1], theirs if ar_step == 0 else (theirs[0], None), model)

@@ -37,8 +37,9 @@ from .wan_i2v import WanI2V
 
 SKYREELS_V2_PIPELINE = "SkyReelsV2Pipeline"
 SKYREELS_V2_I2V_PIPELINE = "SkyReelsV2ImageToVideoPipeline"
+SKYREELS_V2_DF_PIPELINE = "SkyReelsV2DiffusionForcingPipeline"  # :mod:`.skyreels_v2_forcing`
 SKYREELS_V2_TRANSFORMER = "SkyReelsV2Transformer3DModel"
-KIND, I2V_KIND = "SkyReels-V2", "SkyReels-V2 image-to-video"
+KIND, I2V_KIND, DF_KIND = "SkyReels-V2", "SkyReels-V2 image-to-video", "SkyReels-V2 diffusion forcing"
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 CLASSES = {"transformer": (SKYREELS_V2_TRANSFORMER,), "vae": ("AutoencoderKLWan",),
            "text_encoder": ("UMT5EncoderModel", "T5EncoderModel"),
@@ -70,17 +71,19 @@ class SkyReelsV2I2V(WanI2V):
     prompt_module = "diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_i2v"
 
 
-def check_skyreels_v2_folder(directory, pipelines=(SKYREELS_V2_PIPELINE, SKYREELS_V2_I2V_PIPELINE)) -> tuple:
+def check_skyreels_v2_folder(directory, pipelines=(SKYREELS_V2_PIPELINE, SKYREELS_V2_I2V_PIPELINE,
+                                                   SKYREELS_V2_DF_PIPELINE)) -> tuple:
     """(model_index dict, scheduler config) of a folder whose index names one of ``pipelines``, checked from its JSON
-    alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
+    alone (module docstring; a diffusion-forcing folder's: :mod:`.skyreels_v2_forcing`); a one-line DiffkitError for
+    what diffkit does not drive."""
     from .chronoedit import check_image_to_video_configs
     from .flow_latents import check_part_configs
     from .pixart import check_classes, named_index
     from .wan import wan_configs, wan_scheduler_config
     directory = Path(directory)
     index = named_index(directory, pipelines, KIND)
-    image = index["_class_name"] == SKYREELS_V2_I2V_PIPELINE
-    label = I2V_KIND if image else KIND
+    image, forcing = (index["_class_name"] == name for name in (SKYREELS_V2_I2V_PIPELINE, SKYREELS_V2_DF_PIPELINE))
+    label = I2V_KIND if image else DF_KIND if forcing else KIND
     index, configs = wan_configs(directory, index["_class_name"], label, REQUIRED, CLASSES)
     vae = configs["vae"]
     if image:
@@ -98,16 +101,23 @@ def check_skyreels_v2_folder(directory, pipelines=(SKYREELS_V2_PIPELINE, SKYREEL
             ("in_channels", 16, z_dim, "the VAE's z_dim"), ("out_channels", 16, z_dim, "the VAE's z_dim"),
             ("patch_size", [1, 2, 2], [1, 2, 2], "sizes of 16"),
             ("image_dim", None, None, "a text-to-video transformer, without CLIP image states"))) if not image else ()),
-        ("transformer", "inject_sample_info", False, False, f"{label} pipelines pass the transformer no fps; "
-                                                            "SkyReelsV2DiffusionForcingPipeline's do"),
-        ("transformer", "num_frame_per_block", 1, 1, "causal blocks are a diffusion-forcing transformer's")))
-    return index, wan_scheduler_config(directory)
+        *((("transformer", "inject_sample_info", False, False, f"{label} pipelines pass the transformer no fps; "
+                                                               f"{SKYREELS_V2_DF_PIPELINE}'s do"),
+           ("transformer", "num_frame_per_block", 1, 1, "causal blocks are a diffusion-forcing transformer's"))
+          if not forcing else ())))
+    sched = wan_scheduler_config(directory)
+    if forcing and sched.get("_class_name") != "UniPCMultistepScheduler":
+        raise DiffkitError(f"{directory}'s scheduler is a {sched.get('_class_name')!r}; allowed: "
+                           f"UniPCMultistepScheduler ({SKYREELS_V2_DF_PIPELINE}'s per-frame copies step at its whole "
+                           f"timesteps)")
+    return index, sched
 
 
 def load_skyreels_v2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                      progress: bool = True):
-    """Load a ``SkyReelsV2Pipeline`` (:class:`SkyReelsV2`) or ``SkyReelsV2ImageToVideoPipeline``
-    (:class:`SkyReelsV2I2V`, with its CLIP image encoder) folder, never downloading nor unpickling, checked first
+    """Load a ``SkyReelsV2Pipeline`` (:class:`SkyReelsV2`), ``SkyReelsV2ImageToVideoPipeline``
+    (:class:`SkyReelsV2I2V`, with its CLIP image encoder) or ``SkyReelsV2DiffusionForcingPipeline``
+    (:class:`.skyreels_v2_forcing.SkyReelsV2DF`) folder, never downloading nor unpickling, checked first
     (:func:`check_skyreels_v2_folder`)."""
     from . import require
     from .wan import check_widths, load_clip, load_wan_parts
@@ -122,6 +132,9 @@ def load_skyreels_v2(directory: Union[str, Path], device="cpu", dtype: torch.dty
         encoder, processor = load_clip(directory, device, dtype, progress)
         model = SkyReelsV2I2V(**common, image_encoder=encoder, image_processor=processor)
         widths.append((model.transformer.config.image_dim, encoder.config.hidden_size, "image_dim"))
+    elif index["_class_name"] == SKYREELS_V2_DF_PIPELINE:
+        from .skyreels_v2_forcing import SkyReelsV2DF
+        model = SkyReelsV2DF(**common)
     else:
         model = SkyReelsV2(**common)
     check_widths(directory, widths)
