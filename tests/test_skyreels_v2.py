@@ -20,12 +20,13 @@ from diffkit.interop.skyreels_v2 import (check_skyreels_v2_folder, image_to_vide
                                          text_to_video)
 from diffkit.video import read_video  # noqa: E402
 
-from _pipeline_folders import changed_folder, reloaded  # noqa: E402
+from _pipeline_folders import changed_folder  # noqa: E402
 from _video_helpers import refused_in_one_line  # noqa: E402
 from test_interop_diffusers import relative_error, tiny_clip_tokenizer  # noqa: E402
 from test_wan import Z, randomised, tiny_wan_parts  # noqa: E402
 
 H, W, FRAMES = 32, 32, 5  # latents 2 frames of 4 x 4: 2 x 2 patches
+DF_FRAMES, DF_SIZE = 13, 16  # diffusion forcing: 4 latent frames of 2 x 2 (one patch each)
 PROMPTS, NEGATIVE = ["a photo of a Cat", "a dog"], "blurry dog"
 TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=Z, out_channels=Z,
                    text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32)
@@ -46,12 +47,13 @@ def skyreels_transformer(seed: int, **changes):
 
 @pytest.fixture(scope="module")
 def tiny_skyreels(tmp_path_factory):
-    """{"t2v": (SkyReelsV2Pipeline, folder, load_skyreels_v2), "i2v": (SkyReelsV2ImageToVideoPipeline, ...)}, both
-    read back from disk, with ftfy's fix_text as the identity in the pipelines' modules while the tests run."""
+    """{"t2v": (SkyReelsV2Pipeline, its saved folder, load_skyreels_v2 of it), "i2v":
+    (SkyReelsV2ImageToVideoPipeline, ...)}, with ftfy's fix_text as the identity in the pipelines' modules while the
+    tests run."""
     from diffusers.pipelines.skyreels_v2 import pipeline_skyreels_v2, pipeline_skyreels_v2_i2v
     root = tmp_path_factory.mktemp("skyreels_v2")
     parts = tiny_wan_parts()
-    diffusers.SkyReelsV2Pipeline(**{**parts, "transformer": skyreels_transformer(5)}).save_pretrained(root / "t2v")
+    pipes = {"t2v": diffusers.SkyReelsV2Pipeline(**{**parts, "transformer": skyreels_transformer(5)})}
     torch.manual_seed(3)
     clip = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
         hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=1, image_size=32,
@@ -60,14 +62,20 @@ def tiny_skyreels(tmp_path_factory):
     images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = transformers.CLIPProcessor(image_processor=images, tokenizer=tiny_clip_tokenizer(root / "clip"))
     i2v = skyreels_transformer(6, in_channels=2 * Z + 4, image_dim=16, added_kv_proj_dim=24)
-    diffusers.SkyReelsV2ImageToVideoPipeline(**{**parts, "transformer": i2v}, image_encoder=clip,
-                                             image_processor=processor).save_pretrained(root / "i2v")
+    pipes["i2v"] = diffusers.SkyReelsV2ImageToVideoPipeline(**{**parts, "transformer": i2v}, image_encoder=clip,
+                                                            image_processor=processor)
     with pytest.MonkeyPatch.context() as patch:
         for module in (pipeline_skyreels_v2, pipeline_skyreels_v2_i2v):
             if not hasattr(module, "ftfy"):
                 patch.setattr(module, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
-        yield {"t2v": reloaded(root / "t2v", diffusers.SkyReelsV2Pipeline, load_skyreels_v2),
-               "i2v": reloaded(root / "i2v", diffusers.SkyReelsV2ImageToVideoPipeline, load_skyreels_v2)}
+        yield {kind: saved(pipe, root / kind) for kind, pipe in pipes.items()}
+
+
+def saved(pipe, path):
+    """(``pipe``, the folder it is saved to, load_skyreels_v2 of the folder)."""
+    pipe.save_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, path, load_skyreels_v2(path, progress=False)
 
 
 def _image(seed=3, size=(W + 8, H + 16)):
@@ -147,27 +155,38 @@ def _as_written(video):
     return torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-@pytest.mark.parametrize("kind", ["t2v", "i2v"])
-def test_skyreels_v2_command_is_the_library(tiny_skyreels, tmp_path, capsys, kind):
+@pytest.mark.parametrize("kind", ["t2v", "i2v", "df"])
+def test_skyreels_v2_command_is_the_library(request, tmp_path, capsys, kind):
     """``diffkit video`` writes the library's videos byte for byte (two prompts in one batch, CFG at the kind's
-    default against "", noise from seed + i, 1 step) as an APNG grid at 24 fps."""
+    default against "", noise from seed + i, 1 step; diffusion forcing: 2 steps, ``--ar-step 1 --causal-block-size
+    2 --fps 16``, the fps its conditioning too) as an APNG grid at 24 fps (16)."""
     from PIL import Image
-    _, path, model = tiny_skyreels[kind]
+    from diffkit.interop.skyreels_v2_forcing import text_to_video as forcing_text_to_video
+    _, path, model = request.getfixturevalue("tiny_forcing") if kind == "df" else \
+        request.getfixturevalue("tiny_skyreels")[kind]
     image = _image()
     image.save(tmp_path / "a.png")
-    extra = ["--image", str(tmp_path / "a.png")] if kind == "i2v" else []
+    size = {"num_frames": FRAMES, "height": H, "width": W, "steps": 1} if kind != "df" else \
+        {"num_frames": DF_FRAMES, "height": DF_SIZE, "width": DF_SIZE, "steps": 2}
+    extra = {"i2v": ["--image", str(tmp_path / "a.png")], "t2v": [],
+             "df": ["--ar-step", "1", "--causal-block-size", "2", "--fps", "16"]}[kind]
     argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], *extra, "--steps",
-            "1", "--seed", "5", "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--batch-size", "2",
-            "--nrow", "2", "--out", str(tmp_path / "v.png"), "--no-progress"]
+            str(size["steps"]), "--seed", "5", "--frames", str(size["num_frames"]), "--height", str(size["height"]),
+            "--width", str(size["width"]), "--batch-size", "2", "--nrow", "2", "--out", str(tmp_path / "v.png"),
+            "--no-progress"]
     assert main(argv) == 0
-    assert "wrote 2 videos of 5 frames (32x32, 24 fps)" in capsys.readouterr().out
-    size = {"steps": 1, "seed": 5, "num_frames": FRAMES, "height": H, "width": W}
-    videos = image_to_video(model, image, PROMPTS, **size) if kind == "i2v" else text_to_video(model, PROMPTS, **size)
-    written = read_video(tmp_path / "v.png")
+    fps = 16 if kind == "df" else 24
+    assert f"wrote 2 videos of {size['num_frames']} frames ({size['width']}x{size['height']}, {fps} fps)" in \
+        capsys.readouterr().out
+    videos = {"i2v": lambda: image_to_video(model, image, PROMPTS, seed=5, **size),
+              "t2v": lambda: text_to_video(model, PROMPTS, seed=5, **size),
+              "df": lambda: forcing_text_to_video(model, PROMPTS, seed=5, ar_step=1, causal_block_size=2, fps=16.0,
+                                                  **size)}[kind]()
+    written, h, w = read_video(tmp_path / "v.png"), size["height"], size["width"]
     for i in range(2):
-        assert torch.equal(written[:, :, 2:2 + H, 2 + i * (W + 2):2 + i * (W + 2) + W], _as_written(videos[i]))
+        assert torch.equal(written[:, :, 2:2 + h, 2 + i * (w + 2):2 + i * (w + 2) + w], _as_written(videos[i]))
     with Image.open(tmp_path / "v.png") as animation:
-        assert animation.info["duration"] == pytest.approx(1000 / 24)
+        assert animation.info["duration"] == pytest.approx(1000 / fps)
 
 
 @pytest.mark.parametrize("kind, args, message", [
@@ -179,18 +198,26 @@ def test_skyreels_v2_command_is_the_library(tiny_skyreels, tmp_path, capsys, kin
     ("i2v", ["--lora", "a.png"], "--lora does not apply to a SkyReels-V2 image-to-video folder"),
     ("i2v", [], "(image-to-video): give --image PNG"),
     ("i2v", ["--image", "a.png", "--last-image", "a.png"], "--last-image does not apply to"),
+    ("t2v", ["--ar-step", "1"], "--ar-step does not apply to a SkyReels-V2 folder"),
+    ("df", ["--frames", str(DF_FRAMES), "--causal-block-size", "3"],
+     "causal_block_size=3 is not allowed for 4 latent frames; give a divisor"),
+    ("df", ["--ar-step", "1", "--sampler", "heun"], "sampler 'heun' is not allowed with ar_step=1"),
+    ("df", ["--frames", "9", "--ar-step", "1", "--causal-block-size", "2"],
+     "causal_block_size=2 is not allowed for 3 latent frames"),
 ])
-def test_skyreels_v2_command_refusals_are_one_line(tiny_skyreels, tmp_path, capsys, monkeypatch, kind, args,
-                                                   message):
+def test_skyreels_v2_command_refusals_are_one_line(request, tmp_path, capsys, monkeypatch, kind, args, message):
     monkeypatch.chdir(tmp_path)
     _image().save(tmp_path / "a.png")
-    refused_in_one_line(capsys, tmp_path, "video", tiny_skyreels[kind][1], args, message)
+    folder = request.getfixturevalue("tiny_forcing")[1] if kind == "df" else \
+        request.getfixturevalue("tiny_skyreels")[kind][1]
+    refused_in_one_line(capsys, tmp_path, "video", folder, args, message)
 
 
-def test_skyreels_v2_folder_refusals(tiny_skyreels, tmp_path, capsys):
+def test_skyreels_v2_folder_refusals(tiny_skyreels, tiny_forcing, tmp_path, capsys):
     """From the folder's JSON, before any weight is read; ``diffkit sample`` on a folder in one line; the library
-    functions on the other kind's folder."""
-    t2v, i2v = tiny_skyreels["t2v"][1], tiny_skyreels["i2v"][1]
+    functions on another kind's folder, a negative ar_step."""
+    from diffkit.interop.skyreels_v2_forcing import text_to_video as forcing_text_to_video
+    t2v, i2v, forcing = tiny_skyreels["t2v"][1], tiny_skyreels["i2v"][1], tiny_forcing[1]
     for folder, parts, part, change, expected in [
             (t2v, None, "model_index.json", {"transformer": ["diffusers", "WanTransformer3DModel"]},
              "transformer is a 'WanTransformer3DModel'; allowed: SkyReelsV2Transformer3DModel"),
@@ -202,7 +229,9 @@ def test_skyreels_v2_folder_refusals(tiny_skyreels, tmp_path, capsys):
              "scale_factor_temporal=4; allowed: 8"),
             (i2v, I2V_PARTS, "model_index.json", {"image_encoder": ["transformers", "SiglipVisionModel"]},
              "image_encoder is a 'SiglipVisionModel'"),
-            (i2v, I2V_PARTS, "transformer/config.json", {"in_channels": Z}, "in_channels=4; allowed: 12")]:
+            (i2v, I2V_PARTS, "transformer/config.json", {"in_channels": Z}, "in_channels=4; allowed: 12"),
+            (forcing, None, "scheduler/scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler"},
+             "scheduler is a 'FlowMatchEulerDiscreteScheduler'; allowed: UniPCMultistepScheduler")]:
         bad = changed_folder(folder, tmp_path, part, change, **({"parts": parts} if parts else {}))
         with pytest.raises(DiffkitError, match=re.escape(expected)):
             check_skyreels_v2_folder(bad)
@@ -210,25 +239,25 @@ def test_skyreels_v2_folder_refusals(tiny_skyreels, tmp_path, capsys):
                                                             "not take (it makes videos)")
     with pytest.raises(DiffkitError, match="takes a SkyReelsV2Pipeline folder"):
         text_to_video(tiny_skyreels["i2v"][2], "a cat")
+    with pytest.raises(DiffkitError, match="takes a SkyReelsV2DiffusionForcingPipeline folder"):
+        forcing_text_to_video(tiny_skyreels["t2v"][2], "a cat")
+    with pytest.raises(DiffkitError, match=re.escape("ar_step=-1 is not allowed; give a whole number >= 0")):
+        forcing_text_to_video(tiny_forcing[2], "a cat", ar_step=-1, num_frames=DF_FRAMES, height=16, width=16)
 
 
 # ------------------------------------------------------------------ SkyReelsV2DiffusionForcingPipeline
-DF_FRAMES, DF_SIZE = 13, 16  # 4 latent frames of 2 x 2 (one patch each)
-
-
 @pytest.fixture(scope="module")
 def tiny_forcing(tiny_skyreels, tmp_path_factory):
-    """(SkyReelsV2DiffusionForcingPipeline, folder, load_skyreels_v2) of the text-to-video folder's parts with a
-    diffusion-forcing transformer (inject_sample_info: its fps embedding and projection drawn)."""
+    """(SkyReelsV2DiffusionForcingPipeline, its saved folder, load_skyreels_v2 of it) of the text-to-video folder's
+    parts with a diffusion-forcing transformer (inject_sample_info: its fps embedding and projection drawn)."""
     from diffusers.pipelines.skyreels_v2 import pipeline_skyreels_v2_diffusion_forcing as module
     pipe = tiny_skyreels["t2v"][0]
     root = tmp_path_factory.mktemp("skyreels_v2_df")
     components = {**pipe.components, "transformer": skyreels_transformer(7, inject_sample_info=True)}
-    diffusers.SkyReelsV2DiffusionForcingPipeline(**components).save_pretrained(root / "df")
     with pytest.MonkeyPatch.context() as patch:
         if not hasattr(module, "ftfy"):
             patch.setattr(module, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
-        yield reloaded(root / "df", diffusers.SkyReelsV2DiffusionForcingPipeline, load_skyreels_v2)
+        yield saved(diffusers.SkyReelsV2DiffusionForcingPipeline(**components), root / "df")
 
 
 def copying_step(monkeypatch):
@@ -242,14 +271,14 @@ def copying_step(monkeypatch):
                         lambda self, output, t, sample, **kw: step(self, output, t, sample.clone(), **kw))
 
 
-@pytest.mark.parametrize("ar_step, block, fps", [(0, 1, 24), (1, 2, 16), (2, 1, 24)])
+@pytest.mark.parametrize("ar_step, block, fps", [(0, 2, 24), (2, 1, 16)])
 def test_skyreels_v2_diffusion_forcing_matches_the_pipeline(tiny_forcing, monkeypatch, ar_step, block, fps):
     """One prompt (the pipeline's transformer with inject_sample_info takes one row a call), CFG s = 4 against a
     negative prompt, 3 UniPC steps, 4 latent frames, noise from seed 3: the same final latents as
     SkyReelsV2DiffusionForcingPipeline, its schedulers' aliasing of the latents undone (:func:`copying_step`; the
-    pipeline as it is differs by more than 1e-3), synchronously (ar_step 0, blocks of one frame; decoded frames too;
-    diffkit's video 0 of two prompts) and asynchronously (ar_step 1 on two causal blocks of 2 frames at fps 16: 4
-    rows; ar_step 2 on 4 blocks of one frame: 9 rows)."""
+    pipeline as it is differs by more than 1e-3), synchronously (ar_step 0 on two causal blocks of 2 frames; decoded
+    frames too; diffkit's video 0 of two prompts) and asynchronously (ar_step 2 on 4 blocks of one frame, attending
+    to each other, at fps 16: 9 rows, every block seeing the others not started or clean in some)."""
     from diffkit.interop.skyreels_v2_forcing import text_to_video as forcing_text_to_video
     pipe, _, model = tiny_forcing
     kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "height": DF_SIZE, "width": DF_SIZE,
