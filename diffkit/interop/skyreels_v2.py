@@ -16,12 +16,16 @@ first-last-frame to video, the decoding):
   transformer); 97 frames of 544 x 960, 50 steps, CFG s = 5.
 * both are exported at 24 fps in diffusers' examples (``export_to_video(output, fps=24)``).
 
+``SkyReelsV2DiffusionForcingPipeline`` folders load here too (:class:`.skyreels_v2_forcing.SkyReelsV2DF`); their
+loop is :mod:`.skyreels_v2_forcing`'s.
+
 Refused in one line before any weight is read (:func:`check_skyreels_v2_folder`): another pipeline class, a missing
 component, parts of other classes, a transformer whose channels do not fit the VAE's z_dim (C; image-to-video 2 C + 4
 in), patches other than (1, 2, 2), a text-to-video transformer with CLIP image states or an image-to-video one
 without, a transformer with ``inject_sample_info`` (these pipelines pass it no fps: the transformer fails) or causal
-blocks (``num_frame_per_block`` > 1: a diffusion-forcing transformer), a VAE other than Wan 2.1's (patched, or
-factors other than 8 and 4), a scheduler diffkit's samplers do not compute.
+blocks (``num_frame_per_block`` > 1: a diffusion-forcing transformer's), a VAE other than Wan 2.1's (patched, or
+factors other than 8 and 4), a scheduler diffkit's samplers do not compute (a diffusion-forcing folder's: any but flow
+UniPC).
 """
 from __future__ import annotations
 
@@ -141,7 +145,7 @@ def load_skyreels_v2(directory: Union[str, Path], device="cpu", dtype: torch.dty
     return model
 
 
-def _defaults(guidance_scale, convention: str, default: float, num_frames, height, width) -> dict:
+def pipeline_defaults(guidance_scale, convention: str, default: float, num_frames, height, width) -> dict:
     """The Wan loops' keywords with SkyReels-V2's defaults: ``guidance_scale`` None -> ``default`` in diffusers'
     convention (as the Wan loops read None), frames 97, 544 x 960."""
     if guidance_scale is None:
@@ -152,7 +156,8 @@ def _defaults(guidance_scale, convention: str, default: float, num_frames, heigh
             "width": SKYREELS_V2_WIDTH if width is None else width}
 
 
-def _check_kind(model, cls, function: str) -> None:
+def check_model(model, cls, function: str) -> None:
+    """One line unless ``model`` is a loaded folder of class ``cls`` (``function`` named)."""
     if not isinstance(model, cls):
         raise DiffkitError(f"{function} takes a {cls.pipeline_name} folder; got {type(model).__name__} "
                            f"({getattr(model, 'pipeline_name', '?')})")
@@ -165,8 +170,8 @@ def text_to_video(model: SkyReelsV2, prompts: Union[str, Sequence[str]], *, guid
     defaults: CFG s = 6 in diffusers' convention, 97 frames of 544 x 960; ``options``: its other keywords --
     negative_prompt, steps (50), sampler, seed, latents, output_range, return_latents, progress)."""
     from .wan import text_to_video as wan_text_to_video
-    _check_kind(model, SkyReelsV2, "skyreels_v2.text_to_video")
-    return wan_text_to_video(model, prompts, **_defaults(guidance_scale, convention, SKYREELS_V2_GUIDANCE,
+    check_model(model, SkyReelsV2, "skyreels_v2.text_to_video")
+    return wan_text_to_video(model, prompts, **pipeline_defaults(guidance_scale, convention, SKYREELS_V2_GUIDANCE,
                                                          num_frames, height, width), **options)
 
 
@@ -179,8 +184,8 @@ def image_to_video(model: SkyReelsV2I2V, images, prompts: Union[str, Sequence[st
     ``options``: its other keywords -- negative_prompt, steps (50), sampler, seed, latents, last_images, output_range,
     return_latents, progress)."""
     from .wan_i2v import image_to_video as wan_image_to_video
-    _check_kind(model, SkyReelsV2I2V, "skyreels_v2.image_to_video")
-    return wan_image_to_video(model, images, prompts, **_defaults(guidance_scale, convention,
+    check_model(model, SkyReelsV2I2V, "skyreels_v2.image_to_video")
+    return wan_image_to_video(model, images, prompts, **pipeline_defaults(guidance_scale, convention,
                                                                   SKYREELS_V2_I2V_GUIDANCE, num_frames, height,
                                                                   width), **options)
 

@@ -42,7 +42,6 @@ from ..errors import DiffkitError
 from .wan import Wan, WanNet
 
 SKYREELS_V2_DF_PIPELINE = "SkyReelsV2DiffusionForcingPipeline"
-KIND = "SkyReels-V2 diffusion forcing"
 FORCING_FPS = 24  # the pipeline's fps (its sample-info conditioning, and its documentation's export rate)
 NOT_STARTED, CLEAN = 999, 0  # the pipeline's timesteps of a block before its first step and after its last
 
@@ -215,14 +214,15 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
     from ..denoiser import Denoiser
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
-    from .skyreels_v2 import _check_kind, _defaults
+    from .skyreels_v2 import SKYREELS_V2_GUIDANCE, check_model, pipeline_defaults
     from .stable_diffusion import OUTPUT_RANGES, negative_prompts, prompt_list
     from .wan import check_frames, pipeline_guidance
-    _check_kind(model, SkyReelsV2DF, "skyreels_v2_forcing.text_to_video")
+    check_model(model, SkyReelsV2DF, "skyreels_v2_forcing.text_to_video")
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
-    given = _defaults(guidance_scale, convention, 6.0, num_frames, height, width)
-    scale, convention, cfg = pipeline_guidance(given["guidance_scale"], given["convention"], negative_prompt, 6.0)
+    given = pipeline_defaults(guidance_scale, convention, SKYREELS_V2_GUIDANCE, num_frames, height, width)
+    scale, convention, cfg = pipeline_guidance(given["guidance_scale"], given["convention"], negative_prompt,
+                                               SKYREELS_V2_GUIDANCE)
     frames, height, width = check_frames(given["num_frames"]), given["height"], given["width"]
     model.check_size(height, width)
     shape = model.latent_video_shape(len(prompts), frames, height, width)
