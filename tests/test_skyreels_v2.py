@@ -296,3 +296,33 @@ def test_skyreels_v2_diffusion_forcing_matches_the_pipeline(tiny_forcing, monkey
     copying_step(monkeypatch)
     theirs = _run(pipe, PROMPTS[0], num_inference_steps=3, generator=torch.Generator().manual_seed(3), **kw)
     _compare(f"forcing ar_step={ar_step}", ours[:1], theirs if ar_step == 0 else (theirs[0], None), model)
+
+
+def test_skyreels_v2_forcing_rows_at_ar_step_0_are_one_sampler_run(tiny_forcing):
+    """The threaded rows (each block's own sampler, their calls gathered a row) at ar_step 0 are one run of the same
+    sampler on the whole video, for a sampler other than the folder's (dpm-solver++-2m, 3 steps, unguided, two causal
+    blocks): the rows machinery adds nothing to the samplers' arithmetic."""
+    from diffkit.denoiser import Denoiser
+    from diffkit.interop.skyreels_v2_forcing import ForcingNet, ForcingRows, forcing_schedule
+    from diffkit.interop.skyreels_v2_forcing import text_to_video as forcing_text_to_video
+    _, _, model = tiny_forcing
+    kw = {"height": DF_SIZE, "width": DF_SIZE, "num_frames": DF_FRAMES, "causal_block_size": 2, "guidance_scale": 1.0,
+          "sampler": "dpm-solver++-2m", "steps": 3}
+    whole = forcing_text_to_video(model, PROMPTS[0], seed=3, return_latents=True, **kw)
+    latents = torch.randn(1, Z, 4, 2, 2, generator=torch.Generator().manual_seed(3))
+    cond = {"context": model.encode_prompts(PROMPTS[:1]), "fps": torch.ones(1)}
+    grid, net = model.scheduler_grid(3), ForcingNet(model.transformer, model.whole_timesteps)
+
+    def run_block(b, block_net):
+        denoiser = Denoiser(block_net, model.schedule, "flow_prediction")
+        denoiser.model = model.transformer
+        return model.sample_latents(denoiser, cond, grid, "dpm-solver++-2m", rows.states[b], None, False, {})
+    model.transformer._set_ar_attention(2)
+    try:
+        rows = ForcingRows(net, latents, 2, forcing_schedule(2, 3, 0), 3)
+        blocks = rows.run(run_block)
+    finally:
+        model.transformer._set_ar_attention(1)
+    error = relative_error(blocks, whole)
+    print(f"rows at ar_step 0: {error:.2e}")
+    assert error < 1e-5
