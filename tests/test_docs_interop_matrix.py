@@ -275,6 +275,7 @@ STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
 KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_video`)"
+SKYREELS_V2 = "## SkyReels-V2 folders (`diffkit.interop.skyreels_v2`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -355,7 +356,10 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
                                                     (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
                                                     (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline",
-                                                                        "Kandinsky5I2VPipeline"], "KV")])
+                                                                        "Kandinsky5I2VPipeline"], "KV"),
+                                                    (SKYREELS_V2, ["SkyReelsV2Pipeline",
+                                                                   "SkyReelsV2ImageToVideoPipeline",
+                                                                   "SkyReelsV2DiffusionForcingPipeline"], "SK")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

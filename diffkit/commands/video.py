@@ -45,6 +45,9 @@ VIDEO_KINDS: dict[str, str] = {
     "Kandinsky5T2VPipeline": "._video_kandinsky5",
     "Kandinsky5I2VPipeline": "._video_kandinsky5:I2V_KIND",
     "LattePipeline": "._video_latte",
+    "SkyReelsV2Pipeline": "._video_skyreels_v2",
+    "SkyReelsV2ImageToVideoPipeline": "._video_skyreels_v2:I2V_KIND",
+    "SkyReelsV2DiffusionForcingPipeline": "._video_skyreels_v2:DF_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -183,6 +186,13 @@ def register(sub) -> None:
     latte.add_argument("--no-temporal-attention", action="store_true",
                        help="Latte folders: skip the transformer's temporal blocks (LattePipeline's "
                             "enable_temporal_attentions=False)")
+    forcing = p.add_argument_group("SkyReels-V2 diffusion forcing")
+    forcing.add_argument("--ar-step", type=int_in(0, 100_000), metavar="N",
+                         help="asynchronous diffusion forcing: each block of latent frames N steps behind the one "
+                              "before (default 0: synchronous; the pipeline's ar_step)")
+    forcing.add_argument("--causal-block-size", type=positive_int, metavar="N",
+                         help="latent frames a block (block-causal attention where N > 1; default the transformer's "
+                              "num_frame_per_block; the pipeline's causal_block_size)")
     p.set_defaults(func=run)
 
 
