@@ -175,7 +175,8 @@ def written_inputs(tmp_path_factory):
     (["--video", "{v}", "--height", "32"], "--height 32 is not allowed with --video"),
     (["--reference-image", "{not}"], "cannot be read as an image"),
     (["--frames", "4"], "num_frames=4 is not allowed"),
-    (["--lora", "{r}"], "--lora does not apply to a Wan VACE folder")])
+    (["--lora", "{r}"], "--lora does not apply to a Wan VACE folder"),
+    (["--image", "{r}"], "--image does not apply to a Wan VACE folder")])
 def test_wan_vace_command_refusals_are_one_line(tiny_vace, written_inputs, tmp_path, capsys, monkeypatch, args,
                                                 message):
     """Before any weight is read (the loader patched to fail), nothing written: a mask without a video, a video of

@@ -18,7 +18,7 @@ class SkyReelsV2Kind(WanKind):
 
     label = "SkyReels-V2"
     pipelines = ("SkyReelsV2Pipeline",)
-    takes = WanKind.takes - WAN_ONLY
+    takes = WanKind.takes - WAN_ONLY - {"images"}  # Wan's --image is TI2V-5B's image-to-video
     fps = SKYREELS_V2_FPS
 
     def check_folder(self, directory) -> None:

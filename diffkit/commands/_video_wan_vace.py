@@ -20,7 +20,7 @@ class WanVACEKind(WanKind):
 
     label = "Wan VACE"
     pipelines = ("WanVACEPipeline",)
-    takes = WanKind.takes - {"lora"} | {"videos", "mask", "reference_image", "conditioning_scale"}
+    takes = WanKind.takes - {"lora", "images"} | {"videos", "mask", "reference_image", "conditioning_scale"}
     fps = WAN_VACE_FPS
 
     def check_folder(self, directory) -> None:
