@@ -42,6 +42,8 @@ VIDEO_KINDS: dict[str, str] = {
     "Kandinsky5T2VPipeline": "._video_kandinsky5",
     "Kandinsky5I2VPipeline": "._video_kandinsky5:I2V_KIND",
     "LattePipeline": "._video_latte",
+    "TextToVideoSDPipeline": "._video_modelscope",
+    "VideoToVideoSDPipeline": "._video_modelscope:V2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
