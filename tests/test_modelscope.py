@@ -19,6 +19,7 @@ from diffkit.video import read_video, save_videos  # noqa: E402
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from _video_helpers import refused_in_one_line  # noqa: E402
 from test_interop_diffusers import randomize, relative_error, sd_ddim_scheduler, tiny_sd_components  # noqa: E402
+from test_sd_prompts import _with_text_model  # noqa: E402
 
 PROMPTS, NEGATIVE = ["a photo", "hot"], ["ot", "p"]
 FRAMES, SIZE = 3, 16  # latents (B, 4, 3, 8, 8): the tiny VAE's factor 2
@@ -37,7 +38,9 @@ def tiny_modelscope(tmp_path_factory):
     pipe = diffusers.TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                            scheduler=sd_ddim_scheduler())
     pipe.save_pretrained(root / "ms")
-    return reloaded(root / "ms", diffusers.TextToVideoSDPipeline, load_modelscope)
+    pipe, path, model = reloaded(root / "ms", diffusers.TextToVideoSDPipeline, load_modelscope)
+    _with_text_model(pipe.text_encoder)  # the pipeline's clip_skip reads text_model.final_layer_norm (test_sd_prompts)
+    return pipe, path, model
 
 
 def _generators(seed=3, n=2):
@@ -45,11 +48,12 @@ def _generators(seed=3, n=2):
 
 
 def test_modelscope_matches_the_pipeline(tiny_modelscope):
-    """CFG s = 5 against negative prompts, 3 DDIM steps, 3 frames: the same final latents (output_type="latent") and
-    frames (output_type="pt", (B, T, C, H, W) in [0, 1]) as TextToVideoSDPipeline from the same noise (video i from
-    seed 3 + i)."""
+    """CFG s = 5 against negative prompts, clip_skip 1, 3 DDIM steps, 3 frames: the same final latents
+    (output_type="latent") and frames (output_type="pt", (B, T, C, H, W) in [0, 1]) as TextToVideoSDPipeline from
+    the same noise (video i from seed 3 + i)."""
     pipe, _, model = tiny_modelscope
-    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 5.0, "num_frames": FRAMES, "height": SIZE, "width": SIZE}
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 5.0, "clip_skip": 1, "num_frames": FRAMES, "height": SIZE,
+          "width": SIZE}
     out = {}
     for kind in ("latent", "pt"):
         with torch.no_grad():
