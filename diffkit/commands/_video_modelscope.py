@@ -1,6 +1,8 @@
 """``diffkit video --checkpoint MODELSCOPE_FOLDER --prompt TEXT``: text-to-video as ``TextToVideoSDPipeline``
 (:func:`diffkit.interop.modelscope.text_to_video`; docs/interop/modelscope.md), and ``--video FILE [--strength S]`` on
-a ``VideoToVideoSDPipeline`` folder (:func:`diffkit.interop.modelscope.video_to_video`, :data:`V2V_KIND`)."""
+a ``VideoToVideoSDPipeline`` folder (:func:`diffkit.interop.modelscope.video_to_video`, :data:`V2V_KIND`);
+``--image PNG --prompt TEXT`` on an ``I2VGenXLPipeline`` folder (:func:`diffkit.interop.i2vgen_xl.image_to_video`,
+:data:`I2V_KIND`; docs/interop/modelscope.md)."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -83,5 +85,42 @@ class ModelScopeVideoKind(ModelScopeKind):
         return video_to_video(model, videos, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
 
 
+class I2VGenXLKind(ModelScopeKind):
+    """An ``I2VGenXLPipeline`` folder: ``--image`` (the first frame) and ``--prompt``, 16 frames (at least 2) of 704 x
+    1280, CFG s = 9; ``--fps`` (default 16, an integer) is both the frame rate written and the UNet's ``target_fps``
+    (the pipeline's default 16)."""
+
+    label = "I2VGen-XL"
+    pipelines = ("I2VGenXLPipeline",)
+    takes = ModelScopeKind.takes | {"images", "fps"}
+    needs_image = True
+    fps = 16.0
+
+    def check_folder(self, directory) -> None:
+        from ..interop.i2vgen_xl import check_i2vgen_xl_folder
+        check_i2vgen_xl_folder(directory)
+
+    def check_request(self, args) -> None:
+        """:class:`ModelScopeKind`'s, at least 2 frames, an integer --fps."""
+        from ..errors import DiffkitError
+        super().check_request(args)
+        if args.num_frames is not None and args.num_frames < 2:
+            raise DiffkitError(f"--frames {args.num_frames} is not allowed for an I2VGen-XL folder; give at least 2 "
+                               f"(the image latents' frame positions k / (F - 1))")
+        if args.fps is not None and args.fps != int(args.fps):
+            raise DiffkitError(f"--fps {args.fps:g} is not allowed for an I2VGen-XL folder; give an integer (the "
+                               f"UNet's target_fps)")
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.i2vgen_xl import load_i2vgen_xl
+        return load_i2vgen_xl(directory, device, progress=progress)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, fps=None, **options):
+        from ..interop.i2vgen_xl import image_to_video
+        return image_to_video(model, images, prompts, seed=seed, progress=progress, output_range="-1,1",
+                              target_fps=None if fps is None else int(fps), **options)
+
+
 KIND = ModelScopeKind()
 V2V_KIND = ModelScopeVideoKind()
+I2V_KIND = I2VGenXLKind()

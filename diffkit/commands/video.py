@@ -44,6 +44,7 @@ VIDEO_KINDS: dict[str, str] = {
     "LattePipeline": "._video_latte",
     "TextToVideoSDPipeline": "._video_modelscope",
     "VideoToVideoSDPipeline": "._video_modelscope:V2V_KIND",
+    "I2VGenXLPipeline": "._video_modelscope:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",

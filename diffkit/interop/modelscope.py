@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -98,14 +98,18 @@ class ModelScope(AnimateDiff):
         return decode_frames(self, latents, chunk or latents.shape[0] * latents.shape[2])
 
 
-def check_modelscope_folder(directory, pipelines=MODELSCOPE_PIPELINES) -> tuple:
+def check_modelscope_folder(directory, pipelines=MODELSCOPE_PIPELINES, kind: str = "ModelScope text-to-video",
+                            required: tuple = REQUIRED, classes: Optional[dict] = None) -> tuple:
     """(model_index dict, scheduler config) of a ``TextToVideoSDPipeline`` or ``VideoToVideoSDPipeline`` folder (one
-    of ``pipelines``), checked from its JSON alone (module docstring); one line for what diffkit does not drive."""
+    of ``pipelines``), checked from its JSON alone (module docstring); one line for what diffkit does not drive.
+    ``kind``, ``required``, ``classes``: another UNet3D pipeline's label, components and their classes
+    (:mod:`.i2vgen_xl`)."""
     from .pixart import check_classes, named_index
     from .stable_diffusion import check_stable_diffusion_unet
     directory = Path(directory)
-    index = named_index(directory, tuple(pipelines), "ModelScope text-to-video")
-    check_classes(directory, index, REQUIRED, "ModelScope", {"unet": (MODELSCOPE_UNET,), "vae": ("AutoencoderKL",)})
+    index = named_index(directory, tuple(pipelines), kind)
+    check_classes(directory, index, required, kind, classes or {"unet": (MODELSCOPE_UNET,),
+                                                                "vae": ("AutoencoderKL",)})
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     unet = read_json_object(directory / "unet" / "config.json", "unet config")
     if unet.get("time_cond_proj_dim") is not None:
