@@ -38,6 +38,9 @@ def tiny_i2vgen_xl(tmp_path_factory):
     vision = randomize(transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
         hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=1, projection_dim=32,
         image_size=8, patch_size=4)), 5)
+    with torch.no_grad():  # the image embedding's tokens made to matter (randomize's 0.05 hides which image it is)
+        vision.vision_model.embeddings.patch_embedding.weight.mul_(50)
+        unet.context_embedding[2].weight.mul_(100)
     pipe = diffusers.I2VGenXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                       image_encoder=vision, scheduler=sd_ddim_scheduler(),
                                       feature_extractor=transformers.CLIPImageProcessor(crop_size=8, size=8))
@@ -68,6 +71,17 @@ def test_i2vgen_xl_matches_the_pipeline(tiny_i2vgen_xl):
         errors = relative_error(ours[i:i + 1], out["latent"]), relative_error(videos[i:i + 1], out["pt"])
         print(f"video {i}: latents {errors[0]:.2e}, frames {errors[1]:.2e}")
         assert max(errors) < 1e-5
+    from diffusers.pipelines.deprecated.i2vgen_xl import pipeline_i2vgen_xl as theirs
+    crop = pipe.feature_extractor.crop_size  # the CLIP input itself, against the pipeline's own crop and _encode_image
+    pipe._guidance_scale = 1.0
+    for image in images:
+        cropped = theirs._resize_bilinear(theirs._center_crop_wide(image, (WIDTH, WIDTH)), (crop["width"],
+                                                                                            crop["height"]))
+        with torch.no_grad():
+            reference = pipe._encode_image(cropped, "cpu", 1)
+        error = relative_error(model.image_embeddings([image], WIDTH), reference)
+        print(f"image embedding: {error:.1e}")
+        assert error < 1e-6
 
 
 def test_i2vgen_xl_command_is_the_library(tiny_i2vgen_xl, tmp_path, capsys):
