@@ -353,8 +353,8 @@ MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)
                                                     (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
                                                     (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline",
                                                                         "Kandinsky5I2VPipeline"], "KV"),
-                                                    (MODELSCOPE, ["TextToVideoSDPipeline", "VideoToVideoSDPipeline"],
-                                                     "MS")])
+                                                    (MODELSCOPE, ["TextToVideoSDPipeline", "VideoToVideoSDPipeline",
+                                                                  "I2VGenXLPipeline"], "MS")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -84,6 +84,19 @@ def test_i2vgen_xl_matches_the_pipeline(tiny_i2vgen_xl):
         assert error < 1e-6
 
 
+def test_i2vgen_xl_defaults_are_the_pipelines():
+    """The library's defaults are I2VGenXLPipeline.__call__'s (guidance 9, target_fps 16, 704 x 1280, clip_skip 1, 16
+    frames, 50 steps)."""
+    import inspect
+
+    from diffkit.interop.i2vgen_xl import I2VGENXL_CLIP_SKIP, I2VGENXL_FPS, I2VGENXL_GUIDANCE, I2VGENXL_SIZE
+    from diffkit.interop.modelscope import MODELSCOPE_FRAMES, MODELSCOPE_STEPS
+    defaults = {k: v.default for k, v in inspect.signature(diffusers.I2VGenXLPipeline.__call__).parameters.items()}
+    assert (defaults["guidance_scale"], defaults["target_fps"], (defaults["height"], defaults["width"]),
+            defaults["clip_skip"], defaults["num_frames"], defaults["num_inference_steps"]) == (
+        I2VGENXL_GUIDANCE, I2VGENXL_FPS, I2VGENXL_SIZE, I2VGENXL_CLIP_SKIP, MODELSCOPE_FRAMES, MODELSCOPE_STEPS)
+
+
 def test_i2vgen_xl_command_is_the_library(tiny_i2vgen_xl, tmp_path, capsys):
     """``diffkit video --image`` writes the library's videos byte for byte (the default CFG 9 against "", a batch of
     two), at 16 fps (the frame rate it conditions on); refusals in one line before any weight is read."""
@@ -107,6 +120,7 @@ def test_i2vgen_xl_command_is_the_library(tiny_i2vgen_xl, tmp_path, capsys):
                             parts=PARTS)
     for folder, extra, message in ((path, [], "(image-to-video): give --image PNG"),
                                    (path, image + ["--frames", "1"], "--frames 1 is not allowed"),
+                                   (path, image + ["--fps", "7.5"], "--fps 7.5 is not allowed"),
                                    (path, image + ["--video", "x.png"], "--video does not apply to an I2VGen-XL"),
                                    (unet3d, image, "unet is a 'UNet3DConditionModel'; allowed: I2VGenXLUNet")):
         refused_in_one_line(capsys, tmp_path, "video", folder, extra, message)

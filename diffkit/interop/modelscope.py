@@ -32,7 +32,8 @@ pipeline's single video with generator seed + i.
 
 Refused in one line before any weight is read (:func:`check_modelscope_folder`): another pipeline class, a missing
 component, a UNet other than ``UNet3DConditionModel``, a guidance input ``time_cond_proj_dim`` (which the pipelines
-never give), a UNet SD's text-to-image driver refuses. Not driven: LoRA files, ``I2VGenXLPipeline``.
+never give), a UNet SD's text-to-image driver refuses. Not driven: LoRA files. ``I2VGenXLPipeline`` (image-to-video on
+the same loop): :mod:`.i2vgen_xl`.
 """
 from __future__ import annotations
 
