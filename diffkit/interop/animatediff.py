@@ -104,6 +104,17 @@ class AnimateDiff(StableDiffusion):
             self._denoiser.model = self.unet
         return self._denoiser
 
+    video_strength = ANIMATEDIFF_STRENGTH  # the video-to-video pipeline's default strength (not a field)
+
+    @property
+    def takes_videos(self) -> bool:
+        """True for a video-to-video folder (:func:`video_to_video`)."""
+        return self.pipeline == ANIMATEDIFF_V2V_PIPELINE
+
+    def frame_count(self, num_frames) -> int:
+        """The frames of :func:`text_to_video` (:func:`check_frames`)."""
+        return check_frames(self, num_frames)
+
     @property
     def max_frames(self) -> int:
         """The motion modules' ``motion_max_seq_length`` (their frame positions)."""
@@ -299,14 +310,13 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
-    if (model.pipeline == ANIMATEDIFF_V2V_PIPELINE) != (videos is not None):
-        raise DiffkitError("this AnimateDiff folder is video-to-video (AnimateDiffVideoToVideoPipeline); call "
-                           "video_to_video(model, videos, prompts)" if videos is None else
-                           f"this AnimateDiff folder is an {model.pipeline} one; video_to_video takes an "
-                           f"{ANIMATEDIFF_V2V_PIPELINE} folder")
+    if model.takes_videos != (videos is not None):
+        raise DiffkitError(f"this {model.pipeline} folder is video-to-video; call video_to_video(model, videos, "
+                           f"prompts)" if videos is None else f"this {model.pipeline} folder is text-to-video; "
+                           f"video_to_video takes a video-to-video folder")
     from .cosmos2_video import prompt_videos
     videos = prompt_videos(videos, prompts, num_frames, strength)
-    frames = check_frames(model, num_frames if videos is None else len(videos[0]))
+    frames = model.frame_count(num_frames if videos is None else len(videos[0]))
     scale = model.video_guidance if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     cfg = guided(scale, convention, negative_prompt)
@@ -318,7 +328,7 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     grid = model.scheduler_grid(steps)
     if videos is not None:  # the pipeline's get_timesteps: the strength's last steps
         from ..editing import strength_grid
-        grid = strength_grid(grid, ANIMATEDIFF_STRENGTH if strength is None else strength)
+        grid = strength_grid(grid, model.video_strength if strength is None else strength)
     own, own_options = folder_sampler(model.scheduler_config)
     if sampler is None:
         sampler, options = own, {**own_options, **options}
