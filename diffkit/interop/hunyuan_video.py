@@ -241,14 +241,20 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
         tokens = self.tokenizer([template["template"].format(p) for p in prompts], max_length=max_sequence_length
                                 + crop, padding="max_length", truncation=True, return_tensors="pt",
                                 return_attention_mask=True).to(self.device)
-        clip = self.tokenizer_2(prompts, padding="max_length", max_length=CLIP_LENGTH, truncation=True,
-                                return_tensors="pt")
         with torch.no_grad():
             states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                                        output_hidden_states=True).hidden_states[HIDDEN_STATE]
-            pooled = self.text_encoder_2(clip.input_ids.to(self.device), output_hidden_states=False).pooler_output
         context = states.to(self.text_encoder.dtype)[:, crop:].to(dtype)
-        return context, tokens.attention_mask[:, crop:], pooled.to(dtype)
+        return context, tokens.attention_mask[:, crop:], self.pooled_prompts(prompts)
+
+    def pooled_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP's pooled output (B, d_2) of ``prompts`` (77 tokens, padded, truncated) in the transformer's dtype, as
+        the HunyuanVideo pipelines' ``_get_clip_prompt_embeds``."""
+        clip = self.tokenizer_2(list(prompts), padding="max_length", max_length=CLIP_LENGTH, truncation=True,
+                                return_tensors="pt")
+        with torch.no_grad():
+            pooled = self.text_encoder_2(clip.input_ids.to(self.device), output_hidden_states=False).pooler_output
+        return pooled.to(model_dtype(self.transformer))
 
 
 def is_hunyuan_video_folder(path) -> bool:
