@@ -272,6 +272,7 @@ SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.inte
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
+HUNYUAN_VIDEO_I2V = "## HunyuanVideo image-to-video folders (`diffkit.interop.hunyuan_video_i2v`)"
 KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_video`)"
 
 
@@ -350,6 +351,8 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                                      "StableUnCLIPImg2ImgPipeline"], "UC"),
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
                                                     (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
+                                                    (HUNYUAN_VIDEO_I2V, ["HunyuanVideoImageToVideoPipeline"],
+                                                     "HJ"),
                                                     (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline",
                                                                         "Kandinsky5I2VPipeline"], "KV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
