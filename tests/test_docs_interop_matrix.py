@@ -351,8 +351,8 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                                      "StableUnCLIPImg2ImgPipeline"], "UC"),
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
                                                     (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
-                                                    (HUNYUAN_VIDEO_I2V, ["HunyuanVideoImageToVideoPipeline"],
-                                                     "HJ"),
+                                                    (HUNYUAN_VIDEO_I2V, ["HunyuanVideoImageToVideoPipeline",
+                                                                        "HunyuanSkyreelsImageToVideoPipeline"], "HJ"),
                                                     (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline",
                                                                         "Kandinsky5I2VPipeline"], "KV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):

@@ -83,3 +83,42 @@ class HunyuanVideoI2VKind(HunyuanVideoKind):
 
 
 I2V_KIND = HunyuanVideoI2VKind()
+
+
+class SkyreelsKind(HunyuanVideoI2VKind):
+    """``--checkpoint SKYREELS_FOLDER --image PNG --prompt TEXT``: image-to-video as
+    ``HunyuanSkyreelsImageToVideoPipeline`` (:func:`diffkit.interop.hunyuan_skyreels.image_to_video`;
+    ``--negative-prompt`` alone: true CFG 6, the pipeline's default)."""
+
+    label = "SkyReels image-to-video"
+    pipelines = ("HunyuanSkyreelsImageToVideoPipeline",)
+
+    def check_folder(self, directory) -> None:
+        from ..interop.hunyuan_skyreels import check_hunyuan_skyreels_folder
+        check_hunyuan_skyreels_folder(directory)
+
+    def check_request(self, args) -> None:
+        """Frames (4 k + 1), size (multiples of 16; default 544 x 960), the embedded scale and true CFG (default 6
+        with a negative prompt), from the JSON alone."""
+        from types import SimpleNamespace
+
+        from ..interop.hunyuan_skyreels import SKYREELS_SIZE, SKYREELS_TRUE_CFG
+        height, width = args.height, args.width
+        if (height is None) != (width is None):
+            height, width = height or SKYREELS_SIZE[0], width or SKYREELS_SIZE[1]
+        scale = args.true_cfg_scale
+        if scale is None and args.negative_prompt is not None:
+            scale = SKYREELS_TRUE_CFG
+        HunyuanVideoKind.check_request(self, SimpleNamespace(**{**vars(args), "height": height, "width": width,
+                                                                 "true_cfg_scale": scale}))
+
+    def load(self, directory, device, progress: bool, lora=None):
+        from ..interop.hunyuan_skyreels import load_hunyuan_skyreels
+        return load_hunyuan_skyreels(directory, device, progress=progress)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
+        from ..interop.hunyuan_skyreels import image_to_video
+        return image_to_video(model, images, prompts, seed=seed, progress=progress, **options)
+
+
+SKYREELS_KIND = SkyreelsKind()

@@ -91,11 +91,12 @@ def check_size(height, width, pipeline: str = HUNYUAN_VIDEO_PIPELINE) -> None:
 
 
 def start_video(model, batch: int, channels: int, num_frames, height, width, seed, latents,
-                pipeline: str = HUNYUAN_VIDEO_PIPELINE) -> tuple:
+                pipeline: str = HUNYUAN_VIDEO_PIPELINE, generators=None) -> tuple:
     """(z at s = 1 (B, C, F, h, w), height, width) of a text-to-video call on an ``AutoencoderKLHunyuanVideo``
     folder (:class:`HunyuanVideoVAE`; ``model.default_frames`` / ``default_size`` where None): frames 4 k + 1 and
     ``pipeline``'s sizes checked (:func:`check_frames`, :func:`check_size`), ``latents`` checked against the shape,
-    else N(0, I), video i's from ``seed + i``."""
+    else N(0, I), video i's from ``seed + i`` (or from ``generators``, one per video, where given: ones that drew
+    before, as SkyReels' image posterior)."""
     from ..noise import generators_from_seed, randn
     frames = check_frames(model.default_frames if num_frames is None else num_frames, model.temporal_factor)
     height = model.default_size[0] if height is None else height
@@ -104,7 +105,9 @@ def start_video(model, batch: int, channels: int, num_frames, height, width, see
     f = model.vae_scale_factor
     shape = (batch, channels, (frames - 1) // model.temporal_factor + 1, height // f, width // f)
     if latents is None:
-        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
+        if generators is None and seed is not None:
+            generators = generators_from_seed(seed, shape[0])
+        latents = randn(shape, generators, device=model.device)
     elif tuple(latents.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
     return latents, height, width
@@ -292,9 +295,10 @@ def check_hunyuan_video_folder(directory) -> tuple:
 
 
 def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                       progress: bool = True, lora=None) -> HunyuanVideo:
+                       progress: bool = True, lora=None, check=None, cls=None) -> HunyuanVideo:
     """Load a ``HunyuanVideoPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_hunyuan_video_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) with the diffusers /
+    (:func:`check_hunyuan_video_folder`; ``check`` / ``cls``: another check and dataclass of the same components,
+    SkyReels' :mod:`.hunyuan_skyreels`). ``lora``: LoRA files (paths or (path, scale) pairs) with the diffusers /
     PEFT ``transformer.`` keys ``HunyuanVideoLoraLoaderMixin`` loads as they are (``save_lora_weights``' layout, rank
     / alpha patterns from ``lora_adapter_metadata``), read and checked first, fused into the transformer as
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``, W = W0 + s (alpha / r) B A (Hu et al. 2021, eq. 3;
@@ -308,7 +312,7 @@ def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.d
     from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, sched = check_hunyuan_video_folder(directory)
+    index, sched = (check or check_hunyuan_video_folder)(directory)
     loras = read_transformer_loras(lora, "HunyuanVideo", "a HunyuanVideo folder", HUNYUAN_VIDEO_PIPELINE,
                                    flux_check=False) if lora else []  # (its blocks are named as FLUX.1's)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
@@ -317,7 +321,7 @@ def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.d
                             vae_cls=diffusers.AutoencoderKLHunyuanVideo)
     device = frozen_on(parts, device)
     parts["text_encoder_2"].to(device).eval().requires_grad_(False)
-    model = HunyuanVideo(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
+    model = (cls or HunyuanVideo)(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
     config = model.transformer.config
     for have, need, what in ((config.text_embed_dim, model.text_encoder.config.hidden_size, "text_embed_dim"),
                              (config.pooled_projection_dim, model.text_encoder_2.config.hidden_size,

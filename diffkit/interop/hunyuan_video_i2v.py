@@ -228,24 +228,33 @@ def is_hunyuan_video_i2v_folder(path) -> bool:
 def check_hunyuan_video_i2v_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``HunyuanVideoImageToVideoPipeline`` folder, checked from its JSON
     alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
+    return check_image_folder(directory, HUNYUAN_I2V_PIPELINE, KIND, REQUIRED, HUNYUAN_I2V_CLASSES,
+                              {"latent_concat": lambda c: 2 * c + 1, "token_replace": lambda c: c})
+
+
+def check_image_folder(directory, pipeline: str, kind: str, required, classes: dict, in_channels: dict) -> tuple:
+    """(model_index dict, scheduler config) of a HunyuanVideo image-to-video folder of ``pipeline`` (its
+    ``required`` components of ``classes``), from its JSON alone: the transformer's ``image_condition_type`` one of
+    ``in_channels`` ({type: in_channels for C latent channels}), its channels those and C, the scheduler
+    text-to-video's; one line otherwise."""
     from .flux import check_flux_scheduler
     from .hidream import folder_sampler
     from .pixart import checked_folder, fixed_shift_scheduler
     directory = Path(directory)
-    index, config, vae = checked_folder(directory, HUNYUAN_I2V_PIPELINE, REQUIRED, KIND, HUNYUAN_I2V_CLASSES)
-    kind = config.get("image_condition_type")
-    if kind not in INTERLEAVE:
-        raise DiffkitError(f"{directory}'s transformer has image_condition_type={kind!r}; allowed: "
-                           f"{', '.join(INTERLEAVE)} ({HUNYUAN_I2V_PIPELINE})")
+    index, config, vae = checked_folder(directory, pipeline, required, kind, classes)
+    condition = config.get("image_condition_type")
+    if condition not in in_channels:
+        raise DiffkitError(f"{directory}'s transformer has image_condition_type={condition!r}; allowed: "
+                           f"{', '.join(map(str, in_channels))} ({pipeline})")
     latents = vae.get("latent_channels", 16)
-    need = (2 * latents + 1 if kind == "latent_concat" else latents, latents)
+    need = (in_channels[condition](latents), latents)
     channels = (config.get("in_channels", 16), config.get("out_channels") or config.get("in_channels", 16))
     if channels != need:
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
-                           f"{channels[1]!r}; allowed for {kind} on the VAE's {latents!r} latent channels: "
-                           f"{need[0]}, {need[1]}")
-    sched = fixed_shift_scheduler(directory, HUNYUAN_I2V_PIPELINE)
-    check_flux_scheduler(directory, HUNYUAN_I2V_PIPELINE)
+                           f"{channels[1]!r}; allowed for image_condition_type {condition} on the VAE's {latents!r} "
+                           f"latent channels: {need[0]}, {need[1]}")
+    sched = fixed_shift_scheduler(directory, pipeline)
+    check_flux_scheduler(directory, pipeline)
     folder_sampler(sched)  # one line for a scheduler whose step diffkit's samplers do not compute
     return index, sched
 
@@ -289,6 +298,19 @@ def load_hunyuan_video_i2v(directory: Union[str, Path], device="cpu", dtype: tor
     return model
 
 
+def paired(images, prompts) -> tuple:
+    """(PIL images, prompts), as many of each as videos, of ``images`` (PIL images or (B, 3, H, W) in [-1, 1]) and
+    ``prompts``, each one or one per video; one line otherwise."""
+    from .qwen_image_edit import _pil_images
+    from .stable_diffusion import prompt_list
+    pil, prompts = _pil_images(images), prompt_list(prompts)
+    count = max(len(pil), len(prompts))
+    for what, given in (("images", pil), ("prompts", prompts)):
+        if len(given) not in (1, count):
+            raise DiffkitError(f"{len(given)} {what} for {count} videos; give one, or one per video")
+    return (pil * count if len(pil) == 1 else pil), (prompts * count if len(prompts) == 1 else prompts)
+
+
 def check_i2v_frames(frames, factor: int = 4) -> int:
     """``frames`` where it is 4 k + 1 >= 5 (:func:`.hunyuan_video.check_frames`, and a latent frame after the
     image's); one line otherwise."""
@@ -323,17 +345,12 @@ def image_to_video(model: HunyuanVideoI2V, images, prompts: Union[str, Sequence[
     from .flow_latents import pipeline_grid
     from .flux import check_true_cfg
     from .hunyuan_video import start_video
-    from .qwen_image_edit import _pil_images
-    from .stable_diffusion import OUTPUT_RANGES, negative_prompts, prompt_list
+    from .stable_diffusion import OUTPUT_RANGES, negative_prompts
     from PIL import Image
     check_choice("output_range", output_range, OUTPUT_RANGES)
     check_choice("convention", convention, ["diffusers", "seed"])
-    pil, prompts = _pil_images(images), prompt_list(prompts)
-    count = max(len(pil), len(prompts))
-    for what, given in (("images", pil), ("prompts", prompts)):
-        if len(given) not in (1, count):
-            raise DiffkitError(f"{len(given)} {what} for {count} videos; give one, or one per video")
-    pil, prompts = (pil * count if len(pil) == 1 else pil), (prompts * count if len(prompts) == 1 else prompts)
+    pil, prompts = paired(images, prompts)
+    count = len(pil)
     check_i2v_frames(model.default_frames if num_frames is None else num_frames, model.temporal_factor)
     model.check_guidance_scale(guidance_scale)
     check_true_cfg(true_cfg_scale, negative_prompt)
@@ -368,5 +385,6 @@ def image_to_video(model: HunyuanVideoI2V, images, prompts: Union[str, Sequence[
 
 
 __all__ = ["HunyuanVideoI2V", "HunyuanI2VNet", "load_hunyuan_video_i2v", "is_hunyuan_video_i2v_folder",
-           "check_hunyuan_video_i2v_folder", "image_to_video", "prompt_template", "expand_image_tokens",
-           "assistant_start", "crop_states", "check_i2v_frames", "HUNYUAN_I2V_PIPELINE", "HUNYUAN_I2V_GUIDANCE"]
+           "check_hunyuan_video_i2v_folder", "check_image_folder", "image_to_video", "prompt_template",
+           "expand_image_tokens", "assistant_start", "crop_states", "check_i2v_frames", "paired",
+           "HUNYUAN_I2V_PIPELINE", "HUNYUAN_I2V_GUIDANCE"]
