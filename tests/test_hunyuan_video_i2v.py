@@ -182,10 +182,13 @@ def test_command_refusals_are_one_line(tiny_concat, tmp_path, capsys, monkeypatc
     refused_in_one_line(capsys, tmp_path, "video", tiny_concat[1], image + args, message)
 
 
-def test_folder_refusals_are_one_line(tiny_concat, tmp_path):
-    """From the folder's JSON alone: another transformer class, an image_condition_type other than the two, channels
-    that do not fit it, a dynamic-shifting scheduler, another text encoder class."""
+def test_folder_refusals_are_one_line(tiny_concat, tmp_path, capsys):
+    """From the folder's JSON alone: diffkit sample on it (naming diffkit video --image); another transformer class,
+    an image_condition_type other than the two, channels that do not fit it, a dynamic-shifting scheduler, another
+    text encoder class."""
     path = tiny_concat[1]
+    refused_in_one_line(capsys, tmp_path, "sample", path, [], f"generate videos with diffkit video --checkpoint {path} "
+                        f"--image PNG --prompt TEXT")
     parts = ("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "text_encoder_2",
              "tokenizer_2", "vae", "image_processor")
     for part, change, expected in [
