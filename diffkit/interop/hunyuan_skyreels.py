@@ -45,19 +45,14 @@ class HunyuanSkyreels(HunyuanVideo):
     """The loaded components of a ``HunyuanSkyreelsImageToVideoPipeline`` folder (text-to-video's,
     :func:`load_hunyuan_skyreels`)."""
 
+    default_guidance = SKYREELS_GUIDANCE
     default_frames = SKYREELS_FRAMES
     default_size = SKYREELS_SIZE
 
-    def denoiser(self, guidance_scale: Optional[float] = None):
-        """The flow-prediction Denoiser on [z, cond['image']] (:class:`.hunyuan_video_i2v.HunyuanI2VNet`, the
-        embedded ``guidance_scale``, default 1.0)."""
-        from ..denoiser import Denoiser
+    def network(self, guidance: Optional[float]) -> torch.nn.Module:
+        """:class:`.hunyuan_video_i2v.HunyuanI2VNet` on [z, cond['image']] (the image's latents beside the noisy)."""
         from .hunyuan_video_i2v import HunyuanI2VNet
-        scale = SKYREELS_GUIDANCE if guidance_scale is None else float(guidance_scale)
-        denoiser = Denoiser(HunyuanI2VNet(self.transformer, scale if self.guidance_embeds else None, False),
-                            self.schedule, "flow_prediction")
-        denoiser.model = self.transformer
-        return denoiser
+        return HunyuanI2VNet(self.transformer, guidance, False)
 
     def image_condition(self, images: Sequence, height: int, width: int, frames: int, generators) -> torch.Tensor:
         """[z_img, 0 ...] (B, C, F, h, w), float32: PIL ``images`` at height x width, a posterior draw from

@@ -177,6 +177,7 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
     _sigmas: dict = field(default_factory=dict, repr=False)
 
     default_steps = HUNYUAN_VIDEO_STEPS
+    default_guidance = HUNYUAN_VIDEO_GUIDANCE  # the embedded scale's default (the image-to-video pipelines': 1.0)
     default_frames = HUNYUAN_VIDEO_FRAMES
     default_size = HUNYUAN_VIDEO_SIZE
 
@@ -200,7 +201,7 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
             raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the "
-                               f"embedded guidance, default {HUNYUAN_VIDEO_GUIDANCE})")
+                               f"embedded guidance, default {self.default_guidance})")
         check_float32("guidance_scale", guidance_scale)
 
     def scheduler_sigmas(self, steps: int) -> torch.Tensor:
@@ -222,14 +223,17 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
         return flow_sigmas_grid(self.schedule, self.scheduler_sigmas(steps), steps)
 
     def denoiser(self, guidance_scale: Optional[float] = None):
-        """The flow-prediction Denoiser (:class:`HunyuanVideoNet`, the embedded ``guidance_scale``, default 6.0) on
-        ``NoiseSchedule.flow(T, shift)``."""
+        """The flow-prediction Denoiser (:meth:`network`, the embedded ``guidance_scale``, default
+        ``default_guidance``: 6.0, the image-to-video folders' 1.0) on ``NoiseSchedule.flow(T, shift)``."""
         from ..denoiser import Denoiser
-        scale = HUNYUAN_VIDEO_GUIDANCE if guidance_scale is None else float(guidance_scale)
-        denoiser = Denoiser(HunyuanVideoNet(self.transformer, scale if self.guidance_embeds else None),
-                            self.schedule, "flow_prediction")
+        scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        denoiser = Denoiser(self.network(scale if self.guidance_embeds else None), self.schedule, "flow_prediction")
         denoiser.model = self.transformer
         return denoiser
+
+    def network(self, guidance: Optional[float]) -> torch.nn.Module:
+        """The transformer as the Denoiser's net (:class:`HunyuanVideoNet`; the image-to-video folders' their own)."""
+        return HunyuanVideoNet(self.transformer, guidance)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(Llama states (B, L, d), mask (B, L), CLIP pooled (B, d_2)) as the pipeline's ``encode_prompt`` (module

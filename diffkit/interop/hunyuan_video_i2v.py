@@ -151,6 +151,7 @@ class HunyuanVideoI2V(HunyuanVideo):
 
     image_processor: object = None
 
+    default_guidance = HUNYUAN_I2V_GUIDANCE
     @property
     def condition_type(self) -> str:
         """The transformer's ``image_condition_type``: ``latent_concat`` or ``token_replace``."""
@@ -161,15 +162,9 @@ class HunyuanVideoI2V(HunyuanVideo):
         """C: the VAE's latent channels (the transformer's output channels)."""
         return int(self.vae.config.latent_channels)
 
-    def denoiser(self, guidance_scale: Optional[float] = None):
-        """The flow-prediction Denoiser (:class:`HunyuanI2VNet`, the embedded ``guidance_scale``, default 1.0)."""
-        from ..denoiser import Denoiser
-        scale = HUNYUAN_I2V_GUIDANCE if guidance_scale is None else float(guidance_scale)
-        net = HunyuanI2VNet(self.transformer, scale if self.guidance_embeds else None,
-                            self.condition_type == "token_replace")
-        denoiser = Denoiser(net, self.schedule, "flow_prediction")
-        denoiser.model = self.transformer
-        return denoiser
+    def network(self, guidance: Optional[float]) -> torch.nn.Module:
+        """:class:`HunyuanI2VNet` on the transformer's ``image_condition_type``."""
+        return HunyuanI2VNet(self.transformer, guidance, self.condition_type == "token_replace")
 
     def encode_prompts(self, prompts: Sequence[str], images: Sequence = (), interleave: int = NEGATIVE_INTERLEAVE,
                        max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
