@@ -1,7 +1,7 @@
 """A HunyuanVideo image-to-video diffusers folder (``HunyuanVideoImageToVideoPipeline``, diffusers 0.42.1): a video
 from an image and a prompt, with any diffkit sampler.
 
-HunyuanVideo-I2V (Kong et al. 2024, "HunyuanVideo", Sec. 6.1: image-to-video) is HunyuanVideo's rectified-flow
+HunyuanVideo-I2V (Tencent 2025; Kong et al. 2024, "HunyuanVideo") is HunyuanVideo's rectified-flow
 transformer and causal VAE (:mod:`.hunyuan_video`: x_s = (1 - s) x_0 + s eps, velocity eps - x_0; the folder's grid,
 guidance embedding, true CFG and decoding are text-to-video's) with the image in two places. As
 ``HunyuanVideoImageToVideoPipeline.__call__``:
@@ -25,8 +25,8 @@ guidance embedding, true CFG and decoding are text-to-video's) with the image in
   (0 on the others), a mask channel 1 on frame 0] along the channels; every frame is sampled. The output drops
   latent frame 0 (``output_type="latent"``) or decoded frames 0-3 (so num_frames - 4 frames).
   ``token_replace`` (in_channels C): the input's frame 0 is z_img, the transformer reads it as clean tokens; the
-  scheduler steps frames 1.. only and frame 0 of the result is z_img; here every frame is sampled (frame 0's velocity
-  does not reach the others) and frame 0 set to z_img at the end.
+  scheduler steps frames 1.. only and frame 0 of the result is z_img; here every frame is sampled (the state's frame
+  0 never reaches the transformer) and frame 0 set to z_img at the end.
 * the grid, the embedded ``guidance_scale`` (default **1.0** here, the pipeline's; a transformer without guidance
   embeds refuses it), true CFG (``true_cfg_scale`` > 1 with a negative prompt), frames 4 k + 1 (default 129; >= 5
   here), size (default 720 x 1280, multiples of 16), float32 latents and decoding: as :mod:`.hunyuan_video`.
@@ -152,6 +152,7 @@ class HunyuanVideoI2V(HunyuanVideo):
     image_processor: object = None
 
     default_guidance = HUNYUAN_I2V_GUIDANCE
+
     @property
     def condition_type(self) -> str:
         """The transformer's ``image_condition_type``: ``latent_concat`` or ``token_replace``."""
@@ -166,7 +167,7 @@ class HunyuanVideoI2V(HunyuanVideo):
         """:class:`HunyuanI2VNet` on the transformer's ``image_condition_type``."""
         return HunyuanI2VNet(self.transformer, guidance, self.condition_type == "token_replace")
 
-    def encode_prompts(self, prompts: Sequence[str], images: Sequence = (), interleave: int = NEGATIVE_INTERLEAVE,
+    def encode_prompts(self, prompts: Sequence[str], images: Sequence, interleave: int = NEGATIVE_INTERLEAVE,
                        max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(LLaVA states (B, N, d), mask (B, N), CLIP pooled (B, d_2)) of ``prompts`` each with its PIL image of
         ``images`` as the pipeline's ``encode_prompt`` (module docstring), in the transformer's dtype."""
@@ -188,8 +189,7 @@ class HunyuanVideoI2V(HunyuanVideo):
         pixels = self.image_processor(list(images), return_tensors="pt").pixel_values.to(self.device)
         with torch.no_grad():
             states = self.text_encoder(input_ids=expanded, attention_mask=expanded_mask, position_ids=positions,
-                                       pixel_values=pixels,
-                                       output_hidden_states=True).hidden_states[HIDDEN_STATE]
+                                       pixel_values=pixels, output_hidden_states=True).hidden_states[HIDDEN_STATE]
         context, mask = crop_states(states.to(self.text_encoder.dtype), ids, mask, starts, template, interleave)
         return context.to(model_dtype(self.transformer)), mask, self.pooled_prompts(prompts)
 
