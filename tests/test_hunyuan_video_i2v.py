@@ -116,8 +116,9 @@ def _latents(seed=7):
 
 def test_latent_concat_matches_the_pipeline(tiny_concat):
     """A latent_concat transformer (no guidance embeds): the final latents without frame 0 (output_type="latent")
-    and the decoded frames without frames 0-3 (output_type="pt", in [0, 1]) as the pipeline's from the same noise;
-    a batch of two videos (two images, two prompts): video 1 as alone."""
+    and the decoded frames without frames 0-3 (output_type="pt", in [0, 1]) as the pipeline's from the same noise, the
+    latents with the prompt truncated (max_sequence_length 6); a batch of two videos (two images, two prompts): video
+    1 as alone."""
     pipe, _, model = tiny_concat
     image, latents = _image(), _latents()
     ref = pipe(image, PROMPT, latents=latents.clone(), output_type="latent", **SIZE).frames
@@ -128,6 +129,10 @@ def test_latent_concat_matches_the_pipeline(tiny_concat):
     videos = image_to_video(model, image, PROMPT, latents=latents.clone(), output_range="0,1", **OURS)
     assert videos.shape == frames.shape == (1, FRAMES - 4, 3, H, W)
     assert relative_error(videos, frames) < 1e-5
+    ref = pipe(image, PROMPT, latents=latents.clone(), output_type="latent", max_sequence_length=6, **SIZE).frames
+    ours = image_to_video(model, image, PROMPT, latents=latents.clone(), return_latents=True, max_sequence_length=6,
+                          **OURS)  # the prompt truncated: the assistant header cut, the crop's fallback
+    assert relative_error(ours, ref) < 1e-5
     pair = image_to_video(model, [image, _image(3)], [PROMPT, "a dog"], seed=4, return_latents=True, **OURS)
     alone = image_to_video(model, _image(3), "a dog", seed=5, return_latents=True, **OURS)  # video 1: seed 4 + 1
     assert relative_error(pair[1:], alone) < 1e-5  # each video its own image, prompt and noise, whatever the batch

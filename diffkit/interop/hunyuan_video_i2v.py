@@ -35,7 +35,8 @@ Unlike the pipeline (one image: its LLaVA call fails on several prompts), each v
 Refused in one line before any weight is read (:func:`check_hunyuan_video_i2v_folder`): another pipeline class, a
 missing component or one of another class, an ``image_condition_type`` other than the two, transformer channels that
 do not fit it, a scheduler text-to-video refuses; at load, a tokenizer without the template's ``<image>`` (LLaVA's
-``image_token_index``) or ``<|end_header_id|>`` token. No LoRA files (the pipeline's loader mixin is
+``image_token_index``) or ``<|end_header_id|>`` token; at encoding, a row without ``<|end_header_id|>`` or rows of
+different text lengths after the crop. No LoRA files (the pipeline's loader mixin is
 text-to-video's; not wired here).
 """
 from __future__ import annotations
@@ -94,17 +95,15 @@ def expand_image_tokens(ids: torch.Tensor, image_token: int, pad_token: int, tem
     return expanded, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
-def assistant_start(ids: torch.Tensor, end_header: int, crop: int) -> int:
-    """The token index after the assistant header of one tokenised prompt ``ids`` (L,): the last ``end_header`` + 1,
-    or L where truncation cut the header (the row has two); one line where the template's first ``crop`` tokens do not
-    end 4 tokens before it (a tokenizer that does not split the template as Llama 3's)."""
+def assistant_start(ids: torch.Tensor, end_header: int) -> int:
+    """The token index after the assistant header of one tokenised prompt ``ids`` (L,), as the pipeline's crop of one
+    prompt: the last ``end_header`` + 1, or L where truncation cut the header (the row has two); one line where the
+    row has none (a tokenizer that does not split the template as Llama 3's)."""
     where = (ids == end_header).nonzero().flatten().tolist()
-    start = ids.shape[0] if len(where) == 2 else (where[-1] + 1 if where else 0)
-    if start - 4 < crop:
-        raise DiffkitError(f"this tokenizer puts the prompt's assistant header at token {start - 1}, before the "
-                           f"template's crop_start {crop} + 4; allowed: a tokenizer splitting the template as "
-                           f"Llama 3's ({HUNYUAN_I2V_PIPELINE})")
-    return start
+    if not where:
+        raise DiffkitError(f"this tokenizer does not encode the template's {END_HEADER} as token {end_header}; "
+                           f"allowed: a tokenizer splitting the template as Llama 3's ({HUNYUAN_I2V_PIPELINE})")
+    return ids.shape[0] if len(where) == 2 else where[-1] + 1
 
 
 def crop_states(states: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, starts: list, template: dict,
@@ -118,8 +117,13 @@ def crop_states(states: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, sta
     if 0 < interleave < 6:
         image = image[:, ::interleave]
     offset = length - 1  # a text token's index in the expanded ids past the image
-    text = torch.stack([torch.cat([states[i, crop + offset:start + offset - 4], states[i, start + offset:]])
-                        for i, start in enumerate(starts)])
+    rows = [torch.cat([states[i, crop + offset:start + offset - 4], states[i, start + offset:]])
+            for i, start in enumerate(starts)]
+    counts = sorted({row.shape[0] for row in rows})
+    if len(counts) > 1:
+        raise DiffkitError(f"the prompts keep {counts} text tokens after the template's crop; allowed: one count for "
+                           f"every prompt (a tokenizer splitting the template as Llama 3's)")
+    text = torch.stack(rows)
     text_mask = torch.stack([torch.cat([mask[i, crop:start - 4], mask[i, start:]]) for i, start in enumerate(starts)])
     ones = torch.ones(image.shape[:2], dtype=mask.dtype, device=mask.device)
     return torch.cat([image, text], dim=1), torch.cat([ones, text_mask], dim=1)
@@ -182,7 +186,7 @@ class HunyuanVideoI2V(HunyuanVideo):
                                 return_tensors="pt", return_attention_mask=True)
         ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
         end_header = self.tokenizer.convert_tokens_to_ids(END_HEADER)
-        starts = [assistant_start(row, end_header, crop) for row in ids]
+        starts = [assistant_start(row, end_header) for row in ids]
         config = self.text_encoder.config
         expanded, expanded_mask, positions = expand_image_tokens(ids, config.image_token_index, config.pad_token_id,
                                                                  template)
