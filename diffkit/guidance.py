@@ -294,7 +294,7 @@ class ClassifierFreeGuidance(Wrapper):
         if self.null_context is not None and "context" in cond and not apart:
             null = self.null_context.to(device=x.device, dtype=cond["context"].dtype)
             both["context"] = torch.cat([cond["context"], null.expand_as(cond["context"]), cond["context"]][:copies])
-        for key in self.null_cond.keys() & cond.keys():  # e.g. SD-XL's pooled text embedding and time ids
+        for key in self.null_cond.keys() & cond.keys() if not apart else ():  # e.g. SD-XL's pooled embedding
             null = self.null_cond[key].to(device=x.device, dtype=cond[key].dtype).expand_as(cond[key])
             both[key] = torch.cat([cond[key], null, cond[key]][:copies])
         t_both = torch.cat([t64] * copies) if torch.as_tensor(t).ndim else t
@@ -340,8 +340,9 @@ class ClassifierFreeGuidance(Wrapper):
         a batch; diffusers' true-CFG pipelines run the two passes apart too), stacked as the batched call's."""
         null = {**cond, "context": self.null_context.to(x.device, cond["context"].dtype).expand(
             batch, *self.null_context.shape[1:])}
-        for key in self.null_cond.keys() & cond.keys():
-            null[key] = self.null_cond[key].to(device=x.device, dtype=cond[key].dtype).expand_as(cond[key])
+        for key in self.null_cond.keys() & cond.keys():  # (a text mask: the null context's length)
+            value = self.null_cond[key].to(device=x.device, dtype=cond[key].dtype)
+            null[key] = value.expand(cond[key].shape[0], *value.shape[1:])
         preds = [self.inner(x, t, **cond), self.inner(x, t, **null)]
         var_values = None if preds[0].var_values is None else torch.cat([p.var_values for p in preds])
         return Prediction(eps=torch.cat([p.eps for p in preds]), x0=torch.cat([p.x0 for p in preds]),

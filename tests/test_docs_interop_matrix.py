@@ -274,6 +274,7 @@ SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.inte
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
+HUNYUAN_VIDEO_I2V = "## HunyuanVideo image-to-video folders (`diffkit.interop.hunyuan_video_i2v`)"
 KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_video`)"
 SKYREELS_V2 = "## SkyReels-V2 folders (`diffkit.interop.skyreels_v2`)"
 MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)"
@@ -356,6 +357,8 @@ MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)
                                                                      "StableUnCLIPImg2ImgPipeline"], "UC"),
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
                                                     (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
+                                                    (HUNYUAN_VIDEO_I2V, ["HunyuanVideoImageToVideoPipeline",
+                                                                        "HunyuanSkyreelsImageToVideoPipeline"], "HJ"),
                                                     (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline",
                                                                         "Kandinsky5I2VPipeline"], "KV"),
                                                     (SKYREELS_V2, ["SkyReelsV2Pipeline",

@@ -27,6 +27,8 @@ from ._common import (add_lora_flags, add_progress_flag, int_in, missing_dirs, n
 # VideoKind) drives it ("module:NAME": its attribute NAME instead). One line per pipeline class.
 VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoPipeline": "._video_hunyuan",
+    "HunyuanVideoImageToVideoPipeline": "._video_hunyuan:I2V_KIND",
+    "HunyuanSkyreelsImageToVideoPipeline": "._video_hunyuan:SKYREELS_KIND",
     "AnimateDiffPipeline": "._video_animatediff",
     "AnimateDiffSDXLPipeline": "._video_animatediff:SDXL_KIND",
     "AnimateDiffVideoToVideoPipeline": "._video_animatediff:V2V_KIND",

@@ -47,7 +47,10 @@
 * :mod:`.chronoedit` - a ChronoEdit folder's instruction edits (``chronoedit_edit_image``: Wan 2.1's image-to-video
   transformer, the edit read from the last frame of a short video, optional temporal reasoning, flow UniPC).
 * :mod:`.hunyuan_video` - a HunyuanVideo text-to-video folder (``hunyuan_video_text_to_video``: Llama template states
-  and CLIP pooled, the guidance-distilled video transformer's embedded guidance, true CFG; ``diffkit video``).
+  and CLIP pooled, the guidance-distilled video transformer's embedded guidance, true CFG; ``diffkit video``);
+  :mod:`.hunyuan_video_i2v` its image-to-video folder (``hunyuan_video_image_to_video``: LLaVA states of the
+  template with the image's tokens, the image's latents concatenated or as the clean first frame); and
+  :mod:`.hunyuan_skyreels` SkyReels-V1's (``hunyuan_skyreels_image_to_video``: the image's latents beside the noise).
 * :mod:`.kandinsky5_video` - a Kandinsky 5 text-to-video folder (``kandinsky5_text_to_video``: :mod:`.kandinsky5`'s
   prompts, CFG and flow grid in the video template, HunyuanVideo's causal 3-D VAE; ``diffkit video``) and its
   image-to-video folder (``kandinsky5_image_to_video``: the image's latents as the kept first frame).
@@ -125,6 +128,10 @@ _EXPORTS = {
     "WanI2V": "wan_i2v", "load_wan_i2v": "wan_i2v", "is_wan_i2v_folder": "wan_i2v",
     "HunyuanVideo": "hunyuan_video", "load_hunyuan_video": "hunyuan_video",
     "is_hunyuan_video_folder": "hunyuan_video",
+    "HunyuanVideoI2V": "hunyuan_video_i2v", "load_hunyuan_video_i2v": "hunyuan_video_i2v",
+    "is_hunyuan_video_i2v_folder": "hunyuan_video_i2v",
+    "HunyuanSkyreels": "hunyuan_skyreels", "load_hunyuan_skyreels": "hunyuan_skyreels",
+    "is_hunyuan_skyreels_folder": "hunyuan_skyreels",
     "SVD": "svd", "load_svd": "svd", "is_svd_folder": "svd",
     "Wan": "wan", "load_wan": "wan", "is_wan_folder": "wan",
     "LTX": "ltx", "load_ltx": "ltx", "is_ltx_folder": "ltx",
@@ -178,6 +185,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "chronoedit_edit_image": ("chronoedit", "edit_image"),
             "wan_i2v_image_to_video": ("wan_i2v", "image_to_video"),
             "hunyuan_video_text_to_video": ("hunyuan_video", "text_to_video"),
+            "hunyuan_video_image_to_video": ("hunyuan_video_i2v", "image_to_video"),
+            "hunyuan_skyreels_image_to_video": ("hunyuan_skyreels", "image_to_video"),
             "svd_image_to_video": ("svd", "image_to_video"),
             "wan_text_to_video": ("wan", "text_to_video"),
             "ltx_text_to_video": ("ltx", "text_to_video"),

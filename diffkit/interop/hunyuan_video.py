@@ -91,11 +91,12 @@ def check_size(height, width, pipeline: str = HUNYUAN_VIDEO_PIPELINE) -> None:
 
 
 def start_video(model, batch: int, channels: int, num_frames, height, width, seed, latents,
-                pipeline: str = HUNYUAN_VIDEO_PIPELINE) -> tuple:
+                pipeline: str = HUNYUAN_VIDEO_PIPELINE, generators=None) -> tuple:
     """(z at s = 1 (B, C, F, h, w), height, width) of a text-to-video call on an ``AutoencoderKLHunyuanVideo``
     folder (:class:`HunyuanVideoVAE`; ``model.default_frames`` / ``default_size`` where None): frames 4 k + 1 and
     ``pipeline``'s sizes checked (:func:`check_frames`, :func:`check_size`), ``latents`` checked against the shape,
-    else N(0, I), video i's from ``seed + i``."""
+    else N(0, I), video i's from ``seed + i`` (or from ``generators``, one per video, where given: ones that drew
+    before, as SkyReels' image posterior)."""
     from ..noise import generators_from_seed, randn
     frames = check_frames(model.default_frames if num_frames is None else num_frames, model.temporal_factor)
     height = model.default_size[0] if height is None else height
@@ -104,7 +105,9 @@ def start_video(model, batch: int, channels: int, num_frames, height, width, see
     f = model.vae_scale_factor
     shape = (batch, channels, (frames - 1) // model.temporal_factor + 1, height // f, width // f)
     if latents is None:
-        latents = randn(shape, None if seed is None else generators_from_seed(seed, shape[0]), device=model.device)
+        if generators is None and seed is not None:
+            generators = generators_from_seed(seed, shape[0])
+        latents = randn(shape, generators, device=model.device)
     elif tuple(latents.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
     return latents, height, width
@@ -174,6 +177,7 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
     _sigmas: dict = field(default_factory=dict, repr=False)
 
     default_steps = HUNYUAN_VIDEO_STEPS
+    default_guidance = HUNYUAN_VIDEO_GUIDANCE  # the embedded scale's default (the image-to-video pipelines': 1.0)
     default_frames = HUNYUAN_VIDEO_FRAMES
     default_size = HUNYUAN_VIDEO_SIZE
 
@@ -197,7 +201,7 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
             raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the "
-                               f"embedded guidance, default {HUNYUAN_VIDEO_GUIDANCE})")
+                               f"embedded guidance, default {self.default_guidance})")
         check_float32("guidance_scale", guidance_scale)
 
     def scheduler_sigmas(self, steps: int) -> torch.Tensor:
@@ -219,14 +223,17 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
         return flow_sigmas_grid(self.schedule, self.scheduler_sigmas(steps), steps)
 
     def denoiser(self, guidance_scale: Optional[float] = None):
-        """The flow-prediction Denoiser (:class:`HunyuanVideoNet`, the embedded ``guidance_scale``, default 6.0) on
-        ``NoiseSchedule.flow(T, shift)``."""
+        """The flow-prediction Denoiser (:meth:`network`, the embedded ``guidance_scale``, default
+        ``default_guidance``: 6.0, the image-to-video folders' 1.0) on ``NoiseSchedule.flow(T, shift)``."""
         from ..denoiser import Denoiser
-        scale = HUNYUAN_VIDEO_GUIDANCE if guidance_scale is None else float(guidance_scale)
-        denoiser = Denoiser(HunyuanVideoNet(self.transformer, scale if self.guidance_embeds else None),
-                            self.schedule, "flow_prediction")
+        scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        denoiser = Denoiser(self.network(scale if self.guidance_embeds else None), self.schedule, "flow_prediction")
         denoiser.model = self.transformer
         return denoiser
+
+    def network(self, guidance: Optional[float]) -> torch.nn.Module:
+        """The transformer as the Denoiser's net (:class:`HunyuanVideoNet`; the image-to-video folders' their own)."""
+        return HunyuanVideoNet(self.transformer, guidance)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(Llama states (B, L, d), mask (B, L), CLIP pooled (B, d_2)) as the pipeline's ``encode_prompt`` (module
@@ -241,14 +248,20 @@ class HunyuanVideo(HunyuanVideoVAE, FlowLatentVAE):
         tokens = self.tokenizer([template["template"].format(p) for p in prompts], max_length=max_sequence_length
                                 + crop, padding="max_length", truncation=True, return_tensors="pt",
                                 return_attention_mask=True).to(self.device)
-        clip = self.tokenizer_2(prompts, padding="max_length", max_length=CLIP_LENGTH, truncation=True,
-                                return_tensors="pt")
         with torch.no_grad():
             states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                                        output_hidden_states=True).hidden_states[HIDDEN_STATE]
-            pooled = self.text_encoder_2(clip.input_ids.to(self.device), output_hidden_states=False).pooler_output
         context = states.to(self.text_encoder.dtype)[:, crop:].to(dtype)
-        return context, tokens.attention_mask[:, crop:], pooled.to(dtype)
+        return context, tokens.attention_mask[:, crop:], self.pooled_prompts(prompts)
+
+    def pooled_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP's pooled output (B, d_2) of ``prompts`` (77 tokens, padded, truncated) in the transformer's dtype, as
+        the HunyuanVideo pipelines' ``_get_clip_prompt_embeds``."""
+        clip = self.tokenizer_2(list(prompts), padding="max_length", max_length=CLIP_LENGTH, truncation=True,
+                                return_tensors="pt")
+        with torch.no_grad():
+            pooled = self.text_encoder_2(clip.input_ids.to(self.device), output_hidden_states=False).pooler_output
+        return pooled.to(model_dtype(self.transformer))
 
 
 def is_hunyuan_video_folder(path) -> bool:
@@ -286,9 +299,10 @@ def check_hunyuan_video_folder(directory) -> tuple:
 
 
 def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                       progress: bool = True, lora=None) -> HunyuanVideo:
+                       progress: bool = True, lora=None, check=None, cls=None) -> HunyuanVideo:
     """Load a ``HunyuanVideoPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_hunyuan_video_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) with the diffusers /
+    (:func:`check_hunyuan_video_folder`; ``check`` / ``cls``: another check and dataclass of the same components,
+    SkyReels' :mod:`.hunyuan_skyreels`). ``lora``: LoRA files (paths or (path, scale) pairs) with the diffusers /
     PEFT ``transformer.`` keys ``HunyuanVideoLoraLoaderMixin`` loads as they are (``save_lora_weights``' layout, rank
     / alpha patterns from ``lora_adapter_metadata``), read and checked first, fused into the transformer as
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``, W = W0 + s (alpha / r) B A (Hu et al. 2021, eq. 3;
@@ -302,7 +316,7 @@ def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.d
     from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, sched = check_hunyuan_video_folder(directory)
+    index, sched = (check or check_hunyuan_video_folder)(directory)
     loras = read_transformer_loras(lora, "HunyuanVideo", "a HunyuanVideo folder", HUNYUAN_VIDEO_PIPELINE,
                                    flux_check=False) if lora else []  # (its blocks are named as FLUX.1's)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
@@ -311,7 +325,7 @@ def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.d
                             vae_cls=diffusers.AutoencoderKLHunyuanVideo)
     device = frozen_on(parts, device)
     parts["text_encoder_2"].to(device).eval().requires_grad_(False)
-    model = HunyuanVideo(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
+    model = (cls or HunyuanVideo)(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
     config = model.transformer.config
     for have, need, what in ((config.text_embed_dim, model.text_encoder.config.hidden_size, "text_embed_dim"),
                              (config.pooled_projection_dim, model.text_encoder_2.config.hidden_size,
