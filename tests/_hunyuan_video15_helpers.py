@@ -1,0 +1,48 @@
+"""A tiny random HunyuanVideo 1.5 folder (tests/test_hunyuan_video15.py): Qwen-Image's byte-level BPE tokenizer
+(tests/_qwen_image_helpers.py) with NucleusMoE-Image's Qwen-style chat template and a ``Qwen2_5_VLTextModel`` of three
+layers (width 16; the pipeline reads hidden state -3), a ByT5 tokenizer (no files) with a one-layer ``T5EncoderModel``
+(width 16), a ``HunyuanVideo15Transformer3DModel`` of one block (1 x 1 x 1 patches, 2 x 4 + 1 input channels, an
+8-wide image projection; every zero-initialised weight randomised), a five-level ``AutoencoderKLHunyuanVideo15`` of
+width 8 (16 x spatial, 4 x temporal, 4 latent channels), FlowMatchEuler with shift 5 and a ``ClassifierFreeGuidance``
+guider (s = 4.5, rescale 0.3), written by save_pretrained (nothing downloaded)."""
+import torch
+
+import diffusers
+import transformers
+
+from _nucleusmoe_helpers import CHAT_TEMPLATE
+from _qwen_image_helpers import tiny_qwen_tokenizer
+
+Z = 4  # the VAE's latent channels
+
+
+def tiny_hunyuan_video15_pipeline(guider=None):
+    """A HunyuanVideo15Pipeline of random weights (module docstring); ``guider``: another guider."""
+    torch.manual_seed(0)
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    qwen = transformers.Qwen2_5_VLTextModel(transformers.Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=2048, bos_token_id=len(tokenizer) - 2,
+        eos_token_id=len(tokenizer) - 1,
+        rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [1, 1, 2]})).eval()
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=384, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                                           num_heads=2)).eval()
+    transformer = diffusers.HunyuanVideo15Transformer3DModel(
+        in_channels=2 * Z + 1, out_channels=Z, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=16,
+        image_embed_dim=8, rope_axes_dim=(2, 2, 4), target_size=32)
+    with torch.no_grad():  # zero-initialised layers (modulations, gates, ...) randomised: a test must be able to fail
+        for p in transformer.parameters():
+            if not bool(p.any()):
+                p.normal_(0, 0.2)
+    vae = diffusers.AutoencoderKLHunyuanVideo15(
+        in_channels=3, out_channels=3, latent_channels=Z, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1,
+        spatial_compression_ratio=16, temporal_compression_ratio=4, scaling_factor=0.9)
+    guider = guider or diffusers.ClassifierFreeGuidance(guidance_scale=4.5, guidance_rescale=0.3)
+    pipe = diffusers.HunyuanVideo15Pipeline(
+        text_encoder=qwen, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=t5,
+        tokenizer_2=transformers.ByT5Tokenizer(), guider=guider)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
