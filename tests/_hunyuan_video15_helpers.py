@@ -46,3 +46,23 @@ def tiny_hunyuan_video15_pipeline(guider=None):
         tokenizer_2=transformers.ByT5Tokenizer(), guider=guider)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_hunyuan_video15_i2v_pipeline():
+    """A HunyuanVideo15ImageToVideoPipeline of the same random parts (its own seed) and a one-layer
+    ``SiglipVisionModel`` of width 8 on 16 x 16 images in 8 x 8 patches (4 image tokens) with its
+    ``SiglipImageProcessor``."""
+    t2v = tiny_hunyuan_video15_pipeline()
+    torch.manual_seed(1)
+    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+        patch_size=8)).eval()
+    with torch.no_grad():  # its zero-initialised biases
+        for p in siglip.parameters():
+            if not bool(p.any()):
+                p.normal_(0, 0.2)
+    pipe = diffusers.HunyuanVideo15ImageToVideoPipeline(
+        **{k: v for k, v in t2v.components.items()}, image_encoder=siglip,
+        feature_extractor=transformers.SiglipImageProcessor(size={"height": 16, "width": 16}))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

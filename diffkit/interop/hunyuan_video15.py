@@ -52,11 +52,15 @@ from . import model_dtype, require
 from .hunyuan_video import HunyuanVideo
 
 HUNYUAN_VIDEO15_PIPELINE = "HunyuanVideo15Pipeline"
+HUNYUAN_VIDEO15_I2V_PIPELINE = "HunyuanVideo15ImageToVideoPipeline"
 HUNYUAN_VIDEO15_TRANSFORMER = "HunyuanVideo15Transformer3DModel"
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler", "guider")
+I2V_REQUIRED = REQUIRED + ("image_encoder", "feature_extractor")
 HUNYUAN_VIDEO15_CLASSES = {"transformer": (HUNYUAN_VIDEO15_TRANSFORMER,), "vae": ("AutoencoderKLHunyuanVideo15",),
                            "text_encoder": ("Qwen2_5_VLTextModel",), "text_encoder_2": ("T5EncoderModel",),
                            "scheduler": ("FlowMatchEulerDiscreteScheduler",), "guider": ("ClassifierFreeGuidance",)}
+I2V_CLASSES = {**HUNYUAN_VIDEO15_CLASSES, "image_encoder": ("SiglipVisionModel",),
+               "feature_extractor": ("SiglipImageProcessor", "SiglipImageProcessorPil", "SiglipImageProcessorFast")}
 GUIDER_DEFAULTS = {"guidance_scale": 7.5, "guidance_rescale": 0.0, "use_original_formulation": False, "start": 0.0,
                    "stop": 1.0, "enabled": True}  # diffusers' ClassifierFreeGuidance.__init__
 HUNYUAN_VIDEO15_STEPS = 50  # __call__'s num_inference_steps
@@ -109,6 +113,38 @@ class Guider:
         return not math.isclose(self.scale, 1.0 if self.convention == "diffusers" else 0.0)
 
 
+def run_guider(config: Optional[dict], guidance_scale: Optional[float] = None,
+               convention: str = "diffusers") -> Optional[Guider]:
+    """The run's :class:`Guider` of a folder's guider ``config`` (``guidance_scale`` in ``convention`` replacing its
+    s), None where it does not guide (a disabled guider, s at its no-guidance value); one line for a scale that is no
+    finite float32 number or given to a disabled guider."""
+    from dataclasses import replace
+
+    from ..errors import check_choice, check_float32
+    check_choice("convention", convention, ["diffusers", "seed"])
+    guider = Guider.from_config(config)
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the "
+                               f"guider's CFG scale)")
+        check_float32("guidance_scale", guidance_scale)
+        if guider is None:
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: this HunyuanVideo 1.5 folder's "
+                               f"guider is disabled (enabled false); drop it")
+        scale = float(guidance_scale) if convention == guider.convention else \
+            float(guidance_scale) + (1.0 if convention == "seed" else -1.0)  # s_diffusers = 1 + w_seed
+        guider = replace(guider, scale=scale)
+    return guider if guider is not None and guider.guided else None
+
+
+def check_negative_prompt(guider: Optional[Guider], negative_prompt) -> None:
+    """One line for a negative prompt where nothing guides (it feeds only the guider's CFG)."""
+    if negative_prompt is not None and guider is None:
+        raise DiffkitError("a negative prompt is not allowed here: it feeds only the guider's CFG (an enabled "
+                           "guider whose scale guides); drop it")
+
+
 class HunyuanVideo15Net(torch.nn.Module):
     """``net(z, t, context, mask, context_2, mask_2, image=None, image_embeds=None)`` over a
     ``HunyuanVideo15Transformer3DModel`` on latent videos z (B, C, F, h, w): ``context`` / ``mask`` the Qwen states
@@ -148,6 +184,9 @@ class HunyuanVideo15(HunyuanVideo):
     ``text_encoder``, the ByT5 encoder as ``text_encoder_2`` and the folder's guider config."""
 
     guider: Optional[dict] = None
+    pipeline: str = HUNYUAN_VIDEO15_PIPELINE
+    image_encoder: object = None
+    feature_extractor: object = None
 
     default_steps = HUNYUAN_VIDEO15_STEPS
     default_frames = HUNYUAN_VIDEO15_FRAMES
@@ -165,26 +204,8 @@ class HunyuanVideo15(HunyuanVideo):
         return False  # guided by the folder's guider, not an embedded scale
 
     def guidance(self, guidance_scale: Optional[float] = None, convention: str = "diffusers") -> Optional[Guider]:
-        """The run's :class:`Guider` (``guidance_scale`` in ``convention`` replacing the guider's s), None where it
-        does not guide (a disabled guider, s at its no-guidance value)."""
-        from dataclasses import replace
-
-        from ..errors import check_choice, check_float32
-        check_choice("convention", convention, ["diffusers", "seed"])
-        guider = Guider.from_config(self.guider)
-        if guidance_scale is not None:
-            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                    or not math.isfinite(guidance_scale):
-                raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the "
-                                   f"guider's CFG scale)")
-            check_float32("guidance_scale", guidance_scale)
-            if guider is None:
-                raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: this HunyuanVideo 1.5 folder's "
-                                   f"guider is disabled (enabled false); drop it")
-            scale = float(guidance_scale) if convention == guider.convention else \
-                float(guidance_scale) + (1.0 if convention == "seed" else -1.0)  # s_diffusers = 1 + w_seed
-            guider = replace(guider, scale=scale)
-        return guider if guider is not None and guider.guided else None
+        """:func:`run_guider` of the folder's guider config."""
+        return run_guider(self.guider, guidance_scale, convention)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
         """(Qwen states (B, 1000, d), mask (B, 1000), ByT5 states (B, 256, d_2), mask (B, 256)) as the pipeline's
@@ -228,9 +249,7 @@ class HunyuanVideo15(HunyuanVideo):
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         guider = self.guidance(guidance_scale, convention)
-        if negative_prompt is not None and guider is None:
-            raise DiffkitError("a negative prompt is not allowed here: it feeds only the guider's CFG (an enabled "
-                               "guider whose scale guides); drop it")
+        check_negative_prompt(guider, negative_prompt)
         context, mask, context_2, mask_2 = self.encode_prompts(prompts)
         cond = {"context": context, "mask": mask, "context_2": context_2, "mask_2": mask_2}
         denoiser = self.denoiser()
@@ -243,21 +262,62 @@ class HunyuanVideo15(HunyuanVideo):
         return denoiser, cond
 
 
+    def image_size(self, image) -> tuple:
+        """(height, width) of an image-to-video call on PIL ``image``: the bucket of the transformer's
+        ``target_size`` nearest its aspect (the pipeline's ``calculate_default_height_width``)."""
+        return tuple(self._processor().calculate_default_height_width(image.size[1], image.size[0],
+                                                                      self.transformer.config.target_size))
+
+    def _processor(self):
+        require("diffusers")
+        from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
+        return HunyuanVideo15ImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
+
+    def image_condition(self, images: Sequence, frames: int) -> tuple:
+        """(condition latents and mask (B, C + 1, frames, h, w), SigLIP states (B, 729, d)) of PIL ``images`` (one
+        bucket size) as ``HunyuanVideo15ImageToVideoPipeline``: each centre-cropped to its bucket
+        (``resize(resize_mode="crop")``), its SigLIP ``last_hidden_state`` (the feature extractor's own resize), its
+        VAE posterior mode times ``scaling_factor`` on latent frame 0 (the others 0) and the mask channel 1 there."""
+        processor, dtype = self._processor(), model_dtype(self.transformer)
+        conds, embeds = [], []
+        with torch.no_grad():
+            for image in images:
+                height, width = self.image_size(image)
+                image = processor.resize(image, height=height, width=width, resize_mode="crop")
+                features = self.feature_extractor.preprocess(images=image, do_resize=True, return_tensors="pt",
+                                                             do_convert_rgb=True)
+                features = features.to(device=self.device, dtype=next(self.image_encoder.parameters()).dtype)
+                embeds.append(self.image_encoder(**features).last_hidden_state.to(dtype))
+                pixels = processor.preprocess(image, height=height, width=width)
+                pixels = pixels.to(self.device, self.vae.dtype).unsqueeze(2)
+                z = self.vae.encode(pixels).latent_dist.mode() * self.scaling_factor
+                cond = z.new_zeros(1, z.shape[1] + 1, frames, *z.shape[3:])
+                cond[:, :-1, :1], cond[:, -1, 0] = z, 1.0
+                conds.append(cond.to(dtype))
+        return torch.cat(conds), torch.cat(embeds)
+
+
 def is_hunyuan_video15_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``HunyuanVideo15Pipeline`` (``diffkit video`` drives it)."""
+    """True for a folder whose ``model_index.json`` names ``HunyuanVideo15Pipeline`` or
+    ``HunyuanVideo15ImageToVideoPipeline`` (``diffkit video`` drives them)."""
     from .sd_xl import pipeline_class
-    return pipeline_class(path) == HUNYUAN_VIDEO15_PIPELINE
+    return pipeline_class(path) in (HUNYUAN_VIDEO15_PIPELINE, HUNYUAN_VIDEO15_I2V_PIPELINE)
 
 
-def check_hunyuan_video15_folder(directory) -> tuple:
-    """(model_index dict, scheduler config, guider config) of a ``HunyuanVideo15Pipeline`` folder, checked from its
-    JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
+def check_hunyuan_video15_folder(directory, pipeline: str = HUNYUAN_VIDEO15_PIPELINE) -> tuple:
+    """(model_index dict, scheduler config, guider config) of a ``pipeline`` folder (``HunyuanVideo15Pipeline`` or
+    ``HunyuanVideo15ImageToVideoPipeline``), checked from its JSON alone (module docstring); a one-line DiffkitError
+    for what diffkit does not drive."""
     from .flux import check_flux_scheduler
     from .hidream import folder_sampler
     from .pixart import checked_folder, fixed_shift_scheduler
     directory = Path(directory)
-    index, config, vae = checked_folder(directory, HUNYUAN_VIDEO15_PIPELINE, REQUIRED, "HunyuanVideo 1.5",
-                                        HUNYUAN_VIDEO15_CLASSES)
+    i2v = pipeline == HUNYUAN_VIDEO15_I2V_PIPELINE
+    index, config, vae = checked_folder(directory, pipeline, I2V_REQUIRED if i2v else REQUIRED, "HunyuanVideo 1.5",
+                                        I2V_CLASSES if i2v else HUNYUAN_VIDEO15_CLASSES)
+    if i2v and config.get("use_meanflow", False):
+        raise DiffkitError(f"{directory}'s transformer has use_meanflow=True (its image-to-video loop feeds the next "
+                           f"step's time, timestep_r), which diffkit does not drive; allowed: use_meanflow false")
     latents = vae.get("latent_channels", 32)
     channels = (config.get("in_channels", 65), config.get("out_channels", 32) or config.get("in_channels", 65))
     if channels != (2 * latents + 1, latents):
@@ -267,9 +327,9 @@ def check_hunyuan_video15_folder(directory) -> tuple:
     scaling = vae.get("scaling_factor", 1.03682)
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
         raise DiffkitError(f"{directory}'s vae has scaling_factor={scaling!r}; allowed: a number "
-                           f"({HUNYUAN_VIDEO15_PIPELINE} decodes z / scaling_factor)")
-    sched = fixed_shift_scheduler(directory, HUNYUAN_VIDEO15_PIPELINE)
-    check_flux_scheduler(directory, HUNYUAN_VIDEO15_PIPELINE)
+                           f"({pipeline} decodes z / scaling_factor)")
+    sched = fixed_shift_scheduler(directory, pipeline)
+    check_flux_scheduler(directory, pipeline)
     folder_sampler(sched)  # one line for a scheduler whose step diffkit's samplers do not compute
     guider = read_json_object(directory / "guider" / "guider_config.json", "guider config")
     for key in ("start", "stop"):
@@ -281,26 +341,45 @@ def check_hunyuan_video15_folder(directory) -> tuple:
 
 def load_hunyuan_video15(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                          progress: bool = True) -> HunyuanVideo15:
-    """Load a ``HunyuanVideo15Pipeline`` folder (never downloads, never unpickles), checked first
+    """Load a ``HunyuanVideo15Pipeline`` or ``HunyuanVideo15ImageToVideoPipeline`` folder (never downloads, never
+    unpickles; the latter's SigLIP ``image_encoder`` and ``feature_extractor`` too), checked first
     (:func:`check_hunyuan_video15_folder`)."""
     from ..schedule import NoiseSchedule
     from .flow_latents import frozen_on, load_flow_parts
     from .sana import flow_shift_of
     from .schedulers import train_timesteps
     diffusers = require("diffusers")
+    from .sd_xl import pipeline_class
     directory = Path(directory)
-    index, sched, guider = check_hunyuan_video15_folder(directory)
+    pipeline = pipeline_class(directory)
+    if pipeline not in (HUNYUAN_VIDEO15_PIPELINE, HUNYUAN_VIDEO15_I2V_PIPELINE):
+        pipeline = HUNYUAN_VIDEO15_PIPELINE  # (checked_folder names what it is not)
+    index, sched, guider = check_hunyuan_video15_folder(directory, pipeline)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
     parts = load_flow_parts(directory, index, diffusers.HunyuanVideo15Transformer3DModel,
                             {"": "Qwen2_5_VLTextModel", "_2": "T5EncoderModel"}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLHunyuanVideo15)
     device = frozen_on(parts, device)
     parts["text_encoder_2"].to(device).eval().requires_grad_(False)
+    if pipeline == HUNYUAN_VIDEO15_I2V_PIPELINE:
+        from . import from_pretrained, library_progress_bars
+        from .sd3 import _entry
+        transformers = require("transformers")
+        with library_progress_bars(progress):
+            parts["image_encoder"] = from_pretrained(transformers.SiglipVisionModel, directory / "image_encoder",
+                                                     local_files_only=True, torch_dtype=dtype, use_safetensors=True)
+            processor = getattr(transformers, _entry(index, "feature_extractor"))  # (Pil: no torchvision here)
+            parts["feature_extractor"] = from_pretrained(processor, directory / "feature_extractor",
+                                                         local_files_only=True)
+        parts["image_encoder"].to(device).eval().requires_grad_(False)
     model = HunyuanVideo15(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype,
-                           guider=guider)
+                           guider=guider, pipeline=pipeline)
     config = model.transformer.config
-    for have, need, what in ((config.text_embed_dim, model.text_encoder.config.hidden_size, "text_embed_dim"),
-                             (config.text_embed_2_dim, model.text_encoder_2.config.d_model, "text_embed_2_dim")):
+    widths = [(config.text_embed_dim, model.text_encoder.config.hidden_size, "text_embed_dim"),
+              (config.text_embed_2_dim, model.text_encoder_2.config.d_model, "text_embed_2_dim")]
+    if model.image_encoder is not None:
+        widths.append((config.image_embed_dim, model.image_encoder.config.hidden_size, "image_embed_dim"))
+    for have, need, what in widths:
         if have != need:
             raise DiffkitError(f"{directory}: the transformer's {what}={have} does not fit its encoder's width {need}")
     return model
@@ -333,11 +412,48 @@ def text_to_video(model: HunyuanVideo15, prompts: Union[str, Sequence[str]], *, 
     from ..errors import check_choice
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    _check_pipeline(model, HUNYUAN_VIDEO15_PIPELINE, "text_to_video")
     prompts = prompt_list(prompts)
     check_video_size(height, width)
     denoiser, cond = model.prompt_guidance(prompts, negative_prompt, guidance_scale, convention)
     return _run(model, denoiser, cond, len(prompts), sampler, grid, steps, nfe, num_frames, height, width, seed,
                 latents, output_range, return_latents, progress, options)
+
+
+def image_to_video(model: HunyuanVideo15, images, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
+                   guidance_scale: Optional[float] = None, convention: str = "diffusers",
+                   steps: Optional[int] = None, sampler: Optional[str] = None, nfe: Optional[int] = None,
+                   grid: Union[None, str, torch.Tensor] = None, num_frames: Optional[int] = None,
+                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, output_range: str = "-1,1",
+                   return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
+    """Videos (B, T, C, H, W) starting at ``images`` (PIL images, or (B, 3, H, W) in [-1, 1]; one per video, of one
+    bucket size) with ``prompts`` (one, or one per image) as ``HunyuanVideo15ImageToVideoPipeline``: the frame size
+    the ``target_size`` bucket nearest the image's aspect, the transformer conditioned on each image's VAE latents
+    (latent frame 0, a mask channel) and SigLIP states (:meth:`HunyuanVideo15.image_condition`); every latent frame
+    sampled. Keyword arguments: :func:`text_to_video`'s but height / width (the image's bucket)."""
+    from ..errors import check_choice
+    from .flow_latents import edit_prompts
+    from .qwen_image_edit import _pil_images
+    from .stable_diffusion import OUTPUT_RANGES
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    _check_pipeline(model, HUNYUAN_VIDEO15_I2V_PIPELINE, "image_to_video")
+    pil = _pil_images(images)
+    prompts = edit_prompts(torch.empty(len(pil), 3, 1, 1), prompts)
+    sizes = sorted({model.image_size(image) for image in pil})
+    if len(sizes) > 1:
+        raise DiffkitError(f"images of buckets {sizes} (height, width) are not allowed together; give images of one "
+                           f"aspect bucket (one batch is one latent size)")
+    frames = model.check_frames(model.default_frames if num_frames is None else num_frames)
+    denoiser, cond = model.prompt_guidance(prompts, negative_prompt, guidance_scale, convention)
+    cond["image"], cond["image_embeds"] = model.image_condition(pil, (frames - 1) // model.temporal_factor + 1)
+    return _run(model, denoiser, cond, len(prompts), sampler, grid, steps, nfe, frames, *sizes[0], seed, latents,
+                output_range, return_latents, progress, options)
+
+
+def _check_pipeline(model: HunyuanVideo15, pipeline: str, how: str) -> None:
+    if model.pipeline != pipeline:
+        raise DiffkitError(f"{how} needs a {pipeline} folder (load_hunyuan_video15); this one is a {model.pipeline} "
+                           f"folder")
 
 
 def _run(model: HunyuanVideo15, denoiser, cond: dict, batch: int, sampler, grid, steps, nfe, num_frames, height,
@@ -360,5 +476,6 @@ def _run(model: HunyuanVideo15, denoiser, cond: dict, batch: int, sampler, grid,
 
 
 __all__ = ["HunyuanVideo15", "HunyuanVideo15Net", "Guider", "load_hunyuan_video15", "is_hunyuan_video15_folder",
-           "check_hunyuan_video15_folder", "text_to_video", "glyph_text", "system_message", "check_video_size",
-           "HUNYUAN_VIDEO15_PIPELINE", "HUNYUAN_VIDEO15_STEPS", "HUNYUAN_VIDEO15_FRAMES"]
+           "check_hunyuan_video15_folder", "text_to_video", "image_to_video", "glyph_text", "system_message",
+           "check_video_size", "run_guider", "check_negative_prompt", "HUNYUAN_VIDEO15_PIPELINE",
+           "HUNYUAN_VIDEO15_I2V_PIPELINE", "HUNYUAN_VIDEO15_STEPS", "HUNYUAN_VIDEO15_FRAMES"]
