@@ -42,6 +42,8 @@ VIDEO_KINDS: dict[str, str] = {
     "Kandinsky5T2VPipeline": "._video_kandinsky5",
     "Kandinsky5I2VPipeline": "._video_kandinsky5:I2V_KIND",
     "LattePipeline": "._video_latte",
+    "HunyuanVideo15Pipeline": "._video_hunyuan15",
+    "HunyuanVideo15ImageToVideoPipeline": "._video_hunyuan15:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
