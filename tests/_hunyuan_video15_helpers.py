@@ -1,26 +1,41 @@
 """A tiny random HunyuanVideo 1.5 folder (tests/test_hunyuan_video15.py): Qwen-Image's byte-level BPE tokenizer
-(tests/_qwen_image_helpers.py) with NucleusMoE-Image's Qwen-style chat template and a ``Qwen2_5_VLTextModel`` of three
-layers (width 16; the pipeline reads hidden state -3), a ByT5 tokenizer (no files) with a one-layer ``T5EncoderModel``
+(tests/_qwen_image_helpers.py) with the pipeline's system message as one token and a Qwen-style chat template that
+puts 99 padding tokens before it, so that the template's first 108 tokens (the pipeline's crop) end just after
+"<|im_start|>user\n" as the real Qwen2.5-VL tokenizer's do, and a ``Qwen2_5_VLTextModel`` of three layers (width 16;
+the pipeline reads hidden state -3), a ByT5 tokenizer (no files) with a one-layer ``T5EncoderModel``
 (width 16), a ``HunyuanVideo15Transformer3DModel`` of one block (1 x 1 x 1 patches, 2 x 4 + 1 input channels, an
 8-wide image projection; every zero-initialised weight randomised), a five-level ``AutoencoderKLHunyuanVideo15`` of
 width 8 (16 x spatial, 4 x temporal, 4 latent channels), FlowMatchEuler with shift 5 and a ``ClassifierFreeGuidance``
 guider (s = 4.5, rescale 0.3), written by save_pretrained (nothing downloaded)."""
+import inspect
+
 import torch
 
 import diffusers
 import transformers
 
-from _nucleusmoe_helpers import CHAT_TEMPLATE
 from _qwen_image_helpers import tiny_qwen_tokenizer
 
 Z = 4  # the VAE's latent channels
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ '<|im_start|>' * 99 }}{{ m['content'] }}"
+                 "<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_tokenizer():
+    """The byte-level Qwen2Tokenizer with the system message as one token and :data:`CHAT_TEMPLATE`."""
+    system = inspect.signature(diffusers.HunyuanVideo15Pipeline._get_mllm_prompt_embeds).parameters[
+        "system_message"].default
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.add_tokens([transformers.AddedToken(system, normalized=False, special=True)])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_hunyuan_video15_pipeline(guider=None):
     """A HunyuanVideo15Pipeline of random weights (module docstring); ``guider``: another guider."""
     torch.manual_seed(0)
-    tokenizer = tiny_qwen_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer = tiny_tokenizer()
     qwen = transformers.Qwen2_5_VLTextModel(transformers.Qwen2_5_VLTextConfig(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=2,
         num_key_value_heads=1, max_position_embeddings=2048, bos_token_id=len(tokenizer) - 2,

@@ -22,7 +22,7 @@ from test_interop_diffusers import relative_error  # noqa: E402
 
 H = W = 32  # latents 2 x 2 (16 x the VAE)
 FRAMES, STEPS = 5, 2  # 2 latent frames
-PROMPT, NEGATIVE = 'a sign saying "OPEN" and “OPEN” and "cafe"', "blurry dog"
+PROMPT, NEGATIVE = 'a sign: “bar” then "OPEN", "OPEN"', "blurry dog"
 SIZE = dict(num_frames=FRAMES, num_inference_steps=STEPS)
 OURS = dict(num_frames=FRAMES, steps=STEPS)
 PARTS = ("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "text_encoder_2",
