@@ -120,7 +120,7 @@ def test_hunyuan_video15_guidance_and_seeds(tiny_hunyuan_video15):
 def test_hunyuan_video15_image_to_video_matches_the_pipeline(tiny_hunyuan_video15):
     """A 40 x 36 image (its 32 x 32 bucket, centre-cropped; SigLIP states, first-frame posterior mode), the guider
     against "", 2 steps: HunyuanVideo15ImageToVideoPipeline's final latents from the same noise; its decoded frames
-    of one unguided step."""
+    of one unguided step; images of two buckets in one batch, or prompts not one per image: one line."""
     pipe, _, model = tiny_hunyuan_video15["i2v"]
     latents, image = _latents(), _image()
     ref = pipe(image, PROMPT, latents=latents.clone(), output_type="latent", **SIZE).frames
@@ -133,6 +133,10 @@ def test_hunyuan_video15_image_to_video_matches_the_pipeline(tiny_hunyuan_video1
                                 num_frames=FRAMES, steps=1)
     assert videos.shape == frames.shape == (1, FRAMES, 3, H, W)
     assert relative_error(videos, frames) < 1e-5
+    for images, expected in [([image, _image(20, 60)], r"images of buckets \[\(16, 48\), \(32, 32\)\]"),
+                             ([image] * 3, "2 prompts for 3 images")]:
+        with pytest.raises(DiffkitError, match=expected):
+            image_to_video(model, images, [PROMPT] * 2, **OURS)
 
 
 def test_hunyuan_video15_command_writes_the_library_videos(tiny_hunyuan_video15, tmp_path, capsys):
