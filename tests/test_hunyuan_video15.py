@@ -133,7 +133,7 @@ def test_hunyuan_video15_image_to_video_matches_the_pipeline(tiny_hunyuan_video1
                                 num_frames=FRAMES, steps=1)
     assert videos.shape == frames.shape == (1, FRAMES, 3, H, W)
     assert relative_error(videos, frames) < 1e-5
-    for images, expected in [([image, _image(20, 60)], r"images of buckets \[\(16, 48\), \(32, 32\)\]"),
+    for images, expected in [([image, _image(20, 60)], r"images of buckets \[\(16, 32\), \(32, 32\)\]"),
                              ([image] * 3, "2 prompts for 3 images")]:
         with pytest.raises(DiffkitError, match=expected):
             image_to_video(model, images, [PROMPT] * 2, **OURS)
