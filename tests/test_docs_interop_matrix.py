@@ -273,6 +273,7 @@ STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
 VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
 KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_video`)"
+HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -351,7 +352,9 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
                                                     (VISUALCLOZE, ["VisualClozeGenerationPipeline"], "VC"),
                                                     (HUNYUAN_VIDEO, ["HunyuanVideoPipeline"], "HV"),
                                                     (KANDINSKY5_VIDEO, ["Kandinsky5T2VPipeline",
-                                                                        "Kandinsky5I2VPipeline"], "KV")])
+                                                                        "Kandinsky5I2VPipeline"], "KV"),
+                                                    (HUNYUAN_VIDEO15, ["HunyuanVideo15Pipeline",
+                                                                       "HunyuanVideo15ImageToVideoPipeline"], "HF")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
