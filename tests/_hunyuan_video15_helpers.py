@@ -1,12 +1,13 @@
 """A tiny random HunyuanVideo 1.5 folder (tests/test_hunyuan_video15.py): Qwen-Image's byte-level BPE tokenizer
 (tests/_qwen_image_helpers.py) with the pipeline's system message as one token and a Qwen-style chat template that
-puts 99 padding tokens before it, so that the template's first 108 tokens (the pipeline's crop) end just after
-"<|im_start|>user\n" as the real Qwen2.5-VL tokenizer's do, and a ``Qwen2_5_VLTextModel`` of three layers (width 16;
+puts 99 padding tokens before it, so that the template's first 108 tokens (the pipeline's crop) end just after the
+user turn's header as the real Qwen2.5-VL tokenizer's do, and a ``Qwen2_5_VLTextModel`` of three layers (width 16;
 the pipeline reads hidden state -3), a ByT5 tokenizer (no files) with a one-layer ``T5EncoderModel``
 (width 16), a ``HunyuanVideo15Transformer3DModel`` of one block (1 x 1 x 1 patches, 2 x 4 + 1 input channels, an
 8-wide image projection; every zero-initialised weight randomised), a five-level ``AutoencoderKLHunyuanVideo15`` of
 width 8 (16 x spatial, 4 x temporal, 4 latent channels), FlowMatchEuler with shift 5 and a ``ClassifierFreeGuidance``
-guider (s = 4.5, rescale 0.3), written by save_pretrained (nothing downloaded)."""
+guider (s = 4.5, rescale 0.3); :func:`tiny_hunyuan_video15_i2v_pipeline`: the image-to-video pipeline of the same parts
+and a tiny SigLIP. Nothing downloaded."""
 import inspect
 
 import torch
@@ -32,8 +33,8 @@ def tiny_tokenizer():
     return tokenizer
 
 
-def tiny_hunyuan_video15_pipeline(guider=None):
-    """A HunyuanVideo15Pipeline of random weights (module docstring); ``guider``: another guider."""
+def tiny_hunyuan_video15_pipeline():
+    """A HunyuanVideo15Pipeline of random weights (module docstring)."""
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
     qwen = transformers.Qwen2_5_VLTextModel(transformers.Qwen2_5_VLTextConfig(
@@ -54,7 +55,7 @@ def tiny_hunyuan_video15_pipeline(guider=None):
     vae = diffusers.AutoencoderKLHunyuanVideo15(
         in_channels=3, out_channels=3, latent_channels=Z, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1,
         spatial_compression_ratio=16, temporal_compression_ratio=4, scaling_factor=0.9)
-    guider = guider or diffusers.ClassifierFreeGuidance(guidance_scale=4.5, guidance_rescale=0.3)
+    guider = diffusers.ClassifierFreeGuidance(guidance_scale=4.5, guidance_rescale=0.3)
     pipe = diffusers.HunyuanVideo15Pipeline(
         text_encoder=qwen, tokenizer=tokenizer, transformer=transformer, vae=vae,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=t5,
@@ -63,21 +64,20 @@ def tiny_hunyuan_video15_pipeline(guider=None):
     return pipe
 
 
-def tiny_hunyuan_video15_i2v_pipeline():
-    """A HunyuanVideo15ImageToVideoPipeline of the same random parts (its own seed) and a one-layer
-    ``SiglipVisionModel`` of width 8 on 16 x 16 images in 8 x 8 patches (4 image tokens) with its
+def tiny_hunyuan_video15_i2v_pipeline(t2v):
+    """A HunyuanVideo15ImageToVideoPipeline of ``t2v``'s parts and a one-layer ``SiglipVisionModel`` of width 8 on
+    16 x 16 images in 8 x 8 patches (4 image tokens; its zero-initialised biases randomised) with its
     ``SiglipImageProcessor``."""
-    t2v = tiny_hunyuan_video15_pipeline()
     torch.manual_seed(1)
     siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
         hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
         patch_size=8)).eval()
-    with torch.no_grad():  # its zero-initialised biases
+    with torch.no_grad():
         for p in siglip.parameters():
             if not bool(p.any()):
                 p.normal_(0, 0.2)
     pipe = diffusers.HunyuanVideo15ImageToVideoPipeline(
-        **{k: v for k, v in t2v.components.items()}, image_encoder=siglip,
+        **t2v.components, image_encoder=siglip,
         feature_extractor=transformers.SiglipImageProcessor(size={"height": 16, "width": 16}))
     pipe.set_progress_bar_config(disable=True)
     return pipe

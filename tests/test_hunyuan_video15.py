@@ -15,7 +15,8 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.hunyuan_video15 import (check_hunyuan_video15_folder, image_to_video,  # noqa: E402
                                              load_hunyuan_video15, text_to_video)
 
-from _hunyuan_video15_helpers import Z, tiny_hunyuan_video15_pipeline  # noqa: E402
+from _hunyuan_video15_helpers import (Z, tiny_hunyuan_video15_i2v_pipeline,  # noqa: E402
+                                      tiny_hunyuan_video15_pipeline)
 from _pipeline_folders import changed_folder  # noqa: E402
 from _video_helpers import refused_in_one_line  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
@@ -37,15 +38,8 @@ def tiny_hunyuan_video15(tmp_path_factory):
     root = tmp_path_factory.mktemp("hunyuan_video15")
     pipe = tiny_hunyuan_video15_pipeline()
     pipe.save_pretrained(root / "t2v")
-    torch.manual_seed(1)
-    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
-        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-        patch_size=8)).eval()  # 4 image tokens
-    i2v = diffusers.HunyuanVideo15ImageToVideoPipeline(
-        **pipe.components, image_encoder=siglip,
-        feature_extractor=transformers.SiglipImageProcessor(size={"height": 16, "width": 16}))
+    i2v = tiny_hunyuan_video15_i2v_pipeline(pipe)
     i2v.save_pretrained(root / "i2v")
-    i2v.set_progress_bar_config(disable=True)
     return {"t2v": (pipe, root / "t2v", load_hunyuan_video15(root / "t2v", progress=False)),
             "i2v": (i2v, root / "i2v", load_hunyuan_video15(root / "i2v", progress=False))}
 

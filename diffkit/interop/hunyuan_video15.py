@@ -1,5 +1,5 @@
-"""A HunyuanVideo 1.5 diffusers folder (``HunyuanVideo15Pipeline``, diffusers 0.42.1): text-to-video with any diffkit
-sampler.
+"""A HunyuanVideo 1.5 diffusers folder (``HunyuanVideo15Pipeline``, ``HunyuanVideo15ImageToVideoPipeline``, diffusers
+0.42.1): text- and image-to-video with any diffkit sampler.
 
 HunyuanVideo 1.5 (Tencent Hunyuan 2025, "HunyuanVideo 1.5 Technical Report") is a rectified-flow video transformer
 (Esser et al. 2024, Sec. 2, eq. 1: x_s = (1 - s) x_0 + s eps, velocity u = eps - x_0;
@@ -32,10 +32,17 @@ noise and decoding, :mod:`.hunyuan_image`'s ByT5 glyph states; what is 1.5's own
 * dtypes: diffkit keeps the sampler's state in float32 (the pipeline's latents are in the transformer's dtype: equal
   in float32). Decoding: x = D(z / scaling_factor), untiled.
 
+Image-to-video (``HunyuanVideo15ImageToVideoPipeline``, :func:`image_to_video`; the same prompts, guider and grid):
+the frame size is the ``target_size`` bucket nearest the image's aspect, the image centre-cropped there; its SigLIP
+``last_hidden_state`` the ``image_embeds``, its VAE posterior mode times ``scaling_factor`` latent frame 0 of the
+condition channels (the others 0) and the mask channel 1 there (:meth:`HunyuanVideo15.image_condition`); every latent
+frame is sampled.
+
 Refused in one line before any weight is read (:func:`check_hunyuan_video15_folder`): another pipeline class, a
 missing component or one of another class, a transformer whose channels are not 2 C + 1 in and C out (C the VAE's
 latent channels), a ``use_dynamic_shifting`` scheduler, a guider of another class or with a ``start`` / ``stop``
-window (it counts the pipeline's steps).
+window (it counts the pipeline's steps), an image-to-video MeanFlow transformer (``use_meanflow``: its loop feeds the
+next step's time).
 """
 from __future__ import annotations
 
