@@ -278,6 +278,7 @@ HUNYUAN_VIDEO_I2V = "## HunyuanVideo image-to-video folders (`diffkit.interop.hu
 KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_video`)"
 SKYREELS_V2 = "## SkyReels-V2 folders (`diffkit.interop.skyreels_v2`)"
 MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)"
+HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -365,7 +366,9 @@ MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)
                                                                    "SkyReelsV2ImageToVideoPipeline",
                                                                    "SkyReelsV2DiffusionForcingPipeline"], "SK"),
                                                     (MODELSCOPE, ["TextToVideoSDPipeline", "VideoToVideoSDPipeline",
-                                                                  "I2VGenXLPipeline"], "MS")])
+                                                                  "I2VGenXLPipeline"], "MS"),
+                                                    (HUNYUAN_VIDEO15, ["HunyuanVideo15Pipeline",
+                                                                       "HunyuanVideo15ImageToVideoPipeline"], "HF")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

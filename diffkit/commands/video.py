@@ -53,6 +53,8 @@ VIDEO_KINDS: dict[str, str] = {
     "TextToVideoSDPipeline": "._video_modelscope",
     "VideoToVideoSDPipeline": "._video_modelscope:V2V_KIND",
     "I2VGenXLPipeline": "._video_modelscope:I2V_KIND",
+    "HunyuanVideo15Pipeline": "._video_hunyuan15",
+    "HunyuanVideo15ImageToVideoPipeline": "._video_hunyuan15:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",

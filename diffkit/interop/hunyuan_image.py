@@ -85,6 +85,19 @@ def glyph_text(prompt: str) -> Optional[str]:
     return ". ".join(f'Text "{text}"' for text in found) + ". " if found else None
 
 
+def glyph_states(tokenizer, encoder, text: Optional[str], length: int, device) -> tuple:
+    """(ByT5 states (1, length, d), mask (1, length)) of one prompt's glyph text: ``text`` tokenised to ``length``
+    (padded, truncated) and run through the T5 ``encoder`` under its mask; zeros for None (the HunyuanImage 2.1 and
+    HunyuanVideo 1.5 pipelines' ``_get_byt5_prompt_embeds``)."""
+    if text is None:
+        return (torch.zeros(1, length, encoder.config.d_model, device=device),
+                torch.zeros(1, length, device=device, dtype=torch.int64))
+    tokens = tokenizer(text, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                       return_tensors="pt").to(device)
+    states = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask.float())[0]
+    return states.to(encoder.dtype), tokens.attention_mask
+
+
 @dataclass(frozen=True)
 class MixGuidance:
     """The arithmetic of a folder's ``AdaptiveProjectedMixGuidance`` config on the velocities (module docstring);
@@ -264,14 +277,7 @@ class HunyuanImage(Chroma):
 
     def _glyph_states(self, text: Optional[str]) -> tuple:
         """(ByT5 states (1, 128, d_2), mask (1, 128)) of one prompt's glyph text; zeros for None."""
-        if text is None:
-            width = self.text_encoder_2.config.d_model
-            return (torch.zeros(1, GLYPH_MAX_LENGTH, width, device=self.device),
-                    torch.zeros(1, GLYPH_MAX_LENGTH, device=self.device, dtype=torch.int64))
-        tokens = self.tokenizer_2(text, padding="max_length", max_length=GLYPH_MAX_LENGTH, truncation=True,
-                                  add_special_tokens=True, return_tensors="pt").to(self.device)
-        states = self.text_encoder_2(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask.float())[0]
-        return states.to(self.text_encoder_2.dtype), tokens.attention_mask
+        return glyph_states(self.tokenizer_2, self.text_encoder_2, text, GLYPH_MAX_LENGTH, self.device)
 
     def guidance_of(self, glyphs: torch.Tensor) -> Optional[MixGuidance]:
         """The batch's guider (``ocr_guider`` where some prompt has glyph states and the folder has one), None where
@@ -453,5 +459,6 @@ def image_to_image(model, *_, **__):
 
 
 __all__ = ["HunyuanImage", "HunyuanImageNet", "MixGuidance", "SteppedDenoiser", "load_hunyuan_image",
-           "is_hunyuan_image_folder", "check_hunyuan_image_folder", "glyph_text", "text_to_image", "image_to_image",
+           "is_hunyuan_image_folder", "check_hunyuan_image_folder", "glyph_text", "glyph_states",
+           "text_to_image", "image_to_image",
            "HUNYUAN_IMAGE_STEPS", "DISTILLED_GUIDANCE"]
