@@ -55,6 +55,7 @@ VIDEO_KINDS: dict[str, str] = {
     "I2VGenXLPipeline": "._video_modelscope:I2V_KIND",
     "HunyuanVideo15Pipeline": "._video_hunyuan15",
     "HunyuanVideo15ImageToVideoPipeline": "._video_hunyuan15:I2V_KIND",
+    "AllegroPipeline": "._video_allegro",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
