@@ -152,3 +152,45 @@ def test_ltx_condition_folder_and_library_refusals(tiny_condition, tiny_ltx, tmp
                               ({"image_cond_noise_scale": -1.0}, "image_cond_noise_scale")]:
         with pytest.raises(DiffkitError, match=re.escape(expected)):
             condition_to_video(model, "x", **{**SHORT, **options})
+
+
+def test_ltx_latent_upsampler_matches_the_pipeline(tiny_condition, tmp_path):
+    """LTXLatentUpsamplePipeline(latents=...) on a tiny random LTXLatentUpsamplerModel (its norms randomised too) saved
+    as a pipeline folder: the upsampled normalised latents with AdaIN 0.5 and tone mapping 0.4 (and without), and the
+    frames decoded at timestep 0.05 with noise 0.025 from generator seed 7 (:meth:`LTX.decode`)."""
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+    from diffkit.interop.ltx_upsample import load_latent_upsampler, upsample_latents, upsampler_folder
+    pipe, _, model = tiny_condition
+    torch.manual_seed(2)
+    net = LTXLatentUpsamplerModel(in_channels=8, mid_channels=32, num_blocks_per_stage=1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith("weight") else 0.0))
+    diffusers.LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=net).save_pretrained(tmp_path / "up")
+    theirs_pipe = diffusers.LTXLatentUpsamplePipeline.from_pretrained(tmp_path / "up")
+    upsampler = load_latent_upsampler(tmp_path / "up")
+    latents = torch.randn(1, 8, 3, 2, 4, generator=torch.Generator().manual_seed(4))
+    for options in ({"adain_factor": 0.5, "tone_map_compression_ratio": 0.4}, {}):
+        with torch.no_grad():
+            theirs = theirs_pipe(latents=latents, height=H, width=W, output_type="latent", **options).frames
+        ours = upsample_latents(model, upsampler, latents, **options)
+        error = relative_error(ours, theirs)
+        print(f"upsampled latents {options}: {error:.2e}")
+        assert ours.shape == theirs.shape == (1, 8, 3, 4, 8) and error < 1e-5
+    decode = {"decode_timestep": 0.05, "decode_noise_scale": 0.025}
+    with torch.no_grad():
+        frames = theirs_pipe(latents=latents, height=H, width=W, output_type="pt", adain_factor=0.5,
+                             generator=torch.Generator().manual_seed(7), **decode).frames
+    ours = model.decode(upsample_latents(model, upsampler, latents, adain_factor=0.5), generators=[
+        torch.Generator().manual_seed(7)], **decode)
+    error = relative_error((ours / 2 + 0.5).clamp(0, 1), frames)
+    print(f"upsampled frames: {error:.2e}")
+    assert frames.shape == (1, 9, 3, 2 * H, 2 * W) and error < 1e-5
+    assert upsampler_folder(tmp_path / "up") == tmp_path / "up" / "latent_upsampler"
+    for bad, expected in [(lambda: upsampler_folder(tmp_path), "is not an LTX-Video latent upsampler"),
+                          (lambda: upsample_latents(model, upsampler, latents[:, :4]), "latents of shape (1, 4, 3, "),
+                          (lambda: upsample_latents(model, upsampler, latents, tone_map_compression_ratio=2),
+                           "tone_map_compression_ratio")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            bad()
