@@ -268,7 +268,8 @@ def load_ltx(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     (:func:`check_ltx_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) in the layouts
     ``LTXVideoLoraLoaderMixin`` loads (diffusers / PEFT, LTX-Video's ``diffusion_model.`` names through diffusers'
     converter), read and checked first (:func:`.ltx_lora.read_ltx_loras`), fused into the transformer as
-    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`). ``pipelines``: the
+    model_index.json classes accepted (:func:`.ltx_condition.load_ltx_condition` passes its own)."""
     from .flow_latents import frozen_on, load_flow_parts
     from .ltx_lora import read_ltx_loras
     from .sd_lora import merge_sd_loras
