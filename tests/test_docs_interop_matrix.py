@@ -268,6 +268,7 @@ WAN_VACE = "## Wan VACE folders (`diffkit.interop.wan_vace`)"
 WAN_V2V = "## Wan video-to-video folders (`diffkit.interop.wan_v2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
+LTX_CONDITION = "## LTX-Video condition folders (`diffkit.interop.ltx_condition`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
 LATTE = "## Latte folders (`diffkit.interop.latte`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
@@ -351,6 +352,7 @@ ALLEGRO = "## Allegro folders (`diffkit.interop.allegro`)"
                                                     (WAN_V2V, ["WanVideoToVideoPipeline"], "WV"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
+                                                    (LTX_CONDITION, ["LTXConditionPipeline"], "LQ"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),
                                                     (LATTE, ["LattePipeline"], "LA"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],

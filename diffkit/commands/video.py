@@ -43,6 +43,7 @@ VIDEO_KINDS: dict[str, str] = {
     "CogVideoXVideoToVideoPipeline": "._video_cogvideox:V2V_KIND",
     "LTXPipeline": "._video_ltx",
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
+    "LTXConditionPipeline": "._video_ltx_condition",
     "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
     "Kandinsky5T2VPipeline": "._video_kandinsky5",
     "Kandinsky5I2VPipeline": "._video_kandinsky5:I2V_KIND",
@@ -170,6 +171,8 @@ def register(sub) -> None:
                       help="Wan VACE folders: the control hints' scale at every VACE layer (default 1)")
     from ._video_ltx import add_ltx_flags
     add_ltx_flags(p)  # --guidance-rescale, --decode-timestep, --decode-noise-scale (LTX-Video folders)
+    from ._video_ltx_condition import add_ltx_condition_flags
+    add_ltx_condition_flags(p)  # --condition, --condition-frame, --condition-strength, --image-cond-noise-scale
     add_progress_flag(p)
     hunyuan = p.add_argument_group("HunyuanVideo")
     hunyuan.add_argument("--true-cfg-scale", type=float, metavar="S",

@@ -54,6 +54,7 @@ from . import model_dtype, require
 
 LTX_PIPELINE = "LTXPipeline"
 LTX_IMAGE_PIPELINE = "LTXImageToVideoPipeline"  # the same components; the image as the first latent frame
+LTX_CONDITION_PIPELINE = "LTXConditionPipeline"  # the same components; conditions at frame indices (.ltx_condition)
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 LTX_CLASSES = {"transformer": ("LTXVideoTransformer3DModel",), "vae": ("AutoencoderKLLTXVideo",),
                "text_encoder": ("T5EncoderModel",), "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
@@ -63,6 +64,7 @@ LTX_FRAMES = 161  # its num_frames
 LTX_HEIGHT, LTX_WIDTH = 512, 704  # its height, width
 LTX_FRAME_RATE = 25  # its frame_rate (RoPE's temporal interpolation scale r_t / frame_rate)
 MAX_SEQUENCE_LENGTH = 128  # its T5 length
+CONDITION_SEQUENCE_LENGTH = 256  # LTXConditionPipeline's, its T5 run with the attention mask
 SIZE_MULTIPLE = 32  # its check_inputs
 
 
@@ -171,12 +173,16 @@ class LTX:
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple:
         """(T5's states (B, 128, d) in the transformer's dtype, their attention mask (B, 128)) of ``prompts``
-        (``_get_t5_prompt_embeds``: the encoder without the mask)."""
+        (``_get_t5_prompt_embeds``: the encoder without the mask; an ``LTXConditionPipeline`` folder's: 256 tokens,
+        the encoder with the mask)."""
         from .stable_diffusion import prompt_list
-        tokens = self.tokenizer(prompt_list(prompts), padding="max_length", max_length=MAX_SEQUENCE_LENGTH,
-                                truncation=True, add_special_tokens=True, return_tensors="pt")
+        masked = self.pipeline == LTX_CONDITION_PIPELINE
+        tokens = self.tokenizer(prompt_list(prompts), padding="max_length", truncation=True,
+                                max_length=CONDITION_SEQUENCE_LENGTH if masked else MAX_SEQUENCE_LENGTH,
+                                add_special_tokens=True, return_tensors="pt")
         with torch.no_grad():
-            states = self.text_encoder(tokens.input_ids.to(self.device))[0]
+            mask = tokens.attention_mask.bool().to(self.device) if masked else None
+            states = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return states.to(model_dtype(self.transformer)), tokens.attention_mask.bool().to(self.device)
 
     def decode(self, latents: torch.Tensor, decode_timestep: float = 0.0, decode_noise_scale: Optional[float] = None,
@@ -234,14 +240,14 @@ def is_ltx_folder(path) -> bool:
     return pipeline_class(path) in (LTX_PIPELINE, LTX_IMAGE_PIPELINE)
 
 
-def check_ltx_folder(directory) -> tuple:
-    """(model_index dict, scheduler config) of an ``LTXPipeline`` folder, checked from its JSON alone (module
-    docstring); a one-line DiffkitError for what diffkit does not drive."""
+def check_ltx_folder(directory, pipelines: tuple = (LTX_PIPELINE, LTX_IMAGE_PIPELINE)) -> tuple:
+    """(model_index dict, scheduler config) of an ``LTXPipeline`` folder (or of another of ``pipelines``), checked
+    from its JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
     from ..errors import read_json_object
     from .flow_latents import check_part_configs
     from .pixart import check_classes, folder_sampler, named_index
     directory = Path(directory)
-    index = named_index(directory, (LTX_PIPELINE, LTX_IMAGE_PIPELINE), "LTX-Video")
+    index = named_index(directory, pipelines, "LTX-Video")
     check_classes(directory, index, REQUIRED, "LTX-Video", LTX_CLASSES)
     configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
                for part in ("transformer", "vae")}
@@ -257,18 +263,19 @@ def check_ltx_folder(directory) -> tuple:
 
 
 def load_ltx(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
-             lora=None) -> LTX:
+             lora=None, pipelines: tuple = (LTX_PIPELINE, LTX_IMAGE_PIPELINE)) -> LTX:
     """Load an ``LTXPipeline`` / ``LTXImageToVideoPipeline`` folder (never downloads, never unpickles), checked first
     (:func:`check_ltx_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) in the layouts
     ``LTXVideoLoraLoaderMixin`` loads (diffusers / PEFT, LTX-Video's ``diffusion_model.`` names through diffusers'
     converter), read and checked first (:func:`.ltx_lora.read_ltx_loras`), fused into the transformer as
-    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`)."""
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:func:`.sd_lora.merge_sd_loras`). ``pipelines``: the
+    model_index.json classes accepted (:func:`.ltx_condition.load_ltx_condition` passes its own)."""
     from .flow_latents import frozen_on, load_flow_parts
     from .ltx_lora import read_ltx_loras
     from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, sched = check_ltx_folder(directory)
+    index, sched = check_ltx_folder(directory, pipelines)
     loras = read_ltx_loras(lora) if lora else []
     parts = load_flow_parts(directory, index, diffusers.LTXVideoTransformer3DModel, {"": "T5EncoderModel"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLLTXVideo)
