@@ -96,7 +96,8 @@ def test_sana_video_unguided_other_sampler_and_command(tiny_sana_video, tmp_path
 
 
 @pytest.mark.parametrize("part, change, message", [
-    ("model_index.json", {"vae": ["diffusers", "AutoencoderDC"]}, "vae is a 'AutoencoderDC'; allowed: AutoencoderKLWan"),
+    ("model_index.json", {"vae": ["diffusers", "AutoencoderDC"]},
+     "vae is a 'AutoencoderDC'; allowed: AutoencoderKLWan"),
     ("transformer/config.json", {"guidance_embeds": True}, "guidance_embeds=True; allowed: false"),
     ("transformer/config.json", {"in_channels": 8}, "in_channels=8; allowed: 4"),
     ("scheduler/scheduler_config.json", {"prediction_type": "epsilon"}, "prediction_type='epsilon'"),
@@ -122,3 +123,63 @@ def test_sana_video_request_refusals(tiny_sana_video, tmp_path, capsys, args, me
     """Flags the kind refuses: one line, nothing written."""
     _, path, _ = tiny_sana_video
     refused_in_one_line(capsys, tmp_path, "video", path, args, message)
+
+
+@pytest.fixture(scope="module")
+def tiny_sana_i2v(tiny_sana_video, tmp_path_factory):
+    """(SanaImageToVideoPipeline.from_pretrained, the folder, load_sana_video) of the tiny folder named
+    SanaImageToVideoPipeline with a FlowMatchEuler scheduler (shift 3; the network called at s T, not floored)."""
+    _, path, _ = tiny_sana_video
+    root = tmp_path_factory.mktemp("sana_i2v")
+    folder = changed_folder(path, root, "model_index.json", {
+        "_class_name": "SanaImageToVideoPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]})
+    (folder / "scheduler").unlink()
+    diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(folder / "scheduler")
+    return reloaded(folder, diffusers.SanaImageToVideoPipeline, load_sana_video)
+
+
+def _image(seed=3):
+    from PIL import Image
+    pixels = torch.randint(0, 256, (24, 40, 3), generator=torch.Generator().manual_seed(seed)).to(torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def test_sana_image_to_video_matches_the_pipeline(tiny_sana_i2v):
+    """SanaImageToVideoPipeline: a 40 x 24 image resized to 32 x 32 the kept first latent frame (timestep 0 on its
+    tokens), two prompts, CFG 3 against a negative prompt, 2 FlowMatchEuler steps: its final latents and frames."""
+    from diffkit.interop.sana_video import image_to_video
+    pipe, _, model = tiny_sana_i2v
+    latents, final = _latents(2), {}
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 3.0, "height": H, "width": W,
+          "max_sequence_length": TOKENS}
+    prompts = [PROMPT, "a hot dog"]
+    with torch.no_grad():
+        frames = pipe(_image(), prompts, num_inference_steps=2, latents=latents.clone(), output_type="pt",
+                      frames=FRAMES, use_resolution_binning=False,
+                      callback_on_step_end=lambda p, i, t, tensors: final.update(tensors) or {}, **kw).frames
+    ours = image_to_video(model, _image(), prompts, steps=2, latents=latents, num_frames=FRAMES, return_latents=True,
+                          **kw)
+    error = relative_error(ours, final["latents"])
+    print(f"i2v latents: {error:.2e}")
+    assert error < 1e-5
+    error = relative_error((model.decode_video(ours) / 2 + 0.5).clamp(0, 1), frames)
+    print(f"i2v frames: {error:.2e}")
+    assert error < 1e-5
+
+
+def test_sana_video_image_command(tiny_sana_video, tiny_sana_i2v, tmp_path, capsys):
+    """``diffkit video --image`` on the SanaVideoPipeline folder (SanaImageToVideoPipeline.from_pretrained of it, as
+    diffusers' example) writes the library's image-to-video frames; a SanaImageToVideoPipeline folder without
+    --image: one line."""
+    from diffkit.images import to_uint8
+    from diffkit.interop.sana_video import image_to_video
+    from diffkit.video import read_video
+    _, path, model = tiny_sana_video
+    _image().save(tmp_path / "a.png")
+    out = tmp_path / "v.png"
+    assert main(["video", "--checkpoint", str(path), "--image", str(tmp_path / "a.png"), "--prompt", PROMPT,
+                 "--steps", "1", "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--out", str(out),
+                 "--no-progress"]) == 0
+    video = image_to_video(model, _image(), PROMPT, steps=1, num_frames=FRAMES, height=H, width=W)
+    assert (to_uint8(read_video(out)[:, :, 2:2 + H, 2:2 + W]) == to_uint8(video[0])).all()
+    refused_in_one_line(capsys, tmp_path, "video", tiny_sana_i2v[1], [], "--image")

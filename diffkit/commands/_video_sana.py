@@ -1,6 +1,7 @@
-"""``diffkit video --checkpoint SANA_VIDEO_FOLDER --prompt TEXT``: SANA-Video text-to-video as ``SanaVideoPipeline``
-(:func:`diffkit.interop.sana_video.text_to_video`; docs/interop/sana_video.md), driven by :mod:`.video` (its
-``VIDEO_KINDS`` line)."""
+"""``diffkit video --checkpoint SANA_VIDEO_FOLDER --prompt TEXT [--image PNG]``: SANA-Video as ``SanaVideoPipeline``
+(:data:`KIND`; with ``--image`` its image-to-video, as ``SanaImageToVideoPipeline.from_pretrained`` of the folder)
+and ``SanaImageToVideoPipeline`` folders (:data:`I2V_KIND`) (:mod:`diffkit.interop.sana_video`;
+docs/interop/sana_video.md), driven by :mod:`.video` (their ``VIDEO_KINDS`` lines)."""
 from __future__ import annotations
 
 from ..interop.sana_video import SANA_VIDEO_FPS
@@ -8,22 +9,23 @@ from .video import VideoKind
 
 
 class SanaVideoKind(VideoKind):
-    """SANA-Video text-to-video: 81 frames of 480 x 832, 50 steps of the folder's scheduler and CFG s = 6 against
-    ``--negative-prompt`` (default "") by default, sizes multiples of 32; 16 fps (diffusers' example)."""
+    """SANA-Video text-to-video (``--image``: image-to-video, the image each video's first frame): 81 frames of 480 x
+    832, 50 steps of the folder's scheduler and CFG s = 6 against ``--negative-prompt`` (default "") by default,
+    sizes multiples of 32; 16 fps (diffusers' examples)."""
 
     label = "SANA-Video"
     pipelines = ("SanaVideoPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention"})
+                       "guidance_convention", "images"})
     fps = SANA_VIDEO_FPS
 
     def check_folder(self, directory) -> None:
         from ..interop.sana_video import check_sana_video_folder
-        check_sana_video_folder(directory)
+        check_sana_video_folder(directory, self.pipelines)
 
     def check_request(self, args) -> None:
         """One line for frames other than 4 k + 1, sizes not multiples of 32 (``check_inputs``; of 2 f with a Wan
-        2.2 VAE of factor f = 16 too) or a guidance scale that turns CFG off with a negative prompt."""
+        2.2 VAE of factor f = 16) or a guidance scale that turns CFG off with a negative prompt."""
         from pathlib import Path
 
         from ..errors import DiffkitError, read_json_object
@@ -45,8 +47,17 @@ class SanaVideoKind(VideoKind):
         return load_sana_video(directory, device, progress=progress)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
-        from ..interop.sana_video import text_to_video
-        return text_to_video(model, prompts, seed=seed, progress=progress, **options)
+        from ..interop.sana_video import generate
+        return generate(model, prompts, images, seed=seed, progress=progress, **options)
+
+
+class SanaImageToVideoKind(SanaVideoKind):
+    """A ``SanaImageToVideoPipeline`` folder: SANA-Video's image-to-video (``--image`` required), its defaults."""
+
+    label = "SANA-Video image-to-video"
+    pipelines = ("SanaImageToVideoPipeline",)
+    needs_image = True
 
 
 KIND = SanaVideoKind()
+I2V_KIND = SanaImageToVideoKind()

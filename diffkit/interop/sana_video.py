@@ -45,10 +45,14 @@ import torch
 from ..errors import DiffkitError
 from . import require
 from .pixart import PixArt
+from . import model_dtype
 from .sana import SANA_MAX_SEQUENCE_LENGTH, Sana, SanaNet
 from .wan import WanFolder
+from .wan_i2v import WanI2V
 
 SANA_VIDEO_PIPELINE = "SanaVideoPipeline"
+SANA_I2V_PIPELINE = "SanaImageToVideoPipeline"  # its defaults are SanaVideoPipeline's
+PIPELINES = (SANA_VIDEO_PIPELINE, SANA_I2V_PIPELINE)
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 SANA_VIDEO_CLASSES = {"transformer": ("SanaVideoTransformer3DModel",), "vae": ("AutoencoderKLWan",),
                       "text_encoder": ("Gemma2Model",),
@@ -81,6 +85,22 @@ VIDEO_HUMAN_INSTRUCTION = (
 )
 
 
+class SanaVideoNet(SanaNet):
+    """:class:`.sana.SanaNet` over a ``SanaVideoTransformer3DModel`` on latent videos (B, C, F, h, w); with
+    ``frame_mask`` (B, F) (image-to-video) the timestep given per patch token, t times the token's frame mask
+    (``SanaImageToVideoPipeline``'s ``t * (1 - conditioning_mask)``: 0 on the kept first latent frame)."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                frame_mask: torch.Tensor = None):
+        if frame_mask is None or context is None or mask is None:
+            return super().forward(x, t, context, mask)
+        tokens = x[0, 0, 0, ::2, ::2].numel()  # 2 x 2 patches a latent frame
+        t = (self.timesteps(x, t)[:, None] * frame_mask.to(torch.float32)).repeat_interleave(tokens, dim=1)
+        dtype = model_dtype(self.model)
+        return self.model(x.to(dtype), encoder_hidden_states=context.to(dtype), encoder_attention_mask=mask,
+                          timestep=t, return_dict=False)[0].to(x.dtype)
+
+
 @dataclass
 class SanaVideo(WanFolder):
     """The loaded components of a ``SanaVideoPipeline`` folder (:func:`load_sana_video`): Wan's latent video, grid
@@ -94,6 +114,7 @@ class SanaVideo(WanFolder):
     schedule: object
     device: torch.device
     dtype: torch.dtype = torch.float32
+    pipeline: str = SANA_VIDEO_PIPELINE
     _sigmas: dict = field(default_factory=dict, repr=False)
 
     pipeline_name = SANA_VIDEO_PIPELINE
@@ -102,6 +123,7 @@ class SanaVideo(WanFolder):
     max_length_limit = Sana.max_length_limit
     check_length = PixArt.check_length
     encode_prompts = Sana.encode_prompts  # called with the video instruction (:meth:`prompt_states`)
+    kept_first_frame = WanI2V.kept_first_frame  # image-to-video's first latent frame (Wan 2.2 TI2V-5B's too)
 
     @property
     def size_multiple(self) -> int:
@@ -112,7 +134,7 @@ class SanaVideo(WanFolder):
         """The unguided flow-prediction Denoiser (cond: ``context``, ``mask``) on ``NoiseSchedule.flow(T, shift)``,
         the transformer called at floor(s T) on a DPM-Solver / UniPC folder's timesteps, at s T otherwise."""
         from ..denoiser import Denoiser
-        denoiser = Denoiser(SanaNet(self.transformer, self.whole_timesteps), self.schedule, "flow_prediction")
+        denoiser = Denoiser(SanaVideoNet(self.transformer, self.whole_timesteps), self.schedule, "flow_prediction")
         denoiser.model = self.transformer
         return denoiser
 
@@ -130,17 +152,20 @@ class SanaVideo(WanFolder):
 
 
 def is_sana_video_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``SanaVideoPipeline``."""
+    """True for a folder whose ``model_index.json`` names ``SanaVideoPipeline`` or ``SanaImageToVideoPipeline``."""
     from .sd_xl import pipeline_class
-    return pipeline_class(path) == SANA_VIDEO_PIPELINE
+    return pipeline_class(path) in PIPELINES
 
 
-def check_sana_video_folder(directory, pipeline: str = SANA_VIDEO_PIPELINE) -> tuple:
-    """(model_index dict, scheduler config) of a ``pipeline`` (``SanaVideoPipeline``) folder, checked from its JSON
-    alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
+def check_sana_video_folder(directory, pipelines=PIPELINES) -> tuple:
+    """(model_index dict, scheduler config) of a folder naming one of ``pipelines`` (default ``SanaVideoPipeline``
+    or ``SanaImageToVideoPipeline``), checked from its JSON alone (module docstring); a one-line DiffkitError for
+    what diffkit does not drive."""
+    from .pixart import named_index
     from .schedulers import FLOW_SCHEDULER
     from .wan import check_text_to_video_configs, wan_configs, wan_scheduler_config
     directory = Path(directory)
+    pipeline = named_index(directory, tuple(pipelines), "SANA-Video")["_class_name"]
     index, configs = wan_configs(directory, pipeline, "SANA-Video", REQUIRED, SANA_VIDEO_CLASSES)
     if configs["transformer"].get("guidance_embeds", False):
         raise DiffkitError(f"{directory}'s transformer has guidance_embeds=True; allowed: false ({pipeline} passes "
@@ -158,25 +183,26 @@ def check_sana_video_folder(directory, pipeline: str = SANA_VIDEO_PIPELINE) -> t
 
 
 def load_sana_video(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                    progress: bool = True, lora=None, pipeline: str = SANA_VIDEO_PIPELINE) -> SanaVideo:
-    """Load a ``SanaVideoPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_sana_video_folder`). ``lora``: not taken (one line)."""
+                    progress: bool = True, lora=None) -> SanaVideo:
+    """Load a ``SanaVideoPipeline`` / ``SanaImageToVideoPipeline`` folder (never downloads, never unpickles),
+    checked first (:func:`check_sana_video_folder`). ``lora``: not taken (one line)."""
     from ..schedule import NoiseSchedule
     from .flow_latents import frozen_on, load_flow_parts
     from .sana import flow_shift_of
     from .schedulers import train_timesteps
     from .wan import check_widths
     if lora:
-        raise DiffkitError(f"LoRA files are not supported on a SANA-Video folder ({pipeline}'s LoRA loader is not "
-                           f"reproduced)")
+        raise DiffkitError("LoRA files are not supported on a SANA-Video folder (the pipelines' LoRA loader is not "
+                           "reproduced)")
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, sched = check_sana_video_folder(directory, pipeline)
+    index, sched = check_sana_video_folder(directory)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
     parts = load_flow_parts(directory, index, diffusers.SanaVideoTransformer3DModel, {"": "Gemma2Model"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderKLWan)
     device = frozen_on(parts, device)
-    model = SanaVideo(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
+    model = SanaVideo(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype,
+                      pipeline=index["_class_name"])
     check_widths(directory, [(model.transformer.config.caption_channels, model.text_encoder.config.hidden_size,
                               "caption_channels")])
     return model
@@ -188,46 +214,72 @@ def check_frames(num_frames) -> int:
     return wan_frames(num_frames, SANA_VIDEO_FRAMES)
 
 
-def text_to_video(model: SanaVideo, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
-                  guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
-                  sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
-                  width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
-                  max_sequence_length: Optional[int] = None,
-                  complex_human_instruction: Optional[Sequence[str]] = VIDEO_HUMAN_INSTRUCTION,
-                  output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
-                  **options) -> torch.Tensor:
+def text_to_video(model: SanaVideo, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
     """Videos (B, T, 3, H, W) of ``prompts`` (one string, or a list: one video each) as ``SanaVideoPipeline``
-    (module docstring).
+    (module docstring); ``options``: :func:`generate`'s."""
+    return generate(model, prompts, None, **options)
+
+
+def image_to_video(model: SanaVideo, images, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) starting at ``images`` (PIL images or (B, 3, H, W) in [-1, 1]; one for every prompt, or
+    one per video) from ``prompts`` (one, or one per video) as ``SanaImageToVideoPipeline``: each image resized to
+    height x width (Lanczos), encoded alone by the Wan VAE (posterior mean), normalised (z - mean) / std, the kept
+    first latent frame at timestep 0 (:meth:`SanaVideo.kept_first_frame`); ``options``: :func:`generate`'s."""
+    return generate(model, prompts, images, **options)
+
+
+def generate(model: SanaVideo, prompts: Union[str, Sequence[str]], images=None, *, negative_prompt=None,
+             guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
+             sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
+             width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
+             max_sequence_length: Optional[int] = None,
+             complex_human_instruction: Optional[Sequence[str]] = VIDEO_HUMAN_INSTRUCTION,
+             output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
+             **options) -> torch.Tensor:
+    """The SANA-Video pipelines' loop: text-to-video, or image-to-video with ``images`` (:func:`image_to_video`).
 
     guidance_scale: in ``convention`` (default s = 6, diffusers'), against ``negative_prompt`` (default ""; one, or one
-    per prompt). steps: the scheduler's (default 50); sampler: None for the scheduler's own step, or any diffkit
+    per video). steps: the scheduler's (default 50); sampler: None for the scheduler's own step, or any diffkit
     sampler on its grid (``options``: its options). num_frames (default 81, 4 k + 1), height x width (default 480 x
     832, multiples of 32). latents: z at the grid's first sigma (B, C, F, h, w) (the pipeline's ``latents``),
     default N(0, I) from per-video ``seed + i``. max_sequence_length (default 300), complex_human_instruction
-    (default the pipeline's; None or []: none): the prompts' encoding. Returns frames in ``output_range`` ("-1,1" or
+    (default the pipelines'; None or []: none): the prompts' encoding. Returns frames in ``output_range`` ("-1,1" or
     "0,1"), or with ``return_latents`` the final latents (B, C, F, h, w)."""
+    from PIL import Image
+
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
+    from .qwen_image_edit import _pil_images, _pixels
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     from .wan import pipeline_guidance
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
+    pil = None if images is None else _pil_images(images)
+    count = max(len(prompts), len(pil or ()))
+    for what, given in (("images", pil), ("prompts", prompts)):
+        if given is not None and len(given) not in (1, count):
+            raise DiffkitError(f"{len(given)} {what} for {count} videos; give one, or one per video")
+    prompts = prompts * count if len(prompts) == 1 else prompts
     scale, convention, cfg = pipeline_guidance(guidance_scale, convention, negative_prompt, SANA_VIDEO_GUIDANCE)
     frames = check_frames(num_frames)
     height = SANA_VIDEO_HEIGHT if height is None else height
     width = SANA_VIDEO_WIDTH if width is None else width
     model.check_size(height, width)
-    shape = model.latent_video_shape(len(prompts), frames, height, width)
+    shape = model.latent_video_shape(count, frames, height, width)
     steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
     cond, null = model.prompt_states(prompts, negative_prompt, cfg, max_sequence_length, complex_human_instruction)
     denoiser = model.denoiser()
     if cfg:
         denoiser = ClassifierFreeGuidance(denoiser, scale, convention, null_context=null.pop("context"),
                                           null_cond=null)
+    if pil is not None:  # the image's latents the kept first latent frame, at timestep 0
+        pixels = _pixels([image.resize((width, height), resample=Image.LANCZOS) for image in pil * (count // len(pil))])
+        latents, denoiser, cond["frame_mask"] = model.kept_first_frame(denoiser, latents, pixels)
     z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
     return model.output_videos(z, output_range, return_latents)
 
 
-__all__ = ["SanaVideo", "load_sana_video", "is_sana_video_folder", "check_sana_video_folder", "check_frames",
-           "text_to_video", "SANA_VIDEO_PIPELINE", "SANA_VIDEO_GUIDANCE", "SANA_VIDEO_STEPS", "SANA_VIDEO_FRAMES",
-           "SANA_VIDEO_FPS", "VIDEO_HUMAN_INSTRUCTION"]
+__all__ = ["SanaVideo", "SanaVideoNet", "load_sana_video", "is_sana_video_folder", "check_sana_video_folder",
+           "check_frames", "text_to_video", "image_to_video", "generate", "SANA_VIDEO_PIPELINE", "SANA_I2V_PIPELINE",
+           "SANA_VIDEO_GUIDANCE", "SANA_VIDEO_STEPS", "SANA_VIDEO_FRAMES", "SANA_VIDEO_FPS",
+           "VIDEO_HUMAN_INSTRUCTION"]
