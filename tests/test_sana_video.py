@@ -1,7 +1,9 @@
-"""SANA-Video text-to-video folders (diffkit.interop.sana_video, ``diffkit video``): text_to_video against diffusers'
-own SanaVideoPipeline on a tiny random folder (a 1-layer Gemma-2 of width 32 on a word-level tokenizer, a 1-layer
-SanaVideoTransformer3DModel, a Wan 2.1 AutoencoderKLWan of z_dim 4 with non-trivial latents mean / std, the flow
-DPM-Solver; 5 frames -> 2 latent frames of 4 x 4; zero-initialised layers randomised; nothing downloaded)."""
+"""SANA-Video folders (diffkit.interop.sana_video, ``diffkit video``): text_to_video and image_to_video against
+diffusers' own SanaVideoPipeline / SanaImageToVideoPipeline on a tiny random folder (a 2-layer Gemma-2 of width 32 on
+a word-level tokenizer: its second layer attends globally, so the whole instruction counts, not only the first's
+64-token window; a 1-layer SanaVideoTransformer3DModel, a Wan 2.1 AutoencoderKLWan of z_dim 4 with non-trivial
+latents mean / std, the flow DPM-Solver, or FlowMatchEuler for image-to-video; 5 frames -> 2 latent frames of 4 x 4;
+zero-initialised layers randomised; nothing downloaded)."""
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def tiny_sana_video(tmp_path_factory):
     """(SanaVideoPipeline.from_pretrained of the saved folder, the folder, load_sana_video of it)."""
     tokenizer = tiny_gemma_tokenizer()
     torch.manual_seed(0)
-    gemma = randomised(tiny_gemma(tokenizer))
+    gemma = randomised(tiny_gemma(tokenizer, layers=2))
     transformer = randomised(diffusers.SanaVideoTransformer3DModel(
         in_channels=Z, out_channels=Z, num_attention_heads=2, attention_head_dim=12, num_layers=1,
         num_cross_attention_heads=2, cross_attention_head_dim=12, cross_attention_dim=24, caption_channels=32,
@@ -115,7 +117,7 @@ def test_sana_video_folder_refusals(tiny_sana_video, tmp_path, capsys, part, cha
 @pytest.mark.parametrize("args, message", [
     (["--frames", "6"], "num_frames=6 is not allowed; give 4 k + 1"),
     (["--height", "48"], "--height 48 is not allowed for a SANA-Video folder; give a multiple of 32"),
-    (["--image", "x.png"], "--image"),
+    (["--lora", "x.safetensors"], "--lora"),
     (["--guidance-scale", "1", "--guidance-convention", "diffusers", "--negative-prompt", "ugly"],
      "a negative prompt with guidance_scale=1"),
 ])
@@ -123,6 +125,15 @@ def test_sana_video_request_refusals(tiny_sana_video, tmp_path, capsys, args, me
     """Flags the kind refuses: one line, nothing written."""
     _, path, _ = tiny_sana_video
     refused_in_one_line(capsys, tmp_path, "video", path, args, message)
+
+
+def test_sana_video_sample_and_edit_refused(tiny_sana_video, tmp_path, capsys):
+    """``diffkit sample`` / ``diffkit edit`` on a SanaVideoPipeline folder (a ``Sana...Pipeline`` name): one line
+    naming ``diffkit video``, nothing written."""
+    _, path, _ = tiny_sana_video
+    for command in ("sample", "edit"):
+        refused_in_one_line(capsys, tmp_path, command, path, [],
+                            f"which diffkit {command} does not take (it makes videos)")
 
 
 @pytest.fixture(scope="module")

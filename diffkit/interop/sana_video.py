@@ -1,5 +1,5 @@
-"""A SANA-Video text-to-video diffusers folder (``SanaVideoPipeline``, diffusers 0.42.1), sampled with any diffkit
-sampler.
+"""SANA-Video diffusers folders (``SanaVideoPipeline``, ``SanaImageToVideoPipeline``, diffusers 0.42.1): videos from
+prompts, or from an image and prompts, with any diffkit sampler.
 
 SANA-Video (Chen et al. 2025, "SANA-Video: Efficient Video Generation with Block Linear Diffusion Transformer") is
 Sana's linear-attention DiT made 3-D (``SanaVideoTransformer3DModel``: Wan's rotary positions and patches, a
@@ -23,6 +23,14 @@ latent video, grid and decoding (:class:`.wan.WanFolder`). As ``SanaVideoPipelin
   folder's transformer called at their int64 timesteps floor(s T) (:class:`.sana.SanaNet` ``whole_timesteps``).
 * output: x = D(z / (1 / std) + mean) with the Wan VAE config's ``latents_mean`` / ``latents_std``
   (:meth:`.wan.WanFolder.decode_video`), frames (B, T, 3, H, W); ``return_latents``: the final latents.
+
+Image-to-video (``SanaImageToVideoPipeline``; also a ``SanaVideoPipeline`` folder, which that pipeline's
+``from_pretrained`` loads, as diffusers' example does): each image resized to height x width (Lanczos, the video
+processor's), encoded alone by the Wan VAE (posterior mode), normalised (z - mean) / std, is the kept first latent
+frame: the transformer sees it clean, its tokens at timestep 0 (the pipeline's ``t * (1 - conditioning_mask)`` per
+patch token, :class:`SanaVideoNet`), and the scheduler steps only the other frames (diffkit:
+:class:`~diffkit.editing.InpaintingDenoiser` keeping that frame, :meth:`.wan_i2v.WanI2V.kept_first_frame`). Unlike
+the pipeline (one image for every prompt) each video may have its own image.
 
 Not reproduced: ``use_resolution_binning`` (the pipeline's default maps height x width to its 480p / 720p bins and
 resizes the frames back; diffkit draws the asked size, the pipeline's ``use_resolution_binning=False``).
@@ -138,8 +146,8 @@ class SanaVideo(WanFolder):
         denoiser.model = self.transformer
         return denoiser
 
-    def prompt_states(self, prompts: Sequence[str], negative_prompt, guidance: bool, max_sequence_length=None,
-                      complex_human_instruction=VIDEO_HUMAN_INSTRUCTION) -> tuple:
+    def prompt_states(self, prompts: Sequence[str], negative_prompt, guidance: bool, max_sequence_length,
+                      complex_human_instruction) -> tuple:
         """(cond {"context", "mask"}, null cond or None) as ``SanaVideoPipeline.encode_prompt``: the prompts after
         the instruction, the negative ones (one per prompt) at the same length without it where ``guidance``."""
         from .stable_diffusion import negative_prompts
