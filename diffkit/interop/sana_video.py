@@ -51,9 +51,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError
-from . import require
+from . import model_dtype, require
 from .pixart import PixArt
-from . import model_dtype
 from .sana import SANA_MAX_SEQUENCE_LENGTH, Sana, SanaNet
 from .wan import WanFolder
 from .wan_i2v import WanI2V
