@@ -194,3 +194,23 @@ def test_sana_video_image_command(tiny_sana_video, tiny_sana_i2v, tmp_path, caps
     video = image_to_video(model, _image(), PROMPT, steps=1, num_frames=FRAMES, height=H, width=W)
     assert (to_uint8(read_video(out)[:, :, 2:2 + H, 2:2 + W]) == to_uint8(video[0])).all()
     refused_in_one_line(capsys, tmp_path, "video", tiny_sana_i2v[1], [], "--image")
+
+
+def test_sana_video_unipc_folder(tiny_sana_video, tmp_path):
+    """The folder's scheduler a flow UniPC (shift 5; diffkit's ``unipc``, the network at floor(s T)), 3 steps,
+    unguided: SanaVideoPipeline's final latents."""
+    _, path, _ = tiny_sana_video
+    folder = changed_folder(path, tmp_path, "model_index.json",
+                            {"scheduler": ["diffusers", "UniPCMultistepScheduler"]})
+    (folder / "scheduler").unlink()
+    diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                      flow_shift=5.0).save_pretrained(folder / "scheduler")
+    pipe, _, model = reloaded(folder, diffusers.SanaVideoPipeline, load_sana_video)
+    latents, kw = _latents(), {"guidance_scale": 1.0, "height": H, "width": W, "max_sequence_length": TOKENS}
+    with torch.no_grad():
+        theirs = pipe(PROMPT, num_inference_steps=3, latents=latents, output_type="latent", frames=FRAMES,
+                      use_resolution_binning=False, **kw).frames
+    error = relative_error(text_to_video(model, PROMPT, steps=3, latents=latents, num_frames=FRAMES,
+                                         return_latents=True, **kw), theirs)
+    print(f"unipc latents: {error:.2e}")
+    assert error < 1e-5
