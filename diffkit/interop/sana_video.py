@@ -110,8 +110,9 @@ class SanaVideoNet(SanaNet):
 
 @dataclass
 class SanaVideo(WanFolder):
-    """The loaded components of a ``SanaVideoPipeline`` folder (:func:`load_sana_video`): Wan's latent video, grid
-    and decoding (:class:`.wan.WanFolder`) with Sana's Gemma-2 prompts (:meth:`.sana.Sana.encode_prompts`)."""
+    """The loaded components of a SANA-Video folder (:func:`load_sana_video`; ``pipeline``: its class): Wan's
+    latent video, grid and decoding (:class:`.wan.WanFolder`) with Sana's Gemma-2 prompts
+    (:meth:`.sana.Sana.encode_prompts`)."""
 
     transformer: object
     vae: object
