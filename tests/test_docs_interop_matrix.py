@@ -281,6 +281,7 @@ SKYREELS_V2 = "## SkyReels-V2 folders (`diffkit.interop.skyreels_v2`)"
 MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)"
 HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15`)"
 ALLEGRO = "## Allegro folders (`diffkit.interop.allegro`)"
+SANA_VIDEO = "## SANA-Video folders (`diffkit.interop.sana_video`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -372,7 +373,9 @@ ALLEGRO = "## Allegro folders (`diffkit.interop.allegro`)"
                                                                   "I2VGenXLPipeline"], "MS"),
                                                     (HUNYUAN_VIDEO15, ["HunyuanVideo15Pipeline",
                                                                        "HunyuanVideo15ImageToVideoPipeline"], "HF"),
-                                                    (ALLEGRO, ["AllegroPipeline"], "AL")])
+                                                    (ALLEGRO, ["AllegroPipeline"], "AL"),
+                                                    (SANA_VIDEO, ["SanaVideoPipeline", "SanaImageToVideoPipeline"],
+                                                     "SN")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -57,6 +57,8 @@ VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideo15Pipeline": "._video_hunyuan15",
     "HunyuanVideo15ImageToVideoPipeline": "._video_hunyuan15:I2V_KIND",
     "AllegroPipeline": "._video_allegro",
+    "SanaVideoPipeline": "._video_sana",
+    "SanaImageToVideoPipeline": "._video_sana:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",

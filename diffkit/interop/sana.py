@@ -175,7 +175,7 @@ class SanaNet(torch.nn.Module):
         if context is None or mask is None:
             raise DiffkitError("a Sana transformer needs cond {'context', 'mask'} (Sana.encode_prompts)")
         dtype = model_dtype(self.model)
-        t = self.timesteps(x, t) * float(self.model.config.timestep_scale)
+        t = self.timesteps(x, t) * float(self.model.config.get("timestep_scale", 1.0))  # SANA-Video's: none
         extra = {} if controls is None else {"controlnet_block_samples": tuple(c.to(dtype) for c in controls)}
         out = self.model(x.to(dtype), encoder_hidden_states=context.to(dtype), encoder_attention_mask=mask,
                          timestep=t, return_dict=False, **extra)[0]
