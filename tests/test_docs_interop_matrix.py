@@ -267,6 +267,7 @@ WAN_I2V = "## Wan image-to-video folders (`diffkit.interop.wan_i2v`)"
 WAN_VACE = "## Wan VACE folders (`diffkit.interop.wan_vace`)"
 WAN_V2V = "## Wan video-to-video folders (`diffkit.interop.wan_v2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
+COGVIDEOX_FUN = "## CogVideoX-Fun control folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
 LATTE = "## Latte folders (`diffkit.interop.latte`)"
@@ -349,6 +350,7 @@ HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15
                                                     (WAN_VACE, ["WanVACEPipeline"], "VA"),
                                                     (WAN_V2V, ["WanVideoToVideoPipeline"], "WV"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
+                                                    (COGVIDEOX_FUN, ["CogVideoXFunControlPipeline"], "CF"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),
                                                     (LATTE, ["LattePipeline"], "LA"),
