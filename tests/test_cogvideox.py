@@ -315,22 +315,27 @@ def test_cogvideox_lora_is_load_lora_weights_and_fuse_lora(cogvideox_folder, tmp
         load_cogvideox(path, progress=False, lora=[tmp_path / "kohya.safetensors"])
 
 
-def _dpm_folder(path, root):
-    """``path`` with a CogVideoXDPMScheduler (its model_index entry and scheduler config), its parts linked."""
+def _dpm_folder(path, root, **index):
+    """``path`` with a CogVideoXDPMScheduler (its model_index entry and scheduler config; ``index``: more
+    model_index changes), its parts linked."""
+    import json
     folder = changed_folder(path, root, "scheduler/scheduler_config.json", {"_class_name": "CogVideoXDPMScheduler"})
-    index = __import__("json").loads((folder / "model_index.json").read_text())
+    index = {**json.loads((folder / "model_index.json").read_text()), **index}
     (folder / "model_index.json").unlink()
-    (folder / "model_index.json").write_text(__import__("json").dumps({**index, "scheduler": ["diffusers",
-                                                                                           "CogVideoXDPMScheduler"]}))
+    (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "CogVideoXDPMScheduler"]}))
     return folder
 
 
 def test_cogvideox_dpm_scheduler_is_its_own_step(cogvideox_folder, tmp_path):
     """A CogVideoXDPMScheduler folder (CogVideoX-5b's recommended scheduler): its step is SDE-DPM-Solver++(2M) with
     the step's noise drawn from video i's generator in the pipeline's layout (twice at a second-order step): the
-    pipeline's final latents (4 steps, s = 6; unguided, 5 steps) and decoded frames; ``diffkit video`` on it."""
+    pipeline's final latents (4 steps, s = 6; unguided, 5 steps; video-to-video, strength 0.75 of 4 steps) and
+    decoded frames; ``diffkit video`` on it."""
+    from PIL import Image
+
     from diffkit.images import to_uint8
     _, path, _ = cogvideox_folder
+    (tmp_path / "v2v").mkdir()
     pipe, folder, model = reloaded(_dpm_folder(path, tmp_path), diffusers.CogVideoXPipeline, load_cogvideox)
     assert type(pipe.scheduler).__name__ == "CogVideoXDPMScheduler"
     for steps, call in ((4, {}), (5, dict(guidance_scale=1.0))):
@@ -342,6 +347,18 @@ def test_cogvideox_dpm_scheduler_is_its_own_step(cogvideox_folder, tmp_path):
     theirs = _theirs(pipe, 2, seed=5, output_type="pt", negative_prompt="ugly")
     videos = text_to_video(model, PROMPTS, steps=2, seed=5, negative_prompt="ugly", **SIZE)
     assert relative_error((videos / 2 + 0.5).clamp(0, 1), theirs) < 1e-5
+    v2v, _, v2v_model = reloaded(_dpm_folder(path, tmp_path / "v2v", _class_name="CogVideoXVideoToVideoPipeline"),
+                                 diffusers.CogVideoXVideoToVideoPipeline, load_cogvideox)
+    inputs = torch.randint(0, 256, (2, 5, 3, 16, 16), generator=torch.Generator().manual_seed(9)) / 127.5 - 1
+    size = {k: v for k, v in SIZE.items() if k != "num_frames"}
+    with torch.no_grad():
+        theirs = v2v(video=[[Image.fromarray(((f + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for f in v]
+                            for v in inputs], prompt=PROMPTS, generator=[torch.Generator().manual_seed(3 + i)
+                                                                         for i in range(2)],
+                     num_inference_steps=4, strength=0.75, output_type="latent", **size).frames
+    ours = video_to_video(v2v_model, list(inputs), PROMPTS, steps=4, strength=0.75, seed=3, return_latents=True,
+                          **size)
+    assert relative_error(ours, theirs.permute(0, 2, 1, 3, 4)) < 1e-5
     argv = ["video", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", "2",
             "--seed", "5", "--frames", "5", "--height", "16", "--width", "16", "--negative-prompt", "ugly",
             "--batch-size", "2", "--out", str(tmp_path / "grid.png"), "--individual", str(tmp_path / "each"),

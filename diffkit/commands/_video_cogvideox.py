@@ -117,6 +117,7 @@ class CogVideoXFunKind(CogVideoXVideoKind):
     takes = CogVideoXVideoKind.takes - {"strength"}
 
     def check_request(self, args) -> None:
+        """:class:`CogVideoXKind`'s (no strength: nothing is noised from the control video)."""
         CogVideoXKind.check_request(self, args)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):

@@ -1,5 +1,6 @@
 """A CogVideoX diffusers folder (``CogVideoXPipeline``, ``CogVideoXImageToVideoPipeline``,
-``CogVideoXVideoToVideoPipeline``, diffusers 0.42.1): text-, image- and video-to-video with any diffkit sampler.
+``CogVideoXVideoToVideoPipeline``, ``CogVideoXFunControlPipeline``, diffusers 0.42.1): text-, image-, video- and
+control-video-to-video with any diffkit sampler.
 
 CogVideoX (Yang et al. 2024, "CogVideoX: Text-to-Video Diffusion Models with An Expert Transformer", THUDM) is a
 ``CogVideoXTransformer3DModel`` (text and video tokens in one sequence, expert adaLN; 3D RoPE where
@@ -13,6 +14,9 @@ As ``CogVideoXPipeline.__call__``:
 * the schedule: :func:`.cogview3plus.cogvideox_schedule` (``CogVideoXDDIMScheduler``'s betas, SNR / k, zero terminal
   SNR), v-prediction; the folder's step is DDIM's with eta 0, diffkit's ``ddim`` on the scheduler's ``set_timesteps``
   grid (``trailing``: the first step at t = T - 1, where alpha_bar = 0); the transformer is called at the integer t.
+  A ``CogVideoXDPMScheduler`` folder's step (the same schedule and grid) is SDE-DPM-Solver++(2M) (Lu et al. 2022b,
+  Sec. 5, midpoint; first order on the first and last steps), diffkit's ``sde-dpm-solver++-2m``, its z drawn from
+  video i's generator after z_T in the pipeline's layout, twice at a second-order step (:class:`DPMStepNoise`).
 * guidance: CFG v_u + s (v_c - v_u) (Ho & Salimans 2022, eq. 6, diffusers' convention) for s > 1, default 6.0; s <= 1
   one unguided call (a negative prompt refused, :func:`.auraflow.guided`). ``dynamic_cfg`` (the pipeline's
   ``use_dynamic_cfg``): at the step of timestep t of N steps the scale is
@@ -36,8 +40,14 @@ image resized and normalised by diffusers' own ``VideoProcessor.preprocess`` (to
 frame with its posterior **sampled** from video i's generator (before that video's noise is drawn from it), x
 ``scaling_factor`` (/ with the VAE's ``invert_scale_latents``), followed by F - 1 zero latent frames, and given to the
 transformer beside the noisy latents along the channels (both CFG halves); ``ofs`` 2.0 where the transformer has
-``ofs_embed_dim``. CogVideoX 1.5's image-to-video folders (``patch_size_t``, whose pipeline pads the latents and the
-image latents differently) are refused.
+``ofs_embed_dim``. CogVideoX 1.5 (``patch_size_t``): the pipeline pads F before ``prepare_latents``, so the noise and
+the image latents (the image, then zero frames) both have the padded count; the first padding frames are dropped
+before decoding.
+
+Control video (``CogVideoXFunControlPipeline``, :func:`control_to_video`; a transformer of 2 C input channels): each
+control video resized and normalised by ``VideoProcessor.preprocess_video``, encoded, its posterior's **mode** x
+``scaling_factor`` (``prepare_control_latents``, no generator), given beside the noisy latents along the channels;
+its frame count (4 k + 1, whole latent patches) the output's.
 
 Video-to-video (``CogVideoXVideoToVideoPipeline``, :func:`video_to_video`; a text-to-video transformer): SDEdit
 (Meng et al. 2022) on the input videos: each resized and normalised by diffusers' own
@@ -52,8 +62,8 @@ drawn after the posterior sample), and sampled from there; ``dynamic_cfg`` count
 Defaults: 50 steps, s = 6, ``sample_frames`` frames (49), ``sample_height`` x ``sample_width`` x 8 (480 x 720); frame
 counts of the form 4 k + 1 (the pipeline would round others down), sizes multiples of 8 x ``patch_size``. Refused in
 one line before any weight is read (:func:`check_cogvideox_folder`): another pipeline class, a missing component,
-parts of other classes (a ``CogVideoXDPMScheduler``, whose step draws fresh noise every step, which no diffkit sampler
-draws the same way; swap in the DDIM scheduler's config), a transformer whose channels are not the VAE's.
+parts of other classes, a transformer whose channels are not the VAE's (2 C in for image-to-video and control), a
+``CogVideoXDPMScheduler`` in a ``CogVideoXFunControlPipeline`` folder (whose loop calls the DDIM step's signature).
 
 LoRA files (``lora=``): ``CogVideoXLoraLoaderMixin``'s diffusers / PEFT keys, fused as its ``fuse_lora``
 (:func:`load_cogvideox`).
