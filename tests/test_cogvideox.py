@@ -12,8 +12,8 @@ transformers = pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.interop.cogvideox import (dynamic_scale, image_to_video, is_cogvideox_folder,  # noqa: E402
-                                       load_cogvideox, text_to_video, video_to_video)
+from diffkit.interop.cogvideox import (control_to_video, dynamic_scale, image_to_video,  # noqa: E402
+                                       is_cogvideox_folder, load_cogvideox, text_to_video, video_to_video)
 
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
@@ -121,9 +121,8 @@ def _frames_at_fps(path, fps):
 
 def test_cogvideox_refusals_are_one_line(cogvideox_folder, tmp_path, capsys):
     """One line, nothing written: sample / edit on the folder (naming diffkit video), frame counts other than
-    4 k + 1, sizes off the patch grid, flags the kind does not take, a CogVideoXDPMScheduler folder."""
+    4 k + 1, sizes off the patch grid, flags the kind does not take."""
     pipe, path, model = cogvideox_folder
-    dpm = changed_folder(path, tmp_path, "scheduler/scheduler_config.json", {"_class_name": "CogVideoXDPMScheduler"})
     out = tmp_path / "never.png"
     cases = [
         (["sample", "--checkpoint", str(path), "--prompt", "hot"], "diffkit sample does not take (it makes videos)"),
@@ -134,7 +133,6 @@ def test_cogvideox_refusals_are_one_line(cogvideox_folder, tmp_path, capsys):
         (["video", "--checkpoint", str(path), "--prompt", "hot", "--image", str(out)], "--image does not apply"),
         (["video", "--checkpoint", str(path), "--prompt", "hot", "--guidance-scale", "0", "--negative-prompt", "x"],
          "negative"),
-        (["video", "--checkpoint", str(dpm), "--prompt", "hot"], "CogVideoXDPMScheduler"),
     ]
     for argv, message in cases:
         capsys.readouterr()
@@ -315,3 +313,166 @@ def test_cogvideox_lora_is_load_lora_weights_and_fuse_lora(cogvideox_folder, tmp
     save_file({"lora_unet_proj_out.lora_down.weight": torch.zeros(2, 4)}, tmp_path / "kohya.safetensors")
     with pytest.raises(DiffkitError, match="lora_unet_proj_out.*loader converts no kohya"):
         load_cogvideox(path, progress=False, lora=[tmp_path / "kohya.safetensors"])
+
+
+def _dpm_folder(path, root, **index):
+    """``path`` with a CogVideoXDPMScheduler (its model_index entry and scheduler config; ``index``: more
+    model_index changes), its parts linked."""
+    import json
+    folder = changed_folder(path, root, "scheduler/scheduler_config.json", {"_class_name": "CogVideoXDPMScheduler"})
+    index = {**json.loads((folder / "model_index.json").read_text()), **index}
+    (folder / "model_index.json").unlink()
+    (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "CogVideoXDPMScheduler"]}))
+    return folder
+
+
+def test_cogvideox_dpm_scheduler_is_its_own_step(cogvideox_folder, tmp_path):
+    """A CogVideoXDPMScheduler folder (CogVideoX-5b's recommended scheduler): its step is SDE-DPM-Solver++(2M) with
+    the step's noise drawn from video i's generator in the pipeline's layout (twice at a second-order step): the
+    pipeline's final latents (4 steps, s = 6; unguided, 5 steps; video-to-video, strength 0.75 of 4 steps) and
+    decoded frames; ``diffkit video`` on it."""
+    from PIL import Image
+
+    from diffkit.images import to_uint8
+    _, path, _ = cogvideox_folder
+    (tmp_path / "v2v").mkdir()
+    pipe, folder, model = reloaded(_dpm_folder(path, tmp_path), diffusers.CogVideoXPipeline, load_cogvideox)
+    assert type(pipe.scheduler).__name__ == "CogVideoXDPMScheduler"
+    for steps, call in ((4, {}), (5, dict(guidance_scale=1.0))):
+        theirs = _theirs(pipe, steps, **call).permute(0, 2, 1, 3, 4)
+        ours = text_to_video(model, PROMPTS, steps=steps, seed=3, return_latents=True, **SIZE, **call)
+        assert relative_error(ours, theirs) < 1e-5  # measured: docs/interop/cogvideox.md
+    ddim = text_to_video(cogvideox_folder[2], PROMPTS, steps=4, seed=3, return_latents=True, **SIZE)
+    assert relative_error(ddim, _theirs(pipe, 4).permute(0, 2, 1, 3, 4)) > 1e-2  # another step
+    theirs = _theirs(pipe, 2, seed=5, output_type="pt", negative_prompt="ugly")
+    videos = text_to_video(model, PROMPTS, steps=2, seed=5, negative_prompt="ugly", **SIZE)
+    assert relative_error((videos / 2 + 0.5).clamp(0, 1), theirs) < 1e-5
+    v2v, _, v2v_model = reloaded(_dpm_folder(path, tmp_path / "v2v", _class_name="CogVideoXVideoToVideoPipeline"),
+                                 diffusers.CogVideoXVideoToVideoPipeline, load_cogvideox)
+    inputs = torch.randint(0, 256, (2, 5, 3, 16, 16), generator=torch.Generator().manual_seed(9)) / 127.5 - 1
+    size = {k: v for k, v in SIZE.items() if k != "num_frames"}
+    with torch.no_grad():
+        theirs = v2v(video=[[Image.fromarray(((f + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for f in v]
+                            for v in inputs], prompt=PROMPTS, generator=[torch.Generator().manual_seed(3 + i)
+                                                                         for i in range(2)],
+                     num_inference_steps=4, strength=0.75, output_type="latent", **size).frames
+    ours = video_to_video(v2v_model, list(inputs), PROMPTS, steps=4, strength=0.75, seed=3, return_latents=True,
+                          **size)
+    assert relative_error(ours, theirs.permute(0, 2, 1, 3, 4)) < 1e-5
+    argv = ["video", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", "2",
+            "--seed", "5", "--frames", "5", "--height", "16", "--width", "16", "--negative-prompt", "ugly",
+            "--batch-size", "2", "--out", str(tmp_path / "grid.png"), "--individual", str(tmp_path / "each"),
+            "--no-progress"]
+    assert main(argv) == 0
+    for i in range(2):
+        written = _frames_at_fps(tmp_path / "each" / f"video_{i:05d}.png", fps=8)
+        assert torch.equal(written, torch.from_numpy(to_uint8(videos[i])))
+
+
+def test_cogvideox15_image_to_video_matches_the_pipeline(cogvideox_folder, tmp_path):
+    """CogVideoX 1.5 image-to-video (patch_size_t 2, the ofs embedding, a VAE with invert_scale_latents): 9 frames
+    are 3 latent frames padded to 4 (the noise and the image latents: the image then 3 zero frames), the padding
+    frame dropped before decoding; final latents and decoded frames."""
+    from PIL import Image
+    pipe, _, _ = cogvideox_folder
+    torch.manual_seed(3)
+    transformer = randomised(diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=16,
+        text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        patch_size_t=2, ofs_embed_dim=16, use_rotary_positional_embeddings=True))
+    i2v = diffusers.CogVideoXImageToVideoPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                                  vae=pipe.vae, transformer=transformer, scheduler=pipe.scheduler)
+    i2v.save_pretrained(tmp_path / "i2v15")
+    folder = changed_folder(tmp_path / "i2v15", tmp_path, "vae/config.json", {"invert_scale_latents": True})
+    i2v, path, model = reloaded(folder, diffusers.CogVideoXImageToVideoPipeline, load_cogvideox)
+    g = torch.Generator().manual_seed(1)
+    images = [Image.fromarray((torch.rand(20, 24, 3, generator=g) * 255).byte().numpy()) for _ in PROMPTS]
+    call = dict(num_frames=9, height=16, width=16)
+    out = {}
+    for kind in ("latent", "pt"):
+        with torch.no_grad():
+            out[kind] = i2v(images, PROMPTS, generator=[torch.Generator().manual_seed(6 + i) for i in range(2)],
+                            num_inference_steps=2, output_type=kind, guidance_scale=3.0, **call).frames
+    ours = image_to_video(model, images, PROMPTS, steps=2, seed=6, guidance_scale=3.0, return_latents=True, **call)
+    assert ours.shape == (2, 4, 4, 4, 4)  # 3 latent frames + 1
+    assert relative_error(ours, out["latent"].permute(0, 2, 1, 3, 4)) < 1e-5  # measured: docs/interop/cogvideox.md
+    frames = image_to_video(model, images, PROMPTS, steps=2, seed=6, guidance_scale=3.0, output_range="0,1", **call)
+    assert frames.shape == out["pt"].shape == (2, 9, 3, 16, 16)
+    assert relative_error(frames, out["pt"]) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def fun_folder(cogvideox_folder, tmp_path_factory):
+    """(CogVideoXFunControlPipeline.from_pretrained of a saved folder: the tiny T5 and VAE, a transformer of 2 C
+    input channels; the folder; load_cogvideox of it)."""
+    pipe, _, _ = cogvideox_folder
+    torch.manual_seed(4)
+    transformer = randomised(diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=16,
+        text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4, sample_frames=5, patch_size=2,
+        use_rotary_positional_embeddings=True))
+    fun = diffusers.CogVideoXFunControlPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                                vae=pipe.vae, transformer=transformer, scheduler=pipe.scheduler)
+    path = tmp_path_factory.mktemp("cogvideox_fun") / "fun"
+    fun.save_pretrained(path)
+    return reloaded(path, diffusers.CogVideoXFunControlPipeline, load_cogvideox)
+
+
+def test_cogvideox_fun_control_matches_the_pipeline(fun_folder, tmp_path):
+    """CogVideoXFunControlPipeline: two 5-frame 20 x 24 control videos resized to 16 x 16, encoded (posterior
+    modes) x scaling_factor, beside the noisy latents along the channels: final latents (4 steps, s = 4 with
+    use_dynamic_cfg) and decoded frames (2 steps, a negative prompt); ``diffkit video --video FILE`` writes the
+    library's videos byte for byte."""
+    from PIL import Image
+
+    from diffkit.images import to_uint8
+    from diffkit.video import save_videos
+    fun, path, model = fun_folder
+    assert is_cogvideox_folder(path)
+    inputs = torch.randint(0, 256, (2, 5, 3, 20, 24), generator=torch.Generator().manual_seed(8)) / 127.5 - 1
+    clips = [[Image.fromarray(((f + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for f in v] for v in inputs]
+    size = {k: v for k, v in SIZE.items() if k != "num_frames"}
+
+    def theirs(seed, **call):
+        with torch.no_grad():
+            return fun(PROMPTS, control_video=clips, generator=[torch.Generator().manual_seed(seed + i)
+                                                                 for i in range(2)], **size, **call).frames
+    ref = theirs(3, num_inference_steps=4, guidance_scale=4.0, use_dynamic_cfg=True, output_type="latent")
+    ours = control_to_video(model, clips, PROMPTS, steps=4, guidance_scale=4.0, dynamic_cfg=True, seed=3,
+                            return_latents=True, **size)
+    assert relative_error(ours, ref.permute(0, 2, 1, 3, 4)) < 1e-5  # measured: docs/interop/cogvideox.md
+    ref = theirs(5, num_inference_steps=2, negative_prompt="ugly", output_type="pt")
+    videos = control_to_video(model, list(inputs), PROMPTS, steps=2, seed=5, negative_prompt="ugly", **size)
+    assert videos.shape == ref.shape == (2, 8, 3, 16, 16)
+    assert relative_error((videos / 2 + 0.5).clamp(0, 1), ref) < 1e-5
+    files = save_videos(inputs, tmp_path / "in")
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--video",
+            str(files[0]), "--video", str(files[1]), "--steps", "2", "--seed", "5", "--height", "16", "--width", "16",
+            "--negative-prompt", "ugly", "--batch-size", "2", "--out", str(tmp_path / "grid.png"), "--individual",
+            str(tmp_path / "each"), "--no-progress"]
+    assert main(argv) == 0
+    for i in range(2):
+        written = _frames_at_fps(tmp_path / "each" / f"video_{i:05d}.png", fps=8)
+        assert torch.equal(written, torch.from_numpy(to_uint8(videos[i])))
+
+
+def test_cogvideox_fun_control_refusals_are_one_line(fun_folder, tmp_path, capsys):
+    """One line before any weight is read: no --video, a 4-frame control video, --strength, --frames, --image, a
+    CogVideoXDPMScheduler (the pipeline's loop calls the DDIM step's signature); a strength to control_to_video."""
+    from diffkit.video import save_videos
+    from _video_helpers import refused_in_one_line
+    _, path, model = fun_folder
+    five, four = (save_videos(torch.zeros(1, n, 3, 16, 16), tmp_path / f"v{n}")[0] for n in (5, 4))
+    dpm = _dpm_folder(path, tmp_path)
+    for folder, args, message in (
+            (path, [], "CogVideoX-Fun control folder (video-to-video): give --video FILE"),
+            (path, ["--video", str(four)], "--video of 4 frames: num_frames=4 is not allowed"),
+            (path, ["--video", str(five), "--strength", "0.5"], "--strength does not apply to a CogVideoX-Fun"),
+            (path, ["--video", str(five), "--frames", "5"], "--frames does not apply to a CogVideoX-Fun"),
+            (path, ["--video", str(five), "--image", str(five)], "--image does not apply to a CogVideoX-Fun"),
+            (dpm, ["--video", str(five)], "CogVideoXDPMScheduler, which CogVideoXFunControlPipeline cannot step")):
+        refused_in_one_line(capsys, tmp_path, "video", folder, args, message)
+    with pytest.raises(DiffkitError, match="strength=0.5 is not allowed for CogVideoXFunControlPipeline"):
+        control_to_video(model, [torch.zeros(5, 3, 16, 16)], ["hot"], strength=0.5)
+    with pytest.raises(DiffkitError, match=re.escape("call control_to_video(model, control_videos, prompts)")):
+        text_to_video(model, ["hot"])

@@ -267,6 +267,7 @@ WAN_I2V = "## Wan image-to-video folders (`diffkit.interop.wan_i2v`)"
 WAN_VACE = "## Wan VACE folders (`diffkit.interop.wan_vace`)"
 WAN_V2V = "## Wan video-to-video folders (`diffkit.interop.wan_v2v`)"
 COGVIDEOX = "## CogVideoX folders (`diffkit.interop.cogvideox`)"
+COGVIDEOX_FUN = "## CogVideoX-Fun control folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 LTX_CONDITION = "## LTX-Video condition folders (`diffkit.interop.ltx_condition`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
@@ -352,6 +353,7 @@ SANA_VIDEO = "## SANA-Video folders (`diffkit.interop.sana_video`)"
                                                     (WAN_VACE, ["WanVACEPipeline"], "VA"),
                                                     (WAN_V2V, ["WanVideoToVideoPipeline"], "WV"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
+                                                    (COGVIDEOX_FUN, ["CogVideoXFunControlPipeline"], "CF"),
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (LTX_CONDITION, ["LTXConditionPipeline"], "LQ"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),

@@ -118,7 +118,7 @@ def _ztsnr_denoiser(prediction_type: str):
 def test_zero_terminal_snr_schedules_run_every_sampler_that_can_and_name_the_rest():
     d = _ztsnr_denoiser("v_prediction")
     able = {name for name, info in REGISTRY.items() if info.infinite_noise_start}
-    assert able == {"ddpm", "ddim", "consistency", "tcd"}
+    assert able == {"ddpm", "ddim", "consistency", "tcd", "sde-dpm-solver++-2m"}
     for name, info in REGISTRY.items():
         if info.adaptive:  # ode takes no steps; its refusal at t = T-1: tests/test_samplers_ode.py
             continue
@@ -132,7 +132,8 @@ def test_zero_terminal_snr_schedules_run_every_sampler_that_can_and_name_the_res
             assert torch.isfinite(out).all(), name
         else:
             one_line(re.escape(f"sampler '{name}' cannot start at t=99, where this zero-terminal-SNR schedule has "
-                               "alpha_bar = 0 (infinite noise); start there with ddpm, ddim, consistency, tcd"),
+                               "alpha_bar = 0 (infinite noise); start there with ddpm, ddim, consistency, tcd, "
+                               "sde-dpm-solver++-2m"),
                      diffkit.sample, d, (2, 2), name, steps=steps, spacing="trailing", progress=False)
         if info.default_spacing in ("karras", "logsnr", "logsnr_skip", "logsnr_graded"):
             one_line(re.escape(f"spacing='{info.default_spacing}' is placed in sigma / log-SNR, which are infinite"),

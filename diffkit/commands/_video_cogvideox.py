@@ -1,8 +1,9 @@
-"""``diffkit video --checkpoint COGVIDEOX_FOLDER --prompt TEXT [--image PNG | --video FILE --strength S]
+"""``diffkit video --checkpoint COGVIDEOX_FOLDER --prompt TEXT [--image PNG | --video FILE [--strength S]]
 [--dynamic-cfg]``: a ``CogVideoXPipeline`` folder's videos (:func:`diffkit.interop.cogvideox.text_to_video`,
 :data:`KIND`), a ``CogVideoXImageToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.image_to_video`,
-:data:`I2V_KIND`) and a ``CogVideoXVideoToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.video_to_video`,
-:data:`V2V_KIND`), driven by :mod:`.video`."""
+:data:`I2V_KIND`), a ``CogVideoXVideoToVideoPipeline`` folder's (:func:`diffkit.interop.cogvideox.video_to_video`,
+:data:`V2V_KIND`) and a ``CogVideoXFunControlPipeline`` folder's (``--video``: the control video;
+:func:`diffkit.interop.cogvideox.control_to_video`, :data:`FUN_KIND`), driven by :mod:`.video`."""
 from __future__ import annotations
 
 from .video import VideoKind
@@ -107,6 +108,24 @@ class CogVideoXVideoKind(CogVideoXKind):
         return video_to_video(model, videos, prompts, seed=seed, progress=progress, **options)
 
 
+class CogVideoXFunKind(CogVideoXVideoKind):
+    """CogVideoX-Fun control (``CogVideoXFunControlPipeline``): ``--video`` is the control video (pose, depth, edges,
+    ...), its frame count (4 k + 1) the output's; no ``--strength`` (nothing is noised from it)."""
+
+    label = "CogVideoX-Fun control"
+    pipelines = ("CogVideoXFunControlPipeline",)
+    takes = CogVideoXVideoKind.takes - {"strength"}
+
+    def check_request(self, args) -> None:
+        """:class:`CogVideoXKind`'s (no strength: nothing is noised from the control video)."""
+        CogVideoXKind.check_request(self, args)
+
+    def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):
+        from ..interop.cogvideox import control_to_video
+        return control_to_video(model, videos, prompts, seed=seed, progress=progress, **options)
+
+
 KIND = CogVideoXKind()
 I2V_KIND = CogVideoXImageKind()
 V2V_KIND = CogVideoXVideoKind()
+FUN_KIND = CogVideoXFunKind()

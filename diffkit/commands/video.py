@@ -41,6 +41,7 @@ VIDEO_KINDS: dict[str, str] = {
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
     "CogVideoXVideoToVideoPipeline": "._video_cogvideox:V2V_KIND",
+    "CogVideoXFunControlPipeline": "._video_cogvideox:FUN_KIND",
     "LTXPipeline": "._video_ltx",
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
     "LTXConditionPipeline": "._video_ltx_condition",

@@ -1,5 +1,6 @@
 """A CogVideoX diffusers folder (``CogVideoXPipeline``, ``CogVideoXImageToVideoPipeline``,
-``CogVideoXVideoToVideoPipeline``, diffusers 0.42.1): text-, image- and video-to-video with any diffkit sampler.
+``CogVideoXVideoToVideoPipeline``, ``CogVideoXFunControlPipeline``, diffusers 0.42.1): text-, image-, video- and
+control-video-to-video with any diffkit sampler.
 
 CogVideoX (Yang et al. 2024, "CogVideoX: Text-to-Video Diffusion Models with An Expert Transformer", THUDM) is a
 ``CogVideoXTransformer3DModel`` (text and video tokens in one sequence, expert adaLN; 3D RoPE where
@@ -13,6 +14,9 @@ As ``CogVideoXPipeline.__call__``:
 * the schedule: :func:`.cogview3plus.cogvideox_schedule` (``CogVideoXDDIMScheduler``'s betas, SNR / k, zero terminal
   SNR), v-prediction; the folder's step is DDIM's with eta 0, diffkit's ``ddim`` on the scheduler's ``set_timesteps``
   grid (``trailing``: the first step at t = T - 1, where alpha_bar = 0); the transformer is called at the integer t.
+  A ``CogVideoXDPMScheduler`` folder's step (the same schedule and grid) is SDE-DPM-Solver++(2M) (Lu et al. 2022b,
+  Sec. 5, midpoint; first order on the first and last steps), diffkit's ``sde-dpm-solver++-2m``, its z drawn from
+  video i's generator after z_T in the pipeline's layout, twice at a second-order step (:class:`DPMStepNoise`).
 * guidance: CFG v_u + s (v_c - v_u) (Ho & Salimans 2022, eq. 6, diffusers' convention) for s > 1, default 6.0; s <= 1
   one unguided call (a negative prompt refused, :func:`.auraflow.guided`). ``dynamic_cfg`` (the pipeline's
   ``use_dynamic_cfg``): at the step of timestep t of N steps the scale is
@@ -36,8 +40,14 @@ image resized and normalised by diffusers' own ``VideoProcessor.preprocess`` (to
 frame with its posterior **sampled** from video i's generator (before that video's noise is drawn from it), x
 ``scaling_factor`` (/ with the VAE's ``invert_scale_latents``), followed by F - 1 zero latent frames, and given to the
 transformer beside the noisy latents along the channels (both CFG halves); ``ofs`` 2.0 where the transformer has
-``ofs_embed_dim``. CogVideoX 1.5's image-to-video folders (``patch_size_t``, whose pipeline pads the latents and the
-image latents differently) are refused.
+``ofs_embed_dim``. CogVideoX 1.5 (``patch_size_t``): the pipeline pads F before ``prepare_latents``, so the noise and
+the image latents (the image, then zero frames) both have the padded count; the first padding frames are dropped
+before decoding.
+
+Control video (``CogVideoXFunControlPipeline``, :func:`control_to_video`; a transformer of 2 C input channels): each
+control video resized and normalised by ``VideoProcessor.preprocess_video``, encoded, its posterior's **mode** x
+``scaling_factor`` (``prepare_control_latents``, no generator), given beside the noisy latents along the channels;
+its frame count (4 k + 1, whole latent patches) the output's.
 
 Video-to-video (``CogVideoXVideoToVideoPipeline``, :func:`video_to_video`; a text-to-video transformer): SDEdit
 (Meng et al. 2022) on the input videos: each resized and normalised by diffusers' own
@@ -52,8 +62,8 @@ drawn after the posterior sample), and sampled from there; ``dynamic_cfg`` count
 Defaults: 50 steps, s = 6, ``sample_frames`` frames (49), ``sample_height`` x ``sample_width`` x 8 (480 x 720); frame
 counts of the form 4 k + 1 (the pipeline would round others down), sizes multiples of 8 x ``patch_size``. Refused in
 one line before any weight is read (:func:`check_cogvideox_folder`): another pipeline class, a missing component,
-parts of other classes (a ``CogVideoXDPMScheduler``, whose step draws fresh noise every step, which no diffkit sampler
-draws the same way; swap in the DDIM scheduler's config), a transformer whose channels are not the VAE's.
+parts of other classes, a transformer whose channels are not the VAE's (2 C in for image-to-video and control), a
+``CogVideoXDPMScheduler`` in a ``CogVideoXFunControlPipeline`` folder (whose loop calls the DDIM step's signature).
 
 LoRA files (``lora=``): ``CogVideoXLoraLoaderMixin``'s diffusers / PEFT keys, fused as its ``fuse_lora``
 (:func:`load_cogvideox`).
@@ -75,11 +85,15 @@ from . import model_dtype, require
 COGVIDEOX_PIPELINE = "CogVideoXPipeline"
 COGVIDEOX_I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
 COGVIDEOX_V2V_PIPELINE = "CogVideoXVideoToVideoPipeline"
-COGVIDEOX_PIPELINES = (COGVIDEOX_PIPELINE, COGVIDEOX_I2V_PIPELINE, COGVIDEOX_V2V_PIPELINE)
+COGVIDEOX_FUN_PIPELINE = "CogVideoXFunControlPipeline"
+COGVIDEOX_PIPELINES = (COGVIDEOX_PIPELINE, COGVIDEOX_I2V_PIPELINE, COGVIDEOX_V2V_PIPELINE, COGVIDEOX_FUN_PIPELINE)
+COGVIDEOX_DPM = "CogVideoXDPMScheduler"
+# the pipelines whose transformer takes 2 C channels: the noisy latents, then these latents along the channels
+TWO_INPUT_PIPELINES = {COGVIDEOX_I2V_PIPELINE: "image", COGVIDEOX_FUN_PIPELINE: "control video"}
 COGVIDEOX_STRENGTH = 0.8  # CogVideoXVideoToVideoPipeline.__call__'s default strength
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 COGVIDEOX_CLASSES = {"transformer": ("CogVideoXTransformer3DModel",), "vae": ("AutoencoderKLCogVideoX",),
-                     "text_encoder": ("T5EncoderModel",), "scheduler": ("CogVideoXDDIMScheduler",)}
+                     "text_encoder": ("T5EncoderModel",), "scheduler": ("CogVideoXDDIMScheduler", COGVIDEOX_DPM)}
 COGVIDEOX_GUIDANCE = 6.0  # CogVideoXPipeline.__call__'s default guidance_scale (diffusers' convention)
 COGVIDEOX_STEPS = 50  # its num_inference_steps
 MAX_SEQUENCE_LENGTH = 226  # its max_sequence_length
@@ -134,6 +148,22 @@ class DynamicGuidance(Wrapper):
 
     def reset_state(self) -> None:
         self.inner.reset_state()
+
+
+class DPMStepNoise:
+    """``CogVideoXDPMScheduler.step``'s noise as diffkit's ``sde-dpm-solver++-2m`` ``noise(i, mean, std)`` option:
+    video b's z drawn from its generator in the pipeline's (B, F, C, h, w) layout, twice at a second-order step (the
+    step draws its first-order z, then the second-order one it uses: steps 0 < i < N - 1 of N)."""
+
+    def __init__(self, generators, steps: int):
+        self.generators, self.steps = generators, int(steps)
+
+    def __call__(self, i: int, mean: torch.Tensor, std) -> torch.Tensor:
+        from ..noise import randn
+        b, c, f, h, w = mean.shape
+        for _ in range(2 if 0 < i < self.steps - 1 else 1):
+            z = randn((b, f, c, h, w), self.generators, device=mean.device)
+        return z.permute(0, 2, 1, 3, 4).to(mean.dtype)
 
 
 class CogVideoXNet(torch.nn.Module):
@@ -199,6 +229,11 @@ class CogVideoX:
         sample size with learned positions, :func:`check_size`)."""
         check_size(height, width, self.vae_scale_factor, self.transformer.config)
 
+    @property
+    def scheduler_class(self) -> str:
+        """The folder's scheduler class: ``CogVideoXDDIMScheduler`` or ``CogVideoXDPMScheduler``."""
+        return self.scheduler_config.get("_class_name", COGVIDEOX_CLASSES["scheduler"][0])
+
     def latent_frames(self, frames) -> tuple:
         """(latent frames F, padding frames) of ``frames`` (:func:`latent_frames`)."""
         return latent_frames(frames, self.temporal_factor, self.transformer.config.patch_size_t)
@@ -239,8 +274,9 @@ class CogVideoX:
 
     @property
     def image_to_video(self) -> bool:
-        """True for an image-to-video transformer (``CogVideoXImageToVideoPipeline``: 2 C input channels)."""
-        return int(self.transformer.config.in_channels) == 2 * int(self.transformer.config.out_channels)
+        """True for an image-to-video folder (``CogVideoXImageToVideoPipeline``: a transformer of 2 C input
+        channels)."""
+        return self.pipeline == COGVIDEOX_I2V_PIPELINE
 
     def image_latents(self, images, height: int, width: int, frames: int, generators) -> torch.Tensor:
         """The image-to-video condition (B, C, F, h, w) (``prepare_latents``): the images resized and normalised by
@@ -258,18 +294,20 @@ class CogVideoX:
         z = z / factor if self.vae.config.invert_scale_latents else z * factor
         return torch.cat([z, z.new_zeros(z.shape[0], z.shape[1], frames - 1, *z.shape[3:])], dim=2)
 
-    def video_latents(self, videos: list, height: int, width: int, generators) -> torch.Tensor:
+    def video_latents(self, videos: list, height: int, width: int, generators, mode: bool = False) -> torch.Tensor:
         """Video-to-video's z_0 (B, C, F, h, w) (``prepare_latents``): the videos (lists of PIL frames, one frame
         count) resized and normalised by diffusers' own ``VideoProcessor.preprocess_video``, each encoded and its
-        posterior **sampled** from its generator (before its noise), x scaling_factor."""
+        posterior **sampled** from its generator (before its noise), x scaling_factor; with ``mode`` its posterior's
+        mode instead (``CogVideoXFunControlPipeline.prepare_control_latents``, no generator)."""
         require("diffusers")
         from diffusers.video_processor import VideoProcessor
         pixels = VideoProcessor(vae_scale_factor=self.vae_scale_factor).preprocess_video(videos, height=height,
                                                                                         width=width)
         pixels = pixels.to(self.device, self.vae.dtype)
         with torch.no_grad():
-            z = torch.cat([self.vae.encode(pixels[i:i + 1]).latent_dist.sample(
-                None if generators is None else generators[i]) for i in range(pixels.shape[0])]).float()
+            posteriors = [self.vae.encode(pixels[i:i + 1]).latent_dist for i in range(pixels.shape[0])]
+            z = torch.cat([p.mode() if mode else p.sample(None if generators is None else generators[i])
+                           for i, p in enumerate(posteriors)]).float()
         return z * self.vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -295,22 +333,23 @@ def check_cogvideox_folder(directory) -> tuple:
     directory = Path(directory)
     index = named_index(directory, COGVIDEOX_PIPELINES, "CogVideoX")
     check_classes(directory, index, REQUIRED, "CogVideoX", COGVIDEOX_CLASSES)
-    if index["_class_name"] != COGVIDEOX_I2V_PIPELINE:
+    if index["_class_name"] not in TWO_INPUT_PIPELINES:
         check_latent_channels(directory, "both; an image-to-video transformer takes twice as many")
     else:
         config = read_json_object(directory / "transformer" / "config.json", "transformer config")
         latents = int(read_json_object(directory / "vae" / "config.json", "vae config").get("latent_channels", 16))
-        if (config.get("in_channels", 16), config.get("out_channels", 16)) != (2 * latents, latents) \
-                or config.get("patch_size_t") is not None:
-            raise DiffkitError(f"{directory}'s image-to-video transformer has in_channels, out_channels, "
-                               f"patch_size_t = {config.get('in_channels', 16)!r}, {config.get('out_channels', 16)!r}, "
-                               f"{config.get('patch_size_t')!r}; allowed: {2 * latents}, {latents}, None (the noisy "
-                               f"and the image latents; CogVideoX 1.5's image-to-video padding is not driven)")
+        if (config.get("in_channels", 16), config.get("out_channels", 16)) != (2 * latents, latents):
+            raise DiffkitError(f"{directory}'s {index['_class_name']} transformer has in_channels, out_channels = "
+                               f"{config.get('in_channels', 16)!r}, {config.get('out_channels', 16)!r}; allowed: "
+                               f"{2 * latents}, {latents} (the noisy latents and the "
+                               f"{TWO_INPUT_PIPELINES[index['_class_name']]} latents)")
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    if index["_class_name"] == COGVIDEOX_FUN_PIPELINE and sched.get("_class_name") == COGVIDEOX_DPM:
+        raise DiffkitError(f"{directory}'s scheduler is a {COGVIDEOX_DPM}, which {COGVIDEOX_FUN_PIPELINE} cannot "
+                           f"step (its loop calls the DDIM step's signature); allowed: CogVideoXDDIMScheduler")
     if sched.get("_class_name") not in COGVIDEOX_CLASSES["scheduler"]:
-        raise DiffkitError(f"{directory}'s scheduler is a {sched.get('_class_name')!r}, which diffkit does not drive "
-                           f"(a CogVideoXDPMScheduler's step draws fresh noise every step); allowed: "
-                           f"CogVideoXDDIMScheduler (its config with that _class_name)")
+        raise DiffkitError(f"{directory}'s scheduler is a {sched.get('_class_name')!r}, which diffkit does not drive; "
+                           f"allowed: {', '.join(COGVIDEOX_CLASSES['scheduler'])}")
     cogvideox_schedule(sched)  # its keys: one line
     return index, sched
 
@@ -375,11 +414,17 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
                            "image_to_video(model, images, prompts)" if model.image_to_video else
                            "this CogVideoX folder is text-to-video (CogVideoXPipeline); call text_to_video(model, "
                            "prompts) without images")
-    if (model.pipeline == COGVIDEOX_V2V_PIPELINE) != (videos is not None):
+    control = model.pipeline == COGVIDEOX_FUN_PIPELINE
+    if (model.pipeline == COGVIDEOX_V2V_PIPELINE or control) != (videos is not None):
         raise DiffkitError("this CogVideoX folder is video-to-video (CogVideoXVideoToVideoPipeline); call "
-                           "video_to_video(model, videos, prompts)" if videos is None else
+                           "video_to_video(model, videos, prompts)" if model.pipeline == COGVIDEOX_V2V_PIPELINE else
+                           "this CogVideoX folder is CogVideoXFunControlPipeline; call control_to_video(model, "
+                           "control_videos, prompts)" if control else
                            f"this CogVideoX folder is a {model.pipeline} one; video_to_video takes a "
-                           f"{COGVIDEOX_V2V_PIPELINE} folder")
+                           f"{COGVIDEOX_V2V_PIPELINE} folder, control_to_video a {COGVIDEOX_FUN_PIPELINE} one")
+    if control and strength is not None:
+        raise DiffkitError(f"strength={strength!r} is not allowed for {COGVIDEOX_FUN_PIPELINE} (it noises no video; "
+                           f"the control video is a condition)")
     scale = pipeline_scale(guidance_scale, model.default_guidance_scale, convention)
     cfg = guided(scale, "diffusers", negative_prompt)
     prompts = prompt_list(prompts)
@@ -399,11 +444,12 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
     model.check_size(height, width)
     steps = model.default_steps if steps is None else steps
     grid = model.scheduler_grid(steps)
-    if videos is not None:  # the pipeline's get_timesteps: the strength's last steps
+    if videos is not None and not control:  # the pipeline's get_timesteps: the strength's last steps
         from ..editing import strength_grid
         grid = strength_grid(grid, COGVIDEOX_STRENGTH if strength is None else strength)
-    if sampler is None:
-        sampler = "ddim"  # CogVideoXDDIMScheduler.step: DDIM, eta 0
+    own = sampler is None
+    if own:  # CogVideoXDDIMScheduler.step: DDIM, eta 0; CogVideoXDPMScheduler.step: SDE-DPM-Solver++(2M)
+        sampler = "sde-dpm-solver++-2m" if model.scheduler_class == COGVIDEOX_DPM else "ddim"
     f = model.vae_scale_factor
     channels = int(model.transformer.config.out_channels)
     shape = (len(prompts), channels, latent_frames, height // f, width // f)
@@ -411,9 +457,11 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
     cond = {"context": model.encode_prompts(prompts)}
     if images is not None:  # sampled from the generators before the noise (prepare_latents)
         cond["image"] = model.image_latents(images, height, width, latent_frames, generators)
+    if control:  # the control video's latents, beside the noisy ones along the channels (no generator drawn)
+        cond["image"] = model.video_latents(videos, height, width, None, mode=True)
     if latents is None:  # drawn in the pipeline's (B, F, C, h, w) layout
         drawn = (shape[0], shape[2], shape[1], *shape[3:])
-        z0 = None if videos is None else model.video_latents(videos, height, width, generators)  # before the noise
+        z0 = None if videos is None or control else model.video_latents(videos, height, width, generators)
         latents = randn(drawn, generators, device=model.device).permute(0, 2, 1, 3, 4)
         if z0 is not None:  # scheduler.add_noise at the first kept timestep
             from ..diffusion import q_sample
@@ -426,8 +474,10 @@ def text_to_video(model: CogVideoX, prompts: Union[str, Sequence[str]], *, negat
         null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts)))
         denoiser = ClassifierFreeGuidance(denoiser, scale, "diffusers", null_context=null, weight_input=dynamic_cfg)
         if dynamic_cfg:
-            denoiser = DynamicGuidance(denoiser, scale, len(grid) - 1 if videos is not None else steps)
+            denoiser = DynamicGuidance(denoiser, scale, len(grid) - 1)  # the kept steps (video-to-video)
     state = torch.float32
+    if own and model.scheduler_class == COGVIDEOX_DPM:  # its step's z from the videos' generators, after z_T's
+        options = {"noise": DPMStepNoise(generators, len(grid) - 1), **options}
     z = sample(denoiser, latents.to(model.device, state).contiguous(), sampler, grid=grid, seed=seed, cond=cond,
                progress=progress, device=model.device, dtype=state, **options)
     if return_latents:
@@ -442,6 +492,14 @@ def image_to_video(model: CogVideoX, images, prompts: Union[str, Sequence[str]],
     return text_to_video(model, prompts, images=list(images), **options)
 
 
+def control_to_video(model: CogVideoX, control_videos, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
+    """Videos (B, T, 3, H, W) following ``control_videos`` (one per prompt: lists of PIL frames or (T, 3, H, W) in
+    [-1, 1]; one frame count, 4 k + 1, the output's; e.g. pose or depth videos) and ``prompts`` as
+    ``CogVideoXFunControlPipeline`` (module docstring): the control videos' latents (posterior modes) beside the noisy
+    latents along the channels at every call; the options: :func:`text_to_video`'s."""
+    return text_to_video(model, prompts, videos=list(control_videos), **options)
+
+
 def video_to_video(model: CogVideoX, videos, prompts: Union[str, Sequence[str]], *, strength: Optional[float] = None,
                    **options) -> torch.Tensor:
     """Videos (B, T, 3, H, W) of input ``videos`` (one per prompt: lists of PIL frames or (T, 3, H, W) in [-1, 1],
@@ -452,7 +510,7 @@ def video_to_video(model: CogVideoX, videos, prompts: Union[str, Sequence[str]],
     return text_to_video(model, prompts, videos=list(videos), strength=strength, **options)
 
 
-__all__ = ["CogVideoX", "CogVideoXNet", "DynamicGuidance", "load_cogvideox", "is_cogvideox_folder",
+__all__ = ["CogVideoX", "CogVideoXNet", "DynamicGuidance", "DPMStepNoise", "load_cogvideox", "is_cogvideox_folder",
            "check_cogvideox_folder", "check_size", "latent_frames", "dynamic_scale", "text_to_video",
-           "image_to_video", "video_to_video", "COGVIDEOX_PIPELINE", "COGVIDEOX_I2V_PIPELINE", "COGVIDEOX_V2V_PIPELINE",
-           "COGVIDEOX_STRENGTH", "COGVIDEOX_FPS"]
+           "image_to_video", "video_to_video", "control_to_video", "COGVIDEOX_PIPELINE", "COGVIDEOX_I2V_PIPELINE",
+           "COGVIDEOX_V2V_PIPELINE", "COGVIDEOX_FUN_PIPELINE", "COGVIDEOX_STRENGTH", "COGVIDEOX_FPS"]

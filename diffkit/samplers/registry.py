@@ -263,7 +263,7 @@ register(SamplerInfo("dpm-solver++-3m", dpm_solver_multistep, order=3, calls_per
                      options={"solver_order": 3, "algorithm_type": "dpmsolver++"}))
 register(SamplerInfo("sde-dpm-solver++-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=True,
                      description="SDE-DPM-Solver++(2M) (Lu et al. 2022b; diffusers 'sde-dpmsolver++')",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr", default_final="zero", infinite_noise_start=True,
                      options={"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}))
 
 register(SamplerInfo("sde-dpm-solver++-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=True,
