@@ -276,6 +276,7 @@ VISUALCLOZE = "## VisualCloze folders (`diffkit.interop.visualcloze`)"
 HUNYUAN_VIDEO = "## HunyuanVideo folders (`diffkit.interop.hunyuan_video`)"
 KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_video`)"
 SKYREELS_V2 = "## SkyReels-V2 folders (`diffkit.interop.skyreels_v2`)"
+EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -359,7 +360,8 @@ SKYREELS_V2 = "## SkyReels-V2 folders (`diffkit.interop.skyreels_v2`)"
                                                                         "Kandinsky5I2VPipeline"], "KV"),
                                                     (SKYREELS_V2, ["SkyReelsV2Pipeline",
                                                                    "SkyReelsV2ImageToVideoPipeline",
-                                                                   "SkyReelsV2DiffusionForcingPipeline"], "SK")])
+                                                                   "SkyReelsV2DiffusionForcingPipeline"], "SK"),
+                                                    (EASYANIMATE, ["EasyAnimatePipeline"], "EA")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
