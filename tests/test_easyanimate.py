@@ -3,7 +3,10 @@ EasyAnimatePipeline on a tiny random folder (a 2-layer Qwen2VLForConditionalGene
 BPE tokenizer of tests/_qwen_image_helpers.py with a Qwen-style chat template, an EasyAnimateTransformer3DModel of one
 MMDiT and one plain block with every zero-initialised weight randomised, a 3-level AutoencoderKLMagvit of width 8 (4 x
 spatial, 2 x temporal), FlowMatchEuler with use_dynamic_shifting (the pipeline's mu = 1); nothing downloaded): 5
-frames (3 latent frames) of 16 x 16, 2 steps."""
+frames (3 latent frames) of 16 x 16, 2 steps. EasyAnimateInpaintPipeline: the same parts with an inpainting
+transformer (2 C + 1 input channels) and cache_mag_vae in the VAE config, driven as its documented image-to-video use
+(get_image_to_video_latent of a 20 x 24 random image)."""
+import json
 import shutil
 
 import numpy as np
@@ -16,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.easyanimate import check_easyanimate_folder, load_easyanimate, text_to_video  # noqa: E402
+from diffkit.interop.easyanimate_inpaint import image_to_video, load_easyanimate_inpaint  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
 from _qwen_image_helpers import tiny_qwen_tokenizer  # noqa: E402
@@ -63,6 +67,68 @@ def tiny_easyanimate(tmp_path_factory):
                                          scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
     pipe.save_pretrained(root / "easyanimate")
     return reloaded(root / "easyanimate", diffusers.EasyAnimatePipeline, load_easyanimate)
+
+
+@pytest.fixture(scope="module")
+def tiny_easyanimate_inpaint(tiny_easyanimate, tmp_path_factory):
+    """(EasyAnimateInpaintPipeline.from_pretrained, its folder, load_easyanimate_inpaint of it, a PIL image): the
+    text-to-video folder's parts with an inpainting transformer, cache_mag_vae true in the VAE config."""
+    from PIL import Image
+    pipe, _, _ = tiny_easyanimate
+    root = tmp_path_factory.mktemp("easyanimate_inpaint")
+    torch.manual_seed(1)
+    transformer = diffusers.EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=2 * Z + 1, out_channels=Z, patch_size=2,
+        num_layers=2, mmdit_layers=1, time_embed_dim=16, text_embed_dim=16)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            if not bool(p.any()):
+                p.normal_(0, 0.2)
+    diffusers.EasyAnimateInpaintPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                         transformer=transformer, scheduler=pipe.scheduler).save_pretrained(root)
+    config = json.loads((root / "vae" / "config.json").read_text())
+    (root / "vae" / "config.json").write_text(json.dumps({**config, "cache_mag_vae": True}))
+    image = Image.fromarray((np.random.RandomState(0).rand(20, 24, 3) * 255).astype(np.uint8))
+    return reloaded(root, diffusers.EasyAnimateInpaintPipeline, load_easyanimate_inpaint) + (image,)
+
+
+def test_easyanimate_inpaint_image_to_video_matches_the_pipeline(tiny_easyanimate_inpaint):
+    """The image the first frame (get_image_to_video_latent's video and mask), noise augmentation 0.0563 drawn after
+    the latent noise from generator seed, CFG s = 4 against a negative prompt: the final latents; the default
+    negative prompt "" (the pipeline given "") and s = 5: the decoded frames; a text-to-video call on the folder is
+    one line."""
+    from diffusers.pipelines.easyanimate.pipeline_easyanimate_inpaint import get_image_to_video_latent
+    pipe, _, model, image = tiny_easyanimate_inpaint
+    video, mask = get_image_to_video_latent(image, None, FRAMES, (H, W))
+    ref = pipe(PROMPT, video=video, mask_video=mask, negative_prompt=NEGATIVE, guidance_scale=4.0,
+               generator=torch.Generator().manual_seed(5), output_type="latent", **SIZE).frames
+    ours = image_to_video(model, image, PROMPT, negative_prompt=NEGATIVE, guidance_scale=4.0, seed=5,
+                          return_latents=True, **OURS)
+    assert ours.shape == ref.shape == (1, Z, 3, H // 4, W // 4)
+    assert relative_error(ours, ref) < 1e-5
+    frames = pipe(PROMPT, video=video, mask_video=mask, negative_prompt="", generator=torch.Generator().manual_seed(6),
+                  output_type="pt", **SIZE).frames
+    videos = image_to_video(model, [image], PROMPT, seed=6, output_range="0,1", **OURS)
+    assert videos.shape == frames.shape == (1, FRAMES, 3, H, W)
+    assert relative_error(videos, frames) < 1e-5
+    with pytest.raises(DiffkitError, match="text_to_video needs an EasyAnimatePipeline folder"):
+        text_to_video(model, PROMPT, **OURS)
+
+
+def test_easyanimate_inpaint_command_writes_the_library_videos(tiny_easyanimate_inpaint, tmp_path, capsys):
+    """``diffkit video --image`` on the inpainting folder writes the library's image-to-video frames (8-bit); without
+    --image it is one line."""
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video
+    _, path, model, image = tiny_easyanimate_inpaint
+    image.save(tmp_path / "first.png")
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPT, "--image", str(tmp_path / "first.png"),
+            "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--steps", str(STEPS), "--seed", "3",
+            "--no-progress", "--out", str(tmp_path / "x.png"), "--individual", str(tmp_path / "each")]
+    assert main(argv) == 0
+    videos = image_to_video(model, image, PROMPT, seed=3, **OURS)
+    assert (to_uint8(read_video(tmp_path / "each" / "video_00000.png")) == to_uint8(videos[0])).all()
+    refused_in_one_line(capsys, tmp_path, "video", path, [], "--image")
 
 
 def _latents(batch=1, seed=7):
@@ -128,10 +194,10 @@ def test_easyanimate_command_refusals_are_one_line(tiny_easyanimate, tmp_path, c
     refused_in_one_line(capsys, tmp_path, "video", path, args, expected)
 
 
-def test_easyanimate_folder_refusals_are_one_line(tiny_easyanimate, tmp_path, capsys):
+def test_easyanimate_folder_refusals_are_one_line(tiny_easyanimate, tiny_easyanimate_inpaint, tmp_path, capsys):
     """From the JSON alone: diffkit sample on the folder (naming diffkit video); another transformer class, an
     inpainting transformer's channels, no text attention mask, a stochastic scheduler, a tokenizer without a chat
-    template."""
+    template; an inpainting folder with a plain transformer's channels, a VAE-encoded mask, no cache_mag_vae."""
     _, path, _ = tiny_easyanimate
     refused_in_one_line(capsys, tmp_path, "sample", path, [], "EasyAnimatePipeline folder, which diffkit sample "
                                                               "does not take (it makes videos)")
@@ -143,6 +209,15 @@ def test_easyanimate_folder_refusals_are_one_line(tiny_easyanimate, tmp_path, ca
             ("scheduler/scheduler_config.json", {"stochastic_sampling": True}, "stochastic_sampling=True")]:
         with pytest.raises(DiffkitError, match=expected) as err:
             check_easyanimate_folder(changed_folder(path, tmp_path, part, change))
+        assert "\n" not in str(err.value)
+    _, inpaint, _, _ = tiny_easyanimate_inpaint
+    inpainting = "EasyAnimateInpaintPipeline"
+    for part, change, expected in [
+            ("transformer/config.json", {"in_channels": Z}, "in_channels, out_channels = 4, 4; allowed: 9, 4"),
+            ("transformer/config.json", {"resize_inpaint_mask_directly": False}, "resize_inpaint_mask_directly"),
+            ("vae/config.json", {"cache_mag_vae": None}, "cache_mag_vae=None")]:
+        with pytest.raises(DiffkitError, match=expected) as err:
+            check_easyanimate_folder(changed_folder(inpaint, tmp_path, part, change), inpainting)
         assert "\n" not in str(err.value)
     bare = tmp_path / "bare"
     shutil.copytree(path, bare)

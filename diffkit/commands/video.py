@@ -49,6 +49,7 @@ VIDEO_KINDS: dict[str, str] = {
     "SkyReelsV2ImageToVideoPipeline": "._video_skyreels_v2:I2V_KIND",
     "SkyReelsV2DiffusionForcingPipeline": "._video_skyreels_v2:DF_KIND",
     "EasyAnimatePipeline": "._video_easyanimate",
+    "EasyAnimateInpaintPipeline": "._video_easyanimate:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",

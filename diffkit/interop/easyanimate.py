@@ -45,6 +45,7 @@ from .flow_latents import FlowLatentVAE
 from .hunyuan_video import HunyuanVideoVAE
 
 EASYANIMATE_PIPELINE = "EasyAnimatePipeline"
+EASYANIMATE_INPAINT_PIPELINE = "EasyAnimateInpaintPipeline"  # image-to-video: :mod:`.easyanimate_inpaint`
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 EASYANIMATE_CLASSES = {"transformer": ("EasyAnimateTransformer3DModel",), "vae": ("AutoencoderKLMagvit",),
                        "text_encoder": ("Qwen2VLForConditionalGeneration", "BertModel"),
@@ -62,19 +63,22 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 class EasyAnimateNet(torch.nn.Module):
     """``net(z, t, context)`` over an ``EasyAnimateTransformer3DModel`` on latent videos z (B, C, F, h, w):
     ``context`` (the text encoder's states) -> ``encoder_hidden_states`` (no mask, as the pipeline), ``t`` (the flow
-    time s T) -> ``timestep``; the velocity in z's dtype."""
+    time s T) -> ``timestep``, ``inpaint`` (an inpainting transformer's mask and masked-video latents, :mod:`.
+    easyanimate_inpaint`) -> ``inpaint_latents``; the velocity in z's dtype."""
 
     def __init__(self, transformer):
         super().__init__()
         self.model = transformer
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
+                inpaint: torch.Tensor = None) -> torch.Tensor:
         if context is None:
             raise DiffkitError("an EasyAnimate transformer needs cond {'context'} (EasyAnimate.encode_prompts)")
         dtype, b = model_dtype(self.model), x.shape[0]
         timestep = torch.as_tensor(t, device=x.device, dtype=dtype).reshape(-1).expand(b)
+        inpaint = None if inpaint is None else inpaint.to(dtype).expand(b, -1, -1, -1, -1)
         return self.model(x.to(dtype), timestep, encoder_hidden_states=context.to(dtype).expand(b, -1, -1),
-                          return_dict=False)[0].to(x.dtype)
+                          inpaint_latents=inpaint, return_dict=False)[0].to(x.dtype)
 
 
 @dataclass
@@ -89,6 +93,7 @@ class EasyAnimate(HunyuanVideoVAE, FlowLatentVAE):
     schedule: object
     device: torch.device
     dtype: torch.dtype = torch.float32
+    pipeline: str = EASYANIMATE_PIPELINE
     _sigmas: dict = field(default_factory=dict, repr=False)
 
     default_steps = EASYANIMATE_STEPS
@@ -165,17 +170,20 @@ def pipeline_shift(sched: dict) -> float:
     return flow_shift_of(sched)
 
 
-def check_easyanimate_folder(directory) -> tuple:
-    """(model_index dict, scheduler config) of an ``EasyAnimatePipeline`` folder, checked from its JSON alone (module
-    docstring); a one-line DiffkitError for what diffkit does not drive."""
+def check_easyanimate_folder(directory, pipeline: str = EASYANIMATE_PIPELINE) -> tuple:
+    """(model_index dict, scheduler config) of an ``EasyAnimatePipeline`` folder (or with ``pipeline`` an
+    ``EasyAnimateInpaintPipeline`` one, its transformer's channels :func:`.easyanimate_inpaint.check_inpaint_configs`'),
+    checked from its JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .flux import check_flux_scheduler
     from .pixart import checked_folder, folder_sampler
     directory = Path(directory)
-    index, config, vae = checked_folder(directory, EASYANIMATE_PIPELINE, REQUIRED, "EasyAnimate",
-                                        EASYANIMATE_CLASSES)
+    index, config, vae = checked_folder(directory, pipeline, REQUIRED, "EasyAnimate", EASYANIMATE_CLASSES)
     latents = vae.get("latent_channels", 16)
     channels = (config.get("in_channels"), config.get("out_channels"))
-    if channels != (latents, latents):
+    if pipeline == EASYANIMATE_INPAINT_PIPELINE:
+        from .easyanimate_inpaint import check_inpaint_configs
+        check_inpaint_configs(directory, config, vae)
+    elif channels != (latents, latents):
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
                            f"{channels[1]!r}; allowed: the VAE's latent channels {latents!r} (an inpainting or "
                            f"control transformer is not {EASYANIMATE_PIPELINE}'s)")
@@ -208,21 +216,23 @@ def check_chat_template(tokenizer_dir: Path) -> None:
 
 
 def load_easyanimate(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                     progress: bool = True) -> EasyAnimate:
-    """Load an ``EasyAnimatePipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_easyanimate_folder`); the transformer's ``text_embed_dim`` must be the text encoder's width."""
+                     progress: bool = True, pipeline: str = EASYANIMATE_PIPELINE) -> EasyAnimate:
+    """Load an ``EasyAnimatePipeline`` folder (``pipeline``: or an ``EasyAnimateInpaintPipeline`` one), never
+    downloading nor unpickling, checked first (:func:`check_easyanimate_folder`); the transformer's
+    ``text_embed_dim`` must be the text encoder's width."""
     from ..schedule import NoiseSchedule
     from .flow_latents import frozen_on, load_flow_parts
     from .schedulers import train_timesteps
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, sched = check_easyanimate_folder(directory)
+    index, sched = check_easyanimate_folder(directory, pipeline)
     schedule = NoiseSchedule.flow(train_timesteps(sched), pipeline_shift(sched))
     parts = load_flow_parts(directory, index, diffusers.EasyAnimateTransformer3DModel,
                             {"": "Qwen2VLForConditionalGeneration"}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLMagvit)
     device = frozen_on(parts, device)
-    model = EasyAnimate(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype)
+    model = EasyAnimate(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype,
+                        pipeline=pipeline)
     text = model.text_encoder.config
     width = getattr(getattr(text, "text_config", text), "hidden_size", None)
     if model.transformer.config.text_embed_dim != width:
@@ -231,17 +241,10 @@ def load_easyanimate(directory: Union[str, Path], device="cpu", dtype: torch.dty
     return model
 
 
-def text_to_video(model: EasyAnimate, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
-                  guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
-                  sampler: Optional[str] = None, nfe: Optional[int] = None,
-                  grid: Union[None, str, torch.Tensor] = None, num_frames: Optional[int] = None,
-                  height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
-                  latents: Optional[torch.Tensor] = None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                  output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
-                  **options) -> torch.Tensor:
+def text_to_video(model: EasyAnimate, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
     """Videos (B, T, C, H, W) of ``prompts`` (one video each) as ``EasyAnimatePipeline`` (module docstring).
 
-    guidance_scale: CFG in ``convention`` (diffusers: s, default 5.0; off for s <= 1, where a negative prompt is
+    Keyword arguments (:func:`generate_video`): guidance_scale: CFG in ``convention`` (diffusers: s, default 5.0; off for s <= 1, where a negative prompt is
     refused); negative_prompt: one, or one per prompt (default ""). sampler / grid: both None (the default): the
     pipeline's loop, flow Euler (``ddim``) on the scheduler's sigmas (``steps``, default 50); a sampler alone: its own
     grid of ``steps`` / ``nfe``; ``grid``: ``"scheduler"`` or a tensor (:func:`.flow_latents.pipeline_grid`). Further
@@ -249,6 +252,22 @@ def text_to_video(model: EasyAnimate, prompts: Union[str, Sequence[str]], *, neg
     multiples of 16). latents: z at s = 1 (B, C, F, h, w), default N(0, I), video i's from ``seed + i``. Returns
     videos in ``output_range`` ("-1,1" or "0,1": the pipeline's ``output_type="pt"``), or with ``return_latents`` the
     final latents (its ``output_type="latent"``)."""
+    if model.pipeline != EASYANIMATE_PIPELINE:
+        raise DiffkitError(f"text_to_video needs an {EASYANIMATE_PIPELINE} folder; this one is an {model.pipeline} "
+                           f"folder (image_to_video of diffkit.interop.easyanimate_inpaint)")
+    return generate_video(model, prompts, **options)
+
+
+def generate_video(model: EasyAnimate, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
+                   guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
+                   sampler: Optional[str] = None, nfe: Optional[int] = None,
+                   grid: Union[None, str, torch.Tensor] = None, num_frames: Optional[int] = None,
+                   height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
+                   latents: Optional[torch.Tensor] = None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False, inpaint=None,
+                   **options) -> torch.Tensor:
+    """:func:`text_to_video`'s loop; ``inpaint``: a callable (z at s = 1, height, width, drew_noise) -> the
+    transformer's ``inpaint`` cond (B, 1 + C, F, h, w) (image-to-video, :mod:`.easyanimate_inpaint`)."""
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
     from ..sampling import sample
@@ -262,9 +281,12 @@ def text_to_video(model: EasyAnimate, prompts: Union[str, Sequence[str]], *, neg
     cfg = guided(scale, convention, negative_prompt)
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, model.default_steps, model.scheduler_grid,
                                          options.get("flow_shift"))
-    latents, _, _ = start_video(model, len(prompts), int(model.transformer.config.in_channels), num_frames, height,
-                                width, seed, latents, EASYANIMATE_PIPELINE)
+    drew_noise = latents is None
+    latents, height, width = start_video(model, len(prompts), int(model.vae.config.latent_channels), num_frames,
+                                         height, width, seed, latents, model.pipeline)
     denoiser, cond = model.denoiser(), {"context": model.encode_prompts(prompts, max_sequence_length)}
+    if inpaint is not None:
+        cond["inpaint"] = inpaint(latents, height, width, drew_noise)
     if cfg:
         negatives = negative_prompts(negative_prompt, len(prompts))
         negatives = negatives[:1] if len(set(negatives)) == 1 else negatives  # one row serves every video
