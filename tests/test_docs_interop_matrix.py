@@ -361,7 +361,8 @@ EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
                                                     (SKYREELS_V2, ["SkyReelsV2Pipeline",
                                                                    "SkyReelsV2ImageToVideoPipeline",
                                                                    "SkyReelsV2DiffusionForcingPipeline"], "SK"),
-                                                    (EASYANIMATE, ["EasyAnimatePipeline"], "EA")])
+                                                    (EASYANIMATE, ["EasyAnimatePipeline",
+                                                                   "EasyAnimateInpaintPipeline"], "EA")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -74,8 +74,9 @@ def tiny_easyanimate_inpaint(tiny_easyanimate, tmp_path_factory):
     """(EasyAnimateInpaintPipeline.from_pretrained, its folder, load_easyanimate_inpaint of it, a PIL image): the
     text-to-video folder's parts with an inpainting transformer, cache_mag_vae true in the VAE config."""
     from PIL import Image
-    pipe, _, _ = tiny_easyanimate
-    root = tmp_path_factory.mktemp("easyanimate_inpaint")
+    _, folder, _ = tiny_easyanimate
+    root = tmp_path_factory.mktemp("easyanimate_inpaint") / "inpaint"
+    root.mkdir()
     torch.manual_seed(1)
     transformer = diffusers.EasyAnimateTransformer3DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=2 * Z + 1, out_channels=Z, patch_size=2,
@@ -84,10 +85,16 @@ def tiny_easyanimate_inpaint(tiny_easyanimate, tmp_path_factory):
         for p in transformer.parameters():
             if not bool(p.any()):
                 p.normal_(0, 0.2)
-    diffusers.EasyAnimateInpaintPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                         transformer=transformer, scheduler=pipe.scheduler).save_pretrained(root)
-    config = json.loads((root / "vae" / "config.json").read_text())
+    transformer.save_pretrained(root / "transformer")  # the other parts the text-to-video folder's (linked)
+    for part in ("text_encoder", "tokenizer", "scheduler"):
+        (root / part).symlink_to(folder / part)
+    (root / "vae").mkdir()
+    (root / "vae" / "diffusion_pytorch_model.safetensors").symlink_to(
+        folder / "vae" / "diffusion_pytorch_model.safetensors")
+    config = json.loads((folder / "vae" / "config.json").read_text())
     (root / "vae" / "config.json").write_text(json.dumps({**config, "cache_mag_vae": True}))
+    index = json.loads((folder / "model_index.json").read_text())
+    (root / "model_index.json").write_text(json.dumps({**index, "_class_name": "EasyAnimateInpaintPipeline"}))
     image = Image.fromarray((np.random.RandomState(0).rand(20, 24, 3) * 255).astype(np.uint8))
     return reloaded(root, diffusers.EasyAnimateInpaintPipeline, load_easyanimate_inpaint) + (image,)
 

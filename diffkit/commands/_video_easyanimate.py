@@ -1,9 +1,10 @@
 """``diffkit video --checkpoint EASYANIMATE_FOLDER --prompt TEXT``: text-to-video as ``EasyAnimatePipeline``
 (:func:`diffkit.interop.easyanimate.text_to_video`; ``KIND``), and ``--checkpoint EASYANIMATE_INPAINT_FOLDER --image
 PNG --prompt TEXT``: image-to-video as ``EasyAnimateInpaintPipeline`` with the image as the first frame
-(:func:`diffkit.interop.easyanimate_inpaint.image_to_video`; ``I2V_KIND``); docs/interop/easyanimate.md. CFG (``--guidance-scale``, default
-5.0, in ``--guidance-convention``) against ``--negative-prompt`` (default ""). ``diffkit sample`` / ``diffkit edit``
-on such a folder: one line naming ``diffkit video`` (:func:`.video.refuse_video_folder`)."""
+(:func:`diffkit.interop.easyanimate_inpaint.image_to_video`; ``I2V_KIND``); docs/interop/easyanimate.md. CFG
+(``--guidance-scale``, default 5.0, in ``--guidance-convention``) against ``--negative-prompt`` (default "").
+``diffkit sample`` / ``diffkit edit`` on such a folder: one line naming ``diffkit video``
+(:func:`.video.refuse_video_folder`)."""
 from __future__ import annotations
 
 from .video import VideoKind

@@ -244,14 +244,14 @@ def load_easyanimate(directory: Union[str, Path], device="cpu", dtype: torch.dty
 def text_to_video(model: EasyAnimate, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
     """Videos (B, T, C, H, W) of ``prompts`` (one video each) as ``EasyAnimatePipeline`` (module docstring).
 
-    Keyword arguments (:func:`generate_video`): guidance_scale: CFG in ``convention`` (diffusers: s, default 5.0; off for s <= 1, where a negative prompt is
-    refused); negative_prompt: one, or one per prompt (default ""). sampler / grid: both None (the default): the
-    pipeline's loop, flow Euler (``ddim``) on the scheduler's sigmas (``steps``, default 50); a sampler alone: its own
-    grid of ``steps`` / ``nfe``; ``grid``: ``"scheduler"`` or a tensor (:func:`.flow_latents.pipeline_grid`). Further
-    keywords go to :func:`diffkit.sample`. num_frames (default 49, 1 + r k), height / width (default 512 x 512,
-    multiples of 16). latents: z at s = 1 (B, C, F, h, w), default N(0, I), video i's from ``seed + i``. Returns
-    videos in ``output_range`` ("-1,1" or "0,1": the pipeline's ``output_type="pt"``), or with ``return_latents`` the
-    final latents (its ``output_type="latent"``)."""
+    Keyword arguments (:func:`generate_video`): guidance_scale: CFG in ``convention`` (diffusers: s, default 5.0;
+    off for s <= 1, where a negative prompt is refused); negative_prompt: one, or one per prompt (default "").
+    sampler / grid: both None (the default): the pipeline's loop, flow Euler (``ddim``) on the scheduler's sigmas
+    (``steps``, default 50); a sampler alone: its own grid of ``steps`` / ``nfe``; ``grid``: ``"scheduler"`` or a
+    tensor (:func:`.flow_latents.pipeline_grid`). Further keywords go to :func:`diffkit.sample`. num_frames (default
+    49, 1 + r k), height / width (default 512 x 512, multiples of 16). latents: z at s = 1 (B, C, F, h, w), default
+    N(0, I), video i's from ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1": the pipeline's
+    ``output_type="pt"``), or with ``return_latents`` the final latents (its ``output_type="latent"``)."""
     if model.pipeline != EASYANIMATE_PIPELINE:
         raise DiffkitError(f"text_to_video needs an {EASYANIMATE_PIPELINE} folder; this one is an {model.pipeline} "
                            f"folder (image_to_video of diffkit.interop.easyanimate_inpaint)")
