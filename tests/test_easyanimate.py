@@ -124,7 +124,7 @@ def test_easyanimate_inpaint_image_to_video_matches_the_pipeline(tiny_easyanimat
 
 def test_easyanimate_inpaint_command_writes_the_library_videos(tiny_easyanimate_inpaint, tmp_path, capsys):
     """``diffkit video --image`` on the inpainting folder writes the library's image-to-video frames (8-bit); without
-    --image it is one line."""
+    --image it is one line, as diffkit sample on the folder."""
     from diffkit.images import to_uint8
     from diffkit.video import read_video
     _, path, model, image = tiny_easyanimate_inpaint
@@ -136,6 +136,8 @@ def test_easyanimate_inpaint_command_writes_the_library_videos(tiny_easyanimate_
     videos = image_to_video(model, image, PROMPT, seed=3, **OURS)
     assert (to_uint8(read_video(tmp_path / "each" / "video_00000.png")) == to_uint8(videos[0])).all()
     refused_in_one_line(capsys, tmp_path, "video", path, [], "--image")
+    refused_in_one_line(capsys, tmp_path, "sample", path, [], "EasyAnimateInpaintPipeline folder, which diffkit "
+                                                              "sample does not take (it makes videos)")
 
 
 def _latents(batch=1, seed=7):
