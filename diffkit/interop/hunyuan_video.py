@@ -77,7 +77,7 @@ def check_frames(frames, factor: int = 4) -> int:
     k = factor
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or (frames - 1) % k:
         raise DiffkitError(f"num_frames={frames!r} is not allowed; give {k} k + 1 frames (1, {k + 1}, {2 * k + 1}, "
-                           f"...: the HunyuanVideo VAE's causal 1 + {k} k; the pipeline would round others down)")
+                           f"...: the video VAE's causal 1 + {k} k; the pipeline would round others down)")
     return frames
 
 
