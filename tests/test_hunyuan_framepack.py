@@ -99,16 +99,76 @@ def test_framepack_matches_the_pipeline(tiny_framepack):
 
 @pytest.mark.parametrize("case", ["vanilla", "last_image_cfg"])
 def test_framepack_vanilla_and_last_image(tiny_framepack, case):
-    """vanilla sampling (history read from its end, 2 sections) and inverted_anti_drifting with a last image and true
-    CFG 3 against a negative prompt: the pipeline's latents and frames."""
+    """vanilla sampling (history read from its end, 2 sections): the pipeline's latents and frames; inverted
+    anti-drifting with a last image and true CFG 3 against a negative prompt: its latents, and another diffkit sampler
+    (UniPC on its own grid) runs every section."""
     pipe, _, model = tiny_framepack
     image = _image()
     extra = dict(sampling_type="vanilla") if case == "vanilla" else \
         dict(last_image=_image(1), negative_prompt=NEGATIVE, true_cfg_scale=3.0)
-    for output in ("latent", "pt"):
+    for output in ("latent", "pt") if case == "vanilla" else ("latent",):
         ref = pipe(image, prompt=PROMPT, generator=_generators(5), output_type=output, **SIZE, **extra).frames
         ours = image_to_video(model, image, PROMPT, seed=5, return_latents=output == "latent", output_range="0,1",
                               **OURS, **extra)
         ref = ref[-1] if output == "latent" else ref
         assert ours.shape == ref.shape
         assert relative_error(ours, ref) < 1e-5
+    if case != "vanilla":
+        other = image_to_video(model, image, PROMPT, sampler="unipc", return_latents=True, **OURS, **extra)
+        assert other.shape == ours.shape and bool(other.isfinite().all())
+
+
+def test_framepack_command_writes_the_library_videos(tiny_framepack, tmp_path, capsys):
+    """``diffkit video`` with --latent-window-size and --last-image writes the library's videos: the --individual
+    file read back equals the library's frames rounded to uint8, at the pipeline's 30 fps."""
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video
+    _, path, model = tiny_framepack
+    _image().save(tmp_path / "first.png")
+    _image(1).save(tmp_path / "last.png")
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPT, "--image", str(tmp_path / "first.png"),
+            "--last-image", str(tmp_path / "last.png"), "--frames", str(FRAMES), "--height", str(H), "--width",
+            str(W), "--steps", str(STEPS), "--latent-window-size", str(WINDOW), "--seed", "3", "--no-progress",
+            "--out", str(tmp_path / "x.png"), "--individual", str(tmp_path / "each")]
+    assert main(argv) == 0
+    assert "30 fps" in capsys.readouterr().out
+    videos = image_to_video(model, _image(), PROMPT, last_image=_image(1), seed=3, **OURS)
+    each = read_video(tmp_path / "each" / "video_00000.png")
+    assert (to_uint8(each) == to_uint8(videos[0])).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sampling-type", "forward"], "sampling_type='forward' is not allowed"),
+    (["--sampling-type", "vanilla", "--last-image", "IMAGE"], "a last image is not allowed with sampling_type="
+                                                              "'vanilla'"),
+    (["--height", "40"], "height x width 40x1280 is not allowed"),
+    (["--negative-prompt", NEGATIVE], "true CFG takes both"),
+    (["--lora", "x.safetensors"], "--lora does not apply to a HunyuanVideo FramePack folder")])
+def test_framepack_refusals_are_one_line(tiny_framepack, tmp_path, capsys, args, message):
+    """Before any weight is read, nothing written: an unknown sampling type, a last image with vanilla, a size not of
+    16, a lone negative prompt, --lora."""
+    _, path, _ = tiny_framepack
+    _image().save(tmp_path / "first.png")
+    args = [str(tmp_path / "first.png") if a == "IMAGE" else a for a in args]
+    refused_in_one_line(capsys, tmp_path, "video", path, ["--image", str(tmp_path / "first.png"), *args], message)
+
+
+@pytest.mark.parametrize("part, change, message", [
+    ("model_index.json", {"transformer": ["diffusers", "HunyuanVideoTransformer3DModel"]},
+     "transformer is a 'HunyuanVideoTransformer3DModel'; allowed: HunyuanVideoFramepackTransformer3DModel"),
+    ("transformer/config.json", {"has_clean_x_embedder": False}, "has_clean_x_embedder=False; allowed: true"),
+    ("transformer/config.json", {"image_condition_type": "token_replace"}, "image_condition_type='token_replace'"),
+    ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "use_dynamic_shifting")])
+def test_framepack_folder_refusals(tiny_framepack, tmp_path, part, change, message):
+    """Folders diffkit does not drive, from their JSON alone: another transformer class, no history embedder, an
+    image-conditioned transformer, a dynamic-shifting scheduler; the library's window and frames no positive int."""
+    _, path, model = tiny_framepack
+    for options, expected in [({"latent_window_size": 0}, "latent_window_size=0 is not allowed"),
+                              ({"num_frames": 2.5}, "num_frames=2.5 is not allowed")]:
+        with pytest.raises(DiffkitError, match=expected):
+            image_to_video(model, _image(), PROMPT, **{**OURS, **options})
+    parts = ("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "text_encoder_2",
+             "tokenizer_2", "vae", "image_encoder", "feature_extractor")
+    with pytest.raises(DiffkitError, match=message) as err:
+        check_framepack_folder(changed_folder(path, tmp_path, part, change, parts=parts))
+    assert "\n" not in str(err.value)
