@@ -279,6 +279,7 @@ KANDINSKY5_VIDEO = "## Kandinsky 5 video folders (`diffkit.interop.kandinsky5_vi
 SKYREELS_V2 = "## SkyReels-V2 folders (`diffkit.interop.skyreels_v2`)"
 MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)"
 HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15`)"
+HUNYUAN_FRAMEPACK = "## HunyuanVideo FramePack folders (`diffkit.interop.hunyuan_framepack`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -368,7 +369,8 @@ HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15
                                                     (MODELSCOPE, ["TextToVideoSDPipeline", "VideoToVideoSDPipeline",
                                                                   "I2VGenXLPipeline"], "MS"),
                                                     (HUNYUAN_VIDEO15, ["HunyuanVideo15Pipeline",
-                                                                       "HunyuanVideo15ImageToVideoPipeline"], "HF")])
+                                                                       "HunyuanVideo15ImageToVideoPipeline"], "HF"),
+                                                    (HUNYUAN_FRAMEPACK, ["HunyuanVideoFramepackPipeline"], "FP")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

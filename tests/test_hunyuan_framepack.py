@@ -138,15 +138,14 @@ def test_framepack_command_writes_the_library_videos(tiny_framepack, tmp_path, c
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sampling-type", "forward"], "sampling_type='forward' is not allowed"),
     (["--sampling-type", "vanilla", "--last-image", "IMAGE"], "a last image is not allowed with sampling_type="
                                                               "'vanilla'"),
     (["--height", "40"], "height x width 40x1280 is not allowed"),
     (["--negative-prompt", NEGATIVE], "true CFG takes both"),
     (["--lora", "x.safetensors"], "--lora does not apply to a HunyuanVideo FramePack folder")])
 def test_framepack_refusals_are_one_line(tiny_framepack, tmp_path, capsys, args, message):
-    """Before any weight is read, nothing written: an unknown sampling type, a last image with vanilla, a size not of
-    16, a lone negative prompt, --lora."""
+    """Before any weight is read, nothing written: a last image with vanilla, a size not of 16, a lone negative
+    prompt, --lora."""
     _, path, _ = tiny_framepack
     _image().save(tmp_path / "first.png")
     args = [str(tmp_path / "first.png") if a == "IMAGE" else a for a in args]
@@ -161,9 +160,11 @@ def test_framepack_refusals_are_one_line(tiny_framepack, tmp_path, capsys, args,
     ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "use_dynamic_shifting")])
 def test_framepack_folder_refusals(tiny_framepack, tmp_path, part, change, message):
     """Folders diffkit does not drive, from their JSON alone: another transformer class, no history embedder, an
-    image-conditioned transformer, a dynamic-shifting scheduler; the library's window and frames no positive int."""
+    image-conditioned transformer, a dynamic-shifting scheduler; the library's unknown sampling type, window and frames
+    no positive int."""
     _, path, model = tiny_framepack
-    for options, expected in [({"latent_window_size": 0}, "latent_window_size=0 is not allowed"),
+    for options, expected in [({"sampling_type": "forward"}, "sampling_type='forward' is not allowed; choose one of"),
+                              ({"latent_window_size": 0}, "latent_window_size=0 is not allowed"),
                               ({"num_frames": 2.5}, "num_frames=2.5 is not allowed")]:
         with pytest.raises(DiffkitError, match=expected):
             image_to_video(model, _image(), PROMPT, **{**OURS, **options})

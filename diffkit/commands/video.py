@@ -177,7 +177,7 @@ def register(sub) -> None:
                               "(diffusers' convention; HunyuanVideoPipeline's true_cfg_scale); their --guidance-scale "
                               "is the transformer's embedded guidance")
     framepack = p.add_argument_group("HunyuanVideo FramePack")
-    framepack.add_argument("--sampling-type", metavar="TYPE",
+    framepack.add_argument("--sampling-type", choices=("inverted_anti_drifting", "vanilla"),
                            help="FramePack folders: inverted_anti_drifting (default: sections from the end, "
                                 "--last-image allowed) or vanilla (forwards); the pipeline's sampling_type")
     framepack.add_argument("--latent-window-size", type=positive_int, metavar="N",
