@@ -99,20 +99,27 @@ def test_framepack_matches_the_pipeline(tiny_framepack):
 
 @pytest.mark.parametrize("case", ["vanilla", "last_image_cfg"])
 def test_framepack_vanilla_and_last_image(tiny_framepack, case):
-    """vanilla sampling (history read from its end, 2 sections): the pipeline's latents and frames; inverted
-    anti-drifting with a last image and true CFG 3 against a negative prompt: its latents, and another diffkit sampler
-    (UniPC on its own grid) runs every section."""
+    """vanilla sampling (history read from its end, 2 sections): the pipeline's latents of two videos (two images,
+    two prompts, generators seed 5 and 6) and one video's frames; inverted anti-drifting with a last image and true CFG
+    3 against a negative prompt: its latents, and another diffkit sampler (UniPC on its own grid) runs every section."""
     pipe, _, model = tiny_framepack
+    if case == "vanilla":
+        images, prompts = [_image(), _image(2)], [PROMPT, "a dog"]
+        ref = pipe(images, prompt=prompts, generator=_generators(5, 2), output_type="latent", sampling_type="vanilla",
+                   **SIZE).frames[-1]
+        ours = image_to_video(model, images, prompts, seed=5, return_latents=True, sampling_type="vanilla", **OURS)
+        assert ours.shape == ref.shape == (2, Z, 2 * WINDOW + 1, H // 8, W // 8)
+        assert relative_error(ours, ref) < 1e-5
     image = _image()
     extra = dict(sampling_type="vanilla") if case == "vanilla" else \
         dict(last_image=_image(1), negative_prompt=NEGATIVE, true_cfg_scale=3.0)
-    for output in ("latent", "pt") if case == "vanilla" else ("latent",):
-        ref = pipe(image, prompt=PROMPT, generator=_generators(5), output_type=output, **SIZE, **extra).frames
-        ours = image_to_video(model, image, PROMPT, seed=5, return_latents=output == "latent", output_range="0,1",
-                              **OURS, **extra)
-        ref = ref[-1] if output == "latent" else ref
-        assert ours.shape == ref.shape
-        assert relative_error(ours, ref) < 1e-5
+    output = "pt" if case == "vanilla" else "latent"
+    ref = pipe(image, prompt=PROMPT, generator=_generators(5), output_type=output, **SIZE, **extra).frames
+    ref = ref[-1] if output == "latent" else ref
+    ours = image_to_video(model, image, PROMPT, seed=5, return_latents=output == "latent", output_range="0,1",
+                          **OURS, **extra)
+    assert ours.shape == ref.shape
+    assert relative_error(ours, ref) < 1e-5
     if case != "vanilla":
         other = image_to_video(model, image, PROMPT, sampler="unipc", return_latents=True, **OURS, **extra)
         assert other.shape == ours.shape and bool(other.isfinite().all())
