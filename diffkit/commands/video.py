@@ -62,6 +62,7 @@ VIDEO_KINDS: dict[str, str] = {
     "SanaImageToVideoPipeline": "._video_sana:I2V_KIND",
     "EasyAnimatePipeline": "._video_easyanimate",
     "EasyAnimateInpaintPipeline": "._video_easyanimate:I2V_KIND",
+    "HunyuanVideoFramepackPipeline": "._video_hunyuan_framepack",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -184,6 +185,13 @@ def register(sub) -> None:
                          help="HunyuanVideo folders, with --negative-prompt: true classifier-free guidance s > 1 "
                               "(diffusers' convention; HunyuanVideoPipeline's true_cfg_scale); their --guidance-scale "
                               "is the transformer's embedded guidance")
+    framepack = p.add_argument_group("HunyuanVideo FramePack")
+    framepack.add_argument("--sampling-type", choices=("inverted_anti_drifting", "vanilla"),
+                           help="FramePack folders: inverted_anti_drifting (default: sections from the end, "
+                                "--last-image allowed) or vanilla (forwards); the pipeline's sampling_type")
+    framepack.add_argument("--latent-window-size", type=positive_int, metavar="N",
+                           help="FramePack folders: latent frames per section (default 9); --frames sets the "
+                                "number of sections")
     svd = p.add_argument_group("Stable Video Diffusion")
     svd.add_argument("--motion-bucket-id", type=int_in(0, 1_000_000), metavar="N",
                      help="the motion conditioning, added_time_ids (default 127; higher: more motion)")

@@ -299,10 +299,12 @@ def check_hunyuan_video_folder(directory) -> tuple:
 
 
 def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                       progress: bool = True, lora=None, check=None, cls=None) -> HunyuanVideo:
+                       progress: bool = True, lora=None, check=None, cls=None,
+                       transformer_cls=None) -> HunyuanVideo:
     """Load a ``HunyuanVideoPipeline`` folder (never downloads, never unpickles), checked first
     (:func:`check_hunyuan_video_folder`; ``check`` / ``cls``: another check and dataclass of the same components,
-    SkyReels' :mod:`.hunyuan_skyreels`). ``lora``: LoRA files (paths or (path, scale) pairs) with the diffusers /
+    SkyReels' :mod:`.hunyuan_skyreels`; ``transformer_cls``: another transformer class, FramePack's
+    :mod:`.hunyuan_framepack`). ``lora``: LoRA files (paths or (path, scale) pairs) with the diffusers /
     PEFT ``transformer.`` keys ``HunyuanVideoLoraLoaderMixin`` loads as they are (``save_lora_weights``' layout, rank
     / alpha patterns from ``lora_adapter_metadata``), read and checked first, fused into the transformer as
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``, W = W0 + s (alpha / r) B A (Hu et al. 2021, eq. 3;
@@ -320,7 +322,7 @@ def load_hunyuan_video(directory: Union[str, Path], device="cpu", dtype: torch.d
     loras = read_transformer_loras(lora, "HunyuanVideo", "a HunyuanVideo folder", HUNYUAN_VIDEO_PIPELINE,
                                    flux_check=False) if lora else []  # (its blocks are named as FLUX.1's)
     schedule = NoiseSchedule.flow(train_timesteps(sched), flow_shift_of(sched))
-    parts = load_flow_parts(directory, index, diffusers.HunyuanVideoTransformer3DModel,
+    parts = load_flow_parts(directory, index, transformer_cls or diffusers.HunyuanVideoTransformer3DModel,
                             {"": "LlamaModel", "_2": "CLIPTextModel"}, dtype, progress,
                             vae_cls=diffusers.AutoencoderKLHunyuanVideo)
     device = frozen_on(parts, device)
