@@ -162,10 +162,10 @@ def register(sub) -> None:
                      help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "
                           "--guidance-scale is (default --guidance-scale; without --guidance-scale both are in "
                           "diffusers' convention, the pipeline's default 5 and this S)")
-    wan_i2v = p.add_argument_group("Wan image-to-video")
+    wan_i2v = p.add_argument_group("First-last-frame (Wan image-to-video, SkyReels-V2, FramePack)")
     wan_i2v.add_argument("--last-image", type=path_arg, metavar="PNG",
                          help="every video's last frame (first-last-frame to video: a Wan 2.2 A14B or Wan2.1-FLF2V "
-                              "folder; the pipeline's last_image)")
+                              "folder, SkyReels-V2 image-to-video, HunyuanVideo FramePack; the pipeline's last_image)")
     vace = p.add_argument_group("Wan VACE")
     vace.add_argument("--mask", type=path_arg, metavar="FILE",
                       help="Wan VACE folders, with --video: a mask video of the control video's frames and size, "
