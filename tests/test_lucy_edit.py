@@ -92,6 +92,24 @@ def test_lucy_edit_ddim_matches_flow_match_euler(tiny_lucy, tmp_path):
     assert error < 1e-5
 
 
+def test_lucy_edit_wan21_vae_without_expand_timesteps(tiny_lucy, tmp_path):
+    """The same transformer on a Wan 2.1 VAE (factor 8, 16 x 32 frames: 2 x 4 latents) without ``expand_timesteps``
+    (one timestep per video), 2 UniPC steps unguided: the pipeline's final latents."""
+    pipe, _, _ = tiny_lucy
+    lucy = diffusers.LucyEditPipeline(**{**pipe.components, "vae": tiny_wan_parts()["vae"]})
+    lucy.save_pretrained(tmp_path / "lucy21")
+    theirs_pipe, _, model = reloaded(tmp_path / "lucy21", diffusers.LucyEditPipeline, load_lucy_edit)
+    video, kw = _video(7), {"guidance_scale": 1.0, "height": 16, "width": 32}
+    with torch.no_grad():
+        theirs = theirs_pipe(video=video, prompt=PROMPTS[1], num_inference_steps=2, output_type="latent",
+                             generator=[torch.Generator().manual_seed(1)], **kw).frames
+    ours = edit_video(model, [video], PROMPTS[1], steps=2, seed=1, return_latents=True, **kw)
+    assert not model.expand_timesteps and ours.shape == (1, Z, 2, 2, 4)
+    error = relative_error(ours, theirs)
+    print(f"latents: {error:.2e}")  # (measured 1.2e-7)
+    assert error < 1e-5
+
+
 def test_lucy_edit_command(tiny_lucy, tmp_path):
     """``diffkit video --video DIR`` (two instructions on one input video in one batch, 2 steps, CFG 5 against "")
     writes the library's frames at 24 fps."""
