@@ -110,6 +110,35 @@ def test_lucy_edit_wan21_vae_without_expand_timesteps(tiny_lucy, tmp_path):
     assert error < 1e-5
 
 
+def test_lucy_edit_two_experts_match_the_pipeline(tiny_lucy, tmp_path):
+    """The pipeline's two-expert path (a second random transformer as ``transformer_2``, boundary_ratio 0.8: of 3
+    UniPC steps at timesteps 999, 857, 600 the first two are ``transformer``'s), CFG 4 and guidance_scale_2 2.5
+    against a negative prompt: the same final latents (``output_type="latent"``); a ``transformer_2`` of z_dim input
+    channels and a boundary_ratio of 1.5 refused from the JSON."""
+    pipe, _, _ = tiny_lucy
+    torch.manual_seed(5)
+    second = randomised(diffusers.WanTransformer3DModel(**pipe.transformer.config), seed=6)
+    diffusers.LucyEditPipeline(**{**pipe.components, "transformer_2": second}, boundary_ratio=0.8,
+                               expand_timesteps=True).save_pretrained(tmp_path / "lucy22")
+    theirs_pipe, path, model = reloaded(tmp_path / "lucy22", diffusers.LucyEditPipeline, load_lucy_edit)
+    video = _video(8, size=(W, H))
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "guidance_scale_2": 2.5, "height": H, "width": W}
+    with torch.no_grad():
+        theirs = theirs_pipe(video=video, prompt=PROMPTS[0], num_inference_steps=3, output_type="latent",
+                             generator=[torch.Generator().manual_seed(2)], **kw).frames
+    ours = edit_video(model, [video], PROMPTS[0], steps=3, seed=2, return_latents=True, **kw)
+    assert model.boundary_ratio == 0.8
+    error = relative_error(ours, theirs)
+    print(f"latents: {error:.2e}")  # (measured 4.2e-7)
+    assert error < 1e-5
+    parts = ("model_index.json", "scheduler", "transformer", "transformer_2", "text_encoder", "tokenizer", "vae")
+    for part, change, expected in [
+            ("model_index.json", {"boundary_ratio": 1.5}, "boundary_ratio=1.5 with transformer_2="),
+            ("transformer_2/config.json", {"in_channels": Z}, f"transformer_2 has in_channels={Z}; allowed: {2 * Z}")]:
+        with pytest.raises(DiffkitError, match=re.escape(expected)):
+            check_lucy_edit_folder(changed_folder(path, tmp_path, part, change, parts=parts))
+
+
 def test_lucy_edit_command(tiny_lucy, tmp_path):
     """``diffkit video --video DIR`` (two instructions on one input video in one batch, 2 steps, CFG 5 against "")
     writes the library's frames at 24 fps."""
@@ -132,7 +161,7 @@ def test_lucy_edit_command(tiny_lucy, tmp_path):
     ("video", ["--video", "in", "--height", "48"], "--height 48 is not allowed for a Lucy-Edit folder"),
     ("video", ["--video", "in", "--frames", "5"], "--frames does not apply to a Lucy-Edit folder"),
     ("video", ["--video", "in", "--strength", "0.5"], "--strength does not apply to a Lucy-Edit folder"),
-    ("video", ["--video", "in", "--guidance-scale-2", "2"], "--guidance-scale-2 does not apply to a Lucy-Edit"),
+    ("video", ["--video", "in", "--guidance-scale-2", "2"], "--guidance-scale-2 applies to a Wan 2.2 A14B folder"),
     ("video", [], "folder (video-to-video): give --video FILE"),
     ("video", ["--video", "in", "--negative-prompt", "x", "--guidance-scale", "0"], "a negative prompt with guidance"),
     ("sample", [], "LucyEditPipeline folder, which diffkit sample does not take (it makes videos)"),
@@ -145,7 +174,7 @@ def test_lucy_edit_command_refusals_are_one_line(tiny_lucy, tmp_path, capsys, mo
 
 
 @pytest.mark.parametrize("part, change, message", [
-    ("model_index.json", {"boundary_ratio": 0.9}, "boundary_ratio=0.9; allowed: null (Lucy-Edit's one transformer"),
+    ("model_index.json", {"boundary_ratio": 0.9}, "boundary_ratio=0.9 with transformer_2=None; allowed: a number"),
     ("model_index.json", {"_class_name": "WanPipeline"}, "is not a Lucy-Edit folder"),
     ("transformer/config.json", {"in_channels": Z}, f"transformer has in_channels={Z}; allowed: {2 * Z}"),
     ("transformer/config.json", {"image_dim": 16}, "transformer has image_dim=16; allowed: None"),
@@ -161,6 +190,7 @@ def test_lucy_edit_folder_refusals(tiny_lucy, tmp_path, part, change, message):
     (lambda m: edit_video(m, [_video(1)] * 2, "x", height=H, width=W), "2 videos for 1 prompts"),
     (lambda m: edit_video(m, [_video(1)], "x", height=48, width=W), "height x width 48x32 is not allowed"),
     (lambda m: edit_video(m, None, "x", height=H, width=W), "videos=None is not allowed"),
+    (lambda m: edit_video(m, [_video(1)], "x", height=H, width=W, guidance_scale_2=2.0), "guidance_scale_2=2.0 is not"),
 ])
 def test_lucy_edit_library_refusals(tiny_lucy, call, message):
     with pytest.raises(DiffkitError, match=re.escape(message)):

@@ -11,12 +11,12 @@ from ._video_wan import WanKind
 class LucyEditKind(WanKind):
     """``LucyEditPipeline`` folders: ``--video`` edited by the ``--prompt`` instruction, its frame count (4 k + 1) the
     output's (``--frames`` refused), each frame resized to 480 x 832 (or ``--height`` x ``--width``); Wan
-    text-to-video's size and guidance checks (:class:`._video_wan.WanKind`) but not its ``--guidance-scale-2``,
-    ``--image`` or ``--lora``; 24 fps (Lucy-Edit's documented export)."""
+    text-to-video's size and guidance checks (:class:`._video_wan.WanKind`; ``--guidance-scale-2`` on a two-expert
+    folder) but not its ``--image`` or ``--lora``; 24 fps (Lucy-Edit's documented export)."""
 
     label = "Lucy-Edit"
     pipelines = ("LucyEditPipeline",)
-    takes = WanKind.takes - {"num_frames", "guidance_scale_2", "images", "lora"} | {"videos"}
+    takes = WanKind.takes - {"num_frames", "images", "lora"} | {"videos"}
     needs_video = True
     fps = LUCY_EDIT_FPS
 

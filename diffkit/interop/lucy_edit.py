@@ -22,14 +22,18 @@ decoding are :class:`.wan.Wan`'s; the input videos become latents as Wan video-t
 * the grid and its step: the folder's scheduler after ``set_timesteps(steps)`` (default 50), UniPC with flow sigmas ->
   ``unipc`` (the transformer at its whole timesteps), FlowMatchEuler -> ``ddim``, or any diffkit sampler on the grid;
   ``expand_timesteps``: the timestep given per patch token (the pipeline's all-ones ``mask * t``);
+* two experts (``transformer_2`` and ``boundary_ratio`` in model_index.json, the pipeline's Wan 2.2 A14B path):
+  ``transformer`` at the pipeline's timesteps t >= boundary_ratio T, ``transformer_2`` (guided by
+  ``guidance_scale_2``, default ``guidance_scale``) below, both reading the video's latents
+  (:class:`.wan.TwoExperts`);
 * output: the Wan VAE's decoding x = D(z / (1 / std) + mean), (B, T, 3, H, W); ``return_latents``: z (B, C, F, h, w).
 
 Refused in one line before any weight is read (:func:`check_lucy_edit_folder`): another pipeline class, a missing
-component, parts of other classes, a ``transformer_2`` / ``boundary_ratio`` (Lucy-Edit has one transformer; the
-two-expert path is not driven), a transformer whose channels are not 2 z_dim in and z_dim out, patches other than (1,
-2, 2), CLIP image states, a VAE patched otherwise than Wan 2.1's or 2.2's, a scheduler diffkit's samplers do not
-compute; sizes not of :attr:`.wan.Wan.size_multiple` (16; 32 with the Wan 2.2 VAE, whose other sizes the transformer's
-patches cannot tile), input videos not of 4 k + 1 frames.
+component, parts of other classes, a ``boundary_ratio`` without ``transformer_2`` or outside (0, 1)
+(:func:`.wan.check_experts`), a transformer (or ``transformer_2``) whose channels are not 2 z_dim in and z_dim out,
+patches other than (1, 2, 2), CLIP image states, a VAE patched otherwise than Wan 2.1's or 2.2's, a scheduler
+diffkit's samplers do not compute; sizes not of :attr:`.wan.Wan.size_multiple` (16; 32 with the Wan 2.2 VAE, whose
+other sizes the transformer's patches cannot tile), input videos not of 4 k + 1 frames.
 """
 from __future__ import annotations
 
@@ -53,9 +57,10 @@ LUCY_EDIT_FPS = 24.0  # the frame rate its documentation's example exports at (e
 
 @dataclass
 class LucyEdit(WanV2V):
-    """The loaded components of a ``LucyEditPipeline`` folder (:func:`load_lucy_edit`): a Wan folder's with one
-    transformer of 2 C input channels (``expand_timesteps`` as its ``model_index.json`` says); the input videos'
-    latents are Wan video-to-video's (:meth:`.wan_v2v.WanV2V.video_latents`)."""
+    """The loaded components of a ``LucyEditPipeline`` folder (:func:`load_lucy_edit`): a Wan folder's with
+    transformers of 2 C input channels (a two-expert folder's ``transformer_2`` and ``boundary_ratio`` included;
+    ``expand_timesteps`` as its ``model_index.json`` says); the input videos' latents are Wan video-to-video's
+    (:meth:`.wan_v2v.WanV2V.video_latents`)."""
 
     pipeline_name = LUCY_EDIT_PIPELINE
     prompt_module = "diffusers.pipelines.lucy.pipeline_lucy_edit"
@@ -70,16 +75,14 @@ def is_lucy_edit_folder(path) -> bool:
 def check_lucy_edit_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``LucyEditPipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
+    from ..errors import read_json_object
     from .flow_latents import check_part_configs
-    from .sd3 import _entry
-    from .wan import REQUIRED, WAN_CLASSES, wan_configs, wan_scheduler_config
+    from .wan import REQUIRED, WAN_CLASSES, check_experts, wan_configs, wan_scheduler_config
     directory = Path(directory)
     index, configs = wan_configs(directory, LUCY_EDIT_PIPELINE, KIND, REQUIRED, WAN_CLASSES)
-    for key, value in (("transformer_2", _entry(index, "transformer_2")),
-                       ("boundary_ratio", index.get("boundary_ratio"))):
-        if value is not None:
-            raise DiffkitError(f"{directory}'s model_index.json has {key}={value!r}; allowed: null (Lucy-Edit's one "
-                               f"transformer; diffkit does not drive {LUCY_EDIT_PIPELINE}'s two-expert path)")
+    experts = check_experts(directory, index)
+    if experts:
+        configs["transformer_2"] = read_json_object(directory / "transformer_2" / "config.json", "transformer_2 config")
     if index.get("expand_timesteps") not in (False, True, None):
         raise DiffkitError(f"{directory}'s model_index.json has expand_timesteps={index.get('expand_timesteps')!r}; "
                            f"allowed: true (Wan 2.2 TI2V-5B's per-token timesteps) or false")
@@ -89,10 +92,11 @@ def check_lucy_edit_folder(directory) -> tuple:
                            f"2.2's)")
     check_part_configs(directory, configs, (
         ("vae", "scale_factor_spatial", 8, 8 * (vae_patch or 1), "Wan 2.1's factor 8, Wan 2.2's 16"),
-        ("transformer", "in_channels", 16, 2 * z_dim, "the noisy latents and the video's, 2 x the VAE's z_dim"),
-        ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
-        ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "the Wan patches"),
-        ("transformer", "image_dim", None, None, "a transformer without CLIP image states")))
+        *((part, key, default, allowed, why) for part in ("transformer", "transformer_2")[:1 + experts]
+          for key, default, allowed, why in (
+              ("in_channels", 16, 2 * z_dim, "the noisy latents and the video's, 2 x the VAE's z_dim"),
+              ("out_channels", 16, z_dim, "the VAE's z_dim"), ("patch_size", [1, 2, 2], [1, 2, 2], "the Wan patches"),
+              ("image_dim", None, None, "a transformer without CLIP image states")))))
     return index, wan_scheduler_config(directory)
 
 
@@ -101,20 +105,23 @@ def load_lucy_edit(directory: Union[str, Path], device="cpu", dtype: torch.dtype
     """Load a ``LucyEditPipeline`` folder (never downloads, never unpickles), checked first
     (:func:`check_lucy_edit_folder`)."""
     from . import require
-    from .wan import check_widths, load_wan_parts
+    from .wan import check_widths, load_second_expert, load_wan_parts
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_lucy_edit_folder(directory)
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanTransformer3DModel, device, dtype,
                                              progress)
+    second, ratio = load_second_expert(directory, index, device, dtype, progress)
     model = LucyEdit(**parts, scheduler_config=sched, schedule=schedule, device=device, dtype=dtype,
-                     expand_timesteps=bool(index.get("expand_timesteps")))
-    check_widths(directory, [(model.transformer.config.text_dim, model.text_encoder.config.d_model, "text_dim")])
+                     transformer_2=second, boundary_ratio=ratio, expand_timesteps=bool(index.get("expand_timesteps")))
+    check_widths(directory, [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
+                             for t in (model.transformer, second) if t is not None])
     return model
 
 
 def edit_video(model: LucyEdit, videos, prompts: Union[str, Sequence[str]], *, negative_prompt=None,
-               guidance_scale: Optional[float] = None, convention: str = "diffusers", steps: Optional[int] = None,
+               guidance_scale: Optional[float] = None, guidance_scale_2: Optional[float] = None,
+               convention: str = "diffusers", steps: Optional[int] = None,
                sampler: Optional[str] = None, height: Optional[int] = None, width: Optional[int] = None,
                seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, output_range: str = "-1,1",
                return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
@@ -122,7 +129,8 @@ def edit_video(model: LucyEdit, videos, prompts: Union[str, Sequence[str]], *, n
     :func:`diffkit.video.read_video`'s; one frame count, 4 k + 1, the output's) edited by the instructions ``prompts``
     as ``LucyEditPipeline`` (module docstring).
 
-    guidance_scale: in ``convention`` (default s = 5, diffusers'), against ``negative_prompt`` (default ""). steps: the
+    guidance_scale: in ``convention`` (default s = 5, diffusers'), against ``negative_prompt`` (default "");
+    guidance_scale_2: a two-expert folder's low-noise expert's (default ``guidance_scale``). steps: the
     scheduler's (default 50); sampler: None for the scheduler's own step, or any diffkit sampler on its grid
     (``options``: its options). height / width: default 480 x 832, each frame resized to it. latents: z at s = 1 (B,
     C, F, h, w) (the pipeline's ``latents``), default N(0, I) from per-video ``seed + i``. Returns the videos in
@@ -144,9 +152,9 @@ def edit_video(model: LucyEdit, videos, prompts: Union[str, Sequence[str]], *, n
     model.check_size(height, width)
     shape = model.latent_video_shape(len(prompts), frames, height, width)
     steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
-    cond = {"context": model.encode_prompts(prompts), "condition": model.video_latents(videos, height, width)}
     null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts))) if cfg else None
-    denoiser = model.guided_denoiser(grid, steps, scale, convention, null)
+    denoiser = model.guided_denoiser(grid, steps, scale, convention, null, guidance_scale_2)
+    cond = {"context": model.encode_prompts(prompts), "condition": model.video_latents(videos, height, width)}
     z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
     return model.output_videos(z, output_range, return_latents)
 
