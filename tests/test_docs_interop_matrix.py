@@ -285,6 +285,7 @@ ALLEGRO = "## Allegro folders (`diffkit.interop.allegro`)"
 SANA_VIDEO = "## SANA-Video folders (`diffkit.interop.sana_video`)"
 EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
 HUNYUAN_FRAMEPACK = "## HunyuanVideo FramePack folders (`diffkit.interop.hunyuan_framepack`)"
+LUCY_EDIT = "## Lucy-Edit folders (`diffkit.interop.lucy_edit`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -382,7 +383,8 @@ HUNYUAN_FRAMEPACK = "## HunyuanVideo FramePack folders (`diffkit.interop.hunyuan
                                                      "SN"),
                                                     (EASYANIMATE, ["EasyAnimatePipeline",
                                                                    "EasyAnimateInpaintPipeline"], "EA"),
-                                                    (HUNYUAN_FRAMEPACK, ["HunyuanVideoFramepackPipeline"], "FP")])
+                                                    (HUNYUAN_FRAMEPACK, ["HunyuanVideoFramepackPipeline"], "FP"),
+                                                    (LUCY_EDIT, ["LucyEditPipeline"], "LE")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

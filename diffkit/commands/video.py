@@ -38,6 +38,7 @@ VIDEO_KINDS: dict[str, str] = {
     "WanImageToVideoPipeline": "._video_wan_i2v",
     "WanVACEPipeline": "._video_wan_vace",
     "WanVideoToVideoPipeline": "._video_wan_v2v",
+    "LucyEditPipeline": "._video_lucy_edit",
     "CogVideoXPipeline": "._video_cogvideox",
     "CogVideoXImageToVideoPipeline": "._video_cogvideox:I2V_KIND",
     "CogVideoXVideoToVideoPipeline": "._video_cogvideox:V2V_KIND",
