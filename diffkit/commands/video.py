@@ -59,6 +59,8 @@ VIDEO_KINDS: dict[str, str] = {
     "AllegroPipeline": "._video_allegro",
     "SanaVideoPipeline": "._video_sana",
     "SanaImageToVideoPipeline": "._video_sana:I2V_KIND",
+    "MotifVideoPipeline": "._video_motif",
+    "MotifVideoImage2VideoPipeline": "._video_motif:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
