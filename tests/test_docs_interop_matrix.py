@@ -282,6 +282,7 @@ MODELSCOPE = "## ModelScope text-to-video folders (`diffkit.interop.modelscope`)
 HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15`)"
 ALLEGRO = "## Allegro folders (`diffkit.interop.allegro`)"
 SANA_VIDEO = "## SANA-Video folders (`diffkit.interop.sana_video`)"
+MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -375,7 +376,9 @@ SANA_VIDEO = "## SANA-Video folders (`diffkit.interop.sana_video`)"
                                                                        "HunyuanVideo15ImageToVideoPipeline"], "HF"),
                                                     (ALLEGRO, ["AllegroPipeline"], "AL"),
                                                     (SANA_VIDEO, ["SanaVideoPipeline", "SanaImageToVideoPipeline"],
-                                                     "SN")])
+                                                     "SN"),
+                                                    (MOTIF_VIDEO, ["MotifVideoPipeline",
+                                                                   "MotifVideoImage2VideoPipeline"], "MV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

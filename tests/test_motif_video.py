@@ -111,8 +111,8 @@ def test_motif_image_to_video_matches_the_pipeline(tiny_motif):
 
 
 def test_motif_video_other_sampler_and_command(tiny_motif, tmp_path):
-    """ddpm (ancestral) on the scheduler's grid runs (finite latents of the shape); ``diffkit video`` writes the library's
-    frames (the guider's CFG against "", seed 3) as an APNG at 24 fps."""
+    """ddpm (ancestral) on the scheduler's grid runs (finite latents of the shape); ``diffkit video`` writes the
+    library's frames (the guider's CFG against "", seed 3) as an APNG at 24 fps."""
     from diffkit.images import to_uint8
     from diffkit.video import read_video
     _, path, model = tiny_motif[:3]
@@ -157,3 +157,11 @@ def test_motif_video_request_refusals(tiny_motif, tmp_path, capsys, args, messag
     """Flags the kind refuses: one line, nothing written."""
     _, path, _ = tiny_motif[:3]
     refused_in_one_line(capsys, tmp_path, "video", path, args, message)
+
+
+def test_motif_video_refused_elsewhere(tiny_motif, tmp_path, capsys):
+    """``diffkit sample`` on a MotifVideoPipeline folder: one line naming ``diffkit video``; the image-to-video
+    folder without ``--image``: one line; nothing written."""
+    path, i2v = tiny_motif[1], tiny_motif[4]
+    refused_in_one_line(capsys, tmp_path, "sample", path, [], "which diffkit sample does not take (it makes videos)")
+    refused_in_one_line(capsys, tmp_path, "video", i2v, [], "folder (image-to-video): give --image PNG")
