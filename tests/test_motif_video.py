@@ -95,17 +95,24 @@ def test_motif_video_matches_the_pipeline(tiny_motif):
 
 def test_motif_image_to_video_matches_the_pipeline(tiny_motif):
     """One image and prompt, CFG against the default "" negative prompt, 2 steps, seed 5: the image's posterior
-    draw after the noise from one generator, its SigLIP-tower states; the pipeline's latents and frames."""
+    draw after the noise from one generator, its SigLIP-tower states; the pipeline's final latents (read by a step
+    callback) and frames."""
     pipe, _, model = tiny_motif[3:]
     image = (torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(3)) * 2 - 1)
     from diffkit.interop.qwen_image_edit import _pil_images
-    pil = _pil_images(image)[0]
+    pil, final = _pil_images(image)[0], {}
     with torch.no_grad():
         theirs = pipe(pil, PROMPT, height=H, width=W, num_frames=FRAMES, num_inference_steps=2, output_type="pt",
-                      max_sequence_length=TOKENS, generator=torch.Generator().manual_seed(5)).frames
+                      max_sequence_length=TOKENS, generator=torch.Generator().manual_seed(5),
+                      callback_on_step_end=lambda p, i, t, tensors: final.update(tensors) or {}).frames
     ours = image_to_video(model, [pil], PROMPT, steps=2, num_frames=FRAMES, height=H, width=W,
-                          max_sequence_length=TOKENS, seed=5, output_range="0,1")
-    error = relative_error(ours, theirs)
+                          max_sequence_length=TOKENS, seed=5, return_latents=True)
+    error = relative_error(ours, final["latents"])
+    print(f"i2v latents: {error:.2e}")
+    assert error < 1e-5
+    videos = (model.decode_video(ours) / 2 + 0.5).clamp(0, 1)
+    assert videos.shape == theirs.shape == (1, FRAMES, 3, H, W)
+    error = relative_error(videos, theirs)
     print(f"i2v frames: {error:.2e}")
     assert error < 1e-5
 
@@ -161,7 +168,13 @@ def test_motif_video_request_refusals(tiny_motif, tmp_path, capsys, args, messag
 
 def test_motif_video_refused_elsewhere(tiny_motif, tmp_path, capsys):
     """``diffkit sample`` on a MotifVideoPipeline folder: one line naming ``diffkit video``; the image-to-video
-    folder without ``--image``: one line; nothing written."""
+    folder without ``--image``, ``--guidance-scale`` on a folder whose guider is disabled: one line each; nothing
+    written."""
     path, i2v = tiny_motif[1], tiny_motif[4]
     refused_in_one_line(capsys, tmp_path, "sample", path, [], "which diffkit sample does not take (it makes videos)")
     refused_in_one_line(capsys, tmp_path, "video", i2v, [], "folder (image-to-video): give --image PNG")
+    off = changed_folder(path, tmp_path / "off", "guider/guider_config.json", {"enabled": False},
+                         parts=("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "vae",
+                                "guider"))
+    refused_in_one_line(capsys, tmp_path, "video", off, ["--guidance-scale", "3"],
+                        "guidance_scale=3.0 is not allowed: this Motif-Video folder's guider is disabled")

@@ -29,8 +29,7 @@ class MotifVideoKind(VideoKind):
         from pathlib import Path
 
         from ..errors import DiffkitError, read_json_object
-        from ..interop.hunyuan_video15 import check_negative_prompt, run_guider
-        from ..interop.motif_video import check_frames
+        from ..interop.motif_video import check_frames, run_guider
         check_frames(args.num_frames)
         folder = Path(args.checkpoint)
         vae = read_json_object(folder / "vae" / "config.json", "vae config")
@@ -42,7 +41,7 @@ class MotifVideoKind(VideoKind):
                 raise DiffkitError(f"--{flag} {value} is not allowed for a {self.label} folder; give a multiple of "
                                    f"{multiple} (the VAE's factor times the transformer's patches)")
         guider = read_json_object(folder / "guider" / "guider_config.json", "guider config")
-        check_negative_prompt(run_guider(guider, args.guidance_scale, args.guidance_convention), args.negative_prompt)
+        run_guider(guider, args.guidance_scale, args.guidance_convention, args.negative_prompt)
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.motif_video import load_motif_video

@@ -171,10 +171,8 @@ class MotifVideo(WanFolder):
         """(denoiser, cond): :meth:`denoiser` wrapped in the guider's CFG against ``negative_prompt`` (default "")
         where it guides (:func:`.hunyuan_video15.run_guider`; a negative prompt without guidance: one line)."""
         from ..guidance import ClassifierFreeGuidance
-        from .hunyuan_video15 import check_negative_prompt, run_guider
         from .stable_diffusion import negative_prompts
-        guider = run_guider(self.guider, guidance_scale, convention)
-        check_negative_prompt(guider, negative_prompt)
+        guider = run_guider(self.guider, guidance_scale, convention, negative_prompt)
         context, mask = self.encode_prompts(prompts, max_sequence_length)
         denoiser = self.denoiser()
         if guider is not None:
@@ -276,6 +274,20 @@ def load_motif_video(directory: Union[str, Path], device="cpu", dtype: torch.dty
     return model
 
 
+def run_guider(config: Optional[dict], guidance_scale, convention: str, negative_prompt):
+    """The run's guider (:func:`.hunyuan_video15.run_guider`; None where it does not guide) of the folder's guider
+    ``config``; one line for a ``guidance_scale`` given to a disabled guider or a negative prompt where nothing
+    guides."""
+    from .hunyuan_video15 import GUIDER_DEFAULTS, check_negative_prompt
+    from .hunyuan_video15 import run_guider as guider_of
+    if guidance_scale is not None and not {**GUIDER_DEFAULTS, **(config or {})}["enabled"]:
+        raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: this Motif-Video folder's guider is "
+                           f"disabled (enabled false); drop it")
+    guider = guider_of(config, guidance_scale, convention)
+    check_negative_prompt(guider, negative_prompt)
+    return guider
+
+
 def check_frames(num_frames) -> int:
     """The pipeline's ``num_frames`` (default 121) of the form 4 k + 1 (:func:`.wan.check_frames`)."""
     from .wan import check_frames as wan_frames
@@ -345,5 +357,5 @@ def generate(model: MotifVideo, prompts: Union[str, Sequence[str]], images=None,
 
 
 __all__ = ["MotifVideo", "MotifVideoNet", "load_motif_video", "is_motif_video_folder", "check_motif_video_folder",
-           "check_frames", "text_to_video", "image_to_video", "generate", "MOTIF_VIDEO_PIPELINE", "MOTIF_I2V_PIPELINE",
-           "MOTIF_STEPS", "MOTIF_FRAMES", "MOTIF_FPS"]
+           "check_frames", "run_guider", "text_to_video", "image_to_video", "generate", "MOTIF_VIDEO_PIPELINE",
+           "MOTIF_I2V_PIPELINE", "MOTIF_STEPS", "MOTIF_FRAMES", "MOTIF_FPS"]
