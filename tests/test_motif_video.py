@@ -167,11 +167,13 @@ def test_motif_video_request_refusals(tiny_motif, tmp_path, capsys, args, messag
 
 
 def test_motif_video_refused_elsewhere(tiny_motif, tmp_path, capsys):
-    """``diffkit sample`` on a MotifVideoPipeline folder: one line naming ``diffkit video``; the image-to-video
+    """``diffkit sample`` / ``diffkit edit`` on a MotifVideoPipeline folder: one line naming ``diffkit video``; the image-to-video
     folder without ``--image``, ``--guidance-scale`` on a folder whose guider is disabled: one line each; nothing
     written."""
     path, i2v = tiny_motif[1], tiny_motif[4]
-    refused_in_one_line(capsys, tmp_path, "sample", path, [], "which diffkit sample does not take (it makes videos)")
+    for command in ("sample", "edit"):
+        refused_in_one_line(capsys, tmp_path, command, path, [],
+                            f"which diffkit {command} does not take (it makes videos)")
     refused_in_one_line(capsys, tmp_path, "video", i2v, [], "folder (image-to-video): give --image PNG")
     off = changed_folder(path, tmp_path / "off", "guider/guider_config.json", {"enabled": False},
                          parts=("model_index.json", "scheduler", "transformer", "text_encoder", "tokenizer", "vae",
