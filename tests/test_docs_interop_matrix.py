@@ -286,6 +286,7 @@ SANA_VIDEO = "## SANA-Video folders (`diffkit.interop.sana_video`)"
 EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
 HUNYUAN_FRAMEPACK = "## HunyuanVideo FramePack folders (`diffkit.interop.hunyuan_framepack`)"
 LUCY_EDIT = "## Lucy-Edit folders (`diffkit.interop.lucy_edit`)"
+MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -384,7 +385,9 @@ LUCY_EDIT = "## Lucy-Edit folders (`diffkit.interop.lucy_edit`)"
                                                     (EASYANIMATE, ["EasyAnimatePipeline",
                                                                    "EasyAnimateInpaintPipeline"], "EA"),
                                                     (HUNYUAN_FRAMEPACK, ["HunyuanVideoFramepackPipeline"], "FP"),
-                                                    (LUCY_EDIT, ["LucyEditPipeline"], "LE")])
+                                                    (LUCY_EDIT, ["LucyEditPipeline"], "LE"),
+                                                    (MOTIF_VIDEO, ["MotifVideoPipeline",
+                                                                   "MotifVideoImage2VideoPipeline"], "MV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

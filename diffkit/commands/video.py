@@ -64,6 +64,8 @@ VIDEO_KINDS: dict[str, str] = {
     "EasyAnimatePipeline": "._video_easyanimate",
     "EasyAnimateInpaintPipeline": "._video_easyanimate:I2V_KIND",
     "HunyuanVideoFramepackPipeline": "._video_hunyuan_framepack",
+    "MotifVideoPipeline": "._video_motif",
+    "MotifVideoImage2VideoPipeline": "._video_motif:I2V_KIND",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
