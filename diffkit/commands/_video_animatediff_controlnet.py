@@ -1,0 +1,131 @@
+"""``diffkit video --checkpoint ANIMATEDIFF_FOLDER --controlnet DIR --control-video FILE --prompt TEXT``: an
+``AnimateDiffPipeline`` folder with ControlNets, as ``AnimateDiffControlNetPipeline``
+(:mod:`diffkit.interop.animatediff_controlnet`; docs/interop/animatediff_controlnet.md). The flags follow ``diffkit
+sample``'s ControlNet flags (:mod:`._controlnet`): ``--controlnet DIR`` (repeat for Multi-ControlNet) with one
+``--control-video FILE`` each (an animation, a movie or a folder of frame PNGs: the output's frames, every video's
+control), ``--controlnet-scale``, ``--control-guidance-start`` / ``--control-guidance-end`` (one value, or one per
+ControlNet); no guess mode. Everything is checked from the JSON and the control videos before any weight is read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DiffkitError
+
+# the dests of the group (named as the flags, so the video command's messages name the flags)
+CONTROL_DESTS = frozenset({"controlnet", "control_video", "controlnet_scale", "control_guidance_start",
+                           "control_guidance_end"})
+
+
+def add_animatediff_control_flags(parser) -> None:
+    """The "AnimateDiff ControlNet" argument group of ``diffkit video``."""
+    from ._common import non_negative_float, path_arg
+    group = parser.add_argument_group("AnimateDiff ControlNet (AnimateDiffPipeline folders; "
+                                      "docs/interop/animatediff_controlnet.md)")
+    group.add_argument("--controlnet", action="append", type=path_arg, metavar="DIR",
+                       help="a Stable Diffusion 1.x diffusers ControlNetModel folder made for the folder's UNet (as "
+                            "AnimateDiffControlNetPipeline); repeat for Multi-ControlNet (their residuals add up)")
+    group.add_argument("--control-video", action="append", type=path_arg, metavar="FILE",
+                       help="the control video of each --controlnet (an animated PNG, WebP or GIF, a movie or a "
+                            "folder of frame PNGs): frame f conditions frame f of every video; the output has its "
+                            "frames, and its frames are resized to the output's size")
+    group.add_argument("--controlnet-scale", action="append", type=non_negative_float, metavar="S",
+                       help="controlnet_conditioning_scale (default 1; one, or one per --controlnet)")
+    group.add_argument("--control-guidance-start", action="append", type=float, metavar="F",
+                       help="the fraction of the steps before which the ControlNet is off (default 0)")
+    group.add_argument("--control-guidance-end", action="append", type=float, metavar="F",
+                       help="the fraction of the steps after which the ControlNet is off (default 1)")
+
+
+def _options(args, count: int) -> tuple:
+    """(scales, starts, ends), one per ControlNet, checked (:func:`~diffkit.interop.controlnet.check_control_options`);
+    a single value is every ControlNet's."""
+    from ..interop.controlnet import check_control_options
+    values = []
+    for flag, given, default in (("--controlnet-scale", args.controlnet_scale, 1.0),
+                                 ("--control-guidance-start", args.control_guidance_start, 0.0),
+                                 ("--control-guidance-end", args.control_guidance_end, 1.0)):
+        given = given or [default]
+        if len(given) not in (1, count):
+            raise DiffkitError(f"{flag} is given {len(given)} times for {count} --controlnet; give it once or once "
+                               f"per --controlnet")
+        values.append(given * count if len(given) == 1 else given)
+    return check_control_options(*values, count)
+
+
+def read_control_videos(files) -> list:
+    """``--control-video`` files as lists of PIL frames (their exact 8-bit pixels, as the pipeline takes them);
+    one line for a missing or unreadable one."""
+    from PIL import Image
+
+    from ..images import to_uint8
+    from ..video import read_video
+    videos = []
+    for file in files:
+        try:
+            videos.append([Image.fromarray(frame) for frame in to_uint8(read_video(file))])
+        except DiffkitError as err:
+            raise DiffkitError(f"--control-video {str(file)!r}: {err}") from None
+    return videos
+
+
+def check_control_request(args) -> int:
+    """One line, before any weight is read, for control flags without ``--controlnet``, counts that do not fit, a
+    bad scale or window, a ControlNet folder of another class, of guess mode (``global_pool_conditions``) or of other
+    blocks than the folder's UNet (its JSON), control videos of several frame counts or another count than
+    ``--frames``; the control videos' frame count (the output's)."""
+    from types import SimpleNamespace
+
+    from ..errors import read_json_object
+    from ..interop.animatediff_controlnet import image_blocks
+    from ..interop.controlnet import check_controlnet, model_folder_config
+    folders, files = args.controlnet or [], args.control_video or []
+    if not folders:
+        given = [flag for flag, dest in (("--control-video", "control_video"), ("--controlnet-scale",
+                 "controlnet_scale"), ("--control-guidance-start", "control_guidance_start"),
+                 ("--control-guidance-end", "control_guidance_end")) if getattr(args, dest)]
+        if given:
+            raise DiffkitError(f"{given[0]} needs --controlnet DIR")
+    if len(files) != len(folders):
+        raise DiffkitError(f"{len(files)} --control-video for {len(folders)} --controlnet; give one control video per "
+                           f"--controlnet")
+    _options(args, len(folders))
+    folder = Path(args.checkpoint)
+    unet = read_json_object(folder / "unet" / "config.json", "unet config")
+    vae = read_json_object(folder / "vae" / "config.json", "vae config")
+    factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+    for directory in folders:
+        config = model_folder_config(directory, "--controlnet", "ControlNetModel",
+                                     " (a Stable Diffusion 1.x ControlNet, as AnimateDiffControlNetPipeline)")
+        if config.get("global_pool_conditions"):
+            raise DiffkitError(f"--controlnet {directory} has global_pool_conditions (guess mode), which diffkit does "
+                               f"not drive with AnimateDiff; give a ControlNet without it")
+        check_controlnet(SimpleNamespace(config=config), image_blocks(unet), factor, f"--controlnet {directory}")
+    counts = sorted({len(video) for video in read_control_videos(files)})
+    if len(counts) > 1:
+        raise DiffkitError(f"--control-video files of {' and '.join(map(str, counts))} frames; give control videos of "
+                           f"one frame count (the output's)")
+    if args.num_frames is not None and args.num_frames != counts[0]:
+        raise DiffkitError(f"--frames {args.num_frames} is not allowed with a --control-video of {counts[0]} frames; "
+                           f"leave --frames out (the output has the control video's frames)")
+    return counts[0]
+
+
+def video_controlnets(model, controlnet, control_video, controlnet_scale=None, control_guidance_start=None,
+                      control_guidance_end=None):
+    """The :class:`~diffkit.interop.animatediff_controlnet.VideoControlNets` of the flags, loaded once per model
+    (kept on it: ``diffkit video`` calls the kind's ``generate`` once per batch)."""
+    from argparse import Namespace
+
+    from ..interop.animatediff_controlnet import VideoControlNets
+    from ..interop.controlnet import load_controlnet
+    key = (tuple(map(str, controlnet)), tuple(map(str, control_video)), tuple(controlnet_scale or ()),
+           tuple(control_guidance_start or ()), tuple(control_guidance_end or ()))
+    kept = getattr(model, "_command_controlnets", None)
+    if kept is None or kept[0] != key:
+        scales, starts, ends = _options(Namespace(controlnet_scale=controlnet_scale, control_guidance_start=
+                                                  control_guidance_start, control_guidance_end=control_guidance_end),
+                                        len(controlnet))
+        models = [load_controlnet(directory, model.device, model.dtype, progress=False) for directory in controlnet]
+        kept = (key, VideoControlNets(models, read_control_videos(control_video), scales, starts, ends))
+        model._command_controlnets = kept
+    return kept[1]
