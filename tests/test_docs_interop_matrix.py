@@ -260,6 +260,7 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
 CHRONOEDIT = "## ChronoEdit folders (`diffkit.interop.chronoedit`)"
 ANIMATEDIFF = "## AnimateDiff folders (`diffkit.interop.animatediff`)"
+ANIMATEDIFF_CONTROLNET = "## AnimateDiff with ControlNets (`diffkit.interop.animatediff_controlnet`)"
 SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
@@ -342,6 +343,7 @@ HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15
                                                     (CHRONOEDIT, ["ChronoEditPipeline"], "CE"),
                                                     (ANIMATEDIFF, ["AnimateDiffPipeline",
                                                                    "AnimateDiffSDXLPipeline"], "AD"),
+                                                    (ANIMATEDIFF_CONTROLNET, ["AnimateDiffControlNetPipeline"], "AC"),
                                                     (SVD, ["StableVideoDiffusionPipeline"], "VD"),
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),
