@@ -38,12 +38,10 @@ class AnimateDiffKind(VideoKind):
         from ..errors import DiffkitError, read_json_object
         from ..interop.animatediff import ANIMATEDIFF_FRAMES, folder_sampler
         from ..interop.auraflow import guided
-        given = ("controlnet" in self.takes and any(getattr(args, dest, None) for dest in CONTROL_DESTS))
-        if given:  # AnimateDiffControlNetPipeline: the control videos' frames
+        frames, flag = args.num_frames or ANIMATEDIFF_FRAMES, "--frames"
+        if "controlnet" in self.takes and any(getattr(args, dest, None) for dest in CONTROL_DESTS):
             from ._video_animatediff_controlnet import check_control_request
-            frames, flag = check_control_request(args), "a --control-video of"
-        else:
-            frames, flag = args.num_frames or ANIMATEDIFF_FRAMES, "--frames"
+            frames, flag = check_control_request(args)  # the control videos' frames (SparseCtrl: --frames)
         folder = Path(args.checkpoint)
         unet = read_json_object(folder / "unet" / "config.json", "unet config")
         adapter = folder / "motion_adapter" / "config.json"
@@ -51,8 +49,8 @@ class AnimateDiffKind(VideoKind):
             unet = read_json_object(adapter, "motion adapter config")
         most = int(unet.get("motion_max_seq_length", 32))
         if frames > most:
-            raise DiffkitError(f"{flag} {frames}{' frames' if given else ''} is not allowed for {args.checkpoint}; "
-                               f"give 1 to {most} (its motion modules' motion_max_seq_length)")
+            raise DiffkitError(f"{flag} {frames}{'' if flag == '--frames' else ' frames'} is not allowed for "
+                               f"{args.checkpoint}; give 1 to {most} (its motion modules' motion_max_seq_length)")
         if args.guidance_scale is not None:
             guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
         if args.sampler is None:
@@ -64,12 +62,12 @@ class AnimateDiffKind(VideoKind):
         return load_animatediff(directory, device, progress=progress, lora=lora)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
-        from ..interop import animatediff, animatediff_controlnet
+        from ..interop.animatediff import text_to_video
         control = {dest: options.pop(dest) for dest in CONTROL_DESTS if dest in options}
-        text_to_video = animatediff_controlnet.text_to_video if control else animatediff.text_to_video
-        if control:  # AnimateDiffControlNetPipeline
-            from ._video_animatediff_controlnet import video_controlnets
-            options["controlnet"] = video_controlnets(model, **control)
+        if control:  # AnimateDiffControlNetPipeline, AnimateDiffSparseControlNetPipeline
+            from ._video_animatediff_controlnet import controlled_video
+            return controlled_video(model, prompts, control, seed=seed, progress=progress, output_range="-1,1",
+                                    **options)
         return text_to_video(model, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
 
 
