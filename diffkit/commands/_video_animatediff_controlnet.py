@@ -27,11 +27,13 @@ def add_animatediff_control_flags(parser) -> None:
                                       "docs/interop/animatediff_controlnet.md)")
     group.add_argument("--controlnet", action="append", type=path_arg, metavar="DIR",
                        help="a Stable Diffusion 1.x diffusers ControlNetModel folder made for the folder's UNet (as "
-                            "AnimateDiffControlNetPipeline); repeat for Multi-ControlNet (their residuals add up)")
+                            "AnimateDiffControlNetPipeline; repeat for Multi-ControlNet: their residuals add up), or "
+                            "one SparseControlNetModel folder (SparseCtrl, see --control-frame-index)")
     group.add_argument("--control-video", action="append", type=path_arg, metavar="FILE",
                        help="the control video of each --controlnet (an animated PNG, WebP or GIF, a movie or a "
                             "folder of frame PNGs): frame f conditions frame f of every video; the output has its "
-                            "frames, and its frames are resized to the output's size")
+                            "frames, and its frames are resized to the output's size (SparseCtrl: its keyframes, a "
+                            "still image for one)")
     group.add_argument("--controlnet-scale", action="append", type=non_negative_float, metavar="S",
                        help="controlnet_conditioning_scale (default 1; one, or one per --controlnet)")
     group.add_argument("--control-guidance-start", action="append", type=float, metavar="F",

@@ -37,7 +37,8 @@ component, a UNet of another class, a UNet2DConditionModel without a ``MotionAda
 driver refuses (SD-XL's added conditions, extra input channels, a guidance input ``time_cond_proj_dim``, which
 ``AnimateDiffPipeline`` never gives). ``AnimateDiffSDXLPipeline``: :mod:`.animatediff_sdxl` (this module's video
 parts on SD-XL's driver). ControlNets (``AnimateDiffControlNetPipeline``):
-:mod:`.animatediff_controlnet`. Not driven: IP-Adapters, FreeInit / FreeNoise, the SparseCtrl pipeline.
+:mod:`.animatediff_controlnet`; SparseCtrl: :mod:`.animatediff_sparsectrl`. Not driven: IP-Adapters, FreeInit /
+FreeNoise.
 
 Video-to-video (``AnimateDiffVideoToVideoPipeline``, the same parts; :func:`video_to_video`): SDEdit (Meng et al.
 2022) as its ``prepare_latents`` / ``get_timesteps`` (``enforce_inference_steps`` off): each input video resized and
@@ -296,7 +297,9 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring; an
     :class:`.animatediff_sdxl.AnimateDiffSDXL` as ``AnimateDiffSDXLPipeline``); ``videos`` and ``strength`` only
     through :func:`video_to_video` (``AnimateDiffVideoToVideoPipeline`` folders), ``controlnet`` through
-    :func:`.animatediff_controlnet.text_to_video` (``AnimateDiffControlNetPipeline``).
+    :func:`.animatediff_controlnet.text_to_video` (``AnimateDiffControlNetPipeline``) and
+    :func:`.animatediff_sparsectrl.text_to_video` (SparseCtrl): an object whose ``controlling(model, height, width,
+    grid)`` gives the model with its residuals.
 
     guidance_scale: in ``convention`` (default the model's ``video_guidance``: s = 7.5, diffusers'; 5 for SD-XL),
     against ``negative_prompt`` (default ""); s <= 1 unguided. steps: the scheduler's (default 50); sampler: None for

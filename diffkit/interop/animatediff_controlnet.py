@@ -20,7 +20,7 @@ rest as :class:`.controlnet.ControlNets` (whose checks and windows this reuses),
 Refused in one line: guess mode (also a ControlNet with ``global_pool_conditions``), a ControlNet of another class
 (ControlNet-Union, ControlNet-XS, SD3 / FLUX ones) or of another UNet's blocks, a control video of another frame count
 than ``num_frames`` or past the motion modules' frame positions, video-to-video (its ControlNet pipeline is not
-driven), an SD-XL folder (no such pipeline in diffusers 0.42.1).
+driven), an SD-XL folder (no such pipeline in diffusers 0.42.1). SparseCtrl: :mod:`.animatediff_sparsectrl`.
 """
 from __future__ import annotations
 
