@@ -96,21 +96,21 @@ def test_sparsectrl_matches_the_pipeline(tiny_sparse, which):
 
 def test_sparsectrl_command_is_the_library_and_refusals(tiny_sparse, tmp_path, capsys):
     """``diffkit video --controlnet SPARSE_DIR --control-video FILE --control-frame-index 0 --control-frame-index 3
-    --frames 5`` writes the library's videos byte for byte (the global generator seeded alike before each); SparseCtrl's
+    --frames 5 --seed 4`` writes the library's videos byte for byte (the RGB posterior drawn from seed 4 for every
+    video: SparseControl(..., seed=4)), one video a batch; SparseCtrl's
     refusals in one line before any weight is read, nothing written; the library's."""
     import json
     _, path, model, nets, folder, frames, file = tiny_sparse
     argv = ["--controlnet", str(folder), "--control-video", str(file), "--control-frame-index", "0",
             "--control-frame-index", "3", "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE),
             "--steps", "1", "--seed", "4", "--controlnet-scale", "0.5"]
-    torch.manual_seed(11)
-    assert main(["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--out", str(tmp_path / "grid.png"),
-                 "--individual", str(tmp_path / "each"), "--no-progress", *argv]) == 0
-    torch.manual_seed(11)
-    ours = text_to_video(model, PROMPTS[:1], SparseControl(nets[0], frames, INDICES, 0.5), num_frames=FRAMES,
+    assert main(["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--out",
+                 str(tmp_path / "grid.png"), "--individual", str(tmp_path / "each"), "--no-progress", *argv]) == 0
+    ours = text_to_video(model, PROMPTS, SparseControl(nets[0], frames, INDICES, 0.5, seed=4), num_frames=FRAMES,
                          steps=1, seed=4, height=SIZE, width=SIZE)
-    written = ((read_video(tmp_path / "each" / "video_00000.png") + 1) * 127.5).round().to(torch.uint8)
-    assert np.array_equal(written.permute(0, 2, 3, 1).numpy(), to_uint8(ours[0]))
+    for i in range(2):
+        written = ((read_video(tmp_path / "each" / f"video_{i:05d}.png") + 1) * 127.5).round().to(torch.uint8)
+        assert np.array_equal(written.permute(0, 2, 3, 1).numpy(), to_uint8(ours[i]))
     config = json.loads((folder / "config.json").read_text())
     for name, change in (("pool", {"global_pool_conditions": True}), ("blocks", {"layers_per_block": 2})):
         (tmp_path / name).mkdir()

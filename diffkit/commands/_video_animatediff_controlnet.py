@@ -166,10 +166,11 @@ def load_controlnet_class(directory) -> str:
 
 
 def video_controlnets(model, controlnet, control_video, controlnet_scale=None, control_guidance_start=None,
-                      control_guidance_end=None, control_frame_index=None):
+                      control_guidance_end=None, control_frame_index=None, seed=None):
     """The :class:`~diffkit.interop.animatediff_controlnet.VideoControlNets` of the flags (a SparseControlNetModel
     folder: the :class:`~diffkit.interop.animatediff_sparsectrl.SparseControl`), loaded once per model (kept on it:
-    ``diffkit video`` calls the kind's ``generate`` once per batch)."""
+    ``diffkit video`` calls the kind's ``generate`` once per batch; SparseCtrl's posterior draw from ``seed``, the
+    first batch's: ``--seed``, every video's)."""
     from argparse import Namespace
 
     from ..interop.animatediff_controlnet import VideoControlNets
@@ -183,7 +184,7 @@ def video_controlnets(model, controlnet, control_video, controlnet_scale=None, c
         from ..interop.controlnet import load_model_folder
         net = load_model_folder(SPARSE, controlnet[0], model.device, model.dtype, progress=False)
         kept = (key, SparseControl(net, read_control_videos(control_video)[0], control_frame_index or [0],
-                                   (controlnet_scale or [1.0])[0]))
+                                   (controlnet_scale or [1.0])[0], seed))
         model._command_controlnets = kept
     if kept is None or kept[0] != key:
         scales, starts, ends = _options(Namespace(controlnet_scale=controlnet_scale, control_guidance_start=
@@ -199,7 +200,7 @@ def controlled_video(model, prompts: list, control: dict, **options):
     """The kind's videos with the ControlNet flags ``control`` (their dests): AnimateDiffControlNetPipeline's, or
     SparseCtrl's."""
     from ..interop import animatediff_controlnet, animatediff_sparsectrl
-    controls = video_controlnets(model, **control)
+    controls = video_controlnets(model, **control, seed=options.get("seed"))
     sparse = isinstance(controls, animatediff_sparsectrl.SparseControl)
     return (animatediff_sparsectrl if sparse else animatediff_controlnet).text_to_video(model, prompts, controls,
                                                                                        **options)

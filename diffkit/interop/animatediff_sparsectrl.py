@@ -11,7 +11,8 @@ guidance; guess mode off), as ``AnimateDiffSparseControlNetPipeline.__call__``:
 * the frames: RGB in [0, 1] resized to the output size as its ``control_image_processor``
   (:func:`.controlnet.prepare_control_image`); with ``use_simplified_condition_embedding`` (the RGB SparseCtrl) they
   are encoded by the folder's VAE, 2 x - 1, their posteriors **sampled** from torch's global generator (the pipeline
-  calls ``retrieve_latents`` without a generator), x ``scaling_factor``; else (scribbles) the pixels themselves;
+  calls ``retrieve_latents`` without a generator; :attr:`SparseControl.seed`: from a seeded one), x
+  ``scaling_factor``; else (scribbles) the pixels themselves;
 * the indices: ``controlnet_frame_indices`` (default [0]), one per given frame, each below the output's frames;
 * the rest: :func:`.animatediff.text_to_video`'s loop (prompts, guidance, the folder's grid and step or any sampler,
   16 frames of 512 x 512 by default, decoding).
@@ -22,7 +23,7 @@ index out of range or repeated, a ControlNet of other blocks than the UNet's, vi
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -97,12 +98,14 @@ def check_indices(indices, count: int, frames: int) -> list:
 class SparseControl:
     """A loaded ``SparseControlNetModel`` (``model``) with its conditioning ``frames`` (PIL images, paths or (1, 3,
     H, W) tensors in [0, 1]), their ``indices`` among the output's frames (``controlnet_frame_indices``, default [0])
-    and ``scale`` (``controlnet_conditioning_scale``)."""
+    and ``scale`` (``controlnet_conditioning_scale``); ``seed``: the RGB kind's posterior draw from a generator of
+    this seed at every call (``diffkit video``: ``--seed``), None: torch's global generator (the pipeline's)."""
 
     model: object
     frames: list
     indices: Sequence[int] = (0,)
     scale: float = 1.0
+    seed: Optional[int] = None
 
     def __post_init__(self):
         from .controlnet import open_control_image
@@ -133,7 +136,8 @@ class SparseControl:
         dtype = model_dtype(self.model)
         if self.model.config.get("use_simplified_condition_embedding", True):  # the RGB SparseCtrl: VAE latents
             with torch.no_grad():
-                pixels = model.vae.encode((2 * pixels - 1).to(model.device, model.dtype)).latent_dist.sample()
+                generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+                pixels = model.vae.encode((2 * pixels - 1).to(model.device, model.dtype)).latent_dist.sample(generator)
             pixels = pixels * model.vae.config.scaling_factor
         frames = pixels.to(model.device, dtype).permute(1, 0, 2, 3)[None]  # (1, C, K, H', W')
         inner = model.network_denoiser
