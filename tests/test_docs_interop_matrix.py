@@ -260,6 +260,7 @@ GLM_IMAGE = "## GLM-Image folders (`diffkit.interop.glm_image`)"
 COSMOS2 = "## Cosmos Predict2 folders (`diffkit.interop.cosmos2`)"
 CHRONOEDIT = "## ChronoEdit folders (`diffkit.interop.chronoedit`)"
 ANIMATEDIFF = "## AnimateDiff folders (`diffkit.interop.animatediff`)"
+ANIMATEDIFF_CONTROLNET = "## AnimateDiff with ControlNets (`diffkit.interop.animatediff_controlnet`)"
 SVD = "## Stable Video Diffusion folders (`diffkit.interop.svd`)"
 MOCHI = "## Mochi 1 folders (`diffkit.interop.mochi`)"
 WAN = "## Wan folders (`diffkit.interop.wan`)"
@@ -350,6 +351,9 @@ MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
                                                     (CHRONOEDIT, ["ChronoEditPipeline"], "CE"),
                                                     (ANIMATEDIFF, ["AnimateDiffPipeline",
                                                                    "AnimateDiffSDXLPipeline"], "AD"),
+                                                    (ANIMATEDIFF_CONTROLNET, ["AnimateDiffControlNetPipeline",
+                                                                              "AnimateDiffSparseControlNetPipeline"],
+                                                     "AC"),
                                                     (SVD, ["StableVideoDiffusionPipeline"], "VD"),
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),

@@ -2,10 +2,13 @@
 (:func:`diffkit.interop.animatediff.text_to_video`; docs/interop/animatediff.md), as ``AnimateDiffSDXLPipeline``
 (:data:`SDXL_KIND`; the same page), and ``--video FILE [--strength S]`` on an
 ``AnimateDiffVideoToVideoPipeline`` folder (:func:`diffkit.interop.animatediff.video_to_video`, :data:`V2V_KIND`).
+``--controlnet DIR --control-video FILE`` on an ``AnimateDiffPipeline`` folder: as ``AnimateDiffControlNetPipeline``
+(:mod:`._video_animatediff_controlnet`).
 ``diffkit sample`` / ``diffkit edit`` on such a folder: one line naming ``diffkit video``
 (:func:`diffkit.interop.animatediff.refuse_animatediff_folder`)."""
 from __future__ import annotations
 
+from ._video_animatediff_controlnet import CONTROL_DESTS
 from .video import VideoKind
 
 
@@ -13,12 +16,13 @@ class AnimateDiffKind(VideoKind):
     """An ``AnimateDiffPipeline`` folder: 16 frames of 512 x 512, 50 steps of the folder's scheduler, CFG s = 7.5
     against ``--negative-prompt`` (default ""), ``--clip-skip``, ``--lora`` (SD and motion LoRA files); 10 fps (the
     pipeline's docstring example writes its frames with ``export_to_gif(frames, "animation.gif")``, whose default fps
-    is 10 in diffusers 0.42.1)."""
+    is 10 in diffusers 0.42.1); ``--controlnet`` with ``--control-video``: ``AnimateDiffControlNetPipeline``
+    (:mod:`._video_animatediff_controlnet`)."""
 
     label = "AnimateDiff"
     pipelines = ("AnimateDiffPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention", "clip_skip", "lora"})
+                       "guidance_convention", "clip_skip", "lora"}) | CONTROL_DESTS
     fps = 10.0
 
     def check_folder(self, directory) -> None:
@@ -27,21 +31,26 @@ class AnimateDiffKind(VideoKind):
 
     def check_request(self, args) -> None:
         """One line, from the folder's JSON, for a frame count past the motion modules' frame positions, a guidance
-        scale that turns CFG off with a negative prompt, or a folder scheduler no sampler computes (no --sampler)."""
+        scale that turns CFG off with a negative prompt, or a folder scheduler no sampler computes (no --sampler); with
+        the ControlNet flags also theirs (:func:`._video_animatediff_controlnet.check_control_request`)."""
         from pathlib import Path
 
         from ..errors import DiffkitError, read_json_object
         from ..interop.animatediff import ANIMATEDIFF_FRAMES, folder_sampler
         from ..interop.auraflow import guided
+        frames, flag = args.num_frames or ANIMATEDIFF_FRAMES, "--frames"
+        if "controlnet" in self.takes and any(getattr(args, dest, None) for dest in CONTROL_DESTS):
+            from ._video_animatediff_controlnet import check_control_request
+            frames, flag = check_control_request(args)  # the control videos' frames (SparseCtrl: --frames)
         folder = Path(args.checkpoint)
         unet = read_json_object(folder / "unet" / "config.json", "unet config")
         adapter = folder / "motion_adapter" / "config.json"
         if "motion_max_seq_length" not in unet and adapter.is_file():  # a UNet2DConditionModel + motion_adapter/
             unet = read_json_object(adapter, "motion adapter config")
-        frames, most = args.num_frames or ANIMATEDIFF_FRAMES, int(unet.get("motion_max_seq_length", 32))
+        most = int(unet.get("motion_max_seq_length", 32))
         if frames > most:
-            raise DiffkitError(f"--frames {frames} is not allowed for {args.checkpoint}; give 1 to {most} (its motion "
-                               f"modules' motion_max_seq_length)")
+            raise DiffkitError(f"{flag} {frames}{'' if flag == '--frames' else ' frames'} is not allowed for "
+                               f"{args.checkpoint}; give 1 to {most} (its motion modules' motion_max_seq_length)")
         if args.guidance_scale is not None:
             guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
         if args.sampler is None:
@@ -54,6 +63,11 @@ class AnimateDiffKind(VideoKind):
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.animatediff import text_to_video
+        control = {dest: options.pop(dest) for dest in CONTROL_DESTS if dest in options}
+        if control:  # AnimateDiffControlNetPipeline, AnimateDiffSparseControlNetPipeline
+            from ._video_animatediff_controlnet import controlled_video
+            return controlled_video(model, prompts, control, seed=seed, progress=progress, output_range="-1,1",
+                                    **options)
         return text_to_video(model, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
 
 
@@ -64,6 +78,7 @@ class AnimateDiffSDXLKind(AnimateDiffKind):
 
     label = "AnimateDiff SD-XL"
     pipelines = ("AnimateDiffSDXLPipeline",)
+    takes = AnimateDiffKind.takes - CONTROL_DESTS  # (no SD-XL ControlNet pipeline for AnimateDiff in diffusers)
 
     def check_folder(self, directory) -> None:
         from ..interop.animatediff_sdxl import check_animatediff_sdxl_folder
@@ -80,7 +95,7 @@ class AnimateDiffVideoKind(AnimateDiffKind):
 
     label = "AnimateDiff video-to-video"
     pipelines = ("AnimateDiffVideoToVideoPipeline",)
-    takes = AnimateDiffKind.takes - {"num_frames"} | {"videos", "strength"}
+    takes = AnimateDiffKind.takes - {"num_frames"} - CONTROL_DESTS | {"videos", "strength"}
     needs_video = True
 
     def check_request(self, args) -> None:

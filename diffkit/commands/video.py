@@ -160,6 +160,8 @@ def register(sub) -> None:
     group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
                        help="AnimateDiff folders: the prompts' CLIP states N layers below the last (the pipeline's "
                             "clip_skip; the negative prompt is not skipped); N < the text encoder's layers")
+    from ._video_animatediff_controlnet import add_animatediff_control_flags
+    add_animatediff_control_flags(p)  # --controlnet, --control-video, ... (AnimateDiff folders)
     wan = p.add_argument_group("Wan")
     wan.add_argument("--guidance-scale-2", type=float, metavar="S",
                      help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "

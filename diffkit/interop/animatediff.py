@@ -36,7 +36,9 @@ Refused in one line before any weight is read (:func:`check_animatediff_folder`)
 component, a UNet of another class, a UNet2DConditionModel without a ``MotionAdapter``, a UNet SD's text-to-image
 driver refuses (SD-XL's added conditions, extra input channels, a guidance input ``time_cond_proj_dim``, which
 ``AnimateDiffPipeline`` never gives). ``AnimateDiffSDXLPipeline``: :mod:`.animatediff_sdxl` (this module's video
-parts on SD-XL's driver). Not driven: IP-Adapters, FreeInit / FreeNoise, the ControlNet / SparseCtrl pipelines.
+parts on SD-XL's driver). ControlNets (``AnimateDiffControlNetPipeline``):
+:mod:`.animatediff_controlnet`; SparseCtrl: :mod:`.animatediff_sparsectrl`. Not driven: IP-Adapters, FreeInit /
+FreeNoise.
 
 Video-to-video (``AnimateDiffVideoToVideoPipeline``, the same parts; :func:`video_to_video`): SDEdit (Meng et al.
 2022) as its ``prepare_latents`` / ``get_timesteps`` (``enforce_inference_steps`` off): each input video resized and
@@ -290,11 +292,14 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
                   sampler: Optional[str] = None, num_frames: Optional[int] = None, height: Optional[int] = None,
                   width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
-                  clip_skip: Optional[int] = None, videos=None, strength: Optional[float] = None,
+                  clip_skip: Optional[int] = None, videos=None, strength: Optional[float] = None, controlnet=None,
                   **options) -> torch.Tensor:
     """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring; an
     :class:`.animatediff_sdxl.AnimateDiffSDXL` as ``AnimateDiffSDXLPipeline``); ``videos`` and ``strength`` only
-    through :func:`video_to_video` (``AnimateDiffVideoToVideoPipeline`` folders).
+    through :func:`video_to_video` (``AnimateDiffVideoToVideoPipeline`` folders), ``controlnet`` through
+    :func:`.animatediff_controlnet.text_to_video` (``AnimateDiffControlNetPipeline``) and
+    :func:`.animatediff_sparsectrl.text_to_video` (SparseCtrl): an object whose ``controlling(model, height, width,
+    grid)`` gives the model with its residuals.
 
     guidance_scale: in ``convention`` (default the model's ``video_guidance``: s = 7.5, diffusers'; 5 for SD-XL),
     against ``negative_prompt`` (default ""); s <= 1 unguided. steps: the scheduler's (default 50); sampler: None for
@@ -333,6 +338,8 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     if sampler is None:
         sampler, options = own, {**own_options, **options}
     f = model.vae_scale_factor
+    if controlnet is not None:  # .animatediff_controlnet: the ControlNets' residuals per frame
+        model = controlnet.controlling(model, h * f, w * f, grid)
     denoiser, cond = model.video_conditioning(prompts, negative_prompt, scale, convention, cfg, clip_skip,
                                               (h * f, w * f))
     generators = None if seed is None else generators_from_seed(seed, shape[0])  # z_T's, then the steps' noise
