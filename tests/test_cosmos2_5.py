@@ -1,0 +1,136 @@
+"""Cosmos Predict 2.5 folders (diffkit.interop.cosmos2_5): text-, image- and video-to-world against diffusers' own
+Cosmos2_5_PredictBasePipeline on a tiny random folder (Qwen-Image's byte-level tokenizer with a Qwen-style chat
+template, a 2-layer Qwen2.5-VL of width 16 (states 2 x 16 wide), a 1-layer CosmosTransformer3DModel with the
+condition-mask and padding-mask channels, learnable positions and the text projection (zero-initialised weights
+randomised), test_cosmos2's Wan 2.1 VAE of z_dim 8 with non-trivial latents mean / std, Cosmos' Karras flow UniPC;
+9 frames -> 3 latent frames of 32 x 32; nothing downloaded). The pipeline runs with test_cosmos2's pass-through
+safety checker and, without torchvision, nearest-neighbour stand-ins for its resize and a ``to_tensor``."""
+import types
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.interop.cosmos2_5 import generate, is_cosmos2_5_folder, load_cosmos2_5  # noqa: E402
+
+from _pipeline_folders import changed_folder, reloaded  # noqa: E402
+from _qwen_image_helpers import tiny_qwen_tokenizer  # noqa: E402
+from _video_helpers import refused_in_one_line  # noqa: E402
+from test_cosmos2 import PassThroughGuardrail, _nearest_resize  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot dog"]
+H = W = 32  # latents 4 x 4: 2 x 2 patches
+FRAMES = 9  # 3 latent frames
+LENGTH = 40  # Qwen tokens (the chat template's ~30, then padding)
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{{ c['text'] }}"
+            "{% endfor %}<|im_end|>\n{% endfor %}")
+
+
+def _to_tensor(image):
+    """torchvision's ``to_tensor`` of a PIL RGB image: (3, H, W) in [0, 1]."""
+    import numpy as np
+    return torch.from_numpy(np.array(image).astype(np.float32) / 255.0).permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_cosmos25(tmp_path_factory):
+    """(Cosmos2_5_PredictBasePipeline.from_pretrained of the saved folder, the folder, load_cosmos2_5 of it)."""
+    from diffusers.models.transformers import transformer_cosmos
+    from diffusers.pipelines.cosmos import pipeline_cosmos2_5_predict
+    root = tmp_path_factory.mktemp("cosmos25") / "cosmos25"
+    torch.manual_seed(0)
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.chat_template = TEMPLATE
+    qwen = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
+                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1, window_size=4,
+                           fullatt_block_indexes=[0]))).eval()
+    transformer = diffusers.CosmosTransformer3DModel(
+        in_channels=9, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1, mlp_ratio=2,
+        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 8, 8), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
+        concat_padding_mask=True, extra_pos_embed_type="learnable", use_crossattn_projection=True,
+        crossattn_proj_in_channels=32, encoder_hidden_states_channels=32)
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            if not bool(parameter.abs().max() > 0):  # the learnable positions start at zero
+                parameter.normal_(0.0, 0.5)
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1 * i - 0.3 for i in range(8)], latents_std=[1 + 0.1 * i for i in range(8)])
+    scheduler = diffusers.UniPCMultistepScheduler(use_karras_sigmas=True, use_flow_sigmas=True,
+                                                  prediction_type="flow_prediction", sigma_max=200.0, sigma_min=0.01)
+    pipe = diffusers.Cosmos2_5_PredictBasePipeline(text_encoder=qwen, tokenizer=tokenizer, transformer=transformer,
+                                                   vae=vae, scheduler=scheduler, safety_checker=PassThroughGuardrail())
+    pipe.register_modules(safety_checker=None)
+    pipe.save_pretrained(root)
+    with pytest.MonkeyPatch.context() as patch:
+        if not hasattr(transformer_cosmos, "transforms"):  # no torchvision
+            patch.setattr(transformer_cosmos, "transforms", types.SimpleNamespace(
+                functional=types.SimpleNamespace(resize=_nearest_resize),
+                InterpolationMode=types.SimpleNamespace(NEAREST="nearest")), raising=False)
+        if not hasattr(pipeline_cosmos2_5_predict, "torchvision"):
+            patch.setattr(pipeline_cosmos2_5_predict, "torchvision", types.SimpleNamespace(
+                transforms=types.SimpleNamespace(functional=types.SimpleNamespace(to_tensor=_to_tensor))),
+                raising=False)
+        yield reloaded(root, diffusers.Cosmos2_5_PredictBasePipeline, load_cosmos2_5,
+                       safety_checker=PassThroughGuardrail())
+
+
+def _frames(count, seed, size=(W, H)):
+    from PIL import Image
+    pixels = torch.randint(0, 256, (count, size[1], size[0], 3), generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.uint8)
+    return [Image.fromarray(p.numpy()) for p in pixels]
+
+
+def _decoded(pipe, latents):
+    """The pipeline's output_type="pt" frames of its latents (its decoding before the safety checker)."""
+    with torch.no_grad():
+        mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
+        video = pipe.vae.decode(latents * std + mean, return_dict=False)[0]
+        return pipe.video_processor.postprocess_video(video, output_type="pt")
+
+
+CASES = {  # name: (pipeline kwargs, diffkit kwargs, batch)
+    "text": ({"guidance_scale": 3.0, "negative_prompt": ["ugly", "blurry dog"]},
+             {"guidance_scale": 3.0, "convention": "seed", "negative_prompt": ["ugly", "blurry dog"]}, 2),
+    "image": ({}, {}, 2),  # one image for both prompts, the default g = 7 against the pipeline's negative prompt
+    "video": ({"guidance_scale": 1.0}, {"guidance_scale": 0.0, "convention": "seed"}, 1),  # unguided, k = 2
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cosmos2_5_matches_the_pipeline(tiny_cosmos25, case):
+    """Same final latents as Cosmos2_5_PredictBasePipeline from the same eps (3 UniPC steps; 2 with euler too for
+    text): the Qwen states, CFG in the seed convention, the conditioning frames at timestep 1e-4 with eps - c as
+    their velocity; the image decoded as the pipeline decodes (text: frames too)."""
+    pipe, folder, model = tiny_cosmos25
+    assert is_cosmos2_5_folder(folder) and model.padding
+    theirs_kw, ours_kw, batch = CASES[case]
+    prompts, condition = PROMPTS[:batch], {}
+    if case == "image":
+        condition = {"image": _frames(1, 3)[0]}
+    elif case == "video":
+        condition = {"video": _frames(6, 4, (40, 24))}
+    latents = torch.randn(batch, 8, 3, H // 8, W // 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theirs = pipe(prompt=prompts, height=H, width=W, num_frames=FRAMES, num_inference_steps=3, latents=latents,
+                      max_sequence_length=LENGTH, output_type="latent", **condition, **theirs_kw).frames
+    ours_condition = {"images": [condition["image"]]} if case == "image" else \
+        {"videos": [condition["video"]]} if case == "video" else {}
+    ours = generate(model, prompts, **ours_condition, steps=3, num_frames=FRAMES, height=H, width=W,
+                    latents=latents, max_sequence_length=LENGTH, return_latents=True, **ours_kw)
+    error = relative_error(ours, theirs)
+    print("cosmos2.5", case, float((ours - theirs).abs().max()), error)
+    assert ours.shape == theirs.shape == (batch, 8, 3, 4, 4) and error < 1e-5, error
+    if case == "text":
+        frames_error = relative_error(model.decode_video(ours) / 2 + 0.5, _decoded(pipe, theirs))
+        print("cosmos2.5 frames", frames_error)
+        assert frames_error < 1e-5
