@@ -103,6 +103,7 @@ CASES = {  # name: (pipeline kwargs, diffkit kwargs, batch)
              {"guidance_scale": 3.0, "convention": "seed", "negative_prompt": ["ugly", "blurry dog"]}, 2),
     "image": ({}, {}, 2),  # one image for both prompts, the default g = 7 against the pipeline's negative prompt
     "video": ({"guidance_scale": 1.0}, {"guidance_scale": 0.0, "convention": "seed"}, 1),  # unguided, k = 2
+    "ddim": ({}, {"sampler": "ddim"}, 2),  # image; diffkit's ddim vs the folder's UniPC at order 1, no corrector
 }
 
 
@@ -115,7 +116,10 @@ def test_cosmos2_5_matches_the_pipeline(tiny_cosmos25, case):
     assert is_cosmos2_5_folder(folder) and model.padding
     theirs_kw, ours_kw, batch = CASES[case]
     prompts, condition = PROMPTS[:batch], {}
-    if case == "image":
+    if case == "ddim":  # a first-order UniPC without its corrector is DDIM on the same sigmas
+        pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_order=1,
+                                                                       disable_corrector=[0, 1, 2])
+    if case in ("image", "ddim"):
         condition = {"image": _frames(1, 3)[0]}
     elif case == "video":
         condition = {"video": _frames(6, 4, (40, 24))}
@@ -123,7 +127,9 @@ def test_cosmos2_5_matches_the_pipeline(tiny_cosmos25, case):
     with torch.no_grad():
         theirs = pipe(prompt=prompts, height=H, width=W, num_frames=FRAMES, num_inference_steps=3, latents=latents,
                       max_sequence_length=LENGTH, output_type="latent", **condition, **theirs_kw).frames
-    ours_condition = {"images": [condition["image"]]} if case == "image" else \
+    pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_order=2,
+                                                                   disable_corrector=[])
+    ours_condition = {"images": [condition["image"]]} if "image" in condition else \
         {"videos": [condition["video"]]} if case == "video" else {}
     ours = generate(model, prompts, **ours_condition, steps=3, num_frames=FRAMES, height=H, width=W,
                     latents=latents, max_sequence_length=LENGTH, return_latents=True, **ours_kw)
