@@ -140,3 +140,46 @@ def test_cosmos2_5_matches_the_pipeline(tiny_cosmos25, case):
         frames_error = relative_error(model.decode_video(ours) / 2 + 0.5, _decoded(pipe, theirs))
         print("cosmos2.5 frames", frames_error)
         assert frames_error < 1e-5
+
+
+def test_cosmos2_5_command_writes_the_library_videos(tiny_cosmos25, tmp_path, capsys):
+    """diffkit video on the folder (--image PNG, 2 UniPC steps): the lossless animation is the library's video of
+    the seed, rounded as to_uint8 does; 16 fps."""
+    from diffkit.cli import main
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video
+    _, folder, model = tiny_cosmos25
+    image = _frames(1, 5)[0]
+    image.save(tmp_path / "in.png")
+    code = main(["video", "--checkpoint", str(folder), "--prompt", PROMPTS[1], "--image", str(tmp_path / "in.png"),
+                 "--seed", "4", "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--steps", "2",
+                 "--guidance-scale", "3", "--guidance-convention", "seed", "--individual", str(tmp_path / "each"),
+                 "--out", str(tmp_path / "grid.png"), "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "wrote 1 videos of 9 frames (32x32, 16 fps)" in out.out, out.out
+    video = generate(model, PROMPTS[1], images=[image], steps=2, num_frames=FRAMES, height=H, width=W, seed=4,
+                     guidance_scale=3.0, convention="seed")[0]
+    written = read_video(tmp_path / "each" / "video_00000.png")
+    assert torch.equal(((written + 1) * 127.5).round().to(torch.uint8),
+                       torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("part, change, args, message", [
+    ("transformer/config.json", {"use_crossattn_projection": False}, [], "use_crossattn_projection=False; allowed: "
+                                                                         "True"),
+    ("transformer/config.json", {"crossattn_proj_in_channels": 48}, [], "crossattn_proj_in_channels=48; allowed: 32"),
+    ("transformer/config.json", {"in_channels": 8}, [], "in_channels=8; allowed: 9"),
+    ("scheduler/scheduler_config.json", {"prediction_type": "epsilon"}, [], "prediction_type='epsilon'"),
+    ("model_index.json", {"_class_name": "Cosmos2_5_TransferPipeline"}, [], "Cosmos2_5_TransferPipeline folder, which diffkit video does not drive"),
+    (None, None, ["--frames", "8"], "num_frames=8 is not allowed"),
+    (None, None, ["--frames", "9", "--video", "v.png"], "--frames 9 is not allowed with this condition"),
+    (None, None, ["--image", "x.png", "--video", "v.png"], "--image and --video are both given"),
+    (None, None, ["--height", "40"], "height x width 40x1280 is not allowed"),
+    (None, None, ["--guidance-scale", "0.5", "--guidance-convention", "seed"], "0.5"),
+])
+def test_cosmos2_5_refusals(tiny_cosmos25, tmp_path, capsys, part, change, args, message):
+    """Folders diffkit does not drive and requests it refuses: one line before any weight is read, no file."""
+    _, folder, _ = tiny_cosmos25
+    bad = folder if part is None else changed_folder(folder, tmp_path / "bad", part, change)
+    refused_in_one_line(capsys, tmp_path, "video", bad, args, message)
