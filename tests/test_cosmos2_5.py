@@ -5,6 +5,7 @@ condition-mask and padding-mask channels, learnable positions and the text proje
 randomised), test_cosmos2's Wan 2.1 VAE of z_dim 8 with non-trivial latents mean / std, Cosmos' Karras flow UniPC;
 9 frames -> 3 latent frames of 32 x 32; nothing downloaded). The pipeline runs with test_cosmos2's pass-through
 safety checker and, without torchvision, nearest-neighbour stand-ins for its resize and a ``to_tensor``."""
+import re
 import types
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.cosmos2_5 import generate, is_cosmos2_5_folder, load_cosmos2_5  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
@@ -171,15 +173,39 @@ def test_cosmos2_5_command_writes_the_library_videos(tiny_cosmos25, tmp_path, ca
     ("transformer/config.json", {"crossattn_proj_in_channels": 48}, [], "crossattn_proj_in_channels=48; allowed: 32"),
     ("transformer/config.json", {"in_channels": 8}, [], "in_channels=8; allowed: 9"),
     ("scheduler/scheduler_config.json", {"prediction_type": "epsilon"}, [], "prediction_type='epsilon'"),
-    ("model_index.json", {"_class_name": "Cosmos2_5_TransferPipeline"}, [], "Cosmos2_5_TransferPipeline folder, which diffkit video does not drive"),
+    ("model_index.json", {"_class_name": "Cosmos2_5_TransferPipeline"}, [],
+     "Cosmos2_5_TransferPipeline folder, which diffkit video does not drive"),
     (None, None, ["--frames", "8"], "num_frames=8 is not allowed"),
     (None, None, ["--frames", "9", "--video", "v.png"], "--frames 9 is not allowed with this condition"),
     (None, None, ["--image", "x.png", "--video", "v.png"], "--image and --video are both given"),
     (None, None, ["--height", "40"], "height x width 40x1280 is not allowed"),
     (None, None, ["--guidance-scale", "0.5", "--guidance-convention", "seed"], "0.5"),
+    (None, None, ["sample"], "which diffkit sample does not take (it makes videos); generate videos with diffkit "
+                             "video"),
 ])
 def test_cosmos2_5_refusals(tiny_cosmos25, tmp_path, capsys, part, change, args, message):
     """Folders diffkit does not drive and requests it refuses: one line before any weight is read, no file."""
     _, folder, _ = tiny_cosmos25
     bad = folder if part is None else changed_folder(folder, tmp_path / "bad", part, change)
-    refused_in_one_line(capsys, tmp_path, "video", bad, args, message)
+    command = "sample" if args == ["sample"] else "video"
+    refused_in_one_line(capsys, tmp_path, command, bad, [] if command == "sample" else args, message)
+
+
+def test_cosmos2_5_library_refusals(tiny_cosmos25):
+    """The library's own refusals, each one line before the network runs."""
+    _, _, model = tiny_cosmos25
+    image, common = _frames(1, 3)[0], {"num_frames": FRAMES, "height": H, "width": W, "steps": 2}
+    for call, message in (
+            (lambda: generate(model, "a", images=[image], videos=[[image] * 5], **common), "both given"),
+            (lambda: generate(model, "a", videos=[[image] * 5], num_latent_conditional_frames=3, **common),
+             "num_latent_conditional_frames=3 is not allowed"),
+            (lambda: generate(model, "a", videos=[[image] * 3], **common), "an input video of 3 frames"),
+            (lambda: generate(model, "a", videos=[[image] * 5], num_frames=5, height=H, width=W),
+             "num_frames=5 is not allowed with 2 conditioning latent frames"),
+            (lambda: generate(model, "a", flow_shift=3.0, **common), "flow_shift=3.0 is not allowed"),
+            (lambda: generate(model, ["a", "b"], images=[image] * 3, **common), "3 conditions for 2 prompts"),
+            (lambda: generate(model, "a", latents=torch.zeros(1, 8, 2, 4, 4), **common),
+             "latents of shape (1, 8, 2, 4, 4)")):
+        with pytest.raises(DiffkitError, match=re.escape(message)) as info:
+            call()
+        assert "\n" not in str(info.value)

@@ -42,8 +42,9 @@ the pipeline's state of equal SNR. As the pipeline, item by item:
 
 Other samplers run on their own grids of the EDM schedule (sigma 80 at t = T - 1 to 0.002 at t = 0, then clean
 data for a final ``zero``). Not driven here (one line): every other Cosmos pipeline (text-to-world / video-to-world,
-Cosmos2VideoToWorld (:mod:`.cosmos2_video` drives it, on this module's code), Cosmos 2.5 Predict / Transfer, Cosmos3
-Omni), a scheduler whose sigmas are not positive and strictly falling (no Karras / exponential / beta sigmas:
+Cosmos2VideoToWorld (:mod:`.cosmos2_video` drives it, on this module's code), Cosmos 2.5 Predict (:mod:`.cosmos2_5`
+drives it) / Transfer, Cosmos3 Omni),
+a scheduler whose sigmas are not positive and strictly falling (no Karras / exponential / beta sigmas:
 linspace(0, 1) itself starts at sigma 0; dynamic shifting; inverted sigmas; stochastic sampling), another
 transformer / VAE / text encoder class, a transformer whose channels are not the VAE's ``z_dim`` or whose patches are
 not (1, 2, 2), Cosmos 2.5's cross-attention projection, a Wan 2.2 VAE (patched, factor 16), ``--flow-shift``, sizes
@@ -74,7 +75,8 @@ SIZE_MULTIPLE = 16  # its check_inputs
 MAX_SEQUENCE_LENGTH = 512  # its default T5 length
 SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 1.0  # what its constructor registers on the scheduler
 KARRAS_RHO = 7.0
-PIPELINE_TASKS = {"Cosmos2VideoToWorldPipeline": "video-to-world", "Cosmos2_5_PredictBasePipeline": "(2.5) text-, image- and video-to-world"}  # the other pipelines check_cosmos2_folder takes
+PIPELINE_TASKS = {"Cosmos2VideoToWorldPipeline": "video-to-world",  # the other pipelines check_cosmos2_folder takes
+                  "Cosmos2_5_PredictBasePipeline": "(2.5) text-, image- and video-to-world"}
 PIPELINE_SCHEDULER = {"sigma_max": SIGMA_MAX, "sigma_min": SIGMA_MIN, "sigma_data": SIGMA_DATA,
                       "final_sigmas_type": "sigma_min"}
 
@@ -284,7 +286,7 @@ def check_cosmos2_folder(directory: Path, pipeline: str = COSMOS2_PIPELINE, mask
         ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
         ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "the pipeline's latents of H / 8, sizes of 16"),
         ("transformer", "use_crossattn_projection", False, projection,
-         "Cosmos 2.5's projection of its Qwen2.5-VL states" if projection else "T5's states, no projection"),
+         "Cosmos 2.5's projection of its Qwen2.5-VL states"),
         ("vae", "patch_size", None, None, "a Wan 2.1 VAE: the pipeline's latents are H / 2^len(temperal_downsample)"),
         ("vae", "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8")))
     if 2 ** len(vae.get("temperal_downsample", [False, True, True])) != 8:

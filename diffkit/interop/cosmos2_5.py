@@ -242,10 +242,10 @@ def generate(model: Cosmos25, prompts: Union[str, Sequence[str]], images=None, v
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     from .wan import check_frames
     check_choice("output_range", output_range, OUTPUT_RANGES)
-    if options.get("flow_shift") is not None:
-        raise DiffkitError(f"flow_shift={options.pop('flow_shift')!r} is not allowed for a Cosmos Predict 2.5 folder "
-                           f"(its grid is its scheduler's Karras flow sigmas); drop it")
-    options.pop("flow_shift", None)
+    shift = options.pop("flow_shift", None)
+    if shift is not None:
+        raise DiffkitError(f"flow_shift={shift!r} is not allowed for a Cosmos Predict 2.5 folder (its grid is its "
+                           f"scheduler's Karras flow sigmas); drop it")
     if images is not None and videos is not None:
         raise DiffkitError("images and videos are both given; a Cosmos Predict 2.5 folder takes one condition: an "
                            "image (image-to-world) or a video (video-to-world)")
@@ -270,15 +270,14 @@ def generate(model: Cosmos25, prompts: Union[str, Sequence[str]], images=None, v
     if clips is not None and n >= shape[2]:
         raise DiffkitError(f"num_frames={frames} is not allowed with {n} conditioning latent frames; give at least "
                            f"{TEMPORAL * n + 1} (frames to generate after the condition)")
+    pixels = None if clips is None else torch.stack([
+        image_pixels(clip, height, width, frames) if videos is None
+        else video_pixels(clip, height, width, frames, given) for clip in clips])
     steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
     max_sequence_length = model.max_sequence_length if max_sequence_length is None else max_sequence_length
     denoiser, cond = model.prompt_guidance(prompts, guidance_scale, convention, negative_prompt, max_sequence_length)
-    if clips is None:
-        cond["condition"] = latents.new_zeros(*shape[:2], 0, *shape[3:]).to(model.device)
-    else:
-        pixels = torch.stack([image_pixels(clip, height, width, frames) if videos is None
-                              else video_pixels(clip, height, width, frames, given) for clip in clips])
-        cond["condition"] = model.condition(pixels, given)
+    cond["condition"] = latents.new_zeros(*shape[:2], 0, *shape[3:]).to(model.device) if pixels is None \
+        else model.condition(pixels, given)
     cond["start"] = latents.to(model.device, torch.float32)
     z = model.sample_latents(denoiser, cond, grid, sampler, latents, seed, progress, options)
     return model.output_videos(z, output_range, return_latents)
