@@ -105,8 +105,8 @@ CASES = {  # name: (pipeline kwargs, diffkit kwargs, batch)
              {"guidance_scale": 3.0, "convention": "seed", "negative_prompt": ["ugly", "blurry dog"]}, 2),
     "image": ({}, {}, 2),  # one image for both prompts, the default g = 7 against the pipeline's negative prompt
     "video": ({"guidance_scale": 1.0}, {"guidance_scale": 0.0, "convention": "seed"}, 1),  # unguided, k = 2
-    "ddim": ({}, {"sampler": "ddim"}, 2),  # image; diffkit's ddim vs the folder's UniPC at order 1, no corrector
-}
+    "ddim": ({}, {"sampler": "ddim"}, 2),  # an image per prompt (a pipeline call each); diffkit's ddim vs the
+}  # folder's UniPC at order 1 without its corrector
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -121,17 +121,20 @@ def test_cosmos2_5_matches_the_pipeline(tiny_cosmos25, case):
     if case == "ddim":  # a first-order UniPC without its corrector is DDIM on the same sigmas
         pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_order=1,
                                                                        disable_corrector=[0, 1, 2])
-    if case in ("image", "ddim"):
+    if case == "image":
         condition = {"image": _frames(1, 3)[0]}
     elif case == "video":
         condition = {"video": _frames(6, 4, (40, 24))}
     latents = torch.randn(batch, 8, 3, H // 8, W // 8, generator=torch.Generator().manual_seed(7))
+    calls = [(prompts, latents, condition)] if case != "ddim" else [
+        ([prompt], latents[i:i + 1], {"image": image}) for i, (prompt, image) in enumerate(zip(prompts, _frames(2, 3)))]
     with torch.no_grad():
-        theirs = pipe(prompt=prompts, height=H, width=W, num_frames=FRAMES, num_inference_steps=3, latents=latents,
-                      max_sequence_length=LENGTH, output_type="latent", **condition, **theirs_kw).frames
+        theirs = torch.cat([pipe(prompt=p, height=H, width=W, num_frames=FRAMES, num_inference_steps=3, latents=z,
+                                 max_sequence_length=LENGTH, output_type="latent", **c, **theirs_kw).frames
+                            for p, z, c in calls])
     pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_order=2,
                                                                    disable_corrector=[])
-    ours_condition = {"images": [condition["image"]]} if "image" in condition else \
+    ours_condition = {"images": [c["image"] for _, _, c in calls]} if case in ("image", "ddim") else \
         {"videos": [condition["video"]]} if case == "video" else {}
     ours = generate(model, prompts, **ours_condition, steps=3, num_frames=FRAMES, height=H, width=W,
                     latents=latents, max_sequence_length=LENGTH, return_latents=True, **ours_kw)
@@ -167,6 +170,26 @@ def test_cosmos2_5_command_writes_the_library_videos(tiny_cosmos25, tmp_path, ca
                        torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2))
 
 
+def test_cosmos2_5_command_takes_an_input_video(tiny_cosmos25, tmp_path, capsys):
+    """diffkit video --video FILE (a 6-frame APNG, video-to-world): the animation is the library's video of the
+    read frames."""
+    from diffkit.cli import main
+    from diffkit.images import to_uint8
+    from diffkit.video import read_video, save_video_grid
+    _, folder, model = tiny_cosmos25
+    save_video_grid(torch.rand(6, 3, H, W, generator=torch.Generator().manual_seed(9)) * 2 - 1, tmp_path / "in.png")
+    code = main(["video", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--video", str(tmp_path / "in.png"),
+                 "--frames", str(FRAMES), "--height", str(H), "--width", str(W), "--steps", "2", "--guidance-scale",
+                 "0", "--guidance-convention", "seed", "--individual", str(tmp_path / "each"),
+                 "--out", str(tmp_path / "grid.png"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    video = generate(model, PROMPTS[0], videos=[read_video(tmp_path / "in.png")], steps=2, num_frames=FRAMES,
+                     height=H, width=W, guidance_scale=0.0, convention="seed")[0]
+    written = read_video(tmp_path / "each" / "video_00000.png")
+    assert torch.equal(((written + 1) * 127.5).round().to(torch.uint8),
+                       torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2))
+
+
 @pytest.mark.parametrize("part, change, args, message", [
     ("transformer/config.json", {"use_crossattn_projection": False}, [], "use_crossattn_projection=False; allowed: "
                                                                          "True"),
@@ -176,7 +199,7 @@ def test_cosmos2_5_command_writes_the_library_videos(tiny_cosmos25, tmp_path, ca
     ("model_index.json", {"_class_name": "Cosmos2_5_TransferPipeline"}, [],
      "Cosmos2_5_TransferPipeline folder, which diffkit video does not drive"),
     (None, None, ["--frames", "8"], "num_frames=8 is not allowed"),
-    (None, None, ["--frames", "9", "--video", "v.png"], "--frames 9 is not allowed with this condition"),
+    (None, None, ["--frames", "5", "--video", "v.png"], "--frames 5 is not allowed with this condition"),
     (None, None, ["--image", "x.png", "--video", "v.png"], "--image and --video are both given"),
     (None, None, ["--height", "40"], "height x width 40x1280 is not allowed"),
     (None, None, ["--guidance-scale", "0.5", "--guidance-convention", "seed"], "0.5"),
@@ -203,6 +226,8 @@ def test_cosmos2_5_library_refusals(tiny_cosmos25):
             (lambda: generate(model, "a", videos=[[image] * 5], num_frames=5, height=H, width=W),
              "num_frames=5 is not allowed with 2 conditioning latent frames"),
             (lambda: generate(model, "a", flow_shift=3.0, **common), "flow_shift=3.0 is not allowed"),
+            (lambda: generate(model, "a", num_frames=17, height=H, width=W), "give at most 13 frames of 128x128"),
+            (lambda: generate(model, "a", num_frames=5, height=H, width=144), "give at most 13 frames of 128x128"),
             (lambda: generate(model, ["a", "b"], images=[image] * 3, **common), "3 conditions for 2 prompts"),
             (lambda: generate(model, "a", latents=torch.zeros(1, 8, 2, 4, 4), **common),
              "latents of shape (1, 8, 2, 4, 4)")):

@@ -31,7 +31,7 @@ class Cosmos25Kind(VideoKind):
         if args.images and args.videos:
             raise DiffkitError("--image and --video are both given; a Cosmos Predict 2.5 folder takes one condition: "
                                "--image PNG (image-to-world) or --video FILE (video-to-world)")
-        needed = 13 if args.videos else 5 if args.images else 1  # generated latent frames after the condition's
+        needed = 9 if args.videos else 5 if args.images else 1  # latent frames to generate after the condition's
         if frames < needed:
             raise DiffkitError(f"--frames {frames} is not allowed with this condition; give at least {needed} (4 k + 1 "
                                f"frames with latent frames after the conditioning ones)")

@@ -266,6 +266,11 @@ def generate(model: Cosmos25, prompts: Union[str, Sequence[str]], images=None, v
                                f"one per prompt")
         prompts = prompts * len(clips) if len(prompts) == 1 else prompts
     shape = model.latent_video_shape(len(prompts), frames, height, width)
+    most = list(model.transformer.config.max_size)  # (frames, rows, columns) of its position tables
+    if shape[2] > most[0] or shape[3] > 2 * most[1] or shape[4] > 2 * most[2]:
+        raise DiffkitError(f"{frames} frames of {height}x{width} are not allowed; give at most "
+                           f"{TEMPORAL * (most[0] - 1) + 1} frames of {16 * most[1]}x{16 * most[2]} (the "
+                           f"transformer's max_size {most} latent frames and 2 x 2 patches)")
     n = 0 if clips is None else (given - 1) // TEMPORAL + 1
     if clips is not None and n >= shape[2]:
         raise DiffkitError(f"num_frames={frames} is not allowed with {n} conditioning latent frames; give at least "
