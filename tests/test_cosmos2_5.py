@@ -122,12 +122,13 @@ def test_cosmos2_5_matches_the_pipeline(tiny_cosmos25, case):
         pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_order=1,
                                                                        disable_corrector=[0, 1, 2])
     if case == "image":
-        condition = {"image": _frames(1, 3)[0]}
+        condition = {"image": _frames(1, 3, (40, 24))[0]}  # resized to 32 x 32 (nearest)
     elif case == "video":
         condition = {"video": _frames(6, 4, (40, 24))}
     latents = torch.randn(batch, 8, 3, H // 8, W // 8, generator=torch.Generator().manual_seed(7))
+    images = _frames(2, 3, (24, 40))
     calls = [(prompts, latents, condition)] if case != "ddim" else [
-        ([prompt], latents[i:i + 1], {"image": image}) for i, (prompt, image) in enumerate(zip(prompts, _frames(2, 3)))]
+        ([prompt], latents[i:i + 1], {"image": image}) for i, (prompt, image) in enumerate(zip(prompts, images))]
     with torch.no_grad():
         theirs = torch.cat([pipe(prompt=p, height=H, width=W, num_frames=FRAMES, num_inference_steps=3, latents=z,
                                  max_sequence_length=LENGTH, output_type="latent", **c, **theirs_kw).frames
