@@ -77,11 +77,10 @@ class Cosmos25Net(Cosmos2VideoNet):
                 start: torch.Tensor = None) -> torch.Tensor:
         """The velocity; on the conditioning frames the pipeline's ``gt_velocity`` eps - c, eps the start latents
         ``start`` (B, C, F, h, w)."""
-        out = super().forward(x, t, context, condition)
-        n = condition.shape[2]
         if start is None:
             raise DiffkitError("a Cosmos Predict 2.5 transformer needs cond {'context', 'condition', 'start'} "
                                "(cosmos2_5.generate)")
+        out, n = super().forward(x, t, context, condition), condition.shape[2]
         return torch.cat([(start[:, :, :n] - condition).to(out.dtype), out[:, :, n:]], dim=2)
 
 
