@@ -272,6 +272,7 @@ COGVIDEOX_FUN = "## CogVideoX-Fun control folders (`diffkit.interop.cogvideox`)"
 LTX = "## LTX-Video folders (`diffkit.interop.ltx`)"
 LTX_CONDITION = "## LTX-Video condition folders (`diffkit.interop.ltx_condition`)"
 COSMOS2_VIDEO = "## Cosmos Predict2 Video2World folders (`diffkit.interop.cosmos2_video`)"
+COSMOS2_5 = "## Cosmos Predict 2.5 folders (`diffkit.interop.cosmos2_5`)"
 LATTE = "## Latte folders (`diffkit.interop.latte`)"
 SD_IMAGE_VARIATION = "## Stable Diffusion image variation folders (`diffkit.interop.sd_image_variation`)"
 STABLE_UNCLIP = "## Stable unCLIP folders (`diffkit.interop.stable_unclip`)"
@@ -365,6 +366,7 @@ MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
                                                     (LTX, ["LTXPipeline", "LTXImageToVideoPipeline"], "LX"),
                                                     (LTX_CONDITION, ["LTXConditionPipeline"], "LQ"),
                                                     (COSMOS2_VIDEO, ["Cosmos2VideoToWorldPipeline"], "CW"),
+                                                    (COSMOS2_5, ["Cosmos2_5_PredictBasePipeline"], "C5"),
                                                     (LATTE, ["LattePipeline"], "LA"),
                                                     (SD_IMAGE_VARIATION, ["StableDiffusionImageVariationPipeline"],
                                                      "SV"),

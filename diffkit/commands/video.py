@@ -47,6 +47,7 @@ VIDEO_KINDS: dict[str, str] = {
     "LTXImageToVideoPipeline": "._video_ltx:IMAGE_KIND",
     "LTXConditionPipeline": "._video_ltx_condition",
     "Cosmos2VideoToWorldPipeline": "._video_cosmos2",
+    "Cosmos2_5_PredictBasePipeline": "._video_cosmos2_5",
     "Kandinsky5T2VPipeline": "._video_kandinsky5",
     "Kandinsky5I2VPipeline": "._video_kandinsky5:I2V_KIND",
     "LattePipeline": "._video_latte",

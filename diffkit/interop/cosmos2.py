@@ -42,8 +42,9 @@ the pipeline's state of equal SNR. As the pipeline, item by item:
 
 Other samplers run on their own grids of the EDM schedule (sigma 80 at t = T - 1 to 0.002 at t = 0, then clean
 data for a final ``zero``). Not driven here (one line): every other Cosmos pipeline (text-to-world / video-to-world,
-Cosmos2VideoToWorld (:mod:`.cosmos2_video` drives it, on this module's code), Cosmos 2.5 Predict / Transfer, Cosmos3
-Omni), a scheduler whose sigmas are not positive and strictly falling (no Karras / exponential / beta sigmas:
+Cosmos2VideoToWorld (:mod:`.cosmos2_video` drives it, on this module's code), Cosmos 2.5 Predict (:mod:`.cosmos2_5`
+drives it) / Transfer, Cosmos3 Omni),
+a scheduler whose sigmas are not positive and strictly falling (no Karras / exponential / beta sigmas:
 linspace(0, 1) itself starts at sigma 0; dynamic shifting; inverted sigmas; stochastic sampling), another
 transformer / VAE / text encoder class, a transformer whose channels are not the VAE's ``z_dim`` or whose patches are
 not (1, 2, 2), Cosmos 2.5's cross-attention projection, a Wan 2.2 VAE (patched, factor 16), ``--flow-shift``, sizes
@@ -74,7 +75,8 @@ SIZE_MULTIPLE = 16  # its check_inputs
 MAX_SEQUENCE_LENGTH = 512  # its default T5 length
 SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 1.0  # what its constructor registers on the scheduler
 KARRAS_RHO = 7.0
-PIPELINE_TASKS = {"Cosmos2VideoToWorldPipeline": "video-to-world"}  # the other pipelines check_cosmos2_folder takes
+PIPELINE_TASKS = {"Cosmos2VideoToWorldPipeline": "video-to-world",  # the other pipelines check_cosmos2_folder takes
+                  "Cosmos2_5_PredictBasePipeline": "(2.5) text-, image- and video-to-world"}
 PIPELINE_SCHEDULER = {"sigma_max": SIGMA_MAX, "sigma_min": SIGMA_MIN, "sigma_data": SIGMA_DATA,
                       "final_sigmas_type": "sigma_min"}
 
@@ -257,11 +259,13 @@ def is_cosmos_folder(path: Union[str, Path]) -> bool:
     return names_pipeline(path, "Cosmos", COSMOS_TRANSFORMER)
 
 
-def check_cosmos2_folder(directory: Path, pipeline: str = COSMOS2_PIPELINE, mask_channels: int = 0) -> tuple:
+def check_cosmos2_folder(directory: Path, pipeline: str = COSMOS2_PIPELINE, mask_channels: int = 0,
+                         classes: dict = COSMOS2_CLASSES, projection: bool = False) -> tuple:
     """(index, scheduler config) of a Cosmos Predict2 text-to-image folder that :func:`load_cosmos2` drives; anything
     else is a one-line DiffkitError (module docstring), from the JSON files alone. ``pipeline`` / ``mask_channels``:
     another Cosmos Predict2 pipeline's class and the input channels its transformer takes beyond the latents'
-    (``Cosmos2VideoToWorldPipeline``'s condition mask: :mod:`.cosmos2_video`)."""
+    (``Cosmos2VideoToWorldPipeline``'s condition mask: :mod:`.cosmos2_video`); ``classes`` / ``projection``: its
+    parts' classes and whether its transformer projects the text states (Cosmos 2.5's, :mod:`.cosmos2_5`)."""
     from ..errors import read_json_object
     from .pixart import check_classes
     from .sd_xl import _index
@@ -272,7 +276,7 @@ def check_cosmos2_folder(directory: Path, pipeline: str = COSMOS2_PIPELINE, mask
     if index.get("_class_name") != pipeline:
         raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive; "
                            f"allowed: {pipeline} (Cosmos Predict2 {PIPELINE_TASKS.get(pipeline, 'text-to-image')})")
-    check_classes(directory, index, REQUIRED, "Cosmos Predict2", COSMOS2_CLASSES)
+    check_classes(directory, index, REQUIRED, "Cosmos Predict2", classes)
     configs = {part: read_json_object(directory / part / "config.json", f"{part} config")
                for part in ("transformer", "vae")}
     z_dim, vae = configs["vae"].get("z_dim", 16), configs["vae"]
@@ -281,7 +285,8 @@ def check_cosmos2_folder(directory: Path, pipeline: str = COSMOS2_PIPELINE, mask
          "the VAE's z_dim" + (f" + {mask_channels} (its condition mask)" if mask_channels else "")),
         ("transformer", "out_channels", 16, z_dim, "the VAE's z_dim"),
         ("transformer", "patch_size", [1, 2, 2], [1, 2, 2], "the pipeline's latents of H / 8, sizes of 16"),
-        ("transformer", "use_crossattn_projection", False, False, "Cosmos 2.5's projection of its Qwen2.5-VL states"),
+        ("transformer", "use_crossattn_projection", False, projection,
+         "Cosmos 2.5's projection of its Qwen2.5-VL states"),
         ("vae", "patch_size", None, None, "a Wan 2.1 VAE: the pipeline's latents are H / 2^len(temperal_downsample)"),
         ("vae", "scale_factor_spatial", 8, 8, "the pipeline's latents of H / 8")))
     if 2 ** len(vae.get("temperal_downsample", [False, True, True])) != 8:
@@ -307,6 +312,12 @@ def _load_cosmos2(cls, directory, device, dtype, progress: bool, check) -> Cosmo
     model = load_one_text_folder(cls, directory, index, sched, diffusers.CosmosTransformer3DModel,
                                  "T5EncoderModel", device, dtype, progress, "text_embed_dim", "d_model",
                                  "the T5 encoder's width", vae_cls=diffusers.AutoencoderKLWan)
+    return take_padding(model)
+
+
+def take_padding(model):
+    """``model`` with ``padding`` set to its transformer's ``concat_padding_mask``, which is set off: diffkit's net
+    appends the zero padding channel itself (:class:`Cosmos2Net`)."""
     model.padding = bool(model.transformer.config.concat_padding_mask)
     model.transformer.register_to_config(concat_padding_mask=False)
     return model

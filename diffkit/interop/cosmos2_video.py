@@ -63,6 +63,11 @@ class Cosmos2VideoNet(Cosmos2Net):
         super().__init__(transformer, num_timesteps, padding)
         self.fps = fps
 
+    def condition_timestep(self, device) -> torch.Tensor:
+        """The conditioning frames' timestep s_c = sigma_c / (1 + sigma_c) of ``SIGMA_CONDITIONING`` (float32)."""
+        sigma_c = torch.tensor(SIGMA_CONDITIONING, dtype=torch.float32, device=device)
+        return sigma_c / (sigma_c + 1)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
                 condition: torch.Tensor = None) -> torch.Tensor:
         if context is None or condition is None:
@@ -70,8 +75,7 @@ class Cosmos2VideoNet(Cosmos2Net):
                                "(cosmos2_video.image_to_video)")
         dtype, (b, _, frames, h, w), n = model_dtype(self.model), x.shape, condition.shape[2]
         s = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b) / self.num_timesteps
-        sigma_c = torch.tensor(SIGMA_CONDITIONING, dtype=torch.float32, device=x.device)
-        timestep = torch.cat([(sigma_c / (sigma_c + 1)).expand(b, n), s[:, None].expand(b, frames - n)], dim=1)
+        timestep = torch.cat([self.condition_timestep(x.device).expand(b, n), s[:, None].expand(b, frames - n)], dim=1)
         mask = x.new_zeros(b, 1, frames, h, w)
         mask[:, :, :n] = 1
         inputs = [torch.cat([condition.to(x.dtype), x[:, :, n:]], dim=2), mask]
