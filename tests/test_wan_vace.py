@@ -201,8 +201,8 @@ def test_wan_vace_command_refusals_are_one_line(tiny_vace, written_inputs, tmp_p
                                                 message):
     """Before any weight is read (the loader patched to fail), nothing written: a mask without a video, a video of
     frames not 4 k + 1, a mask of another size, videos of several sizes, --frames / --height other than the video's,
-    an unreadable reference image, --lora-any-base (``diffkit sample`` / ``edit`` on the folder: the shared refusal of every
-    VIDEO_KINDS folder, tests/test_wan.py's)."""
+    an unreadable reference image, --lora-any-base (``diffkit sample`` / ``edit`` on the folder: the shared refusal
+    of every VIDEO_KINDS folder, tests/test_wan.py's)."""
     import diffkit.interop.wan_vace as wan_vace
     monkeypatch.setattr(wan_vace, "load_wan_vace", lambda *a, **k: pytest.fail("weights read"))
     monkeypatch.chdir(tmp_path)
