@@ -359,7 +359,7 @@ MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
                                                     (MOCHI, ["MochiPipeline"], "MO"),
                                                     (WAN, ["WanPipeline"], "WN"),
                                                     (WAN_I2V, ["WanImageToVideoPipeline"], "WI"),
-                                                    (WAN_VACE, ["WanVACEPipeline"], "VA"),
+                                                    (WAN_VACE, ["WanVACEPipeline"], "VA|WL"),
                                                     (WAN_V2V, ["WanVideoToVideoPipeline"], "WV"),
                                                     (COGVIDEOX, ["CogVideoXPipeline"], "CX"),
                                                     (COGVIDEOX_FUN, ["CogVideoXFunControlPipeline"], "CF"),
@@ -380,7 +380,7 @@ MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
                                                                         "Kandinsky5I2VPipeline"], "KV"),
                                                     (SKYREELS_V2, ["SkyReelsV2Pipeline",
                                                                    "SkyReelsV2ImageToVideoPipeline",
-                                                                   "SkyReelsV2DiffusionForcingPipeline"], "SK"),
+                                                                   "SkyReelsV2DiffusionForcingPipeline"], "SK|WL"),
                                                     (MODELSCOPE, ["TextToVideoSDPipeline", "VideoToVideoSDPipeline",
                                                                   "I2VGenXLPipeline"], "MS"),
                                                     (HUNYUAN_VIDEO15, ["HunyuanVideo15Pipeline",
@@ -391,7 +391,7 @@ MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
                                                     (EASYANIMATE, ["EasyAnimatePipeline",
                                                                    "EasyAnimateInpaintPipeline"], "EA"),
                                                     (HUNYUAN_FRAMEPACK, ["HunyuanVideoFramepackPipeline"], "FP"),
-                                                    (LUCY_EDIT, ["LucyEditPipeline"], "LE"),
+                                                    (LUCY_EDIT, ["LucyEditPipeline"], "LE|WL"),
                                                     (MOTIF_VIDEO, ["MotifVideoPipeline",
                                                                    "MotifVideoImage2VideoPipeline"], "MV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):

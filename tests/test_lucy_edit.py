@@ -139,6 +139,14 @@ def test_lucy_edit_two_experts_match_the_pipeline(tiny_lucy, tmp_path):
             check_lucy_edit_folder(changed_folder(path, tmp_path, part, change, parts=parts))
 
 
+def test_lucy_edit_lora_is_load_lora_weights_and_fuse_lora(tiny_lucy, tmp_path):
+    """A diffusers-format LoRA (Wan text-to-video's test's) at 0.6 through the shared Wan reader: the transformer of
+    LucyEditPipeline's load_lora_weights + fuse_lora(lora_scale=0.6)."""
+    from test_wan import fused_lora_matches
+    pipe, path, _ = tiny_lucy
+    fused_lora_matches(diffusers.LucyEditPipeline, pipe, path, tmp_path, load_lucy_edit)
+
+
 def test_lucy_edit_command(tiny_lucy, tmp_path):
     """``diffkit video --video DIR`` (two instructions on one input video in one batch, 2 steps, CFG 5 against "")
     writes the library's frames at 24 fps."""

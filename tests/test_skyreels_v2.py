@@ -150,6 +150,17 @@ def test_skyreels_v2_image_to_video_matches_the_pipeline(tiny_skyreels):
     _compare("i2v", ours, theirs, model)
 
 
+@pytest.mark.parametrize("kind", ["t2v", "i2v", "df"])
+def test_skyreels_v2_lora_is_load_lora_weights_and_fuse_lora(request, tmp_path, kind):
+    """A diffusers-format LoRA (Wan text-to-video's test's; on the image-to-video transformer diffusers' loader adds
+    zero add_k_proj / add_v_proj matrices) at 0.6 through the shared Wan reader: the transformer of the pipeline's
+    load_lora_weights + fuse_lora(lora_scale=0.6) (SkyReelsV2LoraLoaderMixin)."""
+    from test_wan import fused_lora_matches
+    pipe, path, _ = request.getfixturevalue("tiny_forcing") if kind == "df" else \
+        request.getfixturevalue("tiny_skyreels")[kind]
+    fused_lora_matches(type(pipe), pipe, path, tmp_path, load_skyreels_v2)
+
+
 def _as_written(video):
     """A video (T, 3, H, W) in [-1, 1] as diffkit writes and reads it back: rounded as diffkit.images.to_uint8."""
     return torch.from_numpy(to_uint8(video)).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -195,7 +206,7 @@ def test_skyreels_v2_command_is_the_library(request, tmp_path, capsys, kind):
                                 "(SkyReelsV2Pipeline's"),
     ("t2v", ["--guidance-scale-2", "2"], "--guidance-scale-2 does not apply to a SkyReels-V2 folder"),
     ("t2v", ["--image", "a.png"], "--image does not apply to a SkyReels-V2 folder"),
-    ("i2v", ["--lora", "a.png"], "--lora does not apply to a SkyReels-V2 image-to-video folder"),
+    ("i2v", ["--lora", "a.png", "--lora-any-base"], "--lora-any-base does not apply to a SkyReels-V2 image-to-video"),
     ("i2v", [], "(image-to-video): give --image PNG"),
     ("i2v", ["--image", "a.png", "--last-image", "a.png"], "--last-image does not apply to"),
     ("t2v", ["--ar-step", "1"], "--ar-step does not apply to a SkyReels-V2 folder"),

@@ -162,6 +162,25 @@ WAN_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to
                 rank_pattern={"to_q": 2}, alpha_pattern={"to_v": 3.0})
 
 
+def fused_lora_matches(pipeline_class, pipe, path, tmp_path, load, config=None, scale: float = 0.6):
+    """(a diffusers-format LoRA file, ``config`` (default :data:`WAN_LORA`) on the transformer of ``pipe``'s saved
+    folder ``path``, written by ``pipeline_class.save_lora_weights``; ``load(path, lora=[(file, scale)])``; ``pipe``'s
+    copy after its ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``), checking that diffkit's merged
+    transformer is the fused one's (every weight within 1e-6 relative) and that the LoRA moves it (> 1e-2)."""
+    from test_sd_lora import fused_transformer_lora
+    lora, fused = fused_transformer_lora(pipeline_class, path, tmp_path, config or WAN_LORA, scale=scale, loaded=pipe)
+    ours = load(path, progress=False, lora=[(lora, scale)])
+    theirs, base = fused.transformer.state_dict(), pipe.transformer.state_dict()
+    mine = ours.transformer.state_dict()
+    assert mine.keys() == theirs.keys()
+    error = max(float((mine[k] - v).abs().max()) for k, v in theirs.items()) / max(
+        float(v.abs().max()) for v in theirs.values())
+    print(f"{pipeline_class.__name__} fused weights: {error:.2e}")
+    assert error < 1e-6
+    assert max(float((theirs[k] - v).abs().max()) for k, v in base.items()) > 1e-2
+    return lora, ours, fused
+
+
 def test_wan_lora_is_load_lora_weights_and_fuse_lora(tiny_wan, tmp_path):
     """A diffusers-format file (WanPipeline.save_lora_weights) at 0.6 through ChronoEdit's Wan LoRA reader: the final
     latents of load_lora_weights + fuse_lora(lora_scale=0.6)'s pipeline (2 UniPC steps, unguided), and ``diffkit video

@@ -153,6 +153,26 @@ def test_wan_vace_command_is_the_library(tiny_vace, tmp_path, capsys):
     assert torch.equal(read_video(tmp_path / "out.png")[:, :, 2:2 + H, 2:2 + W], expected)
 
 
+def test_wan_vace_lora_is_load_lora_weights_and_fuse_lora(tiny_vace, tmp_path):
+    """A diffusers-format LoRA (Wan text-to-video's test's modules, the VACE blocks' proj_in / proj_out and attention
+    too) at 0.6 through the shared Wan reader: the transformer of WanVACEPipeline's load_lora_weights +
+    fuse_lora(lora_scale=0.6); ``diffkit video --video --lora FILE:0.6`` writes the library's video (1 step); a file
+    of another layout refused in one line naming the kind."""
+    from safetensors.torch import save_file
+    from test_wan import WAN_LORA, fused_lora_matches
+    pipe, path, _ = tiny_vace
+    config = {**WAN_LORA, "target_modules": WAN_LORA["target_modules"] + ["proj_in"]}
+    lora, ours, _ = fused_lora_matches(diffusers.WanVACEPipeline, pipe, path, tmp_path, load_wan_vace, config)
+    video = _written(tmp_path, "v.png", VIDEO)
+    assert main(["video", "--checkpoint", str(path), "--prompt", PROMPT, "--video", video, "--steps", "1", "--seed",
+                 "5", "--lora", f"{lora}:0.6", "--no-progress", "--out", str(tmp_path / "out.png")]) == 0
+    expected = vace_to_video(ours, PROMPT, videos=read_video(video), steps=1, seed=5)[0]
+    assert (to_uint8(read_video(tmp_path / "out.png")[:, :, 2:2 + H, 2:2 + W]) == to_uint8(expected)).all()
+    save_file({"transformer.vace_blocks.0.proj_out.lora_down.weight": torch.zeros(2, 24)}, tmp_path / "bad.safetensors")
+    with pytest.raises(DiffkitError, match="on a Wan VACE folder"):
+        load_wan_vace(path, progress=False, lora=[tmp_path / "bad.safetensors"])
+
+
 @pytest.fixture(scope="module")
 def written_inputs(tmp_path_factory):
     """Inputs for the refusals: v.png (the 5-frame control video), v3.png (3 frames), big.png (5 frames of 32 x
@@ -175,14 +195,14 @@ def written_inputs(tmp_path_factory):
     (["--video", "{v}", "--height", "32"], "--height 32 is not allowed with --video"),
     (["--reference-image", "{not}"], "cannot be read as an image"),
     (["--frames", "4"], "num_frames=4 is not allowed"),
-    (["--lora", "{r}"], "--lora does not apply to a Wan VACE folder"),
+    (["--lora", "{r}", "--lora-any-base"], "--lora-any-base does not apply to a Wan VACE folder"),
     (["--image", "{r}"], "--image does not apply to a Wan VACE folder")])
 def test_wan_vace_command_refusals_are_one_line(tiny_vace, written_inputs, tmp_path, capsys, monkeypatch, args,
                                                 message):
     """Before any weight is read (the loader patched to fail), nothing written: a mask without a video, a video of
     frames not 4 k + 1, a mask of another size, videos of several sizes, --frames / --height other than the video's,
-    an unreadable reference image, --lora (``diffkit sample`` / ``edit`` on the folder: the shared refusal of every
-    VIDEO_KINDS folder, tests/test_wan.py's)."""
+    an unreadable reference image, --lora-any-base (``diffkit sample`` / ``edit`` on the folder: the shared refusal
+    of every VIDEO_KINDS folder, tests/test_wan.py's)."""
     import diffkit.interop.wan_vace as wan_vace
     monkeypatch.setattr(wan_vace, "load_wan_vace", lambda *a, **k: pytest.fail("weights read"))
     monkeypatch.chdir(tmp_path)

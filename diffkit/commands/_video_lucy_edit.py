@@ -12,11 +12,11 @@ class LucyEditKind(WanKind):
     """``LucyEditPipeline`` folders: ``--video`` edited by the ``--prompt`` instruction, its frame count (4 k + 1) the
     output's (``--frames`` refused), each frame resized to 480 x 832 (or ``--height`` x ``--width``); Wan
     text-to-video's size and guidance checks (:class:`._video_wan.WanKind`; ``--guidance-scale-2`` on a two-expert
-    folder) but not its ``--image`` or ``--lora``; 24 fps (Lucy-Edit's documented export)."""
+    folder, ``--lora``) but not its ``--image``; 24 fps (Lucy-Edit's documented export)."""
 
     label = "Lucy-Edit"
     pipelines = ("LucyEditPipeline",)
-    takes = WanKind.takes - {"num_frames", "images", "lora"} | {"videos"}
+    takes = WanKind.takes - {"num_frames", "images"} | {"videos"}
     needs_video = True
     fps = LUCY_EDIT_FPS
 
@@ -32,7 +32,7 @@ class LucyEditKind(WanKind):
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.lucy_edit import load_lucy_edit
-        return load_lucy_edit(directory, device, progress=progress)
+        return load_lucy_edit(directory, device, progress=progress, lora=lora)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):
         from ..interop.lucy_edit import edit_video

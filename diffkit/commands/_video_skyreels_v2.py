@@ -9,7 +9,7 @@ from ..interop.skyreels_v2 import SKYREELS_V2_FPS
 from ._video_wan import WanKind
 from ._video_wan_i2v import WanI2VKind
 
-WAN_ONLY = frozenset({"guidance_scale_2", "lora"})  # Wan 2.2 A14B's experts; Wan's LoRA reader (not offered here)
+WAN_ONLY = frozenset({"guidance_scale_2"})  # Wan 2.2 A14B's experts
 
 
 class SkyReelsV2Kind(WanKind):
@@ -27,7 +27,7 @@ class SkyReelsV2Kind(WanKind):
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.skyreels_v2 import load_skyreels_v2
-        return load_skyreels_v2(directory, device, progress=progress)
+        return load_skyreels_v2(directory, device, progress=progress, lora=lora)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.skyreels_v2 import text_to_video

@@ -16,11 +16,11 @@ class WanVACEKind(WanKind):
     and size), its mask (``--mask``), reference images (``--reference-image``) and ``--conditioning-scale``; without
     a video 81 frames of 480 x 832; 50 steps of the folder's scheduler, CFG s = 5 by default, 16 fps; Wan
     text-to-video's flags and checks (:class:`._video_wan.WanKind`: ``--guidance-scale-2`` for Wan 2.2's two
-    experts) but ``--lora``."""
+    experts, ``--lora``)."""
 
     label = "Wan VACE"
     pipelines = ("WanVACEPipeline",)
-    takes = WanKind.takes - {"lora", "images"} | {"videos", "mask", "reference_image", "conditioning_scale"}
+    takes = WanKind.takes - {"images"} | {"videos", "mask", "reference_image", "conditioning_scale"}
     fps = WAN_VACE_FPS
 
     def check_folder(self, directory) -> None:
@@ -65,7 +65,7 @@ class WanVACEKind(WanKind):
 
     def load(self, directory, device, progress: bool, lora=None):
         from ..interop.wan_vace import load_wan_vace
-        return load_wan_vace(directory, device, progress=progress)
+        return load_wan_vace(directory, device, progress=progress, lora=lora)
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):
         from ..interop.wan_vace import vace_to_video

@@ -1,6 +1,8 @@
 """LoRA files on a ChronoEdit folder: what diffusers 0.42.1's ``ChronoEditPipeline.load_lora_weights``
 (``WanLoraLoaderMixin``) loads into its ``ChronoEditTransformer3DModel``, fused as its ``fuse_lora``; a Wan folder's
-(``WanPipeline``, :mod:`.wan`) the same way (:func:`read_wan_loras` naming its pipeline).
+(``WanPipeline``, :mod:`.wan`) and those of the other pipelines loading through ``WanLoraLoaderMixin`` (Wan
+image-to-video, video-to-video, VACE, Lucy-Edit) or diffusers' copy of it, ``SkyReelsV2LoraLoaderMixin`` (SkyReels-V2),
+the same way (:func:`read_wan_loras` naming its pipeline).
 
 The loader adapts ``transformer`` only (its ``transformer_2`` does not exist on a ChronoEdit folder). Three layouts:
 

@@ -101,14 +101,20 @@ def check_lucy_edit_folder(directory) -> tuple:
 
 
 def load_lucy_edit(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                   progress: bool = True) -> LucyEdit:
+                   progress: bool = True, lora=None) -> LucyEdit:
     """Load a ``LucyEditPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_lucy_edit_folder`)."""
+    (:func:`check_lucy_edit_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) in the layouts
+    ``WanLoraLoaderMixin`` loads (:func:`.chronoedit_lora.read_wan_loras`), read and checked first, fused into
+    ``transformer`` as the pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (``transformer_2``
+    left alone, as without ``load_into_transformer_2``)."""
     from . import require
+    from .chronoedit_lora import read_wan_loras
+    from .sd_lora import merge_sd_loras
     from .wan import check_widths, load_second_expert, load_wan_parts
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_lucy_edit_folder(directory)
+    loras = read_wan_loras(lora, KIND, LUCY_EDIT_PIPELINE) if lora else []
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanTransformer3DModel, device, dtype,
                                              progress)
     second, ratio = load_second_expert(directory, index, device, dtype, progress)
@@ -116,6 +122,7 @@ def load_lucy_edit(directory: Union[str, Path], device="cpu", dtype: torch.dtype
                      transformer_2=second, boundary_ratio=ratio, expand_timesteps=bool(index.get("expand_timesteps")))
     check_widths(directory, [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
                              for t in (model.transformer, second) if t is not None])
+    merge_sd_loras(model, loras)
     return model
 
 

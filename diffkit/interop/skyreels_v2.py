@@ -118,16 +118,22 @@ def check_skyreels_v2_folder(directory, pipelines=(SKYREELS_V2_PIPELINE, SKYREEL
 
 
 def load_skyreels_v2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                     progress: bool = True):
+                     progress: bool = True, lora=None):
     """Load a ``SkyReelsV2Pipeline`` (:class:`SkyReelsV2`), ``SkyReelsV2ImageToVideoPipeline``
     (:class:`SkyReelsV2I2V`, with its CLIP image encoder) or ``SkyReelsV2DiffusionForcingPipeline``
     (:class:`.skyreels_v2_forcing.SkyReelsV2DF`) folder, never downloading nor unpickling, checked first
-    (:func:`check_skyreels_v2_folder`)."""
+    (:func:`check_skyreels_v2_folder`). ``lora``: LoRA files (paths or (path, scale) pairs) in the layouts
+    ``SkyReelsV2LoraLoaderMixin`` loads (diffusers' copy of ``WanLoraLoaderMixin``'s reading, for the transformer
+    alone: :func:`.chronoedit_lora.read_wan_loras`), read and checked first, fused into ``transformer`` as the
+    pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
     from . import require
+    from .chronoedit_lora import read_wan_loras
+    from .sd_lora import merge_sd_loras
     from .wan import check_widths, load_clip, load_wan_parts
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_skyreels_v2_folder(directory)
+    loras = read_wan_loras(lora, KIND, index["_class_name"]) if lora else []
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.SkyReelsV2Transformer3DModel, device,
                                              dtype, progress)
     common = {**parts, "scheduler_config": sched, "schedule": schedule, "device": device, "dtype": dtype}
@@ -142,6 +148,7 @@ def load_skyreels_v2(directory: Union[str, Path], device="cpu", dtype: torch.dty
     else:
         model = SkyReelsV2(**common)
     check_widths(directory, widths)
+    merge_sd_loras(model, loras)
     return model
 
 

@@ -192,14 +192,20 @@ def check_wan_vace_folder(directory) -> tuple:
 
 
 def load_wan_vace(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                  progress: bool = True) -> WanVACE:
+                  progress: bool = True, lora=None) -> WanVACE:
     """Load a ``WanVACEPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_wan_vace_folder`), with a Wan 2.2 A14B folder's ``transformer_2``."""
+    (:func:`check_wan_vace_folder`), with a Wan 2.2 A14B folder's ``transformer_2``. ``lora``: LoRA files (paths or
+    (path, scale) pairs) in the layouts ``WanLoraLoaderMixin`` loads (:func:`.chronoedit_lora.read_wan_loras`), read
+    and checked first, fused into ``transformer`` (its VACE blocks too) as the pipeline's ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (``transformer_2`` left alone, as without ``load_into_transformer_2``)."""
     from . import require
+    from .chronoedit_lora import read_wan_loras
+    from .sd_lora import merge_sd_loras
     from .wan import check_widths, load_second_expert, load_wan_parts
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_wan_vace_folder(directory)
+    loras = read_wan_loras(lora, KIND, WAN_VACE_PIPELINE) if lora else []
     parts, schedule, device = load_wan_parts(directory, index, sched, diffusers.WanVACETransformer3DModel, device,
                                              dtype, progress)
     second, ratio = load_second_expert(directory, index, device, dtype, progress, VACE_TRANSFORMER)
@@ -207,6 +213,7 @@ def load_wan_vace(directory: Union[str, Path], device="cpu", dtype: torch.dtype 
                     transformer_2=second, boundary_ratio=ratio)
     check_widths(directory, [(t.config.text_dim, model.text_encoder.config.d_model, "text_dim")
                              for t in (model.transformer, second) if t is not None])
+    merge_sd_loras(model, loras)
     return model
 
 
