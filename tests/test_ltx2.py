@@ -35,7 +35,8 @@ def _tiny_pipeline():
     transformer = diffusers.LTX2VideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
         audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=2, audio_attention_head_dim=4,
-        audio_cross_attention_dim=8, num_layers=2, caption_channels=16, rope_double_precision=False)
+        audio_cross_attention_dim=8, num_layers=2, caption_channels=16, rope_double_precision=False,
+        perturbed_attn=True)  # (STG skips self-attention only with the perturbed processor)
     vae = diffusers.AutoencoderKLLTX2Video(
         latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1, 1),
         decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
