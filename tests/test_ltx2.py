@@ -121,3 +121,38 @@ def test_ltx2_refusals(folder, tmp_path, change, options, text):
         refused_in_one_line(lambda: ltx2.load_ltx2(copy, progress=False), text)
     else:
         refused_in_one_line(lambda: ltx2.text_to_video(model, PROMPT, steps=1, **RUN, **options), text)
+
+
+def test_ltx2_video_command_writes_video_and_sound(folder, tmp_path, capsys):
+    """diffkit video on the folder: the APNG is the library's 8-bit video, the WAVs beside it the library's waveform
+    (16-bit); an .mp4 --out carries it as an AAC track at the vocoder's rate; --fps other than 24 is one line."""
+    import wave
+
+    import numpy as np
+
+    from diffkit.cli import main
+    from diffkit.images import to_uint8
+    from diffkit.movie import movie_audio
+    from diffkit.video import read_video
+    path, _, model = folder
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPT, "--seed", "5", "--frames", str(FRAMES),
+            "--height", str(SIZE), "--width", str(SIZE), "--steps", "2"]
+    assert main(argv + ["--out", str(tmp_path / "v.png"), "--individual", str(tmp_path / "each")]) == 0, \
+        capsys.readouterr().err
+    video, sound = ltx2.text_to_video(model, PROMPT, steps=2, num_frames=FRAMES, height=SIZE, width=SIZE, seed=5)
+    written = read_video(tmp_path / "each" / "video_00000.png")
+    assert torch.equal(((written + 1) * 127.5).round().to(torch.uint8),
+                       torch.from_numpy(to_uint8(video[0])).permute(0, 3, 1, 2))
+    for file in (tmp_path / "v.wav", tmp_path / "each" / "video_00000.wav"):  # the grid's (one video) and its own
+        with wave.open(str(file)) as wav:
+            assert (wav.getframerate(), wav.getnchannels()) == (16000, 2)
+            pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, 2).T / 32767
+        assert np.abs(pcm - sound[0].clamp(-1, 1).numpy()).max() <= 1 / 32767
+    assert main(argv + ["--out", str(tmp_path / "v.mp4")]) == 0, capsys.readouterr().err
+    track, rate = movie_audio(tmp_path / "v.mp4")
+    assert rate == 16000 and track.shape[0] == 2 and track.shape[1] >= sound.shape[2]
+    capsys.readouterr()
+    assert main(argv + ["--fps", "30", "--out", str(tmp_path / "w.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--fps 30 is not allowed" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w.png").exists()
