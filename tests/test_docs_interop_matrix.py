@@ -284,6 +284,7 @@ HUNYUAN_VIDEO15 = "## HunyuanVideo 1.5 folders (`diffkit.interop.hunyuan_video15
 ALLEGRO = "## Allegro folders (`diffkit.interop.allegro`)"
 SANA_VIDEO = "## SANA-Video folders (`diffkit.interop.sana_video`)"
 EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
+LTX2 = "## LTX-2 folders (`diffkit.interop.ltx2`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -380,7 +381,8 @@ EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
                                                     (SANA_VIDEO, ["SanaVideoPipeline", "SanaImageToVideoPipeline"],
                                                      "SN"),
                                                     (EASYANIMATE, ["EasyAnimatePipeline",
-                                                                   "EasyAnimateInpaintPipeline"], "EA")])
+                                                                   "EasyAnimateInpaintPipeline"], "EA"),
+                                                    (LTX2, ["LTX2Pipeline"], "L2")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
