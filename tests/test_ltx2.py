@@ -41,7 +41,8 @@ def _tiny_pipeline():
         latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1, 1),
         decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
         decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,),
-        upsample_factor=(1,), timestep_conditioning=True, patch_size=1, patch_size_t=1, decoder_causal=False)
+        upsample_factor=(1,), timestep_conditioning=True, patch_size=1, patch_size_t=1, decoder_causal=False,
+        scaling_factor=1.3)
     audio_vae = diffusers.AutoencoderKLLTX2Audio(base_channels=8, output_channels=2, ch_mult=(1,), num_res_blocks=1,
                                                  latent_channels=2, mel_bins=16, resolution=16)
     vocoder = LTX2Vocoder(in_channels=32, hidden_channels=16, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
