@@ -99,6 +99,8 @@ def test_ltx2_matches_pipeline(folder):
     frames, wave = ltx2.text_to_video(model, PROMPT, output_range="0,1", **opts)
     assert _rel(frames, refs["pt"][0]) <= 1e-5
     assert wave.shape == refs["pt"][1].shape and _rel(wave, refs["pt"][1]) <= 1e-5
+    other, sound = ltx2.text_to_video(model, PROMPT, sampler="ddpm", return_latents=True, **opts)  # stochastic
+    assert torch.isfinite(other).all() and torch.isfinite(sound).all() and not torch.equal(other, video)
 
 
 @pytest.mark.parametrize("change, options, text", [
