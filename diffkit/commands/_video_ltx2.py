@@ -1,7 +1,8 @@
 """``diffkit video --checkpoint LTX2_FOLDER --prompt TEXT``: an ``LTX2Pipeline`` folder's joint video + audio
 (:func:`diffkit.interop.ltx2.text_to_video`), the sound an AAC track of an .mp4 / .mkv ``--out`` (and of each
 ``--individual`` movie), else a WAV file beside each animation; ``--guidance-scale`` (the video stream's CFG),
-``--guidance-rescale``, ``--decode-timestep``, ``--decode-noise-scale`` (the "LTX-Video" group); docs/interop/ltx2.md."""
+``--guidance-rescale``, ``--decode-timestep``, ``--decode-noise-scale`` (the "LTX-Video" group);
+docs/interop/ltx2.md."""
 from __future__ import annotations
 
 from pathlib import Path

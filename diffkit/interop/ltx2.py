@@ -118,7 +118,7 @@ class LTX2Net(torch.nn.Module):
         dtype, m = model_dtype(self.model), self.model
         tokens = video.flatten(2).transpose(1, 2)
         audio_tokens = audio.transpose(1, 2).flatten(2)
-        timestep = t.expand(b)
+        timestep = t
         v, a = m(hidden_states=tokens.to(dtype), audio_hidden_states=audio_tokens.to(dtype),
                  encoder_hidden_states=context, audio_encoder_hidden_states=audio_context, timestep=timestep,
                  sigma=timestep, encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=f,
@@ -133,8 +133,8 @@ class LTX2Net(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         layout: JointLayout = cond["layout"]
         video, audio = layout.split(x.float())
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1)[:1]
-        sigma = t.double() / self.num_timesteps
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        sigma = t.double() / self.num_timesteps  # per sample
         ctx = (cond["context"], cond["audio_context"], cond["mask"])
         preds = {}
         if "u" in cond["passes"]:
@@ -156,7 +156,7 @@ class LTX2Net(torch.nn.Module):
                                       spatio_temporal_guidance_blocks=None, perturbation_mask=None)
         out = []
         for i, state in enumerate((video, audio)):
-            s = sigma.to(state.dtype)
+            s = sigma.to(state.dtype).view(-1, *[1] * (state.ndim - 1))
             x0 = {k: state - p[i] * s for k, p in preds.items()}
             out.append((state - guided_x0(x0, cond["scales"][i], cond["rescales"][i])) / s)
         return layout.join(*out).to(x.dtype)
