@@ -155,7 +155,17 @@ def test_ltx2_video_command_writes_video_and_sound(folder, tmp_path, capsys):
     track, rate = movie_audio(tmp_path / "v.mp4")
     assert rate == 16000 and track.shape[0] == 2 and track.shape[1] >= sound.shape[2]
     capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPT, "--out", str(tmp_path / "s.png")]) == 2
+    assert "diffkit video --checkpoint" in capsys.readouterr().err
     assert main(argv + ["--fps", "30", "--out", str(tmp_path / "w.png")]) == 2
     err = capsys.readouterr().err
     assert "--fps 30 is not allowed" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w.png").exists()
+
+
+@pytest.mark.parametrize("audio, rate, text", [(torch.zeros(3, 8), 16000, "with 1 or 2 channels"),
+                                               (torch.zeros(2, 8), 0, "sample_rate")])
+def test_ltx2_audio_track_refusals(audio, rate, text):
+    """diffkit.movie's audio writers refuse a waveform of 3 channels or a sample rate of 0 in one line."""
+    from diffkit.movie import wav_bytes
+    refused_in_one_line(lambda: wav_bytes(audio.numpy(), rate), text)
