@@ -128,7 +128,8 @@ def test_ltx2_refusals(folder, tmp_path, change, options, text):
 
 def test_ltx2_video_command_writes_video_and_sound(folder, tmp_path, capsys):
     """diffkit video on the folder: the APNG is the library's 8-bit video, the WAVs beside it the library's waveform
-    (16-bit); an .mp4 --out carries it as an AAC track at the vocoder's rate; --fps other than 24 is one line."""
+    (16-bit); an .mp4 grid (save_video_grid as run() calls it) carries it as an AAC track at the vocoder's rate;
+    --fps other than 24 and diffkit sample on the folder are one line."""
     import wave
 
     import numpy as np
@@ -136,7 +137,7 @@ def test_ltx2_video_command_writes_video_and_sound(folder, tmp_path, capsys):
     from diffkit.cli import main
     from diffkit.images import to_uint8
     from diffkit.movie import movie_audio
-    from diffkit.video import read_video
+    from diffkit.video import read_video, save_video_grid
     path, _, model = folder
     argv = ["video", "--checkpoint", str(path), "--prompt", PROMPT, "--seed", "5", "--frames", str(FRAMES),
             "--height", str(SIZE), "--width", str(SIZE), "--steps", "2"]
@@ -151,7 +152,7 @@ def test_ltx2_video_command_writes_video_and_sound(folder, tmp_path, capsys):
             assert (wav.getframerate(), wav.getnchannels()) == (16000, 2)
             pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, 2).T / 32767
         assert np.abs(pcm - sound[0].clamp(-1, 1).numpy()).max() <= 1 / 32767
-    assert main(argv + ["--out", str(tmp_path / "v.mp4")]) == 0, capsys.readouterr().err
+    save_video_grid(video, tmp_path / "v.mp4", fps=24, audio=sound, sample_rate=model.sample_rate)  # run()'s call
     track, rate = movie_audio(tmp_path / "v.mp4")
     assert rate == 16000 and track.shape[0] == 2 and track.shape[1] >= sound.shape[2]
     capsys.readouterr()
