@@ -34,7 +34,8 @@ x_0 + s eps, velocity u = eps - x_0) over two latent streams denoised together: 
 Refused in one line before any weight is read (:func:`check_ltx2_folder`): another pipeline class, a missing
 component, parts of other classes, transformer patch sizes other than 1 (audio too), channels other than the VAEs',
 a scheduler other than flow Euler. Not driven: the optional ``duration_head`` (give ``num_frames``), prompt
-enhancement, LoRA.
+enhancement, LoRA, given ``latents`` / ``audio_latents`` and their ``noise_scale``, LTX-2.3's vocoder with bandwidth
+extension and Gemma-4 encoders (other classes: refused).
 """
 from __future__ import annotations
 
@@ -286,7 +287,7 @@ def check_ltx2_folder(directory) -> tuple:
                for part in ("transformer", "vae", "audio_vae")}
     latent = configs["vae"].get("latent_channels", 128)
     audio = configs["audio_vae"]
-    audio_features = audio.get("latent_channels", 8) * (audio.get("mel_bins", 64) // 4)
+    audio_features = (audio.get("latent_channels") or 8) * ((audio.get("mel_bins") or 64) // 4)  # mel ratio 4
     rule = "the pipeline's RoPE grid is the latent grid"
     check_part_configs(directory, configs, (
         ("transformer", "patch_size", 1, 1, rule), ("transformer", "patch_size_t", 1, 1, rule),
