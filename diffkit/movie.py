@@ -12,7 +12,9 @@ rate factor 25); diffkit writes the same kind of file, with FFmpeg's libx264 enc
 * the frame rate exactly: ``fps`` as a fraction (the nearest with a denominator up to 1001: 8 -> 8/1, 29.97 ->
   2997/100, 30000 / 1001 -> 30000/1001).
 
-:func:`movie_frames` reads any video PyAV opens (the first video stream) as RGB frames.
+:func:`movie_frames` reads any video PyAV opens (the first video stream) as RGB frames. An optional ``audio``
+waveform (channels, samples) in [-1, 1] becomes an AAC track at its ``sample_rate`` (LTX-2's vocoder output,
+:mod:`diffkit.interop.ltx2`); :func:`wav_bytes` writes one as 16-bit PCM WAV (Python's ``wave``).
 """
 from __future__ import annotations
 
@@ -63,13 +65,39 @@ def check_movie_options(crf: int, pixel_format: str) -> None:
         raise DiffkitError(f"pixel format {pixel_format!r} is not allowed; choose {' or '.join(PIXEL_FORMATS)}")
 
 
+def checked_audio(audio, sample_rate) -> np.ndarray:
+    """``audio`` (channels, samples) as float32 in [-1, 1] (clipped), 1 or 2 channels; one line otherwise or for a
+    sample rate that is not a positive integer."""
+    check_range("sample_rate", sample_rate, 1, None, integer=True)
+    wave = np.asarray(audio, dtype=np.float32)
+    if wave.ndim != 2 or wave.shape[0] not in (1, 2) or wave.shape[1] < 1:
+        raise DiffkitError(f"an audio track of shape {wave.shape} is not allowed; give (channels, samples) with 1 or "
+                           f"2 channels")
+    return np.ascontiguousarray(np.clip(wave, -1.0, 1.0))
+
+
+def wav_bytes(audio, sample_rate: int) -> bytes:
+    """The bytes of a 16-bit PCM WAV file of ``audio`` (channels, samples) in [-1, 1] at ``sample_rate``."""
+    import wave
+    pcm = np.round(checked_audio(audio, sample_rate) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(pcm.shape[0])
+        out.setsampwidth(2)
+        out.setframerate(int(sample_rate))
+        out.writeframes(pcm.T.tobytes())
+    return buffer.getvalue()
+
+
 def movie_bytes(frames: Sequence[np.ndarray], fps, container: str = "mp4", crf: int = DEFAULT_CRF,
-                pixel_format: str = DEFAULT_PIXEL_FORMAT) -> bytes:
+                pixel_format: str = DEFAULT_PIXEL_FORMAT, audio=None, sample_rate=None) -> bytes:
     """The bytes of an H.264 movie (FFmpeg muxer ``container``: mp4 or matroska) of (H, W, C) uint8 frames (C = 1
-    or 3) at ``fps``, libx264 at constant rate factor ``crf`` in ``pixel_format``, BT.709 colours (module doc)."""
+    or 3) at ``fps``, libx264 at constant rate factor ``crf`` in ``pixel_format``, BT.709 colours (module doc); with
+    ``audio`` (channels, samples) in [-1, 1] an AAC track at ``sample_rate``."""
     av = import_av()
     rate = exact_rate(fps)
     check_movie_options(crf, pixel_format)
+    wave = None if audio is None else checked_audio(audio, sample_rate)
     if not frames:
         raise DiffkitError("a video needs at least one frame; got none")
     if pixel_format == "yuv420p":  # 4:2:0 halves the chroma planes: even sizes only
@@ -82,6 +110,7 @@ def movie_bytes(frames: Sequence[np.ndarray], fps, container: str = "mp4", crf: 
             stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
             stream.options = {"crf": str(crf), "colorspace": "bt709", "color_primaries": "bt709",
                               "color_trc": "bt709", "color_range": "tv"}
+            sound = None if wave is None else _audio_stream(output, wave, int(sample_rate))
             for index, frame in enumerate(frames):
                 rgb = np.ascontiguousarray(np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame)
                 picture = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
@@ -89,9 +118,38 @@ def movie_bytes(frames: Sequence[np.ndarray], fps, container: str = "mp4", crf: 
                 picture.pts, picture.time_base = index, 1 / rate
                 output.mux(stream.encode(picture))
             output.mux(stream.encode(None))
+            if wave is not None:
+                _mux_audio(av, output, sound, wave, int(sample_rate))
     except av.error.FFmpegError as err:
         raise DiffkitError(f"FFmpeg could not write a {width}x{height} H.264 video: {err.strerror or err}") from None
     return buffer.getvalue()
+
+
+def _audio_stream(output, wave: np.ndarray, sample_rate: int):
+    """An AAC stream of ``output`` for ``wave`` (channels, samples) at ``sample_rate`` (added before any muxing)."""
+    return output.add_stream("aac", rate=sample_rate, layout="mono" if wave.shape[0] == 1 else "stereo")
+
+
+def _mux_audio(av, output, stream, wave: np.ndarray, sample_rate: int) -> None:
+    """``wave`` (channels, samples) float32 at ``sample_rate`` encoded into the AAC ``stream`` of ``output``
+    (PyAV's encoder cuts it into the codec's frames)."""
+    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=stream.layout.name)
+    frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+    for packet in stream.encode(frame):
+        output.mux(packet)
+    output.mux(stream.encode(None))
+
+
+def movie_audio(path: str | Path) -> tuple:
+    """(waveform (channels, samples) float32, sample rate) of the first audio stream of a file PyAV opens; one
+    line for a file without one."""
+    av = import_av()
+    with av.open(str(path)) as source:
+        if not source.streams.audio:
+            raise DiffkitError(f"{str(path)!r} holds no audio stream")
+        stream = source.streams.audio[0]
+        chunks = [f.to_ndarray() for f in source.decode(stream)]
+        return np.concatenate(chunks, axis=1).astype(np.float32), int(stream.rate)
 
 
 def movie_frames(path: str | Path) -> list[np.ndarray]:
@@ -108,4 +166,5 @@ def movie_frames(path: str | Path) -> list[np.ndarray]:
 
 
 __all__ = ["MOVIE_CONTAINERS", "PIXEL_FORMATS", "DEFAULT_CRF", "DEFAULT_PIXEL_FORMAT", "MIN_PYAV", "import_av",
-           "exact_rate", "check_movie_options", "movie_bytes", "movie_frames"]
+           "exact_rate", "check_movie_options", "movie_bytes", "movie_frames", "movie_audio", "wav_bytes",
+           "checked_audio"]

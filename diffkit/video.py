@@ -72,10 +72,12 @@ def grid_frames(videos, nrow: int = 8, padding: int = 2) -> list[np.ndarray]:
 
 
 def animation_bytes(frames: Sequence[np.ndarray], fps: float = DEFAULT_FPS, fmt: str = "PNG",
-                    scale: int = 1, crf: int = DEFAULT_CRF, pixel_format: str = DEFAULT_PIXEL_FORMAT) -> bytes:
+                    scale: int = 1, crf: int = DEFAULT_CRF, pixel_format: str = DEFAULT_PIXEL_FORMAT,
+                    **audio) -> bytes:
     """The bytes of an animation (Pillow format ``fmt``: PNG = APNG, WEBP lossless, GIF) of (H, W, C) uint8 frames
     (C = 1 or 3) at ``fps`` frames per second, looping forever, optionally upscaled ``scale`` times (nearest); ``fmt``
-    mp4 / matroska: an H.264 movie at constant rate factor ``crf`` in ``pixel_format`` (:func:`movie_bytes`)."""
+    mp4 / matroska: an H.264 movie at constant rate factor ``crf`` in ``pixel_format`` (:func:`movie_bytes`; ``audio``:
+    its ``audio`` and ``sample_rate``, an AAC track)."""
     check_range("fps", fps, 0.0, 1000.0, low_inclusive=False)
     check_range("scale", scale, 1, None, integer=True)
     if fmt not in VIDEO_FORMATS.values():
@@ -84,7 +86,7 @@ def animation_bytes(frames: Sequence[np.ndarray], fps: float = DEFAULT_FPS, fmt:
         raise DiffkitError("an animation needs at least one frame; got none")
     frames = [frame.repeat(scale, axis=0).repeat(scale, axis=1) for frame in frames]  # nearest upscaling
     if fmt in MOVIE_CONTAINERS.values():
-        return movie_bytes(frames, fps, fmt, crf, pixel_format)
+        return movie_bytes(frames, fps, fmt, crf, pixel_format, **audio)
     images = [Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame) for frame in frames]
     # Pillow merges a frame equal to the one before into a longer frame; an APNG's alternating blend ops (the same
     # image on opaque frames) keep every frame, so the file holds T frames (WebP, GIF: merged, see read_video)
@@ -97,11 +99,26 @@ def animation_bytes(frames: Sequence[np.ndarray], fps: float = DEFAULT_FPS, fmt:
 
 
 def save_video_grid(videos, path: str | Path, nrow: int = 8, fps: float = DEFAULT_FPS, scale: int = 1,
-                    crf: int = DEFAULT_CRF, pixel_format: str = DEFAULT_PIXEL_FORMAT) -> Path:
+                    crf: int = DEFAULT_CRF, pixel_format: str = DEFAULT_PIXEL_FORMAT, audio=None,
+                    sample_rate=None) -> Path:
     """Write the grid animation of ``videos`` (:func:`grid_frames`) to ``path`` (.png, .webp, .gif; .mp4, .mkv at
-    ``crf`` in ``pixel_format``), atomically."""
+    ``crf`` in ``pixel_format``), atomically; ``audio`` (B, channels, samples) at ``sample_rate``: their mean as the
+    movie's AAC track, or a WAV file beside an animation (:func:`save_audio`)."""
     fmt = video_format(path)
-    return atomic_write_bytes(path, animation_bytes(grid_frames(videos, nrow), fps, fmt, scale, crf, pixel_format))
+    mix = None if audio is None else audio.float().mean(0)
+    sound = {} if mix is None or fmt not in MOVIE_CONTAINERS.values() else {"audio": mix.numpy(),
+                                                                             "sample_rate": sample_rate}
+    if mix is not None and not sound:
+        save_audio(mix, Path(path).with_suffix(".wav"), sample_rate)
+    return atomic_write_bytes(path, animation_bytes(grid_frames(videos, nrow), fps, fmt, scale, crf, pixel_format,
+                                                    **sound))
+
+
+def save_audio(audio, path: str | Path, sample_rate: int) -> Path:
+    """Write ``audio`` (channels, samples) in [-1, 1] as a 16-bit WAV file ``path`` (:func:`.movie.wav_bytes`),
+    atomically."""
+    from .movie import wav_bytes
+    return atomic_write_bytes(path, wav_bytes(audio.float().cpu().numpy(), sample_rate))
 
 
 def check_video_folder(directory: str | Path, count: int, prefix: str = "video", suffix: str = ".png") -> None:
@@ -123,17 +140,24 @@ def check_video_folder(directory: str | Path, count: int, prefix: str = "video",
 
 def save_videos(videos, directory: str | Path, prefix: str = "video", suffix: str = ".png",
                 fps: float = DEFAULT_FPS, crf: int = DEFAULT_CRF,
-                pixel_format: str = DEFAULT_PIXEL_FORMAT) -> list[Path]:
+                pixel_format: str = DEFAULT_PIXEL_FORMAT, audio=None, sample_rate=None) -> list[Path]:
     """Write each video of ``videos`` (B, T, C, H, W) as its own animation ``<prefix>_00000<suffix>`` ... in
-    ``directory`` (see :func:`check_video_folder`; .mp4, .mkv at ``crf`` in ``pixel_format``), atomically."""
+    ``directory`` (see :func:`check_video_folder`; .mp4, .mkv at ``crf`` in ``pixel_format``), atomically; ``audio``
+    (B, channels, samples) at ``sample_rate``: each video's AAC track, or its WAV file beside an animation."""
     from .images import to_uint8
     videos = check_videos(videos)
     fmt = video_format(f"x{suffix}")
     check_video_folder(directory, int(videos.shape[0]), prefix, suffix)
     directory = Path(directory)
-    return [atomic_write_bytes(directory / f"{prefix}_{i:05d}{suffix}",
-                               animation_bytes(list(to_uint8(v)), fps, fmt, crf=crf, pixel_format=pixel_format))
-            for i, v in enumerate(videos)]
+    movie = fmt in MOVIE_CONTAINERS.values()
+    written = []
+    for i, v in enumerate(videos):
+        sound = {} if audio is None or not movie else {"audio": audio[i].float().numpy(), "sample_rate": sample_rate}
+        if audio is not None and not movie:
+            save_audio(audio[i], directory / f"{prefix}_{i:05d}.wav", sample_rate)
+        written.append(atomic_write_bytes(directory / f"{prefix}_{i:05d}{suffix}", animation_bytes(
+            list(to_uint8(v)), fps, fmt, crf=crf, pixel_format=pixel_format, **sound)))
+    return written
 
 
 def is_movie(path: Path) -> bool:
@@ -192,4 +216,4 @@ def read_video(path: str | Path, mode: str = "RGB", fps: float | None = None) ->
 
 
 __all__ = ["VIDEO_FORMATS", "DEFAULT_FPS", "video_format", "check_videos", "grid_frames", "animation_bytes",
-           "save_video_grid", "check_video_folder", "save_videos", "is_movie", "read_video"]
+           "save_video_grid", "check_video_folder", "save_videos", "save_audio", "is_movie", "read_video"]

@@ -289,6 +289,7 @@ EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
 HUNYUAN_FRAMEPACK = "## HunyuanVideo FramePack folders (`diffkit.interop.hunyuan_framepack`)"
 LUCY_EDIT = "## Lucy-Edit folders (`diffkit.interop.lucy_edit`)"
 MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
+LTX2 = "## LTX-2 folders (`diffkit.interop.ltx2`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -393,7 +394,8 @@ MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
                                                     (HUNYUAN_FRAMEPACK, ["HunyuanVideoFramepackPipeline"], "FP"),
                                                     (LUCY_EDIT, ["LucyEditPipeline"], "LE|WL"),
                                                     (MOTIF_VIDEO, ["MotifVideoPipeline",
-                                                                   "MotifVideoImage2VideoPipeline"], "MV")])
+                                                                   "MotifVideoImage2VideoPipeline"], "MV"),
+                                                    (LTX2, ["LTX2Pipeline"], "L2")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

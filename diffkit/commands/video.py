@@ -67,6 +67,7 @@ VIDEO_KINDS: dict[str, str] = {
     "HunyuanVideoFramepackPipeline": "._video_hunyuan_framepack",
     "MotifVideoPipeline": "._video_motif",
     "MotifVideoImage2VideoPipeline": "._video_motif:I2V_KIND",
+    "LTX2Pipeline": "._video_ltx2",
 }
 DEFAULT_OUT = "videos.png"
 COMMON_FLAGS = {"command", "func", "checkpoint", "prompts", "num", "seed", "batch_size", "out", "individual", "fps",
@@ -105,7 +106,8 @@ class VideoKind(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
-        """(B, T, C, H, W) videos in [-1, 1] for ``prompts`` (B of them; None entries where the kind takes no
+        """(B, T, C, H, W) videos in [-1, 1] (a kind with sound: (videos, waveforms (B, channels, samples)) at its
+        :meth:`sample_rate`) for ``prompts`` (B of them; None entries where the kind takes no
         prompt) and ``images`` (B PIL images, or None), video i's noise from ``seed`` + i; ``options``: the dests of
         ``takes`` that were given, and with ``guidance_scale`` its ``convention`` (``--guidance-convention``); a kind
         that takes ``videos``: ``videos=`` B input videos (T, C, H, W) in [-1, 1] (``--video``), or None."""
@@ -431,11 +433,15 @@ def run(args) -> int:
             batch = None if images is None else (images * n if len(images) == 1 else images[start:start + n])
             clips = {} if "videos" not in kind.takes else {"videos": None if videos_in is None else (
                 videos_in * n if len(videos_in) == 1 else videos_in[start:start + n])}
-            return (kind.generate(model, prompts, batch, seed=args.seed + start, progress=args.progress,
-                                  **clips, **options).cpu(),)
+            out = kind.generate(model, prompts, batch, seed=args.seed + start, progress=args.progress,
+                                **clips, **options)
+            return tuple(o.cpu() for o in (out if isinstance(out, tuple) else (out,)))  # (videos[, audio])
 
-        videos = torch.cat([v for _, v in batches_with_oom_retry(generate, count, args.batch_size)])
+        results = [r[1:] for r in batches_with_oom_retry(generate, count, args.batch_size)]
+        videos = torch.cat([r[0] for r in results])
         quality = {} if args.crf is None else {"crf": args.crf}
+        if len(results[0]) > 1:  # a kind with sound (LTX-2): the waveforms at its sample rate
+            quality.update(audio=torch.cat([r[1] for r in results]), sample_rate=kind.sample_rate(model))
         save_video_grid(videos, args.out, nrow=args.nrow, fps=fps, **quality)
         if args.individual:
             save_videos(videos, args.individual, suffix=Path(args.out).suffix.lower(), fps=fps, **quality)
