@@ -9,7 +9,6 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
-from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import to_uint8  # noqa: E402
 from diffkit.interop.pia import affinity, image_to_video, load_pia  # noqa: E402
 from diffkit.video import read_video  # noqa: E402
@@ -85,27 +84,34 @@ def test_affinity_rows():
     assert affinity(2, 0).tolist() == [1.0, 0.9]
 
 
-def test_video_command_writes_the_library_frames(tiny_pia, tmp_path):
+def test_pia_command_is_the_library(tiny_pia, tmp_path, capsys):
+    """``diffkit video --image`` writes the library's video byte for byte (APNG, lossless) at 10 fps."""
     _, path, model, image = tiny_pia
-    out = tmp_path / "v.png"
-    main(["video", "--checkpoint", str(path), "--image", str(tmp_path.parent / "image.png") if False else
-          str(path.parent / "image.png"), "--prompt", "a photo", "--frames", str(FRAMES), "--height", str(SIZE),
-          "--width", str(SIZE), "--steps", "2", "--motion-scale", "1", "--seed", "4", "--out", str(out)])
+    assert main(["video", "--checkpoint", str(path), "--image", str(path.parent / "image.png"), "--prompt", "a photo",
+                 "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--steps", "2",
+                 "--motion-scale", "1", "--strength", "0.5", "--seed", "4", "--out", str(tmp_path / "v.png"),
+                 "--individual", str(tmp_path / "each"), "--no-progress"]) == 0
+    assert f"wrote 1 videos of {FRAMES} frames (16x16, 10 fps)" in capsys.readouterr().out
     ours = image_to_video(model, image, "a photo", steps=2, seed=4, num_frames=FRAMES, height=SIZE, width=SIZE,
-                          motion_scale=1)
-    written = read_video(out)
-    assert np.array_equal(to_uint8(written[0]) if False else written, to_uint8(ours[0]))
+                          motion_scale=1, strength=0.5)
+    written = ((read_video(tmp_path / "each" / "video_00000.png") + 1) * 127.5).round().to(torch.uint8)
+    assert np.array_equal(written.permute(0, 2, 3, 1).numpy(), to_uint8(ours[0]))
 
 
-@pytest.mark.parametrize("change, flags, words", [
-    (None, ["--motion-scale", "9"], "--motion-scale 9"),
-    (("unet", {"in_channels": 4}), [], "in_channels=4"),
-    (("model_index.json", {"_class_name": "AnimateDiffPipeline"}), [], "AnimateDiffPipeline"),
+@pytest.mark.parametrize("change, flags, message", [
+    (None, ["--motion-scale", "9"], "--motion-scale 9: motion_scale=9 is not allowed; give an integer 0 to 8"),
+    (None, ["--strength", "0.2", "--steps", "3", "--frames", "3"], "--strength 0.2 keeps int(3 * 0.2) = 0 of 3 steps"),
+    (None, ["--frames", "9"], "--frames 9 is not allowed"),
+    (None, [], "give --image PNG"),
+    (("unet/config.json", {"in_channels": 4}), ["--image", "IMAGE"], "in_channels=4, out_channels=4"),
 ])
-def test_refusals_in_one_line(tiny_pia, tmp_path, change, flags, words):
+def test_pia_refusals(tiny_pia, tmp_path, capsys, change, flags, message):
+    """One line before any weight is read, nothing written."""
     _, path, _, _ = tiny_pia
-    folder = path if change is None else changed_folder(path, tmp_path, *change, parts=PARTS)
-    with pytest.raises((DiffkitError, SystemExit)) as err:
-        refused_in_one_line(["video", "--checkpoint", str(folder), "--image", str(path.parent / "image.png"),
-                             "--prompt", "p", "--out", str(tmp_path / "v.png"), *flags])
-    assert words in str(err.value)
+    folder = path if change is None else changed_folder(path, tmp_path.parent, change[0], change[1],
+                                                        PARTS)
+    if flags == [] or "--image" in flags:
+        flags = [f.replace("IMAGE", str(path.parent / "image.png")) for f in flags]
+    else:
+        flags = ["--image", str(path.parent / "image.png"), *flags]
+    refused_in_one_line(capsys, tmp_path, "video", folder, flags, message)
