@@ -288,6 +288,7 @@ EASYANIMATE = "## EasyAnimate folders (`diffkit.interop.easyanimate`)"
 HUNYUAN_FRAMEPACK = "## HunyuanVideo FramePack folders (`diffkit.interop.hunyuan_framepack`)"
 LUCY_EDIT = "## Lucy-Edit folders (`diffkit.interop.lucy_edit`)"
 MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
+PIA = "## PIA folders (`diffkit.interop.pia`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -391,7 +392,8 @@ MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
                                                     (HUNYUAN_FRAMEPACK, ["HunyuanVideoFramepackPipeline"], "FP"),
                                                     (LUCY_EDIT, ["LucyEditPipeline"], "LE"),
                                                     (MOTIF_VIDEO, ["MotifVideoPipeline",
-                                                                   "MotifVideoImage2VideoPipeline"], "MV")])
+                                                                   "MotifVideoImage2VideoPipeline"], "MV"),
+                                                    (PIA, ["PIAPipeline"], "PI")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
