@@ -115,3 +115,12 @@ def test_pia_refusals(tiny_pia, tmp_path, capsys, change, flags, message):
     else:
         flags = ["--image", str(path.parent / "image.png"), *flags]
     refused_in_one_line(capsys, tmp_path, "video", folder, flags, message)
+
+
+def test_sample_names_diffkit_video(tiny_pia, tmp_path, capsys):
+    """``diffkit sample`` on a PIA folder: one line naming ``diffkit video ... --image PNG``, nothing written."""
+    _, path, _, _ = tiny_pia
+    code = main(["sample", "--checkpoint", str(path), "--prompt", "a", "--out", str(tmp_path / "out.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "diffkit video --checkpoint" in err and "--image PNG" in err, err
+    assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
