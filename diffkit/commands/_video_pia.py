@@ -3,7 +3,7 @@ folders (``PIAPipeline``) driven by :func:`diffkit.interop.pia.image_to_video` (
 docs/interop/pia.md)."""
 from __future__ import annotations
 
-from ._video_animatediff import AnimateDiffKind
+from ._video_animatediff import PAG_DESTS, AnimateDiffKind
 from ._video_animatediff_controlnet import CONTROL_DESTS
 
 
@@ -14,7 +14,7 @@ class PIAKind(AnimateDiffKind):
 
     label = "PIA"
     pipelines = ("PIAPipeline",)
-    takes = AnimateDiffKind.takes - CONTROL_DESTS | {"images", "motion_scale", "strength"}
+    takes = AnimateDiffKind.takes - CONTROL_DESTS - PAG_DESTS | {"images", "motion_scale", "strength"}
     needs_image = True
 
     def check_folder(self, directory) -> None:

@@ -165,6 +165,8 @@ def register(sub) -> None:
     add_animatediff_control_flags(p)  # --controlnet, --control-video, ... (AnimateDiff folders)
     from ._video_pia import add_pia_flags
     add_pia_flags(p)  # --motion-scale (PIA folders)
+    from ._video_animatediff import add_animatediff_pag_flags
+    add_animatediff_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale (AnimateDiff folders)
     wan = p.add_argument_group("Wan")
     wan.add_argument("--guidance-scale-2", type=float, metavar="S",
                      help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "
