@@ -246,8 +246,9 @@ def folder_sampler(config: dict) -> tuple:
 def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                      progress: bool = True, lora=None, check=None) -> AnimateDiff:
     """Load an ``AnimateDiffPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_animatediff_folder`, or ``check``: another motion pipeline's, e.g. :func:`.pia.check_pia_folder`): Stable Diffusion's components (:func:`.stable_diffusion._load_stable_diffusion`)
-    with the ``UNetMotionModel``, or the UNet joined with ``motion_adapter/`` as the pipeline joins them. ``lora``:
+    (:func:`check_animatediff_folder`, or ``check``: another motion pipeline's, e.g. :func:`.pia.check_pia_folder`):
+    Stable Diffusion's components (:func:`.stable_diffusion._load_stable_diffusion`) with the ``UNetMotionModel``, or
+    the UNet joined with ``motion_adapter/`` as the pipeline joins them. ``lora``:
     Stable Diffusion LoRA files (paths or (path, scale) pairs; :mod:`.sd_lora`) merged into the UNet and text encoder
     as the pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
     from . import library_progress_bars
