@@ -124,3 +124,29 @@ def test_sample_names_diffkit_video(tiny_pia, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "diffkit video --checkpoint" in err and "--image PNG" in err, err
     assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+def test_euler_folder_and_the_euler_sampler_match_the_pipeline(tiny_pia, tmp_path):
+    """The folder written with Euler on trailing timesteps (its start sigma_max n) and diffkit's ``euler`` sampler
+    named, unguided, 2 steps: the final latents."""
+    pipe, path, _, image = tiny_pia
+    folder = changed_folder(path, tmp_path, "scheduler/scheduler_config.json",
+                            {"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"}, PARTS)
+    euler = diffusers.PIAPipeline(**{**pipe.components, "scheduler": diffusers.EulerDiscreteScheduler.from_pretrained(
+        folder / "scheduler")})
+    euler.set_progress_bar_config(disable=True)
+    final = {}
+
+    def keep(pipeline, i, t, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
+    with torch.no_grad():
+        euler(image, "a photo", num_inference_steps=2, generator=[torch.Generator().manual_seed(5)],
+              output_type="latent", callback_on_step_end=keep, num_frames=FRAMES, height=SIZE, width=SIZE,
+              guidance_scale=1.0, motion_scale=4)
+    model = load_pia(folder, progress=False)
+    ours = image_to_video(model, image, "a photo", steps=2, seed=5, num_frames=FRAMES, height=SIZE, width=SIZE,
+                          guidance_scale=1.0, motion_scale=4, sampler="euler", return_latents=True)
+    error = relative_error(ours, final["latents"])
+    print(f"latents: {error:.2e}")
+    assert error < 1e-5
