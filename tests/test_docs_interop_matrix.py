@@ -290,6 +290,7 @@ HUNYUAN_FRAMEPACK = "## HunyuanVideo FramePack folders (`diffkit.interop.hunyuan
 LUCY_EDIT = "## Lucy-Edit folders (`diffkit.interop.lucy_edit`)"
 MOTIF_VIDEO = "## Motif-Video folders (`diffkit.interop.motif_video`)"
 LTX2 = "## LTX-2 folders (`diffkit.interop.ltx2`)"
+PIA = "## PIA folders (`diffkit.interop.pia`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -395,7 +396,8 @@ LTX2 = "## LTX-2 folders (`diffkit.interop.ltx2`)"
                                                     (LUCY_EDIT, ["LucyEditPipeline"], "LE|WL"),
                                                     (MOTIF_VIDEO, ["MotifVideoPipeline",
                                                                    "MotifVideoImage2VideoPipeline"], "MV"),
-                                                    (LTX2, ["LTX2Pipeline"], "L2")])
+                                                    (LTX2, ["LTX2Pipeline"], "L2"),
+                                                    (PIA, ["PIAPipeline"], "PI")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

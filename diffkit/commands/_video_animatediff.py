@@ -11,6 +11,8 @@ from __future__ import annotations
 from ._video_animatediff_controlnet import CONTROL_DESTS
 from .video import VideoKind
 
+PAG_DESTS = frozenset({"pag_scale", "pag_layers", "pag_adaptive_scale"})  # AnimateDiffPAGPipeline's options
+
 
 class AnimateDiffKind(VideoKind):
     """An ``AnimateDiffPipeline`` folder: 16 frames of 512 x 512, 50 steps of the folder's scheduler, CFG s = 7.5
@@ -22,7 +24,7 @@ class AnimateDiffKind(VideoKind):
     label = "AnimateDiff"
     pipelines = ("AnimateDiffPipeline",)
     takes = frozenset({"negative_prompt", "num_frames", "height", "width", "steps", "sampler", "guidance_scale",
-                       "guidance_convention", "clip_skip", "lora"}) | CONTROL_DESTS
+                       "guidance_convention", "clip_skip", "lora"}) | CONTROL_DESTS | PAG_DESTS
     fps = 10.0
 
     def check_folder(self, directory) -> None:
@@ -53,6 +55,8 @@ class AnimateDiffKind(VideoKind):
                                f"{args.checkpoint}; give 1 to {most} (its motion modules' motion_max_seq_length)")
         if args.guidance_scale is not None:
             guided(args.guidance_scale, args.guidance_convention, args.negative_prompt)
+        if "pag_scale" in self.takes:
+            check_pag_request(args)
         if args.sampler is None:
             folder_sampler(read_json_object(folder / "scheduler" / "scheduler_config.json",
                                             "scheduler config"))
@@ -78,7 +82,7 @@ class AnimateDiffSDXLKind(AnimateDiffKind):
 
     label = "AnimateDiff SD-XL"
     pipelines = ("AnimateDiffSDXLPipeline",)
-    takes = AnimateDiffKind.takes - CONTROL_DESTS  # (no SD-XL ControlNet pipeline for AnimateDiff in diffusers)
+    takes = AnimateDiffKind.takes - CONTROL_DESTS - PAG_DESTS  # (no SD-XL ControlNet / PAG pipeline in diffusers)
 
     def check_folder(self, directory) -> None:
         from ..interop.animatediff_sdxl import check_animatediff_sdxl_folder
@@ -95,7 +99,7 @@ class AnimateDiffVideoKind(AnimateDiffKind):
 
     label = "AnimateDiff video-to-video"
     pipelines = ("AnimateDiffVideoToVideoPipeline",)
-    takes = AnimateDiffKind.takes - {"num_frames"} - CONTROL_DESTS | {"videos", "strength"}
+    takes = AnimateDiffKind.takes - {"num_frames"} - CONTROL_DESTS - PAG_DESTS | {"videos", "strength"}
     needs_video = True
 
     def check_request(self, args) -> None:
@@ -122,6 +126,40 @@ class AnimateDiffVideoKind(AnimateDiffKind):
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, videos=None, **options):
         from ..interop.animatediff import video_to_video
         return video_to_video(model, videos, prompts, seed=seed, progress=progress, output_range="-1,1", **options)
+
+
+def check_pag_request(args) -> None:
+    """``--pag-scale`` / ``--pag-layers`` / ``--pag-adaptive-scale`` before any weight is read: the options without a
+    scale, a negative scale, a layer name that is no regular expression, PAG with ``--controlnet``; one line."""
+    from ..errors import DiffkitError, check_range
+    from ..interop.sd_pag import check_layer_names
+    given = [dest for dest in ("pag_layers", "pag_adaptive_scale") if getattr(args, dest, None) is not None]
+    if not args.pag_scale:
+        if given and args.pag_scale is None:
+            raise DiffkitError(f"--{given[0].replace('_', '-')} needs --pag-scale S (perturbed-attention guidance)")
+        check_range("pag_scale", args.pag_scale or 0.0, 0.0, None)
+        return
+    check_range("pag_scale", args.pag_scale, 0.0, None)
+    check_range("pag_adaptive_scale", args.pag_adaptive_scale or 0.0, 0.0, None)
+    if args.pag_layers is not None:
+        check_layer_names(args.pag_layers)
+    if getattr(args, "controlnet", None):
+        raise DiffkitError("--pag-scale does not apply with --controlnet (diffusers has no AnimateDiff ControlNet PAG "
+                           "pipeline); give one of them")
+
+
+def add_animatediff_pag_flags(p) -> None:
+    """``--pag-scale``, ``--pag-layers``, ``--pag-adaptive-scale`` of ``diffkit video`` (AnimateDiffPipeline folders,
+    as ``AnimateDiffPAGPipeline``), in their own group."""
+    group = p.add_argument_group("AnimateDiff perturbed-attention guidance")
+    group.add_argument("--pag-scale", type=float, metavar="S",
+                       help="AnimateDiff folders: perturbed-attention guidance eps + S (eps - eps-hat) as "
+                            "AnimateDiffPAGPipeline (Ahn et al. 2024); 0 = off")
+    group.add_argument("--pag-layers", metavar="L,...",
+                       help="with --pag-scale: diffusers' pag_applied_layers, regular expressions searched in the "
+                            "UNet's self-attention names (default mid_block.*attn1)")
+    group.add_argument("--pag-adaptive-scale", type=float, metavar="A",
+                       help="with --pag-scale: diffusers' pag_adaptive_scale, S_t = max(S - A (1000 - t), 0)")
 
 
 KIND = AnimateDiffKind()

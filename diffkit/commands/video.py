@@ -32,6 +32,7 @@ VIDEO_KINDS: dict[str, str] = {
     "AnimateDiffPipeline": "._video_animatediff",
     "AnimateDiffSDXLPipeline": "._video_animatediff:SDXL_KIND",
     "AnimateDiffVideoToVideoPipeline": "._video_animatediff:V2V_KIND",
+    "PIAPipeline": "._video_pia",
     "StableVideoDiffusionPipeline": "._video_svd",
     "MochiPipeline": "._video_mochi",
     "WanPipeline": "._video_wan",
@@ -165,6 +166,10 @@ def register(sub) -> None:
                             "clip_skip; the negative prompt is not skipped); N < the text encoder's layers")
     from ._video_animatediff_controlnet import add_animatediff_control_flags
     add_animatediff_control_flags(p)  # --controlnet, --control-video, ... (AnimateDiff folders)
+    from ._video_pia import add_pia_flags
+    add_pia_flags(p)  # --motion-scale (PIA folders)
+    from ._video_animatediff import add_animatediff_pag_flags
+    add_animatediff_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale (AnimateDiff folders)
     wan = p.add_argument_group("Wan")
     wan.add_argument("--guidance-scale-2", type=float, metavar="S",
                      help="Wan 2.2 A14B folders: the low-noise expert's (transformer_2's) guidance scale, read as "

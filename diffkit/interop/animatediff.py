@@ -74,6 +74,7 @@ ANIMATEDIFF_GUIDANCE = SD_PIPELINE_GUIDANCE  # AnimateDiffPipeline.__call__'s gu
 ANIMATEDIFF_STEPS = 50  # its num_inference_steps
 ANIMATEDIFF_FRAMES = 16  # its num_frames
 DECODE_CHUNK_SIZE = 16  # its decode_chunk_size
+ANIMATEDIFF_PAG_LAYERS = ("mid_block.*attn1",)  # AnimateDiffPAGPipeline's pag_applied_layers
 
 
 class MotionNet(DiffusersNet):
@@ -243,10 +244,11 @@ def folder_sampler(config: dict) -> tuple:
 
 
 def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                     progress: bool = True, lora=None) -> AnimateDiff:
+                     progress: bool = True, lora=None, check=None) -> AnimateDiff:
     """Load an ``AnimateDiffPipeline`` folder (never downloads, never unpickles), checked first
-    (:func:`check_animatediff_folder`): Stable Diffusion's components (:func:`.stable_diffusion._load_stable_diffusion`)
-    with the ``UNetMotionModel``, or the UNet joined with ``motion_adapter/`` as the pipeline joins them. ``lora``:
+    (:func:`check_animatediff_folder`, or ``check``: another motion pipeline's, e.g. :func:`.pia.check_pia_folder`):
+    Stable Diffusion's components (:func:`.stable_diffusion._load_stable_diffusion`) with the ``UNetMotionModel``, or
+    the UNet joined with ``motion_adapter/`` as the pipeline joins them. ``lora``:
     Stable Diffusion LoRA files (paths or (path, scale) pairs; :mod:`.sd_lora`) merged into the UNet and text encoder
     as the pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
     from . import library_progress_bars
@@ -254,7 +256,7 @@ def load_animatediff(directory: Union[str, Path], device="cpu", dtype: torch.dty
     from .stable_diffusion import _load_stable_diffusion
     diffusers = require("diffusers")
     directory = Path(directory)
-    index, _ = check_animatediff_folder(directory)
+    index, _ = (check or check_animatediff_folder)(directory)
     loras = read_sd_loras(lora) if lora else []
     joined = index["unet"][1] == "UNet2DConditionModel"
     with library_progress_bars(progress):
@@ -293,6 +295,7 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
                   width: Optional[int] = None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
                   output_range: str = "-1,1", return_latents: bool = False, progress: bool = False,
                   clip_skip: Optional[int] = None, videos=None, strength: Optional[float] = None, controlnet=None,
+                  pag_scale: Optional[float] = None, pag_layers=None, pag_adaptive_scale: Optional[float] = None,
                   **options) -> torch.Tensor:
     """Videos (B, T, C, H, W) of ``prompts`` as ``AnimateDiffPipeline`` (module docstring; an
     :class:`.animatediff_sdxl.AnimateDiffSDXL` as ``AnimateDiffSDXLPipeline``); ``videos`` and ``strength`` only
@@ -306,8 +309,10 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     the scheduler's own step (:func:`folder_sampler`), or any diffkit sampler on its grid. num_frames (default 16),
     height / width (default the UNet's sample size x the VAE factor, 512; 1024 for SD-XL). clip_skip: the pipeline's
     (:mod:`.sd_prompts`). latents: z_T (B, C, F, h, w) (the pipeline's ``latents``), default N(0, I) from per-video
-    ``seed + i``. Returns videos in ``output_range`` ("-1,1" or "0,1":
-    ``output_type="pt"``), or with ``return_latents`` the final latents (B, C, F, h, w)."""
+    ``seed + i``. pag_scale (S > 0), pag_layers, pag_adaptive_scale: perturbed-attention guidance as
+    ``AnimateDiffPAGPipeline`` (:func:`pag_guidance`; AnimateDiffPipeline folders, no ControlNet). Returns videos in
+    ``output_range`` ("-1,1" or "0,1": ``output_type="pt"``), or with ``return_latents`` the final latents
+    (B, C, F, h, w)."""
     from ..errors import check_choice
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
@@ -329,6 +334,7 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     shape = (b, c, frames, h, w)
     if latents is not None and tuple(latents.shape) != shape:
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {shape}")
+    perturbed = pag_guidance(model, pag_scale, pag_layers, pag_adaptive_scale, controlnet)
     steps = ANIMATEDIFF_STEPS if steps is None else steps
     grid = model.scheduler_grid(steps)
     if videos is not None:  # the pipeline's get_timesteps: the strength's last steps
@@ -342,6 +348,8 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
         model = controlnet.controlling(model, h * f, w * f, grid)
     denoiser, cond = model.video_conditioning(prompts, negative_prompt, scale, convention, cfg, clip_skip,
                                               (h * f, w * f))
+    if perturbed is not None:
+        denoiser = perturbed(denoiser)
     generators = None if seed is None else generators_from_seed(seed, shape[0])  # z_T's, then the steps' noise
     if videos is not None:  # prepare_latents: the posteriors, then eps, noised to the first kept timestep
         if latents is None:
@@ -364,6 +372,23 @@ def text_to_video(model: AnimateDiff, prompts: Union[str, Sequence[str]], *, neg
     return (videos / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else videos.clamp(-1, 1)
 
 
+def pag_guidance(model: AnimateDiff, scale: Optional[float], layers=None, adaptive_scale: Optional[float] = None,
+                 controlnet=None):
+    """Perturbed-attention guidance (Ahn et al. 2024) as ``AnimateDiffPAGPipeline`` (diffusers 0.42.1): Stable
+    Diffusion's (:func:`.sd_pag.pag_request`: one call of cond, null and perturbed thirds, eps_u + s (eps_c - eps_u) +
+    S (eps_c - eps-hat_c), diffusers' adaptive scale) on the motion UNet, whose frames are its batch (the perturbed
+    videos' frames the last third); default layers the pipeline's ``pag_applied_layers="mid_block.*attn1"`` (the
+    middle block's spatial and temporal ``attn1``; a motion module's ``attn2`` is self-attention too, so SD's "mid"
+    would select more). None without a scale; one line on an SD-XL, video-to-video or controlled model (diffusers has
+    no PAG pipeline for them)."""
+    from .sd_pag import pag_request
+    if scale and (model.pipeline != ANIMATEDIFF_PIPELINE or controlnet is not None):
+        what = "a ControlNet" if controlnet is not None else f"an {model.pipeline} folder"
+        raise DiffkitError(f"perturbed-attention guidance is not supported with {what} (diffusers has no PAG pipeline "
+                           f"for it); allowed: an AnimateDiffPipeline folder (AnimateDiffPAGPipeline)")
+    return pag_request(model, scale, ANIMATEDIFF_PAG_LAYERS if layers is None and scale else layers, adaptive_scale)
+
+
 def video_to_video(model: AnimateDiff, videos, prompts: Union[str, Sequence[str]], *,
                    strength: Optional[float] = None, **options) -> torch.Tensor:
     """Videos (B, T, C, H, W) of input ``videos`` (one per prompt: lists of PIL frames or (T, 3, H, W) in [-1, 1],
@@ -374,7 +399,8 @@ def video_to_video(model: AnimateDiff, videos, prompts: Union[str, Sequence[str]
 
 
 __all__ = ["AnimateDiff", "MotionNet", "load_animatediff", "is_animatediff_folder", "check_animatediff_folder",
-           "refuse_animatediff_folder", "folder_sampler", "check_frames", "join_motion_adapter", "text_to_video",
+           "refuse_animatediff_folder", "folder_sampler", "pag_guidance", "check_frames", "join_motion_adapter",
+           "text_to_video",
            "video_to_video", "decode_frames", "ANIMATEDIFF_PIPELINE", "ANIMATEDIFF_SDXL_PIPELINE",
            "ANIMATEDIFF_V2V_PIPELINE", "MOTION_PIPELINES", "ANIMATEDIFF_STRENGTH", "ANIMATEDIFF_GUIDANCE",
            "ANIMATEDIFF_STEPS", "ANIMATEDIFF_FRAMES"]
