@@ -77,7 +77,11 @@ class SkyReelsV2ForcingKind(SkyReelsV2Kind):
         vae = read_json_object(folder / "vae" / "config.json", "vae config")
         latent = (check_frames(args.num_frames, SKYREELS_V2_FRAMES) - 1) // int(vae.get("scale_factor_temporal", 4)) + 1
         block = config.get("num_frame_per_block", 1) if args.causal_block_size is None else args.causal_block_size
-        check_forcing(latent, block, args.ar_step or 0, args.sampler or "unipc", {})
+        check_forcing(latent, block, args.ar_step or 0, args.sampler or "unipc", {}, self.prefix_frames(args, block))
+
+    def prefix_frames(self, args, block: int) -> int:
+        """The clean first latent frames (none here; :mod:`._video_skyreels_v2_forcing_prefix`'s kinds)."""
+        return 0
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.skyreels_v2_forcing import text_to_video

@@ -53,6 +53,8 @@ VIDEO_KINDS: dict[str, str] = {
     "SkyReelsV2Pipeline": "._video_skyreels_v2",
     "SkyReelsV2ImageToVideoPipeline": "._video_skyreels_v2:I2V_KIND",
     "SkyReelsV2DiffusionForcingPipeline": "._video_skyreels_v2:DF_KIND",
+    "SkyReelsV2DiffusionForcingImageToVideoPipeline": "._video_skyreels_v2_forcing_prefix:I2V_KIND",
+    "SkyReelsV2DiffusionForcingVideoToVideoPipeline": "._video_skyreels_v2_forcing_prefix:V2V_KIND",
     "TextToVideoSDPipeline": "._video_modelscope",
     "VideoToVideoSDPipeline": "._video_modelscope:V2V_KIND",
     "I2VGenXLPipeline": "._video_modelscope:I2V_KIND",
@@ -222,6 +224,9 @@ def register(sub) -> None:
     forcing.add_argument("--causal-block-size", type=positive_int, metavar="N",
                          help="latent frames a block (block-causal attention where N > 1; default the transformer's "
                               "num_frame_per_block; the pipeline's causal_block_size)")
+    forcing.add_argument("--overlap-history", type=positive_int, metavar="N",
+                         help="video-to-video folders: the input video's last N frames the extension starts from "
+                              "(default 17; the pipeline's overlap_history)")
     p.set_defaults(func=run)
 
 

@@ -1,0 +1,130 @@
+"""SkyReels-V2 diffusion forcing from clean first frames (diffkit.interop.skyreels_v2_forcing_prefix, ``diffkit
+video``) against diffusers' own SkyReelsV2DiffusionForcingImageToVideoPipeline and
+SkyReelsV2DiffusionForcingVideoToVideoPipeline on tiny random folders: the diffusion-forcing folder of
+tests/test_skyreels_v2.py (its fixtures, shared) saved under the two pipelines' names; the pipelines' UniPC copies
+given a copy of their sample (:func:`test_skyreels_v2.copying_step`, diffusers' aliasing of the latents undone)."""
+import re
+import types
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.video import read_video  # noqa: E402
+
+from _video_helpers import refused_in_one_line  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_skyreels_v2 import (DF_FRAMES, DF_SIZE, NEGATIVE, PROMPTS, Z, _as_written, _compare, _image,  # noqa: E402,F401
+                              _run, copying_step, saved, tiny_forcing, tiny_skyreels)
+
+VIDEO_FRAMES, OVERLAP = 9, 5  # the input video; its last 5 frames: 2 latent frames of the 4-frame window
+
+
+@pytest.fixture(scope="module")
+def tiny_prefix(tiny_forcing, tmp_path_factory):
+    """{"i2v": (SkyReelsV2DiffusionForcingImageToVideoPipeline, its folder, load_skyreels_v2 of it), "v2v": (...
+    VideoToVideo ...)} of the diffusion-forcing folder's components."""
+    from diffusers.pipelines.skyreels_v2 import (pipeline_skyreels_v2_diffusion_forcing_i2v as i2v,
+                                                 pipeline_skyreels_v2_diffusion_forcing_v2v as v2v)
+    root = tmp_path_factory.mktemp("skyreels_v2_prefix")
+    components = tiny_forcing[0].components
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (i2v, v2v):
+            if not hasattr(module, "ftfy"):
+                patch.setattr(module, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
+        yield {"i2v": saved(diffusers.SkyReelsV2DiffusionForcingImageToVideoPipeline(**components), root / "i2v"),
+               "v2v": saved(diffusers.SkyReelsV2DiffusionForcingVideoToVideoPipeline(**components), root / "v2v")}
+
+
+def _video(seed=4):
+    return [_image(seed + i, (DF_SIZE + 8, DF_SIZE)) for i in range(VIDEO_FRAMES)]
+
+
+@pytest.mark.parametrize("kind, ar_step, block", [("i2v", 0, 1), ("i2v", 1, 2), ("v2v", 1, 1)])
+def test_skyreels_v2_forcing_prefix_matches_the_pipeline(tiny_prefix, monkeypatch, kind, ar_step, block):
+    """One prompt, CFG s = 4 against a negative prompt, 3 UniPC steps, 4 latent frames of 2 x 2, noise from seed 3,
+    fps 16: the same final latents and decoded frames as the pipelines (with :func:`copying_step`). Image to video:
+    synchronously on blocks of one frame (the image's block clean in every row: the rows' run at ar_step 0), and
+    asynchronously on blocks of 2 (the image's frame the start of block 0, stepped); video to video: the input's last
+    5 of 9 frames (2 latent frames, 2 clean blocks), ar_step 1, the output the input then the window."""
+    from diffkit.interop.skyreels_v2_forcing_prefix import image_to_video, video_to_video
+    pipe, _, model = tiny_prefix[kind]
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "height": DF_SIZE, "width": DF_SIZE,
+          "num_frames": DF_FRAMES, "ar_step": ar_step, "causal_block_size": block, "fps": 16}
+    if kind == "i2v":
+        given, extra = _image(), {}
+        ours = image_to_video(model, given, PROMPTS[0], steps=3, seed=3, return_latents=True, **kw)
+    else:
+        given, extra = _video(), {"overlap_history": OVERLAP}
+        ours = video_to_video(model, [given], PROMPTS[0], steps=3, seed=3, return_latents=True, **kw, **extra)
+    assert ours.shape == (1, Z, 4, 2, 2)
+    copying_step(monkeypatch)
+    theirs = _run(pipe, given, PROMPTS[0], num_inference_steps=3, generator=torch.Generator().manual_seed(3),
+                  **kw, **extra)
+    if kind == "i2v":
+        _compare(f"{kind} ar_step={ar_step} block={block}", ours, theirs, model)
+        return
+    _compare(f"{kind} latents", ours, (theirs[0], None), model)
+    videos = video_to_video(model, [given], PROMPTS[0], steps=3, seed=3, output_range="0,1", **kw, **extra)
+    assert videos.shape == theirs[1].shape == (1, VIDEO_FRAMES + DF_FRAMES, 3, DF_SIZE, DF_SIZE)
+    error = relative_error(videos, theirs[1])
+    print(f"v2v frames: {error:.2e}")
+    assert error < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["i2v", "v2v"])
+def test_skyreels_v2_forcing_prefix_command_is_the_library(tiny_prefix, tmp_path, capsys, kind):
+    """``diffkit video`` writes the library's videos (one prompt, 2 steps, --ar-step 1, the folder's CFG default
+    against "", seed 5) as an APNG at 24 fps: ``--image`` / ``--video`` with ``--overlap-history 5``."""
+    from diffkit.interop.skyreels_v2_forcing_prefix import image_to_video, video_to_video
+    from diffkit.video import save_video
+    _, path, model = tiny_prefix[kind]
+    image, video = _image(), _video()
+    image.save(tmp_path / "a.png")
+    frames = torch.stack([torch.from_numpy(__import__("numpy").asarray(f)).permute(2, 0, 1) for f in video])
+    save_video(frames.float() / 127.5 - 1, tmp_path / "in.png", fps=24)
+    extra = ["--image", str(tmp_path / "a.png")] if kind == "i2v" else \
+        ["--video", str(tmp_path / "in.png"), "--overlap-history", str(OVERLAP)]
+    argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], *extra, "--ar-step", "1", "--steps", "2",
+            "--seed", "5", "--frames", str(DF_FRAMES), "--height", str(DF_SIZE), "--width", str(DF_SIZE),
+            "--out", str(tmp_path / "v.png"), "--no-progress"]
+    assert main(argv) == 0
+    total = DF_FRAMES + (VIDEO_FRAMES if kind == "v2v" else 0)
+    assert f"wrote 1 video of {total} frames ({DF_SIZE}x{DF_SIZE}, 24 fps)" in capsys.readouterr().out
+    size = {"num_frames": DF_FRAMES, "height": DF_SIZE, "width": DF_SIZE, "steps": 2, "ar_step": 1, "seed": 5}
+    ours = image_to_video(model, image, PROMPTS, **size) if kind == "i2v" else \
+        video_to_video(model, [read_video(tmp_path / "in.png")], PROMPTS[0], overlap_history=OVERLAP, **size)
+    written = read_video(tmp_path / "v.png")
+    assert written.shape == ours[0].shape
+    assert torch.equal(written, _as_written(ours[0]))
+
+
+def test_skyreels_v2_forcing_prefix_refusals(tiny_prefix, tmp_path, capsys):
+    """One line, nothing written, before any weight is read: an image-to-video folder without --image, a
+    video-to-video one without --video, an overlap longer than the input video or holding no whole block, the
+    pipeline's last_image; the library's model checks."""
+    from diffkit.interop.skyreels_v2_forcing_prefix import check_overlap, image_to_video
+    i2v, v2v = tiny_prefix["i2v"][1], tiny_prefix["v2v"][1]
+    _image().save(tmp_path / "a.png")
+    frames = torch.zeros(VIDEO_FRAMES, 3, DF_SIZE, DF_SIZE)
+    from diffkit.video import save_video
+    save_video(frames, tmp_path / "in.png", fps=24)
+    common = ["--frames", str(DF_FRAMES), "--height", str(DF_SIZE), "--width", str(DF_SIZE)]
+    for folder, args, message in [
+            (i2v, common, "--image"),
+            (v2v, common, "--video"),
+            (i2v, [*common, "--image", str(tmp_path / "a.png"), "--last-image", str(tmp_path / "a.png")],
+             "--last-image"),
+            (v2v, [*common, "--video", str(tmp_path / "in.png"), "--overlap-history", "10"],
+             "overlap_history=10 is not allowed; give a whole number of the input videos' last frames, 1 to 9"),
+            (v2v, [*common, "--video", str(tmp_path / "in.png"), "--overlap-history", "1", "--causal-block-size",
+                   "2"], "overlap_history=1 is not allowed with causal_block_size=2 and 4 latent frames")]:
+        refused_in_one_line(capsys, tmp_path, "video", folder, args, message)
+    with pytest.raises(DiffkitError, match=re.escape("overlap_history=13 is not allowed with causal_block_size=1 "
+                                                     "and 4 latent frames")):
+        check_overlap(13, 13, 4, 1, 4)
+    with pytest.raises(DiffkitError, match="takes a SkyReelsV2DiffusionForcingImageToVideoPipeline folder"):
+        image_to_video(tiny_prefix["v2v"][2], _image(), "a cat")
