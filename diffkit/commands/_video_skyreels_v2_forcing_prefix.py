@@ -14,6 +14,7 @@ class SkyReelsV2ForcingI2VKind(SkyReelsV2ForcingKind):
     pipelines = ("SkyReelsV2DiffusionForcingImageToVideoPipeline",)
     takes = SkyReelsV2ForcingKind.takes | {"images"}
     needs_image = True
+    images_need_ti2v = False
 
     def prefix_frames(self, args, block: int) -> int:
         return 1
