@@ -17,8 +17,8 @@ from diffkit.video import read_video  # noqa: E402
 
 from _video_helpers import refused_in_one_line  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_skyreels_v2 import (DF_FRAMES, DF_SIZE, NEGATIVE, PROMPTS, Z, _as_written, _compare, _image,  # noqa: E402,F401
-                              _run, copying_step, saved, tiny_forcing, tiny_skyreels)
+from test_skyreels_v2 import (DF_FRAMES, DF_SIZE, NEGATIVE, PROMPTS, Z, _as_written, _compare,  # noqa: E402,F401
+                              _image, _run, copying_step, saved, tiny_forcing, tiny_skyreels)
 
 VIDEO_FRAMES, OVERLAP = 9, 5  # the input video; its last 5 frames: 2 latent frames of the 4-frame window
 

@@ -198,8 +198,8 @@ def check_forcing(frames: int, block: int, ar_step, sampler: str, options: dict,
         if calls != 1 or info.order == "adaptive" or info.nfe_of_steps is not None or info.stochastic:
             raise DiffkitError(f"sampler {sampler!r} is not allowed with ar_step={ar_step}"
                                f"{f' and {prefix} clean first latent frames' if prefix >= block else ''}: "
-                               f"diffusion forcing's rows step each block once a row; give a deterministic sampler of one model "
-                               f"call per step (the folder's unipc, ddim, ...)")
+                               f"diffusion forcing's rows step each block once a row; give a deterministic sampler of "
+                               f"one model call per step (the folder's unipc, ddim, ...)")
 
 
 def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar_step: int = 0,

@@ -1,6 +1,6 @@
-"""SkyReels-V2 diffusion forcing from clean first frames (diffusers 0.42.1): image to video
-(``SkyReelsV2DiffusionForcingImageToVideoPipeline``) and video extension (``SkyReelsV2DiffusionForcingVideoToVideoPipeline``),
-short-video mode, with diffkit samplers.
+"""SkyReels-V2 diffusion forcing from clean first frames (diffusers 0.42.1), short-video mode, with diffkit
+samplers: image to video (``SkyReelsV2DiffusionForcingImageToVideoPipeline``) and video extension
+(``SkyReelsV2DiffusionForcingVideoToVideoPipeline``).
 
 Both folders are a ``SkyReelsV2DiffusionForcingPipeline`` folder's (:mod:`.skyreels_v2_forcing`) and run its loop
 (:func:`.skyreels_v2_forcing.text_to_video`) with the condition's normalised latents (posterior mean, (z - mean) /
