@@ -1,7 +1,7 @@
 """SkyReels-V2 diffusion forcing from clean first frames (diffkit.interop.skyreels_v2_forcing_prefix, ``diffkit
 video``) against diffusers' own SkyReelsV2DiffusionForcingImageToVideoPipeline and
 SkyReelsV2DiffusionForcingVideoToVideoPipeline on tiny random folders: the diffusion-forcing folder of
-tests/test_skyreels_v2.py (its fixtures, shared) saved under the two pipelines' names; the pipelines' UniPC copies
+tests/test_skyreels_v2.py (its parts) saved under the two pipelines' names; the pipelines' UniPC copies
 given a copy of their sample (:func:`test_skyreels_v2.copying_step`, diffusers' aliasing of the latents undone)."""
 import re
 import types
@@ -17,20 +17,21 @@ from diffkit.video import read_video  # noqa: E402
 
 from _video_helpers import refused_in_one_line  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_skyreels_v2 import (DF_FRAMES, DF_SIZE, NEGATIVE, PROMPTS, Z, _as_written, _compare,  # noqa: E402,F401
-                              _image, _run, copying_step, saved, tiny_forcing, tiny_skyreels)
+from test_skyreels_v2 import (DF_FRAMES, DF_SIZE, NEGATIVE, PROMPTS, Z, _as_written, _compare,  # noqa: E402
+                              _image, _run, copying_step, saved, skyreels_transformer)
+from test_wan import tiny_wan_parts  # noqa: E402
 
 VIDEO_FRAMES, OVERLAP = 9, 5  # the input video; its last 5 frames: 2 latent frames of the 4-frame window
 
 
 @pytest.fixture(scope="module")
-def tiny_prefix(tiny_forcing, tmp_path_factory):
+def tiny_prefix(tmp_path_factory):
     """{"i2v": (SkyReelsV2DiffusionForcingImageToVideoPipeline, its folder, load_skyreels_v2 of it), "v2v": (...
-    VideoToVideo ...)} of the diffusion-forcing folder's components."""
+    VideoToVideo ...)} of the diffusion-forcing folder's components (tests/test_skyreels_v2.py's tiny_forcing)."""
     from diffusers.pipelines.skyreels_v2 import (pipeline_skyreels_v2_diffusion_forcing_i2v as i2v,
                                                  pipeline_skyreels_v2_diffusion_forcing_v2v as v2v)
     root = tmp_path_factory.mktemp("skyreels_v2_prefix")
-    components = tiny_forcing[0].components
+    components = {**tiny_wan_parts(), "transformer": skyreels_transformer(7, inject_sample_info=True)}
     with pytest.MonkeyPatch.context() as patch:
         for module in (i2v, v2v):
             if not hasattr(module, "ftfy"):
@@ -109,8 +110,9 @@ def test_skyreels_v2_forcing_prefix_command_is_the_library(tiny_prefix, tmp_path
 
 def test_skyreels_v2_forcing_prefix_refusals(tiny_prefix, tmp_path, capsys):
     """One line, nothing written, before any weight is read: an image-to-video folder without --image, a
-    video-to-video one without --video, an overlap longer than the input video or holding no whole block, the
-    pipeline's last_image; the library's model checks."""
+    video-to-video one without --video, an overlap longer than the input video or holding no whole block (or on
+    image to video), the pipeline's last_image, a two-call sampler with the image's block clean; the library's model
+    checks."""
     from diffkit.interop.skyreels_v2_forcing_prefix import check_overlap, image_to_video
     i2v, v2v = tiny_prefix["i2v"][1], tiny_prefix["v2v"][1]
     _image().save(tmp_path / "a.png")
@@ -121,6 +123,10 @@ def test_skyreels_v2_forcing_prefix_refusals(tiny_prefix, tmp_path, capsys):
             (v2v, common, "--video"),
             (i2v, [*common, "--image", str(tmp_path / "a.png"), "--last-image", str(tmp_path / "a.png")],
              "--last-image"),
+            (i2v, [*common, "--image", str(tmp_path / "a.png"), "--overlap-history", "5"],
+             "--overlap-history does not apply to a SkyReels-V2 diffusion forcing image-to-video folder"),
+            (i2v, [*common, "--image", str(tmp_path / "a.png"), "--sampler", "heun"],
+             "sampler 'heun' is not allowed with ar_step=0 and 1 clean first latent frames"),
             (v2v, [*common, "--video", str(tmp_path / "in.png"), "--overlap-history", "10"],
              "overlap_history=10 is not allowed; give a whole number of the input videos' last frames, 1 to 9"),
             (v2v, [*common, "--video", str(tmp_path / "in.png"), "--overlap-history", "1", "--causal-block-size",
