@@ -17,7 +17,8 @@ first-last-frame to video, the decoding):
 * both are exported at 24 fps in diffusers' examples (``export_to_video(output, fps=24)``).
 
 ``SkyReelsV2DiffusionForcingPipeline`` folders load here too (:class:`.skyreels_v2_forcing.SkyReelsV2DF`); their
-loop is :mod:`.skyreels_v2_forcing`'s.
+loop is :mod:`.skyreels_v2_forcing`'s; so do its image- and video-to-video ones
+(:mod:`.skyreels_v2_forcing_prefix`).
 
 Refused in one line before any weight is read (:func:`check_skyreels_v2_folder`): another pipeline class, a missing
 component, parts of other classes, a transformer whose channels do not fit the VAE's z_dim (C; image-to-video 2 C + 4
