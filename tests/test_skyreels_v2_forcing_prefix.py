@@ -28,12 +28,13 @@ VIDEO_FRAMES, OVERLAP = 9, 5  # the input video; its last 5 frames: 2 latent fra
 def tiny_prefix(tmp_path_factory):
     """{"i2v": (SkyReelsV2DiffusionForcingImageToVideoPipeline, its folder, load_skyreels_v2 of it), "v2v": (...
     VideoToVideo ...)} of the diffusion-forcing folder's components (tests/test_skyreels_v2.py's tiny_forcing)."""
-    from diffusers.pipelines.skyreels_v2 import (pipeline_skyreels_v2_diffusion_forcing_i2v as i2v,
+    from diffusers.pipelines.skyreels_v2 import (pipeline_skyreels_v2_diffusion_forcing as t2v,
+                                                 pipeline_skyreels_v2_diffusion_forcing_i2v as i2v,
                                                  pipeline_skyreels_v2_diffusion_forcing_v2v as v2v)
     root = tmp_path_factory.mktemp("skyreels_v2_prefix")
     components = {**tiny_wan_parts(), "transformer": skyreels_transformer(7, inject_sample_info=True)}
     with pytest.MonkeyPatch.context() as patch:
-        for module in (i2v, v2v):
+        for module in (t2v, i2v, v2v):
             if not hasattr(module, "ftfy"):
                 patch.setattr(module, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
         yield {"i2v": saved(diffusers.SkyReelsV2DiffusionForcingImageToVideoPipeline(**components), root / "i2v"),
@@ -81,6 +82,40 @@ def test_skyreels_v2_forcing_prefix_matches_the_pipeline(tiny_prefix, monkeypatc
     error = relative_error(videos, theirs[1])
     print(f"v2v frames: {error:.2e}")
     assert error < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v", "v2v"])
+def test_skyreels_v2_forcing_long_video_matches_the_pipeline(tiny_prefix, monkeypatch, kind):
+    """The long-video mode: 21 frames (6 latent) in windows of 13 (4) overlapping by 5 frames (2 latent): 2 windows,
+    the second's clean first blocks the first's last 2 latent frames, its noise the next draw of seed 3's generator;
+    one prompt, CFG s = 4 against a negative prompt, 3 UniPC steps, ar_step 1 on one-frame blocks, fps 16, with
+    :func:`copying_step`: the same final latents and decoded frames as the three diffusion-forcing pipelines (text:
+    the image-to-video folder run as SkyReelsV2DiffusionForcingPipeline; video: the input's 9 frames then 21)."""
+    from diffkit.interop.skyreels_v2_forcing import text_to_video
+    from diffkit.interop.skyreels_v2_forcing_prefix import image_to_video, video_to_video
+    pipe, _, model = tiny_prefix["v2v" if kind == "v2v" else "i2v"]
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "height": DF_SIZE, "width": DF_SIZE, "ar_step": 1,
+          "causal_block_size": 1, "fps": 16, "num_frames": 21, "base_num_frames": 13, "overlap_history": 5}
+    if kind == "t2v":
+        pipe = diffusers.SkyReelsV2DiffusionForcingPipeline(**pipe.components)
+        pipe.set_progress_bar_config(disable=True)
+    given = {"t2v": (), "i2v": (_image(),), "v2v": (_video(),)}[kind]
+    ours = {"t2v": lambda **o: text_to_video(model, PROMPTS[0], **o),
+            "i2v": lambda **o: image_to_video(model, given[0], PROMPTS[0], **o),
+            "v2v": lambda **o: video_to_video(model, [given[0]], PROMPTS[0], **o)}[kind]
+    copying_step(monkeypatch)
+    with torch.no_grad():
+        latents = pipe(*given, PROMPTS[0], num_inference_steps=3, generator=[torch.Generator().manual_seed(3)],
+                       output_type="latent", **kw).frames
+        frames = pipe(*given, PROMPTS[0], num_inference_steps=3, generator=[torch.Generator().manual_seed(3)],
+                      output_type="pt", **kw).frames
+    z = ours(steps=3, seed=3, return_latents=True, **kw)
+    assert z.shape == latents.shape == (1, Z, 6, 2, 2)
+    videos = ours(steps=3, seed=3, output_range="0,1", **kw)
+    assert videos.shape == frames.shape == (1, 21 + (VIDEO_FRAMES if kind == "v2v" else 0), 3, DF_SIZE, DF_SIZE)
+    errors = relative_error(z, latents), relative_error(videos, frames)
+    print(f"long {kind}: latents {errors[0]:.2e}, frames {errors[1]:.2e}")
+    assert max(errors) < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["i2v", "v2v"])

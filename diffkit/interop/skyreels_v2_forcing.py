@@ -209,7 +209,9 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
                   steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
                   height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
                   latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
-                  progress: bool = False, prefix_latents: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+                  progress: bool = False, prefix_latents: Optional[torch.Tensor] = None,
+                  base_num_frames: Optional[int] = None, overlap_history: Optional[int] = None,
+                  **options) -> torch.Tensor:
     """Videos (B, T, 3, H, W) of ``prompts`` as ``SkyReelsV2DiffusionForcingPipeline`` in its short-video mode
     (module docstring): ``ar_step`` (0: synchronous), ``causal_block_size`` (latent frames a block; default the
     transformer's ``num_frame_per_block``), ``fps`` (the sample-info conditioning: 16 -> 0, else 1); the rest as
@@ -217,7 +219,8 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
     ``sampler`` any diffkit sampler on its grid, of one model call per step where ``ar_step`` > 0).
     ``prefix_latents`` (1 or B, C, P, h, w): clean first latent frames written over the noise (the image- and
     video-to-video pipelines' ``latents[:, :, :P] = condition``, :mod:`.skyreels_v2_forcing_prefix`); the blocks
-    wholly inside them stay clean at timestep 0 (``num_pre_ready``), the others run from there."""
+    wholly inside them stay clean at timestep 0 (``num_pre_ready``), the others run from there. ``base_num_frames``
+    fewer than the frames, with ``overlap_history``: the long-video mode (:mod:`.skyreels_v2_forcing_long`)."""
     from ..denoiser import Denoiser
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
@@ -232,6 +235,14 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
                                                SKYREELS_V2_GUIDANCE)
     frames, height, width = check_frames(given["num_frames"]), given["height"], given["width"]
     model.check_size(height, width)
+    if base_num_frames is not None and overlap_history is not None and frames > check_frames(base_num_frames):
+        from .skyreels_v2_forcing_long import long_video_latents
+        z = long_video_latents(model, prompts, prefix_latents, num_frames=frames, base_num_frames=base_num_frames,
+                               overlap_history=overlap_history, height=height, width=width, ar_step=ar_step,
+                               causal_block_size=causal_block_size, fps=fps, negative_prompt=negative_prompt,
+                               guidance_scale=scale, convention=convention, steps=steps, sampler=sampler,
+                               seed=seed, progress=progress, **options)
+        return model.output_videos(z, output_range, return_latents)
     shape = model.latent_video_shape(len(prompts), frames, height, width)
     block = int(model.transformer.config.num_frame_per_block) if causal_block_size is None else causal_block_size
     prefix = 0 if prefix_latents is None else int(prefix_latents.shape[2])

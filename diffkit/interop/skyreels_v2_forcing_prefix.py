@@ -17,8 +17,8 @@ a step, even at ``ar_step`` 0).
   with them; the output is the input video then the window's decoded frames (the pipeline's ``torch.cat([video_
   original, video_generated])``; with ``return_latents`` the window's latents); CFG s = 6 by default.
 
-The long-video mode (``num_frames`` > ``base_num_frames`` with ``overlap_history``, ``addnoise_condition``, several
-windows) is not driven: the window is the whole video (``base_num_frames`` = ``num_frames``).
+The long-video mode (``num_frames`` > ``base_num_frames`` with ``overlap_history``: several windows) is
+:mod:`.skyreels_v2_forcing_long`'s (``addnoise_condition`` not driven).
 """
 from __future__ import annotations
 
@@ -77,14 +77,16 @@ def image_to_video(model: SkyReelsV2DFI2V, images, prompts: Union[str, Sequence[
 
 
 def video_to_video(model: SkyReelsV2DFV2V, videos, prompts: Union[str, Sequence[str]], *,
-                   overlap_history: int = DF_V2V_OVERLAP, guidance_scale: Optional[float] = None,
+                   overlap_history: int = DF_V2V_OVERLAP, base_num_frames: Optional[int] = None,
+                   guidance_scale: Optional[float] = None,
                    convention: str = "diffusers", num_frames: Optional[int] = None, height: Optional[int] = None,
                    width: Optional[int] = None, causal_block_size: Optional[int] = None, output_range: str = "-1,1",
                    return_latents: bool = False, **options) -> torch.Tensor:
     """The input ``videos`` (lists of PIL frames or (T, 3, H, W) in [-1, 1]; one, or one per prompt) each followed by
     its ``num_frames`` window (default 97) extending its last ``overlap_history`` frames (default 17), as
     ``SkyReelsV2DiffusionForcingVideoToVideoPipeline`` in its short-video mode (module docstring): (B, T + num_frames,
-    3, H, W), or the window's latents with ``return_latents``. CFG s = 6 by default; ``options`` as
+    3, H, W), or the window's latents with ``return_latents``. CFG s = 6 by default; ``base_num_frames`` fewer than
+    ``num_frames``: the long-video mode's windows (:mod:`.skyreels_v2_forcing_long`); ``options`` as
     :func:`image_to_video`'s."""
     from diffusers.video_processor import VideoProcessor
 
@@ -100,12 +102,14 @@ def video_to_video(model: SkyReelsV2DFV2V, videos, prompts: Union[str, Sequence[
     if len(frames) not in (1, len(prompts)):
         raise DiffkitError(f"{len(frames)} input videos for {len(prompts)} prompts; give one, or one per prompt")
     given = pipeline_defaults(guidance_scale, convention, SKYREELS_V2_GUIDANCE, num_frames, height, width)
-    window = (check_frames(given["num_frames"]) - 1) // model.temporal_factor + 1
+    window = (min(check_frames(given["num_frames"]), check_frames(base_num_frames or given["num_frames"])) - 1) \
+        // model.temporal_factor + 1
     block = int(model.transformer.config.num_frame_per_block) if causal_block_size is None else causal_block_size
     prefix = check_overlap(overlap_history, len(frames[0]), model.temporal_factor, block, window)
     model.check_size(given["height"], given["width"])
     z = model.video_latents([video[-overlap_history:] for video in frames], given["height"], given["width"])
     z = text_to_video(model, prompts, prefix_latents=z[:, :, :prefix], causal_block_size=causal_block_size,
+                      base_num_frames=base_num_frames, overlap_history=overlap_history,
                       output_range=output_range, return_latents=return_latents, **given, **options)
     if return_latents:
         return z
