@@ -118,24 +118,28 @@ def test_skyreels_v2_forcing_long_video_matches_the_pipeline(tiny_prefix, monkey
     assert max(errors) < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["i2v", "v2v"])
+@pytest.mark.parametrize("kind", ["i2v", "v2v", "v2v-long"])
 def test_skyreels_v2_forcing_prefix_command_is_the_library(tiny_prefix, tmp_path, capsys, kind):
     """``diffkit video`` writes the library's videos (one prompt, 2 steps, --ar-step 1, the folder's CFG default
-    against "", seed 5) as an APNG at 24 fps: ``--image`` / ``--video`` with ``--overlap-history 5``."""
+    against "", seed 5) as an APNG at 24 fps: ``--image`` / ``--video`` with ``--overlap-history 5`` (long: 21 frames
+    in windows of ``--base-num-frames 13``)."""
     from diffkit.interop.skyreels_v2_forcing_prefix import image_to_video, video_to_video
+    long = {"base_num_frames": 13} if kind == "v2v-long" else {}
+    kind, frames = kind[:3], 21 if long else DF_FRAMES
     _, path, model = tiny_prefix[kind]
     image = _image()
     image.save(tmp_path / "a.png")
     _save(_video(), tmp_path / "in.png")
     extra = ["--image", str(tmp_path / "a.png")] if kind == "i2v" else \
-        ["--video", str(tmp_path / "in.png"), "--overlap-history", str(OVERLAP)]
+        ["--video", str(tmp_path / "in.png"), "--overlap-history", str(OVERLAP)] + \
+        (["--base-num-frames", "13"] if long else [])
     argv = ["video", "--checkpoint", str(path), "--prompt", PROMPTS[0], *extra, "--ar-step", "1", "--steps", "2",
-            "--seed", "5", "--frames", str(DF_FRAMES), "--height", str(DF_SIZE), "--width", str(DF_SIZE),
+            "--seed", "5", "--frames", str(frames), "--height", str(DF_SIZE), "--width", str(DF_SIZE),
             "--out", str(tmp_path / "v.png"), "--no-progress"]
     assert main(argv) == 0
-    total = DF_FRAMES + (VIDEO_FRAMES if kind == "v2v" else 0)
+    total = frames + (VIDEO_FRAMES if kind == "v2v" else 0)
     assert f"wrote 1 videos of {total} frames ({DF_SIZE}x{DF_SIZE}, 24 fps)" in capsys.readouterr().out
-    size = {"num_frames": DF_FRAMES, "height": DF_SIZE, "width": DF_SIZE, "steps": 2, "ar_step": 1, "seed": 5}
+    size = {"num_frames": frames, "height": DF_SIZE, "width": DF_SIZE, "steps": 2, "ar_step": 1, "seed": 5, **long}
     ours = image_to_video(model, image, PROMPTS[0], **size) if kind == "i2v" else \
         video_to_video(model, [read_video(tmp_path / "in.png")], PROMPTS[0], overlap_history=OVERLAP, **size)
     written = read_video(tmp_path / "v.png")[:, :, 2:2 + DF_SIZE, 2:2 + DF_SIZE]  # inside the grid's padding
@@ -145,9 +149,10 @@ def test_skyreels_v2_forcing_prefix_command_is_the_library(tiny_prefix, tmp_path
 
 def test_skyreels_v2_forcing_prefix_refusals(tiny_prefix, tmp_path, capsys):
     """One line, nothing written, before any weight is read: an image-to-video folder without --image, a
-    video-to-video one without --video, an overlap longer than the input video or holding no whole block (or on
-    image to video), the pipeline's last_image, a two-call sampler with the image's block clean; the library's model
-    checks."""
+    video-to-video one without --video, an overlap longer than the input video or holding no whole block, the
+    pipeline's last_image, a two-call sampler with the image's block clean; long videos:
+    --base-num-frames without --overlap-history or the reverse, a block size not dividing a window, an overlap as long as the
+    window; the library's model checks."""
     from diffkit.interop.skyreels_v2_forcing_prefix import check_overlap, image_to_video
     i2v, v2v = tiny_prefix["i2v"][1], tiny_prefix["v2v"][1]
     _image().save(tmp_path / "a.png")
@@ -159,9 +164,17 @@ def test_skyreels_v2_forcing_prefix_refusals(tiny_prefix, tmp_path, capsys):
             (i2v, [*common, "--image", str(tmp_path / "a.png"), "--last-image", str(tmp_path / "a.png")],
              "--last-image"),
             (i2v, [*common, "--image", str(tmp_path / "a.png"), "--overlap-history", "5"],
-             "--overlap-history does not apply to a SkyReels-V2 diffusion forcing image-to-video folder"),
+             "--base-num-frames and --overlap-history go together"),
             (i2v, [*common, "--image", str(tmp_path / "a.png"), "--sampler", "heun"],
              "sampler 'heun' is not allowed with ar_step=0 and 1 clean first latent frames"),
+            (i2v, [*common, "--image", str(tmp_path / "a.png"), "--base-num-frames", "9"],
+             "--base-num-frames and --overlap-history go together"),
+            (i2v, ["--frames", "21", "--height", "16", "--width", "16", "--image", str(tmp_path / "a.png"),
+                   "--base-num-frames", "9", "--overlap-history", "5", "--causal-block-size", "2"],
+             "causal_block_size=2 is not allowed for 3 latent frames"),
+            (v2v, ["--frames", "21", "--height", "16", "--width", "16", "--video", str(tmp_path / "in.png"),
+                   "--base-num-frames", "5", "--overlap-history", "5"],
+             "an overlap of 2 latent frames is not allowed with windows of 2"),
             (v2v, [*common, "--video", str(tmp_path / "in.png"), "--overlap-history", "10"],
              "overlap_history=10 is not allowed; give a whole number of the input videos' last frames, 1 to 9"),
             (v2v, [*common, "--video", str(tmp_path / "in.png"), "--overlap-history", "1", "--causal-block-size",

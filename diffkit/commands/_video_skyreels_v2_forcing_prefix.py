@@ -26,12 +26,14 @@ class SkyReelsV2ForcingI2VKind(SkyReelsV2ForcingKind):
 
 class SkyReelsV2ForcingV2VKind(SkyReelsV2ForcingKind):
     """Diffusion forcing extending ``--video`` from its last ``--overlap-history`` frames (default 17): the input
-    then the ``--frames`` window (its first frames the overlap's); the forcing kind's flags, CFG s = 6."""
+    then the ``--frames`` window (its first frames the overlap's; with ``--base-num-frames`` fewer, the long-video
+    mode's windows); the forcing kind's flags, CFG s = 6."""
 
     label = "SkyReels-V2 diffusion forcing video-to-video"
     pipelines = ("SkyReelsV2DiffusionForcingVideoToVideoPipeline",)
-    takes = SkyReelsV2ForcingKind.takes | {"videos", "overlap_history"}
+    takes = SkyReelsV2ForcingKind.takes | {"videos"}
     needs_video = True
+    overlap_default = 17  # skyreels_v2_forcing_prefix.DF_V2V_OVERLAP
 
     def prefix_frames(self, args, block: int) -> int:
         from ..interop.skyreels_v2_forcing_prefix import DF_V2V_OVERLAP
@@ -50,7 +52,8 @@ class SkyReelsV2ForcingV2VKind(SkyReelsV2ForcingKind):
         config = read_json_object(folder / "transformer" / "config.json", "transformer config")
         temporal = int(read_json_object(folder / "vae" / "config.json", "vae config").get("scale_factor_temporal", 4))
         block = config.get("num_frame_per_block", 1) if args.causal_block_size is None else args.causal_block_size
-        window = ((args.num_frames or SKYREELS_V2_FRAMES) - 1) // temporal + 1
+        frames = args.num_frames or SKYREELS_V2_FRAMES
+        window = (min(frames, args.base_num_frames or frames) - 1) // temporal + 1
         check_overlap(DF_V2V_OVERLAP if args.overlap_history is None else args.overlap_history,
                       video_frames(videos), temporal, block, window)
 

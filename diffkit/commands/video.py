@@ -225,8 +225,12 @@ def register(sub) -> None:
                          help="latent frames a block (block-causal attention where N > 1; default the transformer's "
                               "num_frame_per_block; the pipeline's causal_block_size)")
     forcing.add_argument("--overlap-history", type=positive_int, metavar="N",
-                         help="video-to-video folders: the input video's last N frames the extension starts from "
+                         help="the frames each long-video window starts from (with --base-num-frames); "
+                              "video-to-video folders: the input video's last N frames the extension starts from "
                               "(default 17; the pipeline's overlap_history)")
+    forcing.add_argument("--base-num-frames", type=positive_int, metavar="N",
+                         help="long-video mode: windows of N frames (4 k + 1) when --frames is more, each starting "
+                              "from the last --overlap-history frames so far (the pipeline's base_num_frames)")
     p.set_defaults(func=run)
 
 
