@@ -150,9 +150,9 @@ def test_skyreels_v2_forcing_prefix_command_is_the_library(tiny_prefix, tmp_path
 def test_skyreels_v2_forcing_prefix_refusals(tiny_prefix, tmp_path, capsys):
     """One line, nothing written, before any weight is read: an image-to-video folder without --image, a
     video-to-video one without --video, an overlap longer than the input video or holding no whole block, the
-    pipeline's last_image, a two-call sampler with the image's block clean; long videos:
-    --base-num-frames without --overlap-history or the reverse, a block size not dividing a window, an overlap as long as the
-    window; the library's model checks."""
+    pipeline's last_image, a two-call sampler with the image's block clean; long videos: --base-num-frames without
+    --overlap-history or the reverse, a block size not dividing a window, an overlap as long as the window; the
+    library's model checks."""
     from diffkit.interop.skyreels_v2_forcing_prefix import check_overlap, image_to_video
     i2v, v2v = tiny_prefix["i2v"][1], tiny_prefix["v2v"][1]
     _image().save(tmp_path / "a.png")

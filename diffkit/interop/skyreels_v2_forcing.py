@@ -21,8 +21,9 @@ step with the others' states:
 
 Otherwise as ``SkyReelsV2Pipeline`` (:mod:`.skyreels_v2`, Wan's code): UMT5 prompts, CFG s = 6 (diffusers'
 convention), 97 frames of 544 x 960, 50 steps of the folder's flow UniPC, the Wan VAE's decoding, 24 fps. diffkit
-drives the short-video mode (``base_num_frames`` >= the frames: one window); the long-video sliding windows
-(``overlap_history``, ``addnoise_condition``) are not driven. Clean first frames (``prefix_latents``): the image- and
+drives the short-video mode (``base_num_frames`` >= the frames: one window) here, the long-video sliding windows
+(``base_num_frames`` with ``overlap_history``) in :mod:`.skyreels_v2_forcing_long` (``addnoise_condition`` not
+driven). Clean first frames (``prefix_latents``): the image- and
 video-to-video pipelines' (:mod:`.skyreels_v2_forcing_prefix`). Refused in one line before any weight is read
 (:func:`.skyreels_v2.check_skyreels_v2_folder`): what a ``SkyReelsV2Pipeline`` folder refuses but the transformer's
 ``inject_sample_info`` and ``num_frame_per_block``, a scheduler other than flow UniPC (the pipeline's per-frame copies
