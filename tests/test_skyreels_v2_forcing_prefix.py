@@ -90,13 +90,15 @@ def test_skyreels_v2_forcing_long_video_matches_the_pipeline(tiny_prefix, monkey
     the second's clean first blocks the first's last 2 latent frames, its noise the next draw of seed 3's generator;
     one prompt, CFG s = 4 against a negative prompt, 3 UniPC steps, ar_step 1 on one-frame blocks, fps 16, with
     :func:`copying_step`: the same final latents and decoded frames as the three diffusion-forcing pipelines (text:
-    the image-to-video folder run as SkyReelsV2DiffusionForcingPipeline; video: the input's 9 frames then 21)."""
+    the image-to-video folder run as SkyReelsV2DiffusionForcingPipeline, on blocks of 2 with an overlap of 9 frames:
+    3 windows, each starting from the 3 latent frames so far cut to 2; video: the input's 9 frames then 21)."""
     from diffkit.interop.skyreels_v2_forcing import text_to_video
     from diffkit.interop.skyreels_v2_forcing_prefix import image_to_video, video_to_video
     pipe, _, model = tiny_prefix["v2v" if kind == "v2v" else "i2v"]
     kw = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "height": DF_SIZE, "width": DF_SIZE, "ar_step": 1,
           "causal_block_size": 1, "fps": 16, "num_frames": 21, "base_num_frames": 13, "overlap_history": 5}
-    if kind == "t2v":
+    if kind == "t2v":  # 3 windows overlapping by 9 frames (3 latent), each starting from 2 (blocks of 2)
+        kw.update(causal_block_size=2, overlap_history=9)
         pipe = diffusers.SkyReelsV2DiffusionForcingPipeline(**pipe.components)
         pipe.set_progress_bar_config(disable=True)
     given = {"t2v": (), "i2v": (_image(),), "v2v": (_video(),)}[kind]

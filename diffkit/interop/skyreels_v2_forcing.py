@@ -238,6 +238,9 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
     model.check_size(height, width)
     if base_num_frames is not None and overlap_history is not None and frames > check_frames(base_num_frames):
         from .skyreels_v2_forcing_long import long_video_latents
+        if latents is not None:
+            raise DiffkitError("latents are not allowed in the long-video mode (base_num_frames fewer than the "
+                               "frames); each window draws its noise from seed + i")
         z = long_video_latents(model, prompts, prefix_latents, num_frames=frames, base_num_frames=base_num_frames,
                                overlap_history=overlap_history, height=height, width=width, ar_step=ar_step,
                                causal_block_size=causal_block_size, fps=fps, negative_prompt=negative_prompt,
