@@ -58,26 +58,43 @@ class SkyReelsV2I2VKind(WanI2VKind):
 class SkyReelsV2ForcingKind(SkyReelsV2Kind):
     """SkyReels-V2 diffusion forcing, text to video: SkyReels-V2 text-to-video's defaults and checks, ``--ar-step``
     (default 0: synchronous), ``--causal-block-size`` (default the transformer's ``num_frame_per_block``), ``--fps``
-    also the transformer's sample-info conditioning (16 or other; default 24)."""
+    also the transformer's sample-info conditioning (16 or other; default 24); ``--base-num-frames`` with
+    ``--overlap-history``: the long-video mode's windows (:mod:`diffkit.interop.skyreels_v2_forcing_long`)."""
 
     label = "SkyReels-V2 diffusion forcing"
     pipelines = ("SkyReelsV2DiffusionForcingPipeline",)
-    takes = SkyReelsV2Kind.takes | {"ar_step", "causal_block_size", "fps"}
+    takes = SkyReelsV2Kind.takes | {"ar_step", "causal_block_size", "fps", "base_num_frames", "overlap_history"}
+    overlap_default = None  # --overlap-history without --base-num-frames: refused (the video-to-video kind's 17)
 
     def check_request(self, args) -> None:
         from pathlib import Path
 
         from ..errors import read_json_object
         from ..interop.skyreels_v2 import SKYREELS_V2_FRAMES
+        from ..errors import DiffkitError
         from ..interop.skyreels_v2_forcing import check_forcing
+        from ..interop.skyreels_v2_forcing_long import windows
         from ..interop.wan import check_frames
         super().check_request(args)
         folder = Path(args.checkpoint)
         config = read_json_object(folder / "transformer" / "config.json", "transformer config")
         vae = read_json_object(folder / "vae" / "config.json", "vae config")
-        latent = (check_frames(args.num_frames, SKYREELS_V2_FRAMES) - 1) // int(vae.get("scale_factor_temporal", 4)) + 1
+        temporal, frames = int(vae.get("scale_factor_temporal", 4)), check_frames(args.num_frames, SKYREELS_V2_FRAMES)
         block = config.get("num_frame_per_block", 1) if args.causal_block_size is None else args.causal_block_size
-        check_forcing(latent, block, args.ar_step or 0, args.sampler or "unipc", {})
+        overlap = self.overlap_default if args.overlap_history is None else args.overlap_history
+        if self.overlap_default is None and (args.base_num_frames is None) != (args.overlap_history is None):
+            raise DiffkitError("--base-num-frames and --overlap-history go together (the long-video mode's window "
+                               "and the frames each window starts from); give both or neither")
+        sizes, prefixes = [(frames - 1) // temporal + 1], [self.prefix_frames(args, block)]
+        if args.base_num_frames is not None and frames > check_frames(args.base_num_frames):
+            sizes = windows(sizes[0], (args.base_num_frames - 1) // temporal + 1, (overlap - 1) // temporal + 1)
+            prefixes += [((overlap - 1) // temporal + 1) // block * block] * (len(sizes) - 1)
+        for size, prefix in zip(sizes, prefixes):
+            check_forcing(size, block, args.ar_step or 0, args.sampler or "unipc", {}, prefix)
+
+    def prefix_frames(self, args, block: int) -> int:
+        """The clean first latent frames (none here; :mod:`._video_skyreels_v2_forcing_prefix`'s kinds)."""
+        return 0
 
     def generate(self, model, prompts: list, images, *, seed: int, progress: bool, **options):
         from ..interop.skyreels_v2_forcing import text_to_video

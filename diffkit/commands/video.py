@@ -55,6 +55,8 @@ VIDEO_KINDS: dict[str, str] = {
     "SkyReelsV2Pipeline": "._video_skyreels_v2",
     "SkyReelsV2ImageToVideoPipeline": "._video_skyreels_v2:I2V_KIND",
     "SkyReelsV2DiffusionForcingPipeline": "._video_skyreels_v2:DF_KIND",
+    "SkyReelsV2DiffusionForcingImageToVideoPipeline": "._video_skyreels_v2_forcing_prefix:I2V_KIND",
+    "SkyReelsV2DiffusionForcingVideoToVideoPipeline": "._video_skyreels_v2_forcing_prefix:V2V_KIND",
     "TextToVideoSDPipeline": "._video_modelscope",
     "VideoToVideoSDPipeline": "._video_modelscope:V2V_KIND",
     "I2VGenXLPipeline": "._video_modelscope:I2V_KIND",
@@ -230,6 +232,13 @@ def register(sub) -> None:
     forcing.add_argument("--causal-block-size", type=positive_int, metavar="N",
                          help="latent frames a block (block-causal attention where N > 1; default the transformer's "
                               "num_frame_per_block; the pipeline's causal_block_size)")
+    forcing.add_argument("--overlap-history", type=positive_int, metavar="N",
+                         help="the frames each long-video window starts from (with --base-num-frames); "
+                              "video-to-video folders: the input video's last N frames the extension starts from "
+                              "(default 17; the pipeline's overlap_history)")
+    forcing.add_argument("--base-num-frames", type=positive_int, metavar="N",
+                         help="long-video mode: windows of N frames (4 k + 1) when --frames is more, each starting "
+                              "from the last --overlap-history frames so far (the pipeline's base_num_frames)")
     p.set_defaults(func=run)
 
 

@@ -17,7 +17,8 @@ first-last-frame to video, the decoding):
 * both are exported at 24 fps in diffusers' examples (``export_to_video(output, fps=24)``).
 
 ``SkyReelsV2DiffusionForcingPipeline`` folders load here too (:class:`.skyreels_v2_forcing.SkyReelsV2DF`); their
-loop is :mod:`.skyreels_v2_forcing`'s.
+loop is :mod:`.skyreels_v2_forcing`'s; so do its image- and video-to-video ones
+(:mod:`.skyreels_v2_forcing_prefix`).
 
 Refused in one line before any weight is read (:func:`check_skyreels_v2_folder`): another pipeline class, a missing
 component, parts of other classes, a transformer whose channels do not fit the VAE's z_dim (C; image-to-video 2 C + 4
@@ -42,6 +43,9 @@ from .wan_i2v import WanI2V
 SKYREELS_V2_PIPELINE = "SkyReelsV2Pipeline"
 SKYREELS_V2_I2V_PIPELINE = "SkyReelsV2ImageToVideoPipeline"
 SKYREELS_V2_DF_PIPELINE = "SkyReelsV2DiffusionForcingPipeline"  # :mod:`.skyreels_v2_forcing`
+SKYREELS_V2_DF_I2V_PIPELINE = "SkyReelsV2DiffusionForcingImageToVideoPipeline"  # :mod:`.skyreels_v2_forcing_prefix`
+SKYREELS_V2_DF_V2V_PIPELINE = "SkyReelsV2DiffusionForcingVideoToVideoPipeline"  # likewise
+FORCING_PIPELINES = (SKYREELS_V2_DF_PIPELINE, SKYREELS_V2_DF_I2V_PIPELINE, SKYREELS_V2_DF_V2V_PIPELINE)
 SKYREELS_V2_TRANSFORMER = "SkyReelsV2Transformer3DModel"
 KIND, I2V_KIND, DF_KIND = "SkyReels-V2", "SkyReels-V2 image-to-video", "SkyReels-V2 diffusion forcing"
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -76,7 +80,7 @@ class SkyReelsV2I2V(WanI2V):
 
 
 def check_skyreels_v2_folder(directory, pipelines=(SKYREELS_V2_PIPELINE, SKYREELS_V2_I2V_PIPELINE,
-                                                   SKYREELS_V2_DF_PIPELINE)) -> tuple:
+                                                   *FORCING_PIPELINES)) -> tuple:
     """(model_index dict, scheduler config) of a folder whose index names one of ``pipelines``, checked from its JSON
     alone (module docstring; a diffusion-forcing folder's: :mod:`.skyreels_v2_forcing`); a one-line DiffkitError for
     what diffkit does not drive."""
@@ -86,7 +90,7 @@ def check_skyreels_v2_folder(directory, pipelines=(SKYREELS_V2_PIPELINE, SKYREEL
     from .wan import wan_configs, wan_scheduler_config
     directory = Path(directory)
     index = named_index(directory, pipelines, KIND)
-    image, forcing = (index["_class_name"] == name for name in (SKYREELS_V2_I2V_PIPELINE, SKYREELS_V2_DF_PIPELINE))
+    image, forcing = index["_class_name"] == SKYREELS_V2_I2V_PIPELINE, index["_class_name"] in FORCING_PIPELINES
     label = I2V_KIND if image else DF_KIND if forcing else KIND
     index, configs = wan_configs(directory, index["_class_name"], label, REQUIRED, CLASSES)
     vae = configs["vae"]
@@ -142,9 +146,11 @@ def load_skyreels_v2(directory: Union[str, Path], device="cpu", dtype: torch.dty
         encoder, processor = load_clip(directory, device, dtype, progress)
         model = SkyReelsV2I2V(**common, image_encoder=encoder, image_processor=processor)
         widths.append((model.transformer.config.image_dim, encoder.config.hidden_size, "image_dim"))
-    elif index["_class_name"] == SKYREELS_V2_DF_PIPELINE:
+    elif index["_class_name"] in FORCING_PIPELINES:
         from .skyreels_v2_forcing import SkyReelsV2DF
-        model = SkyReelsV2DF(**common)
+        from .skyreels_v2_forcing_prefix import SkyReelsV2DFI2V, SkyReelsV2DFV2V
+        model = {cls.pipeline_name: cls for cls in (SkyReelsV2DF, SkyReelsV2DFI2V, SkyReelsV2DFV2V)}[
+            index["_class_name"]](**common)
     else:
         model = SkyReelsV2(**common)
     check_widths(directory, widths)

@@ -21,8 +21,10 @@ step with the others' states:
 
 Otherwise as ``SkyReelsV2Pipeline`` (:mod:`.skyreels_v2`, Wan's code): UMT5 prompts, CFG s = 6 (diffusers'
 convention), 97 frames of 544 x 960, 50 steps of the folder's flow UniPC, the Wan VAE's decoding, 24 fps. diffkit
-drives the short-video mode (``base_num_frames`` >= the frames: one window); the long-video sliding windows
-(``overlap_history``, ``addnoise_condition``) are not driven. Refused in one line before any weight is read
+drives the short-video mode (``base_num_frames`` >= the frames: one window) here, the long-video sliding windows
+(``base_num_frames`` with ``overlap_history``) in :mod:`.skyreels_v2_forcing_long` (``addnoise_condition`` not
+driven). Clean first frames (``prefix_latents``): the image- and
+video-to-video pipelines' (:mod:`.skyreels_v2_forcing_prefix`). Refused in one line before any weight is read
 (:func:`.skyreels_v2.check_skyreels_v2_folder`): what a ``SkyReelsV2Pipeline`` folder refuses but the transformer's
 ``inject_sample_info`` and ``num_frame_per_block``, a scheduler other than flow UniPC (the pipeline's per-frame copies
 step at its whole timesteps); and a block size that does not divide the latent frames (the pipeline leaves the frames
@@ -76,12 +78,13 @@ class ForcingNet(WanNet):
                                      return_dict=False)[0] for r in rows]).to(x.dtype)
 
 
-def forcing_schedule(blocks: int, steps: int, ar_step: int) -> list:
+def forcing_schedule(blocks: int, steps: int, ar_step: int, ready: int = 0) -> list:
     """The pipeline's rows (``generate_timestep_matrix`` of one window): per row, each block's step index k (0: not
     started, 1..N: its k-th model call and step, N + 1: clean) and whether it steps in that row. Block 0 advances
     one a row; block b is block b - 1's index minus ``ar_step`` (clamped to [0, N + 1]) until block b - 1 has taken
-    its last step, then advances one a row."""
-    rows, before = [], [0] * blocks
+    its last step, then advances one a row. The first ``ready`` blocks (clean prefix frames, ``num_pre_ready``) start
+    clean (N + 1)."""
+    rows, before = [], [steps + 1] * ready + [0] * (blocks - ready)
     while min(before) < steps:
         row = []
         for b in range(blocks):
@@ -180,23 +183,25 @@ class ForcingRows:
         return {b: part for b, part in enumerate(out.split(self.block, dim=2)) if stepping[b]}
 
 
-def check_forcing(frames: int, block: int, ar_step, sampler: str, options: dict) -> None:
+def check_forcing(frames: int, block: int, ar_step, sampler: str, options: dict, prefix: int = 0) -> None:
     """One line for an ``ar_step`` not a whole number >= 0, a block size that does not divide the latent frames, or
-    an asynchronous run with a sampler of more than one model call per step."""
+    an asynchronous run (or one with a whole block of ``prefix`` clean first frames) with a sampler of more than one
+    model call per step."""
     from ..samplers import get_sampler
     if isinstance(ar_step, bool) or not isinstance(ar_step, int) or ar_step < 0:
         raise DiffkitError(f"ar_step={ar_step!r} is not allowed; give a whole number >= 0 (0: synchronous)")
     if isinstance(block, bool) or not isinstance(block, int) or block < 1 or frames % block:
         raise DiffkitError(f"causal_block_size={block!r} is not allowed for {frames} latent frames; give a divisor "
                            f"of them (the pipeline leaves the frames past the last whole block as noise)")
-    if ar_step:
+    if ar_step or prefix >= block:
         info = get_sampler(sampler.split("@")[0].split(":")[0])
         calls = info.calls_per_step_of({**info.options, **options}) if info.calls_per_step_of else \
             info.calls_per_step
         if calls != 1 or info.order == "adaptive" or info.nfe_of_steps is not None or info.stochastic:
-            raise DiffkitError(f"sampler {sampler!r} is not allowed with ar_step={ar_step}: asynchronous diffusion "
-                               f"forcing steps each block once a row; give a deterministic sampler of one model "
-                               f"call per step (the folder's unipc, ddim, ...)")
+            raise DiffkitError(f"sampler {sampler!r} is not allowed with ar_step={ar_step}"
+                               f"{f' and {prefix} clean first latent frames' if prefix >= block else ''}: "
+                               f"diffusion forcing's rows step each block once a row; give a deterministic sampler of "
+                               f"one model call per step (the folder's unipc, ddim, ...)")
 
 
 def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar_step: int = 0,
@@ -205,12 +210,18 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
                   steps: Optional[int] = None, sampler: Optional[str] = None, num_frames: Optional[int] = None,
                   height: Optional[int] = None, width: Optional[int] = None, seed: Optional[int] = 0,
                   latents: Optional[torch.Tensor] = None, output_range: str = "-1,1", return_latents: bool = False,
-                  progress: bool = False, **options) -> torch.Tensor:
+                  progress: bool = False, prefix_latents: Optional[torch.Tensor] = None,
+                  base_num_frames: Optional[int] = None, overlap_history: Optional[int] = None,
+                  **options) -> torch.Tensor:
     """Videos (B, T, 3, H, W) of ``prompts`` as ``SkyReelsV2DiffusionForcingPipeline`` in its short-video mode
     (module docstring): ``ar_step`` (0: synchronous), ``causal_block_size`` (latent frames a block; default the
     transformer's ``num_frame_per_block``), ``fps`` (the sample-info conditioning: 16 -> 0, else 1); the rest as
     :func:`.skyreels_v2.text_to_video` (CFG s = 6, 97 frames of 544 x 960, 50 steps of the folder's flow UniPC,
-    ``sampler`` any diffkit sampler on its grid, of one model call per step where ``ar_step`` > 0)."""
+    ``sampler`` any diffkit sampler on its grid, of one model call per step where ``ar_step`` > 0).
+    ``prefix_latents`` (1 or B, C, P, h, w): clean first latent frames written over the noise (the image- and
+    video-to-video pipelines' ``latents[:, :, :P] = condition``, :mod:`.skyreels_v2_forcing_prefix`); the blocks
+    wholly inside them stay clean at timestep 0 (``num_pre_ready``), the others run from there. ``base_num_frames``
+    fewer than the frames, with ``overlap_history``: the long-video mode (:mod:`.skyreels_v2_forcing_long`)."""
     from ..denoiser import Denoiser
     from ..errors import check_choice
     from ..guidance import ClassifierFreeGuidance
@@ -225,10 +236,25 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
                                                SKYREELS_V2_GUIDANCE)
     frames, height, width = check_frames(given["num_frames"]), given["height"], given["width"]
     model.check_size(height, width)
+    if base_num_frames is not None and overlap_history is not None and frames > check_frames(base_num_frames):
+        from .skyreels_v2_forcing_long import long_video_latents
+        if latents is not None:
+            raise DiffkitError("latents are not allowed in the long-video mode (base_num_frames fewer than the "
+                               "frames); each window draws its noise from seed + i")
+        z = long_video_latents(model, prompts, prefix_latents, num_frames=frames, base_num_frames=base_num_frames,
+                               overlap_history=overlap_history, height=height, width=width, ar_step=ar_step,
+                               causal_block_size=causal_block_size, fps=fps, negative_prompt=negative_prompt,
+                               guidance_scale=scale, convention=convention, steps=steps, sampler=sampler,
+                               seed=seed, progress=progress, **options)
+        return model.output_videos(z, output_range, return_latents)
     shape = model.latent_video_shape(len(prompts), frames, height, width)
     block = int(model.transformer.config.num_frame_per_block) if causal_block_size is None else causal_block_size
-    check_forcing(shape[2], block, ar_step, sampler or "unipc", options)
+    prefix = 0 if prefix_latents is None else int(prefix_latents.shape[2])
+    check_forcing(shape[2], block, ar_step, sampler or "unipc", options, prefix)
     steps, grid, sampler, options, latents = model.start_latents(steps, sampler, options, shape, latents, seed)
+    if prefix:
+        latents = latents.clone()
+        latents[:, :, :prefix] = prefix_latents.to(latents)
     cond = {"context": model.encode_prompts(prompts),
             "fps": torch.full((len(prompts),), 0 if fps == 16 else 1, device=model.device)}
     null = model.encode_prompts(negative_prompts(negative_prompt, len(prompts))) if cfg else None
@@ -241,11 +267,11 @@ def text_to_video(model: SkyReelsV2DF, prompts: Union[str, Sequence[str]], *, ar
     before = int(model.transformer.config.num_frame_per_block)
     model.transformer._set_ar_attention(block)  # the pipeline's causal blocks (it keeps them; diffkit restores)
     try:
-        if ar_step == 0:
+        if ar_step == 0 and prefix < block:
             z = model.sample_latents(denoiser(net), cond, grid, sampler, latents, seed, progress, options)
         else:
             rows = ForcingRows(net, latents.to(model.device, torch.float32), block,
-                               forcing_schedule(shape[2] // block, steps, ar_step), steps)
+                               forcing_schedule(shape[2] // block, steps, ar_step, prefix // block), steps)
             z = rows.run(lambda b, block_net: model.sample_latents(
                 denoiser(block_net), cond, grid, sampler, rows.states[b], None, False, options))
     finally:
