@@ -167,9 +167,9 @@ def test_motif_video_request_refusals(tiny_motif, tmp_path, capsys, args, messag
 
 
 def test_motif_video_refused_elsewhere(tiny_motif, tmp_path, capsys):
-    """``diffkit sample`` / ``diffkit edit`` on a MotifVideoPipeline folder: one line naming ``diffkit video``; the image-to-video
-    folder without ``--image``, ``--guidance-scale`` on a folder whose guider is disabled: one line each; nothing
-    written."""
+    """``diffkit sample`` / ``diffkit edit`` on a MotifVideoPipeline folder: one line naming ``diffkit video``; the
+    image-to-video folder without ``--image``, ``--guidance-scale`` on a folder whose guider is disabled: one line
+    each; nothing written."""
     path, i2v = tiny_motif[1], tiny_motif[4]
     for command in ("sample", "edit"):
         refused_in_one_line(capsys, tmp_path, command, path, [],
