@@ -19,9 +19,9 @@ from diffkit.interop.hunyuan_skyreels import (check_hunyuan_skyreels_folder, ima
                                               load_hunyuan_skyreels)
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
-from _sana_helpers import tiny_gemma_tokenizer  # noqa: E402
+from _hunyuan_video_helpers import tiny_hunyuan_text_encoders  # noqa: E402
 from _video_helpers import refused_in_one_line  # noqa: E402
-from test_interop_diffusers import relative_error, tiny_clip_tokenizer  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
 
 H = W = 32
 FRAMES, STEPS, Z = 9, 2, 4
@@ -34,15 +34,7 @@ OURS = dict(num_frames=FRAMES, height=H, width=W, steps=STEPS)
 def tiny_skyreels(tmp_path_factory):
     """(HunyuanSkyreelsImageToVideoPipeline.from_pretrained of the saved folder, the folder, diffkit's load)."""
     root = tmp_path_factory.mktemp("skyreels")
-    llama_tokenizer, clip_tokenizer = tiny_gemma_tokenizer(), tiny_clip_tokenizer(root)
-    torch.manual_seed(0)
-    llama = transformers.LlamaModel(transformers.LlamaConfig(
-        vocab_size=len(llama_tokenizer.get_vocab()), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, bos_token_id=2, eos_token_id=1,
-        pad_token_id=0)).eval()
-    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8, intermediate_size=16, num_attention_heads=2,
-        num_hidden_layers=2, vocab_size=clip_tokenizer.vocab_size, max_position_embeddings=77)).eval()
+    llama_tokenizer, llama, clip_tokenizer, clip = tiny_hunyuan_text_encoders(root)
     transformer = diffusers.HunyuanVideoTransformer3DModel(
         in_channels=2 * Z, out_channels=Z, num_attention_heads=2, attention_head_dim=8, num_layers=1,
         num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,

@@ -16,8 +16,8 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.hunyuan_video import check_hunyuan_video_folder, load_hunyuan_video, text_to_video  # noqa: E402
 
 from _pipeline_folders import changed_folder, reloaded  # noqa: E402
-from _sana_helpers import tiny_gemma_tokenizer  # noqa: E402
-from test_interop_diffusers import relative_error, tiny_clip_tokenizer  # noqa: E402
+from _hunyuan_video_helpers import tiny_hunyuan_text_encoders  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
 
 H = W = 32  # latents 4 x 4: 2 x 2 patches per frame
 FRAMES, STEPS, Z = 5, 2, 4  # 2 latent frames; the VAE's latent channels
@@ -29,15 +29,7 @@ SIZE = dict(num_frames=FRAMES, height=H, width=W, num_inference_steps=STEPS)
 def tiny_hunyuan_video(tmp_path_factory):
     """(HunyuanVideoPipeline.from_pretrained of the saved folder, the folder, load_hunyuan_video of it)."""
     root = tmp_path_factory.mktemp("hunyuan_video")
-    llama_tokenizer, clip_tokenizer = tiny_gemma_tokenizer(), tiny_clip_tokenizer(root)
-    torch.manual_seed(0)
-    llama = transformers.LlamaModel(transformers.LlamaConfig(
-        vocab_size=len(llama_tokenizer.get_vocab()), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, bos_token_id=2, eos_token_id=1,
-        pad_token_id=0)).eval()
-    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8, intermediate_size=16, num_attention_heads=2,
-        num_hidden_layers=2, vocab_size=clip_tokenizer.vocab_size, max_position_embeddings=77)).eval()
+    llama_tokenizer, llama, clip_tokenizer, clip = tiny_hunyuan_text_encoders(root)
     transformer = diffusers.HunyuanVideoTransformer3DModel(
         in_channels=Z, out_channels=Z, num_attention_heads=2, attention_head_dim=8, num_layers=1, num_single_layers=1,
         num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=16,
